@@ -1,0 +1,52 @@
+#include "config.h"
+
+#include "error.h"
+
+namespace optune {
+
+const char* arch_name(Arch a) {
+  switch (a) {
+    case Arch::GPT2: return "gpt2";
+    case Arch::LLAMA: return "llama";
+    case Arch::QWEN2: return "qwen2";
+  }
+  return "?";
+}
+
+std::string hf_architecture_name(const ModelConfig& cfg) {
+  std::string base = cfg.arch == Arch::GPT2 ? "GPT2" : cfg.arch == Arch::LLAMA ? "Llama" : "Qwen2";
+  if (cfg.reward_model) return base + "ForSequenceClassification";
+  return base + (cfg.arch == Arch::GPT2 ? "LMHeadModel" : "ForCausalLM");
+}
+
+static void positive(int v, const char* name) {
+  OPTUNE_CHECK(v > 0, "model config: " + name + " must be a positive integer, got " + std::to_string(v));
+}
+
+void validate_config(const ModelConfig& c) {
+  positive(c.vocab_size, "vocab_size");
+  positive(c.d_model, "d_model (hidden_size / n_embd)");
+  positive(c.n_layer, "n_layer (num_hidden_layers)");
+  positive(c.n_head, "n_head (num_attention_heads)");
+  positive(c.n_kv_head, "n_kv_head (num_key_value_heads)");
+  positive(c.head_dim, "head_dim");
+  positive(c.d_ff, "d_ff (intermediate_size / n_inner)");
+  positive(c.max_positions, "max_positions (n_positions / max_position_embeddings)");
+  OPTUNE_CHECK(c.n_head % c.n_kv_head == 0, "model config: num_attention_heads (" + std::to_string(c.n_head) +
+                                                 ") must be a multiple of num_key_value_heads (" +
+                                                 std::to_string(c.n_kv_head) + ")");
+  if (c.is_gpt2()) {
+    OPTUNE_CHECK(c.n_kv_head == c.n_head, "model config: GPT-2 has no grouped-query attention (n_kv_head != n_head)");
+    OPTUNE_CHECK(c.head_dim * c.n_head == c.d_model,
+                 "model config: GPT-2 needs n_embd (" + std::to_string(c.d_model) + ") divisible by n_head (" +
+                     std::to_string(c.n_head) + ")");
+  } else {
+    OPTUNE_CHECK(c.head_dim % 2 == 0, "model config: head_dim must be even for rotary embeddings, got " +
+                                          std::to_string(c.head_dim));
+    OPTUNE_CHECK(c.rope_theta > 0, "model config: rope_theta must be positive");
+  }
+  OPTUNE_CHECK(c.norm_eps > 0 && c.norm_eps < 1, "model config: norm eps must be in (0, 1)");
+  OPTUNE_CHECK(c.vocab_size <= (1 << 24), "model config: vocab_size " + std::to_string(c.vocab_size) + " is too large");
+}
+
+}  // namespace optune

@@ -1,0 +1,94 @@
+// The engine's operations on a model: sequence log-probs, reward scores, one training step with a chosen loss,
+// batched sampling. This header is the whole surface the N-API binding (and the native tests) use.
+// Everything here runs synchronously on the calling thread; the binding moves calls to a worker thread.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "batch.h"
+#include "model.h"
+
+namespace optune {
+
+// ---- log-probs ----------------------------------------------------------------------------------------------
+struct LogprobResult {
+  std::vector<float> token_logps;  // one per response token, in batch order (sequence 0's response first)
+  std::vector<float> seq_logps;    // per sequence: sum of its response token log-probs (0 for an empty response)
+};
+LogprobResult compute_logprobs(const Model& m, const Batch& b);
+
+// Full logits [n_tokens, vocab] of a batch. Only for tests and debugging: memory grows with the vocabulary.
+std::vector<float> compute_logits(const Model& m, const Batch& b);
+
+// ---- reward model -------------------------------------------------------------------------------------------
+// Scalar score of each whole sequence (prompt + response), read at its last token. Needs cfg.reward_model.
+std::vector<float> compute_scores(const Model& m, const Batch& b);
+
+// ---- training -----------------------------------------------------------------------------------------------
+enum class LossKind { SFT, DPO, IPO, BT };
+
+struct AdamWConfig {
+  float lr = 1e-5f;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float weight_decay = 0.0f;   // decoupled; applied to ParamInfo::decay tensors only
+  float max_grad_norm = 0.0f;  // global L2 norm clipping; <= 0 disables
+};
+
+struct TrainRequest {
+  LossKind loss = LossKind::DPO;
+  Batch batch;
+  // DPO / IPO / BT: pair j compares sequences chosen[j] and rejected[j] of the batch.
+  std::vector<int32_t> chosen, rejected;
+  // Per-pair (DPO/IPO/BT) or per-sequence (SFT) weights; empty means all 1. Weighted loss: sum_j w_j l_j / n.
+  std::vector<float> weights;
+  // Reference sequence log-probs per pair (DPO/IPO). When empty, ref_model computes them.
+  std::vector<float> ref_chosen, ref_rejected;
+  const Model* ref_model = nullptr;
+  float beta = 0.1f;
+  AdamWConfig opt;
+  bool apply_update = true;  // false: compute loss and gradients only (m.grads holds them afterwards)
+};
+
+struct TrainStats {
+  double loss = 0;
+  double chosen_reward = 0;    // mean beta * (logp_c - ref_c)  (BT: mean score of chosen)
+  double rejected_reward = 0;  // mean beta * (logp_r - ref_r)  (BT: mean score of rejected)
+  double margin = 0;           // mean chosen_reward - rejected_reward
+  double accuracy = 0;         // fraction of pairs with chosen_reward > rejected_reward
+  double grad_norm = 0;        // global L2 norm before clipping
+  int n_pairs = 0;
+  int n_tokens = 0;            // response tokens trained on
+};
+
+TrainStats train_step(Model& m, const TrainRequest& r);
+
+// AdamW on m.params with m.grads (bias-corrected, decoupled decay, optional clipping). Returns the pre-clip norm.
+double adamw_update(Model& m, const AdamWConfig& opt);
+
+// ---- sampling -----------------------------------------------------------------------------------------------
+struct SampleRequest {
+  std::vector<int32_t> prompt_tokens;   // prompts packed back to back
+  std::vector<int32_t> prompt_offsets;  // n_prompts + 1
+  int n_samples = 1;                    // K responses per prompt
+  int max_new_tokens = 64;
+  float temperature = 1.0f;             // 0 = greedy
+  int top_k = 0;                        // 0 = off
+  float top_p = 1.0f;                   // 1 = off
+  std::vector<int32_t> stop_tokens;     // generation of a sequence ends after it emits one of these (kept)
+  uint64_t seed = 0;
+  // Per prompt, the key of its random stream; sample k of prompt i draws from stream (stream_ids[i], k). The same
+  // (seed, stream id, k) gives the same tokens whatever else is in the batch. Empty: stream id = prompt index.
+  std::vector<uint64_t> stream_ids;
+};
+
+struct SampleResult {
+  // n_prompts * n_samples responses, prompt-major (prompt 0's K samples first), packed back to back.
+  std::vector<int32_t> tokens;
+  std::vector<int32_t> offsets;      // n_responses + 1
+  std::vector<float> token_logps;    // log-prob of each sampled token under the model (temperature 1, unfiltered)
+  std::vector<uint8_t> finished;     // 1 when the response ended with a stop token, 0 when it hit max_new_tokens
+};
+
+SampleResult sample(const Model& m, const SampleRequest& r);
+
+}  // namespace optune

@@ -1,0 +1,35 @@
+// A model: its config, its flat parameter buffer (see params.h), and — allocated on first use — gradients and
+// AdamW moments in the same layout. Plain data; the operations live in engine.h.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "config.h"
+#include "params.h"
+
+namespace optune {
+
+struct Model {
+  ModelConfig cfg;
+  ParamLayout layout;
+  std::vector<float> params;
+  std::vector<float> grads;     // empty until the first backward
+  std::vector<float> adam_m;    // empty until the first optimizer step
+  std::vector<float> adam_v;
+  int64_t adam_step = 0;
+
+  size_t num_params() const { return layout.total; }
+};
+
+// A model with zeroed weights (validate_config is called first).
+std::unique_ptr<Model> make_model(const ModelConfig& cfg);
+
+// transformers-style init from a seed: normal(0, std) for matrices and embeddings, zeros for biases, ones for norm
+// weights. GPT-2's residual projections (attn.c_proj, mlp.c_proj) use std / sqrt(2 * n_layer) as in GPT2's init.
+void init_weights(Model& m, uint64_t seed, float std = 0.02f);
+
+// A frozen copy of the weights (no gradients, no optimizer state): a reference model.
+std::unique_ptr<Model> clone_model(const Model& m);
+
+}  // namespace optune
