@@ -1,0 +1,50 @@
+#include "model.h"
+
+#include <cmath>
+
+#include "rng.h"
+
+namespace optune {
+
+std::unique_ptr<Model> make_model(const ModelConfig& cfg) {
+  validate_config(cfg);
+  auto m = std::make_unique<Model>();
+  m->cfg = cfg;
+  m->layout = build_param_layout(cfg);
+  m->params.assign(m->layout.total, 0.0f);
+  return m;
+}
+
+static bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+void init_weights(Model& m, uint64_t seed, float std) {
+  const float resid_std = m.cfg.is_gpt2() ? std / std::sqrt(2.0f * m.cfg.n_layer) : std;
+  for (size_t ti = 0; ti < m.layout.tensors.size(); ti++) {
+    const ParamInfo& p = m.layout.tensors[ti];
+    float* w = m.params.data() + p.offset;
+    const bool is_norm = p.shape.size() == 1 && (p.name.find("ln_") != std::string::npos ||
+                                                 p.name.find("layernorm") != std::string::npos ||
+                                                 p.name.find("norm.weight") != std::string::npos);
+    if (is_norm && ends_with(p.name, ".weight")) {
+      for (size_t i = 0; i < p.numel; i++) w[i] = 1.0f;
+    } else if (p.shape.size() == 1) {
+      for (size_t i = 0; i < p.numel; i++) w[i] = 0.0f;  // biases
+    } else {
+      const bool resid = ends_with(p.name, "c_proj.weight");
+      const float s = resid ? resid_std : std;
+      for (size_t i = 0; i < p.numel; i++) w[i] = s * static_cast<float>(rng_normal(seed, ti, i));
+    }
+  }
+}
+
+std::unique_ptr<Model> clone_model(const Model& src) {
+  auto m = std::make_unique<Model>();
+  m->cfg = src.cfg;
+  m->layout = src.layout;
+  m->params = src.params;
+  return m;
+}
+
+}  // namespace optune
