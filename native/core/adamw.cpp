@@ -1,0 +1,68 @@
+// AdamW as torch.optim.AdamW computes it: decoupled weight decay p -= lr*wd*p, bias-corrected moments,
+// p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps). Global-norm clipping as torch.nn.utils.clip_grad_norm_.
+// Weight decay applies to the tensors ParamInfo marks (matrices and embeddings), not biases or norm weights.
+#include <cmath>
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+#include "error.h"
+
+namespace optune {
+
+// Sum of squares in fixed-size chunks, combined in chunk order: the same result for any thread count.
+static double grad_norm(const std::vector<float>& g) {
+  constexpr size_t kChunk = 1 << 16;
+  const size_t n_chunks = (g.size() + kChunk - 1) / kChunk;
+  std::vector<double> partial(n_chunks, 0.0);
+#pragma omp parallel for schedule(static)
+  for (size_t c = 0; c < n_chunks; c++) {
+    double s = 0.0;
+    const size_t end = std::min(g.size(), (c + 1) * kChunk);
+    for (size_t i = c * kChunk; i < end; i++) s += static_cast<double>(g[i]) * g[i];
+    partial[c] = s;
+  }
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return std::sqrt(total);
+}
+
+double adamw_update(Model& m, const AdamWConfig& o) {
+  OPTUNE_CHECK(m.grads.size() == m.params.size(), "optimizer step before any gradient was computed");
+  const double norm = grad_norm(m.grads);
+  // A non-finite gradient must never reach the weights: stop here, leaving weights and moments untouched.
+  OPTUNE_CHECK(std::isfinite(norm), "non-finite gradient (norm " + std::to_string(norm) +
+                                        "): the step was not applied and the weights are unchanged; lower the "
+                                        "learning rate or check the inputs for extreme values");
+  float clip = 1.0f;
+  if (o.max_grad_norm > 0) clip = static_cast<float>(std::min(1.0, o.max_grad_norm / (norm + 1e-6)));
+  if (m.adam_m.size() != m.params.size()) {
+    m.adam_m.assign(m.params.size(), 0.0f);
+    m.adam_v.assign(m.params.size(), 0.0f);
+    m.adam_step = 0;
+  }
+  m.adam_step++;
+  const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(m.adam_step));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(m.adam_step));
+  const float step_size = static_cast<float>(o.lr / bc1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  for (const ParamInfo& t : m.layout.tensors) {
+    float* p = m.params.data() + t.offset;
+    const float* g = m.grads.data() + t.offset;
+    float* mm = m.adam_m.data() + t.offset;
+    float* vv = m.adam_v.data() + t.offset;
+    const float decay = t.decay ? 1.0f - o.lr * o.weight_decay : 1.0f;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < t.numel; i++) {
+      const float gi = g[i] * clip;
+      p[i] *= decay;
+      mm[i] = o.beta1 * mm[i] + (1.0f - o.beta1) * gi;
+      vv[i] = o.beta2 * vv[i] + (1.0f - o.beta2) * gi * gi;
+      p[i] -= step_size * mm[i] / (std::sqrt(vv[i]) / bc2_sqrt + o.eps);
+    }
+  }
+  return norm;
+}
+
+}  // namespace optune

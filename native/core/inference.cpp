@@ -1,0 +1,82 @@
+// Forward-only operations: sequence log-probs, full logits (debugging), reward-model scores.
+#include <cstring>
+
+#include "cpu/gemm.h"
+#include "cpu/ops.h"
+#include "engine.h"
+#include "error.h"
+#include "heads.h"
+#include "transformer.h"
+
+namespace optune {
+
+ResponseRows response_rows(const Batch& b) {
+  ResponseRows r;
+  const int n = b.n_response_tokens();
+  r.src.reserve(n);
+  r.target.reserve(n);
+  r.seq.reserve(n);
+  for (int s = 0; s < b.n_seq(); s++)
+    for (int p = b.offsets[s] + b.prompt_lens[s]; p < b.offsets[s + 1]; p++) {
+      r.src.push_back(p - 1);
+      r.target.push_back(b.tokens[p]);
+      r.seq.push_back(s);
+    }
+  return r;
+}
+
+const float* lm_head_weight(const Model& m) {
+  OPTUNE_CHECK(m.layout.lm_head != kAbsent,
+               "this model is a reward model (" + hf_architecture_name(m.cfg) +
+                   "): it has a score head, not an LM head; use scores() instead of log-probs or sampling");
+  return m.params.data() + m.layout.lm_head;
+}
+
+const float* score_weight(const Model& m) {
+  OPTUNE_CHECK(m.layout.score != kAbsent, "this model (" + hf_architecture_name(m.cfg) +
+                                              ") has no reward score head; load a *ForSequenceClassification "
+                                              "checkpoint or create the model with rewardModel: true");
+  return m.params.data() + m.layout.score;
+}
+
+LogprobResult compute_logprobs(const Model& m, const Batch& b) {
+  validate_batch(b, m.cfg);
+  const float* w = lm_head_weight(m);
+  Acts acts;
+  transformer_forward(m, b, acts, false);
+  const ResponseRows rows = response_rows(b);
+  LogprobResult out;
+  out.token_logps.resize(rows.src.size());
+  cpu::logprob_forward(out.token_logps.data(), acts.normf.data(), rows.src.data(), rows.target.data(),
+                       static_cast<int>(rows.src.size()), w, m.cfg.d_model, m.cfg.vocab_size);
+  out.seq_logps.assign(b.n_seq(), 0.0f);
+  for (size_t r = 0; r < rows.seq.size(); r++) out.seq_logps[rows.seq[r]] += out.token_logps[r];
+  return out;
+}
+
+std::vector<float> compute_logits(const Model& m, const Batch& b) {
+  validate_batch(b, m.cfg);
+  const float* w = lm_head_weight(m);
+  Acts acts;
+  transformer_forward(m, b, acts, false);
+  std::vector<float> logits(static_cast<size_t>(b.n_tokens()) * m.cfg.vocab_size);
+  cpu::gemm(false, true, b.n_tokens(), m.cfg.vocab_size, m.cfg.d_model, 1.0f, acts.normf.data(), m.cfg.d_model, w,
+            m.cfg.d_model, 0.0f, logits.data(), m.cfg.vocab_size);
+  return logits;
+}
+
+std::vector<float> compute_scores(const Model& m, const Batch& b) {
+  validate_batch(b, m.cfg);
+  const float* w = score_weight(m);
+  Acts acts;
+  transformer_forward(m, b, acts, false);
+  std::vector<float> scores(b.n_seq());
+  const int D = m.cfg.d_model;
+  for (int s = 0; s < b.n_seq(); s++) {
+    const float* h = acts.normf.data() + static_cast<size_t>(b.offsets[s + 1] - 1) * D;
+    scores[s] = score_dot(h, w, D);
+  }
+  return scores;
+}
+
+}  // namespace optune

@@ -1,0 +1,245 @@
+// Batched sampling with a KV cache. Prompts are prefilled once as one ragged batch (their keys and values copied
+// into the cache slots of all K samples), then every step decodes one token for each unfinished response. Finished
+// responses leave the active set, so they cost nothing. Randomness is counter-based: the draw for step t of sample
+// k of a prompt depends only on (seed, the prompt's stream id, k, t).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+
+#include "cpu/gemm.h"
+#include "cpu/ops.h"
+#include "engine.h"
+#include "error.h"
+#include "heads.h"
+#include "rng.h"
+#include "transformer.h"
+
+namespace optune {
+
+namespace {
+
+struct Pick {
+  int32_t token;
+  float logp;  // under the unmodified model distribution (temperature 1, no filtering)
+};
+
+// Draws one token from a logits row. Candidates are ordered by (logit desc, index asc) whenever filtering needs an
+// order, so the result is a pure function of (logits, settings, u).
+Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::vector<int32_t>& idx,
+                std::vector<double>& prob) {
+  float mx = z[0];
+  int32_t arg = 0;
+  for (int j = 1; j < V; j++)
+    if (z[j] > mx) {
+      mx = z[j];
+      arg = j;
+    }
+  double sum = 0.0;
+  for (int j = 0; j < V; j++) sum += std::exp(static_cast<double>(z[j] - mx));
+  const double lse = mx + std::log(sum);
+  auto model_logp = [&](int32_t t) { return static_cast<float>(z[t] - lse); };
+  if (r.temperature == 0.0f) return {arg, model_logp(arg)};
+
+  const double inv_t = 1.0 / r.temperature;
+  const bool filter = (r.top_k > 0 && r.top_k < V) || r.top_p < 1.0f;
+  if (!filter) {
+    prob.resize(V);
+    double total = 0.0;
+    for (int j = 0; j < V; j++) total += (prob[j] = std::exp((z[j] - mx) * inv_t));
+    double target = u * total, acc = 0.0;
+    for (int j = 0; j < V; j++) {
+      acc += prob[j];
+      if (acc > target) return {j, model_logp(j)};
+    }
+    return {arg, model_logp(arg)};  // rounding at the very end of the cumulative sum
+  }
+  idx.resize(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  auto better = [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
+  int n = V;
+  if (r.top_k > 0 && r.top_k < V) {
+    n = r.top_k;
+    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), better);
+  } else {
+    std::sort(idx.begin(), idx.end(), better);
+  }
+  prob.resize(n);
+  double total = 0.0;
+  for (int i = 0; i < n; i++) total += (prob[i] = std::exp((z[idx[i]] - mx) * inv_t));
+  if (r.top_p < 1.0f) {
+    // nucleus: the smallest prefix of the most probable tokens whose mass reaches top_p (at least one token)
+    double acc = 0.0;
+    int keep = n;
+    for (int i = 0; i < n; i++) {
+      acc += prob[i];
+      if (acc >= r.top_p * total) {
+        keep = i + 1;
+        break;
+      }
+    }
+    n = keep;
+    total = acc;
+  }
+  double target = u * total, acc = 0.0;
+  for (int i = 0; i < n; i++) {
+    acc += prob[i];
+    if (acc > target) return {idx[i], model_logp(idx[i])};
+  }
+  return {idx[n - 1], model_logp(idx[n - 1])};
+}
+
+void validate_sample_request(const Model& m, const SampleRequest& r) {
+  const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1;
+  OPTUNE_CHECK(n_prompts >= 1, "sample: no prompts (promptOffsets needs n_prompts + 1 entries)");
+  OPTUNE_CHECK(r.prompt_offsets[0] == 0 && r.prompt_offsets.back() == static_cast<int>(r.prompt_tokens.size()),
+               "sample: promptOffsets must start at 0 and end at the number of prompt tokens (" +
+                   std::to_string(r.prompt_tokens.size()) + ")");
+  for (int i = 0; i < n_prompts; i++) {
+    const int len = r.prompt_offsets[i + 1] - r.prompt_offsets[i];
+    OPTUNE_CHECK(len >= 1, "sample: prompt " + std::to_string(i) + " is empty (every prompt needs >= 1 token)");
+    OPTUNE_CHECK(len + r.max_new_tokens <= m.cfg.max_positions,
+                 "sample: prompt " + std::to_string(i) + " has " + std::to_string(len) + " tokens; with maxNewTokens " +
+                     std::to_string(r.max_new_tokens) + " it exceeds the model's max_positions " +
+                     std::to_string(m.cfg.max_positions) + " (shorten the prompt or lower maxNewTokens)");
+  }
+  for (size_t t = 0; t < r.prompt_tokens.size(); t++)
+    OPTUNE_CHECK(r.prompt_tokens[t] >= 0 && r.prompt_tokens[t] < m.cfg.vocab_size,
+                 "sample: prompt token id " + std::to_string(r.prompt_tokens[t]) + " at position " +
+                     std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(m.cfg.vocab_size) + ")");
+  for (int32_t s : r.stop_tokens)
+    OPTUNE_CHECK(s >= 0 && s < m.cfg.vocab_size, "sample: stop token " + std::to_string(s) + " is outside the vocabulary");
+  OPTUNE_CHECK(r.n_samples >= 1, "sample: nSamples must be >= 1");
+  OPTUNE_CHECK(r.max_new_tokens >= 1, "sample: maxNewTokens must be >= 1");
+  OPTUNE_CHECK(std::isfinite(r.temperature) && r.temperature >= 0, "sample: temperature must be >= 0 (0 = greedy)");
+  OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
+  OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
+  OPTUNE_CHECK(r.stream_ids.empty() || static_cast<int>(r.stream_ids.size()) == n_prompts,
+               "sample: streamIds needs one entry per prompt (" + std::to_string(n_prompts) + ") or none");
+}
+
+}  // namespace
+
+SampleResult sample(const Model& m, const SampleRequest& r) {
+  validate_sample_request(m, r);
+  const ModelConfig& c = m.cfg;
+  const float* head = lm_head_weight(m);
+  const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1, K = r.n_samples, R = n_prompts * K;
+  const int D = c.d_model, V = c.vocab_size, KVD = c.kv_dim();
+  int max_prompt = 0;
+  for (int i = 0; i < n_prompts; i++) max_prompt = std::max(max_prompt, r.prompt_offsets[i + 1] - r.prompt_offsets[i]);
+  const int cap = max_prompt + r.max_new_tokens;
+  const size_t layer_cache = static_cast<size_t>(R) * cap * KVD;
+  std::vector<float> kcache(layer_cache * c.n_layer), vcache(layer_cache * c.n_layer);
+
+  // prefill: one ragged forward over the prompts; keys/values go to every sample's slot
+  Batch pb;
+  pb.tokens = r.prompt_tokens;
+  pb.offsets = r.prompt_offsets;
+  for (int i = 0; i < n_prompts; i++) pb.prompt_lens.push_back(r.prompt_offsets[i + 1] - r.prompt_offsets[i]);
+  const KvHook hook = [&](int l, const QKV& v) {
+    for (int i = 0; i < n_prompts; i++)
+      for (int t = pb.offsets[i]; t < pb.offsets[i + 1]; t++)
+        for (int k = 0; k < K; k++) {
+          const size_t dst = l * layer_cache + (static_cast<size_t>(i * K + k) * cap + (t - pb.offsets[i])) * KVD;
+          std::copy_n(v.k + static_cast<size_t>(t) * v.ks, KVD, kcache.data() + dst);
+          std::copy_n(v.v + static_cast<size_t>(t) * v.vs, KVD, vcache.data() + dst);
+        }
+  };
+  Acts acts;
+  transformer_forward(m, pb, acts, false, &hook);
+  std::vector<float> hidden(static_cast<size_t>(n_prompts) * D);
+  for (int i = 0; i < n_prompts; i++)
+    std::copy_n(acts.normf.data() + static_cast<size_t>(pb.offsets[i + 1] - 1) * D, D, hidden.data() + i * D);
+  std::vector<float> logits(static_cast<size_t>(n_prompts) * V);
+  cpu::gemm(false, true, n_prompts, V, D, 1.0f, hidden.data(), D, head, D, 0.0f, logits.data(), V);
+
+  std::vector<uint64_t> stream(R);
+  for (int s = 0; s < R; s++) {
+    const uint64_t id = r.stream_ids.empty() ? static_cast<uint64_t>(s / K) : r.stream_ids[s / K];
+    stream[s] = mix64(id) ^ mix64(0x5851F42D4C957F2Dull + static_cast<uint64_t>(s % K));
+  }
+  std::vector<std::vector<int32_t>> out_tokens(R);
+  std::vector<std::vector<float>> out_logps(R);
+  std::vector<uint8_t> finished(R, 0);
+  std::vector<int32_t> active(R), logit_row(R), len(R);
+  for (int s = 0; s < R; s++) {
+    active[s] = s;
+    logit_row[s] = s / K;  // step 0: every sample reads its prompt's prefill logits
+    len[s] = pb.prompt_lens[s / K];
+  }
+
+  LayerActs la;
+  Acts dec;
+  std::vector<float> x;
+  std::vector<int32_t> tok, pos, nkeys;
+  for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
+    const int B = static_cast<int>(active.size());
+    // pick the next token of every active response (rows are independent; any thread order gives the same result)
+#pragma omp parallel
+    {
+      std::vector<int32_t> idx;
+      std::vector<double> prob;
+#pragma omp for schedule(dynamic)
+      for (int a = 0; a < B; a++) {
+        const int s = active[a];
+        const Pick p = pick_token(logits.data() + static_cast<size_t>(logit_row[a]) * V, V, r,
+                                  rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob);
+        out_tokens[s].push_back(p.token);
+        out_logps[s].push_back(p.logp);
+        if (std::find(r.stop_tokens.begin(), r.stop_tokens.end(), p.token) != r.stop_tokens.end()) finished[s] = 1;
+      }
+    }
+    std::vector<int32_t> next;
+    for (int s : active)
+      if (!finished[s] && step + 1 < r.max_new_tokens) next.push_back(s);
+    active.swap(next);
+    if (active.empty()) break;
+
+    // decode one token for every still-active response
+    const int Bn = static_cast<int>(active.size());
+    tok.resize(Bn);
+    pos.resize(Bn);
+    nkeys.resize(Bn);
+    for (int a = 0; a < Bn; a++) {
+      const int s = active[a];
+      tok[a] = out_tokens[s].back();
+      pos[a] = len[s];
+      nkeys[a] = len[s] + 1;
+      len[s]++;
+    }
+    size_layer_acts(la, c, Bn, 0);
+    x.resize(static_cast<size_t>(Bn) * D);
+    embed_forward(m, tok.data(), pos.data(), Bn, x.data());
+    for (int l = 0; l < c.n_layer; l++) {
+      float* kc = kcache.data() + l * layer_cache;
+      float* vc = vcache.data() + l * layer_cache;
+      block_forward(m, l, la, x.data(), Bn, pos.data(), [&](int, const QKV& v, float* atty) {
+        for (int a = 0; a < Bn; a++) {
+          const size_t dst = (static_cast<size_t>(active[a]) * cap + pos[a]) * KVD;
+          std::copy_n(v.k + static_cast<size_t>(a) * v.ks, KVD, kc + dst);
+          std::copy_n(v.v + static_cast<size_t>(a) * v.vs, KVD, vc + dst);
+        }
+        cpu::attention_decode(atty, v.q, v.qs, kc, vc, active.data(), nkeys.data(), Bn, cap, c.n_head, c.n_kv_head,
+                              c.head_dim);
+      });
+      std::swap(x, la.res_mlp);
+    }
+    final_norm_forward(m, dec, x.data(), Bn);
+    logits.resize(static_cast<size_t>(Bn) * V);
+    cpu::gemm(false, true, Bn, V, D, 1.0f, dec.normf.data(), D, head, D, 0.0f, logits.data(), V);
+    for (int a = 0; a < Bn; a++) logit_row[a] = a;
+  }
+
+  SampleResult res;
+  res.offsets.push_back(0);
+  for (int s = 0; s < R; s++) {
+    res.tokens.insert(res.tokens.end(), out_tokens[s].begin(), out_tokens[s].end());
+    res.token_logps.insert(res.token_logps.end(), out_logps[s].begin(), out_logps[s].end());
+    res.offsets.push_back(static_cast<int32_t>(res.tokens.size()));
+  }
+  res.finished = finished;
+  return res;
+}
+
+}  // namespace optune

@@ -1,0 +1,195 @@
+// One training step: forward with activations kept, a loss over sequences or pairs, exact backward, optional AdamW.
+// Every loss reduces to a gradient per response token (LM losses) or per sequence score (Bradley-Terry), which the
+// head's backward turns into dLoss/d(hidden states) for the transformer's backward.
+#include <cmath>
+#include <string>
+
+#include "cpu/ops.h"
+#include "engine.h"
+#include "error.h"
+#include "heads.h"
+#include "transformer.h"
+
+namespace optune {
+
+namespace {
+
+// log(1 + exp(x)) without overflow
+double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
+
+const char* loss_name(LossKind k) {
+  switch (k) {
+    case LossKind::SFT: return "sft";
+    case LossKind::DPO: return "dpo";
+    case LossKind::IPO: return "ipo";
+    case LossKind::BT: return "bt";
+  }
+  return "?";
+}
+
+void validate_request(const Model& m, const TrainRequest& r) {
+  validate_batch(r.batch, m.cfg);
+  const int n_seq = r.batch.n_seq();
+  const std::string loss = loss_name(r.loss);
+  if (r.loss == LossKind::SFT) {
+    OPTUNE_CHECK(r.weights.empty() || static_cast<int>(r.weights.size()) == n_seq,
+                 "train step (sft): weights has " + std::to_string(r.weights.size()) +
+                     " entries; give one per sequence (" + std::to_string(n_seq) + ") or none");
+    OPTUNE_CHECK(r.batch.n_response_tokens() > 0, "train step (sft): the batch has no response tokens to train on");
+  } else {
+    const size_t n = r.chosen.size();
+    OPTUNE_CHECK(n > 0, "train step (" + loss + "): no pairs given (chosen is empty)");
+    OPTUNE_CHECK(r.rejected.size() == n, "train step (" + loss + "): chosen has " + std::to_string(n) +
+                                             " entries but rejected has " + std::to_string(r.rejected.size()));
+    for (size_t j = 0; j < n; j++) {
+      OPTUNE_CHECK(r.chosen[j] >= 0 && r.chosen[j] < n_seq && r.rejected[j] >= 0 && r.rejected[j] < n_seq,
+                   "train step (" + loss + "): pair " + std::to_string(j) + " refers to sequence " +
+                       std::to_string(r.chosen[j]) + "/" + std::to_string(r.rejected[j]) +
+                       ", outside the batch's " + std::to_string(n_seq) + " sequences");
+    }
+    OPTUNE_CHECK(r.weights.empty() || r.weights.size() == n, "train step (" + loss + "): weights has " +
+                                                                 std::to_string(r.weights.size()) +
+                                                                 " entries; give one per pair (" +
+                                                                 std::to_string(n) + ") or none");
+    if (r.loss != LossKind::BT) {
+      const bool cached = !r.ref_chosen.empty() || !r.ref_rejected.empty();
+      if (cached) {
+        OPTUNE_CHECK(r.ref_chosen.size() == n && r.ref_rejected.size() == n,
+                     "train step (" + loss + "): cached reference log-probs need one value per pair (" +
+                         std::to_string(n) + ") in both refChosen and refRejected");
+        for (size_t j = 0; j < n; j++)
+          OPTUNE_CHECK(std::isfinite(r.ref_chosen[j]) && std::isfinite(r.ref_rejected[j]),
+                       "train step (" + loss + "): reference log-prob of pair " + std::to_string(j) +
+                           " is not finite");
+      } else {
+        OPTUNE_CHECK(r.ref_model != nullptr, "train step (" + loss +
+                                                 "): give cached reference log-probs (refChosen/refRejected) or a "
+                                                 "reference model");
+        OPTUNE_CHECK(r.ref_model->cfg.vocab_size == m.cfg.vocab_size,
+                     "train step: the reference model's vocabulary (" + std::to_string(r.ref_model->cfg.vocab_size) +
+                         ") differs from the policy's (" + std::to_string(m.cfg.vocab_size) + ")");
+      }
+      OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
+    }
+  }
+  for (size_t i = 0; i < r.weights.size(); i++)
+    OPTUNE_CHECK(std::isfinite(r.weights[i]) && r.weights[i] >= 0,
+                 "train step (" + loss + "): weight " + std::to_string(i) + " is " + std::to_string(r.weights[i]) +
+                     "; weights must be finite and >= 0");
+  const AdamWConfig& o = r.opt;
+  OPTUNE_CHECK(std::isfinite(o.lr) && o.lr >= 0, "train step: lr must be a finite number >= 0");
+  OPTUNE_CHECK(o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1, "train step: AdamW betas must be in [0, 1)");
+  OPTUNE_CHECK(o.eps > 0 && std::isfinite(o.eps), "train step: AdamW eps must be positive");
+  OPTUNE_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "train step: weight decay must be >= 0");
+  OPTUNE_CHECK(std::isfinite(o.max_grad_norm), "train step: max grad norm must be finite (<= 0 disables clipping)");
+}
+
+}  // namespace
+
+TrainStats train_step(Model& m, const TrainRequest& r) {
+  validate_request(m, r);
+  const Batch& b = r.batch;
+  const int D = m.cfg.d_model, T = b.n_tokens(), n_seq = b.n_seq();
+  TrainStats st;
+
+  // reference log-probs (before the policy forward, so its activations are not alive at the same time)
+  std::vector<float> ref_c = r.ref_chosen, ref_r = r.ref_rejected;
+  if ((r.loss == LossKind::DPO || r.loss == LossKind::IPO) && ref_c.empty()) {
+    const LogprobResult ref = compute_logprobs(*r.ref_model, b);
+    for (size_t j = 0; j < r.chosen.size(); j++) {
+      ref_c.push_back(ref.seq_logps[r.chosen[j]]);
+      ref_r.push_back(ref.seq_logps[r.rejected[j]]);
+    }
+  }
+
+  if (m.grads.size() != m.params.size()) m.grads.assign(m.params.size(), 0.0f);
+  std::fill(m.grads.begin(), m.grads.end(), 0.0f);
+
+  Acts acts;
+  transformer_forward(m, b, acts, true);
+  std::vector<float> dnormf(static_cast<size_t>(T) * D, 0.0f);
+  auto weight = [&](size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); };
+  const size_t n_pairs = r.chosen.size();
+  st.n_pairs = static_cast<int>(n_pairs);
+
+  if (r.loss == LossKind::BT) {
+    const float* w = score_weight(m);
+    std::vector<float> score(n_seq);
+    for (int s = 0; s < n_seq; s++)
+      score[s] = score_dot(acts.normf.data() + static_cast<size_t>(b.offsets[s + 1] - 1) * D, w, D);
+    std::vector<double> g(n_seq, 0.0);  // dLoss/dscore
+    for (size_t j = 0; j < n_pairs; j++) {
+      const double diff = static_cast<double>(score[r.chosen[j]]) - score[r.rejected[j]];
+      st.loss += weight(j) * softplus(-diff) / n_pairs;
+      const double dl = -weight(j) * sigmoid(-diff) / n_pairs;
+      g[r.chosen[j]] += dl;
+      g[r.rejected[j]] -= dl;
+      st.chosen_reward += score[r.chosen[j]] / static_cast<double>(n_pairs);
+      st.rejected_reward += score[r.rejected[j]] / static_cast<double>(n_pairs);
+      st.accuracy += (diff > 0) / static_cast<double>(n_pairs);
+    }
+    float* dw = m.grads.data() + m.layout.score;
+    for (int s = 0; s < n_seq; s++) {
+      const size_t row = static_cast<size_t>(b.offsets[s + 1] - 1) * D;
+      const float* h = acts.normf.data() + row;
+      for (int i = 0; i < D; i++) {
+        dnormf[row + i] += static_cast<float>(g[s]) * w[i];
+        dw[i] += static_cast<float>(g[s]) * h[i];
+      }
+    }
+  } else {
+    const float* w = lm_head_weight(m);
+    const ResponseRows rows = response_rows(b);
+    const int n_rows = static_cast<int>(rows.src.size());
+    std::vector<float> logp(n_rows);
+    cpu::logprob_forward(logp.data(), acts.normf.data(), rows.src.data(), rows.target.data(), n_rows, w, D,
+                         m.cfg.vocab_size);
+    std::vector<double> seq_logp(n_seq, 0.0), g_seq(n_seq, 0.0);  // g_seq: dLoss/d(sequence log-prob)
+    for (int i = 0; i < n_rows; i++) seq_logp[rows.seq[i]] += logp[i];
+    if (r.loss == LossKind::SFT) {
+      for (int s = 0; s < n_seq; s++) g_seq[s] = -weight(s) / n_rows;
+      for (int s = 0; s < n_seq; s++) st.loss += g_seq[s] * seq_logp[s];
+    } else {
+      const double beta = r.beta;
+      for (size_t j = 0; j < n_pairs; j++) {
+        const double rc = beta * (seq_logp[r.chosen[j]] - ref_c[j]);
+        const double rr = beta * (seq_logp[r.rejected[j]] - ref_r[j]);
+        const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
+        double l, dl_dh;
+        if (r.loss == LossKind::DPO) {
+          l = softplus(-beta * h);
+          dl_dh = -beta * sigmoid(-beta * h);
+        } else {  // IPO: (h - 1/(2 beta))^2
+          const double e = h - 1.0 / (2.0 * beta);
+          l = e * e;
+          dl_dh = 2.0 * e;
+        }
+        st.loss += weight(j) * l / n_pairs;
+        g_seq[r.chosen[j]] += weight(j) * dl_dh / n_pairs;
+        g_seq[r.rejected[j]] -= weight(j) * dl_dh / n_pairs;
+        st.chosen_reward += rc / n_pairs;
+        st.rejected_reward += rr / n_pairs;
+        st.accuracy += (rc > rr) / static_cast<double>(n_pairs);
+      }
+    }
+    std::vector<float> g(n_rows);
+    for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[rows.seq[i]]);
+    cpu::logprob_backward(dnormf.data(), m.grads.data() + m.layout.lm_head, g.data(), acts.normf.data(),
+                          rows.src.data(), rows.target.data(), n_rows, w, D, m.cfg.vocab_size);
+    st.n_tokens = n_rows;
+  }
+  st.margin = st.chosen_reward - st.rejected_reward;
+
+  transformer_backward(m, b, acts, dnormf.data());
+  if (r.apply_update) {
+    st.grad_norm = adamw_update(m, r.opt);
+  } else {
+    double ss = 0.0;
+    for (float gv : m.grads) ss += static_cast<double>(gv) * gv;
+    st.grad_norm = std::sqrt(ss);
+  }
+  return st;
+}
+
+}  // namespace optune

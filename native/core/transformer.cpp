@@ -1,0 +1,232 @@
+#include "transformer.h"
+
+#include <algorithm>
+
+#include "cpu/ops.h"
+
+namespace optune {
+
+using cpu::WeightLayout;
+
+QKV qkv_view(const ModelConfig& c, float* qkv, int T) {
+  if (c.is_gpt2()) {
+    const int D = c.d_model;
+    return {qkv, qkv + D, qkv + 2 * D, 3 * D, 3 * D, 3 * D};
+  }
+  const size_t qd = c.q_dim(), kvd = c.kv_dim();
+  return {qkv, qkv + T * qd, qkv + T * qd + T * kvd, static_cast<int>(qd), static_cast<int>(kvd),
+          static_cast<int>(kvd)};
+}
+
+static size_t qkv_size(const ModelConfig& c, int T) {
+  return static_cast<size_t>(T) * (c.is_gpt2() ? 3 * c.d_model : c.q_dim() + 2 * c.kv_dim());
+}
+
+void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size) {
+  const size_t D = c.d_model, F = c.d_ff;
+  a.norm1.resize(T * D);
+  a.norm1_mean.resize(T);
+  a.norm1_rstd.resize(T);
+  a.qkv.resize(qkv_size(c, T));
+  a.probs.resize(probs_size);
+  a.atty.resize(static_cast<size_t>(T) * c.q_dim());
+  a.res_attn.resize(T * D);
+  a.norm2.resize(T * D);
+  a.norm2_mean.resize(T);
+  a.norm2_rstd.resize(T);
+  a.fc.resize(T * F);
+  a.up.resize(c.is_llama() ? T * F : 0);
+  a.act.resize(T * F);
+  a.res_mlp.resize(T * D);
+}
+
+// Norm dispatch: LayerNorm (GPT-2) or RMSNorm (Llama).
+static void norm_forward(const ModelConfig& c, float* out, float* mean, float* rstd, const float* x, const float* w,
+                         const float* bias, int T) {
+  if (c.is_gpt2())
+    cpu::layernorm_forward(out, mean, rstd, x, w, bias, T, c.d_model, c.norm_eps);
+  else
+    cpu::rmsnorm_forward(out, rstd, x, w, T, c.d_model, c.norm_eps);
+}
+
+static void norm_backward(const ModelConfig& c, float* dx, float* dw, float* db, const float* dout, const float* x,
+                          const float* w, const float* mean, const float* rstd, int T) {
+  if (c.is_gpt2())
+    cpu::layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, T, c.d_model);
+  else
+    cpu::rmsnorm_backward(dx, dw, dout, x, w, rstd, T, c.d_model);
+}
+
+void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, int T, float* out) {
+  const int D = m.cfg.d_model;
+  const float* wte = at(m.params.data(), m.layout.tok_emb);
+  const float* wpe = at(m.params.data(), m.layout.pos_emb);
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < T; t++) {
+    float* x = out + static_cast<size_t>(t) * D;
+    const float* e = wte + static_cast<size_t>(tokens[t]) * D;
+    if (wpe) {
+      const float* p = wpe + static_cast<size_t>(pos[t]) * D;
+      for (int i = 0; i < D; i++) x[i] = e[i] + p[i];
+    } else {
+      std::copy_n(e, D, x);
+    }
+  }
+}
+
+void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
+                   const AttendFn& attend) {
+  const ModelConfig& c = m.cfg;
+  const float* P = m.params.data();
+  const LayerOffsets& o = m.layout.layers[l];
+  const int D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
+  const WeightLayout lin = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
+
+  // attention
+  norm_forward(c, a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), x, at(P, o.norm1_w), at(P, o.norm1_b), T);
+  QKV v = qkv_view(c, a.qkv.data(), T);
+  if (c.is_gpt2()) {
+    cpu::linear_forward(a.qkv.data(), a.norm1.data(), at(P, o.qkv_w), at(P, o.qkv_b), T, D, 3 * D, lin);
+  } else {
+    cpu::linear_forward(v.q, a.norm1.data(), at(P, o.q_w), at(P, o.q_b), T, D, QD, lin);
+    cpu::linear_forward(v.k, a.norm1.data(), at(P, o.k_w), at(P, o.k_b), T, D, KVD, lin);
+    cpu::linear_forward(v.v, a.norm1.data(), at(P, o.v_w), at(P, o.v_b), T, D, KVD, lin);
+    cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.rope_theta);
+    cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.rope_theta);
+  }
+  attend(l, v, a.atty.data());
+  cpu::linear_forward(a.res_attn.data(), a.atty.data(), at(P, o.o_w), at(P, o.o_b), T, QD, D, lin);
+  const size_t n = static_cast<size_t>(T) * D;
+  for (size_t i = 0; i < n; i++) a.res_attn[i] += x[i];
+
+  // MLP
+  norm_forward(c, a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.res_attn.data(), at(P, o.norm2_w),
+               at(P, o.norm2_b), T);
+  cpu::linear_forward(a.fc.data(), a.norm2.data(), at(P, o.fc_w), at(P, o.fc_b), T, D, F, lin);
+  if (c.is_gpt2()) {
+    cpu::gelu_forward(a.act.data(), a.fc.data(), static_cast<int64_t>(T) * F);
+  } else {
+    cpu::linear_forward(a.up.data(), a.norm2.data(), at(P, o.up_w), nullptr, T, D, F, lin);
+    cpu::swiglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
+  }
+  cpu::linear_forward(a.res_mlp.data(), a.act.data(), at(P, o.proj_w), at(P, o.proj_b), T, F, D, lin);
+  for (size_t i = 0; i < n; i++) a.res_mlp[i] += a.res_attn[i];
+}
+
+void final_norm_forward(const Model& m, Acts& acts, const float* x, int T) {
+  const float* P = m.params.data();
+  acts.normf.resize(static_cast<size_t>(T) * m.cfg.d_model);
+  acts.normf_mean.resize(T);
+  acts.normf_rstd.resize(T);
+  norm_forward(m.cfg, acts.normf.data(), acts.normf_mean.data(), acts.normf_rstd.data(), x, at(P, m.layout.normf_w),
+               at(P, m.layout.normf_b), T);
+}
+
+void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook) {
+  const ModelConfig& c = m.cfg;
+  const int T = b.n_tokens();
+  acts.T = T;
+  acts.training = training;
+  acts.pos.resize(T);
+  for (int s = 0; s < b.n_seq(); s++)
+    for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) acts.pos[t] = t - b.offsets[s];
+  acts.layers.resize(training ? c.n_layer : 1);
+  const int64_t probs = training ? cpu::attention_probs_size(b.offsets.data(), b.n_seq(), c.n_head) : 0;
+  for (auto& la : acts.layers) size_layer_acts(la, c, T, probs);
+  acts.x0.resize(static_cast<size_t>(T) * c.d_model);
+  embed_forward(m, b.tokens.data(), acts.pos.data(), T, acts.x0.data());
+
+  for (int l = 0; l < c.n_layer; l++) {
+    LayerActs& a = acts.layers[training ? l : 0];
+    if (!training && l > 0) std::swap(acts.x0, a.res_mlp);  // the previous block's output becomes this input
+    const float* x = training && l > 0 ? acts.layers[l - 1].res_mlp.data() : acts.x0.data();
+    float* probs_buf = training ? a.probs.data() : nullptr;
+    block_forward(m, l, a, x, T, acts.pos.data(), [&](int layer, const QKV& v, float* atty) {
+      if (kv_hook) (*kv_hook)(layer, v);
+      cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(), c.n_head,
+                             c.n_kv_head, c.head_dim);
+    });
+  }
+  final_norm_forward(m, acts, acts.layers[training ? c.n_layer - 1 : 0].res_mlp.data(), T);
+}
+
+void transformer_backward(Model& m, const Batch& b, const Acts& acts, const float* dnormf) {
+  const ModelConfig& c = m.cfg;
+  const ParamLayout& L = m.layout;
+  const float* P = m.params.data();
+  float* G = m.grads.data();
+  const int T = acts.T, D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
+  const WeightLayout lin = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
+
+  std::vector<float> dresid(static_cast<size_t>(T) * D, 0.0f), dnorm(static_cast<size_t>(T) * D);
+  std::vector<float> dact(static_cast<size_t>(T) * F), dfc(static_cast<size_t>(T) * F), dup;
+  std::vector<float> datty(static_cast<size_t>(T) * QD), dqkv(qkv_size(c, T));
+  if (c.is_llama()) dup.resize(static_cast<size_t>(T) * F);
+
+  norm_backward(c, dresid.data(), at(G, L.normf_w), at(G, L.normf_b), dnormf, acts.layers.back().res_mlp.data(),
+                at(P, L.normf_w), acts.normf_mean.data(), acts.normf_rstd.data(), T);
+
+  for (int l = c.n_layer - 1; l >= 0; l--) {
+    const LayerActs& a = acts.layers[l];
+    const float* x = l > 0 ? acts.layers[l - 1].res_mlp.data() : acts.x0.data();
+    const LayerOffsets& o = L.layers[l];
+
+    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn))))
+    std::fill(dact.begin(), dact.end(), 0.0f);
+    cpu::linear_backward(dact.data(), at(G, o.proj_w), at(G, o.proj_b), dresid.data(), a.act.data(), at(P, o.proj_w),
+                         T, F, D, lin);
+    std::fill(dfc.begin(), dfc.end(), 0.0f);
+    std::fill(dnorm.begin(), dnorm.end(), 0.0f);
+    if (c.is_gpt2()) {
+      cpu::gelu_backward(dfc.data(), a.fc.data(), dact.data(), static_cast<int64_t>(T) * F);
+    } else {
+      std::fill(dup.begin(), dup.end(), 0.0f);
+      cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
+      cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), a.norm2.data(), at(P, o.up_w), T, D, F,
+                           lin);
+    }
+    cpu::linear_backward(dnorm.data(), at(G, o.fc_w), at(G, o.fc_b), dfc.data(), a.norm2.data(), at(P, o.fc_w), T, D,
+                         F, lin);
+    norm_backward(c, dresid.data(), at(G, o.norm2_w), at(G, o.norm2_b), dnorm.data(), a.res_attn.data(),
+                  at(P, o.norm2_w), a.norm2_mean.data(), a.norm2_rstd.data(), T);
+
+    // attention: res_attn = x + O(Attn(QKV(Norm1(x))))
+    std::fill(datty.begin(), datty.end(), 0.0f);
+    cpu::linear_backward(datty.data(), at(G, o.o_w), at(G, o.o_b), dresid.data(), a.atty.data(), at(P, o.o_w), T, QD,
+                         D, lin);
+    QKV v = qkv_view(c, const_cast<float*>(a.qkv.data()), T);
+    QKV dv = qkv_view(c, dqkv.data(), T);
+    cpu::attention_backward(dv.q, dv.k, dv.v, datty.data(), a.probs.data(), v.q, v.qs, v.k, v.ks, v.v, v.vs,
+                            b.offsets.data(), b.n_seq(), c.n_head, c.n_kv_head, c.head_dim);
+    std::fill(dnorm.begin(), dnorm.end(), 0.0f);
+    if (c.is_gpt2()) {
+      cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), a.norm1.data(), at(P, o.qkv_w),
+                           T, D, 3 * D, lin);
+    } else {
+      cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.rope_theta);
+      cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.rope_theta);
+      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dv.q, a.norm1.data(), at(P, o.q_w), T, D, QD, lin);
+      cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dv.k, a.norm1.data(), at(P, o.k_w), T, D, KVD,
+                           lin);
+      cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, a.norm1.data(), at(P, o.v_w), T, D, KVD,
+                           lin);
+    }
+    norm_backward(c, dresid.data(), at(G, o.norm1_w), at(G, o.norm1_b), dnorm.data(), x, at(P, o.norm1_w),
+                  a.norm1_mean.data(), a.norm1_rstd.data(), T);
+  }
+
+  // embeddings (sequential: a token id may repeat, and a fixed order keeps results reproducible)
+  float* dwte = at(G, L.tok_emb);
+  float* dwpe = at(G, L.pos_emb);
+  for (int t = 0; t < T; t++) {
+    const float* d = dresid.data() + static_cast<size_t>(t) * D;
+    float* e = dwte + static_cast<size_t>(b.tokens[t]) * D;
+    for (int i = 0; i < D; i++) e[i] += d[i];
+    if (dwpe) {
+      float* p = dwpe + static_cast<size_t>(acts.pos[t]) * D;
+      for (int i = 0; i < D; i++) p[i] += d[i];
+    }
+  }
+}
+
+}  // namespace optune

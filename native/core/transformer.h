@@ -1,0 +1,63 @@
+// The decoder-only transformer over a packed ragged batch: forward (keeping what backward needs when training) and
+// exact backward into Model::grads. Both families share the block structure
+//   x -> x + Attn(Norm1(x)) -> x + MLP(Norm2(x))  ... -> NormF
+// and differ only in which kernel each step calls (see transformer.cpp).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "batch.h"
+#include "model.h"
+
+namespace optune {
+
+struct LayerActs {
+  std::vector<float> norm1, norm1_mean, norm1_rstd;  // [T, D], [T], [T]
+  std::vector<float> qkv;       // GPT-2: [T, 3D] fused; Llama: three blocks q [T, QD] | k [T, KVD] | v [T, KVD]
+  std::vector<float> probs;     // attention softmax, ragged (training only)
+  std::vector<float> atty;      // [T, QD] attention output before the output projection
+  std::vector<float> res_attn;  // [T, D] x + attention
+  std::vector<float> norm2, norm2_mean, norm2_rstd;
+  std::vector<float> fc;        // GPT-2: c_fc output before GELU; Llama: gate_proj output  [T, F]
+  std::vector<float> up;        // Llama: up_proj output [T, F]
+  std::vector<float> act;       // MLP hidden after the activation [T, F]
+  std::vector<float> res_mlp;   // [T, D] block output
+};
+
+struct Acts {
+  int T = 0;
+  bool training = false;
+  std::vector<int32_t> pos;     // position of each token within its sequence
+  std::vector<float> x0;        // [T, D] embeddings (inference: the current block's input)
+  std::vector<LayerActs> layers;  // one per block when training; one reused buffer set otherwise
+  std::vector<float> normf, normf_mean, normf_rstd;  // final normalized hidden states [T, D]
+};
+
+// Pointers into the per-layer q/k/v storage, with row strides.
+struct QKV {
+  float *q, *k, *v;
+  int qs, ks, vs;
+};
+QKV qkv_view(const ModelConfig& c, float* qkv, int T);
+
+// Called after a block has computed its (rotated) keys and values, e.g. to copy them into a KV cache.
+using KvHook = std::function<void(int layer, const QKV& qkv)>;
+
+// Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read.
+void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr);
+
+// The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
+// attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.
+using AttendFn = std::function<void(int layer, const QKV& qkv, float* atty)>;
+void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size);
+void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, int T, float* out);
+void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
+                   const AttendFn& attend);
+void final_norm_forward(const Model& m, Acts& acts, const float* x, int T);
+
+// Given dnormf = dLoss/d(final normalized hidden) [T, D], accumulates every parameter gradient into m.grads
+// (which must be sized; the head's own gradient is added by the caller).
+void transformer_backward(Model& m, const Batch& b, const Acts& acts, const float* dnormf);
+
+}  // namespace optune

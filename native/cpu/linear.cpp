@@ -1,0 +1,43 @@
+// Linear layers on top of GEMM. Forward: out = inp @ W^T + b (OutIn) or inp @ W + b (InOut).
+#include <cstring>
+
+#include "gemm.h"
+#include "ops.h"
+
+namespace optune::cpu {
+
+void linear_forward(float* out, const float* inp, const float* w, const float* bias, int rows, int in, int outf,
+                    WeightLayout layout) {
+  const bool out_in = layout == WeightLayout::OutIn;
+  gemm(false, out_in, rows, outf, in, 1.0f, inp, in, w, out_in ? in : outf, 0.0f, out, outf);
+  if (bias) {
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+      float* o = out + static_cast<size_t>(r) * outf;
+      for (int j = 0; j < outf; j++) o[j] += bias[j];
+    }
+  }
+}
+
+void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
+                     int rows, int in, int outf, WeightLayout layout) {
+  if (rows <= 0) return;
+  if (layout == WeightLayout::OutIn) {
+    if (dinp) gemm(false, false, rows, in, outf, 1.0f, dout, outf, w, in, 1.0f, dinp, in);       // dX += dY W
+    if (dw) gemm(true, false, outf, in, rows, 1.0f, dout, outf, inp, in, 1.0f, dw, in);           // dW += dY^T X
+  } else {
+    if (dinp) gemm(false, true, rows, in, outf, 1.0f, dout, outf, w, outf, 1.0f, dinp, in);       // dX += dY W^T
+    if (dw) gemm(true, false, in, outf, rows, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);         // dW += X^T dY
+  }
+  if (dbias) {
+    // column sums, split over columns so each element has one owner
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < outf; j++) {
+      float s = 0.0f;
+      for (int r = 0; r < rows; r++) s += dout[static_cast<size_t>(r) * outf + j];
+      dbias[j] += s;
+    }
+  }
+}
+
+}  // namespace optune::cpu

@@ -1,0 +1,69 @@
+// CPU reference kernels, forward and backward side by side. Activations are row-major [rows, features].
+// Backward functions ACCUMULATE (+=) into parameter gradients and into input gradients, so a tensor that feeds two
+// places (the residual stream, tied embeddings) sums its gradient naturally; callers zero gradients first.
+#pragma once
+#include <cstdint>
+
+namespace optune::cpu {
+
+// ---- linear layers --------------------------------------------------------------------------------------------
+// transformers stores nn.Linear weights as [out, in] (y = x W^T) and GPT-2's Conv1D weights as [in, out] (y = x W).
+enum class WeightLayout { OutIn, InOut };
+
+void linear_forward(float* out, const float* inp, const float* w, const float* bias, int rows, int in, int outf,
+                    WeightLayout layout);
+// dinp may be null (no input gradient needed); dbias may be null.
+void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
+                     int rows, int in, int outf, WeightLayout layout);
+
+// ---- normalization --------------------------------------------------------------------------------------------
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
+                       int rows, int d, float eps);
+void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
+                        const float* mean, const float* rstd, int rows, int d);
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps);
+void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
+                      int rows, int d);
+
+// ---- activations ----------------------------------------------------------------------------------------------
+void gelu_forward(float* out, const float* inp, int64_t n);  // tanh approximation (GPT-2's gelu_new)
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+// h = silu(gate) * up
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+
+// ---- rotary position embedding (transformers' rotate_half convention) -----------------------------------------
+// x: [rows, n_heads * head_dim] with row stride `stride`; row r is at position pos[r]. In place.
+void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+// The rotation is orthogonal: backward rotates the gradient by the opposite angle, in place.
+void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+
+// ---- causal self-attention over a packed ragged batch ---------------------------------------------------------
+// Sequence s holds rows [offsets[s], offsets[s+1]). q: [T, H*hd] (stride qs), k, v: [T, KV*hd] (strides ks, vs).
+// out: [T, H*hd]. probs: softmax weights, per sequence and head a [L, L] lower-triangular block, laid out as given by
+// attention_probs_offsets (needed by backward; may be null for inference).
+int64_t attention_probs_size(const int32_t* offsets, int n_seq, int n_head);
+void attention_forward(float* out, float* probs, const float* q, int qs, const float* k, int ks, const float* v,
+                       int vs, const int32_t* offsets, int n_seq, int n_head, int n_kv_head, int head_dim);
+// dq, dk, dv are written (not accumulated); they have the strides of q, k, v.
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs, const float* q, int qs,
+                        const float* k, int ks, const float* v, int vs, const int32_t* offsets, int n_seq, int n_head,
+                        int n_kv_head, int head_dim);
+
+// One new query row per sequence against its KV cache (sampling). Cache layout for one layer: [slot][cap][KV*hd].
+// Row r attends to positions 0 .. n_keys[r]-1 of cache slot slot[r].
+void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
+                      const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
+                      int head_dim);
+
+// ---- token log-probs from hidden states without the full [tokens x vocab] logits ------------------------------
+// For each of n rows: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W: [V, D]. Processed in chunks of rows so
+// at most chunk_rows x V logits exist at once.
+void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
+                     int d, int vocab);
+// Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... (logits recomputed chunk by chunk).
+void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
+                      int n, const float* w, int d, int vocab);
+int logprob_chunk_rows(int vocab);
+
+}  // namespace optune::cpu
