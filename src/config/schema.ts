@@ -1,0 +1,197 @@
+// The run configuration: one zod schema, and the only place defaults live.
+//
+// Defaults are sized for the built-in task on a 2-core CPU; tune them here
+// and nowhere else. Objects are strict, so a misspelled key is reported
+// instead of silently falling back to a default.
+
+import { z } from "zod";
+
+interface Bound {
+  value: number;
+  /** True when the bound itself is excluded. */
+  open: boolean;
+}
+
+/** "in (0, 1]", ">= 0", "< 1", ... for error messages. */
+function describeRange(lo: Bound | undefined, hi: Bound | undefined): string {
+  if (lo !== undefined && hi !== undefined) {
+    return `in ${lo.open ? "(" : "["}${lo.value}, ${hi.value}${hi.open ? ")" : "]"}`;
+  }
+  if (lo !== undefined) return `${lo.open ? ">" : ">="} ${lo.value}`;
+  if (hi !== undefined) return `${hi.open ? "<" : "<="} ${hi.value}`;
+  return "finite";
+}
+
+function withBounds(base: z.ZodNumber, message: string, lo?: Bound, hi?: Bound): z.ZodNumber {
+  let schema = base;
+  if (lo !== undefined) schema = lo.open ? schema.gt(lo.value, { error: message }) : schema.gte(lo.value, { error: message });
+  if (hi !== undefined) schema = hi.open ? schema.lt(hi.value, { error: message }) : schema.lte(hi.value, { error: message });
+  return schema;
+}
+
+/** A finite number within the given bounds. */
+function real(lo?: Bound, hi?: Bound): z.ZodNumber {
+  const message = `must be a number ${describeRange(lo, hi)}`;
+  return withBounds(z.number({ error: message }), message, lo, hi);
+}
+
+/** An integer within the given bounds. */
+function integer(lo?: Bound, hi?: Bound): z.ZodNumber {
+  const message = `must be an integer ${describeRange(lo, hi)}`;
+  return withBounds(z.int({ error: message }), message, lo, hi);
+}
+
+const closed = (value: number): Bound => ({ value, open: false });
+const open = (value: number): Bound => ({ value, open: true });
+
+function choice<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, { error: `must be one of ${values.map((v) => `'${v}'`).join(", ")}` });
+}
+
+const flag = () => z.boolean({ error: "must be true or false" });
+const path = () => z.string({ error: "must be a non-empty path" }).min(1, { error: "must be a non-empty path" });
+const section = <S extends z.core.$ZodLooseShape>(shape: S) => z.strictObject(shape, { error: "must be an object" });
+
+const ModelSchema = section({
+  /** Checkpoint of the policy to start from; the built-in task trains one by SFT when absent. */
+  policy: path().optional(),
+  /** Frozen reference model; defaults to a copy of the starting policy. */
+  reference: path().optional(),
+});
+
+const LoopSchema = section({
+  /** Online iterations (generate, score, train). */
+  iterations: integer(closed(1), closed(10_000)).default(6),
+  /** Training prompts in the pool. */
+  prompts: integer(closed(1), closed(1_000_000)).default(256),
+  /** Fraction of prompts regenerated per iteration after the first. */
+  rho: real(open(0), closed(1)).default(0.5),
+  strategy: choice(["optune", "uniform", "all"]).default("optune"),
+  statistic: choice(["chosen", "mean", "gap", "zscore"]).default("chosen"),
+  /** Responses sampled per regenerated prompt. */
+  k: integer(closed(2), closed(64)).default(4),
+  /** Let the previous pair compete with the new responses. */
+  merge: flag().default(false),
+  /** Pairs with a smaller reward gap are kept but not trained on. */
+  tieThreshold: real(closed(0)).default(0.001),
+  /** DPO epochs over the trainable pairs per iteration. */
+  epochs: integer(closed(1), closed(100)).default(1),
+  /** Pairs per optimizer step. */
+  batchPairs: integer(closed(1), closed(4096)).default(16),
+  /** Replace the reference model by the current policy after each iteration. */
+  refreshReference: flag().default(false),
+});
+
+const LossSchema = section({
+  type: choice(["dpo", "ipo", "wdpo"]).default("wdpo"),
+  /** KL strength (DPO beta, IPO tau). */
+  beta: real(open(0), closed(100)).default(0.1),
+  /** Sharpness of the wDPO weight function; only used by type 'wdpo'. */
+  beta2: real(closed(0), closed(1000)).default(1),
+  weightFn: choice(["linear", "exp", "sigmoid"]).default("linear"),
+});
+
+const betaValue = () => real(closed(0), open(1));
+
+const OptimSchema = section({
+  lr: real(open(0), closed(1)).default(1e-4),
+  weightDecay: real(closed(0), closed(1)).default(0),
+  /** Global gradient-norm clip; 0 disables clipping. */
+  maxGradNorm: real(closed(0)).default(1),
+  /** Adam beta1, beta2. */
+  betas: z
+    .tuple([betaValue(), betaValue()], { error: "must be a pair [beta1, beta2]" })
+    .default([0.9, 0.999]),
+});
+
+const SamplingSchema = section({
+  temperature: real(open(0), closed(10)).default(1),
+  /** Keep the k most likely tokens; 0 disables top-k. */
+  topK: integer(closed(0), closed(1024)).default(0),
+  /** Nucleus mass; 1 disables top-p. */
+  topP: real(open(0), closed(1)).default(1),
+  /** Built-in answers are <= 12 characters plus <eos>. */
+  maxNewTokens: integer(closed(1), closed(1024)).default(16),
+});
+
+const EvalSchema = section({
+  /** Held-out prompts scored by the gold reward (20 per built-in family). */
+  prompts: integer(closed(1), closed(1_000_000)).default(120),
+  /** Sampled responses per eval prompt. */
+  samples: integer(closed(1), closed(64)).default(2),
+});
+
+const RunSchema = section({
+  /** Where checkpoints, logs and metrics go. */
+  dir: path().default("runs/latest"),
+  /** Save a checkpoint every N iterations; 0 saves only the final one. */
+  checkpointEvery: integer(closed(0), closed(10_000)).default(1),
+});
+
+// Sections use prefault({}) so an absent section still gets its field defaults.
+export const ConfigSchema = section({
+  seed: integer(closed(0), closed(0xffffffff)).default(1),
+  device: choice(["cpu", "cuda", "auto"]).default("cpu"),
+  task: choice(["builtin"]).default("builtin"),
+  model: ModelSchema.prefault({}),
+  loop: LoopSchema.prefault({}),
+  loss: LossSchema.prefault({}),
+  optim: OptimSchema.prefault({}),
+  sampling: SamplingSchema.prefault({}),
+  eval: EvalSchema.prefault({}),
+  run: RunSchema.prefault({}),
+});
+
+/** The fully resolved configuration. */
+export type Config = z.output<typeof ConfigSchema>;
+/** What a user may write: every field optional. */
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+export class ConfigError extends Error {
+  constructor(readonly issues: readonly string[]) {
+    super(`invalid config:\n${issues.map((line) => `  ${line}`).join("\n")}`);
+    this.name = "ConfigError";
+  }
+}
+
+function formatPath(segments: readonly PropertyKey[]): string {
+  let out = "";
+  for (const segment of segments) {
+    if (typeof segment === "number") out += `[${segment}]`;
+    else out += out === "" ? String(segment) : `.${String(segment)}`;
+  }
+  return out === "" ? "(config)" : out;
+}
+
+function formatValue(value: unknown): string {
+  if (value === undefined) return "nothing";
+  if (typeof value === "number" || typeof value === "boolean" || value === null) return String(value);
+  if (typeof value === "string") return JSON.stringify(value);
+  try {
+    return JSON.stringify(value) ?? typeof value;
+  } catch {
+    return typeof value;
+  }
+}
+
+/** One line per problem: `path: reason, got value`. */
+function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+  const lines: string[] = [];
+  for (const issue of issues) {
+    if (issue.code === "unrecognized_keys") {
+      for (const key of issue.keys) lines.push(`${formatPath([...issue.path, key])}: unknown field`);
+      continue;
+    }
+    const got = "input" in issue ? `, got ${formatValue(issue.input)}` : "";
+    lines.push(`${formatPath(issue.path)}: ${issue.message}${got}`);
+  }
+  // Two checks on one field (e.g. integer and range) can repeat a line.
+  return [...new Set(lines)];
+}
+
+/** Resolves a partial config against the defaults; throws ConfigError listing every bad field. */
+export function loadConfig(partial: unknown): Config {
+  const result = ConfigSchema.safeParse(partial ?? {}, { reportInput: true });
+  if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
+  return result.data;
+}

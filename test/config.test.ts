@@ -1,0 +1,91 @@
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig } from "../src/config/schema.js";
+
+function issuesOf(partial: unknown): readonly string[] {
+  try {
+    loadConfig(partial);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return (error as ConfigError).issues;
+  }
+  throw new Error("expected a ConfigError");
+}
+
+describe("loadConfig", () => {
+  it("resolves every default from an empty or missing config", () => {
+    const config = loadConfig({});
+    expect(config).toEqual({
+      seed: 1,
+      device: "cpu",
+      task: "builtin",
+      model: {},
+      loop: {
+        iterations: 6,
+        prompts: 256,
+        rho: 0.5,
+        strategy: "optune",
+        statistic: "chosen",
+        k: 4,
+        merge: false,
+        tieThreshold: 0.001,
+        epochs: 1,
+        batchPairs: 16,
+        refreshReference: false,
+      },
+      loss: { type: "wdpo", beta: 0.1, beta2: 1, weightFn: "linear" },
+      optim: { lr: 1e-4, weightDecay: 0, maxGradNorm: 1, betas: [0.9, 0.999] },
+      sampling: { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 },
+      eval: { prompts: 120, samples: 2 },
+      run: { dir: "runs/latest", checkpointEvery: 1 },
+    });
+    expect(loadConfig(undefined)).toEqual(config);
+  });
+
+  it("keeps defaults beside the fields that are given", () => {
+    const config = loadConfig({ loop: { rho: 0.25, strategy: "uniform" }, model: { policy: "ckpt/sft.bin" } });
+    expect(config.loop.rho).toBe(0.25);
+    expect(config.loop.strategy).toBe("uniform");
+    expect(config.loop.k).toBe(4);
+    expect(config.model.policy).toBe("ckpt/sft.bin");
+    expect(config.loss.type).toBe("wdpo");
+  });
+
+  it("lists every bad field with its path and reason", () => {
+    const issues = issuesOf({
+      seed: -1,
+      device: "gpu",
+      loop: { rho: 2, k: 2.5, merge: "yes", statistic: "median", colour: 1 },
+      loss: { beta: 0 },
+      optim: { betas: [0.9, 1.5], lr: "fast" },
+      sampling: { topP: 0, topK: -1 },
+      eval: 3,
+      run: { dir: "" },
+      extra: true,
+    });
+    expect([...issues].sort()).toEqual(
+      [
+        "seed: must be an integer in [0, 4294967295], got -1",
+        'device: must be one of \'cpu\', \'cuda\', \'auto\', got "gpu"',
+        "loop.rho: must be a number in (0, 1], got 2",
+        "loop.k: must be an integer in [2, 64], got 2.5",
+        'loop.merge: must be true or false, got "yes"',
+        "loop.statistic: must be one of 'chosen', 'mean', 'gap', 'zscore', got \"median\"",
+        "loop.colour: unknown field",
+        "loss.beta: must be a number in (0, 100], got 0",
+        "optim.betas[1]: must be a number in [0, 1), got 1.5",
+        'optim.lr: must be a number in (0, 1], got "fast"',
+        "sampling.topP: must be a number in (0, 1], got 0",
+        "sampling.topK: must be an integer in [0, 1024], got -1",
+        "eval: must be an object, got 3",
+        'run.dir: must be a non-empty path, got ""',
+        "extra: unknown field",
+      ].sort(),
+    );
+  });
+
+  it("puts the issues in the error message, one per line", () => {
+    expect(() => loadConfig({ loop: { rho: 0 } })).toThrow("invalid config:\n  loop.rho: must be a number in (0, 1], got 0");
+    expect(issuesOf("not a config")).toEqual(['(config): must be an object, got "not a config"']);
+    expect(issuesOf({ optim: { betas: [0.9] } })).toEqual(["optim.betas: must be a pair [beta1, beta2], got [0.9]"]);
+  });
+});
