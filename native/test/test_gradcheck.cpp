@@ -1,0 +1,320 @@
+// Finite-difference gradient checks: every CPU kernel on its own, then the full model loss of both families with
+// every loss, checking elements of every parameter tensor. Central differences in fp32 with a step of 1e-3 leave an
+// error of about 1e-4, so tolerances are 2e-2 relative + 2e-3 absolute.
+#include <functional>
+#include <string>
+
+#include "core/engine.h"
+#include "cpu/ops.h"
+#include "test_helpers.h"
+#include "testing.h"
+
+using namespace optune;
+using testing::Rand;
+
+namespace {
+
+constexpr double kEps = 1e-3, kRtol = 2e-2, kAtol = 2e-3;
+
+std::vector<float> randv(size_t n, Rand& r, float std = 1.0f) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = r.normal(std);
+  return v;
+}
+
+double dotv(const std::vector<float>& a, const std::vector<float>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); i++) s += static_cast<double>(a[i]) * b[i];
+  return s;
+}
+
+// Checks analytic gradient `grad` of f at x by central differences on every element (x is perturbed in place).
+void fd_check(const std::string& what, std::vector<float>& x, const std::vector<float>& grad,
+              const std::function<double()>& f) {
+  for (size_t i = 0; i < x.size(); i++) {
+    const float keep = x[i];
+    x[i] = keep + static_cast<float>(kEps);
+    const double up = f();
+    x[i] = keep - static_cast<float>(kEps);
+    const double dn = f();
+    x[i] = keep;
+    const double num = (up - dn) / (2 * kEps);
+    if (!(std::fabs(num - grad[i]) <= kAtol + kRtol * std::fabs(num))) {
+      testing::fail(__FILE__, __LINE__, what + "[" + std::to_string(i) + "]: analytic " + std::to_string(grad[i]) +
+                                            " vs numeric " + std::to_string(num));
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+TEST(linear_both_layouts) {
+  for (auto layout : {cpu::WeightLayout::OutIn, cpu::WeightLayout::InOut}) {
+    Rand r(1);
+    const int rows = 3, in = 4, outf = 5;
+    auto x = randv(rows * in, r), w = randv(in * outf, r), b = randv(outf, r), dy = randv(rows * outf, r);
+    std::vector<float> y(rows * outf);
+    auto f = [&] {
+      cpu::linear_forward(y.data(), x.data(), w.data(), b.data(), rows, in, outf, layout);
+      return dotv(y, dy);
+    };
+    std::vector<float> dx(x.size(), 0), dw(w.size(), 0), db(b.size(), 0);
+    cpu::linear_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), rows, in, outf, layout);
+    fd_check("linear dx", x, dx, f);
+    fd_check("linear dw", w, dw, f);
+    fd_check("linear db", b, db, f);
+  }
+}
+
+TEST(layernorm) {
+  Rand r(2);
+  const int rows = 3, d = 6;
+  auto x = randv(rows * d, r), w = randv(d, r), b = randv(d, r), dy = randv(rows * d, r);
+  std::vector<float> y(rows * d), mean(rows), rstd(rows);
+  auto f = [&] {
+    cpu::layernorm_forward(y.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, d, 1e-5f);
+    return dotv(y, dy);
+  };
+  f();
+  std::vector<float> dx(x.size(), 0), dw(d, 0), db(d, 0);
+  cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(), rstd.data(),
+                          rows, d);
+  fd_check("layernorm dx", x, dx, f);
+  fd_check("layernorm dw", w, dw, f);
+  fd_check("layernorm db", b, db, f);
+}
+
+TEST(rmsnorm) {
+  Rand r(3);
+  const int rows = 3, d = 6;
+  auto x = randv(rows * d, r), w = randv(d, r), dy = randv(rows * d, r);
+  std::vector<float> y(rows * d), rstd(rows);
+  auto f = [&] {
+    cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), rows, d, 1e-6f);
+    return dotv(y, dy);
+  };
+  f();
+  std::vector<float> dx(x.size(), 0), dw(d, 0);
+  cpu::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, d);
+  fd_check("rmsnorm dx", x, dx, f);
+  fd_check("rmsnorm dw", w, dw, f);
+}
+
+TEST(gelu_and_swiglu) {
+  Rand r(4);
+  const int n = 20;
+  auto x = randv(n, r, 2.0f), g = randv(n, r, 2.0f), u = randv(n, r), dy = randv(n, r);
+  std::vector<float> y(n);
+  auto fg = [&] {
+    cpu::gelu_forward(y.data(), x.data(), n);
+    return dotv(y, dy);
+  };
+  std::vector<float> dx(n, 0);
+  cpu::gelu_backward(dx.data(), x.data(), dy.data(), n);
+  fd_check("gelu", x, dx, fg);
+  auto fs = [&] {
+    cpu::swiglu_forward(y.data(), g.data(), u.data(), n);
+    return dotv(y, dy);
+  };
+  std::vector<float> dg(n, 0), du(n, 0);
+  cpu::swiglu_backward(dg.data(), du.data(), dy.data(), g.data(), u.data(), n);
+  fd_check("swiglu dgate", g, dg, fs);
+  fd_check("swiglu dup", u, du, fs);
+}
+
+TEST(rope) {
+  Rand r(5);
+  const int rows = 4, heads = 2, hd = 6, stride = heads * hd;
+  std::vector<int32_t> pos = {0, 3, 7, 30};
+  auto x = randv(rows * stride, r), dy = randv(rows * stride, r);
+  auto f = [&] {
+    std::vector<float> y = x;
+    cpu::rope_forward(y.data(), rows, stride, heads, hd, pos.data(), 10000.0f);
+    return dotv(y, dy);
+  };
+  std::vector<float> dx = dy;
+  cpu::rope_backward(dx.data(), rows, stride, heads, hd, pos.data(), 10000.0f);
+  fd_check("rope", x, dx, f);
+}
+
+TEST(attention_ragged_gqa) {
+  Rand r(6);
+  const int H = 4, KV = 2, hd = 3;
+  std::vector<int32_t> offsets = {0, 3, 8, 9};  // lengths 3, 5, 1
+  const int T = 9, n_seq = 3;
+  auto q = randv(T * H * hd, r), k = randv(T * KV * hd, r), v = randv(T * KV * hd, r), dy = randv(T * H * hd, r);
+  std::vector<float> y(T * H * hd), probs(cpu::attention_probs_size(offsets.data(), n_seq, H));
+  auto f = [&] {
+    cpu::attention_forward(y.data(), probs.data(), q.data(), H * hd, k.data(), KV * hd, v.data(), KV * hd,
+                           offsets.data(), n_seq, H, KV, hd);
+    return dotv(y, dy);
+  };
+  f();
+  std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), dy.data(), probs.data(), q.data(), H * hd, k.data(),
+                          KV * hd, v.data(), KV * hd, offsets.data(), n_seq, H, KV, hd);
+  fd_check("attention dq", q, dq, f);
+  fd_check("attention dk", k, dk, f);
+  fd_check("attention dv", v, dv, f);
+  // causality and no cross-sequence attention: changing the last token of sequence 1 leaves sequence 0 and
+  // earlier tokens of sequence 1 unchanged
+  f();
+  const std::vector<float> before = y;
+  for (int i = 0; i < KV * hd; i++) k[7 * KV * hd + i] += 1.0f, v[7 * KV * hd + i] += 1.0f;
+  f();
+  for (int t = 0; t < 7; t++)
+    for (int i = 0; i < H * hd; i++) CHECK(y[t * H * hd + i] == before[t * H * hd + i]);
+}
+
+TEST(logprob_head_chunked) {
+  Rand r(7);
+  const int n_h = 5, d = 4, V = 11, n = 4;
+  auto h = randv(n_h * d, r), w = randv(V * d, r), g = randv(n, r);
+  std::vector<int32_t> src = {0, 2, 2, 4}, target = {3, 10, 0, 5};
+  std::vector<float> lp(n);
+  auto f = [&] {
+    cpu::logprob_forward(lp.data(), h.data(), src.data(), target.data(), n, w.data(), d, V);
+    return dotv(lp, g);
+  };
+  std::vector<float> dh(h.size(), 0), dw(w.size(), 0);
+  cpu::logprob_backward(dh.data(), dw.data(), g.data(), h.data(), src.data(), target.data(), n, w.data(), d, V);
+  fd_check("logprob dh", h, dh, f);
+  fd_check("logprob dw", w, dw, f);
+}
+
+// ---- full model ------------------------------------------------------------------------------------------------
+
+namespace {
+
+TrainRequest pair_request(LossKind loss, const ModelConfig& c) {
+  TrainRequest r;
+  r.loss = loss;
+  r.batch = testing::random_batch({5, 7, 4, 6}, {2, 3, 1, 4}, c.vocab_size, 11);
+  r.chosen = {0, 2};
+  r.rejected = {1, 3};
+  r.weights = {1.0f, 0.6f};
+  r.ref_chosen = {-9.0f, -7.5f};
+  r.ref_rejected = {-10.0f, -5.0f};
+  r.beta = 0.5f;
+  r.apply_update = false;
+  return r;
+}
+
+// Every tensor: 3 elements (first, middle, last) checked against central differences of the full loss.
+void check_model_grads(const std::string& what, Model& m, const TrainRequest& req) {
+  train_step(m, req);
+  const std::vector<float> grads = m.grads;
+  for (const ParamInfo& t : m.layout.tensors) {
+    for (size_t i : {size_t(0), t.numel / 2, t.numel - 1}) {
+      float& p = m.params[t.offset + i];
+      const float keep = p;
+      p = keep + static_cast<float>(kEps);
+      const double up = train_step(m, req).loss;
+      p = keep - static_cast<float>(kEps);
+      const double dn = train_step(m, req).loss;
+      p = keep;
+      const double num = (up - dn) / (2 * kEps), ana = grads[t.offset + i];
+      if (!(std::fabs(num - ana) <= kAtol + kRtol * std::fabs(num)))
+        testing::fail(__FILE__, __LINE__, what + " " + t.name + "[" + std::to_string(i) + "]: analytic " +
+                                              std::to_string(ana) + " vs numeric " + std::to_string(num));
+    }
+  }
+}
+
+}  // namespace
+
+TEST(model_gpt2_dpo_ipo_sft) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 21);
+  check_model_grads("gpt2 dpo", *m, pair_request(LossKind::DPO, m->cfg));
+  check_model_grads("gpt2 ipo", *m, pair_request(LossKind::IPO, m->cfg));
+  TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
+  sft.weights = {1.0f, 0.5f, 2.0f, 0.0f};
+  check_model_grads("gpt2 sft", *m, sft);
+}
+
+TEST(model_llama_gqa_dpo_ipo_sft) {
+  auto m = make_model(testing::tiny_llama());
+  testing::randomize(*m, 22);
+  check_model_grads("llama dpo", *m, pair_request(LossKind::DPO, m->cfg));
+  check_model_grads("llama ipo", *m, pair_request(LossKind::IPO, m->cfg));
+  TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
+  sft.weights = {};
+  check_model_grads("llama sft", *m, sft);
+}
+
+TEST(model_reward_bt_both_families) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+    cfg.reward_model = true;
+    auto m = make_model(cfg);
+    testing::randomize(*m, 23);
+    TrainRequest r = pair_request(LossKind::BT, cfg);
+    r.ref_chosen.clear();
+    r.ref_rejected.clear();
+    check_model_grads(std::string("bt ") + arch_name(cfg.arch), *m, r);
+  }
+}
+
+TEST(zero_weight_pair_contributes_no_gradient) {
+  // wDPO: a pair with weight 0 must not move the gradient: grads with weights {1, 0} equal grads of pair 0 alone
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 24);
+  TrainRequest both = pair_request(LossKind::DPO, m->cfg);
+  both.weights = {1.0f, 0.0f};
+  train_step(*m, both);
+  const std::vector<float> g_both = m->grads;
+  TrainRequest one = both;
+  one.chosen = {0};
+  one.rejected = {1};
+  one.weights = {0.5f};  // the loss is a mean over pairs: 1/2 * l_0 == 0.5 * l_0 / 1
+  one.ref_chosen = {both.ref_chosen[0]};
+  one.ref_rejected = {both.ref_rejected[0]};
+  train_step(*m, one);
+  double max_diff = 0;
+  for (size_t i = 0; i < g_both.size(); i++) max_diff = std::max(max_diff, (double)std::fabs(g_both[i] - m->grads[i]));
+  CHECK_MSG(max_diff < 1e-6, "max diff " + std::to_string(max_diff));
+}
+
+TEST(reference_model_equals_cached_logprobs) {
+  auto m = make_model(testing::tiny_llama());
+  testing::randomize(*m, 25);
+  auto ref = clone_model(*m);
+  testing::randomize(*ref, 26);
+  TrainRequest with_model = pair_request(LossKind::DPO, m->cfg);
+  with_model.ref_chosen.clear();
+  with_model.ref_rejected.clear();
+  with_model.ref_model = ref.get();
+  const TrainStats a = train_step(*m, with_model);
+  const LogprobResult lr = compute_logprobs(*ref, with_model.batch);
+  TrainRequest cached = pair_request(LossKind::DPO, m->cfg);
+  cached.ref_chosen = {lr.seq_logps[0], lr.seq_logps[2]};
+  cached.ref_rejected = {lr.seq_logps[1], lr.seq_logps[3]};
+  const TrainStats b = train_step(*m, cached);
+  CHECK(a.loss == b.loss);
+  CHECK(a.margin == b.margin);
+}
+
+TEST(bad_requests_throw_clear_errors) {
+  auto m = make_model(testing::tiny_gpt2());
+  TrainRequest r = pair_request(LossKind::DPO, m->cfg);
+  r.batch.tokens[3] = 99;
+  CHECK_THROWS(train_step(*m, r), "outside the vocabulary");
+  r = pair_request(LossKind::DPO, m->cfg);
+  r.weights = {1.0f, NAN};
+  CHECK_THROWS(train_step(*m, r), "weight 1");
+  r = pair_request(LossKind::DPO, m->cfg);
+  r.chosen = {0, 9};
+  CHECK_THROWS(train_step(*m, r), "outside the batch");
+  r = pair_request(LossKind::DPO, m->cfg);
+  r.ref_chosen.clear();
+  r.ref_rejected.clear();
+  CHECK_THROWS(train_step(*m, r), "reference");
+  r = pair_request(LossKind::BT, m->cfg);
+  CHECK_THROWS(train_step(*m, r), "no reward score head");
+  r = pair_request(LossKind::DPO, m->cfg);
+  r.batch.prompt_lens[1] = 0;
+  CHECK_THROWS(train_step(*m, r), "prompt_lens[1]");
+}
+
+TEST_MAIN()

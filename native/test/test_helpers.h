@@ -1,0 +1,76 @@
+// Shared helpers for native tests: tiny model configs, random batches, a seeded generator.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/batch.h"
+#include "core/config.h"
+#include "core/model.h"
+#include "core/rng.h"
+
+namespace testing {
+
+inline optune::ModelConfig tiny_gpt2(int vocab = 17) {
+  optune::ModelConfig c;
+  c.arch = optune::Arch::GPT2;
+  c.vocab_size = vocab;
+  c.d_model = 8;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_kv_head = 2;
+  c.head_dim = 4;
+  c.d_ff = 16;
+  c.max_positions = 32;
+  c.tie_embeddings = true;
+  return c;
+}
+
+// Qwen2-like: GQA (4 query heads, 2 kv heads), q/k/v biases, untied LM head.
+inline optune::ModelConfig tiny_llama(int vocab = 17) {
+  optune::ModelConfig c;
+  c.arch = optune::Arch::QWEN2;
+  c.vocab_size = vocab;
+  c.d_model = 8;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.head_dim = 2;
+  c.d_ff = 12;
+  c.max_positions = 32;
+  c.norm_eps = 1e-6f;
+  c.tie_embeddings = false;
+  c.qkv_bias = true;
+  return c;
+}
+
+struct Rand {
+  uint64_t seed, n = 0;
+  explicit Rand(uint64_t s) : seed(s) {}
+  double uniform() { return optune::rng_uniform(seed, 0, n++); }
+  float normal(float std = 1.0f) { return std * static_cast<float>(optune::rng_normal(seed, 1, n++)); }
+  int below(int k) { return static_cast<int>(uniform() * k); }
+};
+
+// Gives every parameter (norm weights and biases too) a random value so all gradient paths are exercised.
+inline void randomize(optune::Model& m, uint64_t seed, float std = 0.3f) {
+  Rand r(seed);
+  for (auto& p : m.params) p = r.normal(std);
+  for (const auto& t : m.layout.tensors)
+    if (t.shape.size() == 1 && t.name.find("weight") != std::string::npos)
+      for (size_t i = 0; i < t.numel; i++) m.params[t.offset + i] = 1.0f + r.normal(0.2f);
+}
+
+inline optune::Batch random_batch(const std::vector<int>& lens, const std::vector<int>& prompt_lens, int vocab,
+                                  uint64_t seed) {
+  Rand r(seed);
+  optune::Batch b;
+  b.offsets.push_back(0);
+  for (size_t i = 0; i < lens.size(); i++) {
+    for (int t = 0; t < lens[i]; t++) b.tokens.push_back(r.below(vocab));
+    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.prompt_lens.push_back(prompt_lens[i]);
+  }
+  return b;
+}
+
+}  // namespace testing

@@ -1,0 +1,214 @@
+// Sampling: the KV-cache decoder against full forwards, greedy = argmax, reproducibility across thread counts and
+// batch compositions, and the definitions of temperature, top-k and top-p checked statistically with fixed seeds.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "core/engine.h"
+#include "test_helpers.h"
+#include "testing.h"
+
+using namespace optune;
+
+namespace {
+
+SampleRequest prompts_request(const std::vector<std::vector<int32_t>>& prompts, int k, int max_new) {
+  SampleRequest r;
+  r.prompt_offsets.push_back(0);
+  for (const auto& p : prompts) {
+    r.prompt_tokens.insert(r.prompt_tokens.end(), p.begin(), p.end());
+    r.prompt_offsets.push_back(static_cast<int32_t>(r.prompt_tokens.size()));
+  }
+  r.n_samples = k;
+  r.max_new_tokens = max_new;
+  r.seed = 1234;
+  return r;
+}
+
+// Rebuilds prompt+response sequences as a batch, to score the sampled tokens with a full forward.
+Batch as_batch(const SampleRequest& req, const SampleResult& res) {
+  Batch b;
+  b.offsets.push_back(0);
+  const int K = req.n_samples;
+  for (size_t s = 0; s + 1 < res.offsets.size(); s++) {
+    const int i = static_cast<int>(s) / K;
+    b.tokens.insert(b.tokens.end(), req.prompt_tokens.begin() + req.prompt_offsets[i],
+                    req.prompt_tokens.begin() + req.prompt_offsets[i + 1]);
+    b.prompt_lens.push_back(req.prompt_offsets[i + 1] - req.prompt_offsets[i]);
+    b.tokens.insert(b.tokens.end(), res.tokens.begin() + res.offsets[s], res.tokens.begin() + res.offsets[s + 1]);
+    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+  }
+  return b;
+}
+
+const std::vector<std::vector<int32_t>> kPrompts = {{1, 5, 7}, {2, 3, 4, 8, 9, 10, 11}, {6}};
+
+}  // namespace
+
+TEST(kv_cache_decode_matches_full_forward_both_families) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 31, 0.5f);
+    SampleRequest req = prompts_request(kPrompts, 3, 12);
+    const SampleResult res = sample(*m, req);
+    const LogprobResult full = compute_logprobs(*m, as_batch(req, res));
+    CHECK(full.token_logps.size() == res.token_logps.size());
+    double worst = 0;
+    for (size_t i = 0; i < res.token_logps.size(); i++)
+      worst = std::max(worst, (double)std::fabs(full.token_logps[i] - res.token_logps[i]));
+    CHECK_MSG(worst < 1e-5, std::string(arch_name(cfg.arch)) + ": worst |decode - full| = " + std::to_string(worst));
+  }
+}
+
+TEST(greedy_equals_argmax_of_full_forward) {
+  auto m = make_model(testing::tiny_llama());
+  testing::randomize(*m, 32, 0.5f);
+  SampleRequest req = prompts_request(kPrompts, 1, 10);
+  req.temperature = 0.0f;
+  const SampleResult res = sample(*m, req);
+  const Batch b = as_batch(req, res);
+  const std::vector<float> logits = compute_logits(*m, b);
+  const int V = m->cfg.vocab_size;
+  for (int s = 0; s < b.n_seq(); s++)
+    for (int p = b.offsets[s] + b.prompt_lens[s]; p < b.offsets[s + 1]; p++) {
+      const float* z = logits.data() + static_cast<size_t>(p - 1) * V;
+      CHECK(std::max_element(z, z + V) - z == b.tokens[p]);
+    }
+}
+
+TEST(stop_tokens_end_responses) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 33, 0.5f);
+  SampleRequest req = prompts_request(kPrompts, 8, 20);
+  req.stop_tokens = {3, 4};
+  const SampleResult res = sample(*m, req);
+  int n_finished = 0;
+  for (size_t s = 0; s + 1 < res.offsets.size(); s++) {
+    const int len = res.offsets[s + 1] - res.offsets[s];
+    const int last = res.tokens[res.offsets[s + 1] - 1];
+    const bool stopped = last == 3 || last == 4;
+    CHECK(res.finished[s] == (stopped ? 1 : 0));
+    if (!stopped) CHECK(len == 20);
+    for (int t = res.offsets[s]; t < res.offsets[s + 1] - 1; t++) CHECK(res.tokens[t] != 3 && res.tokens[t] != 4);
+    n_finished += res.finished[s];
+  }
+  CHECK(n_finished > 0);
+}
+
+TEST(seeded_run_reproducible_across_thread_counts_and_batches) {
+  auto m = make_model(testing::tiny_llama());
+  testing::randomize(*m, 34, 0.5f);
+  SampleRequest req = prompts_request(kPrompts, 4, 16);
+  req.top_p = 0.9f;
+  req.top_k = 10;
+  req.temperature = 0.8f;
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const SampleResult one = sample(*m, req);
+  omp_set_num_threads(std::max(2, threads));
+  const SampleResult many = sample(*m, req);
+  omp_set_num_threads(threads);
+  CHECK(one.tokens == many.tokens);
+  CHECK(one.token_logps == many.token_logps);
+  // the second prompt alone, under its stream id, gives the same samples as inside the batch
+  SampleRequest alone = prompts_request({kPrompts[1]}, 4, 16);
+  alone.top_p = req.top_p;
+  alone.top_k = req.top_k;
+  alone.temperature = req.temperature;
+  alone.stream_ids = {1};
+  const SampleResult solo = sample(*m, alone);
+  const std::vector<int32_t> in_batch(many.tokens.begin() + many.offsets[4], many.tokens.begin() + many.offsets[8]);
+  CHECK(solo.tokens == in_batch);
+  // a different seed gives different samples
+  req.seed = 99;
+  CHECK(sample(*m, req).tokens != many.tokens);
+}
+
+namespace {
+
+// Empirical distribution of the first sampled token over n draws vs the expected one: total variation distance.
+double first_token_tv(const Model& m, SampleRequest req, const std::vector<double>& expected, int n) {
+  req.n_samples = n;
+  req.max_new_tokens = 1;
+  const SampleResult res = sample(m, req);
+  std::vector<double> freq(expected.size(), 0.0);
+  for (int32_t t : res.tokens) freq[t] += 1.0 / n;
+  double tv = 0;
+  for (size_t j = 0; j < expected.size(); j++) tv += 0.5 * std::fabs(freq[j] - expected[j]);
+  return tv;
+}
+
+}  // namespace
+
+TEST(temperature_top_k_top_p_follow_their_definitions) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 35, 0.8f);
+  SampleRequest req = prompts_request({kPrompts[0]}, 1, 1);
+  Batch b;
+  b.tokens = kPrompts[0];
+  b.offsets = {0, 3};
+  b.prompt_lens = {3};
+  const std::vector<float> logits = compute_logits(*m, b);
+  const int V = m->cfg.vocab_size;
+  const float* z = logits.data() + 2 * V;
+  std::vector<int> order(V);
+  for (int j = 0; j < V; j++) order[j] = j;
+  std::sort(order.begin(), order.end(), [&](int a, int c) { return z[a] > z[c]; });
+  auto softmax = [&](float temp, const std::vector<int>& keep) {
+    std::vector<double> p(V, 0.0);
+    double tot = 0;
+    for (int j : keep) tot += (p[j] = std::exp(z[j] / temp));
+    for (auto& x : p) x /= tot;
+    return p;
+  };
+  const int n = 40000;  // TV noise ~ sqrt(V / n) / 2 ~ 1e-2
+  std::vector<int> all(order);
+  for (float temp : {1.0f, 0.5f, 2.0f}) {
+    req.temperature = temp;
+    const double tv = first_token_tv(*m, req, softmax(temp, all), n);
+    CHECK_MSG(tv < 0.02, "temperature " + std::to_string(temp) + ": tv " + std::to_string(tv));
+  }
+  req.temperature = 1.0f;
+  req.top_k = 3;
+  std::vector<int> top3(order.begin(), order.begin() + 3);
+  double tv = first_token_tv(*m, req, softmax(1.0f, top3), n);
+  CHECK_MSG(tv < 0.02, "top-k: tv " + std::to_string(tv));
+  // top-p: the smallest most-probable prefix whose mass reaches p
+  req.top_k = 0;
+  req.top_p = 0.6f;
+  const std::vector<double> full = softmax(1.0f, all);
+  std::vector<int> nucleus;
+  double mass = 0;
+  for (int j : order) {
+    nucleus.push_back(j);
+    mass += full[j];
+    if (mass >= 0.6) break;
+  }
+  CHECK(nucleus.size() < static_cast<size_t>(V));
+  tv = first_token_tv(*m, req, softmax(1.0f, nucleus), n);
+  CHECK_MSG(tv < 0.02, "top-p: tv " + std::to_string(tv));
+  // tokens outside the nucleus never appear
+  req.n_samples = 5000;
+  const SampleResult res = sample(*m, req);
+  for (int32_t t : res.tokens) CHECK(std::find(nucleus.begin(), nucleus.end(), t) != nucleus.end());
+}
+
+TEST(bad_sample_requests_throw) {
+  auto m = make_model(testing::tiny_gpt2());
+  SampleRequest req = prompts_request(kPrompts, 1, 4);
+  req.prompt_tokens[0] = 500;
+  CHECK_THROWS(sample(*m, req), "outside the vocabulary");
+  req = prompts_request(kPrompts, 1, 40);
+  CHECK_THROWS(sample(*m, req), "max_positions");
+  req = prompts_request(kPrompts, 1, 4);
+  req.top_p = 0.0f;
+  CHECK_THROWS(sample(*m, req), "topP");
+  req = prompts_request(kPrompts, 1, 4);
+  req.prompt_tokens = {1, 2, 3};
+  req.prompt_offsets = {0, 0, 3};
+  CHECK_THROWS(sample(*m, req), "empty");
+}
+
+TEST_MAIN()
