@@ -1,0 +1,100 @@
+// Native engine benchmark (no Node needed): tokens/s for sampling, sequence log-probs and one DPO step, on the
+// tiny GPT-2 shape (d256, 4 layers, 4 heads, vocab 4096) and, with --gpt2-124m, the GPT-2 124M shape.
+// Prints one JSON line per op. `optune bench engine` runs the same work through the addon with PyTorch beside it.
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "core/engine.h"
+#include "core/rng.h"
+
+using namespace optune;
+
+static double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+static ModelConfig gpt2_shape(int d, int layers, int heads, int vocab) {
+  ModelConfig c;
+  c.arch = Arch::GPT2;
+  c.vocab_size = vocab;
+  c.d_model = d;
+  c.n_layer = layers;
+  c.n_head = heads;
+  c.n_kv_head = heads;
+  c.head_dim = d / heads;
+  c.d_ff = 4 * d;
+  c.max_positions = 1024;
+  return c;
+}
+
+static Batch random_batch(int n, int len, int prompt, int vocab, uint64_t seed) {
+  Batch b;
+  b.offsets.push_back(0);
+  for (int i = 0; i < n; i++) {
+    for (int t = 0; t < len; t++) b.tokens.push_back(static_cast<int32_t>(rng_u64(seed, i, t) % vocab));
+    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.prompt_lens.push_back(prompt);
+  }
+  return b;
+}
+
+template <class F>
+static double time_it(F f, int warmup, int reps) {
+  for (int i = 0; i < warmup; i++) f();
+  const double t0 = now();
+  for (int i = 0; i < reps; i++) f();
+  return (now() - t0) / reps;
+}
+
+static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampling, int reps) {
+  auto m = make_model(cfg);
+  init_weights(*m, 1);
+  if (with_sampling) {
+    SampleRequest r;
+    for (int i = 0; i < 16; i++) {
+      for (int t = 0; t < 32; t++) r.prompt_tokens.push_back(static_cast<int32_t>(rng_u64(7, i, t) % cfg.vocab_size));
+      r.prompt_offsets.push_back(i * 32);
+    }
+    r.prompt_offsets.push_back(16 * 32);
+    r.max_new_tokens = 64;
+    r.seed = 3;
+    const double s = time_it([&] { sample(*m, r); }, 1, reps);
+    std::printf("{\"op\": \"sample\", \"shape\": \"%s\", \"batch\": 16, \"prompt\": 32, \"new\": 64, \"sec\": %.4f, "
+                "\"tok_per_s\": %.0f}\n", name, s, 16 * 64 / s);
+  }
+  const Batch b = random_batch(16, 128, 16, cfg.vocab_size, 5);
+  const double lp = time_it([&] { compute_logprobs(*m, b); }, 1, reps);
+  std::printf("{\"op\": \"logprobs\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
+              "\"tok_per_s\": %.0f}\n", name, lp, 16 * 128 / lp);
+  TrainRequest tr;
+  tr.loss = LossKind::DPO;
+  tr.batch = b;
+  for (int j = 0; j < 8; j++) {
+    tr.chosen.push_back(2 * j);
+    tr.rejected.push_back(2 * j + 1);
+    tr.ref_chosen.push_back(-500.0f);
+    tr.ref_rejected.push_back(-500.0f);
+  }
+  tr.opt.lr = 1e-5f;
+  const double st = time_it([&] { train_step(*m, tr); }, 1, reps);
+  std::printf("{\"op\": \"dpo_step\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
+              "\"tok_per_s\": %.0f}\n", name, st, 16 * 128 / st);
+  std::fflush(stdout);
+}
+
+int main(int argc, char** argv) {
+  bool big = false;
+  int reps = 3;
+  for (int i = 1; i < argc; i++) {
+    if (!std::strcmp(argv[i], "--gpt2-124m")) big = true;
+    if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+  }
+  std::printf("{\"threads\": %d, \"blas\": \"%s\"}\n", omp_get_max_threads(), OPTUNE_BLAS_NAME);
+  run_shape("tiny-gpt2-d256-L4", gpt2_shape(256, 4, 4, 4096), true, reps);
+  if (big) run_shape("gpt2-124m", gpt2_shape(768, 12, 12, 50257), false, 1);
+  return 0;
+}
