@@ -1,0 +1,259 @@
+#include "model_wrap.h"
+
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "convert.h"
+#include "core/checkpoint.h"
+#include "core/engine.h"
+#include "task.h"
+
+namespace optune_addon {
+
+// Per-environment state (one per Node main thread or worker_thread that loads the addon).
+struct AddonData {
+  Napi::FunctionReference model_ctor;
+};
+
+static AddonData& addon_data(Napi::Env env) {
+  AddonData* d = env.GetInstanceData<AddonData>();
+  if (d == nullptr) {
+    d = new AddonData();
+    env.SetInstanceData(d);  // freed by Node when the environment exits
+  }
+  return *d;
+}
+
+Napi::Function ModelWrap::define(Napi::Env env) {
+  Napi::Function ctor = DefineClass(
+      env, "Model",
+      {
+          InstanceMethod<&ModelWrap::save>("save"),
+          InstanceMethod<&ModelWrap::clone>("clone"),
+          InstanceMethod<&ModelWrap::logprobs>("logprobs"),
+          InstanceMethod<&ModelWrap::logits>("logits"),
+          InstanceMethod<&ModelWrap::scores>("scores"),
+          InstanceMethod<&ModelWrap::train_step>("trainStep"),
+          InstanceMethod<&ModelWrap::sample>("sample"),
+          InstanceMethod<&ModelWrap::dispose>("dispose"),
+          InstanceMethod<&ModelWrap::get_params>("getParams"),
+          InstanceMethod<&ModelWrap::set_params>("setParams"),
+          InstanceAccessor<&ModelWrap::config>("config"),
+          InstanceAccessor<&ModelWrap::num_params>("numParams"),
+          InstanceAccessor<&ModelWrap::disposed>("disposed"),
+          InstanceAccessor<&ModelWrap::busy_op>("busyWith"),
+      });
+  addon_data(env).model_ctor = Napi::Persistent(ctor);
+  return ctor;
+}
+
+Napi::Object ModelWrap::wrap(Napi::Env env, std::unique_ptr<optune::Model> m) {
+  auto h = std::make_shared<ModelHandle>();
+  h->model = std::move(m);
+  // An External cannot be made from JS, so `new Model(...)` from user code is refused by the constructor.
+  return addon_data(env).model_ctor.New({Napi::External<HandlePtr>::New(env, &h)});
+}
+
+ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    throw Napi::TypeError::New(info.Env(), "Model cannot be constructed directly; use createModel() or loadModel()");
+  }
+  h_ = *info[0].As<Napi::External<HandlePtr>>().Data();
+}
+
+optune::Model& ModelWrap::idle_model(Napi::Env env, const char* op) {
+  check_alive(env, *h_);
+  if (h_->busy_op != nullptr) {
+    throw Napi::Error::New(env, std::string("model is busy with ") + h_->busy_op + "; await the previous call before " +
+                                    op);
+  }
+  return *h_->model;
+}
+
+static std::string string_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsString() || info[i].As<Napi::String>().Utf8Value().empty()) {
+    throw Napi::TypeError::New(info.Env(), std::string(name) + " must be a non-empty string, got " +
+                                               (info.Length() <= i ? "undefined" : describe(info[i])));
+  }
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+// ---- checkpoints and copies -----------------------------------------------------------------------------------
+
+Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    std::string dir = string_arg(info, 0, "dir");
+    acquire(env, *h_, "save");
+    HandlePtr h = h_;
+    return PromiseTask::start(
+        env, "save", [h, dir] { optune::save_checkpoint(*h->model, dir); },
+        [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::clone(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    acquire(env, *h_, "clone");
+    HandlePtr h = h_;
+    auto out = std::make_shared<std::unique_ptr<optune::Model>>();
+    return PromiseTask::start(
+        env, "clone", [h, out] { *out = optune::clone_model(*h->model); },
+        [out](Napi::Env e) -> Napi::Value { return wrap(e, std::move(*out)); }, [h] { release(*h); });
+  });
+}
+
+// ---- forward passes -------------------------------------------------------------------------------------------
+
+Napi::Value ModelWrap::logprobs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    auto batch = std::make_shared<optune::Batch>(to_batch(info[0], "batch"));
+    acquire(env, *h_, "logprobs");
+    HandlePtr h = h_;
+    auto out = std::make_shared<optune::LogprobResult>();
+    return PromiseTask::start(
+        env, "logprobs", [h, batch, out] { *out = optune::compute_logprobs(*h->model, *batch); },
+        [out](Napi::Env e) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(e);
+          o.Set("tokenLogps", to_js(e, out->token_logps));
+          o.Set("seqLogps", to_js(e, out->seq_logps));
+          return o;
+        },
+        [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::logits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    auto batch = std::make_shared<optune::Batch>(to_batch(info[0], "batch"));
+    acquire(env, *h_, "logits");
+    HandlePtr h = h_;
+    auto out = std::make_shared<std::vector<float>>();
+    return PromiseTask::start(
+        env, "logits", [h, batch, out] { *out = optune::compute_logits(*h->model, *batch); },
+        [out](Napi::Env e) -> Napi::Value { return to_js(e, *out); }, [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::scores(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    auto batch = std::make_shared<optune::Batch>(to_batch(info[0], "batch"));
+    acquire(env, *h_, "scores");
+    HandlePtr h = h_;
+    auto out = std::make_shared<std::vector<float>>();
+    return PromiseTask::start(
+        env, "scores", [h, batch, out] { *out = optune::compute_scores(*h->model, *batch); },
+        [out](Napi::Env e) -> Napi::Value { return to_js(e, *out); }, [h] { release(*h); });
+  });
+}
+
+// ---- training and sampling ------------------------------------------------------------------------------------
+
+Napi::Value ModelWrap::train_step(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    Napi::Object req = expect_object(info[0], "request");
+
+    // Resolve refModel to its native handle before anything is marked busy.
+    HandlePtr ref;
+    Napi::Value ref_value = req.Get("refModel");
+    if (!ref_value.IsUndefined()) {
+      Napi::Function ctor = addon_data(env).model_ctor.Value();
+      if (!ref_value.IsObject() || !ref_value.As<Napi::Object>().InstanceOf(ctor)) {
+        throw Napi::TypeError::New(env, "request.refModel must be a Model, got " + describe(ref_value));
+      }
+      ref = ModelWrap::Unwrap(ref_value.As<Napi::Object>())->h_;
+      if (ref == h_) {
+        throw Napi::Error::New(env, "request.refModel must be a different model than the one trained; use clone()");
+      }
+      check_alive(env, *ref, "refModel");
+    }
+    auto request = std::make_shared<optune::TrainRequest>(to_train_request(req, ref != nullptr));
+
+    acquire(env, *h_, "trainStep");
+    if (ref) {
+      try {
+        acquire(env, *ref, "trainStep", "refModel");
+      } catch (...) {
+        release(*h_);
+        throw;
+      }
+    }
+    HandlePtr h = h_;
+    auto out = std::make_shared<optune::TrainStats>();
+    return PromiseTask::start(
+        env, "trainStep",
+        [h, ref, request, out] {
+          request->ref_model = ref ? ref->model.get() : nullptr;
+          *out = optune::train_step(*h->model, *request);
+        },
+        [out](Napi::Env e) -> Napi::Value { return stats_to_js(e, *out); },
+        [h, ref] {
+          release(*h);
+          if (ref) release(*ref);
+        });
+  });
+}
+
+Napi::Value ModelWrap::sample(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    auto request = std::make_shared<optune::SampleRequest>(to_sample_request(info[0]));
+    acquire(env, *h_, "sample");
+    HandlePtr h = h_;
+    auto out = std::make_shared<optune::SampleResult>();
+    return PromiseTask::start(
+        env, "sample", [h, request, out] { *out = optune::sample(*h->model, *request); },
+        [out](Napi::Env e) -> Napi::Value { return sample_to_js(e, *out); }, [h] { release(*h); });
+  });
+}
+
+// ---- lifetime and synchronous accessors -----------------------------------------------------------------------
+
+void ModelWrap::dispose(const Napi::CallbackInfo&) {
+  if (h_->disposed) return;
+  h_->disposed = true;
+  // A running operation keeps using the weights; release() frees them when it ends.
+  if (h_->busy_op == nullptr) h_->model.reset();
+}
+
+Napi::Value ModelWrap::get_params(const Napi::CallbackInfo& info) {
+  return to_js(info.Env(), idle_model(info.Env(), "getParams()").params);
+}
+
+void ModelWrap::set_params(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  optune::Model& m = idle_model(env, "setParams()");
+  std::vector<float> p = float32_array(info[0], "params", false);
+  if (p.size() != m.params.size()) {
+    throw Napi::RangeError::New(env, "params has " + std::to_string(p.size()) + " values but the model has " +
+                                         std::to_string(m.params.size()));
+  }
+  m.params = std::move(p);
+}
+
+Napi::Value ModelWrap::config(const Napi::CallbackInfo& info) {
+  check_alive(info.Env(), *h_);
+  return config_to_js(info.Env(), h_->model->cfg);
+}
+
+Napi::Value ModelWrap::num_params(const Napi::CallbackInfo& info) {
+  check_alive(info.Env(), *h_);
+  return Napi::Number::New(info.Env(), static_cast<double>(h_->model->num_params()));
+}
+
+Napi::Value ModelWrap::disposed(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), h_->disposed);
+}
+
+Napi::Value ModelWrap::busy_op(const Napi::CallbackInfo& info) {
+  if (h_->busy_op == nullptr) return info.Env().Null();
+  return Napi::String::New(info.Env(), h_->busy_op);
+}
+
+}  // namespace optune_addon

@@ -1,0 +1,266 @@
+// EngineModel: the TS face of one native model. The native model runs one operation at a time and rejects a
+// second, so every call here goes through a per-model promise queue and runs after the previous one settles.
+// A trainStep with a reference model also takes a turn in the reference model's queue, so neither model is
+// touched by another call while the step runs. Turns are taken synchronously in call order, so waits cannot cycle.
+
+import { loadAddon } from "./addon.js";
+import { type PackedPrompts, packPrompts, toFloat32Array, toInt32Array } from "./batch.js";
+import type {
+  AdamWOptions,
+  Batch,
+  EngineInfo,
+  LogprobResult,
+  LossName,
+  ModelConfig,
+  ModelConfigInput,
+  NativeModel,
+  NativeSampleRequest,
+  NativeTrainRequest,
+  SampleResult,
+  TrainStats,
+} from "./types.js";
+
+export const DEFAULT_BETA = 0.1;
+
+export const DEFAULT_OPTIMIZER: Readonly<AdamWOptions> = {
+  lr: 1e-5,
+  beta1: 0.9,
+  beta2: 0.999,
+  eps: 1e-8,
+  weightDecay: 0,
+  maxGradNorm: 0,
+};
+
+export const DEFAULT_SAMPLING: Readonly<Required<Pick<SampleOptions, "nSamples" | "maxNewTokens" | "temperature" | "topK" | "topP">>> = {
+  nSamples: 1,
+  maxNewTokens: 64,
+  temperature: 1,
+  topK: 0,
+  topP: 1,
+};
+
+export interface TrainStepOptions {
+  loss: LossName;
+  batch: Batch;
+  /** Pairwise losses: pair j compares sequences chosen[j] and rejected[j] of the batch. */
+  chosen?: ArrayLike<number>;
+  rejected?: ArrayLike<number>;
+  /** Per pair (dpo/ipo/bt) or per sequence (sft); all 1 when absent. */
+  weights?: ArrayLike<number>;
+  /** Reference sequence log-probs per pair (dpo/ipo); otherwise refModel computes them. */
+  refChosen?: ArrayLike<number>;
+  refRejected?: ArrayLike<number>;
+  refModel?: EngineModel;
+  beta?: number;
+  optimizer?: Partial<AdamWOptions>;
+  /** false: compute loss and gradients only. */
+  applyUpdate?: boolean;
+}
+
+export interface SampleOptions {
+  /** Token ids per prompt, or prompts already packed. */
+  prompts: readonly ArrayLike<number>[] | PackedPrompts;
+  /** Responses per prompt. */
+  nSamples?: number;
+  maxNewTokens?: number;
+  /** 0 = greedy. */
+  temperature?: number;
+  /** 0 = off. */
+  topK?: number;
+  /** 1 = off. */
+  topP?: number;
+  /** A response ends after it emits one of these (the stop token is kept). */
+  stopTokens?: ArrayLike<number>;
+  seed?: number | bigint;
+  /** Per prompt, the key of its random stream: the same (seed, stream id) samples the same tokens in any batch. */
+  streamIds?: ArrayLike<number | bigint>;
+}
+
+/** Version, backends, BLAS and thread count of the native engine. */
+export function engineInfo(): EngineInfo {
+  return loadAddon().info();
+}
+
+/** Threads the engine uses for each call (OpenMP). */
+export function setThreads(n: number): void {
+  loadAddon().setThreads(n);
+}
+
+interface Reservation {
+  /** Resolves when every earlier call on the model has settled. */
+  turn: Promise<void>;
+  /** Ends the reservation; later calls on the model may run. */
+  done: () => void;
+}
+
+export class EngineModel {
+  readonly config: ModelConfig;
+  readonly numParams: number;
+  private readonly native: NativeModel;
+  /** Settles when the last queued call has; never rejects. */
+  private tail: Promise<void> = Promise.resolve();
+  private disposeRequested = false;
+
+  private constructor(native: NativeModel) {
+    this.native = native;
+    this.config = native.config;
+    this.numParams = native.numParams;
+  }
+
+  /** A model with transformers-style random init from `seed`. */
+  static async create(config: ModelConfigInput, seed: number | bigint = 0): Promise<EngineModel> {
+    return new EngineModel(await loadAddon().createModel(config, seed));
+  }
+
+  /** A transformers checkpoint directory (config.json + model.safetensors). */
+  static async load(dir: string): Promise<EngineModel> {
+    return new EngineModel(await loadAddon().loadModel(dir));
+  }
+
+  /** True once dispose() was called (the weights are freed after the calls queued before it). */
+  get disposed(): boolean {
+    return this.disposeRequested;
+  }
+
+  async save(dir: string): Promise<void> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.save(dir));
+  }
+
+  /** A frozen copy of the weights (no optimizer state): a reference model. */
+  async clone(): Promise<EngineModel> {
+    this.checkAlive("model");
+    return new EngineModel(await this.enqueue(() => this.native.clone()));
+  }
+
+  async logprobs(batch: Batch): Promise<LogprobResult> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.logprobs(batch));
+  }
+
+  /** Full logits [nTokens, vocab]; for tests and debugging. */
+  async logits(batch: Batch): Promise<Float32Array> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.logits(batch));
+  }
+
+  /** Reward-model score of each sequence. */
+  async scores(batch: Batch): Promise<Float32Array> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.scores(batch));
+  }
+
+  async trainStep(options: TrainStepOptions): Promise<TrainStats> {
+    this.checkAlive("model");
+    const request = toNativeTrainRequest(options);
+    const ref = options.refModel;
+    if (ref === undefined) return this.enqueue(() => this.native.trainStep(request));
+    if (!(ref instanceof EngineModel)) throw new TypeError("trainStep: refModel must be an EngineModel");
+    if (ref === this) throw new Error("trainStep: refModel must be a different model than the one trained; use clone()");
+    ref.checkAlive("refModel");
+    const slot = ref.reserve();
+    return this.enqueue(async () => {
+      try {
+        await slot.turn;
+        return await this.native.trainStep({ ...request, refModel: ref.native });
+      } finally {
+        slot.done();
+      }
+    });
+  }
+
+  async sample(options: SampleOptions): Promise<SampleResult> {
+    this.checkAlive("model");
+    const request = toNativeSampleRequest(options);
+    return this.enqueue(() => this.native.sample(request));
+  }
+
+  /** A copy of the flat fp32 parameter buffer (transformers tensor order, see native/core/params.h). */
+  async getParams(): Promise<Float32Array> {
+    this.checkAlive("model");
+    return this.enqueue(async () => this.native.getParams());
+  }
+
+  async setParams(params: Float32Array): Promise<void> {
+    this.checkAlive("model");
+    const copy = Float32Array.from(params);
+    return this.enqueue(async () => this.native.setParams(copy));
+  }
+
+  /** Frees the weights once the calls queued before it have run; later calls reject. */
+  async dispose(): Promise<void> {
+    if (this.disposeRequested) return;
+    this.disposeRequested = true;
+    return this.enqueue(async () => this.native.dispose());
+  }
+
+  private checkAlive(what: string): void {
+    if (this.disposeRequested) throw new Error(`${what} has been disposed; create or load a new one`);
+  }
+
+  private enqueue<T>(op: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(op);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+
+  /** Takes the next turn in this model's queue without running anything in it (see trainStep). */
+  private reserve(): Reservation {
+    let done!: () => void;
+    const finished = new Promise<void>((resolve) => {
+      done = resolve;
+    });
+    const turn = this.tail;
+    this.tail = finished;
+    return { turn, done };
+  }
+}
+
+function toNativeTrainRequest(o: TrainStepOptions): Omit<NativeTrainRequest, "refModel"> {
+  const request: Omit<NativeTrainRequest, "refModel"> = {
+    loss: o.loss,
+    batch: o.batch,
+    beta: o.beta ?? DEFAULT_BETA,
+    optimizer: { ...DEFAULT_OPTIMIZER, ...o.optimizer },
+    applyUpdate: o.applyUpdate ?? true,
+  };
+  if (o.chosen !== undefined) request.chosen = toInt32Array(o.chosen, "chosen");
+  if (o.rejected !== undefined) request.rejected = toInt32Array(o.rejected, "rejected");
+  if (o.weights !== undefined) request.weights = toFloat32Array(o.weights, "weights");
+  if (o.refChosen !== undefined) request.refChosen = toFloat32Array(o.refChosen, "refChosen");
+  if (o.refRejected !== undefined) request.refRejected = toFloat32Array(o.refRejected, "refRejected");
+  return request;
+}
+
+function isPacked(p: SampleOptions["prompts"]): p is PackedPrompts {
+  return !Array.isArray(p) && typeof p === "object" && p !== null && "tokens" in p && "offsets" in p;
+}
+
+function toNativeSampleRequest(o: SampleOptions): NativeSampleRequest {
+  const packed = isPacked(o.prompts) ? o.prompts : packPrompts(o.prompts as readonly ArrayLike<number>[]);
+  const request: NativeSampleRequest = {
+    promptTokens: packed.tokens,
+    promptOffsets: packed.offsets,
+    nSamples: o.nSamples ?? DEFAULT_SAMPLING.nSamples,
+    maxNewTokens: o.maxNewTokens ?? DEFAULT_SAMPLING.maxNewTokens,
+    temperature: o.temperature ?? DEFAULT_SAMPLING.temperature,
+    topK: o.topK ?? DEFAULT_SAMPLING.topK,
+    topP: o.topP ?? DEFAULT_SAMPLING.topP,
+    seed: o.seed ?? 0,
+  };
+  if (o.stopTokens !== undefined) request.stopTokens = toInt32Array(o.stopTokens, "stopTokens");
+  if (o.streamIds !== undefined) {
+    const ids = new BigUint64Array(o.streamIds.length);
+    for (let i = 0; i < o.streamIds.length; i++) {
+      const v = o.streamIds[i] as number | bigint;
+      const ok = typeof v === "number" ? Number.isSafeInteger(v) && v >= 0 : v >= 0n && v < 1n << 64n;
+      if (!ok) throw new RangeError(`streamIds[${i}] must be a non-negative safe integer or a u64 bigint, got ${v}`);
+      ids[i] = BigInt(v);
+    }
+    request.streamIds = ids;
+  }
+  return request;
+}

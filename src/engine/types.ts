@@ -1,0 +1,148 @@
+// Types of the native addon (build/Release/optune.node) and of the engine wrapper built on it.
+// Field names are the addon's; the C++ side (native/addon/convert.cpp) checks every one of them again.
+
+export type Arch = "gpt2" | "llama" | "qwen2";
+export type LossName = "sft" | "dpo" | "ipo" | "bt";
+
+/** A decoder-only transformer, as the engine describes it (native/core/config.h). */
+export interface ModelConfig {
+  arch: Arch;
+  vocabSize: number;
+  dModel: number;
+  nLayer: number;
+  nHead: number;
+  nKvHead: number;
+  headDim: number;
+  dFf: number;
+  maxPositions: number;
+  normEps: number;
+  ropeTheta: number;
+  tieEmbeddings: boolean;
+  qkvBias: boolean;
+  oBias: boolean;
+  rewardModel: boolean;
+  bosTokenId: number;
+  eosTokenId: number;
+  padTokenId: number;
+}
+
+/** What createModel needs; the rest defaults (nKvHead = nHead, headDim = dModel / nHead, qkvBias for qwen2, ...). */
+export type ModelConfigInput = Pick<ModelConfig, "arch" | "vocabSize" | "dModel" | "nLayer" | "nHead" | "dFf" | "maxPositions"> &
+  Partial<ModelConfig>;
+
+/**
+ * Sequences packed back to back: sequence i is tokens[offsets[i] .. offsets[i+1]), its first promptLens[i] tokens
+ * are the prompt (at least 1), the rest the response.
+ */
+export interface Batch {
+  tokens: Int32Array;
+  offsets: Int32Array;
+  promptLens: Int32Array;
+}
+
+export interface LogprobResult {
+  /** One per response token, sequence 0's first. */
+  tokenLogps: Float32Array;
+  /** Per sequence: the sum of its response token log-probs (0 for an empty response). */
+  seqLogps: Float32Array;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Decoupled; matrices and embeddings only. */
+  weightDecay: number;
+  /** Global L2 norm clipping; <= 0 disables. */
+  maxGradNorm: number;
+}
+
+export interface TrainStats {
+  loss: number;
+  /** Mean beta * (logp_c - ref_c); BT: mean score of chosen. */
+  chosenReward: number;
+  rejectedReward: number;
+  margin: number;
+  /** Fraction of pairs with chosenReward > rejectedReward. */
+  accuracy: number;
+  /** Global gradient L2 norm before clipping. */
+  gradNorm: number;
+  nPairs: number;
+  nTokens: number;
+}
+
+export interface SampleResult {
+  /** nPrompts * nSamples responses, prompt-major, packed back to back. */
+  tokens: Int32Array;
+  /** nResponses + 1. */
+  offsets: Int32Array;
+  /** Log-prob of each sampled token under the model (temperature 1, unfiltered). */
+  tokenLogps: Float32Array;
+  /** 1 when the response ended with a stop token, 0 when it hit maxNewTokens. */
+  finished: Uint8Array;
+}
+
+export interface EngineInfo {
+  version: string;
+  backends: string[];
+  /** "openblas" or "builtin". */
+  blas: string;
+  threads: number;
+  devices: string[];
+}
+
+// ---- the raw addon ---------------------------------------------------------------------------------------------
+
+export interface NativeTrainRequest {
+  loss: LossName;
+  batch: Batch;
+  chosen?: Int32Array;
+  rejected?: Int32Array;
+  weights?: Float32Array;
+  refChosen?: Float32Array;
+  refRejected?: Float32Array;
+  refModel?: NativeModel;
+  beta?: number;
+  optimizer?: Partial<AdamWOptions>;
+  applyUpdate?: boolean;
+}
+
+export interface NativeSampleRequest {
+  promptTokens: Int32Array;
+  promptOffsets: Int32Array;
+  nSamples?: number;
+  maxNewTokens?: number;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  stopTokens?: Int32Array;
+  seed?: number | bigint;
+  streamIds?: BigUint64Array;
+}
+
+/** One native model. A second call while one runs rejects: EngineModel queues calls instead. */
+export interface NativeModel {
+  readonly config: ModelConfig;
+  readonly numParams: number;
+  readonly disposed: boolean;
+  /** Name of the running operation, or null. */
+  readonly busyWith: string | null;
+  save(dir: string): Promise<void>;
+  clone(): Promise<NativeModel>;
+  logprobs(batch: Batch): Promise<LogprobResult>;
+  logits(batch: Batch): Promise<Float32Array>;
+  scores(batch: Batch): Promise<Float32Array>;
+  trainStep(request: NativeTrainRequest): Promise<TrainStats>;
+  sample(request: NativeSampleRequest): Promise<SampleResult>;
+  dispose(): void;
+  getParams(): Float32Array;
+  setParams(params: Float32Array): void;
+}
+
+export interface NativeAddon {
+  info(): EngineInfo;
+  setThreads(n: number): void;
+  createModel(config: ModelConfigInput, seed?: number | bigint): Promise<NativeModel>;
+  loadModel(dir: string): Promise<NativeModel>;
+}

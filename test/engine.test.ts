@@ -1,0 +1,323 @@
+// The native engine through src/engine: model creation, log-probs, checkpoints, training, sampling, error
+// reporting, call queueing, and that long calls leave the JS event loop free.
+
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+
+import { afterAll, describe, expect, it } from "vitest";
+
+import {
+  type Batch,
+  type ModelConfigInput,
+  EngineModel,
+  engineInfo,
+  packBatch,
+  packageRoot,
+} from "../src/engine/index.js";
+
+const tiny: ModelConfigInput = {
+  arch: "gpt2",
+  vocabSize: 50,
+  dModel: 16,
+  nLayer: 2,
+  nHead: 2,
+  dFf: 64,
+  maxPositions: 64,
+};
+
+// Two preference pairs sharing prompts: sequences 0/1 are pair 0 (chosen/rejected), 2/3 pair 1.
+function pairBatch(): Batch {
+  return packBatch([
+    { prompt: [1, 2, 3], response: [4, 5, 6, 7] },
+    { prompt: [1, 2, 3], response: [8, 9] },
+    { prompt: [10, 11], response: [12, 13, 14] },
+    { prompt: [10, 11], response: [15, 16, 17, 18, 19] },
+  ]);
+}
+
+// Numbers, typed arrays, arrays and objects equal up to float rounding (|a - b| <= 1e-6 (1 + |b|)).
+function expectClose(actual: unknown, expected: unknown, path = "value"): void {
+  if (typeof expected === "number") {
+    expect(typeof actual, path).toBe("number");
+    const a = actual as number;
+    expect(Math.abs(a - expected) <= 1e-6 * (1 + Math.abs(expected)), `${path}: ${a} vs ${expected}`).toBe(true);
+  } else if (ArrayBuffer.isView(expected) || Array.isArray(expected)) {
+    const e = expected as ArrayLike<unknown>;
+    const a = actual as ArrayLike<unknown>;
+    expect(a.length, `${path}.length`).toBe(e.length);
+    for (let i = 0; i < e.length; i++) expectClose(a[i], e[i], `${path}[${i}]`);
+  } else if (typeof expected === "object" && expected !== null) {
+    expect(Object.keys(actual as object).sort(), `${path} keys`).toEqual(Object.keys(expected).sort());
+    for (const [k, v] of Object.entries(expected)) expectClose((actual as Record<string, unknown>)[k], v, `${path}.${k}`);
+  } else {
+    expect(actual, path).toEqual(expected);
+  }
+}
+
+const tmpDirs: string[] = [];
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "optune-engine-test-"));
+  tmpDirs.push(dir);
+  return dir;
+}
+afterAll(() => {
+  for (const d of tmpDirs) rmSync(d, { recursive: true, force: true });
+});
+
+describe("engine info", () => {
+  it("reports version, backends, BLAS, threads and devices", () => {
+    const info = engineInfo();
+    const pkg = JSON.parse(readFileSync(join(packageRoot, "package.json"), "utf8")) as { version: string };
+    expect(info.version).toBe(pkg.version);
+    expect(info.backends).toContain("cpu");
+    expect(["openblas", "builtin"]).toContain(info.blas);
+    expect(Number.isInteger(info.threads) && info.threads >= 1).toBe(true);
+    expect(info.devices).toEqual([]);
+  });
+});
+
+describe("models", () => {
+  it("creates a GPT-2 model and computes log-probs of the right shapes", async () => {
+    const m = await EngineModel.create(tiny, 1);
+    expect(m.config.arch).toBe("gpt2");
+    expect(m.config.nKvHead).toBe(2);
+    expect(m.config.headDim).toBe(8);
+    expect(m.numParams).toBeGreaterThan(0);
+
+    const batch = packBatch([
+      { prompt: [1, 2], response: [3, 4, 5] },
+      { prompt: [6], response: [] },
+      { prompt: [7, 8, 9], response: [10] },
+    ]);
+    const r = await m.logprobs(batch);
+    expect(r.tokenLogps).toBeInstanceOf(Float32Array);
+    expect(r.tokenLogps.length).toBe(4);
+    expect(r.seqLogps.length).toBe(3);
+    for (const lp of r.tokenLogps) expect(lp < 0 && Number.isFinite(lp)).toBe(true);
+    expect(r.seqLogps[0]).toBeCloseTo((r.tokenLogps[0] ?? 0) + (r.tokenLogps[1] ?? 0) + (r.tokenLogps[2] ?? 0), 4);
+    expect(r.seqLogps[1]).toBe(0);
+    expect(r.seqLogps[2]).toBeCloseTo(r.tokenLogps[3] ?? 0, 5);
+
+    // Same seed, same weights; another seed, other weights.
+    const same = await EngineModel.create(tiny, 1);
+    const other = await EngineModel.create(tiny, 2);
+    expect(await same.getParams()).toEqual(await m.getParams());
+    expect(await other.getParams()).not.toEqual(await m.getParams());
+    await Promise.all([m.dispose(), same.dispose(), other.dispose()]);
+  });
+
+  it("saves and loads a checkpoint that is equal to the original", async () => {
+    const m = await EngineModel.create({ ...tiny, eosTokenId: 0 }, 3);
+    const dir = join(tempDir(), "ckpt");
+    await m.save(dir);
+    const loaded = await EngineModel.load(dir);
+    expect(loaded.config).toEqual(m.config);
+    expect(loaded.numParams).toBe(m.numParams);
+    expect(await loaded.getParams()).toEqual(await m.getParams());
+    const batch = pairBatch();
+    expect((await loaded.logprobs(batch)).seqLogps).toEqual((await m.logprobs(batch)).seqLogps);
+  });
+
+  it("clone() is an equal, independent copy", async () => {
+    const m = await EngineModel.create(tiny, 4);
+    const c = await m.clone();
+    expect(await c.getParams()).toEqual(await m.getParams());
+    const p = await m.getParams();
+    p[0] = (p[0] ?? 0) + 1;
+    await m.setParams(p);
+    expect((await m.getParams())[0]).toBe(p[0]);
+    expect((await c.getParams())[0]).not.toBe(p[0]);
+  });
+});
+
+describe("training", () => {
+  it("DPO steps against a frozen reference reduce the loss", async () => {
+    const policy = await EngineModel.create(tiny, 5);
+    const ref = await policy.clone();
+    const batch = pairBatch();
+    const step = () =>
+      policy.trainStep({ loss: "dpo", batch, chosen: [0, 2], rejected: [1, 3], refModel: ref, beta: 0.5, optimizer: { lr: 3e-3 } });
+
+    const first = await step();
+    // Policy == reference: every implicit reward is 0, so the loss is log 2.
+    expect(first.loss).toBeCloseTo(Math.log(2), 4);
+    expect(first.margin).toBeCloseTo(0, 5);
+    expect(first.nPairs).toBe(2);
+    expect(first.nTokens).toBe(4 + 2 + 3 + 5);
+    expect(first.gradNorm).toBeGreaterThan(0);
+    let last = first;
+    for (let i = 0; i < 5; i++) last = await step();
+    expect(last.loss).toBeLessThan(first.loss - 0.05);
+    expect(last.margin).toBeGreaterThan(0);
+    expect(last.accuracy).toBe(1);
+  });
+
+  it("precomputed reference log-probs give the same step as a reference model", async () => {
+    const a = await EngineModel.create(tiny, 6);
+    const b = await EngineModel.create(tiny, 6);
+    const ref = await a.clone();
+    const batch = pairBatch();
+    const refLp = (await ref.logprobs(batch)).seqLogps;
+    const common = { loss: "dpo" as const, batch, chosen: [0, 2], rejected: [1, 3], optimizer: { lr: 1e-3 } };
+    const sa = await a.trainStep({ ...common, refModel: ref });
+    const sb = await b.trainStep({ ...common, refChosen: [refLp[0] ?? 0, refLp[2] ?? 0], refRejected: [refLp[1] ?? 0, refLp[3] ?? 0] });
+    expect(sb.loss).toBeCloseTo(sa.loss, 6);
+    const pa = await a.getParams();
+    const pb = await b.getParams();
+    let maxDiff = 0;
+    for (let i = 0; i < pa.length; i++) maxDiff = Math.max(maxDiff, Math.abs((pa[i] ?? 0) - (pb[i] ?? 0)));
+    expect(maxDiff).toBeLessThan(1e-6);
+  });
+});
+
+describe("sampling", () => {
+  it("returns K responses per prompt with matching offsets, log-probs and flags", async () => {
+    const m = await EngineModel.create(tiny, 7);
+    const r = await m.sample({ prompts: [[1, 2, 3], [4]], nSamples: 3, maxNewTokens: 5, seed: 11 });
+    expect(r.offsets.length).toBe(2 * 3 + 1);
+    expect(r.offsets[0]).toBe(0);
+    expect(r.offsets[6]).toBe(r.tokens.length);
+    expect(r.tokenLogps.length).toBe(r.tokens.length);
+    expect(r.finished.length).toBe(6);
+    for (let i = 0; i < 6; i++) {
+      const len = (r.offsets[i + 1] ?? 0) - (r.offsets[i] ?? 0);
+      expect(len).toBe(5); // no stop tokens: every response runs to maxNewTokens
+      expect(r.finished[i]).toBe(0);
+    }
+    for (const t of r.tokens) expect(t >= 0 && t < tiny.vocabSize).toBe(true);
+    for (const lp of r.tokenLogps) expect(lp <= 0 && Number.isFinite(lp)).toBe(true);
+
+    // Same seed, same samples.
+    const again = await m.sample({ prompts: [[1, 2, 3], [4]], nSamples: 3, maxNewTokens: 5, seed: 11 });
+    expect(again.tokens).toEqual(r.tokens);
+  });
+
+  it("stops a response at a stop token and keeps it", async () => {
+    const m = await EngineModel.create(tiny, 8);
+    const everyToken = Array.from({ length: tiny.vocabSize }, (_, i) => i);
+    const r = await m.sample({ prompts: [[1, 2]], nSamples: 4, maxNewTokens: 6, stopTokens: everyToken, seed: 1 });
+    expect(Array.from(r.offsets)).toEqual([0, 1, 2, 3, 4]);
+    expect(Array.from(r.finished)).toEqual([1, 1, 1, 1]);
+  });
+});
+
+describe("errors", () => {
+  it("rejects a wrong typed array type", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const b = pairBatch();
+    const bad = { ...b, tokens: Float32Array.from(b.tokens) } as unknown as Batch;
+    await expect(m.logprobs(bad)).rejects.toThrow(/batch\.tokens must be an Int32Array, got a Float32Array/);
+    await expect(m.logprobs(bad)).rejects.toBeInstanceOf(TypeError);
+  });
+
+  it("rejects an out-of-range token id with the core's message", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const b = packBatch([{ prompt: [1, 2], response: [3, 99] }]);
+    await expect(m.logprobs(b)).rejects.toThrow(/token id 99.*vocabulary/);
+    // The model still works afterwards.
+    await expect(m.logprobs(pairBatch())).resolves.toBeDefined();
+  });
+
+  it("rejects offsets that do not match the tokens", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const b = pairBatch();
+    await expect(m.logprobs({ ...b, offsets: b.offsets.subarray(0, 3) })).rejects.toThrow(/offsets has 3 entries/);
+    const shifted = Int32Array.from(b.offsets);
+    shifted[shifted.length - 1] = b.tokens.length + 2;
+    await expect(m.logprobs({ ...b, offsets: shifted })).rejects.toThrow(/offsets must start at 0 and end at/);
+  });
+
+  it("rejects non-finite weights and reference log-probs", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const req = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-1, -1], refRejected: [-1, -1] };
+    await expect(m.trainStep({ ...req, weights: [1, Number.NaN] })).rejects.toThrow(/weights\[1\] is NaN; all values must be finite/);
+    await expect(m.trainStep({ ...req, refChosen: [-1, Number.POSITIVE_INFINITY] })).rejects.toThrow(/refChosen\[1\]/);
+    await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo' or 'bt', got 'kto'/);
+  });
+
+  it("rejects calls on a disposed model", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    await m.dispose();
+    expect(m.disposed).toBe(true);
+    await expect(m.logprobs(pairBatch())).rejects.toThrow(/model has been disposed/);
+    const live = await EngineModel.create(tiny, 9);
+    await expect(
+      live.trainStep({ loss: "dpo", batch: pairBatch(), chosen: [0], rejected: [1], refModel: m }),
+    ).rejects.toThrow(/refModel has been disposed/);
+  });
+
+  it("errors are JS Errors with the same messages at the raw addon level", async () => {
+    const { loadAddon } = await import("../src/engine/index.js");
+    const addon = loadAddon();
+    const m = await addon.createModel(tiny, 1);
+    const b = pairBatch();
+    // Non-finite weights are caught before the work is queued.
+    const req = { loss: "dpo" as const, batch: b, chosen: Int32Array.of(0), rejected: Int32Array.of(1), refChosen: Float32Array.of(-1), refRejected: Float32Array.of(-1) };
+    await expect(m.trainStep({ ...req, weights: Float32Array.of(Number.NaN) })).rejects.toThrow(/request\.weights\[0\] is NaN; all values must be finite/);
+    await expect(m.trainStep({ ...req, chosen: [0] as unknown as Int32Array })).rejects.toThrow(/request\.chosen must be an Int32Array, got an Array/);
+    // A second call while one runs is refused with a clear message.
+    const first = m.logprobs(b);
+    await expect(m.logprobs(b)).rejects.toThrow("model is busy with logprobs; await the previous call");
+    await first;
+    // dispose() during a call frees the model after it; the running call still completes.
+    const running = m.logprobs(b);
+    m.dispose();
+    await expect(running).resolves.toHaveProperty("seqLogps");
+    expect(m.disposed).toBe(true);
+    await expect(m.logprobs(b)).rejects.toThrow(/disposed/);
+    expect(() => new (addon as unknown as { Model: new () => unknown }).Model()).toThrow(/cannot be constructed directly/);
+  });
+});
+
+describe("queueing", () => {
+  it("concurrent calls give the same results as sequential ones", async () => {
+    const batch = pairBatch();
+    const dpo = { loss: "dpo" as const, batch, chosen: [0, 2], rejected: [1, 3], optimizer: { lr: 1e-3 } };
+
+    const seqPolicy = await EngineModel.create(tiny, 10);
+    const seqRef = await seqPolicy.clone();
+    const sequential = [];
+    sequential.push(await seqPolicy.logprobs(batch));
+    sequential.push(await seqPolicy.trainStep({ ...dpo, refModel: seqRef }));
+    sequential.push(await seqRef.logprobs(batch));
+    sequential.push(await seqPolicy.trainStep({ ...dpo, refModel: seqRef }));
+    sequential.push(await seqPolicy.logprobs(batch));
+
+    const policy = await EngineModel.create(tiny, 10);
+    const ref = await policy.clone();
+    const concurrent = await Promise.all([
+      policy.logprobs(batch),
+      policy.trainStep({ ...dpo, refModel: ref }),
+      ref.logprobs(batch),
+      policy.trainStep({ ...dpo, refModel: ref }),
+      policy.logprobs(batch),
+    ]);
+    expectClose(concurrent, sequential);
+    expectClose(await policy.getParams(), await seqPolicy.getParams());
+  });
+});
+
+describe("event loop", () => {
+  it("keeps firing timers while a long engine call runs", async () => {
+    const m = await EngineModel.create({ arch: "gpt2", vocabSize: 2000, dModel: 256, nLayer: 4, nHead: 4, dFf: 1024, maxPositions: 512 }, 12);
+    // About 0.5 s of training on 2 cores.
+    const seqs = Array.from({ length: 4 }, (_, i) => ({
+      prompt: Array.from({ length: 32 }, (_, j) => (i * 31 + j) % 2000),
+      response: Array.from({ length: 160 }, (_, j) => (i * 17 + j * 7) % 2000),
+    }));
+    const batch = packBatch(seqs);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 5);
+    const t0 = performance.now();
+    try {
+      await m.trainStep({ loss: "sft", batch, optimizer: { lr: 1e-4 } });
+    } finally {
+      clearInterval(timer);
+    }
+    const ms = performance.now() - t0;
+    // The call must be long enough to prove anything; a blocked loop would tick at most once or twice.
+    expect(ms).toBeGreaterThan(150);
+    expect(ticks).toBeGreaterThanOrEqual(Math.floor(ms / 5 / 4));
+  });
+});
