@@ -14,6 +14,7 @@ import {
   engineInfo,
   packBatch,
   packageRoot,
+  setThreads,
 } from "../src/engine/index.js";
 
 const tiny: ModelConfigInput = {
@@ -74,6 +75,19 @@ describe("engine info", () => {
     expect(["openblas", "builtin"]).toContain(info.blas);
     expect(Number.isInteger(info.threads) && info.threads >= 1).toBe(true);
     expect(info.devices).toEqual([]);
+  });
+
+  it("setThreads changes the reported thread count and rejects nonsense", () => {
+    const before = engineInfo().threads;
+    try {
+      setThreads(1);
+      expect(engineInfo().threads).toBe(1);
+    } finally {
+      setThreads(before);
+    }
+    expect(engineInfo().threads).toBe(before);
+    expect(() => setThreads(0)).toThrow(/integer in \[1, 4096\]/);
+    expect(() => setThreads(1.5)).toThrow(RangeError);
   });
 });
 
@@ -301,23 +315,30 @@ describe("queueing", () => {
 describe("event loop", () => {
   it("keeps firing timers while a long engine call runs", async () => {
     const m = await EngineModel.create({ arch: "gpt2", vocabSize: 2000, dModel: 256, nLayer: 4, nHead: 4, dFf: 1024, maxPositions: 512 }, 12);
-    // About 0.5 s of training on 2 cores.
-    const seqs = Array.from({ length: 4 }, (_, i) => ({
-      prompt: Array.from({ length: 32 }, (_, j) => (i * 31 + j) % 2000),
-      response: Array.from({ length: 160 }, (_, j) => (i * 17 + j * 7) % 2000),
-    }));
-    const batch = packBatch(seqs);
+    // About 0.5 s of training on 2 cores; doubled on faster machines until the call takes long enough to tell.
+    const batchOf = (n: number) =>
+      packBatch(
+        Array.from({ length: n }, (_, i) => ({
+          prompt: Array.from({ length: 32 }, (_, j) => (i * 31 + j) % 2000),
+          response: Array.from({ length: 160 }, (_, j) => (i * 17 + j * 7) % 2000),
+        })),
+      );
+    let ms = 0;
     let ticks = 0;
-    const timer = setInterval(() => ticks++, 5);
-    const t0 = performance.now();
-    try {
-      await m.trainStep({ loss: "sft", batch, optimizer: { lr: 1e-4 } });
-    } finally {
-      clearInterval(timer);
+    for (let n = 4; n <= 64 && ms < 300; n *= 2) {
+      const batch = batchOf(n);
+      ticks = 0;
+      const timer = setInterval(() => ticks++, 5);
+      const t0 = performance.now();
+      try {
+        await m.trainStep({ loss: "sft", batch, optimizer: { lr: 1e-4 } });
+      } finally {
+        clearInterval(timer);
+      }
+      ms = performance.now() - t0;
     }
-    const ms = performance.now() - t0;
-    // The call must be long enough to prove anything; a blocked loop would tick at most once or twice.
-    expect(ms).toBeGreaterThan(150);
+    // A blocked event loop would tick at most once or twice during the call.
+    expect(ms).toBeGreaterThanOrEqual(300);
     expect(ticks).toBeGreaterThanOrEqual(Math.floor(ms / 5 / 4));
   });
 });
