@@ -1,0 +1,594 @@
+#include "checkpoint.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "error.h"
+#include "json.h"
+#include "safetensors.h"
+
+namespace optune {
+
+// ---- config.json -> ModelConfig -------------------------------------------------------------------------------
+
+namespace {
+
+// Typed access to config.json fields with uniform error messages: every error names the file, the field and the
+// value found.
+struct Fields {
+  const json::Value& root;
+  const std::string& where;
+
+  // nullptr when the field is absent or null (transformers treats both as "use the default").
+  const json::Value* get(const char* name) const {
+    const json::Value* v = root.get(name);
+    return v && !v->is_null() ? v : nullptr;
+  }
+
+  [[noreturn]] void bad(const char* name, const json::Value& v, const std::string& why) const {
+    throw Error(where + ": field \"" + name + "\" = " + json::dump(v) + ": " + why);
+  }
+
+  int integer(const char* name, const json::Value& v) const {
+    if (!v.is_number()) bad(name, v, "expected an integer");
+    const double d = v.number;
+    if (!(d == std::floor(d) && d >= INT_MIN && d <= INT_MAX)) bad(name, v, "expected an integer within int32 range");
+    return static_cast<int>(d);
+  }
+  // A size field: an integer in [1, max]. The caps are far above any real model; they keep a hostile config from
+  // overflowing sizes or building a huge layout before the weights are even looked at.
+  int size(const char* name, const json::Value& v, int max) const {
+    const int i = integer(name, v);
+    if (i < 1 || i > max) bad(name, v, "expected a positive integer up to " + std::to_string(max));
+    return i;
+  }
+  int req_size(const char* name, const std::string& model_type, int max) const {
+    const json::Value* v = get(name);
+    if (!v)
+      throw Error(where + ": missing required field \"" + name + "\" for model_type \"" + model_type +
+                  "\" (is this a complete transformers config.json?)");
+    return size(name, *v, max);
+  }
+  int opt_size(const char* name, int def, int max) const {
+    const json::Value* v = get(name);
+    return v ? size(name, *v, max) : def;
+  }
+  double opt_num(const char* name, double def) const {
+    const json::Value* v = get(name);
+    if (!v) return def;
+    if (!v->is_number()) bad(name, *v, "expected a number");
+    return v->number;
+  }
+  bool opt_bool(const char* name, bool def) const {
+    const json::Value* v = get(name);
+    if (!v) return def;
+    if (!v->is_bool()) bad(name, *v, "expected true or false");
+    return v->boolean;
+  }
+  std::string opt_str(const char* name, const std::string& def) const {
+    const json::Value* v = get(name);
+    if (!v) return def;
+    if (!v->is_string()) bad(name, *v, "expected a string");
+    return v->str;
+  }
+  // bos/eos/pad: an integer, a list of integers (the first is kept) or null; -1 when absent.
+  int token_id(const char* name) const {
+    const json::Value* v = get(name);
+    if (!v) return -1;
+    const json::Value* first = v;
+    if (v->is_array()) {
+      if (v->array.empty()) return -1;
+      first = &v->array[0];
+    }
+    const int id = integer(name, *first);
+    return id < 0 ? -1 : id;
+  }
+};
+
+// The RoPE settings: transformers 5 writes rope_parameters {"rope_type", "rope_theta"}; older files have a top-level
+// rope_theta and rope_scaling. Only plain ("default") RoPE is implemented.
+float rope_theta_of(const Fields& f) {
+  double theta = f.opt_num("rope_theta", 10000.0);
+  for (const char* field : {"rope_scaling", "rope_parameters"}) {
+    const json::Value* rp = f.get(field);
+    if (!rp) continue;
+    if (!rp->is_object()) f.bad(field, *rp, "expected an object");
+    for (const auto& kv : rp->object) {
+      const std::string& k = kv.first;
+      if (k == "rope_type" || k == "type") {
+        if (!(kv.second.is_string() && kv.second.str == "default"))
+          f.bad(field, *rp, "unsupported RoPE variant " + json::dump(kv.second) +
+                                "; optune implements only the default RoPE (no scaling)");
+      } else if (k == "rope_theta") {
+        if (!kv.second.is_number()) f.bad(field, *rp, "rope_theta must be a number");
+        theta = kv.second.number;
+      } else {
+        f.bad(field, *rp, "unsupported RoPE setting \"" + k + "\"; optune implements only the default RoPE");
+      }
+    }
+  }
+  return static_cast<float>(theta);
+}
+
+// The number of labels of a *ForSequenceClassification config: id2label wins, then num_labels, else transformers'
+// default of 2.
+void check_one_label(const Fields& f) {
+  const json::Value* id2label = f.get("id2label");
+  const json::Value* num_labels = f.get("num_labels");
+  if (id2label) {
+    if (!id2label->is_object()) f.bad("id2label", *id2label, "expected an object");
+    if (id2label->object.size() != 1)
+      f.bad("id2label", *id2label,
+            "a reward model needs exactly one label (a scalar score); this config has " +
+                std::to_string(id2label->object.size()));
+  }
+  if (num_labels) {
+    const int n = f.integer("num_labels", *num_labels);
+    if (n != 1) f.bad("num_labels", *num_labels, "a reward model needs num_labels == 1 (a scalar score)");
+  }
+  if (!id2label && !num_labels)
+    throw Error(f.where + ": a *ForSequenceClassification config without \"id2label\" or \"num_labels\" has " +
+                "transformers' default of 2 labels; a reward model needs one (save it with num_labels=1)");
+}
+
+// Caps for config sizes (see Fields::size).
+constexpr int kMaxVocab = 1 << 24, kMaxWidth = 1 << 16, kMaxFF = 1 << 20, kMaxLayers = 1024, kMaxHeads = 1024,
+              kMaxPositions = 1 << 24;
+
+}  // namespace
+
+ModelConfig config_from_hf_json(const std::string& json_text, const std::string& where) {
+  const json::Value root = json::parse(json_text, where);
+  OPTUNE_CHECK(root.is_object(), where + ": config.json must be a JSON object, got " + json::type_name(root.type));
+  const Fields f{root, where};
+  ModelConfig c;
+
+  const json::Value* mt = f.get("model_type");
+  OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\" or \"qwen2\")");
+  if (!mt->is_string()) f.bad("model_type", *mt, "expected a string");
+  const std::string model_type = mt->str;
+  if (model_type == "gpt2") c.arch = Arch::GPT2;
+  else if (model_type == "llama") c.arch = Arch::LLAMA;
+  else if (model_type == "qwen2") c.arch = Arch::QWEN2;
+  else f.bad("model_type", *mt, "unsupported model type; optune supports \"gpt2\", \"llama\" and \"qwen2\"");
+
+  // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
+  const std::string base = c.arch == Arch::GPT2 ? "GPT2" : c.arch == Arch::LLAMA ? "Llama" : "Qwen2";
+  const std::string lm_name = base + (c.arch == Arch::GPT2 ? "LMHeadModel" : "ForCausalLM");
+  const std::string rm_name = base + "ForSequenceClassification";
+  if (const json::Value* archs = f.get("architectures")) {
+    if (!archs->is_array() || archs->array.empty() || !archs->array[0].is_string())
+      f.bad("architectures", *archs, "expected a non-empty list of class names");
+    const std::string& a = archs->array[0].str;
+    if (a == rm_name) c.reward_model = true;
+    else if (a != lm_name)
+      f.bad("architectures", *archs,
+            "unsupported architecture \"" + a + "\" for model_type \"" + model_type + "\"; expected \"" + lm_name +
+                "\" or \"" + rm_name + "\"");
+  }
+  if (c.reward_model) check_one_label(f);
+
+  if (c.arch == Arch::GPT2) {
+    c.vocab_size = f.req_size("vocab_size", model_type, kMaxVocab);
+    c.d_model = f.req_size("n_embd", model_type, kMaxWidth);
+    c.n_layer = f.req_size("n_layer", model_type, kMaxLayers);
+    c.n_head = f.req_size("n_head", model_type, kMaxHeads);
+    c.max_positions = f.req_size("n_positions", model_type, kMaxPositions);
+    c.n_kv_head = c.n_head;
+    c.head_dim = c.d_model / c.n_head;
+    c.d_ff = f.opt_size("n_inner", 4 * c.d_model, kMaxFF);
+    c.norm_eps = static_cast<float>(f.opt_num("layer_norm_epsilon", 1e-5));
+    c.tie_embeddings = f.opt_bool("tie_word_embeddings", true);
+    const std::string act = f.opt_str("activation_function", "gelu_new");
+    if (act != "gelu_new" && act != "gelu_pytorch_tanh")
+      f.bad("activation_function", *f.get("activation_function"),
+            "optune's GPT-2 uses the tanh GELU; supported: \"gelu_new\", \"gelu_pytorch_tanh\"");
+    if (f.opt_bool("scale_attn_by_inverse_layer_idx", false))
+      f.bad("scale_attn_by_inverse_layer_idx", *f.get("scale_attn_by_inverse_layer_idx"), "not supported");
+    if (!f.opt_bool("scale_attn_weights", true))
+      f.bad("scale_attn_weights", *f.get("scale_attn_weights"), "not supported (attention is always scaled)");
+    if (f.opt_bool("add_cross_attention", false))
+      f.bad("add_cross_attention", *f.get("add_cross_attention"), "cross-attention is not supported");
+  } else {
+    c.vocab_size = f.req_size("vocab_size", model_type, kMaxVocab);
+    c.d_model = f.req_size("hidden_size", model_type, kMaxWidth);
+    c.d_ff = f.req_size("intermediate_size", model_type, kMaxFF);
+    c.n_layer = f.req_size("num_hidden_layers", model_type, kMaxLayers);
+    c.n_head = f.req_size("num_attention_heads", model_type, kMaxHeads);
+    c.max_positions = f.req_size("max_position_embeddings", model_type, kMaxPositions);
+    c.n_kv_head = f.opt_size("num_key_value_heads", c.n_head, kMaxHeads);
+    if (!f.get("head_dim") && c.d_model % c.n_head != 0)
+      throw Error(where + ": hidden_size (" + std::to_string(c.d_model) + ") is not divisible by " +
+                  "num_attention_heads (" + std::to_string(c.n_head) + ") and there is no \"head_dim\" field");
+    c.head_dim = f.opt_size("head_dim", c.d_model / c.n_head, kMaxWidth);
+    c.norm_eps = static_cast<float>(f.opt_num("rms_norm_eps", 1e-6));
+    c.rope_theta = rope_theta_of(f);
+    c.tie_embeddings = f.opt_bool("tie_word_embeddings", false);
+    const std::string act = f.opt_str("hidden_act", "silu");
+    if (act != "silu")
+      f.bad("hidden_act", *f.get("hidden_act"),
+            "optune's " + model_type + " MLP is SwiGLU; only \"silu\" is supported");
+    if (c.arch == Arch::LLAMA) {
+      c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
+      if (f.opt_bool("mlp_bias", false))
+        f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
+    } else {
+      // Qwen2 hard-codes biases on q/k/v and none on o_proj.
+      c.qkv_bias = true;
+      c.o_bias = false;
+      if (f.opt_bool("use_sliding_window", false))
+        f.bad("use_sliding_window", *f.get("use_sliding_window"), "sliding-window attention is not supported");
+      if (const json::Value* lt = f.get("layer_types")) {
+        if (!lt->is_array()) f.bad("layer_types", *lt, "expected a list");
+        for (const auto& t : lt->array)
+          if (!(t.is_string() && t.str == "full_attention"))
+            f.bad("layer_types", *lt, "only \"full_attention\" layers are supported");
+      }
+    }
+  }
+  c.bos_token_id = f.token_id("bos_token_id");
+  c.eos_token_id = f.token_id("eos_token_id");
+  c.pad_token_id = f.token_id("pad_token_id");
+  try {
+    validate_config(c);
+  } catch (const Error& e) {
+    throw Error(where + ": " + e.what());
+  }
+  return c;
+}
+
+// ---- ModelConfig -> config.json -------------------------------------------------------------------------------
+
+std::string config_to_hf_json(const ModelConfig& c) {
+  validate_config(c);
+  using json::Value;
+  Value o = Value::new_object();
+  Value archs = Value::new_array();
+  archs.push(Value::of_string(hf_architecture_name(c)));
+  o.set("architectures", std::move(archs));
+  o.set("model_type", Value::of_string(arch_name(c.arch)));
+  o.set("vocab_size", Value::of_int(c.vocab_size));
+  if (c.is_gpt2()) {
+    o.set("n_positions", Value::of_int(c.max_positions));
+    o.set("n_ctx", Value::of_int(c.max_positions));
+    o.set("n_embd", Value::of_int(c.d_model));
+    o.set("n_layer", Value::of_int(c.n_layer));
+    o.set("n_head", Value::of_int(c.n_head));
+    o.set("n_inner", Value::of_int(c.d_ff));
+    o.set("activation_function", Value::of_string("gelu_new"));
+    o.set("layer_norm_epsilon", Value::of_float(c.norm_eps));
+  } else {
+    if (c.arch == Arch::LLAMA)
+      OPTUNE_CHECK(c.qkv_bias == c.o_bias, "config_to_hf_json: transformers' Llama has one attention_bias flag for "
+                                           "q/k/v/o; qkv_bias and o_bias must be equal");
+    if (c.arch == Arch::QWEN2)
+      OPTUNE_CHECK(c.qkv_bias && !c.o_bias, "config_to_hf_json: transformers' Qwen2 always has q/k/v biases and no "
+                                            "o_proj bias; use arch llama for other bias settings");
+    o.set("hidden_size", Value::of_int(c.d_model));
+    o.set("intermediate_size", Value::of_int(c.d_ff));
+    o.set("num_hidden_layers", Value::of_int(c.n_layer));
+    o.set("num_attention_heads", Value::of_int(c.n_head));
+    o.set("num_key_value_heads", Value::of_int(c.n_kv_head));
+    o.set("head_dim", Value::of_int(c.head_dim));
+    o.set("max_position_embeddings", Value::of_int(c.max_positions));
+    o.set("rms_norm_eps", Value::of_float(c.norm_eps));
+    o.set("hidden_act", Value::of_string("silu"));
+    // rope_parameters for transformers 5, rope_theta for 4.x (5.x reads it too; the dict wins when both exist).
+    o.set("rope_theta", Value::of_float(c.rope_theta));
+    Value rope = Value::new_object();
+    rope.set("rope_type", Value::of_string("default"));
+    rope.set("rope_theta", Value::of_float(c.rope_theta));
+    o.set("rope_parameters", std::move(rope));
+    if (c.arch == Arch::LLAMA) {
+      o.set("attention_bias", Value::of_bool(c.qkv_bias));
+      o.set("mlp_bias", Value::of_bool(false));
+    } else {
+      o.set("use_sliding_window", Value::of_bool(false));
+      o.set("sliding_window", Value::null());
+    }
+  }
+  o.set("tie_word_embeddings", Value::of_bool(c.tie_embeddings));
+  auto token = [](int id) { return id >= 0 ? Value::of_int(id) : Value::null(); };
+  o.set("bos_token_id", token(c.bos_token_id));
+  o.set("eos_token_id", token(c.eos_token_id));
+  o.set("pad_token_id", token(c.pad_token_id));
+  if (c.reward_model) {
+    Value id2label = Value::new_object();
+    id2label.set("0", Value::of_string("LABEL_0"));
+    Value label2id = Value::new_object();
+    label2id.set("LABEL_0", Value::of_int(0));
+    o.set("num_labels", Value::of_int(1));
+    o.set("id2label", std::move(id2label));
+    o.set("label2id", std::move(label2id));
+  }
+  o.set("dtype", Value::of_string("float32"));        // transformers >= 4.56
+  o.set("torch_dtype", Value::of_string("float32"));  // older transformers
+  return json::dump(o, 2) + "\n";
+}
+
+// ---- files ----------------------------------------------------------------------------------------------------
+
+namespace {
+
+std::string errno_str() { return std::strerror(errno); }
+
+bool is_file(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string read_text_file(const std::string& path, size_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  OPTUNE_CHECK(fd >= 0, path + ": cannot open: " + errno_str());
+  std::string text;
+  try {
+    struct stat st;
+    OPTUNE_CHECK(::fstat(fd, &st) == 0, path + ": cannot stat: " + errno_str());
+    OPTUNE_CHECK(S_ISREG(st.st_mode), path + ": not a regular file");
+    OPTUNE_CHECK(static_cast<uint64_t>(st.st_size) <= max_bytes,
+                 path + ": file is " + std::to_string(st.st_size) + " bytes; the limit for this file is " +
+                     std::to_string(max_bytes) + " bytes");
+    char buf[65536];
+    for (;;) {
+      const ssize_t r = ::read(fd, buf, sizeof buf);
+      if (r < 0 && errno == EINTR) continue;
+      OPTUNE_CHECK(r >= 0, path + ": read failed: " + errno_str());
+      if (r == 0) break;
+      text.append(buf, static_cast<size_t>(r));
+      OPTUNE_CHECK(text.size() <= max_bytes, path + ": file grew past " + std::to_string(max_bytes) + " bytes");
+    }
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+  ::close(fd);
+  return text;
+}
+
+// Buffers that transformers saves (or used to) next to the weights and that optune recomputes.
+bool is_ignored_buffer(const ModelConfig& c, const std::string& name) {
+  auto ends_with = [&](const char* s) {
+    const size_t n = std::strlen(s);
+    return name.size() >= n && name.compare(name.size() - n, n, s) == 0;
+  };
+  if (c.is_gpt2()) return ends_with(".attn.bias") || ends_with(".attn.masked_bias");  // causal-mask buffers
+  return name == "model.rotary_emb.inv_freq" || ends_with(".rotary_emb.inv_freq");
+}
+
+// The name in params.h form. Base-model files (and the original GPT-2 hub files) lack the "transformer." /
+// "model." prefix.
+std::string canonical_name(const ModelConfig& c, const std::string& name) {
+  auto starts_with = [&](const char* s) { return name.compare(0, std::strlen(s), s) == 0; };
+  if (c.is_gpt2()) {
+    if (starts_with("h.") || starts_with("wte.") || starts_with("wpe.") || starts_with("ln_f."))
+      return "transformer." + name;
+  } else {
+    if (starts_with("layers.") || starts_with("embed_tokens.") || name == "norm.weight") return "model." + name;
+  }
+  return name;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+struct Source {
+  const safetensors::Reader* file;
+  const safetensors::TensorInfo* info;
+};
+
+// Opens the shards listed in model.safetensors.index.json and checks that each one holds what the index says.
+void open_sharded(const std::string& dir, const std::string& index_path,
+                  std::vector<std::unique_ptr<safetensors::Reader>>& files) {
+  const json::Value index = json::parse(read_text_file(index_path, 64u << 20), index_path);
+  const json::Value* wm = index.get("weight_map");
+  OPTUNE_CHECK(wm && wm->is_object(), index_path + ": missing \"weight_map\" object (tensor name -> shard file)");
+  std::map<std::string, safetensors::Reader*> shard_of_file;
+  for (const auto& kv : wm->object) {
+    OPTUNE_CHECK(kv.second.is_string(), index_path + ": weight_map[" + json::quote(kv.first) +
+                                            "] must be a file name string, got " + json::type_name(kv.second.type));
+    const std::string& file = kv.second.str;
+    // A shard is a file in this directory: no paths, so an index cannot point outside the checkpoint.
+    OPTUNE_CHECK(!file.empty() && file != "." && file != ".." && file.find('/') == std::string::npos &&
+                     file.find('\\') == std::string::npos,
+                 index_path + ": weight_map[" + json::quote(kv.first) + "] = " + json::quote(file) +
+                     " is not a plain file name in the checkpoint directory");
+    auto it = shard_of_file.find(file);
+    if (it == shard_of_file.end()) {
+      files.push_back(std::make_unique<safetensors::Reader>(dir + "/" + file));
+      it = shard_of_file.emplace(file, files.back().get()).first;
+    }
+    OPTUNE_CHECK(it->second->header().find(kv.first),
+                 index_path + ": weight_map says " + json::quote(kv.first) + " is in " + file +
+                     ", but that file has no such tensor (the index and the shards do not match)");
+  }
+  OPTUNE_CHECK(!files.empty(), index_path + ": weight_map is empty");
+}
+
+// Replaces `path` by `tmp` so that readers see the old file or the new one, never a partial one.
+void commit_file(const std::string& tmp, const std::string& path) {
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string err = errno_str();
+    ::unlink(tmp.c_str());
+    throw Error(path + ": cannot rename " + tmp + " into place: " + err);
+  }
+}
+
+void write_text_file_synced(const std::string& path, const std::string& text) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  OPTUNE_CHECK(fd >= 0, path + ": cannot create file: " + errno_str());
+  const char* p = text.data();
+  size_t n = text.size();
+  bool ok = true;
+  std::string err;
+  while (ok && n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      ok = false;
+      err = "write failed: " + errno_str();
+      break;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  if (ok && ::fsync(fd) != 0) {
+    ok = false;
+    err = "fsync failed: " + errno_str();
+  }
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    err = "close failed: " + errno_str();
+  }
+  OPTUNE_CHECK(ok, path + ": " + err + " (is the disk full or read-only?)");
+}
+
+std::string temp_name(const std::string& dir, const std::string& file) {
+  static std::atomic<unsigned> counter{0};
+  return dir + "/." + file + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+}
+
+}  // namespace
+
+// ---- load / save ----------------------------------------------------------------------------------------------
+
+std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
+  struct stat st;
+  OPTUNE_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode),
+               dir + ": not a directory (expected a Hugging Face model directory with config.json and "
+                     "model.safetensors)");
+  const std::string cfg_path = dir + "/config.json";
+  OPTUNE_CHECK(is_file(cfg_path), cfg_path + ": not found (expected a Hugging Face model directory)");
+  const ModelConfig cfg = config_from_hf_json(read_text_file(cfg_path, 16u << 20), cfg_path);
+  // The layout only, for now: weights are allocated once the files are known to hold every tensor, so memory is
+  // bounded by what is on disk, not by what config.json claims.
+  const ParamLayout layout = build_param_layout(cfg);
+
+  std::vector<std::unique_ptr<safetensors::Reader>> files;
+  const std::string single = dir + "/model.safetensors";
+  const std::string index = dir + "/model.safetensors.index.json";
+  std::string what;  // names the weights in errors
+  if (is_file(single)) {
+    files.push_back(std::make_unique<safetensors::Reader>(single));
+    what = single;
+  } else if (is_file(index)) {
+    open_sharded(dir, index, files);
+    what = index;
+  } else {
+    throw Error(dir + ": no model.safetensors or model.safetensors.index.json (PyTorch .bin checkpoints are not "
+                      "supported: re-save with save_pretrained(..., safe_serialization=True))");
+  }
+
+  // Every tensor in the files under its params.h name.
+  std::map<std::string, Source> by_name;
+  std::map<std::string, std::string> file_name_of;  // canonical -> name as stored, for messages
+  for (const auto& f : files) {
+    for (const auto& t : f->header().tensors) {
+      const std::string name = canonical_name(cfg, t.name);
+      if (is_ignored_buffer(cfg, name)) continue;
+      auto prev = file_name_of.find(name);
+      OPTUNE_CHECK(prev == file_name_of.end(), what + ": tensor " + json::quote(name) + " is stored twice (as " +
+                                                   json::quote(prev->second) + " and " + json::quote(t.name) + ")");
+      by_name[name] = Source{f.get(), &t};
+      file_name_of[name] = t.name;
+    }
+  }
+
+  std::vector<Source> source_of;  // per layout tensor
+  for (const ParamInfo& p : layout.tensors) {
+    auto it = by_name.find(p.name);
+    OPTUNE_CHECK(it != by_name.end(), what + ": missing tensor " + json::quote(p.name) + " (shape " +
+                                          shape_str(p.shape) + ") needed by " + hf_architecture_name(cfg));
+    const safetensors::TensorInfo& t = *it->second.info;
+    OPTUNE_CHECK(t.shape == p.shape, it->second.file->path() + ": tensor " + json::quote(t.name) + " has shape " +
+                                         shape_str(t.shape) + ", expected " + shape_str(p.shape) +
+                                         " from config.json (does config.json belong to these weights?)");
+    OPTUNE_CHECK(safetensors::dtype_converts_to_f32(t.dtype),
+                 it->second.file->path() + ": tensor " + json::quote(t.name) + " has dtype " +
+                     safetensors::dtype_name(t.dtype) + "; weights must be F32, F16, BF16 or F64");
+    source_of.push_back(it->second);
+    by_name.erase(it);
+  }
+  // A tied lm_head saved anyway (as some tools do) is the embedding matrix again: accept and skip it.
+  auto lm = by_name.find("lm_head.weight");
+  if (lm != by_name.end() && cfg.tie_embeddings && !cfg.reward_model) {
+    const std::vector<int64_t> want = {cfg.vocab_size, cfg.d_model};
+    OPTUNE_CHECK(lm->second.info->shape == want,
+                 lm->second.file->path() + ": tied tensor \"lm_head.weight\" has shape " +
+                     shape_str(lm->second.info->shape) + ", expected " + shape_str(want));
+    by_name.erase(lm);
+  }
+  if (!by_name.empty()) {
+    std::string list;
+    size_t shown = 0;
+    for (const auto& kv : by_name) {
+      if (shown == 5) break;
+      list += (shown++ ? ", " : "") + json::quote(file_name_of[kv.first]);
+    }
+    if (by_name.size() > shown) list += ", ... (" + std::to_string(by_name.size()) + " in all)";
+    throw Error(what + ": unexpected tensors not used by " + hf_architecture_name(cfg) + ": " + list +
+                " (does config.json match the weights?)");
+  }
+  auto m = make_model(cfg);
+  for (size_t i = 0; i < layout.tensors.size(); i++)
+    source_of[i].file->read_f32(*source_of[i].info, m->params.data() + layout.tensors[i].offset);
+  return m;
+}
+
+void save_checkpoint(const Model& m, const std::string& dir) {
+  validate_config(m.cfg);
+  OPTUNE_CHECK(m.params.size() == m.layout.total,
+               "save_checkpoint: model has " + std::to_string(m.params.size()) + " parameters, layout needs " +
+                   std::to_string(m.layout.total));
+  OPTUNE_CHECK(!dir.empty(), "save_checkpoint: empty directory path");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
+  OPTUNE_CHECK(std::filesystem::is_directory(dir, ec), dir + ": exists and is not a directory");
+
+  const std::string config_text = config_to_hf_json(m.cfg);  // before writing anything: it can throw
+
+  std::vector<safetensors::TensorRef> refs;
+  for (const ParamInfo& p : m.layout.tensors) refs.push_back({p.name, p.shape, m.params.data() + p.offset});
+  const std::string weights = dir + "/model.safetensors";
+  const std::string weights_tmp = temp_name(dir, "model.safetensors");
+  try {
+    safetensors::save(weights_tmp, refs, {{"format", "pt"}});
+  } catch (...) {
+    ::unlink(weights_tmp.c_str());
+    throw;
+  }
+  commit_file(weights_tmp, weights);
+
+  const std::string config = dir + "/config.json";
+  const std::string config_tmp = temp_name(dir, "config.json");
+  try {
+    write_text_file_synced(config_tmp, config_text);
+  } catch (...) {
+    ::unlink(config_tmp.c_str());
+    throw;
+  }
+  commit_file(config_tmp, config);
+
+  // The renames are durable only once the directory entry is on disk.
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  OPTUNE_CHECK(dfd >= 0, dir + ": cannot open directory to fsync it: " + errno_str());
+  // EINVAL: the filesystem cannot sync directories (some network/virtual filesystems); nothing more to do there.
+  const bool ok = ::fsync(dfd) == 0 || errno == EINVAL;
+  const std::string err = ok ? "" : errno_str();
+  ::close(dfd);
+  OPTUNE_CHECK(ok, dir + ": fsync of the directory failed: " + err);
+}
+
+}  // namespace optune

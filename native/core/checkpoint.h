@@ -1,0 +1,28 @@
+// Hugging Face model directories: config.json + model.safetensors (or shards listed in model.safetensors.index.json).
+// Supported: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM and their *ForSequenceClassification reward-model
+// forms with one label. Loading maps every tensor of the ParamLayout (params.h) from the files, converting
+// F16/BF16/F64 to fp32; saving writes an fp32 directory that transformers loads into the same class.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "config.h"
+#include "model.h"
+
+namespace optune {
+
+// Parses a transformers config.json. `where` names the file in error messages.
+ModelConfig config_from_hf_json(const std::string& json_text, const std::string& where);
+
+// A config.json for `cfg` (pretty-printed, transformers' field names, dtype float32).
+std::string config_to_hf_json(const ModelConfig& cfg);
+
+// Reads dir/config.json and the weights. Throws optune::Error naming the file and tensor on any problem.
+std::unique_ptr<Model> load_checkpoint(const std::string& dir);
+
+// Writes dir/config.json and dir/model.safetensors (fp32, tied lm_head omitted, metadata {"format": "pt"}).
+// Creates dir if needed. Each file is written to a temporary name, fsynced and renamed, then dir is fsynced, so a
+// crash leaves either the old file or the new one.
+void save_checkpoint(const Model& m, const std::string& dir);
+
+}  // namespace optune

@@ -1,0 +1,776 @@
+// Checkpoint IO: safetensors reading/writing, config.json parsing/writing, Hugging Face model directories.
+// Runs from the repository root (ctest sets WORKING_DIRECTORY): the interop fixtures made by
+// tools/make_io_fixtures.py live in native/test/fixtures/io/. Also writes /tmp/optune-io-roundtrip/<arch>/ for the
+// by-hand transformers check described in that script.
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/checkpoint.h"
+#include "core/error.h"
+#include "core/json.h"
+#include "core/model.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "testing.h"
+
+using namespace optune;
+namespace fs = std::filesystem;
+namespace st = optune::safetensors;
+
+// ---- helpers --------------------------------------------------------------------------------------------------
+
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/optune-test-ckpt-XXXXXX";
+    const char* p = ::mkdtemp(tmpl);
+    path = p ? p : "/tmp/optune-test-ckpt-fallback";
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+};
+
+static void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+static std::string read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+static std::string le64(uint64_t n) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; i++) s[i] = static_cast<char>(n >> (8 * i));
+  return s;
+}
+
+// A safetensors file from header text and raw data bytes.
+static std::string st_bytes(const std::string& header, const std::string& data) {
+  return le64(header.size()) + header + data;
+}
+
+static ModelConfig gpt2_cfg() {
+  ModelConfig c;
+  c.arch = Arch::GPT2;
+  c.vocab_size = 50;
+  c.d_model = 16;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_kv_head = 2;
+  c.head_dim = 8;
+  c.d_ff = 64;
+  c.max_positions = 24;
+  c.norm_eps = 1e-5f;
+  c.tie_embeddings = true;
+  c.bos_token_id = 0;
+  c.eos_token_id = 1;
+  return c;
+}
+
+static ModelConfig llama_cfg() {
+  ModelConfig c;
+  c.arch = Arch::LLAMA;
+  c.vocab_size = 48;
+  c.d_model = 32;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;  // grouped-query attention
+  c.head_dim = 8;
+  c.d_ff = 40;
+  c.max_positions = 64;
+  c.norm_eps = 1e-6f;
+  c.rope_theta = 500000.0f;
+  c.tie_embeddings = false;
+  c.bos_token_id = 1;
+  c.eos_token_id = 2;
+  return c;
+}
+
+static ModelConfig qwen2_cfg() {
+  ModelConfig c = llama_cfg();
+  c.arch = Arch::QWEN2;
+  c.qkv_bias = true;
+  c.tie_embeddings = true;
+  c.rope_theta = 1000000.0f;
+  c.pad_token_id = 3;
+  return c;
+}
+
+// Random values everywhere (init_weights leaves biases 0 and norms 1, which would hide mix-ups).
+static std::unique_ptr<Model> random_model(const ModelConfig& cfg, uint64_t seed) {
+  auto m = make_model(cfg);
+  init_weights(*m, seed);
+  for (size_t i = 0; i < m->params.size(); i++)
+    m->params[i] += 0.05f * static_cast<float>(rng_normal(seed + 1, 7, i));
+  return m;
+}
+
+static bool same_config(const ModelConfig& a, const ModelConfig& b) {
+  return a.arch == b.arch && a.vocab_size == b.vocab_size && a.d_model == b.d_model && a.n_layer == b.n_layer &&
+         a.n_head == b.n_head && a.n_kv_head == b.n_kv_head && a.head_dim == b.head_dim && a.d_ff == b.d_ff &&
+         a.max_positions == b.max_positions && a.norm_eps == b.norm_eps &&
+         (a.is_gpt2() || a.rope_theta == b.rope_theta) && a.tie_embeddings == b.tie_embeddings &&
+         a.qkv_bias == b.qkv_bias && a.o_bias == b.o_bias && a.reward_model == b.reward_model &&
+         a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id;
+}
+
+static bool same_params(const Model& a, const Model& b) {
+  return a.params.size() == b.params.size() &&
+         std::memcmp(a.params.data(), b.params.data(), a.params.size() * sizeof(float)) == 0;
+}
+
+static void check_round_trip(const ModelConfig& cfg, uint64_t seed, const std::string& keep_as) {
+  TempDir tmp;
+  auto m = random_model(cfg, seed);
+  const std::string dir = tmp / "ckpt";
+  save_checkpoint(*m, dir);
+  auto back = load_checkpoint(dir);
+  CHECK_MSG(same_config(m->cfg, back->cfg), hf_architecture_name(cfg));
+  CHECK_MSG(same_params(*m, *back), hf_architecture_name(cfg));
+  // Saving again over the same directory replaces the files and leaves no temporaries behind.
+  save_checkpoint(*back, dir);
+  int files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    files++;
+    CHECK_MSG(e.path().filename().string()[0] != '.', e.path().string());
+  }
+  CHECK(files == 2);
+  CHECK(same_params(*m, *load_checkpoint(dir)));
+  // The tied lm_head is not written, like transformers.
+  const st::Header h = st::read_header(dir + "/model.safetensors");
+  CHECK((h.find("lm_head.weight") != nullptr) == (!cfg.tie_embeddings && !cfg.reward_model));
+  CHECK(h.tensors.size() == m->layout.tensors.size());
+  // Kept for the by-hand transformers check (tools/make_io_fixtures.py /tmp/optune-io-roundtrip/*).
+  if (!keep_as.empty()) save_checkpoint(*m, "/tmp/optune-io-roundtrip/" + keep_as);
+}
+
+// ---- round trips ----------------------------------------------------------------------------------------------
+
+TEST(round_trip_gpt2) { check_round_trip(gpt2_cfg(), 11, "gpt2"); }
+
+TEST(round_trip_llama_gqa_untied) { check_round_trip(llama_cfg(), 12, "llama"); }
+
+TEST(round_trip_qwen2_qkv_bias) { check_round_trip(qwen2_cfg(), 13, "qwen2"); }
+
+TEST(round_trip_reward_models) {
+  ModelConfig g = gpt2_cfg();
+  g.reward_model = true;
+  g.pad_token_id = 1;
+  check_round_trip(g, 14, "gpt2_rm");
+  ModelConfig l = llama_cfg();
+  l.reward_model = true;
+  l.qkv_bias = l.o_bias = true;  // Llama attention_bias
+  l.pad_token_id = 0;
+  check_round_trip(l, 15, "llama_rm");
+}
+
+TEST(config_json_round_trip) {
+  ModelConfig g = gpt2_cfg();
+  g.tie_embeddings = false;
+  g.bos_token_id = -1;
+  ModelConfig rm = qwen2_cfg();
+  rm.reward_model = true;
+  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm}) {
+    const std::string text = config_to_hf_json(c);
+    CHECK_MSG(same_config(config_from_hf_json(text, "config.json"), c), text);
+    CHECK(text.find("\"architectures\": [\n    \"" + hf_architecture_name(c) + "\"") != std::string::npos);
+    CHECK(text.find("\"dtype\": \"float32\"") != std::string::npos);
+  }
+  const std::string gt = config_to_hf_json(gpt2_cfg());
+  CHECK(gt.find("\"n_ctx\": 24") != std::string::npos);
+  CHECK(gt.find("\"activation_function\": \"gelu_new\"") != std::string::npos);
+  CHECK(gt.find("\"layer_norm_epsilon\": 1e-05") != std::string::npos);
+  CHECK(gt.find("\"pad_token_id\": null") != std::string::npos);
+  const std::string rt = config_to_hf_json(rm);
+  CHECK(rt.find("\"id2label\": {\n    \"0\": \"LABEL_0\"\n  }") != std::string::npos);
+  CHECK(rt.find("\"pad_token_id\": 3") != std::string::npos);
+  ModelConfig bad = llama_cfg();
+  bad.qkv_bias = true;  // o_bias false: not expressible with Llama's single attention_bias
+  CHECK_THROWS(config_to_hf_json(bad), "attention_bias");
+  bad = qwen2_cfg();
+  bad.qkv_bias = false;
+  CHECK_THROWS(config_to_hf_json(bad), "Qwen2");
+}
+
+// ---- safetensors ----------------------------------------------------------------------------------------------
+
+TEST(safetensors_writer_layout) {
+  TempDir tmp;
+  const std::vector<float> a = {1.5f, -2.0f, 3.25f}, b = {0.5f};
+  const std::string path = tmp / "x.safetensors";
+  st::save(path, {{"a", {3}, a.data()}, {"b.scalar", {}, b.data()}, {"empty", {0, 4}, nullptr}}, {{"format", "pt"}});
+  const std::string bytes = read_bytes(path);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; i--) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
+  CHECK((8 + n) % 8 == 0);
+  CHECK(bytes[8] == '{');
+  CHECK(bytes.size() == 8 + n + 16);
+  const std::string header = bytes.substr(8, n);
+  CHECK_MSG(header.find("{\"__metadata__\":{\"format\":\"pt\"},\"a\":{\"dtype\":\"F32\",\"shape\":[3],"
+                        "\"data_offsets\":[0,12]}") == 0, header);
+  st::Reader r(path);
+  CHECK(r.header().metadata.size() == 1 && r.header().metadata[0].second == "pt");
+  CHECK(r.header().tensors.size() == 3);
+  CHECK(r.read_f32("a") == a);
+  CHECK(r.read_f32("b.scalar") == b);
+  CHECK(r.header().find("b.scalar")->shape.empty());
+  CHECK(r.read_f32("empty").empty());
+  auto all = st::load(path);
+  CHECK(all.size() == 3 && all["a"].data == a && all["a"].shape == std::vector<int64_t>{3});
+  auto some = st::load(path, {"b.scalar"});
+  CHECK(some.size() == 1 && some["b.scalar"].data == b);
+  CHECK_THROWS(st::load(path, {"nope"}), "no tensor named \"nope\"");
+  CHECK_THROWS(st::save(path, {{"a", {1}, a.data()}, {"a", {1}, a.data()}}), "duplicate tensor name");
+  CHECK_THROWS(st::save(path, {{"a", {-1}, a.data()}}), "negative dimension");
+  CHECK_THROWS(st::save(path, {{"a", {2}, nullptr}}), "has no data");
+  CHECK_THROWS(st::save(path, {{"__metadata__", {1}, a.data()}}), "__metadata__");
+  CHECK_THROWS(st::save(tmp / "no/such/dir/x.safetensors", {}), "cannot create file");
+}
+
+TEST(half_conversions) {
+  CHECK(st::f16_to_f32(0x3C00) == 1.0f);
+  CHECK(st::f16_to_f32(0xC000) == -2.0f);
+  CHECK(st::f16_to_f32(0x7BFF) == 65504.0f);
+  CHECK(st::f16_to_f32(0x3555) == 0.333251953125f);
+  CHECK(st::f16_to_f32(0x0001) == std::ldexp(1.0f, -24));          // smallest subnormal
+  CHECK(st::f16_to_f32(0x03FF) == std::ldexp(1023.0f, -24));       // largest subnormal
+  CHECK(st::f16_to_f32(0x0400) == std::ldexp(1.0f, -14));          // smallest normal
+  CHECK(st::f16_to_f32(0x8000) == 0.0f && std::signbit(st::f16_to_f32(0x8000)));
+  CHECK(std::isinf(st::f16_to_f32(0x7C00)) && st::f16_to_f32(0xFC00) < 0);
+  CHECK(std::isnan(st::f16_to_f32(0x7E00)));
+  CHECK(st::bf16_to_f32(0x3F80) == 1.0f);
+  CHECK(st::bf16_to_f32(0x4049) == 3.140625f);
+  CHECK(st::bf16_to_f32(0xC2F7) == -123.5f);
+  CHECK(std::isnan(st::bf16_to_f32(0x7FC0)));
+  // Every finite fp16 converts to a float that converts back to the same bits' value (checked via doubling).
+  for (uint32_t h = 0; h < 0x7C00; h++) {
+    const float f = st::f16_to_f32(static_cast<uint16_t>(h));
+    const int e = (h >> 10) & 0x1F;
+    const float want = e == 0 ? std::ldexp(static_cast<float>(h & 0x3FF), -24)
+                              : std::ldexp(1.0f + static_cast<float>(h & 0x3FF) / 1024.0f, e - 15);
+    if (f != want) {
+      CHECK_MSG(false, "f16 " + std::to_string(h));
+      break;
+    }
+  }
+}
+
+TEST(reads_f16_bf16_f64_files) {
+  TempDir tmp;
+  std::string data;
+  const uint16_t h[] = {0x3C00, 0xC000, 0x3800};  // 1, -2, 0.5
+  const uint16_t b[] = {0x3F80, 0x4049};          // 1, 3.140625
+  const double d[] = {0.1, -1e-3};
+  data.append(reinterpret_cast<const char*>(h), sizeof h);
+  data.append(reinterpret_cast<const char*>(b), sizeof b);
+  data.append(reinterpret_cast<const char*>(d), sizeof d);
+  data.append(std::string(8, '\x01'));
+  const std::string header =
+      "{\"h\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,6]},"
+      "\"b\":{\"dtype\":\"BF16\",\"shape\":[1,2],\"data_offsets\":[6,10]},"
+      "\"d\":{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[10,26]},"
+      "\"i\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[26,34]}}";
+  const std::string path = tmp / "mixed.safetensors";
+  write_bytes(path, st_bytes(header, data));
+  st::Reader r(path);
+  CHECK((r.read_f32("h") == std::vector<float>{1.0f, -2.0f, 0.5f}));
+  CHECK((r.read_f32("b") == std::vector<float>{1.0f, 3.140625f}));
+  CHECK((r.read_f32("d") == std::vector<float>{0.1f, -1e-3f}));
+  CHECK(r.header().find("i")->dtype == st::DType::I64);
+  CHECK_THROWS(r.read_f32("i"), "has dtype I64; weights must be F32, F16, BF16 or F64");
+  CHECK_THROWS(st::load(path), "I64");
+}
+
+// One small valid file and the data it needs, to corrupt in the malformed-input tests.
+static const std::string kTwo = "{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]},"
+                                "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[24,32]}}";
+
+static void check_bad_file(const std::string& bytes, const char* needle) {
+  TempDir tmp;
+  const std::string path = tmp / "bad.safetensors";
+  write_bytes(path, bytes);
+  CHECK_THROWS(st::Reader r(path), needle);
+}
+
+TEST(safetensors_rejects_malformed) {
+  const std::string data(32, '\0');
+  {
+    TempDir tmp;
+    write_bytes(tmp / "ok.safetensors", st_bytes(kTwo, data));
+    CHECK(st::Reader(tmp / "ok.safetensors").header().tensors.size() == 2);
+    CHECK_THROWS(st::Reader(tmp / "missing.safetensors"), "cannot open safetensors file");
+    CHECK_THROWS(st::Reader(tmp.path), "not a regular file");
+  }
+  check_bad_file("", "too short");
+  check_bad_file("\x10\0\0", "too short");
+  check_bad_file(le64(1000) + "{}", "runs past the end of the file");
+  check_bad_file(le64(UINT64_MAX) + "{}", "exceeds the 100 MB limit");
+  check_bad_file(le64(200000000) + "{}", "exceeds the 100 MB limit");
+  check_bad_file(st_bytes("{\"a\":", ""), "invalid JSON at byte 5");
+  check_bad_file(st_bytes("[]", ""), "must start with '{'");
+  check_bad_file(st_bytes("", ""), "must start with '{'");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F33\",\"shape\":[1],\"data_offsets\":[0,4]}}", std::string(4, 0)),
+                 "unknown dtype \"F33\"");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,20]}}", std::string(20, 0)),
+                 "shape [2, 3] with dtype F32 needs 24 bytes but data_offsets [0, 20] span 20");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
+                          "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}",
+                          std::string(16, 0)),
+                 "have overlapping data_offsets");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", std::string(8, 0)),
+                 "gap of 4 bytes");
+  check_bad_file(st_bytes(kTwo, data + "xx"), "2 bytes after the last tensor");
+  check_bad_file(st_bytes(kTwo, data.substr(0, 30)), "run past the end of the data buffer");  // truncated data
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,0]}}", ""),
+                 "every \"shape\" dimension must be a non-negative integer, got -1");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1.5],\"data_offsets\":[0,0]}}", ""),
+                 "non-negative integer");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,0]}}", std::string(4, 0)),
+                 "begin > end");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", std::string(4, 0)),
+                 "must be an array [begin, end]");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", std::string(4, 0)), "lacks \"data_offsets\"");
+  check_bad_file(st_bytes("{\"a\":[1]}", ""), "must be an object {dtype, shape, data_offsets}");
+  check_bad_file(st_bytes("{\"__metadata__\":{\"format\":1}}", ""), "\"__metadata__\".format must be a string");
+  check_bad_file(st_bytes("{\"__metadata__\":[]}", ""), "\"__metadata__\" must be an object");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F64\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,8]}}",
+                          std::string(8, 0)),
+                 "is too large");
+  check_bad_file(st_bytes("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},"
+                          "\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+                          std::string(8, 0)),
+                 "duplicate object key \"a\"");
+  // Valid edge cases: no tensors at all; trailing spaces (the reference writer's padding); null metadata.
+  {
+    TempDir tmp;
+    write_bytes(tmp / "e.safetensors", st_bytes("{}", ""));
+    CHECK(st::Reader(tmp / "e.safetensors").header().tensors.empty());
+    write_bytes(tmp / "p.safetensors", st_bytes("{\"__metadata__\":null}    ", ""));
+    CHECK(st::Reader(tmp / "p.safetensors").header().metadata.empty());
+  }
+}
+
+// Every truncation and many byte corruptions of a valid file give an optune::Error or a valid read, never a crash
+// (run under ASan/UBSan to make this meaningful).
+TEST(safetensors_corruption_never_crashes) {
+  TempDir tmp;
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6}, b = {7, 8};
+  const std::string good = tmp / "good.safetensors";
+  st::save(good, {{"a", {2, 3}, a.data()}, {"b", {2}, b.data()}}, {{"format", "pt"}});
+  const std::string bytes = read_bytes(good);
+  const std::string path = tmp / "c.safetensors";
+  int errors = 0, reads = 0;
+  auto attempt = [&](const std::string& content) {
+    write_bytes(path, content);
+    try {
+      st::load(path);
+      reads++;
+    } catch (const Error&) {
+      errors++;
+    }
+  };
+  for (size_t n = 0; n < bytes.size(); n++) attempt(bytes.substr(0, n));
+  CHECK(errors == static_cast<int>(bytes.size()));  // every proper prefix is invalid
+  for (size_t i = 0; i < bytes.size(); i++) {
+    for (unsigned char x : {0x01, 0x20, 0x80, 0xFF}) {
+      std::string c = bytes;
+      c[i] = static_cast<char>(c[i] ^ x);
+      attempt(c);
+    }
+  }
+  CHECK(reads > 0 && errors > static_cast<int>(bytes.size()));
+}
+
+// ---- config.json ----------------------------------------------------------------------------------------------
+
+static const char* kLlamaJson = R"({
+  "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 64, "hidden_size": 16,
+  "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "max_position_embeddings": 64, "rms_norm_eps": 1e-06, "hidden_act": "silu", "bos_token_id": 1,
+  "eos_token_id": 2, "tie_word_embeddings": false, "rope_theta": 10000.0
+})";
+
+// kLlamaJson with one field replaced (or removed when value is empty).
+static std::string llama_with(const std::string& field, const std::string& value) {
+  json::Value v = json::parse(kLlamaJson, "base");
+  if (value.empty()) {
+    for (size_t i = 0; i < v.object.size(); i++)
+      if (v.object[i].first == field) v.object.erase(v.object.begin() + static_cast<long>(i));
+  } else {
+    v.set(field, json::parse(value, "value"));
+  }
+  return json::dump(v);
+}
+
+static ModelConfig parse_cfg(const std::string& text) { return config_from_hf_json(text, "/m/config.json"); }
+
+TEST(config_defaults_and_variants) {
+  ModelConfig c = parse_cfg(kLlamaJson);
+  CHECK(c.arch == Arch::LLAMA && c.d_model == 16 && c.n_kv_head == 2 && c.head_dim == 4 && c.d_ff == 32);
+  CHECK(!c.tie_embeddings && !c.qkv_bias && !c.o_bias && !c.reward_model && c.pad_token_id == -1);
+  CHECK(c.rope_theta == 10000.0f && c.norm_eps == 1e-6f);
+  c = parse_cfg(llama_with("num_key_value_heads", ""));
+  CHECK(c.n_kv_head == 4);
+  c = parse_cfg(llama_with("head_dim", "8"));
+  CHECK(c.head_dim == 8 && c.q_dim() == 32);
+  c = parse_cfg(llama_with("head_dim", "null"));
+  CHECK(c.head_dim == 4);
+  c = parse_cfg(llama_with("eos_token_id", "[7, 8]"));
+  CHECK(c.eos_token_id == 7);
+  c = parse_cfg(llama_with("attention_bias", "true"));
+  CHECK(c.qkv_bias && c.o_bias);
+  c = parse_cfg(llama_with("tie_word_embeddings", ""));
+  CHECK(!c.tie_embeddings);
+  c = parse_cfg(llama_with("rope_parameters", R"({"rope_type": "default", "rope_theta": 500000.0})"));
+  CHECK(c.rope_theta == 500000.0f);
+  c = parse_cfg(llama_with("rope_scaling", "null"));
+  CHECK(c.rope_theta == 10000.0f);
+  c = parse_cfg(llama_with("architectures", "null"));
+  CHECK(!c.reward_model);
+
+  // A SmolLM-135M-style config.json (nanotron export fields included).
+  c = parse_cfg(R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.02,
+    "intermediate_size": 1536, "is_llama_config": true, "max_position_embeddings": 2048, "model_type": "llama",
+    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05, "rope_interleaved": false, "rope_scaling": null, "rope_theta": 10000.0,
+    "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.40.1", "use_cache": true,
+    "vocab_size": 49152})");
+  CHECK(c.d_model == 576 && c.n_head == 9 && c.n_kv_head == 3 && c.head_dim == 64 && c.tie_embeddings);
+  CHECK(c.n_layer == 30 && c.d_ff == 1536 && c.vocab_size == 49152 && c.norm_eps == 1e-5f && c.eos_token_id == 0);
+
+  // GPT-2 as transformers writes it.
+  c = parse_cfg(R"({"activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "bos_token_id": 50256,
+    "eos_token_id": 50256, "layer_norm_epsilon": 1e-05, "model_type": "gpt2", "n_ctx": 1024, "n_embd": 768,
+    "n_head": 12, "n_inner": null, "n_layer": 12, "n_positions": 1024, "vocab_size": 50257,
+    "scale_attn_weights": true, "reorder_and_upcast_attn": false})");
+  CHECK(c.is_gpt2() && c.d_ff == 3072 && c.head_dim == 64 && c.n_kv_head == 12 && c.tie_embeddings);
+  CHECK(c.bos_token_id == 50256 && c.pad_token_id == -1 && c.max_positions == 1024);
+
+  // Qwen2: q/k/v biases, no o bias, full attention layers.
+  c = parse_cfg(R"({"architectures": ["Qwen2ForSequenceClassification"], "model_type": "qwen2",
+    "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 64, "use_sliding_window": false, "sliding_window": 4096,
+    "layer_types": ["full_attention", "full_attention"], "id2label": {"0": "LABEL_0"}, "pad_token_id": 5})");
+  CHECK(c.arch == Arch::QWEN2 && c.qkv_bias && !c.o_bias && c.reward_model && c.pad_token_id == 5);
+  CHECK(!c.tie_embeddings && c.norm_eps == 1e-6f);
+  c = parse_cfg(
+      llama_with("architectures", R"(["LlamaForSequenceClassification"])").replace(0, 1, "{\"num_labels\":1,"));
+  CHECK(c.reward_model);
+}
+
+TEST(config_rejects_bad_fields) {
+  CHECK_THROWS(parse_cfg("{"), "/m/config.json: invalid JSON at byte 1");
+  CHECK_THROWS(parse_cfg("[]"), "must be a JSON object");
+  CHECK_THROWS(parse_cfg(llama_with("model_type", "\"mistral\"")),
+               "/m/config.json: field \"model_type\" = \"mistral\": unsupported model type");
+  CHECK_THROWS(parse_cfg(llama_with("model_type", "")), "missing required field \"model_type\"");
+  CHECK_THROWS(parse_cfg(llama_with("hidden_size", "")),
+               "/m/config.json: missing required field \"hidden_size\" for model_type \"llama\"");
+  CHECK_THROWS(parse_cfg(llama_with("vocab_size", "\"64\"")), "field \"vocab_size\" = \"64\": expected an integer");
+  CHECK_THROWS(parse_cfg(llama_with("vocab_size", "64.5")), "expected an integer");
+  CHECK_THROWS(parse_cfg(llama_with("vocab_size", "1e12")), "int32 range");
+  CHECK_THROWS(parse_cfg(llama_with("vocab_size", "0")), "field \"vocab_size\" = 0: expected a positive integer");
+  CHECK_THROWS(parse_cfg(llama_with("num_hidden_layers", "2000000000")), "up to 1024");
+  CHECK_THROWS(parse_cfg(llama_with("hidden_size", "-16")), "expected a positive integer");
+  CHECK_THROWS(parse_cfg(llama_with("num_key_value_heads", "3")), "multiple of num_key_value_heads");
+  CHECK_THROWS(parse_cfg(llama_with("num_attention_heads", "5")), "not divisible by num_attention_heads (5)");
+  CHECK_THROWS(parse_cfg(llama_with("rope_scaling", R"({"rope_type": "linear", "factor": 2.0})")),
+               "field \"rope_scaling\" = {\"rope_type\":\"linear\",\"factor\":2.0}: unsupported RoPE variant");
+  CHECK_THROWS(parse_cfg(llama_with("rope_parameters", R"({"rope_type": "llama3", "rope_theta": 5e5})")),
+               "field \"rope_parameters\"");
+  CHECK_THROWS(parse_cfg(llama_with("rope_parameters", R"({"rope_theta": 5e5, "partial_rotary_factor": 0.5})")),
+               "unsupported RoPE setting \"partial_rotary_factor\"");
+  CHECK_THROWS(parse_cfg(llama_with("mlp_bias", "true")), "field \"mlp_bias\" = true");
+  CHECK_THROWS(parse_cfg(llama_with("hidden_act", "\"gelu\"")), "field \"hidden_act\" = \"gelu\"");
+  CHECK_THROWS(parse_cfg(llama_with("tie_word_embeddings", "1")), "expected true or false");
+  CHECK_THROWS(parse_cfg(llama_with("architectures", "[\"LlamaForTokenClassification\"]")),
+               "unsupported architecture \"LlamaForTokenClassification\"");
+  CHECK_THROWS(parse_cfg(llama_with("architectures", "[\"Qwen2ForCausalLM\"]")), "expected \"LlamaForCausalLM\"");
+  CHECK_THROWS(parse_cfg(llama_with("architectures", "[]")), "non-empty list");
+  CHECK_THROWS(parse_cfg(llama_with("architectures", "[\"LlamaForSequenceClassification\"]")),
+               "default of 2 labels");
+  CHECK_THROWS(parse_cfg(llama_with("architectures", "[\"LlamaForSequenceClassification\"]")
+                             .replace(0, 1, "{\"id2label\":{\"0\":\"a\",\"1\":\"b\"},")),
+               "exactly one label");
+  CHECK_THROWS(parse_cfg(llama_with("architectures", "[\"LlamaForSequenceClassification\"]")
+                             .replace(0, 1, "{\"num_labels\":3,")),
+               "num_labels == 1");
+  const std::string qwen = R"({"model_type": "qwen2", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64)";
+  CHECK(parse_cfg(qwen + "}").n_kv_head == 4);
+  CHECK_THROWS(parse_cfg(qwen + ", \"use_sliding_window\": true}"), "field \"use_sliding_window\" = true");
+  CHECK_THROWS(parse_cfg(qwen + ", \"layer_types\": [\"sliding_attention\", \"full_attention\"]}"), "layer_types");
+  const std::string gpt2 = R"({"model_type": "gpt2", "vocab_size": 64, "n_embd": 16, "n_layer": 2, "n_positions": 8)";
+  CHECK_THROWS(parse_cfg(gpt2 + "}"), "missing required field \"n_head\" for model_type \"gpt2\"");
+  CHECK_THROWS(parse_cfg(gpt2 + ", \"n_head\": 3}"), "divisible by n_head");
+  CHECK_THROWS(parse_cfg(gpt2 + ", \"n_head\": 2, \"activation_function\": \"relu\"}"),
+               "field \"activation_function\" = \"relu\"");
+  CHECK_THROWS(parse_cfg(gpt2 + ", \"n_head\": 2, \"scale_attn_by_inverse_layer_idx\": true}"), "not supported");
+  CHECK(parse_cfg(gpt2 + ", \"n_head\": 2, \"n_inner\": 24, \"activation_function\": \"gelu_pytorch_tanh\"}").d_ff ==
+        24);
+}
+
+// ---- model directories ----------------------------------------------------------------------------------------
+
+// A saved GPT-2 directory whose model.safetensors is then replaced by `tensors` (fp32 from the saved model).
+struct Gpt2Dir {
+  TempDir tmp;
+  std::string dir;
+  std::unique_ptr<Model> m;
+  Gpt2Dir() : dir(tmp / "ckpt"), m(random_model(gpt2_cfg(), 21)) { save_checkpoint(*m, dir); }
+  std::vector<st::TensorRef> refs() const {
+    std::vector<st::TensorRef> r;
+    for (const auto& p : m->layout.tensors) r.push_back({p.name, p.shape, m->params.data() + p.offset});
+    return r;
+  }
+  void rewrite(const std::vector<st::TensorRef>& r) const { st::save(dir + "/model.safetensors", r); }
+};
+
+TEST(load_rejects_bad_directories) {
+  {
+    Gpt2Dir d;
+    auto r = d.refs();
+    r.erase(r.begin() + 5);
+    d.rewrite(r);
+    CHECK_THROWS(load_checkpoint(d.dir),
+                 "model.safetensors: missing tensor \"transformer.h.0.attn.c_attn.bias\" (shape [48])");
+  }
+  {
+    Gpt2Dir d;
+    auto r = d.refs();
+    r[4].shape = {16, 2, 24};  // c_attn.weight, same element count, wrong shape
+    d.rewrite(r);
+    CHECK_THROWS(load_checkpoint(d.dir), "tensor \"transformer.h.0.attn.c_attn.weight\" has shape [16, 2, 24], "
+                                         "expected [16, 48]");
+  }
+  {
+    Gpt2Dir d;
+    auto r = d.refs();
+    const float x[2] = {1, 2};
+    r.push_back({"transformer.h.9.mlp.c_fc.weight", {2}, x});
+    r.push_back({"extra", {1}, x});
+    d.rewrite(r);
+    CHECK_THROWS(load_checkpoint(d.dir), "unexpected tensors not used by GPT2LMHeadModel: \"extra\", "
+                                         "\"transformer.h.9.mlp.c_fc.weight\"");
+  }
+  {
+    Gpt2Dir d;
+    auto r = d.refs();
+    r.push_back({"wte.weight", r[0].shape, r[0].data});  // the same tensor with and without the prefix
+    d.rewrite(r);
+    CHECK_THROWS(load_checkpoint(d.dir), "is stored twice");
+  }
+  {
+    Gpt2Dir d;
+    auto r = d.refs();
+    std::vector<float> wrong(16 * 49);
+    r.push_back({"lm_head.weight", {49, 16}, wrong.data()});  // tied head of the wrong shape
+    d.rewrite(r);
+    CHECK_THROWS(load_checkpoint(d.dir), "tied tensor \"lm_head.weight\" has shape [49, 16], expected [50, 16]");
+  }
+  {
+    Gpt2Dir d;
+    write_bytes(d.dir + "/config.json", "{\"model_type\": \"gpt2\"");
+    CHECK_THROWS(load_checkpoint(d.dir), "config.json: invalid JSON at byte");
+    fs::remove(d.dir + "/config.json");
+    CHECK_THROWS(load_checkpoint(d.dir), "config.json: not found");
+  }
+  {
+    Gpt2Dir d;
+    fs::remove(d.dir + "/model.safetensors");
+    CHECK_THROWS(load_checkpoint(d.dir), "no model.safetensors or model.safetensors.index.json");
+    CHECK_THROWS(load_checkpoint(d.dir + "/nope"), "not a directory");
+  }
+  {
+    Gpt2Dir d;  // truncated weights file
+    const std::string bytes = read_bytes(d.dir + "/model.safetensors");
+    write_bytes(d.dir + "/model.safetensors", bytes.substr(0, bytes.size() - 100));
+    CHECK_THROWS(load_checkpoint(d.dir), "run past the end of the data buffer");
+  }
+  {
+    Gpt2Dir d;  // config.json that does not match the weights
+    ModelConfig other = gpt2_cfg();
+    other.d_ff = 32;
+    write_bytes(d.dir + "/config.json", config_to_hf_json(other));
+    CHECK_THROWS(load_checkpoint(d.dir), "expected [16, 32] from config.json");
+  }
+}
+
+TEST(load_accepts_unprefixed_and_buffers) {
+  Gpt2Dir d;
+  std::vector<st::TensorRef> r;
+  std::vector<float> mask(24 * 24, 1.0f), masked_bias = {-1e4f};
+  for (const auto& t : d.refs()) {
+    const std::string name = t.name.substr(std::string("transformer.").size());  // hub-style names
+    r.push_back({name, t.shape, t.data});
+  }
+  r.push_back({"h.0.attn.bias", {1, 1, 24, 24}, mask.data()});
+  r.push_back({"h.1.attn.masked_bias", {}, masked_bias.data()});
+  r.push_back({"lm_head.weight", {50, 16}, d.m->params.data()});  // tied, saved anyway
+  d.rewrite(r);
+  auto back = load_checkpoint(d.dir);
+  CHECK(same_params(*d.m, *back));
+}
+
+// A sharded checkpoint written by hand: two shards plus the index.
+TEST(load_sharded) {
+  Gpt2Dir d;
+  auto r = d.refs();
+  const size_t half = r.size() / 2;
+  const auto mid = r.begin() + static_cast<long>(half);
+  std::vector<st::TensorRef> s1(r.begin(), mid), s2(mid, r.end());
+  st::save(d.dir + "/model-00001-of-00002.safetensors", s1);
+  st::save(d.dir + "/model-00002-of-00002.safetensors", s2);
+  fs::remove(d.dir + "/model.safetensors");
+  json::Value wm = json::Value::new_object();
+  for (size_t i = 0; i < r.size(); i++)
+    wm.set(r[i].name, json::Value::of_string(i < half ? "model-00001-of-00002.safetensors"
+                                                      : "model-00002-of-00002.safetensors"));
+  json::Value index = json::Value::new_object();
+  index.set("metadata", json::Value::new_object());
+  index.set("weight_map", wm);
+  write_bytes(d.dir + "/model.safetensors.index.json", json::dump(index, 2));
+  CHECK(same_params(*d.m, *load_checkpoint(d.dir)));
+
+  wm.set(r[0].name, json::Value::of_string("model-00002-of-00002.safetensors"));
+  index.set("weight_map", wm);
+  write_bytes(d.dir + "/model.safetensors.index.json", json::dump(index));
+  CHECK_THROWS(load_checkpoint(d.dir), "but that file has no such tensor");
+  wm.set(r[0].name, json::Value::of_string("../model-00001-of-00002.safetensors"));
+  index.set("weight_map", wm);
+  write_bytes(d.dir + "/model.safetensors.index.json", json::dump(index));
+  CHECK_THROWS(load_checkpoint(d.dir), "is not a plain file name");
+  wm.set(r[0].name, json::Value::of_string("missing.safetensors"));
+  index.set("weight_map", wm);
+  write_bytes(d.dir + "/model.safetensors.index.json", json::dump(index));
+  CHECK_THROWS(load_checkpoint(d.dir), "missing.safetensors: cannot open safetensors file");
+  write_bytes(d.dir + "/model.safetensors.index.json", "{\"weight_map\": []}");
+  CHECK_THROWS(load_checkpoint(d.dir), "missing \"weight_map\" object");
+}
+
+TEST(save_rejects_bad_targets) {
+  TempDir tmp;
+  auto m = random_model(gpt2_cfg(), 3);
+  write_bytes(tmp / "file", "x");
+  CHECK_THROWS(save_checkpoint(*m, tmp / "file"), "file");
+  CHECK_THROWS(save_checkpoint(*m, ""), "empty directory path");
+  m->params.pop_back();
+  CHECK_THROWS(save_checkpoint(*m, tmp / "d"), "layout needs");
+}
+
+// ---- interop fixtures (tools/make_io_fixtures.py) -------------------------------------------------------------
+
+static const char* kFixtures = "native/test/fixtures/io/";
+
+// The params.h name for a name in a fixture file, or "" for a tensor the loader ignores.
+static std::string layout_name(const Model& m, const std::string& name) {
+  if (m.layout.find(name)) return name;
+  for (const char* prefix : {"transformer.", "model."})
+    if (m.layout.find(prefix + name)) return prefix + name;
+  return "";
+}
+
+static std::unique_ptr<Model> check_fixture(const std::string& name) {
+  const std::string dir = kFixtures + name;
+  std::unique_ptr<Model> m;
+  try {
+    m = load_checkpoint(dir);
+  } catch (const std::exception& e) {
+    CHECK_MSG(false, name + ": " + e.what());
+    return nullptr;
+  }
+  const json::Value expected = json::parse(read_bytes(dir + "/expected.json"), dir + "/expected.json");
+  CHECK_MSG(expected.get("architecture")->str == hf_architecture_name(m->cfg), name);
+  std::vector<bool> covered(m->layout.tensors.size(), false);
+  for (const auto& kv : expected.get("tensors")->object) {
+    const std::string lname = layout_name(*m, kv.first);
+    if (lname.empty()) {
+      const bool known = kv.first.find(".attn.bias") != std::string::npos ||
+                         kv.first.find(".attn.masked_bias") != std::string::npos ||
+                         (kv.first == "lm_head.weight" && m->cfg.tie_embeddings);
+      CHECK_MSG(known, name + ": file tensor " + kv.first + " maps to nothing");
+      continue;
+    }
+    const ParamInfo* p = m->layout.find(lname);
+    covered[static_cast<size_t>(p - m->layout.tensors.data())] = true;
+    std::vector<int64_t> shape;
+    for (const auto& d : kv.second.get("shape")->array) shape.push_back(d.integer);
+    CHECK_MSG(shape == p->shape, name + ": " + kv.first);
+    const float* w = m->params.data() + p->offset;
+    double sum = 0;
+    for (size_t i = 0; i < p->numel; i++) sum += w[i];
+    CHECK_MSG(w[0] == static_cast<float>(kv.second.get("first")->number), name + ": first of " + kv.first);
+    CHECK_CLOSE(sum, kv.second.get("sum")->number, 1e-9, 1e-9);
+  }
+  for (size_t i = 0; i < covered.size(); i++) CHECK_MSG(covered[i], name + ": " + m->layout.tensors[i].name);
+  // What optune writes loads back the same.
+  TempDir tmp;
+  save_checkpoint(*m, tmp / "re");
+  auto re = load_checkpoint(tmp / "re");
+  CHECK_MSG(same_params(*m, *re) && same_config(m->cfg, re->cfg), name);
+  return m;
+}
+
+TEST(fixture_gpt2) {
+  auto m = check_fixture("gpt2");
+  if (!m) return;
+  CHECK(m->cfg.is_gpt2() && m->cfg.tie_embeddings && m->cfg.d_ff == 64 && m->cfg.bos_token_id == 0);
+  CHECK(m->layout.lm_head == m->layout.tok_emb);
+}
+
+TEST(fixture_gpt2_hub_style) {
+  auto m = check_fixture("gpt2_hub_style");
+  if (m) CHECK(m->cfg.eos_token_id == 1);
+}
+
+TEST(fixture_gpt2_reward_fp16) {
+  auto m = check_fixture("gpt2_rm_fp16");
+  if (m) CHECK(m->cfg.reward_model && m->cfg.pad_token_id == 0 && m->layout.score != kAbsent);
+}
+
+TEST(fixture_llama_gqa) {
+  auto m = check_fixture("llama_gqa");
+  if (!m) return;
+  CHECK(m->cfg.arch == Arch::LLAMA && m->cfg.n_kv_head == 2 && m->cfg.n_head == 4 && !m->cfg.tie_embeddings);
+  CHECK(m->cfg.rope_theta == 500000.0f && m->cfg.eos_token_id == 1 && m->cfg.norm_eps == 1e-6f);
+}
+
+TEST(fixture_qwen2) {
+  auto m = check_fixture("qwen2");
+  if (m) CHECK(m->cfg.arch == Arch::QWEN2 && m->cfg.qkv_bias && !m->cfg.o_bias && m->cfg.tie_embeddings);
+}
+
+TEST(fixture_llama_reward) {
+  auto m = check_fixture("llama_rm");
+  if (m) CHECK(m->cfg.reward_model && m->cfg.qkv_bias && m->cfg.o_bias && m->cfg.pad_token_id == 3);
+}
+
+TEST(fixture_llama_bf16) {
+  auto m = check_fixture("llama_bf16");
+  if (m) CHECK(m->cfg.head_dim == 8 && m->cfg.q_dim() == 32 && m->cfg.d_model == 16 && m->cfg.tie_embeddings);
+}
+
+TEST(fixture_llama_sharded) {
+  auto m = check_fixture("llama_sharded");
+  if (m) CHECK(fs::exists(std::string(kFixtures) + "llama_sharded/model.safetensors.index.json"));
+}
+
+TEST_MAIN()
