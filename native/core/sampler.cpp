@@ -9,6 +9,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/ops.h"
+#include "cpu/vecmath.h"
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
@@ -35,9 +36,10 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::ve
       mx = z[j];
       arg = j;
     }
-  double sum = 0.0;
-  for (int j = 0; j < V; j++) sum += std::exp(static_cast<double>(z[j] - mx));
-  const double lse = mx + std::log(sum);
+  float sum = 0.0f;  // one partial sum per simd lane, combined in a fixed order
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < V; j++) sum += cpu::vexp(z[j] - mx);
+  const double lse = mx + std::log(static_cast<double>(sum));
   auto model_logp = [&](int32_t t) { return static_cast<float>(z[t] - lse); };
   if (r.temperature == 0.0f) return {arg, model_logp(arg)};
 
@@ -45,8 +47,9 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::ve
   const bool filter = (r.top_k > 0 && r.top_k < V) || r.top_p < 1.0f;
   if (!filter) {
     prob.resize(V);
+    const float inv_tf = static_cast<float>(inv_t);
     double total = 0.0;
-    for (int j = 0; j < V; j++) total += (prob[j] = std::exp((z[j] - mx) * inv_t));
+    for (int j = 0; j < V; j++) total += (prob[j] = cpu::vexp((z[j] - mx) * inv_tf));
     double target = u * total, acc = 0.0;
     for (int j = 0; j < V; j++) {
       acc += prob[j];

@@ -2,25 +2,26 @@
 #include <cmath>
 
 #include "ops.h"
+#include "vecmath.h"
 
 namespace optune::cpu {
 
 static constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 
 void gelu_forward(float* out, const float* inp, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const float x = inp[i];
-    out[i] = 0.5f * x * (1.0f + std::tanh(kGeluScale * (x + 0.044715f * x * x * x)));
+    out[i] = 0.5f * x * (1.0f + vtanh(kGeluScale * (x + 0.044715f * x * x * x)));
   }
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const float x = inp[i];
     const float u = kGeluScale * (x + 0.044715f * x * x * x);
-    const float t = std::tanh(u);
+    const float t = vtanh(u);
     const float sech2 = 1.0f - t * t;
     const float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
     dinp[i] += grad * dout[i];
@@ -28,19 +29,19 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const float g = gate[i];
-    const float sig = 1.0f / (1.0f + std::exp(-g));
+    const float sig = 1.0f / (1.0f + vexp(-g));
     out[i] = g * sig * up[i];
   }
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; i++) {
     const float g = gate[i];
-    const float sig = 1.0f / (1.0f + std::exp(-g));
+    const float sig = 1.0f / (1.0f + vexp(-g));
     const float silu = g * sig;
     dup[i] += dout[i] * silu;
     dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "vecmath.h"
 
 namespace optune::cpu {
 
@@ -59,8 +60,9 @@ void attention_forward(float* out, float* probs, const float* q, int qs, const f
             mx = std::max(mx, p[j]);
           }
           float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
           for (int j = 0; j <= i; j++) {
-            p[j] = std::exp(p[j] - mx);
+            p[j] = vexp(p[j] - mx);
             sum += p[j];
           }
           const float inv = 1.0f / sum;
@@ -158,8 +160,9 @@ void attention_decode(float* out, const float* q, int qs, const float* kcache, c
         mx = std::max(mx, p[j]);
       }
       float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
       for (int j = 0; j < n; j++) {
-        p[j] = std::exp(p[j] - mx);
+        p[j] = vexp(p[j] - mx);
         sum += p[j];
       }
       const float inv = 1.0f / sum;

@@ -30,12 +30,11 @@ void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, co
     if (dw) gemm(true, false, in, outf, rows, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);         // dW += X^T dY
   }
   if (dbias) {
-    // column sums, split over columns so each element has one owner
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < outf; j++) {
-      float s = 0.0f;
-      for (int r = 0; r < rows; r++) s += dout[static_cast<size_t>(r) * outf + j];
-      dbias[j] += s;
+    // column sums, rows in order (contiguous reads; the same order for any thread count)
+    for (int r = 0; r < rows; r++) {
+      const float* d = dout + static_cast<size_t>(r) * outf;
+#pragma omp simd
+      for (int j = 0; j < outf; j++) dbias[j] += d[j];
     }
   }
 }

@@ -7,6 +7,7 @@
 
 #include "gemm.h"
 #include "ops.h"
+#include "vecmath.h"
 
 namespace optune::cpu {
 
@@ -29,9 +30,10 @@ static void chunk_logits(std::vector<float>& hbuf, std::vector<float>& logits, s
     const float* z = logits.data() + static_cast<size_t>(r) * vocab;
     float mx = -INFINITY;
     for (int j = 0; j < vocab; j++) mx = std::max(mx, z[j]);
-    double sum = 0.0;
-    for (int j = 0; j < vocab; j++) sum += std::exp(static_cast<double>(z[j] - mx));
-    lse[r] = mx + static_cast<float>(std::log(sum));
+    float sum = 0.0f;  // the simd reduction keeps one partial sum per lane, which bounds the rounding error
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < vocab; j++) sum += vexp(z[j] - mx);
+    lse[r] = mx + std::log(sum);
   }
 }
 
@@ -58,7 +60,9 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
     for (int r = 0; r < rows; r++) {
       float* z = logits.data() + static_cast<size_t>(r) * vocab;
       const float gr = g[r0 + r];
-      for (int j = 0; j < vocab; j++) z[j] = -gr * std::exp(z[j] - lse[r]);
+      const float l = lse[r];
+#pragma omp simd
+      for (int j = 0; j < vocab; j++) z[j] = -gr * vexp(z[j] - l);
       z[target[r0 + r]] += gr;
     }
     dhbuf.assign(static_cast<size_t>(rows) * d, 0.0f);

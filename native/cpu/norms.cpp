@@ -50,17 +50,16 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
       dx[i] += s * (dn - static_cast<float>(dnorm_mean) - xhat * static_cast<float>(dnorm_norm_mean));
     }
   }
-  // parameter gradients: split over features so each element has one owner
-#pragma omp parallel for schedule(static)
-  for (int i = 0; i < d; i++) {
-    float gw = 0.0f, gb = 0.0f;
-    for (int r = 0; r < rows; r++) {
-      const float dy = dout[static_cast<size_t>(r) * d + i];
-      gw += dy * (inp[static_cast<size_t>(r) * d + i] - mean[r]) * rstd[r];
-      gb += dy;
+  // parameter gradients: rows in order (contiguous reads; the same order for any thread count)
+  for (int r = 0; r < rows; r++) {
+    const float* dy = dout + static_cast<size_t>(r) * d;
+    const float* x = inp + static_cast<size_t>(r) * d;
+    const float m = mean[r], s = rstd[r];
+#pragma omp simd
+    for (int i = 0; i < d; i++) {
+      dw[i] += dy[i] * (x[i] - m) * s;
+      db[i] += dy[i];
     }
-    dw[i] += gw;
-    db[i] += gb;
   }
 }
 
@@ -90,11 +89,12 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
     const float c = static_cast<float>(dot / d);
     for (int i = 0; i < d; i++) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
   }
-#pragma omp parallel for schedule(static)
-  for (int i = 0; i < d; i++) {
-    float gw = 0.0f;
-    for (int r = 0; r < rows; r++) gw += dout[static_cast<size_t>(r) * d + i] * inp[static_cast<size_t>(r) * d + i] * rstd[r];
-    dw[i] += gw;
+  for (int r = 0; r < rows; r++) {
+    const float* dy = dout + static_cast<size_t>(r) * d;
+    const float* x = inp + static_cast<size_t>(r) * d;
+    const float s = rstd[r];
+#pragma omp simd
+    for (int i = 0; i < d; i++) dw[i] += dy[i] * x[i] * s;
   }
 }
 

@@ -202,7 +202,16 @@ TrainRequest pair_request(LossKind loss, const ModelConfig& c) {
 }
 
 // Every tensor: 3 elements (first, middle, last) checked against central differences of the full loss.
-void check_model_grads(const std::string& what, Model& m, const TrainRequest& req) {
+// Cached reference log-probs are set near the policy's own, so pair losses are O(1) (the fp32 rounding error of a
+// central difference grows with the loss value).
+void check_model_grads(const std::string& what, Model& m, TrainRequest req) {
+  if (!req.ref_chosen.empty()) {
+    const LogprobResult lp = compute_logprobs(m, req.batch);
+    for (size_t j = 0; j < req.chosen.size(); j++) {
+      req.ref_chosen[j] = lp.seq_logps[req.chosen[j]] + 0.3f * (j + 1);
+      req.ref_rejected[j] = lp.seq_logps[req.rejected[j]] - 0.2f * (j + 1);
+    }
+  }
   train_step(m, req);
   const std::vector<float> grads = m.grads;
   for (const ParamInfo& t : m.layout.tensors) {
