@@ -454,6 +454,17 @@ void write_text_file_synced(const std::string& path, const std::string& text) {
   OPTUNE_CHECK(ok, path + ": " + err + " (is the disk full or read-only?)");
 }
 
+// The renames in a directory are durable only once the directory entry is on disk.
+void fsync_dir(const std::string& dir) {
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  OPTUNE_CHECK(dfd >= 0, dir + ": cannot open directory to fsync it: " + errno_str());
+  // EINVAL: the filesystem cannot sync directories (some network/virtual filesystems); nothing more to do there.
+  const bool ok = ::fsync(dfd) == 0 || errno == EINVAL;
+  const std::string err = ok ? "" : errno_str();
+  ::close(dfd);
+  OPTUNE_CHECK(ok, dir + ": fsync of the directory failed: " + err);
+}
+
 std::string temp_name(const std::string& dir, const std::string& file) {
   static std::atomic<unsigned> counter{0};
   return dir + "/." + file + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
@@ -580,15 +591,62 @@ void save_checkpoint(const Model& m, const std::string& dir) {
     throw;
   }
   commit_file(config_tmp, config);
+  fsync_dir(dir);
+}
 
-  // The renames are durable only once the directory entry is on disk.
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  OPTUNE_CHECK(dfd >= 0, dir + ": cannot open directory to fsync it: " + errno_str());
-  // EINVAL: the filesystem cannot sync directories (some network/virtual filesystems); nothing more to do there.
-  const bool ok = ::fsync(dfd) == 0 || errno == EINVAL;
-  const std::string err = ok ? "" : errno_str();
-  ::close(dfd);
-  OPTUNE_CHECK(ok, dir + ": fsync of the directory failed: " + err);
+void save_optimizer_state(const Model& m, const std::string& dir) {
+  OPTUNE_CHECK(!dir.empty(), "save_optimizer_state: empty directory path");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
+  const int64_t n = static_cast<int64_t>(m.params.size());
+  const std::vector<float> zeros(m.adam_m.empty() ? m.params.size() : 0, 0.0f);
+  const float* mm = m.adam_m.empty() ? zeros.data() : m.adam_m.data();
+  const float* vv = m.adam_v.empty() ? zeros.data() : m.adam_v.data();
+  const std::string path = dir + "/optimizer.safetensors";
+  const std::string tmp = temp_name(dir, "optimizer.safetensors");
+  try {
+    safetensors::save(tmp, {{"exp_avg", {n}, mm}, {"exp_avg_sq", {n}, vv}},
+                      {{"format", "optune-adamw"}, {"step", std::to_string(m.adam_step)},
+                       {"num_params", std::to_string(n)}});
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  commit_file(tmp, path);
+  fsync_dir(dir);
+}
+
+void load_optimizer_state(Model& m, const std::string& dir) {
+  const std::string path = dir + "/optimizer.safetensors";
+  safetensors::Reader r(path);
+  std::string step, num_params;
+  for (const auto& [k, v] : r.header().metadata) {
+    if (k == "step") step = v;
+    if (k == "num_params") num_params = v;
+  }
+  OPTUNE_CHECK(!step.empty() && !num_params.empty(),
+               path + ": not an optune optimizer state (metadata needs \"step\" and \"num_params\")");
+  OPTUNE_CHECK(num_params == std::to_string(m.params.size()),
+               path + ": saved for a model with " + num_params + " parameters, this model has " +
+                   std::to_string(m.params.size()) + "; resume with the checkpoint the state was saved with");
+  std::vector<float> mm(m.params.size()), vv(m.params.size());
+  for (auto [name, out] : {std::pair<const char*, float*>{"exp_avg", mm.data()}, {"exp_avg_sq", vv.data()}}) {
+    const safetensors::TensorInfo* t = r.header().find(name);
+    OPTUNE_CHECK(t != nullptr && t->numel == m.params.size(),
+                 path + ": tensor " + name + " is missing or has the wrong size");
+    r.read_f32(*t, out);
+  }
+  int64_t s = 0;
+  try {
+    s = std::stoll(step);
+  } catch (...) {
+    throw Error(path + ": metadata step \"" + step + "\" is not an integer");
+  }
+  OPTUNE_CHECK(s >= 0, path + ": metadata step must be >= 0");
+  m.adam_m = std::move(mm);
+  m.adam_v = std::move(vv);
+  m.adam_step = s;
 }
 
 }  // namespace optune

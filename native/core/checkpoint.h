@@ -25,4 +25,11 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir);
 // crash leaves either the old file or the new one.
 void save_checkpoint(const Model& m, const std::string& dir);
 
+// AdamW state (moments and step count) for resuming a run exactly: dir/optimizer.safetensors with flat tensors
+// "exp_avg" and "exp_avg_sq" in the parameter layout's order and metadata {"step", "num_params"}. Written
+// atomically like save_checkpoint. A model that has taken no optimizer step saves step 0 and zero moments.
+void save_optimizer_state(const Model& m, const std::string& dir);
+// Throws optune::Error when the file is missing or was saved for a model with a different parameter count.
+void load_optimizer_state(Model& m, const std::string& dir);
+
 }  // namespace optune
