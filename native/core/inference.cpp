@@ -42,7 +42,7 @@ const float* score_weight(const Model& m) {
 LogprobResult compute_logprobs(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = lm_head_weight(m);
-  Acts acts;
+  Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   const ResponseRows rows = response_rows(b);
   LogprobResult out;
@@ -57,7 +57,7 @@ LogprobResult compute_logprobs(const Model& m, const Batch& b) {
 std::vector<float> compute_logits(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = lm_head_weight(m);
-  Acts acts;
+  Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   std::vector<float> logits(static_cast<size_t>(b.n_tokens()) * m.cfg.vocab_size);
   cpu::gemm(false, true, b.n_tokens(), m.cfg.vocab_size, m.cfg.d_model, 1.0f, acts.normf.data(), m.cfg.d_model, w,
@@ -68,7 +68,7 @@ std::vector<float> compute_logits(const Model& m, const Batch& b) {
 std::vector<float> compute_scores(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = score_weight(m);
-  Acts acts;
+  Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   std::vector<float> scores(b.n_seq());
   const int D = m.cfg.d_model;

@@ -10,6 +10,8 @@
 
 namespace optune {
 
+struct Workspace;  // scratch buffers reused across calls (transformer.h)
+
 struct Model {
   ModelConfig cfg;
   ParamLayout layout;
@@ -18,6 +20,9 @@ struct Model {
   std::vector<float> adam_m;    // empty until the first optimizer step
   std::vector<float> adam_v;
   int64_t adam_step = 0;
+  // Activation and gradient scratch kept between calls: a model runs one operation at a time, and reusing the
+  // buffers avoids a page fault per 4 KB of fresh memory on every call. Never copied by clone_model.
+  mutable std::shared_ptr<Workspace> workspace;
 
   size_t num_params() const { return layout.total; }
 };

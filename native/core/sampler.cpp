@@ -149,7 +149,7 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
           std::copy_n(v.v + static_cast<size_t>(t) * v.vs, KVD, vcache.data() + dst);
         }
   };
-  Acts acts;
+  Acts& acts = workspace_of(m).infer;
   transformer_forward(m, pb, acts, false, &hook);
   std::vector<float> hidden(static_cast<size_t>(n_prompts) * D);
   for (int i = 0; i < n_prompts; i++)

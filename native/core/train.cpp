@@ -106,9 +106,11 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   if (m.grads.size() != m.params.size()) m.grads.assign(m.params.size(), 0.0f);
   std::fill(m.grads.begin(), m.grads.end(), 0.0f);
 
-  Acts acts;
+  Workspace& ws = workspace_of(m);
+  Acts& acts = ws.train;
   transformer_forward(m, b, acts, true);
-  std::vector<float> dnormf(static_cast<size_t>(T) * D, 0.0f);
+  std::vector<float>& dnormf = ws.dnormf;
+  dnormf.assign(static_cast<size_t>(T) * D, 0.0f);
   auto weight = [&](size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); };
   const size_t n_pairs = r.chosen.size();
   st.n_pairs = static_cast<int>(n_pairs);

@@ -150,6 +150,17 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
   final_norm_forward(m, acts, acts.layers[training ? c.n_layer - 1 : 0].res_mlp.data(), T);
 }
 
+Workspace& workspace_of(const Model& m) {
+  if (!m.workspace) m.workspace = std::make_shared<Workspace>();
+  return *m.workspace;
+}
+
+// resize + zero without giving memory back
+static void zeros(std::vector<float>& v, size_t n) {
+  v.resize(n);
+  std::fill(v.begin(), v.end(), 0.0f);
+}
+
 void transformer_backward(Model& m, const Batch& b, const Acts& acts, const float* dnormf) {
   const ModelConfig& c = m.cfg;
   const ParamLayout& L = m.layout;
@@ -158,10 +169,16 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
   const int T = acts.T, D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
   const WeightLayout lin = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
 
-  std::vector<float> dresid(static_cast<size_t>(T) * D, 0.0f), dnorm(static_cast<size_t>(T) * D);
-  std::vector<float> dact(static_cast<size_t>(T) * F), dfc(static_cast<size_t>(T) * F), dup;
-  std::vector<float> datty(static_cast<size_t>(T) * QD), dqkv(qkv_size(c, T));
-  if (c.is_llama()) dup.resize(static_cast<size_t>(T) * F);
+  BackwardScratch& sc = workspace_of(m).back;
+  std::vector<float>&dresid = sc.dresid, &dnorm = sc.dnorm, &dact = sc.dact, &dfc = sc.dfc, &dup = sc.dup,
+  &datty = sc.datty, &dqkv = sc.dqkv;
+  zeros(dresid, static_cast<size_t>(T) * D);
+  dnorm.resize(static_cast<size_t>(T) * D);
+  dact.resize(static_cast<size_t>(T) * F);
+  dfc.resize(static_cast<size_t>(T) * F);
+  dup.resize(c.is_llama() ? static_cast<size_t>(T) * F : 0);
+  datty.resize(static_cast<size_t>(T) * QD);
+  dqkv.resize(qkv_size(c, T));
 
   norm_backward(c, dresid.data(), at(G, L.normf_w), at(G, L.normf_b), dnormf, acts.layers.back().res_mlp.data(),
                 at(P, L.normf_w), acts.normf_mean.data(), acts.normf_rstd.data(), T);

@@ -44,6 +44,21 @@ QKV qkv_view(const ModelConfig& c, float* qkv, int T);
 // Called after a block has computed its (rotated) keys and values, e.g. to copy them into a KV cache.
 using KvHook = std::function<void(int layer, const QKV& qkv)>;
 
+// Gradient buffers of transformer_backward.
+struct BackwardScratch {
+  std::vector<float> dresid, dnorm, dact, dfc, dup, datty, dqkv;
+};
+
+struct Workspace {
+  Acts train;     // all layers' activations, for backward
+  Acts infer;     // one reused layer
+  BackwardScratch back;
+  std::vector<float> dnormf;
+};
+
+// The model's workspace, created on first use. Buffers only grow (resize keeps capacity).
+Workspace& workspace_of(const Model& m);
+
 // Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read.
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr);
 
