@@ -133,6 +133,24 @@ describe("models", () => {
     expect((await loaded.logprobs(batch)).seqLogps).toEqual((await m.logprobs(batch)).seqLogps);
   });
 
+  it("weights + optimizer state saved mid-training continue exactly like the uninterrupted model", async () => {
+    const m = await EngineModel.create(tiny, 6);
+    const step = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-20, -20], refRejected: [-20, -20], optimizer: { lr: 1e-2 } };
+    await m.trainStep(step);
+    const dir = join(tempDir(), "resume");
+    await m.save(dir);
+    await m.saveOptimizerState(dir);
+    const resumed = await EngineModel.load(dir);
+    await resumed.loadOptimizerState(dir);
+    const a = await m.trainStep(step);
+    const b = await resumed.trainStep(step);
+    expect(b.loss).toBe(a.loss);
+    expect(await resumed.getParams()).toEqual(await m.getParams());
+    const other = await EngineModel.create({ ...tiny, dModel: 32 }, 1);
+    await expect(other.loadOptimizerState(dir)).rejects.toThrow(/saved for a model with/);
+    await Promise.all([m.dispose(), resumed.dispose(), other.dispose()]);
+  });
+
   it("clone() is an equal, independent copy", async () => {
     const m = await EngineModel.create(tiny, 4);
     const c = await m.clone();

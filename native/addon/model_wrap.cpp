@@ -31,6 +31,8 @@ Napi::Function ModelWrap::define(Napi::Env env) {
       {
           InstanceMethod<&ModelWrap::save>("save"),
           InstanceMethod<&ModelWrap::clone>("clone"),
+          InstanceMethod<&ModelWrap::save_optimizer_state>("saveOptimizerState"),
+          InstanceMethod<&ModelWrap::load_optimizer_state>("loadOptimizerState"),
           InstanceMethod<&ModelWrap::logprobs>("logprobs"),
           InstanceMethod<&ModelWrap::logits>("logits"),
           InstanceMethod<&ModelWrap::scores>("scores"),
@@ -89,6 +91,30 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
     HandlePtr h = h_;
     return PromiseTask::start(
         env, "save", [h, dir] { optune::save_checkpoint(*h->model, dir); },
+        [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::save_optimizer_state(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    std::string dir = string_arg(info, 0, "dir");
+    acquire(env, *h_, "saveOptimizerState");
+    HandlePtr h = h_;
+    return PromiseTask::start(
+        env, "saveOptimizerState", [h, dir] { optune::save_optimizer_state(*h->model, dir); },
+        [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::load_optimizer_state(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    std::string dir = string_arg(info, 0, "dir");
+    acquire(env, *h_, "loadOptimizerState");
+    HandlePtr h = h_;
+    return PromiseTask::start(
+        env, "loadOptimizerState", [h, dir] { optune::load_optimizer_state(*h->model, dir); },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }

@@ -23,6 +23,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  private:
   Napi::Value save(const Napi::CallbackInfo& info);
   Napi::Value clone(const Napi::CallbackInfo& info);
+  Napi::Value save_optimizer_state(const Napi::CallbackInfo& info);
+  Napi::Value load_optimizer_state(const Napi::CallbackInfo& info);
   Napi::Value logprobs(const Napi::CallbackInfo& info);
   Napi::Value logits(const Napi::CallbackInfo& info);
   Napi::Value scores(const Napi::CallbackInfo& info);

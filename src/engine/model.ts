@@ -127,6 +127,18 @@ export class EngineModel {
     return this.enqueue(() => this.native.save(dir));
   }
 
+  /** Writes the AdamW moments and step count to dir/optimizer.safetensors (atomically), for an exact resume. */
+  async saveOptimizerState(dir: string): Promise<void> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.saveOptimizerState(dir));
+  }
+
+  /** Restores what saveOptimizerState wrote; the model must have the same parameter count. */
+  async loadOptimizerState(dir: string): Promise<void> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.loadOptimizerState(dir));
+  }
+
   /** A frozen copy of the weights (no optimizer state): a reference model. */
   async clone(): Promise<EngineModel> {
     this.checkAlive("model");

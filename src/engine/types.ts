@@ -129,6 +129,8 @@ export interface NativeModel {
   /** Name of the running operation, or null. */
   readonly busyWith: string | null;
   save(dir: string): Promise<void>;
+  saveOptimizerState(dir: string): Promise<void>;
+  loadOptimizerState(dir: string): Promise<void>;
   clone(): Promise<NativeModel>;
   logprobs(batch: Batch): Promise<LogprobResult>;
   logits(batch: Batch): Promise<Float32Array>;
