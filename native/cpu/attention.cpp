@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "gemm.h"
 #include "ops.h"
 #include "vecmath.h"
 
@@ -35,103 +36,97 @@ static inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
+// Row-wise causal softmax of a [L, L] score block in place: row i keeps columns 0..i, the rest become 0.
+static void causal_softmax_rows(float* p, int L) {
+  for (int i = 0; i < L; i++) {
+    float* row = p + static_cast<size_t>(i) * L;
+    float mx = -INFINITY;
+    for (int j = 0; j <= i; j++) mx = std::max(mx, row[j]);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j <= i; j++) {
+      row[j] = vexp(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int j = 0; j <= i; j++) row[j] *= inv;
+    for (int j = i + 1; j < L; j++) row[j] = 0.0f;
+  }
+}
+
+// Per (sequence, head): S = scale * Q K^T, P = causal softmax(S), O = P V, with the two products as GEMMs on
+// [L, L] blocks (the upper triangle is computed and then zeroed: twice the minimal flops, but GEMM speed).
+// GEMMs called inside the parallel region run single-threaded, so each block's arithmetic is fixed.
 void attention_forward(float* out, float* probs, const float* q, int qs, const float* k, int ks, const float* v,
                        int vs, const int32_t* offsets, int n_seq, int n_head, int n_kv_head, int head_dim) {
-  const int group = n_head / n_kv_head;
+  const int group = n_head / n_kv_head, od = n_head * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const std::vector<int64_t> po = probs ? probs_offsets(offsets, n_seq, n_head) : std::vector<int64_t>();
-  const int n_work = n_seq * n_kv_head;
+  const int n_work = n_seq * n_head;
 #pragma omp parallel
   {
-    std::vector<float> row;  // scratch softmax row when probs are not kept
+    std::vector<float> scratch;  // the [L, L] block when probs are not kept
 #pragma omp for schedule(dynamic)
     for (int w = 0; w < n_work; w++) {
-      const int s = w / n_kv_head, kvh = w % n_kv_head;
+      const int s = w / n_head, h = w % n_head, kvh = h / group;
       const int start = offsets[s], L = offsets[s + 1] - start;
-      if (!probs) row.resize(L);
-      for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-        for (int i = 0; i < L; i++) {
-          const float* qi = q + static_cast<size_t>(start + i) * qs + h * head_dim;
-          float* p = probs ? probs + po[s] + (static_cast<int64_t>(h) * L + i) * L : row.data();
-          float mx = -INFINITY;
-          for (int j = 0; j <= i; j++) {
-            const float* kj = k + static_cast<size_t>(start + j) * ks + kvh * head_dim;
-            p[j] = dot(qi, kj, head_dim) * scale;
-            mx = std::max(mx, p[j]);
-          }
-          float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-          for (int j = 0; j <= i; j++) {
-            p[j] = vexp(p[j] - mx);
-            sum += p[j];
-          }
-          const float inv = 1.0f / sum;
-          for (int j = 0; j <= i; j++) p[j] *= inv;
-          if (probs)
-            for (int j = i + 1; j < L; j++) p[j] = 0.0f;
-          float* o = out + static_cast<size_t>(start + i) * (n_head * head_dim) + h * head_dim;
-          std::fill(o, o + head_dim, 0.0f);
-          for (int j = 0; j <= i; j++) {
-            const float* vj = v + static_cast<size_t>(start + j) * vs + kvh * head_dim;
-            const float pj = p[j];
-#pragma omp simd
-            for (int d = 0; d < head_dim; d++) o[d] += pj * vj[d];
-          }
-        }
+      float* p;
+      if (probs) {
+        p = probs + po[s] + static_cast<int64_t>(h) * L * L;
+      } else {
+        scratch.resize(static_cast<size_t>(L) * L);
+        p = scratch.data();
       }
+      const float* qh = q + static_cast<size_t>(start) * qs + h * head_dim;
+      const float* kh = k + static_cast<size_t>(start) * ks + kvh * head_dim;
+      const float* vh = v + static_cast<size_t>(start) * vs + kvh * head_dim;
+      gemm(false, true, L, L, head_dim, scale, qh, qs, kh, ks, 0.0f, p, L);
+      causal_softmax_rows(p, L);
+      gemm(false, false, L, head_dim, L, 1.0f, p, L, vh, vs, 0.0f, out + static_cast<size_t>(start) * od + h * head_dim,
+           od);
     }
   }
 }
 
+// Per (sequence, kv head), over the query heads that share it (so dk/dv have one owner):
+// dV += P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP)) * scale, dQ = dS K, dK += dS^T Q.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs, const float* q, int qs,
                         const float* k, int ks, const float* v, int vs, const int32_t* offsets, int n_seq, int n_head,
                         int n_kv_head, int head_dim) {
-  const int group = n_head / n_kv_head;
+  const int group = n_head / n_kv_head, od = n_head * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const std::vector<int64_t> po = probs_offsets(offsets, n_seq, n_head);
   const int n_work = n_seq * n_kv_head;
 #pragma omp parallel
   {
-    std::vector<float> dp;
+    std::vector<float> ds;
 #pragma omp for schedule(dynamic)
     for (int w = 0; w < n_work; w++) {
       const int s = w / n_kv_head, kvh = w % n_kv_head;
       const int start = offsets[s], L = offsets[s + 1] - start;
-      dp.resize(L);
-      for (int j = 0; j < L; j++) {
-        std::fill_n(dk + static_cast<size_t>(start + j) * ks + kvh * head_dim, head_dim, 0.0f);
-        std::fill_n(dv + static_cast<size_t>(start + j) * vs + kvh * head_dim, head_dim, 0.0f);
-      }
+      ds.resize(static_cast<size_t>(L) * L);
+      const float* kh = k + static_cast<size_t>(start) * ks + kvh * head_dim;
+      const float* vh = v + static_cast<size_t>(start) * vs + kvh * head_dim;
+      float* dkh = dk + static_cast<size_t>(start) * ks + kvh * head_dim;
+      float* dvh = dv + static_cast<size_t>(start) * vs + kvh * head_dim;
       for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        const float* p = probs + po[s] + static_cast<int64_t>(h) * L * L;
+        const float* doh = dout + static_cast<size_t>(start) * od + h * head_dim;
+        const float* qh = q + static_cast<size_t>(start) * qs + h * head_dim;
+        const float beta = h == kvh * group ? 0.0f : 1.0f;  // the group's first head overwrites dk/dv
+        gemm(true, false, L, head_dim, L, 1.0f, p, L, doh, od, beta, dvh, vs);
+        gemm(false, true, L, L, head_dim, 1.0f, doh, od, vh, vs, 0.0f, ds.data(), L);
         for (int i = 0; i < L; i++) {
-          const float* p = probs + po[s] + (static_cast<int64_t>(h) * L + i) * L;
-          const float* doi = dout + static_cast<size_t>(start + i) * (n_head * head_dim) + h * head_dim;
-          const float* qi = q + static_cast<size_t>(start + i) * qs + h * head_dim;
-          float* dqi = dq + static_cast<size_t>(start + i) * qs + h * head_dim;
-          // dP_ij = dO_i . V_j ; dv_j += P_ij dO_i
+          const float* pi = p + static_cast<size_t>(i) * L;
+          float* di = ds.data() + static_cast<size_t>(i) * L;
           float pdp = 0.0f;
-          for (int j = 0; j <= i; j++) {
-            const float* vj = v + static_cast<size_t>(start + j) * vs + kvh * head_dim;
-            float* dvj = dv + static_cast<size_t>(start + j) * vs + kvh * head_dim;
-            dp[j] = dot(doi, vj, head_dim);
-            pdp += p[j] * dp[j];
-            const float pj = p[j];
-#pragma omp simd
-            for (int d = 0; d < head_dim; d++) dvj[d] += pj * doi[d];
-          }
-          // softmax backward, then the scaled dot product
-          std::fill(dqi, dqi + head_dim, 0.0f);
-          for (int j = 0; j <= i; j++) {
-            const float ds = p[j] * (dp[j] - pdp) * scale;
-            const float* kj = k + static_cast<size_t>(start + j) * ks + kvh * head_dim;
-            float* dkj = dk + static_cast<size_t>(start + j) * ks + kvh * head_dim;
-#pragma omp simd
-            for (int d = 0; d < head_dim; d++) {
-              dqi[d] += ds * kj[d];
-              dkj[d] += ds * qi[d];
-            }
-          }
+          for (int j = 0; j <= i; j++) pdp += pi[j] * di[j];
+          for (int j = 0; j <= i; j++) di[j] = pi[j] * (di[j] - pdp) * scale;
+          for (int j = i + 1; j < L; j++) di[j] = 0.0f;
         }
+        gemm(false, false, L, head_dim, L, 1.0f, ds.data(), L, kh, ks, 0.0f,
+             dq + static_cast<size_t>(start) * qs + h * head_dim, qs);
+        gemm(true, false, L, head_dim, L, 1.0f, ds.data(), L, qh, qs, beta, dkh, ks);
       }
     }
   }
