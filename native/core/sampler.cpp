@@ -121,12 +121,31 @@ void validate_sample_request(const Model& m, const SampleRequest& r) {
                "sample: streamIds needs one entry per prompt (" + std::to_string(n_prompts) + ") or none");
 }
 
+// Every weight matrix of the model packed for few-row products (decode steps), plus the LM head as [D, V].
+PackedWeights pack_for_decoding(const Model& m) {
+  PackedWeights w;
+  const bool in_out = m.cfg.is_gpt2();  // Conv1D [in, out]; nn.Linear [out, in]
+  for (const LayerOffsets& o : m.layout.layers)
+    for (size_t off : {o.qkv_w, o.q_w, o.k_w, o.v_w, o.o_w, o.fc_w, o.up_w, o.proj_w}) {
+      if (off == kAbsent) continue;
+      const ParamInfo* t = nullptr;
+      for (const ParamInfo& p : m.layout.tensors)
+        if (p.offset == off) t = &p;
+      const int rows = static_cast<int>(t->shape[0]), cols = static_cast<int>(t->shape[1]);
+      w[off] = in_out ? cpu::pack_b(m.params.data() + off, cols, rows, cols, false)
+                      : cpu::pack_b(m.params.data() + off, cols, cols, rows, true);
+    }
+  w[m.layout.lm_head] = cpu::pack_b(lm_head_weight(m), m.cfg.d_model, m.cfg.d_model, m.cfg.vocab_size, true);
+  return w;
+}
+
 }  // namespace
 
 SampleResult sample(const Model& m, const SampleRequest& r) {
   validate_sample_request(m, r);
   const ModelConfig& c = m.cfg;
-  const float* head = lm_head_weight(m);
+  const PackedWeights packed = pack_for_decoding(m);
+  const cpu::PackedB& head_packed = packed.at(m.layout.lm_head);
   const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1, K = r.n_samples, R = n_prompts * K;
   const int D = c.d_model, V = c.vocab_size, KVD = c.kv_dim();
   int max_prompt = 0;
@@ -155,7 +174,7 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   for (int i = 0; i < n_prompts; i++)
     std::copy_n(acts.normf.data() + static_cast<size_t>(pb.offsets[i + 1] - 1) * D, D, hidden.data() + i * D);
   std::vector<float> logits(static_cast<size_t>(n_prompts) * V);
-  cpu::gemm(false, true, n_prompts, V, D, 1.0f, hidden.data(), D, head, D, 0.0f, logits.data(), V);
+  cpu::gemm_packed(n_prompts, hidden.data(), D, head_packed, logits.data(), V);
 
   std::vector<uint64_t> stream(R);
   for (int s = 0; s < R; s++) {
@@ -225,12 +244,12 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
         }
         cpu::attention_decode(atty, v.q, v.qs, kc, vc, active.data(), nkeys.data(), Bn, cap, c.n_head, c.n_kv_head,
                               c.head_dim);
-      });
+      }, &packed);
       std::swap(x, la.res_mlp);
     }
     final_norm_forward(m, dec, x.data(), Bn);
     logits.resize(static_cast<size_t>(Bn) * V);
-    cpu::gemm(false, true, Bn, V, D, 1.0f, dec.normf.data(), D, head, D, 0.0f, logits.data(), V);
+    cpu::gemm_packed(Bn, dec.normf.data(), D, head_packed, logits.data(), V);
     for (int a = 0; a < Bn; a++) logit_row[a] = a;
   }
 

@@ -75,41 +75,48 @@ void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, in
 }
 
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
-                   const AttendFn& attend) {
+                   const AttendFn& attend, const PackedWeights* packed) {
   const ModelConfig& c = m.cfg;
   const float* P = m.params.data();
   const LayerOffsets& o = m.layout.layers[l];
   const int D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
-  const WeightLayout lin = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
+  const WeightLayout layout = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
+  auto linear = [&](float* out, const float* inp, size_t w, size_t bias, int in, int outf) {
+    const auto it = packed ? packed->find(w) : PackedWeights::const_iterator();
+    if (packed && it != packed->end())
+      cpu::linear_forward_packed(out, inp, it->second, at(P, bias), T);
+    else
+      cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout);
+  };
 
   // attention
   norm_forward(c, a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), x, at(P, o.norm1_w), at(P, o.norm1_b), T);
   QKV v = qkv_view(c, a.qkv.data(), T);
   if (c.is_gpt2()) {
-    cpu::linear_forward(a.qkv.data(), a.norm1.data(), at(P, o.qkv_w), at(P, o.qkv_b), T, D, 3 * D, lin);
+    linear(a.qkv.data(), a.norm1.data(), o.qkv_w, o.qkv_b, D, 3 * D);
   } else {
-    cpu::linear_forward(v.q, a.norm1.data(), at(P, o.q_w), at(P, o.q_b), T, D, QD, lin);
-    cpu::linear_forward(v.k, a.norm1.data(), at(P, o.k_w), at(P, o.k_b), T, D, KVD, lin);
-    cpu::linear_forward(v.v, a.norm1.data(), at(P, o.v_w), at(P, o.v_b), T, D, KVD, lin);
+    linear(v.q, a.norm1.data(), o.q_w, o.q_b, D, QD);
+    linear(v.k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
+    linear(v.v, a.norm1.data(), o.v_w, o.v_b, D, KVD);
     cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.rope_theta);
     cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.rope_theta);
   }
   attend(l, v, a.atty.data());
-  cpu::linear_forward(a.res_attn.data(), a.atty.data(), at(P, o.o_w), at(P, o.o_b), T, QD, D, lin);
+  linear(a.res_attn.data(), a.atty.data(), o.o_w, o.o_b, QD, D);
   const size_t n = static_cast<size_t>(T) * D;
   for (size_t i = 0; i < n; i++) a.res_attn[i] += x[i];
 
   // MLP
   norm_forward(c, a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.res_attn.data(), at(P, o.norm2_w),
                at(P, o.norm2_b), T);
-  cpu::linear_forward(a.fc.data(), a.norm2.data(), at(P, o.fc_w), at(P, o.fc_b), T, D, F, lin);
+  linear(a.fc.data(), a.norm2.data(), o.fc_w, o.fc_b, D, F);
   if (c.is_gpt2()) {
     cpu::gelu_forward(a.act.data(), a.fc.data(), static_cast<int64_t>(T) * F);
   } else {
-    cpu::linear_forward(a.up.data(), a.norm2.data(), at(P, o.up_w), nullptr, T, D, F, lin);
+    linear(a.up.data(), a.norm2.data(), o.up_w, kAbsent, D, F);
     cpu::swiglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
   }
-  cpu::linear_forward(a.res_mlp.data(), a.act.data(), at(P, o.proj_w), at(P, o.proj_b), T, F, D, lin);
+  linear(a.res_mlp.data(), a.act.data(), o.proj_w, o.proj_b, F, D);
   for (size_t i = 0; i < n; i++) a.res_mlp[i] += a.res_attn[i];
 }
 

@@ -5,9 +5,11 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <unordered_map>
 #include <vector>
 
 #include "batch.h"
+#include "cpu/gemm.h"
 #include "model.h"
 
 namespace optune {
@@ -65,10 +67,12 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
 // The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
 // attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.
 using AttendFn = std::function<void(int layer, const QKV& qkv, float* atty)>;
+// Weights pre-packed for few-row products, by parameter offset (sampler.cpp); null or a missing entry: plain GEMM.
+using PackedWeights = std::unordered_map<size_t, cpu::PackedB>;
 void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size);
 void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, int T, float* out);
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
-                   const AttendFn& attend);
+                   const AttendFn& attend, const PackedWeights* packed = nullptr);
 void final_norm_forward(const Model& m, Acts& acts, const float* x, int T);
 
 // Given dnormf = dLoss/d(final normalized hidden) [T, D], accumulates every parameter gradient into m.grads

@@ -53,6 +53,53 @@ void gemm_builtin(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
   }
 }
 
+PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b) {
+  constexpr int W = PackedB::kPanel;
+  PackedB p;
+  p.K = K;
+  p.N = N;
+  const int panels = (N + W - 1) / W;
+  p.data.assign(static_cast<size_t>(panels) * K * W, 0.0f);
+#pragma omp parallel for schedule(static)
+  for (int pi = 0; pi < panels; pi++) {
+    float* dst = p.data.data() + static_cast<size_t>(pi) * K * W;
+    for (int k = 0; k < K; k++)
+      for (int j = 0; j < W && pi * W + j < N; j++) {
+        const int n = pi * W + j;
+        dst[static_cast<size_t>(k) * W + j] = trans_b ? B[static_cast<size_t>(n) * ldb + k] : B[static_cast<size_t>(k) * ldb + n];
+      }
+  }
+  return p;
+}
+
+void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int ldc) {
+  constexpr int W = PackedB::kPanel, MR = 16;
+  const int K = B.K, N = B.N, panels = (N + W - 1) / W;
+  std::vector<float> ap(static_cast<size_t>(K) * MR);  // A's rows k-major, zero-padded to MR rows
+  for (int i0 = 0; i0 < M; i0 += MR) {
+    const int mr = std::min(MR, M - i0);
+    std::fill(ap.begin(), ap.end(), 0.0f);
+    for (int r = 0; r < mr; r++)
+      for (int k = 0; k < K; k++) ap[static_cast<size_t>(k) * MR + r] = A[static_cast<size_t>(i0 + r) * lda + k];
+    const float* a = ap.data();
+#pragma omp parallel for schedule(static)
+    for (int pi = 0; pi < panels; pi++) {
+      const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;
+      float acc[MR][W] = {};
+      for (int k = 0; k < K; k++) {
+        const float* b = panel + static_cast<size_t>(k) * W;
+        const float* ak = a + static_cast<size_t>(k) * MR;
+        for (int r = 0; r < MR; r++) {
+#pragma omp simd
+          for (int j = 0; j < W; j++) acc[r][j] += ak[r] * b[j];
+        }
+      }
+      const int nj = std::min(W, N - pi * W);
+      for (int r = 0; r < mr; r++) std::copy_n(acc[r], nj, C + static_cast<size_t>(i0 + r) * ldc + pi * W);
+    }
+  }
+}
+
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
           int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;

@@ -19,6 +19,16 @@ void linear_forward(float* out, const float* inp, const float* w, const float* b
   }
 }
 
+void linear_forward_packed(float* out, const float* inp, const PackedB& w, const float* bias, int rows) {
+  gemm_packed(rows, inp, w.K, w, out, w.N);
+  if (bias) {
+    for (int r = 0; r < rows; r++) {
+      float* o = out + static_cast<size_t>(r) * w.N;
+      for (int j = 0; j < w.N; j++) o[j] += bias[j];
+    }
+  }
+}
+
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
                      int rows, int in, int outf, WeightLayout layout) {
   if (rows <= 0) return;

@@ -12,6 +12,9 @@ enum class WeightLayout { OutIn, InOut };
 
 void linear_forward(float* out, const float* inp, const float* w, const float* bias, int rows, int in, int outf,
                     WeightLayout layout);
+// The same with the weight pre-packed by pack_b (few-row decoding).
+struct PackedB;
+void linear_forward_packed(float* out, const float* inp, const PackedB& w, const float* bias, int rows);
 // dinp may be null (no input gradient needed); dbias may be null.
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
                      int rows, int in, int outf, WeightLayout layout);
