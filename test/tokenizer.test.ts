@@ -1,0 +1,179 @@
+// Tokenizer parity with transformers (ids, decoding, chat templates, stop tokens) on the committed fixtures made
+// by tools/make_hf_fixtures.py, and the errors for broken or incomplete tokenizer directories.
+
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync, cpSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+import { afterAll, describe, expect, it } from "vitest";
+
+import { HfTokenizer } from "../src/tokenizer/index.js";
+import type { ChatMessage } from "../src/tokenizer/index.js";
+
+const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
+
+interface CorpusCase {
+  text: string;
+  ids: number[];
+  ids_no_special: number[];
+  decoded: string;
+  decoded_skip_special: string;
+}
+interface ChatCase {
+  messages: ChatMessage[];
+  add_generation_prompt: boolean;
+  text: string;
+  ids: number[];
+}
+const cases = JSON.parse(readFileSync(join(FIXTURES, "tokenizer_cases.json"), "utf8")) as Record<
+  string,
+  { corpus: CorpusCase[]; chats: ChatCase[] }
+>;
+
+const scratch = mkdtempSync(join(tmpdir(), "optune-tokenizer-"));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+describe.each(Object.keys(cases))("tokenizer %s matches transformers", (name) => {
+  const fixture = cases[name]!;
+
+  it("encodes the corpus to the same ids, with and without special tokens", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, name));
+    for (const c of fixture.corpus) {
+      expect(Array.from(tok.encode(c.text)), JSON.stringify(c.text)).toEqual(c.ids);
+      expect(Array.from(tok.encode(c.text, { addSpecialTokens: false })), JSON.stringify(c.text)).toEqual(c.ids_no_special);
+    }
+  });
+
+  it("decodes to the same text", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, name));
+    for (const c of fixture.corpus) {
+      expect(tok.decode(c.ids, { skipSpecialTokens: false }), JSON.stringify(c.text)).toBe(c.decoded);
+      expect(tok.decode(c.ids), JSON.stringify(c.text)).toBe(c.decoded_skip_special);
+    }
+  });
+
+  it("renders the chat template to the same text and ids", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, name));
+    expect(tok.chatTemplate === undefined).toBe(fixture.chats.length === 0);
+    for (const c of fixture.chats) {
+      const options = { addGenerationPrompt: c.add_generation_prompt };
+      expect(tok.applyChatTemplate(c.messages, options)).toBe(c.text);
+      expect(Array.from(tok.encodeChat(c.messages, options))).toEqual(c.ids);
+    }
+  });
+});
+
+describe("stop tokens", () => {
+  it("come from generation_config.json, an id or a list", async () => {
+    const smollm = await HfTokenizer.load(join(FIXTURES, "smollm"));
+    expect(smollm.stopTokens.ids).toEqual([smollm.tokenToId("<|im_end|>")]);
+    expect(smollm.stopTokens.origin).toContain("generation_config.json");
+    const qwen = await HfTokenizer.load(join(FIXTURES, "qwen2"));
+    expect(qwen.stopTokens.ids).toEqual([qwen.tokenToId("<|im_end|>"), qwen.tokenToId("<|endoftext|>")]);
+  });
+
+  it("fall back to the tokenizer's eos_token without generation_config.json", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "reward_llama"));
+    expect(tok.stopTokens.ids).toEqual([tok.tokenToId("</s>")]);
+    expect(tok.stopTokens.origin).toContain("eos_token");
+  });
+
+  it("reject an id outside the vocabulary, naming the file", async () => {
+    const dir = copyFixture("smollm", "bad_eos");
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: [2, 99999] }));
+    await expect(HfTokenizer.load(dir)).rejects.toThrow(/generation_config\.json.*99999.*outside/);
+  });
+
+  it("reject a non-integer id", async () => {
+    const dir = copyFixture("smollm", "bad_eos_type");
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: "2" }));
+    await expect(HfTokenizer.load(dir)).rejects.toThrow(/field "eos_token_id" = "2"/);
+  });
+});
+
+describe("chat templates", () => {
+  it("surface raise_exception with the template's origin", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "reward_llama"));
+    expect(() => tok.applyChatTemplate([{ role: "tool", content: "x" }], { addGenerationPrompt: false })).toThrow(
+      /chat_template\.jinja failed on a conversation with roles \[tool\]: .*unsupported role tool/,
+    );
+  });
+
+  it("can be supplied where the directory has none", async () => {
+    const plain = await HfTokenizer.load(join(FIXTURES, "reward_gpt2"));
+    expect(() => plain.encodeChat([{ role: "user", content: "hi" }], { addGenerationPrompt: true })).toThrow(
+      /has no chat template.*chatTemplate option/,
+    );
+    const tok = await HfTokenizer.load(join(FIXTURES, "reward_gpt2"), {
+      chatTemplate: "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{{ eos_token }}",
+    });
+    expect(tok.applyChatTemplate([{ role: "user", content: "hi" }], { addGenerationPrompt: true })).toBe(
+      "user: hi\n<|endoftext|>",
+    );
+  });
+
+  it("report a template that does not parse", async () => {
+    await expect(HfTokenizer.load(join(FIXTURES, "smollm"), { chatTemplate: "{% for m in messages %}" })).rejects.toThrow(
+      /chat template from the chatTemplate option does not parse/,
+    );
+  });
+});
+
+describe("broken tokenizer directories", () => {
+  it("name the missing tokenizer.json and how to get one", async () => {
+    await expect(HfTokenizer.load(scratch)).rejects.toThrow(/has no tokenizer\.json.*save_pretrained/);
+  });
+
+  it("name a file that is not JSON", async () => {
+    const dir = copyFixture("smollm", "bad_json");
+    writeFileSync(join(dir, "tokenizer_config.json"), "{ not json");
+    await expect(HfTokenizer.load(dir)).rejects.toThrow(/tokenizer_config\.json is not valid JSON/);
+  });
+
+  it("name a special token that is not in the vocabulary", async () => {
+    const dir = copyFixture("smollm", "bad_special");
+    const configPath = join(dir, "tokenizer_config.json");
+    const config = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
+    writeFileSync(configPath, JSON.stringify({ ...config, eos_token: "<|nope|>" }));
+    await expect(HfTokenizer.load(dir)).rejects.toThrow(/field "eos_token" = "<\|nope\|>" is not a token/);
+  });
+
+  it("name an unsupported tokenizer model", async () => {
+    const dir = copyFixture("smollm", "bad_model");
+    const path = join(dir, "tokenizer.json");
+    const json = JSON.parse(readFileSync(path, "utf8")) as { model: Record<string, unknown> };
+    json.model["type"] = "NotAModel";
+    writeFileSync(path, JSON.stringify(json));
+    await expect(HfTokenizer.load(dir)).rejects.toThrow(/field "model\.type" = "NotAModel": unsupported tokenizer model/);
+  });
+});
+
+describe("ids and models", () => {
+  it("decode rejects ids outside the vocabulary", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "smollm"));
+    expect(() => tok.decode([1, tok.vocabSize])).toThrow(/ids\[1\] = 330 is outside the vocabulary \[0, 330\)/);
+    expect(tok.decode([])).toBe("");
+  });
+
+  it("checkFitsModel names both directories when the sizes disagree", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "qwen2"));
+    expect(() => tok.checkFitsModel(tok.vocabSize, "m")).not.toThrow();
+    expect(() => tok.checkFitsModel(10, "/models/x")).toThrow(/tokenizer in .*qwen2 has \d+ tokens but the model in \/models\/x has only 10/);
+  });
+
+  it("copyFilesTo writes a loadable tokenizer directory", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "smollm"));
+    const dst = join(scratch, "copied");
+    tok.copyFilesTo(dst);
+    expect(readdirSync(dst).sort()).toEqual(["chat_template.jinja", "generation_config.json", "tokenizer.json", "tokenizer_config.json"]);
+    const again = await HfTokenizer.load(dst);
+    expect(Array.from(again.encode("Hello world"))).toEqual(Array.from(tok.encode("Hello world")));
+    expect(again.stopTokens.ids).toEqual(tok.stopTokens.ids);
+  });
+});
+
+function copyFixture(name: string, as: string): string {
+  const dir = join(scratch, as);
+  cpSync(join(FIXTURES, name), dir, { recursive: true });
+  return dir;
+}

@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Hugging Face model, tokenizer and parity fixtures for the TypeScript tests, made with the Python reference stack.
+
+    PY=$(/work/shared/tools/ref-venv.sh /tmp/ref)
+    $PY tools/make_hf_fixtures.py            # tokenizers, tiny models, tokenizer cases, log-prob and score parity
+    npx tsc -p tsconfig.json && $PY tools/make_hf_fixtures.py roundtrip
+                                             # optune trains + saves a checkpoint; transformers loads it, logits
+
+Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
+  smollm/        LlamaForCausalLM, tied embeddings, byte-level BPE (GPT-2 style), ChatML template, generation_config
+                 with one EOS id (the SmolLM2-Instruct layout)
+  qwen2/         Qwen2ForCausalLM, Qwen2 tokenizer (byte-level, Qwen regex, NFC), ChatML template inside
+                 tokenizer_config.json (the older layout), generation_config with a list of EOS ids
+  reward_llama/  LlamaForSequenceClassification, SentencePiece-like BPE (Metaspace + byte fallback), [INST] template
+                 that uses bos_token/eos_token/raise_exception; pad_token_id == eos_token_id, so transformers pools
+                 the score before the trailing EOS
+  reward_gpt2/   GPT2ForSequenceClassification, plain GPT-2 tokenizer, no chat template
+  tokenizer_cases.json   per tokenizer dir: corpus strings (unicode/whitespace edge cases) -> ids with and without
+                         special tokens, decoded text; rendered chat templates and their ids
+  parity.json            per policy: prompt/response pairs -> ids, per-token and summed log-probs (transformers, fp32);
+                         per reward model: conversations -> ids and score
+  optune_saved/          (roundtrip) a checkpoint written by optune's EngineModel.save after one SFT step on qwen2/,
+                         with expected_logits.json: transformers' logits on it
+Weights are random but larger than transformers' init (std 0.02 would make every distribution nearly uniform and the
+log-prob parity meaningless).
+"""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification,
+                          GPT2Tokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                          LlamaForSequenceClassification, LlamaTokenizer, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen2Tokenizer)
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "test" / "fixtures" / "hf"
+
+# Training text for the tiny BPEs: enough for a few dozen merges over common English fragments.
+TRAIN_TEXT = [
+    "Hello world, this is a tiny corpus for a tiny tokenizer.",
+    "The quick brown fox jumps over the lazy dog. The dog sleeps.",
+    "You are a helpful assistant. Answer the question in one sentence.",
+    "What is the capital of France? The capital of France is Paris.",
+    "Say hello to the user, then tell them a short story about the sea.",
+    "Numbers like 12345 and 3.14 appear in the text too.",
+    "Café, naïve, jalapeño and 日本語 are here so unicode gets a few merges.",
+] * 4
+
+# Unicode and whitespace edge cases: empty, runs of spaces, tabs, CRLF, NBSP, combining marks, CJK, emoji with
+# modifiers and ZWJ, RTL text, digits, contractions, special-token text inside ordinary text.
+CORPUS = [
+    "",
+    " ",
+    "Hello world",
+    "Hello  world",
+    "   leading and trailing   ",
+    "tab\tseparated\tvalues",
+    "line one\nline two\n\nline four",
+    "windows\r\nnewline",
+    "  \n  ",
+    "non\u00a0breaking space",
+    "e\u0301 versus \u00e9",
+    "Café naïve jalapeño",
+    "日本語のテキスト",
+    "emoji 👍🏽 and family 👨\u200d👩\u200d👧",
+    "שלום עולם",
+    "12345 3.14 1,000,000",
+    "don't I'll we've",
+    "Hello , world . It 's ok ? n't",
+    "!!!???...",
+    "aaaaaaaaaaaaaaaaaaaa",
+    "The quick brown fox jumps over the lazy dog.",
+    "special <|im_end|> inside <s> text </s>",
+    "<|im_start|>user\nhi<|im_end|>",
+]
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Again, in 日本語?"}],
+]
+
+# Our own short templates in the style of the model families (ChatML; Llama-2 [INST]).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a tiny test assistant.<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHATML_PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+INST_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ '<<SYS>> ' + message['content'] + ' <</SYS>> ' }}"
+    "{% elif message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('unsupported role ' + message['role']) }}"
+    "{% endif %}"
+    "{% endfor %}"
+)
+
+LOGPROB_PAIRS = [
+    ("Hello world,", " this is a tiny corpus."),
+    ("The quick brown", " fox jumps over the lazy dog."),
+    ("Café 日本語", " emoji 👍 don't\n\n  spaces"),
+]
+
+RM_ITEMS = [
+    ([{"role": "user", "content": "What is the capital of France?"}], "The capital of France is Paris."),
+    ([{"role": "user", "content": "Say hello."}], "Hello! 👋"),
+    ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell a story."}], "Once, the sea."),
+]
+
+
+def train_bytelevel(specials, vocab_size):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TRAIN_TEXT, trainer)
+    model = json.loads(tok.to_str())["model"]
+    return model["vocab"], [tuple(m) for m in model["merges"]]
+
+
+def train_sentencepiece_like(vocab_size):
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(TRAIN_TEXT, trainer)
+    model = json.loads(tok.to_str())["model"]
+    return model["vocab"], [tuple(m) for m in model["merges"]]
+
+
+def randomize(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_f.weight" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.25 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def fresh_dir(name):
+    d = OUT / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def save_all(d, model, tokenizer, generation=None):
+    model.save_pretrained(str(d))
+    tokenizer.save_pretrained(str(d))
+    if generation is not None:
+        generation.save_pretrained(str(d))
+
+
+def template_into_config(d):
+    # The older layout, still common on the Hub: the template inside tokenizer_config.json, no chat_template.jinja.
+    path = d / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["chat_template"] = (d / "chat_template.jinja").read_text()
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    (d / "chat_template.jinja").unlink()
+
+
+def make_models():
+    # smollm: Llama backbone, tied embeddings, byte-level BPE with ChatML specials (as SmolLM2-Instruct).
+    vocab, merges = train_bytelevel(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 330)
+    tok = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                        unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    tok.chat_template = CHATML_TEMPLATE
+    n = len(tok)
+    cfg = LlamaConfig(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2, rope_theta=10000.0)
+    d = fresh_dir("smollm")
+    save_all(d, randomize(LlamaForCausalLM(cfg), 1), tok,
+             GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2))
+
+    # qwen2: Qwen2's own tokenizer pipeline on a trained byte-level vocab; two EOS ids in generation_config.
+    vocab, merges = train_bytelevel(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 340)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = CHATML_TEMPLATE
+    n = len(tok)
+    eot, im_end = tok.convert_tokens_to_ids("<|endoftext|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    cfg = Qwen2Config(vocab_size=n, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+                      bos_token_id=eot, eos_token_id=eot, rope_theta=10000.0, use_sliding_window=False)
+    d = fresh_dir("qwen2")
+    save_all(d, randomize(Qwen2ForCausalLM(cfg), 2), tok,
+             GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot))
+    template_into_config(d)
+
+    # reward_llama: a different tokenizer family than either policy, so a reward model must re-tokenize text.
+    vocab, merges = train_sentencepiece_like(420)
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
+    tok.chat_template = INST_TEMPLATE
+    n = len(tok)
+    cfg = LlamaConfig(vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, num_labels=1, bos_token_id=1,
+                      eos_token_id=2, pad_token_id=2)
+    d = fresh_dir("reward_llama")
+    save_all(d, randomize(LlamaForSequenceClassification(cfg), 3), tok)
+
+    # reward_gpt2: plain GPT-2 tokenizer, no chat template; prompt and response are joined as text.
+    vocab, merges = train_bytelevel(["<|endoftext|>"], 300)
+    tok = GPT2Tokenizer(vocab=vocab, merges=merges)
+    n = len(tok)
+    cfg = GPT2Config(vocab_size=n, n_embd=16, n_layer=2, n_head=2, n_positions=128, num_labels=1, bos_token_id=0,
+                     eos_token_id=0, pad_token_id=None)
+    d = fresh_dir("reward_gpt2")
+    save_all(d, randomize(GPT2ForSequenceClassification(cfg), 4), tok)
+
+
+def render(tok, messages, add_generation_prompt):
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def make_tokenizer_cases():
+    cases = {}
+    for name in ["smollm", "qwen2", "reward_llama", "reward_gpt2"]:
+        tok = AutoTokenizer.from_pretrained(str(OUT / name))
+        entries = []
+        for text in CORPUS:
+            ids = tok(text).input_ids
+            entries.append({
+                "text": text,
+                "ids": ids,
+                "ids_no_special": tok(text, add_special_tokens=False).input_ids,
+                "decoded": tok.decode(ids),
+                "decoded_skip_special": tok.decode(ids, skip_special_tokens=True),
+            })
+        chats = []
+        if tok.chat_template is not None:
+            for messages in CHATS:
+                if name == "reward_llama" and messages[-1]["role"] != "user":
+                    continue
+                for gen in (True, False):
+                    text = render(tok, messages, gen)
+                    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen,
+                                                  return_dict=False)
+                    assert ids == tok(text, add_special_tokens=False).input_ids, name
+                    chats.append({"messages": messages, "add_generation_prompt": gen, "text": text, "ids": ids})
+        cases[name] = {"corpus": entries, "chats": chats}
+    (OUT / "tokenizer_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
+
+
+def response_logprobs(model, prompt_ids, response_ids):
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0].to(torch.float64)
+    logp = torch.log_softmax(logits, dim=-1)
+    p = len(prompt_ids)
+    return [float(logp[p + i - 1, t]) for i, t in enumerate(response_ids)]
+
+
+def make_parity():
+    parity = {"policies": {}, "reward_models": {}}
+    for name in ["smollm", "qwen2"]:
+        tok = AutoTokenizer.from_pretrained(str(OUT / name))
+        model = AutoModelForCausalLM.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
+        items = []
+        pairs = [(p, r, None) for p, r in LOGPROB_PAIRS]
+        pairs.append((render(tok, CHATS[0], True), "Paris, of course.<|im_end|>", CHATS[0]))
+        for prompt, response, messages in pairs:
+            # Chat prompts are rendered text already (the template adds any BOS); plain prompts get special tokens.
+            prompt_ids = tok(prompt, add_special_tokens=messages is None).input_ids
+            response_ids = tok(response, add_special_tokens=False).input_ids
+            token_logps = response_logprobs(model, prompt_ids, response_ids)
+            items.append({"prompt": prompt, "response": response, "messages": messages, "prompt_ids": prompt_ids,
+                          "response_ids": response_ids, "token_logprobs": token_logps, "logprob": sum(token_logps)})
+        parity["policies"][name] = items
+    for name in ["reward_llama", "reward_gpt2"]:
+        tok = AutoTokenizer.from_pretrained(str(OUT / name))
+        cls = LlamaForSequenceClassification if name == "reward_llama" else GPT2ForSequenceClassification
+        model = cls.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
+        items = []
+        for messages, response in RM_ITEMS:
+            if tok.chat_template is not None:
+                text = render(tok, messages + [{"role": "assistant", "content": response}], False)
+                ids = tok(text, add_special_tokens=False).input_ids
+            else:
+                # No template: the last user turn and the response as plain text.
+                text = messages[-1]["content"] + response
+                ids = tok(messages[-1]["content"], add_special_tokens=True).input_ids + \
+                    tok(response, add_special_tokens=False).input_ids
+            with torch.no_grad():
+                score = float(model(torch.tensor([ids])).logits[0, 0])
+            items.append({"messages": messages, "response": response, "text": text, "ids": ids, "score": score})
+        parity["reward_models"][name] = items
+    (OUT / "parity.json").write_text(json.dumps(parity, ensure_ascii=False, indent=1) + "\n")
+
+
+ROUNDTRIP_JS = """
+import { EngineModel, packBatch } from %(engine)s;
+const model = await EngineModel.load(%(src)s);
+// One SFT step with a large learning rate, so the saved weights differ from the transformers-made ones.
+const batch = packBatch([{ prompt: [1, 5, 9, 30], response: [40, 41, 42, 2] }, { prompt: [7, 8], response: [100, 3] }]);
+await model.trainStep({ loss: "sft", batch, optimizer: { lr: 0.05 } });
+await model.save(%(dst)s);
+await model.dispose();
+"""
+
+ROUNDTRIP_IDS = [[1, 5, 9, 30, 40, 41, 42, 2], [7, 8, 100, 3, 200, 17]]
+
+
+def make_roundtrip():
+    dst = OUT / "optune_saved"
+    if dst.exists():
+        shutil.rmtree(dst)
+    js = ROUNDTRIP_JS % {"engine": json.dumps(str(ROOT / "dist" / "engine" / "index.js")),
+                         "src": json.dumps(str(OUT / "qwen2")), "dst": json.dumps(str(dst))}
+    subprocess.run(["node", "--input-type=module", "-e", js], check=True, cwd=ROOT)
+    model, info = AutoModelForCausalLM.from_pretrained(str(dst), dtype=torch.float32, output_loading_info=True)
+    bad = {k: v for k, v in info.items() if v}
+    if bad:
+        sys.exit(f"transformers did not load optune's checkpoint cleanly: {bad}")
+    before = AutoModelForCausalLM.from_pretrained(str(OUT / "qwen2"), dtype=torch.float32)
+    changed = sum(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), before.state_dict().values()))
+    assert changed > 0, "the SFT step changed no tensor"
+    out = []
+    with torch.no_grad():
+        for ids in ROUNDTRIP_IDS:
+            logits = model.eval()(torch.tensor([ids])).logits[0]
+            out.append({"ids": ids, "logits": [[float(x) for x in row] for row in logits]})
+    (dst / "expected_logits.json").write_text(json.dumps({"tensors_changed": changed, "sequences": out}) + "\n")
+    print(f"optune_saved: {changed} tensors changed by the SFT step; transformers loaded it with no key issues")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    if sys.argv[1:] == ["roundtrip"]:
+        make_roundtrip()
+    elif sys.argv[1:] == []:
+        make_models()
+        make_tokenizer_cases()
+        make_parity()
+    else:
+        sys.exit("usage: make_hf_fixtures.py [roundtrip]")
