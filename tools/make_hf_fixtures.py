@@ -118,10 +118,16 @@ LOGPROB_PAIRS = [
     ("Café 日本語", " emoji 👍 don't\n\n  spaces"),
 ]
 
-RM_ITEMS = [
+# Reward-model items: a chat prompt (messages) or a plain-text prompt, and the response text. With a chat template a
+# plain prompt becomes one user turn; without one, prompt text and response text are joined.
+RM_CHAT_ITEMS = [
     ([{"role": "user", "content": "What is the capital of France?"}], "The capital of France is Paris."),
     ([{"role": "user", "content": "Say hello."}], "Hello! 👋"),
     ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell a story."}], "Once, the sea."),
+]
+RM_TEXT_ITEMS = [
+    ("What is the capital of France?", " Paris."),
+    ("Say hello.", " Hello there, 日本語 friend!\n"),
 ]
 
 
@@ -293,18 +299,20 @@ def make_parity():
         cls = LlamaForSequenceClassification if name == "reward_llama" else GPT2ForSequenceClassification
         model = cls.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
         items = []
-        for messages, response in RM_ITEMS:
+        cases = [(None, m, r) for m, r in RM_CHAT_ITEMS] if tok.chat_template is not None else []
+        cases += [(p, None, r) for p, r in RM_TEXT_ITEMS]
+        for prompt, messages, response in cases:
             if tok.chat_template is not None:
-                text = render(tok, messages + [{"role": "assistant", "content": response}], False)
+                turns = messages if messages is not None else [{"role": "user", "content": prompt}]
+                text = render(tok, turns + [{"role": "assistant", "content": response}], False)
                 ids = tok(text, add_special_tokens=False).input_ids
             else:
-                # No template: the last user turn and the response as plain text.
-                text = messages[-1]["content"] + response
-                ids = tok(messages[-1]["content"], add_special_tokens=True).input_ids + \
-                    tok(response, add_special_tokens=False).input_ids
+                text = prompt + response
+                ids = tok(prompt).input_ids + tok(response, add_special_tokens=False).input_ids
             with torch.no_grad():
                 score = float(model(torch.tensor([ids])).logits[0, 0])
-            items.append({"messages": messages, "response": response, "text": text, "ids": ids, "score": score})
+            items.append({"prompt": prompt, "messages": messages, "response": response, "text": text, "ids": ids,
+                          "score": score})
         parity["reward_models"][name] = items
     (OUT / "parity.json").write_text(json.dumps(parity, ensure_ascii=False, indent=1) + "\n")
 
@@ -340,7 +348,7 @@ def make_roundtrip():
     with torch.no_grad():
         for ids in ROUNDTRIP_IDS:
             logits = model.eval()(torch.tensor([ids])).logits[0]
-            out.append({"ids": ids, "logits": [[float(x) for x in row] for row in logits]})
+            out.append({"ids": ids, "logits": [[round(float(x), 6) for x in row] for row in logits]})
     (dst / "expected_logits.json").write_text(json.dumps({"tensors_changed": changed, "sequences": out}) + "\n")
     print(f"optune_saved: {changed} tensors changed by the SFT step; transformers loaded it with no key issues")
 

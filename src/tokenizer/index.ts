@@ -6,3 +6,5 @@ export { readStopTokens } from "./generation_config.js";
 export type { StopTokens } from "./generation_config.js";
 export { HfTokenizer } from "./hf_tokenizer.js";
 export type { HfTokenizerOptions } from "./hf_tokenizer.js";
+export { checkReference, loadModelDir } from "./model_dir.js";
+export type { LoadedModelDir, ModelDirOptions } from "./model_dir.js";

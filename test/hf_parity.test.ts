@@ -1,0 +1,175 @@
+// Parity with transformers on the committed fixtures (tools/make_hf_fixtures.py): tokenizer ids, response
+// log-probs of the tiny Llama (SmolLM-style) and Qwen2 policies, reward-model scores through each reward model's
+// own tokenizer and template, and a checkpoint written by optune that transformers loaded (recorded logits).
+
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+import { afterAll, describe, expect, it } from "vitest";
+
+import { EngineModel, packBatch } from "../src/engine/index.js";
+import type { ChatRewardPrompt } from "../src/rewards/module.js";
+import { HfRewardModelSource } from "../src/rewards/hf_reward_model.js";
+import { checkReference, loadModelDir, type ChatMessage } from "../src/tokenizer/index.js";
+
+const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
+const REL_TOL = 1e-4;
+
+interface PolicyItem {
+  prompt: string;
+  response: string;
+  messages: ChatMessage[] | null;
+  prompt_ids: number[];
+  response_ids: number[];
+  token_logprobs: number[];
+  logprob: number;
+}
+interface RewardItem {
+  prompt: string | null;
+  messages: ChatMessage[] | null;
+  response: string;
+  ids: number[];
+  score: number;
+}
+const parity = JSON.parse(readFileSync(join(FIXTURES, "parity.json"), "utf8")) as {
+  policies: Record<string, PolicyItem[]>;
+  reward_models: Record<string, RewardItem[]>;
+};
+
+const scratch = mkdtempSync(join(tmpdir(), "optune-parity-"));
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+function expectClose(actual: number, expected: number, what: string): void {
+  const err = Math.abs(actual - expected);
+  expect(err, `${what}: optune ${actual} vs transformers ${expected}`).toBeLessThanOrEqual(REL_TOL * Math.max(1, Math.abs(expected)));
+}
+
+describe.each(Object.keys(parity.policies))("policy %s", (name) => {
+  const items = parity.policies[name]!;
+
+  it("tokenizes prompts and responses to transformers' ids", async () => {
+    const { model, tokenizer } = await loadModelDir(join(FIXTURES, name));
+    for (const item of items) {
+      const promptIds =
+        item.messages === null ? tokenizer.encode(item.prompt) : tokenizer.encodeChat(item.messages, { addGenerationPrompt: true });
+      expect(Array.from(promptIds)).toEqual(item.prompt_ids);
+      expect(Array.from(tokenizer.encode(item.response, { addSpecialTokens: false }))).toEqual(item.response_ids);
+    }
+    await model.dispose();
+  });
+
+  it("has transformers' response log-probs", async () => {
+    const { model } = await loadModelDir(join(FIXTURES, name));
+    const result = await model.logprobs(packBatch(items.map((i) => ({ prompt: i.prompt_ids, response: i.response_ids }))));
+    let at = 0;
+    items.forEach((item, k) => {
+      expectClose(result.seqLogps[k]!, item.logprob, `${name} item ${k} sum`);
+      item.token_logprobs.forEach((v, t) => expectClose(result.tokenLogps[at + t]!, v, `${name} item ${k} token ${t}`));
+      at += item.token_logprobs.length;
+    });
+    expect(at).toBe(result.tokenLogps.length);
+    await model.dispose();
+  });
+});
+
+describe.each(Object.keys(parity.reward_models))("reward model %s", (name) => {
+  const items = parity.reward_models[name]!;
+
+  it("re-tokenizes text with its own tokenizer and template and scores like transformers", async () => {
+    const source = await HfRewardModelSource.load(join(FIXTURES, name));
+    // The policy ids are deliberately junk: the reward model must not look at them.
+    const junk = Int32Array.from([9999, -1]);
+    const prompts: ChatRewardPrompt[] = items.map((i) =>
+      i.messages === null ? { text: i.prompt!, ids: junk } : { text: "(rendered by the policy)", ids: junk, messages: i.messages },
+    );
+    const responses = items.map((i) => ({ text: i.response, ids: junk, endedWithEos: true }));
+    items.forEach((item, k) => {
+      // The reward model's ids: transformers' ids, minus trailing padding (transformers pools before it).
+      const ids = Array.from(source.encodeItem(prompts[k]!, responses[k]!));
+      expect(item.ids.slice(0, ids.length)).toEqual(ids);
+    });
+    const scores = await source.score({ prompts, responses });
+    items.forEach((item, k) => expectClose(scores[k]!, item.score, `${name} item ${k}`));
+    await source.dispose();
+  });
+});
+
+describe("reward model errors", () => {
+  it("a causal LM is not a reward model", async () => {
+    await expect(HfRewardModelSource.load(join(FIXTURES, "smollm"))).rejects.toThrow(/smollm is a causal language model, not a reward model/);
+  });
+
+  it("a chat prompt needs a chat template", async () => {
+    const source = await HfRewardModelSource.load(join(FIXTURES, "reward_gpt2"));
+    const prompt: ChatRewardPrompt = { text: "x", ids: new Int32Array(1), messages: [{ role: "user", content: "hi" }] };
+    await expect(source.score({ prompts: [prompt], responses: [{ text: "y", ids: new Int32Array(1), endedWithEos: true }] })).rejects.toThrow(
+      /reward_gpt2 has no chat template, so it cannot score a chat prompt/,
+    );
+    await source.dispose();
+  });
+
+  it("an item longer than the model's positions names the item", async () => {
+    const source = await HfRewardModelSource.load(join(FIXTURES, "reward_gpt2"));
+    const long = "word ".repeat(200);
+    const item = { prompts: [{ text: "a", ids: new Int32Array(1) }, { text: long, ids: new Int32Array(1) }], responses: [0, 1].map(() => ({ text: "b", ids: new Int32Array(1), endedWithEos: true })) };
+    await expect(source.score(item)).rejects.toThrow(/item 1 is \d+ tokens, more than the model's 128 positions/);
+    await source.dispose();
+  });
+});
+
+describe("checkpoints written by optune", () => {
+  const dir = join(FIXTURES, "optune_saved");
+  const expected = JSON.parse(readFileSync(join(dir, "expected_logits.json"), "utf8")) as {
+    sequences: Array<{ ids: number[]; logits: number[][] }>;
+  };
+
+  it("load in transformers with identical logits (recorded by tools/make_hf_fixtures.py roundtrip)", async () => {
+    const model = await EngineModel.load(dir);
+    for (const seq of expected.sequences) {
+      const logits = await model.logits(packBatch([{ prompt: seq.ids, response: [] }]));
+      const vocab = model.config.vocabSize;
+      expect(logits.length).toBe(seq.ids.length * vocab);
+      seq.logits.forEach((row, t) => row.forEach((v, j) => expectClose(logits[t * vocab + j]!, v, `position ${t} logit ${j}`)));
+    }
+    await model.dispose();
+  });
+
+  it("save then load gives back the same weights", async () => {
+    const model = await EngineModel.load(join(FIXTURES, "qwen2"));
+    const out = join(scratch, "resaved");
+    await model.save(out);
+    const again = await EngineModel.load(out);
+    expect(await again.getParams()).toEqual(await model.getParams());
+    expect(again.config).toEqual(model.config);
+    await Promise.all([model.dispose(), again.dispose()]);
+  });
+});
+
+describe("model directories", () => {
+  it("loadModelDir refuses a reward model as a policy", async () => {
+    await expect(loadModelDir(join(FIXTURES, "reward_llama"))).rejects.toThrow(/reward_llama is a reward model .*not a causal language model/);
+  });
+
+  it("loadModelDir refuses a tokenizer larger than the model's vocabulary", async () => {
+    await expect(loadModelDir(join(FIXTURES, "smollm"), { tokenizerDir: join(FIXTURES, "qwen2") })).rejects.toThrow(
+      /tokenizer in .*qwen2 has 340 tokens but the model in .*smollm has only 330 embeddings/,
+    );
+  });
+
+  it("unsupported config fields are named with their value", async () => {
+    const dir = join(scratch, "rope");
+    cpSync(join(FIXTURES, "smollm"), dir, { recursive: true });
+    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, rope_scaling: { rope_type: "llama3", factor: 8 } }));
+    await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*unsupported RoPE variant "llama3"/);
+  });
+
+  it("checkReference wants the policy's vocabulary", async () => {
+    const a = await EngineModel.load(join(FIXTURES, "smollm"));
+    const b = await EngineModel.load(join(FIXTURES, "qwen2"));
+    expect(() => checkReference(a, "p", a, "r")).not.toThrow();
+    expect(() => checkReference(a, "p", b, "r")).toThrow(/reference model r has vocab_size 340 but the policy p has 330/);
+    await Promise.all([a.dispose(), b.dispose()]);
+  });
+});
