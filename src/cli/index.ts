@@ -8,9 +8,11 @@ import { Command, CommanderError } from "commander";
 
 import { packageRoot } from "../engine/index.js";
 import { infoCommand } from "./info.js";
+import { logprobsCommand } from "./logprobs.js";
 
 const commands: Array<() => Command> = [
   infoCommand,
+  logprobsCommand,
 ];
 
 function packageVersion(): string {
