@@ -7,12 +7,14 @@ import { resolve } from "node:path";
 import { Command, CommanderError } from "commander";
 
 import { packageRoot } from "../engine/index.js";
+import { benchCommand } from "./bench.js";
 import { infoCommand } from "./info.js";
 import { logprobsCommand } from "./logprobs.js";
 
 const commands: Array<() => Command> = [
   infoCommand,
   logprobsCommand,
+  benchCommand,
 ];
 
 function packageVersion(): string {

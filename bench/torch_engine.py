@@ -1,0 +1,108 @@
+"""PyTorch/transformers side of `optune bench engine`: the same three ops on the same shapes, one JSON line each.
+
+Usage: python torch_engine.py SPEC_JSON   (written by src/bench/engine.ts; see EngineBenchSpec there)
+
+The first line is {"torch": version, "transformers": version, "threads": n}; then one line per op:
+{"op", "shape", "sec", "tokens", "tok_per_s"}. If torch or transformers cannot be imported, the only line is
+{"unavailable": reason} and the exit code is 0, so the caller can report torch figures as missing.
+"""
+
+import json
+import sys
+import time
+
+
+def emit(obj):
+    print(json.dumps(obj), flush=True)
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    try:
+        import torch
+        import transformers
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except Exception as e:  # any import failure means "no torch here", not a crash
+        emit({"unavailable": f"{type(e).__name__}: {e}"})
+        return
+
+    torch.set_num_threads(spec["threads"])
+    torch.manual_seed(0)
+    emit({"torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads()})
+
+    sz = spec["sizes"]
+    for shape in spec["shapes"]:
+        # Dropout off: the engine has none, so the train step does the same work on both sides.
+        cfg = GPT2Config(n_layer=shape["layers"], n_embd=shape["d"], n_head=shape["heads"],
+                         vocab_size=shape["vocab"], n_positions=shape["positions"],
+                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(cfg)
+        vocab, warmup, reps = shape["vocab"], shape["warmup"], shape["reps"]
+
+        def timed(fn):
+            for _ in range(warmup):
+                fn()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            return (time.perf_counter() - t0) / reps
+
+        def report(op, sec, tokens):
+            emit({"op": op, "shape": shape["name"], "sec": sec, "tokens": tokens, "tok_per_s": tokens / sec})
+
+        if "sample" in shape["ops"]:
+            n, plen, new = sz["samplePrompts"], sz["samplePromptLen"], sz["sampleNewTokens"]
+            prompts = torch.randint(0, vocab, (n, plen))
+            mask = torch.ones_like(prompts)
+            model.eval()
+
+            def gen():
+                with torch.no_grad():
+                    model.generate(input_ids=prompts, attention_mask=mask, do_sample=True, top_k=0,
+                                   max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+
+            report("sample", timed(gen), n * new)
+
+        nseq, slen, plen = sz["seqs"], sz["seqLen"], sz["seqPromptLen"]
+        ids = torch.randint(0, vocab, (nseq, slen))
+
+        def seq_logps():
+            # Logits at positions plen-1 .. slen-2 predict the response tokens plen .. slen-1.
+            logits = model(input_ids=ids).logits[:, plen - 1:-1]
+            lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, plen:, None]).squeeze(-1)
+            return lp.sum(-1)
+
+        if "logprobs" in shape["ops"]:
+            model.eval()
+
+            def lp():
+                with torch.no_grad():
+                    seq_logps()
+
+            report("logprobs", timed(lp), nseq * slen)
+
+        if "dpo_step" in shape["ops"]:
+            # Reference log-probs cached once, outside the timing: no reference forward in the step.
+            model.eval()
+            with torch.no_grad():
+                ref = seq_logps()
+            model.train()
+            # Same hyperparameters as the engine's defaults (no weight decay).
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+            beta = spec["beta"]
+
+            def step():
+                p = seq_logps()
+                d = (p[0::2] - ref[0::2]) - (p[1::2] - ref[1::2])
+                loss = -torch.nn.functional.logsigmoid(beta * d).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+
+            report("dpo_step", timed(step), nseq * slen)
+
+        del model
+
+
+if __name__ == "__main__":
+    main()
