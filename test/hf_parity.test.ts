@@ -111,9 +111,9 @@ describe("reward model errors", () => {
 
   it("an item longer than the model's positions names the item", async () => {
     const source = await HfRewardModelSource.load(join(FIXTURES, "reward_gpt2"));
-    const long = "word ".repeat(200);
+    const long = "word ".repeat(600);
     const item = { prompts: [{ text: "a", ids: new Int32Array(1) }, { text: long, ids: new Int32Array(1) }], responses: [0, 1].map(() => ({ text: "b", ids: new Int32Array(1), endedWithEos: true })) };
-    await expect(source.score(item)).rejects.toThrow(/item 1 is \d+ tokens, more than the model's 128 positions/);
+    await expect(source.score(item)).rejects.toThrow(/item 1 is \d+ tokens, more than the model's 512 positions/);
     await source.dispose();
   });
 });

@@ -11,6 +11,7 @@ Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
                  with one EOS id (the SmolLM2-Instruct layout)
   qwen2/         Qwen2ForCausalLM, Qwen2 tokenizer (byte-level, Qwen regex, NFC), ChatML template inside
                  tokenizer_config.json (the older layout), generation_config with a list of EOS ids
+  (reward models have 512 positions: they read the decoded text of a random policy, which re-tokenizes long)
   reward_llama/  LlamaForSequenceClassification, SentencePiece-like BPE (Metaspace + byte fallback), [INST] template
                  that uses bos_token/eos_token/raise_exception; pad_token_id == eos_token_id, so transformers pools
                  the score before the trailing EOS
@@ -221,7 +222,7 @@ def make_models():
     tok.chat_template = INST_TEMPLATE
     n = len(tok)
     cfg = LlamaConfig(vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=128, num_labels=1, bos_token_id=1,
+                      num_key_value_heads=2, max_position_embeddings=512, num_labels=1, bos_token_id=1,
                       eos_token_id=2, pad_token_id=2)
     d = fresh_dir("reward_llama")
     save_all(d, randomize(LlamaForSequenceClassification(cfg), 3), tok)
@@ -230,7 +231,7 @@ def make_models():
     vocab, merges = train_bytelevel(["<|endoftext|>"], 300)
     tok = GPT2Tokenizer(vocab=vocab, merges=merges)
     n = len(tok)
-    cfg = GPT2Config(vocab_size=n, n_embd=16, n_layer=2, n_head=2, n_positions=128, num_labels=1, bos_token_id=0,
+    cfg = GPT2Config(vocab_size=n, n_embd=16, n_layer=2, n_head=2, n_positions=512, num_labels=1, bos_token_id=0,
                      eos_token_id=0, pad_token_id=None)
     d = fresh_dir("reward_gpt2")
     save_all(d, randomize(GPT2ForSequenceClassification(cfg), 4), tok)

@@ -1,0 +1,154 @@
+// A task made of the user's own pieces: a Hugging Face policy directory (and optionally a reference), its
+// tokenizer and chat template, a JSONL prompt file split into train and held-out prompts, and reward sources.
+// It implements the loop's Task interface, so `optune run` treats it like the built-in task.
+
+import { join, resolve } from "node:path";
+
+import type { ChatRewardPrompt } from "../rewards/module.js";
+import type { RewardBatch, RewardSource } from "../rewards/source.js";
+import type { Task, TaskPrompt } from "../tasks/task.js";
+import { HfTokenizer } from "../tokenizer/index.js";
+import { readJsonObject } from "../tokenizer/json_file.js";
+import type { ChatMessage } from "../tokenizer/index.js";
+import { encodePrompt } from "./encode_prompt.js";
+import { type PromptFileOptions, readPromptFile, type SplitOptions } from "./prompt_file.js";
+import { createRewardSource, type RewardConfig } from "./reward_spec.js";
+
+export interface UserTaskOptions {
+  /** Hugging Face directory of the starting policy. */
+  policy: string;
+  /** Frozen reference model; the starting policy when absent. */
+  reference?: string;
+  /** Tokenizer directory, when not the policy directory. */
+  tokenizer?: string;
+  /** Replaces the tokenizer's chat template. */
+  chatTemplate?: string;
+  prompts: { file: string; textAsChat?: boolean } & PromptFileOptions & SplitOptions;
+  /** At most this many train / eval prompts are used (the first ones, in file order). */
+  trainLimit?: number;
+  evalLimit?: number;
+  /** Generation length; every prompt must leave room for it within the policy's positions. */
+  maxNewTokens: number;
+  reward: RewardConfig;
+  /** What evaluation scores with; the training reward when absent. */
+  evalReward?: RewardConfig;
+  /** Relative paths in the reward config are resolved against this directory. */
+  baseDir?: string;
+}
+
+/** A prompt as the loop sees it, plus the chat messages reward sources may re-render with their own template. */
+export interface UserTaskPrompt extends TaskPrompt {
+  messages?: readonly ChatMessage[];
+}
+
+export interface UserTask extends Task {
+  readonly tokenizer: HfTokenizer;
+  readonly trainPrompts: readonly UserTaskPrompt[];
+  readonly evalPrompts: readonly UserTaskPrompt[];
+}
+
+/**
+ * Gives chat prompts their messages back: the loop hands reward sources prompts as text and ids only, but a
+ * reward model must re-render the conversation with its own template, not read the policy's rendering.
+ */
+class WithMessages implements RewardSource {
+  readonly name: string;
+
+  constructor(
+    private readonly inner: RewardSource,
+    private readonly byText: ReadonlyMap<string, readonly ChatMessage[]>,
+  ) {
+    this.name = inner.name;
+  }
+
+  score(batch: RewardBatch): Promise<number[]> {
+    const prompts = batch.prompts.map((p: ChatRewardPrompt) => {
+      const messages = p.messages ?? this.byText.get(p.text);
+      return messages === undefined ? p : { ...p, messages };
+    });
+    return this.inner.score({ prompts, responses: batch.responses });
+  }
+
+  async dispose(): Promise<void> {
+    await this.inner.dispose?.();
+  }
+}
+
+/** vocab_size and the position count from a config.json, without loading the weights. */
+function modelShape(dir: string): { vocabSize: number; maxPositions: number } {
+  const path = join(dir, "config.json");
+  const config = readJsonObject(path);
+  const vocabSize = config["vocab_size"];
+  const maxPositions = config["max_position_embeddings"] ?? config["n_positions"];
+  if (!Number.isInteger(vocabSize) || !Number.isInteger(maxPositions)) {
+    throw new Error(`${path}: expected integer "vocab_size" and "max_position_embeddings" (or "n_positions")`);
+  }
+  return { vocabSize: vocabSize as number, maxPositions: maxPositions as number };
+}
+
+export async function createUserTask(options: UserTaskOptions): Promise<UserTask> {
+  const baseDir = options.baseDir ?? process.cwd();
+  const policyDir = resolve(baseDir, options.policy);
+  const tokenizer = await HfTokenizer.load(
+    options.tokenizer === undefined ? policyDir : resolve(baseDir, options.tokenizer),
+    options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate },
+  );
+  const shape = modelShape(policyDir);
+  tokenizer.checkFitsModel(shape.vocabSize, policyDir);
+  let referenceDir: string | undefined;
+  if (options.reference !== undefined) {
+    referenceDir = resolve(baseDir, options.reference);
+    const ref = modelShape(referenceDir);
+    if (ref.vocabSize !== shape.vocabSize) {
+      throw new Error(
+        `reference model ${referenceDir} has vocab_size ${ref.vocabSize} but the policy ${policyDir} has ` +
+          `${shape.vocabSize}; both must use the same tokenizer`,
+      );
+    }
+  }
+  if (tokenizer.stopTokens.ids.length === 0) {
+    throw new Error(
+      `${tokenizer.dir} defines no end-of-sequence token (generation_config.json eos_token_id, tokenizer_config.json ` +
+        `eos_token or config.json eos_token_id); generation could never stop early`,
+    );
+  }
+
+  const split = readPromptFile(resolve(baseDir, options.prompts.file), options.prompts);
+  const encodeOptions = {
+    maxPositions: shape.maxPositions,
+    minNewTokens: options.maxNewTokens,
+    ...(options.prompts.textAsChat === undefined ? {} : { textAsChat: options.prompts.textAsChat }),
+  };
+  // The line number is the prompt's id: unique in the file, and stable when the split or the limits change.
+  const toTaskPrompt = (record: (typeof split.train)[number]): UserTaskPrompt => ({
+    id: Number(record.origin.slice(record.origin.lastIndexOf(":") + 1)),
+    ...encodePrompt(record, tokenizer, encodeOptions),
+  });
+  const train = split.train.slice(0, options.trainLimit).map(toTaskPrompt);
+  const evaluation = split.eval.slice(0, options.evalLimit).map(toTaskPrompt);
+  if (evaluation.length === 0) {
+    throw new Error(`${options.prompts.file}: no prompts are held out for evaluation; set evalFraction or evalCount`);
+  }
+
+  const stop = new Set(tokenizer.stopTokens.ids);
+  const messagesByText = new Map<string, readonly ChatMessage[]>();
+  for (const p of [...train, ...evaluation]) if (p.messages !== undefined) messagesByText.set(p.text, p.messages);
+  const source = async (config: RewardConfig): Promise<RewardSource> =>
+    new WithMessages(await createRewardSource(config, baseDir), messagesByText);
+  const task: UserTask = {
+    name: `user (${policyDir})`,
+    tokenizer,
+    trainPrompts: train,
+    evalPrompts: evaluation,
+    stopTokens: tokenizer.stopTokens.ids,
+    policyDir,
+    decode: (ids) => {
+      const endedWithEos = ids.length > 0 && stop.has(ids[ids.length - 1] as number);
+      const body = endedWithEos ? ids.subarray(0, ids.length - 1) : ids;
+      return { text: tokenizer.decode(body), endedWithEos };
+    },
+    createRewardSource: () => source(options.reward),
+    createEvalSource: () => source(options.evalReward ?? options.reward),
+  };
+  return referenceDir === undefined ? task : { ...task, referenceDir };
+}

@@ -1,0 +1,143 @@
+// End to end: two iterations of the online loop on the tiny SmolLM-style policy from a JSONL prompt file, once
+// with each kind of reward source (a Hugging Face reward model with its own tokenizer, a JS module, an HTTP
+// endpoint on loopback, and a weighted sum with the missing-EOS penalty).
+
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { ConfigSchema } from "../src/config/schema.js";
+import { createUserTask, type UserTaskOptions } from "../src/data/user_task.js";
+import type { RewardConfig } from "../src/data/reward_spec.js";
+import { runLoop } from "../src/loop/run.js";
+import { HfTokenizer, loadModelDir } from "../src/tokenizer/index.js";
+
+const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
+const scratch = mkdtempSync(join(tmpdir(), "optune-user-run-"));
+const moduleLog = join(scratch, "module_calls.jsonl");
+const modulePath = join(scratch, "reward.mjs");
+let server: Server;
+let url: string;
+let httpCalls = 0;
+
+beforeAll(async () => {
+  // Rewards longer answers that contain an "e"; logs what it was given.
+  writeFileSync(
+    modulePath,
+    `import { appendFileSync } from "node:fs";\n` +
+      `export function score(batch) {\n` +
+      `  appendFileSync(${JSON.stringify(moduleLog)}, JSON.stringify(batch) + "\\n");\n` +
+      `  return batch.responses.map((r) => r.length / 10 + (r.includes("e") ? 1 : 0));\n` +
+      `}\n`,
+  );
+  server = createServer((req, res) => {
+    let body = "";
+    req.on("data", (c: Buffer) => (body += c.toString("utf8")));
+    req.on("end", () => {
+      httpCalls++;
+      const batch = JSON.parse(body) as { responses: string[] };
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ rewards: batch.responses.map((r) => -Math.abs(r.length - 5)) }));
+    });
+  });
+  await new Promise<void>((done) => server.listen(0, "127.0.0.1", done));
+  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/reward`;
+});
+
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((done) => server.close(done));
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+const rewardModel = { type: "model" as const, path: join(FIXTURES, "reward_llama") };
+
+async function twoIterations(name: string, reward: RewardConfig) {
+  const options: UserTaskOptions = {
+    policy: join(FIXTURES, "smollm"),
+    prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+    maxNewTokens: 8,
+    reward,
+  };
+  const task = await createUserTask(options);
+  const config = ConfigSchema.parse({
+    seed: 3,
+    loop: { iterations: 2, prompts: 8, k: 2, batchPairs: 4, rho: 0.5 },
+    eval: { prompts: 3, samples: 1 },
+    sampling: { maxNewTokens: 8 },
+    optim: { lr: 1e-3 },
+    run: { dir: join(scratch, name), checkpointEvery: 0 },
+  });
+  const result = await runLoop({ config, task });
+  expect(result.status).toBe("completed");
+  expect(result.lastIteration).toBe(2);
+  expect(result.metrics.map((m) => m.iteration)).toEqual([0, 1, 2]);
+  // With the tokenizer files copied in, the final checkpoint is a complete model directory again.
+  const final = result.finalCheckpoint!;
+  task.tokenizer.copyFilesTo(final);
+  const loaded = await loadModelDir(final);
+  expect(loaded.model.config.vocabSize).toBe(task.tokenizer.vocabSize);
+  await loaded.model.dispose();
+  return { task, result };
+}
+
+describe("optune loop on a user model", () => {
+  it("builds the task from the prompt file and the policy's tokenizer", async () => {
+    const task = await createUserTask({
+      policy: join(FIXTURES, "smollm"),
+      prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+      maxNewTokens: 8,
+      reward: { sources: [rewardModel] },
+    });
+    // 12 lines, one duplicate, 3 held out.
+    expect(task.trainPrompts).toHaveLength(8);
+    expect(task.evalPrompts).toHaveLength(3);
+    const tok = await HfTokenizer.load(join(FIXTURES, "smollm"));
+    const chat = [...task.trainPrompts, ...task.evalPrompts].find((p) => p.id === 3)!;
+    expect(chat.messages).toEqual([{ role: "user", content: "What is the capital of France?" }]);
+    expect(Array.from(chat.ids)).toEqual(Array.from(tok.encodeChat(chat.messages!, { addGenerationPrompt: true })));
+    expect(task.stopTokens).toEqual([tok.tokenToId("<|im_end|>")]);
+    const stop = tok.tokenToId("<|im_end|>")!;
+    const ids = tok.encode(" hello", { addSpecialTokens: false });
+    expect(task.decode(Int32Array.from([...ids, stop]))).toEqual({ text: " hello", endedWithEos: true });
+    expect(task.decode(ids)).toEqual({ text: " hello", endedWithEos: false });
+  });
+
+  it("runs 2 iterations with a Hugging Face reward model (its own tokenizer)", async () => {
+    const { result } = await twoIterations("rm", { sources: [rewardModel] });
+    expect(result.metrics.at(-1)!.iteration).toBe(2);
+  });
+
+  it("runs 2 iterations with a JS module reward", async () => {
+    await twoIterations("module", { sources: [{ type: "module", path: modulePath }] });
+    const calls = readFileSync(moduleLog, "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { prompts: string[]; responses: string[]; messages: unknown[] });
+    expect(calls.length).toBeGreaterThan(0);
+    expect(calls.every((c) => c.responses.length > 0)).toBe(true);
+    // Chat prompts reach the scorer with their messages (rendered ChatML text starts with <|im_start|>).
+    const items = calls.flatMap((c) => c.prompts.map((text, i) => ({ text, messages: c.messages[i] })));
+    const chats = items.filter((item) => item.text.startsWith("<|im_start|>"));
+    expect(chats.length).toBeGreaterThan(0);
+    expect(chats.every((item) => Array.isArray(item.messages))).toBe(true);
+    expect(items.filter((item) => !item.text.startsWith("<|im_start|>")).every((item) => item.messages === null)).toBe(true);
+  });
+
+  it("runs 2 iterations with an HTTP endpoint reward", async () => {
+    httpCalls = 0;
+    await twoIterations("http", { sources: [{ type: "http", url, batchSize: 4, concurrency: 2 }] });
+    expect(httpCalls).toBeGreaterThan(0);
+  });
+
+  it("runs 2 iterations with a weighted sum and the missing-EOS penalty", async () => {
+    await twoIterations("weighted", {
+      sources: [rewardModel, { type: "module", path: modulePath, weight: 0.5 }, { type: "http", url, weight: 0.1 }],
+      missingEosPenalty: 1,
+    });
+  });
+});
