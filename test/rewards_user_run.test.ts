@@ -9,9 +9,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { z } from "zod";
 
 import { ConfigSchema } from "../src/config/schema.js";
 import { createUserTask, type UserTaskOptions } from "../src/data/user_task.js";
+import { PromptsSchema, userModelFields, userRewardFields, userTaskOptions } from "../src/data/user_config.js";
 import type { RewardConfig } from "../src/data/reward_spec.js";
 import { runLoop } from "../src/loop/run.js";
 import { HfTokenizer, loadModelDir } from "../src/tokenizer/index.js";
@@ -139,5 +141,58 @@ describe("optune loop on a user model", () => {
       sources: [rewardModel, { type: "module", path: modulePath, weight: 0.5 }, { type: "http", url, weight: 0.1 }],
       missingEosPenalty: 1,
     });
+  });
+});
+
+describe("user run config sections", () => {
+  // The sections as they sit in the run config: spread into `model` and `reward`, plus `prompts`.
+  const Sections = z.strictObject({
+    model: z.strictObject({ policy: z.string().optional(), reference: z.string().optional(), ...userModelFields }),
+    prompts: PromptsSchema.optional(),
+    reward: z.strictObject(userRewardFields),
+  });
+  const loopParts = { loop: { prompts: 8 }, eval: { prompts: 3 }, sampling: { maxNewTokens: 8 } };
+
+  it("maps a config to task options, resolving paths against the config's folder", async () => {
+    const parsed = Sections.parse({
+      model: { policy: "smollm" },
+      prompts: { file: "prompts.jsonl", evalCount: 3, seed: 1 },
+      reward: {
+        sources: [
+          { type: "model", path: "reward_llama" },
+          { type: "http", url: "http://127.0.0.1:9/score", weight: 0.5, retries: 1 },
+        ],
+        missingEosPenalty: 0.5,
+      },
+    });
+    const options = userTaskOptions({ ...parsed, ...loopParts }, FIXTURES);
+    expect(options.reward).toEqual({
+      sources: [
+        { type: "model", path: "reward_llama", weight: 1 },
+        { type: "http", url: "http://127.0.0.1:9/score", weight: 0.5, retries: 1 },
+      ],
+      missingEosPenalty: 0.5,
+    });
+    expect(options.prompts).toMatchObject({ file: "prompts.jsonl", evalCount: 3, promptField: "prompt", messagesField: "messages" });
+    const task = await createUserTask(options);
+    expect(task.policyDir).toBe(join(FIXTURES, "smollm"));
+    expect(task.trainPrompts).toHaveLength(8);
+    const source = await task.createRewardSource();
+    expect(source.name).toContain("reward_llama");
+    expect(source.name).toContain("missing EOS");
+    await source.dispose?.();
+  });
+
+  it("says what a run on your own model still needs", () => {
+    const parsed = Sections.parse({ model: {}, reward: {} });
+    expect(() => userTaskOptions({ ...parsed, ...loopParts }, ".")).toThrow(
+      /needs model\.policy .*, prompts\.file .*, reward\.sources/,
+    );
+  });
+
+  it("rejects unknown reward types and misspelled fields", () => {
+    expect(Sections.safeParse({ model: {}, reward: { sources: [{ type: "gold" }] } }).success).toBe(false);
+    expect(Sections.safeParse({ model: {}, reward: { sources: [{ type: "http", url: "http://x", retry: 2 }] } }).success).toBe(false);
+    expect(Sections.safeParse({ model: {}, prompts: { file: "p.jsonl", evalFraction: 1 }, reward: {} }).success).toBe(false);
   });
 });
