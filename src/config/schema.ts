@@ -126,6 +126,42 @@ const RunSchema = section({
   dir: path().default("runs/latest"),
   /** Save a checkpoint every N iterations; 0 saves only the final one. */
   checkpointEvery: integer(closed(0), closed(10_000)).default(1),
+  /** Where prepared models are cached, keyed by a hash of the prepare settings. */
+  cacheDir: path().default(".optune/cache"),
+});
+
+const RewardSchema = section({
+  /** 'model': the learned reward model (the proxy); 'gold': the task's own reward (no proxy gap). */
+  source: choice(["model", "gold"]).default("model"),
+});
+
+// How the built-in task's starting policy and reward model are made. Every field is part of the cache key.
+const PrepareSchema = section({
+  /** Seed of the prompt split, demonstrations, preference data and model inits (not of the run). */
+  seed: integer(closed(0), closed(0xffffffff)).default(0),
+  /** Prompts for SFT demonstrations, reward-model data and the loop's pool. */
+  trainPrompts: integer(closed(1), closed(1_000_000)).default(3000),
+  /** Held-out prompts; evaluation uses the first eval.prompts of them. */
+  heldOutPrompts: integer(closed(1), closed(100_000)).default(1000),
+  arch: choice(["gpt2", "llama"]).default("gpt2"),
+  dModel: integer(closed(8), closed(4096)).default(64),
+  nLayer: integer(closed(1), closed(64)).default(2),
+  nHead: integer(closed(1), closed(64)).default(4),
+  dFf: integer(closed(8), closed(16384)).default(256),
+  sftEpochs: integer(closed(0), closed(100)).default(10),
+  sftLr: real(open(0), closed(1)).default(3e-3),
+  sftBatch: integer(closed(1), closed(4096)).default(32),
+  /** 'policy': the reward model starts from the SFT policy's transformer (as in InstructGPT); 'random': from scratch. */
+  rewardInit: choice(["policy", "random"]).default("policy"),
+  /** Synthetic comparison pairs per train prompt (gold answer, corruptions, junk). */
+  rewardPairsPerPrompt: integer(closed(0), closed(64)).default(1),
+  /** SFT-policy samples per train prompt, paired off and labelled by gold (even; 0 disables). */
+  rewardPolicySamples: integer(closed(0), closed(64)).default(4),
+  /** Fraction of preference labels flipped (annotator noise). */
+  rewardFlipProb: real(closed(0), closed(1)).default(0.1),
+  rewardEpochs: integer(closed(0), closed(100)).default(4),
+  rewardLr: real(open(0), closed(1)).default(2e-3),
+  rewardBatch: integer(closed(1), closed(4096)).default(32),
 });
 
 // Sections use prefault({}) so an absent section still gets its field defaults.
@@ -140,6 +176,8 @@ export const ConfigSchema = section({
   sampling: SamplingSchema.prefault({}),
   eval: EvalSchema.prefault({}),
   run: RunSchema.prefault({}),
+  reward: RewardSchema.prefault({}),
+  prepare: PrepareSchema.prefault({}),
 });
 
 /** The fully resolved configuration. */
@@ -189,9 +227,27 @@ function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
   return [...new Set(lines)];
 }
 
+/** Constraints between fields, checked once every field is valid on its own. */
+function crossFieldIssues(config: Config): string[] {
+  const issues: string[] = [];
+  const { prepare } = config;
+  if (config.task === "builtin" && config.loop.prompts > prepare.trainPrompts) {
+    issues.push(`loop.prompts: must be <= prepare.trainPrompts (${prepare.trainPrompts}), got ${config.loop.prompts}`);
+  }
+  if (config.task === "builtin" && config.eval.prompts > prepare.heldOutPrompts) {
+    issues.push(`eval.prompts: must be <= prepare.heldOutPrompts (${prepare.heldOutPrompts}), got ${config.eval.prompts}`);
+  }
+  if (prepare.dModel % prepare.nHead !== 0) {
+    issues.push(`prepare.nHead: must divide prepare.dModel (${prepare.dModel}), got ${prepare.nHead}`);
+  }
+  return issues;
+}
+
 /** Resolves a partial config against the defaults; throws ConfigError listing every bad field. */
 export function loadConfig(partial: unknown): Config {
   const result = ConfigSchema.safeParse(partial ?? {}, { reportInput: true });
   if (!result.success) throw new ConfigError(formatIssues(result.error.issues));
+  const crossIssues = crossFieldIssues(result.data);
+  if (crossIssues.length > 0) throw new ConfigError(crossIssues);
   return result.data;
 }

@@ -11,8 +11,11 @@ export interface ScoredResponse {
   /** Response token ids (without the prompt). */
   ids: Int32Array;
   reward: number;
-  /** Sequence log-probability under the reference model. */
-  refLogp: number;
+  /**
+   * Sequence log-probability under the reference model; null while not computed. Only the responses that end up
+   * as chosen or rejected need it (see argmaxArgmin), so the loop computes it for those alone.
+   */
+  refLogp: number | null;
 }
 
 export interface BuildPairOptions {
@@ -22,6 +25,24 @@ export interface BuildPairOptions {
   tieThreshold: number;
   /** Also consider the previous pair's two responses (listed before the new ones). */
   merge: boolean;
+}
+
+/**
+ * The candidate list buildPair picks from: the previous pair's two responses (when merging) before the new ones.
+ * Exposed so the loop can find the picked responses first and compute reference log-probs for them only.
+ */
+export function pairCandidates(
+  responses: readonly ScoredResponse[],
+  previous: PromptPair | null,
+  merge: boolean,
+): ScoredResponse[] {
+  const candidates: ScoredResponse[] = [];
+  if (merge && previous !== null) {
+    candidates.push({ ids: previous.chosenIds, reward: previous.rewardChosen, refLogp: previous.refLogpChosen });
+    candidates.push({ ids: previous.rejectedIds, reward: previous.rewardRejected, refLogp: previous.refLogpRejected });
+  }
+  candidates.push(...responses);
+  return candidates;
 }
 
 /** Index of the first maximum and first minimum reward. */
@@ -41,6 +62,7 @@ export function argmaxArgmin(rewards: readonly number[]): { best: number; worst:
  * The pair for one prompt. Candidates are the new responses, preceded by the
  * previous pair's chosen and rejected responses when merging (so on equal
  * rewards the old pair is kept). allRewards lists every candidate's reward.
+ * The candidates picked as chosen and rejected must carry refLogp.
  * A pair is trainable only when its gap is positive and >= tieThreshold:
  * chosen and rejected with equal rewards carry no preference.
  */
@@ -52,12 +74,7 @@ export function buildPair(
   if (responses.length === 0) throw new RangeError("buildPair needs at least one response");
   if (!(options.tieThreshold >= 0)) throw new RangeError(`tieThreshold must be >= 0, got ${options.tieThreshold}`);
 
-  const candidates: ScoredResponse[] = [];
-  if (options.merge && previous !== null) {
-    candidates.push({ ids: previous.chosenIds, reward: previous.rewardChosen, refLogp: previous.refLogpChosen });
-    candidates.push({ ids: previous.rejectedIds, reward: previous.rewardRejected, refLogp: previous.refLogpRejected });
-  }
-  candidates.push(...responses);
+  const candidates = pairCandidates(responses, previous, options.merge);
 
   const rewards = candidates.map((c, i) => {
     if (!Number.isFinite(c.reward)) throw new RangeError(`candidate ${i} has a non-finite reward ${c.reward}`);
@@ -66,6 +83,9 @@ export function buildPair(
   const { best, worst } = argmaxArgmin(rewards);
   const chosen = candidates[best] as ScoredResponse;
   const rejected = candidates[worst] as ScoredResponse;
+  if (chosen.refLogp === null || rejected.refLogp === null) {
+    throw new Error("buildPair: the chosen and rejected responses need their reference log-probs");
+  }
   const gap = chosen.reward - rejected.reward;
   return {
     chosenIds: chosen.ids,

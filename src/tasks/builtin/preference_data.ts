@@ -6,6 +6,10 @@
 // preference and are redrawn. Each label is then flipped with probability
 // flipProb to mimic noisy human annotators, so the reward model is a useful
 // but imperfect proxy of the gold reward.
+//
+// labelCandidatePairs does the same for given candidates, e.g. samples of the
+// SFT policy (as annotators compare model outputs in RLHF), which teaches the
+// reward model the fine distinctions between the responses the loop will see.
 
 import { Rng } from "../../util/random.js";
 import { corruptAnswer } from "./demos.js";
@@ -16,6 +20,8 @@ export interface Candidate {
   /** Response text before <eos>. */
   text: string;
   endedWithEos: boolean;
+  /** The generated token ids, for a sampled candidate (its text cannot express stray special tokens). */
+  ids?: Int32Array;
 }
 
 export interface PreferencePair {
@@ -78,6 +84,51 @@ function checkProbability(name: string, p: number): void {
   if (!(p >= 0 && p <= 1)) throw new RangeError(`${name} must be in [0, 1], got ${p}`);
 }
 
+/** The pair of two candidates ranked by gold with a possible label flip, or null on a gold tie. */
+function labelPair(prompt: Prompt, a: Candidate, b: Candidate, flipProb: number, rng: Rng): PreferencePair | null {
+  const goldA = goldReward(prompt, a.text, a.endedWithEos);
+  const goldB = goldReward(prompt, b.text, b.endedWithEos);
+  if (Math.abs(goldA - goldB) < TIE_EPSILON) return null;
+  const [better, worse, goldBetter, goldWorse] = goldA > goldB ? [a, b, goldA, goldB] : [b, a, goldB, goldA];
+  const flipped = rng.bernoulli(flipProb);
+  return flipped
+    ? { promptId: prompt.id, chosen: worse, rejected: better, goldChosen: goldWorse, goldRejected: goldBetter, flipped }
+    : { promptId: prompt.id, chosen: better, rejected: worse, goldChosen: goldBetter, goldRejected: goldWorse, flipped };
+}
+
+export interface CandidatePairOptions {
+  seed: number;
+  /** Probability of swapping chosen and rejected (default 0.1). */
+  flipProb?: number;
+}
+
+/**
+ * Noisy-labelled pairs among given candidates: candidates[i] belongs to
+ * prompts[i] and is paired off in order (0 with 1, 2 with 3, ...); pairs with
+ * equal gold reward (e.g. identical samples) are left out.
+ */
+export function labelCandidatePairs(
+  prompts: readonly Prompt[],
+  candidates: readonly (readonly Candidate[])[],
+  options: CandidatePairOptions,
+): PreferencePair[] {
+  if (candidates.length !== prompts.length) {
+    throw new RangeError(`labelCandidatePairs: ${prompts.length} prompts but ${candidates.length} candidate lists`);
+  }
+  const flipProb = options.flipProb ?? 0.1;
+  checkProbability("flipProb", flipProb);
+  const rng = new Rng(options.seed);
+  const pairs: PreferencePair[] = [];
+  prompts.forEach((prompt, i) => {
+    const list = candidates[i] as readonly Candidate[];
+    for (let j = 0; j + 1 < list.length; j += 2) {
+      const pair = labelPair(prompt, list[j] as Candidate, list[j + 1] as Candidate, flipProb, rng);
+      if (pair !== null) pairs.push(pair);
+    }
+  });
+  return pairs;
+}
+
 /** Seeded noisy-labelled pairs, grouped by prompt in the prompts' order. */
 export function makePreferencePairs(prompts: readonly Prompt[], options: PreferenceDataOptions): PreferencePair[] {
   const pairsPerPrompt = options.pairsPerPrompt ?? 1;
@@ -96,16 +147,9 @@ export function makePreferencePairs(prompts: readonly Prompt[], options: Prefere
       for (let attempt = 0; attempt < MAX_TRIES; attempt++) {
         const a = drawCandidate(prompt, rng, noEosProb);
         const b = drawCandidate(prompt, rng, noEosProb);
-        const goldA = goldReward(prompt, a.text, a.endedWithEos);
-        const goldB = goldReward(prompt, b.text, b.endedWithEos);
-        if (Math.abs(goldA - goldB) < TIE_EPSILON) continue;
-        const [better, worse, goldBetter, goldWorse] = goldA > goldB ? [a, b, goldA, goldB] : [b, a, goldB, goldA];
-        const flipped = rng.bernoulli(flipProb);
-        pairs.push(
-          flipped
-            ? { promptId: prompt.id, chosen: worse, rejected: better, goldChosen: goldWorse, goldRejected: goldBetter, flipped }
-            : { promptId: prompt.id, chosen: better, rejected: worse, goldChosen: goldBetter, goldRejected: goldWorse, flipped },
-        );
+        const pair = labelPair(prompt, a, b, flipProb, rng);
+        if (pair === null) continue;
+        pairs.push(pair);
         break;
       }
     }

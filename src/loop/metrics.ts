@@ -1,0 +1,78 @@
+// One metrics.jsonl record per iteration (iteration 0 = the starting policy, evaluated before any training).
+// Means that do not exist (nothing trained, nothing regenerated) are written as null.
+
+import { readFileSync } from "node:fs";
+
+import { appendLineAtomic, writeFileAtomic } from "../util/atomic.js";
+import type { Summary } from "./train.js";
+
+export interface IterationMetrics {
+  iteration: number;
+  /** Proxy reward (the optimized reward source). */
+  proxy: {
+    /** Mean reward of the chosen / rejected response of this iteration's new pairs, and of all their samples. */
+    chosen: number | null;
+    rejected: number | null;
+    mean: number | null;
+    /** Mean proxy reward of the sampled eval responses (compare with gold.sampled: the same responses). */
+    evalSampled: number;
+  };
+  /** Evaluation (gold) reward on the eval prompts, with standard errors over prompts. */
+  gold: { greedy: number; greedySe: number; sampled: number; sampledSe: number };
+  /** Fraction of eval responses with higher gold than the starting policy's (ties count 1/2). */
+  winRate: { greedy: number; sampled: number };
+  /** Mean over sampled eval responses of sum(logp_policy - logp_ref). */
+  kl: number;
+  train: {
+    loss: number | null;
+    accuracy: number | null;
+    margin: number | null;
+    chosenReward: number | null;
+    rejectedReward: number | null;
+    steps: number;
+    pairs: number;
+  };
+  weights: Summary | null;
+  generation: {
+    promptsRegenerated: number;
+    tokensGenerated: number;
+    /** Responses whose reference log-probs were computed this iteration (new pool entries, or a refresh). */
+    referenceSequences: number;
+    trainablePairs: number;
+  };
+  seconds: { generation: number; scoring: number; training: number; evaluation: number; total: number };
+}
+
+/** NaN and infinities become null, so every line is valid JSON. */
+function finiteOrNull(_key: string, value: unknown): unknown {
+  return typeof value === "number" && !Number.isFinite(value) ? null : value;
+}
+
+export function formatMetrics(metrics: IterationMetrics): string {
+  return JSON.stringify(metrics, finiteOrNull);
+}
+
+export function appendMetrics(path: string, metrics: IterationMetrics): void {
+  appendLineAtomic(path, formatMetrics(metrics));
+}
+
+export function readMetrics(path: string): IterationMetrics[] {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+    throw err;
+  }
+  return text
+    .split("\n")
+    .filter((line) => line.trim() !== "")
+    .map((line) => JSON.parse(line) as IterationMetrics);
+}
+
+/** Drops records past `lastIteration` (written after the last saved state, by an interrupted run). */
+export function truncateMetrics(path: string, lastIteration: number): IterationMetrics[] {
+  const kept = readMetrics(path).filter((m) => m.iteration <= lastIteration);
+  writeFileAtomic(path, kept.map((m) => `${formatMetrics(m)}\n`).join(""));
+  return kept;
+}

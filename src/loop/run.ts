@@ -1,0 +1,362 @@
+// The OPTune online loop. Iteration 0 evaluates the starting policy. Then each iteration t:
+//   1. select:   t = 1 regenerates every prompt (the pool is empty); later, the configured strategy picks
+//                rho * N prompts (optune: lowest statistic first; uniform: at random; all: every prompt)
+//   2. generate: K responses per selected prompt with the current policy
+//   3. score:    proxy rewards; chosen = argmax, rejected = argmin (merged with the old pair if asked); reference
+//                log-probs of the new chosen/rejected responses, computed once and cached in the pool
+//   4. train:    E epochs of DPO / IPO / wDPO over all trainable pairs in the pool (unselected prompts keep theirs)
+//   5. evaluate: gold reward (greedy and sampled), win rate against the starting policy, KL to the reference
+//   6. record:   a metrics.jsonl line, a checkpoint when due, and the run state for --resume
+// With refreshReference, the reference becomes a copy of the policy at the start of each iteration t >= 2, and
+// every cached reference log-prob in the pool is recomputed under it right then (once per pooled response).
+
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+
+import type { Config } from "../config/schema.js";
+import { EngineModel } from "../engine/index.js";
+import { scoreChecked, type RewardSource } from "../rewards/source.js";
+import type { Task, TaskPrompt } from "../tasks/task.js";
+import { writeJsonAtomic } from "../util/atomic.js";
+import { silentReporter, type Reporter } from "../util/reporter.js";
+import { checkpointDir, iterationCheckpointName, saveCheckpoint } from "./checkpoints.js";
+import { evaluatePolicy, meanWithError, perPromptSampled, winRate, type EvalResult, type EvalSettings } from "./evaluate.js";
+import { generateResponses, rewardBatchOf } from "./generate.js";
+import { appendMetrics, truncateMetrics, type IterationMetrics } from "./metrics.js";
+import { createPool, trainablePairs, type Pool } from "./pool.js";
+import { recomputePoolReference } from "./reference.js";
+import { engineSeed, iterationRng, Purpose } from "./seeds.js";
+import { selectPrompts } from "./selection.js";
+import { loadRunState, saveRunState, type RunState } from "./state.js";
+import { trainOnPool, type TrainSettings, type TrainSummary } from "./train.js";
+import { updatePairs } from "./update_pool.js";
+
+export interface RunOptions {
+  config: Config;
+  task: Task;
+  /** Continue from the run directory's last completed iteration. */
+  resume?: boolean;
+  reporter?: Reporter;
+  /** Polled between steps; when it returns true the loop stops (see RunResult.status). */
+  shouldStop?: () => boolean;
+  /** Called after each iteration's record is written. */
+  onIteration?: (metrics: IterationMetrics) => void;
+}
+
+export interface RunResult {
+  /** 'interrupted': stopped by shouldStop; the saved state is the last completed iteration's. */
+  status: "completed" | "interrupted";
+  runDir: string;
+  /** All records of the run, including those of earlier sessions when resumed. */
+  metrics: IterationMetrics[];
+  lastIteration: number;
+  finalCheckpoint: string | null;
+}
+
+export const CONFIG_FILE = "config.json";
+export const METRICS_FILE = "metrics.jsonl";
+
+/** True when `dir` already holds files of a run. */
+export function runDirInUse(dir: string): boolean {
+  return existsSync(dir) && readdirSync(dir).length > 0;
+}
+
+function trainSettings(config: Config): TrainSettings {
+  return {
+    loss: config.loss,
+    optimizer: {
+      lr: config.optim.lr,
+      weightDecay: config.optim.weightDecay,
+      maxGradNorm: config.optim.maxGradNorm,
+      beta1: config.optim.betas[0],
+      beta2: config.optim.betas[1],
+    },
+    batchPairs: config.loop.batchPairs,
+    epochs: config.loop.epochs,
+  };
+}
+
+function evalSettings(config: Config): EvalSettings {
+  return { samplesPerPrompt: config.eval.samples, sampling: config.sampling, seed: engineSeed(config.seed, 0, Purpose.evaluate) };
+}
+
+function seconds(since: number): number {
+  return (performance.now() - since) / 1000;
+}
+
+function mean(values: readonly number[]): number | null {
+  return values.length === 0 ? null : values.reduce((a, b) => a + b, 0) / values.length;
+}
+
+function evalMetrics(result: EvalResult, initial: RunState["initialEval"]) {
+  const greedy = meanWithError(result.greedy);
+  const sampled = meanWithError(perPromptSampled(result));
+  return {
+    gold: { greedy: greedy.mean, greedySe: greedy.se, sampled: sampled.mean, sampledSe: sampled.se },
+    winRate: { greedy: winRate(result.greedy, initial.greedy), sampled: winRate(result.sampled.flat(), initial.sampled.flat()) },
+    proxyEval: result.proxySampled,
+    kl: result.kl,
+  };
+}
+
+/** The mutable parts of a running loop. */
+interface LoopContext {
+  config: Config;
+  task: Task;
+  runDir: string;
+  reporter: Reporter;
+  shouldStop: () => boolean;
+  policy: EngineModel;
+  reference: EngineModel;
+  proxy: RewardSource;
+  evaluator: RewardSource;
+  promptsById: Map<number, TaskPrompt>;
+  promptIds: Map<number, Int32Array>;
+  state: RunState;
+}
+
+function selectedPrompts(ctx: LoopContext, iteration: number): TaskPrompt[] {
+  const { loop } = ctx.config;
+  const strategy = iteration === 1 ? "all" : loop.strategy;
+  const ids = selectPrompts(
+    ctx.state.pool,
+    { strategy, rho: loop.rho, statistic: loop.statistic },
+    iterationRng(ctx.config.seed, iteration, Purpose.select),
+  );
+  return ids.map((id) => ctx.promptsById.get(id)!);
+}
+
+interface IterationOutcome {
+  metrics: IterationMetrics | null;
+}
+
+async function runIteration(ctx: LoopContext, iteration: number): Promise<IterationOutcome> {
+  const { config, reporter } = ctx;
+  const label = `iteration ${iteration}/${config.loop.iterations}`;
+  const started = performance.now();
+  let referenceSequences = 0;
+
+  if (config.loop.refreshReference && iteration >= 2) {
+    reporter.status(`${label}: refreshing the reference model`);
+    await ctx.reference.dispose();
+    ctx.reference = await ctx.policy.clone();
+    referenceSequences += await recomputePoolReference(ctx.state.pool, ctx.reference, ctx.promptIds);
+  }
+
+  // Generation.
+  const selected = selectedPrompts(ctx, iteration);
+  reporter.status(`${label}: generating ${selected.length} x ${config.loop.k} responses`);
+  const generationStart = performance.now();
+  const generation = await generateResponses(ctx.policy, ctx.task, selected, {
+    samplesPerPrompt: config.loop.k,
+    sampling: config.sampling,
+    seed: engineSeed(config.seed, iteration, Purpose.generate),
+  });
+  const generationSeconds = seconds(generationStart);
+  if (ctx.shouldStop()) return { metrics: null };
+
+  // Scoring and the new pairs.
+  reporter.status(`${label}: scoring ${selected.length * config.loop.k} responses`);
+  const scoringStart = performance.now();
+  const flatRewards = await scoreChecked(ctx.proxy, rewardBatchOf(selected, generation.responses));
+  const k = config.loop.k;
+  const rewards = selected.map((_, i) => flatRewards.slice(i * k, (i + 1) * k));
+  const update = await updatePairs(
+    ctx.state.pool,
+    ctx.reference,
+    selected,
+    generation.responses.map((list) => list.map((r) => r.ids)),
+    rewards,
+    { iteration, tieThreshold: config.loop.tieThreshold, merge: config.loop.merge },
+  );
+  referenceSequences += update.referenceSequences;
+  const scoringSeconds = seconds(scoringStart);
+  const newPairs = selected.map((p) => ctx.state.pool.entries.get(p.id)!.pair!);
+  if (ctx.shouldStop()) return { metrics: null };
+
+  // Training.
+  const trainingStart = performance.now();
+  const summary: TrainSummary = await trainOnPool(
+    ctx.policy,
+    ctx.state.pool,
+    ctx.promptIds,
+    trainSettings(config),
+    iterationRng(config.seed, iteration, Purpose.shuffle),
+    {
+      shouldStop: ctx.shouldStop,
+      onStep: (done, total) => reporter.status(`${label}: training step ${done}/${total}`),
+    },
+  );
+  const trainingSeconds = seconds(trainingStart);
+  if (summary.stopped || ctx.shouldStop()) return { metrics: null };
+
+  // Evaluation.
+  reporter.status(`${label}: evaluating on ${ctx.task.evalPrompts.length} held-out prompts`);
+  const evaluationStart = performance.now();
+  const result = await evaluatePolicy(ctx.policy, ctx.reference, ctx.task, ctx.evaluator, ctx.proxy, evalSettings(config));
+  const evaluationSeconds = seconds(evaluationStart);
+  const evaluated = evalMetrics(result, ctx.state.initialEval);
+
+  const metrics: IterationMetrics = {
+    iteration,
+    proxy: {
+      chosen: mean(newPairs.map((p) => p.rewardChosen)),
+      rejected: mean(newPairs.map((p) => p.rewardRejected)),
+      mean: mean(flatRewards),
+      evalSampled: evaluated.proxyEval,
+    },
+    gold: evaluated.gold,
+    winRate: evaluated.winRate,
+    kl: evaluated.kl,
+    train: {
+      loss: summary.loss,
+      accuracy: summary.accuracy,
+      margin: summary.margin,
+      chosenReward: summary.chosenReward,
+      rejectedReward: summary.rejectedReward,
+      steps: summary.steps,
+      pairs: summary.pairs,
+    },
+    weights: summary.weights,
+    generation: {
+      promptsRegenerated: selected.length,
+      tokensGenerated: generation.tokensGenerated,
+      referenceSequences,
+      trainablePairs: trainablePairs(ctx.state.pool).length,
+    },
+    seconds: {
+      generation: generationSeconds,
+      scoring: scoringSeconds,
+      training: trainingSeconds,
+      evaluation: evaluationSeconds,
+      total: seconds(started),
+    },
+  };
+  return { metrics };
+}
+
+/** Iteration 0: the starting policy's evaluation, the baseline of every win rate. */
+async function evaluateStart(ctx: LoopContext): Promise<IterationMetrics> {
+  ctx.reporter.status(`evaluating the starting policy on ${ctx.task.evalPrompts.length} held-out prompts`);
+  const started = performance.now();
+  const result = await evaluatePolicy(ctx.policy, ctx.reference, ctx.task, ctx.evaluator, ctx.proxy, evalSettings(ctx.config));
+  ctx.state.initialEval = { greedy: result.greedy, sampled: result.sampled };
+  const evaluated = evalMetrics(result, ctx.state.initialEval);
+  const elapsed = seconds(started);
+  return {
+    iteration: 0,
+    proxy: { chosen: null, rejected: null, mean: null, evalSampled: evaluated.proxyEval },
+    gold: evaluated.gold,
+    winRate: evaluated.winRate,
+    kl: evaluated.kl,
+    train: { loss: null, accuracy: null, margin: null, chosenReward: null, rejectedReward: null, steps: 0, pairs: 0 },
+    weights: null,
+    generation: { promptsRegenerated: 0, tokensGenerated: 0, referenceSequences: 0, trainablePairs: 0 },
+    seconds: { generation: 0, scoring: 0, training: 0, evaluation: elapsed, total: elapsed },
+  };
+}
+
+function describeIteration(m: IterationMetrics): string {
+  const f = (v: number | null, digits = 3) => (v === null || !Number.isFinite(v) ? "-" : v.toFixed(digits));
+  return (
+    `iteration ${m.iteration}: gold greedy ${f(m.gold.greedy)} ± ${f(2 * m.gold.greedySe)}, ` +
+    `sampled ${f(m.gold.sampled)} ± ${f(2 * m.gold.sampledSe)}, proxy (eval) ${f(m.proxy.evalSampled)}, ` +
+    `win ${f(m.winRate.sampled, 2)}, KL ${f(m.kl, 2)}, loss ${f(m.train.loss)}, ` +
+    `regenerated ${m.generation.promptsRegenerated}, ${f(m.seconds.total, 1)}s`
+  );
+}
+
+async function saveIteration(ctx: LoopContext, metrics: IterationMetrics): Promise<void> {
+  const { config, runDir } = ctx;
+  appendMetrics(join(runDir, METRICS_FILE), metrics);
+  const t = metrics.iteration;
+  if (t > 0 && config.run.checkpointEvery > 0 && t % config.run.checkpointEvery === 0) {
+    await saveCheckpoint(ctx.policy, checkpointDir(runDir, iterationCheckpointName(t)));
+  }
+  ctx.state.iteration = t;
+  const referenceIsRefreshed = config.loop.refreshReference && t >= 2;
+  await saveRunState(runDir, ctx.state, { policy: ctx.policy, reference: referenceIsRefreshed ? ctx.reference : null });
+}
+
+/** Runs (or resumes) the loop in config.run.dir. */
+export async function runLoop(options: RunOptions): Promise<RunResult> {
+  const { config, task } = options;
+  const reporter = options.reporter ?? silentReporter;
+  const shouldStop = options.shouldStop ?? (() => false);
+  const runDir = config.run.dir;
+  const resume = options.resume === true;
+  const loaded = resume ? loadRunState(runDir) : null;
+  if (!resume && runDirInUse(runDir)) {
+    throw new Error(`${runDir} already holds a run: resume it, or choose another run directory`);
+  }
+  mkdirSync(runDir, { recursive: true });
+  writeJsonAtomic(join(runDir, CONFIG_FILE), config);
+
+  const policy = await EngineModel.load(loaded?.policyDir ?? task.policyDir);
+  const reference = await EngineModel.load(loaded?.referenceDir ?? task.referenceDir ?? task.policyDir);
+  const proxy = await task.createRewardSource();
+  const evaluator = await task.createEvalSource();
+  const ctx: LoopContext = {
+    config,
+    task,
+    runDir,
+    reporter,
+    shouldStop,
+    policy,
+    reference,
+    proxy,
+    evaluator,
+    promptsById: new Map(task.trainPrompts.map((p) => [p.id, p] as const)),
+    promptIds: new Map(task.trainPrompts.map((p) => [p.id, p.ids] as const)),
+    state: loaded?.state ?? {
+      iteration: -1,
+      pool: createPool(task.trainPrompts.map((p) => p.id)),
+      initialEval: { greedy: [], sampled: [] },
+    },
+  };
+
+  let metrics: IterationMetrics[] = [];
+  let status: RunResult["status"] = "completed";
+  try {
+    if (loaded !== null) {
+      await loaded.restoreOptimizer(policy);
+      metrics = truncateMetrics(join(runDir, METRICS_FILE), loaded.state.iteration);
+      reporter.line(`resuming ${runDir} after iteration ${loaded.state.iteration}`);
+    } else {
+      truncateMetrics(join(runDir, METRICS_FILE), -1);
+      const start = await evaluateStart(ctx);
+      await saveIteration(ctx, start);
+      metrics.push(start);
+      reporter.line(describeIteration(start));
+      options.onIteration?.(start);
+    }
+
+    for (let t = ctx.state.iteration + 1; t <= config.loop.iterations; t++) {
+      if (shouldStop()) {
+        status = "interrupted";
+        break;
+      }
+      const outcome = await runIteration(ctx, t);
+      if (outcome.metrics === null) {
+        status = "interrupted";
+        break;
+      }
+      await saveIteration(ctx, outcome.metrics);
+      metrics.push(outcome.metrics);
+      reporter.line(describeIteration(outcome.metrics));
+      options.onIteration?.(outcome.metrics);
+    }
+
+    let finalCheckpoint: string | null = null;
+    if (status === "completed") {
+      finalCheckpoint = checkpointDir(runDir, "final");
+      await saveCheckpoint(policy, finalCheckpoint);
+    }
+    return { status, runDir, metrics, lastIteration: ctx.state.iteration, finalCheckpoint };
+  } finally {
+    await ctx.policy.dispose();
+    await ctx.reference.dispose();
+    await proxy.dispose?.();
+    await evaluator.dispose?.();
+  }
+}
