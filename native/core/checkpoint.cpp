@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 
 #include "error.h"
@@ -68,6 +69,13 @@ struct Fields {
     if (!v->is_number()) bad(name, *v, "expected a number");
     return v->number;
   }
+  // A number stored as fp32 in ModelConfig. Beyond float range it would become Inf: the model would load and train,
+  // and only saving would fail (config.json cannot hold Inf). Found by fuzz_hf_config.
+  float opt_float(const char* name, double def) const {
+    const double d = opt_num(name, def);
+    if (std::fabs(d) > std::numeric_limits<float>::max()) bad(name, *get(name), "outside the range of a float");
+    return static_cast<float>(d);
+  }
   bool opt_bool(const char* name, bool def) const {
     const json::Value* v = get(name);
     if (!v) return def;
@@ -116,6 +124,9 @@ float rope_theta_of(const Fields& f) {
       }
     }
   }
+  // Same reason as Fields::opt_float: Inf would load but never save.
+  if (std::fabs(theta) > std::numeric_limits<float>::max())
+    throw Error(f.where + ": rope_theta " + json::format_double(theta) + " is outside the range of a float");
   return static_cast<float>(theta);
 }
 
@@ -186,7 +197,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
     c.n_kv_head = c.n_head;
     c.head_dim = c.d_model / c.n_head;
     c.d_ff = f.opt_size("n_inner", 4 * c.d_model, kMaxFF);
-    c.norm_eps = static_cast<float>(f.opt_num("layer_norm_epsilon", 1e-5));
+    c.norm_eps = f.opt_float("layer_norm_epsilon", 1e-5);
     c.tie_embeddings = f.opt_bool("tie_word_embeddings", true);
     const std::string act = f.opt_str("activation_function", "gelu_new");
     if (act != "gelu_new" && act != "gelu_pytorch_tanh")
@@ -210,7 +221,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
       throw Error(where + ": hidden_size (" + std::to_string(c.d_model) + ") is not divisible by " +
                   "num_attention_heads (" + std::to_string(c.n_head) + ") and there is no \"head_dim\" field");
     c.head_dim = f.opt_size("head_dim", c.d_model / c.n_head, kMaxWidth);
-    c.norm_eps = static_cast<float>(f.opt_num("rms_norm_eps", 1e-6));
+    c.norm_eps = f.opt_float("rms_norm_eps", 1e-6);
     c.rope_theta = rope_theta_of(f);
     c.tie_embeddings = f.opt_bool("tie_word_embeddings", false);
     const std::string act = f.opt_str("hidden_act", "silu");
@@ -563,6 +574,17 @@ void save_checkpoint(const Model& m, const std::string& dir) {
                "save_checkpoint: model has " + std::to_string(m.params.size()) + " parameters, layout needs " +
                    std::to_string(m.layout.total));
   OPTUNE_CHECK(!dir.empty(), "save_checkpoint: empty directory path");
+  // A NaN/Inf weight would be written as-is and poison every later load and resume. Refuse before touching the
+  // directory, so the checkpoint already there (the last good one) stays as it was.
+  for (const ParamInfo& p : m.layout.tensors) {
+    const float* w = m.params.data() + p.offset;
+    for (size_t i = 0; i < p.numel; i++)
+      OPTUNE_CHECK(std::isfinite(w[i]), dir + ": checkpoint not saved: tensor " + json::quote(p.name) + " holds a " +
+                                            "non-finite value (" + std::to_string(w[i]) + " at element " +
+                                            std::to_string(i) + "); the weights have diverged. Nothing was " +
+                                            "written; resume from the last good checkpoint with a lower learning " +
+                                            "rate or gradient clipping");
+  }
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());

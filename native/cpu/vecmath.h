@@ -8,6 +8,11 @@ namespace optune::cpu {
 
 #pragma omp declare simd
 inline float vexp(float x) {
+  // NaN must not reach the float -> int conversion below (undefined behaviour; UBSan aborts): compute on 0 and
+  // return the NaN itself, so NaN still propagates as before.
+  const float in = x;
+  const bool nan = x != x;
+  x = nan ? 0.0f : x;
   x = x < -87.3f ? -87.3f : x;
   const bool over = x > 88.7f;
   x = over ? 88.7f : x;
@@ -24,7 +29,7 @@ inline float vexp(float x) {
   p = p * r * r + r + 1.0f;
   const float scale = __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23);
   const float y = p * scale;
-  return over ? __builtin_inff() : (x <= -87.3f ? 0.0f : y);
+  return nan ? in : over ? __builtin_inff() : (x <= -87.3f ? 0.0f : y);
 }
 
 // tanh(x) = 1 - 2 / (exp(2x) + 1), evaluated on |x| so it never overflows to a wrong sign.

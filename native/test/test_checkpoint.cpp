@@ -498,6 +498,11 @@ TEST(config_rejects_bad_fields) {
                "field \"rope_parameters\"");
   CHECK_THROWS(parse_cfg(llama_with("rope_parameters", R"({"rope_theta": 5e5, "partial_rotary_factor": 0.5})")),
                "unsupported RoPE setting \"partial_rotary_factor\"");
+  // Beyond float range these became Inf: the config loaded but the model could never be saved (fuzz_hf_config).
+  CHECK_THROWS(parse_cfg(llama_with("rope_theta", "1e300")), "rope_theta 1e+300 is outside the range of a float");
+  CHECK_THROWS(parse_cfg(llama_with("rope_parameters", R"({"rope_type": "default", "rope_theta": 4e38})")),
+               "outside the range of a float");
+  CHECK_THROWS(parse_cfg(llama_with("rms_norm_eps", "1e39")), "field \"rms_norm_eps\" = 1e+39: outside the range");
   CHECK_THROWS(parse_cfg(llama_with("mlp_bias", "true")), "field \"mlp_bias\" = true");
   CHECK_THROWS(parse_cfg(llama_with("hidden_act", "\"gelu\"")), "field \"hidden_act\" = \"gelu\"");
   CHECK_THROWS(parse_cfg(llama_with("tie_word_embeddings", "1")), "expected true or false");
