@@ -112,8 +112,12 @@ void validate_sample_request(const Model& m, const SampleRequest& r) {
                      std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(m.cfg.vocab_size) + ")");
   for (int32_t s : r.stop_tokens)
     OPTUNE_CHECK(s >= 0 && s < m.cfg.vocab_size, "sample: stop token " + std::to_string(s) + " is outside the vocabulary");
-  OPTUNE_CHECK(r.n_samples >= 1, "sample: nSamples must be >= 1");
-  OPTUNE_CHECK(r.max_new_tokens >= 1, "sample: maxNewTokens must be >= 1");
+  OPTUNE_CHECK(r.n_samples >= 1 && r.n_samples <= (1 << 20), "sample: nSamples must be in [1, 2^20]");
+  OPTUNE_CHECK(r.max_new_tokens >= 1 && r.max_new_tokens <= m.cfg.max_positions,
+               "sample: maxNewTokens must be in [1, max_positions = " + std::to_string(m.cfg.max_positions) + "]");
+  OPTUNE_CHECK(static_cast<int64_t>(n_prompts) * r.n_samples <= (1 << 24),
+               "sample: nPrompts * nSamples = " + std::to_string(static_cast<int64_t>(n_prompts) * r.n_samples) +
+                   " responses in one call is too many; split the prompts into several calls");
   OPTUNE_CHECK(std::isfinite(r.temperature) && r.temperature >= 0, "sample: temperature must be >= 0 (0 = greedy)");
   OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
   OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
@@ -152,7 +156,16 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   for (int i = 0; i < n_prompts; i++) max_prompt = std::max(max_prompt, r.prompt_offsets[i + 1] - r.prompt_offsets[i]);
   const int cap = max_prompt + r.max_new_tokens;
   const size_t layer_cache = static_cast<size_t>(R) * cap * KVD;
-  std::vector<float> kcache(layer_cache * c.n_layer), vcache(layer_cache * c.n_layer);
+  const double cache_gib = 2.0 * layer_cache * c.n_layer * sizeof(float) / (1024.0 * 1024 * 1024);
+  std::vector<float> kcache, vcache;
+  try {
+    kcache.resize(layer_cache * c.n_layer);
+    vcache.resize(layer_cache * c.n_layer);
+  } catch (const std::bad_alloc&) {
+    throw Error("sample: out of memory allocating the KV cache (" + std::to_string(cache_gib) + " GiB for " +
+                std::to_string(R) + " responses of up to " + std::to_string(cap) +
+                " tokens); sample fewer prompts per call or lower maxNewTokens");
+  }
 
   // prefill: one ragged forward over the prompts; keys/values go to every sample's slot
   Batch pb;
@@ -197,14 +210,22 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   std::vector<int32_t> tok, pos, nkeys;
   for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
     const int B = static_cast<int>(active.size());
+    bool nonfinite = false;
     // pick the next token of every active response (rows are independent; any thread order gives the same result)
 #pragma omp parallel
     {
       std::vector<int32_t> idx;
       std::vector<double> prob;
-#pragma omp for schedule(dynamic)
+#pragma omp for schedule(dynamic) reduction(|| : nonfinite)
       for (int a = 0; a < B; a++) {
         const int s = active[a];
+        const float* z = logits.data() + static_cast<size_t>(logit_row[a]) * V;
+        bool finite = true;
+        for (int j = 0; j < V; j++) finite = finite && std::isfinite(z[j]);
+        if (!finite) {
+          nonfinite = true;
+          continue;
+        }
         const Pick p = pick_token(logits.data() + static_cast<size_t>(logit_row[a]) * V, V, r,
                                   rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob);
         out_tokens[s].push_back(p.token);
@@ -212,6 +233,10 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
         if (std::find(r.stop_tokens.begin(), r.stop_tokens.end(), p.token) != r.stop_tokens.end()) finished[s] = 1;
       }
     }
+    // NaN/Inf logits mean the weights have diverged; sampling from them would return garbage quietly
+    OPTUNE_CHECK(!nonfinite, "sample: the model produced non-finite logits (NaN or Inf) at step " +
+                                 std::to_string(step) + "; its weights have diverged: reload the last good "
+                                 "checkpoint and lower the learning rate");
     std::vector<int32_t> next;
     for (int s : active)
       if (!finished[s] && step + 1 < r.max_new_tokens) next.push_back(s);

@@ -209,6 +209,17 @@ TEST(bad_sample_requests_throw) {
   req.prompt_tokens = {1, 2, 3};
   req.prompt_offsets = {0, 0, 3};
   CHECK_THROWS(sample(*m, req), "empty");
+  req = prompts_request(kPrompts, 1, 4);
+  req.n_samples = 1 << 21;
+  CHECK_THROWS(sample(*m, req), "nSamples");
+  // diverged weights: a clear error instead of tokens drawn from NaN logits
+  auto bad = clone_model(*m);
+  bad->params[bad->layout.normf_w] = NAN;
+  CHECK_THROWS(sample(*bad, prompts_request(kPrompts, 2, 4)), "non-finite logits");
+  req = prompts_request(kPrompts, 1, 4);
+  req.prompt_tokens = {1, 2, 3};
+  req.prompt_offsets = {0, 0, 3};
+  CHECK_THROWS(sample(*m, req), "empty");
 }
 
 TEST_MAIN()
