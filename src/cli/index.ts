@@ -8,13 +8,17 @@ import { Command, CommanderError } from "commander";
 
 import { packageRoot } from "../engine/index.js";
 import { benchCommand } from "./bench.js";
+import { demoCommand } from "./demo.js";
 import { infoCommand } from "./info.js";
 import { logprobsCommand } from "./logprobs.js";
+import { runCommand } from "./run.js";
 
 const commands: Array<() => Command> = [
   infoCommand,
   logprobsCommand,
   benchCommand,
+  runCommand,
+  demoCommand,
 ];
 
 function packageVersion(): string {

@@ -1,0 +1,47 @@
+// Reading a run config from a YAML or JSON file and laying command-line flags over it. Validation is left to
+// the one zod schema (loadConfig), so a bad file or flag is reported like any other bad field.
+
+import { readFileSync } from "node:fs";
+import { extname } from "node:path";
+
+import { parse as parseYaml } from "yaml";
+
+/** The raw (unvalidated) config in a .yaml/.yml or .json file. */
+export function readConfigFile(path: string): unknown {
+  const text = readFileSync(path, "utf8");
+  const ext = extname(path).toLowerCase();
+  try {
+    if (ext === ".json") return JSON.parse(text) as unknown;
+    if (ext === ".yaml" || ext === ".yml") return parseYaml(text) as unknown;
+  } catch (err) {
+    throw new Error(`${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+  throw new Error(`${path}: config files must end in .yaml, .yml or .json`);
+}
+
+/** A flag value as the schema expects it: numbers as numbers, anything else untouched (the schema reports it). */
+export function flagValue(value: string): number | string {
+  const n = Number(value);
+  return value.trim() !== "" && Number.isFinite(n) ? n : value;
+}
+
+/** Sets `value` at a dotted path ("loop.rho") in a plain object, creating sections as needed. */
+export function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
+  const keys = path.split(".");
+  let node = target;
+  for (const key of keys.slice(0, -1)) {
+    const next = node[key];
+    if (typeof next !== "object" || next === null || Array.isArray(next)) node[key] = {};
+    node = node[key] as Record<string, unknown>;
+  }
+  node[keys[keys.length - 1] as string] = value;
+}
+
+/** A copy of `base` (an object, or nothing) with each override applied at its dotted path. */
+export function withOverrides(base: unknown, overrides: ReadonlyMap<string, unknown>): unknown {
+  if (overrides.size === 0) return base;
+  if (base !== undefined && (typeof base !== "object" || base === null || Array.isArray(base))) return base;
+  const copy = structuredClone((base ?? {}) as Record<string, unknown>);
+  for (const [path, value] of overrides) setPath(copy, path, value);
+  return copy;
+}

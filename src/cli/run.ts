@@ -1,0 +1,114 @@
+// `optune run`: the online loop on the built-in task (or the task the config names), configured by an optional
+// YAML/JSON file plus flags for the common fields. `--resume` continues a run from its saved config and state.
+
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+
+import { Command } from "commander";
+
+import { type Config, loadConfig } from "../config/schema.js";
+import { CONFIG_FILE, runDirInUse, runLoop } from "../loop/run.js";
+import { createBuiltinTask } from "../tasks/builtin/task.js";
+import { flagValue, readConfigFile, withOverrides } from "./config_file.js";
+import { terminalReporter } from "./progress.js";
+import { summaryTable } from "./summary.js";
+
+interface RunFlags {
+  config?: string;
+  out?: string;
+  resume?: boolean;
+  overwrite?: boolean;
+  [flag: string]: string | boolean | undefined;
+}
+
+/** Flags that set one config field each: flag name (commander's camelCase) -> dotted config path. */
+const FIELD_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: string, help: string]> = [
+  ["iterations", "--iterations <n>", "loop.iterations", "online iterations"],
+  ["prompts", "--prompts <n>", "loop.prompts", "training prompts in the pool"],
+  ["rho", "--rho <x>", "loop.rho", "fraction of prompts regenerated per iteration after the first"],
+  ["strategy", "--strategy <name>", "loop.strategy", "optune | uniform | all"],
+  ["statistic", "--statistic <name>", "loop.statistic", "chosen | mean | gap | zscore"],
+  ["k", "--k <n>", "loop.k", "responses sampled per regenerated prompt"],
+  ["loss", "--loss <type>", "loss.type", "dpo | ipo | wdpo"],
+  ["beta", "--beta <x>", "loss.beta", "KL strength"],
+  ["lr", "--lr <x>", "optim.lr", "learning rate"],
+  ["reward", "--reward <source>", "reward.source", "model (learned proxy) | gold (the task's own reward)"],
+  ["seed", "--seed <n>", "seed", "run seed"],
+];
+
+function fieldOverrides(flags: RunFlags): Map<string, unknown> {
+  const overrides = new Map<string, unknown>();
+  for (const [flag, , path] of FIELD_FLAGS) {
+    const value = flags[flag];
+    if (typeof value === "string") overrides.set(path, flagValue(value));
+  }
+  if (flags.out !== undefined) overrides.set("run.dir", flags.out);
+  return overrides;
+}
+
+/** The config of a new run: file, then flags, then the schema's defaults. */
+function newRunConfig(flags: RunFlags): Config {
+  const base = flags.config === undefined ? {} : readConfigFile(flags.config);
+  return loadConfig(withOverrides(base, fieldOverrides(flags)));
+}
+
+/** The saved config of the run being resumed; only --iterations may change it (to extend the run). */
+function resumedRunConfig(flags: RunFlags): Config {
+  const overrides = fieldOverrides(flags);
+  const dir = flags.out ?? newRunConfig({ ...flags, out: undefined }).run.dir;
+  const path = join(dir, CONFIG_FILE);
+  if (!existsSync(path)) throw new Error(`nothing to resume: ${path} does not exist`);
+  const changed = [...overrides.keys()].filter((p) => p !== "loop.iterations" && p !== "run.dir");
+  if (changed.length > 0 || flags.config !== undefined) {
+    throw new Error(`--resume continues with the run's saved config; only --iterations may change (got ${[...changed, ...(flags.config ? ["--config"] : [])].join(", ")})`);
+  }
+  const saved = JSON.parse(readFileSync(path, "utf8")) as unknown;
+  const iterations = overrides.get("loop.iterations");
+  return loadConfig(withOverrides(saved, new Map(iterations === undefined ? [] : [["loop.iterations", iterations]])));
+}
+
+export function runCommand(): Command {
+  const command = new Command("run")
+    .description("run online preference tuning (OPTune) on the built-in task, or the task in --config")
+    .option("-c, --config <file>", "run config (.yaml, .yml or .json); flags override its fields")
+    .option("-o, --out <dir>", "run directory (config run.dir)")
+    .option("--resume", "continue the run in the run directory from its last completed iteration")
+    .option("--overwrite", "replace a run already in the run directory");
+  for (const [, usage, , help] of FIELD_FLAGS) command.option(usage, help);
+
+  return command.action(async function (this: Command, flags: RunFlags) {
+    const resume = flags.resume === true;
+    const config = resume ? resumedRunConfig(flags) : newRunConfig(flags);
+    if (!resume && runDirInUse(config.run.dir)) {
+      if (flags.overwrite !== true) {
+        throw new Error(`${config.run.dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or --out <dir>`);
+      }
+      rmSync(config.run.dir, { recursive: true, force: true });
+    }
+
+    const reporter = terminalReporter();
+    let stopRequested = false;
+    const onInterrupt = () => {
+      if (stopRequested) process.exit(130);
+      stopRequested = true;
+      reporter.line("interrupt: finishing the current step, then stopping (Ctrl-C again to quit at once)");
+    };
+    process.on("SIGINT", onInterrupt);
+    try {
+      const started = performance.now();
+      const task = await createBuiltinTask(config, reporter);
+      const result = await runLoop({ config, task, resume, reporter, shouldStop: () => stopRequested });
+      console.log(summaryTable(result.metrics));
+      const elapsed = ((performance.now() - started) / 1000).toFixed(1);
+      if (result.status === "interrupted") {
+        this.error(
+          `interrupted; iterations up to ${result.lastIteration} are saved in ${result.runDir} (continue with --resume)`,
+          { exitCode: 130, code: "optune.interrupted" },
+        );
+      }
+      console.log(`done in ${elapsed}s: ${result.runDir} (final checkpoint ${result.finalCheckpoint})`);
+    } finally {
+      process.off("SIGINT", onInterrupt);
+    }
+  });
+}
