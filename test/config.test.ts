@@ -21,22 +21,43 @@ describe("loadConfig", () => {
       model: {},
       loop: {
         iterations: 6,
-        prompts: 256,
+        prompts: 1024,
         rho: 0.5,
         strategy: "optune",
         statistic: "chosen",
-        k: 4,
+        k: 8,
         merge: false,
         tieThreshold: 0.001,
         epochs: 1,
         batchPairs: 16,
         refreshReference: false,
       },
-      loss: { type: "wdpo", beta: 0.1, beta2: 1, weightFn: "linear" },
+      loss: { type: "wdpo", beta: 0.5, beta2: 1, weightFn: "linear" },
       optim: { lr: 1e-4, weightDecay: 0, maxGradNorm: 1, betas: [0.9, 0.999] },
       sampling: { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 },
-      eval: { prompts: 120, samples: 2 },
-      run: { dir: "runs/latest", checkpointEvery: 1 },
+      eval: { prompts: 500, samples: 4 },
+      run: { dir: "runs/latest", checkpointEvery: 1, cacheDir: ".optune/cache" },
+      reward: { source: "model" },
+      prepare: {
+        seed: 0,
+        trainPrompts: 3000,
+        heldOutPrompts: 1000,
+        arch: "gpt2",
+        dModel: 64,
+        nLayer: 2,
+        nHead: 4,
+        dFf: 256,
+        sftEpochs: 10,
+        sftLr: 3e-3,
+        sftBatch: 32,
+        rewardInit: "policy",
+        rewardPairsPerPrompt: 1,
+        rewardPolicySamples: 8,
+        rewardFlipProb: 0.1,
+        rewardEpochs: 10,
+        rewardLr: 2e-3,
+        rewardBatch: 32,
+      },
     });
     expect(loadConfig(undefined)).toEqual(config);
   });
@@ -45,7 +66,7 @@ describe("loadConfig", () => {
     const config = loadConfig({ loop: { rho: 0.25, strategy: "uniform" }, model: { policy: "ckpt/sft.bin" } });
     expect(config.loop.rho).toBe(0.25);
     expect(config.loop.strategy).toBe("uniform");
-    expect(config.loop.k).toBe(4);
+    expect(config.loop.k).toBe(8);
     expect(config.model.policy).toBe("ckpt/sft.bin");
     expect(config.loss.type).toBe("wdpo");
   });

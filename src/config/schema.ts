@@ -63,13 +63,13 @@ const LoopSchema = section({
   /** Online iterations (generate, score, train). */
   iterations: integer(closed(1), closed(10_000)).default(6),
   /** Training prompts in the pool. */
-  prompts: integer(closed(1), closed(1_000_000)).default(256),
+  prompts: integer(closed(1), closed(1_000_000)).default(1024),
   /** Fraction of prompts regenerated per iteration after the first. */
   rho: real(open(0), closed(1)).default(0.5),
   strategy: choice(["optune", "uniform", "all"]).default("optune"),
   statistic: choice(["chosen", "mean", "gap", "zscore"]).default("chosen"),
   /** Responses sampled per regenerated prompt. */
-  k: integer(closed(2), closed(64)).default(4),
+  k: integer(closed(2), closed(64)).default(8),
   /** Let the previous pair compete with the new responses. */
   merge: flag().default(false),
   /** Pairs with a smaller reward gap are kept but not trained on. */
@@ -85,7 +85,7 @@ const LoopSchema = section({
 const LossSchema = section({
   type: choice(["dpo", "ipo", "wdpo"]).default("wdpo"),
   /** KL strength (DPO beta, IPO tau). */
-  beta: real(open(0), closed(100)).default(0.1),
+  beta: real(open(0), closed(100)).default(0.5),
   /** Sharpness of the wDPO weight function; only used by type 'wdpo'. */
   beta2: real(closed(0), closed(1000)).default(1),
   weightFn: choice(["linear", "exp", "sigmoid"]).default("linear"),
@@ -115,10 +115,10 @@ const SamplingSchema = section({
 });
 
 const EvalSchema = section({
-  /** Held-out prompts scored by the gold reward (20 per built-in family). */
-  prompts: integer(closed(1), closed(1_000_000)).default(120),
+  /** Held-out prompts scored by the gold reward (the built-in families in random order). */
+  prompts: integer(closed(1), closed(1_000_000)).default(500),
   /** Sampled responses per eval prompt. */
-  samples: integer(closed(1), closed(64)).default(2),
+  samples: integer(closed(1), closed(64)).default(4),
 });
 
 const RunSchema = section({
@@ -156,10 +156,10 @@ const PrepareSchema = section({
   /** Synthetic comparison pairs per train prompt (gold answer, corruptions, junk). */
   rewardPairsPerPrompt: integer(closed(0), closed(64)).default(1),
   /** SFT-policy samples per train prompt, paired off and labelled by gold (even; 0 disables). */
-  rewardPolicySamples: integer(closed(0), closed(64)).default(4),
+  rewardPolicySamples: integer(closed(0), closed(64)).default(8),
   /** Fraction of preference labels flipped (annotator noise). */
   rewardFlipProb: real(closed(0), closed(1)).default(0.1),
-  rewardEpochs: integer(closed(0), closed(100)).default(4),
+  rewardEpochs: integer(closed(0), closed(100)).default(10),
   rewardLr: real(open(0), closed(1)).default(2e-3),
   rewardBatch: integer(closed(1), closed(4096)).default(32),
 });
