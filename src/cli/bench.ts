@@ -1,10 +1,16 @@
-// `optune bench`: benchmarks. `bench engine` measures the engine's ops against PyTorch (src/bench/engine.ts).
+// `optune bench`: benchmarks. `bench engine` measures the engine's ops against PyTorch (src/bench/engine.ts);
+// `bench` itself runs OPTune against uniform sampling and full regeneration (src/bench/arms.ts).
 // Subcommands are registered through registerBenchSubcommands, so another benchmark (e.g. OPTune vs. baselines
 // as the default action of `bench`) can be added here without touching the engine one.
 
+import { readFileSync } from "node:fs";
+
 import { Command, InvalidArgumentError } from "commander";
 
+import { PRESETS, runBench } from "../bench/arms.js";
 import { GPT2_124M_SHAPE, TINY_SHAPE, benchEngine, formatEngineReport } from "../bench/engine.js";
+import { flagValue, readConfigFile } from "./config_file.js";
+import { terminalReporter } from "./progress.js";
 
 function positiveInt(value: string): number {
   const n = Number(value);
@@ -52,6 +58,73 @@ export function registerBenchSubcommands(bench: Command): Command {
   return bench.addCommand(engineBenchCommand());
 }
 
+function nonNegativeInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("expected a non-negative integer");
+  return n;
+}
+
+function goldOption(value: string): "sampled" | "greedy" {
+  if (value !== "sampled" && value !== "greedy") throw new InvalidArgumentError('expected "sampled" or "greedy"');
+  return value;
+}
+
+interface BaselinesCliOptions {
+  quick?: boolean;
+  config?: string;
+  out?: string;
+  seeds?: number;
+  ablationSeeds?: number;
+  gold: "sampled" | "greedy";
+  [flag: string]: string | number | boolean | undefined;
+}
+
+/** Bench-level settings that may be varied from the command line: flag -> dotted config path. */
+const SETTING_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: string]> = [
+  ["iterations", "--iterations <n>", "loop.iterations"],
+  ["prompts", "--prompts <n>", "loop.prompts"],
+  ["rho", "--rho <x>", "loop.rho"],
+  ["k", "--k <n>", "loop.k"],
+  ["statistic", "--statistic <name>", "loop.statistic"],
+];
+
+/** The default action of `bench`: OPTune vs. uniform vs. all, each with dpo and wdpo, over seeds. */
+function addBaselinesAction(bench: Command): Command {
+  bench
+    .description(
+      "benchmarks; without a subcommand: OPTune vs. uniform sampling vs. full regeneration (all), each with dpo " +
+        "and wdpo over seeds, plus ablations of the selection statistic and the wDPO weight function",
+    )
+    .option("--quick", "the small preset (CI smoke test, about 3 minutes on 2 cores)")
+    .option("-c, --config <file>", "run config to benchmark (.yaml, .yml or .json; default: the built-in task's defaults)")
+    .option("-o, --out <dir>", "bench directory (default runs/bench-<timestamp>)")
+    .option("--seeds <n>", "seeds of the main arms (default: the preset's)", positiveInt)
+    .option("--ablation-seeds <n>", "seeds of the ablation arms; 0 skips them (default: the preset's)", nonNegativeInt)
+    .option("--gold <kind>", '"sampled" (mean over eval.samples responses) or "greedy"', goldOption, "sampled");
+  for (const [, usage, path] of SETTING_FLAGS) bench.option(usage, `override ${path} for every arm`);
+  return bench.action(async (options: BaselinesCliOptions) => {
+    const preset = options.quick === true ? PRESETS.quick : PRESETS.default;
+    const out = options.out ?? `runs/bench-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+    const overrides: [string, unknown][] = [];
+    for (const [flag, , path] of SETTING_FLAGS) {
+      const value = options[flag];
+      if (typeof value === "string") overrides.push([path, flagValue(value)]);
+    }
+    const result = await runBench({
+      base: options.config === undefined ? {} : readConfigFile(options.config),
+      preset,
+      overrides,
+      ...(options.seeds !== undefined ? { seeds: options.seeds } : {}),
+      ...(options.ablationSeeds !== undefined ? { ablationSeeds: options.ablationSeeds } : {}),
+      gold: options.gold,
+      out,
+      reporter: terminalReporter(),
+    });
+    console.log(readFileSync(result.outputs.markdown, "utf8"));
+    console.log(`results: ${result.outputs.json}\ntable:   ${result.outputs.markdown}\nplot:    ${result.outputs.plot}`);
+  });
+}
+
 export function benchCommand(): Command {
-  return registerBenchSubcommands(new Command("bench").description("benchmarks"));
+  return registerBenchSubcommands(addBaselinesAction(new Command("bench")));
 }

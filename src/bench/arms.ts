@@ -1,0 +1,256 @@
+// `optune bench`: OPTune against uniform sampling and full regeneration on one task, model and budget.
+//
+// Main arms: all (online DPO, every prompt regenerated), uniform at rho, optune at rho; each with dpo and wdpo.
+// Ablations: optune with each selection statistic, and optune + wdpo with each weight function. Every arm runs
+// the same base config (the run schema's defaults, a --config file, the preset's overrides) and differs only in
+// loop.strategy, loop.statistic, loss.type and loss.weightFn; arms with equal settings share runs.
+//
+// Runs go seed by seed, every arm within a seed, so a change of machine load over the bench spreads over all
+// arms instead of landing on one. Each run's models are deleted when it ends; its config.json and metrics.jsonl
+// stay under <out>/runs/.
+
+import { rmSync } from "node:fs";
+import { availableParallelism, cpus, loadavg } from "node:os";
+import { join } from "node:path";
+
+import { withOverrides } from "../cli/config_file.js";
+import { type Config, loadConfig } from "../config/schema.js";
+import type { IterationMetrics } from "../loop/metrics.js";
+import { runDirInUse, runLoop } from "../loop/run.js";
+import { createBuiltinTask } from "../tasks/builtin/task.js";
+import type { Task } from "../tasks/task.js";
+import { silentReporter, type Reporter } from "../util/reporter.js";
+import { aggregateBench, type ArmRuns, type BenchAggregate, type GoldKind } from "./aggregate.js";
+import { PLOT_PNG, writePlot } from "./plot.js";
+import { outputPaths, writeReports } from "./report.js";
+
+export type Strategy = Config["loop"]["strategy"];
+export type Statistic = Config["loop"]["statistic"];
+export type LossType = Config["loss"]["type"];
+export type WeightFn = Config["loss"]["weightFn"];
+
+export interface ArmSettings {
+  strategy: Strategy;
+  loss: LossType;
+  statistic: Statistic;
+  weightFn: WeightFn;
+}
+
+export interface Arm {
+  id: string;
+  group: "main" | "statistic" | "weightFn";
+  settings: ArmSettings;
+  seeds: number[];
+}
+
+export const BASELINE_ARM = "all+dpo";
+const STRATEGIES: readonly Strategy[] = ["all", "uniform", "optune"];
+const MAIN_LOSSES: readonly LossType[] = ["dpo", "wdpo"];
+const STATISTICS: readonly Statistic[] = ["chosen", "mean", "gap", "zscore"];
+const WEIGHT_FNS: readonly WeightFn[] = ["linear", "exp", "sigmoid"];
+
+/** A preset: config overrides (dotted path -> value) laid over the base config, and how many seeds to run. */
+export interface BenchPreset {
+  name: string;
+  overrides: ReadonlyArray<readonly [path: string, value: unknown]>;
+  seeds: number;
+  /** Seeds of the ablation arms (fewer: they are many); 0 skips the ablations. */
+  ablationSeeds: number;
+}
+
+// The presets, and the only place bench settings differ from a plain `optune run`.
+// default: the run schema's defaults (the built-in task as `optune run` runs it).
+// quick:   a quarter of the prompts and half the iterations and eval prompts, 2 seeds, ablations on 1 seed:
+//          the CI smoke test, within 3 minutes on 2 cores including a cold prepare.
+export const PRESETS = {
+  default: { name: "default", overrides: [], seeds: 5, ablationSeeds: 3 },
+  quick: {
+    name: "quick",
+    overrides: [
+      ["loop.prompts", 64],
+      ["loop.iterations", 3],
+      ["eval.prompts", 60],
+    ],
+    seeds: 2,
+    ablationSeeds: 1,
+  },
+} as const satisfies Record<string, BenchPreset>;
+
+/** Applied to every bench run: the bench needs metrics, not checkpoints (writing them is not timed anyway). */
+const BENCH_RUN_OVERRIDES: ReadonlyArray<readonly [string, unknown]> = [["run.checkpointEvery", 0]];
+
+function seedList(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i + 1);
+}
+
+function runKey(s: ArmSettings): string {
+  return `${s.strategy}-${s.loss}-${s.statistic}-${s.weightFn}`;
+}
+
+/** The main arms and the ablation arms for a resolved base config. */
+export function benchArms(base: Config, seeds: readonly number[], ablationSeeds: readonly number[]): Arm[] {
+  const defaults = { statistic: base.loop.statistic, weightFn: base.loss.weightFn };
+  const arms: Arm[] = [];
+  for (const strategy of STRATEGIES) {
+    for (const loss of MAIN_LOSSES) {
+      arms.push({ id: `${strategy}+${loss}`, group: "main", settings: { strategy, loss, ...defaults }, seeds: [...seeds] });
+    }
+  }
+  if (ablationSeeds.length === 0) return arms;
+  for (const statistic of STATISTICS) {
+    arms.push({
+      id: `optune+${base.loss.type} statistic=${statistic}`,
+      group: "statistic",
+      settings: { strategy: "optune", loss: base.loss.type, statistic, weightFn: base.loss.weightFn },
+      seeds: [...ablationSeeds],
+    });
+  }
+  for (const weightFn of WEIGHT_FNS) {
+    arms.push({
+      id: `optune+wdpo weightFn=${weightFn}`,
+      group: "weightFn",
+      settings: { strategy: "optune", loss: "wdpo", statistic: base.loop.statistic, weightFn },
+      seeds: [...ablationSeeds],
+    });
+  }
+  return arms;
+}
+
+function armOverrides(settings: ArmSettings, seed: number, runDir: string): [string, unknown][] {
+  return [
+    ["loop.strategy", settings.strategy],
+    ["loop.statistic", settings.statistic],
+    ["loss.type", settings.loss],
+    ["loss.weightFn", settings.weightFn],
+    ["seed", seed],
+    ["run.dir", runDir],
+  ];
+}
+
+export interface BenchOptions {
+  /** The raw run config (a --config file's contents, or {} for the defaults). */
+  base: unknown;
+  preset: BenchPreset;
+  /** Further overrides after the preset's (bench-level settings from flags: rho, k, iterations, ...). */
+  overrides?: ReadonlyArray<readonly [string, unknown]>;
+  /** Replace the preset's seed counts. */
+  seeds?: number;
+  ablationSeeds?: number;
+  gold?: GoldKind;
+  /** The bench directory; must not hold a bench yet. */
+  out: string;
+  reporter?: Reporter;
+  /** How a run's task is made (default: the built-in task, as `optune run` does). */
+  createTask?: (config: Config, reporter: Reporter) => Promise<Task>;
+}
+
+export interface RunRecord {
+  key: string;
+  settings: ArmSettings;
+  seed: number;
+  runDir: string;
+  metrics: IterationMetrics[];
+}
+
+export interface BenchMachine {
+  cpus: number;
+  cpuModel: string;
+  node: string;
+  /** 1-minute load average when the bench started and ended (others may share the machine). */
+  loadStart: number;
+  loadEnd: number;
+}
+
+export interface BenchResult {
+  version: 1;
+  preset: string;
+  createdAt: string;
+  benchSeconds: number;
+  machine: BenchMachine;
+  /** The resolved base config of every arm (arms change only strategy, statistic, loss type, weightFn, seed, dir). */
+  config: Config;
+  /** Each arm with the key of its runs in `runs`. */
+  arms: (Arm & { runKey: string })[];
+  aggregate: BenchAggregate;
+  runs: RunRecord[];
+  outputs: { json: string; markdown: string; plot: string };
+}
+
+function baseConfig(options: BenchOptions): { raw: unknown; config: Config } {
+  const overrides = new Map<string, unknown>([...options.preset.overrides, ...(options.overrides ?? []), ...BENCH_RUN_OVERRIDES]);
+  const raw = withOverrides(options.base ?? {}, overrides);
+  return { raw, config: loadConfig(raw) };
+}
+
+/** Runs every arm over its seeds and writes results.json, results.md and the plot to options.out. */
+export async function runBench(options: BenchOptions): Promise<BenchResult> {
+  if (runDirInUse(options.out)) throw new Error(`${options.out} is not empty: choose another bench directory`);
+  const reporter = options.reporter ?? silentReporter;
+  const createTask = options.createTask ?? createBuiltinTask;
+  const started = performance.now();
+  const loadStart = loadavg()[0] as number;
+  const { raw, config } = baseConfig(options);
+  const seeds = seedList(options.seeds ?? options.preset.seeds);
+  const ablationSeeds = seedList(options.ablationSeeds ?? options.preset.ablationSeeds);
+  if (seeds.length < 1) throw new Error("bench: at least one seed is needed");
+  const arms = benchArms(config, seeds, ablationSeeds);
+
+  // The unique (settings, seed) runs, seed by seed; each config is checked before anything runs.
+  const todo: { key: string; settings: ArmSettings; seed: number; config: Config }[] = [];
+  const allSeeds = [...new Set([...seeds, ...ablationSeeds])].sort((a, b) => a - b);
+  for (const seed of allSeeds) {
+    for (const arm of arms) {
+      const key = runKey(arm.settings);
+      if (!arm.seeds.includes(seed) || todo.some((r) => r.key === key && r.seed === seed)) continue;
+      const runDir = join(options.out, "runs", key, `seed-${seed}`);
+      todo.push({ key, settings: arm.settings, seed, config: loadConfig(withOverrides(raw, new Map(armOverrides(arm.settings, seed, runDir)))) });
+    }
+  }
+
+  const runs: RunRecord[] = [];
+  for (const [i, item] of todo.entries()) {
+    const task = await createTask(item.config, reporter);
+    const runStarted = performance.now();
+    const result = await runLoop({ config: item.config, task });
+    const last = result.metrics[result.metrics.length - 1] as IterationMetrics;
+    // Only the metrics are needed; the models would take megabytes per run.
+    rmSync(join(result.runDir, "checkpoints"), { recursive: true, force: true });
+    rmSync(join(result.runDir, "state"), { recursive: true, force: true });
+    runs.push({ key: item.key, settings: item.settings, seed: item.seed, runDir: result.runDir, metrics: result.metrics });
+    reporter.line(
+      `[${i + 1}/${todo.length}] ${item.key} seed ${item.seed}: gold sampled ${last.gold.sampled.toFixed(3)}, ` +
+        `greedy ${last.gold.greedy.toFixed(3)}, ${((performance.now() - runStarted) / 1000).toFixed(1)}s`,
+    );
+  }
+
+  const armRuns: ArmRuns[] = arms.map((arm) => ({
+    id: arm.id,
+    runs: arm.seeds.map((seed) => {
+      const run = runs.find((r) => r.key === runKey(arm.settings) && r.seed === seed) as RunRecord;
+      return { seed, metrics: run.metrics };
+    }),
+  }));
+  const aggregate = aggregateBench(armRuns, BASELINE_ARM, options.gold ?? "sampled");
+  const cpuList = cpus();
+  const result: BenchResult = {
+    version: 1,
+    preset: options.preset.name,
+    createdAt: new Date().toISOString(),
+    benchSeconds: (performance.now() - started) / 1000,
+    machine: {
+      cpus: availableParallelism(),
+      cpuModel: cpuList[0]?.model ?? "unknown",
+      node: process.version,
+      loadStart,
+      loadEnd: loadavg()[0] as number,
+    },
+    config,
+    arms: arms.map((arm) => ({ ...arm, runKey: runKey(arm.settings) })),
+    aggregate,
+    runs,
+    outputs: { ...outputPaths(options.out), plot: join(options.out, PLOT_PNG) },
+  };
+  await writePlot(result, result.outputs.plot);
+  writeReports(result);
+  return result;
+}
