@@ -37,7 +37,7 @@ describe("loadConfig", () => {
       sampling: { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 },
       eval: { prompts: 500, samples: 4 },
       run: { dir: "runs/latest", checkpointEvery: 1, cacheDir: ".optune/cache" },
-      reward: { source: "model" },
+      reward: { source: "model", missingEosPenalty: 0 },
       prepare: {
         seed: 0,
         trainPrompts: 3000,
@@ -108,5 +108,57 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ loop: { rho: 0 } })).toThrow("invalid config:\n  loop.rho: must be a number in (0, 1], got 0");
     expect(issuesOf("not a config")).toEqual(['(config): must be an object, got "not a config"']);
     expect(issuesOf({ optim: { betas: [0.9] } })).toEqual(["optim.betas: must be a pair [beta1, beta2], got [0.9]"]);
+  });
+
+  it("accepts a user task with its model, prompts and reward sources", () => {
+    const config = loadConfig({
+      task: "user",
+      model: { policy: "models/policy", tokenizer: "models/tok" },
+      prompts: { file: "data/prompts.jsonl", evalCount: 4 },
+      reward: { sources: [{ type: "module", path: "reward.mjs" }], missingEosPenalty: 1 },
+    });
+    expect(config.task).toBe("user");
+    expect(config.model).toEqual({ policy: "models/policy", tokenizer: "models/tok" });
+    expect(config.prompts?.file).toBe("data/prompts.jsonl");
+    expect(config.prompts?.evalFraction).toBe(0.1);
+    expect(config.reward.sources).toEqual([{ type: "module", path: "reward.mjs", weight: 1 }]);
+    // The built-in task's prepare limits do not apply to a user task.
+    expect(loadConfig({ ...config, loop: { prompts: 5000 } }).loop.prompts).toBe(5000);
+  });
+
+  it("lists every field a user task is missing", () => {
+    expect(issuesOf({ task: "user" })).toEqual([
+      "model.policy: required when task is 'user' (a Hugging Face model directory)",
+      "prompts.file: required when task is 'user' (a JSONL prompt file)",
+      "reward.sources: required when task is 'user' (at least one reward source)",
+    ]);
+    expect(issuesOf({ task: "user", model: { policy: "p" }, prompts: {}, reward: { sources: [] } })).toEqual([
+      "reward.sources: must list at least one reward source, got []",
+      "prompts.file: must be a non-empty path, got nothing",
+    ]);
+    expect(issuesOf({ task: "other" })).toEqual(["task: must be one of 'builtin', 'user', got \"other\""]);
+  });
+
+  it("keeps each task's reward fields to that task", () => {
+    expect(
+      issuesOf({
+        model: { tokenizer: "tok" },
+        prompts: { file: "p.jsonl" },
+        reward: { sources: [{ type: "module", path: "r.mjs" }], missingEosPenalty: 1 },
+      }),
+    ).toEqual([
+      "model.tokenizer: only used when task is 'user', got task 'builtin'",
+      "prompts: only used when task is 'user', got task 'builtin'",
+      "reward.sources: only used when task is 'user', got task 'builtin'",
+      "reward.missingEosPenalty: only used when task is 'user', got task 'builtin'",
+    ]);
+    expect(
+      issuesOf({
+        task: "user",
+        model: { policy: "p" },
+        prompts: { file: "p.jsonl" },
+        reward: { source: "gold", sources: [{ type: "module", path: "r.mjs" }] },
+      }),
+    ).toEqual(["reward.source: 'gold' is the built-in task's own reward; task 'user' scores with reward.sources"]);
   });
 });

@@ -6,6 +6,8 @@
 
 import { z } from "zod";
 
+import { PromptsSchema, userModelFields, userRewardFields } from "../data/user_config.js";
+
 interface Bound {
   value: number;
   /** True when the bound itself is excluded. */
@@ -57,6 +59,8 @@ const ModelSchema = section({
   policy: path().optional(),
   /** Frozen reference model; defaults to a copy of the starting policy. */
   reference: path().optional(),
+  /** task 'user' only: model.tokenizer, model.chatTemplate (src/data/user_config.ts). */
+  ...userModelFields,
 });
 
 const LoopSchema = section({
@@ -131,8 +135,10 @@ const RunSchema = section({
 });
 
 const RewardSchema = section({
-  /** 'model': the learned reward model (the proxy); 'gold': the task's own reward (no proxy gap). */
+  /** task 'builtin' only: 'model', the learned reward model (the proxy); 'gold', the task's own reward (no proxy gap). */
   source: choice(["model", "gold"]).default("model"),
+  /** task 'user' only: reward.sources, reward.evalSources, reward.missingEosPenalty (src/data/user_config.ts). */
+  ...userRewardFields,
 });
 
 // How the built-in task's starting policy and reward model are made. Every field is part of the cache key.
@@ -168,7 +174,8 @@ const PrepareSchema = section({
 export const ConfigSchema = section({
   seed: integer(closed(0), closed(0xffffffff)).default(1),
   device: choice(["cpu", "cuda", "auto"]).default("cpu"),
-  task: choice(["builtin"]).default("builtin"),
+  /** 'builtin': the synthetic task (prepare section); 'user': your own model, prompts and rewards. */
+  task: choice(["builtin", "user"]).default("builtin"),
   model: ModelSchema.prefault({}),
   loop: LoopSchema.prefault({}),
   loss: LossSchema.prefault({}),
@@ -178,6 +185,8 @@ export const ConfigSchema = section({
   run: RunSchema.prefault({}),
   reward: RewardSchema.prefault({}),
   prepare: PrepareSchema.prefault({}),
+  /** task 'user' only: the JSONL prompt file and its split. */
+  prompts: PromptsSchema.optional(),
 });
 
 /** The fully resolved configuration. */
@@ -227,10 +236,38 @@ function formatIssues(issues: readonly z.core.$ZodIssue[]): string[] {
   return [...new Set(lines)];
 }
 
+/** A user run needs its model, prompts and rewards; the user-only fields are refused on the built-in task. */
+function taskFieldIssues(config: Config): string[] {
+  const issues: string[] = [];
+  if (config.task === "user") {
+    if (config.model.policy === undefined) issues.push("model.policy: required when task is 'user' (a Hugging Face model directory)");
+    if (config.prompts === undefined) issues.push("prompts.file: required when task is 'user' (a JSONL prompt file)");
+    if (config.reward.sources === undefined) issues.push("reward.sources: required when task is 'user' (at least one reward source)");
+    if (config.reward.source === "gold") issues.push("reward.source: 'gold' is the built-in task's own reward; task 'user' scores with reward.sources");
+  } else {
+    // Without this they would be ignored without a word, which the strict sections exist to prevent.
+    const userOnly: Array<[string, unknown]> = [
+      ["model.tokenizer", config.model.tokenizer],
+      ["model.chatTemplate", config.model.chatTemplate],
+      ["prompts", config.prompts],
+      ["reward.sources", config.reward.sources],
+      ["reward.evalSources", config.reward.evalSources],
+    ];
+    for (const [field, value] of userOnly) {
+      if (value !== undefined) issues.push(`${field}: only used when task is 'user', got task '${config.task}'`);
+    }
+    if (config.reward.missingEosPenalty !== 0) {
+      issues.push(`reward.missingEosPenalty: only used when task is 'user', got task '${config.task}'`);
+    }
+  }
+  return issues;
+}
+
 /** Constraints between fields, checked once every field is valid on its own. */
 function crossFieldIssues(config: Config): string[] {
   const issues: string[] = [];
   const { prepare } = config;
+  issues.push(...taskFieldIssues(config));
   if (config.task === "builtin" && config.loop.prompts > prepare.trainPrompts) {
     issues.push(`loop.prompts: must be <= prepare.trainPrompts (${prepare.trainPrompts}), got ${config.loop.prompts}`);
   }

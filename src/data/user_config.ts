@@ -74,9 +74,9 @@ const RewardSourceSchema = z.discriminatedUnion(
 /** Added to the `reward` section. */
 export const userRewardFields = {
   /** What the loop optimizes: the weighted sum of these. */
-  sources: z.array(RewardSourceSchema, { error: "must be a list of reward sources" }).min(1).optional(),
+  sources: z.array(RewardSourceSchema, { error: "must be a list of reward sources" }).min(1, { error: "must list at least one reward source" }).optional(),
   /** What evaluation scores with; `sources` when absent. */
-  evalSources: z.array(RewardSourceSchema, { error: "must be a list of reward sources" }).min(1).optional(),
+  evalSources: z.array(RewardSourceSchema, { error: "must be a list of reward sources" }).min(1, { error: "must list at least one reward source" }).optional(),
   /** Subtracted from responses that hit sampling.maxNewTokens before end-of-sequence. */
   missingEosPenalty: z.number({ error: "must be a number >= 0" }).gte(0, { error: "must be a number >= 0" }).default(0),
 };
