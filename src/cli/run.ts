@@ -1,14 +1,20 @@
-// `optune run`: the online loop on the built-in task (or the task the config names), configured by an optional
-// YAML/JSON file plus flags for the common fields. `--resume` continues a run from its saved config and state.
+// `optune run`: the online loop on the built-in task, or on the user's own model, prompts and rewards with
+// `task: user`, configured by an optional YAML/JSON file plus flags for the common fields. `--resume` continues a
+// run from its saved config and state.
 
 import { existsSync, readFileSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
 import { Command } from "commander";
 
 import { type Config, loadConfig } from "../config/schema.js";
+import { userTaskOptions, withAbsoluteUserPaths } from "../data/user_config.js";
+import { createUserTask } from "../data/user_task.js";
+import { checkpointDir, completeCheckpoint, iterationCheckpointName } from "../loop/checkpoints.js";
 import { CONFIG_FILE, runDirInUse, runLoop } from "../loop/run.js";
 import { createBuiltinTask } from "../tasks/builtin/task.js";
+import type { Task } from "../tasks/task.js";
+import type { Reporter } from "../util/reporter.js";
 import { flagValue, readConfigFile, withOverrides } from "./config_file.js";
 import { terminalReporter } from "./progress.js";
 import { summaryTable } from "./summary.js";
@@ -32,7 +38,7 @@ const FIELD_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: st
   ["loss", "--loss <type>", "loss.type", "dpo | ipo | wdpo"],
   ["beta", "--beta <x>", "loss.beta", "KL strength"],
   ["lr", "--lr <x>", "optim.lr", "learning rate"],
-  ["reward", "--reward <source>", "reward.source", "model (learned proxy) | gold (the task's own reward)"],
+  ["reward", "--reward <source>", "reward.source", "built-in task: model (learned proxy) | gold (the task's own reward)"],
   ["seed", "--seed <n>", "seed", "run seed"],
 ];
 
@@ -46,10 +52,22 @@ function fieldOverrides(flags: RunFlags): Map<string, unknown> {
   return overrides;
 }
 
-/** The config of a new run: file, then flags, then the schema's defaults. */
+/**
+ * The config of a new run: file, then flags, then the schema's defaults. A user task's model, prompt and reward
+ * paths are relative to the config file's folder (the working directory without one); they are made absolute
+ * here, so the config saved in the run directory still finds them on --resume.
+ */
 function newRunConfig(flags: RunFlags): Config {
   const base = flags.config === undefined ? {} : readConfigFile(flags.config);
-  return loadConfig(withOverrides(base, fieldOverrides(flags)));
+  const config = loadConfig(withOverrides(base, fieldOverrides(flags)));
+  if (config.task !== "user") return config;
+  return withAbsoluteUserPaths(config, flags.config === undefined ? process.cwd() : dirname(resolve(flags.config)));
+}
+
+async function createTask(config: Config, reporter: Reporter): Promise<Task> {
+  // newRunConfig made the paths absolute, so the base directory no longer matters.
+  if (config.task === "user") return createUserTask(userTaskOptions(config, process.cwd()));
+  return createBuiltinTask(config, reporter);
 }
 
 /** The saved config of the run being resumed; only --iterations may change it (to extend the run). */
@@ -96,8 +114,14 @@ export function runCommand(): Command {
     process.on("SIGINT", onInterrupt);
     try {
       const started = performance.now();
-      const task = await createBuiltinTask(config, reporter);
-      const result = await runLoop({ config, task, resume, reporter, shouldStop: () => stopRequested });
+      const task = await createTask(config, reporter);
+      // Each saved checkpoint gets the task's extra files (a user task's tokenizer) as soon as it is written.
+      const onIteration = ({ iteration }: { iteration: number }) => {
+        const dir = checkpointDir(config.run.dir, iterationCheckpointName(iteration));
+        if (iteration > 0 && existsSync(dir)) completeCheckpoint(task, dir);
+      };
+      const result = await runLoop({ config, task, resume, reporter, onIteration, shouldStop: () => stopRequested });
+      if (result.finalCheckpoint !== null) completeCheckpoint(task, result.finalCheckpoint);
       console.log(summaryTable(result.metrics));
       const elapsed = ((performance.now() - started) / 1000).toFixed(1);
       if (result.status === "interrupted") {

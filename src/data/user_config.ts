@@ -2,6 +2,8 @@
 // (model.tokenizer / model.chatTemplate, a `prompts` section, reward.sources / reward.evalSources /
 // reward.missingEosPenalty), and the mapping from a parsed config to createUserTask's options.
 
+import { resolve } from "node:path";
+
 import { z } from "zod";
 
 import { DEFAULT_MESSAGES_FIELD, DEFAULT_PROMPT_FIELD } from "./prompt_file.js";
@@ -97,6 +99,31 @@ function rewardConfig(sources: readonly RewardSourceConfig[], penalty: number): 
   // Optional fields left out by zod stay absent, so HttpRewardSource's defaults apply.
   const specs = sources.map((s) => Object.fromEntries(Object.entries(s).filter(([, v]) => v !== undefined)) as RewardSpec);
   return { sources: specs, missingEosPenalty: penalty };
+}
+
+function resolveSource(source: RewardSourceConfig, baseDir: string): RewardSourceConfig {
+  if (source.type === "http") return source;
+  const resolved = { ...source, path: resolve(baseDir, source.path) };
+  if (resolved.type === "model" && resolved.tokenizer !== undefined) resolved.tokenizer = resolve(baseDir, resolved.tokenizer);
+  return resolved;
+}
+
+/**
+ * A copy of `config` with its model, prompt and reward paths made absolute against `baseDir`. The run saves its
+ * config, and a resumed run reads it back without the config file whose folder relative paths were meant for.
+ */
+export function withAbsoluteUserPaths<C extends UserRunConfig>(config: C, baseDir: string): C {
+  const abs = (p: string | undefined) => (p === undefined ? undefined : resolve(baseDir, p));
+  const model = { ...config.model };
+  for (const key of ["policy", "reference", "tokenizer"] as const) {
+    const value = abs(model[key]);
+    if (value !== undefined) model[key] = value;
+  }
+  const reward = { ...config.reward };
+  if (reward.sources !== undefined) reward.sources = reward.sources.map((s) => resolveSource(s, baseDir));
+  if (reward.evalSources !== undefined) reward.evalSources = reward.evalSources.map((s) => resolveSource(s, baseDir));
+  const prompts = config.prompts === undefined ? undefined : { ...config.prompts, file: resolve(baseDir, config.prompts.file) };
+  return { ...config, model, reward, ...(prompts === undefined ? {} : { prompts }) };
 }
 
 /** createUserTask's options for a config; relative paths are resolved against `baseDir` (the config's folder). */

@@ -2,6 +2,7 @@
 // tokenizer and chat template, a JSONL prompt file split into train and held-out prompts, and reward sources.
 // It implements the loop's Task interface, so `optune run` treats it like the built-in task.
 
+import { existsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 import type { ChatRewardPrompt } from "../rewards/module.js";
@@ -89,6 +90,8 @@ function modelShape(dir: string): { vocabSize: number; maxPositions: number } {
 export async function createUserTask(options: UserTaskOptions): Promise<UserTask> {
   const baseDir = options.baseDir ?? process.cwd();
   const policyDir = resolve(baseDir, options.policy);
+  // Otherwise the first complaint would be a missing tokenizer.json, which hides the real mistake.
+  if (!existsSync(policyDir)) throw new Error(`the policy directory ${policyDir} does not exist`);
   const tokenizer = await HfTokenizer.load(
     options.tokenizer === undefined ? policyDir : resolve(baseDir, options.tokenizer),
     options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate },
@@ -149,6 +152,11 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
     },
     createRewardSource: () => source(options.reward),
     createEvalSource: () => source(options.evalReward ?? options.reward),
+    writeCheckpointExtras: (dir) => {
+      tokenizer.copyFilesTo(dir);
+      // chat_template.jinja wins over tokenizer_config.json's template, so the checkpoint keeps the override.
+      if (options.chatTemplate !== undefined) writeFileSync(join(dir, "chat_template.jinja"), options.chatTemplate);
+    },
   };
   return referenceDir === undefined ? task : { ...task, referenceDir };
 }

@@ -32,4 +32,9 @@ export interface Task {
   createRewardSource(): Promise<RewardSource>;
   /** The reward evaluation reports (for the built-in task: the hidden gold reward). */
   createEvalSource(): Promise<RewardSource>;
+  /**
+   * Writes what a saved checkpoint of the policy needs besides the weights and config.json (for a user task: its
+   * tokenizer files), so the checkpoint is a complete model directory. Absent when nothing is needed.
+   */
+  writeCheckpointExtras?(dir: string): void;
 }

@@ -1,0 +1,152 @@
+// `optune run` with `task: user`, through the real CLI (bin/optune.js on the compiled dist/): a config next to
+// its own reward module, pointing at the tiny fixtures by relative paths, run for 2 iterations and resumed for a
+// third; the checkpoints are complete model directories. A config missing its fields fails with a clear message.
+
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative, resolve } from "node:path";
+
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { EngineModel } from "../src/engine/index.js";
+import { loadModelDir } from "../src/tokenizer/index.js";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const FIXTURES = join(ROOT, "test", "fixtures", "hf");
+const scratch = mkdtempSync(join(tmpdir(), "optune-run-user-cli-"));
+// The config lives in its own folder and the CLI runs from another, so relative paths must follow the config.
+const configDir = join(scratch, "project");
+const elsewhere = join(scratch, "elsewhere");
+const runDir = join(scratch, "run");
+const moduleLog = join(scratch, "module_calls.jsonl");
+
+function optune(args: string[]) {
+  const result = spawnSync(process.execPath, [join(ROOT, "bin", "optune.js"), "run", ...args], {
+    cwd: elsewhere,
+    encoding: "utf8",
+    timeout: 120_000,
+  });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function metricsIterations(): number[] {
+  return readFileSync(join(runDir, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((line) => (JSON.parse(line) as { iteration: number }).iteration);
+}
+
+beforeAll(() => {
+  // The CLI runs the compiled code, so compile the sources under test first.
+  const tsc = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], {
+    cwd: ROOT,
+    encoding: "utf8",
+  });
+  if (tsc.status !== 0) throw new Error(`tsc failed:\n${tsc.stdout}${tsc.stderr}`);
+
+  mkdirSync(configDir);
+  mkdirSync(elsewhere);
+  writeFileSync(
+    join(configDir, "reward.mjs"),
+    `import { appendFileSync } from "node:fs";\n` +
+      `export function score(batch) {\n` +
+      `  appendFileSync(${JSON.stringify(moduleLog)}, batch.responses.length + "\\n");\n` +
+      `  return batch.responses.map((r) => r.length / 10);\n` +
+      `}\n`,
+  );
+  const fixtures = relative(configDir, FIXTURES);
+  const config = {
+    task: "user",
+    seed: 3,
+    model: { policy: join(fixtures, "smollm") },
+    prompts: { file: join(fixtures, "prompts.jsonl"), evalCount: 3, seed: 1 },
+    reward: {
+      sources: [
+        { type: "module", path: "reward.mjs" },
+        { type: "model", path: join(fixtures, "reward_llama"), weight: 0.5 },
+      ],
+      missingEosPenalty: 0.5,
+    },
+    loop: { iterations: 2, prompts: 8, k: 2, batchPairs: 4 },
+    eval: { prompts: 3, samples: 1 },
+    sampling: { maxNewTokens: 8 },
+    optim: { lr: 1e-3 },
+    run: { dir: runDir, checkpointEvery: 1 },
+  };
+  writeFileSync(join(configDir, "run.json"), JSON.stringify(config, null, 2));
+}, 180_000);
+
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+describe("optune run with task: user", () => {
+  it("runs 2 iterations and saves checkpoints that are complete model directories", async () => {
+    const run = optune(["--config", join(configDir, "run.json")]);
+    expect(run.stderr).not.toMatch(/optune:/);
+    expect(run.status).toBe(0);
+    expect(run.stdout).toContain(`final checkpoint ${join(runDir, "checkpoints", "final")}`);
+    expect(metricsIterations()).toEqual([0, 1, 2]);
+    // The module reward, found next to the config, scored the responses.
+    expect(readFileSync(moduleLog, "utf8").trim().split("\n").length).toBeGreaterThan(0);
+
+    const tokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"];
+    for (const name of ["iter-0001", "iter-0002", "final"]) {
+      const files = readdirSync(join(runDir, "checkpoints", name));
+      expect(files).toEqual(expect.arrayContaining(["config.json", "model.safetensors", ...tokenizerFiles]));
+    }
+    const final = join(runDir, "checkpoints", "final");
+    for (const name of tokenizerFiles) {
+      expect(readFileSync(join(final, name), "utf8")).toBe(readFileSync(join(FIXTURES, "smollm", name), "utf8"));
+    }
+    const model = await EngineModel.load(final);
+    await model.dispose();
+    // Tokenizer and weights load together from the one directory.
+    const loaded = await loadModelDir(final);
+    expect(loaded.tokenizer.vocabSize).toBeLessThanOrEqual(loaded.model.config.vocabSize);
+    await loaded.model.dispose();
+
+    // The saved config holds absolute paths, so the run resumes without its config file and from anywhere.
+    const saved = JSON.parse(readFileSync(join(runDir, "config.json"), "utf8")) as {
+      model: { policy: string };
+      reward: { sources: Array<{ path: string }> };
+    };
+    expect(saved.model.policy).toBe(join(FIXTURES, "smollm"));
+    expect(saved.reward.sources[0]!.path).toBe(join(configDir, "reward.mjs"));
+    const resumed = optune(["--resume", "--out", runDir, "--iterations", "3"]);
+    expect(resumed.stderr).not.toMatch(/optune:/);
+    expect(resumed.status).toBe(0);
+    expect(metricsIterations()).toEqual([0, 1, 2, 3]);
+    expect(existsSync(join(runDir, "checkpoints", "iter-0003", "tokenizer.json"))).toBe(true);
+  });
+
+  it("lists the fields a user config is missing, without a stack trace", () => {
+    const path = join(configDir, "incomplete.json");
+    writeFileSync(path, JSON.stringify({ task: "user", model: { policy: "policy" }, run: { dir: join(scratch, "bad") } }));
+    const run = optune(["--config", path]);
+    expect(run.status).not.toBe(0);
+    expect(run.stderr).toContain("optune: invalid config:");
+    expect(run.stderr).toContain("prompts.file: required when task is 'user' (a JSONL prompt file)");
+    expect(run.stderr).toContain("reward.sources: required when task is 'user' (at least one reward source)");
+    expect(run.stderr).not.toContain("model.policy");
+    expect(run.stderr).not.toMatch(/^\s+at /m);
+    expect(existsSync(join(scratch, "bad"))).toBe(false);
+  });
+
+  it("names a prompt file that does not exist, without a stack trace", () => {
+    const path = join(configDir, "no_prompts.yaml");
+    writeFileSync(
+      path,
+      [
+        "task: user",
+        `model: { policy: ${JSON.stringify(join(relative(configDir, FIXTURES), "smollm"))} }`,
+        "prompts: { file: data/missing.jsonl }",
+        "reward: { sources: [{ type: module, path: reward.mjs }] }",
+        `run: { dir: ${JSON.stringify(join(scratch, "bad2"))} }`,
+      ].join("\n"),
+    );
+    const run = optune(["--config", path]);
+    expect(run.status).not.toBe(0);
+    expect(run.stderr).toContain(`optune: cannot read prompt file ${join(configDir, "data", "missing.jsonl")}`);
+    expect(run.stderr).not.toMatch(/^\s+at /m);
+  });
+});
