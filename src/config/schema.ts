@@ -89,7 +89,7 @@ const LoopSchema = section({
 const LossSchema = section({
   type: choice(["dpo", "ipo", "wdpo"]).default("wdpo"),
   /** KL strength (DPO beta, IPO tau). */
-  beta: real(open(0), closed(100)).default(0.5),
+  beta: real(open(0), closed(100)).default(1),
   /** Sharpness of the wDPO weight function; only used by type 'wdpo'. */
   beta2: real(closed(0), closed(1000)).default(1),
   weightFn: choice(["linear", "exp", "sigmoid"]).default("linear"),
@@ -98,7 +98,7 @@ const LossSchema = section({
 const betaValue = () => real(closed(0), open(1));
 
 const OptimSchema = section({
-  lr: real(open(0), closed(1)).default(1e-4),
+  lr: real(open(0), closed(1)).default(3e-4),
   weightDecay: real(closed(0), closed(1)).default(0),
   /** Global gradient-norm clip; 0 disables clipping. */
   maxGradNorm: real(closed(0)).default(1),
@@ -154,18 +154,18 @@ const PrepareSchema = section({
   nLayer: integer(closed(1), closed(64)).default(2),
   nHead: integer(closed(1), closed(64)).default(4),
   dFf: integer(closed(8), closed(16384)).default(256),
-  sftEpochs: integer(closed(0), closed(100)).default(10),
+  sftEpochs: integer(closed(0), closed(100)).default(30),
   sftLr: real(open(0), closed(1)).default(3e-3),
   sftBatch: integer(closed(1), closed(4096)).default(32),
   /** 'policy': the reward model starts from the SFT policy's transformer (as in InstructGPT); 'random': from scratch. */
   rewardInit: choice(["policy", "random"]).default("policy"),
   /** Synthetic comparison pairs per train prompt (gold answer, corruptions, junk). */
-  rewardPairsPerPrompt: integer(closed(0), closed(64)).default(1),
+  rewardPairsPerPrompt: integer(closed(0), closed(64)).default(4),
   /** SFT-policy samples per train prompt, paired off and labelled by gold (even; 0 disables). */
   rewardPolicySamples: integer(closed(0), closed(64)).default(8),
   /** Fraction of preference labels flipped (annotator noise). */
   rewardFlipProb: real(closed(0), closed(1)).default(0.1),
-  rewardEpochs: integer(closed(0), closed(100)).default(10),
+  rewardEpochs: integer(closed(0), closed(100)).default(8),
   rewardLr: real(open(0), closed(1)).default(2e-3),
   rewardBatch: integer(closed(1), closed(4096)).default(32),
 });

@@ -5,6 +5,12 @@
 // duplicated or substituted character; an off-by-one or off-by-ten number).
 // A policy fitted to these is mediocre but improvable: exactly what the
 // preference loop needs to show progress.
+//
+// Independently of correctness, a share of demonstrations is "chatty": the
+// answer is followed by filler (" ok", "..."), as sloppy annotators write.
+// The gold reward penalizes it (edit distance and the format term), and it is
+// the kind of flaw a small learned reward model can recognise, so preference
+// tuning has something real to remove, as in RLHF on verbose SFT models.
 
 import { Rng } from "../../util/random.js";
 import { answerAlphabet, isNumericFamily, type Family, type Prompt } from "./prompts.js";
@@ -81,6 +87,17 @@ export function corruptAnswer(prompt: Pick<Prompt, "family" | "answer">, rng: Rn
   return prompt.answer + (answerAlphabet(prompt.family)[0] as string);
 }
 
+/** Filler a chatty demonstration appends after its answer (all characters are in the task's vocabulary). */
+export const FILLERS: readonly string[] = [" ok", " done", "..", " ?", ", ok", " yes"];
+
+/** Probability that a demonstration is chatty (answer + filler). */
+export const DEMO_CHATTY = 0.35;
+
+/** `text` followed by a random filler. */
+export function withFiller(text: string, rng: Rng): string {
+  return text + (FILLERS[rng.int(0, FILLERS.length - 1)] as string);
+}
+
 export interface Demo {
   promptId: number;
   /** The demonstrated response text, to be followed by <eos>. */
@@ -92,16 +109,21 @@ export interface DemoOptions {
   seed: number;
   /** Per-family probability of a correct demonstration; defaults to DEMO_ACCURACY. */
   accuracy?: Readonly<Record<Family, number>>;
+  /** Probability of a chatty demonstration (answer + filler); defaults to DEMO_CHATTY. */
+  chatty?: number;
 }
 
 /** One seeded demonstration per prompt, in the prompts' order. */
 export function makeDemos(prompts: readonly Prompt[], options: DemoOptions): Demo[] {
   const accuracy = options.accuracy ?? DEMO_ACCURACY;
+  const chatty = options.chatty ?? DEMO_CHATTY;
   const rng = new Rng(options.seed);
   return prompts.map((prompt) => {
     const p = accuracy[prompt.family];
     if (!(p >= 0 && p <= 1)) throw new RangeError(`accuracy for '${prompt.family}' must be in [0, 1], got ${p}`);
-    if (rng.bernoulli(p)) return { promptId: prompt.id, response: prompt.answer, correct: true };
-    return { promptId: prompt.id, response: corruptAnswer(prompt, rng), correct: false };
+    const correct = rng.bernoulli(p);
+    const answer = correct ? prompt.answer : corruptAnswer(prompt, rng);
+    const response = rng.bernoulli(chatty) ? withFiller(answer, rng) : answer;
+    return { promptId: prompt.id, response, correct: correct && response === prompt.answer };
   });
 }

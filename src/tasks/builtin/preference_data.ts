@@ -12,7 +12,7 @@
 // reward model the fine distinctions between the responses the loop will see.
 
 import { Rng } from "../../util/random.js";
-import { corruptAnswer } from "./demos.js";
+import { corruptAnswer, withFiller } from "./demos.js";
 import { goldReward } from "./gold.js";
 import { answerAlphabet, DIGITS, LETTERS, type Prompt } from "./prompts.js";
 
@@ -61,9 +61,15 @@ function randomText(alphabet: string, minLength: number, maxLength: number, rng:
 /** A candidate response of random quality for the prompt. */
 export function drawCandidate(prompt: Prompt, rng: Rng, noEosProb: number): Candidate {
   let text: string;
-  switch (rng.int(0, 4)) {
+  switch (rng.int(0, 6)) {
     case 0:
       text = prompt.answer;
+      break;
+    case 5:
+      text = withFiller(prompt.answer, rng);
+      break;
+    case 6:
+      text = withFiller(corruptAnswer(prompt, rng, 1), rng);
       break;
     case 1:
       text = corruptAnswer(prompt, rng, 1);

@@ -23,7 +23,7 @@ import { BOS_ID, decodeResponse, encode, encodePrompt, EOS_ID, PAD_ID, VOCAB_SIZ
 export type PrepareSettings = Config["prepare"];
 
 /** Bump when the preparation recipe changes, so old caches are not mistaken for new ones. */
-export const PREPARE_VERSION = 1;
+export const PREPARE_VERSION = 2;
 
 // <bos> + prompt (<= 24) + '=' + answer (<= 12) + <eos> is at most 39 tokens; sampling may run to 16 new tokens.
 const MAX_POSITIONS = 64;
