@@ -208,6 +208,28 @@ describe("bench end to end", () => {
     expect(result.outputs.plot).toBe(join(out, "gold-vs-wallclock.png"));
   });
 
+  it("benchmarks a user task (--config on your own model): relative paths start at baseDir", async () => {
+    const userOut = join(scratch, "bench-user");
+    const user = await runBench({
+      base: {
+        task: "user",
+        model: { policy: "smollm" },
+        prompts: { file: "prompts.jsonl", evalCount: 3, seed: 1 },
+        reward: { sources: [{ type: "model", path: "reward_llama" }] },
+        loop: { iterations: 2, prompts: 8, k: 2, batchPairs: 4 },
+        eval: { prompts: 3, samples: 1 },
+        sampling: { maxNewTokens: 8 },
+      },
+      baseDir: join(import.meta.dirname, "fixtures", "hf"),
+      preset: { name: "test", overrides: [], seeds: 2, ablationSeeds: 0 },
+      out: userOut,
+    });
+    expect(user.config.task).toBe("user");
+    expect(user.arms.map((a) => a.group)).toEqual(["main", "main", "main", "main", "main", "main"]);
+    expect(user.runs).toHaveLength(12);
+    expect(existsSync(join(userOut, "gold-vs-wallclock.png"))).toBe(true);
+  });
+
   it("refuses a bench directory that already holds runs", async () => {
     await expect(
       runBench({ base: { run: { cacheDir: join(scratch, "cache") } }, preset: { name: "test", overrides: [], seeds: 1, ablationSeeds: 0 }, out }),

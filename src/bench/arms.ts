@@ -9,12 +9,15 @@
 // arms instead of landing on one. Each run's models are deleted when it ends; its config.json and metrics.jsonl
 // stay under <out>/runs/.
 
+import { execFileSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { availableParallelism, cpus, loadavg } from "node:os";
 import { join } from "node:path";
 
 import { withOverrides } from "../cli/config_file.js";
 import { type Config, loadConfig } from "../config/schema.js";
+import { userTaskOptions } from "../data/user_config.js";
+import { createUserTask } from "../data/user_task.js";
 import type { IterationMetrics } from "../loop/metrics.js";
 import { runDirInUse, runLoop } from "../loop/run.js";
 import { createBuiltinTask } from "../tasks/builtin/task.js";
@@ -140,8 +143,15 @@ export interface BenchOptions {
   /** The bench directory; must not hold a bench yet. */
   out: string;
   reporter?: Reporter;
-  /** How a run's task is made (default: the built-in task, as `optune run` does). */
+  /** Where a user task's relative paths start (the config file's folder; default: the working directory). */
+  baseDir?: string;
+  /** How a run's task is made (default: as `optune run` makes it: the built-in task, or the user task). */
   createTask?: (config: Config, reporter: Reporter) => Promise<Task>;
+}
+
+function taskMaker(baseDir: string): (config: Config, reporter: Reporter) => Promise<Task> {
+  return async (config, reporter) =>
+    config.task === "user" ? createUserTask(userTaskOptions(config, baseDir)) : createBuiltinTask(config, reporter);
 }
 
 export interface RunRecord {
@@ -165,6 +175,8 @@ export interface BenchResult {
   version: 1;
   preset: string;
   createdAt: string;
+  /** The checkout the bench ran from (null outside a git checkout); dirty: it had uncommitted changes. */
+  git: { commit: string; dirty: boolean } | null;
   benchSeconds: number;
   machine: BenchMachine;
   /** The resolved base config of every arm (arms change only strategy, statistic, loss type, weightFn, seed, dir). */
@@ -174,6 +186,15 @@ export interface BenchResult {
   aggregate: BenchAggregate;
   runs: RunRecord[];
   outputs: { json: string; markdown: string; plot: string };
+}
+
+function gitState(): BenchResult["git"] {
+  try {
+    const run = (args: string[]) => execFileSync("git", args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+    return { commit: run(["rev-parse", "HEAD"]), dirty: run(["status", "--porcelain", "--untracked-files=no"]) !== "" };
+  } catch {
+    return null;
+  }
 }
 
 function baseConfig(options: BenchOptions): { raw: unknown; config: Config } {
@@ -186,7 +207,7 @@ function baseConfig(options: BenchOptions): { raw: unknown; config: Config } {
 export async function runBench(options: BenchOptions): Promise<BenchResult> {
   if (runDirInUse(options.out)) throw new Error(`${options.out} is not empty: choose another bench directory`);
   const reporter = options.reporter ?? silentReporter;
-  const createTask = options.createTask ?? createBuiltinTask;
+  const createTask = options.createTask ?? taskMaker(options.baseDir ?? process.cwd());
   const started = performance.now();
   const loadStart = loadavg()[0] as number;
   const { raw, config } = baseConfig(options);
@@ -236,6 +257,7 @@ export async function runBench(options: BenchOptions): Promise<BenchResult> {
     version: 1,
     preset: options.preset.name,
     createdAt: new Date().toISOString(),
+    git: gitState(),
     benchSeconds: (performance.now() - started) / 1000,
     machine: {
       cpus: availableParallelism(),

@@ -43,7 +43,8 @@ function row(arm: Arm, result: BenchResult, withSeeds: boolean): string {
     meanStd(a.finalGold),
     reached,
     a.speedup === null ? "-" : `${fixed(a.speedup, 2)}x`,
-    `${fixed(s.generation, 2)} / ${fixed(s.scoring, 2)} / ${fixed(s.training, 2)} / ${fixed(s.other, 2)} = ${fixed(s.wall, 2)}`,
+    `${fixed(s.generation, 2)} / ${fixed(s.scoring, 2)} / ${fixed(s.training, 2)} / ${fixed(s.other, 2)} = ${fixed(s.wall, 2)}` +
+      ` (${all === undefined ? "-" : percentOf(s.wall, all.totals.seconds.wall)})`,
     `${a.totals.tokensGenerated.toFixed(0)} (${all === undefined ? "-" : percentOf(a.totals.tokensGenerated, all.totals.tokensGenerated)})`,
     `${fixed(s.generation, 2)} (${all === undefined ? "-" : percentOf(s.generation, all.totals.seconds.generation)})`,
   ];
@@ -57,7 +58,7 @@ function table(arms: readonly Arm[], result: BenchResult, withSeeds: boolean): s
     "final gold (mean ± std)",
     "time to target, s",
     `speedup vs ${result.aggregate.baseline}`,
-    "wall-clock s: gen / score / train / other = total",
+    "wall-clock s: gen / score / train / other = total (vs all)",
     "tokens generated (vs all)",
     "generation s (vs all)",
   ];
@@ -83,7 +84,8 @@ export function markdownReport(result: BenchResult): string {
     `Gold reward: ${aggregate.gold === "sampled" ? `mean gold reward of the ${config.eval.samples} sampled responses per eval prompt` : "gold reward of the greedy response per eval prompt"}; ` +
       `starting policy ${fixed(aggregate.start, 3)}; target = ${aggregate.baseline}'s final seed-mean ${fixed(aggregate.target, 3)}.`,
     `Machine: ${machine.cpus} CPUs (${machine.cpuModel}), Node ${machine.node}, 1-min load ${fixed(machine.loadStart, 2)} at start, ` +
-      `${fixed(machine.loadEnd, 2)} at end; the bench took ${fixed(result.benchSeconds, 0)} s.`,
+      `${fixed(machine.loadEnd, 2)} at end; the bench took ${fixed(result.benchSeconds, 0)} s` +
+      (result.git === null ? "." : `; commit ${result.git.commit.slice(0, 7)}${result.git.dirty ? " with uncommitted changes" : ""}.`),
     "",
     ...table(main, result, false),
   ];
@@ -108,8 +110,8 @@ export function markdownReport(result: BenchResult): string {
       `Evaluation is not part of it (it measures the policy; about ${fixed(evalSeconds, 2)} s per run here). ` +
       "Time to target: the first iteration whose seed-mean gold reaches the target, interpolated linearly in seed-mean " +
       "wall-clock from the iteration before; 0 when the starting policy already reaches it. Speedup = the baseline's time " +
-      "to target / the arm's. ± is the sample standard deviation over seeds. Tokens and generation seconds are compared " +
-      "with the `all` arm of the same loss.",
+      "to target / the arm's. ± is the sample standard deviation over seeds. Wall-clock, tokens and generation seconds " +
+      "are compared with the `all` arm of the same loss (over the same iterations).",
   );
   return `${lines.join("\n")}\n`;
 }

@@ -4,6 +4,7 @@
 // as the default action of `bench`) can be added here without touching the engine one.
 
 import { readFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
 
 import { Command, InvalidArgumentError } from "commander";
 
@@ -112,6 +113,8 @@ function addBaselinesAction(bench: Command): Command {
     }
     const result = await runBench({
       base: options.config === undefined ? {} : readConfigFile(options.config),
+      // A user task's relative paths are relative to its config file, as in `optune run`.
+      baseDir: options.config === undefined ? process.cwd() : dirname(resolve(options.config)),
       preset,
       overrides,
       ...(options.seeds !== undefined ? { seeds: options.seeds } : {}),
