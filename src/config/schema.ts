@@ -98,7 +98,7 @@ const LossSchema = section({
 const betaValue = () => real(closed(0), open(1));
 
 const OptimSchema = section({
-  lr: real(open(0), closed(1)).default(3e-4),
+  lr: real(open(0), closed(1)).default(1.5e-4),
   weightDecay: real(closed(0), closed(1)).default(0),
   /** Global gradient-norm clip; 0 disables clipping. */
   maxGradNorm: real(closed(0)).default(1),
