@@ -3,9 +3,10 @@
 // is rebuilt as a conversation and rendered with the reward model's OWN chat template and tokenizer, because its
 // vocabulary generally differs from the policy's. Without a chat template, prompt text + response text is scored.
 
-import { EngineModel, packBatch } from "../engine/index.js";
+import { EngineModel } from "../engine/index.js";
 import { type ChatMessage, HfTokenizer } from "../tokenizer/index.js";
 import type { ChatRewardPrompt } from "./module.js";
+import { scoreInChunks } from "./reward_model.js";
 import { checkRewardBatch, type RewardBatch, type RewardResponse, type RewardSource } from "./source.js";
 
 export interface HfRewardModelOptions {
@@ -97,12 +98,7 @@ export class HfRewardModelSource implements RewardSource {
       }
       return { prompt: ids, response: [] };
     });
-    const rewards: number[] = [];
-    for (let start = 0; start < sequences.length; start += this.chunkSize) {
-      const scores = await this.model.scores(packBatch(sequences.slice(start, start + this.chunkSize)));
-      for (const s of scores) rewards.push(s);
-    }
-    return rewards;
+    return scoreInChunks(this.model, sequences, this.chunkSize);
   }
 
   async dispose(): Promise<void> {

@@ -5,6 +5,16 @@ import { EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
 import { checkRewardBatch, type RewardBatch, type RewardPrompt, type RewardResponse, type RewardSource } from "./source.js";
 
 /** Turns one item into the reward model's token ids; the default reuses the policy's ids as they are. */
+/** Scores of `sequences` from a reward model, `chunkSize` sequences per engine call (bounds activation memory). */
+export async function scoreInChunks(model: EngineModel, sequences: readonly SequenceInput[], chunkSize: number): Promise<number[]> {
+  const rewards: number[] = [];
+  for (let start = 0; start < sequences.length; start += chunkSize) {
+    const scores = await model.scores(packBatch(sequences.slice(start, start + chunkSize)));
+    for (const s of scores) rewards.push(s);
+  }
+  return rewards;
+}
+
 export type RewardModelEncoder = (prompt: RewardPrompt, response: RewardResponse) => SequenceInput;
 
 export interface RewardModelSourceOptions {
@@ -42,12 +52,7 @@ export class RewardModelSource implements RewardSource {
   async score(batch: RewardBatch): Promise<number[]> {
     checkRewardBatch(batch);
     const sequences = batch.responses.map((response, i) => this.encode(batch.prompts[i] as RewardPrompt, response));
-    const rewards: number[] = [];
-    for (let start = 0; start < sequences.length; start += this.chunkSize) {
-      const scores = await this.model.scores(packBatch(sequences.slice(start, start + this.chunkSize)));
-      for (const s of scores) rewards.push(s);
-    }
-    return rewards;
+    return scoreInChunks(this.model, sequences, this.chunkSize);
   }
 
   async dispose(): Promise<void> {
