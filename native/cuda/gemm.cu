@@ -1,0 +1,56 @@
+// Row-major GEMMs on cuBLAS (which is column-major). A row-major [M, N] matrix with leading dimension ld is, read
+// column-major, its transpose [N, M] with the same ld, so C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T:
+// cuBLAS gets B first, then A, with m = N, n = M, and each operand keeps its own transpose flag.
+#include <algorithm>
+
+#include <cuda_bf16.h>
+
+#include "check.cuh"
+#include "ops.h"
+
+namespace optune::cuda {
+
+// One handle per host thread (cuBLAS handles must not be shared by threads issuing work concurrently), created on
+// first use and kept for the thread's lifetime: destroying it at exit could run after the CUDA context is gone.
+static cublasHandle_t cublas() {
+  thread_local cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    OPTUNE_CUBLAS_CHECK(cublasCreate(&h));
+    // fp32 stays fp32: no TF32 tensor-core rounding unless a caller asks for it later (parity with the CPU first).
+    OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+    return h;
+  }();
+  return handle;
+}
+
+static cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+          int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  OPTUNE_CUBLAS_CHECK(cublasSgemm(cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
+               const uint16_t* B, int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  OPTUNE_CUBLAS_CHECK(cublasGemmEx(cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, B, CUDA_R_16BF, ldb, A,
+                                   CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+}
+
+__global__ void to_bf16_kernel(__nv_bfloat16* out, const float* inp, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = __float2bfloat16_rn(inp[i]);
+}
+
+void to_bf16(uint16_t* out, const float* inp, int64_t n) {
+  if (n <= 0) return;
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65536));
+  to_bf16_kernel<<<blocks, threads>>>(reinterpret_cast<__nv_bfloat16*>(out), inp, n);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace optune::cuda

@@ -1,0 +1,107 @@
+// Token log-probs through the LM head without materializing [n x vocab] logits, as cpu/logprob.cpp: rows go in
+// chunks; per chunk the h rows are gathered, logits = H W^T come from one cuBLAS sgemm, and a fused kernel (one block
+// per row) reduces max and sum-exp and picks the target's log-prob. Backward recomputes the chunk's logits (cheaper
+// than storing them for 50k-150k vocabularies) and turns them in place into dLoss/dlogits, then two GEMMs give dH and
+// dW. dh[src[r]] += dH[r] runs one thread per column over the chunk's rows in order, so repeated src rows need no
+// atomics and the sum order is fixed.
+#include <algorithm>
+
+#include "check.cuh"
+#include "core/error.h"
+#include "memory.h"
+#include "ops.h"
+#include "reduce.cuh"
+
+namespace optune::cuda {
+
+static constexpr int kThreads = 256;
+
+int logprob_chunk_rows(int vocab) {
+  const int64_t budget = 64 << 20;  // floats per chunk (256 MB of logits): large GEMMs, bounded memory
+  return static_cast<int>(std::max<int64_t>(8, std::min<int64_t>(8192, budget / std::max(vocab, 1))));
+}
+
+__global__ void gather_rows_kernel(float* out, const float* h, const int32_t* src, int rows, int d) {
+  const float* s = h + static_cast<int64_t>(src[blockIdx.x]) * d;
+  float* o = out + static_cast<int64_t>(blockIdx.x) * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = s[i];
+}
+
+// lse of one row of logits; every thread of the block gets it.
+__device__ float row_lse(const float* z, int vocab, float* scratch) {
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, z[j]);
+  mx = block_max(mx, scratch);
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += expf(z[j] - mx);
+  s = block_sum(s, scratch);
+  return mx + logf(s);
+}
+
+__global__ void logprob_forward_kernel(float* logp, const float* logits, const int32_t* target, int vocab) {
+  __shared__ float scratch[32];
+  const float* z = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  const float lse = row_lse(z, vocab, scratch);
+  if (threadIdx.x == 0) logp[blockIdx.x] = z[target[blockIdx.x]] - lse;
+}
+
+// z <- g * (onehot(target) - softmax(z)) = dLoss/dz, in place.
+__global__ void logprob_backward_kernel(float* logits, const float* g, const int32_t* target, int vocab) {
+  __shared__ float scratch[32];
+  float* z = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  const float lse = row_lse(z, vocab, scratch);  // ends with __syncthreads: every read of z is done
+  const float gr = g[blockIdx.x];
+  const int t = target[blockIdx.x];
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) z[j] = -gr * expf(z[j] - lse) + (j == t ? gr : 0.0f);
+}
+
+__global__ void scatter_add_rows_kernel(float* dh, const float* rows_buf, const int32_t* src, int rows, int d) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= d) return;
+  for (int r = 0; r < rows; r++) dh[static_cast<int64_t>(src[r]) * d + i] += rows_buf[static_cast<int64_t>(r) * d + i];
+}
+
+// Gathers the chunk's h rows into hbuf and computes its logits [rows, vocab].
+static void chunk_logits(float* hbuf, float* logits, const float* h, const int32_t* src, int rows, const float* w,
+                         int d, int vocab) {
+  gather_rows_kernel<<<rows, kThreads>>>(hbuf, h, src, rows, d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+  gemm(false, true, rows, vocab, d, 1.0f, hbuf, d, w, d, 0.0f, logits, vocab);
+}
+
+void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
+                     int d, int vocab, int chunk_rows) {
+  if (n <= 0) return;
+  OPTUNE_CHECK(vocab > 0 && d > 0, "logprob_forward: vocab and d must be positive");
+  const int chunk = std::min(n, chunk_rows > 0 ? chunk_rows : logprob_chunk_rows(vocab));
+  Buffer<float> hbuf(static_cast<size_t>(chunk) * d, "logprob hidden-state chunk");
+  Buffer<float> logits(static_cast<size_t>(chunk) * vocab, "logprob logits chunk");
+  for (int r0 = 0; r0 < n; r0 += chunk) {
+    const int rows = std::min(chunk, n - r0);
+    chunk_logits(hbuf.data(), logits.data(), h, src + r0, rows, w, d, vocab);
+    logprob_forward_kernel<<<rows, kThreads>>>(logp + r0, logits.data(), target + r0, vocab);
+    OPTUNE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
+                      int n, const float* w, int d, int vocab, int chunk_rows) {
+  if (n <= 0) return;
+  OPTUNE_CHECK(vocab > 0 && d > 0, "logprob_backward: vocab and d must be positive");
+  const int chunk = std::min(n, chunk_rows > 0 ? chunk_rows : logprob_chunk_rows(vocab));
+  Buffer<float> hbuf(static_cast<size_t>(chunk) * d, "logprob hidden-state chunk");
+  Buffer<float> dhbuf(static_cast<size_t>(chunk) * d, "logprob hidden-state gradient chunk");
+  Buffer<float> logits(static_cast<size_t>(chunk) * vocab, "logprob logits chunk");
+  for (int r0 = 0; r0 < n; r0 += chunk) {
+    const int rows = std::min(chunk, n - r0);
+    chunk_logits(hbuf.data(), logits.data(), h, src + r0, rows, w, d, vocab);
+    logprob_backward_kernel<<<rows, kThreads>>>(logits.data(), g + r0, target + r0, vocab);
+    OPTUNE_CUDA_CHECK_LAUNCH();
+    gemm(false, false, rows, d, vocab, 1.0f, logits.data(), vocab, w, d, 0.0f, dhbuf.data(), d);  // dH = dZ W
+    gemm(true, false, vocab, d, rows, 1.0f, logits.data(), vocab, hbuf.data(), d, 1.0f, dw, d);   // dW += dZ^T H
+    scatter_add_rows_kernel<<<(d + kThreads - 1) / kThreads, kThreads>>>(dh, dhbuf.data(), src + r0, rows, d);
+    OPTUNE_CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace optune::cuda

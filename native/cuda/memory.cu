@@ -1,0 +1,72 @@
+// Device discovery, allocation and copies. Allocation failures say how much was asked for and how much the device
+// has free, so "out of memory" comes with the numbers needed to pick a smaller batch.
+#include <cstdio>
+#include <string>
+
+#include "check.cuh"
+#include "core/error.h"
+#include "memory.h"
+
+namespace optune::cuda {
+
+static std::string mib(size_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return buf;
+}
+
+int device_count() {
+  int n = 0;
+  // No driver, no device, or a driver older than the runtime: all mean "no usable GPU" here, not an error.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string device_description(int device) {
+  cudaDeviceProp p;
+  OPTUNE_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  char buf[320];
+  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %.1f GiB)", p.name, p.major, p.minor,
+                static_cast<double>(p.totalGlobalMem) / (1u << 30));
+  return buf;
+}
+
+void synchronize() { OPTUNE_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+void* device_alloc(size_t bytes, const char* what) {
+  if (bytes == 0) return nullptr;
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();  // not sticky: clear it so later calls do not report it again
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw Error("CUDA out of memory allocating " + mib(bytes) + " for " + what + " (" + mib(free_b) + " free of " +
+                mib(total_b) + "); use fewer or shorter sequences per batch");
+  }
+  if (err != cudaSuccess) throw_cuda_error(err, "cudaMalloc", __FILE__, __LINE__);
+  return p;
+}
+
+void device_free(void* p) noexcept {
+  // cudaFree of a valid pointer only fails when the context is already broken; that was reported where it broke.
+  if (p) cudaFree(p);
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) OPTUNE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) OPTUNE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void copy_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) OPTUNE_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+void fill_zero(void* p, size_t bytes) {
+  if (bytes) OPTUNE_CUDA_CHECK(cudaMemset(p, 0, bytes));
+}
+
+}  // namespace optune::cuda

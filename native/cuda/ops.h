@@ -1,0 +1,75 @@
+// CUDA kernels, forward and backward side by side, with the same conventions as the CPU reference (cpu/ops.h):
+// activations are row-major [rows, features]; backward ACCUMULATES (+=) into parameter and input gradients except
+// where noted (attention writes dq/dk/dv, as on the CPU). Every pointer is device memory, including the int32 index
+// arrays (offsets, positions, src/target rows). Work goes to the default stream; calls return once queued, and an
+// error inside a kernel surfaces at the next synchronizing call (copy, synchronize) as an optune::Error.
+// Plain C++: callers need no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace optune::cuda {
+
+// ---- GEMM (cuBLAS) ---------------------------------------------------------------------------------------------
+// Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, as cpu::gemm. Pure fp32 (no TF32).
+void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+          int ldb, float beta, float* C, int ldc);
+// The same with bf16 inputs (raw bf16 bits as uint16_t) and fp32 accumulation and output (cublasGemmEx).
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
+               const uint16_t* B, int ldb, float beta, float* C, int ldc);
+// fp32 -> bf16 (round to nearest even), n elements.
+void to_bf16(uint16_t* out, const float* inp, int64_t n);
+
+// ---- normalization ---------------------------------------------------------------------------------------------
+void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
+                       int rows, int d, float eps);
+void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
+                        const float* mean, const float* rstd, int rows, int d);
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps);
+void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
+                      int rows, int d);
+
+// ---- activations -----------------------------------------------------------------------------------------------
+void gelu_forward(float* out, const float* inp, int64_t n);
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+
+// ---- rotary position embedding (in place; rotate_half layout, as cpu::rope_*) -----------------------------------
+void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+
+// ---- causal self-attention over a packed ragged batch ----------------------------------------------------------
+// Layout as cpu::attention_forward (offsets[n_seq + 1], q [T, H*hd] stride qs, k/v [T, KV*hd] strides ks/vs,
+// out [T, H*hd]). Instead of the [L, L] probabilities the forward saves lse[T * n_head] (log-sum-exp of each query
+// row's scaled scores, index row * n_head + h), from which backward recomputes them tile by tile.
+// max_len: the longest sequence (sizes the grid). head_dim <= kAttentionMaxHeadDim.
+constexpr int kAttentionMaxHeadDim = 128;
+void attention_forward(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
+                       const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim);
+// dq, dk, dv are written (not accumulated) with the strides of q, k, v. `out` is the forward's output.
+// T: total rows (offsets[n_seq]); a scratch of T * n_head floats is allocated for rowsum(dO * O).
+void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
+                        const float* q, int qs, const float* k, int ks, const float* v, int vs,
+                        const int32_t* offsets, int n_seq, int max_len, int T, int n_head, int n_kv_head,
+                        int head_dim);
+
+// ---- token log-probs through the LM head without the full [n x vocab] logits -----------------------------------
+// As cpu::logprob_forward/backward: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W [V, D]; rows go in chunks
+// of chunk_rows (0: logprob_chunk_rows(vocab)), whose logits are the only [rows x V] buffer (allocated per call).
+int logprob_chunk_rows(int vocab);
+void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
+                     int d, int vocab, int chunk_rows = 0);
+void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
+                      int n, const float* w, int d, int vocab, int chunk_rows = 0);
+
+// ---- AdamW -----------------------------------------------------------------------------------------------------
+// sum of g[i]^2 in double, reduced in a fixed order (same result on every run); the caller takes the sqrt, checks
+// it is finite and derives the clip factor, as core/adamw.cpp does.
+double sum_squares(const float* g, size_t n);
+// One tensor's update, element for element core/adamw.cpp's loop: gi = g*clip; p *= decay; m, v moments;
+// p -= step_size * m / (sqrt(v) / bc2_sqrt + eps). decay = 1 - lr*wd for decayed tensors, else 1.
+void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float decay, float beta1, float beta2,
+                float eps, float step_size, float bc2_sqrt, float clip);
+
+}  // namespace optune::cuda
