@@ -89,6 +89,15 @@ export function markdownReport(result: BenchResult): string {
     "",
     ...table(main, result, false),
   ];
+  const baselineReached = aggregate.arms.find((a) => a.id === aggregate.baseline)?.timeToTarget.iteration ?? null;
+  if (baselineReached !== null && baselineReached <= 1) {
+    // Iteration 1 regenerates every prompt in every arm: reaching the target there compares timings of the same work.
+    lines.push(
+      "",
+      `Note: ${aggregate.baseline} already reaches its final gold in iteration ${baselineReached}; iteration 1 regenerates every ` +
+        "prompt in every arm, so the times to target compare the same work, and the speedups are timing noise.",
+    );
+  }
   for (const [title, group] of [
     ["selection statistic", statistic],
     ["wDPO weight function", weightFn],
