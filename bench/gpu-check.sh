@@ -60,7 +60,9 @@ names = {}
 path = os.path.join(out, "ctest.log")
 text = open(path, errors="replace").read() if os.path.exists(path) else ""
 for line in text.splitlines():
-    m = re.match(r"^(\d+): (ok  |FAIL|SKIPPED)", line)
+    m = re.match(r"^(\d+): (ok  |FAIL|SKIPPED)(: no CUDA device \S)?", line)
+    if m and m.group(2) == "SKIPPED" and not m.group(3):
+        m = None  # the "SKIPPED: N cases" note, not a case
     if m:
         t = tests.setdefault(m.group(1), {"ok": 0, "fail": 0, "skipped": 0, "summary": None})
         t[{"ok  ": "ok", "FAIL": "fail", "SKIPPED": "skipped"}[m.group(2)]] += 1
