@@ -8,5 +8,19 @@ if (!existsSync(fileURLToPath(cli))) {
   console.error("optune: the CLI is not compiled: run `npm run build` (or `npm install`) in the package directory");
   process.exit(1);
 }
-const { main } = await import(cli.href);
+// Until the CLI module has loaded (loading can fail too), errors print with this; then with the CLI's own format.
+let format = (err) => {
+  const debug = process.argv.includes("--debug");
+  return `optune: ${err instanceof Error ? (debug ? err.stack : err.message) : String(err)}`;
+};
+// A failure nobody awaited (a stray promise in a reward module, say) still ends the run with one clean message and
+// exit code 1 instead of Node's stack dump; what the run saved is complete, as every write is atomic.
+const fatal = (err) => {
+  console.error(format(err));
+  process.exit(1);
+};
+process.on("unhandledRejection", fatal);
+process.on("uncaughtException", fatal);
+const { main, formatError, debugRequested } = await import(cli.href).catch(fatal);
+format = (err) => formatError(err, debugRequested(process.argv));
 process.exitCode = await main(process.argv);

@@ -106,6 +106,13 @@ const OptimSchema = section({
   betas: z
     .tuple([betaValue(), betaValue()], { error: "must be a pair [beta1, beta2]" })
     .default([0.9, 0.999]),
+  /**
+   * A step whose gradient is NaN or Inf is refused by the engine (weights unchanged). false or absent: the run
+   * stops there, keeping the last completed iteration; true: that minibatch is skipped, counted in
+   * train.skippedSteps, and training goes on. Optional rather than defaulted so configs saved before it existed
+   * resolve unchanged.
+   */
+  skipNonFinite: flag().optional(),
 });
 
 const SamplingSchema = section({

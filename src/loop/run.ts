@@ -27,8 +27,8 @@ import { createPool, trainablePairs, type Pool } from "./pool.js";
 import { recomputePoolReference } from "./reference.js";
 import { engineSeed, iterationRng, Purpose } from "./seeds.js";
 import { selectPrompts } from "./selection.js";
-import { loadRunState, saveRunState, type RunState } from "./state.js";
-import { trainOnPool, type TrainSettings, type TrainSummary } from "./train.js";
+import { checkResumeConfig, isTempLeftover, loadRunState, removeLeftovers, saveRunState, type RunState } from "./state.js";
+import { NonFiniteStepError, trainOnPool, type TrainSettings, type TrainSummary } from "./train.js";
 import { updatePairs } from "./update_pool.js";
 
 export interface RunOptions {
@@ -56,9 +56,9 @@ export interface RunResult {
 export const CONFIG_FILE = "config.json";
 export const METRICS_FILE = "metrics.jsonl";
 
-/** True when `dir` already holds files of a run. */
+/** True when `dir` already holds files of a run (a temp file of a run killed before it wrote any does not count). */
 export function runDirInUse(dir: string): boolean {
-  return existsSync(dir) && readdirSync(dir).length > 0;
+  return existsSync(dir) && readdirSync(dir).some((name) => !isTempLeftover(name));
 }
 
 function trainSettings(config: Config): TrainSettings {
@@ -73,6 +73,7 @@ function trainSettings(config: Config): TrainSettings {
     },
     batchPairs: config.loop.batchPairs,
     epochs: config.loop.epochs,
+    skipNonFinite: config.optim.skipNonFinite === true,
   };
 }
 
@@ -126,8 +127,11 @@ function selectedPrompts(ctx: LoopContext, iteration: number): TaskPrompt[] {
   return ids.map((id) => ctx.promptsById.get(id)!);
 }
 
+/** An iteration's record; train.skippedSteps counts minibatches skipped for a non-finite gradient (skipNonFinite). */
+type IterationRecord = IterationMetrics & { train: { skippedSteps: number } };
+
 interface IterationOutcome {
-  metrics: IterationMetrics | null;
+  metrics: IterationRecord | null;
 }
 
 async function runIteration(ctx: LoopContext, iteration: number): Promise<IterationOutcome> {
@@ -176,17 +180,28 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
 
   // Training.
   const trainingStart = performance.now();
-  const summary: TrainSummary = await trainOnPool(
-    ctx.policy,
-    ctx.state.pool,
-    ctx.promptIds,
-    trainSettings(config),
-    iterationRng(config.seed, iteration, Purpose.shuffle),
-    {
-      shouldStop: ctx.shouldStop,
-      onStep: (done, total) => reporter.status(`${label}: training step ${done}/${total}`),
-    },
-  );
+  let summary: TrainSummary;
+  try {
+    summary = await trainOnPool(
+      ctx.policy,
+      ctx.state.pool,
+      ctx.promptIds,
+      trainSettings(config),
+      iterationRng(config.seed, iteration, Purpose.shuffle),
+      {
+        shouldStop: ctx.shouldStop,
+        onStep: (done, total) => reporter.status(`${label}: training step ${done}/${total}`),
+      },
+    );
+  } catch (err) {
+    if (!(err instanceof NonFiniteStepError)) throw err;
+    // Nothing of this iteration is saved, so the run directory still holds the previous one, ready to resume.
+    throw new Error(
+      `${label}, ${err.message}. The run stopped; iteration ${iteration - 1} is saved in ${ctx.runDir}. To skip such ` +
+        `steps instead, set optim.skipNonFinite: true (for this run: in ${join(ctx.runDir, CONFIG_FILE)}, then resume it)`,
+      { cause: err },
+    );
+  }
   const trainingSeconds = seconds(trainingStart);
   if (summary.stopped || ctx.shouldStop()) return { metrics: null };
 
@@ -197,7 +212,7 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
   const evaluationSeconds = seconds(evaluationStart);
   const evaluated = evalMetrics(result, ctx.state.initialEval);
 
-  const metrics: IterationMetrics = {
+  const metrics: IterationRecord = {
     iteration,
     proxy: {
       chosen: mean(newPairs.map((p) => p.rewardChosen)),
@@ -215,6 +230,7 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
       chosenReward: summary.chosenReward,
       rejectedReward: summary.rejectedReward,
       steps: summary.steps,
+      skippedSteps: summary.skippedSteps,
       pairs: summary.pairs,
     },
     weights: summary.weights,
@@ -236,7 +252,7 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
 }
 
 /** Iteration 0: the starting policy's evaluation, the baseline of every win rate. */
-async function evaluateStart(ctx: LoopContext): Promise<IterationMetrics> {
+async function evaluateStart(ctx: LoopContext): Promise<IterationRecord> {
   ctx.reporter.status(`evaluating the starting policy on ${ctx.task.evalPrompts.length} held-out prompts`);
   const started = performance.now();
   const result = await evaluatePolicy(ctx.policy, ctx.reference, ctx.task, ctx.evaluator, ctx.proxy, evalSettings(ctx.config));
@@ -249,7 +265,7 @@ async function evaluateStart(ctx: LoopContext): Promise<IterationMetrics> {
     gold: evaluated.gold,
     winRate: evaluated.winRate,
     kl: evaluated.kl,
-    train: { loss: null, accuracy: null, margin: null, chosenReward: null, rejectedReward: null, steps: 0, pairs: 0 },
+    train: { loss: null, accuracy: null, margin: null, chosenReward: null, rejectedReward: null, steps: 0, skippedSteps: 0, pairs: 0 },
     weights: null,
     generation: { promptsRegenerated: 0, tokensGenerated: 0, referenceSequences: 0, trainablePairs: 0 },
     seconds: { generation: 0, scoring: 0, training: 0, evaluation: elapsed, total: elapsed },
@@ -285,10 +301,13 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   const shouldStop = options.shouldStop ?? (() => false);
   const runDir = config.run.dir;
   const resume = options.resume === true;
-  const loaded = resume ? loadRunState(runDir) : null;
   if (!resume && runDirInUse(runDir)) {
     throw new Error(`${runDir} already holds a run: resume it, or choose another run directory`);
   }
+  if (resume) checkResumeConfig(runDir, config, CONFIG_FILE);
+  // A run killed while saving leaves temp files; the saved state itself is complete (state.ts).
+  removeLeftovers(runDir);
+  const loaded = resume ? loadRunState(runDir) : null;
   mkdirSync(runDir, { recursive: true });
   writeJsonAtomic(join(runDir, CONFIG_FILE), config);
 

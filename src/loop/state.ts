@@ -7,12 +7,18 @@
 //   <run>/state/iter-000t/reference/  the reference model, only when it is refreshed (else it is the start policy)
 //   <run>/state/iter-000t/optimizer.safetensors  the policy's AdamW moments and step count
 //
-// A state directory is complete before latest.json points at it, so a crash at any moment leaves the previous
-// state usable. The random state needs no saving: every draw derives from (seed, iteration) (see seeds.ts).
+// A state directory is complete before latest.json points at it (every file in it is itself written to a temp
+// name, fsynced and renamed), so a SIGKILL at any moment leaves the previous state or the new one usable. The
+// random state needs no saving: every draw derives from (seed, iteration) (see seeds.ts), so restoring the
+// iteration counter restores the random streams. What a killed save leaves behind (temp files, a half-written
+// state directory, a checkpoint's temp directory) is removed by removeLeftovers when the run is resumed.
+//
+// A run resumes only under the config it was started with, except for RESUMABLE_CHANGES (checkResumeConfig).
 
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
+import { type Config, ConfigError, loadConfig } from "../config/schema.js";
 import type { EngineModel } from "../engine/index.js";
 import { writeJsonAtomic } from "../util/atomic.js";
 import type { EvalResult } from "./evaluate.js";
@@ -108,10 +114,24 @@ export async function saveRunState(runDir: string, state: RunState, models: Stat
   if (previous !== null && previous.dir !== name) rmSync(join(root, previous.dir), { recursive: true, force: true });
 }
 
+/** Parses a JSON file of the run directory; a file that does not parse was changed outside optune. */
+function readRunJson(path: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, "utf8")) as unknown;
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new Error(
+      `${path}: cannot read the saved run (${reason}); optune writes it atomically, so it was changed by something ` +
+        "else. Start a new run (--overwrite, or another --out directory)",
+      { cause: err },
+    );
+  }
+}
+
 function readPointer(runDir: string): LatestPointer | null {
   const path = join(stateRoot(runDir), "latest.json");
   if (!existsSync(path)) return null;
-  return JSON.parse(readFileSync(path, "utf8")) as LatestPointer;
+  return readRunJson(path) as LatestPointer;
 }
 
 export interface LoadedState {
@@ -128,7 +148,7 @@ export function loadRunState(runDir: string): LoadedState | null {
   const pointer = readPointer(runDir);
   if (pointer === null) return null;
   const dir = join(stateRoot(runDir), pointer.dir);
-  const saved = JSON.parse(readFileSync(join(dir, "state.json"), "utf8")) as SavedState;
+  const saved = readRunJson(join(dir, "state.json")) as SavedState;
   if (saved.version !== STATE_VERSION) throw new Error(`${dir}: run state version ${saved.version}, expected ${STATE_VERSION}`);
   const referenceDir = join(dir, "reference");
   return {
@@ -137,4 +157,105 @@ export function loadRunState(runDir: string): LoadedState | null {
     referenceDir: existsSync(referenceDir) ? referenceDir : null,
     restoreOptimizer: (policy) => policy.loadOptimizerState(dir),
   };
+}
+
+// What a killed writer leaves: atomic.ts temp files (".<name>.<pid>.tmp") and checkpoints.ts temp directories
+// ("<name>.tmp-<pid>", and "<name>.old-<pid>" for one being replaced).
+const ATOMIC_TEMP = /^\..+\.\d+\.tmp$/;
+const CHECKPOINT_TEMP = /^(.+)\.tmp-\d+$/;
+const CHECKPOINT_OLD = /^(.+)\.old-\d+$/;
+
+/** True for a temp file that a killed atomic write left behind (never a file of a completed write). */
+export function isTempLeftover(name: string): boolean {
+  return ATOMIC_TEMP.test(name);
+}
+
+function entries(dir: string): string[] {
+  return existsSync(dir) ? readdirSync(dir) : [];
+}
+
+/**
+ * Removes what an interrupted save left in the run directory: temp files, state directories latest.json does not
+ * point at, and checkpoint temp directories. A checkpoint caught mid-replacement (only its ".old-" copy left) is
+ * put back under its name. Only for a run directory no other process is writing.
+ */
+export function removeLeftovers(runDir: string): void {
+  const pointer = readPointer(runDir);
+  const root = stateRoot(runDir);
+  for (const dir of [runDir, root]) {
+    for (const name of entries(dir)) if (isTempLeftover(name)) rmSync(join(dir, name), { force: true });
+  }
+  for (const name of entries(root)) {
+    if (name.startsWith("iter-") && name !== pointer?.dir) rmSync(join(root, name), { recursive: true, force: true });
+  }
+  const checkpoints = join(runDir, "checkpoints");
+  for (const name of entries(checkpoints)) {
+    const path = join(checkpoints, name);
+    const old = CHECKPOINT_OLD.exec(name);
+    if (old !== null && !existsSync(join(checkpoints, old[1]!))) renameSync(path, join(checkpoints, old[1]!));
+    else if (old !== null || CHECKPOINT_TEMP.test(name)) rmSync(path, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Config fields a resumed run may change, and why each is safe: none of them changes what the saved iterations
+ * computed or what the saved state means.
+ */
+export const RESUMABLE_CHANGES: ReadonlyArray<readonly [field: string, why: string]> = [
+  ["loop.iterations", "extends (or shortens) the run"],
+  ["run.dir", "the run directory may have been moved"],
+  ["run.checkpointEvery", "only decides which iterations also get a checkpoint"],
+  ["run.cacheDir", "prepared models are keyed by the prepare settings, which must match"],
+  ["optim.skipNonFinite", "how to go on after a refused step, e.g. after a run stopped on one"],
+  ["device", "where it runs; another device may differ in the last bits"],
+];
+
+/** Leaf fields of a config as dotted paths; arrays are leaves (compared whole). */
+function flatten(value: unknown, prefix: string, out: Map<string, unknown>): Map<string, unknown> {
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    for (const [key, child] of Object.entries(value)) flatten(child, prefix === "" ? key : `${prefix}.${key}`, out);
+  } else if (value !== undefined) {
+    out.set(prefix, value);
+  }
+  return out;
+}
+
+function show(value: unknown): string {
+  return value === undefined ? "(unset)" : JSON.stringify(value);
+}
+
+/** The fields, outside RESUMABLE_CHANGES, whose values differ between two configs: "path (saved -> new)". */
+export function resumeConfigDifferences(saved: Config, config: Config): string[] {
+  const allowed = new Set(RESUMABLE_CHANGES.map(([field]) => field));
+  const a = flatten(saved, "", new Map());
+  const b = flatten(config, "", new Map());
+  const fields = [...new Set([...a.keys(), ...b.keys()])].filter((f) => !allowed.has(f)).sort();
+  return fields
+    .filter((f) => JSON.stringify(a.get(f)) !== JSON.stringify(b.get(f)))
+    .map((f) => `${f} (${show(a.get(f))} -> ${show(b.get(f))})`);
+}
+
+/**
+ * Refuses to resume `runDir` under a config that differs from the one it was run with (its config.json) in a
+ * field outside RESUMABLE_CHANGES: the saved pool, weights and random streams belong to that config. Nothing to
+ * check when the directory has no saved config yet.
+ */
+export function checkResumeConfig(runDir: string, config: Config, configFile = "config.json"): void {
+  const path = join(runDir, configFile);
+  if (!existsSync(path)) return;
+  let saved: Config;
+  try {
+    saved = loadConfig(readRunJson(path));
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new Error(`cannot resume ${runDir}: its saved ${path} is not a valid config now: ${err.message}`, { cause: err });
+  }
+  const differences = resumeConfigDifferences(saved, config);
+  if (differences.length === 0) return;
+  throw new Error(
+    `cannot resume ${runDir}: it was run with a different config (${path}); saved -> new:\n` +
+      differences.map((d) => `  ${d}\n`).join("") +
+      `A resumed run keeps its config except ${RESUMABLE_CHANGES.map(([f]) => f).join(", ")}. ` +
+      "To run the new config, start a new run: another --out directory, or --overwrite to replace this one",
+  );
 }

@@ -20,6 +20,8 @@ export interface TrainSettings {
   optimizer: Partial<AdamWOptions>;
   batchPairs: number;
   epochs: number;
+  /** Skip a minibatch whose step the engine refuses for a non-finite gradient, instead of stopping. */
+  skipNonFinite?: boolean;
 }
 
 export interface Summary {
@@ -30,7 +32,10 @@ export interface Summary {
 }
 
 export interface TrainSummary {
+  /** Steps applied. */
   steps: number;
+  /** Minibatches skipped because their gradient was NaN or Inf (only with skipNonFinite). */
+  skippedSteps: number;
   /** Trainable pairs in the pool (each visited `epochs` times). */
   pairs: number;
   /** Means over the iteration's pairs (NaN when nothing was trained). */
@@ -49,6 +54,27 @@ export interface TrainHooks {
   /** Checked before every step. */
   shouldStop?: () => boolean;
   onStep?: (done: number, total: number) => void;
+}
+
+/**
+ * A training step the engine refused because its gradient was NaN or Inf (as a NaN loss makes it); the
+ * weights and AdamW state are unchanged. The message keeps the engine's text and says which step it was.
+ */
+export class NonFiniteStepError extends Error {
+  constructor(
+    readonly step: number,
+    readonly totalSteps: number,
+    engineMessage: string,
+    options?: ErrorOptions,
+  ) {
+    super(`training step ${step}/${totalSteps}: ${engineMessage}`, options);
+    this.name = "NonFiniteStepError";
+  }
+}
+
+/** The engine's refusal of a step with a non-finite gradient (native/core/adamw.cpp); its text is the only marker. */
+function isNonFiniteGradient(err: unknown): err is Error {
+  return err instanceof Error && err.message.startsWith("non-finite gradient");
 }
 
 export function summarize(values: readonly number[]): Summary | null {
@@ -115,14 +141,25 @@ export async function trainOnPool(
   const totals = { loss: 0, accuracy: 0, margin: 0, chosenReward: 0, rejectedReward: 0, pairs: 0 };
   const allWeights: number[] = [];
   let steps = 0;
+  let skippedSteps = 0;
   let stopped = false;
-  for (const batch of batches) {
+  for (const [index, batch] of batches.entries()) {
     if (hooks.shouldStop?.() === true) {
       stopped = true;
       break;
     }
     const weights = minibatchWeights(batch, settings.loss);
-    const stats = await trainMinibatch(policy, batch, promptIds, weights, settings);
+    let stats: TrainStats;
+    try {
+      stats = await trainMinibatch(policy, batch, promptIds, weights, settings);
+    } catch (err) {
+      if (!isNonFiniteGradient(err)) throw err;
+      if (settings.skipNonFinite !== true) throw new NonFiniteStepError(index + 1, batches.length, err.message, { cause: err });
+      // The engine left weights and moments untouched, so skipping is the same as never having drawn this batch.
+      skippedSteps += 1;
+      hooks.onStep?.(steps + skippedSteps, batches.length);
+      continue;
+    }
     for (const w of weights) allWeights.push(w);
     const n = stats.nPairs;
     totals.loss += stats.loss * n;
@@ -132,11 +169,12 @@ export async function trainOnPool(
     totals.rejectedReward += stats.rejectedReward * n;
     totals.pairs += n;
     steps += 1;
-    hooks.onStep?.(steps, batches.length);
+    hooks.onStep?.(steps + skippedSteps, batches.length);
   }
   const mean = (sum: number) => (totals.pairs > 0 ? sum / totals.pairs : Number.NaN);
   return {
     steps,
+    skippedSteps,
     pairs,
     loss: mean(totals.loss),
     accuracy: mean(totals.accuracy),
