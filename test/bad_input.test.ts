@@ -181,7 +181,7 @@ describe("the optune process", () => {
 
 describe("optune run on bad input", () => {
   it("a config file that does not exist or has another extension", async () => {
-    expectCleanFailure(await cli(["--config", join(scratch, "missing.yaml")]), `ENOENT: no such file or directory, open '${join(scratch, "missing.yaml")}'`);
+    expectCleanFailure(await cli(["--config", join(scratch, "missing.yaml")]), `optune: config file ${join(scratch, "missing.yaml")}: no such file (check the --config path; it is relative to the current directory)`);
     const toml = write("run.toml", "seed = 1\n");
     expectCleanFailure(await cli(["--config", toml]), `optune: ${toml}: config files must end in .yaml, .yml or .json`);
   });

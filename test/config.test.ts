@@ -33,7 +33,7 @@ describe("loadConfig", () => {
         refreshReference: false,
       },
       loss: { type: "wdpo", beta: 1, beta2: 1, weightFn: "linear" },
-      optim: { lr: 1.5e-4, weightDecay: 0, maxGradNorm: 1, betas: [0.9, 0.999] },
+      optim: { lr: 1.5e-4, weightDecay: 0, maxGradNorm: 1, betas: [0.9, 0.999], skipNonFinite: false },
       sampling: { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 },
       eval: { prompts: 500, samples: 4 },
       run: { dir: "runs/latest", checkpointEvery: 1, cacheDir: ".optune/cache" },

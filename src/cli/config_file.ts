@@ -8,7 +8,16 @@ import { parse as parseYaml } from "yaml";
 
 /** The raw (unvalidated) config in a .yaml/.yml or .json file. */
 export function readConfigFile(path: string): unknown {
-  const text = readFileSync(path, "utf8");
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const why = code === "ENOENT" ? "no such file" : code === "EISDIR" ? "is a directory" : String(err);
+    throw new Error(`config file ${path}: ${why} (check the --config path; it is relative to the current directory)`, {
+      cause: err,
+    });
+  }
   const ext = extname(path).toLowerCase();
   try {
     if (ext === ".json") return JSON.parse(text) as unknown;

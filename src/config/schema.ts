@@ -112,7 +112,7 @@ const OptimSchema = section({
    * train.skippedSteps, and training goes on. Optional rather than defaulted so configs saved before it existed
    * resolve unchanged.
    */
-  skipNonFinite: flag().optional(),
+  skipNonFinite: flag().default(false),
 });
 
 const SamplingSchema = section({

@@ -30,6 +30,8 @@ export interface IterationMetrics {
     chosenReward: number | null;
     rejectedReward: number | null;
     steps: number;
+    /** Minibatches skipped for a non-finite gradient (optim.skipNonFinite). */
+    skippedSteps: number;
     pairs: number;
   };
   weights: Summary | null;

@@ -127,11 +127,10 @@ function selectedPrompts(ctx: LoopContext, iteration: number): TaskPrompt[] {
   return ids.map((id) => ctx.promptsById.get(id)!);
 }
 
-/** An iteration's record; train.skippedSteps counts minibatches skipped for a non-finite gradient (skipNonFinite). */
-type IterationRecord = IterationMetrics & { train: { skippedSteps: number } };
+
 
 interface IterationOutcome {
-  metrics: IterationRecord | null;
+  metrics: IterationMetrics | null;
 }
 
 async function runIteration(ctx: LoopContext, iteration: number): Promise<IterationOutcome> {
@@ -212,7 +211,7 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
   const evaluationSeconds = seconds(evaluationStart);
   const evaluated = evalMetrics(result, ctx.state.initialEval);
 
-  const metrics: IterationRecord = {
+  const metrics: IterationMetrics = {
     iteration,
     proxy: {
       chosen: mean(newPairs.map((p) => p.rewardChosen)),
@@ -252,7 +251,7 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
 }
 
 /** Iteration 0: the starting policy's evaluation, the baseline of every win rate. */
-async function evaluateStart(ctx: LoopContext): Promise<IterationRecord> {
+async function evaluateStart(ctx: LoopContext): Promise<IterationMetrics> {
   ctx.reporter.status(`evaluating the starting policy on ${ctx.task.evalPrompts.length} held-out prompts`);
   const started = performance.now();
   const result = await evaluatePolicy(ctx.policy, ctx.reference, ctx.task, ctx.evaluator, ctx.proxy, evalSettings(ctx.config));
