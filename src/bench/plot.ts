@@ -61,7 +61,7 @@ export function plotSpec(result: BenchResult): TopLevelSpec {
     scale: { domain: arms, range: arms.map((a) => ARM_COLORS[a] ?? "#7f7f7f") },
     legend: { symbolType: "stroke", symbolStrokeWidth: 3, symbolOpacity: 1, symbolSize: 300 },
   } as const;
-  const x = { field: "seconds", type: "quantitative", title: "arm wall-clock, s (generation + scoring + training; seed mean)" } as const;
+  const x = { field: "seconds", type: "quantitative", title: "arm wall-clock, s (generation + scoring + training, no evaluation; seed mean)" } as const;
   const { aggregate, config } = result;
   const seeds = result.arms.find((a) => a.group === "main")?.seeds.length ?? 0;
   return {
