@@ -2,6 +2,8 @@
 // into the cache slots of all K samples), then every step decodes one token for each unfinished response. Finished
 // responses leave the active set, so they cost nothing. Randomness is counter-based: the draw for step t of sample
 // k of a prompt depends only on (seed, the prompt's stream id, k, t).
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -197,86 +199,95 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   std::vector<std::vector<int32_t>> out_tokens(R);
   std::vector<std::vector<float>> out_logps(R);
   std::vector<uint8_t> finished(R, 0);
-  std::vector<int32_t> active(R), logit_row(R), len(R);
-  for (int s = 0; s < R; s++) {
-    active[s] = s;
-    logit_row[s] = s / K;  // step 0: every sample reads its prompt's prefill logits
-    len[s] = pb.prompt_lens[s / K];
-  }
 
-  LayerActs la;
-  Acts dec;
-  std::vector<float> x;
-  std::vector<int32_t> tok, pos, nkeys;
-  for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
-    const int B = static_cast<int>(active.size());
-    bool nonfinite = false;
-    // pick the next token of every active response (rows are independent; any thread order gives the same result)
-#pragma omp parallel
-    {
+  // Decoding: the responses are dealt out to one group per thread, and each group runs its own token-by-token
+  // loop with single-threaded kernels (nested parallel regions run on one thread). A decode step is many small
+  // products; giving each thread whole rows avoids a barrier per kernel call. Every row's arithmetic is the same
+  // whatever the grouping, so the tokens do not depend on the thread count.
+  const int groups = std::max(1, std::min(omp_get_max_threads(), R));
+  std::vector<std::string> errors(groups);
+#pragma omp parallel num_threads(groups)
+  {
+    const int team = omp_get_num_threads(), g = omp_get_thread_num();
+    try {
+      std::vector<int32_t> active, logit_row, len(R);
+      for (int s = g; s < R; s += team) {
+        active.push_back(s);
+        logit_row.push_back(s / K);  // step 0: every sample reads its prompt's prefill logits
+        len[s] = pb.prompt_lens[s / K];
+      }
+      const float* step_logits = logits.data();
+      std::vector<float> own_logits;
+      LayerActs la;
+      Acts dec;
+      std::vector<float> x;
+      std::vector<int32_t> tok, pos, nkeys;
       std::vector<int32_t> idx;
       std::vector<double> prob;
-#pragma omp for schedule(dynamic) reduction(|| : nonfinite)
-      for (int a = 0; a < B; a++) {
-        const int s = active[a];
-        const float* z = logits.data() + static_cast<size_t>(logit_row[a]) * V;
-        bool finite = true;
-        for (int j = 0; j < V; j++) finite = finite && std::isfinite(z[j]);
-        if (!finite) {
-          nonfinite = true;
-          continue;
+      for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
+        const int B = static_cast<int>(active.size());
+        for (int a = 0; a < B; a++) {
+          const int s = active[a];
+          const float* z = step_logits + static_cast<size_t>(logit_row[a]) * V;
+          bool finite = true;
+          for (int j = 0; j < V; j++) finite = finite && std::isfinite(z[j]);
+          // NaN/Inf logits mean the weights have diverged; sampling from them would return garbage quietly
+          OPTUNE_CHECK(finite, "sample: the model produced non-finite logits (NaN or Inf) at step " +
+                                   std::to_string(step) + "; its weights have diverged: reload the last good "
+                                   "checkpoint and lower the learning rate");
+          const Pick p = pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob);
+          out_tokens[s].push_back(p.token);
+          out_logps[s].push_back(p.logp);
+          if (std::find(r.stop_tokens.begin(), r.stop_tokens.end(), p.token) != r.stop_tokens.end()) finished[s] = 1;
         }
-        const Pick p = pick_token(logits.data() + static_cast<size_t>(logit_row[a]) * V, V, r,
-                                  rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob);
-        out_tokens[s].push_back(p.token);
-        out_logps[s].push_back(p.logp);
-        if (std::find(r.stop_tokens.begin(), r.stop_tokens.end(), p.token) != r.stop_tokens.end()) finished[s] = 1;
-      }
-    }
-    // NaN/Inf logits mean the weights have diverged; sampling from them would return garbage quietly
-    OPTUNE_CHECK(!nonfinite, "sample: the model produced non-finite logits (NaN or Inf) at step " +
-                                 std::to_string(step) + "; its weights have diverged: reload the last good "
-                                 "checkpoint and lower the learning rate");
-    std::vector<int32_t> next;
-    for (int s : active)
-      if (!finished[s] && step + 1 < r.max_new_tokens) next.push_back(s);
-    active.swap(next);
-    if (active.empty()) break;
+        std::vector<int32_t> next;
+        for (int s : active)
+          if (!finished[s] && step + 1 < r.max_new_tokens) next.push_back(s);
+        active.swap(next);
+        if (active.empty()) break;
 
-    // decode one token for every still-active response
-    const int Bn = static_cast<int>(active.size());
-    tok.resize(Bn);
-    pos.resize(Bn);
-    nkeys.resize(Bn);
-    for (int a = 0; a < Bn; a++) {
-      const int s = active[a];
-      tok[a] = out_tokens[s].back();
-      pos[a] = len[s];
-      nkeys[a] = len[s] + 1;
-      len[s]++;
-    }
-    size_layer_acts(la, c, Bn, 0);
-    x.resize(static_cast<size_t>(Bn) * D);
-    embed_forward(m, tok.data(), pos.data(), Bn, x.data());
-    for (int l = 0; l < c.n_layer; l++) {
-      float* kc = kcache.data() + l * layer_cache;
-      float* vc = vcache.data() + l * layer_cache;
-      block_forward(m, l, la, x.data(), Bn, pos.data(), [&](int, const QKV& v, float* atty) {
+        // decode one token for every still-active response of this group
+        const int Bn = static_cast<int>(active.size());
+        tok.resize(Bn);
+        pos.resize(Bn);
+        nkeys.resize(Bn);
         for (int a = 0; a < Bn; a++) {
-          const size_t dst = (static_cast<size_t>(active[a]) * cap + pos[a]) * KVD;
-          std::copy_n(v.k + static_cast<size_t>(a) * v.ks, KVD, kc + dst);
-          std::copy_n(v.v + static_cast<size_t>(a) * v.vs, KVD, vc + dst);
+          const int s = active[a];
+          tok[a] = out_tokens[s].back();
+          pos[a] = len[s];
+          nkeys[a] = len[s] + 1;
+          len[s]++;
         }
-        cpu::attention_decode(atty, v.q, v.qs, kc, vc, active.data(), nkeys.data(), Bn, cap, c.n_head, c.n_kv_head,
-                              c.head_dim);
-      }, &packed);
-      std::swap(x, la.res_mlp);
+        size_layer_acts(la, c, Bn, 0);
+        x.resize(static_cast<size_t>(Bn) * D);
+        embed_forward(m, tok.data(), pos.data(), Bn, x.data());
+        for (int l = 0; l < c.n_layer; l++) {
+          float* kc = kcache.data() + l * layer_cache;
+          float* vc = vcache.data() + l * layer_cache;
+          block_forward(m, l, la, x.data(), Bn, pos.data(), [&](int, const QKV& v, float* atty) {
+            for (int a = 0; a < Bn; a++) {
+              const size_t dst = (static_cast<size_t>(active[a]) * cap + pos[a]) * KVD;
+              std::copy_n(v.k + static_cast<size_t>(a) * v.ks, KVD, kc + dst);
+              std::copy_n(v.v + static_cast<size_t>(a) * v.vs, KVD, vc + dst);
+            }
+            cpu::attention_decode(atty, v.q, v.qs, kc, vc, active.data(), nkeys.data(), Bn, cap, c.n_head,
+                                  c.n_kv_head, c.head_dim);
+          }, &packed);
+          std::swap(x, la.res_mlp);
+        }
+        final_norm_forward(m, dec, x.data(), Bn);
+        own_logits.resize(static_cast<size_t>(Bn) * V);
+        cpu::gemm_packed(Bn, dec.normf.data(), D, head_packed, own_logits.data(), V);
+        step_logits = own_logits.data();
+        logit_row.resize(Bn);
+        for (int a = 0; a < Bn; a++) logit_row[a] = a;
+      }
+    } catch (const std::exception& e) {
+      errors[g] = e.what();
     }
-    final_norm_forward(m, dec, x.data(), Bn);
-    logits.resize(static_cast<size_t>(Bn) * V);
-    cpu::gemm_packed(Bn, dec.normf.data(), D, head_packed, logits.data(), V);
-    for (int a = 0; a < Bn; a++) logit_row[a] = a;
   }
+  for (const std::string& e : errors)
+    if (!e.empty()) throw Error(e);
 
   SampleResult res;
   res.offsets.push_back(0);
