@@ -22,6 +22,7 @@ import { loadRunState } from "../src/loop/state.js";
 import { trainOnPool } from "../src/loop/train.js";
 import { createBuiltinTask } from "../src/tasks/builtin/task.js";
 import { Rng } from "../src/util/random.js";
+import { TINY_TASK } from "./tiny_task.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const FIXTURES = join(ROOT, "test", "fixtures", "hf");
@@ -249,9 +250,7 @@ describe("optune run on bad input", () => {
 function tinyConfig(name: string, overrides: ConfigInput = {}): Config {
   return loadConfig({
     seed: 7,
-    prepare: { trainPrompts: 60, heldOutPrompts: 12, dModel: 16, nLayer: 1, nHead: 2, dFf: 32, sftEpochs: 2, sftBatch: 16, rewardEpochs: 1, rewardPolicySamples: 2, rewardBatch: 16 },
-    loop: { iterations: 2, prompts: 16, k: 3, rho: 0.5, batchPairs: 4, tieThreshold: 0 },
-    eval: { prompts: 8, samples: 2 },
+    ...TINY_TASK,
     optim: { lr: 1e-3 },
     ...overrides,
     run: { dir: join(scratch, "runs", name), cacheDir, ...overrides.run },

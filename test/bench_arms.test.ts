@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { aggregateBench, armCurve, spread, timeToTarget, type ArmRuns } from "../src/bench/aggregate.js";
 import { BASELINE_ARM, runBench, type BenchResult } from "../src/bench/arms.js";
 import type { IterationMetrics } from "../src/loop/metrics.js";
+import { TINY_TASK } from "./tiny_task.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "optune-bench-test-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
@@ -144,21 +145,7 @@ describe("bench end to end", () => {
     result = await runBench({
       // The tiny task of the loop tests: preparing it and one run take about a second.
       base: {
-        prepare: {
-          trainPrompts: 60,
-          heldOutPrompts: 12,
-          dModel: 16,
-          nLayer: 1,
-          nHead: 2,
-          dFf: 32,
-          sftEpochs: 2,
-          sftBatch: 16,
-          rewardEpochs: 1,
-          rewardPolicySamples: 2,
-          rewardBatch: 16,
-        },
-        loop: { iterations: 2, prompts: 16, k: 3, rho: 0.5, batchPairs: 4, tieThreshold: 0 },
-        eval: { prompts: 8, samples: 2 },
+        ...TINY_TASK,
         run: { cacheDir: join(scratch, "cache") },
       },
       preset: { name: "test", overrides: [], seeds: 2, ablationSeeds: 1 },

@@ -20,6 +20,7 @@ import { RewardModelSource } from "../src/rewards/reward_model.js";
 import { ensurePrepared, preparedPaths } from "../src/tasks/builtin/prepare.js";
 import { createBuiltinTask } from "../src/tasks/builtin/task.js";
 import { encode, encodePrompt } from "../src/tasks/builtin/tokenizer.js";
+import { TINY_TASK } from "./tiny_task.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "optune-loop-test-"));
 const cacheDir = join(scratch, "cache");
@@ -30,21 +31,7 @@ afterAll(() => rmSync(scratch, { recursive: true, force: true }));
 function tinyConfig(name: string, overrides: ConfigInput = {}): Config {
   return loadConfig({
     seed: 7,
-    prepare: {
-      trainPrompts: 60,
-      heldOutPrompts: 12,
-      dModel: 16,
-      nLayer: 1,
-      nHead: 2,
-      dFf: 32,
-      sftEpochs: 2,
-      sftBatch: 16,
-      rewardEpochs: 1,
-      rewardPolicySamples: 2,
-      rewardBatch: 16,
-    },
-    loop: { iterations: 2, prompts: 16, k: 3, rho: 0.5, batchPairs: 4, tieThreshold: 0 },
-    eval: { prompts: 8, samples: 2 },
+    ...TINY_TASK,
     optim: { lr: 1e-3 },
     ...overrides,
     run: { dir: join(scratch, name), cacheDir, ...overrides.run },
