@@ -10,7 +10,8 @@
 
 namespace optune {
 
-struct Workspace;  // scratch buffers reused across calls (transformer.h)
+struct Workspace;     // scratch buffers reused across calls (transformer.h)
+struct DeviceEngine;  // device copies and kernels when the model runs on a GPU (device.h)
 
 struct Model {
   ModelConfig cfg;
@@ -23,6 +24,8 @@ struct Model {
   // Activation and gradient scratch kept between calls: a model runs one operation at a time, and reusing the
   // buffers avoids a page fault per 4 KB of fresh memory on every call. Never copied by clone_model.
   mutable std::shared_ptr<Workspace> workspace;
+  // Null on the CPU. Set by set_device (device.h); the engine's entry points forward to it. Not copied by clone_model.
+  std::shared_ptr<DeviceEngine> device;
 
   size_t num_params() const { return layout.total; }
 };

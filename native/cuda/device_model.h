@@ -1,0 +1,96 @@
+// A model resident on a CUDA device: device copies of the flat parameter buffer (the same ParamLayout offsets as
+// Model::params, core/params.h), gradients and AdamW moments in that layout, a bf16 copy of the weights under bf16
+// mixed precision, and a grow-only activation arena. Owned by Model::device (core/device.h); the engine's entry
+// points forward here. Plain C++: callers need no CUDA headers.
+//
+// Precision: FP32 runs every GEMM in fp32 (no TF32). BF16 keeps fp32 master weights, gradients, moments, norms,
+// softmax and losses; only the GEMM operands are bf16 (weights from `params_bf16`, refreshed after every AdamW
+// step; activations converted right before each GEMM), with fp32 accumulation and output. The LM head (log-probs)
+// stays fp32 in both modes.
+//
+// Host sync: `params`, `adam_m`, `adam_v` here are the live copies; Model::params etc. are updated by sync_to_host
+// (core/device.h) and re-uploaded by sync_to_device. `host_stale` records whether the host copy is behind.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/device.h"
+#include "core/engine.h"
+#include "core/model.h"
+#include "memory.h"
+
+namespace optune::cuda {
+
+// One device allocation, carved per call into the buffers a forward/backward needs. It only grows (a larger batch
+// reallocates it; a smaller one reuses it) and is freed with the model. `Carver` lays the buffers out twice with the
+// same code: first with no base to measure, then for real, so a call never allocates mid-way.
+class Arena {
+ public:
+  // Makes the arena at least `bytes` large (contents are not kept) and returns its base.
+  char* reserve(size_t bytes, const char* what);
+  size_t capacity() const { return buf_.size(); }
+
+ private:
+  Buffer<char> buf_;
+};
+
+class Carver {
+ public:
+  explicit Carver(char* base = nullptr) : base_(base) {}
+  template <class T>
+  T* take(size_t n) {
+    char* p = base_ ? base_ + used_ : nullptr;
+    used_ += (n * sizeof(T) + 255) / 256 * 256;  // 256-byte alignment: coalesced, and fine for cuBLAS
+    return reinterpret_cast<T*>(p);
+  }
+  size_t used() const { return used_; }
+
+ private:
+  char* base_;
+  size_t used_ = 0;
+};
+
+struct DeviceState final : DeviceEngine {
+  Precision prec = Precision::FP32;
+  size_t n_params = 0;
+  Buffer<float> params;           // fp32 master weights, ParamLayout offsets
+  Buffer<uint16_t> params_bf16;   // bf16 copy of `params` (same offsets); empty under FP32
+  Buffer<float> grads;            // allocated on the first train step
+  Buffer<float> adam_m, adam_v;   // allocated on the first optimizer step
+  bool host_stale = false;        // device weights/moments changed since the last download
+  Arena arena;                    // activations and scratch of the current call
+  size_t peak_arena_bytes = 0;
+
+  // Bytes held by this model on the device (weights, gradients, moments, bf16 copy, arena).
+  size_t device_bytes() const;
+  const uint16_t* bf16(size_t offset) const { return params_bf16.data() ? params_bf16.data() + offset : nullptr; }
+  void refresh_bf16();  // params -> params_bf16 (bf16 only)
+
+  Device device() const override { return Device::CUDA; }
+  Precision precision() const override { return prec; }
+  LogprobResult logprobs(const Model& m, const Batch& b) override;
+  std::vector<float> logits(const Model& m, const Batch& b) override;
+  std::vector<float> scores(const Model& m, const Batch& b) override;
+  TrainStats train_step(Model& m, const TrainRequest& r) override;
+  double adamw_update(Model& m, const AdamWConfig& opt) override;
+  void download(Model& m) override;
+  void upload(const Model& m) override;
+};
+
+// The model's device state; null when it is not on CUDA.
+DeviceState* device_state(const Model& m);
+// Copies the model to the current CUDA device (device 0 unless the process chose another) and attaches the state.
+// Throws optune::Error without a GPU, or on out-of-memory with the sizes.
+void to_device(Model& m, Precision p);
+
+// The engine entry points on CUDA (what DeviceState's overrides call; transformer_cuda.cpp, loss_cuda.cpp).
+LogprobResult compute_logprobs(const Model& m, const Batch& b);
+std::vector<float> compute_logits(const Model& m, const Batch& b);
+std::vector<float> compute_scores(const Model& m, const Batch& b);
+TrainStats train_step(Model& m, const TrainRequest& r);
+double adamw_update(Model& m, const AdamWConfig& opt);
+
+// Batched sampling on the device (cuda/sampler_cuda.*), reading the weights from device_state(m).
+SampleResult sample(const Model& m, const SampleRequest& r);
+
+}  // namespace optune::cuda
