@@ -72,32 +72,44 @@ PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b) {
   return p;
 }
 
-void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int ldc) {
-  constexpr int W = PackedB::kPanel, MR = 16;
+// One block of MR rows of C against every panel of B. MR is a compile-time constant so the accumulators stay in
+// registers and no padded (all-zero) rows are computed: a decode group of 8 rows costs 8 rows of FMAs, not 16.
+template <int MR>
+static void gemm_packed_rows(const float* A, int lda, const PackedB& B, float* C, int ldc) {
+  constexpr int W = PackedB::kPanel;
   const int K = B.K, N = B.N, panels = (N + W - 1) / W;
-  std::vector<float> ap(static_cast<size_t>(K) * MR);  // A's rows k-major, zero-padded to MR rows
-  for (int i0 = 0; i0 < M; i0 += MR) {
-    const int mr = std::min(MR, M - i0);
-    std::fill(ap.begin(), ap.end(), 0.0f);
-    for (int r = 0; r < mr; r++)
-      for (int k = 0; k < K; k++) ap[static_cast<size_t>(k) * MR + r] = A[static_cast<size_t>(i0 + r) * lda + k];
-    const float* a = ap.data();
+  std::vector<float> ap(static_cast<size_t>(K) * MR);  // the block's rows of A, k-major
+  for (int r = 0; r < MR; r++)
+    for (int k = 0; k < K; k++) ap[static_cast<size_t>(k) * MR + r] = A[static_cast<size_t>(r) * lda + k];
+  const float* a = ap.data();
 #pragma omp parallel for schedule(static)
-    for (int pi = 0; pi < panels; pi++) {
-      const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;
-      float acc[MR][W] = {};
-      for (int k = 0; k < K; k++) {
-        const float* b = panel + static_cast<size_t>(k) * W;
-        const float* ak = a + static_cast<size_t>(k) * MR;
-        for (int r = 0; r < MR; r++) {
+  for (int pi = 0; pi < panels; pi++) {
+    const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;
+    float acc[MR][W] = {};
+    for (int k = 0; k < K; k++) {
+      const float* b = panel + static_cast<size_t>(k) * W;
+      const float* ak = a + static_cast<size_t>(k) * MR;
+      for (int r = 0; r < MR; r++) {
 #pragma omp simd
-          for (int j = 0; j < W; j++) acc[r][j] += ak[r] * b[j];
-        }
+        for (int j = 0; j < W; j++) acc[r][j] += ak[r] * b[j];
       }
-      const int nj = std::min(W, N - pi * W);
-      for (int r = 0; r < mr; r++) std::copy_n(acc[r], nj, C + static_cast<size_t>(i0 + r) * ldc + pi * W);
     }
+    const int nj = std::min(W, N - pi * W);
+    for (int r = 0; r < MR; r++) std::copy_n(acc[r], nj, C + static_cast<size_t>(r) * ldc + pi * W);
   }
+}
+
+void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int ldc) {
+  // rows in blocks of 16, then the remainder in blocks of 8, 4, 2, 1
+  int i = 0;
+  auto run = [&](auto kernel, int mr) {
+    for (; i + mr <= M; i += mr) kernel(A + static_cast<size_t>(i) * lda, lda, B, C + static_cast<size_t>(i) * ldc, ldc);
+  };
+  run(gemm_packed_rows<16>, 16);
+  run(gemm_packed_rows<8>, 8);
+  run(gemm_packed_rows<4>, 4);
+  run(gemm_packed_rows<2>, 2);
+  run(gemm_packed_rows<1>, 1);
 }
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
