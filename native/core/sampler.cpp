@@ -28,36 +28,45 @@ struct Pick {
 };
 
 // Draws one token from a logits row. Candidates are ordered by (logit desc, index asc) whenever filtering needs an
-// order, so the result is a pure function of (logits, settings, u).
+// order, so the result is a pure function of (logits, settings, u). Returns token -1 when a logit is not finite.
+// The passes over the vocabulary are vectorized (max, exp); only the cumulative sums run in order, in double.
 Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::vector<int32_t>& idx,
-                std::vector<double>& prob) {
-  float mx = z[0];
-  int32_t arg = 0;
-  for (int j = 1; j < V; j++)
-    if (z[j] > mx) {
-      mx = z[j];
-      arg = j;
-    }
+                std::vector<double>& prob, std::vector<float>& e) {
+  float mx = -INFINITY, bad = 0.0f;  // bad: z * 0 is NaN for an infinite or NaN logit, and NaN poisons the sum
+#pragma omp simd reduction(max : mx) reduction(+ : bad)
+  for (int j = 0; j < V; j++) {
+    mx = std::max(mx, z[j]);
+    bad += z[j] * 0.0f;
+  }
+  if (bad != 0.0f) return {-1, 0.0f};
+  e.resize(V);
   float sum = 0.0f;  // one partial sum per simd lane, combined in a fixed order
 #pragma omp simd reduction(+ : sum)
-  for (int j = 0; j < V; j++) sum += cpu::vexp(z[j] - mx);
+  for (int j = 0; j < V; j++) sum += (e[j] = cpu::vexp(z[j] - mx));
   const double lse = mx + std::log(static_cast<double>(sum));
   auto model_logp = [&](int32_t t) { return static_cast<float>(z[t] - lse); };
-  if (r.temperature == 0.0f) return {arg, model_logp(arg)};
+  if (r.temperature == 0.0f) {
+    const int32_t arg = static_cast<int32_t>(std::find(z, z + V, mx) - z);  // the first maximum
+    return {arg, model_logp(arg)};
+  }
 
   const double inv_t = 1.0 / r.temperature;
   const bool filter = (r.top_k > 0 && r.top_k < V) || r.top_p < 1.0f;
   if (!filter) {
-    prob.resize(V);
-    const float inv_tf = static_cast<float>(inv_t);
+    if (r.temperature != 1.0f) {  // at temperature 1 the weights are the exp terms of the log-sum-exp above
+      const float inv_tf = static_cast<float>(inv_t);
+#pragma omp simd
+      for (int j = 0; j < V; j++) e[j] = cpu::vexp((z[j] - mx) * inv_tf);
+    }
     double total = 0.0;
-    for (int j = 0; j < V; j++) total += (prob[j] = cpu::vexp((z[j] - mx) * inv_tf));
+    for (int j = 0; j < V; j++) total += e[j];
     double target = u * total, acc = 0.0;
     for (int j = 0; j < V; j++) {
-      acc += prob[j];
+      acc += e[j];
       if (acc > target) return {j, model_logp(j)};
     }
-    return {arg, model_logp(arg)};  // rounding at the very end of the cumulative sum
+    const int32_t last = static_cast<int32_t>(std::find(z, z + V, mx) - z);
+    return {last, model_logp(last)};  // rounding at the very end of the cumulative sum
   }
   idx.resize(V);
   std::iota(idx.begin(), idx.end(), 0);
@@ -177,11 +186,10 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   const KvHook hook = [&](int l, const QKV& v) {
     for (int i = 0; i < n_prompts; i++)
       for (int t = pb.offsets[i]; t < pb.offsets[i + 1]; t++)
-        for (int k = 0; k < K; k++) {
-          const size_t dst = l * layer_cache + (static_cast<size_t>(i * K + k) * cap + (t - pb.offsets[i])) * KVD;
-          std::copy_n(v.k + static_cast<size_t>(t) * v.ks, KVD, kcache.data() + dst);
-          std::copy_n(v.v + static_cast<size_t>(t) * v.vs, KVD, vcache.data() + dst);
-        }
+        for (int k = 0; k < K; k++)
+          cpu::kv_cache_store(kcache.data() + l * layer_cache, vcache.data() + l * layer_cache, i * K + k,
+                              t - pb.offsets[i], v.k + static_cast<size_t>(t) * v.ks,
+                              v.v + static_cast<size_t>(t) * v.vs, cap, c.n_kv_head, c.head_dim);
   };
   Acts& acts = workspace_of(m).infer;
   transformer_forward(m, pb, acts, false, &hook);
@@ -224,18 +232,18 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
       std::vector<int32_t> tok, pos, nkeys;
       std::vector<int32_t> idx;
       std::vector<double> prob;
+      std::vector<float> e;
       for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
         const int B = static_cast<int>(active.size());
         for (int a = 0; a < B; a++) {
           const int s = active[a];
           const float* z = step_logits + static_cast<size_t>(logit_row[a]) * V;
-          bool finite = true;
-          for (int j = 0; j < V; j++) finite = finite && std::isfinite(z[j]);
+          const Pick p =
+              pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob, e);
           // NaN/Inf logits mean the weights have diverged; sampling from them would return garbage quietly
-          OPTUNE_CHECK(finite, "sample: the model produced non-finite logits (NaN or Inf) at step " +
-                                   std::to_string(step) + "; its weights have diverged: reload the last good "
-                                   "checkpoint and lower the learning rate");
-          const Pick p = pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob);
+          OPTUNE_CHECK(p.token >= 0, "sample: the model produced non-finite logits (NaN or Inf) at step " +
+                                         std::to_string(step) + "; its weights have diverged: reload the last good "
+                                         "checkpoint and lower the learning rate");
           out_tokens[s].push_back(p.token);
           out_logps[s].push_back(p.logp);
           if (std::find(r.stop_tokens.begin(), r.stop_tokens.end(), p.token) != r.stop_tokens.end()) finished[s] = 1;
@@ -265,11 +273,9 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
           float* kc = kcache.data() + l * layer_cache;
           float* vc = vcache.data() + l * layer_cache;
           block_forward(m, l, la, x.data(), Bn, pos.data(), [&](int, const QKV& v, float* atty) {
-            for (int a = 0; a < Bn; a++) {
-              const size_t dst = (static_cast<size_t>(active[a]) * cap + pos[a]) * KVD;
-              std::copy_n(v.k + static_cast<size_t>(a) * v.ks, KVD, kc + dst);
-              std::copy_n(v.v + static_cast<size_t>(a) * v.vs, KVD, vc + dst);
-            }
+            for (int a = 0; a < Bn; a++)
+              cpu::kv_cache_store(kc, vc, active[a], pos[a], v.k + static_cast<size_t>(a) * v.ks,
+                                  v.v + static_cast<size_t>(a) * v.vs, cap, c.n_kv_head, c.head_dim);
             cpu::attention_decode(atty, v.q, v.qs, kc, vc, active.data(), nkeys.data(), Bn, cap, c.n_head,
                                   c.n_kv_head, c.head_dim);
           }, &packed);

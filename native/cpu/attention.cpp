@@ -132,28 +132,38 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   }
 }
 
+void kv_cache_store(float* kcache, float* vcache, int slot, int pos, const float* k, const float* v, int cap,
+                    int n_kv_head, int head_dim) {
+  const int kvd = n_kv_head * head_dim;
+  float* kt = kcache + static_cast<size_t>(slot) * kvd * cap;  // [kvd][cap]: feature-major
+  for (int f = 0; f < kvd; f++) kt[static_cast<size_t>(f) * cap + pos] = k[f];
+  std::copy_n(v, kvd, vcache + (static_cast<size_t>(slot) * cap + pos) * kvd);
+}
+
 void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
                       const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
                       int head_dim) {
   const int group = n_head / n_kv_head;
   const int kvd = n_kv_head * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const int n_work = rows * n_head;
-#pragma omp parallel
-  {
-    std::vector<float> p;
-#pragma omp for schedule(dynamic)
-    for (int w = 0; w < n_work; w++) {
-      const int r = w / n_head, h = w % n_head, kvh = h / group, n = n_keys[r];
-      const float* kbase = kcache + static_cast<size_t>(slot[r]) * cap * kvd + kvh * head_dim;
+  std::vector<float> p(cap);
+  for (int r = 0; r < rows; r++)
+    for (int h = 0; h < n_head; h++) {
+      const int kvh = h / group, n = n_keys[r];
+      const float* kt = kcache + static_cast<size_t>(slot[r]) * kvd * cap + static_cast<size_t>(kvh) * head_dim * cap;
       const float* vbase = vcache + static_cast<size_t>(slot[r]) * cap * kvd + kvh * head_dim;
       const float* qi = q + static_cast<size_t>(r) * qs + h * head_dim;
-      p.resize(n);
-      float mx = -INFINITY;
-      for (int j = 0; j < n; j++) {
-        p[j] = dot(qi, kbase + static_cast<size_t>(j) * kvd, head_dim) * scale;
-        mx = std::max(mx, p[j]);
+      // scores of all n keys at once: with the keys stored feature-major this is head_dim unit-stride AXPYs over
+      // the positions (one horizontal sum per key would cost more than the key's whole dot product)
+      std::fill(p.begin(), p.begin() + n, 0.0f);
+      for (int d = 0; d < head_dim; d++) {
+        const float qd = qi[d] * scale;
+        const float* kd = kt + static_cast<size_t>(d) * cap;
+#pragma omp simd
+        for (int j = 0; j < n; j++) p[j] += qd * kd[j];
       }
+      float mx = -INFINITY;
+      for (int j = 0; j < n; j++) mx = std::max(mx, p[j]);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int j = 0; j < n; j++) {
@@ -170,7 +180,6 @@ void attention_decode(float* out, const float* q, int qs, const float* kcache, c
         for (int d = 0; d < head_dim; d++) o[d] += pj * vj[d];
       }
     }
-  }
 }
 
 }  // namespace optune::cpu
