@@ -136,8 +136,9 @@ void validate_sample_request(const Model& m, const SampleRequest& r) {
                "sample: streamIds needs one entry per prompt (" + std::to_string(n_prompts) + ") or none");
 }
 
-// Every weight matrix of the model packed for few-row products (decode steps), plus the LM head as [D, V].
-PackedWeights pack_for_decoding(const Model& m) {
+// Every weight matrix of the model packed for few-row products (decode steps), plus the LM head as [D, V]; in bf16
+// pairs when the request asks for bf16 decoding.
+PackedWeights pack_for_decoding(const Model& m, bool bf16) {
   PackedWeights w;
   const bool in_out = m.cfg.is_gpt2();  // Conv1D [in, out]; nn.Linear [out, in]
   for (const LayerOffsets& o : m.layout.layers)
@@ -147,10 +148,11 @@ PackedWeights pack_for_decoding(const Model& m) {
       for (const ParamInfo& p : m.layout.tensors)
         if (p.offset == off) t = &p;
       const int rows = static_cast<int>(t->shape[0]), cols = static_cast<int>(t->shape[1]);
-      w[off] = in_out ? cpu::pack_b(m.params.data() + off, cols, rows, cols, false)
-                      : cpu::pack_b(m.params.data() + off, cols, cols, rows, true);
+      w[off] = in_out ? cpu::pack_b(m.params.data() + off, cols, rows, cols, false, bf16)
+                      : cpu::pack_b(m.params.data() + off, cols, cols, rows, true, bf16);
     }
-  w[m.layout.lm_head] = cpu::pack_b(lm_head_weight(m), m.cfg.d_model, m.cfg.d_model, m.cfg.vocab_size, true);
+  w[m.layout.lm_head] =
+      cpu::pack_b(lm_head_weight(m), m.cfg.d_model, m.cfg.d_model, m.cfg.vocab_size, true, bf16);
   return w;
 }
 
@@ -159,7 +161,7 @@ PackedWeights pack_for_decoding(const Model& m) {
 SampleResult sample(const Model& m, const SampleRequest& r) {
   validate_sample_request(m, r);
   const ModelConfig& c = m.cfg;
-  const PackedWeights packed = pack_for_decoding(m);
+  const PackedWeights packed = pack_for_decoding(m, r.bf16);
   const cpu::PackedB& head_packed = packed.at(m.layout.lm_head);
   const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1, K = r.n_samples, R = n_prompts * K;
   const int D = c.d_model, V = c.vocab_size, KVD = c.kv_dim();

@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <vector>
 
+#ifdef __AVX512BF16__
+#include <immintrin.h>
+#endif
+
 #ifdef OPTUNE_HAVE_CBLAS
 #include <cblas.h>
 #endif
@@ -53,23 +57,85 @@ void gemm_builtin(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
   }
 }
 
-PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b) {
+bool bf16_native() {
+#ifdef __AVX512BF16__
+  return true;
+#else
+  return false;
+#endif
+}
+
+PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
   constexpr int W = PackedB::kPanel;
   PackedB p;
   p.K = K;
   p.N = N;
+  p.bf16 = bf16;
   const int panels = (N + W - 1) / W;
+  auto at = [&](int k, int n) { return trans_b ? B[static_cast<size_t>(n) * ldb + k] : B[static_cast<size_t>(k) * ldb + n]; };
+  if (bf16) {
+    const int KP = (K + 1) / 2;  // k pairs; an odd K gets a zero partner
+    p.data16.assign(static_cast<size_t>(panels) * KP * W * 2, 0);
+#pragma omp parallel for schedule(static)
+    for (int pi = 0; pi < panels; pi++) {
+      uint16_t* dst = p.data16.data() + static_cast<size_t>(pi) * KP * W * 2;
+      for (int j = 0; j < W && pi * W + j < N; j++)  // column-outer: contiguous reads of an [N, K] (trans_b) weight
+        for (int k = 0; k < K; k++) dst[(static_cast<size_t>(k / 2) * W + j) * 2 + (k % 2)] = to_bf16(at(k, pi * W + j));
+    }
+    return p;
+  }
   p.data.assign(static_cast<size_t>(panels) * K * W, 0.0f);
 #pragma omp parallel for schedule(static)
   for (int pi = 0; pi < panels; pi++) {
     float* dst = p.data.data() + static_cast<size_t>(pi) * K * W;
     for (int k = 0; k < K; k++)
-      for (int j = 0; j < W && pi * W + j < N; j++) {
-        const int n = pi * W + j;
-        dst[static_cast<size_t>(k) * W + j] = trans_b ? B[static_cast<size_t>(n) * ldb + k] : B[static_cast<size_t>(k) * ldb + n];
-      }
+      for (int j = 0; j < W && pi * W + j < N; j++) dst[static_cast<size_t>(k) * W + j] = at(k, pi * W + j);
   }
   return p;
+}
+
+// bf16 product of MR rows: A's rows rounded to bf16 and laid out as one 32-bit (k, k+1) pair per row and k pair;
+// each vdpbf16ps adds a[k]*b[k] + a[k+1]*b[k+1] for 16 columns into fp32 accumulators.
+template <int MR>
+static void gemm_packed_rows_bf16(const float* A, int lda, const PackedB& B, float* C, int ldc) {
+  constexpr int W = PackedB::kPanel;
+  const int K = B.K, N = B.N, KP = (K + 1) / 2, panels = (N + W - 1) / W;
+  std::vector<uint32_t> ap(static_cast<size_t>(KP) * MR);
+  for (int r = 0; r < MR; r++)
+    for (int kk = 0; kk < KP; kk++) {
+      const float* a = A + static_cast<size_t>(r) * lda;
+      const uint16_t lo = to_bf16(a[2 * kk]), hi = 2 * kk + 1 < K ? to_bf16(a[2 * kk + 1]) : 0;
+      ap[static_cast<size_t>(kk) * MR + r] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+    }
+#pragma omp parallel for schedule(static)
+  for (int pi = 0; pi < panels; pi++) {
+    const uint16_t* panel = B.data16.data() + static_cast<size_t>(pi) * KP * W * 2;
+    float out[MR][W];
+#ifdef __AVX512BF16__
+    __m512 acc[MR];
+    for (int r = 0; r < MR; r++) acc[r] = _mm512_setzero_ps();
+    for (int kk = 0; kk < KP; kk++) {
+      const __m512bh b = (__m512bh)_mm512_loadu_si512(panel + static_cast<size_t>(kk) * W * 2);
+      const uint32_t* a = ap.data() + static_cast<size_t>(kk) * MR;
+      for (int r = 0; r < MR; r++)
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r])), b);
+    }
+    for (int r = 0; r < MR; r++) _mm512_storeu_ps(out[r], acc[r]);
+#else
+    for (int r = 0; r < MR; r++)
+      for (int j = 0; j < W; j++) out[r][j] = 0.0f;
+    for (int kk = 0; kk < KP; kk++) {
+      const uint16_t* b = panel + static_cast<size_t>(kk) * W * 2;
+      const uint32_t* a = ap.data() + static_cast<size_t>(kk) * MR;
+      for (int r = 0; r < MR; r++) {
+        const float a0 = from_bf16(static_cast<uint16_t>(a[r])), a1 = from_bf16(static_cast<uint16_t>(a[r] >> 16));
+        for (int j = 0; j < W; j++) out[r][j] += a0 * from_bf16(b[2 * j]) + a1 * from_bf16(b[2 * j + 1]);
+      }
+    }
+#endif
+    const int nj = std::min(W, N - pi * W);
+    for (int r = 0; r < MR; r++) std::copy_n(out[r], nj, C + static_cast<size_t>(r) * ldc + pi * W);
+  }
 }
 
 // One block of MR rows of C against every panel of B. MR is a compile-time constant so the accumulators stay in
@@ -105,6 +171,13 @@ void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int
   auto run = [&](auto kernel, int mr) {
     for (; i + mr <= M; i += mr) kernel(A + static_cast<size_t>(i) * lda, lda, B, C + static_cast<size_t>(i) * ldc, ldc);
   };
+  if (B.bf16) {  // 16 zmm accumulators at most: MR 16 would spill
+    run(gemm_packed_rows_bf16<8>, 8);
+    run(gemm_packed_rows_bf16<4>, 4);
+    run(gemm_packed_rows_bf16<2>, 2);
+    run(gemm_packed_rows_bf16<1>, 1);
+    return;
+  }
   run(gemm_packed_rows<16>, 16);
   run(gemm_packed_rows<8>, 8);
   run(gemm_packed_rows<4>, 4);

@@ -3,6 +3,7 @@
 // OpenMP-parallel kernel. Both compute every element of C in a fixed order, so results do not depend on the thread
 // count (the built-in kernel by construction; OpenBLAS splits the output, not the reduction).
 #pragma once
+#include <cstdint>
 #include <vector>
 
 namespace optune::cpu {
@@ -16,17 +17,37 @@ void gemm_builtin(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
 
 const char* blas_name();  // "openblas" | "builtin"
 
-// op(B) [K, N] repacked once into zero-padded panels of 16 columns ([N/16][K][16]) for many products with a few
-// rows of A (token-by-token decoding), where a general GEMM would repack the weights on every call.
+// op(B) [K, N] repacked once into zero-padded panels of 16 columns for many products with a few rows of A
+// (token-by-token decoding), where a general GEMM would repack the weights on every call.
+//   fp32: data [N/16][K][16].
+//   bf16: data16 [N/16][K/2][16][2] — pairs of consecutive k per column, the operand layout of AVX512-BF16's
+//         dot-product instruction (vdpbf16ps); half the bytes to stream per decode step, twice the FMAs per
+//         instruction. Rounded to nearest even from fp32.
 struct PackedB {
   static constexpr int kPanel = 16;
   int K = 0, N = 0;
+  bool bf16 = false;
   std::vector<float> data;
+  std::vector<uint16_t> data16;
 };
-PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b);
+PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16 = false);
 
 // C[M, N] = A[M, K] @ op(B). Every element is the same sequence of fused multiply-adds over K whatever M or the
-// thread count, so a row's result does not depend on which other rows share the call.
+// thread count, so a row's result does not depend on which other rows share the call. With a bf16-packed B the
+// rows of A are rounded to bf16 too, and products accumulate in fp32.
 void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int ldc);
+
+// fp32 -> bf16 bits, round to nearest even (NaN stays NaN); bf16 bits -> fp32 (exact). Inline so loops vectorize.
+inline uint16_t to_bf16(float x) {
+  uint32_t u = __builtin_bit_cast(uint32_t, x);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);  // NaN stays a (quiet) NaN
+}
+inline float from_bf16(uint16_t h) { return __builtin_bit_cast(float, static_cast<uint32_t>(h) << 16); }
+
+// Whether gemm_packed's bf16 path runs on AVX512-BF16 instructions in this build (else a portable loop that gives
+// the same kind of result, slower than fp32).
+bool bf16_native();
 
 }  // namespace optune::cpu
