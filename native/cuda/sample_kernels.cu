@@ -1,0 +1,288 @@
+// Token picking on the device, with the CPU sampler's definitions (core/sampler.cpp, pick_token): greedy = argmax
+// (lowest index on ties); otherwise a draw u = rng_uniform(seed, stream, step) inverts the cumulative distribution of
+// exp((z - max) / T), over the vocabulary in index order when nothing is filtered, else over the candidates ordered
+// by (logit desc, index asc), cut to top-k and then to the smallest prefix whose mass reaches top-p. The log-prob
+// returned is under the unfiltered temperature-1 distribution.
+//
+// One block of 1024 threads per row. A cumulative search runs in two passes: each warp sums a contiguous segment
+// (sums in double, as the CPU), then the warp whose segment holds the crossing walks it 32 elements at a time with a
+// warp scan. Same order of elements as the CPU, different order of additions: a draw within rounding distance of a
+// boundary can pick the neighbouring token. The filtered order comes from one cub radix sort of (row, logit) keys
+// per step (stable, so equal logits keep index order).
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <climits>
+
+#include "check.cuh"
+#include "core/rng.h"
+#include "reduce.cuh"
+#include "sampler_kernels.cuh"
+
+namespace optune::cuda::sampler {
+
+static constexpr int kPickThreads = 1024;
+static constexpr int kPickWarps = kPickThreads / 32;
+static constexpr unsigned kFull = 0xffffffffu;
+
+#define GRID_STRIDE_LOOP(i, n)                                                              \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+// ---- decode rows and the active set ---------------------------------------------------------------------------------
+
+__device__ inline bool slot_done(const State& s, int slot) {
+  const int n = s.n_out[slot];
+  return s.finished[slot] || n >= s.max_new || n == 0;  // n == 0: its first draw failed (non-finite logits)
+}
+
+__global__ void prepare_rows_kernel(int32_t* tok, int32_t* pos, int32_t* slot, State s, int n_rows) {
+  const int a = blockIdx.x * blockDim.x + threadIdx.x;
+  if (a >= n_rows) return;
+  if (a < s.ctl[0]) {
+    const int sl = s.active[a], n = s.n_out[sl];
+    slot[a] = sl;
+    tok[a] = n > 0 ? s.out_tok[static_cast<int64_t>(sl) * s.max_new + n - 1] : 0;
+    pos[a] = s.len[sl];
+    if (!slot_done(s, sl)) s.len[sl] += 1;  // the fed token joins the cache; a done slot rewrites a dead position
+  } else {
+    slot[a] = s.R, tok[a] = 0, pos[a] = 0;
+  }
+}
+
+void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st) {
+  prepare_rows_kernel<<<(n_rows + 127) / 128, 128, 0, st>>>(tok, pos, slot, s, n_rows);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+// One block: a stable compaction of the live slots, chunk by chunk (ballot + per-warp counts).
+__global__ void compact_kernel(State s) {
+  __shared__ int warp_count[kPickWarps];
+  __shared__ int base;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) base = 0;
+  __syncthreads();
+  for (int c0 = 0; c0 < s.R; c0 += kPickThreads) {
+    const int slot = c0 + threadIdx.x;
+    const bool live = slot < s.R && !slot_done(s, slot);
+    const unsigned ballot = __ballot_sync(kFull, live);
+    if (lane == 0) warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int off = base;
+    for (int w = 0; w < warp; w++) off += warp_count[w];
+    if (live) s.active[off + __popc(ballot & ((1u << lane) - 1u))] = slot;
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int w = 0; w < kPickWarps; w++) base += warp_count[w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) s.ctl[0] = base;
+}
+
+void compact_active(const State& s, cudaStream_t st) {
+  compact_kernel<<<1, kPickThreads, 0, st>>>(s);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+// ---- cumulative searches --------------------------------------------------------------------------------------------
+
+// Warp w's segment of [0, n): [w * seg, min(n, (w + 1) * seg)), seg a multiple of 32 (coalesced walks).
+__device__ inline int segment_len(int n) { return ((n + kPickWarps - 1) / kPickWarps + 31) / 32 * 32; }
+
+// Sum of w(i) over i < n; seg_sum[] gets each warp's segment sum.
+template <class W>
+__device__ double block_segments(int n, const W& w, double* seg_sum) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = segment_len(n);
+  const int lo = warp * seg, hi = min(n, lo + seg);
+  double s = 0.0;
+  for (int i = lo + lane; i < hi; i += 32) s += w(i);
+  s = warp_sum(s);
+  __syncthreads();  // earlier readers of seg_sum are done
+  if (lane == 0) seg_sum[warp] = s;
+  __syncthreads();
+  double total = 0.0;
+  for (int k = 0; k < kPickWarps; k++) total += seg_sum[k];
+  return total;
+}
+
+// The first i < n whose running sum w(0) + ... + w(i) exceeds target (strict) or reaches it (not strict), after
+// block_segments(n, ...) filled seg_sum; n when no segment gets there. Every thread gets the answer.
+template <class W>
+__device__ int block_crossing(int n, const W& w, double target, bool strict, const double* seg_sum, int* s_result) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = segment_len(n);
+  double base = 0.0;
+  int owner = -1;
+  for (int k = 0; k < kPickWarps && owner < 0; k++) {
+    const double next = base + seg_sum[k];
+    if (strict ? next > target : next >= target)
+      owner = k;
+    else
+      base = next;
+  }
+  __syncthreads();  // earlier readers of s_result are done
+  if (threadIdx.x == 0) *s_result = n;
+  __syncthreads();
+  if (warp == owner) {
+    const int lo = owner * seg, hi = min(n, lo + seg);
+    int found = hi - 1;  // the segment's sum got there but its walk (other rounding) did not: its last element
+    double run = base;
+    for (int i0 = lo; i0 < hi; i0 += 32) {
+      const int i = i0 + lane;
+      double incl = i < hi ? w(i) : 0.0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const double y = __shfl_up_sync(kFull, incl, o);
+        if (lane >= o) incl += y;
+      }
+      const double cum = run + incl;
+      const unsigned hit = __ballot_sync(kFull, i < hi && (strict ? cum > target : cum >= target));
+      if (hit) {
+        found = i0 + __ffs(hit) - 1;
+        break;
+      }
+      run += __shfl_sync(kFull, incl, 31);
+    }
+    if (lane == 0) *s_result = found;
+  }
+  __syncthreads();
+  return *s_result;
+}
+
+// ---- picking --------------------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits, int logits_div,
+                                                            const int32_t* sorted, int n_rows, State s, Params p) {
+  __shared__ double seg_sum[kPickWarps];
+  __shared__ float red_v[kPickWarps];
+  __shared__ int red_i[kPickWarps];
+  __shared__ float scratch[32];
+  __shared__ int result;
+  const int a = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (a >= min(n_rows, s.ctl[0])) return;  // block-uniform exits only: the block synchronizes below
+  const int slot = s.active[a], step = s.n_out[slot], V = p.vocab, row = a / logits_div;
+  if (s.finished[slot] || step >= s.max_new) return;  // done since the last compaction
+  const float* z = logits + static_cast<int64_t>(row) * V;
+
+  // max and argmax (lowest index among equal maxima, as the CPU's first-max scan), and a finiteness check
+  float best = -INFINITY;
+  int arg = INT_MAX;
+  bool bad = false;
+  for (int j = threadIdx.x; j < V; j += kPickThreads) {
+    const float x = z[j];
+    bad |= !isfinite(x);
+    if (x > best || (x == best && j < arg)) best = x, arg = j;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(kFull, best, o);
+    const int oa = __shfl_xor_sync(kFull, arg, o);
+    if (ob > best || (ob == best && oa < arg)) best = ob, arg = oa;
+  }
+  if (lane == 0) red_v[warp] = best, red_i[warp] = arg;
+  if (__syncthreads_or(bad)) {
+    // NaN/Inf logits: the weights diverged. Record the step; the host turns it into the CPU sampler's error.
+    if (threadIdx.x == 0) atomicMin(&s.ctl[1], step);
+    return;
+  }
+  float mx = red_v[0];
+  arg = red_i[0];
+  for (int w = 1; w < kPickWarps; w++)
+    if (red_v[w] > mx || (red_v[w] == mx && red_i[w] < arg)) mx = red_v[w], arg = red_i[w];
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += kPickThreads) sum += expf(z[j] - mx);
+  sum = block_sum(sum, scratch);
+  const double lse = mx + log(static_cast<double>(sum));
+
+  int token = arg;
+  if (p.temperature != 0.0f) {
+    const double u = rng_uniform(p.seed, s.stream[slot], static_cast<uint64_t>(step));
+    const double inv_t = 1.0 / p.temperature;
+    if (!p.filtered()) {
+      const float inv_tf = static_cast<float>(inv_t);
+      const auto w = [&](int j) { return static_cast<double>(expf((z[j] - mx) * inv_tf)); };
+      const double total = block_segments(V, w, seg_sum);
+      const int t = block_crossing(V, w, u * total, true, seg_sum, &result);
+      token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
+    } else {
+      const int32_t* idx = sorted + static_cast<int64_t>(row) * V;
+      const auto w = [&](int i) { return exp(static_cast<double>(z[idx[i]] - mx) * inv_t); };
+      int keep = p.top_k > 0 && p.top_k < V ? p.top_k : V;
+      double total = block_segments(keep, w, seg_sum);
+      if (p.top_p < 1.0f) {  // nucleus: the smallest prefix whose mass reaches top_p (at least one token)
+        const int c = block_crossing(keep, w, static_cast<double>(p.top_p) * total, false, seg_sum, &result);
+        if (c < keep) {
+          keep = c + 1;
+          total = block_segments(keep, w, seg_sum);
+        }
+      }
+      const int t = block_crossing(keep, w, u * total, true, seg_sum, &result);
+      token = idx[t < keep ? t : keep - 1];
+    }
+  }
+  if (threadIdx.x == 0) {
+    const int64_t o = static_cast<int64_t>(slot) * s.max_new + step;
+    s.out_tok[o] = token;
+    s.out_logp[o] = static_cast<float>(z[token] - lse);
+    s.n_out[slot] = step + 1;
+    for (int i = 0; i < s.n_stop; i++)
+      if (s.stop[i] == token) s.finished[slot] = 1;
+  }
+}
+
+void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
+                 const Params& p, cudaStream_t st) {
+  if (n_rows <= 0) return;
+  pick_kernel<<<n_rows, kPickThreads, 0, st>>>(logits, logits_div, sorted, n_rows, s, p);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+// ---- sorting rows of logits -----------------------------------------------------------------------------------------
+
+// A key whose ascending order is (row asc, logit desc); stable radix sort keeps equal logits in index order.
+__device__ inline uint64_t row_logit_key(int row, float x) {
+  uint32_t u = __float_as_uint(x);
+  u ^= (u & 0x80000000u) ? 0xffffffffu : 0x80000000u;  // order-preserving map of floats onto unsigned ints
+  return (static_cast<uint64_t>(row) << 32) | static_cast<uint32_t>(~u);
+}
+
+__global__ void sort_keys_kernel(uint64_t* keys, int32_t* vals, const float* logits, int rows, int vocab) {
+  GRID_STRIDE_LOOP(i, static_cast<int64_t>(rows) * vocab) {
+    const int r = static_cast<int>(i / vocab), j = static_cast<int>(i % vocab);
+    keys[i] = row_logit_key(r, logits[i]);
+    vals[i] = j;
+  }
+}
+
+static int row_bits(int rows) {
+  int b = 0;
+  while ((1 << b) < rows) b++;
+  return b;
+}
+
+int sort_chunk_rows(int n_rows, int vocab) {
+  const int64_t budget = int64_t(1) << 23;  // keys per sort: ~200 MB of keys, values and temp storage
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_rows, budget / std::max(vocab, 1))));
+}
+
+size_t sort_temp_bytes(int chunk_rows, int vocab) {
+  size_t bytes = 0;
+  OPTUNE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                                                    static_cast<uint64_t*>(nullptr),
+                                                    static_cast<const int32_t*>(nullptr),
+                                                    static_cast<int32_t*>(nullptr), chunk_rows * vocab, 0, 64));
+  return bytes;
+}
+
+void sort_rows(int32_t* sorted, const float* logits, int n_rows, int vocab, const SortScratch& sc, cudaStream_t st) {
+  for (int r0 = 0; r0 < n_rows; r0 += sc.max_rows) {
+    const int rows = std::min(sc.max_rows, n_rows - r0);
+    const int n = rows * vocab;
+    const int64_t off = static_cast<int64_t>(r0) * vocab;
+    sort_keys_kernel<<<static_cast<int>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, st>>>(
+        sc.keys_in, sc.vals_in, logits + off, rows, vocab);
+    OPTUNE_CUDA_CHECK_LAUNCH();
+    size_t temp_bytes = sc.temp_bytes;
+    OPTUNE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sc.temp, temp_bytes, sc.keys_in, sc.keys_out, sc.vals_in,
+                                                      sorted + off, n, 0, 32 + row_bits(rows), st));
+  }
+}
+
+}  // namespace optune::cuda::sampler

@@ -1,0 +1,523 @@
+// The CUDA sampler: request checks, device buffers, prefill, the decode loop with CUDA graphs and compaction, and
+// the packing of the results (see sampler_cuda.h for the contract).
+//
+// Streams: all work runs on one blocking stream of this call, so that a decode step can be captured into a graph.
+// Its GEMMs use a cuBLAS handle of this file bound to that stream with an explicit workspace (a captured GEMM must
+// not allocate). The prefill also calls the shared attention_forward kernel, which runs on the legacy default
+// stream; the legacy stream synchronizes with blocking streams, so the order holds without explicit events.
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "check.cuh"
+#include "core/error.h"
+#include "core/rng.h"
+#include "memory.h"
+#include "ops.h"
+#include "sampler_cuda.h"
+#include "sampler_kernels.cuh"
+
+namespace optune::cuda {
+
+namespace {
+
+using namespace sampler;
+
+constexpr int kCompactEvery = 8;       // decode steps between rebuilds of the active set (each costs a sync)
+constexpr int kMinBucket = 8;          // smallest decode batch a graph is captured for
+constexpr int kPrefillTokens = 8192;   // prompt tokens per prefill chunk (bounds the activation buffers)
+constexpr size_t kBlasWorkspace = size_t(32) << 20;
+
+// ---- request checks (the CPU sampler's rules and messages) ----------------------------------------------------------
+
+void check_request(const Model& m, const SampleRequest& r) {
+  const ModelConfig& c = m.cfg;
+  const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1;
+  OPTUNE_CHECK(m.layout.lm_head != kAbsent, "sample: this model is a reward model: it has a score head, not an LM "
+                                            "head; use scores() instead of sampling");
+  OPTUNE_CHECK(n_prompts >= 1, "sample: no prompts (promptOffsets needs n_prompts + 1 entries)");
+  OPTUNE_CHECK(r.prompt_offsets[0] == 0 && r.prompt_offsets.back() == static_cast<int>(r.prompt_tokens.size()),
+               "sample: promptOffsets must start at 0 and end at the number of prompt tokens (" +
+                   std::to_string(r.prompt_tokens.size()) + ")");
+  for (int i = 0; i < n_prompts; i++) {
+    const int len = r.prompt_offsets[i + 1] - r.prompt_offsets[i];
+    OPTUNE_CHECK(len >= 1, "sample: prompt " + std::to_string(i) + " is empty (every prompt needs >= 1 token)");
+    OPTUNE_CHECK(len + r.max_new_tokens <= c.max_positions,
+                 "sample: prompt " + std::to_string(i) + " has " + std::to_string(len) + " tokens; with maxNewTokens " +
+                     std::to_string(r.max_new_tokens) + " it exceeds the model's max_positions " +
+                     std::to_string(c.max_positions) + " (shorten the prompt or lower maxNewTokens)");
+  }
+  for (size_t t = 0; t < r.prompt_tokens.size(); t++)
+    OPTUNE_CHECK(r.prompt_tokens[t] >= 0 && r.prompt_tokens[t] < c.vocab_size,
+                 "sample: prompt token id " + std::to_string(r.prompt_tokens[t]) + " at position " +
+                     std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+  for (int32_t s : r.stop_tokens)
+    OPTUNE_CHECK(s >= 0 && s < c.vocab_size, "sample: stop token " + std::to_string(s) + " is outside the vocabulary");
+  OPTUNE_CHECK(r.n_samples >= 1 && r.n_samples <= (1 << 20), "sample: nSamples must be in [1, 2^20]");
+  OPTUNE_CHECK(r.max_new_tokens >= 1 && r.max_new_tokens <= c.max_positions,
+               "sample: maxNewTokens must be in [1, max_positions = " + std::to_string(c.max_positions) + "]");
+  OPTUNE_CHECK(static_cast<int64_t>(n_prompts) * r.n_samples <= (1 << 24),
+               "sample: nPrompts * nSamples = " + std::to_string(static_cast<int64_t>(n_prompts) * r.n_samples) +
+                   " responses in one call is too many; split the prompts into several calls");
+  OPTUNE_CHECK(std::isfinite(r.temperature) && r.temperature >= 0, "sample: temperature must be >= 0 (0 = greedy)");
+  OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
+  OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
+  OPTUNE_CHECK(r.stream_ids.empty() || static_cast<int>(r.stream_ids.size()) == n_prompts,
+               "sample: streamIds needs one entry per prompt (" + std::to_string(n_prompts) + ") or none");
+  OPTUNE_CHECK(c.head_dim <= 128 && c.head_dim % 2 == 0 && c.n_head % c.n_kv_head == 0,
+               "sample: the CUDA sampler needs an even head_dim <= 128 (got " + std::to_string(c.head_dim) + ")");
+}
+
+// ---- cuBLAS on the sampler's stream ---------------------------------------------------------------------------------
+
+// One handle per host thread (as gemm.cu), bound to the call's stream and workspace for the call's lifetime.
+class Blas {
+ public:
+  Blas(cudaStream_t st, void* workspace, size_t bytes) : h_(handle()) {
+    OPTUNE_CUBLAS_CHECK(cublasSetStream(h_, st));
+    OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace, bytes));
+  }
+  ~Blas() { cublasSetStream(h_, nullptr); }  // also drops the workspace binding (back to cuBLAS's default)
+  Blas(const Blas&) = delete;
+  Blas& operator=(const Blas&) = delete;
+
+  // Row-major C[M, N] = A[M, K] op(B) + beta C, with op(B) = B [K, N] (ldb N) or B^T for B [N, K] (ldb K). cuBLAS
+  // is column-major, so it computes C^T = op(B)^T A^T (see gemm.cu).
+  void mm(int M, int N, int K, const float* A, const float* B, bool trans_b, float beta, float* C) const {
+    const float one = 1.0f;
+    OPTUNE_CUBLAS_CHECK(cublasSgemm(h_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B,
+                                    trans_b ? K : N, A, K, &beta, C, N));
+  }
+  void mm(int M, int N, int K, const bf16* A, const bf16* B, bool trans_b, float beta, float* C) const {
+    const float one = 1.0f;
+    OPTUNE_CUBLAS_CHECK(cublasGemmEx(h_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B,
+                                     CUDA_R_16BF, trans_b ? K : N, A, CUDA_R_16BF, K, &beta, C, CUDA_R_32F, N,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+
+ private:
+  static cublasHandle_t handle() {
+    thread_local cublasHandle_t h = [] {
+      cublasHandle_t created = nullptr;
+      OPTUNE_CUBLAS_CHECK(cublasCreate(&created));
+      OPTUNE_CUBLAS_CHECK(cublasSetMathMode(created, CUBLAS_DEFAULT_MATH));  // fp32 stays fp32 (no TF32)
+      return created;
+    }();
+    return h;
+  }
+  cublasHandle_t h_;
+};
+
+class Stream {
+ public:
+  Stream() { OPTUNE_CUDA_CHECK(cudaStreamCreate(&s_)); }  // blocking: ordered with the legacy default stream
+  ~Stream() { cudaStreamDestroy(s_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+class GraphExec {
+ public:
+  GraphExec() = default;
+  ~GraphExec() {
+    if (exec_) cudaGraphExecDestroy(exec_);
+  }
+  GraphExec(const GraphExec&) = delete;
+  GraphExec& operator=(const GraphExec&) = delete;
+  // Captures fn's work on st into the graph; the work itself does not run.
+  template <class Fn>
+  void capture(cudaStream_t st, const Fn& fn) {
+    cudaGraph_t g = nullptr;
+    OPTUNE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    try {
+      fn();
+    } catch (...) {
+      cudaStreamEndCapture(st, &g);  // leave the stream usable before reporting
+      if (g) cudaGraphDestroy(g);
+      throw;
+    }
+    OPTUNE_CUDA_CHECK(cudaStreamEndCapture(st, &g));
+    const cudaError_t err = cudaGraphInstantiate(&exec_, g, 0);
+    cudaGraphDestroy(g);
+    OPTUNE_CUDA_CHECK(err);
+  }
+  bool ready() const { return exec_ != nullptr; }
+  void launch(cudaStream_t st) const { OPTUNE_CUDA_CHECK(cudaGraphLaunch(exec_, st)); }
+
+ private:
+  cudaGraphExec_t exec_ = nullptr;
+};
+
+bool graphs_enabled() {
+  const char* v = std::getenv("OPTUNE_CUDA_GRAPHS");
+  return !(v && std::string(v) == "0");
+}
+
+// ---- one call -------------------------------------------------------------------------------------------------------
+
+// Everything a call needs on the device, allocated up front. Act: the dtype of GEMM inputs (float or bf16).
+template <class Act>
+class Sampler {
+ public:
+  Sampler(const Model& m, const SamplerWeights& w, const SampleRequest& r)
+      : m_(m), c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
+        blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
+    n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
+    K_ = r.n_samples;
+    R_ = n_prompts_ * K_;
+    D_ = c_.d_model, V_ = c_.vocab_size, F_ = c_.d_ff, QD_ = c_.q_dim(), KVD_ = c_.kv_dim();
+    int max_prompt = 0;
+    for (int i = 0; i < n_prompts_; i++) max_prompt = std::max(max_prompt, prompt_len(i));
+    cap_ = max_prompt + r.max_new_tokens;
+    max_rows_ = std::max(R_, std::max(max_prompt, std::min(static_cast<int>(r.prompt_tokens.size()), kPrefillTokens)));
+    params_.seed = r.seed, params_.temperature = r.temperature, params_.top_k = r.top_k, params_.top_p = r.top_p;
+    params_.vocab = V_;
+    allocate();
+  }
+
+  SampleResult run(SamplerStats* stats) {
+    const auto t0 = std::chrono::steady_clock::now();
+    init_state();
+    prefill();
+    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), n_prompts_, V_, sort_, st());
+    pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
+    sync();
+    const auto t1 = std::chrono::steady_clock::now();
+    int steps = 0, graphs = 0, bucket = 0;
+    std::map<int, GraphExec> execs;
+    std::map<int, int> runs;  // eager runs per bucket: the first run is eager, the next ones replay a graph
+    const bool use_graphs = graphs_enabled();
+    for (int step = 1; step < r_.max_new_tokens; step++) {
+      if ((step - 1) % kCompactEvery == 0) {
+        compact_active(state_, st());
+        const int n_active = read_ctl();  // a sync; reports non-finite logits
+        if (n_active == 0) break;
+        bucket = bucket_for(n_active);
+      }
+      GraphExec& g = execs[bucket];
+      if (g.ready()) {
+        g.launch(st());
+      } else if (use_graphs && runs[bucket] > 0) {
+        g.capture(st(), [&] { decode_step(bucket); });
+        g.launch(st());
+        graphs++;
+      } else {
+        decode_step(bucket);
+        runs[bucket]++;
+      }
+      steps++;
+    }
+    read_ctl();
+    const auto t2 = std::chrono::steady_clock::now();
+    SampleResult res = collect();
+    if (stats) {
+      stats->device_bytes = bytes_;
+      stats->prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+      stats->decode_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
+      stats->decode_steps = steps;
+      stats->graphs = graphs;
+    }
+    return res;
+  }
+
+ private:
+  int prompt_len(int i) const { return r_.prompt_offsets[i + 1] - r_.prompt_offsets[i]; }
+  cudaStream_t st() const { return stream_.get(); }
+  void sync() const { OPTUNE_CUDA_CHECK(cudaStreamSynchronize(st())); }
+  const float* P(size_t off) const { return off == kAbsent ? nullptr : w_.f32 + off; }
+  const Act* W(size_t off) const {
+    if constexpr (std::is_same_v<Act, float>)
+      return w_.f32 + off;
+    else
+      return reinterpret_cast<const bf16*>(w_.bf16) + off;
+  }
+
+  template <class T>
+  Buffer<T> alloc(size_t n, const char* what) {
+    bytes_ += n * sizeof(T);
+    return Buffer<T>(n, what);
+  }
+
+  void allocate() {
+    const size_t rows = static_cast<size_t>(max_rows_);
+    const size_t cache = static_cast<size_t>(c_.n_layer) * (R_ + 1) * cap_ * KVD_;
+    kc_ = alloc<float>(cache, "KV cache keys (sampler: layers x responses x (prompt + maxNewTokens) x kv_dim)");
+    vc_ = alloc<float>(cache, "KV cache values (sampler)");
+    x_ = alloc<float>(rows * D_, "sampler residual stream");
+    hn_ = alloc<Act>(rows * D_, "sampler norm output");
+    qkv_ = alloc<float>(rows * (QD_ + 2 * KVD_), "sampler q|k|v");
+    atty_ = alloc<float>(rows * QD_, "sampler attention output");
+    if constexpr (!std::is_same_v<Act, float>) atty_act_ = alloc<Act>(rows * QD_, "sampler attention output (bf16)");
+    lse_ = alloc<float>(rows * c_.n_head, "sampler attention lse");
+    fc_ = alloc<float>(rows * F_, "sampler MLP pre-activation");
+    if (c_.is_llama()) up_ = alloc<float>(rows * F_, "sampler MLP up projection");
+    act_ = alloc<Act>(rows * F_, "sampler MLP activation");
+    hf_ = alloc<float>(static_cast<size_t>(R_) * D_, "sampler final norm");
+    logits_ = alloc<float>(static_cast<size_t>(R_) * V_, "sampler logits (responses x vocab)");
+    if (params_.filtered()) {
+      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k/top-p)");
+      sort_.max_rows = sort_chunk_rows(R_, V_);
+      const size_t n = static_cast<size_t>(sort_.max_rows) * V_;
+      sort_keys_in_ = alloc<uint64_t>(n, "sampler sort keys");
+      sort_keys_out_ = alloc<uint64_t>(n, "sampler sort keys");
+      sort_vals_in_ = alloc<int32_t>(n, "sampler sort values");
+      sort_.temp_bytes = sort_temp_bytes(sort_.max_rows, V_);
+      sort_temp_ = alloc<char>(sort_.temp_bytes, "sampler sort temp storage");
+      sort_.keys_in = sort_keys_in_.data(), sort_.keys_out = sort_keys_out_.data();
+      sort_.vals_in = sort_vals_in_.data(), sort_.temp = sort_temp_.data();
+    }
+    prompt_tok_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt tokens");
+    prompt_pos_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt positions");
+    prompt_slot_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt slots");
+    chunk_off_ = alloc<int32_t>(2 * static_cast<size_t>(n_prompts_) + 1, "sampler prefill offsets");
+    last_row_ = alloc<int32_t>(n_prompts_, "sampler prompt last rows");
+    row_tok_ = alloc<int32_t>(R_, "sampler decode tokens");
+    row_pos_ = alloc<int32_t>(R_, "sampler decode positions");
+    row_slot_ = alloc<int32_t>(R_, "sampler decode slots");
+    len_ = alloc<int32_t>(R_ + 1, "sampler lengths");
+    n_out_ = alloc<int32_t>(R_ + 1, "sampler counts");
+    finished_ = alloc<uint8_t>(R_ + 1, "sampler finished flags");
+    out_tok_ = alloc<int32_t>(static_cast<size_t>(R_) * r_.max_new_tokens, "sampler output tokens");
+    out_logp_ = alloc<float>(static_cast<size_t>(R_) * r_.max_new_tokens, "sampler output log-probs");
+    stream_keys_ = alloc<uint64_t>(R_, "sampler random streams");
+    active_ = alloc<int32_t>(R_, "sampler active set");
+    ctl_ = alloc<int32_t>(2, "sampler control");
+    stop_ = alloc<int32_t>(r_.stop_tokens.size(), "sampler stop tokens");
+  }
+
+  void init_state() {
+    std::vector<int32_t> len(R_ + 1, 0), active(R_);
+    std::vector<uint8_t> finished(R_ + 1, 0);
+    std::vector<uint64_t> keys(R_);
+    for (int s = 0; s < R_; s++) {
+      len[s] = prompt_len(s / K_);
+      active[s] = s;
+      // the CPU sampler's stream of sample k of a prompt (core/sampler.cpp)
+      const uint64_t id = r_.stream_ids.empty() ? static_cast<uint64_t>(s / K_) : r_.stream_ids[s / K_];
+      keys[s] = mix64(id) ^ mix64(0x5851F42D4C957F2Dull + static_cast<uint64_t>(s % K_));
+    }
+    finished[R_] = 1;  // the padding slot
+    len_.upload(len);
+    finished_.upload(finished);
+    n_out_.zero();
+    active_.upload(active);
+    stream_keys_.upload(keys);
+    ctl_.upload({R_, INT_MAX});
+    stop_.upload(r_.stop_tokens);
+    state_.len = len_.data(), state_.n_out = n_out_.data(), state_.finished = finished_.data();
+    state_.out_tok = out_tok_.data(), state_.out_logp = out_logp_.data(), state_.stream = stream_keys_.data();
+    state_.active = active_.data(), state_.ctl = ctl_.data(), state_.stop = stop_.data();
+    state_.n_stop = static_cast<int>(r_.stop_tokens.size()), state_.R = R_, state_.max_new = r_.max_new_tokens;
+  }
+
+  // Number of active responses; throws the CPU sampler's error when some logits were not finite.
+  int read_ctl() {
+    int32_t ctl[2];
+    OPTUNE_CUDA_CHECK(cudaMemcpyAsync(ctl, ctl_.data(), sizeof ctl, cudaMemcpyDeviceToHost, st()));
+    sync();
+    OPTUNE_CHECK(ctl[1] == INT_MAX, "sample: the model produced non-finite logits (NaN or Inf) at step " +
+                                        std::to_string(ctl[1]) + "; its weights have diverged: reload the last good "
+                                        "checkpoint and lower the learning rate");
+    return ctl[0];
+  }
+
+  int bucket_for(int n_active) const {
+    int b = kMinBucket;
+    while (b < n_active) b *= 2;
+    return std::min(b, R_);
+  }
+
+  LayerCache cache(int l) {
+    const size_t layer = static_cast<size_t>(R_ + 1) * cap_ * KVD_;
+    return {kc_.data() + l * layer, vc_.data() + l * layer, cap_};
+  }
+
+  // out[rows, out_f] (+)= in[rows, in_f] W: GPT-2's Conv1D weights are [in, out], nn.Linear's [out, in].
+  void linear(float* out, const Act* in, size_t w_off, int rows, int in_f, int out_f, float beta) {
+    blas_.mm(rows, out_f, in_f, in, W(w_off), c_.is_llama(), beta, out);
+  }
+
+  struct PrefillChunk {
+    const int32_t* offsets;  // [n_seq + 1], relative to the chunk
+    int n_seq, max_len;
+  };
+
+  // The blocks over `rows`: attention over the cache (decode) or causal over the chunk's prompts (prefill). The
+  // residual stream is left in x_; returns the bias still to add to it (the last GEMM's), for the final norm.
+  const float* blocks(const Rows& rows, const PrefillChunk* pf) {
+    const int n = rows.n, H = c_.n_head, KVH = c_.n_kv_head, hd = c_.head_dim;
+    const bool gpt2 = c_.is_gpt2();
+    embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, st());
+    const float* pending = nullptr;
+    for (int l = 0; l < c_.n_layer; l++) {
+      const LayerOffsets& o = L_.layers[l];
+      add_norm<Act>(hn_.data(), x_.data(), nullptr, pending, P(o.norm1_w), P(o.norm1_b), n, D_, c_.norm_eps, gpt2,
+                    st());
+      float *q = qkv_.data(), *k, *v;
+      int qs, ks, vs;
+      const float *bq, *bk, *bv;
+      if (gpt2) {  // fused c_attn [D, 3D]: q | k | v side by side in each row
+        linear(q, hn_.data(), o.qkv_w, n, D_, 3 * D_, 0.0f);
+        k = q + D_, v = q + 2 * D_, qs = ks = vs = 3 * D_;
+        bq = P(o.qkv_b), bk = bq ? bq + D_ : nullptr, bv = bq ? bq + 2 * D_ : nullptr;
+      } else {  // q [n, QD] | k [n, KVD] | v [n, KVD] as three blocks
+        k = q + static_cast<size_t>(n) * QD_, v = k + static_cast<size_t>(n) * KVD_, qs = QD_, ks = vs = KVD_;
+        linear(q, hn_.data(), o.q_w, n, D_, QD_, 0.0f);
+        linear(k, hn_.data(), o.k_w, n, D_, KVD_, 0.0f);
+        linear(v, hn_.data(), o.v_w, n, D_, KVD_, 0.0f);
+        bq = P(o.q_b), bk = P(o.k_b), bv = P(o.v_b);
+      }
+      qkv_finish(q, qs, k, ks, v, vs, bq, bk, bv, rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, cache(l), st());
+      Act* att = attention_out();
+      if (pf) {
+        attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
+                          hd);
+        if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
+      } else {
+        attention_decode<Act>(att, q, qs, cache(l), rows, H, KVH, hd, st());
+      }
+      linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f);  // x += attention projection (its bias: next norm)
+      add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps, gpt2,
+                    st());
+      linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f);
+      if (gpt2) {
+        bias_gelu<Act>(act_.data(), fc_.data(), P(o.fc_b), n, F_, st());
+      } else {
+        linear(up_.data(), hn_.data(), o.up_w, n, D_, F_, 0.0f);
+        swiglu<Act>(act_.data(), fc_.data(), up_.data(), static_cast<int64_t>(n) * F_, st());
+      }
+      linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f);  // x += MLP output (its bias: next norm)
+      pending = P(o.proj_b);
+    }
+    return pending;
+  }
+
+  Act* attention_out() {
+    if constexpr (std::is_same_v<Act, float>)
+      return atty_.data();
+    else
+      return atty_act_.data();
+  }
+
+  // logits[n, V] of the residual rows src (null: rows 0 .. n-1), through the final norm and the fp32 LM head.
+  void head(float* logits, const int32_t* src, int n, const float* pending) {
+    add_norm<float>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
+                    c_.is_gpt2(), st());
+    blas_.mm(n, V_, D_, hf_.data(), w_.f32 + L_.lm_head, true, 0.0f, logits);
+  }
+
+  // All prompts through the model in chunks of at most kPrefillTokens tokens (a longer prompt is a chunk of its
+  // own); each prompt's keys and values land in its K slots, its last row's logits in logits_ row i.
+  void prefill() {
+    const std::vector<int32_t>& off = r_.prompt_offsets;
+    const size_t T = r_.prompt_tokens.size();
+    std::vector<int32_t> pos(T), slot(T), last(n_prompts_), chunk_off;
+    std::vector<std::pair<int, int>> chunks;
+    for (int p0 = 0; p0 < n_prompts_;) {
+      int p1 = p0 + 1;
+      while (p1 < n_prompts_ && off[p1 + 1] - off[p0] <= kPrefillTokens) p1++;
+      chunks.push_back({p0, p1});
+      for (int i = p0; i <= p1; i++) chunk_off.push_back(off[i] - off[p0]);
+      for (int i = p0; i < p1; i++) {
+        last[i] = off[i + 1] - 1 - off[p0];
+        for (int t = off[i]; t < off[i + 1]; t++) pos[t] = t - off[i], slot[t] = i * K_;
+      }
+      p0 = p1;
+    }
+    prompt_tok_.upload(r_.prompt_tokens);
+    prompt_pos_.upload(pos);
+    prompt_slot_.upload(slot);
+    chunk_off_.upload(chunk_off);
+    last_row_.upload(last);
+    size_t chunk_base = 0;
+    for (const auto& [p0, p1] : chunks) {
+      int max_len = 0;
+      for (int i = p0; i < p1; i++) max_len = std::max(max_len, prompt_len(i));
+      Rows rows;
+      rows.tok = prompt_tok_.data() + off[p0];
+      rows.pos = prompt_pos_.data() + off[p0];
+      rows.slot = prompt_slot_.data() + off[p0];
+      rows.n = off[p1] - off[p0];
+      rows.copies = K_;
+      const PrefillChunk pf{chunk_off_.data() + chunk_base, p1 - p0, max_len};
+      const float* pending = blocks(rows, &pf);
+      head(logits_.data() + static_cast<size_t>(p0) * V_, last_row_.data() + p0, p1 - p0, pending);
+      chunk_base += p1 - p0 + 1;
+    }
+  }
+
+  // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
+  void decode_step(int bucket) {
+    prepare_decode_rows(row_tok_.data(), row_pos_.data(), row_slot_.data(), state_, bucket, st());
+    Rows rows;
+    rows.tok = row_tok_.data(), rows.pos = row_pos_.data(), rows.slot = row_slot_.data();
+    rows.n = bucket, rows.copies = 1;
+    const float* pending = blocks(rows, nullptr);
+    head(logits_.data(), nullptr, bucket, pending);
+    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), bucket, V_, sort_, st());
+    pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
+  }
+
+  SampleResult collect() {
+    const std::vector<int32_t> n_out = n_out_.download(), tok = out_tok_.download();
+    const std::vector<float> logp = out_logp_.download();
+    const std::vector<uint8_t> fin = finished_.download();
+    SampleResult res;
+    res.offsets.push_back(0);
+    for (int s = 0; s < R_; s++) {
+      const size_t o = static_cast<size_t>(s) * r_.max_new_tokens;
+      res.tokens.insert(res.tokens.end(), tok.begin() + o, tok.begin() + o + n_out[s]);
+      res.token_logps.insert(res.token_logps.end(), logp.begin() + o, logp.begin() + o + n_out[s]);
+      res.offsets.push_back(static_cast<int32_t>(res.tokens.size()));
+      res.finished.push_back(fin[s]);
+    }
+    return res;
+  }
+
+  const Model& m_;
+  const ModelConfig& c_;
+  const ParamLayout& L_;
+  SamplerWeights w_;
+  const SampleRequest& r_;
+  int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
+  size_t bytes_ = 0;
+  Params params_;
+  State state_;
+  SortScratch sort_;
+  Stream stream_;
+  Buffer<char> blas_ws_;
+  Blas blas_;
+  Buffer<float> kc_, vc_, x_, qkv_, atty_, lse_, fc_, up_, hf_, logits_, out_logp_;
+  Buffer<Act> hn_, atty_act_, act_;
+  Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
+      row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
+  Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;
+  Buffer<uint8_t> finished_;
+  Buffer<char> sort_temp_;
+};
+
+}  // namespace
+
+SampleResult sample_with_weights(const Model& m, const SamplerWeights& w, const SampleRequest& r,
+                                 SamplerStats* stats) {
+  check_request(m, r);
+  OPTUNE_CHECK(w.f32, "sample: the model's weights are not on the device");
+  if (w.bf16) {
+    Sampler<bf16> s(m, w, r);
+    return s.run(stats);
+  }
+  Sampler<float> s(m, w, r);
+  return s.run(stats);
+}
+
+}  // namespace optune::cuda

@@ -1,0 +1,114 @@
+// Kernels of the CUDA sampler (sampler_cuda.cu): the inference-only transformer pieces that prefill and the decode
+// step share (decode_kernels.cu), and the token picking, sorting and active-set bookkeeping (sample_kernels.cu).
+// Every launcher takes the stream it runs on: a decode step is captured into a CUDA graph on the sampler's stream.
+// Activations that feed a GEMM are written as `Act` (float, or __nv_bfloat16 under bf16); everything else is fp32.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace optune::cuda::sampler {
+
+using bf16 = __nv_bfloat16;
+
+// The rows of one forward: row r is token tok[r] at position pos[r] of cache slot slot[r]. Its keys and values go
+// to slots slot[r] .. slot[r] + copies - 1 (prefill: one prompt row feeds its K samples; decode: copies = 1).
+struct Rows {
+  const int32_t* tok = nullptr;
+  const int32_t* pos = nullptr;
+  const int32_t* slot = nullptr;
+  int n = 0;
+  int copies = 1;
+};
+
+// One layer's KV cache: [slots][cap][kv_dim] fp32 for keys and for values.
+struct LayerCache {
+  float* k = nullptr;
+  float* v = nullptr;
+  int cap = 0;
+};
+
+// ---- transformer pieces (decode_kernels.cu) ----------------------------------------------------------------------
+// x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions).
+void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, cudaStream_t st);
+// For each output row r (source row src[r], or r when src is null): x[src] += add (a bias deferred from the previous
+// GEMM; may be null), then out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm.
+template <class Act>
+void add_norm(Act* out, float* x, const int32_t* src, const float* add, const float* w, const float* b, int rows,
+              int d, float eps, bool layernorm, cudaStream_t st);
+// q/k/v (row strides qs/ks/vs) in place: + bias (each may be null), RoPE on q and k when rope, then the row's k and
+// v are copied into the cache at (slot + c, pos) for c < copies.
+void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq, const float* bk,
+                const float* bv, const Rows& rows, int n_head, int n_kv_head, int head_dim, bool rope, float theta,
+                const LayerCache& cache, cudaStream_t st);
+// One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group).
+template <class Act>
+void attention_decode(Act* out, const float* q, int qs, const LayerCache& cache, const Rows& rows, int n_head,
+                      int n_kv_head, int head_dim, cudaStream_t st);
+// out = gelu_tanh(fc + b) over [rows, f].
+template <class Act>
+void bias_gelu(Act* out, const float* fc, const float* b, int rows, int f, cudaStream_t st);
+// out = silu(gate) * up, n elements.
+template <class Act>
+void swiglu(Act* out, const float* gate, const float* up, int64_t n, cudaStream_t st);
+// fp32 -> Act (a copy when Act is float).
+template <class Act>
+void convert(Act* out, const float* in, int64_t n, cudaStream_t st);
+
+// ---- sampling (sample_kernels.cu) ----------------------------------------------------------------------------------
+// Per-response state, all on the device. Slots 0 .. R-1 are the responses (prompt-major: slot = prompt * K + k);
+// slot R is a padding slot that rows beyond the active count point at (its cache rows are scratch).
+struct State {
+  int32_t* len = nullptr;        // [R + 1] tokens in the slot's KV cache
+  int32_t* n_out = nullptr;      // [R + 1] tokens generated
+  uint8_t* finished = nullptr;   // [R + 1] ended with a stop token
+  int32_t* out_tok = nullptr;    // [R][max_new]
+  float* out_logp = nullptr;     // [R][max_new]
+  const uint64_t* stream = nullptr;  // [R] random stream key of each response (as the CPU sampler derives it)
+  int32_t* active = nullptr;     // [R] slots still generating, ascending
+  int32_t* ctl = nullptr;        // [2]: number of active slots; first step with non-finite logits (INT_MAX: none)
+  const int32_t* stop = nullptr; // stop tokens
+  int n_stop = 0;
+  int R = 0, max_new = 0;
+};
+
+struct Params {
+  uint64_t seed = 0;
+  float temperature = 1.0f;
+  int top_k = 0;
+  float top_p = 1.0f;
+  int vocab = 0;
+  __host__ __device__ bool filtered() const {
+    return temperature != 0.0f && ((top_k > 0 && top_k < vocab) || top_p < 1.0f);
+  }
+};
+
+// Rows 0 .. n_rows-1 of a decode step: row a < n_active takes slot active[a], its last token and position len;
+// later rows take the padding slot. A slot that is still generating gets len + 1 (the token joins its cache).
+void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st);
+// Draws the next token of each active row a < min(n_rows, n_active) from logits row a / logits_div (the prefill
+// logits are one row per prompt, read by its K samples), unless the slot is done. sorted: per logits row, the
+// vocabulary ordered by (logit desc, index asc); needed only when p.filtered().
+void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
+                 const Params& p, cudaStream_t st);
+// Rebuilds active[] (ascending slots that are neither finished nor at max_new) and ctl[0].
+void compact_active(const State& s, cudaStream_t st);
+
+// Scratch for sorting `max_rows` logits rows at a time (cub radix sort of (row, logit) keys).
+struct SortScratch {
+  uint64_t* keys_in = nullptr;
+  uint64_t* keys_out = nullptr;
+  int32_t* vals_in = nullptr;
+  void* temp = nullptr;
+  size_t temp_bytes = 0;
+  int max_rows = 0;
+};
+// Rows of logits per sort and the bytes of temp storage cub needs for them.
+int sort_chunk_rows(int n_rows, int vocab);
+size_t sort_temp_bytes(int chunk_rows, int vocab);
+// sorted[r] = the vocabulary ordered by (logits[r] desc, index asc), for r < n_rows.
+void sort_rows(int32_t* sorted, const float* logits, int n_rows, int vocab, const SortScratch& sc, cudaStream_t st);
+
+}  // namespace optune::cuda::sampler

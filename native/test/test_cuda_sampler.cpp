@@ -1,0 +1,358 @@
+// The CUDA sampler (cuda/sampler_cuda.h) against the CPU sampler and full CPU forwards, on tiny GPT-2 and Llama
+// models and a few wider ones (head_dim 64 and 128, several prefill chunks):
+//  - greedy tokens equal the CPU sampler's (fp32), with the same offsets and finished flags;
+//  - the log-probs of sampled tokens equal a full CPU forward over prompt + response within 1e-4 (fp32), which checks
+//    the KV cache, its slots after compaction, RoPE positions and the prefill chunks; bf16 within 0.1;
+//  - the draws are the CPU sampler's (same uniforms): at temperature 1, >= 90% of responses equal the CPU's (fp
+//    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
+//  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
+//  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
+//    (total variation against the exact distributions, as test_sampler.cpp);
+//  - bad requests and non-finite logits raise the CPU sampler's errors.
+// Without a CUDA device every case prints "SKIPPED: no CUDA device <case>" (counted neither passed nor failed).
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/engine.h"
+#include "cuda/memory.h"
+#include "cuda/ops.h"
+#include "cuda/sampler_cuda.h"
+#include "test_helpers.h"
+#include "testing.h"
+
+using namespace optune;
+
+namespace {
+
+// A model's weights on the device: fp32, plus the bf16 copy when asked.
+struct DeviceWeights {
+  cuda::Buffer<float> f32;
+  cuda::Buffer<uint16_t> bf16;
+  DeviceWeights(const Model& m, bool with_bf16) : f32(m.params, "test weights") {
+    if (with_bf16) {
+      bf16 = cuda::Buffer<uint16_t>(m.params.size(), "test weights bf16");
+      cuda::to_bf16(bf16.data(), f32.data(), static_cast<int64_t>(m.params.size()));
+    }
+  }
+  cuda::SamplerWeights get() const { return {f32.data(), bf16.size() ? bf16.data() : nullptr}; }
+};
+
+SampleResult gpu_sample(const Model& m, const SampleRequest& r, bool bf16 = false) {
+  const DeviceWeights w(m, bf16);
+  return cuda::sample_with_weights(m, w.get(), r);
+}
+
+SampleRequest prompts_request(const std::vector<std::vector<int32_t>>& prompts, int k, int max_new) {
+  SampleRequest r;
+  r.prompt_offsets.push_back(0);
+  for (const auto& p : prompts) {
+    r.prompt_tokens.insert(r.prompt_tokens.end(), p.begin(), p.end());
+    r.prompt_offsets.push_back(static_cast<int32_t>(r.prompt_tokens.size()));
+  }
+  r.n_samples = k;
+  r.max_new_tokens = max_new;
+  r.seed = 1234;
+  return r;
+}
+
+// prompt + response sequences as a batch, to score the sampled tokens with a full CPU forward
+Batch as_batch(const SampleRequest& req, const SampleResult& res) {
+  Batch b;
+  b.offsets.push_back(0);
+  const int K = req.n_samples;
+  for (size_t s = 0; s + 1 < res.offsets.size(); s++) {
+    const int i = static_cast<int>(s) / K;
+    b.tokens.insert(b.tokens.end(), req.prompt_tokens.begin() + req.prompt_offsets[i],
+                    req.prompt_tokens.begin() + req.prompt_offsets[i + 1]);
+    b.prompt_lens.push_back(req.prompt_offsets[i + 1] - req.prompt_offsets[i]);
+    b.tokens.insert(b.tokens.end(), res.tokens.begin() + res.offsets[s], res.tokens.begin() + res.offsets[s + 1]);
+    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+  }
+  return b;
+}
+
+// Worst |GPU token log-prob - full CPU forward log-prob| over every sampled token.
+double worst_logp_error(const Model& m, const SampleRequest& req, const SampleResult& res) {
+  const LogprobResult full = compute_logprobs(m, as_batch(req, res));
+  if (full.token_logps.size() != res.token_logps.size()) return INFINITY;
+  double worst = 0;
+  for (size_t i = 0; i < res.token_logps.size(); i++)
+    worst = std::max(worst, static_cast<double>(std::fabs(full.token_logps[i] - res.token_logps[i])));
+  return worst;
+}
+
+// Stop tokens end a response and are kept; a response without one has max_new tokens (the CPU's semantics).
+void check_layout(const SampleRequest& req, const SampleResult& res, const std::string& what) {
+  const size_t R = static_cast<size_t>(req.prompt_offsets.size() - 1) * req.n_samples;
+  CHECK_MSG(res.offsets.size() == R + 1 && res.finished.size() == R, what + ": sizes");
+  if (res.offsets.size() != R + 1 || res.finished.size() != R) return;
+  CHECK_MSG(res.offsets[0] == 0 && res.offsets[R] == static_cast<int32_t>(res.tokens.size()), what + ": offsets");
+  CHECK_MSG(res.token_logps.size() == res.tokens.size(), what + ": one log-prob per token");
+  auto is_stop = [&](int32_t t) {
+    return std::find(req.stop_tokens.begin(), req.stop_tokens.end(), t) != req.stop_tokens.end();
+  };
+  for (size_t s = 0; s < R; s++) {
+    const int len = res.offsets[s + 1] - res.offsets[s];
+    CHECK_MSG(len >= 1 && len <= req.max_new_tokens, what + ": response length " + std::to_string(len));
+    if (len < 1) continue;
+    const bool stopped = is_stop(res.tokens[res.offsets[s + 1] - 1]);
+    CHECK_MSG(res.finished[s] == (stopped ? 1 : 0), what + ": finished flag of response " + std::to_string(s));
+    if (!stopped) CHECK_MSG(len == req.max_new_tokens, what + ": unfinished response shorter than maxNewTokens");
+    for (int t = res.offsets[s]; t < res.offsets[s + 1] - 1; t++)
+      CHECK_MSG(!is_stop(res.tokens[t]), what + ": a stop token before the end");
+  }
+}
+
+// Fraction of responses whose tokens equal the CPU sampler's.
+double agreement(const SampleResult& a, const SampleResult& b) {
+  if (a.offsets.size() != b.offsets.size()) return 0.0;
+  int same = 0;
+  const int R = static_cast<int>(a.offsets.size()) - 1;
+  for (int s = 0; s < R; s++)
+    same += std::equal(a.tokens.begin() + a.offsets[s], a.tokens.begin() + a.offsets[s + 1],
+                       b.tokens.begin() + b.offsets[s], b.tokens.begin() + b.offsets[s + 1]) &&
+            a.offsets[s + 1] - a.offsets[s] == b.offsets[s + 1] - b.offsets[s];
+  return static_cast<double>(same) / R;
+}
+
+const std::vector<std::vector<int32_t>> kPrompts = {{1, 5, 7}, {2, 3, 4, 8, 9, 10, 11}, {6}};
+
+// Wider shapes: head_dim 64 (GPT-2) and 128 (Llama, GQA 2:1), so every lane of the decode attention has work.
+ModelConfig wide_gpt2() {
+  ModelConfig c = testing::tiny_gpt2(300);
+  c.d_model = 128, c.n_head = 2, c.n_kv_head = 2, c.head_dim = 64, c.d_ff = 256, c.max_positions = 128;
+  return c;
+}
+ModelConfig wide_llama() {
+  ModelConfig c = testing::tiny_llama(300);
+  c.d_model = 256, c.n_head = 2, c.n_kv_head = 1, c.head_dim = 128, c.d_ff = 192, c.max_positions = 128;
+  return c;
+}
+
+std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, int vocab, uint64_t seed) {
+  testing::Rand r(seed);
+  std::vector<std::vector<int32_t>> p(n);
+  for (auto& x : p) {
+    x.resize(min_len + r.below(max_len - min_len + 1));
+    for (auto& t : x) t = r.below(vocab);
+  }
+  return p;
+}
+
+}  // namespace
+
+TEST(greedy_tokens_equal_cpu_sampler_fp32) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 41, 0.5f);
+    SampleRequest req = prompts_request(kPrompts, 2, 12);
+    req.temperature = 0.0f;
+    const SampleResult cpu = sample(*m, req), gpu = gpu_sample(*m, req);
+    const std::string what = std::string(arch_name(cfg.arch)) + " d" + std::to_string(cfg.d_model);
+    CHECK_MSG(gpu.tokens == cpu.tokens, what + ": greedy tokens differ from the CPU sampler's");
+    CHECK_MSG(gpu.offsets == cpu.offsets, what + ": offsets differ");
+    CHECK_MSG(gpu.finished == cpu.finished, what + ": finished flags differ");
+    if (gpu.token_logps.size() == cpu.token_logps.size())
+      for (size_t i = 0; i < gpu.token_logps.size(); i++) CHECK_CLOSE(gpu.token_logps[i], cpu.token_logps[i], 0, 1e-4);
+  }
+}
+
+TEST(decode_logps_match_full_cpu_forward_fp32) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 42, 0.5f);
+    SampleRequest req = prompts_request(kPrompts, 3, 20);
+    const SampleResult res = gpu_sample(*m, req);
+    check_layout(req, res, arch_name(cfg.arch));
+    const double worst = worst_logp_error(*m, req, res);
+    CHECK_MSG(worst < 1e-4, std::string(arch_name(cfg.arch)) + " d" + std::to_string(cfg.d_model) +
+                                ": worst |gpu decode - cpu full| = " + std::to_string(worst));
+    const double agree = agreement(res, sample(*m, req));
+    std::printf("  %s d%d: %.0f%% of responses equal the CPU sampler's\n", arch_name(cfg.arch), cfg.d_model,
+                100 * agree);
+    CHECK_MSG(agree >= 0.9, "only " + std::to_string(agree) + " of responses equal the CPU sampler's");
+  }
+}
+
+TEST(many_prompts_prefill_in_chunks) {
+  // 400 prompts of 15-30 tokens (> 8192 prompt tokens): several prefill chunks, ragged lengths
+  auto m = make_model(wide_gpt2());
+  testing::randomize(*m, 43, 0.3f);
+  SampleRequest req = prompts_request(random_prompts(400, 15, 30, 300, 7), 1, 6);
+  CHECK(req.prompt_tokens.size() > 8192);
+  const SampleResult res = gpu_sample(*m, req);
+  check_layout(req, res, "chunks");
+  const double worst = worst_logp_error(*m, req, res);
+  CHECK_MSG(worst < 1e-4, "worst |gpu decode - cpu full| = " + std::to_string(worst));
+}
+
+TEST(stop_tokens_and_compaction) {
+  // many samples that stop at different steps: the active set shrinks, buckets change, graphs are captured
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 44, 0.5f);
+    SampleRequest req = prompts_request(kPrompts, 24, 40);
+    req.stop_tokens = {3, 4};
+    cuda::SamplerStats stats;
+    const DeviceWeights w(*m, false);
+    const SampleResult res = cuda::sample_with_weights(*m, w.get(), req, &stats);
+    check_layout(req, res, arch_name(cfg.arch));
+    int n_finished = 0;
+    for (uint8_t f : res.finished) n_finished += f;
+    CHECK(n_finished > 0 && n_finished < static_cast<int>(res.finished.size()));
+    const double worst = worst_logp_error(*m, req, res);
+    CHECK_MSG(worst < 1e-4, std::string(arch_name(cfg.arch)) + ": after compaction, worst |gpu - cpu full| = " +
+                                std::to_string(worst));
+    std::printf("  %s: %d decode steps, %d graphs, %d of %zu finished, %.0f%% equal the CPU sampler's\n",
+                arch_name(cfg.arch), stats.decode_steps, stats.graphs, n_finished, res.finished.size(),
+                100 * agreement(res, sample(*m, req)));
+    CHECK(stats.graphs >= 1);
+  }
+}
+
+TEST(same_seed_same_tokens_graphs_or_not) {
+  auto m = make_model(testing::tiny_llama());
+  testing::randomize(*m, 45, 0.5f);
+  SampleRequest req = prompts_request(kPrompts, 4, 24);
+  req.top_p = 0.9f;
+  req.top_k = 10;
+  req.temperature = 0.8f;
+  req.stop_tokens = {5};
+  const SampleResult a = gpu_sample(*m, req), b = gpu_sample(*m, req);
+  CHECK(a.tokens == b.tokens);
+  CHECK(a.token_logps == b.token_logps);
+  CHECK(a.finished == b.finished);
+  setenv("OPTUNE_CUDA_GRAPHS", "0", 1);
+  const SampleResult eager = gpu_sample(*m, req);
+  unsetenv("OPTUNE_CUDA_GRAPHS");
+  CHECK_MSG(eager.tokens == a.tokens, "graph replays and eager steps give different tokens");
+  check_layout(req, a, "filtered");
+  CHECK(worst_logp_error(*m, req, a) < 1e-4);
+  std::printf("  filtered: %.0f%% of responses equal the CPU sampler's\n", 100 * agreement(a, sample(*m, req)));
+  req.seed = 99;
+  CHECK(gpu_sample(*m, req).tokens != a.tokens);
+}
+
+TEST(bf16_close_to_fp32) {
+  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 46, 0.1f);
+    SampleRequest req = prompts_request(kPrompts, 4, 16);
+    const SampleResult a = gpu_sample(*m, req, true), b = gpu_sample(*m, req, true);
+    CHECK(a.tokens == b.tokens);
+    check_layout(req, a, "bf16");
+    const double worst = worst_logp_error(*m, req, a);
+    CHECK_MSG(worst < 0.1, std::string(arch_name(cfg.arch)) + " bf16: worst |gpu - cpu fp32 full| = " +
+                               std::to_string(worst));
+    std::printf("  %s bf16: worst log-prob error %.2e, %.0f%% of responses equal the fp32 CPU sampler's\n",
+                arch_name(cfg.arch), worst, 100 * agreement(a, sample(*m, req)));
+  }
+}
+
+namespace {
+
+// Empirical distribution of the first sampled token over n draws vs the expected one: total variation distance.
+double first_token_tv(const Model& m, SampleRequest req, const std::vector<double>& expected, int n) {
+  req.n_samples = n;
+  req.max_new_tokens = 1;
+  const SampleResult res = gpu_sample(m, req);
+  std::vector<double> freq(expected.size(), 0.0);
+  for (int32_t t : res.tokens) freq[t] += 1.0 / n;
+  double tv = 0;
+  for (size_t j = 0; j < expected.size(); j++) tv += 0.5 * std::fabs(freq[j] - expected[j]);
+  return tv;
+}
+
+}  // namespace
+
+TEST(temperature_top_k_top_p_follow_their_definitions) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 35, 0.8f);
+  SampleRequest req = prompts_request({kPrompts[0]}, 1, 1);
+  Batch b;
+  b.tokens = kPrompts[0];
+  b.offsets = {0, 3};
+  b.prompt_lens = {3};
+  const std::vector<float> logits = compute_logits(*m, b);
+  const int V = m->cfg.vocab_size;
+  const float* z = logits.data() + 2 * V;
+  std::vector<int> order(V);
+  for (int j = 0; j < V; j++) order[j] = j;
+  std::sort(order.begin(), order.end(), [&](int a, int c) { return z[a] > z[c]; });
+  auto softmax = [&](float temp, const std::vector<int>& keep) {
+    std::vector<double> p(V, 0.0);
+    double tot = 0;
+    for (int j : keep) tot += (p[j] = std::exp(z[j] / temp));
+    for (auto& x : p) x /= tot;
+    return p;
+  };
+  const int n = 40000;  // TV noise ~ sqrt(V / n) / 2 ~ 1e-2
+  const std::vector<int> all(order);
+  for (float temp : {1.0f, 0.5f, 2.0f}) {
+    req.temperature = temp;
+    const double tv = first_token_tv(*m, req, softmax(temp, all), n);
+    CHECK_MSG(tv < 0.02, "temperature " + std::to_string(temp) + ": tv " + std::to_string(tv));
+  }
+  req.temperature = 1.0f;
+  req.top_k = 3;
+  const std::vector<int> top3(order.begin(), order.begin() + 3);
+  double tv = first_token_tv(*m, req, softmax(1.0f, top3), n);
+  CHECK_MSG(tv < 0.02, "top-k: tv " + std::to_string(tv));
+  req.top_k = 0;
+  req.top_p = 0.6f;
+  const std::vector<double> full = softmax(1.0f, all);
+  std::vector<int> nucleus;
+  double mass = 0;
+  for (int j : order) {
+    nucleus.push_back(j);
+    mass += full[j];
+    if (mass >= 0.6) break;
+  }
+  CHECK(nucleus.size() < static_cast<size_t>(V));
+  tv = first_token_tv(*m, req, softmax(1.0f, nucleus), n);
+  CHECK_MSG(tv < 0.02, "top-p: tv " + std::to_string(tv));
+  req.n_samples = 5000;  // tokens outside the nucleus never appear
+  const SampleResult res = gpu_sample(*m, req);
+  for (int32_t t : res.tokens) CHECK(std::find(nucleus.begin(), nucleus.end(), t) != nucleus.end());
+  // the same draws as the CPU sampler: the first tokens agree almost everywhere
+  req.n_samples = 2000;
+  const double agree = agreement(gpu_sample(*m, req), sample(*m, req));
+  CHECK_MSG(agree >= 0.99, "top-p first tokens: only " + std::to_string(agree) + " equal the CPU sampler's");
+}
+
+TEST(bad_requests_and_non_finite_logits_throw) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 47, 0.5f);
+  SampleRequest req = prompts_request(kPrompts, 1, 4);
+  req.prompt_tokens[0] = 500;
+  CHECK_THROWS(gpu_sample(*m, req), "outside the vocabulary");
+  req = prompts_request(kPrompts, 1, 40);
+  CHECK_THROWS(gpu_sample(*m, req), "max_positions");
+  req = prompts_request(kPrompts, 1, 4);
+  req.top_p = 0.0f;
+  CHECK_THROWS(gpu_sample(*m, req), "topP");
+  req = prompts_request(kPrompts, 1, 4);
+  req.prompt_tokens = {1, 2, 3};
+  req.prompt_offsets = {0, 0, 3};
+  CHECK_THROWS(gpu_sample(*m, req), "empty");
+  auto bad = clone_model(*m);
+  bad->params[bad->layout.normf_w] = NAN;
+  CHECK_THROWS(gpu_sample(*bad, prompts_request(kPrompts, 2, 4)), "non-finite logits");
+  // the device stays usable after the error
+  CHECK(gpu_sample(*m, prompts_request(kPrompts, 2, 4)).tokens.size() == 24);
+}
+
+int main() {
+  if (cuda::device_count() == 0) {
+    // Neither "ok" nor "FAIL": the runner counts these cases as neither passed nor failed.
+    for (auto& c : testing::registry()) std::printf("SKIPPED: no CUDA device %s\n", c.name);
+    std::printf("SKIPPED: %zu cases (no CUDA device)\n", testing::registry().size());
+    std::printf("0 cases, 0 failed\n");
+    return 0;
+  }
+  std::printf("device: %s\n", cuda::device_description(0).c_str());
+  return testing::run_all();
+}
