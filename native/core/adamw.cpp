@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "device.h"
 #include "engine.h"
 #include "error.h"
 
@@ -29,6 +30,7 @@ static double grad_norm(const std::vector<float>& g) {
 }
 
 double adamw_update(Model& m, const AdamWConfig& o) {
+  if (m.device) return m.device->adamw_update(m, o);
   OPTUNE_CHECK(m.grads.size() == m.params.size(), "optimizer step before any gradient was computed");
   const double norm = grad_norm(m.grads);
   // A non-finite gradient must never reach the weights: stop here, leaving weights and moments untouched.

@@ -3,6 +3,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/ops.h"
+#include "device.h"
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
@@ -42,6 +43,7 @@ const float* score_weight(const Model& m) {
 LogprobResult compute_logprobs(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = lm_head_weight(m);
+  if (m.device) return m.device->logprobs(m, b);
   Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   const ResponseRows rows = response_rows(b);
@@ -57,6 +59,7 @@ LogprobResult compute_logprobs(const Model& m, const Batch& b) {
 std::vector<float> compute_logits(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = lm_head_weight(m);
+  if (m.device) return m.device->logits(m, b);
   Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   std::vector<float> logits(static_cast<size_t>(b.n_tokens()) * m.cfg.vocab_size);
@@ -68,6 +71,7 @@ std::vector<float> compute_logits(const Model& m, const Batch& b) {
 std::vector<float> compute_scores(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = score_weight(m);
+  if (m.device) return m.device->scores(m, b);
   Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   std::vector<float> scores(b.n_seq());

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/ops.h"
+#include "device.h"
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
@@ -89,6 +90,7 @@ void validate_request(const Model& m, const TrainRequest& r) {
 
 TrainStats train_step(Model& m, const TrainRequest& r) {
   validate_request(m, r);
+  if (m.device) return m.device->train_step(m, r);
   const Batch& b = r.batch;
   const int D = m.cfg.d_model, T = b.n_tokens(), n_seq = b.n_seq();
   TrainStats st;

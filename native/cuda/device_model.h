@@ -1,7 +1,9 @@
 // A model resident on a CUDA device: device copies of the flat parameter buffer (the same ParamLayout offsets as
 // Model::params, core/params.h), gradients and AdamW moments in that layout, a bf16 copy of the weights under bf16
-// mixed precision, and a grow-only activation arena. Owned by Model::device (core/device.h); the engine's entry
-// points forward here. Plain C++: callers need no CUDA headers.
+// mixed precision. Owned by Model::device (core/device.h); the engine's entry points forward here. Activations live
+// in one grow-only arena shared by every model in the process (policy, reference, reward model): their calls never
+// overlap (a process-wide lock serializes device calls, the GPU runs them one after another anyway), so the arena
+// peaks at the largest single call instead of the sum. Plain C++: callers need no CUDA headers.
 //
 // Precision: FP32 runs every GEMM in fp32 (no TF32). BF16 keeps fp32 master weights, gradients, moments, norms,
 // softmax and losses; only the GEMM operands are bf16 (weights from `params_bf16`, refreshed after every AdamW
@@ -13,6 +15,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
 #include "core/device.h"
 #include "core/engine.h"
@@ -22,17 +25,25 @@
 namespace optune::cuda {
 
 // One device allocation, carved per call into the buffers a forward/backward needs. It only grows (a larger batch
-// reallocates it; a smaller one reuses it) and is freed with the model. `Carver` lays the buffers out twice with the
+// reallocates it; a smaller one reuses it); release() frees it (when the last device model goes). `Carver` lays the buffers out twice with the
 // same code: first with no base to measure, then for real, so a call never allocates mid-way.
 class Arena {
  public:
   // Makes the arena at least `bytes` large (contents are not kept) and returns its base.
   char* reserve(size_t bytes, const char* what);
   size_t capacity() const { return buf_.size(); }
+  size_t peak() const { return peak_; }
+  void release() { buf_ = Buffer<char>(); }
 
  private:
   Buffer<char> buf_;
+  size_t peak_ = 0;
 };
+
+// The process-wide activation arena, and the lock every device call holds while it uses it (recursive: a train
+// step computes its reference log-probs inside its own call, before carving its buffers).
+Arena& shared_arena();
+std::unique_lock<std::recursive_mutex> lock_device();
 
 class Carver {
  public:
@@ -58,10 +69,10 @@ struct DeviceState final : DeviceEngine {
   Buffer<float> grads;            // allocated on the first train step
   Buffer<float> adam_m, adam_v;   // allocated on the first optimizer step
   bool host_stale = false;        // device weights/moments changed since the last download
-  Arena arena;                    // activations and scratch of the current call
-  size_t peak_arena_bytes = 0;
 
-  // Bytes held by this model on the device (weights, gradients, moments, bf16 copy, arena).
+  DeviceState();
+  ~DeviceState() override;        // the last device model to go frees the shared arena
+  // Bytes held by this model on the device (weights, gradients, moments, bf16 copy; not the shared arena).
   size_t device_bytes() const;
   const uint16_t* bf16(size_t offset) const { return params_bf16.data() ? params_bf16.data() + offset : nullptr; }
   void refresh_bf16();  // params -> params_bf16 (bf16 only)

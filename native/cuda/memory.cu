@@ -34,6 +34,27 @@ std::string device_description(int device) {
   return buf;
 }
 
+DeviceProps device_props(int device) {
+  cudaDeviceProp p;
+  OPTUNE_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
+  DeviceProps d;
+  d.name = p.name;
+  d.major = p.major, d.minor = p.minor;
+  d.total_bytes = p.totalGlobalMem;
+  int current = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&current));
+  if (current == device) {
+    size_t free_b = 0, total_b = 0;
+    OPTUNE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    d.free_bytes = free_b;
+  }
+  return d;
+}
+
+void memory_info(size_t* free_bytes, size_t* total_bytes) {
+  OPTUNE_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes));
+}
+
 void synchronize() { OPTUNE_CUDA_CHECK(cudaDeviceSynchronize()); }
 
 void* device_alloc(size_t bytes, const char* what) {

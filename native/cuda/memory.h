@@ -13,6 +13,15 @@ namespace optune::cuda {
 int device_count();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"; throws when the device does not exist.
 std::string device_description(int device);
+// Name, compute capability and memory of a device (the current free memory too); throws when it does not exist.
+struct DeviceProps {
+  std::string name;
+  int major = 0, minor = 0;
+  size_t total_bytes = 0, free_bytes = 0;
+};
+DeviceProps device_props(int device);
+// Free and total bytes of the current device (cudaMemGetInfo).
+void memory_info(size_t* free_bytes, size_t* total_bytes);
 // Waits for all queued GPU work; reports an error raised by an earlier kernel.
 void synchronize();
 

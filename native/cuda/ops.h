@@ -72,4 +72,21 @@ double sum_squares(const float* g, size_t n);
 void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float decay, float beta1, float beta2,
                 float eps, float step_size, float bc2_sqrt, float clip);
 
+// ---- model glue (embedding.cu, elementwise.cu, score.cu) --------------------------------------------------------
+// out[t] = wte[tokens[t]] + wpe[pos[t]] (wpe null: no learned positions), rows x d.
+void embedding_forward(float* out, const float* wte, const float* wpe, const int32_t* tokens, const int32_t* pos,
+                       int rows, int d);
+// dw[ids[k]] += sum of dx rows rows[starts[k] .. starts[k+1]) in that order, for k < n_ids (a CSR index of the rows
+// by token id or position, built on the host; ids distinct).
+void embedding_backward(float* dw, const float* dx, const int32_t* ids, const int32_t* starts, const int32_t* rows,
+                        int n_ids, int d);
+void add_inplace(float* y, const float* x, int64_t n);                 // y += x
+void bias_add(float* out, const float* bias, int rows, int cols);      // out[r, :] += bias
+void bias_backward(float* dbias, const float* dout, int rows, int cols);  // dbias += column sums of dout
+// Reward head: score[s] = h[rows[s]] . w (double accumulation), s < n.
+void score_forward(float* score, const float* h, const int32_t* rows, int n, const float* w, int d);
+// dh[rows[s]] += g[s] * w; dw += sum_s g[s] * h[rows[s]] (rows distinct).
+void score_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* rows, int n, const float* w,
+                    int d);
+
 }  // namespace optune::cuda

@@ -1,0 +1,163 @@
+// The engine on CUDA at the GPT-2 124M shape (issue 5's benchmark): log-probs of 64 x 512 tokens and a DPO step of
+// 32 pairs x 512 tokens (policy forward + backward, reference log-probs from a frozen reference model's forward,
+// AdamW), in fp32 and bf16, through the same engine.h calls the addon makes. One JSON line per measurement on stdout.
+//
+// FLOPs (the usual model-FLOPs convention: recomputation in backward is not counted):
+//   forward  = 2 * N * T + 2 * n_layer * d * sum_s L_s^2      (N = all 124.4M parameters, the tied LM head once;
+//                                                               attention: QK^T and PV over the causal half)
+//   training = 3 * forward                                     (= 6 * N * T + attention)
+//   DPO step = training (policy) + forward (reference)
+// MFU = FLOPs / time / peak, with the H100 SXM dense peaks (H200: the same): bf16 989 TFLOP/s, fp32 67 TFLOP/s
+// (fp32 mode runs plain fp32 GEMMs, no TF32).
+// Memory: mem_used_gib = device total - free right after the call (everything resident: CUDA context, cuBLAS
+// workspaces, both models' weights/gradients/moments, the shared activation arena); peak_gib adds the buffers a call
+// allocates and frees inside itself (the log-prob head's logits chunk, attention's rowsum), which are the only
+// allocations not in mem_used.
+// Usage: bench_cuda_model [reps]   (default 3 timed repetitions after one warm-up)
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/device.h"
+#include "core/engine.h"
+#include "core/rng.h"
+#include "cuda/device_model.h"
+#include "cuda/memory.h"
+#include "cuda/ops.h"
+
+using namespace optune;
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+ModelConfig gpt2_124m() {
+  ModelConfig c;
+  c.arch = Arch::GPT2;
+  c.vocab_size = 50257;
+  c.d_model = 768;
+  c.n_layer = 12;
+  c.n_head = 12;
+  c.n_kv_head = 12;
+  c.head_dim = 64;
+  c.d_ff = 3072;
+  c.max_positions = 1024;
+  return c;
+}
+
+Batch random_batch(int n_seq, int len, int prompt, int vocab, uint64_t seed) {
+  Batch b;
+  b.offsets.push_back(0);
+  for (int s = 0; s < n_seq; s++) {
+    for (int t = 0; t < len; t++)
+      b.tokens.push_back(static_cast<int32_t>(rng_uniform(seed, s, t) * vocab) % vocab);
+    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.prompt_lens.push_back(prompt);
+  }
+  return b;
+}
+
+double forward_flops(const ModelConfig& c, size_t n_params, const Batch& b) {
+  double attn = 0;
+  for (int s = 0; s < b.n_seq(); s++) attn += static_cast<double>(b.seq_len(s)) * b.seq_len(s);
+  return 2.0 * n_params * b.n_tokens() + 2.0 * c.n_layer * c.d_model * attn;
+}
+
+double used_gib() {
+  size_t free_b = 0, total_b = 0;
+  cuda::memory_info(&free_b, &total_b);
+  return static_cast<double>(total_b - free_b) / kGiB;
+}
+
+// Bytes the log-prob head and attention allocate inside a call (see logprob.cu, attention.cu).
+double transient_gib(const ModelConfig& c, const Batch& b, bool backward) {
+  const double chunk = std::min(b.n_tokens(), cuda::logprob_chunk_rows(c.vocab_size));
+  const double logprob = chunk * (c.vocab_size + (backward ? 2.0 : 1.0) * c.d_model) * 4.0;
+  const double attention = backward ? static_cast<double>(b.n_tokens()) * c.n_head * 4.0 : 0.0;
+  return std::max(logprob, attention) / kGiB;
+}
+
+template <class F>
+std::vector<double> time_ms(int reps, F&& fn) {
+  fn();  // warm-up: cuBLAS handles, arena growth
+  cuda::synchronize();
+  std::vector<double> ms;
+  for (int i = 0; i < reps; i++) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    cuda::synchronize();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms;
+}
+
+void report(const char* bench, Precision p, const Batch& b, double flops, const std::vector<double>& ms,
+            double peak_extra_gib, const Model& policy) {
+  const double med = ms[ms.size() / 2];
+  const double peak_tflops = p == Precision::BF16 ? 989.0 : 67.0;
+  const double tflops = flops / (med * 1e-3) / 1e12;
+  const double used = used_gib();
+  const cuda::DeviceState* ds = cuda::device_state(policy);
+  std::printf(
+      "{\"bench\":\"%s\",\"precision\":\"%s\",\"sequences\":%d,\"tokens\":%d,\"ms_median\":%.2f,\"ms_min\":%.2f,"
+      "\"tok_per_s\":%.0f,\"tflops\":%.2f,\"mfu\":%.4f,\"peak_tflops_assumed\":%.0f,\"mem_used_gib\":%.3f,"
+      "\"peak_gib\":%.3f,\"arena_gib\":%.3f,\"policy_state_gib\":%.3f}\n",
+      bench, precision_name(p), b.n_seq(), b.n_tokens(), med, ms.front(), b.n_tokens() / (med * 1e-3), tflops,
+      tflops / peak_tflops, peak_tflops, used, used + peak_extra_gib, cuda::shared_arena().peak() / kGiB,
+      ds ? ds->device_bytes() / kGiB : 0.0);
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (cuda::device_count() == 0) {
+    std::printf("{\"skipped\":\"no CUDA device\"}\n");
+    return 0;
+  }
+  const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
+  try {
+    std::printf("{\"device\":\"%s\",\"reps\":%d}\n", cuda::device_description(0).c_str(), reps);
+    const ModelConfig c = gpt2_124m();
+    auto base = make_model(c);
+    init_weights(*base, 1);
+    const size_t n_params = base->num_params();
+    const Batch lp_batch = random_batch(64, 512, 64, c.vocab_size, 2);   // log-probs 64 x 512
+    const Batch dpo_batch = random_batch(64, 512, 64, c.vocab_size, 3);  // 32 pairs x 512 tokens
+    for (Precision p : {Precision::FP32, Precision::BF16}) {
+      auto policy = clone_model(*base);
+      auto ref = clone_model(*base);
+      set_device(*policy, Device::CUDA, p);
+      set_device(*ref, Device::CUDA, p);
+
+      const auto lp_ms = time_ms(reps, [&] { compute_logprobs(*policy, lp_batch); });
+      report("logprobs", p, lp_batch, forward_flops(c, n_params, lp_batch), lp_ms,
+             transient_gib(c, lp_batch, false), *policy);
+
+      TrainRequest r;
+      r.loss = LossKind::DPO;
+      r.batch = dpo_batch;
+      for (int j = 0; j < 32; j++) r.chosen.push_back(2 * j), r.rejected.push_back(2 * j + 1);
+      r.ref_model = ref.get();
+      r.beta = 0.1f;
+      r.opt.lr = 1e-5f;
+      r.opt.max_grad_norm = 1.0f;
+      TrainStats st;
+      const auto dpo_ms = time_ms(reps, [&] { st = train_step(*policy, r); });
+      const double flops = 3.0 * forward_flops(c, n_params, dpo_batch) + forward_flops(c, n_params, dpo_batch);
+      report("dpo_step", p, dpo_batch, flops, dpo_ms, transient_gib(c, dpo_batch, true), *policy);
+      std::printf("{\"bench\":\"dpo_step_stats\",\"precision\":\"%s\",\"loss\":%.6f,\"grad_norm\":%.6f}\n",
+                  precision_name(p), st.loss, st.grad_norm);
+    }
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    std::replace(msg.begin(), msg.end(), '"', '\'');
+    std::printf("{\"error\":\"%s\"}\n", msg.c_str());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,112 @@
+// Device selection and host/device sync (device.h). The one place in the engine core that knows whether the CUDA
+// backend was built: OPTUNE_HAVE_CUDA is defined for optune_core only when CMake links it with optune_cuda, never in
+// the node-gyp build.
+#include "device.h"
+
+#include "error.h"
+
+#ifdef OPTUNE_HAVE_CUDA
+#include "cuda/device_model.h"
+#include "cuda/memory.h"
+#endif
+
+namespace optune {
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::CPU;
+  if (s == "cuda") return Device::CUDA;
+  if (s == "auto") return Device::AUTO;
+  throw Error("unknown device '" + s + "': use 'cpu', 'cuda' or 'auto'");
+}
+
+Precision parse_precision(const std::string& s) {
+  if (s == "fp32") return Precision::FP32;
+  if (s == "bf16") return Precision::BF16;
+  throw Error("unknown precision '" + s + "': use 'fp32' or 'bf16'");
+}
+
+const char* device_name(Device d) {
+  switch (d) {
+    case Device::CPU: return "cpu";
+    case Device::CUDA: return "cuda";
+    case Device::AUTO: return "auto";
+  }
+  return "?";
+}
+
+const char* precision_name(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
+
+bool cuda_built() {
+#ifdef OPTUNE_HAVE_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::vector<GpuInfo> list_gpus() {
+  std::vector<GpuInfo> out;
+#ifdef OPTUNE_HAVE_CUDA
+  const int n = cuda::device_count();
+  for (int i = 0; i < n; i++) {
+    const cuda::DeviceProps p = cuda::device_props(i);
+    GpuInfo g;
+    g.index = i;
+    g.name = p.name;
+    g.major = p.major, g.minor = p.minor;
+    g.total_bytes = p.total_bytes, g.free_bytes = p.free_bytes;
+    out.push_back(g);
+  }
+#endif
+  return out;
+}
+
+Device resolve_device(Device d) {
+  if (d != Device::AUTO) return d;
+#ifdef OPTUNE_HAVE_CUDA
+  if (cuda::device_count() > 0) return Device::CUDA;
+#endif
+  return Device::CPU;
+}
+
+void set_device(Model& m, Device requested, Precision p) {
+  OPTUNE_CHECK(!(requested == Device::CPU && p == Precision::BF16),
+               "precision 'bf16' needs device 'cuda' (the CPU engine computes in fp32)");
+  const Device d = resolve_device(requested);
+  if (d == Device::CPU) {
+    if (m.device) {
+      sync_to_host(m);
+      m.device.reset();
+    }
+    return;
+  }
+#ifdef OPTUNE_HAVE_CUDA
+  OPTUNE_CHECK(cuda::device_count() > 0,
+               "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "
+               "driver); use device 'cpu'");
+  if (m.device && m.device->device() == Device::CUDA && m.device->precision() == p) return;
+  if (m.device) {
+    sync_to_host(m);
+    m.device.reset();
+  }
+  cuda::to_device(m, p);
+#else
+  throw Error(
+      "device 'cuda' was requested but this build of optune has no CUDA backend; rebuild it with CUDA "
+      "(OPTUNE_CMAKE_ARGS=-DOPTUNE_CUDA=ON npm rebuild optune, or cmake -DOPTUNE_CUDA=ON, with nvcc and cuBLAS "
+      "installed) or use device 'cpu'");
+#endif
+}
+
+Device model_device(const Model& m) { return m.device ? m.device->device() : Device::CPU; }
+Precision model_precision(const Model& m) { return m.device ? m.device->precision() : Precision::FP32; }
+
+void sync_to_host(Model& m) {
+  if (m.device) m.device->download(m);
+}
+
+void sync_to_device(const Model& m) {
+  if (m.device) m.device->upload(m);
+}
+
+}  // namespace optune

@@ -1,0 +1,166 @@
+// One training step on CUDA, as core/train.cpp: forward with activations kept, a loss over sequences or pairs,
+// exact backward, optional AdamW (as core/adamw.cpp). The engine's train_step validates the request before
+// forwarding here. The losses act on a handful of per-sequence scalars, so they run on the host in double exactly
+// as on the CPU: the token log-probs (or scores) come down, dLoss/dlogp (or dLoss/dscore) goes back up.
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/heads.h"
+#include "device_model.h"
+#include "memory.h"
+#include "ops.h"
+#include "transformer_cuda.h"
+
+namespace optune::cuda {
+
+namespace {
+
+double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
+
+DeviceState& state_of(const Model& m) {
+  DeviceState* ds = device_state(m);
+  OPTUNE_CHECK(ds != nullptr, "cuda: the model is not on a CUDA device");
+  return *ds;
+}
+
+}  // namespace
+
+TrainStats train_step(Model& m, const TrainRequest& r) {
+  DeviceState& ds = state_of(m);
+  const Batch& b = r.batch;
+  const int D = m.cfg.d_model, n_seq = b.n_seq();
+  TrainStats st;
+
+  // reference log-probs first (the reference model's activations are not alive during the policy's step); the
+  // reference runs wherever it lives (the engine entry point dispatches)
+  std::vector<float> ref_c = r.ref_chosen, ref_r = r.ref_rejected;
+  if ((r.loss == LossKind::DPO || r.loss == LossKind::IPO) && ref_c.empty()) {
+    const LogprobResult ref = optune::compute_logprobs(*r.ref_model, b);
+    for (size_t j = 0; j < r.chosen.size(); j++) {
+      ref_c.push_back(ref.seq_logps[r.chosen[j]]);
+      ref_r.push_back(ref.seq_logps[r.rejected[j]]);
+    }
+  }
+
+  if (ds.grads.size() != ds.n_params) ds.grads = Buffer<float>(ds.n_params, "gradients");
+  ds.grads.zero();
+
+  const Head head = r.loss == LossKind::BT ? Head::SCORE : Head::LM;
+  Call k = prepare_call(ds, m, b, true, head);
+  transformer_forward(m, ds, k);
+  fill_zero(k.dnormf, static_cast<size_t>(b.n_tokens()) * D * sizeof(float));
+  auto weight = [&](size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); };
+  const size_t n_pairs = r.chosen.size();
+  st.n_pairs = static_cast<int>(n_pairs);
+
+  if (r.loss == LossKind::BT) {
+    score_weight(m);  // throws for a model without a score head
+    const float* w = ds.params.data() + m.layout.score;
+    score_forward(k.score, k.acts.normf, k.last_rows, n_seq, w, D);
+    std::vector<float> score(n_seq);
+    copy_to_host(score.data(), k.score, n_seq * sizeof(float));
+    std::vector<double> g(n_seq, 0.0);  // dLoss/dscore
+    for (size_t j = 0; j < n_pairs; j++) {
+      const double diff = static_cast<double>(score[r.chosen[j]]) - score[r.rejected[j]];
+      st.loss += weight(j) * softplus(-diff) / n_pairs;
+      const double dl = -weight(j) * sigmoid(-diff) / n_pairs;
+      g[r.chosen[j]] += dl;
+      g[r.rejected[j]] -= dl;
+      st.chosen_reward += score[r.chosen[j]] / static_cast<double>(n_pairs);
+      st.rejected_reward += score[r.rejected[j]] / static_cast<double>(n_pairs);
+      st.accuracy += (diff > 0) / static_cast<double>(n_pairs);
+    }
+    std::vector<float> gf(g.begin(), g.end());
+    copy_to_device(k.gscore, gf.data(), n_seq * sizeof(float));
+    score_backward(k.dnormf, ds.grads.data() + m.layout.score, k.gscore, k.acts.normf, k.last_rows, n_seq, w, D);
+  } else {
+    lm_head_weight(m);  // throws for a reward model
+    const float* w = ds.params.data() + m.layout.lm_head;
+    const int n_rows = k.n_rows;
+    logprob_forward(k.logp, k.acts.normf, k.src, k.target, n_rows, w, D, m.cfg.vocab_size);
+    std::vector<float> logp(n_rows);
+    copy_to_host(logp.data(), k.logp, n_rows * sizeof(float));
+    std::vector<double> seq_logp(n_seq, 0.0), g_seq(n_seq, 0.0);  // g_seq: dLoss/d(sequence log-prob)
+    for (int i = 0; i < n_rows; i++) seq_logp[k.row_seq[i]] += logp[i];
+    if (r.loss == LossKind::SFT) {
+      for (int s = 0; s < n_seq; s++) g_seq[s] = -weight(s) / n_rows;
+      for (int s = 0; s < n_seq; s++) st.loss += g_seq[s] * seq_logp[s];
+    } else {
+      const double beta = r.beta;
+      for (size_t j = 0; j < n_pairs; j++) {
+        const double rc = beta * (seq_logp[r.chosen[j]] - ref_c[j]);
+        const double rr = beta * (seq_logp[r.rejected[j]] - ref_r[j]);
+        const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
+        double l, dl_dh;
+        if (r.loss == LossKind::DPO) {
+          l = softplus(-beta * h);
+          dl_dh = -beta * sigmoid(-beta * h);
+        } else {  // IPO: (h - 1/(2 beta))^2
+          const double e = h - 1.0 / (2.0 * beta);
+          l = e * e;
+          dl_dh = 2.0 * e;
+        }
+        st.loss += weight(j) * l / n_pairs;
+        g_seq[r.chosen[j]] += weight(j) * dl_dh / n_pairs;
+        g_seq[r.rejected[j]] -= weight(j) * dl_dh / n_pairs;
+        st.chosen_reward += rc / n_pairs;
+        st.rejected_reward += rr / n_pairs;
+        st.accuracy += (rc > rr) / static_cast<double>(n_pairs);
+      }
+    }
+    std::vector<float> g(n_rows);
+    for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[k.row_seq[i]]);
+    copy_to_device(k.g, g.data(), n_rows * sizeof(float));
+    logprob_backward(k.dnormf, ds.grads.data() + m.layout.lm_head, k.g, k.acts.normf, k.src, k.target, n_rows, w, D,
+                     m.cfg.vocab_size);
+    st.n_tokens = n_rows;
+  }
+  st.margin = st.chosen_reward - st.rejected_reward;
+
+  transformer_backward(m, ds, k);
+  if (r.apply_update) {
+    st.grad_norm = cuda::adamw_update(m, r.opt);
+  } else {
+    st.grad_norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_params));
+    m.grads = ds.grads.download();  // engine.h: without an update, m.grads holds the gradients afterwards
+  }
+  return st;
+}
+
+double adamw_update(Model& m, const AdamWConfig& o) {
+  DeviceState& ds = state_of(m);
+  OPTUNE_CHECK(ds.grads.size() == ds.n_params, "optimizer step before any gradient was computed");
+  const double norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_params));
+  // A non-finite gradient must never reach the weights: stop here, leaving weights and moments untouched.
+  OPTUNE_CHECK(std::isfinite(norm), "non-finite gradient (norm " + std::to_string(norm) +
+                                        "): the step was not applied and the weights are unchanged; lower the "
+                                        "learning rate or check the inputs for extreme values");
+  float clip = 1.0f;
+  if (o.max_grad_norm > 0) clip = static_cast<float>(std::min(1.0, o.max_grad_norm / (norm + 1e-6)));
+  if (ds.adam_m.size() != ds.n_params) {
+    ds.adam_m = Buffer<float>(ds.n_params, "AdamW first moments");
+    ds.adam_v = Buffer<float>(ds.n_params, "AdamW second moments");
+    ds.adam_m.zero();
+    ds.adam_v.zero();
+    m.adam_step = 0;
+  }
+  m.adam_step++;
+  const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(m.adam_step));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(m.adam_step));
+  const float step_size = static_cast<float>(o.lr / bc1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  for (const ParamInfo& t : m.layout.tensors) {
+    const float decay = t.decay ? 1.0f - o.lr * o.weight_decay : 1.0f;
+    adamw_step(ds.params.data() + t.offset, ds.grads.data() + t.offset, ds.adam_m.data() + t.offset,
+               ds.adam_v.data() + t.offset, t.numel, decay, o.beta1, o.beta2, o.eps, step_size, bc2_sqrt, clip);
+  }
+  ds.refresh_bf16();
+  ds.host_stale = true;
+  return norm;
+}
+
+}  // namespace optune::cuda

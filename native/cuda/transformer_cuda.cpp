@@ -1,0 +1,391 @@
+// The transformer on CUDA: core/transformer.cpp's forward and backward, kernel for kernel (cuda/ops.h in place of
+// cpu/ops.h), over device buffers carved from the shared activation arena. Under BF16 the GEMM operands are bf16
+// (weights from DeviceState::params_bf16, activations and output gradients converted right before each GEMM),
+// everything else stays fp32.
+#include "transformer_cuda.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "core/error.h"
+#include "core/heads.h"
+#include "memory.h"
+#include "ops.h"
+
+namespace optune::cuda {
+
+namespace {
+
+int qkv_width(const ModelConfig& c) { return c.is_gpt2() ? 3 * c.d_model : c.q_dim() + 2 * c.kv_dim(); }
+
+// Pointers into one layer's q/k/v storage with row strides (core/transformer.cpp's qkv_view).
+struct QKV {
+  float *q, *k, *v;
+  int qs, ks, vs;
+};
+QKV qkv_view(const ModelConfig& c, float* qkv, int T) {
+  if (c.is_gpt2()) {
+    const int D = c.d_model;
+    return {qkv, qkv + D, qkv + 2 * D, 3 * D, 3 * D, 3 * D};
+  }
+  const size_t qd = c.q_dim(), kvd = c.kv_dim();
+  return {qkv, qkv + T * qd, qkv + T * qd + T * kvd, static_cast<int>(qd), static_cast<int>(kvd),
+          static_cast<int>(kvd)};
+}
+
+// Rows grouped by key (keys in [0, n_keys)), rows in increasing order within a key.
+struct HostIndex {
+  std::vector<int32_t> ids, starts, rows;
+};
+HostIndex group_rows(const std::vector<int32_t>& keys, int n_keys) {
+  std::vector<int32_t> count(n_keys + 1, 0);
+  for (int32_t k : keys) count[k + 1]++;
+  for (int k = 0; k < n_keys; k++) count[k + 1] += count[k];  // count[k] = first slot of key k
+  HostIndex h;
+  h.rows.resize(keys.size());
+  std::vector<int32_t> next(count.begin(), count.end() - 1);
+  for (size_t t = 0; t < keys.size(); t++) h.rows[next[keys[t]]++] = static_cast<int32_t>(t);
+  for (int k = 0; k < n_keys; k++)
+    if (count[k + 1] > count[k]) h.ids.push_back(k), h.starts.push_back(count[k]);
+  h.starts.push_back(static_cast<int32_t>(keys.size()));
+  return h;
+}
+
+void carve_layer(Carver& cv, const ModelConfig& c, int T, DevLayer& y) {
+  const size_t D = c.d_model;
+  y.n1_mean = cv.take<float>(T);
+  y.n1_rstd = cv.take<float>(T);
+  y.atty = cv.take<float>(static_cast<size_t>(T) * c.q_dim());
+  y.lse = cv.take<float>(static_cast<size_t>(T) * c.n_head);
+  y.res_attn = cv.take<float>(T * D);
+  y.n2_mean = cv.take<float>(T);
+  y.n2_rstd = cv.take<float>(T);
+  y.res_mlp = cv.take<float>(T * D);
+}
+
+void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf16, DevActs& a) {
+  const size_t D = c.d_model, F = c.d_ff, QD = c.q_dim(), QKV = qkv_width(c);
+  a.T = T;
+  a.training = training;
+  a.x0 = cv.take<float>(T * D);
+  a.layers.assign(training ? c.n_layer : 1, DevLayer{});
+  for (DevLayer& y : a.layers) carve_layer(cv, c, T, y);
+  a.norm = cv.take<float>(T * D);
+  a.qkv = cv.take<float>(T * QKV);
+  a.fc = cv.take<float>(T * F);
+  a.up = c.is_llama() ? cv.take<float>(T * F) : nullptr;
+  a.act = cv.take<float>(T * std::max(F, QD));
+  a.normf = cv.take<float>(T * D);
+  a.normf_mean = cv.take<float>(T);
+  a.normf_rstd = cv.take<float>(T);
+  if (bf16) {
+    const size_t widest = std::max({D, F, QD, QKV});
+    a.bf_in = cv.take<uint16_t>(T * widest);
+    a.bf_out = cv.take<uint16_t>(T * widest);
+  } else {
+    a.bf_in = a.bf_out = nullptr;
+  }
+  if (training) {
+    a.dresid = cv.take<float>(T * D);
+    a.dnorm = cv.take<float>(T * D);
+    a.dact = cv.take<float>(T * std::max(F, QKV));
+    a.dup = c.is_llama() ? cv.take<float>(T * F) : nullptr;
+  }
+}
+
+void carve_index(Carver& cv, const HostIndex& h, DevIndex& d) {
+  d.n = static_cast<int>(h.ids.size());
+  d.ids = cv.take<int32_t>(h.ids.size());
+  d.starts = cv.take<int32_t>(h.starts.size());
+  d.rows = cv.take<int32_t>(h.rows.size());
+}
+
+void upload_index(const HostIndex& h, const DevIndex& d) {
+  copy_to_device(d.ids, h.ids.data(), h.ids.size() * sizeof(int32_t));
+  copy_to_device(d.starts, h.starts.data(), h.starts.size() * sizeof(int32_t));
+  copy_to_device(d.rows, h.rows.data(), h.rows.size() * sizeof(int32_t));
+}
+
+// ---- per-step helpers: norms and linear layers -----------------------------------------------------------------
+
+// The weights and gradients one forward/backward reads and writes, and its GEMM precision.
+struct Net {
+  const ModelConfig& c;
+  const float* P;     // fp32 master weights
+  const uint16_t* B;  // bf16 weights (same offsets), or null under FP32
+  float* G;           // gradients (backward only)
+  const DevActs& a;
+  int T;
+  bool out_in;        // nn.Linear [out, in] weights (Llama) vs Conv1D [in, out] (GPT-2)
+
+  const float* p(size_t off) const { return off == kAbsent ? nullptr : P + off; }
+  float* g(size_t off) const { return off == kAbsent ? nullptr : G + off; }
+};
+
+void norm_forward(const Net& n, float* out, float* mean, float* rstd, const float* x, size_t w, size_t b) {
+  if (n.c.is_gpt2())
+    layernorm_forward(out, mean, rstd, x, n.p(w), n.p(b), n.T, n.c.d_model, n.c.norm_eps);
+  else
+    rmsnorm_forward(out, rstd, x, n.p(w), n.T, n.c.d_model, n.c.norm_eps);
+}
+
+void norm_backward(const Net& n, float* dx, size_t w, size_t b, const float* dout, const float* x, const float* mean,
+                   const float* rstd) {
+  if (n.c.is_gpt2())
+    layernorm_backward(dx, n.g(w), n.g(b), dout, x, n.p(w), mean, rstd, n.T, n.c.d_model);
+  else
+    rmsnorm_backward(dx, n.g(w), dout, x, n.p(w), rstd, n.T, n.c.d_model);
+}
+
+// out[T, outf] = inp[T, in] W (+ bias), as cpu::linear_forward.
+void linear_forward(const Net& n, float* out, const float* inp, size_t w, size_t bias, int in, int outf) {
+  const int T = n.T, ldw = n.out_in ? in : outf;
+  if (n.B) {
+    to_bf16(n.a.bf_in, inp, static_cast<int64_t>(T) * in);
+    gemm_bf16(false, n.out_in, T, outf, in, 1.0f, n.a.bf_in, in, n.B + w, ldw, 0.0f, out, outf);
+  } else {
+    gemm(false, n.out_in, T, outf, in, 1.0f, inp, in, n.P + w, ldw, 0.0f, out, outf);
+  }
+  if (bias != kAbsent) bias_add(out, n.P + bias, T, outf);
+}
+
+// dinp += dout W^T-ish, dW += ..., dbias += column sums: cpu::linear_backward. dinp may be null.
+void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const float* dout, const float* inp, int in,
+                     int outf) {
+  const int T = n.T;
+  float* dw = n.G + w;
+  if (n.B) {
+    uint16_t *dy = n.a.bf_out, *x = n.a.bf_in;
+    to_bf16(dy, dout, static_cast<int64_t>(T) * outf);
+    to_bf16(x, inp, static_cast<int64_t>(T) * in);
+    const uint16_t* W = n.B + w;
+    if (n.out_in) {
+      if (dinp) gemm_bf16(false, false, T, in, outf, 1.0f, dy, outf, W, in, 1.0f, dinp, in);  // dX += dY W
+      gemm_bf16(true, false, outf, in, T, 1.0f, dy, outf, x, in, 1.0f, dw, in);               // dW += dY^T X
+    } else {
+      if (dinp) gemm_bf16(false, true, T, in, outf, 1.0f, dy, outf, W, outf, 1.0f, dinp, in);  // dX += dY W^T
+      gemm_bf16(true, false, in, outf, T, 1.0f, x, in, dy, outf, 1.0f, dw, outf);              // dW += X^T dY
+    }
+  } else {
+    const float* W = n.P + w;
+    if (n.out_in) {
+      if (dinp) gemm(false, false, T, in, outf, 1.0f, dout, outf, W, in, 1.0f, dinp, in);
+      gemm(true, false, outf, in, T, 1.0f, dout, outf, inp, in, 1.0f, dw, in);
+    } else {
+      if (dinp) gemm(false, true, T, in, outf, 1.0f, dout, outf, W, outf, 1.0f, dinp, in);
+      gemm(true, false, in, outf, T, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);
+    }
+  }
+  if (bias != kAbsent) bias_backward(n.G + bias, dout, T, outf);
+}
+
+Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) {
+  return Net{m.cfg, ds.params.data(), ds.prec == Precision::BF16 ? ds.params_bf16.data() : nullptr, G, a, a.T,
+             !m.cfg.is_gpt2()};
+}
+
+// q|k|v of a block from its normalized input (RoPE applied for Llama): forward, and again in backward.
+void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const float* norm, const DevBatch& b) {
+  const ModelConfig& c = n.c;
+  const int D = c.d_model, QD = c.q_dim(), KVD = c.kv_dim();
+  if (c.is_gpt2()) {
+    linear_forward(n, qkv, norm, o.qkv_w, o.qkv_b, D, 3 * D);
+    return;
+  }
+  const QKV v = qkv_view(c, qkv, n.T);
+  linear_forward(n, v.q, norm, o.q_w, o.q_b, D, QD);
+  linear_forward(n, v.k, norm, o.k_w, o.k_b, D, KVD);
+  linear_forward(n, v.v, norm, o.v_w, o.v_b, D, KVD);
+  rope_forward(v.q, n.T, v.qs, c.n_head, c.head_dim, b.pos, c.rope_theta);
+  rope_forward(v.k, n.T, v.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
+}
+
+// The MLP's pre-activation(s) and activation from its normalized input: forward, and again in backward.
+void mlp_hidden_forward(const Net& n, const LayerOffsets& o, const float* norm) {
+  const ModelConfig& c = n.c;
+  const DevActs& a = n.a;
+  const int D = c.d_model, F = c.d_ff;
+  const int64_t TF = static_cast<int64_t>(n.T) * F;
+  linear_forward(n, a.fc, norm, o.fc_w, o.fc_b, D, F);
+  if (c.is_gpt2()) {
+    gelu_forward(a.act, a.fc, TF);
+  } else {
+    linear_forward(n, a.up, norm, o.up_w, kAbsent, D, F);
+    swiglu_forward(a.act, a.fc, a.up, TF);
+  }
+}
+
+void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const float* x, const DevBatch& b) {
+  const ModelConfig& c = n.c;
+  const DevActs& a = n.a;
+  const int T = n.T, D = c.d_model, F = c.d_ff, QD = c.q_dim();
+
+  // attention
+  norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b);
+  qkv_forward(n, o, a.qkv, a.norm, b);
+  const QKV v = qkv_view(c, a.qkv, T);
+  attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
+                    c.n_kv_head, c.head_dim);
+  linear_forward(n, y.res_attn, y.atty, o.o_w, o.o_b, QD, D);
+  add_inplace(y.res_attn, x, static_cast<int64_t>(T) * D);
+
+  // MLP
+  norm_forward(n, a.norm, y.n2_mean, y.n2_rstd, y.res_attn, o.norm2_w, o.norm2_b);
+  mlp_hidden_forward(n, o, a.norm);
+  linear_forward(n, y.res_mlp, a.act, o.proj_w, o.proj_b, F, D);
+  add_inplace(y.res_mlp, y.res_attn, static_cast<int64_t>(T) * D);
+}
+
+}  // namespace
+
+Call prepare_call(DeviceState& ds, const Model& m, const Batch& b, bool training, Head head) {
+  const ModelConfig& c = m.cfg;
+  const int T = b.n_tokens(), n_seq = b.n_seq();
+  Call k;
+  k.batch.T = T;
+  k.batch.n_seq = n_seq;
+  std::vector<int32_t> pos(T), last(n_seq);
+  for (int s = 0; s < n_seq; s++) {
+    k.batch.max_len = std::max(k.batch.max_len, b.seq_len(s));
+    for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) pos[t] = t - b.offsets[s];
+    last[s] = b.offsets[s + 1] - 1;
+  }
+  ResponseRows rows;
+  if (head == Head::LM) rows = response_rows(b);
+  k.n_rows = static_cast<int>(rows.src.size());
+  k.row_seq = rows.seq;
+  HostIndex tok_index, pos_index;
+  if (training) {
+    tok_index = group_rows(b.tokens, c.vocab_size);
+    if (m.layout.pos_emb != kAbsent) pos_index = group_rows(pos, std::max(1, k.batch.max_len));
+  }
+
+  const bool bf16 = ds.prec == Precision::BF16;
+  auto layout = [&](Carver& cv) {
+    k.batch.tokens = cv.take<int32_t>(T);
+    k.batch.offsets = cv.take<int32_t>(n_seq + 1);
+    k.batch.pos = cv.take<int32_t>(T);
+    carve_acts(cv, c, T, training, bf16, k.acts);
+    k.src = cv.take<int32_t>(k.n_rows);
+    k.target = cv.take<int32_t>(k.n_rows);
+    k.logp = cv.take<float>(k.n_rows);
+    k.g = cv.take<float>(k.n_rows);
+    k.last_rows = cv.take<int32_t>(n_seq);
+    k.score = cv.take<float>(n_seq);
+    k.gscore = cv.take<float>(n_seq);
+    if (training) {
+      k.dnormf = cv.take<float>(static_cast<size_t>(T) * c.d_model);
+      carve_index(cv, tok_index, k.tok_index);
+      carve_index(cv, pos_index, k.pos_index);
+    }
+  };
+  Carver measure;
+  layout(measure);
+  Carver real(shared_arena().reserve(measure.used(), training ? "training activations" : "inference activations"));
+  layout(real);
+
+  copy_to_device(k.batch.tokens, b.tokens.data(), T * sizeof(int32_t));
+  copy_to_device(k.batch.offsets, b.offsets.data(), (n_seq + 1) * sizeof(int32_t));
+  copy_to_device(k.batch.pos, pos.data(), T * sizeof(int32_t));
+  copy_to_device(k.src, rows.src.data(), k.n_rows * sizeof(int32_t));
+  copy_to_device(k.target, rows.target.data(), k.n_rows * sizeof(int32_t));
+  copy_to_device(k.last_rows, last.data(), n_seq * sizeof(int32_t));
+  if (training) {
+    upload_index(tok_index, k.tok_index);
+    upload_index(pos_index, k.pos_index);
+  }
+  return k;
+}
+
+void transformer_forward(const Model& m, const DeviceState& ds, Call& k) {
+  const ModelConfig& c = m.cfg;
+  const ParamLayout& L = m.layout;
+  DevActs& a = k.acts;
+  const int T = a.T;
+  const Net n = make_net(m, ds, a, nullptr);
+  embedding_forward(a.x0, n.p(L.tok_emb), n.p(L.pos_emb), k.batch.tokens, k.batch.pos, T, c.d_model);
+
+  const float* x = a.x0;
+  for (int l = 0; l < c.n_layer; l++) {
+    DevLayer& y = a.layers[a.training ? l : 0];
+    if (!a.training && l > 0) {  // the previous block's output becomes this block's input
+      std::swap(a.x0, y.res_mlp);
+      x = a.x0;
+    }
+    block_forward(n, L.layers[l], y, x, k.batch);
+    if (a.training) x = y.res_mlp;
+  }
+  a.last = a.layers[a.training ? c.n_layer - 1 : 0].res_mlp;
+  norm_forward(n, a.normf, a.normf_mean, a.normf_rstd, a.last, L.normf_w, L.normf_b);
+}
+
+void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
+  const ModelConfig& c = m.cfg;
+  const ParamLayout& L = m.layout;
+  const DevActs& a = k.acts;
+  const DevBatch& b = k.batch;
+  OPTUNE_CHECK(a.training, "cuda::transformer_backward needs a training forward");
+  const int T = a.T, D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
+  const Net n = make_net(m, ds, a, ds.grads.data());
+  const size_t nD = static_cast<size_t>(T) * D * sizeof(float), nF = static_cast<size_t>(T) * F * sizeof(float);
+  const int64_t TF = static_cast<int64_t>(T) * F;
+
+  fill_zero(a.dresid, nD);
+  norm_backward(n, a.dresid, L.normf_w, L.normf_b, k.dnormf, a.last, a.normf_mean, a.normf_rstd);
+
+  for (int l = c.n_layer - 1; l >= 0; l--) {
+    const DevLayer& y = a.layers[l];
+    const float* x = l > 0 ? a.layers[l - 1].res_mlp : a.x0;
+    const LayerOffsets& o = L.layers[l];
+
+    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))); recompute Norm2, FC (and Up), Act first
+    norm_forward(n, a.norm, nullptr, nullptr, y.res_attn, o.norm2_w, o.norm2_b);
+    mlp_hidden_forward(n, o, a.norm);
+    fill_zero(a.dact, nF);
+    linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, a.act, F, D);
+    float* dfc = a.act;  // the activation is no longer needed: its buffer takes dLoss/dfc
+    fill_zero(dfc, nF);
+    fill_zero(a.dnorm, nD);
+    if (c.is_gpt2()) {
+      gelu_backward(dfc, a.fc, a.dact, TF);
+    } else {
+      fill_zero(a.dup, nF);
+      swiglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
+      linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, a.norm, D, F);
+    }
+    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, a.norm, D, F);
+    norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd);
+
+    // attention: res_attn = x + O(Attn(QKV(Norm1(x)))); recompute Norm1 and q|k|v first
+    float* datty = a.act;   // free again: the MLP part is done
+    float* dqkv = a.dact;
+    fill_zero(datty, static_cast<size_t>(T) * QD * sizeof(float));
+    linear_backward(n, datty, o.o_w, o.o_b, a.dresid, y.atty, QD, D);
+    norm_forward(n, a.norm, nullptr, nullptr, x, o.norm1_w, o.norm1_b);
+    qkv_forward(n, o, a.qkv, a.norm, b);
+    const QKV v = qkv_view(c, a.qkv, T);
+    const QKV dv = qkv_view(c, dqkv, T);
+    attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
+                       b.max_len, T, c.n_head, c.n_kv_head, c.head_dim);
+    fill_zero(a.dnorm, nD);
+    if (c.is_gpt2()) {
+      linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, a.norm, D, 3 * D);
+    } else {
+      rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, c.rope_theta);
+      rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
+      linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, a.norm, D, QD);
+      linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, a.norm, D, KVD);
+      linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, a.norm, D, KVD);
+    }
+    norm_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd);
+  }
+
+  // embeddings: rows grouped by token id / position on the host, summed in row order (deterministic, no atomics)
+  embedding_backward(n.g(L.tok_emb), a.dresid, k.tok_index.ids, k.tok_index.starts, k.tok_index.rows, k.tok_index.n,
+                     D);
+  if (L.pos_emb != kAbsent)
+    embedding_backward(n.g(L.pos_emb), a.dresid, k.pos_index.ids, k.pos_index.starts, k.pos_index.rows,
+                       k.pos_index.n, D);
+}
+
+}  // namespace optune::cuda

@@ -1,0 +1,302 @@
+// The whole engine on CUDA against the CPU engine: log-probs, logits, reward scores, every loss's value, statistics
+// and every parameter gradient, three AdamW steps, a DPO step with a reference model, host/device sync. Each case
+// builds a CPU model and a copy placed on the GPU (set_device) and runs the same engine.h calls on both.
+// Configs: GPT-2 (LayerNorm, GELU, learned positions, tied head, biases) and Qwen2/Llama (RMSNorm, SwiGLU, RoPE,
+// GQA 4/2 heads, q/k/v biases, untied head), sequences up to 70 tokens so attention spans several 32-row tiles.
+// Tolerances (|gpu - cpu| <= rtol * (|cpu| + max|cpu|) per tensor, the kernel tests' rule):
+//   fp32: 1e-4 for log-probs, scores, logits, losses and gradients; AdamW weights after 3 steps 1e-4.
+//   bf16 (bf16 GEMM operands, fp32 everything else): log-probs, scores and losses 2e-2; gradients: cosine
+//   similarity > 0.99 per tensor; AdamW: the 3-step weight change has cosine > 0.95 with the CPU's.
+// Without a CUDA device every case prints "SKIPPED: no CUDA device <case>" (counted neither passed nor failed).
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/device.h"
+#include "core/engine.h"
+#include "cuda/device_model.h"
+#include "cuda/memory.h"
+#include "test_helpers.h"
+#include "testing.h"
+
+using namespace optune;
+using testing::Rand;
+
+namespace {
+
+void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<float>& want,
+                  double rtol) {
+  if (got.size() != want.size()) {
+    testing::fail(__FILE__, __LINE__, what + ": size " + std::to_string(got.size()) + " vs " +
+                                          std::to_string(want.size()));
+    return;
+  }
+  double scale = 0.0;
+  for (float w : want) scale = std::max(scale, std::fabs(static_cast<double>(w)));
+  for (size_t i = 0; i < got.size(); i++) {
+    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(err <= rtol * (std::fabs(static_cast<double>(want[i])) + scale))) {  // !(<=) also catches NaN
+      testing::fail(__FILE__, __LINE__, what + "[" + std::to_string(i) + "]: gpu " + std::to_string(got[i]) +
+                                            " vs cpu " + std::to_string(want[i]) + " (rtol " + std::to_string(rtol) +
+                                            ", scale " + std::to_string(scale) + ")");
+      return;
+    }
+  }
+}
+
+double cosine(const float* a, const float* b, size_t n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < n; i++) ab += double(a[i]) * b[i], aa += double(a[i]) * a[i], bb += double(b[i]) * b[i];
+  if (aa == 0 && bb == 0) return 1.0;
+  return ab / std::sqrt(aa * bb + 1e-300);
+}
+
+struct Prec {
+  Precision p;
+  double rtol;  // values (log-probs, scores, losses)
+  const char* name;
+};
+const Prec kFp32{Precision::FP32, 1e-4, "fp32"};
+const Prec kBf16{Precision::BF16, 2e-2, "bf16"};
+
+ModelConfig gpt2_cfg(bool reward = false) {
+  ModelConfig c = testing::tiny_gpt2(97);
+  c.d_model = 32, c.n_head = 4, c.n_kv_head = 4, c.head_dim = 8, c.d_ff = 64, c.max_positions = 128;
+  c.reward_model = reward;
+  return c;
+}
+
+ModelConfig llama_cfg(bool reward = false) {
+  ModelConfig c = testing::tiny_llama(97);
+  c.d_model = 32, c.n_head = 4, c.n_kv_head = 2, c.head_dim = 8, c.d_ff = 48, c.max_positions = 128;
+  c.o_bias = true;
+  c.reward_model = reward;
+  return c;
+}
+
+std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {
+  auto m = make_model(c);
+  testing::randomize(*m, seed, 0.15f);
+  return m;
+}
+
+std::unique_ptr<Model> on_gpu(const Model& cpu, Precision p) {
+  auto g = clone_model(cpu);
+  set_device(*g, Device::CUDA, p);
+  CHECK(model_device(*g) == Device::CUDA);
+  return g;
+}
+
+// 4 sequences = 2 pairs (0 > 1, 2 > 3); lengths spanning several attention tiles
+Batch pair_batch(int vocab, uint64_t seed) {
+  return testing::random_batch({40, 33, 70, 9}, {12, 12, 30, 3}, vocab, seed);
+}
+
+void fill_pairs(TrainRequest& r) {
+  r.chosen = {0, 2};
+  r.rejected = {1, 3};
+}
+
+// Cached reference log-probs near the policy's own (from the CPU model), so the DPO/IPO terms are far from
+// saturation and every gradient is sizeable.
+void near_refs(TrainRequest& r, const Model& cpu) {
+  const LogprobResult lp = compute_logprobs(cpu, r.batch);
+  r.ref_chosen = {lp.seq_logps[0] + 0.4f, lp.seq_logps[2] - 0.3f};
+  r.ref_rejected = {lp.seq_logps[1] - 0.2f, lp.seq_logps[3] + 0.1f};
+}
+
+// Compares every parameter tensor's gradient.
+void expect_grads(const std::string& what, const Model& gpu, const Model& cpu, const Prec& pr) {
+  CHECK_MSG(gpu.grads.size() == cpu.grads.size(), what + ": gradient sizes differ");
+  if (gpu.grads.size() != cpu.grads.size()) return;
+  for (const ParamInfo& t : cpu.layout.tensors) {
+    const std::vector<float> g(gpu.grads.begin() + t.offset, gpu.grads.begin() + t.offset + t.numel);
+    const std::vector<float> c(cpu.grads.begin() + t.offset, cpu.grads.begin() + t.offset + t.numel);
+    if (pr.p == Precision::FP32) {
+      expect_close(what + " grad " + t.name, g, c, 1e-4);
+    } else {
+      const double cs = cosine(g.data(), c.data(), g.size());
+      CHECK_MSG(cs > 0.99, what + " grad " + t.name + ": cosine " + std::to_string(cs));
+    }
+  }
+}
+
+void expect_stats(const std::string& what, const TrainStats& g, const TrainStats& c, double rtol) {
+  CHECK_CLOSE(g.loss, c.loss, rtol, rtol);
+  CHECK_CLOSE(g.chosen_reward, c.chosen_reward, rtol, rtol);
+  CHECK_CLOSE(g.rejected_reward, c.rejected_reward, rtol, rtol);
+  CHECK_CLOSE(g.grad_norm, c.grad_norm, rtol * 10, rtol);
+  CHECK_MSG(g.n_pairs == c.n_pairs && g.n_tokens == c.n_tokens, what + ": counts differ");
+}
+
+void logprobs_case(const ModelConfig& c, const Prec& pr) {
+  auto cpu = random_model(c, 3);
+  auto gpu = on_gpu(*cpu, pr.p);
+  const Batch b = pair_batch(c.vocab_size, 5);
+  const LogprobResult want = compute_logprobs(*cpu, b), got = compute_logprobs(*gpu, b);
+  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name;
+  expect_close(what + " token log-probs", got.token_logps, want.token_logps, pr.rtol);
+  expect_close(what + " sequence log-probs", got.seq_logps, want.seq_logps, pr.rtol);
+  if (pr.p == Precision::FP32) expect_close(what + " logits", compute_logits(*gpu, b), compute_logits(*cpu, b), 1e-4);
+}
+
+void grads_case(const ModelConfig& base, LossKind loss, const Prec& pr) {
+  const ModelConfig c = loss == LossKind::BT ? (base.is_gpt2() ? gpt2_cfg(true) : llama_cfg(true)) : base;
+  auto cpu = random_model(c, 7);
+  auto gpu = on_gpu(*cpu, pr.p);
+  TrainRequest r;
+  r.loss = loss;
+  r.batch = pair_batch(c.vocab_size, 11);
+  r.apply_update = false;
+  r.beta = 0.5f;
+  if (loss == LossKind::SFT) {
+    r.weights = {1.0f, 0.5f, 2.0f, 0.0f};
+  } else {
+    fill_pairs(r);
+    r.weights = {0.7f, 1.6f};
+    if (loss != LossKind::BT) near_refs(r, *cpu);
+  }
+  const TrainStats want = train_step(*cpu, r), got = train_step(*gpu, r);
+  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + " loss " + std::to_string(int(loss));
+  expect_stats(what, got, want, pr.rtol);
+  expect_grads(what, *gpu, *cpu, pr);
+}
+
+void adamw_case(const ModelConfig& c, const Prec& pr) {
+  auto cpu = random_model(c, 13);
+  auto gpu = on_gpu(*cpu, pr.p);
+  const std::vector<float> p0 = cpu->params;
+  TrainRequest r;
+  r.loss = LossKind::DPO;
+  fill_pairs(r);
+  r.opt.lr = 1e-3f, r.opt.eps = 1e-6f, r.opt.weight_decay = 0.1f, r.opt.max_grad_norm = 0.5f;
+  for (int step = 0; step < 3; step++) {
+    r.batch = pair_batch(c.vocab_size, 20 + step);
+    near_refs(r, *cpu);
+    const TrainStats want = train_step(*cpu, r), got = train_step(*gpu, r);
+    CHECK_CLOSE(got.loss, want.loss, pr.rtol, pr.rtol);
+    CHECK_CLOSE(got.grad_norm, want.grad_norm, pr.rtol * 10, pr.rtol);
+  }
+  CHECK(gpu->adam_step == 3 && cpu->adam_step == 3);
+  sync_to_host(*gpu);
+  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + " adamw";
+  if (pr.p == Precision::FP32) {
+    expect_close(what + " weights", gpu->params, cpu->params, 1e-4);
+    expect_close(what + " first moments", gpu->adam_m, cpu->adam_m, 1e-3);
+    expect_close(what + " second moments", gpu->adam_v, cpu->adam_v, 1e-3);
+  } else {
+    std::vector<float> dg(p0.size()), dc(p0.size());
+    for (size_t i = 0; i < p0.size(); i++) dg[i] = gpu->params[i] - p0[i], dc[i] = cpu->params[i] - p0[i];
+    const double cs = cosine(dg.data(), dc.data(), dg.size());
+    CHECK_MSG(cs > 0.95, what + ": cosine of the weight change " + std::to_string(cs));
+  }
+}
+
+}  // namespace
+
+TEST(logprobs_gpt2_fp32) { logprobs_case(gpt2_cfg(), kFp32); }
+TEST(logprobs_llama_fp32) { logprobs_case(llama_cfg(), kFp32); }
+TEST(logprobs_gpt2_bf16) { logprobs_case(gpt2_cfg(), kBf16); }
+TEST(logprobs_llama_bf16) { logprobs_case(llama_cfg(), kBf16); }
+
+TEST(scores_match_cpu) {
+  for (const ModelConfig& c : {gpt2_cfg(true), llama_cfg(true)})
+    for (const Prec& pr : {kFp32, kBf16}) {
+      auto cpu = random_model(c, 17);
+      auto gpu = on_gpu(*cpu, pr.p);
+      const Batch b = pair_batch(c.vocab_size, 19);
+      expect_close(std::string(arch_name(c.arch)) + " " + pr.name + " scores", compute_scores(*gpu, b),
+                   compute_scores(*cpu, b), pr.rtol);
+    }
+}
+
+TEST(grads_sft) {
+  for (const Prec& pr : {kFp32, kBf16}) grads_case(gpt2_cfg(), LossKind::SFT, pr), grads_case(llama_cfg(), LossKind::SFT, pr);
+}
+TEST(grads_dpo) {
+  for (const Prec& pr : {kFp32, kBf16}) grads_case(gpt2_cfg(), LossKind::DPO, pr), grads_case(llama_cfg(), LossKind::DPO, pr);
+}
+TEST(grads_ipo) {
+  for (const Prec& pr : {kFp32, kBf16}) grads_case(gpt2_cfg(), LossKind::IPO, pr), grads_case(llama_cfg(), LossKind::IPO, pr);
+}
+TEST(grads_bt) {
+  for (const Prec& pr : {kFp32, kBf16}) grads_case(gpt2_cfg(), LossKind::BT, pr), grads_case(llama_cfg(), LossKind::BT, pr);
+}
+
+TEST(adamw_three_steps_fp32) { adamw_case(gpt2_cfg(), kFp32), adamw_case(llama_cfg(), kFp32); }
+TEST(adamw_three_steps_bf16) { adamw_case(gpt2_cfg(), kBf16), adamw_case(llama_cfg(), kBf16); }
+
+// Reference log-probs from a reference model, on the GPU and on the CPU, against the CPU engine.
+TEST(dpo_with_ref_model) {
+  for (const ModelConfig& c : {gpt2_cfg(), llama_cfg()}) {
+    auto cpu = random_model(c, 23);
+    auto ref_cpu = random_model(c, 29);
+    auto gpu = on_gpu(*cpu, Precision::FP32);
+    auto ref_gpu = on_gpu(*ref_cpu, Precision::FP32);
+    TrainRequest r;
+    r.loss = LossKind::DPO;
+    r.batch = pair_batch(c.vocab_size, 31);
+    fill_pairs(r);
+    r.apply_update = false;
+    r.ref_model = ref_cpu.get();
+    const TrainStats want = train_step(*cpu, r);
+    const TrainStats got_cpu_ref = train_step(*gpu, r);
+    r.ref_model = ref_gpu.get();
+    const TrainStats got = train_step(*gpu, r);
+    expect_stats("dpo ref on gpu", got, want, 1e-4);
+    expect_stats("dpo ref on cpu", got_cpu_ref, want, 1e-4);
+    expect_grads("dpo ref model", *gpu, *cpu, kFp32);
+  }
+}
+
+// Host copies: stale after a step until sync_to_host; setParams-style writes reach the device with sync_to_device;
+// moving back to the CPU keeps the trained weights.
+TEST(host_device_sync) {
+  const ModelConfig c = gpt2_cfg();
+  auto cpu = random_model(c, 37);
+  auto gpu = on_gpu(*cpu, Precision::FP32);
+  TrainRequest r;
+  r.loss = LossKind::SFT;
+  r.batch = pair_batch(c.vocab_size, 41);
+  r.opt.lr = 1e-2f;
+  train_step(*gpu, r);
+  CHECK(gpu->params == cpu->params);  // the host copy is not updated by a device step
+  sync_to_host(*gpu);
+  CHECK(gpu->params != cpu->params);
+  CHECK(gpu->adam_m.size() == gpu->params.size());
+  const std::vector<float> trained = gpu->params;
+  gpu->params = cpu->params;  // a host write ...
+  sync_to_device(*gpu);       // ... uploaded
+  const Batch b = pair_batch(c.vocab_size, 43);
+  expect_close("after upload", compute_logprobs(*gpu, b).token_logps, compute_logprobs(*cpu, b).token_logps, 1e-4);
+  gpu->params = trained;
+  sync_to_device(*gpu);
+  set_device(*gpu, Device::CPU);
+  CHECK(gpu->device == nullptr);
+  CHECK(gpu->params == trained);
+  auto gpu_state = cuda::device_state(*gpu);
+  CHECK(gpu_state == nullptr);
+}
+
+TEST(errors_on_device) {
+  auto reward = on_gpu(*random_model(gpt2_cfg(true), 1), Precision::FP32);
+  const Batch b = pair_batch(97, 2);
+  CHECK_THROWS(compute_logprobs(*reward, b), "score head, not an LM head");
+  auto policy = on_gpu(*random_model(gpt2_cfg(), 1), Precision::FP32);
+  CHECK_THROWS(compute_scores(*policy, b), "no reward score head");
+  Batch bad = b;
+  bad.tokens[3] = 500;
+  CHECK_THROWS(compute_logprobs(*policy, bad), "vocabulary");
+  CHECK_THROWS(adamw_update(*policy, AdamWConfig{}), "optimizer step before any gradient");
+}
+
+int main() {
+  if (cuda::device_count() == 0) {
+    for (auto& c : testing::registry()) std::printf("SKIPPED: no CUDA device %s\n", c.name);
+    std::printf("SKIPPED: %zu cases (no CUDA device)\n", testing::registry().size());
+    std::printf("0 cases, 0 failed\n");
+    return 0;
+  }
+  std::printf("device: %s\n", cuda::device_description(0).c_str());
+  return testing::run_all();
+}

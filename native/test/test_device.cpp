@@ -1,0 +1,68 @@
+// Device selection in every build (CPU-only ones too): names parse, 'auto' never fails, and asking for CUDA where
+// there is none (a build without the backend, or no GPU) is a clear error rather than a silent CPU fallback.
+#include <string>
+
+#include "core/device.h"
+#include "core/engine.h"
+#include "test_helpers.h"
+#include "testing.h"
+
+using namespace optune;
+
+TEST(names_parse) {
+  CHECK(parse_device("cpu") == Device::CPU);
+  CHECK(parse_device("cuda") == Device::CUDA);
+  CHECK(parse_device("auto") == Device::AUTO);
+  CHECK(parse_precision("bf16") == Precision::BF16);
+  CHECK_THROWS(parse_device("gpu"), "unknown device 'gpu': use 'cpu', 'cuda' or 'auto'");
+  CHECK_THROWS(parse_precision("fp16"), "unknown precision 'fp16'");
+  CHECK(std::string(device_name(Device::CUDA)) == "cuda");
+  CHECK(std::string(precision_name(Precision::BF16)) == "bf16");
+}
+
+TEST(cuda_without_backend_or_gpu_is_an_error) {
+  auto m = make_model(testing::tiny_gpt2());
+  const bool have_gpu = !list_gpus().empty();
+  if (!cuda_built()) {
+    CHECK(!have_gpu);
+    CHECK_THROWS(set_device(*m, Device::CUDA), "this build of optune has no CUDA backend");
+    CHECK(m->device == nullptr);
+  } else if (!have_gpu) {
+    CHECK_THROWS(set_device(*m, Device::CUDA), "no CUDA GPU is visible");
+    CHECK(m->device == nullptr);
+  } else {
+    set_device(*m, Device::CUDA, Precision::BF16);
+    CHECK(model_device(*m) == Device::CUDA && model_precision(*m) == Precision::BF16);
+    set_device(*m, Device::CPU);
+    CHECK(m->device == nullptr);
+  }
+}
+
+TEST(auto_picks_what_exists) {
+  auto m = make_model(testing::tiny_gpt2());
+  set_device(*m, Device::AUTO);
+  const Device want = cuda_built() && !list_gpus().empty() ? Device::CUDA : Device::CPU;
+  CHECK(resolve_device(Device::AUTO) == want);
+  CHECK(model_device(*m) == want);
+  set_device(*m, Device::CPU);
+  CHECK(model_device(*m) == Device::CPU && model_precision(*m) == Precision::FP32);
+}
+
+TEST(bf16_needs_cuda) {
+  auto m = make_model(testing::tiny_gpt2());
+  CHECK_THROWS(set_device(*m, Device::CPU, Precision::BF16), "precision 'bf16' needs device 'cuda'");
+}
+
+// A CPU model's sync calls are no-ops, and the engine still runs on it.
+TEST(cpu_sync_is_a_no_op) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 3);
+  const std::vector<float> p = m->params;
+  sync_to_host(*m);
+  sync_to_device(*m);
+  CHECK(m->params == p);
+  const Batch b = testing::random_batch({5, 4}, {2, 1}, 17, 9);
+  CHECK(compute_logprobs(*m, b).token_logps.size() == 6u);
+}
+
+TEST_MAIN()
