@@ -1,0 +1,77 @@
+// Sampling throughput of the CUDA sampler at the shape: GPT-2 124M (12 layers, d 768, 12 heads, vocab 50257,
+// random weights), 64 prompts of 64 tokens, 128 new tokens each, temperature 1, no top-k/top-p, no stop tokens (every
+// response runs to 128 tokens), in fp32 and bf16 (bf16 GEMMs over a bf16 copy of the weights, fp32 accumulation).
+// One warm-up call, then the mean of `reps` calls; tok/s counts generated tokens. One JSON line per precision:
+//   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
+// peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
+// logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
+// Usage: bench_cuda_sample [reps]   (default 3). Needs a CUDA device; prints a SKIPPED line without one.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/engine.h"
+#include "core/rng.h"
+#include "cuda/memory.h"
+#include "cuda/ops.h"
+#include "cuda/sampler_cuda.h"
+
+using namespace optune;
+
+int main(int argc, char** argv) {
+  if (cuda::device_count() == 0) {
+    std::printf("SKIPPED: no CUDA device\n");
+    return 0;
+  }
+  const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
+  try {
+    const std::string device = cuda::device_description(0);
+    ModelConfig c;
+    c.arch = Arch::GPT2;
+    c.vocab_size = 50257, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64;
+    c.d_ff = 3072, c.max_positions = 1024;
+    auto m = make_model(c);
+    init_weights(*m, 1);
+    const int B = 64, P = 64, N = 128;
+    SampleRequest r;
+    r.prompt_offsets.push_back(0);
+    for (int i = 0; i < B * P; i++) r.prompt_tokens.push_back(static_cast<int32_t>(rng_u64(7, 0, i) % c.vocab_size));
+    for (int i = 1; i <= B; i++) r.prompt_offsets.push_back(i * P);
+    r.n_samples = 1, r.max_new_tokens = N, r.temperature = 1.0f, r.seed = 1;
+
+    cuda::Buffer<float> w32(m->params, "bench weights");
+    cuda::Buffer<uint16_t> w16(m->params.size(), "bench weights bf16");
+    cuda::to_bf16(w16.data(), w32.data(), static_cast<int64_t>(m->params.size()));
+    const size_t workspace = size_t(32) << 20;  // the sampler's cuBLAS workspace (sampler_cuda.cu)
+    for (const bool bf16 : {false, true}) {
+      const cuda::SamplerWeights w{w32.data(), bf16 ? w16.data() : nullptr};
+      cuda::SamplerStats stats;
+      cuda::sample_with_weights(*m, w, r, &stats);  // warm-up: module loading, cuBLAS heuristics
+      double prefill_ms = 0, decode_ms = 0;
+      size_t tokens = 0;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < reps; i++) {
+        const SampleResult res = cuda::sample_with_weights(*m, w, r, &stats);
+        tokens += res.tokens.size();
+        prefill_ms += stats.prefill_ms, decode_ms += stats.decode_ms;
+      }
+      const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+      const size_t weights = m->params.size() * (bf16 ? 6 : 4);
+      std::printf("{\"op\": \"sample\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
+                  "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
+                  "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"call_bytes\": %zu, "
+                  "\"device\": \"%s\"}\n",
+                  bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
+                  weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
+                  stats.decode_steps, stats.graphs, stats.device_bytes, device.c_str());
+      std::fflush(stdout);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
