@@ -19,12 +19,18 @@ char* Arena::reserve(size_t bytes, const char* what) {
   return buf_.data();
 }
 
-static std::recursive_mutex g_device_mutex;
-static Arena g_arena;
-static int g_live_states = 0;  // guarded by g_device_mutex
+// Never destroyed: a model freed late in process exit (a JS finalizer) must still find them alive.
+static std::recursive_mutex& device_mutex() {
+  static auto* mu = new std::recursive_mutex;
+  return *mu;
+}
+static int g_live_states = 0;  // guarded by device_mutex()
 
-Arena& shared_arena() { return g_arena; }
-std::unique_lock<std::recursive_mutex> lock_device() { return std::unique_lock<std::recursive_mutex>(g_device_mutex); }
+Arena& shared_arena() {
+  static auto* arena = new Arena;
+  return *arena;
+}
+std::unique_lock<std::recursive_mutex> lock_device() { return std::unique_lock<std::recursive_mutex>(device_mutex()); }
 
 DeviceState::DeviceState() {
   auto lock = lock_device();
@@ -33,7 +39,7 @@ DeviceState::DeviceState() {
 
 DeviceState::~DeviceState() {
   auto lock = lock_device();
-  if (--g_live_states == 0) g_arena.release();
+  if (--g_live_states == 0) shared_arena().release();
 }
 
 size_t DeviceState::device_bytes() const {

@@ -1,6 +1,4 @@
-// The small glue of a transformer block: residual adds, bias adds after a GEMM, and bias gradients (column sums).
-// Bias gradients reduce per column with a 32 x 16 thread tile summed in a fixed order through shared memory (as the
-// norm parameter gradients in norms.cu): no atomics, the same result on every run.
+// The small glue of a transformer block: residual adds, bias adds after a GEMM, bias gradients (column sums), fill.
 #include <algorithm>
 
 #include "check.cuh"
@@ -36,24 +34,23 @@ void bias_add(float* out, const float* bias, int rows, int cols) {
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-__global__ void bias_backward_kernel(float* dbias, const float* dout, int rows, int cols) {
-  __shared__ float part[16][33];
-  const int col = blockIdx.x * 32 + threadIdx.x;
-  float acc = 0.0f;
-  if (col < cols)
-    for (int r = threadIdx.y; r < rows; r += 16) acc += dout[static_cast<int64_t>(r) * cols + col];
-  part[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < cols) {
-    float total = 0.0f;
-    for (int y = 0; y < 16; y++) total += part[y][threadIdx.x];
-    dbias[col] += total;
-  }
+// Column sums as a GEMM with a ones row: dbias[1, cols] += ones[1, rows] @ dout[rows, cols]. cuBLAS spreads the
+// rows over the whole GPU (a per-column kernel would leave most SMs idle at T = 32k rows) and its result does not
+// change from run to run for the same shapes.
+void bias_backward(float* dbias, const float* dout, const float* ones, int rows, int cols) {
+  if (rows <= 0 || cols <= 0) return;
+  gemm(false, false, 1, cols, rows, 1.0f, ones, rows, dout, cols, 1.0f, dbias, cols);
 }
 
-void bias_backward(float* dbias, const float* dout, int rows, int cols) {
-  if (rows <= 0 || cols <= 0) return;
-  bias_backward_kernel<<<(cols + 31) / 32, dim3(32, 16)>>>(dbias, dout, rows, cols);
+__global__ void fill_kernel(float* p, float value, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    p[i] = value;
+}
+
+void fill(float* p, float value, int64_t n) {
+  if (n <= 0) return;
+  fill_kernel<<<blocks_for(n), kThreads>>>(p, value, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

@@ -72,7 +72,7 @@ double sum_squares(const float* g, size_t n);
 void adamw_step(float* p, const float* g, float* m, float* v, size_t n, float decay, float beta1, float beta2,
                 float eps, float step_size, float bc2_sqrt, float clip);
 
-// ---- model glue (embedding.cu, elementwise.cu, score.cu) --------------------------------------------------------
+// ---- model glue (embedding.cu, elementwise.cu, score.cu) -------------------------------------------------------
 // out[t] = wte[tokens[t]] + wpe[pos[t]] (wpe null: no learned positions), rows x d.
 void embedding_forward(float* out, const float* wte, const float* wpe, const int32_t* tokens, const int32_t* pos,
                        int rows, int d);
@@ -82,7 +82,9 @@ void embedding_backward(float* dw, const float* dx, const int32_t* ids, const in
                         int n_ids, int d);
 void add_inplace(float* y, const float* x, int64_t n);                 // y += x
 void bias_add(float* out, const float* bias, int rows, int cols);      // out[r, :] += bias
-void bias_backward(float* dbias, const float* dout, int rows, int cols);  // dbias += column sums of dout
+// dbias += column sums of dout; `ones` holds `rows` ones (a GEMM does the sums).
+void bias_backward(float* dbias, const float* dout, const float* ones, int rows, int cols);
+void fill(float* p, float value, int64_t n);
 // Reward head: score[s] = h[rows[s]] . w (double accumulation), s < n.
 void score_forward(float* score, const float* h, const int32_t* rows, int n, const float* w, int d);
 // dh[rows[s]] += g[s] * w; dw += sum_s g[s] * h[rows[s]] (rows distinct).

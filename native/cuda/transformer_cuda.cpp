@@ -90,6 +90,7 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
     a.dnorm = cv.take<float>(T * D);
     a.dact = cv.take<float>(T * std::max(F, QKV));
     a.dup = c.is_llama() ? cv.take<float>(T * F) : nullptr;
+    a.ones = cv.take<float>(T);
   }
 }
 
@@ -176,7 +177,7 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const flo
       gemm(true, false, in, outf, T, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);
     }
   }
-  if (bias != kAbsent) bias_backward(n.G + bias, dout, T, outf);
+  if (bias != kAbsent) bias_backward(n.G + bias, dout, n.a.ones, T, outf);
 }
 
 Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) {
@@ -330,6 +331,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
   const size_t nD = static_cast<size_t>(T) * D * sizeof(float), nF = static_cast<size_t>(T) * F * sizeof(float);
   const int64_t TF = static_cast<int64_t>(T) * F;
 
+  fill(a.ones, 1.0f, T);
   fill_zero(a.dresid, nD);
   norm_backward(n, a.dresid, L.normf_w, L.normf_b, k.dnormf, a.last, a.normf_mean, a.normf_rstd);
 

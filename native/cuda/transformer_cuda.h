@@ -61,6 +61,7 @@ struct DevActs {
   float *dresid = nullptr, *dnorm = nullptr;  // [T, D]
   float* dact = nullptr;            // [T, max(F, QKV)] dLoss/dact, then dLoss/dqkv
   float* dup = nullptr;             // [T, F] (Llama)
+  float* ones = nullptr;            // [T] ones: bias gradients are GEMMs with it
 };
 
 enum class Head { LM, SCORE };
