@@ -144,13 +144,14 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const floa
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-// ---- single-query attention over the cache --------------------------------------------------------------------------
-// One block per (row, head), 4 warps. Warp w takes keys w, w + 4, ...: a lane holds head dims lane, lane + 32, ...
-// (head_dim <= 128), the warp sums the dot product, and keeps an online softmax (running max m, sum l, output acc).
-// The four partial results are merged at the end (rescaled to the common max). Memory-bound: each key and value row
-// of the cache is read once per query head.
+// ---- single-query attention over the cache ---------------------------------------------------------------------
+// One block per (row, head), 8 warps. Warp w takes keys w, w + 8, ..., two at a time (both key and value rows are
+// loaded before any arithmetic, so each warp keeps four row loads in flight: the kernel is bound by the latency of
+// reading the cache, not by its arithmetic). A lane holds head dims lane, lane + 32, ... (head_dim <= 128); the warp
+// sums each dot product and keeps an online softmax (running max m, sum l, output acc). The eight partial results
+// are merged at the end, rescaled to the common max.
 
-static constexpr int kAttnWarps = 4;
+static constexpr int kAttnWarps = 8;
 static constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
 
 template <class Act>
@@ -169,25 +170,32 @@ __global__ void attention_decode_kernel(Act* out, const float* q, int qs, LayerC
     acc[i] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int j = warp; j < n_keys; j += kAttnWarps) {
-    const float* kj = cache.k + base + static_cast<int64_t>(j) * kvd;
-    const float* vj = cache.v + base + static_cast<int64_t>(j) * kvd;
-    float dot = 0.0f;
+  for (int j = warp; j < n_keys; j += 2 * kAttnWarps) {
+    const int j2 = j + kAttnWarps;
+    const bool two = j2 < n_keys;  // the same for the whole warp
+    const float* k1 = cache.k + base + static_cast<int64_t>(j) * kvd;
+    const float* v1 = cache.v + base + static_cast<int64_t>(j) * kvd;
+    const float* k2 = cache.k + base + static_cast<int64_t>(two ? j2 : j) * kvd;
+    const float* v2 = cache.v + base + static_cast<int64_t>(two ? j2 : j) * kvd;
+    float ka[kMaxDimsPerLane], kb[kMaxDimsPerLane], va[kMaxDimsPerLane], vb[kMaxDimsPerLane];
 #pragma unroll
     for (int i = 0; i < kMaxDimsPerLane; i++) {
       const int d = lane + 32 * i;
-      if (d < head_dim) dot += qv[i] * kj[d];
+      const bool in = d < head_dim;
+      ka[i] = in ? k1[d] : 0.0f, kb[i] = in ? k2[d] : 0.0f;
+      va[i] = in ? v1[d] : 0.0f, vb[i] = in ? v2[d] : 0.0f;
     }
-    const float s = warp_sum(dot) * scale;
-    const float m_new = fmaxf(m, s);
+    float dot1 = 0.0f, dot2 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kMaxDimsPerLane; i++) dot1 += qv[i] * ka[i], dot2 += qv[i] * kb[i];
+    const float s1 = warp_sum(dot1) * scale;
+    const float s2 = two ? warp_sum(dot2) * scale : -INFINITY;
+    const float m_new = fmaxf(m, fmaxf(s1, s2));
     const float corr = expf(m - m_new);  // m = -inf at the first key: corr = 0 while l and acc are still 0
-    const float p = expf(s - m_new);
-    l = l * corr + p;
+    const float p1 = expf(s1 - m_new), p2 = two ? expf(s2 - m_new) : 0.0f;
+    l = l * corr + p1 + p2;
 #pragma unroll
-    for (int i = 0; i < kMaxDimsPerLane; i++) {
-      const int d = lane + 32 * i;
-      acc[i] = acc[i] * corr + (d < head_dim ? p * vj[d] : 0.0f);
-    }
+    for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] = acc[i] * corr + p1 * va[i] + p2 * vb[i];
     m = m_new;
   }
   __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps][32 * kMaxDimsPerLane];

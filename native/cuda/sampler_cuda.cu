@@ -170,7 +170,7 @@ template <class Act>
 class Sampler {
  public:
   Sampler(const Model& m, const SamplerWeights& w, const SampleRequest& r)
-      : m_(m), c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
+      : c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
     K_ = r.n_samples;
@@ -484,7 +484,6 @@ class Sampler {
     return res;
   }
 
-  const Model& m_;
   const ModelConfig& c_;
   const ParamLayout& L_;
   SamplerWeights w_;
