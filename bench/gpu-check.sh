@@ -1,94 +1,112 @@
 #!/usr/bin/env bash
 # GPU check for the CUDA backend (issue 5), for a machine with an NVIDIA GPU, nvcc, cuBLAS, CMake and Python but no
-# Node: configures a Release build with -DOPTUNE_CUDA=ON, builds every native test (CPU ones and test_cuda_kernels)
-# and bench_cuda_kernels, runs ctest, then the kernel benchmark, and writes logs plus summary.json to the output dir.
-# Usage: bench/gpu-check.sh [OUT_DIR]   (default: $OUT when set, else ./gpu-check-out)
+# Node, in one invocation: configures a Release build with -DOPTUNE_CUDA=ON, builds every native test and benchmark,
+# runs ctest (CPU tests and the CUDA ones: test_cuda_kernels, test_cuda_sampler, test_cuda_model), the native
+# benchmarks (bench_cuda_kernels, bench_cuda_sample, bench_cuda_model when built) and the PyTorch peers
+# (bench/torch_gpu_bench.py), and writes logs, summary.json and results.md (native vs PyTorch per op and precision,
+# ready for bench/RESULTS.md) to the output dir.
+# Usage: bench/gpu-check.sh [--dry-run] [OUT_DIR]   (default OUT_DIR: $OUT when set, else ./gpu-check-out)
+#   --dry-run: for a machine without a GPU (checks this script): cuBLAS from ../shared/tools/cublas-dev.sh when
+#              OPTUNE_CUBLAS_ROOT is unset, sm_90, build dir build-gpu-dry, nice, 2 build jobs, 4x the stage limits
+#              (40 minutes in all); the CUDA tests and benchmarks report SKIPPED and the PyTorch script reports
+#              itself unavailable.
 # Environment: OPTUNE_GPU_ARCHS (default: the GPU's own, e.g. 90 on an H100, to keep the build short),
-#              OPTUNE_CUBLAS_ROOT (when cuBLAS is not inside the CUDA toolkit).
-# Budget: well under 10 minutes on one H100 with 16 cores (one architecture; each stage has its own timeout).
+#              OPTUNE_CUBLAS_ROOT (when cuBLAS is not inside the CUDA toolkit), OPTUNE_GPU_BUILD_DIR,
+#              OPTUNE_GPU_CHECK_BUDGET (seconds for everything, default 510), OPTUNE_PYTHON (default python3),
+#              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled).
+# Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
+# on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
+# (about 75 s of it compiling; --skip-compiled saves that).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+dry=0
+if [[ ${1:-} == --dry-run ]]; then
+  dry=1
+  shift
+fi
 out=${1:-${OUT:-$root/gpu-check-out}}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-build=${OPTUNE_GPU_BUILD_DIR:-$root/build-gpu}
 start=$SECONDS
+budget=${OPTUNE_GPU_CHECK_BUDGET:-$((dry ? 2400 : 510))}
+scale=$((dry ? 4 : 1))  # stage limits: a 2-core machine without a GPU builds several times slower
+python=${OPTUNE_PYTHON:-python3}
+: >"$out/stages.log"
 
-nvidia-smi >"$out/nvidia-smi.log" 2>&1 || true
-archs=${OPTUNE_GPU_ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')}
-archs=${archs:-80;90}
+jobs=$(nproc)
+run=()
+if ((dry)); then
+  build=${OPTUNE_GPU_BUILD_DIR:-$root/build-gpu-dry}
+  archs=${OPTUNE_GPU_ARCHS:-90}
+  jobs=2
+  run=(nice)
+  if [[ -z ${OPTUNE_CUBLAS_ROOT:-} ]]; then
+    for c in "$root/../shared/tools/cublas-dev.sh" /work/shared/tools/cublas-dev.sh; do
+      if [[ -x $c ]]; then OPTUNE_CUBLAS_ROOT=$("$c" 2>/dev/null | tail -n 1); break; fi
+    done
+  fi
+  echo "gpu-check: DRY RUN (no GPU needed): archs $archs, cuBLAS ${OPTUNE_CUBLAS_ROOT:-from the toolkit}" |
+    tee -a "$out/stages.log"
+else
+  build=${OPTUNE_GPU_BUILD_DIR:-$root/build-gpu}
+  gpu_cap=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .')
+  archs=${OPTUNE_GPU_ARCHS:-$gpu_cap}
+  archs=${archs:-80;90}
+fi
+nvidia-smi >"$out/nvidia-smi.log" 2>&1 || echo "nvidia-smi: not available" >>"$out/nvidia-smi.log"
 cmake_args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPTUNE_BUILD_TESTS=ON -DOPTUNE_CUDA=ON
             "-DCMAKE_CUDA_ARCHITECTURES=$archs")
 [[ -n ${OPTUNE_CUBLAS_ROOT:-} ]] && cmake_args+=("-DOPTUNE_CUBLAS_ROOT=$OPTUNE_CUBLAS_ROOT")
 
-stage() {  # stage NAME TIMEOUT CMD...: runs CMD with its output in $out/NAME.log; prints and returns its status
-  local name=$1 limit=$2 t0=$SECONDS rc
+left() { echo $((budget - (SECONDS - start))); }
+
+stage() {  # stage NAME LIMIT CMD...: CMD with its output in $out/NAME.log, cut at LIMIT or the overall budget
+  local name=$1 limit=$2 t0=$SECONDS rc remaining
   shift 2
-  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  remaining=$(($(left) - 5))
+  if ((remaining < 10)); then
+    echo "$name: SKIPPED (the ${budget}s budget is spent)" | tee -a "$out/stages.log"
+    echo "SKIPPED: the gpu-check budget is spent" >"$out/$name.log"
+    return 124
+  fi
+  limit=$((limit * scale))
+  ((limit > remaining)) && limit=$remaining
+  timeout "$limit" "${run[@]}" "$@" >"$out/$name.log" 2>&1
   rc=$?
-  echo "$name: exit $rc ($((SECONDS - t0))s)" | tee -a "$out/stages.log"
+  echo "$name: exit $rc ($((SECONDS - t0))s of ${limit}s)" | tee -a "$out/stages.log"
   return $rc
 }
 
-configure_rc=0 build_rc=0 ctest_rc=0 bench_rc=0
-stage configure 120 cmake "${cmake_args[@]}" || configure_rc=$?
-if ((configure_rc == 0)); then
-  stage build 360 cmake --build "$build" --parallel "$(nproc)" || build_rc=$?
+declare -A rc=([configure]=0 [build]=0 [ctest]=0 [bench_kernels]=0 [bench_sample]=0 [bench_model]=0 [torch]=0)
+stage configure 120 cmake "${cmake_args[@]}" || rc[configure]=$?
+if ((rc[configure] == 0)); then
+  stage build 330 cmake --build "$build" --parallel "$jobs" || rc[build]=$?
 else
-  build_rc=1
+  rc[build]=1
 fi
-if ((build_rc == 0)); then
-  stage ctest 300 ctest --test-dir "$build" -V --timeout 240 --parallel 4 || ctest_rc=$?
-  if [[ -x $build/bench_cuda_kernels ]]; then
-    stage bench 120 "$build/bench_cuda_kernels" || bench_rc=$?
-  else
-    bench_rc=1
-    echo "bench: bench_cuda_kernels was not built" | tee -a "$out/stages.log"
-  fi
+if ((rc[build] == 0)); then
+  stage ctest 180 ctest --test-dir "$build" -V --timeout 150 --parallel 4 || rc[ctest]=$?
+  for b in kernels sample model; do
+    exe=$build/bench_cuda_$b
+    if [[ -x $exe ]]; then
+      stage "bench_$b" 120 "$exe" || rc[bench_$b]=$?
+    else
+      rc[bench_$b]=1
+      echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
+    fi
+  done
 else
-  ctest_rc=1
-  bench_rc=1
+  rc[ctest]=1 rc[bench_kernels]=1 rc[bench_sample]=1 rc[bench_model]=1
 fi
+# The PyTorch peers run even when the native build failed: their figures still anchor the next attempt.
+torch_budget=$(($(left) - 20))
+read -r -a torch_args <<<"${OPTUNE_TORCH_ARGS:-}"
+stage torch 300 "$python" "$root/bench/torch_gpu_bench.py" --total-budget "$((torch_budget > 30 ? torch_budget : 30))" \
+  "${torch_args[@]}" || rc[torch]=$?
 
-# summary.json: per test executable, the "ok"/"FAIL" case counts and its summary line, as scripts/test.mjs counts them
-python3 - "$out" "$archs" "$configure_rc" "$build_rc" "$ctest_rc" "$bench_rc" "$((SECONDS - start))" <<'PY'
-import json, os, re, sys
-out, archs, cfg, bld, ct, bench, secs = sys.argv[1:8]
-tests = {}
-names = {}
-path = os.path.join(out, "ctest.log")
-text = open(path, errors="replace").read() if os.path.exists(path) else ""
-for line in text.splitlines():
-    m = re.match(r"^(\d+): (ok  |FAIL|SKIPPED)(: no CUDA device \S)?", line)
-    if m and m.group(2) == "SKIPPED" and not m.group(3):
-        m = None  # the "SKIPPED: N cases" note, not a case
-    if m:
-        t = tests.setdefault(m.group(1), {"ok": 0, "fail": 0, "skipped": 0, "summary": None})
-        t[{"ok  ": "ok", "FAIL": "fail", "SKIPPED": "skipped"}[m.group(2)]] += 1
-    m = re.match(r"^(\d+): (\d+) cases, (\d+) failed\s*$", line)
-    if m:
-        tests.setdefault(m.group(1), {"ok": 0, "fail": 0, "skipped": 0, "summary": None})["summary"] = [int(m.group(2)), int(m.group(3))]
-    m = re.match(r"^\s*\d+/\d+ Test\s+#(\d+): (\S+) \.*\s*(.*?)\s+[\d.]+ sec\s*$", line)
-    if m:
-        names[m.group(1)] = (m.group(2), m.group(3))
-execs = []
-for n, (name, status) in sorted(names.items(), key=lambda kv: int(kv[0])):
-    t = tests.get(n, {"ok": 0, "fail": 0, "skipped": 0, "summary": None})
-    execs.append({"name": name, "status": status, "passed": t["ok"], "failed": t["fail"], "skipped": t["skipped"], "summary": t["summary"]})
-gpu = open(os.path.join(out, "nvidia-smi.log"), errors="replace").read().splitlines()
-summary = {
-    "archs": archs,
-    "seconds": int(secs),
-    "exit": {"configure": int(cfg), "build": int(bld), "ctest": int(ct), "bench": int(bench)},
-    "passed": sum(e["passed"] for e in execs),
-    "failed": sum(e["failed"] for e in execs) + sum(1 for e in execs if e["status"] != "Passed"),
-    "skipped": sum(e["skipped"] for e in execs),
-    "executables": execs,
-    "nvidia_smi": gpu[:12],
-}
-json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
-print(json.dumps({k: summary[k] for k in ("archs", "seconds", "exit", "passed", "failed", "skipped")}))
-PY
-echo "gpu-check: logs and summary.json in $out ($((SECONDS - start))s)"
-((configure_rc == 0 && build_rc == 0 && ctest_rc == 0)) || exit 1
+python3 "$root/bench/gpu_check_summary.py" "$out" "$archs" "$((SECONDS - start))" "$dry" \
+  "configure=${rc[configure]}" "build=${rc[build]}" "ctest=${rc[ctest]}" "bench_kernels=${rc[bench_kernels]}" \
+  "bench_sample=${rc[bench_sample]}" "bench_model=${rc[bench_model]}" "torch=${rc[torch]}"
+echo "gpu-check: logs, summary.json and results.md in $out ($((SECONDS - start))s)"
+((rc[configure] == 0 && rc[build] == 0 && rc[ctest] == 0)) || exit 1

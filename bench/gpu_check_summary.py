@@ -1,0 +1,207 @@
+"""Summary of a bench/gpu-check.sh run: summary.json (stage exits, test counts per executable, every benchmark record)
+and results.md (native vs PyTorch per op and precision, with the issue's targets), both in the output dir.
+
+Usage: python3 bench/gpu_check_summary.py OUT_DIR ARCHS SECONDS DRY STAGE=EXIT...
+
+Inputs in OUT_DIR: ctest.log (ctest -V), nvidia-smi.log, bench_kernels.log (text), and JSON lines in
+bench_sample.log, bench_model.log (native) and torch.log (PyTorch). Native records name the op in "op" or "bench"
+and their peak memory in "peak_mem_bytes" or "peak_gib"; both are accepted.
+"""
+
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+
+GIB = 2 ** 30
+# The issue's targets: speed-up over PyTorch eager in the same run (DPO step: bf16), and peak memory <= 1/4.
+TARGETS = {"sample": 20.0, "logprobs": 2.0, "dpo_step": 2.5}
+MEMORY_TARGET = 0.25
+
+
+def read(path):
+    return open(path, errors="replace").read() if os.path.exists(path) else ""
+
+
+def json_lines(path):
+    recs = []
+    for line in read(path).splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                recs.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return recs
+
+
+def ctest_counts(text):
+    """Per test executable: the "ok"/"FAIL"/"SKIPPED: no CUDA device" case lines, as scripts/test.mjs counts them."""
+    tests, names = {}, {}
+    blank = {"ok": 0, "fail": 0, "skipped": 0, "summary": None}
+    for line in text.splitlines():
+        m = re.match(r"^(\d+): (ok  |FAIL|SKIPPED)(: no CUDA device \S)?", line)
+        if m and m.group(2) == "SKIPPED" and not m.group(3):
+            m = None  # the "SKIPPED: N cases" note, not a case
+        if m:
+            t = tests.setdefault(m.group(1), dict(blank))
+            t[{"ok  ": "ok", "FAIL": "fail", "SKIPPED": "skipped"}[m.group(2)]] += 1
+        m = re.match(r"^(\d+): (\d+) cases, (\d+) failed\s*$", line)
+        if m:
+            tests.setdefault(m.group(1), dict(blank))["summary"] = [int(m.group(2)), int(m.group(3))]
+        m = re.match(r"^\s*\d+/\d+ Test\s+#(\d+): (\S+) \.*\s*(.*?)\s+[\d.]+ sec\s*$", line)
+        if m:
+            names[m.group(1)] = (m.group(2), m.group(3))
+    execs = []
+    for n, (name, status) in sorted(names.items(), key=lambda kv: int(kv[0])):
+        t = tests.get(n, blank)
+        execs.append({"name": name, "status": status, "passed": t["ok"], "failed": t["fail"],
+                      "skipped": t["skipped"], "summary": t["summary"]})
+    return execs
+
+
+def native_records(out):
+    recs = []
+    for log in ("bench_sample.log", "bench_model.log"):
+        for r in json_lines(os.path.join(out, log)):
+            op = r.get("op") or r.get("bench")
+            if op and "tok_per_s" in r:
+                peak = r.get("peak_mem_bytes")
+                if peak is None and r.get("peak_gib") is not None:
+                    peak = r["peak_gib"] * GIB
+                recs.append({"op": op, "precision": r.get("precision"), "tok_per_s": r["tok_per_s"],
+                             "peak_mem_bytes": peak, "source": log, "record": r})
+    return recs
+
+
+def fmt_rate(x):
+    if x is None:
+        return "-"
+    return f"{x / 1000:.1f}k" if x < 1e6 else f"{x / 1e6:.2f}M"
+
+
+def fmt_gib(b):
+    return "-" if not b else f"{b / GIB:.2f}"
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def table(native, torch_recs):
+    eager = {(r["op"], r["precision"]): r for r in torch_recs if r.get("impl") == "torch-eager" and "tok_per_s" in r}
+    comp = {(r["op"], r["precision"]): r for r in torch_recs if r.get("impl") == "torch-compile" and "tok_per_s" in r}
+    rows = []
+    for n in native:
+        key = (n["op"], n["precision"])
+        e, c = eager.get(key), comp.get(key)
+        target = TARGETS.get(n["op"])
+        if n["op"] == "dpo_step" and n["precision"] != "bf16":
+            target = None  # the DPO target is stated for bf16
+        x_eager = ratio(n["tok_per_s"], e and e["tok_per_s"])
+        mem = ratio(n["peak_mem_bytes"], e and e.get("peak_mem_bytes"))
+        rows.append({
+            "op": n["op"], "precision": n["precision"], "native_tok_per_s": n["tok_per_s"],
+            "torch_eager_tok_per_s": e and e["tok_per_s"], "speedup_vs_eager": x_eager, "target": target,
+            "target_met": None if x_eager is None or target is None else x_eager >= target,
+            "torch_compiled_tok_per_s": c and c["tok_per_s"],
+            "speedup_vs_compiled": ratio(n["tok_per_s"], c and c["tok_per_s"]),
+            "native_peak_mem_bytes": n["peak_mem_bytes"], "torch_eager_peak_mem_bytes": e and e.get("peak_mem_bytes"),
+            "memory_ratio": mem, "memory_target_met": None if mem is None else mem <= MEMORY_TARGET,
+        })
+    return rows
+
+
+def markdown(summary):
+    gpu = summary["gpu"] or "no GPU"
+    lines = [f"GPU check on **{gpu}** ({summary['date']}, commit {summary['commit']}, archs {summary['archs']}, "
+             f"{summary['seconds']} s{', DRY RUN' if summary['dry_run'] else ''}). "
+             f"Tests: {summary['passed']} passed, {summary['failed']} failed, {summary['skipped']} skipped.", ""]
+    t = summary.get("torch_versions") or {}
+    if t:
+        lines += [f"PyTorch {t.get('torch')} + transformers {t.get('transformers')} in the same run "
+                  f"(eager fp32 with TF32 matmuls, as the anchors; bf16 = autocast).", ""]
+    lines += ["| op | precision | optune tok/s | PyTorch eager tok/s | x eager (target) | PyTorch compiled tok/s | "
+              "x compiled | optune peak GiB | PyTorch eager peak GiB | memory ratio (target <= 0.25) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["comparison"]:
+        x = "-" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
+        if r["target"] is not None:
+            met = "" if r["target_met"] is None else (" met" if r["target_met"] else " not met")
+            x += f" (>= {r['target']:g}x{met})"
+        xc = "-" if r["speedup_vs_compiled"] is None else f"{r['speedup_vs_compiled']:.2f}x"
+        mem = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+        lines.append(f"| {r['op']} | {r['precision']} | {fmt_rate(r['native_tok_per_s'])} | "
+                     f"{fmt_rate(r['torch_eager_tok_per_s'])} | {x} | {fmt_rate(r['torch_compiled_tok_per_s'])} | "
+                     f"{xc} | {fmt_gib(r['native_peak_mem_bytes'])} | {fmt_gib(r['torch_eager_peak_mem_bytes'])} | "
+                     f"{mem} |")
+    if not summary["comparison"]:
+        lines.append("| (no native benchmark records) | | | | | | | | | |")
+    errors = [r for r in summary["torch"] if "error" in r]
+    if errors:
+        lines += ["", "PyTorch measurements that failed: " +
+                  "; ".join(f"{r.get('impl')} {r.get('op')} {r.get('precision')}: {r['error'][:120]}" for r in errors)]
+    unavailable = [r["unavailable"] for r in summary["torch"] if "unavailable" in r]
+    if unavailable:
+        lines += ["", f"PyTorch unavailable: {unavailable[0]}"]
+    skipped = [s for s in ("bench_kernels", "bench_sample", "bench_model") if summary["bench_notes"].get(s)]
+    if skipped:
+        lines += ["", "Native benchmarks that did not measure: " +
+                  "; ".join(f"{s}: {summary['bench_notes'][s]}" for s in skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    out, archs, secs, dry = sys.argv[1:5]
+    exits = {k: int(v) for k, v in (a.split("=", 1) for a in sys.argv[5:])}
+    execs = ctest_counts(read(os.path.join(out, "ctest.log")))
+    smi = read(os.path.join(out, "nvidia-smi.log")).splitlines()
+    torch_recs = json_lines(os.path.join(out, "torch.log"))
+    native = native_records(out)
+    gpu = next((r.get("device") for r in native if r["record"].get("device")), None)
+    versions = next((r for r in torch_recs if "torch" in r), None)
+    if not gpu and versions and versions.get("gpu"):
+        gpu = versions["gpu"]
+    notes = {}
+    for b in ("bench_kernels", "bench_sample", "bench_model"):
+        text = read(os.path.join(out, b + ".log"))
+        m = re.search(r"SKIPPED[^\n]*|\"(skipped|error)\"\s*:\s*\"([^\"]*)\"|bench_cuda_\w+: [^\n]*", text)
+        if m or not text:
+            notes[b] = "no output" if not m else f"{m.group(1)}: {m.group(2)}" if m.group(1) else m.group(0)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    summary = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit,
+        "dry_run": dry == "1",
+        "gpu": gpu,
+        "archs": archs,
+        "seconds": int(secs),
+        "exit": exits,
+        "passed": sum(e["passed"] for e in execs),
+        "failed": sum(e["failed"] for e in execs) + sum(1 for e in execs if e["status"] != "Passed"),
+        "skipped": sum(e["skipped"] for e in execs),
+        "executables": execs,
+        "native": [r["record"] | {"source": r["source"]} for r in native],
+        "torch": torch_recs,
+        "torch_versions": versions,
+        "comparison": table(native, torch_recs),
+        "bench_notes": notes,
+        "nvidia_smi": smi[:12],
+    }
+    json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+    open(os.path.join(out, "results.md"), "w").write(markdown(summary))
+    print(json.dumps({k: summary[k] for k in ("gpu", "archs", "seconds", "exit", "passed", "failed", "skipped")}))
+    for r in summary["comparison"]:
+        print(f"  {r['op']} {r['precision']}: optune {fmt_rate(r['native_tok_per_s'])} tok/s, "
+              f"x eager {r['speedup_vs_eager'] and round(r['speedup_vs_eager'], 2)}, "
+              f"memory ratio {r['memory_ratio'] and round(r['memory_ratio'], 3)}")
+
+
+if __name__ == "__main__":
+    main()
