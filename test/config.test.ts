@@ -17,6 +17,7 @@ describe("loadConfig", () => {
     expect(config).toEqual({
       seed: 1,
       device: "cpu",
+      precision: "fp32",
       task: "builtin",
       model: {},
       loop: {

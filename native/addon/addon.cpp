@@ -1,11 +1,13 @@
 // Module entry: info(), setThreads(), the async factories createModel() / loadModel(), and the Model class.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <napi.h>
 
 #include "convert.h"
 #include "core/checkpoint.h"
+#include "core/device.h"
 #include "core/model.h"
 #include "model_wrap.h"
 #include "task.h"
@@ -21,12 +23,25 @@ static Napi::Value info_js(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("version", OPTUNE_VERSION);
-  Napi::Array backends = Napi::Array::New(env, 1);
+  Napi::Array backends = Napi::Array::New(env);
   backends.Set(uint32_t{0}, "cpu");
+  if (optune::cuda_built()) backends.Set(uint32_t{1}, "cuda");
   o.Set("backends", backends);
   o.Set("blas", OPTUNE_BLAS_NAME);
   o.Set("threads", current_threads());
-  o.Set("devices", Napi::Array::New(env, 0));  // accelerators: none in the CPU engine
+  // GPUs the CUDA backend can use (empty without it, a driver or a GPU)
+  const std::vector<optune::GpuInfo> gpus = optune::list_gpus();
+  Napi::Array devices = Napi::Array::New(env, gpus.size());
+  for (size_t i = 0; i < gpus.size(); i++) {
+    Napi::Object g = Napi::Object::New(env);
+    g.Set("index", gpus[i].index);
+    g.Set("name", gpus[i].name);
+    g.Set("computeCapability", std::to_string(gpus[i].major) + "." + std::to_string(gpus[i].minor));
+    g.Set("totalMemory", static_cast<double>(gpus[i].total_bytes));
+    g.Set("freeMemory", static_cast<double>(gpus[i].free_bytes));
+    devices.Set(static_cast<uint32_t>(i), g);
+  }
+  o.Set("devices", devices);
   return o;
 }
 
@@ -40,24 +55,27 @@ static void set_threads_js(const Napi::CallbackInfo& info) {
   set_threads(static_cast<int>(n));
 }
 
-// createModel(config, seed): a model with transformers-style random init.
+// createModel(config, seed, options?): a model with transformers-style random init, on options.device.
 static Napi::Value create_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
     const optune::ModelConfig cfg = to_config(info[0]);
     const uint64_t seed = seed_value(info.Length() > 1 ? info[1] : env.Undefined(), "seed");
+    const DeviceOptions dev = to_device_options(info.Length() > 2 ? info[2] : env.Undefined(), "options");
     auto out = std::make_shared<std::unique_ptr<optune::Model>>();
     return PromiseTask::start(
         env, "createModel",
-        [cfg, seed, out] {
+        [cfg, seed, dev, out] {
           *out = optune::make_model(cfg);
           optune::init_weights(**out, seed);
+          optune::set_device(**out, dev.device, dev.precision);
         },
         [out](Napi::Env e) -> Napi::Value { return ModelWrap::wrap(e, std::move(*out)); }, nullptr);
   });
 }
 
-// loadModel(dir): a transformers-format checkpoint directory (config.json + safetensors).
+// loadModel(dir, options?): a transformers-format checkpoint directory (config.json + safetensors), on
+// options.device.
 static Napi::Value load_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
@@ -66,9 +84,14 @@ static Napi::Value load_model(const Napi::CallbackInfo& info) {
                                           (info.Length() < 1 ? std::string("nothing") : describe(info[0])));
     }
     const std::string dir = info[0].As<Napi::String>().Utf8Value();
+    const DeviceOptions dev = to_device_options(info.Length() > 1 ? info[1] : env.Undefined(), "options");
     auto out = std::make_shared<std::unique_ptr<optune::Model>>();
     return PromiseTask::start(
-        env, "loadModel", [dir, out] { *out = optune::load_checkpoint(dir); },
+        env, "loadModel",
+        [dir, dev, out] {
+          *out = optune::load_checkpoint(dir);
+          optune::set_device(**out, dev.device, dev.precision);
+        },
         [out](Napi::Env e) -> Napi::Value { return ModelWrap::wrap(e, std::move(*out)); }, nullptr);
   });
 }

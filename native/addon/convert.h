@@ -9,6 +9,7 @@
 #include <napi.h>
 
 #include "core/config.h"
+#include "core/device.h"
 #include "core/engine.h"
 
 namespace optune_addon {
@@ -42,6 +43,14 @@ optune::TrainRequest to_train_request(const Napi::Object& req, bool has_ref_mode
 Napi::Object stats_to_js(Napi::Env env, const optune::TrainStats& s);
 
 optune::SampleRequest to_sample_request(const Napi::Value& v);
+
+// {device?: "cpu" | "cuda" | "auto", precision?: "fp32" | "bf16"} or undefined: where createModel/loadModel put
+// the model (default cpu, fp32). Placement itself (and its errors) happens on the worker thread.
+struct DeviceOptions {
+  optune::Device device = optune::Device::CPU;
+  optune::Precision precision = optune::Precision::FP32;
+};
+DeviceOptions to_device_options(const Napi::Value& v, const std::string& name);
 Napi::Object sample_to_js(Napi::Env env, const optune::SampleResult& r);
 
 }  // namespace optune_addon

@@ -6,6 +6,7 @@
 
 #include "convert.h"
 #include "core/checkpoint.h"
+#include "core/device.h"
 #include "core/engine.h"
 #include "task.h"
 
@@ -43,6 +44,8 @@ Napi::Function ModelWrap::define(Napi::Env env) {
           InstanceMethod<&ModelWrap::set_params>("setParams"),
           InstanceAccessor<&ModelWrap::config>("config"),
           InstanceAccessor<&ModelWrap::num_params>("numParams"),
+          InstanceAccessor<&ModelWrap::device>("device"),
+          InstanceAccessor<&ModelWrap::precision>("precision"),
           InstanceAccessor<&ModelWrap::disposed>("disposed"),
           InstanceAccessor<&ModelWrap::busy_op>("busyWith"),
       });
@@ -82,6 +85,9 @@ static std::string string_arg(const Napi::CallbackInfo& info, size_t i, const ch
 }
 
 // ---- checkpoints and copies -----------------------------------------------------------------------------------
+// A model on a GPU keeps its live weights and AdamW moments there (core/device.h): every read of the host copies
+// (save, saveOptimizerState, clone, getParams) syncs them down first, every write (loadOptimizerState, setParams)
+// uploads them after.
 
 Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -90,7 +96,11 @@ Napi::Value ModelWrap::save(const Napi::CallbackInfo& info) {
     acquire(env, *h_, "save");
     HandlePtr h = h_;
     return PromiseTask::start(
-        env, "save", [h, dir] { optune::save_checkpoint(*h->model, dir); },
+        env, "save",
+        [h, dir] {
+          optune::sync_to_host(*h->model);
+          optune::save_checkpoint(*h->model, dir);
+        },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }
@@ -102,7 +112,11 @@ Napi::Value ModelWrap::save_optimizer_state(const Napi::CallbackInfo& info) {
     acquire(env, *h_, "saveOptimizerState");
     HandlePtr h = h_;
     return PromiseTask::start(
-        env, "saveOptimizerState", [h, dir] { optune::save_optimizer_state(*h->model, dir); },
+        env, "saveOptimizerState",
+        [h, dir] {
+          optune::sync_to_host(*h->model);
+          optune::save_optimizer_state(*h->model, dir);
+        },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }
@@ -114,7 +128,12 @@ Napi::Value ModelWrap::load_optimizer_state(const Napi::CallbackInfo& info) {
     acquire(env, *h_, "loadOptimizerState");
     HandlePtr h = h_;
     return PromiseTask::start(
-        env, "loadOptimizerState", [h, dir] { optune::load_optimizer_state(*h->model, dir); },
+        env, "loadOptimizerState",
+        [h, dir] {
+          optune::sync_to_host(*h->model);  // the weights on the host must be current before the upload below
+          optune::load_optimizer_state(*h->model, dir);
+          optune::sync_to_device(*h->model);
+        },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }
@@ -126,7 +145,14 @@ Napi::Value ModelWrap::clone(const Napi::CallbackInfo& info) {
     HandlePtr h = h_;
     auto out = std::make_shared<std::unique_ptr<optune::Model>>();
     return PromiseTask::start(
-        env, "clone", [h, out] { *out = optune::clone_model(*h->model); },
+        env, "clone",
+        [h, out] {
+          optune::Model& src = *h->model;
+          optune::sync_to_host(src);
+          *out = optune::clone_model(src);
+          // the copy lives where the original does (a reference model next to its policy)
+          if (src.device) optune::set_device(**out, optune::model_device(src), optune::model_precision(src));
+        },
         [out](Napi::Env e) -> Napi::Value { return wrap(e, std::move(*out)); }, [h] { release(*h); });
   });
 }
@@ -249,7 +275,9 @@ void ModelWrap::dispose(const Napi::CallbackInfo&) {
 }
 
 Napi::Value ModelWrap::get_params(const Napi::CallbackInfo& info) {
-  return to_js(info.Env(), idle_model(info.Env(), "getParams()").params);
+  optune::Model& m = idle_model(info.Env(), "getParams()");
+  optune::sync_to_host(m);
+  return to_js(info.Env(), m.params);
 }
 
 void ModelWrap::set_params(const Napi::CallbackInfo& info) {
@@ -260,7 +288,9 @@ void ModelWrap::set_params(const Napi::CallbackInfo& info) {
     throw Napi::RangeError::New(env, "params has " + std::to_string(p.size()) + " values but the model has " +
                                          std::to_string(m.params.size()));
   }
+  optune::sync_to_host(m);  // the device's AdamW moments come down first, so the upload below keeps them
   m.params = std::move(p);
+  optune::sync_to_device(m);
 }
 
 Napi::Value ModelWrap::config(const Napi::CallbackInfo& info) {
@@ -271,6 +301,17 @@ Napi::Value ModelWrap::config(const Napi::CallbackInfo& info) {
 Napi::Value ModelWrap::num_params(const Napi::CallbackInfo& info) {
   check_alive(info.Env(), *h_);
   return Napi::Number::New(info.Env(), static_cast<double>(h_->model->num_params()));
+}
+
+// "cpu" | "cuda", and "fp32" | "bf16" (a CPU model computes in fp32).
+Napi::Value ModelWrap::device(const Napi::CallbackInfo& info) {
+  check_alive(info.Env(), *h_);
+  return Napi::String::New(info.Env(), optune::device_name(optune::model_device(*h_->model)));
+}
+
+Napi::Value ModelWrap::precision(const Napi::CallbackInfo& info) {
+  check_alive(info.Env(), *h_);
+  return Napi::String::New(info.Env(), optune::precision_name(optune::model_precision(*h_->model)));
 }
 
 Napi::Value ModelWrap::disposed(const Napi::CallbackInfo& info) {

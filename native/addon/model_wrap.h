@@ -35,6 +35,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   void set_params(const Napi::CallbackInfo& info);
   Napi::Value config(const Napi::CallbackInfo& info);
   Napi::Value num_params(const Napi::CallbackInfo& info);
+  Napi::Value device(const Napi::CallbackInfo& info);
+  Napi::Value precision(const Napi::CallbackInfo& info);
   Napi::Value disposed(const Napi::CallbackInfo& info);
   Napi::Value busy_op(const Napi::CallbackInfo& info);
 

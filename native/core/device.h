@@ -36,6 +36,8 @@ struct DeviceEngine {
   virtual std::vector<float> scores(const Model& m, const Batch& b) = 0;
   virtual TrainStats train_step(Model& m, const TrainRequest& r) = 0;
   virtual double adamw_update(Model& m, const AdamWConfig& opt) = 0;
+  // The device's own precision decides (SampleRequest::bf16 is the CPU decoder's switch).
+  virtual SampleResult sample(const Model& m, const SampleRequest& r) = 0;
   virtual void download(Model& m) = 0;      // device weights and AdamW state -> m.params, m.adam_m, m.adam_v
   virtual void upload(const Model& m) = 0;  // the reverse
 };

@@ -12,6 +12,7 @@
 #include "cpu/gemm.h"
 #include "cpu/ops.h"
 #include "cpu/vecmath.h"
+#include "device.h"
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
@@ -160,6 +161,7 @@ PackedWeights pack_for_decoding(const Model& m, bool bf16) {
 
 SampleResult sample(const Model& m, const SampleRequest& r) {
   validate_sample_request(m, r);
+  if (m.device) return m.device->sample(m, r);
   const ModelConfig& c = m.cfg;
   const PackedWeights packed = pack_for_decoding(m, r.bf16);
   const cpu::PackedB& head_packed = packed.at(m.layout.lm_head);

@@ -121,5 +121,9 @@ double DeviceState::adamw_update(Model& m, const AdamWConfig& opt) {
   auto lock = lock_device();
   return cuda::adamw_update(m, opt);
 }
+SampleResult DeviceState::sample(const Model& m, const SampleRequest& r) {
+  auto lock = lock_device();
+  return cuda::sample(m, r);
+}
 
 }  // namespace optune::cuda

@@ -84,6 +84,7 @@ struct DeviceState final : DeviceEngine {
   std::vector<float> scores(const Model& m, const Batch& b) override;
   TrainStats train_step(Model& m, const TrainRequest& r) override;
   double adamw_update(Model& m, const AdamWConfig& opt) override;
+  SampleResult sample(const Model& m, const SampleRequest& r) override;
   void download(Model& m) override;
   void upload(const Model& m) override;
 };

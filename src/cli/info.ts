@@ -18,6 +18,16 @@ export function infoCommand(): Command {
       console.log(`backends: ${info.backends.join(", ")}`);
       console.log(`blas:     ${info.blas}`);
       console.log(`threads:  ${info.threads}`);
-      console.log(`devices:  ${info.devices.length > 0 ? info.devices.join(", ") : "none (CPU only)"}`);
+      if (info.devices.length === 0) {
+        const why = info.backends.includes("cuda") ? "no GPU visible" : "built without CUDA";
+        console.log(`devices:  none (${why})`);
+      }
+      for (const d of info.devices) {
+        const gib = (bytes: number): string => (bytes / 2 ** 30).toFixed(1);
+        console.log(
+          `devices:  cuda:${d.index} ${d.name}, compute capability ${d.computeCapability}, ` +
+            `${gib(d.totalMemory)} GiB (${gib(d.freeMemory)} GiB free)`,
+        );
+      }
     });
 }

@@ -180,7 +180,13 @@ const PrepareSchema = section({
 // Sections use prefault({}) so an absent section still gets its field defaults.
 export const ConfigSchema = section({
   seed: integer(closed(0), closed(0xffffffff)).default(1),
+  /**
+   * Where the policy and reference models run: 'cuda' needs an engine built with the CUDA backend and a GPU (an
+   * error otherwise, never a silent fallback); 'auto' takes the GPU when there is one.
+   */
   device: choice(["cpu", "cuda", "auto"]).default("cpu"),
+  /** On CUDA: 'bf16' runs the matmuls on bf16 copies of weights and activations (fp32 master weights). */
+  precision: choice(["fp32", "bf16"]).default("fp32"),
   /** 'builtin': the synthetic task (prepare section); 'user': your own model, prompts and rewards. */
   task: choice(["builtin", "user"]).default("builtin"),
   model: ModelSchema.prefault({}),

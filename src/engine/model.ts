@@ -8,6 +8,7 @@ import { type PackedPrompts, packPrompts, toFloat32Array, toInt32Array } from ".
 import type {
   AdamWOptions,
   Batch,
+  DeviceOptions,
   EngineInfo,
   LogprobResult,
   LossName,
@@ -16,6 +17,7 @@ import type {
   NativeModel,
   NativeSampleRequest,
   NativeTrainRequest,
+  PrecisionName,
   SampleResult,
   TrainStats,
 } from "./types.js";
@@ -96,6 +98,9 @@ interface Reservation {
 export class EngineModel {
   readonly config: ModelConfig;
   readonly numParams: number;
+  /** Where the model runs ("auto" resolved) and its matmul precision (always "fp32" on the CPU). */
+  readonly device: "cpu" | "cuda";
+  readonly precision: PrecisionName;
   private readonly native: NativeModel;
   /** Settles when the last queued call has; never rejects. */
   private tail: Promise<void> = Promise.resolve();
@@ -105,16 +110,25 @@ export class EngineModel {
     this.native = native;
     this.config = native.config;
     this.numParams = native.numParams;
+    this.device = native.device;
+    this.precision = native.precision;
   }
 
-  /** A model with transformers-style random init from `seed`. */
-  static async create(config: ModelConfigInput, seed: number | bigint = 0): Promise<EngineModel> {
-    return new EngineModel(await loadAddon().createModel(config, seed));
+  /**
+   * A model with transformers-style random init from `seed`, on `options.device` (default "cpu"). Asking for
+   * "cuda" without the CUDA backend or a GPU rejects; there is no silent fallback ("auto" picks what exists).
+   */
+  static async create(
+    config: ModelConfigInput,
+    seed: number | bigint = 0,
+    options: DeviceOptions = {},
+  ): Promise<EngineModel> {
+    return new EngineModel(await loadAddon().createModel(config, seed, deviceOptions(options)));
   }
 
-  /** A transformers checkpoint directory (config.json + model.safetensors). */
-  static async load(dir: string): Promise<EngineModel> {
-    return new EngineModel(await loadAddon().loadModel(dir));
+  /** A transformers checkpoint directory (config.json + model.safetensors), on `options.device`. */
+  static async load(dir: string, options: DeviceOptions = {}): Promise<EngineModel> {
+    return new EngineModel(await loadAddon().loadModel(dir, deviceOptions(options)));
   }
 
   /** True once dispose() was called (the weights are freed after the calls queued before it). */
@@ -249,6 +263,14 @@ function toNativeTrainRequest(o: TrainStepOptions): Omit<NativeTrainRequest, "re
 
 function isPacked(p: SampleOptions["prompts"]): p is PackedPrompts {
   return !Array.isArray(p) && typeof p === "object" && p !== null && "tokens" in p && "offsets" in p;
+}
+
+/** Only the fields the addon reads, so a caller's wider object (a config section) passes through cleanly. */
+function deviceOptions(o: DeviceOptions): DeviceOptions {
+  const out: DeviceOptions = {};
+  if (o.device !== undefined) out.device = o.device;
+  if (o.precision !== undefined) out.precision = o.precision;
+  return out;
 }
 
 function toNativeSampleRequest(o: SampleOptions): NativeSampleRequest {

@@ -83,13 +83,36 @@ export interface SampleResult {
   finished: Uint8Array;
 }
 
+/** Where a model runs: "auto" picks "cuda" when the engine was built with it and a GPU is visible, else "cpu". */
+export type DeviceName = "cpu" | "cuda" | "auto";
+/** CUDA only: "bf16" runs the matmuls on bf16 copies of weights and activations (fp32 master weights). */
+export type PrecisionName = "fp32" | "bf16";
+
+export interface DeviceOptions {
+  device?: DeviceName;
+  precision?: PrecisionName;
+}
+
+/** A GPU the CUDA backend can use. */
+export interface GpuDevice {
+  index: number;
+  name: string;
+  /** "9.0" for an H100. */
+  computeCapability: string;
+  /** Bytes. */
+  totalMemory: number;
+  freeMemory: number;
+}
+
 export interface EngineInfo {
   version: string;
+  /** "cpu", plus "cuda" when the engine was built with the CUDA backend. */
   backends: string[];
   /** "openblas" or "builtin". */
   blas: string;
   threads: number;
-  devices: string[];
+  /** GPUs usable by the CUDA backend; empty without it, a driver or a GPU. */
+  devices: GpuDevice[];
 }
 
 // ---- the raw addon ---------------------------------------------------------------------------------------------
@@ -125,6 +148,8 @@ export interface NativeSampleRequest {
 export interface NativeModel {
   readonly config: ModelConfig;
   readonly numParams: number;
+  readonly device: "cpu" | "cuda";
+  readonly precision: PrecisionName;
   readonly disposed: boolean;
   /** Name of the running operation, or null. */
   readonly busyWith: string | null;
@@ -145,6 +170,6 @@ export interface NativeModel {
 export interface NativeAddon {
   info(): EngineInfo;
   setThreads(n: number): void;
-  createModel(config: ModelConfigInput, seed?: number | bigint): Promise<NativeModel>;
-  loadModel(dir: string): Promise<NativeModel>;
+  createModel(config: ModelConfigInput, seed?: number | bigint, options?: DeviceOptions): Promise<NativeModel>;
+  loadModel(dir: string, options?: DeviceOptions): Promise<NativeModel>;
 }

@@ -310,8 +310,9 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   mkdirSync(runDir, { recursive: true });
   writeJsonAtomic(join(runDir, CONFIG_FILE), config);
 
-  const policy = await EngineModel.load(loaded?.policyDir ?? task.policyDir);
-  const reference = await EngineModel.load(loaded?.referenceDir ?? task.referenceDir ?? task.policyDir);
+  const placement = { device: config.device, precision: config.precision };
+  const policy = await EngineModel.load(loaded?.policyDir ?? task.policyDir, placement);
+  const reference = await EngineModel.load(loaded?.referenceDir ?? task.referenceDir ?? task.policyDir, placement);
   const proxy = await task.createRewardSource();
   const evaluator = await task.createEvalSource();
   const ctx: LoopContext = {
