@@ -62,9 +62,12 @@ static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampli
     r.prompt_offsets.push_back(16 * 32);
     r.max_new_tokens = 64;
     r.seed = 3;
-    const double s = time_it([&] { sample(*m, r); }, 1, reps);
-    std::printf("{\"op\": \"sample\", \"shape\": \"%s\", \"batch\": 16, \"prompt\": 32, \"new\": 64, \"sec\": %.4f, "
-                "\"tok_per_s\": %.0f}\n", name, s, 16 * 64 / s);
+    for (bool bf16 : {false, true}) {
+      r.bf16 = bf16;
+      const double s = time_it([&] { sample(*m, r); }, 1, reps);
+      std::printf("{\"op\": \"%s\", \"shape\": \"%s\", \"batch\": 16, \"prompt\": 32, \"new\": 64, \"sec\": %.4f, "
+                  "\"tok_per_s\": %.0f}\n", bf16 ? "sample_bf16" : "sample", name, s, 16 * 64 / s);
+    }
   }
   const Batch b = random_batch(16, 128, 16, cfg.vocab_size, 5);
   const double lp = time_it([&] { compute_logprobs(*m, b); }, 1, reps);

@@ -75,7 +75,7 @@ void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, in
 }
 
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
-                   const AttendFn& attend, const PackedWeights* packed) {
+                   const AttendFn& attend, const PackedWeights* packed, bool bf16) {
   const ModelConfig& c = m.cfg;
   const float* P = m.params.data();
   const LayerOffsets& o = m.layout.layers[l];
@@ -86,7 +86,7 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
     if (packed && it != packed->end())
       cpu::linear_forward_packed(out, inp, it->second, at(P, bias), T);
     else
-      cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout);
+      cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout, bf16);
   };
 
   // attention
@@ -129,11 +129,13 @@ void final_norm_forward(const Model& m, Acts& acts, const float* x, int T) {
                at(P, m.layout.normf_b), T);
 }
 
-void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook) {
+void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook,
+                         bool bf16) {
   const ModelConfig& c = m.cfg;
   const int T = b.n_tokens();
   acts.T = T;
   acts.training = training;
+  acts.bf16 = bf16;
   acts.pos.resize(T);
   for (int s = 0; s < b.n_seq(); s++)
     for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) acts.pos[t] = t - b.offsets[s];
@@ -152,7 +154,7 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
       if (kv_hook) (*kv_hook)(layer, v);
       cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(), c.n_head,
                              c.n_kv_head, c.head_dim);
-    });
+    }, nullptr, bf16);
   }
   final_norm_forward(m, acts, acts.layers[training ? c.n_layer - 1 : 0].res_mlp.data(), T);
 }
@@ -198,7 +200,7 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
     // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn))))
     std::fill(dact.begin(), dact.end(), 0.0f);
     cpu::linear_backward(dact.data(), at(G, o.proj_w), at(G, o.proj_b), dresid.data(), a.act.data(), at(P, o.proj_w),
-                         T, F, D, lin);
+                         T, F, D, lin, acts.bf16);
     std::fill(dfc.begin(), dfc.end(), 0.0f);
     std::fill(dnorm.begin(), dnorm.end(), 0.0f);
     if (c.is_gpt2()) {
@@ -207,17 +209,17 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
       std::fill(dup.begin(), dup.end(), 0.0f);
       cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
       cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), a.norm2.data(), at(P, o.up_w), T, D, F,
-                           lin);
+                           lin, acts.bf16);
     }
     cpu::linear_backward(dnorm.data(), at(G, o.fc_w), at(G, o.fc_b), dfc.data(), a.norm2.data(), at(P, o.fc_w), T, D,
-                         F, lin);
+                         F, lin, acts.bf16);
     norm_backward(c, dresid.data(), at(G, o.norm2_w), at(G, o.norm2_b), dnorm.data(), a.res_attn.data(),
                   at(P, o.norm2_w), a.norm2_mean.data(), a.norm2_rstd.data(), T);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x))))
     std::fill(datty.begin(), datty.end(), 0.0f);
     cpu::linear_backward(datty.data(), at(G, o.o_w), at(G, o.o_b), dresid.data(), a.atty.data(), at(P, o.o_w), T, QD,
-                         D, lin);
+                         D, lin, acts.bf16);
     QKV v = qkv_view(c, const_cast<float*>(a.qkv.data()), T);
     QKV dv = qkv_view(c, dqkv.data(), T);
     cpu::attention_backward(dv.q, dv.k, dv.v, datty.data(), a.probs.data(), v.q, v.qs, v.k, v.ks, v.v, v.vs,
@@ -225,15 +227,15 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
     std::fill(dnorm.begin(), dnorm.end(), 0.0f);
     if (c.is_gpt2()) {
       cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), a.norm1.data(), at(P, o.qkv_w),
-                           T, D, 3 * D, lin);
+                           T, D, 3 * D, lin, acts.bf16);
     } else {
       cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.rope_theta);
       cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.rope_theta);
-      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dv.q, a.norm1.data(), at(P, o.q_w), T, D, QD, lin);
+      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dv.q, a.norm1.data(), at(P, o.q_w), T, D, QD, lin, acts.bf16);
       cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dv.k, a.norm1.data(), at(P, o.k_w), T, D, KVD,
-                           lin);
+                           lin, acts.bf16);
       cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, a.norm1.data(), at(P, o.v_w), T, D, KVD,
-                           lin);
+                           lin, acts.bf16);
     }
     norm_backward(c, dresid.data(), at(G, o.norm1_w), at(G, o.norm1_b), dnorm.data(), x, at(P, o.norm1_w),
                   a.norm1_mean.data(), a.norm1_rstd.data(), T);

@@ -30,6 +30,7 @@ struct LayerActs {
 struct Acts {
   int T = 0;
   bool training = false;
+  bool bf16 = false;            // linear layers on bf16 operands (mixed precision); backward follows the forward
   std::vector<int32_t> pos;     // position of each token within its sequence
   std::vector<float> x0;        // [T, D] embeddings (inference: the current block's input)
   std::vector<LayerActs> layers;  // one per block when training; one reused buffer set otherwise
@@ -56,13 +57,15 @@ struct Workspace {
   Acts infer;     // one reused layer
   BackwardScratch back;
   std::vector<float> dnormf;
+  std::vector<float> head_probs;  // the LM head's softmax kept between a train step's forward and backward
 };
 
 // The model's workspace, created on first use. Buffers only grow (resize keeps capacity).
 Workspace& workspace_of(const Model& m);
 
 // Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read.
-void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr);
+void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr,
+                         bool bf16 = false);
 
 // The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
 // attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.
@@ -72,7 +75,7 @@ using PackedWeights = std::unordered_map<size_t, cpu::PackedB>;
 void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size);
 void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, int T, float* out);
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
-                   const AttendFn& attend, const PackedWeights* packed = nullptr);
+                   const AttendFn& attend, const PackedWeights* packed = nullptr, bool bf16 = false);
 void final_norm_forward(const Model& m, Acts& acts, const float* x, int T);
 
 // Given dnormf = dLoss/d(final normalized hidden) [T, D], accumulates every parameter gradient into m.grads

@@ -94,20 +94,65 @@ PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
   return p;
 }
 
-// bf16 product of MR rows: A's rows rounded to bf16 and laid out as one 32-bit (k, k+1) pair per row and k pair;
-// each vdpbf16ps adds a[k]*b[k] + a[k+1]*b[k+1] for 16 columns into fp32 accumulators.
-template <int MR>
-static void gemm_packed_rows_bf16(const float* A, int lda, const PackedB& B, float* C, int ldc) {
-  constexpr int W = PackedB::kPanel;
-  const int K = B.K, N = B.N, KP = (K + 1) / 2, panels = (N + W - 1) / W;
-  std::vector<uint32_t> ap(static_cast<size_t>(KP) * MR);
-  for (int r = 0; r < MR; r++)
-    for (int kk = 0; kk < KP; kk++) {
-      const float* a = A + static_cast<size_t>(r) * lda;
-      const uint16_t lo = to_bf16(a[2 * kk]), hi = 2 * kk + 1 < K ? to_bf16(a[2 * kk + 1]) : 0;
-      ap[static_cast<size_t>(kk) * MR + r] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+// op(A) rounded to bf16 as one 32-bit pair (op(A)[i][2kk], op(A)[i][2kk+1]) per row i and k pair kk, at
+// pairs[i * row_stride + kk * pair_stride]. Built in one vectorizable pass: a row-major A gives [M][KP] (each row's
+// consecutive k already form the pairs), a transposed A gives [KP][M] (two rows of A interleaved), so neither
+// case gathers strided elements per k.
+struct PairsA {
+  std::vector<uint32_t> data;
+  size_t row_stride = 0, pair_stride = 0;
+};
+
+static PairsA pairs_of_a(const float* A, int lda, bool trans_a, int M, int K) {
+  const int KP = (K + 1) / 2;
+  PairsA p;
+  p.data.resize(static_cast<size_t>(M) * KP);
+  auto pair = [](float lo, float hi) {
+    return static_cast<uint32_t>(to_bf16(lo)) | (static_cast<uint32_t>(to_bf16(hi)) << 16);
+  };
+  if (!trans_a) {
+    p.row_stride = KP;
+    p.pair_stride = 1;
+#pragma omp parallel for schedule(static) if (M > 64)
+    for (int i = 0; i < M; i++) {
+      const float* a = A + static_cast<size_t>(i) * lda;
+      uint32_t* d = p.data.data() + static_cast<size_t>(i) * KP;
+      for (int kk = 0; kk < K / 2; kk++) d[kk] = pair(a[2 * kk], a[2 * kk + 1]);
+      if (K % 2) d[KP - 1] = pair(a[K - 1], 0.0f);
     }
-#pragma omp parallel for schedule(static)
+  } else {
+    p.row_stride = 1;
+    p.pair_stride = M;
+#pragma omp parallel for schedule(static) if (M > 64)
+    for (int kk = 0; kk < KP; kk++) {
+      const float* lo = A + static_cast<size_t>(2 * kk) * lda;
+      const float* hi = 2 * kk + 1 < K ? A + static_cast<size_t>(2 * kk + 1) * lda : nullptr;
+      uint32_t* d = p.data.data() + static_cast<size_t>(kk) * M;
+      if (hi)
+        for (int i = 0; i < M; i++) d[i] = pair(lo[i], hi[i]);
+      else
+        for (int i = 0; i < M; i++) d[i] = pair(lo[i], 0.0f);
+    }
+  }
+  return p;
+}
+
+// How a bf16 row block reads op(A) and writes C: C = alpha * op(A) B + beta * C (beta 0: C is not read).
+struct Bf16Rows {
+  const PairsA* a;
+  int kk0;  // B holds k pairs kk0 .. kk0 + B.K/2 of op(B)
+  float alpha, beta;
+  bool parallel_panels;  // split the panels over threads (few rows) or run them all here (the caller splits rows)
+};
+
+// bf16 product of MR rows: each vdpbf16ps adds a[k]*b[k] + a[k+1]*b[k+1] for 16 columns into fp32 accumulators.
+template <int MR>
+static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float* C, int ldc) {
+  constexpr int W = PackedB::kPanel;
+  const int N = B.N, KP = (B.K + 1) / 2, panels = (N + W - 1) / W;
+  const size_t rs = s.a->row_stride, ps = s.a->pair_stride;
+  const uint32_t* a0 = s.a->data.data() + static_cast<size_t>(row0) * rs + static_cast<size_t>(s.kk0) * ps;
+#pragma omp parallel for schedule(static) if (s.parallel_panels)
   for (int pi = 0; pi < panels; pi++) {
     const uint16_t* panel = B.data16.data() + static_cast<size_t>(pi) * KP * W * 2;
     float out[MR][W];
@@ -116,9 +161,9 @@ static void gemm_packed_rows_bf16(const float* A, int lda, const PackedB& B, flo
     for (int r = 0; r < MR; r++) acc[r] = _mm512_setzero_ps();
     for (int kk = 0; kk < KP; kk++) {
       const __m512bh b = (__m512bh)_mm512_loadu_si512(panel + static_cast<size_t>(kk) * W * 2);
-      const uint32_t* a = ap.data() + static_cast<size_t>(kk) * MR;
+      const uint32_t* a = a0 + kk * ps;
       for (int r = 0; r < MR; r++)
-        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r])), b);
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * rs])), b);
     }
     for (int r = 0; r < MR; r++) _mm512_storeu_ps(out[r], acc[r]);
 #else
@@ -126,15 +171,61 @@ static void gemm_packed_rows_bf16(const float* A, int lda, const PackedB& B, flo
       for (int j = 0; j < W; j++) out[r][j] = 0.0f;
     for (int kk = 0; kk < KP; kk++) {
       const uint16_t* b = panel + static_cast<size_t>(kk) * W * 2;
-      const uint32_t* a = ap.data() + static_cast<size_t>(kk) * MR;
+      const uint32_t* a = a0 + kk * ps;
       for (int r = 0; r < MR; r++) {
-        const float a0 = from_bf16(static_cast<uint16_t>(a[r])), a1 = from_bf16(static_cast<uint16_t>(a[r] >> 16));
-        for (int j = 0; j < W; j++) out[r][j] += a0 * from_bf16(b[2 * j]) + a1 * from_bf16(b[2 * j + 1]);
+        const uint32_t ar = a[r * rs];
+        const float alo = from_bf16(static_cast<uint16_t>(ar)), ahi = from_bf16(static_cast<uint16_t>(ar >> 16));
+        for (int j = 0; j < W; j++) out[r][j] += alo * from_bf16(b[2 * j]) + ahi * from_bf16(b[2 * j + 1]);
       }
     }
 #endif
     const int nj = std::min(W, N - pi * W);
-    for (int r = 0; r < MR; r++) std::copy_n(out[r], nj, C + static_cast<size_t>(r) * ldc + pi * W);
+    for (int r = 0; r < MR; r++) {
+      float* c = C + static_cast<size_t>(row0 + r) * ldc + pi * W;
+      if (s.beta == 0.0f)
+        for (int j = 0; j < nj; j++) c[j] = s.alpha * out[r][j];
+      else
+        for (int j = 0; j < nj; j++) c[j] = s.alpha * out[r][j] + s.beta * c[j];
+    }
+  }
+}
+
+// Rows row0.. of C in blocks of 8, then 4, 2, 1 (16 zmm accumulators at most: 16 rows would spill).
+static void gemm_rows_bf16_all(const Bf16Rows& s, int row0, int rows, const PackedB& B, float* C, int ldc) {
+  int i = row0;
+  const int end = row0 + rows;
+  auto run = [&](auto kernel, int mr) {
+    for (; i + mr <= end; i += mr) kernel(s, i, B, C, ldc);
+  };
+  run(gemm_rows_bf16<8>, 8);
+  run(gemm_rows_bf16<4>, 4);
+  run(gemm_rows_bf16<2>, 2);
+  run(gemm_rows_bf16<1>, 1);
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+               int ldb, float beta, float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  const PairsA pa = pairs_of_a(A, lda, trans_a, M, K);
+  // A long K (the weight gradients' K is the token count) goes in slices of 512, so the packed slice of B that
+  // every 8-row block streams stays in L2; the slices' partial products add up in C. Up to 1024: one slice (more
+  // slices would re-read C more often than they save).
+  const int kb = K <= 1024 ? K + (K % 2) : 512;
+  // many rows: each thread takes whole 64-row slabs; few rows: the panels are split instead
+  constexpr int kSlab = 64;
+  const int slabs = (M + kSlab - 1) / kSlab;
+  for (int k0 = 0; k0 < std::max(K, 1); k0 += kb) {
+    const int kn = std::min(kb, K - k0);
+    const float* b0 = trans_b ? B + k0 : B + static_cast<size_t>(k0) * ldb;
+    const PackedB pb = pack_b(b0, ldb, kn, N, trans_b, true);
+    const Bf16Rows s{&pa, k0 / 2, alpha, k0 == 0 ? beta : 1.0f, slabs < 2};
+    if (slabs < 2) {
+      gemm_rows_bf16_all(s, 0, M, pb, C, ldc);
+      continue;
+    }
+#pragma omp parallel for schedule(static)
+    for (int sl = 0; sl < slabs; sl++)
+      gemm_rows_bf16_all(s, sl * kSlab, std::min(kSlab, M - sl * kSlab), pb, C, ldc);
   }
 }
 
@@ -171,11 +262,9 @@ void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int
   auto run = [&](auto kernel, int mr) {
     for (; i + mr <= M; i += mr) kernel(A + static_cast<size_t>(i) * lda, lda, B, C + static_cast<size_t>(i) * ldc, ldc);
   };
-  if (B.bf16) {  // 16 zmm accumulators at most: MR 16 would spill
-    run(gemm_packed_rows_bf16<8>, 8);
-    run(gemm_packed_rows_bf16<4>, 4);
-    run(gemm_packed_rows_bf16<2>, 2);
-    run(gemm_packed_rows_bf16<1>, 1);
+  if (B.bf16) {
+    const PairsA pa = pairs_of_a(A, lda, false, M, B.K);
+    gemm_rows_bf16_all({&pa, 0, 1.0f, 0.0f, true}, 0, M, B, C, ldc);
     return;
   }
   run(gemm_packed_rows<16>, 16);

@@ -3,6 +3,7 @@
 // places (the residual stream, tied embeddings) sums its gradient naturally; callers zero gradients first.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 namespace optune::cpu {
 
@@ -10,14 +11,15 @@ namespace optune::cpu {
 // transformers stores nn.Linear weights as [out, in] (y = x W^T) and GPT-2's Conv1D weights as [in, out] (y = x W).
 enum class WeightLayout { OutIn, InOut };
 
+// bf16: the products run on bf16-rounded operands with fp32 accumulation (gemm_bf16: mixed-precision training).
 void linear_forward(float* out, const float* inp, const float* w, const float* bias, int rows, int in, int outf,
-                    WeightLayout layout);
+                    WeightLayout layout, bool bf16 = false);
 // The same with the weight pre-packed by pack_b (few-row decoding).
 struct PackedB;
 void linear_forward_packed(float* out, const float* inp, const PackedB& w, const float* bias, int rows);
 // dinp may be null (no input gradient needed); dbias may be null.
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
-                     int rows, int in, int outf, WeightLayout layout);
+                     int rows, int in, int outf, WeightLayout layout, bool bf16 = false);
 
 // ---- normalization --------------------------------------------------------------------------------------------
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
@@ -66,11 +68,16 @@ void attention_decode(float* out, const float* q, int qs, const float* kcache, c
 // ---- token log-probs from hidden states without the full [tokens x vocab] logits ------------------------------
 // For each of n rows: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W: [V, D]. Processed in chunks of rows so
 // at most chunk_rows x V logits exist at once.
+// keep_probs (training): when n x V floats fit logprob_probs_fit's budget, the softmax of every row is kept there
+// for logprob_backward; otherwise it is left empty.
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
-                     int d, int vocab);
-// Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... (logits recomputed chunk by chunk).
+                     int d, int vocab, std::vector<float>* keep_probs = nullptr, bool bf16 = false);
+bool logprob_probs_fit(int n, int vocab);
+// Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... The logits are recomputed chunk by chunk, unless
+// kept_probs holds the forward's softmax of all n rows (it is then overwritten).
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
-                      int n, const float* w, int d, int vocab);
+                      int n, const float* w, int d, int vocab, std::vector<float>* kept_probs = nullptr,
+                      bool bf16 = false);
 int logprob_chunk_rows(int vocab);
 
 }  // namespace optune::cpu
