@@ -404,4 +404,25 @@ Napi::Object sample_to_js(Napi::Env env, const optune::SampleResult& r) {
   return o;
 }
 
+DeviceOptions to_device_options(const Napi::Value& v, const std::string& name) {
+  DeviceOptions d;
+  if (v.IsUndefined()) return d;
+  const Napi::Object o = expect_object(v, name);
+  const Napi::Env env = v.Env();
+  const Napi::Value device = o.Get("device"), precision = o.Get("precision");
+  if (!device.IsUndefined()) {
+    const std::string s = device.IsString() ? device.As<Napi::String>().Utf8Value() : "";
+    if (s != "cpu" && s != "cuda" && s != "auto")
+      throw Napi::TypeError::New(env, name + ".device must be 'cpu', 'cuda' or 'auto', got " + describe(device));
+    d.device = optune::parse_device(s);
+  }
+  if (!precision.IsUndefined()) {
+    const std::string s = precision.IsString() ? precision.As<Napi::String>().Utf8Value() : "";
+    if (s != "fp32" && s != "bf16")
+      throw Napi::TypeError::New(env, name + ".precision must be 'fp32' or 'bf16', got " + describe(precision));
+    d.precision = optune::parse_precision(s);
+  }
+  return d;
+}
+
 }  // namespace optune_addon

@@ -83,9 +83,12 @@ static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampli
     tr.ref_rejected.push_back(-500.0f);
   }
   tr.opt.lr = 1e-5f;
-  const double st = time_it([&] { train_step(*m, tr); }, 1, reps);
-  std::printf("{\"op\": \"dpo_step\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
-              "\"tok_per_s\": %.0f}\n", name, st, 16 * 128 / st);
+  for (bool bf16 : {false, true}) {
+    tr.bf16 = bf16;
+    const double st = time_it([&] { train_step(*m, tr); }, 1, reps);
+    std::printf("{\"op\": \"%s\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
+                "\"tok_per_s\": %.0f}\n", bf16 ? "dpo_step_bf16" : "dpo_step", name, st, 16 * 128 / st);
+  }
   std::fflush(stdout);
 }
 

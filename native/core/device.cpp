@@ -70,14 +70,13 @@ Device resolve_device(Device d) {
 }
 
 void set_device(Model& m, Device requested, Precision p) {
-  OPTUNE_CHECK(!(requested == Device::CPU && p == Precision::BF16),
-               "precision 'bf16' needs device 'cuda' (the CPU engine computes in fp32)");
   const Device d = resolve_device(requested);
   if (d == Device::CPU) {
     if (m.device) {
       sync_to_host(m);
       m.device.reset();
     }
+    m.cpu_bf16 = p == Precision::BF16;
     return;
   }
 #ifdef OPTUNE_HAVE_CUDA
@@ -99,7 +98,10 @@ void set_device(Model& m, Device requested, Precision p) {
 }
 
 Device model_device(const Model& m) { return m.device ? m.device->device() : Device::CPU; }
-Precision model_precision(const Model& m) { return m.device ? m.device->precision() : Precision::FP32; }
+Precision model_precision(const Model& m) {
+  if (m.device) return m.device->precision();
+  return m.cpu_bf16 ? Precision::BF16 : Precision::FP32;
+}
 
 void sync_to_host(Model& m) {
   if (m.device) m.device->download(m);

@@ -56,10 +56,11 @@ std::vector<GpuInfo> list_gpus();
 // AUTO -> CUDA when the backend is built and a GPU is present, else CPU. CPU and CUDA are returned as given.
 Device resolve_device(Device d);
 // Moves the model to `d` (AUTO resolved first). CUDA without the backend or without a GPU is an optune::Error, never
-// a silent fallback. Moving to CPU downloads the weights and AdamW state first. Precision applies to CUDA only.
+// a silent fallback. Moving to CPU downloads the weights and AdamW state first. On the CPU, BF16 makes sampling
+// and training multiply in bf16 (Model::cpu_bf16); log-probs and scores stay fp32.
 void set_device(Model& m, Device d, Precision p = Precision::FP32);
 Device model_device(const Model& m);
-Precision model_precision(const Model& m);  // FP32 for a CPU model
+Precision model_precision(const Model& m);
 
 void sync_to_host(Model& m);          // no-op for a CPU model
 void sync_to_device(const Model& m);  // no-op for a CPU model

@@ -44,6 +44,7 @@ std::unique_ptr<Model> clone_model(const Model& src) {
   m->cfg = src.cfg;
   m->layout = src.layout;
   m->params = src.params;
+  m->cpu_bf16 = src.cpu_bf16;
   return m;
 }
 

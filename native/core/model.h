@@ -26,6 +26,9 @@ struct Model {
   mutable std::shared_ptr<Workspace> workspace;
   // Null on the CPU. Set by set_device (device.h); the engine's entry points forward to it. Not copied by clone_model.
   std::shared_ptr<DeviceEngine> device;
+  // CPU precision (set_device with Precision::BF16): sampling decodes and training multiplies in bf16 with fp32
+  // accumulation (SampleRequest::bf16, TrainRequest::bf16 for every call). Log-probs and scores stay fp32.
+  bool cpu_bf16 = false;
 
   size_t num_params() const { return layout.total; }
 };

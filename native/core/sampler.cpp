@@ -163,7 +163,7 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   validate_sample_request(m, r);
   if (m.device) return m.device->sample(m, r);
   const ModelConfig& c = m.cfg;
-  const PackedWeights packed = pack_for_decoding(m, r.bf16);
+  const PackedWeights packed = pack_for_decoding(m, r.bf16 || m.cpu_bf16);
   const cpu::PackedB& head_packed = packed.at(m.layout.lm_head);
   const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1, K = r.n_samples, R = n_prompts * K;
   const int D = c.d_model, V = c.vocab_size, KVD = c.kv_dim();

@@ -110,7 +110,8 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
 
   Workspace& ws = workspace_of(m);
   Acts& acts = ws.train;
-  transformer_forward(m, b, acts, true, nullptr, r.bf16);
+  const bool bf16 = r.bf16 || m.cpu_bf16;
+  transformer_forward(m, b, acts, true, nullptr, bf16);
   std::vector<float>& dnormf = ws.dnormf;
   dnormf.assign(static_cast<size_t>(T) * D, 0.0f);
   auto weight = [&](size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); };
@@ -148,7 +149,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     const int n_rows = static_cast<int>(rows.src.size());
     std::vector<float> logp(n_rows);
     cpu::logprob_forward(logp.data(), acts.normf.data(), rows.src.data(), rows.target.data(), n_rows, w, D,
-                         m.cfg.vocab_size, &ws.head_probs, r.bf16);
+                         m.cfg.vocab_size, &ws.head_probs, bf16);
     std::vector<double> seq_logp(n_seq, 0.0), g_seq(n_seq, 0.0);  // g_seq: dLoss/d(sequence log-prob)
     for (int i = 0; i < n_rows; i++) seq_logp[rows.seq[i]] += logp[i];
     if (r.loss == LossKind::SFT) {
@@ -181,7 +182,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[rows.seq[i]]);
     cpu::logprob_backward(dnormf.data(), m.grads.data() + m.layout.lm_head, g.data(), acts.normf.data(),
                           rows.src.data(), rows.target.data(), n_rows, w, D, m.cfg.vocab_size, &ws.head_probs,
-                          r.bf16);
+                          bf16);
     st.n_tokens = n_rows;
   }
   st.margin = st.chosen_reward - st.rejected_reward;

@@ -10,7 +10,16 @@ import { resolve } from "node:path";
 
 import { EngineModel, type ModelConfigInput, engineInfo, packBatch, packageRoot, setThreads } from "../engine/index.js";
 
-export type EngineOp = "sample" | "logprobs" | "dpo_step";
+/**
+ * *_bf16: the same work on a model with precision "bf16" (bf16 matmuls, fp32 accumulation); their PyTorch peer is
+ * the same fp32 op, so the ratio says what switching optune to bf16 buys against PyTorch as users run it on CPU.
+ */
+export type EngineOp = "sample" | "sample_bf16" | "logprobs" | "dpo_step" | "dpo_step_bf16";
+
+/** The op a *_bf16 op is compared with on the PyTorch side. */
+function torchPeer(op: EngineOp): EngineOp {
+  return op === "sample_bf16" ? "sample" : op === "dpo_step_bf16" ? "dpo_step" : op;
+}
 
 /** A GPT-2 shape and what to run on it. */
 export interface BenchShape {
@@ -52,7 +61,7 @@ export const TINY_SHAPE: BenchShape = {
   heads: 4,
   vocab: 4096,
   positions: 512,
-  ops: ["sample", "logprobs", "dpo_step"],
+  ops: ["sample", "sample_bf16", "logprobs", "dpo_step", "dpo_step_bf16"],
   warmup: 1,
   reps: 3,
 };
@@ -65,7 +74,7 @@ export const GPT2_124M_SHAPE: BenchShape = {
   heads: 12,
   vocab: 50257,
   positions: 1024,
-  ops: ["logprobs", "dpo_step"],
+  ops: ["logprobs", "dpo_step", "dpo_step_bf16"],
   warmup: 1,
   reps: 1,
 };
@@ -177,19 +186,22 @@ async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: 
     maxPositions: shape.positions,
   };
   const model = await EngineModel.create(config, 1);
+  const bf16 = await EngineModel.create(config, 1, { device: "cpu", precision: "bf16" });
   const out: Measured[] = [];
   const next = tokenStream(7, shape.vocab);
   try {
-    if (shape.ops.includes("sample")) {
-      log(`engine ${shape.name}: sample`);
-      const prompts = Array.from({ length: sizes.samplePrompts }, () => Array.from({ length: sizes.samplePromptLen }, next));
+    const prompts = Array.from({ length: sizes.samplePrompts }, () => Array.from({ length: sizes.samplePromptLen }, next));
+    for (const op of ["sample", "sample_bf16"] as const) {
+      if (!shape.ops.includes(op)) continue;
+      log(`engine ${shape.name}: ${op}`);
+      const m = op === "sample_bf16" ? bf16 : model;
       // Full-vocabulary sampling at temperature 1 and no stop tokens: every response gets all its new tokens.
       const sec = await timeIt(
-        () => model.sample({ prompts, maxNewTokens: sizes.sampleNewTokens, temperature: 1, topK: 0, topP: 1, seed: 3 }),
+        () => m.sample({ prompts, maxNewTokens: sizes.sampleNewTokens, temperature: 1, topK: 0, topP: 1, seed: 3 }),
         shape.warmup,
         shape.reps,
       );
-      out.push({ op: "sample", shape: shape.name, tok_per_s: (sizes.samplePrompts * sizes.sampleNewTokens) / sec });
+      out.push({ op, shape: shape.name, tok_per_s: (sizes.samplePrompts * sizes.sampleNewTokens) / sec });
     }
     const batch = packBatch(
       Array.from({ length: sizes.seqs }, () => ({
@@ -203,24 +215,27 @@ async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: 
       const sec = await timeIt(() => model.logprobs(batch), shape.warmup, shape.reps);
       out.push({ op: "logprobs", shape: shape.name, tok_per_s: tokens / sec });
     }
-    if (shape.ops.includes("dpo_step")) {
-      log(`engine ${shape.name}: dpo_step`);
+    for (const op of ["dpo_step", "dpo_step_bf16"] as const) {
+      if (!shape.ops.includes(op)) continue;
+      log(`engine ${shape.name}: ${op}`);
+      const m = op === "dpo_step_bf16" ? bf16 : model;
       // Reference log-probs cached once, outside the timing, as the online loop does.
-      const ref = (await model.logprobs(batch)).seqLogps;
+      const ref = (await m.logprobs(batch)).seqLogps;
       const pairs = sizes.seqs / 2;
       const chosen = Int32Array.from({ length: pairs }, (_, j) => 2 * j);
       const rejected = Int32Array.from({ length: pairs }, (_, j) => 2 * j + 1);
       const refChosen = Float32Array.from(chosen, (i) => ref[i] as number);
       const refRejected = Float32Array.from(rejected, (i) => ref[i] as number);
       const sec = await timeIt(
-        () => model.trainStep({ loss: "dpo", batch, chosen, rejected, refChosen, refRejected, beta: BETA }),
+        () => m.trainStep({ loss: "dpo", batch, chosen, rejected, refChosen, refRejected, beta: BETA }),
         shape.warmup,
         shape.reps,
       );
-      out.push({ op: "dpo_step", shape: shape.name, tok_per_s: tokens / sec });
+      out.push({ op, shape: shape.name, tok_per_s: tokens / sec });
     }
   } finally {
     await model.dispose();
+    await bf16.dispose();
   }
   return out;
 }
@@ -303,7 +318,7 @@ export async function benchEngine(options: EngineBenchOptions = {}): Promise<Eng
       : await runTorch(spec, python, log);
 
   const ops = engine.map((m): OpResult => {
-    const t = torch.results.find((r) => r.op === m.op && r.shape === m.shape);
+    const t = torch.results.find((r) => r.op === torchPeer(m.op) && r.shape === m.shape);
     const torchTps = t?.tok_per_s ?? null;
     return {
       op: m.op,

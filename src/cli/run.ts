@@ -41,7 +41,7 @@ const FIELD_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: st
   ["reward", "--reward <source>", "reward.source", "built-in task: model (learned proxy) | gold (the task's own reward)"],
   ["seed", "--seed <n>", "seed", "run seed"],
   ["device", "--device <name>", "device", "cpu | cuda | auto: where the policy and reference run"],
-  ["precision", "--precision <p>", "precision", "fp32 | bf16 (cuda only)"],
+  ["precision", "--precision <p>", "precision", "fp32 | bf16 (bf16 matmuls; see README)"],
 ];
 
 function fieldOverrides(flags: RunFlags): Map<string, unknown> {

@@ -185,7 +185,11 @@ export const ConfigSchema = section({
    * error otherwise, never a silent fallback); 'auto' takes the GPU when there is one.
    */
   device: choice(["cpu", "cuda", "auto"]).default("cpu"),
-  /** On CUDA: 'bf16' runs the matmuls on bf16 copies of weights and activations (fp32 master weights). */
+  /**
+   * 'bf16': the matmuls take bf16 copies of weights and activations, accumulating in fp32 (fp32 master weights).
+   * On CUDA all of them; on the CPU those of sampling and training (faster on CPUs with AVX512-BF16: AMD Zen 4,
+   * Intel Sapphire Rapids and later; slower elsewhere), while log-probs and reward scores stay fp32.
+   */
   precision: choice(["fp32", "bf16"]).default("fp32"),
   /** 'builtin': the synthetic task (prepare section); 'user': your own model, prompts and rewards. */
   task: choice(["builtin", "user"]).default("builtin"),

@@ -98,7 +98,7 @@ interface Reservation {
 export class EngineModel {
   readonly config: ModelConfig;
   readonly numParams: number;
-  /** Where the model runs ("auto" resolved) and its matmul precision (always "fp32" on the CPU). */
+  /** Where the model runs ("auto" resolved) and its matmul precision. */
   readonly device: "cpu" | "cuda";
   readonly precision: PrecisionName;
   private readonly native: NativeModel;
