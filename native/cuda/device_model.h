@@ -7,8 +7,8 @@
 //
 // Precision: FP32 runs every GEMM in fp32 (no TF32). BF16 keeps fp32 master weights, gradients, moments, norms,
 // softmax and losses; only the GEMM operands are bf16 (weights from `params_bf16`, refreshed after every AdamW
-// step; activations converted right before each GEMM), with fp32 accumulation and output. The LM head (log-probs)
-// stays fp32 in both modes.
+// step; activations converted right before each GEMM), with fp32 accumulation and output; the LM head's GEMMs
+// too (log-probs, training; compute_logits stays fp32).
 //
 // Host sync: `params`, `adam_m`, `adam_v` here are the live copies; Model::params etc. are updated by sync_to_host
 // (core/device.h) and re-uploaded by sync_to_device. `host_stale` records whether the host copy is behind.

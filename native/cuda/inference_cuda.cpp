@@ -21,7 +21,7 @@ LogprobResult compute_logprobs(const Model& m, const Batch& b) {
   Call k = prepare_call(ds, m, b, false, Head::LM);
   transformer_forward(m, ds, k);
   logprob_forward(k.logp, k.acts.normf, k.src, k.target, k.n_rows, ds.params.data() + m.layout.lm_head,
-                  m.cfg.d_model, m.cfg.vocab_size);
+                  m.cfg.d_model, m.cfg.vocab_size, 0, ds.bf16(m.layout.lm_head));
   LogprobResult out;
   out.token_logps.resize(k.n_rows);
   copy_to_host(out.token_logps.data(), k.logp, k.n_rows * sizeof(float));

@@ -4,6 +4,8 @@
 // than storing them for 50k-150k vocabularies) and turns them in place into dLoss/dlogits, then two GEMMs give dH and
 // dW. dh[src[r]] += dH[r] runs one thread per column over the chunk's rows in order, so repeated src rows need no
 // atomics and the sum order is fixed.
+// With a bf16 copy of W (bf16 mixed precision) the three GEMMs take bf16 operands (the gathered rows, and dLoss/dz,
+// rounded per chunk) with fp32 accumulation; the softmax and everything else stay fp32.
 #include <algorithm>
 
 #include "check.cuh"
@@ -61,44 +63,58 @@ __global__ void scatter_add_rows_kernel(float* dh, const float* rows_buf, const 
   for (int r = 0; r < rows; r++) dh[static_cast<int64_t>(src[r]) * d + i] += rows_buf[static_cast<int64_t>(r) * d + i];
 }
 
-// Gathers the chunk's h rows into hbuf and computes its logits [rows, vocab].
-static void chunk_logits(float* hbuf, float* logits, const float* h, const int32_t* src, int rows, const float* w,
-                         int d, int vocab) {
+// Gathers the chunk's h rows into hbuf (and its bf16 copy hbuf16 when w16 is given) and computes its logits.
+static void chunk_logits(float* hbuf, uint16_t* hbuf16, float* logits, const float* h, const int32_t* src, int rows,
+                         const float* w, const uint16_t* w16, int d, int vocab) {
   gather_rows_kernel<<<rows, kThreads>>>(hbuf, h, src, rows, d);
   OPTUNE_CUDA_CHECK_LAUNCH();
-  gemm(false, true, rows, vocab, d, 1.0f, hbuf, d, w, d, 0.0f, logits, vocab);
+  if (w16) {
+    to_bf16(hbuf16, hbuf, static_cast<int64_t>(rows) * d);
+    gemm_bf16(false, true, rows, vocab, d, 1.0f, hbuf16, d, w16, d, 0.0f, logits, vocab);
+  } else {
+    gemm(false, true, rows, vocab, d, 1.0f, hbuf, d, w, d, 0.0f, logits, vocab);
+  }
 }
 
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
-                     int d, int vocab, int chunk_rows) {
+                     int d, int vocab, int chunk_rows, const uint16_t* w16) {
   if (n <= 0) return;
   OPTUNE_CHECK(vocab > 0 && d > 0, "logprob_forward: vocab and d must be positive");
   const int chunk = std::min(n, chunk_rows > 0 ? chunk_rows : logprob_chunk_rows(vocab));
   Buffer<float> hbuf(static_cast<size_t>(chunk) * d, "logprob hidden-state chunk");
+  Buffer<uint16_t> hbuf16(w16 ? static_cast<size_t>(chunk) * d : 0, "logprob bf16 hidden-state chunk");
   Buffer<float> logits(static_cast<size_t>(chunk) * vocab, "logprob logits chunk");
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
-    chunk_logits(hbuf.data(), logits.data(), h, src + r0, rows, w, d, vocab);
+    chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src + r0, rows, w, w16, d, vocab);
     logprob_forward_kernel<<<rows, kThreads>>>(logp + r0, logits.data(), target + r0, vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
   }
 }
 
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
-                      int n, const float* w, int d, int vocab, int chunk_rows) {
+                      int n, const float* w, int d, int vocab, int chunk_rows, const uint16_t* w16) {
   if (n <= 0) return;
   OPTUNE_CHECK(vocab > 0 && d > 0, "logprob_backward: vocab and d must be positive");
   const int chunk = std::min(n, chunk_rows > 0 ? chunk_rows : logprob_chunk_rows(vocab));
   Buffer<float> hbuf(static_cast<size_t>(chunk) * d, "logprob hidden-state chunk");
   Buffer<float> dhbuf(static_cast<size_t>(chunk) * d, "logprob hidden-state gradient chunk");
   Buffer<float> logits(static_cast<size_t>(chunk) * vocab, "logprob logits chunk");
+  Buffer<uint16_t> hbuf16(w16 ? static_cast<size_t>(chunk) * d : 0, "logprob bf16 hidden-state chunk");
+  Buffer<uint16_t> dz16(w16 ? static_cast<size_t>(chunk) * vocab : 0, "logprob bf16 logit-gradient chunk");
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
-    chunk_logits(hbuf.data(), logits.data(), h, src + r0, rows, w, d, vocab);
+    chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src + r0, rows, w, w16, d, vocab);
     logprob_backward_kernel<<<rows, kThreads>>>(logits.data(), g + r0, target + r0, vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
-    gemm(false, false, rows, d, vocab, 1.0f, logits.data(), vocab, w, d, 0.0f, dhbuf.data(), d);  // dH = dZ W
-    gemm(true, false, vocab, d, rows, 1.0f, logits.data(), vocab, hbuf.data(), d, 1.0f, dw, d);   // dW += dZ^T H
+    if (w16) {
+      to_bf16(dz16.data(), logits.data(), static_cast<int64_t>(rows) * vocab);
+      gemm_bf16(false, false, rows, d, vocab, 1.0f, dz16.data(), vocab, w16, d, 0.0f, dhbuf.data(), d);
+      gemm_bf16(true, false, vocab, d, rows, 1.0f, dz16.data(), vocab, hbuf16.data(), d, 1.0f, dw, d);
+    } else {
+      gemm(false, false, rows, d, vocab, 1.0f, logits.data(), vocab, w, d, 0.0f, dhbuf.data(), d);  // dH = dZ W
+      gemm(true, false, vocab, d, rows, 1.0f, logits.data(), vocab, hbuf.data(), d, 1.0f, dw, d);   // dW += dZ^T H
+    }
     scatter_add_rows_kernel<<<(d + kThreads - 1) / kThreads, kThreads>>>(dh, dhbuf.data(), src + r0, rows, d);
     OPTUNE_CUDA_CHECK_LAUNCH();
   }

@@ -57,11 +57,12 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
 // ---- token log-probs through the LM head without the full [n x vocab] logits -----------------------------------
 // As cpu::logprob_forward/backward: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W [V, D]; rows go in chunks
 // of chunk_rows (0: logprob_chunk_rows(vocab)), whose logits are the only [rows x V] buffer (allocated per call).
+// w16: a bf16 copy of W (bf16 mixed precision): the GEMMs take bf16 operands with fp32 accumulation; dw stays fp32.
 int logprob_chunk_rows(int vocab);
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
-                     int d, int vocab, int chunk_rows = 0);
+                     int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr);
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
-                      int n, const float* w, int d, int vocab, int chunk_rows = 0);
+                      int n, const float* w, int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr);
 
 // ---- AdamW -----------------------------------------------------------------------------------------------------
 // sum of g[i]^2 in double, reduced in a fixed order (same result on every run); the caller takes the sqrt, checks

@@ -81,7 +81,8 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     lm_head_weight(m);  // throws for a reward model
     const float* w = ds.params.data() + m.layout.lm_head;
     const int n_rows = k.n_rows;
-    logprob_forward(k.logp, k.acts.normf, k.src, k.target, n_rows, w, D, m.cfg.vocab_size);
+    const uint16_t* w16 = ds.bf16(m.layout.lm_head);  // null under fp32
+    logprob_forward(k.logp, k.acts.normf, k.src, k.target, n_rows, w, D, m.cfg.vocab_size, 0, w16);
     std::vector<float> logp(n_rows);
     copy_to_host(logp.data(), k.logp, n_rows * sizeof(float));
     std::vector<double> seq_logp(n_seq, 0.0), g_seq(n_seq, 0.0);  // g_seq: dLoss/d(sequence log-prob)
@@ -116,7 +117,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[k.row_seq[i]]);
     copy_to_device(k.g, g.data(), n_rows * sizeof(float));
     logprob_backward(k.dnormf, ds.grads.data() + m.layout.lm_head, k.g, k.acts.normf, k.src, k.target, n_rows, w, D,
-                     m.cfg.vocab_size);
+                     m.cfg.vocab_size, 0, w16);
     st.n_tokens = n_rows;
   }
   st.margin = st.chosen_reward - st.rejected_reward;

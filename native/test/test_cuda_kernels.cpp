@@ -1,8 +1,9 @@
 // CUDA kernels against the CPU reference kernels (cpu/ops.h, core/adamw.cpp) on random inputs, forward and backward.
 // Tolerances: |gpu - cpu| <= rtol * (|cpu| + max|cpu|), i.e. relative to each element and to the tensor's scale
 // (sums in another order differ by a few ulp of the largest terms). fp32: rtol 1e-5, attention backward 3e-5 (its
-// D = rowsum(dO * O) replaces the CPU's rowsum(P * dP)); bf16 GEMM: 1e-4 against fp32 GEMM on the same bf16-rounded
-// inputs. Backward kernels start from non-zero gradients to check that they accumulate.
+// D = rowsum(dO * O) replaces the CPU's rowsum(P * dP)); bf16 GEMM and bf16 log-prob head: 1e-4 against fp32 on
+// the same bf16-rounded inputs (head backward 1e-2: it rounds dLoss/dlogits too). Backward kernels start from
+// non-zero gradients to check that they accumulate.
 // Without a CUDA device every case prints "SKIPPED: no CUDA device <case>" and the summary "0 cases, 0 failed":
 // scripts/test.mjs counts a skip neither as passed nor as failed.
 #include <cstring>
@@ -299,6 +300,33 @@ TEST(logprob_forward_backward_match_cpu) {
     expect_close("logprob dh" + tag, gdh.download(), dh, kRtol);
     expect_close("logprob dw" + tag, gdw.download(), dw, kRtol);
   }
+}
+
+// bf16 LM head: the rows and W go to the GEMMs as bf16, so against the CPU on the same bf16-rounded h and W the
+// log-probs agree to fp32 accumulation (1e-4); backward also rounds dLoss/dlogits to bf16 (1e-2 on dh, dw).
+TEST(logprob_bf16_matches_cpu_on_rounded_inputs) {
+  Rand r(13);
+  const int T = 30, n = 40, d = 32, vocab = 700;
+  auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
+  for (auto& x : h) x = bf16_value(bf16_bits(x));
+  for (auto& x : w) x = bf16_value(bf16_bits(x));
+  const auto g = randv(n, r);
+  std::vector<int32_t> src(n), target(n);
+  for (int i = 0; i < n; i++) src[i] = r.below(T), target[i] = r.below(vocab);
+  std::vector<float> logp(n), dh(h.size(), 0.0f), dw(w.size(), 0.0f);
+  cpu::logprob_forward(logp.data(), h.data(), src.data(), target.data(), n, w.data(), d, vocab);
+  cpu::logprob_backward(dh.data(), dw.data(), g.data(), h.data(), src.data(), target.data(), n, w.data(), d, vocab);
+  Buf gh(h), gw(w), gg(g), glogp(n), gdh(h.size()), gdw(w.size());
+  gdh.zero(), gdw.zero();
+  cuda::Buffer<uint16_t> w16(w.size());
+  cuda::to_bf16(w16.data(), gw.data(), static_cast<int64_t>(w.size()));
+  IBuf gsrc(src), gtarget(target);
+  cuda::logprob_forward(glogp.data(), gh.data(), gsrc.data(), gtarget.data(), n, gw.data(), d, vocab, 16, w16.data());
+  cuda::logprob_backward(gdh.data(), gdw.data(), gg.data(), gh.data(), gsrc.data(), gtarget.data(), n, gw.data(), d,
+                         vocab, 16, w16.data());
+  expect_close("bf16 logp", glogp.download(), logp, 1e-4);
+  expect_close("bf16 logprob dh", gdh.download(), dh, 1e-2);
+  expect_close("bf16 logprob dw", gdw.download(), dw, 1e-2);
 }
 
 // ---- AdamW -----------------------------------------------------------------------------------------------------
