@@ -21,6 +21,12 @@
 
 using namespace optune;
 
+static std::string json_safe(std::string s) {  // an error message inside a JSON string
+  for (char& ch : s)
+    if (ch == '"' || ch == '\\' || static_cast<unsigned char>(ch) < 0x20) ch = '\'';
+  return s;
+}
+
 int main(int argc, char** argv) {
   if (cuda::device_count() == 0) {
     std::printf("SKIPPED: no CUDA device\n");
@@ -63,10 +69,11 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"sample\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"call_bytes\": %zu, "
-                  "\"device\": \"%s\"}\n",
+                  "\"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
-                  stats.decode_steps, stats.graphs, stats.device_bytes, device.c_str());
+                  stats.decode_steps, stats.graphs, stats.device_bytes, json_safe(stats.graph_error).c_str(),
+                  device.c_str());
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

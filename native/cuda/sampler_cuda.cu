@@ -196,7 +196,8 @@ class Sampler {
     int steps = 0, graphs = 0, bucket = 0;
     std::map<int, GraphExec> execs;
     std::map<int, int> runs;  // eager runs per bucket: the first run is eager, the next ones replay a graph
-    const bool use_graphs = graphs_enabled();
+    bool use_graphs = graphs_enabled();
+    std::string graph_error;
     for (int step = 1; step < r_.max_new_tokens; step++) {
       if ((step - 1) % kCompactEvery == 0) {
         compact_active(state_, st());
@@ -208,9 +209,18 @@ class Sampler {
       if (g.ready()) {
         g.launch(st());
       } else if (use_graphs && runs[bucket] > 0) {
-        g.capture(st(), [&] { decode_step(bucket); });
-        g.launch(st());
-        graphs++;
+        try {
+          g.capture(st(), [&] { decode_step(bucket); });
+          g.launch(st());
+          graphs++;
+        } catch (const Error& e) {
+          // A capture that fails (nothing ran) leaves the call correct but slower: the rest runs eagerly, and the
+          // stats say why (test_cuda_sampler expects graphs, so this cannot pass unnoticed).
+          cudaGetLastError();
+          use_graphs = false;
+          graph_error = e.what();
+          decode_step(bucket);
+        }
       } else {
         decode_step(bucket);
         runs[bucket]++;
@@ -226,6 +236,7 @@ class Sampler {
       stats->decode_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
       stats->decode_steps = steps;
       stats->graphs = graphs;
+      stats->graph_error = graph_error;
     }
     return res;
   }

@@ -18,6 +18,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/engine.h"
 #include "core/model.h"
@@ -39,6 +40,7 @@ struct SamplerStats {
   double decode_ms = 0;      // every later token
   int decode_steps = 0;      // decode steps run (eager or graph)
   int graphs = 0;            // CUDA graphs captured (one per batch bucket used twice or more)
+  std::string graph_error;   // why capturing failed (the call then ran eagerly); empty when it did not
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not
