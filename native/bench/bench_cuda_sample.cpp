@@ -1,6 +1,7 @@
 // Sampling throughput of the CUDA sampler at the shape: GPT-2 124M (12 layers, d 768, 12 heads, vocab 50257,
 // random weights), 64 prompts of 64 tokens, 128 new tokens each, temperature 1, no top-k/top-p, no stop tokens (every
-// response runs to 128 tokens), in fp32 and bf16 (bf16 GEMMs over a bf16 copy of the weights, fp32 accumulation).
+// response runs to 128 tokens), in fp32 and bf16 (bf16 GEMMs over a bf16 copy of the weights with fp32 accumulation,
+// bf16 KV cache).
 // One warm-up call, then the mean of `reps` calls; tok/s counts generated tokens. One JSON line per precision:
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,

@@ -18,6 +18,8 @@ template <>
 __device__ inline float to_act<float>(float x) { return x; }
 template <>
 __device__ inline bf16 to_act<bf16>(float x) { return __float2bfloat16_rn(x); }
+__device__ inline float to_float(float x) { return x; }
+__device__ inline float to_float(bf16 x) { return __bfloat162float(x); }
 
 static constexpr int kThreads = 256;
 static int grid_for(int64_t n) {
@@ -94,15 +96,16 @@ __device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int 
   x2 = b * c + a * s;
 }
 
+template <class Act>
 __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq,
                                   const float* bk, const float* bv, Rows rows, int n_head, int n_kv_head,
-                                  int head_dim, bool rope, float theta, LayerCache cache) {
+                                  int head_dim, bool rope, float theta, LayerCache<Act> cache) {
   const int r = blockIdx.x, pos = rows.pos[r], slot = rows.slot[r];
   const int half = head_dim / 2, kvd = n_kv_head * head_dim;
   float* qr = q + static_cast<int64_t>(r) * qs;
   float* kr = k + static_cast<int64_t>(r) * ks;
   float* vr = v + static_cast<int64_t>(r) * vs;
-  auto cached = [&](float* base, int c, int col) {
+  auto cached = [&](Act* base, int c, int col) {
     return base + (static_cast<int64_t>(slot + c) * cache.cap + pos) * kvd + col;
   };
   if (rope) {
@@ -117,7 +120,8 @@ __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, 
       float x1 = kr[col] + (bk ? bk[col] : 0.0f), x2 = kr[col + half] + (bk ? bk[col + half] : 0.0f);
       rope_pair(x1, x2, idx % half, head_dim, pos, theta);
       kr[col] = x1, kr[col + half] = x2;
-      for (int c = 0; c < rows.copies; c++) *cached(cache.k, c, col) = x1, *cached(cache.k, c, col + half) = x2;
+      for (int c = 0; c < rows.copies; c++)
+        *cached(cache.k, c, col) = to_act<Act>(x1), *cached(cache.k, c, col + half) = to_act<Act>(x2);
     }
   } else {
     if (bq)
@@ -125,22 +129,23 @@ __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, 
     for (int col = threadIdx.x; col < kvd; col += blockDim.x) {
       const float x = kr[col] + (bk ? bk[col] : 0.0f);
       kr[col] = x;
-      for (int c = 0; c < rows.copies; c++) *cached(cache.k, c, col) = x;
+      for (int c = 0; c < rows.copies; c++) *cached(cache.k, c, col) = to_act<Act>(x);
     }
   }
   for (int col = threadIdx.x; col < kvd; col += blockDim.x) {
     const float x = vr[col] + (bv ? bv[col] : 0.0f);
     vr[col] = x;
-    for (int c = 0; c < rows.copies; c++) *cached(cache.v, c, col) = x;
+    for (int c = 0; c < rows.copies; c++) *cached(cache.v, c, col) = to_act<Act>(x);
   }
 }
 
+template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq, const float* bk,
                 const float* bv, const Rows& rows, int n_head, int n_kv_head, int head_dim, bool rope, float theta,
-                const LayerCache& cache, cudaStream_t st) {
+                const LayerCache<Act>& cache, cudaStream_t st) {
   if (rows.n <= 0) return;
-  qkv_finish_kernel<<<rows.n, 128, 0, st>>>(q, qs, k, ks, v, vs, bq, bk, bv, rows, n_head, n_kv_head, head_dim, rope,
-                                            theta, cache);
+  qkv_finish_kernel<Act><<<rows.n, 128, 0, st>>>(q, qs, k, ks, v, vs, bq, bk, bv, rows, n_head, n_kv_head, head_dim,
+                                                 rope, theta, cache);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -155,7 +160,7 @@ static constexpr int kAttnWarps = 8;
 static constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
 
 template <class Act>
-__global__ void attention_decode_kernel(Act* out, const float* q, int qs, LayerCache cache, Rows rows, int n_head,
+__global__ void attention_decode_kernel(Act* out, const float* q, int qs, LayerCache<Act> cache, Rows rows, int n_head,
                                         int n_kv_head, int head_dim) {
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), n_keys = rows.pos[r] + 1;
@@ -173,17 +178,17 @@ __global__ void attention_decode_kernel(Act* out, const float* q, int qs, LayerC
   for (int j = warp; j < n_keys; j += 2 * kAttnWarps) {
     const int j2 = j + kAttnWarps;
     const bool two = j2 < n_keys;  // the same for the whole warp
-    const float* k1 = cache.k + base + static_cast<int64_t>(j) * kvd;
-    const float* v1 = cache.v + base + static_cast<int64_t>(j) * kvd;
-    const float* k2 = cache.k + base + static_cast<int64_t>(two ? j2 : j) * kvd;
-    const float* v2 = cache.v + base + static_cast<int64_t>(two ? j2 : j) * kvd;
+    const Act* k1 = cache.k + base + static_cast<int64_t>(j) * kvd;
+    const Act* v1 = cache.v + base + static_cast<int64_t>(j) * kvd;
+    const Act* k2 = cache.k + base + static_cast<int64_t>(two ? j2 : j) * kvd;
+    const Act* v2 = cache.v + base + static_cast<int64_t>(two ? j2 : j) * kvd;
     float ka[kMaxDimsPerLane], kb[kMaxDimsPerLane], va[kMaxDimsPerLane], vb[kMaxDimsPerLane];
 #pragma unroll
     for (int i = 0; i < kMaxDimsPerLane; i++) {
       const int d = lane + 32 * i;
       const bool in = d < head_dim;
-      ka[i] = in ? k1[d] : 0.0f, kb[i] = in ? k2[d] : 0.0f;
-      va[i] = in ? v1[d] : 0.0f, vb[i] = in ? v2[d] : 0.0f;
+      ka[i] = in ? to_float(k1[d]) : 0.0f, kb[i] = in ? to_float(k2[d]) : 0.0f;
+      va[i] = in ? to_float(v1[d]) : 0.0f, vb[i] = in ? to_float(v2[d]) : 0.0f;
     }
     float dot1 = 0.0f, dot2 = 0.0f;
 #pragma unroll
@@ -217,7 +222,7 @@ __global__ void attention_decode_kernel(Act* out, const float* q, int qs, LayerC
 }
 
 template <class Act>
-void attention_decode(Act* out, const float* q, int qs, const LayerCache& cache, const Rows& rows, int n_head,
+void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& cache, const Rows& rows, int n_head,
                       int n_kv_head, int head_dim, cudaStream_t st) {
   if (rows.n <= 0) return;
   attention_decode_kernel<Act><<<dim3(rows.n, n_head), kAttnWarps * 32, 0, st>>>(out, q, qs, cache, rows, n_head,
@@ -275,7 +280,9 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                      \
   template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const float*, const float*, int, int,     \
                               float, bool, cudaStream_t);                                                           \
-  template void attention_decode<Act>(Act*, const float*, int, const LayerCache&, const Rows&, int, int, int,       \
+  template void qkv_finish<Act>(float*, int, float*, int, float*, int, const float*, const float*, const float*,     \
+                                const Rows&, int, int, int, bool, float, const LayerCache<Act>&, cudaStream_t);     \
+  template void attention_decode<Act>(Act*, const float*, int, const LayerCache<Act>&, const Rows&, int, int, int,  \
                                       cudaStream_t);                                                                \
   template void bias_gelu<Act>(Act*, const float*, const float*, int, int, cudaStream_t);                           \
   template void swiglu<Act>(Act*, const float*, const float*, int64_t, cudaStream_t);                               \

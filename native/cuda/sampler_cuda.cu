@@ -262,8 +262,8 @@ class Sampler {
   void allocate() {
     const size_t rows = static_cast<size_t>(max_rows_);
     const size_t cache = static_cast<size_t>(c_.n_layer) * (R_ + 1) * cap_ * KVD_;
-    kc_ = alloc<float>(cache, "KV cache keys (sampler: layers x responses x (prompt + maxNewTokens) x kv_dim)");
-    vc_ = alloc<float>(cache, "KV cache values (sampler)");
+    kc_ = alloc<Act>(cache, "KV cache keys (sampler: layers x responses x (prompt + maxNewTokens) x kv_dim)");
+    vc_ = alloc<Act>(cache, "KV cache values (sampler)");
     x_ = alloc<float>(rows * D_, "sampler residual stream");
     hn_ = alloc<Act>(rows * D_, "sampler norm output");
     qkv_ = alloc<float>(rows * (QD_ + 2 * KVD_), "sampler q|k|v");
@@ -348,7 +348,7 @@ class Sampler {
     return std::min(b, R_);
   }
 
-  LayerCache cache(int l) {
+  LayerCache<Act> cache(int l) {
     const size_t layer = static_cast<size_t>(R_ + 1) * cap_ * KVD_;
     return {kc_.data() + l * layer, vc_.data() + l * layer, cap_};
   }
@@ -507,8 +507,8 @@ class Sampler {
   Stream stream_;
   Buffer<char> blas_ws_;
   Blas blas_;
-  Buffer<float> kc_, vc_, x_, qkv_, atty_, lse_, fc_, up_, hf_, logits_, out_logp_;
-  Buffer<Act> hn_, atty_act_, act_;
+  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, hf_, logits_, out_logp_;
+  Buffer<Act> kc_, vc_, hn_, atty_act_, act_;  // the KV cache in the activations' dtype
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
       row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
   Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;

@@ -23,10 +23,12 @@ struct Rows {
   int copies = 1;
 };
 
-// One layer's KV cache: [slots][cap][kv_dim] fp32 for keys and for values.
+// One layer's KV cache: [slots][cap][kv_dim] for keys and for values, in the activations' dtype (fp32, or bf16
+// under bf16: half the bytes a decode step reads).
+template <class Act>
 struct LayerCache {
-  float* k = nullptr;
-  float* v = nullptr;
+  Act* k = nullptr;
+  Act* v = nullptr;
   int cap = 0;
 };
 
@@ -40,12 +42,13 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const fl
               int d, float eps, bool layernorm, cudaStream_t st);
 // q/k/v (row strides qs/ks/vs) in place: + bias (each may be null), RoPE on q and k when rope, then the row's k and
 // v are copied into the cache at (slot + c, pos) for c < copies.
+template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq, const float* bk,
                 const float* bv, const Rows& rows, int n_head, int n_kv_head, int head_dim, bool rope, float theta,
-                const LayerCache& cache, cudaStream_t st);
+                const LayerCache<Act>& cache, cudaStream_t st);
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group).
 template <class Act>
-void attention_decode(Act* out, const float* q, int qs, const LayerCache& cache, const Rows& rows, int n_head,
+void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& cache, const Rows& rows, int n_head,
                       int n_kv_head, int head_dim, cudaStream_t st);
 // out = gelu_tanh(fc + b) over [rows, f].
 template <class Act>
