@@ -273,7 +273,7 @@ class Sampler {
     fc_ = alloc<float>(rows * F_, "sampler MLP pre-activation");
     if (c_.is_llama()) up_ = alloc<float>(rows * F_, "sampler MLP up projection");
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
-    hf_ = alloc<float>(static_cast<size_t>(R_) * D_, "sampler final norm");
+    hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
     logits_ = alloc<float>(static_cast<size_t>(R_) * V_, "sampler logits (responses x vocab)");
     if (params_.filtered()) {
       sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k/top-p)");
@@ -420,11 +420,12 @@ class Sampler {
       return atty_act_.data();
   }
 
-  // logits[n, V] of the residual rows src (null: rows 0 .. n-1), through the final norm and the fp32 LM head.
+  // logits[n, V] of the residual rows src (null: rows 0 .. n-1), through the final norm and the LM head (its GEMM
+  // in the call's precision, as the device model's log-probs: the sampled tokens' log-probs match them).
   void head(float* logits, const int32_t* src, int n, const float* pending) {
-    add_norm<float>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
+    add_norm<Act>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
                     c_.is_gpt2(), st());
-    blas_.mm(n, V_, D_, hf_.data(), w_.f32 + L_.lm_head, true, 0.0f, logits);
+    blas_.mm(n, V_, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits);
   }
 
   // All prompts through the model in chunks of at most kPrefillTokens tokens (a longer prompt is a chunk of its
@@ -507,8 +508,8 @@ class Sampler {
   Stream stream_;
   Buffer<char> blas_ws_;
   Blas blas_;
-  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, hf_, logits_, out_logp_;
-  Buffer<Act> kc_, vc_, hn_, atty_act_, act_;  // the KV cache in the activations' dtype
+  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_;
+  Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
       row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
   Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;

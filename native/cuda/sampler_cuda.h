@@ -26,9 +26,9 @@
 namespace optune::cuda {
 
 // The weights the sampler reads, already on the device, in the core ParamLayout (core/params.h): the flat fp32
-// buffer, and under bf16 a bf16 copy with the same offsets (null: fp32 GEMMs). Under bf16 the block matrices run as
-// bf16 GEMMs with fp32 accumulation and the KV cache holds bf16; the residual stream, embeddings, norms, biases,
-// softmax and the LM head stay fp32.
+// buffer, and under bf16 a bf16 copy with the same offsets (null: fp32 GEMMs). Under bf16 every GEMM (the LM head's
+// too, as in the device model's log-probs) takes bf16 operands with fp32 accumulation and the KV cache holds bf16;
+// the residual stream, embeddings, norms, biases, logits and softmax stay fp32.
 struct SamplerWeights {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
