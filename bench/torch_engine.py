@@ -1,4 +1,5 @@
-"""PyTorch/transformers side of `optune bench engine`: the same three ops on the same shapes, one JSON line each.
+"""PyTorch/transformers side of `optune bench engine`: the same ops on the same shapes, one JSON line each.
+The *_bf16 ops run the same work under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's CPU mixed precision.
 
 Usage: python torch_engine.py SPEC_JSON   (written by src/bench/engine.ts; see EngineBenchSpec there)
 
@@ -7,6 +8,7 @@ The first line is {"torch": version, "transformers": version, "threads": n}; the
 {"unavailable": reason} and the exit code is 0, so the caller can report torch figures as missing.
 """
 
+import contextlib
 import json
 import sys
 import time
@@ -50,18 +52,24 @@ def main():
         def report(op, sec, tokens):
             emit({"op": op, "shape": shape["name"], "sec": sec, "tokens": tokens, "tok_per_s": tokens / sec})
 
-        if "sample" in shape["ops"]:
+        def precision(op):
+            bf16 = op.endswith("_bf16")
+            return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+        for op in ("sample", "sample_bf16"):
+            if op not in shape["ops"]:
+                continue
             n, plen, new = sz["samplePrompts"], sz["samplePromptLen"], sz["sampleNewTokens"]
             prompts = torch.randint(0, vocab, (n, plen))
             mask = torch.ones_like(prompts)
             model.eval()
 
             def gen():
-                with torch.no_grad():
+                with torch.no_grad(), precision(op):
                     model.generate(input_ids=prompts, attention_mask=mask, do_sample=True, top_k=0,
                                    max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
 
-            report("sample", timed(gen), n * new)
+            report(op, timed(gen), n * new)
 
         nseq, slen, plen = sz["seqs"], sz["seqLen"], sz["seqPromptLen"]
         ids = torch.randint(0, vocab, (nseq, slen))
@@ -81,10 +89,12 @@ def main():
 
             report("logprobs", timed(lp), nseq * slen)
 
-        if "dpo_step" in shape["ops"]:
+        for op in ("dpo_step", "dpo_step_bf16"):
+            if op not in shape["ops"]:
+                continue
             # Reference log-probs cached once, outside the timing: no reference forward in the step.
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), precision(op):
                 ref = seq_logps()
             model.train()
             # Same hyperparameters as the engine's defaults (no weight decay).
@@ -92,14 +102,15 @@ def main():
             beta = spec["beta"]
 
             def step():
-                p = seq_logps()
+                with precision(op):
+                    p = seq_logps()
                 d = (p[0::2] - ref[0::2]) - (p[1::2] - ref[1::2])
                 loss = -torch.nn.functional.logsigmoid(beta * d).mean()
                 loss.backward()
                 opt.step()
                 opt.zero_grad()
 
-            report("dpo_step", timed(step), nseq * slen)
+            report(op, timed(step), nseq * slen)
 
         del model
 

@@ -11,15 +11,10 @@ import { resolve } from "node:path";
 import { EngineModel, type ModelConfigInput, engineInfo, packBatch, packageRoot, setThreads } from "../engine/index.js";
 
 /**
- * *_bf16: the same work on a model with precision "bf16" (bf16 matmuls, fp32 accumulation); their PyTorch peer is
- * the same fp32 op, so the ratio says what switching optune to bf16 buys against PyTorch as users run it on CPU.
+ * *_bf16: the same work on a model with precision "bf16" (bf16 matmuls, fp32 accumulation); PyTorch runs it under
+ * torch.autocast("cpu", bfloat16), so each ratio compares like with like (the fp32 rows give PyTorch's fp32 speed).
  */
 export type EngineOp = "sample" | "sample_bf16" | "logprobs" | "dpo_step" | "dpo_step_bf16";
-
-/** The op a *_bf16 op is compared with on the PyTorch side. */
-function torchPeer(op: EngineOp): EngineOp {
-  return op === "sample_bf16" ? "sample" : op === "dpo_step_bf16" ? "dpo_step" : op;
-}
 
 /** A GPT-2 shape and what to run on it. */
 export interface BenchShape {
@@ -318,7 +313,7 @@ export async function benchEngine(options: EngineBenchOptions = {}): Promise<Eng
       : await runTorch(spec, python, log);
 
   const ops = engine.map((m): OpResult => {
-    const t = torch.results.find((r) => r.op === torchPeer(m.op) && r.shape === m.shape);
+    const t = torch.results.find((r) => r.op === m.op && r.shape === m.shape);
     const torchTps = t?.tok_per_s ?? null;
     return {
       op: m.op,

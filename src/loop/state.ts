@@ -208,7 +208,7 @@ export const RESUMABLE_CHANGES: ReadonlyArray<readonly [field: string, why: stri
   ["run.cacheDir", "prepared models are keyed by the prepare settings, which must match"],
   ["optim.skipNonFinite", "how to go on after a refused step, e.g. after a run stopped on one"],
   ["device", "where it runs; another device may differ in the last bits"],
-  ["precision", "the GPU's matmul precision; like a device change, results differ numerically, not in meaning"],
+  ["precision", "the matmul precision (CPU or GPU); like a device change, results differ numerically, not in meaning"],
 ];
 
 /** Leaf fields of a config as dotted paths; arrays are leaves (compared whole). */
