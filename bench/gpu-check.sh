@@ -86,7 +86,7 @@ else
   rc[build]=1
 fi
 if ((rc[build] == 0)); then
-  stage ctest 180 ctest --test-dir "$build" -V --timeout 150 --parallel 4 || rc[ctest]=$?
+  stage ctest 180 ctest --test-dir "$build" -V --timeout $((150 * scale)) --parallel 4 || rc[ctest]=$?
   for b in kernels sample model; do
     exe=$build/bench_cuda_$b
     if [[ -x $exe ]]; then
