@@ -8,6 +8,7 @@
 //   bf16 (bf16 GEMM operands, fp32 everything else): log-probs, scores and losses 2e-2; gradients: cosine
 //   similarity > 0.99 per tensor; AdamW: the 3-step weight change has cosine > 0.95 with the CPU's.
 // Without a CUDA device every case prints "SKIPPED: no CUDA device <case>" (counted neither passed nor failed).
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -105,14 +106,27 @@ void near_refs(TrainRequest& r, const Model& cpu) {
   r.ref_rejected = {lp.seq_logps[1] - 0.2f, lp.seq_logps[3] + 0.1f};
 }
 
-// Compares every parameter tensor's gradient.
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
+  return m;
+}
+
+// Compares every parameter tensor's gradient. A tensor whose true gradient is zero (the k_proj bias: softmax does not
+// change when every score of a row moves together) holds only rounding noise on both sides; it is checked to stay
+// at noise level instead.
 void expect_grads(const std::string& what, const Model& gpu, const Model& cpu, const Prec& pr) {
   CHECK_MSG(gpu.grads.size() == cpu.grads.size(), what + ": gradient sizes differ");
   if (gpu.grads.size() != cpu.grads.size()) return;
+  const double global = max_abs(cpu.grads);
   for (const ParamInfo& t : cpu.layout.tensors) {
     const std::vector<float> g(gpu.grads.begin() + t.offset, gpu.grads.begin() + t.offset + t.numel);
     const std::vector<float> c(cpu.grads.begin() + t.offset, cpu.grads.begin() + t.offset + t.numel);
-    if (pr.p == Precision::FP32) {
+    if (max_abs(c) <= 1e-5 * global) {
+      CHECK_MSG(max_abs(g) <= 1e-4 * global, what + " grad " + t.name + ": should be ~0, max " +
+                                                 std::to_string(max_abs(g)) + " (largest gradient " +
+                                                 std::to_string(global) + ")");
+    } else if (pr.p == Precision::FP32) {
       expect_close(what + " grad " + t.name, g, c, 1e-4);
     } else {
       const double cs = cosine(g.data(), c.data(), g.size());
@@ -169,7 +183,9 @@ void adamw_case(const ModelConfig& c, const Prec& pr) {
   TrainRequest r;
   r.loss = LossKind::DPO;
   fill_pairs(r);
-  r.opt.lr = 1e-3f, r.opt.eps = 1e-6f, r.opt.weight_decay = 0.1f, r.opt.max_grad_norm = 0.5f;
+  // eps 1e-3: a gradient that is zero up to rounding (k_proj bias) must not become a full-size step whose sign is
+  // the noise's (Adam normalizes it), which would differ between the backends by design
+  r.opt.lr = 1e-3f, r.opt.eps = 1e-3f, r.opt.weight_decay = 0.1f, r.opt.max_grad_norm = 0.5f;
   for (int step = 0; step < 3; step++) {
     r.batch = pair_batch(c.vocab_size, 20 + step);
     near_refs(r, *cpu);
