@@ -79,8 +79,15 @@ PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
 #pragma omp parallel for schedule(static)
     for (int pi = 0; pi < panels; pi++) {
       uint16_t* dst = p.data16.data() + static_cast<size_t>(pi) * KP * W * 2;
-      for (int j = 0; j < W && pi * W + j < N; j++)  // column-outer: contiguous reads of an [N, K] (trans_b) weight
-        for (int k = 0; k < K; k++) dst[(static_cast<size_t>(k / 2) * W + j) * 2 + (k % 2)] = to_bf16(at(k, pi * W + j));
+      const int nj = std::min(W, N - pi * W);
+      auto put = [&](int k, int j) { dst[(static_cast<size_t>(k / 2) * W + j) * 2 + (k % 2)] = to_bf16(at(k, pi * W + j)); };
+      if (trans_b) {  // B is [N, K]: read along k
+        for (int j = 0; j < nj; j++)
+          for (int k = 0; k < K; k++) put(k, j);
+      } else {  // B is [K, N]: read along n
+        for (int k = 0; k < K; k++)
+          for (int j = 0; j < nj; j++) put(k, j);
+      }
     }
     return p;
   }
@@ -145,41 +152,63 @@ struct Bf16Rows {
   bool parallel_panels;  // split the panels over threads (few rows) or run them all here (the caller splits rows)
 };
 
-// bf16 product of MR rows: each vdpbf16ps adds a[k]*b[k] + a[k+1]*b[k+1] for 16 columns into fp32 accumulators.
-template <int MR>
-static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float* C, int ldc) {
+// One MR x (NP * 16) tile of C: each vdpbf16ps adds a[k]*b[k] + a[k+1]*b[k+1] for 16 columns into fp32
+// accumulators. Two panels side by side give 8 x 2 = 16 independent accumulators, enough to hide the
+// instruction's latency; each broadcast of an A pair then feeds two of them.
+template <int MR, int NP>
+static void bf16_tile(const uint32_t* a0, size_t rs, size_t ps, const uint16_t* panel0, size_t panel_size, int KP,
+                      float (*out)[PackedB::kPanel * 2]) {
   constexpr int W = PackedB::kPanel;
-  const int N = B.N, KP = (B.K + 1) / 2, panels = (N + W - 1) / W;
-  const size_t rs = s.a->row_stride, ps = s.a->pair_stride;
-  const uint32_t* a0 = s.a->data.data() + static_cast<size_t>(row0) * rs + static_cast<size_t>(s.kk0) * ps;
-#pragma omp parallel for schedule(static) if (s.parallel_panels)
-  for (int pi = 0; pi < panels; pi++) {
-    const uint16_t* panel = B.data16.data() + static_cast<size_t>(pi) * KP * W * 2;
-    float out[MR][W];
 #ifdef __AVX512BF16__
-    __m512 acc[MR];
-    for (int r = 0; r < MR; r++) acc[r] = _mm512_setzero_ps();
-    for (int kk = 0; kk < KP; kk++) {
-      const __m512bh b = (__m512bh)_mm512_loadu_si512(panel + static_cast<size_t>(kk) * W * 2);
-      const uint32_t* a = a0 + kk * ps;
-      for (int r = 0; r < MR; r++)
-        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * rs])), b);
+  __m512 acc[MR][NP];
+  for (int r = 0; r < MR; r++)
+    for (int q = 0; q < NP; q++) acc[r][q] = _mm512_setzero_ps();
+  for (int kk = 0; kk < KP; kk++) {
+    __m512bh b[NP];
+    for (int q = 0; q < NP; q++)
+      b[q] = (__m512bh)_mm512_loadu_si512(panel0 + q * panel_size + static_cast<size_t>(kk) * W * 2);
+    const uint32_t* a = a0 + kk * ps;
+    for (int r = 0; r < MR; r++) {
+      const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * rs]));
+      for (int q = 0; q < NP; q++) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], ar, b[q]);
     }
-    for (int r = 0; r < MR; r++) _mm512_storeu_ps(out[r], acc[r]);
+  }
+  for (int r = 0; r < MR; r++)
+    for (int q = 0; q < NP; q++) _mm512_storeu_ps(out[r] + q * W, acc[r][q]);
 #else
-    for (int r = 0; r < MR; r++)
-      for (int j = 0; j < W; j++) out[r][j] = 0.0f;
-    for (int kk = 0; kk < KP; kk++) {
-      const uint16_t* b = panel + static_cast<size_t>(kk) * W * 2;
-      const uint32_t* a = a0 + kk * ps;
+  for (int r = 0; r < MR; r++)
+    for (int j = 0; j < NP * W; j++) out[r][j] = 0.0f;
+  for (int kk = 0; kk < KP; kk++) {
+    const uint32_t* a = a0 + kk * ps;
+    for (int q = 0; q < NP; q++) {
+      const uint16_t* b = panel0 + q * panel_size + static_cast<size_t>(kk) * W * 2;
       for (int r = 0; r < MR; r++) {
         const uint32_t ar = a[r * rs];
         const float alo = from_bf16(static_cast<uint16_t>(ar)), ahi = from_bf16(static_cast<uint16_t>(ar >> 16));
-        for (int j = 0; j < W; j++) out[r][j] += alo * from_bf16(b[2 * j]) + ahi * from_bf16(b[2 * j + 1]);
+        for (int j = 0; j < W; j++) out[r][q * W + j] += alo * from_bf16(b[2 * j]) + ahi * from_bf16(b[2 * j + 1]);
       }
     }
+  }
 #endif
-    const int nj = std::min(W, N - pi * W);
+}
+
+// bf16 product of MR rows of C against every panel of B, two panels at a time.
+template <int MR>
+static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float* C, int ldc) {
+  constexpr int W = PackedB::kPanel;
+  const int N = B.N, KP = (B.K + 1) / 2, panels = (N + W - 1) / W, pairs = (panels + 1) / 2;
+  const size_t rs = s.a->row_stride, ps = s.a->pair_stride, panel_size = static_cast<size_t>(KP) * W * 2;
+  const uint32_t* a0 = s.a->data.data() + static_cast<size_t>(row0) * rs + static_cast<size_t>(s.kk0) * ps;
+#pragma omp parallel for schedule(static) if (s.parallel_panels)
+  for (int pp = 0; pp < pairs; pp++) {
+    const int pi = 2 * pp, np = std::min(2, panels - pi);
+    const uint16_t* panel = B.data16.data() + pi * panel_size;
+    float out[MR][2 * W];
+    if (np == 2)
+      bf16_tile<MR, 2>(a0, rs, ps, panel, panel_size, KP, out);
+    else
+      bf16_tile<MR, 1>(a0, rs, ps, panel, panel_size, KP, out);
+    const int nj = std::min(np * W, N - pi * W);
     for (int r = 0; r < MR; r++) {
       float* c = C + static_cast<size_t>(row0 + r) * ldc + pi * W;
       if (s.beta == 0.0f)
