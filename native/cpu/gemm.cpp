@@ -75,18 +75,29 @@ PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
   auto at = [&](int k, int n) { return trans_b ? B[static_cast<size_t>(n) * ldb + k] : B[static_cast<size_t>(k) * ldb + n]; };
   if (bf16) {
     const int KP = (K + 1) / 2;  // k pairs; an odd K gets a zero partner
-    p.data16.assign(static_cast<size_t>(panels) * KP * W * 2, 0);
+    p.pairs.assign(static_cast<size_t>(panels) * KP * W, 0);
 #pragma omp parallel for schedule(static)
     for (int pi = 0; pi < panels; pi++) {
-      uint16_t* dst = p.data16.data() + static_cast<size_t>(pi) * KP * W * 2;
-      const int nj = std::min(W, N - pi * W);
-      auto put = [&](int k, int j) { dst[(static_cast<size_t>(k / 2) * W + j) * 2 + (k % 2)] = to_bf16(at(k, pi * W + j)); };
-      if (trans_b) {  // B is [N, K]: read along k
-        for (int j = 0; j < nj; j++)
-          for (int k = 0; k < K; k++) put(k, j);
-      } else {  // B is [K, N]: read along n
-        for (int k = 0; k < K; k++)
-          for (int j = 0; j < nj; j++) put(k, j);
+      uint32_t* dst = p.pairs.data() + static_cast<size_t>(pi) * KP * W;
+      const int n0 = pi * W, nj = std::min(W, N - n0);
+      if (!trans_b) {  // B is [K, N]: two rows of B give a row of pairs
+        for (int kk = 0; kk < KP; kk++) {
+          const float* lo = B + static_cast<size_t>(2 * kk) * ldb + n0;
+          const float* hi = 2 * kk + 1 < K ? lo + ldb : nullptr;
+          uint32_t* d = dst + static_cast<size_t>(kk) * W;
+          if (hi) {
+#pragma omp simd
+            for (int j = 0; j < nj; j++) d[j] = bf16_pair(lo[j], hi[j]);
+          } else {
+            for (int j = 0; j < nj; j++) d[j] = bf16_pair(lo[j], 0.0f);
+          }
+        }
+      } else {  // B is [N, K]: each column's consecutive k already form its pairs
+        for (int j = 0; j < nj; j++) {
+          const float* row = B + static_cast<size_t>(n0 + j) * ldb;
+          for (int kk = 0; kk < K / 2; kk++) dst[static_cast<size_t>(kk) * W + j] = bf16_pair(row[2 * kk], row[2 * kk + 1]);
+          if (K % 2) dst[static_cast<size_t>(KP - 1) * W + j] = bf16_pair(row[K - 1], 0.0f);
+        }
       }
     }
     return p;
@@ -114,9 +125,6 @@ static PairsA pairs_of_a(const float* A, int lda, bool trans_a, int M, int K) {
   const int KP = (K + 1) / 2;
   PairsA p;
   p.data.resize(static_cast<size_t>(M) * KP);
-  auto pair = [](float lo, float hi) {
-    return static_cast<uint32_t>(to_bf16(lo)) | (static_cast<uint32_t>(to_bf16(hi)) << 16);
-  };
   if (!trans_a) {
     p.row_stride = KP;
     p.pair_stride = 1;
@@ -124,8 +132,8 @@ static PairsA pairs_of_a(const float* A, int lda, bool trans_a, int M, int K) {
     for (int i = 0; i < M; i++) {
       const float* a = A + static_cast<size_t>(i) * lda;
       uint32_t* d = p.data.data() + static_cast<size_t>(i) * KP;
-      for (int kk = 0; kk < K / 2; kk++) d[kk] = pair(a[2 * kk], a[2 * kk + 1]);
-      if (K % 2) d[KP - 1] = pair(a[K - 1], 0.0f);
+      for (int kk = 0; kk < K / 2; kk++) d[kk] = bf16_pair(a[2 * kk], a[2 * kk + 1]);
+      if (K % 2) d[KP - 1] = bf16_pair(a[K - 1], 0.0f);
     }
   } else {
     p.row_stride = 1;
@@ -136,9 +144,9 @@ static PairsA pairs_of_a(const float* A, int lda, bool trans_a, int M, int K) {
       const float* hi = 2 * kk + 1 < K ? A + static_cast<size_t>(2 * kk + 1) * lda : nullptr;
       uint32_t* d = p.data.data() + static_cast<size_t>(kk) * M;
       if (hi)
-        for (int i = 0; i < M; i++) d[i] = pair(lo[i], hi[i]);
+        for (int i = 0; i < M; i++) d[i] = bf16_pair(lo[i], hi[i]);
       else
-        for (int i = 0; i < M; i++) d[i] = pair(lo[i], 0.0f);
+        for (int i = 0; i < M; i++) d[i] = bf16_pair(lo[i], 0.0f);
     }
   }
   return p;
@@ -156,7 +164,7 @@ struct Bf16Rows {
 // accumulators. Two panels side by side give 8 x 2 = 16 independent accumulators, enough to hide the
 // instruction's latency; each broadcast of an A pair then feeds two of them.
 template <int MR, int NP>
-static void bf16_tile(const uint32_t* a0, size_t rs, size_t ps, const uint16_t* panel0, size_t panel_size, int KP,
+static void bf16_tile(const uint32_t* a0, size_t rs, size_t ps, const uint32_t* panel0, size_t panel_size, int KP,
                       float (*out)[PackedB::kPanel * 2]) {
   constexpr int W = PackedB::kPanel;
 #ifdef __AVX512BF16__
@@ -166,7 +174,7 @@ static void bf16_tile(const uint32_t* a0, size_t rs, size_t ps, const uint16_t* 
   for (int kk = 0; kk < KP; kk++) {
     __m512bh b[NP];
     for (int q = 0; q < NP; q++)
-      b[q] = (__m512bh)_mm512_loadu_si512(panel0 + q * panel_size + static_cast<size_t>(kk) * W * 2);
+      b[q] = (__m512bh)_mm512_loadu_si512(panel0 + q * panel_size + static_cast<size_t>(kk) * W);
     const uint32_t* a = a0 + kk * ps;
     for (int r = 0; r < MR; r++) {
       const __m512bh ar = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r * rs]));
@@ -181,11 +189,12 @@ static void bf16_tile(const uint32_t* a0, size_t rs, size_t ps, const uint16_t* 
   for (int kk = 0; kk < KP; kk++) {
     const uint32_t* a = a0 + kk * ps;
     for (int q = 0; q < NP; q++) {
-      const uint16_t* b = panel0 + q * panel_size + static_cast<size_t>(kk) * W * 2;
+      const uint32_t* b = panel0 + q * panel_size + static_cast<size_t>(kk) * W;
       for (int r = 0; r < MR; r++) {
         const uint32_t ar = a[r * rs];
         const float alo = from_bf16(static_cast<uint16_t>(ar)), ahi = from_bf16(static_cast<uint16_t>(ar >> 16));
-        for (int j = 0; j < W; j++) out[r][q * W + j] += alo * from_bf16(b[2 * j]) + ahi * from_bf16(b[2 * j + 1]);
+        for (int j = 0; j < W; j++)
+          out[r][q * W + j] += alo * from_bf16(static_cast<uint16_t>(b[j])) + ahi * from_bf16(static_cast<uint16_t>(b[j] >> 16));
       }
     }
   }
@@ -197,12 +206,12 @@ template <int MR>
 static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float* C, int ldc) {
   constexpr int W = PackedB::kPanel;
   const int N = B.N, KP = (B.K + 1) / 2, panels = (N + W - 1) / W, pairs = (panels + 1) / 2;
-  const size_t rs = s.a->row_stride, ps = s.a->pair_stride, panel_size = static_cast<size_t>(KP) * W * 2;
+  const size_t rs = s.a->row_stride, ps = s.a->pair_stride, panel_size = static_cast<size_t>(KP) * W;
   const uint32_t* a0 = s.a->data.data() + static_cast<size_t>(row0) * rs + static_cast<size_t>(s.kk0) * ps;
 #pragma omp parallel for schedule(static) if (s.parallel_panels)
   for (int pp = 0; pp < pairs; pp++) {
     const int pi = 2 * pp, np = std::min(2, panels - pi);
-    const uint16_t* panel = B.data16.data() + pi * panel_size;
+    const uint32_t* panel = B.pairs.data() + pi * panel_size;
     float out[MR][2 * W];
     if (np == 2)
       bf16_tile<MR, 2>(a0, rs, ps, panel, panel_size, KP, out);

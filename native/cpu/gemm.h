@@ -25,7 +25,7 @@ const char* blas_name();  // "openblas" | "builtin"
 // op(B) [K, N] repacked once into zero-padded panels of 16 columns for many products with a few rows of A
 // (token-by-token decoding), where a general GEMM would repack the weights on every call.
 //   fp32: data [N/16][K][16].
-//   bf16: data16 [N/16][K/2][16][2] — pairs of consecutive k per column, the operand layout of AVX512-BF16's
+//   bf16: pairs [N/16][K/2][16] — each a 32-bit pair of bf16 (k, k+1) per column, the operand layout of AVX512-BF16's
 //         dot-product instruction (vdpbf16ps); half the bytes to stream per decode step, twice the FMAs per
 //         instruction. Rounded to nearest even from fp32.
 struct PackedB {
@@ -33,7 +33,7 @@ struct PackedB {
   int K = 0, N = 0;
   bool bf16 = false;
   std::vector<float> data;
-  std::vector<uint16_t> data16;
+  std::vector<uint32_t> pairs;
 };
 PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16 = false);
 
@@ -50,6 +50,10 @@ inline uint16_t to_bf16(float x) {
   return static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded);  // NaN stays a (quiet) NaN
 }
 inline float from_bf16(uint16_t h) { return __builtin_bit_cast(float, static_cast<uint32_t>(h) << 16); }
+// Two values as one 32-bit bf16 pair: lo in the low half (the element of the even k).
+inline uint32_t bf16_pair(float lo, float hi) {
+  return static_cast<uint32_t>(to_bf16(lo)) | (static_cast<uint32_t>(to_bf16(hi)) << 16);
+}
 
 // Whether gemm_packed's bf16 path runs on AVX512-BF16 instructions in this build (else a portable loop that gives
 // the same kind of result, slower than fp32).
