@@ -4,6 +4,8 @@
 // the relative difference stays ~1e-6 for d <= 8192.
 // Parameter gradients: dw[i] += sum over rows, reduced per column by a 32 x 16 thread tile (32 columns, 16 row
 // stripes, summed in a fixed order through shared memory): no atomics, the same result on every run.
+#include <algorithm>
+
 #include "check.cuh"
 #include "ops.h"
 #include "reduce.cuh"
@@ -142,6 +144,45 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
   rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
   OPTUNE_CUDA_CHECK_LAUNCH();
   norm_backward_params(dw, nullptr, dout, inp, nullptr, rstd, rows, d);
+}
+
+// ---- parameter gradients as a product + column sum (the device model's path) -----------------------------------
+// At 32k rows the per-column kernel above runs d/32 blocks of long serial loops; the device model instead takes the
+// input gradient alone, forms dy * xhat in a scratch buffer and lets a ones-row GEMM sum the columns
+// (bias_backward in elementwise.cu), which spreads the rows over the whole GPU.
+
+void layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* mean,
+                              const float* rstd, int rows, int d) {
+  if (rows <= 0) return;
+  layernorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, mean, rstd, rows, d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
+                            int rows, int d) {
+  if (rows <= 0) return;
+  rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+__global__ void norm_xhat_product_kernel(float* prod, const float* dout, const float* inp, const float* mean,
+                                         const float* rstd, int64_t n, int d) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / d;
+    const float m = mean ? mean[r] : 0.0f;
+    prod[i] = dout[i] * ((inp[i] - m) * rstd[r]);
+  }
+}
+
+void norm_xhat_product(float* prod, const float* dout, const float* inp, const float* mean, const float* rstd,
+                       int rows, int d) {
+  const int64_t n = static_cast<int64_t>(rows) * d;
+  if (n <= 0) return;
+  const int threads = 256;
+  const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65536));
+  norm_xhat_product_kernel<<<blocks, threads>>>(prod, dout, inp, mean, rstd, n, d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace optune::cuda

@@ -28,6 +28,14 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps);
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
                       int rows, int d);
+// The same split in two for long batches: the input gradient alone (dinp +=), and prod = dout * xhat (written; mean
+// null for RMSNorm), whose column sums are dw (bias_backward below does them as a GEMM).
+void layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* mean,
+                              const float* rstd, int rows, int d);
+void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
+                            int rows, int d);
+void norm_xhat_product(float* prod, const float* dout, const float* inp, const float* mean, const float* rstd,
+                       int rows, int d);
 
 // ---- activations -----------------------------------------------------------------------------------------------
 void gelu_forward(float* out, const float* inp, int64_t n);

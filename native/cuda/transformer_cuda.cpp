@@ -130,12 +130,18 @@ void norm_forward(const Net& n, float* out, float* mean, float* rstd, const floa
     rmsnorm_forward(out, rstd, x, n.p(w), n.T, n.c.d_model, n.c.norm_eps);
 }
 
+// dx += input gradient; weight (and bias) gradients as column sums by a ones-row GEMM over dout * xhat, formed in
+// `scratch` [T, D] (a buffer the caller no longer needs).
 void norm_backward(const Net& n, float* dx, size_t w, size_t b, const float* dout, const float* x, const float* mean,
-                   const float* rstd) {
+                   const float* rstd, float* scratch) {
+  const int T = n.T, D = n.c.d_model;
   if (n.c.is_gpt2())
-    layernorm_backward(dx, n.g(w), n.g(b), dout, x, n.p(w), mean, rstd, n.T, n.c.d_model);
+    layernorm_backward_input(dx, dout, x, n.p(w), mean, rstd, T, D);
   else
-    rmsnorm_backward(dx, n.g(w), dout, x, n.p(w), rstd, n.T, n.c.d_model);
+    rmsnorm_backward_input(dx, dout, x, n.p(w), rstd, T, D);
+  norm_xhat_product(scratch, dout, x, n.c.is_gpt2() ? mean : nullptr, rstd, T, D);
+  bias_backward(n.g(w), scratch, n.a.ones, T, D);
+  if (b != kAbsent) bias_backward(n.g(b), dout, n.a.ones, T, D);
 }
 
 // out[T, outf] = inp[T, in] W (+ bias), as cpu::linear_forward.
@@ -333,7 +339,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
 
   fill(a.ones, 1.0f, T);
   fill_zero(a.dresid, nD);
-  norm_backward(n, a.dresid, L.normf_w, L.normf_b, k.dnormf, a.last, a.normf_mean, a.normf_rstd);
+  norm_backward(n, a.dresid, L.normf_w, L.normf_b, k.dnormf, a.last, a.normf_mean, a.normf_rstd, a.norm);
 
   for (int l = c.n_layer - 1; l >= 0; l--) {
     const DevLayer& y = a.layers[l];
@@ -356,7 +362,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
       linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, a.norm, D, F);
     }
     linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, a.norm, D, F);
-    norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd);
+    norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd, a.norm);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x)))); recompute Norm1 and q|k|v first
     float* datty = a.act;   // free again: the MLP part is done
@@ -379,7 +385,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
       linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, a.norm, D, KVD);
       linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, a.norm, D, KVD);
     }
-    norm_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd);
+    norm_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd, a.norm);
   }
 
   // embeddings: rows grouped by token id / position on the host, summed in row order (deterministic, no atomics)

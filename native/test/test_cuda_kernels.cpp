@@ -160,6 +160,42 @@ TEST(rmsnorm_forward_backward_match_cpu) {
   expect_close("rmsnorm dw", gdw.download(), dw, kRtol);
 }
 
+// The device model's split norm backward: input gradient alone, then dy * xhat summed by a ones-row GEMM (and db as
+// plain column sums), against the CPU's fused backward. Many rows, so the GEMM reduces over a long K.
+TEST(norm_backward_split_matches_cpu) {
+  Rand r(6);
+  const int rows = 1100, d = 96;
+  const auto x = randv(static_cast<size_t>(rows) * d, r, 2.0f), w = randv(d, r), b = randv(d, r);
+  const auto dy = randv(x.size(), r), dx0 = randv(x.size(), r), dw0 = randv(d, r), db0 = randv(d, r);
+  Buf gx(x), gw(w), gb(b), gdy(dy), gones(std::vector<float>(rows, 1.0f)), gprod(x.size()), gmean(rows), grstd(rows);
+  for (bool layer : {true, false}) {
+    const std::string tag = layer ? "layernorm" : "rmsnorm";
+    std::vector<float> out(x.size()), mean(rows), rstd(rows), dx = dx0, dw = dw0, db = db0;
+    Buf gout(x.size()), gdx(dx0), gdw(dw0), gdb(db0);
+    if (layer) {
+      cpu::layernorm_forward(out.data(), mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, d, 1e-5f);
+      cpu::layernorm_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), mean.data(),
+                              rstd.data(), rows, d);
+      cuda::layernorm_forward(gout.data(), gmean.data(), grstd.data(), gx.data(), gw.data(), gb.data(), rows, d,
+                              1e-5f);
+      cuda::layernorm_backward_input(gdx.data(), gdy.data(), gx.data(), gw.data(), gmean.data(), grstd.data(), rows,
+                                     d);
+      cuda::bias_backward(gdb.data(), gdy.data(), gones.data(), rows, d);
+      expect_close(tag + " split db", gdb.download(), db, kRtol);
+    } else {
+      cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), rows, d, 1e-6f);
+      cpu::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, d);
+      cuda::rmsnorm_forward(gout.data(), grstd.data(), gx.data(), gw.data(), rows, d, 1e-6f);
+      cuda::rmsnorm_backward_input(gdx.data(), gdy.data(), gx.data(), gw.data(), grstd.data(), rows, d);
+    }
+    cuda::norm_xhat_product(gprod.data(), gdy.data(), gx.data(), layer ? gmean.data() : nullptr, grstd.data(), rows,
+                            d);
+    cuda::bias_backward(gdw.data(), gprod.data(), gones.data(), rows, d);
+    expect_close(tag + " split dinp", gdx.download(), dx, kRtol);
+    expect_close(tag + " split dw", gdw.download(), dw, kRtol);
+  }
+}
+
 // ---- activations -----------------------------------------------------------------------------------------------
 
 TEST(gelu_swiglu_match_cpu) {
