@@ -84,8 +84,8 @@ struct SampleRequest {
   // Per prompt, the key of its random stream; sample k of prompt i draws from stream (stream_ids[i], k). The same
   // (seed, stream id, k) gives the same tokens whatever else is in the batch. Empty: stream id = prompt index.
   std::vector<uint64_t> stream_ids;
-  // CPU: decode with the weight matrices and each step's activations rounded to bf16, accumulating in fp32 (the
-  // prompts' prefill stays fp32). On AVX512-BF16 CPUs (AMD Zen 4, Intel Sapphire Rapids and later) this halves the
+  // CPU: prefill and decode with the weight matrices and activations rounded to bf16 for every product,
+  // accumulating in fp32 (also when the model's precision is bf16). On AVX512-BF16 CPUs (AMD Zen 4, Intel Sapphire Rapids and later) this halves the
   // bytes a step streams and doubles the multiply-adds per instruction; elsewhere it is correct but slower. Tokens
   // and log-probs differ slightly from fp32 decoding. (A CUDA model samples at its own precision.)
   bool bf16 = false;

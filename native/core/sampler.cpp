@@ -163,7 +163,8 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   validate_sample_request(m, r);
   if (m.device) return m.device->sample(m, r);
   const ModelConfig& c = m.cfg;
-  const PackedWeights packed = pack_for_decoding(m, r.bf16 || m.cpu_bf16);
+  const bool bf16 = r.bf16 || m.cpu_bf16;
+  const PackedWeights packed = pack_for_decoding(m, bf16);
   const cpu::PackedB& head_packed = packed.at(m.layout.lm_head);
   const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1, K = r.n_samples, R = n_prompts * K;
   const int D = c.d_model, V = c.vocab_size, KVD = c.kv_dim();
@@ -196,7 +197,7 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
                               v.v + static_cast<size_t>(t) * v.vs, cap, c.n_kv_head, c.head_dim);
   };
   Acts& acts = workspace_of(m).infer;
-  transformer_forward(m, pb, acts, false, &hook);
+  transformer_forward(m, pb, acts, false, &hook, bf16);
   std::vector<float> hidden(static_cast<size_t>(n_prompts) * D);
   for (int i = 0; i < n_prompts; i++)
     std::copy_n(acts.normf.data() + static_cast<size_t>(pb.offsets[i + 1] - 1) * D, D, hidden.data() + i * D);
