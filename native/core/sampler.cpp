@@ -157,6 +157,45 @@ PackedWeights pack_for_decoding(const Model& m, bool bf16) {
   return w;
 }
 
+// Every layer's KV cache (cpu/ops.h layout), in fp32 or, for bf16 sampling, in bf16: each decode step reads the
+// whole cache of its sequences, so half the bytes is most of attention's cost saved.
+struct KvCache {
+  bool bf16 = false;
+  size_t layer_size = 0;  // elements per layer: responses x cap x kv_dim
+  int cap = 0, n_kv_head = 0, head_dim = 0;
+  std::vector<float> k32, v32;
+  std::vector<uint16_t> k16, v16;
+
+  void allocate(bool half, size_t layer, int n_layer) {
+    bf16 = half;
+    layer_size = layer;
+    if (half) {
+      k16.resize(layer * n_layer);
+      v16.resize(layer * n_layer);
+    } else {
+      k32.resize(layer * n_layer);
+      v32.resize(layer * n_layer);
+    }
+  }
+  void store(int l, int slot, int pos, const float* k, const float* v) {
+    const size_t o = l * layer_size;
+    if (bf16)
+      cpu::kv_cache_store(k16.data() + o, v16.data() + o, slot, pos, k, v, cap, n_kv_head, head_dim);
+    else
+      cpu::kv_cache_store(k32.data() + o, v32.data() + o, slot, pos, k, v, cap, n_kv_head, head_dim);
+  }
+  void attend(int l, float* out, const float* q, int qs, const int32_t* slot, const int32_t* n_keys, int rows,
+              int n_head) const {
+    const size_t o = l * layer_size;
+    if (bf16)
+      cpu::attention_decode(out, q, qs, k16.data() + o, v16.data() + o, slot, n_keys, rows, cap, n_head, n_kv_head,
+                            head_dim);
+    else
+      cpu::attention_decode(out, q, qs, k32.data() + o, v32.data() + o, slot, n_keys, rows, cap, n_head, n_kv_head,
+                            head_dim);
+  }
+};
+
 }  // namespace
 
 SampleResult sample(const Model& m, const SampleRequest& r) {
@@ -172,11 +211,13 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   for (int i = 0; i < n_prompts; i++) max_prompt = std::max(max_prompt, r.prompt_offsets[i + 1] - r.prompt_offsets[i]);
   const int cap = max_prompt + r.max_new_tokens;
   const size_t layer_cache = static_cast<size_t>(R) * cap * KVD;
-  const double cache_gib = 2.0 * layer_cache * c.n_layer * sizeof(float) / (1024.0 * 1024 * 1024);
-  std::vector<float> kcache, vcache;
+  const double cache_gib = 2.0 * layer_cache * c.n_layer * (bf16 ? 2 : 4) / (1024.0 * 1024 * 1024);
+  KvCache cache;
+  cache.cap = cap;
+  cache.n_kv_head = c.n_kv_head;
+  cache.head_dim = c.head_dim;
   try {
-    kcache.resize(layer_cache * c.n_layer);
-    vcache.resize(layer_cache * c.n_layer);
+    cache.allocate(bf16, layer_cache, c.n_layer);
   } catch (const std::bad_alloc&) {
     throw Error("sample: out of memory allocating the KV cache (" + std::to_string(cache_gib) + " GiB for " +
                 std::to_string(R) + " responses of up to " + std::to_string(cap) +
@@ -192,9 +233,8 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
     for (int i = 0; i < n_prompts; i++)
       for (int t = pb.offsets[i]; t < pb.offsets[i + 1]; t++)
         for (int k = 0; k < K; k++)
-          cpu::kv_cache_store(kcache.data() + l * layer_cache, vcache.data() + l * layer_cache, i * K + k,
-                              t - pb.offsets[i], v.k + static_cast<size_t>(t) * v.ks,
-                              v.v + static_cast<size_t>(t) * v.vs, cap, c.n_kv_head, c.head_dim);
+          cache.store(l, i * K + k, t - pb.offsets[i], v.k + static_cast<size_t>(t) * v.ks,
+                      v.v + static_cast<size_t>(t) * v.vs);
   };
   Acts& acts = workspace_of(m).infer;
   transformer_forward(m, pb, acts, false, &hook, bf16);
@@ -275,14 +315,10 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
         x.resize(static_cast<size_t>(Bn) * D);
         embed_forward(m, tok.data(), pos.data(), Bn, x.data());
         for (int l = 0; l < c.n_layer; l++) {
-          float* kc = kcache.data() + l * layer_cache;
-          float* vc = vcache.data() + l * layer_cache;
           block_forward(m, l, la, x.data(), Bn, pos.data(), [&](int, const QKV& v, float* atty) {
             for (int a = 0; a < Bn; a++)
-              cpu::kv_cache_store(kc, vc, active[a], pos[a], v.k + static_cast<size_t>(a) * v.ks,
-                                  v.v + static_cast<size_t>(a) * v.vs, cap, c.n_kv_head, c.head_dim);
-            cpu::attention_decode(atty, v.q, v.qs, kc, vc, active.data(), nkeys.data(), Bn, cap, c.n_head,
-                                  c.n_kv_head, c.head_dim);
+              cache.store(l, active[a], pos[a], v.k + static_cast<size_t>(a) * v.ks, v.v + static_cast<size_t>(a) * v.vs);
+            cache.attend(l, atty, v.q, v.qs, active.data(), nkeys.data(), Bn, c.n_head);
           }, &packed);
           std::swap(x, la.res_mlp);
         }

@@ -132,17 +132,26 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   }
 }
 
-void kv_cache_store(float* kcache, float* vcache, int slot, int pos, const float* k, const float* v, int cap,
-                    int n_kv_head, int head_dim) {
+// The cache holds fp32, or bf16 bits (uint16_t) for bf16 sampling: half the bytes every decode step reads.
+static inline float cache_value(float x) { return x; }
+static inline float cache_value(uint16_t x) { return from_bf16(x); }
+static inline void cache_put(float& dst, float x) { dst = x; }
+static inline void cache_put(uint16_t& dst, float x) { dst = to_bf16(x); }
+
+template <class T>
+static void kv_cache_store_impl(T* kcache, T* vcache, int slot, int pos, const float* k, const float* v, int cap,
+                                int n_kv_head, int head_dim) {
   const int kvd = n_kv_head * head_dim;
-  float* kt = kcache + static_cast<size_t>(slot) * kvd * cap;  // [kvd][cap]: feature-major
-  for (int f = 0; f < kvd; f++) kt[static_cast<size_t>(f) * cap + pos] = k[f];
-  std::copy_n(v, kvd, vcache + (static_cast<size_t>(slot) * cap + pos) * kvd);
+  T* kt = kcache + static_cast<size_t>(slot) * kvd * cap;  // [kvd][cap]: feature-major
+  for (int f = 0; f < kvd; f++) cache_put(kt[static_cast<size_t>(f) * cap + pos], k[f]);
+  T* vr = vcache + (static_cast<size_t>(slot) * cap + pos) * kvd;
+  for (int f = 0; f < kvd; f++) cache_put(vr[f], v[f]);
 }
 
-void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
-                      const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
-                      int head_dim) {
+template <class T>
+static void attention_decode_impl(float* out, const float* q, int qs, const T* kcache, const T* vcache,
+                                  const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head,
+                                  int n_kv_head, int head_dim) {
   const int group = n_head / n_kv_head;
   const int kvd = n_kv_head * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -150,17 +159,17 @@ void attention_decode(float* out, const float* q, int qs, const float* kcache, c
   for (int r = 0; r < rows; r++)
     for (int h = 0; h < n_head; h++) {
       const int kvh = h / group, n = n_keys[r];
-      const float* kt = kcache + static_cast<size_t>(slot[r]) * kvd * cap + static_cast<size_t>(kvh) * head_dim * cap;
-      const float* vbase = vcache + static_cast<size_t>(slot[r]) * cap * kvd + kvh * head_dim;
+      const T* kt = kcache + static_cast<size_t>(slot[r]) * kvd * cap + static_cast<size_t>(kvh) * head_dim * cap;
+      const T* vbase = vcache + static_cast<size_t>(slot[r]) * cap * kvd + kvh * head_dim;
       const float* qi = q + static_cast<size_t>(r) * qs + h * head_dim;
       // scores of all n keys at once: with the keys stored feature-major this is head_dim unit-stride AXPYs over
       // the positions (one horizontal sum per key would cost more than the key's whole dot product)
       std::fill(p.begin(), p.begin() + n, 0.0f);
       for (int d = 0; d < head_dim; d++) {
         const float qd = qi[d] * scale;
-        const float* kd = kt + static_cast<size_t>(d) * cap;
+        const T* kd = kt + static_cast<size_t>(d) * cap;
 #pragma omp simd
-        for (int j = 0; j < n; j++) p[j] += qd * kd[j];
+        for (int j = 0; j < n; j++) p[j] += qd * cache_value(kd[j]);
       }
       float mx = -INFINITY;
       for (int j = 0; j < n; j++) mx = std::max(mx, p[j]);
@@ -175,11 +184,31 @@ void attention_decode(float* out, const float* q, int qs, const float* kcache, c
       std::fill(o, o + head_dim, 0.0f);
       for (int j = 0; j < n; j++) {
         const float pj = p[j] * inv;
-        const float* vj = vbase + static_cast<size_t>(j) * kvd;
+        const T* vj = vbase + static_cast<size_t>(j) * kvd;
 #pragma omp simd
-        for (int d = 0; d < head_dim; d++) o[d] += pj * vj[d];
+        for (int d = 0; d < head_dim; d++) o[d] += pj * cache_value(vj[d]);
       }
     }
+}
+
+void kv_cache_store(float* kcache, float* vcache, int slot, int pos, const float* k, const float* v, int cap,
+                    int n_kv_head, int head_dim) {
+  kv_cache_store_impl(kcache, vcache, slot, pos, k, v, cap, n_kv_head, head_dim);
+}
+void kv_cache_store(uint16_t* kcache, uint16_t* vcache, int slot, int pos, const float* k, const float* v, int cap,
+                    int n_kv_head, int head_dim) {
+  kv_cache_store_impl(kcache, vcache, slot, pos, k, v, cap, n_kv_head, head_dim);
+}
+
+void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
+                      const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
+                      int head_dim) {
+  attention_decode_impl(out, q, qs, kcache, vcache, slot, n_keys, rows, cap, n_head, n_kv_head, head_dim);
+}
+void attention_decode(float* out, const float* q, int qs, const uint16_t* kcache, const uint16_t* vcache,
+                      const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
+                      int head_dim) {
+  attention_decode_impl(out, q, qs, kcache, vcache, slot, n_keys, rows, cap, n_head, n_kv_head, head_dim);
 }
 
 }  // namespace optune::cpu

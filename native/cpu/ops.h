@@ -56,12 +56,18 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         int n_kv_head, int head_dim);
 
 // The sampler's KV cache, per layer: keys feature-major [slot][KV*hd][cap] (so a decode step's scores are
-// unit-stride over positions), values [slot][cap][KV*hd]. kv_cache_store writes one token's k and v at `pos`.
+// unit-stride over positions), values [slot][cap][KV*hd]; fp32, or bf16 bits (uint16_t) for bf16 sampling.
+// kv_cache_store writes one token's k and v at `pos`.
 void kv_cache_store(float* kcache, float* vcache, int slot, int pos, const float* k, const float* v, int cap,
+                    int n_kv_head, int head_dim);
+void kv_cache_store(uint16_t* kcache, uint16_t* vcache, int slot, int pos, const float* k, const float* v, int cap,
                     int n_kv_head, int head_dim);
 // One new query row per sequence against its KV cache (sampling), on the calling thread (the sampler runs one
 // group of rows per thread). Row r attends to positions 0 .. n_keys[r]-1 of cache slot slot[r].
 void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
+                      const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
+                      int head_dim);
+void attention_decode(float* out, const float* q, int qs, const uint16_t* kcache, const uint16_t* vcache,
                       const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
                       int head_dim);
 
