@@ -3,6 +3,7 @@
 
 import { resolve } from "node:path";
 
+import type { DeviceOptions } from "../engine/index.js";
 import { HfRewardModelSource } from "../rewards/hf_reward_model.js";
 import { type HttpRewardOptions, HttpRewardSource } from "../rewards/http.js";
 import { ModuleRewardSource } from "../rewards/module.js";
@@ -22,12 +23,13 @@ export interface RewardConfig {
 }
 
 /** Relative paths are resolved against `baseDir` (e.g. the config file's directory). */
-async function createOne(spec: RewardSpec, baseDir: string): Promise<RewardSource> {
+async function createOne(spec: RewardSpec, baseDir: string, placement: DeviceOptions): Promise<RewardSource> {
   switch (spec.type) {
     case "model": {
       const options = {
         ...(spec.tokenizer === undefined ? {} : { tokenizerDir: resolve(baseDir, spec.tokenizer) }),
         ...(spec.chatTemplate === undefined ? {} : { chatTemplate: spec.chatTemplate }),
+        placement,
       };
       return HfRewardModelSource.load(resolve(baseDir, spec.path), options);
     }
@@ -40,12 +42,19 @@ async function createOne(spec: RewardSpec, baseDir: string): Promise<RewardSourc
   }
 }
 
-/** The reward source a config describes; one source of weight 1 and no penalty is returned as is. */
-export async function createRewardSource(config: RewardConfig, baseDir = process.cwd()): Promise<RewardSource> {
+/**
+ * The reward source a config describes; one source of weight 1 and no penalty is returned as is. Reward models
+ * are placed per `placement` (the run's device; the CPU by default).
+ */
+export async function createRewardSource(
+  config: RewardConfig,
+  baseDir = process.cwd(),
+  placement: DeviceOptions = {},
+): Promise<RewardSource> {
   if (config.sources.length === 0) throw new Error("reward: give at least one source (a model, a module or an http endpoint)");
   const created: RewardSource[] = [];
   try {
-    for (const spec of config.sources) created.push(await createOne(spec, baseDir));
+    for (const spec of config.sources) created.push(await createOne(spec, baseDir, placement));
   } catch (err) {
     // Free the reward models already loaded before reporting which source failed.
     await Promise.all(created.map((s) => s.dispose?.()));

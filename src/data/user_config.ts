@@ -6,6 +6,7 @@ import { resolve } from "node:path";
 
 import { z } from "zod";
 
+import type { DeviceName, PrecisionName } from "../engine/index.js";
 import { DEFAULT_MESSAGES_FIELD, DEFAULT_PROMPT_FIELD } from "./prompt_file.js";
 import type { RewardConfig, RewardSpec } from "./reward_spec.js";
 import type { UserTaskOptions } from "./user_task.js";
@@ -93,6 +94,8 @@ export interface UserRunConfig {
   loop: { prompts: number };
   eval: { prompts: number };
   sampling: { maxNewTokens: number };
+  device?: DeviceName;
+  precision?: PrecisionName;
 }
 
 function rewardConfig(sources: readonly RewardSourceConfig[], penalty: number): RewardConfig {
@@ -152,6 +155,10 @@ export function userTaskOptions(config: UserRunConfig, baseDir: string): UserTas
     baseDir,
   };
   if (config.model.reference !== undefined) options.reference = config.model.reference;
+  if (config.device !== undefined) {
+    options.placement = { device: config.device };
+    if (config.precision !== undefined) options.placement.precision = config.precision;
+  }
   if (config.model.tokenizer !== undefined) options.tokenizer = config.model.tokenizer;
   if (config.model.chatTemplate !== undefined) options.chatTemplate = config.model.chatTemplate;
   if (config.reward.evalSources !== undefined) {

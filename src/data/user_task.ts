@@ -5,6 +5,7 @@
 import { existsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
+import type { DeviceOptions } from "../engine/index.js";
 import type { ChatRewardPrompt } from "../rewards/module.js";
 import type { RewardBatch, RewardSource } from "../rewards/source.js";
 import type { Task, TaskPrompt } from "../tasks/task.js";
@@ -35,6 +36,8 @@ export interface UserTaskOptions {
   evalReward?: RewardConfig;
   /** Relative paths in the reward config are resolved against this directory. */
   baseDir?: string;
+  /** Where reward models run (the run's device); the CPU when absent. */
+  placement?: DeviceOptions;
 }
 
 /** A prompt as the loop sees it, plus the chat messages reward sources may re-render with their own template. */
@@ -137,7 +140,7 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
   const messagesByText = new Map<string, readonly ChatMessage[]>();
   for (const p of [...train, ...evaluation]) if (p.messages !== undefined) messagesByText.set(p.text, p.messages);
   const source = async (config: RewardConfig): Promise<RewardSource> =>
-    new WithMessages(await createRewardSource(config, baseDir), messagesByText);
+    new WithMessages(await createRewardSource(config, baseDir, options.placement ?? {}), messagesByText);
   const task: UserTask = {
     name: `user (${policyDir})`,
     tokenizer,

@@ -3,7 +3,7 @@
 // is rebuilt as a conversation and rendered with the reward model's OWN chat template and tokenizer, because its
 // vocabulary generally differs from the policy's. Without a chat template, prompt text + response text is scored.
 
-import { EngineModel } from "../engine/index.js";
+import { type DeviceOptions, EngineModel } from "../engine/index.js";
 import { type ChatMessage, HfTokenizer } from "../tokenizer/index.js";
 import type { ChatRewardPrompt } from "./module.js";
 import { scoreInChunks } from "./reward_model.js";
@@ -16,6 +16,8 @@ export interface HfRewardModelOptions {
   chatTemplate?: string;
   /** Sequences per engine call; bounds the activation memory of one call. */
   chunkSize?: number;
+  /** Where the reward model runs (with the policy: one device, one memory plan); the CPU when absent. */
+  placement?: DeviceOptions;
 }
 
 const DEFAULT_CHUNK = 64;
@@ -41,7 +43,7 @@ export class HfRewardModelSource implements RewardSource {
     }
     const tokenizerOptions = options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate };
     const tokenizer = await HfTokenizer.load(options.tokenizerDir ?? dir, tokenizerOptions);
-    const model = await EngineModel.load(dir);
+    const model = await EngineModel.load(dir, options.placement);
     try {
       if (!model.config.rewardModel) {
         throw new Error(

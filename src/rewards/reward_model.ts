@@ -1,7 +1,7 @@
 // A learned reward model on the native engine: an EngineModel built with rewardModel: true, whose score of
 // <prompt><response> (read at the last token) is the reward.
 
-import { EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
+import { type DeviceOptions, EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
 import { checkRewardBatch, type RewardBatch, type RewardPrompt, type RewardResponse, type RewardSource } from "./source.js";
 
 /** Turns one item into the reward model's token ids; the default reuses the policy's ids as they are. */
@@ -22,6 +22,8 @@ export interface RewardModelSourceOptions {
   chunkSize?: number;
   /** Needed when the reward model's tokenizer differs from the policy's. */
   encode?: RewardModelEncoder;
+  /** Where the reward model runs (with the policy: one device, one memory plan); the CPU when absent. */
+  placement?: DeviceOptions;
 }
 
 const DEFAULT_CHUNK = 512;
@@ -46,7 +48,7 @@ export class RewardModelSource implements RewardSource {
 
   /** Loads a reward-model checkpoint directory (config.json + model.safetensors). */
   static async load(dir: string, options: RewardModelSourceOptions = {}): Promise<RewardModelSource> {
-    return new RewardModelSource(await EngineModel.load(dir), `reward model ${dir}`, options);
+    return new RewardModelSource(await EngineModel.load(dir, options.placement), `reward model ${dir}`, options);
   }
 
   async score(batch: RewardBatch): Promise<number[]> {

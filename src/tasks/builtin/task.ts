@@ -47,7 +47,11 @@ export async function createBuiltinTask(config: Config, reporter: Reporter = sil
     decode: (ids) => decodeResponse(ids),
     createRewardSource: async () =>
       // The proxy also scores eval responses (to compare proxy and gold on the same responses).
-      config.reward.source === "gold" ? goldSource([...train, ...evaluation]) : RewardModelSource.load(prepared.paths.reward),
+      config.reward.source === "gold"
+        ? goldSource([...train, ...evaluation])
+        : RewardModelSource.load(prepared.paths.reward, {
+            placement: { device: config.device, precision: config.precision },
+          }),
     createEvalSource: async () => goldSource(evaluation),
   };
   if (config.model.reference !== undefined) return { ...task, referenceDir: config.model.reference };
