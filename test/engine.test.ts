@@ -1,7 +1,7 @@
 // The native engine through src/engine: model creation, log-probs, checkpoints, training, sampling, error
 // reporting, call queueing, and that long calls leave the JS event loop free.
 
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -75,6 +75,9 @@ describe("engine info", () => {
     expect(["openblas", "builtin"]).toContain(info.blas);
     expect(Number.isInteger(info.threads) && info.threads >= 1).toBe(true);
     expect(info.devices).toEqual([]);
+    // native bf16 needs a CPU with AVX512-BF16 (the build may still leave it out, e.g. without -march=native)
+    expect(typeof info.bf16Native).toBe("boolean");
+    if (info.bf16Native && existsSync("/proc/cpuinfo")) expect(readFileSync("/proc/cpuinfo", "utf8")).toMatch(/\bavx512_bf16\b/);
   });
 
   it("setThreads changes the reported thread count and rejects nonsense", () => {

@@ -9,6 +9,7 @@
 #include "core/checkpoint.h"
 #include "core/device.h"
 #include "core/model.h"
+#include "cpu/gemm.h"
 #include "model_wrap.h"
 #include "task.h"
 #include "threads.h"
@@ -28,6 +29,8 @@ static Napi::Value info_js(const Napi::CallbackInfo& info) {
   if (optune::cuda_built()) backends.Set(uint32_t{1}, "cuda");
   o.Set("backends", backends);
   o.Set("blas", OPTUNE_BLAS_NAME);
+  // CPU precision 'bf16' runs on AVX512-BF16 instructions (true) or a portable loop, slower than fp32 (false)
+  o.Set("bf16Native", optune::cpu::bf16_native());
   o.Set("threads", current_threads());
   // GPUs the CUDA backend can use (empty without it, a driver or a GPU)
   const std::vector<optune::GpuInfo> gpus = optune::list_gpus();

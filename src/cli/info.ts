@@ -17,6 +17,8 @@ export function infoCommand(): Command {
       console.log(`optune ${info.version}`);
       console.log(`backends: ${info.backends.join(", ")}`);
       console.log(`blas:     ${info.blas}`);
+      const bf16 = info.bf16Native ? "AVX512-BF16 (precision bf16 runs natively)" : "emulated (precision bf16 is slower than fp32 here)";
+      console.log(`cpu bf16: ${bf16}`);
       console.log(`threads:  ${info.threads}`);
       if (info.devices.length === 0) {
         const why = info.backends.includes("cuda") ? "no GPU visible" : "built without CUDA";

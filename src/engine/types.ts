@@ -110,6 +110,8 @@ export interface EngineInfo {
   backends: string[];
   /** "openblas" or "builtin". */
   blas: string;
+  /** CPU precision "bf16" runs on AVX512-BF16 instructions (else a portable loop, slower than fp32). */
+  bf16Native: boolean;
   threads: number;
   /** GPUs usable by the CUDA backend; empty without it, a driver or a GPU. */
   devices: GpuDevice[];
