@@ -1,6 +1,8 @@
 // Finite-difference gradient checks: every CPU kernel on its own, then the full model loss of both families with
 // every loss, checking elements of every parameter tensor. Central differences in fp32 with a step of 1e-3 leave an
 // error of about 1e-4, so tolerances are 2e-2 relative + 2e-3 absolute.
+#include <omp.h>
+
 #include <functional>
 #include <string>
 
@@ -314,6 +316,34 @@ TEST(bf16_mixed_precision_gradients_track_fp32) {
       }
       CHECK_MSG(g16 != g32, what + ": bf16 gradients equal the fp32 ones bit for bit: the bf16 path did not run");
     }
+}
+
+TEST(bf16_training_does_not_depend_on_the_thread_count) {
+  // gemm_bf16 gives every element of C one owner and a fixed order over K whatever the threads, so a bf16 step is
+  // bitwise the same on 1 and 2 threads (a size where the products split into several 64-row slabs)
+  ModelConfig cfg = testing::tiny_gpt2(64);
+  cfg.d_model = 32;
+  cfg.d_ff = 64;
+  cfg.n_head = 2;
+  cfg.n_kv_head = 2;
+  cfg.head_dim = 16;
+  cfg.max_positions = 128;
+  std::vector<float> grads[2];
+  const int threads = omp_get_max_threads();
+  for (int t : {1, 2}) {
+    omp_set_num_threads(t);
+    auto m = make_model(cfg);
+    testing::randomize(*m, 25);
+    TrainRequest r = pair_request(LossKind::DPO, cfg);
+    r.batch = testing::random_batch({90, 70, 80, 100}, {10, 20, 5, 30}, cfg.vocab_size, 12);
+    r.ref_chosen = {-300.0f, -250.0f};
+    r.ref_rejected = {-310.0f, -240.0f};
+    r.bf16 = true;
+    train_step(*m, r);
+    grads[t - 1] = m->grads;
+  }
+  omp_set_num_threads(threads);
+  CHECK(grads[0] == grads[1]);
 }
 
 TEST(zero_weight_pair_contributes_no_gradient) {
