@@ -413,13 +413,15 @@ DeviceOptions to_device_options(const Napi::Value& v, const std::string& name) {
   if (!device.IsUndefined()) {
     const std::string s = device.IsString() ? device.As<Napi::String>().Utf8Value() : "";
     if (s != "cpu" && s != "cuda" && s != "auto")
-      throw Napi::TypeError::New(env, name + ".device must be 'cpu', 'cuda' or 'auto', got " + describe(device));
+      throw Napi::TypeError::New(env, name + ".device must be 'cpu', 'cuda' or 'auto', got " +
+                                          (device.IsString() ? "'" + s + "'" : describe(device)));
     d.device = optune::parse_device(s);
   }
   if (!precision.IsUndefined()) {
     const std::string s = precision.IsString() ? precision.As<Napi::String>().Utf8Value() : "";
     if (s != "fp32" && s != "bf16")
-      throw Napi::TypeError::New(env, name + ".precision must be 'fp32' or 'bf16', got " + describe(precision));
+      throw Napi::TypeError::New(env, name + ".precision must be 'fp32' or 'bf16', got " +
+                                          (precision.IsString() ? "'" + s + "'" : describe(precision)));
     d.precision = optune::parse_precision(s);
   }
   return d;
