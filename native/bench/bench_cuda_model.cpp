@@ -10,8 +10,9 @@
 // MFU = FLOPs / time / peak, with the H100 SXM dense peaks (H200: the same): bf16 989 TFLOP/s, fp32 67 TFLOP/s
 // (fp32 mode runs plain fp32 GEMMs, no TF32).
 // Memory: mem_used_gib = device total - free right after the call (everything resident: CUDA context, cuBLAS
-// workspaces, both models' weights/gradients/moments, the shared activation arena); peak_gib adds the buffers a call
-// allocates and frees inside itself (the log-prob head's logits chunk, attention's rowsum), which are the only
+// workspaces, both models' weights/gradients/moments, the shared activation arena); peak_gib = mem_used_gib minus
+// the CUDA context measured at start (context_gib; PyTorch's max_memory_allocated leaves it out too) plus the buffers
+// a call allocates and frees inside itself (the log-prob head's logits chunk, attention's rowsum), the only
 // allocations not in mem_used.
 // Usage: bench_cuda_model [reps]   (default 3 timed repetitions after one warm-up)
 #include <algorithm>
@@ -95,6 +96,8 @@ std::vector<double> time_ms(int reps, F&& fn) {
   return ms;
 }
 
+double g_context_gib = 0;  // device memory in use before any model: the CUDA context
+
 void report(const char* bench, Precision p, const Batch& b, double flops, const std::vector<double>& ms,
             double peak_extra_gib, const Model& policy) {
   const double med = ms[ms.size() / 2];
@@ -105,9 +108,10 @@ void report(const char* bench, Precision p, const Batch& b, double flops, const 
   std::printf(
       "{\"bench\":\"%s\",\"precision\":\"%s\",\"sequences\":%d,\"tokens\":%d,\"ms_median\":%.2f,\"ms_min\":%.2f,"
       "\"tok_per_s\":%.0f,\"tflops\":%.2f,\"mfu\":%.4f,\"peak_tflops_assumed\":%.0f,\"mem_used_gib\":%.3f,"
-      "\"peak_gib\":%.3f,\"arena_gib\":%.3f,\"policy_state_gib\":%.3f}\n",
+      "\"peak_gib\":%.3f,\"context_gib\":%.3f,\"arena_gib\":%.3f,\"policy_state_gib\":%.3f}\n",
       bench, precision_name(p), b.n_seq(), b.n_tokens(), med, ms.front(), b.n_tokens() / (med * 1e-3), tflops,
-      tflops / peak_tflops, peak_tflops, used, used + peak_extra_gib, cuda::shared_arena().peak() / kGiB,
+      tflops / peak_tflops, peak_tflops, used, used - g_context_gib + peak_extra_gib, g_context_gib,
+      cuda::shared_arena().peak() / kGiB,
       ds ? ds->device_bytes() / kGiB : 0.0);
   std::fflush(stdout);
 }
@@ -121,7 +125,9 @@ int main(int argc, char** argv) {
   }
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
   try {
-    std::printf("{\"device\":\"%s\",\"reps\":%d}\n", cuda::device_description(0).c_str(), reps);
+    g_context_gib = used_gib();
+    std::printf("{\"device\":\"%s\",\"reps\":%d,\"context_gib\":%.3f}\n", cuda::device_description(0).c_str(),
+                reps, g_context_gib);
     const ModelConfig c = gpt2_124m();
     auto base = make_model(c);
     init_weights(*base, 1);
