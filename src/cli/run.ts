@@ -40,7 +40,7 @@ const FIELD_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: st
   ["lr", "--lr <x>", "optim.lr", "learning rate"],
   ["reward", "--reward <source>", "reward.source", "built-in task: model (learned proxy) | gold (the task's own reward)"],
   ["seed", "--seed <n>", "seed", "run seed"],
-  ["device", "--device <name>", "device", "cpu | cuda | auto: where the policy and reference run"],
+  ["device", "--device <name>", "device", "cpu | cuda | auto: where the policy, reference and reward model run"],
   ["precision", "--precision <p>", "precision", "fp32 | bf16 (bf16 matmuls; see README)"],
 ];
 

@@ -181,8 +181,8 @@ const PrepareSchema = section({
 export const ConfigSchema = section({
   seed: integer(closed(0), closed(0xffffffff)).default(1),
   /**
-   * Where the policy and reference models run: 'cuda' needs an engine built with the CUDA backend and a GPU (an
-   * error otherwise, never a silent fallback); 'auto' takes the GPU when there is one.
+   * Where the policy, reference and reward models run: 'cuda' needs an engine built with the CUDA backend and a
+   * GPU (an error otherwise, never a silent fallback); 'auto' takes the GPU when there is one.
    */
   device: choice(["cpu", "cuda", "auto"]).default("cpu"),
   /**
