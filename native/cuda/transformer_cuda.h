@@ -5,9 +5,9 @@
 // Memory (training): per block only what cannot be recomputed cheaply is kept: the attention output and its lse (no
 // [L, L] probabilities) and the two residual streams, 3 x [T, D] floats for GPT-2. Backward recomputes the norms,
 // q|k|v (GEMMs + RoPE) and the MLP pre-activations and activation from the kept inputs with the forward's own
-// kernels (bit-identical values), at the price of ~1/3 of a forward's GEMM FLOPs. For the GPT-2 124M DPO step
-// (64 x 512 tokens) that is ~3.4 GiB of kept activations instead of ~19 GiB. Logits never exist beyond one chunk
-// of rows (logprob.cu).
+// kernels (bit-identical values), at the price of the q|k|v and c_fc GEMMs once more (7 of a GPT-2 block's 12 d^2
+// units of forward GEMM work; ~9% more FLOPs in a GPT-2 124M DPO step). For that step (64 x 512 tokens) it keeps
+// ~3.4 GiB of activations instead of ~18 GiB. Logits never exist beyond one chunk of rows (logprob.cu).
 #pragma once
 #include <cstdint>
 #include <vector>
