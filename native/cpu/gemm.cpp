@@ -152,12 +152,11 @@ static PairsA pairs_of_a(const float* A, int lda, bool trans_a, int M, int K) {
   return p;
 }
 
-// How a bf16 row block reads op(A) and writes C: C = alpha * op(A) B + beta * C (beta 0: C is not read).
-struct Bf16Rows {
+// How a bf16 product reads op(A) and writes C: C = alpha * op(A) B + beta * C (beta 0: C is not read).
+struct Bf16Product {
   const PairsA* a;
   int kk0;  // B holds k pairs kk0 .. kk0 + B.K/2 of op(B)
   float alpha, beta;
-  bool parallel_panels;  // split the panels over threads (few rows) or run them all here (the caller splits rows)
 };
 
 // One MR x (NP * 16) tile of C: each vdpbf16ps adds a[k]*b[k] + a[k+1]*b[k+1] for 16 columns into fp32
@@ -201,17 +200,17 @@ static void bf16_tile(const uint32_t* a0, size_t rs, size_t ps, const uint32_t* 
 #endif
 }
 
-// bf16 product of MR rows of C against every panel of B, two panels at a time.
+// Rows row0 .. row1 of C at panel pair pp (columns 32 pp .. 32 pp + 32), in row blocks of 8, then 4, 2, 1. The
+// pair's panels (K/2 x 128 bytes) stay in cache while every row block passes over them.
 template <int MR>
-static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float* C, int ldc) {
+static void bf16_rows(const Bf16Product& s, int& row, int row1, int pp, const PackedB& B, float* C, int ldc) {
   constexpr int W = PackedB::kPanel;
-  const int N = B.N, KP = (B.K + 1) / 2, panels = (N + W - 1) / W, pairs = (panels + 1) / 2;
+  const int N = B.N, KP = (B.K + 1) / 2, panels = (N + W - 1) / W;
+  const int pi = 2 * pp, np = std::min(2, panels - pi);
   const size_t rs = s.a->row_stride, ps = s.a->pair_stride, panel_size = static_cast<size_t>(KP) * W;
-  const uint32_t* a0 = s.a->data.data() + static_cast<size_t>(row0) * rs + static_cast<size_t>(s.kk0) * ps;
-#pragma omp parallel for schedule(static) if (s.parallel_panels)
-  for (int pp = 0; pp < pairs; pp++) {
-    const int pi = 2 * pp, np = std::min(2, panels - pi);
-    const uint32_t* panel = B.pairs.data() + pi * panel_size;
+  const uint32_t* panel = B.pairs.data() + pi * panel_size;
+  for (; row + MR <= row1; row += MR) {
+    const uint32_t* a0 = s.a->data.data() + static_cast<size_t>(row) * rs + static_cast<size_t>(s.kk0) * ps;
     float out[MR][2 * W];
     if (np == 2)
       bf16_tile<MR, 2>(a0, rs, ps, panel, panel_size, KP, out);
@@ -219,7 +218,7 @@ static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float*
       bf16_tile<MR, 1>(a0, rs, ps, panel, panel_size, KP, out);
     const int nj = std::min(np * W, N - pi * W);
     for (int r = 0; r < MR; r++) {
-      float* c = C + static_cast<size_t>(row0 + r) * ldc + pi * W;
+      float* c = C + static_cast<size_t>(row + r) * ldc + pi * W;
       if (s.beta == 0.0f)
         for (int j = 0; j < nj; j++) c[j] = s.alpha * out[r][j];
       else
@@ -228,43 +227,58 @@ static void gemm_rows_bf16(const Bf16Rows& s, int row0, const PackedB& B, float*
   }
 }
 
-// Rows row0.. of C in blocks of 8, then 4, 2, 1 (16 zmm accumulators at most: 16 rows would spill).
-static void gemm_rows_bf16_all(const Bf16Rows& s, int row0, int rows, const PackedB& B, float* C, int ldc) {
-  int i = row0;
-  const int end = row0 + rows;
-  auto run = [&](auto kernel, int mr) {
-    for (; i + mr <= end; i += mr) kernel(s, i, B, C, ldc);
-  };
-  run(gemm_rows_bf16<8>, 8);
-  run(gemm_rows_bf16<4>, 4);
-  run(gemm_rows_bf16<2>, 2);
-  run(gemm_rows_bf16<1>, 1);
+static void bf16_block(const Bf16Product& s, int row0, int row1, int pp, const PackedB& B, float* C, int ldc) {
+  int row = row0;
+  bf16_rows<8>(s, row, row1, pp, B, C, ldc);
+  bf16_rows<4>(s, row, row1, pp, B, C, ldc);
+  bf16_rows<2>(s, row, row1, pp, B, C, ldc);
+  bf16_rows<1>(s, row, row1, pp, B, C, ldc);
+}
+
+// The product over one K slice, split over threads by panel pairs when B is wide (the LM head: thousands of pairs,
+// each read once) or the rows are few, else by 64-row slabs (each thread streams all of a small B). Either way
+// every element of C is one tile's fixed sequence over K: the split does not change the result.
+static void bf16_product(const Bf16Product& s, int M, const PackedB& B, float* C, int ldc) {
+  constexpr int W = PackedB::kPanel, kSlab = 64;
+  const int pairs = ((B.N + W - 1) / W + 1) / 2, slabs = (M + kSlab - 1) / kSlab;
+  const bool by_panels = pairs >= 4 * slabs || static_cast<size_t>(B.pairs.size()) * 4 > (512u << 10);
+  if (by_panels) {
+#pragma omp parallel for schedule(static)
+    for (int pp = 0; pp < pairs; pp++) bf16_block(s, 0, M, pp, B, C, ldc);
+  } else {
+#pragma omp parallel for schedule(static)
+    for (int sl = 0; sl < slabs; sl++)
+      for (int pp = 0; pp < pairs; pp++) bf16_block(s, sl * kSlab, std::min(M, (sl + 1) * kSlab), pp, B, C, ldc);
+  }
+}
+
+Bf16B pack_b_bf16(const float* B, int ldb, int K, int N, bool trans_b) {
+  Bf16B p;
+  p.K = K;
+  p.N = N;
+  // A long K (the weight gradients' K is the token count) goes in slices of 512, so a slab's pass over a slice of
+  // B stays in L2; the slices' partial products add up in C. Up to 1024: one slice (more slices would re-read C
+  // more often than they save).
+  p.slice = K <= 1024 ? K + (K % 2) : 512;
+  for (int k0 = 0; k0 < std::max(K, 1); k0 += p.slice) {
+    const float* b0 = trans_b ? B + k0 : B + static_cast<size_t>(k0) * ldb;
+    p.slices.push_back(pack_b(b0, ldb, std::min(p.slice, K - k0), N, trans_b, true));
+  }
+  return p;
+}
+
+void gemm_bf16(bool trans_a, int M, const float* A, int lda, const Bf16B& B, float alpha, float beta, float* C,
+               int ldc) {
+  if (M <= 0 || B.N <= 0) return;
+  const PairsA pa = pairs_of_a(A, lda, trans_a, M, B.K);
+  for (size_t i = 0; i < B.slices.size(); i++)
+    bf16_product({&pa, static_cast<int>(i) * B.slice / 2, alpha, i == 0 ? beta : 1.0f}, M, B.slices[i], C, ldc);
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
                int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  const PairsA pa = pairs_of_a(A, lda, trans_a, M, K);
-  // A long K (the weight gradients' K is the token count) goes in slices of 512, so the packed slice of B that
-  // every 8-row block streams stays in L2; the slices' partial products add up in C. Up to 1024: one slice (more
-  // slices would re-read C more often than they save).
-  const int kb = K <= 1024 ? K + (K % 2) : 512;
-  // many rows: each thread takes whole 64-row slabs; few rows: the panels are split instead
-  constexpr int kSlab = 64;
-  const int slabs = (M + kSlab - 1) / kSlab;
-  for (int k0 = 0; k0 < std::max(K, 1); k0 += kb) {
-    const int kn = std::min(kb, K - k0);
-    const float* b0 = trans_b ? B + k0 : B + static_cast<size_t>(k0) * ldb;
-    const PackedB pb = pack_b(b0, ldb, kn, N, trans_b, true);
-    const Bf16Rows s{&pa, k0 / 2, alpha, k0 == 0 ? beta : 1.0f, slabs < 2};
-    if (slabs < 2) {
-      gemm_rows_bf16_all(s, 0, M, pb, C, ldc);
-      continue;
-    }
-#pragma omp parallel for schedule(static)
-    for (int sl = 0; sl < slabs; sl++)
-      gemm_rows_bf16_all(s, sl * kSlab, std::min(kSlab, M - sl * kSlab), pb, C, ldc);
-  }
+  gemm_bf16(trans_a, M, A, lda, pack_b_bf16(B, ldb, K, N, trans_b), alpha, beta, C, ldc);
 }
 
 // One block of MR rows of C against every panel of B. MR is a compile-time constant so the accumulators stay in
@@ -302,7 +316,7 @@ void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int
   };
   if (B.bf16) {
     const PairsA pa = pairs_of_a(A, lda, false, M, B.K);
-    gemm_rows_bf16_all({&pa, 0, 1.0f, 0.0f, true}, 0, M, B, C, ldc);
+    bf16_product({&pa, 0, 1.0f, 0.0f}, M, B, C, ldc);
     return;
   }
   run(gemm_packed_rows<16>, 16);

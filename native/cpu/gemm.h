@@ -11,10 +11,6 @@ namespace optune::cpu {
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
           int ldb, float beta, float* C, int ldc);
 
-// The same product with op(A) and op(B) rounded to bf16 and fp32 accumulation (mixed-precision training on CPUs
-// with AVX512-BF16: about 1.8x the fp32 GEMM rate per core). op(B) is packed on every call.
-void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-               int ldb, float beta, float* C, int ldc);
 
 // The built-in kernel, always compiled, so tests can compare it with BLAS.
 void gemm_builtin(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda,
@@ -36,6 +32,23 @@ struct PackedB {
   std::vector<uint32_t> pairs;
 };
 PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16 = false);
+
+// The product with op(A) and op(B) rounded to bf16 and fp32 accumulation (mixed-precision training on CPUs with
+// AVX512-BF16: about 1.5-1.8x the fp32 GEMM rate per core). op(B) is packed on every call...
+void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+               int ldb, float beta, float* C, int ldc);
+// ...or once, for many products with the same B (the LM head's chunks): op(B) [K, N] in bf16 panels, K in slices.
+struct Bf16B {
+  int K = 0, N = 0, slice = 0;
+  std::vector<PackedB> slices;
+};
+Bf16B pack_b_bf16(const float* B, int ldb, int K, int N, bool trans_b);
+void gemm_bf16(bool trans_a, int M, const float* A, int lda, const Bf16B& B, float alpha, float beta, float* C,
+               int ldc);
+
+// gemm or gemm_bf16 (same arguments), for code that runs in either precision.
+using GemmFn = void (*)(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+inline GemmFn gemm_for(bool bf16) { return bf16 ? static_cast<GemmFn>(gemm_bf16) : static_cast<GemmFn>(gemm); }
 
 // C[M, N] = A[M, K] @ op(B). Every element is the same sequence of fused multiply-adds over K whatever M or the
 // thread count, so a row's result does not depend on which other rows share the call. With a bf16-packed B the

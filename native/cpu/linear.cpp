@@ -9,7 +9,7 @@ namespace optune::cpu {
 void linear_forward(float* out, const float* inp, const float* w, const float* bias, int rows, int in, int outf,
                     WeightLayout layout, bool bf16) {
   const bool out_in = layout == WeightLayout::OutIn;
-  (bf16 ? gemm_bf16 : gemm)(false, out_in, rows, outf, in, 1.0f, inp, in, w, out_in ? in : outf, 0.0f, out, outf);
+  gemm_for(bf16)(false, out_in, rows, outf, in, 1.0f, inp, in, w, out_in ? in : outf, 0.0f, out, outf);
   if (bias) {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
@@ -32,7 +32,7 @@ void linear_forward_packed(float* out, const float* inp, const PackedB& w, const
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
                      int rows, int in, int outf, WeightLayout layout, bool bf16) {
   if (rows <= 0) return;
-  const auto gemm = bf16 ? gemm_bf16 : cpu::gemm;
+  const GemmFn gemm = gemm_for(bf16);
   if (layout == WeightLayout::OutIn) {
     if (dinp) gemm(false, false, rows, in, outf, 1.0f, dout, outf, w, in, 1.0f, dinp, in);       // dX += dY W
     if (dw) gemm(true, false, outf, in, rows, 1.0f, dout, outf, inp, in, 1.0f, dw, in);           // dW += dY^T X

@@ -97,6 +97,26 @@ TEST(bf16_gemm_is_the_exact_product_of_bf16_rounded_operands) {
       }
 }
 
+TEST(bf16_gemm_with_b_packed_once_splits_k_and_columns_the_same) {
+  // wide B (split over threads by panel pairs), long K (several 512-row slices of B, partial sums added in C), and
+  // one packed B used for two products, as the LM head's chunks do
+  struct Shape { int M, N, K; };
+  for (const Shape sh : {Shape{7, 300, 37}, Shape{130, 45, 1100}, Shape{70, 520, 1030}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        Operands o = make(sh.M, sh.N, sh.K, ta, tb);
+        const cpu::Bf16B pb = cpu::pack_b_bf16(o.B.data(), o.ldb(), o.K, o.N, tb);
+        for (float beta : {0.0f, 1.0f}) {
+          std::vector<float> C = o.C, C2 = o.C;
+          cpu::gemm_bf16(ta, o.M, o.A.data(), o.lda(), pb, 0.5f, beta, C.data(), o.N);
+          const double e = worst_error(o, C, 0.5f, beta, bf16);
+          CHECK_MSG(e < 2e-6, name(o, beta) + ": worst relative error " + std::to_string(e));
+          cpu::gemm_bf16(ta, tb, o.M, o.N, o.K, 0.5f, o.A.data(), o.lda(), o.B.data(), o.ldb(), beta, C2.data(), o.N);
+          CHECK_MSG(C2 == C, name(o, beta) + ": packing once and packing per call differ");
+        }
+      }
+}
+
 TEST(packed_products_match_their_reference) {
   for (bool tb : {false, true})
     for (bool half : {false, true})
