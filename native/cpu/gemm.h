@@ -42,7 +42,7 @@ struct Bf16B {
   int K = 0, N = 0, slice = 0;
   std::vector<PackedB> slices;
 };
-Bf16B pack_b_bf16(const float* B, int ldb, int K, int N, bool trans_b);
+void pack_b_bf16(Bf16B& out, const float* B, int ldb, int K, int N, bool trans_b);  // reuses out's storage
 void gemm_bf16(bool trans_a, int M, const float* A, int lda, const Bf16B& B, float alpha, float beta, float* C,
                int ldc);
 

@@ -20,22 +20,30 @@ int logprob_chunk_rows(int vocab) {
 
 // bf16: W^T [d, V] packed once per call for every chunk's logits (the LM head is the largest matrix; packing it
 // per chunk would cost as much as the product).
-static Bf16B pack_head_t(const float* w, int d, int vocab, bool bf16) {
-  return bf16 ? pack_b_bf16(w, d, d, vocab, true) : Bf16B{};
+// The packs live per thread and keep their storage between calls (no fresh pages for a 50k x 768 head each step).
+static const Bf16B* pack_head(const float* w, int d, int vocab, bool transposed, bool bf16) {
+  if (!bf16) return nullptr;
+  thread_local Bf16B packs[2];
+  Bf16B& p = packs[transposed ? 0 : 1];
+  if (transposed)
+    pack_b_bf16(p, w, d, d, vocab, true);  // W^T [d, V]: logits = H W^T
+  else
+    pack_b_bf16(p, w, d, vocab, d, false);  // W [V, d]: dH = dZ W
+  return &p;
 }
 
 // Gathers h[src[r]] for the chunk, computes logits = H W^T (in bf16 when wt_bf16 holds W^T packed) and returns
 // each row's log-sum-exp.
 static void chunk_logits(std::vector<float>& hbuf, std::vector<float>& logits, std::vector<float>& lse,
                          const float* h, const int32_t* src, int r0, int rows, const float* w, int d, int vocab,
-                         const Bf16B& wt_bf16) {
+                         const Bf16B* wt_bf16) {
   hbuf.resize(static_cast<size_t>(rows) * d);
   logits.resize(static_cast<size_t>(rows) * vocab);
   lse.resize(rows);
   for (int r = 0; r < rows; r++)
     std::copy_n(h + static_cast<size_t>(src[r0 + r]) * d, d, hbuf.data() + static_cast<size_t>(r) * d);
-  if (!wt_bf16.slices.empty())
-    gemm_bf16(false, rows, hbuf.data(), d, wt_bf16, 1.0f, 0.0f, logits.data(), vocab);
+  if (wt_bf16)
+    gemm_bf16(false, rows, hbuf.data(), d, *wt_bf16, 1.0f, 0.0f, logits.data(), vocab);
   else
     gemm(false, true, rows, vocab, d, 1.0f, hbuf.data(), d, w, d, 0.0f, logits.data(), vocab);
 #pragma omp parallel for schedule(static)
@@ -66,7 +74,7 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
   const int chunk = logprob_chunk_rows(vocab);
   const bool keep = keep_probs && logprob_probs_fit(n, vocab);
   if (keep_probs) keep_probs->clear();
-  const Bf16B wt = pack_head_t(w, d, vocab, bf16);
+  const Bf16B* wt = pack_head(w, d, vocab, true, bf16);
   std::vector<float> hbuf, logits, lse;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
@@ -88,8 +96,8 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
                       int n, const float* w, int d, int vocab, std::vector<float>* kept_probs, bool bf16) {
   const int chunk = logprob_chunk_rows(vocab);
   const bool kept = kept_probs && kept_probs->size() == static_cast<size_t>(n) * vocab;
-  const Bf16B wt = pack_head_t(w, d, vocab, bf16 && !kept);
-  const Bf16B wn = bf16 ? pack_b_bf16(w, d, vocab, d, false) : Bf16B{};  // W [V, d] for dH = dZ W
+  const Bf16B* wt = pack_head(w, d, vocab, true, bf16 && !kept);
+  const Bf16B* wn = pack_head(w, d, vocab, false, bf16);
   std::vector<float> hbuf, logits, lse, dhbuf;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
@@ -115,7 +123,7 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
     }
     dhbuf.assign(static_cast<size_t>(rows) * d, 0.0f);
     if (bf16) {
-      gemm_bf16(false, rows, z0, vocab, wn, 1.0f, 0.0f, dhbuf.data(), d);                             // dH = dZ W
+      gemm_bf16(false, rows, z0, vocab, *wn, 1.0f, 0.0f, dhbuf.data(), d);                            // dH = dZ W
       gemm_bf16(true, false, vocab, d, rows, 1.0f, z0, vocab, hbuf.data(), d, 1.0f, dw, d);           // dW += dZ^T H
     } else {
       gemm(false, false, rows, d, vocab, 1.0f, z0, vocab, w, d, 0.0f, dhbuf.data(), d);

@@ -105,7 +105,8 @@ TEST(bf16_gemm_with_b_packed_once_splits_k_and_columns_the_same) {
     for (bool ta : {false, true})
       for (bool tb : {false, true}) {
         Operands o = make(sh.M, sh.N, sh.K, ta, tb);
-        const cpu::Bf16B pb = cpu::pack_b_bf16(o.B.data(), o.ldb(), o.K, o.N, tb);
+        cpu::Bf16B pb;
+        cpu::pack_b_bf16(pb, o.B.data(), o.ldb(), o.K, o.N, tb);
         for (float beta : {0.0f, 1.0f}) {
           std::vector<float> C = o.C, C2 = o.C;
           cpu::gemm_bf16(ta, o.M, o.A.data(), o.lda(), pb, 0.5f, beta, C.data(), o.N);
