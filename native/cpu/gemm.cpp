@@ -133,6 +133,16 @@ struct PairsA {
   size_t row_stride = 0, pair_stride = 0;
 };
 
+static ScratchPool<PairsA>& pairs_pool() {
+  static ScratchPool<PairsA> pool;
+  return pool;
+}
+
+ScratchPool<Bf16B>& bf16b_pool() {
+  static ScratchPool<Bf16B> pool;
+  return pool;
+}
+
 static void pairs_of_a(PairsA& p, const float* A, int lda, bool trans_a, int M, int K) {
   const int KP = (K + 1) / 2;
   p.data.resize(static_cast<size_t>(M) * KP);
@@ -281,18 +291,18 @@ void pack_b_bf16(Bf16B& p, const float* B, int ldb, int K, int N, bool trans_b) 
 void gemm_bf16(bool trans_a, int M, const float* A, int lda, const Bf16B& B, float alpha, float beta, float* C,
                int ldc) {
   if (M <= 0 || B.N <= 0) return;
-  thread_local PairsA pa;  // storage reused call after call (see pack_pairs_into)
-  pairs_of_a(pa, A, lda, trans_a, M, B.K);
+  auto pa = pairs_pool().get();
+  pairs_of_a(*pa, A, lda, trans_a, M, B.K);
   for (size_t i = 0; i < B.slices.size(); i++)
-    bf16_product({&pa, static_cast<int>(i) * B.slice / 2, alpha, i == 0 ? beta : 1.0f}, M, B.slices[i], C, ldc);
+    bf16_product({&*pa, static_cast<int>(i) * B.slice / 2, alpha, i == 0 ? beta : 1.0f}, M, B.slices[i], C, ldc);
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
                int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  thread_local Bf16B packed;  // storage reused call after call (see pack_pairs_into)
-  pack_b_bf16(packed, B, ldb, K, N, trans_b);
-  gemm_bf16(trans_a, M, A, lda, packed, alpha, beta, C, ldc);
+  auto packed = bf16b_pool().get();
+  pack_b_bf16(*packed, B, ldb, K, N, trans_b);
+  gemm_bf16(trans_a, M, A, lda, *packed, alpha, beta, C, ldc);
 }
 
 // One block of MR rows of C against every panel of B. MR is a compile-time constant so the accumulators stay in
@@ -329,9 +339,9 @@ void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int
     for (; i + mr <= M; i += mr) kernel(A + static_cast<size_t>(i) * lda, lda, B, C + static_cast<size_t>(i) * ldc, ldc);
   };
   if (B.bf16) {
-    thread_local PairsA pa;
-    pairs_of_a(pa, A, lda, false, M, B.K);
-    bf16_product({&pa, 0, 1.0f, 0.0f}, M, B, C, ldc);
+    auto pa = pairs_pool().get();
+    pairs_of_a(*pa, A, lda, false, M, B.K);
+    bf16_product({&*pa, 0, 1.0f, 0.0f}, M, B, C, ldc);
     return;
   }
   run(gemm_packed_rows<16>, 16);

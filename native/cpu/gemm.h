@@ -4,6 +4,8 @@
 // count (the built-in kernel by construction; OpenBLAS splits the output, not the reduction).
 #pragma once
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 namespace optune::cpu {
@@ -45,6 +47,44 @@ struct Bf16B {
 void pack_b_bf16(Bf16B& out, const float* B, int ldb, int K, int N, bool trans_b);  // reuses out's storage
 void gemm_bf16(bool trans_a, int M, const float* A, int lda, const Bf16B& B, float alpha, float beta, float* C,
                int ldc);
+
+// Scratch objects (pack storage) reused from call to call whatever thread makes the call, one per concurrent
+// caller: reusing storage avoids the first-touch zeroing of fresh pages (~6% of a GPT-2 124M bf16 step), and a
+// pool instead of thread_local keeps it to one copy however many worker threads the binding uses. Kept until exit.
+template <class T>
+class ScratchPool {
+ public:
+  class Lease {
+   public:
+    Lease(ScratchPool* pool, std::unique_ptr<T> item) : pool_(pool), item_(std::move(item)) {}
+    Lease(Lease&&) = default;
+    ~Lease() {
+      if (item_) pool_->put(std::move(item_));
+    }
+    T& operator*() { return *item_; }
+    T* operator->() { return item_.get(); }
+
+   private:
+    ScratchPool* pool_;
+    std::unique_ptr<T> item_;
+  };
+  Lease get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return Lease(this, std::make_unique<T>());
+    std::unique_ptr<T> item = std::move(free_.back());
+    free_.pop_back();
+    return Lease(this, std::move(item));
+  }
+
+ private:
+  void put(std::unique_ptr<T> item) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back(std::move(item));
+  }
+  std::mutex mu_;
+  std::vector<std::unique_ptr<T>> free_;
+};
+ScratchPool<Bf16B>& bf16b_pool();
 
 // gemm or gemm_bf16 (same arguments), for code that runs in either precision.
 using GemmFn = void (*)(bool, bool, int, int, int, float, const float*, int, const float*, int, float, float*, int);

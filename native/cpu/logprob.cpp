@@ -20,16 +20,12 @@ int logprob_chunk_rows(int vocab) {
 
 // bf16: W^T [d, V] packed once per call for every chunk's logits (the LM head is the largest matrix; packing it
 // per chunk would cost as much as the product).
-// The packs live per thread and keep their storage between calls (no fresh pages for a 50k x 768 head each step).
-static const Bf16B* pack_head(const float* w, int d, int vocab, bool transposed, bool bf16) {
-  if (!bf16) return nullptr;
-  thread_local Bf16B packs[2];
-  Bf16B& p = packs[transposed ? 0 : 1];
+// W packed for the bf16 products (storage from the pool: no fresh pages for a 50k x 768 head each step).
+static void pack_head(Bf16B& p, const float* w, int d, int vocab, bool transposed) {
   if (transposed)
     pack_b_bf16(p, w, d, d, vocab, true);  // W^T [d, V]: logits = H W^T
   else
     pack_b_bf16(p, w, d, vocab, d, false);  // W [V, d]: dH = dZ W
-  return &p;
 }
 
 // Gathers h[src[r]] for the chunk, computes logits = H W^T (in bf16 when wt_bf16 holds W^T packed) and returns
@@ -74,7 +70,9 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
   const int chunk = logprob_chunk_rows(vocab);
   const bool keep = keep_probs && logprob_probs_fit(n, vocab);
   if (keep_probs) keep_probs->clear();
-  const Bf16B* wt = pack_head(w, d, vocab, true, bf16);
+  auto wt_pack = bf16b_pool().get();
+  if (bf16) pack_head(*wt_pack, w, d, vocab, true);
+  const Bf16B* wt = bf16 ? &*wt_pack : nullptr;
   std::vector<float> hbuf, logits, lse;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
@@ -96,8 +94,11 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
                       int n, const float* w, int d, int vocab, std::vector<float>* kept_probs, bool bf16) {
   const int chunk = logprob_chunk_rows(vocab);
   const bool kept = kept_probs && kept_probs->size() == static_cast<size_t>(n) * vocab;
-  const Bf16B* wt = pack_head(w, d, vocab, true, bf16 && !kept);
-  const Bf16B* wn = pack_head(w, d, vocab, false, bf16);
+  auto wt_pack = bf16b_pool().get(), wn_pack = bf16b_pool().get();
+  if (bf16 && !kept) pack_head(*wt_pack, w, d, vocab, true);
+  if (bf16) pack_head(*wn_pack, w, d, vocab, false);
+  const Bf16B* wt = bf16 && !kept ? &*wt_pack : nullptr;
+  const Bf16B* wn = &*wn_pack;
   std::vector<float> hbuf, logits, lse, dhbuf;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
