@@ -32,7 +32,7 @@ struct Pick {
 // order, so the result is a pure function of (logits, settings, u). Returns token -1 when a logit is not finite.
 // The passes over the vocabulary are vectorized (max, exp); only the cumulative sums run in order, in double.
 Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::vector<int32_t>& idx,
-                std::vector<double>& prob, std::vector<float>& e) {
+                std::vector<double>& prob, std::vector<float>& e, std::vector<float>& block_sums) {
   float mx = -INFINITY, bad = 0.0f;  // bad: z * 0 is NaN for an infinite or NaN logit, and NaN poisons the sum
 #pragma omp simd reduction(max : mx) reduction(+ : bad)
   for (int j = 0; j < V; j++) {
@@ -59,12 +59,33 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::ve
 #pragma omp simd
       for (int j = 0; j < V; j++) e[j] = cpu::vexp((z[j] - mx) * inv_tf);
     }
+    // Inverse-CDF draw over blocks of 64 weights: each block's sum is a vectorized float sum, the blocks add up
+    // in double, and only the block holding the target is scanned weight by weight (a sequential double sum over
+    // the whole vocabulary was ~9% of a bf16 sampling run). A fixed order throughout: a pure function of (z, u).
+    constexpr int kBlock = 64;
+    const int nb = (V + kBlock - 1) / kBlock;
+    block_sums.resize(nb);
     double total = 0.0;
-    for (int j = 0; j < V; j++) total += e[j];
-    double target = u * total, acc = 0.0;
-    for (int j = 0; j < V; j++) {
-      acc += e[j];
-      if (acc > target) return {j, model_logp(j)};
+    for (int b = 0; b < nb; b++) {
+      float bs = 0.0f;
+      const int j1 = std::min(V, (b + 1) * kBlock);
+#pragma omp simd reduction(+ : bs)
+      for (int j = b * kBlock; j < j1; j++) bs += e[j];
+      block_sums[b] = bs;
+      total += bs;
+    }
+    const double target = u * total;
+    double acc = 0.0;
+    for (int b = 0; b < nb; b++) {
+      if (acc + block_sums[b] <= target) {
+        acc += block_sums[b];
+        continue;
+      }
+      for (int j = b * kBlock, j1 = std::min(V, (b + 1) * kBlock); j < j1; j++) {
+        acc += e[j];
+        if (acc > target) return {j, model_logp(j)};
+      }
+      break;  // rounding between the block sum and its element-wise sum: fall through to the last block's end
     }
     const int32_t last = static_cast<int32_t>(std::find(z, z + V, mx) - z);
     return {last, model_logp(last)};  // rounding at the very end of the cumulative sum
@@ -277,14 +298,15 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
       std::vector<int32_t> tok, pos, nkeys;
       std::vector<int32_t> idx;
       std::vector<double> prob;
-      std::vector<float> e;
+      std::vector<float> e, block_sums;
       for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
         const int B = static_cast<int>(active.size());
         for (int a = 0; a < B; a++) {
           const int s = active[a];
           const float* z = step_logits + static_cast<size_t>(logit_row[a]) * V;
           const Pick p =
-              pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob, e);
+              pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob, e,
+                         block_sums);
           // NaN/Inf logits mean the weights have diverged; sampling from them would return garbage quietly
           OPTUNE_CHECK(p.token >= 0, "sample: the model produced non-finite logits (NaN or Inf) at step " +
                                          std::to_string(step) + "; its weights have diverged: reload the last good "
