@@ -9,15 +9,12 @@
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
+#include "losses.h"
 #include "transformer.h"
 
 namespace optune {
 
 namespace {
-
-// log(1 + exp(x)) without overflow
-double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
-double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
 
 const char* loss_name(LossKind k) {
   switch (k) {
@@ -96,14 +93,8 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   TrainStats st;
 
   // reference log-probs (before the policy forward, so its activations are not alive at the same time)
-  std::vector<float> ref_c = r.ref_chosen, ref_r = r.ref_rejected;
-  if ((r.loss == LossKind::DPO || r.loss == LossKind::IPO) && ref_c.empty()) {
-    const LogprobResult ref = compute_logprobs(*r.ref_model, b);
-    for (size_t j = 0; j < r.chosen.size(); j++) {
-      ref_c.push_back(ref.seq_logps[r.chosen[j]]);
-      ref_r.push_back(ref.seq_logps[r.rejected[j]]);
-    }
-  }
+  std::vector<float> ref_c, ref_r;
+  reference_logprobs(r, ref_c, ref_r);
 
   if (m.grads.size() != m.params.size()) m.grads.assign(m.params.size(), 0.0f);
   std::fill(m.grads.begin(), m.grads.end(), 0.0f);
@@ -114,26 +105,14 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   transformer_forward(m, b, acts, true, nullptr, bf16);
   std::vector<float>& dnormf = ws.dnormf;
   dnormf.assign(static_cast<size_t>(T) * D, 0.0f);
-  auto weight = [&](size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); };
-  const size_t n_pairs = r.chosen.size();
-  st.n_pairs = static_cast<int>(n_pairs);
+  st.n_pairs = static_cast<int>(r.chosen.size());
 
   if (r.loss == LossKind::BT) {
     const float* w = score_weight(m);
     std::vector<float> score(n_seq);
     for (int s = 0; s < n_seq; s++)
       score[s] = score_dot(acts.normf.data() + static_cast<size_t>(b.offsets[s + 1] - 1) * D, w, D);
-    std::vector<double> g(n_seq, 0.0);  // dLoss/dscore
-    for (size_t j = 0; j < n_pairs; j++) {
-      const double diff = static_cast<double>(score[r.chosen[j]]) - score[r.rejected[j]];
-      st.loss += weight(j) * softplus(-diff) / n_pairs;
-      const double dl = -weight(j) * sigmoid(-diff) / n_pairs;
-      g[r.chosen[j]] += dl;
-      g[r.rejected[j]] -= dl;
-      st.chosen_reward += score[r.chosen[j]] / static_cast<double>(n_pairs);
-      st.rejected_reward += score[r.rejected[j]] / static_cast<double>(n_pairs);
-      st.accuracy += (diff > 0) / static_cast<double>(n_pairs);
-    }
+    const std::vector<double> g = bt_loss(r, score, st);  // dLoss/dscore
     float* dw = m.grads.data() + m.layout.score;
     for (int s = 0; s < n_seq; s++) {
       const size_t row = static_cast<size_t>(b.offsets[s + 1] - 1) * D;
@@ -150,34 +129,9 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     std::vector<float> logp(n_rows);
     cpu::logprob_forward(logp.data(), acts.normf.data(), rows.src.data(), rows.target.data(), n_rows, w, D,
                          m.cfg.vocab_size, &ws.head_probs, bf16);
-    std::vector<double> seq_logp(n_seq, 0.0), g_seq(n_seq, 0.0);  // g_seq: dLoss/d(sequence log-prob)
+    std::vector<double> seq_logp(n_seq, 0.0);
     for (int i = 0; i < n_rows; i++) seq_logp[rows.seq[i]] += logp[i];
-    if (r.loss == LossKind::SFT) {
-      for (int s = 0; s < n_seq; s++) g_seq[s] = -weight(s) / n_rows;
-      for (int s = 0; s < n_seq; s++) st.loss += g_seq[s] * seq_logp[s];
-    } else {
-      const double beta = r.beta;
-      for (size_t j = 0; j < n_pairs; j++) {
-        const double rc = beta * (seq_logp[r.chosen[j]] - ref_c[j]);
-        const double rr = beta * (seq_logp[r.rejected[j]] - ref_r[j]);
-        const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
-        double l, dl_dh;
-        if (r.loss == LossKind::DPO) {
-          l = softplus(-beta * h);
-          dl_dh = -beta * sigmoid(-beta * h);
-        } else {  // IPO: (h - 1/(2 beta))^2
-          const double e = h - 1.0 / (2.0 * beta);
-          l = e * e;
-          dl_dh = 2.0 * e;
-        }
-        st.loss += weight(j) * l / n_pairs;
-        g_seq[r.chosen[j]] += weight(j) * dl_dh / n_pairs;
-        g_seq[r.rejected[j]] -= weight(j) * dl_dh / n_pairs;
-        st.chosen_reward += rc / n_pairs;
-        st.rejected_reward += rr / n_pairs;
-        st.accuracy += (rc > rr) / static_cast<double>(n_pairs);
-      }
-    }
+    const std::vector<double> g_seq = sequence_loss(r, seq_logp, n_rows, ref_c, ref_r, st);  // dLoss/dseq_logp
     std::vector<float> g(n_rows);
     for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[rows.seq[i]]);
     cpu::logprob_backward(dnormf.data(), m.grads.data() + m.layout.lm_head, g.data(), acts.normf.data(),
@@ -185,7 +139,6 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
                           bf16);
     st.n_tokens = n_rows;
   }
-  st.margin = st.chosen_reward - st.rejected_reward;
 
   transformer_backward(m, b, acts, dnormf.data());
   if (r.apply_update) {

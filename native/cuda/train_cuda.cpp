@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/heads.h"
+#include "core/losses.h"
 #include "device_model.h"
 #include "memory.h"
 #include "ops.h"
@@ -17,9 +18,6 @@
 namespace optune::cuda {
 
 namespace {
-
-double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
-double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
 
 DeviceState& state_of(const Model& m) {
   DeviceState* ds = device_state(m);
@@ -37,14 +35,8 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
 
   // reference log-probs first (the reference model's activations are not alive during the policy's step); the
   // reference runs wherever it lives (the engine entry point dispatches)
-  std::vector<float> ref_c = r.ref_chosen, ref_r = r.ref_rejected;
-  if ((r.loss == LossKind::DPO || r.loss == LossKind::IPO) && ref_c.empty()) {
-    const LogprobResult ref = optune::compute_logprobs(*r.ref_model, b);
-    for (size_t j = 0; j < r.chosen.size(); j++) {
-      ref_c.push_back(ref.seq_logps[r.chosen[j]]);
-      ref_r.push_back(ref.seq_logps[r.rejected[j]]);
-    }
-  }
+  std::vector<float> ref_c, ref_r;
+  reference_logprobs(r, ref_c, ref_r);
 
   if (ds.grads.size() != ds.n_params) ds.grads = Buffer<float>(ds.n_params, "gradients");
   ds.grads.zero();
@@ -53,9 +45,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   Call k = prepare_call(ds, m, b, true, head);
   transformer_forward(m, ds, k);
   fill_zero(k.dnormf, static_cast<size_t>(b.n_tokens()) * D * sizeof(float));
-  auto weight = [&](size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); };
-  const size_t n_pairs = r.chosen.size();
-  st.n_pairs = static_cast<int>(n_pairs);
+  st.n_pairs = static_cast<int>(r.chosen.size());
 
   if (r.loss == LossKind::BT) {
     score_weight(m);  // throws for a model without a score head
@@ -63,17 +53,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     score_forward(k.score, k.acts.normf, k.last_rows, n_seq, w, D);
     std::vector<float> score(n_seq);
     copy_to_host(score.data(), k.score, n_seq * sizeof(float));
-    std::vector<double> g(n_seq, 0.0);  // dLoss/dscore
-    for (size_t j = 0; j < n_pairs; j++) {
-      const double diff = static_cast<double>(score[r.chosen[j]]) - score[r.rejected[j]];
-      st.loss += weight(j) * softplus(-diff) / n_pairs;
-      const double dl = -weight(j) * sigmoid(-diff) / n_pairs;
-      g[r.chosen[j]] += dl;
-      g[r.rejected[j]] -= dl;
-      st.chosen_reward += score[r.chosen[j]] / static_cast<double>(n_pairs);
-      st.rejected_reward += score[r.rejected[j]] / static_cast<double>(n_pairs);
-      st.accuracy += (diff > 0) / static_cast<double>(n_pairs);
-    }
+    const std::vector<double> g = bt_loss(r, score, st);  // dLoss/dscore
     std::vector<float> gf(g.begin(), g.end());
     copy_to_device(k.gscore, gf.data(), n_seq * sizeof(float));
     score_backward(k.dnormf, ds.grads.data() + m.layout.score, k.gscore, k.acts.normf, k.last_rows, n_seq, w, D);
@@ -85,34 +65,9 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     logprob_forward(k.logp, k.acts.normf, k.src, k.target, n_rows, w, D, m.cfg.vocab_size, 0, w16);
     std::vector<float> logp(n_rows);
     copy_to_host(logp.data(), k.logp, n_rows * sizeof(float));
-    std::vector<double> seq_logp(n_seq, 0.0), g_seq(n_seq, 0.0);  // g_seq: dLoss/d(sequence log-prob)
+    std::vector<double> seq_logp(n_seq, 0.0);
     for (int i = 0; i < n_rows; i++) seq_logp[k.row_seq[i]] += logp[i];
-    if (r.loss == LossKind::SFT) {
-      for (int s = 0; s < n_seq; s++) g_seq[s] = -weight(s) / n_rows;
-      for (int s = 0; s < n_seq; s++) st.loss += g_seq[s] * seq_logp[s];
-    } else {
-      const double beta = r.beta;
-      for (size_t j = 0; j < n_pairs; j++) {
-        const double rc = beta * (seq_logp[r.chosen[j]] - ref_c[j]);
-        const double rr = beta * (seq_logp[r.rejected[j]] - ref_r[j]);
-        const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
-        double l, dl_dh;
-        if (r.loss == LossKind::DPO) {
-          l = softplus(-beta * h);
-          dl_dh = -beta * sigmoid(-beta * h);
-        } else {  // IPO: (h - 1/(2 beta))^2
-          const double e = h - 1.0 / (2.0 * beta);
-          l = e * e;
-          dl_dh = 2.0 * e;
-        }
-        st.loss += weight(j) * l / n_pairs;
-        g_seq[r.chosen[j]] += weight(j) * dl_dh / n_pairs;
-        g_seq[r.rejected[j]] -= weight(j) * dl_dh / n_pairs;
-        st.chosen_reward += rc / n_pairs;
-        st.rejected_reward += rr / n_pairs;
-        st.accuracy += (rc > rr) / static_cast<double>(n_pairs);
-      }
-    }
+    const std::vector<double> g_seq = sequence_loss(r, seq_logp, n_rows, ref_c, ref_r, st);  // dLoss/dseq_logp
     std::vector<float> g(n_rows);
     for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[k.row_seq[i]]);
     copy_to_device(k.g, g.data(), n_rows * sizeof(float));
@@ -120,7 +75,6 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
                      m.cfg.vocab_size, 0, w16);
     st.n_tokens = n_rows;
   }
-  st.margin = st.chosen_reward - st.rejected_reward;
 
   transformer_backward(m, ds, k);
   if (r.apply_update) {

@@ -1,0 +1,81 @@
+#include "losses.h"
+
+#include <cmath>
+
+namespace optune {
+
+namespace {
+
+// log(1 + exp(x)) without overflow
+double softplus(double x) { return x > 0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+double sigmoid(double x) { return x >= 0 ? 1.0 / (1.0 + std::exp(-x)) : std::exp(x) / (1.0 + std::exp(x)); }
+
+double weight(const TrainRequest& r, size_t i) { return r.weights.empty() ? 1.0 : static_cast<double>(r.weights[i]); }
+
+}  // namespace
+
+void reference_logprobs(const TrainRequest& r, std::vector<float>& ref_chosen, std::vector<float>& ref_rejected) {
+  ref_chosen = r.ref_chosen;
+  ref_rejected = r.ref_rejected;
+  if ((r.loss != LossKind::DPO && r.loss != LossKind::IPO) || !ref_chosen.empty()) return;
+  const LogprobResult ref = compute_logprobs(*r.ref_model, r.batch);
+  for (size_t j = 0; j < r.chosen.size(); j++) {
+    ref_chosen.push_back(ref.seq_logps[r.chosen[j]]);
+    ref_rejected.push_back(ref.seq_logps[r.rejected[j]]);
+  }
+}
+
+std::vector<double> bt_loss(const TrainRequest& r, const std::vector<float>& score, TrainStats& st) {
+  const size_t n_pairs = r.chosen.size();
+  std::vector<double> g(score.size(), 0.0);
+  for (size_t j = 0; j < n_pairs; j++) {
+    const double diff = static_cast<double>(score[r.chosen[j]]) - score[r.rejected[j]];
+    st.loss += weight(r, j) * softplus(-diff) / n_pairs;
+    const double dl = -weight(r, j) * sigmoid(-diff) / n_pairs;
+    g[r.chosen[j]] += dl;
+    g[r.rejected[j]] -= dl;
+    st.chosen_reward += score[r.chosen[j]] / static_cast<double>(n_pairs);
+    st.rejected_reward += score[r.rejected[j]] / static_cast<double>(n_pairs);
+    st.accuracy += (diff > 0) / static_cast<double>(n_pairs);
+  }
+  st.margin = st.chosen_reward - st.rejected_reward;
+  return g;
+}
+
+std::vector<double> sequence_loss(const TrainRequest& r, const std::vector<double>& seq_logp, int n_rows,
+                                  const std::vector<float>& ref_chosen, const std::vector<float>& ref_rejected,
+                                  TrainStats& st) {
+  const int n_seq = static_cast<int>(seq_logp.size());
+  std::vector<double> g(n_seq, 0.0);
+  if (r.loss == LossKind::SFT) {
+    for (int s = 0; s < n_seq; s++) g[s] = -weight(r, s) / n_rows;
+    for (int s = 0; s < n_seq; s++) st.loss += g[s] * seq_logp[s];
+    return g;
+  }
+  const size_t n_pairs = r.chosen.size();
+  const double beta = r.beta;
+  for (size_t j = 0; j < n_pairs; j++) {
+    const double rc = beta * (seq_logp[r.chosen[j]] - ref_chosen[j]);
+    const double rr = beta * (seq_logp[r.rejected[j]] - ref_rejected[j]);
+    const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
+    double l, dl_dh;
+    if (r.loss == LossKind::DPO) {
+      l = softplus(-beta * h);
+      dl_dh = -beta * sigmoid(-beta * h);
+    } else {  // IPO: (h - 1/(2 beta))^2
+      const double e = h - 1.0 / (2.0 * beta);
+      l = e * e;
+      dl_dh = 2.0 * e;
+    }
+    st.loss += weight(r, j) * l / n_pairs;
+    g[r.chosen[j]] += weight(r, j) * dl_dh / n_pairs;
+    g[r.rejected[j]] -= weight(r, j) * dl_dh / n_pairs;
+    st.chosen_reward += rc / n_pairs;
+    st.rejected_reward += rr / n_pairs;
+    st.accuracy += (rc > rr) / static_cast<double>(n_pairs);
+  }
+  st.margin = st.chosen_reward - st.rejected_reward;
+  return g;
+}
+
+}  // namespace optune
