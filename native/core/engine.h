@@ -101,4 +101,7 @@ struct SampleResult {
 
 SampleResult sample(const Model& m, const SampleRequest& r);
 
+// The request checks sample() makes (clear optune::Errors), shared with the CUDA sampler.
+void validate_sample_request(const Model& m, const SampleRequest& r);
+
 }  // namespace optune

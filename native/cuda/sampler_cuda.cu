@@ -37,39 +37,8 @@ constexpr size_t kBlasWorkspace = size_t(32) << 20;
 // ---- request checks (the CPU sampler's rules and messages) ----------------------------------------------------------
 
 void check_request(const Model& m, const SampleRequest& r) {
+  optune::validate_sample_request(m, r);
   const ModelConfig& c = m.cfg;
-  const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1;
-  OPTUNE_CHECK(m.layout.lm_head != kAbsent, "sample: this model is a reward model: it has a score head, not an LM "
-                                            "head; use scores() instead of sampling");
-  OPTUNE_CHECK(n_prompts >= 1, "sample: no prompts (promptOffsets needs n_prompts + 1 entries)");
-  OPTUNE_CHECK(r.prompt_offsets[0] == 0 && r.prompt_offsets.back() == static_cast<int>(r.prompt_tokens.size()),
-               "sample: promptOffsets must start at 0 and end at the number of prompt tokens (" +
-                   std::to_string(r.prompt_tokens.size()) + ")");
-  for (int i = 0; i < n_prompts; i++) {
-    const int len = r.prompt_offsets[i + 1] - r.prompt_offsets[i];
-    OPTUNE_CHECK(len >= 1, "sample: prompt " + std::to_string(i) + " is empty (every prompt needs >= 1 token)");
-    OPTUNE_CHECK(len + r.max_new_tokens <= c.max_positions,
-                 "sample: prompt " + std::to_string(i) + " has " + std::to_string(len) + " tokens; with maxNewTokens " +
-                     std::to_string(r.max_new_tokens) + " it exceeds the model's max_positions " +
-                     std::to_string(c.max_positions) + " (shorten the prompt or lower maxNewTokens)");
-  }
-  for (size_t t = 0; t < r.prompt_tokens.size(); t++)
-    OPTUNE_CHECK(r.prompt_tokens[t] >= 0 && r.prompt_tokens[t] < c.vocab_size,
-                 "sample: prompt token id " + std::to_string(r.prompt_tokens[t]) + " at position " +
-                     std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
-  for (int32_t s : r.stop_tokens)
-    OPTUNE_CHECK(s >= 0 && s < c.vocab_size, "sample: stop token " + std::to_string(s) + " is outside the vocabulary");
-  OPTUNE_CHECK(r.n_samples >= 1 && r.n_samples <= (1 << 20), "sample: nSamples must be in [1, 2^20]");
-  OPTUNE_CHECK(r.max_new_tokens >= 1 && r.max_new_tokens <= c.max_positions,
-               "sample: maxNewTokens must be in [1, max_positions = " + std::to_string(c.max_positions) + "]");
-  OPTUNE_CHECK(static_cast<int64_t>(n_prompts) * r.n_samples <= (1 << 24),
-               "sample: nPrompts * nSamples = " + std::to_string(static_cast<int64_t>(n_prompts) * r.n_samples) +
-                   " responses in one call is too many; split the prompts into several calls");
-  OPTUNE_CHECK(std::isfinite(r.temperature) && r.temperature >= 0, "sample: temperature must be >= 0 (0 = greedy)");
-  OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
-  OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
-  OPTUNE_CHECK(r.stream_ids.empty() || static_cast<int>(r.stream_ids.size()) == n_prompts,
-               "sample: streamIds needs one entry per prompt (" + std::to_string(n_prompts) + ") or none");
   OPTUNE_CHECK(c.head_dim <= 128 && c.head_dim % 2 == 0 && c.n_head % c.n_kv_head == 0,
                "sample: the CUDA sampler needs an even head_dim <= 128 (got " + std::to_string(c.head_dim) + ")");
 }
