@@ -1,4 +1,5 @@
-// LayerNorm (GPT-2) and RMSNorm (Llama), forward and backward. Statistics are accumulated in double for accuracy;
+// LayerNorm (GPT-2) and RMSNorm (Llama), forward and backward. Statistics are accumulated in double for accuracy
+// (one partial sum per simd lane, combined in a fixed order: the same result for any thread count);
 // the forward saves mean/rstd so backward need not recompute them.
 #include <cmath>
 
@@ -12,9 +13,11 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
   for (int r = 0; r < rows; r++) {
     const float* x = inp + static_cast<size_t>(r) * d;
     double m = 0.0;
+#pragma omp simd reduction(+ : m)
     for (int i = 0; i < d; i++) m += x[i];
     m /= d;
     double v = 0.0;
+#pragma omp simd reduction(+ : v)
     for (int i = 0; i < d; i++) v += (x[i] - m) * (x[i] - m);
     v /= d;
     const float s = static_cast<float>(1.0 / std::sqrt(v + eps));
@@ -36,6 +39,7 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
     float* dx = dinp + static_cast<size_t>(r) * d;
     const float m = mean[r], s = rstd[r];
     double dnorm_mean = 0.0, dnorm_norm_mean = 0.0;
+#pragma omp simd reduction(+ : dnorm_mean, dnorm_norm_mean)
     for (int i = 0; i < d; i++) {
       const float xhat = (x[i] - m) * s;
       const float dn = w[i] * dy[i];
@@ -68,6 +72,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
   for (int r = 0; r < rows; r++) {
     const float* x = inp + static_cast<size_t>(r) * d;
     double ss = 0.0;
+#pragma omp simd reduction(+ : ss)
     for (int i = 0; i < d; i++) ss += static_cast<double>(x[i]) * x[i];
     const float s = static_cast<float>(1.0 / std::sqrt(ss / d + eps));
     float* o = out + static_cast<size_t>(r) * d;
@@ -85,6 +90,7 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
     float* dx = dinp + static_cast<size_t>(r) * d;
     const float s = rstd[r];
     double dot = 0.0;  // sum_i (w_i dy_i) xhat_i
+#pragma omp simd reduction(+ : dot)
     for (int i = 0; i < d; i++) dot += static_cast<double>(w[i] * dy[i]) * (x[i] * s);
     const float c = static_cast<float>(dot / d);
     for (int i = 0; i < d; i++) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
