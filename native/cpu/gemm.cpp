@@ -278,7 +278,7 @@ void pack_b_bf16(Bf16B& p, const float* B, int ldb, int K, int N, bool trans_b) 
   // A long K (the weight gradients' K is the token count) goes in slices of 512, so a slab's pass over a slice of
   // B stays in L2; the slices' partial products add up in C. Up to 1024: one slice (more slices would re-read C
   // more often than they save).
-  p.slice = K <= 1024 ? K + (K % 2) : 512;
+  p.slice = K <= 1024 ? std::max(2, K + (K % 2)) : 512;
   const int n = (std::max(K, 1) + p.slice - 1) / p.slice;
   p.slices.resize(n);
   for (int i = 0; i < n; i++) {

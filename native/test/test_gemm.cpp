@@ -118,6 +118,14 @@ TEST(bf16_gemm_with_b_packed_once_splits_k_and_columns_the_same) {
       }
 }
 
+TEST(bf16_gemm_with_empty_k_scales_c_by_beta) {
+  std::vector<float> A(3), B(5), C(15, 2.0f);
+  cpu::gemm_bf16(false, false, 3, 5, 0, 1.0f, A.data(), 1, B.data(), 5, 1.0f, C.data(), 5);
+  CHECK(C == std::vector<float>(15, 2.0f));
+  cpu::gemm_bf16(false, false, 3, 5, 0, 1.0f, A.data(), 1, B.data(), 5, 0.0f, C.data(), 5);
+  CHECK(C == std::vector<float>(15, 0.0f));
+}
+
 TEST(packed_products_match_their_reference) {
   for (bool tb : {false, true})
     for (bool half : {false, true})
