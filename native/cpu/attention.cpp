@@ -5,6 +5,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "gemm.h"
 #include "ops.h"
 #include "vecmath.h"
@@ -148,6 +152,59 @@ static void kv_cache_store_impl(T* kcache, T* vcache, int slot, int pos, const f
   for (int f = 0; f < kvd; f++) cache_put(vr[f], v[f]);
 }
 
+// The decode loops with explicit AVX-512 registers (head_dim a multiple of 16, at most 128): the scores of 64
+// positions stay in four accumulators over the whole head_dim, and the output row in head_dim/16 accumulators over
+// the positions, where the compiled loops stored and reloaded them at every step. Same multiply-adds in the same
+// order as the portable loops below (one FMA per element per step), so the same results. Return false when the
+// shape (or the build) does not allow them.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+static inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline __m512 load16(const uint16_t* p, __mmask16 m) {
+  // bf16 bits are the high half of the fp32 bits; the maskz forms (all lanes) avoid GCC 12's false
+  // "may be used uninitialized" on the unmasked intrinsics
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(__mmask16(0xFFFF), _mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(__mmask16(0xFFFF), wide, 16));
+}
+static inline __mmask16 lanes(int n) { return n >= 16 ? __mmask16(0xFFFF) : n > 0 ? __mmask16((1u << n) - 1) : 0; }
+
+template <class T>
+static bool decode_scores_avx512(float* p, const float* qi, float scale, const T* kt, int n, int cap, int hd) {
+  if (hd % 16 != 0 || hd > 128) return false;
+  for (int j0 = 0; j0 < n; j0 += 64) {
+    const __mmask16 m[4] = {lanes(n - j0), lanes(n - j0 - 16), lanes(n - j0 - 32), lanes(n - j0 - 48)};
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int d = 0; d < hd; d++) {
+      const __m512 qd = _mm512_set1_ps(qi[d] * scale);
+      const T* kd = kt + static_cast<size_t>(d) * cap + j0;
+      for (int b = 0; b < 4; b++)
+        if (m[b]) acc[b] = _mm512_fmadd_ps(qd, load16(kd + 16 * b, m[b]), acc[b]);
+    }
+    for (int b = 0; b < 4; b++) _mm512_mask_storeu_ps(p + j0 + 16 * b, m[b], acc[b]);
+  }
+  return true;
+}
+
+template <class T>
+static bool decode_values_avx512(float* o, const float* p, float inv, const T* vbase, int n, int kvd, int hd) {
+  if (hd % 16 != 0 || hd > 128) return false;
+  const int nc = hd / 16;
+  __m512 acc[8];
+  for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
+  for (int j = 0; j < n; j++) {
+    const __m512 pj = _mm512_set1_ps(p[j] * inv);
+    const T* vj = vbase + static_cast<size_t>(j) * kvd;
+    for (int c = 0; c < nc; c++) acc[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c, __mmask16(0xFFFF)), acc[c]);
+  }
+  for (int c = 0; c < nc; c++) _mm512_storeu_ps(o + 16 * c, acc[c]);
+  return true;
+}
+#else
+template <class T>
+static bool decode_scores_avx512(float*, const float*, float, const T*, int, int, int) { return false; }
+template <class T>
+static bool decode_values_avx512(float*, const float*, float, const T*, int, int, int) { return false; }
+#endif
+
 template <class T>
 static void attention_decode_impl(float* out, const float* q, int qs, const T* kcache, const T* vcache,
                                   const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head,
@@ -164,12 +221,14 @@ static void attention_decode_impl(float* out, const float* q, int qs, const T* k
       const float* qi = q + static_cast<size_t>(r) * qs + h * head_dim;
       // scores of all n keys at once: with the keys stored feature-major this is head_dim unit-stride AXPYs over
       // the positions (one horizontal sum per key would cost more than the key's whole dot product)
-      std::fill(p.begin(), p.begin() + n, 0.0f);
-      for (int d = 0; d < head_dim; d++) {
-        const float qd = qi[d] * scale;
-        const T* kd = kt + static_cast<size_t>(d) * cap;
+      if (!decode_scores_avx512(p.data(), qi, scale, kt, n, cap, head_dim)) {
+        std::fill(p.begin(), p.begin() + n, 0.0f);
+        for (int d = 0; d < head_dim; d++) {
+          const float qd = qi[d] * scale;
+          const T* kd = kt + static_cast<size_t>(d) * cap;
 #pragma omp simd
-        for (int j = 0; j < n; j++) p[j] += qd * cache_value(kd[j]);
+          for (int j = 0; j < n; j++) p[j] += qd * cache_value(kd[j]);
+        }
       }
       float mx = -INFINITY;
       for (int j = 0; j < n; j++) mx = std::max(mx, p[j]);
@@ -181,12 +240,14 @@ static void attention_decode_impl(float* out, const float* q, int qs, const T* k
       }
       const float inv = 1.0f / sum;
       float* o = out + static_cast<size_t>(r) * (n_head * head_dim) + h * head_dim;
-      std::fill(o, o + head_dim, 0.0f);
-      for (int j = 0; j < n; j++) {
-        const float pj = p[j] * inv;
-        const T* vj = vbase + static_cast<size_t>(j) * kvd;
+      if (!decode_values_avx512(o, p.data(), inv, vbase, n, kvd, head_dim)) {
+        std::fill(o, o + head_dim, 0.0f);
+        for (int j = 0; j < n; j++) {
+          const float pj = p[j] * inv;
+          const T* vj = vbase + static_cast<size_t>(j) * kvd;
 #pragma omp simd
-        for (int d = 0; d < head_dim; d++) o[d] += pj * cache_value(vj[d]);
+          for (int d = 0; d < head_dim; d++) o[d] += pj * cache_value(vj[d]);
+        }
       }
     }
 }

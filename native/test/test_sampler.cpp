@@ -62,6 +62,32 @@ TEST(kv_cache_decode_matches_full_forward_both_families) {
   }
 }
 
+TEST(kv_cache_decode_matches_full_forward_at_head_dim_16_and_past_64_keys) {
+  // head_dim 16 takes the AVX-512 decode loops (where the build has them); 7 + 70 positions cross their 64-key
+  // blocks; GQA on the Llama side. fp32 must match the full forward as closely as the portable loops do.
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+    cfg.d_model = 32;
+    cfg.n_head = 2;
+    cfg.n_kv_head = cfg.arch == Arch::GPT2 ? 2 : 1;
+    cfg.head_dim = 16;
+    cfg.d_ff = 48;
+    cfg.max_positions = 128;
+    auto m = make_model(cfg);
+    testing::randomize(*m, 34, 0.3f);
+    SampleRequest req = prompts_request(kPrompts, 2, 70);
+    for (bool bf16 : {false, true}) {
+      req.bf16 = bf16;
+      const SampleResult res = sample(*m, req);
+      const LogprobResult full = compute_logprobs(*m, as_batch(req, res));
+      double worst = 0;
+      for (size_t i = 0; i < res.token_logps.size(); i++)
+        worst = std::max(worst, (double)std::fabs(full.token_logps[i] - res.token_logps[i]));
+      CHECK_MSG(worst < (bf16 ? 0.25 : 1e-5), std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
+                                                  ": worst |decode - full| = " + std::to_string(worst));
+    }
+  }
+}
+
 TEST(greedy_equals_argmax_of_full_forward) {
   auto m = make_model(testing::tiny_llama());
   testing::randomize(*m, 32, 0.5f);
