@@ -127,9 +127,9 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::ve
 
 
 // Every weight matrix of the model packed for few-row products (decode steps), plus the LM head as [D, V]; in bf16
-// pairs when the request asks for bf16 decoding.
-PackedWeights pack_for_decoding(const Model& m, bool bf16) {
-  PackedWeights w;
+// pairs when the request asks for bf16 decoding. Packed into w's kept storage: fresh buffers on every call cost
+// their first-touch page faults.
+void pack_for_decoding(const Model& m, bool bf16, PackedWeights& w) {
   const bool in_out = m.cfg.is_gpt2();  // Conv1D [in, out]; nn.Linear [out, in]
   for (const LayerOffsets& o : m.layout.layers)
     for (size_t off : {o.qkv_w, o.q_w, o.k_w, o.v_w, o.o_w, o.fc_w, o.up_w, o.proj_w}) {
@@ -138,12 +138,13 @@ PackedWeights pack_for_decoding(const Model& m, bool bf16) {
       for (const ParamInfo& p : m.layout.tensors)
         if (p.offset == off) t = &p;
       const int rows = static_cast<int>(t->shape[0]), cols = static_cast<int>(t->shape[1]);
-      w[off] = in_out ? cpu::pack_b(m.params.data() + off, cols, rows, cols, false, bf16)
-                      : cpu::pack_b(m.params.data() + off, cols, cols, rows, true, bf16);
+      if (in_out)
+        cpu::pack_b_into(w[off], m.params.data() + off, cols, rows, cols, false, bf16);
+      else
+        cpu::pack_b_into(w[off], m.params.data() + off, cols, cols, rows, true, bf16);
     }
-  w[m.layout.lm_head] =
-      cpu::pack_b(lm_head_weight(m), m.cfg.d_model, m.cfg.d_model, m.cfg.vocab_size, true, bf16);
-  return w;
+  cpu::pack_b_into(w[m.layout.lm_head], lm_head_weight(m), m.cfg.d_model, m.cfg.d_model, m.cfg.vocab_size, true,
+                   bf16);
 }
 
 // Every layer's KV cache (cpu/ops.h layout), in fp32 or, for bf16 sampling, in bf16: each decode step reads the
@@ -226,7 +227,8 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   if (m.device) return m.device->sample(m, r);
   const ModelConfig& c = m.cfg;
   const bool bf16 = r.bf16 || m.cpu_bf16;
-  const PackedWeights packed = pack_for_decoding(m, bf16);
+  PackedWeights& packed = workspace_of(m).decode_weights;
+  pack_for_decoding(m, bf16, packed);
   const cpu::PackedB& head_packed = packed.at(m.layout.lm_head);
   const int n_prompts = static_cast<int>(r.prompt_offsets.size()) - 1, K = r.n_samples, R = n_prompts * K;
   const int D = c.d_model, V = c.vocab_size, KVD = c.kv_dim();

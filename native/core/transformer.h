@@ -58,6 +58,8 @@ struct Workspace {
   BackwardScratch back;
   std::vector<float> dnormf;
   std::vector<float> head_probs;  // the LM head's softmax kept between a train step's forward and backward
+  // the sampler's packed weights, repacked on every call (the weights may have changed) into kept storage
+  std::unordered_map<size_t, cpu::PackedB> decode_weights;
 };
 
 // The model's workspace, created on first use. Buffers only grow (resize keeps capacity).

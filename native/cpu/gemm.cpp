@@ -103,24 +103,33 @@ static void pack_pairs_into(PackedB& p, const float* B, int ldb, int K, int N, b
   }
 }
 
-PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
+void pack_b_into(PackedB& p, const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
   constexpr int W = PackedB::kPanel;
-  PackedB p;
   if (bf16) {
     pack_pairs_into(p, B, ldb, K, N, trans_b);
-    return p;
+    return;
   }
   p.K = K;
   p.N = N;
+  p.bf16 = false;
+  p.pairs.clear();
   const int panels = (N + W - 1) / W;
   auto at = [&](int k, int n) { return trans_b ? B[static_cast<size_t>(n) * ldb + k] : B[static_cast<size_t>(k) * ldb + n]; };
-  p.data.assign(static_cast<size_t>(panels) * K * W, 0.0f);
+  p.data.resize(static_cast<size_t>(panels) * K * W);
 #pragma omp parallel for schedule(static)
   for (int pi = 0; pi < panels; pi++) {
     float* dst = p.data.data() + static_cast<size_t>(pi) * K * W;
-    for (int k = 0; k < K; k++)
-      for (int j = 0; j < W && pi * W + j < N; j++) dst[static_cast<size_t>(k) * W + j] = at(k, pi * W + j);
+    const int nj = std::min(W, N - pi * W);
+    for (int k = 0; k < K; k++) {
+      for (int j = 0; j < nj; j++) dst[static_cast<size_t>(k) * W + j] = at(k, pi * W + j);
+      for (int j = nj; j < W; j++) dst[static_cast<size_t>(k) * W + j] = 0.0f;  // the last panel's padding
+    }
   }
+}
+
+PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
+  PackedB p;
+  pack_b_into(p, B, ldb, K, N, trans_b, bf16);
   return p;
 }
 

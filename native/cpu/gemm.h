@@ -34,6 +34,8 @@ struct PackedB {
   std::vector<uint32_t> pairs;
 };
 PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16 = false);
+// The same into p's storage (capacity kept: no fresh pages when the same shapes are packed again).
+void pack_b_into(PackedB& p, const float* B, int ldb, int K, int N, bool trans_b, bool bf16 = false);
 
 // The product with op(A) and op(B) rounded to bf16 and fp32 accumulation (mixed-precision training on CPUs with
 // AVX512-BF16: about 1.5-1.8x the fp32 GEMM rate per core). op(B) is packed on every call...
