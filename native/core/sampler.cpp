@@ -362,6 +362,11 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   for (const std::string& e : errors)
     if (!e.empty()) throw Error(e);
 
+  // the packs stay for the next call only while small: a large model's copy of its weights is not kept resident
+  size_t packed_bytes = 0;
+  for (const auto& [off, pw] : packed) packed_bytes += pw.data.capacity() * sizeof(float) + pw.pairs.capacity() * 4;
+  if (packed_bytes > (size_t(64) << 20)) PackedWeights().swap(packed);
+
   SampleResult res;
   res.offsets.push_back(0);
   for (int s = 0; s < R; s++) {

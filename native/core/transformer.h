@@ -58,7 +58,8 @@ struct Workspace {
   BackwardScratch back;
   std::vector<float> dnormf;
   std::vector<float> head_probs;  // the LM head's softmax kept between a train step's forward and backward
-  // the sampler's packed weights, repacked on every call (the weights may have changed) into kept storage
+  // the sampler's packed weights, repacked on every call (the weights may have changed) into kept storage; kept
+  // between calls only while under 64 MB, so a large model does not hold a second copy of its weights
   std::unordered_map<size_t, cpu::PackedB> decode_weights;
 };
 

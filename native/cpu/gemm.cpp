@@ -142,6 +142,8 @@ struct PairsA {
   size_t row_stride = 0, pair_stride = 0;
 };
 
+static size_t scratch_bytes(const PairsA& a) { return a.data.capacity() * sizeof(uint32_t); }
+
 static ScratchPool<PairsA>& pairs_pool() {
   static ScratchPool<PairsA> pool;
   return pool;

@@ -46,13 +46,21 @@ struct Bf16B {
   int K = 0, N = 0, slice = 0;
   std::vector<PackedB> slices;
 };
+inline size_t scratch_bytes(const Bf16B& b) {
+  size_t n = 0;
+  for (const PackedB& s : b.slices) n += s.pairs.capacity() * sizeof(uint32_t) + s.data.capacity() * sizeof(float);
+  return n;
+}
 void pack_b_bf16(Bf16B& out, const float* B, int ldb, int K, int N, bool trans_b);  // reuses out's storage
 void gemm_bf16(bool trans_a, int M, const float* A, int lda, const Bf16B& B, float alpha, float beta, float* C,
                int ldc);
 
 // Scratch objects (pack storage) reused from call to call whatever thread makes the call, one per concurrent
 // caller: reusing storage avoids the first-touch zeroing of fresh pages (~6% of a GPT-2 124M bf16 step), and a
-// pool instead of thread_local keeps it to one copy however many worker threads the binding uses. Kept until exit.
+// pool instead of thread_local keeps it to one copy however many worker threads the binding uses. An object
+// holding more than kScratchKeepBytes is freed instead of kept, so a large model's packs do not stay resident
+// between calls (its products are long enough for the page faults not to matter).
+constexpr size_t kScratchKeepBytes = size_t(256) << 20;
 template <class T>
 class ScratchPool {
  public:
@@ -80,6 +88,7 @@ class ScratchPool {
 
  private:
   void put(std::unique_ptr<T> item) {
+    if (scratch_bytes(*item) > kScratchKeepBytes) return;  // freed here
     std::lock_guard<std::mutex> lock(mu_);
     free_.push_back(std::move(item));
   }
