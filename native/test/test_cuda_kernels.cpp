@@ -17,6 +17,7 @@
 #include "cuda/ops.h"
 #include "test_helpers.h"
 #include "testing.h"
+#include "testing_cuda.h"
 
 using namespace optune;
 using testing::Rand;
@@ -409,14 +410,4 @@ TEST(out_of_memory_is_an_error_with_sizes) {
   CHECK(still_works.download()[1] == 2.0f);
 }
 
-int main() {
-  if (cuda::device_count() == 0) {
-    // Neither "ok" nor "FAIL": the runner counts these cases as neither passed nor failed.
-    for (auto& c : testing::registry()) std::printf("SKIPPED: no CUDA device %s\n", c.name);
-    std::printf("SKIPPED: %zu cases (no CUDA device)\n", testing::registry().size());
-    std::printf("0 cases, 0 failed\n");
-    return 0;
-  }
-  std::printf("device: %s\n", cuda::device_description(0).c_str());
-  return testing::run_all();
-}
+CUDA_TEST_MAIN()

@@ -19,6 +19,7 @@
 #include "cuda/memory.h"
 #include "test_helpers.h"
 #include "testing.h"
+#include "testing_cuda.h"
 
 using namespace optune;
 using testing::Rand;
@@ -326,13 +327,4 @@ TEST(errors_on_device) {
   CHECK_THROWS(adamw_update(*policy, AdamWConfig{}), "optimizer step before any gradient");
 }
 
-int main() {
-  if (cuda::device_count() == 0) {
-    for (auto& c : testing::registry()) std::printf("SKIPPED: no CUDA device %s\n", c.name);
-    std::printf("SKIPPED: %zu cases (no CUDA device)\n", testing::registry().size());
-    std::printf("0 cases, 0 failed\n");
-    return 0;
-  }
-  std::printf("device: %s\n", cuda::device_description(0).c_str());
-  return testing::run_all();
-}
+CUDA_TEST_MAIN()

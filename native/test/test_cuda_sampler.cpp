@@ -23,6 +23,7 @@
 #include "cuda/sampler_cuda.h"
 #include "test_helpers.h"
 #include "testing.h"
+#include "testing_cuda.h"
 
 using namespace optune;
 
@@ -352,14 +353,4 @@ TEST(bad_requests_and_non_finite_logits_throw) {
   CHECK(gpu_sample(*m, prompts_request(kPrompts, 2, 4)).tokens.size() == 24);
 }
 
-int main() {
-  if (cuda::device_count() == 0) {
-    // Neither "ok" nor "FAIL": the runner counts these cases as neither passed nor failed.
-    for (auto& c : testing::registry()) std::printf("SKIPPED: no CUDA device %s\n", c.name);
-    std::printf("SKIPPED: %zu cases (no CUDA device)\n", testing::registry().size());
-    std::printf("0 cases, 0 failed\n");
-    return 0;
-  }
-  std::printf("device: %s\n", cuda::device_description(0).c_str());
-  return testing::run_all();
-}
+CUDA_TEST_MAIN()
