@@ -6,11 +6,29 @@
 #include <string>
 #include <vector>
 
+#include "adamw.h"
 #include "device.h"
 #include "engine.h"
 #include "error.h"
 
 namespace optune {
+
+void check_grad_norm(double norm) {
+  OPTUNE_CHECK(std::isfinite(norm), "non-finite gradient (norm " + std::to_string(norm) +
+                                        "): the step was not applied and the weights are unchanged; lower the "
+                                        "learning rate or check the inputs for extreme values");
+}
+
+AdamWScalars adamw_scalars(Model& m, const AdamWConfig& o, double norm) {
+  AdamWScalars s;
+  s.clip = o.max_grad_norm > 0 ? static_cast<float>(std::min(1.0, o.max_grad_norm / (norm + 1e-6))) : 1.0f;
+  m.adam_step++;
+  const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(m.adam_step));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(m.adam_step));
+  s.step_size = static_cast<float>(o.lr / bc1);
+  s.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  return s;
+}
 
 // Sum of squares in fixed-size chunks, combined in chunk order: the same result for any thread count.
 static double grad_norm(const std::vector<float>& g) {
@@ -33,28 +51,20 @@ double adamw_update(Model& m, const AdamWConfig& o) {
   if (m.device) return m.device->adamw_update(m, o);
   OPTUNE_CHECK(m.grads.size() == m.params.size(), "optimizer step before any gradient was computed");
   const double norm = grad_norm(m.grads);
-  // A non-finite gradient must never reach the weights: stop here, leaving weights and moments untouched.
-  OPTUNE_CHECK(std::isfinite(norm), "non-finite gradient (norm " + std::to_string(norm) +
-                                        "): the step was not applied and the weights are unchanged; lower the "
-                                        "learning rate or check the inputs for extreme values");
-  float clip = 1.0f;
-  if (o.max_grad_norm > 0) clip = static_cast<float>(std::min(1.0, o.max_grad_norm / (norm + 1e-6)));
+  check_grad_norm(norm);
   if (m.adam_m.size() != m.params.size()) {
     m.adam_m.assign(m.params.size(), 0.0f);
     m.adam_v.assign(m.params.size(), 0.0f);
     m.adam_step = 0;
   }
-  m.adam_step++;
-  const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(m.adam_step));
-  const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(m.adam_step));
-  const float step_size = static_cast<float>(o.lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  const AdamWScalars s = adamw_scalars(m, o, norm);
+  const float clip = s.clip, step_size = s.step_size, bc2_sqrt = s.bc2_sqrt;
   for (const ParamInfo& t : m.layout.tensors) {
     float* p = m.params.data() + t.offset;
     const float* g = m.grads.data() + t.offset;
     float* mm = m.adam_m.data() + t.offset;
     float* vv = m.adam_v.data() + t.offset;
-    const float decay = t.decay ? 1.0f - o.lr * o.weight_decay : 1.0f;
+    const float decay = adamw_decay(o, t);
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < t.numel; i++) {
       const float gi = g[i] * clip;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/adamw.h"
 #include "core/heads.h"
 #include "core/losses.h"
 #include "device_model.h"
@@ -90,12 +91,7 @@ double adamw_update(Model& m, const AdamWConfig& o) {
   DeviceState& ds = state_of(m);
   OPTUNE_CHECK(ds.grads.size() == ds.n_params, "optimizer step before any gradient was computed");
   const double norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_params));
-  // A non-finite gradient must never reach the weights: stop here, leaving weights and moments untouched.
-  OPTUNE_CHECK(std::isfinite(norm), "non-finite gradient (norm " + std::to_string(norm) +
-                                        "): the step was not applied and the weights are unchanged; lower the "
-                                        "learning rate or check the inputs for extreme values");
-  float clip = 1.0f;
-  if (o.max_grad_norm > 0) clip = static_cast<float>(std::min(1.0, o.max_grad_norm / (norm + 1e-6)));
+  check_grad_norm(norm);
   if (ds.adam_m.size() != ds.n_params) {
     ds.adam_m = Buffer<float>(ds.n_params, "AdamW first moments");
     ds.adam_v = Buffer<float>(ds.n_params, "AdamW second moments");
@@ -103,16 +99,11 @@ double adamw_update(Model& m, const AdamWConfig& o) {
     ds.adam_v.zero();
     m.adam_step = 0;
   }
-  m.adam_step++;
-  const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(m.adam_step));
-  const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(m.adam_step));
-  const float step_size = static_cast<float>(o.lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  for (const ParamInfo& t : m.layout.tensors) {
-    const float decay = t.decay ? 1.0f - o.lr * o.weight_decay : 1.0f;
+  const AdamWScalars s = adamw_scalars(m, o, norm);
+  for (const ParamInfo& t : m.layout.tensors)
     adamw_step(ds.params.data() + t.offset, ds.grads.data() + t.offset, ds.adam_m.data() + t.offset,
-               ds.adam_v.data() + t.offset, t.numel, decay, o.beta1, o.beta2, o.eps, step_size, bc2_sqrt, clip);
-  }
+               ds.adam_v.data() + t.offset, t.numel, adamw_decay(o, t), o.beta1, o.beta2, o.eps, s.step_size,
+               s.bc2_sqrt, s.clip);
   ds.refresh_bf16();
   ds.host_stale = true;
   return norm;

@@ -1,0 +1,24 @@
+// What one AdamW step computes once for all tensors, shared by the CPU optimizer (adamw.cpp) and the CUDA one
+// (cuda/train_cuda.cpp), which differ only in where the per-element update runs.
+#pragma once
+#include "engine.h"
+
+namespace optune {
+
+// A non-finite gradient norm must never reach the weights: an optune::Error, with weights and moments untouched.
+void check_grad_norm(double norm);
+
+struct AdamWScalars {
+  float clip;       // global-norm clipping factor applied to every gradient (1 without clipping)
+  float step_size;  // lr / (1 - beta1^t)
+  float bc2_sqrt;   // sqrt(1 - beta2^t)
+};
+// Advances m.adam_step (the moments must exist) and returns the step's scalars.
+AdamWScalars adamw_scalars(Model& m, const AdamWConfig& o, double norm);
+
+// 1 - lr * weight_decay for the tensors ParamInfo marks for decay (matrices, embeddings), else 1.
+inline float adamw_decay(const AdamWConfig& o, const ParamInfo& t) {
+  return t.decay ? 1.0f - o.lr * o.weight_decay : 1.0f;
+}
+
+}  // namespace optune
