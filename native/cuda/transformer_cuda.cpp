@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "core/heads.h"
+#include "core/transformer.h"
 #include "memory.h"
 #include "ops.h"
 
@@ -18,20 +19,9 @@ namespace {
 
 int qkv_width(const ModelConfig& c) { return c.is_gpt2() ? 3 * c.d_model : c.q_dim() + 2 * c.kv_dim(); }
 
-// Pointers into one layer's q/k/v storage with row strides (core/transformer.cpp's qkv_view).
-struct QKV {
-  float *q, *k, *v;
-  int qs, ks, vs;
-};
-QKV qkv_view(const ModelConfig& c, float* qkv, int T) {
-  if (c.is_gpt2()) {
-    const int D = c.d_model;
-    return {qkv, qkv + D, qkv + 2 * D, 3 * D, 3 * D, 3 * D};
-  }
-  const size_t qd = c.q_dim(), kvd = c.kv_dim();
-  return {qkv, qkv + T * qd, qkv + T * qd + T * kvd, static_cast<int>(qd), static_cast<int>(kvd),
-          static_cast<int>(kvd)};
-}
+// q/k/v pointers into one layer's storage: the CPU engine's layout and view (core/transformer.h).
+using optune::QKV;
+using optune::qkv_view;
 
 // Rows grouped by key (keys in [0, n_keys)), rows in increasing order within a key.
 struct HostIndex {
