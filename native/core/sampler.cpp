@@ -31,8 +31,18 @@ struct Pick {
 // Draws one token from a logits row. Candidates are ordered by (logit desc, index asc) whenever filtering needs an
 // order, so the result is a pure function of (logits, settings, u). Returns token -1 when a logit is not finite.
 // The passes over the vocabulary are vectorized (max, exp); only the cumulative sums run in order, in double.
-Pick pick_token(const float* z, int V, const SampleRequest& r, double u, std::vector<int32_t>& idx,
-                std::vector<double>& prob, std::vector<float>& e, std::vector<float>& block_sums) {
+// pick_token's buffers, kept by each decode thread across steps.
+struct PickScratch {
+  std::vector<float> e;           // exp terms of the logits
+  std::vector<float> block_sums;  // their sums per 64-weight block
+  std::vector<int32_t> idx;       // candidates in filter order (top-k / top-p)
+  std::vector<double> prob;       // their weights
+};
+
+Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScratch& ps) {
+  std::vector<float>&e = ps.e, &block_sums = ps.block_sums;
+  std::vector<int32_t>& idx = ps.idx;
+  std::vector<double>& prob = ps.prob;
   float mx = -INFINITY, bad = 0.0f;  // bad: z * 0 is NaN for an infinite or NaN logit, and NaN poisons the sum
 #pragma omp simd reduction(max : mx) reduction(+ : bad)
   for (int j = 0; j < V; j++) {
@@ -300,17 +310,13 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
       Acts dec;
       std::vector<float> x;
       std::vector<int32_t> tok, pos, nkeys;
-      std::vector<int32_t> idx;
-      std::vector<double> prob;
-      std::vector<float> e, block_sums;
+      PickScratch pick;
       for (int step = 0; step < r.max_new_tokens && !active.empty(); step++) {
         const int B = static_cast<int>(active.size());
         for (int a = 0; a < B; a++) {
           const int s = active[a];
           const float* z = step_logits + static_cast<size_t>(logit_row[a]) * V;
-          const Pick p =
-              pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), idx, prob, e,
-                         block_sums);
+          const Pick p = pick_token(z, V, r, rng_uniform(r.seed, stream[s], static_cast<uint64_t>(step)), pick);
           // NaN/Inf logits mean the weights have diverged; sampling from them would return garbage quietly
           OPTUNE_CHECK(p.token >= 0, "sample: the model produced non-finite logits (NaN or Inf) at step " +
                                          std::to_string(step) + "; its weights have diverged: reload the last good "

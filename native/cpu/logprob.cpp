@@ -4,6 +4,7 @@
 // training forward could keep the softmax of every row (small vocabularies: at most 64 MB), which saves the
 // [rows x vocab x d] logits product a second time (about 7% of a tiny model's DPO step).
 #include <algorithm>
+#include <optional>
 #include <cmath>
 #include <vector>
 
@@ -18,14 +19,19 @@ int logprob_chunk_rows(int vocab) {
   return static_cast<int>(std::max<int64_t>(8, std::min<int64_t>(512, budget / std::max(vocab, 1))));
 }
 
-// bf16: W^T [d, V] packed once per call for every chunk's logits (the LM head is the largest matrix; packing it
-// per chunk would cost as much as the product).
-// W packed for the bf16 products (storage from the pool: no fresh pages for a 50k x 768 head each step).
-static void pack_head(Bf16B& p, const float* w, int d, int vocab, bool transposed) {
+// bf16: W (or W^T) packed once per call for every chunk (the LM head is the largest matrix: packing it per chunk
+// would cost as much as the product), in storage from the pool (no fresh pages for a 50k x 768 head each step).
+// Nothing when !use: fp32 calls take no lease.
+using HeadPack = std::optional<ScratchPool<Bf16B>::Lease>;
+static HeadPack pack_head(bool use, const float* w, int d, int vocab, bool transposed) {
+  HeadPack p;
+  if (!use) return p;
+  p.emplace(bf16b_pool().get());
   if (transposed)
-    pack_b_bf16(p, w, d, d, vocab, true);  // W^T [d, V]: logits = H W^T
+    pack_b_bf16(**p, w, d, d, vocab, true);  // W^T [d, V]: logits = H W^T
   else
-    pack_b_bf16(p, w, d, vocab, d, false);  // W [V, d]: dH = dZ W
+    pack_b_bf16(**p, w, d, vocab, d, false);  // W [V, d]: dH = dZ W
+  return p;
 }
 
 // Gathers h[src[r]] for the chunk, computes logits = H W^T (in bf16 when wt_bf16 holds W^T packed) and returns
@@ -70,9 +76,8 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
   const int chunk = logprob_chunk_rows(vocab);
   const bool keep = keep_probs && logprob_probs_fit(n, vocab);
   if (keep_probs) keep_probs->clear();
-  auto wt_pack = bf16b_pool().get();
-  if (bf16) pack_head(*wt_pack, w, d, vocab, true);
-  const Bf16B* wt = bf16 ? &*wt_pack : nullptr;
+  HeadPack wt_pack = pack_head(bf16, w, d, vocab, true);
+  const Bf16B* wt = wt_pack ? &**wt_pack : nullptr;
   std::vector<float> hbuf, logits, lse;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
@@ -94,11 +99,10 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
                       int n, const float* w, int d, int vocab, std::vector<float>* kept_probs, bool bf16) {
   const int chunk = logprob_chunk_rows(vocab);
   const bool kept = kept_probs && kept_probs->size() == static_cast<size_t>(n) * vocab;
-  auto wt_pack = bf16b_pool().get(), wn_pack = bf16b_pool().get();
-  if (bf16 && !kept) pack_head(*wt_pack, w, d, vocab, true);
-  if (bf16) pack_head(*wn_pack, w, d, vocab, false);
-  const Bf16B* wt = bf16 && !kept ? &*wt_pack : nullptr;
-  const Bf16B* wn = &*wn_pack;
+  HeadPack wt_pack = pack_head(bf16 && !kept, w, d, vocab, true);
+  HeadPack wn_pack = pack_head(bf16, w, d, vocab, false);
+  const Bf16B* wt = wt_pack ? &**wt_pack : nullptr;
+  const Bf16B* wn = wn_pack ? &**wn_pack : nullptr;
   std::vector<float> hbuf, logits, lse, dhbuf;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
