@@ -3,7 +3,7 @@
 #   1. native tests built with -DOPTUNE_SANITIZE=ON (ASan + UBSan, OpenMP on) in build-asan/, via scripts/test.mjs
 #   2. a libFuzzer smoke of the parsers: scripts/fuzz.sh --smoke (10 s per target)
 #   3. the addon leak check: an addon built for valgrind (no -march=native) in build-leak/, then
-#      scripts/leak-check.mjs (RSS growth, 2 x 100 iterations) and scripts/leak-check.mjs --valgrind (3 vs 6)
+#      scripts/leak-check.mjs (RSS growth, 100 warm-up + 2 x 100 measured iterations) and scripts/leak-check.mjs --valgrind (3 vs 6)
 # Installs clang, libclang-rt-14-dev and valgrind when missing (Debian, as root). Every step prints its own
 # "N passed, N failed"; the last line here is their sum. Exits non-zero on any failure. About 8 minutes on 2 cores.
 set -uo pipefail
