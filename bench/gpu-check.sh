@@ -13,7 +13,8 @@
 # Environment: OPTUNE_GPU_ARCHS (default: the GPU's own, e.g. 90 on an H100, to keep the build short),
 #              OPTUNE_CUBLAS_ROOT (when cuBLAS is not inside the CUDA toolkit), OPTUNE_GPU_BUILD_DIR,
 #              OPTUNE_GPU_CHECK_BUDGET (seconds for everything, default 510), OPTUNE_PYTHON (default python3),
-#              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled).
+#              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled),
+#              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device").
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
 # (about 75 s of it compiling; --skip-compiled saves that).
@@ -86,7 +87,19 @@ else
   rc[build]=1
 fi
 if ((rc[build] == 0)); then
-  stage ctest 180 ctest --test-dir "$build" -V --timeout $((150 * scale)) --parallel 4 || rc[ctest]=$?
+  ctest_filter=()
+  [[ -n ${OPTUNE_GPU_CTEST_REGEX:-} ]] && ctest_filter=(-R "$OPTUNE_GPU_CTEST_REGEX")
+  stage ctest 180 ctest --test-dir "$build" -V --timeout $((150 * scale)) --parallel 4 "${ctest_filter[@]}" ||
+    rc[ctest]=$?
+  # A failed CUDA test runs again under compute-sanitizer (memcheck): the first bad access or API error, by kernel
+  # and thread, is what the next fix needs; an illegal address would otherwise fail every later case alike.
+  if ((rc[ctest] != 0 && !dry)) && command -v compute-sanitizer >/dev/null 2>&1; then
+    for t in test_cuda_kernels test_cuda_model test_cuda_sampler; do
+      if grep -qE "[0-9]+/[0-9]+ Test +#[0-9]+: $t .*(Failed|Timeout|Exception)" "$out/ctest.log"; then
+        stage "sanitize_$t" 90 compute-sanitizer --tool memcheck --print-limit 12 "$build/$t"
+      fi
+    done
+  fi
   for b in kernels sample model; do
     exe=$build/bench_cuda_$b
     if [[ -x $exe ]]; then
