@@ -14,7 +14,8 @@
 #              OPTUNE_CUBLAS_ROOT (when cuBLAS is not inside the CUDA toolkit), OPTUNE_GPU_BUILD_DIR,
 #              OPTUNE_GPU_CHECK_BUDGET (seconds for everything, default 510), OPTUNE_PYTHON (default python3),
 #              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled),
-#              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device").
+#              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device"),
+#              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks: profile_*.log).
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
 # (about 75 s of it compiling; --skip-compiled saves that).
@@ -109,6 +110,13 @@ if ((rc[build] == 0)); then
       echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
     fi
   done
+  # OPTUNE_GPU_PROFILE=1: per-kernel GPU time (Nsight Compute, one metric) of a bf16 sampling run (eager steps, so
+  # each kernel is seen; the first 2500 launches: the prefill and ~20 decode steps) and of the bf16 model benchmark.
+  if [[ ${OPTUNE_GPU_PROFILE:-0} == 1 ]] && command -v ncu >/dev/null 2>&1; then
+    prof=(ncu --metrics gpu__time_duration.sum --print-summary per-kernel --launch-count 2500)
+    stage profile_sample 100 env OPTUNE_CUDA_GRAPHS=0 "${prof[@]}" "$build/bench_cuda_sample" 1 bf16
+    stage profile_model 120 "${prof[@]}" "$build/bench_cuda_model" 1 bf16
+  fi
 else
   rc[ctest]=1 rc[bench_kernels]=1 rc[bench_sample]=1 rc[bench_model]=1
 fi

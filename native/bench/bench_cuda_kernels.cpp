@@ -87,6 +87,13 @@ int main() {
       cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
                                q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd);
     }, 3);
+    time_it("attention fwd bf16 (mma)", att_flops, [&] {
+      cuda::attention_forward(att.data(), lse.data(), q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, H, H, hd, true);
+    });
+    time_it("attention bwd bf16 (mma)", 2.5 * att_flops, [&] {
+      cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
+                               q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
+    });
 
     Buf wte = random_buffer(static_cast<size_t>(V) * d, 8, 0.02f), logp(T), gl = random_buffer(T, 9), dwte(wte.size());
     dwte.zero();
@@ -98,6 +105,16 @@ int main() {
     }, 3);
     time_it("logprob bwd 4096 x 50257", 6.0 * T * V * d, [&] {
       cuda::logprob_backward(dx.data(), dwte.data(), gl.data(), x.data(), src.data(), tgt.data(), T, wte.data(), d, V);
+    }, 3);
+
+    cuda::Buffer<uint16_t> wte16(wte.size());
+    cuda::to_bf16(wte16.data(), wte.data(), static_cast<int64_t>(wte.size()));
+    time_it("logprob fwd bf16", 2.0 * T * V * d, [&] {
+      cuda::logprob_forward(logp.data(), x.data(), src.data(), tgt.data(), T, wte.data(), d, V, 0, wte16.data());
+    }, 3);
+    time_it("logprob bwd bf16", 6.0 * T * V * d, [&] {
+      cuda::logprob_backward(dx.data(), dwte.data(), gl.data(), x.data(), src.data(), tgt.data(), T, wte.data(), d, V,
+                             0, wte16.data());
     }, 3);
 
     Buf p = random_buffer(n_params, 10, 0.02f), pg = random_buffer(n_params, 11, 1e-3f), m(n_params), vv(n_params);

@@ -14,7 +14,7 @@
 // the CUDA context measured at start (context_gib; PyTorch's max_memory_allocated leaves it out too) plus the buffers
 // a call allocates and frees inside itself (the log-prob head's logits chunk, attention's rowsum), the only
 // allocations not in mem_used.
-// Usage: bench_cuda_model [reps]   (default 3 timed repetitions after one warm-up)
+// Usage: bench_cuda_model [reps] [fp32|bf16]   (default 3 timed repetitions after one warm-up; both precisions)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -134,7 +134,9 @@ int main(int argc, char** argv) {
     const size_t n_params = base->num_params();
     const Batch lp_batch = random_batch(64, 512, 64, c.vocab_size, 2);   // log-probs 64 x 512
     const Batch dpo_batch = random_batch(64, 512, 64, c.vocab_size, 3);  // 32 pairs x 512 tokens
+    const std::string only = argc > 2 ? argv[2] : "";
     for (Precision p : {Precision::FP32, Precision::BF16}) {
+      if (!only.empty() && only != precision_name(p)) continue;
       auto policy = clone_model(*base);
       auto ref = clone_model(*base);
       set_device(*policy, Device::CUDA, p);

@@ -6,7 +6,7 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// Usage: bench_cuda_sample [reps]   (default 3). Needs a CUDA device; prints a SKIPPED line without one.
+// Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -53,7 +53,9 @@ int main(int argc, char** argv) {
     cuda::Buffer<uint16_t> w16(m->params.size(), "bench weights bf16");
     cuda::to_bf16(w16.data(), w32.data(), static_cast<int64_t>(m->params.size()));
     const size_t workspace = size_t(32) << 20;  // the sampler's cuBLAS workspace (sampler_cuda.cu)
+    const std::string only = argc > 2 ? argv[2] : "";
     for (const bool bf16 : {false, true}) {
+      if (!only.empty() && only != (bf16 ? "bf16" : "fp32")) continue;
       const cuda::SamplerWeights w{w32.data(), bf16 ? w16.data() : nullptr};
       cuda::SamplerStats stats;
       cuda::sample_with_weights(*m, w, r, &stats);  // warm-up: module loading, cuBLAS heuristics

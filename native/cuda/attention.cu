@@ -283,9 +283,12 @@ static void set_smem(Kernel kernel, size_t bytes) {
 }
 
 void attention_forward(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                       const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim) {
+                       const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
+                       bool bf16) {
   check_shape("cuda::attention_forward", n_seq, max_len, n_head, n_kv_head, head_dim);
   if (n_seq == 0 || max_len == 0) return;
+  if (bf16 && attention_mma_supported(head_dim))
+    return attention_forward_mma(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, head_dim);
   const int hdp = head_dim + 1;
   const size_t smem = sizeof(float) * (4 * kTile * hdp + kTile * kSp + 3 * kTile);
   set_smem(attention_forward_kernel, smem);
@@ -298,7 +301,7 @@ void attention_forward(float* out, float* lse, const float* q, int qs, const flo
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, int qs, const float* k, int ks, const float* v, int vs,
                         const int32_t* offsets, int n_seq, int max_len, int T, int n_head, int n_kv_head,
-                        int head_dim) {
+                        int head_dim, bool bf16) {
   check_shape("cuda::attention_backward", n_seq, max_len, n_head, n_kv_head, head_dim);
   if (n_seq == 0 || max_len == 0 || T == 0) return;
   const int group = n_head / n_kv_head, hdp = head_dim + 1;
@@ -309,6 +312,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   attention_dsum_kernel<<<static_cast<unsigned>((warps * 32 + kThreads - 1) / kThreads), kThreads>>>(
       D.data(), dout, out, T, n_head, head_dim);
   OPTUNE_CUDA_CHECK_LAUNCH();
+  if (bf16 && attention_mma_supported(head_dim))
+    return attention_backward_mma(dq, dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_seq, max_len,
+                                  n_head, n_kv_head, head_dim);
 
   const size_t smem_kv = sizeof(float) * (6 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
   set_smem(attention_backward_dkdv_kernel, smem_kv);

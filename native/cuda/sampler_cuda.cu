@@ -361,7 +361,7 @@ class Sampler {
       Act* att = attention_out();
       if (pf) {
         attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
-                          hd);
+                          hd, !std::is_same_v<Act, float>);
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {
         attention_decode<Act>(att, q, qs, cache(l), rows, H, KVH, hd, st());

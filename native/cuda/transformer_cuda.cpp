@@ -222,7 +222,7 @@ void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const
   qkv_forward(n, o, a.qkv, a.norm, b);
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
-                    c.n_kv_head, c.head_dim);
+                    c.n_kv_head, c.head_dim, n.B != nullptr);
   linear_forward(n, y.res_attn, y.atty, o.o_w, o.o_b, QD, D);
   add_inplace(y.res_attn, x, static_cast<int64_t>(T) * D);
 
@@ -364,7 +364,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     const QKV v = qkv_view(c, a.qkv, T);
     const QKV dv = qkv_view(c, dqkv, T);
     attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
-                       b.max_len, T, c.n_head, c.n_kv_head, c.head_dim);
+                       b.max_len, T, c.n_head, c.n_kv_head, c.head_dim, n.B != nullptr);
     fill_zero(a.dnorm, nD);
     if (c.is_gpt2()) {
       linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, a.norm, D, 3 * D);

@@ -247,15 +247,21 @@ TEST(rope_matches_cpu_and_backward_inverts) {
 namespace {
 
 // q, k, v are slices of one fused [T, (H + 2 KV) * hd] buffer, as the engine lays them out.
+// bf16: the tensor-core kernels, against the CPU on the same bf16-rounded q, k, v and dout; their own roundings
+// (P and dS as operands) give the tolerances: out 1e-2, lse 1e-3, dq/dk/dv 2e-2 (of each tensor's scale).
 void attention_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd, uint64_t seed,
-                    int grid_len = 0) {
+                    int grid_len = 0, bool bf16 = false) {
   Rand r(seed);
   std::vector<int32_t> offsets(1, 0);
   int max_len = 0;
   for (int L : lens) offsets.push_back(offsets.back() + L), max_len = std::max(max_len, L);
   const int T = offsets.back(), n_seq = static_cast<int>(lens.size());
   const int qs = (H + 2 * KV) * hd, od = H * hd;
-  const auto qkv = randv(static_cast<size_t>(T) * qs, r), dout = randv(static_cast<size_t>(T) * od, r);
+  auto qkv = randv(static_cast<size_t>(T) * qs, r), dout = randv(static_cast<size_t>(T) * od, r);
+  if (bf16) {
+    for (float& x : qkv) x = bf16_value(bf16_bits(x));
+    for (float& x : dout) x = bf16_value(bf16_bits(x));
+  }
   const float *q = qkv.data(), *k = q + H * hd, *v = k + KV * hd;
 
   std::vector<float> out(static_cast<size_t>(T) * od), probs(cpu::attention_probs_size(offsets.data(), n_seq, H));
@@ -265,15 +271,17 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
                           q, qs, k, qs, v, qs, offsets.data(), n_seq, H, KV, hd);
 
   Buf gqkv(qkv), gdout(dout), gout(out.size()), glse(static_cast<size_t>(T) * H), gdqkv(qkv.size());
-  gdqkv.zero();
   IBuf goff(offsets);
   const float *gq = gqkv.data(), *gk = gq + H * hd, *gv = gk + KV * hd;
   const int launch_len = grid_len > 0 ? grid_len : max_len;
-  cuda::attention_forward(gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, H, KV, hd);
+  gout.upload(std::vector<float>(out.size(), NAN));  // poisoned: every element must be written
+  gdqkv.upload(std::vector<float>(qkv.size(), NAN));
+  cuda::attention_forward(gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, H, KV, hd,
+                          bf16);
   cuda::attention_backward(gdqkv.data(), gdqkv.data() + H * hd, gdqkv.data() + (H + KV) * hd, gdout.data(),
                            gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, T, H, KV,
-                           hd);
-  expect_close(name + " out", gout.download(), out, kRtol);
+                           hd, bf16);
+  expect_close(name + " out", gout.download(), out, bf16 ? 1e-2 : kRtol);
   // lse against the CPU's probabilities: p[i][i] = exp(s_ii - lse_i), so lse_i = s_ii - log(p[i][i]).
   const auto lse = glse.download();
   std::vector<float> lse_got, lse_want;
@@ -294,8 +302,8 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
       }
     po += static_cast<int64_t>(H) * L * L;
   }
-  expect_close(name + " lse", lse_got, lse_want, 1e-4);  // the CPU p[i][i] carries its own rounding
-  expect_close(name + " dq/dk/dv", gdqkv.download(), dqkv, 3e-5);
+  expect_close(name + " lse", lse_got, lse_want, bf16 ? 1e-3 : 1e-4);  // the CPU p[i][i] carries its own rounding
+  expect_close(name + " dq/dk/dv", gdqkv.download(), dqkv, bf16 ? 2e-2 : 3e-5);
 }
 
 }  // namespace
@@ -305,6 +313,16 @@ TEST(attention_ragged_mha_hd64_matches_cpu) { attention_case("mha hd64", {33, 7,
 TEST(attention_mqa_hd128_matches_cpu) { attention_case("mqa hd128", {40, 3, 65}, 2, 1, 128, 9); }
 // A grid sized for a shorter max_len must still cover every tile (blocks loop over the remaining tiles).
 TEST(attention_short_grid_still_covers_all_tiles) { attention_case("short grid", {100, 70}, 2, 1, 32, 10, 20); }
+
+// Tensor-core kernels (bf16): every head dim they take, ragged lengths across several 64-row tiles, GQA and MQA.
+TEST(attention_bf16_mma_hd64_matches_cpu) { attention_case("bf16 hd64", {130, 7, 64, 65, 1}, 4, 2, 64, 11, 0, true); }
+TEST(attention_bf16_mma_hd128_mqa_matches_cpu) { attention_case("bf16 hd128", {70, 129}, 3, 1, 128, 12, 0, true); }
+TEST(attention_bf16_mma_hd16_hd32_match_cpu) {
+  attention_case("bf16 hd16", {1, 37, 100}, 4, 4, 16, 13, 0, true);
+  attention_case("bf16 hd32", {200, 3}, 2, 2, 32, 14, 0, true);
+}
+// A head dim without a tensor-core kernel runs the fp32 kernels under bf16 too.
+TEST(attention_bf16_other_head_dims_fall_back) { attention_case("bf16 hd24", {50, 9}, 2, 1, 24, 15, 0, true); }
 
 TEST(attention_rejects_unsupported_shapes) {
   CHECK_THROWS(cuda::attention_forward(nullptr, nullptr, nullptr, 0, nullptr, 0, nullptr, 0, nullptr, 1, 8, 2, 1, 256),

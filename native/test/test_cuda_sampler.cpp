@@ -173,12 +173,19 @@ TEST(decode_logps_match_full_cpu_forward_fp32) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
-    const SampleResult res = gpu_sample(*m, req);
+    const SampleResult res = gpu_sample(*m, req), cpu_res = sample(*m, req);
     check_layout(req, res, arch_name(cfg.arch));
-    const double worst = worst_logp_error(*m, req, res);
-    CHECK_MSG(worst < 1e-4, std::string(arch_name(cfg.arch)) + " d" + std::to_string(cfg.d_model) +
-                                ": worst |gpu decode - cpu full| = " + std::to_string(worst));
-    const double agree = agreement(res, sample(*m, req));
+    // fp32 sums in another order: the bound is the CPU's own decode-vs-full error on its own samples (the same
+    // function computed two ways), times 4, and at least 1e-4. Large random weights (d256, std 0.5) give logits in the
+    // hundreds, where a few ulp are 1e-4.
+    const double worst = worst_logp_error(*m, req, res), cpu_worst = worst_logp_error(*m, req, cpu_res);
+    const double bound = std::max(1e-4, 4 * cpu_worst);
+    CHECK_MSG(worst < bound, std::string(arch_name(cfg.arch)) + " d" + std::to_string(cfg.d_model) +
+                                 ": worst |gpu decode - cpu full| = " + std::to_string(worst) + " (bound " +
+                                 std::to_string(bound) + ")");
+    std::printf("  %s d%d: worst |decode - full| gpu %.2e, cpu %.2e\n", arch_name(cfg.arch), cfg.d_model, worst,
+                cpu_worst);
+    const double agree = agreement(res, cpu_res);
     std::printf("  %s d%d: %.0f%% of responses equal the CPU sampler's\n", arch_name(cfg.arch), cfg.d_model,
                 100 * agree);
     CHECK_MSG(agree >= 0.9, "only " + std::to_string(agree) + " of responses equal the CPU sampler's");
@@ -200,6 +207,7 @@ TEST(many_prompts_prefill_in_chunks) {
 TEST(stop_tokens_and_compaction) {
   // many samples that stop at different steps: the active set shrinks, buckets change, graphs are captured
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+    cfg.max_positions = 64;  // the longest prompt (7 tokens) + 40 new
     auto m = make_model(cfg);
     testing::randomize(*m, 44, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 24, 40);

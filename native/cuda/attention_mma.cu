@@ -1,0 +1,495 @@
+// Causal attention on tensor cores for bf16 mixed precision: the same FlashAttention-2 scheme and the same
+// interface as attention.cu (fp32 q/k/v/dout in, fp32 out/lse/dq/dk/dv), with every inner product on
+// mma.sync.m16n8k16 (bf16 operands, fp32 accumulation). Tiles are rounded to bf16 as they are copied to shared
+// memory; the online softmax, lse, D = rowsum(dO * O) and all accumulators stay fp32. P and dS are rounded to bf16
+// only as operands of the next product (as FlashAttention does).
+//
+// Blocks: 4 warps; a block owns 64 rows (queries in forward and dQ, keys in dK/dV), each warp 16 of them, and walks
+// the 64-wide tiles of the other side along the causal triangle. Backward is two kernels as in attention.cu (dK/dV
+// per key tile summing the GQA group's heads, dQ per query tile), so every output element has one owner: no atomics,
+// the same result on every run. Head dims: multiples of 16 up to 128 (others use the fp32 kernels).
+//
+// mma.sync.m16n8k16 fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t:
+//   A (16 x 16, row-major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+//   B (16 x 8, "col"):      b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
+//   C (16 x 8, fp32):       c0, c1 = C[g][2t..2t+1], c2, c3 = C[g+8][2t..2t+1]
+// so two adjacent C tiles of a product are, rounded to bf16, the A fragment of the next product (P -> P V).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "check.cuh"
+#include "core/error.h"
+#include "ops.h"
+
+namespace optune::cuda {
+
+namespace {
+
+constexpr int kRows = 64;  // rows a block owns (16 per warp)
+constexpr int kCols = 64;  // width of the tiles it walks
+constexpr int kMmaThreads = 128;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+using bf16 = __nv_bfloat16;
+
+__device__ inline uint32_t pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo: the lower column, as fragments want
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// d += a b over one 16 x 8 x 16 tile
+__device__ inline void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// A fragment of rows m0.., columns k0.. of a row-major [rows][ld] tile.
+__device__ inline void load_a(uint32_t (&a)[4], const bf16* s, int ld, int m0, int k0) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const bf16* p = s + (m0 + g) * ld + k0 + 2 * t;
+  a[0] = ld32(p);
+  a[1] = ld32(p + 8 * ld);
+  a[2] = ld32(p + 8);
+  a[3] = ld32(p + 8 * ld + 8);
+}
+
+// B fragment (k0.. k0+15, n0.. n0+7) of B = M^T, M a row-major [n][ld] tile (B[k][n] = M[n][k]: K for Q K^T).
+__device__ inline void load_b(uint32_t& b0, uint32_t& b1, const bf16* s, int ld, int n0, int k0) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const bf16* p = s + (n0 + g) * ld + k0 + 2 * t;
+  b0 = ld32(p);
+  b1 = ld32(p + 8);
+}
+
+// B fragment (k0.., n0..) of B = M itself, M a row-major [k][ld] tile (V for P V): ldmatrix's transposing load; lanes
+// 0-15 give the addresses of rows k0.. k0+15 (lanes 16-31 are ignored by .x2 but point inside the tile too).
+__device__ inline void load_b_trans(uint32_t& b0, uint32_t& b1, const bf16* s, int ld, int n0, int k0) {
+  const bf16* p = s + (k0 + (threadIdx.x & 15)) * ld + n0;
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+}
+
+// Rows [row0, row0 + n) of a head slice (fp32, row stride `stride`) into a [kRows][HD + 8] bf16 tile; rows >= n
+// become 0 (padding rows must hold finite values: 0 * NaN would poison the products).
+template <int HD>
+__device__ inline void load_tile(bf16* dst, const float* src, int64_t stride, int row0, int n) {
+  constexpr int ld = HD + 8, pairs = HD / 2;
+  for (int idx = threadIdx.x; idx < kRows * pairs; idx += blockDim.x) {
+    const int r = idx / pairs, d = 2 * (idx % pairs);
+    float x0 = 0.0f, x1 = 0.0f;
+    if (r < n) {
+      const float* p = src + (row0 + r) * stride + d;
+      x0 = p[0], x1 = p[1];
+    }
+    *reinterpret_cast<uint32_t*>(dst + r * ld + d) = pack_bf16(x0, x1);
+  }
+}
+
+__device__ inline float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ inline float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// ---- forward ---------------------------------------------------------------------------------------------------
+
+// Grid (query tiles, sequences, heads). Scores are kept in log2 units (scale * log2 e folded in) for exp2f.
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads) attention_forward_mma_kernel(
+    float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
+    const int32_t* offsets, int n_head, int group, float scale_log2) {
+  constexpr int ld = HD + 8, NT = HD / 8;
+  const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * HD;
+  const int start = offsets[s], L = offsets[s + 1] - start, i0 = blockIdx.x * kRows;
+  if (i0 >= L) return;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [kRows][ld]
+  bf16* Ks = Qs + kRows * ld;                    // [kCols][ld]
+  bf16* Vs = Ks + kCols * ld;                    // [kCols][ld]
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = 16 * warp;
+  const int nq = min(kRows, L - i0);
+  const int row[2] = {i0 + m0 + g, i0 + m0 + g + 8};  // this lane's two query rows (positions in the sequence)
+
+  load_tile<HD>(Qs, q + h * HD, qs, start + i0, nq);
+  __syncthreads();
+  uint32_t qf[HD / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; kk++) load_a(qf[kk], Qs, ld, m0, 16 * kk);
+
+  float o[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // l: this lane's partial sums
+
+  const int j_end = i0 + nq;  // causal: the tile's last query sees keys 0 .. j_end - 1
+  for (int j0 = 0; j0 < j_end; j0 += kCols) {
+    __syncthreads();  // the previous tile's readers of Ks/Vs are done
+    load_tile<HD>(Ks, k + kvh * HD, ks, start + j0, min(kCols, L - j0));
+    load_tile<HD>(Vs, v + kvh * HD, vs, start + j0, min(kCols, L - j0));
+    __syncthreads();
+
+    float sc[kCols / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+      for (int nt = 0; nt < kCols / 8; nt++) {
+        uint32_t b0, b1;
+        load_b(b0, b1, Ks, ld, 8 * nt, 16 * kk);
+        mma(sc[nt], qf[kk], b0, b1);
+      }
+
+    // scale, causal mask (key <= query < L), running max per row
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = j0 + 8 * nt + 2 * t + (e & 1), r = row[e >> 1];
+        const float x = key <= r && r < L ? sc[nt][e] * scale_log2 : -INFINITY;
+        sc[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const float m_new = fmaxf(m_run[r], quad_max(mx[r]));
+      // O and l are still 0 while the row has seen no key (m = -inf): any finite factor will do
+      const float alpha = m_new == -INFINITY ? 1.0f : exp2f(m_run[r] - m_new);
+      m_run[r] = m_new;
+      l_run[r] *= alpha;
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) o[nt][2 * r] *= alpha, o[nt][2 * r + 1] *= alpha;
+    }
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const float m = m_run[e >> 1];
+        const float p = m == -INFINITY ? 0.0f : exp2f(sc[nt][e] - m);  // masked: exp2(-inf) = 0
+        sc[nt][e] = p;
+        l_run[e >> 1] += p;
+      }
+
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < kCols / 16; kk++) {
+      const uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
+                              pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                              pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) {
+        uint32_t b0, b1;
+        load_b_trans(b0, b1, Vs, ld, 8 * nt, 16 * kk);
+        mma(o[nt], pa, b0, b1);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const float l = quad_sum(l_run[r]);
+    if (row[r] >= L) continue;
+    const int64_t base = static_cast<int64_t>(start + row[r]) * od + h * HD + 2 * t;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      out[base + 8 * nt] = o[nt][2 * r] / l;
+      out[base + 8 * nt + 1] = o[nt][2 * r + 1] / l;
+    }
+    if (t == 0) lse[static_cast<int64_t>(start + row[r]) * n_head + h] = m_run[r] * kLn2 + logf(l);
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------------------------------
+
+// Per-query softmax statistics of a tile into shared memory: lse in log2 units, D; 0 for padding rows.
+__device__ inline void load_row_stats(float* lse2_s, float* D_s, const float* lse, const float* D, int row0, int n,
+                                      int n_head, int h) {
+  for (int r = threadIdx.x; r < kCols; r += blockDim.x) {
+    const int64_t i = static_cast<int64_t>(row0 + r) * n_head + h;
+    lse2_s[r] = r < n ? lse[i] * kLog2e : 0.0f;
+    D_s[r] = r < n ? D[i] : 0.0f;
+  }
+}
+
+// Grid (key tiles, sequences, kv heads): dK, dV of 64 keys, summed over the query heads of the GQA group and the
+// query tiles from the diagonal down. Per query tile: S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
+// dP^T = V dO^T, dS^T = P^T (dP^T - D) scale, dK += dS^T Q.
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kernel(
+    float* dk, float* dv, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k,
+    int ks, const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2) {
+  constexpr int ld = HD + 8, NT = HD / 8;
+  const int s = blockIdx.y, kvh = blockIdx.z, od = n_head * HD;
+  const int start = offsets[s], L = offsets[s + 1] - start, j0 = blockIdx.x * kRows;
+  if (j0 >= L) return;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [kRows][ld]
+  bf16* Vs = Ks + kRows * ld;
+  bf16* Qs = Vs + kRows * ld;                    // [kCols][ld]
+  bf16* dOs = Qs + kCols * ld;
+  float* lse2_s = reinterpret_cast<float*>(dOs + kCols * ld);
+  float* D_s = lse2_s + kCols;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = 16 * warp;
+  const int key[2] = {j0 + m0 + g, j0 + m0 + g + 8};  // this lane's two keys
+
+  load_tile<HD>(Ks, k + kvh * HD, ks, start + j0, min(kRows, L - j0));
+  load_tile<HD>(Vs, v + kvh * HD, vs, start + j0, min(kRows, L - j0));
+  float dk_acc[NT][4], dv_acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) dk_acc[nt][e] = dv_acc[nt][e] = 0.0f;
+
+  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+    for (int i0 = j0; i0 < L; i0 += kCols) {  // causal: query tiles from the diagonal down (kRows == kCols)
+      const int nq = min(kCols, L - i0);
+      __syncthreads();  // Ks/Vs are loaded; the previous tile's readers of Qs/dOs/stats are done
+      load_tile<HD>(Qs, q + h * HD, qs, start + i0, nq);
+      load_tile<HD>(dOs, dout + h * HD, od, start + i0, nq);
+      load_row_stats(lse2_s, D_s, lse, D, start + i0, nq, n_head, h);
+      __syncthreads();
+
+      float st[kCols / 8][4], dpt[kCols / 8][4];  // S^T then P^T; dP^T then dS^T (rows: keys, columns: queries)
+#pragma unroll
+      for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t ka[4], va[4];
+        load_a(ka, Ks, ld, m0, 16 * kk);
+        load_a(va, Vs, ld, m0, 16 * kk);
+#pragma unroll
+        for (int nt = 0; nt < kCols / 8; nt++) {
+          uint32_t b0, b1;
+          load_b(b0, b1, Qs, ld, 8 * nt, 16 * kk);
+          mma(st[nt], ka, b0, b1);
+          load_b(b0, b1, dOs, ld, 8 * nt, 16 * kk);
+          mma(dpt[nt], va, b0, b1);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int c = 8 * nt + 2 * t + (e & 1), qi = i0 + c;
+          const bool live = qi >= key[e >> 1] && qi < L;  // causal (implies key < L), no padding query
+          const float p = live ? exp2f(st[nt][e] * scale_log2 - lse2_s[c]) : 0.0f;
+          st[nt][e] = p;
+          dpt[nt][e] = p * (dpt[nt][e] - D_s[c]) * scale;
+        }
+      // dV += P^T dO, dK += dS^T Q (B operands [query][d] from shared memory, transposing loads)
+#pragma unroll
+      for (int kk = 0; kk < kCols / 16; kk++) {
+        const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
+                                pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                                pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+        const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
+                                pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                                pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+          uint32_t b0, b1;
+          load_b_trans(b0, b1, dOs, ld, 8 * nt, 16 * kk);
+          mma(dv_acc[nt], pa, b0, b1);
+          load_b_trans(b0, b1, Qs, ld, 8 * nt, 16 * kk);
+          mma(dk_acc[nt], da, b0, b1);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (key[r] >= L) continue;
+    const int64_t row = start + key[r];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      const int d = kvh * HD + 8 * nt + 2 * t;
+      dk[row * ks + d] = dk_acc[nt][2 * r];
+      dk[row * ks + d + 1] = dk_acc[nt][2 * r + 1];
+      dv[row * vs + d] = dv_acc[nt][2 * r];
+      dv[row * vs + d + 1] = dv_acc[nt][2 * r + 1];
+    }
+  }
+}
+
+// Grid (query tiles, sequences, heads): dQ of 64 queries over the key tiles left of the diagonal. Per key tile:
+// S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D) scale, dQ += dS K.
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
+    float* dq, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k, int ks,
+    const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2) {
+  constexpr int ld = HD + 8, NT = HD / 8;
+  const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * HD;
+  const int start = offsets[s], L = offsets[s + 1] - start, i0 = blockIdx.x * kRows;
+  if (i0 >= L) return;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [kRows][ld]
+  bf16* dOs = Qs + kRows * ld;
+  bf16* Ks = dOs + kRows * ld;                   // [kCols][ld]
+  bf16* Vs = Ks + kCols * ld;
+  const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = 16 * warp;
+  const int nq = min(kRows, L - i0);
+  const int row[2] = {i0 + m0 + g, i0 + m0 + g + 8};
+  float lse2[2], Dr[2];
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    const int64_t i = static_cast<int64_t>(start + row[r]) * n_head + h;
+    lse2[r] = row[r] < L ? lse[i] * kLog2e : 0.0f;
+    Dr[r] = row[r] < L ? D[i] : 0.0f;
+  }
+
+  load_tile<HD>(Qs, q + h * HD, qs, start + i0, nq);
+  load_tile<HD>(dOs, dout + h * HD, od, start + i0, nq);
+  float dq_acc[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) dq_acc[nt][0] = dq_acc[nt][1] = dq_acc[nt][2] = dq_acc[nt][3] = 0.0f;
+
+  const int j_end = i0 + nq;
+  for (int j0 = 0; j0 < j_end; j0 += kCols) {
+    __syncthreads();  // Qs/dOs are loaded; the previous tile's readers of Ks/Vs are done
+    load_tile<HD>(Ks, k + kvh * HD, ks, start + j0, min(kCols, L - j0));
+    load_tile<HD>(Vs, v + kvh * HD, vs, start + j0, min(kCols, L - j0));
+    __syncthreads();
+
+    float sc[kCols / 8][4], dp[kCols / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+      uint32_t qa[4], da[4];
+      load_a(qa, Qs, ld, m0, 16 * kk);
+      load_a(da, dOs, ld, m0, 16 * kk);
+#pragma unroll
+      for (int nt = 0; nt < kCols / 8; nt++) {
+        uint32_t b0, b1;
+        load_b(b0, b1, Ks, ld, 8 * nt, 16 * kk);
+        mma(sc[nt], qa, b0, b1);
+        load_b(b0, b1, Vs, ld, 8 * nt, 16 * kk);
+        mma(dp[nt], da, b0, b1);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int kj = j0 + 8 * nt + 2 * t + (e & 1), r = e >> 1;
+        const bool live = kj <= row[r] && row[r] < L;
+        const float p = live ? exp2f(sc[nt][e] * scale_log2 - lse2[r]) : 0.0f;
+        dp[nt][e] = p * (dp[nt][e] - Dr[r]) * scale;  // dS
+      }
+#pragma unroll
+    for (int kk = 0; kk < kCols / 16; kk++) {
+      const uint32_t dsa[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]), pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
+                               pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                               pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+      for (int nt = 0; nt < NT; nt++) {
+        uint32_t b0, b1;
+        load_b_trans(b0, b1, Ks, ld, 8 * nt, 16 * kk);
+        mma(dq_acc[nt], dsa, b0, b1);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    if (row[r] >= L) continue;
+    const int64_t base = static_cast<int64_t>(start + row[r]) * qs + h * HD + 2 * t;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+      dq[base + 8 * nt] = dq_acc[nt][2 * r];
+      dq[base + 8 * nt + 1] = dq_acc[nt][2 * r + 1];
+    }
+  }
+}
+
+template <class Kernel>
+void launch_setup(Kernel kernel, size_t smem) {
+  OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+}
+
+dim3 grid_of(int max_len, int n_seq, int heads) {
+  return dim3(static_cast<unsigned>(std::max(1, (max_len + kRows - 1) / kRows)), n_seq, heads);
+}
+
+template <int HD>
+void forward_hd(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
+                const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head) {
+  const size_t smem = sizeof(bf16) * (kRows + 2 * kCols) * (HD + 8);
+  launch_setup(attention_forward_mma_kernel<HD>, smem);
+  const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(HD));
+  attention_forward_mma_kernel<HD><<<grid_of(max_len, n_seq, n_head), kMmaThreads, smem>>>(
+      out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, scale_log2);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+template <int HD>
+void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
+                 const float* q, int qs, const float* k, int ks, const float* v, int vs, const int32_t* offsets,
+                 int n_seq, int max_len, int n_head, int n_kv_head) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(HD)), scale_log2 = scale * kLog2e;
+  const int group = n_head / n_kv_head;
+  const size_t smem_kv = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8) + 2 * kCols * sizeof(float);
+  launch_setup(attention_backward_dkdv_mma_kernel<HD>, smem_kv);
+  attention_backward_dkdv_mma_kernel<HD><<<grid_of(max_len, n_seq, n_kv_head), kMmaThreads, smem_kv>>>(
+      dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+  const size_t smem_q = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8);
+  launch_setup(attention_backward_dq_mma_kernel<HD>, smem_q);
+  attention_backward_dq_mma_kernel<HD><<<grid_of(max_len, n_seq, n_head), kMmaThreads, smem_q>>>(
+      dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool attention_mma_supported(int head_dim) {
+  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
+}
+
+void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,
+                           int vs, const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head,
+                           int head_dim) {
+  switch (head_dim) {
+    case 16: return forward_hd<16>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
+    case 32: return forward_hd<32>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
+    case 64: return forward_hd<64>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
+    case 128: return forward_hd<128>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
+    default: throw Error("cuda::attention_forward_mma: head_dim " + std::to_string(head_dim) + " has no kernel");
+  }
+}
+
+void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
+                            const float* q, int qs, const float* k, int ks, const float* v, int vs,
+                            const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim) {
+  switch (head_dim) {
+#define OPTUNE_BWD(HD)                                                                                         \
+  case HD:                                                                                                     \
+    return backward_hd<HD>(dq, dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, \
+                           n_kv_head);
+    OPTUNE_BWD(16)
+    OPTUNE_BWD(32)
+    OPTUNE_BWD(64)
+    OPTUNE_BWD(128)
+#undef OPTUNE_BWD
+    default: throw Error("cuda::attention_backward_mma: head_dim " + std::to_string(head_dim) + " has no kernel");
+  }
+}
+
+}  // namespace optune::cuda
