@@ -74,9 +74,12 @@ double used_gib() {
 }
 
 // Bytes the log-prob head and attention allocate inside a call (see logprob.cu, attention.cu).
-double transient_gib(const ModelConfig& c, const Batch& b, bool backward) {
+double transient_gib(const ModelConfig& c, const Batch& b, bool backward, bool bf16) {
   const double chunk = std::min(b.n_tokens(), cuda::logprob_chunk_rows(c.vocab_size));
-  const double logprob = chunk * (c.vocab_size + (backward ? 2.0 : 1.0) * c.d_model) * 4.0;
+  const double ld = cuda::logits_stride(c.vocab_size);
+  // logits (fp32), gathered rows (+ their gradient), and under bf16 the rows' bf16 copy (+ dLoss/dlogits in bf16)
+  const double logprob = chunk * (ld + (backward ? 2.0 : 1.0) * c.d_model) * 4.0 +
+                         (bf16 ? chunk * (c.d_model + (backward ? ld : 0.0)) * 2.0 : 0.0);
   const double attention = backward ? static_cast<double>(b.n_tokens()) * c.n_head * 4.0 : 0.0;
   return std::max(logprob, attention) / kGiB;
 }
@@ -144,7 +147,7 @@ int main(int argc, char** argv) {
 
       const auto lp_ms = time_ms(reps, [&] { compute_logprobs(*policy, lp_batch); });
       report("logprobs", p, lp_batch, forward_flops(c, n_params, lp_batch), lp_ms,
-             transient_gib(c, lp_batch, false), *policy);
+             transient_gib(c, lp_batch, false, p == Precision::BF16), *policy);
 
       TrainRequest r;
       r.loss = LossKind::DPO;
@@ -157,7 +160,7 @@ int main(int argc, char** argv) {
       TrainStats st;
       const auto dpo_ms = time_ms(reps, [&] { st = train_step(*policy, r); });
       const double flops = 3.0 * forward_flops(c, n_params, dpo_batch) + forward_flops(c, n_params, dpo_batch);
-      report("dpo_step", p, dpo_batch, flops, dpo_ms, transient_gib(c, dpo_batch, true), *policy);
+      report("dpo_step", p, dpo_batch, flops, dpo_ms, transient_gib(c, dpo_batch, true, p == Precision::BF16), *policy);
       std::printf("{\"bench\":\"dpo_step_stats\",\"precision\":\"%s\",\"loss\":%.6f,\"grad_norm\":%.6f}\n",
                   precision_name(p), st.loss, st.grad_norm);
     }

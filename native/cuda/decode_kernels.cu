@@ -46,32 +46,35 @@ void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-// ---- norm with a deferred bias: one warp per row -----------------------------------------------------------------
+// ---- norm with a deferred bias: one block per row -----------------------------------------------------------------
+// A decode step has only a few dozen rows: a warp per row left most SMs idle and chained each lane through d / 32
+// dependent loads per pass (~23 us per call on an H100); a block per row spreads the row over 256 threads.
 
-static constexpr int kNormRows = 8;
+static constexpr int kNormThreads = 256;
 
 template <class Act>
-__global__ void add_norm_kernel(Act* out, float* xbuf, const int32_t* src, const float* add, const float* w,
-                                const float* b, int rows, int d, float eps, bool layernorm) {
-  const int r = blockIdx.x * kNormRows + threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (r >= rows) return;
+__global__ void __launch_bounds__(kNormThreads) add_norm_kernel(Act* out, float* xbuf, const int32_t* src,
+                                                                const float* add, const float* w, const float* b,
+                                                                int d, float eps, bool layernorm) {
+  __shared__ float scratch[32];
+  const int r = blockIdx.x;
   float* x = xbuf + static_cast<int64_t>(src ? src[r] : r) * d;
   if (add)
-    for (int i = lane; i < d; i += 32) x[i] += add[i];  // each lane rereads only what it wrote
+    for (int i = threadIdx.x; i < d; i += blockDim.x) x[i] += add[i];  // each thread rereads only what it wrote
   Act* o = out + static_cast<int64_t>(r) * d;
   if (layernorm) {
     float s = 0.0f;
-    for (int i = lane; i < d; i += 32) s += x[i];
-    const float m = warp_sum(s) / d;
+    for (int i = threadIdx.x; i < d; i += blockDim.x) s += x[i];
+    const float m = block_sum(s, scratch) / d;
     float v = 0.0f;
-    for (int i = lane; i < d; i += 32) v += (x[i] - m) * (x[i] - m);
-    const float rs = rsqrtf(warp_sum(v) / d + eps);
-    for (int i = lane; i < d; i += 32) o[i] = to_act<Act>((x[i] - m) * rs * w[i] + (b ? b[i] : 0.0f));
+    for (int i = threadIdx.x; i < d; i += blockDim.x) v += (x[i] - m) * (x[i] - m);
+    const float rs = rsqrtf(block_sum(v, scratch) / d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = to_act<Act>((x[i] - m) * rs * w[i] + (b ? b[i] : 0.0f));
   } else {
     float ss = 0.0f;
-    for (int i = lane; i < d; i += 32) ss += x[i] * x[i];
-    const float rs = rsqrtf(warp_sum(ss) / d + eps);
-    for (int i = lane; i < d; i += 32) o[i] = to_act<Act>(w[i] * (x[i] * rs));
+    for (int i = threadIdx.x; i < d; i += blockDim.x) ss += x[i] * x[i];
+    const float rs = rsqrtf(block_sum(ss, scratch) / d + eps);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = to_act<Act>(w[i] * (x[i] * rs));
   }
 }
 
@@ -79,12 +82,11 @@ template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const float* w, const float* b, int rows,
               int d, float eps, bool layernorm, cudaStream_t st) {
   if (rows <= 0) return;
-  add_norm_kernel<Act><<<(rows + kNormRows - 1) / kNormRows, kNormRows * 32, 0, st>>>(out, x, src, add, w, b, rows, d,
-                                                                                      eps, layernorm);
+  add_norm_kernel<Act><<<rows, kNormThreads, 0, st>>>(out, x, src, add, w, b, d, eps, layernorm);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-// ---- q/k/v: bias, RoPE, cache write; one block per row -------------------------------------------------------------
+// ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v ---------------------------------
 
 // Pair (i, i + half) of one head after its bias, rotated by pos * theta^(-2i/hd) as cpu/rope.cpp (angle in double).
 __device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int pos, float theta) {
@@ -96,47 +98,44 @@ __device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int 
   x2 = b * c + a * s;
 }
 
+// One part of one row: x (n_heads heads) += bias, RoPE'd when asked; copied into the cache when `cache_base` is set.
+template <class Act>
+__device__ inline void finish_part(float* x, const float* bias, int n_heads, int head_dim, bool rope, int pos,
+                                   float theta, Act* cache_base, int64_t copy_stride, int copies) {
+  const int half = head_dim / 2;
+  if (rope) {
+    for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+      const int col = (idx / half) * head_dim + idx % half;
+      float x1 = x[col] + (bias ? bias[col] : 0.0f), x2 = x[col + half] + (bias ? bias[col + half] : 0.0f);
+      rope_pair(x1, x2, idx % half, head_dim, pos, theta);
+      x[col] = x1, x[col + half] = x2;
+      for (int c = 0; c < copies && cache_base; c++)
+        cache_base[c * copy_stride + col] = to_act<Act>(x1), cache_base[c * copy_stride + col + half] = to_act<Act>(x2);
+    }
+  } else {
+    for (int col = threadIdx.x; col < n_heads * head_dim; col += blockDim.x) {
+      const float y = x[col] + (bias ? bias[col] : 0.0f);
+      x[col] = y;
+      for (int c = 0; c < copies && cache_base; c++) cache_base[c * copy_stride + col] = to_act<Act>(y);
+    }
+  }
+}
+
 template <class Act>
 __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq,
                                   const float* bk, const float* bv, Rows rows, int n_head, int n_kv_head,
                                   int head_dim, bool rope, float theta, LayerCache<Act> cache) {
-  const int r = blockIdx.x, pos = rows.pos[r], slot = rows.slot[r];
-  const int half = head_dim / 2, kvd = n_kv_head * head_dim;
-  float* qr = q + static_cast<int64_t>(r) * qs;
-  float* kr = k + static_cast<int64_t>(r) * ks;
-  float* vr = v + static_cast<int64_t>(r) * vs;
-  auto cached = [&](Act* base, int c, int col) {
-    return base + (static_cast<int64_t>(slot + c) * cache.cap + pos) * kvd + col;
-  };
-  if (rope) {
-    for (int idx = threadIdx.x; idx < n_head * half; idx += blockDim.x) {
-      const int col = (idx / half) * head_dim + idx % half;
-      float x1 = qr[col] + (bq ? bq[col] : 0.0f), x2 = qr[col + half] + (bq ? bq[col + half] : 0.0f);
-      rope_pair(x1, x2, idx % half, head_dim, pos, theta);
-      qr[col] = x1, qr[col + half] = x2;
-    }
-    for (int idx = threadIdx.x; idx < n_kv_head * half; idx += blockDim.x) {
-      const int col = (idx / half) * head_dim + idx % half;
-      float x1 = kr[col] + (bk ? bk[col] : 0.0f), x2 = kr[col + half] + (bk ? bk[col + half] : 0.0f);
-      rope_pair(x1, x2, idx % half, head_dim, pos, theta);
-      kr[col] = x1, kr[col + half] = x2;
-      for (int c = 0; c < rows.copies; c++)
-        *cached(cache.k, c, col) = to_act<Act>(x1), *cached(cache.k, c, col + half) = to_act<Act>(x2);
-    }
-  } else {
-    if (bq)
-      for (int col = threadIdx.x; col < n_head * head_dim; col += blockDim.x) qr[col] += bq[col];
-    for (int col = threadIdx.x; col < kvd; col += blockDim.x) {
-      const float x = kr[col] + (bk ? bk[col] : 0.0f);
-      kr[col] = x;
-      for (int c = 0; c < rows.copies; c++) *cached(cache.k, c, col) = to_act<Act>(x);
-    }
-  }
-  for (int col = threadIdx.x; col < kvd; col += blockDim.x) {
-    const float x = vr[col] + (bv ? bv[col] : 0.0f);
-    vr[col] = x;
-    for (int c = 0; c < rows.copies; c++) *cached(cache.v, c, col) = to_act<Act>(x);
-  }
+  const int r = blockIdx.x, part = blockIdx.y, pos = rows.pos[r], slot = rows.slot[r];
+  const int kvd = n_kv_head * head_dim;
+  const int64_t at = (static_cast<int64_t>(slot) * cache.cap + pos) * kvd, copy_stride = cache.cap * kvd;
+  if (part == 0)
+    finish_part<Act>(q + static_cast<int64_t>(r) * qs, bq, n_head, head_dim, rope, pos, theta, nullptr, 0, 0);
+  else if (part == 1)
+    finish_part<Act>(k + static_cast<int64_t>(r) * ks, bk, n_kv_head, head_dim, rope, pos, theta, cache.k + at,
+                     copy_stride, rows.copies);
+  else
+    finish_part<Act>(v + static_cast<int64_t>(r) * vs, bv, n_kv_head, head_dim, false, pos, theta, cache.v + at,
+                     copy_stride, rows.copies);
 }
 
 template <class Act>
@@ -144,64 +143,88 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const floa
                 const float* bv, const Rows& rows, int n_head, int n_kv_head, int head_dim, bool rope, float theta,
                 const LayerCache<Act>& cache, cudaStream_t st) {
   if (rows.n <= 0) return;
-  qkv_finish_kernel<Act><<<rows.n, 128, 0, st>>>(q, qs, k, ks, v, vs, bq, bk, bv, rows, n_head, n_kv_head, head_dim,
-                                                 rope, theta, cache);
+  qkv_finish_kernel<Act><<<dim3(rows.n, 3), 256, 0, st>>>(q, qs, k, ks, v, vs, bq, bk, bv, rows, n_head, n_kv_head,
+                                                          head_dim, rope, theta, cache);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 // ---- single-query attention over the cache ---------------------------------------------------------------------
-// One block per (row, head), 8 warps. Warp w takes keys w, w + 8, ..., two at a time (both key and value rows are
-// loaded before any arithmetic, so each warp keeps four row loads in flight: the kernel is bound by the latency of
-// reading the cache, not by its arithmetic). A lane holds head dims lane, lane + 32, ... (head_dim <= 128); the warp
-// sums each dot product and keeps an online softmax (running max m, sum l, output acc). The eight partial results
-// are merged at the end, rescaled to the common max.
+// One block per (row, head), 4 warps. The keys go in chunks of 32, chunk c to warp c % 4: lane j scores key j of the
+// chunk by itself (its whole key row, 16-byte loads when head_dim allows), so a chunk costs one max and one sum
+// across the warp instead of a warp reduction per key; the chunk's softmax weights then go to every lane by shuffle,
+// and each lane accumulates its head dims (lane, lane + 32, ...; head_dim <= 128) over the chunk's value rows, whose
+// loads are independent of each other. Each warp keeps an online softmax (max m, sum l, output acc); the four are
+// merged at the end, rescaled to the common max.
 
-static constexpr int kAttnWarps = 8;
+static constexpr int kAttnWarps = 4;
 static constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
 
+// q . k over head_dim (q in shared memory); 16-byte loads of k when head_dim is a multiple of their width.
+__device__ inline float dot_key(const float* q, const float* k, int hd) {
+  float s = 0.0f;
+  if (hd % 4 == 0) {
+    for (int d = 0; d < hd; d += 4) {
+      const float4 kv = *reinterpret_cast<const float4*>(k + d);
+      s += q[d] * kv.x + q[d + 1] * kv.y + q[d + 2] * kv.z + q[d + 3] * kv.w;
+    }
+  } else {
+    for (int d = 0; d < hd; d++) s += q[d] * k[d];
+  }
+  return s;
+}
+__device__ inline float dot_key(const float* q, const bf16* k, int hd) {
+  float s = 0.0f;
+  if (hd % 8 == 0) {
+    for (int d = 0; d < hd; d += 8) {
+      const uint4 raw = *reinterpret_cast<const uint4*>(k + d);
+      const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++)  // bf16 -> fp32 is exact: the bits move to the top half (low half: lower index)
+        s += q[d + 2 * i] * __uint_as_float(w[i] << 16) + q[d + 2 * i + 1] * __uint_as_float(w[i] & 0xffff0000u);
+    }
+  } else {
+    for (int d = 0; d < hd; d++) s += q[d] * __bfloat162float(k[d]);
+  }
+  return s;
+}
+
 template <class Act>
-__global__ void attention_decode_kernel(Act* out, const float* q, int qs, LayerCache<Act> cache, Rows rows, int n_head,
-                                        int n_kv_head, int head_dim) {
+__global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, const float* q, int qs,
+                                                                           LayerCache<Act> cache, Rows rows,
+                                                                           int n_head, int n_kv_head, int head_dim) {
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), n_keys = rows.pos[r] + 1;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
+  __shared__ float s_q[32 * kMaxDimsPerLane];
   const float* qr = q + static_cast<int64_t>(r) * qs + h * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) s_q[d] = qr[d];
+  __syncthreads();
   const int64_t base = static_cast<int64_t>(rows.slot[r]) * cache.cap * kvd + kvh * head_dim;
-  float qv[kMaxDimsPerLane], acc[kMaxDimsPerLane];
+  float acc[kMaxDimsPerLane];
 #pragma unroll
-  for (int i = 0; i < kMaxDimsPerLane; i++) {
-    const int d = lane + 32 * i;
-    qv[i] = d < head_dim ? qr[d] : 0.0f;
-    acc[i] = 0.0f;
-  }
+  for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int j = warp; j < n_keys; j += 2 * kAttnWarps) {
-    const int j2 = j + kAttnWarps;
-    const bool two = j2 < n_keys;  // the same for the whole warp
-    const Act* k1 = cache.k + base + static_cast<int64_t>(j) * kvd;
-    const Act* v1 = cache.v + base + static_cast<int64_t>(j) * kvd;
-    const Act* k2 = cache.k + base + static_cast<int64_t>(two ? j2 : j) * kvd;
-    const Act* v2 = cache.v + base + static_cast<int64_t>(two ? j2 : j) * kvd;
-    float ka[kMaxDimsPerLane], kb[kMaxDimsPerLane], va[kMaxDimsPerLane], vb[kMaxDimsPerLane];
-#pragma unroll
-    for (int i = 0; i < kMaxDimsPerLane; i++) {
-      const int d = lane + 32 * i;
-      const bool in = d < head_dim;
-      ka[i] = in ? to_float(k1[d]) : 0.0f, kb[i] = in ? to_float(k2[d]) : 0.0f;
-      va[i] = in ? to_float(v1[d]) : 0.0f, vb[i] = in ? to_float(v2[d]) : 0.0f;
-    }
-    float dot1 = 0.0f, dot2 = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kMaxDimsPerLane; i++) dot1 += qv[i] * ka[i], dot2 += qv[i] * kb[i];
-    const float s1 = warp_sum(dot1) * scale;
-    const float s2 = two ? warp_sum(dot2) * scale : -INFINITY;
-    const float m_new = fmaxf(m, fmaxf(s1, s2));
-    const float corr = expf(m - m_new);  // m = -inf at the first key: corr = 0 while l and acc are still 0
-    const float p1 = expf(s1 - m_new), p2 = two ? expf(s2 - m_new) : 0.0f;
-    l = l * corr + p1 + p2;
-#pragma unroll
-    for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] = acc[i] * corr + p1 * va[i] + p2 * vb[i];
+  for (int c0 = 32 * warp; c0 < n_keys; c0 += 32 * kAttnWarps) {
+    const int j = c0 + lane, n_chunk = min(32, n_keys - c0);
+    const float sc = j < n_keys ? dot_key(s_q, cache.k + base + static_cast<int64_t>(j) * kvd, head_dim) * scale
+                                : -INFINITY;
+    const float m_new = fmaxf(m, warp_max(sc));  // finite: the chunk has at least one key
+    const float corr = expf(m - m_new);          // m = -inf before the first chunk: 0, while l and acc are 0
+    const float p = expf(sc - m_new);            // 0 past the last key
+    l = l * corr + warp_sum(p);
     m = m_new;
+#pragma unroll
+    for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] *= corr;
+    const Act* vrow = cache.v + base + static_cast<int64_t>(c0) * kvd;
+#pragma unroll 4
+    for (int jj = 0; jj < n_chunk; jj++) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj);
+#pragma unroll
+      for (int i = 0; i < kMaxDimsPerLane; i++) {
+        const int d = lane + 32 * i;
+        if (d < head_dim) acc[i] += pj * to_float(vrow[static_cast<int64_t>(jj) * kvd + d]);
+      }
+    }
   }
   __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps][32 * kMaxDimsPerLane];
   if (lane == 0) s_m[warp] = m, s_l[warp] = l;

@@ -78,6 +78,7 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 // of chunk_rows (0: logprob_chunk_rows(vocab)), whose logits are the only [rows x V] buffer (allocated per call).
 // w16: a bf16 copy of W (bf16 mixed precision): the GEMMs take bf16 operands with fp32 accumulation; dw stays fp32.
 int logprob_chunk_rows(int vocab);
+int logits_stride(int vocab);  // row stride of a logits chunk: vocab rounded up to 8 (16-byte aligned rows)
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
                      int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr);
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,

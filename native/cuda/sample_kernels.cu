@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   if (a >= min(n_rows, s.ctl[0])) return;  // block-uniform exits only: the block synchronizes below
   const int slot = s.active[a], step = s.n_out[slot], V = p.vocab, row = a / logits_div;
   if (s.finished[slot] || step >= s.max_new) return;  // done since the last compaction
-  const float* z = logits + static_cast<int64_t>(row) * V;
+  const float* z = logits + static_cast<int64_t>(row) * p.logits_ld;
 
   // max and argmax (lowest index among equal maxima, as the CPU's first-max scan), and a finiteness check
   float best = -INFINITY;
@@ -243,10 +243,10 @@ __device__ inline uint64_t row_logit_key(int row, float x) {
   return (static_cast<uint64_t>(row) << 32) | static_cast<uint32_t>(~u);
 }
 
-__global__ void sort_keys_kernel(uint64_t* keys, int32_t* vals, const float* logits, int rows, int vocab) {
+__global__ void sort_keys_kernel(uint64_t* keys, int32_t* vals, const float* logits, int ld, int rows, int vocab) {
   GRID_STRIDE_LOOP(i, static_cast<int64_t>(rows) * vocab) {
     const int r = static_cast<int>(i / vocab), j = static_cast<int>(i % vocab);
-    keys[i] = row_logit_key(r, logits[i]);
+    keys[i] = row_logit_key(r, logits[static_cast<int64_t>(r) * ld + j]);
     vals[i] = j;
   }
 }
@@ -271,13 +271,14 @@ size_t sort_temp_bytes(int chunk_rows, int vocab) {
   return bytes;
 }
 
-void sort_rows(int32_t* sorted, const float* logits, int n_rows, int vocab, const SortScratch& sc, cudaStream_t st) {
+void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, const SortScratch& sc,
+               cudaStream_t st) {
   for (int r0 = 0; r0 < n_rows; r0 += sc.max_rows) {
     const int rows = std::min(sc.max_rows, n_rows - r0);
     const int n = rows * vocab;
     const int64_t off = static_cast<int64_t>(r0) * vocab;
     sort_keys_kernel<<<static_cast<int>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, st>>>(
-        sc.keys_in, sc.vals_in, logits + off, rows, vocab);
+        sc.keys_in, sc.vals_in, logits + static_cast<int64_t>(r0) * ld, ld, rows, vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
     size_t temp_bytes = sc.temp_bytes;
     OPTUNE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sc.temp, temp_bytes, sc.keys_in, sc.keys_out, sc.vals_in,

@@ -48,7 +48,7 @@ void check_request(const Model& m, const SampleRequest& r) {
 // One handle per host thread (as gemm.cu), bound to the call's stream and workspace for the call's lifetime.
 class Blas {
  public:
-  Blas(cudaStream_t st, void* workspace, size_t bytes) : h_(handle()) {
+  Blas(cudaStream_t st, void* workspace, size_t bytes) : h_(handle()), ws_(workspace), ws_bytes_(bytes) {
     OPTUNE_CUBLAS_CHECK(cublasSetStream(h_, st));
     OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace, bytes));
   }
@@ -58,16 +58,31 @@ class Blas {
 
   // Row-major C[M, N] = A[M, K] op(B) + beta C, with op(B) = B [K, N] (ldb N) or B^T for B [N, K] (ldb K). cuBLAS
   // is column-major, so it computes C^T = op(B)^T A^T (see gemm.cu).
-  void mm(int M, int N, int K, const float* A, const float* B, bool trans_b, float beta, float* C) const {
+  // ldc: C's row stride (0: N).
+  void mm(int M, int N, int K, const float* A, const float* B, bool trans_b, float beta, float* C, int ldc = 0) const {
     const float one = 1.0f;
     OPTUNE_CUBLAS_CHECK(cublasSgemm(h_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B,
-                                    trans_b ? K : N, A, K, &beta, C, N));
+                                    trans_b ? K : N, A, K, &beta, C, ldc ? ldc : N));
   }
-  void mm(int M, int N, int K, const bf16* A, const bf16* B, bool trans_b, float beta, float* C) const {
+  void mm(int M, int N, int K, const bf16* A, const bf16* B, bool trans_b, float beta, float* C, int ldc = 0) const {
     const float one = 1.0f;
     OPTUNE_CUBLAS_CHECK(cublasGemmEx(h_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, &one, B,
-                                     CUDA_R_16BF, trans_b ? K : N, A, CUDA_R_16BF, K, &beta, C, CUDA_R_32F, N,
-                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                                     CUDA_R_16BF, trans_b ? K : N, A, CUDA_R_16BF, K, &beta, C, CUDA_R_32F,
+                                     ldc ? ldc : N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+  // The same without a workspace, which rules out cuBLAS's split-K algorithms. For the LM head of a decode step
+  // (a few dozen rows x 50k-150k vocabulary x d) cuBLAS picked a split-K GEMM whose reduction alone took 187 us of
+  // a 1.4 ms step on an H100 (its whole weight read is ~26 us at bf16).
+  template <class T>
+  void mm_unsplit(int M, int N, int K, const T* A, const T* B, bool trans_b, float beta, float* C, int ldc) const {
+    OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, nullptr, 0));
+    try {
+      mm(M, N, K, A, B, trans_b, beta, C, ldc);
+    } catch (...) {
+      cublasSetWorkspace(h_, ws_, ws_bytes_);
+      throw;
+    }
+    OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, ws_, ws_bytes_));
   }
 
  private:
@@ -81,6 +96,8 @@ class Blas {
     return h;
   }
   cublasHandle_t h_;
+  void* ws_;
+  size_t ws_bytes_;
 };
 
 class Stream {
@@ -145,12 +162,14 @@ class Sampler {
     K_ = r.n_samples;
     R_ = n_prompts_ * K_;
     D_ = c_.d_model, V_ = c_.vocab_size, F_ = c_.d_ff, QD_ = c_.q_dim(), KVD_ = c_.kv_dim();
+    LV_ = logits_stride(V_);
     int max_prompt = 0;
     for (int i = 0; i < n_prompts_; i++) max_prompt = std::max(max_prompt, prompt_len(i));
     cap_ = max_prompt + r.max_new_tokens;
     max_rows_ = std::max(R_, std::max(max_prompt, std::min(static_cast<int>(r.prompt_tokens.size()), kPrefillTokens)));
     params_.seed = r.seed, params_.temperature = r.temperature, params_.top_k = r.top_k, params_.top_p = r.top_p;
     params_.vocab = V_;
+    params_.logits_ld = LV_;
     allocate();
   }
 
@@ -158,7 +177,7 @@ class Sampler {
     const auto t0 = std::chrono::steady_clock::now();
     init_state();
     prefill();
-    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), n_prompts_, V_, sort_, st());
+    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), LV_, n_prompts_, V_, sort_, st());
     pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
     sync();
     const auto t1 = std::chrono::steady_clock::now();
@@ -243,7 +262,7 @@ class Sampler {
     if (c_.is_llama()) up_ = alloc<float>(rows * F_, "sampler MLP up projection");
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
-    logits_ = alloc<float>(static_cast<size_t>(R_) * V_, "sampler logits (responses x vocab)");
+    logits_ = alloc<float>(static_cast<size_t>(R_) * LV_, "sampler logits (responses x vocab)");
     if (params_.filtered()) {
       sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k/top-p)");
       sort_.max_rows = sort_chunk_rows(R_, V_);
@@ -394,7 +413,7 @@ class Sampler {
   void head(float* logits, const int32_t* src, int n, const float* pending) {
     add_norm<Act>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
                     c_.is_gpt2(), st());
-    blas_.mm(n, V_, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits);
+    blas_.mm_unsplit(n, V_, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
   }
 
   // All prompts through the model in chunks of at most kPrefillTokens tokens (a longer prompt is a chunk of its
@@ -432,7 +451,7 @@ class Sampler {
       rows.copies = K_;
       const PrefillChunk pf{chunk_off_.data() + chunk_base, p1 - p0, max_len};
       const float* pending = blocks(rows, &pf);
-      head(logits_.data() + static_cast<size_t>(p0) * V_, last_row_.data() + p0, p1 - p0, pending);
+      head(logits_.data() + static_cast<size_t>(p0) * LV_, last_row_.data() + p0, p1 - p0, pending);
       chunk_base += p1 - p0 + 1;
     }
   }
@@ -445,7 +464,7 @@ class Sampler {
     rows.n = bucket, rows.copies = 1;
     const float* pending = blocks(rows, nullptr);
     head(logits_.data(), nullptr, bucket, pending);
-    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), bucket, V_, sort_, st());
+    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), LV_, bucket, V_, sort_, st());
     pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
   }
 
@@ -469,7 +488,7 @@ class Sampler {
   const ParamLayout& L_;
   SamplerWeights w_;
   const SampleRequest& r_;
-  int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
+  int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
   Params params_;
   State state_;

@@ -83,6 +83,7 @@ struct Params {
   int top_k = 0;
   float top_p = 1.0f;
   int vocab = 0;
+  int logits_ld = 0;  // row stride of the logits (the vocabulary rounded up to 8: 16-byte aligned rows for cuBLAS)
   __host__ __device__ bool filtered() const {
     return temperature != 0.0f && ((top_k > 0 && top_k < vocab) || top_p < 1.0f);
   }
@@ -111,7 +112,8 @@ struct SortScratch {
 // Rows of logits per sort and the bytes of temp storage cub needs for them.
 int sort_chunk_rows(int n_rows, int vocab);
 size_t sort_temp_bytes(int chunk_rows, int vocab);
-// sorted[r] = the vocabulary ordered by (logits[r] desc, index asc), for r < n_rows.
-void sort_rows(int32_t* sorted, const float* logits, int n_rows, int vocab, const SortScratch& sc, cudaStream_t st);
+// sorted[r] = the vocabulary ordered by (logits[r] desc, index asc), for r < n_rows (logits rows ld apart).
+void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, const SortScratch& sc,
+               cudaStream_t st);
 
 }  // namespace optune::cuda::sampler

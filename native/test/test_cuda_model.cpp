@@ -141,15 +141,16 @@ void expect_stat(const std::string& what, const char* stat, double got, double w
             what + " " + stat + ": gpu " + std::to_string(got) + " vs cpu " + std::to_string(want));
 }
 
-// loss_rtol: IPO's loss (h - 1/(2 beta))^2 multiplies an error in h by 2|h - 1/(2 beta)| (~3 here), so under bf16
-// (sequence log-prob sums off by a few 1e-2) its loss gets a wider bound than the rewards it is made of.
+// loss_rtol: IPO's loss (h - 1/(2 beta))^2 multiplies an error in h by 2|h - 1/(2 beta)| (~3 here), and its
+// gradient scale 2(h - 1/(2 beta)) moves with h too, so under bf16 (sequence log-prob sums off by a few 1e-2) its loss
+// and grad norm get a wider bound than the rewards they are made of (measured on an H100: 11% and 6%).
 void expect_stats(const std::string& what, const TrainStats& g, const TrainStats& c, double rtol,
                   double loss_rtol = 0) {
   if (loss_rtol <= 0) loss_rtol = rtol;
   expect_stat(what, "loss", g.loss, c.loss, loss_rtol, loss_rtol);
   expect_stat(what, "chosen reward", g.chosen_reward, c.chosen_reward, rtol, rtol);
   expect_stat(what, "rejected reward", g.rejected_reward, c.rejected_reward, rtol, rtol);
-  expect_stat(what, "grad norm", g.grad_norm, c.grad_norm, rtol * 10, rtol);
+  expect_stat(what, "grad norm", g.grad_norm, c.grad_norm, rtol * 10, std::max(rtol, loss_rtol));
   CHECK_MSG(g.n_pairs == c.n_pairs && g.n_tokens == c.n_tokens, what + ": counts differ");
 }
 
