@@ -15,7 +15,8 @@
 #              OPTUNE_GPU_CHECK_BUDGET (seconds for everything, default 510), OPTUNE_PYTHON (default python3),
 #              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled),
 #              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device"),
-#              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks: profile_*.log).
+#              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks: profile_*.log),
+#              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test).
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
 # (about 75 s of it compiling; --skip-compiled saves that).
@@ -94,7 +95,7 @@ if ((rc[build] == 0)); then
     rc[ctest]=$?
   # A failed CUDA test runs again under compute-sanitizer (memcheck): the first bad access or API error, by kernel
   # and thread, is what the next fix needs; an illegal address would otherwise fail every later case alike.
-  if ((rc[ctest] != 0 && !dry)) && command -v compute-sanitizer >/dev/null 2>&1; then
+  if ((rc[ctest] != 0 && !dry)) && [[ ${OPTUNE_GPU_SANITIZE:-1} == 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
     for t in test_cuda_kernels test_cuda_model test_cuda_sampler; do
       if grep -qE "[0-9]+/[0-9]+ Test +#[0-9]+: $t .*(Failed|Timeout|Exception)" "$out/ctest.log"; then
         stage "sanitize_$t" 90 compute-sanitizer --tool memcheck --print-limit 12 "$build/$t"

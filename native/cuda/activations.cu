@@ -24,6 +24,17 @@ __global__ void gelu_forward_kernel(float* out, const float* inp, int64_t n) {
   }
 }
 
+// fc[r, :] += bias; act[r, :] = gelu(fc[r, :]): the MLP's first bias and its activation in one pass (fc keeps the
+// biased pre-activation, which gelu_backward reads). A block per row.
+__global__ void bias_gelu_forward_kernel(float* act, float* fc, const float* bias, int cols) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float x = fc[base + c] + (bias ? bias[c] : 0.0f);
+    fc[base + c] = x;
+    act[base + c] = 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x)));
+  }
+}
+
 __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, int64_t n) {
   GRID_STRIDE_LOOP(i, n) {
     const float x = inp[i];
@@ -54,6 +65,11 @@ __global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* do
 void gelu_forward(float* out, const float* inp, int64_t n) {
   if (n <= 0) return;
   gelu_forward_kernel<<<blocks_for(n), kThreads>>>(out, inp, n);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols) {
+  if (rows <= 0 || cols <= 0) return;
+  bias_gelu_forward_kernel<<<rows, kThreads>>>(act, fc, bias, cols);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {

@@ -163,6 +163,7 @@ static constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
 __device__ inline float dot_key(const float* q, const float* k, int hd) {
   float s = 0.0f;
   if (hd % 4 == 0) {
+#pragma unroll 8
     for (int d = 0; d < hd; d += 4) {
       const float4 kv = *reinterpret_cast<const float4*>(k + d);
       s += q[d] * kv.x + q[d + 1] * kv.y + q[d + 2] * kv.z + q[d + 3] * kv.w;
@@ -175,6 +176,7 @@ __device__ inline float dot_key(const float* q, const float* k, int hd) {
 __device__ inline float dot_key(const float* q, const bf16* k, int hd) {
   float s = 0.0f;
   if (hd % 8 == 0) {
+#pragma unroll 8  // all of a 64-dim key's loads in flight at once
     for (int d = 0; d < hd; d += 8) {
       const uint4 raw = *reinterpret_cast<const uint4*>(k + d);
       const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
@@ -216,7 +218,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 #pragma unroll
     for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] *= corr;
     const Act* vrow = cache.v + base + static_cast<int64_t>(c0) * kvd;
-#pragma unroll 4
+#pragma unroll 8
     for (int jj = 0; jj < n_chunk; jj++) {
       const float pj = __shfl_sync(0xffffffffu, p, jj);
 #pragma unroll

@@ -34,6 +34,19 @@ void bias_add(float* out, const float* bias, int rows, int cols) {
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
+// out[r, :] += bias + x[r, :] (bias may be null): a projection's bias and the residual stream in one pass over the
+// rows (a block per row: no index division). Saves a separate bias_add pass over the output.
+__global__ void bias_residual_kernel(float* out, const float* bias, const float* x, int cols) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] += (bias ? bias[c] : 0.0f) + x[base + c];
+}
+
+void bias_residual(float* out, const float* bias, const float* x, int rows, int cols) {
+  if (rows <= 0 || cols <= 0) return;
+  bias_residual_kernel<<<rows, kThreads>>>(out, bias, x, cols);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 // Column sums as a GEMM with a ones row: dbias[1, cols] += ones[1, rows] @ dout[rows, cols]. cuBLAS spreads the
 // rows over the whole GPU (a per-column kernel would leave most SMs idle at T = 32k rows) and its result does not
 // change from run to run for the same shapes.

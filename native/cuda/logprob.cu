@@ -3,10 +3,12 @@
 // per row) reduces max and sum-exp and picks the target's log-prob. Backward recomputes the chunk's logits (cheaper
 // than storing them for 50k-150k vocabularies) and turns them in place into dLoss/dlogits, then two GEMMs give dH and
 // dW. dh[src[r]] += dH[r] runs one thread per column over the chunk's rows in order, so repeated src rows need no
-// atomics and the sum order is fixed.
+// atomics and the sum order is fixed; when the caller promises distinct rows (training: one per response token), a
+// block per row.
 // With a bf16 copy of W (bf16 mixed precision) the three GEMMs take bf16 operands (the gathered rows, and dLoss/dz,
 // rounded per chunk) with fp32 accumulation; the softmax and everything else stay fp32.
 #include <algorithm>
+#include <type_traits>
 
 #include "check.cuh"
 #include "core/error.h"
@@ -24,10 +26,52 @@ int logprob_chunk_rows(int vocab) {
   return static_cast<int>(std::max<int64_t>(8, std::min<int64_t>(8192, budget / logits_stride(vocab))));
 }
 
-// Row stride of a logits chunk: the vocabulary rounded up to 8 elements, so every row starts 16-byte aligned
-// (cuBLAS's fast Hopper kernels need aligned leading dimensions; with GPT-2's odd 50257 it fell back to an sm_75
-// kernel at ~70 TFLOP/s on an H100). The padding columns are never read.
+// Row stride of a logits chunk: the vocabulary rounded up to 8 elements, so every row starts 16-byte aligned. The
+// padding columns are never read.
 int logits_stride(int vocab) { return (vocab + 7) / 8 * 8; }
+
+namespace {
+
+// The head's three GEMMs, each split along the vocabulary into its bulk (a multiple of 8) and a remainder of < 8
+// rows of W: with a vocabulary dimension that is not a multiple of 8 (GPT-2's 50257) cuBLAS chose pre-Hopper
+// kernels at ~75 TFLOP/s on an H100, in any position (M, N or K). T: float (fp32) or uint16_t (bf16 operands).
+template <class T>
+void mm(bool ta, bool tb, int M, int N, int K, const T* A, int lda, const T* B, int ldb, float beta, float* C,
+        int ldc) {
+  if constexpr (std::is_same_v<T, float>)
+    gemm(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+  else
+    gemm_bf16(ta, tb, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc);
+}
+
+// logits[rows, vocab] (row stride ld) = H[rows, d] W^T
+template <class T>
+void head_logits(float* logits, int ld, const T* H, const T* W, int rows, int d, int vocab) {
+  const int bulk = vocab / 8 * 8;
+  if (bulk > 0) mm<T>(false, true, rows, bulk, d, H, d, W, d, 0.0f, logits, ld);
+  if (vocab > bulk)
+    mm<T>(false, true, rows, vocab - bulk, d, H, d, W + static_cast<size_t>(bulk) * d, d, 0.0f, logits + bulk, ld);
+}
+
+// dH[rows, d] = dZ[rows, vocab] W (dZ row stride ld)
+template <class T>
+void head_dh(float* dH, const T* dZ, int ld, const T* W, int rows, int d, int vocab) {
+  const int bulk = vocab / 8 * 8;
+  mm<T>(false, false, rows, d, bulk, dZ, ld, W, d, 0.0f, dH, d);  // K = 0 (vocab < 8) writes zeros
+  if (vocab > bulk)
+    mm<T>(false, false, rows, d, vocab - bulk, dZ + bulk, ld, W + static_cast<size_t>(bulk) * d, d, 1.0f, dH, d);
+}
+
+// dW[vocab, d] += dZ^T H
+template <class T>
+void head_dw(float* dW, const T* dZ, int ld, const T* H, int rows, int d, int vocab) {
+  const int bulk = vocab / 8 * 8;
+  if (bulk > 0) mm<T>(true, false, bulk, d, rows, dZ, ld, H, d, 1.0f, dW, d);
+  if (vocab > bulk)
+    mm<T>(true, false, vocab - bulk, d, rows, dZ + bulk, ld, H, d, 1.0f, dW + static_cast<size_t>(bulk) * d, d);
+}
+
+}  // namespace
 
 __global__ void gather_rows_kernel(float* out, const float* h, const int32_t* src, int rows, int d) {
   const float* s = h + static_cast<int64_t>(src[blockIdx.x]) * d;
@@ -63,6 +107,13 @@ __global__ void logprob_backward_kernel(float* logits, int ld, const float* g, c
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) z[j] = -gr * expf(z[j] - lse) + (j == t ? gr : 0.0f);
 }
 
+// dh[src[r]] += rows_buf[r] with distinct src rows: a block per row.
+__global__ void add_rows_kernel(float* dh, const float* rows_buf, const int32_t* src, int d) {
+  float* o = dh + static_cast<int64_t>(src[blockIdx.x]) * d;
+  const float* i = rows_buf + static_cast<int64_t>(blockIdx.x) * d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) o[c] += i[c];
+}
+
 __global__ void scatter_add_rows_kernel(float* dh, const float* rows_buf, const int32_t* src, int rows, int d) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= d) return;
@@ -78,9 +129,9 @@ static void chunk_logits(float* hbuf, uint16_t* hbuf16, float* logits, const flo
   const int ld = logits_stride(vocab);
   if (w16) {
     to_bf16(hbuf16, hbuf, static_cast<int64_t>(rows) * d);
-    gemm_bf16(false, true, rows, vocab, d, 1.0f, hbuf16, d, w16, d, 0.0f, logits, ld);
+    head_logits<uint16_t>(logits, ld, hbuf16, w16, rows, d, vocab);
   } else {
-    gemm(false, true, rows, vocab, d, 1.0f, hbuf, d, w, d, 0.0f, logits, ld);
+    head_logits<float>(logits, ld, hbuf, w, rows, d, vocab);
   }
 }
 
@@ -102,7 +153,8 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
 }
 
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
-                      int n, const float* w, int d, int vocab, int chunk_rows, const uint16_t* w16) {
+                      int n, const float* w, int d, int vocab, int chunk_rows, const uint16_t* w16,
+                      bool src_distinct) {
   if (n <= 0) return;
   OPTUNE_CHECK(vocab > 0 && d > 0, "logprob_backward: vocab and d must be positive");
   const int chunk = std::min(n, chunk_rows > 0 ? chunk_rows : logprob_chunk_rows(vocab));
@@ -120,13 +172,16 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
     if (w16) {
       // the padding columns (never read by the GEMMs, K = vocab) are converted too: one pass over the chunk
       to_bf16(dz16.data(), logits.data(), static_cast<int64_t>(rows) * ld);
-      gemm_bf16(false, false, rows, d, vocab, 1.0f, dz16.data(), ld, w16, d, 0.0f, dhbuf.data(), d);
-      gemm_bf16(true, false, vocab, d, rows, 1.0f, dz16.data(), ld, hbuf16.data(), d, 1.0f, dw, d);
+      head_dh<uint16_t>(dhbuf.data(), dz16.data(), ld, w16, rows, d, vocab);
+      head_dw<uint16_t>(dw, dz16.data(), ld, hbuf16.data(), rows, d, vocab);
     } else {
-      gemm(false, false, rows, d, vocab, 1.0f, logits.data(), ld, w, d, 0.0f, dhbuf.data(), d);  // dH = dZ W
-      gemm(true, false, vocab, d, rows, 1.0f, logits.data(), ld, hbuf.data(), d, 1.0f, dw, d);   // dW += dZ^T H
+      head_dh<float>(dhbuf.data(), logits.data(), ld, w, rows, d, vocab);   // dH = dZ W
+      head_dw<float>(dw, logits.data(), ld, hbuf.data(), rows, d, vocab);  // dW += dZ^T H
     }
-    scatter_add_rows_kernel<<<(d + kThreads - 1) / kThreads, kThreads>>>(dh, dhbuf.data(), src + r0, rows, d);
+    if (src_distinct)
+      add_rows_kernel<<<rows, kThreads>>>(dh, dhbuf.data(), src + r0, d);
+    else
+      scatter_add_rows_kernel<<<(d + kThreads - 1) / kThreads, kThreads>>>(dh, dhbuf.data(), src + r0, rows, d);
     OPTUNE_CUDA_CHECK_LAUNCH();
   }
 }

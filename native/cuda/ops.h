@@ -40,6 +40,8 @@ void norm_xhat_product(float* prod, const float* dout, const float* inp, const f
 // ---- activations -----------------------------------------------------------------------------------------------
 void gelu_forward(float* out, const float* inp, int64_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+// fc[r, :] += bias (null: none), then act = gelu(fc): bias_add + gelu_forward in one pass; rows x cols.
+void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols);
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 
@@ -81,8 +83,11 @@ int logprob_chunk_rows(int vocab);
 int logits_stride(int vocab);  // row stride of a logits chunk: vocab rounded up to 8 (16-byte aligned rows)
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
                      int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr);
+// src_distinct: the caller promises no src row repeats (a response's rows never do), so dh's rows are added in
+// parallel; otherwise one thread per column walks the rows in order (repeats sum in a fixed order).
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
-                      int n, const float* w, int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr);
+                      int n, const float* w, int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr,
+                      bool src_distinct = false);
 
 // ---- AdamW -----------------------------------------------------------------------------------------------------
 // sum of g[i]^2 in double, reduced in a fixed order (same result on every run); the caller takes the sqrt, checks
@@ -103,6 +108,8 @@ void embedding_backward(float* dw, const float* dx, const int32_t* ids, const in
                         int n_ids, int d);
 void add_inplace(float* y, const float* x, int64_t n);                 // y += x
 void bias_add(float* out, const float* bias, int rows, int cols);      // out[r, :] += bias
+// out[r, :] += bias + x[r, :] (bias null: none): bias_add + add_inplace in one pass.
+void bias_residual(float* out, const float* bias, const float* x, int rows, int cols);
 // dbias += column sums of dout; `ones` holds `rows` ones (a GEMM does the sums).
 void bias_backward(float* dbias, const float* dout, const float* ones, int rows, int cols);
 void fill(float* p, float value, int64_t n);

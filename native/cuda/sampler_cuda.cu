@@ -71,8 +71,8 @@ class Blas {
                                      ldc ? ldc : N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
   // The same without a workspace, which rules out cuBLAS's split-K algorithms. For the LM head of a decode step
-  // (a few dozen rows x 50k-150k vocabulary x d) cuBLAS picked a split-K GEMM whose reduction alone took 187 us of
-  // a 1.4 ms step on an H100 (its whole weight read is ~26 us at bf16).
+  // (a few dozen rows x 50k-150k vocabulary x d) cuBLAS picked a split-K GEMM whose reduction alone took 145-187 us
+  // of a 1-1.4 ms step on an H100 (its whole weight read is ~26 us at bf16).
   template <class T>
   void mm_unsplit(int M, int N, int K, const T* A, const T* B, bool trans_b, float beta, float* C, int ldc) const {
     OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, nullptr, 0));
@@ -413,7 +413,12 @@ class Sampler {
   void head(float* logits, const int32_t* src, int n, const float* pending) {
     add_norm<Act>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
                     c_.is_gpt2(), st());
-    blas_.mm_unsplit(n, V_, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
+    // the vocabulary in its bulk (a multiple of 8) and a remainder: cuBLAS picks slow kernels for an N like 50257
+    const int bulk = V_ / 8 * 8;
+    if (bulk > 0) blas_.mm_unsplit(n, bulk, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
+    if (V_ > bulk)
+      blas_.mm_unsplit(n, V_ - bulk, D_, hf_.data(), W(L_.lm_head + static_cast<size_t>(bulk) * D_), true, 0.0f,
+                       logits + bulk, LV_);
   }
 
   // All prompts through the model in chunks of at most kPrefillTokens tokens (a longer prompt is a chunk of its

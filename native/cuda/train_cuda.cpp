@@ -73,7 +73,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[k.row_seq[i]]);
     copy_to_device(k.g, g.data(), n_rows * sizeof(float));
     logprob_backward(k.dnormf, ds.grads.data() + m.layout.lm_head, k.g, k.acts.normf, k.src, k.target, n_rows, w, D,
-                     m.cfg.vocab_size, 0, w16);
+                     m.cfg.vocab_size, 0, w16, /*src_distinct=*/true);  // one row per response token
     st.n_tokens = n_rows;
   }
 

@@ -203,10 +203,11 @@ void mlp_hidden_forward(const Net& n, const LayerOffsets& o, const float* norm) 
   const DevActs& a = n.a;
   const int D = c.d_model, F = c.d_ff;
   const int64_t TF = static_cast<int64_t>(n.T) * F;
-  linear_forward(n, a.fc, norm, o.fc_w, o.fc_b, D, F);
   if (c.is_gpt2()) {
-    gelu_forward(a.act, a.fc, TF);
+    linear_forward(n, a.fc, norm, o.fc_w, kAbsent, D, F);
+    bias_gelu_forward(a.act, a.fc, n.p(o.fc_b), n.T, F);
   } else {
+    linear_forward(n, a.fc, norm, o.fc_w, o.fc_b, D, F);
     linear_forward(n, a.up, norm, o.up_w, kAbsent, D, F);
     swiglu_forward(a.act, a.fc, a.up, TF);
   }
@@ -223,14 +224,14 @@ void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
                     c.n_kv_head, c.head_dim, n.B != nullptr);
-  linear_forward(n, y.res_attn, y.atty, o.o_w, o.o_b, QD, D);
-  add_inplace(y.res_attn, x, static_cast<int64_t>(T) * D);
+  linear_forward(n, y.res_attn, y.atty, o.o_w, kAbsent, QD, D);
+  bias_residual(y.res_attn, n.p(o.o_b), x, T, D);
 
   // MLP
   norm_forward(n, a.norm, y.n2_mean, y.n2_rstd, y.res_attn, o.norm2_w, o.norm2_b);
   mlp_hidden_forward(n, o, a.norm);
-  linear_forward(n, y.res_mlp, a.act, o.proj_w, o.proj_b, F, D);
-  add_inplace(y.res_mlp, y.res_attn, static_cast<int64_t>(T) * D);
+  linear_forward(n, y.res_mlp, a.act, o.proj_w, kAbsent, F, D);
+  bias_residual(y.res_mlp, n.p(o.proj_b), y.res_attn, T, D);
 }
 
 }  // namespace

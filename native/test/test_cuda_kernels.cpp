@@ -95,6 +95,24 @@ TEST(gemm_fp32_matches_cpu) {
     }
 }
 
+// fp32 -> bf16, round to nearest even: the 4-wide path (aligned, n % 4 == 0) and the scalar one, bit for bit.
+TEST(to_bf16_rounds_to_nearest_even) {
+  Rand r(17);
+  auto x = randv(1003, r, 3.0f);
+  x[0] = 1.0f + 1.0f / 256;  // exactly halfway between two bf16 values: rounds to the even one (1.0)
+  x[1] = -0.0f;
+  const Buf gx(x);
+  for (const auto& [off, n] : std::vector<std::pair<int, int>>{{0, 1000}, {0, 1003}, {1, 996}}) {
+    cuda::Buffer<uint16_t> out(static_cast<size_t>(n));
+    cuda::to_bf16(out.data(), gx.data() + off, n);
+    const std::vector<uint16_t> got = out.download();
+    int bad = 0;
+    for (int i = 0; i < n; i++) bad += got[i] != bf16_bits(x[off + i]);
+    CHECK_MSG(bad == 0, std::to_string(bad) + " of " + std::to_string(n) + " elements differ (offset " +
+                            std::to_string(off) + ")");
+  }
+}
+
 TEST(gemm_bf16_matches_cpu_on_rounded_inputs) {
   Rand r(2);
   const int M = 64, N = 48, K = 96;
@@ -224,6 +242,31 @@ TEST(gelu_swiglu_match_cpu) {
   expect_close("swiglu dup", gdup.download(), dup, kRtol);
 }
 
+// The fused forward glue: fc += bias then gelu (fc keeps the biased value), and out += bias + residual.
+TEST(bias_gelu_and_bias_residual_match_cpu) {
+  Rand r(16);
+  const int rows = 37, cols = 300;
+  const size_t n = static_cast<size_t>(rows) * cols;
+  const auto fc = randv(n, r, 2.0f), bias = randv(cols, r), y = randv(n, r), x = randv(n, r);
+  std::vector<float> want_fc(n), want_act(n), want_y(n);
+  for (size_t i = 0; i < n; i++) want_fc[i] = fc[i] + bias[i % cols], want_y[i] = y[i] + (bias[i % cols] + x[i]);
+  cpu::gelu_forward(want_act.data(), want_fc.data(), static_cast<int64_t>(n));
+  Buf gfc(fc), gbias(bias), gact(n), gy(y), gx(x);
+  cuda::bias_gelu_forward(gact.data(), gfc.data(), gbias.data(), rows, cols);
+  cuda::bias_residual(gy.data(), gbias.data(), gx.data(), rows, cols);
+  expect_close("bias_gelu fc", gfc.download(), want_fc, kRtol);
+  expect_close("bias_gelu act", gact.download(), want_act, kRtol);
+  expect_close("bias_residual", gy.download(), want_y, kRtol);
+  // without a bias
+  Buf gfc2(fc), gy2(y);
+  cuda::bias_gelu_forward(gact.data(), gfc2.data(), nullptr, rows, cols);
+  cuda::bias_residual(gy2.data(), nullptr, gx.data(), rows, cols);
+  cpu::gelu_forward(want_act.data(), fc.data(), static_cast<int64_t>(n));
+  for (size_t i = 0; i < n; i++) want_y[i] = y[i] + x[i];
+  expect_close("gelu (no bias) act", gact.download(), want_act, kRtol);
+  expect_close("residual (no bias)", gy2.download(), want_y, kRtol);
+}
+
 // ---- RoPE ------------------------------------------------------------------------------------------------------
 
 TEST(rope_matches_cpu_and_backward_inverts) {
@@ -335,7 +378,7 @@ TEST(attention_rejects_unsupported_shapes) {
 
 TEST(logprob_forward_backward_match_cpu) {
   Rand r(11);
-  const int T = 40, n = 50, d = 24, vocab = 1000;
+  const int T = 40, n = 50, d = 24, vocab = 1003;  // not a multiple of 8: the head GEMMs' bulk + remainder split
   const auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
   const auto g = randv(n, r), dh0 = randv(h.size(), r), dw0 = randv(w.size(), r);
   std::vector<int32_t> src(n), target(n);
@@ -355,13 +398,24 @@ TEST(logprob_forward_backward_match_cpu) {
     expect_close("logprob dh" + tag, gdh.download(), dh, kRtol);
     expect_close("logprob dw" + tag, gdw.download(), dw, kRtol);
   }
+  // distinct src rows (as a response's): dh's rows are added in parallel
+  std::vector<int32_t> dsrc(T);
+  for (int i = 0; i < T; i++) dsrc[i] = (i * 7) % T;  // a permutation (7 and 40 are coprime)
+  std::vector<float> dh2 = dh0, dw2 = dw0;
+  cpu::logprob_backward(dh2.data(), dw2.data(), g.data(), h.data(), dsrc.data(), target.data(), T, w.data(), d, vocab);
+  IBuf gdsrc(dsrc);
+  Buf gdh(dh0), gdw(dw0);
+  cuda::logprob_backward(gdh.data(), gdw.data(), gg.data(), gh.data(), gdsrc.data(), gtarget.data(), T, gw.data(), d,
+                         vocab, 16, nullptr, true);
+  expect_close("logprob dh (distinct src)", gdh.download(), dh2, kRtol);
+  expect_close("logprob dw (distinct src)", gdw.download(), dw2, kRtol);
 }
 
 // bf16 LM head: the rows and W go to the GEMMs as bf16, so against the CPU on the same bf16-rounded h and W the
 // log-probs agree to fp32 accumulation (1e-4); backward also rounds dLoss/dlogits to bf16 (1e-2 on dh, dw).
 TEST(logprob_bf16_matches_cpu_on_rounded_inputs) {
   Rand r(13);
-  const int T = 30, n = 40, d = 32, vocab = 700;
+  const int T = 30, n = 40, d = 32, vocab = 701;
   auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
   for (auto& x : h) x = bf16_value(bf16_bits(x));
   for (auto& x : w) x = bf16_value(bf16_bits(x));
