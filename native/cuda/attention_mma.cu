@@ -108,6 +108,42 @@ __device__ inline void load_tile(bf16* dst, const float* src, int64_t stride, in
   }
 }
 
+// The A fragment (16 x 16, columns 16 kk .. 16 kk + 15) of the next product from a row of C tiles of this one,
+// rounded to bf16: C tiles 2 kk and 2 kk + 1 hold those columns (kk: a compile-time constant after unrolling).
+template <int N>
+__device__ inline void c_to_a(uint32_t (&a)[4], const float (&c)[N][4], int kk) {
+  a[0] = pack_bf16(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = pack_bf16(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = pack_bf16(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = pack_bf16(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+// x = A1 B1^T and y = A2 B2^T over head_dim, for this warp's 16 rows (from m0) and a tile's kCols columns: A1, A2
+// are [rows][HD + 8] tiles, B1, B2 [kCols][HD + 8] tiles (row-major, so the fragments of B^T are plain loads).
+template <int HD>
+__device__ inline void two_products(float (&x)[kCols / 8][4], float (&y)[kCols / 8][4], const bf16* A1,
+                                    const bf16* A2, const bf16* B1, const bf16* B2, int m0) {
+  constexpr int ld = HD + 8;
+#pragma unroll
+  for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) x[nt][e] = y[nt][e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < HD / 16; kk++) {
+    uint32_t a1[4], a2[4];
+    load_a(a1, A1, ld, m0, 16 * kk);
+    load_a(a2, A2, ld, m0, 16 * kk);
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++) {
+      uint32_t b0, b1;
+      load_b(b0, b1, B1, ld, 8 * nt, 16 * kk);
+      mma(x[nt], a1, b0, b1);
+      load_b(b0, b1, B2, ld, 8 * nt, 16 * kk);
+      mma(y[nt], a2, b0, b1);
+    }
+  }
+}
+
 __device__ inline float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -201,9 +237,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_forward_mma_kernel(
     // O += P V
 #pragma unroll
     for (int kk = 0; kk < kCols / 16; kk++) {
-      const uint32_t pa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]),
-                              pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                              pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+      uint32_t pa[4];
+      c_to_a(pa, sc, kk);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) {
         uint32_t b0, b1;
@@ -279,24 +314,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
       if (i0 + kCols - 1 < j0 + m0) continue;  // every query of the tile precedes this warp's keys (warp-uniform)
 
       float st[kCols / 8][4], dpt[kCols / 8][4];  // S^T then P^T; dP^T then dS^T (rows: keys, columns: queries)
-#pragma unroll
-      for (int nt = 0; nt < kCols / 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < HD / 16; kk++) {
-        uint32_t ka[4], va[4];
-        load_a(ka, Ks, ld, m0, 16 * kk);
-        load_a(va, Vs, ld, m0, 16 * kk);
-#pragma unroll
-        for (int nt = 0; nt < kCols / 8; nt++) {
-          uint32_t b0, b1;
-          load_b(b0, b1, Qs, ld, 8 * nt, 16 * kk);
-          mma(st[nt], ka, b0, b1);
-          load_b(b0, b1, dOs, ld, 8 * nt, 16 * kk);
-          mma(dpt[nt], va, b0, b1);
-        }
-      }
+      two_products<HD>(st, dpt, Ks, Vs, Qs, dOs, m0);  // S^T = K Q^T, dP^T = V dO^T
 #pragma unroll
       for (int nt = 0; nt < kCols / 8; nt++)
 #pragma unroll
@@ -310,12 +328,9 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
       // dV += P^T dO, dK += dS^T Q (B operands [query][d] from shared memory, transposing loads)
 #pragma unroll
       for (int kk = 0; kk < kCols / 16; kk++) {
-        const uint32_t pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]),
-                                pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]),
-                                pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-        const uint32_t da[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]),
-                                pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
-                                pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+        uint32_t pa[4], da[4];
+        c_to_a(pa, st, kk);
+        c_to_a(da, dpt, kk);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
           uint32_t b0, b1;
@@ -384,24 +399,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 
     float sc[kCols / 8][4], dp[kCols / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kCols / 8; nt++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) {
-      uint32_t qa[4], da[4];
-      load_a(qa, Qs, ld, m0, 16 * kk);
-      load_a(da, dOs, ld, m0, 16 * kk);
-#pragma unroll
-      for (int nt = 0; nt < kCols / 8; nt++) {
-        uint32_t b0, b1;
-        load_b(b0, b1, Ks, ld, 8 * nt, 16 * kk);
-        mma(sc[nt], qa, b0, b1);
-        load_b(b0, b1, Vs, ld, 8 * nt, 16 * kk);
-        mma(dp[nt], da, b0, b1);
-      }
-    }
+    two_products<HD>(sc, dp, Qs, dOs, Ks, Vs, m0);  // S = Q K^T, dP = dO V^T
 #pragma unroll
     for (int nt = 0; nt < kCols / 8; nt++)
 #pragma unroll
@@ -413,9 +411,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
       }
 #pragma unroll
     for (int kk = 0; kk < kCols / 16; kk++) {
-      const uint32_t dsa[4] = {pack_bf16(dp[2 * kk][0], dp[2 * kk][1]), pack_bf16(dp[2 * kk][2], dp[2 * kk][3]),
-                               pack_bf16(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                               pack_bf16(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+      uint32_t dsa[4];
+      c_to_a(dsa, dp, kk);
 #pragma unroll
       for (int nt = 0; nt < NT; nt++) {
         uint32_t b0, b1;
