@@ -144,6 +144,23 @@ __device__ inline void two_products(float (&x)[kCols / 8][4], float (&y)[kCols /
   }
 }
 
+// acc += C B for this warp's 16 rows: C (16 x kCols) is a row of C tiles of the previous product (P, dS), B a
+// [kCols][HD + 8] tile in shared memory (V, dO, Q or K), read with transposing loads.
+template <int HD>
+__device__ inline void add_product(float (&acc)[HD / 8][4], const float (&c)[kCols / 8][4], const bf16* B) {
+#pragma unroll
+  for (int kk = 0; kk < kCols / 16; kk++) {
+    uint32_t a[4];
+    c_to_a(a, c, kk);
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) {
+      uint32_t b0, b1;
+      load_b_trans(b0, b1, B, HD + 8, 8 * nt, 16 * kk);
+      mma(acc[nt], a, b0, b1);
+    }
+  }
+}
+
 __device__ inline float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
   return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
@@ -234,18 +251,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_forward_mma_kernel(
         l_run[e >> 1] += p;
       }
 
-    // O += P V
-#pragma unroll
-    for (int kk = 0; kk < kCols / 16; kk++) {
-      uint32_t pa[4];
-      c_to_a(pa, sc, kk);
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        uint32_t b0, b1;
-        load_b_trans(b0, b1, Vs, ld, 8 * nt, 16 * kk);
-        mma(o[nt], pa, b0, b1);
-      }
-    }
+    add_product<HD>(o, sc, Vs);  // O += P V
   }
 
 #pragma unroll
@@ -325,21 +331,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
           st[nt][e] = p;
           dpt[nt][e] = p * (dpt[nt][e] - D_s[c]) * scale;
         }
-      // dV += P^T dO, dK += dS^T Q (B operands [query][d] from shared memory, transposing loads)
-#pragma unroll
-      for (int kk = 0; kk < kCols / 16; kk++) {
-        uint32_t pa[4], da[4];
-        c_to_a(pa, st, kk);
-        c_to_a(da, dpt, kk);
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-          uint32_t b0, b1;
-          load_b_trans(b0, b1, dOs, ld, 8 * nt, 16 * kk);
-          mma(dv_acc[nt], pa, b0, b1);
-          load_b_trans(b0, b1, Qs, ld, 8 * nt, 16 * kk);
-          mma(dk_acc[nt], da, b0, b1);
-        }
-      }
+      add_product<HD>(dv_acc, st, dOs);  // dV += P^T dO
+      add_product<HD>(dk_acc, dpt, Qs);  // dK += dS^T Q
     }
   }
 
@@ -409,17 +402,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
         const float p = live ? exp2f(sc[nt][e] * scale_log2 - lse2[r]) : 0.0f;
         dp[nt][e] = p * (dp[nt][e] - Dr[r]) * scale;  // dS
       }
-#pragma unroll
-    for (int kk = 0; kk < kCols / 16; kk++) {
-      uint32_t dsa[4];
-      c_to_a(dsa, dp, kk);
-#pragma unroll
-      for (int nt = 0; nt < NT; nt++) {
-        uint32_t b0, b1;
-        load_b_trans(b0, b1, Ks, ld, 8 * nt, 16 * kk);
-        mma(dq_acc[nt], dsa, b0, b1);
-      }
-    }
+    add_product<HD>(dq_acc, dp, Ks);  // dQ += dS K
   }
 
 #pragma unroll
