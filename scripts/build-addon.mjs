@@ -16,8 +16,15 @@ const extra = (process.env.OPTUNE_CMAKE_ARGS ?? "")
   .filter((a) => a !== "")
   .map((a) => (a.startsWith("-D") ? `--CD${a.slice(2)}` : a));
 
-const args = [cmakeJs, "compile", "--parallel", String(availableParallelism()), ...extra];
-const r = spawnSync(process.execPath, args, { cwd: root, stdio: "inherit" });
+// `compile` configures only a build folder that does not exist yet; options given on a later install (say
+// OPTUNE_CMAKE_ARGS="-DOPTUNE_CUDA=ON" after a CPU install) must reach CMake's cache, so then configure first.
+const parallel = ["--parallel", String(availableParallelism())];
+const steps = extra.length > 0 ? [["configure", ...parallel, ...extra], ["build", ...parallel]] : [["compile", ...parallel]];
+let r = { status: 0 };
+for (const step of steps) {
+  r = spawnSync(process.execPath, [cmakeJs, ...step], { cwd: root, stdio: "inherit" });
+  if (r.status !== 0) break;
+}
 if (r.status !== 0) {
   console.error(
     "\noptune: building the native engine failed. It needs CMake >= 3.18 and a C++17 compiler " +
