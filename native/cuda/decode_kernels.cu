@@ -127,7 +127,8 @@ __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, 
                                   int head_dim, bool rope, float theta, LayerCache<Act> cache) {
   const int r = blockIdx.x, part = blockIdx.y, pos = rows.pos[r], slot = rows.slot[r];
   const int kvd = n_kv_head * head_dim;
-  const int64_t at = (static_cast<int64_t>(slot) * cache.cap + pos) * kvd, copy_stride = cache.cap * kvd;
+  const int64_t at = (static_cast<int64_t>(slot) * cache.cap + pos) * kvd;
+  const int64_t copy_stride = static_cast<int64_t>(cache.cap) * kvd;
   if (part == 0)
     finish_part<Act>(q + static_cast<int64_t>(r) * qs, bq, n_head, head_dim, rope, pos, theta, nullptr, 0, 0);
   else if (part == 1)
