@@ -9,6 +9,7 @@ and their peak memory in "peak_mem_bytes" or "peak_gib"; both are accepted.
 """
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -35,6 +36,23 @@ def json_lines(path):
             except json.JSONDecodeError:
                 pass
     return recs
+
+
+def source_digest(root):
+    """sha256 (first 16 hex digits) of the native sources and CMakeLists.txt, by path and content: matches a GPU
+    result to the code it ran whatever git metadata travelled with the tree (`gpu_check_summary.py --digest` prints
+    it for the working tree here)."""
+    h = hashlib.sha256()
+    paths = [os.path.join(root, "CMakeLists.txt")]
+    for base, dirs, files in os.walk(os.path.join(root, "native")):
+        dirs.sort()
+        paths += [os.path.join(base, f) for f in sorted(files)]
+    for p in paths:
+        if os.path.isfile(p):
+            h.update(os.path.relpath(p, root).encode() + b"\0")
+            with open(p, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 def ctest_counts(text):
@@ -116,7 +134,7 @@ def table(native, torch_recs):
 
 def markdown(summary):
     gpu = summary["gpu"] or "no GPU"
-    lines = [f"GPU check on **{gpu}** ({summary['date']}, commit {summary['commit']}, archs {summary['archs']}, "
+    lines = [f"GPU check on **{gpu}** ({summary['date']}, commit {summary['commit']}, sources {summary.get('source_digest', '?')}, archs {summary['archs']}, "
              f"{summary['seconds']} s{', DRY RUN' if summary['dry_run'] else ''}). "
              f"Tests: {summary['passed']} passed, {summary['failed']} failed, {summary['skipped']} skipped.", ""]
     t = summary.get("torch_versions") or {}
@@ -154,6 +172,9 @@ def markdown(summary):
 
 
 def main():
+    if sys.argv[1:] == ["--digest"]:
+        print(source_digest(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        return
     out, archs, secs, dry = sys.argv[1:5]
     exits = {k: int(v) for k, v in (a.split("=", 1) for a in sys.argv[5:])}
     execs = ctest_counts(read(os.path.join(out, "ctest.log")))
@@ -170,14 +191,21 @@ def main():
         m = re.search(r"SKIPPED[^\n]*|\"(skipped|error)\"\s*:\s*\"([^\"]*)\"|bench_cuda_\w+: [^\n]*", text)
         if m or not text:
             notes[b] = "no output" if not m else f"{m.group(1)}: {m.group(2)}" if m.group(1) else m.group(0)
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+                                cwd=here).stdout.strip() or "unknown"
+        # a copied working tree can carry an older HEAD than its files (seen with the device tool): say so
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "native", "CMakeLists.txt"],
+                               cwd=here).returncode != 0
+        if dirty and commit != "unknown":
+            commit += "+changes"
     except OSError:
         commit = "unknown"
     summary = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit,
+        "source_digest": source_digest(os.path.dirname(here)),
         "dry_run": dry == "1",
         "gpu": gpu,
         "archs": archs,
