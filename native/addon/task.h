@@ -1,4 +1,5 @@
-// Runs one engine call on a libuv worker thread and settles a Promise with its result. The work function must not
+// Runs one engine call off the main thread (a libuv worker hands it to the engine thread, threads.h) and settles a
+// Promise with its result. The work function must not
 // touch JS values; the resolve function builds the JS result on the main thread. Any C++ exception from the work
 // (optune::Error on bad input, std::bad_alloc, ...) rejects the Promise with its message instead of aborting Node.
 #pragma once
@@ -49,8 +50,7 @@ class PromiseTask : public Napi::AsyncWorker {
  protected:
   void Execute() override {
     try {
-      apply_thread_setting();
-      work_();
+      run_engine_call(work_);
     } catch (const std::bad_alloc&) {
       fail("out of memory during " + name_);
     } catch (const std::exception& e) {
