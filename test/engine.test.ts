@@ -331,6 +331,25 @@ describe("queueing", () => {
     expectClose(concurrent, sequential);
     expectClose(await policy.getParams(), await seqPolicy.getParams());
   });
+
+  it("an error inside one engine call leaves the engine thread serving the others", async () => {
+    const a = await EngineModel.create(tiny, 11);
+    const b = await EngineModel.create(tiny, 12);
+    const batch = pairBatch();
+    const want = await b.logprobs(batch);
+    // maxNewTokens past maxPositions fails inside the engine call, between two good calls on another model
+    const [bad, good] = await Promise.allSettled([
+      a.sample({ prompts: [[1, 2, 3]], maxNewTokens: 100000, temperature: 0, seed: 1 }),
+      b.logprobs(batch),
+    ]);
+    expect(bad.status).toBe("rejected");
+    expect(String((bad as PromiseRejectedResult).reason)).toMatch(/max_positions|maxNewTokens/);
+    expect(good.status).toBe("fulfilled");
+    expectClose((good as PromiseFulfilledResult<typeof want>).value, want);
+    // the failed model itself works afterwards
+    await expect(a.logprobs(batch)).resolves.toHaveProperty("seqLogps");
+    await Promise.all([a.dispose(), b.dispose()]);
+  });
 });
 
 describe("event loop", () => {
