@@ -21,11 +21,15 @@
 #include "cuda/memory.h"
 #include "cuda/ops.h"
 #include "cuda/sampler_cuda.h"
+#include "sampling_checks.h"
 #include "test_helpers.h"
 #include "testing.h"
 #include "testing_cuda.h"
 
 using namespace optune;
+using testing::as_batch;
+using testing::kPrompts;
+using testing::prompts_request;
 
 namespace {
 
@@ -45,35 +49,6 @@ struct DeviceWeights {
 SampleResult gpu_sample(const Model& m, const SampleRequest& r, bool bf16 = false) {
   const DeviceWeights w(m, bf16);
   return cuda::sample_with_weights(m, w.get(), r);
-}
-
-SampleRequest prompts_request(const std::vector<std::vector<int32_t>>& prompts, int k, int max_new) {
-  SampleRequest r;
-  r.prompt_offsets.push_back(0);
-  for (const auto& p : prompts) {
-    r.prompt_tokens.insert(r.prompt_tokens.end(), p.begin(), p.end());
-    r.prompt_offsets.push_back(static_cast<int32_t>(r.prompt_tokens.size()));
-  }
-  r.n_samples = k;
-  r.max_new_tokens = max_new;
-  r.seed = 1234;
-  return r;
-}
-
-// prompt + response sequences as a batch, to score the sampled tokens with a full CPU forward
-Batch as_batch(const SampleRequest& req, const SampleResult& res) {
-  Batch b;
-  b.offsets.push_back(0);
-  const int K = req.n_samples;
-  for (size_t s = 0; s + 1 < res.offsets.size(); s++) {
-    const int i = static_cast<int>(s) / K;
-    b.tokens.insert(b.tokens.end(), req.prompt_tokens.begin() + req.prompt_offsets[i],
-                    req.prompt_tokens.begin() + req.prompt_offsets[i + 1]);
-    b.prompt_lens.push_back(req.prompt_offsets[i + 1] - req.prompt_offsets[i]);
-    b.tokens.insert(b.tokens.end(), res.tokens.begin() + res.offsets[s], res.tokens.begin() + res.offsets[s + 1]);
-    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
-  }
-  return b;
 }
 
 // Worst |GPU token log-prob - full CPU forward log-prob| over every sampled token.
@@ -119,8 +94,6 @@ double agreement(const SampleResult& a, const SampleResult& b) {
             a.offsets[s + 1] - a.offsets[s] == b.offsets[s + 1] - b.offsets[s];
   return static_cast<double>(same) / R;
 }
-
-const std::vector<std::vector<int32_t>> kPrompts = {{1, 5, 7}, {2, 3, 4, 8, 9, 10, 11}, {6}};
 
 // Wider shapes: head_dim 64 (GPT-2) and 128 (Llama, GQA 2:1), so every lane of the decode attention has work.
 ModelConfig wide_gpt2() {
@@ -268,71 +241,11 @@ TEST(bf16_close_to_fp32) {
   }
 }
 
-namespace {
-
-// Empirical distribution of the first sampled token over n draws vs the expected one: total variation distance.
-double first_token_tv(const Model& m, SampleRequest req, const std::vector<double>& expected, int n) {
-  req.n_samples = n;
-  req.max_new_tokens = 1;
-  const SampleResult res = gpu_sample(m, req);
-  std::vector<double> freq(expected.size(), 0.0);
-  for (int32_t t : res.tokens) freq[t] += 1.0 / n;
-  double tv = 0;
-  for (size_t j = 0; j < expected.size(); j++) tv += 0.5 * std::fabs(freq[j] - expected[j]);
-  return tv;
-}
-
-}  // namespace
-
 TEST(temperature_top_k_top_p_follow_their_definitions) {
   auto m = make_model(testing::tiny_gpt2());
   testing::randomize(*m, 35, 0.8f);
-  SampleRequest req = prompts_request({kPrompts[0]}, 1, 1);
-  Batch b;
-  b.tokens = kPrompts[0];
-  b.offsets = {0, 3};
-  b.prompt_lens = {3};
-  const std::vector<float> logits = compute_logits(*m, b);
-  const int V = m->cfg.vocab_size;
-  const float* z = logits.data() + 2 * V;
-  std::vector<int> order(V);
-  for (int j = 0; j < V; j++) order[j] = j;
-  std::sort(order.begin(), order.end(), [&](int a, int c) { return z[a] > z[c]; });
-  auto softmax = [&](float temp, const std::vector<int>& keep) {
-    std::vector<double> p(V, 0.0);
-    double tot = 0;
-    for (int j : keep) tot += (p[j] = std::exp(z[j] / temp));
-    for (auto& x : p) x /= tot;
-    return p;
-  };
-  const int n = 40000;  // TV noise ~ sqrt(V / n) / 2 ~ 1e-2
-  const std::vector<int> all(order);
-  for (float temp : {1.0f, 0.5f, 2.0f}) {
-    req.temperature = temp;
-    const double tv = first_token_tv(*m, req, softmax(temp, all), n);
-    CHECK_MSG(tv < 0.02, "temperature " + std::to_string(temp) + ": tv " + std::to_string(tv));
-  }
-  req.temperature = 1.0f;
-  req.top_k = 3;
-  const std::vector<int> top3(order.begin(), order.begin() + 3);
-  double tv = first_token_tv(*m, req, softmax(1.0f, top3), n);
-  CHECK_MSG(tv < 0.02, "top-k: tv " + std::to_string(tv));
-  req.top_k = 0;
-  req.top_p = 0.6f;
-  const std::vector<double> full = softmax(1.0f, all);
-  std::vector<int> nucleus;
-  double mass = 0;
-  for (int j : order) {
-    nucleus.push_back(j);
-    mass += full[j];
-    if (mass >= 0.6) break;
-  }
-  CHECK(nucleus.size() < static_cast<size_t>(V));
-  tv = first_token_tv(*m, req, softmax(1.0f, nucleus), n);
-  CHECK_MSG(tv < 0.02, "top-p: tv " + std::to_string(tv));
-  req.n_samples = 5000;  // tokens outside the nucleus never appear
-  const SampleResult res = gpu_sample(*m, req);
-  for (int32_t t : res.tokens) CHECK(std::find(nucleus.begin(), nucleus.end(), t) != nucleus.end());
+  SampleRequest req = testing::check_sampling_definitions(
+      *m, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); });
   // the same draws as the CPU sampler: the first tokens agree almost everywhere
   req.n_samples = 2000;
   const double agree = agreement(gpu_sample(*m, req), sample(*m, req));
