@@ -1,6 +1,6 @@
 // CUDA kernels against the CPU reference kernels (cpu/ops.h, core/adamw.cpp) on random inputs, forward and backward.
-// Tolerances: |gpu - cpu| <= rtol * (|cpu| + max|cpu|), i.e. relative to each element and to the tensor's scale
-// (sums in another order differ by a few ulp of the largest terms). fp32: rtol 1e-5, attention backward 3e-5 (its
+// Tolerances (testing_cuda.h expect_close): |gpu - cpu| <= rtol * (|cpu| + max|cpu|), relative to each element and
+// to the tensor's scale (sums in another order differ by a few ulp of the largest terms). fp32: rtol 1e-5, attention backward 3e-5 (its
 // D = rowsum(dO * O) replaces the CPU's rowsum(P * dP)); bf16 GEMM and bf16 log-prob head: 1e-4 against fp32 on
 // the same bf16-rounded inputs (head backward 1e-2: it rounds dLoss/dlogits too). Backward kernels start from
 // non-zero gradients to check that they accumulate.
@@ -20,6 +20,7 @@
 #include "testing_cuda.h"
 
 using namespace optune;
+using testing::expect_close;
 using testing::Rand;
 using Buf = cuda::Buffer<float>;
 using IBuf = cuda::Buffer<int32_t>;
@@ -30,32 +31,6 @@ std::vector<float> randv(size_t n, Rand& r, float std = 1.0f) {
   std::vector<float> v(n);
   for (auto& x : v) x = r.normal(std);
   return v;
-}
-
-// Fails once per tensor, naming the worst element.
-void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<float>& want,
-                  double rtol) {
-  if (got.size() != want.size()) {
-    testing::fail(__FILE__, __LINE__, what + ": size " + std::to_string(got.size()) + " vs " +
-                                          std::to_string(want.size()));
-    return;
-  }
-  double scale = 0.0;
-  for (float w : want) scale = std::max(scale, std::fabs(static_cast<double>(w)));
-  size_t worst = 0;
-  double worst_excess = 0.0;
-  bool bad = false;
-  for (size_t i = 0; i < got.size(); i++) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    const double tol = rtol * (std::fabs(static_cast<double>(want[i])) + scale);
-    if (!(err <= tol) && (!bad || err - tol > worst_excess)) {  // !(<=) also catches NaN
-      bad = true, worst = i, worst_excess = err - tol;
-    }
-  }
-  if (bad)
-    testing::fail(__FILE__, __LINE__, what + "[" + std::to_string(worst) + "]: gpu " + std::to_string(got[worst]) +
-                                          " vs cpu " + std::to_string(want[worst]) + " (rtol " +
-                                          std::to_string(rtol) + ", scale " + std::to_string(scale) + ")");
 }
 
 constexpr double kRtol = 1e-5;

@@ -22,29 +22,10 @@
 #include "testing_cuda.h"
 
 using namespace optune;
+using testing::expect_close;
 using testing::Rand;
 
 namespace {
-
-void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<float>& want,
-                  double rtol) {
-  if (got.size() != want.size()) {
-    testing::fail(__FILE__, __LINE__, what + ": size " + std::to_string(got.size()) + " vs " +
-                                          std::to_string(want.size()));
-    return;
-  }
-  double scale = 0.0;
-  for (float w : want) scale = std::max(scale, std::fabs(static_cast<double>(w)));
-  for (size_t i = 0; i < got.size(); i++) {
-    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
-    if (!(err <= rtol * (std::fabs(static_cast<double>(want[i])) + scale))) {  // !(<=) also catches NaN
-      testing::fail(__FILE__, __LINE__, what + "[" + std::to_string(i) + "]: gpu " + std::to_string(got[i]) +
-                                            " vs cpu " + std::to_string(want[i]) + " (rtol " + std::to_string(rtol) +
-                                            ", scale " + std::to_string(scale) + ")");
-      return;
-    }
-  }
-}
 
 double cosine(const float* a, const float* b, size_t n) {
   double ab = 0, aa = 0, bb = 0;

@@ -1,7 +1,11 @@
 // main() of the CUDA tests: without a CUDA device every case is reported SKIPPED (neither passed nor failed, as
 // the runner counts them), otherwise the device is named and the cases run.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 #include "cuda/memory.h"
 #include "testing.h"
@@ -17,3 +21,31 @@
     std::printf("device: %s\n", optune::cuda::device_description(0).c_str());                             \
     return testing::run_all();                                                                            \
   }
+
+namespace testing {
+
+// GPU values against the CPU's: |gpu - cpu| <= rtol * (|cpu| + max|cpu|) for every element (relative to the element
+// and to the tensor's scale); fails once per tensor, naming the worst element. !(<=) also catches NaN.
+inline void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<float>& want,
+                         double rtol) {
+  if (got.size() != want.size()) {
+    fail(__FILE__, __LINE__, what + ": size " + std::to_string(got.size()) + " vs " + std::to_string(want.size()));
+    return;
+  }
+  double scale = 0.0;
+  for (float w : want) scale = std::max(scale, std::fabs(static_cast<double>(w)));
+  size_t worst = 0;
+  double worst_excess = 0.0;
+  bool bad = false;
+  for (size_t i = 0; i < got.size(); i++) {
+    const double err = std::fabs(static_cast<double>(got[i]) - want[i]);
+    const double tol = rtol * (std::fabs(static_cast<double>(want[i])) + scale);
+    if (!(err <= tol) && (!bad || err - tol > worst_excess)) bad = true, worst = i, worst_excess = err - tol;
+  }
+  if (bad)
+    fail(__FILE__, __LINE__, what + "[" + std::to_string(worst) + "]: gpu " + std::to_string(got[worst]) + " vs cpu " +
+                                 std::to_string(want[worst]) + " (rtol " + std::to_string(rtol) + ", scale " +
+                                 std::to_string(scale) + ")");
+}
+
+}  // namespace testing
