@@ -4,17 +4,11 @@
 
 import { describe, expect, it } from "vitest";
 
-import { type DeviceName, type ModelConfigInput, EngineModel, engineInfo, packBatch } from "../src/engine/index.js";
+import { type DeviceName, EngineModel, engineInfo, packBatch } from "../src/engine/index.js";
 
-const tiny: ModelConfigInput = {
-  arch: "gpt2",
-  vocabSize: 50,
-  dModel: 16,
-  nLayer: 2,
-  nHead: 2,
-  dFf: 64,
-  maxPositions: 64,
-};
+import { TINY_MODEL } from "./tiny_model.js";
+
+const tiny = TINY_MODEL;
 
 const info = engineInfo();
 const hasGpu = info.devices.length > 0;

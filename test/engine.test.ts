@@ -9,7 +9,6 @@ import { afterAll, describe, expect, it } from "vitest";
 
 import {
   type Batch,
-  type ModelConfigInput,
   EngineModel,
   engineInfo,
   packBatch,
@@ -17,15 +16,9 @@ import {
   setThreads,
 } from "../src/engine/index.js";
 
-const tiny: ModelConfigInput = {
-  arch: "gpt2",
-  vocabSize: 50,
-  dModel: 16,
-  nLayer: 2,
-  nHead: 2,
-  dFf: 64,
-  maxPositions: 64,
-};
+import { TINY_MODEL } from "./tiny_model.js";
+
+const tiny = TINY_MODEL;
 
 // Two preference pairs sharing prompts: sequences 0/1 are pair 0 (chosen/rejected), 2/3 pair 1.
 function pairBatch(): Batch {
