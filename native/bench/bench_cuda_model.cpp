@@ -28,38 +28,15 @@
 #include "cuda/device_model.h"
 #include "cuda/memory.h"
 #include "cuda/ops.h"
+#include "bench_shapes.h"
 
 using namespace optune;
+using bench::gpt2_124m;
+using bench::random_batch;
 
 namespace {
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-ModelConfig gpt2_124m() {
-  ModelConfig c;
-  c.arch = Arch::GPT2;
-  c.vocab_size = 50257;
-  c.d_model = 768;
-  c.n_layer = 12;
-  c.n_head = 12;
-  c.n_kv_head = 12;
-  c.head_dim = 64;
-  c.d_ff = 3072;
-  c.max_positions = 1024;
-  return c;
-}
-
-Batch random_batch(int n_seq, int len, int prompt, int vocab, uint64_t seed) {
-  Batch b;
-  b.offsets.push_back(0);
-  for (int s = 0; s < n_seq; s++) {
-    for (int t = 0; t < len; t++)
-      b.tokens.push_back(static_cast<int32_t>(rng_uniform(seed, s, t) * vocab) % vocab);
-    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
-    b.prompt_lens.push_back(prompt);
-  }
-  return b;
-}
 
 double forward_flops(const ModelConfig& c, size_t n_params, const Batch& b) {
   double attn = 0;

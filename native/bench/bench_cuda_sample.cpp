@@ -19,6 +19,7 @@
 #include "cuda/memory.h"
 #include "cuda/ops.h"
 #include "cuda/sampler_cuda.h"
+#include "bench_shapes.h"
 
 using namespace optune;
 
@@ -36,10 +37,7 @@ int main(int argc, char** argv) {
   const int reps = argc > 1 ? std::max(1, std::atoi(argv[1])) : 3;
   try {
     const std::string device = cuda::device_description(0);
-    ModelConfig c;
-    c.arch = Arch::GPT2;
-    c.vocab_size = 50257, c.d_model = 768, c.n_layer = 12, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64;
-    c.d_ff = 3072, c.max_positions = 1024;
+    const ModelConfig c = bench::gpt2_124m();
     auto m = make_model(c);
     init_weights(*m, 1);
     const int B = 64, P = 64, N = 128;

@@ -10,36 +10,14 @@
 
 #include "core/engine.h"
 #include "core/rng.h"
+#include "bench_shapes.h"
 
 using namespace optune;
+using bench::gpt2_shape;
+using bench::random_batch;
 
 static double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-static ModelConfig gpt2_shape(int d, int layers, int heads, int vocab) {
-  ModelConfig c;
-  c.arch = Arch::GPT2;
-  c.vocab_size = vocab;
-  c.d_model = d;
-  c.n_layer = layers;
-  c.n_head = heads;
-  c.n_kv_head = heads;
-  c.head_dim = d / heads;
-  c.d_ff = 4 * d;
-  c.max_positions = 1024;
-  return c;
-}
-
-static Batch random_batch(int n, int len, int prompt, int vocab, uint64_t seed) {
-  Batch b;
-  b.offsets.push_back(0);
-  for (int i = 0; i < n; i++) {
-    for (int t = 0; t < len; t++) b.tokens.push_back(static_cast<int32_t>(rng_u64(seed, i, t) % vocab));
-    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
-    b.prompt_lens.push_back(prompt);
-  }
-  return b;
 }
 
 template <class F>
@@ -101,6 +79,6 @@ int main(int argc, char** argv) {
   }
   std::printf("{\"threads\": %d, \"blas\": \"%s\"}\n", omp_get_max_threads(), OPTUNE_BLAS_NAME);
   run_shape("tiny-gpt2-d256-L4", gpt2_shape(256, 4, 4, 4096), true, reps);
-  if (big) run_shape("gpt2-124m", gpt2_shape(768, 12, 12, 50257), false, 1);
+  if (big) run_shape("gpt2-124m", bench::gpt2_124m(), false, 1);
   return 0;
 }
