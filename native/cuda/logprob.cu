@@ -32,9 +32,9 @@ int logits_stride(int vocab) { return (vocab + 7) / 8 * 8; }
 
 namespace {
 
-// The head's three GEMMs, each split along the vocabulary into its bulk (a multiple of 8) and a remainder of < 8
-// rows of W: with a vocabulary dimension that is not a multiple of 8 (GPT-2's 50257) cuBLAS chose pre-Hopper
-// kernels at ~75 TFLOP/s on an H100, in any position (M, N or K). T: float (fp32) or uint16_t (bf16 operands).
+// The head's three GEMMs, each split along the vocabulary into its bulk and a remainder of < 8 rows of W
+// (vocab_bulk, ops.h: in any position, M, N or K, an odd vocabulary got slow kernels). T: float (fp32) or uint16_t
+// (bf16 operands).
 template <class T>
 void mm(bool ta, bool tb, int M, int N, int K, const T* A, int lda, const T* B, int ldb, float beta, float* C,
         int ldc) {
@@ -47,7 +47,7 @@ void mm(bool ta, bool tb, int M, int N, int K, const T* A, int lda, const T* B, 
 // logits[rows, vocab] (row stride ld) = H[rows, d] W^T
 template <class T>
 void head_logits(float* logits, int ld, const T* H, const T* W, int rows, int d, int vocab) {
-  const int bulk = vocab / 8 * 8;
+  const int bulk = vocab_bulk(vocab);
   if (bulk > 0) mm<T>(false, true, rows, bulk, d, H, d, W, d, 0.0f, logits, ld);
   if (vocab > bulk)
     mm<T>(false, true, rows, vocab - bulk, d, H, d, W + static_cast<size_t>(bulk) * d, d, 0.0f, logits + bulk, ld);
@@ -56,7 +56,7 @@ void head_logits(float* logits, int ld, const T* H, const T* W, int rows, int d,
 // dH[rows, d] = dZ[rows, vocab] W (dZ row stride ld)
 template <class T>
 void head_dh(float* dH, const T* dZ, int ld, const T* W, int rows, int d, int vocab) {
-  const int bulk = vocab / 8 * 8;
+  const int bulk = vocab_bulk(vocab);
   mm<T>(false, false, rows, d, bulk, dZ, ld, W, d, 0.0f, dH, d);  // K = 0 (vocab < 8) writes zeros
   if (vocab > bulk)
     mm<T>(false, false, rows, d, vocab - bulk, dZ + bulk, ld, W + static_cast<size_t>(bulk) * d, d, 1.0f, dH, d);
@@ -65,7 +65,7 @@ void head_dh(float* dH, const T* dZ, int ld, const T* W, int rows, int d, int vo
 // dW[vocab, d] += dZ^T H
 template <class T>
 void head_dw(float* dW, const T* dZ, int ld, const T* H, int rows, int d, int vocab) {
-  const int bulk = vocab / 8 * 8;
+  const int bulk = vocab_bulk(vocab);
   if (bulk > 0) mm<T>(true, false, bulk, d, rows, dZ, ld, H, d, 1.0f, dW, d);
   if (vocab > bulk)
     mm<T>(true, false, vocab - bulk, d, rows, dZ + bulk, ld, H, d, 1.0f, dW + static_cast<size_t>(bulk) * d, d);

@@ -81,6 +81,9 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 // w16: a bf16 copy of W (bf16 mixed precision): the GEMMs take bf16 operands with fp32 accumulation; dw stays fp32.
 int logprob_chunk_rows(int vocab);
 int logits_stride(int vocab);  // row stride of a logits chunk: vocab rounded up to 8 (16-byte aligned rows)
+// The vocabulary's aligned bulk (rounded down to 8): GEMMs over the vocabulary run on it and on the < 8 rows left,
+// since cuBLAS picks pre-Hopper kernels (~75 TFLOP/s on an H100) for a vocabulary dimension like 50257.
+inline int vocab_bulk(int vocab) { return vocab / 8 * 8; }
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
                      int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr);
 // src_distinct: the caller promises no src row repeats (a response's rows never do), so dh's rows are added in

@@ -413,8 +413,7 @@ class Sampler {
   void head(float* logits, const int32_t* src, int n, const float* pending) {
     add_norm<Act>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
                     c_.is_gpt2(), st());
-    // the vocabulary in its bulk (a multiple of 8) and a remainder: cuBLAS picks slow kernels for an N like 50257
-    const int bulk = V_ / 8 * 8;
+    const int bulk = vocab_bulk(V_);  // the aligned bulk of the vocabulary, then the rest (ops.h)
     if (bulk > 0) blas_.mm_unsplit(n, bulk, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
     if (V_ > bulk)
       blas_.mm_unsplit(n, V_ - bulk, D_, hf_.data(), W(L_.lm_head + static_cast<size_t>(bulk) * D_), true, 0.0f,
