@@ -33,7 +33,6 @@ if [[ ${1:-} == --pack ]]; then
   npx tsc -p tsconfig.json
   tar cJf "$pack/dist.tar.xz" dist
   npm ls --omit=dev --all --parseable 2>/dev/null | grep '/node_modules/' | sed "s|^$root/||" | sort -u >"$pack/modules.txt"
-  tar cf - --no-recursion -T "$pack/modules.txt" >/dev/null  # every listed path exists
   tar cJf "$pack/node_modules.tar.xz" -T "$pack/modules.txt"
   xz -T0 -c "$(command -v node)" >"$pack/node.xz"
   du -sh "$pack"
