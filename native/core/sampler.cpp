@@ -28,9 +28,6 @@ struct Pick {
   float logp;  // under the unmodified model distribution (temperature 1, no filtering)
 };
 
-// Draws one token from a logits row. Candidates are ordered by (logit desc, index asc) whenever filtering needs an
-// order, so the result is a pure function of (logits, settings, u). Returns token -1 when a logit is not finite.
-// The passes over the vocabulary are vectorized (max, exp); only the cumulative sums run in order, in double.
 // pick_token's buffers, kept by each decode thread across steps.
 struct PickScratch {
   std::vector<float> e;           // exp terms of the logits
@@ -39,6 +36,9 @@ struct PickScratch {
   std::vector<double> prob;       // their weights
 };
 
+// Draws one token from a logits row. Candidates are ordered by (logit desc, index asc) whenever filtering needs an
+// order, so the result is a pure function of (logits, settings, u). Returns token -1 when a logit is not finite.
+// The passes over the vocabulary are vectorized (max, exp); only the cumulative sums run in order, in double.
 Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScratch& ps) {
   std::vector<float>&e = ps.e, &block_sums = ps.block_sums;
   std::vector<int32_t>& idx = ps.idx;
