@@ -1,6 +1,7 @@
 // Native engine benchmark (no Node needed): tokens/s for sampling, sequence log-probs and one DPO step, on the
 // tiny GPT-2 shape (d256, 4 layers, 4 heads, vocab 4096) and, with --gpt2-124m, the GPT-2 124M shape.
-// Prints one JSON line per op. `optune bench engine` runs the same work through the addon with PyTorch beside it.
+// Prints one JSON line per op; `--only OP` runs one of them, `--reps N` sets the timed
+// repetitions, `--new N` the new tokens per sampled response. `optune bench engine` runs the same work through the addon with PyTorch beside it.
 #include <omp.h>
 
 #include <chrono>
@@ -28,6 +29,11 @@ static double time_it(F f, int warmup, int reps) {
   return (now() - t0) / reps;
 }
 
+// --only OP runs one op (for profiling); empty runs all.
+static std::string only;
+static int new_tokens = 64;  // --new N: sampling's new tokens (1 profiles the prefill)
+static bool wanted(const char* op) { return only.empty() || only == op; }
+
 static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampling, int reps) {
   auto m = make_model(cfg);
   init_weights(*m, 1);
@@ -38,18 +44,19 @@ static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampli
       r.prompt_offsets.push_back(i * 32);
     }
     r.prompt_offsets.push_back(16 * 32);
-    r.max_new_tokens = 64;
+    r.max_new_tokens = new_tokens;
     r.seed = 3;
     for (bool bf16 : {false, true}) {
       r.bf16 = bf16;
+      if (!wanted(bf16 ? "sample_bf16" : "sample")) continue;
       const double s = time_it([&] { sample(*m, r); }, 1, reps);
-      std::printf("{\"op\": \"%s\", \"shape\": \"%s\", \"batch\": 16, \"prompt\": 32, \"new\": 64, \"sec\": %.4f, "
-                  "\"tok_per_s\": %.0f}\n", bf16 ? "sample_bf16" : "sample", name, s, 16 * 64 / s);
+      std::printf("{\"op\": \"%s\", \"shape\": \"%s\", \"batch\": 16, \"prompt\": 32, \"new\": %d, \"sec\": %.4f, "
+                  "\"tok_per_s\": %.0f}\n", bf16 ? "sample_bf16" : "sample", name, new_tokens, s, 16 * new_tokens / s);
     }
   }
   const Batch b = random_batch(16, 128, 16, cfg.vocab_size, 5);
-  const double lp = time_it([&] { compute_logprobs(*m, b); }, 1, reps);
-  std::printf("{\"op\": \"logprobs\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
+  const double lp = wanted("logprobs") ? time_it([&] { compute_logprobs(*m, b); }, 1, reps) : 0.0;
+  if (lp > 0) std::printf("{\"op\": \"logprobs\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
               "\"tok_per_s\": %.0f}\n", name, lp, 16 * 128 / lp);
   TrainRequest tr;
   tr.loss = LossKind::DPO;
@@ -63,6 +70,7 @@ static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampli
   tr.opt.lr = 1e-5f;
   for (bool bf16 : {false, true}) {
     tr.bf16 = bf16;
+    if (!wanted(bf16 ? "dpo_step_bf16" : "dpo_step")) continue;
     const double st = time_it([&] { train_step(*m, tr); }, 1, reps);
     std::printf("{\"op\": \"%s\", \"shape\": \"%s\", \"seqs\": 16, \"seqlen\": 128, \"sec\": %.4f, "
                 "\"tok_per_s\": %.0f}\n", bf16 ? "dpo_step_bf16" : "dpo_step", name, st, 16 * 128 / st);
@@ -76,6 +84,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--gpt2-124m")) big = true;
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    if (!std::strcmp(argv[i], "--new") && i + 1 < argc) new_tokens = std::atoi(argv[++i]);
   }
   std::printf("{\"threads\": %d, \"blas\": \"%s\"}\n", omp_get_max_threads(), OPTUNE_BLAS_NAME);
   run_shape("tiny-gpt2-d256-L4", gpt2_shape(256, 4, 4, 4096), true, reps);
