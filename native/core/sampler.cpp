@@ -11,6 +11,7 @@
 
 #include "cpu/gemm.h"
 #include "cpu/ops.h"
+#include "cpu/parallel.h"
 #include "cpu/vecmath.h"
 #include "device.h"
 #include "engine.h"
@@ -43,12 +44,8 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScr
   std::vector<float>&e = ps.e, &block_sums = ps.block_sums;
   std::vector<int32_t>& idx = ps.idx;
   std::vector<double>& prob = ps.prob;
-  float mx = -INFINITY, bad = 0.0f;  // bad: z * 0 is NaN for an infinite or NaN logit, and NaN poisons the sum
-#pragma omp simd reduction(max : mx) reduction(+ : bad)
-  for (int j = 0; j < V; j++) {
-    mx = std::max(mx, z[j]);
-    bad += z[j] * 0.0f;
-  }
+  float bad;  // NaN for an infinite or NaN logit
+  const float mx = cpu::max_of(z, V, &bad);
   if (bad != 0.0f) return {-1, 0.0f};
   e.resize(V);
   float sum = 0.0f;  // one partial sum per simd lane, combined in a fixed order
@@ -265,14 +262,15 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   pb.offsets = r.prompt_offsets;
   for (int i = 0; i < n_prompts; i++) pb.prompt_lens.push_back(r.prompt_offsets[i + 1] - r.prompt_offsets[i]);
   const KvHook hook = [&](int l, const QKV& v) {
-    for (int i = 0; i < n_prompts; i++)
+    cpu::parallel_for(n_prompts, [&](int64_t i) {  // each prompt's samples own their cache slots
       for (int t = pb.offsets[i]; t < pb.offsets[i + 1]; t++)
         for (int k = 0; k < K; k++)
-          cache.store(l, i * K + k, t - pb.offsets[i], v.k + static_cast<size_t>(t) * v.ks,
+          cache.store(l, static_cast<int>(i) * K + k, t - pb.offsets[i], v.k + static_cast<size_t>(t) * v.ks,
                       v.v + static_cast<size_t>(t) * v.vs);
+    });
   };
   Acts& acts = workspace_of(m).infer;
-  transformer_forward(m, pb, acts, false, &hook, bf16);
+  transformer_forward(m, pb, acts, false, &hook, bf16, bf16 ? &packed : nullptr);
   std::vector<float> hidden(static_cast<size_t>(n_prompts) * D);
   for (int i = 0; i < n_prompts; i++)
     std::copy_n(acts.normf.data() + static_cast<size_t>(pb.offsets[i + 1] - 1) * D, D, hidden.data() + i * D);

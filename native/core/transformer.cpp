@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "cpu/ops.h"
+#include "cpu/parallel.h"
 
 namespace optune {
 
@@ -61,8 +62,7 @@ void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, in
   const int D = m.cfg.d_model;
   const float* wte = at(m.params.data(), m.layout.tok_emb);
   const float* wpe = at(m.params.data(), m.layout.pos_emb);
-#pragma omp parallel for schedule(static)
-  for (int t = 0; t < T; t++) {
+  cpu::parallel_for(T, [&](int64_t t) {
     float* x = out + static_cast<size_t>(t) * D;
     const float* e = wte + static_cast<size_t>(tokens[t]) * D;
     if (wpe) {
@@ -71,7 +71,7 @@ void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, in
     } else {
       std::copy_n(e, D, x);
     }
-  }
+  });
 }
 
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
@@ -103,8 +103,11 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
   }
   attend(l, v, a.atty.data());
   linear(a.res_attn.data(), a.atty.data(), o.o_w, o.o_b, QD, D);
-  const size_t n = static_cast<size_t>(T) * D;
-  for (size_t i = 0; i < n; i++) a.res_attn[i] += x[i];
+  const int64_t n = static_cast<int64_t>(T) * D;
+  cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) a.res_attn[i] += x[i];
+  });
 
   // MLP
   norm_forward(c, a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.res_attn.data(), at(P, o.norm2_w),
@@ -117,7 +120,10 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
     cpu::swiglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
   }
   linear(a.res_mlp.data(), a.act.data(), o.proj_w, o.proj_b, F, D);
-  for (size_t i = 0; i < n; i++) a.res_mlp[i] += a.res_attn[i];
+  cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) a.res_mlp[i] += a.res_attn[i];
+  });
 }
 
 void final_norm_forward(const Model& m, Acts& acts, const float* x, int T) {
@@ -130,7 +136,7 @@ void final_norm_forward(const Model& m, Acts& acts, const float* x, int T) {
 }
 
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook,
-                         bool bf16) {
+                         bool bf16, const PackedWeights* packed) {
   const ModelConfig& c = m.cfg;
   const int T = b.n_tokens();
   acts.T = T;
@@ -154,7 +160,7 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
       if (kv_hook) (*kv_hook)(layer, v);
       cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(), c.n_head,
                              c.n_kv_head, c.head_dim);
-    }, nullptr, bf16);
+    }, packed, bf16);
   }
   final_norm_forward(m, acts, acts.layers[training ? c.n_layer - 1 : 0].res_mlp.data(), T);
 }

@@ -67,8 +67,9 @@ struct Workspace {
 Workspace& workspace_of(const Model& m);
 
 // Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read.
+// `packed` (sampler's prefill): weights already packed for its products, instead of packing them again per GEMM.
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr,
-                         bool bf16 = false);
+                         bool bf16 = false, const std::unordered_map<size_t, cpu::PackedB>* packed = nullptr);
 
 // The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
 // attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.

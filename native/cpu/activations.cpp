@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "ops.h"
+#include "parallel.h"
 #include "vecmath.h"
 
 namespace optune::cpu {
@@ -9,11 +10,13 @@ namespace optune::cpu {
 static constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 
 void gelu_forward(float* out, const float* inp, int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    const float x = inp[i];
-    out[i] = 0.5f * x * (1.0f + vtanh(kGeluScale * (x + 0.044715f * x * x * x)));
-  }
+  parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+      const float x = inp[i];
+      out[i] = 0.5f * x * (1.0f + vtanh(kGeluScale * (x + 0.044715f * x * x * x)));
+    }
+  });
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
@@ -29,12 +32,14 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    const float g = gate[i];
-    const float sig = 1.0f / (1.0f + vexp(-g));
-    out[i] = g * sig * up[i];
-  }
+  parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) {
+      const float g = gate[i];
+      const float sig = 1.0f / (1.0f + vexp(-g));
+      out[i] = g * sig * up[i];
+    }
+  });
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {

@@ -44,8 +44,7 @@ static inline float dot(const float* a, const float* b, int n) {
 static void causal_softmax_rows(float* p, int L) {
   for (int i = 0; i < L; i++) {
     float* row = p + static_cast<size_t>(i) * L;
-    float mx = -INFINITY;
-    for (int j = 0; j <= i; j++) mx = std::max(mx, row[j]);
+    const float mx = max_of(row, i + 1);
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j <= i; j++) {
@@ -184,19 +183,33 @@ static bool decode_scores_avx512(float* p, const float* qi, float scale, const T
   return true;
 }
 
-template <class T>
-static bool decode_values_avx512(float* o, const float* p, float inv, const T* vbase, int n, int kvd, int hd) {
-  if (hd % 16 != 0 || hd > 128) return false;
-  const int nc = hd / 16;
-  __m512 acc[8];
-  for (int c = 0; c < nc; c++) acc[c] = _mm512_setzero_ps();
+// NC (head_dim / 16) is a template argument so the accumulators are registers: with a runtime count GCC keeps
+// them in a stack array, and every FMA waited on a store and a reload of its accumulator.
+template <int NC, class T>
+static void decode_values_regs(float* o, const float* p, float inv, const T* vbase, int n, int kvd) {
+  __m512 acc[NC];
+  for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
   for (int j = 0; j < n; j++) {
     const __m512 pj = _mm512_set1_ps(p[j] * inv);
     const T* vj = vbase + static_cast<size_t>(j) * kvd;
-    for (int c = 0; c < nc; c++) acc[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c, __mmask16(0xFFFF)), acc[c]);
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_fmadd_ps(pj, load16(vj + 16 * c, __mmask16(0xFFFF)), acc[c]);
   }
-  for (int c = 0; c < nc; c++) _mm512_storeu_ps(o + 16 * c, acc[c]);
-  return true;
+  for (int c = 0; c < NC; c++) _mm512_storeu_ps(o + 16 * c, acc[c]);
+}
+
+template <class T>
+static bool decode_values_avx512(float* o, const float* p, float inv, const T* vbase, int n, int kvd, int hd) {
+  switch (hd % 16 == 0 ? hd / 16 : 0) {
+    case 1: decode_values_regs<1>(o, p, inv, vbase, n, kvd); return true;
+    case 2: decode_values_regs<2>(o, p, inv, vbase, n, kvd); return true;
+    case 3: decode_values_regs<3>(o, p, inv, vbase, n, kvd); return true;
+    case 4: decode_values_regs<4>(o, p, inv, vbase, n, kvd); return true;
+    case 5: decode_values_regs<5>(o, p, inv, vbase, n, kvd); return true;
+    case 6: decode_values_regs<6>(o, p, inv, vbase, n, kvd); return true;
+    case 7: decode_values_regs<7>(o, p, inv, vbase, n, kvd); return true;
+    case 8: decode_values_regs<8>(o, p, inv, vbase, n, kvd); return true;
+    default: return false;
+  }
 }
 #else
 template <class T>
@@ -230,8 +243,7 @@ static void attention_decode_impl(float* out, const float* q, int qs, const T* k
           for (int j = 0; j < n; j++) p[j] += qd * cache_value(kd[j]);
         }
       }
-      float mx = -INFINITY;
-      for (int j = 0; j < n; j++) mx = std::max(mx, p[j]);
+      const float mx = max_of(p.data(), n);
       float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
       for (int j = 0; j < n; j++) {

@@ -1,4 +1,5 @@
 #include "gemm.h"
+#include "parallel.h"
 
 #include <algorithm>
 #include <vector>
@@ -274,12 +275,11 @@ static void bf16_product(const Bf16Product& s, int M, const PackedB& B, float* C
   const int pairs = ((B.N + W - 1) / W + 1) / 2, slabs = (M + kSlab - 1) / kSlab;
   const bool by_panels = pairs >= 4 * slabs || static_cast<size_t>(B.pairs.size()) * 4 > (512u << 10);
   if (by_panels) {
-#pragma omp parallel for schedule(static)
-    for (int pp = 0; pp < pairs; pp++) bf16_block(s, 0, M, pp, B, C, ldc);
+    parallel_for(pairs, [&](int64_t pp) { bf16_block(s, 0, M, static_cast<int>(pp), B, C, ldc); });
   } else {
-#pragma omp parallel for schedule(static)
-    for (int sl = 0; sl < slabs; sl++)
-      for (int pp = 0; pp < pairs; pp++) bf16_block(s, sl * kSlab, std::min(M, (sl + 1) * kSlab), pp, B, C, ldc);
+    parallel_for(slabs, [&](int64_t sl) {
+      for (int pp = 0; pp < pairs; pp++) bf16_block(s, sl * kSlab, std::min<int>(M, (sl + 1) * kSlab), pp, B, C, ldc);
+    });
   }
 }
 
@@ -326,8 +326,8 @@ static void gemm_packed_rows(const float* A, int lda, const PackedB& B, float* C
   for (int r = 0; r < MR; r++)
     for (int k = 0; k < K; k++) ap[static_cast<size_t>(k) * MR + r] = A[static_cast<size_t>(r) * lda + k];
   const float* a = ap.data();
-#pragma omp parallel for schedule(static)
-  for (int pi = 0; pi < panels; pi++) {
+  parallel_for(panels, [&](int64_t p) {
+    const int pi = static_cast<int>(p);
     const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;
     float acc[MR][W] = {};
     for (int k = 0; k < K; k++) {
@@ -340,7 +340,7 @@ static void gemm_packed_rows(const float* A, int lda, const PackedB& B, float* C
     }
     const int nj = std::min(W, N - pi * W);
     for (int r = 0; r < MR; r++) std::copy_n(acc[r], nj, C + static_cast<size_t>(r) * ldc + pi * W);
-  }
+  });
 }
 
 void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int ldc) {

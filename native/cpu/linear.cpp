@@ -3,6 +3,7 @@
 
 #include "gemm.h"
 #include "ops.h"
+#include "parallel.h"
 
 namespace optune::cpu {
 
@@ -22,10 +23,11 @@ void linear_forward(float* out, const float* inp, const float* w, const float* b
 void linear_forward_packed(float* out, const float* inp, const PackedB& w, const float* bias, int rows) {
   gemm_packed(rows, inp, w.K, w, out, w.N);
   if (bias) {
-    for (int r = 0; r < rows; r++) {
+    parallel_for(rows, [&](int64_t r) {
       float* o = out + static_cast<size_t>(r) * w.N;
+#pragma omp simd
       for (int j = 0; j < w.N; j++) o[j] += bias[j];
-    }
+    });
   }
 }
 

@@ -51,8 +51,7 @@ static void chunk_logits(std::vector<float>& hbuf, std::vector<float>& logits, s
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < rows; r++) {
     const float* z = logits.data() + static_cast<size_t>(r) * vocab;
-    float mx = -INFINITY;
-    for (int j = 0; j < vocab; j++) mx = std::max(mx, z[j]);
+    const float mx = max_of(z, vocab);
     float sum = 0.0f;  // the simd reduction keeps one partial sum per lane, which bounds the rounding error
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < vocab; j++) sum += vexp(z[j] - mx);

@@ -4,13 +4,13 @@
 #include <cmath>
 
 #include "ops.h"
+#include "parallel.h"
 
 namespace optune::cpu {
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
                        int rows, int d, float eps) {
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < rows; r++) {
+  parallel_for(rows, [&](int64_t r) {
     const float* x = inp + static_cast<size_t>(r) * d;
     double m = 0.0;
 #pragma omp simd reduction(+ : m)
@@ -26,7 +26,7 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
     for (int i = 0; i < d; i++) o[i] = (x[i] - mf) * s * w[i] + b[i];
     if (mean) mean[r] = mf;
     if (rstd) rstd[r] = s;
-  }
+  });
 }
 
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
@@ -68,8 +68,7 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps) {
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < rows; r++) {
+  parallel_for(rows, [&](int64_t r) {
     const float* x = inp + static_cast<size_t>(r) * d;
     double ss = 0.0;
 #pragma omp simd reduction(+ : ss)
@@ -78,7 +77,7 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
     float* o = out + static_cast<size_t>(r) * d;
     for (int i = 0; i < d; i++) o[i] = w[i] * (x[i] * s);
     if (rstd) rstd[r] = s;
-  }
+  });
 }
 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "parallel.h"
 
 namespace optune::cpu {
 
@@ -12,8 +13,7 @@ static void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim
   const int half = head_dim / 2;
   std::vector<double> inv_freq(half);
   for (int i = 0; i < half; i++) inv_freq[i] = 1.0 / std::pow(static_cast<double>(theta), (2.0 * i) / head_dim);
-#pragma omp parallel for schedule(static)
-  for (int r = 0; r < rows; r++) {
+  parallel_for(rows, [&](int64_t r) {
     float* row = x + static_cast<size_t>(r) * stride;
     for (int i = 0; i < half; i++) {
       const double angle = static_cast<double>(pos[r]) * inv_freq[i];
@@ -25,7 +25,7 @@ static void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim
         v[i + half] = x2 * c + x1 * s;
       }
     }
-  }
+  });
 }
 
 void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta) {
