@@ -30,16 +30,23 @@ AdamWScalars adamw_scalars(Model& m, const AdamWConfig& o, double norm) {
   return s;
 }
 
-// Sum of squares in fixed-size chunks, combined in chunk order: the same result for any thread count.
-static double grad_norm(const std::vector<float>& g) {
+// Sum of squares in fixed-size chunks, each in 8 explicit lanes (one running sum was a chain of dependent adds,
+// ~4 cycles per element), combined in chunk order: the same result for any thread count.
+double grad_norm(const std::vector<float>& g) {
   constexpr size_t kChunk = 1 << 16;
+  constexpr int kLanes = 8;
   const size_t n_chunks = (g.size() + kChunk - 1) / kChunk;
   std::vector<double> partial(n_chunks, 0.0);
 #pragma omp parallel for schedule(static)
   for (size_t c = 0; c < n_chunks; c++) {
-    double s = 0.0;
+    double lane[kLanes] = {};
     const size_t end = std::min(g.size(), (c + 1) * kChunk);
-    for (size_t i = c * kChunk; i < end; i++) s += static_cast<double>(g[i]) * g[i];
+    size_t i = c * kChunk;
+    for (; i + kLanes <= end; i += kLanes)
+      for (int l = 0; l < kLanes; l++) lane[l] += static_cast<double>(g[i + l]) * g[i + l];
+    for (; i < end; i++) lane[0] += static_cast<double>(g[i]) * g[i];
+    double s = 0.0;
+    for (int l = 0; l < kLanes; l++) s += lane[l];
     partial[c] = s;
   }
   double total = 0.0;

@@ -5,6 +5,9 @@
 
 namespace optune {
 
+// The global L2 norm of the gradients (CPU), the same for any thread count.
+double grad_norm(const std::vector<float>& g);
+
 // A non-finite gradient norm must never reach the weights: an optune::Error, with weights and moments untouched.
 void check_grad_norm(double norm);
 

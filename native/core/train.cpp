@@ -4,7 +4,9 @@
 #include <cmath>
 #include <string>
 
+#include "adamw.h"
 #include "cpu/ops.h"
+#include "cpu/parallel.h"
 #include "device.h"
 #include "engine.h"
 #include "error.h"
@@ -96,15 +98,16 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   std::vector<float> ref_c, ref_r;
   reference_logprobs(r, ref_c, ref_r);
 
-  if (m.grads.size() != m.params.size()) m.grads.assign(m.params.size(), 0.0f);
-  std::fill(m.grads.begin(), m.grads.end(), 0.0f);
+  m.grads.resize(m.params.size());
+  cpu::parallel_zero(m.grads.data(), static_cast<int64_t>(m.grads.size()));
 
   Workspace& ws = workspace_of(m);
   Acts& acts = ws.train;
   const bool bf16 = r.bf16 || m.cpu_bf16;
   transformer_forward(m, b, acts, true, nullptr, bf16);
   std::vector<float>& dnormf = ws.dnormf;
-  dnormf.assign(static_cast<size_t>(T) * D, 0.0f);
+  dnormf.resize(static_cast<size_t>(T) * D);
+  cpu::parallel_zero(dnormf.data(), static_cast<int64_t>(dnormf.size()));
   st.n_pairs = static_cast<int>(r.chosen.size());
 
   if (r.loss == LossKind::BT) {
@@ -144,9 +147,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   if (r.apply_update) {
     st.grad_norm = adamw_update(m, r.opt);
   } else {
-    double ss = 0.0;
-    for (float gv : m.grads) ss += static_cast<double>(gv) * gv;
-    st.grad_norm = std::sqrt(ss);
+    st.grad_norm = grad_norm(m.grads);
   }
   return st;
 }

@@ -173,7 +173,7 @@ Workspace& workspace_of(const Model& m) {
 // resize + zero without giving memory back
 static void zeros(std::vector<float>& v, size_t n) {
   v.resize(n);
-  std::fill(v.begin(), v.end(), 0.0f);
+  cpu::parallel_zero(v.data(), static_cast<int64_t>(n));
 }
 
 void transformer_backward(Model& m, const Batch& b, const Acts& acts, const float* dnormf) {
@@ -203,41 +203,39 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
     const float* x = l > 0 ? acts.layers[l - 1].res_mlp.data() : acts.x0.data();
     const LayerOffsets& o = L.layers[l];
 
-    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn))))
-    std::fill(dact.begin(), dact.end(), 0.0f);
+    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))). The first product into each input-gradient
+    // buffer overwrites it (add_dinp false), so only the activations' += outputs are zeroed first.
     cpu::linear_backward(dact.data(), at(G, o.proj_w), at(G, o.proj_b), dresid.data(), a.act.data(), at(P, o.proj_w),
-                         T, F, D, lin, acts.bf16);
-    std::fill(dfc.begin(), dfc.end(), 0.0f);
-    std::fill(dnorm.begin(), dnorm.end(), 0.0f);
+                         T, F, D, lin, acts.bf16, false);
+    zeros(dfc, dfc.size());
     if (c.is_gpt2()) {
       cpu::gelu_backward(dfc.data(), a.fc.data(), dact.data(), static_cast<int64_t>(T) * F);
     } else {
-      std::fill(dup.begin(), dup.end(), 0.0f);
+      zeros(dup, dup.size());
       cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
       cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), a.norm2.data(), at(P, o.up_w), T, D, F,
-                           lin, acts.bf16);
+                           lin, acts.bf16, false);
     }
     cpu::linear_backward(dnorm.data(), at(G, o.fc_w), at(G, o.fc_b), dfc.data(), a.norm2.data(), at(P, o.fc_w), T, D,
-                         F, lin, acts.bf16);
+                         F, lin, acts.bf16, c.is_llama());
     norm_backward(c, dresid.data(), at(G, o.norm2_w), at(G, o.norm2_b), dnorm.data(), a.res_attn.data(),
                   at(P, o.norm2_w), a.norm2_mean.data(), a.norm2_rstd.data(), T);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x))))
-    std::fill(datty.begin(), datty.end(), 0.0f);
     cpu::linear_backward(datty.data(), at(G, o.o_w), at(G, o.o_b), dresid.data(), a.atty.data(), at(P, o.o_w), T, QD,
-                         D, lin, acts.bf16);
+                         D, lin, acts.bf16, false);
     QKV v = qkv_view(c, const_cast<float*>(a.qkv.data()), T);
     QKV dv = qkv_view(c, dqkv.data(), T);
     cpu::attention_backward(dv.q, dv.k, dv.v, datty.data(), a.probs.data(), v.q, v.qs, v.k, v.ks, v.v, v.vs,
                             b.offsets.data(), b.n_seq(), c.n_head, c.n_kv_head, c.head_dim);
-    std::fill(dnorm.begin(), dnorm.end(), 0.0f);
     if (c.is_gpt2()) {
       cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), a.norm1.data(), at(P, o.qkv_w),
-                           T, D, 3 * D, lin, acts.bf16);
+                           T, D, 3 * D, lin, acts.bf16, false);
     } else {
       cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.rope_theta);
       cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.rope_theta);
-      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dv.q, a.norm1.data(), at(P, o.q_w), T, D, QD, lin, acts.bf16);
+      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dv.q, a.norm1.data(), at(P, o.q_w), T, D, QD, lin,
+                           acts.bf16, false);
       cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dv.k, a.norm1.data(), at(P, o.k_w), T, D, KVD,
                            lin, acts.bf16);
       cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, a.norm1.data(), at(P, o.v_w), T, D, KVD,
@@ -247,18 +245,23 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
                   a.norm1_mean.data(), a.norm1_rstd.data(), T);
   }
 
-  // embeddings (sequential: a token id may repeat, and a fixed order keeps results reproducible)
+  // embeddings: tokens in order (a token id may repeat, and a fixed order keeps results reproducible), the
+  // features split over threads
   float* dwte = at(G, L.tok_emb);
   float* dwpe = at(G, L.pos_emb);
-  for (int t = 0; t < T; t++) {
-    const float* d = dresid.data() + static_cast<size_t>(t) * D;
-    float* e = dwte + static_cast<size_t>(b.tokens[t]) * D;
-    for (int i = 0; i < D; i++) e[i] += d[i];
-    if (dwpe) {
-      float* p = dwpe + static_cast<size_t>(acts.pos[t]) * D;
-      for (int i = 0; i < D; i++) p[i] += d[i];
+  cpu::parallel_columns(D, [&](int i0, int i1) {
+    for (int t = 0; t < T; t++) {
+      const float* d = dresid.data() + static_cast<size_t>(t) * D;
+      float* e = dwte + static_cast<size_t>(b.tokens[t]) * D;
+#pragma omp simd
+      for (int i = i0; i < i1; i++) e[i] += d[i];
+      if (dwpe) {
+        float* p = dwpe + static_cast<size_t>(acts.pos[t]) * D;
+#pragma omp simd
+        for (int i = i0; i < i1; i++) p[i] += d[i];
+      }
     }
-  }
+  });
 }
 
 }  // namespace optune

@@ -32,23 +32,25 @@ void linear_forward_packed(float* out, const float* inp, const PackedB& w, const
 }
 
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
-                     int rows, int in, int outf, WeightLayout layout, bool bf16) {
+                     int rows, int in, int outf, WeightLayout layout, bool bf16, bool add_dinp) {
   if (rows <= 0) return;
   const GemmFn gemm = gemm_for(bf16);
+  const float beta = add_dinp ? 1.0f : 0.0f;
   if (layout == WeightLayout::OutIn) {
-    if (dinp) gemm(false, false, rows, in, outf, 1.0f, dout, outf, w, in, 1.0f, dinp, in);       // dX += dY W
-    if (dw) gemm(true, false, outf, in, rows, 1.0f, dout, outf, inp, in, 1.0f, dw, in);           // dW += dY^T X
+    if (dinp) gemm(false, false, rows, in, outf, 1.0f, dout, outf, w, in, beta, dinp, in);       // dX (+)= dY W
+    if (dw) gemm(true, false, outf, in, rows, 1.0f, dout, outf, inp, in, 1.0f, dw, in);          // dW += dY^T X
   } else {
-    if (dinp) gemm(false, true, rows, in, outf, 1.0f, dout, outf, w, outf, 1.0f, dinp, in);       // dX += dY W^T
-    if (dw) gemm(true, false, in, outf, rows, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);         // dW += X^T dY
+    if (dinp) gemm(false, true, rows, in, outf, 1.0f, dout, outf, w, outf, beta, dinp, in);      // dX (+)= dY W^T
+    if (dw) gemm(true, false, in, outf, rows, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);        // dW += X^T dY
   }
   if (dbias) {
-    // column sums, rows in order (contiguous reads; the same order for any thread count)
-    for (int r = 0; r < rows; r++) {
-      const float* d = dout + static_cast<size_t>(r) * outf;
+    parallel_columns(outf, [&](int j0, int j1) {
+      for (int r = 0; r < rows; r++) {
+        const float* d = dout + static_cast<size_t>(r) * outf;
 #pragma omp simd
-      for (int j = 0; j < outf; j++) dbias[j] += d[j];
-    }
+        for (int j = j0; j < j1; j++) dbias[j] += d[j];
+      }
+    });
   }
 }
 

@@ -54,17 +54,19 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
       dx[i] += s * (dn - static_cast<float>(dnorm_mean) - xhat * static_cast<float>(dnorm_norm_mean));
     }
   }
-  // parameter gradients: rows in order (contiguous reads; the same order for any thread count)
-  for (int r = 0; r < rows; r++) {
-    const float* dy = dout + static_cast<size_t>(r) * d;
-    const float* x = inp + static_cast<size_t>(r) * d;
-    const float m = mean[r], s = rstd[r];
+  // parameter gradients: rows in order (the same order for any thread count)
+  parallel_columns(d, [&](int i0, int i1) {
+    for (int r = 0; r < rows; r++) {
+      const float* dy = dout + static_cast<size_t>(r) * d;
+      const float* x = inp + static_cast<size_t>(r) * d;
+      const float m = mean[r], s = rstd[r];
 #pragma omp simd
-    for (int i = 0; i < d; i++) {
-      dw[i] += dy[i] * (x[i] - m) * s;
-      db[i] += dy[i];
+      for (int i = i0; i < i1; i++) {
+        dw[i] += dy[i] * (x[i] - m) * s;
+        db[i] += dy[i];
+      }
     }
-  }
+  });
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps) {
@@ -94,13 +96,15 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
     const float c = static_cast<float>(dot / d);
     for (int i = 0; i < d; i++) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
   }
-  for (int r = 0; r < rows; r++) {
-    const float* dy = dout + static_cast<size_t>(r) * d;
-    const float* x = inp + static_cast<size_t>(r) * d;
-    const float s = rstd[r];
+  parallel_columns(d, [&](int i0, int i1) {
+    for (int r = 0; r < rows; r++) {
+      const float* dy = dout + static_cast<size_t>(r) * d;
+      const float* x = inp + static_cast<size_t>(r) * d;
+      const float s = rstd[r];
 #pragma omp simd
-    for (int i = 0; i < d; i++) dw[i] += dy[i] * x[i] * s;
-  }
+      for (int i = i0; i < i1; i++) dw[i] += dy[i] * x[i] * s;
+    }
+  });
 }
 
 }  // namespace optune::cpu

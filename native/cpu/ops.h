@@ -17,9 +17,10 @@ void linear_forward(float* out, const float* inp, const float* w, const float* b
 // The same with the weight pre-packed by pack_b (few-row decoding).
 struct PackedB;
 void linear_forward_packed(float* out, const float* inp, const PackedB& w, const float* bias, int rows);
-// dinp may be null (no input gradient needed); dbias may be null.
+// dinp may be null (no input gradient needed); dbias may be null. dw and dbias are accumulated into; so is dinp
+// unless add_dinp is false (then it is overwritten: its buffer need not be zeroed first).
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
-                     int rows, int in, int outf, WeightLayout layout, bool bf16 = false);
+                     int rows, int in, int outf, WeightLayout layout, bool bf16 = false, bool add_dinp = true);
 
 // ---- normalization --------------------------------------------------------------------------------------------
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
