@@ -1,7 +1,8 @@
 // Native engine benchmark (no Node needed): tokens/s for sampling, sequence log-probs and one DPO step, on the
 // tiny GPT-2 shape (d256, 4 layers, 4 heads, vocab 4096) and, with --gpt2-124m, the GPT-2 124M shape.
 // Prints one JSON line per op; `--only OP` runs one of them, `--reps N` sets the timed
-// repetitions, `--new N` the new tokens per sampled response. `optune bench engine` runs the same work through the addon with PyTorch beside it.
+// repetitions, `--new N` the new tokens per sampled response, `--top-p P` /
+// `--top-k K` the sampling filters. `optune bench engine` runs the same work through the addon with PyTorch beside it.
 #include <omp.h>
 
 #include <chrono>
@@ -32,6 +33,8 @@ static double time_it(F f, int warmup, int reps) {
 // --only OP runs one op (for profiling); empty runs all.
 static std::string only;
 static int new_tokens = 64;  // --new N: sampling's new tokens (1 profiles the prefill)
+static float top_p = 1.0f;   // --top-p P: nucleus sampling (default off: full-vocabulary draws)
+static int top_k = 0;        // --top-k K
 static bool wanted(const char* op) { return only.empty() || only == op; }
 
 static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampling, int reps) {
@@ -45,6 +48,8 @@ static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampli
     }
     r.prompt_offsets.push_back(16 * 32);
     r.max_new_tokens = new_tokens;
+    r.top_p = top_p;
+    r.top_k = top_k;
     r.seed = 3;
     for (bool bf16 : {false, true}) {
       r.bf16 = bf16;
@@ -86,6 +91,8 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     if (!std::strcmp(argv[i], "--new") && i + 1 < argc) new_tokens = std::atoi(argv[++i]);
+    if (!std::strcmp(argv[i], "--top-p") && i + 1 < argc) top_p = static_cast<float>(std::atof(argv[++i]));
+    if (!std::strcmp(argv[i], "--top-k") && i + 1 < argc) top_k = std::atoi(argv[++i]);
   }
   std::printf("{\"threads\": %d, \"blas\": \"%s\"}\n", omp_get_max_threads(), OPTUNE_BLAS_NAME);
   run_shape("tiny-gpt2-d256-L4", gpt2_shape(256, 4, 4, 4096), true, reps);

@@ -6,132 +6,22 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 #include <string>
 
 #include "cpu/gemm.h"
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
-#include "cpu/vecmath.h"
 #include "device.h"
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
+#include "pick.h"
 #include "rng.h"
 #include "transformer.h"
 
 namespace optune {
 
 namespace {
-
-struct Pick {
-  int32_t token;
-  float logp;  // under the unmodified model distribution (temperature 1, no filtering)
-};
-
-// pick_token's buffers, kept by each decode thread across steps.
-struct PickScratch {
-  std::vector<float> e;           // exp terms of the logits
-  std::vector<float> block_sums;  // their sums per 64-weight block
-  std::vector<int32_t> idx;       // candidates in filter order (top-k / top-p)
-  std::vector<double> prob;       // their weights
-};
-
-// Draws one token from a logits row. Candidates are ordered by (logit desc, index asc) whenever filtering needs an
-// order, so the result is a pure function of (logits, settings, u). Returns token -1 when a logit is not finite.
-// The passes over the vocabulary are vectorized (max, exp); only the cumulative sums run in order, in double.
-Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScratch& ps) {
-  std::vector<float>&e = ps.e, &block_sums = ps.block_sums;
-  std::vector<int32_t>& idx = ps.idx;
-  std::vector<double>& prob = ps.prob;
-  float bad;  // NaN for an infinite or NaN logit
-  const float mx = cpu::max_of(z, V, &bad);
-  if (bad != 0.0f) return {-1, 0.0f};
-  e.resize(V);
-  float sum = 0.0f;  // one partial sum per simd lane, combined in a fixed order
-#pragma omp simd reduction(+ : sum)
-  for (int j = 0; j < V; j++) sum += (e[j] = cpu::vexp(z[j] - mx));
-  const double lse = mx + std::log(static_cast<double>(sum));
-  auto model_logp = [&](int32_t t) { return static_cast<float>(z[t] - lse); };
-  if (r.temperature == 0.0f) {
-    const int32_t arg = static_cast<int32_t>(std::find(z, z + V, mx) - z);  // the first maximum
-    return {arg, model_logp(arg)};
-  }
-
-  const double inv_t = 1.0 / r.temperature;
-  const bool filter = (r.top_k > 0 && r.top_k < V) || r.top_p < 1.0f;
-  if (!filter) {
-    if (r.temperature != 1.0f) {  // at temperature 1 the weights are the exp terms of the log-sum-exp above
-      const float inv_tf = static_cast<float>(inv_t);
-#pragma omp simd
-      for (int j = 0; j < V; j++) e[j] = cpu::vexp((z[j] - mx) * inv_tf);
-    }
-    // Inverse-CDF draw over blocks of 64 weights: each block's sum is a vectorized float sum, the blocks add up
-    // in double, and only the block holding the target is scanned weight by weight (a sequential double sum over
-    // the whole vocabulary was ~9% of a bf16 sampling run). A fixed order throughout: a pure function of (z, u).
-    constexpr int kBlock = 64;
-    const int nb = (V + kBlock - 1) / kBlock;
-    block_sums.resize(nb);
-    double total = 0.0;
-    for (int b = 0; b < nb; b++) {
-      float bs = 0.0f;
-      const int j1 = std::min(V, (b + 1) * kBlock);
-#pragma omp simd reduction(+ : bs)
-      for (int j = b * kBlock; j < j1; j++) bs += e[j];
-      block_sums[b] = bs;
-      total += bs;
-    }
-    const double target = u * total;
-    double acc = 0.0;
-    for (int b = 0; b < nb; b++) {
-      if (acc + block_sums[b] <= target) {
-        acc += block_sums[b];
-        continue;
-      }
-      for (int j = b * kBlock, j1 = std::min(V, (b + 1) * kBlock); j < j1; j++) {
-        acc += e[j];
-        if (acc > target) return {j, model_logp(j)};
-      }
-      break;  // rounding between the block sum and its element-wise sum: fall through to the last block's end
-    }
-    const int32_t last = static_cast<int32_t>(std::find(z, z + V, mx) - z);
-    return {last, model_logp(last)};  // rounding at the very end of the cumulative sum
-  }
-  idx.resize(V);
-  std::iota(idx.begin(), idx.end(), 0);
-  auto better = [&](int32_t a, int32_t b) { return z[a] > z[b] || (z[a] == z[b] && a < b); };
-  int n = V;
-  if (r.top_k > 0 && r.top_k < V) {
-    n = r.top_k;
-    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), better);
-  } else {
-    std::sort(idx.begin(), idx.end(), better);
-  }
-  prob.resize(n);
-  double total = 0.0;
-  for (int i = 0; i < n; i++) total += (prob[i] = std::exp((z[idx[i]] - mx) * inv_t));
-  if (r.top_p < 1.0f) {
-    // nucleus: the smallest prefix of the most probable tokens whose mass reaches top_p (at least one token)
-    double acc = 0.0;
-    int keep = n;
-    for (int i = 0; i < n; i++) {
-      acc += prob[i];
-      if (acc >= r.top_p * total) {
-        keep = i + 1;
-        break;
-      }
-    }
-    n = keep;
-    total = acc;
-  }
-  double target = u * total, acc = 0.0;
-  for (int i = 0; i < n; i++) {
-    acc += prob[i];
-    if (acc > target) return {idx[i], model_logp(idx[i])};
-  }
-  return {idx[n - 1], model_logp(idx[n - 1])};
-}
-
 
 // Every weight matrix of the model packed for few-row products (decode steps), plus the LM head as [D, V]; in bf16
 // pairs when the request asks for bf16 decoding. Packed into w's kept storage: fresh buffers on every call cost

@@ -41,32 +41,37 @@ inline float vtanh(float x) {
   return x < 0 ? -t : t;
 }
 
-// The maximum of x[0, n) kept in 16 lanes, combined at the end: GCC leaves an `omp simd reduction(max : ...)` loop
-// scalar, a chain of dependent max instructions (~4 cycles per element). With `nonfinite`, also sums x * 0 there:
-// NaN when some element is infinite or NaN.
-inline float max_of(const float* x, int n, float* nonfinite = nullptr) {
+// The maximum (or minimum) of x[0, n) kept in 16 lanes, combined at the end: GCC leaves an `omp simd reduction(max
+// : ...)` loop scalar, a chain of dependent max instructions (~4 cycles per element). With `nonfinite`, also sums
+// x * 0 there: NaN when some element is infinite or NaN.
+template <bool kMax>
+inline float extreme_of(const float* x, int n, float* nonfinite) {
   constexpr int kLanes = 16;
-  float mx[kLanes], bad[kLanes];
-  for (int l = 0; l < kLanes; l++) mx[l] = -__builtin_inff(), bad[l] = 0.0f;
+  auto pick = [](float a, float b) { return kMax ? std::max(a, b) : std::min(a, b); };
+  const float start = kMax ? -__builtin_inff() : __builtin_inff();
+  float ex[kLanes], bad[kLanes];
+  for (int l = 0; l < kLanes; l++) ex[l] = start, bad[l] = 0.0f;
   int j0 = 0;
   if (nonfinite) {
     for (; j0 + kLanes <= n; j0 += kLanes)
       for (int l = 0; l < kLanes; l++) {
-        mx[l] = std::max(mx[l], x[j0 + l]);
+        ex[l] = pick(ex[l], x[j0 + l]);
         bad[l] += x[j0 + l] * 0.0f;
       }
   } else {
     for (; j0 + kLanes <= n; j0 += kLanes)
-      for (int l = 0; l < kLanes; l++) mx[l] = std::max(mx[l], x[j0 + l]);
+      for (int l = 0; l < kLanes; l++) ex[l] = pick(ex[l], x[j0 + l]);
   }
   for (int j = j0; j < n; j++) {
-    mx[0] = std::max(mx[0], x[j]);
+    ex[0] = pick(ex[0], x[j]);
     bad[0] += x[j] * 0.0f;
   }
-  float m = -__builtin_inff(), b = 0.0f;
-  for (int l = 0; l < kLanes; l++) m = std::max(m, mx[l]), b += bad[l];
+  float m = start, b = 0.0f;
+  for (int l = 0; l < kLanes; l++) m = pick(m, ex[l]), b += bad[l];
   if (nonfinite) *nonfinite = b;
   return m;
 }
+inline float max_of(const float* x, int n, float* nonfinite = nullptr) { return extreme_of<true>(x, n, nonfinite); }
+inline float min_of(const float* x, int n) { return extreme_of<false>(x, n, nullptr); }
 
 }  // namespace optune::cpu

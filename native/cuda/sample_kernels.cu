@@ -1,4 +1,4 @@
-// Token picking on the device, with the CPU sampler's definitions (core/sampler.cpp, pick_token): greedy = argmax
+// Token picking on the device, with the CPU sampler's definitions (core/pick.cpp): greedy = argmax
 // (lowest index on ties); otherwise a draw u = rng_uniform(seed, stream, step) inverts the cumulative distribution of
 // exp((z - max) / T), over the vocabulary in index order when nothing is filtered, else over the candidates ordered
 // by (logit desc, index asc), cut to top-k and then to the smallest prefix whose mass reaches top-p. The log-prob
