@@ -139,7 +139,7 @@ PackedB pack_b(const float* B, int ldb, int K, int N, bool trans_b, bool bf16) {
 // consecutive k already form the pairs), a transposed A gives [KP][M] (two rows of A interleaved), so neither
 // case gathers strided elements per k.
 struct PairsA {
-  std::vector<uint32_t> data;
+  PackBuffer<uint32_t> data;
   size_t row_stride = 0, pair_stride = 0;
 };
 
