@@ -1,6 +1,8 @@
 #include "losses.h"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
 
 namespace optune {
 
@@ -40,6 +42,45 @@ std::vector<double> bt_loss(const TrainRequest& r, const std::vector<float>& sco
   }
   st.margin = st.chosen_reward - st.rejected_reward;
   return g;
+}
+
+std::vector<std::vector<int32_t>> head_row_groups(const TrainRequest& r, const std::vector<int32_t>& rows_seq,
+                                                  int max_rows) {
+  const int n_seq = r.batch.n_seq();
+  std::vector<int32_t> root(n_seq);
+  std::iota(root.begin(), root.end(), 0);
+  auto find = [&](int32_t s) {
+    while (root[s] != s) s = root[s] = root[root[s]];
+    return s;
+  };
+  if (r.loss != LossKind::SFT)
+    for (size_t j = 0; j < r.chosen.size(); j++) root[find(r.chosen[j])] = find(r.rejected[j]);
+  std::vector<std::vector<int32_t>> sets(n_seq);  // rows by connected set (its root), in row order
+  std::vector<int32_t> order;                     // roots by first row
+  for (size_t i = 0; i < rows_seq.size(); i++) {
+    const int32_t c = find(rows_seq[i]);
+    if (sets[c].empty()) order.push_back(c);
+    sets[c].push_back(static_cast<int32_t>(i));
+  }
+  std::vector<std::vector<int32_t>> groups;
+  for (int32_t c : order) {
+    if (groups.empty() || groups.back().size() + sets[c].size() > static_cast<size_t>(max_rows)) groups.emplace_back();
+    groups.back().insert(groups.back().end(), sets[c].begin(), sets[c].end());
+  }
+  for (std::vector<int32_t>& g : groups) std::sort(g.begin(), g.end());  // each group's rows in batch order
+  return groups;
+}
+
+void GroupedSequenceLoss::group(const std::vector<int32_t>& group, const float* logp, float* g) {
+  for (size_t k = 0; k < group.size(); k++) seq_logp_[rows_seq_[group[k]]] += logp[k];
+  TrainStats unused;  // the entries of sequences in later groups are not final yet
+  const int n_rows = static_cast<int>(rows_seq_.size());
+  const std::vector<double> g_seq = sequence_loss(r_, seq_logp_, n_rows, ref_c_, ref_r_, unused);
+  for (size_t k = 0; k < group.size(); k++) g[k] = static_cast<float>(g_seq[rows_seq_[group[k]]]);
+}
+
+void GroupedSequenceLoss::finish(TrainStats& st) const {
+  sequence_loss(r_, seq_logp_, static_cast<int>(rows_seq_.size()), ref_c_, ref_r_, st);
 }
 
 std::vector<double> sequence_loss(const TrainRequest& r, const std::vector<double>& seq_logp, int n_rows,

@@ -80,6 +80,7 @@ void attention_decode(float* out, const float* q, int qs, const uint16_t* kcache
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
                      int d, int vocab, std::vector<float>* keep_probs = nullptr, bool bf16 = false);
 bool logprob_probs_fit(int n, int vocab);
+int logprob_probs_rows(int vocab);  // the most rows whose softmax fits that budget (at least 1)
 // Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... The logits are recomputed chunk by chunk, unless
 // kept_probs holds the forward's softmax of all n rows (it is then overwritten).
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,

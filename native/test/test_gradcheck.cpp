@@ -366,6 +366,87 @@ TEST(zero_weight_pair_contributes_no_gradient) {
   CHECK_MSG(max_diff < 1e-6, "max diff " + std::to_string(max_diff));
 }
 
+TEST(large_vocabulary_head_runs_in_pair_groups_with_the_same_gradients) {
+  // 5 sequences of ~140 response tokens at V = 30000 exceed logprob_probs_fit's budget, so the LM head runs group
+  // by group of connected sequences (here {0, 1} and {2, 3, 4}: pairs (2, 3) and (2, 4) share sequence 2), each
+  // group's softmax kept for its backward. The gradients and loss must equal the sum over pairs (sequences for
+  // SFT) of each one's own step on a batch of just its sequences, which fits and runs the whole-batch path.
+  ModelConfig c = testing::tiny_gpt2(30000);
+  c.max_positions = 256;
+  auto m = make_model(c);
+  testing::randomize(*m, 26, 0.3f);
+  const std::vector<int> lens = {150, 140, 160, 130, 150}, prompts = {10, 6, 12, 4, 9};
+  const Batch b = testing::random_batch(lens, prompts, c.vocab_size, 27);
+  CHECK(!cpu::logprob_probs_fit(b.n_response_tokens(), c.vocab_size));
+  CHECK(cpu::logprob_probs_fit(3 * 146, c.vocab_size));  // the larger group fits
+  auto sub_batch = [&](const std::vector<int>& seqs) {
+    std::vector<int> l, p;
+    for (int s : seqs) l.push_back(lens[s]), p.push_back(prompts[s]);
+    Batch sb = testing::random_batch(l, p, c.vocab_size, 0);
+    sb.tokens.clear();
+    for (int s : seqs) sb.tokens.insert(sb.tokens.end(), b.tokens.begin() + b.offsets[s], b.tokens.begin() + b.offsets[s + 1]);
+    return sb;
+  };
+  auto compare = [&](const std::string& what, const TrainStats& whole, const std::vector<float>& g_whole,
+                     double loss_parts, const std::vector<double>& g_parts) {
+    double scale = 0, diff = 0;
+    for (size_t i = 0; i < g_whole.size(); i++) {
+      scale = std::max(scale, std::fabs(g_parts[i]));
+      diff = std::max(diff, std::fabs(g_whole[i] - g_parts[i]));
+    }
+    CHECK_MSG(scale > 0 && diff <= 1e-5 * scale, what + ": max gradient difference " + std::to_string(diff) +
+                                                      " at scale " + std::to_string(scale));
+    CHECK_MSG(std::fabs(whole.loss - loss_parts) <= 1e-6 * std::max(1.0, std::fabs(loss_parts)),
+              what + ": loss " + std::to_string(whole.loss) + " vs " + std::to_string(loss_parts));
+  };
+
+  TrainRequest r;
+  r.loss = LossKind::DPO;
+  r.batch = b;
+  r.chosen = {0, 2, 2};
+  r.rejected = {1, 3, 4};
+  r.weights = {1.0f, 0.7f, 1.3f};
+  r.ref_chosen = {-1450.0f, -1500.0f, -1500.0f};
+  r.ref_rejected = {-1400.0f, -1300.0f, -1470.0f};
+  r.beta = 0.1f;
+  r.apply_update = false;
+  const TrainStats whole = train_step(*m, r);
+  const std::vector<float> g_whole = m->grads;
+  std::vector<double> g_parts(g_whole.size(), 0.0);
+  double loss_parts = 0;
+  for (size_t j = 0; j < r.chosen.size(); j++) {
+    TrainRequest one = r;
+    one.batch = sub_batch({r.chosen[j], r.rejected[j]});
+    one.chosen = {0};
+    one.rejected = {1};
+    one.weights = {r.weights[j] / 3.0f};  // the loss is a mean over pairs
+    one.ref_chosen = {r.ref_chosen[j]};
+    one.ref_rejected = {r.ref_rejected[j]};
+    loss_parts += train_step(*m, one).loss;
+    for (size_t i = 0; i < g_parts.size(); i++) g_parts[i] += m->grads[i];
+  }
+  compare("dpo", whole, g_whole, loss_parts, g_parts);
+
+  // SFT: the gradient is a mean over all response tokens, so a sequence alone is weighted by its share of them
+  TrainRequest sft;
+  sft.loss = LossKind::SFT;
+  sft.batch = b;
+  sft.weights = {1.0f, 0.5f, 2.0f, 0.0f, 1.5f};
+  sft.apply_update = false;
+  const TrainStats sft_whole = train_step(*m, sft);
+  const std::vector<float> g_sft = m->grads;
+  std::fill(g_parts.begin(), g_parts.end(), 0.0);
+  loss_parts = 0;
+  for (int s = 0; s < b.n_seq(); s++) {
+    TrainRequest one = sft;
+    one.batch = sub_batch({s});
+    one.weights = {sft.weights[s] * static_cast<float>(lens[s] - prompts[s]) / b.n_response_tokens()};
+    loss_parts += train_step(*m, one).loss;
+    for (size_t i = 0; i < g_parts.size(); i++) g_parts[i] += m->grads[i];
+  }
+  compare("sft", sft_whole, g_sft, loss_parts, g_parts);
+}
+
 TEST(reference_model_equals_cached_logprobs) {
   auto m = make_model(testing::tiny_llama());
   testing::randomize(*m, 25);
