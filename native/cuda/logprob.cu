@@ -152,6 +152,31 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
   }
 }
 
+// A chunk's logits (row stride logits_stride) -> dLoss/dz in place with g, then dH = dZ W, dw += dZ^T H and
+// dh[src[r]] += dH[r]. hbuf/hbuf16: the chunk's gathered rows (chunk_logits); dhbuf, dz16: scratch.
+static void backward_from_logits(float* logits, const float* g, const int32_t* target, const int32_t* src, int rows,
+                                 float* dh, float* dw, const float* hbuf, const uint16_t* hbuf16, float* dhbuf,
+                                 uint16_t* dz16, const float* w, const uint16_t* w16, int d, int vocab,
+                                 bool src_distinct) {
+  const int ld = logits_stride(vocab);
+  logprob_backward_kernel<<<rows, kThreads>>>(logits, ld, g, target, vocab);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+  if (w16) {
+    // the padding columns (never read by the GEMMs, K = vocab) are converted too: one pass over the chunk
+    to_bf16(dz16, logits, static_cast<int64_t>(rows) * ld);
+    head_dh<uint16_t>(dhbuf, dz16, ld, w16, rows, d, vocab);
+    head_dw<uint16_t>(dw, dz16, ld, hbuf16, rows, d, vocab);
+  } else {
+    head_dh<float>(dhbuf, logits, ld, w, rows, d, vocab);   // dH = dZ W
+    head_dw<float>(dw, logits, ld, hbuf, rows, d, vocab);  // dW += dZ^T H
+  }
+  if (src_distinct)
+    add_rows_kernel<<<rows, kThreads>>>(dh, dhbuf, src, d);
+  else
+    scatter_add_rows_kernel<<<(d + kThreads - 1) / kThreads, kThreads>>>(dh, dhbuf, src, rows, d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
                       int n, const float* w, int d, int vocab, int chunk_rows, const uint16_t* w16,
                       bool src_distinct) {
@@ -167,22 +192,45 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
     chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src + r0, rows, w, w16, d, vocab);
-    logprob_backward_kernel<<<rows, kThreads>>>(logits.data(), ld, g + r0, target + r0, vocab);
+    backward_from_logits(logits.data(), g + r0, target + r0, src + r0, rows, dh, dw, hbuf.data(), hbuf16.data(),
+                         dhbuf.data(), dz16.data(), w, w16, d, vocab, src_distinct);
+  }
+}
+
+void logprob_train_groups(float* dh, float* dw, const std::vector<std::vector<int32_t>>& groups,
+                          const HeadGradFn& grad, const float* h, const std::vector<int32_t>& src,
+                          const std::vector<int32_t>& target, const float* w, int d, int vocab, const uint16_t* w16) {
+  size_t chunk = 0;
+  for (const std::vector<int32_t>& group : groups) chunk = std::max(chunk, group.size());
+  if (chunk == 0) return;
+  OPTUNE_CHECK(vocab > 0 && d > 0, "logprob_train_groups: vocab and d must be positive");
+  const int ld = logits_stride(vocab);
+  Buffer<float> hbuf(chunk * d, "logprob hidden-state chunk");
+  Buffer<float> dhbuf(chunk * d, "logprob hidden-state gradient chunk");
+  Buffer<float> logits(chunk * ld, "logprob logits chunk");
+  Buffer<uint16_t> hbuf16(w16 ? chunk * d : 0, "logprob bf16 hidden-state chunk");
+  Buffer<uint16_t> dz16(w16 ? chunk * ld : 0, "logprob bf16 logit-gradient chunk");
+  Buffer<int32_t> src_d(chunk, "logprob row sources"), target_d(chunk, "logprob row targets");
+  Buffer<float> logp_d(chunk, "logprob log-probs"), g_d(chunk, "logprob row gradients");
+  std::vector<int32_t> gsrc, gtarget;
+  std::vector<float> logp, g;
+  for (const std::vector<int32_t>& group : groups) {
+    const int n = static_cast<int>(group.size());
+    gsrc.resize(n);
+    gtarget.resize(n);
+    for (int k = 0; k < n; k++) gsrc[k] = src[group[k]], gtarget[k] = target[group[k]];
+    copy_to_device(src_d.data(), gsrc.data(), n * sizeof(int32_t));
+    copy_to_device(target_d.data(), gtarget.data(), n * sizeof(int32_t));
+    chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src_d.data(), n, w, w16, d, vocab);
+    logprob_forward_kernel<<<n, kThreads>>>(logp_d.data(), logits.data(), ld, target_d.data(), vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
-    if (w16) {
-      // the padding columns (never read by the GEMMs, K = vocab) are converted too: one pass over the chunk
-      to_bf16(dz16.data(), logits.data(), static_cast<int64_t>(rows) * ld);
-      head_dh<uint16_t>(dhbuf.data(), dz16.data(), ld, w16, rows, d, vocab);
-      head_dw<uint16_t>(dw, dz16.data(), ld, hbuf16.data(), rows, d, vocab);
-    } else {
-      head_dh<float>(dhbuf.data(), logits.data(), ld, w, rows, d, vocab);   // dH = dZ W
-      head_dw<float>(dw, logits.data(), ld, hbuf.data(), rows, d, vocab);  // dW += dZ^T H
-    }
-    if (src_distinct)
-      add_rows_kernel<<<rows, kThreads>>>(dh, dhbuf.data(), src + r0, d);
-    else
-      scatter_add_rows_kernel<<<(d + kThreads - 1) / kThreads, kThreads>>>(dh, dhbuf.data(), src + r0, rows, d);
-    OPTUNE_CUDA_CHECK_LAUNCH();
+    logp.resize(n);
+    g.resize(n);
+    copy_to_host(logp.data(), logp_d.data(), n * sizeof(float));  // waits for the forward
+    grad(group, logp.data(), g.data());
+    copy_to_device(g_d.data(), g.data(), n * sizeof(float));
+    backward_from_logits(logits.data(), g_d.data(), target_d.data(), src_d.data(), n, dh, dw, hbuf.data(),
+                         hbuf16.data(), dhbuf.data(), dz16.data(), w, w16, d, vocab, /*src_distinct=*/true);
   }
 }
 

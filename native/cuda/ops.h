@@ -7,6 +7,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <vector>
 
 namespace optune::cuda {
 
@@ -91,6 +93,14 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
                       int n, const float* w, int d, int vocab, int chunk_rows = 0, const uint16_t* w16 = nullptr,
                       bool src_distinct = false);
+// A training step's head, group by group (core/losses.h head_row_groups; no group over logprob_chunk_rows): a
+// group's logits are computed once, its log-probs come to the host, grad(group, logp, g) gives dLoss/dlogp per row,
+// and the same logits become dh (rows distinct) and dw, with no second logits product. src/target: host arrays
+// of all response rows, which the groups index.
+using HeadGradFn = std::function<void(const std::vector<int32_t>& group, const float* logp, float* g)>;
+void logprob_train_groups(float* dh, float* dw, const std::vector<std::vector<int32_t>>& groups,
+                          const HeadGradFn& grad, const float* h, const std::vector<int32_t>& src,
+                          const std::vector<int32_t>& target, const float* w, int d, int vocab, const uint16_t* w16);
 
 // ---- AdamW -----------------------------------------------------------------------------------------------------
 // sum of g[i]^2 in double, reduced in a fixed order (same result on every run); the caller takes the sqrt, checks
