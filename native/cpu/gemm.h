@@ -97,6 +97,7 @@ class ScratchPool {
       if (item_) pool_->put(std::move(item_));
     }
     T& operator*() { return *item_; }
+    const T& operator*() const { return *item_; }
     T* operator->() { return item_.get(); }
 
    private:

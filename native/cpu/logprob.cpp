@@ -37,6 +37,16 @@ static HeadPack pack_head(bool use, const float* w, int d, int vocab, bool trans
   return p;
 }
 
+struct HeadPacks {
+  HeadPacks(const float* w, int d, int vocab)
+      : wt(pack_head(true, w, d, vocab, true)), wn(pack_head(true, w, d, vocab, false)) {}
+  HeadPack wt, wn;  // W^T [d, V] for the logits, W [V, d] for dH
+};
+
+std::shared_ptr<const HeadPacks> pack_head_bf16(const float* w, int d, int vocab) {
+  return std::make_shared<const HeadPacks>(w, d, vocab);
+}
+
 // Gathers h[src[r]] for the chunk, computes logits = H W^T (in bf16 when wt_bf16 holds W^T packed) and returns
 // each row's log-sum-exp.
 static void chunk_logits(std::vector<float>& hbuf, std::vector<float>& logits, std::vector<float>& lse,
@@ -74,12 +84,12 @@ static void softmax_rows(float* logits, const float* lse, int rows, int vocab) {
 }
 
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
-                     int d, int vocab, std::vector<float>* keep_probs, bool bf16) {
+                     int d, int vocab, std::vector<float>* keep_probs, bool bf16, const HeadPacks* packs) {
   const int chunk = logprob_chunk_rows(vocab);
   const bool keep = keep_probs && logprob_probs_fit(n, vocab);
   if (keep_probs) keep_probs->clear();
-  HeadPack wt_pack = pack_head(bf16, w, d, vocab, true);
-  const Bf16B* wt = wt_pack ? &**wt_pack : nullptr;
+  HeadPack wt_pack = pack_head(bf16 && !packs, w, d, vocab, true);
+  const Bf16B* wt = packs ? &**packs->wt : wt_pack ? &**wt_pack : nullptr;
   std::vector<float> hbuf, logits, lse;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
@@ -101,13 +111,14 @@ int logprob_probs_rows(int vocab) {
 }
 
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
-                      int n, const float* w, int d, int vocab, std::vector<float>* kept_probs, bool bf16) {
+                      int n, const float* w, int d, int vocab, std::vector<float>* kept_probs, bool bf16,
+                      const HeadPacks* packs) {
   const int chunk = logprob_chunk_rows(vocab);
   const bool kept = kept_probs && kept_probs->size() == static_cast<size_t>(n) * vocab;
-  HeadPack wt_pack = pack_head(bf16 && !kept, w, d, vocab, true);
-  HeadPack wn_pack = pack_head(bf16, w, d, vocab, false);
-  const Bf16B* wt = wt_pack ? &**wt_pack : nullptr;
-  const Bf16B* wn = wn_pack ? &**wn_pack : nullptr;
+  HeadPack wt_pack = pack_head(bf16 && !kept && !packs, w, d, vocab, true);
+  HeadPack wn_pack = pack_head(bf16 && !packs, w, d, vocab, false);
+  const Bf16B* wt = packs ? &**packs->wt : wt_pack ? &**wt_pack : nullptr;
+  const Bf16B* wn = packs ? &**packs->wn : wn_pack ? &**wn_pack : nullptr;
   std::vector<float> hbuf, logits, lse, dhbuf;
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);

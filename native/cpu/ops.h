@@ -3,6 +3,7 @@
 // places (the residual stream, tied embeddings) sums its gradient naturally; callers zero gradients first.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace optune::cpu {
@@ -77,15 +78,20 @@ void attention_decode(float* out, const float* q, int qs, const uint16_t* kcache
 // at most chunk_rows x V logits exist at once.
 // keep_probs (training): when n x V floats fit logprob_probs_fit's budget, the softmax of every row is kept there
 // for logprob_backward; otherwise it is left empty.
+// bf16: the head's weights are packed per call, or once for several calls on the same weights (a training step's
+// groups of rows) with pack_head_bf16.
+struct HeadPacks;
+std::shared_ptr<const HeadPacks> pack_head_bf16(const float* w, int d, int vocab);
 void logprob_forward(float* logp, const float* h, const int32_t* src, const int32_t* target, int n, const float* w,
-                     int d, int vocab, std::vector<float>* keep_probs = nullptr, bool bf16 = false);
+                     int d, int vocab, std::vector<float>* keep_probs = nullptr, bool bf16 = false,
+                     const HeadPacks* packs = nullptr);
 bool logprob_probs_fit(int n, int vocab);
 int logprob_probs_rows(int vocab);  // the most rows whose softmax fits that budget (at least 1)
 // Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... The logits are recomputed chunk by chunk, unless
 // kept_probs holds the forward's softmax of all n rows (it is then overwritten).
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
                       int n, const float* w, int d, int vocab, std::vector<float>* kept_probs = nullptr,
-                      bool bf16 = false);
+                      bool bf16 = false, const HeadPacks* packs = nullptr);
 int logprob_chunk_rows(int vocab);
 
 }  // namespace optune::cpu

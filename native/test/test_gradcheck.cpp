@@ -370,7 +370,8 @@ TEST(large_vocabulary_head_runs_in_pair_groups_with_the_same_gradients) {
   // 5 sequences of ~140 response tokens at V = 30000 exceed logprob_probs_fit's budget, so the LM head runs group
   // by group of connected sequences (here {0, 1} and {2, 3, 4}: pairs (2, 3) and (2, 4) share sequence 2), each
   // group's softmax kept for its backward. The gradients and loss must equal the sum over pairs (sequences for
-  // SFT) of each one's own step on a batch of just its sequences, which fits and runs the whole-batch path.
+  // SFT) of each one's own step on a batch of just its sequences, which fits and runs the whole-batch path; in fp32,
+  // and for DPO in bf16 too.
   ModelConfig c = testing::tiny_gpt2(30000);
   c.max_positions = 256;
   auto m = make_model(c);
@@ -400,32 +401,41 @@ TEST(large_vocabulary_head_runs_in_pair_groups_with_the_same_gradients) {
               what + ": loss " + std::to_string(whole.loss) + " vs " + std::to_string(loss_parts));
   };
 
-  TrainRequest r;
-  r.loss = LossKind::DPO;
-  r.batch = b;
-  r.chosen = {0, 2, 2};
-  r.rejected = {1, 3, 4};
-  r.weights = {1.0f, 0.7f, 1.3f};
-  r.ref_chosen = {-1450.0f, -1500.0f, -1500.0f};
-  r.ref_rejected = {-1400.0f, -1300.0f, -1470.0f};
-  r.beta = 0.1f;
-  r.apply_update = false;
-  const TrainStats whole = train_step(*m, r);
-  const std::vector<float> g_whole = m->grads;
-  std::vector<double> g_parts(g_whole.size(), 0.0);
-  double loss_parts = 0;
-  for (size_t j = 0; j < r.chosen.size(); j++) {
-    TrainRequest one = r;
-    one.batch = sub_batch({r.chosen[j], r.rejected[j]});
-    one.chosen = {0};
-    one.rejected = {1};
-    one.weights = {r.weights[j] / 3.0f};  // the loss is a mean over pairs
-    one.ref_chosen = {r.ref_chosen[j]};
-    one.ref_rejected = {r.ref_rejected[j]};
-    loss_parts += train_step(*m, one).loss;
-    for (size_t i = 0; i < g_parts.size(); i++) g_parts[i] += m->grads[i];
+  // bf16 (the head packed once for both groups) without the shared sequence: a bf16 step rounds the summed gradient
+  // of a sequence in two pairs, where the parts would be rounded one by one (~1e-3 apart)
+  for (bool bf16 : {false, true}) {
+    TrainRequest r;
+    r.loss = LossKind::DPO;
+    r.batch = b;
+    r.chosen = {0, 2, 2};
+    r.rejected = {1, 3, 4};
+    r.weights = {1.0f, 0.7f, 1.3f};
+    r.ref_chosen = {-1450.0f, -1500.0f, -1500.0f};
+    r.ref_rejected = {-1400.0f, -1300.0f, -1470.0f};
+    if (bf16) {
+      for (auto* v : {&r.chosen, &r.rejected}) v->pop_back();
+      for (auto* v : {&r.weights, &r.ref_chosen, &r.ref_rejected}) v->pop_back();
+    }
+    r.beta = 0.1f;
+    r.apply_update = false;
+    r.bf16 = bf16;
+    const TrainStats whole = train_step(*m, r);
+    const std::vector<float> g_whole = m->grads;
+    std::vector<double> g_parts(g_whole.size(), 0.0);
+    double loss_parts = 0;
+    for (size_t j = 0; j < r.chosen.size(); j++) {
+      TrainRequest one = r;
+      one.batch = sub_batch({r.chosen[j], r.rejected[j]});
+      one.chosen = {0};
+      one.rejected = {1};
+      one.weights = {r.weights[j] / static_cast<float>(r.chosen.size())};  // the loss is a mean over pairs
+      one.ref_chosen = {r.ref_chosen[j]};
+      one.ref_rejected = {r.ref_rejected[j]};
+      loss_parts += train_step(*m, one).loss;
+      for (size_t i = 0; i < g_parts.size(); i++) g_parts[i] += m->grads[i];
+    }
+    compare(bf16 ? "dpo bf16" : "dpo", whole, g_whole, loss_parts, g_parts);
   }
-  compare("dpo", whole, g_whole, loss_parts, g_parts);
 
   // SFT: the gradient is a mean over all response tokens, so a sequence alone is weighted by its share of them
   TrainRequest sft;
@@ -435,8 +445,8 @@ TEST(large_vocabulary_head_runs_in_pair_groups_with_the_same_gradients) {
   sft.apply_update = false;
   const TrainStats sft_whole = train_step(*m, sft);
   const std::vector<float> g_sft = m->grads;
-  std::fill(g_parts.begin(), g_parts.end(), 0.0);
-  loss_parts = 0;
+  std::vector<double> g_parts(g_sft.size(), 0.0);
+  double loss_parts = 0;
   for (int s = 0; s < b.n_seq(); s++) {
     TrainRequest one = sft;
     one.batch = sub_batch({s});
