@@ -66,7 +66,9 @@ class SortedCumulative {
     ps.bucket.resize(V);
     uint16_t* bucket = ps.bucket.data();
     const float range = std::min(kMaxRange, (mx - cpu::min_of(z, V)) * inv_t);
-    const float last = static_cast<float>(kBuckets - 1), scale = range > 0.0f ? inv_t * last / range : 0.0f;
+    const float last = static_cast<float>(kBuckets - 1);
+    float scale = range > 0.0f ? inv_t * last / range : 0.0f;
+    if (!std::isfinite(scale)) scale = 0.0f;  // a denormal range: one bucket (sorted whole) keeps the order right
 #pragma omp simd
     for (int j = 0; j < V; j++) {
       const float d = (mx - z[j]) * scale;  // >= 0: mx is the maximum
