@@ -2,7 +2,7 @@
 // tiny GPT-2 shape (d256, 4 layers, 4 heads, vocab 4096) and, with --gpt2-124m, the GPT-2 124M shape.
 // Prints one JSON line per op; `--only OP` runs one of them, `--reps N` sets the timed
 // repetitions, `--new N` the new tokens per sampled response, `--top-p P` /
-// `--top-k K` the sampling filters. `optune bench engine` runs the same work through the addon with PyTorch beside it.
+// `--top-k K` the sampling filters, `--llama` the tiny shape as a Llama. `optune bench engine` runs the same work through the addon with PyTorch beside it.
 #include <omp.h>
 
 #include <chrono>
@@ -84,10 +84,11 @@ static void run_shape(const char* name, const ModelConfig& cfg, bool with_sampli
 }
 
 int main(int argc, char** argv) {
-  bool big = false;
+  bool big = false, llama = false;  // --llama: the tiny shape as a Llama (RoPE, SwiGLU, GQA)
   int reps = 3;
   for (int i = 1; i < argc; i++) {
     if (!std::strcmp(argv[i], "--gpt2-124m")) big = true;
+    if (!std::strcmp(argv[i], "--llama")) llama = true;
     if (!std::strcmp(argv[i], "--reps") && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     if (!std::strcmp(argv[i], "--new") && i + 1 < argc) new_tokens = std::atoi(argv[++i]);
@@ -95,7 +96,10 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--top-k") && i + 1 < argc) top_k = std::atoi(argv[++i]);
   }
   std::printf("{\"threads\": %d, \"blas\": \"%s\"}\n", omp_get_max_threads(), OPTUNE_BLAS_NAME);
-  run_shape("tiny-gpt2-d256-L4", gpt2_shape(256, 4, 4, 4096), true, reps);
+  if (llama)
+    run_shape("tiny-llama-d256-L4-kv2", bench::llama_shape(256, 4, 4, 2, 4096), true, reps);
+  else
+    run_shape("tiny-gpt2-d256-L4", gpt2_shape(256, 4, 4, 4096), true, reps);
   if (big) run_shape("gpt2-124m", bench::gpt2_124m(), false, 1);
   return 0;
 }

@@ -25,6 +25,17 @@ inline ModelConfig gpt2_shape(int d, int layers, int heads, int vocab) {
 
 inline ModelConfig gpt2_124m() { return gpt2_shape(768, 12, 12, 50257); }
 
+// Llama (RMSNorm, RoPE, SwiGLU, grouped-query attention, untied head) of the same width and depth as
+// gpt2_shape(d, ...): head_dim = d / heads, kv_heads key/value heads, d_ff = 8d/3 rounded to 16.
+inline ModelConfig llama_shape(int d, int layers, int heads, int kv_heads, int vocab) {
+  ModelConfig c = gpt2_shape(d, layers, heads, vocab);
+  c.arch = Arch::LLAMA;
+  c.n_kv_head = kv_heads;
+  c.d_ff = (8 * d / 3 + 15) / 16 * 16;
+  c.tie_embeddings = false;
+  return c;
+}
+
 // n sequences of len random tokens, the first `prompt` of each its prompt.
 inline Batch random_batch(int n, int len, int prompt, int vocab, uint64_t seed) {
   Batch b;

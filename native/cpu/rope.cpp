@@ -1,6 +1,9 @@
 // Rotary position embedding in transformers' "rotate_half" layout: dimension i pairs with i + head_dim/2, and pair i
 // rotates by angle pos * theta^(-2i/head_dim). Angles are computed in double, then rounded once.
+#include <algorithm>
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "ops.h"
@@ -8,16 +11,63 @@
 
 namespace optune::cpu {
 
-static void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta,
-                       float sign) {
+namespace {
+
+// cos and sin of every (position, pair) angle, rounded to float, for positions [0, positions): computed once and
+// shared (a decode step or a training batch needs the same few angles again and again, and libm's sincos per row
+// and pair was ~4% of a Llama's bf16 sampling). Immutable once built: a caller keeps its table alive while a longer
+// one may replace it for later calls.
+struct RopeTable {
+  int head_dim = 0, positions = 0;
+  float theta = 0.0f;
+  std::vector<float> cos, sin;  // [positions][head_dim / 2]
+};
+
+// The table for (head_dim, theta) covering `positions`, from a small cache with one table per (head_dim, theta)
+// (a policy and a reward model may differ); a table too short is replaced by one at least twice as long.
+std::shared_ptr<const RopeTable> rope_table(int head_dim, float theta, int positions) {
+  static std::mutex mu;
+  static std::vector<std::shared_ptr<const RopeTable>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  std::shared_ptr<const RopeTable>* slot = nullptr;
+  for (auto& t : cache)
+    if (t->head_dim == head_dim && t->theta == theta) slot = &t;
+  if (slot && (*slot)->positions >= positions) return *slot;
+  auto t = std::make_shared<RopeTable>();
+  t->head_dim = head_dim;
+  t->theta = theta;
+  t->positions = slot ? std::max(positions, 2 * (*slot)->positions) : positions;
   const int half = head_dim / 2;
   std::vector<double> inv_freq(half);
   for (int i = 0; i < half; i++) inv_freq[i] = 1.0 / std::pow(static_cast<double>(theta), (2.0 * i) / head_dim);
+  t->cos.resize(static_cast<size_t>(t->positions) * half);
+  t->sin.resize(t->cos.size());
+  for (int p = 0; p < t->positions; p++)
+    for (int i = 0; i < half; i++) {
+      const double angle = static_cast<double>(p) * inv_freq[i];
+      t->cos[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(angle));
+      t->sin[static_cast<size_t>(p) * half + i] = static_cast<float>(std::sin(angle));
+    }
+  if (slot)
+    *slot = t;
+  else
+    cache.push_back(t);
+  return t;
+}
+
+void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta,
+                float sign) {
+  if (rows <= 0) return;
+  const int half = head_dim / 2;
+  int max_pos = 0;
+  for (int r = 0; r < rows; r++) max_pos = std::max(max_pos, pos[r]);
+  const std::shared_ptr<const RopeTable> table = rope_table(head_dim, theta, max_pos + 1);
   parallel_for(rows, [&](int64_t r) {
     float* row = x + static_cast<size_t>(r) * stride;
+    const float* cr = table->cos.data() + static_cast<size_t>(pos[r]) * half;
+    const float* sr = table->sin.data() + static_cast<size_t>(pos[r]) * half;
     for (int i = 0; i < half; i++) {
-      const double angle = static_cast<double>(pos[r]) * inv_freq[i];
-      const float c = static_cast<float>(std::cos(angle)), s = sign * static_cast<float>(std::sin(angle));
+      const float c = cr[i], s = sign * sr[i];
       for (int h = 0; h < n_heads; h++) {
         float* v = row + h * head_dim;
         const float x1 = v[i], x2 = v[i + half];
@@ -27,6 +77,8 @@ static void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim
     }
   });
 }
+
+}  // namespace
 
 void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta) {
   rope_apply(x, rows, stride, n_heads, head_dim, pos, theta, 1.0f);
