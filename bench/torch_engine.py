@@ -56,7 +56,7 @@ def main():
             bf16 = op.endswith("_bf16")
             return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-        for op in ("sample", "sample_bf16"):
+        for op in ("sample", "sample_bf16", "sample_top_p"):
             if op not in shape["ops"]:
                 continue
             n, plen, new = sz["samplePrompts"], sz["samplePromptLen"], sz["sampleNewTokens"]
@@ -67,6 +67,7 @@ def main():
             def gen():
                 with torch.no_grad(), precision(op):
                     model.generate(input_ids=prompts, attention_mask=mask, do_sample=True, top_k=0,
+                                   top_p=spec["topP"] if op == "sample_top_p" else 1.0,
                                    max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
 
             report(op, timed(gen), n * new)

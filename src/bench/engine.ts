@@ -13,8 +13,12 @@ import { EngineModel, type ModelConfigInput, engineInfo, packBatch, packageRoot,
 /**
  * *_bf16: the same work on a model with precision "bf16" (bf16 matmuls, fp32 accumulation); PyTorch runs it under
  * torch.autocast("cpu", bfloat16), so each ratio compares like with like (the fp32 rows give PyTorch's fp32 speed).
+ * sample_top_p: fp32 sampling restricted to the top-p nucleus (generate's top_p on the PyTorch side).
  */
-export type EngineOp = "sample" | "sample_bf16" | "logprobs" | "dpo_step" | "dpo_step_bf16";
+export type EngineOp = "sample" | "sample_bf16" | "sample_top_p" | "logprobs" | "dpo_step" | "dpo_step_bf16";
+
+/** Nucleus mass of the `sample_top_p` op (fp32, no top-k, on both sides). */
+export const BENCH_TOP_P = 0.9;
 
 /** A GPT-2 shape and what to run on it. */
 export interface BenchShape {
@@ -45,6 +49,8 @@ export interface BenchSizes {
 export interface EngineBenchSpec {
   threads: number;
   beta: number;
+  /** The sample_top_p op's nucleus mass. */
+  topP: number;
   sizes: BenchSizes;
   shapes: BenchShape[];
 }
@@ -56,7 +62,7 @@ export const TINY_SHAPE: BenchShape = {
   heads: 4,
   vocab: 4096,
   positions: 512,
-  ops: ["sample", "sample_bf16", "logprobs", "dpo_step", "dpo_step_bf16"],
+  ops: ["sample", "sample_bf16", "sample_top_p", "logprobs", "dpo_step", "dpo_step_bf16"],
   warmup: 1,
   reps: 3,
 };
@@ -186,13 +192,15 @@ async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: 
   const next = tokenStream(7, shape.vocab);
   try {
     const prompts = Array.from({ length: sizes.samplePrompts }, () => Array.from({ length: sizes.samplePromptLen }, next));
-    for (const op of ["sample", "sample_bf16"] as const) {
+    for (const op of ["sample", "sample_bf16", "sample_top_p"] as const) {
       if (!shape.ops.includes(op)) continue;
       log(`engine ${shape.name}: ${op}`);
       const m = op === "sample_bf16" ? bf16 : model;
-      // Full-vocabulary sampling at temperature 1 and no stop tokens: every response gets all its new tokens.
+      // Sampling at temperature 1, over the full vocabulary or (sample_top_p) its nucleus, and no stop tokens:
+      // every response gets all its new tokens.
+      const topP = op === "sample_top_p" ? BENCH_TOP_P : 1;
       const sec = await timeIt(
-        () => m.sample({ prompts, maxNewTokens: sizes.sampleNewTokens, temperature: 1, topK: 0, topP: 1, seed: 3 }),
+        () => m.sample({ prompts, maxNewTokens: sizes.sampleNewTokens, temperature: 1, topK: 0, topP, seed: 3 }),
         shape.warmup,
         shape.reps,
       );
@@ -301,7 +309,7 @@ export async function benchEngine(options: EngineBenchOptions = {}): Promise<Eng
   const log = options.log ?? (() => {});
   if (options.threads !== undefined) setThreads(options.threads);
   const info = engineInfo();
-  const spec: EngineBenchSpec = { threads: info.threads, beta: BETA, sizes, shapes };
+  const spec: EngineBenchSpec = { threads: info.threads, beta: BETA, topP: BENCH_TOP_P, sizes, shapes };
 
   const engine: Measured[] = [];
   for (const shape of shapes) engine.push(...(await runEngineShape(shape, sizes, log)));
