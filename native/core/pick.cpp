@@ -140,11 +140,11 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScr
 
   const double inv_t = 1.0 / r.temperature;
   const float inv_tf = static_cast<float>(inv_t);
-  if (r.temperature != 1.0f) {  // at temperature 1 the weights are the exp terms of the log-sum-exp above
+  const bool top_k = r.top_k > 0 && r.top_k < V, top_p = r.top_p < 1.0f;
+  if (!top_k && r.temperature != 1.0f) {  // at temperature 1 the weights are the exp terms of the log-sum-exp
 #pragma omp simd
     for (int j = 0; j < V; j++) e[j] = cpu::vexp((z[j] - mx) * inv_tf);
   }
-  const bool top_k = r.top_k > 0 && r.top_k < V, top_p = r.top_p < 1.0f;
   if (!top_k && !top_p) {
     const int32_t t = draw_in_index_order(e.data(), V, u, ps.block_sums);
     const int32_t tok = t >= 0 ? t : first_max();  // rounding at the very end of the cumulative sum
@@ -163,7 +163,7 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScr
   }
 
   // top-k (then top-p over the k): the k best candidates in order (a partial sort: for small k most tokens cost
-  // one comparison with the heap's top)
+  // one comparison with the heap's top), their weights in double
   std::vector<int32_t>& idx = ps.idx;
   std::vector<double>& prob = ps.prob;
   idx.resize(V);
