@@ -52,6 +52,9 @@ struct BackwardScratch {
   std::vector<float> dresid, dnorm, dact, dfc, dup, datty, dqkv;
 };
 
+// Weights pre-packed for few-row products, by parameter offset (sampler.cpp); null or a missing entry: plain GEMM.
+using PackedWeights = std::unordered_map<size_t, cpu::PackedB>;
+
 struct Workspace {
   Acts train;     // all layers' activations, for backward
   Acts infer;     // one reused layer
@@ -60,7 +63,7 @@ struct Workspace {
   std::vector<float> head_probs;  // the LM head's softmax kept between a train step's forward and backward
   // the sampler's packed weights, repacked on every call (the weights may have changed) into kept storage; kept
   // between calls only while under 64 MB, so a large model does not hold a second copy of its weights
-  std::unordered_map<size_t, cpu::PackedB> decode_weights;
+  PackedWeights decode_weights;
 };
 
 // The model's workspace, created on first use. Buffers only grow (resize keeps capacity).
@@ -69,13 +72,11 @@ Workspace& workspace_of(const Model& m);
 // Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read.
 // `packed` (sampler's prefill): weights already packed for its products, instead of packing them again per GEMM.
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr,
-                         bool bf16 = false, const std::unordered_map<size_t, cpu::PackedB>* packed = nullptr);
+                         bool bf16 = false, const PackedWeights* packed = nullptr);
 
 // The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
 // attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.
 using AttendFn = std::function<void(int layer, const QKV& qkv, float* atty)>;
-// Weights pre-packed for few-row products, by parameter offset (sampler.cpp); null or a missing entry: plain GEMM.
-using PackedWeights = std::unordered_map<size_t, cpu::PackedB>;
 void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size);
 void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, int T, float* out);
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
