@@ -26,7 +26,7 @@ LogprobResult compute_logprobs(const Model& m, const Batch& b) {
   out.token_logps.resize(k.n_rows);
   copy_to_host(out.token_logps.data(), k.logp, k.n_rows * sizeof(float));
   out.seq_logps.assign(b.n_seq(), 0.0f);
-  for (int r = 0; r < k.n_rows; r++) out.seq_logps[k.row_seq[r]] += out.token_logps[r];
+  for (int r = 0; r < k.n_rows; r++) out.seq_logps[k.rows.seq[r]] += out.token_logps[r];
   return out;
 }
 

@@ -4,6 +4,7 @@
 // as on the CPU: the token log-probs (or scores) come down, dLoss/dlogp (or dLoss/dscore) goes back up.
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -28,7 +29,7 @@ DeviceState& state_of(const Model& m) {
 
 // The LM head's forward and backward (as core/train.cpp lm_head_step): groups of connected sequences
 // (head_row_groups), each within one logits chunk, run forward and backward on the same logits. A pair too long
-// for a chunk makes the whole batch take the forward-then-recompute passes instead.
+// for a chunk makes the whole batch one group that takes the forward-then-recompute passes instead.
 void lm_head_step(Model& m, DeviceState& ds, const TrainRequest& r, Call& k, const std::vector<float>& ref_c,
                   const std::vector<float>& ref_r, TrainStats& st) {
   lm_head_weight(m);  // throws for a reward model
@@ -36,32 +37,30 @@ void lm_head_step(Model& m, DeviceState& ds, const TrainRequest& r, Call& k, con
   const float* w = ds.params.data() + m.layout.lm_head;
   const uint16_t* w16 = ds.bf16(m.layout.lm_head);  // null under fp32
   float* dw = ds.grads.data() + m.layout.lm_head;
-  st.n_tokens = n_rows;
-  const ResponseRows rows = response_rows(r.batch);  // the host side of k.src / k.target
+  const ResponseRows& rows = k.rows;
   const int chunk = logprob_chunk_rows(V);
   const std::vector<std::vector<int32_t>> groups = head_row_groups(r, rows.seq, chunk);
   bool fit = true;
   for (const std::vector<int32_t>& group : groups) fit = fit && group.size() <= static_cast<size_t>(chunk);
+  GroupedSequenceLoss loss(r, rows.seq, ref_c, ref_r);
   if (fit) {
-    GroupedSequenceLoss loss(r, rows.seq, ref_c, ref_r);
     logprob_train_groups(
         k.dnormf, dw, groups,
         [&](const std::vector<int32_t>& group, const float* logp, float* g) { loss.group(group, logp, g); },
         k.acts.normf, rows.src, rows.target, w, D, V, w16);
-    loss.finish(st);
-    return;
+  } else {
+    std::vector<int32_t> all(n_rows);
+    std::iota(all.begin(), all.end(), 0);
+    std::vector<float> logp(n_rows), g(n_rows);
+    logprob_forward(k.logp, k.acts.normf, k.src, k.target, n_rows, w, D, V, 0, w16);
+    copy_to_host(logp.data(), k.logp, n_rows * sizeof(float));
+    loss.group(all, logp.data(), g.data());
+    copy_to_device(k.g, g.data(), n_rows * sizeof(float));
+    logprob_backward(k.dnormf, dw, k.g, k.acts.normf, k.src, k.target, n_rows, w, D, V, 0, w16,
+                     /*src_distinct=*/true);  // one row per response token
   }
-  logprob_forward(k.logp, k.acts.normf, k.src, k.target, n_rows, w, D, V, 0, w16);
-  std::vector<float> logp(n_rows);
-  copy_to_host(logp.data(), k.logp, n_rows * sizeof(float));
-  std::vector<double> seq_logp(r.batch.n_seq(), 0.0);
-  for (int i = 0; i < n_rows; i++) seq_logp[rows.seq[i]] += logp[i];
-  const std::vector<double> g_seq = sequence_loss(r, seq_logp, n_rows, ref_c, ref_r, st);  // dLoss/dseq_logp
-  std::vector<float> g(n_rows);
-  for (int i = 0; i < n_rows; i++) g[i] = static_cast<float>(g_seq[rows.seq[i]]);
-  copy_to_device(k.g, g.data(), n_rows * sizeof(float));
-  logprob_backward(k.dnormf, dw, k.g, k.acts.normf, k.src, k.target, n_rows, w, D, V, 0, w16,
-                   /*src_distinct=*/true);  // one row per response token
+  loss.finish(st);
+  st.n_tokens = n_rows;
 }
 
 }  // namespace

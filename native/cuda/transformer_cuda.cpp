@@ -248,10 +248,9 @@ Call prepare_call(DeviceState& ds, const Model& m, const Batch& b, bool training
     for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) pos[t] = t - b.offsets[s];
     last[s] = b.offsets[s + 1] - 1;
   }
-  ResponseRows rows;
-  if (head == Head::LM) rows = response_rows(b);
+  if (head == Head::LM) k.rows = response_rows(b);
+  const ResponseRows& rows = k.rows;
   k.n_rows = static_cast<int>(rows.src.size());
-  k.row_seq = rows.seq;
   HostIndex tok_index, pos_index;
   if (training) {
     tok_index = group_rows(b.tokens, c.vocab_size);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/batch.h"
+#include "core/heads.h"
 #include "core/model.h"
 #include "device_model.h"
 
@@ -77,7 +78,7 @@ struct Call {
   float *score = nullptr, *gscore = nullptr;        // [n_seq]
   float* dnormf = nullptr;                          // [T, D] (training)
   DevIndex tok_index, pos_index;                    // (training) embedding backward
-  std::vector<int32_t> row_seq;                     // host: sequence of each LM row
+  ResponseRows rows;                                // host: the LM rows' src, target and sequence
 };
 
 // Measures, reserves (the arena grows when needed) and carves everything a forward (and, when training, backward)
