@@ -8,7 +8,6 @@
 // scripts/test.mjs counts a skip neither as passed nor as failed.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <string>
 #include <vector>
 
@@ -37,18 +36,12 @@ std::vector<float> randv(size_t n, Rand& r, float std = 1.0f) {
 
 constexpr double kRtol = 1e-5;
 
-// fp32 -> bf16 bits, round to nearest even (finite inputs), as __float2bfloat16_rn.
-uint16_t bf16_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_value(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
+// fp32 -> bf16 bits (round to nearest even, as __float2bfloat16_rn) and back: the CPU engine's conversions.
+using cpu::from_bf16;
+using cpu::to_bf16;
+// Every value rounded to bf16 and back: the values a bf16 operand carries.
+void round_to_bf16(std::vector<float>& v) {
+  for (float& x : v) x = from_bf16(to_bf16(x));
 }
 
 }  // namespace
@@ -84,7 +77,7 @@ TEST(to_bf16_rounds_to_nearest_even) {
     cuda::to_bf16(out.data(), gx.data() + off, n);
     const std::vector<uint16_t> got = out.download();
     int bad = 0;
-    for (int i = 0; i < n; i++) bad += got[i] != bf16_bits(x[off + i]);
+    for (int i = 0; i < n; i++) bad += got[i] != to_bf16(x[off + i]);
     CHECK_MSG(bad == 0, std::to_string(bad) + " of " + std::to_string(n) + " elements differ (offset " +
                             std::to_string(off) + ")");
   }
@@ -105,8 +98,8 @@ TEST(gemm_bf16_matches_cpu_on_rounded_inputs) {
       const auto a16 = dA.download(), b16 = dB.download();
       std::vector<float> Ar(A.size()), Br(B.size());
       int mismatched = 0;
-      for (size_t i = 0; i < A.size(); i++) mismatched += a16[i] != bf16_bits(A[i]), Ar[i] = bf16_value(bf16_bits(A[i]));
-      for (size_t i = 0; i < B.size(); i++) mismatched += b16[i] != bf16_bits(B[i]), Br[i] = bf16_value(bf16_bits(B[i]));
+      for (size_t i = 0; i < A.size(); i++) mismatched += a16[i] != to_bf16(A[i]), Ar[i] = from_bf16(to_bf16(A[i]));
+      for (size_t i = 0; i < B.size(); i++) mismatched += b16[i] != to_bf16(B[i]), Br[i] = from_bf16(to_bf16(B[i]));
       CHECK_MSG(mismatched == 0, std::to_string(mismatched) + " bf16 conversions differ from round-to-nearest-even");
       std::vector<float> want(static_cast<size_t>(M) * N, 0.5f);
       cpu::gemm_builtin(ta, tb, M, N, K, 1.0f, Ar.data(), lda, Br.data(), ldb, 1.0f, want.data(), N);
@@ -279,8 +272,8 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
   const int qs = (H + 2 * KV) * hd, od = H * hd;
   auto qkv = randv(static_cast<size_t>(T) * qs, r), dout = randv(static_cast<size_t>(T) * od, r);
   if (bf16) {
-    for (float& x : qkv) x = bf16_value(bf16_bits(x));
-    for (float& x : dout) x = bf16_value(bf16_bits(x));
+    round_to_bf16(qkv);
+    round_to_bf16(dout);
   }
   const float *q = qkv.data(), *k = q + H * hd, *v = k + KV * hd;
 
@@ -394,8 +387,8 @@ TEST(logprob_bf16_matches_cpu_on_rounded_inputs) {
   Rand r(13);
   const int T = 30, n = 40, d = 32, vocab = 701;
   auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
-  for (auto& x : h) x = bf16_value(bf16_bits(x));
-  for (auto& x : w) x = bf16_value(bf16_bits(x));
+  round_to_bf16(h);
+  round_to_bf16(w);
   const auto g = randv(n, r);
   std::vector<int32_t> src(n), target(n);
   for (int i = 0; i < n; i++) src[i] = r.below(T), target[i] = r.below(vocab);
@@ -423,8 +416,8 @@ TEST(logprob_train_groups_match_cpu_forward_and_backward) {
   Rand r(17);
   const int T = 48, n = 40, d = 32, vocab = 1003;
   auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
-  for (auto& x : h) x = bf16_value(bf16_bits(x));
-  for (auto& x : w) x = bf16_value(bf16_bits(x));
+  round_to_bf16(h);
+  round_to_bf16(w);
   std::vector<int32_t> src(n), target(n);
   for (int i = 0; i < n; i++) src[i] = (i * 5) % T, target[i] = r.below(vocab);  // distinct rows of h
   auto grad_of = [](float logp) { return 0.2f + 0.5f * std::tanh(0.05f * logp); };
