@@ -17,7 +17,8 @@ import subprocess
 import sys
 
 GIB = 2 ** 30
-# The issue's targets: speed-up over PyTorch eager in the same run (DPO step: bf16), and peak memory <= 1/4.
+# The issue's targets: speed-up over PyTorch eager in the same run (DPO step: bf16), and peak memory <= 1/4 (its
+# anchor table gives peak memory for the DPO step only; the other ops' ratios are shown, without a target).
 TARGETS = {"sample": 20.0, "logprobs": 2.0, "dpo_step": 2.5}
 MEMORY_TARGET = 0.25
 
@@ -127,7 +128,8 @@ def table(native, torch_recs):
             "torch_compiled_tok_per_s": c and c["tok_per_s"],
             "speedup_vs_compiled": ratio(n["tok_per_s"], c and c["tok_per_s"]),
             "native_peak_mem_bytes": n["peak_mem_bytes"], "torch_eager_peak_mem_bytes": e and e.get("peak_mem_bytes"),
-            "memory_ratio": mem, "memory_target_met": None if mem is None else mem <= MEMORY_TARGET,
+            "memory_ratio": mem,
+            "memory_target_met": None if mem is None or n["op"] != "dpo_step" else mem <= MEMORY_TARGET,
         })
     return rows
 
@@ -142,7 +144,7 @@ def markdown(summary):
         lines += [f"PyTorch {t.get('torch')} + transformers {t.get('transformers')} in the same run "
                   f"(eager fp32 with TF32 matmuls, as the anchors; bf16 = autocast).", ""]
     lines += ["| op | precision | optune tok/s | PyTorch eager tok/s | x eager (target) | PyTorch compiled tok/s | "
-              "x compiled | optune peak GiB | PyTorch eager peak GiB | memory ratio (target <= 0.25) |",
+              "x compiled | optune peak GiB | PyTorch eager peak GiB | memory ratio (DPO step target <= 0.25) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["comparison"]:
         x = "-" if r["speedup_vs_eager"] is None else f"{r['speedup_vs_eager']:.2f}x"
@@ -151,6 +153,8 @@ def markdown(summary):
             x += f" (>= {r['target']:g}x{met})"
         xc = "-" if r["speedup_vs_compiled"] is None else f"{r['speedup_vs_compiled']:.2f}x"
         mem = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
+        if r["memory_target_met"] is not None:
+            mem += " met" if r["memory_target_met"] else " not met"
         lines.append(f"| {r['op']} | {r['precision']} | {fmt_rate(r['native_tok_per_s'])} | "
                      f"{fmt_rate(r['torch_eager_tok_per_s'])} | {x} | {fmt_rate(r['torch_compiled_tok_per_s'])} | "
                      f"{xc} | {fmt_gib(r['native_peak_mem_bytes'])} | {fmt_gib(r['torch_eager_peak_mem_bytes'])} | "

@@ -10,7 +10,8 @@
 // MFU = FLOPs / time / peak, with the H100 SXM dense peaks (H200: the same): bf16 989 TFLOP/s, fp32 67 TFLOP/s
 // (fp32 mode runs plain fp32 GEMMs, no TF32).
 // Memory: mem_used_gib = device total - free right after the call (everything resident: CUDA context, cuBLAS
-// workspaces, both models' weights/gradients/moments, the shared activation arena); peak_gib = mem_used_gib minus
+// workspaces, the models' weights/gradients/moments (log-probs: the policy alone, as in PyTorch's peer; the DPO
+// step: policy and reference), the shared activation arena); peak_gib = mem_used_gib minus
 // the CUDA context measured at start (context_gib; PyTorch's max_memory_allocated leaves it out too) plus the buffers
 // a call allocates and frees inside itself (the log-prob head's logits chunk, attention's rowsum), the only
 // allocations not in mem_used.
@@ -120,11 +121,13 @@ int main(int argc, char** argv) {
       auto policy = clone_model(*base);
       auto ref = clone_model(*base);
       set_device(*policy, Device::CUDA, p);
-      set_device(*ref, Device::CUDA, p);
 
+      // log-probs with the policy alone on the device (as PyTorch's peer: one model resident)
       const auto lp_ms = time_ms(reps, [&] { compute_logprobs(*policy, lp_batch); });
       report("logprobs", p, lp_batch, forward_flops(c, n_params, lp_batch), lp_ms,
              transient_gib(c, lp_batch, false, p == Precision::BF16), *policy);
+
+      set_device(*ref, Device::CUDA, p);
 
       TrainRequest r;
       r.loss = LossKind::DPO;

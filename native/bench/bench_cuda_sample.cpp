@@ -6,6 +6,8 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
+// Then the same with the decode GEMMs unsplit (OPTUNE_CUDA_SPLIT_K=1), as op "sample_unsplit": the K-split's effect
+// measured in the same run (max_split: the most slices a decode GEMM ran in).
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
 #include <algorithm>
 #include <chrono>
@@ -52,8 +54,9 @@ int main(int argc, char** argv) {
     cuda::to_bf16(w16.data(), w32.data(), static_cast<int64_t>(m->params.size()));
     const size_t workspace = size_t(32) << 20;  // the sampler's cuBLAS workspace (sampler_cuda.cu)
     const std::string only = argc > 2 ? argv[2] : "";
-    for (const bool bf16 : {false, true}) {
-      if (!only.empty() && only != (bf16 ? "bf16" : "fp32")) continue;
+    const char* split_env = std::getenv("OPTUNE_CUDA_SPLIT_K");
+    const std::string split_default = split_env ? split_env : "";
+    auto measure = [&](const char* op, bool bf16) {
       const cuda::SamplerWeights w{w32.data(), bf16 ? w16.data() : nullptr};
       cuda::SamplerStats stats;
       cuda::sample_with_weights(*m, w, r, &stats);  // warm-up: module loading, cuBLAS heuristics
@@ -67,15 +70,23 @@ int main(int argc, char** argv) {
       }
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
       const size_t weights = m->params.size() * (bf16 ? 6 : 4);
-      std::printf("{\"op\": \"sample\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
+      std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
-                  "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"call_bytes\": %zu, "
-                  "\"graph_error\": \"%s\", \"device\": \"%s\"}\n",
-                  bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
+                  "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, "
+                  "\"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
+                  op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
-                  stats.decode_steps, stats.graphs, stats.device_bytes, json_safe(stats.graph_error).c_str(),
-                  device.c_str());
+                  stats.decode_steps, stats.graphs, stats.max_split, stats.device_bytes,
+                  json_safe(stats.graph_error).c_str(), device.c_str());
       std::fflush(stdout);
+    };
+    for (const bool unsplit : {false, true}) {
+      if (unsplit)
+        setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
+      else if (split_env)
+        setenv("OPTUNE_CUDA_SPLIT_K", split_default.c_str(), 1);
+      for (const bool bf16 : {false, true})
+        if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure(unsplit ? "sample_unsplit" : "sample", bf16);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());

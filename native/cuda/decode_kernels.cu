@@ -54,13 +54,17 @@ static constexpr int kNormThreads = 256;
 
 template <class Act>
 __global__ void __launch_bounds__(kNormThreads) add_norm_kernel(Act* out, float* xbuf, const int32_t* src,
-                                                                const float* add, const float* w, const float* b,
-                                                                int d, float eps, bool layernorm) {
+                                                                const float* add, Partials parts, const float* w,
+                                                                const float* b, int d, float eps, bool layernorm) {
   __shared__ float scratch[32];
   const int r = blockIdx.x;
-  float* x = xbuf + static_cast<int64_t>(src ? src[r] : r) * d;
-  if (add)
-    for (int i = threadIdx.x; i < d; i += blockDim.x) x[i] += add[i];  // each thread rereads only what it wrote
+  const int64_t row = static_cast<int64_t>(src ? src[r] : r) * d;
+  float* x = xbuf + row;
+  if (add || parts.n) {
+    parts = parts.at(row);
+    for (int i = threadIdx.x; i < d; i += blockDim.x)  // each thread rereads only what it wrote
+      x[i] += (add ? add[i] : 0.0f) + parts.sum(i);
+  }
   Act* o = out + static_cast<int64_t>(r) * d;
   if (layernorm) {
     float s = 0.0f;
@@ -79,10 +83,10 @@ __global__ void __launch_bounds__(kNormThreads) add_norm_kernel(Act* out, float*
 }
 
 template <class Act>
-void add_norm(Act* out, float* x, const int32_t* src, const float* add, const float* w, const float* b, int rows,
-              int d, float eps, bool layernorm, cudaStream_t st) {
+void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
+              const float* b, int rows, int d, float eps, bool layernorm, cudaStream_t st) {
   if (rows <= 0) return;
-  add_norm_kernel<Act><<<rows, kNormThreads, 0, st>>>(out, x, src, add, w, b, d, eps, layernorm);
+  add_norm_kernel<Act><<<rows, kNormThreads, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -98,15 +102,17 @@ __device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int 
   x2 = b * c + a * s;
 }
 
-// One part of one row: x (n_heads heads) += bias, RoPE'd when asked; copied into the cache when `cache_base` is set.
+// One part of one row: x (n_heads heads; its GEMM's slices in parts when split) + bias, RoPE'd when asked, written to
+// x; copied into the cache when `cache_base` is set.
 template <class Act>
-__device__ inline void finish_part(float* x, const float* bias, int n_heads, int head_dim, bool rope, int pos,
-                                   float theta, Act* cache_base, int64_t copy_stride, int copies) {
+__device__ inline void finish_part(float* x, const Partials& parts, const float* bias, int n_heads, int head_dim,
+                                   bool rope, int pos, float theta, Act* cache_base, int64_t copy_stride, int copies) {
   const int half = head_dim / 2;
   if (rope) {
     for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
       const int col = (idx / half) * head_dim + idx % half;
-      float x1 = x[col] + (bias ? bias[col] : 0.0f), x2 = x[col + half] + (bias ? bias[col + half] : 0.0f);
+      float x1 = parts.value(x, col) + (bias ? bias[col] : 0.0f);
+      float x2 = parts.value(x, col + half) + (bias ? bias[col + half] : 0.0f);
       rope_pair(x1, x2, idx % half, head_dim, pos, theta);
       x[col] = x1, x[col + half] = x2;
       for (int c = 0; c < copies && cache_base; c++)
@@ -114,7 +120,7 @@ __device__ inline void finish_part(float* x, const float* bias, int n_heads, int
     }
   } else {
     for (int col = threadIdx.x; col < n_heads * head_dim; col += blockDim.x) {
-      const float y = x[col] + (bias ? bias[col] : 0.0f);
+      const float y = parts.value(x, col) + (bias ? bias[col] : 0.0f);
       x[col] = y;
       for (int c = 0; c < copies && cache_base; c++) cache_base[c * copy_stride + col] = to_act<Act>(y);
     }
@@ -122,30 +128,32 @@ __device__ inline void finish_part(float* x, const float* bias, int n_heads, int
 }
 
 template <class Act>
-__global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq,
-                                  const float* bk, const float* bv, Rows rows, int n_head, int n_kv_head,
-                                  int head_dim, bool rope, float theta, LayerCache<Act> cache) {
+__global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, int vs, Partials pq, Partials pk,
+                                  Partials pv, const float* bq, const float* bk, const float* bv, Rows rows,
+                                  int n_head, int n_kv_head, int head_dim, bool rope, float theta,
+                                  LayerCache<Act> cache) {
   const int r = blockIdx.x, part = blockIdx.y, pos = rows.pos[r], slot = rows.slot[r];
   const int kvd = n_kv_head * head_dim;
   const int64_t at = (static_cast<int64_t>(slot) * cache.cap + pos) * kvd;
   const int64_t copy_stride = static_cast<int64_t>(cache.cap) * kvd;
+  const int64_t rq = static_cast<int64_t>(r) * qs, rk = static_cast<int64_t>(r) * ks, rv = static_cast<int64_t>(r) * vs;
   if (part == 0)
-    finish_part<Act>(q + static_cast<int64_t>(r) * qs, bq, n_head, head_dim, rope, pos, theta, nullptr, 0, 0);
+    finish_part<Act>(q + rq, pq.at(rq), bq, n_head, head_dim, rope, pos, theta, nullptr, 0, 0);
   else if (part == 1)
-    finish_part<Act>(k + static_cast<int64_t>(r) * ks, bk, n_kv_head, head_dim, rope, pos, theta, cache.k + at,
-                     copy_stride, rows.copies);
+    finish_part<Act>(k + rk, pk.at(rk), bk, n_kv_head, head_dim, rope, pos, theta, cache.k + at, copy_stride,
+                     rows.copies);
   else
-    finish_part<Act>(v + static_cast<int64_t>(r) * vs, bv, n_kv_head, head_dim, false, pos, theta, cache.v + at,
-                     copy_stride, rows.copies);
+    finish_part<Act>(v + rv, pv.at(rv), bv, n_kv_head, head_dim, false, pos, theta, cache.v + at, copy_stride,
+                     rows.copies);
 }
 
 template <class Act>
-void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq, const float* bk,
-                const float* bv, const Rows& rows, int n_head, int n_kv_head, int head_dim, bool rope, float theta,
-                const LayerCache<Act>& cache, cudaStream_t st) {
+void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
+                const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
+                int n_kv_head, int head_dim, bool rope, float theta, const LayerCache<Act>& cache, cudaStream_t st) {
   if (rows.n <= 0) return;
-  qkv_finish_kernel<Act><<<dim3(rows.n, 3), 256, 0, st>>>(q, qs, k, ks, v, vs, bq, bk, bv, rows, n_head, n_kv_head,
-                                                          head_dim, rope, theta, cache);
+  qkv_finish_kernel<Act><<<dim3(rows.n, 3), 256, 0, st>>>(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, n_head,
+                                                          n_kv_head, head_dim, rope, theta, cache);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -261,33 +269,34 @@ void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& c
 static constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 
 template <class Act>
-__global__ void bias_gelu_kernel(Act* out, const float* fc, const float* b, int64_t n, int f) {
+__global__ void bias_gelu_kernel(Act* out, const float* fc, Partials pfc, const float* b, int64_t n, int f) {
   GRID_STRIDE_LOOP(i, n) {
-    const float x = fc[i] + (b ? b[i % f] : 0.0f);
+    const float x = pfc.value(fc, i) + (b ? b[i % f] : 0.0f);
     out[i] = to_act<Act>(0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
   }
 }
 
 template <class Act>
-void bias_gelu(Act* out, const float* fc, const float* b, int rows, int f, cudaStream_t st) {
+void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st) {
   const int64_t n = static_cast<int64_t>(rows) * f;
   if (n <= 0) return;
-  bias_gelu_kernel<Act><<<grid_for(n), kThreads, 0, st>>>(out, fc, b, n, f);
+  bias_gelu_kernel<Act><<<grid_for(n), kThreads, 0, st>>>(out, fc, pfc, b, n, f);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 template <class Act>
-__global__ void swiglu_kernel(Act* out, const float* gate, const float* up, int64_t n) {
+__global__ void swiglu_kernel(Act* out, const float* gate, Partials pgate, const float* up, Partials pup, int64_t n) {
   GRID_STRIDE_LOOP(i, n) {
-    const float g = gate[i];
-    out[i] = to_act<Act>(g / (1.0f + expf(-g)) * up[i]);
+    const float g = pgate.value(gate, i);
+    out[i] = to_act<Act>(g / (1.0f + expf(-g)) * pup.value(up, i));
   }
 }
 
 template <class Act>
-void swiglu(Act* out, const float* gate, const float* up, int64_t n, cudaStream_t st) {
+void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
+            cudaStream_t st) {
   if (n <= 0) return;
-  swiglu_kernel<Act><<<grid_for(n), kThreads, 0, st>>>(out, gate, up, n);
+  swiglu_kernel<Act><<<grid_for(n), kThreads, 0, st>>>(out, gate, pgate, up, pup, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -304,14 +313,16 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 }
 
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                      \
-  template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const float*, const float*, int, int,     \
-                              float, bool, cudaStream_t);                                                           \
-  template void qkv_finish<Act>(float*, int, float*, int, float*, int, const float*, const float*, const float*,     \
-                                const Rows&, int, int, int, bool, float, const LayerCache<Act>&, cudaStream_t);     \
+  template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,            \
+                              const float*, int, int, float, bool, cudaStream_t);                                   \
+  template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,             \
+                                const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
+                                int, bool, float, const LayerCache<Act>&, cudaStream_t);                            \
   template void attention_decode<Act>(Act*, const float*, int, const LayerCache<Act>&, const Rows&, int, int, int,  \
                                       cudaStream_t);                                                                \
-  template void bias_gelu<Act>(Act*, const float*, const float*, int, int, cudaStream_t);                           \
-  template void swiglu<Act>(Act*, const float*, const float*, int64_t, cudaStream_t);                               \
+  template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, cudaStream_t);         \
+  template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
+                            cudaStream_t);                                                                          \
   template void convert<Act>(Act*, const float*, int64_t, cudaStream_t);
 OPTUNE_SAMPLER_ACT(float)
 OPTUNE_SAMPLER_ACT(bf16)

@@ -70,6 +70,24 @@ class Blas {
                                      CUDA_R_16BF, trans_b ? K : N, A, CUDA_R_16BF, K, &beta, C, CUDA_R_32F,
                                      ldc ? ldc : N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
+  // The same product in S slices along K (K % S == 0): slice s = A[:, s Ks : (s+1) Ks] op(B)[s Ks : (s+1) Ks, :],
+  // Ks = K / S, written to C + s * M * N (ldc N), as one strided-batched GEMM: S times the thread blocks of the
+  // unsplit product. The caller's consumer adds the slices (Partials).
+  void mm_sliced(int M, int N, int K, const float* A, const float* B, bool trans_b, int S, float* C) const {
+    const float one = 1.0f, zero = 0.0f;
+    const int Ks = K / S;
+    OPTUNE_CUBLAS_CHECK(cublasSgemmStridedBatched(h_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, Ks, &one,
+                                                  B, trans_b ? K : N, slice_stride_b(N, Ks, trans_b), A, K, Ks,
+                                                  &zero, C, N, static_cast<long long>(M) * N, S));
+  }
+  void mm_sliced(int M, int N, int K, const bf16* A, const bf16* B, bool trans_b, int S, float* C) const {
+    const float one = 1.0f, zero = 0.0f;
+    const int Ks = K / S;
+    OPTUNE_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        h_, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, CUBLAS_OP_N, N, M, Ks, &one, B, CUDA_R_16BF, trans_b ? K : N,
+        slice_stride_b(N, Ks, trans_b), A, CUDA_R_16BF, K, Ks, &zero, C, CUDA_R_32F, N,
+        static_cast<long long>(M) * N, S, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
   // The same without a workspace, which rules out cuBLAS's split-K algorithms. For the LM head of a decode step
   // (a few dozen rows x 50k-150k vocabulary x d) cuBLAS picked a split-K GEMM whose reduction alone took 145-187 us
   // of a 1-1.4 ms step on an H100 (its whole weight read is ~26 us at bf16).
@@ -86,6 +104,10 @@ class Blas {
   }
 
  private:
+  // From one K-slice of B to the next: Ks rows of B [K, N], or Ks columns of B [N, K].
+  static long long slice_stride_b(int N, int Ks, bool trans_b) {
+    return trans_b ? Ks : static_cast<long long>(Ks) * N;
+  }
   static cublasHandle_t handle() {
     thread_local cublasHandle_t h = [] {
       cublasHandle_t created = nullptr;
@@ -149,6 +171,46 @@ bool graphs_enabled() {
   return !(v && std::string(v) == "0");
 }
 
+// ---- K-split decode GEMMs ---------------------------------------------------------------------------------------------
+// A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
+// S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
+// the blocks about fill the GPU once, each slice stays at least kSliceMinDepth deep, and the slices' traffic (written
+// once, read once, fp32) stays within the weights' own bytes.
+// OPTUNE_CUDA_SPLIT_K: unset or "auto": that choice; "1": never split; S > 1: S slices (or the most that divide K
+// into multiples of 8) for every decode GEMM, whatever the shape (tests, and A/B runs of the benchmark).
+constexpr int kSliceMinDepth = 128;
+constexpr int kSplitMax = 64;
+
+int split_k_setting() {  // 0: auto
+  const char* v = std::getenv("OPTUNE_CUDA_SPLIT_K");
+  if (!v || std::string(v).empty() || std::string(v) == "auto") return 0;
+  const int s = std::atoi(v);
+  OPTUNE_CHECK(s >= 1 && s <= kSplitMax, "OPTUNE_CUDA_SPLIT_K must be auto or a slice count from 1 to " +
+                                             std::to_string(kSplitMax) + " (got '" + std::string(v) + "')");
+  return s;
+}
+
+int sm_count() {
+  int dev = 0, n = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
+}
+
+// Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()).
+int split_for(int setting, int sms, int M, int N, int K, int weight_bytes) {
+  int s = setting;
+  if (s == 0) {
+    const int blocks = ((M + 63) / 64) * ((N + 127) / 128);  // cuBLAS's tiles for few rows (an estimate)
+    s = std::max(1, sms / blocks);
+    s = std::min(s, K / kSliceMinDepth);
+    s = std::min(s, K * weight_bytes / (8 * std::max(M, 1)));  // 2 * S * M * N * 4 bytes <= K * N * weight_bytes
+  }
+  s = std::max(1, std::min(s, K / 8));
+  while (s > 1 && (K % s != 0 || (K / s) % 8 != 0)) s--;  // equal slices, 16-byte aligned bf16 starts
+  return s;
+}
+
 // ---- one call -------------------------------------------------------------------------------------------------------
 
 // Everything a call needs on the device, allocated up front. Act: the dtype of GEMM inputs (float or bf16).
@@ -158,6 +220,8 @@ class Sampler {
   Sampler(const Model& m, const SamplerWeights& w, const SampleRequest& r)
       : c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
+    split_setting_ = split_k_setting();
+    sms_ = sm_count();
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
     K_ = r.n_samples;
     R_ = n_prompts_ * K_;
@@ -225,6 +289,7 @@ class Sampler {
       stats->decode_steps = steps;
       stats->graphs = graphs;
       stats->graph_error = graph_error;
+      stats->max_split = max_split_;
     }
     return res;
   }
@@ -259,6 +324,8 @@ class Sampler {
     if constexpr (!std::is_same_v<Act, float>) atty_act_ = alloc<Act>(rows * QD_, "sampler attention output (bf16)");
     lse_ = alloc<float>(rows * c_.n_head, "sampler attention lse");
     fc_ = alloc<float>(rows * F_, "sampler MLP pre-activation");
+    part_capacity_ = partials_capacity();
+    if (part_capacity_ > 0) part_ = alloc<float>(part_capacity_, "sampler K-split GEMM slices");
     if (c_.is_llama()) up_ = alloc<float>(rows * F_, "sampler MLP up projection");
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
@@ -341,10 +408,61 @@ class Sampler {
     return {kc_.data() + l * layer, vc_.data() + l * layer, cap_};
   }
 
-  // out[rows, out_f] (+)= in[rows, in_f] W: GPT-2's Conv1D weights are [in, out], nn.Linear's [out, in].
-  void linear(float* out, const Act* in, size_t w_off, int rows, int in_f, int out_f, float beta) {
-    blas_.mm(rows, out_f, in_f, in, W(w_off), c_.is_llama(), beta, out);
+  // The decode GEMMs as (N, K), in groups whose slices are alive at the same time (split along K, a group's slices
+  // wait in part_ for the kernel that consumes them): q|k|v, the attention projection, the MLP's input projection(s),
+  // its output projection. blocks() runs exactly these.
+  std::vector<std::vector<std::pair<int, int>>> decode_gemm_groups() const {
+    if (c_.is_gpt2()) return {{{3 * D_, D_}}, {{D_, QD_}}, {{F_, D_}}, {{D_, F_}}};
+    return {{{QD_, D_}, {KVD_, D_}, {KVD_, D_}}, {{D_, QD_}}, {{F_, D_}, {F_, D_}}, {{D_, F_}}};
   }
+  int split(int rows, int n, int k) const {
+    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act)) : 1;
+  }
+  // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
+  size_t partials_capacity() {
+    decoding_ = true;
+    size_t most = 0;
+    for (int b = kMinBucket;; b *= 2) {
+      const int rows = std::min(b, R_);
+      for (const auto& group : decode_gemm_groups()) {
+        size_t floats = 0;
+        for (const auto& [n, k] : group) {
+          const int S = split(rows, n, k);
+          if (S > 1) floats += static_cast<size_t>(S) * rows * n;
+        }
+        most = std::max(most, floats);
+      }
+      if (b >= R_) break;
+    }
+    decoding_ = false;
+    return most;
+  }
+
+  // out[rows, out_f] (+)= in[rows, in_f] W: GPT-2's Conv1D weights are [in, out], nn.Linear's [out, in]. In a decode
+  // step the product may be split along in_f (split()): its slices, each in out's layout, go to part_ at *cursor
+  // (advanced past them; a group starts at 0), out is left alone and the returned Partials name the slices. Unsplit,
+  // the returned Partials is empty: out holds the product (beta 0) or has it added (beta 1).
+  Partials linear(float* out, const Act* in, size_t w_off, int rows, int in_f, int out_f, float beta,
+                  size_t* cursor) {
+    const int S = split(rows, out_f, in_f);
+    if (S == 1) {
+      blas_.mm(rows, out_f, in_f, in, W(w_off), c_.is_llama(), beta, out);
+      return {};
+    }
+    const size_t floats = static_cast<size_t>(S) * rows * out_f;
+    OPTUNE_CHECK(*cursor + floats <= part_capacity_, "internal: a K-split GEMM outside decode_gemm_groups()");
+    float* slices = part_.data() + *cursor;
+    *cursor += floats;
+    blas_.mm_sliced(rows, out_f, in_f, in, W(w_off), c_.is_llama(), S, slices);
+    max_split_ = std::max(max_split_, S);
+    return {slices, S, static_cast<int64_t>(rows) * out_f};
+  }
+
+  // What the last block's output still lacks: its projection's bias and, when that GEMM was split, its slices.
+  struct Pending {
+    const float* bias = nullptr;
+    Partials parts;
+  };
 
   struct PrefillChunk {
     const int32_t* offsets;  // [n_seq + 1], relative to the chunk
@@ -352,31 +470,35 @@ class Sampler {
   };
 
   // The blocks over `rows`: attention over the cache (decode) or causal over the chunk's prompts (prefill). The
-  // residual stream is left in x_; returns the bias still to add to it (the last GEMM's), for the final norm.
-  const float* blocks(const Rows& rows, const PrefillChunk* pf) {
+  // residual stream is left in x_; returns what the last GEMM still has to add to it, for the final norm.
+  Pending blocks(const Rows& rows, const PrefillChunk* pf) {
     const int n = rows.n, H = c_.n_head, KVH = c_.n_kv_head, hd = c_.head_dim;
     const bool gpt2 = c_.is_gpt2();
     embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, st());
-    const float* pending = nullptr;
+    Pending pending;
     for (int l = 0; l < c_.n_layer; l++) {
       const LayerOffsets& o = L_.layers[l];
-      add_norm<Act>(hn_.data(), x_.data(), nullptr, pending, P(o.norm1_w), P(o.norm1_b), n, D_, c_.norm_eps, gpt2,
-                    st());
+      add_norm<Act>(hn_.data(), x_.data(), nullptr, pending.bias, pending.parts, P(o.norm1_w), P(o.norm1_b), n, D_,
+                    c_.norm_eps, gpt2, st());
       float *q = qkv_.data(), *k, *v;
       int qs, ks, vs;
       const float *bq, *bk, *bv;
+      Partials pq, pk, pv;
+      size_t cursor = 0;
       if (gpt2) {  // fused c_attn [D, 3D]: q | k | v side by side in each row
-        linear(q, hn_.data(), o.qkv_w, n, D_, 3 * D_, 0.0f);
+        pq = linear(q, hn_.data(), o.qkv_w, n, D_, 3 * D_, 0.0f, &cursor);
+        pk = pq.at(D_), pv = pq.at(2 * D_);
         k = q + D_, v = q + 2 * D_, qs = ks = vs = 3 * D_;
         bq = P(o.qkv_b), bk = bq ? bq + D_ : nullptr, bv = bq ? bq + 2 * D_ : nullptr;
       } else {  // q [n, QD] | k [n, KVD] | v [n, KVD] as three blocks
         k = q + static_cast<size_t>(n) * QD_, v = k + static_cast<size_t>(n) * KVD_, qs = QD_, ks = vs = KVD_;
-        linear(q, hn_.data(), o.q_w, n, D_, QD_, 0.0f);
-        linear(k, hn_.data(), o.k_w, n, D_, KVD_, 0.0f);
-        linear(v, hn_.data(), o.v_w, n, D_, KVD_, 0.0f);
+        pq = linear(q, hn_.data(), o.q_w, n, D_, QD_, 0.0f, &cursor);
+        pk = linear(k, hn_.data(), o.k_w, n, D_, KVD_, 0.0f, &cursor);
+        pv = linear(v, hn_.data(), o.v_w, n, D_, KVD_, 0.0f, &cursor);
         bq = P(o.q_b), bk = P(o.k_b), bv = P(o.v_b);
       }
-      qkv_finish(q, qs, k, ks, v, vs, bq, bk, bv, rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, cache(l), st());
+      qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, c_.is_llama(), c_.rope_theta,
+                 cache(l), st());
       Act* att = attention_out();
       if (pf) {
         attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
@@ -385,18 +507,21 @@ class Sampler {
       } else {
         attention_decode<Act>(att, q, qs, cache(l), rows, H, KVH, hd, st());
       }
-      linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f);  // x += attention projection (its bias: next norm)
-      add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps, gpt2,
-                    st());
-      linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f);
+      cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
+      const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
+      add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
+                    gpt2, st());
+      cursor = 0;
+      const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
       if (gpt2) {
-        bias_gelu<Act>(act_.data(), fc_.data(), P(o.fc_b), n, F_, st());
+        bias_gelu<Act>(act_.data(), fc_.data(), pfc, P(o.fc_b), n, F_, st());
       } else {
-        linear(up_.data(), hn_.data(), o.up_w, n, D_, F_, 0.0f);
-        swiglu<Act>(act_.data(), fc_.data(), up_.data(), static_cast<int64_t>(n) * F_, st());
+        const Partials pup = linear(up_.data(), hn_.data(), o.up_w, n, D_, F_, 0.0f, &cursor);
+        swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, st());
       }
-      linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f);  // x += MLP output (its bias: next norm)
-      pending = P(o.proj_b);
+      cursor = 0;  // x += MLP output (its bias and slices: the next norm)
+      pending.parts = linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f, &cursor);
+      pending.bias = P(o.proj_b);
     }
     return pending;
   }
@@ -410,9 +535,9 @@ class Sampler {
 
   // logits[n, V] of the residual rows src (null: rows 0 .. n-1), through the final norm and the LM head (its GEMM
   // in the call's precision, as the device model's log-probs: the sampled tokens' log-probs match them).
-  void head(float* logits, const int32_t* src, int n, const float* pending) {
-    add_norm<Act>(hf_.data(), x_.data(), src, pending, P(L_.normf_w), P(L_.normf_b), n, D_, c_.norm_eps,
-                    c_.is_gpt2(), st());
+  void head(float* logits, const int32_t* src, int n, const Pending& pending) {
+    add_norm<Act>(hf_.data(), x_.data(), src, pending.bias, pending.parts, P(L_.normf_w), P(L_.normf_b), n, D_,
+                  c_.norm_eps, c_.is_gpt2(), st());
     const int bulk = vocab_bulk(V_);  // the aligned bulk of the vocabulary, then the rest (ops.h)
     if (bulk > 0) blas_.mm_unsplit(n, bulk, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
     if (V_ > bulk)
@@ -454,7 +579,7 @@ class Sampler {
       rows.n = off[p1] - off[p0];
       rows.copies = K_;
       const PrefillChunk pf{chunk_off_.data() + chunk_base, p1 - p0, max_len};
-      const float* pending = blocks(rows, &pf);
+      const Pending pending = blocks(rows, &pf);
       head(logits_.data() + static_cast<size_t>(p0) * LV_, last_row_.data() + p0, p1 - p0, pending);
       chunk_base += p1 - p0 + 1;
     }
@@ -466,8 +591,10 @@ class Sampler {
     Rows rows;
     rows.tok = row_tok_.data(), rows.pos = row_pos_.data(), rows.slot = row_slot_.data();
     rows.n = bucket, rows.copies = 1;
-    const float* pending = blocks(rows, nullptr);
+    decoding_ = true;
+    const Pending pending = blocks(rows, nullptr);
     head(logits_.data(), nullptr, bucket, pending);
+    decoding_ = false;
     if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), LV_, bucket, V_, sort_, st());
     pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
   }
@@ -494,13 +621,16 @@ class Sampler {
   const SampleRequest& r_;
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
+  int split_setting_ = 0, sms_ = 0, max_split_ = 1;
+  bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
+  size_t part_capacity_ = 0;  // floats of part_
   Params params_;
   State state_;
   SortScratch sort_;
   Stream stream_;
   Buffer<char> blas_ws_;
   Blas blas_;
-  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_;
+  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
       row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;

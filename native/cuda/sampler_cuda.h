@@ -42,6 +42,7 @@ struct SamplerStats {
   int decode_steps = 0;      // decode steps run (eager or graph)
   int graphs = 0;            // CUDA graphs captured (one per batch bucket used twice or more)
   std::string graph_error;   // why capturing failed (the call then ran eagerly); empty when it did not
+  int max_split = 1;         // most K-slices any decode GEMM ran in (1: none split; OPTUNE_CUDA_SPLIT_K)
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not

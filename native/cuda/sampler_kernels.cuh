@@ -32,30 +32,53 @@ struct LayerCache {
   int cap = 0;
 };
 
+// The K-slices of a GEMM split along its inner dimension: a decode step's GEMMs have a few dozen rows, so unsplit
+// they run as a handful of output tiles on a few SMs, each streaming its share of the weights alone (the o and MLP
+// projections, N = d, ~6-8 us on an H100 for ~1-5 MB of weights). Slice s of the product lies at p + s * stride, in
+// the layout of the tensor it stands for; the kernel that consumes that tensor adds the slices itself, in slice order
+// (no atomics: the sum does not depend on timing). n = 0: no slices, the tensor itself holds the product.
+struct Partials {
+  const float* p = nullptr;
+  int n = 0;
+  int64_t stride = 0;
+  // The same slices seen from `off` elements into the tensor (a sub-tensor, a row).
+  __host__ __device__ Partials at(int64_t off) const { return {n ? p + off : nullptr, n, stride}; }
+  __device__ float sum(int64_t i) const {
+    float v = 0.0f;
+    for (int s = 0; s < n; s++) v += p[s * stride + i];
+    return v;
+  }
+  // Element i of the tensor: the slices' sum when split, else the tensor's own value.
+  __device__ float value(const float* self, int64_t i) const { return n ? sum(i) : self[i]; }
+};
+
 // ---- transformer pieces (decode_kernels.cu) ----------------------------------------------------------------------
 // x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions).
 void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, cudaStream_t st);
 // For each output row r (source row src[r], or r when src is null): x[src] += add (a bias deferred from the previous
-// GEMM; may be null), then out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm.
+// GEMM; may be null) + the slices of that GEMM's product when it was split (indexed like x), then
+// out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm.
 template <class Act>
-void add_norm(Act* out, float* x, const int32_t* src, const float* add, const float* w, const float* b, int rows,
-              int d, float eps, bool layernorm, cudaStream_t st);
-// q/k/v (row strides qs/ks/vs) in place: + bias (each may be null), RoPE on q and k when rope, then the row's k and
-// v are copied into the cache at (slot + c, pos) for c < copies.
+void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
+              const float* b, int rows, int d, float eps, bool layernorm, cudaStream_t st);
+// q/k/v (row strides qs/ks/vs) in place: their GEMM's product (pq/pk/pv: its slices, indexed like q/k/v, when it
+// was split) + bias (each may be null), RoPE on q and k when rope, then the row's k and v are copied into the cache
+// at (slot + c, pos) for c < copies.
 template <class Act>
-void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const float* bq, const float* bk,
-                const float* bv, const Rows& rows, int n_head, int n_kv_head, int head_dim, bool rope, float theta,
-                const LayerCache<Act>& cache, cudaStream_t st);
+void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
+                const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
+                int n_kv_head, int head_dim, bool rope, float theta, const LayerCache<Act>& cache, cudaStream_t st);
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group).
 template <class Act>
 void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& cache, const Rows& rows, int n_head,
                       int n_kv_head, int head_dim, cudaStream_t st);
-// out = gelu_tanh(fc + b) over [rows, f].
+// out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
-void bias_gelu(Act* out, const float* fc, const float* b, int rows, int f, cudaStream_t st);
-// out = silu(gate) * up, n elements.
+void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st);
+// out = silu(gate) * up, n elements (each: the tensor, or its slices).
 template <class Act>
-void swiglu(Act* out, const float* gate, const float* up, int64_t n, cudaStream_t st);
+void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
+            cudaStream_t st);
 // fp32 -> Act (a copy when Act is float).
 template <class Act>
 void convert(Act* out, const float* in, int64_t n, cudaStream_t st);

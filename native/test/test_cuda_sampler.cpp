@@ -7,6 +7,7 @@
 //  - the draws are the CPU sampler's (same uniforms): at temperature 1, >= 90% of responses equal the CPU's (fp
 //    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
+//  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
 //    (total variation against the exact distributions, as test_sampler.cpp);
 //  - bad requests and non-finite logits raise the CPU sampler's errors.
@@ -239,6 +240,45 @@ TEST(bf16_close_to_fp32) {
     std::printf("  %s bf16: worst log-prob error %.2e, %.0f%% of responses equal the fp32 CPU sampler's\n",
                 arch_name(cfg.arch), worst, 100 * agreement(a, sample(*m, req)));
   }
+}
+
+TEST(k_split_decode_gemms_match_unsplit) {
+  // OPTUNE_CUDA_SPLIT_K=4 splits every decode GEMM of these shapes in 4 slices along K (the consumers add them):
+  // the same function, summed in another order. The benchmark shape splits by the automatic choice instead.
+  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+    for (const bool bf16 : {false, true}) {
+      auto m = make_model(cfg);
+      testing::randomize(*m, 48, bf16 ? 0.1f : 0.5f);
+      const SampleRequest req = prompts_request(kPrompts, 3, 20);
+      const DeviceWeights w(*m, bf16);
+      const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32");
+      cuda::SamplerStats unsplit_stats, split_stats;
+      setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
+      const SampleResult unsplit = cuda::sample_with_weights(*m, w.get(), req, &unsplit_stats);
+      setenv("OPTUNE_CUDA_SPLIT_K", "4", 1);
+      const SampleResult split = cuda::sample_with_weights(*m, w.get(), req, &split_stats);
+      const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
+      unsetenv("OPTUNE_CUDA_SPLIT_K");
+      CHECK_MSG(unsplit_stats.max_split == 1 && split_stats.max_split == 4,
+                what + ": slices " + std::to_string(unsplit_stats.max_split) + " and " +
+                    std::to_string(split_stats.max_split) + " (expected 1 and 4)");
+      CHECK_MSG(split_stats.graphs >= 1, what + ": no graph captured with split GEMMs: " + split_stats.graph_error);
+      CHECK_MSG(again.tokens == split.tokens && again.token_logps == split.token_logps,
+                what + ": split runs differ from each other");
+      check_layout(req, split, what);
+      const double worst = worst_logp_error(*m, req, split), worst_unsplit = worst_logp_error(*m, req, unsplit);
+      const double bound = bf16 ? 0.1 : std::max(1e-4, 4 * worst_unsplit);
+      CHECK_MSG(worst < bound, what + ": split worst |gpu - cpu full| = " + std::to_string(worst) + " (bound " +
+                                   std::to_string(bound) + ")");
+      const double agree = agreement(split, unsplit);
+      std::printf("  %s: worst log-prob error split %.2e, unsplit %.2e; %.0f%% of responses equal\n", what.c_str(),
+                  worst, worst_unsplit, 100 * agree);
+      CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the unsplit run's");
+    }
+  }
+  setenv("OPTUNE_CUDA_SPLIT_K", "0", 1);
+  CHECK_THROWS(gpu_sample(*make_model(testing::tiny_gpt2()), prompts_request(kPrompts, 1, 4)), "OPTUNE_CUDA_SPLIT_K");
+  unsetenv("OPTUNE_CUDA_SPLIT_K");
 }
 
 TEST(temperature_top_k_top_p_follow_their_definitions) {
