@@ -146,10 +146,12 @@ void linear_forward(const Net& n, float* out, const float* inp, size_t w, size_t
   if (bias != kAbsent) bias_add(out, n.P + bias, T, outf);
 }
 
-// dinp += dout W^T-ish, dW += ..., dbias += column sums: cpu::linear_backward. dinp may be null.
+// dinp += dout W^T-ish, dW += ..., dbias += column sums: cpu::linear_backward. dinp may be null; with add_dinp
+// false it is overwritten (the GEMM's beta 0: its buffer needs no zero fill, and the GEMM does not read it).
 void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const float* dout, const float* inp, int in,
-                     int outf) {
+                     int outf, bool add_dinp = true) {
   const int T = n.T;
+  const float beta = add_dinp ? 1.0f : 0.0f;
   float* dw = n.G + w;
   if (n.B) {
     uint16_t *dy = n.a.bf_out, *x = n.a.bf_in;
@@ -157,19 +159,19 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const flo
     to_bf16(x, inp, static_cast<int64_t>(T) * in);
     const uint16_t* W = n.B + w;
     if (n.out_in) {
-      if (dinp) gemm_bf16(false, false, T, in, outf, 1.0f, dy, outf, W, in, 1.0f, dinp, in);  // dX += dY W
+      if (dinp) gemm_bf16(false, false, T, in, outf, 1.0f, dy, outf, W, in, beta, dinp, in);  // dX += dY W
       gemm_bf16(true, false, outf, in, T, 1.0f, dy, outf, x, in, 1.0f, dw, in);               // dW += dY^T X
     } else {
-      if (dinp) gemm_bf16(false, true, T, in, outf, 1.0f, dy, outf, W, outf, 1.0f, dinp, in);  // dX += dY W^T
+      if (dinp) gemm_bf16(false, true, T, in, outf, 1.0f, dy, outf, W, outf, beta, dinp, in);  // dX += dY W^T
       gemm_bf16(true, false, in, outf, T, 1.0f, x, in, dy, outf, 1.0f, dw, outf);              // dW += X^T dY
     }
   } else {
     const float* W = n.P + w;
     if (n.out_in) {
-      if (dinp) gemm(false, false, T, in, outf, 1.0f, dout, outf, W, in, 1.0f, dinp, in);
+      if (dinp) gemm(false, false, T, in, outf, 1.0f, dout, outf, W, in, beta, dinp, in);
       gemm(true, false, outf, in, T, 1.0f, dout, outf, inp, in, 1.0f, dw, in);
     } else {
-      if (dinp) gemm(false, true, T, in, outf, 1.0f, dout, outf, W, outf, 1.0f, dinp, in);
+      if (dinp) gemm(false, true, T, in, outf, 1.0f, dout, outf, W, outf, beta, dinp, in);
       gemm(true, false, in, outf, T, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);
     }
   }
@@ -336,42 +338,40 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     const float* x = l > 0 ? a.layers[l - 1].res_mlp : a.x0;
     const LayerOffsets& o = L.layers[l];
 
-    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))); recompute Norm2, FC (and Up), Act first
+    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))); recompute Norm2, FC (and Up), Act first. As on the
+    // CPU, the first product into each input-gradient buffer overwrites it; only the activations' += outputs are
+    // zeroed first.
     norm_forward(n, a.norm, nullptr, nullptr, y.res_attn, o.norm2_w, o.norm2_b);
     mlp_hidden_forward(n, o, a.norm);
-    fill_zero(a.dact, nF);
-    linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, a.act, F, D);
+    linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, a.act, F, D, false);
     float* dfc = a.act;  // the activation is no longer needed: its buffer takes dLoss/dfc
     fill_zero(dfc, nF);
-    fill_zero(a.dnorm, nD);
     if (c.is_gpt2()) {
       gelu_backward(dfc, a.fc, a.dact, TF);
     } else {
       fill_zero(a.dup, nF);
       swiglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
-      linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, a.norm, D, F);
+      linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, a.norm, D, F, false);
     }
-    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, a.norm, D, F);
+    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, a.norm, D, F, c.is_llama());
     norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd, a.norm);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x)))); recompute Norm1 and q|k|v first
     float* datty = a.act;   // free again: the MLP part is done
     float* dqkv = a.dact;
-    fill_zero(datty, static_cast<size_t>(T) * QD * sizeof(float));
-    linear_backward(n, datty, o.o_w, o.o_b, a.dresid, y.atty, QD, D);
+    linear_backward(n, datty, o.o_w, o.o_b, a.dresid, y.atty, QD, D, false);
     norm_forward(n, a.norm, nullptr, nullptr, x, o.norm1_w, o.norm1_b);
     qkv_forward(n, o, a.qkv, a.norm, b);
     const QKV v = qkv_view(c, a.qkv, T);
     const QKV dv = qkv_view(c, dqkv, T);
     attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
                        b.max_len, T, c.n_head, c.n_kv_head, c.head_dim, n.B != nullptr);
-    fill_zero(a.dnorm, nD);
     if (c.is_gpt2()) {
-      linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, a.norm, D, 3 * D);
+      linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, a.norm, D, 3 * D, false);
     } else {
       rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, c.rope_theta);
       rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
-      linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, a.norm, D, QD);
+      linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, a.norm, D, QD, false);
       linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, a.norm, D, KVD);
       linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, a.norm, D, KVD);
     }
