@@ -5,6 +5,7 @@
 
 #include "check.cuh"
 #include "ops.h"
+#include "store.cuh"
 
 namespace optune::cuda {
 
@@ -25,13 +26,13 @@ __global__ void gelu_forward_kernel(float* out, const float* inp, int64_t n) {
 }
 
 // fc[r, :] += bias; act[r, :] = gelu(fc[r, :]): the MLP's first bias and its activation in one pass (fc keeps the
-// biased pre-activation, which gelu_backward reads). A block per row.
-__global__ void bias_gelu_forward_kernel(float* act, float* fc, const float* bias, int cols) {
+// biased pre-activation, which gelu_backward reads). A block per row. act (fp32) and/or act16 (bf16).
+__global__ void bias_gelu_forward_kernel(float* act, uint16_t* act16, float* fc, const float* bias, int cols) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
     const float x = fc[base + c] + (bias ? bias[c] : 0.0f);
     fc[base + c] = x;
-    act[base + c] = 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x)));
+    store_out(act, act16, base + c, 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
   }
 }
 
@@ -45,10 +46,10 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
   }
 }
 
-__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t n) {
+__global__ void swiglu_forward_kernel(float* out, uint16_t* out16, const float* gate, const float* up, int64_t n) {
   GRID_STRIDE_LOOP(i, n) {
     const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    store_out(out, out16, i, g / (1.0f + expf(-g)) * up[i]);
   }
 }
 
@@ -67,9 +68,9 @@ void gelu_forward(float* out, const float* inp, int64_t n) {
   gelu_forward_kernel<<<blocks_for(n), kThreads>>>(out, inp, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
-void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols) {
+void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols, uint16_t* act16) {
   if (rows <= 0 || cols <= 0) return;
-  bias_gelu_forward_kernel<<<rows, kThreads>>>(act, fc, bias, cols);
+  bias_gelu_forward_kernel<<<rows, kThreads>>>(act, act16, fc, bias, cols);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
@@ -77,9 +78,9 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
   gelu_backward_kernel<<<blocks_for(n), kThreads>>>(dinp, inp, dout, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
-void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16) {
   if (n <= 0) return;
-  swiglu_forward_kernel<<<blocks_for(n), kThreads>>>(out, gate, up, n);
+  swiglu_forward_kernel<<<blocks_for(n), kThreads>>>(out, out16, gate, up, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {

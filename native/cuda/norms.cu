@@ -2,6 +2,8 @@
 // Forward and the input gradient: one warp per row (rows are independent; d of a few thousand fits a warp's
 // strided loop). Statistics are two-pass in fp32 (mean, then squared deviations) rather than the CPU's double:
 // the relative difference stays ~1e-6 for d <= 8192.
+// The output goes to fp32 `out` and/or, rounded to nearest even, to bf16 `out16` (the operand of a bf16 GEMM: no
+// separate conversion pass); either may be null.
 // Parameter gradients: dw[i] += sum over rows, reduced per column by a 32 x 16 thread tile (32 columns, 16 row
 // stripes, summed in a fixed order through shared memory): no atomics, the same result on every run.
 #include <algorithm>
@@ -9,6 +11,7 @@
 #include "check.cuh"
 #include "ops.h"
 #include "reduce.cuh"
+#include "store.cuh"
 
 namespace optune::cuda {
 
@@ -17,8 +20,8 @@ static int row_blocks(int rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBl
 
 // ---- LayerNorm -------------------------------------------------------------------------------------------------
 
-__global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, const float* inp, const float* w,
-                                         const float* b, int rows, int d, float eps) {
+__global__ void layernorm_forward_kernel(float* out, uint16_t* out16, float* mean, float* rstd, const float* inp,
+                                         const float* w, const float* b, int rows, int d, float eps) {
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (r >= rows) return;
   const float* x = inp + static_cast<int64_t>(r) * d;
@@ -28,8 +31,8 @@ __global__ void layernorm_forward_kernel(float* out, float* mean, float* rstd, c
   float v = 0.0f;
   for (int i = lane; i < d; i += 32) v += (x[i] - m) * (x[i] - m);
   const float rs = rsqrtf(warp_sum(v) / d + eps);
-  float* o = out + static_cast<int64_t>(r) * d;
-  for (int i = lane; i < d; i += 32) o[i] = (x[i] - m) * rs * w[i] + b[i];
+  const int64_t o = static_cast<int64_t>(r) * d;
+  for (int i = lane; i < d; i += 32) store_out(out, out16, o + i, (x[i] - m) * rs * w[i] + b[i]);
   if (lane == 0) {
     if (mean) mean[r] = m;
     if (rstd) rstd[r] = rs;
@@ -89,9 +92,10 @@ static void norm_backward_params(float* dw, float* db, const float* dout, const 
 }
 
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
-                       int rows, int d, float eps) {
+                       int rows, int d, float eps, uint16_t* out16) {
   if (rows <= 0) return;
-  layernorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, mean, rstd, inp, w, b, rows, d, eps);
+  layernorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, mean, rstd, inp, w, b, rows, d,
+                                                                     eps);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -105,16 +109,16 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 
 // ---- RMSNorm ---------------------------------------------------------------------------------------------------
 
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, const float* w, int rows, int d,
-                                       float eps) {
+__global__ void rmsnorm_forward_kernel(float* out, uint16_t* out16, float* rstd, const float* inp, const float* w,
+                                       int rows, int d, float eps) {
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (r >= rows) return;
   const float* x = inp + static_cast<int64_t>(r) * d;
   float ss = 0.0f;
   for (int i = lane; i < d; i += 32) ss += x[i] * x[i];
   const float s = rsqrtf(warp_sum(ss) / d + eps);
-  float* o = out + static_cast<int64_t>(r) * d;
-  for (int i = lane; i < d; i += 32) o[i] = w[i] * (x[i] * s);
+  const int64_t o = static_cast<int64_t>(r) * d;
+  for (int i = lane; i < d; i += 32) store_out(out, out16, o + i, w[i] * (x[i] * s));
   if (lane == 0 && rstd) rstd[r] = s;
 }
 
@@ -132,9 +136,10 @@ __global__ void rmsnorm_backward_input_kernel(float* dinp, const float* dout, co
   for (int i = lane; i < d; i += 32) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
 }
 
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps) {
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
+                     uint16_t* out16) {
   if (rows <= 0) return;
-  rmsnorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, rstd, inp, w, rows, d, eps);
+  rmsnorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

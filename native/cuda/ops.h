@@ -23,11 +23,14 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
 void to_bf16(uint16_t* out, const float* inp, int64_t n);
 
 // ---- normalization ---------------------------------------------------------------------------------------------
+// Forward outputs (norms and activations): out16, when given, gets the output rounded to bf16 (the operand of a
+// bf16 GEMM, written by the producer instead of a separate to_bf16 pass); out may then be null (no fp32 copy).
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
-                       int rows, int d, float eps);
+                       int rows, int d, float eps, uint16_t* out16 = nullptr);
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
                         const float* mean, const float* rstd, int rows, int d);
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps);
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
+                     uint16_t* out16 = nullptr);
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
                       int rows, int d);
 // The same split in two for long batches: the input gradient alone (dinp +=), and prod = dout * xhat (written; mean
@@ -43,8 +46,8 @@ void norm_xhat_product(float* prod, const float* dout, const float* inp, const f
 void gelu_forward(float* out, const float* inp, int64_t n);
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 // fc[r, :] += bias (null: none), then act = gelu(fc): bias_add + gelu_forward in one pass; rows x cols.
-void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols);
-void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols, uint16_t* act16 = nullptr);
+void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16 = nullptr);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 
 // ---- rotary position embedding (in place; rotate_half layout, as cpu::rope_*) -----------------------------------

@@ -1,7 +1,8 @@
 // The transformer on CUDA: core/transformer.cpp's forward and backward, kernel for kernel (cuda/ops.h in place of
 // cpu/ops.h), over device buffers carved from the shared activation arena. Under BF16 the GEMM operands are bf16
 // (weights from DeviceState::params_bf16, activations and output gradients converted right before each GEMM),
-// everything else stays fp32.
+// everything else stays fp32. A GEMM input whose only readers are GEMMs (a block norm's output, the MLP activation)
+// is written in bf16 by its producer, with no fp32 copy and no conversion pass.
 #include "transformer_cuda.h"
 
 #include <algorithm>
@@ -72,8 +73,9 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
     const size_t widest = std::max({D, F, QD, QKV});
     a.bf_in = cv.take<uint16_t>(T * widest);
     a.bf_out = cv.take<uint16_t>(T * widest);
+    a.norm16 = cv.take<uint16_t>(T * D);
   } else {
-    a.bf_in = a.bf_out = nullptr;
+    a.bf_in = a.bf_out = a.norm16 = nullptr;
   }
   if (training) {
     a.dresid = cv.take<float>(T * D);
@@ -113,11 +115,38 @@ struct Net {
   float* g(size_t off) const { return off == kAbsent ? nullptr : G + off; }
 };
 
-void norm_forward(const Net& n, float* out, float* mean, float* rstd, const float* x, size_t w, size_t b) {
+// A GEMM input: fp32 activations (converted to bf16 in a.bf_in when the GEMM runs in bf16), or a bf16 operand its
+// producer already wrote (b16; f32 is then null).
+struct Operand {
+  Operand(const float* f32) : f32(f32) {}  // NOLINT(google-explicit-constructor): fp32 activations pass as they are
+  Operand(const float* f32, const uint16_t* b16) : f32(f32), b16(b16) {}
+  const float* f32;
+  const uint16_t* b16 = nullptr;
+};
+
+// x as a bf16 operand of T x cols: its own bf16 copy, or converted into `scratch`.
+const uint16_t* bf16_operand(const Operand& x, int64_t count, uint16_t* scratch) {
+  if (x.b16) return x.b16;
+  to_bf16(scratch, x.f32, count);
+  return scratch;
+}
+
+void norm_forward(const Net& n, float* out, uint16_t* out16, float* mean, float* rstd, const float* x, size_t w,
+                  size_t b) {
   if (n.c.is_gpt2())
-    layernorm_forward(out, mean, rstd, x, n.p(w), n.p(b), n.T, n.c.d_model, n.c.norm_eps);
+    layernorm_forward(out, mean, rstd, x, n.p(w), n.p(b), n.T, n.c.d_model, n.c.norm_eps, out16);
   else
-    rmsnorm_forward(out, rstd, x, n.p(w), n.T, n.c.d_model, n.c.norm_eps);
+    rmsnorm_forward(out, rstd, x, n.p(w), n.T, n.c.d_model, n.c.norm_eps, out16);
+}
+
+// A block's norm, whose output only GEMMs read: in `out` (fp32), or under bf16 in a.norm16 alone.
+Operand block_norm_forward(const Net& n, float* out, float* mean, float* rstd, const float* x, size_t w, size_t b) {
+  if (n.B) {
+    norm_forward(n, nullptr, n.a.norm16, mean, rstd, x, w, b);
+    return {nullptr, n.a.norm16};
+  }
+  norm_forward(n, out, nullptr, mean, rstd, x, w, b);
+  return out;
 }
 
 // dx += input gradient; weight (and bias) gradients as column sums by a ones-row GEMM over dout * xhat, formed in
@@ -135,28 +164,28 @@ void norm_backward(const Net& n, float* dx, size_t w, size_t b, const float* dou
 }
 
 // out[T, outf] = inp[T, in] W (+ bias), as cpu::linear_forward.
-void linear_forward(const Net& n, float* out, const float* inp, size_t w, size_t bias, int in, int outf) {
+void linear_forward(const Net& n, float* out, const Operand& inp, size_t w, size_t bias, int in, int outf) {
   const int T = n.T, ldw = n.out_in ? in : outf;
   if (n.B) {
-    to_bf16(n.a.bf_in, inp, static_cast<int64_t>(T) * in);
-    gemm_bf16(false, n.out_in, T, outf, in, 1.0f, n.a.bf_in, in, n.B + w, ldw, 0.0f, out, outf);
+    const uint16_t* x = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
+    gemm_bf16(false, n.out_in, T, outf, in, 1.0f, x, in, n.B + w, ldw, 0.0f, out, outf);
   } else {
-    gemm(false, n.out_in, T, outf, in, 1.0f, inp, in, n.P + w, ldw, 0.0f, out, outf);
+    gemm(false, n.out_in, T, outf, in, 1.0f, inp.f32, in, n.P + w, ldw, 0.0f, out, outf);
   }
   if (bias != kAbsent) bias_add(out, n.P + bias, T, outf);
 }
 
 // dinp += dout W^T-ish, dW += ..., dbias += column sums: cpu::linear_backward. dinp may be null; with add_dinp
 // false it is overwritten (the GEMM's beta 0: its buffer needs no zero fill, and the GEMM does not read it).
-void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const float* dout, const float* inp, int in,
+void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const float* dout, const Operand& inp, int in,
                      int outf, bool add_dinp = true) {
   const int T = n.T;
   const float beta = add_dinp ? 1.0f : 0.0f;
   float* dw = n.G + w;
   if (n.B) {
-    uint16_t *dy = n.a.bf_out, *x = n.a.bf_in;
+    uint16_t* dy = n.a.bf_out;
     to_bf16(dy, dout, static_cast<int64_t>(T) * outf);
-    to_bf16(x, inp, static_cast<int64_t>(T) * in);
+    const uint16_t* x = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
     const uint16_t* W = n.B + w;
     if (n.out_in) {
       if (dinp) gemm_bf16(false, false, T, in, outf, 1.0f, dy, outf, W, in, beta, dinp, in);  // dX += dY W
@@ -169,10 +198,10 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const flo
     const float* W = n.P + w;
     if (n.out_in) {
       if (dinp) gemm(false, false, T, in, outf, 1.0f, dout, outf, W, in, beta, dinp, in);
-      gemm(true, false, outf, in, T, 1.0f, dout, outf, inp, in, 1.0f, dw, in);
+      gemm(true, false, outf, in, T, 1.0f, dout, outf, inp.f32, in, 1.0f, dw, in);
     } else {
       if (dinp) gemm(false, true, T, in, outf, 1.0f, dout, outf, W, outf, beta, dinp, in);
-      gemm(true, false, in, outf, T, 1.0f, inp, in, dout, outf, 1.0f, dw, outf);
+      gemm(true, false, in, outf, T, 1.0f, inp.f32, in, dout, outf, 1.0f, dw, outf);
     }
   }
   if (bias != kAbsent) bias_backward(n.G + bias, dout, n.a.ones, T, outf);
@@ -184,7 +213,7 @@ Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) 
 }
 
 // q|k|v of a block from its normalized input (RoPE applied for Llama): forward, and again in backward.
-void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const float* norm, const DevBatch& b) {
+void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const Operand& norm, const DevBatch& b) {
   const ModelConfig& c = n.c;
   const int D = c.d_model, QD = c.q_dim(), KVD = c.kv_dim();
   if (c.is_gpt2()) {
@@ -199,20 +228,25 @@ void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const float* n
   rope_forward(v.k, n.T, v.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
 }
 
-// The MLP's pre-activation(s) and activation from its normalized input: forward, and again in backward.
-void mlp_hidden_forward(const Net& n, const LayerOffsets& o, const float* norm) {
+// The MLP's pre-activation(s) and activation from its normalized input: forward, and again in backward. The
+// activation only feeds the output projection: in a.act (fp32), or under bf16 in a.bf_in alone (the input GEMMs
+// read the norm's own bf16 operand, so nothing converts into bf_in until the projection has read it).
+Operand mlp_hidden_forward(const Net& n, const LayerOffsets& o, const Operand& norm) {
   const ModelConfig& c = n.c;
   const DevActs& a = n.a;
   const int D = c.d_model, F = c.d_ff;
   const int64_t TF = static_cast<int64_t>(n.T) * F;
+  float* act = n.B ? nullptr : a.act;
+  uint16_t* act16 = n.B ? a.bf_in : nullptr;
   if (c.is_gpt2()) {
     linear_forward(n, a.fc, norm, o.fc_w, kAbsent, D, F);
-    bias_gelu_forward(a.act, a.fc, n.p(o.fc_b), n.T, F);
+    bias_gelu_forward(act, a.fc, n.p(o.fc_b), n.T, F, act16);
   } else {
     linear_forward(n, a.fc, norm, o.fc_w, o.fc_b, D, F);
     linear_forward(n, a.up, norm, o.up_w, kAbsent, D, F);
-    swiglu_forward(a.act, a.fc, a.up, TF);
+    swiglu_forward(act, a.fc, a.up, TF, act16);
   }
+  return {act, act16};
 }
 
 void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const float* x, const DevBatch& b) {
@@ -221,8 +255,7 @@ void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const
   const int T = n.T, D = c.d_model, F = c.d_ff, QD = c.q_dim();
 
   // attention
-  norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b);
-  qkv_forward(n, o, a.qkv, a.norm, b);
+  qkv_forward(n, o, a.qkv, block_norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b), b);
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
                     c.n_kv_head, c.head_dim, n.B != nullptr);
@@ -230,9 +263,8 @@ void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const
   bias_residual(y.res_attn, n.p(o.o_b), x, T, D);
 
   // MLP
-  norm_forward(n, a.norm, y.n2_mean, y.n2_rstd, y.res_attn, o.norm2_w, o.norm2_b);
-  mlp_hidden_forward(n, o, a.norm);
-  linear_forward(n, y.res_mlp, a.act, o.proj_w, kAbsent, F, D);
+  const Operand normed = block_norm_forward(n, a.norm, y.n2_mean, y.n2_rstd, y.res_attn, o.norm2_w, o.norm2_b);
+  linear_forward(n, y.res_mlp, mlp_hidden_forward(n, o, normed), o.proj_w, kAbsent, F, D);
   bias_residual(y.res_mlp, n.p(o.proj_b), y.res_attn, T, D);
 }
 
@@ -315,7 +347,7 @@ void transformer_forward(const Model& m, const DeviceState& ds, Call& k) {
     if (a.training) x = y.res_mlp;
   }
   a.last = a.layers[a.training ? c.n_layer - 1 : 0].res_mlp;
-  norm_forward(n, a.normf, a.normf_mean, a.normf_rstd, a.last, L.normf_w, L.normf_b);
+  norm_forward(n, a.normf, nullptr, a.normf_mean, a.normf_rstd, a.last, L.normf_w, L.normf_b);  // the heads read fp32
 }
 
 void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
@@ -341,9 +373,9 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))); recompute Norm2, FC (and Up), Act first. As on the
     // CPU, the first product into each input-gradient buffer overwrites it; only the activations' += outputs are
     // zeroed first.
-    norm_forward(n, a.norm, nullptr, nullptr, y.res_attn, o.norm2_w, o.norm2_b);
-    mlp_hidden_forward(n, o, a.norm);
-    linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, a.act, F, D, false);
+    const Operand normed2 = block_norm_forward(n, a.norm, nullptr, nullptr, y.res_attn, o.norm2_w, o.norm2_b);
+    const Operand act = mlp_hidden_forward(n, o, normed2);
+    linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, act, F, D, false);
     float* dfc = a.act;  // the activation is no longer needed: its buffer takes dLoss/dfc
     fill_zero(dfc, nF);
     if (c.is_gpt2()) {
@@ -351,29 +383,29 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     } else {
       fill_zero(a.dup, nF);
       swiglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
-      linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, a.norm, D, F, false);
+      linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, normed2, D, F, false);
     }
-    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, a.norm, D, F, c.is_llama());
+    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, normed2, D, F, c.is_llama());
     norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd, a.norm);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x)))); recompute Norm1 and q|k|v first
     float* datty = a.act;   // free again: the MLP part is done
     float* dqkv = a.dact;
     linear_backward(n, datty, o.o_w, o.o_b, a.dresid, y.atty, QD, D, false);
-    norm_forward(n, a.norm, nullptr, nullptr, x, o.norm1_w, o.norm1_b);
-    qkv_forward(n, o, a.qkv, a.norm, b);
+    const Operand normed1 = block_norm_forward(n, a.norm, nullptr, nullptr, x, o.norm1_w, o.norm1_b);
+    qkv_forward(n, o, a.qkv, normed1, b);
     const QKV v = qkv_view(c, a.qkv, T);
     const QKV dv = qkv_view(c, dqkv, T);
     attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
                        b.max_len, T, c.n_head, c.n_kv_head, c.head_dim, n.B != nullptr);
     if (c.is_gpt2()) {
-      linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, a.norm, D, 3 * D, false);
+      linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, normed1, D, 3 * D, false);
     } else {
       rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, c.rope_theta);
       rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
-      linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, a.norm, D, QD, false);
-      linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, a.norm, D, KVD);
-      linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, a.norm, D, KVD);
+      linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, normed1, D, QD, false);
+      linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, normed1, D, KVD);
+      linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, normed1, D, KVD);
     }
     norm_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd, a.norm);
   }

@@ -57,7 +57,10 @@ struct DevActs {
   float* act = nullptr;             // [T, max(F, QD)] MLP hidden; in backward also dLoss/dfc, then dLoss/datty
   float *normf = nullptr, *normf_mean = nullptr, *normf_rstd = nullptr;
   const float* last = nullptr;      // set by forward: the final block's output
-  uint16_t *bf_in = nullptr, *bf_out = nullptr;  // bf16 GEMM operands (BF16 only), [T, widest]
+  uint16_t *bf_in = nullptr, *bf_out = nullptr;  // bf16 GEMM operands (BF16 only), [T, widest]; bf_in also holds
+                                                 // the MLP activation, which its producer writes in bf16
+  uint16_t* norm16 = nullptr;       // [T, D] (BF16 only) a block norm's output: only GEMMs read it, so it exists in
+                                    // bf16 alone
   // backward scratch (training only)
   float *dresid = nullptr, *dnorm = nullptr;  // [T, D]
   float* dact = nullptr;            // [T, max(F, QKV)] dLoss/dact, then dLoss/dqkv

@@ -8,6 +8,7 @@
 // scripts/test.mjs counts a skip neither as passed nor as failed.
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -147,6 +148,39 @@ TEST(rmsnorm_forward_backward_match_cpu) {
   expect_close("rmsnorm rstd", grstd.download(), rstd, kRtol);
   expect_close("rmsnorm dinp", gdx.download(), dx, kRtol);
   expect_close("rmsnorm dw", gdw.download(), dw, kRtol);
+}
+
+// Forward outputs written straight in bf16 (the next GEMM's operand): bit for bit the fp32 output rounded to nearest
+// even, with or without the fp32 copy beside it.
+TEST(norm_and_activation_bf16_outputs_are_the_rounded_fp32_outputs) {
+  Rand r(18);
+  const int rows = 37, d = 96;
+  const int64_t n = static_cast<int64_t>(rows) * d;
+  const Buf x(randv(n, r, 2.0f)), up(randv(n, r)), w(randv(d, r)), b(randv(d, r)), bias(randv(d, r));
+  Buf mean(rows), rstd(rows);
+  auto check = [&](const std::string& what, const std::function<void(float*, uint16_t*)>& run) {
+    Buf out(n);
+    cuda::Buffer<uint16_t> both16(n), only16(n);
+    run(out.data(), both16.data());
+    run(nullptr, only16.data());
+    const std::vector<float> f = out.download();
+    const std::vector<uint16_t> got = both16.download(), alone = only16.download();
+    int bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += got[i] != to_bf16(f[i]) || alone[i] != got[i];
+    CHECK_MSG(bad == 0, what + ": " + std::to_string(bad) + " of " + std::to_string(n) + " bf16 outputs differ");
+  };
+  check("layernorm", [&](float* o, uint16_t* o16) {
+    cuda::layernorm_forward(o, mean.data(), rstd.data(), x.data(), w.data(), b.data(), rows, d, 1e-5f, o16);
+  });
+  check("rmsnorm", [&](float* o, uint16_t* o16) {
+    cuda::rmsnorm_forward(o, rstd.data(), x.data(), w.data(), rows, d, 1e-6f, o16);
+  });
+  check("bias_gelu", [&](float* o, uint16_t* o16) {
+    Buf fc(n);
+    cuda::copy_device(fc.data(), x.data(), n * sizeof(float));  // fc is updated in place (+ bias)
+    cuda::bias_gelu_forward(o, fc.data(), bias.data(), rows, d, o16);
+  });
+  check("swiglu", [&](float* o, uint16_t* o16) { cuda::swiglu_forward(o, x.data(), up.data(), n, o16); });
 }
 
 // The device model's split norm backward: input gradient alone, then dy * xhat summed by a ones-row GEMM (and db as
