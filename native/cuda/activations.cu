@@ -36,13 +36,14 @@ __global__ void bias_gelu_forward_kernel(float* act, uint16_t* act16, float* fc,
   }
 }
 
-__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, int64_t n) {
+__global__ void gelu_backward_kernel(float* dinp, uint16_t* dinp16, const float* inp, const float* dout, int64_t n,
+                                     bool accumulate) {
   GRID_STRIDE_LOOP(i, n) {
     const float x = inp[i];
     const float t = tanhf(kGeluScale * (x + 0.044715f * x * x * x));
     const float sech2 = 1.0f - t * t;
     const float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[i] += grad * dout[i];
+    store_out(dinp, dinp16, i, (accumulate ? dinp[i] : 0.0f) + grad * dout[i]);
   }
 }
 
@@ -73,9 +74,9 @@ void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int c
   bias_gelu_forward_kernel<<<rows, kThreads>>>(act, act16, fc, bias, cols);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
-void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, bool accumulate, uint16_t* dinp16) {
   if (n <= 0) return;
-  gelu_backward_kernel<<<blocks_for(n), kThreads>>>(dinp, inp, dout, n);
+  gelu_backward_kernel<<<blocks_for(n), kThreads>>>(dinp, dinp16, inp, dout, n, accumulate);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16) {

@@ -44,7 +44,9 @@ void norm_xhat_product(float* prod, const float* dout, const float* inp, const f
 
 // ---- activations -----------------------------------------------------------------------------------------------
 void gelu_forward(float* out, const float* inp, int64_t n);
-void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+// accumulate false: dinp is written, not added to (no zero fill first); dinp16: dinp's new value in bf16 too.
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, bool accumulate = true,
+                   uint16_t* dinp16 = nullptr);
 // fc[r, :] += bias (null: none), then act = gelu(fc): bias_add + gelu_forward in one pass; rows x cols.
 void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols, uint16_t* act16 = nullptr);
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16 = nullptr);

@@ -177,14 +177,13 @@ void linear_forward(const Net& n, float* out, const Operand& inp, size_t w, size
 
 // dinp += dout W^T-ish, dW += ..., dbias += column sums: cpu::linear_backward. dinp may be null; with add_dinp
 // false it is overwritten (the GEMM's beta 0: its buffer needs no zero fill, and the GEMM does not read it).
-void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const float* dout, const Operand& inp, int in,
-                     int outf, bool add_dinp = true) {
+void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const Operand& dout, const Operand& inp,
+                     int in, int outf, bool add_dinp = true) {
   const int T = n.T;
   const float beta = add_dinp ? 1.0f : 0.0f;
   float* dw = n.G + w;
   if (n.B) {
-    uint16_t* dy = n.a.bf_out;
-    to_bf16(dy, dout, static_cast<int64_t>(T) * outf);
+    const uint16_t* dy = bf16_operand(dout, static_cast<int64_t>(T) * outf, n.a.bf_out);
     const uint16_t* x = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
     const uint16_t* W = n.B + w;
     if (n.out_in) {
@@ -197,14 +196,14 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const flo
   } else {
     const float* W = n.P + w;
     if (n.out_in) {
-      if (dinp) gemm(false, false, T, in, outf, 1.0f, dout, outf, W, in, beta, dinp, in);
-      gemm(true, false, outf, in, T, 1.0f, dout, outf, inp.f32, in, 1.0f, dw, in);
+      if (dinp) gemm(false, false, T, in, outf, 1.0f, dout.f32, outf, W, in, beta, dinp, in);
+      gemm(true, false, outf, in, T, 1.0f, dout.f32, outf, inp.f32, in, 1.0f, dw, in);
     } else {
-      if (dinp) gemm(false, true, T, in, outf, 1.0f, dout, outf, W, outf, beta, dinp, in);
-      gemm(true, false, in, outf, T, 1.0f, inp.f32, in, dout, outf, 1.0f, dw, outf);
+      if (dinp) gemm(false, true, T, in, outf, 1.0f, dout.f32, outf, W, outf, beta, dinp, in);
+      gemm(true, false, in, outf, T, 1.0f, inp.f32, in, dout.f32, outf, 1.0f, dw, outf);
     }
   }
-  if (bias != kAbsent) bias_backward(n.G + bias, dout, n.a.ones, T, outf);
+  if (bias != kAbsent) bias_backward(n.G + bias, dout.f32, n.a.ones, T, outf);
 }
 
 Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) {
@@ -377,15 +376,18 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     const Operand act = mlp_hidden_forward(n, o, normed2);
     linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, act, F, D, false);
     float* dfc = a.act;  // the activation is no longer needed: its buffer takes dLoss/dfc
-    fill_zero(dfc, nF);
-    if (c.is_gpt2()) {
-      gelu_backward(dfc, a.fc, a.dact, TF);
+    Operand dfc_in(dfc);
+    if (c.is_gpt2()) {  // dfc written (not added to), and under bf16 its operand for the c_fc GEMMs too
+      uint16_t* dfc16 = n.B ? a.bf_out : nullptr;
+      gelu_backward(dfc, a.fc, a.dact, TF, false, dfc16);
+      dfc_in = Operand(dfc, dfc16);
     } else {
+      fill_zero(dfc, nF);
       fill_zero(a.dup, nF);
       swiglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
       linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, normed2, D, F, false);
     }
-    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc, normed2, D, F, c.is_llama());
+    linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc_in, normed2, D, F, c.is_llama());
     norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd, a.norm);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x)))); recompute Norm1 and q|k|v first

@@ -234,6 +234,17 @@ TEST(gelu_swiglu_match_cpu) {
   cuda::gelu_backward(gdx.data(), gx.data(), gdy.data(), n);
   expect_close("gelu out", gout.download(), out, kRtol);
   expect_close("gelu dinp", gdx.download(), dx, kRtol);
+  // written instead of added to (the device model's backward), with its bf16 copy: the fp32 value rounded
+  std::vector<float> dx_new(n, 0.0f);
+  cpu::gelu_backward(dx_new.data(), x.data(), dy.data(), n);
+  cuda::Buffer<uint16_t> gdx16(n);
+  cuda::gelu_backward(gdx.data(), gx.data(), gdy.data(), n, false, gdx16.data());
+  const std::vector<float> written = gdx.download();
+  expect_close("gelu dinp (written)", written, dx_new, kRtol);
+  const std::vector<uint16_t> written16 = gdx16.download();
+  int bad16 = 0;
+  for (int64_t i = 0; i < n; i++) bad16 += written16[i] != to_bf16(written[i]);
+  CHECK_MSG(bad16 == 0, std::to_string(bad16) + " bf16 copies of gelu's dinp differ from its rounded fp32 value");
 
   dx = d0;
   gdx.upload(d0);
