@@ -8,6 +8,7 @@
 
 #include "check.cuh"
 #include "ops.h"
+#include "store.cuh"
 
 namespace optune::cuda {
 
@@ -51,8 +52,7 @@ __global__ void to_bf16_x4_kernel(uint2* out, const float4* inp, int64_t n4) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float4 x = inp[i];
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y), hi = __floats2bfloat162_rn(x.z, x.w);
-    out[i] = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+    out[i] = make_uint2(pack_bf16x2(x.x, x.y), pack_bf16x2(x.z, x.w));
   }
 }
 

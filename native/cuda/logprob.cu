@@ -1,10 +1,11 @@
 // Token log-probs through the LM head without materializing [n x vocab] logits, as cpu/logprob.cpp: rows go in
 // chunks; per chunk the h rows are gathered, logits = H W^T come from one cuBLAS sgemm, and a fused kernel (one block
-// per row) reduces max and sum-exp and picks the target's log-prob. Backward recomputes the chunk's logits (cheaper
-// than storing them for 50k-150k vocabularies) and turns them in place into dLoss/dlogits, then two GEMMs give dH and
-// dW. dh[src[r]] += dH[r] runs one thread per column over the chunk's rows in order, so repeated src rows need no
-// atomics and the sum order is fixed; when the caller promises distinct rows (training: one per response token), a
-// block per row.
+// per row) reduces max and sum-exp in one pass over the row and picks the target's log-prob. Backward recomputes the
+// chunk's logits (cheaper than storing them for 50k-150k vocabularies; a training step's head reuses the forward's
+// logits and lse instead, logprob_train_groups) and turns them into dLoss/dlogits (in place, or written straight
+// into the bf16 operand of the next GEMMs), then two GEMMs give dH and dW. dh[src[r]] += dH[r] runs one thread per
+// column over the chunk's rows in order, so repeated src rows need no atomics and the sum order is fixed; when the
+// caller promises distinct rows (training: one per response token), a block per row.
 // With a bf16 copy of W (bf16 mixed precision) the three GEMMs take bf16 operands (the gathered rows, and dLoss/dz,
 // rounded per chunk) with fp32 accumulation; the softmax and everything else stay fp32.
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include "memory.h"
 #include "ops.h"
 #include "reduce.cuh"
+#include "store.cuh"
 
 namespace optune::cuda {
 
@@ -79,32 +81,63 @@ __global__ void gather_rows_kernel(float* out, const float* h, const int32_t* sr
   for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = s[i];
 }
 
-// lse of one row of logits; every thread of the block gets it.
+// lse of one row of logits (16-byte aligned: logits_stride) in one pass: each thread keeps a running max and its sum
+// of exp(z - max), rescaled when the max grows; the block merges them. Every thread of the block gets it.
 __device__ float row_lse(const float* z, int vocab, float* scratch) {
-  float mx = -INFINITY;
-  for (int j = threadIdx.x; j < vocab; j += blockDim.x) mx = fmaxf(mx, z[j]);
-  mx = block_max(mx, scratch);
-  float s = 0.0f;
-  for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += expf(z[j] - mx);
-  s = block_sum(s, scratch);
+  float m = -INFINITY, s = 0.0f;
+  for_each_in_row(z, vocab, [&](int, float x) {
+    if (x > m) {
+      s = s * expf(m - x) + 1.0f;  // m = -inf before the first element: expf(-inf) = 0
+      m = x;
+    } else {
+      s += expf(x - m);
+    }
+  });
+  const float mx = block_max(m, scratch);
+  s = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), scratch);
   return mx + logf(s);
 }
 
-__global__ void logprob_forward_kernel(float* logp, const float* logits, int ld, const int32_t* target, int vocab) {
+// lse_out (may be null): each row's lse, for a backward over the same logits.
+__global__ void logprob_forward_kernel(float* logp, float* lse_out, const float* logits, int ld,
+                                       const int32_t* target, int vocab) {
   __shared__ float scratch[32];
   const float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
   const float lse = row_lse(z, vocab, scratch);
-  if (threadIdx.x == 0) logp[blockIdx.x] = z[target[blockIdx.x]] - lse;
+  if (threadIdx.x == 0) {
+    logp[blockIdx.x] = z[target[blockIdx.x]] - lse;
+    if (lse_out) lse_out[blockIdx.x] = lse;
+  }
 }
 
-// z <- g * (onehot(target) - softmax(z)) = dLoss/dz, in place.
-__global__ void logprob_backward_kernel(float* logits, int ld, const float* g, const int32_t* target, int vocab) {
+// dLoss/dz = g * (onehot(target) - softmax(z)) from each row's lse (lse_in: the forward's; null: computed here),
+// written over the logits (dz16 null: fp32 GEMMs follow) or, rounded, into dz16 (bf16 GEMMs; same row stride; the
+// logits are left as they are and dz16's padding columns are not written: no GEMM reads them).
+__global__ void logprob_backward_kernel(float* logits, uint16_t* dz16, int ld, const float* lse_in, const float* g,
+                                        const int32_t* target, int vocab) {
   __shared__ float scratch[32];
-  float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
-  const float lse = row_lse(z, vocab, scratch);  // ends with __syncthreads: every read of z is done
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * ld;
+  float* z = logits + row;
+  // row_lse ends with __syncthreads: every read of z is done before the in-place writes below
+  const float lse = lse_in ? lse_in[blockIdx.x] : row_lse(z, vocab, scratch);
   const float gr = g[blockIdx.x];
   const int t = target[blockIdx.x];
-  for (int j = threadIdx.x; j < vocab; j += blockDim.x) z[j] = -gr * expf(z[j] - lse) + (j == t ? gr : 0.0f);
+  const auto dz = [&](int j, float x) { return -gr * expf(x - lse) + (j == t ? gr : 0.0f); };
+  if (dz16) {
+    uint2* o4 = reinterpret_cast<uint2*>(dz16 + row);
+    const float4* z4 = reinterpret_cast<const float4*>(z);
+    const int n4 = vocab / 4;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {  // 4 logits in, 4 bf16 (8 bytes) out
+      const float4 x = z4[i];
+      const int j = 4 * i;
+      o4[i] = make_uint2(pack_bf16x2(dz(j, x.x), dz(j + 1, x.y)), pack_bf16x2(dz(j + 2, x.z), dz(j + 3, x.w)));
+    }
+    for (int j = 4 * n4 + threadIdx.x; j < vocab; j += blockDim.x)
+      reinterpret_cast<__nv_bfloat16*>(dz16 + row)[j] = __float2bfloat16_rn(dz(j, z[j]));
+  } else {
+    for_each_in_row(z, vocab, [&](int j, float x) { z[j] = dz(j, x); });
+  }
 }
 
 // dh[src[r]] += rows_buf[r] with distinct src rows: a block per row.
@@ -147,23 +180,22 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
     chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src + r0, rows, w, w16, d, vocab);
-    logprob_forward_kernel<<<rows, kThreads>>>(logp + r0, logits.data(), ld, target + r0, vocab);
+    logprob_forward_kernel<<<rows, kThreads>>>(logp + r0, nullptr, logits.data(), ld, target + r0, vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
   }
 }
 
-// A chunk's logits (row stride logits_stride) -> dLoss/dz in place with g, then dH = dZ W, dw += dZ^T H and
-// dh[src[r]] += dH[r]. hbuf/hbuf16: the chunk's gathered rows (chunk_logits); dhbuf, dz16: scratch.
-static void backward_from_logits(float* logits, const float* g, const int32_t* target, const int32_t* src, int rows,
-                                 float* dh, float* dw, const float* hbuf, const uint16_t* hbuf16, float* dhbuf,
-                                 uint16_t* dz16, const float* w, const uint16_t* w16, int d, int vocab,
-                                 bool src_distinct) {
+// A chunk's logits (row stride logits_stride) -> dLoss/dz with g (in place, or under bf16 into dz16), then
+// dH = dZ W, dw += dZ^T H and dh[src[r]] += dH[r]. lse: each row's, from the forward over these logits (null: the
+// backward kernel computes it). hbuf/hbuf16: the chunk's gathered rows (chunk_logits); dhbuf, dz16: scratch.
+static void backward_from_logits(float* logits, const float* lse, const float* g, const int32_t* target,
+                                 const int32_t* src, int rows, float* dh, float* dw, const float* hbuf,
+                                 const uint16_t* hbuf16, float* dhbuf, uint16_t* dz16, const float* w,
+                                 const uint16_t* w16, int d, int vocab, bool src_distinct) {
   const int ld = logits_stride(vocab);
-  logprob_backward_kernel<<<rows, kThreads>>>(logits, ld, g, target, vocab);
+  logprob_backward_kernel<<<rows, kThreads>>>(logits, w16 ? dz16 : nullptr, ld, lse, g, target, vocab);
   OPTUNE_CUDA_CHECK_LAUNCH();
   if (w16) {
-    // the padding columns (never read by the GEMMs, K = vocab) are converted too: one pass over the chunk
-    to_bf16(dz16, logits, static_cast<int64_t>(rows) * ld);
     head_dh<uint16_t>(dhbuf, dz16, ld, w16, rows, d, vocab);
     head_dw<uint16_t>(dw, dz16, ld, hbuf16, rows, d, vocab);
   } else {
@@ -192,8 +224,8 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
   for (int r0 = 0; r0 < n; r0 += chunk) {
     const int rows = std::min(chunk, n - r0);
     chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src + r0, rows, w, w16, d, vocab);
-    backward_from_logits(logits.data(), g + r0, target + r0, src + r0, rows, dh, dw, hbuf.data(), hbuf16.data(),
-                         dhbuf.data(), dz16.data(), w, w16, d, vocab, src_distinct);
+    backward_from_logits(logits.data(), nullptr, g + r0, target + r0, src + r0, rows, dh, dw, hbuf.data(),
+                         hbuf16.data(), dhbuf.data(), dz16.data(), w, w16, d, vocab, src_distinct);
   }
 }
 
@@ -211,7 +243,8 @@ void logprob_train_groups(float* dh, float* dw, const std::vector<std::vector<in
   Buffer<uint16_t> hbuf16(w16 ? chunk * d : 0, "logprob bf16 hidden-state chunk");
   Buffer<uint16_t> dz16(w16 ? chunk * ld : 0, "logprob bf16 logit-gradient chunk");
   Buffer<int32_t> src_d(chunk, "logprob row sources"), target_d(chunk, "logprob row targets");
-  Buffer<float> logp_d(chunk, "logprob log-probs"), g_d(chunk, "logprob row gradients");
+  Buffer<float> logp_d(chunk, "logprob log-probs"), lse_d(chunk, "logprob row lse");
+  Buffer<float> g_d(chunk, "logprob row gradients");
   std::vector<int32_t> gsrc, gtarget;
   std::vector<float> logp, g;
   for (const std::vector<int32_t>& group : groups) {
@@ -222,15 +255,16 @@ void logprob_train_groups(float* dh, float* dw, const std::vector<std::vector<in
     copy_to_device(src_d.data(), gsrc.data(), n * sizeof(int32_t));
     copy_to_device(target_d.data(), gtarget.data(), n * sizeof(int32_t));
     chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src_d.data(), n, w, w16, d, vocab);
-    logprob_forward_kernel<<<n, kThreads>>>(logp_d.data(), logits.data(), ld, target_d.data(), vocab);
+    logprob_forward_kernel<<<n, kThreads>>>(logp_d.data(), lse_d.data(), logits.data(), ld, target_d.data(), vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
     logp.resize(n);
     g.resize(n);
     copy_to_host(logp.data(), logp_d.data(), n * sizeof(float));  // waits for the forward
     grad(group, logp.data(), g.data());
     copy_to_device(g_d.data(), g.data(), n * sizeof(float));
-    backward_from_logits(logits.data(), g_d.data(), target_d.data(), src_d.data(), n, dh, dw, hbuf.data(),
-                         hbuf16.data(), dhbuf.data(), dz16.data(), w, w16, d, vocab, /*src_distinct=*/true);
+    backward_from_logits(logits.data(), lse_d.data(), g_d.data(), target_d.data(), src_d.data(), n, dh, dw,
+                         hbuf.data(), hbuf16.data(), dhbuf.data(), dz16.data(), w, w16, d, vocab,
+                         /*src_distinct=*/true);
   }
 }
 

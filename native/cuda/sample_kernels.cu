@@ -99,20 +99,6 @@ __device__ inline double warp_inclusive_scan(double v) {
   return v;
 }
 
-// Calls f(j, z[j]) for every j < V of a logits row (16-byte aligned: rows are logits_ld floats apart, a multiple of
-// 8), the block's threads taking 4 consecutive elements per load.
-template <class F>
-__device__ inline void for_each_logit(const float* z, int V, const F& f) {
-  const float4* z4 = reinterpret_cast<const float4*>(z);
-  const int n4 = V / 4;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    const float4 x = z4[i];
-    f(4 * i, x.x), f(4 * i + 1, x.y), f(4 * i + 2, x.z), f(4 * i + 3, x.w);
-  }
-  for (int j = 4 * n4 + threadIdx.x; j < V; j += blockDim.x) f(j, z[j]);
-}
-
 // Warp w's segment of [0, n): [w * seg, min(n, (w + 1) * seg)), seg a multiple of 32 (coalesced walks).
 __device__ inline int segment_len(int n) { return ((n + kPickWarps - 1) / kPickWarps + 31) / 32 * 32; }
 
@@ -204,7 +190,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   float best = -INFINITY;
   int arg = INT_MAX;
   bool bad = false;
-  for_each_logit(z, V, [&](int j, float x) {
+  for_each_in_row(z, V, [&](int j, float x) {  // rows are logits_ld floats apart: 16-byte aligned
     bad |= !isfinite(x);
     if (x > best || (x == best && j < arg)) best = x, arg = j;
   });
@@ -224,7 +210,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   for (int w = 1; w < kPickWarps; w++)
     if (red_v[w] > mx || (red_v[w] == mx && red_i[w] < arg)) mx = red_v[w], arg = red_i[w];
   float sum = 0.0f;
-  for_each_logit(z, V, [&](int, float x) { sum += expf(x - mx); });
+  for_each_in_row(z, V, [&](int, float x) { sum += expf(x - mx); });
   sum = block_sum(sum, scratch);
   const double lse = mx + log(static_cast<double>(sum));
 

@@ -171,7 +171,7 @@ bool graphs_enabled() {
   return !(v && std::string(v) == "0");
 }
 
-// ---- K-split decode GEMMs ---------------------------------------------------------------------------------------------
+// ---- K-split decode GEMMs ------------------------------------------------------------------------------------------
 // A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
 // S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
 // the blocks about fill the GPU once, each slice stays at least kSliceMinDepth deep, and the slices' traffic (written

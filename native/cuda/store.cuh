@@ -14,4 +14,10 @@ __device__ inline void store_out(float* out, uint16_t* out16, int64_t i, float y
   if (out16) reinterpret_cast<__nv_bfloat16*>(out16)[i] = __float2bfloat16_rn(y);
 }
 
+// Two values as bf16 bits in one word, the first in the low half (memory order).
+__device__ inline uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x = lo (low half), .y = hi
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 }  // namespace optune::cuda
