@@ -11,8 +11,8 @@
 // scan over the group sums finds the group, and one scan over that group's elements the element (walking the
 // segment 32 elements at a time took a dependent scan per step, ~50 steps at V = 50257). Same order of elements as
 // the CPU, different order of additions: a draw within rounding distance of a boundary can pick the neighbouring
-// token. The filtered order comes from one cub radix sort of (row, logit) keys
-// per step (stable, so equal logits keep index order).
+// token. The filtered order comes from one cub radix sort of (row, logit) keys per step (stable, so equal logits keep
+// index order).
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
