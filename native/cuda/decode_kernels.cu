@@ -105,7 +105,7 @@ __device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int 
 // One part of one row: x (n_heads heads; its GEMM's slices in parts when split) + bias, RoPE'd when asked, written to
 // x; copied into the cache when `cache_base` is set.
 template <class Act>
-__device__ inline void finish_part(float* x, const Partials& parts, const float* bias, int n_heads, int head_dim,
+__device__ inline void finish_part(float* x, Partials parts, const float* bias, int n_heads, int head_dim,
                                    bool rope, int pos, float theta, Act* cache_base, int64_t copy_stride, int copies) {
   const int half = head_dim / 2;
   if (rope) {

@@ -35,14 +35,22 @@ __device__ inline T block_sum(T v, T* scratch) {
 // memory bandwidth (one block per logits row, 50k-150k elements).
 template <class F>
 __device__ inline void for_each_in_row(const float* z, int n, const F& f) {
+  constexpr int kLoads = 4;  // loads issued before the first use
   const float4* z4 = reinterpret_cast<const float4*>(z);
-  const int n4 = n / 4;
-#pragma unroll 4
-  for (int i = threadIdx.x; i < n4; i += blockDim.x) {
-    const float4 x = z4[i];
+  const int n4 = n / 4, step = blockDim.x;
+  const auto use = [&](int i, const float4& x) {
     f(4 * i, x.x), f(4 * i + 1, x.y), f(4 * i + 2, x.z), f(4 * i + 3, x.w);
+  };
+  int i = threadIdx.x;
+  for (; i + (kLoads - 1) * step < n4; i += kLoads * step) {
+    float4 x[kLoads];
+#pragma unroll
+    for (int b = 0; b < kLoads; b++) x[b] = z4[i + b * step];
+#pragma unroll
+    for (int b = 0; b < kLoads; b++) use(i + b * step, x[b]);
   }
-  for (int j = 4 * n4 + threadIdx.x; j < n; j += blockDim.x) f(j, z[j]);
+  for (; i < n4; i += step) use(i, z4[i]);
+  for (int j = 4 * n4 + threadIdx.x; j < n; j += step) f(j, z[j]);
 }
 
 __device__ inline float block_max(float v, float* scratch) {
