@@ -18,32 +18,41 @@ static int blocks_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n 
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-__global__ void gelu_forward_kernel(float* out, const float* inp, int64_t n) {
-  GRID_STRIDE_LOOP(i, n) {
-    const float x = inp[i];
-    out[i] = 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x)));
-  }
+__device__ inline float gelu(float x) { return 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))); }
+
+// d gelu(x) / dx
+__device__ inline float gelu_grad(float x) {
+  const float t = tanhf(kGeluScale * (x + 0.044715f * x * x * x));
+  const float sech2 = 1.0f - t * t;
+  return 0.5f * (1.0f + t) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
 }
 
-// fc[r, :] += bias; act[r, :] = gelu(fc[r, :]): the MLP's first bias and its activation in one pass (fc keeps the
-// biased pre-activation, which gelu_backward reads). A block per row. act (fp32) and/or act16 (bf16).
-__global__ void bias_gelu_forward_kernel(float* act, uint16_t* act16, float* fc, const float* bias, int cols) {
+__global__ void gelu_forward_kernel(float* out, const float* inp, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) out[i] = gelu(inp[i]);
+}
+
+// act[r, :] = gelu(fc[r, :] + bias): the MLP's first bias and its activation in one pass. fc keeps the product
+// without the bias (bias_gelu_backward adds it again): writing the biased value back cost a pass over [rows, F]. A
+// block per row. act (fp32) and/or act16 (bf16).
+__global__ void bias_gelu_forward_kernel(float* act, uint16_t* act16, const float* fc, const float* bias, int cols) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x)
+    store_out(act, act16, base + c, gelu(fc[base + c] + (bias ? bias[c] : 0.0f)));
+}
+
+__global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) dinp[i] += gelu_grad(inp[i]) * dout[i];
+}
+
+// The same through bias_gelu_forward (the pre-activation is fc + bias), written or added to, in fp32 and/or bf16
+// (the dY operand of the c_fc GEMMs). A block per row.
+__global__ void bias_gelu_backward_kernel(float* dinp, uint16_t* dinp16, const float* fc, const float* bias,
+                                          const float* dout, int cols, bool accumulate) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
   for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const float x = fc[base + c] + (bias ? bias[c] : 0.0f);
-    fc[base + c] = x;
-    store_out(act, act16, base + c, 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
-  }
-}
-
-__global__ void gelu_backward_kernel(float* dinp, uint16_t* dinp16, const float* inp, const float* dout, int64_t n,
-                                     bool accumulate) {
-  GRID_STRIDE_LOOP(i, n) {
-    const float x = inp[i];
-    const float t = tanhf(kGeluScale * (x + 0.044715f * x * x * x));
-    const float sech2 = 1.0f - t * t;
-    const float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
-    store_out(dinp, dinp16, i, (accumulate ? dinp[i] : 0.0f) + grad * dout[i]);
+    const int64_t i = base + c;
+    const float g = gelu_grad(fc[i] + (bias ? bias[c] : 0.0f)) * dout[i];
+    store_out(dinp, dinp16, i, (accumulate ? dinp[i] : 0.0f) + g);
   }
 }
 
@@ -69,14 +78,20 @@ void gelu_forward(float* out, const float* inp, int64_t n) {
   gelu_forward_kernel<<<blocks_for(n), kThreads>>>(out, inp, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
-void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols, uint16_t* act16) {
+void bias_gelu_forward(float* act, const float* fc, const float* bias, int rows, int cols, uint16_t* act16) {
   if (rows <= 0 || cols <= 0) return;
   bias_gelu_forward_kernel<<<rows, kThreads>>>(act, act16, fc, bias, cols);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
-void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, bool accumulate, uint16_t* dinp16) {
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
   if (n <= 0) return;
-  gelu_backward_kernel<<<blocks_for(n), kThreads>>>(dinp, dinp16, inp, dout, n, accumulate);
+  gelu_backward_kernel<<<blocks_for(n), kThreads>>>(dinp, inp, dout, n);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+void bias_gelu_backward(float* dinp, const float* fc, const float* bias, const float* dout, int rows, int cols,
+                        bool accumulate, uint16_t* dinp16) {
+  if (rows <= 0 || cols <= 0) return;
+  bias_gelu_backward_kernel<<<rows, kThreads>>>(dinp, dinp16, fc, bias, dout, cols, accumulate);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16) {

@@ -44,11 +44,13 @@ void norm_xhat_product(float* prod, const float* dout, const float* inp, const f
 
 // ---- activations -----------------------------------------------------------------------------------------------
 void gelu_forward(float* out, const float* inp, int64_t n);
-// accumulate false: dinp is written, not added to (no zero fill first); dinp16: dinp's new value in bf16 too.
-void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n, bool accumulate = true,
-                   uint16_t* dinp16 = nullptr);
-// fc[r, :] += bias (null: none), then act = gelu(fc): bias_add + gelu_forward in one pass; rows x cols.
-void bias_gelu_forward(float* act, float* fc, const float* bias, int rows, int cols, uint16_t* act16 = nullptr);
+void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
+// act = gelu(fc + bias) (bias null: none) over rows x cols, fc unchanged: bias_add + gelu_forward in one pass.
+void bias_gelu_forward(float* act, const float* fc, const float* bias, int rows, int cols, uint16_t* act16 = nullptr);
+// Its backward: dinp (+)= gelu'(fc + bias) * dout, as gelu_backward on the biased pre-activation. accumulate false:
+// dinp is written, not added to (no zero fill first); dinp16: dinp's new value in bf16 too.
+void bias_gelu_backward(float* dinp, const float* fc, const float* bias, const float* dout, int rows, int cols,
+                        bool accumulate = true, uint16_t* dinp16 = nullptr);
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16 = nullptr);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 

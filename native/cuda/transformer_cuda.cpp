@@ -379,7 +379,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     Operand dfc_in(dfc);
     if (c.is_gpt2()) {  // dfc written (not added to), and under bf16 its operand for the c_fc GEMMs too
       uint16_t* dfc16 = n.B ? a.bf_out : nullptr;
-      gelu_backward(dfc, a.fc, a.dact, TF, false, dfc16);
+      bias_gelu_backward(dfc, a.fc, n.p(o.fc_b), a.dact, T, F, false, dfc16);  // fc holds the product without bias
       dfc_in = Operand(dfc, dfc16);
     } else {
       fill_zero(dfc, nF);

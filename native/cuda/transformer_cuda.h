@@ -52,7 +52,7 @@ struct DevActs {
   // scratch, one set for all blocks (forward, and the recomputation in backward)
   float* norm = nullptr;            // [T, D] a norm's output
   float* qkv = nullptr;             // [T, QKV] GPT-2: fused [T, 3D]; Llama: q [T, QD] | k [T, KVD] | v [T, KVD]
-  float* fc = nullptr;              // [T, F] c_fc | gate_proj output
+  float* fc = nullptr;              // [T, F] c_fc (without its bias: GELU adds it) | gate_proj output
   float* up = nullptr;              // [T, F] up_proj output (Llama)
   float* act = nullptr;             // [T, max(F, QD)] MLP hidden; in backward also dLoss/dfc, then dLoss/datty
   float *normf = nullptr, *normf_mean = nullptr, *normf_rstd = nullptr;

@@ -175,11 +175,7 @@ TEST(norm_and_activation_bf16_outputs_are_the_rounded_fp32_outputs) {
   check("rmsnorm", [&](float* o, uint16_t* o16) {
     cuda::rmsnorm_forward(o, rstd.data(), x.data(), w.data(), rows, d, 1e-6f, o16);
   });
-  check("bias_gelu", [&](float* o, uint16_t* o16) {
-    Buf fc(n);
-    cuda::copy_device(fc.data(), x.data(), n * sizeof(float));  // fc is updated in place (+ bias)
-    cuda::bias_gelu_forward(o, fc.data(), bias.data(), rows, d, o16);
-  });
+  check("bias_gelu", [&](float* o, uint16_t* o16) { cuda::bias_gelu_forward(o, x.data(), bias.data(), rows, d, o16); });
   check("swiglu", [&](float* o, uint16_t* o16) { cuda::swiglu_forward(o, x.data(), up.data(), n, o16); });
 }
 
@@ -234,17 +230,6 @@ TEST(gelu_swiglu_match_cpu) {
   cuda::gelu_backward(gdx.data(), gx.data(), gdy.data(), n);
   expect_close("gelu out", gout.download(), out, kRtol);
   expect_close("gelu dinp", gdx.download(), dx, kRtol);
-  // written instead of added to (the device model's backward), with its bf16 copy: the fp32 value rounded
-  std::vector<float> dx_new(n, 0.0f);
-  cpu::gelu_backward(dx_new.data(), x.data(), dy.data(), n);
-  cuda::Buffer<uint16_t> gdx16(n);
-  cuda::gelu_backward(gdx.data(), gx.data(), gdy.data(), n, false, gdx16.data());
-  const std::vector<float> written = gdx.download();
-  expect_close("gelu dinp (written)", written, dx_new, kRtol);
-  const std::vector<uint16_t> written16 = gdx16.download();
-  int bad16 = 0;
-  for (int64_t i = 0; i < n; i++) bad16 += written16[i] != to_bf16(written[i]);
-  CHECK_MSG(bad16 == 0, std::to_string(bad16) + " bf16 copies of gelu's dinp differ from its rounded fp32 value");
 
   dx = d0;
   gdx.upload(d0);
@@ -257,21 +242,36 @@ TEST(gelu_swiglu_match_cpu) {
   expect_close("swiglu dup", gdup.download(), dup, kRtol);
 }
 
-// The fused forward glue: fc += bias then gelu (fc keeps the biased value), and out += bias + residual.
+// The fused forward glue: gelu(fc + bias) (fc left as it is) and its backward, and out += bias + residual.
 TEST(bias_gelu_and_bias_residual_match_cpu) {
   Rand r(16);
   const int rows = 37, cols = 300;
   const size_t n = static_cast<size_t>(rows) * cols;
   const auto fc = randv(n, r, 2.0f), bias = randv(cols, r), y = randv(n, r), x = randv(n, r);
-  std::vector<float> want_fc(n), want_act(n), want_y(n);
-  for (size_t i = 0; i < n; i++) want_fc[i] = fc[i] + bias[i % cols], want_y[i] = y[i] + (bias[i % cols] + x[i]);
-  cpu::gelu_forward(want_act.data(), want_fc.data(), static_cast<int64_t>(n));
-  Buf gfc(fc), gbias(bias), gact(n), gy(y), gx(x);
+  const auto dout = randv(n, r), d0 = randv(n, r);
+  std::vector<float> biased(n), want_act(n), want_y(n), want_dfc = d0;
+  for (size_t i = 0; i < n; i++) biased[i] = fc[i] + bias[i % cols], want_y[i] = y[i] + (bias[i % cols] + x[i]);
+  cpu::gelu_forward(want_act.data(), biased.data(), static_cast<int64_t>(n));
+  cpu::gelu_backward(want_dfc.data(), biased.data(), dout.data(), static_cast<int64_t>(n));
+  Buf gfc(fc), gbias(bias), gact(n), gy(y), gx(x), gdout(dout), gdfc(d0);
   cuda::bias_gelu_forward(gact.data(), gfc.data(), gbias.data(), rows, cols);
+  cuda::bias_gelu_backward(gdfc.data(), gfc.data(), gbias.data(), gdout.data(), rows, cols);
   cuda::bias_residual(gy.data(), gbias.data(), gx.data(), rows, cols);
-  expect_close("bias_gelu fc", gfc.download(), want_fc, kRtol);
+  CHECK_MSG(gfc.download() == fc, "bias_gelu_forward changed fc");
   expect_close("bias_gelu act", gact.download(), want_act, kRtol);
+  expect_close("bias_gelu dfc (accumulated)", gdfc.download(), want_dfc, kRtol);
   expect_close("bias_residual", gy.download(), want_y, kRtol);
+  // written instead of added to, with the bf16 copy the next GEMM reads
+  std::vector<float> want_written(n, 0.0f);
+  cpu::gelu_backward(want_written.data(), biased.data(), dout.data(), static_cast<int64_t>(n));
+  cuda::Buffer<uint16_t> gdfc16(n);
+  cuda::bias_gelu_backward(gdfc.data(), gfc.data(), gbias.data(), gdout.data(), rows, cols, false, gdfc16.data());
+  const std::vector<float> written = gdfc.download();
+  expect_close("bias_gelu dfc (written)", written, want_written, kRtol);
+  const std::vector<uint16_t> written16 = gdfc16.download();
+  int bad16 = 0;
+  for (size_t i = 0; i < n; i++) bad16 += written16[i] != to_bf16(written[i]);
+  CHECK_MSG(bad16 == 0, std::to_string(bad16) + " bf16 copies of dfc differ from its rounded fp32 value");
   // without a bias
   Buf gfc2(fc), gy2(y);
   cuda::bias_gelu_forward(gact.data(), gfc2.data(), nullptr, rows, cols);
