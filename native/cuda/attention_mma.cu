@@ -80,30 +80,65 @@ __device__ inline void load_b_trans(uint32_t& b0, uint32_t& b1, const bf16* s, i
 }
 
 // Rows [row0, row0 + n) of a head slice (fp32, row stride `stride`) into a [ROWS][HD + 8] bf16 tile; rows >= n
-// become 0 (padding rows must hold finite values: 0 * NaN would poison the products). 16-byte loads when the slice
-// is 16-byte aligned (the usual case: strides and head offsets are multiples of 4 floats), else 8-byte ones.
+// become 0 (padding rows must hold finite values: 0 * NaN would poison the products).
+struct TileCopy {
+  bf16* dst;
+  const float* src;
+  int64_t stride;
+  __device__ bool wide() const {  // 16-byte loads possible (the usual case: strides, head offsets multiples of 4)
+    return reinterpret_cast<uintptr_t>(src) % 16 == 0 && stride % 4 == 0;
+  }
+};
+
+// One tile with 8-byte loads (a slice that is not 16-byte aligned).
 template <int HD, int ROWS>
-__device__ inline void load_tile(bf16* dst, const float* src, int64_t stride, int row0, int n) {
-  constexpr int ld = HD + 8;
-  const bool wide = (reinterpret_cast<uintptr_t>(src) % 16 == 0) && stride % 4 == 0;
-  if (wide) {
-    constexpr int quads = HD / 4;
-    for (int idx = threadIdx.x; idx < ROWS * quads; idx += blockDim.x) {
-      const int r = idx / quads, d = 4 * (idx % quads);
-      float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < n) x = *reinterpret_cast<const float4*>(src + (row0 + r) * stride + d);
-      *reinterpret_cast<uint2*>(dst + r * ld + d) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+__device__ inline void load_tile_narrow(const TileCopy& t, int row0, int n) {
+  constexpr int ld = HD + 8, pairs = HD / 2;
+  for (int idx = threadIdx.x; idx < ROWS * pairs; idx += blockDim.x) {
+    const int r = idx / pairs, d = 2 * (idx % pairs);
+    float x0 = 0.0f, x1 = 0.0f;
+    if (r < n) {
+      const float* p = t.src + (row0 + r) * t.stride + d;
+      x0 = p[0], x1 = p[1];
     }
-  } else {
-    constexpr int pairs = HD / 2;
-    for (int idx = threadIdx.x; idx < ROWS * pairs; idx += blockDim.x) {
-      const int r = idx / pairs, d = 2 * (idx % pairs);
-      float x0 = 0.0f, x1 = 0.0f;
-      if (r < n) {
-        const float* p = src + (row0 + r) * stride + d;
-        x0 = p[0], x1 = p[1];
-      }
-      *reinterpret_cast<uint32_t*>(dst + r * ld + d) = pack_bf16(x0, x1);
+    *reinterpret_cast<uint32_t*>(t.dst + r * ld + d) = pack_bf16(x0, x1);
+  }
+}
+
+// NT tiles of the same rows (K and V, Q and dO), with 16-byte loads when every slice allows them. Each thread issues
+// its loads (up to 8 at a time, across the tiles) before its first shared-memory store: interleaved, every load
+// waited for the store before it (the compiler cannot tell a generic pointer to shared memory from the global
+// source), one L2 round trip per 16 bytes, 8-16 per tile iteration, which kept the tensor cores mostly idle.
+// Launches use kMmaThreads threads per block.
+template <int HD, int ROWS, int NT>
+__device__ inline void load_tiles(const TileCopy (&t)[NT], int row0, int n) {
+  constexpr int ld = HD + 8, quads = HD / 4;
+  static_assert((ROWS * quads) % kMmaThreads == 0, "whole float4s per thread");
+  constexpr int per_tile = ROWS * quads / kMmaThreads, total = NT * per_tile, batch = total < 8 ? total : 8;
+  static_assert(total % batch == 0, "whole batches");
+  bool wide = true;
+#pragma unroll
+  for (int i = 0; i < NT; i++) wide = wide && t[i].wide();
+  if (!wide) {
+#pragma unroll
+    for (int i = 0; i < NT; i++) load_tile_narrow<HD, ROWS>(t[i], row0, n);
+    return;
+  }
+#pragma unroll
+  for (int b0 = 0; b0 < total; b0 += batch) {
+    float4 x[batch];
+#pragma unroll
+    for (int k = 0; k < batch; k++) {
+      const int e = b0 + k, idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
+      const TileCopy& c = t[e / per_tile];
+      x[k] = r < n ? __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d))
+                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int k = 0; k < batch; k++) {
+      const int e = b0 + k, idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
+      *reinterpret_cast<uint2*>(t[e / per_tile].dst + r * ld + d) =
+          make_uint2(pack_bf16(x[k].x, x[k].y), pack_bf16(x[k].z, x[k].w));
     }
   }
 }
@@ -173,8 +208,10 @@ __device__ inline float quad_sum(float x) {
 // ---- forward ---------------------------------------------------------------------------------------------------
 
 // Grid (query tiles, sequences, heads). Scores are kept in log2 units (scale * log2 e folded in) for exp2f.
+// Two blocks per SM up to head_dim 64 (at most 128 registers a thread): one block's tile loads overlap the other's
+// products. Unbounded, the batched loads took the kernel to ~140 registers and one block per SM.
 template <int HD>
-__global__ void __launch_bounds__(kMmaThreads) attention_forward_mma_kernel(
+__global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 2 : 1) attention_forward_mma_kernel(
     float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
     const int32_t* offsets, int n_head, int group, float scale_log2) {
   constexpr int ld = HD + 8, NT = HD / 8;
@@ -189,7 +226,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_forward_mma_kernel(
   const int nq = min(kRows, L - i0);
   const int row[2] = {i0 + m0 + g, i0 + m0 + g + 8};  // this lane's two query rows (positions in the sequence)
 
-  load_tile<HD, kRows>(Qs, q + h * HD, qs, start + i0, nq);
+  load_tiles<HD, kRows, 1>({TileCopy{Qs, q + h * HD, qs}}, start + i0, nq);
   __syncthreads();
   uint32_t qf[HD / 16][4];
 #pragma unroll
@@ -203,8 +240,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_forward_mma_kernel(
   const int j_end = i0 + nq;  // causal: the tile's last query sees keys 0 .. j_end - 1
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     __syncthreads();  // the previous tile's readers of Ks/Vs are done
-    load_tile<HD, kCols>(Ks, k + kvh * HD, ks, start + j0, min(kCols, L - j0));
-    load_tile<HD, kCols>(Vs, v + kvh * HD, vs, start + j0, min(kCols, L - j0));
+    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks}, TileCopy{Vs, v + kvh * HD, vs}}, start + j0,
+                             min(kCols, L - j0));
     __syncthreads();
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 
@@ -301,8 +338,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = 16 * warp;
   const int key[2] = {j0 + m0 + g, j0 + m0 + g + 8};  // this lane's two keys
 
-  load_tile<HD, kRows>(Ks, k + kvh * HD, ks, start + j0, min(kRows, L - j0));
-  load_tile<HD, kRows>(Vs, v + kvh * HD, vs, start + j0, min(kRows, L - j0));
+  load_tiles<HD, kRows, 2>({TileCopy{Ks, k + kvh * HD, ks}, TileCopy{Vs, v + kvh * HD, vs}}, start + j0,
+                           min(kRows, L - j0));
   float dk_acc[NT][4], dv_acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; nt++)
@@ -313,8 +350,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
     for (int i0 = j0; i0 < L; i0 += kCols) {  // causal: query tiles from the block's diagonal down (kRows % kCols == 0)
       const int nq = min(kCols, L - i0);
       __syncthreads();  // Ks/Vs are loaded; the previous tile's readers of Qs/dOs/stats are done
-      load_tile<HD, kCols>(Qs, q + h * HD, qs, start + i0, nq);
-      load_tile<HD, kCols>(dOs, dout + h * HD, od, start + i0, nq);
+      load_tiles<HD, kCols, 2>({TileCopy{Qs, q + h * HD, qs}, TileCopy{dOs, dout + h * HD, od}}, start + i0, nq);
       load_row_stats(lse2_s, D_s, lse, D, start + i0, nq, n_head, h);
       __syncthreads();
       if (i0 + kCols - 1 < j0 + m0) continue;  // every query of the tile precedes this warp's keys (warp-uniform)
@@ -377,8 +413,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
     Dr[r] = row[r] < L ? D[i] : 0.0f;
   }
 
-  load_tile<HD, kRows>(Qs, q + h * HD, qs, start + i0, nq);
-  load_tile<HD, kRows>(dOs, dout + h * HD, od, start + i0, nq);
+  load_tiles<HD, kRows, 2>({TileCopy{Qs, q + h * HD, qs}, TileCopy{dOs, dout + h * HD, od}}, start + i0, nq);
   float dq_acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) dq_acc[nt][0] = dq_acc[nt][1] = dq_acc[nt][2] = dq_acc[nt][3] = 0.0f;
@@ -386,8 +421,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
   const int j_end = i0 + nq;
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     __syncthreads();  // Qs/dOs are loaded; the previous tile's readers of Ks/Vs are done
-    load_tile<HD, kCols>(Ks, k + kvh * HD, ks, start + j0, min(kCols, L - j0));
-    load_tile<HD, kCols>(Vs, v + kvh * HD, vs, start + j0, min(kCols, L - j0));
+    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks}, TileCopy{Vs, v + kvh * HD, vs}}, start + j0,
+                             min(kCols, L - j0));
     __syncthreads();
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 

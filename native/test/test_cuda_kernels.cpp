@@ -307,8 +307,10 @@ namespace {
 // q, k, v are slices of one fused [T, (H + 2 KV) * hd] buffer, as the engine lays them out.
 // bf16: the tensor-core kernels, against the CPU on the same bf16-rounded q, k, v and dout; their own roundings
 // (P and dS as operands) give the tolerances: out 1e-2, lse 1e-3, dq/dk/dv 2e-2 (of each tensor's scale).
+// shift: the device q|k|v start that many floats into their buffer (2: 8-byte aligned slices, the tensor-core
+// kernels' narrow-load path).
 void attention_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd, uint64_t seed,
-                    int grid_len = 0, bool bf16 = false) {
+                    int grid_len = 0, bool bf16 = false, int shift = 0) {
   Rand r(seed);
   std::vector<int32_t> offsets(1, 0);
   int max_len = 0;
@@ -328,9 +330,11 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
   cpu::attention_backward(dqkv.data(), dqkv.data() + H * hd, dqkv.data() + (H + KV) * hd, dout.data(), probs.data(),
                           q, qs, k, qs, v, qs, offsets.data(), n_seq, H, KV, hd);
 
-  Buf gqkv(qkv), gdout(dout), gout(out.size()), glse(static_cast<size_t>(T) * H), gdqkv(qkv.size());
+  std::vector<float> shifted(shift, 0.0f);
+  shifted.insert(shifted.end(), qkv.begin(), qkv.end());
+  Buf gqkv(shifted), gdout(dout), gout(out.size()), glse(static_cast<size_t>(T) * H), gdqkv(qkv.size());
   IBuf goff(offsets);
-  const float *gq = gqkv.data(), *gk = gq + H * hd, *gv = gk + KV * hd;
+  const float *gq = gqkv.data() + shift, *gk = gq + H * hd, *gv = gk + KV * hd;
   const int launch_len = grid_len > 0 ? grid_len : max_len;
   gout.upload(std::vector<float>(out.size(), NAN));  // poisoned: every element must be written
   gdqkv.upload(std::vector<float>(qkv.size(), NAN));
@@ -378,6 +382,10 @@ TEST(attention_bf16_mma_hd128_mqa_matches_cpu) { attention_case("bf16 hd128", {7
 TEST(attention_bf16_mma_hd16_hd32_match_cpu) {
   attention_case("bf16 hd16", {1, 37, 100}, 4, 4, 16, 13, 0, true);
   attention_case("bf16 hd32", {200, 3}, 2, 2, 32, 14, 0, true);
+}
+// Slices that are not 16-byte aligned: the tile loads fall back to 8-byte loads, one tile at a time.
+TEST(attention_bf16_mma_unaligned_slices_match_cpu) {
+  attention_case("bf16 hd64 unaligned", {130, 7, 64}, 4, 2, 64, 16, 0, true, 2);
 }
 // A head dim without a tensor-core kernel runs the fp32 kernels under bf16 too.
 TEST(attention_bf16_other_head_dims_fall_back) { attention_case("bf16 hd24", {50, 9}, 2, 1, 24, 15, 0, true); }
