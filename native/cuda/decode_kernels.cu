@@ -269,18 +269,18 @@ void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& c
 static constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 
 template <class Act>
-__global__ void bias_gelu_kernel(Act* out, const float* fc, Partials pfc, const float* b, int64_t n, int f) {
-  GRID_STRIDE_LOOP(i, n) {
-    const float x = pfc.value(fc, i) + (b ? b[i % f] : 0.0f);
-    out[i] = to_act<Act>(0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
+__global__ void bias_gelu_kernel(Act* out, const float* fc, Partials pfc, const float* b, int f) {  // a block per row
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * f;
+  for (int c = threadIdx.x; c < f; c += blockDim.x) {
+    const float x = pfc.value(fc, base + c) + (b ? b[c] : 0.0f);
+    out[base + c] = to_act<Act>(0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
   }
 }
 
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st) {
-  const int64_t n = static_cast<int64_t>(rows) * f;
-  if (n <= 0) return;
-  bias_gelu_kernel<Act><<<grid_for(n), kThreads, 0, st>>>(out, fc, pfc, b, n, f);
+  if (rows <= 0 || f <= 0) return;
+  bias_gelu_kernel<Act><<<rows, kThreads, 0, st>>>(out, fc, pfc, b, f);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

@@ -170,23 +170,18 @@ void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, co
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
+// A block per row (no 64-bit division of a flat index per element).
 __global__ void norm_xhat_product_kernel(float* prod, const float* dout, const float* inp, const float* mean,
-                                         const float* rstd, int64_t n, int d) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = i / d;
-    const float m = mean ? mean[r] : 0.0f;
-    prod[i] = dout[i] * ((inp[i] - m) * rstd[r]);
-  }
+                                         const float* rstd, int d) {
+  const int64_t r = blockIdx.x, base = r * d;
+  const float m = mean ? mean[r] : 0.0f, s = rstd[r];
+  for (int i = threadIdx.x; i < d; i += blockDim.x) prod[base + i] = dout[base + i] * ((inp[base + i] - m) * s);
 }
 
 void norm_xhat_product(float* prod, const float* dout, const float* inp, const float* mean, const float* rstd,
                        int rows, int d) {
-  const int64_t n = static_cast<int64_t>(rows) * d;
-  if (n <= 0) return;
-  const int threads = 256;
-  const int blocks = static_cast<int>(std::min<int64_t>((n + threads - 1) / threads, 65536));
-  norm_xhat_product_kernel<<<blocks, threads>>>(prod, dout, inp, mean, rstd, n, d);
+  if (rows <= 0 || d <= 0) return;
+  norm_xhat_product_kernel<<<rows, 256>>>(prod, dout, inp, mean, rstd, d);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

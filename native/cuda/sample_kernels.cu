@@ -29,10 +29,6 @@ static constexpr int kPickThreads = 1024;
 static constexpr int kPickWarps = kPickThreads / 32;
 static constexpr unsigned kFull = 0xffffffffu;
 
-#define GRID_STRIDE_LOOP(i, n)                                                              \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 // ---- decode rows and the active set ---------------------------------------------------------------------------------
 
 __device__ inline bool slot_done(const State& s, int slot) {
@@ -266,11 +262,13 @@ __device__ inline uint64_t row_logit_key(int row, float x) {
   return (static_cast<uint64_t>(row) << 32) | static_cast<uint32_t>(~u);
 }
 
-__global__ void sort_keys_kernel(uint64_t* keys, int32_t* vals, const float* logits, int ld, int rows, int vocab) {
-  GRID_STRIDE_LOOP(i, static_cast<int64_t>(rows) * vocab) {
-    const int r = static_cast<int>(i / vocab), j = static_cast<int>(i % vocab);
-    keys[i] = row_logit_key(r, logits[static_cast<int64_t>(r) * ld + j]);
-    vals[i] = j;
+// Grid (blocks over the vocabulary, rows): no division of a flat index per element.
+__global__ void sort_keys_kernel(uint64_t* keys, int32_t* vals, const float* logits, int ld, int vocab) {
+  const int r = blockIdx.y;
+  const int64_t out = static_cast<int64_t>(r) * vocab;
+  for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < vocab; j += gridDim.x * blockDim.x) {
+    keys[out + j] = row_logit_key(r, logits[static_cast<int64_t>(r) * ld + j]);
+    vals[out + j] = j;
   }
 }
 
@@ -282,7 +280,8 @@ static int row_bits(int rows) {
 
 int sort_chunk_rows(int n_rows, int vocab) {
   const int64_t budget = int64_t(1) << 23;  // keys per sort: ~200 MB of keys, values and temp storage
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(n_rows, budget / std::max(vocab, 1))));
+  const int64_t rows = std::min<int64_t>({n_rows, budget / std::max(vocab, 1), 65535});  // 65535: sort_keys' grid.y
+  return static_cast<int>(std::max<int64_t>(1, rows));
 }
 
 size_t sort_temp_bytes(int chunk_rows, int vocab) {
@@ -300,8 +299,8 @@ void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int voc
     const int rows = std::min(sc.max_rows, n_rows - r0);
     const int n = rows * vocab;
     const int64_t off = static_cast<int64_t>(r0) * vocab;
-    sort_keys_kernel<<<static_cast<int>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, st>>>(
-        sc.keys_in, sc.vals_in, logits + static_cast<int64_t>(r0) * ld, ld, rows, vocab);
+    sort_keys_kernel<<<dim3(std::min((vocab + 255) / 256, 64), rows), 256, 0, st>>>(
+        sc.keys_in, sc.vals_in, logits + static_cast<int64_t>(r0) * ld, ld, vocab);
     OPTUNE_CUDA_CHECK_LAUNCH();
     size_t temp_bytes = sc.temp_bytes;
     OPTUNE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(sc.temp, temp_bytes, sc.keys_in, sc.keys_out, sc.vals_in,
