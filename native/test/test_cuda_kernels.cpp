@@ -466,42 +466,45 @@ TEST(logprob_bf16_matches_cpu_on_rounded_inputs) {
 // per-row gradient function, and backward; groups of 7, 1 and 32 distinct rows (the rows of a response), out of
 // order; the log-probs the callback saw must be the forward's; fp32 and bf16 (on rounded inputs, as above).
 TEST(logprob_train_groups_match_cpu_forward_and_backward) {
-  Rand r(17);
-  const int T = 48, n = 40, d = 32, vocab = 1003;
-  auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
-  round_to_bf16(h);
-  round_to_bf16(w);
-  std::vector<int32_t> src(n), target(n);
-  for (int i = 0; i < n; i++) src[i] = (i * 5) % T, target[i] = r.below(vocab);  // distinct rows of h
-  auto grad_of = [](float logp) { return 0.2f + 0.5f * std::tanh(0.05f * logp); };
-  std::vector<float> logp(n), g(n), dh(h.size(), 0.0f), dw(w.size(), 0.0f);
-  cpu::logprob_forward(logp.data(), h.data(), src.data(), target.data(), n, w.data(), d, vocab);
-  for (int i = 0; i < n; i++) g[i] = grad_of(logp[i]);
-  cpu::logprob_backward(dh.data(), dw.data(), g.data(), h.data(), src.data(), target.data(), n, w.data(), d, vocab);
-  std::vector<std::vector<int32_t>> groups = {{3, 0, 9, 12, 1, 2, 30}, {39}, {}};
-  for (int i = 0; i < n; i++)
-    if (std::none_of(groups[0].begin(), groups[0].end(), [&](int32_t k) { return k == i; }) && i != 39)
-      groups[2].push_back(i);
-  Buf gh(h), gw(w);
-  cuda::Buffer<uint16_t> w16(w.size());
-  cuda::to_bf16(w16.data(), gw.data(), static_cast<int64_t>(w.size()));
-  for (bool bf16 : {false, true}) {
-    const std::string tag = bf16 ? " (bf16)" : " (fp32)";
-    Buf gdh(h.size()), gdw(w.size());
-    gdh.zero(), gdw.zero();
-    std::vector<float> seen(n, NAN);
-    int calls = 0;
-    cuda::logprob_train_groups(
-        gdh.data(), gdw.data(), groups,
-        [&](const std::vector<int32_t>& group, const float* lp, float* gr) {
-          calls++;
-          for (size_t k = 0; k < group.size(); k++) seen[group[k]] = lp[k], gr[k] = grad_of(lp[k]);
-        },
-        gh.data(), src, target, gw.data(), d, vocab, bf16 ? w16.data() : nullptr);
-    CHECK_MSG(calls == 3, "the callback ran " + std::to_string(calls) + " times for 3 groups" + tag);
-    expect_close("group log-probs" + tag, seen, logp, bf16 ? 1e-4 : kRtol);
-    expect_close("group dh" + tag, gdh.download(), dh, bf16 ? 1e-2 : kRtol);
-    expect_close("group dw" + tag, gdw.download(), dw, bf16 ? 1e-2 : kRtol);
+  // vocab 5003 too: rows of more than 4 x 256 float4s take the row passes' batched loads (for_each_in_row)
+  for (const int vocab : {1003, 5003}) {
+    Rand r(17);
+    const int T = 48, n = 40, d = 32;
+    auto h = randv(static_cast<size_t>(T) * d, r), w = randv(static_cast<size_t>(vocab) * d, r, 0.3f);
+    round_to_bf16(h);
+    round_to_bf16(w);
+    std::vector<int32_t> src(n), target(n);
+    for (int i = 0; i < n; i++) src[i] = (i * 5) % T, target[i] = r.below(vocab);  // distinct rows of h
+    auto grad_of = [](float logp) { return 0.2f + 0.5f * std::tanh(0.05f * logp); };
+    std::vector<float> logp(n), g(n), dh(h.size(), 0.0f), dw(w.size(), 0.0f);
+    cpu::logprob_forward(logp.data(), h.data(), src.data(), target.data(), n, w.data(), d, vocab);
+    for (int i = 0; i < n; i++) g[i] = grad_of(logp[i]);
+    cpu::logprob_backward(dh.data(), dw.data(), g.data(), h.data(), src.data(), target.data(), n, w.data(), d, vocab);
+    std::vector<std::vector<int32_t>> groups = {{3, 0, 9, 12, 1, 2, 30}, {39}, {}};
+    for (int i = 0; i < n; i++)
+      if (std::none_of(groups[0].begin(), groups[0].end(), [&](int32_t k) { return k == i; }) && i != 39)
+        groups[2].push_back(i);
+    Buf gh(h), gw(w);
+    cuda::Buffer<uint16_t> w16(w.size());
+    cuda::to_bf16(w16.data(), gw.data(), static_cast<int64_t>(w.size()));
+    for (bool bf16 : {false, true}) {
+      const std::string tag = std::string(bf16 ? " (bf16" : " (fp32") + ", vocab " + std::to_string(vocab) + ")";
+      Buf gdh(h.size()), gdw(w.size());
+      gdh.zero(), gdw.zero();
+      std::vector<float> seen(n, NAN);
+      int calls = 0;
+      cuda::logprob_train_groups(
+          gdh.data(), gdw.data(), groups,
+          [&](const std::vector<int32_t>& group, const float* lp, float* gr) {
+            calls++;
+            for (size_t k = 0; k < group.size(); k++) seen[group[k]] = lp[k], gr[k] = grad_of(lp[k]);
+          },
+          gh.data(), src, target, gw.data(), d, vocab, bf16 ? w16.data() : nullptr);
+      CHECK_MSG(calls == 3, "the callback ran " + std::to_string(calls) + " times for 3 groups" + tag);
+      expect_close("group log-probs" + tag, seen, logp, bf16 ? 1e-4 : kRtol);
+      expect_close("group dh" + tag, gdh.download(), dh, bf16 ? 1e-2 : kRtol);
+      expect_close("group dw" + tag, gdw.download(), dw, bf16 ? 1e-2 : kRtol);
+    }
   }
 }
 
