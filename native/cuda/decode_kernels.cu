@@ -90,7 +90,7 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-// ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v ---------------------------------
+// ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
 
 // Pair (i, i + half) of one head after its bias, rotated by pos * theta^(-2i/hd) as cpu/rope.cpp (angle in double).
 __device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int pos, float theta) {
@@ -199,18 +199,43 @@ __device__ inline float dot_key(const float* q, const bf16* k, int hd) {
   return s;
 }
 
+// This block's head of the row: q head h into s_q, k and v of kv head kvh into the cache at the row's position, as
+// qkv_finish_kernel would (bias, RoPE on q and k). The blocks of a GQA group write the same k and v: equal bits.
 template <class Act>
-__global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, const float* q, int qs,
+__device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, int kvh, int head_dim, bool rope,
+                                   int pos, float theta, Act* k_at, Act* v_at) {
+  const int64_t q0 = static_cast<int64_t>(r) * in.qs + h * head_dim;
+  const int64_t k0 = static_cast<int64_t>(r) * in.ks + kvh * head_dim;
+  const int64_t v0 = static_cast<int64_t>(r) * in.vs + kvh * head_dim;
+  const auto q = [&](int d) { return in.pq.value(in.q, q0 + d) + (in.bq ? in.bq[h * head_dim + d] : 0.0f); };
+  const auto k = [&](int d) { return in.pk.value(in.k, k0 + d) + (in.bk ? in.bk[kvh * head_dim + d] : 0.0f); };
+  const auto v = [&](int d) { return in.pv.value(in.v, v0 + d) + (in.bv ? in.bv[kvh * head_dim + d] : 0.0f); };
+  const int half = head_dim / 2;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {  // pairs (i, i + half), rotated together
+    float q1 = q(i), q2 = q(i + half), k1 = k(i), k2 = k(i + half);
+    if (rope) {
+      rope_pair(q1, q2, i, head_dim, pos, theta);
+      rope_pair(k1, k2, i, head_dim, pos, theta);
+    }
+    s_q[i] = q1, s_q[i + half] = q2;
+    k_at[i] = to_act<Act>(k1), k_at[i + half] = to_act<Act>(k2);
+    v_at[i] = to_act<Act>(v(i)), v_at[i + half] = to_act<Act>(v(i + half));
+  }
+}
+
+template <class Act>
+__global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
-                                                                           int n_head, int n_kv_head, int head_dim) {
+                                                                           int n_head, int n_kv_head, int head_dim,
+                                                                           bool rope, float theta) {
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), n_keys = rows.pos[r] + 1;
+  const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), pos = rows.pos[r], n_keys = pos + 1;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
   __shared__ float s_q[32 * kMaxDimsPerLane];
-  const float* qr = q + static_cast<int64_t>(r) * qs + h * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) s_q[d] = qr[d];
-  __syncthreads();
   const int64_t base = static_cast<int64_t>(rows.slot[r]) * cache.cap * kvd + kvh * head_dim;
+  const int64_t at = base + static_cast<int64_t>(pos) * kvd;
+  finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, theta, cache.k + at, cache.v + at);
+  __syncthreads();  // s_q, and this row's k and v in the cache, are visible to the whole block
   float acc[kMaxDimsPerLane];
 #pragma unroll
   for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] = 0.0f;
@@ -256,11 +281,11 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 }
 
 template <class Act>
-void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, cudaStream_t st) {
+void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
+                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st) {
   if (rows.n <= 0) return;
-  attention_decode_kernel<Act><<<dim3(rows.n, n_head), kAttnWarps * 32, 0, st>>>(out, q, qs, cache, rows, n_head,
-                                                                                 n_kv_head, head_dim);
+  attention_decode_kernel<Act><<<dim3(rows.n, n_head), kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head,
+                                                                                 n_kv_head, head_dim, rope, theta);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -318,8 +343,8 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,             \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
                                 int, bool, float, const LayerCache<Act>&, cudaStream_t);                            \
-  template void attention_decode<Act>(Act*, const float*, int, const LayerCache<Act>&, const Rows&, int, int, int,  \
-                                      cudaStream_t);                                                                \
+  template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,    \
+                                      bool, float, cudaStream_t);                                                   \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, cudaStream_t);         \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
                             cudaStream_t);                                                                          \

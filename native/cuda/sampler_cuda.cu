@@ -497,15 +497,16 @@ class Sampler {
         pv = linear(v, hn_.data(), o.v_w, n, D_, KVD_, 0.0f, &cursor);
         bq = P(o.q_b), bk = P(o.k_b), bv = P(o.v_b);
       }
-      qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, c_.is_llama(), c_.rope_theta,
-                 cache(l), st());
       Act* att = attention_out();
       if (pf) {
+        qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, c_.is_llama(), c_.rope_theta,
+                   cache(l), st());
         attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
                           hd, !std::is_same_v<Act, float>);
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
-      } else {
-        attention_decode<Act>(att, q, qs, cache(l), rows, H, KVH, hd, st());
+      } else {  // the q/k/v finishing happens inside the decode attention
+        const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, st());
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);

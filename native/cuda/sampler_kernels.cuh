@@ -68,10 +68,19 @@ template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
                 const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
                 int n_kv_head, int head_dim, bool rope, float theta, const LayerCache<Act>& cache, cudaStream_t st);
-// One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group).
+// A decode step's q/k/v rows as their GEMM left them (each the tensor, or its slices), with their biases (may be null).
+struct QkvRows {
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  int qs = 0, ks = 0, vs = 0;  // row strides
+  Partials pq, pk, pv;
+  const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+};
+// One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
+// row's q/k/v are finished first (qkv_finish's work: bias, RoPE when rope, k and v into the cache at pos), inside
+// the same kernel: one launch less per layer in the decode step.
 template <class Act>
-void attention_decode(Act* out, const float* q, int qs, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, cudaStream_t st);
+void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
+                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st);
