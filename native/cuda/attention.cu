@@ -261,6 +261,12 @@ __global__ void attention_backward_dq_kernel(float* dq, const float* dout, const
 
 // ---- launchers -------------------------------------------------------------------------------------------------
 
+static void check_bias(const char* fn, const QkvBias& bias, bool bf16, int head_dim) {
+  OPTUNE_CHECK(!bias.any() || (bf16 && attention_mma_supported(head_dim)),
+               std::string(fn) + ": q/k/v biases are taken by the bf16 tensor-core kernels only (head_dim " +
+                   std::to_string(head_dim) + (bf16 ? ")" : ", fp32)") + "; add them to q|k|v first");
+}
+
 static void check_shape(const char* fn, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim) {
   OPTUNE_CHECK(head_dim > 0 && head_dim <= kAttentionMaxHeadDim,
                std::string(fn) + ": head_dim " + std::to_string(head_dim) + " is outside 1.." +
@@ -284,11 +290,13 @@ static void set_smem(Kernel kernel, size_t bytes) {
 
 void attention_forward(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
                        const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
-                       bool bf16) {
+                       bool bf16, const QkvBias& bias) {
   check_shape("cuda::attention_forward", n_seq, max_len, n_head, n_kv_head, head_dim);
+  check_bias("cuda::attention_forward", bias, bf16, head_dim);
   if (n_seq == 0 || max_len == 0) return;
   if (bf16 && attention_mma_supported(head_dim))
-    return attention_forward_mma(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, head_dim);
+    return attention_forward_mma(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, head_dim,
+                                 bias);
   const int hdp = head_dim + 1;
   const size_t smem = sizeof(float) * (4 * kTile * hdp + kTile * kSp + 3 * kTile);
   set_smem(attention_forward_kernel, smem);
@@ -301,8 +309,9 @@ void attention_forward(float* out, float* lse, const float* q, int qs, const flo
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, int qs, const float* k, int ks, const float* v, int vs,
                         const int32_t* offsets, int n_seq, int max_len, int T, int n_head, int n_kv_head,
-                        int head_dim, bool bf16) {
+                        int head_dim, bool bf16, const QkvBias& bias) {
   check_shape("cuda::attention_backward", n_seq, max_len, n_head, n_kv_head, head_dim);
+  check_bias("cuda::attention_backward", bias, bf16, head_dim);
   if (n_seq == 0 || max_len == 0 || T == 0) return;
   const int group = n_head / n_kv_head, hdp = head_dim + 1;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -314,7 +323,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   OPTUNE_CUDA_CHECK_LAUNCH();
   if (bf16 && attention_mma_supported(head_dim))
     return attention_backward_mma(dq, dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_seq, max_len,
-                                  n_head, n_kv_head, head_dim);
+                                  n_head, n_kv_head, head_dim, bias);
 
   const size_t smem_kv = sizeof(float) * (6 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
   set_smem(attention_backward_dkdv_kernel, smem_kv);

@@ -2,7 +2,8 @@
 // interface as attention.cu (fp32 q/k/v/dout in, fp32 out/lse/dq/dk/dv), with every inner product on
 // mma.sync.m16n8k16 (bf16 operands, fp32 accumulation). Tiles are rounded to bf16 as they are copied to shared
 // memory; the online softmax, lse, D = rowsum(dO * O) and all accumulators stay fp32. P and dS are rounded to bf16
-// only as operands of the next product (as FlashAttention does).
+// only as operands of the next product (as FlashAttention does). Biases of q/k/v (QkvBias, GPT-2's) are added as the
+// tiles are read, so the engine needs no bias pass over q|k|v.
 //
 // Blocks: 8 warps; a block owns 128 rows (queries in forward and dQ, keys in dK/dV), each warp 16 of them, and walks
 // the 64-wide tiles of the other side along the causal triangle (a warp skips the products of a tile that the causal
@@ -85,6 +86,7 @@ struct TileCopy {
   bf16* dst;
   const float* src;
   int64_t stride;
+  const float* bias;  // [HD] added to every row as it is read (QkvBias), or null
   __device__ bool wide() const {  // 16-byte loads possible (the usual case: strides, head offsets multiples of 4)
     return reinterpret_cast<uintptr_t>(src) % 16 == 0 && stride % 4 == 0;
   }
@@ -99,11 +101,14 @@ __device__ inline void load_tile_narrow(const TileCopy& t, int row0, int n) {
     float x0 = 0.0f, x1 = 0.0f;
     if (r < n) {
       const float* p = t.src + (row0 + r) * t.stride + d;
-      x0 = p[0], x1 = p[1];
+      x0 = p[0] + (t.bias ? t.bias[d] : 0.0f), x1 = p[1] + (t.bias ? t.bias[d + 1] : 0.0f);
     }
     *reinterpret_cast<uint32_t*>(t.dst + r * ld + d) = pack_bf16(x0, x1);
   }
 }
+
+// The bias slice of one head (null when there is none).
+__device__ inline const float* head_bias(const float* bias, int head, int hd) { return bias ? bias + head * hd : nullptr; }
 
 // NT tiles of the same rows (K and V, Q and dO), with 16-byte loads when every slice allows them. Each thread issues
 // its loads (up to 8 at a time, across the tiles) before its first shared-memory store: interleaved, every load
@@ -131,8 +136,11 @@ __device__ inline void load_tiles(const TileCopy (&t)[NT], int row0, int n) {
     for (int k = 0; k < batch; k++) {
       const int e = b0 + k, idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
       const TileCopy& c = t[e / per_tile];
-      x[k] = r < n ? __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d))
-                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      x[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < n) {
+        x[k] = __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d));
+        if (c.bias) x[k].x += c.bias[d], x[k].y += c.bias[d + 1], x[k].z += c.bias[d + 2], x[k].w += c.bias[d + 3];
+      }
     }
 #pragma unroll
     for (int k = 0; k < batch; k++) {
@@ -213,7 +221,7 @@ __device__ inline float quad_sum(float x) {
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 2 : 1) attention_forward_mma_kernel(
     float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
-    const int32_t* offsets, int n_head, int group, float scale_log2) {
+    const int32_t* offsets, int n_head, int group, float scale_log2, QkvBias bias) {
   constexpr int ld = HD + 8, NT = HD / 8;
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * HD;
   const int start = offsets[s], L = offsets[s + 1] - start, i0 = blockIdx.x * kRows;
@@ -226,7 +234,7 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 2 : 1) attention_forwa
   const int nq = min(kRows, L - i0);
   const int row[2] = {i0 + m0 + g, i0 + m0 + g + 8};  // this lane's two query rows (positions in the sequence)
 
-  load_tiles<HD, kRows, 1>({TileCopy{Qs, q + h * HD, qs}}, start + i0, nq);
+  load_tiles<HD, kRows, 1>({TileCopy{Qs, q + h * HD, qs, head_bias(bias.q, h, HD)}}, start + i0, nq);
   __syncthreads();
   uint32_t qf[HD / 16][4];
 #pragma unroll
@@ -240,7 +248,8 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 2 : 1) attention_forwa
   const int j_end = i0 + nq;  // causal: the tile's last query sees keys 0 .. j_end - 1
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     __syncthreads();  // the previous tile's readers of Ks/Vs are done
-    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks}, TileCopy{Vs, v + kvh * HD, vs}}, start + j0,
+    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
+                              TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}}, start + j0,
                              min(kCols, L - j0));
     __syncthreads();
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
@@ -323,7 +332,8 @@ __device__ inline void load_row_stats(float* lse2_s, float* D_s, const float* ls
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kernel(
     float* dk, float* dv, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k,
-    int ks, const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2) {
+    int ks, const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2,
+    QkvBias bias) {
   constexpr int ld = HD + 8, NT = HD / 8;
   const int s = blockIdx.y, kvh = blockIdx.z, od = n_head * HD;
   const int start = offsets[s], L = offsets[s + 1] - start, j0 = blockIdx.x * kRows;
@@ -338,7 +348,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
   const int warp = threadIdx.x >> 5, g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3, m0 = 16 * warp;
   const int key[2] = {j0 + m0 + g, j0 + m0 + g + 8};  // this lane's two keys
 
-  load_tiles<HD, kRows, 2>({TileCopy{Ks, k + kvh * HD, ks}, TileCopy{Vs, v + kvh * HD, vs}}, start + j0,
+  load_tiles<HD, kRows, 2>({TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
+                              TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}}, start + j0,
                            min(kRows, L - j0));
   float dk_acc[NT][4], dv_acc[NT][4];
 #pragma unroll
@@ -350,7 +361,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
     for (int i0 = j0; i0 < L; i0 += kCols) {  // causal: query tiles from the block's diagonal down (kRows % kCols == 0)
       const int nq = min(kCols, L - i0);
       __syncthreads();  // Ks/Vs are loaded; the previous tile's readers of Qs/dOs/stats are done
-      load_tiles<HD, kCols, 2>({TileCopy{Qs, q + h * HD, qs}, TileCopy{dOs, dout + h * HD, od}}, start + i0, nq);
+      load_tiles<HD, kCols, 2>({TileCopy{Qs, q + h * HD, qs, head_bias(bias.q, h, HD)},
+                              TileCopy{dOs, dout + h * HD, od, nullptr}}, start + i0, nq);
       load_row_stats(lse2_s, D_s, lse, D, start + i0, nq, n_head, h);
       __syncthreads();
       if (i0 + kCols - 1 < j0 + m0) continue;  // every query of the tile precedes this warp's keys (warp-uniform)
@@ -392,7 +404,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
     float* dq, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k, int ks,
-    const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2) {
+    const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2,
+    QkvBias bias) {
   constexpr int ld = HD + 8, NT = HD / 8;
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * HD;
   const int start = offsets[s], L = offsets[s + 1] - start, i0 = blockIdx.x * kRows;
@@ -413,7 +426,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
     Dr[r] = row[r] < L ? D[i] : 0.0f;
   }
 
-  load_tiles<HD, kRows, 2>({TileCopy{Qs, q + h * HD, qs}, TileCopy{dOs, dout + h * HD, od}}, start + i0, nq);
+  load_tiles<HD, kRows, 2>({TileCopy{Qs, q + h * HD, qs, head_bias(bias.q, h, HD)},
+                              TileCopy{dOs, dout + h * HD, od, nullptr}}, start + i0, nq);
   float dq_acc[NT][4];
 #pragma unroll
   for (int nt = 0; nt < NT; nt++) dq_acc[nt][0] = dq_acc[nt][1] = dq_acc[nt][2] = dq_acc[nt][3] = 0.0f;
@@ -421,7 +435,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
   const int j_end = i0 + nq;
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     __syncthreads();  // Qs/dOs are loaded; the previous tile's readers of Ks/Vs are done
-    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks}, TileCopy{Vs, v + kvh * HD, vs}}, start + j0,
+    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
+                              TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}}, start + j0,
                              min(kCols, L - j0));
     __syncthreads();
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
@@ -463,30 +478,30 @@ dim3 grid_of(int max_len, int n_seq, int heads) {
 
 template <int HD>
 void forward_hd(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head) {
+                const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
   const size_t smem = sizeof(bf16) * (kRows + 2 * kCols) * (HD + 8);
   launch_setup(attention_forward_mma_kernel<HD>, smem);
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(HD));
   attention_forward_mma_kernel<HD><<<grid_of(max_len, n_seq, n_head), kMmaThreads, smem>>>(
-      out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, scale_log2);
+      out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, scale_log2, bias);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 template <int HD>
 void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
                  const float* q, int qs, const float* k, int ks, const float* v, int vs, const int32_t* offsets,
-                 int n_seq, int max_len, int n_head, int n_kv_head) {
+                 int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD)), scale_log2 = scale * kLog2e;
   const int group = n_head / n_kv_head;
   const size_t smem_kv = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8) + 2 * kCols * sizeof(float);
   launch_setup(attention_backward_dkdv_mma_kernel<HD>, smem_kv);
   attention_backward_dkdv_mma_kernel<HD><<<grid_of(max_len, n_seq, n_kv_head), kMmaThreads, smem_kv>>>(
-      dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2);
+      dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
   OPTUNE_CUDA_CHECK_LAUNCH();
   const size_t smem_q = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8);
   launch_setup(attention_backward_dq_mma_kernel<HD>, smem_q);
   attention_backward_dq_mma_kernel<HD><<<grid_of(max_len, n_seq, n_head), kMmaThreads, smem_q>>>(
-      dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2);
+      dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -498,24 +513,28 @@ bool attention_mma_supported(int head_dim) {
 
 void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,
                            int vs, const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head,
-                           int head_dim) {
+                           int head_dim, const QkvBias& bias) {
   switch (head_dim) {
-    case 16: return forward_hd<16>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
-    case 32: return forward_hd<32>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
-    case 64: return forward_hd<64>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
-    case 128: return forward_hd<128>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head);
+#define OPTUNE_FWD(HD) \
+  case HD: return forward_hd<HD>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, bias);
+    OPTUNE_FWD(16)
+    OPTUNE_FWD(32)
+    OPTUNE_FWD(64)
+    OPTUNE_FWD(128)
+#undef OPTUNE_FWD
     default: throw Error("cuda::attention_forward_mma: head_dim " + std::to_string(head_dim) + " has no kernel");
   }
 }
 
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
                             const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                            const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim) {
+                            const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
+                            const QkvBias& bias) {
   switch (head_dim) {
 #define OPTUNE_BWD(HD)                                                                                         \
   case HD:                                                                                                     \
     return backward_hd<HD>(dq, dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, \
-                           n_kv_head);
+                           n_kv_head, bias);
     OPTUNE_BWD(16)
     OPTUNE_BWD(32)
     OPTUNE_BWD(64)

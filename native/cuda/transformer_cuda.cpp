@@ -20,6 +20,14 @@ namespace {
 
 int qkv_width(const ModelConfig& c) { return c.is_gpt2() ? 3 * c.d_model : c.q_dim() + 2 * c.kv_dim(); }
 
+// GPT-2's q|k|v bias under bf16 goes to the tensor-core attention, which adds it as it reads q|k|v (QkvBias): no
+// bias pass over [T, 3D] (read and written, three times per layer and step). Elsewhere (fp32, head dims without a
+// tensor-core kernel, Llama's RoPE after the bias) the GEMM's bias pass stays.
+QkvBias folded_qkv_bias(const ModelConfig& c, const float* qkv_b, bool bf16) {
+  if (!c.is_gpt2() || !bf16 || !attention_mma_supported(c.head_dim) || !qkv_b) return {};
+  return {qkv_b, qkv_b + c.d_model, qkv_b + 2 * c.d_model};
+}
+
 // q/k/v pointers into one layer's storage: the CPU engine's layout and view (core/transformer.h).
 using optune::QKV;
 using optune::qkv_view;
@@ -215,8 +223,9 @@ Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) 
 void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const Operand& norm, const DevBatch& b) {
   const ModelConfig& c = n.c;
   const int D = c.d_model, QD = c.q_dim(), KVD = c.kv_dim();
-  if (c.is_gpt2()) {
-    linear_forward(n, qkv, norm, o.qkv_w, o.qkv_b, D, 3 * D);
+  if (c.is_gpt2()) {  // its bias, when the attention adds it, is left out here
+    const bool folded = folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr).any();
+    linear_forward(n, qkv, norm, o.qkv_w, folded ? kAbsent : o.qkv_b, D, 3 * D);
     return;
   }
   const QKV v = qkv_view(c, qkv, n.T);
@@ -257,7 +266,7 @@ void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const
   qkv_forward(n, o, a.qkv, block_norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b), b);
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
-                    c.n_kv_head, c.head_dim, n.B != nullptr);
+                    c.n_kv_head, c.head_dim, n.B != nullptr, folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr));
   linear_forward(n, y.res_attn, y.atty, o.o_w, kAbsent, QD, D);
   bias_residual(y.res_attn, n.p(o.o_b), x, T, D);
 
@@ -399,7 +408,8 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     const QKV v = qkv_view(c, a.qkv, T);
     const QKV dv = qkv_view(c, dqkv, T);
     attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
-                       b.max_len, T, c.n_head, c.n_kv_head, c.head_dim, n.B != nullptr);
+                       b.max_len, T, c.n_head, c.n_kv_head, c.head_dim, n.B != nullptr,
+                       folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr));
     if (c.is_gpt2()) {
       linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, normed1, D, 3 * D, false);
     } else {

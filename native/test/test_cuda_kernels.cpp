@@ -308,9 +308,10 @@ namespace {
 // bf16: the tensor-core kernels, against the CPU on the same bf16-rounded q, k, v and dout; their own roundings
 // (P and dS as operands) give the tolerances: out 1e-2, lse 1e-3, dq/dk/dv 2e-2 (of each tensor's scale).
 // shift: the device q|k|v start that many floats into their buffer (2: 8-byte aligned slices, the tensor-core
-// kernels' narrow-load path).
+// kernels' narrow-load path). bias: the GPU gets q|k|v without their biases and adds them itself (QkvBias); the CPU
+// gets them added.
 void attention_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd, uint64_t seed,
-                    int grid_len = 0, bool bf16 = false, int shift = 0) {
+                    int grid_len = 0, bool bf16 = false, int shift = 0, bool bias = false) {
   Rand r(seed);
   std::vector<int32_t> offsets(1, 0);
   int max_len = 0;
@@ -322,6 +323,12 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
     round_to_bf16(qkv);
     round_to_bf16(dout);
   }
+  std::vector<float> qkv_bias = bias ? randv(static_cast<size_t>(qs), r) : std::vector<float>(qs, 0.0f);
+  if (bf16) round_to_bf16(qkv_bias);
+  std::vector<float> raw = qkv;  // what the GPU reads: q|k|v before their biases
+  for (size_t i = 0; i < raw.size(); i++) raw[i] -= qkv_bias[i % qs];
+  if (bias && bf16)  // the GPU rounds raw + bias to bf16 as it reads: the CPU gets exactly those values
+    for (size_t i = 0; i < qkv.size(); i++) qkv[i] = from_bf16(to_bf16(raw[i] + qkv_bias[i % qs]));
   const float *q = qkv.data(), *k = q + H * hd, *v = k + KV * hd;
 
   std::vector<float> out(static_cast<size_t>(T) * od), probs(cpu::attention_probs_size(offsets.data(), n_seq, H));
@@ -331,18 +338,21 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
                           q, qs, k, qs, v, qs, offsets.data(), n_seq, H, KV, hd);
 
   std::vector<float> shifted(shift, 0.0f);
-  shifted.insert(shifted.end(), qkv.begin(), qkv.end());
+  shifted.insert(shifted.end(), (bias ? raw : qkv).begin(), (bias ? raw : qkv).end());
   Buf gqkv(shifted), gdout(dout), gout(out.size()), glse(static_cast<size_t>(T) * H), gdqkv(qkv.size());
+  const Buf gbias(qkv_bias);
+  cuda::QkvBias qkv_b;
+  if (bias) qkv_b = {gbias.data(), gbias.data() + H * hd, gbias.data() + (H + KV) * hd};
   IBuf goff(offsets);
   const float *gq = gqkv.data() + shift, *gk = gq + H * hd, *gv = gk + KV * hd;
   const int launch_len = grid_len > 0 ? grid_len : max_len;
   gout.upload(std::vector<float>(out.size(), NAN));  // poisoned: every element must be written
   gdqkv.upload(std::vector<float>(qkv.size(), NAN));
   cuda::attention_forward(gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, H, KV, hd,
-                          bf16);
+                          bf16, qkv_b);
   cuda::attention_backward(gdqkv.data(), gdqkv.data() + H * hd, gdqkv.data() + (H + KV) * hd, gdout.data(),
                            gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, T, H, KV,
-                           hd, bf16);
+                           hd, bf16, qkv_b);
   expect_close(name + " out", gout.download(), out, bf16 ? 1e-2 : kRtol);
   // lse against the CPU's probabilities: p[i][i] = exp(s_ii - lse_i), so lse_i = s_ii - log(p[i][i]).
   const auto lse = glse.download();
@@ -386,6 +396,17 @@ TEST(attention_bf16_mma_hd16_hd32_match_cpu) {
 // Slices that are not 16-byte aligned: the tile loads fall back to 8-byte loads, one tile at a time.
 TEST(attention_bf16_mma_unaligned_slices_match_cpu) {
   attention_case("bf16 hd64 unaligned", {130, 7, 64}, 4, 2, 64, 16, 0, true, 2);
+}
+// q/k/v biases added by the kernels as they read (GPT-2's, under bf16), on both load paths; elsewhere an error.
+TEST(attention_bf16_mma_adds_qkv_biases) {
+  attention_case("bf16 hd64 biases", {130, 7, 64}, 4, 4, 64, 17, 0, true, 0, true);
+  attention_case("bf16 hd32 biases unaligned", {70, 3}, 2, 1, 32, 18, 0, true, 2, true);
+  Buf b(64);
+  cuda::QkvBias bias;
+  bias.q = b.data();
+  CHECK_THROWS(cuda::attention_forward(nullptr, nullptr, nullptr, 0, nullptr, 0, nullptr, 0, nullptr, 1, 8, 2, 1, 64,
+                                       false, bias),
+               "tensor-core kernels only");
 }
 // A head dim without a tensor-core kernel runs the fp32 kernels under bf16 too.
 TEST(attention_bf16_other_head_dims_fall_back) { attention_case("bf16 hd24", {50, 9}, 2, 1, 24, 15, 0, true); }
