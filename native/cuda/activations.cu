@@ -34,10 +34,20 @@ __global__ void gelu_forward_kernel(float* out, const float* inp, int64_t n) {
 // act[r, :] = gelu(fc[r, :] + bias): the MLP's first bias and its activation in one pass. fc keeps the product
 // without the bias (bias_gelu_backward adds it again): writing the biased value back cost a pass over [rows, F]. A
 // block per row. act (fp32) and/or act16 (bf16).
-__global__ void bias_gelu_forward_kernel(float* act, uint16_t* act16, const float* fc, const float* bias, int cols) {
+// quads: 4 elements per access (quad_rows).
+__global__ void bias_gelu_forward_kernel(float* act, uint16_t* act16, const float* fc, const float* bias, int cols,
+                                         bool quads) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x)
-    store_out(act, act16, base + c, gelu(fc[base + c] + (bias ? bias[c] : 0.0f)));
+  const auto b = [&](int c) { return bias ? bias[c] : 0.0f; };
+  if (quads) {
+    for (int c = 4 * threadIdx.x; c < cols; c += 4 * blockDim.x) {
+      const float4 x = load4(fc, base + c);
+      store_out4(act, act16, base + c,
+                 make_float4(gelu(x.x + b(c)), gelu(x.y + b(c + 1)), gelu(x.z + b(c + 2)), gelu(x.w + b(c + 3))));
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) store_out(act, act16, base + c, gelu(fc[base + c] + b(c)));
+  }
 }
 
 __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float* dout, int64_t n) {
@@ -47,12 +57,23 @@ __global__ void gelu_backward_kernel(float* dinp, const float* inp, const float*
 // The same through bias_gelu_forward (the pre-activation is fc + bias), written or added to, in fp32 and/or bf16
 // (the dY operand of the c_fc GEMMs). A block per row.
 __global__ void bias_gelu_backward_kernel(float* dinp, uint16_t* dinp16, const float* fc, const float* bias,
-                                          const float* dout, int cols, bool accumulate) {
+                                          const float* dout, int cols, bool accumulate, bool quads) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
-    const int64_t i = base + c;
-    const float g = gelu_grad(fc[i] + (bias ? bias[c] : 0.0f)) * dout[i];
-    store_out(dinp, dinp16, i, (accumulate ? dinp[i] : 0.0f) + g);
+  const auto b = [&](int c) { return bias ? bias[c] : 0.0f; };
+  if (quads) {
+    for (int c = 4 * threadIdx.x; c < cols; c += 4 * blockDim.x) {
+      const int64_t i = base + c;
+      const float4 x = load4(fc, i), dy = load4(dout, i);
+      float4 d = accumulate ? load4(dinp, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      d.x += gelu_grad(x.x + b(c)) * dy.x, d.y += gelu_grad(x.y + b(c + 1)) * dy.y;
+      d.z += gelu_grad(x.z + b(c + 2)) * dy.z, d.w += gelu_grad(x.w + b(c + 3)) * dy.w;
+      store_out4(dinp, dinp16, i, d);
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+      const int64_t i = base + c;
+      store_out(dinp, dinp16, i, (accumulate ? dinp[i] : 0.0f) + gelu_grad(fc[i] + b(c)) * dout[i]);
+    }
   }
 }
 
@@ -80,7 +101,7 @@ void gelu_forward(float* out, const float* inp, int64_t n) {
 }
 void bias_gelu_forward(float* act, const float* fc, const float* bias, int rows, int cols, uint16_t* act16) {
   if (rows <= 0 || cols <= 0) return;
-  bias_gelu_forward_kernel<<<rows, kThreads>>>(act, act16, fc, bias, cols);
+  bias_gelu_forward_kernel<<<rows, kThreads>>>(act, act16, fc, bias, cols, quad_rows(cols, fc, act, nullptr, act16));
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
@@ -91,7 +112,8 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) 
 void bias_gelu_backward(float* dinp, const float* fc, const float* bias, const float* dout, int rows, int cols,
                         bool accumulate, uint16_t* dinp16) {
   if (rows <= 0 || cols <= 0) return;
-  bias_gelu_backward_kernel<<<rows, kThreads>>>(dinp, dinp16, fc, bias, dout, cols, accumulate);
+  bias_gelu_backward_kernel<<<rows, kThreads>>>(dinp, dinp16, fc, bias, dout, cols, accumulate,
+                                                quad_rows(cols, fc, dout, dinp, dinp16));
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16) {

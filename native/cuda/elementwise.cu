@@ -3,6 +3,7 @@
 
 #include "check.cuh"
 #include "ops.h"
+#include "store.cuh"
 
 namespace optune::cuda {
 
@@ -36,14 +37,25 @@ void bias_add(float* out, const float* bias, int rows, int cols) {
 
 // out[r, :] += bias + x[r, :] (bias may be null): a projection's bias and the residual stream in one pass over the
 // rows (a block per row: no index division). Saves a separate bias_add pass over the output.
-__global__ void bias_residual_kernel(float* out, const float* bias, const float* x, int cols) {
+// quads: 4 elements per access (quad_rows).
+__global__ void bias_residual_kernel(float* out, const float* bias, const float* x, int cols, bool quads) {
   const int64_t base = static_cast<int64_t>(blockIdx.x) * cols;
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] += (bias ? bias[c] : 0.0f) + x[base + c];
+  const auto b = [&](int c) { return bias ? bias[c] : 0.0f; };
+  if (quads) {
+    for (int c = 4 * threadIdx.x; c < cols; c += 4 * blockDim.x) {
+      float4 y = load4(out, base + c);
+      const float4 r = load4(x, base + c);
+      y.x += b(c) + r.x, y.y += b(c + 1) + r.y, y.z += b(c + 2) + r.z, y.w += b(c + 3) + r.w;
+      store_out4(out, nullptr, base + c, y);
+    }
+  } else {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[base + c] += b(c) + x[base + c];
+  }
 }
 
 void bias_residual(float* out, const float* bias, const float* x, int rows, int cols) {
   if (rows <= 0 || cols <= 0) return;
-  bias_residual_kernel<<<rows, kThreads>>>(out, bias, x, cols);
+  bias_residual_kernel<<<rows, kThreads>>>(out, bias, x, cols, quad_rows(cols, out, x));
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

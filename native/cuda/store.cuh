@@ -20,4 +20,19 @@ __device__ inline uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+// Elements i .. i + 3 (i % 4 == 0) in one access: a row kernel whose threads move 16 bytes per load keeps four times
+// the bytes in flight of one that moves 4 (with a block per row and one load at a time, ~8 KB per SM: about half of
+// what the memory bandwidth needs at its latency).
+__device__ inline float4 load4(const float* p, int64_t i) { return *reinterpret_cast<const float4*>(p + i); }
+__device__ inline void store_out4(float* out, uint16_t* out16, int64_t i, float4 y) {
+  if (out) *reinterpret_cast<float4*>(out + i) = y;
+  if (out16) *reinterpret_cast<uint2*>(out16 + i) = make_uint2(pack_bf16x2(y.x, y.y), pack_bf16x2(y.z, y.w));
+}
+// Whether a row kernel may take the 4-wide path: whole quads per row and every row start 16-byte aligned (8 for bf16).
+inline bool quad_rows(int cols, const void* f32a, const void* f32b = nullptr, const void* f32c = nullptr,
+                      const void* bf16 = nullptr) {
+  const auto aligned = [](const void* p, uintptr_t a) { return reinterpret_cast<uintptr_t>(p) % a == 0; };
+  return cols % 4 == 0 && aligned(f32a, 16) && aligned(f32b, 16) && aligned(f32c, 16) && aligned(bf16, 8);
+}
+
 }  // namespace optune::cuda

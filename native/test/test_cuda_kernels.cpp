@@ -244,42 +244,46 @@ TEST(gelu_swiglu_match_cpu) {
 
 // The fused forward glue: gelu(fc + bias) (fc left as it is) and its backward, and out += bias + residual.
 TEST(bias_gelu_and_bias_residual_match_cpu) {
-  Rand r(16);
-  const int rows = 37, cols = 300;
-  const size_t n = static_cast<size_t>(rows) * cols;
-  const auto fc = randv(n, r, 2.0f), bias = randv(cols, r), y = randv(n, r), x = randv(n, r);
-  const auto dout = randv(n, r), d0 = randv(n, r);
-  std::vector<float> biased(n), want_act(n), want_y(n), want_dfc = d0;
-  for (size_t i = 0; i < n; i++) biased[i] = fc[i] + bias[i % cols], want_y[i] = y[i] + (bias[i % cols] + x[i]);
-  cpu::gelu_forward(want_act.data(), biased.data(), static_cast<int64_t>(n));
-  cpu::gelu_backward(want_dfc.data(), biased.data(), dout.data(), static_cast<int64_t>(n));
-  Buf gfc(fc), gbias(bias), gact(n), gy(y), gx(x), gdout(dout), gdfc(d0);
-  cuda::bias_gelu_forward(gact.data(), gfc.data(), gbias.data(), rows, cols);
-  cuda::bias_gelu_backward(gdfc.data(), gfc.data(), gbias.data(), gdout.data(), rows, cols);
-  cuda::bias_residual(gy.data(), gbias.data(), gx.data(), rows, cols);
-  CHECK_MSG(gfc.download() == fc, "bias_gelu_forward changed fc");
-  expect_close("bias_gelu act", gact.download(), want_act, kRtol);
-  expect_close("bias_gelu dfc (accumulated)", gdfc.download(), want_dfc, kRtol);
-  expect_close("bias_residual", gy.download(), want_y, kRtol);
-  // written instead of added to, with the bf16 copy the next GEMM reads
-  std::vector<float> want_written(n, 0.0f);
-  cpu::gelu_backward(want_written.data(), biased.data(), dout.data(), static_cast<int64_t>(n));
-  cuda::Buffer<uint16_t> gdfc16(n);
-  cuda::bias_gelu_backward(gdfc.data(), gfc.data(), gbias.data(), gdout.data(), rows, cols, false, gdfc16.data());
-  const std::vector<float> written = gdfc.download();
-  expect_close("bias_gelu dfc (written)", written, want_written, kRtol);
-  const std::vector<uint16_t> written16 = gdfc16.download();
-  int bad16 = 0;
-  for (size_t i = 0; i < n; i++) bad16 += written16[i] != to_bf16(written[i]);
-  CHECK_MSG(bad16 == 0, std::to_string(bad16) + " bf16 copies of dfc differ from its rounded fp32 value");
-  // without a bias
-  Buf gfc2(fc), gy2(y);
-  cuda::bias_gelu_forward(gact.data(), gfc2.data(), nullptr, rows, cols);
-  cuda::bias_residual(gy2.data(), nullptr, gx.data(), rows, cols);
-  cpu::gelu_forward(want_act.data(), fc.data(), static_cast<int64_t>(n));
-  for (size_t i = 0; i < n; i++) want_y[i] = y[i] + x[i];
-  expect_close("gelu (no bias) act", gact.download(), want_act, kRtol);
-  expect_close("residual (no bias)", gy2.download(), want_y, kRtol);
+  // cols 300: 4 elements per access (quad_rows); 301: one at a time
+  for (const int cols : {300, 301}) {
+    Rand r(16);
+    const int rows = 37;
+    const size_t n = static_cast<size_t>(rows) * cols;
+    const auto fc = randv(n, r, 2.0f), bias = randv(cols, r), y = randv(n, r), x = randv(n, r);
+    const auto dout = randv(n, r), d0 = randv(n, r);
+    std::vector<float> biased(n), want_act(n), want_y(n), want_dfc = d0;
+    for (size_t i = 0; i < n; i++) biased[i] = fc[i] + bias[i % cols], want_y[i] = y[i] + (bias[i % cols] + x[i]);
+    cpu::gelu_forward(want_act.data(), biased.data(), static_cast<int64_t>(n));
+    cpu::gelu_backward(want_dfc.data(), biased.data(), dout.data(), static_cast<int64_t>(n));
+    Buf gfc(fc), gbias(bias), gact(n), gy(y), gx(x), gdout(dout), gdfc(d0);
+    cuda::bias_gelu_forward(gact.data(), gfc.data(), gbias.data(), rows, cols);
+    cuda::bias_gelu_backward(gdfc.data(), gfc.data(), gbias.data(), gdout.data(), rows, cols);
+    cuda::bias_residual(gy.data(), gbias.data(), gx.data(), rows, cols);
+    CHECK_MSG(gfc.download() == fc, "bias_gelu_forward changed fc");
+    const std::string tag = " (cols " + std::to_string(cols) + ")";
+    expect_close("bias_gelu act" + tag, gact.download(), want_act, kRtol);
+    expect_close("bias_gelu dfc (accumulated)" + tag, gdfc.download(), want_dfc, kRtol);
+    expect_close("bias_residual" + tag, gy.download(), want_y, kRtol);
+    // written instead of added to, with the bf16 copy the next GEMM reads
+    std::vector<float> want_written(n, 0.0f);
+    cpu::gelu_backward(want_written.data(), biased.data(), dout.data(), static_cast<int64_t>(n));
+    cuda::Buffer<uint16_t> gdfc16(n);
+    cuda::bias_gelu_backward(gdfc.data(), gfc.data(), gbias.data(), gdout.data(), rows, cols, false, gdfc16.data());
+    const std::vector<float> written = gdfc.download();
+    expect_close("bias_gelu dfc (written)" + tag, written, want_written, kRtol);
+    const std::vector<uint16_t> written16 = gdfc16.download();
+    int bad16 = 0;
+    for (size_t i = 0; i < n; i++) bad16 += written16[i] != to_bf16(written[i]);
+    CHECK_MSG(bad16 == 0, std::to_string(bad16) + " bf16 copies of dfc differ from its rounded fp32 value");
+    // without a bias
+    Buf gfc2(fc), gy2(y);
+    cuda::bias_gelu_forward(gact.data(), gfc2.data(), nullptr, rows, cols);
+    cuda::bias_residual(gy2.data(), nullptr, gx.data(), rows, cols);
+    cpu::gelu_forward(want_act.data(), fc.data(), static_cast<int64_t>(n));
+    for (size_t i = 0; i < n; i++) want_y[i] = y[i] + x[i];
+    expect_close("gelu (no bias) act" + tag, gact.download(), want_act, kRtol);
+    expect_close("residual (no bias)" + tag, gy2.download(), want_y, kRtol);
+  }
 }
 
 // ---- RoPE ------------------------------------------------------------------------------------------------------
