@@ -31,7 +31,10 @@ static constexpr int kThreads = 256;  // 8 warps
 static constexpr int kSp = kTile + 1; // row stride of score tiles in shared memory (+1: no bank conflicts)
 
 // Copies rows [row0, row0 + n) (n <= kTile) of a head slice into a [kTile][hdp] shared tile; rows >= n become 0.
-__device__ inline void load_tile(float* dst, const float* src, int stride, int row0, int n, int col0, int hd, int hdp) {
+// Unrolled with non-aliasing pointers, so several of a thread's loads are in flight before its first store.
+__device__ inline void load_tile(float* __restrict__ dst, const float* __restrict__ src, int stride, int row0, int n,
+                                 int col0, int hd, int hdp) {
+#pragma unroll 4
   for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
     const int r = idx / hd, d = idx % hd;
     dst[r * hdp + d] = r < n ? src[static_cast<int64_t>(row0 + r) * stride + col0 + d] : 0.0f;
