@@ -292,6 +292,31 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
   CHECK_MSG(agree >= 0.99, "top-p first tokens: only " + std::to_string(agree) + " equal the CPU sampler's");
 }
 
+TEST(automatic_k_split_at_gpt2_width) {
+  // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice splits the decode
+  // GEMMs (3 slices for K = 768 and 12 for K = 3072 under bf16 on an H100), as bench_cuda_sample runs them.
+  ModelConfig c = testing::tiny_gpt2(1000);
+  c.d_model = 768, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64, c.d_ff = 3072, c.n_layer = 1;
+  c.max_positions = 32;
+  auto m = make_model(c);
+  testing::randomize(*m, 50, 0.05f);
+  const SampleRequest req = prompts_request(random_prompts(64, 2, 8, 1000, 9), 1, 6);
+  for (const bool bf16 : {false, true}) {
+    const DeviceWeights w(*m, bf16);
+    cuda::SamplerStats stats;
+    const SampleResult res = cuda::sample_with_weights(*m, w.get(), req, &stats);
+    const std::string what = bf16 ? "bf16" : "fp32";
+    CHECK_MSG(stats.max_split > 1, what + ": the automatic choice split no decode GEMM");
+    check_layout(req, res, what);
+    const double worst = worst_logp_error(*m, req, res);
+    const double bound = bf16 ? 0.1 : std::max(1e-4, 4 * worst_logp_error(*m, req, sample(*m, req)));
+    CHECK_MSG(worst < bound, what + ": worst |gpu decode - cpu full| = " + std::to_string(worst) + " (bound " +
+                                 std::to_string(bound) + ")");
+    std::printf("  %s: up to %d slices per decode GEMM, worst log-prob error %.2e\n", what.c_str(), stats.max_split,
+                worst);
+  }
+}
+
 TEST(large_vocabulary_draws_equal_cpu_sampler) {
   // V = 50257 (GPT-2's): the cumulative searches span many 32-element groups per warp segment (1600 elements), as
   // the benchmark's do; the draws use the CPU sampler's uniforms, so they agree but for rounding at a boundary.
