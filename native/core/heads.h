@@ -16,6 +16,14 @@ struct ResponseRows {
   std::vector<int32_t> seq;     // which sequence the row belongs to
 };
 ResponseRows response_rows(const Batch& b);
+// The src and target of rows group[0], group[1], ... (a head group's rows, gathered for one head call).
+inline void gather_rows(const std::vector<int32_t>& group, const std::vector<int32_t>& src,
+                        const std::vector<int32_t>& target, std::vector<int32_t>& group_src,
+                        std::vector<int32_t>& group_target) {
+  group_src.resize(group.size());
+  group_target.resize(group.size());
+  for (size_t k = 0; k < group.size(); k++) group_src[k] = src[group[k]], group_target[k] = target[group[k]];
+}
 
 const float* lm_head_weight(const Model& m);  // throws for a reward model (it has no LM head)
 const float* score_weight(const Model& m);    // throws for a policy (it has no score head)

@@ -109,9 +109,7 @@ void lm_head_step(Model& m, const TrainRequest& r, const Acts& acts, const std::
   std::vector<float> logp, g;
   for (const std::vector<int32_t>& group : groups) {
     const int n = static_cast<int>(group.size());
-    src.resize(n);
-    target.resize(n);
-    for (int k = 0; k < n; k++) src[k] = rows.src[group[k]], target[k] = rows.target[group[k]];
+    gather_rows(group, rows.src, rows.target, src, target);
     logp.resize(n);
     g.resize(n);
     cpu::logprob_forward(logp.data(), acts.normf.data(), src.data(), target.data(), n, w, D, V, &probs, bf16,

@@ -13,6 +13,7 @@
 
 #include "check.cuh"
 #include "core/error.h"
+#include "core/heads.h"
 #include "memory.h"
 #include "ops.h"
 #include "reduce.cuh"
@@ -249,9 +250,7 @@ void logprob_train_groups(float* dh, float* dw, const std::vector<std::vector<in
   std::vector<float> logp, g;
   for (const std::vector<int32_t>& group : groups) {
     const int n = static_cast<int>(group.size());
-    gsrc.resize(n);
-    gtarget.resize(n);
-    for (int k = 0; k < n; k++) gsrc[k] = src[group[k]], gtarget[k] = target[group[k]];
+    gather_rows(group, src, target, gsrc, gtarget);
     copy_to_device(src_d.data(), gsrc.data(), n * sizeof(int32_t));
     copy_to_device(target_d.data(), gtarget.data(), n * sizeof(int32_t));
     chunk_logits(hbuf.data(), hbuf16.data(), logits.data(), h, src_d.data(), n, w, w16, d, vocab);

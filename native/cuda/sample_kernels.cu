@@ -5,14 +5,14 @@
 // returned is under the unfiltered temperature-1 distribution.
 //
 // One block of 1024 threads per row; the row's passes read it 16 bytes per load, several loads in flight per thread
-// (a pass that waited on one 4-byte load at a time cost ~17 us on an H100: the pick kernel took 56 us of a 0.84 ms
-// decode step). A cumulative search runs in three levels: each warp sums a contiguous segment (sums in double, as
-// the CPU), then in the warp whose segment holds the crossing each lane sums whole groups of 32 elements and one
-// scan over the group sums finds the group, and one scan over that group's elements the element (walking the
-// segment 32 elements at a time took a dependent scan per step, ~50 steps at V = 50257). Same order of elements as
-// the CPU, different order of additions: a draw within rounding distance of a boundary can pick the neighbouring
-// token. The filtered order comes from one cub radix sort of (row, logit) keys per step (stable, so equal logits keep
-// index order).
+// (the kernel measured 56 us of a 0.84 ms decode step on an H100 when each pass waited on one 4-byte load at a time;
+// ~17 us per pass is an estimate from the load count, not a measurement). A cumulative search runs in three levels:
+// each warp sums a contiguous segment (sums in double, as the CPU), then in the warp whose segment holds the crossing
+// each lane sums whole groups of 32 elements and one scan over the group sums finds the group, and one scan over that
+// group's elements the element (walking the segment 32 elements at a time took a dependent scan per step, ~50 steps
+// at V = 50257). Same order of elements as the CPU, different order of additions: a draw within rounding distance of
+// a boundary can pick the neighbouring token. The filtered order comes from one cub radix sort of (row, logit) keys
+// per step (stable, so equal logits keep index order).
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>

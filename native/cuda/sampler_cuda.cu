@@ -419,22 +419,20 @@ class Sampler {
     return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act)) : 1;
   }
   // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
-  size_t partials_capacity() {
-    decoding_ = true;
+  size_t partials_capacity() const {
     size_t most = 0;
     for (int b = kMinBucket;; b *= 2) {
       const int rows = std::min(b, R_);
       for (const auto& group : decode_gemm_groups()) {
         size_t floats = 0;
         for (const auto& [n, k] : group) {
-          const int S = split(rows, n, k);
+          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act));
           if (S > 1) floats += static_cast<size_t>(S) * rows * n;
         }
         most = std::max(most, floats);
       }
       if (b >= R_) break;
     }
-    decoding_ = false;
     return most;
   }
 
