@@ -41,6 +41,9 @@ void check_request(const Model& m, const SampleRequest& r) {
   const ModelConfig& c = m.cfg;
   OPTUNE_CHECK(c.head_dim <= 128 && c.head_dim % 2 == 0 && c.n_head % c.n_kv_head == 0,
                "sample: the CUDA sampler needs an even head_dim <= 128 (got " + std::to_string(c.head_dim) + ")");
+  OPTUNE_CHECK(c.d_model <= kMaxNormWidth, "sample: the CUDA sampler takes d_model up to " +
+                                               std::to_string(kMaxNormWidth) + " (got " + std::to_string(c.d_model) +
+                                               "); sample on the CPU instead");
 }
 
 // ---- cuBLAS on the sampler's stream ---------------------------------------------------------------------------------
