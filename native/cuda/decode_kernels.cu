@@ -55,11 +55,11 @@ void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d
 // read twice. The first version reread x per pass and summed the slices one load at a time after a store to x:
 // ~9.5 us per call on an H200 at d = 768, most of it waiting on L2.
 
-// T threads per row (a compile-time stride: a thread's 16 addresses are one base plus constant offsets).
-static constexpr int kNormPerThread = 16;
-static_assert(kNormPerThread * 512 >= kMaxNormWidth, "add_norm covers kMaxNormWidth with 512 threads");
+// T threads per row, P elements per thread (compile-time: a thread's addresses are one base plus constant offsets,
+// and P as small as the row allows keeps registers, so occupancy, up for the prefill's thousands of rows).
+static_assert(16 * 512 >= kMaxNormWidth, "add_norm covers kMaxNormWidth with 512 threads of 16");
 
-template <class Act, int T>
+template <class Act, int T, int P>
 __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, float* __restrict__ xbuf,
                                                      const int32_t* src, const float* __restrict__ add,
                                                      Partials parts, const float* __restrict__ w,
@@ -69,39 +69,43 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
   const int64_t row = static_cast<int64_t>(src ? src[r] : r) * d;
   float* x = xbuf + row;
   parts = parts.at(row);
-  float v[kNormPerThread];
+  float v[P];
 #pragma unroll
-  for (int j = 0; j < kNormPerThread; j++) {
+  for (int j = 0; j < P; j++) {
     const int i = threadIdx.x + j * T;
     v[j] = i < d ? x[i] : 0.0f;
   }
   if (add || parts.n) {  // x += add + the slices, added in slice order
-    float sum[kNormPerThread];
+    float sum[P];
 #pragma unroll
-    for (int j = 0; j < kNormPerThread; j++) {
+    for (int j = 0; j < P; j++) {
       const int i = threadIdx.x + j * T;
       sum[j] = i < d && add ? add[i] : 0.0f;
     }
-    for (int s = 0; s < parts.n; s++) {
-      const float* ps = parts.p + s * parts.stride;
-      float p[kNormPerThread];
+    constexpr int S = P <= 4 ? 4 : 2;  // slices per round: S * P loads in flight, absent ones predicated off
+    for (int s0 = 0; s0 < parts.n; s0 += S) {
+      float p[S][P];
 #pragma unroll
-      for (int j = 0; j < kNormPerThread; j++) {
-        const int i = threadIdx.x + j * T;
-        p[j] = i < d ? __ldg(ps + i) : 0.0f;
-      }
+      for (int k = 0; k < S; k++)
 #pragma unroll
-      for (int j = 0; j < kNormPerThread; j++) sum[j] += p[j];
+        for (int j = 0; j < P; j++) {
+          const int i = threadIdx.x + j * T;
+          p[k][j] = i < d && s0 + k < parts.n ? __ldg(parts.p + (s0 + k) * parts.stride + i) : 0.0f;
+        }
+#pragma unroll
+      for (int k = 0; k < S; k++)
+#pragma unroll
+        for (int j = 0; j < P; j++) sum[j] += p[k][j];  // + 0.0f past the last slice: sum itself
     }
 #pragma unroll
-    for (int j = 0; j < kNormPerThread; j++) {
+    for (int j = 0; j < P; j++) {
       const int i = threadIdx.x + j * T;
       if (i < d) v[j] += sum[j], x[i] = v[j];
     }
   }
-  float wv[kNormPerThread], bv[kNormPerThread];  // loaded here: their latency overlaps the reductions
+  float wv[P], bv[P];  // loaded here: their latency overlaps the reductions
 #pragma unroll
-  for (int j = 0; j < kNormPerThread; j++) {
+  for (int j = 0; j < P; j++) {
     const int i = threadIdx.x + j * T;
     wv[j] = i < d ? w[i] : 0.0f;
     bv[j] = i < d && layernorm && b ? b[i] : 0.0f;
@@ -110,12 +114,12 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
   if (layernorm) {
     float s = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kNormPerThread; j++) s += v[j];  // 0 past the row's end
+    for (int j = 0; j < P; j++) s += v[j];  // 0 past the row's end
     m = block_sum(s, scratch) / d;
   }
   float ss = 0.0f;
 #pragma unroll
-  for (int j = 0; j < kNormPerThread; j++) {
+  for (int j = 0; j < P; j++) {
     const int i = threadIdx.x + j * T;
     const float c = i < d ? v[j] - m : 0.0f;
     ss += c * c;
@@ -123,7 +127,7 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
   const float rs = rsqrtf(block_sum(ss, scratch) / d + eps);
   Act* o = out + static_cast<int64_t>(r) * d;
 #pragma unroll
-  for (int j = 0; j < kNormPerThread; j++) {
+  for (int j = 0; j < P; j++) {
     const int i = threadIdx.x + j * T;
     if (i < d) o[i] = to_act<Act>(layernorm ? (v[j] - m) * rs * wv[j] + bv[j] : wv[j] * (v[j] * rs));
   }
@@ -135,10 +139,14 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
   if (rows <= 0) return;
   OPTUNE_CHECK(d <= kMaxNormWidth, "sampler norm: rows of " + std::to_string(d) + " (at most " +
                                        std::to_string(kMaxNormWidth) + ")");
-  if (d <= 256 * kNormPerThread)
-    add_norm_kernel<Act, 256><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+  if (d <= 256 * 4)
+    add_norm_kernel<Act, 256, 4><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+  else if (d <= 256 * 8)
+    add_norm_kernel<Act, 256, 8><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+  else if (d <= 256 * 16)
+    add_norm_kernel<Act, 256, 16><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
   else
-    add_norm_kernel<Act, 512><<<rows, 512, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+    add_norm_kernel<Act, 512, 16><<<rows, 512, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -313,16 +321,26 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 #pragma unroll
     for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] *= corr;
     const Act* vrow = cache.v + base + static_cast<int64_t>(c0) * kvd;
-#pragma unroll 16
-    for (int jj = 0; jj < n_chunk; jj++) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj);
+    // 8 value rows at a time, those past the chunk predicated off (p = 0 there): a loop over the runtime n_chunk
+    // ran its remainder one dependent load at a time
+    for (int j0 = 0; j0 < n_chunk; j0 += 8) {
+      float2 vv[8][kMaxDimsPerLane / 2];
 #pragma unroll
-      for (int i = 0; i < kMaxDimsPerLane / 2; i++) {
-        const int d = 2 * lane + 64 * i;  // head_dim is even: d + 1 < head_dim too
-        if (d < head_dim) {
-          const float2 vv = load_pair(vrow + static_cast<int64_t>(jj) * kvd + d);
-          acc[2 * i] += pj * vv.x;
-          acc[2 * i + 1] += pj * vv.y;
+      for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+        for (int i = 0; i < kMaxDimsPerLane / 2; i++) {
+          const int d = 2 * lane + 64 * i;  // head_dim is even: d + 1 < head_dim too
+          vv[jj][i] = j0 + jj < n_chunk && d < head_dim
+                          ? load_pair(vrow + static_cast<int64_t>(j0 + jj) * kvd + d)
+                          : make_float2(0.0f, 0.0f);
+        }
+#pragma unroll
+      for (int jj = 0; jj < 8; jj++) {
+        const float pj = __shfl_sync(0xffffffffu, p, (j0 + jj) & 31);  // 0 past the last key
+#pragma unroll
+        for (int i = 0; i < kMaxDimsPerLane / 2; i++) {
+          acc[2 * i] += pj * vv[jj][i].x;
+          acc[2 * i + 1] += pj * vv[jj][i].y;
         }
       }
     }

@@ -43,12 +43,17 @@ struct Partials {
   int64_t stride = 0;
   // The same slices seen from `off` elements into the tensor (a sub-tensor, a row).
   __host__ __device__ Partials at(int64_t off) const { return {n ? p + off : nullptr, n, stride}; }
-  // Read-only loads, unrolled: the slices' loads go out together instead of each waiting for the sum before it
-  // (a plain loop over the runtime n serialized them: ~12 round trips to L2 per element at 12 slices).
+  // Read-only loads, 8 at a time with the absent ones predicated off, so they go out together: a loop over the
+  // runtime n (even under `#pragma unroll`, whose remainder loop took every n < 8) waited on each before the next.
   __device__ float sum(int64_t i) const {
     float v = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < n; s++) v += __ldg(p + s * stride + i);
+    for (int s0 = 0; s0 < n; s0 += 8) {
+      float x[8];
+#pragma unroll
+      for (int k = 0; k < 8; k++) x[k] = s0 + k < n ? __ldg(p + (s0 + k) * stride + i) : 0.0f;
+#pragma unroll
+      for (int k = 0; k < 8; k++) v += x[k];  // + 0.0f past the last slice: v itself
+    }
     return v;
   }
   // Element i of the tensor: the slices' sum when split, else the tensor's own value.
