@@ -6,8 +6,9 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// Then the same with the decode GEMMs unsplit (OPTUNE_CUDA_SPLIT_K=1), as op "sample_unsplit": the K-split's effect
-// measured in the same run (max_split: the most slices a decode GEMM ran in).
+// Then the same with the decode GEMMs split along K by the automatic choice (OPTUNE_CUDA_SPLIT_K=auto), as op
+// "sample_split_auto": the K-split's effect measured in the same run (max_split: the most slices a decode GEMM ran
+// in). OPTUNE_CUDA_SPLIT_K set for the benchmark applies to the first rows.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
 #include <algorithm>
 #include <chrono>
@@ -80,13 +81,13 @@ int main(int argc, char** argv) {
                   json_safe(stats.graph_error).c_str(), device.c_str());
       std::fflush(stdout);
     };
-    for (const bool unsplit : {false, true}) {
-      if (unsplit)
-        setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
+    for (const bool split : {false, true}) {
+      if (split)
+        setenv("OPTUNE_CUDA_SPLIT_K", "auto", 1);
       else if (split_env)
         setenv("OPTUNE_CUDA_SPLIT_K", split_default.c_str(), 1);
       for (const bool bf16 : {false, true})
-        if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure(unsplit ? "sample_unsplit" : "sample", bf16);
+        if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure(split ? "sample_split_auto" : "sample", bf16);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());

@@ -179,14 +179,18 @@ bool graphs_enabled() {
 // S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
 // the blocks about fill the GPU once, each slice stays at least kSliceMinDepth deep, and the slices' traffic (written
 // once, read once, fp32) stays within the weights' own bytes.
-// OPTUNE_CUDA_SPLIT_K: unset or "auto": that choice; "1": never split; S > 1: S slices (or the most that divide K
+// Measured on an H200 at GPT-2 124M's shape (bench_cuda_sample, 3 runs): that choice (3 and 12 slices) lost 2-8%
+// of bf16 sampling against unsplit GEMMs and tied in fp32 (the slices' extra traffic and the consumers' reads cost
+// what the fuller GPU saved), so decode GEMMs are unsplit unless asked.
+// OPTUNE_CUDA_SPLIT_K: unset or "1": never split; "auto": that choice; S > 1: S slices (or the most that divide K
 // into multiples of 8) for every decode GEMM, whatever the shape (tests, and A/B runs of the benchmark).
 constexpr int kSliceMinDepth = 128;
 constexpr int kSplitMax = 64;
 
 int split_k_setting() {  // 0: auto
   const char* v = std::getenv("OPTUNE_CUDA_SPLIT_K");
-  if (!v || std::string(v).empty() || std::string(v) == "auto") return 0;
+  if (!v || std::string(v).empty()) return 1;
+  if (std::string(v) == "auto") return 0;
   const int s = std::atoi(v);
   OPTUNE_CHECK(s >= 1 && s <= kSplitMax, "OPTUNE_CUDA_SPLIT_K must be auto or a slice count from 1 to " +
                                              std::to_string(kSplitMax) + " (got '" + std::string(v) + "')");

@@ -43,17 +43,12 @@ struct Partials {
   int64_t stride = 0;
   // The same slices seen from `off` elements into the tensor (a sub-tensor, a row).
   __host__ __device__ Partials at(int64_t off) const { return {n ? p + off : nullptr, n, stride}; }
-  // Read-only loads, 8 at a time with the absent ones predicated off, so they go out together: a loop over the
-  // runtime n (even under `#pragma unroll`, whose remainder loop took every n < 8) waited on each before the next.
+  // Read-only loads, unrolled by 8 (measured on an H200, the GELU after a 3-slice GEMM: 4.4 us a call; a version
+  // that predicated 8 loads per round for every n took 56 registers instead of 30, fewer blocks per SM, 5.3 us).
   __device__ float sum(int64_t i) const {
     float v = 0.0f;
-    for (int s0 = 0; s0 < n; s0 += 8) {
-      float x[8];
-#pragma unroll
-      for (int k = 0; k < 8; k++) x[k] = s0 + k < n ? __ldg(p + (s0 + k) * stride + i) : 0.0f;
-#pragma unroll
-      for (int k = 0; k < 8; k++) v += x[k];  // + 0.0f past the last slice: v itself
-    }
+#pragma unroll 8
+    for (int s = 0; s < n; s++) v += __ldg(p + s * stride + i);
     return v;
   }
   // Element i of the tensor: the slices' sum when split, else the tensor's own value.

@@ -298,8 +298,9 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
 }
 
 TEST(automatic_k_split_at_gpt2_width) {
-  // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice splits the decode
-  // GEMMs (3 slices for K = 768 and 12 for K = 3072 under bf16 on an H100), as bench_cuda_sample runs them.
+  // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice (OPTUNE_CUDA_SPLIT_K=
+  // auto) splits the decode GEMMs (3 slices for K = 768 and 12 for K = 3072 under bf16 on an H100/H200), as
+  // bench_cuda_sample's sample_split_auto rows run them; unset, nothing is split.
   ModelConfig c = testing::tiny_gpt2(1000);
   c.d_model = 768, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64, c.d_ff = 3072, c.n_layer = 1;
   c.max_positions = 32;
@@ -308,9 +309,13 @@ TEST(automatic_k_split_at_gpt2_width) {
   const SampleRequest req = prompts_request(random_prompts(64, 2, 8, 1000, 9), 1, 6);
   for (const bool bf16 : {false, true}) {
     const DeviceWeights w(*m, bf16);
-    cuda::SamplerStats stats;
+    cuda::SamplerStats stats, default_stats;
+    cuda::sample_with_weights(*m, w.get(), req, &default_stats);
+    setenv("OPTUNE_CUDA_SPLIT_K", "auto", 1);
     const SampleResult res = cuda::sample_with_weights(*m, w.get(), req, &stats);
+    unsetenv("OPTUNE_CUDA_SPLIT_K");
     const std::string what = bf16 ? "bf16" : "fp32";
+    CHECK_MSG(default_stats.max_split == 1, what + ": the default split a decode GEMM");
     CHECK_MSG(stats.max_split > 1, what + ": the automatic choice split no decode GEMM");
     check_layout(req, res, what);
     const double worst = worst_logp_error(*m, req, res);
