@@ -221,9 +221,9 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Part
 // One block per (row, head), 4 warps. The keys go in chunks of 32, chunk c to warp c % 4: lane j scores key j of the
 // chunk by itself (its whole key row, 16-byte loads when head_dim allows), so a chunk costs one max and one sum
 // across the warp instead of a warp reduction per key; the chunk's softmax weights then go to every lane by shuffle,
-// and each lane accumulates its pairs of head dims (2 lane, 2 lane + 1, then + 64; head_dim <= 128) over the chunk's
-// value rows: one 4- or 8-byte load per value row and lane, the loads independent of each other. Each warp keeps an online softmax (max m, sum l, output acc); the four are
-// merged at the end, rescaled to the common max.
+// and each lane accumulates its pairs of head dims (2 lane, 2 lane + 1, then + 64; PAIRS = 1 up to head_dim 64, 2
+// up to 128) over the chunk's value rows: one 4- or 8-byte load per value row and lane, 8 rows per round. Each warp
+// keeps an online softmax (max m, sum l, output acc); the four are merged at the end, rescaled to the common max.
 
 static constexpr int kAttnWarps = 4;
 static constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
@@ -292,7 +292,7 @@ __device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, 
   }
 }
 
-template <class Act>
+template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
@@ -305,9 +305,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;
   finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, theta, cache.k + at, cache.v + at);
   __syncthreads();  // s_q, and this row's k and v in the cache, are visible to the whole block
-  float acc[kMaxDimsPerLane];
+  float acc[2 * PAIRS];
 #pragma unroll
-  for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] = 0.0f;
+  for (int i = 0; i < 2 * PAIRS; i++) acc[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
   for (int c0 = 32 * warp; c0 < n_keys; c0 += 32 * kAttnWarps) {
     const int j = c0 + lane, n_chunk = min(32, n_keys - c0);
@@ -319,20 +319,31 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     l = l * corr + warp_sum(p);
     m = m_new;
 #pragma unroll
-    for (int i = 0; i < kMaxDimsPerLane; i++) acc[i] *= corr;
+    for (int i = 0; i < 2 * PAIRS; i++) acc[i] *= corr;
     const Act* vrow = cache.v + base + static_cast<int64_t>(c0) * kvd;
-    // Up to 48 registers, so a step's 64 x 12 blocks fit the GPU in one wave (10 blocks of 128 threads per SM). A
-    // version that preloaded 8 value rows per round took 96 and ran 33 us a call on an H200 instead of 23.5 (ncu).
-#pragma unroll 16
-    for (int jj = 0; jj < n_chunk; jj++) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj);
+    // 8 value rows per round, those past the chunk predicated off (p = 0 there), so their loads go out together:
+    // a loop over the runtime n_chunk (even under `#pragma unroll`) ran its remainder, 0-31 rows of the last chunk,
+    // one dependent load at a time. Registers stay <= 64 (ptxas), so the step's 64 x 12 blocks fit the GPU in one
+    // wave: a first version of these rounds took 96 (head_dim a runtime bound, 64-bit addresses per row) and ran
+    // 33 us a call on an H200 instead of 23.5 (ncu), most of it a second wave.
+    const int vstride = kvd;  // elements between value rows (32-bit offsets within this chunk)
+    for (int j0 = 0; j0 < n_chunk; j0 += 8) {
+      float2 vv[8][PAIRS];
 #pragma unroll
-      for (int i = 0; i < kMaxDimsPerLane / 2; i++) {
-        const int d = 2 * lane + 64 * i;  // head_dim is even: d + 1 < head_dim too
-        if (d < head_dim) {
-          const float2 vv = load_pair(vrow + static_cast<int64_t>(jj) * kvd + d);
-          acc[2 * i] += pj * vv.x;
-          acc[2 * i + 1] += pj * vv.y;
+      for (int jj = 0; jj < 8; jj++)
+#pragma unroll
+        for (int i = 0; i < PAIRS; i++) {
+          const int d = 2 * lane + 64 * i;  // head_dim is even: d + 1 < head_dim too
+          vv[jj][i] = j0 + jj < n_chunk && d < head_dim ? load_pair(vrow + (j0 + jj) * vstride + d)
+                                                        : make_float2(0.0f, 0.0f);
+        }
+#pragma unroll
+      for (int jj = 0; jj < 8; jj++) {
+        const float pj = __shfl_sync(0xffffffffu, p, (j0 + jj) & 31);  // 0 past the last key
+#pragma unroll
+        for (int i = 0; i < PAIRS; i++) {
+          acc[2 * i] += pj * vv[jj][i].x;
+          acc[2 * i + 1] += pj * vv[jj][i].y;
         }
       }
     }
@@ -340,7 +351,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
   __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps][32 * kMaxDimsPerLane];
   if (lane == 0) s_m[warp] = m, s_l[warp] = l;
 #pragma unroll
-  for (int i = 0; i < kMaxDimsPerLane / 2; i++)
+  for (int i = 0; i < PAIRS; i++)
     s_acc[warp][2 * lane + 64 * i] = acc[2 * i], s_acc[warp][2 * lane + 64 * i + 1] = acc[2 * i + 1];
   __syncthreads();
   float mx = -INFINITY;
@@ -360,8 +371,13 @@ template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
                       int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st) {
   if (rows.n <= 0) return;
-  attention_decode_kernel<Act><<<dim3(rows.n, n_head), kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head,
-                                                                                 n_kv_head, head_dim, rope, theta);
+  const dim3 grid(rows.n, n_head);
+  if (head_dim <= 64)  // one pair of dims per lane
+    attention_decode_kernel<Act, 1><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
+                                                                      head_dim, rope, theta);
+  else
+    attention_decode_kernel<Act, 2><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
+                                                                      head_dim, rope, theta);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
