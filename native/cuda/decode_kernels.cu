@@ -20,8 +20,6 @@ template <>
 __device__ inline float to_act<float>(float x) { return x; }
 template <>
 __device__ inline bf16 to_act<bf16>(float x) { return __float2bfloat16_rn(x); }
-__device__ inline float to_float(float x) { return x; }
-__device__ inline float to_float(bf16 x) { return __bfloat162float(x); }
 
 static constexpr int kThreads = 256;
 static int grid_for(int64_t n) {
