@@ -3,6 +3,7 @@
 // synchronizes; prints milliseconds per call and, for the matmul-shaped kernels, TFLOP/s. Needs a CUDA device.
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -94,6 +95,16 @@ int main() {
       cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
                                q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
     });
+    // the same with OPTUNE_CUDA_ATTN_PREFETCH=1: next K/V tiles fetched during this tile's products (forward, dQ)
+    setenv("OPTUNE_CUDA_ATTN_PREFETCH", "1", 1);
+    time_it("attention fwd bf16 (mma, prefetch)", att_flops, [&] {
+      cuda::attention_forward(att.data(), lse.data(), q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, H, H, hd, true);
+    });
+    time_it("attention bwd bf16 (mma, prefetch)", 2.5 * att_flops, [&] {
+      cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
+                               q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
+    });
+    unsetenv("OPTUNE_CUDA_ATTN_PREFETCH");
 
     Buf wte = random_buffer(static_cast<size_t>(V) * d, 8, 0.02f), logp(T), gl = random_buffer(T, 9), dwte(wte.size());
     dwte.zero();

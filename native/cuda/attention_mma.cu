@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 
 #include "check.cuh"
@@ -161,6 +162,46 @@ __device__ inline void load_tiles(const TileCopy (&t)[NT], int row0, int n) {
   }
 }
 
+// load_tiles split in two for software pipelining (OPTUNE_CUDA_ATTN_PREFETCH=1): fetch() issues a thread's 16-byte
+// loads of NT tiles into registers, store() rounds them (after their bias) into the tiles' shared memory. A kernel
+// fetches tile j + 1 right after storing tile j, so those loads are in flight while tile j's products run, instead
+// of every warp of the block waiting on them between two barriers. Wide slices only (TileCopy::wide, checked by the
+// host for the whole launch); the same values as load_tiles, so the same results bit for bit.
+template <int HD, int ROWS, int NT>
+struct TileFetch {
+  static constexpr int quads = HD / 4, per_tile = ROWS * quads / kMmaThreads, total = NT * per_tile;
+  static_assert((ROWS * quads) % kMmaThreads == 0 && kMmaThreads % quads == 0, "as load_tiles");
+  float4 x[total];
+
+  __device__ void fetch(const TileCopy (&t)[NT], int row0, int n) {
+#pragma unroll
+    for (int e = 0; e < total; e++) {
+      const int idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
+      const TileCopy& c = t[e / per_tile];
+      x[e] = r < n ? __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d))
+                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+  __device__ void store(const TileCopy (&t)[NT], int n) const {
+    constexpr int ld = HD + 8;
+    const int dq = 4 * (threadIdx.x % quads);
+    float4 b4[NT];
+#pragma unroll
+    for (int i = 0; i < NT; i++)
+      b4[i] = t[i].bias ? make_float4(t[i].bias[dq], t[i].bias[dq + 1], t[i].bias[dq + 2], t[i].bias[dq + 3])
+                        : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int e = 0; e < total; e++) {
+      const int idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
+      const TileCopy& c = t[e / per_tile];
+      float4 y = x[e];
+      const float4 bb = b4[e / per_tile];
+      if (r < n && c.bias) y.x += bb.x, y.y += bb.y, y.z += bb.z, y.w += bb.w;
+      *reinterpret_cast<uint2*>(c.dst + r * ld + d) = make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
+    }
+  }
+};
+
 // The A fragment (16 x 16, columns 16 kk .. 16 kk + 15) of the next product from a row of C tiles of this one,
 // rounded to bf16: C tiles 2 kk and 2 kk + 1 hold those columns (kk: a compile-time constant after unrolling).
 template <int N>
@@ -228,8 +269,10 @@ __device__ inline float quad_sum(float x) {
 // Grid (query tiles, sequences, heads). Scores are kept in log2 units (scale * log2 e folded in) for exp2f.
 // Two blocks per SM up to head_dim 64 (at most 128 registers a thread): one block's tile loads overlap the other's
 // products. Unbounded, the batched loads took the kernel to ~140 registers and one block per SM.
-template <int HD>
-__global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 2 : 1) attention_forward_mma_kernel(
+// PREFETCH (OPTUNE_CUDA_ATTN_PREFETCH=1, wide slices): the next K/V tiles are fetched into registers while this
+// tile's products run (TileFetch); their 32 registers do not fit the 128 of two blocks per SM, so one block per SM.
+template <int HD, bool PREFETCH>
+__global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) attention_forward_mma_kernel(
     float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
     const int32_t* offsets, int n_head, int group, float scale_log2, QkvBias bias) {
   constexpr int ld = HD + 8, NT = HD / 8;
@@ -256,12 +299,20 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 ? 2 : 1) attention_forwa
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // l: this lane's partial sums
 
   const int j_end = i0 + nq;  // causal: the tile's last query sees keys 0 .. j_end - 1
+  const TileCopy kv_tiles[2] = {TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
+                                TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}};
+  TileFetch<HD, kCols, 2> next;
+  if constexpr (PREFETCH) next.fetch(kv_tiles, start, min(kCols, L));
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     __syncthreads();  // the previous tile's readers of Ks/Vs are done
-    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
-                              TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}}, start + j0,
-                             min(kCols, L - j0));
-    __syncthreads();
+    if constexpr (PREFETCH) {
+      next.store(kv_tiles, min(kCols, L - j0));
+      __syncthreads();
+      if (j0 + kCols < j_end) next.fetch(kv_tiles, start + j0 + kCols, min(kCols, L - j0 - kCols));
+    } else {
+      load_tiles<HD, kCols, 2>(kv_tiles, start + j0, min(kCols, L - j0));
+      __syncthreads();
+    }
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 
     float sc[kCols / 8][4];
@@ -423,7 +474,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
 
 // Grid (query tiles, sequences, heads): dQ of 64 queries over the key tiles left of the diagonal. Per key tile:
 // S = Q K^T, P = exp(S - lse), dP = dO V^T, dS = P (dP - D) scale, dQ += dS K.
-template <int HD>
+// PREFETCH: as the forward's (the next K/V tiles in registers during this tile's products).
+template <int HD, bool PREFETCH>
 __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
     float* dq, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k, int ks,
     const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2,
@@ -455,12 +507,20 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
   for (int nt = 0; nt < NT; nt++) dq_acc[nt][0] = dq_acc[nt][1] = dq_acc[nt][2] = dq_acc[nt][3] = 0.0f;
 
   const int j_end = i0 + nq;
+  const TileCopy kv_tiles[2] = {TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
+                                TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}};
+  TileFetch<HD, kCols, 2> next;
+  if constexpr (PREFETCH) next.fetch(kv_tiles, start, min(kCols, L));
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     __syncthreads();  // Qs/dOs are loaded; the previous tile's readers of Ks/Vs are done
-    load_tiles<HD, kCols, 2>({TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
-                              TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}}, start + j0,
-                             min(kCols, L - j0));
-    __syncthreads();
+    if constexpr (PREFETCH) {
+      next.store(kv_tiles, min(kCols, L - j0));
+      __syncthreads();
+      if (j0 + kCols < j_end) next.fetch(kv_tiles, start + j0 + kCols, min(kCols, L - j0 - kCols));
+    } else {
+      load_tiles<HD, kCols, 2>(kv_tiles, start + j0, min(kCols, L - j0));
+      __syncthreads();
+    }
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 
     float sc[kCols / 8][4], dp[kCols / 8][4];
@@ -498,14 +558,28 @@ dim3 grid_of(int max_len, int n_seq, int heads) {
   return dim3(static_cast<unsigned>(std::max(1, (max_len + kRows - 1) / kRows)), n_seq, heads);
 }
 
+// OPTUNE_CUDA_ATTN_PREFETCH=1 selects the pipelined kernels (TileFetch) where every slice allows 16-byte loads.
+bool prefetch_wanted() {
+  const char* v = std::getenv("OPTUNE_CUDA_ATTN_PREFETCH");
+  return v && std::string(v) == "1";
+}
+bool wide_slice(const float* p, int stride) { return reinterpret_cast<uintptr_t>(p) % 16 == 0 && stride % 4 == 0; }
+
 template <int HD>
 void forward_hd(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
                 const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
   const size_t smem = sizeof(bf16) * (kRows + 2 * kCols) * (HD + 8);
-  launch_setup(attention_forward_mma_kernel<HD>, smem);
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(HD));
-  attention_forward_mma_kernel<HD><<<grid_of(max_len, n_seq, n_head), kMmaThreads, smem>>>(
-      out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, scale_log2, bias);
+  const dim3 grid = grid_of(max_len, n_seq, n_head);
+  if (prefetch_wanted() && wide_slice(k, ks) && wide_slice(v, vs)) {  // head offsets: multiples of HD, so of 4
+    launch_setup(attention_forward_mma_kernel<HD, true>, smem);
+    attention_forward_mma_kernel<HD, true><<<grid, kMmaThreads, smem>>>(out, lse, q, qs, k, ks, v, vs, offsets, n_head,
+                                                                        n_head / n_kv_head, scale_log2, bias);
+  } else {
+    launch_setup(attention_forward_mma_kernel<HD, false>, smem);
+    attention_forward_mma_kernel<HD, false><<<grid, kMmaThreads, smem>>>(out, lse, q, qs, k, ks, v, vs, offsets,
+                                                                         n_head, n_head / n_kv_head, scale_log2, bias);
+  }
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -521,9 +595,16 @@ void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float
       dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
   OPTUNE_CUDA_CHECK_LAUNCH();
   const size_t smem_q = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8);
-  launch_setup(attention_backward_dq_mma_kernel<HD>, smem_q);
-  attention_backward_dq_mma_kernel<HD><<<grid_of(max_len, n_seq, n_head), kMmaThreads, smem_q>>>(
-      dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
+  const dim3 grid_q = grid_of(max_len, n_seq, n_head);
+  if (prefetch_wanted() && wide_slice(k, ks) && wide_slice(v, vs)) {
+    launch_setup(attention_backward_dq_mma_kernel<HD, true>, smem_q);
+    attention_backward_dq_mma_kernel<HD, true><<<grid_q, kMmaThreads, smem_q>>>(
+        dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
+  } else {
+    launch_setup(attention_backward_dq_mma_kernel<HD, false>, smem_q);
+    attention_backward_dq_mma_kernel<HD, false><<<grid_q, kMmaThreads, smem_q>>>(
+        dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
+  }
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

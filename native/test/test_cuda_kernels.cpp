@@ -412,6 +412,55 @@ TEST(attention_bf16_mma_adds_qkv_biases) {
                                        false, bias),
                "tensor-core kernels only");
 }
+// OPTUNE_CUDA_ATTN_PREFETCH=1 (the forward and dQ kernels fetch the next K/V tiles during this tile's products): the
+// same values rounded and multiplied in the same order, so the same results bit for bit; unaligned slices keep the
+// plain kernels.
+namespace {
+void attention_prefetch_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd,
+                             uint64_t seed, int shift, bool bias) {
+  Rand r(seed);
+  std::vector<int32_t> offsets(1, 0);
+  int max_len = 0;
+  for (int L : lens) offsets.push_back(offsets.back() + L), max_len = std::max(max_len, L);
+  const int T = offsets.back(), n_seq = static_cast<int>(lens.size()), qs = (H + 2 * KV) * hd, od = H * hd;
+  std::vector<float> qkv(static_cast<size_t>(shift), 0.0f);
+  const std::vector<float> body = randv(static_cast<size_t>(T) * qs, r);
+  qkv.insert(qkv.end(), body.begin(), body.end());
+  const Buf gqkv(qkv), gdout(randv(static_cast<size_t>(T) * od, r)), gbias(randv(static_cast<size_t>(qs), r));
+  const IBuf goff(offsets);
+  cuda::QkvBias qkv_b;
+  if (bias) qkv_b = {gbias.data(), gbias.data() + H * hd, gbias.data() + (H + KV) * hd};
+  const float *gq = gqkv.data() + shift, *gk = gq + H * hd, *gv = gk + KV * hd;
+  std::vector<std::vector<float>> got[2];
+  for (const bool prefetch : {false, true}) {
+    if (prefetch) setenv("OPTUNE_CUDA_ATTN_PREFETCH", "1", 1);
+    Buf out(static_cast<size_t>(T) * od), lse(static_cast<size_t>(T) * H), dqkv(static_cast<size_t>(T) * qs);
+    dqkv.zero();
+    cuda::attention_forward(out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, H, KV, hd,
+                            true, qkv_b);
+    cuda::attention_backward(dqkv.data(), dqkv.data() + H * hd, dqkv.data() + (H + KV) * hd, gdout.data(),
+                             out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, T, H, KV,
+                             hd, true, qkv_b);
+    unsetenv("OPTUNE_CUDA_ATTN_PREFETCH");
+    got[prefetch] = {out.download(), lse.download(), dqkv.download()};
+  }
+  const char* what[3] = {"out", "lse", "dq/dk/dv"};
+  for (int i = 0; i < 3; i++) {
+    size_t differ = 0;
+    for (size_t j = 0; j < got[0][i].size(); j++) differ += got[0][i][j] != got[1][i][j];
+    CHECK_MSG(differ == 0, name + " " + what[i] + ": " + std::to_string(differ) + " values differ with prefetch");
+  }
+}
+}  // namespace
+
+TEST(attention_bf16_prefetch_kernels_equal_plain_kernels) {
+  attention_prefetch_case("hd64 gqa biases", {130, 7, 64, 65, 1, 300}, 4, 2, 64, 19, 0, true);
+  attention_prefetch_case("hd128 mqa", {70, 129, 200}, 3, 1, 128, 20, 0, false);
+  attention_prefetch_case("hd16", {1, 37, 100}, 4, 4, 16, 21, 0, false);
+  attention_prefetch_case("hd32 biases", {200, 3}, 2, 2, 32, 22, 0, true);
+  attention_prefetch_case("hd64 unaligned (plain kernels)", {130, 7}, 2, 1, 64, 23, 2, true);
+}
+
 // A head dim without a tensor-core kernel runs the fp32 kernels under bf16 too.
 TEST(attention_bf16_other_head_dims_fall_back) { attention_case("bf16 hd24", {50, 9}, 2, 1, 24, 15, 0, true); }
 
