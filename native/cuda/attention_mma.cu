@@ -111,80 +111,33 @@ __device__ inline void load_tile_narrow(const TileCopy& t, int row0, int n) {
 // The bias slice of one head (null when there is none).
 __device__ inline const float* head_bias(const float* bias, int head, int hd) { return bias ? bias + head * hd : nullptr; }
 
-// NT tiles of the same rows (K and V, Q and dO), with 16-byte loads when every slice allows them. Each thread issues
-// its loads (up to 8 at a time, across the tiles) before its first shared-memory store: interleaved, every load
-// waited for the store before it (the compiler cannot tell a generic pointer to shared memory from the global
-// source), one L2 round trip per 16 bytes, 8-16 per tile iteration, which kept the tensor cores mostly idle.
-// Launches use kMmaThreads threads per block.
-template <int HD, int ROWS, int NT>
-__device__ inline void load_tiles(const TileCopy (&t)[NT], int row0, int n) {
-  constexpr int ld = HD + 8, quads = HD / 4;
-  static_assert((ROWS * quads) % kMmaThreads == 0, "whole float4s per thread");
-  static_assert(kMmaThreads % quads == 0, "a thread's columns are the same in every row it copies");
-  constexpr int per_tile = ROWS * quads / kMmaThreads, total = NT * per_tile, batch = total < 8 ? total : 8;
-  static_assert(total % batch == 0, "whole batches");
-  bool wide = true;
-#pragma unroll
-  for (int i = 0; i < NT; i++) wide = wide && t[i].wide();
-  if (!wide) {
-#pragma unroll
-    for (int i = 0; i < NT; i++) load_tile_narrow<HD, ROWS>(t[i], row0, n);
-    return;
-  }
-  // This thread's 4 columns of each tile's bias, read once, ahead of the tile loads: read per element after its
-  // tile load, each bias load waited for the one before (Nsight: ~1/3 of the forward kernel's stall samples).
-  float4 b4[NT];
-  const int dq = 4 * (threadIdx.x % quads);
-#pragma unroll
-  for (int i = 0; i < NT; i++)
-    b4[i] = t[i].bias ? make_float4(t[i].bias[dq], t[i].bias[dq + 1], t[i].bias[dq + 2], t[i].bias[dq + 3])
-                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-  for (int b0 = 0; b0 < total; b0 += batch) {
-    float4 x[batch];
-#pragma unroll
-    for (int k = 0; k < batch; k++) {
-      const int e = b0 + k, idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
-      const TileCopy& c = t[e / per_tile];
-      x[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      if (r < n) {  // d == dq
-        x[k] = __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d));
-        const float4 bb = b4[e / per_tile];
-        if (c.bias) x[k].x += bb.x, x[k].y += bb.y, x[k].z += bb.z, x[k].w += bb.w;
-      }
-    }
-#pragma unroll
-    for (int k = 0; k < batch; k++) {
-      const int e = b0 + k, idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
-      *reinterpret_cast<uint2*>(t[e / per_tile].dst + r * ld + d) =
-          make_uint2(pack_bf16(x[k].x, x[k].y), pack_bf16(x[k].z, x[k].w));
-    }
-  }
-}
-
-// load_tiles split in two for software pipelining (OPTUNE_CUDA_ATTN_PREFETCH=1): fetch() issues a thread's 16-byte
-// loads of NT tiles into registers, store() rounds them (after their bias) into the tiles' shared memory. A kernel
-// fetches tile j + 1 right after storing tile j, so those loads are in flight while tile j's products run, instead
-// of every warp of the block waiting on them between two barriers. Wide slices only (TileCopy::wide, checked by the
-// host for the whole launch); the same values as load_tiles, so the same results bit for bit.
+// A thread's share of NT tiles of ROWS rows (K and V, Q and dO) with 16-byte loads, in two steps: fetch() issues
+// the loads into registers, store() adds the bias, rounds to bf16 and writes the tiles' shared memory. The loads
+// carry no branch and nothing uses their values before store(), so they all go out back to back. The first version
+// guarded each load with `if (row < n)` and added its bias inside the guard: the SASS had a branch region per 16
+// bytes whose add waited for its load before the next load issued (Nsight on an H200: 39% of the forward's stall
+// samples, on those adds; ~8 serialized L2 round trips per tile). Rows >= n read row n - 1 (n >= 1: a valid row)
+// and are stored as 0 (padding rows must hold finite values: 0 * NaN would poison the products).
+// Pipelined kernels (OPTUNE_CUDA_ATTN_PREFETCH=1) fetch tile j + 1 right after storing tile j, so those loads are
+// in flight during tile j's products. Launches use kMmaThreads threads per block.
 template <int HD, int ROWS, int NT>
 struct TileFetch {
   static constexpr int quads = HD / 4, per_tile = ROWS * quads / kMmaThreads, total = NT * per_tile;
-  static_assert((ROWS * quads) % kMmaThreads == 0 && kMmaThreads % quads == 0, "as load_tiles");
+  static_assert((ROWS * quads) % kMmaThreads == 0, "whole float4s per thread");
+  static_assert(kMmaThreads % quads == 0, "a thread's columns are the same in every row it copies");
   float4 x[total];
 
-  __device__ void fetch(const TileCopy (&t)[NT], int row0, int n) {
+  __device__ void fetch(const TileCopy (&t)[NT], int row0, int n) {  // every t[i].wide(); n >= 1
 #pragma unroll
     for (int e = 0; e < total; e++) {
-      const int idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
+      const int idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = min(idx / quads, n - 1), d = 4 * (idx % quads);
       const TileCopy& c = t[e / per_tile];
-      x[e] = r < n ? __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d))
-                   : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      x[e] = __ldg(reinterpret_cast<const float4*>(c.src + (row0 + r) * c.stride + d));
     }
   }
   __device__ void store(const TileCopy (&t)[NT], int n) const {
     constexpr int ld = HD + 8;
-    const int dq = 4 * (threadIdx.x % quads);
+    const int dq = 4 * (threadIdx.x % quads);  // this thread's 4 columns in every row it copies
     float4 b4[NT];
 #pragma unroll
     for (int i = 0; i < NT; i++)
@@ -194,13 +147,32 @@ struct TileFetch {
     for (int e = 0; e < total; e++) {
       const int idx = threadIdx.x + (e % per_tile) * kMmaThreads, r = idx / quads, d = 4 * (idx % quads);
       const TileCopy& c = t[e / per_tile];
-      float4 y = x[e];
       const float4 bb = b4[e / per_tile];
-      if (r < n && c.bias) y.x += bb.x, y.y += bb.y, y.z += bb.z, y.w += bb.w;
+      float4 y = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < n) {
+        y = x[e];
+        if (c.bias) y.x += bb.x, y.y += bb.y, y.z += bb.z, y.w += bb.w;
+      }
       *reinterpret_cast<uint2*>(c.dst + r * ld + d) = make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
     }
   }
 };
+
+// NT tiles at once: fetch then store when every slice allows 16-byte loads, else 8-byte loads tile by tile.
+template <int HD, int ROWS, int NT>
+__device__ inline void load_tiles(const TileCopy (&t)[NT], int row0, int n) {
+  bool wide = true;
+#pragma unroll
+  for (int i = 0; i < NT; i++) wide = wide && t[i].wide();
+  if (!wide) {
+#pragma unroll
+    for (int i = 0; i < NT; i++) load_tile_narrow<HD, ROWS>(t[i], row0, n);
+    return;
+  }
+  TileFetch<HD, ROWS, NT> f;
+  f.fetch(t, row0, n);
+  f.store(t, n);
+}
 
 // The A fragment (16 x 16, columns 16 kk .. 16 kk + 15) of the next product from a row of C tiles of this one,
 // rounded to bf16: C tiles 2 kk and 2 kk + 1 hold those columns (kk: a compile-time constant after unrolling).
