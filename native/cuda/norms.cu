@@ -8,6 +8,7 @@
 // Parameter gradients: dw[i] += sum over rows, reduced per column by a 32 x 16 thread tile (32 columns, 16 row
 // stripes, summed in a fixed order through shared memory): no atomics, the same result on every run.
 #include <algorithm>
+#include <cstdint>
 
 #include "check.cuh"
 #include "ops.h"
@@ -39,6 +40,106 @@ __global__ void layernorm_forward_kernel(float* __restrict__ out, uint16_t* __re
   if (lane == 0) {
     if (mean) mean[r] = m;
     if (rstd) rstd[r] = rs;
+  }
+}
+
+// Rows of d <= 128 * kVecMax floats with d % 4 == 0 and 16-byte aligned rows (GPT-2's 768, 1024): each lane keeps
+// its float4s of the row in registers, so the row is read from memory once and the lane's loads go out together.
+// The strided kernels above read x three times (the statistics, then the output) one 4-byte load per lane at a time:
+// ~51 us forward and ~141 us for the input gradient per 32k x 768 call on an H200 (Nsight), ~2-3 TB/s.
+static constexpr int kVecMax = 8;  // float4s per lane: d <= 1024
+static bool vec_rows(int d, const void* a, const void* b, const void* c, const void* e) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return d % 4 == 0 && d <= 128 * kVecMax && aligned(a) && aligned(b) && aligned(c) && aligned(e);
+}
+
+__global__ void layernorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __restrict__ out16, float* mean,
+                                             float* rstd, const float* __restrict__ inp,
+                                             const float* __restrict__ w, const float* __restrict__ b, int rows,
+                                             int d, float eps) {
+  const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
+  if (r >= rows) return;
+  const float4* x = reinterpret_cast<const float4*>(inp + static_cast<int64_t>(r) * d);
+  float4 v[kVecMax];
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    v[j] = q < nv ? x[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  float s = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) s += (v[j].x + v[j].y) + (v[j].z + v[j].w);  // 0 past the row's end
+  const float m = warp_sum(s) / d;
+  float var = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++)
+    if (j * 32 + lane < nv) {
+      const float a = v[j].x - m, c = v[j].y - m, e = v[j].z - m, f = v[j].w - m;
+      var += (a * a + c * c) + (e * e + f * f);
+    }
+  const float rs = rsqrtf(warp_sum(var) / d + eps);
+  const int64_t o = static_cast<int64_t>(r) * d;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    const float4 wq = reinterpret_cast<const float4*>(w)[q], bq = reinterpret_cast<const float4*>(b)[q];
+    store_out4(out, out16, o + 4 * q,
+               make_float4((v[j].x - m) * rs * wq.x + bq.x, (v[j].y - m) * rs * wq.y + bq.y,
+                           (v[j].z - m) * rs * wq.z + bq.z, (v[j].w - m) * rs * wq.w + bq.w));
+  }
+  if (lane == 0) {
+    if (mean) mean[r] = m;
+    if (rstd) rstd[r] = rs;
+  }
+}
+
+// dinp += rstd * (w dy - mean(w dy) - xhat mean(w dy xhat)), dy and x in registers; dinp read with its loads together.
+__global__ void layernorm_backward_input_vec_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
+                                                    const float* __restrict__ inp, const float* __restrict__ w,
+                                                    const float* mean, const float* rstd, int rows, int d) {
+  const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
+  if (r >= rows) return;
+  const int64_t o = static_cast<int64_t>(r) * d;
+  const float4 *dy = reinterpret_cast<const float4*>(dout + o), *x = reinterpret_cast<const float4*>(inp + o);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  const float m = mean[r], s = rstd[r];
+  float4 dn[kVecMax], xh[kVecMax];  // w * dy and xhat
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    dn[j] = q < nv ? dy[q] : zero;
+    xh[j] = q < nv ? x[q] : zero;
+  }
+  float dn_sum = 0.0f, dn_xhat_sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    const float4 wq = w4[q];
+    dn[j] = make_float4(wq.x * dn[j].x, wq.y * dn[j].y, wq.z * dn[j].z, wq.w * dn[j].w);
+    xh[j] = make_float4((xh[j].x - m) * s, (xh[j].y - m) * s, (xh[j].z - m) * s, (xh[j].w - m) * s);
+    dn_sum += (dn[j].x + dn[j].y) + (dn[j].z + dn[j].w);
+    dn_xhat_sum += (dn[j].x * xh[j].x + dn[j].y * xh[j].y) + (dn[j].z * xh[j].z + dn[j].w * xh[j].w);
+  }
+  const float dn_mean = warp_sum(dn_sum) / d, dn_xhat_mean = warp_sum(dn_xhat_sum) / d;
+  float4* dx = reinterpret_cast<float4*>(dinp + o);
+  float4 acc[kVecMax];
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    acc[j] = q < nv ? dx[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    acc[j].x += s * (dn[j].x - dn_mean - xh[j].x * dn_xhat_mean);
+    acc[j].y += s * (dn[j].y - dn_mean - xh[j].y * dn_xhat_mean);
+    acc[j].z += s * (dn[j].z - dn_mean - xh[j].z * dn_xhat_mean);
+    acc[j].w += s * (dn[j].w - dn_mean - xh[j].w * dn_xhat_mean);
+    dx[q] = acc[j];
   }
 }
 
@@ -96,19 +197,34 @@ static void norm_backward_params(float* dw, float* db, const float* dout, const 
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
+// The input gradient of LayerNorm on every row: the register kernel where the rows allow it (vec_rows).
+static void layernorm_backward_input_rows(float* dinp, const float* dout, const float* inp, const float* w,
+                                          const float* mean, const float* rstd, int rows, int d) {
+  if (vec_rows(d, dinp, dout, inp, w))
+    layernorm_backward_input_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, mean, rstd,
+                                                                                  rows, d);
+  else
+    layernorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, mean, rstd, rows,
+                                                                              d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
                        int rows, int d, float eps, uint16_t* out16) {
   if (rows <= 0) return;
-  layernorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, mean, rstd, inp, w, b, rows, d,
-                                                                     eps);
+  if (vec_rows(d, inp, w, b, out) && reinterpret_cast<uintptr_t>(out16) % 8 == 0)  // null counts as aligned
+    layernorm_forward_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, mean, rstd, inp, w, b, rows,
+                                                                           d, eps);
+  else
+    layernorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, mean, rstd, inp, w, b, rows, d,
+                                                                       eps);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
                         const float* mean, const float* rstd, int rows, int d) {
   if (rows <= 0) return;
-  layernorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, mean, rstd, rows, d);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  layernorm_backward_input_rows(dinp, dout, inp, w, mean, rstd, rows, d);
   norm_backward_params(dw, db, dout, inp, mean, rstd, rows, d);
 }
 
@@ -168,8 +284,7 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
 void layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* mean,
                               const float* rstd, int rows, int d) {
   if (rows <= 0) return;
-  layernorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, mean, rstd, rows, d);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  layernorm_backward_input_rows(dinp, dout, inp, w, mean, rstd, rows, d);
 }
 
 void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,

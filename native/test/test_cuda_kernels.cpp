@@ -112,9 +112,9 @@ TEST(gemm_bf16_matches_cpu_on_rounded_inputs) {
 
 // ---- normalization ---------------------------------------------------------------------------------------------
 
-TEST(layernorm_forward_backward_match_cpu) {
-  Rand r(3);
-  const int rows = 67, d = 200;
+namespace {
+void layernorm_case(int rows, int d) {
+  Rand r(3 + d);
   const auto x = randv(static_cast<size_t>(rows) * d, r, 2.0f), w = randv(d, r), b = randv(d, r);
   const auto dy = randv(x.size(), r), dx0 = randv(x.size(), r), dw0 = randv(d, r), db0 = randv(d, r);
   std::vector<float> out(x.size()), mean(rows), rstd(rows), dx = dx0, dw = dw0, db = db0;
@@ -125,12 +125,19 @@ TEST(layernorm_forward_backward_match_cpu) {
   cuda::layernorm_forward(gout.data(), gmean.data(), grstd.data(), gx.data(), gw.data(), gb.data(), rows, d, 1e-5f);
   cuda::layernorm_backward(gdx.data(), gdw.data(), gdb.data(), gdy.data(), gx.data(), gw.data(), gmean.data(),
                            grstd.data(), rows, d);
-  expect_close("layernorm out", gout.download(), out, kRtol);
-  expect_close("layernorm mean", gmean.download(), mean, kRtol);
-  expect_close("layernorm rstd", grstd.download(), rstd, kRtol);
-  expect_close("layernorm dinp", gdx.download(), dx, kRtol);
-  expect_close("layernorm dw", gdw.download(), dw, kRtol);
-  expect_close("layernorm db", gdb.download(), db, kRtol);
+  const std::string w_ = " (d " + std::to_string(d) + ")";
+  expect_close("layernorm out" + w_, gout.download(), out, kRtol);
+  expect_close("layernorm mean" + w_, gmean.download(), mean, kRtol);
+  expect_close("layernorm rstd" + w_, grstd.download(), rstd, kRtol);
+  expect_close("layernorm dinp" + w_, gdx.download(), dx, kRtol);
+  expect_close("layernorm dw" + w_, gdw.download(), dw, kRtol);
+  expect_close("layernorm db" + w_, gdb.download(), db, kRtol);
+}
+}  // namespace
+
+// d = 200 and 768: the register kernels (d % 4 == 0, d <= 1024); 201 and 1030: the strided ones.
+TEST(layernorm_forward_backward_match_cpu) {
+  for (const int d : {200, 768, 201, 1030}) layernorm_case(67, d);
 }
 
 TEST(rmsnorm_forward_backward_match_cpu) {
@@ -152,9 +159,9 @@ TEST(rmsnorm_forward_backward_match_cpu) {
 
 // Forward outputs written straight in bf16 (the next GEMM's operand): bit for bit the fp32 output rounded to nearest
 // even, with or without the fp32 copy beside it.
-TEST(norm_and_activation_bf16_outputs_are_the_rounded_fp32_outputs) {
-  Rand r(18);
-  const int rows = 37, d = 96;
+namespace {
+void bf16_outputs_case(int rows, int d) {
+  Rand r(18 + d);
   const int64_t n = static_cast<int64_t>(rows) * d;
   const Buf x(randv(n, r, 2.0f)), up(randv(n, r)), w(randv(d, r)), b(randv(d, r)), bias(randv(d, r));
   Buf mean(rows), rstd(rows);
@@ -177,6 +184,12 @@ TEST(norm_and_activation_bf16_outputs_are_the_rounded_fp32_outputs) {
   });
   check("bias_gelu", [&](float* o, uint16_t* o16) { cuda::bias_gelu_forward(o, x.data(), bias.data(), rows, d, o16); });
   check("swiglu", [&](float* o, uint16_t* o16) { cuda::swiglu_forward(o, x.data(), up.data(), n, o16); });
+}
+}  // namespace
+
+// d = 96: the register LayerNorm kernel; 98: the strided one.
+TEST(norm_and_activation_bf16_outputs_are_the_rounded_fp32_outputs) {
+  for (const int d : {96, 98}) bf16_outputs_case(37, d);
 }
 
 // The device model's split norm backward: input gradient alone, then dy * xhat summed by a ones-row GEMM (and db as
