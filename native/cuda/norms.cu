@@ -261,18 +261,105 @@ __global__ void rmsnorm_backward_input_kernel(float* __restrict__ dinp, const fl
   for (int i = lane; i < d; i += 32) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
 }
 
+// The register kernels for RMSNorm rows (vec_rows), as LayerNorm's above.
+__global__ void rmsnorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __restrict__ out16, float* rstd,
+                                           const float* __restrict__ inp, const float* __restrict__ w, int rows, int d,
+                                           float eps) {
+  const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
+  if (r >= rows) return;
+  const float4* x = reinterpret_cast<const float4*>(inp + static_cast<int64_t>(r) * d);
+  float4 v[kVecMax];
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    v[j] = q < nv ? x[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) ss += (v[j].x * v[j].x + v[j].y * v[j].y) + (v[j].z * v[j].z + v[j].w * v[j].w);
+  const float s = rsqrtf(warp_sum(ss) / d + eps);
+  const int64_t o = static_cast<int64_t>(r) * d;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    const float4 wq = reinterpret_cast<const float4*>(w)[q];
+    store_out4(out, out16, o + 4 * q,
+               make_float4(wq.x * (v[j].x * s), wq.y * (v[j].y * s), wq.z * (v[j].z * s), wq.w * (v[j].w * s)));
+  }
+  if (lane == 0 && rstd) rstd[r] = s;
+}
+
+__global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
+                                                  const float* __restrict__ inp, const float* __restrict__ w,
+                                                  const float* rstd, int rows, int d) {
+  const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
+  if (r >= rows) return;
+  const int64_t o = static_cast<int64_t>(r) * d;
+  const float4 *dy = reinterpret_cast<const float4*>(dout + o), *x = reinterpret_cast<const float4*>(inp + o);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  const float s = rstd[r];
+  float4 dn[kVecMax], xv[kVecMax];  // w * dy and x
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    dn[j] = q < nv ? dy[q] : zero;
+    xv[j] = q < nv ? x[q] : zero;
+  }
+  float dot = 0.0f;  // sum_i (w_i dy_i) xhat_i
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    const float4 wq = w4[q];
+    dn[j] = make_float4(wq.x * dn[j].x, wq.y * dn[j].y, wq.z * dn[j].z, wq.w * dn[j].w);
+    dot += (dn[j].x * (xv[j].x * s) + dn[j].y * (xv[j].y * s)) + (dn[j].z * (xv[j].z * s) + dn[j].w * (xv[j].w * s));
+  }
+  const float c = warp_sum(dot) / d;
+  float4* dx = reinterpret_cast<float4*>(dinp + o);
+  float4 acc[kVecMax];
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    acc[j] = q < nv ? dx[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    acc[j].x += s * (dn[j].x - xv[j].x * s * c);
+    acc[j].y += s * (dn[j].y - xv[j].y * s * c);
+    acc[j].z += s * (dn[j].z - xv[j].z * s * c);
+    acc[j].w += s * (dn[j].w - xv[j].w * s * c);
+    dx[q] = acc[j];
+  }
+}
+
+// RMSNorm's input gradient on every row: the register kernel where the rows allow it.
+static void rmsnorm_backward_input_rows(float* dinp, const float* dout, const float* inp, const float* w,
+                                        const float* rstd, int rows, int d) {
+  if (vec_rows(d, dinp, dout, inp, w))
+    rmsnorm_backward_input_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
+  else
+    rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
                      uint16_t* out16) {
   if (rows <= 0) return;
-  rmsnorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps);
+  if (vec_rows(d, inp, w, out, nullptr) && reinterpret_cast<uintptr_t>(out16) % 8 == 0)  // null counts as aligned
+    rmsnorm_forward_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps);
+  else
+    rmsnorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
                       int rows, int d) {
   if (rows <= 0) return;
-  rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  rmsnorm_backward_input_rows(dinp, dout, inp, w, rstd, rows, d);
   norm_backward_params(dw, nullptr, dout, inp, nullptr, rstd, rows, d);
 }
 
@@ -290,8 +377,7 @@ void layernorm_backward_input(float* dinp, const float* dout, const float* inp, 
 void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
                             int rows, int d) {
   if (rows <= 0) return;
-  rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  rmsnorm_backward_input_rows(dinp, dout, inp, w, rstd, rows, d);
 }
 
 // A block per row (no 64-bit division of a flat index per element).

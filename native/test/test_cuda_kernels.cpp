@@ -140,9 +140,9 @@ TEST(layernorm_forward_backward_match_cpu) {
   for (const int d : {200, 768, 201, 1030}) layernorm_case(67, d);
 }
 
-TEST(rmsnorm_forward_backward_match_cpu) {
-  Rand r(4);
-  const int rows = 45, d = 333;
+namespace {
+void rmsnorm_case(int rows, int d) {
+  Rand r(4 + d);
   const auto x = randv(static_cast<size_t>(rows) * d, r, 2.0f), w = randv(d, r);
   const auto dy = randv(x.size(), r), dx0 = randv(x.size(), r), dw0 = randv(d, r);
   std::vector<float> out(x.size()), rstd(rows), dx = dx0, dw = dw0;
@@ -151,10 +151,17 @@ TEST(rmsnorm_forward_backward_match_cpu) {
   Buf gx(x), gw(w), gdy(dy), gdx(dx0), gdw(dw0), gout(x.size()), grstd(rows);
   cuda::rmsnorm_forward(gout.data(), grstd.data(), gx.data(), gw.data(), rows, d, 1e-6f);
   cuda::rmsnorm_backward(gdx.data(), gdw.data(), gdy.data(), gx.data(), gw.data(), grstd.data(), rows, d);
-  expect_close("rmsnorm out", gout.download(), out, kRtol);
-  expect_close("rmsnorm rstd", grstd.download(), rstd, kRtol);
-  expect_close("rmsnorm dinp", gdx.download(), dx, kRtol);
-  expect_close("rmsnorm dw", gdw.download(), dw, kRtol);
+  const std::string w_ = " (d " + std::to_string(d) + ")";
+  expect_close("rmsnorm out" + w_, gout.download(), out, kRtol);
+  expect_close("rmsnorm rstd" + w_, grstd.download(), rstd, kRtol);
+  expect_close("rmsnorm dinp" + w_, gdx.download(), dx, kRtol);
+  expect_close("rmsnorm dw" + w_, gdw.download(), dw, kRtol);
+}
+}  // namespace
+
+// d = 333: the strided kernels; 896 (Qwen2-0.5B's width): the register ones.
+TEST(rmsnorm_forward_backward_match_cpu) {
+  for (const int d : {333, 896}) rmsnorm_case(45, d);
 }
 
 // Forward outputs written straight in bf16 (the next GEMM's operand): bit for bit the fp32 output rounded to nearest
