@@ -174,6 +174,23 @@ __device__ inline void load_tiles(const TileCopy (&t)[NT], int row0, int n) {
   f.store(t, n);
 }
 
+// The K/V tiles of the step at key j0 (of 0 .. j_end - 1) into Ks/Vs for every warp, after a barrier that ends
+// the previous step's reads. PREFETCH: they come from the registers fetched during the previous step, and the next
+// step's fetch goes out before returning (its loads in flight during this step's products).
+template <int HD, bool PREFETCH>
+__device__ inline void kv_step(TileFetch<HD, kCols, 2>& next, const TileCopy (&kv)[2], int start, int j0, int j_end,
+                               int L) {
+  __syncthreads();
+  if constexpr (PREFETCH) {
+    next.store(kv, min(kCols, L - j0));
+    __syncthreads();
+    if (j0 + kCols < j_end) next.fetch(kv, start + j0 + kCols, min(kCols, L - j0 - kCols));
+  } else {
+    load_tiles<HD, kCols, 2>(kv, start + j0, min(kCols, L - j0));
+    __syncthreads();
+  }
+}
+
 // The A fragment (16 x 16, columns 16 kk .. 16 kk + 15) of the next product from a row of C tiles of this one,
 // rounded to bf16: C tiles 2 kk and 2 kk + 1 hold those columns (kk: a compile-time constant after unrolling).
 template <int N>
@@ -276,15 +293,7 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
   TileFetch<HD, kCols, 2> next;
   if constexpr (PREFETCH) next.fetch(kv_tiles, start, min(kCols, L));
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
-    __syncthreads();  // the previous tile's readers of Ks/Vs are done
-    if constexpr (PREFETCH) {
-      next.store(kv_tiles, min(kCols, L - j0));
-      __syncthreads();
-      if (j0 + kCols < j_end) next.fetch(kv_tiles, start + j0 + kCols, min(kCols, L - j0 - kCols));
-    } else {
-      load_tiles<HD, kCols, 2>(kv_tiles, start + j0, min(kCols, L - j0));
-      __syncthreads();
-    }
+    kv_step<HD, PREFETCH>(next, kv_tiles, start, j0, j_end, L);
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 
     float sc[kCols / 8][4];
@@ -484,15 +493,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
   TileFetch<HD, kCols, 2> next;
   if constexpr (PREFETCH) next.fetch(kv_tiles, start, min(kCols, L));
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
-    __syncthreads();  // Qs/dOs are loaded; the previous tile's readers of Ks/Vs are done
-    if constexpr (PREFETCH) {
-      next.store(kv_tiles, min(kCols, L - j0));
-      __syncthreads();
-      if (j0 + kCols < j_end) next.fetch(kv_tiles, start + j0 + kCols, min(kCols, L - j0 - kCols));
-    } else {
-      load_tiles<HD, kCols, 2>(kv_tiles, start + j0, min(kCols, L - j0));
-      __syncthreads();
-    }
+    kv_step<HD, PREFETCH>(next, kv_tiles, start, j0, j_end, L);  // (Qs/dOs were loaded before the loop)
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
 
     float sc[kCols / 8][4], dp[kCols / 8][4];

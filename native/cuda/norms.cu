@@ -53,6 +53,16 @@ static bool vec_rows(int d, const void* a, const void* b, const void* c, const v
   return d % 4 == 0 && d <= 128 * kVecMax && aligned(a) && aligned(b) && aligned(c) && aligned(e);
 }
 
+// This lane's float4s of a row of nv float4s (0 past its end).
+__device__ inline void load_row4(float4 (&v)[kVecMax], const float4* row, int nv) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    v[j] = q < nv ? row[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+}
+
 __global__ void layernorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __restrict__ out16, float* mean,
                                              float* rstd, const float* __restrict__ inp,
                                              const float* __restrict__ w, const float* __restrict__ b, int rows,
@@ -61,11 +71,7 @@ __global__ void layernorm_forward_vec_kernel(float* __restrict__ out, uint16_t* 
   if (r >= rows) return;
   const float4* x = reinterpret_cast<const float4*>(inp + static_cast<int64_t>(r) * d);
   float4 v[kVecMax];
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    v[j] = q < nv ? x[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
+  load_row4(v, x, nv);
   float s = 0.0f;
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) s += (v[j].x + v[j].y) + (v[j].z + v[j].w);  // 0 past the row's end
@@ -105,13 +111,8 @@ __global__ void layernorm_backward_input_vec_kernel(float* __restrict__ dinp, co
   const float4* w4 = reinterpret_cast<const float4*>(w);
   const float m = mean[r], s = rstd[r];
   float4 dn[kVecMax], xh[kVecMax];  // w * dy and xhat
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    dn[j] = q < nv ? dy[q] : zero;
-    xh[j] = q < nv ? x[q] : zero;
-  }
+  load_row4(dn, dy, nv);
+  load_row4(xh, x, nv);
   float dn_sum = 0.0f, dn_xhat_sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
@@ -126,11 +127,7 @@ __global__ void layernorm_backward_input_vec_kernel(float* __restrict__ dinp, co
   const float dn_mean = warp_sum(dn_sum) / d, dn_xhat_mean = warp_sum(dn_xhat_sum) / d;
   float4* dx = reinterpret_cast<float4*>(dinp + o);
   float4 acc[kVecMax];
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    acc[j] = q < nv ? dx[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
+  load_row4(acc, dx, nv);
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
     const int q = j * 32 + lane;
@@ -269,11 +266,7 @@ __global__ void rmsnorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __
   if (r >= rows) return;
   const float4* x = reinterpret_cast<const float4*>(inp + static_cast<int64_t>(r) * d);
   float4 v[kVecMax];
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    v[j] = q < nv ? x[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
+  load_row4(v, x, nv);
   float ss = 0.0f;
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) ss += (v[j].x * v[j].x + v[j].y * v[j].y) + (v[j].z * v[j].z + v[j].w * v[j].w);
@@ -300,13 +293,8 @@ __global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, cons
   const float4* w4 = reinterpret_cast<const float4*>(w);
   const float s = rstd[r];
   float4 dn[kVecMax], xv[kVecMax];  // w * dy and x
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    dn[j] = q < nv ? dy[q] : zero;
-    xv[j] = q < nv ? x[q] : zero;
-  }
+  load_row4(dn, dy, nv);
+  load_row4(xv, x, nv);
   float dot = 0.0f;  // sum_i (w_i dy_i) xhat_i
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
@@ -319,11 +307,7 @@ __global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, cons
   const float c = warp_sum(dot) / d;
   float4* dx = reinterpret_cast<float4*>(dinp + o);
   float4 acc[kVecMax];
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    acc[j] = q < nv ? dx[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
+  load_row4(acc, dx, nv);
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
     const int q = j * 32 + lane;
