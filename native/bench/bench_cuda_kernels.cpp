@@ -95,7 +95,7 @@ int main() {
       cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
                                q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
     });
-    // the same with OPTUNE_CUDA_ATTN_PREFETCH=1: next K/V tiles fetched during this tile's products (forward, dQ)
+    // the same with OPTUNE_CUDA_ATTN_PREFETCH=1: next tiles fetched during this tile's products (forward, dQ, dK/dV)
     setenv("OPTUNE_CUDA_ATTN_PREFETCH", "1", 1);
     time_it("attention fwd bf16 (mma, prefetch)", att_flops, [&] {
       cuda::attention_forward(att.data(), lse.data(), q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, H, H, hd, true);

@@ -370,6 +370,28 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
 
 // ---- backward --------------------------------------------------------------------------------------------------
 
+// The Q and dO tiles of one query head (a copyable pair for TileFetch).
+struct QdoTiles {
+  TileCopy t[2];
+};
+
+// load_row_stats in two steps for the pipelined dK/dV kernel: thread r < kCols fetches row r's lse and D (rows past
+// the end read the last valid row), store() writes them as load_row_stats does.
+struct RowStatsFetch {
+  float lse = 0.0f, D = 0.0f;
+  __device__ void fetch(const float* lse_g, const float* D_g, int row0, int n, int n_head, int h) {
+    if (threadIdx.x >= kCols) return;
+    const int64_t i = static_cast<int64_t>(row0 + min(static_cast<int>(threadIdx.x), n - 1)) * n_head + h;
+    lse = lse_g[i], D = D_g[i];
+  }
+  __device__ void store(float* lse2_s, float* D_s, int n) const {
+    const int r = threadIdx.x;
+    if (r >= kCols) return;
+    lse2_s[r] = r < n ? lse * kLog2e : 0.0f;
+    D_s[r] = r < n ? D : 0.0f;
+  }
+};
+
 // Per-query softmax statistics of a tile into shared memory: lse in log2 units, D; 0 for padding rows.
 __device__ inline void load_row_stats(float* lse2_s, float* D_s, const float* lse, const float* D, int row0, int n,
                                       int n_head, int h) {
@@ -383,7 +405,9 @@ __device__ inline void load_row_stats(float* lse2_s, float* D_s, const float* ls
 // Grid (key tiles, sequences, kv heads): dK, dV of 64 keys, summed over the query heads of the GQA group and the
 // query tiles from the diagonal down. Per query tile: S^T = K Q^T, P^T = exp(S^T - lse), dV += P^T dO,
 // dP^T = V dO^T, dS^T = P^T (dP^T - D) scale, dK += dS^T Q.
-template <int HD>
+// PREFETCH: the next step's Q/dO tiles and softmax statistics are fetched into registers during this step's
+// products (TileFetch, RowStatsFetch); the steps run over (head of the group, query tile) in the same order.
+template <int HD, bool PREFETCH>
 __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kernel(
     float* dk, float* dv, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k,
     int ks, const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2,
@@ -411,31 +435,51 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
 #pragma unroll
     for (int e = 0; e < 4; e++) dk_acc[nt][e] = dv_acc[nt][e] = 0.0f;
 
-  for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-    for (int i0 = j0; i0 < L; i0 += kCols) {  // causal: query tiles from the block's diagonal down (kRows % kCols == 0)
-      const int nq = min(kCols, L - i0);
-      __syncthreads();  // Ks/Vs are loaded; the previous tile's readers of Qs/dOs/stats are done
-      load_tiles<HD, kCols, 2>({TileCopy{Qs, q + h * HD, qs, head_bias(bias.q, h, HD)},
-                              TileCopy{dOs, dout + h * HD, od, nullptr}}, start + i0, nq);
+  // Steps: the group's heads in turn, each over the query tiles from the block's diagonal down (kRows % kCols == 0).
+  const int n_qt = (L - j0 + kCols - 1) / kCols, steps = group * n_qt;
+  const auto tiles_of = [&](int h) {
+    return QdoTiles{{TileCopy{Qs, q + h * HD, qs, head_bias(bias.q, h, HD)},
+                     TileCopy{dOs, dout + h * HD, od, nullptr}}};
+  };
+  TileFetch<HD, kCols, 2> next;
+  RowStatsFetch next_stats;
+  if constexpr (PREFETCH) {
+    next.fetch(tiles_of(kvh * group).t, start + j0, min(kCols, L - j0));
+    next_stats.fetch(lse, D, start + j0, min(kCols, L - j0), n_head, kvh * group);
+  }
+  for (int step = 0; step < steps; step++) {
+    const int h = kvh * group + step / n_qt, i0 = j0 + (step % n_qt) * kCols, nq = min(kCols, L - i0);
+    __syncthreads();  // Ks/Vs are loaded; the previous tile's readers of Qs/dOs/stats are done
+    if constexpr (PREFETCH) {
+      next.store(tiles_of(h).t, nq);
+      next_stats.store(lse2_s, D_s, nq);
+      __syncthreads();
+      if (step + 1 < steps) {
+        const int h1 = kvh * group + (step + 1) / n_qt, i1 = j0 + ((step + 1) % n_qt) * kCols;
+        next.fetch(tiles_of(h1).t, start + i1, min(kCols, L - i1));
+        next_stats.fetch(lse, D, start + i1, min(kCols, L - i1), n_head, h1);
+      }
+    } else {
+      load_tiles<HD, kCols, 2>(tiles_of(h).t, start + i0, nq);
       load_row_stats(lse2_s, D_s, lse, D, start + i0, nq, n_head, h);
       __syncthreads();
-      if (i0 + kCols - 1 < j0 + m0) continue;  // every query of the tile precedes this warp's keys (warp-uniform)
-
-      float st[kCols / 8][4], dpt[kCols / 8][4];  // S^T then P^T; dP^T then dS^T (rows: keys, columns: queries)
-      two_products<HD>(st, dpt, Ks, Vs, Qs, dOs, m0);  // S^T = K Q^T, dP^T = V dO^T
-#pragma unroll
-      for (int nt = 0; nt < kCols / 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int c = 8 * nt + 2 * t + (e & 1), qi = i0 + c;
-          const bool live = qi >= key[e >> 1] && qi < L;  // causal (implies key < L), no padding query
-          const float p = live ? exp2f(st[nt][e] * scale_log2 - lse2_s[c]) : 0.0f;
-          st[nt][e] = p;
-          dpt[nt][e] = p * (dpt[nt][e] - D_s[c]) * scale;
-        }
-      add_product<HD>(dv_acc, st, dOs);  // dV += P^T dO
-      add_product<HD>(dk_acc, dpt, Qs);  // dK += dS^T Q
     }
+    if (i0 + kCols - 1 < j0 + m0) continue;  // every query of the tile precedes this warp's keys (warp-uniform)
+
+    float st[kCols / 8][4], dpt[kCols / 8][4];  // S^T then P^T; dP^T then dS^T (rows: keys, columns: queries)
+    two_products<HD>(st, dpt, Ks, Vs, Qs, dOs, m0);  // S^T = K Q^T, dP^T = V dO^T
+#pragma unroll
+    for (int nt = 0; nt < kCols / 8; nt++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int c = 8 * nt + 2 * t + (e & 1), qi = i0 + c;
+        const bool live = qi >= key[e >> 1] && qi < L;  // causal (implies key < L), no padding query
+        const float p = live ? exp2f(st[nt][e] * scale_log2 - lse2_s[c]) : 0.0f;
+        st[nt][e] = p;
+        dpt[nt][e] = p * (dpt[nt][e] - D_s[c]) * scale;
+      }
+    add_product<HD>(dv_acc, st, dOs);  // dV += P^T dO
+    add_product<HD>(dk_acc, dpt, Qs);  // dK += dS^T Q
   }
 
 #pragma unroll
@@ -563,9 +607,16 @@ void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD)), scale_log2 = scale * kLog2e;
   const int group = n_head / n_kv_head;
   const size_t smem_kv = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8) + 2 * kCols * sizeof(float);
-  launch_setup(attention_backward_dkdv_mma_kernel<HD>, smem_kv);
-  attention_backward_dkdv_mma_kernel<HD><<<grid_of(max_len, n_seq, n_kv_head), kMmaThreads, smem_kv>>>(
-      dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
+  const dim3 grid_kv = grid_of(max_len, n_seq, n_kv_head);
+  if (prefetch_wanted() && wide_slice(q, qs) && wide_slice(dout, n_head * HD)) {
+    launch_setup(attention_backward_dkdv_mma_kernel<HD, true>, smem_kv);
+    attention_backward_dkdv_mma_kernel<HD, true><<<grid_kv, kMmaThreads, smem_kv>>>(
+        dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
+  } else {
+    launch_setup(attention_backward_dkdv_mma_kernel<HD, false>, smem_kv);
+    attention_backward_dkdv_mma_kernel<HD, false><<<grid_kv, kMmaThreads, smem_kv>>>(
+        dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
+  }
   OPTUNE_CUDA_CHECK_LAUNCH();
   const size_t smem_q = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8);
   const dim3 grid_q = grid_of(max_len, n_seq, n_head);

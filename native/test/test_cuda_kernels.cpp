@@ -432,9 +432,9 @@ TEST(attention_bf16_mma_adds_qkv_biases) {
                                        false, bias),
                "tensor-core kernels only");
 }
-// OPTUNE_CUDA_ATTN_PREFETCH=1 (the forward and dQ kernels fetch the next K/V tiles during this tile's products): the
-// same values rounded and multiplied in the same order, so the same results bit for bit; unaligned slices keep the
-// plain kernels.
+// OPTUNE_CUDA_ATTN_PREFETCH=1 (the forward, dQ and dK/dV kernels fetch the next tiles during this tile's products):
+// the same values rounded and multiplied in the same order, so the same results bit for bit; unaligned slices keep
+// the plain kernels.
 namespace {
 void attention_prefetch_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd,
                              uint64_t seed, int shift, bool bias) {
