@@ -16,6 +16,7 @@
 #              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled),
 #              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device"),
 #              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks: profile_*.log),
+#              OPTUNE_GPU_AB=1 (bench_cuda_model again, bf16, with OPTUNE_CUDA_ATTN_PREFETCH=1),
 #              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test).
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
@@ -111,6 +112,11 @@ if ((rc[build] == 0)); then
       echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
     fi
   done
+  # OPTUNE_GPU_AB=1: the model benchmark again with the pipelined attention kernels (OPTUNE_CUDA_ATTN_PREFETCH=1),
+  # bf16 only; summary.json and results.md list its rows as "(attn prefetch)".
+  if [[ ${OPTUNE_GPU_AB:-0} == 1 && -x $build/bench_cuda_model ]]; then
+    stage bench_model_prefetch 90 env OPTUNE_CUDA_ATTN_PREFETCH=1 "$build/bench_cuda_model" 3 bf16
+  fi
   # OPTUNE_GPU_PROFILE=1: per-kernel GPU time (Nsight Compute, one metric) of a bf16 sampling run (eager steps, so
   # each kernel is seen; the first 2500 launches: the prefill and ~20 decode steps) and of the bf16 model benchmark.
   if [[ ${OPTUNE_GPU_PROFILE:-0} == 1 ]] && command -v ncu >/dev/null 2>&1; then

@@ -81,17 +81,24 @@ def ctest_counts(text):
     return execs
 
 
+# Native logs and the variant each measures (None: the defaults). bench_model_prefetch.log: bench_cuda_model again
+# with OPTUNE_CUDA_ATTN_PREFETCH=1 (gpu-check.sh with OPTUNE_GPU_AB=1).
+NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_model_prefetch.log", "attn prefetch"))
+
+
 def native_records(out):
     recs = []
-    for log in ("bench_sample.log", "bench_model.log"):
+    for log, variant in NATIVE_LOGS:
         for r in json_lines(os.path.join(out, log)):
-            op = r.get("op") or r.get("bench")
+            op, var = r.get("op") or r.get("bench"), variant
+            if op == "sample_split_auto":  # bench_cuda_sample's second rows: the same op, decode GEMMs split
+                op, var = "sample", "K-split auto"
             if op and "tok_per_s" in r:
                 peak = r.get("peak_mem_bytes")
                 if peak is None and r.get("peak_gib") is not None:
                     peak = r["peak_gib"] * GIB
-                recs.append({"op": op, "precision": r.get("precision"), "tok_per_s": r["tok_per_s"],
-                             "peak_mem_bytes": peak, "source": log, "record": r})
+                recs.append({"op": op, "variant": var, "precision": r.get("precision"),
+                             "tok_per_s": r["tok_per_s"], "peak_mem_bytes": peak, "source": log, "record": r})
     return recs
 
 
@@ -122,7 +129,8 @@ def table(native, torch_recs):
         x_eager = ratio(n["tok_per_s"], e and e["tok_per_s"])
         mem = ratio(n["peak_mem_bytes"], e and e.get("peak_mem_bytes"))
         rows.append({
-            "op": n["op"], "precision": n["precision"], "native_tok_per_s": n["tok_per_s"],
+            "op": n["op"] + (f" ({n['variant']})" if n.get("variant") else ""), "precision": n["precision"],
+            "native_tok_per_s": n["tok_per_s"],
             "torch_eager_tok_per_s": e and e["tok_per_s"], "speedup_vs_eager": x_eager, "target": target,
             "target_met": None if x_eager is None or target is None else x_eager >= target,
             "torch_compiled_tok_per_s": c and c["tok_per_s"],
