@@ -63,6 +63,23 @@ __device__ inline void load_row4(float4 (&v)[kVecMax], const float4* row, int nv
   }
 }
 
+// row[q] += delta(j) for this lane's float4s q = 32 j + lane (a backward's input gradient added to the residual
+// stream's): the row's loads go out together, before any store.
+template <class F>
+__device__ inline void add_to_row4(float4* row, int nv, const F& delta) {
+  const int lane = threadIdx.x % 32;
+  float4 acc[kVecMax];
+  load_row4(acc, row, nv);
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    const float4 g = delta(j);
+    acc[j].x += g.x, acc[j].y += g.y, acc[j].z += g.z, acc[j].w += g.w;
+    row[q] = acc[j];
+  }
+}
+
 __global__ void layernorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __restrict__ out16, float* mean,
                                              float* rstd, const float* __restrict__ inp,
                                              const float* __restrict__ w, const float* __restrict__ b, int rows,
@@ -125,19 +142,12 @@ __global__ void layernorm_backward_input_vec_kernel(float* __restrict__ dinp, co
     dn_xhat_sum += (dn[j].x * xh[j].x + dn[j].y * xh[j].y) + (dn[j].z * xh[j].z + dn[j].w * xh[j].w);
   }
   const float dn_mean = warp_sum(dn_sum) / d, dn_xhat_mean = warp_sum(dn_xhat_sum) / d;
-  float4* dx = reinterpret_cast<float4*>(dinp + o);
-  float4 acc[kVecMax];
-  load_row4(acc, dx, nv);
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    if (q >= nv) continue;
-    acc[j].x += s * (dn[j].x - dn_mean - xh[j].x * dn_xhat_mean);
-    acc[j].y += s * (dn[j].y - dn_mean - xh[j].y * dn_xhat_mean);
-    acc[j].z += s * (dn[j].z - dn_mean - xh[j].z * dn_xhat_mean);
-    acc[j].w += s * (dn[j].w - dn_mean - xh[j].w * dn_xhat_mean);
-    dx[q] = acc[j];
-  }
+  add_to_row4(reinterpret_cast<float4*>(dinp + o), nv, [&](int j) {
+    return make_float4(s * (dn[j].x - dn_mean - xh[j].x * dn_xhat_mean),
+                       s * (dn[j].y - dn_mean - xh[j].y * dn_xhat_mean),
+                       s * (dn[j].z - dn_mean - xh[j].z * dn_xhat_mean),
+                       s * (dn[j].w - dn_mean - xh[j].w * dn_xhat_mean));
+  });
 }
 
 __global__ void layernorm_backward_input_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
@@ -305,19 +315,10 @@ __global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, cons
     dot += (dn[j].x * (xv[j].x * s) + dn[j].y * (xv[j].y * s)) + (dn[j].z * (xv[j].z * s) + dn[j].w * (xv[j].w * s));
   }
   const float c = warp_sum(dot) / d;
-  float4* dx = reinterpret_cast<float4*>(dinp + o);
-  float4 acc[kVecMax];
-  load_row4(acc, dx, nv);
-#pragma unroll
-  for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    if (q >= nv) continue;
-    acc[j].x += s * (dn[j].x - xv[j].x * s * c);
-    acc[j].y += s * (dn[j].y - xv[j].y * s * c);
-    acc[j].z += s * (dn[j].z - xv[j].z * s * c);
-    acc[j].w += s * (dn[j].w - xv[j].w * s * c);
-    dx[q] = acc[j];
-  }
+  add_to_row4(reinterpret_cast<float4*>(dinp + o), nv, [&](int j) {
+    return make_float4(s * (dn[j].x - xv[j].x * s * c), s * (dn[j].y - xv[j].y * s * c),
+                       s * (dn[j].z - xv[j].z * s * c), s * (dn[j].w - xv[j].w * s * c));
+  });
 }
 
 // RMSNorm's input gradient on every row: the register kernel where the rows allow it.
