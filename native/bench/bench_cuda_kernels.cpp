@@ -88,6 +88,7 @@ int main() {
       cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
                                q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd);
     }, 3);
+    // the default (a pipelined backward at head_dim 64), then all plain ("0"), then all pipelined ("1")
     time_it("attention fwd bf16 (mma)", att_flops, [&] {
       cuda::attention_forward(att.data(), lse.data(), q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, H, H, hd, true);
     });
@@ -95,7 +96,12 @@ int main() {
       cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
                                q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
     });
-    // the same with OPTUNE_CUDA_ATTN_PREFETCH=1: next tiles fetched during this tile's products (forward, dQ, dK/dV)
+    setenv("OPTUNE_CUDA_ATTN_PREFETCH", "0", 1);
+    time_it("attention bwd bf16 (mma, plain)", 2.5 * att_flops, [&] {
+      cuda::attention_backward(dqkv.data(), dqkv.data() + d, dqkv.data() + 2 * d, datt.data(), att.data(), lse.data(),
+                               q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
+    });
+    // OPTUNE_CUDA_ATTN_PREFETCH=1: next tiles fetched during this tile's products (forward, dQ, dK/dV)
     setenv("OPTUNE_CUDA_ATTN_PREFETCH", "1", 1);
     time_it("attention fwd bf16 (mma, prefetch)", att_flops, [&] {
       cuda::attention_forward(att.data(), lse.data(), q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, H, H, hd, true);

@@ -432,7 +432,8 @@ TEST(attention_bf16_mma_adds_qkv_biases) {
                                        false, bias),
                "tensor-core kernels only");
 }
-// OPTUNE_CUDA_ATTN_PREFETCH=1 (the forward, dQ and dK/dV kernels fetch the next tiles during this tile's products):
+// OPTUNE_CUDA_ATTN_PREFETCH=1 (the forward, dQ and dK/dV kernels fetch the next tiles during this tile's products)
+// against "0" (all plain); unset (the default: a pipelined backward at head_dim <= 64) against both:
 // the same values rounded and multiplied in the same order, so the same results bit for bit; unaligned slices keep
 // the plain kernels.
 namespace {
@@ -451,9 +452,10 @@ void attention_prefetch_case(const std::string& name, const std::vector<int32_t>
   cuda::QkvBias qkv_b;
   if (bias) qkv_b = {gbias.data(), gbias.data() + H * hd, gbias.data() + (H + KV) * hd};
   const float *gq = gqkv.data() + shift, *gk = gq + H * hd, *gv = gk + KV * hd;
-  std::vector<std::vector<float>> got[2];
-  for (const bool prefetch : {false, true}) {
-    if (prefetch) setenv("OPTUNE_CUDA_ATTN_PREFETCH", "1", 1);
+  std::vector<std::vector<float>> got[3];
+  const char* setting[3] = {"0", "1", nullptr};
+  for (int run = 0; run < 3; run++) {
+    if (setting[run]) setenv("OPTUNE_CUDA_ATTN_PREFETCH", setting[run], 1);
     Buf out(static_cast<size_t>(T) * od), lse(static_cast<size_t>(T) * H), dqkv(static_cast<size_t>(T) * qs);
     dqkv.zero();
     cuda::attention_forward(out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, H, KV, hd,
@@ -462,13 +464,16 @@ void attention_prefetch_case(const std::string& name, const std::vector<int32_t>
                              out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, T, H, KV,
                              hd, true, qkv_b);
     unsetenv("OPTUNE_CUDA_ATTN_PREFETCH");
-    got[prefetch] = {out.download(), lse.download(), dqkv.download()};
+    got[run] = {out.download(), lse.download(), dqkv.download()};
   }
   const char* what[3] = {"out", "lse", "dq/dk/dv"};
-  for (int i = 0; i < 3; i++) {
-    size_t differ = 0;
-    for (size_t j = 0; j < got[0][i].size(); j++) differ += got[0][i][j] != got[1][i][j];
-    CHECK_MSG(differ == 0, name + " " + what[i] + ": " + std::to_string(differ) + " values differ with prefetch");
+  for (int run = 1; run < 3; run++) {
+    for (int i = 0; i < 3; i++) {
+      size_t differ = 0;
+      for (size_t j = 0; j < got[0][i].size(); j++) differ += got[0][i][j] != got[run][i][j];
+      CHECK_MSG(differ == 0, name + " " + what[i] + ": " + std::to_string(differ) + " values differ from the plain " +
+                                 "kernels' with OPTUNE_CUDA_ATTN_PREFETCH " + (setting[run] ? setting[run] : "unset"));
+    }
   }
 }
 }  // namespace
