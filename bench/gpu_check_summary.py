@@ -86,13 +86,18 @@ def ctest_counts(text):
 NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_model_prefetch.log", "attn prefetch"))
 
 
+# bench_cuda_sample's op names for its variant rows (summary and results.md list them beside "sample").
+SAMPLE_VARIANTS = {"sample_split_auto": "K-split auto", "sample_own_unsplit": "own GEMM unsplit",
+                   "sample_cublas": "cuBLAS GEMMs"}
+
+
 def native_records(out):
     recs = []
     for log, variant in NATIVE_LOGS:
         for r in json_lines(os.path.join(out, log)):
             op, var = r.get("op") or r.get("bench"), variant
-            if op == "sample_split_auto":  # bench_cuda_sample's second rows: the same op, decode GEMMs split
-                op, var = "sample", "K-split auto"
+            if op in SAMPLE_VARIANTS:  # bench_cuda_sample's later rows: the same op, other decode GEMMs
+                op, var = "sample", SAMPLE_VARIANTS[op]
             if op and "tok_per_s" in r:
                 peak = r.get("peak_mem_bytes")
                 if peak is None and r.get("peak_gib") is not None:

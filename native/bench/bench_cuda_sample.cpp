@@ -6,9 +6,10 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// Then the same with the decode GEMMs split along K by the automatic choice (OPTUNE_CUDA_SPLIT_K=auto), as op
-// "sample_split_auto": the K-split's effect measured in the same run (max_split: the most slices a decode GEMM ran
-// in). OPTUNE_CUDA_SPLIT_K set for the benchmark applies to the first rows.
+// Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own_unsplit" (decode_gemm.cu's kernel
+// without the K-split, OPTUNE_CUDA_SPLIT_K=1) and "sample_cublas" (cuBLAS, unsplit: OPTUNE_CUDA_DECODE_GEMM=cublas).
+// max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel. The
+// environment the benchmark starts with applies to the first rows.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
 #include <algorithm>
 #include <chrono>
@@ -55,8 +56,6 @@ int main(int argc, char** argv) {
     cuda::to_bf16(w16.data(), w32.data(), static_cast<int64_t>(m->params.size()));
     const size_t workspace = size_t(32) << 20;  // the sampler's cuBLAS workspace (sampler_cuda.cu)
     const std::string only = argc > 2 ? argv[2] : "";
-    const char* split_env = std::getenv("OPTUNE_CUDA_SPLIT_K");
-    const std::string split_default = split_env ? split_env : "";
     auto measure = [&](const char* op, bool bf16) {
       const cuda::SamplerWeights w{w32.data(), bf16 ? w16.data() : nullptr};
       cuda::SamplerStats stats;
@@ -73,21 +72,22 @@ int main(int argc, char** argv) {
       const size_t weights = m->params.size() * (bf16 ? 6 : 4);
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
-                  "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, "
+                  "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
                   "\"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
-                  stats.decode_steps, stats.graphs, stats.max_split, stats.device_bytes,
+                  stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms, stats.device_bytes,
                   json_safe(stats.graph_error).c_str(), device.c_str());
       std::fflush(stdout);
     };
-    for (const bool split : {false, true}) {
-      if (split)
-        setenv("OPTUNE_CUDA_SPLIT_K", "auto", 1);
-      else if (split_env)
-        setenv("OPTUNE_CUDA_SPLIT_K", split_default.c_str(), 1);
-      for (const bool bf16 : {false, true})
-        if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure(split ? "sample_split_auto" : "sample", bf16);
+    for (const bool bf16 : {false, true})
+      if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure("sample", bf16);
+    if (only.empty() || only == "bf16") {
+      setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
+      measure("sample_own_unsplit", true);
+      unsetenv("OPTUNE_CUDA_SPLIT_K");
+      setenv("OPTUNE_CUDA_DECODE_GEMM", "cublas", 1);
+      measure("sample_cublas", true);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());

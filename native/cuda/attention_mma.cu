@@ -12,11 +12,8 @@
 // per key tile summing the GQA group's heads, dQ per query tile), so every output element has one owner: no atomics,
 // the same result on every run. Head dims: multiples of 16 up to 128 (others use the fp32 kernels).
 //
-// mma.sync.m16n8k16 fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t:
-//   A (16 x 16, row-major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
-//   B (16 x 8, "col"):      b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
-//   C (16 x 8, fp32):       c0, c1 = C[g][2t..2t+1], c2, c3 = C[g+8][2t..2t+1]
-// so two adjacent C tiles of a product are, rounded to bf16, the A fragment of the next product (P -> P V).
+// mma.sync.m16n8k16 fragments: see mma.cuh. Two adjacent C tiles of a product are, rounded to bf16, the A fragment
+// of the next product (P -> P V).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -26,6 +23,7 @@
 
 #include "check.cuh"
 #include "core/error.h"
+#include "mma.cuh"
 #include "ops.h"
 
 namespace optune::cuda {
@@ -43,14 +41,6 @@ using bf16 = __nv_bfloat16;
 __device__ inline uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo: the lower column, as fragments want
   return *reinterpret_cast<uint32_t*>(&v);
-}
-
-// d += a b over one 16 x 8 x 16 tile
-__device__ inline void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ inline uint32_t ld32(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -220,9 +210,9 @@ __device__ inline void two_products(float (&x)[kCols / 8][4], float (&y)[kCols /
     for (int nt = 0; nt < kCols / 8; nt++) {
       uint32_t b0, b1;
       load_b(b0, b1, B1, ld, 8 * nt, 16 * kk);
-      mma(x[nt], a1, b0, b1);
+      mma_bf16_16816(x[nt], a1, b0, b1);
       load_b(b0, b1, B2, ld, 8 * nt, 16 * kk);
-      mma(y[nt], a2, b0, b1);
+      mma_bf16_16816(y[nt], a2, b0, b1);
     }
   }
 }
@@ -239,7 +229,7 @@ __device__ inline void add_product(float (&acc)[HD / 8][4], const float (&c)[kCo
     for (int nt = 0; nt < HD / 8; nt++) {
       uint32_t b0, b1;
       load_b_trans(b0, b1, B, HD + 8, 8 * nt, 16 * kk);
-      mma(acc[nt], a, b0, b1);
+      mma_bf16_16816(acc[nt], a, b0, b1);
     }
   }
 }
@@ -305,7 +295,7 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
       for (int nt = 0; nt < kCols / 8; nt++) {
         uint32_t b0, b1;
         load_b(b0, b1, Ks, ld, 8 * nt, 16 * kk);
-        mma(sc[nt], qf[kk], b0, b1);
+        mma_bf16_16816(sc[nt], qf[kk], b0, b1);
       }
 
     // scale, causal mask (key <= query < L), running max per row. A tile wholly left of the warp's first row's

@@ -18,6 +18,7 @@
 #include "check.cuh"
 #include "core/error.h"
 #include "core/rng.h"
+#include "decode_gemm.h"
 #include "memory.h"
 #include "ops.h"
 #include "sampler_cuda.h"
@@ -182,14 +183,18 @@ bool graphs_enabled() {
 // Measured on an H200 at GPT-2 124M's shape (bench_cuda_sample, 3 runs): that choice (3 and 12 slices) lost 2-8%
 // of bf16 sampling against unsplit GEMMs and tied in fp32 (the slices' extra traffic and the consumers' reads cost
 // what the fuller GPU saved), so decode GEMMs are unsplit unless asked.
-// OPTUNE_CUDA_SPLIT_K: unset or "1": never split; "auto": that choice; S > 1: S slices (or the most that divide K
-// into multiples of 8) for every decode GEMM, whatever the shape (tests, and A/B runs of the benchmark).
+// Under bf16 the decode GEMMs run on decode_gemm.cu's kernel instead (OPTUNE_CUDA_DECODE_GEMM below), whose blocks
+// are 64 columns wide: unsplit, GPT-2's N = 768 projections would run on 12 SMs, so there the automatic choice is
+// the default.
+// OPTUNE_CUDA_SPLIT_K: unset: "auto" with decode_gemm.cu's kernel, else "1"; "1": never split; "auto": that choice;
+// S > 1: S slices (or the most that divide K into multiples of 8) for every decode GEMM, whatever the shape (tests,
+// and A/B runs of the benchmark).
 constexpr int kSliceMinDepth = 128;
 constexpr int kSplitMax = 64;
 
-int split_k_setting() {  // 0: auto
+int split_k_setting(bool own_kernel) {  // 0: auto
   const char* v = std::getenv("OPTUNE_CUDA_SPLIT_K");
-  if (!v || std::string(v).empty()) return 1;
+  if (!v || std::string(v).empty()) return own_kernel ? 0 : 1;
   if (std::string(v) == "auto") return 0;
   const int s = std::atoi(v);
   OPTUNE_CHECK(s >= 1 && s <= kSplitMax, "OPTUNE_CUDA_SPLIT_K must be auto or a slice count from 1 to " +
@@ -204,11 +209,22 @@ int sm_count() {
   return n;
 }
 
-// Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()).
-int split_for(int setting, int sms, int M, int N, int K, int weight_bytes) {
+// OPTUNE_CUDA_DECODE_GEMM: unset or "own": a bf16 decode step's GEMMs with at most kDecodeGemmMaxRows rows run on
+// decode_gemm.cu's kernel (shapes it does not take, and fp32, stay on cuBLAS); "cublas": all on cuBLAS.
+bool own_decode_gemm_setting() {
+  const char* v = std::getenv("OPTUNE_CUDA_DECODE_GEMM");
+  if (!v || std::string(v).empty() || std::string(v) == "own") return true;
+  OPTUNE_CHECK(std::string(v) == "cublas",
+               "OPTUNE_CUDA_DECODE_GEMM must be own or cublas (got '" + std::string(v) + "')");
+  return false;
+}
+
+// Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
+// blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
+int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
   int s = setting;
   if (s == 0) {
-    const int blocks = ((M + 63) / 64) * ((N + 127) / 128);  // cuBLAS's tiles for few rows (an estimate)
+    const int blocks = ((M + 63) / 64) * ((N + tile_n - 1) / tile_n);
     s = std::max(1, sms / blocks);
     s = std::min(s, K / kSliceMinDepth);
     s = std::min(s, K * weight_bytes / (8 * std::max(M, 1)));  // 2 * S * M * N * 4 bytes <= K * N * weight_bytes
@@ -227,7 +243,9 @@ class Sampler {
   Sampler(const Model& m, const SamplerWeights& w, const SampleRequest& r)
       : c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
-    split_setting_ = split_k_setting();
+    own_gemm_ = !std::is_same_v<Act, float> && own_decode_gemm_setting();
+    if (own_gemm_) decode_gemm_prepare();
+    split_setting_ = split_k_setting(own_gemm_);
     sms_ = sm_count();
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
     K_ = r.n_samples;
@@ -297,6 +315,7 @@ class Sampler {
       stats->graphs = graphs;
       stats->graph_error = graph_error;
       stats->max_split = max_split_;
+      stats->own_gemms = own_gemms_;
     }
     return res;
   }
@@ -422,8 +441,10 @@ class Sampler {
     if (c_.is_gpt2()) return {{{3 * D_, D_}}, {{D_, QD_}}, {{F_, D_}}, {{D_, F_}}};
     return {{{QD_, D_}, {KVD_, D_}, {KVD_, D_}}, {{D_, QD_}}, {{F_, D_}, {F_, D_}}, {{D_, F_}}};
   }
+  // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call).
+  bool own_gemm(int rows) const { return own_gemm_ && rows <= kDecodeGemmMaxRows; }
   int split(int rows, int n, int k) const {
-    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act)) : 1;
+    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128) : 1;
   }
   // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
   size_t partials_capacity() const {
@@ -433,7 +454,7 @@ class Sampler {
       for (const auto& group : decode_gemm_groups()) {
         size_t floats = 0;
         for (const auto& [n, k] : group) {
-          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act));
+          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128);
           if (S > 1) floats += static_cast<size_t>(S) * rows * n;
         }
         most = std::max(most, floats);
@@ -450,14 +471,29 @@ class Sampler {
   Partials linear(float* out, const Act* in, size_t w_off, int rows, int in_f, int out_f, float beta,
                   size_t* cursor) {
     const int S = split(rows, out_f, in_f);
+    float* slices = nullptr;
+    if (S > 1) {
+      const size_t floats = static_cast<size_t>(S) * rows * out_f;
+      OPTUNE_CHECK(*cursor + floats <= part_capacity_, "internal: a K-split GEMM outside decode_gemm_groups()");
+      slices = part_.data() + *cursor;
+      *cursor += floats;
+    }
+    if constexpr (!std::is_same_v<Act, float>) {
+      float* dst = S > 1 ? slices : out;
+      const auto* a = reinterpret_cast<const uint16_t*>(in);
+      const auto* b = reinterpret_cast<const uint16_t*>(W(w_off));
+      if (decoding_ && own_gemm(rows) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
+        decode_gemm(rows, out_f, in_f, a, b, c_.is_llama(), beta, dst, out_f, S, static_cast<int64_t>(rows) * out_f,
+                    st());
+        own_gemms_++;
+        max_split_ = std::max(max_split_, S);
+        return S > 1 ? Partials{slices, S, static_cast<int64_t>(rows) * out_f} : Partials{};
+      }
+    }
     if (S == 1) {
       blas_.mm(rows, out_f, in_f, in, W(w_off), c_.is_llama(), beta, out);
       return {};
     }
-    const size_t floats = static_cast<size_t>(S) * rows * out_f;
-    OPTUNE_CHECK(*cursor + floats <= part_capacity_, "internal: a K-split GEMM outside decode_gemm_groups()");
-    float* slices = part_.data() + *cursor;
-    *cursor += floats;
     blas_.mm_sliced(rows, out_f, in_f, in, W(w_off), c_.is_llama(), S, slices);
     max_split_ = std::max(max_split_, S);
     return {slices, S, static_cast<int64_t>(rows) * out_f};
@@ -627,7 +663,8 @@ class Sampler {
   const SampleRequest& r_;
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
-  int split_setting_ = 0, sms_ = 0, max_split_ = 1;
+  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0;
+  bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_
   Params params_;

@@ -8,6 +8,8 @@
 //    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
+//  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
+//    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
 //    (total variation against the exact distributions, as test_sampler.cpp);
 //  - bad requests and non-finite logits raise the CPU sampler's errors.
@@ -15,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -22,6 +25,7 @@
 #include "cuda/memory.h"
 #include "cuda/ops.h"
 #include "cuda/sampler_cuda.h"
+#include "cuda/decode_gemm.h"
 #include "sampling_checks.h"
 #include "test_helpers.h"
 #include "testing.h"
@@ -286,6 +290,116 @@ TEST(k_split_decode_gemms_match_unsplit) {
   unsetenv("OPTUNE_CUDA_SPLIT_K");
 }
 
+namespace {
+uint16_t to_bf16_bits(float x) {  // round to nearest even (finite x)
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+double from_bf16_bits(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+}  // namespace
+
+TEST(decode_gemm_kernel_matches_a_double_reference) {
+  // Every slice of C = beta C + A op(B) against sums in double of the same bf16 operands: partial row tiles (M not a
+  // multiple of 16), partial column tiles, K past the last full chunk, slices, both weight layouts, beta 0 and 1, a
+  // row stride above N (the columns between stay untouched).
+  struct Case {
+    int M, N, K, S, ldc;
+    bool trans_b;
+    float beta;
+  };
+  const Case cases[] = {{1, 8, 8, 1, 8, false, 0},        {5, 72, 136, 1, 80, true, 0},
+                        {64, 2304, 768, 3, 2304, false, 0}, {37, 200, 320, 5, 200, true, 0},
+                        {64, 768, 3072, 8, 768, false, 0},  {16, 64, 64, 1, 64, false, 1},
+                        {63, 136, 1000, 1, 136, true, 1},   {64, 768, 768, 6, 768, true, 0}};
+  cuda::decode_gemm_prepare();
+  testing::Rand r(77);
+  for (const Case& c : cases) {
+    const std::string what = "decode_gemm M " + std::to_string(c.M) + " N " + std::to_string(c.N) + " K " +
+                             std::to_string(c.K) + " S " + std::to_string(c.S) + (c.trans_b ? " B^T" : " B");
+    std::vector<uint16_t> a(static_cast<size_t>(c.M) * c.K), b(static_cast<size_t>(c.K) * c.N);
+    for (auto& x : a) x = to_bf16_bits(r.uniform() * 2 - 1);
+    for (auto& x : b) x = to_bf16_bits(r.uniform() * 2 - 1);
+    const size_t slice = static_cast<size_t>(c.M) * c.ldc;
+    std::vector<float> c0(slice * c.S);
+    for (auto& x : c0) x = r.uniform() * 2 - 1;
+    const cuda::Buffer<uint16_t> ga(a), gb(b);
+    cuda::Buffer<float> gc(c0);
+    const uint16_t *A = ga.data(), *B = gb.data();
+    CHECK_MSG(cuda::decode_gemm_fits(c.M, c.N, c.K, c.S, A, B, gc.data(), c.ldc), what + ": does not fit");
+    cuda::decode_gemm(c.M, c.N, c.K, A, B, c.trans_b, c.beta, gc.data(), c.ldc, c.S,
+                               static_cast<int64_t>(slice), nullptr);
+    const std::vector<float> got = gc.download();
+    const int Ks = c.K / c.S;
+    for (int s = 0; s < c.S; s++) {
+      std::vector<float> want(slice), have(slice);
+      for (int i = 0; i < c.M; i++)
+        for (int j = 0; j < c.ldc; j++) {
+          const size_t o = static_cast<size_t>(i) * c.ldc + j;
+          have[o] = got[s * slice + o];
+          if (j >= c.N) {  // outside C: untouched
+            want[o] = c0[s * slice + o];
+            continue;
+          }
+          double sum = c.S == 1 ? c.beta * c0[o] : 0.0;
+          for (int k = s * Ks; k < (s + 1) * Ks; k++) {
+            const size_t bi = c.trans_b ? static_cast<size_t>(j) * c.K + k : static_cast<size_t>(k) * c.N + j;
+            sum += from_bf16_bits(a[static_cast<size_t>(i) * c.K + k]) * from_bf16_bits(b[bi]);
+          }
+          want[o] = static_cast<float>(sum);
+        }
+      testing::expect_close(what + " slice " + std::to_string(s), have, want, 1e-5);
+    }
+  }
+  const auto* p = reinterpret_cast<const uint16_t*>(uintptr_t{256});
+  const float* f = reinterpret_cast<const float*>(uintptr_t{256});
+  CHECK(!cuda::decode_gemm_fits(65, 64, 64, 1, p, p, f, 64));     // too many rows
+  CHECK(!cuda::decode_gemm_fits(8, 12, 64, 1, p, p, f, 12));      // N % 8
+  CHECK(!cuda::decode_gemm_fits(8, 64, 64, 3, p, p, f, 64));      // K % S
+  CHECK(!cuda::decode_gemm_fits(8, 64, 64, 1, p + 1, p, f, 64));  // A not 16-byte aligned
+  CHECK_THROWS(cuda::decode_gemm(8, 12, 64, p, p, false, 0.0f, nullptr, 12, 1, 0, nullptr), "does not fit");
+}
+
+TEST(own_decode_gemms_match_cublas_ones) {
+  // bf16 sampling with the decode GEMMs on decode_gemm.cu's kernel (the default) against the same on cuBLAS
+  // (OPTUNE_CUDA_DECODE_GEMM=cublas): both within bf16 rounding of a full CPU forward, graphs captured, reproducible.
+  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 49, 0.1f);
+    const SampleRequest req = prompts_request(kPrompts, 3, 20);
+    const DeviceWeights w(*m, true);
+    const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
+    cuda::SamplerStats own_stats, cublas_stats;
+    const SampleResult own = cuda::sample_with_weights(*m, w.get(), req, &own_stats);
+    const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
+    setenv("OPTUNE_CUDA_DECODE_GEMM", "cublas", 1);
+    const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
+    unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+    CHECK_MSG(own_stats.own_gemms > 0 && cublas_stats.own_gemms == 0,
+              what + ": decode GEMMs on the own kernel: " + std::to_string(own_stats.own_gemms) + " and " +
+                  std::to_string(cublas_stats.own_gemms) + " (expected some, then none)");
+    CHECK_MSG(own_stats.graphs >= 1, what + ": no graph captured: " + own_stats.graph_error);
+    CHECK_MSG(again.tokens == own.tokens && again.token_logps == own.token_logps, what + ": runs differ");
+    check_layout(req, own, what);
+    const double worst = worst_logp_error(*m, req, own), worst_cublas = worst_logp_error(*m, req, cublas);
+    const double bound = std::max(0.1, 2 * worst_cublas);
+    CHECK_MSG(worst < bound, what + ": worst |gpu - cpu full| = " + std::to_string(worst) + " (bound " +
+                                 std::to_string(bound) + ")");
+    std::printf("  %s: worst log-prob error own kernel %.2e, cuBLAS %.2e; %.0f%% of responses equal\n",
+                what.c_str(), worst, worst_cublas, 100 * agreement(own, cublas));
+  }
+  setenv("OPTUNE_CUDA_DECODE_GEMM", "fast", 1);
+  auto m = make_model(testing::tiny_gpt2());
+  const DeviceWeights w(*m, true);
+  CHECK_THROWS(cuda::sample_with_weights(*m, w.get(), prompts_request(kPrompts, 1, 4)), "OPTUNE_CUDA_DECODE_GEMM");
+  unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+}
+
 TEST(temperature_top_k_top_p_follow_their_definitions) {
   auto m = make_model(testing::tiny_gpt2());
   testing::randomize(*m, 35, 0.8f);
@@ -299,8 +413,8 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
 
 TEST(automatic_k_split_at_gpt2_width) {
   // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice (OPTUNE_CUDA_SPLIT_K=
-  // auto) splits the decode GEMMs (3 slices for K = 768 and 12 for K = 3072 under bf16 on an H100/H200), as
-  // bench_cuda_sample's sample_split_auto rows run them; unset, nothing is split.
+  // auto) splits the decode GEMMs, as bench_cuda_sample's split rows run them. Unset, it is the default with the
+  // bf16 decode GEMM kernel (decode_gemm.cu), and nothing is split on cuBLAS (fp32, OPTUNE_CUDA_DECODE_GEMM=cublas).
   ModelConfig c = testing::tiny_gpt2(1000);
   c.d_model = 768, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64, c.d_ff = 3072, c.n_layer = 1;
   c.max_positions = 32;
@@ -309,13 +423,18 @@ TEST(automatic_k_split_at_gpt2_width) {
   const SampleRequest req = prompts_request(random_prompts(64, 2, 8, 1000, 9), 1, 6);
   for (const bool bf16 : {false, true}) {
     const DeviceWeights w(*m, bf16);
-    cuda::SamplerStats stats, default_stats;
+    cuda::SamplerStats stats, default_stats, cublas_stats;
     cuda::sample_with_weights(*m, w.get(), req, &default_stats);
+    setenv("OPTUNE_CUDA_DECODE_GEMM", "cublas", 1);
+    cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
+    unsetenv("OPTUNE_CUDA_DECODE_GEMM");
     setenv("OPTUNE_CUDA_SPLIT_K", "auto", 1);
     const SampleResult res = cuda::sample_with_weights(*m, w.get(), req, &stats);
     unsetenv("OPTUNE_CUDA_SPLIT_K");
     const std::string what = bf16 ? "bf16" : "fp32";
-    CHECK_MSG(default_stats.max_split == 1, what + ": the default split a decode GEMM");
+    CHECK_MSG(cublas_stats.max_split == 1, what + ": the default split a decode GEMM on cuBLAS");
+    CHECK_MSG((default_stats.max_split > 1) == bf16,
+              what + ": the default's slices: " + std::to_string(default_stats.max_split));
     CHECK_MSG(stats.max_split > 1, what + ": the automatic choice split no decode GEMM");
     check_layout(req, res, what);
     const double worst = worst_logp_error(*m, req, res);
