@@ -87,8 +87,8 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 
 
 # bench_cuda_sample's op names for its variant rows (summary and results.md list them beside "sample").
-SAMPLE_VARIANTS = {"sample_split_auto": "K-split auto", "sample_own_unsplit": "own GEMM unsplit",
-                   "sample_cublas": "cuBLAS GEMMs"}
+SAMPLE_VARIANTS = {"sample_split_auto": "K-split auto", "sample_own": "own GEMM",
+                   "sample_own_unsplit": "own GEMM unsplit", "sample_cublas": "cuBLAS GEMMs"}
 
 
 def native_records(out):

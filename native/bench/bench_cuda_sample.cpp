@@ -6,8 +6,8 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own_unsplit" (decode_gemm.cu's kernel
-// without the K-split, OPTUNE_CUDA_SPLIT_K=1) and "sample_cublas" (cuBLAS, unsplit: OPTUNE_CUDA_DECODE_GEMM=cublas).
+// Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
+// automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).
 // max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel. The
 // environment the benchmark starts with applies to the first rows.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
@@ -83,11 +83,10 @@ int main(int argc, char** argv) {
     for (const bool bf16 : {false, true})
       if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure("sample", bf16);
     if (only.empty() || only == "bf16") {
+      setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
+      measure("sample_own", true);
       setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
       measure("sample_own_unsplit", true);
-      unsetenv("OPTUNE_CUDA_SPLIT_K");
-      setenv("OPTUNE_CUDA_DECODE_GEMM", "cublas", 1);
-      measure("sample_cublas", true);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());

@@ -1,9 +1,12 @@
 // The bf16 GEMMs of a decode step on tensor cores: C[M, N] = A[M, K] op(B) with a few rows (M <= 64, one row per
 // generating sequence), bf16 operands, fp32 accumulation and output.
 //
-// Why not cuBLAS: at M = 64 a decode step's GEMM is a read of its weights (GPT-2 124M: 14 MB of bf16 per layer,
-// ~4 us at an H100's bandwidth), but cuBLAS ran the four of a layer in ~28 us (Nsight Compute on an H100, 64 x 32
-// output tiles, 96 blocks, ~0.5 TB/s), and splitting them along K through cuBLAS lost 2-8%.
+// Why: at M = 64 a decode step's GEMM is a read of its weights (GPT-2 124M: 14 MB of bf16 per layer, ~4 us at an
+// H100's bandwidth), but cuBLAS ran the four of a layer in ~28 us (Nsight Compute on an H100, 64 x 32 output tiles,
+// 96 blocks, ~0.5 TB/s), and splitting them along K through cuBLAS lost 2-8%.
+// Not there yet: on an H100 this kernel ran 7.5-9.7 us per GEMM under Nsight (cuBLAS 6.2-7.7) and bf16 sampling at
+// 79.8k tok/s with the automatic K-split against cuBLAS's 88.9k, so it is opt-in (OPTUNE_CUDA_DECODE_GEMM=own in
+// sampler_cuda.cu). One block per SM with 4 warps keeps only ~24 KB of weights in flight per SM.
 //
 // A block owns all rows (up to 64) and 64 columns of C, over its slice of K
 // (grid.y: S slices, for the Partials of sampler_kernels.cuh). Four warps take 16 columns each. Chunks of 64 along K

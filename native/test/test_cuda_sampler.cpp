@@ -366,8 +366,8 @@ TEST(decode_gemm_kernel_matches_a_double_reference) {
 }
 
 TEST(own_decode_gemms_match_cublas_ones) {
-  // bf16 sampling with the decode GEMMs on decode_gemm.cu's kernel (the default) against the same on cuBLAS
-  // (OPTUNE_CUDA_DECODE_GEMM=cublas): both within bf16 rounding of a full CPU forward, graphs captured, reproducible.
+  // bf16 sampling with the decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM=own) against the same
+  // on cuBLAS (the default): both within bf16 rounding of a full CPU forward, graphs captured, reproducible.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 49, 0.1f);
@@ -375,10 +375,10 @@ TEST(own_decode_gemms_match_cublas_ones) {
     const DeviceWeights w(*m, true);
     const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
     cuda::SamplerStats own_stats, cublas_stats;
+    const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
+    setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
     const SampleResult own = cuda::sample_with_weights(*m, w.get(), req, &own_stats);
     const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
-    setenv("OPTUNE_CUDA_DECODE_GEMM", "cublas", 1);
-    const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
     unsetenv("OPTUNE_CUDA_DECODE_GEMM");
     CHECK_MSG(own_stats.own_gemms > 0 && cublas_stats.own_gemms == 0,
               what + ": decode GEMMs on the own kernel: " + std::to_string(own_stats.own_gemms) + " and " +
@@ -413,8 +413,8 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
 
 TEST(automatic_k_split_at_gpt2_width) {
   // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice (OPTUNE_CUDA_SPLIT_K=
-  // auto) splits the decode GEMMs, as bench_cuda_sample's split rows run them. Unset, it is the default with the
-  // bf16 decode GEMM kernel (decode_gemm.cu), and nothing is split on cuBLAS (fp32, OPTUNE_CUDA_DECODE_GEMM=cublas).
+  // auto) splits the decode GEMMs. Unset, nothing is split on cuBLAS (the default), and the automatic choice applies
+  // with the bf16 decode GEMM kernel (OPTUNE_CUDA_DECODE_GEMM=own; fp32 stays on cuBLAS).
   ModelConfig c = testing::tiny_gpt2(1000);
   c.d_model = 768, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64, c.d_ff = 3072, c.n_layer = 1;
   c.max_positions = 32;
@@ -423,18 +423,18 @@ TEST(automatic_k_split_at_gpt2_width) {
   const SampleRequest req = prompts_request(random_prompts(64, 2, 8, 1000, 9), 1, 6);
   for (const bool bf16 : {false, true}) {
     const DeviceWeights w(*m, bf16);
-    cuda::SamplerStats stats, default_stats, cublas_stats;
+    cuda::SamplerStats stats, default_stats, own_stats;
     cuda::sample_with_weights(*m, w.get(), req, &default_stats);
-    setenv("OPTUNE_CUDA_DECODE_GEMM", "cublas", 1);
-    cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
+    setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
+    cuda::sample_with_weights(*m, w.get(), req, &own_stats);
     unsetenv("OPTUNE_CUDA_DECODE_GEMM");
     setenv("OPTUNE_CUDA_SPLIT_K", "auto", 1);
     const SampleResult res = cuda::sample_with_weights(*m, w.get(), req, &stats);
     unsetenv("OPTUNE_CUDA_SPLIT_K");
     const std::string what = bf16 ? "bf16" : "fp32";
-    CHECK_MSG(cublas_stats.max_split == 1, what + ": the default split a decode GEMM on cuBLAS");
-    CHECK_MSG((default_stats.max_split > 1) == bf16,
-              what + ": the default's slices: " + std::to_string(default_stats.max_split));
+    CHECK_MSG(default_stats.max_split == 1, what + ": the default split a decode GEMM");
+    CHECK_MSG((own_stats.max_split > 1) == bf16,
+              what + ": slices with OPTUNE_CUDA_DECODE_GEMM=own: " + std::to_string(own_stats.max_split));
     CHECK_MSG(stats.max_split > 1, what + ": the automatic choice split no decode GEMM");
     check_layout(req, res, what);
     const double worst = worst_logp_error(*m, req, res);
