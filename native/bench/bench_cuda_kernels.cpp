@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/rng.h"
+#include "cuda/decode_gemm.h"
 #include "cuda/memory.h"
 #include "cuda/ops.h"
 
@@ -111,6 +112,54 @@ int main() {
                                q, 3 * d, k, 3 * d, v, 3 * d, off.data(), B, L, T, H, H, hd, true);
     });
     unsetenv("OPTUNE_CUDA_ATTN_PREFETCH");
+
+    // A decode step's GEMMs (64 rows, bf16, GPT-2's [K, N] weights) per call, cycling through 12 layers' weights so
+    // that they come from memory as in a step (170 MB > L2): cuBLAS, then decode_gemm.cu's kernel in S K-slices.
+    {
+      const int M = 64, layers = 12;
+      const int shapes[4][2] = {{3 * d, d}, {d, d}, {ff, d}, {d, ff}};  // (N, K): q|k|v, o, fc, proj
+      cuda::Buffer<uint16_t> a16(static_cast<size_t>(M) * ff);
+      cuda::to_bf16(a16.data(), x.data(), static_cast<int64_t>(a16.size()));
+      Buf out(static_cast<size_t>(16) * M * ff);
+      cuda::decode_gemm_prepare();
+      for (const auto& shape : shapes) {
+        const int N = shape[0], K = shape[1];
+        const size_t per_layer = static_cast<size_t>(N) * K;
+        cuda::Buffer<uint16_t> wl(per_layer * layers);
+        Buf wf = random_buffer(per_layer * layers, 12, 0.02f);
+        cuda::to_bf16(wl.data(), wf.data(), static_cast<int64_t>(wl.size()));
+        char name[64];
+        auto run = [&](const char* variant, int S) {
+          std::snprintf(name, sizeof name, "decode gemm %dx%dx%d %s", M, N, K, variant);
+          const double bytes = 2.0 * per_layer * layers;
+          cuda::synchronize();
+          const auto t0 = std::chrono::steady_clock::now();
+          const int reps = 20;
+          for (int r = 0; r < reps; r++)
+            for (int l = 0; l < layers; l++) {
+              const uint16_t* wp = wl.data() + l * per_layer;
+              if (S == 0)
+                cuda::gemm_bf16(false, false, M, N, K, 1.0f, a16.data(), K, wp, N, 0.0f, out.data(), N);
+              else
+                cuda::decode_gemm(M, N, K, a16.data(), wp, false, 0.0f, out.data(), N, S,
+                                  static_cast<int64_t>(M) * N, nullptr);
+            }
+          cuda::synchronize();
+          const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+          std::printf("%-40s %7.2f us  %6.2f TB/s of weights\n", name, 1e3 * ms / (reps * layers),
+                      bytes * reps / (ms * 1e-3) / 1e12);
+        };
+        cuda::decode_gemm(M, N, K, a16.data(), wl.data(), false, 0.0f, out.data(), N, 1, 0, nullptr);  // warm-up
+        run("cublas", 0);  // (the first row of a shape also warms cuBLAS up; the second is the figure)
+        run("cublas", 0);
+        for (const int S : {1, 2, 3, 4, 6, 8, 12, 16}) {
+          if (!cuda::decode_gemm_fits(M, N, K, S, a16.data(), wl.data(), out.data(), N)) continue;
+          char variant[16];
+          std::snprintf(variant, sizeof variant, "own S=%d", S);
+          run(variant, S);
+        }
+      }
+    }
 
     Buf wte = random_buffer(static_cast<size_t>(V) * d, 8, 0.02f), logp(T), gl = random_buffer(T, 9), dwte(wte.size());
     dwte.zero();
