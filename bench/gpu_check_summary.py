@@ -87,8 +87,10 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 
 
 # bench_cuda_sample's op names for its variant rows (summary and results.md list them beside "sample").
+# The filtered rows' PyTorch peer is its unfiltered generate (their ratio shows what filtering costs optune).
 SAMPLE_VARIANTS = {"sample_split_auto": "K-split auto", "sample_own": "own GEMM",
-                   "sample_own_unsplit": "own GEMM unsplit", "sample_cublas": "cuBLAS GEMMs"}
+                   "sample_own_unsplit": "own GEMM unsplit", "sample_cublas": "cuBLAS GEMMs",
+                   "sample_top_p": "top-p 0.9, peer unfiltered", "sample_top_k": "top-k 50, peer unfiltered"}
 
 
 def native_records(out):

@@ -9,7 +9,10 @@
 // Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
 // automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).
 // max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel. The
-// environment the benchmark starts with applies to the first rows.
+// environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered
+// draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), which sort every row's vocabulary each step
+// (sample_kernels.cu). Random weights give nearly flat distributions, so the top-p nucleus holds most of the
+// vocabulary; a trained model's is far smaller (the sort's cost does not depend on it).
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
 #include <algorithm>
 #include <chrono>
@@ -56,7 +59,8 @@ int main(int argc, char** argv) {
     cuda::to_bf16(w16.data(), w32.data(), static_cast<int64_t>(m->params.size()));
     const size_t workspace = size_t(32) << 20;  // the sampler's cuBLAS workspace (sampler_cuda.cu)
     const std::string only = argc > 2 ? argv[2] : "";
-    auto measure = [&](const char* op, bool bf16) {
+    auto measure = [&](const char* op, bool bf16, int top_k = 0, float top_p = 1.0f) {
+      r.top_k = top_k, r.top_p = top_p;
       const cuda::SamplerWeights w{w32.data(), bf16 ? w16.data() : nullptr};
       cuda::SamplerStats stats;
       cuda::sample_with_weights(*m, w, r, &stats);  // warm-up: module loading, cuBLAS heuristics
@@ -87,6 +91,10 @@ int main(int argc, char** argv) {
       measure("sample_own", true);
       setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
       measure("sample_own_unsplit", true);
+      unsetenv("OPTUNE_CUDA_SPLIT_K");
+      unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+      measure("sample_top_p", true, 0, 0.9f);
+      measure("sample_top_k", true, 50, 1.0f);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());
