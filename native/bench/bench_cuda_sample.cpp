@@ -7,13 +7,15 @@
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
 // Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
-// automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).
+// automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1) and
+// "sample_prefetch" (cuBLAS, the weights requested into L2 ahead: OPTUNE_CUDA_PREFETCH_WEIGHTS=1).
 // max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel. The
 // environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered
 // draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), which sort every row's vocabulary each step
 // (sample_kernels.cu). Random weights give nearly flat distributions, so the top-p nucleus holds most of the
 // vocabulary; a trained model's is far smaller (the sort's cost does not depend on it).
-// Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device; prints a SKIPPED line without one.
+// Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
+// prints a SKIPPED line without one.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -93,6 +95,9 @@ int main(int argc, char** argv) {
       measure("sample_own_unsplit", true);
       unsetenv("OPTUNE_CUDA_SPLIT_K");
       unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+      setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
+      measure("sample_prefetch", true);
+      unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
       measure("sample_top_p", true, 0, 0.9f);
       measure("sample_top_k", true, 50, 1.0f);
     }

@@ -61,8 +61,10 @@ template <class Act, int T, int P>
 __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, float* __restrict__ xbuf,
                                                      const int32_t* src, const float* __restrict__ add,
                                                      Partials parts, const float* __restrict__ w,
-                                                     const float* __restrict__ b, int d, float eps, bool layernorm) {
+                                                     const float* __restrict__ b, int d, float eps, bool layernorm,
+                                                     L2Prefetch pre) {
   __shared__ float scratch[32];
+  pre.issue();
   const int r = blockIdx.x;
   const int64_t row = static_cast<int64_t>(src ? src[r] : r) * d;
   float* x = xbuf + row;
@@ -133,18 +135,18 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
 
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, cudaStream_t st) {
+              const float* b, int rows, int d, float eps, bool layernorm, cudaStream_t st, const L2Prefetch& pre) {
   if (rows <= 0) return;
   OPTUNE_CHECK(d <= kMaxNormWidth, "sampler norm: rows of " + std::to_string(d) + " (at most " +
                                        std::to_string(kMaxNormWidth) + ")");
   if (d <= 256 * 4)
-    add_norm_kernel<Act, 256, 4><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+    add_norm_kernel<Act, 256, 4><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
   else if (d <= 256 * 8)
-    add_norm_kernel<Act, 256, 8><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+    add_norm_kernel<Act, 256, 8><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
   else if (d <= 256 * 16)
-    add_norm_kernel<Act, 256, 16><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+    add_norm_kernel<Act, 256, 16><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
   else
-    add_norm_kernel<Act, 512, 16><<<rows, 512, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm);
+    add_norm_kernel<Act, 512, 16><<<rows, 512, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -294,7 +296,8 @@ template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
-                                                                           bool rope, float theta) {
+                                                                           bool rope, float theta, L2Prefetch pre) {
+  pre.issue();
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), pos = rows.pos[r], n_keys = pos + 1;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
@@ -367,15 +370,15 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st) {
+                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st, const L2Prefetch& pre) {
   if (rows.n <= 0) return;
   const dim3 grid(rows.n, n_head);
   if (head_dim <= 64)  // one pair of dims per lane
     attention_decode_kernel<Act, 1><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
-                                                                      head_dim, rope, theta);
+                                                                      head_dim, rope, theta, pre);
   else
     attention_decode_kernel<Act, 2><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
-                                                                      head_dim, rope, theta);
+                                                                      head_dim, rope, theta, pre);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -436,12 +439,12 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                      \
   template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,            \
-                              const float*, int, int, float, bool, cudaStream_t);                                   \
+                              const float*, int, int, float, bool, cudaStream_t, const L2Prefetch&);                \
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,             \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
                                 int, bool, float, const LayerCache<Act>&, cudaStream_t);                            \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,    \
-                                      bool, float, cudaStream_t);                                                   \
+                                      bool, float, cudaStream_t, const L2Prefetch&);                                \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, cudaStream_t);         \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
                             cudaStream_t);                                                                          \

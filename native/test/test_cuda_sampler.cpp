@@ -8,6 +8,7 @@
 //    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
+//  - requesting the decode GEMMs' weights into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS=1) changes no bit;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
 //    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
@@ -398,6 +399,28 @@ TEST(own_decode_gemms_match_cublas_ones) {
   const DeviceWeights w(*m, true);
   CHECK_THROWS(cuda::sample_with_weights(*m, w.get(), prompts_request(kPrompts, 1, 4)), "OPTUNE_CUDA_DECODE_GEMM");
   unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+}
+
+TEST(weight_prefetch_changes_no_result) {
+  // L2 prefetches are hints: the same tokens and log-probs, bit for bit, in graphs and in both precisions.
+  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+    for (const bool bf16 : {false, true}) {
+      auto m = make_model(cfg);
+      testing::randomize(*m, 51, 0.1f);
+      const SampleRequest req = prompts_request(kPrompts, 3, 20);
+      const DeviceWeights w(*m, bf16);
+      const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32");
+      cuda::SamplerStats stats;
+      const SampleResult plain = cuda::sample_with_weights(*m, w.get(), req);
+      setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
+      const SampleResult prefetched = cuda::sample_with_weights(*m, w.get(), req, &stats);
+      unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
+      CHECK_MSG(stats.graphs >= 1, what + ": no graph captured with prefetches: " + stats.graph_error);
+      CHECK_MSG(prefetched.tokens == plain.tokens && prefetched.token_logps == plain.token_logps &&
+                    prefetched.offsets == plain.offsets,
+                what + ": prefetching the weights changed the results");
+    }
+  }
 }
 
 TEST(temperature_top_k_top_p_follow_their_definitions) {
