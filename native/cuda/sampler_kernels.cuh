@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "sort_rows.h"
+
 namespace optune::cuda::sampler {
 
 using bf16 = __nv_bfloat16;
@@ -161,20 +163,6 @@ void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int
 // Rebuilds active[] (ascending slots that are neither finished nor at max_new) and ctl[0].
 void compact_active(const State& s, cudaStream_t st);
 
-// Scratch for sorting `max_rows` logits rows at a time (cub radix sort of (row, logit) keys).
-struct SortScratch {
-  uint64_t* keys_in = nullptr;
-  uint64_t* keys_out = nullptr;
-  int32_t* vals_in = nullptr;
-  void* temp = nullptr;
-  size_t temp_bytes = 0;
-  int max_rows = 0;
-};
-// Rows of logits per sort and the bytes of temp storage cub needs for them.
-int sort_chunk_rows(int n_rows, int vocab);
-size_t sort_temp_bytes(int chunk_rows, int vocab);
-// sorted[r] = the vocabulary ordered by (logits[r] desc, index asc), for r < n_rows (logits rows ld apart).
-void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, const SortScratch& sc,
-               cudaStream_t st);
+// Ordering logits rows for filtered draws: sort_rows.h.
 
 }  // namespace optune::cuda::sampler

@@ -9,6 +9,8 @@
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
 //  - requesting the decode GEMMs' weights into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS=1) changes no bit;
+//  - a top-k up to 1024 is selected rather than sorted: the same k tokens in the same order as the full sort and a
+//    stable sort on the host, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
 //    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
@@ -26,6 +28,7 @@
 #include "cuda/memory.h"
 #include "cuda/ops.h"
 #include "cuda/sampler_cuda.h"
+#include "cuda/sort_rows.h"
 #include "cuda/decode_gemm.h"
 #include "sampling_checks.h"
 #include "test_helpers.h"
@@ -423,6 +426,52 @@ TEST(weight_prefetch_changes_no_result) {
   }
 }
 
+TEST(top_k_selection_equals_the_full_sort) {
+  // Rows with many equal logits (quarters), so the k-th largest value is usually tied and the lowest indices among
+  // the tied must be the ones kept; a row padded past the vocabulary (ld > V) as the sampler's logits are.
+  namespace sm = cuda::sampler;
+  testing::Rand r(53);
+  for (const int V : {50, 1000, 50257}) {
+    const int rows = 3, ld = (V + 7) / 8 * 8 + 8;
+    std::vector<float> z(static_cast<size_t>(rows) * ld, 1e30f);  // the padding must never be picked
+    for (int i = 0; i < rows; i++)
+      for (int j = 0; j < V; j++) z[static_cast<size_t>(i) * ld + j] = (std::round(r.normal() * 8) + 0.5f) / 4;
+    const cuda::Buffer<float> gz(z);
+    sm::SortScratch sc;
+    sc.max_rows = sm::sort_chunk_rows(rows, V);
+    const size_t n = static_cast<size_t>(sc.max_rows) * V;
+    cuda::Buffer<uint64_t> keys_in(n), keys_out(n);
+    cuda::Buffer<int32_t> vals(n), full(static_cast<size_t>(rows) * V), picked(static_cast<size_t>(rows) * V);
+    sc.temp_bytes = sm::sort_temp_bytes(sc.max_rows, V);
+    cuda::Buffer<char> temp(sc.temp_bytes);
+    sc.keys_in = keys_in.data(), sc.keys_out = keys_out.data(), sc.vals_in = vals.data(), sc.temp = temp.data();
+    sm::sort_rows(full.data(), gz.data(), ld, rows, V, 0, sc, nullptr);
+    const std::vector<int32_t> want = full.download();
+    for (const int k : {1, 7, 50, 1000, 1024}) {
+      if (k >= V) continue;
+      CHECK(sm::top_k_by_selection(k, V));
+      sm::sort_rows(picked.data(), gz.data(), ld, rows, V, k, sm::SortScratch{}, nullptr);
+      const std::vector<int32_t> got = picked.download();
+      for (int i = 0; i < rows; i++) {
+        std::vector<int32_t> host(V);
+        for (int j = 0; j < V; j++) host[j] = j;
+        const float* zi = z.data() + static_cast<size_t>(i) * ld;
+        std::stable_sort(host.begin(), host.end(), [&](int32_t a, int32_t b) { return zi[a] > zi[b]; });
+        int differ_full = 0, differ_host = 0;
+        for (int t = 0; t < k; t++) {
+          differ_full += got[static_cast<size_t>(i) * V + t] != want[static_cast<size_t>(i) * V + t];
+          differ_host += got[static_cast<size_t>(i) * V + t] != host[t];
+        }
+        CHECK_MSG(differ_full == 0 && differ_host == 0,
+                  "V " + std::to_string(V) + " k " + std::to_string(k) + " row " + std::to_string(i) + ": " +
+                      std::to_string(differ_full) + " positions differ from the full sort, " +
+                      std::to_string(differ_host) + " from the host's stable sort");
+      }
+    }
+    CHECK(!sm::top_k_by_selection(0, V) && !sm::top_k_by_selection(V, V) && !sm::top_k_by_selection(1025, 60000));
+  }
+}
+
 TEST(temperature_top_k_top_p_follow_their_definitions) {
   auto m = make_model(testing::tiny_gpt2());
   testing::randomize(*m, 35, 0.8f);
@@ -474,7 +523,8 @@ TEST(large_vocabulary_draws_equal_cpu_sampler) {
   // the benchmark's do; the draws use the CPU sampler's uniforms, so they agree but for rounding at a boundary.
   auto m = make_model(testing::tiny_gpt2(50257));
   testing::randomize(*m, 49, 0.5f);  // flat enough that a top-p 0.9 nucleus spans thousands of tokens
-  for (const auto& [top_k, top_p] : {std::pair{0, 1.0f}, std::pair{0, 0.9f}, std::pair{3000, 1.0f}}) {
+  for (const auto& [top_k, top_p] :
+       {std::pair{0, 1.0f}, std::pair{0, 0.9f}, std::pair{3000, 1.0f}, std::pair{50, 1.0f}, std::pair{1024, 0.9f}}) {
     SampleRequest req = prompts_request(kPrompts, 40, 3);
     req.top_k = top_k, req.top_p = top_p;
     const SampleResult gpu = gpu_sample(*m, req), cpu = sample(*m, req);
