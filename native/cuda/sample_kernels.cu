@@ -18,8 +18,10 @@
 
 #include <algorithm>
 #include <climits>
+#include <string>
 
 #include "check.cuh"
+#include "core/error.h"
 #include "core/rng.h"
 #include "reduce.cuh"
 #include "sampler_kernels.cuh"
@@ -323,10 +325,10 @@ __global__ void __launch_bounds__(kPickThreads) top_k_select_kernel(int32_t* sor
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-      const uint32_t u = logit_order(z[j]);
+    for_each_in_row(z, vocab, [&](int, float x) {  // 16-byte loads, several in flight (rows are ld % 4 == 0 apart)
+      const uint32_t u = logit_order(x);
       if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1);
-    }
+    });
     __syncthreads();
     if (threadIdx.x == 0) {  // the bins under the prefix hold >= need keys, so d stops at 0 at the latest
       int above = 0, d = 255;
@@ -393,6 +395,8 @@ void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int voc
                cudaStream_t st) {
   if (n_rows <= 0) return;
   if (top_k_by_selection(top_k, vocab)) {
+    OPTUNE_CHECK(ld % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0,
+                 "internal: top-k selection reads logits rows 16-byte aligned (ld " + std::to_string(ld) + ")");
     top_k_select_kernel<<<n_rows, kPickThreads, 0, st>>>(sorted, logits, ld, vocab, top_k);
     OPTUNE_CUDA_CHECK_LAUNCH();
     return;
