@@ -90,7 +90,8 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 # The filtered rows' PyTorch peer is its unfiltered generate (their ratio shows what filtering costs optune).
 SAMPLE_VARIANTS = {"sample_split_auto": "K-split auto", "sample_own": "own GEMM",
                    "sample_own_unsplit": "own GEMM unsplit", "sample_cublas": "cuBLAS GEMMs",
-                   "sample_prefetch": "weights prefetched to L2",
+                   "sample_prefetch": "weights prefetched to L2", "sample_prefetch_kv": "KV rows prefetched to L2",
+                   "sample_prefetch_both": "weights and KV rows prefetched",
                    "sample_top_p": "top-p 0.9, peer unfiltered", "sample_top_k": "top-k 50, peer unfiltered"}
 
 

@@ -8,7 +8,8 @@
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
 // Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
 // automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1) and
-// "sample_prefetch" (cuBLAS, the weights requested into L2 ahead: OPTUNE_CUDA_PREFETCH_WEIGHTS=1).
+// "sample_prefetch" (cuBLAS, the weights requested into L2 ahead: OPTUNE_CUDA_PREFETCH_WEIGHTS=1),
+// "sample_prefetch_kv" (the attention's cache rows: OPTUNE_CUDA_PREFETCH_KV=1) and "sample_prefetch_both".
 // max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel. The
 // environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered
 // draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), which sort every row's vocabulary each step
@@ -98,6 +99,12 @@ int main(int argc, char** argv) {
       setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
       measure("sample_prefetch", true);
       unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
+      setenv("OPTUNE_CUDA_PREFETCH_KV", "1", 1);
+      measure("sample_prefetch_kv", true);
+      setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
+      measure("sample_prefetch_both", true);
+      unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
+      unsetenv("OPTUNE_CUDA_PREFETCH_KV");
       measure("sample_top_p", true, 0, 0.9f);
       measure("sample_top_k", true, 50, 1.0f);
     }

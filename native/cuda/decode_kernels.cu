@@ -296,13 +296,22 @@ template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
-                                                                           bool rope, float theta, L2Prefetch pre) {
+                                                                           bool rope, float theta, L2Prefetch pre,
+                                                                           bool prefetch_kv) {
   pre.issue();
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), pos = rows.pos[r], n_keys = pos + 1;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
   __shared__ float s_q[32 * kMaxDimsPerLane];
   const int64_t base = static_cast<int64_t>(rows.slot[r]) * cache.cap * kvd + kvh * head_dim;
+  if (prefetch_kv) {  // this head's cached keys and values into L2 while q/k/v are finished (each row's lines)
+    const int lines = (head_dim * static_cast<int>(sizeof(Act)) + 127) / 128, per_line = 128 / sizeof(Act);
+    for (int i = threadIdx.x; i < n_keys * lines; i += blockDim.x) {
+      const int64_t at = base + static_cast<int64_t>(i / lines) * kvd + (i % lines) * per_line;
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(cache.k + at));
+      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(cache.v + at));
+    }
+  }
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;
   finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, theta, cache.k + at, cache.v + at);
   __syncthreads();  // s_q, and this row's k and v in the cache, are visible to the whole block
@@ -370,15 +379,16 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st, const L2Prefetch& pre) {
+                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st, const L2Prefetch& pre,
+                      bool prefetch_kv) {
   if (rows.n <= 0) return;
   const dim3 grid(rows.n, n_head);
   if (head_dim <= 64)  // one pair of dims per lane
     attention_decode_kernel<Act, 1><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
-                                                                      head_dim, rope, theta, pre);
+                                                                      head_dim, rope, theta, pre, prefetch_kv);
   else
     attention_decode_kernel<Act, 2><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
-                                                                      head_dim, rope, theta, pre);
+                                                                      head_dim, rope, theta, pre, prefetch_kv);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -444,7 +454,7 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
                                 int, bool, float, const LayerCache<Act>&, cudaStream_t);                            \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,    \
-                                      bool, float, cudaStream_t, const L2Prefetch&);                                \
+                                      bool, float, cudaStream_t, const L2Prefetch&, bool);                          \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, cudaStream_t);         \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
                             cudaStream_t);                                                                          \

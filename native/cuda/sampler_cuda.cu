@@ -230,6 +230,14 @@ bool prefetch_weights_setting() {
   return v && std::string(v) == "1";
 }
 
+// OPTUNE_CUDA_PREFETCH_KV=1: each decode attention block first requests its head's cached keys and values into L2,
+// so their fetch from memory overlaps the q/k/v finishing instead of following it (Nsight on an H100: ~16.5 us per
+// layer for ~13 MB of cache early in generation, ~4x its time at bandwidth). Not measured yet, so off by default.
+bool prefetch_kv_setting() {
+  const char* v = std::getenv("OPTUNE_CUDA_PREFETCH_KV");
+  return v && std::string(v) == "1";
+}
+
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
 int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
@@ -258,6 +266,7 @@ class Sampler {
     if (own_gemm_) decode_gemm_prepare();
     split_setting_ = split_k_setting(own_gemm_);
     prefetch_weights_ = prefetch_weights_setting();
+    prefetch_kv_ = prefetch_kv_setting();
     sms_ = sm_count();
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
     K_ = r.n_samples;
@@ -574,7 +583,7 @@ class Sampler {
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
         attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, st(),
-                              prefetch({{o.o_w, DD * QD_}}));
+                              prefetch({{o.o_w, DD * QD_}}), prefetch_kv_);
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
@@ -696,6 +705,7 @@ class Sampler {
   int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0;
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool prefetch_weights_ = false;  // decode steps request their GEMMs' weights into L2 (OPTUNE_CUDA_PREFETCH_WEIGHTS)
+  bool prefetch_kv_ = false;       // the decode attention requests its cache rows into L2 (OPTUNE_CUDA_PREFETCH_KV)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_
   Params params_;

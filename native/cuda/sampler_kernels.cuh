@@ -107,11 +107,12 @@ struct QkvRows {
 };
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
 // row's q/k/v are finished first (qkv_finish's work: bias, RoPE when rope, k and v into the cache at pos), inside
-// the same kernel: one launch less per layer in the decode step. pre: weights to request into L2 (the projection's).
+// the same kernel: one launch less per layer in the decode step. pre: weights to request into L2 (the projection's);
+// prefetch_kv: each block first requests its head's cached keys and values into L2 (a hint, as L2Prefetch).
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
                       int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st,
-                      const L2Prefetch& pre = {});
+                      const L2Prefetch& pre = {}, bool prefetch_kv = false);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st);

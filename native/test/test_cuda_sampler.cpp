@@ -8,7 +8,8 @@
 //    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
-//  - requesting the decode GEMMs' weights into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS=1) changes no bit;
+//  - requesting the decode GEMMs' weights or the attention's cache rows into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS,
+//    OPTUNE_CUDA_PREFETCH_KV) changes no bit;
 //  - a top-k up to 1024 is selected rather than sorted: the same k tokens in the same order as the full sort and a
 //    stable sort on the host, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
@@ -404,7 +405,7 @@ TEST(own_decode_gemms_match_cublas_ones) {
   unsetenv("OPTUNE_CUDA_DECODE_GEMM");
 }
 
-TEST(weight_prefetch_changes_no_result) {
+TEST(l2_prefetches_change_no_result) {
   // L2 prefetches are hints: the same tokens and log-probs, bit for bit, in graphs and in both precisions.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     for (const bool bf16 : {false, true}) {
@@ -416,8 +417,10 @@ TEST(weight_prefetch_changes_no_result) {
       cuda::SamplerStats stats;
       const SampleResult plain = cuda::sample_with_weights(*m, w.get(), req);
       setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
+      setenv("OPTUNE_CUDA_PREFETCH_KV", "1", 1);
       const SampleResult prefetched = cuda::sample_with_weights(*m, w.get(), req, &stats);
       unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
+      unsetenv("OPTUNE_CUDA_PREFETCH_KV");
       CHECK_MSG(stats.graphs >= 1, what + ": no graph captured with prefetches: " + stats.graph_error);
       CHECK_MSG(prefetched.tokens == plain.tokens && prefetched.token_logps == plain.token_logps &&
                     prefetched.offsets == plain.offsets,
