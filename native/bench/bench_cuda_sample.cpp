@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/engine.h"
@@ -89,24 +90,28 @@ int main(int argc, char** argv) {
     };
     for (const bool bf16 : {false, true})
       if (only.empty() || only == (bf16 ? "bf16" : "fp32")) measure("sample", bf16);
+    // bf16 variants: each sets its knobs for its own row only
+    struct Variant {
+      const char* op;
+      std::vector<std::pair<const char*, const char*>> env;
+      int top_k = 0;
+      float top_p = 1.0f;
+    };
+    const Variant variants[] = {
+        {"sample_own", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}}},
+        {"sample_own_unsplit", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_SPLIT_K", "1"}}},
+        {"sample_prefetch", {{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}}},
+        {"sample_prefetch_kv", {{"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
+        {"sample_prefetch_both", {{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}, {"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
+        {"sample_top_p", {}, 0, 0.9f},
+        {"sample_top_k", {}, 50, 1.0f},
+    };
     if (only.empty() || only == "bf16") {
-      setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
-      measure("sample_own", true);
-      setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
-      measure("sample_own_unsplit", true);
-      unsetenv("OPTUNE_CUDA_SPLIT_K");
-      unsetenv("OPTUNE_CUDA_DECODE_GEMM");
-      setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
-      measure("sample_prefetch", true);
-      unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
-      setenv("OPTUNE_CUDA_PREFETCH_KV", "1", 1);
-      measure("sample_prefetch_kv", true);
-      setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
-      measure("sample_prefetch_both", true);
-      unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
-      unsetenv("OPTUNE_CUDA_PREFETCH_KV");
-      measure("sample_top_p", true, 0, 0.9f);
-      measure("sample_top_k", true, 50, 1.0f);
+      for (const Variant& v : variants) {
+        for (const auto& [name, value] : v.env) setenv(name, value, 1);
+        measure(v.op, true, v.top_k, v.top_p);
+        for (const auto& [name, value] : v.env) unsetenv(name);
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cuda_sample: %s\n", e.what());
