@@ -308,8 +308,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     const int lines = (head_dim * static_cast<int>(sizeof(Act)) + 127) / 128, per_line = 128 / sizeof(Act);
     for (int i = threadIdx.x; i < n_keys * lines; i += blockDim.x) {
       const int64_t at = base + static_cast<int64_t>(i / lines) * kvd + (i % lines) * per_line;
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(cache.k + at));
-      asm volatile("prefetch.global.L2 [%0];\n" ::"l"(cache.v + at));
+      prefetch_l2(cache.k + at);
+      prefetch_l2(cache.v + at);
     }
   }
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;

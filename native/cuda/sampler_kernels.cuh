@@ -57,6 +57,9 @@ struct Partials {
   __device__ float value(const float* self, int64_t i) const { return n ? sum(i) : self[i]; }
 };
 
+// Requests the 128-byte line holding p into L2 (a hint: the thread does not wait, nothing faults).
+__device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
 // Weights that a later GEMM of the decode step reads, requested into L2 by the kernel before it: each of its threads
 // issues its share of one prefetch per 128-byte line first, then does its own work, so the weights stream from
 // memory while that kernel (a norm, the decode attention) runs and the GEMM finds them in L2. A hint only: no result
@@ -76,7 +79,7 @@ struct L2Prefetch {
 #pragma unroll
     for (int r = 0; r < kMax; r++)  // constant indices: the ranges stay in the parameter space (no stack copy)
       for (int64_t off = t * 128; r < n && off < bytes[r]; off += threads * 128)
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p[r] + off));
+        prefetch_l2(p[r] + off);
   }
 };
 
