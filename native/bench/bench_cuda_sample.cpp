@@ -9,12 +9,15 @@
 // Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
 // automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1) and
 // "sample_prefetch" (cuBLAS, the weights requested into L2 ahead: OPTUNE_CUDA_PREFETCH_WEIGHTS=1),
-// "sample_prefetch_kv" (the attention's cache rows: OPTUNE_CUDA_PREFETCH_KV=1) and "sample_prefetch_both".
-// max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel. The
-// environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered
-// draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), which sort every row's vocabulary each step
-// (sample_kernels.cu). Random weights give nearly flat distributions, so the top-p nucleus holds most of the
-// vocabulary; a trained model's is far smaller (the sort's cost does not depend on it).
+// "sample_prefetch_kv" (the attention's cache rows: OPTUNE_CUDA_PREFETCH_KV=1), "sample_prefetch_both",
+// "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that
+// with the own GEMMs, whose weight loads then start before the kernel before ends) and "sample_own_pdl_prefetch"
+// (that with both prefetches). max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
+// the own kernel; early_launch: whether the own kernels launched early (sm_90 and up). The environment the
+// benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered draws:
+// "sample_top_p" (top-p 0.9), which sorts every row's vocabulary each step, and "sample_top_k" (top-k 50), which
+// selects each row's 50 candidates (sample_kernels.cu). Random weights give nearly flat distributions, so the top-p
+// nucleus holds most of the vocabulary; a trained model's is far smaller (the sort's cost does not depend on it).
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>
@@ -81,10 +84,11 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
-                  "\"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
+                  "\"early_launch\": %s, \"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
-                  stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms, stats.device_bytes,
+                  stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
+                  stats.early_launch ? "true" : "false", stats.device_bytes,
                   json_safe(stats.graph_error).c_str(), device.c_str());
       std::fflush(stdout);
     };
@@ -103,6 +107,13 @@ int main(int argc, char** argv) {
         {"sample_prefetch", {{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}}},
         {"sample_prefetch_kv", {{"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
         {"sample_prefetch_both", {{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}, {"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
+        {"sample_pdl", {{"OPTUNE_CUDA_PDL", "1"}}},
+        {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
+        {"sample_own_pdl_prefetch",
+         {{"OPTUNE_CUDA_DECODE_GEMM", "own"},
+          {"OPTUNE_CUDA_PDL", "1"},
+          {"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"},
+          {"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

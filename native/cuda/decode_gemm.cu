@@ -22,7 +22,9 @@
 #include "check.cuh"
 #include "core/error.h"
 #include "decode_gemm.h"
+#include "launch.h"
 #include "mma.cuh"
+#include "sampler_kernels.cuh"
 
 namespace optune::cuda {
 
@@ -48,19 +50,22 @@ __device__ inline void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-// One K chunk [k0, k0 + 64) of A's rows and B's columns into a stage. Each thread copies 4 + 4 pieces of 16 bytes.
-// B row-major [K, N] (GPT-2's Conv1D weights): the stage holds B[k][n]; TRANS_B ([N, K], nn.Linear's): B^T[n][k].
-template <bool TRANS_B>
-__device__ inline void load_chunk(bf16* stage, const bf16* A, const bf16* B, int M, int N, int K, int n0, int k0,
-                                  int k_end) {
+// One K chunk [k0, k0 + 64) of A's rows into a stage: each thread copies 4 pieces of 16 bytes.
+__device__ inline void load_a_chunk(bf16* stage, const bf16* A, int M, int K, int k0, int k_end) {
   bf16* sA = stage;
-  bf16* sB = stage + kTileM * kLd;
 #pragma unroll
   for (int i = 0; i < kTileM * 8 / kThreads; i++) {
     const int idx = threadIdx.x + i * kThreads, r = idx >> 3, k = k0 + (idx & 7) * 8;
     const bool valid = r < M && k < k_end;
     cp_async16(sA + r * kLd + (idx & 7) * 8, valid ? A + static_cast<int64_t>(r) * K + k : A, valid);
   }
+}
+
+// The same chunk of B's columns n0 .. n0 + 63 into the stage, 4 pieces of 16 bytes per thread. B row-major [K, N]
+// (GPT-2's Conv1D weights): the stage holds B[k][n]; TRANS_B ([N, K], nn.Linear's): B^T[n][k].
+template <bool TRANS_B>
+__device__ inline void load_b_chunk(bf16* stage, const bf16* B, int N, int K, int n0, int k0, int k_end) {
+  bf16* sB = stage + kTileM * kLd;
 #pragma unroll
   for (int i = 0; i < 64 * 8 / kThreads; i++) {
     const int idx = threadIdx.x + i * kThreads, r = idx >> 3, seg = (idx & 7) * 8;
@@ -72,6 +77,27 @@ __device__ inline void load_chunk(bf16* stage, const bf16* A, const bf16* B, int
       const int k = k0 + r, n = n0 + seg;
       const bool valid = k < k_end && n < N;
       cp_async16(sB + r * kLd + seg, valid ? B + static_cast<int64_t>(k) * N + n : B, valid);
+    }
+  }
+}
+
+// Requests the block's weights for K in [k0, k_end) into L2 (columns n0 .. n0 + 63): one prefetch per 128-byte line,
+// spread over the threads. A hint: nothing waits on it.
+template <bool TRANS_B>
+__device__ inline void prefetch_b_l2(const bf16* B, int N, int K, int n0, int k0, int k_end) {
+  if (k0 >= k_end) return;
+  constexpr int kLine = 128 / sizeof(bf16);  // elements per line
+  if constexpr (TRANS_B) {  // rows n of B, K contiguous: lines along k
+    const int lines = (k_end - k0 + kLine - 1) / kLine + 1;  // + 1: the range need not start on a line
+    for (int i = threadIdx.x; i < 64 * lines; i += kThreads) {
+      const int n = n0 + i / lines, k = min(k0 + (i % lines) * kLine, k_end - 1);
+      if (n < N) sampler::prefetch_l2(B + static_cast<int64_t>(n) * K + k);
+    }
+  } else {  // rows k of B, the block's 64 columns (128 bytes) in one or two lines
+    const int last = min(N, n0 + 64) - 1;
+    for (int i = threadIdx.x; i < 2 * (k_end - k0); i += kThreads) {
+      const int k = k0 + i / 2;
+      sampler::prefetch_l2(B + static_cast<int64_t>(k) * N + (i % 2 ? last : n0));
     }
   }
 }
@@ -102,10 +128,13 @@ __device__ inline void multiply_chunk(float (&acc)[4][2][4], const bf16* stage, 
 }
 
 // C (+ slice blockIdx.y * slice_stride) = beta C + A op(B) over K slice blockIdx.y of S (beta only when S == 1).
+// The weights go first: they are constants, so under PDL (launch.h) the first stages' B chunks and, with
+// prefetch_rest, L2 requests for the rest of the block's weights go out while the kernel before (the norm or
+// activation that writes A) finishes. A and C are touched only after wait_for_previous_kernel().
 template <bool TRANS_B>
 __global__ void __launch_bounds__(kThreads) decode_gemm_kernel(float* C, int ldc, int64_t slice_stride, float beta,
                                                                const bf16* A, const bf16* B, int M, int N, int K,
-                                                               int k_slice) {
+                                                               int k_slice, bool prefetch_rest) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
   const int n0 = blockIdx.x * kTileN;
@@ -114,17 +143,27 @@ __global__ void __launch_bounds__(kThreads) decode_gemm_kernel(float* C, int ldc
   const int m_tiles = (M + 15) / 16;
   float acc[4][2][4] = {};
 
+  for (int c = 0; c < kStages - 1 && c < chunks; c++)
+    load_b_chunk<TRANS_B>(smem + c * kStageElems, B, N, K, n0, k_begin + c * kTileK, k_end);
+  if (prefetch_rest) prefetch_b_l2<TRANS_B>(B, N, K, n0, k_begin + (kStages - 1) * kTileK, k_end);
+  wait_for_previous_kernel();
+  allow_next_kernel();
+  // The first group holds the B chunks above and A's chunk 0, group c A's chunk c: group c is complete by the wait
+  // for chunk c below, as when each group held both halves of its chunk.
 #pragma unroll
   for (int c = 0; c < kStages - 1; c++) {
-    if (c < chunks) load_chunk<TRANS_B>(smem + c * kStageElems, A, B, M, N, K, n0, k_begin + c * kTileK, k_end);
+    if (c < chunks) load_a_chunk(smem + c * kStageElems, A, M, K, k_begin + c * kTileK, k_end);
     cp_async_commit();  // (an empty group past the last chunk keeps the wait count below uniform)
   }
   for (int c = 0; c < chunks; c++) {
     cp_async_wait<kStages - 2>();  // chunk c has landed (this thread's copies) ...
     __syncthreads();               // ... everyone's, and everyone is done with the stage refilled below (c - 1's)
     const int next = c + kStages - 1;
-    if (next < chunks)
-      load_chunk<TRANS_B>(smem + (next % kStages) * kStageElems, A, B, M, N, K, n0, k_begin + next * kTileK, k_end);
+    if (next < chunks) {
+      bf16* stage = smem + (next % kStages) * kStageElems;
+      load_a_chunk(stage, A, M, K, k_begin + next * kTileK, k_end);
+      load_b_chunk<TRANS_B>(stage, B, N, K, n0, k_begin + next * kTileK, k_end);
+    }
     cp_async_commit();
     multiply_chunk<TRANS_B>(acc, smem + (c % kStages) * kStageElems, m_tiles);
   }
@@ -171,20 +210,16 @@ void decode_gemm_prepare() {
 }
 
 void decode_gemm(int M, int N, int K, const uint16_t* A16, const uint16_t* B16, bool trans_b, float beta, float* C,
-                 int ldc, int S, int64_t slice_stride, cudaStream_t st) {
+                 int ldc, int S, int64_t slice_stride, Launch on) {
   const bf16* A = reinterpret_cast<const bf16*>(A16);
   const bf16* B = reinterpret_cast<const bf16*>(B16);
   OPTUNE_CHECK(decode_gemm_fits(M, N, K, S, A16, B16, C, ldc),
                "internal: decode_gemm [" + std::to_string(M) + ", " + std::to_string(N) + ", " + std::to_string(K) +
                    "] in " + std::to_string(S) + " slices does not fit its kernel (check decode_gemm_fits first)");
   const dim3 grid((N + kTileN - 1) / kTileN, S);
-  if (trans_b)
-    decode_gemm_kernel<true><<<grid, kThreads, kSmemBytes, st>>>(C, ldc, slice_stride, S == 1 ? beta : 0.0f, A, B, M,
-                                                                 N, K, K / S);
-  else
-    decode_gemm_kernel<false><<<grid, kThreads, kSmemBytes, st>>>(C, ldc, slice_stride, S == 1 ? beta : 0.0f, A, B,
-                                                                  M, N, K, K / S);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  const float b = S == 1 ? beta : 0.0f;
+  OPTUNE_CUDA_CHECK(launch_kernel(trans_b ? decode_gemm_kernel<true> : decode_gemm_kernel<false>, grid, kThreads,
+                                  kSmemBytes, on, C, ldc, slice_stride, b, A, B, M, N, K, K / S, on.early));
 }
 
 }  // namespace optune::cuda

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "launch.h"
+
 namespace optune::cuda {
 
 constexpr int kDecodeGemmMaxRows = 64;  // more rows go to cuBLAS (a block holds all rows of A in shared memory)
@@ -15,8 +17,9 @@ bool decode_gemm_fits(int M, int N, int K, int S, const uint16_t* A, const uint1
 void decode_gemm_prepare();
 // Row-major C[M, N] = beta C + A[M, K] op(B), op(B) = B [K, N] or, trans_b, B^T for B [N, K]; fp32 C (row stride
 // ldc). S > 1: slice s = A[:, s K/S ..] op(B)[s K/S .., :] goes to C + s * slice_stride and beta is ignored (the
-// consumer adds the slices: sampler::Partials). Throws when decode_gemm_fits is false.
+// consumer adds the slices: sampler::Partials). Throws when decode_gemm_fits is false. on.early (PDL, launch.h):
+// the weights' loads, and L2 requests for the rest of each block's weights, start before the kernel before ends.
 void decode_gemm(int M, int N, int K, const uint16_t* A, const uint16_t* B, bool trans_b, float beta, float* C,
-                 int ldc, int S, int64_t slice_stride, cudaStream_t st);
+                 int ldc, int S, int64_t slice_stride, Launch on);
 
 }  // namespace optune::cuda

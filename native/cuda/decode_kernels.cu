@@ -9,6 +9,7 @@
 
 #include "check.cuh"
 #include "core/error.h"
+#include "launch.h"
 #include "reduce.cuh"
 #include "sampler_kernels.cuh"
 
@@ -33,6 +34,8 @@ static int grid_for(int64_t n) {
 // ---- embedding -------------------------------------------------------------------------------------------------
 
 __global__ void embed_kernel(float* x, const float* wte, const float* wpe, Rows rows, int d) {
+  wait_for_previous_kernel();  // the rows' tokens and positions
+  allow_next_kernel();
   const int r = blockIdx.x;
   const float* e = wte + static_cast<int64_t>(rows.tok[r]) * d;
   const float* p = wpe ? wpe + static_cast<int64_t>(rows.pos[r]) * d : nullptr;
@@ -40,10 +43,9 @@ __global__ void embed_kernel(float* x, const float* wte, const float* wpe, Rows 
   for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = p ? e[i] + p[i] : e[i];
 }
 
-void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, cudaStream_t st) {
+void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, Launch on) {
   if (rows.n <= 0) return;
-  embed_kernel<<<rows.n, kThreads, 0, st>>>(x, wte, wpe, rows, d);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  OPTUNE_CUDA_CHECK(launch_kernel(embed_kernel, rows.n, kThreads, 0, on, x, wte, wpe, rows, d));
 }
 
 // ---- norm with a deferred bias: one block per row -----------------------------------------------------------------
@@ -65,6 +67,10 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
                                                      L2Prefetch pre) {
   __shared__ float scratch[32];
   pre.issue();
+  // w and b load after the wait all the same: loaded before it, they stayed in registers through the row's loads
+  // (ptxas: up to 140 registers at P = 16 instead of 97-119, one block per SM fewer in a prefill)
+  wait_for_previous_kernel();
+  allow_next_kernel();
   const int r = blockIdx.x;
   const int64_t row = static_cast<int64_t>(src ? src[r] : r) * d;
   float* x = xbuf + row;
@@ -135,19 +141,16 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
 
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, cudaStream_t st, const L2Prefetch& pre) {
+              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const L2Prefetch& pre) {
   if (rows <= 0) return;
   OPTUNE_CHECK(d <= kMaxNormWidth, "sampler norm: rows of " + std::to_string(d) + " (at most " +
                                        std::to_string(kMaxNormWidth) + ")");
-  if (d <= 256 * 4)
-    add_norm_kernel<Act, 256, 4><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
-  else if (d <= 256 * 8)
-    add_norm_kernel<Act, 256, 8><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
-  else if (d <= 256 * 16)
-    add_norm_kernel<Act, 256, 16><<<rows, 256, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
-  else
-    add_norm_kernel<Act, 512, 16><<<rows, 512, 0, st>>>(out, x, src, add, parts, w, b, d, eps, layernorm, pre);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  const auto kernel = d <= 256 * 4    ? add_norm_kernel<Act, 256, 4>
+                      : d <= 256 * 8  ? add_norm_kernel<Act, 256, 8>
+                      : d <= 256 * 16 ? add_norm_kernel<Act, 256, 16>
+                                      : add_norm_kernel<Act, 512, 16>;
+  const int threads = d <= 256 * 16 ? 256 : 512;
+  OPTUNE_CUDA_CHECK(launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm, pre));
 }
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
@@ -299,6 +302,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
                                                                            bool rope, float theta, L2Prefetch pre,
                                                                            bool prefetch_kv) {
   pre.issue();
+  wait_for_previous_kernel();  // q/k/v, the rows (and the cache rows earlier steps wrote)
+  allow_next_kernel();
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), pos = rows.pos[r], n_keys = pos + 1;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
@@ -379,17 +384,13 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st, const L2Prefetch& pre,
+                      int n_kv_head, int head_dim, bool rope, float theta, Launch on, const L2Prefetch& pre,
                       bool prefetch_kv) {
   if (rows.n <= 0) return;
-  const dim3 grid(rows.n, n_head);
-  if (head_dim <= 64)  // one pair of dims per lane
-    attention_decode_kernel<Act, 1><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
-                                                                      head_dim, rope, theta, pre, prefetch_kv);
-  else
-    attention_decode_kernel<Act, 2><<<grid, kAttnWarps * 32, 0, st>>>(out, in, cache, rows, n_head, n_kv_head,
-                                                                      head_dim, rope, theta, pre, prefetch_kv);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  // one pair of dims per lane up to head_dim 64
+  const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
+  OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
+                                  n_kv_head, head_dim, rope, theta, pre, prefetch_kv));
 }
 
 // ---- MLP activations and conversion ---------------------------------------------------------------------------------
@@ -402,25 +403,29 @@ template <class Act>
 __global__ void bias_gelu_kernel(Act* __restrict__ out, const float* __restrict__ fc, Partials pfc,
                                  const float* __restrict__ b, int f) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  const float bias = c < f && b ? b[c] : 0.0f;  // a constant: before the wait
+  wait_for_previous_kernel();
+  allow_next_kernel();
   if (c >= f) return;
   const int64_t i = static_cast<int64_t>(blockIdx.y) * f + c;
-  const float x = pfc.value(fc, i) + (b ? b[c] : 0.0f);
+  const float x = pfc.value(fc, i) + bias;
   out[i] = to_act<Act>(0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
 }
 
 template <class Act>
-void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st) {
+void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on) {
   if (rows <= 0 || f <= 0) return;
   for (int r0 = 0; r0 < rows; r0 += 65535) {  // gridDim.y's limit
     const int64_t at = static_cast<int64_t>(r0) * f;
     const dim3 grid((f + kThreads - 1) / kThreads, std::min(65535, rows - r0));
-    bias_gelu_kernel<Act><<<grid, kThreads, 0, st>>>(out + at, fc + at, pfc.at(at), b, f);
-    OPTUNE_CUDA_CHECK_LAUNCH();
+    OPTUNE_CUDA_CHECK(launch_kernel(bias_gelu_kernel<Act>, grid, kThreads, 0, on, out + at, fc + at, pfc.at(at), b, f));
   }
 }
 
 template <class Act>
 __global__ void swiglu_kernel(Act* out, const float* gate, Partials pgate, const float* up, Partials pup, int64_t n) {
+  wait_for_previous_kernel();
+  allow_next_kernel();
   GRID_STRIDE_LOOP(i, n) {
     const float g = pgate.value(gate, i);
     out[i] = to_act<Act>(g / (1.0f + expf(-g)) * pup.value(up, i));
@@ -429,10 +434,9 @@ __global__ void swiglu_kernel(Act* out, const float* gate, Partials pgate, const
 
 template <class Act>
 void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
-            cudaStream_t st) {
+            Launch on) {
   if (n <= 0) return;
-  swiglu_kernel<Act><<<grid_for(n), kThreads, 0, st>>>(out, gate, pgate, up, pup, n);
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  OPTUNE_CUDA_CHECK(launch_kernel(swiglu_kernel<Act>, grid_for(n), kThreads, 0, on, out, gate, pgate, up, pup, n));
 }
 
 template <class Act>
@@ -449,15 +453,15 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                      \
   template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,            \
-                              const float*, int, int, float, bool, cudaStream_t, const L2Prefetch&);                \
+                              const float*, int, int, float, bool, Launch, const L2Prefetch&);                \
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,             \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
                                 int, bool, float, const LayerCache<Act>&, cudaStream_t);                            \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,    \
-                                      bool, float, cudaStream_t, const L2Prefetch&, bool);                          \
-  template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, cudaStream_t);         \
+                                      bool, float, Launch, const L2Prefetch&, bool);                          \
+  template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);         \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
-                            cudaStream_t);                                                                          \
+                            Launch);                                                                                \
   template void convert<Act>(Act*, const float*, int64_t, cudaStream_t);
 OPTUNE_SAMPLER_ACT(float)
 OPTUNE_SAMPLER_ACT(bf16)

@@ -238,6 +238,19 @@ bool prefetch_kv_setting() {
   return v && std::string(v) == "1";
 }
 
+// OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
+// GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
+// while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up;
+// cuBLAS's kernels launch as usual. Not measured yet, so off by default. Same results either way.
+bool early_launch_setting() {
+  const char* v = std::getenv("OPTUNE_CUDA_PDL");
+  if (!v || std::string(v) != "1") return false;
+  int dev = 0, major = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return major >= 9;
+}
+
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
 int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
@@ -267,6 +280,7 @@ class Sampler {
     split_setting_ = split_k_setting(own_gemm_);
     prefetch_weights_ = prefetch_weights_setting();
     prefetch_kv_ = prefetch_kv_setting();
+    early_launch_ = early_launch_setting();
     sms_ = sm_count();
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
     K_ = r.n_samples;
@@ -338,6 +352,7 @@ class Sampler {
       stats->graph_error = graph_error;
       stats->max_split = max_split_;
       stats->own_gemms = own_gemms_;
+      stats->early_launch = early_launch_;
     }
     return res;
   }
@@ -345,6 +360,8 @@ class Sampler {
  private:
   int prompt_len(int i) const { return r_.prompt_offsets[i + 1] - r_.prompt_offsets[i]; }
   cudaStream_t st() const { return stream_.get(); }
+  // Where a kernel of blocks() and head() goes: early (PDL, launch.h) in a decode step under OPTUNE_CUDA_PDL=1.
+  Launch on() const { return {st(), decoding_ && early_launch_}; }
   void sync() const { OPTUNE_CUDA_CHECK(cudaStreamSynchronize(st())); }
   const float* P(size_t off) const { return off == kAbsent ? nullptr : w_.f32 + off; }
   const Act* W(size_t off) const {
@@ -507,7 +524,7 @@ class Sampler {
       const auto* b = reinterpret_cast<const uint16_t*>(W(w_off));
       if (decoding_ && own_gemm(rows) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
         decode_gemm(rows, out_f, in_f, a, b, c_.is_llama(), beta, dst, out_f, S, static_cast<int64_t>(rows) * out_f,
-                    st());
+                    on());
         own_gemms_++;
         max_split_ = std::max(max_split_, S);
         return S > 1 ? Partials{slices, S, static_cast<int64_t>(rows) * out_f} : Partials{};
@@ -547,7 +564,7 @@ class Sampler {
   Pending blocks(const Rows& rows, const PrefillChunk* pf) {
     const int n = rows.n, H = c_.n_head, KVH = c_.n_kv_head, hd = c_.head_dim;
     const bool gpt2 = c_.is_gpt2();
-    embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, st());
+    embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, on());
     Pending pending;
     for (int l = 0; l < c_.n_layer; l++) {
       const LayerOffsets& o = L_.layers[l];
@@ -555,7 +572,7 @@ class Sampler {
       const L2Prefetch qkv_w = gpt2 ? prefetch({{o.qkv_w, 3 * DD * D_}})
                                     : prefetch({{o.q_w, DD * QD_}, {o.k_w, DD * KVD_}, {o.v_w, DD * KVD_}});
       add_norm<Act>(hn_.data(), x_.data(), nullptr, pending.bias, pending.parts, P(o.norm1_w), P(o.norm1_b), n, D_,
-                    c_.norm_eps, gpt2, st(), qkv_w);
+                    c_.norm_eps, gpt2, on(), qkv_w);
       float *q = qkv_.data(), *k, *v;
       int qs, ks, vs;
       const float *bq, *bk, *bv;
@@ -582,7 +599,7 @@ class Sampler {
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, st(),
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, on(),
                               prefetch({{o.o_w, DD * QD_}}), prefetch_kv_);
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
@@ -591,14 +608,14 @@ class Sampler {
       const L2Prefetch mlp_w = gpt2 ? prefetch({{o.fc_w, DF}, {o.proj_w, DF}})
                                     : prefetch({{o.fc_w, DF}, {o.up_w, DF}, {o.proj_w, DF}});
       add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
-                    gpt2, st(), mlp_w);
+                    gpt2, on(), mlp_w);
       cursor = 0;
       const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
       if (gpt2) {
-        bias_gelu<Act>(act_.data(), fc_.data(), pfc, P(o.fc_b), n, F_, st());
+        bias_gelu<Act>(act_.data(), fc_.data(), pfc, P(o.fc_b), n, F_, on());
       } else {
         const Partials pup = linear(up_.data(), hn_.data(), o.up_w, n, D_, F_, 0.0f, &cursor);
-        swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, st());
+        swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, on());
       }
       cursor = 0;  // x += MLP output (its bias and slices: the next norm)
       pending.parts = linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f, &cursor);
@@ -618,7 +635,7 @@ class Sampler {
   // in the call's precision, as the device model's log-probs: the sampled tokens' log-probs match them).
   void head(float* logits, const int32_t* src, int n, const Pending& pending) {
     add_norm<Act>(hf_.data(), x_.data(), src, pending.bias, pending.parts, P(L_.normf_w), P(L_.normf_b), n, D_,
-                  c_.norm_eps, c_.is_gpt2(), st());
+                  c_.norm_eps, c_.is_gpt2(), on());
     const int bulk = vocab_bulk(V_);  // the aligned bulk of the vocabulary, then the rest (ops.h)
     if (bulk > 0) blas_.mm_unsplit(n, bulk, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
     if (V_ > bulk)
@@ -706,6 +723,7 @@ class Sampler {
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool prefetch_weights_ = false;  // decode steps request their GEMMs' weights into L2 (OPTUNE_CUDA_PREFETCH_WEIGHTS)
   bool prefetch_kv_ = false;       // the decode attention requests its cache rows into L2 (OPTUNE_CUDA_PREFETCH_KV)
+  bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_
   Params params_;

@@ -44,6 +44,7 @@ struct SamplerStats {
   std::string graph_error;   // why capturing failed (the call then ran eagerly); empty when it did not
   int max_split = 1;         // most K-slices any decode GEMM ran in (1: none split; OPTUNE_CUDA_SPLIT_K)
   int own_gemms = 0;         // decode GEMMs issued to decode_gemm.cu's kernel (eager and captured; 0: all cuBLAS)
+  bool early_launch = false; // decode steps launched their own kernels early (OPTUNE_CUDA_PDL=1 on sm_90+)
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not

@@ -1,6 +1,7 @@
 // Kernels of the CUDA sampler (sampler_cuda.cu): the inference-only transformer pieces that prefill and the decode
 // step share (decode_kernels.cu), and the token picking, sorting and active-set bookkeeping (sample_kernels.cu).
-// Every launcher takes the stream it runs on: a decode step is captured into a CUDA graph on the sampler's stream.
+// Every launcher takes where it runs (launch.h): the sampler's stream, on which a decode step is captured into a CUDA
+// graph, and for the decode step's kernels whether they may start before the kernel before them ends (PDL).
 // Activations that feed a GEMM are written as `Act` (float, or __nv_bfloat16 under bf16); everything else is fp32.
 #pragma once
 #include <cuda_bf16.h>
@@ -9,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "launch.h"
 #include "sort_rows.h"
 
 namespace optune::cuda::sampler {
@@ -86,14 +88,14 @@ struct L2Prefetch {
 // ---- transformer pieces (decode_kernels.cu) ----------------------------------------------------------------------
 constexpr int kMaxNormWidth = 8192;  // widest row add_norm takes (16 elements in registers per thread of 512)
 // x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions).
-void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, cudaStream_t st);
+void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, Launch on);
 // For each output row r (source row src[r], or r when src is null): x[src] += add (a bias deferred from the previous
 // GEMM; may be null) + the slices of that GEMM's product when it was split (indexed like x), then
 // out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm. d <= kMaxNormWidth (the row lives in registers).
 // pre: weights to request into L2 for the GEMMs after it.
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, cudaStream_t st, const L2Prefetch& pre = {});
+              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const L2Prefetch& pre = {});
 // q/k/v (row strides qs/ks/vs) in place: their GEMM's product (pq/pk/pv: its slices, indexed like q/k/v, when it
 // was split) + bias (each may be null), RoPE on q and k when rope, then the row's k and v are copied into the cache
 // at (slot + c, pos) for c < copies.
@@ -114,15 +116,15 @@ struct QkvRows {
 // prefetch_kv: each block first requests its head's cached keys and values into L2 (a hint, as L2Prefetch).
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, bool rope, float theta, cudaStream_t st,
+                      int n_kv_head, int head_dim, bool rope, float theta, Launch on,
                       const L2Prefetch& pre = {}, bool prefetch_kv = false);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
-void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, cudaStream_t st);
+void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on);
 // out = silu(gate) * up, n elements (each: the tensor, or its slices).
 template <class Act>
 void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
-            cudaStream_t st);
+            Launch on);
 // fp32 -> Act (a copy when Act is float).
 template <class Act>
 void convert(Act* out, const float* in, int64_t n, cudaStream_t st);

@@ -10,6 +10,7 @@
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
 //  - requesting the decode GEMMs' weights or the attention's cache rows into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS,
 //    OPTUNE_CUDA_PREFETCH_KV) changes no bit;
+//  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
 //  - a top-k up to 1024 is selected rather than sorted: the same k tokens in the same order as the full sort and a
 //    stable sort on the host, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
@@ -340,6 +341,19 @@ TEST(decode_gemm_kernel_matches_a_double_reference) {
     cuda::decode_gemm(c.M, c.N, c.K, A, B, c.trans_b, c.beta, gc.data(), c.ldc, c.S,
                                static_cast<int64_t>(slice), nullptr);
     const std::vector<float> got = gc.download();
+    {  // launched early (PDL, launch.h) on a stream, after an upload of C: the same bits (weights loaded first, the
+       // rest of each block's weights requested into L2)
+      cudaStream_t st = nullptr;
+      CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) == cudaSuccess);
+      cuda::Buffer<float> gc2(c0.size());
+      CHECK(cudaMemcpyAsync(gc2.data(), c0.data(), c0.size() * sizeof(float), cudaMemcpyHostToDevice, st) ==
+            cudaSuccess);
+      cuda::decode_gemm(c.M, c.N, c.K, A, B, c.trans_b, c.beta, gc2.data(), c.ldc, c.S, static_cast<int64_t>(slice),
+                        cuda::Launch(st, true));
+      CHECK(cudaStreamSynchronize(st) == cudaSuccess);
+      CHECK(cudaStreamDestroy(st) == cudaSuccess);
+      CHECK_MSG(gc2.download() == got, what + ": launched early, other results");
+    }
     const int Ks = c.K / c.S;
     for (int s = 0; s < c.S; s++) {
       std::vector<float> want(slice), have(slice);
@@ -425,6 +439,42 @@ TEST(l2_prefetches_change_no_result) {
       CHECK_MSG(prefetched.tokens == plain.tokens && prefetched.token_logps == plain.token_logps &&
                     prefetched.offsets == plain.offsets,
                 what + ": prefetching the weights changed the results");
+    }
+  }
+}
+
+TEST(early_launches_change_no_result) {
+  // Under OPTUNE_CUDA_PDL=1 a decode step's own kernels start before the kernel before them ends and wait for it
+  // before reading its output (launch.h): the same tokens and log-probs, bit for bit, in graphs, in both precisions
+  // and with the own decode GEMMs (whose weight loads go out before the wait). A kernel that read its input before
+  // the wait would read the previous layer's (or step's) activations and change the results.
+  int dev = 0, major = 0;
+  CHECK(cudaGetDevice(&dev) == cudaSuccess);
+  CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess);
+  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+    for (const char* mode : {"fp32", "bf16", "bf16 own GEMMs"}) {
+      const bool bf16 = std::strcmp(mode, "fp32") != 0, own = std::strstr(mode, "own") != nullptr;
+      auto m = make_model(cfg);
+      testing::randomize(*m, 55, 0.1f);
+      const SampleRequest req = prompts_request(kPrompts, 3, 24);
+      const DeviceWeights w(*m, bf16);
+      const std::string what = std::string(arch_name(cfg.arch)) + " " + mode;
+      if (own) setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
+      cuda::SamplerStats plain_stats, early_stats;
+      const SampleResult plain = cuda::sample_with_weights(*m, w.get(), req, &plain_stats);
+      setenv("OPTUNE_CUDA_PDL", "1", 1);
+      const SampleResult early = cuda::sample_with_weights(*m, w.get(), req, &early_stats);
+      const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
+      unsetenv("OPTUNE_CUDA_PDL");
+      unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+      CHECK_MSG(!plain_stats.early_launch && early_stats.early_launch == (major >= 9),
+                what + ": early launches " + std::to_string(plain_stats.early_launch) + " and " +
+                    std::to_string(early_stats.early_launch) + " (expected off, then on from sm_90)");
+      CHECK_MSG(early_stats.graphs >= 1, what + ": no graph captured with early launches: " + early_stats.graph_error);
+      CHECK_MSG(!own || early_stats.own_gemms > 0, what + ": no decode GEMM on the own kernel");
+      for (const SampleResult* r : {&early, &again})
+        CHECK_MSG(r->tokens == plain.tokens && r->token_logps == plain.token_logps && r->offsets == plain.offsets,
+                  what + ": launching early changed the results");
     }
   }
 }
