@@ -15,9 +15,10 @@
 // (that with both prefetches). max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
 // the own kernel; early_launch: whether the own kernels launched early (sm_90 and up). The environment the
 // benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered draws:
-// "sample_top_p" (top-p 0.9), which sorts every row's vocabulary each step, and "sample_top_k" (top-k 50), which
-// selects each row's 50 candidates (sample_kernels.cu). Random weights give nearly flat distributions, so the top-p
-// nucleus holds most of the vocabulary; a trained model's is far smaller (the sort's cost does not depend on it).
+// "sample_top_p" (top-p 0.9), drawn by mass without an order (two radix descents per row), and "sample_top_k"
+// (top-k 50), which selects each row's 50 candidates and sorts them (sample_kernels.cu). Random weights give nearly
+// flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller (the
+// descents then skip most keys after their first digit).
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>

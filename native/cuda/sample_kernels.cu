@@ -11,9 +11,10 @@
 // each lane sums whole groups of 32 elements and one scan over the group sums finds the group, and one scan over that
 // group's elements the element (walking the segment 32 elements at a time took a dependent scan per step, ~50 steps
 // at V = 50257). Same order of elements as the CPU, different order of additions: a draw within rounding distance of
-// a boundary can pick the neighbouring token. The filtered order comes from one cub radix sort of (row, logit) keys
-// per step (stable, so equal logits keep index order); for a top-k of at most kTopKSelectMax, one block per row
-// selects the k candidates instead (a radix select of the k-th largest logit) and sorts only them.
+// a boundary can pick the neighbouring token. The order of a top-k draw comes from one block per row that selects the
+// k candidates (a radix select of the k-th largest logit) and sorts only them, for k up to kTopKSelectMax, else
+// from one cub radix sort of (row, logit) keys per step (stable, so equal logits keep index order). A top-p draw
+// without a top-k needs no order: two radix descents by mass find the nucleus's end and the drawn token.
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
@@ -170,6 +171,228 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
   return *s_result;
 }
 
+// ---- top-p without an order: the nucleus by mass -------------------------------------------------------------------
+// A top-p draw (no top-k) reads the (logit desc, index asc) order only up to the token it lands on, so it needs no
+// sort of the vocabulary (cub: 64 x 50257 keys and values through 5 passes each step, before the draw's gathers).
+// Two radix descents over the logits' order keys find, by mass, first the token where the nucleus ends (its
+// running mass reaches top_p of the total) and then the drawn token (the running mass passes u times the
+// nucleus's). Each level of a descent sums the mass of the keys under its prefix per 8-bit digit and keeps the
+// digit where the running mass, from the largest keys down, reaches what is left of the target.
+// Masses are integers: each token's exp((z - max) / T) in float, times 2^bits, rounded, with bits such that a row's
+// total stays below 2^52 (exact in double, and the same whatever the order of the atomic additions), so a row gives
+// the same token on every run. A token below 2^-bits of the largest weight (bits = 36 at V = 50257) has mass 0 and is
+// never drawn; the sorted path could draw it only with probability under ~1e-11. Against that path's sums in double
+// in sorted order, a draw within rounding distance of a token boundary can pick the neighbouring token.
+
+// Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints, and back.
+__device__ inline uint32_t logit_order(float x) {
+  const uint32_t u = __float_as_uint(x);
+  return u ^ ((u & 0x80000000u) ? 0xffffffffu : 0x80000000u);
+}
+__device__ inline float logit_of_order(uint32_t u) {
+  return __uint_as_float(u ^ ((u & 0x80000000u) ? 0x80000000u : 0xffffffffu));
+}
+
+// How many threads before this one have `flag` set, in thread order; *total: how many in the block.
+__device__ inline int block_exclusive_count(bool flag, int* warp_counts, int* total) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const unsigned ballot = __ballot_sync(kFull, flag);
+  __syncthreads();  // earlier readers of warp_counts are done
+  if (lane == 0) warp_counts[warp] = __popc(ballot);
+  __syncthreads();
+  int before = 0, all = 0;
+  for (int w = 0; w < kPickWarps; w++) {
+    before += w < warp ? warp_counts[w] : 0;
+    all += warp_counts[w];
+  }
+  *total = all;
+  return before + __popc(ballot & ((1u << lane) - 1u));
+}
+
+// Calls f(j, z[j], valid) over a 16-byte aligned row in rounds in which every thread of the block takes part
+// (warp collectives inside f are allowed; valid is false past n): each round a thread issues kLoads 16-byte loads
+// before using any, as for_each_in_row.
+template <class F>
+__device__ inline void for_each_in_row_together(const float* z, int n, const F& f) {
+  constexpr int kLoads = 4;
+  const float4* z4 = reinterpret_cast<const float4*>(z);
+  const int n4 = n / 4, step = blockDim.x;
+  for (int c0 = 0; c0 < n4; c0 += kLoads * step) {
+    float4 x[kLoads];
+#pragma unroll
+    for (int b = 0; b < kLoads; b++) {
+      const int i = c0 + b * step + threadIdx.x;
+      x[b] = i < n4 ? z4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int b = 0; b < kLoads; b++) {
+      const int i = c0 + b * step + threadIdx.x;
+      f(4 * i, x[b].x, i < n4), f(4 * i + 1, x[b].y, i < n4), f(4 * i + 2, x[b].z, i < n4);
+      f(4 * i + 3, x[b].w, i < n4);
+    }
+  }
+  const int j = 4 * n4 + threadIdx.x;  // the last n % 4 elements
+  if (4 * n4 < n) f(j, j < n ? z[j] : 0.0f, j < n);
+}
+
+struct MassScratch {
+  unsigned long long hist[256];          // mass per digit at the current level
+  unsigned long long lane_mass[kPickWarps][32];
+  uint32_t digit;
+  unsigned long long above;              // mass of the digits above it at this level
+  int found;
+};
+
+// hist[digit] += m over the lanes of the warp with `on` set (m > 0): one atomic per distinct digit, from the lowest
+// lane holding it, which sums its peers' masses (integers: the order does not matter).
+__device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, unsigned long long m) {
+  if (__ballot_sync(kFull, on) == 0) return;  // warp-uniform
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const unsigned peers = __match_any_sync(kFull, on ? digit : 256u + lane);  // off lanes: a label of their own
+  sm.lane_mass[warp][lane] = m;
+  __syncwarp();
+  if (on && lane == __ffs(peers) - 1) {
+    unsigned long long sum = 0;
+    for (unsigned rest = peers; rest; rest &= rest - 1) sum += sm.lane_mass[warp][__ffs(rest) - 1];
+    atomicAdd(&sm.hist[digit], sum);
+  }
+  __syncwarp();
+}
+
+// Where the running mass, over the keys in (logit desc, index asc) order, first reaches `target` (1 <= target <=
+// the row's total): the key there, the mass of all larger keys, and how many keys equal to it up to and including
+// that position (>= 1). mass(x): the integer mass of logit x.
+struct Reach {
+  uint32_t key;
+  unsigned long long above;
+  long long ties;
+};
+
+template <class Mass>
+__device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned long long target, MassScratch& sm) {
+  const int lane = threadIdx.x % 32;
+  uint32_t prefix = 0, mask = 0;
+  unsigned long long above = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) sm.hist[i] = 0;
+    __syncthreads();
+    for_each_in_row_together(z, n, [&](int, float x, bool valid) {
+      const uint32_t u = logit_order(x);
+      const bool under = valid && (u & mask) == prefix;
+      const unsigned long long m = under ? mass(x) : 0ull;
+      warp_add_mass(sm, m > 0, (u >> shift) & 255u, m);
+    });
+    __syncthreads();
+    if (threadIdx.x < 32) {  // warp 0, from the top digit down: lane l holds digits 255 - 8l .. 248 - 8l
+      const unsigned long long left = target - above;
+      unsigned long long own = 0;
+      for (int k = 0; k < 8; k++) own += sm.hist[255 - 8 * lane - k];
+      unsigned long long incl = own;  // inclusive scan over the lanes
+      for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long y = __shfl_up_sync(kFull, incl, o);
+        if (lane >= o) incl += y;
+      }
+      // the first lane whose digits reach what is left; none only through a target past the total (the last lane)
+      const unsigned hit = __ballot_sync(kFull, incl >= left);
+      const int l = hit ? __ffs(hit) - 1 : 31;
+      if (lane == l) {
+        unsigned long long run = incl - own;
+        int k = 0;
+        while (k < 7 && run + sm.hist[255 - 8 * lane - k] < left) run += sm.hist[255 - 8 * lane - k++];
+        sm.digit = 255u - 8u * lane - k;
+        sm.above = run;
+      }
+    }
+    __syncthreads();
+    prefix |= sm.digit << shift;
+    mask |= 255u << shift;
+    above += sm.above;
+  }
+  // every key under the full prefix is that key: equal masses
+  const unsigned long long each = mass(logit_of_order(prefix)), left = target - above;
+  return {prefix, above, each ? static_cast<long long>((left + each - 1) / each) : 1};
+}
+
+// The index of the k-th (1-based) element of the row whose order key is `key`, in index order (k >= 1; -1 when the
+// row has fewer).
+__device__ int kth_with_key(const float* z, int n, uint32_t key, long long k, MassScratch& sm, int* warp_counts) {
+  if (threadIdx.x == 0) sm.found = INT_MAX;
+  __syncthreads();
+  if (k == 1) {  // the lowest index: one pass with its loads in flight
+    int lowest = INT_MAX;
+    for_each_in_row(z, n, [&](int j, float x) {
+      if (logit_order(x) == key) lowest = min(lowest, j);
+    });
+    for (int o = 16; o > 0; o >>= 1) lowest = min(lowest, __shfl_xor_sync(kFull, lowest, o));
+    if (threadIdx.x % 32 == 0 && lowest != INT_MAX) atomicMin(&sm.found, lowest);
+  } else {  // exact ties: rounds in index order, one load each (rare)
+    long long seen = 0;
+    for (int c0 = 0; c0 < n && seen < k; c0 += blockDim.x) {  // seen: block-wide, so the loop is uniform
+      const int j = c0 + threadIdx.x;
+      const bool equal = j < n && logit_order(z[j]) == key;
+      int n_equal;
+      const int rank = block_exclusive_count(equal, warp_counts, &n_equal);
+      if (equal && seen + rank == k - 1) sm.found = j;
+      seen += n_equal;
+    }
+  }
+  __syncthreads();
+  const int found = sm.found;
+  __syncthreads();  // read by all before the next use of sm
+  return found == INT_MAX ? -1 : found;
+}
+
+// The top-p draw of a row (temperature != 0, top_p < 1, no top-k): the token at which the running mass passes u
+// times the nucleus's mass. mx: the row's largest logit; u in [0, 1).
+__device__ int nucleus_draw(const float* z, int n, float mx, float inv_t, float top_p, double u, MassScratch& sm,
+                            int* warp_counts, unsigned long long* scratch) {
+  int log_n = 0;
+  while ((1ll << log_n) < n) log_n++;
+  const double scale = ldexp(1.0, 52 - log_n);  // n masses of at most 2^(52 - log_n) each: total <= 2^52
+  const auto mass = [&](float x) { return __double2ull_rn(static_cast<double>(expf((x - mx) * inv_t)) * scale); };
+  unsigned long long sum = 0;
+  for_each_in_row(z, n, [&](int, float x) { sum += mass(x); });
+  const unsigned long long total = block_sum(sum, scratch);  // >= 2^(52 - log_n): the largest logit's mass
+  // the nucleus: up to where the running mass first reaches top_p of the total
+  const double want = ceil(static_cast<double>(top_p) * static_cast<double>(total));
+  const unsigned long long cut_at = static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(total)));
+  const Reach cut = reach_mass(z, n, mass, cut_at, sm);
+  const unsigned long long nucleus = cut.above + cut.ties * mass(logit_of_order(cut.key));
+  // the draw: the first position whose running mass exceeds u times the nucleus's, i.e. reaches floor(u M) + 1
+  const double below = floor(u * static_cast<double>(nucleus));
+  const unsigned long long draw_at = static_cast<unsigned long long>(fmin(below + 1.0, static_cast<double>(nucleus)));
+  const Reach at = reach_mass(z, n, mass, draw_at, sm);
+  return kth_with_key(z, n, at.key, at.ties, sm, warp_counts);
+}
+
+// Test entry (sort_rows.h): draws[r * n_u + i] = nucleus_draw of row r with uniform u[i]. One block per row.
+__global__ void __launch_bounds__(kPickThreads) nucleus_draws_kernel(int32_t* draws, const float* logits, int ld,
+                                                                     int vocab, float inv_t, float top_p,
+                                                                     const double* u, int n_u) {
+  __shared__ MassScratch sm;
+  __shared__ unsigned long long scratch[32];
+  __shared__ float max_scratch[32];
+  __shared__ int warp_counts[kPickWarps];
+  const float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
+  float mx = -INFINITY;
+  for_each_in_row(z, vocab, [&](int, float x) { mx = fmaxf(mx, x); });
+  mx = block_max(mx, max_scratch);
+  for (int i = 0; i < n_u; i++) {
+    const int t = nucleus_draw(z, vocab, mx, inv_t, top_p, u[i], sm, warp_counts, scratch);
+    if (threadIdx.x == 0) draws[static_cast<int64_t>(blockIdx.x) * n_u + i] = t;
+  }
+}
+
+void nucleus_draws(int32_t* draws, const float* logits, int ld, int n_rows, int vocab, float temperature,
+                   float top_p, const double* u, int n_u, cudaStream_t st) {
+  OPTUNE_CHECK(ld % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 && temperature > 0.0f,
+               "internal: nucleus_draws reads 16-byte aligned rows at a positive temperature");
+  if (n_rows <= 0 || n_u <= 0) return;
+  nucleus_draws_kernel<<<n_rows, kPickThreads, 0, st>>>(draws, logits, ld, vocab,
+                                                       static_cast<float>(1.0 / temperature), top_p, u, n_u);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 // ---- picking --------------------------------------------------------------------------------------------------------
 
 __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits, int logits_div,
@@ -179,6 +402,9 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   __shared__ int red_i[kPickWarps];
   __shared__ float scratch[32];
   __shared__ int result;
+  __shared__ MassScratch mass_sm;  // top-p draws without an order
+  __shared__ unsigned long long mass_scratch[32];
+  __shared__ int warp_counts[kPickWarps];
   const int a = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (a >= min(n_rows, s.ctl[0])) return;  // block-uniform exits only: the block synchronizes below
   const int slot = s.active[a], step = s.n_out[slot], V = p.vocab, row = a / logits_div;
@@ -223,6 +449,9 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
       const double total = block_segments(V, w, seg_sum);
       const int t = block_crossing(V, w, u * total, true, seg_sum, &result);
       token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
+    } else if (!p.ordered()) {  // top-p alone
+      const int t = nucleus_draw(z, V, mx, static_cast<float>(inv_t), p.top_p, u, mass_sm, warp_counts, mass_scratch);
+      token = t >= 0 ? t : arg;  // (t >= 0: the drawn key is in the row)
     } else {
       const int32_t* idx = sorted + static_cast<int64_t>(row) * V;
       const auto w = [&](int i) { return exp(static_cast<double>(z[idx[i]] - mx) * inv_t); };
@@ -258,12 +487,6 @@ void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int
 
 // ---- sorting rows of logits -----------------------------------------------------------------------------------------
 
-// Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints.
-__device__ inline uint32_t logit_order(float x) {
-  const uint32_t u = __float_as_uint(x);
-  return u ^ ((u & 0x80000000u) ? 0xffffffffu : 0x80000000u);
-}
-
 // A key whose ascending order is (row asc, logit desc); stable radix sort keeps equal logits in index order.
 __device__ inline uint64_t row_logit_key(int row, float x) {
   return (static_cast<uint64_t>(row) << 32) | static_cast<uint32_t>(~logit_order(x));
@@ -290,22 +513,6 @@ static int row_bits(int rows) {
 // estimate of ~0.15-0.2 ms on an H100, against a ~0.7 ms step), when a top-k draw reads only k candidates in order.
 
 static_assert(kTopKSelectMax == kPickThreads, "one candidate per thread in the block sort");
-
-// How many threads before this one have `flag` set, in thread order; *total: how many in the block.
-__device__ inline int block_exclusive_count(bool flag, int* warp_counts, int* total) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const unsigned ballot = __ballot_sync(kFull, flag);
-  __syncthreads();  // earlier readers of warp_counts are done
-  if (lane == 0) warp_counts[warp] = __popc(ballot);
-  __syncthreads();
-  int before = 0, all = 0;
-  for (int w = 0; w < kPickWarps; w++) {
-    before += w < warp ? warp_counts[w] : 0;
-    all += warp_counts[w];
-  }
-  *total = all;
-  return before + __popc(ballot & ((1u << lane) - 1u));
-}
 
 // One block of kPickThreads per row; 0 < k <= kTopKSelectMax, k < vocab.
 __global__ void __launch_bounds__(kPickThreads) top_k_select_kernel(int32_t* sorted, const float* logits, int ld,

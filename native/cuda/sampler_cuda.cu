@@ -301,7 +301,7 @@ class Sampler {
     const auto t0 = std::chrono::steady_clock::now();
     init_state();
     prefill();
-    if (params_.filtered())
+    if (params_.ordered())
       sort_rows(sorted_.data(), logits_.data(), LV_, n_prompts_, V_, params_.top_k, sort_, st());
     pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
     sync();
@@ -395,9 +395,9 @@ class Sampler {
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
     logits_ = alloc<float>(static_cast<size_t>(R_) * LV_, "sampler logits (responses x vocab)");
-    if (params_.filtered())
-      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k/top-p)");
-    if (params_.filtered() && !top_k_by_selection(params_.top_k, V_)) {  // the full sort's scratch
+    if (params_.ordered())
+      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k)");
+    if (params_.ordered() && !top_k_by_selection(params_.top_k, V_)) {  // the full sort's scratch
       sort_.max_rows = sort_chunk_rows(R_, V_);
       const size_t n = static_cast<size_t>(sort_.max_rows) * V_;
       sort_keys_in_ = alloc<uint64_t>(n, "sampler sort keys");
@@ -693,7 +693,7 @@ class Sampler {
     const Pending pending = blocks(rows, nullptr);
     head(logits_.data(), nullptr, bucket, pending);
     decoding_ = false;
-    if (params_.filtered()) sort_rows(sorted_.data(), logits_.data(), LV_, bucket, V_, params_.top_k, sort_, st());
+    if (params_.ordered()) sort_rows(sorted_.data(), logits_.data(), LV_, bucket, V_, params_.top_k, sort_, st());
     pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
   }
 

@@ -156,6 +156,9 @@ struct Params {
   __host__ __device__ bool filtered() const {
     return temperature != 0.0f && ((top_k > 0 && top_k < vocab) || top_p < 1.0f);
   }
+  // Whether the draws read the rows in (logit desc, index asc) order (sort_rows): with a top-k. A top-p alone is
+  // drawn by mass without an order (sample_kernels.cu).
+  __host__ __device__ bool ordered() const { return temperature != 0.0f && top_k > 0 && top_k < vocab; }
 };
 
 // Rows 0 .. n_rows-1 of a decode step: row a < n_active takes slot active[a], its last token and position len;
@@ -163,7 +166,7 @@ struct Params {
 void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st);
 // Draws the next token of each active row a < min(n_rows, n_active) from logits row a / logits_div (the prefill
 // logits are one row per prompt, read by its K samples), unless the slot is done. sorted: per logits row, the
-// vocabulary ordered by (logit desc, index asc); needed only when p.filtered().
+// vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.ordered().
 void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
                  const Params& p, cudaStream_t st);
 // Rebuilds active[] (ascending slots that are neither finished nor at max_new) and ctl[0].

@@ -1,5 +1,5 @@
-// Ordering a decode step's logits rows for filtered draws (top-k, top-p), on the device (sample_kernels.cu). Host
-// declarations only, so that the tests can compare the two ways of ordering directly.
+// Ordering a decode step's logits rows for top-k draws, and top-p draws without an order, on the device
+// (sample_kernels.cu). Host declarations only, so that the tests can check them directly.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -31,5 +31,12 @@ bool top_k_by_selection(int top_k, int vocab);
 // vocabulary (cub radix sort with sc).
 void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, int top_k, const SortScratch& sc,
                cudaStream_t st);
+
+// The top-p draws the sampler makes without sorting (top-p alone): draws[r * n_u + i] = the token of row r (logits
+// rows ld apart, ld % 4 == 0, 16-byte aligned) that uniform u[i] in [0, 1) draws from the nucleus at top_p of the
+// distribution exp((z - max) / temperature), in (logit desc, index asc) order (temperature > 0). u and draws on
+// the device.
+void nucleus_draws(int32_t* draws, const float* logits, int ld, int n_rows, int vocab, float temperature,
+                   float top_p, const double* u, int n_u, cudaStream_t st);
 
 }  // namespace optune::cuda::sampler

@@ -11,6 +11,8 @@
 //  - requesting the decode GEMMs' weights or the attention's cache rows into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS,
 //    OPTUNE_CUDA_PREFETCH_KV) changes no bit;
 //  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
+//  - a top-p draw alone is made by mass without sorting the row: the sorted walk's token but for rounding at a
+//    boundary, the same twice;
 //  - a top-k up to 1024 is selected rather than sorted: the same k tokens in the same order as the full sort and a
 //    stable sort on the host, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
@@ -477,6 +479,89 @@ TEST(early_launches_change_no_result) {
                   what + ": launching early changed the results");
     }
   }
+}
+
+TEST(top_p_draws_without_an_order_match_sorted_ones) {
+  // A top-p draw alone is made by mass, without sorting the row (sample_kernels.cu): against a host walk over the
+  // row sorted by (logit desc, index asc) with sums in double, the same token for every uniform except one within
+  // rounding distance (1e-6 of the mass) of a token boundary; ties (quarters), a dominant logit, several
+  // temperatures and nuclei; the same tokens twice.
+  namespace sm = cuda::sampler;
+  testing::Rand r(57);
+  std::vector<double> us = {0.0, 0.9999999};
+  for (int i = 0; i < 62; i++) us.push_back(r.uniform());
+  const cuda::Buffer<double> gu(us);
+  const int n_u = static_cast<int>(us.size());
+  int compared = 0, skipped = 0;
+  for (const int V : {7, 1000, 50257}) {
+    const int rows = 3, ld = (V + 7) / 8 * 8 + 8;
+    std::vector<float> z(static_cast<size_t>(rows) * ld, 1e30f);  // the padding must never be drawn
+    for (int i = 0; i < rows; i++)
+      for (int j = 0; j < V; j++) {
+        float& x = z[static_cast<size_t>(i) * ld + j];
+        x = i == 0 ? r.normal() * 3 : i == 1 ? (std::round(r.normal() * 4) + 0.5f) / 4 : r.normal() * 8;
+      }
+    z[2 * static_cast<size_t>(ld) + V / 2] += 30;  // row 2: one logit far above the rest
+    const cuda::Buffer<float> gz(z);
+    cuda::Buffer<int32_t> gdraws(static_cast<size_t>(rows) * n_u);
+    for (const float T : {1.0f, 0.7f}) {
+      for (const float top_p : {0.3f, 0.9f, 0.999f}) {
+        sm::nucleus_draws(gdraws.data(), gz.data(), ld, rows, V, T, top_p, gu.data(), n_u, nullptr);
+        const std::vector<int32_t> got = gdraws.download();
+        sm::nucleus_draws(gdraws.data(), gz.data(), ld, rows, V, T, top_p, gu.data(), n_u, nullptr);
+        CHECK_MSG(gdraws.download() == got, "top-p draws differ between two runs");
+        for (int i = 0; i < rows; i++) {
+          const float* zi = z.data() + static_cast<size_t>(i) * ld;
+          std::vector<int32_t> order(V);
+          for (int j = 0; j < V; j++) order[j] = j;
+          std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return zi[a] > zi[b]; });
+          std::vector<double> w(V);
+          double total = 0;
+          const float inv_t = static_cast<float>(1.0 / T);  // the device's weights: expf of a float argument
+          for (int t = 0; t < V; t++) total += w[t] = std::exp((zi[order[t]] - zi[order[0]]) * inv_t);
+          int keep = V;
+          double run = 0, cut_near = 1.0;  // how near the nucleus's end is to another token's, relative to the total
+          for (int t = 0; t < V; t++) {
+            const double before = run;
+            if ((run += w[t]) >= static_cast<double>(top_p) * total) {
+              keep = t + 1;
+              cut_near = std::min(std::abs(run - top_p * total), std::abs(before - top_p * total)) / total;
+              break;
+            }
+          }
+          double nucleus = 0;
+          for (int t = 0; t < keep; t++) nucleus += w[t];
+          for (int k = 0; k < n_u; k++) {
+            const double target = us[k] * nucleus;
+            int want = keep - 1;
+            double near = 1.0;  // distance of the nearest boundary to the target, relative to the nucleus's mass
+            run = 0;
+            for (int t = 0; t < keep; t++) {
+              run += w[t];
+              near = std::min(near, std::abs(run - target) / nucleus);
+              if (run > target) {
+                want = t;
+                break;
+              }
+            }
+            const int have = got[static_cast<size_t>(i) * n_u + k];
+            CHECK_MSG(have >= 0 && have < V, "top-p draw outside the vocabulary: " + std::to_string(have));
+            if (near < 1e-6 || cut_near < 1e-6) {  // expf here and there differ by a few ulp
+              skipped++;
+              continue;
+            }
+            compared++;
+            CHECK_MSG(have == order[want], "V " + std::to_string(V) + " row " + std::to_string(i) + " T " +
+                                               std::to_string(T) + " top_p " + std::to_string(top_p) + " u " +
+                                               std::to_string(us[k]) + ": drew " + std::to_string(have) +
+                                               ", the sorted walk " + std::to_string(order[want]));
+          }
+        }
+      }
+    }
+  }
+  std::printf("  %d top-p draws compared, %d within rounding of a boundary\n", compared, skipped);
+  CHECK(compared > 1000);
 }
 
 TEST(top_k_selection_equals_the_full_sort) {
