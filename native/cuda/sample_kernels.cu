@@ -517,38 +517,19 @@ static_assert(kTopKSelectMax == kPickThreads, "one candidate per thread in the b
 // One block of kPickThreads per row; 0 < k <= kTopKSelectMax, k < vocab.
 __global__ void __launch_bounds__(kPickThreads) top_k_select_kernel(int32_t* sorted, const float* logits, int ld,
                                                                     int vocab, int k) {
-  __shared__ int hist[256];
-  __shared__ int s_digit, s_need;
+  __shared__ MassScratch sm;
   __shared__ int warp_counts[kPickWarps];
   __shared__ uint64_t cand[kTopKSelectMax];
   const float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
 
-  // 1. T = the k-th largest order key, 8 bits at a time from the top; `need`: how many keys equal to T the top k
-  // hold (the others lie above T). Integer counts: the same T on every run.
-  uint32_t prefix = 0, mask = 0;
-  int need = k;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for_each_in_row(z, vocab, [&](int, float x) {  // 16-byte loads, several in flight (rows are ld % 4 == 0 apart)
-      const uint32_t u = logit_order(x);
-      if ((u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1);
-    });
-    __syncthreads();
-    if (threadIdx.x == 0) {  // the bins under the prefix hold >= need keys, so d stops at 0 at the latest
-      int above = 0, d = 255;
-      while (d > 0 && above + hist[d] < need) above += hist[d--];
-      s_digit = d, s_need = need - above;
-    }
-    __syncthreads();
-    prefix |= static_cast<uint32_t>(s_digit) << shift;
-    mask |= 255u << shift;
-    need = s_need;
-  }
+  // 1. T = the k-th largest order key: where the running count (a mass of 1 per key) reaches k; `need`: how many
+  // keys equal to T the top k hold (the others lie above T). Integer counts: the same T on every run.
+  const Reach kth = reach_mass(z, vocab, [](float) { return 1ull; }, static_cast<unsigned long long>(k), sm);
+  const int need = static_cast<int>(kth.ties);
 
   // 2. the candidates, in index order: every key above T, and the first `need` equal to it (index asc, as the
   // full sort's ties)
-  const uint32_t T = prefix;
+  const uint32_t T = kth.key;
   int taken = 0, equal_seen = 0;
   for (int c0 = 0; c0 < vocab; c0 += blockDim.x) {
     const int j = c0 + threadIdx.x;
