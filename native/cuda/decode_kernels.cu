@@ -262,11 +262,11 @@ __device__ inline float dot_key(const float* q, const bf16* k, int hd) {
   return s;
 }
 
-// Dims d, d + 1 of a cache row (d even: 8- or 4-byte aligned), as fp32.
+// Dims d, d + 1 of a cache row (d even: 8- or 4-byte aligned) as stored (bf16: one register), and as fp32.
 __device__ inline float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
-__device__ inline float2 load_pair(const bf16* p) {
-  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
-}
+__device__ inline __nv_bfloat162 load_pair(const bf16* p) { return *reinterpret_cast<const __nv_bfloat162*>(p); }
+__device__ inline float2 pair_value(float2 v) { return v; }
+__device__ inline float2 pair_value(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 
 // This block's head of the row: q head h into s_q, k and v of kv head kvh into the cache at the row's position, as
 // qkv_finish_kernel would (bias, RoPE on q and k). The blocks of a GQA group write the same k and v: equal bits.
@@ -341,24 +341,29 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     // one dependent load at a time. Registers stay <= 64 (ptxas), so the step's 64 x 12 blocks fit the GPU in one
     // wave: a first version of these rounds took 96 (head_dim a runtime bound, 64-bit addresses per row) and ran
     // 33 us a call on an H200 instead of 23.5 (ncu), most of it a second wave.
+    // bf16 at head_dim <= 64: 16 rows per round, kept as loaded (one register a row), so a chunk waits on memory
+    // twice instead of four times (~0.6-0.8 us each from HBM; not measured yet); the additions keep their order.
+    // 32 rows took 80 registers (ptxas), one block per SM fewer; raw pairs also took head_dim 128 from 72 to 64.
     const int vstride = kvd;  // elements between value rows (32-bit offsets within this chunk)
-    for (int j0 = 0; j0 < n_chunk; j0 += 8) {
-      float2 vv[8][PAIRS];
+    using Pair = decltype(load_pair(vrow));
+    constexpr int kRows = sizeof(Act) == 2 && PAIRS == 1 ? 16 : 8;
+    for (int j0 = 0; j0 < n_chunk; j0 += kRows) {
+      Pair vv[kRows][PAIRS];
 #pragma unroll
-      for (int jj = 0; jj < 8; jj++)
+      for (int jj = 0; jj < kRows; jj++)
 #pragma unroll
         for (int i = 0; i < PAIRS; i++) {
           const int d = 2 * lane + 64 * i;  // head_dim is even: d + 1 < head_dim too
-          vv[jj][i] = j0 + jj < n_chunk && d < head_dim ? load_pair(vrow + (j0 + jj) * vstride + d)
-                                                        : make_float2(0.0f, 0.0f);
+          vv[jj][i] = j0 + jj < n_chunk && d < head_dim ? load_pair(vrow + (j0 + jj) * vstride + d) : Pair{};
         }
 #pragma unroll
-      for (int jj = 0; jj < 8; jj++) {
+      for (int jj = 0; jj < kRows; jj++) {
         const float pj = __shfl_sync(0xffffffffu, p, (j0 + jj) & 31);  // 0 past the last key
 #pragma unroll
         for (int i = 0; i < PAIRS; i++) {
-          acc[2 * i] += pj * vv[jj][i].x;
-          acc[2 * i + 1] += pj * vv[jj][i].y;
+          const float2 v = pair_value(vv[jj][i]);
+          acc[2 * i] += pj * v.x;
+          acc[2 * i + 1] += pj * v.y;
         }
       }
     }
