@@ -17,6 +17,7 @@
 #              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device"),
 #              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks: profile_*.log),
 #              OPTUNE_GPU_AB=1 (bench_cuda_model again, bf16, with OPTUNE_CUDA_ATTN_PREFETCH=1),
+#              OPTUNE_GPU_TF32=0 (no fp32 reruns of bench_cuda_model / bench_cuda_sample with OPTUNE_CUDA_TF32=1),
 #              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test).
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
@@ -112,6 +113,17 @@ if ((rc[build] == 0)); then
       echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
     fi
   done
+  # fp32 with TF32 GEMMs (OPTUNE_CUDA_TF32=1, PyTorch's fp32 peer runs its matmuls so): the model and sampling
+  # benchmarks again in fp32; summary.json and results.md list their rows as "(TF32 matmuls)". OPTUNE_GPU_TF32=0
+  # skips them (~40 s).
+  if [[ ${OPTUNE_GPU_TF32:-1} == 1 ]]; then
+    if [[ -x $build/bench_cuda_model ]]; then
+      stage bench_model_tf32 90 env OPTUNE_CUDA_TF32=1 "$build/bench_cuda_model" 3 fp32 || true
+    fi
+    if [[ -x $build/bench_cuda_sample ]]; then
+      stage bench_sample_tf32 60 env OPTUNE_CUDA_TF32=1 "$build/bench_cuda_sample" 3 fp32 || true
+    fi
+  fi
   # OPTUNE_GPU_AB=1: the model benchmark again with the pipelined attention kernels (OPTUNE_CUDA_ATTN_PREFETCH=1),
   # bf16 only; summary.json and results.md list its rows as "(attn prefetch)".
   if [[ ${OPTUNE_GPU_AB:-0} == 1 && -x $build/bench_cuda_model ]]; then

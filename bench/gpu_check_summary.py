@@ -83,7 +83,8 @@ def ctest_counts(text):
 
 # Native logs and the variant each measures (None: the defaults). bench_model_prefetch.log: bench_cuda_model again
 # with OPTUNE_CUDA_ATTN_PREFETCH=1 (gpu-check.sh with OPTUNE_GPU_AB=1).
-NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_model_prefetch.log", "attn prefetch"))
+NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_model_prefetch.log", "attn prefetch"),
+               ("bench_model_tf32.log", "TF32 matmuls"), ("bench_sample_tf32.log", "TF32 matmuls"))
 
 
 # bench_cuda_sample's op names for its variant rows (summary and results.md list them beside "sample").

@@ -3,10 +3,13 @@
 // cuBLAS gets B first, then A, with m = N, n = M, and each operand keeps its own transpose flag.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
 #include <cuda_bf16.h>
 
 #include "check.cuh"
+#include "core/error.h"
 #include "ops.h"
 #include "store.cuh"
 
@@ -18,11 +21,18 @@ static cublasHandle_t cublas() {
   thread_local cublasHandle_t handle = [] {
     cublasHandle_t h = nullptr;
     OPTUNE_CUBLAS_CHECK(cublasCreate(&h));
-    // fp32 stays fp32: no TF32 tensor-core rounding unless a caller asks for it later (parity with the CPU first).
     OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
     return h;
   }();
   return handle;
+}
+
+bool tf32_matmuls() {
+  const char* v = std::getenv("OPTUNE_CUDA_TF32");
+  if (!v || !*v || std::string(v) == "0") return false;
+  OPTUNE_CHECK(std::string(v) == "1", "OPTUNE_CUDA_TF32 must be 1 (TF32 tensor cores for fp32 GEMMs) or 0 (got '" +
+                                          std::string(v) + "')");
+  return true;
 }
 
 static cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
@@ -30,6 +40,8 @@ static cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
           int ldb, float beta, float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
+  // fp32 stays fp32 (parity with the CPU) unless TF32 is asked for
+  OPTUNE_CUBLAS_CHECK(cublasSetMathMode(cublas(), tf32_matmuls() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   OPTUNE_CUBLAS_CHECK(cublasSgemm(cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
 }
 

@@ -13,12 +13,18 @@
 namespace optune::cuda {
 
 // ---- GEMM (cuBLAS) ---------------------------------------------------------------------------------------------
-// Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, as cpu::gemm. Pure fp32 (no TF32).
+// Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, as cpu::gemm. Pure fp32 unless
+// tf32_matmuls() (below).
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
           int ldb, float beta, float* C, int ldc);
 // The same with bf16 inputs (raw bf16 bits as uint16_t) and fp32 accumulation and output (cublasGemmEx).
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
                const uint16_t* B, int ldb, float beta, float* C, int ldc);
+// OPTUNE_CUDA_TF32=1: fp32 GEMMs (these and the sampler's) run on TF32 tensor cores, their inputs rounded to 10
+// mantissa bits and fp32 accumulation, as PyTorch's torch.backends.cuda.matmul.allow_tf32; unset or 0: strict fp32
+// (the CPU's results to ~1e-5). Read at each GEMM and sampling call (tests switch it within a process); throws on
+// another value. bf16 GEMMs do not change.
+bool tf32_matmuls();
 // fp32 -> bf16 (round to nearest even), n elements.
 void to_bf16(uint16_t* out, const float* inp, int64_t n);
 

@@ -56,6 +56,8 @@ class Blas {
   Blas(cudaStream_t st, void* workspace, size_t bytes) : h_(handle()), ws_(workspace), ws_bytes_(bytes) {
     OPTUNE_CUBLAS_CHECK(cublasSetStream(h_, st));
     OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace, bytes));
+    // fp32 stays fp32 unless TF32 is asked for (ops.h; bf16 GEMMs do not change)
+    OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h_, tf32_matmuls() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   }
   ~Blas() { cublasSetStream(h_, nullptr); }  // also drops the workspace binding (back to cuBLAS's default)
   Blas(const Blas&) = delete;
@@ -117,7 +119,6 @@ class Blas {
     thread_local cublasHandle_t h = [] {
       cublasHandle_t created = nullptr;
       OPTUNE_CUBLAS_CHECK(cublasCreate(&created));
-      OPTUNE_CUBLAS_CHECK(cublasSetMathMode(created, CUBLAS_DEFAULT_MATH));  // fp32 stays fp32 (no TF32)
       return created;
     }();
     return h;

@@ -207,6 +207,28 @@ TEST(logprobs_llama_fp32) { logprobs_case(llama_cfg(), kFp32); }
 TEST(logprobs_gpt2_bf16) { logprobs_case(gpt2_cfg(), kBf16); }
 TEST(logprobs_llama_bf16) { logprobs_case(llama_cfg(), kBf16); }
 
+TEST(tf32_matmuls_on_request) {
+  // OPTUNE_CUDA_TF32=1 runs the fp32 GEMMs on TF32 tensor cores (as PyTorch's allow_tf32): log-probs within bf16's
+  // tolerance of the CPU's but not strict fp32's bits, at a width where cuBLAS takes tensor cores (d 512, 152 rows);
+  // unset, strict fp32 again; another value is an error.
+  ModelConfig c = gpt2_cfg();
+  c.d_model = 512, c.n_head = 8, c.n_kv_head = 8, c.head_dim = 64, c.d_ff = 2048;
+  auto cpu = random_model(c, 13);
+  auto gpu = on_gpu(*cpu, Precision::FP32);
+  const Batch b = pair_batch(c.vocab_size, 5);
+  const LogprobResult want = compute_logprobs(*cpu, b), strict = compute_logprobs(*gpu, b);
+  setenv("OPTUNE_CUDA_TF32", "1", 1);
+  const LogprobResult tf32 = compute_logprobs(*gpu, b);
+  setenv("OPTUNE_CUDA_TF32", "yes", 1);
+  CHECK_THROWS(compute_logprobs(*gpu, b), "OPTUNE_CUDA_TF32");
+  unsetenv("OPTUNE_CUDA_TF32");
+  const LogprobResult again = compute_logprobs(*gpu, b);
+  expect_close("strict fp32 token log-probs", strict.token_logps, want.token_logps, kFp32.rtol);
+  expect_close("TF32 token log-probs", tf32.token_logps, want.token_logps, kBf16.rtol);
+  CHECK_MSG(tf32.token_logps != strict.token_logps, "OPTUNE_CUDA_TF32=1 changed no log-prob: no TF32 GEMM ran");
+  CHECK_MSG(again.token_logps == strict.token_logps, "unset again, the log-probs are not strict fp32's");
+}
+
 TEST(scores_match_cpu) {
   for (const ModelConfig& c : {gpt2_cfg(true), llama_cfg(true)})
     for (const Prec& pr : {kFp32, kBf16}) {

@@ -11,6 +11,7 @@
 //  - requesting the decode GEMMs' weights or the attention's cache rows into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS,
 //    OPTUNE_CUDA_PREFETCH_KV) changes no bit;
 //  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
+//  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
 //  - a top-p draw alone is made by mass without sorting the row: the sorted walk's token but for rounding at a
 //    boundary, the same twice;
 //  - a top-k up to 1024 is selected rather than sorted: the same k tokens in the same order as the full sort and a
@@ -562,6 +563,24 @@ TEST(top_p_draws_without_an_order_match_sorted_ones) {
   }
   std::printf("  %d top-p draws compared, %d within rounding of a boundary\n", compared, skipped);
   CHECK(compared > 1000);
+}
+
+TEST(tf32_sampling_stays_close) {
+  // fp32 sampling with OPTUNE_CUDA_TF32=1 (its GEMMs on TF32 tensor cores where cuBLAS takes them: at a few rows it
+  // may keep fp32 kernels, so equal bits are allowed): log-probs within bf16's bound of a full CPU forward.
+  auto m = make_model(wide_llama());
+  testing::randomize(*m, 59, 0.1f);
+  const SampleRequest req = prompts_request(kPrompts, 3, 20);
+  const DeviceWeights w(*m, false);
+  const SampleResult strict = cuda::sample_with_weights(*m, w.get(), req);
+  setenv("OPTUNE_CUDA_TF32", "1", 1);
+  const SampleResult tf32 = cuda::sample_with_weights(*m, w.get(), req);
+  unsetenv("OPTUNE_CUDA_TF32");
+  check_layout(req, tf32, "tf32");
+  const double worst = worst_logp_error(*m, req, tf32);
+  CHECK_MSG(worst < 0.1, "tf32: worst |gpu - cpu full| = " + std::to_string(worst));
+  std::printf("  tf32: worst log-prob error %.2e, %.0f%% of responses equal strict fp32's, log-probs %s\n", worst,
+              100 * agreement(tf32, strict), tf32.token_logps == strict.token_logps ? "the same" : "changed");
 }
 
 TEST(top_k_selection_equals_the_full_sort) {
