@@ -19,7 +19,7 @@ Output: one JSON line per measurement, with the native benches' field names:
 The first line names the versions and the GPU. Without torch, transformers or a GPU the only line is
 {"unavailable": reason} and the exit code is 0.
 
-Usage: python3 bench/torch_gpu_bench.py [--skip-compiled] [--op-budget S] [--total-budget S]
+Usage: python3 bench/torch_gpu_bench.py [--skip-compiled | --only-compiled] [--op-budget S] [--total-budget S]
        python3 bench/torch_gpu_bench.py --smoke   (tiny model and shapes on the CPU: checks the script itself)
 """
 
@@ -57,10 +57,14 @@ def time_limit(seconds):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-compiled", action="store_true", help="skip the torch.compile paths (slow to compile)")
+    ap.add_argument("--only-compiled", action="store_true",
+                    help="only the torch.compile paths (a second call after one with --skip-compiled)")
     ap.add_argument("--op-budget", type=float, default=90.0, help="seconds allowed per measurement")
     ap.add_argument("--total-budget", type=float, default=230.0, help="seconds for the whole script")
     ap.add_argument("--smoke", action="store_true", help="tiny model and shapes on the CPU (tests this script)")
     args = ap.parse_args()
+    if args.skip_compiled and args.only_compiled:
+        ap.error("--skip-compiled and --only-compiled leave nothing to measure: give one of them")
     start = time.perf_counter()
 
     try:
@@ -165,7 +169,7 @@ def main():
         return step
 
     # ---- eager -------------------------------------------------------------------------------------------------
-    for prec in ["fp32", "bf16"]:
+    for prec in [] if args.only_compiled else ["fp32", "bf16"]:
         try:
             policy = make_model().eval()
         except Exception as e:
