@@ -260,8 +260,9 @@ __device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, u
 }
 
 // Where the running mass, over the keys in (logit desc, index asc) order, first reaches `target` (1 <= target <=
-// the row's total): the key there, the mass of all larger keys, and how many keys equal to it up to and including
-// that position (>= 1). mass(x): the integer mass of logit x.
+// the mass of the keys >= lowest): the key there, the mass of all larger keys, and how many keys equal to it up to
+// and including that position (>= 1). mass(x): the integer mass of logit x; keys below `lowest` are left out (the
+// running mass reaches the target before them: a draw inside a known nucleus skips the rest of the row).
 struct Reach {
   uint32_t key;
   unsigned long long above;
@@ -269,7 +270,8 @@ struct Reach {
 };
 
 template <class Mass>
-__device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned long long target, MassScratch& sm) {
+__device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned long long target, uint32_t lowest,
+                            MassScratch& sm) {
   const int lane = threadIdx.x % 32;
   uint32_t prefix = 0, mask = 0;
   unsigned long long above = 0;
@@ -278,7 +280,7 @@ __device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned lo
     __syncthreads();
     for_each_in_row_together(z, n, [&](int, float x, bool valid) {
       const uint32_t u = logit_order(x);
-      const bool under = valid && (u & mask) == prefix;
+      const bool under = valid && (u & mask) == prefix && u >= lowest;
       const unsigned long long m = under ? mass(x) : 0ull;
       warp_add_mass(sm, m > 0, (u >> shift) & 255u, m);
     });
@@ -356,12 +358,12 @@ __device__ int nucleus_draw(const float* z, int n, float mx, float inv_t, float 
   // the nucleus: up to where the running mass first reaches top_p of the total
   const double want = ceil(static_cast<double>(top_p) * static_cast<double>(total));
   const unsigned long long cut_at = static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(total)));
-  const Reach cut = reach_mass(z, n, mass, cut_at, sm);
+  const Reach cut = reach_mass(z, n, mass, cut_at, 0u, sm);
   const unsigned long long nucleus = cut.above + cut.ties * mass(logit_of_order(cut.key));
   // the draw: the first position whose running mass exceeds u times the nucleus's, i.e. reaches floor(u M) + 1
   const double below = floor(u * static_cast<double>(nucleus));
   const unsigned long long draw_at = static_cast<unsigned long long>(fmin(below + 1.0, static_cast<double>(nucleus)));
-  const Reach at = reach_mass(z, n, mass, draw_at, sm);
+  const Reach at = reach_mass(z, n, mass, draw_at, cut.key, sm);  // inside the nucleus: keys >= its last
   return kth_with_key(z, n, at.key, at.ties, sm, warp_counts);
 }
 
@@ -524,7 +526,7 @@ __global__ void __launch_bounds__(kPickThreads) top_k_select_kernel(int32_t* sor
 
   // 1. T = the k-th largest order key: where the running count (a mass of 1 per key) reaches k; `need`: how many
   // keys equal to T the top k hold (the others lie above T). Integer counts: the same T on every run.
-  const Reach kth = reach_mass(z, vocab, [](float) { return 1ull; }, static_cast<unsigned long long>(k), sm);
+  const Reach kth = reach_mass(z, vocab, [](float) { return 1ull; }, static_cast<unsigned long long>(k), 0u, sm);
   const int need = static_cast<int>(kth.ties);
 
   // 2. the candidates, in index order: every key above T, and the first `need` equal to it (index asc, as the
