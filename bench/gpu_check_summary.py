@@ -154,6 +154,20 @@ def table(native, torch_recs):
     return rows
 
 
+def variant_ranking(comparison):
+    """bf16 sampling rows (the default and each knob's variant), fastest first, against the default: which knobs
+    to make the default next (filtered draws do other work, so they are listed apart by their label)."""
+    rows = [r for r in comparison if r["op"].startswith("sample") and r["precision"] == "bf16"]
+    base = next((r["native_tok_per_s"] for r in rows if r["op"] == "sample"), None)
+    if not base or len(rows) < 2:
+        return []
+    out = ["", "bf16 sampling, fastest first (x default: against the `sample` row of this run):", "",
+           "| variant | optune tok/s | x default |", "|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["native_tok_per_s"]):
+        out.append(f"| {r['op']} | {fmt_rate(r['native_tok_per_s'])} | {r['native_tok_per_s'] / base:.3f}x |")
+    return out
+
+
 def markdown(summary):
     gpu = summary["gpu"] or "no GPU"
     lines = [f"GPU check on **{gpu}** ({summary['date']}, commit {summary['commit']}, sources {summary.get('source_digest', '?')}, archs {summary['archs']}, "
@@ -181,6 +195,7 @@ def markdown(summary):
                      f"{mem} |")
     if not summary["comparison"]:
         lines.append("| (no native benchmark records) | | | | | | | | | |")
+    lines += variant_ranking(summary["comparison"])
     errors = [r for r in summary["torch"] if "error" in r]
     if errors:
         lines += ["", "PyTorch measurements that failed: " +
