@@ -265,6 +265,8 @@ __device__ inline float dot_key(const float* q, const bf16* k, int hd) {
 // Dims d, d + 1 of a cache row (d even: 8- or 4-byte aligned) as stored (bf16: one register), and as fp32.
 __device__ inline float2 load_pair(const float* p) { return *reinterpret_cast<const float2*>(p); }
 __device__ inline __nv_bfloat162 load_pair(const bf16* p) { return *reinterpret_cast<const __nv_bfloat162*>(p); }
+__device__ inline float2 zero_pair(const float*) { return make_float2(0.0f, 0.0f); }
+__device__ inline __nv_bfloat162 zero_pair(const bf16*) { return __float2bfloat162_rn(0.0f); }
 __device__ inline float2 pair_value(float2 v) { return v; }
 __device__ inline float2 pair_value(__nv_bfloat162 v) { return __bfloat1622float2(v); }
 
@@ -354,7 +356,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 #pragma unroll
         for (int i = 0; i < PAIRS; i++) {
           const int d = 2 * lane + 64 * i;  // head_dim is even: d + 1 < head_dim too
-          vv[jj][i] = j0 + jj < n_chunk && d < head_dim ? load_pair(vrow + (j0 + jj) * vstride + d) : Pair{};
+          // zeros past the chunk (not garbage: p = 0 there, and 0 * NaN would not vanish)
+          vv[jj][i] = j0 + jj < n_chunk && d < head_dim ? load_pair(vrow + (j0 + jj) * vstride + d) : zero_pair(vrow);
         }
 #pragma unroll
       for (int jj = 0; jj < kRows; jj++) {
