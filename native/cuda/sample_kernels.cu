@@ -181,8 +181,9 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
 // Masses are integers: each token's exp((z - max) / T) in float, times 2^bits, rounded, with bits such that a row's
 // total stays below 2^52 (exact in double, and the same whatever the order of the atomic additions), so a row gives
 // the same token on every run. A token below 2^-bits of the largest weight (bits = 36 at V = 50257) has mass 0 and is
-// never drawn; the sorted path could draw it only with probability under ~1e-11. Against that path's sums in double
-// in sorted order, a draw within rounding distance of a token boundary can pick the neighbouring token.
+// never drawn: the sorted path draws each such token with probability under 2^-bits (1.5e-11), all of them together
+// under V 2^-bits (7e-7). Against that path's sums in double in sorted order, a draw within rounding distance of a
+// token boundary can pick the neighbouring token.
 
 // Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints, and back.
 __device__ inline uint32_t logit_order(float x) {
