@@ -345,7 +345,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     // 33 us a call on an H200 instead of 23.5 (ncu), most of it a second wave.
     // bf16 at head_dim <= 64: 16 rows per round, kept as loaded (one register a row), so a chunk waits on memory
     // twice instead of four times (~0.6-0.8 us each from HBM; not measured yet); the additions keep their order.
-    // 32 rows took 80 registers (ptxas), one block per SM fewer; raw pairs also took head_dim 128 from 72 to 64.
+    // 32 rows took 80 registers (ptxas): 6 blocks per SM instead of 8. Raw pairs also took head_dim 128 from 72 to 64.
     const int vstride = kvd;  // elements between value rows (32-bit offsets within this chunk)
     using Pair = decltype(load_pair(vrow));
     constexpr int kRows = sizeof(Act) == 2 && PAIRS == 1 ? 16 : 8;
