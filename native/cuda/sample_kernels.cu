@@ -238,26 +238,25 @@ __device__ inline void for_each_in_row_together(const float* z, int n, const F& 
 
 struct MassScratch {
   unsigned long long hist[256];          // mass per digit at the current level
-  unsigned long long lane_mass[kPickWarps][32];
   uint32_t digit;
   unsigned long long above;              // mass of the digits above it at this level
   int found;
 };
 
-// hist[digit] += m over the lanes of the warp with `on` set (m > 0): one atomic per distinct digit, from the lowest
-// lane holding it, which sums its peers' masses (integers: the order does not matter).
+// hist[digit] += m over the lanes of the warp with `on` set (0 < m < 2^52): one atomic per distinct digit, from the
+// lowest lane holding it, with its peers' sum (redux.sync per 16-bit piece: each piece's sum stays below 2^21, and
+// integers add up the same in any order).
 __device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, unsigned long long m) {
   if (__ballot_sync(kFull, on) == 0) return;  // warp-uniform
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const unsigned peers = __match_any_sync(kFull, on ? digit : 256u + lane);  // off lanes: a label of their own
-  sm.lane_mass[warp][lane] = m;
-  __syncwarp();
-  if (on && lane == __ffs(peers) - 1) {
-    unsigned long long sum = 0;
-    for (unsigned rest = peers; rest; rest &= rest - 1) sum += sm.lane_mass[warp][__ffs(rest) - 1];
-    atomicAdd(&sm.hist[digit], sum);
+  const int lane = threadIdx.x % 32;
+  const unsigned peers = __match_any_sync(kFull, on ? digit : 256u + lane);  // off lanes: a group of their own
+  unsigned long long sum = 0;
+#pragma unroll
+  for (int piece = 0; piece < 4; piece++) {
+    const unsigned part = static_cast<unsigned>((m >> (16 * piece)) & 0xffffu);
+    sum += static_cast<unsigned long long>(__reduce_add_sync(peers, part)) << (16 * piece);
   }
-  __syncwarp();
+  if (on && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], sum);
 }
 
 // Where the running mass, over the keys in (logit desc, index asc) order, first reaches `target` (1 <= target <=
