@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include <cuda_bf16.h>
@@ -27,12 +28,11 @@ static cublasHandle_t cublas() {
   return handle;
 }
 
-bool tf32_matmuls() {
+bool tf32_matmuls() {  // on every fp32 GEMM: no string is built unless the value is bad
   const char* v = std::getenv("OPTUNE_CUDA_TF32");
-  if (!v || !*v || std::string(v) == "0") return false;
-  OPTUNE_CHECK(std::string(v) == "1", "OPTUNE_CUDA_TF32 must be 1 (TF32 tensor cores for fp32 GEMMs) or 0 (got '" +
-                                          std::string(v) + "')");
-  return true;
+  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
+  if (std::strcmp(v, "1") == 0) return true;
+  throw Error("OPTUNE_CUDA_TF32 must be 1 (TF32 tensor cores for fp32 GEMMs) or 0 (got '" + std::string(v) + "')");
 }
 
 static cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
