@@ -63,6 +63,23 @@ __device__ inline void load_row4(float4 (&v)[kVecMax], const float4* row, int nv
   }
 }
 
+// The backward kernels' row r in registers: this lane's float4s of w * dy (dn) and of x (xv); their loads go out
+// together.
+__device__ inline void load_backward_row(float4 (&dn)[kVecMax], float4 (&xv)[kVecMax], const float* dout,
+                                         const float* inp, const float* w, int64_t o, int nv) {
+  const int lane = threadIdx.x % 32;
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  load_row4(dn, reinterpret_cast<const float4*>(dout + o), nv);
+  load_row4(xv, reinterpret_cast<const float4*>(inp + o), nv);
+#pragma unroll
+  for (int j = 0; j < kVecMax; j++) {
+    const int q = j * 32 + lane;
+    if (q >= nv) continue;
+    const float4 wq = w4[q];
+    dn[j] = make_float4(wq.x * dn[j].x, wq.y * dn[j].y, wq.z * dn[j].z, wq.w * dn[j].w);
+  }
+}
+
 // row[q] += delta(j) for this lane's float4s q = 32 j + lane (a backward's input gradient added to the residual
 // stream's): the row's loads go out together, before any store.
 template <class F>
@@ -124,19 +141,13 @@ __global__ void layernorm_backward_input_vec_kernel(float* __restrict__ dinp, co
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
   if (r >= rows) return;
   const int64_t o = static_cast<int64_t>(r) * d;
-  const float4 *dy = reinterpret_cast<const float4*>(dout + o), *x = reinterpret_cast<const float4*>(inp + o);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
   const float m = mean[r], s = rstd[r];
-  float4 dn[kVecMax], xh[kVecMax];  // w * dy and xhat
-  load_row4(dn, dy, nv);
-  load_row4(xh, x, nv);
+  float4 dn[kVecMax], xh[kVecMax];  // w * dy, and x made xhat below
+  load_backward_row(dn, xh, dout, inp, w, o, nv);
   float dn_sum = 0.0f, dn_xhat_sum = 0.0f;
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    if (q >= nv) continue;
-    const float4 wq = w4[q];
-    dn[j] = make_float4(wq.x * dn[j].x, wq.y * dn[j].y, wq.z * dn[j].z, wq.w * dn[j].w);
+    if (j * 32 + lane >= nv) continue;
     xh[j] = make_float4((xh[j].x - m) * s, (xh[j].y - m) * s, (xh[j].z - m) * s, (xh[j].w - m) * s);
     dn_sum += (dn[j].x + dn[j].y) + (dn[j].z + dn[j].w);
     dn_xhat_sum += (dn[j].x * xh[j].x + dn[j].y * xh[j].y) + (dn[j].z * xh[j].z + dn[j].w * xh[j].w);
@@ -299,19 +310,13 @@ __global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, cons
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
   if (r >= rows) return;
   const int64_t o = static_cast<int64_t>(r) * d;
-  const float4 *dy = reinterpret_cast<const float4*>(dout + o), *x = reinterpret_cast<const float4*>(inp + o);
-  const float4* w4 = reinterpret_cast<const float4*>(w);
   const float s = rstd[r];
   float4 dn[kVecMax], xv[kVecMax];  // w * dy and x
-  load_row4(dn, dy, nv);
-  load_row4(xv, x, nv);
+  load_backward_row(dn, xv, dout, inp, w, o, nv);
   float dot = 0.0f;  // sum_i (w_i dy_i) xhat_i
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
-    const int q = j * 32 + lane;
-    if (q >= nv) continue;
-    const float4 wq = w4[q];
-    dn[j] = make_float4(wq.x * dn[j].x, wq.y * dn[j].y, wq.z * dn[j].z, wq.w * dn[j].w);
+    if (j * 32 + lane >= nv) continue;
     dot += (dn[j].x * (xv[j].x * s) + dn[j].y * (xv[j].y * s)) + (dn[j].z * (xv[j].z * s) + dn[j].w * (xv[j].w * s));
   }
   const float c = warp_sum(dot) / d;
