@@ -455,7 +455,8 @@ void attention_prefetch_case(const std::string& name, const std::vector<int32_t>
   std::vector<std::vector<float>> got[3];
   const char* setting[3] = {"0", "1", nullptr};
   for (int run = 0; run < 3; run++) {
-    if (setting[run]) setenv("OPTUNE_CUDA_ATTN_PREFETCH", setting[run], 1);
+    const testing::ScopedEnv knob(setting[run] ? testing::Env{{"OPTUNE_CUDA_ATTN_PREFETCH", setting[run]}}
+                                               : testing::Env{});
     Buf out(static_cast<size_t>(T) * od), lse(static_cast<size_t>(T) * H), dqkv(static_cast<size_t>(T) * qs);
     dqkv.zero();
     cuda::attention_forward(out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, H, KV, hd,
@@ -463,7 +464,6 @@ void attention_prefetch_case(const std::string& name, const std::vector<int32_t>
     cuda::attention_backward(dqkv.data(), dqkv.data() + H * hd, dqkv.data() + (H + KV) * hd, gdout.data(),
                              out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, T, H, KV,
                              hd, true, qkv_b);
-    unsetenv("OPTUNE_CUDA_ATTN_PREFETCH");
     got[run] = {out.download(), lse.download(), dqkv.download()};
   }
   const char* what[3] = {"out", "lse", "dq/dk/dv"};

@@ -217,17 +217,18 @@ TEST(tf32_matmuls_on_request) {
   auto gpu = on_gpu(*cpu, Precision::FP32);
   const Batch b = pair_batch(c.vocab_size, 5);
   const LogprobResult want = compute_logprobs(*cpu, b), strict = compute_logprobs(*gpu, b);
-  setenv("OPTUNE_CUDA_TF32", "1", 1);
-  const LogprobResult tf32 = compute_logprobs(*gpu, b);
-  unsetenv("OPTUNE_CUDA_TF32");
+  LogprobResult tf32;
+  {
+    const testing::ScopedEnv tf32_on("OPTUNE_CUDA_TF32", "1");
+    tf32 = compute_logprobs(*gpu, b);
+  }
   const LogprobResult again = compute_logprobs(*gpu, b);
   expect_close("strict fp32 token log-probs", strict.token_logps, want.token_logps, kFp32.rtol);
   expect_close("TF32 token log-probs", tf32.token_logps, want.token_logps, kBf16.rtol);
   CHECK_MSG(tf32.token_logps != strict.token_logps, "OPTUNE_CUDA_TF32=1 changed no log-prob: no TF32 GEMM ran");
   CHECK_MSG(again.token_logps == strict.token_logps, "unset again, the log-probs are not strict fp32's");
-  setenv("OPTUNE_CUDA_TF32", "yes", 1);  // last: the throw leaves a forward unfinished
+  const testing::ScopedEnv bad("OPTUNE_CUDA_TF32", "yes");  // last: the throw leaves a forward unfinished
   CHECK_THROWS(compute_logprobs(*gpu, b), "OPTUNE_CUDA_TF32");
-  unsetenv("OPTUNE_CUDA_TF32");
 }
 
 TEST(scores_match_cpu) {

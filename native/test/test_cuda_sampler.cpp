@@ -65,6 +65,13 @@ SampleResult gpu_sample(const Model& m, const SampleRequest& r, bool bf16 = fals
   return cuda::sample_with_weights(m, w.get(), r);
 }
 
+// sample_with_weights with the knobs in `env` set for the call.
+SampleResult sample_under(const testing::Env& env, const Model& m, const DeviceWeights& w, const SampleRequest& r,
+                          cuda::SamplerStats* stats = nullptr) {
+  const testing::ScopedEnv knobs(env);
+  return cuda::sample_with_weights(m, w.get(), r, stats);
+}
+
 // Worst |GPU token log-prob - full CPU forward log-prob| over every sampled token.
 double worst_logp_error(const Model& m, const SampleRequest& req, const SampleResult& res) {
   const LogprobResult full = compute_logprobs(m, as_batch(req, res));
@@ -228,9 +235,11 @@ TEST(same_seed_same_tokens_graphs_or_not) {
   CHECK(a.tokens == b.tokens);
   CHECK(a.token_logps == b.token_logps);
   CHECK(a.finished == b.finished);
-  setenv("OPTUNE_CUDA_GRAPHS", "0", 1);
-  const SampleResult eager = gpu_sample(*m, req);
-  unsetenv("OPTUNE_CUDA_GRAPHS");
+  SampleResult eager;
+  {
+    const testing::ScopedEnv graphs_off("OPTUNE_CUDA_GRAPHS", "0");
+    eager = gpu_sample(*m, req);
+  }
   CHECK_MSG(eager.tokens == a.tokens, "graph replays and eager steps give different tokens");
   check_layout(req, a, "filtered");
   CHECK(worst_logp_error(*m, req, a) < 1e-4);
@@ -266,12 +275,9 @@ TEST(k_split_decode_gemms_match_unsplit) {
       const DeviceWeights w(*m, bf16);
       const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32");
       cuda::SamplerStats unsplit_stats, split_stats;
-      setenv("OPTUNE_CUDA_SPLIT_K", "1", 1);
-      const SampleResult unsplit = cuda::sample_with_weights(*m, w.get(), req, &unsplit_stats);
-      setenv("OPTUNE_CUDA_SPLIT_K", "4", 1);
-      const SampleResult split = cuda::sample_with_weights(*m, w.get(), req, &split_stats);
-      const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
-      unsetenv("OPTUNE_CUDA_SPLIT_K");
+      const SampleResult unsplit = sample_under({{"OPTUNE_CUDA_SPLIT_K", "1"}}, *m, w, req, &unsplit_stats);
+      const SampleResult split = sample_under({{"OPTUNE_CUDA_SPLIT_K", "4"}}, *m, w, req, &split_stats);
+      const SampleResult again = sample_under({{"OPTUNE_CUDA_SPLIT_K", "4"}}, *m, w, req);
       CHECK_MSG(unsplit_stats.max_split == 1 && split_stats.max_split == 4,
                 what + ": slices " + std::to_string(unsplit_stats.max_split) + " and " +
                     std::to_string(split_stats.max_split) + " (expected 1 and 4)");
@@ -294,9 +300,8 @@ TEST(k_split_decode_gemms_match_unsplit) {
         CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the unsplit run's");
     }
   }
-  setenv("OPTUNE_CUDA_SPLIT_K", "0", 1);
+  const testing::ScopedEnv bad_split("OPTUNE_CUDA_SPLIT_K", "0");
   CHECK_THROWS(gpu_sample(*make_model(testing::tiny_gpt2()), prompts_request(kPrompts, 1, 4)), "OPTUNE_CUDA_SPLIT_K");
-  unsetenv("OPTUNE_CUDA_SPLIT_K");
 }
 
 namespace {
@@ -398,10 +403,8 @@ TEST(own_decode_gemms_match_cublas_ones) {
     const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
     cuda::SamplerStats own_stats, cublas_stats;
     const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
-    setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
-    const SampleResult own = cuda::sample_with_weights(*m, w.get(), req, &own_stats);
-    const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
-    unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+    const SampleResult own = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, *m, w, req, &own_stats);
+    const SampleResult again = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, *m, w, req);
     CHECK_MSG(own_stats.own_gemms > 0 && cublas_stats.own_gemms == 0,
               what + ": decode GEMMs on the own kernel: " + std::to_string(own_stats.own_gemms) + " and " +
                   std::to_string(cublas_stats.own_gemms) + " (expected some, then none)");
@@ -415,11 +418,10 @@ TEST(own_decode_gemms_match_cublas_ones) {
     std::printf("  %s: worst log-prob error own kernel %.2e, cuBLAS %.2e; %.0f%% of responses equal\n",
                 what.c_str(), worst, worst_cublas, 100 * agreement(own, cublas));
   }
-  setenv("OPTUNE_CUDA_DECODE_GEMM", "fast", 1);
   auto m = make_model(testing::tiny_gpt2());
   const DeviceWeights w(*m, true);
-  CHECK_THROWS(cuda::sample_with_weights(*m, w.get(), prompts_request(kPrompts, 1, 4)), "OPTUNE_CUDA_DECODE_GEMM");
-  unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+  CHECK_THROWS(sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "fast"}}, *m, w, prompts_request(kPrompts, 1, 4)),
+               "OPTUNE_CUDA_DECODE_GEMM");
 }
 
 TEST(l2_prefetches_change_no_result) {
@@ -433,11 +435,8 @@ TEST(l2_prefetches_change_no_result) {
       const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32");
       cuda::SamplerStats stats;
       const SampleResult plain = cuda::sample_with_weights(*m, w.get(), req);
-      setenv("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1", 1);
-      setenv("OPTUNE_CUDA_PREFETCH_KV", "1", 1);
-      const SampleResult prefetched = cuda::sample_with_weights(*m, w.get(), req, &stats);
-      unsetenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
-      unsetenv("OPTUNE_CUDA_PREFETCH_KV");
+      const SampleResult prefetched =
+          sample_under({{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}, {"OPTUNE_CUDA_PREFETCH_KV", "1"}}, *m, w, req, &stats);
       CHECK_MSG(stats.graphs >= 1, what + ": no graph captured with prefetches: " + stats.graph_error);
       CHECK_MSG(prefetched.tokens == plain.tokens && prefetched.token_logps == plain.token_logps &&
                     prefetched.offsets == plain.offsets,
@@ -462,14 +461,13 @@ TEST(early_launches_change_no_result) {
       const SampleRequest req = prompts_request(kPrompts, 3, 24);
       const DeviceWeights w(*m, bf16);
       const std::string what = std::string(arch_name(cfg.arch)) + " " + mode;
-      if (own) setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
+      testing::Env knobs;
+      if (own) knobs.push_back({"OPTUNE_CUDA_DECODE_GEMM", "own"});
       cuda::SamplerStats plain_stats, early_stats;
-      const SampleResult plain = cuda::sample_with_weights(*m, w.get(), req, &plain_stats);
-      setenv("OPTUNE_CUDA_PDL", "1", 1);
-      const SampleResult early = cuda::sample_with_weights(*m, w.get(), req, &early_stats);
-      const SampleResult again = cuda::sample_with_weights(*m, w.get(), req);
-      unsetenv("OPTUNE_CUDA_PDL");
-      unsetenv("OPTUNE_CUDA_DECODE_GEMM");
+      const SampleResult plain = sample_under(knobs, *m, w, req, &plain_stats);
+      knobs.push_back({"OPTUNE_CUDA_PDL", "1"});
+      const SampleResult early = sample_under(knobs, *m, w, req, &early_stats);
+      const SampleResult again = sample_under(knobs, *m, w, req);
       CHECK_MSG(!plain_stats.early_launch && early_stats.early_launch == (major >= 9),
                 what + ": early launches " + std::to_string(plain_stats.early_launch) + " and " +
                     std::to_string(early_stats.early_launch) + " (expected off, then on from sm_90)");
@@ -573,9 +571,7 @@ TEST(tf32_sampling_stays_close) {
   const SampleRequest req = prompts_request(kPrompts, 3, 20);
   const DeviceWeights w(*m, false);
   const SampleResult strict = cuda::sample_with_weights(*m, w.get(), req);
-  setenv("OPTUNE_CUDA_TF32", "1", 1);
-  const SampleResult tf32 = cuda::sample_with_weights(*m, w.get(), req);
-  unsetenv("OPTUNE_CUDA_TF32");
+  const SampleResult tf32 = sample_under({{"OPTUNE_CUDA_TF32", "1"}}, *m, w, req);
   check_layout(req, tf32, "tf32");
   const double worst = worst_logp_error(*m, req, tf32);
   CHECK_MSG(worst < 0.1, "tf32: worst |gpu - cpu full| = " + std::to_string(worst));
@@ -654,12 +650,8 @@ TEST(automatic_k_split_at_gpt2_width) {
     const DeviceWeights w(*m, bf16);
     cuda::SamplerStats stats, default_stats, own_stats;
     cuda::sample_with_weights(*m, w.get(), req, &default_stats);
-    setenv("OPTUNE_CUDA_DECODE_GEMM", "own", 1);
-    cuda::sample_with_weights(*m, w.get(), req, &own_stats);
-    unsetenv("OPTUNE_CUDA_DECODE_GEMM");
-    setenv("OPTUNE_CUDA_SPLIT_K", "auto", 1);
-    const SampleResult res = cuda::sample_with_weights(*m, w.get(), req, &stats);
-    unsetenv("OPTUNE_CUDA_SPLIT_K");
+    sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, *m, w, req, &own_stats);
+    const SampleResult res = sample_under({{"OPTUNE_CUDA_SPLIT_K", "auto"}}, *m, w, req, &stats);
     const std::string what = bf16 ? "bf16" : "fp32";
     CHECK_MSG(default_stats.max_split == 1, what + ": the default split a decode GEMM");
     CHECK_MSG((own_stats.max_split > 1) == bf16,

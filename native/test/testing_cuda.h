@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cuda/memory.h"
@@ -23,6 +25,27 @@
   }
 
 namespace testing {
+
+// Environment variables as (name, value) pairs: the CUDA knobs, which the engine reads at each call.
+using Env = std::vector<std::pair<const char*, const char*>>;
+
+// Sets `vars` for its lifetime and unsets them at its end, also when a call in between throws (a knob left set would
+// leak into the cases after it).
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const Env& vars) {
+    for (const auto& [name, value] : vars) setenv(name, value, 1), names_.emplace_back(name);
+  }
+  ScopedEnv(const char* name, const char* value) : ScopedEnv(Env{{name, value}}) {}
+  ~ScopedEnv() {
+    for (const std::string& name : names_) unsetenv(name.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::vector<std::string> names_;
+};
 
 // GPU values against the CPU's: |gpu - cpu| <= rtol * (|cpu| + max|cpu|) for every element (relative to the element
 // and to the tensor's scale); fails once per tensor, naming the worst element. !(<=) also catches NaN.
