@@ -556,9 +556,12 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
   }
 }
 
-template <class Kernel>
-void launch_setup(Kernel kernel, size_t smem) {
+// kernel<<<grid, kMmaThreads, smem>>>(args...), its shared memory limit raised to smem first.
+template <class... Params, class... Args>
+void launch_mma(void (*kernel)(Params...), dim3 grid, size_t smem, Args... args) {
   OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  kernel<<<grid, kMmaThreads, smem>>>(args...);
+  OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 dim3 grid_of(int max_len, int n_seq, int heads) {
@@ -585,17 +588,11 @@ void forward_hd(float* out, float* lse, const float* q, int qs, const float* k, 
                 const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
   const size_t smem = sizeof(bf16) * (kRows + 2 * kCols) * (HD + 8);
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(HD));
-  const dim3 grid = grid_of(max_len, n_seq, n_head);
-  if (prefetch_wanted<HD>(Pass::forward) && wide_slice(k, ks) && wide_slice(v, vs)) {  // head offsets: multiples of 4
-    launch_setup(attention_forward_mma_kernel<HD, true>, smem);
-    attention_forward_mma_kernel<HD, true><<<grid, kMmaThreads, smem>>>(out, lse, q, qs, k, ks, v, vs, offsets, n_head,
-                                                                        n_head / n_kv_head, scale_log2, bias);
-  } else {
-    launch_setup(attention_forward_mma_kernel<HD, false>, smem);
-    attention_forward_mma_kernel<HD, false><<<grid, kMmaThreads, smem>>>(out, lse, q, qs, k, ks, v, vs, offsets,
-                                                                         n_head, n_head / n_kv_head, scale_log2, bias);
-  }
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  // (the heads' offsets are multiples of 4: the slices are wide when their bases and strides are)
+  const bool pipelined = prefetch_wanted<HD>(Pass::forward) && wide_slice(k, ks) && wide_slice(v, vs);
+  launch_mma(pipelined ? attention_forward_mma_kernel<HD, true> : attention_forward_mma_kernel<HD, false>,
+             grid_of(max_len, n_seq, n_head), smem, out, lse, q, qs, k, ks, v, vs, offsets, n_head,
+             n_head / n_kv_head, scale_log2, bias);
 }
 
 template <int HD>
@@ -605,29 +602,17 @@ void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD)), scale_log2 = scale * kLog2e;
   const int group = n_head / n_kv_head;
   const size_t smem_kv = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8) + 2 * kCols * sizeof(float);
-  const dim3 grid_kv = grid_of(max_len, n_seq, n_kv_head);
-  if (prefetch_wanted<HD>(Pass::backward) && wide_slice(q, qs) && wide_slice(dout, n_head * HD)) {
-    launch_setup(attention_backward_dkdv_mma_kernel<HD, true>, smem_kv);
-    attention_backward_dkdv_mma_kernel<HD, true><<<grid_kv, kMmaThreads, smem_kv>>>(
-        dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
-  } else {
-    launch_setup(attention_backward_dkdv_mma_kernel<HD, false>, smem_kv);
-    attention_backward_dkdv_mma_kernel<HD, false><<<grid_kv, kMmaThreads, smem_kv>>>(
-        dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
-  }
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  const bool pipelined = prefetch_wanted<HD>(Pass::backward);
+  launch_mma(pipelined && wide_slice(q, qs) && wide_slice(dout, n_head * HD)
+                 ? attention_backward_dkdv_mma_kernel<HD, true>
+                 : attention_backward_dkdv_mma_kernel<HD, false>,
+             grid_of(max_len, n_seq, n_kv_head), smem_kv, dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head,
+             group, scale, scale_log2, bias);
   const size_t smem_q = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8);
-  const dim3 grid_q = grid_of(max_len, n_seq, n_head);
-  if (prefetch_wanted<HD>(Pass::backward) && wide_slice(k, ks) && wide_slice(v, vs)) {
-    launch_setup(attention_backward_dq_mma_kernel<HD, true>, smem_q);
-    attention_backward_dq_mma_kernel<HD, true><<<grid_q, kMmaThreads, smem_q>>>(
-        dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
-  } else {
-    launch_setup(attention_backward_dq_mma_kernel<HD, false>, smem_q);
-    attention_backward_dq_mma_kernel<HD, false><<<grid_q, kMmaThreads, smem_q>>>(
-        dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group, scale, scale_log2, bias);
-  }
-  OPTUNE_CUDA_CHECK_LAUNCH();
+  launch_mma(pipelined && wide_slice(k, ks) && wide_slice(v, vs) ? attention_backward_dq_mma_kernel<HD, true>
+                                                                 : attention_backward_dq_mma_kernel<HD, false>,
+             grid_of(max_len, n_seq, n_head), smem_q, dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group,
+             scale, scale_log2, bias);
 }
 
 }  // namespace
