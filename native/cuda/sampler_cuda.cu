@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <type_traits>
@@ -172,10 +173,13 @@ class GraphExec {
   cudaGraphExec_t exec_ = nullptr;
 };
 
-bool graphs_enabled() {
-  const char* v = std::getenv("OPTUNE_CUDA_GRAPHS");
-  return !(v && std::string(v) == "0");
+// Whether environment variable `name` is set to `value` (the on/off knobs below).
+bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v && std::strcmp(v, value) == 0;
 }
+
+bool graphs_enabled() { return !env_is("OPTUNE_CUDA_GRAPHS", "0"); }
 
 // ---- K-split decode GEMMs ------------------------------------------------------------------------------------------
 // A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
@@ -226,26 +230,19 @@ bool own_decode_gemm_setting() {
 // into L2 (L2Prefetch): norm1 the q/k/v weights, the decode attention the projection's, norm2 the MLP's. A decode
 // GEMM at 64 rows waits on memory latency (cuBLAS ~6-8 us for 1-5 MB of weights on an H100, ~0.5 TB/s); with the
 // weights already on their way it should wait less. Not measured yet, so off by default. Same results either way.
-bool prefetch_weights_setting() {
-  const char* v = std::getenv("OPTUNE_CUDA_PREFETCH_WEIGHTS");
-  return v && std::string(v) == "1";
-}
+bool prefetch_weights_setting() { return env_is("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"); }
 
 // OPTUNE_CUDA_PREFETCH_KV=1: each decode attention block first requests its head's cached keys and values into L2,
 // so their fetch from memory overlaps the q/k/v finishing instead of following it (Nsight on an H100: ~16.5 us per
 // layer for ~13 MB of cache early in generation, ~4x its time at bandwidth). Not measured yet, so off by default.
-bool prefetch_kv_setting() {
-  const char* v = std::getenv("OPTUNE_CUDA_PREFETCH_KV");
-  return v && std::string(v) == "1";
-}
+bool prefetch_kv_setting() { return env_is("OPTUNE_CUDA_PREFETCH_KV", "1"); }
 
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
 // while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up;
 // cuBLAS's kernels launch as usual. Not measured yet, so off by default. Same results either way.
 bool early_launch_setting() {
-  const char* v = std::getenv("OPTUNE_CUDA_PDL");
-  if (!v || std::string(v) != "1") return false;
+  if (!env_is("OPTUNE_CUDA_PDL", "1")) return false;
   int dev = 0, major = 0;
   OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
   OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
