@@ -18,7 +18,7 @@
 // "sample_top_p" (top-p 0.9), drawn by mass without an order (two radix descents per row), and "sample_top_k"
 // (top-k 50), which selects each row's 50 candidates and sorts them (sample_kernels.cu). Random weights give nearly
 // flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller (the
-// descents then skip most keys after their first digit).
+// draw's descent then leaves out the keys below it).
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>
