@@ -238,6 +238,7 @@ __device__ inline void for_each_in_row_together(const float* z, int n, const F& 
 
 struct MassScratch {
   unsigned long long hist[256];          // mass per digit at the current level
+  unsigned long long target;
   uint32_t digit;
   unsigned long long above;              // mass of the digits above it at this level
   int found;
@@ -259,22 +260,23 @@ __device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, u
   if (on && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], sum);
 }
 
-// Where the running mass, over the keys in (logit desc, index asc) order, first reaches `target` (1 <= target <=
-// the mass of the keys >= lowest): the key there, the mass of all larger keys, and how many keys equal to it up to
-// and including that position (>= 1). mass(x): the integer mass of logit x; keys below `lowest` are left out (the
-// running mass reaches the target before them: a draw inside a known nucleus skips the rest of the row).
+// Where the running mass, over the keys in (logit desc, index asc) order, first reaches target_of(total), total
+// being the mass of the keys >= lowest (the first level's digits sum to it, so no pass of its own; 1 <= target <=
+// total): the key there, the mass of all larger keys, and how many keys equal to it up to and including that
+// position (>= 1). mass(x): the integer mass of logit x; keys below `lowest` are left out (the running mass reaches
+// the target before them: a draw inside a known nucleus skips the rest of the row).
 struct Reach {
   uint32_t key;
   unsigned long long above;
   long long ties;
 };
 
-template <class Mass>
-__device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned long long target, uint32_t lowest,
+template <class Mass, class Target>
+__device__ Reach reach_mass(const float* z, int n, const Mass& mass, const Target& target_of, uint32_t lowest,
                             MassScratch& sm) {
   const int lane = threadIdx.x % 32;
   uint32_t prefix = 0, mask = 0;
-  unsigned long long above = 0;
+  unsigned long long above = 0, target = 0;  // target: warp 0's copy (sm.target: everyone's, after the levels)
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) sm.hist[i] = 0;
     __syncthreads();
@@ -286,7 +288,6 @@ __device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned lo
     });
     __syncthreads();
     if (threadIdx.x < 32) {  // warp 0, from the top digit down: lane l holds digits 255 - 8l .. 248 - 8l
-      const unsigned long long left = target - above;
       unsigned long long own = 0;
       for (int k = 0; k < 8; k++) own += sm.hist[255 - 8 * lane - k];
       unsigned long long incl = own;  // inclusive scan over the lanes
@@ -294,6 +295,11 @@ __device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned lo
         const unsigned long long y = __shfl_up_sync(kFull, incl, o);
         if (lane >= o) incl += y;
       }
+      if (shift == 24) {  // the first level saw every key >= lowest: its digits' sum is their total
+        target = target_of(__shfl_sync(kFull, incl, 31));
+        if (lane == 0) sm.target = target;
+      }
+      const unsigned long long left = target - above;
       // the first lane whose digits reach what is left; none only through a target past the total (the last lane)
       const unsigned hit = __ballot_sync(kFull, incl >= left);
       const int l = hit ? __ffs(hit) - 1 : 31;
@@ -311,7 +317,7 @@ __device__ Reach reach_mass(const float* z, int n, const Mass& mass, unsigned lo
     above += sm.above;
   }
   // every key under the full prefix is that key: equal masses
-  const unsigned long long each = mass(logit_of_order(prefix)), left = target - above;
+  const unsigned long long each = mass(logit_of_order(prefix)), left = sm.target - above;
   return {prefix, above, each ? static_cast<long long>((left + each - 1) / each) : 1};
 }
 
@@ -347,22 +353,24 @@ __device__ int kth_with_key(const float* z, int n, uint32_t key, long long k, Ma
 // The top-p draw of a row (temperature != 0, top_p < 1, no top-k): the token at which the running mass passes u
 // times the nucleus's mass. mx: the row's largest logit; u in [0, 1).
 __device__ int nucleus_draw(const float* z, int n, float mx, float inv_t, float top_p, double u, MassScratch& sm,
-                            int* warp_counts, unsigned long long* scratch) {
+                            int* warp_counts) {
   int log_n = 0;
   while ((1ll << log_n) < n) log_n++;
   const double scale = ldexp(1.0, 52 - log_n);  // n masses of at most 2^(52 - log_n) each: total <= 2^52
   const auto mass = [&](float x) { return __double2ull_rn(static_cast<double>(expf((x - mx) * inv_t)) * scale); };
-  unsigned long long sum = 0;
-  for_each_in_row(z, n, [&](int, float x) { sum += mass(x); });
-  const unsigned long long total = block_sum(sum, scratch);  // >= 2^(52 - log_n): the largest logit's mass
-  // the nucleus: up to where the running mass first reaches top_p of the total
-  const double want = ceil(static_cast<double>(top_p) * static_cast<double>(total));
-  const unsigned long long cut_at = static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(total)));
+  // the nucleus: up to where the running mass first reaches top_p of the total (>= 2^(52 - log_n): the largest
+  // logit's mass)
+  const auto cut_at = [&](unsigned long long total) {
+    const double want = ceil(static_cast<double>(top_p) * static_cast<double>(total));
+    return static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(total)));
+  };
   const Reach cut = reach_mass(z, n, mass, cut_at, 0u, sm);
   const unsigned long long nucleus = cut.above + cut.ties * mass(logit_of_order(cut.key));
   // the draw: the first position whose running mass exceeds u times the nucleus's, i.e. reaches floor(u M) + 1
   const double below = floor(u * static_cast<double>(nucleus));
-  const unsigned long long draw_at = static_cast<unsigned long long>(fmin(below + 1.0, static_cast<double>(nucleus)));
+  const auto draw_at = [&](unsigned long long) {
+    return static_cast<unsigned long long>(fmin(below + 1.0, static_cast<double>(nucleus)));
+  };
   const Reach at = reach_mass(z, n, mass, draw_at, cut.key, sm);  // inside the nucleus: keys >= its last
   return kth_with_key(z, n, at.key, at.ties, sm, warp_counts);
 }
@@ -372,7 +380,6 @@ __global__ void __launch_bounds__(kPickThreads) nucleus_draws_kernel(int32_t* dr
                                                                      int vocab, float inv_t, float top_p,
                                                                      const double* u, int n_u) {
   __shared__ MassScratch sm;
-  __shared__ unsigned long long scratch[32];
   __shared__ float max_scratch[32];
   __shared__ int warp_counts[kPickWarps];
   const float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
@@ -380,7 +387,7 @@ __global__ void __launch_bounds__(kPickThreads) nucleus_draws_kernel(int32_t* dr
   for_each_in_row(z, vocab, [&](int, float x) { mx = fmaxf(mx, x); });
   mx = block_max(mx, max_scratch);
   for (int i = 0; i < n_u; i++) {
-    const int t = nucleus_draw(z, vocab, mx, inv_t, top_p, u[i], sm, warp_counts, scratch);
+    const int t = nucleus_draw(z, vocab, mx, inv_t, top_p, u[i], sm, warp_counts);
     if (threadIdx.x == 0) draws[static_cast<int64_t>(blockIdx.x) * n_u + i] = t;
   }
 }
@@ -405,7 +412,6 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   __shared__ float scratch[32];
   __shared__ int result;
   __shared__ MassScratch mass_sm;  // top-p draws without an order
-  __shared__ unsigned long long mass_scratch[32];
   __shared__ int warp_counts[kPickWarps];
   const int a = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (a >= min(n_rows, s.ctl[0])) return;  // block-uniform exits only: the block synchronizes below
@@ -452,7 +458,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
       const int t = block_crossing(V, w, u * total, true, seg_sum, &result);
       token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
     } else if (!p.ordered()) {  // top-p alone
-      const int t = nucleus_draw(z, V, mx, static_cast<float>(inv_t), p.top_p, u, mass_sm, warp_counts, mass_scratch);
+      const int t = nucleus_draw(z, V, mx, static_cast<float>(inv_t), p.top_p, u, mass_sm, warp_counts);
       token = t >= 0 ? t : arg;  // (t >= 0: the drawn key is in the row)
     } else {
       const int32_t* idx = sorted + static_cast<int64_t>(row) * V;
@@ -526,7 +532,8 @@ __global__ void __launch_bounds__(kPickThreads) top_k_select_kernel(int32_t* sor
 
   // 1. T = the k-th largest order key: where the running count (a mass of 1 per key) reaches k; `need`: how many
   // keys equal to T the top k hold (the others lie above T). Integer counts: the same T on every run.
-  const Reach kth = reach_mass(z, vocab, [](float) { return 1ull; }, static_cast<unsigned long long>(k), 0u, sm);
+  const auto count_k = [k](unsigned long long) { return static_cast<unsigned long long>(k); };
+  const Reach kth = reach_mass(z, vocab, [](float) { return 1ull; }, count_k, 0u, sm);
   const int need = static_cast<int>(kth.ties);
 
   // 2. the candidates, in index order: every key above T, and the first `need` equal to it (index asc, as the
