@@ -249,6 +249,19 @@ bool early_launch_setting() {
   return major >= 9;
 }
 
+// OPTUNE_CUDA_FILTER: how filtered draws (a top-k below the vocabulary, a top-p below 1) find their candidates.
+// Unset or "sort": each decode step sorts every filtered row whole (cub radix sort), the path the GPU tests have run.
+// "select": a top-k up to kTopKSelectMax is selected (a radix select and a block sort of the k candidates) and a
+// top-p alone is drawn by mass in two radix descents, with no sort (sample_kernels.cu). Built without a GPU and not
+// run yet, so not the default; same draws as sorting (tests compare both with the CPU sampler).
+bool select_filters_setting() {
+  const char* v = std::getenv("OPTUNE_CUDA_FILTER");
+  if (!v || !*v || std::strcmp(v, "sort") == 0) return false;
+  OPTUNE_CHECK(std::strcmp(v, "select") == 0, "OPTUNE_CUDA_FILTER must be sort or select (got '" + std::string(v) +
+                                                  "')");
+  return true;
+}
+
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
 int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
@@ -292,6 +305,7 @@ class Sampler {
     params_.seed = r.seed, params_.temperature = r.temperature, params_.top_k = r.top_k, params_.top_p = r.top_p;
     params_.vocab = V_;
     params_.logits_ld = LV_;
+    params_.select_filters = select_filters_setting();
     allocate();
   }
 
@@ -299,8 +313,7 @@ class Sampler {
     const auto t0 = std::chrono::steady_clock::now();
     init_state();
     prefill();
-    if (params_.ordered())
-      sort_rows(sorted_.data(), logits_.data(), LV_, n_prompts_, V_, params_.top_k, sort_, st());
+    order_rows(n_prompts_);
     pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
     sync();
     const auto t1 = std::chrono::steady_clock::now();
@@ -351,6 +364,7 @@ class Sampler {
       stats->max_split = max_split_;
       stats->own_gemms = own_gemms_;
       stats->early_launch = early_launch_;
+      stats->row_sorts = row_sorts_;
     }
     return res;
   }
@@ -394,8 +408,8 @@ class Sampler {
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
     logits_ = alloc<float>(static_cast<size_t>(R_) * LV_, "sampler logits (responses x vocab)");
     if (params_.ordered())
-      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k)");
-    if (params_.ordered() && !top_k_by_selection(params_.top_k, V_)) {  // the full sort's scratch
+      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k / top-p)");
+    if (params_.ordered() && !top_k_by_selection(params_.select_k(), V_)) {  // the full sort's scratch
       sort_.max_rows = sort_chunk_rows(R_, V_);
       const size_t n = static_cast<size_t>(sort_.max_rows) * V_;
       sort_keys_in_ = alloc<uint64_t>(n, "sampler sort keys");
@@ -681,6 +695,14 @@ class Sampler {
     }
   }
 
+  // Orders the first n_rows logits rows when the draws read them in order (Params::ordered, sort_rows); counts the
+  // calls that sort whole rows (stats).
+  void order_rows(int n_rows) {
+    if (!params_.ordered()) return;
+    sort_rows(sorted_.data(), logits_.data(), LV_, n_rows, V_, params_.select_k(), sort_, st());
+    if (!top_k_by_selection(params_.select_k(), V_)) row_sorts_++;
+  }
+
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
   void decode_step(int bucket) {
     prepare_decode_rows(row_tok_.data(), row_pos_.data(), row_slot_.data(), state_, bucket, st());
@@ -691,7 +713,7 @@ class Sampler {
     const Pending pending = blocks(rows, nullptr);
     head(logits_.data(), nullptr, bucket, pending);
     decoding_ = false;
-    if (params_.ordered()) sort_rows(sorted_.data(), logits_.data(), LV_, bucket, V_, params_.top_k, sort_, st());
+    order_rows(bucket);
     pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
   }
 
@@ -717,7 +739,7 @@ class Sampler {
   const SampleRequest& r_;
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
-  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0;
+  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0;
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool prefetch_weights_ = false;  // decode steps request their GEMMs' weights into L2 (OPTUNE_CUDA_PREFETCH_WEIGHTS)
   bool prefetch_kv_ = false;       // the decode attention requests its cache rows into L2 (OPTUNE_CUDA_PREFETCH_KV)

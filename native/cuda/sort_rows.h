@@ -28,7 +28,7 @@ bool top_k_by_selection(int top_k, int vocab);
 // sorted[r * vocab + i] = the i-th token of row r in the order (logits[r] desc, index asc), for r < n_rows (logits
 // rows ld apart): for i < top_k when top_k_by_selection(top_k, vocab) (a radix select of the k-th largest logit,
 // then a block sort of the k candidates; needs ld % 4 == 0 and 16-byte aligned logits), else for the whole
-// vocabulary (cub radix sort with sc).
+// vocabulary (cub radix sort with sc; always with top_k 0).
 void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, int top_k, const SortScratch& sc,
                cudaStream_t st);
 

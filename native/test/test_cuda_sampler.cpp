@@ -628,12 +628,51 @@ TEST(top_k_selection_equals_the_full_sort) {
 TEST(temperature_top_k_top_p_follow_their_definitions) {
   auto m = make_model(testing::tiny_gpt2());
   testing::randomize(*m, 35, 0.8f);
-  SampleRequest req = testing::check_sampling_definitions(
-      *m, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); });
-  // the same draws as the CPU sampler: the first tokens agree almost everywhere
-  req.n_samples = 2000;
-  const double agree = agreement(gpu_sample(*m, req), sample(*m, req));
-  CHECK_MSG(agree >= 0.99, "top-p first tokens: only " + std::to_string(agree) + " equal the CPU sampler's");
+  for (const char* filter : {"sort", "select"}) {  // OPTUNE_CUDA_FILTER: both ways of finding the candidates
+    const testing::ScopedEnv knob("OPTUNE_CUDA_FILTER", filter);
+    SampleRequest req = testing::check_sampling_definitions(
+        *m, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); });
+    // the same draws as the CPU sampler: the first tokens agree almost everywhere
+    req.n_samples = 2000;
+    const double agree = agreement(gpu_sample(*m, req), sample(*m, req));
+    CHECK_MSG(agree >= 0.99, std::string(filter) + ": top-p first tokens: only " + std::to_string(agree) +
+                                 " equal the CPU sampler's");
+  }
+}
+
+TEST(selected_filters_draw_as_sorted_ones) {
+  // OPTUNE_CUDA_FILTER=select against the default whole-row sorts, on one model and seed. With a top-k the draws
+  // walk the same ordered candidates, so the tokens are the same; a top-p alone is drawn by mass instead of a walk,
+  // so a draw may differ only where its uniform falls within rounding of a boundary.
+  auto m = make_model(wide_gpt2());
+  testing::randomize(*m, 61, 0.5f);
+  const DeviceWeights w(*m, false);
+  struct Filter {
+    int top_k;
+    float top_p;
+  };
+  for (const Filter f : {Filter{10, 1.0f}, Filter{1, 1.0f}, Filter{40, 0.8f}, Filter{0, 0.9f}, Filter{0, 0.5f}}) {
+    SampleRequest req = prompts_request(kPrompts, 8, 16);
+    req.top_k = f.top_k, req.top_p = f.top_p, req.temperature = 0.9f;
+    const std::string what = "top_k " + std::to_string(f.top_k) + " top_p " + std::to_string(f.top_p);
+    cuda::SamplerStats sort_stats, select_stats;
+    const SampleResult sorted = cuda::sample_with_weights(*m, w.get(), req, &sort_stats);
+    const SampleResult selected = sample_under({{"OPTUNE_CUDA_FILTER", "select"}}, *m, w, req, &select_stats);
+    CHECK_MSG(sort_stats.row_sorts > 0, what + ": the default sorted no row");
+    CHECK_MSG(select_stats.row_sorts == 0, what + ": select sorted whole rows");
+    check_layout(req, selected, what);
+    CHECK_MSG(worst_logp_error(*m, req, selected) < 1e-4, what + ": log-probs");
+    const double same = agreement(selected, sorted);
+    std::printf("  %s: %.0f%% of responses equal the sorted path's\n", what.c_str(), 100 * same);
+    if (f.top_k > 0)
+      CHECK_MSG(selected.tokens == sorted.tokens && selected.token_logps == sorted.token_logps,
+                what + ": selected and sorted candidates drew different tokens");
+    else
+      CHECK_MSG(same >= 0.9, what + ": only " + std::to_string(same) + " of responses equal the sorted path's");
+  }
+  SampleRequest req = prompts_request(kPrompts, 1, 4);
+  req.top_k = 5;
+  CHECK_THROWS(sample_under({{"OPTUNE_CUDA_FILTER", "fast"}}, *m, w, req), "OPTUNE_CUDA_FILTER");
 }
 
 TEST(automatic_k_split_at_gpt2_width) {
@@ -672,18 +711,22 @@ TEST(large_vocabulary_draws_equal_cpu_sampler) {
   // the benchmark's do; the draws use the CPU sampler's uniforms, so they agree but for rounding at a boundary.
   auto m = make_model(testing::tiny_gpt2(50257));
   testing::randomize(*m, 49, 0.5f);  // flat enough that a top-p 0.9 nucleus spans thousands of tokens
-  for (const auto& [top_k, top_p] :
-       {std::pair{0, 1.0f}, std::pair{0, 0.9f}, std::pair{3000, 1.0f}, std::pair{50, 1.0f}, std::pair{1024, 0.9f}}) {
-    SampleRequest req = prompts_request(kPrompts, 40, 3);
-    req.top_k = top_k, req.top_p = top_p;
-    const SampleResult gpu = gpu_sample(*m, req), cpu = sample(*m, req);
-    check_layout(req, gpu, "V 50257");
-    const double agree = agreement(gpu, cpu);
-    std::printf("  top_k %d top_p %.1f: %.1f%% of responses equal the CPU sampler's\n", top_k, top_p, 100 * agree);
-    CHECK_MSG(agree >= 0.9, "V 50257, top_k " + std::to_string(top_k) + ", top_p " + std::to_string(top_p) +
-                                 ": only " + std::to_string(agree) + " of responses equal the CPU sampler's");
-    CHECK(worst_logp_error(*m, req, gpu) < 1e-4);
-  }
+  for (const char* filter : {"sort", "select"})  // OPTUNE_CUDA_FILTER
+    for (const auto& [top_k, top_p] :
+         {std::pair{0, 1.0f}, std::pair{0, 0.9f}, std::pair{3000, 1.0f}, std::pair{50, 1.0f}, std::pair{1024, 0.9f}}) {
+      if (std::string(filter) == "select" && top_k == 0 && top_p == 1.0f) continue;  // unfiltered: no filter runs
+      const testing::ScopedEnv knob("OPTUNE_CUDA_FILTER", filter);
+      SampleRequest req = prompts_request(kPrompts, 40, 3);
+      req.top_k = top_k, req.top_p = top_p;
+      const SampleResult gpu = gpu_sample(*m, req), cpu = sample(*m, req);
+      const std::string what = std::string(filter) + ": V 50257, top_k " + std::to_string(top_k) + ", top_p " +
+                               std::to_string(top_p);
+      check_layout(req, gpu, what);
+      const double agree = agreement(gpu, cpu);
+      std::printf("  %s: %.1f%% of responses equal the CPU sampler's\n", what.c_str(), 100 * agree);
+      CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the CPU sampler's");
+      CHECK_MSG(worst_logp_error(*m, req, gpu) < 1e-4, what + ": log-probs");
+    }
 }
 
 TEST(bad_requests_and_non_finite_logits_throw) {
