@@ -113,6 +113,9 @@ void validate_sample_request(const Model& m, const SampleRequest& r) {
                "sample: nPrompts * nSamples = " + std::to_string(static_cast<int64_t>(n_prompts) * r.n_samples) +
                    " responses in one call is too many; split the prompts into several calls");
   OPTUNE_CHECK(std::isfinite(r.temperature) && r.temperature >= 0, "sample: temperature must be >= 0 (0 = greedy)");
+  OPTUNE_CHECK(r.temperature == 0 || std::isfinite(1.0f / r.temperature),
+               "sample: temperature " + std::to_string(r.temperature) +
+                   " is too small (1 / temperature overflows float); use 0 for greedy decoding");
   OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
   OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
   OPTUNE_CHECK(r.stream_ids.empty() || static_cast<int>(r.stream_ids.size()) == n_prompts,

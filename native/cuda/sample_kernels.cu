@@ -179,15 +179,16 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
 // nucleus's). Each level of a descent sums the mass of the keys under its prefix per 8-bit digit and keeps the
 // digit where the running mass, from the largest keys down, reaches what is left of the target.
 // Masses are integers: each token's exp((z - max) / T) in float, times 2^bits, rounded, with bits such that a row's
-// total stays below 2^52 (exact in double, and the same whatever the order of the atomic additions), so a row gives
-// the same token on every run. A token below 2^-bits of the largest weight (bits = 36 at V = 50257) has mass 0 and is
-// never drawn: the sorted path draws each such token with probability under 2^-bits (1.5e-11), all of them together
-// under V 2^-bits (7e-7). Against that path's sums in double in sorted order, a draw within rounding distance of a
+// total stays at most 2^52 (exact in double, and the same whatever the order of the atomic additions), so a row gives
+// the same token on every run. A token below 2^-(bits + 1) of the largest weight (bits = 36 at V = 50257) rounds to
+// mass 0 and is never drawn: the sorted path draws each such token with probability under 2^-(bits + 1) (7e-12),
+// all of them together under V 2^-(bits + 1) (4e-7). Against that path's sums in double in sorted order, a draw within rounding distance of a
 // token boundary can pick the neighbouring token.
 
 // Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints, and back.
+// -0 maps as +0: the CPU compares logits as floats, so equal ones (+0 and -0 too) go in index order.
 __device__ inline uint32_t logit_order(float x) {
-  const uint32_t u = __float_as_uint(x);
+  const uint32_t u = x == 0.0f ? 0u : __float_as_uint(x);
   return u ^ ((u & 0x80000000u) ? 0xffffffffu : 0x80000000u);
 }
 __device__ inline float logit_of_order(uint32_t u) {
@@ -244,7 +245,7 @@ struct MassScratch {
   int found;
 };
 
-// hist[digit] += m over the lanes of the warp with `on` set (0 < m < 2^52): one atomic per distinct digit, from the
+// hist[digit] += m over the lanes of the warp with `on` set (0 < m <= 2^52): one atomic per distinct digit, from the
 // lowest lane holding it, with its peers' sum (redux.sync per 16-bit piece: each piece's sum stays below 2^21, and
 // integers add up the same in any order).
 __device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, unsigned long long m) {
@@ -264,7 +265,8 @@ __device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, u
 // being the mass of the keys >= lowest (the first level's digits sum to it, so no pass of its own; 1 <= target <=
 // total): the key there, the mass of all larger keys, and how many keys equal to it up to and including that
 // position (>= 1). mass(x): the integer mass of logit x; keys below `lowest` are left out (the running mass reaches
-// the target before them: a draw inside a known nucleus skips the rest of the row).
+// the target before them: a draw inside a known nucleus adds none of the rest of the row to its histograms, though
+// each level still reads the whole row).
 struct Reach {
   uint32_t key;
   unsigned long long above;

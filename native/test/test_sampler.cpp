@@ -172,6 +172,11 @@ TEST(bad_sample_requests_throw) {
   req = prompts_request(kPrompts, 1, 4);
   req.n_samples = 1 << 21;
   CHECK_THROWS(sample(*m, req), "nSamples");
+  req = prompts_request(kPrompts, 1, 4);
+  req.temperature = 1e-39f;  // positive, but its reciprocal is not a float
+  CHECK_THROWS(sample(*m, req), "too small");
+  req.temperature = 1e-30f;  // tiny but fine: all but greedy
+  CHECK(sample(*m, req).offsets.size() == kPrompts.size() + 1);
   // diverged weights: a clear error instead of tokens drawn from NaN logits
   auto bad = clone_model(*m);
   bad->params[bad->layout.normf_w] = NAN;
