@@ -297,11 +297,16 @@ __device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, 
   }
 }
 
-template <class Act, int PAIRS>
+// ROPE a template flag: with the rotation's double-precision sin/cos compiled in, ptxas (nvcc 13.0) spilled 24 bytes
+// of the bf16 kernel at head_dim <= 64 for sm_90, also for GPT-2, which never rotates; without it that kernel takes
+// 62 registers and spills nothing (the H100's and H200's code). ptxas's own choices elsewhere: 24 bytes with the
+// rotation (Llama) for sm_90, 16 bytes without it for sm_80; capping the blocks per SM instead (launch bounds) either
+// spilled more or took 85+ registers, a second wave.
+template <class Act, int PAIRS, bool ROPE>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
-                                                                           bool rope, float theta, L2Prefetch pre,
+                                                                           float theta, L2Prefetch pre,
                                                                            bool prefetch_kv) {
   pre.issue();
   wait_for_previous_kernel();  // q/k/v, the rows (and the cache rows earlier steps wrote)
@@ -320,7 +325,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     }
   }
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;
-  finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, theta, cache.k + at, cache.v + at);
+  finish_head<Act>(s_q, in, r, h, kvh, head_dim, ROPE, pos, theta, cache.k + at, cache.v + at);
   __syncthreads();  // s_q, and this row's k and v in the cache, are visible to the whole block
   float acc[2 * PAIRS];
 #pragma unroll
@@ -396,9 +401,11 @@ void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache,
                       bool prefetch_kv) {
   if (rows.n <= 0) return;
   // one pair of dims per lane up to head_dim 64
-  const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
+  const bool one = head_dim <= 64;
+  const auto kernel = rope ? (one ? attention_decode_kernel<Act, 1, true> : attention_decode_kernel<Act, 2, true>)
+                           : (one ? attention_decode_kernel<Act, 1, false> : attention_decode_kernel<Act, 2, false>);
   OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
-                                  n_kv_head, head_dim, rope, theta, pre, prefetch_kv));
+                                  n_kv_head, head_dim, theta, pre, prefetch_kv));
 }
 
 // ---- MLP activations and conversion ---------------------------------------------------------------------------------

@@ -7,13 +7,15 @@
 // during sampling), then wait_for_previous_kernel(), then allow_next_kernel().
 //
 // The rule that keeps it correct: before wait_for_previous_kernel() a kernel reads only data no kernel of the step
-// writes, and writes nothing. Each kernel allows the next one only after its own wait has returned, so when a kernel
-// starts, every kernel before its predecessor has completed: it overlaps that one predecessor's tail, nothing more.
+// writes, and writes no global memory (only shared memory of its own). Each kernel allows the next one only after
+// its own wait has returned, so when a kernel starts, every kernel before its predecessor has completed: it overlaps
+// that one predecessor's tail, nothing more.
 // Without the launch attribute (Launch::early false, a normal launch) and below sm_90 the wait returns at once and
 // the allowing does nothing, so the same kernels serve both ways.
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <utility>
 
 namespace optune::cuda {
@@ -25,6 +27,21 @@ struct Launch {
   bool early = false;
   Launch(cudaStream_t s = nullptr, bool e = false) : stream(s), early(e) {}  // NOLINT: implicit from a stream
 };
+
+// Whether this build's kernels, as they run on the current device, hold the wait: they were compiled from sm_90 or
+// later code (a build for sm_80 alone, JIT-compiled on an H100, has neither the wait nor the allowing, so a kernel
+// launched early would race the one before it). False below sm_90. (launch.cu)
+bool kernels_wait_when_early();
+
+// Test entry (launch.cu): on `stream`, a kernel that lets the next kernel start at once (launched early, it may),
+// then after about delay_us microseconds copies each of the n (dst, src, bytes) spans. A kernel launched early
+// behind it that read a dst before its wait would read the old bytes.
+struct CopySpan {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+void copy_after_a_delay(const CopySpan* spans, int n, unsigned delay_us, cudaStream_t stream);
 
 #ifdef __CUDACC__
 // Blocks until the kernel before this one (PDL) has completed and its writes are visible; returns at once otherwise.

@@ -239,15 +239,10 @@ bool prefetch_kv_setting() { return env_is("OPTUNE_CUDA_PREFETCH_KV", "1"); }
 
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
-// while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up;
-// cuBLAS's kernels launch as usual. Not measured yet, so off by default. Same results either way.
-bool early_launch_setting() {
-  if (!env_is("OPTUNE_CUDA_PDL", "1")) return false;
-  int dev = 0, major = 0;
-  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
-  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
-  return major >= 9;
-}
+// while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up,
+// with kernels compiled for sm_90 or later (kernels_wait_when_early); cuBLAS's kernels launch as usual. Not measured
+// yet, so off by default. Same results either way.
+bool early_launch_setting() { return env_is("OPTUNE_CUDA_PDL", "1") && kernels_wait_when_early(); }
 
 // OPTUNE_CUDA_FILTER: how filtered draws (a top-k below the vocabulary, a top-p below 1) find their candidates.
 // Unset or "sort": each decode step sorts every filtered row whole (cub radix sort), the path the GPU tests have run.
