@@ -61,10 +61,10 @@ void bias_residual(float* out, const float* bias, const float* x, int rows, int 
 
 // Column sums as a GEMM with a ones row: dbias[1, cols] += ones[1, rows] @ dout[rows, cols]. cuBLAS spreads the
 // rows over the whole GPU (a per-column kernel would leave most SMs idle at T = 32k rows) and its result does not
-// change from run to run for the same shapes.
+// change from run to run for the same shapes. Strict fp32 also under OPTUNE_CUDA_TF32 (a sum, not a matmul).
 void bias_backward(float* dbias, const float* dout, const float* ones, int rows, int cols) {
   if (rows <= 0 || cols <= 0) return;
-  gemm(false, false, 1, cols, rows, 1.0f, ones, rows, dout, cols, 1.0f, dbias, cols);
+  gemm(false, false, 1, cols, rows, 1.0f, ones, rows, dout, cols, 1.0f, dbias, cols, false);
 }
 
 __global__ void fill_kernel(float* p, float value, int64_t n) {

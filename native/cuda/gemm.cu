@@ -38,10 +38,11 @@ bool tf32_matmuls() {  // on every fp32 GEMM: no string is built unless the valu
 static cublasOperation_t op(bool trans) { return trans ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-          int ldb, float beta, float* C, int ldc) {
+          int ldb, float beta, float* C, int ldc, bool allow_tf32) {
   if (M <= 0 || N <= 0) return;
   // fp32 stays fp32 (parity with the CPU) unless TF32 is asked for
-  OPTUNE_CUBLAS_CHECK(cublasSetMathMode(cublas(), tf32_matmuls() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  const bool tf32 = allow_tf32 && tf32_matmuls();
+  OPTUNE_CUBLAS_CHECK(cublasSetMathMode(cublas(), tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   OPTUNE_CUBLAS_CHECK(cublasSgemm(cublas(), op(trans_b), op(trans_a), N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc));
 }
 

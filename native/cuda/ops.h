@@ -14,13 +14,14 @@ namespace optune::cuda {
 
 // ---- GEMM (cuBLAS) ---------------------------------------------------------------------------------------------
 // Row-major C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C, as cpu::gemm. Pure fp32 unless
-// tf32_matmuls() (below).
+// tf32_matmuls() (below) and allow_tf32: a reduction written as a GEMM (bias_backward's column sums) passes false,
+// as PyTorch sums those in fp32 whatever its matmul setting.
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-          int ldb, float beta, float* C, int ldc);
+          int ldb, float beta, float* C, int ldc, bool allow_tf32 = true);
 // The same with bf16 inputs (raw bf16 bits as uint16_t) and fp32 accumulation and output (cublasGemmEx).
 void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const uint16_t* A, int lda,
                const uint16_t* B, int ldb, float beta, float* C, int ldc);
-// OPTUNE_CUDA_TF32=1: fp32 GEMMs (these and the sampler's) run on TF32 tensor cores, their inputs rounded to 10
+// OPTUNE_CUDA_TF32=1: fp32 GEMMs (these and the sampler's) run on TF32 tensor cores, their inputs reduced to 10
 // mantissa bits and fp32 accumulation, as PyTorch's torch.backends.cuda.matmul.allow_tf32; unset or 0: strict fp32
 // (the CPU's results to ~1e-5). Read at each GEMM and sampling call (tests switch it within a process); throws on
 // another value. bf16 GEMMs do not change.

@@ -54,11 +54,12 @@ void check_request(const Model& m, const SampleRequest& r) {
 // One handle per host thread (as gemm.cu), bound to the call's stream and workspace for the call's lifetime.
 class Blas {
  public:
-  Blas(cudaStream_t st, void* workspace, size_t bytes) : h_(handle()), ws_(workspace), ws_bytes_(bytes) {
+  Blas(cudaStream_t st, void* workspace, size_t bytes)
+      : h_(handle()), ws_(workspace), ws_bytes_(bytes), tf32_(tf32_matmuls()) {  // (a bad knob throws before binding)
     OPTUNE_CUBLAS_CHECK(cublasSetStream(h_, st));
     OPTUNE_CUBLAS_CHECK(cublasSetWorkspace(h_, workspace, bytes));
     // fp32 stays fp32 unless TF32 is asked for (ops.h; bf16 GEMMs do not change)
-    OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h_, tf32_matmuls() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   }
   ~Blas() { cublasSetStream(h_, nullptr); }  // also drops the workspace binding (back to cuBLAS's default)
   Blas(const Blas&) = delete;
@@ -127,6 +128,10 @@ class Blas {
   cublasHandle_t h_;
   void* ws_;
   size_t ws_bytes_;
+  bool tf32_;  // OPTUNE_CUDA_TF32 as the call began
+
+ public:
+  bool tf32() const { return tf32_; }
 };
 
 class Stream {
@@ -360,6 +365,7 @@ class Sampler {
       stats->own_gemms = own_gemms_;
       stats->early_launch = early_launch_;
       stats->row_sorts = row_sorts_;
+      stats->tf32 = std::is_same_v<Act, float> && blas_.tf32();
     }
     return res;
   }

@@ -574,8 +574,10 @@ TEST(tf32_sampling_stays_close) {
   testing::randomize(*m, 59, 0.1f);
   const SampleRequest req = prompts_request(kPrompts, 3, 20);
   const DeviceWeights w(*m, false);
-  const SampleResult strict = cuda::sample_with_weights(*m, w.get(), req);
-  const SampleResult tf32 = sample_under({{"OPTUNE_CUDA_TF32", "1"}}, *m, w, req);
+  cuda::SamplerStats strict_stats, tf32_stats;
+  const SampleResult strict = cuda::sample_with_weights(*m, w.get(), req, &strict_stats);
+  const SampleResult tf32 = sample_under({{"OPTUNE_CUDA_TF32", "1"}}, *m, w, req, &tf32_stats);
+  CHECK_MSG(!strict_stats.tf32 && tf32_stats.tf32, "the knob did not reach the sampler's GEMMs");
   check_layout(req, tf32, "tf32");
   const double worst = worst_logp_error(*m, req, tf32);
   CHECK_MSG(worst < 0.1, "tf32: worst |gpu - cpu full| = " + std::to_string(worst));

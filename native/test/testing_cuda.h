@@ -29,22 +29,36 @@ namespace testing {
 // Environment variables as (name, value) pairs: the CUDA knobs, which the engine reads at each call.
 using Env = std::vector<std::pair<const char*, const char*>>;
 
-// Sets `vars` for its lifetime and unsets them at its end, also when a call in between throws (a knob left set would
-// leak into the cases after it).
+// Sets `vars` for its lifetime and puts back what was there at its end (the old value, or unset), also when a call
+// in between throws (a knob left set would leak into the cases after it).
 class ScopedEnv {
  public:
   explicit ScopedEnv(const Env& vars) {
-    for (const auto& [name, value] : vars) setenv(name, value, 1), names_.emplace_back(name);
+    for (const auto& [name, value] : vars) {
+      const char* old = std::getenv(name);
+      saved_.push_back({name, old != nullptr, old ? old : ""});
+      setenv(name, value, 1);
+    }
   }
   ScopedEnv(const char* name, const char* value) : ScopedEnv(Env{{name, value}}) {}
   ~ScopedEnv() {
-    for (const std::string& name : names_) unsetenv(name.c_str());
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) {  // last first: a name given twice ends as before
+      if (it->was_set)
+        setenv(it->name.c_str(), it->value.c_str(), 1);
+      else
+        unsetenv(it->name.c_str());
+    }
   }
   ScopedEnv(const ScopedEnv&) = delete;
   ScopedEnv& operator=(const ScopedEnv&) = delete;
 
  private:
-  std::vector<std::string> names_;
+  struct Saved {
+    std::string name;
+    bool was_set;
+    std::string value;
+  };
+  std::vector<Saved> saved_;
 };
 
 // GPU values against the CPU's: |gpu - cpu| <= rtol * (|cpu| + max|cpu|) for every element (relative to the element
