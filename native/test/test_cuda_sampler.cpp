@@ -360,6 +360,8 @@ TEST(decode_gemm_kernel_matches_a_double_reference) {
       cuda::Buffer<float> gc2(std::vector<float>(c0.size(), 0.0f)), gc_init(c0);
       const cuda::CopySpan late[] = {{ga2.data(), A, a.size() * sizeof(uint16_t)},
                                      {gc2.data(), gc_init.data(), c0.size() * sizeof(float)}};
+      // the uploads (cudaMemcpy on the legacy stream, which may return before its DMA ends) land before st's work
+      CHECK(cudaDeviceSynchronize() == cudaSuccess);
       cuda::copy_after_a_delay(late, 2, 50, st);
       cuda::decode_gemm(c.M, c.N, c.K, ga2.data(), B, c.trans_b, c.beta, gc2.data(), c.ldc, c.S,
                         static_cast<int64_t>(slice), cuda::Launch(st, true));
