@@ -57,10 +57,14 @@ def source_digest(root):
 
 
 def ctest_counts(text):
-    """Per test executable: the "ok"/"FAIL"/"SKIPPED: no CUDA device" case lines, as scripts/test.mjs counts them."""
-    tests, names = {}, {}
+    """Per test executable: the "ok"/"FAIL"/"SKIPPED: no CUDA device" case lines, as scripts/test.mjs counts them,
+    and the notes a case prints, indented, when it skips part of its checks (e.g. early launches below sm_90)."""
+    tests, names, notes = {}, {}, {}
     blank = {"ok": 0, "fail": 0, "skipped": 0, "summary": None}
     for line in text.splitlines():
+        m = re.match(r"^(\d+):\s{2,}(SKIPPED\b.*?)\s*$", line)
+        if m:
+            notes.setdefault(m.group(1), []).append(m.group(2))
         m = re.match(r"^(\d+): (ok  |FAIL|SKIPPED)(: no CUDA device \S)?", line)
         if m and m.group(2) == "SKIPPED" and not m.group(3):
             m = None  # the "SKIPPED: N cases" note, not a case
@@ -77,7 +81,7 @@ def ctest_counts(text):
     for n, (name, status) in sorted(names.items(), key=lambda kv: int(kv[0])):
         t = tests.get(n, blank)
         execs.append({"name": name, "status": status, "passed": t["ok"], "failed": t["fail"],
-                      "skipped": t["skipped"], "summary": t["summary"]})
+                      "skipped": t["skipped"], "summary": t["summary"], "partial_skips": notes.get(n, [])})
     return execs
 
 
@@ -199,6 +203,10 @@ def markdown(summary):
     if not summary["comparison"]:
         lines.append("| (no native benchmark records) | | | | | | | | | |")
     lines += variant_ranking(summary["comparison"])
+    partial = [f"{e['name']}: {note}" for e in summary.get("executables", []) for note in e.get("partial_skips", [])]
+    if partial:
+        lines += ["", "Checks skipped inside passing cases (this GPU or build cannot run them):", ""]
+        lines += [f"- {p}" for p in partial]
     errors = [r for r in summary["torch"] if "error" in r]
     if errors:
         lines += ["", "PyTorch measurements that failed: " +

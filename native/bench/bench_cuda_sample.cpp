@@ -86,11 +86,13 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
-                  "\"early_launch\": %s, \"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
+                  "\"early_launch\": %s, \"row_sorts\": %d, \"tf32\": %s, \"call_bytes\": %zu, "
+                  "\"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
                   stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
-                  stats.early_launch ? "true" : "false", stats.device_bytes,
+                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.tf32 ? "true" : "false",
+                  stats.device_bytes,
                   json_safe(stats.graph_error).c_str(), device.c_str());
       std::fflush(stdout);
     };

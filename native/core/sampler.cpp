@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <string>
 
 #include "cpu/gemm.h"
@@ -113,9 +114,12 @@ void validate_sample_request(const Model& m, const SampleRequest& r) {
                "sample: nPrompts * nSamples = " + std::to_string(static_cast<int64_t>(n_prompts) * r.n_samples) +
                    " responses in one call is too many; split the prompts into several calls");
   OPTUNE_CHECK(std::isfinite(r.temperature) && r.temperature >= 0, "sample: temperature must be >= 0 (0 = greedy)");
-  OPTUNE_CHECK(r.temperature == 0 || std::isfinite(1.0f / r.temperature),
-               "sample: temperature " + std::to_string(r.temperature) +
-                   " is too small (1 / temperature overflows float); use 0 for greedy decoding");
+  if (r.temperature != 0 && !std::isfinite(1.0f / r.temperature)) {
+    char t[32];
+    std::snprintf(t, sizeof t, "%g", r.temperature);
+    throw Error("sample: temperature " + std::string(t) +
+                " is too small (1 / temperature overflows float); use 0 for greedy decoding");
+  }
   OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
   OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
   OPTUNE_CHECK(r.stream_ids.empty() || static_cast<int>(r.stream_ids.size()) == n_prompts,

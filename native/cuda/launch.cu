@@ -16,10 +16,18 @@ struct Spans {
   int n;
 };
 
+__device__ inline unsigned long long global_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
 __global__ void copy_after_a_delay_kernel(Spans s, unsigned delay_us) {
   wait_for_previous_kernel();
   allow_next_kernel();  // at once: the kernel after this one may start now
-  for (unsigned t = 0; t < delay_us; t++) __nanosleep(1000);
+  // at least delay_us by the global timer (__nanosleep alone may sleep anywhere from 0 to twice what it is asked)
+  const unsigned long long t0 = global_ns();
+  while (global_ns() - t0 < 1000ull * delay_us) __nanosleep(1000);
   for (int k = 0; k < s.n; k++) {
     auto* dst = static_cast<unsigned char*>(s.span[k].dst);
     const auto* src = static_cast<const unsigned char*>(s.span[k].src);

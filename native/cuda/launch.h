@@ -34,7 +34,7 @@ struct Launch {
 bool kernels_wait_when_early();
 
 // Test entry (launch.cu): on `stream`, a kernel that lets the next kernel start at once (launched early, it may),
-// then after about delay_us microseconds copies each of the n (dst, src, bytes) spans. A kernel launched early
+// then after at least delay_us microseconds copies each of the n (dst, src, bytes) spans. A kernel launched early
 // behind it that read a dst before its wait would read the old bytes.
 struct CopySpan {
   void* dst;

@@ -11,9 +11,10 @@
 // each lane sums whole groups of 32 elements and one scan over the group sums finds the group, and one scan over that
 // group's elements the element (walking the segment 32 elements at a time took a dependent scan per step, ~50 steps
 // at V = 50257). Same order of elements as the CPU, different order of additions: a draw within rounding distance of
-// a boundary can pick the neighbouring token. The order of a top-k draw comes from one block per row that selects the
-// k candidates (a radix select of the k-th largest logit) and sorts only them, for k up to kTopKSelectMax, else
-// from one cub radix sort of (row, logit) keys per step (stable, so equal logits keep index order). A top-p draw
+// a boundary can pick the neighbouring token. The order of a filtered draw comes from one cub radix sort of (row,
+// logit) keys per step (stable, so equal logits keep index order). Under OPTUNE_CUDA_FILTER=select
+// (Params::select_filters) a top-k draw's order comes instead from one block per row that selects the k candidates
+// (a radix select of the k-th largest logit) and sorts only them, for k up to kTopKSelectMax, and a top-p draw
 // without a top-k needs no order: two radix descents by mass find the nucleus's end and the drawn token.
 #include <cub/device/device_radix_sort.cuh>
 
@@ -182,8 +183,8 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
 // total stays at most 2^52 (exact in double, and the same whatever the order of the atomic additions), so a row gives
 // the same token on every run. A token below 2^-(bits + 1) of the largest weight (bits = 36 at V = 50257) rounds to
 // mass 0 and is never drawn: the sorted path draws each such token with probability under 2^-(bits + 1) (7e-12),
-// all of them together under V 2^-(bits + 1) (4e-7). Against that path's sums in double in sorted order, a draw within rounding distance of a
-// token boundary can pick the neighbouring token.
+// all of them together under V 2^-(bits + 1) (4e-7). Against that path's sums in double in sorted order, a draw
+// within rounding distance of a token boundary can pick the neighbouring token.
 
 // Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints, and back.
 // -0 maps as +0: the CPU compares logits as floats, so equal ones (+0 and -0 too) go in index order.

@@ -32,10 +32,10 @@ bool top_k_by_selection(int top_k, int vocab);
 void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, int top_k, const SortScratch& sc,
                cudaStream_t st);
 
-// The top-p draws the sampler makes without sorting (top-p alone): draws[r * n_u + i] = the token of row r (logits
-// rows ld apart, ld % 4 == 0, 16-byte aligned) that uniform u[i] in [0, 1) draws from the nucleus at top_p of the
-// distribution exp((z - max) / temperature), in (logit desc, index asc) order (temperature > 0). u and draws on
-// the device.
+// The top-p draws the sampler makes without sorting (top-p alone, OPTUNE_CUDA_FILTER=select): draws[r * n_u + i] =
+// the token of row r (logits rows ld apart, ld % 4 == 0, 16-byte aligned) that uniform u[i] in [0, 1) draws from the
+// nucleus at top_p of the distribution exp((z - max) / temperature), in (logit desc, index asc) order (temperature
+// > 0). u and draws on the device.
 void nucleus_draws(int32_t* draws, const float* logits, int ld, int n_rows, int vocab, float temperature,
                    float top_p, const double* u, int n_u, cudaStream_t st);
 

@@ -649,7 +649,7 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
 }
 
 TEST(selected_filters_draw_as_sorted_ones) {
-  // OPTUNE_CUDA_FILTER=select against the default whole-row sorts, on one model and seed. With a top-k the draws
+  // OPTUNE_CUDA_FILTER=select against whole-row sorts (sort), on one model and seed. With a top-k the draws
   // walk the same ordered candidates, so the tokens are the same; a top-p alone is drawn by mass instead of a walk,
   // so a draw may differ only where its uniform falls within rounding of a boundary.
   auto m = make_model(wide_gpt2());
@@ -664,9 +664,9 @@ TEST(selected_filters_draw_as_sorted_ones) {
     req.top_k = f.top_k, req.top_p = f.top_p, req.temperature = 0.9f;
     const std::string what = "top_k " + std::to_string(f.top_k) + " top_p " + std::to_string(f.top_p);
     cuda::SamplerStats sort_stats, select_stats;
-    const SampleResult sorted = cuda::sample_with_weights(*m, w.get(), req, &sort_stats);
+    const SampleResult sorted = sample_under({{"OPTUNE_CUDA_FILTER", "sort"}}, *m, w, req, &sort_stats);
     const SampleResult selected = sample_under({{"OPTUNE_CUDA_FILTER", "select"}}, *m, w, req, &select_stats);
-    CHECK_MSG(sort_stats.row_sorts > 0, what + ": the default sorted no row");
+    CHECK_MSG(sort_stats.row_sorts > 0, what + ": sort sorted no row");
     CHECK_MSG(select_stats.row_sorts == 0, what + ": select sorted whole rows");
     check_layout(req, selected, what);
     CHECK_MSG(worst_logp_error(*m, req, selected) < 1e-4, what + ": log-probs");
