@@ -564,6 +564,14 @@ void launch_mma(void (*kernel)(Params...), dim3 grid, size_t smem, Args... args)
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
+// Dynamic shared memory per block: the forward (Q tile, K and V tiles), the backward's dK/dV kernel (Q and dO
+// tiles, K and V tiles, the tile's lse and D) and its dQ kernel. The dK/dV kernel's is the largest.
+constexpr size_t forward_smem(int hd) { return sizeof(bf16) * (kRows + 2 * kCols) * (hd + 8); }
+constexpr size_t backward_kv_smem(int hd) {
+  return sizeof(bf16) * (2 * kRows + 2 * kCols) * (hd + 8) + 2 * kCols * sizeof(float);
+}
+constexpr size_t backward_q_smem(int hd) { return sizeof(bf16) * (2 * kRows + 2 * kCols) * (hd + 8); }
+
 dim3 grid_of(int max_len, int n_seq, int heads) {
   return dim3(static_cast<unsigned>(std::max(1, (max_len + kRows - 1) / kRows)), n_seq, heads);
 }
@@ -586,7 +594,7 @@ bool wide_slice(const float* p, int stride) { return reinterpret_cast<uintptr_t>
 template <int HD>
 void forward_hd(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
                 const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
-  const size_t smem = sizeof(bf16) * (kRows + 2 * kCols) * (HD + 8);
+  const size_t smem = forward_smem(HD);
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(HD));
   // (the heads' offsets are multiples of 4: the slices are wide when their bases and strides are)
   const bool pipelined = prefetch_wanted<HD>(Pass::forward) && wide_slice(k, ks) && wide_slice(v, vs);
@@ -601,14 +609,14 @@ void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float
                  int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD)), scale_log2 = scale * kLog2e;
   const int group = n_head / n_kv_head;
-  const size_t smem_kv = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8) + 2 * kCols * sizeof(float);
+  const size_t smem_kv = backward_kv_smem(HD);
   const bool pipelined = prefetch_wanted<HD>(Pass::backward);
   launch_mma(pipelined && wide_slice(q, qs) && wide_slice(dout, n_head * HD)
                  ? attention_backward_dkdv_mma_kernel<HD, true>
                  : attention_backward_dkdv_mma_kernel<HD, false>,
              grid_of(max_len, n_seq, n_kv_head), smem_kv, dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head,
              group, scale, scale_log2, bias);
-  const size_t smem_q = sizeof(bf16) * (2 * kRows + 2 * kCols) * (HD + 8);
+  const size_t smem_q = backward_q_smem(HD);
   launch_mma(pipelined && wide_slice(k, ks) && wide_slice(v, vs) ? attention_backward_dq_mma_kernel<HD, true>
                                                                  : attention_backward_dq_mma_kernel<HD, false>,
              grid_of(max_len, n_seq, n_head), smem_q, dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group,
@@ -618,7 +626,15 @@ void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float
 }  // namespace
 
 bool attention_mma_supported(int head_dim) {
-  return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128;
+  if (head_dim != 16 && head_dim != 32 && head_dim != 64 && head_dim != 128) return false;
+  // The block's shared memory must fit the GPU: data-center GPUs allow 163-227 KB per block, the GeForce and
+  // workstation ones (sm_86, sm_89, sm_120) 99 KB, less than head_dim 128's backward takes (102.5 KB); there the
+  // attention runs on the fp32 kernels (attention.cu), forward and backward alike.
+  int dev = 0, optin = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const size_t most = std::max({forward_smem(head_dim), backward_kv_smem(head_dim), backward_q_smem(head_dim)});
+  return most <= static_cast<size_t>(optin);
 }
 
 void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,

@@ -91,7 +91,9 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                         const float* q, int qs, const float* k, int ks, const float* v, int vs,
                         const int32_t* offsets, int n_seq, int max_len, int T, int n_head, int n_kv_head,
                         int head_dim, bool bf16 = false, const QkvBias& bias = {});
-// The tensor-core kernels themselves (head_dim 16, 32, 64 or 128); D: rowsum(dO * O), T * n_head floats.
+// The tensor-core kernels themselves (head_dim 16, 32, 64 or 128, where their shared memory fits the current GPU's
+// per-block limit: head_dim 128 needs more than the 99 KB of sm_86 / sm_89 / sm_120); D: rowsum(dO * O), T * n_head
+// floats.
 bool attention_mma_supported(int head_dim);
 void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,
                            int vs, const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head,

@@ -6,6 +6,8 @@
 // non-zero gradients to check that they accumulate.
 // Without a CUDA device every case prints "SKIPPED: no CUDA device <case>" and the summary "0 cases, 0 failed":
 // scripts/test.mjs counts a skip neither as passed nor as failed.
+#include <cuda_runtime.h>
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -413,6 +415,23 @@ TEST(attention_short_grid_still_covers_all_tiles) { attention_case("short grid",
 // Tensor-core kernels (bf16): every head dim they take, ragged lengths across several 64-row tiles, GQA and MQA.
 TEST(attention_bf16_mma_hd64_matches_cpu) { attention_case("bf16 hd64", {130, 7, 64, 65, 1}, 4, 2, 64, 11, 0, true); }
 TEST(attention_bf16_mma_hd128_mqa_matches_cpu) { attention_case("bf16 hd128", {70, 129}, 3, 1, 128, 12, 0, true); }
+TEST(attention_mma_needs_its_shared_memory_to_fit) {
+  // The tensor-core kernels' largest block (the backward's dK/dV: (2 x 128 + 2 x 64) rows of head_dim + 8 bf16, and
+  // 64 lse and D floats) must fit the GPU's per-block limit, else the fp32 kernels run (99 KB GeForce GPUs at 128).
+  int dev = 0, optin = 0;
+  CHECK(cudaGetDevice(&dev) == cudaSuccess);
+  CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess);
+  for (const int hd : {16, 32, 64, 128}) {
+    const int need = 2 * (2 * 128 + 2 * 64) * (hd + 8) + 2 * 64 * 4;
+    CHECK_MSG(cuda::attention_mma_supported(hd) == (need <= optin),
+              "head_dim " + std::to_string(hd) + ": needs " + std::to_string(need) + " bytes, the GPU allows " +
+                  std::to_string(optin));
+  }
+  CHECK(!cuda::attention_mma_supported(96) && !cuda::attention_mma_supported(256));
+  std::printf("  %d bytes of shared memory per block: tensor-core attention up to head_dim %d\n", optin,
+              cuda::attention_mma_supported(128) ? 128 : 64);
+}
+
 TEST(attention_bf16_mma_hd16_hd32_match_cpu) {
   attention_case("bf16 hd16", {1, 37, 100}, 4, 4, 16, 13, 0, true);
   attention_case("bf16 hd32", {200, 3}, 2, 2, 32, 14, 0, true);
