@@ -4,6 +4,7 @@
 
 import { describe, expect, it } from "vitest";
 
+import { describeGpu } from "../src/cli/info.js";
 import { type DeviceName, EngineModel, engineInfo, packBatch } from "../src/engine/index.js";
 
 import { TINY_MODEL } from "./tiny_model.js";
@@ -11,7 +12,8 @@ import { TINY_MODEL } from "./tiny_model.js";
 const tiny = TINY_MODEL;
 
 const info = engineInfo();
-const hasGpu = info.devices.length > 0;
+// The engine uses the first visible GPU, when its kernels can run there.
+const hasGpu = info.devices.length > 0 && info.devices[0]!.unusable === null;
 
 describe("device placement", () => {
   it("puts models on the CPU by default and with device 'cpu'", async () => {
@@ -30,9 +32,25 @@ describe("device placement", () => {
   });
 
   it.skipIf(hasGpu)("'cuda' without the backend or a GPU rejects with the reason (no silent fallback)", async () => {
-    const why = info.backends.includes("cuda") ? /no CUDA GPU is visible/ : /this build of optune has no CUDA backend/;
+    const why = !info.backends.includes("cuda")
+      ? /this build of optune has no CUDA backend/
+      : info.devices.length > 0
+        ? /cannot run optune's CUDA kernels/
+        : /no CUDA GPU is visible/;
     await expect(EngineModel.create(tiny, 1, { device: "cuda" })).rejects.toThrow(why);
     await expect(EngineModel.create(tiny, 1, { device: "cuda", precision: "bf16" })).rejects.toThrow(why);
+  });
+
+  it("optune info lists each GPU, its free memory where known, and why the kernels cannot run on it", () => {
+    const gib = 2 ** 30;
+    const h100 = { index: 0, name: "NVIDIA H100", computeCapability: "9.0", totalMemory: 80 * gib };
+    expect(describeGpu({ ...h100, freeMemory: 79 * gib, unusable: null })).toBe(
+      "cuda:0 NVIDIA H100, compute capability 9.0, 80.0 GiB (79.0 GiB free)",
+    );
+    const t4 = { index: 1, name: "Tesla T4", computeCapability: "7.5", totalMemory: 15 * gib, freeMemory: null };
+    expect(describeGpu({ ...t4, unusable: "its compute capability 7.5 is below the 8.0 ..." })).toBe(
+      "cuda:1 Tesla T4, compute capability 7.5, 15.0 GiB; unusable: its compute capability 7.5 is below the 8.0 ...",
+    );
   });
 
   it("refuses unknown names", async () => {

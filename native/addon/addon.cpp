@@ -32,7 +32,8 @@ static Napi::Value info_js(const Napi::CallbackInfo& info) {
   // CPU precision 'bf16' runs on AVX512-BF16 instructions (true) or a portable loop, slower than fp32 (false)
   o.Set("bf16Native", optune::cpu::bf16_native());
   o.Set("threads", current_threads());
-  // GPUs the CUDA backend can use (empty without it, a driver or a GPU)
+  // The GPUs this process sees (empty without the backend, a driver or a GPU); `unusable` says why one cannot run
+  // the kernels (null when it can); freeMemory is known for the current device only (null for the others)
   const std::vector<optune::GpuInfo> gpus = optune::list_gpus();
   Napi::Array devices = Napi::Array::New(env, gpus.size());
   for (size_t i = 0; i < gpus.size(); i++) {
@@ -41,7 +42,9 @@ static Napi::Value info_js(const Napi::CallbackInfo& info) {
     g.Set("name", gpus[i].name);
     g.Set("computeCapability", std::to_string(gpus[i].major) + "." + std::to_string(gpus[i].minor));
     g.Set("totalMemory", static_cast<double>(gpus[i].total_bytes));
-    g.Set("freeMemory", static_cast<double>(gpus[i].free_bytes));
+    const double free_bytes = static_cast<double>(gpus[i].free_bytes);
+    g.Set("freeMemory", gpus[i].free_known ? Napi::Value(Napi::Number::New(env, free_bytes)) : env.Null());
+    g.Set("unusable", gpus[i].unusable.empty() ? env.Null() : Napi::Value(Napi::String::New(env, gpus[i].unusable)));
     devices.Set(static_cast<uint32_t>(i), g);
   }
   o.Set("devices", devices);

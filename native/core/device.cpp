@@ -54,7 +54,8 @@ std::vector<GpuInfo> list_gpus() {
     g.index = i;
     g.name = p.name;
     g.major = p.major, g.minor = p.minor;
-    g.total_bytes = p.total_bytes, g.free_bytes = p.free_bytes;
+    g.total_bytes = p.total_bytes, g.free_bytes = p.free_bytes, g.free_known = p.free_known;
+    g.unusable = p.unusable;
     out.push_back(g);
   }
 #endif
@@ -64,7 +65,7 @@ std::vector<GpuInfo> list_gpus() {
 Device resolve_device(Device d) {
   if (d != Device::AUTO) return d;
 #ifdef OPTUNE_HAVE_CUDA
-  if (cuda::device_count() > 0) return Device::CUDA;
+  if (cuda::device_count() > 0 && cuda::device_props(cuda::current_device()).unusable.empty()) return Device::CUDA;
 #endif
   return Device::CPU;
 }
@@ -83,6 +84,9 @@ void set_device(Model& m, Device requested, Precision p) {
   OPTUNE_CHECK(cuda::device_count() > 0,
                "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "
                "driver); use device 'cpu'");
+  const cuda::DeviceProps gpu = cuda::device_props(cuda::current_device());
+  OPTUNE_CHECK(gpu.unusable.empty(), "device 'cuda': the GPU " + gpu.name + " cannot run optune's CUDA kernels: " +
+                                         gpu.unusable + "; or use device 'cpu'");
   if (m.device && m.device->device() == Device::CUDA && m.device->precision() == p) return;
   if (m.device) {
     sync_to_host(m);

@@ -49,11 +49,21 @@ struct GpuInfo {
   std::string name;
   int major = 0, minor = 0;  // compute capability
   size_t total_bytes = 0, free_bytes = 0;
+  bool free_known = false;   // free_bytes is known for the current device only
+  std::string unusable;      // why optune's kernels cannot run there; "" when they can
 };
+// Why a GPU of this compute capability cannot run optune's CUDA kernels (they need 8.0: cp.async, bf16 tensor
+// cores); "" when it can. Inline: cuda/memory.cu uses it without linking the core.
+inline std::string compute_capability_problem(int major, int minor) {
+  if (major >= 8) return "";
+  return "its compute capability " + std::to_string(major) + "." + std::to_string(minor) +
+         " is below the 8.0 that optune's CUDA kernels need (A100, RTX 30 series and newer)";
+}
 // The CUDA devices this process can use; empty without the backend, a driver or a GPU.
 std::vector<GpuInfo> list_gpus();
 
-// AUTO -> CUDA when the backend is built and a GPU is present, else CPU. CPU and CUDA are returned as given.
+// AUTO -> CUDA when the backend is built and the current GPU can run its kernels, else CPU. CPU and CUDA are
+// returned as given.
 Device resolve_device(Device d);
 // Moves the model to `d` (AUTO resolved first). CUDA without the backend or without a GPU is an optune::Error, never
 // a silent fallback. Moving to CPU downloads the weights and AdamW state first. On the CPU, BF16 makes sampling

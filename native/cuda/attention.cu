@@ -12,11 +12,13 @@
 //   dQ:    one block per (32-query tile, sequence, head) walks the key tiles again: dQ += dS K.
 // Complexity: forward ~2 * sum_s L_s^2 * H * hd flops (half of the square, causal), backward ~2.5x that (S is
 // recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 128 (shared
-// memory: up to ~108 KB per block in the dK/dV kernel, within sm_80's and sm_90's opt-in limits); one block walks its
+// memory: up to ~108 KB per block in the dK/dV kernel, within sm_80's and sm_90's opt-in limits; GPUs with 99 KB
+// per block (sm_86, sm_89, sm_120) train head_dim up to 119 and say so above that); one block walks its
 // row of tiles serially, so a long sequence with few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "check.cuh"
 #include "core/error.h"
@@ -286,8 +288,18 @@ static dim3 tile_grid(int max_len, int n_seq, int heads) {
   return dim3(static_cast<unsigned>(std::max(1, (max_len + kTile - 1) / kTile)), n_seq, heads);
 }
 
+// Raises the kernel's shared memory limit to `bytes`; a GPU that allows less per block is a clear error (the
+// dK/dV kernel at head_dim 128 takes 105 KB; GeForce and workstation GPUs allow 99 KB).
 template <class Kernel>
-static void set_smem(Kernel kernel, size_t bytes) {
+static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim) {
+  int dev = 0, optin = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  OPTUNE_CHECK(bytes <= static_cast<size_t>(optin),
+               std::string("cuda attention: the ") + what + " at head_dim " + std::to_string(head_dim) + " needs " +
+                   std::to_string(bytes) + " bytes of shared memory per block and this GPU allows " +
+                   std::to_string(optin) + " (GeForce and workstation GPUs: 99 KB); train this model on a GPU with "
+                   "more (A100, H100) or on the CPU");
   OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
@@ -302,7 +314,7 @@ void attention_forward(float* out, float* lse, const float* q, int qs, const flo
                                  bias);
   const int hdp = head_dim + 1;
   const size_t smem = sizeof(float) * (4 * kTile * hdp + kTile * kSp + 3 * kTile);
-  set_smem(attention_forward_kernel, smem);
+  set_smem(attention_forward_kernel, smem, "forward", head_dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   attention_forward_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem>>>(
       out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, head_dim, scale);
@@ -329,13 +341,13 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                                   n_head, n_kv_head, head_dim, bias);
 
   const size_t smem_kv = sizeof(float) * (6 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
-  set_smem(attention_backward_dkdv_kernel, smem_kv);
+  set_smem(attention_backward_dkdv_kernel, smem_kv, "backward (dK/dV)", head_dim);
   attention_backward_dkdv_kernel<<<tile_grid(max_len, n_seq, n_kv_head), kThreads, smem_kv>>>(
       dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale);
   OPTUNE_CUDA_CHECK_LAUNCH();
 
   const size_t smem_q = sizeof(float) * (5 * kTile * hdp + kTile * kSp + 2 * kTile);
-  set_smem(attention_backward_dq_kernel, smem_q);
+  set_smem(attention_backward_dq_kernel, smem_q, "backward (dQ)", head_dim);
   attention_backward_dq_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem_q>>>(
       dq, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale);
   OPTUNE_CUDA_CHECK_LAUNCH();

@@ -4,10 +4,14 @@
 #include <string>
 
 #include "check.cuh"
+#include "core/device.h"
 #include "core/error.h"
 #include "memory.h"
 
 namespace optune::cuda {
+
+// Does nothing: whether the build holds code this GPU can run (cudaFuncGetAttributes fails when it does not).
+__global__ void probe_kernel() {}
 
 static std::string mib(size_t bytes) {
   char buf[32];
@@ -23,6 +27,12 @@ int device_count() {
     return 0;
   }
   return n;
+}
+
+int current_device() {
+  int d = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
 }
 
 std::string device_description(int device) {
@@ -41,12 +51,21 @@ DeviceProps device_props(int device) {
   d.name = p.name;
   d.major = p.major, d.minor = p.minor;
   d.total_bytes = p.totalGlobalMem;
+  d.unusable = compute_capability_problem(p.major, p.minor);
   int current = 0;
   OPTUNE_CUDA_CHECK(cudaGetDevice(&current));
   if (current == device) {
     size_t free_b = 0, total_b = 0;
     OPTUNE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    d.free_bytes = free_b;
+    d.free_bytes = free_b, d.free_known = true;
+    cudaFuncAttributes a{};
+    if (d.unusable.empty() && cudaFuncGetAttributes(&a, probe_kernel) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: clear it
+      d.unusable = "this build of optune has no code for sm_" + std::to_string(p.major) + std::to_string(p.minor) +
+                   " (built for CMAKE_CUDA_ARCHITECTURES " + OPTUNE_CUDA_ARCHS + "); rebuild it with " +
+                   "OPTUNE_CMAKE_ARGS=\"-DOPTUNE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=" + std::to_string(p.major) +
+                   std::to_string(p.minor) + "\"";
+    }
   }
   return d;
 }

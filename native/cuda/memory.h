@@ -11,13 +11,18 @@ namespace optune::cuda {
 
 // Number of usable CUDA devices; 0 when there is none or no driver (never throws).
 int device_count();
+// The device this process's CUDA calls go to (0 unless changed; CUDA_VISIBLE_DEVICES picks which GPU that is).
+int current_device();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"; throws when the device does not exist.
 std::string device_description(int device);
-// Name, compute capability and memory of a device (the current free memory too); throws when it does not exist.
+// Name, compute capability and memory of a device (free memory for the current device only: asking another one
+// would create a context there); throws when it does not exist.
 struct DeviceProps {
   std::string name;
   int major = 0, minor = 0;
   size_t total_bytes = 0, free_bytes = 0;
+  bool free_known = false;
+  std::string unusable;  // why optune's kernels cannot run there (an old GPU, a build without its code); "" if they can
 };
 DeviceProps device_props(int device);
 // Free and total bytes of the current device (cudaMemGetInfo).

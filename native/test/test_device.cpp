@@ -38,6 +38,19 @@ TEST(cuda_without_backend_or_gpu_is_an_error) {
   }
 }
 
+TEST(gpus_below_sm80_are_unusable_with_a_reason) {
+  CHECK(compute_capability_problem(8, 0).empty() && compute_capability_problem(8, 9).empty());
+  CHECK(compute_capability_problem(9, 0).empty() && compute_capability_problem(12, 0).empty());
+  const std::string t4 = compute_capability_problem(7, 5);
+  CHECK_MSG(t4.find("7.5") != std::string::npos && t4.find("8.0") != std::string::npos, t4);
+  // On a GPU machine with a matching build: the device the engine uses (0) can run the kernels.
+  const std::vector<GpuInfo> gpus = list_gpus();
+  if (!gpus.empty()) {
+    CHECK_MSG(gpus[0].unusable.empty(), gpus[0].name + ": " + gpus[0].unusable);
+    CHECK(gpus[0].free_known && gpus[0].free_bytes > 0);
+  }
+}
+
 TEST(auto_picks_what_exists) {
   auto m = make_model(testing::tiny_gpt2());
   set_device(*m, Device::AUTO);

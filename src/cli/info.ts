@@ -3,6 +3,16 @@
 import { Command } from "commander";
 
 import { engineInfo } from "../engine/index.js";
+import type { GpuDevice } from "../engine/types.js";
+
+/** One line per GPU: index, name, compute capability, memory (free where known), and why it is unusable if so. */
+export function describeGpu(d: GpuDevice): string {
+  const gib = (bytes: number): string => (bytes / 2 ** 30).toFixed(1);
+  const free = d.freeMemory === null ? "" : ` (${gib(d.freeMemory)} GiB free)`;
+  const state = d.unusable === null ? "" : `; unusable: ${d.unusable}`;
+  const memory = `${gib(d.totalMemory)} GiB${free}`;
+  return `cuda:${d.index} ${d.name}, compute capability ${d.computeCapability}, ${memory}${state}`;
+}
 
 export function infoCommand(): Command {
   return new Command("info")
@@ -24,12 +34,6 @@ export function infoCommand(): Command {
         const why = info.backends.includes("cuda") ? "no GPU visible" : "built without CUDA";
         console.log(`devices:  none (${why})`);
       }
-      for (const d of info.devices) {
-        const gib = (bytes: number): string => (bytes / 2 ** 30).toFixed(1);
-        console.log(
-          `devices:  cuda:${d.index} ${d.name}, compute capability ${d.computeCapability}, ` +
-            `${gib(d.totalMemory)} GiB (${gib(d.freeMemory)} GiB free)`,
-        );
-      }
+      for (const d of info.devices) console.log(`devices:  ${describeGpu(d)}`);
     });
 }

@@ -93,7 +93,7 @@ export interface DeviceOptions {
   precision?: PrecisionName;
 }
 
-/** A GPU the CUDA backend can use. */
+/** A GPU this process sees. */
 export interface GpuDevice {
   index: number;
   name: string;
@@ -101,7 +101,11 @@ export interface GpuDevice {
   computeCapability: string;
   /** Bytes. */
   totalMemory: number;
-  freeMemory: number;
+  /** Bytes; known for the device the engine uses (the first visible one), null for the others. */
+  freeMemory: number | null;
+  /** Why the engine's kernels cannot run on it (compute capability below 8.0, or a build without its code); null
+   * when they can. */
+  unusable: string | null;
 }
 
 export interface EngineInfo {
