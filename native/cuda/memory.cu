@@ -85,7 +85,8 @@ void* device_alloc(size_t bytes, const char* what) {
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     throw Error("CUDA out of memory allocating " + mib(bytes) + " for " + what + " (" + mib(free_b) + " free of " +
-                mib(total_b) + "); use fewer or shorter sequences per batch");
+                mib(total_b) + "); use fewer or shorter sequences per batch, or, when the model's own state (weights, " +
+                "gradients, AdamW moments: ~18 bytes per parameter in bf16 training) does not fit, a smaller model");
   }
   if (err != cudaSuccess) throw_cuda_error(err, "cudaMalloc", __FILE__, __LINE__);
   return p;
