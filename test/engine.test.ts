@@ -231,6 +231,15 @@ describe("sampling", () => {
 });
 
 describe("errors", () => {
+  it("rejects a temperature whose reciprocal overflows float, and takes a tiny one", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const request = { prompts: [[1, 2]], nSamples: 2, maxNewTokens: 3, seed: 1 };
+    await expect(m.sample({ ...request, temperature: 1e-39 })).rejects.toThrow(
+      /sample: temperature 1e-39 is too small \(1 \/ temperature overflows float\); use 0 for greedy decoding/,
+    );
+    expect((await m.sample({ ...request, temperature: 1e-30 })).tokens.length).toBe(6);
+  });
+
   it("rejects a wrong typed array type", async () => {
     const m = await EngineModel.create(tiny, 9);
     const b = pairBatch();
