@@ -12,8 +12,8 @@
 //   dQ:    one block per (32-query tile, sequence, head) walks the key tiles again: dQ += dS K.
 // Complexity: forward ~2 * sum_s L_s^2 * H * hd flops (half of the square, causal), backward ~2.5x that (S is
 // recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 128 (shared
-// memory: up to ~108 KB per block in the dK/dV kernel, within sm_80's and sm_90's opt-in limits; GPUs with 99 KB
-// per block (sm_86, sm_89, sm_120) train head_dim up to 119 and say so above that); one block walks its
+// memory: up to 85 KB per block, in the dQ kernel, within the 99 KB of sm_86 / sm_89 / sm_120 and more elsewhere;
+// the dK/dV kernel keeps its sums in registers); one block walks its
 // row of tiles serially, so a long sequence with few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
@@ -160,18 +160,21 @@ __device__ inline void load_row_stats(float* lse_s, float* D_s, const float* lse
   }
 }
 
-__global__ void attention_backward_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse,
-                                               const float* D, const float* q, int qs, const float* k, int ks,
-                                               const float* v, int vs, const int32_t* offsets, int n_head, int group,
-                                               int hd, float scale) {
+// dK/dV elements per thread: a thread owns elements threadIdx.x + m * kThreads (m < kAccPerThread) of the key
+// tile's [kTile][hd], the same ones for every query tile, so their sums stay in its registers. In shared memory they
+// took 2 x 16.5 KB at head_dim 128: 105 KB per block, more than the 99 KB GeForce and workstation GPUs allow.
+static constexpr int kAccPerThread = kTile * kAttentionMaxHeadDim / kThreads;
+
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,
+                                   const float* q, int qs, const float* k, int ks, const float* v, int vs,
+                                   const int32_t* offsets, int n_head, int group, int hd, float scale) {
   const int s = blockIdx.y, kvh = blockIdx.z, od = n_head * hd, hdp = hd + 1;
   const int start = offsets[s], L = offsets[s + 1] - start;
   extern __shared__ float smem[];
   float* Ks = smem;
   float* Vs = Ks + kTile * hdp;
-  float* dKs = Vs + kTile * hdp;
-  float* dVs = dKs + kTile * hdp;
-  float* Qs = dVs + kTile * hdp;
+  float* Qs = Vs + kTile * hdp;
   float* dOs = Qs + kTile * hdp;
   float* Ps = dOs + kTile * hdp;  // [kTile][kSp]
   float* dSs = Ps + kTile * kSp;  // [kTile][kSp]
@@ -180,13 +183,12 @@ __global__ void attention_backward_dkdv_kernel(float* dk, float* dv, const float
 
   for (int j0 = blockIdx.x * kTile; j0 < L; j0 += gridDim.x * kTile) {
     const int nk = min(kTile, L - j0);
-    __syncthreads();  // the previous key tile's writers of dk/dv are done with dKs/dVs
+    __syncthreads();  // the previous key tile's readers of Ks/Vs are done
     load_tile(Ks, k, ks, start + j0, nk, kvh * hd, hd, hdp);
     load_tile(Vs, v, vs, start + j0, nk, kvh * hd, hd, hdp);
-    for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
-      dKs[(idx / hd) * hdp + idx % hd] = 0.0f;
-      dVs[(idx / hd) * hdp + idx % hd] = 0.0f;
-    }
+    float acc_k[kAccPerThread], acc_v[kAccPerThread];
+#pragma unroll
+    for (int m = 0; m < kAccPerThread; m++) acc_k[m] = 0.0f, acc_v[m] = 0.0f;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
       for (int i0 = j0; i0 < L; i0 += kTile) {  // causal: query tiles from the diagonal down
         const int nq = min(kTile, L - i0);
@@ -197,23 +199,28 @@ __global__ void attention_backward_dkdv_kernel(float* dk, float* dv, const float
         __syncthreads();
         attention_p_ds(Ps, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale);
         __syncthreads();
-        for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+#pragma unroll
+        for (int m = 0; m < kAccPerThread; m++) {
+          const int idx = threadIdx.x + m * kThreads;
+          if (idx >= kTile * hd) break;
           const int c = idx / hd, d = idx % hd;
           float av = 0.0f, ak = 0.0f;
           for (int r = 0; r < nq; r++) {
             av += Ps[r * kSp + c] * dOs[r * hdp + d];
             ak += dSs[r * kSp + c] * Qs[r * hdp + d];
           }
-          dVs[c * hdp + d] += av;
-          dKs[c * hdp + d] += ak;
+          acc_v[m] += av;
+          acc_k[m] += ak;
         }
       }
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nk * hd; idx += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < kAccPerThread; m++) {
+      const int idx = threadIdx.x + m * kThreads;
+      if (idx >= nk * hd) break;
       const int c = idx / hd, d = idx % hd;
-      dk[static_cast<int64_t>(start + j0 + c) * ks + kvh * hd + d] = dKs[c * hdp + d];
-      dv[static_cast<int64_t>(start + j0 + c) * vs + kvh * hd + d] = dVs[c * hdp + d];
+      dk[static_cast<int64_t>(start + j0 + c) * ks + kvh * hd + d] = acc_k[m];
+      dv[static_cast<int64_t>(start + j0 + c) * vs + kvh * hd + d] = acc_v[m];
     }
   }
 }
@@ -288,8 +295,8 @@ static dim3 tile_grid(int max_len, int n_seq, int heads) {
   return dim3(static_cast<unsigned>(std::max(1, (max_len + kTile - 1) / kTile)), n_seq, heads);
 }
 
-// Raises the kernel's shared memory limit to `bytes`; a GPU that allows less per block is a clear error (the
-// dK/dV kernel at head_dim 128 takes 105 KB; GeForce and workstation GPUs allow 99 KB).
+// Raises the kernel's shared memory limit to `bytes`; a GPU that allows less per block is a clear error (the kernels
+// take up to 85 KB, at head_dim 128; every GPU from sm_80 on allows 99 KB or more).
 template <class Kernel>
 static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim) {
   int dev = 0, optin = 0;
@@ -298,8 +305,7 @@ static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim
   OPTUNE_CHECK(bytes <= static_cast<size_t>(optin),
                std::string("cuda attention: the ") + what + " at head_dim " + std::to_string(head_dim) + " needs " +
                    std::to_string(bytes) + " bytes of shared memory per block and this GPU allows " +
-                   std::to_string(optin) + " (GeForce and workstation GPUs: 99 KB); train this model on a GPU with "
-                   "more (A100, H100) or on the CPU");
+                   std::to_string(optin) + "; run this model on a GPU with more or on the CPU");
   OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
@@ -340,7 +346,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     return attention_backward_mma(dq, dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_seq, max_len,
                                   n_head, n_kv_head, head_dim, bias);
 
-  const size_t smem_kv = sizeof(float) * (6 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
+  const size_t smem_kv = sizeof(float) * (4 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
   set_smem(attention_backward_dkdv_kernel, smem_kv, "backward (dK/dV)", head_dim);
   attention_backward_dkdv_kernel<<<tile_grid(max_len, n_seq, n_kv_head), kThreads, smem_kv>>>(
       dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale);
