@@ -33,7 +33,8 @@ static Napi::Value info_js(const Napi::CallbackInfo& info) {
   o.Set("bf16Native", optune::cpu::bf16_native());
   o.Set("threads", current_threads());
   // The GPUs this process sees (empty without the backend, a driver or a GPU); `unusable` says why one cannot run
-  // the kernels (null when it can); freeMemory is known for the current device only (null for the others)
+  // the kernels (null when nothing was found: other devices than the current one get the compute capability check
+  // only); freeMemory is known for the current device only (null for the others)
   const std::vector<optune::GpuInfo> gpus = optune::list_gpus();
   Napi::Array devices = Napi::Array::New(env, gpus.size());
   for (size_t i = 0; i < gpus.size(); i++) {

@@ -65,7 +65,12 @@ std::vector<GpuInfo> list_gpus() {
 Device resolve_device(Device d) {
   if (d != Device::AUTO) return d;
 #ifdef OPTUNE_HAVE_CUDA
-  if (cuda::device_count() > 0 && cuda::device_props(cuda::current_device()).unusable.empty()) return Device::CUDA;
+  // a GPU the kernels cannot run on, or one that cannot even be asked (held by another process in exclusive mode):
+  // the CPU, as 'auto' promises
+  try {
+    if (cuda::device_count() > 0 && cuda::device_props(cuda::current_device()).unusable.empty()) return Device::CUDA;
+  } catch (const Error&) {
+  }
 #endif
   return Device::CPU;
 }

@@ -62,8 +62,8 @@ inline std::string compute_capability_problem(int major, int minor) {
 // The CUDA devices this process can use; empty without the backend, a driver or a GPU.
 std::vector<GpuInfo> list_gpus();
 
-// AUTO -> CUDA when the backend is built and the current GPU can run its kernels, else CPU. CPU and CUDA are
-// returned as given.
+// AUTO -> CUDA when the backend is built and the current GPU can run its kernels, else CPU (never throws). CPU and
+// CUDA are returned as given.
 Device resolve_device(Device d);
 // Moves the model to `d` (AUTO resolved first). CUDA without the backend or without a GPU is an optune::Error, never
 // a silent fallback. Moving to CPU downloads the weights and AdamW state first. On the CPU, BF16 makes sampling

@@ -164,6 +164,7 @@ __device__ inline void load_row_stats(float* lse_s, float* D_s, const float* lse
 // tile's [kTile][hd], the same ones for every query tile, so their sums stay in its registers. In shared memory they
 // took 2 x 16.5 KB at head_dim 128: 105 KB per block, more than the 99 KB GeForce and workstation GPUs allow.
 static constexpr int kAccPerThread = kTile * kAttentionMaxHeadDim / kThreads;
+static_assert(kTile * kAttentionMaxHeadDim % kThreads == 0, "the threads' elements must cover the tile exactly");
 
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,

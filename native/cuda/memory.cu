@@ -59,12 +59,17 @@ DeviceProps device_props(int device) {
     OPTUNE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     d.free_bytes = free_b, d.free_known = true;
     cudaFuncAttributes a{};
-    if (d.unusable.empty() && cudaFuncGetAttributes(&a, probe_kernel) != cudaSuccess) {
+    const cudaError_t probe = d.unusable.empty() ? cudaFuncGetAttributes(&a, probe_kernel) : cudaSuccess;
+    if (probe != cudaSuccess) {
       cudaGetLastError();  // not sticky: clear it
-      d.unusable = "this build of optune has no code for sm_" + std::to_string(p.major) + std::to_string(p.minor) +
-                   " (built for CMAKE_CUDA_ARCHITECTURES " + OPTUNE_CUDA_ARCHS + "); rebuild it with " +
-                   "OPTUNE_CMAKE_ARGS=\"-DOPTUNE_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=" + std::to_string(p.major) +
-                   std::to_string(p.minor) + "\"";
+      const std::string sm = std::to_string(p.major) + std::to_string(p.minor);
+      if (probe == cudaErrorNoKernelImageForDevice || probe == cudaErrorInvalidDeviceFunction)
+        d.unusable = "this build of optune has no code for sm_" + sm + " (built for CMAKE_CUDA_ARCHITECTURES " +
+                     OPTUNE_CUDA_ARCHS + "); rebuild it with OPTUNE_CMAKE_ARGS=\"-DOPTUNE_CUDA=ON " +
+                     "-DCMAKE_CUDA_ARCHITECTURES=" + sm + "\" npm rebuild optune";
+      else  // e.g. PTX newer than the driver can compile
+        d.unusable = std::string("the CUDA driver cannot load optune's kernels (") + cudaGetErrorName(probe) + ": " +
+                     cudaGetErrorString(probe) + "); update the NVIDIA driver to one that supports this CUDA toolkit";
     }
   }
   return d;
@@ -85,8 +90,9 @@ void* device_alloc(size_t bytes, const char* what) {
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     throw Error("CUDA out of memory allocating " + mib(bytes) + " for " + what + " (" + mib(free_b) + " free of " +
-                mib(total_b) + "); use fewer or shorter sequences per batch, or, when the model's own state (weights, " +
-                "gradients, AdamW moments: ~18 bytes per parameter in bf16 training) does not fit, a smaller model");
+                mib(total_b) + "); use fewer or shorter sequences per batch, or, when the model's own state " +
+                "(weights, gradients, AdamW moments: ~18 bytes per parameter in bf16 training) does not fit, a " +
+                "smaller model");
   }
   if (err != cudaSuccess) throw_cuda_error(err, "cudaMalloc", __FILE__, __LINE__);
   return p;

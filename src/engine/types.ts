@@ -103,8 +103,8 @@ export interface GpuDevice {
   totalMemory: number;
   /** Bytes; known for the device the engine uses (the first visible one), null for the others. */
   freeMemory: number | null;
-  /** Why the engine's kernels cannot run on it (compute capability below 8.0, or a build without its code); null
-   * when they can. */
+  /** Why the engine's kernels cannot run on it (compute capability below 8.0; for the device the engine uses, also a
+   * build without its code or a driver too old for it); null when nothing was found. */
   unusable: string | null;
 }
 
