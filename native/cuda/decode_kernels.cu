@@ -155,28 +155,46 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
 
-// Pair (i, i + half) of one head after its bias, rotated by pos * theta^(-2i/hd) as cpu/rope.cpp (angle in double).
-__device__ inline void rope_pair(float& x1, float& x2, int i, int head_dim, int pos, float theta) {
-  const double inv_freq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / head_dim);
-  const double angle = static_cast<double>(pos) * inv_freq;
-  const float c = static_cast<float>(cos(angle)), s = static_cast<float>(sin(angle));
+__global__ void rope_table_kernel(float2* table, int cap, int head_dim, float theta) {
+  const int half = head_dim / 2;
+  const int64_t n = static_cast<int64_t>(cap) * half;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int pos = static_cast<int>(idx / half), i = static_cast<int>(idx % half);
+    const double inv_freq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / head_dim);
+    const double angle = static_cast<double>(pos) * inv_freq;
+    table[idx] = make_float2(static_cast<float>(cos(angle)), static_cast<float>(sin(angle)));
+  }
+}
+
+void rope_table(float2* table, int cap, int head_dim, float theta, cudaStream_t st) {
+  const int64_t n = static_cast<int64_t>(cap) * (head_dim / 2);
+  if (n <= 0) return;
+  rope_table_kernel<<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)), 256, 0, st>>>(table, cap,
+                                                                                                      head_dim, theta);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+// Pair (i, i + half) of one head after its bias, rotated by (cos, sin) = cs (rope_table's entry for pos, i).
+__device__ inline void rope_pair(float& x1, float& x2, float2 cs) {
   const float a = x1, b = x2;
-  x1 = a * c - b * s;
-  x2 = b * c + a * s;
+  x1 = a * cs.x - b * cs.y;
+  x2 = b * cs.x + a * cs.y;
 }
 
 // One part of one row: x (n_heads heads; its GEMM's slices in parts when split) + bias, RoPE'd when asked, written to
 // x; copied into the cache when `cache_base` is set.
 template <class Act>
 __device__ inline void finish_part(float* x, Partials parts, const float* bias, int n_heads, int head_dim,
-                                   bool rope, int pos, float theta, Act* cache_base, int64_t copy_stride, int copies) {
+                                   const float2* rope, int pos, Act* cache_base, int64_t copy_stride, int copies) {
   const int half = head_dim / 2;
   if (rope) {
+    const float2* at_pos = rope + static_cast<int64_t>(pos) * half;
     for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
       const int col = (idx / half) * head_dim + idx % half;
       float x1 = parts.value(x, col) + (bias ? bias[col] : 0.0f);
       float x2 = parts.value(x, col + half) + (bias ? bias[col + half] : 0.0f);
-      rope_pair(x1, x2, idx % half, head_dim, pos, theta);
+      rope_pair(x1, x2, at_pos[idx % half]);
       x[col] = x1, x[col + half] = x2;
       for (int c = 0; c < copies && cache_base; c++)
         cache_base[c * copy_stride + col] = to_act<Act>(x1), cache_base[c * copy_stride + col + half] = to_act<Act>(x2);
@@ -193,7 +211,7 @@ __device__ inline void finish_part(float* x, Partials parts, const float* bias, 
 template <class Act>
 __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, int vs, Partials pq, Partials pk,
                                   Partials pv, const float* bq, const float* bk, const float* bv, Rows rows,
-                                  int n_head, int n_kv_head, int head_dim, bool rope, float theta,
+                                  int n_head, int n_kv_head, int head_dim, const float2* rope,
                                   LayerCache<Act> cache) {
   const int r = blockIdx.x, part = blockIdx.y, pos = rows.pos[r], slot = rows.slot[r];
   const int kvd = n_kv_head * head_dim;
@@ -201,22 +219,21 @@ __global__ void qkv_finish_kernel(float* q, int qs, float* k, int ks, float* v, 
   const int64_t copy_stride = static_cast<int64_t>(cache.cap) * kvd;
   const int64_t rq = static_cast<int64_t>(r) * qs, rk = static_cast<int64_t>(r) * ks, rv = static_cast<int64_t>(r) * vs;
   if (part == 0)
-    finish_part<Act>(q + rq, pq.at(rq), bq, n_head, head_dim, rope, pos, theta, nullptr, 0, 0);
+    finish_part<Act>(q + rq, pq.at(rq), bq, n_head, head_dim, rope, pos, nullptr, 0, 0);
   else if (part == 1)
-    finish_part<Act>(k + rk, pk.at(rk), bk, n_kv_head, head_dim, rope, pos, theta, cache.k + at, copy_stride,
-                     rows.copies);
+    finish_part<Act>(k + rk, pk.at(rk), bk, n_kv_head, head_dim, rope, pos, cache.k + at, copy_stride, rows.copies);
   else
-    finish_part<Act>(v + rv, pv.at(rv), bv, n_kv_head, head_dim, false, pos, theta, cache.v + at, copy_stride,
+    finish_part<Act>(v + rv, pv.at(rv), bv, n_kv_head, head_dim, nullptr, pos, cache.v + at, copy_stride,
                      rows.copies);
 }
 
 template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
                 const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
-                int n_kv_head, int head_dim, bool rope, float theta, const LayerCache<Act>& cache, cudaStream_t st) {
+                int n_kv_head, int head_dim, const float2* rope, const LayerCache<Act>& cache, cudaStream_t st) {
   if (rows.n <= 0) return;
   qkv_finish_kernel<Act><<<dim3(rows.n, 3), 256, 0, st>>>(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, n_head,
-                                                          n_kv_head, head_dim, rope, theta, cache);
+                                                          n_kv_head, head_dim, rope, cache);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -273,8 +290,8 @@ __device__ inline float2 pair_value(__nv_bfloat162 v) { return __bfloat1622float
 // This block's head of the row: q head h into s_q, k and v of kv head kvh into the cache at the row's position, as
 // qkv_finish_kernel would (bias, RoPE on q and k). The blocks of a GQA group write the same k and v: equal bits.
 template <class Act>
-__device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, int kvh, int head_dim, bool rope,
-                                   int pos, float theta, Act* k_at, Act* v_at) {
+__device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, int kvh, int head_dim,
+                                   const float2* rope, int pos, Act* k_at, Act* v_at) {
   const int64_t q0 = static_cast<int64_t>(r) * in.qs + h * head_dim;
   const int64_t k0 = static_cast<int64_t>(r) * in.ks + kvh * head_dim;
   const int64_t v0 = static_cast<int64_t>(r) * in.vs + kvh * head_dim;
@@ -288,8 +305,9 @@ __device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, 
     float q1 = q(i), q2 = q(i + half), k1 = k(i), k2 = k(i + half);
     const float v1 = v(i), v2 = v(i + half);
     if (rope) {
-      rope_pair(q1, q2, i, head_dim, pos, theta);
-      rope_pair(k1, k2, i, head_dim, pos, theta);
+      const float2 cs = rope[static_cast<int64_t>(pos) * half + i];
+      rope_pair(q1, q2, cs);
+      rope_pair(k1, k2, cs);
     }
     s_q[i] = q1, s_q[i + half] = q2;
     k_at[i] = to_act<Act>(k1), k_at[i + half] = to_act<Act>(k2);
@@ -297,16 +315,13 @@ __device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, 
   }
 }
 
-// ROPE a template flag: with the rotation's double-precision sin/cos compiled in, ptxas (nvcc 13.0) spilled 24 bytes
-// of the bf16 kernel at head_dim <= 64 for sm_90, also for GPT-2, which never rotates; without it that kernel takes
-// 62 registers and spills nothing (the H100's and H200's code). ptxas's own choices elsewhere: 24 bytes with the
-// rotation (Llama) for sm_90, 16 bytes without it for sm_80; capping the blocks per SM instead (launch bounds) either
-// spilled more or took 85+ registers, a second wave.
-template <class Act, int PAIRS, bool ROPE>
+// rope: rope_table's rotations (null: none). With the rotations computed here in double instead, ptxas (nvcc 13.0)
+// spilled 24 bytes of the bf16 kernel at head_dim <= 64 for sm_90, also for GPT-2, which never rotates.
+template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
-                                                                           float theta, L2Prefetch pre,
+                                                                           const float2* rope, L2Prefetch pre,
                                                                            bool prefetch_kv) {
   pre.issue();
   wait_for_previous_kernel();  // q/k/v, the rows (and the cache rows earlier steps wrote)
@@ -325,7 +340,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     }
   }
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;
-  finish_head<Act>(s_q, in, r, h, kvh, head_dim, ROPE, pos, theta, cache.k + at, cache.v + at);
+  finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, cache.k + at, cache.v + at);
   __syncthreads();  // s_q, and this row's k and v in the cache, are visible to the whole block
   float acc[2 * PAIRS];
 #pragma unroll
@@ -397,15 +412,13 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, bool rope, float theta, Launch on, const L2Prefetch& pre,
+                      int n_kv_head, int head_dim, const float2* rope, Launch on, const L2Prefetch& pre,
                       bool prefetch_kv) {
   if (rows.n <= 0) return;
   // one pair of dims per lane up to head_dim 64
-  const bool one = head_dim <= 64;
-  const auto kernel = rope ? (one ? attention_decode_kernel<Act, 1, true> : attention_decode_kernel<Act, 2, true>)
-                           : (one ? attention_decode_kernel<Act, 1, false> : attention_decode_kernel<Act, 2, false>);
+  const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
   OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
-                                  n_kv_head, head_dim, theta, pre, prefetch_kv));
+                                  n_kv_head, head_dim, rope, pre, prefetch_kv));
 }
 
 // ---- MLP activations and conversion ---------------------------------------------------------------------------------
@@ -471,9 +484,9 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
                               const float*, int, int, float, bool, Launch, const L2Prefetch&);                \
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,             \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
-                                int, bool, float, const LayerCache<Act>&, cudaStream_t);                            \
+                                int, const float2*, const LayerCache<Act>&, cudaStream_t);                          \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,    \
-                                      bool, float, Launch, const L2Prefetch&, bool);                          \
+                                      const float2*, Launch, const L2Prefetch&, bool);                        \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);         \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
                             Launch);                                                                                \

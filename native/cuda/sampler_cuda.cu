@@ -408,6 +408,10 @@ class Sampler {
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
     logits_ = alloc<float>(static_cast<size_t>(R_) * LV_, "sampler logits (responses x vocab)");
+    if (c_.is_llama()) {  // RoPE's rotations at every position the call reaches
+      rope_ = alloc<float2>(static_cast<size_t>(cap_) * (c_.head_dim / 2), "sampler RoPE rotations");
+      rope_table(rope_.data(), cap_, c_.head_dim, c_.rope_theta, st());
+    }
     if (params_.ordered())
       sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k / top-p)");
     if (params_.ordered() && !top_k_by_selection(params_.select_k(), V_)) {  // the full sort's scratch
@@ -605,15 +609,14 @@ class Sampler {
       }
       Act* att = attention_out();
       if (pf) {
-        qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, c_.is_llama(), c_.rope_theta,
-                   cache(l), st());
+        qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, rope_.data(), cache(l), st());
         attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
                           hd, !std::is_same_v<Act, float>);
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, c_.is_llama(), c_.rope_theta, on(),
-                              prefetch({{o.o_w, DD * QD_}}), prefetch_kv_);
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on(), prefetch({{o.o_w, DD * QD_}}),
+                              prefetch_kv_);
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
@@ -755,6 +758,7 @@ class Sampler {
   Blas blas_;
   Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
+  Buffer<float2> rope_;                             // RoPE's (cos, sin) per position and pair (rope_table); Llama
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
       row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
   Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;

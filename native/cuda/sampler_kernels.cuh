@@ -96,13 +96,17 @@ void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
               const float* b, int rows, int d, float eps, bool layernorm, Launch on, const L2Prefetch& pre = {});
+// The rotations RoPE applies at positions 0 .. cap-1: table[pos * (head_dim / 2) + i] = (cos, sin) of pos *
+// theta^(-2i / head_dim), each computed in double and rounded once, as cpu/rope.cpp does. Filled once per sampling
+// call, so a decode step reads its rotations instead of computing them in double (1/64-rate FP64 on GeForce GPUs).
+void rope_table(float2* table, int cap, int head_dim, float theta, cudaStream_t st);
 // q/k/v (row strides qs/ks/vs) in place: their GEMM's product (pq/pk/pv: its slices, indexed like q/k/v, when it
-// was split) + bias (each may be null), RoPE on q and k when rope, then the row's k and v are copied into the cache
-// at (slot + c, pos) for c < copies.
+// was split) + bias (each may be null), RoPE on q and k when rope (rope_table's; null: none), then the row's k and
+// v are copied into the cache at (slot + c, pos) for c < copies.
 template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
                 const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
-                int n_kv_head, int head_dim, bool rope, float theta, const LayerCache<Act>& cache, cudaStream_t st);
+                int n_kv_head, int head_dim, const float2* rope, const LayerCache<Act>& cache, cudaStream_t st);
 // A decode step's q/k/v rows as their GEMM left them (each the tensor, or its slices), with their biases (may be null).
 struct QkvRows {
   const float *q = nullptr, *k = nullptr, *v = nullptr;
@@ -111,12 +115,12 @@ struct QkvRows {
   const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
 };
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
-// row's q/k/v are finished first (qkv_finish's work: bias, RoPE when rope, k and v into the cache at pos), inside
+// row's q/k/v are finished first (qkv_finish's work: bias, RoPE from `rope`, k and v into the cache at pos), inside
 // the same kernel: one launch less per layer in the decode step. pre: weights to request into L2 (the projection's);
 // prefetch_kv: each block first requests its head's cached keys and values into L2 (a hint, as L2Prefetch).
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, bool rope, float theta, Launch on,
+                      int n_kv_head, int head_dim, const float2* rope, Launch on,
                       const L2Prefetch& pre = {}, bool prefetch_kv = false);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
