@@ -65,6 +65,7 @@ describe("engine info", () => {
     const pkg = JSON.parse(readFileSync(join(packageRoot, "package.json"), "utf8")) as { version: string };
     expect(info.version).toBe(pkg.version);
     expect(info.backends).toContain("cpu");
+    expect(info.cudaArchs === null).toBe(!info.backends.includes("cuda"));
     expect(["openblas", "builtin"]).toContain(info.blas);
     expect(Number.isInteger(info.threads) && info.threads >= 1).toBe(true);
     expect(info.devices).toEqual([]);

@@ -28,6 +28,8 @@ static Napi::Value info_js(const Napi::CallbackInfo& info) {
   backends.Set(uint32_t{0}, "cpu");
   if (optune::cuda_built()) backends.Set(uint32_t{1}, "cuda");
   o.Set("backends", backends);
+  // the CUDA architectures the backend holds code for ("80,90"; null without it)
+  o.Set("cudaArchs", optune::cuda_built() ? Napi::Value(Napi::String::New(env, optune::cuda_archs())) : env.Null());
   o.Set("blas", OPTUNE_BLAS_NAME);
   // CPU precision 'bf16' runs on AVX512-BF16 instructions (true) or a portable loop, slower than fp32 (false)
   o.Set("bf16Native", optune::cpu::bf16_native());

@@ -44,6 +44,14 @@ bool cuda_built() {
 #endif
 }
 
+std::string cuda_archs() {
+#ifdef OPTUNE_HAVE_CUDA
+  return cuda::build_archs();
+#else
+  return "";
+#endif
+}
+
 std::vector<GpuInfo> list_gpus() {
   std::vector<GpuInfo> out;
 #ifdef OPTUNE_HAVE_CUDA

@@ -44,6 +44,8 @@ struct DeviceEngine {
 
 // Whether this build has the CUDA backend (CMake -DOPTUNE_CUDA=ON or AUTO with a toolkit; never node-gyp).
 bool cuda_built();
+// The CUDA architectures the backend was built for ("80,90"); "" without it.
+std::string cuda_archs();
 struct GpuInfo {
   int index = 0;
   std::string name;

@@ -29,6 +29,8 @@ int device_count() {
   return n;
 }
 
+const char* build_archs() { return OPTUNE_CUDA_ARCHS; }
+
 int current_device() {
   int d = 0;
   OPTUNE_CUDA_CHECK(cudaGetDevice(&d));

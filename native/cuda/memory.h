@@ -11,6 +11,8 @@ namespace optune::cuda {
 
 // Number of usable CUDA devices; 0 when there is none or no driver (never throws).
 int device_count();
+// The CUDA architectures this build holds code for, as CMake was given them ("80,90").
+const char* build_archs();
 // The device this process's CUDA calls go to (0 unless changed; CUDA_VISIBLE_DEVICES picks which GPU that is).
 int current_device();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"; throws when the device does not exist.

@@ -52,6 +52,7 @@ TEST(gpus_below_sm80_are_unusable_with_a_reason) {
   CHECK(compute_capability_problem(9, 0).empty() && compute_capability_problem(12, 0).empty());
   const std::string t4 = compute_capability_problem(7, 5);
   CHECK_MSG(t4.find("7.5") != std::string::npos && t4.find("8.0") != std::string::npos, t4);
+  CHECK(cuda_archs().empty() == !cuda_built());  // "80,90" with the backend
   // On a GPU machine: the device the engine uses (0) is usable from sm_80 on (with a build holding its code), and
   // its free memory is known.
   const std::vector<GpuInfo> gpus = list_gpus();

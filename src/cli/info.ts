@@ -25,7 +25,8 @@ export function infoCommand(): Command {
         return;
       }
       console.log(`optune ${info.version}`);
-      console.log(`backends: ${info.backends.join(", ")}`);
+      const archs = info.cudaArchs === null ? "" : ` (cuda archs ${info.cudaArchs})`;
+      console.log(`backends: ${info.backends.join(", ")}${archs}`);
       console.log(`blas:     ${info.blas}`);
       const bf16 = info.bf16Native ? "AVX512-BF16 (precision bf16 runs natively)" : "emulated (precision bf16 is slower than fp32 here)";
       console.log(`cpu bf16: ${bf16}`);

@@ -112,6 +112,8 @@ export interface EngineInfo {
   version: string;
   /** "cpu", plus "cuda" when the engine was built with the CUDA backend. */
   backends: string[];
+  /** The CUDA architectures the backend holds code for ("80,90", as CMAKE_CUDA_ARCHITECTURES); null without it. */
+  cudaArchs: string | null;
   /** "openblas" or "builtin". */
   blas: string;
   /** CPU precision "bf16" runs on AVX512-BF16 instructions (else a portable loop, slower than fp32). */
