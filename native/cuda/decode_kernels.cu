@@ -155,11 +155,9 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
 
-__global__ void rope_table_kernel(float2* table, int cap, int head_dim, float theta) {
+__global__ void rope_table_kernel(float2* table, int64_t n, int head_dim, float theta) {
   const int half = head_dim / 2;
-  const int64_t n = static_cast<int64_t>(cap) * half;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
-       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  GRID_STRIDE_LOOP(idx, n) {
     const int pos = static_cast<int>(idx / half), i = static_cast<int>(idx % half);
     const double inv_freq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / head_dim);
     const double angle = static_cast<double>(pos) * inv_freq;
@@ -170,8 +168,7 @@ __global__ void rope_table_kernel(float2* table, int cap, int head_dim, float th
 void rope_table(float2* table, int cap, int head_dim, float theta, cudaStream_t st) {
   const int64_t n = static_cast<int64_t>(cap) * (head_dim / 2);
   if (n <= 0) return;
-  rope_table_kernel<<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096)), 256, 0, st>>>(table, cap,
-                                                                                                      head_dim, theta);
+  rope_table_kernel<<<grid_for(n), kThreads, 0, st>>>(table, n, head_dim, theta);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -479,17 +476,17 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-#define OPTUNE_SAMPLER_ACT(Act)                                                                                      \
-  template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,            \
-                              const float*, int, int, float, bool, Launch, const L2Prefetch&);                \
-  template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,             \
-                                const Partials&, const float*, const float*, const float*, const Rows&, int, int,   \
-                                int, const float2*, const LayerCache<Act>&, cudaStream_t);                          \
-  template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,    \
-                                      const float2*, Launch, const L2Prefetch&, bool);                        \
-  template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);         \
-  template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,            \
-                            Launch);                                                                                \
+#define OPTUNE_SAMPLER_ACT(Act)                                                                                        \
+  template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,               \
+                              const float*, int, int, float, bool, Launch, const L2Prefetch&);                         \
+  template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,               \
+                                const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
+                                int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \
+  template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,        \
+                                      const float2*, Launch, const L2Prefetch&, bool);                                 \
+  template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
+  template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,               \
+                            Launch);                                                                                   \
   template void convert<Act>(Act*, const float*, int64_t, cudaStream_t);
 OPTUNE_SAMPLER_ACT(float)
 OPTUNE_SAMPLER_ACT(bf16)
