@@ -407,8 +407,8 @@ void nucleus_draws(int32_t* draws, const float* logits, int ld, int n_rows, int 
 
 // ---- picking --------------------------------------------------------------------------------------------------------
 
-// BY_MASS: the instantiation for a top-p alone under OPTUNE_CUDA_FILTER=select (filtered and not ordered), the only
-// one holding nucleus_draw; without it the kernel is the one the GPU tests have run (164 bytes spilled and 644 of
+// BY_MASS: the instantiation for a top-p alone under OPTUNE_CUDA_FILTER=select (filtered and not ordered): it holds
+// nucleus_draw and not the sorted walk; the other holds the walk, and is the kernel the GPU tests have run (164 bytes spilled and 644 of
 // shared memory for sm_90 by ptxas, against 176 and 2856 with it).
 template <bool BY_MASS>
 __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits, int logits_div,
@@ -464,7 +464,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
       const double total = block_segments(V, w, seg_sum);
       const int t = block_crossing(V, w, u * total, true, seg_sum, &result);
       token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
-    } else if (BY_MASS) {  // top-p alone
+    } else if constexpr (BY_MASS) {  // top-p alone (each instance compiles one of the two filtered draws)
       const int t = nucleus_draw(z, V, mx, static_cast<float>(inv_t), p.top_p, u, mass_sm, warp_counts);
       token = t >= 0 ? t : arg;  // (t >= 0: the drawn key is in the row)
     } else {
