@@ -62,6 +62,7 @@ class Blas {
     OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
   }
   ~Blas() { cublasSetStream(h_, nullptr); }  // also drops the workspace binding (back to cuBLAS's default)
+  bool tf32() const { return tf32_; }         // the fp32 GEMMs may run on TF32 tensor cores (OPTUNE_CUDA_TF32)
   Blas(const Blas&) = delete;
   Blas& operator=(const Blas&) = delete;
 
@@ -129,9 +130,6 @@ class Blas {
   void* ws_;
   size_t ws_bytes_;
   bool tf32_;  // OPTUNE_CUDA_TF32 as the call began
-
- public:
-  bool tf32() const { return tf32_; }
 };
 
 class Stream {
@@ -186,6 +184,15 @@ bool env_is(const char* name, const char* value) {
 
 bool graphs_enabled() { return !env_is("OPTUNE_CUDA_GRAPHS", "0"); }
 
+// A knob with two named values: false when `name` is unset, empty or `off`, true when `on`; anything else throws.
+bool env_choice(const char* name, const char* off, const char* on) {
+  const char* v = std::getenv(name);
+  if (!v || !*v || std::strcmp(v, off) == 0) return false;
+  OPTUNE_CHECK(std::strcmp(v, on) == 0,
+               std::string(name) + " must be " + off + " or " + on + " (got '" + std::string(v) + "')");
+  return true;
+}
+
 // ---- K-split decode GEMMs ------------------------------------------------------------------------------------------
 // A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
 // S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
@@ -223,13 +230,7 @@ int sm_count() {
 // at most kDecodeGemmMaxRows rows run on decode_gemm.cu's kernel (shapes it does not take, and fp32, stay on
 // cuBLAS). Measured on an H100 at GPT-2 124M's shape (bench_cuda_sample, 64 x 128 new tokens): own with the
 // automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k; so cuBLAS stays the default.
-bool own_decode_gemm_setting() {
-  const char* v = std::getenv("OPTUNE_CUDA_DECODE_GEMM");
-  if (!v || std::string(v).empty() || std::string(v) == "cublas") return false;
-  OPTUNE_CHECK(std::string(v) == "own",
-               "OPTUNE_CUDA_DECODE_GEMM must be cublas or own (got '" + std::string(v) + "')");
-  return true;
-}
+bool own_decode_gemm_setting() { return env_choice("OPTUNE_CUDA_DECODE_GEMM", "cublas", "own"); }
 
 // OPTUNE_CUDA_PREFETCH_WEIGHTS=1: in a decode step, the kernel before each group of GEMMs requests their weights
 // into L2 (L2Prefetch): norm1 the q/k/v weights, the decode attention the projection's, norm2 the MLP's. A decode
@@ -254,13 +255,7 @@ bool early_launch_setting() { return env_is("OPTUNE_CUDA_PDL", "1") && kernels_w
 // "select": a top-k up to kTopKSelectMax is selected (a radix select and a block sort of the k candidates) and a
 // top-p alone is drawn by mass in two radix descents, with no sort (sample_kernels.cu). Built without a GPU and not
 // run yet, so not the default; same draws as sorting (tests compare both with the CPU sampler).
-bool select_filters_setting() {
-  const char* v = std::getenv("OPTUNE_CUDA_FILTER");
-  if (!v || !*v || std::strcmp(v, "sort") == 0) return false;
-  OPTUNE_CHECK(std::strcmp(v, "select") == 0, "OPTUNE_CUDA_FILTER must be sort or select (got '" + std::string(v) +
-                                                  "')");
-  return true;
-}
+bool select_filters_setting() { return env_choice("OPTUNE_CUDA_FILTER", "sort", "select"); }
 
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
@@ -306,6 +301,7 @@ class Sampler {
     params_.vocab = V_;
     params_.logits_ld = LV_;
     params_.select_filters = select_filters_setting();
+    sorts_whole_rows_ = params_.ordered() && !top_k_by_selection(params_.select_k(), V_);
     allocate();
   }
 
@@ -414,7 +410,7 @@ class Sampler {
     }
     if (params_.ordered())
       sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k / top-p)");
-    if (params_.ordered() && !top_k_by_selection(params_.select_k(), V_)) {  // the full sort's scratch
+    if (sorts_whole_rows_) {  // the full sort's scratch
       sort_.max_rows = sort_chunk_rows(R_, V_);
       const size_t n = static_cast<size_t>(sort_.max_rows) * V_;
       sort_keys_in_ = alloc<uint64_t>(n, "sampler sort keys");
@@ -704,7 +700,7 @@ class Sampler {
   void order_rows(int n_rows) {
     if (!params_.ordered()) return;
     sort_rows(sorted_.data(), logits_.data(), LV_, n_rows, V_, params_.select_k(), sort_, st());
-    if (!top_k_by_selection(params_.select_k(), V_)) row_sorts_++;
+    if (sorts_whole_rows_) row_sorts_++;
   }
 
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
@@ -748,6 +744,7 @@ class Sampler {
   bool prefetch_weights_ = false;  // decode steps request their GEMMs' weights into L2 (OPTUNE_CUDA_PREFETCH_WEIGHTS)
   bool prefetch_kv_ = false;       // the decode attention requests its cache rows into L2 (OPTUNE_CUDA_PREFETCH_KV)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
+  bool sorts_whole_rows_ = false;  // ordered draws whose rows sort_rows sorts whole (not a top-k it selects)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_
   Params params_;
