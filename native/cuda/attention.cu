@@ -300,10 +300,8 @@ static dim3 tile_grid(int max_len, int n_seq, int heads) {
 // take up to 85 KB, at head_dim 128; every GPU from sm_80 on allows 99 KB or more).
 template <class Kernel>
 static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim) {
-  int dev = 0, optin = 0;
-  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
-  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  OPTUNE_CHECK(bytes <= static_cast<size_t>(optin),
+  const size_t optin = block_smem_limit();
+  OPTUNE_CHECK(bytes <= optin,
                std::string("cuda attention: the ") + what + " at head_dim " + std::to_string(head_dim) + " needs " +
                    std::to_string(bytes) + " bytes of shared memory per block and this GPU allows " +
                    std::to_string(optin) + "; run this model on a GPU with more or on the CPU");

@@ -23,6 +23,7 @@
 
 #include "check.cuh"
 #include "core/error.h"
+#include "memory.h"
 #include "mma.cuh"
 #include "ops.h"
 
@@ -630,11 +631,8 @@ bool attention_mma_supported(int head_dim) {
   // The block's shared memory must fit the GPU: data-center GPUs allow 163-227 KB per block, the GeForce and
   // workstation ones (sm_86, sm_89, sm_120) 99 KB, less than head_dim 128's backward takes (102.5 KB); there the
   // attention runs on the fp32 kernels (attention.cu), forward and backward alike.
-  int dev = 0, optin = 0;
-  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
-  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   const size_t most = std::max({forward_smem(head_dim), backward_kv_smem(head_dim), backward_q_smem(head_dim)});
-  return most <= static_cast<size_t>(optin);
+  return most <= block_smem_limit();
 }
 
 void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,

@@ -1,5 +1,6 @@
 // Device discovery, allocation and copies. Allocation failures say how much was asked for and how much the device
 // has free, so "out of memory" comes with the numbers needed to pick a smaller batch.
+#include <atomic>
 #include <cstdio>
 #include <string>
 
@@ -37,6 +38,16 @@ int current_device() {
   return d;
 }
 
+size_t block_smem_limit() {
+  static std::atomic<int> known[64] = {};  // per device; 0: not asked yet
+  const int dev = current_device();
+  if (dev < 64 && known[dev].load() > 0) return static_cast<size_t>(known[dev].load());
+  int optin = 0;
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (dev < 64) known[dev].store(optin);
+  return static_cast<size_t>(optin);
+}
+
 std::string device_description(int device) {
   cudaDeviceProp p;
   OPTUNE_CUDA_CHECK(cudaGetDeviceProperties(&p, device));
@@ -54,9 +65,7 @@ DeviceProps device_props(int device) {
   d.major = p.major, d.minor = p.minor;
   d.total_bytes = p.totalGlobalMem;
   d.unusable = compute_capability_problem(p.major, p.minor);
-  int current = 0;
-  OPTUNE_CUDA_CHECK(cudaGetDevice(&current));
-  if (current == device) {
+  if (current_device() == device) {
     size_t free_b = 0, total_b = 0;
     OPTUNE_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     d.free_bytes = free_b, d.free_known = true;

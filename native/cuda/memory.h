@@ -15,6 +15,9 @@ int device_count();
 const char* build_archs();
 // The device this process's CUDA calls go to (0 unless changed; CUDA_VISIBLE_DEVICES picks which GPU that is).
 int current_device();
+// Bytes of shared memory one block may opt into on the current device (99 KB on sm_86 / sm_89 / sm_120, 163-227 KB
+// on data-center GPUs); asked once per device.
+size_t block_smem_limit();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"; throws when the device does not exist.
 std::string device_description(int device);
 // Name, compute capability and memory of a device (free memory for the current device only: asking another one
