@@ -64,7 +64,7 @@ void bias_residual(float* out, const float* bias, const float* x, int rows, int 
 // change from run to run for the same shapes. Strict fp32 also under OPTUNE_CUDA_TF32 (a sum, not a matmul).
 void bias_backward(float* dbias, const float* dout, const float* ones, int rows, int cols) {
   if (rows <= 0 || cols <= 0) return;
-  gemm(false, false, 1, cols, rows, 1.0f, ones, rows, dout, cols, 1.0f, dbias, cols, false);
+  gemm(false, false, 1, cols, rows, 1.0f, ones, rows, dout, cols, 1.0f, dbias, cols, /*allow_tf32=*/false);
 }
 
 __global__ void fill_kernel(float* p, float value, int64_t n) {

@@ -21,8 +21,7 @@ namespace optune::cuda {
 static cublasHandle_t cublas() {
   thread_local cublasHandle_t handle = [] {
     cublasHandle_t h = nullptr;
-    OPTUNE_CUBLAS_CHECK(cublasCreate(&h));
-    OPTUNE_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+    OPTUNE_CUBLAS_CHECK(cublasCreate(&h));  // (the math mode is set at each fp32 GEMM: tf32_matmuls())
     return h;
   }();
   return handle;
