@@ -669,9 +669,15 @@ TEST(selected_filters_draw_as_sorted_ones) {
     CHECK_MSG(sort_stats.row_sorts > 0, what + ": sort sorted no row");
     CHECK_MSG(select_stats.row_sorts == 0, what + ": select sorted whole rows");
     check_layout(req, selected, what);
-    CHECK_MSG(worst_logp_error(*m, req, selected) < 1e-4, what + ": log-probs");
+    // the bound of decode_logps_match_full_cpu_forward_fp32: 4x the CPU sampler's own decode-vs-full error on this
+    // request, at least 1e-4 (std 0.5 weights give logits where a few ulp exceed 1e-4 for unlikely tokens)
+    const double worst = worst_logp_error(*m, req, selected);
+    const double bound = std::max(1e-4, 4 * worst_logp_error(*m, req, sample(*m, req)));
+    CHECK_MSG(worst < bound, what + ": worst log-prob error " + std::to_string(worst) + " (bound " +
+                                 std::to_string(bound) + ")");
     const double same = agreement(selected, sorted);
-    std::printf("  %s: %.0f%% of responses equal the sorted path's\n", what.c_str(), 100 * same);
+    std::printf("  %s: %.0f%% of responses equal the sorted path's, worst log-prob error %.2e (bound %.2e)\n",
+                what.c_str(), 100 * same, worst, bound);
     if (f.top_k > 0)
       CHECK_MSG(selected.tokens == sorted.tokens && selected.token_logps == sorted.token_logps,
                 what + ": selected and sorted candidates drew different tokens");
