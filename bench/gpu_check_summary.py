@@ -100,9 +100,7 @@ SAMPLE_VARIANTS = {"sample_split_auto": "K-split auto", "sample_own": "own GEMM"
                    "sample_pdl": "early launches (PDL)", "sample_own_pdl": "own GEMM, early launches",
                    "sample_own_pdl_prefetch": "own GEMM, early launches, both prefetches",
                    "sample_top_p": "top-p 0.9 sorted, peer unfiltered",
-                   "sample_top_k": "top-k 50 sorted, peer unfiltered",
-                   "sample_top_p_select": "top-p 0.9 by mass (OPTUNE_CUDA_FILTER=select), peer unfiltered",
-                   "sample_top_k_select": "top-k 50 selected (OPTUNE_CUDA_FILTER=select), peer unfiltered"}
+                   "sample_top_k": "top-k 50 sorted, peer unfiltered"}
 
 
 def native_records(out):

@@ -15,11 +15,8 @@
 // (that with both prefetches). max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
 // the own kernel; early_launch: whether the own kernels launched early (sm_90 and up). The environment the
 // benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered draws:
-// "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step (the default), then
-// "sample_top_p_select" (OPTUNE_CUDA_FILTER=select: drawn by mass without an order, two radix descents per row) and
-// "sample_top_k_select" (the row's 50 candidates selected and sorted alone; sample_kernels.cu). Random weights give
-// nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller
-// (the draw's descent then leaves out the keys below it).
+// "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give
+// nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>
@@ -120,8 +117,6 @@ int main(int argc, char** argv) {
           {"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
-        {"sample_top_p_select", {{"OPTUNE_CUDA_FILTER", "select"}}, 0, 0.9f},
-        {"sample_top_k_select", {{"OPTUNE_CUDA_FILTER", "select"}}, 50, 1.0f},
     };
     if (only.empty() || only == "bf16") {
       for (const Variant& v : variants) {

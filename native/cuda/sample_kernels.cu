@@ -12,15 +12,12 @@
 // group's elements the element (walking the segment 32 elements at a time took a dependent scan per step, ~50 steps
 // at V = 50257). Same order of elements as the CPU, different order of additions: a draw within rounding distance of
 // a boundary can pick the neighbouring token. The order of a filtered draw comes from one cub radix sort of (row,
-// logit) keys per step (stable, so equal logits keep index order). Under OPTUNE_CUDA_FILTER=select
-// (Params::select_filters) a top-k draw's order comes instead from one block per row that selects the k candidates
-// (a radix select of the k-th largest logit) and sorts only them, for k up to kTopKSelectMax, and a top-p draw
-// without a top-k needs no order: two radix descents by mass find the nucleus's end and the drawn token.
+// logit) keys per step (stable, so equal logits keep index order). (Selecting a top-k's candidates, and drawing a
+// top-p by mass in radix descents without an order, one block per row, ran 1.6-2.3x slower on an H200: RESULTS.md.)
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
 #include <climits>
-#include <string>
 
 #include "check.cuh"
 #include "core/error.h"
@@ -172,245 +169,8 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
   return *s_result;
 }
 
-// ---- top-p without an order: the nucleus by mass -------------------------------------------------------------------
-// A top-p draw (no top-k) reads the (logit desc, index asc) order only up to the token it lands on, so it needs no
-// sort of the vocabulary (cub: 64 x 50257 keys and values through 5 passes each step, before the draw's gathers).
-// Two radix descents over the logits' order keys find, by mass, first the token where the nucleus ends (its
-// running mass reaches top_p of the total) and then the drawn token (the running mass passes u times the
-// nucleus's). Each level of a descent sums the mass of the keys under its prefix per 8-bit digit and keeps the
-// digit where the running mass, from the largest keys down, reaches what is left of the target.
-// Masses are integers: each token's exp((z - max) / T) in float, times 2^bits, rounded, with bits such that a row's
-// total stays at most 2^52 (exact in double, and the same whatever the order of the atomic additions), so a row gives
-// the same token on every run. A token below 2^-(bits + 1) of the largest weight (bits = 36 at V = 50257) rounds to
-// mass 0 and is never drawn: the sorted path draws each such token with probability under 2^-(bits + 1) (7e-12),
-// all of them together under V 2^-(bits + 1) (4e-7). Against that path's sums in double in sorted order, a draw
-// within rounding distance of a token boundary can pick the neighbouring token.
-
-// Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints, and back.
-// -0 maps as +0: the CPU compares logits as floats, so equal ones (+0 and -0 too) go in index order.
-__device__ inline uint32_t logit_order(float x) {
-  const uint32_t u = x == 0.0f ? 0u : __float_as_uint(x);
-  return u ^ ((u & 0x80000000u) ? 0xffffffffu : 0x80000000u);
-}
-__device__ inline float logit_of_order(uint32_t u) {
-  return __uint_as_float(u ^ ((u & 0x80000000u) ? 0x80000000u : 0xffffffffu));
-}
-
-// How many threads before this one have `flag` set, in thread order; *total: how many in the block.
-__device__ inline int block_exclusive_count(bool flag, int* warp_counts, int* total) {
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const unsigned ballot = __ballot_sync(kFull, flag);
-  __syncthreads();  // earlier readers of warp_counts are done
-  if (lane == 0) warp_counts[warp] = __popc(ballot);
-  __syncthreads();
-  int before = 0, all = 0;
-  for (int w = 0; w < kPickWarps; w++) {
-    before += w < warp ? warp_counts[w] : 0;
-    all += warp_counts[w];
-  }
-  *total = all;
-  return before + __popc(ballot & ((1u << lane) - 1u));
-}
-
-// Calls f(j, z[j], valid) over a 16-byte aligned row in rounds in which every thread of the block takes part
-// (warp collectives inside f are allowed; valid is false past n): each round a thread issues kLoads 16-byte loads
-// before using any, as for_each_in_row.
-template <class F>
-__device__ inline void for_each_in_row_together(const float* z, int n, const F& f) {
-  constexpr int kLoads = 4;
-  const float4* z4 = reinterpret_cast<const float4*>(z);
-  const int n4 = n / 4, step = blockDim.x;
-  for (int c0 = 0; c0 < n4; c0 += kLoads * step) {
-    float4 x[kLoads];
-#pragma unroll
-    for (int b = 0; b < kLoads; b++) {
-      const int i = c0 + b * step + threadIdx.x;
-      x[b] = i < n4 ? z4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    }
-#pragma unroll
-    for (int b = 0; b < kLoads; b++) {
-      const int i = c0 + b * step + threadIdx.x;
-      f(4 * i, x[b].x, i < n4), f(4 * i + 1, x[b].y, i < n4), f(4 * i + 2, x[b].z, i < n4);
-      f(4 * i + 3, x[b].w, i < n4);
-    }
-  }
-  const int j = 4 * n4 + threadIdx.x;  // the last n % 4 elements
-  if (4 * n4 < n) f(j, j < n ? z[j] : 0.0f, j < n);
-}
-
-struct MassScratch {
-  unsigned long long hist[256];          // mass per digit at the current level
-  unsigned long long target;
-  uint32_t digit;
-  unsigned long long above;              // mass of the digits above it at this level
-  int found;
-};
-
-// hist[digit] += m over the lanes of the warp with `on` set (0 < m <= 2^52): one atomic per distinct digit, from the
-// lowest lane holding it, with its peers' sum (redux.sync per 16-bit piece: each piece's sum stays below 2^21, and
-// integers add up the same in any order).
-__device__ inline void warp_add_mass(MassScratch& sm, bool on, uint32_t digit, unsigned long long m) {
-  if (__ballot_sync(kFull, on) == 0) return;  // warp-uniform
-  const int lane = threadIdx.x % 32;
-  const unsigned peers = __match_any_sync(kFull, on ? digit : 256u + lane);  // off lanes: a group of their own
-  unsigned long long sum = 0;
-#pragma unroll
-  for (int piece = 0; piece < 4; piece++) {
-    const unsigned part = static_cast<unsigned>((m >> (16 * piece)) & 0xffffu);
-    sum += static_cast<unsigned long long>(__reduce_add_sync(peers, part)) << (16 * piece);
-  }
-  if (on && lane == __ffs(peers) - 1) atomicAdd(&sm.hist[digit], sum);
-}
-
-// Where the running mass, over the keys in (logit desc, index asc) order, first reaches target_of(total), total
-// being the mass of the keys >= lowest (the first level's digits sum to it, so no pass of its own; 1 <= target <=
-// total): the key there, the mass of all larger keys, and how many keys equal to it up to and including that
-// position (>= 1). mass(x): the integer mass of logit x; keys below `lowest` are left out (the running mass reaches
-// the target before them: a draw inside a known nucleus adds none of the rest of the row to its histograms, though
-// each level still reads the whole row).
-struct Reach {
-  uint32_t key;
-  unsigned long long above;
-  long long ties;
-};
-
-template <class Mass, class Target>
-__device__ Reach reach_mass(const float* z, int n, const Mass& mass, const Target& target_of, uint32_t lowest,
-                            MassScratch& sm) {
-  const int lane = threadIdx.x % 32;
-  uint32_t prefix = 0, mask = 0;
-  unsigned long long above = 0, target = 0;  // target: warp 0's copy (sm.target: everyone's, after the levels)
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) sm.hist[i] = 0;
-    __syncthreads();
-    for_each_in_row_together(z, n, [&](int, float x, bool valid) {
-      const uint32_t u = logit_order(x);
-      const bool under = valid && (u & mask) == prefix && u >= lowest;
-      const unsigned long long m = under ? mass(x) : 0ull;
-      warp_add_mass(sm, m > 0, (u >> shift) & 255u, m);
-    });
-    __syncthreads();
-    if (threadIdx.x < 32) {  // warp 0, from the top digit down: lane l holds digits 255 - 8l .. 248 - 8l
-      unsigned long long own = 0;
-      for (int k = 0; k < 8; k++) own += sm.hist[255 - 8 * lane - k];
-      unsigned long long incl = own;  // inclusive scan over the lanes
-      for (int o = 1; o < 32; o <<= 1) {
-        const unsigned long long y = __shfl_up_sync(kFull, incl, o);
-        if (lane >= o) incl += y;
-      }
-      if (shift == 24) {  // the first level saw every key >= lowest: its digits' sum is their total
-        target = target_of(__shfl_sync(kFull, incl, 31));
-        if (lane == 0) sm.target = target;
-      }
-      const unsigned long long left = target - above;
-      // the first lane whose digits reach what is left; none only through a target past the total (the last lane)
-      const unsigned hit = __ballot_sync(kFull, incl >= left);
-      const int l = hit ? __ffs(hit) - 1 : 31;
-      if (lane == l) {
-        unsigned long long run = incl - own;
-        int k = 0;
-        while (k < 7 && run + sm.hist[255 - 8 * lane - k] < left) run += sm.hist[255 - 8 * lane - k++];
-        sm.digit = 255u - 8u * lane - k;
-        sm.above = run;
-      }
-    }
-    __syncthreads();
-    prefix |= sm.digit << shift;
-    mask |= 255u << shift;
-    above += sm.above;
-  }
-  // every key under the full prefix is that key: equal masses
-  const unsigned long long each = mass(logit_of_order(prefix)), left = sm.target - above;
-  return {prefix, above, each ? static_cast<long long>((left + each - 1) / each) : 1};
-}
-
-// The index of the k-th (1-based) element of the row whose order key is `key`, in index order (k >= 1; -1 when the
-// row has fewer).
-__device__ int kth_with_key(const float* z, int n, uint32_t key, long long k, MassScratch& sm, int* warp_counts) {
-  if (threadIdx.x == 0) sm.found = INT_MAX;
-  __syncthreads();
-  if (k == 1) {  // the lowest index: one pass with its loads in flight
-    int lowest = INT_MAX;
-    for_each_in_row(z, n, [&](int j, float x) {
-      if (logit_order(x) == key) lowest = min(lowest, j);
-    });
-    for (int o = 16; o > 0; o >>= 1) lowest = min(lowest, __shfl_xor_sync(kFull, lowest, o));
-    if (threadIdx.x % 32 == 0 && lowest != INT_MAX) atomicMin(&sm.found, lowest);
-  } else {  // exact ties: rounds in index order, one load each (rare)
-    long long seen = 0;
-    for (int c0 = 0; c0 < n && seen < k; c0 += blockDim.x) {  // seen: block-wide, so the loop is uniform
-      const int j = c0 + threadIdx.x;
-      const bool equal = j < n && logit_order(z[j]) == key;
-      int n_equal;
-      const int rank = block_exclusive_count(equal, warp_counts, &n_equal);
-      if (equal && seen + rank == k - 1) sm.found = j;
-      seen += n_equal;
-    }
-  }
-  __syncthreads();
-  const int found = sm.found;
-  __syncthreads();  // read by all before the next use of sm
-  return found == INT_MAX ? -1 : found;
-}
-
-// The top-p draw of a row (temperature != 0, top_p < 1, no top-k): the token at which the running mass passes u
-// times the nucleus's mass. mx: the row's largest logit; u in [0, 1).
-__device__ int nucleus_draw(const float* z, int n, float mx, float inv_t, float top_p, double u, MassScratch& sm,
-                            int* warp_counts) {
-  int log_n = 0;
-  while ((1ll << log_n) < n) log_n++;
-  const double scale = ldexp(1.0, 52 - log_n);  // n masses of at most 2^(52 - log_n) each: total <= 2^52
-  const auto mass = [&](float x) { return __double2ull_rn(static_cast<double>(expf((x - mx) * inv_t)) * scale); };
-  // the nucleus: up to where the running mass first reaches top_p of the total (>= 2^(52 - log_n): the largest
-  // logit's mass)
-  const auto cut_at = [&](unsigned long long total) {
-    const double want = ceil(static_cast<double>(top_p) * static_cast<double>(total));
-    return static_cast<unsigned long long>(fmin(fmax(want, 1.0), static_cast<double>(total)));
-  };
-  const Reach cut = reach_mass(z, n, mass, cut_at, 0u, sm);
-  const unsigned long long nucleus = cut.above + cut.ties * mass(logit_of_order(cut.key));
-  // the draw: the first position whose running mass exceeds u times the nucleus's, i.e. reaches floor(u M) + 1
-  const double below = floor(u * static_cast<double>(nucleus));
-  const auto draw_at = [&](unsigned long long) {
-    return static_cast<unsigned long long>(fmin(below + 1.0, static_cast<double>(nucleus)));
-  };
-  const Reach at = reach_mass(z, n, mass, draw_at, cut.key, sm);  // inside the nucleus: keys >= its last
-  return kth_with_key(z, n, at.key, at.ties, sm, warp_counts);
-}
-
-// Test entry (sort_rows.h): draws[r * n_u + i] = nucleus_draw of row r with uniform u[i]. One block per row.
-__global__ void __launch_bounds__(kPickThreads) nucleus_draws_kernel(int32_t* draws, const float* logits, int ld,
-                                                                     int vocab, float inv_t, float top_p,
-                                                                     const double* u, int n_u) {
-  __shared__ MassScratch sm;
-  __shared__ float max_scratch[32];
-  __shared__ int warp_counts[kPickWarps];
-  const float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
-  float mx = -INFINITY;
-  for_each_in_row(z, vocab, [&](int, float x) { mx = fmaxf(mx, x); });
-  mx = block_max(mx, max_scratch);
-  for (int i = 0; i < n_u; i++) {
-    const int t = nucleus_draw(z, vocab, mx, inv_t, top_p, u[i], sm, warp_counts);
-    if (threadIdx.x == 0) draws[static_cast<int64_t>(blockIdx.x) * n_u + i] = t;
-  }
-}
-
-void nucleus_draws(int32_t* draws, const float* logits, int ld, int n_rows, int vocab, float temperature,
-                   float top_p, const double* u, int n_u, cudaStream_t st) {
-  OPTUNE_CHECK(ld % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0 && temperature > 0.0f,
-               "internal: nucleus_draws reads 16-byte aligned rows at a positive temperature");
-  if (n_rows <= 0 || n_u <= 0) return;
-  nucleus_draws_kernel<<<n_rows, kPickThreads, 0, st>>>(draws, logits, ld, vocab,
-                                                       static_cast<float>(1.0 / temperature), top_p, u, n_u);
-  OPTUNE_CUDA_CHECK_LAUNCH();
-}
-
 // ---- picking --------------------------------------------------------------------------------------------------------
 
-// BY_MASS: the instantiation for a top-p alone under OPTUNE_CUDA_FILTER=select (filtered and not ordered): it holds
-// nucleus_draw and not the sorted walk; the other holds the walk, and is the kernel the GPU tests have run (164 bytes spilled and 644 of
-// shared memory for sm_90 by ptxas, against 176 and 2856 with it).
-template <bool BY_MASS>
 __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits, int logits_div,
                                                             const int32_t* sorted, int n_rows, State s, Params p) {
   __shared__ double seg_sum[kPickWarps];
@@ -418,8 +178,6 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   __shared__ int red_i[kPickWarps];
   __shared__ float scratch[32];
   __shared__ int result;
-  __shared__ MassScratch mass_sm;  // top-p draws without an order
-  __shared__ int warp_counts[kPickWarps];
   const int a = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (a >= min(n_rows, s.ctl[0])) return;  // block-uniform exits only: the block synchronizes below
   const int slot = s.active[a], step = s.n_out[slot], V = p.vocab, row = a / logits_div;
@@ -464,9 +222,6 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
       const double total = block_segments(V, w, seg_sum);
       const int t = block_crossing(V, w, u * total, true, seg_sum, &result);
       token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
-    } else if constexpr (BY_MASS) {  // top-p alone (each instance compiles one of the two filtered draws)
-      const int t = nucleus_draw(z, V, mx, static_cast<float>(inv_t), p.top_p, u, mass_sm, warp_counts);
-      token = t >= 0 ? t : arg;  // (t >= 0: the drawn key is in the row)
     } else {
       const int32_t* idx = sorted + static_cast<int64_t>(row) * V;
       const auto w = [&](int i) { return exp(static_cast<double>(z[idx[i]] - mx) * inv_t); };
@@ -496,12 +251,18 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
 void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
                  const Params& p, cudaStream_t st) {
   if (n_rows <= 0) return;
-  const auto kernel = p.filtered() && !p.ordered() ? pick_kernel<true> : pick_kernel<false>;
-  kernel<<<n_rows, kPickThreads, 0, st>>>(logits, logits_div, sorted, n_rows, s, p);
+  pick_kernel<<<n_rows, kPickThreads, 0, st>>>(logits, logits_div, sorted, n_rows, s, p);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 // ---- sorting rows of logits -----------------------------------------------------------------------------------------
+
+// Unsigned, ascending with the logit: an order-preserving map of floats onto unsigned ints.
+// -0 maps as +0: the CPU compares logits as floats, so equal ones (+0 and -0 too) go in index order.
+__device__ inline uint32_t logit_order(float x) {
+  const uint32_t u = x == 0.0f ? 0u : __float_as_uint(x);
+  return u ^ ((u & 0x80000000u) ? 0xffffffffu : 0x80000000u);
+}
 
 // A key whose ascending order is (row asc, logit desc); stable radix sort keeps equal logits in index order.
 __device__ inline uint64_t row_logit_key(int row, float x) {
@@ -524,61 +285,6 @@ static int row_bits(int rows) {
   return b;
 }
 
-// ---- top-k by selection --------------------------------------------------------------------------------------------
-// The full sort moves every row's vocabulary through 5 radix passes each step (64 x 50257 keys and values: an
-// estimate of ~0.15-0.2 ms on an H100, against a ~0.7 ms step), when a top-k draw reads only k candidates in order.
-
-static_assert(kTopKSelectMax == kPickThreads, "one candidate per thread in the block sort");
-
-// One block of kPickThreads per row; 0 < k <= kTopKSelectMax, k < vocab.
-__global__ void __launch_bounds__(kPickThreads) top_k_select_kernel(int32_t* sorted, const float* logits, int ld,
-                                                                    int vocab, int k) {
-  __shared__ MassScratch sm;
-  __shared__ int warp_counts[kPickWarps];
-  __shared__ uint64_t cand[kTopKSelectMax];
-  const float* z = logits + static_cast<int64_t>(blockIdx.x) * ld;
-
-  // 1. T = the k-th largest order key: where the running count (a mass of 1 per key) reaches k; `need`: how many
-  // keys equal to T the top k hold (the others lie above T). Integer counts: the same T on every run.
-  const auto count_k = [k](unsigned long long) { return static_cast<unsigned long long>(k); };
-  const Reach kth = reach_mass(z, vocab, [](float) { return 1ull; }, count_k, 0u, sm);
-  const int need = static_cast<int>(kth.ties);
-
-  // 2. the candidates, in index order: every key above T, and the first `need` equal to it (index asc, as the
-  // full sort's ties)
-  const uint32_t T = kth.key;
-  int taken = 0, equal_seen = 0;
-  for (int c0 = 0; c0 < vocab; c0 += blockDim.x) {
-    const int j = c0 + threadIdx.x;
-    const uint32_t u = j < vocab ? logit_order(z[j]) : 0u;
-    const bool equal = j < vocab && u == T;
-    int n_equal, n_take;
-    const int equal_rank = equal_seen + block_exclusive_count(equal, warp_counts, &n_equal);
-    const bool take = j < vocab && (u > T || (equal && equal_rank < need));
-    const int at = taken + block_exclusive_count(take, warp_counts, &n_take);
-    if (take) cand[at] = (static_cast<uint64_t>(~u) << 32) | static_cast<uint32_t>(j);  // ascending: logit desc
-    taken += n_take, equal_seen += n_equal;
-  }
-  for (int i = taken + threadIdx.x; i < kTopKSelectMax; i += blockDim.x) cand[i] = ~0ull;  // padding sorts last
-
-  // 3. bitonic sort of the candidates (blockDim.x == kTopKSelectMax: one element per thread)
-  for (int size = 2; size <= kTopKSelectMax; size <<= 1) {
-    for (int stride = size / 2; stride > 0; stride >>= 1) {
-      __syncthreads();
-      const int i = threadIdx.x, partner = i ^ stride;
-      if (partner > i) {
-        const uint64_t a = cand[i], b = cand[partner];
-        if ((a > b) == ((i & size) == 0)) cand[i] = b, cand[partner] = a;
-      }
-    }
-  }
-  __syncthreads();
-  int32_t* out = sorted + static_cast<int64_t>(blockIdx.x) * vocab;
-  for (int i = threadIdx.x; i < k; i += blockDim.x) out[i] = static_cast<int32_t>(cand[i] & 0xffffffffu);
-}
-
-bool top_k_by_selection(int top_k, int vocab) { return top_k > 0 && top_k < vocab && top_k <= kTopKSelectMax; }
-
 int sort_chunk_rows(int n_rows, int vocab) {
   const int64_t budget = int64_t(1) << 23;  // keys per sort: ~200 MB of keys, values and temp storage
   const int64_t rows = std::min<int64_t>({n_rows, budget / std::max(vocab, 1), 65535});  // 65535: sort_keys' grid.y
@@ -594,16 +300,9 @@ size_t sort_temp_bytes(int chunk_rows, int vocab) {
   return bytes;
 }
 
-void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, int top_k, const SortScratch& sc,
+void sort_rows(int32_t* sorted, const float* logits, int ld, int n_rows, int vocab, const SortScratch& sc,
                cudaStream_t st) {
   if (n_rows <= 0) return;
-  if (top_k_by_selection(top_k, vocab)) {
-    OPTUNE_CHECK(ld % 4 == 0 && reinterpret_cast<uintptr_t>(logits) % 16 == 0,
-                 "internal: top-k selection reads logits rows 16-byte aligned (ld " + std::to_string(ld) + ")");
-    top_k_select_kernel<<<n_rows, kPickThreads, 0, st>>>(sorted, logits, ld, vocab, top_k);
-    OPTUNE_CUDA_CHECK_LAUNCH();
-    return;
-  }
   for (int r0 = 0; r0 < n_rows; r0 += sc.max_rows) {
     const int rows = std::min(sc.max_rows, n_rows - r0);
     const int n = rows * vocab;

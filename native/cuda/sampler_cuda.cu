@@ -250,13 +250,6 @@ bool prefetch_kv_setting() { return env_is("OPTUNE_CUDA_PREFETCH_KV", "1"); }
 // yet, so off by default. Same results either way.
 bool early_launch_setting() { return env_is("OPTUNE_CUDA_PDL", "1") && kernels_wait_when_early(); }
 
-// OPTUNE_CUDA_FILTER: how filtered draws (a top-k below the vocabulary, a top-p below 1) find their candidates.
-// Unset or "sort": each decode step sorts every filtered row whole (cub radix sort), the path the GPU tests have run.
-// "select": a top-k up to kTopKSelectMax is selected (a radix select and a block sort of the k candidates) and a
-// top-p alone is drawn by mass in two radix descents, with no sort (sample_kernels.cu). Built without a GPU and not
-// run yet, so not the default; same draws as sorting (tests compare both with the CPU sampler).
-bool select_filters_setting() { return env_choice("OPTUNE_CUDA_FILTER", "sort", "select"); }
-
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
 int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
@@ -300,8 +293,6 @@ class Sampler {
     params_.seed = r.seed, params_.temperature = r.temperature, params_.top_k = r.top_k, params_.top_p = r.top_p;
     params_.vocab = V_;
     params_.logits_ld = LV_;
-    params_.select_filters = select_filters_setting();
-    sorts_whole_rows_ = params_.ordered() && !top_k_by_selection(params_.select_k(), V_);
     allocate();
   }
 
@@ -408,9 +399,8 @@ class Sampler {
       rope_ = alloc<float2>(static_cast<size_t>(cap_) * (c_.head_dim / 2), "sampler RoPE rotations");
       rope_table(rope_.data(), cap_, c_.head_dim, c_.rope_theta, st());
     }
-    if (params_.ordered())
+    if (params_.filtered()) {  // the sorted vocabulary and the sort's scratch
       sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k / top-p)");
-    if (sorts_whole_rows_) {  // the full sort's scratch
       sort_.max_rows = sort_chunk_rows(R_, V_);
       const size_t n = static_cast<size_t>(sort_.max_rows) * V_;
       sort_keys_in_ = alloc<uint64_t>(n, "sampler sort keys");
@@ -695,12 +685,11 @@ class Sampler {
     }
   }
 
-  // Orders the first n_rows logits rows when the draws read them in order (Params::ordered, sort_rows); counts the
-  // calls that sort whole rows (stats).
+  // Orders the first n_rows logits rows when the draws are filtered (sort_rows); counts the calls (stats).
   void order_rows(int n_rows) {
-    if (!params_.ordered()) return;
-    sort_rows(sorted_.data(), logits_.data(), LV_, n_rows, V_, params_.select_k(), sort_, st());
-    if (sorts_whole_rows_) row_sorts_++;
+    if (!params_.filtered()) return;
+    sort_rows(sorted_.data(), logits_.data(), LV_, n_rows, V_, sort_, st());
+    row_sorts_++;
   }
 
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
@@ -744,7 +733,6 @@ class Sampler {
   bool prefetch_weights_ = false;  // decode steps request their GEMMs' weights into L2 (OPTUNE_CUDA_PREFETCH_WEIGHTS)
   bool prefetch_kv_ = false;       // the decode attention requests its cache rows into L2 (OPTUNE_CUDA_PREFETCH_KV)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
-  bool sorts_whole_rows_ = false;  // ordered draws whose rows sort_rows sorts whole (not a top-k it selects)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_
   Params params_;

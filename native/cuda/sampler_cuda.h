@@ -46,8 +46,7 @@ struct SamplerStats {
   int own_gemms = 0;         // decode GEMMs issued to decode_gemm.cu's kernel (eager and captured; 0: all cuBLAS)
   bool early_launch = false; // decode steps launched their own kernels early (OPTUNE_CUDA_PDL=1 on sm_90+)
   bool tf32 = false;         // the fp32 GEMMs were allowed TF32 tensor cores (OPTUNE_CUDA_TF32=1; cuBLAS picks)
-  int row_sorts = 0;         // calls that sorted whole logits rows for filtered draws (eager and captured; 0:
-                             // none filtered, or OPTUNE_CUDA_FILTER=select with a top-k up to 1024 or a top-p alone)
+  int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not

@@ -157,17 +157,11 @@ struct Params {
   float top_p = 1.0f;
   int vocab = 0;
   int logits_ld = 0;  // row stride of the logits (the vocabulary rounded up to 8: 16-byte aligned rows for cuBLAS)
-  // How filtered draws find their candidates (OPTUNE_CUDA_FILTER in sampler_cuda.cu). false ("sort"): every
-  // filtered row is sorted whole (cub), the path that has run on GPUs. true ("select"): a top-k up to
-  // kTopKSelectMax is selected and a top-p alone is drawn by mass without an order (sample_kernels.cu).
-  bool select_filters = false;
-  __host__ __device__ bool top_k_filters() const { return top_k > 0 && top_k < vocab; }
-  __host__ __device__ bool filtered() const { return temperature != 0.0f && (top_k_filters() || top_p < 1.0f); }
-  // Whether the draws read the rows in (logit desc, index asc) order (sort_rows): always when sorting, with a top-k
-  // when selecting.
-  __host__ __device__ bool ordered() const { return filtered() && (!select_filters || top_k_filters()); }
-  // The top_k that sort_rows selects (0: it sorts whole rows).
-  int select_k() const { return select_filters ? top_k : 0; }
+  // Filtered draws (a top-k below the vocabulary, a top-p below 1) read their rows in (logit desc, index asc)
+  // order (sort_rows).
+  __host__ __device__ bool filtered() const {
+    return temperature != 0.0f && ((top_k > 0 && top_k < vocab) || top_p < 1.0f);
+  }
 };
 
 // Rows 0 .. n_rows-1 of a decode step: row a < n_active takes slot active[a], its last token and position len;
@@ -175,7 +169,7 @@ struct Params {
 void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st);
 // Draws the next token of each active row a < min(n_rows, n_active) from logits row a / logits_div (the prefill
 // logits are one row per prompt, read by its K samples), unless the slot is done. sorted: per logits row, the
-// vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.ordered().
+// vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.filtered().
 void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
                  const Params& p, cudaStream_t st);
 // Rebuilds active[] (ascending slots that are neither finished nor at max_new) and ctl[0].

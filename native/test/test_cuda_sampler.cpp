@@ -12,10 +12,7 @@
 //    OPTUNE_CUDA_PREFETCH_KV) changes no bit;
 //  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
 //  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
-//  - a top-p draw alone is made by mass without sorting the row: the sorted walk's token but for rounding at a
-//    boundary, the same twice;
-//  - a top-k up to 1024 is selected rather than sorted: the same k tokens in the same order as the full sort and a
-//    stable sort on the host, ties included;
+//  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
 //    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
@@ -486,89 +483,6 @@ TEST(early_launches_change_no_result) {
   }
 }
 
-TEST(top_p_draws_without_an_order_match_sorted_ones) {
-  // A top-p draw alone is made by mass, without sorting the row (sample_kernels.cu): against a host walk over the
-  // row sorted by (logit desc, index asc) with sums in double, the same token for every uniform except one within
-  // rounding distance (1e-6 of the mass) of a token boundary; ties (quarters), a dominant logit, several
-  // temperatures and nuclei; the same tokens twice.
-  namespace sm = cuda::sampler;
-  testing::Rand r(57);
-  std::vector<double> us = {0.0, 1 - 1e-5};  // (1 - 1e-7 would always fall within the boundary's rounding)
-  for (int i = 0; i < 62; i++) us.push_back(r.uniform());
-  const cuda::Buffer<double> gu(us);
-  const int n_u = static_cast<int>(us.size());
-  int compared = 0, skipped = 0;
-  for (const int V : {7, 1000, 50257}) {
-    const int rows = 3, ld = (V + 7) / 8 * 8 + 8;
-    std::vector<float> z(static_cast<size_t>(rows) * ld, 1e30f);  // the padding must never be drawn
-    for (int i = 0; i < rows; i++)
-      for (int j = 0; j < V; j++) {
-        float& x = z[static_cast<size_t>(i) * ld + j];
-        x = i == 0 ? r.normal() * 3 : i == 1 ? (std::round(r.normal() * 4) + 0.5f) / 4 : r.normal() * 8;
-      }
-    z[2 * static_cast<size_t>(ld) + V / 2] += 30;  // row 2: one logit far above the rest
-    const cuda::Buffer<float> gz(z);
-    cuda::Buffer<int32_t> gdraws(static_cast<size_t>(rows) * n_u);
-    for (const float T : {1.0f, 0.7f}) {
-      for (const float top_p : {0.3f, 0.9f, 0.999f}) {
-        sm::nucleus_draws(gdraws.data(), gz.data(), ld, rows, V, T, top_p, gu.data(), n_u, nullptr);
-        const std::vector<int32_t> got = gdraws.download();
-        sm::nucleus_draws(gdraws.data(), gz.data(), ld, rows, V, T, top_p, gu.data(), n_u, nullptr);
-        CHECK_MSG(gdraws.download() == got, "top-p draws differ between two runs");
-        for (int i = 0; i < rows; i++) {
-          const float* zi = z.data() + static_cast<size_t>(i) * ld;
-          std::vector<int32_t> order(V);
-          for (int j = 0; j < V; j++) order[j] = j;
-          std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return zi[a] > zi[b]; });
-          std::vector<double> w(V);
-          double total = 0;
-          const float inv_t = static_cast<float>(1.0 / T);  // the device's weights: expf of a float argument
-          for (int t = 0; t < V; t++) total += w[t] = std::exp((zi[order[t]] - zi[order[0]]) * inv_t);
-          int keep = V;
-          double run = 0, cut_near = 1.0;  // how near the nucleus's end is to another token's, relative to the total
-          for (int t = 0; t < V; t++) {
-            const double before = run;
-            if ((run += w[t]) >= static_cast<double>(top_p) * total) {
-              keep = t + 1;
-              cut_near = std::min(std::abs(run - top_p * total), std::abs(before - top_p * total)) / total;
-              break;
-            }
-          }
-          double nucleus = 0;
-          for (int t = 0; t < keep; t++) nucleus += w[t];
-          for (int k = 0; k < n_u; k++) {
-            const double target = us[k] * nucleus;
-            int want = keep - 1;
-            double near = 1.0;  // distance of the nearest boundary to the target, relative to the nucleus's mass
-            run = 0;
-            for (int t = 0; t < keep; t++) {
-              run += w[t];
-              near = std::min(near, std::abs(run - target) / nucleus);
-              if (run > target) {
-                want = t;
-                break;
-              }
-            }
-            const int have = got[static_cast<size_t>(i) * n_u + k];
-            CHECK_MSG(have >= 0 && have < V, "top-p draw outside the vocabulary: " + std::to_string(have));
-            if (near < 1e-6 || cut_near < 1e-6) {  // expf here and there differ by a few ulp
-              skipped++;
-              continue;
-            }
-            compared++;
-            CHECK_MSG(have == order[want], "V " + std::to_string(V) + " row " + std::to_string(i) + " T " +
-                                               std::to_string(T) + " top_p " + std::to_string(top_p) + " u " +
-                                               std::to_string(us[k]) + ": drew " + std::to_string(have) +
-                                               ", the sorted walk " + std::to_string(order[want]));
-          }
-        }
-      }
-    }
-  }
-  std::printf("  %d top-p draws compared, %d within rounding of a boundary\n", compared, skipped);
-  CHECK(compared > 1000);
-}
-
 TEST(tf32_sampling_stays_close) {
   // fp32 sampling with OPTUNE_CUDA_TF32=1 (its GEMMs on TF32 tensor cores where cuBLAS takes them: at a few rows it
   // may keep fp32 kernels, so equal bits are allowed): log-probs within bf16's bound of a full CPU forward.
@@ -587,106 +501,50 @@ TEST(tf32_sampling_stays_close) {
               100 * agreement(tf32, strict), tf32.token_logps == strict.token_logps ? "the same" : "changed");
 }
 
-TEST(top_k_selection_equals_the_full_sort) {
-  // Rows with many equal logits (quarters), so the k-th largest value is usually tied and the lowest indices among
-  // the tied must be the ones kept; a row padded past the vocabulary (ld > V) as the sampler's logits are.
+TEST(row_sort_equals_a_host_stable_sort) {
+  // Rows with many equal logits (quarters), so equal logits must keep index order, and -0 beside +0 (equal as
+  // floats); rows padded past the vocabulary (ld > V) as the sampler's logits are. Every position of every row.
   namespace sm = cuda::sampler;
   testing::Rand r(53);
   for (const int V : {50, 1000, 50257}) {
     const int rows = 3, ld = (V + 7) / 8 * 8 + 8;
-    std::vector<float> z(static_cast<size_t>(rows) * ld, 1e30f);  // the padding must never be picked
+    std::vector<float> z(static_cast<size_t>(rows) * ld, 1e30f);  // the padding must never be sorted in
     for (int i = 0; i < rows; i++)
       for (int j = 0; j < V; j++) z[static_cast<size_t>(i) * ld + j] = (std::round(r.normal() * 8) + 0.5f) / 4;
+    z[3] = -0.0f, z[7] = 0.0f, z[11] = -0.0f;
     const cuda::Buffer<float> gz(z);
     sm::SortScratch sc;
     sc.max_rows = sm::sort_chunk_rows(rows, V);
     const size_t n = static_cast<size_t>(sc.max_rows) * V;
     cuda::Buffer<uint64_t> keys_in(n), keys_out(n);
-    cuda::Buffer<int32_t> vals(n), full(static_cast<size_t>(rows) * V), picked(static_cast<size_t>(rows) * V);
+    cuda::Buffer<int32_t> vals(n), sorted(static_cast<size_t>(rows) * V);
     sc.temp_bytes = sm::sort_temp_bytes(sc.max_rows, V);
     cuda::Buffer<char> temp(sc.temp_bytes);
     sc.keys_in = keys_in.data(), sc.keys_out = keys_out.data(), sc.vals_in = vals.data(), sc.temp = temp.data();
-    sm::sort_rows(full.data(), gz.data(), ld, rows, V, 0, sc, nullptr);
-    const std::vector<int32_t> want = full.download();
-    for (const int k : {1, 7, 50, 1000, 1024}) {
-      if (k >= V) continue;
-      CHECK(sm::top_k_by_selection(k, V));
-      sm::sort_rows(picked.data(), gz.data(), ld, rows, V, k, sm::SortScratch{}, nullptr);
-      const std::vector<int32_t> got = picked.download();
-      for (int i = 0; i < rows; i++) {
-        std::vector<int32_t> host(V);
-        for (int j = 0; j < V; j++) host[j] = j;
-        const float* zi = z.data() + static_cast<size_t>(i) * ld;
-        std::stable_sort(host.begin(), host.end(), [&](int32_t a, int32_t b) { return zi[a] > zi[b]; });
-        int differ_full = 0, differ_host = 0;
-        for (int t = 0; t < k; t++) {
-          differ_full += got[static_cast<size_t>(i) * V + t] != want[static_cast<size_t>(i) * V + t];
-          differ_host += got[static_cast<size_t>(i) * V + t] != host[t];
-        }
-        CHECK_MSG(differ_full == 0 && differ_host == 0,
-                  "V " + std::to_string(V) + " k " + std::to_string(k) + " row " + std::to_string(i) + ": " +
-                      std::to_string(differ_full) + " positions differ from the full sort, " +
-                      std::to_string(differ_host) + " from the host's stable sort");
-      }
+    sm::sort_rows(sorted.data(), gz.data(), ld, rows, V, sc, nullptr);
+    const std::vector<int32_t> got = sorted.download();
+    for (int i = 0; i < rows; i++) {
+      std::vector<int32_t> host(V);
+      for (int j = 0; j < V; j++) host[j] = j;
+      const float* zi = z.data() + static_cast<size_t>(i) * ld;
+      std::stable_sort(host.begin(), host.end(), [&](int32_t a, int32_t b) { return zi[a] > zi[b]; });
+      int differ = 0;
+      for (int t = 0; t < V; t++) differ += got[static_cast<size_t>(i) * V + t] != host[t];
+      CHECK_MSG(differ == 0, "V " + std::to_string(V) + " row " + std::to_string(i) + ": " + std::to_string(differ) +
+                                 " positions differ from the host's stable sort");
     }
-    CHECK(!sm::top_k_by_selection(0, V) && !sm::top_k_by_selection(V, V) && !sm::top_k_by_selection(1025, 60000));
   }
 }
 
 TEST(temperature_top_k_top_p_follow_their_definitions) {
   auto m = make_model(testing::tiny_gpt2());
   testing::randomize(*m, 35, 0.8f);
-  for (const char* filter : {"sort", "select"}) {  // OPTUNE_CUDA_FILTER: both ways of finding the candidates
-    const testing::ScopedEnv knob("OPTUNE_CUDA_FILTER", filter);
-    SampleRequest req = testing::check_sampling_definitions(
-        *m, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); });
-    // the same draws as the CPU sampler: the first tokens agree almost everywhere
-    req.n_samples = 2000;
-    const double agree = agreement(gpu_sample(*m, req), sample(*m, req));
-    CHECK_MSG(agree >= 0.99, std::string(filter) + ": top-p first tokens: only " + std::to_string(agree) +
-                                 " equal the CPU sampler's");
-  }
-}
-
-TEST(selected_filters_draw_as_sorted_ones) {
-  // OPTUNE_CUDA_FILTER=select against whole-row sorts (sort), on one model and seed. With a top-k the draws
-  // walk the same ordered candidates, so the tokens are the same; a top-p alone is drawn by mass instead of a walk,
-  // so a draw may differ only where its uniform falls within rounding of a boundary.
-  auto m = make_model(wide_gpt2());
-  testing::randomize(*m, 61, 0.5f);
-  const DeviceWeights w(*m, false);
-  struct Filter {
-    int top_k;
-    float top_p;
-  };
-  for (const Filter f : {Filter{10, 1.0f}, Filter{1, 1.0f}, Filter{40, 0.8f}, Filter{0, 0.9f}, Filter{0, 0.5f}}) {
-    SampleRequest req = prompts_request(kPrompts, 8, 16);
-    req.top_k = f.top_k, req.top_p = f.top_p, req.temperature = 0.9f;
-    const std::string what = "top_k " + std::to_string(f.top_k) + " top_p " + std::to_string(f.top_p);
-    cuda::SamplerStats sort_stats, select_stats;
-    const SampleResult sorted = sample_under({{"OPTUNE_CUDA_FILTER", "sort"}}, *m, w, req, &sort_stats);
-    const SampleResult selected = sample_under({{"OPTUNE_CUDA_FILTER", "select"}}, *m, w, req, &select_stats);
-    CHECK_MSG(sort_stats.row_sorts > 0, what + ": sort sorted no row");
-    CHECK_MSG(select_stats.row_sorts == 0, what + ": select sorted whole rows");
-    check_layout(req, selected, what);
-    // the bound of decode_logps_match_full_cpu_forward_fp32: 4x the CPU sampler's own decode-vs-full error on this
-    // request, at least 1e-4 (std 0.5 weights give logits where a few ulp exceed 1e-4 for unlikely tokens)
-    const double worst = worst_logp_error(*m, req, selected);
-    const double bound = std::max(1e-4, 4 * worst_logp_error(*m, req, sample(*m, req)));
-    CHECK_MSG(worst < bound, what + ": worst log-prob error " + std::to_string(worst) + " (bound " +
-                                 std::to_string(bound) + ")");
-    const double same = agreement(selected, sorted);
-    std::printf("  %s: %.0f%% of responses equal the sorted path's, worst log-prob error %.2e (bound %.2e)\n",
-                what.c_str(), 100 * same, worst, bound);
-    if (f.top_k > 0)
-      CHECK_MSG(selected.tokens == sorted.tokens && selected.token_logps == sorted.token_logps,
-                what + ": selected and sorted candidates drew different tokens");
-    else
-      CHECK_MSG(same >= 0.9, what + ": only " + std::to_string(same) + " of responses equal the sorted path's");
-  }
-  SampleRequest req = prompts_request(kPrompts, 1, 4);
-  req.top_k = 5;
-  CHECK_THROWS(sample_under({{"OPTUNE_CUDA_FILTER", "fast"}}, *m, w, req), "OPTUNE_CUDA_FILTER");
+  SampleRequest req = testing::check_sampling_definitions(
+      *m, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); });
+  // the same draws as the CPU sampler: the first tokens agree almost everywhere
+  req.n_samples = 2000;
+  const double agree = agreement(gpu_sample(*m, req), sample(*m, req));
+  CHECK_MSG(agree >= 0.99, "top-p first tokens: only " + std::to_string(agree) + " equal the CPU sampler's");
 }
 
 TEST(automatic_k_split_at_gpt2_width) {
@@ -725,22 +583,22 @@ TEST(large_vocabulary_draws_equal_cpu_sampler) {
   // the benchmark's do; the draws use the CPU sampler's uniforms, so they agree but for rounding at a boundary.
   auto m = make_model(testing::tiny_gpt2(50257));
   testing::randomize(*m, 49, 0.5f);  // flat enough that a top-p 0.9 nucleus spans thousands of tokens
-  for (const char* filter : {"sort", "select"})  // OPTUNE_CUDA_FILTER
-    for (const auto& [top_k, top_p] :
-         {std::pair{0, 1.0f}, std::pair{0, 0.9f}, std::pair{3000, 1.0f}, std::pair{50, 1.0f}, std::pair{1024, 0.9f}}) {
-      if (std::string(filter) == "select" && top_k == 0 && top_p == 1.0f) continue;  // unfiltered: no filter runs
-      const testing::ScopedEnv knob("OPTUNE_CUDA_FILTER", filter);
-      SampleRequest req = prompts_request(kPrompts, 40, 3);
-      req.top_k = top_k, req.top_p = top_p;
-      const SampleResult gpu = gpu_sample(*m, req), cpu = sample(*m, req);
-      const std::string what = std::string(filter) + ": V 50257, top_k " + std::to_string(top_k) + ", top_p " +
-                               std::to_string(top_p);
-      check_layout(req, gpu, what);
-      const double agree = agreement(gpu, cpu);
-      std::printf("  %s: %.1f%% of responses equal the CPU sampler's\n", what.c_str(), 100 * agree);
-      CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the CPU sampler's");
-      CHECK_MSG(worst_logp_error(*m, req, gpu) < 1e-4, what + ": log-probs");
-    }
+  const DeviceWeights w(*m, false);
+  for (const auto& [top_k, top_p] :
+       {std::pair{0, 1.0f}, std::pair{0, 0.9f}, std::pair{3000, 1.0f}, std::pair{50, 1.0f}, std::pair{1024, 0.9f}}) {
+    SampleRequest req = prompts_request(kPrompts, 40, 3);
+    req.top_k = top_k, req.top_p = top_p;
+    cuda::SamplerStats stats;
+    const SampleResult gpu = cuda::sample_with_weights(*m, w.get(), req, &stats), cpu = sample(*m, req);
+    const std::string what = "V 50257, top_k " + std::to_string(top_k) + ", top_p " + std::to_string(top_p);
+    check_layout(req, gpu, what);
+    CHECK_MSG((stats.row_sorts > 0) == (top_k > 0 || top_p < 1.0f), what + ": rows sorted " +
+                                                                         std::to_string(stats.row_sorts) + " times");
+    const double agree = agreement(gpu, cpu);
+    std::printf("  %s: %.1f%% of responses equal the CPU sampler's\n", what.c_str(), 100 * agree);
+    CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the CPU sampler's");
+    CHECK_MSG(worst_logp_error(*m, req, gpu) < 1e-4, what + ": log-probs");
+  }
 }
 
 TEST(bad_requests_and_non_finite_logits_throw) {
