@@ -7,14 +7,13 @@
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
 // Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
-// automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1) and
-// "sample_prefetch" (cuBLAS, the weights requested into L2 ahead: OPTUNE_CUDA_PREFETCH_WEIGHTS=1),
-// "sample_prefetch_kv" (the attention's cache rows: OPTUNE_CUDA_PREFETCH_KV=1), "sample_prefetch_both",
-// "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that
-// with the own GEMMs, whose weight loads then start before the kernel before ends) and "sample_own_pdl_prefetch"
-// (that with both prefetches). max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
-// the own kernel; early_launch: whether the own kernels launched early (sm_90 and up). The environment the
-// benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered draws:
+// automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1),
+// "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h) and "sample_own_pdl"
+// (that with the own GEMMs, whose weight loads then start before the kernel before ends). (Requesting the weights
+// or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an H200: RESULTS.md.)
+// max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel; early_launch:
+// whether the own kernels launched early (sm_90 and up). The environment the benchmark starts with applies to the
+// first rows. Last, bf16 with the default GEMMs and filtered draws:
 // "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give
 // nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
@@ -105,16 +104,8 @@ int main(int argc, char** argv) {
     const Variant variants[] = {
         {"sample_own", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}}},
         {"sample_own_unsplit", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_SPLIT_K", "1"}}},
-        {"sample_prefetch", {{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}}},
-        {"sample_prefetch_kv", {{"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
-        {"sample_prefetch_both", {{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}, {"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
         {"sample_pdl", {{"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
-        {"sample_own_pdl_prefetch",
-         {{"OPTUNE_CUDA_DECODE_GEMM", "own"},
-          {"OPTUNE_CUDA_PDL", "1"},
-          {"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"},
-          {"OPTUNE_CUDA_PREFETCH_KV", "1"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

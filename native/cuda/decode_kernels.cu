@@ -63,10 +63,9 @@ template <class Act, int T, int P>
 __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, float* __restrict__ xbuf,
                                                      const int32_t* src, const float* __restrict__ add,
                                                      Partials parts, const float* __restrict__ w,
-                                                     const float* __restrict__ b, int d, float eps, bool layernorm,
-                                                     L2Prefetch pre) {
+                                                     const float* __restrict__ b, int d, float eps,
+                                                     bool layernorm) {
   __shared__ float scratch[32];
-  pre.issue();
   // w and b load after the wait all the same: loaded before it, they stayed in registers through the row's loads
   // (ptxas: up to 140 registers at P = 16 instead of 97-119, one block per SM fewer in a prefill)
   wait_for_previous_kernel();
@@ -141,7 +140,7 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
 
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const L2Prefetch& pre) {
+              const float* b, int rows, int d, float eps, bool layernorm, Launch on) {
   if (rows <= 0) return;
   OPTUNE_CHECK(d <= kMaxNormWidth, "sampler norm: rows of " + std::to_string(d) + " (at most " +
                                        std::to_string(kMaxNormWidth) + ")");
@@ -150,7 +149,7 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
                       : d <= 256 * 16 ? add_norm_kernel<Act, 256, 16>
                                       : add_norm_kernel<Act, 512, 16>;
   const int threads = d <= 256 * 16 ? 256 : 512;
-  OPTUNE_CUDA_CHECK(launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm, pre));
+  OPTUNE_CUDA_CHECK(launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm));
 }
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
@@ -318,9 +317,7 @@ template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
-                                                                           const float2* rope, L2Prefetch pre,
-                                                                           bool prefetch_kv) {
-  pre.issue();
+                                                                           const float2* rope) {
   wait_for_previous_kernel();  // q/k/v, the rows (and the cache rows earlier steps wrote)
   allow_next_kernel();
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -328,14 +325,6 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
   __shared__ float s_q[32 * kMaxDimsPerLane];
   const int64_t base = static_cast<int64_t>(rows.slot[r]) * cache.cap * kvd + kvh * head_dim;
-  if (prefetch_kv) {  // this head's cached keys and values into L2 while q/k/v are finished (each row's lines)
-    const int lines = (head_dim * static_cast<int>(sizeof(Act)) + 127) / 128, per_line = 128 / sizeof(Act);
-    for (int i = threadIdx.x; i < n_keys * lines; i += blockDim.x) {
-      const int64_t at = base + static_cast<int64_t>(i / lines) * kvd + (i % lines) * per_line;
-      prefetch_l2(cache.k + at);
-      prefetch_l2(cache.v + at);
-    }
-  }
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;
   finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, cache.k + at, cache.v + at);
   __syncthreads();  // s_q, and this row's k and v in the cache, are visible to the whole block
@@ -409,13 +398,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on, const L2Prefetch& pre,
-                      bool prefetch_kv) {
+                      int n_kv_head, int head_dim, const float2* rope, Launch on) {
   if (rows.n <= 0) return;
   // one pair of dims per lane up to head_dim 64
   const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
   OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
-                                  n_kv_head, head_dim, rope, pre, prefetch_kv));
+                                  n_kv_head, head_dim, rope));
 }
 
 // ---- MLP activations and conversion ---------------------------------------------------------------------------------
@@ -478,12 +466,12 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                        \
   template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,               \
-                              const float*, int, int, float, bool, Launch, const L2Prefetch&);                         \
+                              const float*, int, int, float, bool, Launch);                                            \
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,               \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
                                 int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,        \
-                                      const float2*, Launch, const L2Prefetch&, bool);                                 \
+                                      const float2*, Launch);                                                          \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,               \
                             Launch);                                                                                   \

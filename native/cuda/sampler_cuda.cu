@@ -8,7 +8,6 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
-#include <initializer_list>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -232,17 +231,6 @@ int sm_count() {
 // automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k; so cuBLAS stays the default.
 bool own_decode_gemm_setting() { return env_choice("OPTUNE_CUDA_DECODE_GEMM", "cublas", "own"); }
 
-// OPTUNE_CUDA_PREFETCH_WEIGHTS=1: in a decode step, the kernel before each group of GEMMs requests their weights
-// into L2 (L2Prefetch): norm1 the q/k/v weights, the decode attention the projection's, norm2 the MLP's. A decode
-// GEMM at 64 rows waits on memory latency (cuBLAS ~6-8 us for 1-5 MB of weights on an H100, ~0.5 TB/s); with the
-// weights already on their way it should wait less. Not measured yet, so off by default. Same results either way.
-bool prefetch_weights_setting() { return env_is("OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"); }
-
-// OPTUNE_CUDA_PREFETCH_KV=1: each decode attention block first requests its head's cached keys and values into L2,
-// so their fetch from memory overlaps the q/k/v finishing instead of following it (Nsight on an H100: ~16.5 us per
-// layer for ~13 MB of cache early in generation, ~4x its time at bandwidth). Not measured yet, so off by default.
-bool prefetch_kv_setting() { return env_is("OPTUNE_CUDA_PREFETCH_KV", "1"); }
-
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
 // while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up,
@@ -277,8 +265,6 @@ class Sampler {
     own_gemm_ = !std::is_same_v<Act, float> && own_decode_gemm_setting();
     if (own_gemm_) decode_gemm_prepare();
     split_setting_ = split_k_setting(own_gemm_);
-    prefetch_weights_ = prefetch_weights_setting();
-    prefetch_kv_ = prefetch_kv_setting();
     early_launch_ = early_launch_setting();
     sms_ = sm_count();
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
@@ -542,15 +528,6 @@ class Sampler {
     return {slices, S, static_cast<int64_t>(rows) * out_f};
   }
 
-  // The weights [in_f, out_f] at each offset, for the kernel before their GEMMs to request into L2 (decode steps
-  // under OPTUNE_CUDA_PREFETCH_WEIGHTS=1; otherwise nothing). Each is (offset, elements).
-  L2Prefetch prefetch(std::initializer_list<std::pair<size_t, size_t>> weights) const {
-    L2Prefetch pre;
-    if (!decoding_ || !prefetch_weights_) return pre;
-    for (const auto& [off, n] : weights) pre.add(W(off), static_cast<int64_t>(n * sizeof(Act)));
-    return pre;
-  }
-
   // What the last block's output still lacks: its projection's bias and, when that GEMM was split, its slices.
   struct Pending {
     const float* bias = nullptr;
@@ -571,11 +548,8 @@ class Sampler {
     Pending pending;
     for (int l = 0; l < c_.n_layer; l++) {
       const LayerOffsets& o = L_.layers[l];
-      const size_t DD = static_cast<size_t>(D_);
-      const L2Prefetch qkv_w = gpt2 ? prefetch({{o.qkv_w, 3 * DD * D_}})
-                                    : prefetch({{o.q_w, DD * QD_}, {o.k_w, DD * KVD_}, {o.v_w, DD * KVD_}});
       add_norm<Act>(hn_.data(), x_.data(), nullptr, pending.bias, pending.parts, P(o.norm1_w), P(o.norm1_b), n, D_,
-                    c_.norm_eps, gpt2, on(), qkv_w);
+                    c_.norm_eps, gpt2, on());
       float *q = qkv_.data(), *k, *v;
       int qs, ks, vs;
       const float *bq, *bk, *bv;
@@ -601,16 +575,12 @@ class Sampler {
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on(), prefetch({{o.o_w, DD * QD_}}),
-                              prefetch_kv_);
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on());
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
-      const size_t DF = DD * F_;
-      const L2Prefetch mlp_w = gpt2 ? prefetch({{o.fc_w, DF}, {o.proj_w, DF}})
-                                    : prefetch({{o.fc_w, DF}, {o.up_w, DF}, {o.proj_w, DF}});
       add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
-                    gpt2, on(), mlp_w);
+                    gpt2, on());
       cursor = 0;
       const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
       if (gpt2) {
@@ -730,8 +700,6 @@ class Sampler {
   size_t bytes_ = 0;
   int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0;
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
-  bool prefetch_weights_ = false;  // decode steps request their GEMMs' weights into L2 (OPTUNE_CUDA_PREFETCH_WEIGHTS)
-  bool prefetch_kv_ = false;       // the decode attention requests its cache rows into L2 (OPTUNE_CUDA_PREFETCH_KV)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_

@@ -62,29 +62,6 @@ struct Partials {
 // Requests the 128-byte line holding p into L2 (a hint: the thread does not wait, nothing faults).
 __device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
-// Weights that a later GEMM of the decode step reads, requested into L2 by the kernel before it: each of its threads
-// issues its share of one prefetch per 128-byte line first, then does its own work, so the weights stream from
-// memory while that kernel (a norm, the decode attention) runs and the GEMM finds them in L2. A hint only: no result
-// depends on it (OPTUNE_CUDA_PREFETCH_WEIGHTS in sampler_cuda.cu). Up to kMax ranges; n = 0: nothing.
-struct L2Prefetch {
-  static constexpr int kMax = 4;
-  const char* p[kMax] = {};
-  int64_t bytes[kMax] = {};
-  int n = 0;
-  __host__ void add(const void* ptr, int64_t b) {
-    if (n < kMax && ptr && b > 0) p[n] = static_cast<const char*>(ptr), bytes[n++] = b;
-  }
-  __device__ void issue() const {
-    if (n == 0) return;
-    const int64_t threads = static_cast<int64_t>(gridDim.x) * gridDim.y * blockDim.x;
-    const int64_t t = (static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * blockDim.x + threadIdx.x;
-#pragma unroll
-    for (int r = 0; r < kMax; r++)  // constant indices: the ranges stay in the parameter space (no stack copy)
-      for (int64_t off = t * 128; r < n && off < bytes[r]; off += threads * 128)
-        prefetch_l2(p[r] + off);
-  }
-};
-
 // ---- transformer pieces (decode_kernels.cu) ----------------------------------------------------------------------
 constexpr int kMaxNormWidth = 8192;  // widest row add_norm takes (16 elements in registers per thread of 512)
 // x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions).
@@ -92,10 +69,9 @@ void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d
 // For each output row r (source row src[r], or r when src is null): x[src] += add (a bias deferred from the previous
 // GEMM; may be null) + the slices of that GEMM's product when it was split (indexed like x), then
 // out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm. d <= kMaxNormWidth (the row lives in registers).
-// pre: weights to request into L2 for the GEMMs after it.
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const L2Prefetch& pre = {});
+              const float* b, int rows, int d, float eps, bool layernorm, Launch on);
 // The rotations RoPE applies at positions 0 .. cap-1: table[pos * (head_dim / 2) + i] = (cos, sin) of pos *
 // theta^(-2i / head_dim), each computed in double and rounded once, as cpu/rope.cpp does. Filled once per sampling
 // call, so a decode step reads its rotations instead of computing them in double (1/64-rate FP64 on GeForce GPUs).
@@ -116,12 +92,10 @@ struct QkvRows {
 };
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
 // row's q/k/v are finished first (qkv_finish's work: bias, RoPE from `rope`, k and v into the cache at pos), inside
-// the same kernel: one launch less per layer in the decode step. pre: weights to request into L2 (the projection's);
-// prefetch_kv: each block first requests its head's cached keys and values into L2 (a hint, as L2Prefetch).
+// the same kernel: one launch less per layer in the decode step.
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on,
-                      const L2Prefetch& pre = {}, bool prefetch_kv = false);
+                      int n_kv_head, int head_dim, const float2* rope, Launch on);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on);

@@ -8,8 +8,6 @@
 //    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
-//  - requesting the decode GEMMs' weights or the attention's cache rows into L2 ahead (OPTUNE_CUDA_PREFETCH_WEIGHTS,
-//    OPTUNE_CUDA_PREFETCH_KV) changes no bit;
 //  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
 //  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
 //  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
@@ -426,27 +424,6 @@ TEST(own_decode_gemms_match_cublas_ones) {
   const DeviceWeights w(*m, true);
   CHECK_THROWS(sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "fast"}}, *m, w, prompts_request(kPrompts, 1, 4)),
                "OPTUNE_CUDA_DECODE_GEMM");
-}
-
-TEST(l2_prefetches_change_no_result) {
-  // L2 prefetches are hints: the same tokens and log-probs, bit for bit, in graphs and in both precisions.
-  for (auto cfg : {wide_gpt2(), wide_llama()}) {
-    for (const bool bf16 : {false, true}) {
-      auto m = make_model(cfg);
-      testing::randomize(*m, 51, 0.1f);
-      const SampleRequest req = prompts_request(kPrompts, 3, 20);
-      const DeviceWeights w(*m, bf16);
-      const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32");
-      cuda::SamplerStats stats;
-      const SampleResult plain = cuda::sample_with_weights(*m, w.get(), req);
-      const SampleResult prefetched =
-          sample_under({{"OPTUNE_CUDA_PREFETCH_WEIGHTS", "1"}, {"OPTUNE_CUDA_PREFETCH_KV", "1"}}, *m, w, req, &stats);
-      CHECK_MSG(stats.graphs >= 1, what + ": no graph captured with prefetches: " + stats.graph_error);
-      CHECK_MSG(prefetched.tokens == plain.tokens && prefetched.token_logps == plain.token_logps &&
-                    prefetched.offsets == plain.offsets,
-                what + ": prefetching the weights changed the results");
-    }
-  }
 }
 
 TEST(early_launches_change_no_result) {
