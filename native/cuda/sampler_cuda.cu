@@ -228,14 +228,16 @@ int sm_count() {
 // OPTUNE_CUDA_DECODE_GEMM: unset or "cublas": every decode GEMM on cuBLAS; "own": a bf16 decode step's GEMMs with
 // at most kDecodeGemmMaxRows rows run on decode_gemm.cu's kernel (shapes it does not take, and fp32, stay on
 // cuBLAS). Measured on an H100 at GPT-2 124M's shape (bench_cuda_sample, 64 x 128 new tokens): own with the
-// automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k; so cuBLAS stays the default.
+// automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k (H200: 84.3-84.6k, 48.5k, 96.9-98.9k);
+// so cuBLAS stays the default.
 bool own_decode_gemm_setting() { return env_choice("OPTUNE_CUDA_DECODE_GEMM", "cublas", "own"); }
 
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
 // while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up,
-// with kernels compiled for sm_90 or later (kernels_wait_when_early); cuBLAS's kernels launch as usual. Not measured
-// yet, so off by default. Same results either way.
+// with kernels compiled for sm_90 or later (kernels_wait_when_early); cuBLAS's kernels launch as usual. On an H200
+// (bench_cuda_sample, GPT-2 124M bf16) 98.0-99.6k tok/s against 96.9-98.9k: within run-to-run change, so off by
+// default. Same results either way.
 bool early_launch_setting() { return env_is("OPTUNE_CUDA_PDL", "1") && kernels_wait_when_early(); }
 
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
