@@ -115,7 +115,7 @@ if ((rc[build] == 0)); then
   done
   # fp32 with TF32 GEMMs (OPTUNE_CUDA_TF32=1, PyTorch's fp32 peer runs its matmuls so): the model and sampling
   # benchmarks again in fp32; summary.json and results.md list their rows as "(TF32 matmuls)". OPTUNE_GPU_TF32=0
-  # skips them (an estimated ~40 s, not timed yet).
+  # skips them (15 s on an H200: 8 s and 7 s).
   if [[ ${OPTUNE_GPU_TF32:-1} == 1 ]]; then
     if [[ -x $build/bench_cuda_model ]]; then
       stage bench_model_tf32 90 env OPTUNE_CUDA_TF32=1 "$build/bench_cuda_model" 3 fp32 || true

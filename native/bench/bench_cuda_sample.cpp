@@ -13,9 +13,9 @@
 // or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an H200: RESULTS.md.)
 // max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel; early_launch:
 // whether the own kernels launched early (sm_90 and up). The environment the benchmark starts with applies to the
-// first rows. Last, bf16 with the default GEMMs and filtered draws:
-// "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give
-// nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
+// first rows. Last, bf16 with the default GEMMs and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k"
+// (top-k 50), each row sorted whole every step. Random weights give nearly flat distributions, so the top-p nucleus
+// holds most of the vocabulary; a trained model's is far smaller.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>

@@ -13,8 +13,8 @@
 // Complexity: forward ~2 * sum_s L_s^2 * H * hd flops (half of the square, causal), backward ~2.5x that (S is
 // recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 128 (shared
 // memory: up to 85 KB per block, in the dQ kernel, within the 99 KB of sm_86 / sm_89 / sm_120 and more elsewhere;
-// the dK/dV kernel keeps its sums in registers); one block walks its
-// row of tiles serially, so a long sequence with few heads leaves SMs idle (split-K over key tiles is future work);
+// the dK/dV kernel keeps its sums in registers); one block walks its row of tiles serially, so a long sequence with
+// few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
 #include <cmath>

@@ -6,8 +6,8 @@
 // 96 blocks, ~0.5 TB/s), and splitting them along K through cuBLAS lost 2-8%.
 // Not there yet: on an H100 this kernel ran 7.5-9.7 us per GEMM under Nsight (cuBLAS 6.2-7.7) and bf16 sampling at
 // 79.8k tok/s with the automatic K-split against cuBLAS's 88.9k (H200: 84.3-84.6k against 96.9-98.9k), so it is
-// opt-in (OPTUNE_CUDA_DECODE_GEMM=own in sampler_cuda.cu). A likely limit, not yet profiled: one block per SM with 4 warps keeps only ~24 KB of weights in
-// flight per SM (3 stages ahead x 8 KB).
+// opt-in (OPTUNE_CUDA_DECODE_GEMM=own in sampler_cuda.cu). A likely limit, not yet profiled: one block per SM with
+// 4 warps keeps only ~24 KB of weights in flight per SM (3 stages ahead x 8 KB).
 //
 // A block owns all rows (up to 64) and 64 columns of C, over its slice of K
 // (grid.y: S slices, for the Partials of sampler_kernels.cuh). Four warps take 16 columns each. Chunks of 64 along K
