@@ -95,6 +95,7 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 # The filtered rows' PyTorch peer is its unfiltered generate (their ratio shows what filtering costs optune).
 SAMPLE_VARIANTS = {"sample_own": "own GEMM", "sample_own_unsplit": "own GEMM unsplit",
                    "sample_pdl": "early launches (PDL)", "sample_own_pdl": "own GEMM, early launches",
+                   "sample_staged_attn": "staged decode attention",
                    "sample_top_p": "top-p 0.9 sorted, peer unfiltered",
                    "sample_top_k": "top-k 50 sorted, peer unfiltered"}
 
@@ -104,7 +105,7 @@ def native_records(out):
     for log, variant in NATIVE_LOGS:
         for r in json_lines(os.path.join(out, log)):
             op, var = r.get("op") or r.get("bench"), variant
-            if op in SAMPLE_VARIANTS:  # bench_cuda_sample's later rows: the same op, other decode GEMMs
+            if op in SAMPLE_VARIANTS:  # bench_cuda_sample's later rows: the same op, other decode-step settings
                 op, var = "sample", SAMPLE_VARIANTS[op]
             if op and "tok_per_s" in r:
                 peak = r.get("peak_mem_bytes")

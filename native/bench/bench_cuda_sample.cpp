@@ -6,16 +6,18 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// Then bf16 variants of the decode GEMMs, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
+// Then bf16 variants of the decode step, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
 // automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1),
-// "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h) and "sample_own_pdl"
-// (that with the own GEMMs, whose weight loads then start before the kernel before ends). (Requesting the weights
-// or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an H200: RESULTS.md.)
-// max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel; early_launch:
-// whether the own kernels launched early (sm_90 and up). The environment the benchmark starts with applies to the
-// first rows. Last, bf16 with the default GEMMs and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k"
-// (top-k 50), each row sorted whole every step. Random weights give nearly flat distributions, so the top-p nucleus
-// holds most of the vocabulary; a trained model's is far smaller.
+// "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that
+// with the own GEMMs, whose weight loads then start before the kernel before ends) and "sample_staged_attn" (the
+// decode attention staging each warp's keys and values in shared memory: OPTUNE_CUDA_DECODE_ATTN=staged).
+// (Requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an
+// H200: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own
+// kernel; early_launch: whether the own kernels launched early (sm_90 and up); staged_attentions: decode attention
+// calls on the staged kernel. The environment the benchmark starts with applies to the first rows. Last, bf16 with
+// the default GEMMs and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted
+// whole every step. Random weights give nearly flat distributions, so the top-p nucleus holds most of the
+// vocabulary; a trained model's is far smaller.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>
@@ -82,12 +84,14 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
-                  "\"early_launch\": %s, \"row_sorts\": %d, \"tf32\": %s, \"call_bytes\": %zu, "
+                  "\"early_launch\": %s, \"row_sorts\": %d, \"staged_attentions\": %d, \"tf32\": %s, "
+                  "\"call_bytes\": %zu, "
                   "\"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
                   stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
-                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.tf32 ? "true" : "false",
+                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.staged_attentions,
+                  stats.tf32 ? "true" : "false",
                   stats.device_bytes,
                   json_safe(stats.graph_error).c_str(), device.c_str());
       std::fflush(stdout);
@@ -106,6 +110,7 @@ int main(int argc, char** argv) {
         {"sample_own_unsplit", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_SPLIT_K", "1"}}},
         {"sample_pdl", {{"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
+        {"sample_staged_attn", {{"OPTUNE_CUDA_DECODE_ATTN", "staged"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

@@ -40,16 +40,6 @@ constexpr int kLd = 64 + 8;    // shared row stride (elements): 144 bytes, so ld
 constexpr int kStageElems = (kTileM + 64) * kLd;  // A chunk [64 rows][kLd] + B chunk [64][kLd]
 constexpr size_t kSmemBytes = sizeof(bf16) * kStages * kStageElems;
 
-__device__ inline void cp_async16(bf16* dst, const bf16* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
-               "r"(valid ? 16 : 0));
-}
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ inline void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 // One K chunk [k0, k0 + 64) of A's rows into a stage: each thread copies 4 pieces of 16 bytes.
 __device__ inline void load_a_chunk(bf16* stage, const bf16* A, int M, int K, int k0, int k_end) {
   bf16* sA = stage;

@@ -1,5 +1,6 @@
-// Tensor-core building blocks shared by the bf16 kernels (attention_mma.cu, decode_gemm.cu): mma.sync.m16n8k16
-// with bf16 operands and fp32 accumulation, and ldmatrix loads of its fragments from shared memory.
+// Building blocks shared by the bf16 kernels (attention_mma.cu, decode_gemm.cu, decode_kernels.cu): mma.sync.m16n8k16
+// with bf16 operands and fp32 accumulation, ldmatrix loads of its fragments from shared memory, and cp.async copies
+// of 16 bytes from global into shared memory (sm_80 and up).
 //
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t:
 //   A (16 x 16, row-major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
@@ -36,6 +37,21 @@ __device__ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const __nv_bfloat16* 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(shared_address(p)));
+}
+
+// 16 bytes from src (16-byte aligned) to dst in shared memory, without passing through registers; zeros instead when
+// !valid (src is then not read, but must still be a valid address). Completes at cp_async_wait (this thread's copies).
+__device__ inline void cp_async16(void* dst, const void* src, bool valid = true) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+// Closes this thread's copies issued since the last commit into one group.
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N of this thread's groups are still in flight. Other threads' copies are visible only after a
+// barrier that follows their own waits (__syncwarp, __syncthreads).
+template <int N>
+__device__ inline void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 }  // namespace optune::cuda

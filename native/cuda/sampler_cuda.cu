@@ -232,6 +232,11 @@ int sm_count() {
 // so cuBLAS stays the default.
 bool own_decode_gemm_setting() { return env_choice("OPTUNE_CUDA_DECODE_GEMM", "cublas", "own"); }
 
+// OPTUNE_CUDA_DECODE_ATTN: unset or "direct": the decode attention reads the cache straight into registers; "staged":
+// under bf16 with head_dim <= 64, each warp stages its keys and values in shared memory first (decode_kernels.cu;
+// the same results, fewer waits on memory). Not measured on a GPU yet, so not the default.
+bool staged_attention_setting() { return env_choice("OPTUNE_CUDA_DECODE_ATTN", "direct", "staged"); }
+
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
 // while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up,
@@ -266,6 +271,9 @@ class Sampler {
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
     own_gemm_ = !std::is_same_v<Act, float> && own_decode_gemm_setting();
     if (own_gemm_) decode_gemm_prepare();
+    staged_attention_ = !std::is_same_v<Act, float> && staged_attention_setting() &&
+                        staged_attention_fits(m.cfg.head_dim);
+    if (staged_attention_) attention_decode_prepare();
     split_setting_ = split_k_setting(own_gemm_);
     early_launch_ = early_launch_setting();
     sms_ = sm_count();
@@ -340,6 +348,7 @@ class Sampler {
       stats->own_gemms = own_gemms_;
       stats->early_launch = early_launch_;
       stats->row_sorts = row_sorts_;
+      stats->staged_attentions = staged_attentions_;
       stats->tf32 = std::is_same_v<Act, float> && blas_.tf32();
     }
     return res;
@@ -577,7 +586,8 @@ class Sampler {
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on());
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on(), staged_attention_);
+        staged_attentions_ += staged_attention_;
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
@@ -700,8 +710,9 @@ class Sampler {
   const SampleRequest& r_;
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
-  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0;
+  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, staged_attentions_ = 0;
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
+  bool staged_attention_ = false;  // the decode attention stages keys and values (OPTUNE_CUDA_DECODE_ATTN)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_

@@ -47,6 +47,8 @@ struct SamplerStats {
   bool early_launch = false; // decode steps launched their own kernels early (OPTUNE_CUDA_PDL=1 on sm_90+)
   bool tf32 = false;         // the fp32 GEMMs were allowed TF32 tensor cores (OPTUNE_CUDA_TF32=1; cuBLAS picks)
   int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
+  int staged_attentions = 0; // decode attention calls on the staged kernel (OPTUNE_CUDA_DECODE_ATTN=staged; eager and
+                             // captured; 0: all direct)
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not

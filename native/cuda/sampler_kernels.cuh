@@ -93,9 +93,14 @@ struct QkvRows {
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
 // row's q/k/v are finished first (qkv_finish's work: bias, RoPE from `rope`, k and v into the cache at pos), inside
 // the same kernel: one launch less per layer in the decode step.
+// staged: bf16 rows with head_dim <= 64 (staged_attention_fits) run the kernel that stages each warp's keys and values
+// in shared memory (same results, fewer waits on memory; OPTUNE_CUDA_DECODE_ATTN); other shapes, and fp32, the direct
+// one. Call attention_decode_prepare() once before the first staged launch.
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on);
+                      int n_kv_head, int head_dim, const float2* rope, Launch on, bool staged);
+bool staged_attention_fits(int head_dim);
+void attention_decode_prepare();
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on);

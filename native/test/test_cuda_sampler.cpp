@@ -9,6 +9,7 @@
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K) give the unsplit results up to summation order;
 //  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
+//  - staging the decode attention's keys and values in shared memory (OPTUNE_CUDA_DECODE_ATTN=staged) changes no bit;
 //  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
 //  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
@@ -458,6 +459,54 @@ TEST(early_launches_change_no_result) {
                   what + ": launching early changed the results");
     }
   }
+}
+
+TEST(staged_decode_attention_changes_no_bit) {
+  // OPTUNE_CUDA_DECODE_ATTN=staged (bf16, head_dim <= 64): each warp stages its keys and values in shared memory
+  // before the arithmetic, which is the direct kernel's in the same order, so tokens and log-probs are the same bits.
+  // Prompts of 100-150 tokens + 40 new: every warp takes a second chunk (keys past 128), the row's own key falls at
+  // every lane, and stop tokens send finished rows to the padding slot (one key, staged nothing).
+  ModelConfig gpt2_64 = wide_gpt2(), llama_64 = wide_llama(), gpt2_16 = wide_gpt2();
+  gpt2_64.max_positions = 256;
+  llama_64.n_head = 4, llama_64.n_kv_head = 2, llama_64.head_dim = 64, llama_64.max_positions = 256;  // GQA 2:1, RoPE
+  gpt2_16.d_model = 64, gpt2_16.n_head = 4, gpt2_16.n_kv_head = 4, gpt2_16.head_dim = 16, gpt2_16.max_positions = 256;
+  for (const ModelConfig& cfg : {gpt2_64, llama_64, gpt2_16}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 61, 0.1f);
+    SampleRequest req = prompts_request(random_prompts(6, 100, 150, cfg.vocab_size, 13), 2, 40);
+    req.stop_tokens = {5, 6, 7};
+    const DeviceWeights w(*m, true);
+    const std::string what = std::string(arch_name(cfg.arch)) + " head_dim " + std::to_string(cfg.head_dim);
+    cuda::SamplerStats direct_stats, staged_stats;
+    const SampleResult direct = sample_under({{"OPTUNE_CUDA_DECODE_ATTN", "direct"}}, *m, w, req, &direct_stats);
+    const SampleResult staged = sample_under({{"OPTUNE_CUDA_DECODE_ATTN", "staged"}}, *m, w, req, &staged_stats);
+    CHECK_MSG(direct_stats.staged_attentions == 0 && staged_stats.staged_attentions > 0,
+              what + ": staged attention calls " + std::to_string(direct_stats.staged_attentions) + " and " +
+                  std::to_string(staged_stats.staged_attentions) + " (expected 0, then some)");
+    CHECK_MSG(staged_stats.graphs >= 1, what + ": no graph captured: " + staged_stats.graph_error);
+    CHECK_MSG(staged.tokens == direct.tokens && staged.token_logps == direct.token_logps &&
+                  staged.offsets == direct.offsets && staged.finished == direct.finished,
+              what + ": staging the cache changed the results");
+    check_layout(req, staged, what);
+    const double worst = worst_logp_error(*m, req, staged);
+    CHECK_MSG(worst < 0.1, what + ": worst |gpu bf16 - cpu fp32 full| = " + std::to_string(worst));
+    int n_finished = 0;
+    for (uint8_t f : staged.finished) n_finished += f;
+    std::printf("  %s: %d staged attention calls, %d of %zu responses stopped, worst log-prob error %.2e\n",
+                what.c_str(), staged_stats.staged_attentions, n_finished, staged.finished.size(), worst);
+  }
+  // fp32, and head_dim 128: the direct kernel whatever the knob says
+  for (const bool bf16 : {false, true}) {
+    auto m = make_model(bf16 ? wide_llama() : wide_gpt2());
+    testing::randomize(*m, 62, 0.1f);
+    const DeviceWeights w(*m, bf16);
+    cuda::SamplerStats stats;
+    sample_under({{"OPTUNE_CUDA_DECODE_ATTN", "staged"}}, *m, w, prompts_request(kPrompts, 2, 8), &stats);
+    CHECK_MSG(stats.staged_attentions == 0, std::string(bf16 ? "head_dim 128" : "fp32") + ": staged calls ran");
+  }
+  const testing::ScopedEnv bad("OPTUNE_CUDA_DECODE_ATTN", "fast");
+  CHECK_THROWS(gpu_sample(*make_model(testing::tiny_gpt2()), prompts_request(kPrompts, 1, 4)),
+               "OPTUNE_CUDA_DECODE_ATTN");
 }
 
 TEST(tf32_sampling_stays_close) {
