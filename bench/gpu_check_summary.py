@@ -95,7 +95,8 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 # The filtered rows' PyTorch peer is its unfiltered generate (their ratio shows what filtering costs optune).
 SAMPLE_VARIANTS = {"sample_own": "own GEMM", "sample_own_unsplit": "own GEMM unsplit",
                    "sample_pdl": "early launches (PDL)", "sample_own_pdl": "own GEMM, early launches",
-                   "sample_staged_attn": "staged decode attention",
+                   "sample_staged_attn": "staged decode attention", "sample_lt": "cuBLASLt GEMMs",
+                   "sample_lt_staged_attn": "cuBLASLt GEMMs, staged decode attention",
                    "sample_top_p": "top-p 0.9 sorted, peer unfiltered",
                    "sample_top_k": "top-k 50 sorted, peer unfiltered"}
 

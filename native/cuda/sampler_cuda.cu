@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -20,6 +21,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "decode_gemm.h"
+#include "lt_gemm.h"
 #include "memory.h"
 #include "ops.h"
 #include "sampler_cuda.h"
@@ -229,8 +231,16 @@ int sm_count() {
 // at most kDecodeGemmMaxRows rows run on decode_gemm.cu's kernel (shapes it does not take, and fp32, stay on
 // cuBLAS). Measured on an H100 at GPT-2 124M's shape (bench_cuda_sample, 64 x 128 new tokens): own with the
 // automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k (H200: 84.3-84.6k, 48.5k, 96.9-98.9k);
-// so cuBLAS stays the default.
-bool own_decode_gemm_setting() { return env_choice("OPTUNE_CUDA_DECODE_GEMM", "cublas", "own"); }
+// so cuBLAS stays the default. "lt": a bf16 decode step's GEMMs on cuBLASLt (lt_gemm.h: K-splits only reduced in
+// place, and GPT-2's MLP input projection with its bias and GELU inside the GEMM); not measured on a GPU yet.
+enum class DecodeGemm { kCublas, kOwn, kLt };
+DecodeGemm decode_gemm_setting() {
+  const char* v = std::getenv("OPTUNE_CUDA_DECODE_GEMM");
+  if (!v || !*v || std::strcmp(v, "cublas") == 0) return DecodeGemm::kCublas;
+  if (std::strcmp(v, "own") == 0) return DecodeGemm::kOwn;
+  if (std::strcmp(v, "lt") == 0) return DecodeGemm::kLt;
+  throw Error("OPTUNE_CUDA_DECODE_GEMM must be cublas, own or lt (got '" + std::string(v) + "')");
+}
 
 // OPTUNE_CUDA_DECODE_ATTN: unset or "direct": the decode attention reads the cache straight into registers; "staged":
 // under bf16 with head_dim <= 64, each warp stages its keys and values in shared memory first (decode_kernels.cu;
@@ -269,8 +279,11 @@ class Sampler {
   Sampler(const Model& m, const SamplerWeights& w, const SampleRequest& r)
       : c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
-    own_gemm_ = !std::is_same_v<Act, float> && own_decode_gemm_setting();
+    const DecodeGemm gemms = decode_gemm_setting();
+    own_gemm_ = !std::is_same_v<Act, float> && gemms == DecodeGemm::kOwn;
     if (own_gemm_) decode_gemm_prepare();
+    if (!std::is_same_v<Act, float> && gemms == DecodeGemm::kLt)
+      lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace);  // (the GEMMs run in turn)
     staged_attention_ = !std::is_same_v<Act, float> && staged_attention_setting() &&
                         staged_attention_fits(m.cfg.head_dim);
     if (staged_attention_) attention_decode_prepare();
@@ -349,6 +362,7 @@ class Sampler {
       stats->early_launch = early_launch_;
       stats->row_sorts = row_sorts_;
       stats->staged_attentions = staged_attentions_;
+      stats->lt_gemms = lt_gemms_;
       stats->tf32 = std::is_same_v<Act, float> && blas_.tf32();
     }
     return res;
@@ -484,6 +498,7 @@ class Sampler {
   // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call).
   bool own_gemm(int rows) const { return own_gemm_ && rows <= kDecodeGemmMaxRows; }
   int split(int rows, int n, int k) const {
+    if (lt_) return 1;  // cuBLASLt splits in place when it splits
     return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128) : 1;
   }
   // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
@@ -522,6 +537,12 @@ class Sampler {
       float* dst = S > 1 ? slices : out;
       const auto* a = reinterpret_cast<const uint16_t*>(in);
       const auto* b = reinterpret_cast<const uint16_t*>(W(w_off));
+      if (decoding_ && lt_) {
+        lt_->mm(rows, out_f, in_f, reinterpret_cast<const bf16*>(in), reinterpret_cast<const bf16*>(W(w_off)),
+                c_.is_llama(), beta, out, out_f);
+        lt_gemms_++;
+        return {};
+      }
       if (decoding_ && own_gemm(rows) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
         decode_gemm(rows, out_f, in_f, a, b, c_.is_llama(), beta, dst, out_f, S, static_cast<int64_t>(rows) * out_f,
                     on());
@@ -594,10 +615,13 @@ class Sampler {
       add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
                     gpt2, on());
       cursor = 0;
-      const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
-      if (gpt2) {
+      if (gpt2 && decoding_ && lt_) {  // bias and GELU inside the GEMM, written as the next GEMM's input
+        lt_bias_gelu(act_.data(), hn_.data(), o, n);
+      } else if (gpt2) {
+        const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
         bias_gelu<Act>(act_.data(), fc_.data(), pfc, P(o.fc_b), n, F_, on());
       } else {
+        const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
         const Partials pup = linear(up_.data(), hn_.data(), o.up_w, n, D_, F_, 0.0f, &cursor);
         swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, on());
       }
@@ -606,6 +630,14 @@ class Sampler {
       pending.bias = P(o.proj_b);
     }
     return pending;
+  }
+
+  // act[n, F] = gelu(in W_fc + b_fc) on cuBLASLt (bf16 only: lt_ exists only then).
+  void lt_bias_gelu(Act* act, const Act* in, const LayerOffsets& o, int n) {
+    if constexpr (!std::is_same_v<Act, float>) {
+      lt_->mm_bias_gelu(n, F_, D_, in, W(o.fc_w), c_.is_llama(), W(o.fc_b), act);  // (GPT-2 always has b_fc)
+      lt_gemms_++;
+    }
   }
 
   Act* attention_out() {
@@ -710,7 +742,8 @@ class Sampler {
   const SampleRequest& r_;
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
-  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, staged_attentions_ = 0;
+  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, staged_attentions_ = 0,
+      lt_gemms_ = 0;
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool staged_attention_ = false;  // the decode attention stages keys and values (OPTUNE_CUDA_DECODE_ATTN)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
@@ -722,6 +755,7 @@ class Sampler {
   Stream stream_;
   Buffer<char> blas_ws_;
   Blas blas_;
+  std::unique_ptr<LtGemms> lt_;  // bf16 decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt); null otherwise
   Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<float2> rope_;                             // RoPE's (cos, sin) per position and pair (rope_table); Llama

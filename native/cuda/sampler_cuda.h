@@ -47,6 +47,7 @@ struct SamplerStats {
   bool early_launch = false; // decode steps launched their own kernels early (OPTUNE_CUDA_PDL=1 on sm_90+)
   bool tf32 = false;         // the fp32 GEMMs were allowed TF32 tensor cores (OPTUNE_CUDA_TF32=1; cuBLAS picks)
   int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
+  int lt_gemms = 0;          // decode GEMMs issued to cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt; eager and captured)
   int staged_attentions = 0; // decode attention calls on the staged kernel (OPTUNE_CUDA_DECODE_ATTN=staged; eager and
                              // captured; 0: all direct)
 };

@@ -13,7 +13,8 @@
 //  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
 //  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
-//    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding;
+//    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding, as does sampling with
+//    the GEMMs on cuBLASLt (=lt, GPT-2's GELU in the GEMM);
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
 //    (total variation against the exact distributions, as test_sampler.cpp);
 //  - bad requests and non-finite logits raise the CPU sampler's errors.
@@ -425,6 +426,46 @@ TEST(own_decode_gemms_match_cublas_ones) {
   const DeviceWeights w(*m, true);
   CHECK_THROWS(sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "fast"}}, *m, w, prompts_request(kPrompts, 1, 4)),
                "OPTUNE_CUDA_DECODE_GEMM");
+}
+
+TEST(lt_decode_gemms_stay_close) {
+  // bf16 sampling with the decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt: K-splits only reduced in place,
+  // GPT-2's MLP input projection with bias and GELU in the GEMM's epilogue, bias as bf16) against the default
+  // cuBLAS GEMMs: within bf16 rounding of a full CPU forward, graphs captured, the same tokens on a second run (the
+  // in-place reductions' order is fixed). Stop tokens shrink the active set, so the plans cover several batch
+  // buckets.
+  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 63, 0.1f);
+    SampleRequest req = prompts_request(random_prompts(20, 3, 12, cfg.vocab_size, 17), 2, 32);
+    req.stop_tokens = {5, 6, 7, 8};
+    const DeviceWeights w(*m, true);
+    const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
+    cuda::SamplerStats lt_stats, cublas_stats;
+    const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
+    const SampleResult lt = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, req, &lt_stats);
+    const SampleResult again = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, req);
+    CHECK_MSG(lt_stats.lt_gemms > 0 && cublas_stats.lt_gemms == 0,
+              what + ": decode GEMMs on cuBLASLt: " + std::to_string(lt_stats.lt_gemms) + " and " +
+                  std::to_string(cublas_stats.lt_gemms) + " (expected some, then none)");
+    CHECK_MSG(lt_stats.max_split == 1, what + ": a decode GEMM was split by optune under lt");
+    CHECK_MSG(lt_stats.graphs >= 1, what + ": no graph captured: " + lt_stats.graph_error);
+    CHECK_MSG(again.tokens == lt.tokens && again.token_logps == lt.token_logps, what + ": runs differ");
+    check_layout(req, lt, what);
+    const double worst = worst_logp_error(*m, req, lt), worst_cublas = worst_logp_error(*m, req, cublas);
+    const double bound = std::max(0.1, 2 * worst_cublas);
+    CHECK_MSG(worst < bound, what + ": worst |gpu - cpu full| = " + std::to_string(worst) + " (bound " +
+                                 std::to_string(bound) + ")");
+    std::printf("  %s: %d cuBLASLt GEMM calls; worst log-prob error cuBLASLt %.2e, cuBLAS %.2e; %.0f%% of "
+                "responses equal\n", what.c_str(), lt_stats.lt_gemms, worst, worst_cublas, 100 * agreement(lt, cublas));
+  }
+  // fp32 stays on cuBLAS whatever the knob says
+  auto m = make_model(wide_gpt2());
+  testing::randomize(*m, 64, 0.1f);
+  const DeviceWeights w(*m, false);
+  cuda::SamplerStats stats;
+  sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, prompts_request(kPrompts, 2, 8), &stats);
+  CHECK_MSG(stats.lt_gemms == 0, "fp32: decode GEMMs went to cuBLASLt");
 }
 
 TEST(early_launches_change_no_result) {

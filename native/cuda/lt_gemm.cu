@@ -1,0 +1,150 @@
+// cuBLASLt decode GEMMs (see lt_gemm.h). Row-major C[M, N] = A[M, K] op(B) is computed column-major as
+// C^T = op(B)^T A^T (as gemm.cu does): cuBLASLt's A is our weights B, its B our activations A, its D our C^T.
+#include "lt_gemm.h"
+
+#include <cublasLt.h>
+
+#include <cstdint>
+#include <string>
+
+#include "check.cuh"
+#include "core/error.h"
+
+namespace optune::cuda {
+
+namespace {
+
+// One handle per host thread, kept for the thread's lifetime (as gemm.cu's cuBLAS handle).
+cublasLtHandle_t lt_handle() {
+  thread_local cublasLtHandle_t handle = [] {
+    cublasLtHandle_t h = nullptr;
+    OPTUNE_CUBLAS_CHECK(cublasLtCreate(&h));
+    return h;
+  }();
+  return handle;
+}
+
+// The largest power of two up to 256 that divides p's address: the heuristic must not pick an algorithm that needs
+// more (its default assumption is 256).
+int alignment_of(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  int b = 256;
+  while (b > 1 && a % b != 0) b /= 2;
+  return b;
+}
+
+enum Epilogue { kNone = 0, kBiasGelu = 1 };
+
+template <class T>
+void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const T& value) {
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &value, sizeof(value)));
+}
+template <class T>
+void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t attr, const T& value) {
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &value, sizeof(value)));
+}
+
+}  // namespace
+
+struct LtGemms::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool bias = false;
+  Plan() = default;
+  Plan(const Plan&) = delete;
+  Plan& operator=(const Plan&) = delete;
+  ~Plan() {
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+// A preference object for one query (destroyed on every path).
+class Preference {
+ public:
+  Preference() { OPTUNE_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&p_)); }
+  ~Preference() { cublasLtMatmulPreferenceDestroy(p_); }
+  Preference(const Preference&) = delete;
+  Preference& operator=(const Preference&) = delete;
+  cublasLtMatmulPreference_t get() const { return p_; }
+
+ private:
+  cublasLtMatmulPreference_t p_ = nullptr;
+};
+
+LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes)
+    : stream_(stream), workspace_(workspace), bytes_(bytes) {
+  lt_handle();  // a failure to create the handle shows here, before any work
+}
+
+LtGemms::~LtGemms() = default;
+
+const LtGemms::Plan& LtGemms::plan(const Key& key, const void* bias) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias] = key;
+  (void)accumulate, (void)align_bias;  // in the key only: plans differ by them, the query does not take them
+  auto p = std::make_unique<Plan>();
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, static_cast<int32_t>(trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
+  set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, static_cast<int32_t>(CUBLAS_OP_N));
+  const cublasLtEpilogue_t ep = epilogue == kBiasGelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+  set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(ep));
+  p->bias = epilogue == kBiasGelu;
+  // the weights as stored: [K, N] row-major is column-major N x K (ld N); [N, K] is K x N (ld K), transposed
+  OPTUNE_CUBLAS_CHECK(trans_b ? cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K)
+                              : cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, N, K, N));
+  OPTUNE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, M, K));
+  OPTUNE_CUBLAS_CHECK(epilogue == kNone ? cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, N, M, ldc)
+                                        : cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16BF, N, M, N));
+  Preference pref;
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(bytes_));
+  // K-splits only when reduced in place (ordered by counters); none whose slices a second kernel adds
+  const uint32_t in_place_only = CUBLASLT_REDUCTION_SCHEME_INPLACE;
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, in_place_only);
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, static_cast<uint32_t>(align_b));  // (weights)
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(align_a));  // (activations)
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(align_c));
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(align_c));
+  if (p->bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);  // the heuristic reads its alignment
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), p->desc, p->a, p->b, p->c, p->c, pref.get(), 1,
+                                                     &result, &found));
+  OPTUNE_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
+               "OPTUNE_CUDA_DECODE_GEMM=lt: cuBLASLt offers no algorithm for the decode GEMM [" + std::to_string(M) +
+                   ", " + std::to_string(N) + ", " + std::to_string(K) + "]" +
+                   (epilogue == kNone ? "" : " with its bias and GELU epilogue") +
+                   " on this GPU; unset OPTUNE_CUDA_DECODE_GEMM to use cuBLAS's GEMMs");
+  p->algo = result.algo;
+  return *plans_.emplace(key, std::move(p)).first->second;
+}
+
+void LtGemms::run(const Plan& p, const void* A, const void* B, float beta, void* C, const void* bias) {
+  const float alpha = 1.0f;
+  if (p.bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
+  // cuBLASLt's A is the weights (our B), its B the activations (our A)
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
+                                     workspace_, bytes_, stream_));
+}
+
+void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, float beta,
+                 float* C, int ldc) {
+  if (M <= 0 || N <= 0) return;
+  const Key key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C), 0};
+  run(plan(key, nullptr), A, B, beta, C, nullptr);
+}
+
+void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b,
+                           const __nv_bfloat16* bias, __nv_bfloat16* out) {
+  if (M <= 0 || N <= 0) return;
+  OPTUNE_CHECK(bias, "internal: LtGemms::mm_bias_gelu without a bias");
+  const Key key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
+                alignment_of(bias)};
+  run(plan(key, bias), A, B, 0.0f, out, bias);
+}
+
+}  // namespace optune::cuda
