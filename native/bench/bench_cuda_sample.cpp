@@ -11,15 +11,15 @@
 // "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that
 // with the own GEMMs, whose weight loads then start before the kernel before ends), "sample_staged_attn" (the
 // decode attention staging each warp's keys and values in shared memory: OPTUNE_CUDA_DECODE_ATTN=staged),
-// "sample_lt" (the decode GEMMs on cuBLASLt, GPT-2's GELU in the GEMM: OPTUNE_CUDA_DECODE_GEMM=lt) and
-// "sample_lt_staged_attn" (both).
+// "sample_lt" (the decode GEMMs on cuBLASLt, GPT-2's GELU in the GEMM: OPTUNE_CUDA_DECODE_GEMM=lt), "sample_parts"
+// (each row's draw over parts of the row: OPTUNE_CUDA_PICK=parts) and "sample_lt_staged_parts" (those three).
 // (Requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an
 // H200: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own
 // kernel; early_launch: whether the own kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on cuBLASLt;
-// staged_attentions: decode attention calls on the staged kernel. The environment the benchmark starts with applies to the first rows. Last, bf16 with
-// the default GEMMs and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted
-// whole every step. Random weights give nearly flat distributions, so the top-p nucleus holds most of the
-// vocabulary; a trained model's is far smaller.
+// part_picks: draws over parts; staged_attentions: decode attention calls on the staged kernel. The environment the
+// benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered draws:
+// "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give
+// nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
 #include <algorithm>
@@ -86,13 +86,15 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
-                  "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"staged_attentions\": %d, "
-                  "\"tf32\": %s, \"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
+                  "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"part_picks\": %d, "
+                  "\"staged_attentions\": %d, \"tf32\": %s, \"call_bytes\": %zu, \"graph_error\": \"%s\", "
+                  "\"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
                   stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
-                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms, stats.staged_attentions,
-                  stats.tf32 ? "true" : "false", stats.device_bytes, json_safe(stats.graph_error).c_str(),
+                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms, stats.part_picks,
+                  stats.staged_attentions, stats.tf32 ? "true" : "false", stats.device_bytes,
+                  json_safe(stats.graph_error).c_str(),
                   device.c_str());
       std::fflush(stdout);
     };
@@ -112,7 +114,9 @@ int main(int argc, char** argv) {
         {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_staged_attn", {{"OPTUNE_CUDA_DECODE_ATTN", "staged"}}},
         {"sample_lt", {{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}},
-        {"sample_lt_staged_attn", {{"OPTUNE_CUDA_DECODE_GEMM", "lt"}, {"OPTUNE_CUDA_DECODE_ATTN", "staged"}}},
+        {"sample_parts", {{"OPTUNE_CUDA_PICK", "parts"}}},
+        {"sample_lt_staged_parts",
+         {{"OPTUNE_CUDA_DECODE_GEMM", "lt"}, {"OPTUNE_CUDA_DECODE_ATTN", "staged"}, {"OPTUNE_CUDA_PICK", "parts"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

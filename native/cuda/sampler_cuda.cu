@@ -247,6 +247,11 @@ DecodeGemm decode_gemm_setting() {
 // the same results, fewer waits on memory). Not measured on a GPU yet, so not the default.
 bool staged_attention_setting() { return env_choice("OPTUNE_CUDA_DECODE_ATTN", "direct", "staged"); }
 
+// OPTUNE_CUDA_PICK: unset or "row": each row's token is drawn by one block (pick_kernel); "parts": unfiltered draws
+// and greedy picks go over kPickParts blocks a row in three kernels (sample_kernels.cu: the same definitions, the
+// sums in another order). Not measured on a GPU yet, so not the default.
+bool part_pick_setting() { return env_choice("OPTUNE_CUDA_PICK", "row", "parts"); }
+
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
 // while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up,
@@ -287,6 +292,7 @@ class Sampler {
     staged_attention_ = !std::is_same_v<Act, float> && staged_attention_setting() &&
                         staged_attention_fits(m.cfg.head_dim);
     if (staged_attention_) attention_decode_prepare();
+    part_pick_ = part_pick_setting();
     split_setting_ = split_k_setting(own_gemm_);
     early_launch_ = early_launch_setting();
     sms_ = sm_count();
@@ -310,7 +316,7 @@ class Sampler {
     init_state();
     prefill();
     order_rows(n_prompts_);
-    pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
+    pick(K_, R_);
     sync();
     const auto t1 = std::chrono::steady_clock::now();
     int steps = 0, graphs = 0, bucket = 0;
@@ -363,6 +369,7 @@ class Sampler {
       stats->row_sorts = row_sorts_;
       stats->staged_attentions = staged_attentions_;
       stats->lt_gemms = lt_gemms_;
+      stats->part_picks = part_picks_;
       stats->tf32 = std::is_same_v<Act, float> && blas_.tf32();
     }
     return res;
@@ -421,6 +428,16 @@ class Sampler {
       sort_temp_ = alloc<char>(sort_.temp_bytes, "sampler sort temp storage");
       sort_.keys_in = sort_keys_in_.data(), sort_.keys_out = sort_keys_out_.data();
       sort_.vals_in = sort_vals_in_.data(), sort_.temp = sort_temp_.data();
+    }
+    if (part_pick_) {  // the draws in parts: per response row and part
+      const size_t n = static_cast<size_t>(R_) * kPickParts;
+      part_max_ = alloc<float>(n, "sampler pick parts (max)");
+      part_arg_ = alloc<int32_t>(n, "sampler pick parts (argmax)");
+      part_bad_ = alloc<int32_t>(n, "sampler pick parts (non-finite flags)");
+      part_sum_ = alloc<float>(n, "sampler pick parts (sums)");
+      part_mass_ = alloc<double>(n, "sampler pick parts (draw masses)");
+      pick_parts_ = {part_max_.data(), part_arg_.data(), part_bad_.data(), part_sum_.data(), part_mass_.data(),
+                     kPickParts};
     }
     prompt_tok_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt tokens");
     prompt_pos_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt positions");
@@ -706,6 +723,14 @@ class Sampler {
     row_sorts_++;
   }
 
+  // The next tokens of the first n_rows active rows from logits_ (row a / logits_div); counts the draws in parts.
+  void pick(int logits_div, int n_rows) {
+    const bool in_parts = part_pick_ && !params_.filtered();
+    pick_tokens(logits_.data(), logits_div, sorted_.data(), n_rows, state_, params_, st(),
+                in_parts ? &pick_parts_ : nullptr);
+    part_picks_ += in_parts;
+  }
+
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
   void decode_step(int bucket) {
     prepare_decode_rows(row_tok_.data(), row_pos_.data(), row_slot_.data(), state_, bucket, st());
@@ -717,7 +742,7 @@ class Sampler {
     head(logits_.data(), nullptr, bucket, pending);
     decoding_ = false;
     order_rows(bucket);
-    pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
+    pick(1, bucket);
   }
 
   SampleResult collect() {
@@ -743,24 +768,27 @@ class Sampler {
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
   int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, staged_attentions_ = 0,
-      lt_gemms_ = 0;
+      lt_gemms_ = 0, part_picks_ = 0;
   bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool staged_attention_ = false;  // the decode attention stages keys and values (OPTUNE_CUDA_DECODE_ATTN)
+  bool part_pick_ = false;         // unfiltered draws go over parts of each row (OPTUNE_CUDA_PICK)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
   bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
   size_t part_capacity_ = 0;  // floats of part_
   Params params_;
   State state_;
   SortScratch sort_;
+  PickParts pick_parts_;
   Stream stream_;
   Buffer<char> blas_ws_;
   Blas blas_;
   std::unique_ptr<LtGemms> lt_;  // bf16 decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt); null otherwise
-  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
+  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_, part_max_, part_sum_;
+  Buffer<double> part_mass_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<float2> rope_;                             // RoPE's (cos, sin) per position and pair (rope_table); Llama
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
-      row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
+      row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_, part_arg_, part_bad_;
   Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;
   Buffer<uint8_t> finished_;
   Buffer<char> sort_temp_;

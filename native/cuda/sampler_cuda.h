@@ -48,6 +48,7 @@ struct SamplerStats {
   bool tf32 = false;         // the fp32 GEMMs were allowed TF32 tensor cores (OPTUNE_CUDA_TF32=1; cuBLAS picks)
   int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
   int lt_gemms = 0;          // decode GEMMs issued to cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt; eager and captured)
+  int part_picks = 0;        // draws over parts of each row (OPTUNE_CUDA_PICK=parts; eager and captured)
   int staged_attentions = 0; // decode attention calls on the staged kernel (OPTUNE_CUDA_DECODE_ATTN=staged; eager and
                              // captured; 0: all direct)
 };

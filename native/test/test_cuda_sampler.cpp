@@ -12,6 +12,7 @@
 //  - staging the decode attention's keys and values in shared memory (OPTUNE_CUDA_DECODE_ATTN=staged) changes no bit;
 //  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
 //  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
+//  - unfiltered draws over parts of each row (OPTUNE_CUDA_PICK=parts) follow the same definitions;
 //  - the bf16 decode GEMM kernel (decode_gemm.cu) equals sums in double of the same bf16 operands, and sampling with
 //    it matches sampling with cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding, as does sampling with
 //    the GEMMs on cuBLASLt (=lt, GPT-2's GELU in the GEMM);
@@ -666,6 +667,43 @@ TEST(large_vocabulary_draws_equal_cpu_sampler) {
     CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the CPU sampler's");
     CHECK_MSG(worst_logp_error(*m, req, gpu) < 1e-4, what + ": log-probs");
   }
+}
+
+TEST(part_picks_draw_as_the_cpu_sampler) {
+  // OPTUNE_CUDA_PICK=parts: unfiltered draws and greedy picks over kPickParts blocks a row (filtered ones stay on the
+  // row kernel). Temperature and greedy follow their definitions (vocabulary 17: parts of 4, three of them empty);
+  // at GPT-2's vocabulary the draws are the CPU sampler's but for rounding at a boundary, and the log-probs a full
+  // forward's; non-finite logits raise the CPU sampler's error.
+  const testing::ScopedEnv parts("OPTUNE_CUDA_PICK", "parts");
+  auto tiny = make_model(testing::tiny_gpt2());
+  testing::randomize(*tiny, 35, 0.8f);
+  testing::check_sampling_definitions(*tiny, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); });
+  auto m = make_model(testing::tiny_gpt2(50257));
+  testing::randomize(*m, 49, 0.5f);
+  const DeviceWeights w(*m, false);
+  for (const float temperature : {1.0f, 0.7f, 0.0f}) {
+    SampleRequest req = prompts_request(kPrompts, 40, 3);
+    req.temperature = temperature;
+    cuda::SamplerStats stats;
+    const SampleResult gpu = cuda::sample_with_weights(*m, w.get(), req, &stats), cpu = sample(*m, req);
+    const std::string what = "V 50257, temperature " + std::to_string(temperature);
+    check_layout(req, gpu, what);
+    CHECK_MSG(stats.part_picks > 0, what + ": no draw went over parts");
+    const double agree = agreement(gpu, cpu);
+    std::printf("  %s: %d draws over parts, %.1f%% of responses equal the CPU sampler's\n", what.c_str(),
+                stats.part_picks, 100 * agree);
+    CHECK_MSG(agree >= 0.9, what + ": only " + std::to_string(agree) + " of responses equal the CPU sampler's");
+    CHECK_MSG(worst_logp_error(*m, req, gpu) < 1e-4, what + ": log-probs");
+  }
+  cuda::SamplerStats filtered;
+  SampleRequest top_k = prompts_request(kPrompts, 4, 3);
+  top_k.top_k = 50;
+  cuda::sample_with_weights(*m, w.get(), top_k, &filtered);
+  CHECK_MSG(filtered.part_picks == 0 && filtered.row_sorts > 0, "top-k draws went over parts");
+  auto bad = clone_model(*tiny);
+  bad->params[bad->layout.normf_w] = NAN;
+  CHECK_THROWS(gpu_sample(*bad, prompts_request(kPrompts, 2, 4)), "non-finite logits");
+  CHECK(gpu_sample(*tiny, prompts_request(kPrompts, 2, 4)).tokens.size() == 24);
 }
 
 TEST(bad_requests_and_non_finite_logits_throw) {
