@@ -5,7 +5,10 @@
 #include <cublasLt.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <string>
+#include <tuple>
 
 #include "check.cuh"
 #include "core/error.h"
@@ -44,9 +47,8 @@ void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t
   OPTUNE_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(p, attr, &value, sizeof(value)));
 }
 
-}  // namespace
-
-struct LtGemms::Plan {
+// One GEMM shape's descriptors and algorithm.
+struct Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
@@ -75,18 +77,13 @@ class Preference {
   cublasLtMatmulPreference_t p_ = nullptr;
 };
 
-LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes)
-    : stream_(stream), workspace_(workspace), bytes_(bytes) {
-  lt_handle();  // a failure to create the handle shows here, before any work
-}
+// What a plan depends on: M, N, K, trans_b, beta != 0, ldc, epilogue, the alignments of A, B, C and the bias, the
+// workspace bytes, the device.
+using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int>;
 
-LtGemms::~LtGemms() = default;
-
-const LtGemms::Plan& LtGemms::plan(const Key& key, const void* bias) {
-  auto it = plans_.find(key);
-  if (it != plans_.end()) return *it->second;
-  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias] = key;
-  (void)accumulate, (void)align_bias;  // in the key only: plans differ by them, the query does not take them
+Plan* make_plan(const PlanKey& key, const void* bias) {
+  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device] = key;
+  (void)accumulate, (void)align_bias, (void)device;  // plans differ by them; the query takes them otherwise
   auto p = std::make_unique<Plan>();
   OPTUNE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, static_cast<int32_t>(trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
@@ -94,6 +91,7 @@ const LtGemms::Plan& LtGemms::plan(const Key& key, const void* bias) {
   const cublasLtEpilogue_t ep = epilogue == kBiasGelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
   set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(ep));
   p->bias = epilogue == kBiasGelu;
+  if (p->bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);  // the heuristic reads its alignment
   // the weights as stored: [K, N] row-major is column-major N x K (ld N); [N, K] is K x N (ld K), transposed
   OPTUNE_CUBLAS_CHECK(trans_b ? cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K)
                               : cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, N, K, N));
@@ -101,7 +99,7 @@ const LtGemms::Plan& LtGemms::plan(const Key& key, const void* bias) {
   OPTUNE_CUBLAS_CHECK(epilogue == kNone ? cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, N, M, ldc)
                                         : cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16BF, N, M, N));
   Preference pref;
-  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(bytes_));
+  set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(bytes));
   // K-splits only when reduced in place (ordered by counters); none whose slices a second kernel adds
   const uint32_t in_place_only = CUBLASLT_REDUCTION_SCHEME_INPLACE;
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, in_place_only);
@@ -109,7 +107,6 @@ const LtGemms::Plan& LtGemms::plan(const Key& key, const void* bias) {
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(align_a));  // (activations)
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(align_c));
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(align_c));
-  if (p->bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);  // the heuristic reads its alignment
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   OPTUNE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), p->desc, p->a, p->b, p->c, p->c, pref.get(), 1,
@@ -120,31 +117,54 @@ const LtGemms::Plan& LtGemms::plan(const Key& key, const void* bias) {
                    (epilogue == kNone ? "" : " with its bias and GELU epilogue") +
                    " on this GPU; unset OPTUNE_CUDA_DECODE_GEMM to use cuBLAS's GEMMs");
   p->algo = result.algo;
-  return *plans_.emplace(key, std::move(p)).first->second;
+  return p.release();
 }
 
-void LtGemms::run(const Plan& p, const void* A, const void* B, float beta, void* C, const void* bias) {
+// The plan of a key, made on its first use in this thread (bias: that call's) and kept for the thread's lifetime.
+const Plan& plan_for(const PlanKey& key, const void* bias) {
+  thread_local std::map<PlanKey, std::unique_ptr<Plan>> plans;
+  auto it = plans.find(key);
+  if (it == plans.end()) it = plans.emplace(key, std::unique_ptr<Plan>(make_plan(key, bias))).first;
+  return *it->second;
+}
+
+int current_device_id() {
+  int d = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+// cuBLASLt's A is the weights (our B), its B the activations (our A).
+void run(const Plan& p, const void* A, const void* B, float beta, void* C, const void* bias, void* workspace,
+         size_t bytes, cudaStream_t stream) {
   const float alpha = 1.0f;
   if (p.bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
-  // cuBLASLt's A is the weights (our B), its B the activations (our A)
   OPTUNE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
-                                     workspace_, bytes_, stream_));
+                                     workspace, bytes, stream));
+}
+
+}  // namespace
+
+LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes)
+    : stream_(stream), workspace_(workspace), bytes_(bytes) {
+  lt_handle();  // a failure to create the handle shows here, before any work
 }
 
 void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, float beta,
                  float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  const Key key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C), 0};
-  run(plan(key, nullptr), A, B, beta, C, nullptr);
+  const PlanKey key{M,  N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
+                    0, bytes_, current_device_id()};
+  run(plan_for(key, nullptr), A, B, beta, C, nullptr, workspace_, bytes_, stream_);
 }
 
 void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b,
                            const __nv_bfloat16* bias, __nv_bfloat16* out) {
   if (M <= 0 || N <= 0) return;
   OPTUNE_CHECK(bias, "internal: LtGemms::mm_bias_gelu without a bias");
-  const Key key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
-                alignment_of(bias)};
-  run(plan(key, bias), A, B, 0.0f, out, bias);
+  const PlanKey key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
+                    alignment_of(bias), bytes_, current_device_id()};
+  run(plan_for(key, bias), A, B, 0.0f, out, bias, workspace_, bytes_, stream_);
 }
 
 }  // namespace optune::cuda

@@ -7,17 +7,15 @@
 //    bias_gelu kernel (3.3 us a layer on an H200). cuBLASLt's GELU is the tanh form GPT-2 uses; the bias is added
 //    as bf16 (the bf16 weight copy's), as PyTorch's bf16 autocast does, where the default path adds it in fp32.
 // Each shape's plan (descriptors and the heuristic's first algorithm for these operands' alignments) is made on its
-// first use, which the sampler's first (eager) decode step of a batch bucket does before the step is captured into a
-// CUDA graph. Not measured on a GPU yet, so not the default.
+// first use in a host thread and kept for the thread's later calls (as its cuBLASLt handle): the sampler's first
+// (eager) decode step of a batch bucket makes them before the step is captured into a CUDA graph, and a later
+// sampling call on the same thread asks the heuristic nothing. Not measured on a GPU yet, so not the default.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <map>
-#include <memory>
-#include <tuple>
 
 namespace optune::cuda {
 
@@ -26,7 +24,6 @@ class LtGemms {
   // Work goes to `stream`, with `workspace` (bytes) as cuBLASLt's scratch (it may hold in-place reductions' counters;
   // the caller keeps it alive and uses it for nothing else while these GEMMs run).
   LtGemms(cudaStream_t stream, void* workspace, size_t bytes);
-  ~LtGemms();
   LtGemms(const LtGemms&) = delete;
   LtGemms& operator=(const LtGemms&) = delete;
 
@@ -36,19 +33,11 @@ class LtGemms {
   // out[M, N] (bf16, row stride N) = gelu_tanh(A op(B) + bias), bias [N] (bf16).
   void mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b,
                     const __nv_bfloat16* bias, __nv_bfloat16* out);
-  int plans() const { return static_cast<int>(plans_.size()); }
 
  private:
-  struct Plan;
-  // (M, N, K, trans_b, beta != 0, ldc, epilogue: 0 none / 1 bias + GELU, alignments of A, B, C, bias)
-  using Key = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int>;
-  const Plan& plan(const Key& key, const void* bias);  // made on the key's first use (bias: that call's)
-  void run(const Plan& p, const void* A, const void* B, float beta, void* C, const void* bias);
-
   cudaStream_t stream_;
   void* workspace_;
   size_t bytes_;
-  std::map<Key, std::unique_ptr<Plan>> plans_;
 };
 
 }  // namespace optune::cuda
