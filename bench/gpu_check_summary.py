@@ -96,8 +96,9 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 SAMPLE_VARIANTS = {"sample_own": "own GEMM", "sample_own_unsplit": "own GEMM unsplit",
                    "sample_pdl": "early launches (PDL)", "sample_own_pdl": "own GEMM, early launches",
                    "sample_staged_attn": "staged decode attention", "sample_lt": "cuBLASLt GEMMs",
+                   "sample_lt_tuned": "cuBLASLt GEMMs, tuned",
                    "sample_parts": "draws over parts of a row",
-                   "sample_lt_staged_parts": "cuBLASLt GEMMs, staged attention, draws over parts",
+                   "sample_lt_staged_parts": "cuBLASLt GEMMs tuned, staged attention, draws over parts",
                    "sample_top_p": "top-p 0.9 sorted, peer unfiltered",
                    "sample_top_k": "top-k 50 sorted, peer unfiltered"}
 

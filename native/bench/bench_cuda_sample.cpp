@@ -11,8 +11,10 @@
 // "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that
 // with the own GEMMs, whose weight loads then start before the kernel before ends), "sample_staged_attn" (the
 // decode attention staging each warp's keys and values in shared memory: OPTUNE_CUDA_DECODE_ATTN=staged),
-// "sample_lt" (the decode GEMMs on cuBLASLt, GPT-2's GELU in the GEMM: OPTUNE_CUDA_DECODE_GEMM=lt), "sample_parts"
-// (each row's draw over parts of the row: OPTUNE_CUDA_PICK=parts) and "sample_lt_staged_parts" (those three).
+// "sample_lt" (the decode GEMMs on cuBLASLt, GPT-2's GELU in the GEMM: OPTUNE_CUDA_DECODE_GEMM=lt),
+// "sample_lt_tuned" (=lt-tuned: each shape's algorithm timed among those with the same bits; the warm-up call pays
+// the timing), "sample_parts" (each row's draw over parts of the row: OPTUNE_CUDA_PICK=parts) and
+// "sample_lt_staged_parts" (lt-tuned, staged attention and draws over parts together).
 // (Requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an
 // H200: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own
 // kernel; early_launch: whether the own kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on cuBLASLt;
@@ -115,9 +117,12 @@ int main(int argc, char** argv) {
         {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_staged_attn", {{"OPTUNE_CUDA_DECODE_ATTN", "staged"}}},
         {"sample_lt", {{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}},
+        {"sample_lt_tuned", {{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"}}},
         {"sample_parts", {{"OPTUNE_CUDA_PICK", "parts"}}},
         {"sample_lt_staged_parts",
-         {{"OPTUNE_CUDA_DECODE_GEMM", "lt"}, {"OPTUNE_CUDA_DECODE_ATTN", "staged"}, {"OPTUNE_CUDA_PICK", "parts"}}},
+         {{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"},
+          {"OPTUNE_CUDA_DECODE_ATTN", "staged"},
+          {"OPTUNE_CUDA_PICK", "parts"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

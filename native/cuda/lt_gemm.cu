@@ -4,11 +4,13 @@
 
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "check.cuh"
 #include "core/error.h"
@@ -78,12 +80,117 @@ class Preference {
 };
 
 // What a plan depends on: M, N, K, trans_b, beta != 0, ldc, epilogue, the alignments of A, B, C and the bias, the
-// workspace bytes, the device.
-using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int>;
+// workspace bytes, the device, whether it was tuned.
+using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int, bool>;
 
-Plan* make_plan(const PlanKey& key, const void* bias) {
-  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device] = key;
+// The operands of the call that makes a plan, for tuning it.
+struct Call {
+  const void *A, *B, *bias;
+  void* C;
+  float beta;
+  void* workspace;
+  size_t bytes;
+  cudaStream_t stream;
+};
+
+void run(const Plan& p, const cublasLtMatmulAlgo_t& algo, const Call& c, void* C) {
+  const float alpha = 1.0f;
+  if (p.bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, c.bias);
+  // cuBLASLt's A is the weights (our B), its B the activations (our A)
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), p.desc, &alpha, c.B, p.a, c.A, p.b, &c.beta, C, p.c, C, p.c, &algo,
+                                     c.workspace, c.bytes, c.stream));
+}
+
+// ---- tuning (OPTUNE_CUDA_DECODE_GEMM=lt-tuned) ----------------------------------------------------------------------
+// The heuristic's first algorithm fixes the results; among its next candidates, those that give the same bits on the
+// call's own operands (the same K-split and order of additions, other tiles or stages) are timed on them, each run
+// after the L2 cache was overwritten (a decode step streams each layer's weights from memory: timed with them cached,
+// the candidates would rank differently), and the fastest is kept. So tuning changes the speed, never a result, and
+// two runs with different choices still give the same tokens.
+constexpr int kCandidates = 8;
+constexpr int kTimedRuns = 7;  // the median counts
+
+class DeviceScratch {
+ public:
+  explicit DeviceScratch(size_t bytes) { OPTUNE_CUDA_CHECK(cudaMalloc(&p_, bytes)); }
+  ~DeviceScratch() { cudaFree(p_); }
+  DeviceScratch(const DeviceScratch&) = delete;
+  DeviceScratch& operator=(const DeviceScratch&) = delete;
+  void* get() const { return p_; }
+
+ private:
+  void* p_ = nullptr;
+};
+
+class Event {
+ public:
+  Event() { OPTUNE_CUDA_CHECK(cudaEventCreate(&e_)); }
+  ~Event() { cudaEventDestroy(e_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
+// Index of the chosen candidate among results[0 .. n).
+int tune(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int n, const Call& c, size_t out_bytes) {
+  if (n < 2) return 0;
+  int device = 0, l2 = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&device));
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+  const size_t flush_bytes = 2 * static_cast<size_t>(std::max(l2, 1 << 20));
+  DeviceScratch out(out_bytes), flush(flush_bytes);
+  // one run of candidate i into `out` from the call's C (beta != 0 adds into it); returns false when it cannot run
+  const auto run_into_out = [&](int i) {
+    if (c.beta != 0.0f)
+      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.get(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
+    try {
+      run(p, results[i].algo, c, out.get());
+    } catch (const Error&) {
+      return false;
+    }
+    return true;
+  };
+  std::vector<unsigned char> reference(out_bytes), bits(out_bytes);
+  OPTUNE_CHECK(run_into_out(0), "OPTUNE_CUDA_DECODE_GEMM=lt-tuned: the heuristic's own algorithm failed to run");
+  OPTUNE_CUDA_CHECK(cudaMemcpyAsync(reference.data(), out.get(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
+  OPTUNE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+  Event start, stop;
+  int best = 0;
+  float best_ms = 0.0f;
+  for (int i = 0; i < n; i++) {
+    if (i > 0) {  // the same bits as the reference, or out
+      if (!run_into_out(i)) continue;
+      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), out.get(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
+      OPTUNE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+      if (bits != reference) continue;
+    }
+    std::vector<float> ms(kTimedRuns);
+    for (int r = 0; r < kTimedRuns; r++) {
+      OPTUNE_CUDA_CHECK(cudaMemsetAsync(flush.get(), r & 0xff, flush_bytes, c.stream));
+      if (c.beta != 0.0f)
+        OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.get(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
+      OPTUNE_CUDA_CHECK(cudaEventRecord(start.get(), c.stream));
+      run(p, results[i].algo, c, out.get());
+      OPTUNE_CUDA_CHECK(cudaEventRecord(stop.get(), c.stream));
+      OPTUNE_CUDA_CHECK(cudaEventSynchronize(stop.get()));
+      OPTUNE_CUDA_CHECK(cudaEventElapsedTime(&ms[r], start.get(), stop.get()));
+    }
+    std::nth_element(ms.begin(), ms.begin() + kTimedRuns / 2, ms.end());
+    const float median = ms[kTimedRuns / 2];
+    if (i == 0 || median < best_ms) best = i, best_ms = median;
+  }
+  return best;
+}
+
+// The plan of a key (bias: the making call's, for its alignment); tuned on the call's operands when the key says so.
+Plan* make_plan(const PlanKey& key, const Call& call) {
+  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device,
+              tuned] = key;
   (void)accumulate, (void)align_bias, (void)device;  // plans differ by them; the query takes them otherwise
+  const void* bias = call.bias;
   auto p = std::make_unique<Plan>();
   OPTUNE_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   set_desc(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, static_cast<int32_t>(trans_b ? CUBLAS_OP_T : CUBLAS_OP_N));
@@ -107,24 +214,32 @@ Plan* make_plan(const PlanKey& key, const void* bias) {
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(align_a));  // (activations)
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(align_c));
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(align_c));
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
   int found = 0;
-  OPTUNE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), p->desc, p->a, p->b, p->c, p->c, pref.get(), 1,
-                                                     &result, &found));
-  OPTUNE_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), p->desc, p->a, p->b, p->c, p->c, pref.get(),
+                                                     tuned ? kCandidates : 1, results, &found));
+  while (found > 0 && results[found - 1].state != CUBLAS_STATUS_SUCCESS) found--;
+  OPTUNE_CHECK(found > 0 && results[0].state == CUBLAS_STATUS_SUCCESS,
                "OPTUNE_CUDA_DECODE_GEMM=lt: cuBLASLt offers no algorithm for the decode GEMM [" + std::to_string(M) +
                    ", " + std::to_string(N) + ", " + std::to_string(K) + "]" +
                    (epilogue == kNone ? "" : " with its bias and GELU epilogue") +
                    " on this GPU; unset OPTUNE_CUDA_DECODE_GEMM to use cuBLAS's GEMMs");
-  p->algo = result.algo;
+  int pick = 0;
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  OPTUNE_CUDA_CHECK(cudaStreamIsCapturing(call.stream, &capturing));
+  if (tuned && capturing == cudaStreamCaptureStatusNone) {  // (a plan first asked for under capture stays untuned)
+    const size_t out_bytes = static_cast<size_t>(M) * (epilogue == kNone ? ldc * sizeof(float) : N * 2);
+    pick = tune(*p, results, found, call, out_bytes);
+  }
+  p->algo = results[pick].algo;
   return p.release();
 }
 
-// The plan of a key, made on its first use in this thread (bias: that call's) and kept for the thread's lifetime.
-const Plan& plan_for(const PlanKey& key, const void* bias) {
+// The plan of a key, made on its first use in this thread (by that call) and kept for the thread's lifetime.
+const Plan& plan_for(const PlanKey& key, const Call& call) {
   thread_local std::map<PlanKey, std::unique_ptr<Plan>> plans;
   auto it = plans.find(key);
-  if (it == plans.end()) it = plans.emplace(key, std::unique_ptr<Plan>(make_plan(key, bias))).first;
+  if (it == plans.end()) it = plans.emplace(key, std::unique_ptr<Plan>(make_plan(key, call))).first;
   return *it->second;
 }
 
@@ -134,28 +249,21 @@ int current_device_id() {
   return d;
 }
 
-// cuBLASLt's A is the weights (our B), its B the activations (our A).
-void run(const Plan& p, const void* A, const void* B, float beta, void* C, const void* bias, void* workspace,
-         size_t bytes, cudaStream_t stream) {
-  const float alpha = 1.0f;
-  if (p.bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);
-  OPTUNE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), p.desc, &alpha, B, p.a, A, p.b, &beta, C, p.c, C, p.c, &p.algo,
-                                     workspace, bytes, stream));
-}
-
 }  // namespace
 
-LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes)
-    : stream_(stream), workspace_(workspace), bytes_(bytes) {
+LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes, bool tune)
+    : stream_(stream), workspace_(workspace), bytes_(bytes), tune_(tune) {
   lt_handle();  // a failure to create the handle shows here, before any work
 }
 
 void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, float beta,
                  float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
-  const PlanKey key{M,  N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
-                    0, bytes_, current_device_id()};
-  run(plan_for(key, nullptr), A, B, beta, C, nullptr, workspace_, bytes_, stream_);
+  const PlanKey key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
+                    0, bytes_, current_device_id(), tune_};
+  const Call call{A, B, nullptr, C, beta, workspace_, bytes_, stream_};
+  const Plan& p = plan_for(key, call);
+  run(p, p.algo, call, C);
 }
 
 void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b,
@@ -163,8 +271,10 @@ void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __
   if (M <= 0 || N <= 0) return;
   OPTUNE_CHECK(bias, "internal: LtGemms::mm_bias_gelu without a bias");
   const PlanKey key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
-                    alignment_of(bias), bytes_, current_device_id()};
-  run(plan_for(key, bias), A, B, 0.0f, out, bias, workspace_, bytes_, stream_);
+                    alignment_of(bias), bytes_, current_device_id(), tune_};
+  const Call call{A, B, bias, out, 0.0f, workspace_, bytes_, stream_};
+  const Plan& p = plan_for(key, call);
+  run(p, p.algo, call, out);
 }
 
 }  // namespace optune::cuda

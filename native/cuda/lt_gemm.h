@@ -22,8 +22,10 @@ namespace optune::cuda {
 class LtGemms {
  public:
   // Work goes to `stream`, with `workspace` (bytes) as cuBLASLt's scratch (it may hold in-place reductions' counters;
-  // the caller keeps it alive and uses it for nothing else while these GEMMs run).
-  LtGemms(cudaStream_t stream, void* workspace, size_t bytes);
+  // the caller keeps it alive and uses it for nothing else while these GEMMs run). tune: a plan made by a call that
+  // is not being captured into a graph times the heuristic's candidates that give its first one's bits on that
+  // call's operands and keeps the fastest (lt_gemm.cu; OPTUNE_CUDA_DECODE_GEMM=lt-tuned).
+  LtGemms(cudaStream_t stream, void* workspace, size_t bytes, bool tune);
   LtGemms(const LtGemms&) = delete;
   LtGemms& operator=(const LtGemms&) = delete;
 
@@ -38,6 +40,7 @@ class LtGemms {
   cudaStream_t stream_;
   void* workspace_;
   size_t bytes_;
+  bool tune_;
 };
 
 }  // namespace optune::cuda

@@ -232,14 +232,16 @@ int sm_count() {
 // cuBLAS). Measured on an H100 at GPT-2 124M's shape (bench_cuda_sample, 64 x 128 new tokens): own with the
 // automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k (H200: 84.3-84.6k, 48.5k, 96.9-98.9k);
 // so cuBLAS stays the default. "lt": a bf16 decode step's GEMMs on cuBLASLt (lt_gemm.h: K-splits only reduced in
-// place, and GPT-2's MLP input projection with its bias and GELU inside the GEMM); not measured on a GPU yet.
-enum class DecodeGemm { kCublas, kOwn, kLt };
+// place, and GPT-2's MLP input projection with its bias and GELU inside the GEMM); "lt-tuned": the same, each
+// shape's algorithm timed among those that give the same bits (lt_gemm.cu). Neither measured on a GPU yet.
+enum class DecodeGemm { kCublas, kOwn, kLt, kLtTuned };
 DecodeGemm decode_gemm_setting() {
   const char* v = std::getenv("OPTUNE_CUDA_DECODE_GEMM");
   if (!v || !*v || std::strcmp(v, "cublas") == 0) return DecodeGemm::kCublas;
   if (std::strcmp(v, "own") == 0) return DecodeGemm::kOwn;
   if (std::strcmp(v, "lt") == 0) return DecodeGemm::kLt;
-  throw Error("OPTUNE_CUDA_DECODE_GEMM must be cublas, own or lt (got '" + std::string(v) + "')");
+  if (std::strcmp(v, "lt-tuned") == 0) return DecodeGemm::kLtTuned;
+  throw Error("OPTUNE_CUDA_DECODE_GEMM must be cublas, own, lt or lt-tuned (got '" + std::string(v) + "')");
 }
 
 // OPTUNE_CUDA_DECODE_ATTN: unset or "direct": the decode attention reads the cache straight into registers; "staged":
@@ -287,8 +289,9 @@ class Sampler {
     const DecodeGemm gemms = decode_gemm_setting();
     own_gemm_ = !std::is_same_v<Act, float> && gemms == DecodeGemm::kOwn;
     if (own_gemm_) decode_gemm_prepare();
-    if (!std::is_same_v<Act, float> && gemms == DecodeGemm::kLt)
-      lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace);  // (the GEMMs run in turn)
+    if (!std::is_same_v<Act, float> && (gemms == DecodeGemm::kLt || gemms == DecodeGemm::kLtTuned))
+      lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace,  // (the GEMMs run in turn)
+                                      gemms == DecodeGemm::kLtTuned);
     staged_attention_ = !std::is_same_v<Act, float> && staged_attention_setting() &&
                         staged_attention_fits(m.cfg.head_dim);
     if (staged_attention_) attention_decode_prepare();

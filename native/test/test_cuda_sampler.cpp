@@ -433,8 +433,8 @@ TEST(lt_decode_gemms_stay_close) {
   // bf16 sampling with the decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt: K-splits only reduced in place,
   // GPT-2's MLP input projection with bias and GELU in the GEMM's epilogue, bias as bf16) against the default
   // cuBLAS GEMMs: within bf16 rounding of a full CPU forward, graphs captured, the same tokens on a second run (the
-  // in-place reductions' order is fixed). Stop tokens shrink the active set, so the plans cover several batch
-  // buckets.
+  // in-place reductions' order is fixed) and with the plans tuned (lt-tuned). Stop tokens shrink the active set, so
+  // the plans cover several batch buckets.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 63, 0.1f);
@@ -446,6 +446,9 @@ TEST(lt_decode_gemms_stay_close) {
     const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
     const SampleResult lt = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, req, &lt_stats);
     const SampleResult again = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, req);
+    // tuned: the plans time other algorithms that give the same bits, so the same results whichever wins
+    const SampleResult tuned = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"}}, *m, w, req);
+    CHECK_MSG(tuned.tokens == lt.tokens && tuned.token_logps == lt.token_logps, what + ": tuning changed results");
     CHECK_MSG(lt_stats.lt_gemms > 0 && cublas_stats.lt_gemms == 0,
               what + ": decode GEMMs on cuBLASLt: " + std::to_string(lt_stats.lt_gemms) + " and " +
                   std::to_string(cublas_stats.lt_gemms) + " (expected some, then none)");
