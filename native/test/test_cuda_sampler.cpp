@@ -397,31 +397,42 @@ TEST(decode_gemm_kernel_matches_a_double_reference) {
   CHECK_THROWS(cuda::decode_gemm(8, 12, 64, p, p, false, 0.0f, nullptr, 12, 1, 0, nullptr), "does not fit");
 }
 
+namespace {
+// A bf16 variant of the decode step (its knobs in `env`) against the defaults on the same request: calls went its
+// way (`used`, a SamplerStats counter, is positive in its stats and 0 in the defaults'), a graph was captured, a
+// second run gives the same results, the layout holds, and the log-probs stay within bf16's bound (0.1, or twice the
+// defaults' error) of a full CPU forward. Returns the variant's result.
+SampleResult check_bf16_variant(const testing::Env& env, int cuda::SamplerStats::*used, const Model& m,
+                                const DeviceWeights& w, const SampleRequest& req, const std::string& what) {
+  cuda::SamplerStats stats, default_stats;
+  const SampleResult base = cuda::sample_with_weights(m, w.get(), req, &default_stats);
+  const SampleResult res = sample_under(env, m, w, req, &stats);
+  const SampleResult again = sample_under(env, m, w, req);
+  CHECK_MSG(stats.*used > 0 && default_stats.*used == 0, what + ": calls the variant took: " +
+                                                             std::to_string(stats.*used) + " and by default " +
+                                                             std::to_string(default_stats.*used));
+  CHECK_MSG(stats.graphs >= 1, what + ": no graph captured: " + stats.graph_error);
+  CHECK_MSG(again.tokens == res.tokens && again.token_logps == res.token_logps, what + ": runs differ");
+  check_layout(req, res, what);
+  const double worst = worst_logp_error(m, req, res), worst_default = worst_logp_error(m, req, base);
+  const double bound = std::max(0.1, 2 * worst_default);
+  CHECK_MSG(worst < bound, what + ": worst |gpu - cpu full| = " + std::to_string(worst) + " (bound " +
+                               std::to_string(bound) + ")");
+  std::printf("  %s: worst log-prob error %.2e (defaults %.2e); %.0f%% of responses equal the defaults'\n",
+              what.c_str(), worst, worst_default, 100 * agreement(res, base));
+  return res;
+}
+}  // namespace
+
 TEST(own_decode_gemms_match_cublas_ones) {
   // bf16 sampling with the decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM=own) against the same
   // on cuBLAS (the default): both within bf16 rounding of a full CPU forward, graphs captured, reproducible.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 49, 0.1f);
-    const SampleRequest req = prompts_request(kPrompts, 3, 20);
     const DeviceWeights w(*m, true);
-    const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
-    cuda::SamplerStats own_stats, cublas_stats;
-    const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
-    const SampleResult own = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, *m, w, req, &own_stats);
-    const SampleResult again = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, *m, w, req);
-    CHECK_MSG(own_stats.own_gemms > 0 && cublas_stats.own_gemms == 0,
-              what + ": decode GEMMs on the own kernel: " + std::to_string(own_stats.own_gemms) + " and " +
-                  std::to_string(cublas_stats.own_gemms) + " (expected some, then none)");
-    CHECK_MSG(own_stats.graphs >= 1, what + ": no graph captured: " + own_stats.graph_error);
-    CHECK_MSG(again.tokens == own.tokens && again.token_logps == own.token_logps, what + ": runs differ");
-    check_layout(req, own, what);
-    const double worst = worst_logp_error(*m, req, own), worst_cublas = worst_logp_error(*m, req, cublas);
-    const double bound = std::max(0.1, 2 * worst_cublas);
-    CHECK_MSG(worst < bound, what + ": worst |gpu - cpu full| = " + std::to_string(worst) + " (bound " +
-                                 std::to_string(bound) + ")");
-    std::printf("  %s: worst log-prob error own kernel %.2e, cuBLAS %.2e; %.0f%% of responses equal\n",
-                what.c_str(), worst, worst_cublas, 100 * agreement(own, cublas));
+    check_bf16_variant({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, &cuda::SamplerStats::own_gemms, *m, w,
+                       prompts_request(kPrompts, 3, 20), std::string(arch_name(cfg.arch)) + " bf16 own GEMMs");
   }
   auto m = make_model(testing::tiny_gpt2());
   const DeviceWeights w(*m, true);
@@ -433,35 +444,21 @@ TEST(lt_decode_gemms_stay_close) {
   // bf16 sampling with the decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt: K-splits only reduced in place,
   // GPT-2's MLP input projection with bias and GELU in the GEMM's epilogue, bias as bf16) against the default
   // cuBLAS GEMMs: within bf16 rounding of a full CPU forward, graphs captured, the same tokens on a second run (the
-  // in-place reductions' order is fixed) and with the plans tuned (lt-tuned). Stop tokens shrink the active set, so
-  // the plans cover several batch buckets.
+  // in-place reductions' order is fixed) and with the plans tuned (lt-tuned: the same bits). Stop tokens shrink the
+  // active set, so the plans cover several batch buckets.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 63, 0.1f);
     SampleRequest req = prompts_request(random_prompts(20, 3, 12, cfg.vocab_size, 17), 2, 32);
     req.stop_tokens = {5, 6, 7, 8};
     const DeviceWeights w(*m, true);
-    const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
-    cuda::SamplerStats lt_stats, cublas_stats;
-    const SampleResult cublas = cuda::sample_with_weights(*m, w.get(), req, &cublas_stats);
-    const SampleResult lt = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, req, &lt_stats);
-    const SampleResult again = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, req);
-    // tuned: the plans time other algorithms that give the same bits, so the same results whichever wins
-    const SampleResult tuned = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"}}, *m, w, req);
+    const std::string what = std::string(arch_name(cfg.arch)) + " bf16 cuBLASLt";
+    const SampleResult lt = check_bf16_variant({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, &cuda::SamplerStats::lt_gemms, *m,
+                                               w, req, what);
+    cuda::SamplerStats tuned_stats;
+    const SampleResult tuned = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"}}, *m, w, req, &tuned_stats);
     CHECK_MSG(tuned.tokens == lt.tokens && tuned.token_logps == lt.token_logps, what + ": tuning changed results");
-    CHECK_MSG(lt_stats.lt_gemms > 0 && cublas_stats.lt_gemms == 0,
-              what + ": decode GEMMs on cuBLASLt: " + std::to_string(lt_stats.lt_gemms) + " and " +
-                  std::to_string(cublas_stats.lt_gemms) + " (expected some, then none)");
-    CHECK_MSG(lt_stats.max_split == 1, what + ": a decode GEMM was split by optune under lt");
-    CHECK_MSG(lt_stats.graphs >= 1, what + ": no graph captured: " + lt_stats.graph_error);
-    CHECK_MSG(again.tokens == lt.tokens && again.token_logps == lt.token_logps, what + ": runs differ");
-    check_layout(req, lt, what);
-    const double worst = worst_logp_error(*m, req, lt), worst_cublas = worst_logp_error(*m, req, cublas);
-    const double bound = std::max(0.1, 2 * worst_cublas);
-    CHECK_MSG(worst < bound, what + ": worst |gpu - cpu full| = " + std::to_string(worst) + " (bound " +
-                                 std::to_string(bound) + ")");
-    std::printf("  %s: %d cuBLASLt GEMM calls; worst log-prob error cuBLASLt %.2e, cuBLAS %.2e; %.0f%% of "
-                "responses equal\n", what.c_str(), lt_stats.lt_gemms, worst, worst_cublas, 100 * agreement(lt, cublas));
+    CHECK_MSG(tuned_stats.max_split == 1, what + ": a decode GEMM was split by optune under lt");
   }
   // fp32 stays on cuBLAS whatever the knob says
   auto m = make_model(wide_gpt2());
