@@ -772,12 +772,12 @@ class Sampler {
   size_t bytes_ = 0;
   int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, staged_attentions_ = 0,
       lt_gemms_ = 0, part_picks_ = 0;
-  bool own_gemm_ = false;     // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
+  bool own_gemm_ = false;          // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool staged_attention_ = false;  // the decode attention stages keys and values (OPTUNE_CUDA_DECODE_ATTN)
   bool part_pick_ = false;         // unfiltered draws go over parts of each row (OPTUNE_CUDA_PICK)
   bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
-  bool decoding_ = false;     // in a decode step: its GEMMs may be split along K
-  size_t part_capacity_ = 0;  // floats of part_
+  bool decoding_ = false;          // in a decode step: its GEMMs may be split along K
+  size_t part_capacity_ = 0;       // floats of part_
   Params params_;
   State state_;
   SortScratch sort_;
