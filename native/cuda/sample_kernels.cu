@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
 // ---- picking in parts: unfiltered draws and greedy over kPickParts blocks a row ----------------------------------
 // Why: pick_kernel gives a row one block, which walks it in three to four dependent passes (max, sum, the draw's
 // segment sums, the crossing); a 64-row decode step thus ran 64 blocks on an H200's 132 SMs, 31 us a step under
-// Nsight, and ptxas spills 164 bytes of its 64 registers a thread at 1024 threads. Here three kernels: the parts'
+// Nsight, and ptxas spills ~160 bytes a thread past its 64 registers at 1024 threads. Here three kernels: the parts'
 // maxima; the parts' sums at the row's max (the log-sum-exp's in float, the draw's in double); then per row the
 // part where the draw's running sum crosses and, inside it alone, pick_kernel's search. The definitions are
 // pick_kernel's (the CPU's); the sums go part by part, so their rounding differs, and a draw within rounding distance
