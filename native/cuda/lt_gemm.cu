@@ -14,6 +14,7 @@
 
 #include "check.cuh"
 #include "core/error.h"
+#include "memory.h"
 
 namespace optune::cuda {
 
@@ -110,18 +111,6 @@ void run(const Plan& p, const cublasLtMatmulAlgo_t& algo, const Call& c, void* C
 constexpr int kCandidates = 8;
 constexpr int kTimedRuns = 7;  // the median counts
 
-class DeviceScratch {
- public:
-  explicit DeviceScratch(size_t bytes) { OPTUNE_CUDA_CHECK(cudaMalloc(&p_, bytes)); }
-  ~DeviceScratch() { cudaFree(p_); }
-  DeviceScratch(const DeviceScratch&) = delete;
-  DeviceScratch& operator=(const DeviceScratch&) = delete;
-  void* get() const { return p_; }
-
- private:
-  void* p_ = nullptr;
-};
-
 class Event {
  public:
   Event() { OPTUNE_CUDA_CHECK(cudaEventCreate(&e_)); }
@@ -137,17 +126,16 @@ class Event {
 // Index of the chosen candidate among results[0 .. n).
 int tune(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int n, const Call& c, size_t out_bytes) {
   if (n < 2) return 0;
-  int device = 0, l2 = 0;
-  OPTUNE_CUDA_CHECK(cudaGetDevice(&device));
-  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
+  int l2 = 0;
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, current_device()));
   const size_t flush_bytes = 2 * static_cast<size_t>(std::max(l2, 1 << 20));
-  DeviceScratch out(out_bytes), flush(flush_bytes);
+  Buffer<char> out(out_bytes, "cuBLASLt tuning output"), flush(flush_bytes, "cuBLASLt tuning L2 flush");
   // one run of candidate i into `out` from the call's C (beta != 0 adds into it); returns false when it cannot run
   const auto run_into_out = [&](int i) {
     if (c.beta != 0.0f)
-      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.get(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
+      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.data(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
     try {
-      run(p, results[i].algo, c, out.get());
+      run(p, results[i].algo, c, out.data());
     } catch (const Error&) {
       return false;
     }
@@ -155,7 +143,7 @@ int tune(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int n, c
   };
   std::vector<unsigned char> reference(out_bytes), bits(out_bytes);
   OPTUNE_CHECK(run_into_out(0), "OPTUNE_CUDA_DECODE_GEMM=lt-tuned: the heuristic's own algorithm failed to run");
-  OPTUNE_CUDA_CHECK(cudaMemcpyAsync(reference.data(), out.get(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
+  OPTUNE_CUDA_CHECK(cudaMemcpyAsync(reference.data(), out.data(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
   OPTUNE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
   Event start, stop;
   int best = 0;
@@ -163,17 +151,17 @@ int tune(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int n, c
   for (int i = 0; i < n; i++) {
     if (i > 0) {  // the same bits as the reference, or out
       if (!run_into_out(i)) continue;
-      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), out.get(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
+      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), out.data(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
       OPTUNE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
       if (bits != reference) continue;
     }
     std::vector<float> ms(kTimedRuns);
     for (int r = 0; r < kTimedRuns; r++) {
-      OPTUNE_CUDA_CHECK(cudaMemsetAsync(flush.get(), r & 0xff, flush_bytes, c.stream));
+      OPTUNE_CUDA_CHECK(cudaMemsetAsync(flush.data(), r & 0xff, flush_bytes, c.stream));
       if (c.beta != 0.0f)
-        OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.get(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
+        OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.data(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
       OPTUNE_CUDA_CHECK(cudaEventRecord(start.get(), c.stream));
-      run(p, results[i].algo, c, out.get());
+      run(p, results[i].algo, c, out.data());
       OPTUNE_CUDA_CHECK(cudaEventRecord(stop.get(), c.stream));
       OPTUNE_CUDA_CHECK(cudaEventSynchronize(stop.get()));
       OPTUNE_CUDA_CHECK(cudaEventElapsedTime(&ms[r], start.get(), stop.get()));
@@ -243,16 +231,10 @@ const Plan& plan_for(const PlanKey& key, const Call& call) {
   return *it->second;
 }
 
-int current_device_id() {
-  int d = 0;
-  OPTUNE_CUDA_CHECK(cudaGetDevice(&d));
-  return d;
-}
-
 }  // namespace
 
 LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes, bool tune)
-    : stream_(stream), workspace_(workspace), bytes_(bytes), tune_(tune) {
+    : stream_(stream), workspace_(workspace), bytes_(bytes), tune_(tune), device_(current_device()) {
   lt_handle();  // a failure to create the handle shows here, before any work
 }
 
@@ -260,7 +242,7 @@ void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat1
                  float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   const PlanKey key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
-                    0, bytes_, current_device_id(), tune_};
+                    0, bytes_, device_, tune_};
   const Call call{A, B, nullptr, C, beta, workspace_, bytes_, stream_};
   const Plan& p = plan_for(key, call);
   run(p, p.algo, call, C);
@@ -271,7 +253,7 @@ void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __
   if (M <= 0 || N <= 0) return;
   OPTUNE_CHECK(bias, "internal: LtGemms::mm_bias_gelu without a bias");
   const PlanKey key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
-                    alignment_of(bias), bytes_, current_device_id(), tune_};
+                    alignment_of(bias), bytes_, device_, tune_};
   const Call call{A, B, bias, out, 0.0f, workspace_, bytes_, stream_};
   const Plan& p = plan_for(key, call);
   run(p, p.algo, call, out);

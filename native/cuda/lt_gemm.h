@@ -41,6 +41,7 @@ class LtGemms {
   void* workspace_;
   size_t bytes_;
   bool tune_;
+  int device_;  // the device the stream belongs to (a plan's key)
 };
 
 }  // namespace optune::cuda

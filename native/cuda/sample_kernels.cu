@@ -278,6 +278,13 @@ static constexpr int kPartThreads = 256;
 
 // Part q of a row of V: [q L, min(V, q L + L)), L a multiple of 4 (16-byte aligned starts for for_each_in_row).
 __device__ inline int part_len(int V, int parts) { return ((V + parts - 1) / parts + 3) / 4 * 4; }
+struct Part {
+  int lo, hi;  // [lo, hi) of the row; empty past the vocabulary
+};
+__device__ inline Part part_of(int V, int parts, int q) {
+  const int L = part_len(V, parts), lo = min(V, q * L);
+  return {lo, min(V, lo + L)};
+}
 
 __global__ void __launch_bounds__(kPartThreads) pick_part_max_kernel(const float* logits, int logits_div, int n_rows,
                                                                      State s, Params p, PickParts pp) {
@@ -286,7 +293,8 @@ __global__ void __launch_bounds__(kPartThreads) pick_part_max_kernel(const float
   const int a = blockIdx.x, q = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int slot, step;
   if (pick_skips(s, a, n_rows, slot, step)) return;
-  const int L = part_len(p.vocab, pp.parts), lo = min(p.vocab, q * L), hi = min(p.vocab, lo + L);
+  const Part part = part_of(p.vocab, pp.parts, q);
+  const int lo = part.lo, hi = part.hi;
   const float* z = logits + static_cast<int64_t>(a / logits_div) * p.logits_ld + lo;
   float best = -INFINITY;
   int arg = INT_MAX;
@@ -313,11 +321,14 @@ __global__ void __launch_bounds__(kPartThreads) pick_part_sums_kernel(const floa
   const int a = blockIdx.x, q = blockIdx.y;
   int slot, step;
   if (pick_skips(s, a, n_rows, slot, step)) return;
+  const float* part_max = pp.max + a * pp.parts;
+  const int32_t* part_bad = pp.bad + a * pp.parts;
   float mx = -INFINITY;
   bool bad = false;
-  for (int k = 0; k < pp.parts; k++) mx = fmaxf(mx, pp.max[a * pp.parts + k]), bad |= pp.bad[a * pp.parts + k];
+  for (int k = 0; k < pp.parts; k++) mx = fmaxf(mx, part_max[k]), bad |= part_bad[k];
   if (bad) return;  // the draw kernel reports it
-  const int L = part_len(p.vocab, pp.parts), lo = min(p.vocab, q * L), hi = min(p.vocab, lo + L);
+  const Part part = part_of(p.vocab, pp.parts, q);
+  const int lo = part.lo, hi = part.hi;
   const float* z = logits + static_cast<int64_t>(a / logits_div) * p.logits_ld + lo;
   const bool draw = p.temperature != 0.0f;
   const float inv_tf = draw ? static_cast<float>(1.0 / p.temperature) : 1.0f;
@@ -341,32 +352,35 @@ __global__ void __launch_bounds__(kPickThreads) pick_part_draw_kernel(const floa
   if (pick_skips(s, a, n_rows, slot, step)) return;
   const int V = p.vocab, L = part_len(V, pp.parts), n_parts = (V + L - 1) / L;  // the parts that hold elements
   const float* z = logits + static_cast<int64_t>(a / logits_div) * p.logits_ld;
+  const int at = a * pp.parts;  // this row's parts
+  const float *part_max = pp.max + at, *part_sum = pp.sum + at;
+  const int32_t *part_arg = pp.arg + at, *part_bad = pp.bad + at;
+  const double* part_mass = pp.mass + at;
   float mx = -INFINITY;
   int arg = INT_MAX;
   bool bad = false;
   for (int k = 0; k < n_parts; k++) {
-    const float m = pp.max[a * pp.parts + k];
-    const int i = pp.arg[a * pp.parts + k];
-    bad |= pp.bad[a * pp.parts + k];
-    if (m > mx || (m == mx && i < arg)) mx = m, arg = i;
+    bad |= part_bad[k];
+    if (part_max[k] > mx || (part_max[k] == mx && part_arg[k] < arg)) mx = part_max[k], arg = part_arg[k];
   }
   if (bad) {  // NaN/Inf logits: as pick_kernel
     if (threadIdx.x == 0) atomicMin(&s.ctl[1], step);
     return;
   }
   float sum = 0.0f;
-  for (int k = 0; k < n_parts; k++) sum += pp.sum[a * pp.parts + k];
+  for (int k = 0; k < n_parts; k++) sum += part_sum[k];
   const double lse = mx + log(static_cast<double>(sum));
   int token = arg;
   if (p.temperature != 0.0f) {
     const double u = rng_uniform(p.seed, s.stream[slot], static_cast<uint64_t>(step));
     double total = 0.0;
-    for (int k = 0; k < n_parts; k++) total += pp.mass[a * pp.parts + k];
+    for (int k = 0; k < n_parts; k++) total += part_mass[k];
     const double target = u * total;
     double base = 0.0;  // the mass before part q
     int q = 0;
-    for (; q < n_parts - 1 && !(base + pp.mass[a * pp.parts + q] > target); q++) base += pp.mass[a * pp.parts + q];
-    const int lo = q * L, n = min(V, lo + L) - lo;
+    for (; q < n_parts - 1 && !(base + part_mass[q] > target); q++) base += part_mass[q];
+    const Part part = part_of(V, pp.parts, q);
+    const int lo = part.lo, n = part.hi - part.lo;
     const float inv_tf = static_cast<float>(1.0 / p.temperature);
     const auto w = [&](int i) { return static_cast<double>(expf((z[lo + i] - mx) * inv_tf)); };
     block_segments(n, w, seg_sum);

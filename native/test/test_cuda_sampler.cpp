@@ -506,8 +506,9 @@ TEST(early_launches_change_no_result) {
 TEST(staged_decode_attention_changes_no_bit) {
   // OPTUNE_CUDA_DECODE_ATTN=staged (bf16, head_dim <= 64): each warp stages its keys and values in shared memory
   // before the arithmetic, which is the direct kernel's in the same order, so tokens and log-probs are the same bits.
-  // Prompts of 100-150 tokens + 40 new: every warp takes a second chunk (keys past 128), the row's own key falls at
-  // every lane, and stop tokens send finished rows to the padding slot (one key, staged nothing).
+  // Prompts of 100-150 tokens + 40 new: up to 190 keys, so warps 0 and 1 take a second chunk (keys past 128), the
+  // row's own key falls at every lane, and stop tokens send finished rows to the padding slot (one key, staged
+  // nothing).
   ModelConfig gpt2_64 = wide_gpt2(), llama_64 = wide_llama(), gpt2_16 = wide_gpt2();
   gpt2_64.max_positions = 256;
   llama_64.n_head = 4, llama_64.n_kv_head = 2, llama_64.head_dim = 64, llama_64.max_positions = 256;  // GQA 2:1, RoPE
