@@ -93,12 +93,10 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 
 # bench_cuda_sample's op names for its variant rows (summary and results.md list them beside "sample").
 # The filtered rows' PyTorch peer is its unfiltered generate (their ratio shows what filtering costs optune).
-SAMPLE_VARIANTS = {"sample_own": "own GEMM", "sample_own_unsplit": "own GEMM unsplit",
+SAMPLE_VARIANTS = {"sample_cublas": "cuBLAS GEMMs", "sample_own": "own GEMM", "sample_own_unsplit": "own GEMM unsplit",
                    "sample_pdl": "early launches (PDL)", "sample_own_pdl": "own GEMM, early launches",
-                   "sample_staged_attn": "staged decode attention", "sample_lt": "cuBLASLt GEMMs",
-                   "sample_lt_tuned": "cuBLASLt GEMMs, tuned",
-                   "sample_parts": "draws over parts of a row",
-                   "sample_lt_staged_parts": "cuBLASLt GEMMs tuned, staged attention, draws over parts",
+                   "sample_mixed": "own GEMM into the residual, cuBLASLt else",
+                   "sample_mixed_pdl": "own GEMM into the residual, cuBLASLt else, early launches",
                    "sample_top_p": "top-p 0.9 sorted, peer unfiltered",
                    "sample_top_k": "top-k 50 sorted, peer unfiltered"}
 

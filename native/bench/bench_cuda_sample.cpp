@@ -6,22 +6,22 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// Then bf16 variants of the decode step, measured in the same run: "sample_own" (decode_gemm.cu's kernel with the
-// automatic K-split: OPTUNE_CUDA_DECODE_GEMM=own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1),
-// "sample_pdl" (the decode step's own kernels launched early: OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that
-// with the own GEMMs, whose weight loads then start before the kernel before ends), "sample_staged_attn" (the
-// decode attention staging each warp's keys and values in shared memory: OPTUNE_CUDA_DECODE_ATTN=staged),
-// "sample_lt" (the decode GEMMs on cuBLASLt, GPT-2's GELU in the GEMM: OPTUNE_CUDA_DECODE_GEMM=lt),
-// "sample_lt_tuned" (=lt-tuned: each shape's algorithm timed among those with the same bits; the warm-up call pays
-// the timing), "sample_parts" (each row's draw over parts of the row: OPTUNE_CUDA_PICK=parts) and
-// "sample_lt_staged_parts" (lt-tuned, staged attention and draws over parts together).
-// (Requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4% slower on an
-// H200: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own
-// kernel; early_launch: whether the own kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on cuBLASLt;
-// part_picks: draws over parts; staged_attentions: decode attention calls on the staged kernel. The environment the
-// benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs and filtered draws:
-// "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give
-// nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
+// The bf16 decode GEMMs run on cuBLASLt by default (GPT-2's MLP bias and GELU in the GEMM: lt_gemm.h). Then bf16
+// variants of the decode step, measured in the same run: "sample_cublas" (the decode GEMMs on cuBLAS:
+// OPTUNE_CUDA_DECODE_GEMM=cublas), "sample_own" (decode_gemm.cu's kernel with the automatic K-split: =own),
+// "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1), "sample_pdl" (the decode step's own kernels launched early:
+// OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that with the own GEMMs, whose weight loads then start before the
+// kernel before ends), "sample_mixed" (the own kernel, K-split, for the two projections into the residual stream,
+// cuBLASLt for the others: =mixed) and "sample_mixed_pdl" (that, launched early).
+// (On an H200: requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4%
+// slower; staging the attention's keys and values in shared memory 4.6% slower; drawing each row's token over 8
+// blocks instead of one no faster; timing each cuBLASLt shape's algorithm among those with the same bits within
+// run-to-run change: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
+// the own kernel; early_launch: whether the own kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on
+// cuBLASLt. The environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs
+// and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step.
+// Random weights give nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained
+// model's is far smaller.
 // A variant that throws prints {"op": ..., "error": ...} instead, the others still run, and the exit status is 1.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.
@@ -89,15 +89,13 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
-                  "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"part_picks\": %d, "
-                  "\"staged_attentions\": %d, \"tf32\": %s, \"call_bytes\": %zu, \"graph_error\": \"%s\", "
-                  "\"device\": \"%s\"}\n",
+                  "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"tf32\": %s, "
+                  "\"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
                   stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
-                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms, stats.part_picks,
-                  stats.staged_attentions, stats.tf32 ? "true" : "false", stats.device_bytes,
-                  json_safe(stats.graph_error).c_str(),
+                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms,
+                  stats.tf32 ? "true" : "false", stats.device_bytes, json_safe(stats.graph_error).c_str(),
                   device.c_str());
       std::fflush(stdout);
     };
@@ -111,18 +109,13 @@ int main(int argc, char** argv) {
       float top_p = 1.0f;
     };
     const Variant variants[] = {
+        {"sample_cublas", {{"OPTUNE_CUDA_DECODE_GEMM", "cublas"}}},
         {"sample_own", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}}},
         {"sample_own_unsplit", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_SPLIT_K", "1"}}},
         {"sample_pdl", {{"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
-        {"sample_staged_attn", {{"OPTUNE_CUDA_DECODE_ATTN", "staged"}}},
-        {"sample_lt", {{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}},
-        {"sample_lt_tuned", {{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"}}},
-        {"sample_parts", {{"OPTUNE_CUDA_PICK", "parts"}}},
-        {"sample_lt_staged_parts",
-         {{"OPTUNE_CUDA_DECODE_GEMM", "lt-tuned"},
-          {"OPTUNE_CUDA_DECODE_ATTN", "staged"},
-          {"OPTUNE_CUDA_PICK", "parts"}}},
+        {"sample_mixed", {{"OPTUNE_CUDA_DECODE_GEMM", "mixed"}}},
+        {"sample_mixed_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "mixed"}, {"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

@@ -6,12 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
-#include <type_traits>
 
 #include "check.cuh"
 #include "core/error.h"
 #include "launch.h"
-#include "mma.cuh"
 #include "reduce.cuh"
 #include "sampler_kernels.cuh"
 
@@ -287,11 +285,9 @@ __device__ inline float2 pair_value(__nv_bfloat162 v) { return __bfloat1622float
 
 // This block's head of the row: q head h into s_q, k and v of kv head kvh into the cache at the row's position, as
 // qkv_finish_kernel would (bias, RoPE on q and k). The blocks of a GQA group write the same k and v: equal bits.
-// k_new, v_new (may be null): the same k and v rows, as stored, also into shared memory.
 template <class Act>
 __device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, int kvh, int head_dim,
-                                   const float2* rope, int pos, Act* k_at, Act* v_at, Act* k_new = nullptr,
-                                   Act* v_new = nullptr) {
+                                   const float2* rope, int pos, Act* k_at, Act* v_at) {
   const int64_t q0 = static_cast<int64_t>(r) * in.qs + h * head_dim;
   const int64_t k0 = static_cast<int64_t>(r) * in.ks + kvh * head_dim;
   const int64_t v0 = static_cast<int64_t>(r) * in.vs + kvh * head_dim;
@@ -312,10 +308,6 @@ __device__ inline void finish_head(float* s_q, const QkvRows& in, int r, int h, 
     s_q[i] = q1, s_q[i + half] = q2;
     k_at[i] = to_act<Act>(k1), k_at[i + half] = to_act<Act>(k2);
     v_at[i] = to_act<Act>(v1), v_at[i + half] = to_act<Act>(v2);
-    if (k_new) {
-      k_new[i] = to_act<Act>(k1), k_new[i + half] = to_act<Act>(k2);
-      v_new[i] = to_act<Act>(v1), v_new[i + half] = to_act<Act>(v2);
-    }
   }
 }
 
@@ -358,8 +350,10 @@ __device__ inline void merge_warps(Act* o, float m, float l, const float (&acc)[
 
 // rope: rope_table's rotations (null: none); computed here in double they cost GPT-2 too (which never rotates) a
 // 24-byte spill (ptxas, nvcc 13.0). For sm_90 ptxas gives the bf16 kernel at head_dim <= 64 64 registers and no spill
-// since softmax_chunk and merge_warps became functions (before: 56 and 16 bytes of spill, 13.4 us a call on an H200
-// under Nsight; earlier 62 and none, 13.5 us).
+// since softmax_chunk and merge_warps became functions (before: 56 and 16 bytes of spill): 13.25 us a call on an H200
+// under Nsight (before: 13.4; earlier 62 registers and no spill, 13.5 us). Staging each warp's keys and values in
+// shared memory by cp.async first (one wait per chunk; 78 registers, 35 KB of shared memory, 6 blocks per SM) ran
+// 15.7 us and lost 4.6% of bf16 sampling, so it went (11th session).
 template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
@@ -423,119 +417,10 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
                           s_acc, 32 * kMaxDimsPerLane, head_dim);
 }
 
-// ---- the same attention with each warp's keys and values staged in shared memory (bf16, head_dim <= 64) ----------
-// Why: the kernel above waits on memory at least four times in a row per chunk of 32 keys: the row's q/k/v (L2), then
-// the keys, then the value rows in two rounds (HBM), each wait ~0.6-0.8 us, and ran 13.5 us a call on an H200 at
-// GPT-2's decode shape (64 rows x 12 heads, 64-192 keys: ~25 MB of cache a layer, ~1.9 TB/s). Here each warp
-// requests its first chunk's keys and values with cp.async before the q/k/v finishing, so the whole chunk comes in
-// one wait that overlaps that finishing; each later chunk (rows past 128 keys) costs one wait instead of three.
-// The row's own key and value (position pos) come from shared memory copies that finish_head leaves (the cache copy
-// of a GQA group is written by every block of the group). The arithmetic is the kernel above's, in the same order,
-// so the results are the same bits (test_cuda_sampler checks it); only where the operands wait differs.
-// Opt-in (OPTUNE_CUDA_DECODE_ATTN=staged, sampler_cuda.cu) until measured on a GPU: 36 KB of shared memory a block
-// allows 6 blocks per SM on an H100 or H200 (8 for the kernel above), so GPT-2's 768 blocks still fit one wave there,
-// but an A100 (164 KB) takes two.
-
-static constexpr int kStageKeyLd = 64 + 8;  // elements per staged key row: 144 bytes, so each 8 lanes' 16-byte
-                                            // reads of 8 different rows (one per lane) hit distinct banks
-static constexpr int kStageValLd = 64;      // value rows are read whole by the warp (one pair per lane)
-
-struct __align__(16) WarpStage {
-  bf16 k[32][kStageKeyLd];
-  bf16 v[32][kStageValLd];
-};
-static_assert(sizeof(WarpStage) >= 64 * sizeof(float), "a warp's stage holds its 64 output dims for the merge");
-
-// Keys and values c0 .. end - 1 (end <= c0 + 32) of the warp's chunk into its stage: lane j copies key row j, and the
-// lanes share the value rows, 16 bytes a copy.
-__device__ inline void stage_chunk(WarpStage& st, const bf16* k, const bf16* v, int64_t kvd, int c0, int end,
-                                   int head_dim, int lane) {
-  const int pieces = head_dim / 8;
-  if (c0 + lane < end)
-    for (int p = 0; p < pieces; p++) cp_async16(&st.k[lane][8 * p], k + (c0 + lane) * kvd + 8 * p);
-  for (int idx = lane; idx < 32 * pieces; idx += 32) {
-    const int row = idx / pieces, p = idx % pieces;
-    if (c0 + row < end) cp_async16(&st.v[row][8 * p], v + (c0 + row) * kvd + 8 * p);
-  }
-}
-
-__global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_staged_kernel(bf16* out, QkvRows in,
-                                                                                  LayerCache<bf16> cache, Rows rows,
-                                                                                  int n_head, int n_kv_head,
-                                                                                  int head_dim, const float2* rope) {
-  __shared__ __align__(16) unsigned char stage_bytes[kAttnWarps * sizeof(WarpStage)];  // later the merge's sums
-  __shared__ float s_q[64], s_m[kAttnWarps], s_l[kAttnWarps];
-  __shared__ __align__(16) bf16 s_k_new[64];
-  __shared__ __align__(16) bf16 s_v_new[64];
-  wait_for_previous_kernel();  // q/k/v, the rows (and the cache rows earlier steps wrote)
-  allow_next_kernel();
-  const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), pos = rows.pos[r], n_keys = pos + 1;
-  const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
-  const int64_t base = static_cast<int64_t>(rows.slot[r]) * cache.cap * kvd + kvh * head_dim;
-  const int64_t at = base + static_cast<int64_t>(pos) * kvd;
-  const bf16 *keys = cache.k + base, *values = cache.v + base;
-  WarpStage& st = reinterpret_cast<WarpStage*>(stage_bytes)[warp];
-  int c0 = 32 * warp;
-  if (c0 < n_keys) stage_chunk(st, keys, values, kvd, c0, min(c0 + 32, pos), head_dim, lane);  // pos: not yet
-  cp_async_commit();
-  finish_head<bf16>(s_q, in, r, h, kvh, head_dim, rope, pos, cache.k + at, cache.v + at, s_k_new, s_v_new);
-  __syncthreads();  // s_q and the row's own k and v are visible to the whole block
-  float acc[2];
-  acc[0] = acc[1] = 0.0f;
-  float m = -INFINITY, l = 0.0f;
-  const int d = 2 * lane;  // this lane's pair of dims
-  for (; c0 < n_keys; c0 += 32 * kAttnWarps) {
-    cp_async_wait<0>();
-    __syncwarp();  // every lane's copies of this chunk have landed
-    const int j = c0 + lane, n_chunk = min(32, n_keys - c0);
-    const float sc = j < n_keys ? dot_key(s_q, j < pos ? &st.k[lane][0] : s_k_new, head_dim) * scale : -INFINITY;
-    const float p = softmax_chunk(sc, m, l, acc);
-    // the kernel above's rounds of 16 value rows (its order of additions, rows past the chunk adding 0 * 0)
-    for (int j0 = 0; j0 < n_chunk; j0 += 16) {
-#pragma unroll
-      for (int jj = 0; jj < 16; jj++) {
-        const int row = j0 + jj;
-        const bf16* vr = c0 + row < pos ? &st.v[row][0] : s_v_new;
-        const __nv_bfloat162 raw = row < n_chunk && d < head_dim ? load_pair(vr + d) : zero_pair(vr);
-        const float pj = __shfl_sync(0xffffffffu, p, row & 31);  // 0 past the last key
-        const float2 v = pair_value(raw);
-        acc[0] += pj * v.x;
-        acc[1] += pj * v.y;
-      }
-    }
-    __syncwarp();  // every lane is done with the stage before it is refilled
-    const int next = c0 + 32 * kAttnWarps;
-    if (next < n_keys) stage_chunk(st, keys, values, kvd, next, min(next + 32, pos), head_dim, lane);
-    cp_async_commit();
-  }
-  cp_async_wait<0>();
-  __syncwarp();
-  // the warp's stage is free now: its output dims go there for the merge
-  merge_warps<bf16, 1>(out + static_cast<int64_t>(r) * n_head * head_dim + h * head_dim, m, l, acc, s_m, s_l,
-                       reinterpret_cast<float*>(stage_bytes), static_cast<int>(sizeof(WarpStage) / sizeof(float)),
-                       head_dim);
-}
-
-bool staged_attention_fits(int head_dim) { return head_dim <= 64 && head_dim % 8 == 0; }
-
-void attention_decode_prepare() {
-  // all of an SM's shared memory for its blocks: 6 of them at 36 KB on an H100 instead of the default split's fewer
-  OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(attention_decode_staged_kernel,
-                                         cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-}
-
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on, bool staged) {
+                      int n_kv_head, int head_dim, const float2* rope, Launch on) {
   if (rows.n <= 0) return;
-  if constexpr (std::is_same_v<Act, bf16>) {
-    if (staged && staged_attention_fits(head_dim)) {
-      OPTUNE_CUDA_CHECK(launch_kernel(attention_decode_staged_kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on,
-                                      out, in, cache, rows, n_head, n_kv_head, head_dim, rope));
-      return;
-    }
-  }
   // one pair of dims per lane up to head_dim 64
   const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
   OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
@@ -607,7 +492,7 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
                                 int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,        \
-                                      const float2*, Launch, bool);                                                    \
+                                      const float2*, Launch);                                                          \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,               \
                             Launch);                                                                                   \

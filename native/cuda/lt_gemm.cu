@@ -4,13 +4,11 @@
 
 #include <cublasLt.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <tuple>
-#include <vector>
 
 #include "check.cuh"
 #include "core/error.h"
@@ -81,10 +79,10 @@ class Preference {
 };
 
 // What a plan depends on: M, N, K, trans_b, beta != 0, ldc, epilogue, the alignments of A, B, C and the bias, the
-// workspace bytes, the device, whether it was tuned.
-using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int, bool>;
+// workspace bytes, the device.
+using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int>;
 
-// The operands of the call that makes a plan, for tuning it.
+// The operands of one GEMM.
 struct Call {
   const void *A, *B, *bias;
   void* C;
@@ -94,89 +92,17 @@ struct Call {
   cudaStream_t stream;
 };
 
-void run(const Plan& p, const cublasLtMatmulAlgo_t& algo, const Call& c, void* C) {
+void run(const Plan& p, const Call& c) {
   const float alpha = 1.0f;
   if (p.bias) set_desc(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, c.bias);
   // cuBLASLt's A is the weights (our B), its B the activations (our A)
-  OPTUNE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), p.desc, &alpha, c.B, p.a, c.A, p.b, &c.beta, C, p.c, C, p.c, &algo,
-                                     c.workspace, c.bytes, c.stream));
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), p.desc, &alpha, c.B, p.a, c.A, p.b, &c.beta, c.C, p.c, c.C, p.c,
+                                     &p.algo, c.workspace, c.bytes, c.stream));
 }
 
-// ---- tuning (OPTUNE_CUDA_DECODE_GEMM=lt-tuned) ----------------------------------------------------------------------
-// The heuristic's first algorithm fixes the results; among its next candidates, those that give the same bits on the
-// call's own operands (the same K-split and order of additions, other tiles or stages) are timed on them, each run
-// after the L2 cache was overwritten (a decode step streams each layer's weights from memory: timed with them cached,
-// the candidates would rank differently), and the fastest is kept. So tuning changes the speed, never a result, and
-// two runs with different choices still give the same tokens.
-constexpr int kCandidates = 8;
-constexpr int kTimedRuns = 7;  // the median counts
-
-class Event {
- public:
-  Event() { OPTUNE_CUDA_CHECK(cudaEventCreate(&e_)); }
-  ~Event() { cudaEventDestroy(e_); }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  cudaEvent_t get() const { return e_; }
-
- private:
-  cudaEvent_t e_ = nullptr;
-};
-
-// Index of the chosen candidate among results[0 .. n).
-int tune(const Plan& p, const cublasLtMatmulHeuristicResult_t* results, int n, const Call& c, size_t out_bytes) {
-  if (n < 2) return 0;
-  int l2 = 0;
-  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, current_device()));
-  const size_t flush_bytes = 2 * static_cast<size_t>(std::max(l2, 1 << 20));
-  Buffer<char> out(out_bytes, "cuBLASLt tuning output"), flush(flush_bytes, "cuBLASLt tuning L2 flush");
-  // one run of candidate i into `out` from the call's C (beta != 0 adds into it); returns false when it cannot run
-  const auto run_into_out = [&](int i) {
-    if (c.beta != 0.0f)
-      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.data(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
-    try {
-      run(p, results[i].algo, c, out.data());
-    } catch (const Error&) {
-      return false;
-    }
-    return true;
-  };
-  std::vector<unsigned char> reference(out_bytes), bits(out_bytes);
-  OPTUNE_CHECK(run_into_out(0), "OPTUNE_CUDA_DECODE_GEMM=lt-tuned: the heuristic's own algorithm failed to run");
-  OPTUNE_CUDA_CHECK(cudaMemcpyAsync(reference.data(), out.data(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
-  OPTUNE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
-  Event start, stop;
-  int best = 0;
-  float best_ms = 0.0f;
-  for (int i = 0; i < n; i++) {
-    if (i > 0) {  // the same bits as the reference, or out
-      if (!run_into_out(i)) continue;
-      OPTUNE_CUDA_CHECK(cudaMemcpyAsync(bits.data(), out.data(), out_bytes, cudaMemcpyDeviceToHost, c.stream));
-      OPTUNE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
-      if (bits != reference) continue;
-    }
-    std::vector<float> ms(kTimedRuns);
-    for (int r = 0; r < kTimedRuns; r++) {
-      OPTUNE_CUDA_CHECK(cudaMemsetAsync(flush.data(), r & 0xff, flush_bytes, c.stream));
-      if (c.beta != 0.0f)
-        OPTUNE_CUDA_CHECK(cudaMemcpyAsync(out.data(), c.C, out_bytes, cudaMemcpyDeviceToDevice, c.stream));
-      OPTUNE_CUDA_CHECK(cudaEventRecord(start.get(), c.stream));
-      run(p, results[i].algo, c, out.data());
-      OPTUNE_CUDA_CHECK(cudaEventRecord(stop.get(), c.stream));
-      OPTUNE_CUDA_CHECK(cudaEventSynchronize(stop.get()));
-      OPTUNE_CUDA_CHECK(cudaEventElapsedTime(&ms[r], start.get(), stop.get()));
-    }
-    std::nth_element(ms.begin(), ms.begin() + kTimedRuns / 2, ms.end());
-    const float median = ms[kTimedRuns / 2];
-    if (i == 0 || median < best_ms) best = i, best_ms = median;
-  }
-  return best;
-}
-
-// The plan of a key (bias: the making call's, for its alignment); tuned on the call's operands when the key says so.
+// The plan of a key (bias: the making call's, for its alignment).
 Plan* make_plan(const PlanKey& key, const Call& call) {
-  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device,
-              tuned] = key;
+  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device] = key;
   (void)accumulate, (void)align_bias, (void)device;  // plans differ by them; the query takes them otherwise
   const void* bias = call.bias;
   auto p = std::make_unique<Plan>();
@@ -195,31 +121,24 @@ Plan* make_plan(const PlanKey& key, const Call& call) {
                                         : cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16BF, N, M, N));
   Preference pref;
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(bytes));
-  // K-splits only when reduced in place (ordered by counters); none whose slices a second kernel adds
+  // K-splits reduced in place only (asked for; on an H200 the MLP output projection still got cuBLASLt's reduction
+  // kernel: lt_gemm.h)
   const uint32_t in_place_only = CUBLASLT_REDUCTION_SCHEME_INPLACE;
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, in_place_only);
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, static_cast<uint32_t>(align_b));  // (weights)
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, static_cast<uint32_t>(align_a));  // (activations)
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, static_cast<uint32_t>(align_c));
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, static_cast<uint32_t>(align_c));
-  cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
+  cublasLtMatmulHeuristicResult_t result = {};
   int found = 0;
-  OPTUNE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), p->desc, p->a, p->b, p->c, p->c, pref.get(),
-                                                     tuned ? kCandidates : 1, results, &found));
-  while (found > 0 && results[found - 1].state != CUBLAS_STATUS_SUCCESS) found--;
-  OPTUNE_CHECK(found > 0 && results[0].state == CUBLAS_STATUS_SUCCESS,
+  OPTUNE_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(lt_handle(), p->desc, p->a, p->b, p->c, p->c, pref.get(), 1,
+                                                     &result, &found));
+  OPTUNE_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
                "OPTUNE_CUDA_DECODE_GEMM=lt: cuBLASLt offers no algorithm for the decode GEMM [" + std::to_string(M) +
                    ", " + std::to_string(N) + ", " + std::to_string(K) + "]" +
                    (epilogue == kNone ? "" : " with its bias and GELU epilogue") +
-                   " on this GPU; unset OPTUNE_CUDA_DECODE_GEMM to use cuBLAS's GEMMs");
-  int pick = 0;
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  OPTUNE_CUDA_CHECK(cudaStreamIsCapturing(call.stream, &capturing));
-  if (tuned && capturing == cudaStreamCaptureStatusNone) {  // (a plan first asked for under capture stays untuned)
-    const size_t out_bytes = static_cast<size_t>(M) * (epilogue == kNone ? ldc * sizeof(float) : N * 2);
-    pick = tune(*p, results, found, call, out_bytes);
-  }
-  p->algo = results[pick].algo;
+                   " on this GPU; set OPTUNE_CUDA_DECODE_GEMM=cublas to use cuBLAS's GEMMs");
+  p->algo = result.algo;
   return p.release();
 }
 
@@ -233,8 +152,8 @@ const Plan& plan_for(const PlanKey& key, const Call& call) {
 
 }  // namespace
 
-LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes, bool tune)
-    : stream_(stream), workspace_(workspace), bytes_(bytes), tune_(tune), device_(current_device()) {
+LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes)
+    : stream_(stream), workspace_(workspace), bytes_(bytes), device_(current_device()) {
   lt_handle();  // a failure to create the handle shows here, before any work
 }
 
@@ -242,10 +161,9 @@ void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat1
                  float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   const PlanKey key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
-                    0, bytes_, device_, tune_};
+                    0, bytes_, device_};
   const Call call{A, B, nullptr, C, beta, workspace_, bytes_, stream_};
-  const Plan& p = plan_for(key, call);
-  run(p, p.algo, call, C);
+  run(plan_for(key, call), call);
 }
 
 void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b,
@@ -253,10 +171,9 @@ void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __
   if (M <= 0 || N <= 0) return;
   OPTUNE_CHECK(bias, "internal: LtGemms::mm_bias_gelu without a bias");
   const PlanKey key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
-                    alignment_of(bias), bytes_, device_, tune_};
+                    alignment_of(bias), bytes_, device_};
   const Call call{A, B, bias, out, 0.0f, workspace_, bytes_, stream_};
-  const Plan& p = plan_for(key, call);
-  run(p, p.algo, call, out);
+  run(plan_for(key, call), call);
 }
 
 }  // namespace optune::cuda

@@ -170,6 +170,9 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
 }
 
 // ---- picking --------------------------------------------------------------------------------------------------------
+// One block per row (pick_kernel: 31 us a 64-row decode step on an H200 under Nsight). Spreading an unfiltered row
+// over 8 blocks in three kernels (the parts' maxima, their sums, then the crossing part) took 39 us and sampled no
+// faster, so it went (11th session).
 
 // The warp's (max, argmax) with the lowest index among equal maxima (the CPU's first-max scan), in every lane.
 __device__ inline void warp_argmax(float& best, int& arg) {
@@ -265,146 +268,9 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   if (threadIdx.x == 0) record_token(s, slot, step, token, static_cast<float>(z[token] - lse));
 }
 
-// ---- picking in parts: unfiltered draws and greedy over kPickParts blocks a row ----------------------------------
-// Why: pick_kernel gives a row one block, which walks it in three to four dependent passes (max, sum, the draw's
-// segment sums, the crossing); a 64-row decode step thus ran 64 blocks on an H200's 132 SMs, 31 us a step under
-// Nsight, and ptxas spills ~160 bytes a thread past its 64 registers at 1024 threads. Here three kernels: the parts'
-// maxima; the parts' sums at the row's max (the log-sum-exp's in float, the draw's in double); then per row the
-// part where the draw's running sum crosses and, inside it alone, pick_kernel's search. The definitions are
-// pick_kernel's (the CPU's); the sums go part by part, so their rounding differs, and a draw within rounding distance
-// of a token boundary may pick the neighbour. Filtered draws (top-k, top-p) stay on pick_kernel.
-
-static constexpr int kPartThreads = 256;
-
-// Part q of a row of V: [q L, min(V, q L + L)), L a multiple of 4 (16-byte aligned starts for for_each_in_row).
-__device__ inline int part_len(int V, int parts) { return ((V + parts - 1) / parts + 3) / 4 * 4; }
-struct Part {
-  int lo, hi;  // [lo, hi) of the row; empty past the vocabulary
-};
-__device__ inline Part part_of(int V, int parts, int q) {
-  const int L = part_len(V, parts), lo = min(V, q * L);
-  return {lo, min(V, lo + L)};
-}
-
-__global__ void __launch_bounds__(kPartThreads) pick_part_max_kernel(const float* logits, int logits_div, int n_rows,
-                                                                     State s, Params p, PickParts pp) {
-  __shared__ float red_v[kPartThreads / 32];
-  __shared__ int red_i[kPartThreads / 32];
-  const int a = blockIdx.x, q = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  int slot, step;
-  if (pick_skips(s, a, n_rows, slot, step)) return;
-  const Part part = part_of(p.vocab, pp.parts, q);
-  const int lo = part.lo, hi = part.hi;
-  const float* z = logits + static_cast<int64_t>(a / logits_div) * p.logits_ld + lo;
-  float best = -INFINITY;
-  int arg = INT_MAX;
-  bool bad = false;
-  for_each_in_row(z, hi - lo, [&](int j, float x) {
-    bad |= !isfinite(x);
-    if (x > best || (x == best && lo + j < arg)) best = x, arg = lo + j;
-  });
-  warp_argmax(best, arg);
-  if (lane == 0) red_v[warp] = best, red_i[warp] = arg;
-  bad = __syncthreads_or(bad);
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < kPartThreads / 32; w++)
-      if (red_v[w] > best || (red_v[w] == best && red_i[w] < arg)) best = red_v[w], arg = red_i[w];
-    const int at = a * pp.parts + q;
-    pp.max[at] = best, pp.arg[at] = arg, pp.bad[at] = bad;
-  }
-}
-
-__global__ void __launch_bounds__(kPartThreads) pick_part_sums_kernel(const float* logits, int logits_div, int n_rows,
-                                                                      State s, Params p, PickParts pp) {
-  __shared__ float scratch_f[32];
-  __shared__ double scratch_d[32];
-  const int a = blockIdx.x, q = blockIdx.y;
-  int slot, step;
-  if (pick_skips(s, a, n_rows, slot, step)) return;
-  const float* part_max = pp.max + a * pp.parts;
-  const int32_t* part_bad = pp.bad + a * pp.parts;
-  float mx = -INFINITY;
-  bool bad = false;
-  for (int k = 0; k < pp.parts; k++) mx = fmaxf(mx, part_max[k]), bad |= part_bad[k];
-  if (bad) return;  // the draw kernel reports it
-  const Part part = part_of(p.vocab, pp.parts, q);
-  const int lo = part.lo, hi = part.hi;
-  const float* z = logits + static_cast<int64_t>(a / logits_div) * p.logits_ld + lo;
-  const bool draw = p.temperature != 0.0f;
-  const float inv_tf = draw ? static_cast<float>(1.0 / p.temperature) : 1.0f;
-  float sum = 0.0f;
-  double mass = 0.0;
-  for_each_in_row(z, hi - lo, [&](int, float x) {
-    sum += expf(x - mx);
-    if (draw) mass += static_cast<double>(expf((x - mx) * inv_tf));
-  });
-  sum = block_sum(sum, scratch_f);
-  mass = block_sum(mass, scratch_d);
-  if (threadIdx.x == 0) pp.sum[a * pp.parts + q] = sum, pp.mass[a * pp.parts + q] = mass;
-}
-
-__global__ void __launch_bounds__(kPickThreads) pick_part_draw_kernel(const float* logits, int logits_div,
-                                                                      int n_rows, State s, Params p, PickParts pp) {
-  __shared__ double seg_sum[kPickWarps];
-  __shared__ int result;
-  const int a = blockIdx.x;
-  int slot, step;
-  if (pick_skips(s, a, n_rows, slot, step)) return;
-  const int V = p.vocab, L = part_len(V, pp.parts), n_parts = (V + L - 1) / L;  // the parts that hold elements
-  const float* z = logits + static_cast<int64_t>(a / logits_div) * p.logits_ld;
-  const int at = a * pp.parts;  // this row's parts
-  const float *part_max = pp.max + at, *part_sum = pp.sum + at;
-  const int32_t *part_arg = pp.arg + at, *part_bad = pp.bad + at;
-  const double* part_mass = pp.mass + at;
-  float mx = -INFINITY;
-  int arg = INT_MAX;
-  bool bad = false;
-  for (int k = 0; k < n_parts; k++) {
-    bad |= part_bad[k];
-    if (part_max[k] > mx || (part_max[k] == mx && part_arg[k] < arg)) mx = part_max[k], arg = part_arg[k];
-  }
-  if (bad) {  // NaN/Inf logits: as pick_kernel
-    if (threadIdx.x == 0) atomicMin(&s.ctl[1], step);
-    return;
-  }
-  float sum = 0.0f;
-  for (int k = 0; k < n_parts; k++) sum += part_sum[k];
-  const double lse = mx + log(static_cast<double>(sum));
-  int token = arg;
-  if (p.temperature != 0.0f) {
-    const double u = rng_uniform(p.seed, s.stream[slot], static_cast<uint64_t>(step));
-    double total = 0.0;
-    for (int k = 0; k < n_parts; k++) total += part_mass[k];
-    const double target = u * total;
-    double base = 0.0;  // the mass before part q
-    int q = 0;
-    for (; q < n_parts - 1 && !(base + part_mass[q] > target); q++) base += part_mass[q];
-    const Part part = part_of(V, pp.parts, q);
-    const int lo = part.lo, n = part.hi - part.lo;
-    const float inv_tf = static_cast<float>(1.0 / p.temperature);
-    const auto w = [&](int i) { return static_cast<double>(expf((z[lo + i] - mx) * inv_tf)); };
-    block_segments(n, w, seg_sum);
-    const int t = block_crossing(n, w, target - base, true, seg_sum, &result);
-    // past the part's end only through rounding: the last part's means past the row's (the argmax, as pick_kernel
-    // and the CPU), an earlier part's its last element
-    token = t < n ? lo + t : q == n_parts - 1 ? arg : lo + n - 1;
-  }
-  if (threadIdx.x == 0) record_token(s, slot, step, token, static_cast<float>(z[token] - lse));
-}
-
 void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
-                 const Params& p, cudaStream_t st, const PickParts* parts) {
+                 const Params& p, cudaStream_t st) {
   if (n_rows <= 0) return;
-  if (parts && !p.filtered()) {
-    const dim3 grid(n_rows, parts->parts);
-    pick_part_max_kernel<<<grid, kPartThreads, 0, st>>>(logits, logits_div, n_rows, s, p, *parts);
-    OPTUNE_CUDA_CHECK_LAUNCH();
-    pick_part_sums_kernel<<<grid, kPartThreads, 0, st>>>(logits, logits_div, n_rows, s, p, *parts);
-    OPTUNE_CUDA_CHECK_LAUNCH();
-    pick_part_draw_kernel<<<n_rows, kPickThreads, 0, st>>>(logits, logits_div, n_rows, s, p, *parts);
-    OPTUNE_CUDA_CHECK_LAUNCH();
-    return;
-  }
   pick_kernel<<<n_rows, kPickThreads, 0, st>>>(logits, logits_div, sorted, n_rows, s, p);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }

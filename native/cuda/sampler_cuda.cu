@@ -185,15 +185,6 @@ bool env_is(const char* name, const char* value) {
 
 bool graphs_enabled() { return !env_is("OPTUNE_CUDA_GRAPHS", "0"); }
 
-// A knob with two named values: false when `name` is unset, empty or `off`, true when `on`; anything else throws.
-bool env_choice(const char* name, const char* off, const char* on) {
-  const char* v = std::getenv(name);
-  if (!v || !*v || std::strcmp(v, off) == 0) return false;
-  OPTUNE_CHECK(std::strcmp(v, on) == 0,
-               std::string(name) + " must be " + off + " or " + on + " (got '" + std::string(v) + "')");
-  return true;
-}
-
 // ---- K-split decode GEMMs ------------------------------------------------------------------------------------------
 // A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
 // S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
@@ -206,7 +197,8 @@ bool env_choice(const char* name, const char* off, const char* on) {
 // 768 projections would run on 12 SMs unsplit, so there the automatic choice is the default.
 // OPTUNE_CUDA_SPLIT_K: unset: "auto" with decode_gemm.cu's kernel, else "1"; "1": never split; "auto": that choice;
 // S > 1: S slices (or the most that divide K into multiples of 8) for every decode GEMM, whatever the shape (tests,
-// and A/B runs of the benchmark).
+// and A/B runs of the benchmark). It applies to the cuBLAS and own decode GEMMs; on cuBLASLt (the bf16 default) the
+// library picks its own splits.
 constexpr int kSliceMinDepth = 128;
 constexpr int kSplitMax = 64;
 
@@ -227,32 +219,26 @@ int sm_count() {
   return n;
 }
 
-// OPTUNE_CUDA_DECODE_GEMM: unset or "cublas": every decode GEMM on cuBLAS; "own": a bf16 decode step's GEMMs with
-// at most kDecodeGemmMaxRows rows run on decode_gemm.cu's kernel (shapes it does not take, and fp32, stay on
-// cuBLAS). Measured on an H100 at GPT-2 124M's shape (bench_cuda_sample, 64 x 128 new tokens): own with the
-// automatic K-split 79.8k tok/s, own unsplit 47.2k, cuBLAS unsplit 88.9k (H200: 84.3-84.6k, 48.5k, 96.9-98.9k);
-// so cuBLAS stays the default. "lt": a bf16 decode step's GEMMs on cuBLASLt (lt_gemm.h: K-splits only reduced in
-// place, and GPT-2's MLP input projection with its bias and GELU inside the GEMM); "lt-tuned": the same, each
-// shape's algorithm timed among those that give the same bits (lt_gemm.cu). Neither measured on a GPU yet.
-enum class DecodeGemm { kCublas, kOwn, kLt, kLtTuned };
+// OPTUNE_CUDA_DECODE_GEMM: unset or "lt": a bf16 decode step's GEMMs on cuBLASLt (lt_gemm.h), GPT-2's MLP input
+// projection with its bias and GELU in the GEMM's epilogue (no bias_gelu kernel); "cublas": every decode GEMM on
+// cuBLAS; "own": those with at most kDecodeGemmMaxRows rows on decode_gemm.cu's kernel (shapes it does not take stay
+// on cuBLAS). fp32 always runs on cuBLAS. Measured on an H200 at GPT-2 124M's shape (bench_cuda_sample, bf16, 64 x
+// 128 new tokens, 11th session): lt 103.2k tok/s, cuBLAS 100.2k, own with the automatic K-split 86.9k, own unsplit
+// 49.3k. (Timing each shape's algorithm among the heuristic's candidates with the same bits gave 103.5k: within
+// run-to-run change, so it went.)
+// "mixed": cuBLASLt for q|k|v and the MLP input projection(s), decode_gemm.cu's kernel with the automatic K-split for
+// the two projections into the residual stream, whose slices the next norm adds anyway: no reduction kernel after
+// the MLP projection (cuBLASLt's split there takes 7.5 us + 4.4 us for its reduction a layer on an H200; the own
+// kernel ran 8.0 us at 8 slices in the 6th session's sweep). Not measured in the sampler yet, so not the default.
+enum class DecodeGemm { kLt, kCublas, kOwn, kMixed };
 DecodeGemm decode_gemm_setting() {
   const char* v = std::getenv("OPTUNE_CUDA_DECODE_GEMM");
-  if (!v || !*v || std::strcmp(v, "cublas") == 0) return DecodeGemm::kCublas;
+  if (!v || !*v || std::strcmp(v, "lt") == 0) return DecodeGemm::kLt;
+  if (std::strcmp(v, "cublas") == 0) return DecodeGemm::kCublas;
   if (std::strcmp(v, "own") == 0) return DecodeGemm::kOwn;
-  if (std::strcmp(v, "lt") == 0) return DecodeGemm::kLt;
-  if (std::strcmp(v, "lt-tuned") == 0) return DecodeGemm::kLtTuned;
-  throw Error("OPTUNE_CUDA_DECODE_GEMM must be cublas, own, lt or lt-tuned (got '" + std::string(v) + "')");
+  if (std::strcmp(v, "mixed") == 0) return DecodeGemm::kMixed;
+  throw Error("OPTUNE_CUDA_DECODE_GEMM must be lt, cublas, own or mixed (got '" + std::string(v) + "')");
 }
-
-// OPTUNE_CUDA_DECODE_ATTN: unset or "direct": the decode attention reads the cache straight into registers; "staged":
-// under bf16 with head_dim <= 64, each warp stages its keys and values in shared memory first (decode_kernels.cu;
-// the same results, fewer waits on memory). Not measured on a GPU yet, so not the default.
-bool staged_attention_setting() { return env_choice("OPTUNE_CUDA_DECODE_ATTN", "direct", "staged"); }
-
-// OPTUNE_CUDA_PICK: unset or "row": each row's token is drawn by one block (pick_kernel); "parts": unfiltered draws
-// and greedy picks go over kPickParts blocks a row in three kernels (sample_kernels.cu: the same definitions, the
-// sums in another order). Not measured on a GPU yet, so not the default.
-bool part_pick_setting() { return env_choice("OPTUNE_CUDA_PICK", "row", "parts"); }
 
 // OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
 // GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
@@ -287,15 +273,11 @@ class Sampler {
       : c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
     const DecodeGemm gemms = decode_gemm_setting();
-    own_gemm_ = !std::is_same_v<Act, float> && gemms == DecodeGemm::kOwn;
+    const bool bf16 = !std::is_same_v<Act, float>;
+    own_gemm_ = bf16 && (gemms == DecodeGemm::kOwn || gemms == DecodeGemm::kMixed);
     if (own_gemm_) decode_gemm_prepare();
-    if (!std::is_same_v<Act, float> && (gemms == DecodeGemm::kLt || gemms == DecodeGemm::kLtTuned))
-      lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace,  // (the GEMMs run in turn)
-                                      gemms == DecodeGemm::kLtTuned);
-    staged_attention_ = !std::is_same_v<Act, float> && staged_attention_setting() &&
-                        staged_attention_fits(m.cfg.head_dim);
-    if (staged_attention_) attention_decode_prepare();
-    part_pick_ = part_pick_setting();
+    if (bf16 && (gemms == DecodeGemm::kLt || gemms == DecodeGemm::kMixed))  // (the GEMMs run in turn: one workspace)
+      lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace);
     split_setting_ = split_k_setting(own_gemm_);
     early_launch_ = early_launch_setting();
     sms_ = sm_count();
@@ -370,9 +352,7 @@ class Sampler {
       stats->own_gemms = own_gemms_;
       stats->early_launch = early_launch_;
       stats->row_sorts = row_sorts_;
-      stats->staged_attentions = staged_attentions_;
       stats->lt_gemms = lt_gemms_;
-      stats->part_picks = part_picks_;
       stats->tf32 = std::is_same_v<Act, float> && blas_.tf32();
     }
     return res;
@@ -431,16 +411,6 @@ class Sampler {
       sort_temp_ = alloc<char>(sort_.temp_bytes, "sampler sort temp storage");
       sort_.keys_in = sort_keys_in_.data(), sort_.keys_out = sort_keys_out_.data();
       sort_.vals_in = sort_vals_in_.data(), sort_.temp = sort_temp_.data();
-    }
-    if (part_pick_) {  // the draws in parts: per response row and part
-      const size_t n = static_cast<size_t>(R_) * kPickParts;
-      part_max_ = alloc<float>(n, "sampler pick parts (max)");
-      part_arg_ = alloc<int32_t>(n, "sampler pick parts (argmax)");
-      part_bad_ = alloc<int32_t>(n, "sampler pick parts (non-finite flags)");
-      part_sum_ = alloc<float>(n, "sampler pick parts (sums)");
-      part_mass_ = alloc<double>(n, "sampler pick parts (draw masses)");
-      pick_parts_ = {part_max_.data(), part_arg_.data(), part_bad_.data(), part_sum_.data(), part_mass_.data(),
-                     kPickParts};
     }
     prompt_tok_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt tokens");
     prompt_pos_ = alloc<int32_t>(r_.prompt_tokens.size(), "sampler prompt positions");
@@ -510,26 +480,39 @@ class Sampler {
 
   // The decode GEMMs as (N, K), in groups whose slices are alive at the same time (split along K, a group's slices
   // wait in part_ for the kernel that consumes them): q|k|v, the attention projection, the MLP's input projection(s),
-  // its output projection. blocks() runs exactly these.
-  std::vector<std::vector<std::pair<int, int>>> decode_gemm_groups() const {
-    if (c_.is_gpt2()) return {{{3 * D_, D_}}, {{D_, QD_}}, {{F_, D_}}, {{D_, F_}}};
-    return {{{QD_, D_}, {KVD_, D_}, {KVD_, D_}}, {{D_, QD_}}, {{F_, D_}, {F_, D_}}, {{D_, F_}}};
+  // its output projection. blocks() runs exactly these; the two projections add into the residual stream.
+  struct GemmGroup {
+    bool residual;
+    std::vector<std::pair<int, int>> gemms;
+  };
+  std::vector<GemmGroup> decode_gemm_groups() const {
+    if (c_.is_gpt2()) return {{false, {{3 * D_, D_}}}, {true, {{D_, QD_}}}, {false, {{F_, D_}}}, {true, {{D_, F_}}}};
+    return {{false, {{QD_, D_}, {KVD_, D_}, {KVD_, D_}}},
+            {true, {{D_, QD_}}},
+            {false, {{F_, D_}, {F_, D_}}},
+            {true, {{D_, F_}}}};
   }
-  // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call).
-  bool own_gemm(int rows) const { return own_gemm_ && rows <= kDecodeGemmMaxRows; }
-  int split(int rows, int n, int k) const {
-    if (lt_) return 1;  // cuBLASLt splits in place when it splits
-    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128) : 1;
+  // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call):
+  // under "own" every one, under "mixed" (with cuBLASLt for the others) those into the residual stream.
+  bool own_gemm(int rows, bool residual) const {
+    return own_gemm_ && rows <= kDecodeGemmMaxRows && (residual || !lt_);
+  }
+  int split(int rows, int n, int k, bool residual) const {
+    const bool own = own_gemm(rows, residual);
+    if (lt_ && !own) return 1;  // cuBLASLt picks its own splits and adds them itself
+    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own ? 64 : 128) : 1;
   }
   // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
   size_t partials_capacity() const {
     size_t most = 0;
     for (int b = kMinBucket;; b *= 2) {
       const int rows = std::min(b, R_);
-      for (const auto& group : decode_gemm_groups()) {
+      for (const GemmGroup& group : decode_gemm_groups()) {
         size_t floats = 0;
-        for (const auto& [n, k] : group) {
-          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128);
+        for (const auto& [n, k] : group.gemms) {
+          const bool own = own_gemm(rows, group.residual);
+          if (lt_ && !own) continue;  // (split() is 1)
+          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own ? 64 : 128);
           if (S > 1) floats += static_cast<size_t>(S) * rows * n;
         }
         most = std::max(most, floats);
@@ -542,10 +525,11 @@ class Sampler {
   // out[rows, out_f] (+)= in[rows, in_f] W: GPT-2's Conv1D weights are [in, out], nn.Linear's [out, in]. In a decode
   // step the product may be split along in_f (split()): its slices, each in out's layout, go to part_ at *cursor
   // (advanced past them; a group starts at 0), out is left alone and the returned Partials name the slices. Unsplit,
-  // the returned Partials is empty: out holds the product (beta 0) or has it added (beta 1).
+  // the returned Partials is empty: out holds the product (beta 0) or has it added (beta 1: the residual stream).
   Partials linear(float* out, const Act* in, size_t w_off, int rows, int in_f, int out_f, float beta,
                   size_t* cursor) {
-    const int S = split(rows, out_f, in_f);
+    const bool residual = beta != 0.0f;
+    const int S = split(rows, out_f, in_f, residual);
     float* slices = nullptr;
     if (S > 1) {
       const size_t floats = static_cast<size_t>(S) * rows * out_f;
@@ -557,13 +541,13 @@ class Sampler {
       float* dst = S > 1 ? slices : out;
       const auto* a = reinterpret_cast<const uint16_t*>(in);
       const auto* b = reinterpret_cast<const uint16_t*>(W(w_off));
-      if (decoding_ && lt_) {
+      if (decoding_ && lt_ && !own_gemm(rows, residual)) {
         lt_->mm(rows, out_f, in_f, reinterpret_cast<const bf16*>(in), reinterpret_cast<const bf16*>(W(w_off)),
                 c_.is_llama(), beta, out, out_f);
         lt_gemms_++;
         return {};
       }
-      if (decoding_ && own_gemm(rows) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
+      if (decoding_ && own_gemm(rows, residual) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
         decode_gemm(rows, out_f, in_f, a, b, c_.is_llama(), beta, dst, out_f, S, static_cast<int64_t>(rows) * out_f,
                     on());
         own_gemms_++;
@@ -627,8 +611,7 @@ class Sampler {
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on(), staged_attention_);
-        staged_attentions_ += staged_attention_;
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on());
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
@@ -726,12 +709,9 @@ class Sampler {
     row_sorts_++;
   }
 
-  // The next tokens of the first n_rows active rows from logits_ (row a / logits_div); counts the draws in parts.
+  // The next tokens of the first n_rows active rows from logits_ (row a / logits_div).
   void pick(int logits_div, int n_rows) {
-    const bool in_parts = part_pick_ && !params_.filtered();
-    pick_tokens(logits_.data(), logits_div, sorted_.data(), n_rows, state_, params_, st(),
-                in_parts ? &pick_parts_ : nullptr);
-    part_picks_ += in_parts;
+    pick_tokens(logits_.data(), logits_div, sorted_.data(), n_rows, state_, params_, st());
   }
 
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
@@ -770,28 +750,23 @@ class Sampler {
   const SampleRequest& r_;
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
-  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, staged_attentions_ = 0,
-      lt_gemms_ = 0, part_picks_ = 0;
-  bool own_gemm_ = false;          // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
-  bool staged_attention_ = false;  // the decode attention stages keys and values (OPTUNE_CUDA_DECODE_ATTN)
-  bool part_pick_ = false;         // unfiltered draws go over parts of each row (OPTUNE_CUDA_PICK)
-  bool early_launch_ = false;      // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
-  bool decoding_ = false;          // in a decode step: its GEMMs may be split along K
-  size_t part_capacity_ = 0;       // floats of part_
+  int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, lt_gemms_ = 0;
+  bool own_gemm_ = false;      // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
+  bool early_launch_ = false;  // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
+  bool decoding_ = false;      // in a decode step: its GEMMs may be split along K
+  size_t part_capacity_ = 0;   // floats of part_
   Params params_;
   State state_;
   SortScratch sort_;
-  PickParts pick_parts_;
   Stream stream_;
   Buffer<char> blas_ws_;
   Blas blas_;
   std::unique_ptr<LtGemms> lt_;  // bf16 decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt); null otherwise
-  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_, part_max_, part_sum_;
-  Buffer<double> part_mass_;
+  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<float2> rope_;                             // RoPE's (cos, sin) per position and pair (rope_table); Llama
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
-      row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_, part_arg_, part_bad_;
+      row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
   Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;
   Buffer<uint8_t> finished_;
   Buffer<char> sort_temp_;

@@ -43,14 +43,12 @@ struct SamplerStats {
   int graphs = 0;            // CUDA graphs captured (one per batch bucket used twice or more)
   std::string graph_error;   // why capturing failed (the call then ran eagerly); empty when it did not
   int max_split = 1;         // most K-slices any decode GEMM ran in (1: none split; OPTUNE_CUDA_SPLIT_K)
-  int own_gemms = 0;         // decode GEMMs issued to decode_gemm.cu's kernel (eager and captured; 0: all cuBLAS)
+  int own_gemms = 0;         // decode GEMMs issued to decode_gemm.cu's kernel (eager and captured)
   bool early_launch = false; // decode steps launched their own kernels early (OPTUNE_CUDA_PDL=1 on sm_90+)
   bool tf32 = false;         // the fp32 GEMMs were allowed TF32 tensor cores (OPTUNE_CUDA_TF32=1; cuBLAS picks)
   int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
-  int lt_gemms = 0;          // decode GEMMs issued to cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt; eager and captured)
-  int part_picks = 0;        // draws over parts of each row (OPTUNE_CUDA_PICK=parts; eager and captured)
-  int staged_attentions = 0; // decode attention calls on the staged kernel (OPTUNE_CUDA_DECODE_ATTN=staged; eager and
-                             // captured; 0: all direct)
+  int lt_gemms = 0;          // decode GEMMs issued to cuBLASLt (bf16 default, OPTUNE_CUDA_DECODE_GEMM=lt; eager and
+                             // captured)
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not

@@ -93,14 +93,9 @@ struct QkvRows {
 // One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
 // row's q/k/v are finished first (qkv_finish's work: bias, RoPE from `rope`, k and v into the cache at pos), inside
 // the same kernel: one launch less per layer in the decode step.
-// staged: bf16 rows with head_dim <= 64 (staged_attention_fits) run the kernel that stages each warp's keys and values
-// in shared memory (same results, fewer waits on memory; OPTUNE_CUDA_DECODE_ATTN); other shapes, and fp32, the direct
-// one. Call attention_decode_prepare() once before the first staged launch.
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on, bool staged);
-bool staged_attention_fits(int head_dim);
-void attention_decode_prepare();
+                      int n_kv_head, int head_dim, const float2* rope, Launch on);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on);
@@ -146,22 +141,11 @@ struct Params {
 // Rows 0 .. n_rows-1 of a decode step: row a < n_active takes slot active[a], its last token and position len;
 // later rows take the padding slot. A slot that is still generating gets len + 1 (the token joins its cache).
 void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st);
-// Scratch of the draws in parts (pick_tokens): [rows][parts] each, rows at least the n_rows of any call.
-struct PickParts {
-  float* max = nullptr;    // each part's largest logit
-  int32_t* arg = nullptr;  // its lowest index
-  int32_t* bad = nullptr;  // whether the part holds a non-finite logit
-  float* sum = nullptr;    // sum of exp(z - row max) over the part (the log-sum-exp's)
-  double* mass = nullptr;  // sum of exp((z - row max) / T) over the part (the draw's)
-  int parts = 0;
-};
-constexpr int kPickParts = 8;
 // Draws the next token of each active row a < min(n_rows, n_active) from logits row a / logits_div (the prefill
 // logits are one row per prompt, read by its K samples), unless the slot is done. sorted: per logits row, the
-// vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.filtered(). parts (may be null):
-// unfiltered draws and greedy picks go over parts->parts blocks a row (OPTUNE_CUDA_PICK=parts) instead of one.
+// vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.filtered().
 void pick_tokens(const float* logits, int logits_div, const int32_t* sorted, int n_rows, const State& s,
-                 const Params& p, cudaStream_t st, const PickParts* parts = nullptr);
+                 const Params& p, cudaStream_t st);
 // Rebuilds active[] (ascending slots that are neither finished nor at max_new) and ctl[0].
 void compact_active(const State& s, cudaStream_t st);
 
