@@ -6,17 +6,15 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// The bf16 decode GEMMs run on cuBLASLt by default (GPT-2's MLP bias and GELU in the GEMM: lt_gemm.h). Then bf16
-// variants of the decode step, measured in the same run: "sample_cublas" (the decode GEMMs on cuBLAS:
-// OPTUNE_CUDA_DECODE_GEMM=cublas), "sample_own" (decode_gemm.cu's kernel with the automatic K-split: =own),
-// "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1), "sample_pdl" (the decode step's own kernels launched early:
-// OPTUNE_CUDA_PDL=1, launch.h), "sample_own_pdl" (that with the own GEMMs, whose weight loads then start before the
-// kernel before ends), "sample_mixed" (the own kernel, K-split, for the two projections into the residual stream,
-// cuBLASLt for the others: =mixed) and "sample_mixed_pdl" (that, launched early).
+// By default the bf16 decode GEMMs run on cuBLASLt (GPT-2's MLP bias and GELU in the GEMM: lt_gemm.h) and, on sm_90
+// and up, the decode step's own kernels launch early (programmatic dependent launch, launch.h). Then bf16 variants
+// of the decode step, measured in the same run: "sample_no_pdl" (no early launches: OPTUNE_CUDA_PDL=0),
+// "sample_cublas" (the decode GEMMs on cuBLAS: OPTUNE_CUDA_DECODE_GEMM=cublas), "sample_own" (decode_gemm.cu's
+// kernel with the automatic K-split: =own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).
 // (On an H200: requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4%
 // slower; staging the attention's keys and values in shared memory 4.6% slower; drawing each row's token over 8
 // blocks instead of one no faster; timing each cuBLASLt shape's algorithm among those with the same bits within
-// run-to-run change: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
+// run-to-run change; the own kernel for the two projections into the residual stream only 3.5% slower: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
 // the own kernel; early_launch: whether the own kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on
 // cuBLASLt. The environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs
 // and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step.
@@ -109,13 +107,10 @@ int main(int argc, char** argv) {
       float top_p = 1.0f;
     };
     const Variant variants[] = {
+        {"sample_no_pdl", {{"OPTUNE_CUDA_PDL", "0"}}},
         {"sample_cublas", {{"OPTUNE_CUDA_DECODE_GEMM", "cublas"}}},
         {"sample_own", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}}},
         {"sample_own_unsplit", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_SPLIT_K", "1"}}},
-        {"sample_pdl", {{"OPTUNE_CUDA_PDL", "1"}}},
-        {"sample_own_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_PDL", "1"}}},
-        {"sample_mixed", {{"OPTUNE_CUDA_DECODE_GEMM", "mixed"}}},
-        {"sample_mixed_pdl", {{"OPTUNE_CUDA_DECODE_GEMM", "mixed"}, {"OPTUNE_CUDA_PDL", "1"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

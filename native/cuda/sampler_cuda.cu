@@ -226,27 +226,32 @@ int sm_count() {
 // 128 new tokens, 11th session): lt 103.2k tok/s, cuBLAS 100.2k, own with the automatic K-split 86.9k, own unsplit
 // 49.3k. (Timing each shape's algorithm among the heuristic's candidates with the same bits gave 103.5k: within
 // run-to-run change, so it went.)
-// "mixed": cuBLASLt for q|k|v and the MLP input projection(s), decode_gemm.cu's kernel with the automatic K-split for
-// the two projections into the residual stream, whose slices the next norm adds anyway: no reduction kernel after
-// the MLP projection (cuBLASLt's split there takes 7.5 us + 4.4 us for its reduction a layer on an H200; the own
-// kernel ran 8.0 us at 8 slices in the 6th session's sweep). Not measured in the sampler yet, so not the default.
-enum class DecodeGemm { kLt, kCublas, kOwn, kMixed };
+// Also measured there: the own kernel for the two projections into the residual stream only (whose K-slices the next
+// norm adds, so no reduction kernel after the MLP projection), cuBLASLt for the others: 99.7k. The own kernels took
+// 7.5 us (attention projection, 3 slices) and 10.0 us (MLP projection, 8 slices) against cuBLASLt's 6.1 and 7.5 + 4.4
+// for its reduction, but the norms reading the slices 6.3 us instead of 4.0 (Nsight).
+enum class DecodeGemm { kLt, kCublas, kOwn };
 DecodeGemm decode_gemm_setting() {
   const char* v = std::getenv("OPTUNE_CUDA_DECODE_GEMM");
   if (!v || !*v || std::strcmp(v, "lt") == 0) return DecodeGemm::kLt;
   if (std::strcmp(v, "cublas") == 0) return DecodeGemm::kCublas;
   if (std::strcmp(v, "own") == 0) return DecodeGemm::kOwn;
-  if (std::strcmp(v, "mixed") == 0) return DecodeGemm::kMixed;
-  throw Error("OPTUNE_CUDA_DECODE_GEMM must be lt, cublas, own or mixed (got '" + std::string(v) + "')");
+  throw Error("OPTUNE_CUDA_DECODE_GEMM must be lt, cublas or own (got '" + std::string(v) + "')");
 }
 
-// OPTUNE_CUDA_PDL=1: a decode step's own kernels (embedding, norms, decode attention, MLP activation, and the decode
-// GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each may start
-// while the kernel before it finishes, its constant loads (weights) first. Only on compute capability 9.0 and up,
-// with kernels compiled for sm_90 or later (kernels_wait_when_early); cuBLAS's kernels launch as usual. On an H200
-// (bench_cuda_sample, GPT-2 124M bf16) 98.0-99.6k tok/s against 96.9-98.9k: within run-to-run change, so off by
-// default. Same results either way.
-bool early_launch_setting() { return env_is("OPTUNE_CUDA_PDL", "1") && kernels_wait_when_early(); }
+// OPTUNE_CUDA_PDL: unset or "1": a decode step's own kernels (embedding, norms, decode attention, MLP activation, and
+// the decode GEMMs under OPTUNE_CUDA_DECODE_GEMM=own) launch early (programmatic dependent launch, launch.h): each
+// may start while the kernel before it finishes, its constant loads (weights) first; "0": they launch as usual. Only
+// on compute capability 9.0 and up, with kernels compiled for sm_90 or later (kernels_wait_when_early); cuBLAS's and
+// cuBLASLt's kernels launch as usual. Same results either way. On an H200 (bench_cuda_sample, GPT-2 124M bf16) it
+// gained 0.9%, 1.0% and 1.2% in three runs (the last 104.6k tok/s against 103.3k, with cuBLASLt's GEMMs), where the
+// same setting twice differed by 0.1%; so on by default since the 11th session.
+bool early_launch_setting() {
+  const char* v = std::getenv("OPTUNE_CUDA_PDL");
+  const bool on = !v || !*v || std::strcmp(v, "1") == 0;
+  OPTUNE_CHECK(on || std::strcmp(v, "0") == 0, "OPTUNE_CUDA_PDL must be 0 or 1 (got '" + std::string(v) + "')");
+  return on && kernels_wait_when_early();
+}
 
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
@@ -273,10 +278,9 @@ class Sampler {
       : c_(m.cfg), L_(m.layout), w_(w), r_(r), blas_ws_(kBlasWorkspace, "cuBLAS workspace (sampler)"),
         blas_(stream_.get(), blas_ws_.data(), kBlasWorkspace) {
     const DecodeGemm gemms = decode_gemm_setting();
-    const bool bf16 = !std::is_same_v<Act, float>;
-    own_gemm_ = bf16 && (gemms == DecodeGemm::kOwn || gemms == DecodeGemm::kMixed);
+    own_gemm_ = !std::is_same_v<Act, float> && gemms == DecodeGemm::kOwn;
     if (own_gemm_) decode_gemm_prepare();
-    if (bf16 && (gemms == DecodeGemm::kLt || gemms == DecodeGemm::kMixed))  // (the GEMMs run in turn: one workspace)
+    if (!std::is_same_v<Act, float> && gemms == DecodeGemm::kLt)  // (it shares the workspace: the GEMMs run in turn)
       lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace);
     split_setting_ = split_k_setting(own_gemm_);
     early_launch_ = early_launch_setting();
@@ -361,7 +365,7 @@ class Sampler {
  private:
   int prompt_len(int i) const { return r_.prompt_offsets[i + 1] - r_.prompt_offsets[i]; }
   cudaStream_t st() const { return stream_.get(); }
-  // Where a kernel of blocks() and head() goes: early (PDL, launch.h) in a decode step under OPTUNE_CUDA_PDL=1.
+  // Where a kernel of blocks() and head() goes: early (PDL, launch.h) in a decode step unless OPTUNE_CUDA_PDL=0.
   Launch on() const { return {st(), decoding_ && early_launch_}; }
   void sync() const { OPTUNE_CUDA_CHECK(cudaStreamSynchronize(st())); }
   const float* P(size_t off) const { return off == kAbsent ? nullptr : w_.f32 + off; }
@@ -480,39 +484,27 @@ class Sampler {
 
   // The decode GEMMs as (N, K), in groups whose slices are alive at the same time (split along K, a group's slices
   // wait in part_ for the kernel that consumes them): q|k|v, the attention projection, the MLP's input projection(s),
-  // its output projection. blocks() runs exactly these; the two projections add into the residual stream.
-  struct GemmGroup {
-    bool residual;
-    std::vector<std::pair<int, int>> gemms;
-  };
-  std::vector<GemmGroup> decode_gemm_groups() const {
-    if (c_.is_gpt2()) return {{false, {{3 * D_, D_}}}, {true, {{D_, QD_}}}, {false, {{F_, D_}}}, {true, {{D_, F_}}}};
-    return {{false, {{QD_, D_}, {KVD_, D_}, {KVD_, D_}}},
-            {true, {{D_, QD_}}},
-            {false, {{F_, D_}, {F_, D_}}},
-            {true, {{D_, F_}}}};
+  // its output projection. blocks() runs exactly these.
+  std::vector<std::vector<std::pair<int, int>>> decode_gemm_groups() const {
+    if (c_.is_gpt2()) return {{{3 * D_, D_}}, {{D_, QD_}}, {{F_, D_}}, {{D_, F_}}};
+    return {{{QD_, D_}, {KVD_, D_}, {KVD_, D_}}, {{D_, QD_}}, {{F_, D_}, {F_, D_}}, {{D_, F_}}};
   }
-  // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call):
-  // under "own" every one, under "mixed" (with cuBLASLt for the others) those into the residual stream.
-  bool own_gemm(int rows, bool residual) const {
-    return own_gemm_ && rows <= kDecodeGemmMaxRows && (residual || !lt_);
-  }
-  int split(int rows, int n, int k, bool residual) const {
-    const bool own = own_gemm(rows, residual);
-    if (lt_ && !own) return 1;  // cuBLASLt picks its own splits and adds them itself
-    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own ? 64 : 128) : 1;
+  // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call).
+  bool own_gemm(int rows) const { return own_gemm_ && rows <= kDecodeGemmMaxRows; }
+  int split(int rows, int n, int k) const {
+    if (lt_) return 1;  // cuBLASLt picks its own splits and adds them itself
+    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128) : 1;
   }
   // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
   size_t partials_capacity() const {
+    if (lt_) return 0;  // (split() is 1)
     size_t most = 0;
     for (int b = kMinBucket;; b *= 2) {
       const int rows = std::min(b, R_);
-      for (const GemmGroup& group : decode_gemm_groups()) {
+      for (const auto& group : decode_gemm_groups()) {
         size_t floats = 0;
-        for (const auto& [n, k] : group.gemms) {
-          const bool own = own_gemm(rows, group.residual);
-          if (lt_ && !own) continue;  // (split() is 1)
-          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own ? 64 : 128);
+        for (const auto& [n, k] : group) {
+          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128);
           if (S > 1) floats += static_cast<size_t>(S) * rows * n;
         }
         most = std::max(most, floats);
@@ -525,11 +517,10 @@ class Sampler {
   // out[rows, out_f] (+)= in[rows, in_f] W: GPT-2's Conv1D weights are [in, out], nn.Linear's [out, in]. In a decode
   // step the product may be split along in_f (split()): its slices, each in out's layout, go to part_ at *cursor
   // (advanced past them; a group starts at 0), out is left alone and the returned Partials name the slices. Unsplit,
-  // the returned Partials is empty: out holds the product (beta 0) or has it added (beta 1: the residual stream).
+  // the returned Partials is empty: out holds the product (beta 0) or has it added (beta 1).
   Partials linear(float* out, const Act* in, size_t w_off, int rows, int in_f, int out_f, float beta,
                   size_t* cursor) {
-    const bool residual = beta != 0.0f;
-    const int S = split(rows, out_f, in_f, residual);
+    const int S = split(rows, out_f, in_f);
     float* slices = nullptr;
     if (S > 1) {
       const size_t floats = static_cast<size_t>(S) * rows * out_f;
@@ -541,13 +532,13 @@ class Sampler {
       float* dst = S > 1 ? slices : out;
       const auto* a = reinterpret_cast<const uint16_t*>(in);
       const auto* b = reinterpret_cast<const uint16_t*>(W(w_off));
-      if (decoding_ && lt_ && !own_gemm(rows, residual)) {
+      if (decoding_ && lt_) {
         lt_->mm(rows, out_f, in_f, reinterpret_cast<const bf16*>(in), reinterpret_cast<const bf16*>(W(w_off)),
                 c_.is_llama(), beta, out, out_f);
         lt_gemms_++;
         return {};
       }
-      if (decoding_ && own_gemm(rows, residual) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
+      if (decoding_ && own_gemm(rows) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
         decode_gemm(rows, out_f, in_f, a, b, c_.is_llama(), beta, dst, out_f, S, static_cast<int64_t>(rows) * out_f,
                     on());
         own_gemms_++;

@@ -44,7 +44,7 @@ struct SamplerStats {
   std::string graph_error;   // why capturing failed (the call then ran eagerly); empty when it did not
   int max_split = 1;         // most K-slices any decode GEMM ran in (1: none split; OPTUNE_CUDA_SPLIT_K)
   int own_gemms = 0;         // decode GEMMs issued to decode_gemm.cu's kernel (eager and captured)
-  bool early_launch = false; // decode steps launched their own kernels early (OPTUNE_CUDA_PDL=1 on sm_90+)
+  bool early_launch = false; // decode steps launched their own kernels early (sm_90+, unless OPTUNE_CUDA_PDL=0)
   bool tf32 = false;         // the fp32 GEMMs were allowed TF32 tensor cores (OPTUNE_CUDA_TF32=1; cuBLAS picks)
   int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
   int lt_gemms = 0;          // decode GEMMs issued to cuBLASLt (bf16 default, OPTUNE_CUDA_DECODE_GEMM=lt; eager and

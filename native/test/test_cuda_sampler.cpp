@@ -8,13 +8,13 @@
 //    rounding of the logits may flip a draw that sits on a token boundary; typically all are equal);
 //  - same seed twice = same tokens (graphs on and off too), another seed = other tokens;
 //  - decode GEMMs split along K (OPTUNE_CUDA_SPLIT_K, on cuBLAS) give the unsplit results up to summation order;
-//  - launching the decode step's own kernels early (OPTUNE_CUDA_PDL, programmatic dependent launch) changes no bit;
+//  - launching the decode step's own kernels early (the default on sm_90; OPTUNE_CUDA_PDL=0 turns it off) changes no
+//    bit;
 //  - fp32 sampling with TF32 GEMMs (OPTUNE_CUDA_TF32=1) stays within bf16's bound of the CPU;
 //  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
 //  - bf16 sampling with the decode GEMMs on cuBLASLt (the default, GPT-2's GELU in the GEMM) matches sampling with
 //    cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding; so does the bf16 decode GEMM kernel
-//    (decode_gemm.cu, =own, or =mixed for the projections into the residual stream), which also equals sums in double
-//    of the same bf16 operands;
+//    (decode_gemm.cu, =own), which also equals sums in double of the same bf16 operands;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
 //    (total variation against the exact distributions, as test_sampler.cpp);
 //  - bad requests and non-finite logits raise the CPU sampler's errors.
@@ -427,26 +427,14 @@ SampleResult check_bf16_variant(const testing::Env& env, int cuda::SamplerStats:
 }  // namespace
 
 TEST(own_decode_gemms_match_cublas_ones) {
-  // bf16 sampling with the decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM=own, or =mixed: only the
-  // projections into the residual stream) against the same on cuBLAS: both within bf16 rounding of a full CPU
-  // forward, graphs captured, reproducible.
+  // bf16 sampling with the decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM=own) against the same
+  // on cuBLAS: both within bf16 rounding of a full CPU forward, graphs captured, reproducible.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 49, 0.1f);
     const DeviceWeights w(*m, true);
-    const SampleRequest req = prompts_request(kPrompts, 3, 20);
-    const std::string what = std::string(arch_name(cfg.arch)) + " bf16";
-    check_bf16_variant({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, &cuda::SamplerStats::own_gemms, *m, w, req,
-                       what + " own GEMMs");
-    // mixed: the own kernel for the two projections into the residual stream, cuBLASLt for the rest
-    check_bf16_variant({{"OPTUNE_CUDA_DECODE_GEMM", "mixed"}}, &cuda::SamplerStats::own_gemms, *m, w, req,
-                       what + " mixed GEMMs");
-    cuda::SamplerStats own, mixed;
-    sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, *m, w, req, &own);
-    sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "mixed"}}, *m, w, req, &mixed);
-    CHECK_MSG(mixed.lt_gemms > 0 && own.lt_gemms == 0 && 2 * mixed.own_gemms == own.own_gemms,
-              what + ": mixed took " + std::to_string(mixed.own_gemms) + " own and " + std::to_string(mixed.lt_gemms) +
-                  " cuBLASLt GEMMs, own " + std::to_string(own.own_gemms) + " (expected half as many own ones)");
+    check_bf16_variant({{"OPTUNE_CUDA_DECODE_GEMM", "own"}}, &cuda::SamplerStats::own_gemms, *m, w,
+                       prompts_request(kPrompts, 3, 20), std::string(arch_name(cfg.arch)) + " bf16 own GEMMs");
   }
   auto m = make_model(testing::tiny_gpt2());
   const DeviceWeights w(*m, true);
@@ -487,12 +475,13 @@ TEST(lt_decode_gemms_stay_close) {
 }
 
 TEST(early_launches_change_no_result) {
-  // Under OPTUNE_CUDA_PDL=1 a decode step's own kernels start before the kernel before them ends and wait for it
-  // before reading its output (launch.h): the same tokens and log-probs, bit for bit, in graphs, in both precisions
-  // and with the own decode GEMMs (whose weight loads go out before the wait). A kernel that read its input before
-  // the wait would read the previous layer's (or step's) activations and change the results.
+  // By default (OPTUNE_CUDA_PDL unset, or 1) a decode step's own kernels start before the kernel before them ends
+  // and wait for it before reading its output (launch.h): the same tokens and log-probs as with OPTUNE_CUDA_PDL=0,
+  // bit for bit, in graphs, in both precisions (bf16 with its default cuBLASLt GEMMs) and with the own decode GEMMs
+  // (whose weight loads go out before the wait). A kernel that read its input before the wait would read the
+  // previous layer's (or step's) activations and change the results.
   const bool can = cuda::kernels_wait_when_early();
-  if (!can) std::printf("  SKIPPED early launches (no sm_90 code for this GPU); the knob must stay off\n");
+  if (!can) std::printf("  SKIPPED early launches (no sm_90 code for this GPU); they must stay off\n");
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     for (const char* mode : {"fp32", "bf16", "bf16 own GEMMs"}) {
       const bool bf16 = std::strcmp(mode, "fp32") != 0, own = std::strstr(mode, "own") != nullptr;
@@ -504,10 +493,11 @@ TEST(early_launches_change_no_result) {
       testing::Env knobs;
       if (own) knobs.push_back({"OPTUNE_CUDA_DECODE_GEMM", "own"});
       cuda::SamplerStats plain_stats, early_stats;
-      const SampleResult plain = sample_under(knobs, *m, w, req, &plain_stats);
-      knobs.push_back({"OPTUNE_CUDA_PDL", "1"});
       const SampleResult early = sample_under(knobs, *m, w, req, &early_stats);
+      knobs.push_back({"OPTUNE_CUDA_PDL", "1"});
       const SampleResult again = sample_under(knobs, *m, w, req);
+      knobs.back().second = "0";
+      const SampleResult plain = sample_under(knobs, *m, w, req, &plain_stats);
       CHECK_MSG(!plain_stats.early_launch && early_stats.early_launch == can,
                 what + ": early launches " + std::to_string(plain_stats.early_launch) + " and " +
                     std::to_string(early_stats.early_launch) + " (expected off, then on with sm_90 code)");
@@ -518,6 +508,8 @@ TEST(early_launches_change_no_result) {
                   what + ": launching early changed the results");
     }
   }
+  const testing::ScopedEnv bad("OPTUNE_CUDA_PDL", "yes");
+  CHECK_THROWS(gpu_sample(*make_model(testing::tiny_gpt2()), prompts_request(kPrompts, 1, 4)), "OPTUNE_CUDA_PDL");
 }
 
 TEST(tf32_sampling_stays_close) {
