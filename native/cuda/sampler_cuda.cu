@@ -244,8 +244,8 @@ DecodeGemm decode_gemm_setting() {
 // may start while the kernel before it finishes, its constant loads (weights) first; "0": they launch as usual. Only
 // on compute capability 9.0 and up, with kernels compiled for sm_90 or later (kernels_wait_when_early); cuBLAS's and
 // cuBLASLt's kernels launch as usual. Same results either way. On an H200 (bench_cuda_sample, GPT-2 124M bf16) it
-// gained 0.9%, 1.0% and 1.2% in three runs (the last 104.6k tok/s against 103.3k, with cuBLASLt's GEMMs), where the
-// same setting twice differed by 0.1%; so on by default since the 11th session.
+// gained 0.9% to 1.4% in four runs (the last 104.5k tok/s against 103.1k, with cuBLASLt's GEMMs), where one setting
+// measured twice differed by 0.1%; so on by default since the 11th session.
 bool early_launch_setting() {
   const char* v = std::getenv("OPTUNE_CUDA_PDL");
   const bool on = !v || !*v || std::strcmp(v, "1") == 0;
