@@ -15,7 +15,8 @@
 #              OPTUNE_GPU_CHECK_BUDGET (seconds for everything, default 510), OPTUNE_PYTHON (default python3),
 #              OPTUNE_TORCH_ARGS (extra arguments for torch_gpu_bench.py, e.g. --skip-compiled),
 #              OPTUNE_GPU_CTEST_REGEX (ctest -R: only the tests it matches, e.g. "cuda|device"),
-#              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks: profile_*.log),
+#              OPTUNE_GPU_PROFILE=1 (per-kernel times by ncu after the benchmarks; own clocks, warm caches:
+#              profile_*.log),
 #              OPTUNE_GPU_AB=1 (bench_cuda_model again, bf16, with OPTUNE_CUDA_ATTN_PREFETCH=1),
 #              OPTUNE_GPU_TF32=0 (no fp32 reruns of bench_cuda_model / bench_cuda_sample with OPTUNE_CUDA_TF32=1),
 #              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test).
@@ -130,9 +131,12 @@ if ((rc[build] == 0)); then
     stage bench_model_prefetch 90 env OPTUNE_CUDA_ATTN_PREFETCH=1 "$build/bench_cuda_model" 3 bf16
   fi
   # OPTUNE_GPU_PROFILE=1: per-kernel GPU time (Nsight Compute, one metric) of a bf16 sampling run (eager steps, so
-  # each kernel is seen; the first 2500 launches: the prefill and ~20 decode steps) and of the bf16 model benchmark.
+  # each kernel is seen; the first 2500 launches: the prefill and ~20 decode steps) and of the bf16 model benchmark,
+  # at the GPU's own clocks with warm caches, as the benchmarks run: ncu's defaults (base clocks, caches flushed
+  # before each kernel) put a decode layer at 54 us on an H200 where it runs 43.6 (RESULTS.md, 11th session).
   if [[ ${OPTUNE_GPU_PROFILE:-0} == 1 ]] && command -v ncu >/dev/null 2>&1; then
-    prof=(ncu --metrics gpu__time_duration.sum --print-summary per-kernel --launch-count 2500)
+    prof=(ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --print-summary per-kernel
+          --launch-count 2500)
     stage profile_sample 100 env OPTUNE_CUDA_GRAPHS=0 "${prof[@]}" "$build/bench_cuda_sample" 1 bf16
     stage profile_model 120 "${prof[@]}" "$build/bench_cuda_model" 1 bf16
   fi
