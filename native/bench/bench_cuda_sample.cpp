@@ -12,14 +12,14 @@
 // "sample_cublas" (the decode GEMMs on cuBLAS: OPTUNE_CUDA_DECODE_GEMM=cublas), "sample_own" (decode_gemm.cu's
 // kernel with the automatic K-split: =own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).
 // (On an H200: requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4%
-// slower; staging the attention's keys and values in shared memory 4.6% slower; drawing each row's token over 8
-// blocks instead of one no faster; timing each cuBLASLt shape's algorithm among those with the same bits within
-// run-to-run change; the own kernel for the two projections into the residual stream only 3.5% slower: RESULTS.md.) max_split: the most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to
-// the own kernel; early_launch: whether the own kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on
-// cuBLASLt. The environment the benchmark starts with applies to the first rows. Last, bf16 with the default GEMMs
-// and filtered draws: "sample_top_p" (top-p 0.9) and "sample_top_k" (top-k 50), each row sorted whole every step.
-// Random weights give nearly flat distributions, so the top-p nucleus holds most of the vocabulary; a trained
-// model's is far smaller.
+// slower; staging the attention's keys and values in shared memory 4.6% slower; drawing each row's token over 8 blocks
+// instead of one no faster; timing each cuBLASLt shape's algorithm among those with the same bits within run-to-run
+// change; the own kernel for the two projections into the residual stream only 3.5% slower: RESULTS.md.) max_split: the
+// most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel; early_launch: whether the own
+// kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on cuBLASLt. The environment the benchmark starts with
+// applies to the first rows. Last, bf16 with the default GEMMs and filtered draws: "sample_top_p" (top-p 0.9) and
+// "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give nearly flat distributions, so the
+// top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
 // A variant that throws prints {"op": ..., "error": ...} instead, the others still run, and the exit status is 1.
 // Usage: bench_cuda_sample [reps] [fp32|bf16]   (default 3 repetitions, both precisions). Needs a CUDA device;
 // prints a SKIPPED line without one.

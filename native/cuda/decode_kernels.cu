@@ -326,13 +326,14 @@ __device__ inline float softmax_chunk(float sc, float& m, float& l, float (&acc)
 }
 
 // The block's per-warp softmaxes (m, l, acc: lane's pairs of dims 2 lane, 2 lane + 1, + 64) merged at their common
-// max into o[0 .. head_dim). Warp w's acc goes to s_acc + w * acc_stride (128 floats); ends the warps' loops.
+// max into o[0 .. head_dim). Warp w's acc goes to s_acc + w * kAccStride; ends the warps' loops.
+constexpr int kAccStride = 32 * kMaxDimsPerLane;
 template <class Act, int PAIRS>
 __device__ inline void merge_warps(Act* o, float m, float l, const float (&acc)[2 * PAIRS], float* s_m, float* s_l,
-                                   float* s_acc, int acc_stride, int head_dim) {
+                                   float* s_acc, int head_dim) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) s_m[warp] = m, s_l[warp] = l;
-  float* mine = s_acc + warp * acc_stride;
+  float* mine = s_acc + warp * kAccStride;
 #pragma unroll
   for (int i = 0; i < PAIRS; i++) mine[2 * lane + 64 * i] = acc[2 * i], mine[2 * lane + 64 * i + 1] = acc[2 * i + 1];
   __syncthreads();
@@ -343,7 +344,7 @@ __device__ inline void merge_warps(Act* o, float m, float l, const float (&acc)[
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
     float sum = 0.0f;
     for (int w = 0; w < kAttnWarps; w++)
-      if (s_m[w] != -INFINITY) sum += s_acc[w * acc_stride + d] * expf(s_m[w] - mx);
+      if (s_m[w] != -INFINITY) sum += s_acc[w * kAccStride + d] * expf(s_m[w] - mx);
     o[d] = to_act<Act>(sum / total);
   }
 }
@@ -412,9 +413,9 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
       }
     }
   }
-  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps * 32 * kMaxDimsPerLane];
+  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps * kAccStride];
   merge_warps<Act, PAIRS>(out + static_cast<int64_t>(r) * n_head * head_dim + h * head_dim, m, l, acc, s_m, s_l,
-                          s_acc, 32 * kMaxDimsPerLane, head_dim);
+                          s_acc, head_dim);
 }
 
 template <class Act>

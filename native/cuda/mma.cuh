@@ -1,6 +1,6 @@
-// Building blocks shared by the bf16 kernels (attention_mma.cu, decode_gemm.cu): mma.sync.m16n8k16
-// with bf16 operands and fp32 accumulation, ldmatrix loads of its fragments from shared memory, and cp.async copies
-// of 16 bytes from global into shared memory (sm_80 and up).
+// Building blocks shared by the bf16 kernels (attention_mma.cu, decode_gemm.cu): mma.sync.m16n8k16 with bf16
+// operands and fp32 accumulation, ldmatrix loads of its fragments from shared memory, and cp.async copies of 16
+// bytes from global into shared memory (sm_80 and up).
 //
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16"), lane = 4 * g + t:
 //   A (16 x 16, row-major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]

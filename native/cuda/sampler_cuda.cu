@@ -228,7 +228,7 @@ int sm_count() {
 // run-to-run change, so it went.)
 // Also measured there: the own kernel for the two projections into the residual stream only (whose K-slices the next
 // norm adds, so no reduction kernel after the MLP projection), cuBLASLt for the others: 99.7k. The own kernels took
-// 7.5 us (attention projection, 3 slices) and 10.0 us (MLP projection, 8 slices) against cuBLASLt's 6.1 and 7.5 + 4.4
+// 7.5 us (attention projection, 3 slices) and 10.0 us (MLP projection, 8 slices) against cuBLASLt's 6.1 and 7.5 + 4.7
 // for its reduction, but the norms reading the slices 6.3 us instead of 4.0 (Nsight).
 enum class DecodeGemm { kLt, kCublas, kOwn };
 DecodeGemm decode_gemm_setting() {
@@ -305,7 +305,7 @@ class Sampler {
     init_state();
     prefill();
     order_rows(n_prompts_);
-    pick(K_, R_);
+    pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
     sync();
     const auto t1 = std::chrono::steady_clock::now();
     int steps = 0, graphs = 0, bucket = 0;
@@ -700,11 +700,6 @@ class Sampler {
     row_sorts_++;
   }
 
-  // The next tokens of the first n_rows active rows from logits_ (row a / logits_div).
-  void pick(int logits_div, int n_rows) {
-    pick_tokens(logits_.data(), logits_div, sorted_.data(), n_rows, state_, params_, st());
-  }
-
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
   void decode_step(int bucket) {
     prepare_decode_rows(row_tok_.data(), row_pos_.data(), row_slot_.data(), state_, bucket, st());
@@ -716,7 +711,7 @@ class Sampler {
     head(logits_.data(), nullptr, bucket, pending);
     decoding_ = false;
     order_rows(bucket);
-    pick(1, bucket);
+    pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
   }
 
   SampleResult collect() {
