@@ -19,7 +19,8 @@
 #              profile_*.log),
 #              OPTUNE_GPU_AB=1 (bench_cuda_model again, bf16, with OPTUNE_CUDA_ATTN_PREFETCH=1),
 #              OPTUNE_GPU_TF32=0 (no fp32 reruns of bench_cuda_model / bench_cuda_sample with OPTUNE_CUDA_TF32=1),
-#              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test).
+#              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test),
+#              OPTUNE_GPU_PROBE=0 (no bench_cuda_persistent: probe_persistent.log).
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
 # (about 75 s of it compiling; --skip-compiled saves that).
@@ -114,6 +115,11 @@ if ((rc[build] == 0)); then
       echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
     fi
   done
+  # The persistent-kernel probe (native/bench/bench_cuda_persistent.cu): a grid barrier's cost, and the MLP half of
+  # 12 decode layers as one kernel against the sampler's kernels, checked against a CPU reference (a few seconds).
+  if [[ ${OPTUNE_GPU_PROBE:-1} == 1 && -x $build/bench_cuda_persistent ]]; then
+    stage probe_persistent 60 "$build/bench_cuda_persistent" || true
+  fi
   # fp32 with TF32 GEMMs (OPTUNE_CUDA_TF32=1, PyTorch's fp32 peer runs its matmuls so): the model and sampling
   # benchmarks again in fp32; summary.json and results.md list their rows as "(TF32 matmuls)". OPTUNE_GPU_TF32=0
   # skips them (15 s on an H200: 8 s and 7 s).
