@@ -115,8 +115,8 @@ if ((rc[build] == 0)); then
       echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
     fi
   done
-  # The persistent-kernel probe (native/bench/bench_cuda_persistent.cu): a grid barrier's cost, and the MLP half of
-  # 12 decode layers as one kernel against the sampler's kernels, checked against a CPU reference (a few seconds).
+  # The persistent-kernel probe (native/bench/bench_cuda_persistent.cu): a grid barrier's cost, and 12 GPT-2 124M
+  # decode layers as one kernel against the sampler's kernels, checked against a CPU reference (seconds).
   if [[ ${OPTUNE_GPU_PROBE:-1} == 1 && -x $build/bench_cuda_persistent ]]; then
     stage probe_persistent 60 "$build/bench_cuda_persistent" || true
   fi
