@@ -1,26 +1,20 @@
-// Probe for a persistent decode step (issue 5: bf16 sampling at >= 20x PyTorch eager, measured at ~12x).
+// Benchmark and check of the persistent decode step (cuda/persistent_step.h) against the sampler's kernels (issue 5:
+// bf16 sampling at >= 20x PyTorch eager, measured at ~12x with the kernels).
 //
-// Why: on an H200 a GPT-2 124M decode layer at 64 rows is eight kernels of 3-11 us, 43.6 us in all, with no idle
-// time between them in the replayed graph (Nsight, 11th session); its 14 MB of bf16 weights would take ~3 us at the
-// memory's bandwidth. Each kernel pays its ramp-up and drain, and each runs its GEMM on a few dozen SMs. One kernel
-// whose blocks stay resident could run the same work as phases over every SM, separated by grid-wide barriers, and
-// load the next phase's weights before the barrier. Whether that pays depends on numbers nobody has measured here:
-// what a grid barrier costs, how fast a phase of GEMM tiles spread over all SMs runs, and how the attention fares
-// with the few blocks per SM a persistent kernel keeps. This probe measures them before the sampler is rewritten.
-//
-// What it runs, on random GPT-2 124M-shaped layers (d 768, 12 heads of 64, d_ff 3072, 12 layers: 170 MB of bf16
-// GEMM weights and 450 MB of bf16 KV cache, so both stream from memory as in a decode step), 64 rows at positions
-// 64-191 of a 192-token cache (the sampling benchmark's 64-token prompts and 128 new tokens):
-//   - the 12 layers as one cooperative kernel (step_kernel): phases norm1 | qkv | attention | o-proj | norm2 | fc
-//     (+ bias + GELU) | proj, GEMMs in K-slices (decode_gemm_tile.cuh's tiles) added by the phase after, the
-//     attention the sampler's own device function (decode_attention.cuh); several work splits, each with the
-//     time of every phase (block 0's clock at each barrier);
-//   - the same layers on the sampler's default kernels (add_norm, cuBLASLt GEMMs with the GELU in the MLP input
-//     GEMM, attention_decode), replayed from a CUDA graph: the peer, in the same process;
-//   - kernels of grid barriers only (this file's, cooperative_groups'): the cost of one barrier.
-// It prints microseconds per layer, and the largest error of each path's result against a CPU reference of the same
-// bf16 operands; exit status 1 when a path is wrong. The 11th session's H200 ran a layer in 43.6 us (Nsight) and a
-// whole decode step in ~573 us. Needs a CUDA device of compute capability 8.0 or higher.
+// Whether one persistent kernel beats the sampler's eight kernels a layer depends on numbers nobody has measured
+// here: what a grid barrier costs, how fast a phase of GEMM tiles spread over all SMs runs, and how the attention
+// fares with the few blocks per SM a persistent kernel keeps. This measures them, on random GPT-2 124M-shaped layers
+// (d 768, 12 heads of 64, d_ff 3072, 12 layers: 170 MB of bf16 GEMM weights and 450 MB of bf16 KV cache, so both
+// stream from memory as in a decode step), 64 rows at positions 64-191 of a 192-token cache (the sampling
+// benchmark's 64-token prompts and 128 new tokens):
+//   - kernels of grid barriers only (grid_barrier.cuh's, cooperative_groups'): the cost of one barrier;
+//   - the layers on the sampler's default kernels (add_norm, cuBLASLt GEMMs with the GELU in the MLP input GEMM,
+//     attention_decode), replayed from a CUDA graph: the peer, in the same process;
+//   - the layers as one PersistentStep launch, over several work splits (blocks per SM, K-slices per GEMM, early
+//     weight loads), each with the time of every phase (block 0's clock after each barrier).
+// It prints microseconds per layer, and the errors of each path against a CPU reference of the same bf16 operands;
+// exit status 1 when a path is wrong. The 11th session's H200 ran a layer in 43.6 us (Nsight) and a whole decode step
+// in ~573 us. Needs a CUDA device of compute capability 8.0 or higher.
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -37,14 +31,13 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "cuda/check.cuh"
-#include "cuda/decode_attention.cuh"
-#include "cuda/decode_gemm_tile.cuh"
+#include "cuda/grid_barrier.cuh"
 #include "cuda/lt_gemm.h"
 #include "cuda/memory.h"
-#include "cuda/reduce.cuh"
+#include "cuda/persistent_step.h"
 #include "cuda/sampler_kernels.cuh"
 
-using namespace optune::cuda::decode_tile;
+using bf16 = __nv_bfloat16;
 using optune::rng_normal;
 using optune::cuda::Buffer;
 namespace gpu = optune::cuda;  // (cooperative_groups brings a namespace cuda of its own)
@@ -54,277 +47,19 @@ namespace {
 constexpr int kRows = 64, kD = 768, kF = 3072, kLayers = 12, kHeads = 12, kHeadDim = kD / kHeads;
 constexpr int kPrompt = 64, kCap = 192;  // cache rows per slot
 constexpr float kEps = 1e-5f;
-constexpr int kNormPer = 8;  // elements of a row per thread in the norm phase: rows up to kThreads * 8 wide
-static_assert(kD <= kThreads * kNormPer, "a norm row fits the block's registers");
+constexpr int kThreads = 128;  // the barrier kernels' blocks, as the persistent step's
 
 // ---- grid barrier -----------------------------------------------------------------------------------------------
 
-// Two counters in device memory, zeroed before each launch.
-struct Barrier {
-  unsigned* count;       // blocks arrived at the current barrier
-  unsigned* generation;  // barriers completed
-};
-
-// Every block waits here until all have arrived; each block's writes before it are visible to every block after
-// it (the fences around the arrival, as cooperative_groups' grid sync does). The blocks must all be resident: a
-// cooperative launch guarantees it or fails. `passed`: the barriers this block has passed (kept by thread 0).
-__device__ void grid_sync(const Barrier& b, unsigned& passed) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    passed++;
-    __threadfence();
-    if (atomicAdd(b.count, 1u) == gridDim.x - 1) {  // the last to arrive opens the barrier
-      atomicExch(b.count, 0u);
-      __threadfence();
-      atomicExch(b.generation, passed);
-    } else {
-      while (*reinterpret_cast<volatile unsigned*>(b.generation) != passed) {
-      }
-    }
-    __threadfence();
-  }
-  __syncthreads();
-}
-
-__global__ void barriers_kernel(Barrier b, int n) {
+__global__ void barriers_kernel(unsigned* barrier, int n) {
   unsigned passed = 0;
-  for (int i = 0; i < n; i++) grid_sync(b, passed);
+  for (int i = 0; i < n; i++) gpu::grid_sync(barrier, passed);
 }
 
 // The same with cooperative_groups' grid sync, for comparison.
-__global__ void cg_barriers_kernel(Barrier, int n) {
+__global__ void cg_barriers_kernel(unsigned*, int n) {
   const cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   for (int i = 0; i < n; i++) grid.sync();
-}
-
-// ---- whole decode layers as one kernel ----------------------------------------------------------------------------
-
-// One layer's parameters (GEMM weights [in, out] row-major, GPT-2's Conv1D) and its KV cache ([rows][cap][d] each).
-struct LayerParams {
-  const float *ln1_w, *ln1_b, *b_qkv, *b_o, *ln2_w, *ln2_b, *b_fc, *b_proj;
-  const bf16 *w_qkv, *w_o, *w_fc, *w_proj;
-  bf16 *k_cache, *v_cache;
-};
-
-// How the step's work is cut: K-slices per GEMM (qkv and fc, when split, get a phase that adds their slices).
-struct Split {
-  int blocks_per_sm, s_qkv, s_o, s_fc, s_proj;
-  bool early;  // a block loads its first tile's weights of the next GEMM phase before the barrier
-};
-
-struct Step {
-  const LayerParams* layers;
-  float* x;          // [rows, d] residual stream
-  bf16* a;           // [rows, d] the current norm's output
-  // The attention reads q, k and v by plain loads (sampler::attend_head), which may hit a line its SM's L1 kept from
-  // an earlier read of the same address in this launch: each layer has buffers of its own, written once a launch.
-  float* qkv_part;   // [layers][s_qkv][rows, 3d] the qkv product's K-slices
-  float* qkv;        // [layers][rows, 3d] their sum, when split
-  bf16* att;         // [rows, d] attention output
-  float* o_part;     // [s_o][rows, d]
-  float* fc_part;    // [s_fc][rows, d_ff]
-  bf16* h;           // [rows, d_ff] gelu(fc + b_fc)
-  float* proj_part;  // [s_proj][rows, d]
-  const int32_t *pos, *slot;  // each row's position (its cached keys: 0 .. pos - 1) and cache slot
-  int cap;
-  Split split;
-  Barrier barrier;
-  unsigned long long* stamps;  // block 0's clock after each barrier (phase times)
-};
-
-// A phase of GEMM tiles: C[rows, N] = A[rows, K] B[K, N] in `slices` K-slices, tile t = (columns (t % tiles_n) * 64,
-// slice t / tiles_n); block b takes tiles b, b + grid, ...
-struct GemmPhase {
-  const bf16* A;
-  const bf16* B;
-  int N, K, slices;
-  __device__ int tiles_n() const { return (N + kTileN - 1) / kTileN; }
-  __device__ int tiles() const { return tiles_n() * slices; }
-  __device__ void tile(int t, int& n0, int& slice, int& k_begin, int& k_end) const {
-    n0 = (t % tiles_n()) * kTileN, slice = t / tiles_n();
-    k_begin = slice * (K / slices), k_end = k_begin + K / slices;
-  }
-};
-
-// The weights of this block's first tile of `g`, before the barrier that opens the phase.
-__device__ void start_first_tile(const GemmPhase& g, bf16* smem) {
-  if (blockIdx.x >= g.tiles()) return;
-  int n0, slice, kb, ke;
-  g.tile(blockIdx.x, n0, slice, kb, ke);
-  start_tile<false>(smem, g.B, g.N, g.K, n0, kb, ke, true);
-}
-
-// Runs this block's tiles of `g`; store(slice, row, col, v0, v1) takes each pair of results.
-template <class Store>
-__device__ void run_phase(const GemmPhase& g, bf16* smem, bool first_started, const Store& store) {
-  for (int t = blockIdx.x; t < g.tiles(); t += gridDim.x) {
-    int n0, slice, kb, ke;
-    g.tile(t, n0, slice, kb, ke);
-    const bool started = first_started && t == static_cast<int>(blockIdx.x);  // start_first_tile's
-    if (!started) start_tile<false>(smem, g.B, g.N, g.K, n0, kb, ke, false);
-    float acc[4][2][4];
-    run_tile<false>(acc, smem, g.A, g.B, kRows, g.N, g.K, n0, kb, ke);
-    for_each_pair(acc, n0, kRows, g.N, [&](int row, int col, float v0, float v1) { store(slice, row, col, v0, v1); });
-    __syncthreads();  // every warp is done with the stages before the next tile refills them
-  }
-}
-
-// The same, each slice's product into out + slice * kRows * N (row stride N).
-__device__ void run_phase(const GemmPhase& g, bf16* smem, bool first_started, float* out) {
-  run_phase(g, smem, first_started, [&](int slice, int row, int col, float v0, float v1) {
-    __stcg(reinterpret_cast<float2*>(out + (static_cast<int64_t>(slice) * kRows + row) * g.N + col),
-           make_float2(v0, v1));
-  });
-}
-
-__device__ inline float gelu_tanh(float v) {
-  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-  return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
-}
-
-// Sum of n slices of [kRows, width] at element i, in slice order. Other blocks wrote them in this kernel: loads
-// through L2 (__ldcg), never the read-only path (__ldg, sampler::Partials::sum), which may hold a stale line.
-__device__ inline float slices_sum(const float* p, int n, int width, int64_t i) {
-  float v = 0.0f;
-  for (int s = 0; s < n; s++) v += __ldcg(p + static_cast<int64_t>(s) * kRows * width + i);
-  return v;
-}
-
-// Rows of x: x += bias + the n slices of parts (bias null: nothing to add), then a = layernorm(x) with (w, b)
-// (w null: none). A block per row.
-__device__ void norm_phase(const Step& s, const float* bias, const float* parts, int n, const float* w,
-                           const float* b, float* scratch) {
-  for (int r = blockIdx.x; r < kRows; r += gridDim.x) {
-    float* x = s.x + r * kD;
-    float v[kNormPer];
-#pragma unroll
-    for (int j = 0; j < kNormPer; j++) {
-      const int i = threadIdx.x + j * kThreads;
-      v[j] = i < kD ? __ldcg(x + i) : 0.0f;
-      if (bias && i < kD) {
-        v[j] += bias[i] + slices_sum(parts, n, kD, r * kD + i);
-        __stcg(x + i, v[j]);
-      }
-    }
-    if (!w) continue;
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kNormPer; j++) sum += v[j];
-    const float m = gpu::block_sum(sum, scratch) / kD;
-    float ss = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kNormPer; j++) {
-      const int i = threadIdx.x + j * kThreads;
-      const float c = i < kD ? v[j] - m : 0.0f;
-      ss += c * c;
-    }
-    const float rs = rsqrtf(gpu::block_sum(ss, scratch) / kD + kEps);
-#pragma unroll
-    for (int j = 0; j < kNormPer; j++) {
-      const int i = threadIdx.x + j * kThreads;
-      if (i < kD) s.a[r * kD + i] = __float2bfloat16_rn((v[j] - m) * rs * w[i] + b[i]);
-    }
-  }
-}
-
-// Element-wise over [kRows, width], spread over the grid: f(i) for every element i.
-template <class F>
-__device__ void grid_elements(int width, const F& f) {
-  const int64_t n = static_cast<int64_t>(kRows) * width;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * kThreads)
-    f(i);
-}
-
-// Every (row, head) of the attention: sampler::attend_head (the sampler's decode attention, the row's k and v into
-// the cache first), a block of kAttnWarps warps per pair, b_qkv added to q, k and v as it reads them.
-__device__ void attention_phase(const Step& s, const LayerParams& layer, const float* qkv) {
-  static_assert(gpu::sampler::kAttnWarps * 32 == kThreads, "attend_head takes the whole block");
-  gpu::sampler::QkvRows in;
-  in.q = qkv, in.k = qkv + kD, in.v = qkv + 2 * kD;
-  in.qs = in.ks = in.vs = 3 * kD;
-  in.bq = layer.b_qkv, in.bk = layer.b_qkv + kD, in.bv = layer.b_qkv + 2 * kD;
-  gpu::sampler::Rows rows;
-  rows.pos = s.pos, rows.slot = s.slot, rows.n = kRows;
-  const gpu::sampler::LayerCache<bf16> cache{layer.k_cache, layer.v_cache, s.cap};
-  for (int item = blockIdx.x; item < kRows * kHeads; item += gridDim.x) {
-    gpu::sampler::attend_head<bf16, 1>(s.att, in, cache, rows, item / kHeads, item % kHeads, kHeads, kHeads,
-                                       kHeadDim, nullptr);
-    __syncthreads();  // attend_head's shared arrays are reused by the next pair
-  }
-}
-
-__global__ void __launch_bounds__(kThreads) step_kernel(Step s) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
-  __shared__ float scratch[32];
-  unsigned passed = 0;
-  int stamp = 0;
-  const auto barrier = [&] {
-    grid_sync(s.barrier, passed);
-    if (blockIdx.x == 0 && threadIdx.x == 0) {
-      unsigned long long t;
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-      s.stamps[stamp] = t;
-    }
-    stamp++;
-  };
-  const Split& sp = s.split;
-  barrier();  // (the start: stamps[0])
-  for (int l = 0; l < kLayers; l++) {
-    const LayerParams& layer = s.layers[l];
-    const LayerParams* prev = l ? &s.layers[l - 1] : nullptr;
-    float* qkv_part = s.qkv_part + static_cast<int64_t>(l) * sp.s_qkv * kRows * 3 * kD;
-    float* qkv_sum = s.qkv + static_cast<int64_t>(l) * kRows * 3 * kD;
-    const GemmPhase qkv{s.a, layer.w_qkv, 3 * kD, kD, sp.s_qkv}, o{s.att, layer.w_o, kD, kD, sp.s_o};
-    const GemmPhase fc{s.a, layer.w_fc, kF, kD, sp.s_fc}, proj{s.h, layer.w_proj, kD, kF, sp.s_proj};
-    if (sp.early) start_first_tile(qkv, smem);
-    norm_phase(s, prev ? prev->b_proj : nullptr, s.proj_part, sp.s_proj, layer.ln1_w, layer.ln1_b, scratch);
-    barrier();
-    run_phase(qkv, smem, sp.early, qkv_part);
-    barrier();
-    if (sp.s_qkv > 1) {
-      grid_elements(3 * kD, [&](int64_t i) { __stcg(qkv_sum + i, slices_sum(qkv_part, sp.s_qkv, 3 * kD, i)); });
-      barrier();
-    }
-    attention_phase(s, layer, sp.s_qkv > 1 ? qkv_sum : qkv_part);
-    if (sp.early) start_first_tile(o, smem);
-    barrier();
-    run_phase(o, smem, sp.early, s.o_part);
-    if (sp.early) start_first_tile(fc, smem);
-    barrier();
-    norm_phase(s, layer.b_o, s.o_part, sp.s_o, layer.ln2_w, layer.ln2_b, scratch);
-    barrier();
-    if (sp.s_fc == 1) {  // bias and GELU on the tiles' results: no phase of their own
-      run_phase(fc, smem, sp.early, [&](int, int row, int col, float v0, float v1) {
-        *reinterpret_cast<__nv_bfloat162*>(s.h + static_cast<int64_t>(row) * kF + col) =
-            __floats2bfloat162_rn(gelu_tanh(v0 + layer.b_fc[col]), gelu_tanh(v1 + layer.b_fc[col + 1]));
-      });
-    } else {
-      run_phase(fc, smem, sp.early, s.fc_part);
-      barrier();
-      grid_elements(kF, [&](int64_t i) {
-        s.h[i] = __float2bfloat16_rn(gelu_tanh(layer.b_fc[i % kF] + slices_sum(s.fc_part, sp.s_fc, kF, i)));
-      });
-    }
-    if (sp.early) start_first_tile(proj, smem);
-    barrier();
-    run_phase(proj, smem, sp.early, s.proj_part);
-    barrier();
-  }
-  // the last layer's output into x
-  norm_phase(s, s.layers[kLayers - 1].b_proj, s.proj_part, sp.s_proj, nullptr, nullptr, scratch);
-}
-
-// Names of a layer's phases as step_kernel runs them under `sp` (each ends at a barrier).
-std::vector<std::string> phase_names(const Split& sp) {
-  std::vector<std::string> names = {"norm1", "qkv"};
-  if (sp.s_qkv > 1) names.push_back("qkv sum");
-  names.insert(names.end(), {"attention", "o-proj", "norm2"});
-  names.push_back(sp.s_fc > 1 ? "fc" : "fc+gelu");
-  if (sp.s_fc > 1) names.push_back("gelu");
-  names.push_back("proj");
-  return names;
 }
 
 // ---- host side ----------------------------------------------------------------------------------------------------
@@ -365,7 +100,7 @@ struct HostLayer {
 struct DeviceLayer {
   Buffer<float> ln1_w, ln1_b, b_qkv, b_o, ln2_w, ln2_b, b_fc, b_proj;
   Buffer<uint16_t> w_qkv, w_o, w_fc, w_proj, b_fc16, k, v;  // b_fc16: the bf16 bias of cuBLASLt's GELU epilogue
-  LayerParams view() {
+  gpu::StepLayer view() {
     const auto b = [](Buffer<uint16_t>& w) { return reinterpret_cast<bf16*>(w.data()); };
     return {ln1_w.data(), ln1_b.data(), b_qkv.data(), b_o.data(), ln2_w.data(), ln2_b.data(), b_fc.data(),
             b_proj.data(), b(w_qkv), b(w_o), b(w_fc), b(w_proj), b(k), b(v)};
@@ -519,24 +254,23 @@ int run() {
   }
   cudaStream_t st;
   OPTUNE_CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  Buffer<unsigned> barrier_words(2, "barrier");
-  const Barrier barrier{barrier_words.data(), barrier_words.data() + 1};
-  const auto reset_barrier = [&] { OPTUNE_CUDA_CHECK(cudaMemsetAsync(barrier_words.data(), 0, 8, st)); };
+  Buffer<unsigned> barrier(2, "barrier");  // (grid_barrier.cuh)
 
-  // The barrier alone: n barriers against none, per block count, this file's and cooperative_groups'.
+  // The barrier alone: n barriers against none, per block count, grid_barrier.cuh's and cooperative_groups'.
   for (const bool own : {true, false}) {
     for (int per_sm : {1, 2}) {
       const int grid = sms * per_sm;
       const auto barriers = [&](int n) {
-        reset_barrier();
-        void* args[] = {const_cast<Barrier*>(&barrier), &n};
+        OPTUNE_CUDA_CHECK(cudaMemsetAsync(barrier.data(), 0, 2 * sizeof(unsigned), st));
+        unsigned* words = barrier.data();
+        void* args[] = {&words, &n};
         void* kernel = own ? reinterpret_cast<void*>(barriers_kernel) : reinterpret_cast<void*>(cg_barriers_kernel);
         OPTUNE_CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, grid, kThreads, args, 0, st));
       };
       const int n = 2000;
       const double none = time_ms(st, 5, [&] { barriers(0); }), many = time_ms(st, 5, [&] { barriers(n); });
       std::printf("grid barrier (%s), %4d blocks of %d threads: %6.3f us each (a launch without any: %.2f us)\n",
-                  own ? "own" : "cooperative_groups", grid, kThreads, (many - none) * 1e3 / n, none * 1e3);
+                  own ? "grid_barrier.cuh" : "cooperative_groups", grid, kThreads, (many - none) * 1e3 / n, none * 1e3);
     }
   }
 
@@ -548,7 +282,7 @@ int run() {
     for (auto& th : pool) th.join();
   }
   std::vector<DeviceLayer> dev(kLayers);
-  std::vector<LayerParams> views(kLayers);
+  std::vector<gpu::StepLayer> views(kLayers);
   for (int l = 0; l < kLayers; l++) {
     const HostLayer& h = host[l];
     DeviceLayer& d = dev[l];
@@ -560,7 +294,6 @@ int run() {
     d.b_fc16 = Buffer<uint16_t>(bits(h.b_fc)), d.k = Buffer<uint16_t>(bits(h.k)), d.v = Buffer<uint16_t>(bits(h.v));
     views[l] = d.view();
   }
-  Buffer<LayerParams> layers(views, "layers");
   std::vector<int> pos(kRows), slot(kRows);
   for (int r = 0; r < kRows; r++) pos[r] = kPrompt + (r * 37) % (kCap - kPrompt), slot[r] = (r * 5) % kRows;
   Buffer<int32_t> pos_dev(std::vector<int32_t>(pos.begin(), pos.end()));
@@ -575,19 +308,13 @@ int run() {
               *std::max_element(pos.begin(), pos.end()),
               std::accumulate(pos.begin(), pos.end(), 0.0) / kRows);
 
-  constexpr int kMaxSlices = 16;
   Buffer<float> x0_dev(x0), x(x0.size());
-  Buffer<float> qkv_part(static_cast<size_t>(kLayers) * kMaxSlices * kRows * 3 * kD);
-  Buffer<float> qkv(static_cast<size_t>(kLayers) * kRows * 3 * kD);
-  Buffer<float> o_part(static_cast<size_t>(kMaxSlices) * kRows * kD);
-  Buffer<float> fc_part(static_cast<size_t>(kMaxSlices) * kRows * kF);
-  Buffer<float> proj_part(static_cast<size_t>(kMaxSlices) * kRows * kD);
   Buffer<uint16_t> a(static_cast<size_t>(kRows) * kD), att(a.size()), h(static_cast<size_t>(kRows) * kF);
-  Buffer<unsigned long long> stamps(1 + kLayers * 16, "phase stamps");
   const auto reset_x = [&] {
     OPTUNE_CUDA_CHECK(cudaMemcpyAsync(x.data(), x0_dev.data(), x0.size() * 4, cudaMemcpyDeviceToDevice, st));
   };
-  const auto check = [&](const std::string& what) {
+  // att_dev: where the path left the last layer's attention output (bf16 [rows, d]).
+  const auto check = [&](const std::string& what, const uint16_t* att_dev) {
     OPTUNE_CUDA_CHECK(cudaStreamSynchronize(st));
     const double err = relative_error(x.download(), want);
     const std::vector<uint16_t> k = dev[0].k.download(), v = dev[0].v.download();
@@ -600,7 +327,9 @@ int run() {
       }
     const double err_kv = relative_error(kv0, want_kv0);
     std::vector<float> att_got;
-    for (uint16_t b : att.download()) att_got.push_back(from_bf16_bits(b));
+    std::vector<uint16_t> att_bits(static_cast<size_t>(kRows) * kD);
+    gpu::copy_to_host(att_bits.data(), att_dev, att_bits.size() * sizeof(uint16_t));
+    for (uint16_t b : att_bits) att_got.push_back(from_bf16_bits(b));
     const double err_att = relative_error(att_got, want_att);
     const bool ok = err <= kTolerance && err_kv <= kTolerance && err_att <= kAttentionTolerance;
     std::printf("  %s: errors of the largest value: x %.2e, first layer's new k and v %.2e, last attention %.2e (%s)\n",
@@ -645,7 +374,7 @@ int run() {
     };
     reset_x();
     forward();  // makes cuBLASLt's plans before the capture
-    all_ok &= check("kernels, eager");
+    all_ok &= check("kernels, eager", att.data());
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     OPTUNE_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
@@ -654,7 +383,7 @@ int run() {
     OPTUNE_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     reset_x();
     OPTUNE_CUDA_CHECK(cudaGraphLaunch(exec, st));
-    all_ok &= check("kernels, graph");
+    all_ok &= check("kernels, graph", att.data());
     const double ms = time_ms(st, 50, [&] { OPTUNE_CUDA_CHECK(cudaGraphLaunch(exec, st)); });
     std::printf("kernels (the sampler's; graph%s): %6.2f us a layer\n", early ? ", early launches" : "",
                 ms * 1e3 / kLayers);
@@ -662,38 +391,34 @@ int run() {
     cudaGraphDestroy(graph);
   }
 
-  // The persistent kernel, over work splits.
-  OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(kSmemBytes)));
-  int fits = 0;
-  OPTUNE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, step_kernel, kThreads, kSmemBytes));
-  std::printf("persistent kernel: %d blocks of %d threads fit an SM (%zu bytes of shared memory each)\n", fits,
-              kThreads, kSmemBytes);
-  // (132 SMs on an H100 or H200. Column tiles: qkv 36, o-proj and proj 12, fc 48; times their K-slices.)
-  const Split splits[] = {{1, 1, 4, 1, 4, true},   {1, 2, 8, 2, 8, true},   {1, 2, 8, 2, 8, false},
-                          {1, 3, 8, 2, 8, true},   {2, 2, 16, 4, 16, true}, {2, 3, 12, 3, 12, true},
-                          {3, 2, 8, 2, 8, true},   {3, 3, 12, 3, 12, true}};
-  for (const Split& sp : splits) {
-    if (sp.blocks_per_sm > fits) continue;
-    Step s{layers.data(), x.data(), b16(a), qkv_part.data(), qkv.data(), b16(att), o_part.data(), fc_part.data(),
-           b16(h), proj_part.data(), pos_dev.data(), slot_dev.data(), kCap, sp, barrier, stamps.data()};
-    const int grid = sms * sp.blocks_per_sm;
-    const auto launch = [&] {
-      reset_barrier();
-      void* args[] = {&s};
-      OPTUNE_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(step_kernel), grid, kThreads, args,
-                                                    kSmemBytes, st));
-    };
-    const std::string name = "persistent, " + std::to_string(grid) + " blocks, slices qkv " +
+  // The persistent step, over work splits (0: its own choice). 132 SMs on an H100 or H200; column tiles: qkv 36,
+  // o-proj and proj 12, fc 48; times their K-slices.
+  gpu::StepShape shape;
+  shape.d = kD, shape.n_head = kHeads, shape.head_dim = kHeadDim, shape.d_ff = kF, shape.cap = kCap, shape.eps = kEps;
+  const std::string why = gpu::persistent_step_unsupported(shape, views);
+  if (!why.empty()) {
+    std::printf("persistent step: SKIPPED (%s)\n", why.c_str());
+    return all_ok ? 0 : 1;
+  }
+  Buffer<unsigned long long> stamps(1 + kLayers * 16, "phase stamps");
+  const gpu::StepSplit splits[] = {{0, 0, 0, 0, 0, true}, {1, 0, 0, 0, 0, true},  {1, 1, 4, 1, 4, true},
+                                   {1, 2, 8, 2, 8, true}, {1, 2, 8, 2, 8, false}, {1, 3, 8, 1, 8, true},
+                                   {2, 0, 0, 0, 0, false}, {2, 6, 16, 4, 16, true}, {2, 3, 12, 3, 12, true}};
+  for (const gpu::StepSplit& asked : splits) {
+    gpu::PersistentStep step(shape, views, kRows, asked);
+    const gpu::StepSplit& sp = step.split();
+    if (asked.blocks_per_sm > sp.blocks_per_sm) continue;  // does not fit
+    const std::string name = "persistent, " + std::to_string(step.grid()) + " blocks, slices qkv " +
                              std::to_string(sp.s_qkv) + " o " + std::to_string(sp.s_o) + " fc " +
                              std::to_string(sp.s_fc) + " proj " + std::to_string(sp.s_proj) +
-                             (sp.early ? ", early weights" : "");
+                             (sp.early ? ", early weights" : "") + (asked.s_qkv ? "" : " (its own choice)");
+    const auto launch = [&] { step.run(x.data(), pos_dev.data(), slot_dev.data(), kRows, st, stamps.data()); };
     reset_x();
     launch();
-    all_ok &= check(name);
+    all_ok &= check(name, step.attention_output());
     const double ms = time_ms(st, 50, launch);
-    // Phase times of the last launch, averaged over the layers (block 0's clock at each barrier).
-    const std::vector<std::string> names = phase_names(sp);
+    // Phase times of the last launch, averaged over the layers (block 0's clock after each barrier).
+    const std::vector<std::string> names = step.phase_names();
     const std::vector<unsigned long long> t = stamps.download();
     std::string phases;
     for (size_t p = 0; p < names.size(); p++) {

@@ -1,0 +1,344 @@
+// A bf16 decode step's layers as one persistent kernel (persistent_step.h says why and what).
+//
+// Coherence: a block reads what other blocks wrote in an earlier phase of the same launch. L1 is not coherent
+// between SMs, so those reads go through L2: cp.async.cg (the GEMM tiles' A), __ldcg (the slices the norms and the
+// GELU phase add, x), or addresses this launch never read before. The attention reads q, k and v by the sampler's own
+// loads, plain and read-only ones (Partials::sum), which could hit a line kept from an earlier layer's read of the
+// same address: so every layer writes its qkv slices to a region of its own, written once and read once a launch.
+// The barrier's fences (as cooperative_groups' grid sync) order each block's writes before every block's reads.
+#include <algorithm>
+#include <string>
+
+#include "check.cuh"
+#include "core/error.h"
+#include "decode_attention.cuh"
+#include "decode_gemm_tile.cuh"
+#include "grid_barrier.cuh"
+#include "persistent_step.h"
+#include "reduce.cuh"
+
+namespace optune::cuda {
+
+namespace {
+
+using namespace decode_tile;
+using sampler::Partials;
+
+constexpr int kNormPer = 8;  // elements of a row per thread in the norm phases: rows up to kThreads * 8 wide
+constexpr int kMaxWidth = kThreads * kNormPer;
+constexpr int kMaxHeadDim = 64;  // attend_head<bf16, 1>: one pair of dims per lane
+constexpr int kMaxSlicesSummed = 8, kMaxSlicesResidual = 16;
+static_assert(sampler::kAttnWarps * 32 == kThreads, "attend_head takes the whole block");
+
+struct Args {
+  const StepLayer* layers;
+  int n_layer, rows, d, n_head, head_dim, d_ff, cap;
+  float eps;
+  float* x;
+  bf16 *a, *att, *h;
+  float *qkv_part, *o_part, *fc_part, *proj_part;
+  const int32_t *pos, *slot;
+  StepSplit split;
+  unsigned* barrier;  // [0] arrivals, [1] barriers passed; zeroed before each launch
+  unsigned long long* stamps;
+};
+
+// A phase of GEMM tiles: C[rows, N] = A[rows, K] B[K, N] in `slices` K-slices; tile t = (columns (t % tiles_n) * 64,
+// slice t / tiles_n); block b takes tiles b, b + grid, ...
+struct GemmPhase {
+  const bf16* A;
+  const bf16* B;
+  int N, K, slices;
+  __device__ int tiles_n() const { return (N + kTileN - 1) / kTileN; }
+  __device__ int tiles() const { return tiles_n() * slices; }
+  __device__ void tile(int t, int& n0, int& slice, int& k_begin, int& k_end) const {
+    n0 = (t % tiles_n()) * kTileN, slice = t / tiles_n();
+    k_begin = slice * (K / slices), k_end = k_begin + K / slices;
+  }
+};
+
+// The weights of this block's first tile of `g`, before the barrier that opens the phase.
+__device__ void start_first_tile(const GemmPhase& g, bf16* smem) {
+  if (static_cast<int>(blockIdx.x) >= g.tiles()) return;
+  int n0, slice, kb, ke;
+  g.tile(blockIdx.x, n0, slice, kb, ke);
+  start_tile<false>(smem, g.B, g.N, g.K, n0, kb, ke, true);
+}
+
+// This block's tiles of `g` over `rows` rows; store(slice, row, col, v0, v1) takes each pair of results.
+template <class Store>
+__device__ void run_phase(const GemmPhase& g, int rows, bf16* smem, bool first_started, const Store& store) {
+  for (int t = blockIdx.x; t < g.tiles(); t += gridDim.x) {
+    int n0, slice, kb, ke;
+    g.tile(t, n0, slice, kb, ke);
+    const bool started = first_started && t == static_cast<int>(blockIdx.x);  // start_first_tile's
+    if (!started) start_tile<false>(smem, g.B, g.N, g.K, n0, kb, ke, false);
+    float acc[4][2][4];
+    run_tile<false>(acc, smem, g.A, g.B, rows, g.N, g.K, n0, kb, ke);
+    for_each_pair(acc, n0, rows, g.N, [&](int row, int col, float v0, float v1) { store(slice, row, col, v0, v1); });
+    __syncthreads();  // every warp is done with the stages before the next tile refills them
+  }
+}
+
+// The same, slice s's product into out + s * rows * N (row stride N).
+__device__ void run_phase(const GemmPhase& g, int rows, bf16* smem, bool first_started, float* out) {
+  run_phase(g, rows, smem, first_started, [&](int slice, int row, int col, float v0, float v1) {
+    __stcg(reinterpret_cast<float2*>(out + (static_cast<int64_t>(slice) * rows + row) * g.N + col),
+           make_float2(v0, v1));
+  });
+}
+
+__device__ inline float gelu_tanh(float v) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi), as decode_kernels.cu's bias_gelu
+  return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+}
+
+// Element i of the sum of n slices of [rows, width], in slice order (through L2).
+__device__ inline float slices_sum(const float* p, int n, int64_t slice_stride, int64_t i) {
+  float v = 0.0f;
+  for (int s = 0; s < n; s++) v += __ldcg(p + s * slice_stride + i);
+  return v;
+}
+
+// Rows of x: x += bias + the n slices of `parts` (bias null: nothing to add), then a = layernorm(x) with (w, b)
+// (w null: none). A block per row; two-pass statistics in fp32, as the sampler's add_norm.
+__device__ void norm_phase(const Args& s, const float* bias, const float* parts, int n, const float* w,
+                           const float* b, float* scratch) {
+  const int d = s.d;
+  for (int r = blockIdx.x; r < s.rows; r += gridDim.x) {
+    float* x = s.x + static_cast<int64_t>(r) * d;
+    float v[kNormPer];
+#pragma unroll
+    for (int j = 0; j < kNormPer; j++) {
+      const int i = threadIdx.x + j * kThreads;
+      v[j] = i < d ? __ldcg(x + i) : 0.0f;
+      if (bias && i < d) {
+        v[j] += bias[i] + slices_sum(parts, n, static_cast<int64_t>(s.rows) * d, static_cast<int64_t>(r) * d + i);
+        __stcg(x + i, v[j]);
+      }
+    }
+    if (!w) continue;
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kNormPer; j++) sum += v[j];
+    const float m = block_sum(sum, scratch) / d;
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kNormPer; j++) {
+      const int i = threadIdx.x + j * kThreads;
+      const float c = i < d ? v[j] - m : 0.0f;
+      ss += c * c;
+    }
+    const float rs = rsqrtf(block_sum(ss, scratch) / d + s.eps);
+#pragma unroll
+    for (int j = 0; j < kNormPer; j++) {
+      const int i = threadIdx.x + j * kThreads;
+      if (i < d) s.a[static_cast<int64_t>(r) * d + i] = __float2bfloat16_rn((v[j] - m) * rs * w[i] + b[i]);
+    }
+  }
+}
+
+// Every (row, head): sampler::attend_head reads q, k and v as the qkv slices (Partials) plus b_qkv, writes the row's
+// k and v into the cache, and attends over it.
+__device__ void attention_phase(const Args& s, const StepLayer& layer, const float* qkv_slices) {
+  const int d = s.d;
+  const int64_t stride = static_cast<int64_t>(s.rows) * 3 * d;
+  sampler::QkvRows in;
+  in.q = qkv_slices, in.k = qkv_slices + d, in.v = qkv_slices + 2 * d;
+  in.qs = in.ks = in.vs = 3 * d;
+  in.pq = Partials{qkv_slices, s.split.s_qkv, stride}, in.pk = in.pq.at(d), in.pv = in.pq.at(2 * d);
+  in.bq = layer.b_qkv, in.bk = layer.b_qkv + d, in.bv = layer.b_qkv + 2 * d;
+  sampler::Rows rows;
+  rows.pos = s.pos, rows.slot = s.slot, rows.n = s.rows;
+  const sampler::LayerCache<bf16> cache{layer.k_cache, layer.v_cache, s.cap};
+  for (int item = blockIdx.x; item < s.rows * s.n_head; item += gridDim.x) {
+    sampler::attend_head<bf16, 1>(s.att, in, cache, rows, item / s.n_head, item % s.n_head, s.n_head, s.n_head,
+                                  s.head_dim, nullptr);
+    __syncthreads();  // attend_head's shared arrays are reused by the next pair
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) persistent_step_kernel(Args s) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  bf16* smem = reinterpret_cast<bf16*>(smem_raw);
+  __shared__ float scratch[32];
+  const StepSplit& sp = s.split;
+  const int d = s.d, F = s.d_ff, rows = s.rows;
+  unsigned passed = 0;
+  int stamp = 0;
+  const auto barrier = [&] {
+    grid_sync(s.barrier, passed);
+    if (s.stamps && blockIdx.x == 0 && threadIdx.x == 0) {
+      unsigned long long t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      s.stamps[stamp] = t;
+    }
+    stamp++;
+  };
+  if (s.stamps && blockIdx.x == 0 && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    s.stamps[stamp] = t;
+  }
+  stamp++;
+  for (int l = 0; l < s.n_layer; l++) {
+    const StepLayer& layer = s.layers[l];
+    float* qkv_part = s.qkv_part + static_cast<int64_t>(l) * sp.s_qkv * rows * 3 * d;
+    const GemmPhase qkv{s.a, layer.w_qkv, 3 * d, d, sp.s_qkv}, o{s.att, layer.w_o, d, d, sp.s_o};
+    const GemmPhase fc{s.a, layer.w_fc, F, d, sp.s_fc}, proj{s.h, layer.w_proj, d, F, sp.s_proj};
+    if (sp.early) start_first_tile(qkv, smem);
+    norm_phase(s, l ? s.layers[l - 1].b_proj : nullptr, s.proj_part, sp.s_proj, layer.ln1_w, layer.ln1_b, scratch);
+    barrier();
+    run_phase(qkv, rows, smem, sp.early, qkv_part);
+    barrier();
+    attention_phase(s, layer, qkv_part);
+    if (sp.early) start_first_tile(o, smem);
+    barrier();
+    run_phase(o, rows, smem, sp.early, s.o_part);
+    if (sp.early) start_first_tile(fc, smem);
+    barrier();
+    norm_phase(s, layer.b_o, s.o_part, sp.s_o, layer.ln2_w, layer.ln2_b, scratch);
+    barrier();
+    if (sp.s_fc == 1) {  // bias and GELU on the tiles' results: no phase of their own
+      run_phase(fc, rows, smem, sp.early, [&](int, int row, int col, float v0, float v1) {
+        *reinterpret_cast<__nv_bfloat162*>(s.h + static_cast<int64_t>(row) * F + col) =
+            __floats2bfloat162_rn(gelu_tanh(v0 + layer.b_fc[col]), gelu_tanh(v1 + layer.b_fc[col + 1]));
+      });
+    } else {
+      run_phase(fc, rows, smem, sp.early, s.fc_part);
+      barrier();
+      const int64_t n = static_cast<int64_t>(rows) * F;
+      for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n;
+           i += static_cast<int64_t>(gridDim.x) * kThreads)
+        s.h[i] = __float2bfloat16_rn(gelu_tanh(layer.b_fc[i % F] + slices_sum(s.fc_part, sp.s_fc, n, i)));
+    }
+    if (sp.early) start_first_tile(proj, smem);
+    barrier();
+    run_phase(proj, rows, smem, sp.early, s.proj_part);
+    barrier();
+  }
+  // the last layer's MLP output into x
+  norm_phase(s, s.layers[s.n_layer - 1].b_proj, s.proj_part, sp.s_proj, nullptr, nullptr, scratch);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The most slices, up to `most`, that divide K into equal multiples of 8 and keep the tiles within `grid`.
+int slices_for(int tiles_n, int K, int grid, int most) {
+  int s = std::max(1, std::min(most, grid / std::max(1, tiles_n)));
+  while (s > 1 && (K % s != 0 || (K / s) % 8 != 0)) s--;
+  return s;
+}
+
+int device_attribute(cudaDeviceAttr attr) {
+  int dev = 0, v = 0;
+  OPTUNE_CUDA_CHECK(cudaGetDevice(&dev));
+  OPTUNE_CUDA_CHECK(cudaDeviceGetAttribute(&v, attr, dev));
+  return v;
+}
+
+}  // namespace
+
+std::string persistent_step_unsupported(const StepShape& c, const std::vector<StepLayer>& layers) {
+  if (layers.empty()) return "no layers";
+  if (c.d < 8 || c.d > kMaxWidth || c.d % 8) return "d_model " + std::to_string(c.d) + " (8 to 1024, a multiple of 8)";
+  if (c.d_ff < 8 || c.d_ff % 8) return "d_ff " + std::to_string(c.d_ff) + " (a multiple of 8)";
+  if (c.head_dim > kMaxHeadDim || c.head_dim % 2 || c.n_head * c.head_dim != c.d)
+    return "heads of " + std::to_string(c.head_dim) + " (even, at most 64, n_head x head_dim = d_model)";
+  for (const StepLayer& l : layers) {
+    if (!l.ln1_w || !l.ln1_b || !l.b_qkv || !l.b_o || !l.ln2_w || !l.ln2_b || !l.b_fc || !l.b_proj)
+      return "a layer without a bias or a LayerNorm weight";
+    if (!aligned16(l.w_qkv) || !aligned16(l.w_o) || !aligned16(l.w_fc) || !aligned16(l.w_proj))
+      return "GEMM weights not 16-byte aligned";
+  }
+  if (!device_attribute(cudaDevAttrCooperativeLaunch)) return "the GPU has no cooperative launches";
+  return "";
+}
+
+PersistentStep::PersistentStep(const StepShape& shape, const std::vector<StepLayer>& layers, int max_rows,
+                               const StepSplit& split)
+    : shape_(shape), n_layer_(static_cast<int>(layers.size())), max_rows_(max_rows), split_(split) {
+  const std::string why = persistent_step_unsupported(shape, layers);
+  OPTUNE_CHECK(why.empty(), "persistent decode step: " + why);
+  OPTUNE_CHECK(max_rows >= 1 && max_rows <= kDecodeGemmMaxRows,
+               "persistent decode step: batches of 1 to 64 rows (got " + std::to_string(max_rows) + ")");
+  OPTUNE_CUDA_CHECK(cudaFuncSetAttribute(persistent_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kSmemBytes)));
+  int fits = 0;
+  OPTUNE_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fits, persistent_step_kernel, kThreads,
+                                                                  kSmemBytes));
+  OPTUNE_CHECK(fits >= 1, "persistent decode step: no block fits an SM");
+  split_.blocks_per_sm = split.blocks_per_sm > 0 ? std::min(split.blocks_per_sm, fits) : std::min(fits, 2);
+  grid_ = device_attribute(cudaDevAttrMultiProcessorCount) * split_.blocks_per_sm;
+  const int d = shape.d, F = shape.d_ff, tiles_d = (d + kTileN - 1) / kTileN;
+  const auto pick = [&](int given, int tiles_n, int K, int most) {
+    if (given > 0) {
+      OPTUNE_CHECK(K % given == 0 && (K / given) % 8 == 0,
+                   "persistent decode step: " + std::to_string(given) + " slices of " + std::to_string(K) +
+                       " (each a multiple of 8)");
+      return given;
+    }
+    return slices_for(tiles_n, K, grid_, most);
+  };
+  split_.s_qkv = pick(split.s_qkv, (3 * d + kTileN - 1) / kTileN, d, kMaxSlicesSummed);
+  split_.s_o = pick(split.s_o, tiles_d, d, kMaxSlicesResidual);
+  split_.s_fc = pick(split.s_fc, (F + kTileN - 1) / kTileN, d, kMaxSlicesSummed);
+  split_.s_proj = pick(split.s_proj, tiles_d, F, kMaxSlicesResidual);
+  const size_t R = max_rows;
+  const auto floats = [&](size_t n, const char* what) {
+    bytes_ += n * sizeof(float);
+    return Buffer<float>(n, what);
+  };
+  const auto halves = [&](size_t n, const char* what) {
+    bytes_ += n * sizeof(uint16_t);
+    return Buffer<uint16_t>(n, what);
+  };
+  layers_ = Buffer<StepLayer>(layers, "persistent step layers");
+  a_ = halves(R * d, "persistent step norm output");
+  att_ = halves(R * d, "persistent step attention output");
+  h_ = halves(R * F, "persistent step MLP activation");
+  qkv_part_ = floats(static_cast<size_t>(n_layer_) * split_.s_qkv * R * 3 * d, "persistent step q|k|v slices");
+  o_part_ = floats(split_.s_o * R * d, "persistent step attention projection slices");
+  if (split_.s_fc > 1) fc_part_ = floats(split_.s_fc * R * F, "persistent step MLP input slices");
+  proj_part_ = floats(split_.s_proj * R * d, "persistent step MLP output slices");
+  barrier_ = Buffer<unsigned>(2, "persistent step barrier");
+}
+
+std::vector<std::string> PersistentStep::phase_names() const {
+  std::vector<std::string> names = {"norm1", "qkv", "attention", "o-proj", "norm2"};
+  if (split_.s_fc > 1)
+    names.insert(names.end(), {"fc", "gelu"});
+  else
+    names.push_back("fc+gelu");
+  names.push_back("proj");
+  return names;
+}
+
+void PersistentStep::run(float* x, const int32_t* pos, const int32_t* slot, int rows, cudaStream_t st,
+                         unsigned long long* stamps) {
+  OPTUNE_CHECK(rows >= 1 && rows <= max_rows_, "persistent decode step: " + std::to_string(rows) +
+                                                   " rows (made for up to " + std::to_string(max_rows_) + ")");
+  Args s{};
+  s.layers = layers_.data(), s.n_layer = n_layer_, s.rows = rows;
+  s.d = shape_.d, s.n_head = shape_.n_head, s.head_dim = shape_.head_dim, s.d_ff = shape_.d_ff, s.cap = shape_.cap;
+  s.eps = shape_.eps, s.x = x;
+  s.a = reinterpret_cast<bf16*>(a_.data()), s.att = reinterpret_cast<bf16*>(att_.data());
+  s.h = reinterpret_cast<bf16*>(h_.data());
+  s.qkv_part = qkv_part_.data(), s.o_part = o_part_.data(), s.fc_part = fc_part_.data();
+  s.proj_part = proj_part_.data(), s.pos = pos, s.slot = slot, s.split = split_;
+  s.barrier = barrier_.data(), s.stamps = stamps;
+  OPTUNE_CUDA_CHECK(cudaMemsetAsync(barrier_.data(), 0, 2 * sizeof(unsigned), st));
+  cudaLaunchAttribute coop[1];
+  coop[0].id = cudaLaunchAttributeCooperative;  // every block resident at once (the barriers), or the launch fails
+  coop[0].val.cooperative = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid_;
+  cfg.blockDim = kThreads;
+  cfg.dynamicSmemBytes = kSmemBytes;
+  cfg.stream = st;
+  cfg.attrs = coop;
+  cfg.numAttrs = 1;
+  OPTUNE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, persistent_step_kernel, s));
+}
+
+}  // namespace optune::cuda
