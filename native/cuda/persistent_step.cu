@@ -93,9 +93,11 @@ __device__ inline float gelu_tanh(float v) {
   return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
 }
 
-// Element i of the sum of n slices of [rows, width], in slice order (through L2).
+// Element i of the sum of n slices of [rows, width], in slice order (through L2). Unrolled so that several loads
+// are in flight at once (as Partials::sum): a loop that waited on each load in turn would pay the L2 latency n times.
 __device__ inline float slices_sum(const float* p, int n, int64_t slice_stride, int64_t i) {
   float v = 0.0f;
+#pragma unroll 4
   for (int s = 0; s < n; s++) v += __ldcg(p + s * slice_stride + i);
   return v;
 }
@@ -112,9 +114,27 @@ __device__ void norm_phase(const Args& s, const float* bias, const float* parts,
     for (int j = 0; j < kNormPer; j++) {
       const int i = threadIdx.x + j * kThreads;
       v[j] = i < d ? __ldcg(x + i) : 0.0f;
-      if (bias && i < d) {
-        v[j] += bias[i] + slices_sum(parts, n, static_cast<int64_t>(s.rows) * d, static_cast<int64_t>(r) * d + i);
-        __stcg(x + i, v[j]);
+    }
+    if (bias) {  // x += bias + the slices in slice order; a slice's loads for the whole row go out together
+      float add[kNormPer];
+#pragma unroll
+      for (int j = 0; j < kNormPer; j++) {
+        const int i = threadIdx.x + j * kThreads;
+        add[j] = i < d ? bias[i] : 0.0f;
+      }
+      const float* row = parts + static_cast<int64_t>(r) * d;
+      const int64_t stride = static_cast<int64_t>(s.rows) * d;
+      for (int p = 0; p < n; p++) {
+#pragma unroll
+        for (int j = 0; j < kNormPer; j++) {
+          const int i = threadIdx.x + j * kThreads;
+          if (i < d) add[j] += __ldcg(row + p * stride + i);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < kNormPer; j++) {
+        const int i = threadIdx.x + j * kThreads;
+        if (i < d) v[j] += add[j], __stcg(x + i, v[j]);
       }
     }
     if (!w) continue;
@@ -158,7 +178,9 @@ __device__ void attention_phase(const Args& s, const StepLayer& layer, const flo
   }
 }
 
-__global__ void __launch_bounds__(kThreads) persistent_step_kernel(Args s) {
+// (__launch_bounds__ with one block per SM leaves ptxas all 255 registers: it used 197, where the default held it to
+// 168 with a 16-byte spill. Two blocks of 197 still fit an SM's registers, and shared memory allows no more.)
+__global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Args s) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
   __shared__ float scratch[32];
