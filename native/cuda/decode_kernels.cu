@@ -109,21 +109,8 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
     wv[j] = i < d ? w[i] : 0.0f;
     bv[j] = i < d && layernorm && b ? b[i] : 0.0f;
   }
-  float m = 0.0f;
-  if (layernorm) {
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < P; j++) s += v[j];  // 0 past the row's end
-    m = block_sum(s, scratch) / d;
-  }
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < P; j++) {
-    const int i = threadIdx.x + j * T;
-    const float c = i < d ? v[j] - m : 0.0f;
-    ss += c * c;
-  }
-  const float rs = rsqrtf(block_sum(ss, scratch) / d + eps);
+  float m, rs;
+  row_norm_stats<T, P>(v, d, eps, layernorm, scratch, m, rs);
   Act* o = out + static_cast<int64_t>(r) * d;
 #pragma unroll
   for (int j = 0; j < P; j++) {

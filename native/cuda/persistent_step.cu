@@ -138,18 +138,8 @@ __device__ void norm_phase(const Args& s, const float* bias, const float* parts,
       }
     }
     if (!w) continue;
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kNormPer; j++) sum += v[j];
-    const float m = block_sum(sum, scratch) / d;
-    float ss = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kNormPer; j++) {
-      const int i = threadIdx.x + j * kThreads;
-      const float c = i < d ? v[j] - m : 0.0f;
-      ss += c * c;
-    }
-    const float rs = rsqrtf(block_sum(ss, scratch) / d + s.eps);
+    float m, rs;
+    row_norm_stats<kThreads, kNormPer>(v, d, s.eps, true, scratch, m, rs);
 #pragma unroll
     for (int j = 0; j < kNormPer; j++) {
       const int i = threadIdx.x + j * kThreads;

@@ -64,4 +64,27 @@ __device__ inline float block_max(float v, float* scratch) {
   return m;
 }
 
+// Two-pass statistics of a row the block holds in registers, P values a thread at stride T (element
+// threadIdx.x + j * T of the row in v[j], 0 past d): its mean m (0 when !center: RMSNorm's) and
+// rs = 1 / sqrt(mean of (v - m)^2 + eps). Every thread gets both.
+template <int T, int P>
+__device__ inline void row_norm_stats(const float (&v)[P], int d, float eps, bool center, float* scratch, float& m,
+                                      float& rs) {
+  m = 0.0f;
+  if (center) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < P; j++) s += v[j];  // 0 past the row's end
+    m = block_sum(s, scratch) / d;
+  }
+  float ss = 0.0f;
+#pragma unroll
+  for (int j = 0; j < P; j++) {
+    const int i = threadIdx.x + j * T;
+    const float c = i < d ? v[j] - m : 0.0f;
+    ss += c * c;
+  }
+  rs = rsqrtf(block_sum(ss, scratch) / d + eps);
+}
+
 }  // namespace optune::cuda
