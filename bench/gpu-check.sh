@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check for the CUDA backend (issue 5), for a machine with an NVIDIA GPU, nvcc, cuBLAS, CMake and Python but no
 # Node, in one invocation: configures a Release build with -DOPTUNE_CUDA=ON, builds every native test and benchmark,
-# runs ctest (CPU tests and the CUDA ones: test_cuda_kernels, test_cuda_sampler, test_cuda_model), the native
-# benchmarks (bench_cuda_kernels, bench_cuda_sample, bench_cuda_model when built) and the PyTorch peers
+# runs ctest (CPU tests and the CUDA ones: test_cuda_kernels, test_cuda_sampler, test_cuda_model,
+# test_cuda_persistent_step), the native benchmarks (bench_cuda_kernels, bench_cuda_sample, bench_cuda_model,
+# bench_cuda_persistent when built) and the PyTorch peers
 # (bench/torch_gpu_bench.py), and writes logs, summary.json and results.md (native vs PyTorch per op and precision,
 # ready for bench/RESULTS.md) to the output dir.
 # Usage: bench/gpu-check.sh [--dry-run] [OUT_DIR]   (default OUT_DIR: $OUT when set, else ./gpu-check-out)
@@ -100,7 +101,7 @@ if ((rc[build] == 0)); then
   # A failed CUDA test runs again under compute-sanitizer (memcheck): the first bad access or API error, by kernel
   # and thread, is what the next fix needs; an illegal address would otherwise fail every later case alike.
   if ((rc[ctest] != 0 && !dry)) && [[ ${OPTUNE_GPU_SANITIZE:-1} == 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
-    for t in test_cuda_kernels test_cuda_model test_cuda_sampler; do
+    for t in test_cuda_kernels test_cuda_model test_cuda_sampler test_cuda_persistent_step; do
       if grep -qE "[0-9]+/[0-9]+ Test +#[0-9]+: $t .*(Failed|Timeout|Exception)" "$out/ctest.log"; then
         stage "sanitize_$t" 90 compute-sanitizer --tool memcheck --print-limit 12 "$build/$t"
       fi

@@ -39,15 +39,17 @@ mkdir -p "$build_dir"
 if cmake -S "$root" -B "$build_dir" -DOPTUNE_BUILD_TESTS=ON -DOPTUNE_CUDA=ON -DOPTUNE_CUBLAS_ROOT="$cublas_root" \
      "-DCMAKE_CUDA_ARCHITECTURES=$archs" >"$build_dir/configure.log" 2>&1 &&
    cmake --build "$build_dir" --parallel "$(nproc)" --target optune_cuda test_cuda_kernels test_cuda_sampler \
-     bench_cuda_sample test_cuda_model test_device bench_cuda_model bench_cuda_persistent; then
+     test_cuda_persistent_step test_cuda_model test_device bench_cuda_sample bench_cuda_model \
+     bench_cuda_persistent; then
   # The test executables must start and skip cleanly without a GPU (or pass with one).
   if "$build_dir/test_cuda_kernels" | tail -n 3 && "$build_dir/test_cuda_sampler" | tail -n 3 &&
-     "$build_dir/test_cuda_model" | tail -n 3 && "$build_dir/test_device" | tail -n 1; then
+     "$build_dir/test_cuda_persistent_step" | tail -n 3 && "$build_dir/test_cuda_model" | tail -n 3 &&
+     "$build_dir/test_device" | tail -n 1; then
     echo "ci-cuda-build: compiled in $((SECONDS - start))s"
     echo "1 passed, 0 failed"
     exit 0
   fi
-  echo "ci-cuda-build: test_cuda_kernels, test_cuda_sampler, test_cuda_model or test_device failed" >&2
+  echo "ci-cuda-build: a CUDA test executable (or test_device) failed" >&2
 else
   tail -n 30 "$build_dir/configure.log" >&2
   echo "ci-cuda-build: the CUDA build failed" >&2

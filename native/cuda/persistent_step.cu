@@ -28,6 +28,11 @@ constexpr int kNormPer = 8;  // elements of a row per thread in the norm phases:
 constexpr int kMaxWidth = kThreads * kNormPer;
 constexpr int kMaxHeadDim = 64;  // attend_head<bf16, 1>: one pair of dims per lane
 constexpr int kMaxSlicesSummed = 8, kMaxSlicesResidual = 16;
+// The staged attention: a (row, head)'s cached keys and values, head_dim 64, in the GEMM stages' shared memory at
+// a row pitch of 72 elements (144 bytes: the 16-byte loads of 8 consecutive rows hit distinct banks).
+constexpr int kStagedHeadDim = 64, kStagedPitch = 72;
+constexpr int kMaxStagedKeys = static_cast<int>(kSmemBytes / (2 * kStagedPitch * sizeof(bf16)));  // 256
+static_assert(kMaxStagedKeys % kThreads == 0, "each thread scores the same number of key slots");
 static_assert(sampler::kAttnWarps * 32 == kThreads, "attend_head takes the whole block");
 
 struct Args {
@@ -168,6 +173,126 @@ __device__ void attention_phase(const Args& s, const StepLayer& layer, const flo
   }
 }
 
+// ---- the attention, staged through shared memory ---------------------------------------------------------------
+// attend_head runs with the few warps a persistent block has (4 of them, 1-2 blocks per SM) and waits on its cache
+// loads chunk by chunk. Here a (row, head)'s cached keys and values [0, pos) go to shared memory by cp.async in one
+// go, the first pair's before the barrier that opens the phase (earlier steps wrote them: they do not depend on the
+// phase before), and the next pair's keys while this pair's values are read: a block waits on memory about once a
+// pair. Exact softmax over at most kMaxStagedKeys keys; bf16 cache, head_dim 64, no RoPE (GPT-2).
+
+struct StagedItem {
+  int r, h, pos;
+  const bf16 *k_rows, *v_rows;  // the cache's row 0 of this (slot, head); rows kv_dim apart
+};
+
+__device__ StagedItem staged_item(const Args& s, const StepLayer& layer, int item) {
+  StagedItem it;
+  it.r = item / s.n_head, it.h = item % s.n_head, it.pos = s.pos[it.r];
+  const int64_t base = static_cast<int64_t>(s.slot[it.r]) * s.cap * s.d + it.h * kStagedHeadDim;
+  it.k_rows = layer.k_cache + base, it.v_rows = layer.v_cache + base;
+  return it;
+}
+
+// Rows [0, n) of one head (64 bf16 each, rows `stride` apart) into dst at kStagedPitch; one commit group.
+__device__ void stage_rows(bf16* dst, const bf16* src, int64_t stride, int n) {
+  for (int c = threadIdx.x; c < n * 8; c += kThreads) {
+    const int j = c >> 3, part = (c & 7) * 8;
+    cp_async16(dst + j * kStagedPitch + part, src + j * stride + part);
+  }
+  cp_async_commit();
+}
+
+__device__ void attention_phase_staged(const Args& s, const StepLayer& layer, const float* qkv_slices, bf16* smem,
+                                       bool first_started) {
+  const int d = s.d, items = s.rows * s.n_head;
+  bf16* ks = smem;                                   // keys [kMaxStagedKeys][kStagedPitch]
+  bf16* vs = smem + kMaxStagedKeys * kStagedPitch;   // values
+  __shared__ float s_q[kStagedHeadDim], s_p[kMaxStagedKeys], s_acc[4][kStagedHeadDim], s_red[32];
+  const int64_t stride = static_cast<int64_t>(s.rows) * 3 * d;
+  sampler::QkvRows in;
+  in.q = qkv_slices, in.k = qkv_slices + d, in.v = qkv_slices + 2 * d;
+  in.qs = in.ks = in.vs = 3 * d;
+  in.pq = Partials{qkv_slices, s.split.s_qkv, stride}, in.pk = in.pq.at(d), in.pv = in.pq.at(2 * d);
+  in.bq = layer.b_qkv, in.bk = layer.b_qkv + d, in.bv = layer.b_qkv + 2 * d;
+  const float scale = rsqrtf(static_cast<float>(kStagedHeadDim));
+  const int t = threadIdx.x;
+  for (int item = blockIdx.x; item < items; item += gridDim.x) {
+    const StagedItem it = staged_item(s, layer, item);
+    if (item == static_cast<int>(blockIdx.x) && !first_started) {  // (later pairs': staged during the pair before)
+      stage_rows(ks, it.k_rows, d, it.pos);
+      stage_rows(vs, it.v_rows, d, it.pos);
+    }
+    // This row's q (fp32, shared) and its new key and value: into shared memory at row pos, then the cache.
+    sampler::finish_head<bf16>(s_q, in, it.r, it.h, it.h, kStagedHeadDim, nullptr, it.pos, ks + it.pos * kStagedPitch,
+                               vs + it.pos * kStagedPitch);
+    cp_async_wait<1>();  // this pair's keys (the groups complete in order: keys, then values)
+    __syncthreads();
+    if (t < 2 * kStagedHeadDim) {
+      const int64_t at = static_cast<int64_t>(it.pos) * d + (t % kStagedHeadDim);
+      bf16* cache_row = const_cast<bf16*>(t < kStagedHeadDim ? it.k_rows : it.v_rows);
+      cache_row[at] = (t < kStagedHeadDim ? ks : vs)[it.pos * kStagedPitch + t % kStagedHeadDim];
+    }
+    const int n_keys = it.pos + 1;
+    float local_max = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < kMaxStagedKeys / kThreads; k++) {
+      const int j = t + k * kThreads;
+      if (j >= n_keys) break;
+      const uint4* row = reinterpret_cast<const uint4*>(ks + j * kStagedPitch);
+      float dot = 0.0f;
+#pragma unroll
+      for (int c = 0; c < 8; c++) {
+        const uint4 raw = row[c];
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++)  // bf16 -> fp32: the bits to the top half (low half: lower index)
+          dot += s_q[8 * c + 2 * i] * __uint_as_float(w[i] << 16) +
+                 s_q[8 * c + 2 * i + 1] * __uint_as_float(w[i] & 0xffff0000u);
+      }
+      s_p[j] = dot * scale;
+      local_max = fmaxf(local_max, dot * scale);
+    }
+    const float m = block_max(local_max, s_red);  // (its barriers also end every thread's reads of ks)
+    const int next = item + gridDim.x;
+    if (next < items) stage_rows(ks, staged_item(s, layer, next).k_rows, d, s.pos[next / s.n_head]);
+    else cp_async_commit();  // (an empty group keeps the wait counts above and below uniform)
+    float local_sum = 0.0f;
+    for (int j = t; j < n_keys; j += kThreads) {
+      const float e = expf(s_p[j] - m);
+      s_p[j] = e, local_sum += e;
+    }
+    const float l = block_sum(local_sum, s_red);
+    cp_async_wait<1>();  // this pair's values (the next pair's keys may still be on their way)
+    __syncthreads();     // everyone's values, and s_p
+    {
+      const int pair = t % 32, group = t / 32;  // dims 2 pair, 2 pair + 1; keys group, group + 4, ...
+      float a0 = 0.0f, a1 = 0.0f;
+      for (int j = group; j < n_keys; j += 4) {
+        const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(vs + j * kStagedPitch + 2 * pair));
+        a0 += s_p[j] * v.x, a1 += s_p[j] * v.y;
+      }
+      s_acc[group][2 * pair] = a0, s_acc[group][2 * pair + 1] = a1;
+    }
+    __syncthreads();  // s_acc; and every thread is done with vs
+    if (t < kStagedHeadDim) {
+      const float o = (s_acc[0][t] + s_acc[1][t] + s_acc[2][t] + s_acc[3][t]) / l;
+      s.att[static_cast<int64_t>(it.r) * d + it.h * kStagedHeadDim + t] = __float2bfloat16_rn(o);
+    }
+    if (next < items) stage_rows(vs, staged_item(s, layer, next).v_rows, d, s.pos[next / s.n_head]);
+    else cp_async_commit();
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // shared memory is free for the next phase
+}
+
+// Before the barrier that opens the staged attention: this block's first pair's cached keys and values.
+__device__ void start_first_staged(const Args& s, const StepLayer& layer, bf16* smem) {
+  if (static_cast<int>(blockIdx.x) >= s.rows * s.n_head) return;
+  const StagedItem it = staged_item(s, layer, blockIdx.x);
+  stage_rows(smem, it.k_rows, s.d, it.pos);
+  stage_rows(smem + kMaxStagedKeys * kStagedPitch, it.v_rows, s.d, it.pos);
+}
+
 // (__launch_bounds__ with one block per SM leaves ptxas all 255 registers: it used 197, where the default held it to
 // 168 with a 16-byte spill. Two blocks of 197 still fit an SM's registers, and shared memory allows no more.)
 __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Args s) {
@@ -202,8 +327,12 @@ __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Args s) {
     norm_phase(s, l ? s.layers[l - 1].b_proj : nullptr, s.proj_part, sp.s_proj, layer.ln1_w, layer.ln1_b, scratch);
     barrier();
     run_phase(qkv, rows, smem, sp.early, qkv_part);
+    if (sp.staged_attention && sp.early) start_first_staged(s, layer, smem);
     barrier();
-    attention_phase(s, layer, qkv_part);
+    if (sp.staged_attention)
+      attention_phase_staged(s, layer, qkv_part, smem, sp.early);
+    else
+      attention_phase(s, layer, qkv_part);
     if (sp.early) start_first_tile(o, smem);
     barrier();
     run_phase(o, rows, smem, sp.early, s.o_part);
@@ -296,6 +425,7 @@ PersistentStep::PersistentStep(const StepShape& shape, const std::vector<StepLay
   split_.s_o = pick(split.s_o, tiles_d, d, kMaxSlicesResidual);
   split_.s_fc = pick(split.s_fc, (F + kTileN - 1) / kTileN, d, kMaxSlicesSummed);
   split_.s_proj = pick(split.s_proj, tiles_d, F, kMaxSlicesResidual);
+  split_.staged_attention = split.staged_attention && shape.head_dim == kStagedHeadDim && shape.cap <= kMaxStagedKeys;
   const size_t R = max_rows;
   const auto floats = [&](size_t n, const char* what) {
     bytes_ += n * sizeof(float);

@@ -46,6 +46,9 @@ struct StepSplit {
   int blocks_per_sm = 0;
   int s_qkv = 0, s_o = 0, s_fc = 0, s_proj = 0;
   bool early = true;  // each block loads its first weight tile of the next GEMM phase before the barrier
+  // The attention staged through shared memory (a pair's cached keys and values loaded in one go) where it applies
+  // (head_dim 64, cache rows per slot <= 256); false: the sampler's attend_head, a (row, head) per block in turn.
+  bool staged_attention = true;
 };
 
 // Why the kernel cannot take this model ("" when it can): rows wider than 1024, head_dim above 64, widths that are
