@@ -153,16 +153,23 @@ __device__ void norm_phase(const Args& s, const float* bias, const float* parts,
   }
 }
 
-// Every (row, head): sampler::attend_head reads q, k and v as the qkv slices (Partials) plus b_qkv, writes the row's
-// k and v into the cache, and attends over it.
-__device__ void attention_phase(const Args& s, const StepLayer& layer, const float* qkv_slices) {
+// The layer's q, k and v as the attention reads them: the qkv GEMM's slices (q | k | v side by side in a row of
+// 3d, slice after slice) plus b_qkv.
+__device__ sampler::QkvRows qkv_rows(const Args& s, const StepLayer& layer, const float* qkv_slices) {
   const int d = s.d;
-  const int64_t stride = static_cast<int64_t>(s.rows) * 3 * d;
   sampler::QkvRows in;
   in.q = qkv_slices, in.k = qkv_slices + d, in.v = qkv_slices + 2 * d;
   in.qs = in.ks = in.vs = 3 * d;
-  in.pq = Partials{qkv_slices, s.split.s_qkv, stride}, in.pk = in.pq.at(d), in.pv = in.pq.at(2 * d);
+  in.pq = Partials{qkv_slices, s.split.s_qkv, static_cast<int64_t>(s.rows) * 3 * d};
+  in.pk = in.pq.at(d), in.pv = in.pq.at(2 * d);
   in.bq = layer.b_qkv, in.bk = layer.b_qkv + d, in.bv = layer.b_qkv + 2 * d;
+  return in;
+}
+
+// Every (row, head): sampler::attend_head reads q, k and v as the qkv slices (Partials) plus b_qkv, writes the row's
+// k and v into the cache, and attends over it.
+__device__ void attention_phase(const Args& s, const StepLayer& layer, const float* qkv_slices) {
+  const sampler::QkvRows in = qkv_rows(s, layer, qkv_slices);
   sampler::Rows rows;
   rows.pos = s.pos, rows.slot = s.slot, rows.n = s.rows;
   const sampler::LayerCache<bf16> cache{layer.k_cache, layer.v_cache, s.cap};
@@ -208,12 +215,7 @@ __device__ void attention_phase_staged(const Args& s, const StepLayer& layer, co
   bf16* ks = smem;                                   // keys [kMaxStagedKeys][kStagedPitch]
   bf16* vs = smem + kMaxStagedKeys * kStagedPitch;   // values
   __shared__ float s_q[kStagedHeadDim], s_p[kMaxStagedKeys], s_acc[4][kStagedHeadDim], s_red[32];
-  const int64_t stride = static_cast<int64_t>(s.rows) * 3 * d;
-  sampler::QkvRows in;
-  in.q = qkv_slices, in.k = qkv_slices + d, in.v = qkv_slices + 2 * d;
-  in.qs = in.ks = in.vs = 3 * d;
-  in.pq = Partials{qkv_slices, s.split.s_qkv, stride}, in.pk = in.pq.at(d), in.pv = in.pq.at(2 * d);
-  in.bq = layer.b_qkv, in.bk = layer.b_qkv + d, in.bv = layer.b_qkv + 2 * d;
+  const sampler::QkvRows in = qkv_rows(s, layer, qkv_slices);
   const float scale = rsqrtf(static_cast<float>(kStagedHeadDim));
   const int t = threadIdx.x;
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
