@@ -120,7 +120,8 @@ __device__ void norm_phase(const Args& s, const float* bias, const float* parts,
       const int i = threadIdx.x + j * kThreads;
       v[j] = i < d ? __ldcg(x + i) : 0.0f;
     }
-    if (bias) {  // x += bias + the slices in slice order; a slice's loads for the whole row go out together
+    if (bias) {  // x += bias + the slices in slice order, several slices' loads in flight at once (a loop that
+                 // waited on each slice in turn would pay the L2 latency 16 times a norm)
       float add[kNormPer];
 #pragma unroll
       for (int j = 0; j < kNormPer; j++) {
@@ -129,12 +130,20 @@ __device__ void norm_phase(const Args& s, const float* bias, const float* parts,
       }
       const float* row = parts + static_cast<int64_t>(r) * d;
       const int64_t stride = static_cast<int64_t>(s.rows) * d;
-      for (int p = 0; p < n; p++) {
+      constexpr int kBatch = 4;  // slices a round: kBatch x kNormPer loads in flight, absent ones predicated off
+      for (int p0 = 0; p0 < n; p0 += kBatch) {
+        float part[kBatch][kNormPer];
 #pragma unroll
-        for (int j = 0; j < kNormPer; j++) {
-          const int i = threadIdx.x + j * kThreads;
-          if (i < d) add[j] += __ldcg(row + p * stride + i);
-        }
+        for (int q = 0; q < kBatch; q++)
+#pragma unroll
+          for (int j = 0; j < kNormPer; j++) {
+            const int i = threadIdx.x + j * kThreads;
+            part[q][j] = i < d && p0 + q < n ? __ldcg(row + (p0 + q) * stride + i) : 0.0f;
+          }
+#pragma unroll
+        for (int q = 0; q < kBatch; q++)
+#pragma unroll
+          for (int j = 0; j < kNormPer; j++) add[j] += part[q][j];  // + 0.0f past the last slice: add itself
       }
 #pragma unroll
       for (int j = 0; j < kNormPer; j++) {
@@ -295,8 +304,9 @@ __device__ void start_first_staged(const Args& s, const StepLayer& layer, bf16* 
   stage_rows(smem + kMaxStagedKeys * kStagedPitch, it.v_rows, s.d, it.pos);
 }
 
-// (__launch_bounds__ with one block per SM leaves ptxas all 255 registers: it used 197, where the default held it to
-// 168 with a 16-byte spill. Two blocks of 197 still fit an SM's registers, and shared memory allows no more.)
+// (__launch_bounds__ with one block per SM leaves ptxas all 255 registers. The default held it to 168 with a
+// 16-byte spill; now it uses 220, and two blocks of 220 still fit an SM's registers (shared memory allows no more).
+// Eight slices a round in the norms took it to 255 with a spill, and one block per SM.)
 __global__ void __launch_bounds__(kThreads, 1) persistent_step_kernel(Args s) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* smem = reinterpret_cast<bf16*>(smem_raw);
