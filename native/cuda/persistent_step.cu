@@ -225,7 +225,7 @@ __device__ void attention_phase_staged(const Args& s, const StepLayer& layer, co
   bf16* vs = smem + kMaxStagedKeys * kStagedPitch;   // values
   __shared__ float s_q[kStagedHeadDim], s_p[kMaxStagedKeys], s_acc[4][kStagedHeadDim], s_red[32];
   const sampler::QkvRows in = qkv_rows(s, layer, qkv_slices);
-  const float scale = rsqrtf(static_cast<float>(kStagedHeadDim));
+  const float scale = 1.0f / sqrtf(static_cast<float>(kStagedHeadDim));  // (as attend_head: 0.125 exactly)
   const int t = threadIdx.x;
   for (int item = blockIdx.x; item < items; item += gridDim.x) {
     const StagedItem it = staged_item(s, layer, item);
