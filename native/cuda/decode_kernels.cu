@@ -81,21 +81,8 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
       const int i = threadIdx.x + j * T;
       sum[j] = i < d && add ? add[i] : 0.0f;
     }
-    constexpr int S = P <= 4 ? 4 : 2;  // slices per round: S * P loads in flight, absent ones predicated off
-    for (int s0 = 0; s0 < parts.n; s0 += S) {
-      float p[S][P];
-#pragma unroll
-      for (int k = 0; k < S; k++)
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-          const int i = threadIdx.x + j * T;
-          p[k][j] = i < d && s0 + k < parts.n ? __ldg(parts.p + (s0 + k) * parts.stride + i) : 0.0f;
-        }
-#pragma unroll
-      for (int k = 0; k < S; k++)
-#pragma unroll
-        for (int j = 0; j < P; j++) sum[j] += p[k][j];  // + 0.0f past the last slice: sum itself
-    }
+    constexpr int S = P <= 4 ? 4 : 2;  // slices per round: S * P loads in flight
+    add_row_slices<T, P, S>(sum, parts.p, parts.n, parts.stride, d, [](const float* a) { return __ldg(a); });
 #pragma unroll
     for (int j = 0; j < P; j++) {
       const int i = threadIdx.x + j * T;

@@ -120,31 +120,16 @@ __device__ void norm_phase(const Args& s, const float* bias, const float* parts,
       const int i = threadIdx.x + j * kThreads;
       v[j] = i < d ? __ldcg(x + i) : 0.0f;
     }
-    if (bias) {  // x += bias + the slices in slice order, several slices' loads in flight at once (a loop that
-                 // waited on each slice in turn would pay the L2 latency 16 times a norm)
+    if (bias) {  // x += bias + the slices in slice order, four slices' loads in flight at once
       float add[kNormPer];
 #pragma unroll
       for (int j = 0; j < kNormPer; j++) {
         const int i = threadIdx.x + j * kThreads;
         add[j] = i < d ? bias[i] : 0.0f;
       }
-      const float* row = parts + static_cast<int64_t>(r) * d;
-      const int64_t stride = static_cast<int64_t>(s.rows) * d;
-      constexpr int kBatch = 4;  // slices a round: kBatch x kNormPer loads in flight, absent ones predicated off
-      for (int p0 = 0; p0 < n; p0 += kBatch) {
-        float part[kBatch][kNormPer];
-#pragma unroll
-        for (int q = 0; q < kBatch; q++)
-#pragma unroll
-          for (int j = 0; j < kNormPer; j++) {
-            const int i = threadIdx.x + j * kThreads;
-            part[q][j] = i < d && p0 + q < n ? __ldcg(row + (p0 + q) * stride + i) : 0.0f;
-          }
-#pragma unroll
-        for (int q = 0; q < kBatch; q++)
-#pragma unroll
-          for (int j = 0; j < kNormPer; j++) add[j] += part[q][j];  // + 0.0f past the last slice: add itself
-      }
+      add_row_slices<kThreads, kNormPer, 4>(add, parts + static_cast<int64_t>(r) * d, n,
+                                            static_cast<int64_t>(s.rows) * d, d,
+                                            [](const float* a) { return __ldcg(a); });
 #pragma unroll
       for (int j = 0; j < kNormPer; j++) {
         const int i = threadIdx.x + j * kThreads;

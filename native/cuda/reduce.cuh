@@ -3,6 +3,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 namespace optune::cuda {
 
 template <class T>
@@ -62,6 +64,28 @@ __device__ inline float block_max(float v, float* scratch) {
   m = warp_max(m);
   __syncthreads();
   return m;
+}
+
+// sum[j] += element threadIdx.x + j * T (those < d) of each of n slices of a row, in slice order: p is the row in
+// slice 0, the slices `stride` apart, load(address) reads one element. S slices a round, their P x S loads in flight
+// together, absent ones predicated off (+ 0.0f past the last slice: the sum itself). A loop that waited on each
+// slice's loads in turn would pay the memory latency once per slice.
+template <int T, int P, int S, class Load>
+__device__ inline void add_row_slices(float (&sum)[P], const float* p, int n, int64_t stride, int d, const Load& load) {
+  for (int s0 = 0; s0 < n; s0 += S) {
+    float part[S][P];
+#pragma unroll
+    for (int k = 0; k < S; k++)
+#pragma unroll
+      for (int j = 0; j < P; j++) {
+        const int i = threadIdx.x + j * T;
+        part[k][j] = i < d && s0 + k < n ? load(p + (s0 + k) * stride + i) : 0.0f;
+      }
+#pragma unroll
+    for (int k = 0; k < S; k++)
+#pragma unroll
+      for (int j = 0; j < P; j++) sum[j] += part[k][j];
+  }
 }
 
 // Two-pass statistics of a row the block holds in registers, P values a thread at stride T (element
