@@ -10,8 +10,9 @@
 // with a grid-wide barrier after each. The GEMMs are decode_gemm_tile.cuh's tiles (64 rows x 64 columns over a
 // K-slice); a GEMM split along K leaves its slices to the next phase, which adds them in slice order (no atomics:
 // the same bits every run). Before a barrier each block loads its first weight tile of the next GEMM phase (weights
-// are constants). The attention is the sampler's own (decode_attention.cuh, attend_head), one (row, head) per block
-// in turn. Not yet run on a GPU (12th session): the probe above decides whether it becomes the default.
+// are constants). The attention is staged through shared memory where it can be (persistent_step.cu), else the
+// sampler's own (decode_attention.cuh, attend_head), one (row, head) per block in turn. Not yet run on a GPU (12th
+// session): bench_cuda_persistent decides whether it becomes the default.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
