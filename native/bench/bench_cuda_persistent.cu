@@ -20,16 +20,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <numeric>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/error.h"
-#include "core/rng.h"
 #include "cuda/check.cuh"
 #include "cuda/grid_barrier.cuh"
 #include "cuda/lt_gemm.h"
@@ -39,7 +35,6 @@
 #include "bench/decode_layers_fixture.h"
 
 using bf16 = __nv_bfloat16;
-using optune::rng_normal;
 using optune::cuda::Buffer;
 namespace gpu = optune::cuda;  // (cooperative_groups brings a namespace cuda of its own)
 
@@ -123,8 +118,8 @@ int run() {
   for (int r = 0; r < kRows; r++) positions[r] = kPrompt + (r * 37) % (kCap - kPrompt), slots[r] = (r * 5) % kRows;
   decode_fixture::Fixture fx({kRows, kD, kHeads, kHeadDim, kF, kRows, kCap, kEps}, kLayers, positions, slots);
   const std::vector<int>& pos = fx.pos;
-  std::printf("12 layers: %.0f MB of bf16 GEMM weights, %.0f MB of KV cache; rows at positions %d-%d (mean %.0f)\n",
-              12.0 * 2 * (4.0 * kD * kD + 2.0 * kD * kF) / 1e6, 12.0 * 2 * 2 * kRows * kCap * kD / 1e6,
+  std::printf("%d layers: %.0f MB of bf16 GEMM weights, %.0f MB of KV cache; rows at positions %d-%d (mean %.0f)\n",
+              kLayers, kLayers * 2 * (4.0 * kD * kD + 2.0 * kD * kF) / 1e6, kLayers * 2 * 2.0 * kRows * kCap * kD / 1e6,
               *std::min_element(pos.begin(), pos.end()), *std::max_element(pos.begin(), pos.end()),
               std::accumulate(pos.begin(), pos.end(), 0.0) / kRows);
 

@@ -186,6 +186,15 @@ bool env_is(const char* name, const char* value) {
 
 bool graphs_enabled() { return !env_is("OPTUNE_CUDA_GRAPHS", "0"); }
 
+// A knob with two named values: false when `name` is unset, empty or `off`, true when `on`; anything else throws.
+bool env_choice(const char* name, const char* off, const char* on) {
+  const char* v = std::getenv(name);
+  if (!v || !*v || std::strcmp(v, off) == 0) return false;
+  OPTUNE_CHECK(std::strcmp(v, on) == 0,
+               std::string(name) + " must be " + off + " or " + on + " (got '" + std::string(v) + "')");
+  return true;
+}
+
 // ---- K-split decode GEMMs ------------------------------------------------------------------------------------------
 // A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
 // S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
@@ -258,13 +267,7 @@ bool early_launch_setting() {
 // "persistent": under bf16, for GPT-2-family models and batches of up to 64 rows, as one persistent kernel
 // (persistent_step.h; other models, fp32 and larger batches keep the kernels, and SamplerStats says why). Written in
 // the 12th session without a GPU: opt-in until bench_cuda_persistent has measured it.
-bool persistent_step_setting() {
-  const char* v = std::getenv("OPTUNE_CUDA_DECODE_STEP");
-  if (!v || !*v || std::strcmp(v, "kernels") == 0) return false;
-  OPTUNE_CHECK(std::strcmp(v, "persistent") == 0,
-               "OPTUNE_CUDA_DECODE_STEP must be kernels or persistent (got '" + std::string(v) + "')");
-  return true;
-}
+bool persistent_step_setting() { return env_choice("OPTUNE_CUDA_DECODE_STEP", "kernels", "persistent"); }
 
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
@@ -751,15 +754,15 @@ class Sampler {
     rows.tok = row_tok_.data(), rows.pos = row_pos_.data(), rows.slot = row_slot_.data();
     rows.n = bucket, rows.copies = 1;
     decoding_ = true;
-    if (step_ && bucket <= kDecodeGemmMaxRows) {  // the layers in one persistent kernel: x_ complete after it
+    Pending pending;  // (none after the persistent kernel: it leaves x_ complete)
+    if (step_ && bucket <= kDecodeGemmMaxRows) {
       embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, on());
       step_->run(x_.data(), rows.pos, rows.slot, bucket, st());
       persistent_steps_++;
-      head(logits_.data(), nullptr, bucket, Pending{});
     } else {
-      const Pending pending = blocks(rows, nullptr);
-      head(logits_.data(), nullptr, bucket, pending);
+      pending = blocks(rows, nullptr);
     }
+    head(logits_.data(), nullptr, bucket, pending);
     decoding_ = false;
     order_rows(bucket);
     pick_tokens(logits_.data(), 1, sorted_.data(), bucket, state_, params_, st());
