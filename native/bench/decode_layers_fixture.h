@@ -190,9 +190,9 @@ inline double relative_error(const std::vector<float>& got, const std::vector<fl
 
 
 // Of the largest value. Differences in the sums' order round some bf16 values the other way. In this reference at
-// bench_cuda_persistent's shape (12 GPT-2 124M layers, 64 rows), biases scaled by 1 + 1e-6 moved x by 2.1e-3, the last attention output by 6.9e-3 and the first layer's k and v by 2e-4;
-// a K-slice of 8 missing from the last layer's MLP output moved x by 8.4e-2, and one missing from the first qkv
-// moved its k and v by 0.35.
+// bench_cuda_persistent's shape (12 GPT-2 124M layers, 64 rows), biases scaled by 1 + 1e-6 moved x by 2.1e-3, the
+// last attention output by 6.9e-3 and the first layer's k and v by 2e-4; a K-slice of 8 missing from the last
+// layer's MLP output moved x by 8.4e-2, and one missing from the first qkv moved its k and v by 0.35.
 inline constexpr double kTolerance = 2e-2;
 inline constexpr double kAttentionTolerance = 5e-2;
 
