@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # GPU check for the CUDA backend (issue 5), for a machine with an NVIDIA GPU, nvcc, cuBLAS, CMake and Python but no
 # Node, in one invocation: configures a Release build with -DOPTUNE_CUDA=ON, builds every native test and benchmark,
-# runs ctest (CPU tests and the CUDA ones: test_cuda_kernels, test_cuda_sampler, test_cuda_model,
-# test_cuda_persistent_step), the native benchmarks (bench_cuda_kernels, bench_cuda_sample, bench_cuda_model,
-# bench_cuda_persistent when built) and the PyTorch peers
+# runs ctest (CPU tests and the CUDA ones: test_cuda_kernels, test_cuda_sampler, test_cuda_model), the native
+# benchmarks (bench_cuda_kernels, bench_cuda_sample, bench_cuda_model when built) and the PyTorch peers
 # (bench/torch_gpu_bench.py), and writes logs, summary.json and results.md (native vs PyTorch per op and precision,
 # ready for bench/RESULTS.md) to the output dir.
 # Usage: bench/gpu-check.sh [--dry-run] [OUT_DIR]   (default OUT_DIR: $OUT when set, else ./gpu-check-out)
@@ -20,8 +19,7 @@
 #              profile_*.log),
 #              OPTUNE_GPU_AB=1 (bench_cuda_model again, bf16, with OPTUNE_CUDA_ATTN_PREFETCH=1),
 #              OPTUNE_GPU_TF32=0 (no fp32 reruns of bench_cuda_model / bench_cuda_sample with OPTUNE_CUDA_TF32=1),
-#              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test),
-#              OPTUNE_GPU_PROBE=0 (no bench_cuda_persistent: probe_persistent.log).
+#              OPTUNE_GPU_SANITIZE=0 (no compute-sanitizer rerun of a failed CUDA test).
 # Budget: every stage has its own limit and none may run past the overall budget (8.5 minutes by default); expected
 # on one H100 with 16 cores: configure ~15 s, build ~2-3 min, ctest ~1 min, native benches ~1 min, PyTorch ~2 min
 # (about 75 s of it compiling; --skip-compiled saves that).
@@ -101,7 +99,7 @@ if ((rc[build] == 0)); then
   # A failed CUDA test runs again under compute-sanitizer (memcheck): the first bad access or API error, by kernel
   # and thread, is what the next fix needs; an illegal address would otherwise fail every later case alike.
   if ((rc[ctest] != 0 && !dry)) && [[ ${OPTUNE_GPU_SANITIZE:-1} == 1 ]] && command -v compute-sanitizer >/dev/null 2>&1; then
-    for t in test_cuda_kernels test_cuda_model test_cuda_sampler test_cuda_persistent_step; do
+    for t in test_cuda_kernels test_cuda_model test_cuda_sampler; do
       if grep -qE "[0-9]+/[0-9]+ Test +#[0-9]+: $t .*(Failed|Timeout|Exception)" "$out/ctest.log"; then
         stage "sanitize_$t" 90 compute-sanitizer --tool memcheck --print-limit 12 "$build/$t"
       fi
@@ -116,11 +114,6 @@ if ((rc[build] == 0)); then
       echo "bench_$b: bench_cuda_$b was not built" | tee -a "$out/stages.log"
     fi
   done
-  # The persistent-kernel probe (native/bench/bench_cuda_persistent.cu): a grid barrier's cost, and 12 GPT-2 124M
-  # decode layers as one kernel against the sampler's kernels, checked against a CPU reference (seconds).
-  if [[ ${OPTUNE_GPU_PROBE:-1} == 1 && -x $build/bench_cuda_persistent ]]; then
-    stage probe_persistent 60 "$build/bench_cuda_persistent" || true
-  fi
   # fp32 with TF32 GEMMs (OPTUNE_CUDA_TF32=1, PyTorch's fp32 peer runs its matmuls so): the model and sampling
   # benchmarks again in fp32; summary.json and results.md list their rows as "(TF32 matmuls)". OPTUNE_GPU_TF32=0
   # skips them (15 s on an H200: 8 s and 7 s).

@@ -94,7 +94,7 @@ NATIVE_LOGS = (("bench_sample.log", None), ("bench_model.log", None), ("bench_mo
 # bench_cuda_sample's op names for its variant rows (summary and results.md list them beside "sample").
 # The filtered rows' PyTorch peer is its unfiltered generate (their ratio shows what filtering costs optune).
 SAMPLE_VARIANTS = {"sample_no_pdl": "no early launches", "sample_cublas": "cuBLAS GEMMs", "sample_own": "own GEMM",
-                   "sample_own_unsplit": "own GEMM unsplit", "sample_persistent": "persistent decode step",
+                   "sample_own_unsplit": "own GEMM unsplit",
                    "sample_top_p": "top-p 0.9 sorted, peer unfiltered",
                    "sample_top_k": "top-k 50 sorted, peer unfiltered"}
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI step for the CUDA backend (issue 5): compiles native/cuda (library optune_cuda), its kernel, sampler and
-# device-model tests and the sampler, model and persistent-kernel probe benchmarks so they cannot rot on machines
-# without a GPU, and runs test_device (no GPU here: asking for cuda must be a clear error). Nothing runs on a GPU here;
+# device-model tests and the sampler and model benchmarks so they cannot rot on machines without a GPU, and runs
+# test_device (no GPU here: asking for cuda must be a clear error). Nothing runs on a GPU here;
 # bench/gpu-check.sh does that on a GPU machine.
 # cuBLAS headers/libraries come from ../shared/tools/cublas-dev.sh (the CUDA toolkit here has nvcc but no cuBLAS).
 # Last line: "1 passed, 0 failed" when it compiles, "0 passed, 1 failed" when not, and "0 passed, 0 failed" (a skip,
@@ -39,17 +39,15 @@ mkdir -p "$build_dir"
 if cmake -S "$root" -B "$build_dir" -DOPTUNE_BUILD_TESTS=ON -DOPTUNE_CUDA=ON -DOPTUNE_CUBLAS_ROOT="$cublas_root" \
      "-DCMAKE_CUDA_ARCHITECTURES=$archs" >"$build_dir/configure.log" 2>&1 &&
    cmake --build "$build_dir" --parallel "$(nproc)" --target optune_cuda test_cuda_kernels test_cuda_sampler \
-     test_cuda_persistent_step test_cuda_model test_device bench_cuda_sample bench_cuda_model \
-     bench_cuda_persistent; then
+     bench_cuda_sample test_cuda_model test_device bench_cuda_model; then
   # The test executables must start and skip cleanly without a GPU (or pass with one).
   if "$build_dir/test_cuda_kernels" | tail -n 3 && "$build_dir/test_cuda_sampler" | tail -n 3 &&
-     "$build_dir/test_cuda_persistent_step" | tail -n 3 && "$build_dir/test_cuda_model" | tail -n 3 &&
-     "$build_dir/test_device" | tail -n 1; then
+     "$build_dir/test_cuda_model" | tail -n 3 && "$build_dir/test_device" | tail -n 1; then
     echo "ci-cuda-build: compiled in $((SECONDS - start))s"
     echo "1 passed, 0 failed"
     exit 0
   fi
-  echo "ci-cuda-build: a CUDA test executable (or test_device) failed" >&2
+  echo "ci-cuda-build: test_cuda_kernels, test_cuda_sampler, test_cuda_model or test_device failed" >&2
 else
   tail -n 30 "$build_dir/configure.log" >&2
   echo "ci-cuda-build: the CUDA build failed" >&2

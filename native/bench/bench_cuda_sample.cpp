@@ -10,15 +10,13 @@
 // and up, the decode step's own kernels launch early (programmatic dependent launch, launch.h). Then bf16 variants
 // of the decode step, measured in the same run: "sample_no_pdl" (no early launches: OPTUNE_CUDA_PDL=0),
 // "sample_cublas" (the decode GEMMs on cuBLAS: OPTUNE_CUDA_DECODE_GEMM=cublas), "sample_own" (decode_gemm.cu's
-// kernel with the automatic K-split: =own), "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1) and
-// "sample_persistent" (a decode step's layers as one persistent kernel: OPTUNE_CUDA_DECODE_STEP=persistent).
+// kernel with the automatic K-split: =own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).
 // (On an H200: requesting the weights or the attention's cache rows into L2 ahead, by the kernel before, ran 2-4%
 // slower; staging the attention's keys and values in shared memory 4.6% slower; drawing each row's token over 8 blocks
 // instead of one no faster; timing each cuBLASLt shape's algorithm among those with the same bits within run-to-run
 // change; the own kernel for the two projections into the residual stream only 3.5% slower: RESULTS.md.) max_split: the
 // most slices a decode GEMM ran in; own_gemms: decode GEMMs issued to the own kernel; early_launch: whether the own
-// kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on cuBLASLt; persistent_steps: decode steps run as
-// the persistent kernel, and persistent_unused why not when asked. The environment the benchmark starts with
+// kernels launched early (sm_90 and up); lt_gemms: decode GEMMs on cuBLASLt. The environment the benchmark starts with
 // applies to the first rows. Last, bf16 with the default GEMMs and filtered draws: "sample_top_p" (top-p 0.9) and
 // "sample_top_k" (top-k 50), each row sorted whole every step. Random weights give nearly flat distributions, so the
 // top-p nucleus holds most of the vocabulary; a trained model's is far smaller.
@@ -89,15 +87,14 @@ int main(int argc, char** argv) {
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
                   "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
                   "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
-                  "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"persistent_steps\": %d, "
-                  "\"persistent_unused\": \"%s\", \"tf32\": %s, \"call_bytes\": %zu, \"graph_error\": \"%s\", "
-                  "\"device\": \"%s\"}\n",
+                  "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"tf32\": %s, "
+                  "\"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
                   weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
                   stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
-                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms, stats.persistent_steps,
-                  json_safe(stats.persistent_unused).c_str(), stats.tf32 ? "true" : "false", stats.device_bytes,
-                  json_safe(stats.graph_error).c_str(), device.c_str());
+                  stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms,
+                  stats.tf32 ? "true" : "false", stats.device_bytes, json_safe(stats.graph_error).c_str(),
+                  device.c_str());
       std::fflush(stdout);
     };
     for (const bool bf16 : {false, true})
@@ -114,7 +111,6 @@ int main(int argc, char** argv) {
         {"sample_cublas", {{"OPTUNE_CUDA_DECODE_GEMM", "cublas"}}},
         {"sample_own", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}}},
         {"sample_own_unsplit", {{"OPTUNE_CUDA_DECODE_GEMM", "own"}, {"OPTUNE_CUDA_SPLIT_K", "1"}}},
-        {"sample_persistent", {{"OPTUNE_CUDA_DECODE_STEP", "persistent"}}},
         {"sample_top_p", {}, 0, 0.9f},
         {"sample_top_k", {}, 50, 1.0f},
     };

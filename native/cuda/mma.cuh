@@ -1,4 +1,4 @@
-// Building blocks shared by the bf16 kernels (attention_mma.cu, decode_gemm_tile.cuh): mma.sync.m16n8k16 with bf16
+// Building blocks shared by the bf16 kernels (attention_mma.cu, decode_gemm.cu): mma.sync.m16n8k16 with bf16
 // operands and fp32 accumulation, ldmatrix loads of its fragments from shared memory, and cp.async copies of 16
 // bytes from global into shared memory (sm_80 and up).
 //

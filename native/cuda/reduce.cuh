@@ -3,8 +3,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
 namespace optune::cuda {
 
 template <class T>
@@ -64,51 +62,6 @@ __device__ inline float block_max(float v, float* scratch) {
   m = warp_max(m);
   __syncthreads();
   return m;
-}
-
-// sum[j] += element threadIdx.x + j * T (those < d) of each of n slices of a row, in slice order: p is the row in
-// slice 0, the slices `stride` apart, load(address) reads one element. S slices a round, their P x S loads in flight
-// together, absent ones predicated off (+ 0.0f past the last slice: the sum itself). A loop that waited on each
-// slice's loads in turn would pay the memory latency once per slice.
-template <int T, int P, int S, class Load>
-__device__ inline void add_row_slices(float (&sum)[P], const float* p, int n, int64_t stride, int d, const Load& load) {
-  for (int s0 = 0; s0 < n; s0 += S) {
-    float part[S][P];
-#pragma unroll
-    for (int k = 0; k < S; k++)
-#pragma unroll
-      for (int j = 0; j < P; j++) {
-        const int i = threadIdx.x + j * T;
-        part[k][j] = i < d && s0 + k < n ? load(p + (s0 + k) * stride + i) : 0.0f;
-      }
-#pragma unroll
-    for (int k = 0; k < S; k++)
-#pragma unroll
-      for (int j = 0; j < P; j++) sum[j] += part[k][j];
-  }
-}
-
-// Two-pass statistics of a row the block holds in registers, P values a thread at stride T (element
-// threadIdx.x + j * T of the row in v[j], 0 past d): its mean m (0 when !center: RMSNorm's) and
-// rs = 1 / sqrt(mean of (v - m)^2 + eps). Every thread gets both.
-template <int T, int P>
-__device__ inline void row_norm_stats(const float (&v)[P], int d, float eps, bool center, float* scratch, float& m,
-                                      float& rs) {
-  m = 0.0f;
-  if (center) {
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < P; j++) s += v[j];  // 0 past the row's end
-    m = block_sum(s, scratch) / d;
-  }
-  float ss = 0.0f;
-#pragma unroll
-  for (int j = 0; j < P; j++) {
-    const int i = threadIdx.x + j * T;
-    const float c = i < d ? v[j] - m : 0.0f;
-    ss += c * c;
-  }
-  rs = rsqrtf(block_sum(ss, scratch) / d + eps);
 }
 
 }  // namespace optune::cuda

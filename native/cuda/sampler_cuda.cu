@@ -24,7 +24,6 @@
 #include "lt_gemm.h"
 #include "memory.h"
 #include "ops.h"
-#include "persistent_step.h"
 #include "sampler_cuda.h"
 #include "sampler_kernels.cuh"
 
@@ -186,15 +185,6 @@ bool env_is(const char* name, const char* value) {
 
 bool graphs_enabled() { return !env_is("OPTUNE_CUDA_GRAPHS", "0"); }
 
-// A knob with two named values: false when `name` is unset, empty or `off`, true when `on`; anything else throws.
-bool env_choice(const char* name, const char* off, const char* on) {
-  const char* v = std::getenv(name);
-  if (!v || !*v || std::strcmp(v, off) == 0) return false;
-  OPTUNE_CHECK(std::strcmp(v, on) == 0,
-               std::string(name) + " must be " + off + " or " + on + " (got '" + std::string(v) + "')");
-  return true;
-}
-
 // ---- K-split decode GEMMs ------------------------------------------------------------------------------------------
 // A decode step's GEMM [M rows (a few dozen), N, K] runs on a handful of SMs unsplit (see Partials). Split along K in
 // S slices, it runs S times the thread blocks and the consumer of its output adds the slices. S is chosen so that
@@ -263,12 +253,6 @@ bool early_launch_setting() {
   return on && kernels_wait_when_early();
 }
 
-// OPTUNE_CUDA_DECODE_STEP: unset or "kernels": a decode step's layers run as the kernels of blocks() below;
-// "persistent": under bf16, for GPT-2-family models and batches of up to 64 rows, as one persistent kernel
-// (persistent_step.h; other models, fp32 and larger batches keep the kernels, and SamplerStats says why). Written in
-// the 12th session without a GPU: opt-in until bench_cuda_persistent has measured it.
-bool persistent_step_setting() { return env_choice("OPTUNE_CUDA_DECODE_STEP", "kernels", "persistent"); }
-
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
 int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
@@ -313,9 +297,7 @@ class Sampler {
     params_.seed = r.seed, params_.temperature = r.temperature, params_.top_k = r.top_k, params_.top_p = r.top_p;
     params_.vocab = V_;
     params_.logits_ld = LV_;
-    const bool persistent = persistent_step_setting();  // (a bad knob throws before anything is allocated)
     allocate();
-    if (persistent) make_persistent_step();
   }
 
   SampleResult run(SamplerStats* stats) {
@@ -375,8 +357,6 @@ class Sampler {
       stats->early_launch = early_launch_;
       stats->row_sorts = row_sorts_;
       stats->lt_gemms = lt_gemms_;
-      stats->persistent_steps = persistent_steps_;
-      stats->persistent_unused = persistent_unused_;
       stats->tf32 = std::is_same_v<Act, float> && blas_.tf32();
     }
     return res;
@@ -500,33 +480,6 @@ class Sampler {
   LayerCache<Act> cache(int l) {
     const size_t layer = static_cast<size_t>(R_ + 1) * cap_ * KVD_;
     return {kc_.data() + l * layer, vc_.data() + l * layer, cap_};
-  }
-
-  // The persistent decode step (OPTUNE_CUDA_DECODE_STEP=persistent) over this call's weights and KV cache, when
-  // the kernel takes the model; else persistent_unused_ says why.
-  void make_persistent_step() {
-    if constexpr (std::is_same_v<Act, float>) {
-      persistent_unused_ = "fp32 (the persistent decode step is bf16 only)";
-    } else {
-      if (!c_.is_gpt2()) {
-        persistent_unused_ = "not a GPT-2-family model (the persistent decode step has LayerNorm, GELU, no RoPE)";
-        return;
-      }
-      StepShape shape;
-      shape.d = D_, shape.n_head = c_.n_head, shape.head_dim = c_.head_dim, shape.d_ff = F_, shape.cap = cap_;
-      shape.eps = c_.norm_eps;
-      std::vector<StepLayer> layers;
-      for (int l = 0; l < c_.n_layer; l++) {
-        const LayerOffsets& o = L_.layers[l];
-        const LayerCache<Act> kv = cache(l);
-        layers.push_back({P(o.norm1_w), P(o.norm1_b), P(o.qkv_b), P(o.o_b), P(o.norm2_w), P(o.norm2_b), P(o.fc_b),
-                          P(o.proj_b), W(o.qkv_w), W(o.o_w), W(o.fc_w), W(o.proj_w), kv.k, kv.v});
-      }
-      persistent_unused_ = persistent_step_unsupported(shape, layers);
-      if (!persistent_unused_.empty()) return;
-      step_ = std::make_unique<PersistentStep>(shape, layers, std::min(R_, kDecodeGemmMaxRows));
-      bytes_ += step_->device_bytes();
-    }
   }
 
   // The decode GEMMs as (N, K), in groups whose slices are alive at the same time (split along K, a group's slices
@@ -754,14 +707,7 @@ class Sampler {
     rows.tok = row_tok_.data(), rows.pos = row_pos_.data(), rows.slot = row_slot_.data();
     rows.n = bucket, rows.copies = 1;
     decoding_ = true;
-    Pending pending;  // (none after the persistent kernel: it leaves x_ complete)
-    if (step_ && bucket <= kDecodeGemmMaxRows) {
-      embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, on());
-      step_->run(x_.data(), rows.pos, rows.slot, bucket, st());
-      persistent_steps_++;
-    } else {
-      pending = blocks(rows, nullptr);
-    }
+    const Pending pending = blocks(rows, nullptr);
     head(logits_.data(), nullptr, bucket, pending);
     decoding_ = false;
     order_rows(bucket);
@@ -791,8 +737,6 @@ class Sampler {
   int n_prompts_ = 0, K_ = 0, R_ = 0, D_ = 0, V_ = 0, LV_ = 0, F_ = 0, QD_ = 0, KVD_ = 0, cap_ = 0, max_rows_ = 0;
   size_t bytes_ = 0;
   int split_setting_ = 0, sms_ = 0, max_split_ = 1, own_gemms_ = 0, row_sorts_ = 0, lt_gemms_ = 0;
-  int persistent_steps_ = 0;
-  std::string persistent_unused_;  // why OPTUNE_CUDA_DECODE_STEP=persistent was not taken ("" when taken or unset)
   bool own_gemm_ = false;      // bf16 decode GEMMs on decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM)
   bool early_launch_ = false;  // decode steps launch their own kernels early (OPTUNE_CUDA_PDL)
   bool decoding_ = false;      // in a decode step: its GEMMs may be split along K
@@ -804,7 +748,6 @@ class Sampler {
   Buffer<char> blas_ws_;
   Blas blas_;
   std::unique_ptr<LtGemms> lt_;  // bf16 decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt); null otherwise
-  std::unique_ptr<PersistentStep> step_;  // OPTUNE_CUDA_DECODE_STEP=persistent, when taken; null otherwise
   Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<float2> rope_;                             // RoPE's (cos, sin) per position and pair (rope_table); Llama

@@ -49,9 +49,6 @@ struct SamplerStats {
   int row_sorts = 0;         // calls that sorted logits rows for filtered draws (eager and captured; 0: unfiltered)
   int lt_gemms = 0;          // decode GEMMs issued to cuBLASLt (bf16 default, OPTUNE_CUDA_DECODE_GEMM=lt; eager and
                              // captured)
-  int persistent_steps = 0;  // decode steps whose layers ran as one persistent kernel (OPTUNE_CUDA_DECODE_STEP=
-                             // persistent; eager and captured)
-  std::string persistent_unused;  // why that knob was not taken (fp32, not GPT-2, ...); empty otherwise
 };
 
 // Samples from a model whose weights are on the device. `m` gives the config and layout (its host params are not

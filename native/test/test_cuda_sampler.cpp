@@ -14,8 +14,7 @@
 //  - filtered draws' row sort orders each row as a stable sort on the host does, ties included;
 //  - bf16 sampling with the decode GEMMs on cuBLASLt (the default, GPT-2's GELU in the GEMM) matches sampling with
 //    cuBLAS's (OPTUNE_CUDA_DECODE_GEMM=cublas) within bf16 rounding; so does the bf16 decode GEMM kernel
-//    (decode_gemm.cu, =own), which also equals sums in double of the same bf16 operands, and so do a decode step's
-//    layers as one persistent kernel (OPTUNE_CUDA_DECODE_STEP=persistent, GPT-2 only);
+//    (decode_gemm.cu, =own), which also equals sums in double of the same bf16 operands;
 //  - stop tokens end responses (kept, finished = 1), and top-k / top-p / temperature follow their definitions
 //    (total variation against the exact distributions, as test_sampler.cpp);
 //  - bad requests and non-finite logits raise the CPU sampler's errors.
@@ -473,41 +472,6 @@ TEST(lt_decode_gemms_stay_close) {
   cuda::SamplerStats stats;
   sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, *m, w, prompts_request(kPrompts, 2, 8), &stats);
   CHECK_MSG(stats.lt_gemms == 0, "fp32: decode GEMMs went to cuBLASLt");
-}
-
-TEST(persistent_decode_step_stays_close) {
-  // bf16 GPT-2 sampling with a decode step's layers as one persistent kernel (OPTUNE_CUDA_DECODE_STEP=persistent,
-  // persistent_step.h) against cuBLAS's kernels: within bf16 rounding of a full CPU forward, graphs captured (a
-  // cooperative launch in each), the same tokens on a second run. Stop tokens shrink the active set, so several
-  // batch buckets run; with 80 responses the first bucket (80 rows) keeps the kernels and the later ones do not.
-  // Llama models and fp32 keep the kernels and say why; a bad value throws.
-  auto m = make_model(wide_gpt2());
-  testing::randomize(*m, 71, 0.1f);
-  const DeviceWeights w(*m, true);
-  const testing::Env persistent{{"OPTUNE_CUDA_DECODE_STEP", "persistent"}};
-  for (int n_prompts : {20, 40}) {
-    SampleRequest req = prompts_request(random_prompts(n_prompts, 3, 12, wide_gpt2().vocab_size, 19), 2, 32);
-    for (int t = 5; t < 29; t++) req.stop_tokens.push_back(t);  // (80 responses: fewer than 65 left after a while)
-    const std::string what = "gpt2 bf16 persistent step, " + std::to_string(2 * n_prompts) + " responses";
-    check_bf16_variant(persistent, &cuda::SamplerStats::persistent_steps, *m, w, req, what);
-    cuda::SamplerStats stats;
-    sample_under(persistent, *m, w, req, &stats);
-    CHECK_MSG(stats.persistent_unused.empty(), what + ": not taken: " + stats.persistent_unused);
-    if (2 * n_prompts > 64)
-      CHECK_MSG(stats.persistent_steps < stats.decode_steps, what + ": 80 rows took the persistent step");
-  }
-  cuda::SamplerStats fp32_stats, llama_stats;
-  const DeviceWeights w32(*m, false);
-  sample_under(persistent, *m, w32, prompts_request(kPrompts, 2, 8), &fp32_stats);
-  CHECK_MSG(fp32_stats.persistent_steps == 0 && !fp32_stats.persistent_unused.empty(), "fp32 took the persistent step");
-  auto llama = make_model(wide_llama());
-  testing::randomize(*llama, 72, 0.1f);
-  const DeviceWeights wl(*llama, true);
-  sample_under(persistent, *llama, wl, prompts_request(kPrompts, 2, 8), &llama_stats);
-  CHECK_MSG(llama_stats.persistent_steps == 0 && !llama_stats.persistent_unused.empty(),
-            "llama took the persistent step");
-  CHECK_THROWS(sample_under({{"OPTUNE_CUDA_DECODE_STEP", "fused"}}, *m, w, prompts_request(kPrompts, 1, 4)),
-               "OPTUNE_CUDA_DECODE_STEP");
 }
 
 TEST(early_launches_change_no_result) {
