@@ -37,10 +37,7 @@ __global__ void embed_kernel(float* x, const float* wte, const float* wpe, Rows 
   wait_for_previous_kernel();  // the rows' tokens and positions
   allow_next_kernel();
   const int r = blockIdx.x;
-  const float* e = wte + static_cast<int64_t>(rows.tok[r]) * d;
-  const float* p = wpe ? wpe + static_cast<int64_t>(rows.pos[r]) * d : nullptr;
-  float* o = x + static_cast<int64_t>(r) * d;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = p ? e[i] + p[i] : e[i];
+  embed_row(x + static_cast<int64_t>(r) * d, wte, wpe, rows.tok[r], rows.pos[r], d);
 }
 
 void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, Launch on) {
@@ -64,7 +61,7 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
                                                      const int32_t* src, const float* __restrict__ add,
                                                      Partials parts, const float* __restrict__ w,
                                                      const float* __restrict__ b, int d, float eps,
-                                                     bool layernorm) {
+                                                     bool layernorm, HeadTail<Act> tail) {
   __shared__ float scratch[32];
   // w and b load after the wait all the same: loaded before it, they stayed in registers through the row's loads
   // (ptxas: up to 140 registers at P = 16 instead of 97-119, one block per SM fewer in a prefill)
@@ -134,22 +131,39 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
 #pragma unroll
   for (int j = 0; j < P; j++) {
     const int i = threadIdx.x + j * T;
-    if (i < d) o[i] = to_act<Act>(layernorm ? (v[j] - m) * rs * wv[j] + bv[j] : wv[j] * (v[j] * rs));
+    const Act y = to_act<Act>(layernorm ? (v[j] - m) * rs * wv[j] + bv[j] : wv[j] * (v[j] * rs));
+    if (i < d) o[i] = y;
+    v[j] = i < d ? static_cast<float>(y) : 0.0f;  // what the LM head's GEMM reads
+  }
+  for (int t = 0; t < tail.n; t++) {  // block-uniform
+    const Act* wt = tail.w + static_cast<int64_t>(t) * d;
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < P; j++) {
+      const int i = threadIdx.x + j * T;
+      if (i < d) s += v[j] * static_cast<float>(wt[i]);
+    }
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) tail.logits[r * tail.ld + t] = s;
   }
 }
 
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, Launch on) {
+              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const HeadTail<Act>& tail) {
   if (rows <= 0) return;
   OPTUNE_CHECK(d <= kMaxNormWidth, "sampler norm: rows of " + std::to_string(d) + " (at most " +
                                        std::to_string(kMaxNormWidth) + ")");
+  OPTUNE_CHECK(tail.n >= 0 && tail.n <= kMaxHeadTail,
+               "sampler norm: an LM head tail of " + std::to_string(tail.n) + " rows (at most " +
+                   std::to_string(kMaxHeadTail) + ")");
   const auto kernel = d <= 256 * 4    ? add_norm_kernel<Act, 256, 4>
                       : d <= 256 * 8  ? add_norm_kernel<Act, 256, 8>
                       : d <= 256 * 16 ? add_norm_kernel<Act, 256, 16>
                                       : add_norm_kernel<Act, 512, 16>;
   const int threads = d <= 256 * 16 ? 256 : 512;
-  OPTUNE_CUDA_CHECK(launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm));
+  OPTUNE_CUDA_CHECK(
+      launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm, tail));
 }
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
@@ -488,7 +502,7 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                        \
   template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,               \
-                              const float*, int, int, float, bool, Launch);                                            \
+                              const float*, int, int, float, bool, Launch, const HeadTail<Act>&);                      \
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,               \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
                                 int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \

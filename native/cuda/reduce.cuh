@@ -30,27 +30,33 @@ __device__ inline T block_sum(T v, T* scratch) {
   return total;
 }
 
-// Calls f(j, z[j]) for every j < n of a 16-byte aligned row, the block's threads taking 4 consecutive elements per
-// load, several loads in flight each: a row pass that waited on one 4-byte load at a time ran at a fraction of the
-// memory bandwidth (one block per logits row, 50k-150k elements).
+// Calls f(j, z[j]) for every j in [lo, hi) of a 16-byte aligned row (lo a multiple of 4), this thread taking 4
+// consecutive elements per load at float4 `first`, `first + step`, ... from lo's, several loads in flight: a pass
+// that waited on one 4-byte load at a time ran at a fraction of the memory bandwidth (logits rows of 50k-150k).
 template <class F>
-__device__ inline void for_each_in_row(const float* z, int n, const F& f) {
+__device__ inline void for_each_strided(const float* z, int lo, int hi, int first, int step, const F& f) {
   constexpr int kLoads = 4;  // loads issued before the first use
   const float4* z4 = reinterpret_cast<const float4*>(z);
-  const int n4 = n / 4, step = blockDim.x;
-  const auto use = [&](int i, const float4& x) {
-    f(4 * i, x.x), f(4 * i + 1, x.y), f(4 * i + 2, x.z), f(4 * i + 3, x.w);
+  const int q1 = hi / 4;  // float4s [lo / 4, q1), then the elements [4 * q1, hi) one by one
+  const auto use = [&](int q, const float4& x) {
+    f(4 * q, x.x), f(4 * q + 1, x.y), f(4 * q + 2, x.z), f(4 * q + 3, x.w);
   };
-  int i = threadIdx.x;
-  for (; i + (kLoads - 1) * step < n4; i += kLoads * step) {
+  int q = lo / 4 + first;
+  for (; q + (kLoads - 1) * step < q1; q += kLoads * step) {
     float4 x[kLoads];
 #pragma unroll
-    for (int b = 0; b < kLoads; b++) x[b] = z4[i + b * step];
+    for (int b = 0; b < kLoads; b++) x[b] = z4[q + b * step];
 #pragma unroll
-    for (int b = 0; b < kLoads; b++) use(i + b * step, x[b]);
+    for (int b = 0; b < kLoads; b++) use(q + b * step, x[b]);
   }
-  for (; i < n4; i += step) use(i, z4[i]);
-  for (int j = 4 * n4 + threadIdx.x; j < n; j += step) f(j, z[j]);
+  for (; q < q1; q += step) use(q, z4[q]);
+  for (int j = max(lo, 4 * q1) + first; j < hi; j += step) f(j, z[j]);
+}
+
+// The whole row j < n, spread over the block's threads (one block per logits row).
+template <class F>
+__device__ inline void for_each_in_row(const float* z, int n, const F& f) {
+  for_each_strided(z, 0, n, threadIdx.x, blockDim.x, f);
 }
 
 __device__ inline float block_max(float v, float* scratch) {

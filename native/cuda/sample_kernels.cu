@@ -5,8 +5,10 @@
 // returned is under the unfiltered temperature-1 distribution.
 //
 // One block of 1024 threads per row; the row's passes read it 16 bytes per load, several loads in flight per thread
-// (the kernel measured 56 us of a 0.84 ms decode step on an H100 when each pass waited on one 4-byte load at a time;
-// ~17 us per pass is an estimate from the load count, not a measurement). A cumulative search runs in three levels:
+// (the kernel measured 56 us of a 0.84 ms decode step on an H100 when each pass waited on one 4-byte load at a time).
+// An unfiltered draw reads its row twice: the maximum, then the draw's segment sums and the log-prob's normalizer in
+// one pass (three passes, the draw's with 4-byte loads, took 23.9 us on an H100 under Nsight; two took 19.0).
+// A cumulative search runs in three levels:
 // each warp sums a contiguous segment (sums in double, as the CPU), then in the warp whose segment holds the crossing
 // each lane sums whole groups of 32 elements and one scan over the group sums finds the group, and one scan over that
 // group's elements the element (walking the segment 32 elements at a time took a dependent scan per step, ~50 steps
@@ -38,22 +40,35 @@ __device__ inline bool slot_done(const State& s, int slot) {
   return s.finished[slot] || n >= s.max_new || n == 0;  // n == 0: its first draw failed (non-finite logits)
 }
 
-__global__ void prepare_rows_kernel(int32_t* tok, int32_t* pos, int32_t* slot, State s, int n_rows) {
-  const int a = blockIdx.x * blockDim.x + threadIdx.x;
-  if (a >= n_rows) return;
-  if (a < s.ctl[0]) {
-    const int sl = s.active[a], n = s.n_out[sl];
-    slot[a] = sl;
-    tok[a] = n > 0 ? s.out_tok[static_cast<int64_t>(sl) * s.max_new + n - 1] : 0;
-    pos[a] = s.len[sl];
-    if (!slot_done(s, sl)) s.len[sl] += 1;  // the fed token joins the cache; a done slot rewrites a dead position
-  } else {
-    slot[a] = s.R, tok[a] = 0, pos[a] = 0;
+// Row a of a decode step, one block each: thread 0 takes its slot, last token and position (moving the slot's length
+// on), then the block writes the row's embedding. (As two kernels, the rows then their embeddings, the first cost a
+// launch and ~3.5 us of a ~0.57 ms step on an H200.)
+__global__ void decode_rows_kernel(float* x, const float* wte, const float* wpe, int32_t* tok, int32_t* pos,
+                                   int32_t* slot, State s, int d) {
+  __shared__ int row_tok, row_pos;
+  wait_for_previous_kernel();  // (a normal launch: returns at once)
+  allow_next_kernel();
+  const int a = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int sl = s.R, t = 0, p = 0;  // rows past the active count: the padding slot
+    if (a < s.ctl[0]) {
+      sl = s.active[a];
+      const int n = s.n_out[sl];
+      t = n > 0 ? s.out_tok[static_cast<int64_t>(sl) * s.max_new + n - 1] : 0;
+      p = s.len[sl];
+      if (!slot_done(s, sl)) s.len[sl] += 1;  // the fed token joins the cache; a done slot rewrites a dead position
+    }
+    slot[a] = sl, tok[a] = t, pos[a] = p;
+    row_tok = t, row_pos = p;
   }
+  __syncthreads();
+  embed_row(x + static_cast<int64_t>(a) * d, wte, wpe, row_tok, row_pos, d);
 }
 
-void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st) {
-  prepare_rows_kernel<<<(n_rows + 127) / 128, 128, 0, st>>>(tok, pos, slot, s, n_rows);
+void decode_rows(float* x, const float* wte, const float* wpe, int32_t* tok, int32_t* pos, int32_t* slot,
+                 const State& s, int n_rows, int d, cudaStream_t st) {
+  if (n_rows <= 0) return;
+  decode_rows_kernel<<<n_rows, 256, 0, st>>>(x, wte, wpe, tok, pos, slot, s, d);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -100,6 +115,17 @@ __device__ inline double warp_inclusive_scan(double v) {
 // Warp w's segment of [0, n): [w * seg, min(n, (w + 1) * seg)), seg a multiple of 32 (coalesced walks).
 __device__ inline int segment_len(int n) { return ((n + kPickWarps - 1) / kPickWarps + 31) / 32 * 32; }
 
+// Warp w's part of a block_segments-style sum: seg_sum[w] = s summed over its lanes; returns the sum over all warps.
+__device__ inline double publish_segments(double s, double* seg_sum) {
+  s = warp_sum(s);
+  __syncthreads();  // earlier readers of seg_sum are done
+  if (threadIdx.x % 32 == 0) seg_sum[threadIdx.x / 32] = s;
+  __syncthreads();
+  double total = 0.0;
+  for (int k = 0; k < kPickWarps; k++) total += seg_sum[k];
+  return total;
+}
+
 // Sum of w(i) over i < n; seg_sum[] gets each warp's segment sum.
 template <class W>
 __device__ double block_segments(int n, const W& w, double* seg_sum) {
@@ -108,19 +134,26 @@ __device__ double block_segments(int n, const W& w, double* seg_sum) {
   double s = 0.0;
 #pragma unroll 4
   for (int i = lo + lane; i < hi; i += 32) s += w(i);
-  s = warp_sum(s);
-  __syncthreads();  // earlier readers of seg_sum are done
-  if (lane == 0) seg_sum[warp] = s;
-  __syncthreads();
-  double total = 0.0;
-  for (int k = 0; k < kPickWarps; k++) total += seg_sum[k];
-  return total;
+  return publish_segments(s, seg_sum);
+}
+
+// The same over a 16-byte aligned row when the weight depends on the logit only (an unfiltered draw): w(z[i]), read
+// 16 bytes a load, several in flight (segments start at multiples of 32 elements). The walk above, a 4-byte load per
+// element, waited on L2 once per 4 elements.
+template <class W>
+__device__ double row_segments(const float* z, int n, const W& w, double* seg_sum) {
+  const int seg = segment_len(n), lo = min(n, threadIdx.x / 32 * seg), hi = min(n, lo + seg);
+  double s = 0.0;
+  for_each_strided(z, lo, hi, threadIdx.x % 32, 32, [&](int, float x) { s += w(x); });
+  return publish_segments(s, seg_sum);
 }
 
 // The first i < n whose running sum w(0) + ... + w(i) exceeds target (strict) or reaches it (not strict), after
 // block_segments(n, ...) filled seg_sum; n when no segment gets there. Every thread gets the answer.
-template <class W>
-__device__ int block_crossing(int n, const W& w, double target, bool strict, const double* seg_sum, int* s_result) {
+// group_sum(first, last): w(first) + ... + w(last - 1), a group of at most 32 elements starting at a multiple of 32.
+template <class W, class G>
+__device__ int block_crossing(int n, const W& w, const G& group_sum, double target, bool strict,
+                              const double* seg_sum, int* s_result) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = segment_len(n);
   double base = 0.0;
   int owner = -1;
@@ -144,9 +177,7 @@ __device__ int block_crossing(int n, const W& w, double target, bool strict, con
     double run = base;
     for (int g0 = 0; g0 < n_groups; g0 += 32) {
       const int g = g0 + lane, first = lo + 32 * g, last = min(hi, first + 32);
-      double incl = 0.0;
-#pragma unroll 8
-      for (int i = first; i < last; i++) incl += w(i);
+      double incl = first < last ? group_sum(first, last) : 0.0;
       incl = warp_inclusive_scan(incl);
       const unsigned hit = __ballot_sync(kFull, g < n_groups && crosses(run + incl));
       if (hit) {
@@ -234,37 +265,66 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
   arg = red_i[0];
   for (int w = 1; w < kPickWarps; w++)
     if (red_v[w] > mx || (red_v[w] == mx && red_i[w] < arg)) mx = red_v[w], arg = red_i[w];
-  float sum = 0.0f;
-  for_each_in_row(z, V, [&](int, float x) { sum += expf(x - mx); });
-  sum = block_sum(sum, scratch);
-  const double lse = mx + log(static_cast<double>(sum));
-
+  // the group of a crossing, element by element (any row order)
+  const auto group_of = [](const auto& w) {
+    return [&w](int first, int last) {
+      double g = 0.0;
+#pragma unroll 8
+      for (int i = first; i < last; i++) g += w(i);
+      return g;
+    };
+  };
+  float sum = 0.0f;  // of exp(z - max): the temperature-1 normalizer of the returned log-prob
   int token = arg;
-  if (p.temperature != 0.0f) {
+  if (p.temperature != 0.0f && !p.filtered()) {
+    // One pass for both sums (the draw's weights in double per warp segment, and the normalizer), read 16 bytes a
+    // load; the crossing's groups too (a group: 32 elements from a multiple of 32, so 128-byte aligned).
     const double u = rng_uniform(p.seed, s.stream[slot], static_cast<uint64_t>(step));
-    const double inv_t = 1.0 / p.temperature;
-    if (!p.filtered()) {
-      const float inv_tf = static_cast<float>(inv_t);
-      const auto w = [&](int j) { return static_cast<double>(expf((z[j] - mx) * inv_tf)); };
-      const double total = block_segments(V, w, seg_sum);
-      const int t = block_crossing(V, w, u * total, true, seg_sum, &result);
-      token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
-    } else {
+    const float inv_t = static_cast<float>(1.0 / p.temperature);
+    const auto weight = [&](float x) { return static_cast<double>(expf((x - mx) * inv_t)); };
+    const double total = row_segments(z, V, [&](float x) {
+      const float e = expf(x - mx);
+      sum += e;
+      return inv_t == 1.0f ? static_cast<double>(e) : weight(x);  // (x - mx) * 1 is x - mx: the same weight
+    }, seg_sum);
+    sum = block_sum(sum, scratch);
+    const auto w = [&](int j) { return weight(z[j]); };
+    const auto group = [&](int first, int last) {
+      if (last - first < 32) return group_of(w)(first, last);  // the row's end
+      const float4* g4 = reinterpret_cast<const float4*>(z + first);
+      float4 x[8];
+#pragma unroll
+      for (int b = 0; b < 8; b++) x[b] = g4[b];
+      double g = 0.0;
+#pragma unroll
+      for (int b = 0; b < 8; b++) g += weight(x[b].x), g += weight(x[b].y), g += weight(x[b].z), g += weight(x[b].w);
+      return g;
+    };
+    const int t = block_crossing(V, w, group, u * total, true, seg_sum, &result);
+    token = t < V ? t : arg;  // past the end only through rounding, as on the CPU
+  } else {
+    for_each_in_row(z, V, [&](int, float x) { sum += expf(x - mx); });
+    sum = block_sum(sum, scratch);
+    if (p.temperature != 0.0f) {  // filtered
+      const double u = rng_uniform(p.seed, s.stream[slot], static_cast<uint64_t>(step));
+      const double inv_t = 1.0 / p.temperature;
       const int32_t* idx = sorted + static_cast<int64_t>(row) * V;
       const auto w = [&](int i) { return exp(static_cast<double>(z[idx[i]] - mx) * inv_t); };
+      const auto group = group_of(w);
       int keep = p.top_k > 0 && p.top_k < V ? p.top_k : V;
       double total = block_segments(keep, w, seg_sum);
       if (p.top_p < 1.0f) {  // nucleus: the smallest prefix whose mass reaches top_p (at least one token)
-        const int c = block_crossing(keep, w, static_cast<double>(p.top_p) * total, false, seg_sum, &result);
+        const int c = block_crossing(keep, w, group, static_cast<double>(p.top_p) * total, false, seg_sum, &result);
         if (c < keep) {
           keep = c + 1;
           total = block_segments(keep, w, seg_sum);
         }
       }
-      const int t = block_crossing(keep, w, u * total, true, seg_sum, &result);
+      const int t = block_crossing(keep, w, group, u * total, true, seg_sum, &result);
       token = idx[t < keep ? t : keep - 1];
     }
   }
+  const double lse = mx + log(static_cast<double>(sum));
   if (threadIdx.x == 0) record_token(s, slot, step, token, static_cast<float>(z[token] - lse));
 }
 

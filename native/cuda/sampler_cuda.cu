@@ -566,12 +566,12 @@ class Sampler {
     int n_seq, max_len;
   };
 
-  // The blocks over `rows`: attention over the cache (decode) or causal over the chunk's prompts (prefill). The
-  // residual stream is left in x_; returns what the last GEMM still has to add to it, for the final norm.
+  // The blocks over `rows`, whose embeddings are in x_: attention over the cache (decode) or causal over the
+  // chunk's prompts (prefill). The residual stream is left in x_; returns what the last GEMM still has to add to
+  // it, for the final norm.
   Pending blocks(const Rows& rows, const PrefillChunk* pf) {
     const int n = rows.n, H = c_.n_head, KVH = c_.n_kv_head, hd = c_.head_dim;
     const bool gpt2 = c_.is_gpt2();
-    embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, on());
     Pending pending;
     for (int l = 0; l < c_.n_layer; l++) {
       const LayerOffsets& o = L_.layers[l];
@@ -644,13 +644,12 @@ class Sampler {
   // logits[n, V] of the residual rows src (null: rows 0 .. n-1), through the final norm and the LM head (its GEMM
   // in the call's precision, as the device model's log-probs: the sampled tokens' log-probs match them).
   void head(float* logits, const int32_t* src, int n, const Pending& pending) {
+    const int bulk = vocab_bulk(V_);  // the aligned bulk of the vocabulary by GEMM, the rest by the norm (ops.h)
+    HeadTail<Act> tail;
+    if (V_ > bulk) tail = {W(L_.lm_head + static_cast<size_t>(bulk) * D_), logits + bulk, V_ - bulk, LV_};
     add_norm<Act>(hf_.data(), x_.data(), src, pending.bias, pending.parts, P(L_.normf_w), P(L_.normf_b), n, D_,
-                  c_.norm_eps, c_.is_gpt2(), on());
-    const int bulk = vocab_bulk(V_);  // the aligned bulk of the vocabulary, then the rest (ops.h)
+                  c_.norm_eps, c_.is_gpt2(), on(), tail);
     if (bulk > 0) blas_.mm_unsplit(n, bulk, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
-    if (V_ > bulk)
-      blas_.mm_unsplit(n, V_ - bulk, D_, hf_.data(), W(L_.lm_head + static_cast<size_t>(bulk) * D_), true, 0.0f,
-                       logits + bulk, LV_);
   }
 
   // All prompts through the model in chunks of at most kPrefillTokens tokens (a longer prompt is a chunk of its
@@ -687,6 +686,7 @@ class Sampler {
       rows.n = off[p1] - off[p0];
       rows.copies = K_;
       const PrefillChunk pf{chunk_off_.data() + chunk_base, p1 - p0, max_len};
+      embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, st());
       const Pending pending = blocks(rows, &pf);
       head(logits_.data() + static_cast<size_t>(p0) * LV_, last_row_.data() + p0, p1 - p0, pending);
       chunk_base += p1 - p0 + 1;
@@ -702,7 +702,8 @@ class Sampler {
 
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
   void decode_step(int bucket) {
-    prepare_decode_rows(row_tok_.data(), row_pos_.data(), row_slot_.data(), state_, bucket, st());
+    decode_rows(x_.data(), P(L_.tok_emb), P(L_.pos_emb), row_tok_.data(), row_pos_.data(), row_slot_.data(), state_,
+                bucket, D_, st());
     Rows rows;
     rows.tok = row_tok_.data(), rows.pos = row_pos_.data(), rows.slot = row_slot_.data();
     rows.n = bucket, rows.copies = 1;

@@ -66,12 +66,30 @@ __device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.globa
 constexpr int kMaxNormWidth = 8192;  // widest row add_norm takes (16 elements in registers per thread of 512)
 // x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions).
 void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, Launch on);
+// One row of it by the calling block.
+__device__ inline void embed_row(float* o, const float* wte, const float* wpe, int tok, int pos, int d) {
+  const float* e = wte + static_cast<int64_t>(tok) * d;
+  const float* p = wpe ? wpe + static_cast<int64_t>(pos) * d : nullptr;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = p ? e[i] + p[i] : e[i];
+}
+// The LM head's last vocabulary rows, those past its aligned bulk (vocab_bulk, ops.h): the final norm's blocks take
+// them on the row they have just normalized. As a GEMM of their own (under 8 columns: cuBLAS's gemv) they cost a
+// launch and ~3.8 us of a ~0.57 ms decode step on an H200.
+constexpr int kMaxHeadTail = 7;
+template <class Act>
+struct HeadTail {
+  const Act* w = nullptr;   // [n, d]: the LM head's rows vocab_bulk .. vocab - 1
+  float* logits = nullptr;  // output row r's logits for them at logits + r * ld
+  int n = 0;                // 0: none; at most kMaxHeadTail
+  int64_t ld = 0;
+};
 // For each output row r (source row src[r], or r when src is null): x[src] += add (a bias deferred from the previous
 // GEMM; may be null) + the slices of that GEMM's product when it was split (indexed like x), then
-// out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm. d <= kMaxNormWidth (the row lives in registers).
+// out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm, and when tail.n > 0 its logits for the tail rows,
+// out[r] . tail.w[t] with fp32 sums. d <= kMaxNormWidth (the row lives in registers).
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, Launch on);
+              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const HeadTail<Act>& tail = {});
 // The rotations RoPE applies at positions 0 .. cap-1: table[pos * (head_dim / 2) + i] = (cos, sin) of pos *
 // theta^(-2i / head_dim), each computed in double and rounded once, as cpu/rope.cpp does. Filled once per sampling
 // call, so a decode step reads its rotations instead of computing them in double (1/64-rate FP64 on GeForce GPUs).
@@ -139,8 +157,10 @@ struct Params {
 };
 
 // Rows 0 .. n_rows-1 of a decode step: row a < n_active takes slot active[a], its last token and position len;
-// later rows take the padding slot. A slot that is still generating gets len + 1 (the token joins its cache).
-void prepare_decode_rows(int32_t* tok, int32_t* pos, int32_t* slot, const State& s, int n_rows, cudaStream_t st);
+// later rows take the padding slot (token 0 at position 0). A slot that is still generating gets len + 1 (the token
+// joins its cache). x[a] = the row's embedding, as embed().
+void decode_rows(float* x, const float* wte, const float* wpe, int32_t* tok, int32_t* pos, int32_t* slot,
+                 const State& s, int n_rows, int d, cudaStream_t st);
 // Draws the next token of each active row a < min(n_rows, n_active) from logits row a / logits_div (the prefill
 // logits are one row per prompt, read by its K samples), unless the slot is done. sorted: per logits row, the
 // vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.filtered().
