@@ -6,8 +6,9 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
-// By default the bf16 decode GEMMs run on cuBLASLt (GPT-2's MLP bias and GELU in the GEMM: lt_gemm.h) and, on sm_90
-// and up, the decode step's own kernels launch early (programmatic dependent launch, launch.h). Then bf16 variants
+// By default the bf16 decode GEMMs run on cuBLASLt (GPT-2's MLP bias and GELU in the GEMM: lt_gemm.h; its output
+// projection in 4 K-slices that the next norm adds: sampler_cuda.cu lt_split) and, on sm_90 and up, the decode
+// step's own kernels launch early (programmatic dependent launch, launch.h). Then bf16 variants
 // of the decode step, measured in the same run: "sample_no_pdl" (no early launches: OPTUNE_CUDA_PDL=0),
 // "sample_cublas" (the decode GEMMs on cuBLAS: OPTUNE_CUDA_DECODE_GEMM=cublas), "sample_own" (decode_gemm.cu's
 // kernel with the automatic K-split: =own) and "sample_own_unsplit" (the same, OPTUNE_CUDA_SPLIT_K=1).

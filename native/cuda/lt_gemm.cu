@@ -28,10 +28,10 @@ cublasLtHandle_t lt_handle() {
   return handle;
 }
 
-// The largest power of two up to 256 that divides p's address: the heuristic must not pick an algorithm that needs
-// more (its default assumption is 256).
-int alignment_of(const void* p) {
-  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+// The largest power of two up to 256 that divides p's address (and, for a strided batch, the byte offset from one
+// matrix to the next): the heuristic must not pick an algorithm that needs more (its default assumption is 256).
+int alignment_of(const void* p, size_t batch_stride_bytes = 0) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p) | static_cast<uintptr_t>(batch_stride_bytes);
   int b = 256;
   while (b > 1 && a % b != 0) b /= 2;
   return b;
@@ -42,6 +42,12 @@ enum Epilogue { kNone = 0, kBiasGelu = 1 };
 template <class T>
 void set_desc(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const T& value) {
   OPTUNE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, &value, sizeof(value)));
+}
+void set_batch(cublasLtMatrixLayout_t l, int count, int64_t stride) {
+  OPTUNE_CUBLAS_CHECK(
+      cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+  OPTUNE_CUBLAS_CHECK(
+      cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof(stride)));
 }
 template <class T>
 void set_pref(cublasLtMatmulPreference_t p, cublasLtMatmulPreferenceAttributes_t attr, const T& value) {
@@ -79,8 +85,8 @@ class Preference {
 };
 
 // What a plan depends on: M, N, K, trans_b, beta != 0, ldc, epilogue, the alignments of A, B, C and the bias, the
-// workspace bytes, the device.
-using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int>;
+// workspace bytes, the device, and the K-slices (1: the whole product; S: S products over K / S each, a strided batch).
+using PlanKey = std::tuple<int, int, int, bool, bool, int, int, int, int, int, int, size_t, int, int>;
 
 // The operands of one GEMM.
 struct Call {
@@ -102,7 +108,8 @@ void run(const Plan& p, const Call& c) {
 
 // The plan of a key (bias: the making call's, for its alignment).
 Plan* make_plan(const PlanKey& key, const Call& call) {
-  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device] = key;
+  const auto [M, N, K, trans_b, accumulate, ldc, epilogue, align_a, align_b, align_c, align_bias, bytes, device,
+              slices] = key;
   (void)accumulate, (void)align_bias, (void)device;  // plans differ by them; the query takes them otherwise
   const void* bias = call.bias;
   auto p = std::make_unique<Plan>();
@@ -113,12 +120,19 @@ Plan* make_plan(const PlanKey& key, const Call& call) {
   set_desc(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, static_cast<uint32_t>(ep));
   p->bias = epilogue == kBiasGelu;
   if (p->bias) set_desc(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias);  // the heuristic reads its alignment
-  // the weights as stored: [K, N] row-major is column-major N x K (ld N); [N, K] is K x N (ld K), transposed
-  OPTUNE_CUBLAS_CHECK(trans_b ? cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K)
-                              : cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, N, K, N));
-  OPTUNE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, M, K));
+  // the weights as stored: [K, N] row-major is column-major N x K (ld N); [N, K] is K x N (ld K), transposed. A
+  // K-slice of Ks = K / slices takes Ks of those rows (or columns) and of the activations' columns.
+  const int Ks = K / slices;
+  OPTUNE_CUBLAS_CHECK(trans_b ? cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, Ks, N, K)
+                              : cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, N, Ks, N));
+  OPTUNE_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, Ks, M, K));
   OPTUNE_CUBLAS_CHECK(epilogue == kNone ? cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, N, M, ldc)
                                         : cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16BF, N, M, N));
+  if (slices > 1) {  // slice s: the weights' and activations' s-th Ks, written to C + s * M * ldc
+    set_batch(p->a, slices, trans_b ? Ks : static_cast<int64_t>(Ks) * N);
+    set_batch(p->b, slices, Ks);
+    set_batch(p->c, slices, static_cast<int64_t>(M) * ldc);
+  }
   Preference pref;
   set_pref(pref.get(), CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, static_cast<uint64_t>(bytes));
   // K-splits reduced in place only (asked for; on an H200 the MLP output projection still got cuBLASLt's reduction
@@ -136,6 +150,7 @@ Plan* make_plan(const PlanKey& key, const Call& call) {
   OPTUNE_CHECK(found > 0 && result.state == CUBLAS_STATUS_SUCCESS,
                "OPTUNE_CUDA_DECODE_GEMM=lt: cuBLASLt offers no algorithm for the decode GEMM [" + std::to_string(M) +
                    ", " + std::to_string(N) + ", " + std::to_string(K) + "]" +
+                   (slices > 1 ? " in " + std::to_string(slices) + " K-slices" : "") +
                    (epilogue == kNone ? "" : " with its bias and GELU epilogue") +
                    " on this GPU; set OPTUNE_CUDA_DECODE_GEMM=cublas to use cuBLAS's GEMMs");
   p->algo = result.algo;
@@ -161,8 +176,21 @@ void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat1
                  float* C, int ldc) {
   if (M <= 0 || N <= 0) return;
   const PlanKey key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
-                    0, bytes_, device_};
+                    0, bytes_, device_, 1};
   const Call call{A, B, nullptr, C, beta, workspace_, bytes_, stream_};
+  run(plan_for(key, call), call);
+}
+
+void LtGemms::mm_sliced(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, int S,
+                        float* C) {
+  if (M <= 0 || N <= 0) return;
+  OPTUNE_CHECK(S >= 1 && K % S == 0, "internal: LtGemms::mm_sliced with K " + std::to_string(K) + " in " +
+                                         std::to_string(S) + " slices");
+  const size_t Ks = K / S, bf = sizeof(__nv_bfloat16);
+  const PlanKey key{M, N, K, trans_b, false, N, kNone, alignment_of(A, Ks * bf),
+                    alignment_of(B, (trans_b ? Ks : Ks * N) * bf), alignment_of(C, size_t(M) * N * sizeof(float)), 0,
+                    bytes_, device_, S};
+  const Call call{A, B, nullptr, C, 0.0f, workspace_, bytes_, stream_};
   run(plan_for(key, call), call);
 }
 
@@ -171,7 +199,7 @@ void LtGemms::mm_bias_gelu(int M, int N, int K, const __nv_bfloat16* A, const __
   if (M <= 0 || N <= 0) return;
   OPTUNE_CHECK(bias, "internal: LtGemms::mm_bias_gelu without a bias");
   const PlanKey key{M, N, K, trans_b, false, N, kBiasGelu, alignment_of(A), alignment_of(B), alignment_of(out),
-                    alignment_of(bias), bytes_, device_};
+                    alignment_of(bias), bytes_, device_, 1};
   const Call call{A, B, bias, out, 0.0f, workspace_, bytes_, stream_};
   run(plan_for(key, call), call);
 }

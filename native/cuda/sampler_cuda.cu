@@ -195,16 +195,22 @@ bool graphs_enabled() { return !env_is("OPTUNE_CUDA_GRAPHS", "0"); }
 // what the fuller GPU saved), so decode GEMMs are unsplit unless asked.
 // With decode_gemm.cu's kernel (OPTUNE_CUDA_DECODE_GEMM=own below), whose blocks are 64 columns wide, GPT-2's N =
 // 768 projections would run on 12 SMs unsplit, so there the automatic choice is the default.
-// OPTUNE_CUDA_SPLIT_K: unset: "auto" with decode_gemm.cu's kernel, else "1"; "1": never split; "auto": that choice;
-// S > 1: S slices (or the most that divide K into multiples of 8) for every decode GEMM, whatever the shape (tests,
-// and A/B runs of the benchmark). It applies to the cuBLAS and own decode GEMMs; on cuBLASLt (the bf16 default) the
-// library picks its own splits.
+// On cuBLASLt (the bf16 default) the library splits a GEMM along K itself and adds the slices in a reduction kernel of
+// its own: 2.9 us a layer after GPT-2's MLP output projection (64 x 768 x 3072) on an H200. There the sampler splits
+// the projections into the residual stream whose inner dimension is at least twice their output's, K / N slices as
+// one strided-batched GEMM (lt_split), and the next norm adds them with the projection's bias; cuBLASLt keeps its
+// choice for the others. On an H100 (13th session) that GEMM took 6.4 us against cuBLASLt's 6.5 + 3.4 for its
+// reduction, the norms 0.3 us more on average, and bf16 sampling's decode 74.6 ms against 76.7-78.0 (Nsight; A/B).
+// OPTUNE_CUDA_SPLIT_K: unset: "auto" with decode_gemm.cu's kernel or cuBLASLt, else "1"; "1": never split (cuBLASLt
+// splits as it likes); "auto": the choices above; S > 1: S slices (or the most that divide K into multiples of 8) for
+// every cuBLAS and own decode GEMM whatever the shape (tests, and A/B runs of the benchmark), and for cuBLASLt's
+// projections that it would split.
 constexpr int kSliceMinDepth = 128;
 constexpr int kSplitMax = 64;
 
-int split_k_setting(bool own_kernel) {  // 0: auto
+int split_k_setting(bool auto_by_default) {  // 0: auto
   const char* v = std::getenv("OPTUNE_CUDA_SPLIT_K");
-  if (!v || std::string(v).empty()) return own_kernel ? 0 : 1;
+  if (!v || std::string(v).empty()) return auto_by_default ? 0 : 1;
   if (std::string(v) == "auto") return 0;
   const int s = std::atoi(v);
   OPTUNE_CHECK(s >= 1 && s <= kSplitMax, "OPTUNE_CUDA_SPLIT_K must be auto or a slice count from 1 to " +
@@ -253,6 +259,13 @@ bool early_launch_setting() {
   return on && kernels_wait_when_early();
 }
 
+// s slices of K, or the most below s that divide K into multiples of 8 (equal slices, 16-byte aligned bf16 starts).
+int whole_slices(int s, int K) {
+  s = std::max(1, std::min(s, K / 8));
+  while (s > 1 && (K % s != 0 || (K / s) % 8 != 0)) s--;
+  return s;
+}
+
 // Slices for a decode GEMM [M, N, K] with weights of `weight_bytes` per element (setting: split_k_setting()), whose
 // blocks are tile_n columns wide (cuBLAS's for few rows: 128, an estimate; decode_gemm.cu's: 64).
 int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int tile_n) {
@@ -263,9 +276,14 @@ int split_for(int setting, int sms, int M, int N, int K, int weight_bytes, int t
     s = std::min(s, K / kSliceMinDepth);
     s = std::min(s, K * weight_bytes / (8 * std::max(M, 1)));  // 2 * S * M * N * 4 bytes <= K * N * weight_bytes
   }
-  s = std::max(1, std::min(s, K / 8));
-  while (s > 1 && (K % s != 0 || (K / s) % 8 != 0)) s--;  // equal slices, 16-byte aligned bf16 starts
-  return s;
+  return whole_slices(s, K);
+}
+
+// Slices for a cuBLASLt decode GEMM [., N, K] writing to the residual stream (see above): K / N when K >= 2N
+// (setting 0), else 1.
+int lt_split(int setting, int N, int K) {
+  if (setting == 1 || K < 2 * N) return 1;
+  return whole_slices(setting == 0 ? K / N : setting, K);
 }
 
 // ---- one call -------------------------------------------------------------------------------------------------------
@@ -282,7 +300,7 @@ class Sampler {
     if (own_gemm_) decode_gemm_prepare();
     if (!std::is_same_v<Act, float> && gemms == DecodeGemm::kLt)  // (it shares the workspace: the GEMMs run in turn)
       lt_ = std::make_unique<LtGemms>(stream_.get(), blas_ws_.data(), kBlasWorkspace);
-    split_setting_ = split_k_setting(own_gemm_);
+    split_setting_ = split_k_setting(own_gemm_ || lt_);
     early_launch_ = early_launch_setting();
     sms_ = sm_count();
     n_prompts_ = static_cast<int>(r.prompt_offsets.size()) - 1;
@@ -491,20 +509,23 @@ class Sampler {
   }
   // Whether a decode GEMM of `rows` rows runs on decode_gemm.cu's kernel (its alignment is checked at the call).
   bool own_gemm(int rows) const { return own_gemm_ && rows <= kDecodeGemmMaxRows; }
-  int split(int rows, int n, int k) const {
-    if (lt_) return 1;  // cuBLASLt picks its own splits and adds them itself
-    return decoding_ ? split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128) : 1;
+  int split(int rows, int n, int k) const { return decoding_ ? slices_for(rows, n, k) : 1; }
+  // A decode GEMM's K-slices. On cuBLASLt only a projection into the residual stream (N = d) whose inner dimension
+  // is at least twice its output's (GPT-2's MLP output, K = 4N) is split, into K / N slices by default (lt_split);
+  // the library splits the others, or not, itself (GQA's k and v projections, K >= 2N too, among them).
+  int slices_for(int rows, int n, int k) const {
+    if (lt_) return n == D_ ? lt_split(split_setting_, n, k) : 1;
+    return split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128);
   }
   // Floats of part_: the largest group's slices over every batch bucket a decode step can run.
   size_t partials_capacity() const {
-    if (lt_) return 0;  // (split() is 1)
     size_t most = 0;
     for (int b = kMinBucket;; b *= 2) {
       const int rows = std::min(b, R_);
       for (const auto& group : decode_gemm_groups()) {
         size_t floats = 0;
         for (const auto& [n, k] : group) {
-          const int S = split_for(split_setting_, sms_, rows, n, k, sizeof(Act), own_gemm(rows) ? 64 : 128);
+          const int S = slices_for(rows, n, k);
           if (S > 1) floats += static_cast<size_t>(S) * rows * n;
         }
         most = std::max(most, floats);
@@ -533,10 +554,16 @@ class Sampler {
       const auto* a = reinterpret_cast<const uint16_t*>(in);
       const auto* b = reinterpret_cast<const uint16_t*>(W(w_off));
       if (decoding_ && lt_) {
-        lt_->mm(rows, out_f, in_f, reinterpret_cast<const bf16*>(in), reinterpret_cast<const bf16*>(W(w_off)),
-                c_.is_llama(), beta, out, out_f);
+        const auto* a16 = reinterpret_cast<const bf16*>(in);
+        const auto* b16 = reinterpret_cast<const bf16*>(W(w_off));
         lt_gemms_++;
-        return {};
+        if (S == 1) {
+          lt_->mm(rows, out_f, in_f, a16, b16, c_.is_llama(), beta, out, out_f);
+          return {};
+        }
+        lt_->mm_sliced(rows, out_f, in_f, a16, b16, c_.is_llama(), S, slices);
+        max_split_ = std::max(max_split_, S);
+        return {slices, S, static_cast<int64_t>(rows) * out_f};
       }
       if (decoding_ && own_gemm(rows) && decode_gemm_fits(rows, out_f, in_f, S, a, b, dst, out_f)) {
         decode_gemm(rows, out_f, in_f, a, b, c_.is_llama(), beta, dst, out_f, S, static_cast<int64_t>(rows) * out_f,

@@ -446,8 +446,10 @@ TEST(lt_decode_gemms_stay_close) {
   // bf16 sampling with the decode GEMMs on cuBLASLt (the default, or OPTUNE_CUDA_DECODE_GEMM=lt: GPT-2's MLP input
   // projection with bias and GELU in the GEMM's epilogue, bias as bf16) against cuBLAS's GEMMs: within bf16 rounding
   // of a full CPU forward, graphs captured, the same tokens on a second run and unset as with =lt. Stop tokens shrink
-  // the active set, so the plans cover several batch buckets. OPTUNE_CUDA_SPLIT_K does not split them (cuBLASLt
-  // picks its own splits).
+  // the active set, so the plans cover several batch buckets. K-slices: GPT-2's MLP output projection (K = 2N here)
+  // runs as K / N slices by default, which the next norm adds; OPTUNE_CUDA_SPLIT_K=4 makes them 4 and =1 leaves the
+  // GEMM to cuBLASLt. Every way stays close to the others. The Llama here has nothing optune splits: its MLP output
+  // has K < 2N, and its k and v projections (K = 2N) do not write the residual stream.
   for (auto cfg : {wide_gpt2(), wide_llama()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 63, 0.1f);
@@ -457,13 +459,31 @@ TEST(lt_decode_gemms_stay_close) {
     const std::string what = std::string(arch_name(cfg.arch)) + " bf16 cuBLASLt";
     const SampleResult lt = check_bf16_variant({{"OPTUNE_CUDA_DECODE_GEMM", "lt"}}, &cuda::SamplerStats::lt_gemms, *m,
                                                w, req, what);
-    cuda::SamplerStats default_stats, split_stats;
+    cuda::SamplerStats default_stats;
     const SampleResult by_default = cuda::sample_with_weights(*m, w.get(), req, &default_stats);
     CHECK_MSG(default_stats.lt_gemms > 0 && by_default.tokens == lt.tokens && by_default.token_logps == lt.token_logps,
               what + ": the default is not OPTUNE_CUDA_DECODE_GEMM=lt");
-    const SampleResult split = sample_under({{"OPTUNE_CUDA_SPLIT_K", "4"}}, *m, w, req, &split_stats);
-    CHECK_MSG(split_stats.max_split == 1 && split.token_logps == lt.token_logps,
-              what + ": OPTUNE_CUDA_SPLIT_K=4 split a cuBLASLt decode GEMM");
+    const bool sliced = cfg.d_ff >= 2 * cfg.d_model;
+    CHECK_MSG(default_stats.max_split == (sliced ? cfg.d_ff / cfg.d_model : 1),
+              what + ": slices by default: " + std::to_string(default_stats.max_split));
+    for (const auto& [setting, slices] : {std::pair{"1", 1}, std::pair{"4", sliced ? 4 : 1}}) {
+      const std::string how = what + ", OPTUNE_CUDA_SPLIT_K=" + setting;
+      const SampleResult res = check_bf16_variant({{"OPTUNE_CUDA_SPLIT_K", setting}}, &cuda::SamplerStats::lt_gemms,
+                                                  *m, w, req, how);
+      cuda::SamplerStats split_stats;
+      sample_under({{"OPTUNE_CUDA_SPLIT_K", setting}}, *m, w, req, &split_stats);
+      CHECK_MSG(split_stats.max_split == slices, how + ": slices " + std::to_string(split_stats.max_split));
+      if (!sliced) CHECK_MSG(res.token_logps == lt.token_logps, how + ": an unsplit GEMM changed");
+      // against the default, token by token while the responses agree: a slice lost or added twice would move the
+      // MLP's output, and the log-probs, by far more than summation order does
+      double worst = 0.0;
+      for (size_t r = 0; r + 1 < res.offsets.size() && res.offsets.size() == lt.offsets.size(); r++)
+        for (int t = res.offsets[r], u = lt.offsets[r];
+             t < res.offsets[r + 1] && u < lt.offsets[r + 1] && res.tokens[t] == lt.tokens[u]; t++, u++)
+          worst = std::max(worst, static_cast<double>(std::fabs(res.token_logps[t] - lt.token_logps[u])));
+      std::printf("  %s: worst log-prob difference from the default %.2e\n", how.c_str(), worst);
+      CHECK_MSG(worst < 2e-2, how + ": log-probs " + std::to_string(worst) + " from the default's");
+    }
   }
   // fp32 stays on cuBLAS whatever the knob says
   auto m = make_model(wide_gpt2());
@@ -578,9 +598,9 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
 
 TEST(automatic_k_split_at_gpt2_width) {
   // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice (OPTUNE_CUDA_SPLIT_K=
-  // auto) splits the decode GEMMs on cuBLAS. Unset, optune splits nothing by default (fp32 on cuBLAS, bf16 on
-  // cuBLASLt), and the automatic choice applies with the bf16 decode GEMM kernel (OPTUNE_CUDA_DECODE_GEMM=own; fp32
-  // stays on cuBLAS).
+  // auto) splits the decode GEMMs on cuBLAS. Unset, fp32 (cuBLAS) splits nothing, bf16 (cuBLASLt) splits the MLP
+  // output projection into K / N = 4 slices, and the automatic choice applies with the bf16 decode GEMM kernel
+  // (OPTUNE_CUDA_DECODE_GEMM=own; fp32 stays on cuBLAS).
   ModelConfig c = testing::tiny_gpt2(1000);
   c.d_model = 768, c.n_head = 12, c.n_kv_head = 12, c.head_dim = 64, c.d_ff = 3072, c.n_layer = 1;
   c.max_positions = 32;
@@ -595,7 +615,8 @@ TEST(automatic_k_split_at_gpt2_width) {
     const SampleResult res =
         sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "cublas"}, {"OPTUNE_CUDA_SPLIT_K", "auto"}}, *m, w, req, &stats);
     const std::string what = bf16 ? "bf16" : "fp32";
-    CHECK_MSG(default_stats.max_split == 1, what + ": the default split a decode GEMM");
+    CHECK_MSG(default_stats.max_split == (bf16 ? 4 : 1),
+              what + ": slices by default: " + std::to_string(default_stats.max_split));
     CHECK_MSG((own_stats.max_split > 1) == bf16,
               what + ": slices with OPTUNE_CUDA_DECODE_GEMM=own: " + std::to_string(own_stats.max_split));
     CHECK_MSG(stats.max_split > 1, what + ": the automatic choice split no decode GEMM");
