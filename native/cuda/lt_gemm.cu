@@ -174,23 +174,26 @@ LtGemms::LtGemms(cudaStream_t stream, void* workspace, size_t bytes)
 
 void LtGemms::mm(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, float beta,
                  float* C, int ldc) {
-  if (M <= 0 || N <= 0) return;
-  const PlanKey key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A), alignment_of(B), alignment_of(C),
-                    0, bytes_, device_, 1};
-  const Call call{A, B, nullptr, C, beta, workspace_, bytes_, stream_};
-  run(plan_for(key, call), call);
+  product(M, N, K, A, B, trans_b, beta, C, ldc, 1);
 }
 
 void LtGemms::mm_sliced(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, int S,
                         float* C) {
+  product(M, N, K, A, B, trans_b, 0.0f, C, N, S);
+}
+
+void LtGemms::product(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, float beta,
+                      float* C, int ldc, int S) {
   if (M <= 0 || N <= 0) return;
-  OPTUNE_CHECK(S >= 1 && K % S == 0, "internal: LtGemms::mm_sliced with K " + std::to_string(K) + " in " +
+  OPTUNE_CHECK(S >= 1 && K % S == 0, "internal: a cuBLASLt GEMM with K " + std::to_string(K) + " in " +
                                          std::to_string(S) + " slices");
+  // a strided batch's later matrices must keep the alignment its first one gives the plan (S = 1: no batch)
   const size_t Ks = K / S, bf = sizeof(__nv_bfloat16);
-  const PlanKey key{M, N, K, trans_b, false, N, kNone, alignment_of(A, Ks * bf),
-                    alignment_of(B, (trans_b ? Ks : Ks * N) * bf), alignment_of(C, size_t(M) * N * sizeof(float)), 0,
-                    bytes_, device_, S};
-  const Call call{A, B, nullptr, C, 0.0f, workspace_, bytes_, stream_};
+  const size_t step_a = S > 1 ? Ks * bf : 0, step_b = S > 1 ? (trans_b ? Ks : Ks * N) * bf : 0,
+               step_c = S > 1 ? static_cast<size_t>(M) * ldc * sizeof(float) : 0;
+  const PlanKey key{M, N, K, trans_b, beta != 0.0f, ldc, kNone, alignment_of(A, step_a), alignment_of(B, step_b),
+                    alignment_of(C, step_c), 0, bytes_, device_, S};
+  const Call call{A, B, nullptr, C, beta, workspace_, bytes_, stream_};
   run(plan_for(key, call), call);
 }
 

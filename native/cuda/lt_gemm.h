@@ -40,6 +40,9 @@ class LtGemms {
                     const __nv_bfloat16* bias, __nv_bfloat16* out);
 
  private:
+  // C (row stride ldc) = beta C + the product, in S K-slices (S = 1: whole; mm_sliced's layout otherwise).
+  void product(int M, int N, int K, const __nv_bfloat16* A, const __nv_bfloat16* B, bool trans_b, float beta, float* C,
+               int ldc, int S);
   cudaStream_t stream_;
   void* workspace_;
   size_t bytes_;

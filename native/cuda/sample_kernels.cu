@@ -306,6 +306,7 @@ __global__ void __launch_bounds__(kPickThreads) pick_kernel(const float* logits,
     for_each_in_row(z, V, [&](int, float x) { sum += expf(x - mx); });
     sum = block_sum(sum, scratch);
     if (p.temperature != 0.0f) {  // filtered
+      // (u drawn in each branch: once above both, ptxas spilled 16 bytes more a thread)
       const double u = rng_uniform(p.seed, s.stream[slot], static_cast<uint64_t>(step));
       const double inv_t = 1.0 / p.temperature;
       const int32_t* idx = sorted + static_cast<int64_t>(row) * V;

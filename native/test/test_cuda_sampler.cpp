@@ -403,9 +403,10 @@ namespace {
 // (OPTUNE_CUDA_DECODE_GEMM=cublas) on the same request: calls went its way (`used`, a SamplerStats counter, is
 // positive in its stats and 0 in cuBLAS's), a graph was captured, a second run gives the same results, the layout
 // holds, and the log-probs stay within bf16's bound (0.1, or twice cuBLAS's error) of a full CPU forward. Returns the
-// variant's result.
+// variant's result (and its stats in out_stats when given).
 SampleResult check_bf16_variant(const testing::Env& env, int cuda::SamplerStats::*used, const Model& m,
-                                const DeviceWeights& w, const SampleRequest& req, const std::string& what) {
+                                const DeviceWeights& w, const SampleRequest& req, const std::string& what,
+                                cuda::SamplerStats* out_stats = nullptr) {
   cuda::SamplerStats stats, cublas_stats;
   const SampleResult base = sample_under({{"OPTUNE_CUDA_DECODE_GEMM", "cublas"}}, m, w, req, &cublas_stats);
   const SampleResult res = sample_under(env, m, w, req, &stats);
@@ -422,6 +423,7 @@ SampleResult check_bf16_variant(const testing::Env& env, int cuda::SamplerStats:
                                std::to_string(bound) + ")");
   std::printf("  %s: worst log-prob error %.2e (cuBLAS %.2e); %.0f%% of responses equal cuBLAS's\n", what.c_str(),
               worst, worst_cublas, 100 * agreement(res, base));
+  if (out_stats) *out_stats = stats;
   return res;
 }
 }  // namespace
@@ -468,10 +470,9 @@ TEST(lt_decode_gemms_stay_close) {
               what + ": slices by default: " + std::to_string(default_stats.max_split));
     for (const auto& [setting, slices] : {std::pair{"1", 1}, std::pair{"4", sliced ? 4 : 1}}) {
       const std::string how = what + ", OPTUNE_CUDA_SPLIT_K=" + setting;
-      const SampleResult res = check_bf16_variant({{"OPTUNE_CUDA_SPLIT_K", setting}}, &cuda::SamplerStats::lt_gemms,
-                                                  *m, w, req, how);
       cuda::SamplerStats split_stats;
-      sample_under({{"OPTUNE_CUDA_SPLIT_K", setting}}, *m, w, req, &split_stats);
+      const SampleResult res = check_bf16_variant({{"OPTUNE_CUDA_SPLIT_K", setting}}, &cuda::SamplerStats::lt_gemms,
+                                                  *m, w, req, how, &split_stats);
       CHECK_MSG(split_stats.max_split == slices, how + ": slices " + std::to_string(split_stats.max_split));
       if (!sliced) CHECK_MSG(res.token_logps == lt.token_logps, how + ": an unsplit GEMM changed");
       // against the default, token by token while the responses agree: a slice lost or added twice would move the
