@@ -6,6 +6,10 @@
 //   {"op": "sample", "precision": "fp32", "tok_per_s": ..., "peak_mem_bytes": ..., ...}
 // peak_mem_bytes = the weights on the device (+ the bf16 copy) + what the call allocates (KV cache, activations,
 // logits, outputs) + the sampler's cuBLAS workspace: the tensors a PyTorch run would count in max_memory_allocated.
+// A call's host wall time by part, averaged over the reps (SamplerStats): setup_ms (device buffers, GEMM handles),
+// prefill_ms, decode_ms (of which capture_ms capturing graphs and sync_ms waiting at the active set's rebuilds;
+// eager_steps decode steps ran without a graph), collect_ms (tokens back to the host), teardown_ms (freeing), and
+// sec - the parts (the request's checks, the result's return).
 // By default the bf16 decode GEMMs run on cuBLASLt (GPT-2's MLP bias and GELU in the GEMM: lt_gemm.h; its output
 // projection in 4 K-slices that the next norm adds: sampler_cuda.cu lt_split) and, on sm_90 and up, the decode
 // step's own kernels launch early (programmatic dependent launch, launch.h). Then bf16 variants
@@ -75,24 +79,31 @@ int main(int argc, char** argv) {
       const cuda::SamplerWeights w{w32.data(), bf16 ? w16.data() : nullptr};
       cuda::SamplerStats stats;
       cuda::sample_with_weights(*m, w, r, &stats);  // warm-up: module loading, cuBLAS heuristics
-      double prefill_ms = 0, decode_ms = 0;
+      // a call's parts (host wall time), summed over the reps: what the call costs beyond its kernels
+      double setup_ms = 0, prefill_ms = 0, decode_ms = 0, capture_ms = 0, sync_ms = 0, collect_ms = 0,
+             teardown_ms = 0;
       size_t tokens = 0;
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < reps; i++) {
         const SampleResult res = cuda::sample_with_weights(*m, w, r, &stats);
         tokens += res.tokens.size();
-        prefill_ms += stats.prefill_ms, decode_ms += stats.decode_ms;
+        setup_ms += stats.setup_ms, prefill_ms += stats.prefill_ms, decode_ms += stats.decode_ms;
+        capture_ms += stats.capture_ms, sync_ms += stats.sync_ms, collect_ms += stats.collect_ms;
+        teardown_ms += stats.teardown_ms;
       }
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
       const size_t weights = m->params.size() * (bf16 ? 6 : 4);
       std::printf("{\"op\": \"%s\", \"precision\": \"%s\", \"tok_per_s\": %.1f, \"peak_mem_bytes\": %zu, "
-                  "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"prefill_ms\": %.3f, "
-                  "\"decode_ms\": %.3f, \"decode_steps\": %d, \"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
+                  "\"batch\": %d, \"prompt\": %d, \"new\": %d, \"sec\": %.5f, \"setup_ms\": %.3f, "
+                  "\"prefill_ms\": %.3f, \"decode_ms\": %.3f, \"capture_ms\": %.3f, \"sync_ms\": %.3f, "
+                  "\"collect_ms\": %.3f, \"teardown_ms\": %.3f, \"decode_steps\": %d, \"eager_steps\": %d, "
+                  "\"graphs\": %d, \"max_split\": %d, \"own_gemms\": %d, "
                   "\"early_launch\": %s, \"row_sorts\": %d, \"lt_gemms\": %d, \"tf32\": %s, "
                   "\"call_bytes\": %zu, \"graph_error\": \"%s\", \"device\": \"%s\"}\n",
                   op, bf16 ? "bf16" : "fp32", static_cast<double>(tokens) / reps / sec,
-                  weights + stats.device_bytes + workspace, B, P, N, sec, prefill_ms / reps, decode_ms / reps,
-                  stats.decode_steps, stats.graphs, stats.max_split, stats.own_gemms,
+                  weights + stats.device_bytes + workspace, B, P, N, sec, setup_ms / reps, prefill_ms / reps,
+                  decode_ms / reps, capture_ms / reps, sync_ms / reps, collect_ms / reps, teardown_ms / reps,
+                  stats.decode_steps, stats.eager_steps, stats.graphs, stats.max_split, stats.own_gemms,
                   stats.early_launch ? "true" : "false", stats.row_sorts, stats.lt_gemms,
                   stats.tf32 ? "true" : "false", stats.device_bytes, json_safe(stats.graph_error).c_str(),
                   device.c_str());

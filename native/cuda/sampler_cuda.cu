@@ -38,6 +38,11 @@ constexpr int kMinBucket = 8;          // smallest decode batch a graph is captu
 constexpr int kPrefillTokens = 8192;   // prompt tokens per prefill chunk (bounds the activation buffers)
 constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
 // ---- request checks (the CPU sampler's rules and messages) ----------------------------------------------------------
 
 void check_request(const Model& m, const SampleRequest& r) {
@@ -319,14 +324,15 @@ class Sampler {
   }
 
   SampleResult run(SamplerStats* stats) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const auto t0 = Clock::now();
     init_state();
     prefill();
     order_rows(n_prompts_);
     pick_tokens(logits_.data(), K_, sorted_.data(), R_, state_, params_, st());
     sync();
-    const auto t1 = std::chrono::steady_clock::now();
-    int steps = 0, graphs = 0, bucket = 0;
+    const auto t1 = Clock::now();
+    int steps = 0, graphs = 0, bucket = 0, eager = 0;
+    double capture_ms = 0, sync_ms = 0;
     std::map<int, GraphExec> execs;
     std::map<int, int> runs;  // eager runs per bucket: the first run is eager, the next ones replay a graph
     bool use_graphs = graphs_enabled();
@@ -334,7 +340,9 @@ class Sampler {
     for (int step = 1; step < r_.max_new_tokens; step++) {
       if ((step - 1) % kCompactEvery == 0) {
         compact_active(state_, st());
+        const auto ts = Clock::now();
         const int n_active = read_ctl();  // a sync; reports non-finite logits
+        sync_ms += ms_between(ts, Clock::now());
         if (n_active == 0) break;
         bucket = bucket_for(n_active);
       }
@@ -343,7 +351,9 @@ class Sampler {
         g.launch(st());
       } else if (use_graphs && runs[bucket] > 0) {
         try {
+          const auto tc = Clock::now();
           g.capture(st(), [&] { decode_step(bucket); });
+          capture_ms += ms_between(tc, Clock::now());
           g.launch(st());
           graphs++;
         } catch (const Error& e) {
@@ -353,20 +363,26 @@ class Sampler {
           use_graphs = false;
           graph_error = e.what();
           decode_step(bucket);
+          eager++;
         }
       } else {
         decode_step(bucket);
         runs[bucket]++;
+        eager++;
       }
       steps++;
     }
     read_ctl();
-    const auto t2 = std::chrono::steady_clock::now();
+    const auto t2 = Clock::now();
     SampleResult res = collect();
     if (stats) {
       stats->device_bytes = bytes_;
-      stats->prefill_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
-      stats->decode_ms = std::chrono::duration<double, std::milli>(t2 - t1).count();
+      stats->prefill_ms = ms_between(t0, t1);
+      stats->decode_ms = ms_between(t1, t2);
+      stats->capture_ms = capture_ms;
+      stats->sync_ms = sync_ms;
+      stats->eager_steps = eager;
+      stats->collect_ms = ms_between(t2, Clock::now());
       stats->decode_steps = steps;
       stats->graphs = graphs;
       stats->graph_error = graph_error;
@@ -786,18 +802,30 @@ class Sampler {
   Buffer<char> sort_temp_;
 };
 
+// One call: the Sampler's construction (its device buffers) and destruction (freeing them) timed around its run.
+template <class Act>
+SampleResult run_sampler(const Model& m, const SamplerWeights& w, const SampleRequest& r, SamplerStats* stats) {
+  const auto t0 = Clock::now();
+  Clock::time_point t2;
+  SampleResult res;
+  {
+    Sampler<Act> s(m, w, r);
+    const auto t1 = Clock::now();
+    res = s.run(stats);
+    if (stats) stats->setup_ms = ms_between(t0, t1);
+    t2 = Clock::now();
+  }
+  if (stats) stats->teardown_ms = ms_between(t2, Clock::now());
+  return res;
+}
+
 }  // namespace
 
 SampleResult sample_with_weights(const Model& m, const SamplerWeights& w, const SampleRequest& r,
                                  SamplerStats* stats) {
   check_request(m, r);
   OPTUNE_CHECK(w.f32, "sample: the model's weights are not on the device");
-  if (w.bf16) {
-    Sampler<bf16> s(m, w, r);
-    return s.run(stats);
-  }
-  Sampler<float> s(m, w, r);
-  return s.run(stats);
+  return w.bf16 ? run_sampler<bf16>(m, w, r, stats) : run_sampler<float>(m, w, r, stats);
 }
 
 }  // namespace optune::cuda

@@ -37,8 +37,15 @@ struct SamplerWeights {
 // What one call did (benchmarks).
 struct SamplerStats {
   size_t device_bytes = 0;   // device memory the call allocated: KV cache, activations, logits, outputs
+  // Host wall time of a call's parts (ms), so that what a call costs beyond its kernels shows in the benchmark:
+  double setup_ms = 0;       // the call's device buffers and GEMM handles (before any kernel)
   double prefill_ms = 0;     // prefill and the first token
-  double decode_ms = 0;      // every later token
+  double decode_ms = 0;      // every later token, with the three below
+  double capture_ms = 0;     //   capturing and instantiating the decode graphs
+  double sync_ms = 0;        //   waiting for the device at the active set's rebuilds (sampler_cuda.cu's kCompactEvery)
+  int eager_steps = 0;       //   decode steps launched kernel by kernel (the first of each bucket, or all without graphs)
+  double collect_ms = 0;     // copying the tokens back and building the result
+  double teardown_ms = 0;    // freeing the call's device buffers
   int decode_steps = 0;      // decode steps run (eager or graph)
   int graphs = 0;            // CUDA graphs captured (one per batch bucket used twice or more)
   std::string graph_error;   // why capturing failed (the call then ran eagerly); empty when it did not
