@@ -63,9 +63,9 @@ export interface BenchPreset {
 
 // The presets, and the only place bench settings differ from a plain `optune run`.
 // default: the run schema's defaults (the built-in task as `optune run` runs it).
-// quick:   the CI smoke test, within 3 minutes on 2 cores from a cold cache: the models prepared from 1000 instead
-//          of 3000 train prompts (the default prepare alone takes minutes), 64 pool prompts, 3 iterations,
-//          60 eval prompts, 2 seeds, ablations on 1 seed.
+// quick:   the CI smoke test, about 75 s on 2 cores from a cold cache (bench/RESULTS.md): the models prepared
+//          from 1000 instead of 3000 train prompts (the default prepare alone takes minutes), 64 pool prompts,
+//          3 iterations, 60 eval prompts, 2 seeds, ablations on 1 seed.
 export const PRESETS = {
   default: { name: "default", overrides: [], seeds: 5, ablationSeeds: 3 },
   quick: {

@@ -96,7 +96,7 @@ function addBaselinesAction(bench: Command): Command {
       "benchmarks; without a subcommand: OPTune vs. uniform sampling vs. full regeneration (all), each with dpo " +
         "and wdpo over seeds, plus ablations of the selection statistic and the wDPO weight function",
     )
-    .option("--quick", "the small preset (CI smoke test, about 3 minutes on 2 cores)")
+    .option("--quick", "the small preset (CI smoke test, about 75 s on 2 cores from a cold cache)")
     .option("-c, --config <file>", "run config to benchmark (.yaml, .yml or .json; default: the built-in task's defaults)")
     .option("-o, --out <dir>", "bench directory (default runs/bench-<timestamp>)")
     .option("--seeds <n>", "seeds of the main arms (default: the preset's)", positiveInt)
