@@ -21,6 +21,17 @@ const fatal = (err) => {
 };
 process.on("unhandledRejection", fatal);
 process.on("uncaughtException", fatal);
+// Code the command runs (a reward module) may call process.exit(0) mid-run: that must not pass for success.
+let finished = false;
+process.on("exit", (code) => {
+  if (finished || code !== 0) return;
+  console.error(
+    "optune: the process was told to exit before the command finished (does a reward module call process.exit?); " +
+      "what a run saved is complete: continue it with --resume",
+  );
+  process.exitCode = 1;
+});
 const { main, formatError, debugRequested } = await import(cli.href).catch(fatal);
 format = (err) => formatError(err, debugRequested(process.argv));
 process.exitCode = await main(process.argv);
+finished = true;

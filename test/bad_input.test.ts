@@ -5,7 +5,7 @@
 // process matters), plus resuming under another config and non-finite training steps. docs/errors.md lists them.
 
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
@@ -13,6 +13,7 @@ import { join, resolve } from "node:path";
 
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 
+import { readConfigFile } from "../src/cli/config_file.js";
 import { main } from "../src/cli/index.js";
 import { type Config, type ConfigInput, loadConfig } from "../src/config/schema.js";
 import { EngineModel, type TrainStepOptions } from "../src/engine/index.js";
@@ -316,6 +317,89 @@ describe("a run directory changed by something else", () => {
     await expect(run(config, { resume: true })).rejects.toThrow(
       `${latest}: cannot read the saved run (Unexpected end of JSON input); optune writes it atomically, so it was changed by something else. Start a new run (--overwrite, or another --out directory)`,
     );
+  });
+});
+
+describe("run directories that are not what a flag assumes", () => {
+  const runs = join(scratch, "runs");
+  const metricsLines = (dir: string) => readFileSync(join(dir, "metrics.jsonl"), "utf8");
+
+  it("never writes into or deletes a folder optune did not write, even with --overwrite", async () => {
+    const project = join(scratch, "project");
+    mkdirSync(join(project, "src"), { recursive: true });
+    writeFileSync(join(project, "src", "main.py"), "print('mine')\n");
+    const config = userConfig("foreign", { reward: [{ type: "module", path: goodModule }] });
+    for (const flags of [[], ["--overwrite"]]) {
+      expectCleanFailure(
+        await cli(["--config", config, "--out", project, ...flags]),
+        `optune: ${project} is not an optune run directory (it holds src, which optune does not write)`,
+      );
+    }
+    expect(readFileSync(join(project, "src", "main.py"), "utf8")).toBe("print('mine')\n");
+    const file = write("not-a-dir", "x");
+    expectCleanFailure(await cli(["--config", config, "--out", file]), `optune: run directory ${file} is a file, not a directory`);
+  });
+
+  it("--overwrite refuses to delete what the new run reads (here its own config file)", async () => {
+    const dir = join(runs, "reread");
+    expect(await cli(["--config", userConfig("reread", { reward: [{ type: "module", path: goodModule }] }), "--iterations", "1"])).toMatchObject({ code: 0 });
+    const before = metricsLines(dir);
+    expectCleanFailure(
+      await cli(["--config", join(dir, "config.json"), "--overwrite"]),
+      `optune: --overwrite would delete ${join(dir, "config.json")}, which this run reads, with ${dir}`,
+    );
+    expect(metricsLines(dir)).toBe(before);
+  });
+
+  it("--resume continues the run in --out even when it was copied or moved there", async () => {
+    const original = join(runs, "original");
+    const config = userConfig("original", { reward: [{ type: "module", path: goodModule }] });
+    expect(await cli(["--config", config, "--iterations", "1"])).toMatchObject({ code: 0 });
+    const copy = join(runs, "copy");
+    cpSync(original, copy, { recursive: true });
+    expect(await cli(["--resume", "--out", copy, "--iterations", "2"])).toMatchObject({ code: 0 });
+    expect(savedIteration(copy)).toBe(2);
+    expect(savedIteration(original)).toBe(1);
+    expect(readMetrics(join(original, "metrics.jsonl")).map((m) => m.iteration)).toEqual([0, 1]);
+  });
+
+  it("a state pointer or state file of another shape is refused and deletes nothing", async () => {
+    const dir = join(runs, "copy"); // from the test above: iterations 0-2, state in state/iter-0002
+    const latest = join(dir, "state", "latest.json");
+    const saved = join(dir, "state", "iter-0002", "state.json");
+    const good = { latest: readFileSync(latest, "utf8"), state: readFileSync(saved, "utf8"), metrics: metricsLines(dir) };
+    writeFileSync(latest, "{}");
+    expectCleanFailure(await cli(["--resume", "--out", dir]), `optune: ${latest}: not a saved run state (iteration: `);
+    writeFileSync(latest, '{"iteration": 1, "dir": "iter-0001"}');
+    expectCleanFailure(await cli(["--resume", "--out", dir]), `optune: ${latest} points at ${join(dir, "state", "iter-0001", "state.json")}, which does not exist`);
+    writeFileSync(latest, good.latest);
+    writeFileSync(saved, good.state.replace(/"iteration": ?2,/, '"iteration": "two",'));
+    expectCleanFailure(await cli(["--resume", "--out", dir]), `optune: ${saved}: not a saved run state (iteration: `);
+    expect(existsSync(saved)).toBe(true);
+    expect(metricsLines(dir)).toBe(good.metrics);
+  });
+
+  it("a run that fails to start leaves nothing behind, so the retry needs no flag", async () => {
+    const broken = write("broken-module.mjs", "export function score(batch) { return batch.responses.map(() => 0) \n");
+    const config = userConfig("failed-start", { reward: [{ type: "module", path: broken }] });
+    expectCleanFailure(await cli(["--config", config]), broken);
+    expect(existsSync(join(runs, "failed-start"))).toBe(false);
+    writeFileSync(broken, "export function score(batch) { return batch.responses.map(() => 0); }\n");
+    expect(await cli(["--config", config, "--iterations", "1"])).toMatchObject({ code: 0 });
+  });
+
+  it("an empty config file still takes the flags", () => {
+    const empty = write("empty.yaml", "# nothing set yet\n");
+    expect(readConfigFile(empty)).toEqual({});
+    expect(readConfigFile(write("null.json", "null"))).toEqual({});
+    expect(readConfigFile(write("bom.json", '\uFEFF{"seed": 4}'))).toEqual({ seed: 4 });
+  });
+
+  it("a reward module that calls process.exit(0) does not pass for success", async () => {
+    const exiting = badModule("exiting", "process.exit(0);");
+    const run = await optuneProcess(["run", "--config", userConfig("exiting", { reward: [{ type: "module", path: exiting }] })]);
+    expectCleanFailure(run, "optune: the process was told to exit before the command finished");
+    expect(savedIteration(join(runs, "exiting"))).toBe(0);
   });
 });
 

@@ -19,7 +19,8 @@ import { type Config, loadConfig } from "../config/schema.js";
 import { userTaskOptions } from "../data/user_config.js";
 import { createUserTask } from "../data/user_task.js";
 import type { IterationMetrics } from "../loop/metrics.js";
-import { runDirInUse, runLoop } from "../loop/run.js";
+import { runLoop } from "../loop/run.js";
+import { runDirStatus } from "../loop/run_dir.js";
 import { createBuiltinTask } from "../tasks/builtin/task.js";
 import type { Task } from "../tasks/task.js";
 import { silentReporter, type Reporter } from "../util/reporter.js";
@@ -207,7 +208,7 @@ function baseConfig(options: BenchOptions): { raw: unknown; config: Config } {
 
 /** Runs every arm over its seeds and writes results.json, results.md and the plot to options.out. */
 export async function runBench(options: BenchOptions): Promise<BenchResult> {
-  if (runDirInUse(options.out)) throw new Error(`${options.out} is not empty: choose another bench directory`);
+  if (runDirStatus(options.out).kind !== "free") throw new Error(`${options.out} is not empty: choose another bench directory`);
   const reporter = options.reporter ?? silentReporter;
   const createTask = options.createTask ?? taskMaker(options.baseDir ?? process.cwd());
   const started = performance.now();

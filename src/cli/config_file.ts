@@ -19,9 +19,11 @@ export function readConfigFile(path: string): unknown {
     });
   }
   const ext = extname(path).toLowerCase();
+  if (text.startsWith("\uFEFF")) text = text.slice(1); // a byte-order mark some editors write
   try {
-    if (ext === ".json") return JSON.parse(text) as unknown;
-    if (ext === ".yaml" || ext === ".yml") return parseYaml(text) as unknown;
+    // An empty (or comment-only, or null) file sets nothing: all defaults, with the flags laid over them.
+    if (ext === ".json") return (JSON.parse(text) as unknown) ?? {};
+    if (ext === ".yaml" || ext === ".yml") return (parseYaml(text) as unknown) ?? {};
   } catch (err) {
     throw new Error(`${path}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
   }
@@ -34,13 +36,17 @@ export function flagValue(value: string): number | string {
   return value.trim() !== "" && Number.isFinite(n) ? n : value;
 }
 
-/** Sets `value` at a dotted path ("loop.rho") in a plain object, creating sections as needed. */
+/**
+ * Sets `value` at a dotted path ("loop.rho") in a plain object, creating missing sections. A section that is there
+ * but is not an object (`loop: 5`) is left as it is, so that the schema reports it rather than the flag hiding it.
+ */
 export function setPath(target: Record<string, unknown>, path: string, value: unknown): void {
   const keys = path.split(".");
   let node = target;
   for (const key of keys.slice(0, -1)) {
     const next = node[key];
-    if (typeof next !== "object" || next === null || Array.isArray(next)) node[key] = {};
+    if (next === undefined || next === null) node[key] = {}; // `loop:` with nothing under it is an empty section
+    else if (typeof next !== "object" || next === null || Array.isArray(next)) return;
     node = node[key] as Record<string, unknown>;
   }
   node[keys[keys.length - 1] as string] = value;

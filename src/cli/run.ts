@@ -2,16 +2,25 @@
 // `task: user`, configured by an optional YAML/JSON file plus flags for the common fields. `--resume` continues a
 // run from its saved config and state.
 
-import { existsSync, readFileSync, rmSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 
 import { Command } from "commander";
 
-import { type Config, loadConfig } from "../config/schema.js";
+import { type Config, ConfigError, loadConfig } from "../config/schema.js";
 import { userTaskOptions, withAbsoluteUserPaths } from "../data/user_config.js";
 import { createUserTask } from "../data/user_task.js";
 import { checkpointDir, completeCheckpoint, iterationCheckpointName } from "../loop/checkpoints.js";
-import { CONFIG_FILE, runDirInUse, runLoop } from "../loop/run.js";
+import { runLoop } from "../loop/run.js";
+import {
+  CONFIG_FILE,
+  checkReplaceable,
+  clearRunDir,
+  existingPaths,
+  foreignRunDirError,
+  runDirStatus,
+} from "../loop/run_dir.js";
+import { readRunJson } from "../loop/state.js";
 import { createBuiltinTask } from "../tasks/builtin/task.js";
 import type { Task } from "../tasks/task.js";
 import type { Reporter } from "../util/reporter.js";
@@ -82,9 +91,31 @@ function resumedRunConfig(flags: RunFlags): Config {
   if (changed.length > 0 || flags.config !== undefined) {
     throw new Error(`--resume continues with the run's saved config; only --iterations may change (got ${[...changed, ...(flags.config ? ["--config"] : [])].join(", ")})`);
   }
-  const saved = JSON.parse(readFileSync(path, "utf8")) as unknown;
+  const saved = readRunJson(path);
+  // The run is where it is now (it may have been copied or moved), whatever its saved config says.
+  const resumed = new Map<string, unknown>([["run.dir", dir]]);
   const iterations = overrides.get("loop.iterations");
-  return loadConfig(withOverrides(saved, new Map(iterations === undefined ? [] : [["loop.iterations", iterations]])));
+  if (iterations !== undefined) resumed.set("loop.iterations", iterations);
+  try {
+    return loadConfig(withOverrides(saved, resumed));
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    throw new Error(`${path} (the saved config of the run being resumed): ${err.message}`, { cause: err });
+  }
+}
+
+/**
+ * With --overwrite, checks that the run directory may be replaced: only an optune run (never a folder holding other
+ * files), and not while it holds the working directory or anything the new run reads (its config file, models,
+ * prompts, reward modules). It is emptied only once the new run's task has been created.
+ */
+function checkOverwrite(config: Config, configFile: string | undefined): void {
+  const dir = config.run.dir;
+  const status = runDirStatus(dir);
+  if (status.kind === "foreign") throw foreignRunDirError(dir, status.entries);
+  if (status.kind === "free") return;
+  const reads = existingPaths(config, new Set(["run.dir"]));
+  checkReplaceable(dir, configFile === undefined ? reads : [...reads, configFile]);
 }
 
 export function runCommand(): Command {
@@ -99,11 +130,14 @@ export function runCommand(): Command {
   return command.action(async function (this: Command, flags: RunFlags) {
     const resume = flags.resume === true;
     const config = resume ? resumedRunConfig(flags) : newRunConfig(flags);
-    if (!resume && runDirInUse(config.run.dir)) {
-      if (flags.overwrite !== true) {
+    const overwrite = !resume && flags.overwrite === true;
+    if (overwrite) checkOverwrite(config, flags.config);
+    else if (!resume) {
+      const status = runDirStatus(config.run.dir);
+      if (status.kind === "foreign") throw foreignRunDirError(config.run.dir, status.entries);
+      if (status.kind === "run") {
         throw new Error(`${config.run.dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or --out <dir>`);
       }
-      rmSync(config.run.dir, { recursive: true, force: true });
     }
 
     const reporter = terminalReporter();
@@ -117,6 +151,7 @@ export function runCommand(): Command {
     try {
       const started = performance.now();
       const task = await createTask(config, reporter);
+      if (overwrite) clearRunDir(config.run.dir);
       // Each saved checkpoint gets the task's extra files (a user task's tokenizer) as soon as it is written.
       const onIteration = ({ iteration }: { iteration: number }) => {
         const dir = checkpointDir(config.run.dir, iterationCheckpointName(iteration));

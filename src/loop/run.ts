@@ -10,7 +10,7 @@
 // With refreshReference, the reference becomes a copy of the policy at the start of each iteration t >= 2, and
 // every cached reference log-prob in the pool is recomputed under it right then (once per pooled response).
 
-import { existsSync, mkdirSync, readdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
 import type { Config } from "../config/schema.js";
@@ -27,7 +27,8 @@ import { createPool, trainablePairs, type Pool } from "./pool.js";
 import { recomputePoolReference } from "./reference.js";
 import { engineSeed, iterationRng, Purpose } from "./seeds.js";
 import { selectPrompts } from "./selection.js";
-import { checkResumeConfig, isTempLeftover, loadRunState, removeLeftovers, saveRunState, type RunState } from "./state.js";
+import { CONFIG_FILE, METRICS_FILE, clearRunDir, foreignRunDirError, runDirStatus } from "./run_dir.js";
+import { checkResumeConfig, loadRunState, removeLeftovers, saveRunState, type RunState } from "./state.js";
 import { NonFiniteStepError, trainOnPool, type TrainSettings, type TrainSummary } from "./train.js";
 import { updatePairs } from "./update_pool.js";
 
@@ -53,13 +54,7 @@ export interface RunResult {
   finalCheckpoint: string | null;
 }
 
-export const CONFIG_FILE = "config.json";
-export const METRICS_FILE = "metrics.jsonl";
-
-/** True when `dir` already holds files of a run (a temp file of a run killed before it wrote any does not count). */
-export function runDirInUse(dir: string): boolean {
-  return existsSync(dir) && readdirSync(dir).some((name) => !isTempLeftover(name));
-}
+export { CONFIG_FILE, METRICS_FILE } from "./run_dir.js";
 
 function trainSettings(config: Config): TrainSettings {
   return {
@@ -300,21 +295,28 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   const shouldStop = options.shouldStop ?? (() => false);
   const runDir = config.run.dir;
   const resume = options.resume === true;
-  if (!resume && runDirInUse(runDir)) {
+  const dirStatus = runDirStatus(runDir);
+  if (dirStatus.kind === "foreign") throw foreignRunDirError(runDir, dirStatus.entries);
+  if (!resume && dirStatus.kind === "run") {
     throw new Error(`${runDir} already holds a run: resume it, or choose another run directory`);
   }
   if (resume) checkResumeConfig(runDir, config, CONFIG_FILE);
   // A run killed while saving leaves temp files; the saved state itself is complete (state.ts).
   removeLeftovers(runDir);
   const loaded = resume ? loadRunState(runDir) : null;
-  mkdirSync(runDir, { recursive: true });
-  writeJsonAtomic(join(runDir, CONFIG_FILE), config);
+  if (resume && loaded === null) reporter.line(`${runDir} has no completed iteration: starting it from iteration 0`);
 
+  // Models and reward sources load before the run directory is written, so that a bad model, device or reward
+  // leaves nothing behind to block the retry.
   const placement = { device: config.device, precision: config.precision };
   const policy = await EngineModel.load(loaded?.policyDir ?? task.policyDir, placement);
   const reference = await EngineModel.load(loaded?.referenceDir ?? task.referenceDir ?? task.policyDir, placement);
   const proxy = await task.createRewardSource();
   const evaluator = await task.createEvalSource();
+  // A run that failed before saving iteration 0 left only its config: a new one starts over in its place.
+  if (!resume && dirStatus.kind === "unstarted") clearRunDir(runDir);
+  mkdirSync(runDir, { recursive: true });
+  writeJsonAtomic(join(runDir, CONFIG_FILE), config);
   const ctx: LoopContext = {
     config,
     task,
@@ -341,6 +343,12 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
       await loaded.restoreOptimizer(policy);
       metrics = truncateMetrics(join(runDir, METRICS_FILE), loaded.state.iteration);
       reporter.line(`resuming ${runDir} after iteration ${loaded.state.iteration}`);
+      if (loaded.state.iteration >= config.loop.iterations) {
+        reporter.line(
+          `${runDir} has completed ${loaded.state.iteration} iterations (loop.iterations: ${config.loop.iterations}): ` +
+            "nothing to run; give a larger --iterations to extend it",
+        );
+      }
     } else {
       truncateMetrics(join(runDir, METRICS_FILE), -1);
       const start = await evaluateStart(ctx);

@@ -18,6 +18,8 @@
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
+import { z } from "zod";
+
 import { type Config, ConfigError, loadConfig } from "../config/schema.js";
 import type { EngineModel } from "../engine/index.js";
 import { writeJsonAtomic } from "../util/atomic.js";
@@ -49,6 +51,45 @@ interface SavedState {
 interface LatestPointer {
   iteration: number;
   dir: string;
+}
+
+// The shapes a saved state must have to be resumed; a file that parses but has another shape was changed outside
+// optune, and is refused before anything in the run directory is touched.
+const iterationNumber = z.number().int().min(0);
+const tokenIds = z.array(z.number().int().min(0));
+const SavedPairSchema = z.object({
+  chosenIds: tokenIds,
+  rejectedIds: tokenIds,
+  rewardChosen: z.number(),
+  rewardRejected: z.number(),
+  refLogpChosen: z.number(),
+  refLogpRejected: z.number(),
+  iteration: iterationNumber,
+  allRewards: z.array(z.number()),
+  trainable: z.boolean(),
+});
+const SavedStateSchema = z.object({
+  version: z.literal(STATE_VERSION),
+  iteration: iterationNumber,
+  pool: z.array(
+    z.object({ promptId: z.number().int(), history: z.array(z.number()), pair: SavedPairSchema.nullable() }),
+  ),
+  initialEval: z.object({ greedy: z.array(z.number()), sampled: z.array(z.array(z.number())) }),
+});
+const LatestPointerSchema = z
+  .object({ iteration: iterationNumber, dir: z.string() })
+  .refine((p) => p.dir === iterationDirName(p.iteration), { message: "dir must name the iteration's state directory" });
+
+/** `value` read from `path`, checked against `schema`; another shape means the file was changed outside optune. */
+function checkedRunJson<T>(path: string, value: unknown, schema: z.ZodType<T>): T {
+  const parsed = schema.safeParse(value);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0]!;
+  const where = issue.path.length > 0 ? issue.path.join(".") : "the file";
+  throw new Error(
+    `${path}: not a saved run state (${where}: ${issue.message}); optune writes it atomically, so it was changed by ` +
+      "something else. Start a new run (--overwrite, or another --out directory)",
+  );
 }
 
 function stateRoot(runDir: string): string {
@@ -115,7 +156,7 @@ export async function saveRunState(runDir: string, state: RunState, models: Stat
 }
 
 /** Parses a JSON file of the run directory; a file that does not parse was changed outside optune. */
-function readRunJson(path: string): unknown {
+export function readRunJson(path: string): unknown {
   try {
     return JSON.parse(readFileSync(path, "utf8")) as unknown;
   } catch (err) {
@@ -131,7 +172,15 @@ function readRunJson(path: string): unknown {
 function readPointer(runDir: string): LatestPointer | null {
   const path = join(stateRoot(runDir), "latest.json");
   if (!existsSync(path)) return null;
-  return readRunJson(path) as LatestPointer;
+  const pointer = checkedRunJson(path, readRunJson(path), LatestPointerSchema);
+  const dir = join(stateRoot(runDir), pointer.dir, "state.json");
+  if (!existsSync(dir)) {
+    throw new Error(
+      `${path} points at ${dir}, which does not exist; optune writes the state before the pointer, so it was ` +
+        "changed by something else. Start a new run (--overwrite, or another --out directory)",
+    );
+  }
+  return pointer;
 }
 
 export interface LoadedState {
@@ -148,8 +197,19 @@ export function loadRunState(runDir: string): LoadedState | null {
   const pointer = readPointer(runDir);
   if (pointer === null) return null;
   const dir = join(stateRoot(runDir), pointer.dir);
-  const saved = readRunJson(join(dir, "state.json")) as SavedState;
-  if (saved.version !== STATE_VERSION) throw new Error(`${dir}: run state version ${saved.version}, expected ${STATE_VERSION}`);
+  const path = join(dir, "state.json");
+  const raw = readRunJson(path);
+  const version = (raw as { version?: unknown } | null)?.version;
+  if (version !== STATE_VERSION) {
+    throw new Error(`${path}: run state version ${String(version)}, expected ${STATE_VERSION}`);
+  }
+  const saved: SavedState = checkedRunJson(path, raw, SavedStateSchema);
+  if (saved.iteration !== pointer.iteration) {
+    throw new Error(
+      `${path}: iteration ${saved.iteration}, but latest.json says ${pointer.iteration}; the run directory was ` +
+        "changed by something else. Start a new run (--overwrite, or another --out directory)",
+    );
+  }
   const referenceDir = join(dir, "reference");
   return {
     state: { iteration: saved.iteration, pool: deserializePool(saved.pool), initialEval: saved.initialEval },
