@@ -403,6 +403,33 @@ describe("run directories that are not what a flag assumes", () => {
   });
 });
 
+describe("the built-in task's inputs", () => {
+  it("a policy of another vocabulary is refused before the run directory is written", async () => {
+    const config = tinyConfig("other-vocab", { model: { policy: join(FIXTURES, "smollm") } });
+    await expect(run(config)).rejects.toThrow(
+      new RegExp(`^${join(FIXTURES, "smollm")}: a vocabulary of \\d+ tokens, but the builtin task's tokenizer has \\d+: `),
+    );
+    expect(existsSync(config.run.dir)).toBe(false);
+  });
+
+  it("a metrics line changed by something else is named with its line number", async () => {
+    const config = tinyConfig("metrics-line", { loop: { iterations: 1, prompts: 16, k: 3, rho: 0.5, batchPairs: 4, tieThreshold: 0 } });
+    await run(config);
+    const metrics = join(config.run.dir, "metrics.jsonl");
+    writeFileSync(metrics, readFileSync(metrics, "utf8") + "garbage\n");
+    await expect(run(config, { resume: true })).rejects.toThrow(`${metrics}:3: not a metrics record (`);
+  });
+
+  it("demo prepare refuses a user task's config", async () => {
+    const config = userConfig("demo-user", { reward: [{ type: "module", path: goodModule }] });
+    const errors: string[] = [];
+    const error = vi.spyOn(console, "error").mockImplementation((...parts) => void errors.push(parts.join(" ")));
+    const code = await main(["node", "optune", "demo", "prepare", "--config", config]);
+    error.mockRestore();
+    expectCleanFailure({ code, stderr: errors.join("\n") }, `optune: ${config}: task 'user' has nothing to prepare`);
+  });
+});
+
 describe("a non-finite gradient", () => {
   it("stops the run with the engine's message, keeping the last completed iteration; resumable with skipNonFinite", async () => {
     const config = tinyConfig("nonfinite-stop");

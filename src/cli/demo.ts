@@ -14,6 +14,9 @@ function prepareCommand(): Command {
     .option("-c, --config <file>", "run config whose prepare section (and run.cacheDir) to use")
     .action(async (flags: { config?: string }) => {
       const config = loadConfig(flags.config === undefined ? {} : readConfigFile(flags.config));
+      if (config.task !== "builtin") {
+        throw new Error(`${flags.config}: task '${config.task}' has nothing to prepare; demo prepare makes the built-in task's models`);
+      }
       const started = performance.now();
       const prepared = await ensurePrepared(config.prepare, config.run.cacheDir, terminalReporter());
       const { report, paths } = prepared;

@@ -66,10 +66,20 @@ export function readMetrics(path: string): IterationMetrics[] {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
     throw err;
   }
-  return text
-    .split("\n")
-    .filter((line) => line.trim() !== "")
-    .map((line) => JSON.parse(line) as IterationMetrics);
+  const records: IterationMetrics[] = [];
+  text.split("\n").forEach((line, i) => {
+    if (line.trim() === "") return;
+    try {
+      records.push(JSON.parse(line) as IterationMetrics);
+    } catch (err) {
+      throw new Error(
+        `${path}:${i + 1}: not a metrics record (${err instanceof Error ? err.message : String(err)}); optune ` +
+          "appends whole lines, so the file was changed by something else: restore that line or remove it",
+        { cause: err },
+      );
+    }
+  });
+  return records;
 }
 
 /** Drops records past `lastIteration` (written after the last saved state, by an interrupted run). */

@@ -288,6 +288,20 @@ async function saveIteration(ctx: LoopContext, metrics: IterationMetrics): Promi
   await saveRunState(runDir, ctx.state, { policy: ctx.policy, reference: referenceIsRefreshed ? ctx.reference : null });
 }
 
+/** A policy or reference for `task`, refused when its vocabulary is not the one the task's token ids assume. */
+async function loadTaskModel(task: Task, dir: string, placement: Parameters<typeof EngineModel.load>[1]): Promise<EngineModel> {
+  const model = await EngineModel.load(dir, placement);
+  const vocab = model.config.vocabSize;
+  if (task.vocabSize !== undefined && vocab !== task.vocabSize) {
+    await model.dispose();
+    throw new Error(
+      `${dir}: a vocabulary of ${vocab} tokens, but the ${task.name} task's tokenizer has ${task.vocabSize}: give ` +
+        `model.policy / model.reference a model of this task (e.g. a checkpoint of an earlier optune run on it)`,
+    );
+  }
+  return model;
+}
+
 /** Runs (or resumes) the loop in config.run.dir. */
 export async function runLoop(options: RunOptions): Promise<RunResult> {
   const { config, task } = options;
@@ -309,10 +323,21 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   // Models and reward sources load before the run directory is written, so that a bad model, device or reward
   // leaves nothing behind to block the retry.
   const placement = { device: config.device, precision: config.precision };
-  const policy = await EngineModel.load(loaded?.policyDir ?? task.policyDir, placement);
-  const reference = await EngineModel.load(loaded?.referenceDir ?? task.referenceDir ?? task.policyDir, placement);
-  const proxy = await task.createRewardSource();
-  const evaluator = await task.createEvalSource();
+  const opened: Array<{ dispose?: () => unknown }> = []; // disposed if a later one fails to load
+  const open = async <T extends { dispose?: () => unknown }>(load: Promise<T>): Promise<T> => {
+    try {
+      const item = await load;
+      opened.push(item);
+      return item;
+    } catch (err) {
+      await Promise.all(opened.map((item) => item.dispose?.()));
+      throw err;
+    }
+  };
+  const policy = await open(loadTaskModel(task, loaded?.policyDir ?? task.policyDir, placement));
+  const reference = await open(loadTaskModel(task, loaded?.referenceDir ?? task.referenceDir ?? task.policyDir, placement));
+  const proxy = await open(task.createRewardSource());
+  const evaluator = await open(task.createEvalSource());
   // A run that failed before saving iteration 0 left only its config: a new one starts over in its place.
   if (!resume && dirStatus.kind === "unstarted") clearRunDir(runDir);
   mkdirSync(runDir, { recursive: true });

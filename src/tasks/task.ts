@@ -27,6 +27,11 @@ export interface Task {
   readonly policyDir: string;
   /** Checkpoint directory of the reference model; the starting policy when absent. */
   readonly referenceDir?: string;
+  /**
+   * The vocabulary size the task's prompts and decoding assume, when the models must match it exactly (the built-in
+   * task's own character tokenizer); checked when the loop loads the policy and reference.
+   */
+  readonly vocabSize?: number;
   decode(responseIds: Int32Array): DecodedText;
   /** The reward the loop optimizes (for the built-in task: a learned reward model, i.e. a proxy). */
   createRewardSource(): Promise<RewardSource>;

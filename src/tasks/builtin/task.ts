@@ -11,7 +11,7 @@ import type { Task, TaskPrompt } from "../task.js";
 import { goldReward } from "./gold.js";
 import { builtinSplit, ensurePrepared, type PreparedTask } from "./prepare.js";
 import type { Prompt } from "./prompts.js";
-import { decodeResponse, encodePrompt, EOS_ID } from "./tokenizer.js";
+import { decodeResponse, encodePrompt, EOS_ID, VOCAB_SIZE } from "./tokenizer.js";
 
 export interface BuiltinTask extends Task {
   readonly prepared: PreparedTask;
@@ -44,6 +44,7 @@ export async function createBuiltinTask(config: Config, reporter: Reporter = sil
     evalPrompts: evaluation.map(toTaskPrompt),
     stopTokens: [EOS_ID],
     policyDir: config.model.policy ?? prepared.paths.policy,
+    vocabSize: VOCAB_SIZE,
     decode: (ids) => decodeResponse(ids),
     createRewardSource: async () =>
       // The proxy also scores eval responses (to compare proxy and gold on the same responses).
