@@ -105,6 +105,12 @@ describe("eval split", () => {
     expect([...split.train, ...split.eval].map((r) => r.text).sort()).toEqual(["a", "b", "c", "d"]);
   });
 
+  it("reads a file that starts with a byte-order mark, and names the file when it cannot split it", () => {
+    const path = file("bom.jsonl", ["\uFEFF" + JSON.stringify({ prompt: "first" }), JSON.stringify({ prompt: "second" })]);
+    expect(readPromptFile(path, { evalCount: 1 }).train).toHaveLength(1);
+    expect(() => readPromptFile(path, { evalCount: 2 })).toThrow(`${path}: cannot hold out 2 of 2 unique prompts`);
+  });
+
   it("names a file it cannot read", () => {
     expect(() => readPromptFile(join(dir, "nope.jsonl"))).toThrow(/cannot read prompt file .*nope\.jsonl/);
   });

@@ -54,7 +54,7 @@ export function parsePromptLines(
   const records: PromptRecord[] = [];
   const seen = new Set<string>();
   let duplicates = 0;
-  const lines = text.split("\n");
+  const lines = (text.startsWith("\uFEFF") ? text.slice(1) : text).split("\n"); // without a byte-order mark
   lines.forEach((raw, i) => {
     const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
     if (line.trim() === "") return;
@@ -143,5 +143,9 @@ export function readPromptFile(path: string, options: PromptFileOptions & SplitO
     throw new Error(`cannot read prompt file ${file}: ${reason}`, { cause: err });
   }
   const { records, duplicates } = parsePromptLines(text, file, options);
-  return { ...splitPrompts(records, options), duplicates };
+  try {
+    return { ...splitPrompts(records, options), duplicates };
+  } catch (err) {
+    throw new Error(`${file}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
 }
