@@ -563,8 +563,18 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
                 " (does config.json match the weights?)");
   }
   auto m = make_model(cfg);
-  for (size_t i = 0; i < layout.tensors.size(); i++)
-    source_of[i].file->read_f32(*source_of[i].info, m->params.data() + layout.tensors[i].offset);
+  for (size_t i = 0; i < layout.tensors.size(); i++) {
+    const ParamInfo& p = layout.tensors[i];
+    float* w = m->params.data() + p.offset;
+    source_of[i].file->read_f32(*source_of[i].info, w);
+    // A NaN/Inf weight (or an F64 one beyond float range) would only surface later, as "diverged" logits in the
+    // first sampling call; name the tensor here instead.
+    for (size_t j = 0; j < p.numel; j++)
+      OPTUNE_CHECK(std::isfinite(w[j]), source_of[i].file->path() + ": tensor " + json::quote(source_of[i].info->name) +
+                                            " holds a non-finite value (" + std::to_string(w[j]) + " at element " +
+                                            std::to_string(j) + " after conversion to F32); the checkpoint is " +
+                                            "corrupt or was saved from diverged weights: use another checkpoint");
+  }
   return m;
 }
 

@@ -611,6 +611,16 @@ TEST(load_rejects_bad_directories) {
     CHECK_THROWS(load_checkpoint(d.dir), "run past the end of the data buffer");
   }
   {
+    Gpt2Dir d;  // a NaN weight: named at load, not as diverged logits later
+    auto r = d.refs();
+    std::vector<float> w(r[4].data, r[4].data + 16 * 48);
+    w[7] = std::nanf("");
+    r[4].data = w.data();
+    d.rewrite(r);
+    CHECK_THROWS(load_checkpoint(d.dir), "tensor \"transformer.h.0.attn.c_attn.weight\" holds a non-finite value (nan "
+                                         "at element 7 after conversion to F32)");
+  }
+  {
     Gpt2Dir d;  // config.json that does not match the weights
     ModelConfig other = gpt2_cfg();
     other.d_ff = 32;
