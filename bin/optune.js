@@ -19,8 +19,16 @@ const fatal = (err) => {
   console.error(format(err));
   process.exit(1);
 };
-process.on("unhandledRejection", fatal);
-process.on("uncaughtException", fatal);
+const stray = (err) => {
+  const debug = process.argv.includes("--debug");
+  console.error(
+    format(err) +
+      (debug ? "" : "\n(raised by code nobody awaited, e.g. in a reward module: rerun with --debug for its stack trace)"),
+  );
+  process.exit(1);
+};
+process.on("unhandledRejection", stray);
+process.on("uncaughtException", stray);
 // Code the command runs (a reward module) may call process.exit(0) mid-run: that must not pass for success.
 let finished = false;
 process.on("exit", (code) => {
