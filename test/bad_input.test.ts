@@ -338,6 +338,8 @@ describe("run directories that are not what a flag assumes", () => {
     expect(readFileSync(join(project, "src", "main.py"), "utf8")).toBe("print('mine')\n");
     const file = write("not-a-dir", "x");
     expectCleanFailure(await cli(["--config", config, "--out", file]), `optune: run directory ${file} is a file, not a directory`);
+    const below = join(file, "sub");
+    expectCleanFailure(await cli(["--config", config, "--out", below]), `optune: cannot create run directory ${below} (ENOTDIR`);
   });
 
   it("--overwrite refuses to delete what the new run reads (here its own config file)", async () => {

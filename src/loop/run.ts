@@ -28,7 +28,14 @@ import { recomputePoolReference } from "./reference.js";
 import { engineSeed, iterationRng, Purpose } from "./seeds.js";
 import { selectPrompts } from "./selection.js";
 import { CONFIG_FILE, METRICS_FILE, clearRunDir, foreignRunDirError, runDirStatus } from "./run_dir.js";
-import { checkResumeConfig, loadRunState, removeLeftovers, saveRunState, type RunState } from "./state.js";
+import {
+  checkResumeConfig,
+  loadRunState,
+  removeLeftovers,
+  saveRunState,
+  type LoadedState,
+  type RunState,
+} from "./state.js";
 import { NonFiniteStepError, trainOnPool, type TrainSettings, type TrainSummary } from "./train.js";
 import { updatePairs } from "./update_pool.js";
 
@@ -302,6 +309,39 @@ async function loadTaskModel(task: Task, dir: string, placement: Parameters<type
   return model;
 }
 
+/** The policy, reference and reward sources of a run; if one fails to load, those already loaded are disposed. */
+async function openRunInputs(task: Task, loaded: LoadedState | null, config: Config) {
+  const placement = { device: config.device, precision: config.precision };
+  const opened: Array<{ dispose?: () => unknown }> = [];
+  const open = async <T extends { dispose?: () => unknown }>(load: () => Promise<T>): Promise<T> => {
+    try {
+      const item = await load();
+      opened.push(item);
+      return item;
+    } catch (err) {
+      await Promise.all(opened.map((item) => item.dispose?.()));
+      throw err;
+    }
+  };
+  const policy = await open(() => loadTaskModel(task, loaded?.policyDir ?? task.policyDir, placement));
+  const referenceDir = loaded?.referenceDir ?? task.referenceDir ?? task.policyDir;
+  const reference = await open(() => loadTaskModel(task, referenceDir, placement));
+  const proxy = await open(() => task.createRewardSource());
+  const evaluator = await open(() => task.createEvalSource());
+  return { policy, reference, proxy, evaluator };
+}
+
+function createRunDir(runDir: string): void {
+  try {
+    mkdirSync(runDir, { recursive: true });
+  } catch (err) {
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new Error(`cannot create run directory ${runDir} (${reason}): choose another run directory (--out)`, {
+      cause: err,
+    });
+  }
+}
+
 /** Runs (or resumes) the loop in config.run.dir. */
 export async function runLoop(options: RunOptions): Promise<RunResult> {
   const { config, task } = options;
@@ -322,26 +362,16 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
 
   // Models and reward sources load before the run directory is written, so that a bad model, device or reward
   // leaves nothing behind to block the retry.
-  const placement = { device: config.device, precision: config.precision };
-  const opened: Array<{ dispose?: () => unknown }> = []; // disposed if a later one fails to load
-  const open = async <T extends { dispose?: () => unknown }>(load: Promise<T>): Promise<T> => {
-    try {
-      const item = await load;
-      opened.push(item);
-      return item;
-    } catch (err) {
-      await Promise.all(opened.map((item) => item.dispose?.()));
-      throw err;
-    }
-  };
-  const policy = await open(loadTaskModel(task, loaded?.policyDir ?? task.policyDir, placement));
-  const reference = await open(loadTaskModel(task, loaded?.referenceDir ?? task.referenceDir ?? task.policyDir, placement));
-  const proxy = await open(task.createRewardSource());
-  const evaluator = await open(task.createEvalSource());
-  // A run that failed before saving iteration 0 left only its config: a new one starts over in its place.
-  if (!resume && dirStatus.kind === "unstarted") clearRunDir(runDir);
-  mkdirSync(runDir, { recursive: true });
-  writeJsonAtomic(join(runDir, CONFIG_FILE), config);
+  const { policy, reference, proxy, evaluator } = await openRunInputs(task, loaded, config);
+  try {
+    // A run that failed before saving iteration 0 left only its config: a new one starts over in its place.
+    if (!resume && dirStatus.kind === "unstarted") clearRunDir(runDir);
+    createRunDir(runDir);
+    writeJsonAtomic(join(runDir, CONFIG_FILE), config);
+  } catch (err) {
+    await Promise.all([policy.dispose(), reference.dispose(), proxy.dispose?.(), evaluator.dispose?.()]);
+    throw err;
+  }
   const ctx: LoopContext = {
     config,
     task,
