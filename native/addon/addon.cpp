@@ -3,6 +3,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+
 #include <napi.h>
 
 #include "convert.h"
@@ -105,7 +109,20 @@ static Napi::Value load_model(const Napi::CallbackInfo& info) {
   });
 }
 
+// Keeps this library, and the OpenMP runtime it loaded, mapped until the process ends. Node unloads an addon when
+// the last environment that loaded it ends: a worker thread that required optune and exited would unmap the code
+// the engine thread and OpenMP's threads (process-wide, never stopped) are waiting in, and the next wake-up would
+// crash the whole process.
+static void pin_in_memory() {
+#if defined(__unix__) || defined(__APPLE__)
+  Dl_info self;
+  if (dladdr(reinterpret_cast<void*>(&pin_in_memory), &self) != 0 && self.dli_fname != nullptr)
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);  // the handle is kept on purpose
+#endif
+}
+
 static Napi::Object init(Napi::Env env, Napi::Object exports) {
+  pin_in_memory();
   exports.Set("info", Napi::Function::New<info_js>(env, "info"));
   exports.Set("setThreads", Napi::Function::New<set_threads_js>(env, "setThreads"));
   exports.Set("createModel", Napi::Function::New<create_model>(env, "createModel"));

@@ -60,21 +60,31 @@ class PromiseTask : public Napi::AsyncWorker {
     }
   }
 
+  // Settling runs JS. When the call ends while its environment shuts down (a worker thread terminated, or one
+  // calling process.exit, with the call in flight), JS can no longer run and every step here throws: there is no
+  // Promise left to settle then, so that is swallowed. An exception escaping to node-addon-api's callback wrapper
+  // would be rethrown there and abort the whole process, main thread included.
   void OnOK() override {
     Napi::Env env = Env();
     if (done_) done_();
     try {
-      deferred_.Resolve(resolve_(env));
-    } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
-    } catch (const std::exception& e) {
-      deferred_.Reject(Napi::Error::New(env, name_ + ": " + e.what()).Value());
+      try {
+        deferred_.Resolve(resolve_(env));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      } catch (const std::exception& e) {
+        deferred_.Reject(Napi::Error::New(env, name_ + ": " + e.what()).Value());
+      }
+    } catch (...) {
     }
   }
 
   void OnError(const Napi::Error& e) override {
     if (done_) done_();
-    deferred_.Reject(e.Value());
+    try {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+    }
   }
 
  private:
