@@ -274,6 +274,21 @@ describe("errors", () => {
     await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo' or 'bt', got 'kto'/);
   });
 
+  it("refuses NaN or Infinity in setParams, and a rope_theta beyond float range", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const params = await m.getParams();
+    const bad = params.slice();
+    bad[3] = Number.NaN;
+    await expect(m.setParams(bad)).rejects.toThrow(/params\[3\] is NaN; all values must be finite/);
+    bad[3] = 1e39; // beyond float: Infinity once stored as float32
+    await expect(m.setParams(bad)).rejects.toThrow(/params\[3\] is Infinity/);
+    expect(await m.getParams()).toEqual(params); // unchanged
+    const llama = { arch: "llama" as const, vocabSize: 32, dModel: 16, nLayer: 1, nHead: 2, dFf: 32, maxPositions: 16 };
+    await expect(EngineModel.create({ ...llama, ropeTheta: 1e39 }, 1)).rejects.toThrow(
+      /rope_theta must be positive and within float range, got inf/,
+    );
+  });
+
   it("rejects calls on a disposed model", async () => {
     const m = await EngineModel.create(tiny, 9);
     await m.dispose();

@@ -283,7 +283,7 @@ Napi::Value ModelWrap::get_params(const Napi::CallbackInfo& info) {
 void ModelWrap::set_params(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   optune::Model& m = idle_model(env, "setParams()");
-  std::vector<float> p = float32_array(info[0], "params", false);
+  std::vector<float> p = float32_array(info[0], "params", true);
   if (p.size() != m.params.size()) {
     throw Napi::RangeError::New(env, "params has " + std::to_string(p.size()) + " values but the model has " +
                                          std::to_string(m.params.size()));

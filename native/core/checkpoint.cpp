@@ -604,24 +604,19 @@ void save_checkpoint(const Model& m, const std::string& dir) {
 
   std::vector<safetensors::TensorRef> refs;
   for (const ParamInfo& p : m.layout.tensors) refs.push_back({p.name, p.shape, m.params.data() + p.offset});
-  const std::string weights = dir + "/model.safetensors";
-  const std::string weights_tmp = temp_name(dir, "model.safetensors");
+  // Both files are written in full before either replaces its old copy, so a failed write (a full disk, say)
+  // leaves the directory's previous checkpoint whole instead of new weights beside an old config.json.
+  const std::string weights = dir + "/model.safetensors", config = dir + "/config.json";
+  const std::string weights_tmp = temp_name(dir, "model.safetensors"), config_tmp = temp_name(dir, "config.json");
   try {
     safetensors::save(weights_tmp, refs, {{"format", "pt"}});
-  } catch (...) {
-    ::unlink(weights_tmp.c_str());
-    throw;
-  }
-  commit_file(weights_tmp, weights);
-
-  const std::string config = dir + "/config.json";
-  const std::string config_tmp = temp_name(dir, "config.json");
-  try {
     write_text_file_synced(config_tmp, config_text);
   } catch (...) {
+    ::unlink(weights_tmp.c_str());
     ::unlink(config_tmp.c_str());
     throw;
   }
+  commit_file(weights_tmp, weights);
   commit_file(config_tmp, config);
   fsync_dir(dir);
 }
@@ -668,13 +663,22 @@ void load_optimizer_state(Model& m, const std::string& dir) {
     OPTUNE_CHECK(t != nullptr && t->numel == m.params.size(),
                  path + ": tensor " + name + " is missing or has the wrong size");
     r.read_f32(*t, out);
+    // A NaN moment, or a negative second moment (whose square root AdamW takes), would turn the next step's
+    // weights into NaN with no error until the next save.
+    const bool second = out == vv.data();
+    for (size_t i = 0; i < m.params.size(); i++)
+      OPTUNE_CHECK(std::isfinite(out[i]) && (!second || out[i] >= 0.0f),
+                   path + ": tensor " + name + " holds " + std::to_string(out[i]) + " at element " +
+                       std::to_string(i) + (second ? " (must be finite and >= 0)" : " (must be finite)") +
+                       "; the file is corrupt: resume from another saved state");
   }
   int64_t s = 0;
+  size_t used = 0;
   try {
-    s = std::stoll(step);
+    s = std::stoll(step, &used);
   } catch (...) {
-    throw Error(path + ": metadata step \"" + step + "\" is not an integer");
   }
+  OPTUNE_CHECK(used == step.size() && used > 0, path + ": metadata step \"" + step + "\" is not an integer");
   OPTUNE_CHECK(s >= 0, path + ": metadata step must be >= 0");
   m.adam_m = std::move(mm);
   m.adam_v = std::move(vv);

@@ -1,5 +1,7 @@
 #include "config.h"
 
+#include <cmath>
+
 #include "error.h"
 
 namespace optune {
@@ -43,7 +45,9 @@ void validate_config(const ModelConfig& c) {
   } else {
     OPTUNE_CHECK(c.head_dim % 2 == 0, "model config: head_dim must be even for rotary embeddings, got " +
                                           std::to_string(c.head_dim));
-    OPTUNE_CHECK(c.rope_theta > 0, "model config: rope_theta must be positive");
+    OPTUNE_CHECK(c.rope_theta > 0 && std::isfinite(c.rope_theta),
+                 "model config: rope_theta must be positive and within float range, got " +
+                     std::to_string(c.rope_theta));
   }
   OPTUNE_CHECK(c.norm_eps > 0 && c.norm_eps < 1, "model config: norm eps must be in (0, 1)");
   OPTUNE_CHECK(c.vocab_size <= (1 << 24), "model config: vocab_size " + std::to_string(c.vocab_size) + " is too large");

@@ -1,9 +1,13 @@
 // Resuming training exactly: weights + AdamW state saved after k steps and loaded into a fresh model continue
 // bitwise like the uninterrupted model.
+#include <cmath>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "core/checkpoint.h"
 #include "core/engine.h"
+#include "core/safetensors.h"
 #include "test_helpers.h"
 #include "testing.h"
 
@@ -58,6 +62,35 @@ TEST(optimizer_state_mismatch_is_a_clear_error) {
   CHECK_THROWS(load_optimizer_state(*other, dir), "saved for a model with");
   std::filesystem::remove(dir + "/optimizer.safetensors");
   CHECK_THROWS(load_optimizer_state(*other, dir), "optimizer.safetensors");
+  std::filesystem::remove_all(dir);
+}
+
+TEST(optimizer_state_corruption_is_refused) {
+  auto m = make_model(testing::tiny_gpt2());
+  init_weights(*m, 5, 0.2f);
+  train_step(*m, dpo_request(m->cfg));
+  const std::string dir = std::filesystem::temp_directory_path() / "optune-resume-corrupt";
+  const int64_t n = static_cast<int64_t>(m->params.size());
+  // Writes the state with one value of one moment replaced (and the step metadata as given).
+  auto write_state = [&](const char* which, float value, const std::string& step) {
+    std::vector<float> mm = m->adam_m, vv = m->adam_v;
+    (std::string(which) == "exp_avg" ? mm : vv)[3] = value;
+    std::filesystem::create_directories(dir);
+    safetensors::save(dir + "/optimizer.safetensors", {{"exp_avg", {n}, mm.data()}, {"exp_avg_sq", {n}, vv.data()}},
+                      {{"format", "optune-adamw"}, {"step", step}, {"num_params", std::to_string(n)}});
+  };
+  auto fresh = make_model(testing::tiny_gpt2());
+  write_state("exp_avg", std::nanf(""), "1");
+  CHECK_THROWS(load_optimizer_state(*fresh, dir), "tensor exp_avg holds nan at element 3 (must be finite)");
+  write_state("exp_avg_sq", -1.0f, "1");
+  CHECK_THROWS(load_optimizer_state(*fresh, dir), "tensor exp_avg_sq holds -1.000000 at element 3 (must be finite "
+                                                  "and >= 0)");
+  write_state("exp_avg", 0.0f, "1e3");
+  CHECK_THROWS(load_optimizer_state(*fresh, dir), "metadata step \"1e3\" is not an integer");
+  CHECK(fresh->adam_m.empty());  // nothing was taken from the refused files
+  write_state("exp_avg", 0.0f, "1");
+  load_optimizer_state(*fresh, dir);
+  CHECK(fresh->adam_step == 1);
   std::filesystem::remove_all(dir);
 }
 
