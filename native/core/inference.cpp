@@ -7,6 +7,7 @@
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
+#include "host_memory.h"
 #include "transformer.h"
 
 namespace optune {
@@ -60,6 +61,10 @@ std::vector<float> compute_logits(const Model& m, const Batch& b) {
   validate_batch(b, m.cfg);
   const float* w = lm_head_weight(m);
   if (m.device) return m.device->logits(m, b);
+  check_host_memory(static_cast<size_t>(b.n_tokens()) * m.cfg.vocab_size * sizeof(float),
+                    "logits: " + std::to_string(b.n_tokens()) + " tokens x " + std::to_string(m.cfg.vocab_size) +
+                        " vocabulary entries",
+                    "ask for fewer tokens per call (logprobs() needs no logits)");
   Acts& acts = workspace_of(m).infer;
   transformer_forward(m, b, acts, false);
   std::vector<float> logits(static_cast<size_t>(b.n_tokens()) * m.cfg.vocab_size);

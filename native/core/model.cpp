@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "host_memory.h"
 #include "rng.h"
 
 namespace optune {
@@ -11,6 +12,9 @@ std::unique_ptr<Model> make_model(const ModelConfig& cfg) {
   auto m = std::make_unique<Model>();
   m->cfg = cfg;
   m->layout = build_param_layout(cfg);
+  check_host_memory(m->layout.total * sizeof(float),
+                    "the model's weights (" + std::to_string(m->layout.total) + " parameters)",
+                    "use a smaller configuration (training needs ~4x this: gradients and AdamW moments)");
   m->params.assign(m->layout.total, 0.0f);
   return m;
 }

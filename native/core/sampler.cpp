@@ -16,6 +16,7 @@
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
+#include "host_memory.h"
 #include "pick.h"
 #include "rng.h"
 #include "transformer.h"
@@ -141,6 +142,11 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
   const int cap = max_prompt + r.max_new_tokens;
   const size_t layer_cache = static_cast<size_t>(R) * cap * KVD;
   const double cache_gib = 2.0 * layer_cache * c.n_layer * (bf16 ? 2 : 4) / (1024.0 * 1024 * 1024);
+  check_host_memory(static_cast<size_t>(2.0 * layer_cache * c.n_layer * (bf16 ? 2 : 4)) +
+                        static_cast<size_t>(R) * V * sizeof(float),
+                    "sample: the KV cache and logits of " + std::to_string(R) + " responses of up to " +
+                        std::to_string(cap) + " tokens",
+                    "sample fewer prompts (or samples) per call, or lower maxNewTokens");
   KvCache cache;
   cache.cap = cap;
   cache.n_kv_head = c.n_kv_head;

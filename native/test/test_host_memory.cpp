@@ -1,0 +1,43 @@
+// Requests too large for the machine are refused with their size and a fix before anything is allocated: under
+// Linux's overcommit the allocation itself would succeed and the kernel's OOM killer would end the process.
+#include <cstddef>
+#include <string>
+
+#include "core/engine.h"
+#include "core/host_memory.h"
+#include "test_helpers.h"
+#include "testing.h"
+
+using namespace optune;
+
+TEST(available_memory_is_known_on_linux) {
+  const size_t avail = available_host_bytes();
+  CHECK(avail > (size_t(64) << 20));  // this test process runs: more than 64 MiB is free
+  CHECK(avail < (size_t(1) << 50));   // and not a petabyte
+  check_host_memory(size_t(1) << 20, "one MiB", "");  // fits: no error
+  CHECK_THROWS(check_host_memory(avail + (size_t(8) << 30), "a test request", "ask for less"),
+               "a test request: ");
+  CHECK_THROWS(check_host_memory(avail + (size_t(8) << 30), "a test request", "ask for less"),
+               " GiB of memory needed, but only ");
+}
+
+TEST(huge_model_and_sample_requests_are_refused_before_allocating) {
+  ModelConfig c = testing::tiny_gpt2();
+  c.vocab_size = 1 << 24;  // 2^24 x 4096 floats of embeddings alone: 256 GiB, more than a test machine has
+  c.d_model = 4096;
+  c.n_head = c.n_kv_head = 32;
+  c.head_dim = 128;
+  CHECK_THROWS(make_model(c), "the model's weights (");
+  CHECK_THROWS(make_model(c), "use a smaller configuration");
+
+  auto m = make_model(testing::tiny_gpt2(50000));
+  init_weights(*m, 1);
+  SampleRequest r;
+  r.prompt_tokens = {1, 2};
+  r.prompt_offsets = {0, 2};
+  r.n_samples = 1 << 20;  // the most allowed: their logits alone take 2^20 x 50000 floats, ~195 GiB
+  r.max_new_tokens = 8;
+  CHECK_THROWS(sample(*m, r), "sample: the KV cache and logits of 1048576 responses of up to 10 tokens: ");
+}
+
+TEST_MAIN()
