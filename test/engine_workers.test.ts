@@ -1,13 +1,18 @@
+// Engine calls and Node's threads. Calls in flight must not hold libuv's thread pool (4 threads), or file reads,
+// DNS lookups (an HTTP reward's) and the like stall until the engine gets to them.
 // The engine in worker threads: a worker that ends (process.exit in the worker, or terminate() from outside) while
 // one of its engine calls is in flight must not take the process down. Two failures were seen before: the call's
 // Promise settled into a dying environment (abort, exit 134), and the addon, unloaded with the last environment
 // that loaded it, left the engine thread and OpenMP's threads waiting in unmapped code (segfault, exit 139).
 // Each case runs in its own process so that a crash is observed, not suffered.
 import { spawnSync } from "node:child_process";
+import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 
 import { beforeAll, describe, expect, it } from "vitest";
+
+import { EngineModel } from "../src/engine/index.js";
 
 const ROOT = resolve(import.meta.dirname, "..");
 const ENGINE = pathToFileURL(join(ROOT, "dist", "engine", "index.js")).href;
@@ -70,5 +75,23 @@ describe("engine calls in worker threads", () => {
     expect(r.signal, r.stderr).toBeNull();
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout.trim().split("\n")).toEqual(["worker exit 1", "worker exit 1", "worker exit 1", "main sampled 5"]);
+  });
+});
+
+describe("engine calls in flight", () => {
+  it("leave libuv's thread pool free: a file read finishes before the first of six long calls", async () => {
+    const config = { arch: "gpt2" as const, vocabSize: 500, dModel: 128, nLayer: 4, nHead: 4, dFf: 512, maxPositions: 512 };
+    const models = await Promise.all(Array.from({ length: 6 }, (_, i) => EngineModel.create(config, i)));
+    const events: string[] = [];
+    const calls = models.map((m, i) =>
+      m.sample({ prompts: [[1, 2]], nSamples: 8, maxNewTokens: 100 }).then(() => void events.push(`call ${i}`)),
+    );
+    // Six calls wait for the one engine thread; before, each held a pool thread meanwhile, and this read queued
+    // behind them until two had finished.
+    await readFile(join(ROOT, "package.json")).then(() => void events.push("read"));
+    await Promise.all(calls);
+    expect(events[0]).toBe("read");
+    expect(events).toHaveLength(7);
+    await Promise.all(models.map((m) => m.dispose()));
   });
 });

@@ -60,7 +60,7 @@ class EngineThread {
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
-      job();  // never throws: run_engine_call's wrapper catches everything
+      job();  // never throws: submit_engine_call's wrapper catches everything
     }
   }
 
@@ -77,28 +77,17 @@ EngineThread& engine_thread() {
 
 }  // namespace
 
-void run_engine_call(const std::function<void()>& call) {
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  std::exception_ptr error;
-  engine_thread().submit([&] {
+void submit_engine_call(const std::function<void()>& call, std::function<void(std::exception_ptr)> then) {
+  engine_thread().submit([&call, then = std::move(then)] {
+    std::exception_ptr error;
     try {
       apply_thread_setting();
       call();
     } catch (...) {
       error = std::current_exception();
     }
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      done = true;
-    }
-    cv.notify_one();
+    then(error);
   });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  lock.unlock();
-  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace optune_addon
