@@ -313,6 +313,18 @@ describe("errors", () => {
     const first = m.logprobs(b);
     await expect(m.logprobs(b)).rejects.toThrow("model is busy with logprobs; await the previous call");
     await first;
+    // getParams and setParams run on the engine thread too (Promises), and hold the model meanwhile.
+    const params = m.getParams();
+    expect(params).toBeInstanceOf(Promise);
+    await expect(m.logprobs(b)).rejects.toThrow("model is busy with getParams; await the previous call");
+    const values = await params;
+    const set = m.setParams(values.map((v) => v * 2));
+    await expect(m.logprobs(b)).rejects.toThrow("model is busy with setParams; await the previous call");
+    await set;
+    expect(Array.from(await m.getParams())).toEqual(Array.from(values.map((v) => v * 2)));
+    await expect(m.setParams(new Float64Array(values) as unknown as Float32Array)).rejects.toThrow(
+      /params must be a Float32Array, got a Float64Array/,
+    );
     // dispose() during a call frees the model after it; the running call still completes.
     const running = m.logprobs(b);
     m.dispose();

@@ -154,6 +154,23 @@ Napi::Float32Array to_js(Napi::Env env, const std::vector<float>& v) {
   return a;
 }
 
+Napi::Float32Array to_js_owned(Napi::Env env, std::vector<float>&& v) {
+  if (v.empty()) return Napi::Float32Array::New(env, 0);
+  auto* owned = new std::vector<float>(std::move(v));
+  const size_t n = owned->size();
+  Napi::ArrayBuffer buffer;
+  try {
+    buffer = Napi::ArrayBuffer::New(env, owned->data(), n * sizeof(float),
+                                    [](Napi::Env, void*, std::vector<float>* data) { delete data; }, owned);
+  } catch (const Napi::Error&) {
+    // A runtime that refuses external memory (a V8 sandbox): copy instead.
+    Napi::Float32Array a = to_js(env, *owned);
+    delete owned;
+    return a;
+  }
+  return Napi::Float32Array::New(env, n, buffer, 0);  // the buffer's finalizer frees the vector
+}
+
 Napi::Int32Array to_js(Napi::Env env, const std::vector<int32_t>& v) {
   auto a = Napi::Int32Array::New(env, v.size());
   if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(int32_t));

@@ -26,6 +26,9 @@ uint64_t seed_value(const Napi::Value& v, const std::string& name);
 
 // ---- JS results -----------------------------------------------------------------------------------------------
 Napi::Float32Array to_js(Napi::Env env, const std::vector<float>& v);
+// Hands the vector's memory to JS without a copy (the array's finalizer frees it); copies where a runtime refuses
+// external memory.
+Napi::Float32Array to_js_owned(Napi::Env env, std::vector<float>&& v);
 Napi::Int32Array to_js(Napi::Env env, const std::vector<int32_t>& v);
 Napi::Uint8Array to_js(Napi::Env env, const std::vector<uint8_t>& v);
 

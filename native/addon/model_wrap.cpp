@@ -1,5 +1,6 @@
 #include "model_wrap.h"
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -8,6 +9,7 @@
 #include "core/checkpoint.h"
 #include "core/device.h"
 #include "core/engine.h"
+#include "core/error.h"
 #include "task.h"
 
 namespace optune_addon {
@@ -274,23 +276,69 @@ void ModelWrap::dispose(const Napi::CallbackInfo&) {
   if (h_->busy_op == nullptr) h_->model.reset();
 }
 
+// getParams and setParams move every weight (hundreds of MB for GPT-2 124M, and a device copy on a GPU): on the
+// engine thread, so the event loop only hands over the array.
 Napi::Value ModelWrap::get_params(const Napi::CallbackInfo& info) {
-  optune::Model& m = idle_model(info.Env(), "getParams()");
-  optune::sync_to_host(m);
-  return to_js(info.Env(), m.params);
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    acquire(env, *h_, "getParams");
+    HandlePtr h = h_;
+    auto out = std::make_shared<std::vector<float>>();
+    return PromiseTask::start(
+        env, "getParams",
+        [h, out] {
+          optune::sync_to_host(*h->model);
+          *out = h->model->params;
+        },
+        [out](Napi::Env e) -> Napi::Value { return to_js_owned(e, std::move(*out)); }, [h] { release(*h); });
+  });
 }
 
-void ModelWrap::set_params(const Napi::CallbackInfo& info) {
+// params: a Float32Array nobody touches until the Promise settles (the TS wrapper passes its own copy); the engine
+// thread reads it in place. Non-finite values are refused there, before anything changes.
+Napi::Value ModelWrap::set_params(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  optune::Model& m = idle_model(env, "setParams()");
-  std::vector<float> p = float32_array(info[0], "params", true);
-  if (p.size() != m.params.size()) {
-    throw Napi::RangeError::New(env, "params has " + std::to_string(p.size()) + " values but the model has " +
-                                         std::to_string(m.params.size()));
-  }
-  optune::sync_to_host(m);  // the device's AdamW moments come down first, so the upload below keeps them
-  m.params = std::move(p);
-  optune::sync_to_device(m);
+  return promise_call(env, [&]() -> Napi::Value {
+    check_alive(env, *h_);
+    if (info.Length() < 1 || !info[0].IsTypedArray() ||
+        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+      throw Napi::TypeError::New(env, "params must be a Float32Array, got " +
+                                          (info.Length() < 1 ? std::string("undefined") : describe(info[0])));
+    }
+    auto array = info[0].As<Napi::Float32Array>();
+    const size_t n = array.ElementLength();
+    if (n != h_->model->params.size()) {
+      throw Napi::RangeError::New(env, "params has " + std::to_string(n) + " values but the model has " +
+                                           std::to_string(h_->model->params.size()));
+    }
+    acquire(env, *h_, "setParams");
+    HandlePtr h = h_;
+    const float* data = array.Data();
+    // Keeps the array alive while the engine reads it; freed in `done` on the main thread (never by a destructor
+    // elsewhere: the task may end on the engine thread when its environment has gone).
+    auto keep = std::make_shared<Napi::Reference<Napi::Float32Array>>(Napi::Persistent(array));
+    keep->SuppressDestruct();
+    return PromiseTask::start(
+        env, "setParams",
+        [h, data, n] {
+          for (size_t i = 0; i < n; i++) {
+            if (!std::isfinite(data[i])) {
+              throw optune::Error("params[" + std::to_string(i) + "] is " +
+                                  (std::isnan(data[i]) ? "NaN" : data[i] > 0 ? "Infinity" : "-Infinity") +
+                                  "; all values must be finite");
+            }
+          }
+          optune::Model& m = *h->model;
+          optune::sync_to_host(m);  // the device's AdamW moments come down first, so the upload below keeps them
+          m.params.assign(data, data + n);
+          optune::sync_to_device(m);
+        },
+        [](Napi::Env e) { return e.Undefined(); },
+        [h, keep] {
+          release(*h);
+          keep->Reset();
+        });
+  });
 }
 
 Napi::Value ModelWrap::config(const Napi::CallbackInfo& info) {

@@ -32,7 +32,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value sample(const Napi::CallbackInfo& info);
   void dispose(const Napi::CallbackInfo& info);
   Napi::Value get_params(const Napi::CallbackInfo& info);
-  void set_params(const Napi::CallbackInfo& info);
+  Napi::Value set_params(const Napi::CallbackInfo& info);
   Napi::Value config(const Napi::CallbackInfo& info);
   Napi::Value num_params(const Napi::CallbackInfo& info);
   Napi::Value device(const Napi::CallbackInfo& info);

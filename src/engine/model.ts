@@ -209,7 +209,9 @@ export class EngineModel {
 
   async setParams(params: Float32Array): Promise<void> {
     this.checkAlive("model");
-    const copy = Float32Array.from(params);
+    // A copy of its own (a memcpy, unlike Float32Array.from), taken now: the caller may change `params` meanwhile,
+    // and the engine thread reads the copy in place.
+    const copy = params instanceof Float32Array ? params.slice() : Float32Array.from(params);
     return this.enqueue(async () => this.native.setParams(copy));
   }
 

@@ -171,8 +171,9 @@ export interface NativeModel {
   trainStep(request: NativeTrainRequest): Promise<TrainStats>;
   sample(request: NativeSampleRequest): Promise<SampleResult>;
   dispose(): void;
-  getParams(): Float32Array;
-  setParams(params: Float32Array): void;
+  getParams(): Promise<Float32Array>;
+  /** Reads `params` in place on the engine thread: it must not change until the Promise settles. */
+  setParams(params: Float32Array): Promise<void>;
 }
 
 export interface NativeAddon {
