@@ -239,6 +239,9 @@ describe("errors", () => {
       /sample: temperature 1e-39 is too small \(1 \/ temperature overflows float\); use 0 for greedy decoding/,
     );
     expect((await m.sample({ ...request, temperature: 1e-30 })).tokens.length).toBe(6);
+    await expect(m.sample({ ...request, temperature: 1e40 })).rejects.toThrow(
+      "request.temperature = 1e+40 is beyond float range (|x| <= 3.4e38)",
+    );
   });
 
   it("rejects a wrong typed array type", async () => {
@@ -285,7 +288,7 @@ describe("errors", () => {
     expect(await m.getParams()).toEqual(params); // unchanged
     const llama = { arch: "llama" as const, vocabSize: 32, dModel: 16, nLayer: 1, nHead: 2, dFf: 32, maxPositions: 16 };
     await expect(EngineModel.create({ ...llama, ropeTheta: 1e39 }, 1)).rejects.toThrow(
-      /rope_theta must be positive and within float range, got inf/,
+      "config.ropeTheta = 1e+39 is beyond float range (|x| <= 3.4e38)",
     );
   });
 

@@ -1,6 +1,7 @@
 #include "convert.h"
 
 #include <cmath>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -103,6 +104,18 @@ static double opt_number(const Napi::Object& o, const char* key, const std::stri
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d)) throw Napi::RangeError::New(o.Env(), name + " must be a finite number");
   return d;
+}
+
+// A number the engine keeps as a float: one that would become Infinity is refused here, saying so, rather than
+// later by a range check that would talk about the rounded value (a temperature of 1e40 "must be >= 0").
+static float opt_float(const Napi::Object& o, const char* key, const std::string& where, float dflt) {
+  const double d = opt_number(o, key, where, dflt);
+  if (std::fabs(d) > std::numeric_limits<float>::max()) {
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", d);
+    throw Napi::RangeError::New(o.Env(), where + "." + key + " = " + value + " is beyond float range (|x| <= 3.4e38)");
+  }
+  return static_cast<float>(d);
 }
 
 static int opt_int(const Napi::Object& o, const char* key, const std::string& where, int dflt, int lo, int hi) {
@@ -216,8 +229,8 @@ optune::ModelConfig to_config(const Napi::Value& v) {
   c.head_dim = opt_int(o, "headDim", where, c.d_model / c.n_head, 1, big);
   c.d_ff = req_int(o, "dFf", where, 1, big);
   c.max_positions = req_int(o, "maxPositions", where, 1, big);
-  c.norm_eps = static_cast<float>(opt_number(o, "normEps", where, c.norm_eps));
-  c.rope_theta = static_cast<float>(opt_number(o, "ropeTheta", where, c.rope_theta));
+  c.norm_eps = opt_float(o, "normEps", where, c.norm_eps);
+  c.rope_theta = opt_float(o, "ropeTheta", where, c.rope_theta);
   c.tie_embeddings = opt_bool(o, "tieEmbeddings", where, c.tie_embeddings);
   c.qkv_bias = opt_bool(o, "qkvBias", where, c.arch == optune::Arch::QWEN2);
   c.o_bias = opt_bool(o, "oBias", where, false);
@@ -308,19 +321,19 @@ optune::TrainRequest to_train_request(const Napi::Object& o, bool has_ref_model)
   r.weights = opt_float32_array(o, "weights", where);
   r.ref_chosen = opt_float32_array(o, "refChosen", where);
   r.ref_rejected = opt_float32_array(o, "refRejected", where);
-  r.beta = static_cast<float>(opt_number(o, "beta", where, r.beta));
+  r.beta = opt_float(o, "beta", where, r.beta);
   r.apply_update = opt_bool(o, "applyUpdate", where, true);
 
   Napi::Value opt = o.Get("optimizer");
   if (!opt.IsUndefined()) {
     Napi::Object so = expect_object(opt, "request.optimizer");
     const std::string ow = "request.optimizer";
-    r.opt.lr = static_cast<float>(opt_number(so, "lr", ow, r.opt.lr));
-    r.opt.beta1 = static_cast<float>(opt_number(so, "beta1", ow, r.opt.beta1));
-    r.opt.beta2 = static_cast<float>(opt_number(so, "beta2", ow, r.opt.beta2));
-    r.opt.eps = static_cast<float>(opt_number(so, "eps", ow, r.opt.eps));
-    r.opt.weight_decay = static_cast<float>(opt_number(so, "weightDecay", ow, r.opt.weight_decay));
-    r.opt.max_grad_norm = static_cast<float>(opt_number(so, "maxGradNorm", ow, r.opt.max_grad_norm));
+    r.opt.lr = opt_float(so, "lr", ow, r.opt.lr);
+    r.opt.beta1 = opt_float(so, "beta1", ow, r.opt.beta1);
+    r.opt.beta2 = opt_float(so, "beta2", ow, r.opt.beta2);
+    r.opt.eps = opt_float(so, "eps", ow, r.opt.eps);
+    r.opt.weight_decay = opt_float(so, "weightDecay", ow, r.opt.weight_decay);
+    r.opt.max_grad_norm = opt_float(so, "maxGradNorm", ow, r.opt.max_grad_norm);
     if (r.opt.lr < 0) throw Napi::RangeError::New(env, "request.optimizer.lr must be >= 0");
   }
   if (!(r.beta > 0)) throw Napi::RangeError::New(env, "request.beta must be > 0");
@@ -387,9 +400,9 @@ optune::SampleRequest to_sample_request(const Napi::Value& v) {
   const int big = 1 << 30;
   r.n_samples = opt_int(o, "nSamples", where, r.n_samples, 1, big);
   r.max_new_tokens = opt_int(o, "maxNewTokens", where, r.max_new_tokens, 1, big);
-  r.temperature = static_cast<float>(opt_number(o, "temperature", where, r.temperature));
+  r.temperature = opt_float(o, "temperature", where, r.temperature);
   r.top_k = opt_int(o, "topK", where, r.top_k, 0, big);
-  r.top_p = static_cast<float>(opt_number(o, "topP", where, r.top_p));
+  r.top_p = opt_float(o, "topP", where, r.top_p);
   r.stop_tokens = opt_int32_array(o, "stopTokens", where);
   r.seed = seed_value(o.Get("seed"), "request.seed");
   if (r.temperature < 0) throw Napi::RangeError::New(env, "request.temperature must be >= 0 (0 = greedy)");
