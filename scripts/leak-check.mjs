@@ -1,7 +1,7 @@
 // Leak check of the native addon through the TS wrapper (dist/engine; run `npx tsc -p tsconfig.json` first).
 // One iteration creates, clones, trains, samples, saves, loads and disposes models, and makes every call that must
-// fail on bad input (out-of-range token, NaN weights, bad checkpoint directory, disposed model) fail with its
-// message. Two ways to tell a leak, both comparing a run with its double so Node's own constant noise cancels:
+// fail on bad input (out-of-range token, NaN weights, overflowing weights, bad checkpoint directory, disposed
+// model) fail with its message. Two ways to tell a leak, both comparing a run with its double so Node's own constant noise cancels:
 //
 //   node scripts/leak-check.mjs [--iterations N]
 //     RSS: N warm-up iterations, then two windows of N more; leak when RSS grows by more than 64 KiB per iteration
@@ -70,9 +70,10 @@ async function iteration(i, dir) {
   await rejects(m.logprobs(bad), "outside the vocabulary", "out-of-range token");
   const params = await loaded.getParams();
   params[7] = Number.NaN;
-  await loaded.setParams(params);
-  await rejects(loaded.trainStep({ loss: "sft", batch }), "non-finite gradient", "NaN weights, train step");
-  await rejects(loaded.save(join(dir, "nan")), "non-finite", "NaN weights, save");
+  await rejects(loaded.setParams(params), "all values must be finite", "NaN weights, setParams");
+  params[7] = 0;
+  await loaded.setParams(params.map((v) => v * 1e30)); // finite, but the forward overflows
+  await rejects(loaded.trainStep({ loss: "sft", batch }), "non-finite gradient", "huge weights, train step");
   await rejects(EngineModel.load(join(dir, "missing")), "not a directory", "missing checkpoint");
   await rejects(EngineModel.load(join(dir, "corrupt")), "safetensors", "corrupt checkpoint");
   await m.dispose();
