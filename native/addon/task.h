@@ -29,6 +29,7 @@ class PromiseTask {
   // Promise settles, success or failure (releases busy models). The task deletes itself once settled.
   static Napi::Value start(Napi::Env env, const char* name, Work work, Resolve resolve, Done done) {
     std::unique_ptr<PromiseTask> task;
+    const Done release_models = done;  // for a failure before the task holds `done`
     try {
       task.reset(new PromiseTask(env, name, std::move(work), std::move(resolve), std::move(done)));
       // Keeps the event loop alive until the result has come back, as a pending libuv request would.
@@ -39,8 +40,10 @@ class PromiseTask {
       task->hook_arg_ = new std::shared_ptr<Gate>(task->gate_);
       napi_add_env_cleanup_hook(env, &PromiseTask::close_gate, task->hook_arg_);
     } catch (...) {
-      // Not queued: nothing will run `done`, so release the models here.
-      if (task && task->done_) task->done_();
+      // Not queued: nothing will run `done`, so release the models here; a thread-safe function already made
+      // would keep the event loop alive for good.
+      if (task && static_cast<napi_threadsafe_function>(task->back_) != nullptr) task->back_.Release();
+      if (release_models) release_models();
       throw;
     }
     Napi::Promise promise = task->deferred_.Promise();
