@@ -275,6 +275,15 @@ describe("errors", () => {
     await expect(m.trainStep({ ...req, weights: [1, Number.NaN] })).rejects.toThrow(/weights\[1\] is NaN; all values must be finite/);
     await expect(m.trainStep({ ...req, refChosen: [-1, Number.POSITIVE_INFINITY] })).rejects.toThrow(/refChosen\[1\]/);
     await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo' or 'bt', got 'kto'/);
+    // a reference that cannot take the batch is named as the reference
+    const shortRef = await EngineModel.create({ ...tiny, maxPositions: 4 }, 9);
+    await expect(m.trainStep({ loss: "dpo", batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refModel: shortRef })).rejects.toThrow(
+      /^the reference model: batch: sequence \d+ has \d+ tokens, more than the model's max_positions 4/,
+    );
+    // a misspelt optimizer field was ignored (training ran at the default learning rate)
+    await expect(m.trainStep({ ...req, optimizer: { learningRate: 1 } as never })).rejects.toThrow(
+      "optimizer has unknown field(s) learningRate; known: lr, beta1, beta2, eps, weightDecay, maxGradNorm",
+    );
   });
 
   it("refuses NaN or Infinity in setParams, and a rope_theta beyond float range", async () => {

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
+
+#include "error.h"
 
 namespace optune {
 
@@ -20,7 +23,12 @@ void reference_logprobs(const TrainRequest& r, std::vector<float>& ref_chosen, s
   ref_chosen = r.ref_chosen;
   ref_rejected = r.ref_rejected;
   if ((r.loss != LossKind::DPO && r.loss != LossKind::IPO) || !ref_chosen.empty()) return;
-  const LogprobResult ref = compute_logprobs(*r.ref_model, r.batch);
+  LogprobResult ref;
+  try {
+    ref = compute_logprobs(*r.ref_model, r.batch);
+  } catch (const Error& e) {  // say which model refused the batch: the policy's own checks passed
+    throw Error(std::string("the reference model: ") + e.what());
+  }
   for (size_t j = 0; j < r.chosen.size(); j++) {
     ref_chosen.push_back(ref.seq_logps[r.chosen[j]]);
     ref_rejected.push_back(ref.seq_logps[r.rejected[j]]);

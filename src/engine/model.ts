@@ -247,12 +247,25 @@ export class EngineModel {
   }
 }
 
+/** The optimizer settings over the defaults; a key the engine does not know (a typo) is an error, not ignored. */
+function optimizerOf(given: TrainStepOptions["optimizer"]): AdamWOptions {
+  if (given === undefined) return { ...DEFAULT_OPTIMIZER };
+  if (typeof given !== "object" || given === null || Array.isArray(given)) {
+    throw new TypeError(`optimizer must be an object like { lr: 1e-5 }, got ${Array.isArray(given) ? "an array" : JSON.stringify(given)}`);
+  }
+  const unknown = Object.keys(given).filter((k) => !(k in DEFAULT_OPTIMIZER));
+  if (unknown.length > 0) {
+    throw new TypeError(`optimizer has unknown field(s) ${unknown.join(", ")}; known: ${Object.keys(DEFAULT_OPTIMIZER).join(", ")}`);
+  }
+  return { ...DEFAULT_OPTIMIZER, ...given };
+}
+
 function toNativeTrainRequest(o: TrainStepOptions): Omit<NativeTrainRequest, "refModel"> {
   const request: Omit<NativeTrainRequest, "refModel"> = {
     loss: o.loss,
     batch: o.batch,
     beta: o.beta ?? DEFAULT_BETA,
-    optimizer: { ...DEFAULT_OPTIMIZER, ...o.optimizer },
+    optimizer: optimizerOf(o.optimizer),
     applyUpdate: o.applyUpdate ?? true,
   };
   if (o.chosen !== undefined) request.chosen = toInt32Array(o.chosen, "chosen");
