@@ -390,6 +390,16 @@ describe("run directories that are not what a flag assumes", () => {
     expect(await cli(["--config", config, "--iterations", "1"])).toMatchObject({ code: 0 });
   });
 
+  it("a reward model that cannot score the chat prompts is refused before the run starts", async () => {
+    const chats = write(
+      "chats.jsonl",
+      ["hi", "hello", "hey", "yo", "howdy", "greetings"].map((t) => JSON.stringify({ messages: [{ role: "user", content: t }] })).join("\n"),
+    );
+    const config = userConfig("no-template", { reward: [{ type: "model", path: join(FIXTURES, "reward_gpt2") }], prompts: chats });
+    expectCleanFailure(await cli(["--config", config]), /reward_gpt2 has no chat template, so it cannot score a chat prompt/);
+    expect(existsSync(join(runs, "no-template"))).toBe(false);
+  });
+
   it("an empty config file still takes the flags", () => {
     const empty = write("empty.yaml", "# nothing set yet\n");
     expect(readConfigFile(empty)).toEqual({});

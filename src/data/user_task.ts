@@ -139,8 +139,18 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
   const stop = new Set(tokenizer.stopTokens.ids);
   const messagesByText = new Map<string, readonly ChatMessage[]>();
   for (const p of [...train, ...evaluation]) if (p.messages !== undefined) messagesByText.set(p.text, p.messages);
-  const source = async (config: RewardConfig): Promise<RewardSource> =>
-    new WithMessages(await createRewardSource(config, baseDir, options.placement ?? {}), messagesByText);
+  const source = async (config: RewardConfig): Promise<RewardSource> => {
+    const created = await createRewardSource(config, baseDir, options.placement ?? {});
+    if (messagesByText.size > 0) {
+      try {
+        created.checkChatPrompts?.(); // a source that cannot score the chat prompts fails now, not at iteration 1
+      } catch (err) {
+        await created.dispose?.();
+        throw err;
+      }
+    }
+    return new WithMessages(created, messagesByText);
+  };
   const task: UserTask = {
     name: `user (${policyDir})`,
     tokenizer,

@@ -59,18 +59,23 @@ export class HfRewardModelSource implements RewardSource {
     return new HfRewardModelSource(model, tokenizer, dir, chunkSize);
   }
 
+  checkChatPrompts(): void {
+    if (this.tokenizer.chatTemplate === undefined) {
+      throw new Error(
+        `${this.name} has no chat template, so it cannot score a chat prompt; give the prompts as plain text, ` +
+          `or supply a template for it (chatTemplate)`,
+      );
+    }
+  }
+
   /** The reward model's own ids for one item: what it scores, read at the last token. */
   encodeItem(prompt: ChatRewardPrompt, response: RewardResponse): Int32Array {
+    if (prompt.messages !== undefined) this.checkChatPrompts();
     let ids: Int32Array;
     if (this.tokenizer.chatTemplate !== undefined) {
       const messages: ChatMessage[] = prompt.messages !== undefined ? [...prompt.messages] : [{ role: "user", content: prompt.text }];
       messages.push({ role: "assistant", content: response.text });
       ids = this.tokenizer.encodeChat(messages, { addGenerationPrompt: false });
-    } else if (prompt.messages !== undefined) {
-      throw new Error(
-        `${this.name} has no chat template, so it cannot score a chat prompt; give the prompts as plain text, ` +
-          `or supply a template for it (chatTemplate)`,
-      );
     } else {
       const head = this.tokenizer.encode(prompt.text);
       const tail = this.tokenizer.encode(response.text, { addSpecialTokens: false });

@@ -31,6 +31,8 @@ export interface RewardSource {
   score(batch: RewardBatch): Promise<number[]>;
   /** Frees native resources, if any. */
   dispose?(): Promise<void>;
+  /** Throws when the source cannot score chat prompts (checked before a run whose prompts are chats starts). */
+  checkChatPrompts?(): void;
 }
 
 /** Throws unless `batch` has as many prompts as responses. */

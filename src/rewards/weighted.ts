@@ -54,4 +54,8 @@ export class WeightedRewardSource implements RewardSource {
   async dispose(): Promise<void> {
     await Promise.all(this.components.map((c) => c.source.dispose?.()));
   }
+
+  checkChatPrompts(): void {
+    for (const c of this.components) c.source.checkChatPrompts?.();
+  }
 }
