@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <climits>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -621,6 +623,22 @@ void save_checkpoint(const Model& m, const std::string& dir) {
   fsync_dir(dir);
 }
 
+// A fingerprint of a model's parameter layout (every tensor's name and shape, in order; FNV-1a, 64 bits): AdamW
+// moments saved for one layout are meaningless for another with the same parameter count.
+static std::string layout_fingerprint(const Model& m) {
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](const std::string& s) {
+    for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  };
+  for (const ParamInfo& p : m.layout.tensors) {
+    mix(p.name);
+    mix(shape_str(p.shape));
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
 void save_optimizer_state(const Model& m, const std::string& dir) {
   OPTUNE_CHECK(!dir.empty(), "save_optimizer_state: empty directory path");
   std::error_code ec;
@@ -635,7 +653,7 @@ void save_optimizer_state(const Model& m, const std::string& dir) {
   try {
     safetensors::save(tmp, {{"exp_avg", {n}, mm}, {"exp_avg_sq", {n}, vv}},
                       {{"format", "optune-adamw"}, {"step", std::to_string(m.adam_step)},
-                       {"num_params", std::to_string(n)}});
+                       {"num_params", std::to_string(n)}, {"layout", layout_fingerprint(m)}});
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;
@@ -647,16 +665,21 @@ void save_optimizer_state(const Model& m, const std::string& dir) {
 void load_optimizer_state(Model& m, const std::string& dir) {
   const std::string path = dir + "/optimizer.safetensors";
   safetensors::Reader r(path);
-  std::string step, num_params;
+  std::string step, num_params, layout;
   for (const auto& [k, v] : r.header().metadata) {
     if (k == "step") step = v;
     if (k == "num_params") num_params = v;
+    if (k == "layout") layout = v;  // absent in states saved before it was written: not checked then
   }
   OPTUNE_CHECK(!step.empty() && !num_params.empty(),
                path + ": not an optune optimizer state (metadata needs \"step\" and \"num_params\")");
   OPTUNE_CHECK(num_params == std::to_string(m.params.size()),
                path + ": saved for a model with " + num_params + " parameters, this model has " +
                    std::to_string(m.params.size()) + "; resume with the checkpoint the state was saved with");
+  OPTUNE_CHECK(layout.empty() || layout == layout_fingerprint(m),
+               path + ": saved for a model with another layout of its " + num_params + " parameters (another "
+                      "architecture or shape: layout " + layout + ", this model's " + layout_fingerprint(m) +
+                      "); resume with the checkpoint the state was saved with");
   std::vector<float> mm(m.params.size()), vv(m.params.size());
   for (auto [name, out] : {std::pair<const char*, float*>{"exp_avg", mm.data()}, {"exp_avg_sq", vv.data()}}) {
     const safetensors::TensorInfo* t = r.header().find(name);

@@ -65,6 +65,19 @@ TEST(optimizer_state_mismatch_is_a_clear_error) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(optimizer_state_of_another_layout_is_refused) {
+  // The same parameter count in other shapes: one more vocabulary row and one fewer position row, both d_model wide.
+  ModelConfig a = testing::tiny_gpt2(), b = testing::tiny_gpt2(18);
+  b.max_positions = a.max_positions - 1;
+  auto ma = make_model(a), mb = make_model(b);
+  CHECK(ma->params.size() == mb->params.size());
+  const std::string dir = std::filesystem::temp_directory_path() / "optune-resume-layout";
+  save_optimizer_state(*ma, dir);
+  CHECK_THROWS(load_optimizer_state(*mb, dir), "saved for a model with another layout of its");
+  load_optimizer_state(*ma, dir);  // its own layout loads
+  std::filesystem::remove_all(dir);
+}
+
 TEST(optimizer_state_corruption_is_refused) {
   auto m = make_model(testing::tiny_gpt2());
   init_weights(*m, 5, 0.2f);
