@@ -1,9 +1,11 @@
 #include "transformer.h"
 
 #include <algorithm>
+#include <string>
 
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
+#include "host_memory.h"
 
 namespace optune {
 
@@ -23,22 +25,44 @@ static size_t qkv_size(const ModelConfig& c, int T) {
   return static_cast<size_t>(T) * (c.is_gpt2() ? 3 * c.d_model : c.q_dim() + 2 * c.kv_dim());
 }
 
+// Every buffer of a block's activations, with the number of floats it needs for T tokens.
+template <class Fn>
+static void for_each_layer_buffer(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size, Fn&& fn) {
+  const size_t D = c.d_model, F = c.d_ff, Tn = T;
+  fn(a.norm1, Tn * D);
+  fn(a.norm1_mean, Tn);
+  fn(a.norm1_rstd, Tn);
+  fn(a.qkv, qkv_size(c, T));
+  fn(a.probs, static_cast<size_t>(probs_size));
+  fn(a.atty, Tn * c.q_dim());
+  fn(a.res_attn, Tn * D);
+  fn(a.norm2, Tn * D);
+  fn(a.norm2_mean, Tn);
+  fn(a.norm2_rstd, Tn);
+  fn(a.fc, Tn * F);
+  fn(a.up, c.is_llama() ? Tn * F : 0);
+  fn(a.act, Tn * F);
+  fn(a.res_mlp, Tn * D);
+}
+
 void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size) {
-  const size_t D = c.d_model, F = c.d_ff;
-  a.norm1.resize(T * D);
-  a.norm1_mean.resize(T);
-  a.norm1_rstd.resize(T);
-  a.qkv.resize(qkv_size(c, T));
-  a.probs.resize(probs_size);
-  a.atty.resize(static_cast<size_t>(T) * c.q_dim());
-  a.res_attn.resize(T * D);
-  a.norm2.resize(T * D);
-  a.norm2_mean.resize(T);
-  a.norm2_rstd.resize(T);
-  a.fc.resize(T * F);
-  a.up.resize(c.is_llama() ? T * F : 0);
-  a.act.resize(T * F);
-  a.res_mlp.resize(T * D);
+  for_each_layer_buffer(a, c, T, probs_size, [](std::vector<float>& v, size_t n) { v.resize(n); });
+}
+
+// Refuses a batch whose activations would not fit in memory (before growing any buffer: see host_memory.h).
+static void check_acts_memory(Acts& acts, const ModelConfig& c, int T, int64_t probs_size, size_t n_layers,
+                              bool training) {
+  size_t grow = 0;  // bytes beyond what the buffers already hold
+  LayerActs empty;
+  for (size_t l = 0; l < n_layers; l++) {
+    LayerActs& a = l < acts.layers.size() ? acts.layers[l] : empty;
+    for_each_layer_buffer(a, c, T, probs_size, [&grow](std::vector<float>& v, size_t n) {
+      if (n > v.capacity()) grow += (n - v.capacity()) * sizeof(float);
+    });
+  }
+  check_host_memory(grow, std::string(training ? "training" : "forward") + " activations of " + std::to_string(T) +
+                              " tokens",
+                    "use fewer or shorter sequences per call (a smaller batchPairs, or fewer prompts per call)");
 }
 
 // Norm dispatch: LayerNorm (GPT-2) or RMSNorm (Llama).
@@ -145,8 +169,10 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
   acts.pos.resize(T);
   for (int s = 0; s < b.n_seq(); s++)
     for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) acts.pos[t] = t - b.offsets[s];
-  acts.layers.resize(training ? c.n_layer : 1);
+  const size_t n_layers = training ? c.n_layer : 1;
   const int64_t probs = training ? cpu::attention_probs_size(b.offsets.data(), b.n_seq(), c.n_head) : 0;
+  check_acts_memory(acts, c, T, probs, n_layers, training);
+  acts.layers.resize(n_layers);
   for (auto& la : acts.layers) size_layer_acts(la, c, T, probs);
   acts.x0.resize(static_cast<size_t>(T) * c.d_model);
   embed_forward(m, b.tokens.data(), acts.pos.data(), T, acts.x0.data());

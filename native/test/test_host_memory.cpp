@@ -1,6 +1,7 @@
 // Requests too large for the machine are refused with their size and a fix before anything is allocated: under
 // Linux's overcommit the allocation itself would succeed and the kernel's OOM killer would end the process.
 #include <cstddef>
+#include <cstdio>
 #include <string>
 
 #include "core/engine.h"
@@ -38,6 +39,32 @@ TEST(huge_model_and_sample_requests_are_refused_before_allocating) {
   r.n_samples = 1 << 20;  // the most allowed: their logits alone take 2^20 x 50000 floats, ~195 GiB
   r.max_new_tokens = 8;
   CHECK_THROWS(sample(*m, r), "sample: the KV cache and logits of 1048576 responses of up to 10 tokens: ");
+}
+
+TEST(a_batch_whose_activations_do_not_fit_is_refused) {
+  // One wide layer (d_model 1024) keeps the weights small (~17 MB) and the activations ~32 KB a token: a batch of
+  // twice the tokens that fit is refused before its activations are allocated.
+  ModelConfig c = testing::tiny_gpt2();
+  c.d_model = 1024;
+  c.n_head = c.n_kv_head = 8;
+  c.head_dim = 128;
+  c.n_layer = 1;
+  auto m = make_model(c);
+  init_weights(*m, 1);
+  const size_t per_token = 8 * sizeof(float) * c.d_model;  // at least: 3 norms/residuals, qkv (3D), attention out
+  const size_t want = 2 * available_host_bytes() / per_token;
+  if (want > (size_t(1) << 24)) {  // a machine with over ~256 GiB free: the batch itself would be too large here
+    std::printf("note: %zu tokens needed to exceed memory; not built\n", want);
+    return;
+  }
+  Batch b;
+  const int len = c.max_positions;
+  const int n_seq = static_cast<int>(want / len) + 1;
+  b.tokens.assign(static_cast<size_t>(n_seq) * len, 1);
+  b.offsets.push_back(0);
+  for (int s = 0; s < n_seq; s++) b.offsets.push_back((s + 1) * len), b.prompt_lens.push_back(1);
+  CHECK_THROWS(compute_logprobs(*m, b), "forward activations of " + std::to_string(b.n_tokens()) + " tokens: ");
+  CHECK_THROWS(compute_logprobs(*m, b), "use fewer or shorter sequences per call");
 }
 
 TEST_MAIN()
