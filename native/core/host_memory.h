@@ -8,7 +8,8 @@
 namespace optune {
 
 // Bytes the process may still allocate: /proc/meminfo's MemAvailable + SwapFree, capped by the cgroup's limit
-// less its usage (v2 memory.max / memory.current, or v1). 0 when none of these can be read (no check then).
+// less its usage (v2 memory.max / memory.current, or v1), and by OPTUNE_MEMORY_LIMIT (bytes) when set. 0 when none
+// of these can be read (no check then).
 size_t available_host_bytes();
 
 // Throws optune::Error "<what>: <X> GiB of memory needed, but only <Y> GiB is available; <fix>" when `bytes` exceeds

@@ -11,6 +11,7 @@
 #include "engine.h"
 #include "error.h"
 #include "heads.h"
+#include "host_memory.h"
 #include "losses.h"
 #include "transformer.h"
 
@@ -130,6 +131,15 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   const Batch& b = r.batch;
   const int D = m.cfg.d_model, T = b.n_tokens(), n_seq = b.n_seq();
   TrainStats st;
+
+  // The first step allocates the gradients and, with an update, AdamW's two moments: 3x the weights, refused up
+  // front when the machine cannot hold them (see host_memory.h).
+  const size_t n_params = m.params.size();
+  size_t state_bytes = m.grads.size() == n_params ? 0 : n_params * sizeof(float);
+  if (r.apply_update && m.adam_m.size() != n_params) state_bytes += 2 * n_params * sizeof(float);
+  check_host_memory(state_bytes, "training state (gradients and AdamW moments of " + std::to_string(n_params) +
+                                     " parameters)",
+                    "train a smaller model, or train it on a GPU (--device cuda)");
 
   // reference log-probs (before the policy forward, so its activations are not alive at the same time)
   std::vector<float> ref_c, ref_r;

@@ -2,6 +2,7 @@
 // Linux's overcommit the allocation itself would succeed and the kernel's OOM killer would end the process.
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "core/engine.h"
@@ -65,6 +66,26 @@ TEST(a_batch_whose_activations_do_not_fit_is_refused) {
   for (int s = 0; s < n_seq; s++) b.offsets.push_back((s + 1) * len), b.prompt_lens.push_back(1);
   CHECK_THROWS(compute_logprobs(*m, b), "forward activations of " + std::to_string(b.n_tokens()) + " tokens: ");
   CHECK_THROWS(compute_logprobs(*m, b), "use fewer or shorter sequences per call");
+}
+
+TEST(the_training_state_is_checked_at_the_first_step_under_a_budget) {
+  auto m = make_model(testing::tiny_gpt2());
+  init_weights(*m, 1);
+  TrainRequest r;
+  r.loss = LossKind::SFT;
+  r.batch.tokens = {1, 2, 3, 4};
+  r.batch.offsets = {0, 4};
+  r.batch.prompt_lens = {1};
+  // a budget below the gradients and moments (3 x 4 bytes a parameter) of this model
+  const std::string budget = std::to_string(2 * m->params.size() * sizeof(float));
+  setenv("OPTUNE_MEMORY_LIMIT", budget.c_str(), 1);
+  CHECK(available_host_bytes() <= 2 * m->params.size() * sizeof(float));
+  CHECK_THROWS(train_step(*m, r), "training state (gradients and AdamW moments of " +
+                                      std::to_string(m->params.size()) + " parameters): ");
+  CHECK(m->grads.empty() && m->adam_m.empty());  // refused before anything was allocated
+  unsetenv("OPTUNE_MEMORY_LIMIT");
+  train_step(*m, r);  // without the budget it trains
+  CHECK(m->adam_m.size() == m->params.size());
 }
 
 TEST_MAIN()
