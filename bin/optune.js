@@ -15,18 +15,13 @@ let format = (err) => {
 };
 // A failure nobody awaited (a stray promise in a reward module, say) still ends the run with one clean message and
 // exit code 1 instead of Node's stack dump; what the run saved is complete, as every write is atomic.
-const fatal = (err) => {
-  console.error(format(err));
+const fatal = (err, note = "") => {
+  console.error(format(err) + note);
   process.exit(1);
 };
-const stray = (err) => {
-  const debug = process.argv.includes("--debug");
-  console.error(
-    format(err) +
-      (debug ? "" : "\n(raised by code nobody awaited, e.g. in a reward module: rerun with --debug for its stack trace)"),
-  );
-  process.exit(1);
-};
+const stray = (err) =>
+  fatal(err, process.argv.includes("--debug") ? "" : "\n(raised by code nobody awaited, e.g. in a reward module: " +
+    "rerun with --debug for its stack trace)");
 process.on("unhandledRejection", stray);
 process.on("uncaughtException", stray);
 // Code the command runs (a reward module) may call process.exit(0) mid-run: that must not pass for success.

@@ -60,21 +60,30 @@ std::vector<int32_t> int32_array(const Napi::Value& v, const std::string& name) 
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
-std::vector<float> float32_array(const Napi::Value& v, const std::string& name, bool finite) {
+Napi::Float32Array float32_array_ref(const Napi::Value& v, const std::string& name) {
   if (!is_typed(v, napi_float32_array)) {
     throw Napi::TypeError::New(v.Env(), name + " must be a Float32Array, got " + describe(v));
   }
-  auto a = v.As<Napi::Float32Array>();
+  return v.As<Napi::Float32Array>();
+}
+
+std::string first_nonfinite(const float* x, size_t n, const std::string& name) {
+  for (size_t i = 0; i < n; i++) {
+    if (!std::isfinite(x[i])) {
+      // Spelled as JS prints it, so the message matches the TS wrapper's.
+      const char* what = std::isnan(x[i]) ? "NaN" : x[i] > 0 ? "Infinity" : "-Infinity";
+      return name + "[" + std::to_string(i) + "] is " + what + "; all values must be finite";
+    }
+  }
+  return "";
+}
+
+std::vector<float> float32_array(const Napi::Value& v, const std::string& name, bool finite) {
+  auto a = float32_array_ref(v, name);
   std::vector<float> out(a.Data(), a.Data() + a.ElementLength());
   if (finite) {
-    for (size_t i = 0; i < out.size(); i++) {
-      if (!std::isfinite(out[i])) {
-        // Spelled as JS prints it, so the message matches the TS wrapper's.
-        const char* what = std::isnan(out[i]) ? "NaN" : out[i] > 0 ? "Infinity" : "-Infinity";
-        throw Napi::RangeError::New(v.Env(), name + "[" + std::to_string(i) + "] is " + what +
-                                                 "; all values must be finite");
-      }
-    }
+    const std::string bad = first_nonfinite(out.data(), out.size(), name);
+    if (!bad.empty()) throw Napi::RangeError::New(v.Env(), bad);
   }
   return out;
 }

@@ -21,6 +21,11 @@ std::string describe(const Napi::Value& v);
 Napi::Object expect_object(const Napi::Value& v, const std::string& name);
 std::vector<int32_t> int32_array(const Napi::Value& v, const std::string& name);
 std::vector<float> float32_array(const Napi::Value& v, const std::string& name, bool finite);
+// The array itself, not a copy (TypeError unless it is a Float32Array).
+Napi::Float32Array float32_array_ref(const Napi::Value& v, const std::string& name);
+// "name[i] is NaN; all values must be finite" for the first non-finite value, "" when there is none. Touches no JS
+// value, so the engine thread may call it.
+std::string first_nonfinite(const float* x, size_t n, const std::string& name);
 // A seed: undefined (0), a non-negative safe integer, or a bigint that fits in 64 bits.
 uint64_t seed_value(const Napi::Value& v, const std::string& name);
 

@@ -1,6 +1,5 @@
 #include "model_wrap.h"
 
-#include <cmath>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -67,15 +66,6 @@ ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWra
     throw Napi::TypeError::New(info.Env(), "Model cannot be constructed directly; use createModel() or loadModel()");
   }
   h_ = *info[0].As<Napi::External<HandlePtr>>().Data();
-}
-
-optune::Model& ModelWrap::idle_model(Napi::Env env, const char* op) {
-  check_alive(env, *h_);
-  if (h_->busy_op != nullptr) {
-    throw Napi::Error::New(env, std::string("model is busy with ") + h_->busy_op + "; await the previous call before " +
-                                    op);
-  }
-  return *h_->model;
 }
 
 static std::string string_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
@@ -300,12 +290,7 @@ Napi::Value ModelWrap::set_params(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
     check_alive(env, *h_);
-    if (info.Length() < 1 || !info[0].IsTypedArray() ||
-        info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
-      throw Napi::TypeError::New(env, "params must be a Float32Array, got " +
-                                          (info.Length() < 1 ? std::string("undefined") : describe(info[0])));
-    }
-    auto array = info[0].As<Napi::Float32Array>();
+    auto array = float32_array_ref(info[0], "params");
     const size_t n = array.ElementLength();
     if (n != h_->model->params.size()) {
       throw Napi::RangeError::New(env, "params has " + std::to_string(n) + " values but the model has " +
@@ -321,13 +306,8 @@ Napi::Value ModelWrap::set_params(const Napi::CallbackInfo& info) {
     return PromiseTask::start(
         env, "setParams",
         [h, data, n] {
-          for (size_t i = 0; i < n; i++) {
-            if (!std::isfinite(data[i])) {
-              throw optune::Error("params[" + std::to_string(i) + "] is " +
-                                  (std::isnan(data[i]) ? "NaN" : data[i] > 0 ? "Infinity" : "-Infinity") +
-                                  "; all values must be finite");
-            }
-          }
+          const std::string bad = first_nonfinite(data, n, "params");
+          if (!bad.empty()) throw optune::Error(bad);
           optune::Model& m = *h->model;
           optune::sync_to_host(m);  // the device's AdamW moments come down first, so the upload below keeps them
           m.params.assign(data, data + n);

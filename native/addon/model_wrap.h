@@ -40,8 +40,6 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value disposed(const Napi::CallbackInfo& info);
   Napi::Value busy_op(const Napi::CallbackInfo& info);
 
-  // The weights for a synchronous read or write: throws when disposed or while an operation runs on them.
-  optune::Model& idle_model(Napi::Env env, const char* op);
 
   HandlePtr h_;
 };

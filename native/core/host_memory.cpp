@@ -52,8 +52,8 @@ struct CgroupLevel {
 };
 
 // The folders of the process's memory cgroup, from its own up to the hierarchy's root, as /proc/self/cgroup names
-// it: "0::<path>" (v2, under /sys/fs/cgroup) or "N:...memory...:<path>" (v1, under /sys/fs/cgroup/memory). A path
-// that is not visible (another cgroup namespace) falls back to the mount's root.
+// it: "0::<path>" (v2, under /sys/fs/cgroup) or "N:...memory...:<path>" (v1, under /sys/fs/cgroup/memory). Levels
+// that are not visible here (another cgroup namespace) are skipped.
 std::vector<CgroupLevel> memory_cgroup_levels() {
   std::ifstream in("/proc/self/cgroup");
   std::string line;
@@ -66,10 +66,7 @@ std::vector<CgroupLevel> memory_cgroup_levels() {
     if (!v2 && (',' + controllers + ',').find(",memory,") == std::string::npos) continue;
     const std::string root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
     std::string rel = path;
-    while (!rel.empty() && rel != "/" && !std::ifstream(root + rel + "/memory.stat")) {
-      rel = rel.substr(0, rel.find_last_of('/'));  // not visible here: try its parent
-    }
-    for (;;) {
+    for (;;) {  // each level that is visible here (a cgroup namespace hides those above its own root)
       const std::string dir = rel.empty() || rel == "/" ? root : root + rel;
       if (std::ifstream(dir + "/memory.stat")) levels.push_back({dir, v2});
       if (rel.empty() || rel == "/") break;

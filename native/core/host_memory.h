@@ -13,7 +13,8 @@ namespace optune {
 size_t available_host_bytes();
 
 // Throws optune::Error "<what>: <X> GiB of memory needed, but only <Y> GiB is available; <fix>" when `bytes` exceeds
-// what is available. Meant for the few allocations that scale with a request (weights, KV cache, logits).
+// what is available. Meant for the allocations that scale with a request or a model (weights, training state,
+// activations, KV cache, logits); 0 bytes checks nothing.
 void check_host_memory(size_t bytes, const std::string& what, const std::string& fix);
 
 }  // namespace optune

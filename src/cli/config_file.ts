@@ -6,6 +6,8 @@ import { extname } from "node:path";
 
 import { parse as parseYaml } from "yaml";
 
+import { stripBom } from "../util/text.js";
+
 /** The raw (unvalidated) config in a .yaml/.yml or .json file. */
 export function readConfigFile(path: string): unknown {
   let text: string;
@@ -19,7 +21,7 @@ export function readConfigFile(path: string): unknown {
     });
   }
   const ext = extname(path).toLowerCase();
-  if (text.startsWith("\uFEFF")) text = text.slice(1); // a byte-order mark some editors write
+  text = stripBom(text);
   try {
     // An empty (or comment-only, or null) file sets nothing: all defaults, with the flags laid over them.
     if (ext === ".json") return (JSON.parse(text) as unknown) ?? {};
@@ -46,7 +48,7 @@ export function setPath(target: Record<string, unknown>, path: string, value: un
   for (const key of keys.slice(0, -1)) {
     const next = node[key];
     if (next === undefined || next === null) node[key] = {}; // `loop:` with nothing under it is an empty section
-    else if (typeof next !== "object" || next === null || Array.isArray(next)) return;
+    else if (typeof next !== "object" || Array.isArray(next)) return;
     node = node[key] as Record<string, unknown>;
   }
   node[keys[keys.length - 1] as string] = value;

@@ -105,17 +105,22 @@ function resumedRunConfig(flags: RunFlags): Config {
 }
 
 /**
- * With --overwrite, checks that the run directory may be replaced: only an optune run (never a folder holding other
- * files), and not while it holds the working directory or anything the new run reads (its config file, models,
- * prompts, reward modules). It is emptied only once the new run's task has been created.
+ * Where a new run may go, checked before its task is made (the built-in task may take a minute to prepare): never
+ * into a folder holding files optune does not write; over a run only with --overwrite, and not while the run
+ * directory holds the working directory or anything the new run reads (its config file, models, prompts, reward
+ * modules). An overwritten directory is emptied only once the new run's task has been created.
  */
-function checkOverwrite(config: Config, configFile: string | undefined): void {
+function checkNewRunDir(config: Config, overwrite: boolean, configFile: string | undefined): void {
   const dir = config.run.dir;
   const status = runDirStatus(dir);
   if (status.kind === "foreign") throw foreignRunDirError(dir, status.entries);
-  if (status.kind === "free") return;
-  const reads = existingPaths(config, new Set(["run.dir"]));
-  checkReplaceable(dir, configFile === undefined ? reads : [...reads, configFile]);
+  if (status.kind === "run" && !overwrite) {
+    throw new Error(`${dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or --out <dir>`);
+  }
+  if (overwrite && status.kind !== "free") {
+    const reads = existingPaths(config, new Set(["run.dir"]));
+    checkReplaceable(dir, configFile === undefined ? reads : [...reads, configFile]);
+  }
 }
 
 export function runCommand(): Command {
@@ -131,14 +136,7 @@ export function runCommand(): Command {
     const resume = flags.resume === true;
     const config = resume ? resumedRunConfig(flags) : newRunConfig(flags);
     const overwrite = !resume && flags.overwrite === true;
-    if (overwrite) checkOverwrite(config, flags.config);
-    else if (!resume) {
-      const status = runDirStatus(config.run.dir);
-      if (status.kind === "foreign") throw foreignRunDirError(config.run.dir, status.entries);
-      if (status.kind === "run") {
-        throw new Error(`${config.run.dir} already holds a run: pass --resume to continue it, --overwrite to replace it, or --out <dir>`);
-      }
-    }
+    if (!resume) checkNewRunDir(config, overwrite, flags.config);
 
     const reporter = terminalReporter();
     let stopRequested = false;

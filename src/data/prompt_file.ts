@@ -8,6 +8,7 @@ import { resolve } from "node:path";
 
 import { type ChatMessage, checkMessages } from "../tokenizer/index.js";
 import { Rng } from "../util/random.js";
+import { stripBom } from "../util/text.js";
 
 export interface PromptRecord {
   /** Where it came from, "file:line", for errors and logs. */
@@ -54,7 +55,7 @@ export function parsePromptLines(
   const records: PromptRecord[] = [];
   const seen = new Set<string>();
   let duplicates = 0;
-  const lines = (text.startsWith("\uFEFF") ? text.slice(1) : text).split("\n"); // without a byte-order mark
+  const lines = stripBom(text).split("\n");
   lines.forEach((raw, i) => {
     const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
     if (line.trim() === "") return;

@@ -57,7 +57,8 @@ interface LatestPointer {
 // optune, and is refused before anything in the run directory is touched.
 const iterationNumber = z.number().int().min(0);
 const tokenIds = z.array(z.number().int().min(0));
-const SavedPairSchema = z.object({
+// Loose: a pair field this check does not name (added to PromptPair later) is kept, not stripped.
+const SavedPairSchema = z.looseObject({
   chosenIds: tokenIds,
   rejectedIds: tokenIds,
   rewardChosen: z.number(),
@@ -173,10 +174,10 @@ function readPointer(runDir: string): LatestPointer | null {
   const path = join(stateRoot(runDir), "latest.json");
   if (!existsSync(path)) return null;
   const pointer = checkedRunJson(path, readRunJson(path), LatestPointerSchema);
-  const dir = join(stateRoot(runDir), pointer.dir, "state.json");
-  if (!existsSync(dir)) {
+  const statePath = join(stateRoot(runDir), pointer.dir, "state.json");
+  if (!existsSync(statePath)) {
     throw new Error(
-      `${path} points at ${dir}, which does not exist; optune writes the state before the pointer, so it was ` +
+      `${path} points at ${statePath}, which does not exist; optune writes the state before the pointer, so it was ` +
         "changed by something else. Start a new run (--overwrite, or another --out directory)",
     );
   }
