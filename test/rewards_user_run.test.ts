@@ -4,7 +4,7 @@
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 
 import { ConfigSchema } from "../src/config/schema.js";
+import { EngineModel } from "../src/engine/index.js";
 import { createUserTask, type UserTaskOptions } from "../src/data/user_task.js";
 import { PromptsSchema, userModelFields, userRewardFields, userTaskOptions } from "../src/data/user_config.js";
 import type { RewardConfig } from "../src/data/reward_spec.js";
@@ -141,6 +142,43 @@ describe("optune loop on a user model", () => {
       sources: [rewardModel, { type: "module", path: modulePath, weight: 0.5 }, { type: "http", url, weight: 0.1 }],
       missingEosPenalty: 1,
     });
+  });
+});
+
+describe("a policy whose vocabulary is padded past its tokenizer's", () => {
+  it("never samples the padding ids (they have no text) and runs", async () => {
+    // The SmolLM fixture's shape with 400 vocabulary rows for its tokenizer's 330 ids, as Qwen2 models pad theirs;
+    // random weights give the padding rows ~18% of the mass, so unmasked draws would hit them at once.
+    const base = await EngineModel.load(join(FIXTURES, "smollm"));
+    const dir = join(scratch, "padded");
+    const padded = await EngineModel.create({ ...base.config, vocabSize: 400 }, 5);
+    await padded.save(dir);
+    await base.dispose();
+    await padded.dispose();
+    for (const f of ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]) {
+      copyFileSync(join(FIXTURES, "smollm", f), join(dir, f));
+    }
+    const task = await createUserTask({
+      policy: dir,
+      prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+      maxNewTokens: 8,
+      reward: { sources: [{ type: "module", path: modulePath }] },
+    });
+    expect(task.vocabLimit).toBe(330);
+    const seen: number[] = [];
+    const decode = task.decode;
+    const watched = { ...task, decode: (ids: Int32Array) => (seen.push(...ids), decode(ids)) };
+    const config = ConfigSchema.parse({
+      seed: 3,
+      loop: { iterations: 2, prompts: 8, k: 4, batchPairs: 4 },
+      eval: { prompts: 3, samples: 2 },
+      sampling: { maxNewTokens: 8 },
+      run: { dir: join(scratch, "padded-run"), checkpointEvery: 0 },
+    });
+    const result = await runLoop({ config, task: watched });
+    expect(result.status).toBe("completed");
+    expect(seen.length).toBeGreaterThan(200);
+    expect(Math.max(...seen)).toBeLessThan(330);
   });
 });
 

@@ -63,6 +63,31 @@ describe.each(Object.keys(cases))("tokenizer %s matches transformers", (name) =>
   });
 });
 
+describe("clean_up_tokenization_spaces", () => {
+  // Llama 3's tokenizer_config.json sets it; transformers 5 ignores it for BPE models unless the override flag is
+  // also set, so "end ." must decode as "end ." there (the JS library alone would give "end.").
+  async function withConfig(fields: Record<string, unknown>): Promise<HfTokenizer> {
+    const dir = join(scratch, `cleanup-${Object.keys(fields).length}`);
+    cpSync(join(FIXTURES, "smollm"), dir, { recursive: true });
+    const config = JSON.parse(readFileSync(join(dir, "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
+    writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ ...config, ...fields }));
+    return HfTokenizer.load(dir);
+  }
+
+  it("is ignored for a BPE model, as transformers 5 does", async () => {
+    const tok = await withConfig({ clean_up_tokenization_spaces: true });
+    expect(tok.decode(tok.encode("end . it 's", { addSpecialTokens: false }))).toBe("end . it 's");
+  });
+
+  it("applies with transformers' override flag", async () => {
+    const tok = await withConfig({
+      clean_up_tokenization_spaces: true,
+      clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output: true,
+    });
+    expect(tok.decode(tok.encode("end . it 's", { addSpecialTokens: false }))).toBe("end. it's");
+  });
+});
+
 describe("stop tokens", () => {
   it("come from generation_config.json, an id or a list", async () => {
     const smollm = await HfTokenizer.load(join(FIXTURES, "smollm"));

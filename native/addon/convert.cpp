@@ -412,6 +412,7 @@ optune::SampleRequest to_sample_request(const Napi::Value& v) {
   r.temperature = opt_float(o, "temperature", where, r.temperature);
   r.top_k = opt_int(o, "topK", where, r.top_k, 0, big);
   r.top_p = opt_float(o, "topP", where, r.top_p);
+  r.vocab_limit = opt_int(o, "vocabLimit", where, r.vocab_limit, 0, big);
   r.stop_tokens = opt_int32_array(o, "stopTokens", where);
   r.seed = seed_value(o.Get("seed"), "request.seed");
   if (r.temperature < 0) throw Napi::RangeError::New(env, "request.temperature must be >= 0 (0 = greedy)");

@@ -80,6 +80,10 @@ struct SampleRequest {
   int top_k = 0;                        // 0 = off
   float top_p = 1.0f;                   // 1 = off
   std::vector<int32_t> stop_tokens;     // generation of a sequence ends after it emits one of these (kept)
+  // 0: every id may be drawn. Else only ids below it: a model whose vocabulary is padded past its tokenizer's
+  // (Qwen2: 151936 rows for 151665 tokens) has rows no text decodes to. Like top-k, it limits only the draw; the
+  // log-probs returned are under the whole vocabulary.
+  int vocab_limit = 0;
   uint64_t seed = 0;
   // Per prompt, the key of its random stream; sample k of prompt i draws from stream (stream_ids[i], k). The same
   // (seed, stream id, k) gives the same tokens whatever else is in the batch. Empty: stream id = prompt index.

@@ -124,7 +124,8 @@ int32_t last_candidate(const float* z, int V) {
 
 }  // namespace
 
-Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScratch& ps) {
+Pick pick_token(const float* z, int vocab, const SampleRequest& r, double u, PickScratch& ps) {
+  const int V = drawable_vocab(r, vocab);  // everything below draws from z[0, V)
   std::vector<float>& e = ps.e;
   float bad;  // NaN for an infinite or NaN logit
   const float mx = cpu::max_of(z, V, &bad);
@@ -133,7 +134,15 @@ Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScr
   float sum = 0.0f;  // one partial sum per simd lane, combined in a fixed order
 #pragma omp simd reduction(+ : sum)
   for (int j = 0; j < V; j++) sum += (e[j] = cpu::vexp(z[j] - mx));
-  const double lse = mx + std::log(static_cast<double>(sum));
+  double lse = mx + std::log(static_cast<double>(sum));
+  if (V < vocab) {  // the ids past the limit: never drawn, but part of the model's distribution
+    const float tail_mx = cpu::max_of(z + V, vocab - V, &bad);
+    if (bad != 0.0f) return {-1, 0.0f};
+    double tail_sum = 0.0;
+    for (int j = V; j < vocab; j++) tail_sum += std::exp(static_cast<double>(z[j] - tail_mx));
+    const double tail_lse = tail_mx + std::log(tail_sum);
+    lse = std::max(lse, tail_lse) + std::log1p(std::exp(-std::abs(lse - tail_lse)));
+  }
   auto model_logp = [&](int32_t t) { return static_cast<float>(z[t] - lse); };
   auto first_max = [&] { return static_cast<int32_t>(std::find(z, z + V, mx) - z); };
   if (r.temperature == 0.0f) return {first_max(), model_logp(first_max())};

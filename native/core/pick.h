@@ -23,11 +23,17 @@ struct PickScratch {
   std::vector<double> bucket_mass;
 };
 
-// Draws one token from logits z[0, V) with the uniform u in [0, 1). Greedy (temperature 0) is the first maximum.
-// Otherwise the weights exp((z - max) / temperature) are cut to the top_k largest logits, then to the smallest
-// prefix (by logit descending, index ascending) whose mass reaches top_p of theirs, and u inverts the cumulative
-// distribution in that order (in index order when nothing is filtered). A pure function of (z, settings, u).
-// Returns token -1 when a logit is not finite.
-Pick pick_token(const float* z, int V, const SampleRequest& r, double u, PickScratch& ps);
+// The ids a draw may pick from a vocabulary of `vocab`: [0, drawable_vocab) (SampleRequest::vocab_limit).
+inline int drawable_vocab(const SampleRequest& r, int vocab) {
+  return r.vocab_limit > 0 && r.vocab_limit < vocab ? r.vocab_limit : vocab;
+}
+
+// Draws one token from logits z[0, vocab) with the uniform u in [0, 1), among the first V = drawable_vocab ids.
+// Greedy (temperature 0) is the first maximum. Otherwise the weights exp((z - max) / temperature) are cut to the
+// top_k largest logits, then to the smallest prefix (by logit descending, index ascending) whose mass reaches top_p
+// of theirs, and u inverts the cumulative distribution in that order (in index order when nothing is filtered). The
+// log-prob is over all `vocab` logits. A pure function of (z, settings, u). Returns token -1 when a logit is not
+// finite.
+Pick pick_token(const float* z, int vocab, const SampleRequest& r, double u, PickScratch& ps);
 
 }  // namespace optune

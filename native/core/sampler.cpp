@@ -121,6 +121,9 @@ void validate_sample_request(const Model& m, const SampleRequest& r) {
     throw Error("sample: temperature " + std::string(t) +
                 " is too small (1 / temperature overflows float); use 0 for greedy decoding");
   }
+  OPTUNE_CHECK(r.vocab_limit >= 0 && r.vocab_limit <= m.cfg.vocab_size,
+               "sample: vocabLimit " + std::to_string(r.vocab_limit) + " must be in [0, vocab_size = " +
+                   std::to_string(m.cfg.vocab_size) + "] (0 = the whole vocabulary)");
   OPTUNE_CHECK(r.top_k >= 0, "sample: topK must be >= 0 (0 = off)");
   OPTUNE_CHECK(r.top_p > 0 && r.top_p <= 1, "sample: topP must be in (0, 1]");
   OPTUNE_CHECK(r.stream_ids.empty() || static_cast<int>(r.stream_ids.size()) == n_prompts,

@@ -19,6 +19,7 @@
 
 #include "check.cuh"
 #include "core/error.h"
+#include "core/pick.h"
 #include "core/rng.h"
 #include "decode_gemm.h"
 #include "lt_gemm.h"
@@ -318,7 +319,8 @@ class Sampler {
     cap_ = max_prompt + r.max_new_tokens;
     max_rows_ = std::max(R_, std::max(max_prompt, std::min(static_cast<int>(r.prompt_tokens.size()), kPrefillTokens)));
     params_.seed = r.seed, params_.temperature = r.temperature, params_.top_k = r.top_k, params_.top_p = r.top_p;
-    params_.vocab = V_;
+    params_.vocab = drawable_vocab(r, V_);
+    params_.full_vocab = V_;
     params_.logits_ld = LV_;
     allocate();
   }
@@ -439,13 +441,14 @@ class Sampler {
       rope_table(rope_.data(), cap_, c_.head_dim, c_.rope_theta, st());
     }
     if (params_.filtered()) {  // the sorted vocabulary and the sort's scratch
-      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * V_, "sampler sorted vocabulary (top-k / top-p)");
-      sort_.max_rows = sort_chunk_rows(R_, V_);
-      const size_t n = static_cast<size_t>(sort_.max_rows) * V_;
+      const int drawable = params_.vocab;  // only the ids a draw may pick are ordered
+      sorted_ = alloc<int32_t>(static_cast<size_t>(R_) * drawable, "sampler sorted vocabulary (top-k / top-p)");
+      sort_.max_rows = sort_chunk_rows(R_, drawable);
+      const size_t n = static_cast<size_t>(sort_.max_rows) * drawable;
       sort_keys_in_ = alloc<uint64_t>(n, "sampler sort keys");
       sort_keys_out_ = alloc<uint64_t>(n, "sampler sort keys");
       sort_vals_in_ = alloc<int32_t>(n, "sampler sort values");
-      sort_.temp_bytes = sort_temp_bytes(sort_.max_rows, V_);
+      sort_.temp_bytes = sort_temp_bytes(sort_.max_rows, drawable);
       sort_temp_ = alloc<char>(sort_.temp_bytes, "sampler sort temp storage");
       sort_.keys_in = sort_keys_in_.data(), sort_.keys_out = sort_keys_out_.data();
       sort_.vals_in = sort_vals_in_.data(), sort_.temp = sort_temp_.data();
@@ -739,7 +742,7 @@ class Sampler {
   // Orders the first n_rows logits rows when the draws are filtered (sort_rows); counts the calls (stats).
   void order_rows(int n_rows) {
     if (!params_.filtered()) return;
-    sort_rows(sorted_.data(), logits_.data(), LV_, n_rows, V_, sort_, st());
+    sort_rows(sorted_.data(), logits_.data(), LV_, n_rows, params_.vocab, sort_, st());
     row_sorts_++;
   }
 

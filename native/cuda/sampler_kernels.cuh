@@ -147,7 +147,8 @@ struct Params {
   float temperature = 1.0f;
   int top_k = 0;
   float top_p = 1.0f;
-  int vocab = 0;
+  int vocab = 0;       // the ids a draw may pick: [0, vocab) (SampleRequest::vocab_limit)
+  int full_vocab = 0;  // the model's vocabulary (>= vocab): the log-probs' normalizer runs over all of it
   int logits_ld = 0;  // row stride of the logits (the vocabulary rounded up to 8: 16-byte aligned rows for cuBLAS)
   // Filtered draws (a top-k below the vocabulary, a top-p below 1) read their rows in (logit desc, index asc)
   // order (sort_rows).

@@ -597,6 +597,12 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
   CHECK_MSG(agree >= 0.99, "top-p first tokens: only " + std::to_string(agree) + " equal the CPU sampler's");
 }
 
+TEST(vocab_limit_restricts_draws_not_log_probs) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 35, 0.8f);
+  testing::check_vocab_limit(*m, [](const Model& mm, const SampleRequest& r) { return gpu_sample(mm, r); }, 1e-4);
+}
+
 TEST(automatic_k_split_at_gpt2_width) {
   // GPT-2's block widths (d 768, d_ff 3072) and the benchmark's 64 rows: the automatic choice (OPTUNE_CUDA_SPLIT_K=
   // auto) splits the decode GEMMs on cuBLAS. Unset, fp32 (cuBLAS) splits nothing, bf16 (cuBLASLt) splits the MLP

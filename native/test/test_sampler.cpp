@@ -128,6 +128,12 @@ TEST(temperature_top_k_top_p_follow_their_definitions) {
   testing::check_sampling_definitions(*m, [](const Model& mm, const SampleRequest& r) { return sample(mm, r); });
 }
 
+TEST(vocab_limit_restricts_draws_not_log_probs) {
+  auto m = make_model(testing::tiny_gpt2());
+  testing::randomize(*m, 35, 0.8f);
+  testing::check_vocab_limit(*m, [](const Model& mm, const SampleRequest& r) { return sample(mm, r); }, 1e-5);
+}
+
 TEST(bf16_decoding_stays_close_to_fp32_and_is_reproducible) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
     auto m = make_model(cfg);
@@ -165,6 +171,9 @@ TEST(bad_sample_requests_throw) {
   req = prompts_request(kPrompts, 1, 4);
   req.top_p = 0.0f;
   CHECK_THROWS(sample(*m, req), "topP");
+  req = prompts_request(kPrompts, 1, 4);
+  req.vocab_limit = m->cfg.vocab_size + 1;
+  CHECK_THROWS(sample(*m, req), "vocabLimit");
   req = prompts_request(kPrompts, 1, 4);
   req.prompt_tokens = {1, 2, 3};
   req.prompt_offsets = {0, 0, 3};

@@ -157,6 +157,7 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
     trainPrompts: train,
     evalPrompts: evaluation,
     stopTokens: tokenizer.stopTokens.ids,
+    ...(tokenizer.vocabSize < shape.vocabSize ? { vocabLimit: tokenizer.vocabSize } : {}),
     policyDir,
     decode: (ids) => {
       const endedWithEos = ids.length > 0 && stop.has(ids[ids.length - 1] as number);

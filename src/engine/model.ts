@@ -73,6 +73,11 @@ export interface SampleOptions {
   topP?: number;
   /** A response ends after it emits one of these (the stop token is kept). */
   stopTokens?: ArrayLike<number>;
+  /**
+   * Draw only token ids below this (0 or absent: the whole vocabulary), e.g. a tokenizer's size when the model's
+   * vocabulary is padded past it. Returned log-probs stay over the whole vocabulary.
+   */
+  vocabLimit?: number;
   seed?: number | bigint;
   /** Per prompt, the key of its random stream: the same (seed, stream id) samples the same tokens in any batch. */
   streamIds?: ArrayLike<number | bigint>;
@@ -301,6 +306,7 @@ function toNativeSampleRequest(o: SampleOptions): NativeSampleRequest {
     seed: o.seed ?? 0,
   };
   if (o.stopTokens !== undefined) request.stopTokens = toInt32Array(o.stopTokens, "stopTokens");
+  if (o.vocabLimit !== undefined) request.vocabLimit = o.vocabLimit;
   if (o.streamIds !== undefined) {
     const ids = new BigUint64Array(o.streamIds.length);
     for (let i = 0; i < o.streamIds.length; i++) {

@@ -148,6 +148,7 @@ export interface NativeSampleRequest {
   topK?: number;
   topP?: number;
   stopTokens?: Int32Array;
+  vocabLimit?: number;
   seed?: number | bigint;
   streamIds?: BigUint64Array;
 }

@@ -45,6 +45,7 @@ export async function generateResponses(
     topK: options.sampling.topK,
     topP: options.sampling.topP,
     stopTokens: task.stopTokens,
+    ...(task.vocabLimit === undefined ? {} : { vocabLimit: task.vocabLimit }),
     seed: options.seed,
     streamIds: prompts.map((p) => p.id),
   });

@@ -32,6 +32,11 @@ export interface Task {
    * task's own character tokenizer); checked when the loop loads the policy and reference.
    */
   readonly vocabSize?: number;
+  /**
+   * Sampling draws only token ids below this: the tokenizer's size when the model's vocabulary is padded past it
+   * (Qwen2 models: 151936 rows for 151665 tokens), since those rows have no text. Absent: every id.
+   */
+  readonly vocabLimit?: number;
   decode(responseIds: Int32Array): DecodedText;
   /** The reward the loop optimizes (for the built-in task: a learned reward model, i.e. a proxy). */
   createRewardSource(): Promise<RewardSource>;

@@ -1,7 +1,8 @@
 // A Hugging Face tokenizer directory: tokenizer.json (read by @huggingface/tokenizers, a pure-JS port of the Rust
 // `tokenizers` pipeline), tokenizer_config.json (special tokens, decoding options, often the chat template),
-// chat_template.jinja and generation_config.json (stop tokens). Ids match transformers' AutoTokenizer; the
-// fixture corpus in test/fixtures/hf/tokenizer_cases.json checks that.
+// chat_template.jinja and generation_config.json (stop tokens). Ids follow tokenizer.json as the Rust `tokenizers`
+// library does (the fixture corpus in test/fixtures/hf/tokenizer_cases.json checks them against transformers);
+// README "Tokenizers" lists where transformers 5 or the JS libraries differ.
 
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
@@ -40,6 +41,15 @@ function checkModelType(json: Record<string, unknown>, path: string): void {
         `optune supports ${MODEL_TYPES.map((t) => `"${t}"`).join(", ")}`,
     );
   }
+}
+
+// Whether decoding removes spaces before punctuation, as transformers 5 decides: only when the config asks (the JS
+// library would by default), and for a BPE model (Llama 3's config asks) only with the override flag, because there
+// it deletes real spaces ("end ." would decode as "end.").
+function cleansUpSpaces(config: Record<string, unknown>, json: Record<string, unknown>): boolean {
+  if (config["clean_up_tokenization_spaces"] !== true) return false;
+  const bpe = (json["model"] as { type?: unknown }).type === "BPE";
+  return !bpe || config["clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output"] === true;
 }
 
 export class HfTokenizer {
@@ -98,8 +108,7 @@ export class HfTokenizer {
     const json = readJsonObject(tokenizerPath);
     checkModelType(json, tokenizerPath);
     const config = readJsonObject(join(root, "tokenizer_config.json"), true) ?? {};
-    // transformers 5 does not clean up spaces before punctuation unless the config asks; the JS library would.
-    const libConfig = { ...config, clean_up_tokenization_spaces: config["clean_up_tokenization_spaces"] === true };
+    const libConfig = { ...config, clean_up_tokenization_spaces: cleansUpSpaces(config, json) };
     let tokenizer: Tokenizer;
     try {
       tokenizer = new Tokenizer(json, libConfig);
