@@ -1,6 +1,9 @@
 // The CPU GEMMs against a double-precision reference: the BLAS/built-in fp32 product, the packed few-row product
 // (fp32 and bf16 panels) and the bf16 mixed-precision product, in every transpose combination, with row counts
 // that hit every row-block kernel and the multi-slab split, an odd K and a ragged last 16-column panel.
+#include <omp.h>
+
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -77,6 +80,43 @@ TEST(fp32_gemm_and_builtin_match_double) {
           CHECK_MSG(e < 1e-6 && eb < 1e-6, name(o, beta) + ": gemm " + std::to_string(e) + ", builtin " + std::to_string(eb));
         }
       }
+}
+
+TEST(builtin_gemm_across_its_blocks_is_exact_and_thread_count_free) {
+  // 137 rows (two row blocks and ragged register tiles), 4133 columns (past the 2048 / 4096 column block of either
+  // vector width, a ragged last panel), K 790 (three K blocks); C holds NaN where beta 0 must ignore it. Checked
+  // against double on a grid of elements, and bit for bit between 1 and 2 threads.
+  const int threads = omp_get_max_threads();
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Operands o = make(137, 4133, 790, ta, tb);
+      for (float beta : {0.0f, 0.75f}) {
+        std::vector<float> C = o.C;
+        if (beta == 0.0f) std::fill(C.begin(), C.end(), NAN);
+        std::vector<float> C1 = C;
+        omp_set_num_threads(std::max(2, threads));
+        cpu::gemm_builtin(ta, tb, o.M, o.N, o.K, -1.5f, o.A.data(), o.lda(), o.B.data(), o.ldb(), beta, C.data(), o.N);
+        omp_set_num_threads(1);
+        cpu::gemm_builtin(ta, tb, o.M, o.N, o.K, -1.5f, o.A.data(), o.lda(), o.B.data(), o.ldb(), beta, C1.data(),
+                          o.N);
+        omp_set_num_threads(threads);
+        CHECK_MSG(C1 == C, name(o, beta) + ": 1 and 2 threads differ");
+        double worst = 0;
+        for (int i = 0; i < o.M; i++)
+          for (int j = 0; j < o.N; j++) {
+            if (!(i % 9 == 0 || i == o.M - 1) || !(j % 31 == 0 || j >= o.N - 3)) continue;
+            double ref = 0, mag = 0;
+            for (int k = 0; k < o.K; k++) {
+              const double t = static_cast<double>(o.a(i, k)) * o.b(k, j);
+              ref += t, mag += std::fabs(t);
+            }
+            const double c0 = beta == 0.0f ? 0.0 : o.C[static_cast<size_t>(i) * o.N + j];
+            const double want = -1.5 * ref + beta * c0, scale = 1.5 * mag + std::fabs(beta * c0);
+            worst = std::max(worst, std::fabs(C[static_cast<size_t>(i) * o.N + j] - want) / scale);
+          }
+        CHECK_MSG(worst < 1e-6, name(o, beta) + ": worst relative error " + std::to_string(worst));
+      }
+    }
 }
 
 TEST(bf16_gemm_is_the_exact_product_of_bf16_rounded_operands) {
