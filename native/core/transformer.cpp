@@ -1,6 +1,7 @@
 #include "transformer.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "cpu/ops.h"
@@ -49,9 +50,25 @@ void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_si
   for_each_layer_buffer(a, c, T, probs_size, [](std::vector<float>& v, size_t n) { v.resize(n); });
 }
 
+// Bytes of one block's activation buffers for T tokens.
+static size_t layer_bytes(const ModelConfig& c, int T, int64_t probs_size) {
+  size_t n = 0;
+  LayerActs sizing;
+  for_each_layer_buffer(sizing, c, T, probs_size, [&n](std::vector<float>&, size_t k) { n += k; });
+  return n * sizeof(float);
+}
+
+bool recompute_blocks(size_t keep_bytes) {
+  const char* env = std::getenv("OPTUNE_RECOMPUTE");
+  if (env && std::string(env) == "1") return true;
+  if (env && std::string(env) == "0") return false;
+  const size_t available = available_host_bytes();
+  return available > 0 && keep_bytes > available / 2;
+}
+
 // Refuses a batch whose activations would not fit in memory (before growing any buffer: see host_memory.h).
 static void check_acts_memory(Acts& acts, const ModelConfig& c, int T, int64_t probs_size, size_t n_layers,
-                              bool training) {
+                              size_t n_inputs, bool training) {
   size_t grow = 0;  // bytes beyond what the buffers already hold
   LayerActs empty;
   for (size_t l = 0; l < n_layers; l++) {
@@ -59,6 +76,11 @@ static void check_acts_memory(Acts& acts, const ModelConfig& c, int T, int64_t p
     for_each_layer_buffer(a, c, T, probs_size, [&grow](std::vector<float>& v, size_t n) {
       if (n > v.capacity()) grow += (n - v.capacity()) * sizeof(float);
     });
+  }
+  const size_t input_floats = static_cast<size_t>(T) * c.d_model;
+  for (size_t l = 0; l < n_inputs; l++) {
+    const size_t have = l < acts.inputs.size() ? acts.inputs[l].capacity() : 0;
+    if (input_floats > have) grow += (input_floats - have) * sizeof(float);
   }
   check_host_memory(grow, std::string(training ? "training" : "forward") + " activations of " + std::to_string(T) +
                               " tokens",
@@ -159,6 +181,21 @@ void final_norm_forward(const Model& m, Acts& acts, const float* x, int T) {
                at(P, m.layout.normf_b), T);
 }
 
+// Block l's attention over the batch's sequences; probs_buf (training) keeps the softmax for backward.
+static AttendFn attend_batch(const ModelConfig& c, const Batch& b, float* probs_buf, const KvHook* kv_hook) {
+  return [&c, &b, probs_buf, kv_hook](int layer, const QKV& v, float* atty) {
+    if (kv_hook) (*kv_hook)(layer, v);
+    cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(), c.n_head,
+                           c.n_kv_head, c.head_dim);
+  };
+}
+
+// Block l's input in a training forward's activations.
+static const float* block_input(const Acts& acts, int l) {
+  if (l == 0) return acts.x0.data();
+  return acts.recompute ? acts.inputs[l].data() : acts.layers[l - 1].res_mlp.data();
+}
+
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook,
                          bool bf16, const PackedWeights* packed) {
   const ModelConfig& c = m.cfg;
@@ -169,26 +206,30 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
   acts.pos.resize(T);
   for (int s = 0; s < b.n_seq(); s++)
     for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) acts.pos[t] = t - b.offsets[s];
-  const size_t n_layers = training ? c.n_layer : 1;
   const int64_t probs = training ? cpu::attention_probs_size(b.offsets.data(), b.n_seq(), c.n_head) : 0;
-  check_acts_memory(acts, c, T, probs, n_layers, training);
+  acts.recompute = training && recompute_blocks(c.n_layer * layer_bytes(c, T, probs));
+  const size_t n_layers = training && !acts.recompute ? c.n_layer : 1;
+  const size_t n_inputs = acts.recompute ? c.n_layer + 1 : 0;
+  check_acts_memory(acts, c, T, probs, n_layers, n_inputs, training);
   acts.layers.resize(n_layers);
   for (auto& la : acts.layers) size_layer_acts(la, c, T, probs);
+  acts.inputs.resize(n_inputs);
+  for (auto& in : acts.inputs) in.resize(static_cast<size_t>(T) * c.d_model);
   acts.x0.resize(static_cast<size_t>(T) * c.d_model);
   embed_forward(m, b.tokens.data(), acts.pos.data(), T, acts.x0.data());
 
+  const bool keep_all = training && !acts.recompute;
   for (int l = 0; l < c.n_layer; l++) {
-    LayerActs& a = acts.layers[training ? l : 0];
+    LayerActs& a = acts.layers[keep_all ? l : 0];
     if (!training && l > 0) std::swap(acts.x0, a.res_mlp);  // the previous block's output becomes this input
-    const float* x = training && l > 0 ? acts.layers[l - 1].res_mlp.data() : acts.x0.data();
-    float* probs_buf = training ? a.probs.data() : nullptr;
-    block_forward(m, l, a, x, T, acts.pos.data(), [&](int layer, const QKV& v, float* atty) {
-      if (kv_hook) (*kv_hook)(layer, v);
-      cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(), c.n_head,
-                             c.n_kv_head, c.head_dim);
-    }, packed, bf16);
+    const float* x = training ? block_input(acts, l) : acts.x0.data();
+    block_forward(m, l, a, x, T, acts.pos.data(), attend_batch(c, b, keep_all ? a.probs.data() : nullptr, kv_hook),
+                  packed, bf16);
+    if (acts.recompute) std::swap(a.res_mlp, acts.inputs[l + 1]);  // kept as the next block's input
   }
-  final_norm_forward(m, acts, acts.layers[training ? c.n_layer - 1 : 0].res_mlp.data(), T);
+  const float* last =
+      acts.recompute ? acts.inputs[c.n_layer].data() : acts.layers[keep_all ? c.n_layer - 1 : 0].res_mlp.data();
+  final_norm_forward(m, acts, last, T);
 }
 
 Workspace& workspace_of(const Model& m) {
@@ -202,7 +243,7 @@ static void zeros(std::vector<float>& v, size_t n) {
   cpu::parallel_zero(v.data(), static_cast<int64_t>(n));
 }
 
-void transformer_backward(Model& m, const Batch& b, const Acts& acts, const float* dnormf) {
+void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dnormf) {
   const ModelConfig& c = m.cfg;
   const ParamLayout& L = m.layout;
   const float* P = m.params.data();
@@ -221,12 +262,18 @@ void transformer_backward(Model& m, const Batch& b, const Acts& acts, const floa
   datty.resize(static_cast<size_t>(T) * QD);
   dqkv.resize(qkv_size(c, T));
 
-  norm_backward(c, dresid.data(), at(G, L.normf_w), at(G, L.normf_b), dnormf, acts.layers.back().res_mlp.data(),
-                at(P, L.normf_w), acts.normf_mean.data(), acts.normf_rstd.data(), T);
+  const float* last = acts.recompute ? acts.inputs[c.n_layer].data() : acts.layers.back().res_mlp.data();
+  norm_backward(c, dresid.data(), at(G, L.normf_w), at(G, L.normf_b), dnormf, last, at(P, L.normf_w),
+                acts.normf_mean.data(), acts.normf_rstd.data(), T);
 
   for (int l = c.n_layer - 1; l >= 0; l--) {
-    const LayerActs& a = acts.layers[l];
-    const float* x = l > 0 ? acts.layers[l - 1].res_mlp.data() : acts.x0.data();
+    const float* x = block_input(acts, l);
+    if (acts.recompute) {  // the block's activations again, softmax kept this time
+      LayerActs& redo = acts.layers[0];
+      block_forward(m, l, redo, x, T, acts.pos.data(), attend_batch(c, b, redo.probs.data(), nullptr), nullptr,
+                    acts.bf16);
+    }
+    const LayerActs& a = acts.layers[acts.recompute ? 0 : l];
     const LayerOffsets& o = L.layers[l];
 
     // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))). The first product into each input-gradient

@@ -34,6 +34,10 @@ struct Acts {
   std::vector<int32_t> pos;     // position of each token within its sequence
   std::vector<float> x0;        // [T, D] embeddings (inference: the current block's input)
   std::vector<LayerActs> layers;  // one per block when training; one reused buffer set otherwise
+  // Training with recomputation (recompute_blocks): layers holds one block's buffers, inputs[l] block l's input for
+  // l >= 1 and inputs[n_layer] the last block's output ([T, D] each); backward reruns each block from its input.
+  bool recompute = false;
+  std::vector<std::vector<float>> inputs;
   std::vector<float> normf, normf_mean, normf_rstd;  // final normalized hidden states [T, D]
 };
 
@@ -85,6 +89,12 @@ void final_norm_forward(const Model& m, Acts& acts, const float* x, int T);
 
 // Given dnormf = dLoss/d(final normalized hidden) [T, D], accumulates every parameter gradient into m.grads
 // (which must be sized; the head's own gradient is added by the caller).
-void transformer_backward(Model& m, const Batch& b, const Acts& acts, const float* dnormf);
+// With acts.recompute it first reruns each block's forward into acts.layers[0] (the same bits as the first pass).
+void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dnormf);
+
+// Whether a training forward keeps only the blocks' inputs, so that backward recomputes each block (~1/3 more
+// compute for the blocks, the same results bit for bit): OPTUNE_RECOMPUTE=1 always, =0 never; by default when
+// keeping every block's activations (keep_bytes) would take more than half of the memory available.
+bool recompute_blocks(size_t keep_bytes);
 
 }  // namespace optune

@@ -3,10 +3,12 @@
 // error of about 1e-4, so tolerances are 2e-2 relative + 2e-3 absolute.
 #include <omp.h>
 
+#include <cstdlib>
 #include <functional>
 #include <string>
 
 #include "core/engine.h"
+#include "core/transformer.h"
 #include "cpu/ops.h"
 #include "test_helpers.h"
 #include "testing.h"
@@ -344,6 +346,38 @@ TEST(bf16_training_does_not_depend_on_the_thread_count) {
   }
   omp_set_num_threads(threads);
   CHECK(grads[0] == grads[1]);
+}
+
+TEST(recomputed_blocks_give_the_same_step_bit_for_bit) {
+  // OPTUNE_RECOMPUTE=1 keeps only the blocks' inputs and reruns each block in backward: the loss, gradients and
+  // updated weights must equal a step that kept every activation, in both families, both precisions and with BT
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()})
+    for (bool bf16 : {false, true})
+      for (LossKind loss : {LossKind::DPO, LossKind::BT}) {
+        cfg.reward_model = loss == LossKind::BT;
+        TrainStats stats[2];
+        std::vector<float> grads[2], params[2];
+        size_t kept_layers[2];
+        for (int recompute : {0, 1}) {
+          setenv("OPTUNE_RECOMPUTE", recompute ? "1" : "0", 1);
+          auto m = make_model(cfg);
+          testing::randomize(*m, 26);
+          TrainRequest r = pair_request(loss, cfg);
+          if (loss == LossKind::BT) r.ref_chosen.clear(), r.ref_rejected.clear();
+          r.bf16 = bf16;
+          stats[recompute] = train_step(*m, r);
+          grads[recompute] = m->grads;
+          params[recompute] = m->params;
+          kept_layers[recompute] = workspace_of(*m).train.layers.size();
+        }
+        unsetenv("OPTUNE_RECOMPUTE");
+        const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
+                                 (loss == LossKind::BT ? " BT" : " DPO");
+        CHECK_MSG(kept_layers[0] == static_cast<size_t>(cfg.n_layer) && kept_layers[1] == 1,
+                  what + ": kept " + std::to_string(kept_layers[0]) + " / " + std::to_string(kept_layers[1]));
+        CHECK_MSG(stats[0].loss == stats[1].loss && grads[0] == grads[1] && params[0] == params[1],
+                  what + ": recomputation changed the step");
+      }
 }
 
 TEST(zero_weight_pair_contributes_no_gradient) {
