@@ -232,6 +232,100 @@ void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool traini
   final_norm_forward(m, acts, last, T);
 }
 
+SharedRows share_prefixes(const Batch& b) {
+  constexpr int kMinShared = 8;
+  SharedRows sr;
+  const char* env = std::getenv("OPTUNE_SHARE_PREFIX");
+  if (env && std::string(env) == "0") return sr;
+  const int n_seq = b.n_seq();
+  const int32_t* tok = b.tokens.data();
+  sr.row_of.resize(b.n_tokens());
+  sr.owner.assign(b.n_tokens(), 1);
+  auto add_rows = [&](int from, int to, int first_pos) {  // the batch's tokens [from, to) as new tree rows
+    for (int i = from; i < to; i++) {
+      sr.row_of[i] = static_cast<int32_t>(sr.tokens.size());
+      sr.tokens.push_back(tok[i]);
+      sr.pos.push_back(first_pos + i - from);
+    }
+  };
+  for (int g = 0; g < n_seq;) {
+    // the run of sequences after g sharing >= kMinShared leading tokens with it; P: what all of them share
+    int P = b.seq_len(g) - 1, end = g + 1;
+    for (; end < n_seq; end++) {
+      const int limit = std::min(P, b.seq_len(end) - 1);
+      int lcp = 0;
+      while (lcp < limit && tok[b.offsets[g] + lcp] == tok[b.offsets[end] + lcp]) lcp++;
+      if (lcp < kMinShared) break;
+      P = lcp;
+    }
+    if (end - g < 2) {
+      add_rows(b.offsets[g], b.offsets[g + 1], 0);
+      g++;
+      continue;
+    }
+    add_rows(b.offsets[g], b.offsets[g] + P, 0);
+    for (int s = g; s < end; s++) {
+      for (int i = 0; i < P; i++) {
+        sr.row_of[b.offsets[s] + i] = sr.row_of[b.offsets[g] + i];
+        sr.owner[b.offsets[s] + i] = s == g;
+      }
+      add_rows(b.offsets[s] + P, b.offsets[s + 1], P);
+    }
+    g = end;
+  }
+  sr.T = static_cast<int>(sr.tokens.size());
+  if (sr.T == b.n_tokens()) return SharedRows{};  // nothing shared
+  return sr;
+}
+
+void transformer_forward_shared(const Model& m, const Batch& b, const SharedRows& sr, Acts& acts) {
+  const ModelConfig& c = m.cfg;
+  const int T = sr.T, N = b.n_tokens(), QD = c.q_dim(), KVD = c.kv_dim();
+  acts.T = T;
+  acts.training = false;
+  acts.bf16 = false;
+  acts.recompute = false;
+  check_acts_memory(acts, c, T, 0, 1, 0, false);
+  acts.layers.resize(1);
+  size_layer_acts(acts.layers[0], c, T, 0);
+  acts.x0.resize(static_cast<size_t>(T) * c.d_model);
+  embed_forward(m, sr.tokens.data(), sr.pos.data(), T, acts.x0.data());
+  // Attention over whole sequences: their q, k, v rows gathered back into the batch's layout, a chunk of
+  // sequences (>= 4096 tokens' worth, so that the buffers stay small) at a time, and the outputs scattered back.
+  int chunk_tokens = 4096;
+  for (int s = 0; s < b.n_seq(); s++) chunk_tokens = std::max(chunk_tokens, b.seq_len(s));
+  std::vector<float> gq(static_cast<size_t>(std::min(N, chunk_tokens)) * QD), gk(gq.size() / QD * KVD),
+      gv(gk.size()), go(gq.size());
+  std::vector<int32_t> offsets;
+  const AttendFn attend = [&](int, const QKV& v, float* atty) {
+    for (int s0 = 0, s1; s0 < b.n_seq(); s0 = s1) {
+      const int base = b.offsets[s0];
+      for (s1 = s0 + 1; s1 < b.n_seq() && b.offsets[s1 + 1] - base <= chunk_tokens;) s1++;
+      offsets.assign(b.offsets.begin() + s0, b.offsets.begin() + s1 + 1);
+      for (int32_t& o : offsets) o -= base;
+      const int n = offsets.back();
+      cpu::parallel_for(n, [&](int64_t i) {
+        const size_t r = sr.row_of[base + i];
+        std::copy_n(v.q + r * v.qs, QD, gq.data() + i * QD);
+        std::copy_n(v.k + r * v.ks, KVD, gk.data() + i * KVD);
+        std::copy_n(v.v + r * v.vs, KVD, gv.data() + i * KVD);
+      });
+      cpu::attention_forward(go.data(), nullptr, gq.data(), QD, gk.data(), KVD, gv.data(), KVD, offsets.data(),
+                             s1 - s0, c.n_head, c.n_kv_head, c.head_dim);
+      cpu::parallel_for(n, [&](int64_t i) {
+        if (sr.owner[base + i])
+          std::copy_n(go.data() + i * QD, QD, atty + static_cast<size_t>(sr.row_of[base + i]) * QD);
+      });
+    }
+  };
+  LayerActs& a = acts.layers[0];
+  for (int l = 0; l < c.n_layer; l++) {
+    if (l > 0) std::swap(acts.x0, a.res_mlp);  // the previous block's output becomes this input
+    block_forward(m, l, a, acts.x0.data(), T, sr.pos.data(), attend);
+  }
+  final_norm_forward(m, acts, a.res_mlp.data(), T);
+}
+
 Workspace& workspace_of(const Model& m) {
   if (!m.workspace) m.workspace = std::make_shared<Workspace>();
   return *m.workspace;

@@ -78,6 +78,23 @@ Workspace& workspace_of(const Model& m);
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr,
                          bool bf16 = false, const PackedWeights* packed = nullptr);
 
+// Forward-only calls on batches whose consecutive sequences start alike (a prompt's K responses, a pair's two):
+// the shared leading tokens run through the blocks once. The rows of such a "tree": each group's shared prefix,
+// then every member's own tokens. Attention still sees each sequence whole (its rows gathered back in order), so
+// every row's hidden state is what the plain forward computes.
+struct SharedRows {
+  int T = 0;                    // tree rows; 0 when nothing is shared (then use transformer_forward)
+  std::vector<int32_t> tokens;  // [T] token of each tree row
+  std::vector<int32_t> pos;     // [T] its position in its sequence
+  std::vector<int32_t> row_of;  // [n_tokens] the tree row of each token of the batch
+  std::vector<uint8_t> owner;   // [n_tokens] 1 for the token that writes its row's attention output
+};
+// Groups runs of consecutive sequences sharing >= 8 leading tokens (each keeps >= 1 own token).
+// OPTUNE_SHARE_PREFIX=0 turns it off (the result always has T == 0).
+SharedRows share_prefixes(const Batch& b);
+// transformer_forward (inference) over the tree: acts.normf holds the tree rows' hidden states.
+void transformer_forward_shared(const Model& m, const Batch& b, const SharedRows& sr, Acts& acts);
+
 // The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
 // attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.
 using AttendFn = std::function<void(int layer, const QKV& qkv, float* atty)>;

@@ -61,7 +61,8 @@ TEST(a_batch_whose_activations_do_not_fit_is_refused) {
   Batch b;
   const int len = c.max_positions;
   const int n_seq = static_cast<int>(want / len) + 1;
-  b.tokens.assign(static_cast<size_t>(n_seq) * len, 1);
+  b.tokens.resize(static_cast<size_t>(n_seq) * len);  // sequences with different first tokens: none is shared
+  for (size_t i = 0; i < b.tokens.size(); i++) b.tokens[i] = static_cast<int32_t>((i / len * 7 + i % len) % 17);
   b.offsets.push_back(0);
   for (int s = 0; s < n_seq; s++) b.offsets.push_back((s + 1) * len), b.prompt_lens.push_back(1);
   CHECK_THROWS(compute_logprobs(*m, b), "forward activations of " + std::to_string(b.n_tokens()) + " tokens: ");
