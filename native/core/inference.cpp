@@ -46,14 +46,9 @@ LogprobResult compute_logprobs(const Model& m, const Batch& b) {
   const float* w = lm_head_weight(m);
   if (m.device) return m.device->logprobs(m, b);
   Acts& acts = workspace_of(m).infer;
+  transformer_forward(m, b, acts, false, nullptr, false, nullptr, true);
   ResponseRows rows = response_rows(b);
-  const SharedRows shared = share_prefixes(b);
-  if (shared.T > 0) {
-    transformer_forward_shared(m, b, shared, acts);
-    for (int32_t& r : rows.src) r = shared.row_of[r];
-  } else {
-    transformer_forward(m, b, acts, false);
-  }
+  for (int32_t& r : rows.src) r = hidden_row(acts, r);
   LogprobResult out;
   out.token_logps.resize(rows.src.size());
   cpu::logprob_forward(out.token_logps.data(), acts.normf.data(), rows.src.data(), rows.target.data(),
@@ -84,16 +79,11 @@ std::vector<float> compute_scores(const Model& m, const Batch& b) {
   const float* w = score_weight(m);
   if (m.device) return m.device->scores(m, b);
   Acts& acts = workspace_of(m).infer;
-  const SharedRows shared = share_prefixes(b);
-  if (shared.T > 0)
-    transformer_forward_shared(m, b, shared, acts);
-  else
-    transformer_forward(m, b, acts, false);
+  transformer_forward(m, b, acts, false, nullptr, false, nullptr, true);
   std::vector<float> scores(b.n_seq());
   const int D = m.cfg.d_model;
   for (int s = 0; s < b.n_seq(); s++) {
-    const int last = b.offsets[s + 1] - 1;
-    const float* h = acts.normf.data() + static_cast<size_t>(shared.T > 0 ? shared.row_of[last] : last) * D;
+    const float* h = acts.normf.data() + static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D;
     scores[s] = score_dot(h, w, D);
   }
   return scores;

@@ -98,7 +98,8 @@ void lm_head_step(Model& m, const TrainRequest& r, const Acts& acts, const std::
   const float* w = lm_head_weight(m);
   float* dw = m.grads.data() + m.layout.lm_head;
   std::vector<float>& probs = workspace_of(m).head_probs;
-  const ResponseRows rows = response_rows(r.batch);
+  ResponseRows rows = response_rows(r.batch);
+  for (int32_t& row : rows.src) row = hidden_row(acts, row);
   const int n_rows = static_cast<int>(rows.src.size());
   const bool whole = cpu::logprob_probs_fit(n_rows, V);
   const std::vector<std::vector<int32_t>> groups =
@@ -129,7 +130,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   validate_request(m, r);
   if (m.device) return m.device->train_step(m, r);
   const Batch& b = r.batch;
-  const int D = m.cfg.d_model, T = b.n_tokens(), n_seq = b.n_seq();
+  const int D = m.cfg.d_model, n_seq = b.n_seq();
   TrainStats st;
 
   // The first step allocates the gradients and, with an update, AdamW's two moments: 3x the weights, refused up
@@ -151,7 +152,8 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   Workspace& ws = workspace_of(m);
   Acts& acts = ws.train;
   const bool bf16 = r.bf16 || m.cpu_bf16;
-  transformer_forward(m, b, acts, true, nullptr, bf16);
+  transformer_forward(m, b, acts, true, nullptr, bf16, nullptr, true);
+  const int T = acts.T;  // rows: fewer than tokens when sequences share their start (SharedRows)
   std::vector<float>& dnormf = ws.dnormf;
   dnormf.resize(static_cast<size_t>(T) * D);
   cpu::parallel_zero(dnormf.data(), static_cast<int64_t>(dnormf.size()));
@@ -161,11 +163,11 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
     const float* w = score_weight(m);
     std::vector<float> score(n_seq);
     for (int s = 0; s < n_seq; s++)
-      score[s] = score_dot(acts.normf.data() + static_cast<size_t>(b.offsets[s + 1] - 1) * D, w, D);
+      score[s] = score_dot(acts.normf.data() + static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D, w, D);
     const std::vector<double> g = bt_loss(r, score, st);  // dLoss/dscore
     float* dw = m.grads.data() + m.layout.score;
     for (int s = 0; s < n_seq; s++) {
-      const size_t row = static_cast<size_t>(b.offsets[s + 1] - 1) * D;
+      const size_t row = static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D;
       const float* h = acts.normf.data() + row;
       for (int i = 0; i < D; i++) {
         dnormf[row + i] += static_cast<float>(g[s]) * w[i];

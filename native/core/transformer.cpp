@@ -181,57 +181,6 @@ void final_norm_forward(const Model& m, Acts& acts, const float* x, int T) {
                at(P, m.layout.normf_b), T);
 }
 
-// Block l's attention over the batch's sequences; probs_buf (training) keeps the softmax for backward.
-static AttendFn attend_batch(const ModelConfig& c, const Batch& b, float* probs_buf, const KvHook* kv_hook) {
-  return [&c, &b, probs_buf, kv_hook](int layer, const QKV& v, float* atty) {
-    if (kv_hook) (*kv_hook)(layer, v);
-    cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(), c.n_head,
-                           c.n_kv_head, c.head_dim);
-  };
-}
-
-// Block l's input in a training forward's activations.
-static const float* block_input(const Acts& acts, int l) {
-  if (l == 0) return acts.x0.data();
-  return acts.recompute ? acts.inputs[l].data() : acts.layers[l - 1].res_mlp.data();
-}
-
-void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook,
-                         bool bf16, const PackedWeights* packed) {
-  const ModelConfig& c = m.cfg;
-  const int T = b.n_tokens();
-  acts.T = T;
-  acts.training = training;
-  acts.bf16 = bf16;
-  acts.pos.resize(T);
-  for (int s = 0; s < b.n_seq(); s++)
-    for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) acts.pos[t] = t - b.offsets[s];
-  const int64_t probs = training ? cpu::attention_probs_size(b.offsets.data(), b.n_seq(), c.n_head) : 0;
-  acts.recompute = training && recompute_blocks(c.n_layer * layer_bytes(c, T, probs));
-  const size_t n_layers = training && !acts.recompute ? c.n_layer : 1;
-  const size_t n_inputs = acts.recompute ? c.n_layer + 1 : 0;
-  check_acts_memory(acts, c, T, probs, n_layers, n_inputs, training);
-  acts.layers.resize(n_layers);
-  for (auto& la : acts.layers) size_layer_acts(la, c, T, probs);
-  acts.inputs.resize(n_inputs);
-  for (auto& in : acts.inputs) in.resize(static_cast<size_t>(T) * c.d_model);
-  acts.x0.resize(static_cast<size_t>(T) * c.d_model);
-  embed_forward(m, b.tokens.data(), acts.pos.data(), T, acts.x0.data());
-
-  const bool keep_all = training && !acts.recompute;
-  for (int l = 0; l < c.n_layer; l++) {
-    LayerActs& a = acts.layers[keep_all ? l : 0];
-    if (!training && l > 0) std::swap(acts.x0, a.res_mlp);  // the previous block's output becomes this input
-    const float* x = training ? block_input(acts, l) : acts.x0.data();
-    block_forward(m, l, a, x, T, acts.pos.data(), attend_batch(c, b, keep_all ? a.probs.data() : nullptr, kv_hook),
-                  packed, bf16);
-    if (acts.recompute) std::swap(a.res_mlp, acts.inputs[l + 1]);  // kept as the next block's input
-  }
-  const float* last =
-      acts.recompute ? acts.inputs[c.n_layer].data() : acts.layers[keep_all ? c.n_layer - 1 : 0].res_mlp.data();
-  final_norm_forward(m, acts, last, T);
-}
-
 SharedRows share_prefixes(const Batch& b) {
   constexpr int kMinShared = 8;
   SharedRows sr;
@@ -278,52 +227,152 @@ SharedRows share_prefixes(const Batch& b) {
   return sr;
 }
 
-void transformer_forward_shared(const Model& m, const Batch& b, const SharedRows& sr, Acts& acts) {
-  const ModelConfig& c = m.cfg;
-  const int T = sr.T, N = b.n_tokens(), QD = c.q_dim(), KVD = c.kv_dim();
-  acts.T = T;
-  acts.training = false;
-  acts.bf16 = false;
-  acts.recompute = false;
-  check_acts_memory(acts, c, T, 0, 1, 0, false);
-  acts.layers.resize(1);
-  size_layer_acts(acts.layers[0], c, T, 0);
-  acts.x0.resize(static_cast<size_t>(T) * c.d_model);
-  embed_forward(m, sr.tokens.data(), sr.pos.data(), T, acts.x0.data());
-  // Attention over whole sequences: their q, k, v rows gathered back into the batch's layout, a chunk of
-  // sequences (>= 4096 tokens' worth, so that the buffers stay small) at a time, and the outputs scattered back.
-  int chunk_tokens = 4096;
-  for (int s = 0; s < b.n_seq(); s++) chunk_tokens = std::max(chunk_tokens, b.seq_len(s));
-  std::vector<float> gq(static_cast<size_t>(std::min(N, chunk_tokens)) * QD), gk(gq.size() / QD * KVD),
-      gv(gk.size()), go(gq.size());
-  std::vector<int32_t> offsets;
-  const AttendFn attend = [&](int, const QKV& v, float* atty) {
-    for (int s0 = 0, s1; s0 < b.n_seq(); s0 = s1) {
-      const int base = b.offsets[s0];
-      for (s1 = s0 + 1; s1 < b.n_seq() && b.offsets[s1 + 1] - base <= chunk_tokens;) s1++;
-      offsets.assign(b.offsets.begin() + s0, b.offsets.begin() + s1 + 1);
-      for (int32_t& o : offsets) o -= base;
-      const int n = offsets.back();
-      cpu::parallel_for(n, [&](int64_t i) {
-        const size_t r = sr.row_of[base + i];
-        std::copy_n(v.q + r * v.qs, QD, gq.data() + i * QD);
-        std::copy_n(v.k + r * v.ks, KVD, gk.data() + i * KVD);
-        std::copy_n(v.v + r * v.vs, KVD, gv.data() + i * KVD);
-      });
-      cpu::attention_forward(go.data(), nullptr, gq.data(), QD, gk.data(), KVD, gv.data(), KVD, offsets.data(),
-                             s1 - s0, c.n_head, c.n_kv_head, c.head_dim);
-      cpu::parallel_for(n, [&](int64_t i) {
-        if (sr.owner[base + i])
-          std::copy_n(go.data() + i * QD, QD, atty + static_cast<size_t>(sr.row_of[base + i]) * QD);
-      });
-    }
-  };
-  LayerActs& a = acts.layers[0];
-  for (int l = 0; l < c.n_layer; l++) {
-    if (l > 0) std::swap(acts.x0, a.res_mlp);  // the previous block's output becomes this input
-    block_forward(m, l, a, acts.x0.data(), T, sr.pos.data(), attend);
+// The tree's attention goes over whole sequences, a chunk of them at a time (>= 4096 tokens' worth, so that the
+// gathered rows stay few): fn(s0, s1, base) for sequences [s0, s1), whose tokens start at `base`, with
+// g.offsets their offsets from it.
+template <class Fn>
+static void for_each_sequence_chunk(const Batch& b, TreeScratch& g, const Fn& fn) {
+  int chunk = 4096;
+  for (int s = 0; s < b.n_seq(); s++) chunk = std::max(chunk, b.seq_len(s));
+  for (int s0 = 0, s1; s0 < b.n_seq(); s0 = s1) {
+    const int base = b.offsets[s0];
+    for (s1 = s0 + 1; s1 < b.n_seq() && b.offsets[s1 + 1] - base <= chunk;) s1++;
+    g.offsets.assign(b.offsets.begin() + s0, b.offsets.begin() + s1 + 1);
+    for (int32_t& o : g.offsets) o -= base;
+    fn(s0, s1, base);
   }
-  final_norm_forward(m, acts, a.res_mlp.data(), T);
+}
+
+// Copies the tree rows of tokens [base, base + n) into rows 0 .. n-1 of q, k, v (strides QD, KVD, KVD).
+static void gather_qkv(const ModelConfig& c, const SharedRows& sr, const QKV& v, int base, int n, TreeScratch& g) {
+  const int QD = c.q_dim(), KVD = c.kv_dim();
+  g.q.resize(static_cast<size_t>(n) * QD), g.k.resize(static_cast<size_t>(n) * KVD), g.v.resize(g.k.size());
+  cpu::parallel_for(n, [&](int64_t i) {
+    const size_t r = sr.row_of[base + i];
+    std::copy_n(v.q + r * v.qs, QD, g.q.data() + i * QD);
+    std::copy_n(v.k + r * v.ks, KVD, g.k.data() + i * KVD);
+    std::copy_n(v.v + r * v.vs, KVD, g.v.data() + i * KVD);
+  });
+}
+
+// Attention output [T, QD] of the tree rows: each sequence's rows gathered back, attended, and each row written by
+// its owner (a shared row's output is the same in every member). probs: the softmax in the batch's layout.
+static void tree_attention_forward(const ModelConfig& c, const Batch& b, const SharedRows& sr, const QKV& v,
+                                   float* atty, float* probs, TreeScratch& g) {
+  const int QD = c.q_dim(), KVD = c.kv_dim();
+  for_each_sequence_chunk(b, g, [&](int s0, int s1, int base) {
+    const int n = g.offsets.back();
+    gather_qkv(c, sr, v, base, n, g);
+    g.out.resize(static_cast<size_t>(n) * QD);
+    float* p = probs ? probs + cpu::attention_probs_size(b.offsets.data(), s0, c.n_head) : nullptr;
+    cpu::attention_forward(g.out.data(), p, g.q.data(), QD, g.k.data(), KVD, g.v.data(), KVD, g.offsets.data(),
+                           s1 - s0, c.n_head, c.n_kv_head, c.head_dim);
+    cpu::parallel_for(n, [&](int64_t i) {
+      if (sr.owner[base + i])
+        std::copy_n(g.out.data() + i * QD, QD, atty + static_cast<size_t>(sr.row_of[base + i]) * QD);
+    });
+  });
+}
+
+// Its backward: dq, dk, dv of the tree rows (zeroed here) from datty. A row's output gradient enters once, through
+// its owner; every member's keys and values gradients add into the shared rows, member by member (a fixed order),
+// each feature range by one thread.
+static void tree_attention_backward(const ModelConfig& c, const Batch& b, const SharedRows& sr, const QKV& v,
+                                    const float* datty, const float* probs, const QKV& dv, float* dqkv,
+                                    size_t dqkv_size, TreeScratch& g) {
+  const int QD = c.q_dim(), KVD = c.kv_dim();
+  cpu::parallel_zero(dqkv, static_cast<int64_t>(dqkv_size));
+  for_each_sequence_chunk(b, g, [&](int s0, int s1, int base) {
+    const int n = g.offsets.back();
+    gather_qkv(c, sr, v, base, n, g);
+    g.dout.resize(static_cast<size_t>(n) * QD);
+    cpu::parallel_for(n, [&](int64_t i) {
+      float* d = g.dout.data() + i * QD;
+      if (sr.owner[base + i])
+        std::copy_n(datty + static_cast<size_t>(sr.row_of[base + i]) * QD, QD, d);
+      else
+        std::fill(d, d + QD, 0.0f);
+    });
+    g.dq.resize(g.q.size()), g.dk.resize(g.k.size()), g.dv.resize(g.v.size());
+    cpu::attention_backward(g.dq.data(), g.dk.data(), g.dv.data(), g.dout.data(),
+                            probs + cpu::attention_probs_size(b.offsets.data(), s0, c.n_head), g.q.data(), QD,
+                            g.k.data(), KVD, g.v.data(), KVD, g.offsets.data(), s1 - s0, c.n_head, c.n_kv_head,
+                            c.head_dim);
+    auto scatter_add = [&](const std::vector<float>& from, int width, float* to, int stride) {
+      cpu::parallel_columns(width, [&](int j0, int j1) {
+        for (int i = 0; i < n; i++) {
+          float* t = to + static_cast<size_t>(sr.row_of[base + i]) * stride;
+          const float* f = from.data() + static_cast<size_t>(i) * width;
+          for (int j = j0; j < j1; j++) t[j] += f[j];
+        }
+      });
+    };
+    scatter_add(g.dq, QD, dv.q, dv.qs);
+    scatter_add(g.dk, KVD, dv.k, dv.ks);
+    scatter_add(g.dv, KVD, dv.v, dv.vs);
+  });
+}
+
+// Block l's attention over the batch's sequences (the tree's rows when acts.shared has them); probs_buf (training)
+// keeps the softmax for backward.
+static AttendFn attend_batch(const ModelConfig& c, const Batch& b, Acts& acts, float* probs_buf,
+                             const KvHook* kv_hook) {
+  return [&c, &b, &acts, probs_buf, kv_hook](int layer, const QKV& v, float* atty) {
+    if (kv_hook) (*kv_hook)(layer, v);
+    if (acts.shared.T > 0)
+      tree_attention_forward(c, b, acts.shared, v, atty, probs_buf, acts.tree);
+    else
+      cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(),
+                             c.n_head, c.n_kv_head, c.head_dim);
+  };
+}
+
+// Block l's input in a training forward's activations.
+static const float* block_input(const Acts& acts, int l) {
+  if (l == 0) return acts.x0.data();
+  return acts.recompute ? acts.inputs[l].data() : acts.layers[l - 1].res_mlp.data();
+}
+
+void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook,
+                         bool bf16, const PackedWeights* packed, bool share) {
+  const ModelConfig& c = m.cfg;
+  acts.shared = share && !kv_hook && !packed ? share_prefixes(b) : SharedRows{};
+  const bool tree = acts.shared.T > 0;
+  const int T = tree ? acts.shared.T : b.n_tokens();
+  acts.T = T;
+  acts.training = training;
+  acts.bf16 = bf16;
+  if (tree) {
+    acts.pos = acts.shared.pos;
+  } else {
+    acts.pos.resize(T);
+    for (int s = 0; s < b.n_seq(); s++)
+      for (int t = b.offsets[s]; t < b.offsets[s + 1]; t++) acts.pos[t] = t - b.offsets[s];
+  }
+  const int64_t probs = training ? cpu::attention_probs_size(b.offsets.data(), b.n_seq(), c.n_head) : 0;
+  acts.recompute = training && recompute_blocks(c.n_layer * layer_bytes(c, T, probs));
+  const size_t n_layers = training && !acts.recompute ? c.n_layer : 1;
+  const size_t n_inputs = acts.recompute ? c.n_layer + 1 : 0;
+  check_acts_memory(acts, c, T, probs, n_layers, n_inputs, training);
+  acts.layers.resize(n_layers);
+  for (auto& la : acts.layers) size_layer_acts(la, c, T, probs);
+  acts.inputs.resize(n_inputs);
+  for (auto& in : acts.inputs) in.resize(static_cast<size_t>(T) * c.d_model);
+  acts.x0.resize(static_cast<size_t>(T) * c.d_model);
+  embed_forward(m, tree ? acts.shared.tokens.data() : b.tokens.data(), acts.pos.data(), T, acts.x0.data());
+
+  const bool keep_all = training && !acts.recompute;
+  for (int l = 0; l < c.n_layer; l++) {
+    LayerActs& a = acts.layers[keep_all ? l : 0];
+    if (!training && l > 0) std::swap(acts.x0, a.res_mlp);  // the previous block's output becomes this input
+    const float* x = training ? block_input(acts, l) : acts.x0.data();
+    block_forward(m, l, a, x, T, acts.pos.data(),
+                  attend_batch(c, b, acts, keep_all ? a.probs.data() : nullptr, kv_hook), packed, bf16);
+    if (acts.recompute) std::swap(a.res_mlp, acts.inputs[l + 1]);  // kept as the next block's input
+  }
+  const float* last =
+      acts.recompute ? acts.inputs[c.n_layer].data() : acts.layers[keep_all ? c.n_layer - 1 : 0].res_mlp.data();
+  final_norm_forward(m, acts, last, T);
 }
 
 Workspace& workspace_of(const Model& m) {
@@ -364,8 +413,8 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     const float* x = block_input(acts, l);
     if (acts.recompute) {  // the block's activations again, softmax kept this time
       LayerActs& redo = acts.layers[0];
-      block_forward(m, l, redo, x, T, acts.pos.data(), attend_batch(c, b, redo.probs.data(), nullptr), nullptr,
-                    acts.bf16);
+      block_forward(m, l, redo, x, T, acts.pos.data(), attend_batch(c, b, acts, redo.probs.data(), nullptr),
+                    nullptr, acts.bf16);
     }
     const LayerActs& a = acts.layers[acts.recompute ? 0 : l];
     const LayerOffsets& o = L.layers[l];
@@ -393,8 +442,12 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
                          D, lin, acts.bf16, false);
     QKV v = qkv_view(c, const_cast<float*>(a.qkv.data()), T);
     QKV dv = qkv_view(c, dqkv.data(), T);
-    cpu::attention_backward(dv.q, dv.k, dv.v, datty.data(), a.probs.data(), v.q, v.qs, v.k, v.ks, v.v, v.vs,
-                            b.offsets.data(), b.n_seq(), c.n_head, c.n_kv_head, c.head_dim);
+    if (acts.shared.T > 0)
+      tree_attention_backward(c, b, acts.shared, v, datty.data(), a.probs.data(), dv, dqkv.data(), dqkv.size(),
+                              acts.tree);
+    else
+      cpu::attention_backward(dv.q, dv.k, dv.v, datty.data(), a.probs.data(), v.q, v.qs, v.k, v.ks, v.v, v.vs,
+                              b.offsets.data(), b.n_seq(), c.n_head, c.n_kv_head, c.head_dim);
     if (c.is_gpt2()) {
       cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), a.norm1.data(), at(P, o.qkv_w),
                            T, D, 3 * D, lin, acts.bf16, false);
@@ -416,10 +469,11 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
   // features split over threads
   float* dwte = at(G, L.tok_emb);
   float* dwpe = at(G, L.pos_emb);
+  const int32_t* tokens = acts.shared.T > 0 ? acts.shared.tokens.data() : b.tokens.data();
   cpu::parallel_columns(D, [&](int i0, int i1) {
     for (int t = 0; t < T; t++) {
       const float* d = dresid.data() + static_cast<size_t>(t) * D;
-      float* e = dwte + static_cast<size_t>(b.tokens[t]) * D;
+      float* e = dwte + static_cast<size_t>(tokens[t]) * D;
 #pragma omp simd
       for (int i = i0; i < i1; i++) e[i] += d[i];
       if (dwpe) {

@@ -27,6 +27,27 @@ struct LayerActs {
   std::vector<float> res_mlp;   // [T, D] block output
 };
 
+// Batches whose consecutive sequences start alike (a prompt's K responses, a pair's two) run the shared leading
+// tokens through the blocks once: the rows of such a "tree" are each group's shared prefix, then every member's own
+// tokens. Attention still sees each sequence whole (its rows gathered back in order), so a row's hidden state is
+// what the plain forward computes; in backward a shared row's gradient sums its members'.
+struct SharedRows {
+  int T = 0;                    // tree rows; 0 when nothing is shared (row t is then the batch's token t)
+  std::vector<int32_t> tokens;  // [T] token of each tree row
+  std::vector<int32_t> pos;     // [T] its position in its sequence
+  std::vector<int32_t> row_of;  // [n_tokens] the tree row of each token of the batch
+  std::vector<uint8_t> owner;   // [n_tokens] 1 for the token whose attention output is its row's
+};
+// Groups runs of consecutive sequences sharing >= 8 leading tokens (each keeps >= 1 own token).
+// OPTUNE_SHARE_PREFIX=0 turns it off (the result always has T == 0).
+SharedRows share_prefixes(const Batch& b);
+
+// The tree attention's gathered rows, kept between calls.
+struct TreeScratch {
+  std::vector<float> q, k, v, out, dq, dk, dv, dout;
+  std::vector<int32_t> offsets;
+};
+
 struct Acts {
   int T = 0;
   bool training = false;
@@ -38,6 +59,9 @@ struct Acts {
   // l >= 1 and inputs[n_layer] the last block's output ([T, D] each); backward reruns each block from its input.
   bool recompute = false;
   std::vector<std::vector<float>> inputs;
+  // The batch as a tree of rows (transformer_forward's `share`); shared.T == 0: row t is the batch's token t.
+  SharedRows shared;
+  TreeScratch tree;
   std::vector<float> normf, normf_mean, normf_rstd;  // final normalized hidden states [T, D]
 };
 
@@ -73,27 +97,13 @@ struct Workspace {
 // The model's workspace, created on first use. Buffers only grow (resize keeps capacity).
 Workspace& workspace_of(const Model& m);
 
-// Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read.
+// Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read, one
+// per row: token t's is row acts.shared.row_of[t] when `share` found shared prefixes (acts.shared.T > 0), else t.
 // `packed` (sampler's prefill): weights already packed for its products, instead of packing them again per GEMM.
 void transformer_forward(const Model& m, const Batch& b, Acts& acts, bool training, const KvHook* kv_hook = nullptr,
-                         bool bf16 = false, const PackedWeights* packed = nullptr);
-
-// Forward-only calls on batches whose consecutive sequences start alike (a prompt's K responses, a pair's two):
-// the shared leading tokens run through the blocks once. The rows of such a "tree": each group's shared prefix,
-// then every member's own tokens. Attention still sees each sequence whole (its rows gathered back in order), so
-// every row's hidden state is what the plain forward computes.
-struct SharedRows {
-  int T = 0;                    // tree rows; 0 when nothing is shared (then use transformer_forward)
-  std::vector<int32_t> tokens;  // [T] token of each tree row
-  std::vector<int32_t> pos;     // [T] its position in its sequence
-  std::vector<int32_t> row_of;  // [n_tokens] the tree row of each token of the batch
-  std::vector<uint8_t> owner;   // [n_tokens] 1 for the token that writes its row's attention output
-};
-// Groups runs of consecutive sequences sharing >= 8 leading tokens (each keeps >= 1 own token).
-// OPTUNE_SHARE_PREFIX=0 turns it off (the result always has T == 0).
-SharedRows share_prefixes(const Batch& b);
-// transformer_forward (inference) over the tree: acts.normf holds the tree rows' hidden states.
-void transformer_forward_shared(const Model& m, const Batch& b, const SharedRows& sr, Acts& acts);
+                         bool bf16 = false, const PackedWeights* packed = nullptr, bool share = false);
+// The row holding token t's hidden state.
+inline int hidden_row(const Acts& acts, int t) { return acts.shared.T > 0 ? acts.shared.row_of[t] : t; }
 
 // The pieces transformer_forward is made of, shared with the KV-cache decoder (sampler.cpp).
 // attend(layer, qkv, atty) must write the attention output [T, QD] for the T rows.

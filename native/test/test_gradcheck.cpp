@@ -348,6 +348,79 @@ TEST(bf16_training_does_not_depend_on_the_thread_count) {
   CHECK(grads[0] == grads[1]);
 }
 
+namespace {
+
+// Pair 0's chosen and rejected share a 9-token prompt; pair 1's rejected is its chosen's first 11 tokens, of which
+// 10 are shared (each sequence keeps one own token); pair 2 shares nothing. The training forward runs the shared
+// rows once (SharedRows).
+TrainRequest shared_prompt_request(LossKind loss, const ModelConfig& c) {
+  TrainRequest r = pair_request(loss, c);
+  const Batch base = testing::random_batch({12, 13, 14, 11, 6, 7}, {9, 9, 9, 9, 2, 3}, c.vocab_size, 12);
+  r.batch = base;
+  for (int i = 0; i < 9; i++) r.batch.tokens[base.offsets[1] + i] = base.tokens[i];  // pair 0's prompt
+  for (int i = 0; i < 11; i++) r.batch.tokens[base.offsets[3] + i] = base.tokens[base.offsets[2] + i];  // pair 1
+  r.chosen = {0, 2, 4};
+  r.rejected = {1, 3, 5};
+  r.weights = {1.0f, 0.6f, 0.8f};
+  r.ref_chosen = {-9.0f, -7.5f, -6.0f};
+  r.ref_rejected = {-10.0f, -5.0f, -7.0f};
+  return r;
+}
+
+}  // namespace
+
+TEST(shared_prompts_train_with_exact_gradients) {
+  // finite differences through the tree's forward and backward, in both families
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 27);
+    const TrainRequest r = shared_prompt_request(LossKind::DPO, cfg);
+    train_step(*m, r);
+    CHECK_MSG(workspace_of(*m).train.shared.T == r.batch.n_tokens() - 9 - 10,
+              "the prompts were not shared as planned: " + std::to_string(workspace_of(*m).train.shared.T) +
+                  " rows for " + std::to_string(r.batch.n_tokens()) + " tokens");
+    check_model_grads(std::string(arch_name(cfg.arch)) + " shared dpo", *m, r);
+  }
+}
+
+TEST(shared_prompts_match_the_plain_step) {
+  // against OPTUNE_SHARE_PREFIX=0: the same loss, and gradients equal up to the order of their sums; fp32 and bf16,
+  // DPO and BT, with and without recomputation
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()})
+    for (bool bf16 : {false, true})
+      for (LossKind loss : {LossKind::DPO, LossKind::BT})
+        for (const char* recompute : {"0", "1"}) {
+          cfg.reward_model = loss == LossKind::BT;
+          setenv("OPTUNE_RECOMPUTE", recompute, 1);
+          TrainStats stats[2];
+          std::vector<float> grads[2];
+          for (int plain : {0, 1}) {
+            if (plain) setenv("OPTUNE_SHARE_PREFIX", "0", 1);
+            auto m = make_model(cfg);
+            testing::randomize(*m, 28);
+            TrainRequest r = shared_prompt_request(loss, cfg);
+            if (loss == LossKind::BT) r.ref_chosen.clear(), r.ref_rejected.clear();
+            r.bf16 = bf16;
+            stats[plain] = train_step(*m, r);
+            grads[plain] = m->grads;
+            unsetenv("OPTUNE_SHARE_PREFIX");
+          }
+          unsetenv("OPTUNE_RECOMPUTE");
+          const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
+                                   (loss == LossKind::BT ? " BT" : " DPO") + " recompute " + recompute;
+          CHECK_MSG(std::fabs(stats[0].loss - stats[1].loss) <= 1e-5 * (1 + std::fabs(stats[1].loss)),
+                    what + ": loss " + std::to_string(stats[0].loss) + " vs " + std::to_string(stats[1].loss));
+          double diff = 0, norm = 0;
+          for (size_t i = 0; i < grads[1].size(); i++) {
+            diff += std::pow(static_cast<double>(grads[0][i]) - grads[1][i], 2);
+            norm += std::pow(static_cast<double>(grads[1][i]), 2);
+          }
+          // bf16 rounds a shared row's summed gradient once where the plain step rounds each member's: bf16's size
+          CHECK_MSG(std::sqrt(diff) <= (bf16 ? 5e-3 : 1e-5) * std::sqrt(norm),
+                    what + ": |g_shared - g_plain| / |g| = " + std::to_string(std::sqrt(diff / norm)));
+        }
+}
+
 TEST(recomputed_blocks_give_the_same_step_bit_for_bit) {
   // OPTUNE_RECOMPUTE=1 keeps only the blocks' inputs and reruns each block in backward: the loss, gradients and
   // updated weights must equal a step that kept every activation, in both families, both precisions and with BT
