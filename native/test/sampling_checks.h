@@ -59,16 +59,21 @@ inline double first_token_tv(const SampleFn& sample, const optune::Model& m, opt
   return tv;
 }
 
+// The model's logits at every position of kPrompts[0] ([3, V]: the last row is its first sampled token's).
+inline std::vector<float> first_prompt_logits(const optune::Model& m) {
+  optune::Batch b;
+  b.tokens = kPrompts[0];
+  b.offsets = {0, 3};
+  b.prompt_lens = {3};
+  return optune::compute_logits(m, b);
+}
+
 // The first token's distribution under temperature (1, 0.5, 2), top-k 3 and top-p 0.6 against the softmax of the
 // model's logits (total variation < 0.02 over 40000 draws), and no token outside the nucleus in 5000 more. `m` is
 // tiny_gpt2 randomized (seed 35, scale 0.8). Returns the top-p request of the last check, for more checks on it.
 inline optune::SampleRequest check_sampling_definitions(const optune::Model& m, const SampleFn& sample) {
   optune::SampleRequest req = prompts_request({kPrompts[0]}, 1, 1);
-  optune::Batch b;
-  b.tokens = kPrompts[0];
-  b.offsets = {0, 3};
-  b.prompt_lens = {3};
-  const std::vector<float> logits = optune::compute_logits(m, b);
+  const std::vector<float> logits = first_prompt_logits(m);
   const int V = m.cfg.vocab_size;
   const float* z = logits.data() + 2 * V;
   std::vector<int> order(V);
@@ -120,11 +125,7 @@ inline optune::SampleRequest check_sampling_definitions(const optune::Model& m, 
 // log-probs returned are over the whole vocabulary (a full forward's, within logp_tol); L = V samples as no limit.
 inline void check_vocab_limit(const optune::Model& m, const SampleFn& sample, double logp_tol) {
   optune::SampleRequest req = prompts_request({kPrompts[0]}, 1, 1);
-  optune::Batch b;
-  b.tokens = kPrompts[0];
-  b.offsets = {0, 3};
-  b.prompt_lens = {3};
-  const std::vector<float> logits = optune::compute_logits(m, b);
+  const std::vector<float> logits = first_prompt_logits(m);
   const int V = m.cfg.vocab_size, L = V / 2;
   const float* z = logits.data() + 2 * V;
   req.vocab_limit = L;

@@ -367,6 +367,26 @@ TrainRequest shared_prompt_request(LossKind loss, const ModelConfig& c) {
   return r;
 }
 
+// One step (an update: apply_update on) of a fresh model randomized with `seed`, and what it left.
+struct StepResult {
+  TrainStats stats;
+  std::vector<float> grads, params;
+  size_t kept_layers = 0;  // blocks whose activations the forward kept
+};
+StepResult one_step(const ModelConfig& cfg, uint64_t seed, TrainRequest r, bool bf16) {
+  auto m = make_model(cfg);
+  testing::randomize(*m, seed);
+  if (r.loss == LossKind::BT) r.ref_chosen.clear(), r.ref_rejected.clear();
+  r.bf16 = bf16;
+  r.apply_update = true;
+  StepResult out;
+  out.stats = train_step(*m, r);
+  out.grads = m->grads;
+  out.params = m->params;
+  out.kept_layers = workspace_of(*m).train.layers.size();
+  return out;
+}
+
 }  // namespace
 
 TEST(shared_prompts_train_with_exact_gradients) {
@@ -392,28 +412,23 @@ TEST(shared_prompts_match_the_plain_step) {
         for (const char* recompute : {"0", "1"}) {
           cfg.reward_model = loss == LossKind::BT;
           setenv("OPTUNE_RECOMPUTE", recompute, 1);
-          TrainStats stats[2];
-          std::vector<float> grads[2];
+          StepResult step[2];
           for (int plain : {0, 1}) {
             if (plain) setenv("OPTUNE_SHARE_PREFIX", "0", 1);
-            auto m = make_model(cfg);
-            testing::randomize(*m, 28);
-            TrainRequest r = shared_prompt_request(loss, cfg);
-            if (loss == LossKind::BT) r.ref_chosen.clear(), r.ref_rejected.clear();
-            r.bf16 = bf16;
-            stats[plain] = train_step(*m, r);
-            grads[plain] = m->grads;
+            step[plain] = one_step(cfg, 28, shared_prompt_request(loss, cfg), bf16);
             unsetenv("OPTUNE_SHARE_PREFIX");
           }
           unsetenv("OPTUNE_RECOMPUTE");
+
           const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
                                    (loss == LossKind::BT ? " BT" : " DPO") + " recompute " + recompute;
-          CHECK_MSG(std::fabs(stats[0].loss - stats[1].loss) <= 1e-5 * (1 + std::fabs(stats[1].loss)),
-                    what + ": loss " + std::to_string(stats[0].loss) + " vs " + std::to_string(stats[1].loss));
+          const float loss0 = step[0].stats.loss, loss1 = step[1].stats.loss;
+          CHECK_MSG(std::fabs(loss0 - loss1) <= 1e-5 * (1 + std::fabs(loss1)),
+                    what + ": loss " + std::to_string(loss0) + " vs " + std::to_string(loss1));
           double diff = 0, norm = 0;
-          for (size_t i = 0; i < grads[1].size(); i++) {
-            diff += std::pow(static_cast<double>(grads[0][i]) - grads[1][i], 2);
-            norm += std::pow(static_cast<double>(grads[1][i]), 2);
+          for (size_t i = 0; i < step[1].grads.size(); i++) {
+            diff += std::pow(static_cast<double>(step[0].grads[i]) - step[1].grads[i], 2);
+            norm += std::pow(static_cast<double>(step[1].grads[i]), 2);
           }
           // bf16 rounds a shared row's summed gradient once where the plain step rounds each member's: bf16's size
           CHECK_MSG(std::sqrt(diff) <= (bf16 ? 5e-3 : 1e-5) * std::sqrt(norm),
@@ -428,27 +443,19 @@ TEST(recomputed_blocks_give_the_same_step_bit_for_bit) {
     for (bool bf16 : {false, true})
       for (LossKind loss : {LossKind::DPO, LossKind::BT}) {
         cfg.reward_model = loss == LossKind::BT;
-        TrainStats stats[2];
-        std::vector<float> grads[2], params[2];
-        size_t kept_layers[2];
+        StepResult step[2];
         for (int recompute : {0, 1}) {
           setenv("OPTUNE_RECOMPUTE", recompute ? "1" : "0", 1);
-          auto m = make_model(cfg);
-          testing::randomize(*m, 26);
-          TrainRequest r = pair_request(loss, cfg);
-          if (loss == LossKind::BT) r.ref_chosen.clear(), r.ref_rejected.clear();
-          r.bf16 = bf16;
-          stats[recompute] = train_step(*m, r);
-          grads[recompute] = m->grads;
-          params[recompute] = m->params;
-          kept_layers[recompute] = workspace_of(*m).train.layers.size();
+          step[recompute] = one_step(cfg, 26, pair_request(loss, cfg), bf16);
         }
         unsetenv("OPTUNE_RECOMPUTE");
         const std::string what = std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
                                  (loss == LossKind::BT ? " BT" : " DPO");
-        CHECK_MSG(kept_layers[0] == static_cast<size_t>(cfg.n_layer) && kept_layers[1] == 1,
-                  what + ": kept " + std::to_string(kept_layers[0]) + " / " + std::to_string(kept_layers[1]));
-        CHECK_MSG(stats[0].loss == stats[1].loss && grads[0] == grads[1] && params[0] == params[1],
+        CHECK_MSG(step[0].kept_layers == static_cast<size_t>(cfg.n_layer) && step[1].kept_layers == 1,
+                  what + ": kept " + std::to_string(step[0].kept_layers) + " / " +
+                      std::to_string(step[1].kept_layers));
+        CHECK_MSG(step[0].stats.loss == step[1].stats.loss && step[0].grads == step[1].grads &&
+                      step[0].params == step[1].params,
                   what + ": recomputation changed the step");
       }
 }
