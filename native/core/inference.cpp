@@ -55,6 +55,7 @@ LogprobResult compute_logprobs(const Model& m, const Batch& b) {
                        static_cast<int>(rows.src.size()), w, m.cfg.d_model, m.cfg.vocab_size);
   out.seq_logps.assign(b.n_seq(), 0.0f);
   for (size_t r = 0; r < rows.seq.size(); r++) out.seq_logps[rows.seq[r]] += out.token_logps[r];
+  release_large_buffers(workspace_of(m));
   return out;
 }
 
@@ -86,6 +87,7 @@ std::vector<float> compute_scores(const Model& m, const Batch& b) {
     const float* h = acts.normf.data() + static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D;
     scores[s] = score_dot(h, w, D);
   }
+  release_large_buffers(workspace_of(m));
   return scores;
 }
 

@@ -184,6 +184,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   } else {
     st.grad_norm = grad_norm(m.grads);
   }
+  release_large_buffers(ws);
   return st;
 }
 

@@ -380,6 +380,29 @@ Workspace& workspace_of(const Model& m) {
   return *m.workspace;
 }
 
+void release_large_buffers(Workspace& ws) {
+  size_t bytes = 0;
+  auto count = [&bytes](const std::vector<float>& v) { bytes += v.capacity() * sizeof(float); };
+  for (const Acts* a : {&ws.train, &ws.infer}) {
+    for (const LayerActs& l : a->layers)
+      for (const std::vector<float>* v : {&l.norm1, &l.qkv, &l.probs, &l.atty, &l.res_attn, &l.norm2, &l.fc, &l.up,
+                                          &l.act, &l.res_mlp})
+        count(*v);
+    for (const std::vector<float>& v : a->inputs) count(v);
+    count(a->x0), count(a->normf);
+  }
+  const BackwardScratch& b = ws.back;
+  for (const std::vector<float>* v : {&b.dresid, &b.dnorm, &b.dact, &b.dfc, &b.dup, &b.datty, &b.dqkv}) count(*v);
+  count(ws.dnormf), count(ws.head_probs);
+  const size_t available = available_host_bytes();
+  if (bytes <= cpu::kScratchKeepBytes || available == 0 || bytes <= available / 4) return;
+  ws.train = Acts{};
+  ws.infer = Acts{};
+  ws.back = BackwardScratch{};
+  std::vector<float>().swap(ws.dnormf);
+  std::vector<float>().swap(ws.head_probs);
+}
+
 // resize + zero without giving memory back
 static void zeros(std::vector<float>& v, size_t n) {
   v.resize(n);

@@ -97,6 +97,13 @@ struct Workspace {
 // The model's workspace, created on first use. Buffers only grow (resize keeps capacity).
 Workspace& workspace_of(const Model& m);
 
+// Frees the workspace's activation and gradient buffers when memory is short: when together they hold more than
+// cpu::kScratchKeepBytes and more than a quarter of the memory left (available_host_bytes). A large model's
+// gigabytes of training activations would otherwise stay resident through sampling and scoring, on top of what
+// those need. Otherwise they stay: allocating them again costs every step its page faults (SmolLM2-135M shape,
+// 3.5 GB: 10.4 -> 14.1 s a step on a 2-core VM).
+void release_large_buffers(Workspace& ws);
+
 // Runs the batch through every block and the final norm: acts.normf holds the hidden states the heads read, one
 // per row: token t's is row acts.shared.row_of[t] when `share` found shared prefixes (acts.shared.T > 0), else t.
 // `packed` (sampler's prefill): weights already packed for its products, instead of packing them again per GEMM.

@@ -7,6 +7,7 @@
 
 #include "core/engine.h"
 #include "core/host_memory.h"
+#include "core/transformer.h"
 #include "test_helpers.h"
 #include "testing.h"
 
@@ -87,6 +88,31 @@ TEST(the_training_state_is_checked_at_the_first_step_under_a_budget) {
   unsetenv("OPTUNE_MEMORY_LIMIT");
   train_step(*m, r);  // without the budget it trains
   CHECK(m->adam_m.size() == m->params.size());
+}
+
+TEST(large_workspace_buffers_are_not_kept_when_memory_is_short) {
+  // over 256 MB in all and over a quarter of the memory left: freed after a call (reserve only: no page is touched)
+  Workspace ws;
+  ws.train.layers.resize(2);
+  ws.train.layers[0].fc.reserve(1 << 20);
+  ws.head_probs.reserve(cpu::kScratchKeepBytes / sizeof(float));
+  setenv("OPTUNE_MEMORY_LIMIT", std::to_string(size_t(8) << 30).c_str(), 1);  // 1/4: 2 GB, more than they hold
+  release_large_buffers(ws);
+  CHECK(ws.train.layers.size() == 2 && ws.head_probs.capacity() > 0);
+  setenv("OPTUNE_MEMORY_LIMIT", std::to_string(size_t(1) << 30).c_str(), 1);  // 1/4: 256 MB, less
+  release_large_buffers(ws);
+  CHECK(ws.train.layers.empty() && ws.head_probs.capacity() == 0);
+  unsetenv("OPTUNE_MEMORY_LIMIT");
+  // and a step whose buffers are small keeps them for the next
+  auto m = make_model(testing::tiny_gpt2());
+  init_weights(*m, 1);
+  TrainRequest r;
+  r.loss = LossKind::SFT;
+  r.batch.tokens = {1, 2, 3, 4};
+  r.batch.offsets = {0, 4};
+  r.batch.prompt_lens = {1};
+  train_step(*m, r);
+  CHECK(workspace_of(*m).train.layers.size() == static_cast<size_t>(m->cfg.n_layer));
 }
 
 TEST_MAIN()
