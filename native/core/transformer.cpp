@@ -197,14 +197,24 @@ SharedRows share_prefixes(const Batch& b) {
       sr.pos.push_back(first_pos + i - from);
     }
   };
+  // leading tokens sequences s and t share, at most `limit`
+  auto common = [&](int s, int t, int limit) {
+    int n = 0;
+    while (n < limit && tok[b.offsets[s] + n] == tok[b.offsets[t] + n]) n++;
+    return n;
+  };
   for (int g = 0; g < n_seq;) {
-    // the run of sequences after g sharing >= kMinShared leading tokens with it; P: what all of them share
+    // the run of sequences after g sharing >= kMinShared leading tokens with it; P: what all of them share. A
+    // sequence sharing under half of P with g, or under half of what it shares with the next one, starts a run of
+    // its own: prompts behind one system prompt share that, but a prompt's K responses share the whole prompt,
+    // which is the larger saving.
     int P = b.seq_len(g) - 1, end = g + 1;
     for (; end < n_seq; end++) {
-      const int limit = std::min(P, b.seq_len(end) - 1);
-      int lcp = 0;
-      while (lcp < limit && tok[b.offsets[g] + lcp] == tok[b.offsets[end] + lcp]) lcp++;
-      if (lcp < kMinShared) break;
+      const int lcp = common(g, end, std::min(P, b.seq_len(end) - 1));
+      if (lcp < kMinShared || (end > g + 1 && 2 * lcp < P)) break;
+      if (end + 1 < n_seq &&
+          2 * lcp < common(end, end + 1, std::min(b.seq_len(end), b.seq_len(end + 1)) - 1))
+        break;
       P = lcp;
     }
     if (end - g < 2) {

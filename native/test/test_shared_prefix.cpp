@@ -63,6 +63,40 @@ TEST(tree_rows_share_each_run_once) {
   unsetenv("OPTUNE_SHARE_PREFIX");
 }
 
+TEST(prompts_behind_one_system_prompt_keep_their_own_groups) {
+  // two chat prompts that start with the same 12 template tokens, 2 responses each: each prompt's 30 tokens are
+  // shared by its own two responses (not just the 12 by all four)
+  testing::Rand r(8);
+  std::vector<int32_t> system(12), p1, p2;
+  for (auto& t : system) t = r.below(64);
+  p1 = p2 = system;
+  for (int i = 0; i < 18; i++) p1.push_back(r.below(64)), p2.push_back(r.below(64));
+  p2[12] = (p1[12] + 1) % 64;  // the prompts part right after the system prompt
+  Batch b;
+  b.offsets.push_back(0);
+  for (const auto* p : {&p1, &p1, &p2, &p2}) {
+    b.tokens.insert(b.tokens.end(), p->begin(), p->end());
+    for (int t = 0; t < 5; t++) b.tokens.push_back(r.below(64));
+    b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+    b.prompt_lens.push_back(30);
+  }
+  const SharedRows sr = share_prefixes(b);
+  CHECK_MSG(sr.T <= b.n_tokens() - 2 * 30, "tree rows " + std::to_string(sr.T) + " for " +
+                                               std::to_string(b.n_tokens()) + " tokens");
+  CHECK(sr.row_of[b.offsets[1] + 29] == sr.row_of[b.offsets[0] + 29]);
+  CHECK(sr.row_of[b.offsets[3] + 29] == sr.row_of[b.offsets[2] + 29]);
+  // a lone response of another prompt first ([p0, p1, p1]): p1's two still share their whole prompt
+  Batch lone;
+  lone.offsets = {0};
+  for (int s : {2, 0, 1}) {
+    lone.tokens.insert(lone.tokens.end(), b.tokens.begin() + b.offsets[s], b.tokens.begin() + b.offsets[s + 1]);
+    lone.offsets.push_back(static_cast<int32_t>(lone.tokens.size()));
+    lone.prompt_lens.push_back(30);
+  }
+  const SharedRows sl = share_prefixes(lone);
+  CHECK(sl.T > 0 && sl.row_of[lone.offsets[2] + 29] == sl.row_of[lone.offsets[1] + 29]);
+}
+
 TEST(shared_forward_gives_the_plain_log_probs_and_scores) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
     const Batch b = prompt_groups(cfg.vocab_size);
