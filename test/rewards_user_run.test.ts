@@ -8,7 +8,7 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { z } from "zod";
 
 import { ConfigSchema } from "../src/config/schema.js";
@@ -142,6 +142,44 @@ describe("optune loop on a user model", () => {
       sources: [rewardModel, { type: "module", path: modulePath, weight: 0.5 }, { type: "http", url, weight: 0.1 }],
       missingEosPenalty: 1,
     });
+  });
+});
+
+describe("training and evaluation rewards", () => {
+  it("share one reward model when evalReward is absent, freed when both are disposed", async () => {
+    const options: UserTaskOptions = {
+      policy: join(FIXTURES, "smollm"),
+      prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+      maxNewTokens: 8,
+      reward: { sources: [rewardModel] },
+    };
+    const task = await createUserTask(options);
+    const load = vi.spyOn(EngineModel, "load");
+    try {
+      const proxy = await task.createRewardSource();
+      const evaluator = await task.createEvalSource();
+      expect(load).toHaveBeenCalledTimes(1);
+      const batch = {
+        prompts: [{ text: "Hello world,", ids: task.trainPrompts[0]!.ids }],
+        responses: [{ text: " hi", ids: Int32Array.from([5]), endedWithEos: false }],
+      };
+      const first = await proxy.score(batch);
+      await proxy.dispose?.();
+      await proxy.dispose?.(); // a second dispose of the same handle changes nothing
+      expect(await evaluator.score(batch)).toEqual(first); // still loaded
+      await evaluator.dispose?.();
+      const again = await task.createRewardSource(); // both gone: a new one loads
+      expect(load).toHaveBeenCalledTimes(2);
+      await again.dispose?.();
+      // with an evalReward of its own, evaluation loads its own
+      const separate = await createUserTask({ ...options, evalReward: { sources: [rewardModel] } });
+      const a = await separate.createRewardSource();
+      const b = await separate.createEvalSource();
+      expect(load).toHaveBeenCalledTimes(4);
+      await Promise.all([a.dispose?.(), b.dispose?.()]);
+    } finally {
+      load.mockRestore();
+    }
   });
 });
 

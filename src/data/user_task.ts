@@ -151,6 +151,34 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
     }
     return new WithMessages(created, messagesByText);
   };
+  // Without an evalReward, training and evaluation score with one source: one copy of a reward model in memory,
+  // freed when the last of them is disposed.
+  let entry: { source: Promise<RewardSource>; users: number } | undefined;
+  const shared = async (): Promise<RewardSource> => {
+    if (entry === undefined) entry = { source: source(options.reward), users: 0 };
+    const mine = entry;
+    mine.users++;
+    let inner: RewardSource;
+    try {
+      inner = await mine.source;
+    } catch (err) {
+      if (--mine.users === 0 && entry === mine) entry = undefined;
+      throw err;
+    }
+    let released = false;
+    return {
+      name: inner.name,
+      score: (batch) => inner.score(batch),
+      checkChatPrompts: () => inner.checkChatPrompts?.(),
+      dispose: async () => {
+        if (released) return;
+        released = true;
+        if (--mine.users > 0) return;
+        if (entry === mine) entry = undefined;
+        await inner.dispose?.();
+      },
+    };
+  };
   const task: UserTask = {
     name: `user (${policyDir})`,
     tokenizer,
@@ -164,8 +192,8 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
       const body = endedWithEos ? ids.subarray(0, ids.length - 1) : ids;
       return { text: tokenizer.decode(body), endedWithEos };
     },
-    createRewardSource: () => source(options.reward),
-    createEvalSource: () => source(options.evalReward ?? options.reward),
+    createRewardSource: () => (options.evalReward === undefined ? shared() : source(options.reward)),
+    createEvalSource: () => (options.evalReward === undefined ? shared() : source(options.evalReward)),
     writeCheckpointExtras: (dir) => {
       tokenizer.copyFilesTo(dir);
       // chat_template.jinja wins over tokenizer_config.json's template, so the checkpoint keeps the override.
