@@ -70,14 +70,20 @@ TEST(a_batch_whose_activations_do_not_fit_is_refused) {
   CHECK_THROWS(compute_logprobs(*m, b), "use fewer or shorter sequences per call");
 }
 
-TEST(the_training_state_is_checked_at_the_first_step_under_a_budget) {
-  auto m = make_model(testing::tiny_gpt2());
-  init_weights(*m, 1);
+// An SFT step on one 4-token sequence.
+static TrainRequest one_sequence_sft() {
   TrainRequest r;
   r.loss = LossKind::SFT;
   r.batch.tokens = {1, 2, 3, 4};
   r.batch.offsets = {0, 4};
   r.batch.prompt_lens = {1};
+  return r;
+}
+
+TEST(the_training_state_is_checked_at_the_first_step_under_a_budget) {
+  auto m = make_model(testing::tiny_gpt2());
+  init_weights(*m, 1);
+  const TrainRequest r = one_sequence_sft();
   // a budget below the gradients and moments (3 x 4 bytes a parameter) of this model
   const std::string budget = std::to_string(2 * m->params.size() * sizeof(float));
   setenv("OPTUNE_MEMORY_LIMIT", budget.c_str(), 1);
@@ -106,11 +112,7 @@ TEST(large_workspace_buffers_are_not_kept_when_memory_is_short) {
   // and a step whose buffers are small keeps them for the next
   auto m = make_model(testing::tiny_gpt2());
   init_weights(*m, 1);
-  TrainRequest r;
-  r.loss = LossKind::SFT;
-  r.batch.tokens = {1, 2, 3, 4};
-  r.batch.offsets = {0, 4};
-  r.batch.prompt_lens = {1};
+  const TrainRequest r = one_sequence_sft();
   train_step(*m, r);
   CHECK(workspace_of(*m).train.layers.size() == static_cast<size_t>(m->cfg.n_layer));
 }
