@@ -393,19 +393,18 @@ Workspace& workspace_of(const Model& m) {
 void release_large_buffers(Workspace& ws) {
   size_t bytes = 0;
   auto count = [&bytes](const std::vector<float>& v) { bytes += v.capacity() * sizeof(float); };
-  for (const Acts* a : {&ws.train, &ws.infer}) {
-    for (const LayerActs& l : a->layers)
-      for (const std::vector<float>* v : {&l.norm1, &l.qkv, &l.probs, &l.atty, &l.res_attn, &l.norm2, &l.fc, &l.up,
-                                          &l.act, &l.res_mlp})
-        count(*v);
+  for (Acts* a : {&ws.train, &ws.infer}) {
+    for (LayerActs& l : a->layers)  // every buffer of the block (the sizes it would give are not needed)
+      for_each_layer_buffer(l, ModelConfig{}, 0, 0, [&](std::vector<float>& v, size_t) { count(v); });
     for (const std::vector<float>& v : a->inputs) count(v);
     count(a->x0), count(a->normf);
   }
   const BackwardScratch& b = ws.back;
   for (const std::vector<float>* v : {&b.dresid, &b.dnorm, &b.dact, &b.dfc, &b.dup, &b.datty, &b.dqkv}) count(*v);
   count(ws.dnormf), count(ws.head_probs);
+  if (bytes <= cpu::kScratchKeepBytes) return;  // (reads /proc and /sys only past this)
   const size_t available = available_host_bytes();
-  if (bytes <= cpu::kScratchKeepBytes || available == 0 || bytes <= available / 4) return;
+  if (available == 0 || bytes <= available / 4) return;
   ws.train = Acts{};
   ws.infer = Acts{};
   ws.back = BackwardScratch{};
