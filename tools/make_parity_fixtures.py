@@ -2,8 +2,9 @@
 """Parity fixtures: tiny transformers models and the values the native engine must reproduce on them.
 
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
-    PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py
-Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm:
+    PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
+Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm
+(or only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -72,17 +73,24 @@ def make_model(case):
                                       tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       **common)
     else:
-        family = transformers.Qwen2Config if case.startswith("qwen2") else transformers.LlamaConfig
+        family = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}.get(case[:5],
+                                                                                               transformers.LlamaConfig)
+        extra = {}
+        if case.startswith("qwen3"):
+            # head_dim 16 with hidden 32 and 4 heads: q is wider than the hidden state (as in Qwen3-0.6B, 2048 vs
+            # 1024); the reward model also has Qwen3's optional attention biases.
+            extra = dict(head_dim=16, attention_bias=case.endswith("_rm"))
         cfg = family(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=64,
-                     tie_word_embeddings=case.startswith("qwen2"), **common)
+                     tie_word_embeddings=case.startswith("qwen"), **extra, **common)
     if case.endswith("_rm"):
         cfg.num_labels = 1
         cls = {"gpt2": transformers.GPT2ForSequenceClassification,
-               "llama": transformers.LlamaForSequenceClassification}[case[:-3]]
+               "llama": transformers.LlamaForSequenceClassification,
+               "qwen3": transformers.Qwen3ForSequenceClassification}[case[:-3]]
     else:
         cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
-               "qwen2": transformers.Qwen2ForCausalLM}[case]
+               "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[case]
     cfg._attn_implementation = "eager"  # plain softmax attention; no kernel choice can differ between runs
     model = cls(cfg).float().eval()  # eval: dropout off (all dropout rates are 0 as well)
     return model
@@ -288,12 +296,17 @@ def build_case(case, seed):
     return size
 
 
+CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm"]  # appended: seeds follow the index
+
+
 def main():
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     total = 0
-    for i, case in enumerate(["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm"]):
-        total += build_case(case, seed=1000 + 10 * i)
+    only = set(sys.argv[1:])  # case names to rebuild; none: all of them
+    for i, case in enumerate(CASES):
+        if not only or case in only:
+            total += build_case(case, seed=1000 + 10 * i)
     print(f"total {total / 1024:.0f} KiB in {os.path.relpath(OUT, ROOT)}")
 
 

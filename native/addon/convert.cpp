@@ -221,8 +221,10 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     c.arch = optune::Arch::LLAMA;
   } else if (a == "qwen2") {
     c.arch = optune::Arch::QWEN2;
+  } else if (a == "qwen3") {
+    c.arch = optune::Arch::QWEN3;
   } else {
-    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama' or 'qwen2', got " +
+    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2' or 'qwen3', got " +
                                         (arch.IsString() ? "'" + a + "'" : describe(arch)));
   }
   const int big = 1 << 30;

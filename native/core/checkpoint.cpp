@@ -166,16 +166,20 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   ModelConfig c;
 
   const json::Value* mt = f.get("model_type");
-  OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\" or \"qwen2\")");
+  OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\", \"qwen2\" or "
+                       "\"qwen3\")");
   if (!mt->is_string()) f.bad("model_type", *mt, "expected a string");
   const std::string model_type = mt->str;
   if (model_type == "gpt2") c.arch = Arch::GPT2;
   else if (model_type == "llama") c.arch = Arch::LLAMA;
   else if (model_type == "qwen2") c.arch = Arch::QWEN2;
-  else f.bad("model_type", *mt, "unsupported model type; optune supports \"gpt2\", \"llama\" and \"qwen2\"");
+  else if (model_type == "qwen3") c.arch = Arch::QWEN3;
+  else
+    f.bad("model_type", *mt,
+          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\" and \"qwen3\"");
 
   // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
-  const std::string base = c.arch == Arch::GPT2 ? "GPT2" : c.arch == Arch::LLAMA ? "Llama" : "Qwen2";
+  const std::string base = hf_class_prefix(c.arch);
   const std::string lm_name = base + (c.arch == Arch::GPT2 ? "LMHeadModel" : "ForCausalLM");
   const std::string rm_name = base + "ForSequenceClassification";
   if (const json::Value* archs = f.get("architectures")) {
@@ -235,9 +239,12 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
       if (f.opt_bool("mlp_bias", false))
         f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
     } else {
-      // Qwen2 hard-codes biases on q/k/v and none on o_proj.
-      c.qkv_bias = true;
-      c.o_bias = false;
+      if (c.arch == Arch::QWEN2) {  // Qwen2 hard-codes biases on q/k/v and none on o_proj
+        c.qkv_bias = true;
+        c.o_bias = false;
+      } else {  // Qwen3: one attention_bias flag for q/k/v/o, as Llama
+        c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
+      }
       if (f.opt_bool("use_sliding_window", false))
         f.bad("use_sliding_window", *f.get("use_sliding_window"), "sliding-window attention is not supported");
       if (const json::Value* lt = f.get("layer_types")) {
@@ -280,9 +287,10 @@ std::string config_to_hf_json(const ModelConfig& c) {
     o.set("activation_function", Value::of_string("gelu_new"));
     o.set("layer_norm_epsilon", Value::of_float(c.norm_eps));
   } else {
-    if (c.arch == Arch::LLAMA)
-      OPTUNE_CHECK(c.qkv_bias == c.o_bias, "config_to_hf_json: transformers' Llama has one attention_bias flag for "
-                                           "q/k/v/o; qkv_bias and o_bias must be equal");
+    if (c.arch == Arch::LLAMA || c.arch == Arch::QWEN3)
+      OPTUNE_CHECK(c.qkv_bias == c.o_bias, std::string("config_to_hf_json: transformers' ") + hf_class_prefix(c.arch) +
+                                               " has one attention_bias flag for q/k/v/o; qkv_bias and o_bias must "
+                                               "be equal");
     if (c.arch == Arch::QWEN2)
       OPTUNE_CHECK(c.qkv_bias && !c.o_bias, "config_to_hf_json: transformers' Qwen2 always has q/k/v biases and no "
                                             "o_proj bias; use arch llama for other bias settings");
@@ -305,6 +313,7 @@ std::string config_to_hf_json(const ModelConfig& c) {
       o.set("attention_bias", Value::of_bool(c.qkv_bias));
       o.set("mlp_bias", Value::of_bool(false));
     } else {
+      if (c.arch == Arch::QWEN3) o.set("attention_bias", Value::of_bool(c.qkv_bias));
       o.set("use_sliding_window", Value::of_bool(false));
       o.set("sliding_window", Value::null());
     }

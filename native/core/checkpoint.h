@@ -1,7 +1,8 @@
 // Hugging Face model directories: config.json + model.safetensors (or shards listed in model.safetensors.index.json).
-// Supported: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM and their *ForSequenceClassification reward-model
-// forms with one label. Loading maps every tensor of the ParamLayout (params.h) from the files, converting
-// F16/BF16/F64 to fp32; saving writes an fp32 directory that transformers loads into the same class.
+// Supported: GPT2LMHeadModel, LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM and their
+// *ForSequenceClassification reward-model forms with one label. Loading maps every tensor of the ParamLayout
+// (params.h) from the files, converting F16/BF16/F64 to fp32; saving writes an fp32 directory that transformers loads
+// into the same class.
 #pragma once
 #include <memory>
 #include <string>

@@ -11,12 +11,23 @@ const char* arch_name(Arch a) {
     case Arch::GPT2: return "gpt2";
     case Arch::LLAMA: return "llama";
     case Arch::QWEN2: return "qwen2";
+    case Arch::QWEN3: return "qwen3";
+  }
+  return "?";
+}
+
+const char* hf_class_prefix(Arch a) {
+  switch (a) {
+    case Arch::GPT2: return "GPT2";
+    case Arch::LLAMA: return "Llama";
+    case Arch::QWEN2: return "Qwen2";
+    case Arch::QWEN3: return "Qwen3";
   }
   return "?";
 }
 
 std::string hf_architecture_name(const ModelConfig& cfg) {
-  std::string base = cfg.arch == Arch::GPT2 ? "GPT2" : cfg.arch == Arch::LLAMA ? "Llama" : "Qwen2";
+  const std::string base = hf_class_prefix(cfg.arch);
   if (cfg.reward_model) return base + "ForSequenceClassification";
   return base + (cfg.arch == Arch::GPT2 ? "LMHeadModel" : "ForCausalLM");
 }

@@ -1,6 +1,7 @@
 // Model configuration: the one description of a decoder-only transformer that every part of the engine reads.
 // Two families: GPT-2 (LayerNorm, tanh-GELU, learned positions, tied embeddings, biases) and Llama (RMSNorm, RoPE,
-// SwiGLU, grouped-query attention). Qwen2 is Llama with q/k/v biases. A reward model is the same backbone with a
+// SwiGLU, grouped-query attention). Qwen2 is Llama with q/k/v biases; Qwen3 is Llama with an RMSNorm over each head
+// of q and k before the rotation (q_norm, k_norm). A reward model is the same backbone with a
 // scalar `score` head on the last token's final hidden state instead of the LM head.
 #pragma once
 #include <cstdint>
@@ -8,7 +9,7 @@
 
 namespace optune {
 
-enum class Arch { GPT2, LLAMA, QWEN2 };
+enum class Arch { GPT2, LLAMA, QWEN2, QWEN3 };
 
 struct ModelConfig {
   Arch arch = Arch::GPT2;
@@ -32,6 +33,7 @@ struct ModelConfig {
 
   bool is_gpt2() const { return arch == Arch::GPT2; }
   bool is_llama() const { return arch != Arch::GPT2; }
+  bool qk_norm() const { return arch == Arch::QWEN3; }  // RMSNorm (weights [head_dim]) on each head of q and k
   int q_dim() const { return n_head * head_dim; }
   int kv_dim() const { return n_kv_head * head_dim; }
 };
@@ -41,6 +43,8 @@ void validate_config(const ModelConfig& cfg);
 
 // "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForSequenceClassification", ...
 std::string hf_architecture_name(const ModelConfig& cfg);
-const char* arch_name(Arch a);  // "gpt2" | "llama" | "qwen2"
+// "GPT2" | "Llama" | "Qwen2" | "Qwen3": the prefix of transformers' class names
+const char* hf_class_prefix(Arch a);
+const char* arch_name(Arch a);  // "gpt2" | "llama" | "qwen2" | "qwen3"
 
 }  // namespace optune

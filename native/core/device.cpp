@@ -93,6 +93,9 @@ void set_device(Model& m, Device requested, Precision p) {
     m.cpu_bf16 = p == Precision::BF16;
     return;
   }
+  OPTUNE_CHECK(!m.cfg.qk_norm(), std::string("device 'cuda': the CUDA backend does not run ") +
+                                     hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet; use device 'cpu'" +
+                                     (requested == Device::AUTO ? " (device 'auto' found a GPU)" : ""));
 #ifdef OPTUNE_HAVE_CUDA
   OPTUNE_CHECK(cuda::device_count() > 0,
                "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "

@@ -65,6 +65,10 @@ ParamLayout build_param_layout(const ModelConfig& c) {
       if (c.qkv_bias) o.k_b = b.add(p + "self_attn.k_proj.bias", {KVD}, false);
       o.v_w = b.add(p + "self_attn.v_proj.weight", {KVD, D}, true);
       if (c.qkv_bias) o.v_b = b.add(p + "self_attn.v_proj.bias", {KVD}, false);
+      if (c.qk_norm()) {
+        o.q_norm_w = b.add(p + "self_attn.q_norm.weight", {c.head_dim}, false);
+        o.k_norm_w = b.add(p + "self_attn.k_norm.weight", {c.head_dim}, false);
+      }
       o.o_w = b.add(p + "self_attn.o_proj.weight", {D, QD}, true);
       if (c.o_bias) o.o_b = b.add(p + "self_attn.o_proj.bias", {D}, false);
       o.norm2_w = b.add(p + "post_attention_layernorm.weight", {D}, false);

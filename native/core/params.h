@@ -1,7 +1,8 @@
 // Parameter layout: every weight of a model lives in one flat fp32 buffer, in a fixed order, under the tensor name
-// transformers uses (GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM, or *ForSequenceClassification for a
-// reward model). Gradients and AdamW moments use the same layout, so the optimizer and norms are single loops.
-// Tensors keep transformers' storage layout: GPT-2's Conv1D weights are [in, out], nn.Linear weights are [out, in].
+// transformers uses (GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, or
+// *ForSequenceClassification for a reward model). Gradients and AdamW moments use the same layout, so the optimizer
+// and norms are single loops. Tensors keep transformers' storage layout: GPT-2's Conv1D weights are [in, out],
+// nn.Linear weights are [out, in].
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -29,6 +30,7 @@ struct LayerOffsets {
   size_t q_w = kAbsent, q_b = kAbsent;          // Llama q_proj [H*hd, D]
   size_t k_w = kAbsent, k_b = kAbsent;          // Llama k_proj [KV*hd, D]
   size_t v_w = kAbsent, v_b = kAbsent;          // Llama v_proj [KV*hd, D]
+  size_t q_norm_w = kAbsent, k_norm_w = kAbsent;  // Qwen3 q_norm / k_norm [hd], shared by every head
   size_t o_w = kAbsent, o_b = kAbsent;          // attn c_proj [D, D] | o_proj [D, H*hd]
   size_t norm2_w = kAbsent, norm2_b = kAbsent;  // ln_2 | post_attention_layernorm
   size_t fc_w = kAbsent, fc_b = kAbsent;        // GPT-2 c_fc [D, F] | Llama gate_proj [F, D]

@@ -34,6 +34,8 @@ static void for_each_layer_buffer(LayerActs& a, const ModelConfig& c, int T, int
   fn(a.norm1_mean, Tn);
   fn(a.norm1_rstd, Tn);
   fn(a.qkv, qkv_size(c, T));
+  fn(a.qk_raw, c.qk_norm() ? Tn * (c.q_dim() + c.kv_dim()) : 0);
+  fn(a.qk_rstd, c.qk_norm() ? Tn * (c.n_head + c.n_kv_head) : 0);
   fn(a.probs, static_cast<size_t>(probs_size));
   fn(a.atty, Tn * c.q_dim());
   fn(a.res_attn, Tn * D);
@@ -141,8 +143,18 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
   if (c.is_gpt2()) {
     linear(a.qkv.data(), a.norm1.data(), o.qkv_w, o.qkv_b, D, 3 * D);
   } else {
-    linear(v.q, a.norm1.data(), o.q_w, o.q_b, D, QD);
-    linear(v.k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
+    if (c.qk_norm()) {  // Qwen3: q and k projected into qk_raw, then each head normalized into place
+      float* raw_q = a.qk_raw.data();
+      float* raw_k = raw_q + static_cast<size_t>(T) * QD;
+      linear(raw_q, a.norm1.data(), o.q_w, o.q_b, D, QD);
+      linear(raw_k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
+      cpu::rmsnorm_forward(v.q, a.qk_rstd.data(), raw_q, at(P, o.q_norm_w), T * c.n_head, c.head_dim, c.norm_eps);
+      cpu::rmsnorm_forward(v.k, a.qk_rstd.data() + static_cast<size_t>(T) * c.n_head, raw_k, at(P, o.k_norm_w),
+                           T * c.n_kv_head, c.head_dim, c.norm_eps);
+    } else {
+      linear(v.q, a.norm1.data(), o.q_w, o.q_b, D, QD);
+      linear(v.k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
+    }
     linear(v.v, a.norm1.data(), o.v_w, o.v_b, D, KVD);
     cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.rope_theta);
     cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.rope_theta);
@@ -400,7 +412,8 @@ void release_large_buffers(Workspace& ws) {
     count(a->x0), count(a->normf);
   }
   const BackwardScratch& b = ws.back;
-  for (const std::vector<float>* v : {&b.dresid, &b.dnorm, &b.dact, &b.dfc, &b.dup, &b.datty, &b.dqkv}) count(*v);
+  for (const std::vector<float>* v : {&b.dresid, &b.dnorm, &b.dact, &b.dfc, &b.dup, &b.datty, &b.dqkv, &b.dqk_raw})
+    count(*v);
   count(ws.dnormf), count(ws.head_probs);
   if (bytes <= cpu::kScratchKeepBytes) return;  // (reads /proc and /sys only past this)
   const size_t available = available_host_bytes();
@@ -428,7 +441,7 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
 
   BackwardScratch& sc = workspace_of(m).back;
   std::vector<float>&dresid = sc.dresid, &dnorm = sc.dnorm, &dact = sc.dact, &dfc = sc.dfc, &dup = sc.dup,
-  &datty = sc.datty, &dqkv = sc.dqkv;
+  &datty = sc.datty, &dqkv = sc.dqkv, &dqk_raw = sc.dqk_raw;
   zeros(dresid, static_cast<size_t>(T) * D);
   dnorm.resize(static_cast<size_t>(T) * D);
   dact.resize(static_cast<size_t>(T) * F);
@@ -486,9 +499,22 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     } else {
       cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.rope_theta);
       cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.rope_theta);
-      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dv.q, a.norm1.data(), at(P, o.q_w), T, D, QD, lin,
+      float *dq = dv.q, *dk = dv.k;
+      if (c.qk_norm()) {  // back through the per-head norms, into the projections' outputs
+        const float* raw_q = a.qk_raw.data();
+        const float* raw_k = raw_q + static_cast<size_t>(T) * QD;
+        const float* rstd_k = a.qk_rstd.data() + static_cast<size_t>(T) * c.n_head;
+        zeros(dqk_raw, static_cast<size_t>(T) * (QD + KVD));
+        dq = dqk_raw.data();
+        dk = dq + static_cast<size_t>(T) * QD;
+        cpu::rmsnorm_backward(dq, at(G, o.q_norm_w), dv.q, raw_q, at(P, o.q_norm_w), a.qk_rstd.data(),
+                              T * c.n_head, c.head_dim);
+        cpu::rmsnorm_backward(dk, at(G, o.k_norm_w), dv.k, raw_k, at(P, o.k_norm_w), rstd_k, T * c.n_kv_head,
+                              c.head_dim);
+      }
+      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dq, a.norm1.data(), at(P, o.q_w), T, D, QD, lin,
                            acts.bf16, false);
-      cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dv.k, a.norm1.data(), at(P, o.k_w), T, D, KVD,
+      cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dk, a.norm1.data(), at(P, o.k_w), T, D, KVD,
                            lin, acts.bf16);
       cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, a.norm1.data(), at(P, o.v_w), T, D, KVD,
                            lin, acts.bf16);

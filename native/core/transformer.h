@@ -17,6 +17,7 @@ namespace optune {
 struct LayerActs {
   std::vector<float> norm1, norm1_mean, norm1_rstd;  // [T, D], [T], [T]
   std::vector<float> qkv;       // GPT-2: [T, 3D] fused; Llama: three blocks q [T, QD] | k [T, KVD] | v [T, KVD]
+  std::vector<float> qk_raw, qk_rstd;  // Qwen3: q | k before their per-head norms [T, QD + KVD], rstd [T * (H + KV)]
   std::vector<float> probs;     // attention softmax, ragged (training only)
   std::vector<float> atty;      // [T, QD] attention output before the output projection
   std::vector<float> res_attn;  // [T, D] x + attention
@@ -78,6 +79,7 @@ using KvHook = std::function<void(int layer, const QKV& qkv)>;
 // Gradient buffers of transformer_backward.
 struct BackwardScratch {
   std::vector<float> dresid, dnorm, dact, dfc, dup, datty, dqkv;
+  std::vector<float> dqk_raw;  // Qwen3: gradient of q | k before their per-head norms
 };
 
 // Weights pre-packed for few-row products, by parameter offset (sampler.cpp); null or a missing entry: plain GEMM.

@@ -113,6 +113,16 @@ static ModelConfig qwen2_cfg() {
   return c;
 }
 
+// Qwen3: per-head q/k norms, head_dim wider than hidden_size / heads, tied, no biases.
+static ModelConfig qwen3_cfg() {
+  ModelConfig c = llama_cfg();
+  c.arch = Arch::QWEN3;
+  c.head_dim = 8;
+  c.tie_embeddings = true;
+  c.rope_theta = 1000000.0f;
+  return c;
+}
+
 // Random values everywhere (init_weights leaves biases 0 and norms 1, which would hide mix-ups).
 static std::unique_ptr<Model> random_model(const ModelConfig& cfg, uint64_t seed) {
   auto m = make_model(cfg);
@@ -169,6 +179,15 @@ TEST(round_trip_llama_gqa_untied) { check_round_trip(llama_cfg(), 12, "llama"); 
 
 TEST(round_trip_qwen2_qkv_bias) { check_round_trip(qwen2_cfg(), 13, "qwen2"); }
 
+TEST(round_trip_qwen3_qk_norm) {
+  check_round_trip(qwen3_cfg(), 16, "qwen3");
+  const ParamLayout L = build_param_layout(qwen3_cfg());
+  const ParamInfo* qn = L.find("model.layers.1.self_attn.q_norm.weight");
+  CHECK(qn && qn->shape == std::vector<int64_t>{8} && !qn->decay);
+  CHECK(L.find("model.layers.0.self_attn.k_norm.weight") != nullptr);
+  CHECK(build_param_layout(qwen2_cfg()).find("model.layers.0.self_attn.q_norm.weight") == nullptr);
+}
+
 TEST(round_trip_reward_models) {
   ModelConfig g = gpt2_cfg();
   g.reward_model = true;
@@ -179,6 +198,11 @@ TEST(round_trip_reward_models) {
   l.qkv_bias = l.o_bias = true;  // Llama attention_bias
   l.pad_token_id = 0;
   check_round_trip(l, 15, "llama_rm");
+  ModelConfig q = qwen3_cfg();
+  q.reward_model = true;
+  q.qkv_bias = q.o_bias = true;  // Qwen3 attention_bias
+  q.pad_token_id = 0;
+  check_round_trip(q, 17, "qwen3_rm");
 }
 
 TEST(config_json_round_trip) {
@@ -187,7 +211,7 @@ TEST(config_json_round_trip) {
   g.bos_token_id = -1;
   ModelConfig rm = qwen2_cfg();
   rm.reward_model = true;
-  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm}) {
+  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm, qwen3_cfg()}) {
     const std::string text = config_to_hf_json(c);
     CHECK_MSG(same_config(config_from_hf_json(text, "config.json"), c), text);
     CHECK(text.find("\"architectures\": [\n    \"" + hf_architecture_name(c) + "\"") != std::string::npos);
@@ -207,6 +231,9 @@ TEST(config_json_round_trip) {
   bad = qwen2_cfg();
   bad.qkv_bias = false;
   CHECK_THROWS(config_to_hf_json(bad), "Qwen2");
+  bad = qwen3_cfg();
+  bad.o_bias = true;
+  CHECK_THROWS(config_to_hf_json(bad), "transformers' Qwen3 has one attention_bias flag");
 }
 
 // ---- safetensors ----------------------------------------------------------------------------------------------
@@ -474,6 +501,23 @@ TEST(config_defaults_and_variants) {
   c = parse_cfg(
       llama_with("architectures", R"(["LlamaForSequenceClassification"])").replace(0, 1, "{\"num_labels\":1,"));
   CHECK(c.reward_model);
+
+  // Qwen3-0.6B's config.json: head_dim 128 with 16 heads of a 1024 hidden size, tied, no biases.
+  c = parse_cfg(R"({"architectures": ["Qwen3ForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 128, "hidden_act": "silu", "hidden_size": 1024,
+    "initializer_range": 0.02, "intermediate_size": 3072, "max_position_embeddings": 40960, "max_window_layers": 28,
+    "model_type": "qwen3", "num_attention_heads": 16, "num_hidden_layers": 28, "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000, "sliding_window": null,
+    "tie_word_embeddings": true, "torch_dtype": "bfloat16", "transformers_version": "4.51.0", "use_cache": true,
+    "use_sliding_window": false, "vocab_size": 151936})");
+  CHECK(c.arch == Arch::QWEN3 && c.qk_norm() && !c.qkv_bias && !c.o_bias && c.tie_embeddings && !c.reward_model);
+  CHECK(c.head_dim == 128 && c.q_dim() == 2048 && c.kv_dim() == 1024 && c.rope_theta == 1000000.0f);
+  // A Qwen3 reward model with attention biases (Skywork-Reward-V2-Qwen3 style head).
+  c = parse_cfg(R"({"architectures": ["Qwen3ForSequenceClassification"], "model_type": "qwen3", "vocab_size": 64,
+    "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64, "attention_bias": true,
+    "num_labels": 1, "pad_token_id": 5})");
+  CHECK(c.arch == Arch::QWEN3 && c.qkv_bias && c.o_bias && c.reward_model && c.head_dim == 8);
 }
 
 TEST(config_rejects_bad_fields) {
@@ -523,6 +567,10 @@ TEST(config_rejects_bad_fields) {
   CHECK(parse_cfg(qwen + "}").n_kv_head == 4);
   CHECK_THROWS(parse_cfg(qwen + ", \"use_sliding_window\": true}"), "field \"use_sliding_window\" = true");
   CHECK_THROWS(parse_cfg(qwen + ", \"layer_types\": [\"sliding_attention\", \"full_attention\"]}"), "layer_types");
+  std::string qwen3 = qwen;
+  qwen3.replace(qwen3.find("qwen2"), 5, "qwen3");
+  CHECK_THROWS(parse_cfg(qwen3 + ", \"use_sliding_window\": true}"), "field \"use_sliding_window\" = true");
+  CHECK_THROWS(parse_cfg(qwen3 + ", \"architectures\": [\"Qwen2ForCausalLM\"]}"), "expected \"Qwen3ForCausalLM\"");
   const std::string gpt2 = R"({"model_type": "gpt2", "vocab_size": 64, "n_embd": 16, "n_layer": 2, "n_positions": 8)";
   CHECK_THROWS(parse_cfg(gpt2 + "}"), "missing required field \"n_head\" for model_type \"gpt2\"");
   CHECK_THROWS(parse_cfg(gpt2 + ", \"n_head\": 3}"), "divisible by n_head");

@@ -267,8 +267,17 @@ TEST(model_llama_gqa_dpo_ipo_sft) {
   check_model_grads("llama sft", *m, sft);
 }
 
-TEST(model_reward_bt_both_families) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+TEST(model_qwen3_qk_norm_dpo_sft) {
+  auto m = make_model(testing::tiny_qwen3());
+  testing::randomize(*m, 24);
+  check_model_grads("qwen3 dpo", *m, pair_request(LossKind::DPO, m->cfg));
+  TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
+  sft.weights = {};
+  check_model_grads("qwen3 sft", *m, sft);
+}
+
+TEST(model_reward_bt_every_family) {
+  for (auto cfg : testing::tiny_families()) {
     cfg.reward_model = true;
     auto m = make_model(cfg);
     testing::randomize(*m, 23);
@@ -283,7 +292,7 @@ TEST(model_reward_bt_both_families) {
 // differentiable), so they are compared with the fp32 ones: the loss within 1%, every tensor's gradient within 10%
 // of its norm, the whole gradient at cosine > 0.999 — and not bitwise equal, which proves the bf16 path ran.
 TEST(bf16_mixed_precision_gradients_track_fp32) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()})
+  for (auto cfg : testing::tiny_families())
     for (LossKind loss : {LossKind::DPO, LossKind::SFT, LossKind::BT}) {
       cfg.reward_model = loss == LossKind::BT;
       auto m = make_model(cfg);
@@ -391,7 +400,7 @@ StepResult one_step(const ModelConfig& cfg, uint64_t seed, TrainRequest r, bool 
 
 TEST(shared_prompts_train_with_exact_gradients) {
   // finite differences through the tree's forward and backward, in both families
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 27);
     const TrainRequest r = shared_prompt_request(LossKind::DPO, cfg);
@@ -406,7 +415,7 @@ TEST(shared_prompts_train_with_exact_gradients) {
 TEST(shared_prompts_match_the_plain_step) {
   // against OPTUNE_SHARE_PREFIX=0: the same loss, and gradients equal up to the order of their sums; fp32 and bf16,
   // DPO and BT, with and without recomputation
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()})
+  for (auto cfg : testing::tiny_families())
     for (bool bf16 : {false, true})
       for (LossKind loss : {LossKind::DPO, LossKind::BT})
         for (const char* recompute : {"0", "1"}) {
@@ -439,7 +448,7 @@ TEST(shared_prompts_match_the_plain_step) {
 TEST(recomputed_blocks_give_the_same_step_bit_for_bit) {
   // OPTUNE_RECOMPUTE=1 keeps only the blocks' inputs and reruns each block in backward: the loss, gradients and
   // updated weights must equal a step that kept every activation, in both families, both precisions and with BT
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()})
+  for (auto cfg : testing::tiny_families())
     for (bool bf16 : {false, true})
       for (LossKind loss : {LossKind::DPO, LossKind::BT}) {
         cfg.reward_model = loss == LossKind::BT;

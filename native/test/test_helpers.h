@@ -43,6 +43,21 @@ inline optune::ModelConfig tiny_llama(int vocab = 17) {
   return c;
 }
 
+// Qwen3-like: per-head q/k norms, head_dim 4 with 4 heads (q wider than the hidden state), GQA, tied, no biases.
+inline optune::ModelConfig tiny_qwen3(int vocab = 17) {
+  optune::ModelConfig c = tiny_llama(vocab);
+  c.arch = optune::Arch::QWEN3;
+  c.head_dim = 4;
+  c.tie_embeddings = true;
+  c.qkv_bias = false;
+  return c;
+}
+
+// One tiny config per block structure, for tests that must hold for every family.
+inline std::vector<optune::ModelConfig> tiny_families(int vocab = 17) {
+  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab)};
+}
+
 struct Rand {
   uint64_t seed, n = 0;
   explicit Rand(uint64_t s) : seed(s) {}

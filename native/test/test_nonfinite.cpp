@@ -171,7 +171,7 @@ TEST(training_continues_after_a_refused_step) {
 TEST(save_refuses_non_finite_weights) {
   TempDir tmp;
   const std::string dir = tmp.path + "/ckpt";
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     auto m = make_model(cfg);
     init_weights(*m, 7, 0.2f);
     save_checkpoint(*m, dir);

@@ -282,15 +282,15 @@ struct Registrar {
     regs.emplace_back(names.back().c_str(), std::move(fn));
   }
   Registrar() {
-    for (std::string lm : {"gpt2", "llama", "qwen2"}) {
+    for (std::string lm : {"gpt2", "llama", "qwen2", "qwen3"}) {
       add(lm + "/logits", [lm] { check_logits(lm); });
       add(lm + "/logprobs", [lm] { check_logprobs(lm); });
       add(lm + "/dpo", [lm] { check_loss(lm, LossKind::DPO, "dpo"); });
       add(lm + "/ipo", [lm] { check_loss(lm, LossKind::IPO, "ipo"); });
-      if (lm != "qwen2") add(lm + "/sft", [lm] { check_loss(lm, LossKind::SFT, "sft"); });
+      if (lm == "gpt2" || lm == "llama") add(lm + "/sft", [lm] { check_loss(lm, LossKind::SFT, "sft"); });
       add(lm + "/adamw3", [lm] { check_adamw(lm, LossKind::DPO); });
     }
-    for (std::string rm : {"gpt2_rm", "llama_rm"}) {
+    for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm"}) {
       add(rm + "/scores", [rm] { check_scores(rm); });
       add(rm + "/bt", [rm] { check_loss(rm, LossKind::BT, "bt"); });
       add(rm + "/adamw3", [rm] { check_adamw(rm, LossKind::BT); });

@@ -30,7 +30,7 @@ TrainRequest dpo_request(const ModelConfig& c) {
 }  // namespace
 
 TEST(optimizer_state_round_trip_continues_bitwise) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     auto m = make_model(cfg);
     init_weights(*m, 5, 0.2f);
     const TrainRequest req = dpo_request(cfg);

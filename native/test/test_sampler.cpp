@@ -18,7 +18,7 @@ using testing::kPrompts;
 using testing::prompts_request;
 
 TEST(kv_cache_decode_matches_full_forward_both_families) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 31, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 12);
@@ -35,7 +35,7 @@ TEST(kv_cache_decode_matches_full_forward_both_families) {
 TEST(kv_cache_decode_matches_full_forward_at_head_dim_16_and_past_64_keys) {
   // head_dim 16 takes the AVX-512 decode loops (where the build has them); 7 + 70 positions cross their 64-key
   // blocks; GQA on the Llama side. fp32 must match the full forward as closely as the portable loops do.
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     cfg.d_model = 32;
     cfg.n_head = 2;
     cfg.n_kv_head = cfg.arch == Arch::GPT2 ? 2 : 1;
@@ -135,14 +135,16 @@ TEST(vocab_limit_restricts_draws_not_log_probs) {
 }
 
 TEST(bf16_decoding_stays_close_to_fp32_and_is_reproducible) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 33, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 12);
     req.bf16 = true;
     const SampleResult res = sample(*m, req);
     // the sampled tokens' log-probs under bf16 decoding against the fp32 full forward: bf16 has 8 bits of
-    // mantissa, so agreement to a few hundredths of a nat (not 1e-5 as fp32 decoding) is what is expected
+    // mantissa, so agreement to a few hundredths of a nat (not 1e-5 as fp32 decoding) is what is expected. The worst
+    // of the 36 tokens is heavy-tailed: over seeds 30-39 it spans 0.015-0.044 (gpt2), 0.026-0.116 (qwen2) and
+    // 0.027-0.278 (qwen3, at this seed), while the means stay within 0.002-0.013.
     const LogprobResult full = compute_logprobs(*m, as_batch(req, res));
     double worst = 0, mean = 0;
     for (size_t i = 0; i < res.token_logps.size(); i++) {
@@ -150,7 +152,7 @@ TEST(bf16_decoding_stays_close_to_fp32_and_is_reproducible) {
       worst = std::max(worst, d);
       mean += d / res.token_logps.size();
     }
-    CHECK_MSG(worst < 0.25 && mean < 0.02, std::string(arch_name(cfg.arch)) + ": |bf16 decode - fp32 full| worst " +
+    CHECK_MSG(worst < 0.35 && mean < 0.02, std::string(arch_name(cfg.arch)) + ": |bf16 decode - fp32 full| worst " +
                                               std::to_string(worst) + ", mean " + std::to_string(mean));
     CHECK_MSG(worst > 0, "bf16 decoding gave exactly the fp32 log-probs: the bf16 path did not run");
     const int threads = omp_get_max_threads();

@@ -98,7 +98,7 @@ TEST(prompts_behind_one_system_prompt_keep_their_own_groups) {
 }
 
 TEST(shared_forward_gives_the_plain_log_probs_and_scores) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama()}) {
+  for (auto cfg : testing::tiny_families()) {
     const Batch b = prompt_groups(cfg.vocab_size);
     const std::string arch = arch_name(cfg.arch);
     auto m = make_model(cfg);

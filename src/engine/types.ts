@@ -1,7 +1,7 @@
 // Types of the native addon (build/Release/optune.node) and of the engine wrapper built on it.
 // Field names are the addon's; the C++ side (native/addon/convert.cpp) checks every one of them again.
 
-export type Arch = "gpt2" | "llama" | "qwen2";
+export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3";
 export type LossName = "sft" | "dpo" | "ipo" | "bt";
 
 /** A decoder-only transformer, as the engine describes it (native/core/config.h). */
