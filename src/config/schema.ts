@@ -59,7 +59,7 @@ const ModelSchema = section({
   policy: path().optional(),
   /** Frozen reference model; defaults to a copy of the starting policy. */
   reference: path().optional(),
-  /** task 'user' only: model.tokenizer, model.chatTemplate (src/data/user_config.ts). */
+  /** task 'user' only: model.tokenizer, model.chatTemplate, model.chatTemplateArgs (src/data/user_config.ts). */
   ...userModelFields,
 });
 
@@ -266,6 +266,7 @@ function taskFieldIssues(config: Config): string[] {
     const userOnly: Array<[string, unknown]> = [
       ["model.tokenizer", config.model.tokenizer],
       ["model.chatTemplate", config.model.chatTemplate],
+      ["model.chatTemplateArgs", config.model.chatTemplateArgs],
       ["prompts", config.prompts],
       ["reward.sources", config.reward.sources],
       ["reward.evalSources", config.reward.evalSources],

@@ -8,10 +8,18 @@ import { HfRewardModelSource } from "../rewards/hf_reward_model.js";
 import { type HttpRewardOptions, HttpRewardSource } from "../rewards/http.js";
 import { ModuleRewardSource } from "../rewards/module.js";
 import type { RewardSource } from "../rewards/source.js";
+import { type ChatTemplateArgs, templateOptions } from "../tokenizer/index.js";
 import { WeightedRewardSource } from "../rewards/weighted.js";
 
 export type RewardSpec =
-  | { type: "model"; path: string; tokenizer?: string; chatTemplate?: string; weight?: number }
+  | {
+      type: "model";
+      path: string;
+      tokenizer?: string;
+      chatTemplate?: string;
+      chatTemplateArgs?: ChatTemplateArgs;
+      weight?: number;
+    }
   | { type: "module"; path: string; weight?: number }
   | ({ type: "http"; weight?: number } & HttpRewardOptions);
 
@@ -28,7 +36,7 @@ async function createOne(spec: RewardSpec, baseDir: string, placement: DeviceOpt
     case "model": {
       const options = {
         ...(spec.tokenizer === undefined ? {} : { tokenizerDir: resolve(baseDir, spec.tokenizer) }),
-        ...(spec.chatTemplate === undefined ? {} : { chatTemplate: spec.chatTemplate }),
+        ...templateOptions(spec),
         placement,
       };
       return HfRewardModelSource.load(resolve(baseDir, spec.path), options);

@@ -16,6 +16,8 @@ const name = () => z.string({ error: "must be a non-empty string" }).min(1, { er
 const count = (min: number) =>
   z.int({ error: `must be an integer >= ${min}` }).gte(min, { error: `must be an integer >= ${min}` });
 const weight = () => z.number({ error: "must be a finite number" }).default(1);
+const templateArgs = () =>
+  z.record(z.string(), z.json(), { error: "must be an object of template variables, e.g. {\"enable_thinking\": false}" }).optional();
 const section = <S extends z.core.$ZodLooseShape>(shape: S) => z.strictObject(shape, { error: "must be an object" });
 
 /** Added to the `model` section. */
@@ -24,6 +26,8 @@ export const userModelFields = {
   tokenizer: path().optional(),
   /** A Jinja chat template replacing the tokenizer's. */
   chatTemplate: z.string({ error: "must be a Jinja template string" }).optional(),
+  /** Extra chat template variables, e.g. {"enable_thinking": false} for Qwen3. */
+  chatTemplateArgs: templateArgs(),
 };
 
 export const PromptsSchema = section({
@@ -54,6 +58,7 @@ const RewardSourceSchema = z.discriminatedUnion(
       path: path(),
       tokenizer: path().optional(),
       chatTemplate: z.string().optional(),
+      chatTemplateArgs: templateArgs(),
       weight: weight(),
     }),
     section({ type: z.literal("module"), path: path(), weight: weight() }),
@@ -88,7 +93,13 @@ type RewardSourceConfig = z.output<typeof RewardSourceSchema>;
 
 /** The parts of a parsed run config a user task is made from. */
 export interface UserRunConfig {
-  model: { policy?: string | undefined; reference?: string | undefined; tokenizer?: string | undefined; chatTemplate?: string | undefined };
+  model: {
+    policy?: string | undefined;
+    reference?: string | undefined;
+    tokenizer?: string | undefined;
+    chatTemplate?: string | undefined;
+    chatTemplateArgs?: Record<string, z.core.util.JSONType> | undefined;
+  };
   prompts?: z.output<typeof PromptsSchema> | undefined;
   reward: { sources?: RewardSourceConfig[] | undefined; evalSources?: RewardSourceConfig[] | undefined; missingEosPenalty: number };
   loop: { prompts: number };
@@ -161,6 +172,7 @@ export function userTaskOptions(config: UserRunConfig, baseDir: string): UserTas
   }
   if (config.model.tokenizer !== undefined) options.tokenizer = config.model.tokenizer;
   if (config.model.chatTemplate !== undefined) options.chatTemplate = config.model.chatTemplate;
+  if (config.model.chatTemplateArgs !== undefined) options.chatTemplateArgs = config.model.chatTemplateArgs;
   if (config.reward.evalSources !== undefined) {
     options.evalReward = rewardConfig(config.reward.evalSources, config.reward.missingEosPenalty);
   }

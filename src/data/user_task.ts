@@ -9,9 +9,9 @@ import type { DeviceOptions } from "../engine/index.js";
 import type { ChatRewardPrompt } from "../rewards/module.js";
 import type { RewardBatch, RewardSource } from "../rewards/source.js";
 import type { Task, TaskPrompt } from "../tasks/task.js";
-import { HfTokenizer } from "../tokenizer/index.js";
+import { HfTokenizer, templateOptions } from "../tokenizer/index.js";
 import { readJsonObject } from "../tokenizer/json_file.js";
-import type { ChatMessage } from "../tokenizer/index.js";
+import type { ChatMessage, ChatTemplateArgs } from "../tokenizer/index.js";
 import { encodePrompt } from "./encode_prompt.js";
 import { type PromptFileOptions, readPromptFile, type SplitOptions } from "./prompt_file.js";
 import { createRewardSource, type RewardConfig } from "./reward_spec.js";
@@ -25,6 +25,8 @@ export interface UserTaskOptions {
   tokenizer?: string;
   /** Replaces the tokenizer's chat template. */
   chatTemplate?: string;
+  /** Extra variables for the policy's chat template ({"enable_thinking": false}, ...). */
+  chatTemplateArgs?: ChatTemplateArgs;
   prompts: { file: string; textAsChat?: boolean } & PromptFileOptions & SplitOptions;
   /** At most this many train / eval prompts are used (the first ones, in file order). */
   trainLimit?: number;
@@ -97,7 +99,7 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
   if (!existsSync(policyDir)) throw new Error(`the policy directory ${policyDir} does not exist`);
   const tokenizer = await HfTokenizer.load(
     options.tokenizer === undefined ? policyDir : resolve(baseDir, options.tokenizer),
-    options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate },
+    templateOptions(options),
   );
   const shape = modelShape(policyDir);
   tokenizer.checkFitsModel(shape.vocabSize, policyDir);

@@ -1,10 +1,10 @@
-// A reward model from a Hugging Face *ForSequenceClassification directory (Llama, Qwen2 or GPT-2 backbone, one
+// A reward model from a Hugging Face *ForSequenceClassification directory (Llama, Qwen2, Qwen3 or GPT-2, one
 // label; the score head comes from the checkpoint). It reads text, never the policy's ids: each (prompt, response)
 // is rebuilt as a conversation and rendered with the reward model's OWN chat template and tokenizer, because its
 // vocabulary generally differs from the policy's. Without a chat template, prompt text + response text is scored.
 
 import { type DeviceOptions, EngineModel } from "../engine/index.js";
-import { type ChatMessage, HfTokenizer } from "../tokenizer/index.js";
+import { type ChatMessage, type ChatTemplateArgs, HfTokenizer, templateOptions } from "../tokenizer/index.js";
 import type { ChatRewardPrompt } from "./module.js";
 import { scoreInChunks } from "./reward_model.js";
 import { checkRewardBatch, type RewardBatch, type RewardResponse, type RewardSource } from "./source.js";
@@ -14,6 +14,8 @@ export interface HfRewardModelOptions {
   tokenizerDir?: string;
   /** Replaces (or supplies) the reward model's chat template. */
   chatTemplate?: string;
+  /** Extra variables for its chat template ({"enable_thinking": false}, ...). */
+  chatTemplateArgs?: ChatTemplateArgs;
   /** Sequences per engine call; bounds the activation memory of one call. */
   chunkSize?: number;
   /** Where the reward model runs (with the policy: one device, one memory plan); the CPU when absent. */
@@ -41,14 +43,13 @@ export class HfRewardModelSource implements RewardSource {
     if (!Number.isInteger(chunkSize) || chunkSize < 1) {
       throw new Error(`reward model ${dir}: chunkSize must be a positive integer, got ${chunkSize}`);
     }
-    const tokenizerOptions = options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate };
-    const tokenizer = await HfTokenizer.load(options.tokenizerDir ?? dir, tokenizerOptions);
+    const tokenizer = await HfTokenizer.load(options.tokenizerDir ?? dir, templateOptions(options));
     const model = await EngineModel.load(dir, options.placement);
     try {
       if (!model.config.rewardModel) {
         throw new Error(
           `${dir} is a causal language model, not a reward model; a reward model directory has ` +
-            `architectures ["LlamaForSequenceClassification"] (or Qwen2/GPT2) with num_labels 1`,
+            `architectures ["LlamaForSequenceClassification"] (or Qwen2/Qwen3/GPT2) with num_labels 1`,
         );
       }
       tokenizer.checkFitsModel(model.config.vocabSize, dir);

@@ -1,6 +1,7 @@
 // Chat templates: the Jinja template a model directory ships (chat_template.jinja, or "chat_template" inside
 // tokenizer_config.json), rendered with @huggingface/jinja the way transformers' apply_chat_template does: the
-// messages, add_generation_prompt, and the tokenizer's special tokens (bos_token, eos_token, ...) as variables.
+// messages, add_generation_prompt, the tokenizer's special tokens (bos_token, eos_token, ...) and any extra
+// variables the caller gives (apply_chat_template's keyword arguments, e.g. Qwen3's enable_thinking).
 
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -37,19 +38,35 @@ export interface RenderOptions {
   addGenerationPrompt: boolean;
 }
 
+/** Extra template variables, as transformers' apply_chat_template(**kwargs): {"enable_thinking": false}, ... */
+export type ChatTemplateArgs = Readonly<Record<string, unknown>>;
+
 export class ChatTemplate {
   private readonly template: Template;
+  private readonly variables: Readonly<Record<string, unknown>>;
 
   /**
    * @param source the Jinja text
    * @param origin where it came from, for error messages
-   * @param variables the special tokens the template may use (bos_token, eos_token, ...)
+   * @param specials the special tokens the template may use (bos_token, eos_token, ...)
+   * @param args extra variables; they may not take the name of messages, add_generation_prompt or a special token
    */
   constructor(
     readonly source: string,
     readonly origin: string,
-    private readonly variables: Readonly<Record<string, string>>,
+    specials: Readonly<Record<string, string>>,
+    args: ChatTemplateArgs = {},
   ) {
+    for (const name of Object.keys(args)) {
+      if (name === "messages" || name === "add_generation_prompt" || name in specials) {
+        throw new Error(
+          `chat template from ${origin}: argument "${name}" would replace a variable optune sets itself ` +
+            `(messages, add_generation_prompt and the special tokens ${Object.keys(specials).join(", ") || "(none)"}); ` +
+            `remove it from chatTemplateArgs`,
+        );
+      }
+    }
+    this.variables = { ...specials, ...args };
     try {
       this.template = new Template(source);
     } catch (err) {

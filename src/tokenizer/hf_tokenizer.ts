@@ -9,13 +9,26 @@ import { join, resolve } from "node:path";
 
 import { Tokenizer } from "@huggingface/tokenizers";
 
-import { type ChatMessage, ChatTemplate, findChatTemplate } from "./chat_template.js";
+import { type ChatMessage, ChatTemplate, type ChatTemplateArgs, findChatTemplate } from "./chat_template.js";
 import { readStopTokens, type StopTokens } from "./generation_config.js";
 import { readJsonObject, tokenText } from "./json_file.js";
 
 export interface HfTokenizerOptions {
   /** A Jinja chat template that replaces the directory's own (or supplies one where it has none). */
   chatTemplate?: string;
+  /** Extra variables for the chat template, e.g. {"enable_thinking": false} for Qwen3. */
+  chatTemplateArgs?: ChatTemplateArgs;
+}
+
+/** The tokenizer options among `o`'s fields (undefined ones left out), for callers that carry them with others. */
+export function templateOptions(o: {
+  chatTemplate?: string | undefined;
+  chatTemplateArgs?: ChatTemplateArgs | undefined;
+}): HfTokenizerOptions {
+  return {
+    ...(o.chatTemplate === undefined ? {} : { chatTemplate: o.chatTemplate }),
+    ...(o.chatTemplateArgs === undefined ? {} : { chatTemplateArgs: o.chatTemplateArgs }),
+  };
 }
 
 /** Files that make up a tokenizer; copied next to saved checkpoints so they load as complete model dirs. */
@@ -92,7 +105,13 @@ export class HfTokenizer {
       options.chatTemplate !== undefined
         ? { source: options.chatTemplate, origin: "the chatTemplate option" }
         : findChatTemplate(dir, config);
-    this.chatTemplate = found && new ChatTemplate(found.source, found.origin, specials);
+    if (found === undefined && options.chatTemplateArgs !== undefined) {
+      throw new Error(
+        `${dir} has no chat template, so chatTemplateArgs (${Object.keys(options.chatTemplateArgs).join(", ")}) ` +
+          `would be ignored; remove them, or supply a template (chatTemplate)`,
+      );
+    }
+    this.chatTemplate = found && new ChatTemplate(found.source, found.origin, specials, options.chatTemplateArgs);
   }
 
   /** Loads `dir`; it needs tokenizer.json, the other files are optional. */

@@ -4,7 +4,7 @@
 import { resolve } from "node:path";
 
 import { EngineModel } from "../engine/index.js";
-import { HfTokenizer, type HfTokenizerOptions } from "./hf_tokenizer.js";
+import { HfTokenizer, type HfTokenizerOptions, templateOptions } from "./hf_tokenizer.js";
 
 export interface ModelDirOptions extends HfTokenizerOptions {
   /** Where the tokenizer files are, when not next to the weights. */
@@ -20,8 +20,7 @@ export interface LoadedModelDir {
 /** Loads a causal language model and its tokenizer from `dir`; the tokenizer is read first, since it fails fast and cheaply. */
 export async function loadModelDir(dir: string, options: ModelDirOptions = {}): Promise<LoadedModelDir> {
   const root = resolve(dir);
-  const tokenizerOptions = options.chatTemplate === undefined ? {} : { chatTemplate: options.chatTemplate };
-  const tokenizer = await HfTokenizer.load(options.tokenizerDir ?? root, tokenizerOptions);
+  const tokenizer = await HfTokenizer.load(options.tokenizerDir ?? root, templateOptions(options));
   const model = await EngineModel.load(root);
   try {
     if (model.config.rewardModel) {
