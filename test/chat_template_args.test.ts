@@ -2,6 +2,7 @@
 // enable_thinking. They reach the policy's prompts (model.chatTemplateArgs) and a reward model's conversations (its
 // source's chatTemplateArgs); names optune sets itself are refused, and so are arguments with no template to use them.
 
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 import { describe, expect, it } from "vitest";
@@ -43,6 +44,22 @@ describe("chat template arguments", () => {
       chatTemplateArgs: { tools: [{ name: "search" }] },
     });
     expect(nested.applyChatTemplate(chat, { addGenerationPrompt: false })).toBe("search|What is the capital of France?");
+  });
+
+  it("render the qwen3 fixture's template as transformers does with enable_thinking true and false", async () => {
+    type Case = { messages: never[]; add_generation_prompt: boolean; text: string; ids: number[]; template_args: object };
+    const cases = (
+      JSON.parse(readFileSync(join(FIXTURES, "tokenizer_cases.json"), "utf8")) as {
+        qwen3: { template_arg_chats: Case[] };
+      }
+    ).qwen3.template_arg_chats;
+    expect(cases.map((c) => c.template_args)).toContainEqual({ enable_thinking: false });
+    for (const c of cases) {
+      const tok = await HfTokenizer.load(join(FIXTURES, "qwen3"), { chatTemplateArgs: c.template_args as Record<string, unknown> });
+      const options = { addGenerationPrompt: c.add_generation_prompt };
+      expect(tok.applyChatTemplate(c.messages, options)).toBe(c.text);
+      expect(Array.from(tok.encodeChat(c.messages, options))).toEqual(c.ids);
+    }
   });
 
   it("may not replace messages, add_generation_prompt or a special token", async () => {

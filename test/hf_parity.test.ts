@@ -1,6 +1,7 @@
 // Parity with transformers on the committed fixtures (tools/make_hf_fixtures.py): tokenizer ids, response
-// log-probs of the tiny Llama (SmolLM-style) and Qwen2 policies, reward-model scores through each reward model's
-// own tokenizer and template, and a checkpoint written by optune that transformers loaded (recorded logits).
+// log-probs of the tiny Llama (SmolLM-style), Qwen2 and Qwen3 policies, reward-model scores (Llama, GPT-2, Qwen3)
+// through each reward model's own tokenizer and template, and a checkpoint written by optune that transformers
+// loaded (recorded logits).
 
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -163,6 +164,20 @@ describe("model directories", () => {
     const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
     writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, rope_scaling: { rope_type: "llama3", factor: 8 } }));
     await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*unsupported RoPE variant "llama3"/);
+  });
+
+  it("Qwen3 fixtures keep the shapes their parity is about", async () => {
+    // q wider than the hidden state (head_dim 16 > 32 / 4), embeddings padded past the tokenizer, as in real Qwen3.
+    const { model, tokenizer } = await loadModelDir(join(FIXTURES, "qwen3"));
+    expect(model.config).toMatchObject({ arch: "qwen3", dModel: 32, nHead: 4, nKvHead: 2, headDim: 16, tieEmbeddings: true });
+    expect(model.config.ropeTheta).toBe(1e6);
+    expect([tokenizer.vocabSize, model.config.vocabSize]).toEqual([352, 384]);
+    await model.dispose();
+    // The reward model has biases on q, k, v and o (attention_bias) and pads with <|endoftext|>, not the EOS.
+    const rm = await EngineModel.load(join(FIXTURES, "reward_qwen3"));
+    expect(rm.config).toMatchObject({ arch: "qwen3", rewardModel: true, headDim: 8, dModel: 16, qkvBias: true, oBias: true });
+    expect(rm.config.padTokenId).not.toBe(rm.config.eosTokenId);
+    await rm.dispose();
   });
 
   it("checkReference wants the policy's vocabulary", async () => {

@@ -1,6 +1,7 @@
 // End to end: two iterations of the online loop on the tiny SmolLM-style policy from a JSONL prompt file, once
 // with each kind of reward source (a Hugging Face reward model with its own tokenizer, a JS module, an HTTP
-// endpoint on loopback, and a weighted sum with the missing-EOS penalty).
+// endpoint on loopback, and a weighted sum with the missing-EOS penalty); and the tiny Qwen3 policy with the tiny
+// Qwen3 reward model.
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -217,6 +218,42 @@ describe("a policy whose vocabulary is padded past its tokenizer's", () => {
     expect(result.status).toBe("completed");
     expect(seen.length).toBeGreaterThan(200);
     expect(Math.max(...seen)).toBeLessThan(330);
+  });
+});
+
+describe("a Qwen3 policy with a Qwen3 reward model", () => {
+  it("runs 2 iterations, samples no padding row, and saves a Qwen3 directory", async () => {
+    // The qwen3 fixture pads its embeddings to 384 rows for 352 tokens, as real Qwen3 does; two EOS ids.
+    const task = await createUserTask({
+      policy: join(FIXTURES, "qwen3"),
+      prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+      maxNewTokens: 8,
+      reward: { sources: [{ type: "model", path: join(FIXTURES, "reward_qwen3") }] },
+    });
+    expect(task.vocabLimit).toBe(352);
+    expect(task.stopTokens).toEqual([task.tokenizer.tokenToId("<|im_end|>"), task.tokenizer.tokenToId("<|endoftext|>")]);
+    const seen: number[] = [];
+    const decode = task.decode;
+    const watched = { ...task, decode: (ids: Int32Array) => (seen.push(...ids), decode(ids)) };
+    const config = ConfigSchema.parse({
+      seed: 3,
+      loop: { iterations: 2, prompts: 8, k: 2, batchPairs: 4 },
+      eval: { prompts: 3, samples: 1 },
+      sampling: { maxNewTokens: 8 },
+      optim: { lr: 1e-3 },
+      run: { dir: join(scratch, "qwen3-run"), checkpointEvery: 0 },
+    });
+    const result = await runLoop({ config, task: watched });
+    expect(result.status).toBe("completed");
+    expect(result.metrics.map((m) => m.iteration)).toEqual([0, 1, 2]);
+    expect(result.metrics.every((m) => Number.isFinite(m.gold.sampled))).toBe(true);
+    expect(seen.length).toBeGreaterThan(0);
+    expect(Math.max(...seen)).toBeLessThan(352);
+    const final = result.finalCheckpoint!;
+    task.tokenizer.copyFilesTo(final);
+    const loaded = await loadModelDir(final);
+    expect(loaded.model.config).toMatchObject({ arch: "qwen3", vocabSize: 384, headDim: 16 });
+    await loaded.model.dispose();
   });
 });
 

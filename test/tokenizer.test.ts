@@ -95,6 +95,8 @@ describe("stop tokens", () => {
     expect(smollm.stopTokens.origin).toContain("generation_config.json");
     const qwen = await HfTokenizer.load(join(FIXTURES, "qwen2"));
     expect(qwen.stopTokens.ids).toEqual([qwen.tokenToId("<|im_end|>"), qwen.tokenToId("<|endoftext|>")]);
+    const qwen3 = await HfTokenizer.load(join(FIXTURES, "qwen3"));
+    expect(qwen3.stopTokens.ids).toEqual([qwen3.tokenToId("<|im_end|>"), qwen3.tokenToId("<|endoftext|>")]);
   });
 
   it("fall back to the tokenizer's eos_token without generation_config.json", async () => {
@@ -184,6 +186,14 @@ describe("ids and models", () => {
     const tok = await HfTokenizer.load(join(FIXTURES, "qwen2"));
     expect(() => tok.checkFitsModel(tok.vocabSize, "m")).not.toThrow();
     expect(() => tok.checkFitsModel(10, "/models/x")).toThrow(/tokenizer in .*qwen2 has \d+ tokens but the model in \/models\/x has only 10/);
+  });
+
+  it("Qwen3's <think> and </think> are one added token each, not special, so decoding keeps them", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "qwen3"));
+    const ids = Array.from(tok.encode("<think>\nhm\n</think>\n\nok", { addSpecialTokens: false }));
+    expect(ids[0]).toBe(tok.tokenToId("<think>"));
+    expect(ids).toContain(tok.tokenToId("</think>"));
+    expect(tok.decode(ids)).toBe("<think>\nhm\n</think>\n\nok");
   });
 
   it("copyFilesTo writes a loadable tokenizer directory", async () => {

@@ -2,7 +2,12 @@
 """Hugging Face model, tokenizer and parity fixtures for the TypeScript tests, made with the Python reference stack.
 
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref)
-    $PY tools/make_hf_fixtures.py            # tokenizers, tiny models, tokenizer cases, log-prob and score parity
+    $PY tools/make_hf_fixtures.py            # everything: tokenizers, tiny models, tokenizer cases, log-prob and
+                                             # score parity (rewrites every fixture below except optune_saved/)
+    $PY tools/make_hf_fixtures.py qwen3 reward_qwen3
+                                             # only the named fixture dirs, and only their entries in
+                                             # tokenizer_cases.json / parity.json (the other entries are kept as
+                                             # they are, byte for byte); use this to add a fixture
     npx tsc -p tsconfig.json && $PY tools/make_hf_fixtures.py roundtrip
                                              # optune trains + saves a checkpoint; transformers loads it, logits
 
@@ -11,14 +16,29 @@ Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
                  with one EOS id (the SmolLM2-Instruct layout)
   qwen2/         Qwen2ForCausalLM, Qwen2 tokenizer (byte-level, Qwen regex, NFC), ChatML template inside
                  tokenizer_config.json (the older layout), generation_config with a list of EOS ids
+  qwen3/         Qwen3ForCausalLM (per-head q/k RMSNorm; head_dim 16 > hidden/heads = 8, so q is wider than the hidden
+                 state as in real Qwen3), tied embeddings, rope_theta 1e6; vocabulary padded past the tokenizer (384
+                 rows for 352 tokens, as Qwen's 151936 for 151669); Qwen2Tokenizer (what Qwen3 ships) with eos
+                 <|im_end|>, pad <|endoftext|> and <think>/</think> as added non-special tokens; generation_config
+                 EOS ids [<|im_end|>, <|endoftext|>]; chat_template.jinja (our own, Qwen3 style): ChatML turns, and
+                 with add_generation_prompt and enable_thinking=false an empty reasoning block (<think>, blank line,
+                 </think>, blank line) after the assistant header
   (reward models have 512 positions: they read the decoded text of a random policy, which re-tokenizes long)
   reward_llama/  LlamaForSequenceClassification, SentencePiece-like BPE (Metaspace + byte fallback), [INST] template
                  that uses bos_token/eos_token/raise_exception; pad_token_id == eos_token_id, so transformers pools
                  the score before the trailing EOS
   reward_gpt2/   GPT2ForSequenceClassification, plain GPT-2 tokenizer, no chat template
-  tokenizer_cases.json   per tokenizer dir: corpus strings (unicode/whitespace edge cases) -> ids with and without
-                         special tokens, decoded text; rendered chat templates and their ids
-  parity.json            per policy: prompt/response pairs -> ids, per-token and summed log-probs (transformers, fp32);
+  reward_qwen3/  Qwen3ForSequenceClassification with attention biases (attention_bias true) and head_dim 8 > 16/4;
+                 the same tokenizer files and template as qwen3/ (a Qwen3 reward model shares its policy's
+                 vocabulary); pad_token_id is <|endoftext|>, not the EOS, so the score is read at the last token
+  tokenizer_cases.json   per tokenizer dir: corpus strings (unicode/whitespace edge cases; for tokenizers with
+                         <think>, a few strings with it too) -> ids with and without special tokens, decoded text;
+                         "chats": rendered chat templates and their ids; and, for qwen3 only,
+                         "template_arg_chats": chats rendered with extra template variables, each entry as in "chats"
+                         plus "template_args" (e.g. {"enable_thinking": false}), the keyword arguments given to
+                         transformers' apply_chat_template (optune: HfTokenizerOptions.chatTemplateArgs)
+  parity.json            per policy: prompt/response pairs -> ids, per-token and summed log-probs (transformers, fp32;
+                         with <think> in the tokenizer, one more chat whose response opens with a reasoning block);
                          per reward model: conversations -> ids and score
   optune_saved/          (roundtrip) a checkpoint written by optune's EngineModel.save after one SFT step on qwen2/,
                          with expected_logits.json: transformers' logits on it
@@ -32,11 +52,12 @@ import sys
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification,
-                          GPT2Tokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
-                          LlamaForSequenceClassification, LlamaTokenizer, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen2Tokenizer)
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config,
+                          GPT2ForSequenceClassification, GPT2Tokenizer, GenerationConfig, LlamaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaTokenizer, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM,
+                          Qwen3ForSequenceClassification)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "test" / "fixtures" / "hf"
@@ -80,6 +101,15 @@ CORPUS = [
     "<|im_start|>user\nhi<|im_end|>",
 ]
 
+# Qwen3's reasoning markers: added tokens, not special ones. Strings with them, for tokenizers that have them.
+THINK_TOKENS = ["<think>", "</think>"]
+THINK_CORPUS = [
+    "<think>\nLet me see.\n</think>\n\nParis.",
+    "a<think>b</think>c <think> </think>",
+]
+# A policy response that opens with a (short) reasoning block, for policies whose tokenizer has the markers.
+THINK_RESPONSE = "<think>\nShort.\n</think>\n\nこんにちは!<|im_end|>"
+
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."},
@@ -112,6 +142,20 @@ INST_TEMPLATE = (
     "{% endif %}"
     "{% endfor %}"
 )
+
+# Qwen3 style, written for these fixtures: plain ChatML turns (no default system turn); with add_generation_prompt
+# and enable_thinking given as false, the assistant turn opens with an empty reasoning block.
+QWEN3_TEMPLATE = """\
+{%- for message in messages %}
+    {{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and not enable_thinking %}
+        {{- '<think>\\n\\n</think>\\n\\n' }}
+    {%- endif %}
+{%- endif %}
+"""
 
 LOGPROB_PAIRS = [
     ("Hello world,", " this is a tiny corpus."),
@@ -187,7 +231,7 @@ def template_into_config(d):
     (d / "chat_template.jinja").unlink()
 
 
-def make_models():
+def make_smollm():
     # smollm: Llama backbone, tied embeddings, byte-level BPE with ChatML specials (as SmolLM2-Instruct).
     vocab, merges = train_bytelevel(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 330)
     tok = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="<|im_start|>", eos_token="<|im_end|>",
@@ -201,6 +245,8 @@ def make_models():
     save_all(d, randomize(LlamaForCausalLM(cfg), 1), tok,
              GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2))
 
+
+def make_qwen2():
     # qwen2: Qwen2's own tokenizer pipeline on a trained byte-level vocab; two EOS ids in generation_config.
     vocab, merges = train_bytelevel(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 340)
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges)
@@ -216,6 +262,8 @@ def make_models():
              GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot))
     template_into_config(d)
 
+
+def make_reward_llama():
     # reward_llama: a different tokenizer family than either policy, so a reward model must re-tokenize text.
     vocab, merges = train_sentencepiece_like(420)
     tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True)
@@ -227,6 +275,8 @@ def make_models():
     d = fresh_dir("reward_llama")
     save_all(d, randomize(LlamaForSequenceClassification(cfg), 3), tok)
 
+
+def make_reward_gpt2():
     # reward_gpt2: plain GPT-2 tokenizer, no chat template; prompt and response are joined as text.
     vocab, merges = train_bytelevel(["<|endoftext|>"], 300)
     tok = GPT2Tokenizer(vocab=vocab, merges=merges)
@@ -237,16 +287,88 @@ def make_models():
     save_all(d, randomize(GPT2ForSequenceClassification(cfg), 4), tok)
 
 
-def render(tok, messages, add_generation_prompt):
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def qwen3_tokenizer():
+    # As Qwen3 ships it: Qwen2Tokenizer, eos <|im_end|>, pad <|endoftext|>, no bos, and <think> / </think> as added
+    # tokens that are not special (so skip_special_tokens keeps them).
+    vocab, merges = train_bytelevel(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], 350)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
+    tok.chat_template = QWEN3_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>"]}
+    return tok, ids["<|endoftext|>"], ids["<|im_end|>"]
 
 
-def make_tokenizer_cases():
-    cases = {}
-    for name in ["smollm", "qwen2", "reward_llama", "reward_gpt2"]:
+def make_qwen3():
+    # qwen3: Llama block plus per-head q/k RMSNorms; the embedding rows are padded past the tokenizer as in Qwen.
+    tok, eot, im_end = qwen3_tokenizer()
+    rows = -(-len(tok) // 64) * 64
+    cfg = Qwen3Config(vocab_size=rows, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=128, tie_word_embeddings=True,
+                      bos_token_id=eot, eos_token_id=im_end, rope_parameters={"rope_type": "default",
+                                                                              "rope_theta": 1000000.0},
+                      use_sliding_window=False)
+    d = fresh_dir("qwen3")
+    save_all(d, randomize(Qwen3ForCausalLM(cfg), 5), tok,
+             GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot))
+
+
+def make_reward_qwen3():
+    # reward_qwen3: the qwen3 tokenizer and template; biases on q/k/v/o; pad (<|endoftext|>) differs from the EOS.
+    tok, eot, im_end = qwen3_tokenizer()
+    cfg = Qwen3Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                      num_labels=1, attention_bias=True, bos_token_id=eot, eos_token_id=im_end, pad_token_id=eot,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, use_sliding_window=False)
+    d = fresh_dir("reward_qwen3")
+    save_all(d, randomize(Qwen3ForSequenceClassification(cfg), 6), tok)
+
+
+# Every fixture dir, in the order they are built and listed in the JSON files.
+POLICIES = {"smollm": make_smollm, "qwen2": make_qwen2, "qwen3": make_qwen3}
+REWARD_MODELS = {"reward_llama": make_reward_llama, "reward_gpt2": make_reward_gpt2,
+                 "reward_qwen3": make_reward_qwen3}
+BUILD_ORDER = ["smollm", "qwen2", "reward_llama", "reward_gpt2", "qwen3", "reward_qwen3"]
+
+
+def make_models(names):
+    builders = {**POLICIES, **REWARD_MODELS}
+    for name in names:
+        builders[name]()
+
+
+def render(tok, messages, add_generation_prompt, **template_args):
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                   **template_args)
+
+
+def has_think(tok):
+    return all(t in tok.get_vocab() for t in THINK_TOKENS)
+
+
+def chat_case(name, tok, messages, gen, template_args=None):
+    args = template_args or {}
+    text = render(tok, messages, gen, **args)
+    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen, return_dict=False, **args)
+    assert ids == tok(text, add_special_tokens=False).input_ids, name
+    case = {"messages": messages, "add_generation_prompt": gen, "text": text, "ids": ids}
+    if template_args is not None:
+        case["template_args"] = template_args
+    return case
+
+
+def read_json(name, fresh, empty):
+    # A partial build adds to (or replaces) its own entries; a full build starts over.
+    path = OUT / name
+    return empty if fresh or not path.exists() else json.loads(path.read_text())
+
+
+def make_tokenizer_cases(names, fresh):
+    cases = read_json("tokenizer_cases.json", fresh, {})
+    for name in names:
         tok = AutoTokenizer.from_pretrained(str(OUT / name))
         entries = []
-        for text in CORPUS:
+        for text in CORPUS + (THINK_CORPUS if has_think(tok) else []):
             ids = tok(text).input_ids
             entries.append({
                 "text": text,
@@ -261,12 +383,11 @@ def make_tokenizer_cases():
                 if name == "reward_llama" and messages[-1]["role"] != "user":
                     continue
                 for gen in (True, False):
-                    text = render(tok, messages, gen)
-                    ids = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=gen,
-                                                  return_dict=False)
-                    assert ids == tok(text, add_special_tokens=False).input_ids, name
-                    chats.append({"messages": messages, "add_generation_prompt": gen, "text": text, "ids": ids})
+                    chats.append(chat_case(name, tok, messages, gen))
         cases[name] = {"corpus": entries, "chats": chats}
+        if name == "qwen3":
+            cases[name]["template_arg_chats"] = [chat_case(name, tok, messages, True, {"enable_thinking": thinking})
+                                                 for messages in CHATS for thinking in (False, True)]
     (OUT / "tokenizer_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1) + "\n")
 
 
@@ -279,14 +400,16 @@ def response_logprobs(model, prompt_ids, response_ids):
     return [float(logp[p + i - 1, t]) for i, t in enumerate(response_ids)]
 
 
-def make_parity():
-    parity = {"policies": {}, "reward_models": {}}
-    for name in ["smollm", "qwen2"]:
+def make_parity(names, fresh):
+    parity = read_json("parity.json", fresh, {"policies": {}, "reward_models": {}})
+    for name in [n for n in names if n in POLICIES]:
         tok = AutoTokenizer.from_pretrained(str(OUT / name))
         model = AutoModelForCausalLM.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
         items = []
         pairs = [(p, r, None) for p, r in LOGPROB_PAIRS]
         pairs.append((render(tok, CHATS[0], True), "Paris, of course.<|im_end|>", CHATS[0]))
+        if has_think(tok):
+            pairs.append((render(tok, CHATS[1], True), THINK_RESPONSE, CHATS[1]))
         for prompt, response, messages in pairs:
             # Chat prompts are rendered text already (the template adds any BOS); plain prompts get special tokens.
             prompt_ids = tok(prompt, add_special_tokens=messages is None).input_ids
@@ -295,10 +418,9 @@ def make_parity():
             items.append({"prompt": prompt, "response": response, "messages": messages, "prompt_ids": prompt_ids,
                           "response_ids": response_ids, "token_logprobs": token_logps, "logprob": sum(token_logps)})
         parity["policies"][name] = items
-    for name in ["reward_llama", "reward_gpt2"]:
+    for name in [n for n in names if n in REWARD_MODELS]:
         tok = AutoTokenizer.from_pretrained(str(OUT / name))
-        cls = LlamaForSequenceClassification if name == "reward_llama" else GPT2ForSequenceClassification
-        model = cls.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
         items = []
         cases = [(None, m, r) for m, r in RM_CHAT_ITEMS] if tok.chat_template is not None else []
         cases += [(p, None, r) for p, r in RM_TEXT_ITEMS]
@@ -356,11 +478,17 @@ def make_roundtrip():
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    if sys.argv[1:] == ["roundtrip"]:
+    args = sys.argv[1:]
+    unknown = [a for a in args if a not in BUILD_ORDER]
+    if args == ["roundtrip"]:
         make_roundtrip()
-    elif sys.argv[1:] == []:
-        make_models()
-        make_tokenizer_cases()
-        make_parity()
+    elif unknown or len(set(args)) != len(args):
+        sys.exit(f"usage: make_hf_fixtures.py [roundtrip | NAME...], NAME one of {', '.join(BUILD_ORDER)}")
     else:
-        sys.exit("usage: make_hf_fixtures.py [roundtrip]")
+        # No names: every fixture, and both JSON files written anew. Names: those dirs, and their JSON entries.
+        names = [n for n in BUILD_ORDER if n in args] if args else BUILD_ORDER
+        make_models(names)
+        make_tokenizer_cases(names, fresh=not args)
+        make_parity(names, fresh=not args)
+        print(f"built {', '.join(names)}")
+
