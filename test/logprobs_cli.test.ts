@@ -68,6 +68,59 @@ describe.each(["smollm", "qwen2", "qwen3"])("optune logprobs on %s", (name) => {
   });
 });
 
+describe("optune logprobs --chat-template-args", () => {
+  // transformers' rendering of a chat with enable_thinking false (tokenizer_cases.json, made by make_hf_fixtures.py)
+  const cases = JSON.parse(readFileSync(join(FIXTURES, "tokenizer_cases.json"), "utf8")) as {
+    qwen3: { template_arg_chats: Array<{ messages: unknown[]; ids: number[]; template_args: Record<string, unknown> }> };
+  };
+  const off = cases.qwen3.template_arg_chats.find((c) => c.template_args["enable_thinking"] === false)!;
+  const model = join(FIXTURES, "qwen3");
+
+  it("renders chat lines with the extra variables: the same log-prob as transformers' prompt ids", async () => {
+    const response = "Paris.";
+    const argsPath = input("chat.jsonl", [{ messages: off.messages, response }]);
+    const withArgs: string[] = [];
+    const write = process.stdout.write;
+    process.stdout.write = ((chunk: string) => withArgs.push(chunk)) as typeof process.stdout.write;
+    try {
+      const argv = ["node", "optune", "logprobs", "--model", model, "--input", argsPath, "--chat-template-args"];
+      expect(await main([...argv, '{"enable_thinking": false}'])).toBe(0);
+      expect(await main(argv.slice(0, -1))).toBe(0);
+    } finally {
+      process.stdout.write = write;
+    }
+    const [thinkingOff, plain] = withArgs.join("").trim().split("\n").map((l) => JSON.parse(l) as { logprob: number });
+    // the same prompt ids as transformers' rendering: the response scored after them matches an ids line
+    const direct = await run({
+      model,
+      input: input("ids2.jsonl", [{ prompt_ids: off.ids, response_ids: await responseIds(response) }]),
+    });
+    expect(thinkingOff!.logprob).toBe(direct[0]!["logprob"]);
+    expect(plain!.logprob).not.toBe(thinkingOff!.logprob);
+  });
+
+  it("wants a JSON object", async () => {
+    // commander reports a bad option value itself, on stderr
+    const errors: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = ((chunk: string) => errors.push(chunk)) as typeof process.stderr.write;
+    try {
+      const path = input("one.jsonl", [{ prompt: "Hi", response: " there" }]);
+      const argv = ["node", "optune", "logprobs", "--model", model, "--input", path, "--chat-template-args", "enable_thinking=false"];
+      expect(await main(argv)).toBe(1);
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(errors.join("\n")).toMatch(/expected a JSON object such as '\{"enable_thinking": false\}'/);
+  });
+});
+
+async function responseIds(text: string): Promise<number[]> {
+  const { HfTokenizer } = await import("../src/tokenizer/index.js");
+  const tok = await HfTokenizer.load(join(FIXTURES, "qwen3"));
+  return Array.from(tok.encode(text, { addSpecialTokens: false }));
+}
+
 describe("optune logprobs errors", () => {
   const model = join(FIXTURES, "smollm");
   const ok = { prompt: "Hello", response: " world" };

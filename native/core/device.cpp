@@ -84,7 +84,8 @@ Device resolve_device(Device d) {
 }
 
 void set_device(Model& m, Device requested, Precision p) {
-  const Device d = resolve_device(requested);
+  // 'auto' stays on the CPU for a model the CUDA backend cannot run, as for a GPU it cannot run on
+  const Device d = requested == Device::AUTO && m.cfg.qk_norm() ? Device::CPU : resolve_device(requested);
   if (d == Device::CPU) {
     if (m.device) {
       sync_to_host(m);
@@ -94,8 +95,7 @@ void set_device(Model& m, Device requested, Precision p) {
     return;
   }
   OPTUNE_CHECK(!m.cfg.qk_norm(), std::string("device 'cuda': the CUDA backend does not run ") +
-                                     hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet; use device 'cpu'" +
-                                     (requested == Device::AUTO ? " (device 'auto' found a GPU)" : ""));
+                                     hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet; use device 'cpu'");
 #ifdef OPTUNE_HAVE_CUDA
   OPTUNE_CHECK(cuda::device_count() > 0,
                "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "

@@ -1,7 +1,8 @@
 // `optune logprobs --model DIR --input FILE.jsonl`: the summed log-prob of each line's response given its prompt,
 // one JSON line out per input line, in order. A line is {"prompt", "response"} text (tokenized with the model
 // directory's tokenizer: the prompt with special tokens, the response without), {"messages", "response"} (the
-// prompt through the chat template), or {"prompt_ids", "response_ids"} (used as given).
+// prompt through the chat template, with --chat-template-args as extra variables), or {"prompt_ids",
+// "response_ids"} (used as given).
 
 import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
@@ -9,7 +10,7 @@ import { resolve } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 
 import { EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
-import { checkMessages, HfTokenizer } from "../tokenizer/index.js";
+import { checkMessages, HfTokenizer, templateOptions } from "../tokenizer/index.js";
 
 interface LogprobsOptions {
   model: string;
@@ -17,6 +18,21 @@ interface LogprobsOptions {
   tokenizer?: string;
   perToken?: boolean;
   batchSize: number;
+  chatTemplateArgs?: Record<string, unknown>;
+}
+
+// --chat-template-args: a JSON object of extra template variables.
+function templateArgs(value: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new InvalidArgumentError(`expected a JSON object such as '{"enable_thinking": false}', got ${value}`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw new InvalidArgumentError(`expected a JSON object such as '{"enable_thinking": false}', got ${value}`);
+  }
+  return parsed as Record<string, unknown>;
 }
 
 type Line =
@@ -120,7 +136,7 @@ export async function runLogprobs(options: LogprobsOptions, write: (line: string
   const lines = readLines(options.input);
   const modelDir = resolve(options.model);
   const needsTokenizer = lines.some((l) => l.kind !== "ids");
-  const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir) : undefined;
+  const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir, templateOptions(options)) : undefined;
   const model = await EngineModel.load(modelDir);
   try {
     if (model.config.rewardModel) throw new Error(`${modelDir} is a reward model; logprobs needs a causal language model`);
@@ -156,6 +172,7 @@ export function logprobsCommand(): Command {
     .option("--tokenizer <dir>", "tokenizer directory, when not the model directory")
     .option("--per-token", "also print each response token's log-prob (token_logprobs)")
     .option("--batch-size <n>", "sequences per forward pass", positiveInt, 16)
+    .option("--chat-template-args <json>", 'extra chat template variables, e.g. \'{"enable_thinking": false}\'', templateArgs)
     .action(async (options: LogprobsOptions) => {
       await runLogprobs(options, (line) => process.stdout.write(`${line}\n`));
     });
