@@ -400,6 +400,24 @@ describe("run directories that are not what a flag assumes", () => {
     expect(existsSync(join(runs, "no-template"))).toBe(false);
   });
 
+  it("a training state that does not fit is refused before the run evaluates or samples anything", async () => {
+    const policy = await EngineModel.load(join(FIXTURES, "smollm"));
+    const n = policy.numParams;
+    await policy.dispose();
+    // Room for the weights of each model (2x the policy's), not for the 3x of gradients and AdamW moments.
+    vi.stubEnv("OPTUNE_MEMORY_LIMIT", String(n * 4 * 2));
+    try {
+      const config = userConfig("no-memory", { reward: [{ type: "module", path: goodModule }] });
+      expectCleanFailure(
+        await cli(["--config", config]),
+        `optune: training state (gradients and AdamW moments of ${n} parameters): 0.00 GiB of memory needed, but only 0.00 GiB is available; train a smaller model`,
+      );
+      expect(existsSync(join(runs, "no-memory"))).toBe(false);
+    } finally {
+      vi.unstubAllEnvs();
+    }
+  });
+
   it("an empty config file still takes the flags", () => {
     const empty = write("empty.yaml", "# nothing set yet\n");
     expect(readConfigFile(empty)).toEqual({});

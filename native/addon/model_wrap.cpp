@@ -39,6 +39,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
           InstanceMethod<&ModelWrap::logits>("logits"),
           InstanceMethod<&ModelWrap::scores>("scores"),
           InstanceMethod<&ModelWrap::train_step>("trainStep"),
+          InstanceMethod<&ModelWrap::check_training_memory>("checkTrainingMemory"),
           InstanceMethod<&ModelWrap::sample>("sample"),
           InstanceMethod<&ModelWrap::dispose>("dispose"),
           InstanceMethod<&ModelWrap::get_params>("getParams"),
@@ -241,6 +242,17 @@ Napi::Value ModelWrap::train_step(const Napi::CallbackInfo& info) {
           release(*h);
           if (ref) release(*ref);
         });
+  });
+}
+
+Napi::Value ModelWrap::check_training_memory(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    acquire(env, *h_, "checkTrainingMemory");
+    HandlePtr h = h_;
+    return PromiseTask::start(
+        env, "checkTrainingMemory", [h] { optune::check_training_memory(*h->model, true); },
+        [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }
 

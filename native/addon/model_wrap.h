@@ -29,6 +29,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value logits(const Napi::CallbackInfo& info);
   Napi::Value scores(const Napi::CallbackInfo& info);
   Napi::Value train_step(const Napi::CallbackInfo& info);
+  Napi::Value check_training_memory(const Napi::CallbackInfo& info);
   Napi::Value sample(const Napi::CallbackInfo& info);
   void dispose(const Napi::CallbackInfo& info);
   Napi::Value get_params(const Napi::CallbackInfo& info);

@@ -67,6 +67,11 @@ struct TrainStats {
 
 TrainStats train_step(Model& m, const TrainRequest& r);
 
+// Throws the error train_step would give when the gradients (and, with `with_optimizer`, AdamW's two moments) that
+// its first call allocates do not fit in the memory available now: a run checks before it spends minutes sampling
+// and scoring. Nothing to check when they exist already, or on a GPU (its memory plan reports its own shortfall).
+void check_training_memory(const Model& m, bool with_optimizer);
+
 // AdamW on m.params with m.grads (bias-corrected, decoupled decay, optional clipping). Returns the pre-clip norm.
 double adamw_update(Model& m, const AdamWConfig& opt);
 

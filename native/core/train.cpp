@@ -126,21 +126,25 @@ void lm_head_step(Model& m, const TrainRequest& r, const Acts& acts, const std::
 
 }  // namespace
 
+void check_training_memory(const Model& m, bool with_optimizer) {
+  if (m.device) return;
+  // The first step allocates the gradients and, with an update, AdamW's two moments: 3x the weights, refused up
+  // front when the machine cannot hold them (see host_memory.h).
+  const size_t n_params = m.params.size();
+  size_t state_bytes = m.grads.size() == n_params ? 0 : n_params * sizeof(float);
+  if (with_optimizer && m.adam_m.size() != n_params) state_bytes += 2 * n_params * sizeof(float);
+  check_host_memory(state_bytes, "training state (gradients and AdamW moments of " + std::to_string(n_params) +
+                                     " parameters)",
+                    "train a smaller model, or train it on a GPU (--device cuda)");
+}
+
 TrainStats train_step(Model& m, const TrainRequest& r) {
   validate_request(m, r);
   if (m.device) return m.device->train_step(m, r);
   const Batch& b = r.batch;
   const int D = m.cfg.d_model, n_seq = b.n_seq();
   TrainStats st;
-
-  // The first step allocates the gradients and, with an update, AdamW's two moments: 3x the weights, refused up
-  // front when the machine cannot hold them (see host_memory.h).
-  const size_t n_params = m.params.size();
-  size_t state_bytes = m.grads.size() == n_params ? 0 : n_params * sizeof(float);
-  if (r.apply_update && m.adam_m.size() != n_params) state_bytes += 2 * n_params * sizeof(float);
-  check_host_memory(state_bytes, "training state (gradients and AdamW moments of " + std::to_string(n_params) +
-                                     " parameters)",
-                    "train a smaller model, or train it on a GPU (--device cuda)");
+  check_training_memory(m, r.apply_update);
 
   // reference log-probs (before the policy forward, so its activations are not alive at the same time)
   std::vector<float> ref_c, ref_r;

@@ -91,9 +91,14 @@ TEST(the_training_state_is_checked_at_the_first_step_under_a_budget) {
   CHECK_THROWS(train_step(*m, r), "training state (gradients and AdamW moments of " +
                                       std::to_string(m->params.size()) + " parameters): ");
   CHECK(m->grads.empty() && m->adam_m.empty());  // refused before anything was allocated
+  // the same check on its own, as a run makes it before its first iteration
+  CHECK_THROWS(check_training_memory(*m, true), "training state (gradients and AdamW moments of ");
   unsetenv("OPTUNE_MEMORY_LIMIT");
   train_step(*m, r);  // without the budget it trains
   CHECK(m->adam_m.size() == m->params.size());
+  setenv("OPTUNE_MEMORY_LIMIT", budget.c_str(), 1);
+  check_training_memory(*m, true);  // allocated already: nothing left to check
+  unsetenv("OPTUNE_MEMORY_LIMIT");
 }
 
 TEST(large_workspace_buffers_are_not_kept_when_memory_is_short) {

@@ -181,6 +181,15 @@ export class EngineModel {
     return this.enqueue(() => this.native.scores(batch));
   }
 
+  /**
+   * Rejects, with the sizes, when the gradients and AdamW moments the first trainStep allocates (3x the weights)
+   * do not fit in the memory available now; resolves at once when they exist already or the model is on a GPU.
+   */
+  async checkTrainingMemory(): Promise<void> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.checkTrainingMemory());
+  }
+
   async trainStep(options: TrainStepOptions): Promise<TrainStats> {
     this.checkAlive("model");
     const request = toNativeTrainRequest(options);

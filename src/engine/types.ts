@@ -170,6 +170,7 @@ export interface NativeModel {
   logits(batch: Batch): Promise<Float32Array>;
   scores(batch: Batch): Promise<Float32Array>;
   trainStep(request: NativeTrainRequest): Promise<TrainStats>;
+  checkTrainingMemory(): Promise<void>;
   sample(request: NativeSampleRequest): Promise<SampleResult>;
   dispose(): void;
   getParams(): Promise<Float32Array>;

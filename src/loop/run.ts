@@ -364,6 +364,9 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   // leaves nothing behind to block the retry.
   const { policy, reference, proxy, evaluator } = await openRunInputs(task, loaded, config);
   try {
+    // The first training step would refuse a training state that does not fit; refusing it now saves the
+    // evaluation, sampling and scoring before it.
+    if ((loaded?.state.iteration ?? 0) < config.loop.iterations) await policy.checkTrainingMemory();
     // A run that failed before saving iteration 0 left only its config: a new one starts over in its place.
     if (!resume && dirStatus.kind === "unstarted") clearRunDir(runDir);
     createRunDir(runDir);
