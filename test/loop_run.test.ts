@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { stringify as stringifyYaml } from "yaml";
 
 import { main } from "../src/cli/index.js";
+import { summaryTable } from "../src/cli/summary.js";
 import { type Config, ConfigError, type ConfigInput, loadConfig } from "../src/config/schema.js";
 import { EngineModel, packBatch } from "../src/engine/index.js";
 import { readMetrics, type IterationMetrics } from "../src/loop/metrics.js";
@@ -76,7 +77,7 @@ describe("runLoop", () => {
     expect(metrics.map((m) => m.iteration)).toEqual([0, 1, 2]);
     for (const m of metrics.slice(1)) {
       expect(Object.keys(m).sort()).toEqual(
-        ["generation", "gold", "iteration", "kl", "proxy", "seconds", "train", "weights", "winRate"].sort(),
+        ["generation", "gold", "iteration", "kl", "lengths", "proxy", "seconds", "train", "weights", "winRate"].sort(),
       );
       for (const v of [m.proxy.chosen, m.proxy.rejected, m.proxy.mean, m.gold.greedy, m.gold.sampled, m.kl, m.train.loss]) {
         expect(Number.isFinite(v)).toBe(true);
@@ -95,6 +96,29 @@ describe("runLoop", () => {
       expect(existsSync(join(dir, "checkpoints", name, "config.json"))).toBe(true);
     }
     expect(JSON.parse(readFileSync(join(dir, "state", "latest.json"), "utf8"))).toEqual({ iteration: 2, dir: "iter-0002" });
+  });
+
+  it("records response lengths: the new pairs' from the pool, the eval responses' within the sampling limit", () => {
+    const metrics = readMetrics(join(straight.runDir, "metrics.jsonl"));
+    const pairs = [...loadRunState(straight.runDir)!.state.pool.entries.values()].map((e) => e.pair!);
+    const newest = pairs.filter((p) => p.iteration === 2);
+    const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+    expect(newest.length).toBe(8);
+    expect(metrics[2]!.lengths!.chosen).toBe(mean(newest.map((p) => p.chosenIds.length)));
+    expect(metrics[2]!.lengths!.rejected).toBe(mean(newest.map((p) => p.rejectedIds.length)));
+    expect(metrics[0]!.lengths).toMatchObject({ chosen: null, rejected: null });
+    const limit = tinyConfig("straight").sampling.maxNewTokens;
+    for (const m of metrics) {
+      const l = m.lengths!;
+      for (const length of [l.greedyLength, l.sampledLength]) expect(length >= 1 && length <= limit).toBe(true);
+      for (const eos of [l.greedyEos, l.sampledEos]) expect(eos >= 0 && eos <= 1).toBe(true);
+    }
+    // the end-of-run table: the sampled eval length and eos share, "-" for a line written before lengths existed
+    const { lengths: _lengths, ...older } = metrics[2]!;
+    const table = summaryTable([metrics[2]!, older]).split("\n");
+    expect(table[0]).toMatch(/ KL +length +eos +regen/);
+    expect(table[1]).toContain(` ${metrics[2]!.lengths!.sampledLength.toFixed(1)}  ${metrics[2]!.lengths!.sampledEos.toFixed(2)} `);
+    expect(table[2]).toMatch(/ - +- +8 /);
   });
 
   it("keeps unselected prompts' pairs and gives selected prompts new pairs of the new iteration", async () => {

@@ -10,9 +10,12 @@ function withError(mean: number, se: number): string {
   return `${cell(mean, 3)} ± ${cell(2 * se, 3)}`;
 }
 
-/** Rows of metrics as an aligned text table (gold columns show mean ± 2 standard errors). */
+/**
+ * Rows of metrics as an aligned text table (gold columns show mean ± 2 standard errors; length and eos are the
+ * sampled eval responses' mean length in tokens and share ended by end-of-sequence).
+ */
 export function summaryTable(metrics: readonly IterationMetrics[]): string {
-  const header = ["iter", "proxy chosen", "proxy eval", "gold greedy", "gold sampled", "win", "KL", "regen", "seconds"];
+  const header = ["iter", "proxy chosen", "proxy eval", "gold greedy", "gold sampled", "win", "KL", "length", "eos", "regen", "seconds"];
   const rows = metrics.map((m) => [
     String(m.iteration),
     cell(m.proxy.chosen, 3),
@@ -21,6 +24,8 @@ export function summaryTable(metrics: readonly IterationMetrics[]): string {
     withError(m.gold.sampled, m.gold.sampledSe),
     cell(m.winRate.sampled, 2),
     cell(m.kl, 2),
+    cell(m.lengths?.sampledLength ?? null, 1),
+    cell(m.lengths?.sampledEos ?? null, 2),
     String(m.generation.promptsRegenerated),
     cell(m.seconds.total, 1),
   ]);

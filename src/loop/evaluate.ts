@@ -26,6 +26,15 @@ export interface EvalResult {
   proxySampled: number;
   /** Mean over sampled responses of sum(logp_policy - logp_ref). */
   kl: number;
+  /** Mean length in generated tokens (end-of-sequence included) and share ended by end-of-sequence. */
+  responses: ResponseStats;
+}
+
+export interface ResponseStats {
+  greedyLength: number;
+  sampledLength: number;
+  greedyEos: number;
+  sampledEos: number;
 }
 
 export interface MeanWithError {
@@ -101,5 +110,12 @@ export async function evaluatePolicy(
 
   const k = settings.samplesPerPrompt;
   const sampled = prompts.map((_, i) => sampledFlat.slice(i * k, (i + 1) * k));
-  return { greedy, sampled, proxySampled: meanOf(proxy), kl };
+  const greedyFlat = greedyGen.responses.flat();
+  const responses = {
+    greedyLength: meanOf(greedyFlat.map((r) => r.ids.length)),
+    sampledLength: meanOf(flat.map((r) => r.ids.length)),
+    greedyEos: meanOf(greedyFlat.map((r) => (r.endedWithEos ? 1 : 0))),
+    sampledEos: meanOf(flat.map((r) => (r.endedWithEos ? 1 : 0))),
+  };
+  return { greedy, sampled, proxySampled: meanOf(proxy), kl, responses };
 }

@@ -4,6 +4,7 @@
 import { readFileSync } from "node:fs";
 
 import { appendLineAtomic, writeFileAtomic } from "../util/atomic.js";
+import type { ResponseStats } from "./evaluate.js";
 import type { Summary } from "./train.js";
 
 export interface IterationMetrics {
@@ -23,6 +24,12 @@ export interface IterationMetrics {
   winRate: { greedy: number; sampled: number };
   /** Mean over sampled eval responses of sum(logp_policy - logp_ref). */
   kl: number;
+  /**
+   * Response lengths, to watch DPO's pull toward longer answers: the eval responses' mean length in generated
+   * tokens (end-of-sequence included) and the share that ended with end-of-sequence; the mean length of this
+   * iteration's new chosen and rejected responses (null when none). Absent in lines written by earlier versions.
+   */
+  lengths?: ResponseStats & { chosen: number | null; rejected: number | null };
   train: {
     loss: number | null;
     accuracy: number | null;

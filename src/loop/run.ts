@@ -99,6 +99,7 @@ function evalMetrics(result: EvalResult, initial: RunState["initialEval"]) {
     winRate: { greedy: winRate(result.greedy, initial.greedy), sampled: winRate(result.sampled.flat(), initial.sampled.flat()) },
     proxyEval: result.proxySampled,
     kl: result.kl,
+    responses: result.responses,
   };
 }
 
@@ -224,6 +225,11 @@ async function runIteration(ctx: LoopContext, iteration: number): Promise<Iterat
     gold: evaluated.gold,
     winRate: evaluated.winRate,
     kl: evaluated.kl,
+    lengths: {
+      ...evaluated.responses,
+      chosen: mean(newPairs.map((p) => p.chosenIds.length)),
+      rejected: mean(newPairs.map((p) => p.rejectedIds.length)),
+    },
     train: {
       loss: summary.loss,
       accuracy: summary.accuracy,
@@ -266,6 +272,7 @@ async function evaluateStart(ctx: LoopContext): Promise<IterationMetrics> {
     gold: evaluated.gold,
     winRate: evaluated.winRate,
     kl: evaluated.kl,
+    lengths: { ...evaluated.responses, chosen: null, rejected: null },
     train: { loss: null, accuracy: null, margin: null, chosenReward: null, rejectedReward: null, steps: 0, skippedSteps: 0, pairs: 0 },
     weights: null,
     generation: { promptsRegenerated: 0, tokensGenerated: 0, referenceSequences: 0, trainablePairs: 0 },
