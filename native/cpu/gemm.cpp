@@ -418,50 +418,63 @@ void gemm_bf16(bool trans_a, bool trans_b, int M, int N, int K, float alpha, con
   gemm_bf16(trans_a, M, A, lda, *packed, alpha, beta, C, ldc);
 }
 
-// One block of MR rows of C against every panel of B. MR is a compile-time constant so the accumulators stay in
-// registers and no padded (all-zero) rows are computed: a decode group of 8 rows costs 8 rows of FMAs, not 16.
+// One block of MR rows of C against one panel of B (K x 16). MR is a compile-time constant so the accumulators stay
+// in registers and no padded (all-zero) rows are computed: a decode group of 8 rows costs 8 rows of FMAs, not 16.
+// Each row's sums run over k in order whatever MR is, so a row's result does not depend on its block.
 template <int MR>
-static void gemm_packed_rows(const float* A, int lda, const PackedB& B, float* C, int ldc) {
+static void panel_rows(const float* ap, const float* panel, int K, int nj, float* C, int ldc) {
   constexpr int W = PackedB::kPanel;
-  const int K = B.K, N = B.N, panels = (N + W - 1) / W;
-  std::vector<float> ap(static_cast<size_t>(K) * MR);  // the block's rows of A, k-major
-  for (int r = 0; r < MR; r++)
-    for (int k = 0; k < K; k++) ap[static_cast<size_t>(k) * MR + r] = A[static_cast<size_t>(r) * lda + k];
-  const float* a = ap.data();
-  parallel_for(panels, [&](int64_t p) {
-    const int pi = static_cast<int>(p);
-    const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;
-    float acc[MR][W] = {};
-    for (int k = 0; k < K; k++) {
-      const float* b = panel + static_cast<size_t>(k) * W;
-      const float* ak = a + static_cast<size_t>(k) * MR;
-      for (int r = 0; r < MR; r++) {
+  float acc[MR][W] = {};
+  for (int k = 0; k < K; k++) {
+    const float* b = panel + static_cast<size_t>(k) * W;
+    const float* ak = ap + static_cast<size_t>(k) * MR;
+    for (int r = 0; r < MR; r++) {
 #pragma omp simd
-        for (int j = 0; j < W; j++) acc[r][j] += ak[r] * b[j];
-      }
+      for (int j = 0; j < W; j++) acc[r][j] += ak[r] * b[j];
     }
-    const int nj = std::min(W, N - pi * W);
-    for (int r = 0; r < MR; r++) std::copy_n(acc[r], nj, C + static_cast<size_t>(r) * ldc + pi * W);
-  });
+  }
+  for (int r = 0; r < MR; r++) std::copy_n(acc[r], nj, C + static_cast<size_t>(r) * ldc);
 }
 
 void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int ldc) {
-  // rows in blocks of 16, then the remainder in blocks of 8, 4, 2, 1
-  int i = 0;
-  auto run = [&](auto kernel, int mr) {
-    for (; i + mr <= M; i += mr) kernel(A + static_cast<size_t>(i) * lda, lda, B, C + static_cast<size_t>(i) * ldc, ldc);
-  };
   if (B.bf16) {
     auto pa = pairs_pool().get();
     pairs_of_a(*pa, A, lda, false, M, B.K);
     bf16_product({&*pa, 0, 1.0f, 0.0f}, M, B, C, ldc);
     return;
   }
-  run(gemm_packed_rows<16>, 16);
-  run(gemm_packed_rows<8>, 8);
-  run(gemm_packed_rows<4>, 4);
-  run(gemm_packed_rows<2>, 2);
-  run(gemm_packed_rows<1>, 1);
+  constexpr int W = PackedB::kPanel;
+  const int K = B.K, N = B.N, panels = (N + W - 1) / W;
+  // Rows in blocks of 16, then the remainder in blocks of 8, 4, 2, 1; each block's rows of A k-major.
+  std::vector<std::pair<int, int>> blocks;  // (first row, rows)
+  for (int i = 0, mr = 16; i < M;) {
+    while (i + mr > M) mr /= 2;
+    blocks.emplace_back(i, mr);
+    i += mr;
+  }
+  std::vector<float> ap(static_cast<size_t>(K) * M);
+  for (const auto& [i0, mr] : blocks)
+    for (int r = 0; r < mr; r++)
+      for (int k = 0; k < K; k++)
+        ap[static_cast<size_t>(i0) * K + static_cast<size_t>(k) * mr + r] = A[static_cast<size_t>(i0 + r) * lda + k];
+  // Panels outside, row blocks inside: a panel is read from memory once for all M rows and stays in cache for the
+  // blocks after the first (decode steps stream the weights; their M rows then cost one pass over them, not M / 16).
+  parallel_for(panels, [&](int64_t p) {
+    const int pi = static_cast<int>(p);
+    const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;
+    const int nj = std::min(W, N - pi * W);
+    for (const auto& [i0, mr] : blocks) {
+      const float* a = ap.data() + static_cast<size_t>(i0) * K;
+      float* c = C + static_cast<size_t>(i0) * ldc + pi * W;
+      switch (mr) {
+        case 16: panel_rows<16>(a, panel, K, nj, c, ldc); break;
+        case 8: panel_rows<8>(a, panel, K, nj, c, ldc); break;
+        case 4: panel_rows<4>(a, panel, K, nj, c, ldc); break;
+        case 2: panel_rows<2>(a, panel, K, nj, c, ldc); break;
+        default: panel_rows<1>(a, panel, K, nj, c, ldc); break;
+      }
+    }
+  });
 }
 
 void gemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, const float* A, int lda, const float* B,

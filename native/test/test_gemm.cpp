@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -177,6 +178,22 @@ TEST(packed_products_match_their_reference) {
         const double e = half ? worst_error(o, C, 1.0f, 0.0f, bf16) : worst_error(o, C, 1.0f, 0.0f, same);
         CHECK_MSG(e < 1e-6, name(o, 0) + (half ? " bf16" : " fp32") + ": worst relative error " + std::to_string(e));
       }
+}
+
+// Decoding deals rows out to thread groups of any size, and its tokens must not depend on that: a row of a packed
+// product has the same bits whichever block of rows (16, 8, 4, 2, 1) it was computed in.
+TEST(packed_product_rows_do_not_depend_on_their_block) {
+  for (bool half : {false, true}) {
+    Operands o = make(37, 45, 70, false, true);  // 37 rows: blocks of 16, 16, 4, 1
+    const cpu::PackedB pb = cpu::pack_b(o.B.data(), o.ldb(), o.K, o.N, true, half);
+    std::vector<float> all(o.C.size()), one(o.N);
+    cpu::gemm_packed(37, o.A.data(), o.K, pb, all.data(), o.N);
+    for (int r = 0; r < 37; r++) {
+      cpu::gemm_packed(1, o.A.data() + static_cast<size_t>(r) * o.K, o.K, pb, one.data(), o.N);
+      CHECK_MSG(std::memcmp(one.data(), all.data() + static_cast<size_t>(r) * o.N, o.N * sizeof(float)) == 0,
+                std::string(half ? "bf16" : "fp32") + " row " + std::to_string(r));
+    }
+  }
 }
 
 TEST(bf16_rounding_is_nearest_even) {
