@@ -34,7 +34,7 @@ describe("loadConfig", () => {
         refreshReference: false,
       },
       loss: { type: "wdpo", beta: 1, beta2: 1, weightFn: "linear" },
-      optim: { lr: 1.5e-4, weightDecay: 0, maxGradNorm: 1, betas: [0.9, 0.999], skipNonFinite: false },
+      optim: { lr: 1.5e-4, weightDecay: 0, maxGradNorm: 1, warmupSteps: 0, betas: [0.9, 0.999], skipNonFinite: false },
       sampling: { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 },
       eval: { prompts: 500, samples: 4 },
       run: { dir: "runs/latest", checkpointEvery: 1, cacheDir: ".optune/cache" },
@@ -109,6 +109,7 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ loop: { rho: 0 } })).toThrow("invalid config:\n  loop.rho: must be a number in (0, 1], got 0");
     expect(issuesOf("not a config")).toEqual(['(config): must be an object, got "not a config"']);
     expect(issuesOf({ optim: { betas: [0.9] } })).toEqual(["optim.betas: must be a pair [beta1, beta2], got [0.9]"]);
+    expect(issuesOf({ optim: { warmupSteps: 2.5 } })).toEqual(["optim.warmupSteps: must be an integer in [0, 1000000], got 2.5"]);
   });
 
   it("accepts a user task with its model, prompts and reward sources", () => {

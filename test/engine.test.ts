@@ -282,8 +282,20 @@ describe("errors", () => {
     );
     // a misspelt optimizer field was ignored (training ran at the default learning rate)
     await expect(m.trainStep({ ...req, optimizer: { learningRate: 1 } as never })).rejects.toThrow(
-      "optimizer has unknown field(s) learningRate; known: lr, beta1, beta2, eps, weightDecay, maxGradNorm",
+      "optimizer has unknown field(s) learningRate; known: lr, beta1, beta2, eps, weightDecay, maxGradNorm, warmupSteps",
     );
+    await expect(m.trainStep({ ...req, optimizer: { warmupSteps: -1 } })).rejects.toThrow(/warmupSteps/);
+  });
+
+  it("warms the learning rate up over the first optimizer steps (warmupSteps), as by hand", async () => {
+    const warm = await EngineModel.create(tiny, 9);
+    const byHand = await EngineModel.create(tiny, 9);
+    const req = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-1, -1], refRejected: [-1, -1] };
+    for (let t = 1; t <= 3; t++) {
+      await warm.trainStep({ ...req, optimizer: { lr: 0.01, warmupSteps: 2 } });
+      await byHand.trainStep({ ...req, optimizer: { lr: t < 2 ? Math.fround(0.01) / 2 : 0.01 } });
+      expect(await warm.getParams()).toEqual(await byHand.getParams());
+    }
   });
 
   it("refuses NaN or Infinity in setParams, and a rope_theta beyond float range", async () => {

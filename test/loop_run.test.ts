@@ -121,6 +121,18 @@ describe("runLoop", () => {
     expect(table[2]).toMatch(/ - +- +8 /);
   });
 
+  it("passes optim.warmupSteps to the engine: the same first step, smaller steps after it", async () => {
+    const warm = await run(tinyConfig("warmup", { optim: { lr: 1e-3, warmupSteps: 1000 }, loop: { ...TINY_TASK.loop, iterations: 1 } }));
+    const [base, ramped] = [straight.metrics[1]!, warm.metrics[1]!];
+    expect(ramped.train.steps).toBe(base.train.steps);
+    expect(ramped.train.steps).toBeGreaterThan(1);
+    // the first minibatch's loss is computed before any update, so only the later steps (lr / 1000 ... 3 lr / 1000)
+    // move the mean loss, and the policy ends elsewhere
+    expect(ramped.train.loss).not.toBe(base.train.loss);
+    expect(ramped.kl).not.toBe(base.kl);
+    expect(Math.abs(ramped.kl)).toBeLessThan(Math.abs(base.kl));
+  });
+
   it("keeps unselected prompts' pairs and gives selected prompts new pairs of the new iteration", async () => {
     const config = tinyConfig("pairs", { loop: { iterations: 1, prompts: 16, k: 3, rho: 0.25, batchPairs: 4, tieThreshold: 0 } });
     await run(config);

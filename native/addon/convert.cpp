@@ -345,6 +345,7 @@ optune::TrainRequest to_train_request(const Napi::Object& o, bool has_ref_model)
     r.opt.eps = opt_float(so, "eps", ow, r.opt.eps);
     r.opt.weight_decay = opt_float(so, "weightDecay", ow, r.opt.weight_decay);
     r.opt.max_grad_norm = opt_float(so, "maxGradNorm", ow, r.opt.max_grad_norm);
+    r.opt.warmup_steps = opt_int(so, "warmupSteps", ow, 0, 0, 1 << 30);
     if (r.opt.lr < 0) throw Napi::RangeError::New(env, "request.optimizer.lr must be >= 0");
   }
   if (!(r.beta > 0)) throw Napi::RangeError::New(env, "request.beta must be > 0");

@@ -54,7 +54,16 @@ double grad_norm(const std::vector<float>& g) {
   return std::sqrt(total);
 }
 
-double adamw_update(Model& m, const AdamWConfig& o) {
+AdamWConfig adamw_at_step(const Model& m, const AdamWConfig& opt) {
+  AdamWConfig o = opt;
+  const int64_t step = m.adam_step + 1;
+  if (o.warmup_steps > 0 && step < o.warmup_steps)
+    o.lr = static_cast<float>(static_cast<double>(o.lr) * static_cast<double>(step) / o.warmup_steps);
+  return o;
+}
+
+double adamw_update(Model& m, const AdamWConfig& opt) {
+  const AdamWConfig o = adamw_at_step(m, opt);
   if (m.device) return m.device->adamw_update(m, o);
   OPTUNE_CHECK(m.grads.size() == m.params.size(), "optimizer step before any gradient was computed");
   const double norm = grad_norm(m.grads);

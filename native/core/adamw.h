@@ -16,6 +16,11 @@ struct AdamWScalars {
   float step_size;  // lr / (1 - beta1^t)
   float bc2_sqrt;   // sqrt(1 - beta2^t)
 };
+// The config of the step about to be taken (m.adam_step + 1) with its warmup applied to lr. adam_step is 0 until the
+// first step (it restarts with the moments' allocation) and is saved with the optimizer state. The engine's entry
+// points (adamw_update, and train_step before it hands a step to a device) apply it, so a device never sees warmup.
+AdamWConfig adamw_at_step(const Model& m, const AdamWConfig& o);
+
 // Advances m.adam_step (the moments must exist) and returns the step's scalars.
 AdamWScalars adamw_scalars(Model& m, const AdamWConfig& o, double norm);
 

@@ -32,6 +32,9 @@ struct AdamWConfig {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float weight_decay = 0.0f;   // decoupled; applied to ParamInfo::decay tensors only
   float max_grad_norm = 0.0f;  // global L2 norm clipping; <= 0 disables
+  // Linear warmup: optimizer step t (1-based, Model::adam_step after it) uses lr * min(1, t / warmup_steps); 0 = off.
+  // Counted by the model, so a run resumed with its optimizer state continues the ramp where it stopped.
+  int warmup_steps = 0;
 };
 
 struct TrainRequest {

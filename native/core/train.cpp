@@ -140,7 +140,12 @@ void check_training_memory(const Model& m, bool with_optimizer) {
 
 TrainStats train_step(Model& m, const TrainRequest& r) {
   validate_request(m, r);
-  if (m.device) return m.device->train_step(m, r);
+  if (m.device) {
+    if (!r.apply_update || r.opt.warmup_steps == 0) return m.device->train_step(m, r);
+    TrainRequest at_step = r;  // the device applies lr as given
+    at_step.opt = adamw_at_step(m, r.opt);
+    return m.device->train_step(m, at_step);
+  }
   const Batch& b = r.batch;
   const int D = m.cfg.d_model, n_seq = b.n_seq();
   TrainStats st;

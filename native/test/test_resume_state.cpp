@@ -2,6 +2,7 @@
 // bitwise like the uninterrupted model.
 #include <cmath>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,45 @@ TEST(optimizer_state_round_trip_continues_bitwise) {
     CHECK(fresh->params != m->params);
     std::filesystem::remove_all(dir);
   }
+}
+
+// Warmup: step t (1-based) uses lr * t / warmup_steps until t reaches warmup_steps, the same as giving that lr by
+// hand; counted by the model's AdamW step, so a resumed model continues the ramp.
+TEST(warmup_ramps_the_learning_rate_over_the_first_steps_and_resumes_mid_ramp) {
+  const ModelConfig cfg = testing::tiny_llama();
+  auto warm = make_model(cfg), by_hand = make_model(cfg);
+  init_weights(*warm, 6, 0.2f);
+  init_weights(*by_hand, 6, 0.2f);
+  TrainRequest req = dpo_request(cfg);
+  TrainRequest manual = req;
+  req.opt.warmup_steps = 4;
+  const std::string dir = std::filesystem::temp_directory_path() / "optune-resume-warmup";
+  std::unique_ptr<Model> resumed;
+  for (int t = 1; t <= 6; t++) {
+    manual.opt.lr = t < 4 ? static_cast<float>(static_cast<double>(req.opt.lr) * t / 4) : req.opt.lr;
+    train_step(*warm, req);
+    train_step(*by_hand, manual);
+    CHECK_MSG(warm->params == by_hand->params, "step " + std::to_string(t));
+    if (t == 2) {
+      save_checkpoint(*warm, dir);
+      save_optimizer_state(*warm, dir);
+      resumed = load_checkpoint(dir);
+      load_optimizer_state(*resumed, dir);
+    } else if (t > 2) {
+      train_step(*resumed, req);
+      CHECK_MSG(resumed->params == warm->params, "resumed, step " + std::to_string(t));
+    }
+  }
+  // and it changes something: without warmup the first step moves the weights further
+  auto plain = make_model(cfg);
+  init_weights(*plain, 6, 0.2f);
+  auto ramped = make_model(cfg);
+  init_weights(*ramped, 6, 0.2f);
+  train_step(*ramped, req);
+  req.opt.warmup_steps = 0;
+  train_step(*plain, req);
+  CHECK(plain->params != ramped->params);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(optimizer_state_mismatch_is_a_clear_error) {

@@ -102,6 +102,11 @@ const OptimSchema = section({
   weightDecay: real(closed(0), closed(1)).default(0),
   /** Global gradient-norm clip; 0 disables clipping. */
   maxGradNorm: real(closed(0)).default(1),
+  /**
+   * Linear learning-rate warmup over the run's first optimizer steps: step t uses lr * t / warmupSteps until
+   * t = warmupSteps; 0 disables. Steps count across iterations and resumes (the engine's AdamW step).
+   */
+  warmupSteps: integer(closed(0), closed(1_000_000)).default(0),
   /** Adam beta1, beta2. */
   betas: z
     .tuple([betaValue(), betaValue()], { error: "must be a pair [beta1, beta2]" })

@@ -31,6 +31,7 @@ export const DEFAULT_OPTIMIZER: Readonly<AdamWOptions> = {
   eps: 1e-8,
   weightDecay: 0,
   maxGradNorm: 0,
+  warmupSteps: 0,
 };
 
 export const DEFAULT_SAMPLING: Readonly<Required<Pick<SampleOptions, "nSamples" | "maxNewTokens" | "temperature" | "topK" | "topP">>> = {

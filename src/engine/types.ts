@@ -56,6 +56,8 @@ export interface AdamWOptions {
   weightDecay: number;
   /** Global L2 norm clipping; <= 0 disables. */
   maxGradNorm: number;
+  /** Linear warmup: optimizer step t (1-based, counted by the model) uses lr * min(1, t / warmupSteps); 0 = off. */
+  warmupSteps: number;
 }
 
 export interface TrainStats {

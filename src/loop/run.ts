@@ -70,6 +70,7 @@ function trainSettings(config: Config): TrainSettings {
       lr: config.optim.lr,
       weightDecay: config.optim.weightDecay,
       maxGradNorm: config.optim.maxGradNorm,
+      warmupSteps: config.optim.warmupSteps,
       beta1: config.optim.betas[0],
       beta2: config.optim.betas[1],
     },
