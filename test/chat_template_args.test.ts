@@ -70,10 +70,12 @@ describe("chat template arguments", () => {
     }
   });
 
-  it("are refused where there is no template to use them", async () => {
+  it("are refused where there is no template to use them (an empty set is nothing to refuse)", async () => {
     await expect(
       HfTokenizer.load(join(FIXTURES, "reward_gpt2"), { chatTemplateArgs: { enable_thinking: false } }),
     ).rejects.toThrow(/has no chat template, so chatTemplateArgs \(enable_thinking\) would be ignored/);
+    const plain = await HfTokenizer.load(join(FIXTURES, "reward_gpt2"), { chatTemplateArgs: {} });
+    expect(plain.chatTemplate).toBeUndefined();
   });
 
   it("reach a reward model's conversations", async () => {

@@ -31,7 +31,13 @@ function input(name: string, lines: unknown[]): string {
   return path;
 }
 
-async function run(options: { model: string; input: string; perToken?: boolean; batchSize?: number }): Promise<Array<Record<string, unknown>>> {
+async function run(options: {
+  model: string;
+  input: string;
+  perToken?: boolean;
+  batchSize?: number;
+  chatTemplateArgs?: Record<string, unknown>;
+}): Promise<Array<Record<string, unknown>>> {
   const out: string[] = [];
   await runLogprobs({ batchSize: 2, ...options }, (line) => out.push(line));
   return out.map((l) => JSON.parse(l) as Record<string, unknown>);
@@ -111,7 +117,14 @@ describe("optune logprobs --chat-template-args", () => {
     } finally {
       process.stderr.write = write;
     }
-    expect(errors.join("\n")).toMatch(/expected a JSON object such as '\{"enable_thinking": false\}'/);
+    expect(errors.join("\n")).toMatch(/must be an object of template variables, e\.g\. \{"enable_thinking": false\}, got enable_thinking=false/);
+  });
+
+  it("refuses them for an input without messages lines, where they would do nothing", async () => {
+    const path = input("ids-only.jsonl", [{ prompt_ids: off.ids, response_ids: [300] }]);
+    await expect(run({ model, input: path, chatTemplateArgs: { enable_thinking: false } })).rejects.toThrow(
+      /--chat-template-args applies to \{"messages", "response"\} lines, and .*ids-only\.jsonl has none/,
+    );
   });
 });
 

@@ -179,9 +179,11 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
           "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\" and \"qwen3\"");
 
   // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
-  const std::string base = hf_class_prefix(c.arch);
-  const std::string lm_name = base + (c.arch == Arch::GPT2 ? "LMHeadModel" : "ForCausalLM");
-  const std::string rm_name = base + "ForSequenceClassification";
+  ModelConfig head = c;
+  head.reward_model = false;
+  const std::string lm_name = hf_architecture_name(head);
+  head.reward_model = true;
+  const std::string rm_name = hf_architecture_name(head);
   if (const json::Value* archs = f.get("architectures")) {
     if (!archs->is_array() || archs->array.empty() || !archs->array[0].is_string())
       f.bad("architectures", *archs, "expected a non-empty list of class names");

@@ -459,6 +459,7 @@ void gemm_packed(int M, const float* A, int lda, const PackedB& B, float* C, int
         ap[static_cast<size_t>(i0) * K + static_cast<size_t>(k) * mr + r] = A[static_cast<size_t>(i0 + r) * lda + k];
   // Panels outside, row blocks inside: a panel is read from memory once for all M rows and stays in cache for the
   // blocks after the first (decode steps stream the weights; their M rows then cost one pass over them, not M / 16).
+  // Meant for few rows (decode groups, the prompts' last rows): every panel re-reads all of A, K x M floats.
   parallel_for(panels, [&](int64_t p) {
     const int pi = static_cast<int>(p);
     const float* panel = B.data.data() + static_cast<size_t>(pi) * K * W;

@@ -117,7 +117,7 @@ static ModelConfig qwen2_cfg() {
 static ModelConfig qwen3_cfg() {
   ModelConfig c = llama_cfg();
   c.arch = Arch::QWEN3;
-  c.head_dim = 8;
+  c.head_dim = 12;  // q is 48 wide for a 32-wide hidden state
   c.tie_embeddings = true;
   c.rope_theta = 1000000.0f;
   return c;
@@ -183,7 +183,8 @@ TEST(round_trip_qwen3_qk_norm) {
   check_round_trip(qwen3_cfg(), 16, "qwen3");
   const ParamLayout L = build_param_layout(qwen3_cfg());
   const ParamInfo* qn = L.find("model.layers.1.self_attn.q_norm.weight");
-  CHECK(qn && qn->shape == std::vector<int64_t>{8} && !qn->decay);
+  CHECK(qn && qn->shape == std::vector<int64_t>{12} && !qn->decay);
+  CHECK(L.find("model.layers.0.self_attn.q_proj.weight")->shape == (std::vector<int64_t>{48, 32}));
   CHECK(L.find("model.layers.0.self_attn.k_norm.weight") != nullptr);
   CHECK(build_param_layout(qwen2_cfg()).find("model.layers.0.self_attn.q_norm.weight") == nullptr);
 }

@@ -144,7 +144,8 @@ TEST(bf16_decoding_stays_close_to_fp32_and_is_reproducible) {
     // the sampled tokens' log-probs under bf16 decoding against the fp32 full forward: bf16 has 8 bits of
     // mantissa, so agreement to a few hundredths of a nat (not 1e-5 as fp32 decoding) is what is expected. The worst
     // of the 36 tokens is heavy-tailed: over seeds 30-39 it spans 0.015-0.044 (gpt2), 0.026-0.116 (qwen2) and
-    // 0.027-0.278 (qwen3, at this seed), while the means stay within 0.002-0.013.
+    // 0.027-0.278 (qwen3, at this seed), while the means stay within 0.002-0.013; the bounds follow each family.
+    const double bound = cfg.arch == Arch::GPT2 ? 0.1 : cfg.arch == Arch::QWEN3 ? 0.35 : 0.25;
     const LogprobResult full = compute_logprobs(*m, as_batch(req, res));
     double worst = 0, mean = 0;
     for (size_t i = 0; i < res.token_logps.size(); i++) {
@@ -152,7 +153,7 @@ TEST(bf16_decoding_stays_close_to_fp32_and_is_reproducible) {
       worst = std::max(worst, d);
       mean += d / res.token_logps.size();
     }
-    CHECK_MSG(worst < 0.35 && mean < 0.02, std::string(arch_name(cfg.arch)) + ": |bf16 decode - fp32 full| worst " +
+    CHECK_MSG(worst < bound && mean < 0.02, std::string(arch_name(cfg.arch)) + ": |bf16 decode - fp32 full| worst " +
                                               std::to_string(worst) + ", mean " + std::to_string(mean));
     CHECK_MSG(worst > 0, "bf16 decoding gave exactly the fp32 log-probs: the bf16 path did not run");
     const int threads = omp_get_max_threads();

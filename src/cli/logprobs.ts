@@ -10,6 +10,7 @@ import { resolve } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 
 import { EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
+import { ChatTemplateArgsSchema } from "../data/user_config.js";
 import { checkMessages, HfTokenizer, templateOptions } from "../tokenizer/index.js";
 
 interface LogprobsOptions {
@@ -21,18 +22,17 @@ interface LogprobsOptions {
   chatTemplateArgs?: Record<string, unknown>;
 }
 
-// --chat-template-args: a JSON object of extra template variables.
+// --chat-template-args: a JSON object of extra template variables (the run config's chatTemplateArgs schema).
 function templateArgs(value: string): Record<string, unknown> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(value);
   } catch {
-    throw new InvalidArgumentError(`expected a JSON object such as '{"enable_thinking": false}', got ${value}`);
+    parsed = value;
   }
-  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw new InvalidArgumentError(`expected a JSON object such as '{"enable_thinking": false}', got ${value}`);
-  }
-  return parsed as Record<string, unknown>;
+  const checked = ChatTemplateArgsSchema.safeParse(parsed);
+  if (!checked.success) throw new InvalidArgumentError(`${checked.error.issues[0]?.message ?? "invalid"}, got ${value}`);
+  return checked.data;
 }
 
 type Line =
@@ -136,6 +136,9 @@ export async function runLogprobs(options: LogprobsOptions, write: (line: string
   const lines = readLines(options.input);
   const modelDir = resolve(options.model);
   const needsTokenizer = lines.some((l) => l.kind !== "ids");
+  if (options.chatTemplateArgs !== undefined && !lines.some((l) => l.kind === "chat")) {
+    throw new Error(`--chat-template-args applies to {"messages", "response"} lines, and ${options.input} has none`);
+  }
   const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir, templateOptions(options)) : undefined;
   const model = await EngineModel.load(modelDir);
   try {

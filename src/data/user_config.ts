@@ -16,8 +16,11 @@ const name = () => z.string({ error: "must be a non-empty string" }).min(1, { er
 const count = (min: number) =>
   z.int({ error: `must be an integer >= ${min}` }).gte(min, { error: `must be an integer >= ${min}` });
 const weight = () => z.number({ error: "must be a finite number" }).default(1);
-const templateArgs = () =>
-  z.record(z.string(), z.json(), { error: "must be an object of template variables, e.g. {\"enable_thinking\": false}" }).optional();
+/** Extra chat template variables: a JSON object, e.g. {"enable_thinking": false}. */
+export const ChatTemplateArgsSchema = z.record(z.string(), z.json(), {
+  error: 'must be an object of template variables, e.g. {"enable_thinking": false}',
+});
+const templateArgs = () => ChatTemplateArgsSchema.optional();
 const section = <S extends z.core.$ZodLooseShape>(shape: S) => z.strictObject(shape, { error: "must be an object" });
 
 /** Added to the `model` section. */

@@ -105,7 +105,7 @@ export class HfTokenizer {
       options.chatTemplate !== undefined
         ? { source: options.chatTemplate, origin: "the chatTemplate option" }
         : findChatTemplate(dir, config);
-    if (found === undefined && options.chatTemplateArgs !== undefined) {
+    if (found === undefined && options.chatTemplateArgs !== undefined && Object.keys(options.chatTemplateArgs).length > 0) {
       throw new Error(
         `${dir} has no chat template, so chatTemplateArgs (${Object.keys(options.chatTemplateArgs).join(", ")}) ` +
           `would be ignored; remove them, or supply a template (chatTemplate)`,
