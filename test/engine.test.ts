@@ -274,7 +274,7 @@ describe("errors", () => {
     const req = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-1, -1], refRejected: [-1, -1] };
     await expect(m.trainStep({ ...req, weights: [1, Number.NaN] })).rejects.toThrow(/weights\[1\] is NaN; all values must be finite/);
     await expect(m.trainStep({ ...req, refChosen: [-1, Number.POSITIVE_INFINITY] })).rejects.toThrow(/refChosen\[1\]/);
-    await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo' or 'bt', got 'kto'/);
+    await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo', 'hinge' or 'bt', got 'kto'/);
     // a reference that cannot take the batch is named as the reference
     const shortRef = await EngineModel.create({ ...tiny, maxPositions: 4 }, 9);
     await expect(m.trainStep({ loss: "dpo", batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refModel: shortRef })).rejects.toThrow(
@@ -285,6 +285,23 @@ describe("errors", () => {
       "optimizer has unknown field(s) learningRate; known: lr, beta1, beta2, eps, weightDecay, maxGradNorm, warmupSteps",
     );
     await expect(m.trainStep({ ...req, optimizer: { warmupSteps: -1 } })).rejects.toThrow(/warmupSteps/);
+  });
+
+  it("trains with hinge and label-smoothed DPO, whose losses follow their formulas", async () => {
+    const m = await EngineModel.create(tiny, 9);
+    const batch = pairBatch();
+    const lp = (await m.logprobs(batch)).seqLogps;
+    // references put h = (lp_c - ref_c) - (lp_r - ref_r) at 1 and -2 for the two pairs
+    const req = { batch, chosen: [0, 2], rejected: [1, 3], refChosen: [lp[0]! - 1, lp[2]!], refRejected: [lp[1]!, lp[3]! - 2] };
+    const h = [1, -2];
+    const frozen = { applyUpdate: false, beta: 0.5 };
+    const hinge = await m.trainStep({ ...req, ...frozen, loss: "hinge" });
+    expect(hinge.loss).toBeCloseTo(h.map((x) => Math.max(0, 1 - 0.5 * x)).reduce((a, b) => a + b) / 2, 5);
+    const logsig = (x: number) => -Math.log1p(Math.exp(-x));
+    const smoothed = await m.trainStep({ ...req, ...frozen, loss: "dpo", labelSmoothing: 0.1 });
+    const want = h.map((x) => -0.9 * logsig(0.5 * x) - 0.1 * logsig(-0.5 * x)).reduce((a, b) => a + b) / 2;
+    expect(smoothed.loss).toBeCloseTo(want, 5);
+    await expect(m.trainStep({ ...req, ...frozen, loss: "ipo", labelSmoothing: 0.1 })).rejects.toThrow(/is for DPO only/);
   });
 
   it("warms the learning rate up over the first optimizer steps (warmupSteps), as by hand", async () => {

@@ -121,6 +121,19 @@ describe("runLoop", () => {
     expect(table[2]).toMatch(/ - +- +8 /);
   });
 
+  it("trains with loss.type hinge and with label-smoothed wdpo", async () => {
+    const oneIteration = { ...TINY_TASK.loop, iterations: 1 };
+    const hinge = await run(tinyConfig("hinge", { loss: { type: "hinge", beta: 1 }, loop: oneIteration }));
+    const smoothed = await run(tinyConfig("smoothed", { loss: { labelSmoothing: 0.2 }, loop: oneIteration }));
+    const [base, h, s] = [straight.metrics[1]!, hinge.metrics[1]!, smoothed.metrics[1]!];
+    expect(h.weights).toMatchObject({ mean: 1, min: 1, max: 1 }); // hinge is unweighted, like dpo
+    for (const m of [h, s]) {
+      expect(m.train.steps).toBe(base.train.steps);
+      expect(Number.isFinite(m.train.loss)).toBe(true);
+      expect(m.train.loss).not.toBe(base.train.loss);
+    }
+  });
+
   it("passes optim.warmupSteps to the engine: the same first step, smaller steps after it", async () => {
     const warm = await run(tinyConfig("warmup", { optim: { lr: 1e-3, warmupSteps: 1000 }, loop: { ...TINY_TASK.loop, iterations: 1 } }));
     const [base, ramped] = [straight.metrics[1]!, warm.metrics[1]!];

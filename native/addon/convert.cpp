@@ -317,7 +317,8 @@ static optune::LossKind to_loss(const Napi::Value& v) {
   if (s == "dpo") return optune::LossKind::DPO;
   if (s == "ipo") return optune::LossKind::IPO;
   if (s == "bt") return optune::LossKind::BT;
-  throw Napi::TypeError::New(v.Env(), "request.loss must be 'sft', 'dpo', 'ipo' or 'bt', got " +
+  if (s == "hinge") return optune::LossKind::HINGE;
+  throw Napi::TypeError::New(v.Env(), "request.loss must be 'sft', 'dpo', 'ipo', 'hinge' or 'bt', got " +
                                           (v.IsString() ? "'" + s + "'" : describe(v)));
 }
 
@@ -333,6 +334,7 @@ optune::TrainRequest to_train_request(const Napi::Object& o, bool has_ref_model)
   r.ref_chosen = opt_float32_array(o, "refChosen", where);
   r.ref_rejected = opt_float32_array(o, "refRejected", where);
   r.beta = opt_float(o, "beta", where, r.beta);
+  r.label_smoothing = opt_float(o, "labelSmoothing", where, r.label_smoothing);
   r.apply_update = opt_bool(o, "applyUpdate", where, true);
 
   Napi::Value opt = o.Get("optimizer");
@@ -367,7 +369,7 @@ optune::TrainRequest to_train_request(const Napi::Object& o, bool has_ref_model)
                                          (pairs ? "pair" : "sequence") + " (" + std::to_string(n_items) +
                                          "), got " + std::to_string(r.weights.size()));
   }
-  const bool needs_ref = r.loss == optune::LossKind::DPO || r.loss == optune::LossKind::IPO;
+  const bool needs_ref = optune::uses_reference(r.loss);
   if (needs_ref) {
     const bool has_arrays = !r.ref_chosen.empty() || !r.ref_rejected.empty();
     if (has_arrays && (r.ref_chosen.size() != r.chosen.size() || r.ref_rejected.size() != r.chosen.size())) {
@@ -375,7 +377,7 @@ optune::TrainRequest to_train_request(const Napi::Object& o, bool has_ref_model)
                                            std::to_string(r.chosen.size()) + ")");
     }
     if (!has_arrays && !has_ref_model) {
-      throw Napi::TypeError::New(env, "DPO/IPO need reference log-probs: pass request.refModel or "
+      throw Napi::TypeError::New(env, "DPO/IPO/hinge need reference log-probs: pass request.refModel or "
                                       "request.refChosen and request.refRejected");
     }
   }

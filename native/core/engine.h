@@ -25,7 +25,12 @@ std::vector<float> compute_logits(const Model& m, const Batch& b);
 std::vector<float> compute_scores(const Model& m, const Batch& b);
 
 // ---- training -----------------------------------------------------------------------------------------------
-enum class LossKind { SFT, DPO, IPO, BT };
+// The pairwise losses on h = (logp_c - ref_c) - (logp_r - ref_r): DPO -log sigmoid(beta h) (with label smoothing
+// eps: (1 - eps) -log sigmoid(beta h) + eps -log sigmoid(-beta h), conservative DPO), IPO (h - 1 / (2 beta))^2,
+// HINGE max(0, 1 - beta h) (SLiC). BT is Bradley-Terry on reward-model scores; SFT is the mean token NLL.
+enum class LossKind { SFT, DPO, IPO, BT, HINGE };
+// The losses that compare the policy with a reference model (they need its log-probs).
+inline bool uses_reference(LossKind k) { return k == LossKind::DPO || k == LossKind::IPO || k == LossKind::HINGE; }
 
 struct AdamWConfig {
   float lr = 1e-5f;
@@ -44,10 +49,12 @@ struct TrainRequest {
   std::vector<int32_t> chosen, rejected;
   // Per-pair (DPO/IPO/BT) or per-sequence (SFT) weights; empty means all 1. Weighted loss: sum_j w_j l_j / n.
   std::vector<float> weights;
-  // Reference sequence log-probs per pair (DPO/IPO). When empty, ref_model computes them.
+  // Reference sequence log-probs per pair (DPO/IPO/HINGE). When empty, ref_model computes them.
   std::vector<float> ref_chosen, ref_rejected;
   const Model* ref_model = nullptr;
   float beta = 0.1f;
+  // DPO only: the assumed share of pairs whose preference is flipped, in [0, 0.5); 0 is plain DPO.
+  float label_smoothing = 0.0f;
   AdamWConfig opt;
   bool apply_update = true;  // false: compute loss and gradients only (m.grads holds them afterwards)
   // CPU mixed precision: the products of the linear layers and the LM head (forward and backward) run on

@@ -22,7 +22,7 @@ double weight(const TrainRequest& r, size_t i) { return r.weights.empty() ? 1.0 
 void reference_logprobs(const TrainRequest& r, std::vector<float>& ref_chosen, std::vector<float>& ref_rejected) {
   ref_chosen = r.ref_chosen;
   ref_rejected = r.ref_rejected;
-  if ((r.loss != LossKind::DPO && r.loss != LossKind::IPO) || !ref_chosen.empty()) return;
+  if (!uses_reference(r.loss) || !ref_chosen.empty()) return;
   LogprobResult ref;
   try {
     ref = compute_logprobs(*r.ref_model, r.batch);
@@ -109,8 +109,12 @@ std::vector<double> sequence_loss(const TrainRequest& r, const std::vector<doubl
     const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
     double l, dl_dh;
     if (r.loss == LossKind::DPO) {
-      l = softplus(-beta * h);
-      dl_dh = -beta * sigmoid(-beta * h);
+      const double eps = r.label_smoothing;  // 0: plain DPO
+      l = (1.0 - eps) * softplus(-beta * h) + eps * softplus(beta * h);
+      dl_dh = -(1.0 - eps) * beta * sigmoid(-beta * h) + eps * beta * sigmoid(beta * h);
+    } else if (r.loss == LossKind::HINGE) {  // max(0, 1 - beta h); the kink's subgradient is 0
+      l = std::max(0.0, 1.0 - beta * h);
+      dl_dh = beta * h < 1.0 ? -beta : 0.0;
     } else {  // IPO: (h - 1/(2 beta))^2
       const double e = h - 1.0 / (2.0 * beta);
       l = e * e;

@@ -25,6 +25,7 @@ const char* loss_name(LossKind k) {
     case LossKind::DPO: return "dpo";
     case LossKind::IPO: return "ipo";
     case LossKind::BT: return "bt";
+    case LossKind::HINGE: return "hinge";
   }
   return "?";
 }
@@ -73,6 +74,10 @@ void validate_request(const Model& m, const TrainRequest& r) {
       }
       OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
     }
+    OPTUNE_CHECK(r.label_smoothing == 0.0f || (r.loss == LossKind::DPO && r.label_smoothing > 0.0f &&
+                                               r.label_smoothing < 0.5f),
+                 "train step (" + loss + "): labelSmoothing " + std::to_string(r.label_smoothing) +
+                     " must be in [0, 0.5) and is for DPO only");
   }
   for (size_t i = 0; i < r.weights.size(); i++)
     OPTUNE_CHECK(std::isfinite(r.weights[i]) && r.weights[i] >= 0,

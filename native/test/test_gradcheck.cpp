@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/engine.h"
+#include "core/losses.h"
 #include "core/transformer.h"
 #include "cpu/ops.h"
 #include "test_helpers.h"
@@ -274,6 +275,71 @@ TEST(model_qwen3_qk_norm_dpo_sft) {
   TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
   sft.weights = {};
   check_model_grads("qwen3 sft", *m, sft);
+}
+
+TEST(model_hinge_and_label_smoothed_dpo) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_qwen3()}) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 25);
+    const std::string name = arch_name(cfg.arch);
+    check_model_grads(name + " hinge", *m, pair_request(LossKind::HINGE, m->cfg));  // beta h = -0.25, -0.5: linear part
+    TrainRequest smoothed = pair_request(LossKind::DPO, m->cfg);
+    smoothed.label_smoothing = 0.2f;
+    check_model_grads(name + " dpo, label smoothing 0.2", *m, smoothed);
+  }
+}
+
+// The pair losses' values and per-sequence gradients against their formulas (as TRL writes them: sigmoid with
+// label_smoothing, hinge = relu(1 - beta h)), on both sides of the hinge's kink.
+TEST(pair_losses_follow_their_formulas) {
+  TrainRequest r;
+  r.chosen = {0, 2};
+  r.rejected = {1, 3};
+  r.weights = {1.0f, 0.5f};
+  r.beta = 0.5f;
+  const std::vector<double> logp = {-4.0, -6.0, -3.0, -2.0};
+  const std::vector<float> ref_c = {-5.0f, -3.5f}, ref_r = {-5.5f, -3.0f};
+  const double h[2] = {(-4.0 + 5.0) - (-6.0 + 5.5), (-3.0 + 3.5) - (-2.0 + 3.0)};  // 1.5 (beta h 0.75), -0.5
+  auto logsig = [](double x) { return -std::log1p(std::exp(-x)); };
+  auto sig = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
+  for (const double eps : {0.0, 0.1}) {
+    r.loss = LossKind::DPO;
+    r.label_smoothing = static_cast<float>(eps);
+    const double e = r.label_smoothing;  // the float the engine sees
+    TrainStats st;
+    const std::vector<double> g = sequence_loss(r, logp, 10, ref_c, ref_r, st);
+    double want = 0;
+    for (int j = 0; j < 2; j++) {
+      const double bh = r.beta * h[j], w = r.weights[j];
+      want += w * (-(1 - e) * logsig(bh) - e * logsig(-bh)) / 2;
+      const double dl = w * (-(1 - e) * r.beta * sig(-bh) + e * r.beta * sig(bh)) / 2;
+      CHECK_MSG(std::fabs(g[r.chosen[j]] - dl) < 1e-12 && std::fabs(g[r.rejected[j]] + dl) < 1e-12,
+                "dpo eps " + std::to_string(eps) + " pair " + std::to_string(j));
+    }
+    CHECK_MSG(std::fabs(st.loss - want) < 1e-12, "dpo eps " + std::to_string(eps) + ": " + std::to_string(st.loss));
+  }
+  r.loss = LossKind::HINGE;
+  r.label_smoothing = 0;
+  TrainStats st;
+  const std::vector<double> g = sequence_loss(r, logp, 10, ref_c, ref_r, st);
+  // pair 0: beta h = 0.75 < 1 -> loss 0.25, gradient -beta; pair 1: beta h = -0.25 -> loss 1.25
+  CHECK(std::fabs(st.loss - (1.0 * 0.25 + 0.5 * 1.25) / 2) < 1e-12);
+  CHECK(std::fabs(g[0] + 0.5 / 2) < 1e-12 && std::fabs(g[1] - 0.5 / 2) < 1e-12);
+  CHECK(std::fabs(g[2] + 0.5 * 0.5 / 2) < 1e-12 && std::fabs(g[3] - 0.5 * 0.5 / 2) < 1e-12);
+  // past the margin (beta h >= 1) a pair costs nothing and moves nothing
+  r.beta = 1.0f;  // pair 0: beta h = 1.5
+  const std::vector<double> past = sequence_loss(r, logp, 10, ref_c, ref_r, st = TrainStats{});
+  CHECK(past[0] == 0.0 && past[1] == 0.0 && std::fabs(st.loss - 0.5 * 1.5 / 2) < 1e-12);
+}
+
+TEST(label_smoothing_is_refused_outside_dpo_and_its_range) {
+  auto m = make_model(testing::tiny_gpt2());
+  TrainRequest r = pair_request(LossKind::IPO, m->cfg);
+  r.label_smoothing = 0.1f;
+  CHECK_THROWS(train_step(*m, r), "train step (ipo): labelSmoothing 0.100000 must be in [0, 0.5) and is for DPO only");
+  r.loss = LossKind::DPO;
+  r.label_smoothing = 0.5f;
+  CHECK_THROWS(train_step(*m, r), "must be in [0, 0.5)");
 }
 
 TEST(model_reward_bt_every_family) {

@@ -87,12 +87,18 @@ const LoopSchema = section({
 });
 
 const LossSchema = section({
-  type: choice(["dpo", "ipo", "wdpo"]).default("wdpo"),
+  /** dpo, ipo, wdpo (dpo weighted by the pairs' reward gaps) or hinge (SLiC: max(0, 1 - beta h)). */
+  type: choice(["dpo", "ipo", "wdpo", "hinge"]).default("wdpo"),
   /** KL strength (DPO beta, IPO tau). */
   beta: real(open(0), closed(100)).default(1),
   /** Sharpness of the wDPO weight function; only used by type 'wdpo'. */
   beta2: real(closed(0), closed(1000)).default(1),
   weightFn: choice(["linear", "exp", "sigmoid"]).default("linear"),
+  /**
+   * dpo and wdpo: the share of pairs whose preference is assumed flipped (conservative DPO, TRL's label_smoothing):
+   * each pair's loss is (1 - e) -log sigmoid(beta h) + e -log sigmoid(-beta h). 0 is plain DPO.
+   */
+  labelSmoothing: real(closed(0), open(0.5)).default(0),
 });
 
 const betaValue = () => real(closed(0), open(1));
@@ -296,6 +302,9 @@ function crossFieldIssues(config: Config): string[] {
   }
   if (config.task === "builtin" && config.eval.prompts > prepare.heldOutPrompts) {
     issues.push(`eval.prompts: must be <= prepare.heldOutPrompts (${prepare.heldOutPrompts}), got ${config.eval.prompts}`);
+  }
+  if (config.loss.labelSmoothing > 0 && config.loss.type !== "dpo" && config.loss.type !== "wdpo") {
+    issues.push(`loss.labelSmoothing: only used by loss.type dpo and wdpo, got type '${config.loss.type}'`);
   }
   if (prepare.dModel % prepare.nHead !== 0) {
     issues.push(`prepare.nHead: must divide prepare.dModel (${prepare.dModel}), got ${prepare.nHead}`);

@@ -48,13 +48,15 @@ export interface TrainStepOptions {
   /** Pairwise losses: pair j compares sequences chosen[j] and rejected[j] of the batch. */
   chosen?: ArrayLike<number>;
   rejected?: ArrayLike<number>;
-  /** Per pair (dpo/ipo/bt) or per sequence (sft); all 1 when absent. */
+  /** Per pair (dpo/ipo/hinge/bt) or per sequence (sft); all 1 when absent. */
   weights?: ArrayLike<number>;
-  /** Reference sequence log-probs per pair (dpo/ipo); otherwise refModel computes them. */
+  /** Reference sequence log-probs per pair (dpo/ipo/hinge); otherwise refModel computes them. */
   refChosen?: ArrayLike<number>;
   refRejected?: ArrayLike<number>;
   refModel?: EngineModel;
   beta?: number;
+  /** dpo only: the assumed share of flipped preferences, in [0, 0.5) (conservative DPO); 0 when absent. */
+  labelSmoothing?: number;
   optimizer?: Partial<AdamWOptions>;
   /** false: compute loss and gradients only. */
   applyUpdate?: boolean;
@@ -288,6 +290,7 @@ function toNativeTrainRequest(o: TrainStepOptions): Omit<NativeTrainRequest, "re
   if (o.weights !== undefined) request.weights = toFloat32Array(o.weights, "weights");
   if (o.refChosen !== undefined) request.refChosen = toFloat32Array(o.refChosen, "refChosen");
   if (o.refRejected !== undefined) request.refRejected = toFloat32Array(o.refRejected, "refRejected");
+  if (o.labelSmoothing !== undefined) request.labelSmoothing = o.labelSmoothing;
   return request;
 }
 

@@ -2,7 +2,7 @@
 // Field names are the addon's; the C++ side (native/addon/convert.cpp) checks every one of them again.
 
 export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3";
-export type LossName = "sft" | "dpo" | "ipo" | "bt";
+export type LossName = "sft" | "dpo" | "ipo" | "hinge" | "bt";
 
 /** A decoder-only transformer, as the engine describes it (native/core/config.h). */
 export interface ModelConfig {
@@ -137,6 +137,7 @@ export interface NativeTrainRequest {
   refRejected?: Float32Array;
   refModel?: NativeModel;
   beta?: number;
+  labelSmoothing?: number;
   optimizer?: Partial<AdamWOptions>;
   applyUpdate?: boolean;
 }

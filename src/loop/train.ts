@@ -9,8 +9,10 @@ import type { Pool, TrainablePair } from "./pool.js";
 import { pairWeights, type WeightFn } from "./weights.js";
 
 export interface LossSettings {
-  type: "dpo" | "ipo" | "wdpo";
+  type: "dpo" | "ipo" | "wdpo" | "hinge";
   beta: number;
+  /** dpo and wdpo: conservative DPO's share of flipped preferences; 0 = plain DPO. */
+  labelSmoothing?: number;
   beta2: number;
   weightFn: Exclude<WeightFn, "none">;
 }
@@ -94,7 +96,7 @@ export function summarize(values: readonly number[]): Summary | null {
 }
 
 function engineLoss(type: LossSettings["type"]): LossName {
-  return type === "ipo" ? "ipo" : "dpo";
+  return type === "wdpo" ? "dpo" : type;
 }
 
 function minibatchWeights(batch: readonly TrainablePair[], loss: LossSettings): Float64Array {
@@ -124,6 +126,7 @@ async function trainMinibatch(
     refChosen: batch.map(({ pair }) => pair.refLogpChosen),
     refRejected: batch.map(({ pair }) => pair.refLogpRejected),
     beta: settings.loss.beta,
+    ...(settings.loss.labelSmoothing ? { labelSmoothing: settings.loss.labelSmoothing } : {}),
     optimizer: settings.optimizer,
   });
 }
