@@ -33,7 +33,7 @@ describe("loadConfig", () => {
         batchPairs: 16,
         refreshReference: false,
       },
-      loss: { type: "wdpo", beta: 1, beta2: 1, weightFn: "linear", labelSmoothing: 0 },
+      loss: { type: "wdpo", beta: 1, beta2: 1, weightFn: "linear", labelSmoothing: 0, simpoGamma: 0.5 },
       optim: { lr: 1.5e-4, weightDecay: 0, maxGradNorm: 1, warmupSteps: 0, betas: [0.9, 0.999], skipNonFinite: false },
       sampling: { temperature: 1, topK: 0, topP: 1, maxNewTokens: 16 },
       eval: { prompts: 500, samples: 4 },
@@ -112,7 +112,7 @@ describe("loadConfig", () => {
     expect(issuesOf({ optim: { warmupSteps: 2.5 } })).toEqual(["optim.warmupSteps: must be an integer in [0, 1000000], got 2.5"]);
     expect(issuesOf({ loss: { labelSmoothing: 0.5 } })).toEqual(["loss.labelSmoothing: must be a number in [0, 0.5), got 0.5"]);
     expect(issuesOf({ loss: { type: "hinge", labelSmoothing: 0.1 } })).toEqual([
-      "loss.labelSmoothing: only used by loss.type dpo and wdpo, got type 'hinge'",
+      "loss.labelSmoothing: only used by loss.type dpo, wdpo and simpo, got type 'hinge'",
     ]);
   });
 

@@ -274,7 +274,7 @@ describe("errors", () => {
     const req = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-1, -1], refRejected: [-1, -1] };
     await expect(m.trainStep({ ...req, weights: [1, Number.NaN] })).rejects.toThrow(/weights\[1\] is NaN; all values must be finite/);
     await expect(m.trainStep({ ...req, refChosen: [-1, Number.POSITIVE_INFINITY] })).rejects.toThrow(/refChosen\[1\]/);
-    await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo', 'hinge' or 'bt', got 'kto'/);
+    await expect(m.trainStep({ ...req, loss: "kto" as unknown as "dpo" })).rejects.toThrow(/request\.loss must be 'sft', 'dpo', 'ipo', 'hinge', 'simpo' or 'bt', got 'kto'/);
     // a reference that cannot take the batch is named as the reference
     const shortRef = await EngineModel.create({ ...tiny, maxPositions: 4 }, 9);
     await expect(m.trainStep({ loss: "dpo", batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refModel: shortRef })).rejects.toThrow(
@@ -301,7 +301,13 @@ describe("errors", () => {
     const smoothed = await m.trainStep({ ...req, ...frozen, loss: "dpo", labelSmoothing: 0.1 });
     const want = h.map((x) => -0.9 * logsig(0.5 * x) - 0.1 * logsig(-0.5 * x)).reduce((a, b) => a + b) / 2;
     expect(smoothed.loss).toBeCloseTo(want, 5);
-    await expect(m.trainStep({ ...req, ...frozen, loss: "ipo", labelSmoothing: 0.1 })).rejects.toThrow(/is for DPO only/);
+    await expect(m.trainStep({ ...req, ...frozen, loss: "ipo", labelSmoothing: 0.1 })).rejects.toThrow(/is for DPO and SimPO only/);
+    // SimPO: mean token log-probs, no reference
+    const nTokens = [0, 1, 2, 3].map((s) => batch.offsets[s + 1]! - batch.offsets[s]! - batch.promptLens[s]!);
+    const simpo = await m.trainStep({ batch, chosen: [0, 2], rejected: [1, 3], ...frozen, loss: "simpo", simpoGamma: 0.3 });
+    const z = [0, 1].map((j) => 0.5 * (lp[2 * j]! / nTokens[2 * j]! - lp[2 * j + 1]! / nTokens[2 * j + 1]!) - 0.3);
+    expect(simpo.loss).toBeCloseTo(z.map((x) => -logsig(x)).reduce((a, b) => a + b) / 2, 5);
+    await expect(m.trainStep({ ...req, ...frozen, loss: "simpo" })).rejects.toThrow(/SimPO uses no reference/);
   });
 
   it("warms the learning rate up over the first optimizer steps (warmupSteps), as by hand", async () => {

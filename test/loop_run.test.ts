@@ -121,13 +121,17 @@ describe("runLoop", () => {
     expect(table[2]).toMatch(/ - +- +8 /);
   });
 
-  it("trains with loss.type hinge and with label-smoothed wdpo", async () => {
+  it("trains with loss.type hinge, with simpo and with label-smoothed wdpo", async () => {
     const oneIteration = { ...TINY_TASK.loop, iterations: 1 };
     const hinge = await run(tinyConfig("hinge", { loss: { type: "hinge", beta: 1 }, loop: oneIteration }));
+    const simpo = await run(tinyConfig("simpo", { loss: { type: "simpo", beta: 2 }, loop: oneIteration }));
     const smoothed = await run(tinyConfig("smoothed", { loss: { labelSmoothing: 0.2 }, loop: oneIteration }));
-    const [base, h, s] = [straight.metrics[1]!, hinge.metrics[1]!, smoothed.metrics[1]!];
-    expect(h.weights).toMatchObject({ mean: 1, min: 1, max: 1 }); // hinge is unweighted, like dpo
-    for (const m of [h, s]) {
+    const [base, h, sp, s] = [straight.metrics[1]!, hinge.metrics[1]!, simpo.metrics[1]!, smoothed.metrics[1]!];
+    expect(h.weights).toMatchObject({ mean: 1, min: 1, max: 1 }); // hinge and simpo are unweighted, like dpo
+    expect(sp.weights).toMatchObject({ mean: 1, min: 1, max: 1 });
+    // SimPO's implicit rewards are beta x the mean token log-probs: negative, unlike DPO's log-ratios near 0 at start
+    expect(sp.train.chosenReward!).toBeLessThan(0);
+    for (const m of [h, sp, s]) {
       expect(m.train.steps).toBe(base.train.steps);
       expect(Number.isFinite(m.train.loss)).toBe(true);
       expect(m.train.loss).not.toBe(base.train.loss);

@@ -318,7 +318,8 @@ static optune::LossKind to_loss(const Napi::Value& v) {
   if (s == "ipo") return optune::LossKind::IPO;
   if (s == "bt") return optune::LossKind::BT;
   if (s == "hinge") return optune::LossKind::HINGE;
-  throw Napi::TypeError::New(v.Env(), "request.loss must be 'sft', 'dpo', 'ipo', 'hinge' or 'bt', got " +
+  if (s == "simpo") return optune::LossKind::SIMPO;
+  throw Napi::TypeError::New(v.Env(), "request.loss must be 'sft', 'dpo', 'ipo', 'hinge', 'simpo' or 'bt', got " +
                                           (v.IsString() ? "'" + s + "'" : describe(v)));
 }
 
@@ -335,6 +336,7 @@ optune::TrainRequest to_train_request(const Napi::Object& o, bool has_ref_model)
   r.ref_rejected = opt_float32_array(o, "refRejected", where);
   r.beta = opt_float(o, "beta", where, r.beta);
   r.label_smoothing = opt_float(o, "labelSmoothing", where, r.label_smoothing);
+  r.simpo_gamma = opt_float(o, "simpoGamma", where, r.simpo_gamma);
   r.apply_update = opt_bool(o, "applyUpdate", where, true);
 
   Napi::Value opt = o.Get("optimizer");

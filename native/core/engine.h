@@ -27,8 +27,10 @@ std::vector<float> compute_scores(const Model& m, const Batch& b);
 // ---- training -----------------------------------------------------------------------------------------------
 // The pairwise losses on h = (logp_c - ref_c) - (logp_r - ref_r): DPO -log sigmoid(beta h) (with label smoothing
 // eps: (1 - eps) -log sigmoid(beta h) + eps -log sigmoid(-beta h), conservative DPO), IPO (h - 1 / (2 beta))^2,
-// HINGE max(0, 1 - beta h) (SLiC). BT is Bradley-Terry on reward-model scores; SFT is the mean token NLL.
-enum class LossKind { SFT, DPO, IPO, BT, HINGE };
+// HINGE max(0, 1 - beta h) (SLiC). SIMPO needs no reference: h = logp_c / n_c - logp_r / n_r (mean token log-probs)
+// and -log sigmoid(beta h - gamma), smoothed like DPO. BT is Bradley-Terry on reward-model scores; SFT is the mean
+// token NLL.
+enum class LossKind { SFT, DPO, IPO, BT, HINGE, SIMPO };
 // The losses that compare the policy with a reference model (they need its log-probs).
 inline bool uses_reference(LossKind k) { return k == LossKind::DPO || k == LossKind::IPO || k == LossKind::HINGE; }
 
@@ -53,8 +55,10 @@ struct TrainRequest {
   std::vector<float> ref_chosen, ref_rejected;
   const Model* ref_model = nullptr;
   float beta = 0.1f;
-  // DPO only: the assumed share of pairs whose preference is flipped, in [0, 0.5); 0 is plain DPO.
+  // DPO and SIMPO: the assumed share of pairs whose preference is flipped, in [0, 0.5); 0 is plain DPO.
   float label_smoothing = 0.0f;
+  // SIMPO: the target margin gamma between the chosen and rejected mean token log-probs, times beta.
+  float simpo_gamma = 0.5f;
   AdamWConfig opt;
   bool apply_update = true;  // false: compute loss and gradients only (m.grads holds them afterwards)
   // CPU mixed precision: the products of the linear layers and the LM head (forward and backward) run on

@@ -103,15 +103,27 @@ std::vector<double> sequence_loss(const TrainRequest& r, const std::vector<doubl
   }
   const size_t n_pairs = r.chosen.size();
   const double beta = r.beta;
+  // Each sequence's term x and dx/dlogp: logp - ref (scale 1) for the reference losses, SimPO's mean token log-prob
+  // logp / n (scale 1 / n) without a reference.
+  const bool simpo = r.loss == LossKind::SIMPO;
+  auto term = [&](int s, const std::vector<float>& ref, size_t j, double& scale) {
+    if (!simpo) {
+      scale = 1.0;
+      return seq_logp[s] - ref[j];
+    }
+    scale = 1.0 / (r.batch.offsets[s + 1] - r.batch.offsets[s] - r.batch.prompt_lens[s]);
+    return seq_logp[s] * scale;
+  };
   for (size_t j = 0; j < n_pairs; j++) {
-    const double rc = beta * (seq_logp[r.chosen[j]] - ref_chosen[j]);
-    const double rr = beta * (seq_logp[r.rejected[j]] - ref_rejected[j]);
-    const double h = (rc - rr) / beta;  // (pi_c - ref_c) - (pi_r - ref_r)
+    double scale_c, scale_r;
+    const double xc = term(r.chosen[j], ref_chosen, j, scale_c), xr = term(r.rejected[j], ref_rejected, j, scale_r);
+    const double rc = beta * xc, rr = beta * xr;
+    const double h = xc - xr;  // DPO: (pi_c - ref_c) - (pi_r - ref_r)
     double l, dl_dh;
-    if (r.loss == LossKind::DPO) {
-      const double eps = r.label_smoothing;  // 0: plain DPO
-      l = (1.0 - eps) * softplus(-beta * h) + eps * softplus(beta * h);
-      dl_dh = -(1.0 - eps) * beta * sigmoid(-beta * h) + eps * beta * sigmoid(beta * h);
+    if (r.loss == LossKind::DPO || simpo) {  // on z = beta h - gamma (gamma = 0 for DPO), smoothed by eps
+      const double eps = r.label_smoothing, z = beta * h - (simpo ? r.simpo_gamma : 0.0);
+      l = (1.0 - eps) * softplus(-z) + eps * softplus(z);
+      dl_dh = beta * (-(1.0 - eps) * sigmoid(-z) + eps * sigmoid(z));
     } else if (r.loss == LossKind::HINGE) {  // max(0, 1 - beta h); the kink's subgradient is 0
       l = std::max(0.0, 1.0 - beta * h);
       dl_dh = beta * h < 1.0 ? -beta : 0.0;
@@ -121,8 +133,8 @@ std::vector<double> sequence_loss(const TrainRequest& r, const std::vector<doubl
       dl_dh = 2.0 * e;
     }
     st.loss += weight(r, j) * l / n_pairs;
-    g[r.chosen[j]] += weight(r, j) * dl_dh / n_pairs;
-    g[r.rejected[j]] -= weight(r, j) * dl_dh / n_pairs;
+    g[r.chosen[j]] += weight(r, j) * dl_dh * scale_c / n_pairs;
+    g[r.rejected[j]] -= weight(r, j) * dl_dh * scale_r / n_pairs;
     st.chosen_reward += rc / n_pairs;
     st.rejected_reward += rr / n_pairs;
     st.accuracy += (rc > rr) / static_cast<double>(n_pairs);

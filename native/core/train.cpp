@@ -26,6 +26,7 @@ const char* loss_name(LossKind k) {
     case LossKind::IPO: return "ipo";
     case LossKind::BT: return "bt";
     case LossKind::HINGE: return "hinge";
+    case LossKind::SIMPO: return "simpo";
   }
   return "?";
 }
@@ -54,7 +55,18 @@ void validate_request(const Model& m, const TrainRequest& r) {
                                                                  std::to_string(r.weights.size()) +
                                                                  " entries; give one per pair (" +
                                                                  std::to_string(n) + ") or none");
-    if (r.loss != LossKind::BT) {
+    if (r.loss == LossKind::SIMPO) {
+      OPTUNE_CHECK(r.ref_chosen.empty() && r.ref_rejected.empty() && r.ref_model == nullptr,
+                   "train step (simpo): SimPO uses no reference; give no refChosen/refRejected or reference model");
+      OPTUNE_CHECK(std::isfinite(r.simpo_gamma) && r.simpo_gamma >= 0,
+                   "train step (simpo): gamma must be a finite number >= 0");
+      for (size_t j = 0; j < n; j++)
+        for (const int s : {r.chosen[j], r.rejected[j]})
+          OPTUNE_CHECK(r.batch.offsets[s + 1] - r.batch.offsets[s] > r.batch.prompt_lens[s],
+                       "train step (simpo): sequence " + std::to_string(s) +
+                           " has no response tokens; SimPO averages over them");
+      OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
+    } else if (r.loss != LossKind::BT) {
       const bool cached = !r.ref_chosen.empty() || !r.ref_rejected.empty();
       if (cached) {
         OPTUNE_CHECK(r.ref_chosen.size() == n && r.ref_rejected.size() == n,
@@ -74,10 +86,11 @@ void validate_request(const Model& m, const TrainRequest& r) {
       }
       OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
     }
-    OPTUNE_CHECK(r.label_smoothing == 0.0f || (r.loss == LossKind::DPO && r.label_smoothing > 0.0f &&
-                                               r.label_smoothing < 0.5f),
+    OPTUNE_CHECK(r.label_smoothing == 0.0f ||
+                     ((r.loss == LossKind::DPO || r.loss == LossKind::SIMPO) && r.label_smoothing > 0.0f &&
+                      r.label_smoothing < 0.5f),
                  "train step (" + loss + "): labelSmoothing " + std::to_string(r.label_smoothing) +
-                     " must be in [0, 0.5) and is for DPO only");
+                     " must be in [0, 0.5) and is for DPO and SimPO only");
   }
   for (size_t i = 0; i < r.weights.size(); i++)
     OPTUNE_CHECK(std::isfinite(r.weights[i]) && r.weights[i] >= 0,

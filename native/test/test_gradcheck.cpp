@@ -277,7 +277,7 @@ TEST(model_qwen3_qk_norm_dpo_sft) {
   check_model_grads("qwen3 sft", *m, sft);
 }
 
-TEST(model_hinge_and_label_smoothed_dpo) {
+TEST(model_hinge_simpo_and_label_smoothed_dpo) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_qwen3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 25);
@@ -286,6 +286,11 @@ TEST(model_hinge_and_label_smoothed_dpo) {
     TrainRequest smoothed = pair_request(LossKind::DPO, m->cfg);
     smoothed.label_smoothing = 0.2f;
     check_model_grads(name + " dpo, label smoothing 0.2", *m, smoothed);
+    TrainRequest simpo = pair_request(LossKind::SIMPO, m->cfg);
+    simpo.ref_chosen.clear();
+    simpo.ref_rejected.clear();
+    simpo.label_smoothing = 0.1f;
+    check_model_grads(name + " simpo", *m, simpo);
   }
 }
 
@@ -330,16 +335,50 @@ TEST(pair_losses_follow_their_formulas) {
   r.beta = 1.0f;  // pair 0: beta h = 1.5
   const std::vector<double> past = sequence_loss(r, logp, 10, ref_c, ref_r, st = TrainStats{});
   CHECK(past[0] == 0.0 && past[1] == 0.0 && std::fabs(st.loss - 0.5 * 1.5 / 2) < 1e-12);
+
+  // SimPO (TRL's CPO loss_type "simpo"): mean token log-probs, no reference; sequences of 2, 4, 1 and 5 response
+  // tokens; z = beta (logp_c / n_c - logp_r / n_r) - gamma
+  r.loss = LossKind::SIMPO;
+  r.beta = 2.0f;
+  r.simpo_gamma = 0.5f;
+  r.label_smoothing = 0.1f;
+  r.batch.offsets = {0, 5, 11, 14, 20};
+  r.batch.prompt_lens = {3, 2, 2, 1};
+  r.batch.tokens.assign(20, 1);
+  const std::vector<double> simpo = sequence_loss(r, logp, 12, {}, {}, st = TrainStats{});
+  const int n[4] = {2, 4, 1, 5};
+  double want = 0;
+  for (int j = 0; j < 2; j++) {
+    const int c = r.chosen[j], rj = r.rejected[j];
+    const double e = r.label_smoothing, w = r.weights[j];
+    const double z = r.beta * (logp[c] / n[c] - logp[rj] / n[rj]) - r.simpo_gamma;
+    want += w * (-(1 - e) * logsig(z) - e * logsig(-z)) / 2;
+    const double dz = w * (-(1 - e) * sig(-z) + e * sig(z)) / 2;  // dLoss/dz
+    CHECK_MSG(std::fabs(simpo[c] - dz * r.beta / n[c]) < 1e-12 && std::fabs(simpo[rj] + dz * r.beta / n[rj]) < 1e-12,
+              "simpo pair " + std::to_string(j));
+  }
+  CHECK_MSG(std::fabs(st.loss - want) < 1e-12, "simpo loss " + std::to_string(st.loss));
+  CHECK(std::fabs(st.chosen_reward - (r.beta * (logp[0] / 2 + logp[2] / 1)) / 2) < 1e-12);
 }
 
-TEST(label_smoothing_is_refused_outside_dpo_and_its_range) {
+TEST(label_smoothing_and_simpo_inputs_are_checked) {
   auto m = make_model(testing::tiny_gpt2());
   TrainRequest r = pair_request(LossKind::IPO, m->cfg);
   r.label_smoothing = 0.1f;
-  CHECK_THROWS(train_step(*m, r), "train step (ipo): labelSmoothing 0.100000 must be in [0, 0.5) and is for DPO only");
+  CHECK_THROWS(train_step(*m, r), "train step (ipo): labelSmoothing 0.100000 must be in [0, 0.5) and is for DPO and "
+                                  "SimPO only");
   r.loss = LossKind::DPO;
   r.label_smoothing = 0.5f;
   CHECK_THROWS(train_step(*m, r), "must be in [0, 0.5)");
+  // SimPO's inputs: no reference, and a response to average over in every paired sequence
+  r.loss = LossKind::SIMPO;
+  r.label_smoothing = 0;
+  CHECK_THROWS(train_step(*m, r), "train step (simpo): SimPO uses no reference");
+  r.ref_chosen.clear();
+  r.ref_rejected.clear();
+  r.batch.offsets.back() = r.batch.offsets[r.batch.offsets.size() - 2] + r.batch.prompt_lens.back();
+  r.batch.tokens.resize(r.batch.offsets.back());
+  CHECK_THROWS(train_step(*m, r), "train step (simpo): sequence 3 has no response tokens");
 }
 
 TEST(model_reward_bt_every_family) {

@@ -44,7 +44,7 @@ const FIELD_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: st
   ["strategy", "--strategy <name>", "loop.strategy", "optune | uniform | all"],
   ["statistic", "--statistic <name>", "loop.statistic", "chosen | mean | gap | zscore"],
   ["k", "--k <n>", "loop.k", "responses sampled per regenerated prompt"],
-  ["loss", "--loss <type>", "loss.type", "dpo | ipo | wdpo | hinge"],
+  ["loss", "--loss <type>", "loss.type", "dpo | ipo | wdpo | hinge | simpo"],
   ["beta", "--beta <x>", "loss.beta", "KL strength"],
   ["lr", "--lr <x>", "optim.lr", "learning rate"],
   ["reward", "--reward <source>", "reward.source", "built-in task: model (learned proxy) | gold (the task's own reward)"],

@@ -87,8 +87,11 @@ const LoopSchema = section({
 });
 
 const LossSchema = section({
-  /** dpo, ipo, wdpo (dpo weighted by the pairs' reward gaps) or hinge (SLiC: max(0, 1 - beta h)). */
-  type: choice(["dpo", "ipo", "wdpo", "hinge"]).default("wdpo"),
+  /**
+   * dpo, ipo, wdpo (dpo weighted by the pairs' reward gaps), hinge (SLiC: max(0, 1 - beta h)) or simpo (no
+   * reference: -log sigmoid(beta (mean token logp_c - mean token logp_r) - simpoGamma)).
+   */
+  type: choice(["dpo", "ipo", "wdpo", "hinge", "simpo"]).default("wdpo"),
   /** KL strength (DPO beta, IPO tau). */
   beta: real(open(0), closed(100)).default(1),
   /** Sharpness of the wDPO weight function; only used by type 'wdpo'. */
@@ -99,6 +102,8 @@ const LossSchema = section({
    * each pair's loss is (1 - e) -log sigmoid(beta h) + e -log sigmoid(-beta h). 0 is plain DPO.
    */
   labelSmoothing: real(closed(0), open(0.5)).default(0),
+  /** simpo: the target reward margin gamma (TRL's simpo_gamma default). */
+  simpoGamma: real(closed(0), closed(100)).default(0.5),
 });
 
 const betaValue = () => real(closed(0), open(1));
@@ -303,8 +308,8 @@ function crossFieldIssues(config: Config): string[] {
   if (config.task === "builtin" && config.eval.prompts > prepare.heldOutPrompts) {
     issues.push(`eval.prompts: must be <= prepare.heldOutPrompts (${prepare.heldOutPrompts}), got ${config.eval.prompts}`);
   }
-  if (config.loss.labelSmoothing > 0 && config.loss.type !== "dpo" && config.loss.type !== "wdpo") {
-    issues.push(`loss.labelSmoothing: only used by loss.type dpo and wdpo, got type '${config.loss.type}'`);
+  if (config.loss.labelSmoothing > 0 && !["dpo", "wdpo", "simpo"].includes(config.loss.type)) {
+    issues.push(`loss.labelSmoothing: only used by loss.type dpo, wdpo and simpo, got type '${config.loss.type}'`);
   }
   if (prepare.dModel % prepare.nHead !== 0) {
     issues.push(`prepare.nHead: must divide prepare.dModel (${prepare.dModel}), got ${prepare.nHead}`);

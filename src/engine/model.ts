@@ -55,8 +55,10 @@ export interface TrainStepOptions {
   refRejected?: ArrayLike<number>;
   refModel?: EngineModel;
   beta?: number;
-  /** dpo only: the assumed share of flipped preferences, in [0, 0.5) (conservative DPO); 0 when absent. */
+  /** dpo and simpo: the assumed share of flipped preferences, in [0, 0.5) (conservative DPO); 0 when absent. */
   labelSmoothing?: number;
+  /** simpo: the target margin gamma (default 0.5); SimPO takes no reference log-probs. */
+  simpoGamma?: number;
   optimizer?: Partial<AdamWOptions>;
   /** false: compute loss and gradients only. */
   applyUpdate?: boolean;
@@ -291,6 +293,7 @@ function toNativeTrainRequest(o: TrainStepOptions): Omit<NativeTrainRequest, "re
   if (o.refChosen !== undefined) request.refChosen = toFloat32Array(o.refChosen, "refChosen");
   if (o.refRejected !== undefined) request.refRejected = toFloat32Array(o.refRejected, "refRejected");
   if (o.labelSmoothing !== undefined) request.labelSmoothing = o.labelSmoothing;
+  if (o.simpoGamma !== undefined) request.simpoGamma = o.simpoGamma;
   return request;
 }
 

@@ -2,7 +2,7 @@
 // Field names are the addon's; the C++ side (native/addon/convert.cpp) checks every one of them again.
 
 export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3";
-export type LossName = "sft" | "dpo" | "ipo" | "hinge" | "bt";
+export type LossName = "sft" | "dpo" | "ipo" | "hinge" | "simpo" | "bt";
 
 /** A decoder-only transformer, as the engine describes it (native/core/config.h). */
 export interface ModelConfig {
@@ -138,6 +138,7 @@ export interface NativeTrainRequest {
   refModel?: NativeModel;
   beta?: number;
   labelSmoothing?: number;
+  simpoGamma?: number;
   optimizer?: Partial<AdamWOptions>;
   applyUpdate?: boolean;
 }

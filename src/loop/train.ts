@@ -9,10 +9,12 @@ import type { Pool, TrainablePair } from "./pool.js";
 import { pairWeights, type WeightFn } from "./weights.js";
 
 export interface LossSettings {
-  type: "dpo" | "ipo" | "wdpo" | "hinge";
+  type: "dpo" | "ipo" | "wdpo" | "hinge" | "simpo";
   beta: number;
-  /** dpo and wdpo: conservative DPO's share of flipped preferences; 0 = plain DPO. */
-  labelSmoothing?: number;
+  /** dpo, wdpo and simpo: conservative DPO's share of flipped preferences; 0 = plain DPO. */
+  labelSmoothing: number;
+  /** simpo: target margin between the chosen and rejected mean token log-probs (times beta). */
+  simpoGamma: number;
   beta2: number;
   weightFn: Exclude<WeightFn, "none">;
 }
@@ -117,16 +119,22 @@ async function trainMinibatch(
     if (prompt === undefined) throw new Error(`no prompt ids for pool prompt ${promptId}`);
     sequences.push({ prompt, response: pair.chosenIds }, { prompt, response: pair.rejectedIds });
   }
+  const loss = engineLoss(settings.loss.type);
   return policy.trainStep({
-    loss: engineLoss(settings.loss.type),
+    loss,
     batch: packBatch(sequences),
     chosen: batch.map((_, j) => 2 * j),
     rejected: batch.map((_, j) => 2 * j + 1),
     weights,
-    refChosen: batch.map(({ pair }) => pair.refLogpChosen),
-    refRejected: batch.map(({ pair }) => pair.refLogpRejected),
+    // SimPO compares the policy with nothing: the pool's cached reference log-probs serve only the KL metric then
+    ...(loss === "simpo"
+      ? { simpoGamma: settings.loss.simpoGamma }
+      : {
+          refChosen: batch.map(({ pair }) => pair.refLogpChosen),
+          refRejected: batch.map(({ pair }) => pair.refLogpRejected),
+        }),
     beta: settings.loss.beta,
-    ...(settings.loss.labelSmoothing ? { labelSmoothing: settings.loss.labelSmoothing } : {}),
+    ...(settings.loss.labelSmoothing > 0 ? { labelSmoothing: settings.loss.labelSmoothing } : {}),
     optimizer: settings.optimizer,
   });
 }
