@@ -7,7 +7,7 @@ import { join } from "node:path";
 
 import { afterAll, describe, expect, it } from "vitest";
 
-import { aggregateBench, armCurve, spread, timeToTarget, type ArmRuns } from "../src/bench/aggregate.js";
+import { aggregateBench, armCurve, median, spread, timeToTarget, type ArmRuns } from "../src/bench/aggregate.js";
 import { BASELINE_ARM, runBench, type BenchResult } from "../src/bench/arms.js";
 import type { IterationMetrics } from "../src/loop/metrics.js";
 import { TINY_TASK } from "./tiny_task.js";
@@ -128,6 +128,21 @@ describe("bench aggregation", () => {
       tokensGenerated: 220,
       promptsRegenerated: 20,
     });
+  });
+
+  it("median wall-clock over seeds and the final gold paired with the baseline's, seed by seed", () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 100])).toBe(3.5); // a slow run moves the mean (27), not the median
+    const [base, opt, uni, abl] = aggregateBench([baseline, optune, uniform, ablation], BASELINE_ARM, "sampled").arms;
+    expect(base?.finalGoldVsBaseline).toBeNull();
+    expect(base?.medianWall).toBe(10); // runs of 8 and 12 s
+    expect(opt?.medianWall).toBe(4);
+    // optune ends .80 / .76 against the baseline's .70 / .74: differences .10 and .02
+    expect(opt?.finalGoldVsBaseline).toEqual({ mean: expect.closeTo(0.06, 12), se: expect.closeTo(0.04, 12), lower: 0, seeds: 2 });
+    // uniform ends .60 on both: -.10 and -.14
+    expect(uni?.finalGoldVsBaseline).toEqual({ mean: expect.closeTo(-0.12, 12), se: expect.closeTo(0.02, 12), lower: 2, seeds: 2 });
+    // the ablation's one seed (2) against the baseline's seed 2: .80 - .74, no standard error
+    expect(abl?.finalGoldVsBaseline).toEqual({ mean: expect.closeTo(0.06, 12), se: null, lower: 0, seeds: 1 });
   });
 
   it("rejects runs of different lengths and a missing baseline", () => {

@@ -13,6 +13,10 @@
 // iteration does. speedup = baseline time to target / arm time to target (null when either is null or 0).
 // An arm run on fewer seeds than the baseline (an ablation) is compared with the baseline on its own seeds: the
 // target and the baseline's time come from those seeds' runs only, so both sides average the same seeds.
+//
+// Two robust summaries go beside the means: the median over seeds of a run's wall-clock (a machine that slows some
+// runs moves the mean, not the median), and the final gold's difference from the baseline paired by seed (each
+// seed's runs share the pool, sampling streams and evaluation prompts), with its standard error over seeds.
 
 import type { IterationMetrics } from "../loop/metrics.js";
 
@@ -55,13 +59,27 @@ export interface SecondsSplit {
   evaluation: number;
 }
 
+/** Arm minus baseline, seed by seed. */
+export interface PairedDifference {
+  mean: number;
+  /** Standard error of the mean difference (sample std / sqrt(n)); null with a single seed. */
+  se: number | null;
+  /** Seeds on which the arm ends below the baseline. */
+  lower: number;
+  seeds: number;
+}
+
 export interface ArmAggregate {
   id: string;
   seeds: number[];
   curve: CurvePoint[];
   finalGold: Spread;
+  /** Final gold minus the baseline's on the same seeds; null for the baseline itself. */
+  finalGoldVsBaseline: PairedDifference | null;
   /** Seed means of whole-run totals. */
   totals: { seconds: SecondsSplit; tokensGenerated: number; promptsRegenerated: number };
+  /** Median over seeds of a run's wall-clock (evaluation excluded). */
+  medianWall: number;
   /** The baseline's final seed-mean gold on this arm's seeds. */
   target: number;
   timeToTarget: { seconds: number | null; iteration: number | null };
@@ -83,6 +101,21 @@ export function armSeconds(m: IterationMetrics): number {
 
 export function goldOf(m: IterationMetrics, kind: GoldKind): number {
   return kind === "greedy" ? m.gold.greedy : m.gold.sampled;
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) throw new RangeError("median of no values");
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+/** Arm minus baseline final gold, seed by seed (every arm seed must be a baseline seed). */
+export function pairedDifference(arm: ArmRuns, baseline: ArmRuns, gold: GoldKind): PairedDifference {
+  const final = (run: ArmRuns["runs"][number]) => goldOf(run.metrics[run.metrics.length - 1] as IterationMetrics, gold);
+  const diffs = baselineOn(baseline, arm.runs.map((r) => r.seed)).runs.map((b, i) => final(arm.runs[i]!) - final(b));
+  const s = spread(diffs);
+  return { mean: s.mean, se: s.std === null ? null : s.std / Math.sqrt(diffs.length), lower: diffs.filter((d) => d < 0).length, seeds: diffs.length };
 }
 
 /** Running sums of f over a run's iterations. */
@@ -218,7 +251,9 @@ export function aggregateBench(arms: readonly ArmRuns[], baselineId: string, gol
         seeds,
         curve,
         finalGold: (curve[curve.length - 1] as CurvePoint).gold,
+        finalGoldVsBaseline: arm.id === baselineId ? null : pairedDifference(arm, baseline, gold),
         totals: totals(arm),
+        medianWall: median(arm.runs.map((r) => r.metrics.reduce((a, m) => a + armSeconds(m), 0))),
         target,
         timeToTarget: reached,
         speedup: speedupOver(baselineSeconds, reached.seconds),

@@ -5,7 +5,7 @@
 import { join } from "node:path";
 
 import { writeFileAtomic, writeJsonAtomic } from "../util/atomic.js";
-import type { ArmAggregate, Spread } from "./aggregate.js";
+import type { ArmAggregate, PairedDifference, Spread } from "./aggregate.js";
 import type { Arm, BenchResult } from "./arms.js";
 
 export const RESULTS_JSON = "results.json";
@@ -17,6 +17,15 @@ function fixed(value: number | null, digits: number): string {
 
 function meanStd(s: Spread): string {
   return s.std === null ? fixed(s.mean, 3) : `${fixed(s.mean, 3)} ± ${fixed(s.std, 3)}`;
+}
+
+function signed(value: number, digits: number): string {
+  return `${value >= 0 ? "+" : ""}${value.toFixed(digits)}`;
+}
+
+function paired(d: PairedDifference | null): string {
+  if (d === null) return "-";
+  return `${signed(d.mean, 4)}${d.se === null ? "" : ` ± ${fixed(d.se, 4)}`} (lower on ${d.lower}/${d.seeds})`;
 }
 
 function percentOf(value: number, reference: number): string {
@@ -41,10 +50,12 @@ function row(arm: Arm, result: BenchResult, withSeeds: boolean): string {
     arm.id,
     ...(withSeeds ? [String(a.seeds.length)] : []),
     meanStd(a.finalGold),
+    paired(a.finalGoldVsBaseline),
     reached,
     a.speedup === null ? "-" : `${fixed(a.speedup, 2)}x`,
     `${fixed(s.generation, 2)} / ${fixed(s.scoring, 2)} / ${fixed(s.training, 2)} / ${fixed(s.other, 2)} = ${fixed(s.wall, 2)}` +
       ` (${all === undefined ? "-" : percentOf(s.wall, all.totals.seconds.wall)})`,
+    `${fixed(a.medianWall, 2)} (${all === undefined ? "-" : percentOf(a.medianWall, all.medianWall)})`,
     `${a.totals.tokensGenerated.toFixed(0)} (${all === undefined ? "-" : percentOf(a.totals.tokensGenerated, all.totals.tokensGenerated)})`,
     `${fixed(s.generation, 2)} (${all === undefined ? "-" : percentOf(s.generation, all.totals.seconds.generation)})`,
   ];
@@ -56,9 +67,11 @@ function table(arms: readonly Arm[], result: BenchResult, withSeeds: boolean): s
     "arm",
     ...(withSeeds ? ["seeds"] : []),
     "final gold (mean ± std)",
+    `final gold − ${result.aggregate.baseline}, paired (± SE)`,
     "time to target, s",
     `speedup vs ${result.aggregate.baseline}`,
     "wall-clock s: gen / score / train / other = total (vs all)",
+    "median wall-clock s (vs all)",
     "tokens generated (vs all)",
     "generation s (vs all)",
   ];
@@ -120,7 +133,9 @@ export function markdownReport(result: BenchResult): string {
       "Time to target: the first iteration whose seed-mean gold reaches the target, interpolated linearly in seed-mean " +
       "wall-clock from the iteration before; 0 when the starting policy already reaches it. Speedup = the baseline's time " +
       "to target / the arm's. ± is the sample standard deviation over seeds. Wall-clock, tokens and generation seconds " +
-      "are compared with the `all` arm of the same loss (over the same iterations).",
+      "are compared with the `all` arm of the same loss (over the same iterations). The median wall-clock is over seeds " +
+      "(a run slowed by the machine moves the mean, not the median). The paired final gold is the arm's minus the " +
+      "baseline's on each seed, averaged, ± its standard error over seeds, and on how many seeds the arm ends lower.",
   );
   return `${lines.join("\n")}\n`;
 }
