@@ -6,13 +6,14 @@ import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 import { describe, expect, it } from "vitest";
-import { z } from "zod";
 
 import { loadConfig } from "../src/config/schema.js";
 import { createUserTask } from "../src/data/user_task.js";
-import { PromptsSchema, userModelFields, userRewardFields, userTaskOptions } from "../src/data/user_config.js";
+import { userTaskOptions } from "../src/data/user_config.js";
 import { HfRewardModelSource } from "../src/rewards/hf_reward_model.js";
 import { HfTokenizer } from "../src/tokenizer/index.js";
+
+import { LOOP_PARTS, UserSections } from "./user_sections.js";
 
 const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
 
@@ -97,20 +98,14 @@ describe("chat template arguments", () => {
 });
 
 describe("chatTemplateArgs in a run config", () => {
-  const Sections = z.strictObject({
-    model: z.strictObject({ policy: z.string().optional(), reference: z.string().optional(), ...userModelFields }),
-    prompts: PromptsSchema.optional(),
-    reward: z.strictObject(userRewardFields),
-  });
-  const loopParts = { loop: { prompts: 8 }, eval: { prompts: 3 }, sampling: { maxNewTokens: 8 } };
 
   it("render the policy's prompts and are kept for each reward model source", async () => {
-    const parsed = Sections.parse({
+    const parsed = UserSections.parse({
       model: { policy: "smollm", chatTemplate: THINKING_TEMPLATE, chatTemplateArgs: { enable_thinking: false } },
       prompts: { file: "prompts.jsonl", evalCount: 3, seed: 1 },
       reward: { sources: [{ type: "model", path: "reward_llama", chatTemplateArgs: { add_system: true } }] },
     });
-    const options = userTaskOptions({ ...parsed, ...loopParts }, FIXTURES);
+    const options = userTaskOptions({ ...parsed, ...LOOP_PARTS }, FIXTURES);
     expect(options.chatTemplateArgs).toEqual({ enable_thinking: false });
     expect(options.reward.sources[0]).toEqual({
       type: "model",
@@ -125,7 +120,7 @@ describe("chatTemplateArgs in a run config", () => {
 
   it("must be an object, and only on a user task", () => {
     expect(() =>
-      Sections.parse({ model: { chatTemplateArgs: "enable_thinking=false" }, reward: {} }),
+      UserSections.parse({ model: { chatTemplateArgs: "enable_thinking=false" }, reward: {} }),
     ).toThrow(/must be an object of template variables/);
     expect(() => loadConfig({ model: { chatTemplateArgs: { enable_thinking: false } } })).toThrow(
       /model\.chatTemplateArgs: only used when task is 'user'/,

@@ -10,15 +10,16 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { z } from "zod";
 
 import { ConfigSchema } from "../src/config/schema.js";
 import { EngineModel } from "../src/engine/index.js";
-import { createUserTask, type UserTaskOptions } from "../src/data/user_task.js";
-import { PromptsSchema, userModelFields, userRewardFields, userTaskOptions } from "../src/data/user_config.js";
+import { createUserTask, type UserTask, type UserTaskOptions } from "../src/data/user_task.js";
+import { userTaskOptions } from "../src/data/user_config.js";
 import type { RewardConfig } from "../src/data/reward_spec.js";
 import { runLoop } from "../src/loop/run.js";
 import { HfTokenizer, loadModelDir } from "../src/tokenizer/index.js";
+
+import { LOOP_PARTS, UserSections } from "./user_sections.js";
 
 const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
 const scratch = mkdtempSync(join(tmpdir(), "optune-user-run-"));
@@ -184,6 +185,21 @@ describe("training and evaluation rewards", () => {
   });
 });
 
+/** Two iterations of 8 prompts on `task`, recording every token id the loop decodes. */
+async function runRecordingIds(task: UserTask, name: string, settings: { k: number; samples: number; lr?: number }) {
+  const seen: number[] = [];
+  const watched = { ...task, decode: (ids: Int32Array) => (seen.push(...ids), task.decode(ids)) };
+  const config = ConfigSchema.parse({
+    seed: 3,
+    loop: { iterations: 2, prompts: 8, k: settings.k, batchPairs: 4 },
+    eval: { prompts: 3, samples: settings.samples },
+    sampling: { maxNewTokens: 8 },
+    ...(settings.lr === undefined ? {} : { optim: { lr: settings.lr } }),
+    run: { dir: join(scratch, name), checkpointEvery: 0 },
+  });
+  return { result: await runLoop({ config, task: watched }), seen };
+}
+
 describe("a policy whose vocabulary is padded past its tokenizer's", () => {
   it("never samples the padding ids (they have no text) and runs", async () => {
     // The SmolLM fixture's shape with 400 vocabulary rows for its tokenizer's 330 ids, as Qwen2 models pad theirs;
@@ -204,17 +220,7 @@ describe("a policy whose vocabulary is padded past its tokenizer's", () => {
       reward: { sources: [{ type: "module", path: modulePath }] },
     });
     expect(task.vocabLimit).toBe(330);
-    const seen: number[] = [];
-    const decode = task.decode;
-    const watched = { ...task, decode: (ids: Int32Array) => (seen.push(...ids), decode(ids)) };
-    const config = ConfigSchema.parse({
-      seed: 3,
-      loop: { iterations: 2, prompts: 8, k: 4, batchPairs: 4 },
-      eval: { prompts: 3, samples: 2 },
-      sampling: { maxNewTokens: 8 },
-      run: { dir: join(scratch, "padded-run"), checkpointEvery: 0 },
-    });
-    const result = await runLoop({ config, task: watched });
+    const { result, seen } = await runRecordingIds(task, "padded-run", { k: 4, samples: 2 });
     expect(result.status).toBe("completed");
     expect(seen.length).toBeGreaterThan(200);
     expect(Math.max(...seen)).toBeLessThan(330);
@@ -232,18 +238,7 @@ describe("a Qwen3 policy with a Qwen3 reward model", () => {
     });
     expect(task.vocabLimit).toBe(352);
     expect(task.stopTokens).toEqual([task.tokenizer.tokenToId("<|im_end|>"), task.tokenizer.tokenToId("<|endoftext|>")]);
-    const seen: number[] = [];
-    const decode = task.decode;
-    const watched = { ...task, decode: (ids: Int32Array) => (seen.push(...ids), decode(ids)) };
-    const config = ConfigSchema.parse({
-      seed: 3,
-      loop: { iterations: 2, prompts: 8, k: 2, batchPairs: 4 },
-      eval: { prompts: 3, samples: 1 },
-      sampling: { maxNewTokens: 8 },
-      optim: { lr: 1e-3 },
-      run: { dir: join(scratch, "qwen3-run"), checkpointEvery: 0 },
-    });
-    const result = await runLoop({ config, task: watched });
+    const { result, seen } = await runRecordingIds(task, "qwen3-run", { k: 2, samples: 1, lr: 1e-3 });
     expect(result.status).toBe("completed");
     expect(result.metrics.map((m) => m.iteration)).toEqual([0, 1, 2]);
     expect(result.metrics.every((m) => Number.isFinite(m.gold.sampled))).toBe(true);
@@ -258,16 +253,9 @@ describe("a Qwen3 policy with a Qwen3 reward model", () => {
 });
 
 describe("user run config sections", () => {
-  // The sections as they sit in the run config: spread into `model` and `reward`, plus `prompts`.
-  const Sections = z.strictObject({
-    model: z.strictObject({ policy: z.string().optional(), reference: z.string().optional(), ...userModelFields }),
-    prompts: PromptsSchema.optional(),
-    reward: z.strictObject(userRewardFields),
-  });
-  const loopParts = { loop: { prompts: 8 }, eval: { prompts: 3 }, sampling: { maxNewTokens: 8 } };
 
   it("maps a config to task options, resolving paths against the config's folder", async () => {
-    const parsed = Sections.parse({
+    const parsed = UserSections.parse({
       model: { policy: "smollm" },
       prompts: { file: "prompts.jsonl", evalCount: 3, seed: 1 },
       reward: {
@@ -278,7 +266,7 @@ describe("user run config sections", () => {
         missingEosPenalty: 0.5,
       },
     });
-    const options = userTaskOptions({ ...parsed, ...loopParts }, FIXTURES);
+    const options = userTaskOptions({ ...parsed, ...LOOP_PARTS }, FIXTURES);
     expect(options.reward).toEqual({
       sources: [
         { type: "model", path: "reward_llama", weight: 1 },
@@ -297,15 +285,15 @@ describe("user run config sections", () => {
   });
 
   it("says what a run on your own model still needs", () => {
-    const parsed = Sections.parse({ model: {}, reward: {} });
-    expect(() => userTaskOptions({ ...parsed, ...loopParts }, ".")).toThrow(
+    const parsed = UserSections.parse({ model: {}, reward: {} });
+    expect(() => userTaskOptions({ ...parsed, ...LOOP_PARTS }, ".")).toThrow(
       /needs model\.policy .*, prompts\.file .*, reward\.sources/,
     );
   });
 
   it("rejects unknown reward types and misspelled fields", () => {
-    expect(Sections.safeParse({ model: {}, reward: { sources: [{ type: "gold" }] } }).success).toBe(false);
-    expect(Sections.safeParse({ model: {}, reward: { sources: [{ type: "http", url: "http://x", retry: 2 }] } }).success).toBe(false);
-    expect(Sections.safeParse({ model: {}, prompts: { file: "p.jsonl", evalFraction: 1 }, reward: {} }).success).toBe(false);
+    expect(UserSections.safeParse({ model: {}, reward: { sources: [{ type: "gold" }] } }).success).toBe(false);
+    expect(UserSections.safeParse({ model: {}, reward: { sources: [{ type: "http", url: "http://x", retry: 2 }] } }).success).toBe(false);
+    expect(UserSections.safeParse({ model: {}, prompts: { file: "p.jsonl", evalFraction: 1 }, reward: {} }).success).toBe(false);
   });
 });

@@ -65,8 +65,7 @@ void validate_request(const Model& m, const TrainRequest& r) {
           OPTUNE_CHECK(r.batch.offsets[s + 1] - r.batch.offsets[s] > r.batch.prompt_lens[s],
                        "train step (simpo): sequence " + std::to_string(s) +
                            " has no response tokens; SimPO averages over them");
-      OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
-    } else if (r.loss != LossKind::BT) {
+    } else if (uses_reference(r.loss)) {
       const bool cached = !r.ref_chosen.empty() || !r.ref_rejected.empty();
       if (cached) {
         OPTUNE_CHECK(r.ref_chosen.size() == n && r.ref_rejected.size() == n,
@@ -84,8 +83,9 @@ void validate_request(const Model& m, const TrainRequest& r) {
                      "train step: the reference model's vocabulary (" + std::to_string(r.ref_model->cfg.vocab_size) +
                          ") differs from the policy's (" + std::to_string(m.cfg.vocab_size) + ")");
       }
-      OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
     }
+    if (r.loss != LossKind::BT)
+      OPTUNE_CHECK(std::isfinite(r.beta) && r.beta > 0, "train step: beta must be a positive number");
     OPTUNE_CHECK(r.label_smoothing == 0.0f ||
                      ((r.loss == LossKind::DPO || r.loss == LossKind::SIMPO) && r.label_smoothing > 0.0f &&
                       r.label_smoothing < 0.5f),
@@ -188,13 +188,16 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
 
   if (r.loss == LossKind::BT) {
     const float* w = score_weight(m);
+    std::vector<size_t> last(n_seq);  // each sequence's last token's hidden state, where its score is read
     std::vector<float> score(n_seq);
-    for (int s = 0; s < n_seq; s++)
-      score[s] = score_dot(acts.normf.data() + static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D, w, D);
+    for (int s = 0; s < n_seq; s++) {
+      last[s] = static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D;
+      score[s] = score_dot(acts.normf.data() + last[s], w, D);
+    }
     const std::vector<double> g = bt_loss(r, score, st);  // dLoss/dscore
     float* dw = m.grads.data() + m.layout.score;
     for (int s = 0; s < n_seq; s++) {
-      const size_t row = static_cast<size_t>(hidden_row(acts, b.offsets[s + 1] - 1)) * D;
+      const size_t row = last[s];
       const float* h = acts.normf.data() + row;
       for (int i = 0; i < D; i++) {
         dnormf[row + i] += static_cast<float>(g[s]) * w[i];

@@ -98,8 +98,8 @@ const LossSchema = section({
   beta2: real(closed(0), closed(1000)).default(1),
   weightFn: choice(["linear", "exp", "sigmoid"]).default("linear"),
   /**
-   * dpo and wdpo: the share of pairs whose preference is assumed flipped (conservative DPO, TRL's label_smoothing):
-   * each pair's loss is (1 - e) -log sigmoid(beta h) + e -log sigmoid(-beta h). 0 is plain DPO.
+   * dpo, wdpo and simpo: the share of pairs whose preference is assumed flipped (conservative DPO, TRL's
+   * label_smoothing): each pair's loss is (1 - e) -log sigmoid(beta h) + e -log sigmoid(-beta h). 0 is plain DPO.
    */
   labelSmoothing: real(closed(0), open(0.5)).default(0),
   /** simpo: the target reward margin gamma (TRL's simpo_gamma default). */
