@@ -10,6 +10,7 @@
 #include "device.h"
 #include "engine.h"
 #include "error.h"
+#include "lora.h"
 
 namespace optune {
 
@@ -65,18 +66,19 @@ AdamWConfig adamw_at_step(const Model& m, const AdamWConfig& opt) {
 double adamw_update(Model& m, const AdamWConfig& opt) {
   const AdamWConfig o = adamw_at_step(m, opt);
   if (m.device) return m.device->adamw_update(m, o);
-  OPTUNE_CHECK(m.grads.size() == m.params.size(), "optimizer step before any gradient was computed");
+  std::vector<float>& params = trainable_params(m);  // every weight, or a LoRA model's adapters
+  OPTUNE_CHECK(m.grads.size() == params.size(), "optimizer step before any gradient was computed");
   const double norm = grad_norm(m.grads);
   check_grad_norm(norm);
-  if (m.adam_m.size() != m.params.size()) {
-    m.adam_m.assign(m.params.size(), 0.0f);
-    m.adam_v.assign(m.params.size(), 0.0f);
+  if (m.adam_m.size() != params.size()) {
+    m.adam_m.assign(params.size(), 0.0f);
+    m.adam_v.assign(params.size(), 0.0f);
     m.adam_step = 0;
   }
   const AdamWScalars s = adamw_scalars(m, o, norm);
   const float clip = s.clip, step_size = s.step_size, bc2_sqrt = s.bc2_sqrt;
-  for (const ParamInfo& t : m.layout.tensors) {
-    float* p = m.params.data() + t.offset;
+  for (const ParamInfo& t : trainable_layout(m).tensors) {
+    float* p = params.data() + t.offset;
     const float* g = m.grads.data() + t.offset;
     float* mm = m.adam_m.data() + t.offset;
     float* vv = m.adam_v.data() + t.offset;

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <climits>
@@ -597,10 +598,20 @@ void save_checkpoint(const Model& m, const std::string& dir) {
                "save_checkpoint: model has " + std::to_string(m.params.size()) + " parameters, layout needs " +
                    std::to_string(m.layout.total));
   OPTUNE_CHECK(!dir.empty(), "save_checkpoint: empty directory path");
+  // A LoRA model is written merged: its targets' weights with the adapters added (lora.h).
+  std::vector<const float*> data_of(m.layout.tensors.size());
+  std::vector<std::vector<float>> merged;
+  if (m.lora) merged.reserve(m.lora->targets.size());
+  for (size_t i = 0; i < m.layout.tensors.size(); i++) {
+    const ParamInfo& p = m.layout.tensors[i];
+    const LoraTarget* t = m.lora ? m.lora->find(p.offset) : nullptr;
+    data_of[i] = t ? merged.emplace_back(merged_weight(m, *t)).data() : m.params.data() + p.offset;
+  }
   // A NaN/Inf weight would be written as-is and poison every later load and resume. Refuse before touching the
   // directory, so the checkpoint already there (the last good one) stays as it was.
-  for (const ParamInfo& p : m.layout.tensors) {
-    const float* w = m.params.data() + p.offset;
+  for (size_t ti = 0; ti < m.layout.tensors.size(); ti++) {
+    const ParamInfo& p = m.layout.tensors[ti];
+    const float* w = data_of[ti];
     for (size_t i = 0; i < p.numel; i++)
       OPTUNE_CHECK(std::isfinite(w[i]), dir + ": checkpoint not saved: tensor " + json::quote(p.name) + " holds a " +
                                             "non-finite value (" + std::to_string(w[i]) + " at element " +
@@ -616,7 +627,8 @@ void save_checkpoint(const Model& m, const std::string& dir) {
   const std::string config_text = config_to_hf_json(m.cfg);  // before writing anything: it can throw
 
   std::vector<safetensors::TensorRef> refs;
-  for (const ParamInfo& p : m.layout.tensors) refs.push_back({p.name, p.shape, m.params.data() + p.offset});
+  for (size_t i = 0; i < m.layout.tensors.size(); i++)
+    refs.push_back({m.layout.tensors[i].name, m.layout.tensors[i].shape, data_of[i]});
   // Both files are written in full before either replaces its old copy, so a failed write (a full disk, say)
   // leaves the directory's previous checkpoint whole instead of new weights beside an old config.json.
   const std::string weights = dir + "/model.safetensors", config = dir + "/config.json";
@@ -632,16 +644,162 @@ void save_checkpoint(const Model& m, const std::string& dir) {
   commit_file(weights_tmp, weights);
   commit_file(config_tmp, config);
   fsync_dir(dir);
+  if (m.lora) save_lora_adapter(m, dir + "/adapter");
 }
 
-// A fingerprint of a model's parameter layout (every tensor's name and shape, in order; FNV-1a, 64 bits): AdamW
+// ---- LoRA adapters (PEFT's files) ------------------------------------------------------------------------------
+
+void save_lora_adapter(const Model& m, const std::string& dir) {
+  OPTUNE_CHECK(m.lora != nullptr, "save_lora_adapter: the model has no LoRA adapters");
+  const Lora& L = *m.lora;
+  for (const ParamInfo& p : L.layout.tensors)
+    for (size_t i = 0; i < p.numel; i++)
+      OPTUNE_CHECK(std::isfinite(L.params[p.offset + i]),
+                   dir + ": adapter not saved: tensor " + json::quote(p.name) + " holds a non-finite value; the " +
+                       "adapters have diverged: resume from the last good checkpoint with a lower learning rate");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
+
+  // "all-linear" is written as the layer names it stands for, as PEFT writes it after resolving it.
+  std::vector<std::string> names = L.cfg.targets;
+  if (std::find(names.begin(), names.end(), "all-linear") != names.end()) {
+    names.clear();
+    for (const LoraTarget& t : L.targets) {
+      const std::string leaf = t.module.substr(t.module.rfind('.') + 1);
+      if (std::find(names.begin(), names.end(), leaf) == names.end()) names.push_back(leaf);
+    }
+  }
+  using json::Value;
+  Value c = Value::new_object();
+  Value modules = Value::new_array();
+  for (const std::string& n : names) modules.push(Value::of_string(n));
+  c.set("peft_type", Value::of_string("LORA"));
+  c.set("task_type", Value::of_string("CAUSAL_LM"));
+  c.set("base_model_name_or_path", Value::null());
+  c.set("r", Value::of_int(L.cfg.rank));
+  c.set("lora_alpha", Value::of_float(L.cfg.alpha));
+  c.set("lora_dropout", Value::of_double(0.0));
+  c.set("target_modules", std::move(modules));
+  c.set("bias", Value::of_string("none"));
+  c.set("fan_in_fan_out", Value::of_bool(m.cfg.is_gpt2()));  // GPT-2's Conv1D stores W as [in, out]
+  c.set("use_rslora", Value::of_bool(false));
+  c.set("use_dora", Value::of_bool(false));
+  c.set("modules_to_save", Value::null());
+  c.set("inference_mode", Value::of_bool(true));
+  const std::string config_text = json::dump(c, 2) + "\n";
+
+  std::vector<safetensors::TensorRef> refs;
+  for (const ParamInfo& p : L.layout.tensors) refs.push_back({p.name, p.shape, L.params.data() + p.offset});
+  const std::string weights = dir + "/adapter_model.safetensors", config = dir + "/adapter_config.json";
+  const std::string weights_tmp = temp_name(dir, "adapter_model.safetensors");
+  const std::string config_tmp = temp_name(dir, "adapter_config.json");
+  try {
+    safetensors::save(weights_tmp, refs, {{"format", "pt"}});
+    write_text_file_synced(config_tmp, config_text);
+  } catch (...) {
+    ::unlink(weights_tmp.c_str());
+    ::unlink(config_tmp.c_str());
+    throw;
+  }
+  commit_file(weights_tmp, weights);
+  commit_file(config_tmp, config);
+  fsync_dir(dir);
+}
+
+LoraConfig read_lora_config(const std::string& dir) {
+  const std::string path = dir + "/adapter_config.json";
+  OPTUNE_CHECK(is_file(path), path + ": not found (a LoRA adapter directory holds adapter_config.json and "
+                                     "adapter_model.safetensors, as PEFT's save_pretrained writes them)");
+  const json::Value c = json::parse(read_text_file(path, 16u << 20), path);
+  OPTUNE_CHECK(c.is_object(), path + ": expected a JSON object");
+  auto field = [&](const char* key) { return c.get(key); };
+  auto refuse_if = [&](bool bad, const std::string& what) {
+    OPTUNE_CHECK(!bad, path + ": " + what + " is not supported by optune's LoRA (plain LoRA only)");
+  };
+  const json::Value* type = field("peft_type");
+  OPTUNE_CHECK(!type || (type->is_string() && type->str == "LORA"),
+               path + ": peft_type must be \"LORA\" (optune loads LoRA adapters only)");
+  const json::Value* r = field("r");
+  OPTUNE_CHECK(r && r->is_number() && r->is_int && r->integer >= 1 && r->integer <= 4096,
+               path + ": \"r\" must be an integer rank in [1, 4096]");
+  const json::Value* alpha = field("lora_alpha");
+  OPTUNE_CHECK(alpha && alpha->is_number() && alpha->number > 0, path + ": \"lora_alpha\" must be a positive number");
+  for (const char* flag : {"use_dora", "use_rslora"}) {
+    const json::Value* v = field(flag);
+    refuse_if(v && v->is_bool() && v->boolean, std::string("\"") + flag + "\": true");
+  }
+  const json::Value* bias = field("bias");
+  refuse_if(bias && !(bias->is_string() && bias->str == "none"), "\"bias\" other than \"none\"");
+  const json::Value* save = field("modules_to_save");
+  refuse_if(save && !save->is_null() && !(save->is_array() && save->array.empty()), "\"modules_to_save\"");
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    const json::Value* v = field(key);
+    refuse_if(v && v->is_object() && !v->object.empty(), std::string("\"") + key + "\"");
+  }
+  const json::Value* targets = field("target_modules");
+  OPTUNE_CHECK(targets && (targets->is_array() || targets->is_string()),
+               path + ": \"target_modules\" must list the targeted module names");
+  LoraConfig out;
+  out.rank = static_cast<int>(r->integer);
+  out.alpha = static_cast<float>(alpha->number);
+  out.targets.clear();
+  if (targets->is_string()) {
+    refuse_if(targets->str != "all-linear", "a regular expression as \"target_modules\"");
+    out.targets.push_back("all-linear");
+  } else {
+    for (const json::Value& t : targets->array) {
+      OPTUNE_CHECK(t.is_string(), path + ": \"target_modules\" must hold strings");
+      out.targets.push_back(t.str);
+    }
+  }
+  return out;
+}
+
+void load_lora_adapter(Model& m, const std::string& dir) {
+  OPTUNE_CHECK(m.lora != nullptr, "load_lora_adapter: enable LoRA on the model first");
+  Lora& L = *m.lora;
+  const LoraConfig saved = read_lora_config(dir);
+  const std::string config = dir + "/adapter_config.json";
+  OPTUNE_CHECK(saved.rank == L.cfg.rank && saved.alpha == L.cfg.alpha,
+               config + ": rank " + std::to_string(saved.rank) + " and alpha " + json::format_double(saved.alpha) +
+                   ", but the model's adapters have rank " + std::to_string(L.cfg.rank) + " and alpha " +
+                   json::format_double(L.cfg.alpha) + "; use the same LoRA settings as the run that saved it");
+  std::vector<std::string> want, have;
+  for (const LoraTarget& t : L.targets) want.push_back(t.module);
+  for (const LoraTarget& t : resolve_lora_targets(m, saved.targets)) have.push_back(t.module);
+  OPTUNE_CHECK(want == have, config + ": targets " + std::to_string(have.size()) + " modules (target_modules as "
+                                 "saved) but the model's adapters target " + std::to_string(want.size()) +
+                                 " others; use the same LoRA targets as the run that saved it");
+  const std::string path = dir + "/adapter_model.safetensors";
+  safetensors::Reader reader(path);
+  std::vector<float> params(L.layout.total);
+  for (const ParamInfo& p : L.layout.tensors) {
+    const safetensors::TensorInfo* t = reader.header().find(p.name);
+    OPTUNE_CHECK(t != nullptr, path + ": tensor " + json::quote(p.name) + " is missing");
+    OPTUNE_CHECK(t->shape == p.shape, path + ": tensor " + json::quote(p.name) + " has shape " + shape_str(t->shape) +
+                                          ", expected " + shape_str(p.shape));
+    OPTUNE_CHECK(safetensors::dtype_converts_to_f32(t->dtype), path + ": tensor " + json::quote(p.name) +
+                                                       " has a dtype that does not convert to F32");
+    reader.read_f32(*t, params.data() + p.offset);
+    for (size_t i = 0; i < p.numel; i++)
+      OPTUNE_CHECK(std::isfinite(params[p.offset + i]),
+                   path + ": tensor " + json::quote(p.name) + " holds a non-finite value; the file is corrupt");
+  }
+  OPTUNE_CHECK(reader.header().tensors.size() == L.layout.tensors.size(),
+               path + ": holds " + std::to_string(reader.header().tensors.size()) + " tensors, the adapters need " +
+                   std::to_string(L.layout.tensors.size()) + " (only lora_A / lora_B of the targeted modules)");
+  L.params = std::move(params);
+}
+
+// A fingerprint of the layout of what a model trains (every tensor's name and shape, in order; FNV-1a, 64 bits): AdamW
 // moments saved for one layout are meaningless for another with the same parameter count.
 static std::string layout_fingerprint(const Model& m) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&h](const std::string& s) {
     for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   };
-  for (const ParamInfo& p : m.layout.tensors) {
+  for (const ParamInfo& p : trainable_layout(m).tensors) {
     mix(p.name);
     mix(shape_str(p.shape));
   }
@@ -655,8 +813,9 @@ void save_optimizer_state(const Model& m, const std::string& dir) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
-  const int64_t n = static_cast<int64_t>(m.params.size());
-  const std::vector<float> zeros(m.adam_m.empty() ? m.params.size() : 0, 0.0f);
+  const size_t n_trained = trainable_params(m).size();  // every weight, or a LoRA model's adapters
+  const int64_t n = static_cast<int64_t>(n_trained);
+  const std::vector<float> zeros(m.adam_m.empty() ? n_trained : 0, 0.0f);
   const float* mm = m.adam_m.empty() ? zeros.data() : m.adam_m.data();
   const float* vv = m.adam_v.empty() ? zeros.data() : m.adam_v.data();
   const std::string path = dir + "/optimizer.safetensors";
@@ -675,6 +834,7 @@ void save_optimizer_state(const Model& m, const std::string& dir) {
 
 void load_optimizer_state(Model& m, const std::string& dir) {
   const std::string path = dir + "/optimizer.safetensors";
+  const size_t n_trained = trainable_params(m).size();
   safetensors::Reader r(path);
   std::string step, num_params, layout;
   for (const auto& [k, v] : r.header().metadata) {
@@ -684,23 +844,23 @@ void load_optimizer_state(Model& m, const std::string& dir) {
   }
   OPTUNE_CHECK(!step.empty() && !num_params.empty(),
                path + ": not an optune optimizer state (metadata needs \"step\" and \"num_params\")");
-  OPTUNE_CHECK(num_params == std::to_string(m.params.size()),
+  OPTUNE_CHECK(num_params == std::to_string(n_trained),
                path + ": saved for a model with " + num_params + " parameters, this model has " +
-                   std::to_string(m.params.size()) + "; resume with the checkpoint the state was saved with");
+                   std::to_string(n_trained) + "; resume with the checkpoint the state was saved with");
   OPTUNE_CHECK(layout.empty() || layout == layout_fingerprint(m),
                path + ": saved for a model with another layout of its " + num_params + " parameters (another "
                       "architecture or shape: layout " + layout + ", this model's " + layout_fingerprint(m) +
                       "); resume with the checkpoint the state was saved with");
-  std::vector<float> mm(m.params.size()), vv(m.params.size());
+  std::vector<float> mm(n_trained), vv(n_trained);
   for (auto [name, out] : {std::pair<const char*, float*>{"exp_avg", mm.data()}, {"exp_avg_sq", vv.data()}}) {
     const safetensors::TensorInfo* t = r.header().find(name);
-    OPTUNE_CHECK(t != nullptr && t->numel == m.params.size(),
+    OPTUNE_CHECK(t != nullptr && t->numel == n_trained,
                  path + ": tensor " + name + " is missing or has the wrong size");
     r.read_f32(*t, out);
     // A NaN moment, or a negative second moment (whose square root AdamW takes), would turn the next step's
     // weights into NaN with no error until the next save.
     const bool second = out == vv.data();
-    for (size_t i = 0; i < m.params.size(); i++)
+    for (size_t i = 0; i < n_trained; i++)
       OPTUNE_CHECK(std::isfinite(out[i]) && (!second || out[i] >= 0.0f),
                    path + ": tensor " + name + " holds " + std::to_string(out[i]) + " at element " +
                        std::to_string(i) + (second ? " (must be finite and >= 0)" : " (must be finite)") +

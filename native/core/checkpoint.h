@@ -8,6 +8,7 @@
 #include <string>
 
 #include "config.h"
+#include "lora.h"
 #include "model.h"
 
 namespace optune {
@@ -21,7 +22,10 @@ std::string config_to_hf_json(const ModelConfig& cfg);
 // Reads dir/config.json and the weights. Throws optune::Error naming the file and tensor on any problem.
 std::unique_ptr<Model> load_checkpoint(const std::string& dir);
 
-// Writes dir/config.json and dir/model.safetensors (fp32, tied lm_head omitted, metadata {"format": "pt"}).
+// Writes dir/config.json and dir/model.safetensors (fp32, tied lm_head omitted, metadata {"format": "pt"}). A model
+// with LoRA adapters is saved merged (W + scale B A), a complete model any tool loads, and its adapters go to
+// dir/adapter/ in PEFT's format (a subdirectory: transformers would read an adapter_config.json beside the weights
+// as "load the base model it names, then this adapter").
 // Creates dir if needed. Each file is written to a temporary name, fsynced and renamed, then dir is fsynced, so a
 // crash leaves either the old file or the new one.
 void save_checkpoint(const Model& m, const std::string& dir);
@@ -32,5 +36,15 @@ void save_checkpoint(const Model& m, const std::string& dir);
 void save_optimizer_state(const Model& m, const std::string& dir);
 // Throws optune::Error when the file is missing or was saved for a model with a different parameter count.
 void load_optimizer_state(Model& m, const std::string& dir);
+
+// ---- LoRA adapters in PEFT's format (lora.h) ------------------------------------------------------------------
+// dir/adapter_config.json and dir/adapter_model.safetensors (fp32), written atomically; dir is created if needed.
+void save_lora_adapter(const Model& m, const std::string& dir);
+// The LoraConfig of dir/adapter_config.json (r, lora_alpha, target_modules). Refuses what optune does not
+// implement (DoRA, rsLoRA, trained biases, a regex target_modules) with the field named.
+LoraConfig read_lora_config(const std::string& dir);
+// Reads dir/adapter_model.safetensors into m's adapters, which must have been enabled with the rank, alpha and
+// targets of dir/adapter_config.json. Throws optune::Error naming the file and tensor on any mismatch.
+void load_lora_adapter(Model& m, const std::string& dir);
 
 }  // namespace optune

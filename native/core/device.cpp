@@ -4,6 +4,7 @@
 #include "device.h"
 
 #include "error.h"
+#include "lora.h"
 
 #ifdef OPTUNE_HAVE_CUDA
 #include "cuda/device_model.h"
@@ -94,6 +95,7 @@ void set_device(Model& m, Device requested, Precision p) {
     m.cpu_bf16 = p == Precision::BF16;
     return;
   }
+  OPTUNE_CHECK(!m.lora, "device 'cuda': LoRA adapters run on the CPU backend only; use device 'cpu'");
   OPTUNE_CHECK(!m.cfg.qk_norm(), std::string("device 'cuda': the CUDA backend does not run ") +
                                      hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet; use device 'cpu'");
 #ifdef OPTUNE_HAVE_CUDA

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "host_memory.h"
+#include "lora.h"
 #include "rng.h"
 
 namespace optune {
@@ -48,6 +49,11 @@ std::unique_ptr<Model> clone_model(const Model& src) {
   m->cfg = src.cfg;
   m->layout = src.layout;
   m->params = src.params;
+  if (src.lora)
+    for (const LoraTarget& t : src.lora->targets) {
+      const std::vector<float> w = merged_weight(src, t);
+      std::copy(w.begin(), w.end(), m->params.begin() + static_cast<std::ptrdiff_t>(t.weight));
+    }
   m->cpu_bf16 = src.cpu_bf16;
   return m;
 }

@@ -12,11 +12,14 @@ namespace optune {
 
 struct Workspace;     // scratch buffers reused across calls (transformer.h)
 struct DeviceEngine;  // device copies and kernels when the model runs on a GPU (device.h)
+struct Lora;          // low-rank adapters on a frozen base (lora.h)
 
 struct Model {
   ModelConfig cfg;
   ParamLayout layout;
   std::vector<float> params;
+  // Gradients and AdamW moments cover what trains: every weight, or only the adapters of a LoRA model
+  // (trainable_params in lora.h).
   std::vector<float> grads;     // empty until the first backward
   std::vector<float> adam_m;    // empty until the first optimizer step
   std::vector<float> adam_v;
@@ -29,6 +32,9 @@ struct Model {
   // CPU precision (set_device with Precision::BF16): sampling decodes and training multiplies in bf16 with fp32
   // accumulation (SampleRequest::bf16, TrainRequest::bf16 for every call). Log-probs and scores stay fp32.
   bool cpu_bf16 = false;
+  // LoRA adapters (enable_lora); null for full fine-tuning. lora_off: the base alone runs (AdaptersOff, one call).
+  std::shared_ptr<Lora> lora;
+  mutable bool lora_off = false;
 
   size_t num_params() const { return layout.total; }
 };
@@ -40,7 +46,8 @@ std::unique_ptr<Model> make_model(const ModelConfig& cfg);
 // weights. GPT-2's residual projections (attn.c_proj, mlp.c_proj) use std / sqrt(2 * n_layer) as in GPT2's init.
 void init_weights(Model& m, uint64_t seed, float std = 0.02f);
 
-// A frozen copy of the weights (no gradients, no optimizer state): a reference model.
+// A frozen copy of the weights (no gradients, no optimizer state): a reference model. A LoRA model's copy has its
+// adapters merged into the weights.
 std::unique_ptr<Model> clone_model(const Model& m);
 
 }  // namespace optune

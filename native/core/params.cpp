@@ -8,20 +8,24 @@ const ParamInfo* ParamLayout::find(const std::string& name) const {
   return nullptr;
 }
 
+size_t add_param(ParamLayout& L, const std::string& name, std::vector<int64_t> shape, bool decay) {
+  ParamInfo p;
+  p.name = name;
+  p.shape = std::move(shape);
+  p.numel = 1;
+  for (auto s : p.shape) p.numel *= static_cast<size_t>(s);
+  p.offset = L.total;
+  p.decay = decay;
+  L.total += p.numel;
+  L.tensors.push_back(p);
+  return p.offset;
+}
+
 namespace {
 struct Builder {
   ParamLayout& L;
   size_t add(const std::string& name, std::vector<int64_t> shape, bool decay) {
-    ParamInfo p;
-    p.name = name;
-    p.shape = std::move(shape);
-    p.numel = 1;
-    for (auto s : p.shape) p.numel *= static_cast<size_t>(s);
-    p.offset = L.total;
-    p.decay = decay;
-    L.total += p.numel;
-    L.tensors.push_back(p);
-    return p.offset;
+    return add_param(L, name, std::move(shape), decay);
   }
 };
 }  // namespace

@@ -53,8 +53,12 @@ struct ParamLayout {
 
 ParamLayout build_param_layout(const ModelConfig& cfg);
 
+// Appends a tensor at the end of `L` (offset = the old total) and returns its offset.
+size_t add_param(ParamLayout& L, const std::string& name, std::vector<int64_t> shape, bool decay);
+
 // Pointer helper: base + offset, or nullptr when the tensor is absent.
-inline float* at(float* base, size_t off) { return off == kAbsent ? nullptr : base + off; }
-inline const float* at(const float* base, size_t off) { return off == kAbsent ? nullptr : base + off; }
+// A null base (no gradients kept for the weights: a LoRA model's frozen base) gives nullptr too.
+inline float* at(float* base, size_t off) { return off == kAbsent || !base ? nullptr : base + off; }
+inline const float* at(const float* base, size_t off) { return off == kAbsent || !base ? nullptr : base + off; }
 
 }  // namespace optune

@@ -12,6 +12,7 @@
 #include "error.h"
 #include "heads.h"
 #include "host_memory.h"
+#include "lora.h"
 #include "losses.h"
 #include "transformer.h"
 
@@ -33,6 +34,7 @@ const char* loss_name(LossKind k) {
 
 void validate_request(const Model& m, const TrainRequest& r) {
   validate_batch(r.batch, m.cfg);
+  OPTUNE_CHECK(!m.lora_off, "train step: the model's LoRA adapters are switched off; train with them on");
   const int n_seq = r.batch.n_seq();
   const std::string loss = loss_name(r.loss);
   if (r.loss == LossKind::SFT) {
@@ -114,7 +116,7 @@ void lm_head_step(Model& m, const TrainRequest& r, const Acts& acts, const std::
                   const std::vector<float>& ref_r, float* dnormf, bool bf16, TrainStats& st) {
   const int D = m.cfg.d_model, V = m.cfg.vocab_size;
   const float* w = lm_head_weight(m);
-  float* dw = m.grads.data() + m.layout.lm_head;
+  float* dw = m.lora ? nullptr : m.grads.data() + m.layout.lm_head;  // a LoRA model's head is frozen
   std::vector<float>& probs = workspace_of(m).head_probs;
   ResponseRows rows = response_rows(r.batch);
   for (int32_t& row : rows.src) row = hidden_row(acts, row);
@@ -146,9 +148,9 @@ void lm_head_step(Model& m, const TrainRequest& r, const Acts& acts, const std::
 
 void check_training_memory(const Model& m, bool with_optimizer) {
   if (m.device) return;
-  // The first step allocates the gradients and, with an update, AdamW's two moments: 3x the weights, refused up
-  // front when the machine cannot hold them (see host_memory.h).
-  const size_t n_params = m.params.size();
+  // The first step allocates the gradients and, with an update, AdamW's two moments: 3x the trained weights (all,
+  // or a LoRA model's adapters), refused up front when the machine cannot hold them (see host_memory.h).
+  const size_t n_params = trainable_params(m).size();
   size_t state_bytes = m.grads.size() == n_params ? 0 : n_params * sizeof(float);
   if (with_optimizer && m.adam_m.size() != n_params) state_bytes += 2 * n_params * sizeof(float);
   check_host_memory(state_bytes, "training state (gradients and AdamW moments of " + std::to_string(n_params) +
@@ -173,7 +175,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   std::vector<float> ref_c, ref_r;
   reference_logprobs(r, ref_c, ref_r);
 
-  m.grads.resize(m.params.size());
+  m.grads.resize(trainable_params(m).size());
   cpu::parallel_zero(m.grads.data(), static_cast<int64_t>(m.grads.size()));
 
   Workspace& ws = workspace_of(m);

@@ -7,6 +7,7 @@
 #include "cpu/ops.h"
 #include "cpu/parallel.h"
 #include "host_memory.h"
+#include "lora.h"
 
 namespace optune {
 
@@ -122,6 +123,14 @@ void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, in
   });
 }
 
+// A LoRA target's h = scale x A^T rows in the block's activations.
+static float* lora_rows(LayerActs& a, const LoraTarget& t, int T, int r) {
+  return a.lora_h.data() + static_cast<size_t>(t.slot) * T * r;
+}
+static const float* lora_rows(const LayerActs& a, const LoraTarget& t, int T, int r) {
+  return a.lora_h.data() + static_cast<size_t>(t.slot) * T * r;
+}
+
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
                    const AttendFn& attend, const PackedWeights* packed, bool bf16) {
   const ModelConfig& c = m.cfg;
@@ -129,12 +138,19 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
   const LayerOffsets& o = m.layout.layers[l];
   const int D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
   const WeightLayout layout = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
+  const Lora* lora = active_lora(m);
+  if (lora) a.lora_h.resize(static_cast<size_t>(lora->slots) * T * lora->cfg.rank);
   auto linear = [&](float* out, const float* inp, size_t w, size_t bias, int in, int outf) {
     const auto it = packed ? packed->find(w) : PackedWeights::const_iterator();
     if (packed && it != packed->end())
       cpu::linear_forward_packed(out, inp, it->second, at(P, bias), T);
     else
       cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout, bf16);
+    if (const LoraTarget* t = lora ? lora->find(w) : nullptr) {
+      const int r = lora->cfg.rank;
+      cpu::lora_forward(out, lora_rows(a, *t, T, r), inp, lora->params.data() + t->a, lora->params.data() + t->b,
+                        lora->scale, T, in, outf, r);
+    }
   };
 
   // attention
@@ -435,11 +451,26 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
   const ModelConfig& c = m.cfg;
   const ParamLayout& L = m.layout;
   const float* P = m.params.data();
-  float* G = m.grads.data();
+  // With LoRA the base is frozen: no gradient for its weights (null G: every at(G, ...) is null and its products are
+  // skipped), m.grads holds the adapters' (adapter_backward).
+  const Lora* lora = m.lora.get();
+  float* G = lora ? nullptr : m.grads.data();
   const int T = acts.T, D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
   const WeightLayout lin = c.is_gpt2() ? WeightLayout::InOut : WeightLayout::OutIn;
 
   BackwardScratch& sc = workspace_of(m).back;
+  // The adapter beside base weight w, after the base's own backward wrote or added its input gradient.
+  auto adapter_backward = [&](const LayerActs& a, size_t w, float* dinp, const float* dout, const float* inp, int in,
+                              int outf) {
+    const LoraTarget* t = lora ? lora->find(w) : nullptr;
+    if (!t) return;
+    const int r = lora->cfg.rank;
+    sc.dlora_h.resize(static_cast<size_t>(T) * r);
+    float* LG = m.grads.data();
+    const float* LP = lora->params.data();
+    cpu::lora_backward(dinp, LG + t->a, LG + t->b, sc.dlora_h.data(), dout, inp, lora_rows(a, *t, T, r), LP + t->a,
+                       LP + t->b, lora->scale, T, in, outf, r);
+  };
   std::vector<float>&dresid = sc.dresid, &dnorm = sc.dnorm, &dact = sc.dact, &dfc = sc.dfc, &dup = sc.dup,
   &datty = sc.datty, &dqkv = sc.dqkv, &dqk_raw = sc.dqk_raw;
   zeros(dresid, static_cast<size_t>(T) * D);
@@ -468,6 +499,7 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     // buffer overwrites it (add_dinp false), so only the activations' += outputs are zeroed first.
     cpu::linear_backward(dact.data(), at(G, o.proj_w), at(G, o.proj_b), dresid.data(), a.act.data(), at(P, o.proj_w),
                          T, F, D, lin, acts.bf16, false);
+    adapter_backward(a, o.proj_w, dact.data(), dresid.data(), a.act.data(), F, D);
     zeros(dfc, dfc.size());
     if (c.is_gpt2()) {
       cpu::gelu_backward(dfc.data(), a.fc.data(), dact.data(), static_cast<int64_t>(T) * F);
@@ -476,15 +508,18 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
       cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
       cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), a.norm2.data(), at(P, o.up_w), T, D, F,
                            lin, acts.bf16, false);
+      adapter_backward(a, o.up_w, dnorm.data(), dup.data(), a.norm2.data(), D, F);
     }
     cpu::linear_backward(dnorm.data(), at(G, o.fc_w), at(G, o.fc_b), dfc.data(), a.norm2.data(), at(P, o.fc_w), T, D,
                          F, lin, acts.bf16, c.is_llama());
+    adapter_backward(a, o.fc_w, dnorm.data(), dfc.data(), a.norm2.data(), D, F);
     norm_backward(c, dresid.data(), at(G, o.norm2_w), at(G, o.norm2_b), dnorm.data(), a.res_attn.data(),
                   at(P, o.norm2_w), a.norm2_mean.data(), a.norm2_rstd.data(), T);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x))))
     cpu::linear_backward(datty.data(), at(G, o.o_w), at(G, o.o_b), dresid.data(), a.atty.data(), at(P, o.o_w), T, QD,
                          D, lin, acts.bf16, false);
+    adapter_backward(a, o.o_w, datty.data(), dresid.data(), a.atty.data(), QD, D);
     QKV v = qkv_view(c, const_cast<float*>(a.qkv.data()), T);
     QKV dv = qkv_view(c, dqkv.data(), T);
     if (acts.shared.T > 0)
@@ -496,6 +531,7 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     if (c.is_gpt2()) {
       cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), a.norm1.data(), at(P, o.qkv_w),
                            T, D, 3 * D, lin, acts.bf16, false);
+      adapter_backward(a, o.qkv_w, dnorm.data(), dqkv.data(), a.norm1.data(), D, 3 * D);
     } else {
       cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.rope_theta);
       cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.rope_theta);
@@ -514,10 +550,13 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
       }
       cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dq, a.norm1.data(), at(P, o.q_w), T, D, QD, lin,
                            acts.bf16, false);
+      adapter_backward(a, o.q_w, dnorm.data(), dq, a.norm1.data(), D, QD);
       cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dk, a.norm1.data(), at(P, o.k_w), T, D, KVD,
                            lin, acts.bf16);
+      adapter_backward(a, o.k_w, dnorm.data(), dk, a.norm1.data(), D, KVD);
       cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, a.norm1.data(), at(P, o.v_w), T, D, KVD,
                            lin, acts.bf16);
+      adapter_backward(a, o.v_w, dnorm.data(), dv.v, a.norm1.data(), D, KVD);
     }
     norm_backward(c, dresid.data(), at(G, o.norm1_w), at(G, o.norm1_b), dnorm.data(), x, at(P, o.norm1_w),
                   a.norm1_mean.data(), a.norm1_rstd.data(), T);
@@ -527,6 +566,7 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
   // features split over threads
   float* dwte = at(G, L.tok_emb);
   float* dwpe = at(G, L.pos_emb);
+  if (!dwte) return;  // frozen (LoRA)
   const int32_t* tokens = acts.shared.T > 0 ? acts.shared.tokens.data() : b.tokens.data();
   cpu::parallel_columns(D, [&](int i0, int i1) {
     for (int t = 0; t < T; t++) {

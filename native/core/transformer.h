@@ -26,6 +26,7 @@ struct LayerActs {
   std::vector<float> up;        // Llama: up_proj output [T, F]
   std::vector<float> act;       // MLP hidden after the activation [T, F]
   std::vector<float> res_mlp;   // [T, D] block output
+  std::vector<float> lora_h;    // LoRA: scale * x A^T of each of the block's targets [slots, T, rank] (lora.h)
 };
 
 // Batches whose consecutive sequences start alike (a prompt's K responses, a pair's two) run the shared leading
@@ -80,6 +81,7 @@ using KvHook = std::function<void(int layer, const QKV& qkv)>;
 struct BackwardScratch {
   std::vector<float> dresid, dnorm, dact, dfc, dup, datty, dqkv;
   std::vector<float> dqk_raw;  // Qwen3: gradient of q | k before their per-head norms
+  std::vector<float> dlora_h;  // LoRA: gradient of one target's h [T, rank]
 };
 
 // Weights pre-packed for few-row products, by parameter offset (sampler.cpp); null or a missing entry: plain GEMM.

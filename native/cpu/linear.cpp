@@ -54,4 +54,20 @@ void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, co
   }
 }
 
+void lora_forward(float* out, float* h, const float* inp, const float* a, const float* b, float scale, int rows, int in,
+                  int outf, int r) {
+  if (rows <= 0) return;
+  gemm(false, true, rows, r, in, scale, inp, in, a, in, 0.0f, h, r);  // h = scale x A^T
+  gemm(false, true, rows, outf, r, 1.0f, h, r, b, r, 1.0f, out, outf);  // out += h B^T
+}
+
+void lora_backward(float* dinp, float* da, float* db, float* dh, const float* dout, const float* inp, const float* h,
+                   const float* a, const float* b, float scale, int rows, int in, int outf, int r) {
+  if (rows <= 0) return;
+  gemm(true, false, outf, r, rows, 1.0f, dout, outf, h, r, 1.0f, db, r);          // dB += dY^T h
+  gemm(false, false, rows, r, outf, 1.0f, dout, outf, b, r, 0.0f, dh, r);         // dh = dY B
+  gemm(true, false, r, in, rows, scale, dh, r, inp, in, 1.0f, da, in);            // dA += scale dh^T X
+  if (dinp) gemm(false, false, rows, in, r, scale, dh, r, a, in, 1.0f, dinp, in);  // dX += scale dh A
+}
+
 }  // namespace optune::cpu

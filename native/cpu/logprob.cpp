@@ -145,10 +145,10 @@ void logprob_backward(float* dh, float* dw, const float* g, const float* h, cons
     dhbuf.assign(static_cast<size_t>(rows) * d, 0.0f);
     if (bf16) {
       gemm_bf16(false, rows, z0, vocab, *wn, 1.0f, 0.0f, dhbuf.data(), d);                            // dH = dZ W
-      gemm_bf16(true, false, vocab, d, rows, 1.0f, z0, vocab, hbuf.data(), d, 1.0f, dw, d);           // dW += dZ^T H
+      if (dw) gemm_bf16(true, false, vocab, d, rows, 1.0f, z0, vocab, hbuf.data(), d, 1.0f, dw, d);  // dW += dZ^T H
     } else {
       gemm(false, false, rows, d, vocab, 1.0f, z0, vocab, w, d, 0.0f, dhbuf.data(), d);
-      gemm(true, false, vocab, d, rows, 1.0f, z0, vocab, hbuf.data(), d, 1.0f, dw, d);
+      if (dw) gemm(true, false, vocab, d, rows, 1.0f, z0, vocab, hbuf.data(), d, 1.0f, dw, d);
     }
     for (int r = 0; r < rows; r++) {
       float* dst = dh + static_cast<size_t>(src[r0 + r]) * d;

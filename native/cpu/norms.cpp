@@ -54,7 +54,8 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
       dx[i] += s * (dn - static_cast<float>(dnorm_mean) - xhat * static_cast<float>(dnorm_norm_mean));
     }
   }
-  // parameter gradients: rows in order (the same order for any thread count)
+  // parameter gradients: rows in order (the same order for any thread count); none for frozen weights
+  if (!dw) return;
   parallel_columns(d, [&](int i0, int i1) {
     for (int r = 0; r < rows; r++) {
       const float* dy = dout + static_cast<size_t>(r) * d;
@@ -96,6 +97,7 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
     const float c = static_cast<float>(dot / d);
     for (int i = 0; i < d; i++) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
   }
+  if (!dw) return;  // frozen weights
   parallel_columns(d, [&](int i0, int i1) {
     for (int r = 0; r < rows; r++) {
       const float* dy = dout + static_cast<size_t>(r) * d;

@@ -23,6 +23,14 @@ void linear_forward_packed(float* out, const float* inp, const PackedB& w, const
 void linear_backward(float* dinp, float* dw, float* dbias, const float* dout, const float* inp, const float* w,
                      int rows, int in, int outf, WeightLayout layout, bool bf16 = false, bool add_dinp = true);
 
+// LoRA's low-rank path beside a linear layer (core/lora.h): h = scale * x A^T is written ([rows, r], kept for
+// backward), out += h B^T. A [r, in] and B [out, r] in nn.Linear's layout; fp32 whatever the base's precision.
+void lora_forward(float* out, float* h, const float* inp, const float* a, const float* b, float scale, int rows, int in,
+                  int outf, int r);
+// dB += dout^T h; dh = dout B (scratch [rows, r]); dA += scale dh^T x; dinp += scale dh A (dinp may be null).
+void lora_backward(float* dinp, float* da, float* db, float* dh, const float* dout, const float* inp, const float* h,
+                   const float* a, const float* b, float scale, int rows, int in, int outf, int r);
+
 // ---- normalization --------------------------------------------------------------------------------------------
 void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, const float* w, const float* b,
                        int rows, int d, float eps);
@@ -87,7 +95,8 @@ void logprob_forward(float* logp, const float* h, const int32_t* src, const int3
                      const HeadPacks* packs = nullptr);
 bool logprob_probs_fit(int n, int vocab);
 int logprob_probs_rows(int vocab);  // the most rows whose softmax fits that budget (at least 1)
-// Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... The logits are recomputed chunk by chunk, unless
+// Given g[r] = dLoss/dlogp[r]: dh[src[r]] += ..., dw += ... (dw null: a frozen head, its product skipped). The
+// logits are recomputed chunk by chunk, unless
 // kept_probs holds the forward's softmax of all n rows (it is then overwritten).
 void logprob_backward(float* dh, float* dw, const float* g, const float* h, const int32_t* src, const int32_t* target,
                       int n, const float* w, int d, int vocab, std::vector<float>* kept_probs = nullptr,

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/engine.h"
+#include "core/lora.h"
 #include "core/losses.h"
 #include "core/transformer.h"
 #include "cpu/ops.h"
@@ -229,9 +230,9 @@ void check_model_grads(const std::string& what, Model& m, TrainRequest req) {
   }
   train_step(m, req);
   const std::vector<float> grads = m.grads;
-  for (const ParamInfo& t : m.layout.tensors) {
+  for (const ParamInfo& t : trainable_layout(m).tensors) {  // every weight, or a LoRA model's adapters
     for (size_t i : {size_t(0), t.numel / 2, t.numel - 1}) {
-      float& p = m.params[t.offset + i];
+      float& p = trainable_params(m)[t.offset + i];
       const float keep = p;
       p = keep + static_cast<float>(kEps);
       const double up = train_step(m, req).loss;
@@ -275,6 +276,24 @@ TEST(model_qwen3_qk_norm_dpo_sft) {
   TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
   sft.weights = {};
   check_model_grads("qwen3 sft", *m, sft);
+}
+
+// LoRA: only the adapters train; their gradients pass through the frozen base (its input gradients, the head).
+// Every target kind of every family, with B random so A's gradient is not zero.
+TEST(model_lora_adapters_every_family_dpo_sft) {
+  for (const ModelConfig& c : testing::tiny_families()) {
+    auto m = make_model(c);
+    testing::randomize(*m, 25);
+    enable_lora(*m, LoraConfig{2, 3.0f, {"all-linear"}}, 7);
+    Rand r(26);
+    for (float& x : m->lora->params) x = r.normal(0.5f);
+    const std::string name = arch_name(c.arch);
+    check_model_grads(name + " lora dpo", *m, pair_request(LossKind::DPO, m->cfg));
+    TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
+    sft.weights = {};
+    check_model_grads(name + " lora sft", *m, sft);
+    CHECK(m->grads.size() == m->lora->params.size());
+  }
 }
 
 TEST(model_hinge_simpo_and_label_smoothed_dpo) {

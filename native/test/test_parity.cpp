@@ -161,12 +161,13 @@ std::pair<size_t, size_t> key_bias_range(const Model& m, const std::string& name
 // Every parameter tensor of the model against prefix/<name>, and no expected tensor left without a parameter.
 void compare_params(Report& rep, const Case& c, const Model& m, const std::vector<float>& buf,
                     const std::string& prefix, double tol, bool after_update) {
-  if (buf.size() != m.layout.total) {
+  const ParamLayout& layout = trainable_layout(m);  // every weight, or a LoRA model's adapters
+  if (buf.size() != layout.total) {
     testing::fail(__FILE__, __LINE__, rep.test + ": buffer has " + std::to_string(buf.size()) + " floats, layout " +
-                                          std::to_string(m.layout.total));
+                                          std::to_string(layout.total));
     return;
   }
-  for (const ParamInfo& p : m.layout.tensors) {
+  for (const ParamInfo& p : layout.tensors) {
     const Tensor& e = expect(c, prefix + p.name);
     CHECK_MSG(e.shape == p.shape, rep.test + ": shape of " + p.name + " differs from the fixture");
     auto skip = after_update ? key_bias_range(m, p.name) : std::pair<size_t, size_t>{0, 0};
@@ -182,9 +183,9 @@ void compare_params(Report& rep, const Case& c, const Model& m, const std::vecto
   size_t n_expected = 0;
   for (const auto& kv : c.expected)
     if (kv.first.compare(0, prefix.size(), prefix) == 0) n_expected++;
-  CHECK_MSG(n_expected == m.layout.tensors.size(),
+  CHECK_MSG(n_expected == layout.tensors.size(),
             rep.test + ": fixture has " + std::to_string(n_expected) + " " + prefix + " tensors, model " +
-                std::to_string(m.layout.tensors.size()));
+                std::to_string(layout.tensors.size()));
 }
 
 TrainRequest make_request(const Case& c, LossKind loss) {
@@ -273,6 +274,81 @@ void check_adamw(const std::string& name, LossKind kind) {
   compare_params(rep, c, *m, m->params, "after3/", kTolAfterUpdate, true);
 }
 
+// LoRA with PEFT (tools/make_lora_fixtures.py): the base fixture <lm> with the adapter in lora_<lm>/. Outputs with
+// the adapter on and off, the DPO loss and every adapter gradient, three AdamW steps on the adapters (the base
+// must not move), and the merged weights.
+const Case& lora_case(const std::string& lm) {
+  static std::map<std::string, std::unique_ptr<Case>> cache;
+  auto it = cache.find(lm);
+  if (it != cache.end()) return *it->second;
+  auto c = std::make_unique<Case>(get_case(lm));  // the same batch, pairs, references and AdamW settings
+  c->name = "lora_" + lm;
+  c->dir = kRoot + c->name;
+  c->expected = safetensors::load(c->dir + "/expected.safetensors");
+  return *(cache[lm] = std::move(c));
+}
+
+std::unique_ptr<Model> load_lora_model(const std::string& lm) {
+  auto m = load_checkpoint(get_case(lm).dir);
+  enable_lora(*m, read_lora_config(lora_case(lm).dir), 0);
+  load_lora_adapter(*m, lora_case(lm).dir);
+  return m;
+}
+
+void check_lora_outputs(const std::string& lm) {
+  const Case& c = lora_case(lm);
+  Report rep{c.name + "/outputs"};
+  auto m = load_lora_model(lm);
+  compare(rep, "logits", compute_logits(*m, c.batch), expect(c, "logits"), kTol);
+  const LogprobResult lp = compute_logprobs(*m, c.batch);
+  compare(rep, "token_logps", lp.token_logps, expect(c, "token_logps"), kTol);
+  compare(rep, "seq_logps", lp.seq_logps, expect(c, "seq_logps"), kTol);
+  AdaptersOff off(*m);
+  compare(rep, "base_token_logps", compute_logprobs(*m, c.batch).token_logps, expect(c, "base_token_logps"), kTol);
+}
+
+void check_lora_dpo(const std::string& lm) {
+  const Case& c = lora_case(lm);
+  Report rep{c.name + "/dpo"};
+  auto m = load_lora_model(lm);
+  TrainRequest r = make_request(c, LossKind::DPO);
+  r.apply_update = false;
+  compare_scalar(rep, "dpo_loss", train_step(*m, r).loss, expect(c, "dpo_loss"), kTol);
+  compare_params(rep, c, *m, m->grads, "dpo_grad/", kTol, false);
+}
+
+void check_lora_adamw(const std::string& lm) {
+  const Case& c = lora_case(lm);
+  Report rep{c.name + "/adamw3"};
+  auto m = load_lora_model(lm);
+  const std::vector<float> base = m->params;
+  const TrainRequest r = make_request(c, LossKind::DPO);
+  const Tensor& losses = expect(c, "step_losses");
+  const Tensor& norms = expect(c, "step_grad_norms");
+  for (size_t step = 0; step < losses.data.size(); step++) {
+    TrainStats s = train_step(*m, r);
+    const std::string k = "[" + std::to_string(step) + "]";
+    const double tol = step == 0 ? kTol : kTolAfterUpdate;
+    compare_scalar(rep, "step_losses" + k, s.loss, Tensor{{1}, {losses.data[step]}}, tol);
+    compare_scalar(rep, "step_grad_norms" + k, s.grad_norm, Tensor{{1}, {norms.data[step]}}, tol);
+  }
+  compare_params(rep, c, *m, m->lora->params, "after3/", kTolAfterUpdate, true);
+  CHECK_MSG(m->params == base, rep.test + ": the frozen base moved");
+}
+
+void check_lora_merged(const std::string& lm) {
+  const Case& c = lora_case(lm);
+  Report rep{c.name + "/merged"};
+  auto m = load_lora_model(lm);
+  size_t n_expected = 0;
+  for (const auto& kv : c.expected) n_expected += kv.first.rfind("merged/", 0) == 0;
+  CHECK(n_expected == m->lora->targets.size());
+  for (const LoraTarget& t : m->lora->targets) {
+    const std::string name = t.module + ".weight";
+    compare(rep, "merged/" + name, merged_weight(*m, t), expect(c, "merged/" + name), kTol);
+  }
+}
+
 // Registers one test per case and quantity, named "<case>/<quantity>".
 struct Registrar {
   std::deque<std::string> names;  // testing::Case keeps a const char*; a deque never moves its strings
@@ -289,6 +365,12 @@ struct Registrar {
       add(lm + "/ipo", [lm] { check_loss(lm, LossKind::IPO, "ipo"); });
       if (lm == "gpt2" || lm == "llama") add(lm + "/sft", [lm] { check_loss(lm, LossKind::SFT, "sft"); });
       add(lm + "/adamw3", [lm] { check_adamw(lm, LossKind::DPO); });
+    }
+    for (std::string lm : {"gpt2", "llama", "qwen3"}) {
+      add("lora_" + lm + "/outputs", [lm] { check_lora_outputs(lm); });
+      add("lora_" + lm + "/dpo", [lm] { check_lora_dpo(lm); });
+      add("lora_" + lm + "/adamw3", [lm] { check_lora_adamw(lm); });
+      add("lora_" + lm + "/merged", [lm] { check_lora_merged(lm); });
     }
     for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm"}) {
       add(rm + "/scores", [rm] { check_scores(rm); });

@@ -1,0 +1,146 @@
+#include "lora.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "error.h"
+#include "rng.h"
+
+namespace optune {
+
+namespace {
+
+struct LinearModule {
+  std::string name;  // transformers' module name, e.g. "transformer.h.0.attn.c_attn"
+  int layer;
+  size_t weight;
+  int in, out;
+};
+
+// Every linear layer of the blocks, in block order and, within a block, in the order of transformers' modules.
+std::vector<LinearModule> linear_modules(const Model& m) {
+  const ModelConfig& c = m.cfg;
+  const int D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
+  std::vector<LinearModule> out;
+  for (int l = 0; l < c.n_layer; l++) {
+    const LayerOffsets& o = m.layout.layers[l];
+    if (c.is_gpt2()) {
+      const std::string p = "transformer.h." + std::to_string(l) + ".";
+      out.push_back({p + "attn.c_attn", l, o.qkv_w, D, 3 * D});
+      out.push_back({p + "attn.c_proj", l, o.o_w, D, D});
+      out.push_back({p + "mlp.c_fc", l, o.fc_w, D, F});
+      out.push_back({p + "mlp.c_proj", l, o.proj_w, F, D});
+    } else {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      out.push_back({p + "self_attn.q_proj", l, o.q_w, D, QD});
+      out.push_back({p + "self_attn.k_proj", l, o.k_w, D, KVD});
+      out.push_back({p + "self_attn.v_proj", l, o.v_w, D, KVD});
+      out.push_back({p + "self_attn.o_proj", l, o.o_w, QD, D});
+      out.push_back({p + "mlp.gate_proj", l, o.fc_w, D, F});
+      out.push_back({p + "mlp.up_proj", l, o.up_w, D, F});
+      out.push_back({p + "mlp.down_proj", l, o.proj_w, F, D});
+    }
+  }
+  return out;
+}
+
+// PEFT's rule for a list of target_modules: the whole name, or its tail after a dot.
+bool matches(const std::string& module, const std::string& target) {
+  if (target == "all-linear" || module == target) return true;
+  return module.size() > target.size() && module.compare(module.size() - target.size(), target.size(), target) == 0 &&
+         module[module.size() - target.size() - 1] == '.';
+}
+
+}  // namespace
+
+std::vector<LoraTarget> resolve_lora_targets(const Model& m, const std::vector<std::string>& targets) {
+  OPTUNE_CHECK(!targets.empty(), "LoRA: no target modules given; name some (e.g. [\"q_proj\", \"v_proj\"]) or use "
+                                 "[\"all-linear\"]");
+  const std::vector<LinearModule> modules = linear_modules(m);
+  for (const std::string& t : targets) {
+    bool any = false;
+    for (const LinearModule& mod : modules) any = any || matches(mod.name, t);
+    std::string names;  // block 0's, without the block prefix
+    for (size_t i = 0; i < modules.size() && modules[i].layer == 0; i++)
+      names += (i ? ", " : "") + modules[i].name.substr(modules[i].name.find(".0.") + 3);
+    OPTUNE_CHECK(any, "LoRA: target module \"" + t + "\" matches no linear layer of this " + arch_name(m.cfg.arch) +
+                          " model; its block's layers are " + names + " (or use \"all-linear\")");
+  }
+  std::vector<LoraTarget> out;
+  int slot = 0, layer = -1;
+  for (const LinearModule& mod : modules) {
+    bool hit = false;
+    for (const std::string& t : targets) hit = hit || matches(mod.name, t);
+    if (!hit) continue;
+    if (mod.layer != layer) slot = 0;
+    layer = mod.layer;
+    LoraTarget t;
+    t.module = mod.name;
+    t.layer = mod.layer;
+    t.slot = slot++;
+    t.weight = mod.weight;
+    t.in = mod.in;
+    t.out = mod.out;
+    out.push_back(t);
+  }
+  return out;
+}
+
+void enable_lora(Model& m, const LoraConfig& cfg, uint64_t seed) {
+  OPTUNE_CHECK(!m.device, "LoRA: adapters run on the CPU backend only; load the model with device \"cpu\"");
+  OPTUNE_CHECK(!m.cfg.reward_model, "LoRA: adapters are for causal language models (policies), not reward models");
+  OPTUNE_CHECK(!m.lora, "LoRA: the model has adapters already");
+  OPTUNE_CHECK(m.adam_m.empty(), "LoRA: the model has taken full optimizer steps; enable adapters on a fresh model");
+  OPTUNE_CHECK(cfg.rank >= 1 && cfg.rank <= 4096, "LoRA: rank " + std::to_string(cfg.rank) + " must be in [1, 4096]");
+  OPTUNE_CHECK(std::isfinite(cfg.alpha) && cfg.alpha > 0, "LoRA: alpha must be a positive number");
+  auto lora = std::make_shared<Lora>();
+  lora->cfg = cfg;
+  lora->scale = cfg.alpha / static_cast<float>(cfg.rank);
+  lora->targets = resolve_lora_targets(m, cfg.targets);
+  const int64_t r = cfg.rank;
+  for (size_t i = 0; i < lora->targets.size(); i++) {
+    LoraTarget& t = lora->targets[i];
+    const std::string p = "base_model.model." + t.module;
+    t.a = add_param(lora->layout, p + ".lora_A.weight", {r, t.in}, true);
+    t.b = add_param(lora->layout, p + ".lora_B.weight", {t.out, r}, true);
+    lora->by_weight[t.weight] = static_cast<int>(i);
+    lora->slots = std::max(lora->slots, t.slot + 1);
+  }
+  lora->params.assign(lora->layout.total, 0.0f);
+  // A: kaiming_uniform_(a=sqrt(5)) as nn.Linear and PEFT draw it, i.e. U(-1/sqrt(in), 1/sqrt(in)); B stays zero.
+  for (size_t i = 0; i < lora->targets.size(); i++) {
+    const LoraTarget& t = lora->targets[i];
+    const double bound = 1.0 / std::sqrt(static_cast<double>(t.in));
+    float* a = lora->params.data() + t.a;
+    for (size_t j = 0; j < static_cast<size_t>(r) * t.in; j++)
+      a[j] = static_cast<float>(bound * (2.0 * rng_uniform(seed, i, j) - 1.0));
+  }
+  m.lora = std::move(lora);
+  m.lora_off = false;
+  std::vector<float>().swap(m.grads);  // full-size gradients of earlier steps no longer apply
+}
+
+std::vector<float> merged_weight(const Model& m, const LoraTarget& t) {
+  const Lora& L = *m.lora;
+  const int r = L.cfg.rank;
+  const float* w = m.params.data() + t.weight;
+  std::vector<float> out(w, w + static_cast<size_t>(t.in) * t.out);
+  const float* A = L.params.data() + t.a;  // [r, in]
+  const float* B = L.params.data() + t.b;  // [out, r]
+  const bool in_out = m.cfg.is_gpt2();     // Conv1D: W [in, out]
+  std::vector<float> row(t.in);
+  for (int o = 0; o < t.out; o++) {  // row o of B A, accumulated over k in order
+    std::fill(row.begin(), row.end(), 0.0f);
+    for (int k = 0; k < r; k++) {
+      const float b = B[static_cast<size_t>(o) * r + k];
+      const float* a = A + static_cast<size_t>(k) * t.in;
+#pragma omp simd
+      for (int i = 0; i < t.in; i++) row[i] += b * a[i];
+    }
+    for (int i = 0; i < t.in; i++)
+      out[in_out ? static_cast<size_t>(i) * t.out + o : static_cast<size_t>(o) * t.in + i] += L.scale * row[i];
+  }
+  return out;
+}
+
+}  // namespace optune
