@@ -9,6 +9,7 @@
 #include "core/device.h"
 #include "core/engine.h"
 #include "core/error.h"
+#include "core/lora.h"
 #include "task.h"
 
 namespace optune_addon {
@@ -41,6 +42,8 @@ Napi::Function ModelWrap::define(Napi::Env env) {
           InstanceMethod<&ModelWrap::train_step>("trainStep"),
           InstanceMethod<&ModelWrap::check_training_memory>("checkTrainingMemory"),
           InstanceMethod<&ModelWrap::sample>("sample"),
+          InstanceMethod<&ModelWrap::enable_lora>("enableLora"),
+          InstanceMethod<&ModelWrap::load_lora_adapter>("loadLoraAdapter"),
           InstanceMethod<&ModelWrap::dispose>("dispose"),
           InstanceMethod<&ModelWrap::get_params>("getParams"),
           InstanceMethod<&ModelWrap::set_params>("setParams"),
@@ -67,6 +70,13 @@ ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWra
     throw Napi::TypeError::New(info.Env(), "Model cannot be constructed directly; use createModel() or loadModel()");
   }
   h_ = *info[0].As<Napi::External<HandlePtr>>().Data();
+}
+
+// The optional `base` flag of logprobs and sample: run a LoRA model's base alone (its adapters off).
+static bool base_arg(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || info[i].IsUndefined()) return false;
+  if (!info[i].IsBoolean()) throw Napi::TypeError::New(info.Env(), "base must be a boolean, got " + describe(info[i]));
+  return info[i].As<Napi::Boolean>().Value();
 }
 
 static std::string string_arg(const Napi::CallbackInfo& info, size_t i, const char* name) {
@@ -156,11 +166,16 @@ Napi::Value ModelWrap::logprobs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
     auto batch = std::make_shared<optune::Batch>(to_batch(info[0], "batch"));
+    const bool base = base_arg(info, 1);
     acquire(env, *h_, "logprobs");
     HandlePtr h = h_;
     auto out = std::make_shared<optune::LogprobResult>();
     return PromiseTask::start(
-        env, "logprobs", [h, batch, out] { *out = optune::compute_logprobs(*h->model, *batch); },
+        env, "logprobs",
+        [h, batch, out, base] {
+          const optune::AdaptersOff off(*h->model, base);
+          *out = optune::compute_logprobs(*h->model, *batch);
+        },
         [out](Napi::Env e) -> Napi::Value {
           Napi::Object o = Napi::Object::New(e);
           o.Set("tokenLogps", to_js(e, out->token_logps));
@@ -260,12 +275,78 @@ Napi::Value ModelWrap::sample(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
     auto request = std::make_shared<optune::SampleRequest>(to_sample_request(info[0]));
+    const bool base = base_arg(info, 1);
     acquire(env, *h_, "sample");
     HandlePtr h = h_;
     auto out = std::make_shared<optune::SampleResult>();
     return PromiseTask::start(
-        env, "sample", [h, request, out] { *out = optune::sample(*h->model, *request); },
+        env, "sample",
+        [h, request, out, base] {
+          const optune::AdaptersOff off(*h->model, base);
+          *out = optune::sample(*h->model, *request);
+        },
         [out](Napi::Env e) -> Napi::Value { return sample_to_js(e, *out); }, [h] { release(*h); });
+  });
+}
+
+// ---- LoRA adapters (core/lora.h) ------------------------------------------------------------------------------
+
+// options: { rank, alpha, targets: string[], seed }
+Napi::Value ModelWrap::enable_lora(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    const Napi::Object o = expect_object(info[0], "LoRA options");
+    optune::LoraConfig cfg;
+    const Napi::Value rank = o.Get("rank"), alpha = o.Get("alpha"), targets = o.Get("targets");
+    if (!rank.IsNumber() || !alpha.IsNumber() || !targets.IsArray())
+      throw Napi::TypeError::New(env, "LoRA options need rank (number), alpha (number) and targets (string[])");
+    const double r = rank.As<Napi::Number>().DoubleValue();
+    if (r != static_cast<double>(static_cast<int>(r)))
+      throw Napi::TypeError::New(env, "LoRA rank must be an integer, got " + describe(rank));
+    cfg.rank = static_cast<int>(r);
+    cfg.alpha = alpha.As<Napi::Number>().FloatValue();
+    cfg.targets.clear();
+    const Napi::Array list = targets.As<Napi::Array>();
+    for (uint32_t i = 0; i < list.Length(); i++) {
+      const Napi::Value t = list.Get(i);
+      if (!t.IsString()) throw Napi::TypeError::New(env, "LoRA targets must be strings, got " + describe(t));
+      cfg.targets.push_back(t.As<Napi::String>().Utf8Value());
+    }
+    const uint64_t seed = seed_value(o.Get("seed"), "LoRA seed");
+    acquire(env, *h_, "enableLora");
+    HandlePtr h = h_;
+    // Resolves with what was made: { rank, alpha, modules (the targeted module names), trainableParams }.
+    auto made = std::make_shared<std::shared_ptr<const optune::Lora>>();
+    return PromiseTask::start(
+        env, "enableLora",
+        [h, cfg, seed, made] {
+          optune::enable_lora(*h->model, cfg, seed);
+          *made = h->model->lora;
+        },
+        [made](Napi::Env e) -> Napi::Value {
+          const optune::Lora& L = **made;
+          Napi::Object o = Napi::Object::New(e);
+          o.Set("rank", L.cfg.rank);
+          o.Set("alpha", L.cfg.alpha);
+          Napi::Array modules = Napi::Array::New(e, L.targets.size());
+          for (size_t i = 0; i < L.targets.size(); i++) modules.Set(static_cast<uint32_t>(i), L.targets[i].module);
+          o.Set("modules", modules);
+          o.Set("trainableParams", static_cast<double>(L.params.size()));
+          return o;
+        },
+        [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::load_lora_adapter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    std::string dir = string_arg(info, 0, "dir");
+    acquire(env, *h_, "loadLoraAdapter");
+    HandlePtr h = h_;
+    return PromiseTask::start(
+        env, "loadLoraAdapter", [h, dir] { optune::load_lora_adapter(*h->model, dir); },
+        [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }
 

@@ -31,6 +31,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value train_step(const Napi::CallbackInfo& info);
   Napi::Value check_training_memory(const Napi::CallbackInfo& info);
   Napi::Value sample(const Napi::CallbackInfo& info);
+  Napi::Value enable_lora(const Napi::CallbackInfo& info);
+  Napi::Value load_lora_adapter(const Napi::CallbackInfo& info);
   void dispose(const Napi::CallbackInfo& info);
   Napi::Value get_params(const Napi::CallbackInfo& info);
   Napi::Value set_params(const Napi::CallbackInfo& info);

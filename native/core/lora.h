@@ -67,10 +67,10 @@ inline const ParamLayout& trainable_layout(const Model& m) { return m.lora ? m.l
 // The base weight of `t` with its adapter merged in: W + scale * B A (transposed for GPT-2's [in, out] layout).
 std::vector<float> merged_weight(const Model& m, const LoraTarget& t);
 
-// Switches the adapters off for one call (the reference model's log-probs), on again when it ends.
+// Switches the adapters off for one call (the reference model's log-probs), back as they were when it ends.
 class AdaptersOff {
  public:
-  explicit AdaptersOff(const Model& m) : m_(m), was_(m.lora_off) { m_.lora_off = true; }
+  explicit AdaptersOff(const Model& m, bool off = true) : m_(m), was_(m.lora_off) { m_.lora_off = was_ || off; }
   ~AdaptersOff() { m_.lora_off = was_; }
   AdaptersOff(const AdaptersOff&) = delete;
   AdaptersOff& operator=(const AdaptersOff&) = delete;

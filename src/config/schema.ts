@@ -54,11 +54,34 @@ const flag = () => z.boolean({ error: "must be true or false" });
 const path = () => z.string({ error: "must be a non-empty path" }).min(1, { error: "must be a non-empty path" });
 const section = <S extends z.core.$ZodLooseShape>(shape: S) => z.strictObject(shape, { error: "must be an object" });
 
+/**
+ * LoRA (PEFT's): train low-rank adapters beside the targeted linear layers and keep the policy's weights frozen.
+ * The frozen weights double as the reference model, and gradients and AdamW state cover the adapters only, so a
+ * run needs about a third of full fine-tuning's memory. CPU only.
+ */
+const LoraSchema = section({
+  rank: integer(closed(1), closed(4096)).default(8),
+  /** The adapters' output is scaled by alpha / rank. */
+  alpha: real(open(0), closed(1e6)).default(16),
+  /**
+   * Module names as PEFT's target_modules: a layer is targeted when its name is an entry or ends with "." + entry
+   * ("q_proj", "self_attn.v_proj", GPT-2's "c_attn"); "all-linear": every linear layer of the blocks.
+   */
+  targets: z
+    .array(z.string({ error: "must be a module name" }).min(1, { error: "must be a module name" }), {
+      error: 'must be a list of module names, e.g. ["q_proj", "v_proj"] or ["all-linear"]',
+    })
+    .min(1, { error: 'must name at least one module, or ["all-linear"]' })
+    .default(["all-linear"]),
+});
+
 const ModelSchema = section({
   /** Checkpoint of the policy to start from; the built-in task trains one by SFT when absent. */
   policy: path().optional(),
   /** Frozen reference model; defaults to a copy of the starting policy. */
   reference: path().optional(),
+  /** Train LoRA adapters instead of every weight (absent: full fine-tuning). */
+  lora: LoraSchema.optional(),
   /** task 'user' only: model.tokenizer, model.chatTemplate, model.chatTemplateArgs (src/data/user_config.ts). */
   ...userModelFields,
 });
@@ -310,6 +333,12 @@ function crossFieldIssues(config: Config): string[] {
   }
   if (config.loss.labelSmoothing > 0 && !["dpo", "wdpo", "simpo"].includes(config.loss.type)) {
     issues.push(`loss.labelSmoothing: only used by loss.type dpo, wdpo and simpo, got type '${config.loss.type}'`);
+  }
+  if (config.model.lora !== undefined && config.model.reference !== undefined) {
+    issues.push("model.reference: with model.lora the reference is the policy's frozen base; remove model.reference");
+  }
+  if (config.model.lora !== undefined && config.device === "cuda") {
+    issues.push("model.lora: LoRA training runs on the CPU; set device to 'cpu' (or 'auto': reward models may still use a GPU)");
   }
   if (prepare.dModel % prepare.nHead !== 0) {
     issues.push(`prepare.nHead: must divide prepare.dModel (${prepare.dModel}), got ${prepare.nHead}`);

@@ -11,6 +11,8 @@ import type {
   DeviceOptions,
   EngineInfo,
   LogprobResult,
+  LoraInfo,
+  LoraOptions,
   LossName,
   ModelConfig,
   ModelConfigInput,
@@ -98,6 +100,12 @@ export function setThreads(n: number): void {
   loadAddon().setThreads(n);
 }
 
+/** The calls of one native model, in order. */
+interface CallQueue {
+  /** Settles when the last queued call has; never rejects. */
+  tail: Promise<void>;
+}
+
 interface Reservation {
   /** Resolves when every earlier call on the model has settled. */
   turn: Promise<void>;
@@ -112,12 +120,17 @@ export class EngineModel {
   readonly device: "cpu" | "cuda";
   readonly precision: PrecisionName;
   private readonly native: NativeModel;
-  /** Settles when the last queued call has; never rejects. */
-  private tail: Promise<void> = Promise.resolve();
+  /** Calls run one at a time in this queue; a base view shares its model's. */
+  private readonly queue: CallQueue;
+  /** A LoRA model's base view (base()): its adapters are off for every call it makes. */
+  private readonly isBaseView: boolean;
+  private loraInfo: LoraInfo | null = null;
   private disposeRequested = false;
 
-  private constructor(native: NativeModel) {
+  private constructor(native: NativeModel, queue: CallQueue = { tail: Promise.resolve() }, isBaseView = false) {
     this.native = native;
+    this.queue = queue;
+    this.isBaseView = isBaseView;
     this.config = native.config;
     this.numParams = native.numParams;
     this.device = native.device;
@@ -147,42 +160,77 @@ export class EngineModel {
   }
 
   async save(dir: string): Promise<void> {
-    this.checkAlive("model");
+    this.checkNotBaseView("save");
     return this.enqueue(() => this.native.save(dir));
   }
 
   /** Writes the AdamW moments and step count to dir/optimizer.safetensors (atomically), for an exact resume. */
   async saveOptimizerState(dir: string): Promise<void> {
-    this.checkAlive("model");
+    this.checkNotBaseView("saveOptimizerState");
     return this.enqueue(() => this.native.saveOptimizerState(dir));
   }
 
   /** Restores what saveOptimizerState wrote; the model must have the same parameter count. */
   async loadOptimizerState(dir: string): Promise<void> {
-    this.checkAlive("model");
+    this.checkNotBaseView("loadOptimizerState");
     return this.enqueue(() => this.native.loadOptimizerState(dir));
+  }
+
+  /**
+   * Adds LoRA adapters (CPU only): from now on training updates only them, the weights stay frozen, and save()
+   * writes the merged model plus the adapters in PEFT's format (dir/adapter/). Resolves with what was made.
+   */
+  async enableLora(options: LoraOptions): Promise<LoraInfo> {
+    this.checkNotBaseView("enableLora");
+    const info = await this.enqueue(() => this.native.enableLora({ ...options, seed: options.seed ?? 0 }));
+    this.loraInfo = info;
+    return info;
+  }
+
+  /** Loads adapter weights saved by save() (dir/adapter) or by PEFT into adapters enabled with the same settings. */
+  async loadLoraAdapter(dir: string): Promise<void> {
+    this.checkNotBaseView("loadLoraAdapter");
+    return this.enqueue(() => this.native.loadLoraAdapter(dir));
+  }
+
+  /** The adapters enableLora made, or null. */
+  get lora(): LoraInfo | null {
+    return this.loraInfo;
+  }
+
+  /**
+   * The base of a LoRA model as a model of its own, for log-probs and sampling: the same weights with the adapters
+   * off, sharing this model's memory and call queue (a reference model that costs nothing). It cannot train or be
+   * saved, and disposing it leaves this model alive.
+   */
+  base(): EngineModel {
+    this.checkAlive("model");
+    if (this.loraInfo === null) throw new Error("base(): the model has no LoRA adapters; use clone() for a copy");
+    const view = new EngineModel(this.native, this.queue, true);
+    view.loraInfo = null;
+    return view;
   }
 
   /** A frozen copy of the weights (no optimizer state): a reference model. */
   async clone(): Promise<EngineModel> {
-    this.checkAlive("model");
+    this.checkNotBaseView("clone");
     return new EngineModel(await this.enqueue(() => this.native.clone()));
   }
 
   async logprobs(batch: Batch): Promise<LogprobResult> {
     this.checkAlive("model");
-    return this.enqueue(() => this.native.logprobs(batch));
+    return this.enqueue(() => this.native.logprobs(batch, this.isBaseView));
   }
 
   /** Full logits [nTokens, vocab]; for tests and debugging. */
   async logits(batch: Batch): Promise<Float32Array> {
-    this.checkAlive("model");
+    this.checkNotBaseView("logits");
     return this.enqueue(() => this.native.logits(batch));
   }
 
   /** Reward-model score of each sequence. */
   async scores(batch: Batch): Promise<Float32Array> {
-    this.checkAlive("model");
+    this.checkNotBaseView("scores");
     return this.enqueue(() => this.native.scores(batch));
   }
 
@@ -196,12 +244,17 @@ export class EngineModel {
   }
 
   async trainStep(options: TrainStepOptions): Promise<TrainStats> {
-    this.checkAlive("model");
+    this.checkNotBaseView("trainStep");
     const request = toNativeTrainRequest(options);
     const ref = options.refModel;
     if (ref === undefined) return this.enqueue(() => this.native.trainStep(request));
     if (!(ref instanceof EngineModel)) throw new TypeError("trainStep: refModel must be an EngineModel");
-    if (ref === this) throw new Error("trainStep: refModel must be a different model than the one trained; use clone()");
+    if (ref.native === this.native) {
+      throw new Error(
+        "trainStep: refModel must be a different model than the one trained (use clone()); for a LoRA model's base, " +
+          "pass its log-probs as refChosen/refRejected",
+      );
+    }
     ref.checkAlive("refModel");
     const slot = ref.reserve();
     return this.enqueue(async () => {
@@ -217,7 +270,7 @@ export class EngineModel {
   async sample(options: SampleOptions): Promise<SampleResult> {
     this.checkAlive("model");
     const request = toNativeSampleRequest(options);
-    return this.enqueue(() => this.native.sample(request));
+    return this.enqueue(() => this.native.sample(request, this.isBaseView));
   }
 
   /** A copy of the flat fp32 parameter buffer (transformers tensor order, see native/core/params.h). */
@@ -230,14 +283,16 @@ export class EngineModel {
     this.checkAlive("model");
     // A copy of its own (a memcpy, unlike Float32Array.from), taken now: the caller may change `params` meanwhile,
     // and the engine thread reads the copy in place.
+    if (this.isBaseView) throw new Error("setParams: a LoRA base view is read-only; set the parameters on its model");
     const copy = params instanceof Float32Array ? params.slice() : Float32Array.from(params);
     return this.enqueue(async () => this.native.setParams(copy));
   }
 
-  /** Frees the weights once the calls queued before it have run; later calls reject. */
+  /** Frees the weights once the calls queued before it have run; later calls reject. A base view frees nothing. */
   async dispose(): Promise<void> {
     if (this.disposeRequested) return;
     this.disposeRequested = true;
+    if (this.isBaseView) return;
     return this.enqueue(async () => this.native.dispose());
   }
 
@@ -245,9 +300,15 @@ export class EngineModel {
     if (this.disposeRequested) throw new Error(`${what} has been disposed; create or load a new one`);
   }
 
+  /** Alive, and not a base view: those only compute log-probs and samples. */
+  private checkNotBaseView(op: string): void {
+    this.checkAlive("model");
+    if (this.isBaseView) throw new Error(`${op}: a LoRA model's base view only computes log-probs and samples`);
+  }
+
   private enqueue<T>(op: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(op);
-    this.tail = result.then(
+    const result = this.queue.tail.then(op);
+    this.queue.tail = result.then(
       () => undefined,
       () => undefined,
     );
@@ -260,8 +321,8 @@ export class EngineModel {
     const finished = new Promise<void>((resolve) => {
       done = resolve;
     });
-    const turn = this.tail;
-    this.tail = finished;
+    const turn = this.queue.tail;
+    this.queue.tail = finished;
     return { turn, done };
   }
 }

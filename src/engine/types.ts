@@ -157,6 +157,25 @@ export interface NativeSampleRequest {
   streamIds?: BigUint64Array;
 }
 
+/** LoRA settings (native/core/lora.h); `targets` as PEFT's target_modules, or ["all-linear"]. */
+export interface LoraOptions {
+  rank: number;
+  alpha: number;
+  targets: readonly string[];
+  /** Seed of A's initialization (B starts at zero). */
+  seed?: number | bigint;
+}
+
+/** What enableLora made. */
+export interface LoraInfo {
+  rank: number;
+  alpha: number;
+  /** The targeted modules, e.g. "model.layers.0.self_attn.q_proj". */
+  modules: string[];
+  /** Floats trained: every A and B. */
+  trainableParams: number;
+}
+
 /** One native model. A second call while one runs rejects: EngineModel queues calls instead. */
 export interface NativeModel {
   readonly config: ModelConfig;
@@ -170,12 +189,15 @@ export interface NativeModel {
   saveOptimizerState(dir: string): Promise<void>;
   loadOptimizerState(dir: string): Promise<void>;
   clone(): Promise<NativeModel>;
-  logprobs(batch: Batch): Promise<LogprobResult>;
+  /** base: a LoRA model's base alone (its adapters off). */
+  logprobs(batch: Batch, base?: boolean): Promise<LogprobResult>;
   logits(batch: Batch): Promise<Float32Array>;
   scores(batch: Batch): Promise<Float32Array>;
   trainStep(request: NativeTrainRequest): Promise<TrainStats>;
   checkTrainingMemory(): Promise<void>;
-  sample(request: NativeSampleRequest): Promise<SampleResult>;
+  sample(request: NativeSampleRequest, base?: boolean): Promise<SampleResult>;
+  enableLora(options: LoraOptions): Promise<LoraInfo>;
+  loadLoraAdapter(dir: string): Promise<void>;
   dispose(): void;
   getParams(): Promise<Float32Array>;
   /** Reads `params` in place on the engine thread: it must not change until the Promise settles. */

@@ -331,9 +331,31 @@ async function openRunInputs(task: Task, loaded: LoadedState | null, config: Con
       throw err;
     }
   };
-  const policy = await open(() => loadTaskModel(task, loaded?.policyDir ?? task.policyDir, placement));
-  const referenceDir = loaded?.referenceDir ?? task.referenceDir ?? task.policyDir;
-  const reference = await open(() => loadTaskModel(task, referenceDir, placement));
+  const lora = config.model.lora;
+  let policy: EngineModel;
+  let reference: EngineModel;
+  if (lora === undefined) {
+    policy = await open(() => loadTaskModel(task, loaded?.policyDir ?? task.policyDir, placement));
+    const referenceDir = loaded?.referenceDir ?? task.referenceDir ?? task.policyDir;
+    reference = await open(() => loadTaskModel(task, referenceDir, placement));
+  } else {
+    // The starting policy's weights stay frozen under the adapters (a resumed run reloads them and its saved
+    // adapters), and they are the reference unless a refreshed one was saved. LoRA runs on the CPU.
+    policy = await open(async () => {
+      const model = await loadTaskModel(task, task.policyDir, { ...placement, device: "cpu" });
+      try {
+        await model.enableLora({ rank: lora.rank, alpha: lora.alpha, targets: lora.targets, seed: config.seed });
+        if (loaded) await model.loadLoraAdapter(join(loaded.policyDir, "adapter"));
+      } catch (err) {
+        await model.dispose();
+        throw err;
+      }
+      return model;
+    });
+    reference = loaded?.referenceDir
+      ? await open(() => loadTaskModel(task, loaded.referenceDir as string, placement))
+      : policy.base();
+  }
   const proxy = await open(() => task.createRewardSource());
   const evaluator = await open(() => task.createEvalSource());
   return { policy, reference, proxy, evaluator };
