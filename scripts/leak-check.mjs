@@ -81,6 +81,18 @@ async function iteration(i, dir) {
   // The native object itself, behind the wrapper's check: the addon must refuse too.
   await rejects(Promise.resolve().then(() => m["native"].logprobs(batch)), "disposed", "disposed model (native)");
 
+  // LoRA: adapters, their base view, a merged save with PEFT files, and the adapter loads that must fail.
+  const lora = await EngineModel.create(config, i);
+  await lora.enableLora({ rank: 2, alpha: 4, targets: ["all-linear"], seed: i });
+  await lora.base().logprobs(batch);
+  await lora.trainStep({ loss: "sft", batch });
+  await lora.save(join(dir, "lora"));
+  await lora.loadLoraAdapter(join(dir, "lora", "adapter"));
+  await rejects(lora.loadLoraAdapter(join(dir, "missing")), "not found", "missing adapter");
+  await rejects(lora.enableLora({ rank: 2, alpha: 4, targets: ["nothing"] }), "adapters already", "second enableLora");
+  await rejects(ref.enableLora({ rank: 2, alpha: 4, targets: ["nothing"] }), "matches no linear layer", "bad target");
+  await lora.dispose();
+
   await ref.dispose();
   await loaded.dispose();
   // Dropped without dispose(): freed by the addon's finalizer when V8 collects it.

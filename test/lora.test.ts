@@ -1,12 +1,13 @@
 // LoRA from TypeScript: the engine wrapper's adapters and base view, and `model.lora` runs of the loop (what they
 // train, what they save, resume, config errors). The engine's math is checked natively (test_lora, test_parity).
 
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 
+import { main } from "../src/cli/index.js";
 import { type Config, ConfigError, type ConfigInput, loadConfig } from "../src/config/schema.js";
 import { EngineModel, packBatch } from "../src/engine/index.js";
 import type { IterationMetrics } from "../src/loop/metrics.js";
@@ -158,6 +159,28 @@ describe("optune run with model.lora", () => {
     const result = await run(loraConfig("refresh", { loop: { ...TINY_TASK.loop, refreshReference: true } }));
     expect(result.status).toBe("completed");
     expect(existsSync(join(result.runDir, "state", "iter-0002", "reference", "model.safetensors"))).toBe(true);
+  });
+
+  it("runs from the --lora-rank flag and says what it trains", async () => {
+    const dir = join(scratch, "cli");
+    const config = loraConfig("cli-base");
+    const file = join(scratch, "cli.json");
+    writeFileSync(file, JSON.stringify({ ...config, model: {}, run: { ...config.run, dir } }));
+    const logs: string[] = [];
+    const out = vi.spyOn(console, "log").mockImplementation(() => {});
+    const err = vi.spyOn(process.stderr, "write").mockImplementation((chunk) => {
+      logs.push(String(chunk));
+      return true;
+    });
+    try {
+      expect(await main(["node", "optune", "run", "--config", file, "--lora-rank", "2", "--iterations", "1"])).toBe(0);
+    } finally {
+      out.mockRestore();
+      err.mockRestore();
+    }
+    const saved = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Config;
+    expect(saved.model.lora).toEqual({ rank: 2, alpha: 16, targets: ["all-linear"] });
+    expect(logs.join("")).toMatch(/LoRA: rank 2, alpha 16 on \d+ layers: \d+ trainable parameters \(\d+\.\d+% of \d+\)/);
   });
 
   it("refuses a separate reference model, and the GPU", () => {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/gemm.h"
+#include "cpu/parallel.h"
 #include "error.h"
 #include "rng.h"
 
@@ -121,26 +123,25 @@ void enable_lora(Model& m, const LoraConfig& cfg, uint64_t seed) {
 }
 
 std::vector<float> merged_weight(const Model& m, const LoraTarget& t) {
+  std::vector<float> out;
+  merge_weight_into(m, t, out);
+  return out;
+}
+
+void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out) {
   const Lora& L = *m.lora;
   const int r = L.cfg.rank;
   const float* w = m.params.data() + t.weight;
-  std::vector<float> out(w, w + static_cast<size_t>(t.in) * t.out);
+  const int64_t n = static_cast<int64_t>(t.in) * t.out;
+  out.resize(static_cast<size_t>(n));
+  cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) { std::copy(w + i0, w + i1, out.data() + i0); });
   const float* A = L.params.data() + t.a;  // [r, in]
   const float* B = L.params.data() + t.b;  // [out, r]
-  const bool in_out = m.cfg.is_gpt2();     // Conv1D: W [in, out]
-  std::vector<float> row(t.in);
-  for (int o = 0; o < t.out; o++) {  // row o of B A, accumulated over k in order
-    std::fill(row.begin(), row.end(), 0.0f);
-    for (int k = 0; k < r; k++) {
-      const float b = B[static_cast<size_t>(o) * r + k];
-      const float* a = A + static_cast<size_t>(k) * t.in;
-#pragma omp simd
-      for (int i = 0; i < t.in; i++) row[i] += b * a[i];
-    }
-    for (int i = 0; i < t.in; i++)
-      out[in_out ? static_cast<size_t>(i) * t.out + o : static_cast<size_t>(o) * t.in + i] += L.scale * row[i];
-  }
-  return out;
+  // one GEMM with beta 1: the sampler merges every target on each call, so this must be fast
+  if (m.cfg.is_gpt2())  // Conv1D: W [in, out] += scale A^T B^T
+    cpu::gemm(true, true, t.in, t.out, r, L.scale, A, t.in, B, r, 1.0f, out.data(), t.out);
+  else  // nn.Linear: W [out, in] += scale B A
+    cpu::gemm(false, false, t.out, t.in, r, L.scale, B, r, A, t.in, 1.0f, out.data(), t.in);
 }
 
 }  // namespace optune

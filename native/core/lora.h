@@ -66,6 +66,9 @@ inline const ParamLayout& trainable_layout(const Model& m) { return m.lora ? m.l
 
 // The base weight of `t` with its adapter merged in: W + scale * B A (transposed for GPT-2's [in, out] layout).
 std::vector<float> merged_weight(const Model& m, const LoraTarget& t);
+// The same into `out`, whose capacity is reused (the sampler merges every target on each call: fresh buffers would
+// cost a page fault per 4 KB).
+void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out);
 
 // Switches the adapters off for one call (the reference model's log-probs), back as they were when it ends.
 class AdaptersOff {

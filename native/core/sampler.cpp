@@ -17,6 +17,7 @@
 #include "error.h"
 #include "heads.h"
 #include "host_memory.h"
+#include "lora.h"
 #include "pick.h"
 #include "rng.h"
 #include "transformer.h"
@@ -27,9 +28,12 @@ namespace {
 
 // Every weight matrix of the model packed for few-row products (decode steps), plus the LM head as [D, V]; in bf16
 // pairs when the request asks for bf16 decoding. Packed into w's kept storage: fresh buffers on every call cost
-// their first-touch page faults.
+// their first-touch page faults. Active LoRA adapters are merged into the packed copies (block_forward then skips
+// their low-rank path), so a LoRA policy decodes at its base's speed.
 void pack_for_decoding(const Model& m, bool bf16, PackedWeights& w) {
   const bool in_out = m.cfg.is_gpt2();  // Conv1D [in, out]; nn.Linear [out, in]
+  const Lora* lora = active_lora(m);
+  std::vector<float> merged;
   for (const LayerOffsets& o : m.layout.layers)
     for (size_t off : {o.qkv_w, o.q_w, o.k_w, o.v_w, o.o_w, o.fc_w, o.up_w, o.proj_w}) {
       if (off == kAbsent) continue;
@@ -37,10 +41,13 @@ void pack_for_decoding(const Model& m, bool bf16, PackedWeights& w) {
       for (const ParamInfo& p : m.layout.tensors)
         if (p.offset == off) t = &p;
       const int rows = static_cast<int>(t->shape[0]), cols = static_cast<int>(t->shape[1]);
+      const LoraTarget* target = lora ? lora->find(off) : nullptr;
+      if (target) merge_weight_into(m, *target, merged);
+      const float* weight = target ? merged.data() : m.params.data() + off;
       if (in_out)
-        cpu::pack_b_into(w[off], m.params.data() + off, cols, rows, cols, false, bf16);
+        cpu::pack_b_into(w[off], weight, cols, rows, cols, false, bf16);
       else
-        cpu::pack_b_into(w[off], m.params.data() + off, cols, cols, rows, true, bf16);
+        cpu::pack_b_into(w[off], weight, cols, cols, rows, true, bf16);
     }
   cpu::pack_b_into(w[m.layout.lm_head], lm_head_weight(m), m.cfg.d_model, m.cfg.d_model, m.cfg.vocab_size, true,
                    bf16);

@@ -142,10 +142,11 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
   if (lora) a.lora_h.resize(static_cast<size_t>(lora->slots) * T * lora->cfg.rank);
   auto linear = [&](float* out, const float* inp, size_t w, size_t bias, int in, int outf) {
     const auto it = packed ? packed->find(w) : PackedWeights::const_iterator();
-    if (packed && it != packed->end())
+    if (packed && it != packed->end()) {  // packed with the adapters merged in (sampler.cpp)
       cpu::linear_forward_packed(out, inp, it->second, at(P, bias), T);
-    else
-      cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout, bf16);
+      return;
+    }
+    cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout, bf16);
     if (const LoraTarget* t = lora ? lora->find(w) : nullptr) {
       const int r = lora->cfg.rank;
       cpu::lora_forward(out, lora_rows(a, *t, T, r), inp, lora->params.data() + t->a, lora->params.data() + t->b,

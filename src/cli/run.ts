@@ -51,6 +51,7 @@ const FIELD_FLAGS: ReadonlyArray<readonly [flag: string, usage: string, path: st
   ["seed", "--seed <n>", "seed", "run seed"],
   ["device", "--device <name>", "device", "cpu | cuda | auto: where the policy, reference and reward model run"],
   ["precision", "--precision <p>", "precision", "fp32 | bf16 (bf16 matmuls; see README)"],
+  ["loraRank", "--lora-rank <n>", "model.lora.rank", "train LoRA adapters of this rank over frozen weights (see README)"],
 ];
 
 function fieldOverrides(flags: RunFlags): Map<string, unknown> {

@@ -394,6 +394,14 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   // leaves nothing behind to block the retry.
   const { policy, reference, proxy, evaluator } = await openRunInputs(task, loaded, config);
   try {
+    if (policy.lora !== null) {
+      const { rank, alpha, modules, trainableParams } = policy.lora;
+      const share = ((100 * trainableParams) / policy.numParams).toFixed(2);
+      reporter.line(
+        `LoRA: rank ${rank}, alpha ${alpha} on ${modules.length} layers: ${trainableParams} trainable parameters ` +
+          `(${share}% of ${policy.numParams}); the frozen weights are the reference`,
+      );
+    }
     // The first training step would refuse a training state that does not fit; refusing it now saves the
     // evaluation, sampling and scoring before it.
     if ((loaded?.state.iteration ?? 0) < config.loop.iterations) await policy.checkTrainingMemory();
