@@ -138,6 +138,16 @@ TEST(training_moves_only_the_adapters) {
     CHECK(m->adam_m.size() == m->lora->params.size() && m->grads.size() == m->lora->params.size());
     CHECK(max_abs_diff(m->lora->params, adapters) > 1e-3f);
     CHECK(train_step(*m, r).loss < first.loss);
+
+    // mixed precision: the base's products in bf16, the adapters' in fp32; still only the adapters move
+    auto h = lora_model(c);
+    TrainRequest r16 = dpo_request(*h);
+    r16.bf16 = true;
+    const TrainStats first16 = train_step(*h, r16);
+    for (int i = 0; i < 4; i++) train_step(*h, r16);
+    CHECK(h->params == base);
+    CHECK(train_step(*h, r16).loss < first16.loss);
+    CHECK(std::fabs(first16.loss - first.loss) < 1e-2);
   }
 }
 
@@ -245,6 +255,11 @@ TEST(sampling_with_adapters_matches_the_merged_model) {
       CHECK_MSG(a.tokens == b.tokens, arch_name(c.arch));
       CHECK(max_abs_diff(a.token_logps, b.token_logps) < 2e-5f);
     }
+    // bf16 sampling packs (merged) weights for the prefill too: the same bits as the merged copy's
+    s.bf16 = true;
+    const SampleResult a16 = sample(*m, s), b16 = sample(*merged, s);
+    CHECK_MSG(a16.tokens == b16.tokens && a16.token_logps == b16.token_logps, arch_name(c.arch));
+    s.bf16 = false;
     // the base view samples like the base model
     auto base = make_model(c);
     testing::randomize(*base, 31);
