@@ -569,6 +569,22 @@ TEST(shared_prompts_match_the_plain_step) {
         }
 }
 
+TEST(lora_adapters_train_exactly_through_shared_prompts_and_recomputed_blocks) {
+  // the adapters' rows (LayerActs::lora_h) follow the tree's rows and are rebuilt when a block is recomputed
+  for (auto cfg : testing::tiny_families()) {
+    auto m = make_model(cfg);
+    testing::randomize(*m, 29);
+    enable_lora(*m, LoraConfig{2, 3.0f, {"all-linear"}}, 5);
+    Rand r(30);
+    for (float& x : m->lora->params) x = r.normal(0.5f);
+    const TrainRequest req = shared_prompt_request(LossKind::DPO, cfg);
+    check_model_grads(std::string(arch_name(cfg.arch)) + " lora shared dpo", *m, req);
+    setenv("OPTUNE_RECOMPUTE", "1", 1);
+    check_model_grads(std::string(arch_name(cfg.arch)) + " lora shared dpo recomputed", *m, req);
+    unsetenv("OPTUNE_RECOMPUTE");
+  }
+}
+
 TEST(recomputed_blocks_give_the_same_step_bit_for_bit) {
   // OPTUNE_RECOMPUTE=1 keeps only the blocks' inputs and reruns each block in backward: the loss, gradients and
   // updated weights must equal a step that kept every activation, in both families, both precisions and with BT

@@ -273,7 +273,10 @@ export class EngineModel {
     return this.enqueue(() => this.native.sample(request, this.isBaseView));
   }
 
-  /** A copy of the flat fp32 parameter buffer (transformers tensor order, see native/core/params.h). */
+  /**
+   * A copy of the flat fp32 parameter buffer (transformers tensor order, see native/core/params.h). For a LoRA
+   * model: its frozen weights, without the adapters (save() writes them merged).
+   */
   async getParams(): Promise<Float32Array> {
     this.checkAlive("model");
     return this.enqueue(async () => this.native.getParams());
