@@ -216,14 +216,7 @@ def build_case(case, seed):
 
 
 def main():
-    torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
-    total = 0
-    only = set(sys.argv[1:])  # case names to rebuild; none: all of them
-    for i, case in enumerate(CASES):
-        if not only or case in only:
-            total += build_case(case, seed=3000 + 10 * i)
-    print(f"total {total / 1024:.0f} KiB in {os.path.relpath(base.OUT, base.ROOT)}/lora_*")
+    base.build_cases(CASES, build_case, 3000, f"{os.path.relpath(base.OUT, base.ROOT)}/lora_*")
 
 
 if __name__ == "__main__":

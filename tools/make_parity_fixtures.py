@@ -299,15 +299,20 @@ def build_case(case, seed):
 CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm"]  # appended: seeds follow the index
 
 
-def main():
+def build_cases(cases, build, first_seed, where):
+    """Builds the cases named on the command line (none: all), case i with seed first_seed + 10 i."""
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     total = 0
-    only = set(sys.argv[1:])  # case names to rebuild; none: all of them
-    for i, case in enumerate(CASES):
+    only = set(sys.argv[1:])
+    for i, case in enumerate(cases):
         if not only or case in only:
-            total += build_case(case, seed=1000 + 10 * i)
-    print(f"total {total / 1024:.0f} KiB in {os.path.relpath(OUT, ROOT)}")
+            total += build(case, seed=first_seed + 10 * i)
+    print(f"total {total / 1024:.0f} KiB in {where}")
+
+
+def main():
+    build_cases(CASES, build_case, 1000, os.path.relpath(OUT, ROOT))
 
 
 if __name__ == "__main__":

@@ -495,6 +495,27 @@ std::string temp_name(const std::string& dir, const std::string& file) {
   return dir + "/." + file + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
 }
 
+// Writes dir/<weights_file> (fp32 safetensors) and dir/<config_file>. Both are written in full to temporary names
+// before either replaces its old copy, so a failed write (a full disk, say) leaves the directory's previous files
+// whole instead of new weights beside an old config.
+void write_weights_and_config(const std::string& dir, const std::string& weights_file,
+                              const std::vector<safetensors::TensorRef>& refs, const std::string& config_file,
+                              const std::string& config_text) {
+  const std::string weights = dir + "/" + weights_file, config = dir + "/" + config_file;
+  const std::string weights_tmp = temp_name(dir, weights_file), config_tmp = temp_name(dir, config_file);
+  try {
+    safetensors::save(weights_tmp, refs, {{"format", "pt"}});
+    write_text_file_synced(config_tmp, config_text);
+  } catch (...) {
+    ::unlink(weights_tmp.c_str());
+    ::unlink(config_tmp.c_str());
+    throw;
+  }
+  commit_file(weights_tmp, weights);
+  commit_file(config_tmp, config);
+  fsync_dir(dir);
+}
+
 }  // namespace
 
 // ---- load / save ----------------------------------------------------------------------------------------------
@@ -629,21 +650,7 @@ void save_checkpoint(const Model& m, const std::string& dir) {
   std::vector<safetensors::TensorRef> refs;
   for (size_t i = 0; i < m.layout.tensors.size(); i++)
     refs.push_back({m.layout.tensors[i].name, m.layout.tensors[i].shape, data_of[i]});
-  // Both files are written in full before either replaces its old copy, so a failed write (a full disk, say)
-  // leaves the directory's previous checkpoint whole instead of new weights beside an old config.json.
-  const std::string weights = dir + "/model.safetensors", config = dir + "/config.json";
-  const std::string weights_tmp = temp_name(dir, "model.safetensors"), config_tmp = temp_name(dir, "config.json");
-  try {
-    safetensors::save(weights_tmp, refs, {{"format", "pt"}});
-    write_text_file_synced(config_tmp, config_text);
-  } catch (...) {
-    ::unlink(weights_tmp.c_str());
-    ::unlink(config_tmp.c_str());
-    throw;
-  }
-  commit_file(weights_tmp, weights);
-  commit_file(config_tmp, config);
-  fsync_dir(dir);
+  write_weights_and_config(dir, "model.safetensors", refs, "config.json", config_text);
   if (m.lora) save_lora_adapter(m, dir + "/adapter");
 }
 
@@ -691,20 +698,7 @@ void save_lora_adapter(const Model& m, const std::string& dir) {
 
   std::vector<safetensors::TensorRef> refs;
   for (const ParamInfo& p : L.layout.tensors) refs.push_back({p.name, p.shape, L.params.data() + p.offset});
-  const std::string weights = dir + "/adapter_model.safetensors", config = dir + "/adapter_config.json";
-  const std::string weights_tmp = temp_name(dir, "adapter_model.safetensors");
-  const std::string config_tmp = temp_name(dir, "adapter_config.json");
-  try {
-    safetensors::save(weights_tmp, refs, {{"format", "pt"}});
-    write_text_file_synced(config_tmp, config_text);
-  } catch (...) {
-    ::unlink(weights_tmp.c_str());
-    ::unlink(config_tmp.c_str());
-    throw;
-  }
-  commit_file(weights_tmp, weights);
-  commit_file(config_tmp, config);
-  fsync_dir(dir);
+  write_weights_and_config(dir, "adapter_model.safetensors", refs, "adapter_config.json", config_text);
 }
 
 LoraConfig read_lora_config(const std::string& dir) {

@@ -255,22 +255,26 @@ void check_loss(const std::string& name, LossKind kind, const std::string& tag) 
     compare_params(rep, c, *m, m->grads, tag + "_grad/", kTol, false);
 }
 
-// Three train_steps with updates: the weights after them, each step's loss and pre-clip gradient norm.
-void check_adamw(const std::string& name, LossKind kind) {
-  const Case& c = get_case(name);
-  Report rep{name + "/adamw3"};
-  auto m = load_checkpoint(c.dir);
-  const TrainRequest r = make_request(c, kind);
+// The fixture's train_steps with updates (three): each step's loss and pre-clip gradient norm.
+void check_steps(Report& rep, const Case& c, Model& m, const TrainRequest& r) {
   const Tensor& losses = expect(c, "step_losses");
   const Tensor& norms = expect(c, "step_grad_norms");
   for (size_t step = 0; step < losses.data.size(); step++) {
-    TrainStats s = train_step(*m, r);
+    TrainStats s = train_step(m, r);
     const std::string k = "[" + std::to_string(step) + "]";
     const double tol = step == 0 ? kTol : kTolAfterUpdate;
     compare_scalar(rep, "step_losses" + k, s.loss, Tensor{{1}, {losses.data[step]}}, tol);
     compare_scalar(rep, "step_grad_norms" + k, s.grad_norm, Tensor{{1}, {norms.data[step]}}, tol);
   }
-  CHECK_MSG(m->adam_step == static_cast<int64_t>(losses.data.size()), rep.test + ": adam_step count");
+  CHECK_MSG(m.adam_step == static_cast<int64_t>(losses.data.size()), rep.test + ": adam_step count");
+}
+
+// Three train_steps with updates: the weights after them, each step's loss and pre-clip gradient norm.
+void check_adamw(const std::string& name, LossKind kind) {
+  const Case& c = get_case(name);
+  Report rep{name + "/adamw3"};
+  auto m = load_checkpoint(c.dir);
+  check_steps(rep, c, *m, make_request(c, kind));
   compare_params(rep, c, *m, m->params, "after3/", kTolAfterUpdate, true);
 }
 
@@ -322,16 +326,7 @@ void check_lora_adamw(const std::string& lm) {
   Report rep{c.name + "/adamw3"};
   auto m = load_lora_model(lm);
   const std::vector<float> base = m->params;
-  const TrainRequest r = make_request(c, LossKind::DPO);
-  const Tensor& losses = expect(c, "step_losses");
-  const Tensor& norms = expect(c, "step_grad_norms");
-  for (size_t step = 0; step < losses.data.size(); step++) {
-    TrainStats s = train_step(*m, r);
-    const std::string k = "[" + std::to_string(step) + "]";
-    const double tol = step == 0 ? kTol : kTolAfterUpdate;
-    compare_scalar(rep, "step_losses" + k, s.loss, Tensor{{1}, {losses.data[step]}}, tol);
-    compare_scalar(rep, "step_grad_norms" + k, s.grad_norm, Tensor{{1}, {norms.data[step]}}, tol);
-  }
+  check_steps(rep, c, *m, make_request(c, LossKind::DPO));
   compare_params(rep, c, *m, m->lora->params, "after3/", kTolAfterUpdate, true);
   CHECK_MSG(m->params == base, rep.test + ": the frozen base moved");
 }
