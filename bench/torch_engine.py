@@ -9,6 +9,7 @@ The first line is {"torch": version, "transformers": version, "threads": n}; the
 """
 
 import contextlib
+import copy
 import json
 import sys
 import time
@@ -75,9 +76,9 @@ def main():
         nseq, slen, plen = sz["seqs"], sz["seqLen"], sz["seqPromptLen"]
         ids = torch.randint(0, vocab, (nseq, slen))
 
-        def seq_logps():
+        def seq_logps(m):
             # Logits at positions plen-1 .. slen-2 predict the response tokens plen .. slen-1.
-            logits = model(input_ids=ids).logits[:, plen - 1:-1]
+            logits = m(input_ids=ids).logits[:, plen - 1:-1]
             lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, plen:, None]).squeeze(-1)
             return lp.sum(-1)
 
@@ -86,25 +87,38 @@ def main():
 
             def lp():
                 with torch.no_grad():
-                    seq_logps()
+                    seq_logps(model)
 
             report("logprobs", timed(lp), nseq * slen)
 
-        for op in ("dpo_step", "dpo_step_bf16"):
+        for op in ("dpo_step", "dpo_step_bf16", "dpo_step_lora"):
             if op not in shape["ops"]:
                 continue
+            trained = model
+            if op == "dpo_step_lora":
+                # PEFT on a copy, as the engine adapts a fresh model: rank, alpha and targets from the spec
+                try:
+                    import peft
+                except Exception as e:
+                    emit({"op": op, "shape": shape["name"], "unavailable": f"{op} needs PEFT (pip install peft): {e}"})
+                    continue
+                lora = spec["lora"]
+                trained = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+                    r=lora["rank"], lora_alpha=lora["alpha"], target_modules=lora["targets"], lora_dropout=0.0,
+                    fan_in_fan_out=True, task_type="CAUSAL_LM"))
+
             # Reference log-probs cached once, outside the timing: no reference forward in the step.
-            model.eval()
+            trained.eval()
             with torch.no_grad(), precision(op):
-                ref = seq_logps()
-            model.train()
-            # Same hyperparameters as the engine's defaults (no weight decay).
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+                ref = seq_logps(trained)
+            trained.train()
+            # Same hyperparameters as the engine's defaults (no weight decay); LoRA: the adapters only.
+            opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.0)
             beta = spec["beta"]
 
             def step():
                 with precision(op):
-                    p = seq_logps()
+                    p = seq_logps(trained)
                 d = (p[0::2] - ref[0::2]) - (p[1::2] - ref[1::2])
                 loss = -torch.nn.functional.logsigmoid(beta * d).mean()
                 loss.backward()
@@ -112,6 +126,7 @@ def main():
                 opt.zero_grad()
 
             report(op, timed(step), nseq * slen)
+            del trained
 
         del model
 

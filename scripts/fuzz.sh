@@ -41,7 +41,7 @@ mkdir -p "$out/obj" "$out/artifacts"
 flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
        -Inative -Wno-unknown-pragmas)
 core_sources=(native/core/json.cpp native/core/safetensors.cpp native/core/checkpoint.cpp native/core/config.cpp
-              native/core/params.cpp native/core/model.cpp native/core/host_memory.cpp)
+              native/core/params.cpp native/core/model.cpp native/core/host_memory.cpp native/core/lora.cpp)
 build_failed=0
 objs=()
 for src in "${core_sources[@]}"; do

@@ -18,7 +18,7 @@ const micro: BenchShape = {
   heads: 2,
   vocab: 50,
   positions: 64,
-  ops: ["sample", "sample_top_p", "logprobs", "dpo_step"],
+  ops: ["sample", "sample_top_p", "logprobs", "dpo_step", "dpo_step_lora"],
   warmup: 1,
   reps: 1,
 };
@@ -47,7 +47,7 @@ describe("bench engine", () => {
     expect(parsed.torch.torch).toBeNull();
     expect(parsed.torch.unavailable).toMatch(/nonexistent/);
 
-    expect(parsed.ops.map((o) => o.op)).toEqual(["sample", "sample_top_p", "logprobs", "dpo_step"]);
+    expect(parsed.ops.map((o) => o.op)).toEqual(["sample", "sample_top_p", "logprobs", "dpo_step", "dpo_step_lora"]);
     for (const o of parsed.ops) {
       expect(Object.keys(o).sort()).toEqual(["op", "ratio", "shape", "tok_per_s", "torch_tok_per_s"]);
       expect(o.shape).toBe("micro");

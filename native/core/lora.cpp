@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cpu/gemm.h"
-#include "cpu/parallel.h"
 #include "error.h"
 #include "rng.h"
 
@@ -130,18 +128,42 @@ std::vector<float> merged_weight(const Model& m, const LoraTarget& t) {
 
 void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out) {
   const Lora& L = *m.lora;
-  const int r = L.cfg.rank;
+  const int r = L.cfg.rank, in = t.in, outf = t.out;
   const float* w = m.params.data() + t.weight;
-  const int64_t n = static_cast<int64_t>(t.in) * t.out;
-  out.resize(static_cast<size_t>(n));
-  cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) { std::copy(w + i0, w + i1, out.data() + i0); });
   const float* A = L.params.data() + t.a;  // [r, in]
   const float* B = L.params.data() + t.b;  // [out, r]
-  // one GEMM with beta 1: the sampler merges every target on each call, so this must be fast
-  if (m.cfg.is_gpt2())  // Conv1D: W [in, out] += scale A^T B^T
-    cpu::gemm(true, true, t.in, t.out, r, L.scale, A, t.in, B, r, 1.0f, out.data(), t.out);
-  else  // nn.Linear: W [out, in] += scale B A
-    cpu::gemm(false, false, t.out, t.in, r, L.scale, B, r, A, t.in, 1.0f, out.data(), t.in);
+  out.resize(static_cast<size_t>(in) * outf);
+  // Each row of the result is W's row plus scale-weighted rows of A (nn.Linear) or of B^T (Conv1D), added in k
+  // order: the same bits for any thread count. Plain loops rather than a GEMM keep core/ free of the CPU kernels
+  // (the fuzz targets link checkpoint.cpp alone).
+  if (m.cfg.is_gpt2()) {  // Conv1D: W [in, out] += scale A^T B^T; row i adds A[k, i] x (scale B^T)[k, :]
+    std::vector<float> bt(static_cast<size_t>(r) * outf);
+    for (int o = 0; o < outf; o++)
+      for (int k = 0; k < r; k++) bt[static_cast<size_t>(k) * outf + o] = L.scale * B[static_cast<size_t>(o) * r + k];
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < in; i++) {
+      float* row = out.data() + static_cast<size_t>(i) * outf;
+      std::copy_n(w + static_cast<size_t>(i) * outf, outf, row);
+      for (int k = 0; k < r; k++) {
+        const float a = A[static_cast<size_t>(k) * in + i];
+        const float* b = bt.data() + static_cast<size_t>(k) * outf;
+#pragma omp simd
+        for (int o = 0; o < outf; o++) row[o] += a * b[o];
+      }
+    }
+  } else {  // nn.Linear: W [out, in] += scale B A; row o adds (scale B[o, k]) x A[k, :]
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < outf; o++) {
+      float* row = out.data() + static_cast<size_t>(o) * in;
+      std::copy_n(w + static_cast<size_t>(o) * in, in, row);
+      for (int k = 0; k < r; k++) {
+        const float b = L.scale * B[static_cast<size_t>(o) * r + k];
+        const float* a = A + static_cast<size_t>(k) * in;
+#pragma omp simd
+        for (int i = 0; i < in; i++) row[i] += b * a[i];
+      }
+    }
+  }
 }
 
 }  // namespace optune

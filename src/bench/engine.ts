@@ -15,7 +15,20 @@ import { EngineModel, type ModelConfigInput, engineInfo, packBatch, packageRoot,
  * torch.autocast("cpu", bfloat16), so each ratio compares like with like (the fp32 rows give PyTorch's fp32 speed).
  * sample_top_p: fp32 sampling restricted to the top-p nucleus (generate's top_p on the PyTorch side).
  */
-export type EngineOp = "sample" | "sample_bf16" | "sample_top_p" | "logprobs" | "dpo_step" | "dpo_step_bf16";
+export type EngineOp =
+  | "sample"
+  | "sample_bf16"
+  | "sample_top_p"
+  | "logprobs"
+  | "dpo_step"
+  | "dpo_step_bf16"
+  | "dpo_step_lora";
+
+/**
+ * The dpo_step_lora op's adapters: rank 16 (alpha 32) on every linear layer of the blocks (GPT-2's c_attn, c_proj,
+ * c_fc); PyTorch runs the same with PEFT (get_peft_model) when it is installed.
+ */
+export const BENCH_LORA = { rank: 16, alpha: 32, targets: ["c_attn", "c_proj", "c_fc"] } as const;
 
 /** Nucleus mass of the `sample_top_p` op (fp32, no top-k, on both sides). */
 export const BENCH_TOP_P = 0.9;
@@ -51,6 +64,8 @@ export interface EngineBenchSpec {
   beta: number;
   /** The sample_top_p op's nucleus mass. */
   topP: number;
+  /** The dpo_step_lora op's adapters. */
+  lora: { rank: number; alpha: number; targets: readonly string[] };
   sizes: BenchSizes;
   shapes: BenchShape[];
 }
@@ -62,7 +77,7 @@ export const TINY_SHAPE: BenchShape = {
   heads: 4,
   vocab: 4096,
   positions: 512,
-  ops: ["sample", "sample_bf16", "sample_top_p", "logprobs", "dpo_step", "dpo_step_bf16"],
+  ops: ["sample", "sample_bf16", "sample_top_p", "logprobs", "dpo_step", "dpo_step_bf16", "dpo_step_lora"],
   warmup: 1,
   reps: 3,
 };
@@ -75,7 +90,7 @@ export const GPT2_124M_SHAPE: BenchShape = {
   heads: 12,
   vocab: 50257,
   positions: 1024,
-  ops: ["logprobs", "dpo_step", "dpo_step_bf16"],
+  ops: ["logprobs", "dpo_step", "dpo_step_bf16", "dpo_step_lora"],
   warmup: 1,
   reps: 1,
 };
@@ -218,23 +233,30 @@ async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: 
       const sec = await timeIt(() => model.logprobs(batch), shape.warmup, shape.reps);
       out.push({ op: "logprobs", shape: shape.name, tok_per_s: tokens / sec });
     }
-    for (const op of ["dpo_step", "dpo_step_bf16"] as const) {
+    for (const op of ["dpo_step", "dpo_step_bf16", "dpo_step_lora"] as const) {
       if (!shape.ops.includes(op)) continue;
       log(`engine ${shape.name}: ${op}`);
-      const m = op === "dpo_step_bf16" ? bf16 : model;
-      // Reference log-probs cached once, outside the timing, as the online loop does.
-      const ref = (await m.logprobs(batch)).seqLogps;
-      const pairs = sizes.seqs / 2;
-      const chosen = Int32Array.from({ length: pairs }, (_, j) => 2 * j);
-      const rejected = Int32Array.from({ length: pairs }, (_, j) => 2 * j + 1);
-      const refChosen = Float32Array.from(chosen, (i) => ref[i] as number);
-      const refRejected = Float32Array.from(rejected, (i) => ref[i] as number);
-      const sec = await timeIt(
-        () => m.trainStep({ loss: "dpo", batch, chosen, rejected, refChosen, refRejected, beta: BETA }),
-        shape.warmup,
-        shape.reps,
-      );
-      out.push({ op, shape: shape.name, tok_per_s: tokens / sec });
+      // dpo_step_lora: a fresh copy of the model with adapters (the same weights: the same seed)
+      const lora = op === "dpo_step_lora" ? await EngineModel.create(config, 1) : null;
+      try {
+        if (lora !== null) await lora.enableLora({ ...BENCH_LORA, seed: 1 });
+        const m = lora ?? (op === "dpo_step_bf16" ? bf16 : model);
+        // Reference log-probs cached once, outside the timing, as the online loop does.
+        const ref = (await m.logprobs(batch)).seqLogps;
+        const pairs = sizes.seqs / 2;
+        const chosen = Int32Array.from({ length: pairs }, (_, j) => 2 * j);
+        const rejected = Int32Array.from({ length: pairs }, (_, j) => 2 * j + 1);
+        const refChosen = Float32Array.from(chosen, (i) => ref[i] as number);
+        const refRejected = Float32Array.from(rejected, (i) => ref[i] as number);
+        const sec = await timeIt(
+          () => m.trainStep({ loss: "dpo", batch, chosen, rejected, refChosen, refRejected, beta: BETA }),
+          shape.warmup,
+          shape.reps,
+        );
+        out.push({ op, shape: shape.name, tok_per_s: tokens / sec });
+      } finally {
+        await lora?.dispose();
+      }
     }
   } finally {
     await model.dispose();
@@ -309,7 +331,14 @@ export async function benchEngine(options: EngineBenchOptions = {}): Promise<Eng
   const log = options.log ?? (() => {});
   if (options.threads !== undefined) setThreads(options.threads);
   const info = engineInfo();
-  const spec: EngineBenchSpec = { threads: info.threads, beta: BETA, topP: BENCH_TOP_P, sizes, shapes };
+  const spec: EngineBenchSpec = {
+    threads: info.threads,
+    beta: BETA,
+    topP: BENCH_TOP_P,
+    lora: { ...BENCH_LORA, targets: [...BENCH_LORA.targets] },
+    sizes,
+    shapes,
+  };
 
   const engine: Measured[] = [];
   for (const shape of shapes) engine.push(...(await runEngineShape(shape, sizes, log)));
