@@ -3,12 +3,13 @@
 
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 
 import { main } from "../src/cli/index.js";
 import { type Config, ConfigError, type ConfigInput, loadConfig } from "../src/config/schema.js";
+import { createUserTask } from "../src/data/user_task.js";
 import { EngineModel, packBatch } from "../src/engine/index.js";
 import type { IterationMetrics } from "../src/loop/metrics.js";
 import { runLoop, type RunResult } from "../src/loop/run.js";
@@ -122,6 +123,41 @@ describe("EngineModel with LoRA adapters", () => {
     await expect(model.enableLora({ rank: 2, alpha: 4, targets: ["all-linear"] })).rejects.toThrow(/adapters already/);
     await expect(model.loadLoraAdapter(join(scratch, "nowhere"))).rejects.toThrow(/adapter_config.json: not found/);
     await model.dispose();
+  });
+});
+
+describe("a user task with model.lora", () => {
+  it("tunes a Qwen3 policy's adapters against a Qwen3 reward model and saves both forms", async () => {
+    const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
+    const task = await createUserTask({
+      policy: join(FIXTURES, "qwen3"),
+      prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+      maxNewTokens: 8,
+      reward: { sources: [{ type: "model", path: join(FIXTURES, "reward_qwen3") }] },
+    });
+    const config = loadConfig({
+      seed: 3,
+      model: { lora: { rank: 4, alpha: 8, targets: ["q_proj", "v_proj", "down_proj"] } },
+      loop: { iterations: 2, prompts: 8, k: 2, batchPairs: 4 },
+      eval: { prompts: 3, samples: 1 },
+      sampling: { maxNewTokens: 8 },
+      optim: { lr: 1e-2 },
+      run: { dir: join(scratch, "user-qwen3"), cacheDir, checkpointEvery: 0 },
+    });
+    const result = await runLoop({ config, task });
+    expect(result.status).toBe("completed");
+    expect(result.metrics[2]!.kl).toBeGreaterThan(0);
+    const final = result.finalCheckpoint!;
+    const adapter = JSON.parse(readFileSync(join(final, "adapter", "adapter_config.json"), "utf8"));
+    expect(adapter.target_modules).toEqual(["q_proj", "v_proj", "down_proj"]);
+    // the base plus the saved adapter is the merged checkpoint, to rounding
+    const merged = await EngineModel.load(final);
+    const again = await EngineModel.load(join(FIXTURES, "qwen3"));
+    await again.enableLora({ rank: 4, alpha: 8, targets: ["q_proj", "v_proj", "down_proj"] });
+    await again.loadLoraAdapter(join(final, "adapter"));
+    const [a, b] = [(await merged.logprobs(batch)).tokenLogps, (await again.logprobs(batch)).tokenLogps];
+    a.forEach((v, i) => expect(b[i]).toBeCloseTo(v, 4));
+    await Promise.all([merged.dispose(), again.dispose()]);
   });
 });
 
