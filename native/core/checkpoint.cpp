@@ -731,6 +731,10 @@ LoraConfig read_lora_config(const std::string& dir) {
     const json::Value* v = field(key);
     refuse_if(v && v->is_object() && !v->object.empty(), std::string("\"") + key + "\"");
   }
+  for (const char* key : {"layers_to_transform", "layers_pattern"}) {  // adapters on some blocks only
+    const json::Value* v = field(key);
+    refuse_if(v && !v->is_null() && !(v->is_array() && v->array.empty()), std::string("\"") + key + "\"");
+  }
   const json::Value* targets = field("target_modules");
   OPTUNE_CHECK(targets && (targets->is_array() || targets->is_string()),
                path + ": \"target_modules\" must list the targeted module names");

@@ -60,11 +60,12 @@ std::vector<LoraTarget> resolve_lora_targets(const Model& m, const std::vector<s
   for (const std::string& t : targets) {
     bool any = false;
     for (const LinearModule& mod : modules) any = any || matches(mod.name, t);
+    if (any) continue;
     std::string names;  // block 0's, without the block prefix
     for (size_t i = 0; i < modules.size() && modules[i].layer == 0; i++)
       names += (i ? ", " : "") + modules[i].name.substr(modules[i].name.find(".0.") + 3);
-    OPTUNE_CHECK(any, "LoRA: target module \"" + t + "\" matches no linear layer of this " + arch_name(m.cfg.arch) +
-                          " model; its block's layers are " + names + " (or use \"all-linear\")");
+    throw Error("LoRA: target module \"" + t + "\" matches no linear layer of this " + arch_name(m.cfg.arch) +
+                " model; its block's layers are " + names + " (or use \"all-linear\")");
   }
   std::vector<LoraTarget> out;
   int slot = 0, layer = -1;

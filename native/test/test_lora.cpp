@@ -233,6 +233,10 @@ TEST(bad_lora_requests_and_files_get_clear_errors) {
   std::fputs(text.c_str(), f);
   std::fclose(f);
   CHECK(contains(error_of([&] { read_lora_config(dir); }), "\"use_dora\": true is not supported"));
+  f = std::fopen(cfg_path.c_str(), "w");
+  std::fputs(R"({"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "layers_to_transform": [0]})", f);
+  std::fclose(f);
+  CHECK(contains(error_of([&] { read_lora_config(dir); }), "\"layers_to_transform\" is not supported"));
   CHECK(contains(error_of([&] { read_lora_config(dir + "/nowhere"); }), "not found"));
   std::filesystem::remove_all(dir);
 }
