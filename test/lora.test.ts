@@ -79,6 +79,11 @@ describe("EngineModel with LoRA adapters", () => {
     await expect(base.trainStep(options)).rejects.toThrow(/base view only computes log-probs and samples/);
     await expect(base.save(join(scratch, "x"))).rejects.toThrow(/base view/);
     await expect(model.trainStep({ ...options, refModel: base })).rejects.toThrow(/refChosen\/refRejected/);
+    // another model's base view is refused too: the engine would run that model with its adapters on
+    const other = await EngineModel.create(TINY_MODEL, 3);
+    await expect(other.trainStep({ ...options, refModel: base })).rejects.toThrow(/refChosen\/refRejected/);
+    await other.dispose();
+    expect(() => base.base()).toThrow(/base view already/);
     await base.dispose();
     expect((await model.logprobs(batch)).tokenLogps).toEqual(trained.tokenLogps);  // the model lives on
     await model.dispose();
@@ -119,6 +124,10 @@ describe("EngineModel with LoRA adapters", () => {
       /target module "lm_head" matches no linear layer/,
     );
     await expect(model.enableLora({ rank: 1.5, alpha: 4, targets: ["all-linear"] })).rejects.toThrow(/integer/);
+    await expect(model.enableLora({ rank: 3e9, alpha: 4, targets: ["all-linear"] })).rejects.toThrow(
+      /an integer in \[1, 4096\], got 3000000000/,
+    );
+    await expect(model.enableLora({ rank: Number.NaN, alpha: 4, targets: ["all-linear"] })).rejects.toThrow(/got NaN/);
     await model.enableLora({ rank: 2, alpha: 4, targets: ["all-linear"] });
     await expect(model.enableLora({ rank: 2, alpha: 4, targets: ["all-linear"] })).rejects.toThrow(/adapters already/);
     await expect(model.loadLoraAdapter(join(scratch, "nowhere"))).rejects.toThrow(/adapter_config.json: not found/);

@@ -1,5 +1,6 @@
 #include "model_wrap.h"
 
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -301,8 +302,8 @@ Napi::Value ModelWrap::enable_lora(const Napi::CallbackInfo& info) {
     if (!rank.IsNumber() || !alpha.IsNumber() || !targets.IsArray())
       throw Napi::TypeError::New(env, "LoRA options need rank (number), alpha (number) and targets (string[])");
     const double r = rank.As<Napi::Number>().DoubleValue();
-    if (r != static_cast<double>(static_cast<int>(r)))
-      throw Napi::TypeError::New(env, "LoRA rank must be an integer, got " + describe(rank));
+    if (!(std::isfinite(r) && r == std::floor(r) && r >= 1 && r <= 4096))  // before the cast to int
+      throw Napi::TypeError::New(env, "LoRA rank must be an integer in [1, 4096], got " + rank.ToString().Utf8Value());
     cfg.rank = static_cast<int>(r);
     cfg.alpha = alpha.As<Napi::Number>().FloatValue();
     cfg.targets.clear();

@@ -613,6 +613,17 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   return m;
 }
 
+// Refuses adapters holding NaN/Inf before anything is written (or merged into the weights, where the message would
+// blame a frozen tensor).
+static void check_adapters_finite(const Lora& L, const std::string& dir) {
+  for (const ParamInfo& p : L.layout.tensors)
+    for (size_t i = 0; i < p.numel; i++)
+      OPTUNE_CHECK(std::isfinite(L.params[p.offset + i]),
+                   dir + ": not saved: adapter tensor " + json::quote(p.name) + " holds a non-finite value; the " +
+                       "adapters have diverged. Nothing was written; resume from the last good checkpoint with a " +
+                       "lower learning rate");
+}
+
 void save_checkpoint(const Model& m, const std::string& dir) {
   validate_config(m.cfg);
   OPTUNE_CHECK(m.params.size() == m.layout.total,
@@ -620,6 +631,7 @@ void save_checkpoint(const Model& m, const std::string& dir) {
                    std::to_string(m.layout.total));
   OPTUNE_CHECK(!dir.empty(), "save_checkpoint: empty directory path");
   // A LoRA model is written merged: its targets' weights with the adapters added (lora.h).
+  if (m.lora) check_adapters_finite(*m.lora, dir);
   std::vector<const float*> data_of(m.layout.tensors.size());
   std::vector<std::vector<float>> merged;
   if (m.lora) merged.reserve(m.lora->targets.size());
@@ -659,11 +671,7 @@ void save_checkpoint(const Model& m, const std::string& dir) {
 void save_lora_adapter(const Model& m, const std::string& dir) {
   OPTUNE_CHECK(m.lora != nullptr, "save_lora_adapter: the model has no LoRA adapters");
   const Lora& L = *m.lora;
-  for (const ParamInfo& p : L.layout.tensors)
-    for (size_t i = 0; i < p.numel; i++)
-      OPTUNE_CHECK(std::isfinite(L.params[p.offset + i]),
-                   dir + ": adapter not saved: tensor " + json::quote(p.name) + " holds a non-finite value; the " +
-                       "adapters have diverged: resume from the last good checkpoint with a lower learning rate");
+  check_adapters_finite(L, dir);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
@@ -719,21 +727,29 @@ LoraConfig read_lora_config(const std::string& dir) {
                path + ": \"r\" must be an integer rank in [1, 4096]");
   const json::Value* alpha = field("lora_alpha");
   OPTUNE_CHECK(alpha && alpha->is_number() && alpha->number > 0, path + ": \"lora_alpha\" must be a positive number");
-  for (const char* flag : {"use_dora", "use_rslora"}) {
-    const json::Value* v = field(flag);
-    refuse_if(v && v->is_bool() && v->boolean, std::string("\"") + flag + "\": true");
-  }
   const json::Value* bias = field("bias");
   refuse_if(bias && !(bias->is_string() && bias->str == "none"), "\"bias\" other than \"none\"");
-  const json::Value* save = field("modules_to_save");
-  refuse_if(save && !save->is_null() && !(save->is_array() && save->array.empty()), "\"modules_to_save\"");
-  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    const json::Value* v = field(key);
-    refuse_if(v && v->is_object() && !v->object.empty(), std::string("\"") + key + "\"");
-  }
-  for (const char* key : {"layers_to_transform", "layers_pattern"}) {  // adapters on some blocks only
-    const json::Value* v = field(key);
-    refuse_if(v && !v->is_null() && !(v->is_array() && v->array.empty()), std::string("\"") + key + "\"");
+  // Every other field either does not change what the adapter computes (bookkeeping, how it was initialized or
+  // trained), or must be at its default (off): DoRA, rsLoRA, per-layer ranks, adapters on some blocks only,
+  // activated LoRA, trained biases, modules_to_save, ... A field this list does not know is refused unless it is
+  // off, so a PEFT variant added later is never loaded as plain LoRA.
+  static const char* const kHandled[] = {"peft_type", "r", "lora_alpha", "target_modules", "bias"};
+  static const char* const kHarmless[] = {
+      "base_model_name_or_path", "revision", "task_type", "inference_mode", "peft_version", "auto_mapping",
+      "lora_dropout",     // training only (optune applies none)
+      "fan_in_fan_out",   // GPT-2's Conv1D layout, known from the architecture
+      "init_lora_weights", "loftq_config", "eva_config", "corda_config", "lora_ga_config", "kasa_config",  // init
+      "megatron_core", "megatron_config", "qalora_group_size", "ensure_weight_tying"};
+  for (const auto& [key, v] : c.object) {
+    bool known = false;
+    for (const char* k : kHandled) known = known || key == k;
+    for (const char* k : kHarmless) known = known || key == k;
+    const bool off = v.is_null() || (v.is_bool() && !v.boolean) || (v.is_array() && v.array.empty()) ||
+                     (v.is_object() && v.object.empty());
+    if (known || off) continue;
+    std::string shown = json::dump(v);
+    if (shown.size() > 40) shown = shown.substr(0, 37) + "...";
+    refuse_if(true, json::quote(key) + ": " + shown);
   }
   const json::Value* targets = field("target_modules");
   OPTUNE_CHECK(targets && (targets->is_array() || targets->is_string()),
@@ -766,9 +782,15 @@ void load_lora_adapter(Model& m, const std::string& dir) {
   std::vector<std::string> want, have;
   for (const LoraTarget& t : L.targets) want.push_back(t.module);
   for (const LoraTarget& t : resolve_lora_targets(m, saved.targets)) have.push_back(t.module);
-  OPTUNE_CHECK(want == have, config + ": targets " + std::to_string(have.size()) + " modules (target_modules as "
-                                 "saved) but the model's adapters target " + std::to_string(want.size()) +
-                                 " others; use the same LoRA targets as the run that saved it");
+  if (want != have) {
+    size_t i = 0;
+    while (i < want.size() && i < have.size() && want[i] == have[i]) i++;
+    const std::string saved_module = i < have.size() ? have[i] : "(none)";
+    const std::string model_module = i < want.size() ? want[i] : "(none)";
+    throw Error(config + ": its target_modules select " + std::to_string(have.size()) + " layers, the model's " +
+                "adapters " + std::to_string(want.size()) + "; the first difference: " + saved_module + " (saved) vs " +
+                model_module + " (model); use the same LoRA targets as the run that saved it");
+  }
   const std::string path = dir + "/adapter_model.safetensors";
   safetensors::Reader reader(path);
   std::vector<float> params(L.layout.total);
@@ -788,6 +810,11 @@ void load_lora_adapter(Model& m, const std::string& dir) {
                path + ": holds " + std::to_string(reader.header().tensors.size()) + " tensors, the adapters need " +
                    std::to_string(L.layout.tensors.size()) + " (only lora_A / lora_B of the targeted modules)");
   L.params = std::move(params);
+  // AdamW moments of other adapter weights would steer the next steps wrongly; a resume loads its own afterwards
+  std::vector<float>().swap(m.adam_m);
+  std::vector<float>().swap(m.adam_v);
+  m.adam_step = 0;
+  std::vector<float>().swap(m.grads);
 }
 
 // A fingerprint of the layout of what a model trains (every tensor's name and shape, in order; FNV-1a, 64 bits): AdamW

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "error.h"
+#include "host_memory.h"
 #include "rng.h"
 
 namespace optune {
@@ -107,6 +108,10 @@ void enable_lora(Model& m, const LoraConfig& cfg, uint64_t seed) {
     lora->by_weight[t.weight] = static_cast<int>(i);
     lora->slots = std::max(lora->slots, t.slot + 1);
   }
+  check_host_memory(lora->layout.total * sizeof(float) * 4,
+                    "LoRA adapters of rank " + std::to_string(cfg.rank) + " (" + std::to_string(lora->layout.total) +
+                        " parameters, with their gradients and AdamW moments)",
+                    "use a lower rank or fewer target modules");
   lora->params.assign(lora->layout.total, 0.0f);
   // A: kaiming_uniform_(a=sqrt(5)) as nn.Linear and PEFT draw it, i.e. U(-1/sqrt(in), 1/sqrt(in)); B stays zero.
   for (size_t i = 0; i < lora->targets.size(); i++) {

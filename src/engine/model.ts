@@ -205,6 +205,7 @@ export class EngineModel {
    */
   base(): EngineModel {
     this.checkAlive("model");
+    if (this.isBaseView) throw new Error("base(): this is a base view already");
     if (this.loraInfo === null) throw new Error("base(): the model has no LoRA adapters; use clone() for a copy");
     const view = new EngineModel(this.native, this.queue, true);
     view.loraInfo = null;
@@ -249,7 +250,7 @@ export class EngineModel {
     const ref = options.refModel;
     if (ref === undefined) return this.enqueue(() => this.native.trainStep(request));
     if (!(ref instanceof EngineModel)) throw new TypeError("trainStep: refModel must be an EngineModel");
-    if (ref.native === this.native) {
+    if (ref.native === this.native || ref.isBaseView) {
       throw new Error(
         "trainStep: refModel must be a different model than the one trained (use clone()); for a LoRA model's base, " +
           "pass its log-probs as refChosen/refRejected",

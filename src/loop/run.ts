@@ -339,6 +339,11 @@ async function openRunInputs(task: Task, loaded: LoadedState | null, config: Con
     const referenceDir = loaded?.referenceDir ?? task.referenceDir ?? task.policyDir;
     reference = await open(() => loadTaskModel(task, referenceDir, placement));
   } else {
+    if (task.referenceDir !== undefined) {
+      throw new Error(
+        `model.reference (${task.referenceDir}): with model.lora the reference is the policy's frozen base; remove model.reference`,
+      );
+    }
     // The starting policy's weights stay frozen under the adapters (a resumed run reloads them and its saved
     // adapters), and they are the reference unless a refreshed one was saved. LoRA runs on the CPU.
     policy = await open(async () => {
@@ -352,8 +357,10 @@ async function openRunInputs(task: Task, loaded: LoadedState | null, config: Con
       }
       return model;
     });
+    // A refreshed reference is a merged copy of the policy, made on the CPU: reloaded there too, so a resumed run
+    // computes its log-probs as the uninterrupted run did.
     reference = loaded?.referenceDir
-      ? await open(() => loadTaskModel(task, loaded.referenceDir as string, placement))
+      ? await open(() => loadTaskModel(task, loaded.referenceDir as string, { ...placement, device: "cpu" }))
       : policy.base();
   }
   const proxy = await open(() => task.createRewardSource());
