@@ -87,7 +87,8 @@ async function iteration(i, dir) {
   await lora.base().logprobs(batch);
   await lora.trainStep({ loss: "sft", batch });
   await lora.save(join(dir, "lora"));
-  await lora.loadLoraAdapter(join(dir, "lora", "adapter"));
+  await lora.saveLoraAdapter(join(dir, "lora-adapter"));
+  await lora.loadLoraAdapter(join(dir, "lora-adapter"));
   await rejects(lora.loadLoraAdapter(join(dir, "missing")), "not found", "missing adapter");
   await rejects(lora.enableLora({ rank: 2, alpha: 4, targets: ["nothing"] }), "adapters already", "second enableLora");
   await rejects(ref.enableLora({ rank: 2, alpha: 4, targets: ["nothing"] }), "matches no linear layer", "bad target");

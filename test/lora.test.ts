@@ -185,7 +185,9 @@ describe("optune run with model.lora", () => {
     const final = straight.finalCheckpoint!;
     expect(existsSync(join(final, "model.safetensors"))).toBe(true);
     expect(JSON.parse(readFileSync(join(final, "adapter", "adapter_config.json"), "utf8")).r).toBe(4);
-    // the state holds the adapters' AdamW moments, not the whole model's
+    // the state holds the adapters and their AdamW moments, not the whole model
+    expect(existsSync(join(straight.runDir, "state", "iter-0002", "policy", "adapter", "adapter_model.safetensors"))).toBe(true);
+    expect(existsSync(join(straight.runDir, "state", "iter-0002", "policy", "model.safetensors"))).toBe(false);
     const optimizer = readFileSync(join(straight.runDir, "state", "iter-0002", "optimizer.safetensors"));
     const header = JSON.parse(optimizer.subarray(8, 8 + Number(optimizer.readBigUInt64LE(0))).toString("utf8"));
     const policy = await EngineModel.load(final);

@@ -45,6 +45,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
           InstanceMethod<&ModelWrap::sample>("sample"),
           InstanceMethod<&ModelWrap::enable_lora>("enableLora"),
           InstanceMethod<&ModelWrap::load_lora_adapter>("loadLoraAdapter"),
+          InstanceMethod<&ModelWrap::save_lora_adapter>("saveLoraAdapter"),
           InstanceMethod<&ModelWrap::dispose>("dispose"),
           InstanceMethod<&ModelWrap::get_params>("getParams"),
           InstanceMethod<&ModelWrap::set_params>("setParams"),
@@ -347,6 +348,18 @@ Napi::Value ModelWrap::load_lora_adapter(const Napi::CallbackInfo& info) {
     HandlePtr h = h_;
     return PromiseTask::start(
         env, "loadLoraAdapter", [h, dir] { optune::load_lora_adapter(*h->model, dir); },
+        [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
+  });
+}
+
+Napi::Value ModelWrap::save_lora_adapter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    std::string dir = string_arg(info, 0, "dir");
+    acquire(env, *h_, "saveLoraAdapter");
+    HandlePtr h = h_;
+    return PromiseTask::start(
+        env, "saveLoraAdapter", [h, dir] { optune::save_lora_adapter(*h->model, dir); },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }

@@ -193,6 +193,12 @@ export class EngineModel {
     return this.enqueue(() => this.native.loadLoraAdapter(dir));
   }
 
+  /** Writes only the adapters, in PEFT's format (dir/adapter_config.json, dir/adapter_model.safetensors). */
+  async saveLoraAdapter(dir: string): Promise<void> {
+    this.checkNotBaseView("saveLoraAdapter");
+    return this.enqueue(() => this.native.saveLoraAdapter(dir));
+  }
+
   /** The adapters enableLora made, or null. */
   get lora(): LoraInfo | null {
     return this.loraInfo;

@@ -198,6 +198,7 @@ export interface NativeModel {
   sample(request: NativeSampleRequest, base?: boolean): Promise<SampleResult>;
   enableLora(options: LoraOptions): Promise<LoraInfo>;
   loadLoraAdapter(dir: string): Promise<void>;
+  saveLoraAdapter(dir: string): Promise<void>;
   dispose(): void;
   getParams(): Promise<Float32Array>;
   /** Reads `params` in place on the engine thread: it must not change until the Promise settles. */

@@ -3,7 +3,7 @@
 //   <run>/state/latest.json          {"iteration": t, "dir": "iter-000t"}, replaced atomically last
 //   <run>/state/iter-000t/state.json  iteration counter, pool (pairs with cached reference log-probs), the starting
 //                                     policy's eval rewards (for win rates)
-//   <run>/state/iter-000t/policy/     the policy after iteration t (HF checkpoint)
+//   <run>/state/iter-000t/policy/     the policy after iteration t (HF checkpoint; with LoRA only policy/adapter/)
 //   <run>/state/iter-000t/reference/  the reference model, only when it is refreshed (else it is the start policy)
 //   <run>/state/iter-000t/optimizer.safetensors  the policy's AdamW moments and step count
 //
@@ -139,7 +139,9 @@ export async function saveRunState(runDir: string, state: RunState, models: Stat
   const name = iterationDirName(state.iteration);
   const dir = join(root, name);
   rmSync(dir, { recursive: true, force: true });
-  await models.policy.save(join(dir, "policy"));
+  // A LoRA policy's state is its adapters: a resume reloads the frozen base from the run's starting policy.
+  if (models.policy.lora !== null) await models.policy.saveLoraAdapter(join(dir, "policy", "adapter"));
+  else await models.policy.save(join(dir, "policy"));
   if (models.reference !== null) await models.reference.save(join(dir, "reference"));
   // AdamW moments too, so a resumed run takes exactly the steps an unbroken one would.
   await models.policy.saveOptimizerState(dir);
