@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <unordered_map>
 
 #include "error.h"
 #include "host_memory.h"
@@ -18,28 +19,21 @@ struct LinearModule {
   int in, out;
 };
 
-// Every linear layer of the blocks, in block order and, within a block, in the order of transformers' modules.
+// Every linear layer of the blocks, in block order and, within a block, in the order of transformers' modules
+// (the order of the ParamLayout), named and sized by its weight tensor.
 std::vector<LinearModule> linear_modules(const Model& m) {
-  const ModelConfig& c = m.cfg;
-  const int D = c.d_model, F = c.d_ff, QD = c.q_dim(), KVD = c.kv_dim();
+  const bool in_out = m.cfg.is_gpt2();  // Conv1D weights are [in, out], nn.Linear's [out, in]
+  std::unordered_map<size_t, const ParamInfo*> by_offset;
+  for (const ParamInfo& p : m.layout.tensors) by_offset[p.offset] = &p;
   std::vector<LinearModule> out;
-  for (int l = 0; l < c.n_layer; l++) {
+  for (int l = 0; l < m.cfg.n_layer; l++) {
     const LayerOffsets& o = m.layout.layers[l];
-    if (c.is_gpt2()) {
-      const std::string p = "transformer.h." + std::to_string(l) + ".";
-      out.push_back({p + "attn.c_attn", l, o.qkv_w, D, 3 * D});
-      out.push_back({p + "attn.c_proj", l, o.o_w, D, D});
-      out.push_back({p + "mlp.c_fc", l, o.fc_w, D, F});
-      out.push_back({p + "mlp.c_proj", l, o.proj_w, F, D});
-    } else {
-      const std::string p = "model.layers." + std::to_string(l) + ".";
-      out.push_back({p + "self_attn.q_proj", l, o.q_w, D, QD});
-      out.push_back({p + "self_attn.k_proj", l, o.k_w, D, KVD});
-      out.push_back({p + "self_attn.v_proj", l, o.v_w, D, KVD});
-      out.push_back({p + "self_attn.o_proj", l, o.o_w, QD, D});
-      out.push_back({p + "mlp.gate_proj", l, o.fc_w, D, F});
-      out.push_back({p + "mlp.up_proj", l, o.up_w, D, F});
-      out.push_back({p + "mlp.down_proj", l, o.proj_w, F, D});
+    for (size_t off : {o.qkv_w, o.q_w, o.k_w, o.v_w, o.o_w, o.fc_w, o.up_w, o.proj_w}) {
+      if (off == kAbsent) continue;
+      const ParamInfo& p = *by_offset.at(off);
+      const int rows = static_cast<int>(p.shape[0]), cols = static_cast<int>(p.shape[1]);
+      out.push_back({p.name.substr(0, p.name.size() - std::string(".weight").size()), l, off, in_out ? rows : cols,
+                     in_out ? cols : rows});
     }
   }
   return out;

@@ -123,13 +123,8 @@ void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, in
   });
 }
 
-// A LoRA target's h = scale x A^T rows in the block's activations.
-static float* lora_rows(LayerActs& a, const LoraTarget& t, int T, int r) {
-  return a.lora_h.data() + static_cast<size_t>(t.slot) * T * r;
-}
-static const float* lora_rows(const LayerActs& a, const LoraTarget& t, int T, int r) {
-  return a.lora_h.data() + static_cast<size_t>(t.slot) * T * r;
-}
+// Where a LoRA target's h = scale x A^T rows start in the block's LayerActs::lora_h.
+static size_t lora_rows(const LoraTarget& t, int T, int r) { return static_cast<size_t>(t.slot) * T * r; }
 
 void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, const int32_t* pos,
                    const AttendFn& attend, const PackedWeights* packed, bool bf16) {
@@ -149,7 +144,7 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
     cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout, bf16);
     if (const LoraTarget* t = lora ? lora->find(w) : nullptr) {
       const int r = lora->cfg.rank;
-      cpu::lora_forward(out, lora_rows(a, *t, T, r), inp, lora->params.data() + t->a, lora->params.data() + t->b,
+      cpu::lora_forward(out, a.lora_h.data() + lora_rows(*t, T, r), inp, lora->params.data() + t->a, lora->params.data() + t->b,
                         lora->scale, T, in, outf, r);
     }
   };
@@ -469,8 +464,9 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     sc.dlora_h.resize(static_cast<size_t>(T) * r);
     float* LG = m.grads.data();
     const float* LP = lora->params.data();
-    cpu::lora_backward(dinp, LG + t->a, LG + t->b, sc.dlora_h.data(), dout, inp, lora_rows(a, *t, T, r), LP + t->a,
-                       LP + t->b, lora->scale, T, in, outf, r);
+    const float* h = a.lora_h.data() + lora_rows(*t, T, r);
+    cpu::lora_backward(dinp, LG + t->a, LG + t->b, sc.dlora_h.data(), dout, inp, h, LP + t->a, LP + t->b, lora->scale,
+                       T, in, outf, r);
   };
   std::vector<float>&dresid = sc.dresid, &dnorm = sc.dnorm, &dact = sc.dact, &dfc = sc.dfc, &dup = sc.dup,
   &datty = sc.datty, &dqkv = sc.dqkv, &dqk_raw = sc.dqk_raw;

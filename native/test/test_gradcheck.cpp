@@ -284,9 +284,7 @@ TEST(model_lora_adapters_every_family_dpo_sft) {
   for (const ModelConfig& c : testing::tiny_families()) {
     auto m = make_model(c);
     testing::randomize(*m, 25);
-    enable_lora(*m, LoraConfig{2, 3.0f, {"all-linear"}}, 7);
-    Rand r(26);
-    for (float& x : m->lora->params) x = r.normal(0.5f);
+    testing::enable_random_lora(*m, LoraConfig{2, 3.0f, {"all-linear"}}, 7, 0.5f);
     const std::string name = arch_name(c.arch);
     check_model_grads(name + " lora dpo", *m, pair_request(LossKind::DPO, m->cfg));
     TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
@@ -574,9 +572,7 @@ TEST(lora_adapters_train_exactly_through_shared_prompts_and_recomputed_blocks) {
   for (auto cfg : testing::tiny_families()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 29);
-    enable_lora(*m, LoraConfig{2, 3.0f, {"all-linear"}}, 5);
-    Rand r(30);
-    for (float& x : m->lora->params) x = r.normal(0.5f);
+    testing::enable_random_lora(*m, LoraConfig{2, 3.0f, {"all-linear"}}, 5, 0.5f);
     const TrainRequest req = shared_prompt_request(LossKind::DPO, cfg);
     check_model_grads(std::string(arch_name(cfg.arch)) + " lora shared dpo", *m, req);
     setenv("OPTUNE_RECOMPUTE", "1", 1);

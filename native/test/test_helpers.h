@@ -5,6 +5,7 @@
 
 #include "core/batch.h"
 #include "core/config.h"
+#include "core/lora.h"
 #include "core/model.h"
 #include "core/rng.h"
 
@@ -73,6 +74,13 @@ inline void randomize(optune::Model& m, uint64_t seed, float std = 0.3f) {
   for (const auto& t : m.layout.tensors)
     if (t.shape.size() == 1 && t.name.find("weight") != std::string::npos)
       for (size_t i = 0; i < t.numel; i++) m.params[t.offset + i] = 1.0f + r.normal(0.2f);
+}
+
+// Adapters on every linear layer with B drawn too (fresh adapters have B = 0: no output change, A's gradient 0).
+inline void enable_random_lora(optune::Model& m, const optune::LoraConfig& lc, uint64_t seed, float std) {
+  optune::enable_lora(m, lc, seed);
+  Rand r(seed + 1);
+  for (float& x : m.lora->params) x = r.normal(std);
 }
 
 inline optune::Batch random_batch(const std::vector<int>& lens, const std::vector<int>& prompt_lens, int vocab,

@@ -31,9 +31,7 @@ Batch test_batch(int vocab) { return testing::random_batch({6, 9, 5, 8}, {2, 4, 
 std::unique_ptr<Model> lora_model(const ModelConfig& c, const LoraConfig& lc = {2, 4.0f, {"all-linear"}}) {
   auto m = make_model(c);
   testing::randomize(*m, 31);
-  enable_lora(*m, lc, 9);
-  Rand r(32);
-  for (float& x : m->lora->params) x = r.normal(0.3f);
+  testing::enable_random_lora(*m, lc, 9, 0.3f);
   return m;
 }
 
