@@ -14,7 +14,6 @@
 #include "testing.h"
 
 using namespace optune;
-using testing::Rand;
 
 namespace {
 
