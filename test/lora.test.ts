@@ -1,7 +1,7 @@
 // LoRA from TypeScript: the engine wrapper's adapters and base view, and `model.lora` runs of the loop (what they
 // train, what they save, resume, config errors). The engine's math is checked natively (test_lora, test_parity).
 
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -167,6 +167,39 @@ describe("a user task with model.lora", () => {
     const [a, b] = [(await merged.logprobs(batch)).tokenLogps, (await again.logprobs(batch)).tokenLogps];
     a.forEach((v, i) => expect(b[i]).toBeCloseTo(v, 4));
     await Promise.all([merged.dispose(), again.dispose()]);
+  });
+});
+
+describe("resuming a LoRA run", () => {
+  it("refuses when the frozen base's files changed since the run started", async () => {
+    const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
+    const policyDir = join(scratch, "policy-copy");
+    cpSync(join(FIXTURES, "smollm"), policyDir, { recursive: true });
+    const makeTask = () =>
+      createUserTask({
+        policy: policyDir,
+        prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+        maxNewTokens: 8,
+        reward: { sources: [{ type: "model", path: join(FIXTURES, "reward_llama") }] },
+      });
+    const config = loadConfig({
+      model: { lora: LORA },
+      loop: { iterations: 1, prompts: 8, k: 2, batchPairs: 4 },
+      eval: { prompts: 3, samples: 1 },
+      sampling: { maxNewTokens: 8 },
+      run: { dir: join(scratch, "changed-base"), cacheDir, checkpointEvery: 0 },
+    });
+    expect((await runLoop({ config, task: await makeTask() })).status).toBe("completed");
+    const base = await EngineModel.load(policyDir);
+    const params = await base.getParams();
+    params[0] = (params[0] as number) + 0.5;
+    await base.setParams(params);
+    await base.save(policyDir);
+    await base.dispose();
+    const longer = { ...config, loop: { ...config.loop, iterations: 2 } };
+    await expect(runLoop({ config: longer, task: await makeTask(), resume: true })).rejects.toThrow(
+      /the reference model .*policy-copy holds other weights than when the run started/,
+    );
   });
 });
 

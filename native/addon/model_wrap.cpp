@@ -46,6 +46,7 @@ Napi::Function ModelWrap::define(Napi::Env env) {
           InstanceMethod<&ModelWrap::enable_lora>("enableLora"),
           InstanceMethod<&ModelWrap::load_lora_adapter>("loadLoraAdapter"),
           InstanceMethod<&ModelWrap::save_lora_adapter>("saveLoraAdapter"),
+          InstanceMethod<&ModelWrap::fingerprint>("fingerprint"),
           InstanceMethod<&ModelWrap::dispose>("dispose"),
           InstanceMethod<&ModelWrap::get_params>("getParams"),
           InstanceMethod<&ModelWrap::set_params>("setParams"),
@@ -361,6 +362,23 @@ Napi::Value ModelWrap::save_lora_adapter(const Napi::CallbackInfo& info) {
     return PromiseTask::start(
         env, "saveLoraAdapter", [h, dir] { optune::save_lora_adapter(*h->model, dir); },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
+  });
+}
+
+// A hash of the weights (core/model.h weights_fingerprint): reads every weight, so on the engine thread.
+Napi::Value ModelWrap::fingerprint(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    acquire(env, *h_, "fingerprint");
+    HandlePtr h = h_;
+    auto out = std::make_shared<std::string>();
+    return PromiseTask::start(
+        env, "fingerprint",
+        [h, out] {
+          optune::sync_to_host(*h->model);
+          *out = optune::weights_fingerprint(*h->model);
+        },
+        [out](Napi::Env e) -> Napi::Value { return Napi::String::New(e, *out); }, [h] { release(*h); });
   });
 }
 

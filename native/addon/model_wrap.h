@@ -34,6 +34,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value enable_lora(const Napi::CallbackInfo& info);
   Napi::Value load_lora_adapter(const Napi::CallbackInfo& info);
   Napi::Value save_lora_adapter(const Napi::CallbackInfo& info);
+  Napi::Value fingerprint(const Napi::CallbackInfo& info);
   void dispose(const Napi::CallbackInfo& info);
   Napi::Value get_params(const Napi::CallbackInfo& info);
   Napi::Value set_params(const Napi::CallbackInfo& info);

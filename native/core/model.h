@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "config.h"
@@ -45,6 +46,10 @@ std::unique_ptr<Model> make_model(const ModelConfig& cfg);
 // transformers-style init from a seed: normal(0, std) for matrices and embeddings, zeros for biases, ones for norm
 // weights. GPT-2's residual projections (attn.c_proj, mlp.c_proj) use std / sqrt(2 * n_layer) as in GPT2's init.
 void init_weights(Model& m, uint64_t seed, float std = 0.02f);
+
+// A 64-bit fingerprint of the weights (Model::params, not LoRA adapters), as 16 hex digits: the same for the same
+// bits, whatever the thread count. A resumed run checks that its frozen reference is the model it started with.
+std::string weights_fingerprint(const Model& m);
 
 // A frozen copy of the weights (no gradients, no optimizer state): a reference model. A LoRA model's copy has its
 // adapters merged into the weights.

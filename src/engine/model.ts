@@ -199,6 +199,15 @@ export class EngineModel {
     return this.enqueue(() => this.native.saveLoraAdapter(dir));
   }
 
+  /**
+   * A 64-bit hash of the weights (16 hex digits; a LoRA model's frozen weights, without the adapters): equal for
+   * the same bits. A resumed run checks its frozen reference with it.
+   */
+  async fingerprint(): Promise<string> {
+    this.checkAlive("model");
+    return this.enqueue(() => this.native.fingerprint());
+  }
+
   /** The adapters enableLora made, or null. */
   get lora(): LoraInfo | null {
     return this.loraInfo;

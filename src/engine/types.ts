@@ -199,6 +199,7 @@ export interface NativeModel {
   enableLora(options: LoraOptions): Promise<LoraInfo>;
   loadLoraAdapter(dir: string): Promise<void>;
   saveLoraAdapter(dir: string): Promise<void>;
+  fingerprint(): Promise<string>;
   dispose(): void;
   getParams(): Promise<Float32Array>;
   /** Reads `params` in place on the engine thread: it must not change until the Promise settles. */

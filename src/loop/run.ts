@@ -409,6 +409,20 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
           `(${share}% of ${policy.numParams}); the frozen weights are the reference`,
       );
     }
+    // The reference is reloaded from its files on resume (unless a refreshed one was saved): they must still hold
+    // the weights the run started with, or the cached reference log-probs and the new ones would disagree.
+    const savedWeights = loaded?.state.referenceWeights;
+    if (loaded !== null && loaded.referenceDir === null && savedWeights !== undefined) {
+      const now = await reference.fingerprint();
+      if (now !== savedWeights) {
+        const dir = config.model.lora !== undefined ? task.policyDir : (task.referenceDir ?? task.policyDir);
+        throw new Error(
+          `cannot resume ${runDir}: the reference model ${dir} holds other weights than when the run started ` +
+            `(fingerprint ${now}, saved ${savedWeights}); restore its files, or start a new run (--overwrite, or ` +
+            "another --out directory)",
+        );
+      }
+    }
     // The first training step would refuse a training state that does not fit; refusing it now saves the
     // evaluation, sampling and scoring before it.
     if ((loaded?.state.iteration ?? 0) < config.loop.iterations) await policy.checkTrainingMemory();
@@ -454,6 +468,7 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
       }
     } else {
       truncateMetrics(join(runDir, METRICS_FILE), -1);
+      ctx.state.referenceWeights = await reference.fingerprint();
       const start = await evaluateStart(ctx);
       await saveIteration(ctx, start);
       metrics.push(start);

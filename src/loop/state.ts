@@ -34,6 +34,11 @@ export interface RunState {
   pool: Pool;
   /** The starting policy's eval rewards; win rates compare against them. */
   initialEval: Pick<EvalResult, "greedy" | "sampled">;
+  /**
+   * Fingerprint (EngineModel.fingerprint) of the reference the run started with; a resume that reloads it from its
+   * files checks it. Absent in states saved before it was recorded.
+   */
+  referenceWeights?: string;
 }
 
 interface SavedPair extends Omit<PromptPair, "chosenIds" | "rejectedIds"> {
@@ -46,6 +51,7 @@ interface SavedState {
   iteration: number;
   pool: { promptId: number; history: number[]; pair: SavedPair | null }[];
   initialEval: Pick<EvalResult, "greedy" | "sampled">;
+  referenceWeights?: string;
 }
 
 interface LatestPointer {
@@ -76,6 +82,7 @@ const SavedStateSchema = z.object({
     z.object({ promptId: z.number().int(), history: z.array(z.number()), pair: SavedPairSchema.nullable() }),
   ),
   initialEval: z.object({ greedy: z.array(z.number()), sampled: z.array(z.array(z.number())) }),
+  referenceWeights: z.string().optional(),
 });
 const LatestPointerSchema = z
   .object({ iteration: iterationNumber, dir: z.string() })
@@ -150,6 +157,7 @@ export async function saveRunState(runDir: string, state: RunState, models: Stat
     iteration: state.iteration,
     pool: serializePool(state.pool),
     initialEval: state.initialEval,
+    ...(state.referenceWeights === undefined ? {} : { referenceWeights: state.referenceWeights }),
   };
   writeJsonAtomic(join(dir, "state.json"), saved);
 
@@ -215,7 +223,12 @@ export function loadRunState(runDir: string): LoadedState | null {
   }
   const referenceDir = join(dir, "reference");
   return {
-    state: { iteration: saved.iteration, pool: deserializePool(saved.pool), initialEval: saved.initialEval },
+    state: {
+      iteration: saved.iteration,
+      pool: deserializePool(saved.pool),
+      initialEval: saved.initialEval,
+      ...(saved.referenceWeights === undefined ? {} : { referenceWeights: saved.referenceWeights }),
+    },
     policyDir: join(dir, "policy"),
     referenceDir: existsSync(referenceDir) ? referenceDir : null,
     restoreOptimizer: (policy) => policy.loadOptimizerState(dir),
