@@ -1,6 +1,9 @@
 // Resuming training exactly: weights + AdamW state saved after k steps and loaded into a fresh model continue
 // bitwise like the uninterrupted model.
+#include <omp.h>
+
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -145,6 +148,29 @@ TEST(optimizer_state_corruption_is_refused) {
   load_optimizer_state(*fresh, dir);
   CHECK(fresh->adam_step == 1);
   std::filesystem::remove_all(dir);
+}
+
+TEST(weights_fingerprint_follows_every_bit_and_not_the_thread_count) {
+  // a resumed run compares it with the fingerprint its reference had when the run started
+  auto m = make_model(testing::tiny_llama());
+  testing::randomize(*m, 41);
+  const std::string f = weights_fingerprint(*m);
+  CHECK(f.size() == 16);
+  omp_set_num_threads(1);
+  CHECK(weights_fingerprint(*m) == f);
+  omp_set_num_threads(2);
+  CHECK(weights_fingerprint(*m) == f);
+  CHECK(weights_fingerprint(*clone_model(*m)) == f);
+  for (size_t i : {size_t(0), m->params.size() / 2, m->params.size() - 1}) {  // a word's first lane, middle, tail
+    const float keep = m->params[i];
+    uint32_t bits;
+    std::memcpy(&bits, &m->params[i], sizeof bits);
+    bits ^= 1u;  // the lowest mantissa bit
+    std::memcpy(&m->params[i], &bits, sizeof bits);
+    CHECK_MSG(weights_fingerprint(*m) != f, "element " + std::to_string(i));
+    m->params[i] = keep;
+  }
+  CHECK(weights_fingerprint(*m) == f);
 }
 
 TEST_MAIN()
