@@ -235,10 +235,15 @@ describe("optune run with model.lora", () => {
     expect(withoutTimes(resumed.metrics[2]!)).toEqual(withoutTimes(straight.metrics[2]!));
   });
 
-  it("refreshes the reference to the merged policy when asked", async () => {
-    const result = await run(loraConfig("refresh", { loop: { ...TINY_TASK.loop, refreshReference: true } }));
+  it("refreshes the reference to the merged policy when asked, and resumes after a refresh exactly", async () => {
+    const loop = { ...TINY_TASK.loop, refreshReference: true, iterations: 3 };
+    const result = await run(loraConfig("refresh", { loop }));
     expect(result.status).toBe("completed");
-    expect(existsSync(join(result.runDir, "state", "iter-0002", "reference", "model.safetensors"))).toBe(true);
+    expect(existsSync(join(result.runDir, "state", "iter-0003", "reference", "model.safetensors"))).toBe(true);
+    const config = loraConfig("refresh-resumed", { loop });
+    await run({ ...config, loop: { ...config.loop, iterations: 2 } });  // the reference was refreshed at 2
+    const resumed = await run(config, true);
+    expect(withoutTimes(resumed.metrics[3]!)).toEqual(withoutTimes(result.metrics[3]!));
   });
 
   it("runs from the --lora-rank flag and says what it trains", async () => {
