@@ -613,15 +613,22 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   return m;
 }
 
-// Refuses adapters holding NaN/Inf before anything is written (or merged into the weights, where the message would
-// blame a frozen tensor).
+// A NaN/Inf weight would be written as-is and poison every later load and resume: refused before anything is
+// written, so the checkpoint already in `dir` (the last good one) stays as it was. `what` names the kind of tensor.
+static void check_finite_before_save(const std::string& dir, const char* what, const ParamInfo& p, const float* w) {
+  for (size_t i = 0; i < p.numel; i++)
+    OPTUNE_CHECK(std::isfinite(w[i]), dir + ": checkpoint not saved: " + what + " " + json::quote(p.name) + " holds a " +
+                                          "non-finite value (" + std::to_string(w[i]) + " at element " +
+                                          std::to_string(i) + "); the weights have diverged. Nothing was written; " +
+                                          "resume from the last good checkpoint with a lower learning rate or " +
+                                          "gradient clipping");
+}
+
+// A LoRA model's adapters, checked before they are merged into the weights (where a NaN would be blamed on a
+// frozen tensor).
 static void check_adapters_finite(const Lora& L, const std::string& dir) {
   for (const ParamInfo& p : L.layout.tensors)
-    for (size_t i = 0; i < p.numel; i++)
-      OPTUNE_CHECK(std::isfinite(L.params[p.offset + i]),
-                   dir + ": not saved: adapter tensor " + json::quote(p.name) + " holds a non-finite value; the " +
-                       "adapters have diverged. Nothing was written; resume from the last good checkpoint with a " +
-                       "lower learning rate");
+    check_finite_before_save(dir, "adapter tensor", p, L.params.data() + p.offset);
 }
 
 void save_checkpoint(const Model& m, const std::string& dir) {
@@ -640,18 +647,8 @@ void save_checkpoint(const Model& m, const std::string& dir) {
     const LoraTarget* t = m.lora ? m.lora->find(p.offset) : nullptr;
     data_of[i] = t ? merged.emplace_back(merged_weight(m, *t)).data() : m.params.data() + p.offset;
   }
-  // A NaN/Inf weight would be written as-is and poison every later load and resume. Refuse before touching the
-  // directory, so the checkpoint already there (the last good one) stays as it was.
-  for (size_t ti = 0; ti < m.layout.tensors.size(); ti++) {
-    const ParamInfo& p = m.layout.tensors[ti];
-    const float* w = data_of[ti];
-    for (size_t i = 0; i < p.numel; i++)
-      OPTUNE_CHECK(std::isfinite(w[i]), dir + ": checkpoint not saved: tensor " + json::quote(p.name) + " holds a " +
-                                            "non-finite value (" + std::to_string(w[i]) + " at element " +
-                                            std::to_string(i) + "); the weights have diverged. Nothing was " +
-                                            "written; resume from the last good checkpoint with a lower learning " +
-                                            "rate or gradient clipping");
-  }
+  for (size_t ti = 0; ti < m.layout.tensors.size(); ti++)
+    check_finite_before_save(dir, "tensor", m.layout.tensors[ti], data_of[ti]);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());

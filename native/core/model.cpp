@@ -83,11 +83,13 @@ std::unique_ptr<Model> clone_model(const Model& src) {
   m->cfg = src.cfg;
   m->layout = src.layout;
   m->params = src.params;
-  if (src.lora)
+  if (src.lora) {
+    std::vector<float> w;  // one buffer for every target
     for (const LoraTarget& t : src.lora->targets) {
-      const std::vector<float> w = merged_weight(src, t);
+      merge_weight_into(src, t, w);
       std::copy(w.begin(), w.end(), m->params.begin() + static_cast<std::ptrdiff_t>(t.weight));
     }
+  }
   m->cpu_bf16 = src.cpu_bf16;
   return m;
 }
