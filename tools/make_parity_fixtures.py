@@ -3,8 +3,8 @@
 
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
-Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm
-(or only the ones named):
+Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
+gemma3, gemma3_rm (or only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -72,6 +72,18 @@ def make_model(case):
         cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function="gelu_new",
                                       tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       **common)
+    elif case.startswith("gemma3"):
+        # Gemma 3 (text): a sliding window of 4 tokens on layers 0 and 2 (shorter than every sequence, so the window
+        # shows), full attention with another RoPE base on layer 1, and query_pre_attn_scalar 24 != head_dim 16 (the
+        # attention scale is 24^-0.5, not head_dim's).
+        cfg = transformers.Gemma3TextConfig(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
+                             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+            rms_norm_eps=1e-6, max_position_embeddings=64, attention_bias=case.endswith("_rm"),
+            tie_word_embeddings=True, **common)
     else:
         family = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}.get(case[:5],
                                                                                                transformers.LlamaConfig)
@@ -87,10 +99,12 @@ def make_model(case):
         cfg.num_labels = 1
         cls = {"gpt2": transformers.GPT2ForSequenceClassification,
                "llama": transformers.LlamaForSequenceClassification,
-               "qwen3": transformers.Qwen3ForSequenceClassification}[case[:-3]]
+               "qwen3": transformers.Qwen3ForSequenceClassification,
+               "gemma3": transformers.Gemma3TextForSequenceClassification}[case[:-3]]
     else:
         cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
-               "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM}[case]
+               "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
+               "gemma3": transformers.Gemma3ForCausalLM}[case]
     cfg._attn_implementation = "eager"  # plain softmax attention; no kernel choice can differ between runs
     model = cls(cfg).float().eval()  # eval: dropout off (all dropout rates are 0 as well)
     return model
@@ -98,14 +112,15 @@ def make_model(case):
 
 def randomize(model, seed):
     """Every parameter non-trivial, so every gradient path is exercised: norm weights 1 + 0.1 N, biases 0.05 N,
-    embeddings 0.3 N, matrices 0.15 N (large enough that attention and logits are far from uniform)."""
+    embeddings 0.3 N, matrices 0.15 N (large enough that attention and logits are far from uniform). Gemma's norms
+    scale by 1 + weight, so theirs are 0.1 N."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             n = torch.randn(p.shape, generator=g, dtype=torch.float32)
             is_norm = "ln_" in name or "norm" in name
             if is_norm and name.endswith(".weight"):
-                p.copy_(1.0 + 0.1 * n)
+                p.copy_((0.0 if isinstance(model.config, transformers.Gemma3TextConfig) else 1.0) + 0.1 * n)
             elif name.endswith(".bias"):
                 p.copy_(0.05 * n)
             elif "wte" in name or "wpe" in name or "embed_tokens" in name:
@@ -296,7 +311,7 @@ def build_case(case, seed):
     return size
 
 
-CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm"]  # appended: seeds follow the index
+CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm"]  # appended: seeds follow the index
 
 
 def build_cases(cases, build, first_seed, where):

@@ -107,30 +107,128 @@ struct Fields {
 
 // The RoPE settings: transformers 5 writes rope_parameters {"rope_type", "rope_theta"}; older files have a top-level
 // rope_theta and rope_scaling. Only plain ("default") RoPE is implemented.
-float rope_theta_of(const Fields& f) {
-  double theta = f.opt_num("rope_theta", 10000.0);
-  for (const char* field : {"rope_scaling", "rope_parameters"}) {
-    const json::Value* rp = f.get(field);
-    if (!rp) continue;
-    if (!rp->is_object()) f.bad(field, *rp, "expected an object");
-    for (const auto& kv : rp->object) {
-      const std::string& k = kv.first;
-      if (k == "rope_type" || k == "type") {
-        if (!(kv.second.is_string() && kv.second.str == "default"))
-          f.bad(field, *rp, "unsupported RoPE variant " + json::dump(kv.second) +
-                                "; optune implements only the default RoPE (no scaling)");
-      } else if (k == "rope_theta") {
-        if (!kv.second.is_number()) f.bad(field, *rp, "rope_theta must be a number");
-        theta = kv.second.number;
-      } else {
-        f.bad(field, *rp, "unsupported RoPE setting \"" + k + "\"; optune implements only the default RoPE");
-      }
+// Caps for config sizes (see Fields::size).
+constexpr int kMaxVocab = 1 << 24, kMaxWidth = 1 << 16, kMaxFF = 1 << 20, kMaxLayers = 1024, kMaxHeads = 1024,
+              kMaxPositions = 1 << 24;
+
+// One RoPE settings object ({"rope_type": "default", "rope_theta": x}); its theta (if any) goes into `theta`.
+void read_rope_object(const Fields& f, const char* field, const json::Value& rp, double& theta) {
+  if (!rp.is_object()) f.bad(field, rp, "expected an object");
+  for (const auto& kv : rp.object) {
+    const std::string& k = kv.first;
+    if (k == "rope_type" || k == "type") {
+      if (!(kv.second.is_string() && kv.second.str == "default"))
+        f.bad(field, rp, "unsupported RoPE variant " + json::dump(kv.second) +
+                             "; optune implements only the default RoPE (no scaling)");
+    } else if (k == "rope_theta") {
+      if (!kv.second.is_number()) f.bad(field, rp, "rope_theta must be a number");
+      theta = kv.second.number;
+    } else {
+      f.bad(field, rp, "unsupported RoPE setting \"" + k + "\"; optune implements only the default RoPE");
     }
   }
-  // Same reason as Fields::opt_float: Inf would load but never save.
+}
+
+// Same reason as Fields::opt_float: Inf would load but never save.
+float rope_float(const Fields& f, double theta) {
   if (std::fabs(theta) > std::numeric_limits<float>::max())
     throw Error(f.where + ": rope_theta " + json::format_double(theta) + " is outside the range of a float");
   return static_cast<float>(theta);
+}
+
+float rope_theta_of(const Fields& f) {
+  double theta = f.opt_num("rope_theta", 10000.0);
+  for (const char* field : {"rope_scaling", "rope_parameters"})
+    if (const json::Value* rp = f.get(field)) read_rope_object(f, field, *rp, theta);
+  return rope_float(f, theta);
+}
+
+// Gemma 3's two RoPE bases: transformers 5 writes rope_parameters {"full_attention": {...}, "sliding_attention":
+// {...}}; 4.x files have rope_theta (full) and rope_local_base_freq (sliding), and rope_scaling (full layers only).
+void gemma_rope_of(const Fields& f, ModelConfig& c) {
+  double full = f.opt_num("rope_theta", 1000000.0), local = f.opt_num("rope_local_base_freq", 10000.0);
+  if (const json::Value* rs = f.get("rope_scaling")) read_rope_object(f, "rope_scaling", *rs, full);
+  if (const json::Value* rp = f.get("rope_parameters")) {
+    if (!rp->is_object()) f.bad("rope_parameters", *rp, "expected an object");
+    for (const auto& kv : rp->object) {
+      if (kv.first == "full_attention")
+        read_rope_object(f, "rope_parameters", kv.second, full);
+      else if (kv.first == "sliding_attention")
+        read_rope_object(f, "rope_parameters", kv.second, local);
+      else
+        f.bad("rope_parameters", *rp,
+              "unexpected key \"" + kv.first + "\" (Gemma 3 has \"full_attention\" and \"sliding_attention\")");
+    }
+  }
+  c.rope_theta = rope_float(f, full);
+  c.rope_local_theta = rope_float(f, local);
+}
+
+// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3).
+void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_type) {
+  c.rope_theta = rope_theta_of(f);
+  c.tie_embeddings = f.opt_bool("tie_word_embeddings", false);
+  const std::string act = f.opt_str("hidden_act", "silu");
+  if (act != "silu")
+    f.bad("hidden_act", *f.get("hidden_act"), "optune's " + model_type + " MLP is SwiGLU; only \"silu\" is supported");
+  if (c.arch == Arch::LLAMA) {
+    c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
+    if (f.opt_bool("mlp_bias", false))
+      f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
+    return;
+  }
+  if (c.arch == Arch::QWEN2) {  // Qwen2 hard-codes biases on q/k/v and none on o_proj
+    c.qkv_bias = true;
+    c.o_bias = false;
+  } else {  // Qwen3: one attention_bias flag for q/k/v/o, as Llama
+    c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
+  }
+  if (f.opt_bool("use_sliding_window", false))
+    f.bad("use_sliding_window", *f.get("use_sliding_window"), "sliding-window attention is not supported");
+  if (const json::Value* lt = f.get("layer_types")) {
+    if (!lt->is_array()) f.bad("layer_types", *lt, "expected a list");
+    for (const auto& t : lt->array)
+      if (!(t.is_string() && t.str == "full_attention"))
+        f.bad("layer_types", *lt, "only \"full_attention\" layers are supported");
+  }
+}
+
+// Gemma 3's layer kinds: layer_types, or (older files) every sliding_window_pattern-th layer full.
+void gemma_layers_of(const Fields& f, ModelConfig& c) {
+  c.sliding.assign(c.n_layer, 0);
+  if (const json::Value* lt = f.get("layer_types")) {
+    if (!lt->is_array() || lt->array.size() != static_cast<size_t>(c.n_layer))
+      f.bad("layer_types", *lt, "expected a list with one entry per layer (" + std::to_string(c.n_layer) + ")");
+    for (size_t l = 0; l < lt->array.size(); l++) {
+      const json::Value& t = lt->array[l];
+      if (!(t.is_string() && (t.str == "sliding_attention" || t.str == "full_attention")))
+        f.bad("layer_types", *lt, "entries must be \"sliding_attention\" or \"full_attention\"");
+      c.sliding[l] = t.str == "sliding_attention";
+    }
+  } else {
+    const char* name = f.get("sliding_window_pattern") ? "sliding_window_pattern" : "_sliding_window_pattern";
+    const int pattern = f.opt_size(name, 6, kMaxLayers);
+    for (int l = 0; l < c.n_layer; l++) c.sliding[l] = (l + 1) % pattern != 0;
+  }
+  c.sliding_window = f.opt_size("sliding_window", 4096, kMaxPositions);
+}
+
+// Gemma 3's own fields (the Llama-shaped ones are read by the caller).
+void gemma_config_of(const Fields& f, ModelConfig& c) {
+  gemma_rope_of(f, c);
+  gemma_layers_of(f, c);
+  c.tie_embeddings = f.opt_bool("tie_word_embeddings", true);
+  c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
+  c.attn_scalar = f.opt_float("query_pre_attn_scalar", 256);
+  const std::string act = f.opt_str("hidden_activation", "gelu_pytorch_tanh");
+  if (act != "gelu_pytorch_tanh")
+    f.bad("hidden_activation", *f.get("hidden_activation"),
+          "optune's Gemma 3 MLP is gated by the tanh GELU; only \"gelu_pytorch_tanh\" is supported");
+  for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"})
+    if (const json::Value* v = f.get(cap)) f.bad(cap, *v, "logit soft-capping is not supported (Gemma 3 has none)");
+  if (f.opt_bool("use_bidirectional_attention", false))
+    f.bad("use_bidirectional_attention", *f.get("use_bidirectional_attention"),
+          "bidirectional attention (an encoder such as EmbeddingGemma) is not supported");
 }
 
 // The number of labels of a *ForSequenceClassification config: id2label wins, then num_labels, else transformers'
@@ -154,10 +252,6 @@ void check_one_label(const Fields& f) {
                 "transformers' default of 2 labels; a reward model needs one (save it with num_labels=1)");
 }
 
-// Caps for config sizes (see Fields::size).
-constexpr int kMaxVocab = 1 << 24, kMaxWidth = 1 << 16, kMaxFF = 1 << 20, kMaxLayers = 1024, kMaxHeads = 1024,
-              kMaxPositions = 1 << 24;
-
 }  // namespace
 
 ModelConfig config_from_hf_json(const std::string& json_text, const std::string& where) {
@@ -167,17 +261,22 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   ModelConfig c;
 
   const json::Value* mt = f.get("model_type");
-  OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\", \"qwen2\" or "
-                       "\"qwen3\")");
+  OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\", \"qwen2\", "
+                       "\"qwen3\" or \"gemma3_text\")");
   if (!mt->is_string()) f.bad("model_type", *mt, "expected a string");
   const std::string model_type = mt->str;
   if (model_type == "gpt2") c.arch = Arch::GPT2;
   else if (model_type == "llama") c.arch = Arch::LLAMA;
   else if (model_type == "qwen2") c.arch = Arch::QWEN2;
   else if (model_type == "qwen3") c.arch = Arch::QWEN3;
+  else if (model_type == "gemma3_text") c.arch = Arch::GEMMA3;
+  else if (model_type == "gemma3")
+    f.bad("model_type", *mt,
+          "a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); optune tunes the text-only ones "
+          "(model_type \"gemma3_text\", Gemma3ForCausalLM: gemma-3-270m, gemma-3-1b)");
   else
     f.bad("model_type", *mt,
-          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\" and \"qwen3\"");
+          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\" and \"gemma3_text\"");
 
   // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
   ModelConfig head = c;
@@ -231,32 +330,10 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
                   "num_attention_heads (" + std::to_string(c.n_head) + ") and there is no \"head_dim\" field");
     c.head_dim = f.opt_size("head_dim", c.d_model / c.n_head, kMaxWidth);
     c.norm_eps = f.opt_float("rms_norm_eps", 1e-6);
-    c.rope_theta = rope_theta_of(f);
-    c.tie_embeddings = f.opt_bool("tie_word_embeddings", false);
-    const std::string act = f.opt_str("hidden_act", "silu");
-    if (act != "silu")
-      f.bad("hidden_act", *f.get("hidden_act"),
-            "optune's " + model_type + " MLP is SwiGLU; only \"silu\" is supported");
-    if (c.arch == Arch::LLAMA) {
-      c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
-      if (f.opt_bool("mlp_bias", false))
-        f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
-    } else {
-      if (c.arch == Arch::QWEN2) {  // Qwen2 hard-codes biases on q/k/v and none on o_proj
-        c.qkv_bias = true;
-        c.o_bias = false;
-      } else {  // Qwen3: one attention_bias flag for q/k/v/o, as Llama
-        c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
-      }
-      if (f.opt_bool("use_sliding_window", false))
-        f.bad("use_sliding_window", *f.get("use_sliding_window"), "sliding-window attention is not supported");
-      if (const json::Value* lt = f.get("layer_types")) {
-        if (!lt->is_array()) f.bad("layer_types", *lt, "expected a list");
-        for (const auto& t : lt->array)
-          if (!(t.is_string() && t.str == "full_attention"))
-            f.bad("layer_types", *lt, "only \"full_attention\" layers are supported");
-      }
-    }
+    if (c.is_gemma())
+      gemma_config_of(f, c);
+    else
+      llama_config_of(f, c, model_type);
   }
   c.bos_token_id = f.token_id("bos_token_id");
   c.eos_token_id = f.token_id("eos_token_id");
@@ -270,6 +347,54 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
 }
 
 // ---- ModelConfig -> config.json -------------------------------------------------------------------------------
+
+// Llama's, Qwen2's and Qwen3's own fields.
+static void llama_config_to(const ModelConfig& c, json::Value& o) {
+  using json::Value;
+  o.set("hidden_act", Value::of_string("silu"));
+  // rope_parameters for transformers 5, rope_theta for 4.x (5.x reads it too; the dict wins when both exist).
+  o.set("rope_theta", Value::of_float(c.rope_theta));
+  Value rope = Value::new_object();
+  rope.set("rope_type", Value::of_string("default"));
+  rope.set("rope_theta", Value::of_float(c.rope_theta));
+  o.set("rope_parameters", std::move(rope));
+  if (c.arch == Arch::LLAMA) {
+    o.set("attention_bias", Value::of_bool(c.qkv_bias));
+    o.set("mlp_bias", Value::of_bool(false));
+  } else {
+    if (c.arch == Arch::QWEN3) o.set("attention_bias", Value::of_bool(c.qkv_bias));
+    o.set("use_sliding_window", Value::of_bool(false));
+    o.set("sliding_window", Value::null());
+  }
+}
+
+// Gemma 3's fields, as transformers 5 writes them, with 4.x's rope_theta / rope_local_base_freq beside them.
+static void gemma_config_to(const ModelConfig& c, json::Value& o) {
+  using json::Value;
+  o.set("hidden_activation", Value::of_string("gelu_pytorch_tanh"));
+  o.set("query_pre_attn_scalar", Value::of_float(c.attn_scalar));
+  o.set("sliding_window", Value::of_int(c.sliding_window > 0 ? c.sliding_window : 4096));
+  Value types = Value::new_array();
+  for (int l = 0; l < c.n_layer; l++)
+    types.push(Value::of_string(c.layer_sliding(l) ? "sliding_attention" : "full_attention"));
+  o.set("layer_types", std::move(types));
+  auto rope = [](float theta) {
+    Value r = Value::new_object();
+    r.set("rope_type", Value::of_string("default"));
+    r.set("rope_theta", Value::of_float(theta));
+    return r;
+  };
+  Value params = Value::new_object();
+  params.set("full_attention", rope(c.rope_theta));
+  params.set("sliding_attention", rope(c.rope_local_theta > 0 ? c.rope_local_theta : 10000.0f));
+  o.set("rope_parameters", std::move(params));
+  o.set("rope_theta", Value::of_float(c.rope_theta));
+  o.set("rope_local_base_freq", Value::of_float(c.rope_local_theta > 0 ? c.rope_local_theta : 10000.0f));
+  o.set("attention_bias", Value::of_bool(c.qkv_bias));
+  o.set("attn_logit_softcapping", Value::null());
+  o.set("final_logit_softcapping", Value::null());
+  o.set("use_bidirectional_attention", Value::of_bool(false));
+}
 
 std::string config_to_hf_json(const ModelConfig& c) {
   validate_config(c);
@@ -290,7 +415,7 @@ std::string config_to_hf_json(const ModelConfig& c) {
     o.set("activation_function", Value::of_string("gelu_new"));
     o.set("layer_norm_epsilon", Value::of_float(c.norm_eps));
   } else {
-    if (c.arch == Arch::LLAMA || c.arch == Arch::QWEN3)
+    if (c.arch == Arch::LLAMA || c.arch == Arch::QWEN3 || c.is_gemma())
       OPTUNE_CHECK(c.qkv_bias == c.o_bias, std::string("config_to_hf_json: transformers' ") + hf_class_prefix(c.arch) +
                                                " has one attention_bias flag for q/k/v/o; qkv_bias and o_bias must "
                                                "be equal");
@@ -305,21 +430,10 @@ std::string config_to_hf_json(const ModelConfig& c) {
     o.set("head_dim", Value::of_int(c.head_dim));
     o.set("max_position_embeddings", Value::of_int(c.max_positions));
     o.set("rms_norm_eps", Value::of_float(c.norm_eps));
-    o.set("hidden_act", Value::of_string("silu"));
-    // rope_parameters for transformers 5, rope_theta for 4.x (5.x reads it too; the dict wins when both exist).
-    o.set("rope_theta", Value::of_float(c.rope_theta));
-    Value rope = Value::new_object();
-    rope.set("rope_type", Value::of_string("default"));
-    rope.set("rope_theta", Value::of_float(c.rope_theta));
-    o.set("rope_parameters", std::move(rope));
-    if (c.arch == Arch::LLAMA) {
-      o.set("attention_bias", Value::of_bool(c.qkv_bias));
-      o.set("mlp_bias", Value::of_bool(false));
-    } else {
-      if (c.arch == Arch::QWEN3) o.set("attention_bias", Value::of_bool(c.qkv_bias));
-      o.set("use_sliding_window", Value::of_bool(false));
-      o.set("sliding_window", Value::null());
-    }
+    if (c.is_gemma())
+      gemma_config_to(c, o);
+    else
+      llama_config_to(c, o);
   }
   o.set("tie_word_embeddings", Value::of_bool(c.tie_embeddings));
   auto token = [](int id) { return id >= 0 ? Value::of_int(id) : Value::null(); };

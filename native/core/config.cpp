@@ -12,6 +12,7 @@ const char* arch_name(Arch a) {
     case Arch::LLAMA: return "llama";
     case Arch::QWEN2: return "qwen2";
     case Arch::QWEN3: return "qwen3";
+    case Arch::GEMMA3: return "gemma3_text";
   }
   return "?";
 }
@@ -22,13 +23,14 @@ const char* hf_class_prefix(Arch a) {
     case Arch::LLAMA: return "Llama";
     case Arch::QWEN2: return "Qwen2";
     case Arch::QWEN3: return "Qwen3";
+    case Arch::GEMMA3: return "Gemma3";
   }
   return "?";
 }
 
 std::string hf_architecture_name(const ModelConfig& cfg) {
   const std::string base = hf_class_prefix(cfg.arch);
-  if (cfg.reward_model) return base + "ForSequenceClassification";
+  if (cfg.reward_model) return base + (cfg.is_gemma() ? "TextForSequenceClassification" : "ForSequenceClassification");
   return base + (cfg.arch == Arch::GPT2 ? "LMHeadModel" : "ForCausalLM");
 }
 
@@ -61,6 +63,24 @@ void validate_config(const ModelConfig& c) {
                      std::to_string(c.rope_theta));
   }
   OPTUNE_CHECK(c.norm_eps > 0 && c.norm_eps < 1, "model config: norm eps must be in (0, 1)");
+  if (c.is_gemma()) {
+    OPTUNE_CHECK(c.attn_scalar > 0 && std::isfinite(c.attn_scalar),
+                 "model config: query_pre_attn_scalar must be positive, got " + std::to_string(c.attn_scalar));
+    OPTUNE_CHECK(c.sliding.size() == static_cast<size_t>(c.n_layer),
+                 "model config: layer_types needs one entry per layer (" + std::to_string(c.n_layer) + "), got " +
+                     std::to_string(c.sliding.size()));
+    bool any_sliding = false;
+    for (uint8_t s : c.sliding) any_sliding |= s != 0;
+    if (any_sliding) {
+      positive(c.sliding_window, "sliding_window");
+      OPTUNE_CHECK(c.rope_local_theta > 0 && std::isfinite(c.rope_local_theta),
+                   "model config: the sliding-window layers' rope_theta must be positive and within float range");
+    }
+  } else {
+    OPTUNE_CHECK(c.sliding.empty() && c.sliding_window == 0 && c.attn_scalar == 0,
+                 std::string("model config: sliding-window layers and query_pre_attn_scalar are Gemma 3's; ") +
+                     arch_name(c.arch) + " has neither");
+  }
   OPTUNE_CHECK(c.vocab_size <= (1 << 24), "model config: vocab_size " + std::to_string(c.vocab_size) + " is too large");
 }
 

@@ -1,15 +1,21 @@
 // Model configuration: the one description of a decoder-only transformer that every part of the engine reads.
 // Two families: GPT-2 (LayerNorm, tanh-GELU, learned positions, tied embeddings, biases) and Llama (RMSNorm, RoPE,
 // SwiGLU, grouped-query attention). Qwen2 is Llama with q/k/v biases; Qwen3 is Llama with an RMSNorm over each head
-// of q and k before the rotation (q_norm, k_norm). A reward model is the same backbone with a
+// of q and k before the rotation (q_norm, k_norm). Gemma 3 (text) is Qwen3 with: RMSNorms that scale by 1 + weight,
+// a norm after attention and after the MLP as well as before each (four a block), the embedding scaled by
+// sqrt(hidden_size), a tanh-GELU gate instead of SiLU, attention scaled by query_pre_attn_scalar^-1/2, and layers of
+// two kinds: sliding-window ones (each query sees its last `sliding_window` positions, RoPE base
+// rope_local_theta) and full ones. A reward model is the same backbone with a
 // scalar `score` head on the last token's final hidden state instead of the LM head.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace optune {
 
-enum class Arch { GPT2, LLAMA, QWEN2, QWEN3 };
+enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3 };
 
 struct ModelConfig {
   Arch arch = Arch::GPT2;
@@ -27,13 +33,32 @@ struct ModelConfig {
   bool qkv_bias = false;   // Llama attention_bias / Qwen2: biases on q, k, v
   bool o_bias = false;     // Llama attention_bias: bias on o_proj too
   bool reward_model = false;  // scalar score head instead of the LM head
+  // Gemma 3 only:
+  float attn_scalar = 0;           // query_pre_attn_scalar: scores scale by its -1/2 power (0: head_dim's)
+  float rope_local_theta = 0;      // RoPE base of the sliding-window layers
+  int sliding_window = 0;          // positions a sliding-window layer's query sees, itself included
+  std::vector<uint8_t> sliding;    // per layer: 1 = sliding-window attention (empty: every layer full)
   int bos_token_id = -1;   // carried through save/load, not used by the engine
   int eos_token_id = -1;
   int pad_token_id = -1;
 
   bool is_gpt2() const { return arch == Arch::GPT2; }
   bool is_llama() const { return arch != Arch::GPT2; }
-  bool qk_norm() const { return arch == Arch::QWEN3; }  // RMSNorm (weights [head_dim]) on each head of q and k
+  bool qk_norm() const { return arch == Arch::QWEN3 || arch == Arch::GEMMA3; }  // RMSNorm over each q/k head
+  bool is_gemma() const { return arch == Arch::GEMMA3; }
+  // Gemma: the RMSNorms' scale is 1 + weight (the stored weight is transformers' own).
+  float norm_offset() const { return is_gemma() ? 1.0f : 0.0f; }
+  // Gemma: norms on the attention's and the MLP's outputs too (post_attention / post_feedforward_layernorm).
+  bool post_norms() const { return is_gemma(); }
+  // Gemma multiplies the token embedding by sqrt(hidden_size), as an fp32 value (transformers' buffer).
+  float embed_scale() const { return is_gemma() ? static_cast<float>(std::sqrt(static_cast<double>(d_model))) : 1.0f; }
+  // The factor on q (after RoPE) that turns the attention's own 1/sqrt(head_dim) into 1/sqrt(attn_scalar).
+  float q_scale() const {
+    return attn_scalar > 0 ? static_cast<float>(std::sqrt(static_cast<double>(head_dim) / attn_scalar)) : 1.0f;
+  }
+  bool layer_sliding(int l) const { return l < static_cast<int>(sliding.size()) && sliding[l]; }
+  int layer_window(int l) const { return layer_sliding(l) ? sliding_window : 0; }  // 0: no window
+  float layer_rope_theta(int l) const { return layer_sliding(l) ? rope_local_theta : rope_theta; }
   int q_dim() const { return n_head * head_dim; }
   int kv_dim() const { return n_kv_head * head_dim; }
 };
@@ -43,8 +68,8 @@ void validate_config(const ModelConfig& cfg);
 
 // "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForSequenceClassification", ...
 std::string hf_architecture_name(const ModelConfig& cfg);
-// "GPT2" | "Llama" | "Qwen2" | "Qwen3": the prefix of transformers' class names
+// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3": the prefix of transformers' class names
 const char* hf_class_prefix(Arch a);
-const char* arch_name(Arch a);  // "gpt2" | "llama" | "qwen2" | "qwen3"
+const char* arch_name(Arch a);  // "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" (config.json's model_type)
 
 }  // namespace optune

@@ -75,7 +75,13 @@ ParamLayout build_param_layout(const ModelConfig& c) {
       }
       o.o_w = b.add(p + "self_attn.o_proj.weight", {D, QD}, true);
       if (c.o_bias) o.o_b = b.add(p + "self_attn.o_proj.bias", {D}, false);
-      o.norm2_w = b.add(p + "post_attention_layernorm.weight", {D}, false);
+      if (c.post_norms()) {
+        o.post_attn_norm_w = b.add(p + "post_attention_layernorm.weight", {D}, false);
+        o.norm2_w = b.add(p + "pre_feedforward_layernorm.weight", {D}, false);
+        o.post_mlp_norm_w = b.add(p + "post_feedforward_layernorm.weight", {D}, false);
+      } else {
+        o.norm2_w = b.add(p + "post_attention_layernorm.weight", {D}, false);
+      }
       o.fc_w = b.add(p + "mlp.gate_proj.weight", {F, D}, true);
       o.up_w = b.add(p + "mlp.up_proj.weight", {F, D}, true);
       o.proj_w = b.add(p + "mlp.down_proj.weight", {D, F}, true);

@@ -1,5 +1,5 @@
 // Parameter layout: every weight of a model lives in one flat fp32 buffer, in a fixed order, under the tensor name
-// transformers uses (GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM, or
+// transformers uses (GPT2LMHeadModel / LlamaForCausalLM / Qwen2ForCausalLM / Qwen3ForCausalLM / Gemma3ForCausalLM, or
 // *ForSequenceClassification for a reward model). Gradients and AdamW moments use the same layout, so the optimizer
 // and norms are single loops. Tensors keep transformers' storage layout: GPT-2's Conv1D weights are [in, out],
 // nn.Linear weights are [out, in].
@@ -32,7 +32,9 @@ struct LayerOffsets {
   size_t v_w = kAbsent, v_b = kAbsent;          // Llama v_proj [KV*hd, D]
   size_t q_norm_w = kAbsent, k_norm_w = kAbsent;  // Qwen3 q_norm / k_norm [hd], shared by every head
   size_t o_w = kAbsent, o_b = kAbsent;          // attn c_proj [D, D] | o_proj [D, H*hd]
-  size_t norm2_w = kAbsent, norm2_b = kAbsent;  // ln_2 | post_attention_layernorm
+  size_t post_attn_norm_w = kAbsent;            // Gemma post_attention_layernorm: on the attention's output
+  size_t norm2_w = kAbsent, norm2_b = kAbsent;  // ln_2 | post_attention_layernorm | Gemma pre_feedforward_layernorm
+  size_t post_mlp_norm_w = kAbsent;             // Gemma post_feedforward_layernorm: on the MLP's output
   size_t fc_w = kAbsent, fc_b = kAbsent;        // GPT-2 c_fc [D, F] | Llama gate_proj [F, D]
   size_t up_w = kAbsent;                        // Llama up_proj [F, D]
   size_t proj_w = kAbsent, proj_b = kAbsent;    // GPT-2 mlp c_proj [F, D] | Llama down_proj [D, F]

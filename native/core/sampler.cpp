@@ -81,14 +81,14 @@ struct KvCache {
       cpu::kv_cache_store(k32.data() + o, v32.data() + o, slot, pos, k, v, cap, n_kv_head, head_dim);
   }
   void attend(int l, float* out, const float* q, int qs, const int32_t* slot, const int32_t* n_keys, int rows,
-              int n_head) const {
+              int n_head, int window) const {
     const size_t o = l * layer_size;
     if (bf16)
       cpu::attention_decode(out, q, qs, k16.data() + o, v16.data() + o, slot, n_keys, rows, cap, n_head, n_kv_head,
-                            head_dim);
+                            head_dim, window);
     else
       cpu::attention_decode(out, q, qs, k32.data() + o, v32.data() + o, slot, n_keys, rows, cap, n_head, n_kv_head,
-                            head_dim);
+                            head_dim, window);
   }
 };
 
@@ -261,7 +261,7 @@ SampleResult sample(const Model& m, const SampleRequest& r) {
           block_forward(m, l, la, x.data(), Bn, pos.data(), [&](int, const QKV& v, float* atty) {
             for (int a = 0; a < Bn; a++)
               cache.store(l, active[a], pos[a], v.k + static_cast<size_t>(a) * v.ks, v.v + static_cast<size_t>(a) * v.vs);
-            cache.attend(l, atty, v.q, v.qs, active.data(), nkeys.data(), Bn, c.n_head);
+            cache.attend(l, atty, v.q, v.qs, active.data(), nkeys.data(), Bn, c.n_head, c.layer_window(l));
           }, &packed);
           std::swap(x, la.res_mlp);
         }

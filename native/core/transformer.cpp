@@ -47,6 +47,10 @@ static void for_each_layer_buffer(LayerActs& a, const ModelConfig& c, int T, int
   fn(a.up, c.is_llama() ? Tn * F : 0);
   fn(a.act, Tn * F);
   fn(a.res_mlp, Tn * D);
+  fn(a.post_attn, c.post_norms() ? Tn * D : 0);
+  fn(a.post_attn_rstd, c.post_norms() ? Tn : 0);
+  fn(a.post_mlp, c.post_norms() ? Tn * D : 0);
+  fn(a.post_mlp_rstd, c.post_norms() ? Tn : 0);
 }
 
 void size_layer_acts(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size) {
@@ -90,13 +94,13 @@ static void check_acts_memory(Acts& acts, const ModelConfig& c, int T, int64_t p
                     "use fewer or shorter sequences per call (a smaller batchPairs, or fewer prompts per call)");
 }
 
-// Norm dispatch: LayerNorm (GPT-2) or RMSNorm (Llama).
+// Norm dispatch: LayerNorm (GPT-2) or RMSNorm (Llama; Gemma's scales by 1 + weight).
 static void norm_forward(const ModelConfig& c, float* out, float* mean, float* rstd, const float* x, const float* w,
                          const float* bias, int T) {
   if (c.is_gpt2())
     cpu::layernorm_forward(out, mean, rstd, x, w, bias, T, c.d_model, c.norm_eps);
   else
-    cpu::rmsnorm_forward(out, rstd, x, w, T, c.d_model, c.norm_eps);
+    cpu::rmsnorm_forward(out, rstd, x, w, T, c.d_model, c.norm_eps, c.norm_offset());
 }
 
 static void norm_backward(const ModelConfig& c, float* dx, float* dw, float* db, const float* dout, const float* x,
@@ -104,19 +108,30 @@ static void norm_backward(const ModelConfig& c, float* dx, float* dw, float* db,
   if (c.is_gpt2())
     cpu::layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, T, c.d_model);
   else
-    cpu::rmsnorm_backward(dx, dw, dout, x, w, rstd, T, c.d_model);
+    cpu::rmsnorm_backward(dx, dw, dout, x, w, rstd, T, c.d_model, c.norm_offset());
+}
+
+// x[i] *= s over n floats (Gemma's query scale, forward and backward)
+static void scale_in_place(float* x, int64_t n, float s) {
+  cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) x[i] *= s;
+  });
 }
 
 void embed_forward(const Model& m, const int32_t* tokens, const int32_t* pos, int T, float* out) {
   const int D = m.cfg.d_model;
   const float* wte = at(m.params.data(), m.layout.tok_emb);
   const float* wpe = at(m.params.data(), m.layout.pos_emb);
+  const float scale = m.cfg.embed_scale();
   cpu::parallel_for(T, [&](int64_t t) {
     float* x = out + static_cast<size_t>(t) * D;
     const float* e = wte + static_cast<size_t>(tokens[t]) * D;
     if (wpe) {
       const float* p = wpe + static_cast<size_t>(pos[t]) * D;
       for (int i = 0; i < D; i++) x[i] = e[i] + p[i];
+    } else if (scale != 1.0f) {
+      for (int i = 0; i < D; i++) x[i] = e[i] * scale;
     } else {
       std::copy_n(e, D, x);
     }
@@ -160,20 +175,29 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
       float* raw_k = raw_q + static_cast<size_t>(T) * QD;
       linear(raw_q, a.norm1.data(), o.q_w, o.q_b, D, QD);
       linear(raw_k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
-      cpu::rmsnorm_forward(v.q, a.qk_rstd.data(), raw_q, at(P, o.q_norm_w), T * c.n_head, c.head_dim, c.norm_eps);
+      cpu::rmsnorm_forward(v.q, a.qk_rstd.data(), raw_q, at(P, o.q_norm_w), T * c.n_head, c.head_dim, c.norm_eps,
+                           c.norm_offset());
       cpu::rmsnorm_forward(v.k, a.qk_rstd.data() + static_cast<size_t>(T) * c.n_head, raw_k, at(P, o.k_norm_w),
-                           T * c.n_kv_head, c.head_dim, c.norm_eps);
+                           T * c.n_kv_head, c.head_dim, c.norm_eps, c.norm_offset());
     } else {
       linear(v.q, a.norm1.data(), o.q_w, o.q_b, D, QD);
       linear(v.k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
     }
     linear(v.v, a.norm1.data(), o.v_w, o.v_b, D, KVD);
-    cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.rope_theta);
-    cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.rope_theta);
+    cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.layer_rope_theta(l));
+    cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.layer_rope_theta(l));
+    // Gemma's attention scale: q takes the factor, so every attention kernel keeps its 1/sqrt(head_dim)
+    if (c.q_scale() != 1.0f) scale_in_place(v.q, static_cast<int64_t>(T) * QD, c.q_scale());
   }
   attend(l, v, a.atty.data());
-  linear(a.res_attn.data(), a.atty.data(), o.o_w, o.o_b, QD, D);
   const int64_t n = static_cast<int64_t>(T) * D;
+  if (c.post_norms()) {  // Gemma: the output normalized before the residual add
+    linear(a.post_attn.data(), a.atty.data(), o.o_w, o.o_b, QD, D);
+    norm_forward(c, a.res_attn.data(), nullptr, a.post_attn_rstd.data(), a.post_attn.data(), at(P, o.post_attn_norm_w),
+                 nullptr, T);
+  } else {
+    linear(a.res_attn.data(), a.atty.data(), o.o_w, o.o_b, QD, D);
+  }
   cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
     for (int64_t i = i0; i < i1; i++) a.res_attn[i] += x[i];
@@ -187,9 +211,18 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
     cpu::gelu_forward(a.act.data(), a.fc.data(), static_cast<int64_t>(T) * F);
   } else {
     linear(a.up.data(), a.norm2.data(), o.up_w, kAbsent, D, F);
-    cpu::swiglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
+    if (c.is_gemma())
+      cpu::geglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
+    else
+      cpu::swiglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
   }
-  linear(a.res_mlp.data(), a.act.data(), o.proj_w, o.proj_b, F, D);
+  if (c.post_norms()) {
+    linear(a.post_mlp.data(), a.act.data(), o.proj_w, o.proj_b, F, D);
+    norm_forward(c, a.res_mlp.data(), nullptr, a.post_mlp_rstd.data(), a.post_mlp.data(), at(P, o.post_mlp_norm_w),
+                 nullptr, T);
+  } else {
+    linear(a.res_mlp.data(), a.act.data(), o.proj_w, o.proj_b, F, D);
+  }
   cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
     for (int64_t i = i0; i < i1; i++) a.res_mlp[i] += a.res_attn[i];
@@ -292,7 +325,7 @@ static void gather_qkv(const ModelConfig& c, const SharedRows& sr, const QKV& v,
 // Attention output [T, QD] of the tree rows: each sequence's rows gathered back, attended, and each row written by
 // its owner (a shared row's output is the same in every member). probs: the softmax in the batch's layout.
 static void tree_attention_forward(const ModelConfig& c, const Batch& b, const SharedRows& sr, const QKV& v,
-                                   float* atty, float* probs, TreeScratch& g) {
+                                   float* atty, float* probs, TreeScratch& g, int window) {
   const int QD = c.q_dim(), KVD = c.kv_dim();
   for_each_sequence_chunk(b, g, [&](int s0, int s1, int base) {
     const int n = g.offsets.back();
@@ -300,7 +333,7 @@ static void tree_attention_forward(const ModelConfig& c, const Batch& b, const S
     g.out.resize(static_cast<size_t>(n) * QD);
     float* p = probs ? probs + cpu::attention_probs_size(b.offsets.data(), s0, c.n_head) : nullptr;
     cpu::attention_forward(g.out.data(), p, g.q.data(), QD, g.k.data(), KVD, g.v.data(), KVD, g.offsets.data(),
-                           s1 - s0, c.n_head, c.n_kv_head, c.head_dim);
+                           s1 - s0, c.n_head, c.n_kv_head, c.head_dim, window);
     cpu::parallel_for(n, [&](int64_t i) {
       if (sr.owner[base + i])
         std::copy_n(g.out.data() + i * QD, QD, atty + static_cast<size_t>(sr.row_of[base + i]) * QD);
@@ -354,10 +387,10 @@ static AttendFn attend_batch(const ModelConfig& c, const Batch& b, Acts& acts, f
   return [&c, &b, &acts, probs_buf, kv_hook](int layer, const QKV& v, float* atty) {
     if (kv_hook) (*kv_hook)(layer, v);
     if (acts.shared.T > 0)
-      tree_attention_forward(c, b, acts.shared, v, atty, probs_buf, acts.tree);
+      tree_attention_forward(c, b, acts.shared, v, atty, probs_buf, acts.tree, c.layer_window(layer));
     else
       cpu::attention_forward(atty, probs_buf, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets.data(), b.n_seq(),
-                             c.n_head, c.n_kv_head, c.head_dim);
+                             c.n_head, c.n_kv_head, c.head_dim, c.layer_window(layer));
   };
 }
 
@@ -424,7 +457,8 @@ void release_large_buffers(Workspace& ws) {
     count(a->x0), count(a->normf);
   }
   const BackwardScratch& b = ws.back;
-  for (const std::vector<float>* v : {&b.dresid, &b.dnorm, &b.dact, &b.dfc, &b.dup, &b.datty, &b.dqkv, &b.dqk_raw})
+  for (const std::vector<float>* v :
+       {&b.dresid, &b.dnorm, &b.dact, &b.dfc, &b.dup, &b.datty, &b.dqkv, &b.dqk_raw, &b.dpost})
     count(*v);
   count(ws.dnormf), count(ws.head_probs);
   if (bytes <= cpu::kScratchKeepBytes) return;  // (reads /proc and /sys only past this)
@@ -469,7 +503,7 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
                        T, in, outf, r);
   };
   std::vector<float>&dresid = sc.dresid, &dnorm = sc.dnorm, &dact = sc.dact, &dfc = sc.dfc, &dup = sc.dup,
-  &datty = sc.datty, &dqkv = sc.dqkv, &dqk_raw = sc.dqk_raw;
+  &datty = sc.datty, &dqkv = sc.dqkv, &dqk_raw = sc.dqk_raw, &dpost = sc.dpost;
   zeros(dresid, static_cast<size_t>(T) * D);
   dnorm.resize(static_cast<size_t>(T) * D);
   dact.resize(static_cast<size_t>(T) * F);
@@ -477,6 +511,13 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
   dup.resize(c.is_llama() ? static_cast<size_t>(T) * F : 0);
   datty.resize(static_cast<size_t>(T) * QD);
   dqkv.resize(qkv_size(c, T));
+  dpost.resize(c.post_norms() ? static_cast<size_t>(T) * D : 0);
+  // Gemma: the gradient of a sublayer's output before its post-norm (in dpost), from the block's residual gradient
+  auto post_norm_backward = [&](size_t w, const std::vector<float>& raw, const std::vector<float>& rstd) {
+    zeros(dpost, dpost.size());
+    norm_backward(c, dpost.data(), at(G, w), nullptr, dresid.data(), raw.data(), at(P, w), nullptr, rstd.data(), T);
+    return static_cast<const float*>(dpost.data());
+  };
 
   const float* last = acts.recompute ? acts.inputs[c.n_layer].data() : acts.layers.back().res_mlp.data();
   norm_backward(c, dresid.data(), at(G, L.normf_w), at(G, L.normf_b), dnormf, last, at(P, L.normf_w),
@@ -492,17 +533,24 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     const LayerActs& a = acts.layers[acts.recompute ? 0 : l];
     const LayerOffsets& o = L.layers[l];
 
-    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))). The first product into each input-gradient
-    // buffer overwrites it (add_dinp false), so only the activations' += outputs are zeroed first.
-    cpu::linear_backward(dact.data(), at(G, o.proj_w), at(G, o.proj_b), dresid.data(), a.act.data(), at(P, o.proj_w),
-                         T, F, D, lin, acts.bf16, false);
-    adapter_backward(a, o.proj_w, dact.data(), dresid.data(), a.act.data(), F, D);
+    // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))) (Gemma: PostNorm(Proj(...))). The first product
+    // into each input-gradient buffer overwrites it (add_dinp false), so only the activations' += outputs are
+    // zeroed first.
+    const float* dmlp = c.post_norms() ? post_norm_backward(o.post_mlp_norm_w, a.post_mlp, a.post_mlp_rstd)
+                                       : dresid.data();
+    cpu::linear_backward(dact.data(), at(G, o.proj_w), at(G, o.proj_b), dmlp, a.act.data(), at(P, o.proj_w), T, F, D,
+                         lin, acts.bf16, false);
+    adapter_backward(a, o.proj_w, dact.data(), dmlp, a.act.data(), F, D);
     zeros(dfc, dfc.size());
     if (c.is_gpt2()) {
       cpu::gelu_backward(dfc.data(), a.fc.data(), dact.data(), static_cast<int64_t>(T) * F);
     } else {
       zeros(dup, dup.size());
-      cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
+      const int64_t nf = static_cast<int64_t>(T) * F;
+      if (c.is_gemma())
+        cpu::geglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), nf);
+      else
+        cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), nf);
       cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), a.norm2.data(), at(P, o.up_w), T, D, F,
                            lin, acts.bf16, false);
       adapter_backward(a, o.up_w, dnorm.data(), dup.data(), a.norm2.data(), D, F);
@@ -513,10 +561,12 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     norm_backward(c, dresid.data(), at(G, o.norm2_w), at(G, o.norm2_b), dnorm.data(), a.res_attn.data(),
                   at(P, o.norm2_w), a.norm2_mean.data(), a.norm2_rstd.data(), T);
 
-    // attention: res_attn = x + O(Attn(QKV(Norm1(x))))
-    cpu::linear_backward(datty.data(), at(G, o.o_w), at(G, o.o_b), dresid.data(), a.atty.data(), at(P, o.o_w), T, QD,
-                         D, lin, acts.bf16, false);
-    adapter_backward(a, o.o_w, datty.data(), dresid.data(), a.atty.data(), QD, D);
+    // attention: res_attn = x + O(Attn(QKV(Norm1(x)))) (Gemma: PostNorm(O(...)))
+    const float* dattn = c.post_norms() ? post_norm_backward(o.post_attn_norm_w, a.post_attn, a.post_attn_rstd)
+                                        : dresid.data();
+    cpu::linear_backward(datty.data(), at(G, o.o_w), at(G, o.o_b), dattn, a.atty.data(), at(P, o.o_w), T, QD, D, lin,
+                         acts.bf16, false);
+    adapter_backward(a, o.o_w, datty.data(), dattn, a.atty.data(), QD, D);
     QKV v = qkv_view(c, const_cast<float*>(a.qkv.data()), T);
     QKV dv = qkv_view(c, dqkv.data(), T);
     if (acts.shared.T > 0)
@@ -530,8 +580,9 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
                            T, D, 3 * D, lin, acts.bf16, false);
       adapter_backward(a, o.qkv_w, dnorm.data(), dqkv.data(), a.norm1.data(), D, 3 * D);
     } else {
-      cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.rope_theta);
-      cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.rope_theta);
+      if (c.q_scale() != 1.0f) scale_in_place(dv.q, static_cast<int64_t>(T) * QD, c.q_scale());
+      cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.layer_rope_theta(l));
+      cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.layer_rope_theta(l));
       float *dq = dv.q, *dk = dv.k;
       if (c.qk_norm()) {  // back through the per-head norms, into the projections' outputs
         const float* raw_q = a.qk_raw.data();
@@ -541,9 +592,9 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
         dq = dqk_raw.data();
         dk = dq + static_cast<size_t>(T) * QD;
         cpu::rmsnorm_backward(dq, at(G, o.q_norm_w), dv.q, raw_q, at(P, o.q_norm_w), a.qk_rstd.data(),
-                              T * c.n_head, c.head_dim);
+                              T * c.n_head, c.head_dim, c.norm_offset());
         cpu::rmsnorm_backward(dk, at(G, o.k_norm_w), dv.k, raw_k, at(P, o.k_norm_w), rstd_k, T * c.n_kv_head,
-                              c.head_dim);
+                              c.head_dim, c.norm_offset());
       }
       cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dq, a.norm1.data(), at(P, o.q_w), T, D, QD, lin,
                            acts.bf16, false);
@@ -565,12 +616,13 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
   float* dwpe = at(G, L.pos_emb);
   if (!dwte) return;  // frozen (LoRA)
   const int32_t* tokens = acts.shared.T > 0 ? acts.shared.tokens.data() : b.tokens.data();
+  const float scale = c.embed_scale();  // (1 but for Gemma: x * 1.0f is x exactly)
   cpu::parallel_columns(D, [&](int i0, int i1) {
     for (int t = 0; t < T; t++) {
       const float* d = dresid.data() + static_cast<size_t>(t) * D;
       float* e = dwte + static_cast<size_t>(tokens[t]) * D;
 #pragma omp simd
-      for (int i = i0; i < i1; i++) e[i] += d[i];
+      for (int i = i0; i < i1; i++) e[i] += d[i] * scale;
       if (dwpe) {
         float* p = dwpe + static_cast<size_t>(acts.pos[t]) * D;
 #pragma omp simd

@@ -26,6 +26,8 @@ struct LayerActs {
   std::vector<float> up;        // Llama: up_proj output [T, F]
   std::vector<float> act;       // MLP hidden after the activation [T, F]
   std::vector<float> res_mlp;   // [T, D] block output
+  // Gemma: the attention's and the MLP's outputs before their norms [T, D], and the norms' rstd [T]
+  std::vector<float> post_attn, post_attn_rstd, post_mlp, post_mlp_rstd;
   std::vector<float> lora_h;    // LoRA: scale * x A^T of each of the block's targets [slots, T, rank] (lora.h)
 };
 
@@ -81,6 +83,7 @@ using KvHook = std::function<void(int layer, const QKV& qkv)>;
 struct BackwardScratch {
   std::vector<float> dresid, dnorm, dact, dfc, dup, datty, dqkv;
   std::vector<float> dqk_raw;  // Qwen3: gradient of q | k before their per-head norms
+  std::vector<float> dpost;    // Gemma: gradient of the attention's or the MLP's output before its norm
   std::vector<float> dlora_h;  // LoRA: gradient of one target's h [T, rank]
 };
 

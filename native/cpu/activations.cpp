@@ -1,4 +1,4 @@
-// GPT-2's tanh-approximated GELU and Llama's SwiGLU, forward and backward.
+// GPT-2's tanh-approximated GELU, Llama's SwiGLU and Gemma's GELU-gated unit, forward and backward.
 #include <cmath>
 
 #include "ops.h"
@@ -9,26 +9,24 @@ namespace optune::cpu {
 
 static constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 
+static inline float gelu(float x) { return 0.5f * x * (1.0f + vtanh(kGeluScale * (x + 0.044715f * x * x * x))); }
+
+static inline float gelu_grad(float x) {
+  const float t = vtanh(kGeluScale * (x + 0.044715f * x * x * x));
+  const float sech2 = 1.0f - t * t;
+  return 0.5f * (1.0f + t) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
 void gelu_forward(float* out, const float* inp, int64_t n) {
   parallel_blocks(n, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
-    for (int64_t i = i0; i < i1; i++) {
-      const float x = inp[i];
-      out[i] = 0.5f * x * (1.0f + vtanh(kGeluScale * (x + 0.044715f * x * x * x)));
-    }
+    for (int64_t i = i0; i < i1; i++) out[i] = gelu(inp[i]);
   });
 }
 
 void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n) {
 #pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; i++) {
-    const float x = inp[i];
-    const float u = kGeluScale * (x + 0.044715f * x * x * x);
-    const float t = vtanh(u);
-    const float sech2 = 1.0f - t * t;
-    const float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * kGeluScale * (1.0f + 3.0f * 0.044715f * x * x);
-    dinp[i] += grad * dout[i];
-  }
+  for (int64_t i = 0; i < n; i++) dinp[i] += gelu_grad(inp[i]) * dout[i];
 }
 
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n) {
@@ -50,6 +48,21 @@ void swiglu_backward(float* dgate, float* dup, const float* dout, const float* g
     const float silu = g * sig;
     dup[i] += dout[i] * silu;
     dgate[i] += dout[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
+  }
+}
+
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n) {
+  parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; i++) out[i] = gelu(gate[i]) * up[i];
+  });
+}
+
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+#pragma omp parallel for simd schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    dup[i] += dout[i] * gelu(gate[i]);
+    dgate[i] += dout[i] * up[i] * gelu_grad(gate[i]);
   }
 }
 

@@ -40,19 +40,22 @@ static inline float dot(const float* a, const float* b, int n) {
   return s;
 }
 
-// Row-wise causal softmax of a [L, L] score block in place: row i keeps columns 0..i, the rest become 0.
-static void causal_softmax_rows(float* p, int L) {
+// Row-wise causal softmax of a [L, L] score block in place: row i keeps columns j0..i (j0 = 0, or i - window + 1
+// for a sliding window), the rest become 0.
+static void causal_softmax_rows(float* p, int L, int window) {
   for (int i = 0; i < L; i++) {
     float* row = p + static_cast<size_t>(i) * L;
-    const float mx = max_of(row, i + 1);
+    const int j0 = window > 0 ? std::max(0, i - window + 1) : 0;
+    const float mx = max_of(row + j0, i + 1 - j0);
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (int j = 0; j <= i; j++) {
+    for (int j = j0; j <= i; j++) {
       row[j] = vexp(row[j] - mx);
       sum += row[j];
     }
     const float inv = 1.0f / sum;
-    for (int j = 0; j <= i; j++) row[j] *= inv;
+    for (int j = 0; j < j0; j++) row[j] = 0.0f;
+    for (int j = j0; j <= i; j++) row[j] *= inv;
     for (int j = i + 1; j < L; j++) row[j] = 0.0f;
   }
 }
@@ -61,7 +64,8 @@ static void causal_softmax_rows(float* p, int L) {
 // [L, L] blocks (the upper triangle is computed and then zeroed: twice the minimal flops, but GEMM speed).
 // GEMMs called inside the parallel region run single-threaded, so each block's arithmetic is fixed.
 void attention_forward(float* out, float* probs, const float* q, int qs, const float* k, int ks, const float* v,
-                       int vs, const int32_t* offsets, int n_seq, int n_head, int n_kv_head, int head_dim) {
+                       int vs, const int32_t* offsets, int n_seq, int n_head, int n_kv_head, int head_dim,
+                       int window) {
   const int group = n_head / n_kv_head, od = n_head * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   const std::vector<int64_t> po = probs ? probs_offsets(offsets, n_seq, n_head) : std::vector<int64_t>();
@@ -84,7 +88,7 @@ void attention_forward(float* out, float* probs, const float* q, int qs, const f
       const float* kh = k + static_cast<size_t>(start) * ks + kvh * head_dim;
       const float* vh = v + static_cast<size_t>(start) * vs + kvh * head_dim;
       gemm(false, true, L, L, head_dim, scale, qh, qs, kh, ks, 0.0f, p, L);
-      causal_softmax_rows(p, L);
+      causal_softmax_rows(p, L, window);
       gemm(false, false, L, head_dim, L, 1.0f, p, L, vh, vs, 0.0f, out + static_cast<size_t>(start) * od + h * head_dim,
            od);
     }
@@ -221,16 +225,18 @@ static bool decode_values_avx512(float*, const float*, float, const T*, int, int
 template <class T>
 static void attention_decode_impl(float* out, const float* q, int qs, const T* kcache, const T* vcache,
                                   const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head,
-                                  int n_kv_head, int head_dim) {
+                                  int n_kv_head, int head_dim, int window) {
   const int group = n_head / n_kv_head;
   const int kvd = n_kv_head * head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   std::vector<float> p(cap);
   for (int r = 0; r < rows; r++)
     for (int h = 0; h < n_head; h++) {
-      const int kvh = h / group, n = n_keys[r];
-      const T* kt = kcache + static_cast<size_t>(slot[r]) * kvd * cap + static_cast<size_t>(kvh) * head_dim * cap;
-      const T* vbase = vcache + static_cast<size_t>(slot[r]) * cap * kvd + kvh * head_dim;
+      // a window starts the keys at j0: the same loops over positions j0 .. n_keys - 1
+      const int kvh = h / group, j0 = window > 0 ? std::max(0, n_keys[r] - window) : 0, n = n_keys[r] - j0;
+      const T* kt =
+          kcache + static_cast<size_t>(slot[r]) * kvd * cap + static_cast<size_t>(kvh) * head_dim * cap + j0;
+      const T* vbase = vcache + (static_cast<size_t>(slot[r]) * cap + j0) * kvd + kvh * head_dim;
       const float* qi = q + static_cast<size_t>(r) * qs + h * head_dim;
       // scores of all n keys at once: with the keys stored feature-major this is head_dim unit-stride AXPYs over
       // the positions (one horizontal sum per key would cost more than the key's whole dot product)
@@ -275,13 +281,13 @@ void kv_cache_store(uint16_t* kcache, uint16_t* vcache, int slot, int pos, const
 
 void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
                       const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
-                      int head_dim) {
-  attention_decode_impl(out, q, qs, kcache, vcache, slot, n_keys, rows, cap, n_head, n_kv_head, head_dim);
+                      int head_dim, int window) {
+  attention_decode_impl(out, q, qs, kcache, vcache, slot, n_keys, rows, cap, n_head, n_kv_head, head_dim, window);
 }
 void attention_decode(float* out, const float* q, int qs, const uint16_t* kcache, const uint16_t* vcache,
                       const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
-                      int head_dim) {
-  attention_decode_impl(out, q, qs, kcache, vcache, slot, n_keys, rows, cap, n_head, n_kv_head, head_dim);
+                      int head_dim, int window) {
+  attention_decode_impl(out, q, qs, kcache, vcache, slot, n_keys, rows, cap, n_head, n_kv_head, head_dim, window);
 }
 
 }  // namespace optune::cpu

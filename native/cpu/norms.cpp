@@ -1,4 +1,4 @@
-// LayerNorm (GPT-2) and RMSNorm (Llama), forward and backward. Statistics are accumulated in double for accuracy
+// LayerNorm (GPT-2) and RMSNorm (Llama; Gemma's with 1 + weight), forward and backward. Statistics are accumulated in double for accuracy
 // (one partial sum per simd lane, combined in a fixed order: the same result for any thread count);
 // the forward saves mean/rstd so backward need not recompute them.
 #include <cmath>
@@ -70,7 +70,8 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
   });
 }
 
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps) {
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
+                     float w_offset) {
   parallel_for(rows, [&](int64_t r) {
     const float* x = inp + static_cast<size_t>(r) * d;
     double ss = 0.0;
@@ -78,13 +79,13 @@ void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, 
     for (int i = 0; i < d; i++) ss += static_cast<double>(x[i]) * x[i];
     const float s = static_cast<float>(1.0 / std::sqrt(ss / d + eps));
     float* o = out + static_cast<size_t>(r) * d;
-    for (int i = 0; i < d; i++) o[i] = w[i] * (x[i] * s);
+    for (int i = 0; i < d; i++) o[i] = (w[i] + w_offset) * (x[i] * s);
     if (rstd) rstd[r] = s;
   });
 }
 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
-                      int rows, int d) {
+                      int rows, int d, float w_offset) {
 #pragma omp parallel for schedule(static)
   for (int r = 0; r < rows; r++) {
     const float* dy = dout + static_cast<size_t>(r) * d;
@@ -93,9 +94,9 @@ void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* in
     const float s = rstd[r];
     double dot = 0.0;  // sum_i (w_i dy_i) xhat_i
 #pragma omp simd reduction(+ : dot)
-    for (int i = 0; i < d; i++) dot += static_cast<double>(w[i] * dy[i]) * (x[i] * s);
+    for (int i = 0; i < d; i++) dot += static_cast<double>((w[i] + w_offset) * dy[i]) * (x[i] * s);
     const float c = static_cast<float>(dot / d);
-    for (int i = 0; i < d; i++) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
+    for (int i = 0; i < d; i++) dx[i] += s * ((w[i] + w_offset) * dy[i] - x[i] * s * c);
   }
   if (!dw) return;  // frozen weights
   parallel_columns(d, [&](int i0, int i1) {

@@ -36,9 +36,11 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
                        int rows, int d, float eps);
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
                         const float* mean, const float* rstd, int rows, int d);
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps);
+// RMSNorm scales by w + w_offset (Gemma's norms: 1 + weight; the gradient goes to w as it is).
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
+                     float w_offset = 0.0f);
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
-                      int rows, int d);
+                      int rows, int d, float w_offset = 0.0f);
 
 // ---- activations ----------------------------------------------------------------------------------------------
 void gelu_forward(float* out, const float* inp, int64_t n);  // tanh approximation (GPT-2's gelu_new)
@@ -46,6 +48,9 @@ void gelu_backward(float* dinp, const float* inp, const float* dout, int64_t n);
 // h = silu(gate) * up
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+// h = gelu_tanh(gate) * up (Gemma's MLP)
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n);
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 
 // ---- rotary position embedding (transformers' rotate_half convention) -----------------------------------------
 // x: [rows, n_heads * head_dim] with row stride `stride`; row r is at position pos[r]. In place.
@@ -57,9 +62,12 @@ void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, c
 // Sequence s holds rows [offsets[s], offsets[s+1]). q: [T, H*hd] (stride qs), k, v: [T, KV*hd] (strides ks, vs).
 // out: [T, H*hd]. probs: softmax weights, per sequence and head a [L, L] lower-triangular block, laid out as given by
 // attention_probs_offsets (needed by backward; may be null for inference).
+// window > 0: each query sees only its last `window` positions, itself included (a sliding-window layer); the
+// masked weights are zeros in probs, so backward needs no window of its own.
 int64_t attention_probs_size(const int32_t* offsets, int n_seq, int n_head);
 void attention_forward(float* out, float* probs, const float* q, int qs, const float* k, int ks, const float* v,
-                       int vs, const int32_t* offsets, int n_seq, int n_head, int n_kv_head, int head_dim);
+                       int vs, const int32_t* offsets, int n_seq, int n_head, int n_kv_head, int head_dim,
+                       int window = 0);
 // dq, dk, dv are written (not accumulated); they have the strides of q, k, v.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* probs, const float* q, int qs,
                         const float* k, int ks, const float* v, int vs, const int32_t* offsets, int n_seq, int n_head,
@@ -73,13 +81,14 @@ void kv_cache_store(float* kcache, float* vcache, int slot, int pos, const float
 void kv_cache_store(uint16_t* kcache, uint16_t* vcache, int slot, int pos, const float* k, const float* v, int cap,
                     int n_kv_head, int head_dim);
 // One new query row per sequence against its KV cache (sampling), on the calling thread (the sampler runs one
-// group of rows per thread). Row r attends to positions 0 .. n_keys[r]-1 of cache slot slot[r].
+// group of rows per thread). Row r attends to positions 0 .. n_keys[r]-1 of cache slot slot[r] (window > 0: the
+// last `window` of them).
 void attention_decode(float* out, const float* q, int qs, const float* kcache, const float* vcache,
                       const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
-                      int head_dim);
+                      int head_dim, int window = 0);
 void attention_decode(float* out, const float* q, int qs, const uint16_t* kcache, const uint16_t* vcache,
                       const int32_t* slot, const int32_t* n_keys, int rows, int cap, int n_head, int n_kv_head,
-                      int head_dim);
+                      int head_dim, int window = 0);
 
 // ---- token log-probs from hidden states without the full [tokens x vocab] logits ------------------------------
 // For each of n rows: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W: [V, D]. Processed in chunks of rows so
