@@ -223,8 +223,10 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     c.arch = optune::Arch::QWEN2;
   } else if (a == "qwen3") {
     c.arch = optune::Arch::QWEN3;
+  } else if (a == "gemma3_text") {
+    c.arch = optune::Arch::GEMMA3;
   } else {
-    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2' or 'qwen3', got " +
+    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2', 'qwen3' or 'gemma3_text', got " +
                                         (arch.IsString() ? "'" + a + "'" : describe(arch)));
   }
   const int big = 1 << 30;
@@ -240,9 +242,38 @@ optune::ModelConfig to_config(const Napi::Value& v) {
   c.head_dim = opt_int(o, "headDim", where, c.d_model / c.n_head, 1, big);
   c.d_ff = req_int(o, "dFf", where, 1, big);
   c.max_positions = req_int(o, "maxPositions", where, 1, big);
-  c.norm_eps = opt_float(o, "normEps", where, c.norm_eps);
-  c.rope_theta = opt_float(o, "ropeTheta", where, c.rope_theta);
+  const bool gemma = c.is_gemma();
+  c.norm_eps = opt_float(o, "normEps", where, gemma ? 1e-6f : c.norm_eps);
+  c.rope_theta = opt_float(o, "ropeTheta", where, gemma ? 1e6f : c.rope_theta);  // transformers' defaults
   c.tie_embeddings = opt_bool(o, "tieEmbeddings", where, c.tie_embeddings);
+  if (gemma) {  // Gemma 3's own fields, with transformers' Gemma3TextConfig defaults
+    c.attn_scalar = opt_float(o, "queryPreAttnScalar", where, 256.0f);
+    c.sliding_window = opt_int(o, "slidingWindow", where, 4096, 1, big);
+    c.rope_local_theta = opt_float(o, "ropeLocalTheta", where, 10000.0f);
+    Napi::Value types = o.Get("layerTypes");
+    c.sliding.assign(c.n_layer, 0);
+    if (types.IsUndefined()) {
+      for (int l = 0; l < c.n_layer; l++) c.sliding[l] = (l + 1) % 6 != 0;  // five sliding layers, then a full one
+    } else {
+      const std::string name = where + ".layerTypes";
+      if (!types.IsArray() || types.As<Napi::Array>().Length() != static_cast<uint32_t>(c.n_layer))
+        throw Napi::TypeError::New(env, name + " must be an array with one entry per layer (" +
+                                            std::to_string(c.n_layer) + "), got " + describe(types));
+      Napi::Array list = types.As<Napi::Array>();
+      for (int l = 0; l < c.n_layer; l++) {
+        Napi::Value t = list.Get(static_cast<uint32_t>(l));
+        const std::string kind = t.IsString() ? t.As<Napi::String>().Utf8Value() : "";
+        if (kind != "sliding_attention" && kind != "full_attention")
+          throw Napi::TypeError::New(env, name + "[" + std::to_string(l) +
+                                              "] must be 'sliding_attention' or 'full_attention', got " + describe(t));
+        c.sliding[l] = kind == "sliding_attention";
+      }
+    }
+  } else {
+    for (const char* key : {"queryPreAttnScalar", "slidingWindow", "ropeLocalTheta", "layerTypes"})
+      if (!o.Get(key).IsUndefined())
+        throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's; arch '" + a + "' has no such setting");
+  }
   c.qkv_bias = opt_bool(o, "qkvBias", where, c.arch == optune::Arch::QWEN2);
   c.o_bias = opt_bool(o, "oBias", where, false);
   c.reward_model = opt_bool(o, "rewardModel", where, false);
@@ -283,6 +314,15 @@ Napi::Object config_to_js(Napi::Env env, const optune::ModelConfig& c) {
   o.Set("bosTokenId", c.bos_token_id);
   o.Set("eosTokenId", c.eos_token_id);
   o.Set("padTokenId", c.pad_token_id);
+  if (c.is_gemma()) {
+    o.Set("queryPreAttnScalar", float_for_js(c.attn_scalar));
+    o.Set("slidingWindow", c.sliding_window);
+    o.Set("ropeLocalTheta", float_for_js(c.rope_local_theta));
+    Napi::Array types = Napi::Array::New(env, c.n_layer);
+    for (int l = 0; l < c.n_layer; l++)
+      types.Set(static_cast<uint32_t>(l), c.layer_sliding(l) ? "sliding_attention" : "full_attention");
+    o.Set("layerTypes", types);
+  }
   return o;
 }
 
