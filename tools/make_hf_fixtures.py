@@ -31,6 +31,19 @@ Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
   reward_qwen3/  Qwen3ForSequenceClassification with attention biases (attention_bias true) and head_dim 8 > 16/4;
                  the same tokenizer files and template as qwen3/ (a Qwen3 reward model shares its policy's
                  vocabulary); pad_token_id is <|endoftext|>, not the EOS, so the score is read at the last token
+  gemma3/        Gemma3ForCausalLM (model_type gemma3_text): RMSNorms that scale by 1 + weight, post-attention and
+                 post-MLP norms, embeddings scaled by sqrt(hidden), GELU-gated MLP; query_pre_attn_scalar 24 != head_dim
+                 16; layers sliding / full / sliding with a window of 8 tokens (shorter than the parity sequences) and
+                 their own RoPE bases (1e6 full, 1e4 sliding, in rope_parameters by layer type); tied embeddings;
+                 512 positions; tokenizer as Gemma's (GemmaTokenizer: spaces normalized to "▁", no prefix space, BPE
+                 with byte fallback; <pad> <eos> <bos> <unk> <mask> <start_of_turn> <end_of_turn> as ids 0-6; BOS
+                 added); chat_template.jinja (our own, Gemma style): BOS, then per turn <start_of_turn>, the role
+                 (the assistant's named "model"), a newline, the text, <end_of_turn> and a newline; a system message
+                 has no turn, its text opens the first one; the generation prompt opens a model turn; generation_config
+                 EOS ids [<eos>, <end_of_turn>]
+  reward_gemma3/ Gemma3TextForSequenceClassification with attention biases (attention_bias true); the same tokenizer
+                 files and template as gemma3/; pad_token_id is <pad>, not the EOS, so the score is read at the last
+                 token
   tokenizer_cases.json   per tokenizer dir: corpus strings (unicode/whitespace edge cases; for tokenizers with
                          <think>, a few strings with it too) -> ids with and without special tokens, decoded text;
                          "chats": rendered chat templates and their ids; and, for qwen3 only,
@@ -39,7 +52,8 @@ Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
                          transformers' apply_chat_template (optune: HfTokenizerOptions.chatTemplateArgs)
   parity.json            per policy: prompt/response pairs -> ids, per-token and summed log-probs (transformers, fp32;
                          with <think> in the tokenizer, one more chat whose response opens with a reasoning block);
-                         per reward model: conversations -> ids and score
+                         per reward model: conversations -> ids and score. A chat response ends with the turn's end
+                         token: <end_of_turn> where the tokenizer has it, <|im_end|> otherwise
   optune_saved/          (roundtrip) a checkpoint written by optune's EngineModel.save after one SFT step on qwen2/,
                          with expected_logits.json: transformers' logits on it
 Weights are random but larger than transformers' init (std 0.02 would make every distribution nearly uniform and the
@@ -53,7 +67,8 @@ from pathlib import Path
 
 import torch
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, GPT2Config,
+from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Gemma3ForCausalLM,
+                          Gemma3TextConfig, Gemma3TextForSequenceClassification, GemmaTokenizer, GPT2Config,
                           GPT2ForSequenceClassification, GPT2Tokenizer, GenerationConfig, LlamaConfig,
                           LlamaForCausalLM, LlamaForSequenceClassification, LlamaTokenizer, Qwen2Config,
                           Qwen2ForCausalLM, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM,
@@ -101,6 +116,9 @@ CORPUS = [
     "<|im_start|>user\nhi<|im_end|>",
 ]
 
+# Gemma's special tokens, in Gemma's id order.
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
 # Qwen3's reasoning markers: added tokens, not special ones. Strings with them, for tokenizers that have them.
 THINK_TOKENS = ["<think>", "</think>"]
 THINK_CORPUS = [
@@ -142,6 +160,34 @@ INST_TEMPLATE = (
     "{% endif %}"
     "{% endfor %}"
 )
+
+# Gemma style, written for these fixtures: BOS, then <start_of_turn>ROLE\n...<end_of_turn>\n turns, the assistant's
+# role named "model"; a system message has no turn of its own, its text opens the first turn; the generation prompt
+# opens a model turn.
+GEMMA_TEMPLATE = """\
+{{- bos_token }}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_text = messages[0]['content'] + '\\n\\n' %}
+    {%- set turns = messages[1:] %}
+{%- else %}
+    {%- set system_text = '' %}
+    {%- set turns = messages %}
+{%- endif %}
+{%- for message in turns %}
+    {%- if message['role'] == 'assistant' %}
+        {%- set role = 'model' %}
+    {%- elif message['role'] == 'user' %}
+        {%- set role = 'user' %}
+    {%- else %}
+        {{- raise_exception('unsupported role ' + message['role']) }}
+    {%- endif %}
+    {{- '<start_of_turn>' + role + '\\n' + (system_text if loop.first else '') }}
+    {{- message['content'] + '<end_of_turn>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<start_of_turn>model\\n' }}
+{%- endif %}
+"""
 
 # Qwen3 style, written for these fixtures: plain ChatML turns (no default system turn); with add_generation_prompt
 # and enable_thinking given as false, the assistant turn opens with an empty reasoning block.
@@ -196,12 +242,27 @@ def train_sentencepiece_like(vocab_size):
     return model["vocab"], [tuple(m) for m in model["merges"]]
 
 
+def train_gemma_like(vocab_size):
+    # Gemma's specials at Gemma's ids (0-4, then the turn markers), then the 256 byte-fallback tokens. Trained on
+    # words that start with their space ("▁" + word, no prefix at the text's start) as SentencePiece pieces do;
+    # GemmaTokenizer then runs these merges over the whole normalized text.
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="never")
+    specials = GEMMA_SPECIALS + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(TRAIN_TEXT, trainer)
+    model = json.loads(tok.to_str())["model"]
+    return model["vocab"], [tuple(m) for m in model["merges"]]
+
+
 def randomize(model, seed):
     g = torch.Generator().manual_seed(seed)
+    # Gemma's RMSNorms scale by 1 + weight, so its norm weights are drawn around 0 (the same scale as 1 + weight).
+    norm_center = 0.0 if isinstance(model.config, Gemma3TextConfig) else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_f.weight" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(norm_center + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.25 * torch.randn(p.shape, generator=g))
     return model
@@ -324,11 +385,54 @@ def make_reward_qwen3():
     save_all(d, randomize(Qwen3ForSequenceClassification(cfg), 6), tok)
 
 
+def gemma3_tokenizer():
+    # As Gemma 3 ships it: GemmaTokenizer (spaces to "▁", BPE with byte fallback), BOS added, eos <eos>, pad <pad>,
+    # the turn markers special (skip_special_tokens drops them).
+    vocab, merges = train_gemma_like(420)
+    tok = GemmaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = GEMMA_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
+    assert list(ids.values()) == list(range(len(GEMMA_SPECIALS))), ids
+    return tok, ids
+
+
+def gemma3_config(**kwargs):
+    # Layers sliding / full / sliding; the window (8) is shorter than the parity sequences, so it shows; each layer
+    # kind has its own RoPE base; query_pre_attn_scalar 24 != head_dim 16, so the attention scale is not head_dim's.
+    return Gemma3TextConfig(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+        sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        max_position_embeddings=512, tie_word_embeddings=True, **kwargs)
+
+
+def make_gemma3():
+    # gemma3: Gemma 3's text model; two EOS ids (<eos>, <end_of_turn>) in generation_config as Gemma 3 ships them.
+    tok, ids = gemma3_tokenizer()
+    cfg = gemma3_config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, bos_token_id=ids["<bos>"],
+                        eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+    d = fresh_dir("gemma3")
+    save_all(d, randomize(Gemma3ForCausalLM(cfg), 7), tok,
+             GenerationConfig(bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids["<end_of_turn>"]],
+                              pad_token_id=ids["<pad>"]))
+
+
+def make_reward_gemma3():
+    # reward_gemma3: the gemma3 tokenizer and template; biases on q/k/v/o; pad (<pad>) differs from the EOS.
+    tok, ids = gemma3_tokenizer()
+    cfg = gemma3_config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_labels=1, attention_bias=True,
+                        bos_token_id=ids["<bos>"], eos_token_id=ids["<eos>"], pad_token_id=ids["<pad>"])
+    d = fresh_dir("reward_gemma3")
+    save_all(d, randomize(Gemma3TextForSequenceClassification(cfg), 8), tok)
+
+
 # Every fixture dir, in the order they are built and listed in the JSON files.
-POLICIES = {"smollm": make_smollm, "qwen2": make_qwen2, "qwen3": make_qwen3}
+POLICIES = {"smollm": make_smollm, "qwen2": make_qwen2, "qwen3": make_qwen3, "gemma3": make_gemma3}
 REWARD_MODELS = {"reward_llama": make_reward_llama, "reward_gpt2": make_reward_gpt2,
-                 "reward_qwen3": make_reward_qwen3}
-BUILD_ORDER = ["smollm", "qwen2", "reward_llama", "reward_gpt2", "qwen3", "reward_qwen3"]
+                 "reward_qwen3": make_reward_qwen3, "reward_gemma3": make_reward_gemma3}
+BUILD_ORDER = ["smollm", "qwen2", "reward_llama", "reward_gpt2", "qwen3", "reward_qwen3", "gemma3", "reward_gemma3"]
 
 
 def make_models(names):
@@ -407,7 +511,8 @@ def make_parity(names, fresh):
         model = AutoModelForCausalLM.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
         items = []
         pairs = [(p, r, None) for p, r in LOGPROB_PAIRS]
-        pairs.append((render(tok, CHATS[0], True), "Paris, of course.<|im_end|>", CHATS[0]))
+        end_of_turn = "<end_of_turn>" if "<end_of_turn>" in tok.get_vocab() else "<|im_end|>"
+        pairs.append((render(tok, CHATS[0], True), "Paris, of course." + end_of_turn, CHATS[0]))
         if has_think(tok):
             pairs.append((render(tok, CHATS[1], True), THINK_RESPONSE, CHATS[1]))
         for prompt, response, messages in pairs:

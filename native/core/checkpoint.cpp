@@ -372,7 +372,9 @@ static void llama_config_to(const ModelConfig& c, json::Value& o) {
 static void gemma_config_to(const ModelConfig& c, json::Value& o) {
   using json::Value;
   o.set("hidden_activation", Value::of_string("gelu_pytorch_tanh"));
-  o.set("query_pre_attn_scalar", Value::of_float(c.attn_scalar));
+  // an integer where it is one: transformers 5's config class refuses 256.0
+  const bool whole = c.attn_scalar == std::floor(c.attn_scalar) && c.attn_scalar < 1e9f;
+  o.set("query_pre_attn_scalar", whole ? Value::of_int(static_cast<int>(c.attn_scalar)) : Value::of_float(c.attn_scalar));
   o.set("sliding_window", Value::of_int(c.sliding_window > 0 ? c.sliding_window : 4096));
   Value types = Value::new_array();
   for (int l = 0; l < c.n_layer; l++)

@@ -123,6 +123,18 @@ static ModelConfig qwen3_cfg() {
   return c;
 }
 
+// Gemma 3: Qwen3's shape plus its own fields; layers 0 and 2 sliding, 1 full.
+static ModelConfig gemma3_cfg() {
+  ModelConfig c = qwen3_cfg();
+  c.arch = Arch::GEMMA3;
+  c.n_layer = 3;
+  c.attn_scalar = 20.0f;
+  c.sliding_window = 5;
+  c.sliding = {1, 0, 1};
+  c.rope_local_theta = 10000.0f;
+  return c;
+}
+
 // Random values everywhere (init_weights leaves biases 0 and norms 1, which would hide mix-ups).
 static std::unique_ptr<Model> random_model(const ModelConfig& cfg, uint64_t seed) {
   auto m = make_model(cfg);
@@ -138,7 +150,9 @@ static bool same_config(const ModelConfig& a, const ModelConfig& b) {
          a.max_positions == b.max_positions && a.norm_eps == b.norm_eps &&
          (a.is_gpt2() || a.rope_theta == b.rope_theta) && a.tie_embeddings == b.tie_embeddings &&
          a.qkv_bias == b.qkv_bias && a.o_bias == b.o_bias && a.reward_model == b.reward_model &&
-         a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id;
+         a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id &&
+         a.attn_scalar == b.attn_scalar && a.sliding_window == b.sliding_window && a.sliding == b.sliding &&
+         a.rope_local_theta == b.rope_local_theta;
 }
 
 static bool same_params(const Model& a, const Model& b) {
@@ -189,6 +203,21 @@ TEST(round_trip_qwen3_qk_norm) {
   CHECK(build_param_layout(qwen2_cfg()).find("model.layers.0.self_attn.q_norm.weight") == nullptr);
 }
 
+TEST(round_trip_gemma3) {
+  check_round_trip(gemma3_cfg(), 18, "gemma3");
+  const ParamLayout L = build_param_layout(gemma3_cfg());
+  for (const char* norm : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                           "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"})
+    CHECK_MSG(L.find("model.layers.2." + std::string(norm) + ".weight") != nullptr, norm);
+  CHECK(L.layers[0].norm2_w == L.find("model.layers.0.pre_feedforward_layernorm.weight")->offset);
+  ModelConfig rm = gemma3_cfg();
+  rm.reward_model = true;
+  rm.qkv_bias = rm.o_bias = true;
+  rm.pad_token_id = 0;
+  check_round_trip(rm, 19, "gemma3_rm");
+  CHECK(hf_architecture_name(rm) == "Gemma3TextForSequenceClassification");
+}
+
 TEST(round_trip_reward_models) {
   ModelConfig g = gpt2_cfg();
   g.reward_model = true;
@@ -212,7 +241,7 @@ TEST(config_json_round_trip) {
   g.bos_token_id = -1;
   ModelConfig rm = qwen2_cfg();
   rm.reward_model = true;
-  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm, qwen3_cfg()}) {
+  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm, qwen3_cfg(), gemma3_cfg()}) {
     const std::string text = config_to_hf_json(c);
     CHECK_MSG(same_config(config_from_hf_json(text, "config.json"), c), text);
     CHECK(text.find("\"architectures\": [\n    \"" + hf_architecture_name(c) + "\"") != std::string::npos);
@@ -519,6 +548,67 @@ TEST(config_defaults_and_variants) {
     "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64, "attention_bias": true,
     "num_labels": 1, "pad_token_id": 5})");
   CHECK(c.arch == Arch::QWEN3 && c.qkv_bias && c.o_bias && c.reward_model && c.head_dim == 8);
+}
+
+// Gemma 3 configs as transformers 4.x wrote them (gemma-3-270m's shape: rope_theta + rope_local_base_freq, layer_types)
+// and older (sliding_window_pattern instead of layer_types), and as 5.x writes them (rope_parameters per layer kind).
+TEST(config_gemma3_variants) {
+  const std::string v4 = R"({"architectures": ["Gemma3ForCausalLM"], "_sliding_window_pattern": 6,
+    "attention_bias": false, "attention_dropout": 0.0, "attn_logit_softcapping": null, "bos_token_id": 2,
+    "eos_token_id": 1, "final_logit_softcapping": null, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "hidden_size": 640, "intermediate_size": 2048, "layer_types": ["sliding_attention", "sliding_attention",
+    "sliding_attention", "sliding_attention", "sliding_attention", "full_attention"], "max_position_embeddings": 32768,
+    "model_type": "gemma3_text", "num_attention_heads": 4, "num_hidden_layers": 6, "num_key_value_heads": 1,
+    "pad_token_id": 0, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06, "rope_local_base_freq": 10000.0,
+    "rope_scaling": null, "rope_theta": 1000000.0, "sliding_window": 512, "torch_dtype": "bfloat16",
+    "transformers_version": "4.55.0", "use_bidirectional_attention": false, "use_cache": true,
+    "vocab_size": 262144})";
+  ModelConfig c = parse_cfg(v4);
+  CHECK(c.is_gemma() && c.qk_norm() && c.post_norms() && c.tie_embeddings && !c.reward_model);
+  CHECK(c.head_dim == 256 && c.n_kv_head == 1 && c.attn_scalar == 256.0f && c.q_scale() == 1.0f);
+  CHECK(c.sliding == (std::vector<uint8_t>{1, 1, 1, 1, 1, 0}) && c.sliding_window == 512);
+  CHECK(c.layer_rope_theta(0) == 10000.0f && c.layer_rope_theta(5) == 1000000.0f && c.layer_window(5) == 0);
+  CHECK(c.embed_scale() == static_cast<float>(std::sqrt(640.0)) && c.norm_offset() == 1.0f);
+  // without layer_types: every sliding_window_pattern-th layer is full
+  json::Value old = json::parse(v4, "v4");
+  old.set("layer_types", json::Value::null());
+  old.set("sliding_window_pattern", json::Value::of_int(3));
+  c = parse_cfg(json::dump(old));
+  CHECK(c.sliding == (std::vector<uint8_t>{1, 1, 0, 1, 1, 0}));
+  // transformers 5: the two bases in rope_parameters win over the top-level fields; query_pre_attn_scalar is
+  // written as an integer (its config class refuses 20.0)
+  CHECK(config_to_hf_json(gemma3_cfg()).find("\"query_pre_attn_scalar\": 20,") != std::string::npos);
+  c = parse_cfg(config_to_hf_json(gemma3_cfg()));
+  CHECK(c.rope_theta == 1000000.0f && c.rope_local_theta == 10000.0f);
+  json::Value v5 = json::parse(v4, "v4");
+  v5.set("rope_parameters", json::parse(R"({"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 2e4}})", "rp"));
+  c = parse_cfg(json::dump(v5));
+  CHECK(c.rope_theta == 500000.0f && c.rope_local_theta == 20000.0f);
+
+  auto with = [&](const char* field, const std::string& value) {
+    json::Value v = json::parse(v4, "v4");
+    v.set(field, json::parse(value, "value"));
+    return json::dump(v);
+  };
+  CHECK_THROWS(parse_cfg(with("model_type", "\"gemma3\"")), "a multimodal Gemma 3 checkpoint");
+  CHECK_THROWS(parse_cfg(with("final_logit_softcapping", "30.0")), "logit soft-capping is not supported");
+  CHECK_THROWS(parse_cfg(with("attn_logit_softcapping", "50.0")), "logit soft-capping is not supported");
+  CHECK_THROWS(parse_cfg(with("use_bidirectional_attention", "true")), "bidirectional attention");
+  CHECK_THROWS(parse_cfg(with("hidden_activation", "\"gelu\"")), "only \"gelu_pytorch_tanh\"");
+  CHECK_THROWS(parse_cfg(with("layer_types", "[\"full_attention\"]")), "one entry per layer (6)");
+  CHECK_THROWS(parse_cfg(with("layer_types", "[1, 2, 3, 4, 5, 6]")), "\"sliding_attention\" or \"full_attention\"");
+  CHECK_THROWS(parse_cfg(with("rope_scaling", R"({"rope_type": "linear", "factor": 8.0})")), "unsupported RoPE variant");
+  CHECK_THROWS(parse_cfg(with("rope_parameters", R"({"chunked_attention": {"rope_theta": 1.0}})")),
+               "unexpected key \"chunked_attention\"");
+  CHECK_THROWS(parse_cfg(with("architectures", R"(["Gemma3ForSequenceClassification"])")),
+               "expected \"Gemma3ForCausalLM\" or \"Gemma3TextForSequenceClassification\"");
+  CHECK_THROWS(parse_cfg(with("query_pre_attn_scalar", "0")), "query_pre_attn_scalar must be positive");
+  CHECK_THROWS(parse_cfg(with("sliding_window", "0")), "\"sliding_window\" = 0");
+  // Gemma's fields on another family are refused by validate_config
+  ModelConfig q = qwen3_cfg();
+  q.sliding_window = 4;
+  CHECK_THROWS(validate_config(q), "Gemma 3's");
 }
 
 TEST(config_rejects_bad_fields) {

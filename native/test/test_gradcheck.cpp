@@ -278,6 +278,15 @@ TEST(model_qwen3_qk_norm_dpo_sft) {
   check_model_grads("qwen3 sft", *m, sft);
 }
 
+TEST(model_gemma3_post_norms_window_dpo_sft) {
+  auto m = make_model(testing::tiny_gemma3());
+  testing::randomize(*m, 26);
+  check_model_grads("gemma3 dpo", *m, pair_request(LossKind::DPO, m->cfg));
+  TrainRequest sft = pair_request(LossKind::SFT, m->cfg);
+  sft.weights = {};
+  check_model_grads("gemma3 sft", *m, sft);
+}
+
 // LoRA: only the adapters train; their gradients pass through the frozen base (its input gradients, the head).
 // Every target kind of every family, with B random so A's gradient is not zero.
 TEST(model_lora_adapters_every_family_dpo_sft) {

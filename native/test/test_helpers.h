@@ -54,9 +54,23 @@ inline optune::ModelConfig tiny_qwen3(int vocab = 17) {
   return c;
 }
 
+// Gemma-3-like: Qwen3's shape with 1 + weight norms, post-attention/post-MLP norms, the scaled embedding, the GELU
+// gate, a query scale (query_pre_attn_scalar 6, head_dim 4), a sliding window of 3 positions on layer 0 (the test
+// sequences are longer) and full attention with another RoPE base on layer 1.
+inline optune::ModelConfig tiny_gemma3(int vocab = 17) {
+  optune::ModelConfig c = tiny_qwen3(vocab);
+  c.arch = optune::Arch::GEMMA3;
+  c.attn_scalar = 6.0f;
+  c.sliding_window = 3;
+  c.sliding = {1, 0};
+  c.rope_theta = 100000.0f;
+  c.rope_local_theta = 10000.0f;
+  return c;
+}
+
 // One tiny config per block structure, for tests that must hold for every family.
 inline std::vector<optune::ModelConfig> tiny_families(int vocab = 17) {
-  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab)};
+  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab), tiny_gemma3(vocab)};
 }
 
 struct Rand {
@@ -67,13 +81,14 @@ struct Rand {
   int below(int k) { return static_cast<int>(uniform() * k); }
 };
 
-// Gives every parameter (norm weights and biases too) a random value so all gradient paths are exercised.
+// Gives every parameter (norm weights and biases too) a random value so all gradient paths are exercised. Norms
+// scale by about 1 (Gemma's by 1 + weight: their weights are drawn about 0).
 inline void randomize(optune::Model& m, uint64_t seed, float std = 0.3f) {
   Rand r(seed);
   for (auto& p : m.params) p = r.normal(std);
   for (const auto& t : m.layout.tensors)
     if (t.shape.size() == 1 && t.name.find("weight") != std::string::npos)
-      for (size_t i = 0; i < t.numel; i++) m.params[t.offset + i] = 1.0f + r.normal(0.2f);
+      for (size_t i = 0; i < t.numel; i++) m.params[t.offset + i] = 1.0f - m.cfg.norm_offset() + r.normal(0.2f);
 }
 
 // Adapters on every linear layer with B drawn too (fresh adapters have B = 0: no output change, A's gradient 0).
