@@ -1,7 +1,7 @@
 // Parity with transformers on the committed fixtures (tools/make_hf_fixtures.py): tokenizer ids, response
-// log-probs of the tiny Llama (SmolLM-style), Qwen2 and Qwen3 policies, reward-model scores (Llama, GPT-2, Qwen3)
-// through each reward model's own tokenizer and template, and a checkpoint written by optune that transformers
-// loaded (recorded logits).
+// log-probs of the tiny Llama (SmolLM-style), Qwen2, Qwen3 and Gemma 3 policies, reward-model scores (Llama, GPT-2,
+// Qwen3, Gemma 3) through each reward model's own tokenizer and template, and a checkpoint written by optune that
+// transformers loaded (recorded logits).
 
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -176,6 +176,51 @@ describe("model directories", () => {
     // The reward model has biases on q, k, v and o (attention_bias) and pads with <|endoftext|>, not the EOS.
     const rm = await EngineModel.load(join(FIXTURES, "reward_qwen3"));
     expect(rm.config).toMatchObject({ arch: "qwen3", rewardModel: true, headDim: 8, dModel: 16, qkvBias: true, oBias: true });
+    expect(rm.config.padTokenId).not.toBe(rm.config.eosTokenId);
+    await rm.dispose();
+  });
+
+  it("Gemma 3 fixtures keep the shapes their parity is about", async () => {
+    // Sliding / full / sliding layers, each kind with its own RoPE base; the attention scale from
+    // query_pre_attn_scalar (24), not head_dim (16); tied embeddings.
+    const { model, tokenizer } = await loadModelDir(join(FIXTURES, "gemma3"));
+    expect(model.config).toMatchObject({
+      arch: "gemma3_text",
+      dModel: 32,
+      nLayer: 3,
+      nHead: 4,
+      nKvHead: 2,
+      headDim: 16,
+      dFf: 48,
+      tieEmbeddings: true,
+      queryPreAttnScalar: 24,
+      slidingWindow: 8,
+      layerTypes: ["sliding_attention", "full_attention", "sliding_attention"],
+    });
+    expect([model.config.ropeTheta, model.config.ropeLocalTheta]).toEqual([1e6, 1e4]);
+    expect([tokenizer.vocabSize, model.config.vocabSize]).toEqual([420, 420]);
+    // Every parity sequence is longer than the window, so the sliding layers' mask shows in the log-probs.
+    for (const item of parity.policies["gemma3"]!) {
+      expect(item.prompt_ids.length + item.response_ids.length).toBeGreaterThan(model.config.slidingWindow!);
+    }
+    // Gemma's tokenizer adds a BOS; generation stops at <eos> or <end_of_turn>; the assistant's turn is "model".
+    expect(Array.from(tokenizer.encode("Hi"))[0]).toBe(tokenizer.tokenToId("<bos>"));
+    expect(tokenizer.stopTokens.ids).toEqual([tokenizer.tokenToId("<eos>"), tokenizer.tokenToId("<end_of_turn>")]);
+    expect(tokenizer.applyChatTemplate([{ role: "user", content: "Hi" }], { addGenerationPrompt: true })).toBe(
+      "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
+    );
+    await model.dispose();
+    // The reward model has biases on q, k, v and o (attention_bias) and pads with <pad>, not the EOS.
+    const rm = await EngineModel.load(join(FIXTURES, "reward_gemma3"));
+    expect(rm.config).toMatchObject({
+      arch: "gemma3_text",
+      rewardModel: true,
+      qkvBias: true,
+      oBias: true,
+      queryPreAttnScalar: 24,
+      slidingWindow: 8,
+      layerTypes: ["sliding_attention", "full_attention", "sliding_attention"],
+    });
     expect(rm.config.padTokenId).not.toBe(rm.config.eosTokenId);
     await rm.dispose();
   });

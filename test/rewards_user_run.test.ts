@@ -1,7 +1,7 @@
 // End to end: two iterations of the online loop on the tiny SmolLM-style policy from a JSONL prompt file, once
 // with each kind of reward source (a Hugging Face reward model with its own tokenizer, a JS module, an HTTP
-// endpoint on loopback, and a weighted sum with the missing-EOS penalty); and the tiny Qwen3 policy with the tiny
-// Qwen3 reward model.
+// endpoint on loopback, and a weighted sum with the missing-EOS penalty); and the tiny Qwen3 and Gemma 3 policies
+// with the tiny reward models of their families.
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -249,6 +249,37 @@ describe("a Qwen3 policy with a Qwen3 reward model", () => {
     const loaded = await loadModelDir(final);
     expect(loaded.model.config).toMatchObject({ arch: "qwen3", vocabSize: 384, headDim: 16 });
     await loaded.model.dispose();
+  });
+});
+
+describe("a Gemma 3 policy with a Gemma 3 reward model", () => {
+  it("runs 2 iterations and saves a gemma3_text directory with the policy's config", async () => {
+    // Sliding-window and full layers with their own RoPE bases; two EOS ids (<eos>, <end_of_turn>).
+    const policy = join(FIXTURES, "gemma3");
+    const task = await createUserTask({
+      policy,
+      prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+      maxNewTokens: 8,
+      reward: { sources: [{ type: "model", path: join(FIXTURES, "reward_gemma3") }] },
+    });
+    // The tokenizer covers every embedding row (420), so no sampling limit is needed.
+    expect(task.vocabLimit).toBeUndefined();
+    expect(task.stopTokens).toEqual([task.tokenizer.tokenToId("<eos>"), task.tokenizer.tokenToId("<end_of_turn>")]);
+    const { result, seen } = await runRecordingIds(task, "gemma3-run", { k: 2, samples: 1, lr: 1e-3 });
+    expect(result.status).toBe("completed");
+    expect(result.metrics.map((m) => m.iteration)).toEqual([0, 1, 2]);
+    expect(result.metrics.every((m) => Number.isFinite(m.gold.sampled))).toBe(true);
+    expect(seen.length).toBeGreaterThan(0);
+    expect(Math.max(...seen)).toBeLessThan(420);
+    const final = result.finalCheckpoint!;
+    task.tokenizer.copyFilesTo(final);
+    const loaded = await loadModelDir(final);
+    const original = await EngineModel.load(policy);
+    expect(loaded.model.config.arch).toBe("gemma3_text");
+    expect(loaded.model.config).toEqual(original.config);
+    // the run trained the policy: the saved weights are not the fixture's
+    expect(await loaded.model.getParams()).not.toEqual(await original.getParams());
+    await Promise.all([loaded.model.dispose(), original.dispose()]);
   });
 });
 
