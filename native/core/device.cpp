@@ -97,7 +97,9 @@ void set_device(Model& m, Device requested, Precision p) {
   }
   OPTUNE_CHECK(!m.lora, "device 'cuda': LoRA adapters run on the CPU backend only; use device 'cpu'");
   OPTUNE_CHECK(!m.cfg.qk_norm(), std::string("device 'cuda': the CUDA backend does not run ") +
-                                     hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet; use device 'cpu'");
+                                     hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet" +
+                                     (m.cfg.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "") +
+                                     "; use device 'cpu'");
 #ifdef OPTUNE_HAVE_CUDA
   OPTUNE_CHECK(cuda::device_count() > 0,
                "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "

@@ -47,7 +47,7 @@ TEST(cuda_without_backend_or_gpu_is_an_error) {
   }
 }
 
-// Qwen3's per-head q/k norms are CPU-only: asking for the GPU says so (before any GPU check, so on every machine),
+// Qwen3's per-head q/k norms (and Gemma 3) are CPU-only: asking for the GPU says so (before any GPU check, so on every machine),
 // and the model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on.
 TEST(qwen3_on_cuda_is_refused_with_the_reason) {
   auto m = make_model(testing::tiny_qwen3());
@@ -55,6 +55,10 @@ TEST(qwen3_on_cuda_is_refused_with_the_reason) {
   CHECK(m->device == nullptr && model_device(*m) == Device::CPU);
   set_device(*m, Device::AUTO, Precision::BF16);
   CHECK(m->device == nullptr && model_device(*m) == Device::CPU && model_precision(*m) == Precision::BF16);
+  auto g = make_model(testing::tiny_gemma3());
+  CHECK_THROWS(set_device(*g, Device::CUDA), "does not run Gemma3's per-head q/k norms yet (nor Gemma's other norms");
+  set_device(*g, Device::AUTO);
+  CHECK(g->device == nullptr && model_device(*g) == Device::CPU);
 }
 
 TEST(gpus_below_sm80_are_unusable_with_a_reason) {
