@@ -188,6 +188,35 @@ describe("ids and models", () => {
     expect(() => tok.checkFitsModel(10, "/models/x")).toThrow(/tokenizer in .*qwen2 has \d+ tokens but the model in \/models\/x has only 10/);
   });
 
+  it("checkFitsModel lets special tokens past the model's rows through (Gemma 3's <image_soft_token>), encode refuses them", async () => {
+    // Gemma 3's tokenizer has <image_soft_token> at 262144, one past the 262144 embeddings of its text models.
+    const dir = mkdtempSync(join(tmpdir(), "optune-gemma-tok-"));
+    try {
+      cpSync(join(FIXTURES, "gemma3"), dir, { recursive: true });
+      const path = join(dir, "tokenizer.json");
+      const json = JSON.parse(readFileSync(path, "utf8")) as { added_tokens: Record<string, unknown>[] };
+      const rows = (await HfTokenizer.load(dir)).vocabSize;
+      const extra = { id: rows, content: "<image_soft_token>", single_word: false, lstrip: false, rstrip: false,
+        normalized: false, special: true };
+      writeFileSync(path, JSON.stringify({ ...json, added_tokens: [...json.added_tokens, extra] }));
+      const tok = await HfTokenizer.load(dir);
+      expect(tok.vocabSize).toBe(rows + 1);
+      expect(() => tok.checkFitsModel(rows, "/models/gemma")).not.toThrow();
+      expect(Array.from(tok.encode("hello there", { addSpecialTokens: false })).every((id) => id < rows)).toBe(true);
+      expect(() => tok.encode("look: <image_soft_token>")).toThrow(
+        new RegExp(`holds the special token "<image_soft_token>" \\(id ${rows}\\), which the model has no embedding for \\(vocab_size ${rows}\\)`),
+      );
+      // the same token not marked special is a tokenizer for a larger model
+      writeFileSync(path, JSON.stringify({ ...json, added_tokens: [...json.added_tokens, { ...extra, special: false }] }));
+      const plain = await HfTokenizer.load(dir);
+      expect(() => plain.checkFitsModel(rows, "/models/gemma")).toThrow(
+        new RegExp(`has ${rows + 1} tokens but the model in /models/gemma has only ${rows} embeddings \\(vocab_size; token "<image_soft_token>" is id ${rows}\\)`),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("Qwen3's <think> and </think> are one added token each, not special, so decoding keeps them", async () => {
     const tok = await HfTokenizer.load(join(FIXTURES, "qwen3"));
     const ids = Array.from(tok.encode("<think>\nhm\n</think>\n\nok", { addSpecialTokens: false }));

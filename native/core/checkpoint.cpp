@@ -206,8 +206,8 @@ void gemma_layers_of(const Fields& f, ModelConfig& c) {
       c.sliding[l] = t.str == "sliding_attention";
     }
   } else {
-    const char* name = f.get("sliding_window_pattern") ? "sliding_window_pattern" : "_sliding_window_pattern";
-    const int pattern = f.opt_size(name, 6, kMaxLayers);
+    // (transformers reads sliding_window_pattern only; the "_sliding_window_pattern" it writes is not read back)
+    const int pattern = f.opt_size("sliding_window_pattern", 6, kMaxLayers);
     for (int l = 0; l < c.n_layer; l++) c.sliding[l] = (l + 1) % pattern != 0;
   }
   c.sliding_window = f.opt_size("sliding_window", 4096, kMaxPositions);
@@ -324,11 +324,13 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
     c.n_layer = f.req_size("num_hidden_layers", model_type, kMaxLayers);
     c.n_head = f.req_size("num_attention_heads", model_type, kMaxHeads);
     c.max_positions = f.req_size("max_position_embeddings", model_type, kMaxPositions);
-    c.n_kv_head = f.opt_size("num_key_value_heads", c.n_head, kMaxHeads);
-    if (!f.get("head_dim") && c.d_model % c.n_head != 0)
+    // Gemma3TextConfig's defaults where a field is missing: 4 KV heads, head_dim 256
+    c.n_kv_head = f.opt_size("num_key_value_heads", c.is_gemma() ? 4 : c.n_head, kMaxHeads);
+    if (c.is_gemma() && !f.get("head_dim")) c.head_dim = 256;
+    else if (!f.get("head_dim") && c.d_model % c.n_head != 0)
       throw Error(where + ": hidden_size (" + std::to_string(c.d_model) + ") is not divisible by " +
                   "num_attention_heads (" + std::to_string(c.n_head) + ") and there is no \"head_dim\" field");
-    c.head_dim = f.opt_size("head_dim", c.d_model / c.n_head, kMaxWidth);
+    if (!c.is_gemma() || f.get("head_dim")) c.head_dim = f.opt_size("head_dim", c.d_model / c.n_head, kMaxWidth);
     c.norm_eps = f.opt_float("rms_norm_eps", 1e-6);
     if (c.is_gemma())
       gemma_config_of(f, c);
@@ -372,10 +374,9 @@ static void llama_config_to(const ModelConfig& c, json::Value& o) {
 static void gemma_config_to(const ModelConfig& c, json::Value& o) {
   using json::Value;
   o.set("hidden_activation", Value::of_string("gelu_pytorch_tanh"));
-  // an integer where it is one: transformers 5's config class refuses 256.0
-  const bool whole = c.attn_scalar == std::floor(c.attn_scalar) && c.attn_scalar < 1e9f;
-  o.set("query_pre_attn_scalar", whole ? Value::of_int(static_cast<int>(c.attn_scalar)) : Value::of_float(c.attn_scalar));
-  o.set("sliding_window", Value::of_int(c.sliding_window > 0 ? c.sliding_window : 4096));
+  // an integer (validate_config): transformers 5's config class refuses 256.0
+  o.set("query_pre_attn_scalar", Value::of_int(static_cast<int>(c.attn_scalar)));
+  o.set("sliding_window", Value::of_int(c.sliding_window));
   Value types = Value::new_array();
   for (int l = 0; l < c.n_layer; l++)
     types.push(Value::of_string(c.layer_sliding(l) ? "sliding_attention" : "full_attention"));
@@ -388,10 +389,10 @@ static void gemma_config_to(const ModelConfig& c, json::Value& o) {
   };
   Value params = Value::new_object();
   params.set("full_attention", rope(c.rope_theta));
-  params.set("sliding_attention", rope(c.rope_local_theta > 0 ? c.rope_local_theta : 10000.0f));
+  params.set("sliding_attention", rope(c.rope_local_theta));
   o.set("rope_parameters", std::move(params));
   o.set("rope_theta", Value::of_float(c.rope_theta));
-  o.set("rope_local_base_freq", Value::of_float(c.rope_local_theta > 0 ? c.rope_local_theta : 10000.0f));
+  o.set("rope_local_base_freq", Value::of_float(c.rope_local_theta));
   o.set("attention_bias", Value::of_bool(c.qkv_bias));
   o.set("attn_logit_softcapping", Value::null());
   o.set("final_logit_softcapping", Value::null());

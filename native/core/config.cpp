@@ -64,18 +64,16 @@ void validate_config(const ModelConfig& c) {
   }
   OPTUNE_CHECK(c.norm_eps > 0 && c.norm_eps < 1, "model config: norm eps must be in (0, 1)");
   if (c.is_gemma()) {
-    OPTUNE_CHECK(c.attn_scalar > 0 && std::isfinite(c.attn_scalar),
-                 "model config: query_pre_attn_scalar must be positive, got " + std::to_string(c.attn_scalar));
+    // an integer, as transformers' Gemma3TextConfig takes it
+    OPTUNE_CHECK(c.attn_scalar >= 1 && c.attn_scalar <= (1 << 24) && c.attn_scalar == std::floor(c.attn_scalar),
+                 "model config: query_pre_attn_scalar must be a positive integer, got " + std::to_string(c.attn_scalar));
     OPTUNE_CHECK(c.sliding.size() == static_cast<size_t>(c.n_layer),
                  "model config: layer_types needs one entry per layer (" + std::to_string(c.n_layer) + "), got " +
                      std::to_string(c.sliding.size()));
-    bool any_sliding = false;
-    for (uint8_t s : c.sliding) any_sliding |= s != 0;
-    if (any_sliding) {
-      positive(c.sliding_window, "sliding_window");
-      OPTUNE_CHECK(c.rope_local_theta > 0 && std::isfinite(c.rope_local_theta),
-                   "model config: the sliding-window layers' rope_theta must be positive and within float range");
-    }
+    positive(c.sliding_window, "sliding_window");
+    OPTUNE_CHECK(c.rope_local_theta > 0 && std::isfinite(c.rope_local_theta),
+                 "model config: the sliding-window layers' rope_theta (rope_local_base_freq) must be positive and "
+                 "within float range");
   } else {
     OPTUNE_CHECK(c.sliding.empty() && c.sliding_window == 0 && c.attn_scalar == 0,
                  std::string("model config: sliding-window layers and query_pre_attn_scalar are Gemma 3's; ") +

@@ -35,8 +35,8 @@ void init_weights(Model& m, uint64_t seed, float std) {
     const bool is_norm = p.shape.size() == 1 && (p.name.find("ln_") != std::string::npos ||
                                                  p.name.find("layernorm") != std::string::npos ||
                                                  p.name.find("norm.weight") != std::string::npos);
-    if (is_norm && ends_with(p.name, ".weight")) {
-      for (size_t i = 0; i < p.numel; i++) w[i] = 1.0f;
+    if (is_norm && ends_with(p.name, ".weight")) {  // a scale of 1 (Gemma's norms scale by 1 + weight)
+      for (size_t i = 0; i < p.numel; i++) w[i] = 1.0f - m.cfg.norm_offset();
     } else if (p.shape.size() == 1) {
       for (size_t i = 0; i < p.numel; i++) w[i] = 0.0f;  // biases
     } else {

@@ -19,7 +19,9 @@ static bool same(const ModelConfig& a, const ModelConfig& b) {
          a.head_dim == b.head_dim && a.d_ff == b.d_ff && a.max_positions == b.max_positions &&
          a.norm_eps == b.norm_eps && (a.is_gpt2() || a.rope_theta == b.rope_theta) &&
          a.tie_embeddings == b.tie_embeddings && a.qkv_bias == b.qkv_bias && a.o_bias == b.o_bias &&
-         a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id;
+         a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id &&
+         a.attn_scalar == b.attn_scalar && a.sliding_window == b.sliding_window && a.sliding == b.sliding &&
+         a.rope_local_theta == b.rope_local_theta;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

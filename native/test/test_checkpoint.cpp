@@ -216,6 +216,14 @@ TEST(round_trip_gemma3) {
   rm.pad_token_id = 0;
   check_round_trip(rm, 19, "gemma3_rm");
   CHECK(hf_architecture_name(rm) == "Gemma3TextForSequenceClassification");
+  // init_weights gives every norm a scale of 1, as transformers does: weight 1, but 0 for Gemma's 1 + weight
+  for (const ModelConfig& c : {qwen3_cfg(), gemma3_cfg()}) {
+    auto m = make_model(c);
+    init_weights(*m, 1);
+    for (const char* norm : {"model.norm.weight", "model.layers.0.input_layernorm.weight",
+                             "model.layers.1.self_attn.q_norm.weight"})
+      CHECK_MSG(m->params[m->layout.find(norm)->offset] == (c.is_gemma() ? 0.0f : 1.0f), norm);
+  }
 }
 
 TEST(round_trip_reward_models) {
@@ -569,12 +577,22 @@ TEST(config_gemma3_variants) {
   CHECK(c.sliding == (std::vector<uint8_t>{1, 1, 1, 1, 1, 0}) && c.sliding_window == 512);
   CHECK(c.layer_rope_theta(0) == 10000.0f && c.layer_rope_theta(5) == 1000000.0f && c.layer_window(5) == 0);
   CHECK(c.embed_scale() == static_cast<float>(std::sqrt(640.0)) && c.norm_offset() == 1.0f);
-  // without layer_types: every sliding_window_pattern-th layer is full
+  // without layer_types: every sliding_window_pattern-th layer is full (default 6); transformers does not read the
+  // "_sliding_window_pattern" it writes, and neither does optune
   json::Value old = json::parse(v4, "v4");
   old.set("layer_types", json::Value::null());
+  old.set("_sliding_window_pattern", json::Value::of_int(2));
+  CHECK(parse_cfg(json::dump(old)).sliding == (std::vector<uint8_t>{1, 1, 1, 1, 1, 0}));
   old.set("sliding_window_pattern", json::Value::of_int(3));
   c = parse_cfg(json::dump(old));
   CHECK(c.sliding == (std::vector<uint8_t>{1, 1, 0, 1, 1, 0}));
+  // missing head_dim and num_key_value_heads take Gemma3TextConfig's defaults (256 and 4), not hidden / heads
+  old = json::parse(v4, "v4");
+  old.set("head_dim", json::Value::null());
+  old.set("num_key_value_heads", json::Value::null());
+  old.set("num_attention_heads", json::Value::of_int(8));
+  c = parse_cfg(json::dump(old));
+  CHECK(c.head_dim == 256 && c.n_kv_head == 4);
   // transformers 5: the two bases in rope_parameters win over the top-level fields; query_pre_attn_scalar is
   // written as an integer (its config class refuses 20.0)
   CHECK(config_to_hf_json(gemma3_cfg()).find("\"query_pre_attn_scalar\": 20,") != std::string::npos);
@@ -603,7 +621,9 @@ TEST(config_gemma3_variants) {
                "unexpected key \"chunked_attention\"");
   CHECK_THROWS(parse_cfg(with("architectures", R"(["Gemma3ForSequenceClassification"])")),
                "expected \"Gemma3ForCausalLM\" or \"Gemma3TextForSequenceClassification\"");
-  CHECK_THROWS(parse_cfg(with("query_pre_attn_scalar", "0")), "query_pre_attn_scalar must be positive");
+  CHECK_THROWS(parse_cfg(with("query_pre_attn_scalar", "0")), "query_pre_attn_scalar must be a positive integer");
+  CHECK_THROWS(parse_cfg(with("query_pre_attn_scalar", "24.5")), "query_pre_attn_scalar must be a positive integer");
+  CHECK_THROWS(parse_cfg(with("rope_local_base_freq", "-5")), "rope_theta (rope_local_base_freq) must be positive");
   CHECK_THROWS(parse_cfg(with("sliding_window", "0")), "\"sliding_window\" = 0");
   // Gemma's fields on another family are refused by validate_config
   ModelConfig q = qwen3_cfg();

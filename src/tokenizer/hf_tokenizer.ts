@@ -72,6 +72,8 @@ export class HfTokenizer {
   readonly eosToken: string | undefined;
   /** generate() stops after any of these (see generation_config.ts). */
   readonly stopTokens: StopTokens;
+  /** Rows of the model checkFitsModel accepted this tokenizer for, when special tokens lie past them. */
+  private modelRows: number | undefined;
   /** Undefined when the directory has none and no override was given. */
   readonly chatTemplate: ChatTemplate | undefined;
 
@@ -80,6 +82,8 @@ export class HfTokenizer {
     private readonly tokenizer: Tokenizer,
     config: Record<string, unknown>,
     options: HfTokenizerOptions,
+    /** Ids of tokenizer.json's added tokens marked special. */
+    private readonly specialIds: ReadonlySet<number>,
   ) {
     const configPath = join(dir, "tokenizer_config.json");
     let maxId = -1;
@@ -135,13 +139,32 @@ export class HfTokenizer {
       const reason = err instanceof Error ? err.message : String(err);
       throw new Error(`${tokenizerPath}: unsupported or malformed tokenizer (${reason})`, { cause: err });
     }
-    return new HfTokenizer(root, tokenizer, config, options);
+    const specialIds = new Set<number>();
+    const added = json["added_tokens"];
+    if (Array.isArray(added)) {
+      for (const t of added as { id?: unknown; special?: unknown }[]) {
+        if (t && t.special === true && typeof t.id === "number") specialIds.add(t.id);
+      }
+    }
+    return new HfTokenizer(root, tokenizer, config, options, specialIds);
   }
 
   /** Token ids of `text`; addSpecialTokens (default true) applies the post-processor, e.g. a leading BOS. */
   encode(text: string, options: { addSpecialTokens?: boolean } = {}): Int32Array {
     const encoding = this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
-    return Int32Array.from(encoding.ids);
+    const ids = Int32Array.from(encoding.ids);
+    const rows = this.modelRows;
+    if (rows !== undefined) {
+      const id = ids.find((i) => i >= rows);
+      if (id !== undefined) {
+        throw new Error(
+          `${this.dir}: the text ${JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}...` : text)} holds the ` +
+            `special token ${JSON.stringify(this.tokenizer.id_to_token(id))} (id ${id}), which the model has no ` +
+            `embedding for (vocab_size ${rows}); remove it from the text`,
+        );
+      }
+    }
+    return ids;
   }
 
   /** Text of `ids`; skipSpecialTokens (default true) leaves out special tokens such as EOS. */
@@ -170,14 +193,22 @@ export class HfTokenizer {
     return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
   }
 
-  /** Throws unless every id this tokenizer makes is a row of a model with `modelVocab` embeddings. */
+  /**
+   * Throws unless every id this tokenizer makes is a row of a model with `modelVocab` embeddings. Special added
+   * tokens past the model's rows are let through (Gemma 3's tokenizer has <image_soft_token> at 262144, one past its
+   * text models' embeddings): encode() then refuses a text that holds one.
+   */
   checkFitsModel(modelVocab: number, modelDir: string): void {
-    if (this.vocabSize > modelVocab) {
-      throw new Error(
-        `the tokenizer in ${this.dir} has ${this.vocabSize} tokens but the model in ${modelDir} has only ` +
-          `${modelVocab} embeddings (vocab_size); they do not belong together`,
-      );
+    if (this.vocabSize <= modelVocab) return;
+    for (const [token, id] of this.tokenizer.get_vocab(true)) {
+      if (id >= modelVocab && !this.specialIds.has(id)) {
+        throw new Error(
+          `the tokenizer in ${this.dir} has ${this.vocabSize} tokens but the model in ${modelDir} has only ` +
+            `${modelVocab} embeddings (vocab_size; token ${JSON.stringify(token)} is id ${id}); they do not belong together`,
+        );
+      }
     }
+    this.modelRows = modelVocab;
   }
 
   /** Copies the tokenizer files that exist into `dstDir` (created if needed). */
