@@ -136,13 +136,16 @@ describe("EngineModel with LoRA adapters", () => {
 });
 
 describe("a user task with model.lora", () => {
-  it("tunes a Qwen3 policy's adapters against a Qwen3 reward model and saves both forms", async () => {
+  it.each([
+    ["Qwen3", "qwen3"],
+    ["Gemma 3", "gemma3"],
+  ])("tunes a %s policy's adapters against its family's reward model and saves both forms", async (_, family) => {
     const FIXTURES = resolve(import.meta.dirname, "fixtures", "hf");
     const task = await createUserTask({
-      policy: join(FIXTURES, "qwen3"),
+      policy: join(FIXTURES, family),
       prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
       maxNewTokens: 8,
-      reward: { sources: [{ type: "model", path: join(FIXTURES, "reward_qwen3") }] },
+      reward: { sources: [{ type: "model", path: join(FIXTURES, `reward_${family}`) }] },
     });
     const config = loadConfig({
       seed: 3,
@@ -151,7 +154,7 @@ describe("a user task with model.lora", () => {
       eval: { prompts: 3, samples: 1 },
       sampling: { maxNewTokens: 8 },
       optim: { lr: 1e-2 },
-      run: { dir: join(scratch, "user-qwen3"), cacheDir, checkpointEvery: 0 },
+      run: { dir: join(scratch, `user-${family}`), cacheDir, checkpointEvery: 0 },
     });
     const result = await runLoop({ config, task });
     expect(result.status).toBe("completed");
@@ -161,7 +164,7 @@ describe("a user task with model.lora", () => {
     expect(adapter.target_modules).toEqual(["q_proj", "v_proj", "down_proj"]);
     // the base plus the saved adapter is the merged checkpoint, to rounding
     const merged = await EngineModel.load(final);
-    const again = await EngineModel.load(join(FIXTURES, "qwen3"));
+    const again = await EngineModel.load(join(FIXTURES, family));
     await again.enableLora({ rank: 4, alpha: 8, targets: ["q_proj", "v_proj", "down_proj"] });
     await again.loadLoraAdapter(join(final, "adapter"));
     const [a, b] = [(await merged.logprobs(batch)).tokenLogps, (await again.logprobs(batch)).tokenLogps];
