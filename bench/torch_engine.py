@@ -24,7 +24,7 @@ def main():
     try:
         import torch
         import transformers
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel
     except Exception as e:  # any import failure means "no torch here", not a crash
         emit({"unavailable": f"{type(e).__name__}: {e}"})
         return
@@ -35,11 +35,23 @@ def main():
 
     sz = spec["sizes"]
     for shape in spec["shapes"]:
-        # Dropout off: the engine has none, so the train step does the same work on both sides.
-        cfg = GPT2Config(n_layer=shape["layers"], n_embd=shape["d"], n_head=shape["heads"],
-                         vocab_size=shape["vocab"], n_positions=shape["positions"],
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-        model = GPT2LMHeadModel(cfg)
+        gemma = shape.get("arch") == "gemma3_text"
+        if gemma:
+            # Gemma 3 (text): transformers' defaults for what the shape leaves out (every 6th layer full, RoPE bases
+            # 1e6 / 1e4), as the engine's; query_pre_attn_scalar = the head size, as in gemma-3-270m.
+            cfg = Gemma3TextConfig(hidden_size=shape["d"], num_hidden_layers=shape["layers"],
+                                   num_attention_heads=shape["heads"], num_key_value_heads=shape["kvHeads"],
+                                   head_dim=shape["headDim"], intermediate_size=shape["ff"],
+                                   vocab_size=shape["vocab"], max_position_embeddings=shape["positions"],
+                                   sliding_window=shape["window"], query_pre_attn_scalar=shape["headDim"],
+                                   attention_dropout=0.0)
+            model = Gemma3ForCausalLM(cfg)
+        else:
+            # Dropout off: the engine has none, so the train step does the same work on both sides.
+            cfg = GPT2Config(n_layer=shape["layers"], n_embd=shape["d"], n_head=shape["heads"],
+                             vocab_size=shape["vocab"], n_positions=shape["positions"],
+                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+            model = GPT2LMHeadModel(cfg)
         vocab, warmup, reps = shape["vocab"], shape["warmup"], shape["reps"]
 
         def timed(fn):
@@ -104,8 +116,8 @@ def main():
                     continue
                 lora = spec["lora"]
                 trained = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
-                    r=lora["rank"], lora_alpha=lora["alpha"], target_modules=lora["targets"], lora_dropout=0.0,
-                    fan_in_fan_out=True, task_type="CAUSAL_LM"))
+                    r=lora["rank"], lora_alpha=lora["alpha"], target_modules=shape["loraTargets"], lora_dropout=0.0,
+                    fan_in_fan_out=not gemma, task_type="CAUSAL_LM"))
 
             # Reference log-probs cached once, outside the timing: no reference forward in the step.
             trained.eval()

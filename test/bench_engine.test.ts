@@ -9,6 +9,7 @@ import {
   type EngineBenchReport,
   benchEngine,
   formatEngineReport,
+  loraTargets,
 } from "../src/bench/engine.js";
 
 const micro: BenchShape = {
@@ -65,6 +66,17 @@ describe("bench engine", () => {
     const report = await benchEngine({ shapes: [{ ...micro, ops: ["logprobs"] }], sizes, torch: false });
     expect(report.torch.unavailable).toMatch(/skipped/);
     expect(report.ops).toHaveLength(1);
+  });
+
+  it("runs a Gemma 3 shape (its own config and LoRA targets) and refuses one without its fields", async () => {
+    const gemma: BenchShape = { ...micro, name: "micro-gemma", arch: "gemma3_text", kvHeads: 1, headDim: 8, ff: 24, window: 4 };
+    const report = await benchEngine({ shapes: [gemma], sizes, torch: false });
+    expect(report.ops.map((o) => o.op)).toEqual(micro.ops);
+    expect(report.ops.every((o) => o.shape === "micro-gemma" && o.tok_per_s > 0)).toBe(true);
+    expect(loraTargets(gemma)).toContain("gate_proj");
+    await expect(benchEngine({ shapes: [{ ...gemma, window: undefined }], sizes, torch: false })).rejects.toThrow(
+      /micro-gemma: a gemma3_text shape needs kvHeads, headDim, ff and window/,
+    );
   });
 
   it("rejects sizes it cannot pair", async () => {

@@ -26,21 +26,34 @@ export type EngineOp =
 
 /**
  * The dpo_step_lora op's adapters: rank 16 (alpha 32) on every linear layer of the blocks (GPT-2's c_attn, c_proj,
- * c_fc); PyTorch runs the same with PEFT (get_peft_model) when it is installed.
+ * c_fc; Gemma's q/k/v/o and MLP projections); PyTorch runs the same with PEFT (get_peft_model) when it is installed.
  */
-export const BENCH_LORA = { rank: 16, alpha: 32, targets: ["c_attn", "c_proj", "c_fc"] } as const;
+export const BENCH_LORA = { rank: 16, alpha: 32 } as const;
+
+/** The linear layers of a shape's blocks, by the module names transformers (and PEFT) give them. */
+export function loraTargets(shape: BenchShape): string[] {
+  return shape.arch === "gemma3_text"
+    ? ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    : ["c_attn", "c_proj", "c_fc"];
+}
 
 /** Nucleus mass of the `sample_top_p` op (fp32, no top-k, on both sides). */
 export const BENCH_TOP_P = 0.9;
 
-/** A GPT-2 shape and what to run on it. */
+/** A model shape and what to run on it: GPT-2 (d_ff = 4 d) unless `arch` says Gemma 3. */
 export interface BenchShape {
   name: string;
+  arch?: "gpt2" | "gemma3_text";
   d: number;
   layers: number;
   heads: number;
   vocab: number;
   positions: number;
+  /** gemma3_text: KV heads, head size, MLP width, sliding window (every 6th layer full, as transformers' default). */
+  kvHeads?: number;
+  headDim?: number;
+  ff?: number;
+  window?: number;
   ops: EngineOp[];
   warmup: number;
   reps: number;
@@ -64,10 +77,10 @@ export interface EngineBenchSpec {
   beta: number;
   /** The sample_top_p op's nucleus mass. */
   topP: number;
-  /** The dpo_step_lora op's adapters. */
-  lora: { rank: number; alpha: number; targets: readonly string[] };
+  /** The dpo_step_lora op's adapters (their targets: loraTargets of each shape, in the shape as `loraTargets`). */
+  lora: { rank: number; alpha: number };
   sizes: BenchSizes;
-  shapes: BenchShape[];
+  shapes: (BenchShape & { loraTargets: string[] })[];
 }
 
 export const TINY_SHAPE: BenchShape = {
@@ -91,6 +104,25 @@ export const GPT2_124M_SHAPE: BenchShape = {
   vocab: 50257,
   positions: 1024,
   ops: ["logprobs", "dpo_step", "dpo_step_bf16", "dpo_step_lora"],
+  warmup: 1,
+  reps: 1,
+};
+
+// gemma-3-270m's shape (268M parameters, 168M of them the tied 262144-row embedding), query_pre_attn_scalar = its
+// head size; one timed repetition after one warm-up.
+export const GEMMA3_270M_SHAPE: BenchShape = {
+  name: "gemma3-270m",
+  arch: "gemma3_text",
+  d: 640,
+  layers: 18,
+  heads: 4,
+  kvHeads: 1,
+  headDim: 256,
+  ff: 2048,
+  vocab: 262144,
+  positions: 32768,
+  window: 512,
+  ops: ["sample", "sample_bf16", "logprobs", "dpo_step", "dpo_step_bf16", "dpo_step_lora"],
   warmup: 1,
   reps: 1,
 };
@@ -191,16 +223,27 @@ interface Measured {
   tok_per_s: number;
 }
 
-async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: string) => void): Promise<Measured[]> {
-  const config: ModelConfigInput = {
-    arch: "gpt2",
-    vocabSize: shape.vocab,
-    dModel: shape.d,
-    nLayer: shape.layers,
-    nHead: shape.heads,
-    dFf: 4 * shape.d,
+function benchConfig(shape: BenchShape): ModelConfigInput {
+  const common = { vocabSize: shape.vocab, dModel: shape.d, nLayer: shape.layers, nHead: shape.heads };
+  if (shape.arch !== "gemma3_text") return { arch: "gpt2", ...common, dFf: 4 * shape.d, maxPositions: shape.positions };
+  const { kvHeads, headDim, ff, window } = shape;
+  if (kvHeads === undefined || headDim === undefined || ff === undefined || window === undefined) {
+    throw new RangeError(`bench shape ${shape.name}: a gemma3_text shape needs kvHeads, headDim, ff and window`);
+  }
+  return {
+    arch: "gemma3_text",
+    ...common,
+    nKvHead: kvHeads,
+    headDim,
+    dFf: ff,
     maxPositions: shape.positions,
+    queryPreAttnScalar: headDim,
+    slidingWindow: window,
   };
+}
+
+async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: string) => void): Promise<Measured[]> {
+  const config = benchConfig(shape);
   const model = await EngineModel.create(config, 1);
   const bf16 = await EngineModel.create(config, 1, { device: "cpu", precision: "bf16" });
   const out: Measured[] = [];
@@ -239,7 +282,7 @@ async function runEngineShape(shape: BenchShape, sizes: BenchSizes, log: (line: 
       // dpo_step_lora: a fresh copy of the model with adapters (the same weights: the same seed)
       const lora = op === "dpo_step_lora" ? await EngineModel.create(config, 1) : null;
       try {
-        if (lora !== null) await lora.enableLora({ ...BENCH_LORA, seed: 1 });
+        if (lora !== null) await lora.enableLora({ ...BENCH_LORA, targets: loraTargets(shape), seed: 1 });
         const m = lora ?? (op === "dpo_step_bf16" ? bf16 : model);
         // Reference log-probs cached once, outside the timing, as the online loop does.
         const ref = (await m.logprobs(batch)).seqLogps;
@@ -335,9 +378,9 @@ export async function benchEngine(options: EngineBenchOptions = {}): Promise<Eng
     threads: info.threads,
     beta: BETA,
     topP: BENCH_TOP_P,
-    lora: { ...BENCH_LORA, targets: [...BENCH_LORA.targets] },
+    lora: { ...BENCH_LORA },
     sizes,
-    shapes,
+    shapes: shapes.map((shape) => ({ ...shape, loraTargets: loraTargets(shape) })),
   };
 
   const engine: Measured[] = [];

@@ -9,7 +9,7 @@ import { dirname, resolve } from "node:path";
 import { Command, InvalidArgumentError } from "commander";
 
 import { PRESETS, runBench } from "../bench/arms.js";
-import { GPT2_124M_SHAPE, TINY_SHAPE, benchEngine, formatEngineReport } from "../bench/engine.js";
+import { GEMMA3_270M_SHAPE, GPT2_124M_SHAPE, TINY_SHAPE, benchEngine, formatEngineReport } from "../bench/engine.js";
 import { flagValue, readConfigFile } from "./config_file.js";
 import { terminalReporter } from "./progress.js";
 
@@ -19,13 +19,20 @@ function positiveInt(value: string): number {
   return n;
 }
 
-function shapesOption(value: string): "tiny" | "all" {
-  if (value !== "tiny" && value !== "all") throw new InvalidArgumentError('expected "tiny" or "all"');
-  return value;
+const SHAPE_SETS = {
+  tiny: [TINY_SHAPE],
+  all: [TINY_SHAPE, GPT2_124M_SHAPE],
+  gemma3: [GEMMA3_270M_SHAPE],
+} as const;
+type ShapeSet = keyof typeof SHAPE_SETS;
+
+function shapesOption(value: string): ShapeSet {
+  if (!Object.hasOwn(SHAPE_SETS, value)) throw new InvalidArgumentError('expected "tiny", "all" or "gemma3"');
+  return value as ShapeSet;
 }
 
 interface EngineCliOptions {
-  shapes: "tiny" | "all";
+  shapes: ShapeSet;
   threads?: number;
   torch: boolean;
   json?: boolean;
@@ -37,14 +44,14 @@ export function engineBenchCommand(): Command {
       "tokens/s of sampling (16 prompts x 32 tokens, 64 new), sequence log-probs (16 x 128) and one DPO step " +
         "(8 pairs, 16 x 128), on tiny GPT-2 and GPT-2 124M, beside PyTorch when python3 (or $OPTUNE_PYTHON) has it",
     )
-    .option("--shapes <which>", '"tiny" skips GPT-2 124M', shapesOption, "all")
+    .option("--shapes <which>", '"tiny" skips GPT-2 124M; "gemma3": gemma-3-270m\'s shape alone', shapesOption, "all")
     .option("--threads <n>", "engine and torch threads (default: the engine's)", positiveInt)
     .option("--no-torch", "skip the PyTorch side")
     .option("--json", "print one JSON object instead of a table")
     .action(async (options: EngineCliOptions) => {
       const json = options.json === true;
       const report = await benchEngine({
-        shapes: options.shapes === "tiny" ? [TINY_SHAPE] : [TINY_SHAPE, GPT2_124M_SHAPE],
+        shapes: [...SHAPE_SETS[options.shapes]],
         ...(options.threads !== undefined ? { threads: options.threads } : {}),
         torch: options.torch,
         // Progress to stderr so stdout stays one JSON object (or the table).
