@@ -225,7 +225,8 @@ void gemma_config_of(const Fields& f, ModelConfig& c) {
     f.bad("hidden_activation", *f.get("hidden_activation"),
           "optune's Gemma 3 MLP is gated by the tanh GELU; only \"gelu_pytorch_tanh\" is supported");
   for (const char* cap : {"attn_logit_softcapping", "final_logit_softcapping"})
-    if (const json::Value* v = f.get(cap)) f.bad(cap, *v, "logit soft-capping is not supported (Gemma 3's checkpoints set it to null)");
+    if (const json::Value* v = f.get(cap))
+      f.bad(cap, *v, "logit soft-capping is not supported (Gemma 3's checkpoints set it to null)");
   if (f.opt_bool("use_bidirectional_attention", false))
     f.bad("use_bidirectional_attention", *f.get("use_bidirectional_attention"),
           "bidirectional attention (an encoder such as EmbeddingGemma) is not supported");

@@ -66,7 +66,8 @@ void validate_config(const ModelConfig& c) {
   if (c.is_gemma()) {
     // an integer, as transformers' Gemma3TextConfig takes it
     OPTUNE_CHECK(c.attn_scalar >= 1 && c.attn_scalar <= (1 << 24) && c.attn_scalar == std::floor(c.attn_scalar),
-                 "model config: query_pre_attn_scalar must be a positive integer, got " + std::to_string(c.attn_scalar));
+                 "model config: query_pre_attn_scalar must be a positive integer, got " +
+                     std::to_string(c.attn_scalar));
     OPTUNE_CHECK(c.sliding.size() == static_cast<size_t>(c.n_layer),
                  "model config: layer_types needs one entry per layer (" + std::to_string(c.n_layer) + "), got " +
                      std::to_string(c.sliding.size()));

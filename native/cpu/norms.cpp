@@ -1,5 +1,6 @@
-// LayerNorm (GPT-2) and RMSNorm (Llama; Gemma's with 1 + weight), forward and backward. Statistics are accumulated in double for accuracy
-// (one partial sum per simd lane, combined in a fixed order: the same result for any thread count);
+// LayerNorm (GPT-2) and RMSNorm (Llama; Gemma's with 1 + weight), forward and backward. Statistics are accumulated
+// in double for accuracy (one partial sum per simd lane, combined in a fixed order: the same result for any thread
+// count);
 // the forward saves mean/rstd so backward need not recompute them.
 #include <cmath>
 

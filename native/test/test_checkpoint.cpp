@@ -616,7 +616,8 @@ TEST(config_gemma3_variants) {
   CHECK_THROWS(parse_cfg(with("hidden_activation", "\"gelu\"")), "only \"gelu_pytorch_tanh\"");
   CHECK_THROWS(parse_cfg(with("layer_types", "[\"full_attention\"]")), "one entry per layer (6)");
   CHECK_THROWS(parse_cfg(with("layer_types", "[1, 2, 3, 4, 5, 6]")), "\"sliding_attention\" or \"full_attention\"");
-  CHECK_THROWS(parse_cfg(with("rope_scaling", R"({"rope_type": "linear", "factor": 8.0})")), "unsupported RoPE variant");
+  CHECK_THROWS(parse_cfg(with("rope_scaling", R"({"rope_type": "linear", "factor": 8.0})")),
+               "unsupported RoPE variant");
   CHECK_THROWS(parse_cfg(with("rope_parameters", R"({"chunked_attention": {"rope_theta": 1.0}})")),
                "unexpected key \"chunked_attention\"");
   CHECK_THROWS(parse_cfg(with("architectures", R"(["Gemma3ForSequenceClassification"])")),

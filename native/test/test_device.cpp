@@ -47,8 +47,8 @@ TEST(cuda_without_backend_or_gpu_is_an_error) {
   }
 }
 
-// Qwen3's per-head q/k norms (and Gemma 3) are CPU-only: asking for the GPU says so (before any GPU check, so on every machine),
-// and the model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on.
+// Qwen3's per-head q/k norms (and Gemma 3) are CPU-only: asking for the GPU says so (before any GPU check, so on
+// every machine), and the model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on.
 TEST(qwen3_on_cuda_is_refused_with_the_reason) {
   auto m = make_model(testing::tiny_qwen3());
   CHECK_THROWS(set_device(*m, Device::CUDA), "the CUDA backend does not run Qwen3's per-head q/k norms yet");
