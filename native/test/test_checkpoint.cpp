@@ -472,9 +472,9 @@ static const char* kLlamaJson = R"({
   "eos_token_id": 2, "tie_word_embeddings": false, "rope_theta": 10000.0
 })";
 
-// kLlamaJson with one field replaced (or removed when value is empty).
-static std::string llama_with(const std::string& field, const std::string& value) {
-  json::Value v = json::parse(kLlamaJson, "base");
+// A config's JSON text with one field replaced (or removed when value is empty).
+static std::string json_with(const std::string& base, const std::string& field, const std::string& value) {
+  json::Value v = json::parse(base, "base");
   if (value.empty()) {
     for (size_t i = 0; i < v.object.size(); i++)
       if (v.object[i].first == field) v.object.erase(v.object.begin() + static_cast<long>(i));
@@ -482,6 +482,10 @@ static std::string llama_with(const std::string& field, const std::string& value
     v.set(field, json::parse(value, "value"));
   }
   return json::dump(v);
+}
+
+static std::string llama_with(const std::string& field, const std::string& value) {
+  return json_with(kLlamaJson, field, value);
 }
 
 static ModelConfig parse_cfg(const std::string& text) { return config_from_hf_json(text, "/m/config.json"); }
@@ -604,11 +608,7 @@ TEST(config_gemma3_variants) {
   c = parse_cfg(json::dump(v5));
   CHECK(c.rope_theta == 500000.0f && c.rope_local_theta == 20000.0f);
 
-  auto with = [&](const char* field, const std::string& value) {
-    json::Value v = json::parse(v4, "v4");
-    v.set(field, json::parse(value, "value"));
-    return json::dump(v);
-  };
+  auto with = [&](const char* field, const std::string& value) { return json_with(v4, field, value); };
   CHECK_THROWS(parse_cfg(with("model_type", "\"gemma3\"")), "a multimodal Gemma 3 checkpoint");
   CHECK_THROWS(parse_cfg(with("final_logit_softcapping", "30.0")), "logit soft-capping is not supported");
   CHECK_THROWS(parse_cfg(with("attn_logit_softcapping", "50.0")), "logit soft-capping is not supported");
