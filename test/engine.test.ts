@@ -130,6 +130,40 @@ describe("models", () => {
     expect((await loaded.logprobs(batch)).seqLogps).toEqual((await m.logprobs(batch)).seqLogps);
   });
 
+  it("creates Llama 3 (llama3 RoPE scaling) and Gemma 3 models whose configs survive a save and a load", async () => {
+    const llama3 = {
+      arch: "llama" as const, vocabSize: 50, dModel: 16, nLayer: 2, nHead: 2, nKvHead: 1, dFf: 32, maxPositions: 64,
+      ropeTheta: 500000,
+      ropeScaling: { type: "llama3" as const, factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8 },
+    };
+    const gemma = {
+      arch: "gemma3_text" as const, vocabSize: 50, dModel: 16, nLayer: 3, nHead: 2, nKvHead: 1, headDim: 8, dFf: 32,
+      maxPositions: 64, queryPreAttnScalar: 8, slidingWindow: 4, ropeScaling: { type: "linear" as const, factor: 2 },
+      layerTypes: ["sliding_attention", "full_attention", "sliding_attention"] as ("sliding_attention" | "full_attention")[],
+    };
+    for (const config of [llama3, gemma]) {
+      const m = await EngineModel.create(config, 4);
+      expect(m.config).toMatchObject(config);
+      const dir = join(tempDir(), `ckpt-${config.arch}`);
+      await m.save(dir);
+      const loaded = await EngineModel.load(dir);
+      expect(loaded.config).toEqual(m.config);
+      const batch = pairBatch();
+      expect((await loaded.logprobs(batch)).seqLogps).toEqual((await m.logprobs(batch)).seqLogps);
+      // the scaling changes the model's output: the same weights with plain RoPE give other log-probs
+      const { ropeScaling: _, ...plain } = config;
+      const unscaled = await EngineModel.create(plain, 4);
+      expect((await unscaled.logprobs(batch)).seqLogps).not.toEqual((await m.logprobs(batch)).seqLogps);
+      await Promise.all([m.dispose(), loaded.dispose(), unscaled.dispose()]);
+    }
+    await expect(EngineModel.create({ ...llama3, ropeScaling: { type: "yarn" as "linear", factor: 2 } }, 1)).rejects.toThrow(
+      /config.ropeScaling.type must be 'linear' or 'llama3'/,
+    );
+    await expect(EngineModel.create({ ...llama3, ropeScaling: { ...llama3.ropeScaling, lowFreqFactor: 5 } }, 1)).rejects.toThrow(
+      /0 < low_freq_factor < high_freq_factor/,
+    );
+  });
+
   it("weights + optimizer state saved mid-training continue exactly like the uninterrupted model", async () => {
     const m = await EngineModel.create(tiny, 6);
     const step = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-20, -20], refRejected: [-20, -20], optimizer: { lr: 1e-2 } };

@@ -162,8 +162,11 @@ describe("model directories", () => {
     const dir = join(scratch, "rope");
     cpSync(join(FIXTURES, "smollm"), dir, { recursive: true });
     const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, rope_scaling: { rope_type: "yarn", factor: 8 } }));
+    await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*unsupported RoPE variant "yarn"/);
+    // llama3 is implemented, but needs its fields
     writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, rope_scaling: { rope_type: "llama3", factor: 8 } }));
-    await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*unsupported RoPE variant "llama3"/);
+    await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*llama3 RoPE needs 0 < low_freq_factor < high_freq_factor/);
   });
 
   it("Qwen3 fixtures keep the shapes their parity is about", async () => {

@@ -4,7 +4,7 @@
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
 Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
-gemma3, gemma3_rm (or only the ones named):
+gemma3, gemma3_rm, llama_rope (or only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -73,6 +73,10 @@ def make_model(case):
                                       tie_word_embeddings=True, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                                       **common)
     elif case.startswith("gemma3"):
+        # the policy's full-attention layer also has linear RoPE scaling (as gemma-3-4b and up), factor 2
+        full_rope = {"rope_type": "default", "rope_theta": 100000.0}
+        if case == "gemma3":
+            full_rope = {"rope_type": "linear", "rope_theta": 100000.0, "factor": 2.0}
         # Gemma 3 (text): a sliding window of 4 tokens on layers 0 and 2 (shorter than every sequence, so the window
         # shows), full attention with another RoPE base on layer 1, and query_pre_attn_scalar 24 != head_dim 16 (the
         # attention scale is 24^-0.5, not head_dim's).
@@ -80,7 +84,7 @@ def make_model(case):
             hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
             layer_types=["sliding_attention", "full_attention", "sliding_attention"],
-            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
+            rope_parameters={"full_attention": full_rope,
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
             rms_norm_eps=1e-6, max_position_embeddings=64, attention_bias=case.endswith("_rm"),
             tie_word_embeddings=True, **common)
@@ -92,8 +96,17 @@ def make_model(case):
             # head_dim 16 with hidden 32 and 4 heads: q is wider than the hidden state (as in Qwen3-0.6B, 2048 vs
             # 1024); the reward model also has Qwen3's optional attention biases.
             extra = dict(head_dim=16, attention_bias=case.endswith("_rm"))
+        if case == "llama_rope":
+            # Llama 3.1+'s "llama3" RoPE scaling with an original context of 16: of head_dim 8's four frequencies
+            # (wavelengths 6.3, 63, 628, 6283) the first lies between 16 / high_freq_factor and 16 / low_freq_factor
+            # (blended), the other three beyond (divided by the factor)
+            extra = dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 16})
+        else:
+            extra["rope_theta"] = 10000.0
         cfg = family(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6, max_position_embeddings=64,
+                     num_key_value_heads=2, rms_norm_eps=1e-6, max_position_embeddings=64,
                      tie_word_embeddings=case.startswith("qwen"), **extra, **common)
     if case.endswith("_rm"):
         cfg.num_labels = 1
@@ -104,7 +117,7 @@ def make_model(case):
     else:
         cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
                "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
-               "gemma3": transformers.Gemma3ForCausalLM}[case]
+               "gemma3": transformers.Gemma3ForCausalLM, "llama_rope": transformers.LlamaForCausalLM}[case]
     cfg._attn_implementation = "eager"  # plain softmax attention; no kernel choice can differ between runs
     model = cls(cfg).float().eval()  # eval: dropout off (all dropout rates are 0 as well)
     return model
@@ -311,7 +324,7 @@ def build_case(case, seed):
     return size
 
 
-CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm"]  # appended: seeds follow the index
+CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope"]  # appended: seeds follow the index
 
 
 def build_cases(cases, build, first_seed, where):

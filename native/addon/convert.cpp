@@ -242,6 +242,21 @@ optune::ModelConfig to_config(const Napi::Value& v) {
   c.head_dim = opt_int(o, "headDim", where, c.d_model / c.n_head, 1, big);
   c.d_ff = req_int(o, "dFf", where, 1, big);
   c.max_positions = req_int(o, "maxPositions", where, 1, big);
+  Napi::Value scaling = o.Get("ropeScaling");
+  // ropeScaling: {type: "linear" | "llama3", factor, lowFreqFactor, highFreqFactor, originalMaxPositions}
+  if (!scaling.IsUndefined()) {
+    const std::string sw = where + ".ropeScaling";
+    Napi::Object s = expect_object(scaling, sw);
+    Napi::Value t = s.Get("type");
+    const std::string type = t.IsString() ? t.As<Napi::String>().Utf8Value() : "";
+    if (type == "linear") c.rope_scaling.type = optune::cpu::RopeScaling::LINEAR;
+    else if (type == "llama3") c.rope_scaling.type = optune::cpu::RopeScaling::LLAMA3;
+    else throw Napi::TypeError::New(env, sw + ".type must be 'linear' or 'llama3', got " + describe(t));
+    c.rope_scaling.factor = opt_float(s, "factor", sw, 1.0f);
+    c.rope_scaling.low_freq_factor = opt_float(s, "lowFreqFactor", sw, 1.0f);
+    c.rope_scaling.high_freq_factor = opt_float(s, "highFreqFactor", sw, 4.0f);
+    c.rope_scaling.original_max_positions = opt_int(s, "originalMaxPositions", sw, 0, 0, big);
+  }
   const bool gemma = c.is_gemma();
   c.norm_eps = opt_float(o, "normEps", where, gemma ? 1e-6f : c.norm_eps);
   c.rope_theta = opt_float(o, "ropeTheta", where, gemma ? 1e6f : c.rope_theta);  // transformers' defaults
@@ -314,6 +329,18 @@ Napi::Object config_to_js(Napi::Env env, const optune::ModelConfig& c) {
   o.Set("bosTokenId", c.bos_token_id);
   o.Set("eosTokenId", c.eos_token_id);
   o.Set("padTokenId", c.pad_token_id);
+  if (c.rope_scaling.type != optune::cpu::RopeScaling::NONE) {
+    const optune::cpu::RopeScaling& rs = c.rope_scaling;
+    Napi::Object s = Napi::Object::New(env);
+    s.Set("type", rs.type == optune::cpu::RopeScaling::LINEAR ? "linear" : "llama3");
+    s.Set("factor", float_for_js(rs.factor));
+    if (rs.type == optune::cpu::RopeScaling::LLAMA3) {
+      s.Set("lowFreqFactor", float_for_js(rs.low_freq_factor));
+      s.Set("highFreqFactor", float_for_js(rs.high_freq_factor));
+      s.Set("originalMaxPositions", rs.original_max_positions);
+    }
+    o.Set("ropeScaling", s);
+  }
   if (c.is_gemma()) {
     o.Set("queryPreAttnScalar", float_for_js(c.attn_scalar));
     o.Set("slidingWindow", c.sliding_window);

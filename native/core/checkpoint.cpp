@@ -105,28 +105,66 @@ struct Fields {
   }
 };
 
-// The RoPE settings: transformers 5 writes rope_parameters {"rope_type", "rope_theta"}; older files have a top-level
-// rope_theta and rope_scaling. Only plain ("default") RoPE is implemented.
 // Caps for config sizes (see Fields::size).
 constexpr int kMaxVocab = 1 << 24, kMaxWidth = 1 << 16, kMaxFF = 1 << 20, kMaxLayers = 1024, kMaxHeads = 1024,
               kMaxPositions = 1 << 24;
 
-// One RoPE settings object ({"rope_type": "default", "rope_theta": x}); its theta (if any) goes into `theta`.
-void read_rope_object(const Fields& f, const char* field, const json::Value& rp, double& theta) {
+// The RoPE settings: transformers 5 writes rope_parameters {"rope_type", "rope_theta", and the scaling's fields};
+// older files have a top-level rope_theta and rope_scaling. Implemented: plain ("default") RoPE, "linear" and
+// "llama3" scaling (cpu/rope_scaling.h).
+
+// A number field of a RoPE object.
+double rope_number(const Fields& f, const char* field, const json::Value& rp, const std::string& key,
+                   const json::Value& v) {
+  if (!v.is_number() || !std::isfinite(v.number)) f.bad(field, rp, key + " must be a number");
+  return v.number;
+}
+
+// One RoPE settings object: its theta (if any) goes into `theta`, its scaling into `*scaling` (null: none allowed,
+// as for Gemma's sliding-window layers).
+void read_rope_object(const Fields& f, const char* field, const json::Value& rp, double& theta,
+                      cpu::RopeScaling* scaling) {
   if (!rp.is_object()) f.bad(field, rp, "expected an object");
+  cpu::RopeScaling s;
+  double factor = 0, low = -1, high = -1, original = -1;
   for (const auto& kv : rp.object) {
     const std::string& k = kv.first;
     if (k == "rope_type" || k == "type") {
-      if (!(kv.second.is_string() && kv.second.str == "default"))
+      const std::string t = kv.second.is_string() ? kv.second.str : "";
+      if (t == "default") s.type = cpu::RopeScaling::NONE;
+      else if (t == "linear") s.type = cpu::RopeScaling::LINEAR;
+      else if (t == "llama3") s.type = cpu::RopeScaling::LLAMA3;
+      else
         f.bad(field, rp, "unsupported RoPE variant " + json::dump(kv.second) +
-                             "; optune implements only the default RoPE (no scaling)");
+                             "; optune implements \"default\", \"linear\" and \"llama3\"");
     } else if (k == "rope_theta") {
-      if (!kv.second.is_number()) f.bad(field, rp, "rope_theta must be a number");
-      theta = kv.second.number;
+      theta = rope_number(f, field, rp, k, kv.second);
+    } else if (k == "factor") {
+      factor = rope_number(f, field, rp, k, kv.second);
+    } else if (k == "low_freq_factor") {
+      low = rope_number(f, field, rp, k, kv.second);
+    } else if (k == "high_freq_factor") {
+      high = rope_number(f, field, rp, k, kv.second);
+    } else if (k == "original_max_position_embeddings") {
+      original = rope_number(f, field, rp, k, kv.second);
     } else {
-      f.bad(field, rp, "unsupported RoPE setting \"" + k + "\"; optune implements only the default RoPE");
+      f.bad(field, rp, "unsupported RoPE setting \"" + k + "\"");
     }
   }
+  if (s.type == cpu::RopeScaling::NONE) return;
+  if (!scaling) f.bad(field, rp, "RoPE scaling on Gemma's sliding-window layers is not supported");
+  if (!(factor >= 1 && factor <= 1e6)) f.bad(field, rp, "a scaled RoPE needs a factor in [1, 1e6]");
+  s.factor = static_cast<float>(factor);
+  if (s.type == cpu::RopeScaling::LLAMA3) {
+    if (!(low > 0 && high > low && high <= 1e6))
+      f.bad(field, rp, "llama3 RoPE needs 0 < low_freq_factor < high_freq_factor");
+    if (!(original >= 1 && original <= kMaxPositions && original == std::floor(original)))
+      f.bad(field, rp, "llama3 RoPE needs original_max_position_embeddings, a positive integer");
+    s.low_freq_factor = static_cast<float>(low);
+    s.high_freq_factor = static_cast<float>(high);
+    s.original_max_positions = static_cast<int>(original);
+  }
+  *scaling = s;
 }
 
 // Same reason as Fields::opt_float: Inf would load but never save.
@@ -136,25 +174,26 @@ float rope_float(const Fields& f, double theta) {
   return static_cast<float>(theta);
 }
 
-float rope_theta_of(const Fields& f) {
+// The Llama-shaped families' RoPE: theta and scaling.
+void llama_rope_of(const Fields& f, ModelConfig& c) {
   double theta = f.opt_num("rope_theta", 10000.0);
   for (const char* field : {"rope_scaling", "rope_parameters"})
-    if (const json::Value* rp = f.get(field)) read_rope_object(f, field, *rp, theta);
-  return rope_float(f, theta);
+    if (const json::Value* rp = f.get(field)) read_rope_object(f, field, *rp, theta, &c.rope_scaling);
+  c.rope_theta = rope_float(f, theta);
 }
 
 // Gemma 3's two RoPE bases: transformers 5 writes rope_parameters {"full_attention": {...}, "sliding_attention":
 // {...}}; 4.x files have rope_theta (full) and rope_local_base_freq (sliding), and rope_scaling (full layers only).
 void gemma_rope_of(const Fields& f, ModelConfig& c) {
   double full = f.opt_num("rope_theta", 1000000.0), local = f.opt_num("rope_local_base_freq", 10000.0);
-  if (const json::Value* rs = f.get("rope_scaling")) read_rope_object(f, "rope_scaling", *rs, full);
+  if (const json::Value* rs = f.get("rope_scaling")) read_rope_object(f, "rope_scaling", *rs, full, &c.rope_scaling);
   if (const json::Value* rp = f.get("rope_parameters")) {
     if (!rp->is_object()) f.bad("rope_parameters", *rp, "expected an object");
     for (const auto& kv : rp->object) {
       if (kv.first == "full_attention")
-        read_rope_object(f, "rope_parameters", kv.second, full);
+        read_rope_object(f, "rope_parameters", kv.second, full, &c.rope_scaling);
       else if (kv.first == "sliding_attention")
-        read_rope_object(f, "rope_parameters", kv.second, local);
+        read_rope_object(f, "rope_parameters", kv.second, local, nullptr);
       else
         f.bad("rope_parameters", *rp,
               "unexpected key \"" + kv.first + "\" (Gemma 3 has \"full_attention\" and \"sliding_attention\")");
@@ -166,7 +205,7 @@ void gemma_rope_of(const Fields& f, ModelConfig& c) {
 
 // The Llama-shaped families' own fields (Llama, Qwen2, Qwen3).
 void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_type) {
-  c.rope_theta = rope_theta_of(f);
+  llama_rope_of(f, c);
   c.tie_embeddings = f.opt_bool("tie_word_embeddings", false);
   const std::string act = f.opt_str("hidden_act", "silu");
   if (act != "silu")
@@ -351,16 +390,33 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
 
 // ---- ModelConfig -> config.json -------------------------------------------------------------------------------
 
+// A RoPE settings object: rope_type, the scaling's fields, and rope_theta unless it is < 0 (4.x's rope_scaling).
+static json::Value rope_object(float theta, const cpu::RopeScaling& s) {
+  using json::Value;
+  Value r = Value::new_object();
+  const char* type = s.type == cpu::RopeScaling::LINEAR   ? "linear"
+                     : s.type == cpu::RopeScaling::LLAMA3 ? "llama3"
+                                                          : "default";
+  r.set("rope_type", Value::of_string(type));
+  if (theta >= 0) r.set("rope_theta", Value::of_float(theta));
+  if (s.type != cpu::RopeScaling::NONE) r.set("factor", Value::of_float(s.factor));
+  if (s.type == cpu::RopeScaling::LLAMA3) {
+    r.set("low_freq_factor", Value::of_float(s.low_freq_factor));
+    r.set("high_freq_factor", Value::of_float(s.high_freq_factor));
+    r.set("original_max_position_embeddings", Value::of_int(s.original_max_positions));
+  }
+  return r;
+}
+
 // Llama's, Qwen2's and Qwen3's own fields.
 static void llama_config_to(const ModelConfig& c, json::Value& o) {
   using json::Value;
   o.set("hidden_act", Value::of_string("silu"));
-  // rope_parameters for transformers 5, rope_theta for 4.x (5.x reads it too; the dict wins when both exist).
+  // rope_parameters for transformers 5, rope_theta and rope_scaling for 4.x (5.x reads them too; the dict wins
+  // when both exist).
   o.set("rope_theta", Value::of_float(c.rope_theta));
-  Value rope = Value::new_object();
-  rope.set("rope_type", Value::of_string("default"));
-  rope.set("rope_theta", Value::of_float(c.rope_theta));
-  o.set("rope_parameters", std::move(rope));
+  if (c.rope_scaling.type != cpu::RopeScaling::NONE) o.set("rope_scaling", rope_object(-1, c.rope_scaling));
+  o.set("rope_parameters", rope_object(c.rope_theta, c.rope_scaling));
   if (c.arch == Arch::LLAMA) {
     o.set("attention_bias", Value::of_bool(c.qkv_bias));
     o.set("mlp_bias", Value::of_bool(false));
@@ -382,17 +438,12 @@ static void gemma_config_to(const ModelConfig& c, json::Value& o) {
   for (int l = 0; l < c.n_layer; l++)
     types.push(Value::of_string(c.layer_sliding(l) ? "sliding_attention" : "full_attention"));
   o.set("layer_types", std::move(types));
-  auto rope = [](float theta) {
-    Value r = Value::new_object();
-    r.set("rope_type", Value::of_string("default"));
-    r.set("rope_theta", Value::of_float(theta));
-    return r;
-  };
   Value params = Value::new_object();
-  params.set("full_attention", rope(c.rope_theta));
-  params.set("sliding_attention", rope(c.rope_local_theta));
+  params.set("full_attention", rope_object(c.rope_theta, c.rope_scaling));
+  params.set("sliding_attention", rope_object(c.rope_local_theta, cpu::RopeScaling{}));
   o.set("rope_parameters", std::move(params));
   o.set("rope_theta", Value::of_float(c.rope_theta));
+  if (c.rope_scaling.type != cpu::RopeScaling::NONE) o.set("rope_scaling", rope_object(-1, c.rope_scaling));
   o.set("rope_local_base_freq", Value::of_float(c.rope_local_theta));
   o.set("attention_bias", Value::of_bool(c.qkv_bias));
   o.set("attn_logit_softcapping", Value::null());

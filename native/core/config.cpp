@@ -63,6 +63,16 @@ void validate_config(const ModelConfig& c) {
                      std::to_string(c.rope_theta));
   }
   OPTUNE_CHECK(c.norm_eps > 0 && c.norm_eps < 1, "model config: norm eps must be in (0, 1)");
+  const cpu::RopeScaling& rs = c.rope_scaling;
+  if (rs.type != cpu::RopeScaling::NONE) {
+    OPTUNE_CHECK(!c.is_gpt2(), "model config: GPT-2 has no RoPE to scale");
+    OPTUNE_CHECK(rs.factor >= 1 && rs.factor <= 1e6f, "model config: the RoPE scaling factor must be in [1, 1e6]");
+    if (rs.type == cpu::RopeScaling::LLAMA3)
+      OPTUNE_CHECK(rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor && rs.high_freq_factor <= 1e6f &&
+                       rs.original_max_positions >= 1,
+                   "model config: llama3 RoPE needs 0 < low_freq_factor < high_freq_factor and "
+                   "original_max_position_embeddings >= 1");
+  }
   if (c.is_gemma()) {
     // an integer, as transformers' Gemma3TextConfig takes it
     OPTUNE_CHECK(c.attn_scalar >= 1 && c.attn_scalar <= (1 << 24) && c.attn_scalar == std::floor(c.attn_scalar),

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "cpu/rope_scaling.h"
+
 namespace optune {
 
 enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3 };
@@ -29,6 +31,7 @@ struct ModelConfig {
   int max_positions = 0;  // learned positions (GPT-2) or the longest sequence allowed (Llama)
   float norm_eps = 1e-5f;
   float rope_theta = 10000.0f;
+  cpu::RopeScaling rope_scaling;  // Llama 3.1+'s "llama3", or "linear" (Gemma: its full-attention layers only)
   bool tie_embeddings = true;
   bool qkv_bias = false;   // Llama attention_bias / Qwen2: biases on q, k, v
   bool o_bias = false;     // Llama attention_bias: bias on o_proj too
@@ -59,6 +62,7 @@ struct ModelConfig {
   bool layer_sliding(int l) const { return l < static_cast<int>(sliding.size()) && sliding[l]; }
   int layer_window(int l) const { return layer_sliding(l) ? sliding_window : 0; }  // 0: no window
   float layer_rope_theta(int l) const { return layer_sliding(l) ? rope_local_theta : rope_theta; }
+  cpu::RopeScaling layer_rope_scaling(int l) const { return layer_sliding(l) ? cpu::RopeScaling{} : rope_scaling; }
   int q_dim() const { return n_head * head_dim; }
   int kv_dim() const { return n_kv_head * head_dim; }
 };

@@ -6,6 +6,8 @@
 #include <memory>
 #include <vector>
 
+#include "rope_scaling.h"
+
 namespace optune::cpu {
 
 // ---- linear layers --------------------------------------------------------------------------------------------
@@ -53,10 +55,14 @@ void geglu_forward(float* out, const float* gate, const float* up, int64_t n);
 void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 
 // ---- rotary position embedding (transformers' rotate_half convention) -----------------------------------------
+// (RopeScaling: cpu/rope_scaling.h.) The frequency of each of the head_dim / 2 pairs (in double).
+std::vector<double> rope_inv_freq(int head_dim, float theta, const RopeScaling& scaling);
 // x: [rows, n_heads * head_dim] with row stride `stride`; row r is at position pos[r]. In place.
-void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta,
+                  const RopeScaling& scaling = {});
 // The rotation is orthogonal: backward rotates the gradient by the opposite angle, in place.
-void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta,
+                   const RopeScaling& scaling = {});
 
 // ---- causal self-attention over a packed ragged batch ---------------------------------------------------------
 // Sequence s holds rows [offsets[s], offsets[s+1]). q: [T, H*hd] (stride qs), k, v: [T, KV*hd] (strides ks, vs).

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/checkpoint.h"
+#include "cpu/ops.h"
 #include "core/error.h"
 #include "core/json.h"
 #include "core/model.h"
@@ -152,7 +153,7 @@ static bool same_config(const ModelConfig& a, const ModelConfig& b) {
          a.qkv_bias == b.qkv_bias && a.o_bias == b.o_bias && a.reward_model == b.reward_model &&
          a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id &&
          a.attn_scalar == b.attn_scalar && a.sliding_window == b.sliding_window && a.sliding == b.sliding &&
-         a.rope_local_theta == b.rope_local_theta;
+         a.rope_local_theta == b.rope_local_theta && a.rope_scaling == b.rope_scaling;
 }
 
 static bool same_params(const Model& a, const Model& b) {
@@ -616,10 +617,15 @@ TEST(config_gemma3_variants) {
   CHECK_THROWS(parse_cfg(with("hidden_activation", "\"gelu\"")), "only \"gelu_pytorch_tanh\"");
   CHECK_THROWS(parse_cfg(with("layer_types", "[\"full_attention\"]")), "one entry per layer (6)");
   CHECK_THROWS(parse_cfg(with("layer_types", "[1, 2, 3, 4, 5, 6]")), "\"sliding_attention\" or \"full_attention\"");
-  CHECK_THROWS(parse_cfg(with("rope_scaling", R"({"rope_type": "linear", "factor": 8.0})")),
-               "unsupported RoPE variant");
   CHECK_THROWS(parse_cfg(with("rope_parameters", R"({"chunked_attention": {"rope_theta": 1.0}})")),
                "unexpected key \"chunked_attention\"");
+  CHECK_THROWS(parse_cfg(with("rope_parameters", R"({"sliding_attention": {"rope_type": "linear", "factor": 2}})")),
+               "RoPE scaling on Gemma's sliding-window layers is not supported");
+  // linear scaling on the full layers (gemma-3-4b and up): 4.x's rope_scaling or 5.x's full_attention entry
+  c = parse_cfg(with("rope_scaling", R"({"rope_type": "linear", "factor": 8.0})"));
+  CHECK(c.rope_scaling.type == cpu::RopeScaling::LINEAR && c.layer_rope_scaling(5).factor == 8.0f &&
+        c.layer_rope_scaling(0).type == cpu::RopeScaling::NONE);
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
   CHECK_THROWS(parse_cfg(with("architectures", R"(["Gemma3ForSequenceClassification"])")),
                "expected \"Gemma3ForCausalLM\" or \"Gemma3TextForSequenceClassification\"");
   CHECK_THROWS(parse_cfg(with("query_pre_attn_scalar", "0")), "query_pre_attn_scalar must be a positive integer");
@@ -630,6 +636,54 @@ TEST(config_gemma3_variants) {
   ModelConfig q = qwen3_cfg();
   q.sliding_window = 4;
   CHECK_THROWS(validate_config(q), "Gemma 3's");
+}
+
+// Llama 3.2-1B's config.json (4.x: rope_scaling "llama3") and transformers 5's form of it (rope_parameters).
+TEST(config_llama3_rope_scaling) {
+  const std::string v4 = R"({"architectures": ["LlamaForCausalLM"], "attention_bias": false, "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009], "head_dim": 64, "hidden_act": "silu", "hidden_size": 2048,
+    "intermediate_size": 8192, "max_position_embeddings": 131072, "mlp_bias": false, "model_type": "llama",
+    "num_attention_heads": 32, "num_hidden_layers": 16, "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+    "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+    "original_max_position_embeddings": 8192, "rope_type": "llama3"}, "rope_theta": 500000.0,
+    "tie_word_embeddings": true, "torch_dtype": "bfloat16", "vocab_size": 128256})";
+  ModelConfig c = parse_cfg(v4);
+  CHECK(c.rope_theta == 500000.0f && c.rope_scaling.type == cpu::RopeScaling::LLAMA3);
+  CHECK(c.rope_scaling.factor == 32.0f && c.rope_scaling.low_freq_factor == 1.0f &&
+        c.rope_scaling.high_freq_factor == 4.0f && c.rope_scaling.original_max_positions == 8192);
+  CHECK(c.eos_token_id == 128001 && c.tie_embeddings);
+  // written in both forms, read back the same
+  const std::string text = config_to_hf_json(c);
+  CHECK(same_config(parse_cfg(text), c));
+  CHECK(text.find("\"rope_scaling\": {\n    \"rope_type\": \"llama3\"") != std::string::npos);
+  CHECK(text.find("\"rope_parameters\": {\n    \"rope_type\": \"llama3\",\n    \"rope_theta\": 500000.0") !=
+        std::string::npos);
+  // the frequencies: short wavelengths kept, long ones / 32, the ones between blended
+  const std::vector<double> plain = cpu::rope_inv_freq(64, 500000.0f, {});
+  const std::vector<double> scaled = cpu::rope_inv_freq(64, 500000.0f, c.rope_scaling);
+  CHECK(scaled[0] == plain[0] && scaled[31] == plain[31] / 32);
+  int blended = 0;
+  for (int i = 0; i < 32; i++) blended += scaled[i] < plain[i] && scaled[i] > plain[i] / 32;
+  CHECK(blended > 0);
+  // linear
+  c = parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "linear", "factor": 4.0})"));
+  CHECK(c.rope_scaling.type == cpu::RopeScaling::LINEAR && c.rope_scaling.factor == 4.0f);
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
+
+  CHECK_THROWS(parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "yarn", "factor": 4.0})")),
+               "unsupported RoPE variant \"yarn\"; optune implements \"default\", \"linear\" and \"llama3\"");
+  CHECK_THROWS(parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "llama3", "factor": 8.0,
+    "low_freq_factor": 1.0, "high_freq_factor": 4.0})")), "original_max_position_embeddings, a positive integer");
+  CHECK_THROWS(parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "llama3", "factor": 8.0,
+    "low_freq_factor": 4.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8})")),
+               "0 < low_freq_factor < high_freq_factor");
+  CHECK_THROWS(parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "linear"})")), "needs a factor in [1, 1e6]");
+  CHECK_THROWS(parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "linear", "factor": 2, "beta": 1})")),
+               "unsupported RoPE setting \"beta\"");
+  ModelConfig g = gpt2_cfg();
+  g.rope_scaling.type = cpu::RopeScaling::LINEAR;
+  g.rope_scaling.factor = 2;
+  CHECK_THROWS(validate_config(g), "GPT-2 has no RoPE to scale");
 }
 
 TEST(config_rejects_bad_fields) {
@@ -648,10 +702,11 @@ TEST(config_rejects_bad_fields) {
   CHECK_THROWS(parse_cfg(llama_with("hidden_size", "-16")), "expected a positive integer");
   CHECK_THROWS(parse_cfg(llama_with("num_key_value_heads", "3")), "multiple of num_key_value_heads");
   CHECK_THROWS(parse_cfg(llama_with("num_attention_heads", "5")), "not divisible by num_attention_heads (5)");
-  CHECK_THROWS(parse_cfg(llama_with("rope_scaling", R"({"rope_type": "linear", "factor": 2.0})")),
-               "field \"rope_scaling\" = {\"rope_type\":\"linear\",\"factor\":2.0}: unsupported RoPE variant");
+  CHECK_THROWS(parse_cfg(llama_with("rope_scaling", R"({"rope_type": "dynamic", "factor": 2.0})")),
+               "field \"rope_scaling\" = {\"rope_type\":\"dynamic\",\"factor\":2.0}: unsupported RoPE variant");
   CHECK_THROWS(parse_cfg(llama_with("rope_parameters", R"({"rope_type": "llama3", "rope_theta": 5e5})")),
-               "field \"rope_parameters\"");
+               "field \"rope_parameters\" = {\"rope_type\":\"llama3\",\"rope_theta\":500000.0}: a scaled RoPE needs a "
+               "factor");
   CHECK_THROWS(parse_cfg(llama_with("rope_parameters", R"({"rope_theta": 5e5, "partial_rotary_factor": 0.5})")),
                "unsupported RoPE setting \"partial_rotary_factor\"");
   // Beyond float range these became Inf: the config loaded but the model could never be saved (fuzz_hf_config).

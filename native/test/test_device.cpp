@@ -48,13 +48,21 @@ TEST(cuda_without_backend_or_gpu_is_an_error) {
 }
 
 // Qwen3's per-head q/k norms (and Gemma 3) are CPU-only: asking for the GPU says so (before any GPU check, so on
-// every machine), and the model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on.
+// every machine), and the model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels
+// cannot run on. Scaled RoPE (Llama 3.1+) likewise.
 TEST(qwen3_on_cuda_is_refused_with_the_reason) {
   auto m = make_model(testing::tiny_qwen3());
   CHECK_THROWS(set_device(*m, Device::CUDA), "the CUDA backend does not run Qwen3's per-head q/k norms yet");
   CHECK(m->device == nullptr && model_device(*m) == Device::CPU);
   set_device(*m, Device::AUTO, Precision::BF16);
   CHECK(m->device == nullptr && model_device(*m) == Device::CPU && model_precision(*m) == Precision::BF16);
+  ModelConfig scaled = testing::tiny_llama();
+  scaled.rope_scaling.type = cpu::RopeScaling::LINEAR;
+  scaled.rope_scaling.factor = 2;
+  auto s = make_model(scaled);
+  CHECK_THROWS(set_device(*s, Device::CUDA), "the CUDA backend does not run scaled RoPE");
+  set_device(*s, Device::AUTO);
+  CHECK(s->device == nullptr && model_device(*s) == Device::CPU);
   auto g = make_model(testing::tiny_gemma3());
   CHECK_THROWS(set_device(*g, Device::CUDA), "does not run Gemma3's per-head q/k norms yet (nor Gemma's other norms");
   set_device(*g, Device::AUTO);

@@ -24,6 +24,17 @@ export interface ModelConfig {
   bosTokenId: number;
   eosTokenId: number;
   padTokenId: number;
+  /**
+   * RoPE scaling (transformers' rope_type "linear" or "llama3" and its fields); absent for plain RoPE. Gemma 3
+   * applies it on its full-attention layers only.
+   */
+  ropeScaling?: {
+    type: "linear" | "llama3";
+    factor: number;
+    lowFreqFactor?: number;
+    highFreqFactor?: number;
+    originalMaxPositions?: number;
+  };
   /** gemma3_text only: attention scores scale by queryPreAttnScalar^-1/2 (transformers' query_pre_attn_scalar). */
   queryPreAttnScalar?: number;
   /** gemma3_text only: positions a sliding-window layer's query sees, itself included. */
