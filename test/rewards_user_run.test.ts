@@ -283,6 +283,39 @@ describe("a Gemma 3 policy with a Gemma 3 reward model", () => {
   });
 });
 
+describe("resuming a user run whose prompts encode differently", () => {
+  it("refuses when a chat template variable (Llama 3.1+'s date) changed the prompt ids, and resumes when it did not", async () => {
+    // A template that writes a date into every prompt, as Llama 3.1+'s do with today's date.
+    const template =
+      "{% for m in messages %}{{ m.role }} ({{ date_string }}): {{ m.content }}\n{% endfor %}" +
+      "{% if add_generation_prompt %}assistant:{% endif %}";
+    const makeTask = (date: string) =>
+      createUserTask({
+        policy: join(FIXTURES, "smollm"),
+        prompts: { file: join(FIXTURES, "prompts.jsonl"), evalCount: 3, seed: 1 },
+        maxNewTokens: 8,
+        reward: { sources: [rewardModel] },
+        chatTemplate: template,
+        chatTemplateArgs: { date_string: date },
+      });
+    const config = (iterations: number) =>
+      ConfigSchema.parse({
+        seed: 3,
+        loop: { iterations, prompts: 8, k: 2, batchPairs: 4 },
+        eval: { prompts: 3, samples: 1 },
+        sampling: { maxNewTokens: 8 },
+        run: { dir: join(scratch, "dated"), checkpointEvery: 0 },
+      });
+    expect((await runLoop({ config: config(1), task: await makeTask("26 Jul 2024") })).status).toBe("completed");
+    await expect(runLoop({ config: config(2), task: await makeTask("27 Jul 2024"), resume: true })).rejects.toThrow(
+      /cannot resume .*dated: the prompts encode to other token ids than when the run started .*date_string/,
+    );
+    const resumed = await runLoop({ config: config(2), task: await makeTask("26 Jul 2024"), resume: true });
+    expect(resumed.status).toBe("completed");
+    expect(resumed.metrics.map((m) => m.iteration)).toEqual([0, 1, 2]);
+  });
+});
+
 describe("user run config sections", () => {
 
   it("maps a config to task options, resolving paths against the config's folder", async () => {

@@ -31,6 +31,7 @@ import { CONFIG_FILE, METRICS_FILE, clearRunDir, foreignRunDirError, runDirStatu
 import {
   checkResumeConfig,
   loadRunState,
+  promptsFingerprint,
   removeLeftovers,
   saveRunState,
   type LoadedState,
@@ -423,6 +424,16 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
         );
       }
     }
+    // The pool's pairs and cached reference log-probs were computed on the prompts' ids as encoded at the start.
+    const savedPrompts = loaded?.state.promptIds;
+    if (savedPrompts !== undefined && savedPrompts !== promptsFingerprint(task)) {
+      throw new Error(
+        `cannot resume ${runDir}: the prompts encode to other token ids than when the run started (fingerprint ` +
+          `${promptsFingerprint(task)}, saved ${savedPrompts}): the prompt file, the tokenizer or its chat template ` +
+          `changed, or the template writes today's date (Llama 3.1+: pass chatTemplateArgs {"date_string": ...} ` +
+          "with the date the run started on); restore them, or start a new run (--overwrite, or another --out)",
+      );
+    }
     // The first training step would refuse a training state that does not fit; refusing it now saves the
     // evaluation, sampling and scoring before it.
     if ((loaded?.state.iteration ?? 0) < config.loop.iterations) await policy.checkTrainingMemory();
@@ -469,6 +480,7 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
     } else {
       truncateMetrics(join(runDir, METRICS_FILE), -1);
       ctx.state.referenceWeights = await reference.fingerprint();
+      ctx.state.promptIds = promptsFingerprint(task);
       const start = await evaluateStart(ctx);
       await saveIteration(ctx, start);
       metrics.push(start);

@@ -15,6 +15,7 @@
 //
 // A run resumes only under the config it was started with, except for RESUMABLE_CHANGES (checkResumeConfig).
 
+import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
@@ -23,6 +24,7 @@ import { z } from "zod";
 import { type Config, ConfigError, loadConfig } from "../config/schema.js";
 import type { EngineModel } from "../engine/index.js";
 import { writeJsonAtomic } from "../util/atomic.js";
+import type { Task } from "../tasks/task.js";
 import type { EvalResult } from "./evaluate.js";
 import { createPool, type Pool, type PromptPair } from "./pool.js";
 
@@ -39,6 +41,24 @@ export interface RunState {
    * files checks it. Absent in states saved before it was recorded.
    */
   referenceWeights?: string;
+  /**
+   * Fingerprint (promptsFingerprint) of the task's encoded train and eval prompts; a resume checks it, since the
+   * pool's cached pairs and reference log-probs were computed on those ids. Absent in older states.
+   */
+  promptIds?: string;
+}
+
+/**
+ * A fingerprint of a task's prompts as token ids (train then eval, each with its id): what the run state's cached
+ * pairs and reference log-probs depend on. A chat template that writes today's date (Llama 3.1+) changes it.
+ */
+export function promptsFingerprint(task: Pick<Task, "trainPrompts" | "evalPrompts">): string {
+  const hash = createHash("sha256");
+  for (const list of [task.trainPrompts, task.evalPrompts]) {
+    hash.update(`${list.length};`);
+    for (const p of list) hash.update(`${p.id}:${Array.from(p.ids).join(",")};`);
+  }
+  return hash.digest("hex").slice(0, 16);
 }
 
 interface SavedPair extends Omit<PromptPair, "chosenIds" | "rejectedIds"> {
@@ -52,6 +72,7 @@ interface SavedState {
   pool: { promptId: number; history: number[]; pair: SavedPair | null }[];
   initialEval: Pick<EvalResult, "greedy" | "sampled">;
   referenceWeights?: string;
+  promptIds?: string;
 }
 
 interface LatestPointer {
@@ -83,6 +104,7 @@ const SavedStateSchema = z.object({
   ),
   initialEval: z.object({ greedy: z.array(z.number()), sampled: z.array(z.array(z.number())) }),
   referenceWeights: z.string().optional(),
+  promptIds: z.string().optional(),
 });
 const LatestPointerSchema = z
   .object({ iteration: iterationNumber, dir: z.string() })
@@ -158,6 +180,7 @@ export async function saveRunState(runDir: string, state: RunState, models: Stat
     pool: serializePool(state.pool),
     initialEval: state.initialEval,
     ...(state.referenceWeights === undefined ? {} : { referenceWeights: state.referenceWeights }),
+    ...(state.promptIds === undefined ? {} : { promptIds: state.promptIds }),
   };
   writeJsonAtomic(join(dir, "state.json"), saved);
 
@@ -228,6 +251,7 @@ export function loadRunState(runDir: string): LoadedState | null {
       pool: deserializePool(saved.pool),
       initialEval: saved.initialEval,
       ...(saved.referenceWeights === undefined ? {} : { referenceWeights: saved.referenceWeights }),
+      ...(saved.promptIds === undefined ? {} : { promptIds: saved.promptIds }),
     },
     policyDir: join(dir, "policy"),
     referenceDir: existsSync(referenceDir) ? referenceDir : null,
