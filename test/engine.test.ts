@@ -130,7 +130,7 @@ describe("models", () => {
     expect((await loaded.logprobs(batch)).seqLogps).toEqual((await m.logprobs(batch)).seqLogps);
   });
 
-  it("creates Llama 3 (llama3 RoPE scaling) and Gemma 3 models whose configs survive a save and a load", async () => {
+  it("creates Llama 3 (llama3 RoPE scaling), Gemma 3 and SmolLM3 models whose configs survive a save and a load", async () => {
     const llama3 = {
       arch: "llama" as const, vocabSize: 50, dModel: 16, nLayer: 2, nHead: 2, nKvHead: 1, dFf: 32, maxPositions: 64,
       ropeTheta: 500000,
@@ -141,7 +141,13 @@ describe("models", () => {
       maxPositions: 64, queryPreAttnScalar: 8, slidingWindow: 4, ropeScaling: { type: "linear" as const, factor: 2 },
       layerTypes: ["sliding_attention", "full_attention", "sliding_attention"] as ("sliding_attention" | "full_attention")[],
     };
-    for (const config of [llama3, gemma]) {
+    const smollm3 = {
+      arch: "smollm3" as const, vocabSize: 50, dModel: 16, nLayer: 3, nHead: 2, nKvHead: 1, dFf: 32, maxPositions: 64,
+      noRopeLayers: [1, 0, 1], slidingWindow: 4,
+      layerTypes: ["full_attention", "sliding_attention", "full_attention"] as ("sliding_attention" | "full_attention")[],
+      ropeScaling: { type: "linear" as const, factor: 2 },
+    };
+    for (const config of [llama3, gemma, smollm3]) {
       const m = await EngineModel.create(config, 4);
       expect(m.config).toMatchObject(config);
       const dir = join(tempDir(), `ckpt-${config.arch}`);

@@ -166,7 +166,7 @@ describe("model directories", () => {
     await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*unsupported RoPE variant "yarn"/);
     // llama3 is implemented, but needs its fields
     writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, rope_scaling: { rope_type: "llama3", factor: 8 } }));
-    await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*llama3 RoPE needs 0 < low_freq_factor < high_freq_factor/);
+    await expect(loadModelDir(dir)).rejects.toThrow(/field "rope_scaling" = .*llama3 RoPE needs low_freq_factor and high_freq_factor/);
   });
 
   it("Qwen3 fixtures keep the shapes their parity is about", async () => {

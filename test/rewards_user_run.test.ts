@@ -284,8 +284,8 @@ describe("a Gemma 3 policy with a Gemma 3 reward model", () => {
 });
 
 describe("resuming a user run whose prompts encode differently", () => {
-  it("refuses when a chat template variable (Llama 3.1+'s date) changed the prompt ids, and resumes when it did not", async () => {
-    // A template that writes a date into every prompt, as Llama 3.1+'s do with today's date.
+  it("refuses when a chat template variable (Llama 3.2's date) changed the prompt ids, and resumes when it did not", async () => {
+    // A template that writes a date into every prompt, as Llama 3.2's and 3.3's do with today's date.
     const template =
       "{% for m in messages %}{{ m.role }} ({{ date_string }}): {{ m.content }}\n{% endfor %}" +
       "{% if add_generation_prompt %}assistant:{% endif %}";
@@ -308,7 +308,7 @@ describe("resuming a user run whose prompts encode differently", () => {
       });
     expect((await runLoop({ config: config(1), task: await makeTask("26 Jul 2024") })).status).toBe("completed");
     await expect(runLoop({ config: config(2), task: await makeTask("27 Jul 2024"), resume: true })).rejects.toThrow(
-      /cannot resume .*dated: the prompts encode to other token ids than when the run started .*date_string/,
+      /cannot resume .*dated: the prompts encode to other token ids than when the run started .*set model.chatTemplateArgs.date_string in .*dated\/config.json/,
     );
     const resumed = await runLoop({ config: config(2), task: await makeTask("26 Jul 2024"), resume: true });
     expect(resumed.status).toBe("completed");

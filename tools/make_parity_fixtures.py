@@ -4,7 +4,7 @@
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
 Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
-gemma3, gemma3_rm, llama_rope (or only the ones named):
+gemma3, gemma3_rm, llama_rope, smollm3 (or only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -88,6 +88,15 @@ def make_model(case):
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
             rms_norm_eps=1e-6, max_position_embeddings=64, attention_bias=case.endswith("_rm"),
             tie_word_embeddings=True, **common)
+    elif case == "smollm3":
+        # SmolLM3: layer 1 without RoPE (NoPE) and with a sliding window of 4 (shorter than every sequence); layers
+        # 0 and 2 rotate and attend fully
+        cfg = transformers.SmolLM3Config(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            no_rope_layers=[1, 0, 1], use_sliding_window=True, sliding_window=4,
+            layer_types=["full_attention", "sliding_attention", "full_attention"],
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,
+            max_position_embeddings=64, tie_word_embeddings=True, **common)
     else:
         family = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}.get(case[:5],
                                                                                                transformers.LlamaConfig)
@@ -98,10 +107,10 @@ def make_model(case):
             extra = dict(head_dim=16, attention_bias=case.endswith("_rm"))
         if case == "llama_rope":
             # Llama 3.1+'s "llama3" RoPE scaling with an original context of 16: of head_dim 8's four frequencies
-            # (wavelengths 6.3, 63, 628, 6283) the first lies between 16 / high_freq_factor and 16 / low_freq_factor
-            # (blended), the other three beyond (divided by the factor)
+            # (wavelengths 6.3, 63, 628, 6283) the first lies below 16 / high_freq_factor = 8 (kept), the second
+            # between that and 16 / low_freq_factor = 64 (blended), the other two beyond (divided by the factor)
             extra = dict(rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
-                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "low_freq_factor": 0.25, "high_freq_factor": 2.0,
                                           "original_max_position_embeddings": 16})
         else:
             extra["rope_theta"] = 10000.0
@@ -117,7 +126,8 @@ def make_model(case):
     else:
         cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
                "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
-               "gemma3": transformers.Gemma3ForCausalLM, "llama_rope": transformers.LlamaForCausalLM}[case]
+               "gemma3": transformers.Gemma3ForCausalLM, "llama_rope": transformers.LlamaForCausalLM,
+               "smollm3": transformers.SmolLM3ForCausalLM}[case]
     cfg._attn_implementation = "eager"  # plain softmax attention; no kernel choice can differ between runs
     model = cls(cfg).float().eval()  # eval: dropout off (all dropout rates are 0 as well)
     return model
@@ -324,7 +334,8 @@ def build_case(case, seed):
     return size
 
 
-CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope"]  # appended: seeds follow the index
+CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope",
+         "smollm3"]  # appended: seeds follow the index
 
 
 def build_cases(cases, build, first_seed, where):

@@ -225,9 +225,11 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     c.arch = optune::Arch::QWEN3;
   } else if (a == "gemma3_text") {
     c.arch = optune::Arch::GEMMA3;
+  } else if (a == "smollm3") {
+    c.arch = optune::Arch::SMOLLM3;
   } else {
-    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2', 'qwen3' or 'gemma3_text', got " +
-                                        (arch.IsString() ? "'" + a + "'" : describe(arch)));
+    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2', 'qwen3', 'gemma3_text' or "
+                                    "'smollm3', got " + (arch.IsString() ? "'" + a + "'" : describe(arch)));
   }
   const int big = 1 << 30;
   c.vocab_size = req_int(o, "vocabSize", where, 1, big);
@@ -252,42 +254,76 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     if (type == "linear") c.rope_scaling.type = optune::cpu::RopeScaling::LINEAR;
     else if (type == "llama3") c.rope_scaling.type = optune::cpu::RopeScaling::LLAMA3;
     else throw Napi::TypeError::New(env, sw + ".type must be 'linear' or 'llama3', got " + describe(t));
+    if (s.Get("factor").IsUndefined()) throw Napi::TypeError::New(env, sw + ".factor is required");
     c.rope_scaling.factor = opt_float(s, "factor", sw, 1.0f);
     c.rope_scaling.low_freq_factor = opt_float(s, "lowFreqFactor", sw, 1.0f);
     c.rope_scaling.high_freq_factor = opt_float(s, "highFreqFactor", sw, 4.0f);
     c.rope_scaling.original_max_positions = opt_int(s, "originalMaxPositions", sw, 0, 0, big);
   }
-  const bool gemma = c.is_gemma();
-  c.norm_eps = opt_float(o, "normEps", where, gemma ? 1e-6f : c.norm_eps);
-  c.rope_theta = opt_float(o, "ropeTheta", where, gemma ? 1e6f : c.rope_theta);  // transformers' defaults
+  const bool gemma = c.is_gemma(), smollm3 = c.arch == optune::Arch::SMOLLM3;
+  // transformers' defaults
+  c.norm_eps = opt_float(o, "normEps", where, gemma || smollm3 ? 1e-6f : c.norm_eps);
+  c.rope_theta = opt_float(o, "ropeTheta", where, gemma ? 1e6f : smollm3 ? 2e6f : c.rope_theta);
   c.tie_embeddings = opt_bool(o, "tieEmbeddings", where, c.tie_embeddings);
+  for (const char* key : {"queryPreAttnScalar", "ropeLocalTheta"})
+    if (!gemma && !o.Get(key).IsUndefined())
+      throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's; arch '" + a + "' has no such setting");
+  for (const char* key : {"slidingWindow", "layerTypes"})
+    if (!gemma && !smollm3 && !o.Get(key).IsUndefined())
+      throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's and SmolLM3's; arch '" + a +
+                                          "' has no such setting");
+  if (!smollm3 && !o.Get("noRopeLayers").IsUndefined())
+    throw Napi::TypeError::New(env, where + ".noRopeLayers is SmolLM3's; arch '" + a + "' has no such setting");
+  // a per-layer list of strings or 0/1 numbers, one entry per layer, into flags (1 where `is_one(entry)`)
+  auto per_layer = [&](const char* key, const char* expect, auto&& flag_of) {
+    const std::string name = where + "." + key;
+    Napi::Value v = o.Get(key);
+    if (!v.IsArray() || v.As<Napi::Array>().Length() != static_cast<uint32_t>(c.n_layer))
+      throw Napi::TypeError::New(env, name + " must be an array with one entry per layer (" +
+                                          std::to_string(c.n_layer) + "), got " + describe(v));
+    Napi::Array list = v.As<Napi::Array>();
+    std::vector<uint8_t> flags(c.n_layer);
+    for (int l = 0; l < c.n_layer; l++) {
+      Napi::Value e = list.Get(static_cast<uint32_t>(l));
+      const int flag = flag_of(e);
+      if (flag < 0)
+        throw Napi::TypeError::New(env,
+                                   name + "[" + std::to_string(l) + "] must be " + expect + ", got " + describe(e));
+      flags[l] = static_cast<uint8_t>(flag);
+    }
+    return flags;
+  };
+  auto sliding_of = [](const Napi::Value& e) {
+    const std::string kind = e.IsString() ? e.As<Napi::String>().Utf8Value() : "";
+    return kind == "sliding_attention" ? 1 : kind == "full_attention" ? 0 : -1;
+  };
   if (gemma) {  // Gemma 3's own fields, with transformers' Gemma3TextConfig defaults
     c.attn_scalar = opt_float(o, "queryPreAttnScalar", where, 256.0f);
     c.sliding_window = opt_int(o, "slidingWindow", where, 4096, 1, big);
     c.rope_local_theta = opt_float(o, "ropeLocalTheta", where, 10000.0f);
-    Napi::Value types = o.Get("layerTypes");
     c.sliding.assign(c.n_layer, 0);
-    if (types.IsUndefined()) {
+    if (o.Get("layerTypes").IsUndefined()) {
       for (int l = 0; l < c.n_layer; l++) c.sliding[l] = (l + 1) % 6 != 0;  // five sliding layers, then a full one
     } else {
-      const std::string name = where + ".layerTypes";
-      if (!types.IsArray() || types.As<Napi::Array>().Length() != static_cast<uint32_t>(c.n_layer))
-        throw Napi::TypeError::New(env, name + " must be an array with one entry per layer (" +
-                                            std::to_string(c.n_layer) + "), got " + describe(types));
-      Napi::Array list = types.As<Napi::Array>();
-      for (int l = 0; l < c.n_layer; l++) {
-        Napi::Value t = list.Get(static_cast<uint32_t>(l));
-        const std::string kind = t.IsString() ? t.As<Napi::String>().Utf8Value() : "";
-        if (kind != "sliding_attention" && kind != "full_attention")
-          throw Napi::TypeError::New(env, name + "[" + std::to_string(l) +
-                                              "] must be 'sliding_attention' or 'full_attention', got " + describe(t));
-        c.sliding[l] = kind == "sliding_attention";
-      }
+      c.sliding = per_layer("layerTypes", "'sliding_attention' or 'full_attention'", sliding_of);
     }
-  } else {
-    for (const char* key : {"queryPreAttnScalar", "slidingWindow", "ropeLocalTheta", "layerTypes"})
-      if (!o.Get(key).IsUndefined())
-        throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's; arch '" + a + "' has no such setting");
+  }
+  if (smollm3) {  // SmolLM3's: noRopeLayers as transformers' no_rope_layers (1 = the layer uses RoPE)
+    c.nope.assign(c.n_layer, 0);
+    if (o.Get("noRopeLayers").IsUndefined()) {
+      for (int l = 0; l < c.n_layer; l++) c.nope[l] = (l + 1) % 4 == 0;  // every 4th layer without RoPE
+    } else {
+      c.nope = per_layer("noRopeLayers", "1 (RoPE) or 0 (none)", [](const Napi::Value& e) {
+        const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1;
+        return d == 1 ? 0 : d == 0 ? 1 : -1;
+      });
+    }
+    if (!o.Get("layerTypes").IsUndefined()) {  // sliding-window layers need both
+      c.sliding = per_layer("layerTypes", "'sliding_attention' or 'full_attention'", sliding_of);
+      c.sliding_window = req_int(o, "slidingWindow", where, 1, big);
+    } else if (!o.Get("slidingWindow").IsUndefined()) {
+      throw Napi::TypeError::New(env, where + ".slidingWindow needs layerTypes (which layers slide)");
+    }
   }
   c.qkv_bias = opt_bool(o, "qkvBias", where, c.arch == optune::Arch::QWEN2);
   c.o_bias = opt_bool(o, "oBias", where, false);
@@ -343,12 +379,19 @@ Napi::Object config_to_js(Napi::Env env, const optune::ModelConfig& c) {
   }
   if (c.is_gemma()) {
     o.Set("queryPreAttnScalar", float_for_js(c.attn_scalar));
-    o.Set("slidingWindow", c.sliding_window);
     o.Set("ropeLocalTheta", float_for_js(c.rope_local_theta));
+  }
+  if (!c.sliding.empty()) {
+    o.Set("slidingWindow", c.sliding_window);
     Napi::Array types = Napi::Array::New(env, c.n_layer);
     for (int l = 0; l < c.n_layer; l++)
       types.Set(static_cast<uint32_t>(l), c.layer_sliding(l) ? "sliding_attention" : "full_attention");
     o.Set("layerTypes", types);
+  }
+  if (c.arch == optune::Arch::SMOLLM3) {
+    Napi::Array rope = Napi::Array::New(env, c.n_layer);
+    for (int l = 0; l < c.n_layer; l++) rope.Set(static_cast<uint32_t>(l), c.layer_rotates(l) ? 1 : 0);
+    o.Set("noRopeLayers", rope);
   }
   return o;
 }

@@ -157,7 +157,8 @@ void read_rope_object(const Fields& f, const char* field, const json::Value& rp,
   s.factor = static_cast<float>(factor);
   if (s.type == cpu::RopeScaling::LLAMA3) {
     if (!(low > 0 && high > low && high <= 1e6))
-      f.bad(field, rp, "llama3 RoPE needs 0 < low_freq_factor < high_freq_factor");
+      f.bad(field, rp, "llama3 RoPE needs low_freq_factor and high_freq_factor, with 0 < low_freq_factor < "
+                       "high_freq_factor");
     if (!(original >= 1 && original <= kMaxPositions && original == std::floor(original)))
       f.bad(field, rp, "llama3 RoPE needs original_max_position_embeddings, a positive integer");
     s.low_freq_factor = static_cast<float>(low);
@@ -174,11 +175,21 @@ float rope_float(const Fields& f, double theta) {
   return static_cast<float>(theta);
 }
 
-// The Llama-shaped families' RoPE: theta and scaling.
+// The Llama-shaped families' RoPE: theta (transformers' default: 10000, SmolLM3's 2e6) and scaling. As in
+// transformers 5, a rope_scaling (4.x) wins over rope_parameters, with the top-level rope_theta beside it.
 void llama_rope_of(const Fields& f, ModelConfig& c) {
-  double theta = f.opt_num("rope_theta", 10000.0);
-  for (const char* field : {"rope_scaling", "rope_parameters"})
-    if (const json::Value* rp = f.get(field)) read_rope_object(f, field, *rp, theta, &c.rope_scaling);
+  double theta = f.opt_num("rope_theta", c.arch == Arch::SMOLLM3 ? 2000000.0 : 10000.0);
+  const json::Value* scaling = f.get("rope_scaling");
+  if (const json::Value* rp = f.get("rope_parameters")) {
+    double dict_theta = theta;
+    cpu::RopeScaling dict_scaling;
+    read_rope_object(f, "rope_parameters", *rp, dict_theta, &dict_scaling);  // checked either way
+    if (!scaling) theta = dict_theta, c.rope_scaling = dict_scaling;
+  }
+  if (scaling) {
+    double ignored = theta;  // (transformers takes the top-level rope_theta with a rope_scaling)
+    read_rope_object(f, "rope_scaling", *scaling, ignored, &c.rope_scaling);
+  }
   c.rope_theta = rope_float(f, theta);
 }
 
@@ -186,7 +197,6 @@ void llama_rope_of(const Fields& f, ModelConfig& c) {
 // {...}}; 4.x files have rope_theta (full) and rope_local_base_freq (sliding), and rope_scaling (full layers only).
 void gemma_rope_of(const Fields& f, ModelConfig& c) {
   double full = f.opt_num("rope_theta", 1000000.0), local = f.opt_num("rope_local_base_freq", 10000.0);
-  if (const json::Value* rs = f.get("rope_scaling")) read_rope_object(f, "rope_scaling", *rs, full, &c.rope_scaling);
   if (const json::Value* rp = f.get("rope_parameters")) {
     if (!rp->is_object()) f.bad("rope_parameters", *rp, "expected an object");
     for (const auto& kv : rp->object) {
@@ -199,21 +209,66 @@ void gemma_rope_of(const Fields& f, ModelConfig& c) {
               "unexpected key \"" + kv.first + "\" (Gemma 3 has \"full_attention\" and \"sliding_attention\")");
     }
   }
+  // a 4.x rope_scaling (the full layers') wins over rope_parameters' full_attention entry, as in transformers 5
+  if (const json::Value* rs = f.get("rope_scaling")) {
+    double ignored = full;
+    c.rope_scaling = cpu::RopeScaling{};
+    read_rope_object(f, "rope_scaling", *rs, ignored, &c.rope_scaling);
+  }
   c.rope_theta = rope_float(f, full);
   c.rope_local_theta = rope_float(f, local);
 }
 
-// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3).
+// SmolLM3's layer kinds: NoPE layers (no_rope_layers, 1 = RoPE; or every no_rope_layer_interval-th), and sliding
+// windows where use_sliding_window says (layer_types; or, as transformers derives them, the NoPE layers).
+void smollm3_layers_of(const Fields& f, ModelConfig& c) {
+  c.nope.assign(c.n_layer, 0);
+  if (const json::Value* nr = f.get("no_rope_layers")) {
+    if (!nr->is_array() || nr->array.size() != static_cast<size_t>(c.n_layer))
+      f.bad("no_rope_layers", *nr, "expected a list with one entry per layer (" + std::to_string(c.n_layer) + ")");
+    for (size_t l = 0; l < nr->array.size(); l++) {
+      const json::Value& v = nr->array[l];
+      if (!(v.is_number() && (v.number == 0 || v.number == 1)))
+        f.bad("no_rope_layers", *nr, "entries must be 1 (the layer uses RoPE) or 0 (it does not)");
+      c.nope[l] = v.number == 0;
+    }
+  } else {
+    const int interval = f.opt_size("no_rope_layer_interval", 4, kMaxLayers);
+    for (int l = 0; l < c.n_layer; l++) c.nope[l] = (l + 1) % interval == 0;
+  }
+  c.sliding.clear();
+  c.sliding_window = 0;
+  if (!f.opt_bool("use_sliding_window", false)) return;
+  const json::Value* window = f.get("sliding_window");
+  if (!window) return;  // transformers: no window without sliding_window
+  c.sliding_window = f.size("sliding_window", *window, kMaxPositions);
+  c.sliding.assign(c.n_layer, 0);
+  if (const json::Value* lt = f.get("layer_types")) {
+    if (!lt->is_array() || lt->array.size() != static_cast<size_t>(c.n_layer))
+      f.bad("layer_types", *lt, "expected a list with one entry per layer (" + std::to_string(c.n_layer) + ")");
+    for (size_t l = 0; l < lt->array.size(); l++) {
+      const json::Value& t = lt->array[l];
+      if (!(t.is_string() && (t.str == "sliding_attention" || t.str == "full_attention")))
+        f.bad("layer_types", *lt, "entries must be \"sliding_attention\" or \"full_attention\"");
+      c.sliding[l] = t.str == "sliding_attention";
+    }
+  } else {
+    c.sliding = c.nope;
+  }
+}
+
+// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3).
 void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_type) {
   llama_rope_of(f, c);
-  c.tie_embeddings = f.opt_bool("tie_word_embeddings", false);
+  c.tie_embeddings = f.opt_bool("tie_word_embeddings", c.arch == Arch::SMOLLM3);
   const std::string act = f.opt_str("hidden_act", "silu");
   if (act != "silu")
     f.bad("hidden_act", *f.get("hidden_act"), "optune's " + model_type + " MLP is SwiGLU; only \"silu\" is supported");
-  if (c.arch == Arch::LLAMA) {
+  if (c.arch == Arch::LLAMA || c.arch == Arch::SMOLLM3) {
     c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
     if (f.opt_bool("mlp_bias", false))
       f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
+    if (c.arch == Arch::SMOLLM3) smollm3_layers_of(f, c);
     return;
   }
   if (c.arch == Arch::QWEN2) {  // Qwen2 hard-codes biases on q/k/v and none on o_proj
@@ -302,7 +357,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
 
   const json::Value* mt = f.get("model_type");
   OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\", \"qwen2\", "
-                       "\"qwen3\" or \"gemma3_text\")");
+                       "\"qwen3\", \"gemma3_text\" or \"smollm3\")");
   if (!mt->is_string()) f.bad("model_type", *mt, "expected a string");
   const std::string model_type = mt->str;
   if (model_type == "gpt2") c.arch = Arch::GPT2;
@@ -310,13 +365,15 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   else if (model_type == "qwen2") c.arch = Arch::QWEN2;
   else if (model_type == "qwen3") c.arch = Arch::QWEN3;
   else if (model_type == "gemma3_text") c.arch = Arch::GEMMA3;
+  else if (model_type == "smollm3") c.arch = Arch::SMOLLM3;
   else if (model_type == "gemma3")
     f.bad("model_type", *mt,
           "a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); optune tunes the text-only ones "
           "(model_type \"gemma3_text\", Gemma3ForCausalLM: gemma-3-270m, gemma-3-1b)");
   else
     f.bad("model_type", *mt,
-          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\" and \"gemma3_text\"");
+          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\", \"gemma3_text\" and "
+          "\"smollm3\"");
 
   // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
   ModelConfig head = c;
@@ -417,9 +474,19 @@ static void llama_config_to(const ModelConfig& c, json::Value& o) {
   o.set("rope_theta", Value::of_float(c.rope_theta));
   if (c.rope_scaling.type != cpu::RopeScaling::NONE) o.set("rope_scaling", rope_object(-1, c.rope_scaling));
   o.set("rope_parameters", rope_object(c.rope_theta, c.rope_scaling));
-  if (c.arch == Arch::LLAMA) {
+  if (c.arch == Arch::LLAMA || c.arch == Arch::SMOLLM3) {
     o.set("attention_bias", Value::of_bool(c.qkv_bias));
     o.set("mlp_bias", Value::of_bool(false));
+    if (c.arch != Arch::SMOLLM3) return;
+    Value rope_layers = Value::new_array(), types = Value::new_array();
+    for (int l = 0; l < c.n_layer; l++) {
+      rope_layers.push(Value::of_int(c.layer_rotates(l) ? 1 : 0));
+      types.push(Value::of_string(c.layer_sliding(l) ? "sliding_attention" : "full_attention"));
+    }
+    o.set("no_rope_layers", std::move(rope_layers));
+    o.set("use_sliding_window", Value::of_bool(!c.sliding.empty()));
+    o.set("sliding_window", c.sliding.empty() ? Value::null() : Value::of_int(c.sliding_window));
+    o.set("layer_types", std::move(types));
   } else {
     if (c.arch == Arch::QWEN3) o.set("attention_bias", Value::of_bool(c.qkv_bias));
     o.set("use_sliding_window", Value::of_bool(false));
@@ -470,7 +537,7 @@ std::string config_to_hf_json(const ModelConfig& c) {
     o.set("activation_function", Value::of_string("gelu_new"));
     o.set("layer_norm_epsilon", Value::of_float(c.norm_eps));
   } else {
-    if (c.arch == Arch::LLAMA || c.arch == Arch::QWEN3 || c.is_gemma())
+    if (c.arch != Arch::QWEN2)
       OPTUNE_CHECK(c.qkv_bias == c.o_bias, std::string("config_to_hf_json: transformers' ") + hf_class_prefix(c.arch) +
                                                " has one attention_bias flag for q/k/v/o; qkv_bias and o_bias must "
                                                "be equal");

@@ -13,6 +13,7 @@ const char* arch_name(Arch a) {
     case Arch::QWEN2: return "qwen2";
     case Arch::QWEN3: return "qwen3";
     case Arch::GEMMA3: return "gemma3_text";
+    case Arch::SMOLLM3: return "smollm3";
   }
   return "?";
 }
@@ -24,6 +25,7 @@ const char* hf_class_prefix(Arch a) {
     case Arch::QWEN2: return "Qwen2";
     case Arch::QWEN3: return "Qwen3";
     case Arch::GEMMA3: return "Gemma3";
+    case Arch::SMOLLM3: return "SmolLM3";
   }
   return "?";
 }
@@ -82,14 +84,28 @@ void validate_config(const ModelConfig& c) {
                  "model config: layer_types needs one entry per layer (" + std::to_string(c.n_layer) + "), got " +
                      std::to_string(c.sliding.size()));
     positive(c.sliding_window, "sliding_window");
+    OPTUNE_CHECK(c.nope.empty(), "model config: Gemma 3 has no NoPE layers");
     OPTUNE_CHECK(c.rope_local_theta > 0 && std::isfinite(c.rope_local_theta),
                  "model config: the sliding-window layers' rope_theta (rope_local_base_freq) must be positive and "
                  "within float range");
   } else {
-    OPTUNE_CHECK(c.sliding.empty() && c.sliding_window == 0 && c.attn_scalar == 0,
-                 std::string("model config: sliding-window layers and query_pre_attn_scalar are Gemma 3's; ") +
+    OPTUNE_CHECK(c.attn_scalar == 0 && c.rope_local_theta == 0,
+                 std::string("model config: query_pre_attn_scalar and a local RoPE base are Gemma 3's; ") +
                      arch_name(c.arch) + " has neither");
   }
+  if (c.arch == Arch::SMOLLM3) {
+    OPTUNE_CHECK(c.nope.size() == static_cast<size_t>(c.n_layer),
+                 "model config: no_rope_layers needs one entry per layer (" + std::to_string(c.n_layer) + "), got " +
+                     std::to_string(c.nope.size()));
+    OPTUNE_CHECK(c.sliding.empty() || c.sliding.size() == static_cast<size_t>(c.n_layer),
+                 "model config: layer_types needs one entry per layer (" + std::to_string(c.n_layer) + ")");
+    if (!c.sliding.empty()) positive(c.sliding_window, "sliding_window");
+  } else if (!c.is_gemma()) {
+    OPTUNE_CHECK(c.sliding.empty() && c.sliding_window == 0 && c.nope.empty(),
+                 std::string("model config: sliding-window and NoPE layers are Gemma 3's and SmolLM3's; ") +
+                     arch_name(c.arch) + " has neither");
+  }
+
   OPTUNE_CHECK(c.vocab_size <= (1 << 24), "model config: vocab_size " + std::to_string(c.vocab_size) + " is too large");
 }
 

@@ -5,7 +5,8 @@
 // a norm after attention and after the MLP as well as before each (four a block), the embedding scaled by
 // sqrt(hidden_size), a tanh-GELU gate instead of SiLU, attention scaled by query_pre_attn_scalar^-1/2, and layers of
 // two kinds: sliding-window ones (each query sees its last `sliding_window` positions, RoPE base
-// rope_local_theta) and full ones. A reward model is the same backbone with a
+// rope_local_theta) and full ones. SmolLM3 is Llama with some layers that do not rotate q and k at all (NoPE,
+// every 4th by default), and optionally sliding-window layers. A reward model is the same backbone with a
 // scalar `score` head on the last token's final hidden state instead of the LM head.
 #pragma once
 #include <cmath>
@@ -17,7 +18,7 @@
 
 namespace optune {
 
-enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3 };
+enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3, SMOLLM3 };
 
 struct ModelConfig {
   Arch arch = Arch::GPT2;
@@ -39,8 +40,11 @@ struct ModelConfig {
   // Gemma 3 only:
   float attn_scalar = 0;           // query_pre_attn_scalar: scores scale by its -1/2 power (0: head_dim's)
   float rope_local_theta = 0;      // RoPE base of the sliding-window layers
+  // Gemma 3 and SmolLM3:
   int sliding_window = 0;          // positions a sliding-window layer's query sees, itself included
   std::vector<uint8_t> sliding;    // per layer: 1 = sliding-window attention (empty: every layer full)
+  // SmolLM3 only: per layer, 1 = no RoPE (NoPE; transformers' no_rope_layers holds the opposite: 1 = RoPE)
+  std::vector<uint8_t> nope;
   int bos_token_id = -1;   // carried through save/load, not used by the engine
   int eos_token_id = -1;
   int pad_token_id = -1;
@@ -49,6 +53,7 @@ struct ModelConfig {
   bool is_llama() const { return arch != Arch::GPT2; }
   bool qk_norm() const { return arch == Arch::QWEN3 || arch == Arch::GEMMA3; }  // RMSNorm over each q/k head
   bool is_gemma() const { return arch == Arch::GEMMA3; }
+  bool layer_rotates(int l) const { return is_llama() && !(l < static_cast<int>(nope.size()) && nope[l]); }
   // Gemma: the RMSNorms' scale is 1 + weight (the stored weight is transformers' own).
   float norm_offset() const { return is_gemma() ? 1.0f : 0.0f; }
   // Gemma: norms on the attention's and the MLP's outputs too (post_attention / post_feedforward_layernorm).
@@ -61,8 +66,11 @@ struct ModelConfig {
   }
   bool layer_sliding(int l) const { return l < static_cast<int>(sliding.size()) && sliding[l]; }
   int layer_window(int l) const { return layer_sliding(l) ? sliding_window : 0; }  // 0: no window
-  float layer_rope_theta(int l) const { return layer_sliding(l) ? rope_local_theta : rope_theta; }
-  cpu::RopeScaling layer_rope_scaling(int l) const { return layer_sliding(l) ? cpu::RopeScaling{} : rope_scaling; }
+  // Gemma's sliding-window layers have a RoPE base of their own, and no scaling
+  float layer_rope_theta(int l) const { return is_gemma() && layer_sliding(l) ? rope_local_theta : rope_theta; }
+  cpu::RopeScaling layer_rope_scaling(int l) const {
+    return is_gemma() && layer_sliding(l) ? cpu::RopeScaling{} : rope_scaling;
+  }
   int q_dim() const { return n_head * head_dim; }
   int kv_dim() const { return n_kv_head * head_dim; }
 };
@@ -72,8 +80,9 @@ void validate_config(const ModelConfig& cfg);
 
 // "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForSequenceClassification", ...
 std::string hf_architecture_name(const ModelConfig& cfg);
-// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3": the prefix of transformers' class names
+// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3" | "SmolLM3": the prefix of transformers' class names
 const char* hf_class_prefix(Arch a);
-const char* arch_name(Arch a);  // "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" (config.json's model_type)
+// "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" (config.json's model_type)
+const char* arch_name(Arch a);
 
 }  // namespace optune

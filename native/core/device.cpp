@@ -86,7 +86,8 @@ Device resolve_device(Device d) {
 
 void set_device(Model& m, Device requested, Precision p) {
   // 'auto' stays on the CPU for a model the CUDA backend cannot run, as for a GPU it cannot run on
-  const bool cuda_runs = !m.cfg.qk_norm() && m.cfg.rope_scaling.type == cpu::RopeScaling::NONE;
+  const bool cuda_runs =
+      !m.cfg.qk_norm() && m.cfg.rope_scaling.type == cpu::RopeScaling::NONE && m.cfg.arch != Arch::SMOLLM3;
   const Device d = requested == Device::AUTO && !cuda_runs ? Device::CPU : resolve_device(requested);
   if (d == Device::CPU) {
     if (m.device) {
@@ -101,6 +102,9 @@ void set_device(Model& m, Device requested, Precision p) {
                                      hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet" +
                                      (m.cfg.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "") +
                                      "; use device 'cpu'");
+  OPTUNE_CHECK(m.cfg.arch != Arch::SMOLLM3,
+               "device 'cuda': the CUDA backend does not run SmolLM3's NoPE and sliding-window layers yet; use device "
+               "'cpu'");
   OPTUNE_CHECK(m.cfg.rope_scaling.type == cpu::RopeScaling::NONE,
                "device 'cuda': the CUDA backend does not run scaled RoPE (\"linear\" / \"llama3\", e.g. Llama 3.1 and "
                "later) yet; use device 'cpu'");

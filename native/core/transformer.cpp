@@ -184,8 +184,10 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
       linear(v.k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
     }
     linear(v.v, a.norm1.data(), o.v_w, o.v_b, D, KVD);
-    cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.layer_rope_theta(l), c.layer_rope_scaling(l));
-    cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.layer_rope_theta(l), c.layer_rope_scaling(l));
+    if (c.layer_rotates(l)) {  // (SmolLM3's NoPE layers do not)
+      cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.layer_rope_theta(l), c.layer_rope_scaling(l));
+      cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.layer_rope_theta(l), c.layer_rope_scaling(l));
+    }
     // Gemma's attention scale: q takes the factor, so every attention kernel keeps its 1/sqrt(head_dim)
     if (c.q_scale() != 1.0f) scale_in_place(v.q, static_cast<int64_t>(T) * QD, c.q_scale());
   }
@@ -581,10 +583,12 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
       adapter_backward(a, o.qkv_w, dnorm.data(), dqkv.data(), a.norm1.data(), D, 3 * D);
     } else {
       if (c.q_scale() != 1.0f) scale_in_place(dv.q, static_cast<int64_t>(T) * QD, c.q_scale());
-      cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.layer_rope_theta(l),
-                         c.layer_rope_scaling(l));
-      cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.layer_rope_theta(l),
-                         c.layer_rope_scaling(l));
+      if (c.layer_rotates(l)) {
+        cpu::rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, acts.pos.data(), c.layer_rope_theta(l),
+                           c.layer_rope_scaling(l));
+        cpu::rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, acts.pos.data(), c.layer_rope_theta(l),
+                           c.layer_rope_scaling(l));
+      }
       float *dq = dv.q, *dk = dv.k;
       if (c.qk_norm()) {  // back through the per-head norms, into the projections' outputs
         const float* raw_q = a.qk_raw.data();

@@ -21,7 +21,7 @@ static bool same(const ModelConfig& a, const ModelConfig& b) {
          a.tie_embeddings == b.tie_embeddings && a.qkv_bias == b.qkv_bias && a.o_bias == b.o_bias &&
          a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id &&
          a.attn_scalar == b.attn_scalar && a.sliding_window == b.sliding_window && a.sliding == b.sliding &&
-         a.rope_local_theta == b.rope_local_theta && a.rope_scaling == b.rope_scaling;
+         a.rope_local_theta == b.rope_local_theta && a.rope_scaling == b.rope_scaling && a.nope == b.nope;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

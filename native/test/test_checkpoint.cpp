@@ -153,7 +153,7 @@ static bool same_config(const ModelConfig& a, const ModelConfig& b) {
          a.qkv_bias == b.qkv_bias && a.o_bias == b.o_bias && a.reward_model == b.reward_model &&
          a.bos_token_id == b.bos_token_id && a.eos_token_id == b.eos_token_id && a.pad_token_id == b.pad_token_id &&
          a.attn_scalar == b.attn_scalar && a.sliding_window == b.sliding_window && a.sliding == b.sliding &&
-         a.rope_local_theta == b.rope_local_theta && a.rope_scaling == b.rope_scaling;
+         a.rope_local_theta == b.rope_local_theta && a.rope_scaling == b.rope_scaling && a.nope == b.nope;
 }
 
 static bool same_params(const Model& a, const Model& b) {
@@ -250,7 +250,10 @@ TEST(config_json_round_trip) {
   g.bos_token_id = -1;
   ModelConfig rm = qwen2_cfg();
   rm.reward_model = true;
-  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm, qwen3_cfg(), gemma3_cfg()}) {
+  ModelConfig smol = llama_cfg();
+  smol.arch = Arch::SMOLLM3;
+  smol.nope = {0, 1};
+  for (const ModelConfig& c : {gpt2_cfg(), g, llama_cfg(), qwen2_cfg(), rm, qwen3_cfg(), gemma3_cfg(), smol}) {
     const std::string text = config_to_hf_json(c);
     CHECK_MSG(same_config(config_from_hf_json(text, "config.json"), c), text);
     CHECK(text.find("\"architectures\": [\n    \"" + hf_architecture_name(c) + "\"") != std::string::npos);
@@ -665,6 +668,9 @@ TEST(config_llama3_rope_scaling) {
   int blended = 0;
   for (int i = 0; i < 32; i++) blended += scaled[i] < plain[i] && scaled[i] > plain[i] / 32;
   CHECK(blended > 0);
+  // a 4.x rope_scaling wins over a rope_parameters that disagrees, with the top-level rope_theta (transformers 5)
+  c = parse_cfg(json_with(v4, "rope_parameters", R"({"rope_type": "linear", "rope_theta": 1e4, "factor": 6.0})"));
+  CHECK(c.rope_scaling.type == cpu::RopeScaling::LLAMA3 && c.rope_scaling.factor == 32.0f && c.rope_theta == 5e5f);
   // linear
   c = parse_cfg(json_with(v4, "rope_scaling", R"({"rope_type": "linear", "factor": 4.0})"));
   CHECK(c.rope_scaling.type == cpu::RopeScaling::LINEAR && c.rope_scaling.factor == 4.0f);
@@ -684,6 +690,36 @@ TEST(config_llama3_rope_scaling) {
   g.rope_scaling.type = cpu::RopeScaling::LINEAR;
   g.rope_scaling.factor = 2;
   CHECK_THROWS(validate_config(g), "GPT-2 has no RoPE to scale");
+}
+
+// SmolLM3-3B's config.json shape: every 4th layer NoPE (no_rope_layers), no sliding window; and the variants.
+TEST(config_smollm3) {
+  const std::string base = R"({"architectures": ["SmolLM3ForCausalLM"], "attention_bias": false, "bos_token_id": null,
+    "eos_token_id": 128012, "hidden_act": "silu", "hidden_size": 2048, "intermediate_size": 11008,
+    "max_position_embeddings": 65536, "mlp_bias": false, "model_type": "smollm3", "no_rope_layer_interval": 4,
+    "no_rope_layers": [1, 1, 1, 0, 1, 1, 1, 0], "num_attention_heads": 16, "num_hidden_layers": 8,
+    "num_key_value_heads": 4, "pad_token_id": 128004, "rms_norm_eps": 1e-06, "rope_scaling": null,
+    "rope_theta": 5000000.0, "sliding_window": null, "tie_word_embeddings": true, "use_sliding_window": false,
+    "vocab_size": 128256})";
+  ModelConfig c = parse_cfg(base);
+  CHECK(c.arch == Arch::SMOLLM3 && c.tie_embeddings && c.rope_theta == 5000000.0f && c.sliding.empty());
+  CHECK(c.nope == (std::vector<uint8_t>{0, 0, 0, 1, 0, 0, 0, 1}) && c.layer_rotates(0) && !c.layer_rotates(3));
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
+  CHECK(hf_architecture_name(c) == "SmolLM3ForCausalLM");
+  // no_rope_layers absent: every no_rope_layer_interval-th layer is NoPE
+  c = parse_cfg(json_with(json_with(base, "no_rope_layers", ""), "no_rope_layer_interval", "2"));
+  CHECK(c.nope == (std::vector<uint8_t>{0, 1, 0, 1, 0, 1, 0, 1}));
+  // a sliding window: on the layer_types' sliding layers, or (no layer_types) on the NoPE layers, as transformers
+  c = parse_cfg(json_with(json_with(base, "use_sliding_window", "true"), "sliding_window", "128"));
+  CHECK(c.sliding == c.nope && c.sliding_window == 128 && c.layer_window(3) == 128 && c.layer_window(0) == 0);
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
+  // use_sliding_window without a window: none (transformers ignores it too)
+  CHECK(parse_cfg(json_with(base, "use_sliding_window", "true")).sliding.empty());
+  CHECK_THROWS(parse_cfg(json_with(base, "no_rope_layers", "[1, 1]")), "one entry per layer (8)");
+  CHECK_THROWS(parse_cfg(json_with(base, "no_rope_layers", "[1, 1, 1, 2, 1, 1, 1, 0]")), "entries must be 1");
+  CHECK_THROWS(parse_cfg(json_with(json_with(json_with(base, "use_sliding_window", "true"), "sliding_window", "8"),
+                                   "layer_types", "[\"full_attention\"]")),
+               "one entry per layer (8)");
 }
 
 TEST(config_rejects_bad_fields) {

@@ -68,9 +68,21 @@ inline optune::ModelConfig tiny_gemma3(int vocab = 17) {
   return c;
 }
 
+// SmolLM3-like: Llama with layer 1 NoPE (no rotation) and sliding over 3 positions, layer 0 rotating and full.
+inline optune::ModelConfig tiny_smollm3(int vocab = 17) {
+  optune::ModelConfig c = tiny_llama(vocab);
+  c.arch = optune::Arch::SMOLLM3;
+  c.qkv_bias = false;
+  c.tie_embeddings = true;
+  c.nope = {0, 1};
+  c.sliding = {0, 1};
+  c.sliding_window = 3;
+  return c;
+}
+
 // One tiny config per block structure, for tests that must hold for every family.
 inline std::vector<optune::ModelConfig> tiny_families(int vocab = 17) {
-  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab), tiny_gemma3(vocab)};
+  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab), tiny_gemma3(vocab), tiny_smollm3(vocab)};
 }
 
 struct Rand {

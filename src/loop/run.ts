@@ -430,8 +430,9 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
       throw new Error(
         `cannot resume ${runDir}: the prompts encode to other token ids than when the run started (fingerprint ` +
           `${promptsFingerprint(task)}, saved ${savedPrompts}): the prompt file, the tokenizer or its chat template ` +
-          `changed, or the template writes today's date (Llama 3.1+: pass chatTemplateArgs {"date_string": ...} ` +
-          "with the date the run started on); restore them, or start a new run (--overwrite, or another --out)",
+          "changed (restore them), or the template writes today's date (Llama 3.2 / 3.3: set " +
+          `model.chatTemplateArgs.date_string in ${join(runDir, CONFIG_FILE)} to the date the run started on, as ` +
+          'the template writes it, e.g. "26 Jul 2024"); or start a new run (--overwrite, or another --out)',
       );
     }
     // The first training step would refuse a training state that does not fit; refusing it now saves the

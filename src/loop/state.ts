@@ -50,7 +50,7 @@ export interface RunState {
 
 /**
  * A fingerprint of a task's prompts as token ids (train then eval, each with its id): what the run state's cached
- * pairs and reference log-probs depend on. A chat template that writes today's date (Llama 3.1+) changes it.
+ * pairs and reference log-probs depend on. A chat template that writes today's date (Llama 3.2 / 3.3) changes it.
  */
 export function promptsFingerprint(task: Pick<Task, "trainPrompts" | "evalPrompts">): string {
   const hash = createHash("sha256");
