@@ -96,6 +96,32 @@ describe.each(Object.keys(parity.reward_models))("reward model %s", (name) => {
   });
 });
 
+describe("a Gemma 3 reward model whose tokenizer has a special token past its rows", () => {
+  it("scores a response that spells the token out, leaving the token out (the run goes on)", async () => {
+    const dir = join(scratch, "reward_gemma3_image_token");
+    cpSync(join(FIXTURES, "reward_gemma3"), dir, { recursive: true });
+    const path = join(dir, "tokenizer.json");
+    const json = JSON.parse(readFileSync(path, "utf8")) as { added_tokens: Record<string, unknown>[] };
+    const model = await EngineModel.load(dir);
+    const rows = model.config.vocabSize;
+    await model.dispose();
+    json.added_tokens.push({ id: rows, content: "<image_soft_token>", single_word: false, lstrip: false,
+      rstrip: false, normalized: false, special: true });
+    writeFileSync(path, JSON.stringify(json));
+    const source = await HfRewardModelSource.load(dir);
+    const junk = Int32Array.from([0]);
+    const prompts: ChatRewardPrompt[] = [{ text: "hi", ids: junk }, { text: "hi", ids: junk }];
+    const responses = [
+      { text: "a <image_soft_token> b", ids: junk, endedWithEos: true },
+      { text: "a  b", ids: junk, endedWithEos: true },
+    ];
+    expect(Array.from(source.encodeItem(prompts[0]!, responses[0]!)).every((id) => id < rows)).toBe(true);
+    const scores = await source.score({ prompts, responses });
+    expect(scores.every(Number.isFinite)).toBe(true);
+    await source.dispose();
+  });
+});
+
 describe("reward model errors", () => {
   it("a causal LM is not a reward model", async () => {
     await expect(HfRewardModelSource.load(join(FIXTURES, "smollm"))).rejects.toThrow(/smollm is a causal language model, not a reward model/);
