@@ -130,7 +130,7 @@ describe("models", () => {
     expect((await loaded.logprobs(batch)).seqLogps).toEqual((await m.logprobs(batch)).seqLogps);
   });
 
-  it("creates Llama 3 (llama3 RoPE scaling), Gemma 3 and SmolLM3 models whose configs survive a save and a load", async () => {
+  it("creates Llama 3 (llama3 RoPE), Gemma 3, SmolLM3 and OLMo 2 models whose configs survive a save and a load", async () => {
     const llama3 = {
       arch: "llama" as const, vocabSize: 50, dModel: 16, nLayer: 2, nHead: 2, nKvHead: 1, dFf: 32, maxPositions: 64,
       ropeTheta: 500000,
@@ -147,7 +147,11 @@ describe("models", () => {
       layerTypes: ["full_attention", "sliding_attention", "full_attention"] as ("sliding_attention" | "full_attention")[],
       ropeScaling: { type: "linear" as const, factor: 2 },
     };
-    for (const config of [llama3, gemma, smollm3]) {
+    const olmo2 = {
+      arch: "olmo2" as const, vocabSize: 50, dModel: 16, nLayer: 2, nHead: 2, nKvHead: 1, dFf: 32, maxPositions: 64,
+      ropeScaling: { type: "linear" as const, factor: 3 },
+    };
+    for (const config of [llama3, gemma, smollm3, olmo2]) {
       const m = await EngineModel.create(config, 4);
       expect(m.config).toMatchObject(config);
       const dir = join(tempDir(), `ckpt-${config.arch}`);

@@ -227,9 +227,11 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     c.arch = optune::Arch::GEMMA3;
   } else if (a == "smollm3") {
     c.arch = optune::Arch::SMOLLM3;
+  } else if (a == "olmo2") {
+    c.arch = optune::Arch::OLMO2;
   } else {
-    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2', 'qwen3', 'gemma3_text' or "
-                                    "'smollm3', got " + (arch.IsString() ? "'" + a + "'" : describe(arch)));
+    throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2', 'qwen3', 'gemma3_text', "
+                                    "'smollm3' or 'olmo2', got " + (arch.IsString() ? "'" + a + "'" : describe(arch)));
   }
   const int big = 1 << 30;
   c.vocab_size = req_int(o, "vocabSize", where, 1, big);

@@ -257,14 +257,14 @@ void smollm3_layers_of(const Fields& f, ModelConfig& c) {
   }
 }
 
-// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3).
+// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2).
 void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_type) {
   llama_rope_of(f, c);
   c.tie_embeddings = f.opt_bool("tie_word_embeddings", c.arch == Arch::SMOLLM3);
   const std::string act = f.opt_str("hidden_act", "silu");
   if (act != "silu")
     f.bad("hidden_act", *f.get("hidden_act"), "optune's " + model_type + " MLP is SwiGLU; only \"silu\" is supported");
-  if (c.arch == Arch::LLAMA || c.arch == Arch::SMOLLM3) {
+  if (c.arch == Arch::LLAMA || c.arch == Arch::SMOLLM3 || c.arch == Arch::OLMO2) {
     c.qkv_bias = c.o_bias = f.opt_bool("attention_bias", false);
     if (f.opt_bool("mlp_bias", false))
       f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
@@ -357,7 +357,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
 
   const json::Value* mt = f.get("model_type");
   OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\", \"qwen2\", "
-                       "\"qwen3\", \"gemma3_text\" or \"smollm3\")");
+                       "\"qwen3\", \"gemma3_text\", \"smollm3\" or \"olmo2\")");
   if (!mt->is_string()) f.bad("model_type", *mt, "expected a string");
   const std::string model_type = mt->str;
   if (model_type == "gpt2") c.arch = Arch::GPT2;
@@ -366,14 +366,15 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   else if (model_type == "qwen3") c.arch = Arch::QWEN3;
   else if (model_type == "gemma3_text") c.arch = Arch::GEMMA3;
   else if (model_type == "smollm3") c.arch = Arch::SMOLLM3;
+  else if (model_type == "olmo2") c.arch = Arch::OLMO2;
   else if (model_type == "gemma3")
     f.bad("model_type", *mt,
           "a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); optune tunes the text-only ones "
           "(model_type \"gemma3_text\", Gemma3ForCausalLM: gemma-3-270m, gemma-3-1b)");
   else
     f.bad("model_type", *mt,
-          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\", \"gemma3_text\" and "
-          "\"smollm3\"");
+          "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\", \"gemma3_text\", "
+          "\"smollm3\" and \"olmo2\"");
 
   // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
   ModelConfig head = c;
@@ -474,9 +475,9 @@ static void llama_config_to(const ModelConfig& c, json::Value& o) {
   o.set("rope_theta", Value::of_float(c.rope_theta));
   if (c.rope_scaling.type != cpu::RopeScaling::NONE) o.set("rope_scaling", rope_object(-1, c.rope_scaling));
   o.set("rope_parameters", rope_object(c.rope_theta, c.rope_scaling));
-  if (c.arch == Arch::LLAMA || c.arch == Arch::SMOLLM3) {
+  if (c.arch == Arch::LLAMA || c.arch == Arch::SMOLLM3 || c.arch == Arch::OLMO2) {
     o.set("attention_bias", Value::of_bool(c.qkv_bias));
-    o.set("mlp_bias", Value::of_bool(false));
+    if (c.arch != Arch::OLMO2) o.set("mlp_bias", Value::of_bool(false));  // (OLMo 2's config has none)
     if (c.arch != Arch::SMOLLM3) return;
     Value rope_layers = Value::new_array(), types = Value::new_array();
     for (int l = 0; l < c.n_layer; l++) {

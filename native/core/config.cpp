@@ -14,6 +14,7 @@ const char* arch_name(Arch a) {
     case Arch::QWEN3: return "qwen3";
     case Arch::GEMMA3: return "gemma3_text";
     case Arch::SMOLLM3: return "smollm3";
+    case Arch::OLMO2: return "olmo2";
   }
   return "?";
 }
@@ -26,6 +27,7 @@ const char* hf_class_prefix(Arch a) {
     case Arch::QWEN3: return "Qwen3";
     case Arch::GEMMA3: return "Gemma3";
     case Arch::SMOLLM3: return "SmolLM3";
+    case Arch::OLMO2: return "Olmo2";
   }
   return "?";
 }

@@ -6,7 +6,9 @@
 // sqrt(hidden_size), a tanh-GELU gate instead of SiLU, attention scaled by query_pre_attn_scalar^-1/2, and layers of
 // two kinds: sliding-window ones (each query sees its last `sliding_window` positions, RoPE base
 // rope_local_theta) and full ones. SmolLM3 is Llama with some layers that do not rotate q and k at all (NoPE,
-// every 4th by default), and optionally sliding-window layers. A reward model is the same backbone with a
+// every 4th by default), and optionally sliding-window layers. OLMo 2 is Llama with its norms moved: none before
+// the attention and the MLP, one on each one's output, and q and k normalized over their whole width (all heads
+// together) before the rotation. A reward model is the same backbone with a
 // scalar `score` head on the last token's final hidden state instead of the LM head.
 #pragma once
 #include <cmath>
@@ -18,7 +20,7 @@
 
 namespace optune {
 
-enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3, SMOLLM3 };
+enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3, SMOLLM3, OLMO2 };
 
 struct ModelConfig {
   Arch arch = Arch::GPT2;
@@ -51,13 +53,18 @@ struct ModelConfig {
 
   bool is_gpt2() const { return arch == Arch::GPT2; }
   bool is_llama() const { return arch != Arch::GPT2; }
-  bool qk_norm() const { return arch == Arch::QWEN3 || arch == Arch::GEMMA3; }  // RMSNorm over each q/k head
+  // RMSNorm on q and k before the rotation: over each head (Qwen3, Gemma 3) or the whole width (OLMo 2)
+  bool qk_norm() const { return arch == Arch::QWEN3 || arch == Arch::GEMMA3 || arch == Arch::OLMO2; }
+  int q_norm_width() const { return arch == Arch::OLMO2 ? q_dim() : head_dim; }
+  int k_norm_width() const { return arch == Arch::OLMO2 ? kv_dim() : head_dim; }
+  // norms before the attention and the MLP (all but OLMo 2)
+  bool pre_norms() const { return arch != Arch::OLMO2; }
   bool is_gemma() const { return arch == Arch::GEMMA3; }
   bool layer_rotates(int l) const { return is_llama() && !(l < static_cast<int>(nope.size()) && nope[l]); }
   // Gemma: the RMSNorms' scale is 1 + weight (the stored weight is transformers' own).
   float norm_offset() const { return is_gemma() ? 1.0f : 0.0f; }
   // Gemma: norms on the attention's and the MLP's outputs too (post_attention / post_feedforward_layernorm).
-  bool post_norms() const { return is_gemma(); }
+  bool post_norms() const { return is_gemma() || arch == Arch::OLMO2; }
   // Gemma multiplies the token embedding by sqrt(hidden_size), as an fp32 value (transformers' buffer).
   float embed_scale() const { return is_gemma() ? static_cast<float>(std::sqrt(static_cast<double>(d_model))) : 1.0f; }
   // The factor on q (after RoPE) that turns the attention's own 1/sqrt(head_dim) into 1/sqrt(attn_scalar).
@@ -80,9 +87,9 @@ void validate_config(const ModelConfig& cfg);
 
 // "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForSequenceClassification", ...
 std::string hf_architecture_name(const ModelConfig& cfg);
-// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3" | "SmolLM3": the prefix of transformers' class names
+// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3" | "SmolLM3" | "Olmo2": the prefix of transformers' class names
 const char* hf_class_prefix(Arch a);
-// "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" (config.json's model_type)
+// "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" | "olmo2" (config.json's model_type)
 const char* arch_name(Arch a);
 
 }  // namespace optune

@@ -99,7 +99,9 @@ void set_device(Model& m, Device requested, Precision p) {
   }
   OPTUNE_CHECK(!m.lora, "device 'cuda': LoRA adapters run on the CPU backend only; use device 'cpu'");
   OPTUNE_CHECK(!m.cfg.qk_norm(), std::string("device 'cuda': the CUDA backend does not run ") +
-                                     hf_class_prefix(m.cfg.arch) + "'s per-head q/k norms yet" +
+                                     hf_class_prefix(m.cfg.arch) +
+                                     (m.cfg.arch == Arch::OLMO2 ? "'s q/k norms and post-norms yet"
+                                                                : "'s per-head q/k norms yet") +
                                      (m.cfg.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "") +
                                      "; use device 'cpu'");
   OPTUNE_CHECK(m.cfg.arch != Arch::SMOLLM3,

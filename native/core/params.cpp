@@ -62,7 +62,7 @@ ParamLayout build_param_layout(const ModelConfig& c) {
     for (int l = 0; l < c.n_layer; l++) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       LayerOffsets& o = L.layers[l];
-      o.norm1_w = b.add(p + "input_layernorm.weight", {D}, false);
+      if (c.pre_norms()) o.norm1_w = b.add(p + "input_layernorm.weight", {D}, false);
       o.q_w = b.add(p + "self_attn.q_proj.weight", {QD, D}, true);
       if (c.qkv_bias) o.q_b = b.add(p + "self_attn.q_proj.bias", {QD}, false);
       o.k_w = b.add(p + "self_attn.k_proj.weight", {KVD, D}, true);
@@ -70,14 +70,14 @@ ParamLayout build_param_layout(const ModelConfig& c) {
       o.v_w = b.add(p + "self_attn.v_proj.weight", {KVD, D}, true);
       if (c.qkv_bias) o.v_b = b.add(p + "self_attn.v_proj.bias", {KVD}, false);
       if (c.qk_norm()) {
-        o.q_norm_w = b.add(p + "self_attn.q_norm.weight", {c.head_dim}, false);
-        o.k_norm_w = b.add(p + "self_attn.k_norm.weight", {c.head_dim}, false);
+        o.q_norm_w = b.add(p + "self_attn.q_norm.weight", {c.q_norm_width()}, false);
+        o.k_norm_w = b.add(p + "self_attn.k_norm.weight", {c.k_norm_width()}, false);
       }
       o.o_w = b.add(p + "self_attn.o_proj.weight", {D, QD}, true);
       if (c.o_bias) o.o_b = b.add(p + "self_attn.o_proj.bias", {D}, false);
       if (c.post_norms()) {
         o.post_attn_norm_w = b.add(p + "post_attention_layernorm.weight", {D}, false);
-        o.norm2_w = b.add(p + "pre_feedforward_layernorm.weight", {D}, false);
+        if (c.pre_norms()) o.norm2_w = b.add(p + "pre_feedforward_layernorm.weight", {D}, false);
         o.post_mlp_norm_w = b.add(p + "post_feedforward_layernorm.weight", {D}, false);
       } else {
         o.norm2_w = b.add(p + "post_attention_layernorm.weight", {D}, false);

@@ -31,18 +31,19 @@ static size_t qkv_size(const ModelConfig& c, int T) {
 template <class Fn>
 static void for_each_layer_buffer(LayerActs& a, const ModelConfig& c, int T, int64_t probs_size, Fn&& fn) {
   const size_t D = c.d_model, F = c.d_ff, Tn = T;
-  fn(a.norm1, Tn * D);
-  fn(a.norm1_mean, Tn);
-  fn(a.norm1_rstd, Tn);
+  const size_t pre = c.pre_norms() ? 1 : 0;  // OLMo 2 has no norms before the attention and the MLP
+  fn(a.norm1, pre * Tn * D);
+  fn(a.norm1_mean, pre * Tn);
+  fn(a.norm1_rstd, pre * Tn);
   fn(a.qkv, qkv_size(c, T));
   fn(a.qk_raw, c.qk_norm() ? Tn * (c.q_dim() + c.kv_dim()) : 0);
   fn(a.qk_rstd, c.qk_norm() ? Tn * (c.n_head + c.n_kv_head) : 0);
   fn(a.probs, static_cast<size_t>(probs_size));
   fn(a.atty, Tn * c.q_dim());
   fn(a.res_attn, Tn * D);
-  fn(a.norm2, Tn * D);
-  fn(a.norm2_mean, Tn);
-  fn(a.norm2_rstd, Tn);
+  fn(a.norm2, pre * Tn * D);
+  fn(a.norm2_mean, pre * Tn);
+  fn(a.norm2_rstd, pre * Tn);
   fn(a.fc, Tn * F);
   fn(a.up, c.is_llama() ? Tn * F : 0);
   fn(a.act, Tn * F);
@@ -165,25 +166,29 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
   };
 
   // attention
-  norm_forward(c, a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), x, at(P, o.norm1_w), at(P, o.norm1_b), T);
+  if (c.pre_norms())
+    norm_forward(c, a.norm1.data(), a.norm1_mean.data(), a.norm1_rstd.data(), x, at(P, o.norm1_w), at(P, o.norm1_b),
+                 T);
+  const float* attn_in = c.pre_norms() ? a.norm1.data() : x;
   QKV v = qkv_view(c, a.qkv.data(), T);
   if (c.is_gpt2()) {
-    linear(a.qkv.data(), a.norm1.data(), o.qkv_w, o.qkv_b, D, 3 * D);
+    linear(a.qkv.data(), attn_in, o.qkv_w, o.qkv_b, D, 3 * D);
   } else {
     if (c.qk_norm()) {  // Qwen3: q and k projected into qk_raw, then each head normalized into place
       float* raw_q = a.qk_raw.data();
       float* raw_k = raw_q + static_cast<size_t>(T) * QD;
-      linear(raw_q, a.norm1.data(), o.q_w, o.q_b, D, QD);
-      linear(raw_k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
-      cpu::rmsnorm_forward(v.q, a.qk_rstd.data(), raw_q, at(P, o.q_norm_w), T * c.n_head, c.head_dim, c.norm_eps,
+      linear(raw_q, attn_in, o.q_w, o.q_b, D, QD);
+      linear(raw_k, attn_in, o.k_w, o.k_b, D, KVD);
+      const int qw = c.q_norm_width(), kw = c.k_norm_width();
+      cpu::rmsnorm_forward(v.q, a.qk_rstd.data(), raw_q, at(P, o.q_norm_w), T * (QD / qw), qw, c.norm_eps,
                            c.norm_offset());
       cpu::rmsnorm_forward(v.k, a.qk_rstd.data() + static_cast<size_t>(T) * c.n_head, raw_k, at(P, o.k_norm_w),
-                           T * c.n_kv_head, c.head_dim, c.norm_eps, c.norm_offset());
+                           T * (KVD / kw), kw, c.norm_eps, c.norm_offset());
     } else {
-      linear(v.q, a.norm1.data(), o.q_w, o.q_b, D, QD);
-      linear(v.k, a.norm1.data(), o.k_w, o.k_b, D, KVD);
+      linear(v.q, attn_in, o.q_w, o.q_b, D, QD);
+      linear(v.k, attn_in, o.k_w, o.k_b, D, KVD);
     }
-    linear(v.v, a.norm1.data(), o.v_w, o.v_b, D, KVD);
+    linear(v.v, attn_in, o.v_w, o.v_b, D, KVD);
     if (c.layer_rotates(l)) {  // (SmolLM3's NoPE layers do not)
       cpu::rope_forward(v.q, T, v.qs, c.n_head, c.head_dim, pos, c.layer_rope_theta(l), c.layer_rope_scaling(l));
       cpu::rope_forward(v.k, T, v.ks, c.n_kv_head, c.head_dim, pos, c.layer_rope_theta(l), c.layer_rope_scaling(l));
@@ -206,13 +211,15 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
   });
 
   // MLP
-  norm_forward(c, a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.res_attn.data(), at(P, o.norm2_w),
-               at(P, o.norm2_b), T);
-  linear(a.fc.data(), a.norm2.data(), o.fc_w, o.fc_b, D, F);
+  if (c.pre_norms())
+    norm_forward(c, a.norm2.data(), a.norm2_mean.data(), a.norm2_rstd.data(), a.res_attn.data(), at(P, o.norm2_w),
+                 at(P, o.norm2_b), T);
+  const float* mlp_in = c.pre_norms() ? a.norm2.data() : a.res_attn.data();
+  linear(a.fc.data(), mlp_in, o.fc_w, o.fc_b, D, F);
   if (c.is_gpt2()) {
     cpu::gelu_forward(a.act.data(), a.fc.data(), static_cast<int64_t>(T) * F);
   } else {
-    linear(a.up.data(), a.norm2.data(), o.up_w, kAbsent, D, F);
+    linear(a.up.data(), mlp_in, o.up_w, kAbsent, D, F);
     if (c.is_gemma())
       cpu::geglu_forward(a.act.data(), a.fc.data(), a.up.data(), static_cast<int64_t>(T) * F);
     else
@@ -534,6 +541,22 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
     }
     const LayerActs& a = acts.layers[acts.recompute ? 0 : l];
     const LayerOffsets& o = L.layers[l];
+    // the projections' inputs: the pre-norms' outputs, or (OLMo 2) the block input and the attention's residual
+    const float* attn_in = c.pre_norms() ? a.norm1.data() : x;
+    const float* mlp_in = c.pre_norms() ? a.norm2.data() : a.res_attn.data();
+    // the gradient of such an input into the residual stream's: through the pre-norm, or straight
+    auto input_backward = [&](size_t w, size_t b, const float* in, const std::vector<float>& mean,
+                              const std::vector<float>& rstd) {
+      if (c.pre_norms()) {
+        norm_backward(c, dresid.data(), at(G, w), at(G, b), dnorm.data(), in, at(P, w), mean.data(), rstd.data(), T);
+        return;
+      }
+      const int64_t n = static_cast<int64_t>(T) * D;
+      cpu::parallel_blocks(n, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+        for (int64_t i = i0; i < i1; i++) dresid[i] += dnorm[i];
+      });
+    };
 
     // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))) (Gemma: PostNorm(Proj(...))). The first product
     // into each input-gradient buffer overwrites it (add_dinp false), so only the activations' += outputs are
@@ -553,15 +576,14 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
         cpu::geglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), nf);
       else
         cpu::swiglu_backward(dfc.data(), dup.data(), dact.data(), a.fc.data(), a.up.data(), nf);
-      cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), a.norm2.data(), at(P, o.up_w), T, D, F,
+      cpu::linear_backward(dnorm.data(), at(G, o.up_w), nullptr, dup.data(), mlp_in, at(P, o.up_w), T, D, F,
                            lin, acts.bf16, false);
-      adapter_backward(a, o.up_w, dnorm.data(), dup.data(), a.norm2.data(), D, F);
+      adapter_backward(a, o.up_w, dnorm.data(), dup.data(), mlp_in, D, F);
     }
-    cpu::linear_backward(dnorm.data(), at(G, o.fc_w), at(G, o.fc_b), dfc.data(), a.norm2.data(), at(P, o.fc_w), T, D,
+    cpu::linear_backward(dnorm.data(), at(G, o.fc_w), at(G, o.fc_b), dfc.data(), mlp_in, at(P, o.fc_w), T, D,
                          F, lin, acts.bf16, c.is_llama());
-    adapter_backward(a, o.fc_w, dnorm.data(), dfc.data(), a.norm2.data(), D, F);
-    norm_backward(c, dresid.data(), at(G, o.norm2_w), at(G, o.norm2_b), dnorm.data(), a.res_attn.data(),
-                  at(P, o.norm2_w), a.norm2_mean.data(), a.norm2_rstd.data(), T);
+    adapter_backward(a, o.fc_w, dnorm.data(), dfc.data(), mlp_in, D, F);
+    input_backward(o.norm2_w, o.norm2_b, a.res_attn.data(), a.norm2_mean, a.norm2_rstd);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x)))) (Gemma: PostNorm(O(...)))
     const float* dattn = c.post_norms() ? post_norm_backward(o.post_attn_norm_w, a.post_attn, a.post_attn_rstd)
@@ -578,9 +600,9 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
       cpu::attention_backward(dv.q, dv.k, dv.v, datty.data(), a.probs.data(), v.q, v.qs, v.k, v.ks, v.v, v.vs,
                               b.offsets.data(), b.n_seq(), c.n_head, c.n_kv_head, c.head_dim);
     if (c.is_gpt2()) {
-      cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), a.norm1.data(), at(P, o.qkv_w),
+      cpu::linear_backward(dnorm.data(), at(G, o.qkv_w), at(G, o.qkv_b), dqkv.data(), attn_in, at(P, o.qkv_w),
                            T, D, 3 * D, lin, acts.bf16, false);
-      adapter_backward(a, o.qkv_w, dnorm.data(), dqkv.data(), a.norm1.data(), D, 3 * D);
+      adapter_backward(a, o.qkv_w, dnorm.data(), dqkv.data(), attn_in, D, 3 * D);
     } else {
       if (c.q_scale() != 1.0f) scale_in_place(dv.q, static_cast<int64_t>(T) * QD, c.q_scale());
       if (c.layer_rotates(l)) {
@@ -597,23 +619,23 @@ void transformer_backward(Model& m, const Batch& b, Acts& acts, const float* dno
         zeros(dqk_raw, static_cast<size_t>(T) * (QD + KVD));
         dq = dqk_raw.data();
         dk = dq + static_cast<size_t>(T) * QD;
+        const int qw = c.q_norm_width(), kw = c.k_norm_width();
         cpu::rmsnorm_backward(dq, at(G, o.q_norm_w), dv.q, raw_q, at(P, o.q_norm_w), a.qk_rstd.data(),
-                              T * c.n_head, c.head_dim, c.norm_offset());
-        cpu::rmsnorm_backward(dk, at(G, o.k_norm_w), dv.k, raw_k, at(P, o.k_norm_w), rstd_k, T * c.n_kv_head,
-                              c.head_dim, c.norm_offset());
+                              T * (QD / qw), qw, c.norm_offset());
+        cpu::rmsnorm_backward(dk, at(G, o.k_norm_w), dv.k, raw_k, at(P, o.k_norm_w), rstd_k, T * (KVD / kw), kw,
+                              c.norm_offset());
       }
-      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dq, a.norm1.data(), at(P, o.q_w), T, D, QD, lin,
+      cpu::linear_backward(dnorm.data(), at(G, o.q_w), at(G, o.q_b), dq, attn_in, at(P, o.q_w), T, D, QD, lin,
                            acts.bf16, false);
-      adapter_backward(a, o.q_w, dnorm.data(), dq, a.norm1.data(), D, QD);
-      cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dk, a.norm1.data(), at(P, o.k_w), T, D, KVD,
+      adapter_backward(a, o.q_w, dnorm.data(), dq, attn_in, D, QD);
+      cpu::linear_backward(dnorm.data(), at(G, o.k_w), at(G, o.k_b), dk, attn_in, at(P, o.k_w), T, D, KVD,
                            lin, acts.bf16);
-      adapter_backward(a, o.k_w, dnorm.data(), dk, a.norm1.data(), D, KVD);
-      cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, a.norm1.data(), at(P, o.v_w), T, D, KVD,
+      adapter_backward(a, o.k_w, dnorm.data(), dk, attn_in, D, KVD);
+      cpu::linear_backward(dnorm.data(), at(G, o.v_w), at(G, o.v_b), dv.v, attn_in, at(P, o.v_w), T, D, KVD,
                            lin, acts.bf16);
-      adapter_backward(a, o.v_w, dnorm.data(), dv.v, a.norm1.data(), D, KVD);
+      adapter_backward(a, o.v_w, dnorm.data(), dv.v, attn_in, D, KVD);
     }
-    norm_backward(c, dresid.data(), at(G, o.norm1_w), at(G, o.norm1_b), dnorm.data(), x, at(P, o.norm1_w),
-                  a.norm1_mean.data(), a.norm1_rstd.data(), T);
+    input_backward(o.norm1_w, o.norm1_b, x, a.norm1_mean, a.norm1_rstd);
   }
 
   // embeddings: tokens in order (a token id may repeat, and a fixed order keeps results reproducible), the

@@ -722,6 +722,28 @@ TEST(config_smollm3) {
                "one entry per layer (8)");
 }
 
+// OLMo-2-0425-1B's config.json shape: no pre-norms, whole-width q/k norms, post-norms (in the layout); untied.
+TEST(config_olmo2) {
+  const std::string text = R"({"architectures": ["Olmo2ForCausalLM"], "attention_bias": false,
+    "attention_dropout": 0.0, "eos_token_id": 100257, "hidden_act": "silu", "hidden_size": 2048,
+    "initializer_range": 0.02, "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "olmo2",
+    "num_attention_heads": 16, "num_hidden_layers": 16, "num_key_value_heads": 16, "pad_token_id": 100277,
+    "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 500000, "tie_word_embeddings": false,
+    "torch_dtype": "float32", "use_cache": true, "vocab_size": 100352})";
+  const ModelConfig c = parse_cfg(text);
+  CHECK(c.arch == Arch::OLMO2 && c.qk_norm() && !c.pre_norms() && c.post_norms() && !c.tie_embeddings);
+  CHECK(c.q_norm_width() == 2048 && c.k_norm_width() == 2048 && c.rope_theta == 500000.0f);
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
+  CHECK(config_to_hf_json(c).find("mlp_bias") == std::string::npos);
+  const ParamLayout L = build_param_layout(c);
+  CHECK(L.find("model.layers.0.input_layernorm.weight") == nullptr);
+  CHECK(L.find("model.layers.0.pre_feedforward_layernorm.weight") == nullptr);
+  CHECK(L.find("model.layers.0.post_attention_layernorm.weight") != nullptr);
+  CHECK(L.find("model.layers.0.post_feedforward_layernorm.weight") != nullptr);
+  CHECK(L.find("model.layers.0.self_attn.q_norm.weight")->shape == std::vector<int64_t>{2048});
+  CHECK(hf_architecture_name(c) == "Olmo2ForCausalLM");
+}
+
 TEST(config_rejects_bad_fields) {
   CHECK_THROWS(parse_cfg("{"), "/m/config.json: invalid JSON at byte 1");
   CHECK_THROWS(parse_cfg("[]"), "must be a JSON object");

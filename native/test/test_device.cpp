@@ -63,6 +63,8 @@ TEST(qwen3_on_cuda_is_refused_with_the_reason) {
   CHECK_THROWS(set_device(*s, Device::CUDA), "the CUDA backend does not run scaled RoPE");
   set_device(*s, Device::AUTO);
   CHECK(s->device == nullptr && model_device(*s) == Device::CPU);
+  auto olmo = make_model(testing::tiny_olmo2());
+  CHECK_THROWS(set_device(*olmo, Device::CUDA), "does not run Olmo2's q/k norms and post-norms yet");
   auto smol = make_model(testing::tiny_smollm3());
   CHECK_THROWS(set_device(*smol, Device::CUDA), "does not run SmolLM3's NoPE and sliding-window layers yet");
   auto g = make_model(testing::tiny_gemma3());

@@ -80,9 +80,19 @@ inline optune::ModelConfig tiny_smollm3(int vocab = 17) {
   return c;
 }
 
+// OLMo-2-like: no pre-norms, post-norms on the attention's and the MLP's outputs, q and k normalized over their
+// whole width (all heads), GQA, untied.
+inline optune::ModelConfig tiny_olmo2(int vocab = 17) {
+  optune::ModelConfig c = tiny_llama(vocab);
+  c.arch = optune::Arch::OLMO2;
+  c.qkv_bias = false;
+  return c;
+}
+
 // One tiny config per block structure, for tests that must hold for every family.
 inline std::vector<optune::ModelConfig> tiny_families(int vocab = 17) {
-  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab), tiny_gemma3(vocab), tiny_smollm3(vocab)};
+  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab), tiny_gemma3(vocab), tiny_smollm3(vocab),
+          tiny_olmo2(vocab)};
 }
 
 struct Rand {

@@ -353,7 +353,7 @@ struct Registrar {
     regs.emplace_back(names.back().c_str(), std::move(fn));
   }
   Registrar() {
-    for (std::string lm : {"gpt2", "llama", "qwen2", "qwen3", "gemma3", "llama_rope", "smollm3"}) {
+    for (std::string lm : {"gpt2", "llama", "qwen2", "qwen3", "gemma3", "llama_rope", "smollm3", "olmo2"}) {
       add(lm + "/logits", [lm] { check_logits(lm); });
       add(lm + "/logprobs", [lm] { check_logprobs(lm); });
       add(lm + "/dpo", [lm] { check_loss(lm, LossKind::DPO, "dpo"); });

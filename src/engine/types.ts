@@ -1,7 +1,7 @@
 // Types of the native addon (build/Release/optune.node) and of the engine wrapper built on it.
 // Field names are the addon's; the C++ side (native/addon/convert.cpp) checks every one of them again.
 
-export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3";
+export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" | "olmo2";
 export type LossName = "sft" | "dpo" | "ipo" | "hinge" | "simpo" | "bt";
 
 /** A decoder-only transformer, as the engine describes it (native/core/config.h). */

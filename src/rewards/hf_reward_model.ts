@@ -1,5 +1,5 @@
-// A reward model from a Hugging Face *ForSequenceClassification directory (Llama, Qwen2, Qwen3, Gemma 3, SmolLM3 or
-// GPT-2, one label; the score head comes from the checkpoint). It reads text, never the policy's ids: each
+// A reward model from a Hugging Face *ForSequenceClassification directory (Llama, Qwen2, Qwen3, Gemma 3, SmolLM3,
+// OLMo 2 or GPT-2, one label; the score head comes from the checkpoint). It reads text, never the policy's ids: each
 // (prompt, response) is rebuilt as a conversation and rendered with the reward model's OWN chat template and
 // tokenizer, because its
 // vocabulary generally differs from the policy's. Without a chat template, prompt text + response text is scored.
@@ -50,7 +50,7 @@ export class HfRewardModelSource implements RewardSource {
       if (!model.config.rewardModel) {
         throw new Error(
           `${dir} is a causal language model, not a reward model; a reward model directory has ` +
-            `architectures ["LlamaForSequenceClassification"] (or Qwen2/Qwen3/SmolLM3/GPT2, or Gemma3Text) with num_labels 1`,
+            `architectures ["LlamaForSequenceClassification"] (or Qwen2/Qwen3/SmolLM3/Olmo2/GPT2, or Gemma3Text) with num_labels 1`,
         );
       }
       tokenizer.checkFitsModel(model.config.vocabSize, dir);
