@@ -4,7 +4,8 @@
 Run with the reference venv plus PEFT, after make_parity_fixtures.py (whose fixtures this reads and never writes):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY -m pip install peft==0.21.0 &&
     $PY tools/make_lora_fixtures.py [CASE...]
-Writes native/test/fixtures/parity/lora_<case>/ for the cases gpt2, llama, qwen3, gemma3 (or only the ones named):
+Writes native/test/fixtures/parity/lora_<case>/ for the cases gpt2, llama, qwen3, gemma3, smollm3, olmo2 (or only the
+ones named):
     adapter_config.json, adapter_model.safetensors   PEFT's own files from save_pretrained (fp32; PEFT's model card
                                                      README.md is deleted). base_model_name_or_path is "../<case>";
                                                      target_modules is written sorted (PEFT's set order varies).
@@ -15,7 +16,7 @@ beta and AdamW settings are that case's case.json, all used unchanged.
 Adapter: LoraConfig(r=4, lora_alpha=8, lora_dropout=0, bias="none", task_type="CAUSAL_LM"), so PEFT's
 scale = lora_alpha / r = 2; a targeted layer computes y = x W^T + b + 2 * (x A^T) B^T with A [r, in], B [out, r].
 Targets: gpt2 c_attn, c_proj (attn.c_proj and mlp.c_proj), c_fc, with fan_in_fan_out=True because GPT-2's Conv1D
-stores W as [in, out] (A and B keep nn.Linear's layout; only the merge transposes B A); llama, qwen3 and gemma3 q_proj,
+stores W as [in, out] (A and B keep nn.Linear's layout; only the merge transposes B A); the others q_proj,
 k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj. Neither the lm_head nor the (tied) embedding is targeted.
 PEFT's initial B is zero; every lora_A and lora_B is overwritten with 0.1 N(0, 1) in fp32 from a seeded generator
 (in named_parameters order), so the adapter changes the outputs from the start.
@@ -62,7 +63,9 @@ RANK, ALPHA, INIT_STD = 4, 8, 0.1
 TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
            "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
            "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-           "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+           "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "smollm3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "olmo2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 CASES = list(TARGETS)  # appended: seeds follow the index
 
 
