@@ -97,7 +97,7 @@ describe.each(Object.keys(parity.reward_models))("reward model %s", (name) => {
 });
 
 describe("a Gemma 3 reward model whose tokenizer has a special token past its rows", () => {
-  it("scores a response that spells the token out, leaving the token out (the run goes on)", async () => {
+  it("scores a response that spells the token out as the response without it (the run goes on)", async () => {
     const dir = join(scratch, "reward_gemma3_image_token");
     cpSync(join(FIXTURES, "reward_gemma3"), dir, { recursive: true });
     const path = join(dir, "tokenizer.json");
@@ -115,9 +115,15 @@ describe("a Gemma 3 reward model whose tokenizer has a special token past its ro
       { text: "a <image_soft_token> b", ids: junk, endedWithEos: true },
       { text: "a  b", ids: junk, endedWithEos: true },
     ];
-    expect(Array.from(source.encodeItem(prompts[0]!, responses[0]!)).every((id) => id < rows)).toBe(true);
+    expect(Array.from(source.encodeItem(prompts[0]!, responses[0]!))).toEqual(
+      Array.from(source.encodeItem(prompts[1]!, responses[1]!)),
+    );
     const scores = await source.score({ prompts, responses });
-    expect(scores.every(Number.isFinite)).toBe(true);
+    expect(scores[0]).toBe(scores[1]);
+    // in the prompt, the token still fails (the reward model's own input, not the policy's choice)
+    await expect(source.score({ prompts: [{ text: "<image_soft_token>", ids: junk }], responses: [responses[1]!] })).rejects.toThrow(
+      /holds the special token "<image_soft_token>"/,
+    );
     await source.dispose();
   });
 });

@@ -99,7 +99,7 @@ def make_model(case):
             max_position_embeddings=64, tie_word_embeddings=True, **common)
     elif case == "olmo2":
         # OLMo 2: no norms before the attention and the MLP, norms on their outputs, q and k normalized over all
-        # heads together (q_norm [64], k_norm [32]); untied
+        # heads together (q_norm [32], k_norm [16]); untied
         cfg = transformers.Olmo2Config(
             hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,

@@ -266,7 +266,7 @@ optune::ModelConfig to_config(const Napi::Value& v) {
   // transformers' defaults
   c.norm_eps = opt_float(o, "normEps", where, gemma || smollm3 ? 1e-6f : c.norm_eps);
   c.rope_theta = opt_float(o, "ropeTheta", where, gemma ? 1e6f : smollm3 ? 2e6f : c.rope_theta);
-  c.tie_embeddings = opt_bool(o, "tieEmbeddings", where, c.tie_embeddings);
+  c.tie_embeddings = opt_bool(o, "tieEmbeddings", where, c.arch != optune::Arch::OLMO2 && c.tie_embeddings);
   for (const char* key : {"queryPreAttnScalar", "ropeLocalTheta"})
     if (!gemma && !o.Get(key).IsUndefined())
       throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's; arch '" + a + "' has no such setting");

@@ -176,7 +176,7 @@ float rope_float(const Fields& f, double theta) {
 }
 
 // The Llama-shaped families' RoPE: theta (transformers' default: 10000, SmolLM3's 2e6) and scaling. As in
-// transformers 5, a rope_scaling (4.x) wins over rope_parameters, with the top-level rope_theta beside it.
+// transformers 5, a rope_scaling (4.x) wins over rope_parameters; its own rope_theta, else the top-level one.
 void llama_rope_of(const Fields& f, ModelConfig& c) {
   double theta = f.opt_num("rope_theta", c.arch == Arch::SMOLLM3 ? 2000000.0 : 10000.0);
   const json::Value* scaling = f.get("rope_scaling");
@@ -186,10 +186,7 @@ void llama_rope_of(const Fields& f, ModelConfig& c) {
     read_rope_object(f, "rope_parameters", *rp, dict_theta, &dict_scaling);  // checked either way
     if (!scaling) theta = dict_theta, c.rope_scaling = dict_scaling;
   }
-  if (scaling) {
-    double ignored = theta;  // (transformers takes the top-level rope_theta with a rope_scaling)
-    read_rope_object(f, "rope_scaling", *scaling, ignored, &c.rope_scaling);
-  }
+  if (scaling) read_rope_object(f, "rope_scaling", *scaling, theta, &c.rope_scaling);
   c.rope_theta = rope_float(f, theta);
 }
 
@@ -211,9 +208,10 @@ void gemma_rope_of(const Fields& f, ModelConfig& c) {
   }
   // a 4.x rope_scaling (the full layers') wins over rope_parameters' full_attention entry, as in transformers 5
   if (const json::Value* rs = f.get("rope_scaling")) {
-    double ignored = full;
+    double theta = f.opt_num("rope_theta", 1000000.0);  // its own rope_theta, else the top-level one
     c.rope_scaling = cpu::RopeScaling{};
-    read_rope_object(f, "rope_scaling", *rs, ignored, &c.rope_scaling);
+    read_rope_object(f, "rope_scaling", *rs, theta, &c.rope_scaling);
+    full = theta;
   }
   c.rope_theta = rope_float(f, full);
   c.rope_local_theta = rope_float(f, local);
@@ -238,23 +236,27 @@ void smollm3_layers_of(const Fields& f, ModelConfig& c) {
   }
   c.sliding.clear();
   c.sliding_window = 0;
-  if (!f.opt_bool("use_sliding_window", false)) return;
+  const bool use = f.opt_bool("use_sliding_window", false);
   const json::Value* window = f.get("sliding_window");
-  if (!window) return;  // transformers: no window without sliding_window
-  c.sliding_window = f.size("sliding_window", *window, kMaxPositions);
-  c.sliding.assign(c.n_layer, 0);
+  std::vector<uint8_t> kinds;
   if (const json::Value* lt = f.get("layer_types")) {
     if (!lt->is_array() || lt->array.size() != static_cast<size_t>(c.n_layer))
       f.bad("layer_types", *lt, "expected a list with one entry per layer (" + std::to_string(c.n_layer) + ")");
-    for (size_t l = 0; l < lt->array.size(); l++) {
-      const json::Value& t = lt->array[l];
+    for (const json::Value& t : lt->array) {
       if (!(t.is_string() && (t.str == "sliding_attention" || t.str == "full_attention")))
         f.bad("layer_types", *lt, "entries must be \"sliding_attention\" or \"full_attention\"");
-      c.sliding[l] = t.str == "sliding_attention";
+      kinds.push_back(t.str == "sliding_attention");
     }
-  } else {
-    c.sliding = c.nope;
+    // transformers' attention kernels disagree on such layers (eager and sdpa slide them, flash attention does not,
+    // and without a window transformers fails): refused rather than picking one
+    if (std::find(kinds.begin(), kinds.end(), 1) != kinds.end() && !(use && window))
+      f.bad("layer_types", *lt,
+            "sliding_attention layers need use_sliding_window true and a sliding_window (set both, or make the layers "
+            "full_attention)");
   }
+  if (!use || !window) return;  // transformers: no window without both
+  c.sliding_window = f.size("sliding_window", *window, kMaxPositions);
+  c.sliding = kinds.empty() ? c.nope : kinds;  // without layer_types the NoPE layers slide, as transformers derives
 }
 
 // The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2).

@@ -715,6 +715,17 @@ TEST(config_smollm3) {
   CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
   // use_sliding_window without a window: none (transformers ignores it too)
   CHECK(parse_cfg(json_with(base, "use_sliding_window", "true")).sliding.empty());
+  // sliding layer_types without use_sliding_window and a window: transformers' kernels disagree, so refused
+  const std::string types = R"(["sliding_attention", "full_attention", "full_attention", "full_attention",
+    "full_attention", "full_attention", "full_attention", "full_attention"])";
+  CHECK_THROWS(parse_cfg(json_with(json_with(base, "layer_types", types), "sliding_window", "8")),
+               "sliding_attention layers need use_sliding_window true and a sliding_window");
+  c = parse_cfg(json_with(json_with(json_with(base, "layer_types", types), "sliding_window", "8"),
+                          "use_sliding_window", "true"));
+  CHECK(c.sliding == (std::vector<uint8_t>{1, 0, 0, 0, 0, 0, 0, 0}) && c.sliding_window == 8);
+  // a rope_scaling's own rope_theta wins over the top-level one (transformers 5)
+  c = parse_cfg(json_with(base, "rope_scaling", R"({"rope_type": "linear", "factor": 2, "rope_theta": 7000})"));
+  CHECK(c.rope_theta == 7000.0f && c.rope_scaling.factor == 2.0f);
   CHECK_THROWS(parse_cfg(json_with(base, "no_rope_layers", "[1, 1]")), "one entry per layer (8)");
   CHECK_THROWS(parse_cfg(json_with(base, "no_rope_layers", "[1, 1, 1, 2, 1, 1, 1, 0]")), "entries must be 1");
   CHECK_THROWS(parse_cfg(json_with(json_with(json_with(base, "use_sliding_window", "true"), "sliding_window", "8"),

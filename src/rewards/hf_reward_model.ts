@@ -72,19 +72,20 @@ export class HfRewardModelSource implements RewardSource {
 
   /**
    * The reward model's own ids for one item: what it scores, read at the last token. A special token the reward
-   * model has no row for (Gemma 3's <image_soft_token>, spelled out in a response) is left out rather than failing
-   * the run, which would fail the same way again on resume.
+   * model has no row for (Gemma 3's <image_soft_token>) spelled out in the response is taken out of its text rather
+   * than failing the run, which would fail the same way again on resume; in the prompt or the template it fails.
    */
   encodeItem(prompt: ChatRewardPrompt, response: RewardResponse): Int32Array {
     if (prompt.messages !== undefined) this.checkChatPrompts();
+    const responseText = this.tokenizer.withoutTokensBeyondModel(response.text);
     let ids: Int32Array;
     if (this.tokenizer.chatTemplate !== undefined) {
       const messages: ChatMessage[] = prompt.messages !== undefined ? [...prompt.messages] : [{ role: "user", content: prompt.text }];
-      messages.push({ role: "assistant", content: response.text });
-      ids = this.tokenizer.encodeChat(messages, { addGenerationPrompt: false, dropBeyondModel: true });
+      messages.push({ role: "assistant", content: responseText });
+      ids = this.tokenizer.encodeChat(messages, { addGenerationPrompt: false });
     } else {
-      const head = this.tokenizer.encode(prompt.text, { dropBeyondModel: true });
-      const tail = this.tokenizer.encode(response.text, { addSpecialTokens: false, dropBeyondModel: true });
+      const head = this.tokenizer.encode(prompt.text);
+      const tail = this.tokenizer.encode(responseText, { addSpecialTokens: false });
       ids = new Int32Array(head.length + tail.length);
       ids.set(head);
       ids.set(tail, head.length);

@@ -13,16 +13,6 @@ import { type ChatMessage, ChatTemplate, type ChatTemplateArgs, findChatTemplate
 import { readStopTokens, type StopTokens } from "./generation_config.js";
 import { readJsonObject, tokenText } from "./json_file.js";
 
-export interface EncodeOptions {
-  /** Apply the post-processor, e.g. a leading BOS (default true). */
-  addSpecialTokens?: boolean;
-  /**
-   * Leave out special tokens past the model's rows (checkFitsModel) instead of refusing the text: for text the
-   * model did not choose, such as a policy's response read by a reward model.
-   */
-  dropBeyondModel?: boolean;
-}
-
 export interface HfTokenizerOptions {
   /** A Jinja chat template that replaces the directory's own (or supplies one where it has none). */
   chatTemplate?: string;
@@ -160,11 +150,10 @@ export class HfTokenizer {
   }
 
   /** Token ids of `text`; addSpecialTokens (default true) applies the post-processor, e.g. a leading BOS. */
-  encode(text: string, options: EncodeOptions = {}): Int32Array {
+  encode(text: string, options: { addSpecialTokens?: boolean } = {}): Int32Array {
     const encoding = this.tokenizer.encode(text, { add_special_tokens: options.addSpecialTokens ?? true });
     const ids = Int32Array.from(encoding.ids);
     const rows = this.modelRows;
-    if (rows !== undefined && options.dropBeyondModel === true) return ids.filter((i) => i < rows);
     if (rows !== undefined) {
       const id = ids.find((i) => i >= rows);
       if (id !== undefined) {
@@ -200,14 +189,21 @@ export class HfTokenizer {
   }
 
   /** Ids of a rendered conversation; the template writes any BOS itself, so no special tokens are added. */
-  encodeChat(
-    messages: readonly ChatMessage[],
-    options: { addGenerationPrompt: boolean; dropBeyondModel?: boolean },
-  ): Int32Array {
-    return this.encode(this.applyChatTemplate(messages, options), {
-      addSpecialTokens: false,
-      ...(options.dropBeyondModel === undefined ? {} : { dropBeyondModel: options.dropBeyondModel }),
-    });
+  encodeChat(messages: readonly ChatMessage[], options: { addGenerationPrompt: boolean }): Int32Array {
+    return this.encode(this.applyChatTemplate(messages, options), { addSpecialTokens: false });
+  }
+
+  /**
+   * `text` without the special tokens the model has no rows for (checkFitsModel), spelled out: for text the model
+   * did not choose, such as a policy's response read by a reward model (a prompt or a template that writes one
+   * still fails in encode()).
+   */
+  withoutTokensBeyondModel(text: string): string {
+    const rows = this.modelRows;
+    if (rows === undefined) return text;
+    let out = text;
+    for (const [token, id] of this.tokenizer.get_vocab(true)) if (id >= rows) out = out.split(token).join("");
+    return out;
   }
 
   /**
