@@ -217,6 +217,19 @@ void gemma_rope_of(const Fields& f, ModelConfig& c) {
   c.rope_local_theta = rope_float(f, local);
 }
 
+// layer_types as per-layer flags, 1 for "sliding_attention" (one entry per layer, each of the two kinds).
+std::vector<uint8_t> sliding_of_layer_types(const Fields& f, const json::Value& lt, int n_layer) {
+  if (!lt.is_array() || lt.array.size() != static_cast<size_t>(n_layer))
+    f.bad("layer_types", lt, "expected a list with one entry per layer (" + std::to_string(n_layer) + ")");
+  std::vector<uint8_t> sliding;
+  for (const json::Value& t : lt.array) {
+    if (!(t.is_string() && (t.str == "sliding_attention" || t.str == "full_attention")))
+      f.bad("layer_types", lt, "entries must be \"sliding_attention\" or \"full_attention\"");
+    sliding.push_back(t.str == "sliding_attention");
+  }
+  return sliding;
+}
+
 // SmolLM3's layer kinds: NoPE layers (no_rope_layers, 1 = RoPE; or every no_rope_layer_interval-th), and sliding
 // windows where use_sliding_window says (layer_types; or, as transformers derives them, the NoPE layers).
 void smollm3_layers_of(const Fields& f, ModelConfig& c) {
@@ -240,13 +253,7 @@ void smollm3_layers_of(const Fields& f, ModelConfig& c) {
   const json::Value* window = f.get("sliding_window");
   std::vector<uint8_t> kinds;
   if (const json::Value* lt = f.get("layer_types")) {
-    if (!lt->is_array() || lt->array.size() != static_cast<size_t>(c.n_layer))
-      f.bad("layer_types", *lt, "expected a list with one entry per layer (" + std::to_string(c.n_layer) + ")");
-    for (const json::Value& t : lt->array) {
-      if (!(t.is_string() && (t.str == "sliding_attention" || t.str == "full_attention")))
-        f.bad("layer_types", *lt, "entries must be \"sliding_attention\" or \"full_attention\"");
-      kinds.push_back(t.str == "sliding_attention");
-    }
+    kinds = sliding_of_layer_types(f, *lt, c.n_layer);
     // transformers' attention kernels disagree on such layers (eager and sdpa slide them, flash attention does not,
     // and without a window transformers fails): refused rather than picking one
     if (std::find(kinds.begin(), kinds.end(), 1) != kinds.end() && !(use && window))
@@ -293,14 +300,7 @@ void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_t
 void gemma_layers_of(const Fields& f, ModelConfig& c) {
   c.sliding.assign(c.n_layer, 0);
   if (const json::Value* lt = f.get("layer_types")) {
-    if (!lt->is_array() || lt->array.size() != static_cast<size_t>(c.n_layer))
-      f.bad("layer_types", *lt, "expected a list with one entry per layer (" + std::to_string(c.n_layer) + ")");
-    for (size_t l = 0; l < lt->array.size(); l++) {
-      const json::Value& t = lt->array[l];
-      if (!(t.is_string() && (t.str == "sliding_attention" || t.str == "full_attention")))
-        f.bad("layer_types", *lt, "entries must be \"sliding_attention\" or \"full_attention\"");
-      c.sliding[l] = t.str == "sliding_attention";
-    }
+    c.sliding = sliding_of_layer_types(f, *lt, c.n_layer);
   } else {
     // (transformers reads sliding_window_pattern only; the "_sliding_window_pattern" it writes is not read back)
     const int pattern = f.opt_size("sliding_window_pattern", 6, kMaxLayers);
