@@ -193,7 +193,8 @@ void llama_rope_of(const Fields& f, ModelConfig& c) {
 // Gemma 3's two RoPE bases: transformers 5 writes rope_parameters {"full_attention": {...}, "sliding_attention":
 // {...}}; 4.x files have rope_theta (full) and rope_local_base_freq (sliding), and rope_scaling (full layers only).
 void gemma_rope_of(const Fields& f, ModelConfig& c) {
-  double full = f.opt_num("rope_theta", 1000000.0), local = f.opt_num("rope_local_base_freq", 10000.0);
+  const double top = f.opt_num("rope_theta", 1000000.0);
+  double full = top, local = f.opt_num("rope_local_base_freq", 10000.0);
   if (const json::Value* rp = f.get("rope_parameters")) {
     if (!rp->is_object()) f.bad("rope_parameters", *rp, "expected an object");
     for (const auto& kv : rp->object) {
@@ -208,10 +209,9 @@ void gemma_rope_of(const Fields& f, ModelConfig& c) {
   }
   // a 4.x rope_scaling (the full layers') wins over rope_parameters' full_attention entry, as in transformers 5
   if (const json::Value* rs = f.get("rope_scaling")) {
-    double theta = f.opt_num("rope_theta", 1000000.0);  // its own rope_theta, else the top-level one
+    full = top;  // its own rope_theta, else the top-level one
     c.rope_scaling = cpu::RopeScaling{};
-    read_rope_object(f, "rope_scaling", *rs, theta, &c.rope_scaling);
-    full = theta;
+    read_rope_object(f, "rope_scaling", *rs, full, &c.rope_scaling);
   }
   c.rope_theta = rope_float(f, full);
   c.rope_local_theta = rope_float(f, local);
@@ -424,13 +424,13 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
     c.n_layer = f.req_size("num_hidden_layers", model_type, kMaxLayers);
     c.n_head = f.req_size("num_attention_heads", model_type, kMaxHeads);
     c.max_positions = f.req_size("max_position_embeddings", model_type, kMaxPositions);
-    // Gemma3TextConfig's defaults where a field is missing: 4 KV heads, head_dim 256
+    // missing fields take transformers' defaults: Gemma3TextConfig's 4 KV heads and head_dim 256, else n_head KV
+    // heads and hidden_size / num_attention_heads
     c.n_kv_head = f.opt_size("num_key_value_heads", c.is_gemma() ? 4 : c.n_head, kMaxHeads);
-    if (c.is_gemma() && !f.get("head_dim")) c.head_dim = 256;
-    else if (!f.get("head_dim") && c.d_model % c.n_head != 0)
+    if (!c.is_gemma() && !f.get("head_dim") && c.d_model % c.n_head != 0)
       throw Error(where + ": hidden_size (" + std::to_string(c.d_model) + ") is not divisible by " +
                   "num_attention_heads (" + std::to_string(c.n_head) + ") and there is no \"head_dim\" field");
-    if (!c.is_gemma() || f.get("head_dim")) c.head_dim = f.opt_size("head_dim", c.d_model / c.n_head, kMaxWidth);
+    c.head_dim = f.opt_size("head_dim", c.is_gemma() ? 256 : c.d_model / c.n_head, kMaxWidth);
     c.norm_eps = f.opt_float("rms_norm_eps", 1e-6);
     if (c.is_gemma())
       gemma_config_of(f, c);
@@ -468,12 +468,11 @@ static json::Value rope_object(float theta, const cpu::RopeScaling& s) {
   return r;
 }
 
-// Llama's, Qwen2's and Qwen3's own fields.
+// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2).
 static void llama_config_to(const ModelConfig& c, json::Value& o) {
   using json::Value;
   o.set("hidden_act", Value::of_string("silu"));
-  // rope_parameters for transformers 5, rope_theta and rope_scaling for 4.x (5.x reads them too; the dict wins
-  // when both exist).
+  // rope_parameters for transformers 5, rope_theta and rope_scaling for 4.x (5.x reads them too: the two agree).
   o.set("rope_theta", Value::of_float(c.rope_theta));
   if (c.rope_scaling.type != cpu::RopeScaling::NONE) o.set("rope_scaling", rope_object(-1, c.rope_scaling));
   o.set("rope_parameters", rope_object(c.rope_theta, c.rope_scaling));

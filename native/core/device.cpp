@@ -84,11 +84,22 @@ Device resolve_device(Device d) {
   return Device::CPU;
 }
 
+// Why the CUDA backend cannot run this model ("" when it can): the architectures and settings it has no kernels for.
+static std::string cuda_model_problem(const ModelConfig& c) {
+  const std::string prefix = std::string("the CUDA backend does not run ") + hf_class_prefix(c.arch);
+  if (c.qk_norm())
+    return prefix + (c.arch == Arch::OLMO2 ? "'s q/k norms and post-norms yet" : "'s per-head q/k norms yet") +
+           (c.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "");
+  if (c.arch == Arch::SMOLLM3) return prefix + "'s NoPE and sliding-window layers yet";
+  if (c.rope_scaling.type != cpu::RopeScaling::NONE)
+    return "the CUDA backend does not run scaled RoPE (\"linear\" / \"llama3\", e.g. Llama 3.1 and later) yet";
+  return "";
+}
+
 void set_device(Model& m, Device requested, Precision p) {
   // 'auto' stays on the CPU for a model the CUDA backend cannot run, as for a GPU it cannot run on
-  const bool cuda_runs =
-      !m.cfg.qk_norm() && m.cfg.rope_scaling.type == cpu::RopeScaling::NONE && m.cfg.arch != Arch::SMOLLM3;
-  const Device d = requested == Device::AUTO && !cuda_runs ? Device::CPU : resolve_device(requested);
+  const std::string model_problem = cuda_model_problem(m.cfg);
+  const Device d = requested == Device::AUTO && !model_problem.empty() ? Device::CPU : resolve_device(requested);
   if (d == Device::CPU) {
     if (m.device) {
       sync_to_host(m);
@@ -98,18 +109,7 @@ void set_device(Model& m, Device requested, Precision p) {
     return;
   }
   OPTUNE_CHECK(!m.lora, "device 'cuda': LoRA adapters run on the CPU backend only; use device 'cpu'");
-  OPTUNE_CHECK(!m.cfg.qk_norm(), std::string("device 'cuda': the CUDA backend does not run ") +
-                                     hf_class_prefix(m.cfg.arch) +
-                                     (m.cfg.arch == Arch::OLMO2 ? "'s q/k norms and post-norms yet"
-                                                                : "'s per-head q/k norms yet") +
-                                     (m.cfg.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "") +
-                                     "; use device 'cpu'");
-  OPTUNE_CHECK(m.cfg.arch != Arch::SMOLLM3,
-               "device 'cuda': the CUDA backend does not run SmolLM3's NoPE and sliding-window layers yet; use device "
-               "'cpu'");
-  OPTUNE_CHECK(m.cfg.rope_scaling.type == cpu::RopeScaling::NONE,
-               "device 'cuda': the CUDA backend does not run scaled RoPE (\"linear\" / \"llama3\", e.g. Llama 3.1 and "
-               "later) yet; use device 'cpu'");
+  OPTUNE_CHECK(model_problem.empty(), "device 'cuda': " + model_problem + "; use device 'cpu'");
 #ifdef OPTUNE_HAVE_CUDA
   OPTUNE_CHECK(cuda::device_count() > 0,
                "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "

@@ -160,8 +160,9 @@ void block_forward(const Model& m, int l, LayerActs& a, const float* x, int T, c
     cpu::linear_forward(out, inp, at(P, w), at(P, bias), T, in, outf, layout, bf16);
     if (const LoraTarget* t = lora ? lora->find(w) : nullptr) {
       const int r = lora->cfg.rank;
-      cpu::lora_forward(out, a.lora_h.data() + lora_rows(*t, T, r), inp, lora->params.data() + t->a, lora->params.data() + t->b,
-                        lora->scale, T, in, outf, r);
+      const float* LP = lora->params.data();
+      cpu::lora_forward(out, a.lora_h.data() + lora_rows(*t, T, r), inp, LP + t->a, LP + t->b, lora->scale, T, in,
+                        outf, r);
     }
   };
 

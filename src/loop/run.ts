@@ -401,6 +401,7 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
   // Models and reward sources load before the run directory is written, so that a bad model, device or reward
   // leaves nothing behind to block the retry.
   const { policy, reference, proxy, evaluator } = await openRunInputs(task, loaded, config);
+  const prompts = promptsFingerprint(task);
   try {
     if (policy.lora !== null) {
       const { rank, alpha, modules, trainableParams } = policy.lora;
@@ -426,10 +427,10 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
     }
     // The pool's pairs and cached reference log-probs were computed on the prompts' ids as encoded at the start.
     const savedPrompts = loaded?.state.promptIds;
-    if (savedPrompts !== undefined && savedPrompts !== promptsFingerprint(task)) {
+    if (savedPrompts !== undefined && savedPrompts !== prompts) {
       throw new Error(
         `cannot resume ${runDir}: the prompts encode to other token ids than when the run started (fingerprint ` +
-          `${promptsFingerprint(task)}, saved ${savedPrompts}): the prompt file, the tokenizer or its chat template ` +
+          `${prompts}, saved ${savedPrompts}): the prompt file, the tokenizer or its chat template ` +
           "changed (restore them), or the template writes today's date (Llama 3.2 / 3.3: set " +
           `model.chatTemplateArgs.date_string in ${join(runDir, CONFIG_FILE)} to the date the run started on, as ` +
           'the template writes it, e.g. "26 Jul 2024"); or start a new run (--overwrite, or another --out)',
@@ -481,7 +482,7 @@ export async function runLoop(options: RunOptions): Promise<RunResult> {
     } else {
       truncateMetrics(join(runDir, METRICS_FILE), -1);
       ctx.state.referenceWeights = await reference.fingerprint();
-      ctx.state.promptIds = promptsFingerprint(task);
+      ctx.state.promptIds = prompts;
       const start = await evaluateStart(ctx);
       await saveIteration(ctx, start);
       metrics.push(start);

@@ -74,6 +74,8 @@ export class HfTokenizer {
   readonly stopTokens: StopTokens;
   /** Rows of the model checkFitsModel accepted this tokenizer for, when special tokens lie past them. */
   private modelRows: number | undefined;
+  /** Those special tokens' texts (checkFitsModel). */
+  private tokensBeyondModel: string[] = [];
   /** Undefined when the directory has none and no override was given. */
   readonly chatTemplate: ChatTemplate | undefined;
 
@@ -199,10 +201,8 @@ export class HfTokenizer {
    * still fails in encode()).
    */
   withoutTokensBeyondModel(text: string): string {
-    const rows = this.modelRows;
-    if (rows === undefined) return text;
     let out = text;
-    for (const [token, id] of this.tokenizer.get_vocab(true)) if (id >= rows) out = out.split(token).join("");
+    for (const token of this.tokensBeyondModel) out = out.split(token).join("");
     return out;
   }
 
@@ -213,15 +213,19 @@ export class HfTokenizer {
    */
   checkFitsModel(modelVocab: number, modelDir: string): void {
     if (this.vocabSize <= modelVocab) return;
+    const beyond: string[] = [];
     for (const [token, id] of this.tokenizer.get_vocab(true)) {
-      if (id >= modelVocab && !this.specialIds.has(id)) {
+      if (id < modelVocab) continue;
+      if (!this.specialIds.has(id)) {
         throw new Error(
           `the tokenizer in ${this.dir} has ${this.vocabSize} tokens but the model in ${modelDir} has only ` +
             `${modelVocab} embeddings (vocab_size; token ${JSON.stringify(token)} is id ${id}); they do not belong together`,
         );
       }
+      beyond.push(token);
     }
     this.modelRows = modelVocab;
+    this.tokensBeyondModel = beyond;
   }
 
   /** Copies the tokenizer files that exist into `dstDir` (created if needed). */
