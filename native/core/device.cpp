@@ -90,9 +90,8 @@ static std::string cuda_model_problem(const ModelConfig& c) {
   if (c.qk_norm())
     return prefix + (c.arch == Arch::OLMO2 ? "'s q/k norms and post-norms yet" : "'s per-head q/k norms yet") +
            (c.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "");
-  if (c.arch == Arch::SMOLLM3) return prefix + "'s NoPE and sliding-window layers yet";
-  if (c.rope_scaling.type != cpu::RopeScaling::NONE)
-    return "the CUDA backend does not run scaled RoPE (\"linear\" / \"llama3\", e.g. Llama 3.1 and later) yet";
+  for (int l = 0; l < c.n_layer; l++)
+    if (c.layer_sliding(l)) return prefix + "'s sliding-window layers yet";
   return "";
 }
 

@@ -168,20 +168,19 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
 
-__global__ void rope_table_kernel(float2* table, int64_t n, int head_dim, float theta) {
+__global__ void rope_table_kernel(float2* table, int64_t n, int head_dim, const double* inv_freq) {
   const int half = head_dim / 2;
   GRID_STRIDE_LOOP(idx, n) {
     const int pos = static_cast<int>(idx / half), i = static_cast<int>(idx % half);
-    const double inv_freq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / head_dim);
-    const double angle = static_cast<double>(pos) * inv_freq;
+    const double angle = static_cast<double>(pos) * inv_freq[i];
     table[idx] = make_float2(static_cast<float>(cos(angle)), static_cast<float>(sin(angle)));
   }
 }
 
-void rope_table(float2* table, int cap, int head_dim, float theta, cudaStream_t st) {
+void rope_table(float2* table, int cap, int head_dim, const double* inv_freq, cudaStream_t st) {
   const int64_t n = static_cast<int64_t>(cap) * (head_dim / 2);
   if (n <= 0) return;
-  rope_table_kernel<<<grid_for(n), kThreads, 0, st>>>(table, n, head_dim, theta);
+  rope_table_kernel<<<grid_for(n), kThreads, 0, st>>>(table, n, head_dim, inv_freq);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

@@ -62,6 +62,8 @@ void to_device(Model& m, Precision p) {
   ds->n_params = m.params.size();
   ds->params = Buffer<float>(ds->n_params, "model weights");
   if (p == Precision::BF16) ds->params_bf16 = Buffer<uint16_t>(ds->n_params, "bf16 weight copy");
+  ds->rope = rope_sets(m.cfg);
+  if (!ds->rope.freqs.empty()) ds->rope_freqs = Buffer<double>(ds->rope.freqs, "RoPE frequencies");
   ds->upload(m);
   m.device = std::move(ds);
 }

@@ -21,6 +21,7 @@
 #include "core/engine.h"
 #include "core/model.h"
 #include "memory.h"
+#include "rope_sets.h"
 
 namespace optune::cuda {
 
@@ -69,6 +70,8 @@ struct DeviceState final : DeviceEngine {
   Buffer<float> grads;            // allocated on the first train step
   Buffer<float> adam_m, adam_v;   // allocated on the first optimizer step
   bool host_stale = false;        // device weights/moments changed since the last download
+  RopeSets rope;                  // each layer's RoPE frequencies (host copy) ...
+  Buffer<double> rope_freqs;      // ... and rope.freqs on the device
 
   DeviceState();
   ~DeviceState() override;        // the last device model to go frees the shared arena
@@ -76,6 +79,10 @@ struct DeviceState final : DeviceEngine {
   size_t device_bytes() const;
   const uint16_t* bf16(size_t offset) const { return params_bf16.data() ? params_bf16.data() + offset : nullptr; }
   void refresh_bf16();  // params -> params_bf16 (bf16 only)
+  // Layer l's RoPE frequencies on the device (rope.cu's inv_freq); null when the layer does not rotate.
+  const double* layer_inv_freq(int l) const {
+    return rope.layer_set[l] < 0 ? nullptr : rope_freqs.data() + static_cast<size_t>(rope.layer_set[l]) * rope.half;
+  }
 
   Device device() const override { return Device::CUDA; }
   Precision precision() const override { return prec; }

@@ -62,8 +62,11 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, u
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 
 // ---- rotary position embedding (in place; rotate_half layout, as cpu::rope_*) -----------------------------------
-void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
-void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta);
+// inv_freq: the head_dim / 2 frequencies (device memory, doubles), cpu::rope_inv_freq's (rope_sets.h).
+void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos,
+                  const double* inv_freq);
+void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos,
+                   const double* inv_freq);
 
 // ---- causal self-attention over a packed ragged batch ----------------------------------------------------------
 // Layout as cpu::attention_forward (offsets[n_seq + 1], q [T, H*hd] stride qs, k/v [T, KV*hd] strides ks/vs,

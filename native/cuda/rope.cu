@@ -1,6 +1,6 @@
 // Rotary position embedding, rotate_half layout (dimension i pairs with i + head_dim/2; pair i turns by
-// pos * theta^(-2i/head_dim)). Angles, cos and sin in double, rounded once, as cpu/rope.cpp does, so both backends
-// rotate by the same float cos/sin. A block per row: the row's cos/sin per pair index go to shared memory once and
+// pos * inv_freq[i], the CPU's frequencies: rope_sets.h). Angles, cos and sin in double, rounded once, as
+// cpu/rope.cpp does, so both backends rotate by the same float cos/sin. A block per row: the row's cos/sin per pair index go to shared memory once and
 // serve every head (they do not depend on the head; per (row, head, pair) the double pow/cos/sin and a 64-bit index
 // division dominated the kernel). Backward turns by the opposite angle.
 #include <algorithm>
@@ -10,13 +10,12 @@
 
 namespace optune::cuda {
 
-__global__ void rope_kernel(float* x, int stride, int n_heads, int head_dim, const int32_t* pos, float theta,
-                            float sign) {
+__global__ void rope_kernel(float* x, int stride, int n_heads, int head_dim, const int32_t* pos,
+                            const double* inv_freq, float sign) {
   extern __shared__ float cs[];  // [half] cos, then [half] sign * sin
   const int r = blockIdx.x, half = head_dim / 2;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const double inv_freq = 1.0 / pow(static_cast<double>(theta), (2.0 * i) / head_dim);
-    const double angle = static_cast<double>(pos[r]) * inv_freq;
+    const double angle = static_cast<double>(pos[r]) * inv_freq[i];
     cs[i] = static_cast<float>(cos(angle));
     cs[half + i] = sign * static_cast<float>(sin(angle));
   }
@@ -31,18 +30,20 @@ __global__ void rope_kernel(float* x, int stride, int n_heads, int head_dim, con
   }
 }
 
-static void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta,
-                       float sign) {
+static void rope_apply(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos,
+                       const double* inv_freq, float sign) {
   if (rows <= 0 || n_heads <= 0 || head_dim < 2) return;
-  rope_kernel<<<rows, 128, head_dim * sizeof(float)>>>(x, stride, n_heads, head_dim, pos, theta, sign);
+  rope_kernel<<<rows, 128, head_dim * sizeof(float)>>>(x, stride, n_heads, head_dim, pos, inv_freq, sign);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta) {
-  rope_apply(x, rows, stride, n_heads, head_dim, pos, theta, 1.0f);
+void rope_forward(float* x, int rows, int stride, int n_heads, int head_dim, const int32_t* pos,
+                  const double* inv_freq) {
+  rope_apply(x, rows, stride, n_heads, head_dim, pos, inv_freq, 1.0f);
 }
-void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos, float theta) {
-  rope_apply(dx, rows, stride, n_heads, head_dim, pos, theta, -1.0f);
+void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, const int32_t* pos,
+                   const double* inv_freq) {
+  rope_apply(dx, rows, stride, n_heads, head_dim, pos, inv_freq, -1.0f);
 }
 
 }  // namespace optune::cuda

@@ -25,6 +25,7 @@
 #include "lt_gemm.h"
 #include "memory.h"
 #include "ops.h"
+#include "rope_sets.h"
 #include "sampler_cuda.h"
 #include "sampler_kernels.cuh"
 
@@ -436,9 +437,15 @@ class Sampler {
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
     logits_ = alloc<float>(static_cast<size_t>(R_) * LV_, "sampler logits (responses x vocab)");
-    if (c_.is_llama()) {  // RoPE's rotations at every position the call reaches
-      rope_ = alloc<float2>(static_cast<size_t>(cap_) * (c_.head_dim / 2), "sampler RoPE rotations");
-      rope_table(rope_.data(), cap_, c_.head_dim, c_.rope_theta, st());
+    const RopeSets rs = rope_sets(c_);  // RoPE's rotations at every position the call reaches, per frequency set
+    rope_layer_set_ = rs.layer_set;
+    if (rs.n_sets() > 0) {
+      rope_freqs_ = alloc<double>(rs.freqs.size(), "sampler RoPE frequencies");
+      rope_freqs_.upload(rs.freqs);
+      rope_ = alloc<float2>(static_cast<size_t>(rs.n_sets()) * cap_ * rs.half, "sampler RoPE rotations");
+      for (int set = 0; set < rs.n_sets(); set++)
+        rope_table(rope_.data() + static_cast<size_t>(set) * cap_ * rs.half, cap_, c_.head_dim,
+                   rope_freqs_.data() + static_cast<size_t>(set) * rs.half, st());
     }
     if (params_.filtered()) {  // the sorted vocabulary and the sort's scratch
       const int drawable = params_.vocab;  // only the ids a draw may pick are ordered
@@ -642,13 +649,13 @@ class Sampler {
       }
       Act* att = attention_out();
       if (pf) {
-        qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, rope_.data(), cache(l), st());
+        qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, layer_rope(l), cache(l), st());
         attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
                           hd, !std::is_same_v<Act, float>);
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, rope_.data(), on());
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, layer_rope(l), on());
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
@@ -678,6 +685,12 @@ class Sampler {
       lt_->mm_bias_gelu(n, F_, D_, in, W(o.fc_w), c_.is_llama(), W(o.fc_b), act);  // (GPT-2 always has b_fc)
       lt_gemms_++;
     }
+  }
+
+  // Layer l's rotations (rope_table's, of its frequency set); null when the layer does not rotate.
+  const float2* layer_rope(int l) const {
+    const int set = rope_layer_set_[l];
+    return set < 0 ? nullptr : rope_.data() + static_cast<size_t>(set) * cap_ * (c_.head_dim / 2);
   }
 
   Act* attention_out() {
@@ -797,7 +810,9 @@ class Sampler {
   std::unique_ptr<LtGemms> lt_;  // bf16 decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt); null otherwise
   Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
-  Buffer<float2> rope_;                             // RoPE's (cos, sin) per position and pair (rope_table); Llama
+  Buffer<float2> rope_;                             // RoPE's (cos, sin) per set, position and pair (rope_table)
+  Buffer<double> rope_freqs_;                       // the sets' frequencies (rope_sets.h)
+  std::vector<int> rope_layer_set_;                 // each layer's set, -1: none
   Buffer<int32_t> sorted_, sort_vals_in_, prompt_tok_, prompt_pos_, prompt_slot_, chunk_off_, last_row_, row_tok_,
       row_pos_, row_slot_, len_, n_out_, out_tok_, active_, ctl_, stop_;
   Buffer<uint64_t> sort_keys_in_, sort_keys_out_, stream_keys_;

@@ -91,9 +91,10 @@ template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
               const float* b, int rows, int d, float eps, bool layernorm, Launch on, const HeadTail<Act>& tail = {});
 // The rotations RoPE applies at positions 0 .. cap-1: table[pos * (head_dim / 2) + i] = (cos, sin) of pos *
-// theta^(-2i / head_dim), each computed in double and rounded once, as cpu/rope.cpp does. Filled once per sampling
-// call, so a decode step reads its rotations instead of computing them in double (1/64-rate FP64 on GeForce GPUs).
-void rope_table(float2* table, int cap, int head_dim, float theta, cudaStream_t st);
+// inv_freq[i] (device memory: one set of rope_sets.h), each computed in double and rounded once, as cpu/rope.cpp
+// does. Filled once per sampling call, so a decode step reads its rotations instead of computing them in double
+// (1/64-rate FP64 on GeForce GPUs).
+void rope_table(float2* table, int cap, int head_dim, const double* inv_freq, cudaStream_t st);
 // q/k/v (row strides qs/ks/vs) in place: their GEMM's product (pq/pk/pv: its slices, indexed like q/k/v, when it
 // was split) + bias (each may be null), RoPE on q and k when rope (rope_table's; null: none), then the row's k and
 // v are copied into the cache at (slot + c, pos) for c < copies.

@@ -112,12 +112,14 @@ void upload_index(const HostIndex& h, const DevIndex& d) {
 // The weights and gradients one forward/backward reads and writes, and its GEMM precision.
 struct Net {
   const ModelConfig& c;
+  const ParamLayout& L;
   const float* P;     // fp32 master weights
   const uint16_t* B;  // bf16 weights (same offsets), or null under FP32
   float* G;           // gradients (backward only)
   const DevActs& a;
   int T;
   bool out_in;        // nn.Linear [out, in] weights (Llama) vs Conv1D [in, out] (GPT-2)
+  const DeviceState& ds;
 
   const float* p(size_t off) const { return off == kAbsent ? nullptr : P + off; }
   float* g(size_t off) const { return off == kAbsent ? nullptr : G + off; }
@@ -215,13 +217,14 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const Ope
 }
 
 Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) {
-  return Net{m.cfg, ds.params.data(), ds.prec == Precision::BF16 ? ds.params_bf16.data() : nullptr, G, a, a.T,
-             !m.cfg.is_gpt2()};
+  return Net{m.cfg, m.layout, ds.params.data(), ds.prec == Precision::BF16 ? ds.params_bf16.data() : nullptr, G, a, a.T,
+             !m.cfg.is_gpt2(), ds};
 }
 
-// q|k|v of a block from its normalized input (RoPE applied for Llama): forward, and again in backward.
-void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const Operand& norm, const DevBatch& b) {
+// q|k|v of block l from its normalized input (RoPE applied where the layer rotates): forward, and again in backward.
+void qkv_forward(const Net& n, int l, float* qkv, const Operand& norm, const DevBatch& b) {
   const ModelConfig& c = n.c;
+  const LayerOffsets& o = n.L.layers[l];
   const int D = c.d_model, QD = c.q_dim(), KVD = c.kv_dim();
   if (c.is_gpt2()) {  // its bias, when the attention adds it, is left out here
     const bool folded = folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr).any();
@@ -232,8 +235,10 @@ void qkv_forward(const Net& n, const LayerOffsets& o, float* qkv, const Operand&
   linear_forward(n, v.q, norm, o.q_w, o.q_b, D, QD);
   linear_forward(n, v.k, norm, o.k_w, o.k_b, D, KVD);
   linear_forward(n, v.v, norm, o.v_w, o.v_b, D, KVD);
-  rope_forward(v.q, n.T, v.qs, c.n_head, c.head_dim, b.pos, c.rope_theta);
-  rope_forward(v.k, n.T, v.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
+  if (const double* inv_freq = n.ds.layer_inv_freq(l)) {  // (SmolLM3's NoPE layers do not rotate)
+    rope_forward(v.q, n.T, v.qs, c.n_head, c.head_dim, b.pos, inv_freq);
+    rope_forward(v.k, n.T, v.ks, c.n_kv_head, c.head_dim, b.pos, inv_freq);
+  }
 }
 
 // The MLP's pre-activation(s) and activation from its normalized input: forward, and again in backward. The
@@ -257,13 +262,14 @@ Operand mlp_hidden_forward(const Net& n, const LayerOffsets& o, const Operand& n
   return {act, act16};
 }
 
-void block_forward(const Net& n, const LayerOffsets& o, const DevLayer& y, const float* x, const DevBatch& b) {
+void block_forward(const Net& n, int l, const DevLayer& y, const float* x, const DevBatch& b) {
   const ModelConfig& c = n.c;
+  const LayerOffsets& o = n.L.layers[l];
   const DevActs& a = n.a;
   const int T = n.T, D = c.d_model, F = c.d_ff, QD = c.q_dim();
 
   // attention
-  qkv_forward(n, o, a.qkv, block_norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b), b);
+  qkv_forward(n, l, a.qkv, block_norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b), b);
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
                     c.n_kv_head, c.head_dim, n.B != nullptr, folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr));
@@ -351,7 +357,7 @@ void transformer_forward(const Model& m, const DeviceState& ds, Call& k) {
       std::swap(a.x0, y.res_mlp);
       x = a.x0;
     }
-    block_forward(n, L.layers[l], y, x, k.batch);
+    block_forward(n, l, y, x, k.batch);
     if (a.training) x = y.res_mlp;
   }
   a.last = a.layers[a.training ? c.n_layer - 1 : 0].res_mlp;
@@ -404,7 +410,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     float* dqkv = a.dact;
     linear_backward(n, datty, o.o_w, o.o_b, a.dresid, y.atty, QD, D, false);
     const Operand normed1 = block_norm_forward(n, a.norm, nullptr, nullptr, x, o.norm1_w, o.norm1_b);
-    qkv_forward(n, o, a.qkv, normed1, b);
+    qkv_forward(n, l, a.qkv, normed1, b);
     const QKV v = qkv_view(c, a.qkv, T);
     const QKV dv = qkv_view(c, dqkv, T);
     attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
@@ -413,8 +419,10 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     if (c.is_gpt2()) {
       linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, normed1, D, 3 * D, false);
     } else {
-      rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, c.rope_theta);
-      rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, c.rope_theta);
+      if (const double* inv_freq = ds.layer_inv_freq(l)) {
+        rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, inv_freq);
+        rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, inv_freq);
+      }
       linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, normed1, D, QD, false);
       linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, normed1, D, KVD);
       linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, normed1, D, KVD);

@@ -310,20 +310,28 @@ TEST(bias_gelu_and_bias_residual_match_cpu) {
 
 // ---- RoPE ------------------------------------------------------------------------------------------------------
 
+// Plain, "linear" and "llama3" frequencies (rope_sets.h hands the kernel the CPU's): the same rotations as the CPU.
 TEST(rope_matches_cpu_and_backward_inverts) {
   Rand r(6);
   const int rows = 19, n_heads = 3, hd = 16, stride = n_heads * hd + 8;
   const auto x = randv(static_cast<size_t>(rows) * stride, r);
   std::vector<int32_t> pos(rows);
   for (auto& p : pos) p = r.below(4000);
-  std::vector<float> want = x;
-  cpu::rope_forward(want.data(), rows, stride, n_heads, hd, pos.data(), 10000.0f);
-  Buf gx(x);
-  IBuf gpos(pos);
-  cuda::rope_forward(gx.data(), rows, stride, n_heads, hd, gpos.data(), 10000.0f);
-  expect_close("rope forward", gx.download(), want, kRtol);
-  cuda::rope_backward(gx.data(), rows, stride, n_heads, hd, gpos.data(), 10000.0f);
-  expect_close("rope backward(forward(x))", gx.download(), x, kRtol);
+  cpu::RopeScaling linear, llama3;
+  linear.type = cpu::RopeScaling::LINEAR, linear.factor = 4.0f;
+  llama3.type = cpu::RopeScaling::LLAMA3, llama3.factor = 8.0f, llama3.original_max_positions = 64;
+  for (const cpu::RopeScaling& scaling : {cpu::RopeScaling{}, linear, llama3}) {
+    const std::string tag = " (scaling " + std::to_string(static_cast<int>(scaling.type)) + ")";
+    std::vector<float> want = x;
+    cpu::rope_forward(want.data(), rows, stride, n_heads, hd, pos.data(), 10000.0f, scaling);
+    Buf gx(x);
+    IBuf gpos(pos);
+    const cuda::Buffer<double> inv_freq(cpu::rope_inv_freq(hd, 10000.0f, scaling));
+    cuda::rope_forward(gx.data(), rows, stride, n_heads, hd, gpos.data(), inv_freq.data());
+    expect_close("rope forward" + tag, gx.download(), want, kRtol);
+    cuda::rope_backward(gx.data(), rows, stride, n_heads, hd, gpos.data(), inv_freq.data());
+    expect_close("rope backward(forward(x))" + tag, gx.download(), x, kRtol);
+  }
 }
 
 // ---- attention -------------------------------------------------------------------------------------------------

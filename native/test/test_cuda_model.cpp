@@ -57,6 +57,20 @@ ModelConfig llama_cfg(bool reward = false) {
   return c;
 }
 
+// llama_cfg's shape in the other block structures the CUDA backend runs: Llama 3.1+'s "llama3" RoPE scaling (head_dim 8
+// with theta 1e4 puts one frequency in each of its bands: kept, blended, scaled) and SmolLM3 (layer 1 NoPE, tied
+// embeddings, no biases, no sliding windows).
+std::vector<ModelConfig> llama_variants() {
+  ModelConfig scaled = llama_cfg();
+  scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
+  scaled.rope_scaling.factor = 8, scaled.rope_scaling.low_freq_factor = 1, scaled.rope_scaling.high_freq_factor = 4;
+  scaled.rope_scaling.original_max_positions = 64;
+  ModelConfig smol = testing::tiny_smollm3(97);
+  smol.d_model = 32, smol.n_head = 4, smol.n_kv_head = 2, smol.head_dim = 8, smol.d_ff = 48, smol.max_positions = 128;
+  smol.sliding.clear(), smol.sliding_window = 0;
+  return {scaled, smol};
+}
+
 std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {
   auto m = make_model(c);
   testing::randomize(*m, seed, 0.15f);
@@ -207,6 +221,10 @@ TEST(logprobs_llama_fp32) { logprobs_case(llama_cfg(), kFp32); }
 TEST(logprobs_gpt2_bf16) { logprobs_case(gpt2_cfg(), kBf16); }
 TEST(logprobs_llama_bf16) { logprobs_case(llama_cfg(), kBf16); }
 
+TEST(logprobs_llama_variants) {
+  for (const ModelConfig& c : llama_variants()) logprobs_case(c, kFp32), logprobs_case(c, kBf16);
+}
+
 TEST(tf32_matmuls_on_request) {
   // OPTUNE_CUDA_TF32=1 runs the fp32 GEMMs on TF32 tensor cores (as PyTorch's allow_tf32): log-probs within bf16's
   // tolerance of the CPU's but not strict fp32's bits, at a width where cuBLAS takes tensor cores (d 512, 152 rows);
@@ -255,8 +273,16 @@ TEST(grads_bt) {
   for (const Prec& pr : {kFp32, kBf16}) grads_case(gpt2_cfg(), LossKind::BT, pr), grads_case(llama_cfg(), LossKind::BT, pr);
 }
 
+TEST(grads_llama_variants) {
+  for (const ModelConfig& c : llama_variants())
+    for (const Prec& pr : {kFp32, kBf16}) grads_case(c, LossKind::SFT, pr), grads_case(c, LossKind::DPO, pr);
+}
+
 TEST(adamw_three_steps_fp32) { adamw_case(gpt2_cfg(), kFp32), adamw_case(llama_cfg(), kFp32); }
 TEST(adamw_three_steps_bf16) { adamw_case(gpt2_cfg(), kBf16), adamw_case(llama_cfg(), kBf16); }
+TEST(adamw_three_steps_llama_variants) {
+  for (const ModelConfig& c : llama_variants()) adamw_case(c, kFp32);
+}
 
 // head_dim 16: under bf16 attention runs on the tensor-core kernels (attention_mma.cu), forward and backward.
 TEST(bf16_tensor_core_attention_in_the_model) {

@@ -1,5 +1,6 @@
 // The CUDA sampler (cuda/sampler_cuda.h) against the CPU sampler and full CPU forwards, on tiny GPT-2 and Llama
-// models and a few wider ones (head_dim 64 and 128, several prefill chunks):
+// models, a few wider ones (head_dim 64 and 128, several prefill chunks), and Llama 3.1+'s scaled RoPE and SmolLM3's
+// NoPE layers:
 //  - greedy tokens equal the CPU sampler's (fp32; >= 90% of responses, a near-tie may flip one), with the same
 //    offsets and finished flags;
 //  - the log-probs of sampled tokens equal a full CPU forward over prompt + response within 1e-4 (fp32), which checks
@@ -125,6 +126,22 @@ ModelConfig wide_llama() {
   return c;
 }
 
+// Llama 3.1+'s "llama3" RoPE scaling (head_dim 16: wavelengths from 6 to ~20000 positions, in all three of its
+// bands with original_max_positions 64) and SmolLM3 (layer 1 NoPE, no sliding windows) on the same shape.
+ModelConfig scaled_llama() {
+  ModelConfig c = testing::tiny_llama(300);
+  c.d_model = 64, c.n_head = 4, c.n_kv_head = 2, c.head_dim = 16, c.d_ff = 96, c.max_positions = 128;
+  c.rope_scaling.type = cpu::RopeScaling::LLAMA3;
+  c.rope_scaling.factor = 8, c.rope_scaling.original_max_positions = 64;
+  return c;
+}
+ModelConfig nope_smollm3() {
+  ModelConfig c = testing::tiny_smollm3(300);
+  c.d_model = 64, c.n_head = 4, c.n_kv_head = 2, c.head_dim = 16, c.d_ff = 96, c.max_positions = 128;
+  c.sliding.clear(), c.sliding_window = 0;
+  return c;
+}
+
 std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, int vocab, uint64_t seed) {
   testing::Rand r(seed);
   std::vector<std::vector<int32_t>> p(n);
@@ -138,7 +155,8 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len
 }  // namespace
 
 TEST(greedy_tokens_equal_cpu_sampler_fp32) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama()}) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
+                    nope_smollm3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 41, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 2, 12);
@@ -160,7 +178,8 @@ TEST(greedy_tokens_equal_cpu_sampler_fp32) {
 }
 
 TEST(decode_logps_match_full_cpu_forward_fp32) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama()}) {
+  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
+                    nope_smollm3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
@@ -246,7 +265,7 @@ TEST(same_seed_same_tokens_graphs_or_not) {
 }
 
 TEST(bf16_close_to_fp32) {
-  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+  for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 46, 0.1f);
     SampleRequest req = prompts_request(kPrompts, 4, 16);
