@@ -87,9 +87,10 @@ Device resolve_device(Device d) {
 // Why the CUDA backend cannot run this model ("" when it can): the architectures and settings it has no kernels for.
 static std::string cuda_model_problem(const ModelConfig& c) {
   const std::string prefix = std::string("the CUDA backend does not run ") + hf_class_prefix(c.arch);
-  if (c.qk_norm())
-    return prefix + (c.arch == Arch::OLMO2 ? "'s q/k norms and post-norms yet" : "'s per-head q/k norms yet") +
-           (c.is_gemma() ? " (nor Gemma's other norms and sliding-window layers)" : "");
+  if (c.is_gemma())
+    return prefix + "'s norms (scaling by 1 + weight, after the attention and the MLP too), GELU gate and " +
+           "sliding-window layers yet";
+  if (c.arch == Arch::OLMO2) return prefix + "'s post-norms (after the attention and the MLP, none before) yet";
   for (int l = 0; l < c.n_layer; l++)
     if (c.layer_sliding(l)) return prefix + "'s sliding-window layers yet";
   return "";

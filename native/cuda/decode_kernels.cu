@@ -246,6 +246,41 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Part
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
+// ---- q/k norms (Qwen3: RMSNorm over each head of q and k, before the rotation) -----------------------------------
+
+// Block (row r, group g): groups 0 .. n_q-1 are q's (width qw each), the next n_k are k's (width kw). The group's GEMM
+// product (its slices when split) + bias, normalized, is written back in place. Each thread rereads only what it
+// wrote itself, so no barrier is needed between the two passes beyond the sum's.
+__global__ void qk_norm_kernel(float* q, int qs, float* k, int ks, Partials pq, Partials pk, const float* bq,
+                               const float* bk, const float* wq, const float* wk, int n_q, int qw, int kw,
+                               float eps) {
+  __shared__ float scratch[32];
+  const int r = blockIdx.x, g = blockIdx.y;
+  const bool is_q = g < n_q;
+  const int width = is_q ? qw : kw, col0 = (is_q ? g : g - n_q) * width;
+  const int64_t at = static_cast<int64_t>(r) * (is_q ? qs : ks) + col0;
+  float* x = (is_q ? q : k) + at;
+  const Partials parts = (is_q ? pq : pk).at(at);
+  const float* bias = is_q ? bq : bk;
+  const float* w = is_q ? wq : wk;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    const float y = parts.value(x, i) + (bias ? bias[col0 + i] : 0.0f);
+    x[i] = y;
+    ss += y * y;
+  }
+  const float s = rsqrtf(block_sum(ss, scratch) / width + eps);
+  for (int i = threadIdx.x; i < width; i += blockDim.x) x[i] = w[i] * (x[i] * s);
+}
+
+void qk_norm(float* q, int qs, float* k, int ks, const Partials& pq, const Partials& pk, const float* bq,
+             const float* bk, const float* wq, const float* wk, int rows, int n_q, int qw, int n_k, int kw, float eps,
+             cudaStream_t st) {
+  if (rows <= 0) return;
+  qk_norm_kernel<<<dim3(rows, n_q + n_k), 128, 0, st>>>(q, qs, k, ks, pq, pk, bq, bk, wq, wk, n_q, qw, kw, eps);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 // ---- single-query attention over the cache ---------------------------------------------------------------------
 // One block per (row, head), 4 warps. The keys go in chunks of 32, chunk c to warp c % 4: lane j scores key j of the
 // chunk by itself (its whole key row, 16-byte loads when head_dim allows), so a chunk costs one max and one sum

@@ -647,6 +647,13 @@ class Sampler {
         pv = linear(v, hn_.data(), o.v_w, n, D_, KVD_, 0.0f, &cursor);
         bq = P(o.q_b), bk = P(o.k_b), bv = P(o.v_b);
       }
+      if (c_.qk_norm()) {  // Qwen3: q and k finished and normalized here; the attention adds nothing more to them
+        const int qw = c_.q_norm_width(), kw = c_.k_norm_width();
+        qk_norm(q, qs, k, ks, pq, pk, bq, bk, P(o.q_norm_w), P(o.k_norm_w), n, QD_ / qw, qw, KVD_ / kw, kw,
+                c_.norm_eps, st());
+        pq = pk = Partials{};
+        bq = bk = nullptr;
+      }
       Act* att = attention_out();
       if (pf) {
         qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, layer_rope(l), cache(l), st());

@@ -102,6 +102,12 @@ template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
                 const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
                 int n_kv_head, int head_dim, const float2* rope, const LayerCache<Act>& cache, cudaStream_t st);
+// Qwen3's q/k norms over `rows` rows: q's n_q groups of qw columns (each head) and k's n_k groups of kw, each its
+// GEMM product (pq/pk: the slices when split) + bias (may be null), RMSNorm'd with weights wq / wk (one group's
+// width), written back into q and k (row strides qs, ks). Later kernels then take q and k with no slices or bias.
+void qk_norm(float* q, int qs, float* k, int ks, const Partials& pq, const Partials& pk, const float* bq,
+             const float* bk, const float* wq, const float* wk, int rows, int n_q, int qw, int n_k, int kw, float eps,
+             cudaStream_t st);
 // A decode step's q/k/v rows as their GEMM left them (each the tensor, or its slices), with their biases (may be null).
 struct QkvRows {
   const float *q = nullptr, *k = nullptr, *v = nullptr;

@@ -74,6 +74,11 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
   a.fc = cv.take<float>(T * F);
   a.up = c.is_llama() ? cv.take<float>(T * F) : nullptr;
   a.act = cv.take<float>(T * std::max(F, QD));
+  // q/k norms: their groups per row (Qwen3: one per head)
+  const size_t q_groups = c.qk_norm() ? QD / c.q_norm_width() : 0;
+  const size_t k_groups = c.qk_norm() ? c.kv_dim() / c.k_norm_width() : 0;
+  a.qk_raw = c.qk_norm() ? cv.take<float>(T * (QD + c.kv_dim())) : nullptr;
+  a.qk_rstd = c.qk_norm() ? cv.take<float>(T * (q_groups + k_groups)) : nullptr;
   a.normf = cv.take<float>(T * D);
   a.normf_mean = cv.take<float>(T);
   a.normf_rstd = cv.take<float>(T);
@@ -90,7 +95,9 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
     a.dnorm = cv.take<float>(T * D);
     a.dact = cv.take<float>(T * std::max(F, QKV));
     a.dup = c.is_llama() ? cv.take<float>(T * F) : nullptr;
-    a.ones = cv.take<float>(T);
+    a.dqk_raw = c.qk_norm() ? cv.take<float>(T * (QD + c.kv_dim())) : nullptr;
+    a.n_ones = T * static_cast<int>(std::max<size_t>({1, q_groups, k_groups}));
+    a.ones = cv.take<float>(a.n_ones);
   }
 }
 
@@ -159,18 +166,24 @@ Operand block_norm_forward(const Net& n, float* out, float* mean, float* rstd, c
   return out;
 }
 
-// dx += input gradient; weight (and bias) gradients as column sums by a ones-row GEMM over dout * xhat, formed in
-// `scratch` [T, D] (a buffer the caller no longer needs).
+// dx += input gradient of a norm over `rows` rows of `d` (LayerNorm when mean is given, else RMSNorm); weight (and
+// bias) gradients as column sums by a ones-row GEMM over dout * xhat, formed in `scratch` [rows, d] (a buffer the
+// caller no longer needs).
+void norm_rows_backward(const Net& n, float* dx, size_t w, size_t b, const float* dout, const float* x,
+                        const float* mean, const float* rstd, float* scratch, int rows, int d) {
+  if (mean)
+    layernorm_backward_input(dx, dout, x, n.p(w), mean, rstd, rows, d);
+  else
+    rmsnorm_backward_input(dx, dout, x, n.p(w), rstd, rows, d);
+  norm_xhat_product(scratch, dout, x, mean, rstd, rows, d);
+  bias_backward(n.g(w), scratch, n.a.ones, rows, d);
+  if (b != kAbsent) bias_backward(n.g(b), dout, n.a.ones, rows, d);
+}
+
+// A block norm's backward over [T, D] (LayerNorm for GPT-2, RMSNorm otherwise).
 void norm_backward(const Net& n, float* dx, size_t w, size_t b, const float* dout, const float* x, const float* mean,
                    const float* rstd, float* scratch) {
-  const int T = n.T, D = n.c.d_model;
-  if (n.c.is_gpt2())
-    layernorm_backward_input(dx, dout, x, n.p(w), mean, rstd, T, D);
-  else
-    rmsnorm_backward_input(dx, dout, x, n.p(w), rstd, T, D);
-  norm_xhat_product(scratch, dout, x, n.c.is_gpt2() ? mean : nullptr, rstd, T, D);
-  bias_backward(n.g(w), scratch, n.a.ones, T, D);
-  if (b != kAbsent) bias_backward(n.g(b), dout, n.a.ones, T, D);
+  norm_rows_backward(n, dx, w, b, dout, x, n.c.is_gpt2() ? mean : nullptr, rstd, scratch, n.T, n.c.d_model);
 }
 
 // out[T, outf] = inp[T, in] W (+ bias), as cpu::linear_forward.
@@ -232,8 +245,18 @@ void qkv_forward(const Net& n, int l, float* qkv, const Operand& norm, const Dev
     return;
   }
   const QKV v = qkv_view(c, qkv, n.T);
-  linear_forward(n, v.q, norm, o.q_w, o.q_b, D, QD);
-  linear_forward(n, v.k, norm, o.k_w, o.k_b, D, KVD);
+  if (c.qk_norm()) {  // Qwen3: q and k projected into qk_raw, then each head normalized into place
+    float* raw_q = n.a.qk_raw;
+    float* raw_k = raw_q + static_cast<size_t>(n.T) * QD;
+    linear_forward(n, raw_q, norm, o.q_w, o.q_b, D, QD);
+    linear_forward(n, raw_k, norm, o.k_w, o.k_b, D, KVD);
+    const int qw = c.q_norm_width(), kw = c.k_norm_width(), q_rows = n.T * (QD / qw);
+    rmsnorm_forward(v.q, n.a.qk_rstd, raw_q, n.p(o.q_norm_w), q_rows, qw, c.norm_eps);
+    rmsnorm_forward(v.k, n.a.qk_rstd + q_rows, raw_k, n.p(o.k_norm_w), n.T * (KVD / kw), kw, c.norm_eps);
+  } else {
+    linear_forward(n, v.q, norm, o.q_w, o.q_b, D, QD);
+    linear_forward(n, v.k, norm, o.k_w, o.k_b, D, KVD);
+  }
   linear_forward(n, v.v, norm, o.v_w, o.v_b, D, KVD);
   if (const double* inv_freq = n.ds.layer_inv_freq(l)) {  // (SmolLM3's NoPE layers do not rotate)
     rope_forward(v.q, n.T, v.qs, c.n_head, c.head_dim, b.pos, inv_freq);
@@ -375,7 +398,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
   const size_t nD = static_cast<size_t>(T) * D * sizeof(float), nF = static_cast<size_t>(T) * F * sizeof(float);
   const int64_t TF = static_cast<int64_t>(T) * F;
 
-  fill(a.ones, 1.0f, T);
+  fill(a.ones, 1.0f, a.n_ones);
   fill_zero(a.dresid, nD);
   norm_backward(n, a.dresid, L.normf_w, L.normf_b, k.dnormf, a.last, a.normf_mean, a.normf_rstd, a.norm);
 
@@ -423,8 +446,20 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
         rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, inv_freq);
         rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, inv_freq);
       }
-      linear_backward(n, a.dnorm, o.q_w, o.q_b, dv.q, normed1, D, QD, false);
-      linear_backward(n, a.dnorm, o.k_w, o.k_b, dv.k, normed1, D, KVD);
+      float *dq = dv.q, *dk = dv.k;
+      if (c.qk_norm()) {  // back through the q/k norms (their inputs recomputed by qkv_forward above) into qk_raw's
+        const int qw = c.q_norm_width(), kw = c.k_norm_width(), q_rows = T * (QD / qw);
+        const float* raw_q = a.qk_raw;
+        dq = a.dqk_raw;
+        dk = dq + static_cast<size_t>(T) * QD;
+        fill_zero(a.dqk_raw, static_cast<size_t>(T) * (QD + KVD) * sizeof(float));
+        float* scratch = a.act;  // dLoss/datty is no longer needed: the attention's backward has run
+        norm_rows_backward(n, dq, o.q_norm_w, kAbsent, dv.q, raw_q, nullptr, a.qk_rstd, scratch, q_rows, qw);
+        norm_rows_backward(n, dk, o.k_norm_w, kAbsent, dv.k, raw_q + static_cast<size_t>(T) * QD, nullptr,
+                           a.qk_rstd + q_rows, scratch, T * (KVD / kw), kw);
+      }
+      linear_backward(n, a.dnorm, o.q_w, o.q_b, dq, normed1, D, QD, false);
+      linear_backward(n, a.dnorm, o.k_w, o.k_b, dk, normed1, D, KVD);
       linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, normed1, D, KVD);
     }
     norm_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd, a.norm);

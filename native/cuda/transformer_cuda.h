@@ -54,7 +54,10 @@ struct DevActs {
   float* qkv = nullptr;             // [T, QKV] GPT-2: fused [T, 3D]; Llama: q [T, QD] | k [T, KVD] | v [T, KVD]
   float* fc = nullptr;              // [T, F] c_fc (without its bias: GELU adds it) | gate_proj output
   float* up = nullptr;              // [T, F] up_proj output (Llama)
-  float* act = nullptr;             // [T, max(F, QD)] MLP hidden; in backward also dLoss/dfc, then dLoss/datty
+  float* act = nullptr;             // [T, max(F, QD)] MLP hidden; in backward also dLoss/dfc, then dLoss/datty,
+                                    // then the q/k norms' dLoss/dy * xhat
+  float* qk_raw = nullptr;          // (q/k norms) [T, QD + KVD]: q and k as projected, before their norms
+  float* qk_rstd = nullptr;         // (q/k norms) the norms' 1/rms per normalized group: q's rows, then k's
   float *normf = nullptr, *normf_mean = nullptr, *normf_rstd = nullptr;
   const float* last = nullptr;      // set by forward: the final block's output
   uint16_t *bf_in = nullptr, *bf_out = nullptr;  // bf16 GEMM operands (BF16 only), [T, widest]; bf_in also holds
@@ -65,7 +68,9 @@ struct DevActs {
   float *dresid = nullptr, *dnorm = nullptr;  // [T, D]
   float* dact = nullptr;            // [T, max(F, QKV)] dLoss/dact, then dLoss/dqkv
   float* dup = nullptr;             // [T, F] (Llama)
-  float* ones = nullptr;            // [T] ones: bias gradients are GEMMs with it
+  float* dqk_raw = nullptr;         // (q/k norms) [T, QD + KVD] dLoss/dqk_raw
+  float* ones = nullptr;            // [n_ones] ones: bias gradients are GEMMs with it
+  int n_ones = 0;                   // T, or the rows of the widest q/k norm (T x heads for Qwen3's)
 };
 
 enum class Head { LM, SCORE };

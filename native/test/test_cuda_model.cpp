@@ -58,8 +58,9 @@ ModelConfig llama_cfg(bool reward = false) {
 }
 
 // llama_cfg's shape in the other block structures the CUDA backend runs: Llama 3.1+'s "llama3" RoPE scaling (head_dim 8
-// with theta 1e4 puts one frequency in each of its bands: kept, blended, scaled) and SmolLM3 (layer 1 NoPE, tied
-// embeddings, no biases, no sliding windows).
+// with theta 1e4 puts one frequency in each of its bands: kept, blended, scaled), SmolLM3 (layer 1 NoPE, tied
+// embeddings, no biases, no sliding windows) and Qwen3 (per-head q/k norms; head_dim 16, so q is twice the hidden
+// width, as in Qwen3's checkpoints).
 std::vector<ModelConfig> llama_variants() {
   ModelConfig scaled = llama_cfg();
   scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
@@ -68,7 +69,10 @@ std::vector<ModelConfig> llama_variants() {
   ModelConfig smol = testing::tiny_smollm3(97);
   smol.d_model = 32, smol.n_head = 4, smol.n_kv_head = 2, smol.head_dim = 8, smol.d_ff = 48, smol.max_positions = 128;
   smol.sliding.clear(), smol.sliding_window = 0;
-  return {scaled, smol};
+  ModelConfig qwen3 = testing::tiny_qwen3(97);
+  qwen3.d_model = 32, qwen3.n_head = 4, qwen3.n_kv_head = 2, qwen3.head_dim = 16, qwen3.d_ff = 48;
+  qwen3.max_positions = 128;
+  return {scaled, smol, qwen3};
 }
 
 std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {
@@ -252,6 +256,18 @@ TEST(tf32_matmuls_on_request) {
 TEST(scores_match_cpu) {
   for (const ModelConfig& c : {gpt2_cfg(true), llama_cfg(true)})
     for (const Prec& pr : {kFp32, kBf16}) {
+      auto cpu = random_model(c, 17);
+      auto gpu = on_gpu(*cpu, pr.p);
+      const Batch b = pair_batch(c.vocab_size, 19);
+      expect_close(std::string(arch_name(c.arch)) + " " + pr.name + " scores", compute_scores(*gpu, b),
+                   compute_scores(*cpu, b), pr.rtol);
+    }
+}
+
+TEST(scores_llama_variants) {
+  for (ModelConfig c : llama_variants())
+    for (const Prec& pr : {kFp32, kBf16}) {
+      c.reward_model = true;
       auto cpu = random_model(c, 17);
       auto gpu = on_gpu(*cpu, pr.p);
       const Batch b = pair_batch(c.vocab_size, 19);

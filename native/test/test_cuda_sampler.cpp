@@ -1,6 +1,6 @@
 // The CUDA sampler (cuda/sampler_cuda.h) against the CPU sampler and full CPU forwards, on tiny GPT-2 and Llama
-// models, a few wider ones (head_dim 64 and 128, several prefill chunks), and Llama 3.1+'s scaled RoPE and SmolLM3's
-// NoPE layers:
+// models, a few wider ones (head_dim 64 and 128, several prefill chunks), Llama 3.1+'s scaled RoPE, SmolLM3's NoPE
+// layers and Qwen3's q/k norms:
 //  - greedy tokens equal the CPU sampler's (fp32; >= 90% of responses, a near-tie may flip one), with the same
 //    offsets and finished flags;
 //  - the log-probs of sampled tokens equal a full CPU forward over prompt + response within 1e-4 (fp32), which checks
@@ -142,6 +142,13 @@ ModelConfig nope_smollm3() {
   return c;
 }
 
+// Qwen3: per-head q/k norms (head_dim 32: q twice the hidden width).
+ModelConfig qk_norm_qwen3() {
+  ModelConfig c = testing::tiny_qwen3(300);
+  c.d_model = 64, c.n_head = 4, c.n_kv_head = 2, c.head_dim = 32, c.d_ff = 96, c.max_positions = 128;
+  return c;
+}
+
 std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, int vocab, uint64_t seed) {
   testing::Rand r(seed);
   std::vector<std::vector<int32_t>> p(n);
@@ -156,7 +163,7 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len
 
 TEST(greedy_tokens_equal_cpu_sampler_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
-                    nope_smollm3()}) {
+                    nope_smollm3(), qk_norm_qwen3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 41, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 2, 12);
@@ -179,7 +186,7 @@ TEST(greedy_tokens_equal_cpu_sampler_fp32) {
 
 TEST(decode_logps_match_full_cpu_forward_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
-                    nope_smollm3()}) {
+                    nope_smollm3(), qk_norm_qwen3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
@@ -265,7 +272,7 @@ TEST(same_seed_same_tokens_graphs_or_not) {
 }
 
 TEST(bf16_close_to_fp32) {
-  for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3()}) {
+  for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3(), qk_norm_qwen3()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 46, 0.1f);
     SampleRequest req = prompts_request(kPrompts, 4, 16);

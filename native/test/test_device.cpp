@@ -48,35 +48,32 @@ TEST(cuda_without_backend_or_gpu_is_an_error) {
   }
 }
 
-// Qwen3's per-head q/k norms (and Gemma 3) are CPU-only: asking for the GPU says so (before any GPU check, so on
-// every machine), and the model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels
-// cannot run on. Sliding-window layers (SmolLM3's optional ones) likewise; scaled RoPE and NoPE layers are not
-// refused (without a GPU the request fails on the GPU check instead).
-TEST(qwen3_on_cuda_is_refused_with_the_reason) {
-  auto m = make_model(testing::tiny_qwen3());
-  CHECK_THROWS(set_device(*m, Device::CUDA), "the CUDA backend does not run Qwen3's per-head q/k norms yet");
-  CHECK(m->device == nullptr && model_device(*m) == Device::CPU);
-  set_device(*m, Device::AUTO, Precision::BF16);
-  CHECK(m->device == nullptr && model_device(*m) == Device::CPU && model_precision(*m) == Precision::BF16);
+// Gemma 3 and OLMo 2 are CPU-only: asking for the GPU says so (before any GPU check, so on every machine), and the
+// model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on. Sliding-window
+// layers (SmolLM3's optional ones) likewise.
+TEST(gemma3_on_cuda_is_refused_with_the_reason) {
+  auto g = make_model(testing::tiny_gemma3());
+  CHECK_THROWS(set_device(*g, Device::CUDA), "the CUDA backend does not run Gemma3's norms (scaling by 1 + weight");
+  CHECK(g->device == nullptr && model_device(*g) == Device::CPU);
+  set_device(*g, Device::AUTO, Precision::BF16);
+  CHECK(g->device == nullptr && model_device(*g) == Device::CPU && model_precision(*g) == Precision::BF16);
   auto olmo = make_model(testing::tiny_olmo2());
-  CHECK_THROWS(set_device(*olmo, Device::CUDA), "does not run Olmo2's q/k norms and post-norms yet");
+  CHECK_THROWS(set_device(*olmo, Device::CUDA), "does not run Olmo2's post-norms (after the attention and the MLP");
   auto smol = make_model(testing::tiny_smollm3());
   CHECK_THROWS(set_device(*smol, Device::CUDA), "does not run SmolLM3's sliding-window layers yet");
-  auto g = make_model(testing::tiny_gemma3());
-  CHECK_THROWS(set_device(*g, Device::CUDA), "does not run Gemma3's per-head q/k norms yet (nor Gemma's other norms");
-  set_device(*g, Device::AUTO);
-  CHECK(g->device == nullptr && model_device(*g) == Device::CPU);
+  set_device(*smol, Device::AUTO);
+  CHECK(smol->device == nullptr && model_device(*smol) == Device::CPU);
 }
 
-// What the CUDA backend runs is not refused for the model's sake: scaled RoPE (Llama 3.1+), SmolLM3 with NoPE
-// layers and no sliding windows. On a machine without a usable GPU the request fails on the GPU, not the model.
-TEST(scaled_rope_and_nope_are_not_refused_for_cuda) {
+// What the CUDA backend runs is not refused for the model's sake: Qwen3's q/k norms, scaled RoPE (Llama 3.1+),
+// SmolLM3 with NoPE layers and no sliding windows. Without a usable GPU the request fails on the GPU, not the model.
+TEST(qwen3_scaled_rope_and_nope_are_not_refused_for_cuda) {
   ModelConfig scaled = testing::tiny_llama();
   scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
   scaled.rope_scaling.factor = 8, scaled.rope_scaling.original_max_positions = 16;
   ModelConfig smol = testing::tiny_smollm3();
   smol.sliding.clear(), smol.sliding_window = 0;
-  for (const ModelConfig& c : {scaled, smol}) {
+  for (const ModelConfig& c : {testing::tiny_qwen3(), scaled, smol}) {
     auto m = make_model(c);
     try {
       set_device(*m, Device::CUDA);
