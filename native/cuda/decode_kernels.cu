@@ -260,7 +260,7 @@ __global__ void qk_norm_kernel(float* q, int qs, float* k, int ks, Partials pq, 
   const int width = is_q ? qw : kw, col0 = (is_q ? g : g - n_q) * width;
   const int64_t at = static_cast<int64_t>(r) * (is_q ? qs : ks) + col0;
   float* x = (is_q ? q : k) + at;
-  const Partials parts = (is_q ? pq : pk).at(at);
+  const Partials parts = is_q ? pq.at(at) : pk.at(at);  // (not a reference to a parameter: no stack frame)
   const float* bias = is_q ? bq : bk;
   const float* w = is_q ? wq : wk;
   float ss = 0.0f;

@@ -1,8 +1,8 @@
-// Rotary position embedding, rotate_half layout (dimension i pairs with i + head_dim/2; pair i turns by
-// pos * inv_freq[i], the CPU's frequencies: rope_sets.h). Angles, cos and sin in double, rounded once, as
-// cpu/rope.cpp does, so both backends rotate by the same float cos/sin. A block per row: the row's cos/sin per pair index go to shared memory once and
-// serve every head (they do not depend on the head; per (row, head, pair) the double pow/cos/sin and a 64-bit index
-// division dominated the kernel). Backward turns by the opposite angle.
+// Rotary position embedding, rotate_half layout (dimension i pairs with i + head_dim/2; pair i turns by pos *
+// inv_freq[i], the CPU's frequencies: rope_sets.h). Angles, cos and sin in double, rounded once, as cpu/rope.cpp does,
+// so both backends rotate by the same float cos/sin. A block per row: the row's cos/sin per pair index go to shared
+// memory once and serve every head (they do not depend on the head; per (row, head, pair) the double pow/cos/sin and a
+// 64-bit index division dominated the kernel). Backward turns by the opposite angle.
 #include <algorithm>
 
 #include "check.cuh"

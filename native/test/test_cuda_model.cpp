@@ -72,7 +72,9 @@ std::vector<ModelConfig> llama_variants() {
   ModelConfig qwen3 = testing::tiny_qwen3(97);
   qwen3.d_model = 32, qwen3.n_head = 4, qwen3.n_kv_head = 2, qwen3.head_dim = 16, qwen3.d_ff = 48;
   qwen3.max_positions = 128;
-  return {scaled, smol, qwen3};
+  ModelConfig qwen3_biased = qwen3;  // Qwen3's optional attention biases: q's and k's come before their norms
+  qwen3_biased.qkv_bias = qwen3_biased.o_bias = true;
+  return {scaled, smol, qwen3, qwen3_biased};
 }
 
 std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {

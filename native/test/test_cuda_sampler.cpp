@@ -149,6 +149,13 @@ ModelConfig qk_norm_qwen3() {
   return c;
 }
 
+// The same with Qwen3's optional attention biases (q, k, v and o): q and k get theirs before the norms.
+ModelConfig qwen3_with_biases() {
+  ModelConfig c = qk_norm_qwen3();
+  c.qkv_bias = c.o_bias = true;
+  return c;
+}
+
 std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, int vocab, uint64_t seed) {
   testing::Rand r(seed);
   std::vector<std::vector<int32_t>> p(n);
@@ -163,7 +170,7 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len
 
 TEST(greedy_tokens_equal_cpu_sampler_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
-                    nope_smollm3(), qk_norm_qwen3()}) {
+                    nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 41, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 2, 12);
@@ -186,7 +193,7 @@ TEST(greedy_tokens_equal_cpu_sampler_fp32) {
 
 TEST(decode_logps_match_full_cpu_forward_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
-                    nope_smollm3(), qk_norm_qwen3()}) {
+                    nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
@@ -272,7 +279,8 @@ TEST(same_seed_same_tokens_graphs_or_not) {
 }
 
 TEST(bf16_close_to_fp32) {
-  for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3(), qk_norm_qwen3()}) {
+  for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3(), qk_norm_qwen3(),
+                   qwen3_with_biases()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 46, 0.1f);
     SampleRequest req = prompts_request(kPrompts, 4, 16);
@@ -290,7 +298,8 @@ TEST(bf16_close_to_fp32) {
 TEST(k_split_decode_gemms_match_unsplit) {
   // OPTUNE_CUDA_SPLIT_K=4 splits every decode GEMM of these shapes on cuBLAS in 4 slices along K (the consumers add
   // them): the same function, summed in another order. The benchmark shape splits by the automatic choice instead.
-  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+  // Qwen3 (with q/k/v biases): its q/k norm kernel sums the slices, adds the biases and normalizes.
+  for (auto cfg : {wide_gpt2(), wide_llama(), qwen3_with_biases()}) {
     for (const bool bf16 : {false, true}) {
       auto m = make_model(cfg);
       testing::randomize(*m, 48, bf16 ? 0.1f : 0.5f);
@@ -529,7 +538,7 @@ TEST(early_launches_change_no_result) {
   // previous layer's (or step's) activations and change the results.
   const bool can = cuda::kernels_wait_when_early();
   if (!can) std::printf("  SKIPPED early launches (no sm_90 code for this GPU); they must stay off\n");
-  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+  for (auto cfg : {wide_gpt2(), wide_llama(), qwen3_with_biases()}) {
     for (const char* mode : {"fp32", "bf16", "bf16 own GEMMs"}) {
       const bool bf16 = std::strcmp(mode, "fp32") != 0, own = std::strstr(mode, "own") != nullptr;
       auto m = make_model(cfg);
