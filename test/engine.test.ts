@@ -174,6 +174,33 @@ describe("models", () => {
     );
   });
 
+  it("creates Mistral models: a sliding window on every layer (or none) that survives a save and a load", async () => {
+    const mistral = {
+      arch: "mistral" as const, vocabSize: 50, dModel: 16, nLayer: 2, nHead: 2, nKvHead: 1, dFf: 32, maxPositions: 64,
+    };
+    const windowed = { ...mistral, slidingWindow: 2 };
+    const plain = await EngineModel.create(mistral, 4);
+    const slid = await EngineModel.create(windowed, 4);
+    expect(plain.config.slidingWindow).toBeUndefined();
+    expect(slid.config).toMatchObject({ slidingWindow: 2, layerTypes: ["sliding_attention", "sliding_attention"], normEps: 1e-6 });
+    const batch = pairBatch();
+    // the same weights: the window alone changes what each query sees
+    expect((await slid.logprobs(batch)).seqLogps).not.toEqual((await plain.logprobs(batch)).seqLogps);
+    const dir = join(tempDir(), "ckpt-mistral");
+    await slid.save(dir);
+    const loaded = await EngineModel.load(dir);
+    expect(loaded.config).toEqual(slid.config);
+    expect((await loaded.logprobs(batch)).seqLogps).toEqual((await slid.logprobs(batch)).seqLogps);
+    await Promise.all([plain.dispose(), slid.dispose(), loaded.dispose()]);
+    await expect(
+      EngineModel.create({ ...windowed, layerTypes: ["sliding_attention", "full_attention"] }, 1),
+    ).rejects.toThrow(/Mistral's window applies to every layer/);
+    await expect(EngineModel.create({ ...mistral, layerTypes: ["sliding_attention", "sliding_attention"] }, 1)).rejects.toThrow(
+      /layerTypes needs slidingWindow/,
+    );
+    await expect(EngineModel.create({ ...mistral, qkvBias: true }, 1)).rejects.toThrow(/Mistral's attention has no biases/);
+  });
+
   it("weights + optimizer state saved mid-training continue exactly like the uninterrupted model", async () => {
     const m = await EngineModel.create(tiny, 6);
     const step = { loss: "dpo" as const, batch: pairBatch(), chosen: [0, 2], rejected: [1, 3], refChosen: [-20, -20], refRejected: [-20, -20], optimizer: { lr: 1e-2 } };

@@ -4,7 +4,7 @@
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
 Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
-gemma3, gemma3_rm, llama_rope, smollm3, olmo2 (or only the ones named):
+gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm (or only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -104,6 +104,14 @@ def make_model(case):
             hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,
             max_position_embeddings=64, tie_word_embeddings=False, **common)
+    elif case.startswith("mistral"):
+        # Mistral: every layer attends through a sliding window of 4 (shorter than every sequence, so it shows), as
+        # Mistral 7B v0.1; the reward model has none (sliding_window null, as v0.2 and later); untied, no biases
+        cfg = transformers.MistralConfig(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            sliding_window=None if case.endswith("_rm") else 4,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,
+            max_position_embeddings=64, tie_word_embeddings=False, **common)
     else:
         family = {"qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}.get(case[:5],
                                                                                                transformers.LlamaConfig)
@@ -129,12 +137,14 @@ def make_model(case):
         cls = {"gpt2": transformers.GPT2ForSequenceClassification,
                "llama": transformers.LlamaForSequenceClassification,
                "qwen3": transformers.Qwen3ForSequenceClassification,
-               "gemma3": transformers.Gemma3TextForSequenceClassification}[case[:-3]]
+               "gemma3": transformers.Gemma3TextForSequenceClassification,
+               "mistral": transformers.MistralForSequenceClassification}[case[:-3]]
     else:
         cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
                "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
                "gemma3": transformers.Gemma3ForCausalLM, "llama_rope": transformers.LlamaForCausalLM,
-               "smollm3": transformers.SmolLM3ForCausalLM, "olmo2": transformers.Olmo2ForCausalLM}[case]
+               "smollm3": transformers.SmolLM3ForCausalLM, "olmo2": transformers.Olmo2ForCausalLM,
+               "mistral": transformers.MistralForCausalLM}[case]
     cfg._attn_implementation = "eager"  # plain softmax attention; no kernel choice can differ between runs
     model = cls(cfg).float().eval()  # eval: dropout off (all dropout rates are 0 as well)
     return model
@@ -342,7 +352,7 @@ def build_case(case, seed):
 
 
 CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope",
-         "smollm3", "olmo2"]  # appended: seeds follow the index
+         "smollm3", "olmo2", "mistral", "mistral_rm"]  # appended: seeds follow the index
 
 
 def build_cases(cases, build, first_seed, where):

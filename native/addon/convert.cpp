@@ -229,9 +229,12 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     c.arch = optune::Arch::SMOLLM3;
   } else if (a == "olmo2") {
     c.arch = optune::Arch::OLMO2;
+  } else if (a == "mistral") {
+    c.arch = optune::Arch::MISTRAL;
   } else {
     throw Napi::TypeError::New(env, "config.arch must be 'gpt2', 'llama', 'qwen2', 'qwen3', 'gemma3_text', "
-                                    "'smollm3' or 'olmo2', got " + (arch.IsString() ? "'" + a + "'" : describe(arch)));
+                                    "'smollm3', 'olmo2' or 'mistral', got " +
+                                        (arch.IsString() ? "'" + a + "'" : describe(arch)));
   }
   const int big = 1 << 30;
   c.vocab_size = req_int(o, "vocabSize", where, 1, big);
@@ -262,17 +265,17 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     c.rope_scaling.high_freq_factor = opt_float(s, "highFreqFactor", sw, 4.0f);
     c.rope_scaling.original_max_positions = opt_int(s, "originalMaxPositions", sw, 0, 0, big);
   }
-  const bool gemma = c.is_gemma(), smollm3 = c.arch == optune::Arch::SMOLLM3;
+  const bool gemma = c.is_gemma(), smollm3 = c.arch == optune::Arch::SMOLLM3, mistral = c.arch == optune::Arch::MISTRAL;
   // transformers' defaults
-  c.norm_eps = opt_float(o, "normEps", where, gemma || smollm3 ? 1e-6f : c.norm_eps);
+  c.norm_eps = opt_float(o, "normEps", where, gemma || smollm3 || mistral ? 1e-6f : c.norm_eps);
   c.rope_theta = opt_float(o, "ropeTheta", where, gemma ? 1e6f : smollm3 ? 2e6f : c.rope_theta);
   c.tie_embeddings = opt_bool(o, "tieEmbeddings", where, c.arch != optune::Arch::OLMO2 && c.tie_embeddings);
   for (const char* key : {"queryPreAttnScalar", "ropeLocalTheta"})
     if (!gemma && !o.Get(key).IsUndefined())
       throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's; arch '" + a + "' has no such setting");
   for (const char* key : {"slidingWindow", "layerTypes"})
-    if (!gemma && !smollm3 && !o.Get(key).IsUndefined())
-      throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's and SmolLM3's; arch '" + a +
+    if (!gemma && !smollm3 && !mistral && !o.Get(key).IsUndefined())
+      throw Napi::TypeError::New(env, where + "." + key + " is Gemma 3's, SmolLM3's and Mistral's; arch '" + a +
                                           "' has no such setting");
   if (!smollm3 && !o.Get("noRopeLayers").IsUndefined())
     throw Napi::TypeError::New(env, where + ".noRopeLayers is SmolLM3's; arch '" + a + "' has no such setting");
@@ -326,6 +329,16 @@ optune::ModelConfig to_config(const Napi::Value& v) {
     } else if (!o.Get("slidingWindow").IsUndefined()) {
       throw Napi::TypeError::New(env, where + ".slidingWindow needs layerTypes (which layers slide)");
     }
+  }
+  if (mistral && !o.Get("slidingWindow").IsUndefined()) {  // every layer slides (no window: none does)
+    c.sliding_window = req_int(o, "slidingWindow", where, 1, big);
+    c.sliding.assign(c.n_layer, 1);
+    if (!o.Get("layerTypes").IsUndefined() &&
+        per_layer("layerTypes", "'sliding_attention' or 'full_attention'", sliding_of) != c.sliding)
+      throw Napi::TypeError::New(env, where + ".layerTypes: Mistral's window applies to every layer "
+                                              "(all 'sliding_attention'), or leave slidingWindow out for none");
+  } else if (mistral && !o.Get("layerTypes").IsUndefined()) {
+    throw Napi::TypeError::New(env, where + ".layerTypes needs slidingWindow (Mistral's window, for every layer)");
   }
   c.qkv_bias = opt_bool(o, "qkvBias", where, c.arch == optune::Arch::QWEN2);
   c.o_bias = opt_bool(o, "oBias", where, false);

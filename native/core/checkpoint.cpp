@@ -266,7 +266,17 @@ void smollm3_layers_of(const Fields& f, ModelConfig& c) {
   c.sliding = kinds.empty() ? c.nope : kinds;  // without layer_types the NoPE layers slide, as transformers derives
 }
 
-// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2).
+// Mistral's window: every layer slides when sliding_window is a number; null means none, and a missing field
+// transformers' default, 4096 (MistralConfig; Mistral 7B v0.1's value). Its attention has no biases (transformers
+// hard-codes none and reads no attention_bias).
+void mistral_window_of(const Fields& f, ModelConfig& c) {
+  const json::Value* raw = f.root.get("sliding_window");
+  if (raw && raw->is_null()) return;
+  c.sliding_window = raw ? f.size("sliding_window", *raw, kMaxPositions) : 4096;
+  c.sliding.assign(c.n_layer, 1);
+}
+
+// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2, Mistral).
 void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_type) {
   llama_rope_of(f, c);
   c.tie_embeddings = f.opt_bool("tie_word_embeddings", c.arch == Arch::SMOLLM3);
@@ -278,6 +288,10 @@ void llama_config_of(const Fields& f, ModelConfig& c, const std::string& model_t
     if (f.opt_bool("mlp_bias", false))
       f.bad("mlp_bias", *f.get("mlp_bias"), "MLP biases are not supported (set mlp_bias to false)");
     if (c.arch == Arch::SMOLLM3) smollm3_layers_of(f, c);
+    return;
+  }
+  if (c.arch == Arch::MISTRAL) {
+    mistral_window_of(f, c);
     return;
   }
   if (c.arch == Arch::QWEN2) {  // Qwen2 hard-codes biases on q/k/v and none on o_proj
@@ -359,7 +373,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
 
   const json::Value* mt = f.get("model_type");
   OPTUNE_CHECK(mt, where + ": missing required field \"model_type\" (expected \"gpt2\", \"llama\", \"qwen2\", "
-                       "\"qwen3\", \"gemma3_text\", \"smollm3\" or \"olmo2\")");
+                       "\"qwen3\", \"gemma3_text\", \"smollm3\", \"olmo2\" or \"mistral\")");
   if (!mt->is_string()) f.bad("model_type", *mt, "expected a string");
   const std::string model_type = mt->str;
   if (model_type == "gpt2") c.arch = Arch::GPT2;
@@ -369,6 +383,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   else if (model_type == "gemma3_text") c.arch = Arch::GEMMA3;
   else if (model_type == "smollm3") c.arch = Arch::SMOLLM3;
   else if (model_type == "olmo2") c.arch = Arch::OLMO2;
+  else if (model_type == "mistral") c.arch = Arch::MISTRAL;
   else if (model_type == "gemma3")
     f.bad("model_type", *mt,
           "a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); optune tunes the text-only ones "
@@ -376,7 +391,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   else
     f.bad("model_type", *mt,
           "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\", \"gemma3_text\", "
-          "\"smollm3\" and \"olmo2\"");
+          "\"smollm3\", \"olmo2\" and \"mistral\"");
 
   // architectures[0] picks the head: causal LM or a one-label sequence classifier (reward model).
   ModelConfig head = c;
@@ -468,7 +483,7 @@ static json::Value rope_object(float theta, const cpu::RopeScaling& s) {
   return r;
 }
 
-// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2).
+// The Llama-shaped families' own fields (Llama, Qwen2, Qwen3, SmolLM3, OLMo 2, Mistral).
 static void llama_config_to(const ModelConfig& c, json::Value& o) {
   using json::Value;
   o.set("hidden_act", Value::of_string("silu"));
@@ -489,6 +504,8 @@ static void llama_config_to(const ModelConfig& c, json::Value& o) {
     o.set("use_sliding_window", Value::of_bool(!c.sliding.empty()));
     o.set("sliding_window", c.sliding.empty() ? Value::null() : Value::of_int(c.sliding_window));
     o.set("layer_types", std::move(types));
+  } else if (c.arch == Arch::MISTRAL) {
+    o.set("sliding_window", c.sliding.empty() ? Value::null() : Value::of_int(c.sliding_window));
   } else {
     if (c.arch == Arch::QWEN3) o.set("attention_bias", Value::of_bool(c.qkv_bias));
     o.set("use_sliding_window", Value::of_bool(false));

@@ -15,6 +15,7 @@ const char* arch_name(Arch a) {
     case Arch::GEMMA3: return "gemma3_text";
     case Arch::SMOLLM3: return "smollm3";
     case Arch::OLMO2: return "olmo2";
+    case Arch::MISTRAL: return "mistral";
   }
   return "?";
 }
@@ -28,6 +29,7 @@ const char* hf_class_prefix(Arch a) {
     case Arch::GEMMA3: return "Gemma3";
     case Arch::SMOLLM3: return "SmolLM3";
     case Arch::OLMO2: return "Olmo2";
+    case Arch::MISTRAL: return "Mistral";
   }
   return "?";
 }
@@ -102,9 +104,15 @@ void validate_config(const ModelConfig& c) {
     OPTUNE_CHECK(c.sliding.empty() || c.sliding.size() == static_cast<size_t>(c.n_layer),
                  "model config: layer_types needs one entry per layer (" + std::to_string(c.n_layer) + ")");
     if (!c.sliding.empty()) positive(c.sliding_window, "sliding_window");
+  } else if (c.arch == Arch::MISTRAL) {  // one window for every layer, or none
+    OPTUNE_CHECK(c.nope.empty(), "model config: Mistral has no NoPE layers");
+    OPTUNE_CHECK(c.sliding.empty() || c.sliding == std::vector<uint8_t>(c.n_layer, 1),
+                 "model config: Mistral's sliding window applies to every layer or to none");
+    if (!c.sliding.empty()) positive(c.sliding_window, "sliding_window");
+    OPTUNE_CHECK(!c.qkv_bias && !c.o_bias, "model config: Mistral's attention has no biases");
   } else if (!c.is_gemma()) {
     OPTUNE_CHECK(c.sliding.empty() && c.sliding_window == 0 && c.nope.empty(),
-                 std::string("model config: sliding-window and NoPE layers are Gemma 3's and SmolLM3's; ") +
+                 std::string("model config: sliding-window and NoPE layers are Gemma 3's, SmolLM3's and Mistral's; ") +
                      arch_name(c.arch) + " has neither");
   }
 

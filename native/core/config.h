@@ -8,7 +8,8 @@
 // rope_local_theta) and full ones. SmolLM3 is Llama with some layers that do not rotate q and k at all (NoPE,
 // every 4th by default), and optionally sliding-window layers. OLMo 2 is Llama with its norms moved: none before
 // the attention and the MLP, one on each one's output, and q and k normalized over their whole width (all heads
-// together) before the rotation. A reward model is the same backbone with a
+// together) before the rotation. Mistral is Llama without biases whose layers all attend through a sliding window
+// when its config sets one (Mistral 7B v0.1: 4096; later versions none). A reward model is the same backbone with a
 // scalar `score` head on the last token's final hidden state instead of the LM head.
 #pragma once
 #include <cmath>
@@ -20,7 +21,7 @@
 
 namespace optune {
 
-enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3, SMOLLM3, OLMO2 };
+enum class Arch { GPT2, LLAMA, QWEN2, QWEN3, GEMMA3, SMOLLM3, OLMO2, MISTRAL };
 
 struct ModelConfig {
   Arch arch = Arch::GPT2;
@@ -42,7 +43,7 @@ struct ModelConfig {
   // Gemma 3 only:
   float attn_scalar = 0;           // query_pre_attn_scalar: scores scale by its -1/2 power (0: head_dim's)
   float rope_local_theta = 0;      // RoPE base of the sliding-window layers
-  // Gemma 3 and SmolLM3:
+  // Gemma 3, SmolLM3 and Mistral:
   int sliding_window = 0;          // positions a sliding-window layer's query sees, itself included
   std::vector<uint8_t> sliding;    // per layer: 1 = sliding-window attention (empty: every layer full)
   // SmolLM3 only: per layer, 1 = no RoPE (NoPE; transformers' no_rope_layers holds the opposite: 1 = RoPE)
@@ -87,9 +88,9 @@ void validate_config(const ModelConfig& cfg);
 
 // "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2ForSequenceClassification", ...
 std::string hf_architecture_name(const ModelConfig& cfg);
-// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3" | "SmolLM3" | "Olmo2": the prefix of transformers' class names
+// "GPT2" | "Llama" | "Qwen2" | "Qwen3" | "Gemma3" | "SmolLM3" | "Olmo2" | "Mistral": transformers' class names' prefix
 const char* hf_class_prefix(Arch a);
-// "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" | "olmo2" (config.json's model_type)
+// "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" | "olmo2" | "mistral" (config.json's model_type)
 const char* arch_name(Arch a);
 
 }  // namespace optune

@@ -755,11 +755,45 @@ TEST(config_olmo2) {
   CHECK(hf_architecture_name(c) == "Olmo2ForCausalLM");
 }
 
+// Mistral-7B-Instruct-v0.3's config.json shape (sliding_window null: no window), v0.1's (4096 on every layer), and
+// transformers' default when the field is missing (MistralConfig: 4096).
+TEST(config_mistral) {
+  const std::string v03 = R"({"architectures": ["MistralForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 1,
+    "eos_token_id": 2, "head_dim": 128, "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02,
+    "intermediate_size": 14336, "max_position_embeddings": 32768, "model_type": "mistral", "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+    "sliding_window": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16", "use_cache": true,
+    "vocab_size": 32768})";
+  ModelConfig c = parse_cfg(v03);
+  CHECK(c.arch == Arch::MISTRAL && c.is_llama() && !c.tie_embeddings && !c.qkv_bias && !c.o_bias);
+  CHECK(c.sliding.empty() && c.layer_window(0) == 0 && c.rope_theta == 1000000.0f && c.n_kv_head == 8);
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
+  CHECK(config_to_hf_json(c).find("\"sliding_window\": null") != std::string::npos);
+  CHECK(hf_architecture_name(c) == "MistralForCausalLM");
+  c = parse_cfg(json_with(v03, "sliding_window", "4096"));
+  CHECK(c.sliding == std::vector<uint8_t>(32, 1) && c.layer_window(31) == 4096);
+  CHECK(same_config(parse_cfg(config_to_hf_json(c)), c));
+  c = parse_cfg(json_with(v03, "sliding_window", ""));
+  CHECK(c.sliding_window == 4096 && c.layer_sliding(0));
+  c = parse_cfg(
+      json_with(v03, "architectures", "[\"MistralForSequenceClassification\"]").replace(0, 1, "{\"num_labels\":1,"));
+  CHECK(c.reward_model && hf_architecture_name(c) == "MistralForSequenceClassification");
+  CHECK_THROWS(parse_cfg(json_with(v03, "sliding_window", "0")), "field \"sliding_window\" = 0");
+  CHECK_THROWS(parse_cfg(json_with(v03, "hidden_act", "\"gelu\"")), "MLP is SwiGLU");
+  // the engine's checks: one window for every layer or none, no biases
+  c = parse_cfg(v03);
+  c.sliding.assign(c.n_layer, 0), c.sliding[0] = 1, c.sliding_window = 8;
+  CHECK_THROWS(validate_config(c), "Mistral's sliding window applies to every layer or to none");
+  c = parse_cfg(v03);
+  c.qkv_bias = true;
+  CHECK_THROWS(validate_config(c), "Mistral's attention has no biases");
+}
+
 TEST(config_rejects_bad_fields) {
   CHECK_THROWS(parse_cfg("{"), "/m/config.json: invalid JSON at byte 1");
   CHECK_THROWS(parse_cfg("[]"), "must be a JSON object");
-  CHECK_THROWS(parse_cfg(llama_with("model_type", "\"mistral\"")),
-               "/m/config.json: field \"model_type\" = \"mistral\": unsupported model type");
+  CHECK_THROWS(parse_cfg(llama_with("model_type", "\"phi3\"")),
+               "/m/config.json: field \"model_type\" = \"phi3\": unsupported model type");
   CHECK_THROWS(parse_cfg(llama_with("model_type", "")), "missing required field \"model_type\"");
   CHECK_THROWS(parse_cfg(llama_with("hidden_size", "")),
                "/m/config.json: missing required field \"hidden_size\" for model_type \"llama\"");

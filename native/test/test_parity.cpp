@@ -353,7 +353,8 @@ struct Registrar {
     regs.emplace_back(names.back().c_str(), std::move(fn));
   }
   Registrar() {
-    for (std::string lm : {"gpt2", "llama", "qwen2", "qwen3", "gemma3", "llama_rope", "smollm3", "olmo2"}) {
+    for (std::string lm :
+         {"gpt2", "llama", "qwen2", "qwen3", "gemma3", "llama_rope", "smollm3", "olmo2", "mistral"}) {
       add(lm + "/logits", [lm] { check_logits(lm); });
       add(lm + "/logprobs", [lm] { check_logprobs(lm); });
       add(lm + "/dpo", [lm] { check_loss(lm, LossKind::DPO, "dpo"); });
@@ -367,7 +368,7 @@ struct Registrar {
       add("lora_" + lm + "/adamw3", [lm] { check_lora_adamw(lm); });
       add("lora_" + lm + "/merged", [lm] { check_lora_merged(lm); });
     }
-    for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm", "gemma3_rm"}) {
+    for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm", "gemma3_rm", "mistral_rm"}) {
       add(rm + "/scores", [rm] { check_scores(rm); });
       add(rm + "/bt", [rm] { check_loss(rm, LossKind::BT, "bt"); });
       add(rm + "/adamw3", [rm] { check_adamw(rm, LossKind::BT); });

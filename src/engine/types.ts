@@ -1,7 +1,7 @@
 // Types of the native addon (build/Release/optune.node) and of the engine wrapper built on it.
 // Field names are the addon's; the C++ side (native/addon/convert.cpp) checks every one of them again.
 
-export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" | "olmo2";
+export type Arch = "gpt2" | "llama" | "qwen2" | "qwen3" | "gemma3_text" | "smollm3" | "olmo2" | "mistral";
 export type LossName = "sft" | "dpo" | "ipo" | "hinge" | "simpo" | "bt";
 
 /** A decoder-only transformer, as the engine describes it (native/core/config.h). */
@@ -37,11 +37,14 @@ export interface ModelConfig {
   };
   /** gemma3_text only: attention scores scale by queryPreAttnScalar^-1/2 (transformers' query_pre_attn_scalar). */
   queryPreAttnScalar?: number;
-  /** gemma3_text and smollm3 (with layerTypes): positions a sliding-window layer's query sees, itself included. */
+  /**
+   * gemma3_text, smollm3 (with layerTypes) and mistral (every layer; absent: no window): positions a sliding-window
+   * layer's query sees, itself included.
+   */
   slidingWindow?: number;
   /** gemma3_text only: the RoPE base of the sliding-window layers (ropeTheta is the full layers'). */
   ropeLocalTheta?: number;
-  /** gemma3_text (always) and smollm3 (when it has sliding-window layers): each layer's attention. */
+  /** gemma3_text (always), smollm3 and mistral (when they have sliding-window layers): each layer's attention. */
   layerTypes?: ("sliding_attention" | "full_attention")[];
   /** smollm3 only: per layer, 1 when it rotates q and k (RoPE), 0 for a NoPE layer (transformers' no_rope_layers). */
   noRopeLayers?: number[];
