@@ -362,7 +362,7 @@ struct Registrar {
       if (lm == "gpt2" || lm == "llama") add(lm + "/sft", [lm] { check_loss(lm, LossKind::SFT, "sft"); });
       add(lm + "/adamw3", [lm] { check_adamw(lm, LossKind::DPO); });
     }
-    for (std::string lm : {"gpt2", "llama", "qwen3", "gemma3", "smollm3", "olmo2"}) {
+    for (std::string lm : {"gpt2", "llama", "qwen3", "gemma3", "smollm3", "olmo2", "mistral"}) {
       add("lora_" + lm + "/outputs", [lm] { check_lora_outputs(lm); });
       add("lora_" + lm + "/dpo", [lm] { check_lora_dpo(lm); });
       add("lora_" + lm + "/adamw3", [lm] { check_lora_adamw(lm); });

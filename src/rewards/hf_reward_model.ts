@@ -50,7 +50,7 @@ export class HfRewardModelSource implements RewardSource {
       if (!model.config.rewardModel) {
         throw new Error(
           `${dir} is a causal language model, not a reward model; a reward model directory has ` +
-            `architectures ["LlamaForSequenceClassification"] (or Qwen2/Qwen3/SmolLM3/Olmo2/GPT2, or Gemma3Text) with num_labels 1`,
+            `architectures ["LlamaForSequenceClassification"] (or Qwen2/Qwen3/SmolLM3/Olmo2/Mistral/GPT2, or Gemma3Text) with num_labels 1`,
         );
       }
       tokenizer.checkFitsModel(model.config.vocabSize, dir);
