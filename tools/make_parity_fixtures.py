@@ -4,7 +4,7 @@
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
 Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
-gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm (or only the ones named):
+gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm, smollm3_rm, olmo2_rm (or only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -88,7 +88,7 @@ def make_model(case):
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
             rms_norm_eps=1e-6, max_position_embeddings=64, attention_bias=case.endswith("_rm"),
             tie_word_embeddings=True, **common)
-    elif case == "smollm3":
+    elif case.startswith("smollm3"):
         # SmolLM3: layer 1 without RoPE (NoPE) and with a sliding window of 4 (shorter than every sequence); layers
         # 0 and 2 rotate and attend fully
         cfg = transformers.SmolLM3Config(
@@ -97,7 +97,7 @@ def make_model(case):
             layer_types=["full_attention", "sliding_attention", "full_attention"],
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-6,
             max_position_embeddings=64, tie_word_embeddings=True, **common)
-    elif case == "olmo2":
+    elif case.startswith("olmo2"):
         # OLMo 2: no norms before the attention and the MLP, norms on their outputs, q and k normalized over all
         # heads together (q_norm [32], k_norm [16]); untied
         cfg = transformers.Olmo2Config(
@@ -138,7 +138,9 @@ def make_model(case):
                "llama": transformers.LlamaForSequenceClassification,
                "qwen3": transformers.Qwen3ForSequenceClassification,
                "gemma3": transformers.Gemma3TextForSequenceClassification,
-               "mistral": transformers.MistralForSequenceClassification}[case[:-3]]
+               "mistral": transformers.MistralForSequenceClassification,
+               "smollm3": transformers.SmolLM3ForSequenceClassification,
+               "olmo2": transformers.Olmo2ForSequenceClassification}[case[:-3]]
     else:
         cls = {"gpt2": transformers.GPT2LMHeadModel, "llama": transformers.LlamaForCausalLM,
                "qwen2": transformers.Qwen2ForCausalLM, "qwen3": transformers.Qwen3ForCausalLM,
@@ -352,7 +354,7 @@ def build_case(case, seed):
 
 
 CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope",
-         "smollm3", "olmo2", "mistral", "mistral_rm"]  # appended: seeds follow the index
+         "smollm3", "olmo2", "mistral", "mistral_rm", "smollm3_rm", "olmo2_rm"]  # appended: seeds follow the index
 
 
 def build_cases(cases, build, first_seed, where):

@@ -368,7 +368,7 @@ struct Registrar {
       add("lora_" + lm + "/adamw3", [lm] { check_lora_adamw(lm); });
       add("lora_" + lm + "/merged", [lm] { check_lora_merged(lm); });
     }
-    for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm", "gemma3_rm", "mistral_rm"}) {
+    for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm", "gemma3_rm", "mistral_rm", "smollm3_rm", "olmo2_rm"}) {
       add(rm + "/scores", [rm] { check_scores(rm); });
       add(rm + "/bt", [rm] { check_loss(rm, LossKind::BT, "bt"); });
       add(rm + "/adamw3", [rm] { check_adamw(rm, LossKind::BT); });
