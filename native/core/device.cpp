@@ -90,7 +90,6 @@ static std::string cuda_model_problem(const ModelConfig& c) {
   if (c.is_gemma())
     return prefix + "'s norms (scaling by 1 + weight, after the attention and the MLP too), GELU gate and " +
            "sliding-window layers yet";
-  if (c.arch == Arch::OLMO2) return prefix + "'s post-norms (after the attention and the MLP, none before) yet";
   for (int l = 0; l < c.n_layer; l++)
     if (c.layer_sliding(l)) return prefix + "'s sliding-window layers yet";
   return "";

@@ -522,6 +522,38 @@ void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up,
   OPTUNE_CUDA_CHECK(launch_kernel(swiglu_kernel<Act>, grid_for(n), kThreads, 0, on, out, gate, pgate, up, pup, n));
 }
 
+// ---- post-norms (OLMo 2) -------------------------------------------------------------------------------------------
+
+// Block per row: v = y (its GEMM's slices when split) + bias; x += w * v / rms(v); out = x in Act.
+template <class Act>
+__global__ void post_norm_add_kernel(float* x, Act* out, const float* y, Partials parts, const float* bias,
+                                     const float* w, int d, float eps) {
+  __shared__ float scratch[32];
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * d;
+  const float* yr = y + base;
+  const Partials p = parts.at(base);
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = p.value(yr, i) + (bias ? bias[i] : 0.0f);
+    ss += v * v;
+  }
+  const float s = rsqrtf(block_sum(ss, scratch) / d + eps);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = p.value(yr, i) + (bias ? bias[i] : 0.0f);
+    const float nx = x[base + i] + w[i] * (v * s);
+    x[base + i] = nx;
+    out[base + i] = to_act<Act>(nx);
+  }
+}
+
+template <class Act>
+void post_norm_add(float* x, Act* out, const float* y, const Partials& parts, const float* bias, const float* w,
+                   int rows, int d, float eps, cudaStream_t st) {
+  if (rows <= 0) return;
+  post_norm_add_kernel<Act><<<rows, 256, 0, st>>>(x, out, y, parts, bias, w, d, eps);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
 template <class Act>
 __global__ void convert_kernel(Act* out, const float* in, int64_t n) {
   GRID_STRIDE_LOOP(i, n) out[i] = to_act<Act>(in[i]);
@@ -545,7 +577,9 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,               \
                             Launch);                                                                                   \
-  template void convert<Act>(Act*, const float*, int64_t, cudaStream_t);
+  template void convert<Act>(Act*, const float*, int64_t, cudaStream_t);                                           \
+  template void post_norm_add<Act>(float*, Act*, const float*, const Partials&, const float*, const float*, int, int, \
+                                   float, cudaStream_t);
 OPTUNE_SAMPLER_ACT(float)
 OPTUNE_SAMPLER_ACT(bf16)
 #undef OPTUNE_SAMPLER_ACT

@@ -55,6 +55,9 @@ void check_request(const Model& m, const SampleRequest& r) {
   OPTUNE_CHECK(c.d_model <= kMaxNormWidth, "sample: the CUDA sampler takes d_model up to " +
                                                std::to_string(kMaxNormWidth) + " (got " + std::to_string(c.d_model) +
                                                "); sample on the CPU instead");
+  // a block has norms before its sublayers or after them (OLMo 2), not both (Gemma 3: refused by set_device)
+  OPTUNE_CHECK(!(c.pre_norms() && c.post_norms()), "sample: the CUDA sampler has no blocks with both pre- and "
+                                                   "post-norms (Gemma 3); sample on the CPU instead");
 }
 
 // ---- cuBLAS on the sampler's stream ---------------------------------------------------------------------------------
@@ -434,6 +437,7 @@ class Sampler {
     part_capacity_ = partials_capacity();
     if (part_capacity_ > 0) part_ = alloc<float>(part_capacity_, "sampler K-split GEMM slices");
     if (c_.is_llama()) up_ = alloc<float>(rows * F_, "sampler MLP up projection");
+    if (c_.post_norms()) post_ = alloc<float>(rows * D_, "sampler sublayer output (post-norms)");
     act_ = alloc<Act>(rows * F_, "sampler MLP activation");
     hf_ = alloc<Act>(static_cast<size_t>(R_) * D_, "sampler final norm");
     logits_ = alloc<float>(static_cast<size_t>(R_) * LV_, "sampler logits (responses x vocab)");
@@ -622,14 +626,20 @@ class Sampler {
   // The blocks over `rows`, whose embeddings are in x_: attention over the cache (decode) or causal over the
   // chunk's prompts (prefill). The residual stream is left in x_; returns what the last GEMM still has to add to
   // it, for the final norm.
+  //
+  // OLMo 2 (post-norms, none before the sublayers): each GEMM reads the residual stream itself, which hn_ holds in
+  // Act (converted for layer 0; after that written by post_norm_add, which adds each sublayer's normalized output),
+  // and nothing is left pending.
   Pending blocks(const Rows& rows, const PrefillChunk* pf) {
     const int n = rows.n, H = c_.n_head, KVH = c_.n_kv_head, hd = c_.head_dim;
-    const bool gpt2 = c_.is_gpt2();
+    const bool gpt2 = c_.is_gpt2(), post = c_.post_norms();
     Pending pending;
+    if (post) convert<Act>(hn_.data(), x_.data(), static_cast<int64_t>(n) * D_, st());
     for (int l = 0; l < c_.n_layer; l++) {
       const LayerOffsets& o = L_.layers[l];
-      add_norm<Act>(hn_.data(), x_.data(), nullptr, pending.bias, pending.parts, P(o.norm1_w), P(o.norm1_b), n, D_,
-                    c_.norm_eps, gpt2, on());
+      if (!post)
+        add_norm<Act>(hn_.data(), x_.data(), nullptr, pending.bias, pending.parts, P(o.norm1_w), P(o.norm1_b), n,
+                      D_, c_.norm_eps, gpt2, on());
       float *q = qkv_.data(), *k, *v;
       int qs, ks, vs;
       const float *bq, *bk, *bv;
@@ -665,9 +675,15 @@ class Sampler {
         attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, layer_rope(l), on());
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
-      const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
-      add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
-                    gpt2, on());
+      if (post) {
+        const Partials po = linear(post_.data(), att, o.o_w, n, QD_, D_, 0.0f, &cursor);
+        post_norm_add<Act>(x_.data(), hn_.data(), post_.data(), po, P(o.o_b), P(o.post_attn_norm_w), n, D_,
+                           c_.norm_eps, st());
+      } else {
+        const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
+        add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
+                      gpt2, on());
+      }
       cursor = 0;
       if (gpt2 && decoding_ && lt_) {  // bias and GELU inside the GEMM, written as the next GEMM's input
         lt_bias_gelu(act_.data(), hn_.data(), o, n);
@@ -680,8 +696,14 @@ class Sampler {
         swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, on());
       }
       cursor = 0;  // x += MLP output (its bias and slices: the next norm)
-      pending.parts = linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f, &cursor);
-      pending.bias = P(o.proj_b);
+      if (post) {
+        const Partials pm = linear(post_.data(), act_.data(), o.proj_w, n, F_, D_, 0.0f, &cursor);
+        post_norm_add<Act>(x_.data(), hn_.data(), post_.data(), pm, P(o.proj_b), P(o.post_mlp_norm_w), n, D_,
+                           c_.norm_eps, st());
+      } else {
+        pending.parts = linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f, &cursor);
+        pending.bias = P(o.proj_b);
+      }
     }
     return pending;
   }
@@ -815,7 +837,7 @@ class Sampler {
   Buffer<char> blas_ws_;
   Blas blas_;
   std::unique_ptr<LtGemms> lt_;  // bf16 decode GEMMs on cuBLASLt (OPTUNE_CUDA_DECODE_GEMM=lt); null otherwise
-  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, logits_, out_logp_, part_;
+  Buffer<float> x_, qkv_, atty_, lse_, fc_, up_, post_, logits_, out_logp_, part_;
   Buffer<Act> kc_, vc_, hn_, atty_act_, act_, hf_;  // the KV cache in the activations' dtype
   Buffer<float2> rope_;                             // RoPE's (cos, sin) per set, position and pair (rope_table)
   Buffer<double> rope_freqs_;                       // the sets' frequencies (rope_sets.h)

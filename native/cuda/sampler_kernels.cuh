@@ -128,6 +128,11 @@ void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, i
 template <class Act>
 void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
             Launch on);
+// A post-norm and its residual add (OLMo 2), per row of d: x += RMSNorm(y + bias) (y: the projection, or its slices
+// in parts when split; bias may be null) with weights w, then out = x in Act (the next GEMM's operand).
+template <class Act>
+void post_norm_add(float* x, Act* out, const float* y, const Partials& parts, const float* bias, const float* w,
+                   int rows, int d, float eps, cudaStream_t st);
 // fp32 -> Act (a copy when Act is float).
 template <class Act>
 void convert(Act* out, const float* in, int64_t n, cudaStream_t st);

@@ -60,6 +60,8 @@ void carve_layer(Carver& cv, const ModelConfig& c, int T, DevLayer& y) {
   y.n2_mean = cv.take<float>(T);
   y.n2_rstd = cv.take<float>(T);
   y.res_mlp = cv.take<float>(T * D);
+  y.post_attn_rstd = c.post_norms() ? cv.take<float>(T) : nullptr;
+  y.post_mlp_rstd = c.post_norms() ? cv.take<float>(T) : nullptr;
 }
 
 void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf16, DevActs& a) {
@@ -77,6 +79,7 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
   // q/k norms: their groups per row (Qwen3: one per head)
   const size_t q_groups = c.qk_norm() ? QD / c.q_norm_width() : 0;
   const size_t k_groups = c.qk_norm() ? c.kv_dim() / c.k_norm_width() : 0;
+  a.post = c.post_norms() ? cv.take<float>(T * D) : nullptr;
   a.qk_raw = c.qk_norm() ? cv.take<float>(T * (QD + c.kv_dim())) : nullptr;
   a.qk_rstd = c.qk_norm() ? cv.take<float>(T * (q_groups + k_groups)) : nullptr;
   a.normf = cv.take<float>(T * D);
@@ -93,9 +96,10 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
   if (training) {
     a.dresid = cv.take<float>(T * D);
     a.dnorm = cv.take<float>(T * D);
-    a.dact = cv.take<float>(T * std::max(F, QKV));
+    a.dact = cv.take<float>(T * std::max({F, QKV, D}));
     a.dup = c.is_llama() ? cv.take<float>(T * F) : nullptr;
     a.dqk_raw = c.qk_norm() ? cv.take<float>(T * (QD + c.kv_dim())) : nullptr;
+    a.dpost = c.post_norms() ? cv.take<float>(T * D) : nullptr;
     a.n_ones = T * static_cast<int>(std::max<size_t>({1, q_groups, k_groups}));
     a.ones = cv.take<float>(a.n_ones);
   }
@@ -166,6 +170,26 @@ Operand block_norm_forward(const Net& n, float* out, float* mean, float* rstd, c
   return out;
 }
 
+// A sublayer's input where no norm precedes it (OLMo 2): the residual stream itself, under bf16 converted once into
+// a.norm16 (free then: no block norm uses it), which the three (or two) GEMMs reading it share.
+Operand raw_operand(const Net& n, const float* x) {
+  if (!n.B) return x;
+  to_bf16(n.a.norm16, x, static_cast<int64_t>(n.T) * n.c.d_model);
+  return {x, n.a.norm16};
+}
+
+// The input of block l's attention (the first norm, or the residual stream) and of its MLP (the second).
+Operand attention_input(const Net& n, const LayerOffsets& o, const DevLayer& y, const float* x, bool keep_stats) {
+  if (!n.c.pre_norms()) return raw_operand(n, x);
+  return block_norm_forward(n, n.a.norm, keep_stats ? y.n1_mean : nullptr, keep_stats ? y.n1_rstd : nullptr, x,
+                            o.norm1_w, o.norm1_b);
+}
+Operand mlp_input(const Net& n, const LayerOffsets& o, const DevLayer& y, bool keep_stats) {
+  if (!n.c.pre_norms()) return raw_operand(n, y.res_attn);
+  return block_norm_forward(n, n.a.norm, keep_stats ? y.n2_mean : nullptr, keep_stats ? y.n2_rstd : nullptr,
+                            y.res_attn, o.norm2_w, o.norm2_b);
+}
+
 // dx += input gradient of a norm over `rows` rows of `d` (LayerNorm when mean is given, else RMSNorm); weight (and
 // bias) gradients as column sums by a ones-row GEMM over dout * xhat, formed in `scratch` [rows, d] (a buffer the
 // caller no longer needs).
@@ -229,6 +253,44 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const Ope
   if (bias != kAbsent) bias_backward(n.G + bias, dout.f32, n.a.ones, T, outf);
 }
 
+// out = residual + Proj(in) + bias, or with a post-norm (OLMo 2) residual + PostNorm(Proj(in) + bias), the
+// projection then in a.post and the norm's 1/rms in post_rstd.
+void sublayer_forward(const Net& n, float* out, const Operand& in, size_t w, size_t bias, int in_f, size_t post_w,
+                      float* post_rstd, const float* residual) {
+  const int T = n.T, D = n.c.d_model;
+  if (post_w == kAbsent) {
+    linear_forward(n, out, in, w, kAbsent, in_f, D);
+    bias_residual(out, n.p(bias), residual, T, D);
+    return;
+  }
+  linear_forward(n, n.a.post, in, w, bias, in_f, D);
+  rmsnorm_forward(out, post_rstd, n.a.post, n.p(post_w), T, D, n.c.norm_eps);
+  bias_residual(out, nullptr, residual, T, D);
+}
+
+// The gradient at a sublayer's projection output, given dresid at its block output: dresid itself, or back through
+// the post-norm (whose input, the projection, is recomputed into a.post; its weight gradient is added here), in
+// a.dpost. a.dact is the norm's scratch (the caller fills it only afterwards).
+const float* sublayer_output_backward(const Net& n, const float* dresid, const Operand& in, size_t w, size_t bias,
+                                      int in_f, size_t post_w, const float* post_rstd) {
+  if (post_w == kAbsent) return dresid;
+  const int T = n.T, D = n.c.d_model;
+  linear_forward(n, n.a.post, in, w, bias, in_f, D);
+  fill_zero(n.a.dpost, static_cast<size_t>(T) * D * sizeof(float));
+  norm_rows_backward(n, n.a.dpost, post_w, kAbsent, dresid, n.a.post, nullptr, post_rstd, n.a.dact, T, D);
+  return n.a.dpost;
+}
+
+// The gradient at a sublayer's input (in dnorm) into the residual stream's: through the pre-norm, or added as it
+// is where none precedes the sublayer (OLMo 2).
+void input_backward(const Net& n, float* dresid, size_t w, size_t b, const float* dnorm, const float* x,
+                    const float* mean, const float* rstd) {
+  if (n.c.pre_norms())
+    norm_backward(n, dresid, w, b, dnorm, x, mean, rstd, n.a.norm);
+  else
+    add_inplace(dresid, dnorm, static_cast<int64_t>(n.T) * n.c.d_model);
+}
+
 Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) {
   return Net{m.cfg, m.layout, ds.params.data(), ds.prec == Precision::BF16 ? ds.params_bf16.data() : nullptr, G, a, a.T,
              !m.cfg.is_gpt2(), ds};
@@ -289,20 +351,18 @@ void block_forward(const Net& n, int l, const DevLayer& y, const float* x, const
   const ModelConfig& c = n.c;
   const LayerOffsets& o = n.L.layers[l];
   const DevActs& a = n.a;
-  const int T = n.T, D = c.d_model, F = c.d_ff, QD = c.q_dim();
+  const int T = n.T, F = c.d_ff, QD = c.q_dim();
 
   // attention
-  qkv_forward(n, l, a.qkv, block_norm_forward(n, a.norm, y.n1_mean, y.n1_rstd, x, o.norm1_w, o.norm1_b), b);
+  qkv_forward(n, l, a.qkv, attention_input(n, o, y, x, true), b);
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
                     c.n_kv_head, c.head_dim, n.B != nullptr, folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr));
-  linear_forward(n, y.res_attn, y.atty, o.o_w, kAbsent, QD, D);
-  bias_residual(y.res_attn, n.p(o.o_b), x, T, D);
+  sublayer_forward(n, y.res_attn, y.atty, o.o_w, o.o_b, QD, o.post_attn_norm_w, y.post_attn_rstd, x);
 
   // MLP
-  const Operand normed = block_norm_forward(n, a.norm, y.n2_mean, y.n2_rstd, y.res_attn, o.norm2_w, o.norm2_b);
-  linear_forward(n, y.res_mlp, mlp_hidden_forward(n, o, normed), o.proj_w, kAbsent, F, D);
-  bias_residual(y.res_mlp, n.p(o.proj_b), y.res_attn, T, D);
+  const Operand act = mlp_hidden_forward(n, o, mlp_input(n, o, y, true));
+  sublayer_forward(n, y.res_mlp, act, o.proj_w, o.proj_b, F, o.post_mlp_norm_w, y.post_mlp_rstd, y.res_attn);
 }
 
 }  // namespace
@@ -410,9 +470,11 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     // MLP: res_mlp = res_attn + Proj(Act(FC(Norm2(res_attn)))); recompute Norm2, FC (and Up), Act first. As on the
     // CPU, the first product into each input-gradient buffer overwrites it; only the activations' += outputs are
     // zeroed first.
-    const Operand normed2 = block_norm_forward(n, a.norm, nullptr, nullptr, y.res_attn, o.norm2_w, o.norm2_b);
+    const Operand normed2 = mlp_input(n, o, y, false);
     const Operand act = mlp_hidden_forward(n, o, normed2);
-    linear_backward(n, a.dact, o.proj_w, o.proj_b, a.dresid, act, F, D, false);
+    const Operand dmlp = sublayer_output_backward(n, a.dresid, act, o.proj_w, o.proj_b, F, o.post_mlp_norm_w,
+                                                  y.post_mlp_rstd);
+    linear_backward(n, a.dact, o.proj_w, o.proj_b, dmlp, act, F, D, false);
     float* dfc = a.act;  // the activation is no longer needed: its buffer takes dLoss/dfc
     Operand dfc_in(dfc);
     if (c.is_gpt2()) {  // dfc written (not added to), and under bf16 its operand for the c_fc GEMMs too
@@ -426,13 +488,15 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
       linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, normed2, D, F, false);
     }
     linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc_in, normed2, D, F, c.is_llama());
-    norm_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd, a.norm);
+    input_backward(n, a.dresid, o.norm2_w, o.norm2_b, a.dnorm, y.res_attn, y.n2_mean, y.n2_rstd);
 
     // attention: res_attn = x + O(Attn(QKV(Norm1(x)))); recompute Norm1 and q|k|v first
     float* datty = a.act;   // free again: the MLP part is done
     float* dqkv = a.dact;
-    linear_backward(n, datty, o.o_w, o.o_b, a.dresid, y.atty, QD, D, false);
-    const Operand normed1 = block_norm_forward(n, a.norm, nullptr, nullptr, x, o.norm1_w, o.norm1_b);
+    const Operand dattn = sublayer_output_backward(n, a.dresid, y.atty, o.o_w, o.o_b, QD, o.post_attn_norm_w,
+                                                   y.post_attn_rstd);
+    linear_backward(n, datty, o.o_w, o.o_b, dattn, y.atty, QD, D, false);
+    const Operand normed1 = attention_input(n, o, y, x, false);
     qkv_forward(n, l, a.qkv, normed1, b);
     const QKV v = qkv_view(c, a.qkv, T);
     const QKV dv = qkv_view(c, dqkv, T);
@@ -462,7 +526,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
       linear_backward(n, a.dnorm, o.k_w, o.k_b, dk, normed1, D, KVD);
       linear_backward(n, a.dnorm, o.v_w, o.v_b, dv.v, normed1, D, KVD);
     }
-    norm_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd, a.norm);
+    input_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd);
   }
 
   // embeddings: rows grouped by token id / position on the host, summed in row order (deterministic, no atomics)

@@ -42,6 +42,7 @@ struct DevLayer {
   float* res_attn = nullptr;  // [T, D]
   float *n2_mean = nullptr, *n2_rstd = nullptr;
   float* res_mlp = nullptr;   // [T, D] block output
+  float *post_attn_rstd = nullptr, *post_mlp_rstd = nullptr;  // (post-norms, OLMo 2) [T] their 1/rms
 };
 
 struct DevActs {
@@ -56,6 +57,7 @@ struct DevActs {
   float* up = nullptr;              // [T, F] up_proj output (Llama)
   float* act = nullptr;             // [T, max(F, QD)] MLP hidden; in backward also dLoss/dfc, then dLoss/datty,
                                     // then the q/k norms' dLoss/dy * xhat
+  float* post = nullptr;            // (post-norms) [T, D]: a sublayer's projection, before its post-norm
   float* qk_raw = nullptr;          // (q/k norms) [T, QD + KVD]: q and k as projected, before their norms
   float* qk_rstd = nullptr;         // (q/k norms) the norms' 1/rms per normalized group: q's rows, then k's
   float *normf = nullptr, *normf_mean = nullptr, *normf_rstd = nullptr;
@@ -66,9 +68,11 @@ struct DevActs {
                                     // bf16 alone
   // backward scratch (training only)
   float *dresid = nullptr, *dnorm = nullptr;  // [T, D]
-  float* dact = nullptr;            // [T, max(F, QKV)] dLoss/dact, then dLoss/dqkv
+  float* dact = nullptr;            // [T, max(F, QKV, D)] dLoss/dact, then dLoss/dqkv; before each, the
+                                    // post-norms' dLoss/dy * xhat
   float* dup = nullptr;             // [T, F] (Llama)
   float* dqk_raw = nullptr;         // (q/k norms) [T, QD + KVD] dLoss/dqk_raw
+  float* dpost = nullptr;           // (post-norms) [T, D] dLoss/dpost
   float* ones = nullptr;            // [n_ones] ones: bias gradients are GEMMs with it
   int n_ones = 0;                   // T, or the rows of the widest q/k norm (T x heads for Qwen3's)
 };

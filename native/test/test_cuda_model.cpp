@@ -59,8 +59,9 @@ ModelConfig llama_cfg(bool reward = false) {
 
 // llama_cfg's shape in the other block structures the CUDA backend runs: Llama 3.1+'s "llama3" RoPE scaling (head_dim 8
 // with theta 1e4 puts one frequency in each of its bands: kept, blended, scaled), SmolLM3 (layer 1 NoPE, tied
-// embeddings, no biases, no sliding windows) and Qwen3 (per-head q/k norms; head_dim 16, so q is twice the hidden
-// width, as in Qwen3's checkpoints).
+// embeddings, no biases, no sliding windows), Qwen3 (per-head q/k norms; head_dim 16, so q is twice the hidden
+// width, as in Qwen3's checkpoints; also with its optional attention biases) and OLMo 2 (no norms before the
+// sublayers, post-norms after them, q and k normalized over their whole width; untied).
 std::vector<ModelConfig> llama_variants() {
   ModelConfig scaled = llama_cfg();
   scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
@@ -74,7 +75,10 @@ std::vector<ModelConfig> llama_variants() {
   qwen3.max_positions = 128;
   ModelConfig qwen3_biased = qwen3;  // Qwen3's optional attention biases: q's and k's come before their norms
   qwen3_biased.qkv_bias = qwen3_biased.o_bias = true;
-  return {scaled, smol, qwen3, qwen3_biased};
+  ModelConfig olmo2 = testing::tiny_olmo2(97);
+  olmo2.d_model = 32, olmo2.n_head = 4, olmo2.n_kv_head = 2, olmo2.head_dim = 8, olmo2.d_ff = 48;
+  olmo2.max_positions = 128;
+  return {scaled, smol, qwen3, qwen3_biased, olmo2};
 }
 
 std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {
