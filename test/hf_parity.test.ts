@@ -1,7 +1,7 @@
 // Parity with transformers on the committed fixtures (tools/make_hf_fixtures.py): tokenizer ids, response
-// log-probs of the tiny Llama (SmolLM-style), Qwen2, Qwen3 and Gemma 3 policies, reward-model scores (Llama, GPT-2,
-// Qwen3, Gemma 3) through each reward model's own tokenizer and template, and a checkpoint written by optune that
-// transformers loaded (recorded logits).
+// log-probs of the tiny Llama (SmolLM-style), Qwen2, Qwen3, Gemma 3 and Mistral policies, reward-model scores (Llama,
+// GPT-2, Qwen3, Gemma 3, Mistral) through each reward model's own tokenizer and template, and a checkpoint written by
+// optune that transformers loaded (recorded logits).
 
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -257,6 +257,45 @@ describe("model directories", () => {
       layerTypes: ["sliding_attention", "full_attention", "sliding_attention"],
     });
     expect(rm.config.padTokenId).not.toBe(rm.config.eosTokenId);
+    await rm.dispose();
+  });
+
+  it("Mistral fixtures keep the shapes their parity is about", async () => {
+    // Every layer attends through a window of 6 (Mistral 7B v0.1's layout); no attention biases; untied.
+    const { model, tokenizer } = await loadModelDir(join(FIXTURES, "mistral"));
+    expect(model.config).toMatchObject({
+      arch: "mistral",
+      dModel: 32,
+      nLayer: 2,
+      nHead: 4,
+      nKvHead: 2,
+      headDim: 8,
+      tieEmbeddings: false,
+      qkvBias: false,
+      oBias: false,
+      slidingWindow: 6,
+      layerTypes: ["sliding_attention", "sliding_attention"],
+    });
+    expect([tokenizer.vocabSize, model.config.vocabSize]).toEqual([420, 420]);
+    // Every parity sequence is longer than the window, so the window shows in the log-probs.
+    for (const item of parity.policies["mistral"]!) {
+      expect(item.prompt_ids.length + item.response_ids.length).toBeGreaterThan(model.config.slidingWindow!);
+    }
+    // Mistral's ids: <unk> <s> </s> [INST] [/INST] as 0-4, the markers special; the tokenizer adds <s>;
+    // generation stops at </s>; the assistant's text follows [/INST] (no generation prompt).
+    expect(["<unk>", "<s>", "</s>", "[INST]", "[/INST]"].map((t) => tokenizer.tokenToId(t))).toEqual([0, 1, 2, 3, 4]);
+    expect(Array.from(tokenizer.encode("Hi"))[0]).toBe(1);
+    expect(tokenizer.decode(tokenizer.encode("[INST] Hi [/INST] Yes</s>"))).toBe("Hi  Yes");
+    expect(tokenizer.stopTokens.ids).toEqual([2]);
+    expect(tokenizer.applyChatTemplate([{ role: "user", content: "Hi" }], { addGenerationPrompt: true })).toBe(
+      "<s>[INST] Hi [/INST]",
+    );
+    await model.dispose();
+    // The reward model has no window (sliding_window null) and no pad token: the score is read at the last token.
+    const rm = await EngineModel.load(join(FIXTURES, "reward_mistral"));
+    expect(rm.config).toMatchObject({ arch: "mistral", rewardModel: true, qkvBias: false, padTokenId: -1 });
+    expect(rm.config.slidingWindow).toBeUndefined();
+    expect(rm.config.layerTypes).toBeUndefined();
     await rm.dispose();
   });
 

@@ -47,7 +47,7 @@ function close(actual: unknown, expected: number): void {
   expect(Math.abs((actual as number) - expected)).toBeLessThanOrEqual(1e-4 * Math.max(1, Math.abs(expected)));
 }
 
-describe.each(["smollm", "qwen2", "qwen3", "gemma3"])("optune logprobs on %s", (name) => {
+describe.each(["smollm", "qwen2", "qwen3", "gemma3", "mistral"])("optune logprobs on %s", (name) => {
   const items = parity.policies[name]!;
   const model = join(FIXTURES, name);
 

@@ -1,6 +1,8 @@
 // `optune run` with `task: user`, through the real CLI (bin/optune.js on the compiled dist/): a config next to
 // its own reward module, pointing at the tiny fixtures by relative paths, run for 2 iterations and resumed for a
-// third; the checkpoints are complete model directories. A config missing its fields fails with a clear message.
+// third; the checkpoints are complete model directories. A one-iteration run of the tiny Mistral policy with the
+// tiny Mistral reward model keeps the family and its sliding window in the checkpoint. A config missing its fields
+// fails with a clear message.
 
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -117,6 +119,47 @@ describe("optune run with task: user", () => {
     expect(resumed.status).toBe(0);
     expect(metricsIterations()).toEqual([0, 1, 2, 3]);
     expect(existsSync(join(runDir, "checkpoints", "iter-0003", "tokenizer.json"))).toBe(true);
+  });
+
+  it("tunes a Mistral policy with a Mistral reward model and saves a Mistral directory with its window", async () => {
+    // The mistral fixture's every layer slides (window 6, shorter than the rendered prompts); the reward model has
+    // no window and reads the decoded responses with its own copy of the tokenizer and [INST] template.
+    const fixtures = relative(configDir, FIXTURES);
+    const mistralRun = join(scratch, "mistral-run");
+    const path = join(configDir, "mistral.json");
+    writeFileSync(
+      path,
+      JSON.stringify({
+        task: "user",
+        seed: 5,
+        model: { policy: join(fixtures, "mistral") },
+        prompts: { file: join(fixtures, "prompts.jsonl"), evalCount: 2, seed: 1 },
+        reward: { sources: [{ type: "model", path: join(fixtures, "reward_mistral") }] },
+        loop: { iterations: 1, prompts: 4, k: 2, batchPairs: 2 },
+        eval: { prompts: 2, samples: 1 },
+        sampling: { maxNewTokens: 8 },
+        optim: { lr: 1e-3 },
+        run: { dir: mistralRun },
+      }),
+    );
+    const run = optune(["--config", path]);
+    expect(run.stderr).not.toMatch(/optune:/);
+    expect(run.status).toBe(0);
+    const final = join(mistralRun, "checkpoints", "final");
+    expect(run.stdout).toContain(`final checkpoint ${final}`);
+    for (const name of ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"]) {
+      expect(readFileSync(join(final, name), "utf8")).toBe(readFileSync(join(FIXTURES, "mistral", name), "utf8"));
+    }
+    // config.json in transformers' form: the model type, the causal LM head and the window as the fixture has them.
+    const config = JSON.parse(readFileSync(join(final, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: "mistral", architectures: ["MistralForCausalLM"], sliding_window: 6 });
+    const loaded = await loadModelDir(final);
+    const original = await EngineModel.load(join(FIXTURES, "mistral"));
+    expect(loaded.model.config).toMatchObject({ arch: "mistral", slidingWindow: 6 });
+    expect(loaded.model.config).toEqual(original.config);
+    // the run trained the policy: the saved weights are not the fixture's
+    expect(await loaded.model.getParams()).not.toEqual(await original.getParams());
+    await Promise.all([loaded.model.dispose(), original.dispose()]);
   });
 
   it("lists the fields a user config is missing, without a stack trace", () => {

@@ -126,6 +126,20 @@ describe("chat templates", () => {
     );
   });
 
+  it("surface the [INST] template's refusals of other roles and of turns out of order", async () => {
+    const tok = await HfTokenizer.load(join(FIXTURES, "mistral"));
+    expect(() => tok.applyChatTemplate([{ role: "tool", content: "x" }], { addGenerationPrompt: false })).toThrow(
+      /mistral[/\\]chat_template\.jinja failed on a conversation with roles \[tool\]: .*unsupported role tool/,
+    );
+    const twoUsers = [{ role: "user", content: "a" }, { role: "user", content: "b" }];
+    expect(() => tok.applyChatTemplate(twoUsers, { addGenerationPrompt: true })).toThrow(
+      /roles \[user, user\]: .*turns must alternate user \/ assistant/,
+    );
+    // a leading system message opens the first user turn
+    const chat = [{ role: "system", content: "S" }, { role: "user", content: "U" }, { role: "assistant", content: "A" }];
+    expect(tok.applyChatTemplate(chat, { addGenerationPrompt: false })).toBe("<s>[INST] S\n\nU [/INST] A</s>");
+  });
+
   it("can be supplied where the directory has none", async () => {
     const plain = await HfTokenizer.load(join(FIXTURES, "reward_gpt2"));
     expect(() => plain.encodeChat([{ role: "user", content: "hi" }], { addGenerationPrompt: true })).toThrow(

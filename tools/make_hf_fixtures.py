@@ -44,8 +44,21 @@ Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
   reward_gemma3/ Gemma3TextForSequenceClassification with attention biases (attention_bias true); the same tokenizer
                  files and template as gemma3/; pad_token_id is <pad>, not the EOS, so the score is read at the last
                  token
+  mistral/       MistralForCausalLM: Llama without attention biases, every layer attending through a sliding window
+                 of 6 tokens (shorter than every parity sequence); untied embeddings; 512 positions; tokenizer as
+                 Mistral's converted by transformers (LlamaTokenizer: Metaspace with a prefix space at the text's
+                 start, BPE with byte fallback; <unk> <s> </s> [INST] [/INST] as ids 0-4, the last two special as in
+                 Mistral's v3 vocabulary; BOS added); chat_template.jinja (our own, [INST] style): BOS, a user turn as
+                 "[INST] text [/INST]" (a leading system message's text opens the first one), an assistant turn as
+                 " text" and the EOS, turns alternating from a user's; no generation prompt (the assistant's text
+                 follows [/INST]); generation_config EOS id </s>
+  reward_mistral/
+                 MistralForSequenceClassification without a window (sliding_window null, as Mistral 7B v0.2 and
+                 later); the same tokenizer files and template as mistral/; no pad_token_id (as Mistral ships), so
+                 the score is read at the last token, the template's closing </s>
   tokenizer_cases.json   per tokenizer dir: corpus strings (unicode/whitespace edge cases; for tokenizers with
-                         <think>, a few strings with it too) -> ids with and without special tokens, decoded text;
+                         <think> or [INST], a few strings with them too) -> ids with and without special tokens,
+                         decoded text;
                          "chats": rendered chat templates and their ids; and, for qwen3 only,
                          "template_arg_chats": chats rendered with extra template variables, each entry as in "chats"
                          plus "template_args" (e.g. {"enable_thinking": false}), the keyword arguments given to
@@ -53,7 +66,7 @@ Everything lands in test/fixtures/hf/ (a few hundred kB in all, committed):
   parity.json            per policy: prompt/response pairs -> ids, per-token and summed log-probs (transformers, fp32;
                          with <think> in the tokenizer, one more chat whose response opens with a reasoning block);
                          per reward model: conversations -> ids and score. A chat response ends with the turn's end
-                         token: <end_of_turn> where the tokenizer has it, <|im_end|> otherwise
+                         token: <end_of_turn> where the tokenizer has it, </s> with [INST] turns, <|im_end|> otherwise
   optune_saved/          (roundtrip) a checkpoint written by optune's EngineModel.save after one SFT step on qwen2/,
                          with expected_logits.json: transformers' logits on it
 Weights are random but larger than transformers' init (std 0.02 would make every distribution nearly uniform and the
@@ -70,9 +83,9 @@ from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Gemma3ForCausalLM,
                           Gemma3TextConfig, Gemma3TextForSequenceClassification, GemmaTokenizer, GPT2Config,
                           GPT2ForSequenceClassification, GPT2Tokenizer, GenerationConfig, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaTokenizer, Qwen2Config,
-                          Qwen2ForCausalLM, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM,
-                          Qwen3ForSequenceClassification)
+                          LlamaForCausalLM, LlamaForSequenceClassification, LlamaTokenizer, MistralConfig,
+                          MistralForCausalLM, MistralForSequenceClassification, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM, Qwen3ForSequenceClassification)
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "test" / "fixtures" / "hf"
@@ -127,6 +140,14 @@ THINK_CORPUS = [
 ]
 # A policy response that opens with a (short) reasoning block, for policies whose tokenizer has the markers.
 THINK_RESPONSE = "<think>\nShort.\n</think>\n\nこんにちは!<|im_end|>"
+
+# Mistral's turn markers: special tokens in its v3 vocabulary (ids 3 and 4). Strings with them, for tokenizers that
+# have them.
+INST_TOKENS = ["[INST]", "[/INST]"]
+INST_CORPUS = [
+    "<s>[INST] Hi there [/INST] Hello!</s>[INST] 日本語? [/INST]",
+    "a[INST]b[/INST]c [INST]  [/INST]\n",
+]
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -189,6 +210,32 @@ GEMMA_TEMPLATE = """\
 {%- endif %}
 """
 
+# [INST] style, written for these fixtures (Mistral's turn markers): BOS, then "[INST] text [/INST]" per user turn
+# and " text" plus the EOS per assistant turn, alternating from a user turn; a leading system message has no turn of
+# its own, its text opens the first user turn; no generation prompt (the assistant's text follows [/INST]).
+MISTRAL_TEMPLATE = """\
+{{- bos_token }}
+{%- if messages and messages[0]['role'] == 'system' %}
+    {%- set preface = messages[0]['content'] + '\\n\\n' %}
+    {%- set turns = messages[1:] %}
+{%- else %}
+    {%- set preface = '' %}
+    {%- set turns = messages %}
+{%- endif %}
+{%- for message in turns %}
+    {%- set expected = 'user' if loop.index0 % 2 == 0 else 'assistant' %}
+    {%- if message['role'] != 'user' and message['role'] != 'assistant' %}
+        {{- raise_exception('unsupported role ' + message['role']) }}
+    {%- elif message['role'] != expected %}
+        {{- raise_exception('turns must alternate user / assistant, from a user turn') }}
+    {%- elif message['role'] == 'user' %}
+        {{- '[INST] ' + (preface if loop.first else '') + message['content'] + ' [/INST]' }}
+    {%- else %}
+        {{- ' ' + message['content'] + eos_token }}
+    {%- endif %}
+{%- endfor %}
+"""
+
 # Qwen3 style, written for these fixtures: plain ChatML turns (no default system turn); with add_generation_prompt
 # and enable_thinking given as false, the assistant turn opens with an empty reasoning block.
 QWEN3_TEMPLATE = """\
@@ -232,10 +279,13 @@ def train_bytelevel(specials, vocab_size):
     return model["vocab"], [tuple(m) for m in model["merges"]]
 
 
-def train_sentencepiece_like(vocab_size):
+def train_sentencepiece_like(vocab_size, extra_specials=()):
+    # <unk> <s> </s> at ids 0-2, any extra specials next (Mistral's [INST] [/INST] at 3 and 4), then the 256
+    # byte-fallback tokens; words start with their space ("▁" + word, also at the text's start) as in Llama 2 and
+    # Mistral.
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    specials = ["<unk>", "<s>", "</s>", *extra_specials] + [f"<0x{i:02X}>" for i in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     tok.train_from_iterator(TRAIN_TEXT, trainer)
     model = json.loads(tok.to_str())["model"]
@@ -428,11 +478,54 @@ def make_reward_gemma3():
     save_all(d, randomize(Gemma3TextForSequenceClassification(cfg), 8), tok)
 
 
+def mistral_tokenizer():
+    # As transformers 5 converts Mistral's SentencePiece model: LlamaTokenizer (Metaspace, a prefix space at the
+    # text's start, BPE with byte fallback), BOS added, eos </s>, no pad; [INST] / [/INST] special (skip_special_tokens
+    # drops them), at Mistral v3's ids.
+    vocab, merges = train_sentencepiece_like(420, INST_TOKENS)
+    tok = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    tok.add_special_tokens({"additional_special_tokens": INST_TOKENS})
+    tok.chat_template = MISTRAL_TEMPLATE
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ["<unk>", "<s>", "</s>", *INST_TOKENS]}
+    assert list(ids.values()) == list(range(len(ids))), ids
+    return tok, ids
+
+
+def mistral_config(**kwargs):
+    # Untied, no attention biases (transformers' Mistral has none); 4 heads of 8 over 2 KV heads.
+    return MistralConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, rms_norm_eps=1e-5,
+                         max_position_embeddings=512, tie_word_embeddings=False, **kwargs)
+
+
+def make_mistral():
+    # mistral: every layer slides, with a window (6) shorter than the parity sequences, as Mistral 7B v0.1's 4096.
+    tok, ids = mistral_tokenizer()
+    cfg = mistral_config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, sliding_window=6,
+                         bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=None)
+    d = fresh_dir("mistral")
+    save_all(d, randomize(MistralForCausalLM(cfg), 9), tok,
+             GenerationConfig(bos_token_id=ids["<s>"], eos_token_id=ids["</s>"]))
+
+
+def make_reward_mistral():
+    # reward_mistral: the mistral tokenizer and template; no window (null, as Mistral 7B v0.2 and later) and no pad
+    # token, so transformers scores at the last token.
+    tok, ids = mistral_tokenizer()
+    cfg = mistral_config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_labels=1, sliding_window=None,
+                         bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=None)
+    d = fresh_dir("reward_mistral")
+    save_all(d, randomize(MistralForSequenceClassification(cfg), 10), tok)
+
+
 # Every fixture dir, in the order they are built and listed in the JSON files.
-POLICIES = {"smollm": make_smollm, "qwen2": make_qwen2, "qwen3": make_qwen3, "gemma3": make_gemma3}
+POLICIES = {"smollm": make_smollm, "qwen2": make_qwen2, "qwen3": make_qwen3, "gemma3": make_gemma3,
+            "mistral": make_mistral}
 REWARD_MODELS = {"reward_llama": make_reward_llama, "reward_gpt2": make_reward_gpt2,
-                 "reward_qwen3": make_reward_qwen3, "reward_gemma3": make_reward_gemma3}
-BUILD_ORDER = ["smollm", "qwen2", "reward_llama", "reward_gpt2", "qwen3", "reward_qwen3", "gemma3", "reward_gemma3"]
+                 "reward_qwen3": make_reward_qwen3, "reward_gemma3": make_reward_gemma3,
+                 "reward_mistral": make_reward_mistral}
+BUILD_ORDER = ["smollm", "qwen2", "reward_llama", "reward_gpt2", "qwen3", "reward_qwen3", "gemma3", "reward_gemma3",
+               "mistral", "reward_mistral"]
 
 
 def make_models(names):
@@ -448,6 +541,17 @@ def render(tok, messages, add_generation_prompt, **template_args):
 
 def has_think(tok):
     return all(t in tok.get_vocab() for t in THINK_TOKENS)
+
+
+def has_inst(tok):
+    return all(t in tok.get_vocab() for t in INST_TOKENS)
+
+
+def turn_end(tok):
+    # The token that closes an assistant turn in the fixture's template.
+    if "<end_of_turn>" in tok.get_vocab():
+        return "<end_of_turn>"
+    return tok.eos_token if has_inst(tok) else "<|im_end|>"
 
 
 def chat_case(name, tok, messages, gen, template_args=None):
@@ -472,7 +576,7 @@ def make_tokenizer_cases(names, fresh):
     for name in names:
         tok = AutoTokenizer.from_pretrained(str(OUT / name))
         entries = []
-        for text in CORPUS + (THINK_CORPUS if has_think(tok) else []):
+        for text in CORPUS + (THINK_CORPUS if has_think(tok) else []) + (INST_CORPUS if has_inst(tok) else []):
             ids = tok(text).input_ids
             entries.append({
                 "text": text,
@@ -511,8 +615,7 @@ def make_parity(names, fresh):
         model = AutoModelForCausalLM.from_pretrained(str(OUT / name), dtype=torch.float32).eval()
         items = []
         pairs = [(p, r, None) for p, r in LOGPROB_PAIRS]
-        end_of_turn = "<end_of_turn>" if "<end_of_turn>" in tok.get_vocab() else "<|im_end|>"
-        pairs.append((render(tok, CHATS[0], True), "Paris, of course." + end_of_turn, CHATS[0]))
+        pairs.append((render(tok, CHATS[0], True), "Paris, of course." + turn_end(tok), CHATS[0]))
         if has_think(tok):
             pairs.append((render(tok, CHATS[1], True), THINK_RESPONSE, CHATS[1]))
         for prompt, response, messages in pairs:
