@@ -88,10 +88,7 @@ Device resolve_device(Device d) {
 static std::string cuda_model_problem(const ModelConfig& c) {
   const std::string prefix = std::string("the CUDA backend does not run ") + hf_class_prefix(c.arch);
   if (c.is_gemma())
-    return prefix + "'s norms (scaling by 1 + weight, after the attention and the MLP too), GELU gate and " +
-           "sliding-window layers yet";
-  for (int l = 0; l < c.n_layer; l++)
-    if (c.layer_sliding(l)) return prefix + "'s sliding-window layers yet";
+    return prefix + "'s norms (scaling by 1 + weight, before and after the attention and the MLP) and GELU gate yet";
   return "";
 }
 

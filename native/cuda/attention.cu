@@ -43,6 +43,9 @@ __device__ inline void load_tile(float* __restrict__ dst, const float* __restric
   }
 }
 
+// Whether query i sees key j: causal, and within the last `window` positions (window 0: no window).
+__device__ inline bool visible(int i, int j, int window) { return j <= i && (window <= 0 || j > i - window); }
+
 __device__ inline float dot_shared(const float* a, const float* b, int hd) {
   float s = 0.0f;
   for (int d = 0; d < hd; d++) s += a[d] * b[d];
@@ -53,7 +56,7 @@ __device__ inline float dot_shared(const float* a, const float* b, int hd) {
 
 __global__ void attention_forward_kernel(float* out, float* lse, const float* q, int qs, const float* k, int ks,
                                          const float* v, int vs, const int32_t* offsets, int n_head, int group,
-                                         int hd, float scale) {
+                                         int hd, float scale, int window) {
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * hd, hdp = hd + 1;
   const int start = offsets[s], L = offsets[s + 1] - start;
   extern __shared__ float smem[];
@@ -83,7 +86,8 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* q,
       for (int idx = threadIdx.x; idx < kTile * kTile; idx += blockDim.x) {
         const int r = idx / kTile, c = idx % kTile;
         float sc = -INFINITY;
-        if (r < nq && c < nk && j0 + c <= i0 + r) sc = scale * dot_shared(Qs + r * hdp, Ks + c * hdp, hd);
+        if (r < nq && c < nk && visible(i0 + r, j0 + c, window))
+          sc = scale * dot_shared(Qs + r * hdp, Ks + c * hdp, hd);
         Ss[r * kSp + c] = sc;
       }
       __syncthreads();
@@ -137,11 +141,11 @@ __global__ void attention_dsum_kernel(float* D, const float* dout, const float* 
 // P and dS of one (query tile, key tile) pair: P = exp(scale q.k - lse), dS = P * (dO.v - D) * scale, 0 where masked.
 __device__ inline void attention_p_ds(float* Ps, float* dSs, const float* Qs, const float* dOs, const float* Ks,
                                       const float* Vs, const float* lse_s, const float* D_s, int i0, int nq, int j0,
-                                      int nk, int hd, int hdp, float scale) {
+                                      int nk, int hd, int hdp, float scale, int window) {
   for (int idx = threadIdx.x; idx < kTile * kTile; idx += blockDim.x) {
     const int r = idx / kTile, c = idx % kTile;
     float p = 0.0f, ds = 0.0f;
-    if (r < nq && c < nk && j0 + c <= i0 + r) {
+    if (r < nq && c < nk && visible(i0 + r, j0 + c, window)) {
       p = expf(scale * dot_shared(Qs + r * hdp, Ks + c * hdp, hd) - lse_s[r]);
       ds = p * (dot_shared(dOs + r * hdp, Vs + c * hdp, hd) - D_s[r]) * scale;
     }
@@ -169,7 +173,7 @@ static_assert(kTile * kAttentionMaxHeadDim % kThreads == 0, "the threads' elemen
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,
                                    const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                                   const int32_t* offsets, int n_head, int group, int hd, float scale) {
+                                   const int32_t* offsets, int n_head, int group, int hd, float scale, int window) {
   const int s = blockIdx.y, kvh = blockIdx.z, od = n_head * hd, hdp = hd + 1;
   const int start = offsets[s], L = offsets[s + 1] - start;
   extern __shared__ float smem[];
@@ -198,7 +202,7 @@ __global__ void __launch_bounds__(kThreads)
         load_tile(dOs, dout, od, start + i0, nq, h * hd, hd, hdp);
         load_row_stats(lse_s, D_s, lse, D, start + i0, nq, n_head, h);
         __syncthreads();
-        attention_p_ds(Ps, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale);
+        attention_p_ds(Ps, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale, window);
         __syncthreads();
 #pragma unroll
         for (int m = 0; m < kAccPerThread; m++) {
@@ -228,7 +232,8 @@ __global__ void __launch_bounds__(kThreads)
 
 __global__ void attention_backward_dq_kernel(float* dq, const float* dout, const float* lse, const float* D,
                                              const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                                             const int32_t* offsets, int n_head, int group, int hd, float scale) {
+                                             const int32_t* offsets, int n_head, int group, int hd, float scale,
+                                             int window) {
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * hd, hdp = hd + 1;
   const int start = offsets[s], L = offsets[s + 1] - start;
   extern __shared__ float smem[];
@@ -255,7 +260,7 @@ __global__ void attention_backward_dq_kernel(float* dq, const float* dout, const
       load_tile(Ks, k, ks, start + j0, nk, kvh * hd, hd, hdp);
       load_tile(Vs, v, vs, start + j0, nk, kvh * hd, hd, hdp);
       __syncthreads();
-      attention_p_ds(nullptr, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale);
+      attention_p_ds(nullptr, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale, window);
       __syncthreads();
       for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
         const int r = idx / hd, d = idx % hd;
@@ -310,26 +315,26 @@ static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim
 
 void attention_forward(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
                        const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
-                       bool bf16, const QkvBias& bias) {
+                       bool bf16, const QkvBias& bias, int window) {
   check_shape("cuda::attention_forward", n_seq, max_len, n_head, n_kv_head, head_dim);
   check_bias("cuda::attention_forward", bias, bf16, head_dim);
   if (n_seq == 0 || max_len == 0) return;
   if (bf16 && attention_mma_supported(head_dim))
     return attention_forward_mma(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, head_dim,
-                                 bias);
+                                 bias, window);
   const int hdp = head_dim + 1;
   const size_t smem = sizeof(float) * (4 * kTile * hdp + kTile * kSp + 3 * kTile);
   set_smem(attention_forward_kernel, smem, "forward", head_dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   attention_forward_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem>>>(
-      out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, head_dim, scale);
+      out, lse, q, qs, k, ks, v, vs, offsets, n_head, n_head / n_kv_head, head_dim, scale, window);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, int qs, const float* k, int ks, const float* v, int vs,
                         const int32_t* offsets, int n_seq, int max_len, int T, int n_head, int n_kv_head,
-                        int head_dim, bool bf16, const QkvBias& bias) {
+                        int head_dim, bool bf16, const QkvBias& bias, int window) {
   check_shape("cuda::attention_backward", n_seq, max_len, n_head, n_kv_head, head_dim);
   check_bias("cuda::attention_backward", bias, bf16, head_dim);
   if (n_seq == 0 || max_len == 0 || T == 0) return;
@@ -343,18 +348,18 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   OPTUNE_CUDA_CHECK_LAUNCH();
   if (bf16 && attention_mma_supported(head_dim))
     return attention_backward_mma(dq, dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_seq, max_len,
-                                  n_head, n_kv_head, head_dim, bias);
+                                  n_head, n_kv_head, head_dim, bias, window);
 
   const size_t smem_kv = sizeof(float) * (4 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
   set_smem(attention_backward_dkdv_kernel, smem_kv, "backward (dK/dV)", head_dim);
   attention_backward_dkdv_kernel<<<tile_grid(max_len, n_seq, n_kv_head), kThreads, smem_kv>>>(
-      dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale);
+      dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale, window);
   OPTUNE_CUDA_CHECK_LAUNCH();
 
   const size_t smem_q = sizeof(float) * (5 * kTile * hdp + kTile * kSp + 2 * kTile);
   set_smem(attention_backward_dq_kernel, smem_q, "backward (dQ)", head_dim);
   attention_backward_dq_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem_q>>>(
-      dq, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale);
+      dq, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale, window);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

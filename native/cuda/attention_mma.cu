@@ -254,7 +254,7 @@ __device__ inline float quad_sum(float x) {
 template <int HD, bool PREFETCH>
 __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) attention_forward_mma_kernel(
     float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
-    const int32_t* offsets, int n_head, int group, float scale_log2, QkvBias bias) {
+    const int32_t* offsets, int n_head, int group, float scale_log2, QkvBias bias, int window) {
   constexpr int ld = HD + 8, NT = HD / 8;
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * HD;
   const int start = offsets[s], L = offsets[s + 1] - start, i0 = blockIdx.x * kRows;
@@ -286,6 +286,8 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
   for (int j0 = 0; j0 < j_end; j0 += kCols) {
     kv_step<HD, PREFETCH>(next, kv_tiles, start, j0, j_end, L);
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
+    // (sliding window) the whole tile is left of this warp's first row's window
+    if (window > 0 && j0 + kCols - 1 <= i0 + m0 - window) continue;
 
     float sc[kCols / 8][4];
 #pragma unroll
@@ -299,11 +301,12 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
         mma_bf16_16816(sc[nt], qf[kk], b0, b1);
       }
 
-    // scale, causal mask (key <= query < L), running max per row. A tile wholly left of the warp's first row's
-    // diagonal needs no mask (most tiles): its keys are below every row's, and below L for every row < L (the
-    // rows >= L, zero padding, are never written out).
+    // scale, causal mask (key <= query < L, and key > query - window with a window), running max per row. A tile
+    // wholly left of the warp's first row's diagonal, and (with a window) wholly inside its last row's window, needs
+    // no mask (most tiles): its keys are below every row's, and below L for every row < L (the rows >= L, zero
+    // padding, are never written out).
     float mx[2] = {-INFINITY, -INFINITY};
-    if (j0 + kCols - 1 <= i0 + m0) {  // warp-uniform
+    if (j0 + kCols - 1 <= i0 + m0 && (window <= 0 || j0 > i0 + m0 + 15 - window)) {  // warp-uniform
 #pragma unroll
       for (int nt = 0; nt < kCols / 8; nt++)
 #pragma unroll
@@ -317,7 +320,7 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
 #pragma unroll
         for (int e = 0; e < 4; e++) {
           const int key = j0 + 8 * nt + 2 * t + (e & 1), r = row[e >> 1];
-          const float x = key <= r && r < L ? sc[nt][e] * scale_log2 : -INFINITY;
+          const float x = key <= r && r < L && (window <= 0 || key > r - window) ? sc[nt][e] * scale_log2 : -INFINITY;
           sc[nt][e] = x;
           mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }
@@ -402,7 +405,7 @@ template <int HD, bool PREFETCH>
 __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kernel(
     float* dk, float* dv, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k,
     int ks, const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2,
-    QkvBias bias) {
+    QkvBias bias, int window) {
   constexpr int ld = HD + 8, NT = HD / 8;
   const int s = blockIdx.y, kvh = blockIdx.z, od = n_head * HD;
   const int start = offsets[s], L = offsets[s + 1] - start, j0 = blockIdx.x * kRows;
@@ -464,7 +467,8 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int c = 8 * nt + 2 * t + (e & 1), qi = i0 + c;
-        const bool live = qi >= key[e >> 1] && qi < L;  // causal (implies key < L), no padding query
+        // causal (implies key < L), within the window, no padding query
+        const bool live = qi >= key[e >> 1] && qi < L && (window <= 0 || qi < key[e >> 1] + window);
         const float p = live ? exp2f(st[nt][e] * scale_log2 - lse2_s[c]) : 0.0f;
         st[nt][e] = p;
         dpt[nt][e] = p * (dpt[nt][e] - D_s[c]) * scale;
@@ -495,7 +499,7 @@ template <int HD, bool PREFETCH>
 __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
     float* dq, const float* dout, const float* lse, const float* D, const float* q, int qs, const float* k, int ks,
     const float* v, int vs, const int32_t* offsets, int n_head, int group, float scale, float scale_log2,
-    QkvBias bias) {
+    QkvBias bias, int window) {
   constexpr int ld = HD + 8, NT = HD / 8;
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * HD;
   const int start = offsets[s], L = offsets[s + 1] - start, i0 = blockIdx.x * kRows;
@@ -538,7 +542,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int kj = j0 + 8 * nt + 2 * t + (e & 1), r = e >> 1;
-        const bool live = kj <= row[r] && row[r] < L;
+        const bool live = kj <= row[r] && row[r] < L && (window <= 0 || kj > row[r] - window);
         const float p = live ? exp2f(sc[nt][e] * scale_log2 - lse2[r]) : 0.0f;
         dp[nt][e] = p * (dp[nt][e] - Dr[r]) * scale;  // dS
       }
@@ -594,20 +598,21 @@ bool wide_slice(const float* p, int stride) { return reinterpret_cast<uintptr_t>
 
 template <int HD>
 void forward_hd(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
+                const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias,
+                int window) {
   const size_t smem = forward_smem(HD);
   const float scale_log2 = kLog2e / std::sqrt(static_cast<float>(HD));
   // (the heads' offsets are multiples of 4: the slices are wide when their bases and strides are)
   const bool pipelined = prefetch_wanted<HD>(Pass::forward) && wide_slice(k, ks) && wide_slice(v, vs);
   launch_mma(pipelined ? attention_forward_mma_kernel<HD, true> : attention_forward_mma_kernel<HD, false>,
              grid_of(max_len, n_seq, n_head), smem, out, lse, q, qs, k, ks, v, vs, offsets, n_head,
-             n_head / n_kv_head, scale_log2, bias);
+             n_head / n_kv_head, scale_log2, bias, window);
 }
 
 template <int HD>
 void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
                  const float* q, int qs, const float* k, int ks, const float* v, int vs, const int32_t* offsets,
-                 int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias) {
+                 int n_seq, int max_len, int n_head, int n_kv_head, const QkvBias& bias, int window) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(HD)), scale_log2 = scale * kLog2e;
   const int group = n_head / n_kv_head;
   const size_t smem_kv = backward_kv_smem(HD);
@@ -616,12 +621,12 @@ void backward_hd(float* dq, float* dk, float* dv, const float* dout, const float
                  ? attention_backward_dkdv_mma_kernel<HD, true>
                  : attention_backward_dkdv_mma_kernel<HD, false>,
              grid_of(max_len, n_seq, n_kv_head), smem_kv, dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head,
-             group, scale, scale_log2, bias);
+             group, scale, scale_log2, bias, window);
   const size_t smem_q = backward_q_smem(HD);
   launch_mma(pipelined && wide_slice(k, ks) && wide_slice(v, vs) ? attention_backward_dq_mma_kernel<HD, true>
                                                                  : attention_backward_dq_mma_kernel<HD, false>,
              grid_of(max_len, n_seq, n_head), smem_q, dq, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_head, group,
-             scale, scale_log2, bias);
+             scale, scale_log2, bias, window);
 }
 
 }  // namespace
@@ -637,10 +642,12 @@ bool attention_mma_supported(int head_dim) {
 
 void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,
                            int vs, const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head,
-                           int head_dim, const QkvBias& bias) {
+                           int head_dim, const QkvBias& bias, int window) {
   switch (head_dim) {
-#define OPTUNE_FWD(HD) \
-  case HD: return forward_hd<HD>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, bias);
+#define OPTUNE_FWD(HD)                                                                                           \
+  case HD:                                                                                                       \
+    return forward_hd<HD>(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, bias, \
+                          window);
     OPTUNE_FWD(16)
     OPTUNE_FWD(32)
     OPTUNE_FWD(64)
@@ -653,12 +660,12 @@ void attention_forward_mma(float* out, float* lse, const float* q, int qs, const
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
                             const float* q, int qs, const float* k, int ks, const float* v, int vs,
                             const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
-                            const QkvBias& bias) {
+                            const QkvBias& bias, int window) {
   switch (head_dim) {
 #define OPTUNE_BWD(HD)                                                                                         \
   case HD:                                                                                                     \
     return backward_hd<HD>(dq, dk, dv, dout, lse, D, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, \
-                           n_kv_head, bias);
+                           n_kv_head, bias, window);
     OPTUNE_BWD(16)
     OPTUNE_BWD(32)
     OPTUNE_BWD(64)

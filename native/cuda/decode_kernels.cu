@@ -407,7 +407,7 @@ template <class Act, int PAIRS>
 __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* out, QkvRows in,
                                                                            LayerCache<Act> cache, Rows rows,
                                                                            int n_head, int n_kv_head, int head_dim,
-                                                                           const float2* rope) {
+                                                                           const float2* rope, int window) {
   wait_for_previous_kernel();  // q/k/v, the rows (and the cache rows earlier steps wrote)
   allow_next_kernel();
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -422,10 +422,14 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 #pragma unroll
   for (int i = 0; i < 2 * PAIRS; i++) acc[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int c0 = 32 * warp; c0 < n_keys; c0 += 32 * kAttnWarps) {
+  // A sliding window: keys first .. pos, in chunks from the one holding `first` (the keys before it in that chunk
+  // score -inf as those past the last key do; every chunk a warp takes holds at least one key it sees).
+  const int first = window > 0 ? max(0, pos - window + 1) : 0, c_first = first / 32 * 32;
+  for (int c0 = c_first + 32 * warp; c0 < n_keys; c0 += 32 * kAttnWarps) {
     const int j = c0 + lane, n_chunk = min(32, n_keys - c0);
-    const float sc = j < n_keys ? dot_key(s_q, cache.k + base + static_cast<int64_t>(j) * kvd, head_dim) * scale
-                                : -INFINITY;
+    const float sc = j < n_keys && j >= first
+                         ? dot_key(s_q, cache.k + base + static_cast<int64_t>(j) * kvd, head_dim) * scale
+                         : -INFINITY;
     const float p = softmax_chunk(sc, m, l, acc);
     const Act* vrow = cache.v + base + static_cast<int64_t>(c0) * kvd;
     // 8 value rows per round, those past the chunk predicated off (p = 0 there), so their loads go out together:
@@ -468,12 +472,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
 
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on) {
+                      int n_kv_head, int head_dim, const float2* rope, int window, Launch on) {
   if (rows.n <= 0) return;
   // one pair of dims per lane up to head_dim 64
   const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
   OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
-                                  n_kv_head, head_dim, rope));
+                                  n_kv_head, head_dim, rope, window));
 }
 
 // ---- MLP activations and conversion ---------------------------------------------------------------------------------
@@ -573,7 +577,7 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
                                 int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,        \
-                                      const float2*, Launch);                                                          \
+                                      const float2*, int, Launch);                                            \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,               \
                             Launch);                                                                                   \

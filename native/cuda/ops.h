@@ -75,6 +75,7 @@ void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, c
 // max_len: the longest sequence (sizes the grid). head_dim <= kAttentionMaxHeadDim.
 // bf16 (bf16 mixed precision): the products run on tensor cores with bf16 operands and fp32 accumulation
 // (attention_mma.cu) when attention_mma_supported(head_dim); otherwise, and without bf16, plain fp32 kernels.
+// window > 0: sliding-window attention, query i sees keys i - window + 1 .. i (as cpu::attention_forward's).
 constexpr int kAttentionMaxHeadDim = 128;
 // Biases added to q, k and v as the kernels read them ([n_head * head_dim], [n_kv_head * head_dim] twice; each may be
 // null): when nothing rotates q and k after their bias (GPT-2), q|k|v need no bias pass of their own. Only the
@@ -87,24 +88,24 @@ struct QkvBias {
 };
 void attention_forward(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v, int vs,
                        const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
-                       bool bf16 = false, const QkvBias& bias = {});
+                       bool bf16 = false, const QkvBias& bias = {}, int window = 0);
 // dq, dk, dv are written (not accumulated) with the strides of q, k, v. `out` is the forward's output.
 // T: total rows (offsets[n_seq]); a scratch of T * n_head floats is allocated for rowsum(dO * O).
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* out, const float* lse,
                         const float* q, int qs, const float* k, int ks, const float* v, int vs,
                         const int32_t* offsets, int n_seq, int max_len, int T, int n_head, int n_kv_head,
-                        int head_dim, bool bf16 = false, const QkvBias& bias = {});
+                        int head_dim, bool bf16 = false, const QkvBias& bias = {}, int window = 0);
 // The tensor-core kernels themselves (head_dim 16, 32, 64 or 128, where their shared memory fits the current GPU's
 // per-block limit: head_dim 128 needs more than the 99 KB of sm_86 / sm_89 / sm_120); D: rowsum(dO * O), T * n_head
 // floats.
 bool attention_mma_supported(int head_dim);
 void attention_forward_mma(float* out, float* lse, const float* q, int qs, const float* k, int ks, const float* v,
                            int vs, const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head,
-                           int head_dim, const QkvBias& bias = {});
+                           int head_dim, const QkvBias& bias = {}, int window = 0);
 void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, const float* lse, const float* D,
                             const float* q, int qs, const float* k, int ks, const float* v, int vs,
                             const int32_t* offsets, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim,
-                            const QkvBias& bias = {});
+                            const QkvBias& bias = {}, int window = 0);
 
 // ---- token log-probs through the LM head without the full [n x vocab] logits -----------------------------------
 // As cpu::logprob_forward/backward: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W [V, D]; rows go in chunks

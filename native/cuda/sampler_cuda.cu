@@ -668,11 +668,11 @@ class Sampler {
       if (pf) {
         qkv_finish(q, qs, k, ks, v, vs, pq, pk, pv, bq, bk, bv, rows, H, KVH, hd, layer_rope(l), cache(l), st());
         attention_forward(atty_.data(), lse_.data(), q, qs, k, ks, v, vs, pf->offsets, pf->n_seq, pf->max_len, H, KVH,
-                          hd, !std::is_same_v<Act, float>);
+                          hd, !std::is_same_v<Act, float>, {}, c_.layer_window(l));
         if constexpr (!std::is_same_v<Act, float>) convert<Act>(att, atty_.data(), static_cast<int64_t>(n) * QD_, st());
       } else {  // the q/k/v finishing happens inside the decode attention
         const QkvRows in{q, k, v, qs, ks, vs, pq, pk, pv, bq, bk, bv};
-        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, layer_rope(l), on());
+        attention_decode<Act>(att, in, cache(l), rows, H, KVH, hd, layer_rope(l), c_.layer_window(l), on());
       }
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       if (post) {

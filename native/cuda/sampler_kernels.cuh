@@ -115,12 +115,13 @@ struct QkvRows {
   Partials pq, pk, pv;
   const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
 };
-// One query row per sequence against its cached keys 0 .. pos[r] (GQA: query head h reads kv head h / group). The
+// One query row per sequence against its cached keys 0 .. pos[r] (window > 0: the last `window` of them; GQA: query
+// head h reads kv head h / group). The
 // row's q/k/v are finished first (qkv_finish's work: bias, RoPE from `rope`, k and v into the cache at pos), inside
 // the same kernel: one launch less per layer in the decode step.
 template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
-                      int n_kv_head, int head_dim, const float2* rope, Launch on);
+                      int n_kv_head, int head_dim, const float2* rope, int window, Launch on);
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on);

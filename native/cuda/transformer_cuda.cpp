@@ -357,7 +357,8 @@ void block_forward(const Net& n, int l, const DevLayer& y, const float* x, const
   qkv_forward(n, l, a.qkv, attention_input(n, o, y, x, true), b);
   const QKV v = qkv_view(c, a.qkv, T);
   attention_forward(y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq, b.max_len, c.n_head,
-                    c.n_kv_head, c.head_dim, n.B != nullptr, folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr));
+                    c.n_kv_head, c.head_dim, n.B != nullptr, folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr),
+                    c.layer_window(l));
   sublayer_forward(n, y.res_attn, y.atty, o.o_w, o.o_b, QD, o.post_attn_norm_w, y.post_attn_rstd, x);
 
   // MLP
@@ -502,7 +503,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     const QKV dv = qkv_view(c, dqkv, T);
     attention_backward(dv.q, dv.k, dv.v, datty, y.atty, y.lse, v.q, v.qs, v.k, v.ks, v.v, v.vs, b.offsets, b.n_seq,
                        b.max_len, T, c.n_head, c.n_kv_head, c.head_dim, n.B != nullptr,
-                       folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr));
+                       folded_qkv_bias(c, n.p(o.qkv_b), n.B != nullptr), c.layer_window(l));
     if (c.is_gpt2()) {
       linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, normed1, D, 3 * D, false);
     } else {

@@ -343,9 +343,9 @@ namespace {
 // (P and dS as operands) give the tolerances: out 1e-2, lse 1e-3, dq/dk/dv 2e-2 (of each tensor's scale).
 // shift: the device q|k|v start that many floats into their buffer (2: 8-byte aligned slices, the tensor-core
 // kernels' narrow-load path). bias: the GPU gets q|k|v without their biases and adds them itself (QkvBias); the CPU
-// gets them added.
+// gets them added. window > 0: sliding-window attention on both sides.
 void attention_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd, uint64_t seed,
-                    int grid_len = 0, bool bf16 = false, int shift = 0, bool bias = false) {
+                    int grid_len = 0, bool bf16 = false, int shift = 0, bool bias = false, int window = 0) {
   Rand r(seed);
   std::vector<int32_t> offsets(1, 0);
   int max_len = 0;
@@ -367,7 +367,7 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
 
   std::vector<float> out(static_cast<size_t>(T) * od), probs(cpu::attention_probs_size(offsets.data(), n_seq, H));
   std::vector<float> dqkv(qkv.size(), 0.0f);
-  cpu::attention_forward(out.data(), probs.data(), q, qs, k, qs, v, qs, offsets.data(), n_seq, H, KV, hd);
+  cpu::attention_forward(out.data(), probs.data(), q, qs, k, qs, v, qs, offsets.data(), n_seq, H, KV, hd, window);
   cpu::attention_backward(dqkv.data(), dqkv.data() + H * hd, dqkv.data() + (H + KV) * hd, dout.data(), probs.data(),
                           q, qs, k, qs, v, qs, offsets.data(), n_seq, H, KV, hd);
 
@@ -383,10 +383,10 @@ void attention_case(const std::string& name, const std::vector<int32_t>& lens, i
   gout.upload(std::vector<float>(out.size(), NAN));  // poisoned: every element must be written
   gdqkv.upload(std::vector<float>(qkv.size(), NAN));
   cuda::attention_forward(gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, H, KV, hd,
-                          bf16, qkv_b);
+                          bf16, qkv_b, window);
   cuda::attention_backward(gdqkv.data(), gdqkv.data() + H * hd, gdqkv.data() + (H + KV) * hd, gdout.data(),
                            gout.data(), glse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, launch_len, T, H, KV,
-                           hd, bf16, qkv_b);
+                           hd, bf16, qkv_b, window);
   expect_close(name + " out", gout.download(), out, bf16 ? 1e-2 : kRtol);
   // lse against the CPU's probabilities: p[i][i] = exp(s_ii - lse_i), so lse_i = s_ii - log(p[i][i]).
   const auto lse = glse.download();
@@ -423,6 +423,20 @@ TEST(attention_short_grid_still_covers_all_tiles) { attention_case("short grid",
 // Tensor-core kernels (bf16): every head dim they take, ragged lengths across several 64-row tiles, GQA and MQA.
 TEST(attention_bf16_mma_hd64_matches_cpu) { attention_case("bf16 hd64", {130, 7, 64, 65, 1}, 4, 2, 64, 11, 0, true); }
 TEST(attention_bf16_mma_hd128_mqa_matches_cpu) { attention_case("bf16 hd128", {70, 129}, 3, 1, 128, 12, 0, true); }
+// Sliding windows (Gemma 3, SmolLM3, Mistral): narrower than a tile, wider than one with its edge inside the next,
+// and wider than every sequence (the same as none); fp32 tiles of 32, tensor-core tiles of 64 (forward skips the
+// tiles left of a warp's window, and masks only the tiles that straddle an edge).
+TEST(attention_sliding_window_matches_cpu) {
+  for (int window : {5, 40, 500}) {
+    const std::string w = " window " + std::to_string(window);
+    attention_case("fp32 gqa hd16" + w, {1, 37, 100, 70}, 4, 2, 16, 21, 0, false, 0, false, window);
+    attention_case("bf16 hd64" + w, {130, 7, 200}, 4, 2, 64, 22, 0, true, 0, false, window);
+    attention_case("bf16 hd32 biases" + w, {150, 3}, 2, 1, 32, 23, 0, true, 2, true, window);
+  }
+  attention_case("bf16 hd128 window 70", {70, 129, 260}, 3, 1, 128, 24, 0, true, 0, false, 70);
+  attention_case("bf16 hd16 window 64", {1, 37, 200}, 4, 4, 16, 25, 0, true, 0, false, 64);
+}
+
 TEST(attention_mma_needs_its_shared_memory_to_fit) {
   // The tensor-core kernels' largest block (the backward's dK/dV: (2 x 128 + 2 x 64) rows of head_dim + 8 bf16, and
   // 64 lse and D floats) must fit the GPU's per-block limit, else the fp32 kernels run (99 KB GeForce GPUs at 128).

@@ -60,8 +60,9 @@ ModelConfig llama_cfg(bool reward = false) {
 // llama_cfg's shape in the other block structures the CUDA backend runs: Llama 3.1+'s "llama3" RoPE scaling (head_dim 8
 // with theta 1e4 puts one frequency in each of its bands: kept, blended, scaled), SmolLM3 (layer 1 NoPE, tied
 // embeddings, no biases, no sliding windows), Qwen3 (per-head q/k norms; head_dim 16, so q is twice the hidden
-// width, as in Qwen3's checkpoints; also with its optional attention biases) and OLMo 2 (no norms before the
-// sublayers, post-norms after them, q and k normalized over their whole width; untied).
+// width, as in Qwen3's checkpoints; also with its optional attention biases), OLMo 2 (no norms before the
+// sublayers, post-norms after them, q and k normalized over their whole width; untied), SmolLM3 with a sliding
+// window of 5 on its NoPE layer and Mistral with one of 24 on every layer (the test sequences are longer).
 std::vector<ModelConfig> llama_variants() {
   ModelConfig scaled = llama_cfg();
   scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
@@ -78,7 +79,12 @@ std::vector<ModelConfig> llama_variants() {
   ModelConfig olmo2 = testing::tiny_olmo2(97);
   olmo2.d_model = 32, olmo2.n_head = 4, olmo2.n_kv_head = 2, olmo2.head_dim = 8, olmo2.d_ff = 48;
   olmo2.max_positions = 128;
-  return {scaled, smol, qwen3, qwen3_biased, olmo2};
+  ModelConfig smol_sliding = smol;
+  smol_sliding.sliding = {0, 1}, smol_sliding.sliding_window = 5;
+  ModelConfig mistral = llama_cfg();
+  mistral.arch = Arch::MISTRAL, mistral.qkv_bias = mistral.o_bias = false;
+  mistral.sliding = {1, 1}, mistral.sliding_window = 24;
+  return {scaled, smol, qwen3, qwen3_biased, olmo2, smol_sliding, mistral};
 }
 
 std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {
@@ -306,12 +312,15 @@ TEST(adamw_three_steps_llama_variants) {
   for (const ModelConfig& c : llama_variants()) adamw_case(c, kFp32);
 }
 
-// head_dim 16: under bf16 attention runs on the tensor-core kernels (attention_mma.cu), forward and backward.
+// head_dim 16: under bf16 attention runs on the tensor-core kernels (attention_mma.cu), forward and backward; also
+// with a sliding window (Mistral's, 24 positions: the 70-token sequence spans two 64-wide tiles).
 TEST(bf16_tensor_core_attention_in_the_model) {
   ModelConfig g = gpt2_cfg(), l = llama_cfg();
   g.n_head = g.n_kv_head = 2, g.head_dim = 16;
   l.n_head = 2, l.n_kv_head = 1, l.head_dim = 16;
-  for (const ModelConfig& c : {g, l}) logprobs_case(c, kBf16), grads_case(c, LossKind::DPO, kBf16);
+  ModelConfig w = l;
+  w.arch = Arch::MISTRAL, w.qkv_bias = w.o_bias = false, w.sliding = {1, 1}, w.sliding_window = 24;
+  for (const ModelConfig& c : {g, l, w}) logprobs_case(c, kBf16), grads_case(c, LossKind::DPO, kBf16);
 }
 
 // Reference log-probs from a reference model, on the GPU and on the CPU, against the CPU engine.

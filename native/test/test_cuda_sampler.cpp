@@ -1,6 +1,6 @@
 // The CUDA sampler (cuda/sampler_cuda.h) against the CPU sampler and full CPU forwards, on tiny GPT-2 and Llama
 // models, a few wider ones (head_dim 64 and 128, several prefill chunks), Llama 3.1+'s scaled RoPE, SmolLM3's NoPE
-// layers, Qwen3's q/k norms and OLMo 2's post-norms:
+// layers, Qwen3's q/k norms, OLMo 2's post-norms and sliding windows (SmolLM3, Mistral):
 //  - greedy tokens equal the CPU sampler's (fp32; >= 90% of responses, a near-tie may flip one), with the same
 //    offsets and finished flags;
 //  - the log-probs of sampled tokens equal a full CPU forward over prompt + response within 1e-4 (fp32), which checks
@@ -156,6 +156,19 @@ ModelConfig post_norm_olmo2() {
   return c;
 }
 
+// Sliding windows of 5 positions (the responses run past them): SmolLM3's NoPE layer, Mistral's every layer.
+ModelConfig sliding_smollm3() {
+  ModelConfig c = nope_smollm3();
+  c.sliding = {0, 1}, c.sliding_window = 5;
+  return c;
+}
+ModelConfig windowed_mistral() {
+  ModelConfig c = scaled_llama();
+  c.arch = Arch::MISTRAL, c.qkv_bias = c.o_bias = false, c.rope_scaling = {};
+  c.sliding = {1, 1}, c.sliding_window = 5;
+  return c;
+}
+
 // The same with Qwen3's optional attention biases (q, k, v and o): q and k get theirs before the norms.
 ModelConfig qwen3_with_biases() {
   ModelConfig c = qk_norm_qwen3();
@@ -178,7 +191,7 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len
 TEST(greedy_tokens_equal_cpu_sampler_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
                     nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases(),
-                    post_norm_olmo2()}) {
+                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 41, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 2, 12);
@@ -202,7 +215,7 @@ TEST(greedy_tokens_equal_cpu_sampler_fp32) {
 TEST(decode_logps_match_full_cpu_forward_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
                     nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases(),
-                    post_norm_olmo2()}) {
+                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
@@ -289,7 +302,7 @@ TEST(same_seed_same_tokens_graphs_or_not) {
 
 TEST(bf16_close_to_fp32) {
   for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3(), qk_norm_qwen3(),
-                   qwen3_with_biases(), post_norm_olmo2()}) {
+                   qwen3_with_biases(), post_norm_olmo2(), sliding_smollm3(), windowed_mistral()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 46, 0.1f);
     SampleRequest req = prompts_request(kPrompts, 4, 16);

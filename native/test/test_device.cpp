@@ -49,30 +49,25 @@ TEST(cuda_without_backend_or_gpu_is_an_error) {
 }
 
 // Gemma 3 is CPU-only: asking for the GPU says so (before any GPU check, so on every machine), and the
-// model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on. Sliding-window
-// layers (SmolLM3's optional ones) likewise.
+// model stays on the CPU, usable; 'auto' picks the CPU for it, as for a GPU the kernels cannot run on.
 TEST(gemma3_on_cuda_is_refused_with_the_reason) {
   auto g = make_model(testing::tiny_gemma3());
   CHECK_THROWS(set_device(*g, Device::CUDA), "the CUDA backend does not run Gemma3's norms (scaling by 1 + weight");
   CHECK(g->device == nullptr && model_device(*g) == Device::CPU);
   set_device(*g, Device::AUTO, Precision::BF16);
   CHECK(g->device == nullptr && model_device(*g) == Device::CPU && model_precision(*g) == Precision::BF16);
-  auto smol = make_model(testing::tiny_smollm3());
-  CHECK_THROWS(set_device(*smol, Device::CUDA), "does not run SmolLM3's sliding-window layers yet");
-  set_device(*smol, Device::AUTO);
-  CHECK(smol->device == nullptr && model_device(*smol) == Device::CPU);
 }
 
 // What the CUDA backend runs is not refused for the model's sake: Qwen3's q/k norms, OLMo 2's post-norms, scaled
-// RoPE (Llama 3.1+), SmolLM3 with NoPE layers and no sliding windows. Without a usable GPU the request fails on the
-// GPU, not the model.
+// RoPE (Llama 3.1+), SmolLM3's NoPE and sliding-window layers. Without a usable GPU the request fails on the GPU,
+// not the model.
 TEST(qwen3_olmo2_scaled_rope_and_nope_are_not_refused_for_cuda) {
   ModelConfig scaled = testing::tiny_llama();
   scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
   scaled.rope_scaling.factor = 8, scaled.rope_scaling.original_max_positions = 16;
   ModelConfig smol = testing::tiny_smollm3();
   smol.sliding.clear(), smol.sliding_window = 0;
-  for (const ModelConfig& c : {testing::tiny_qwen3(), testing::tiny_olmo2(), scaled, smol}) {
+  for (const ModelConfig& c : {testing::tiny_qwen3(), testing::tiny_olmo2(), scaled, smol, testing::tiny_smollm3()}) {
     auto m = make_model(c);
     try {
       set_device(*m, Device::CUDA);
