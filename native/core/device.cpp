@@ -9,6 +9,7 @@
 #ifdef OPTUNE_HAVE_CUDA
 #include "cuda/device_model.h"
 #include "cuda/memory.h"
+#include "cuda/ops.h"
 #endif
 
 namespace optune {
@@ -84,18 +85,24 @@ Device resolve_device(Device d) {
   return Device::CPU;
 }
 
-// Why the CUDA backend cannot run this model ("" when it can): the architectures and settings it has no kernels for.
+#ifdef OPTUNE_HAVE_CUDA
+// Why the CUDA kernels cannot run this model ("" when they can): every architecture has them, but the attention's
+// tiles stop at head_dim 128 (Gemma 3 up to 12B has 256).
 static std::string cuda_model_problem(const ModelConfig& c) {
-  const std::string prefix = std::string("the CUDA backend does not run ") + hf_class_prefix(c.arch);
-  if (c.is_gemma())
-    return prefix + "'s norms (scaling by 1 + weight, before and after the attention and the MLP) and GELU gate yet";
-  return "";
+  if (c.head_dim <= cuda::kAttentionMaxHeadDim) return "";
+  return std::string("the CUDA backend's attention takes head_dim up to ") +
+         std::to_string(cuda::kAttentionMaxHeadDim) + ", and this " + hf_class_prefix(c.arch) + " model's is " +
+         std::to_string(c.head_dim);
 }
+#endif
 
 void set_device(Model& m, Device requested, Precision p) {
-  // 'auto' stays on the CPU for a model the CUDA backend cannot run, as for a GPU it cannot run on
+  Device d = resolve_device(requested);
+#ifdef OPTUNE_HAVE_CUDA
+  // 'auto' stays on the CPU for a model the CUDA kernels cannot run, as for a GPU they cannot run on
   const std::string model_problem = cuda_model_problem(m.cfg);
-  const Device d = requested == Device::AUTO && !model_problem.empty() ? Device::CPU : resolve_device(requested);
+  if (requested == Device::AUTO && !model_problem.empty()) d = Device::CPU;
+#endif
   if (d == Device::CPU) {
     if (m.device) {
       sync_to_host(m);
@@ -105,8 +112,8 @@ void set_device(Model& m, Device requested, Precision p) {
     return;
   }
   OPTUNE_CHECK(!m.lora, "device 'cuda': LoRA adapters run on the CPU backend only; use device 'cpu'");
-  OPTUNE_CHECK(model_problem.empty(), "device 'cuda': " + model_problem + "; use device 'cpu'");
 #ifdef OPTUNE_HAVE_CUDA
+  OPTUNE_CHECK(model_problem.empty(), "device 'cuda': " + model_problem + "; use device 'cpu'");
   OPTUNE_CHECK(cuda::device_count() > 0,
                "device 'cuda' was requested but no CUDA GPU is visible to this process (no device, or no NVIDIA "
                "driver); use device 'cpu'");

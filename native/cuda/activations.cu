@@ -1,4 +1,4 @@
-// GPT-2's tanh-approximated GELU and Llama's SwiGLU, forward and backward: elementwise, grid-stride loops. The math
+// GPT-2's tanh-approximated GELU, Llama's SwiGLU and Gemma's GELU-gated unit (GEGLU), forward and backward: elementwise, grid-stride loops. The math
 // is cpu/activations.cpp's, with libdevice tanhf/expf in place of the CPU's polynomial vtanh/vexp (both within a
 // few ulp of the true value).
 #include <algorithm>
@@ -94,6 +94,20 @@ __global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* do
   }
 }
 
+// Gemma: out = gelu(gate) * up; backward dup += dout gelu(gate), dgate += dout up gelu'(gate) (cpu::geglu_*).
+__global__ void geglu_forward_kernel(float* out, uint16_t* out16, const float* gate, const float* up, int64_t n) {
+  GRID_STRIDE_LOOP(i, n) store_out(out, out16, i, gelu(gate[i]) * up[i]);
+}
+
+__global__ void geglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                                      int64_t n) {
+  GRID_STRIDE_LOOP(i, n) {
+    const float g = gate[i];
+    dup[i] += dout[i] * gelu(g);
+    dgate[i] += dout[i] * up[i] * gelu_grad(g);
+  }
+}
+
 void gelu_forward(float* out, const float* inp, int64_t n) {
   if (n <= 0) return;
   gelu_forward_kernel<<<blocks_for(n), kThreads>>>(out, inp, n);
@@ -124,6 +138,16 @@ void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, u
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
   if (n <= 0) return;
   swiglu_backward_kernel<<<blocks_for(n), kThreads>>>(dgate, dup, dout, gate, up, n);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16) {
+  if (n <= 0) return;
+  geglu_forward_kernel<<<blocks_for(n), kThreads>>>(out, out16, gate, up, n);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n) {
+  if (n <= 0) return;
+  geglu_backward_kernel<<<blocks_for(n), kThreads>>>(dgate, dup, dout, gate, up, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

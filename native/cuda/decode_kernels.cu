@@ -33,16 +33,16 @@ static int grid_for(int64_t n) {
 
 // ---- embedding -------------------------------------------------------------------------------------------------
 
-__global__ void embed_kernel(float* x, const float* wte, const float* wpe, Rows rows, int d) {
+__global__ void embed_kernel(float* x, const float* wte, const float* wpe, Rows rows, int d, float scale) {
   wait_for_previous_kernel();  // the rows' tokens and positions
   allow_next_kernel();
   const int r = blockIdx.x;
-  embed_row(x + static_cast<int64_t>(r) * d, wte, wpe, rows.tok[r], rows.pos[r], d);
+  embed_row(x + static_cast<int64_t>(r) * d, wte, wpe, rows.tok[r], rows.pos[r], d, scale);
 }
 
-void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, Launch on) {
+void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, float scale, Launch on) {
   if (rows.n <= 0) return;
-  OPTUNE_CUDA_CHECK(launch_kernel(embed_kernel, rows.n, kThreads, 0, on, x, wte, wpe, rows, d));
+  OPTUNE_CUDA_CHECK(launch_kernel(embed_kernel, rows.n, kThreads, 0, on, x, wte, wpe, rows, d, scale));
 }
 
 // ---- norm with a deferred bias: one block per row -----------------------------------------------------------------
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
                                                      const int32_t* src, const float* __restrict__ add,
                                                      Partials parts, const float* __restrict__ w,
                                                      const float* __restrict__ b, int d, float eps,
-                                                     bool layernorm, HeadTail<Act> tail) {
+                                                     bool layernorm, float w_offset, HeadTail<Act> tail) {
   __shared__ float scratch[32];
   // w and b load after the wait all the same: loaded before it, they stayed in registers through the row's loads
   // (ptxas: up to 140 registers at P = 16 instead of 97-119, one block per SM fewer in a prefill)
@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
 #pragma unroll
   for (int j = 0; j < P; j++) {
     const int i = threadIdx.x + j * T;
-    wv[j] = i < d ? w[i] : 0.0f;
+    wv[j] = i < d ? w[i] + w_offset : 0.0f;
     bv[j] = i < d && layernorm && b ? b[i] : 0.0f;
   }
   float m = 0.0f;
@@ -150,7 +150,8 @@ __global__ void __launch_bounds__(T) add_norm_kernel(Act* __restrict__ out, floa
 
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const HeadTail<Act>& tail) {
+              const float* b, int rows, int d, float eps, bool layernorm, float w_offset, Launch on,
+              const HeadTail<Act>& tail) {
   if (rows <= 0) return;
   OPTUNE_CHECK(d <= kMaxNormWidth, "sampler norm: rows of " + std::to_string(d) + " (at most " +
                                        std::to_string(kMaxNormWidth) + ")");
@@ -163,7 +164,7 @@ void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Pa
                                       : add_norm_kernel<Act, 512, 16>;
   const int threads = d <= 256 * 16 ? 256 : 512;
   OPTUNE_CUDA_CHECK(
-      launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm, tail));
+      launch_kernel(kernel, rows, threads, 0, on, out, x, src, add, parts, w, b, d, eps, layernorm, w_offset, tail));
 }
 
 // ---- q/k/v: bias, RoPE, cache write; blocks (row, part): part 0 finishes q, 1 k, 2 v (prefill) ---------------------
@@ -253,7 +254,7 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Part
 // wrote itself, so no barrier is needed between the two passes beyond the sum's.
 __global__ void qk_norm_kernel(float* q, int qs, float* k, int ks, Partials pq, Partials pk, const float* bq,
                                const float* bk, const float* wq, const float* wk, int n_q, int qw, int kw,
-                               float eps) {
+                               float eps, float w_offset, float q_scale) {
   __shared__ float scratch[32];
   const int r = blockIdx.x, g = blockIdx.y;
   const bool is_q = g < n_q;
@@ -269,15 +270,16 @@ __global__ void qk_norm_kernel(float* q, int qs, float* k, int ks, Partials pq, 
     x[i] = y;
     ss += y * y;
   }
-  const float s = rsqrtf(block_sum(ss, scratch) / width + eps);
-  for (int i = threadIdx.x; i < width; i += blockDim.x) x[i] = w[i] * (x[i] * s);
+  const float s = rsqrtf(block_sum(ss, scratch) / width + eps), scale = is_q ? q_scale : 1.0f;
+  for (int i = threadIdx.x; i < width; i += blockDim.x) x[i] = (w[i] + w_offset) * (x[i] * s) * scale;
 }
 
 void qk_norm(float* q, int qs, float* k, int ks, const Partials& pq, const Partials& pk, const float* bq,
              const float* bk, const float* wq, const float* wk, int rows, int n_q, int qw, int n_k, int kw, float eps,
-             cudaStream_t st) {
+             float w_offset, float q_scale, cudaStream_t st) {
   if (rows <= 0) return;
-  qk_norm_kernel<<<dim3(rows, n_q + n_k), 128, 0, st>>>(q, qs, k, ks, pq, pk, bq, bk, wq, wk, n_q, qw, kw, eps);
+  qk_norm_kernel<<<dim3(rows, n_q + n_k), 128, 0, st>>>(q, qs, k, ks, pq, pk, bq, bk, wq, wk, n_q, qw, kw, eps,
+                                                        w_offset, q_scale);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -483,6 +485,9 @@ void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache,
 // ---- MLP activations and conversion ---------------------------------------------------------------------------------
 
 static constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+__device__ inline float gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x)));
+}
 
 // Grid (column blocks, rows), a thread per element: its loads (the slices, the bias) go out together. A block per
 // row walking its columns waited on each element's slice loads in turn (~18 us per call at 64 x 3072 on an H200).
@@ -496,7 +501,7 @@ __global__ void bias_gelu_kernel(Act* __restrict__ out, const float* __restrict_
   if (c >= f) return;
   const int64_t i = static_cast<int64_t>(blockIdx.y) * f + c;
   const float x = pfc.value(fc, i) + bias;
-  out[i] = to_act<Act>(0.5f * x * (1.0f + tanhf(kGeluScale * (x + 0.044715f * x * x * x))));
+  out[i] = to_act<Act>(gelu_tanh(x));
 }
 
 template <class Act>
@@ -510,20 +515,23 @@ void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, i
 }
 
 template <class Act>
-__global__ void swiglu_kernel(Act* out, const float* gate, Partials pgate, const float* up, Partials pup, int64_t n) {
+__global__ void swiglu_kernel(Act* out, const float* gate, Partials pgate, const float* up, Partials pup, int64_t n,
+                              bool gelu_gate) {
   wait_for_previous_kernel();
   allow_next_kernel();
   GRID_STRIDE_LOOP(i, n) {
     const float g = pgate.value(gate, i);
-    out[i] = to_act<Act>(g / (1.0f + expf(-g)) * pup.value(up, i));
+    const float a = gelu_gate ? gelu_tanh(g) : g / (1.0f + expf(-g));
+    out[i] = to_act<Act>(a * pup.value(up, i));
   }
 }
 
 template <class Act>
 void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
-            Launch on) {
+            bool gelu_gate, Launch on) {
   if (n <= 0) return;
-  OPTUNE_CUDA_CHECK(launch_kernel(swiglu_kernel<Act>, grid_for(n), kThreads, 0, on, out, gate, pgate, up, pup, n));
+  OPTUNE_CUDA_CHECK(
+      launch_kernel(swiglu_kernel<Act>, grid_for(n), kThreads, 0, on, out, gate, pgate, up, pup, n, gelu_gate));
 }
 
 // ---- post-norms (OLMo 2) -------------------------------------------------------------------------------------------
@@ -531,7 +539,7 @@ void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up,
 // Block per row: v = y (its GEMM's slices when split) + bias; x += w * v / rms(v); out = x in Act.
 template <class Act>
 __global__ void post_norm_add_kernel(float* x, Act* out, const float* y, Partials parts, const float* bias,
-                                     const float* w, int d, float eps) {
+                                     const float* w, int d, float eps, float w_offset) {
   __shared__ float scratch[32];
   const int64_t base = static_cast<int64_t>(blockIdx.x) * d;
   const float* yr = y + base;
@@ -544,17 +552,17 @@ __global__ void post_norm_add_kernel(float* x, Act* out, const float* y, Partial
   const float s = rsqrtf(block_sum(ss, scratch) / d + eps);
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     const float v = p.value(yr, i) + (bias ? bias[i] : 0.0f);
-    const float nx = x[base + i] + w[i] * (v * s);
+    const float nx = x[base + i] + (w[i] + w_offset) * (v * s);
     x[base + i] = nx;
-    out[base + i] = to_act<Act>(nx);
+    if (out) out[base + i] = to_act<Act>(nx);
   }
 }
 
 template <class Act>
 void post_norm_add(float* x, Act* out, const float* y, const Partials& parts, const float* bias, const float* w,
-                   int rows, int d, float eps, cudaStream_t st) {
+                   int rows, int d, float eps, float w_offset, cudaStream_t st) {
   if (rows <= 0) return;
-  post_norm_add_kernel<Act><<<rows, 256, 0, st>>>(x, out, y, parts, bias, w, d, eps);
+  post_norm_add_kernel<Act><<<rows, 256, 0, st>>>(x, out, y, parts, bias, w, d, eps, w_offset);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
@@ -572,18 +580,18 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
 
 #define OPTUNE_SAMPLER_ACT(Act)                                                                                        \
   template void add_norm<Act>(Act*, float*, const int32_t*, const float*, const Partials&, const float*,               \
-                              const float*, int, int, float, bool, Launch, const HeadTail<Act>&);                      \
+                              const float*, int, int, float, bool, float, Launch, const HeadTail<Act>&);               \
   template void qkv_finish<Act>(float*, int, float*, int, float*, int, const Partials&, const Partials&,               \
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
                                 int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,        \
                                       const float2*, int, Launch);                                            \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
-  template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t,               \
+  template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t, bool,         \
                             Launch);                                                                                   \
   template void convert<Act>(Act*, const float*, int64_t, cudaStream_t);                                           \
   template void post_norm_add<Act>(float*, Act*, const float*, const Partials&, const float*, const float*, int, int, \
-                                   float, cudaStream_t);
+                                   float, float, cudaStream_t);
 OPTUNE_SAMPLER_ACT(float)
 OPTUNE_SAMPLER_ACT(bf16)
 #undef OPTUNE_SAMPLER_ACT

@@ -1,4 +1,5 @@
-// The small glue of a transformer block: residual adds, bias adds after a GEMM, bias gradients (column sums), fill.
+// The small glue of a transformer block: residual adds, scaling, bias adds after a GEMM, bias gradients (column
+// sums), fill.
 #include <algorithm>
 
 #include "check.cuh"
@@ -19,6 +20,18 @@ __global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
 void add_inplace(float* y, const float* x, int64_t n) {
   if (n <= 0) return;
   add_inplace_kernel<<<blocks_for(n), kThreads>>>(y, x, n);
+  OPTUNE_CUDA_CHECK_LAUNCH();
+}
+
+__global__ void scale_inplace_kernel(float* y, float s, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] *= s;
+}
+
+void scale_inplace(float* y, float s, int64_t n) {
+  if (n <= 0) return;
+  scale_inplace_kernel<<<blocks_for(n), kThreads>>>(y, s, n);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

@@ -63,10 +63,10 @@ __device__ inline void load_row4(float4 (&v)[kVecMax], const float4* row, int nv
   }
 }
 
-// The backward kernels' row r in registers: this lane's float4s of w * dy (dn) and of x (xv); their loads go out
-// together.
+// The backward kernels' row r in registers: this lane's float4s of (w + w_offset) * dy (dn) and of x (xv); their
+// loads go out together.
 __device__ inline void load_backward_row(float4 (&dn)[kVecMax], float4 (&xv)[kVecMax], const float* dout,
-                                         const float* inp, const float* w, int64_t o, int nv) {
+                                         const float* inp, const float* w, int64_t o, int nv, float w_offset = 0.0f) {
   const int lane = threadIdx.x % 32;
   const float4* w4 = reinterpret_cast<const float4*>(w);
   load_row4(dn, reinterpret_cast<const float4*>(dout + o), nv);
@@ -76,7 +76,8 @@ __device__ inline void load_backward_row(float4 (&dn)[kVecMax], float4 (&xv)[kVe
     const int q = j * 32 + lane;
     if (q >= nv) continue;
     const float4 wq = w4[q];
-    dn[j] = make_float4(wq.x * dn[j].x, wq.y * dn[j].y, wq.z * dn[j].z, wq.w * dn[j].w);
+    dn[j] = make_float4((wq.x + w_offset) * dn[j].x, (wq.y + w_offset) * dn[j].y, (wq.z + w_offset) * dn[j].z,
+                        (wq.w + w_offset) * dn[j].w);
   }
 }
 
@@ -250,7 +251,7 @@ void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, co
 
 __global__ void rmsnorm_forward_kernel(float* __restrict__ out, uint16_t* __restrict__ out16, float* rstd,
                                        const float* __restrict__ inp, const float* __restrict__ w, int rows, int d,
-                                       float eps) {
+                                       float eps, float w_offset) {
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (r >= rows) return;
   const float* x = inp + static_cast<int64_t>(r) * d;
@@ -259,13 +260,13 @@ __global__ void rmsnorm_forward_kernel(float* __restrict__ out, uint16_t* __rest
   const float s = rsqrtf(warp_sum(ss) / d + eps);
   const int64_t o = static_cast<int64_t>(r) * d;
 #pragma unroll 4
-  for (int i = lane; i < d; i += 32) store_out(out, out16, o + i, w[i] * (x[i] * s));
+  for (int i = lane; i < d; i += 32) store_out(out, out16, o + i, (w[i] + w_offset) * (x[i] * s));
   if (lane == 0 && rstd) rstd[r] = s;
 }
 
 __global__ void rmsnorm_backward_input_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
                                               const float* __restrict__ inp, const float* __restrict__ w,
-                                              const float* rstd, int rows, int d) {
+                                              const float* rstd, int rows, int d, float w_offset) {
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32;
   if (r >= rows) return;
   const float* dy = dout + static_cast<int64_t>(r) * d;
@@ -273,16 +274,16 @@ __global__ void rmsnorm_backward_input_kernel(float* __restrict__ dinp, const fl
   float* dx = dinp + static_cast<int64_t>(r) * d;
   const float s = rstd[r];
   float dot = 0.0f;  // sum_i (w_i dy_i) xhat_i
-  for (int i = lane; i < d; i += 32) dot += w[i] * dy[i] * (x[i] * s);
+  for (int i = lane; i < d; i += 32) dot += (w[i] + w_offset) * dy[i] * (x[i] * s);
   const float c = warp_sum(dot) / d;
 #pragma unroll 4
-  for (int i = lane; i < d; i += 32) dx[i] += s * (w[i] * dy[i] - x[i] * s * c);
+  for (int i = lane; i < d; i += 32) dx[i] += s * ((w[i] + w_offset) * dy[i] - x[i] * s * c);
 }
 
 // The register kernels for RMSNorm rows (vec_rows), as LayerNorm's above.
 __global__ void rmsnorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __restrict__ out16, float* rstd,
                                            const float* __restrict__ inp, const float* __restrict__ w, int rows, int d,
-                                           float eps) {
+                                           float eps, float w_offset) {
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
   if (r >= rows) return;
   const float4* x = reinterpret_cast<const float4*>(inp + static_cast<int64_t>(r) * d);
@@ -299,20 +300,21 @@ __global__ void rmsnorm_forward_vec_kernel(float* __restrict__ out, uint16_t* __
     if (q >= nv) continue;
     const float4 wq = reinterpret_cast<const float4*>(w)[q];
     store_out4(out, out16, o + 4 * q,
-               make_float4(wq.x * (v[j].x * s), wq.y * (v[j].y * s), wq.z * (v[j].z * s), wq.w * (v[j].w * s)));
+               make_float4((wq.x + w_offset) * (v[j].x * s), (wq.y + w_offset) * (v[j].y * s),
+                           (wq.z + w_offset) * (v[j].z * s), (wq.w + w_offset) * (v[j].w * s)));
   }
   if (lane == 0 && rstd) rstd[r] = s;
 }
 
 __global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, const float* __restrict__ dout,
                                                   const float* __restrict__ inp, const float* __restrict__ w,
-                                                  const float* rstd, int rows, int d) {
+                                                  const float* rstd, int rows, int d, float w_offset) {
   const int r = blockIdx.x * kRowsPerBlock + threadIdx.x / 32, lane = threadIdx.x % 32, nv = d / 4;
   if (r >= rows) return;
   const int64_t o = static_cast<int64_t>(r) * d;
   const float s = rstd[r];
-  float4 dn[kVecMax], xv[kVecMax];  // w * dy and x
-  load_backward_row(dn, xv, dout, inp, w, o, nv);
+  float4 dn[kVecMax], xv[kVecMax];  // (w + w_offset) * dy and x
+  load_backward_row(dn, xv, dout, inp, w, o, nv, w_offset);
   float dot = 0.0f;  // sum_i (w_i dy_i) xhat_i
 #pragma unroll
   for (int j = 0; j < kVecMax; j++) {
@@ -328,28 +330,32 @@ __global__ void rmsnorm_backward_input_vec_kernel(float* __restrict__ dinp, cons
 
 // RMSNorm's input gradient on every row: the register kernel where the rows allow it.
 static void rmsnorm_backward_input_rows(float* dinp, const float* dout, const float* inp, const float* w,
-                                        const float* rstd, int rows, int d) {
+                                        const float* rstd, int rows, int d, float w_offset) {
   if (vec_rows(d, dinp, dout, inp, w))
-    rmsnorm_backward_input_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
+    rmsnorm_backward_input_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d,
+                                                                                w_offset);
   else
-    rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d);
+    rmsnorm_backward_input_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(dinp, dout, inp, w, rstd, rows, d,
+                                                                            w_offset);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
-                     uint16_t* out16) {
+                     uint16_t* out16, float w_offset) {
   if (rows <= 0) return;
   if (vec_rows(d, inp, w, out, nullptr) && reinterpret_cast<uintptr_t>(out16) % 8 == 0)  // null counts as aligned
-    rmsnorm_forward_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps);
+    rmsnorm_forward_vec_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps,
+                                                                         w_offset);
   else
-    rmsnorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps);
+    rmsnorm_forward_kernel<<<row_blocks(rows), kRowsPerBlock * 32>>>(out, out16, rstd, inp, w, rows, d, eps,
+                                                                     w_offset);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
-                      int rows, int d) {
+                      int rows, int d, float w_offset) {
   if (rows <= 0) return;
-  rmsnorm_backward_input_rows(dinp, dout, inp, w, rstd, rows, d);
+  rmsnorm_backward_input_rows(dinp, dout, inp, w, rstd, rows, d, w_offset);
   norm_backward_params(dw, nullptr, dout, inp, nullptr, rstd, rows, d);
 }
 
@@ -365,9 +371,9 @@ void layernorm_backward_input(float* dinp, const float* dout, const float* inp, 
 }
 
 void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
-                            int rows, int d) {
+                            int rows, int d, float w_offset) {
   if (rows <= 0) return;
-  rmsnorm_backward_input_rows(dinp, dout, inp, w, rstd, rows, d);
+  rmsnorm_backward_input_rows(dinp, dout, inp, w, rstd, rows, d, w_offset);
 }
 
 // A block per row (no 64-bit division of a flat index per element).

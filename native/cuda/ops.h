@@ -36,16 +36,17 @@ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp, c
                        int rows, int d, float eps, uint16_t* out16 = nullptr);
 void layernorm_backward(float* dinp, float* dw, float* db, const float* dout, const float* inp, const float* w,
                         const float* mean, const float* rstd, int rows, int d);
+// RMSNorm: w_offset (Gemma: 1) is added to every weight, as cpu::rmsnorm_*'s (the weight gradient is unchanged).
 void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* w, int rows, int d, float eps,
-                     uint16_t* out16 = nullptr);
+                     uint16_t* out16 = nullptr, float w_offset = 0.0f);
 void rmsnorm_backward(float* dinp, float* dw, const float* dout, const float* inp, const float* w, const float* rstd,
-                      int rows, int d);
+                      int rows, int d, float w_offset = 0.0f);
 // The same split in two for long batches: the input gradient alone (dinp +=), and prod = dout * xhat (written; mean
 // null for RMSNorm), whose column sums are dw (bias_backward below does them as a GEMM).
 void layernorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* mean,
                               const float* rstd, int rows, int d);
 void rmsnorm_backward_input(float* dinp, const float* dout, const float* inp, const float* w, const float* rstd,
-                            int rows, int d);
+                            int rows, int d, float w_offset = 0.0f);
 void norm_xhat_product(float* prod, const float* dout, const float* inp, const float* mean, const float* rstd,
                        int rows, int d);
 
@@ -60,6 +61,9 @@ void bias_gelu_backward(float* dinp, const float* fc, const float* bias, const f
                         bool accumulate = true, uint16_t* dinp16 = nullptr);
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16 = nullptr);
 void swiglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
+// Gemma's GELU gate: out = gelu_tanh(gate) * up; backward as swiglu_backward's (+=).
+void geglu_forward(float* out, const float* gate, const float* up, int64_t n, uint16_t* out16 = nullptr);
+void geglu_backward(float* dgate, float* dup, const float* dout, const float* gate, const float* up, int64_t n);
 
 // ---- rotary position embedding (in place; rotate_half layout, as cpu::rope_*) -----------------------------------
 // inv_freq: the head_dim / 2 frequencies (device memory, doubles), cpu::rope_inv_freq's (rope_sets.h).
@@ -150,6 +154,7 @@ void embedding_forward(float* out, const float* wte, const float* wpe, const int
 void embedding_backward(float* dw, const float* dx, const int32_t* ids, const int32_t* starts, const int32_t* rows,
                         int n_ids, int d);
 void add_inplace(float* y, const float* x, int64_t n);                 // y += x
+void scale_inplace(float* y, float s, int64_t n);                      // y *= s
 void bias_add(float* out, const float* bias, int rows, int cols);      // out[r, :] += bias
 // out[r, :] += bias + x[r, :] (bias null: none): bias_add + add_inplace in one pass.
 void bias_residual(float* out, const float* bias, const float* x, int rows, int cols);

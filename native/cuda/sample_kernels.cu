@@ -45,7 +45,7 @@ __device__ inline bool slot_done(const State& s, int slot) {
 // on), then the block writes the row's embedding. (As two kernels, the rows then their embeddings, the first cost a
 // launch and ~3.5 us of a ~0.57 ms step on an H200.)
 __global__ void decode_rows_kernel(float* x, const float* wte, const float* wpe, int32_t* tok, int32_t* pos,
-                                   int32_t* slot, State s, int d) {
+                                   int32_t* slot, State s, int d, float embed_scale) {
   __shared__ int row_tok, row_pos;
   wait_for_previous_kernel();  // (a normal launch: returns at once)
   allow_next_kernel();
@@ -63,13 +63,13 @@ __global__ void decode_rows_kernel(float* x, const float* wte, const float* wpe,
     row_tok = t, row_pos = p;
   }
   __syncthreads();
-  embed_row(x + static_cast<int64_t>(a) * d, wte, wpe, row_tok, row_pos, d);
+  embed_row(x + static_cast<int64_t>(a) * d, wte, wpe, row_tok, row_pos, d, embed_scale);
 }
 
 void decode_rows(float* x, const float* wte, const float* wpe, int32_t* tok, int32_t* pos, int32_t* slot,
-                 const State& s, int n_rows, int d, cudaStream_t st) {
+                 const State& s, int n_rows, int d, float embed_scale, cudaStream_t st) {
   if (n_rows <= 0) return;
-  decode_rows_kernel<<<n_rows, 256, 0, st>>>(x, wte, wpe, tok, pos, slot, s, d);
+  decode_rows_kernel<<<n_rows, 256, 0, st>>>(x, wte, wpe, tok, pos, slot, s, d, embed_scale);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 

@@ -55,9 +55,6 @@ void check_request(const Model& m, const SampleRequest& r) {
   OPTUNE_CHECK(c.d_model <= kMaxNormWidth, "sample: the CUDA sampler takes d_model up to " +
                                                std::to_string(kMaxNormWidth) + " (got " + std::to_string(c.d_model) +
                                                "); sample on the CPU instead");
-  // a block has norms before its sublayers or after them (OLMo 2), not both (Gemma 3: refused by set_device)
-  OPTUNE_CHECK(!(c.pre_norms() && c.post_norms()), "sample: the CUDA sampler has no blocks with both pre- and "
-                                                   "post-norms (Gemma 3); sample on the CPU instead");
 }
 
 // ---- cuBLAS on the sampler's stream ---------------------------------------------------------------------------------
@@ -627,19 +624,21 @@ class Sampler {
   // chunk's prompts (prefill). The residual stream is left in x_; returns what the last GEMM still has to add to
   // it, for the final norm.
   //
-  // OLMo 2 (post-norms, none before the sublayers): each GEMM reads the residual stream itself, which hn_ holds in
-  // Act (converted for layer 0; after that written by post_norm_add, which adds each sublayer's normalized output),
-  // and nothing is left pending.
+  // Post-norms (OLMo 2, Gemma 3): each sublayer's normalized output is added to x_ by post_norm_add, so nothing is
+  // left pending. Without pre-norms (OLMo 2) each GEMM reads the residual stream itself, which hn_ holds in Act
+  // (converted for layer 0; after that written by post_norm_add); with them (Gemma) a pre-norm reads x_ next.
   Pending blocks(const Rows& rows, const PrefillChunk* pf) {
     const int n = rows.n, H = c_.n_head, KVH = c_.n_kv_head, hd = c_.head_dim;
-    const bool gpt2 = c_.is_gpt2(), post = c_.post_norms();
+    const bool gpt2 = c_.is_gpt2(), pre = c_.pre_norms(), post = c_.post_norms();
+    const float off = c_.norm_offset();
+    Act* const post_out = pre ? nullptr : hn_.data();  // where post_norm_add writes x_ in Act, if anywhere
     Pending pending;
-    if (post) convert<Act>(hn_.data(), x_.data(), static_cast<int64_t>(n) * D_, st());
+    if (!pre) convert<Act>(hn_.data(), x_.data(), static_cast<int64_t>(n) * D_, st());
     for (int l = 0; l < c_.n_layer; l++) {
       const LayerOffsets& o = L_.layers[l];
-      if (!post)
+      if (pre)
         add_norm<Act>(hn_.data(), x_.data(), nullptr, pending.bias, pending.parts, P(o.norm1_w), P(o.norm1_b), n,
-                      D_, c_.norm_eps, gpt2, on());
+                      D_, c_.norm_eps, gpt2, off, on());
       float *q = qkv_.data(), *k, *v;
       int qs, ks, vs;
       const float *bq, *bk, *bv;
@@ -657,10 +656,10 @@ class Sampler {
         pv = linear(v, hn_.data(), o.v_w, n, D_, KVD_, 0.0f, &cursor);
         bq = P(o.q_b), bk = P(o.k_b), bv = P(o.v_b);
       }
-      if (c_.qk_norm()) {  // Qwen3: q and k finished and normalized here; the attention adds nothing more to them
+      if (c_.qk_norm()) {  // q and k finished and normalized here (q scaled too); the attention adds nothing to them
         const int qw = c_.q_norm_width(), kw = c_.k_norm_width();
         qk_norm(q, qs, k, ks, pq, pk, bq, bk, P(o.q_norm_w), P(o.k_norm_w), n, QD_ / qw, qw, KVD_ / kw, kw,
-                c_.norm_eps, st());
+                c_.norm_eps, off, c_.q_scale(), st());
         pq = pk = Partials{};
         bq = bk = nullptr;
       }
@@ -677,12 +676,15 @@ class Sampler {
       cursor = 0;  // x += attention projection (its bias, and its slices when split: the next norm adds them)
       if (post) {
         const Partials po = linear(post_.data(), att, o.o_w, n, QD_, D_, 0.0f, &cursor);
-        post_norm_add<Act>(x_.data(), hn_.data(), post_.data(), po, P(o.o_b), P(o.post_attn_norm_w), n, D_,
-                           c_.norm_eps, st());
+        post_norm_add<Act>(x_.data(), post_out, post_.data(), po, P(o.o_b), P(o.post_attn_norm_w), n, D_,
+                           c_.norm_eps, off, st());
+        if (pre)
+          add_norm<Act>(hn_.data(), x_.data(), nullptr, nullptr, Partials{}, P(o.norm2_w), P(o.norm2_b), n, D_,
+                        c_.norm_eps, gpt2, off, on());
       } else {
         const Partials po = linear(x_.data(), att, o.o_w, n, QD_, D_, 1.0f, &cursor);
         add_norm<Act>(hn_.data(), x_.data(), nullptr, P(o.o_b), po, P(o.norm2_w), P(o.norm2_b), n, D_, c_.norm_eps,
-                      gpt2, on());
+                      gpt2, off, on());
       }
       cursor = 0;
       if (gpt2 && decoding_ && lt_) {  // bias and GELU inside the GEMM, written as the next GEMM's input
@@ -693,13 +695,14 @@ class Sampler {
       } else {
         const Partials pfc = linear(fc_.data(), hn_.data(), o.fc_w, n, D_, F_, 0.0f, &cursor);
         const Partials pup = linear(up_.data(), hn_.data(), o.up_w, n, D_, F_, 0.0f, &cursor);
-        swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, on());
+        swiglu<Act>(act_.data(), fc_.data(), pfc, up_.data(), pup, static_cast<int64_t>(n) * F_, c_.is_gemma(),
+                    on());
       }
       cursor = 0;  // x += MLP output (its bias and slices: the next norm)
       if (post) {
         const Partials pm = linear(post_.data(), act_.data(), o.proj_w, n, F_, D_, 0.0f, &cursor);
-        post_norm_add<Act>(x_.data(), hn_.data(), post_.data(), pm, P(o.proj_b), P(o.post_mlp_norm_w), n, D_,
-                           c_.norm_eps, st());
+        post_norm_add<Act>(x_.data(), post_out, post_.data(), pm, P(o.proj_b), P(o.post_mlp_norm_w), n, D_,
+                           c_.norm_eps, off, st());
       } else {
         pending.parts = linear(x_.data(), act_.data(), o.proj_w, n, F_, D_, 1.0f, &cursor);
         pending.bias = P(o.proj_b);
@@ -736,7 +739,7 @@ class Sampler {
     HeadTail<Act> tail;
     if (V_ > bulk) tail = {W(L_.lm_head + static_cast<size_t>(bulk) * D_), logits + bulk, V_ - bulk, LV_};
     add_norm<Act>(hf_.data(), x_.data(), src, pending.bias, pending.parts, P(L_.normf_w), P(L_.normf_b), n, D_,
-                  c_.norm_eps, c_.is_gpt2(), on(), tail);
+                  c_.norm_eps, c_.is_gpt2(), c_.norm_offset(), on(), tail);
     if (bulk > 0) blas_.mm_unsplit(n, bulk, D_, hf_.data(), W(L_.lm_head), true, 0.0f, logits, LV_);
   }
 
@@ -774,7 +777,7 @@ class Sampler {
       rows.n = off[p1] - off[p0];
       rows.copies = K_;
       const PrefillChunk pf{chunk_off_.data() + chunk_base, p1 - p0, max_len};
-      embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, st());
+      embed(x_.data(), P(L_.tok_emb), P(L_.pos_emb), rows, D_, c_.embed_scale(), st());
       const Pending pending = blocks(rows, &pf);
       head(logits_.data() + static_cast<size_t>(p0) * LV_, last_row_.data() + p0, p1 - p0, pending);
       chunk_base += p1 - p0 + 1;
@@ -791,7 +794,7 @@ class Sampler {
   // One decode step for the first `bucket` entries of the active set (rows past the active count are padding).
   void decode_step(int bucket) {
     decode_rows(x_.data(), P(L_.tok_emb), P(L_.pos_emb), row_tok_.data(), row_pos_.data(), row_slot_.data(), state_,
-                bucket, D_, st());
+                bucket, D_, c_.embed_scale(), st());
     Rows rows;
     rows.tok = row_tok_.data(), rows.pos = row_pos_.data(), rows.slot = row_slot_.data();
     rows.n = bucket, rows.copies = 1;

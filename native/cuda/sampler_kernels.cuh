@@ -64,13 +64,14 @@ __device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.globa
 
 // ---- transformer pieces (decode_kernels.cu) ----------------------------------------------------------------------
 constexpr int kMaxNormWidth = 8192;  // widest row add_norm takes (16 elements in registers per thread of 512)
-// x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions).
-void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, Launch on);
+// x[r] = wte[tok[r]] + wpe[pos[r]] (wpe null: no learned positions; then wte[tok[r]] * scale, Gemma's
+// sqrt(d_model), as core/transformer.cpp's embed_forward).
+void embed(float* x, const float* wte, const float* wpe, const Rows& rows, int d, float scale, Launch on);
 // One row of it by the calling block.
-__device__ inline void embed_row(float* o, const float* wte, const float* wpe, int tok, int pos, int d) {
+__device__ inline void embed_row(float* o, const float* wte, const float* wpe, int tok, int pos, int d, float scale) {
   const float* e = wte + static_cast<int64_t>(tok) * d;
   const float* p = wpe ? wpe + static_cast<int64_t>(pos) * d : nullptr;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = p ? e[i] + p[i] : e[i];
+  for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = p ? e[i] + p[i] : e[i] * scale;
 }
 // The LM head's last vocabulary rows, those past its aligned bulk (vocab_bulk, ops.h): the final norm's blocks take
 // them on the row they have just normalized. As a GEMM of their own (under 8 columns: cuBLAS's gemv) they cost a
@@ -87,9 +88,11 @@ struct HeadTail {
 // GEMM; may be null) + the slices of that GEMM's product when it was split (indexed like x), then
 // out[r] = norm(x[src]) with LayerNorm (b may be null) or RMSNorm, and when tail.n > 0 its logits for the tail rows,
 // out[r] . tail.w[t] with fp32 sums. d <= kMaxNormWidth (the row lives in registers).
+// w_offset: added to RMSNorm's weights (Gemma: 1).
 template <class Act>
 void add_norm(Act* out, float* x, const int32_t* src, const float* add, const Partials& parts, const float* w,
-              const float* b, int rows, int d, float eps, bool layernorm, Launch on, const HeadTail<Act>& tail = {});
+              const float* b, int rows, int d, float eps, bool layernorm, float w_offset, Launch on,
+              const HeadTail<Act>& tail = {});
 // The rotations RoPE applies at positions 0 .. cap-1: table[pos * (head_dim / 2) + i] = (cos, sin) of pos *
 // inv_freq[i] (device memory: one set of rope_sets.h), each computed in double and rounded once, as cpu/rope.cpp
 // does. Filled once per sampling call, so a decode step reads its rotations instead of computing them in double
@@ -105,9 +108,11 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Part
 // Qwen3's q/k norms over `rows` rows: q's n_q groups of qw columns (each head) and k's n_k groups of kw, each its
 // GEMM product (pq/pk: the slices when split) + bias (may be null), RMSNorm'd with weights wq / wk (one group's
 // width), written back into q and k (row strides qs, ks). Later kernels then take q and k with no slices or bias.
+// w_offset is added to the weights (Gemma: 1), and q is multiplied by q_scale (Gemma's query_pre_attn_scalar; the
+// rotation after it is linear, so where the factor goes does not matter but for rounding).
 void qk_norm(float* q, int qs, float* k, int ks, const Partials& pq, const Partials& pk, const float* bq,
              const float* bk, const float* wq, const float* wk, int rows, int n_q, int qw, int n_k, int kw, float eps,
-             cudaStream_t st);
+             float w_offset, float q_scale, cudaStream_t st);
 // A decode step's q/k/v rows as their GEMM left them (each the tensor, or its slices), with their biases (may be null).
 struct QkvRows {
   const float *q = nullptr, *k = nullptr, *v = nullptr;
@@ -125,15 +130,16 @@ void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache,
 // out = gelu_tanh(fc + b) over [rows, f] (fc: the tensor, or its slices in pfc).
 template <class Act>
 void bias_gelu(Act* out, const float* fc, const Partials& pfc, const float* b, int rows, int f, Launch on);
-// out = silu(gate) * up, n elements (each: the tensor, or its slices).
+// out = silu(gate) * up (gelu_gate: gelu_tanh(gate) * up, Gemma), n elements (each: the tensor, or its slices).
 template <class Act>
 void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up, const Partials& pup, int64_t n,
-            Launch on);
-// A post-norm and its residual add (OLMo 2), per row of d: x += RMSNorm(y + bias) (y: the projection, or its slices
-// in parts when split; bias may be null) with weights w, then out = x in Act (the next GEMM's operand).
+            bool gelu_gate, Launch on);
+// A post-norm and its residual add (OLMo 2, Gemma), per row of d: x += RMSNorm(y + bias) (y: the projection, or its
+// slices in parts when split; bias may be null) with weights w + w_offset, then out = x in Act (the next GEMM's
+// operand; out null: none, a pre-norm reads x next).
 template <class Act>
 void post_norm_add(float* x, Act* out, const float* y, const Partials& parts, const float* bias, const float* w,
-                   int rows, int d, float eps, cudaStream_t st);
+                   int rows, int d, float eps, float w_offset, cudaStream_t st);
 // fp32 -> Act (a copy when Act is float).
 template <class Act>
 void convert(Act* out, const float* in, int64_t n, cudaStream_t st);
@@ -174,7 +180,7 @@ struct Params {
 // later rows take the padding slot (token 0 at position 0). A slot that is still generating gets len + 1 (the token
 // joins its cache). x[a] = the row's embedding, as embed().
 void decode_rows(float* x, const float* wte, const float* wpe, int32_t* tok, int32_t* pos, int32_t* slot,
-                 const State& s, int n_rows, int d, cudaStream_t st);
+                 const State& s, int n_rows, int d, float embed_scale, cudaStream_t st);
 // Draws the next token of each active row a < min(n_rows, n_active) from logits row a / logits_div (the prefill
 // logits are one row per prompt, read by its K samples), unless the slot is done. sorted: per logits row, the
 // vocabulary ordered by (logit desc, index asc) (sort_rows); needed only when p.filtered().

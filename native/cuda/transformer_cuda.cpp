@@ -157,7 +157,7 @@ void norm_forward(const Net& n, float* out, uint16_t* out16, float* mean, float*
   if (n.c.is_gpt2())
     layernorm_forward(out, mean, rstd, x, n.p(w), n.p(b), n.T, n.c.d_model, n.c.norm_eps, out16);
   else
-    rmsnorm_forward(out, rstd, x, n.p(w), n.T, n.c.d_model, n.c.norm_eps, out16);
+    rmsnorm_forward(out, rstd, x, n.p(w), n.T, n.c.d_model, n.c.norm_eps, out16, n.c.norm_offset());
 }
 
 // A block's norm, whose output only GEMMs read: in `out` (fp32), or under bf16 in a.norm16 alone.
@@ -198,7 +198,7 @@ void norm_rows_backward(const Net& n, float* dx, size_t w, size_t b, const float
   if (mean)
     layernorm_backward_input(dx, dout, x, n.p(w), mean, rstd, rows, d);
   else
-    rmsnorm_backward_input(dx, dout, x, n.p(w), rstd, rows, d);
+    rmsnorm_backward_input(dx, dout, x, n.p(w), rstd, rows, d, n.c.norm_offset());
   norm_xhat_product(scratch, dout, x, mean, rstd, rows, d);
   bias_backward(n.g(w), scratch, n.a.ones, rows, d);
   if (b != kAbsent) bias_backward(n.g(b), dout, n.a.ones, rows, d);
@@ -264,7 +264,7 @@ void sublayer_forward(const Net& n, float* out, const Operand& in, size_t w, siz
     return;
   }
   linear_forward(n, n.a.post, in, w, bias, in_f, D);
-  rmsnorm_forward(out, post_rstd, n.a.post, n.p(post_w), T, D, n.c.norm_eps);
+  rmsnorm_forward(out, post_rstd, n.a.post, n.p(post_w), T, D, n.c.norm_eps, nullptr, n.c.norm_offset());
   bias_residual(out, nullptr, residual, T, D);
 }
 
@@ -313,8 +313,9 @@ void qkv_forward(const Net& n, int l, float* qkv, const Operand& norm, const Dev
     linear_forward(n, raw_q, norm, o.q_w, o.q_b, D, QD);
     linear_forward(n, raw_k, norm, o.k_w, o.k_b, D, KVD);
     const int qw = c.q_norm_width(), kw = c.k_norm_width(), q_rows = n.T * (QD / qw);
-    rmsnorm_forward(v.q, n.a.qk_rstd, raw_q, n.p(o.q_norm_w), q_rows, qw, c.norm_eps);
-    rmsnorm_forward(v.k, n.a.qk_rstd + q_rows, raw_k, n.p(o.k_norm_w), n.T * (KVD / kw), kw, c.norm_eps);
+    rmsnorm_forward(v.q, n.a.qk_rstd, raw_q, n.p(o.q_norm_w), q_rows, qw, c.norm_eps, nullptr, c.norm_offset());
+    rmsnorm_forward(v.k, n.a.qk_rstd + q_rows, raw_k, n.p(o.k_norm_w), n.T * (KVD / kw), kw, c.norm_eps, nullptr,
+                    c.norm_offset());
   } else {
     linear_forward(n, v.q, norm, o.q_w, o.q_b, D, QD);
     linear_forward(n, v.k, norm, o.k_w, o.k_b, D, KVD);
@@ -324,6 +325,8 @@ void qkv_forward(const Net& n, int l, float* qkv, const Operand& norm, const Dev
     rope_forward(v.q, n.T, v.qs, c.n_head, c.head_dim, b.pos, inv_freq);
     rope_forward(v.k, n.T, v.ks, c.n_kv_head, c.head_dim, b.pos, inv_freq);
   }
+  // Gemma's attention scale: q takes the factor, so the attention kernels keep their 1/sqrt(head_dim)
+  if (c.q_scale() != 1.0f) scale_inplace(v.q, c.q_scale(), static_cast<int64_t>(n.T) * QD);
 }
 
 // The MLP's pre-activation(s) and activation from its normalized input: forward, and again in backward. The
@@ -342,7 +345,10 @@ Operand mlp_hidden_forward(const Net& n, const LayerOffsets& o, const Operand& n
   } else {
     linear_forward(n, a.fc, norm, o.fc_w, o.fc_b, D, F);
     linear_forward(n, a.up, norm, o.up_w, kAbsent, D, F);
-    swiglu_forward(act, a.fc, a.up, TF, act16);
+    if (c.is_gemma())
+      geglu_forward(act, a.fc, a.up, TF, act16);
+    else
+      swiglu_forward(act, a.fc, a.up, TF, act16);
   }
   return {act, act16};
 }
@@ -433,6 +439,8 @@ void transformer_forward(const Model& m, const DeviceState& ds, Call& k) {
   const int T = a.T;
   const Net n = make_net(m, ds, a, nullptr);
   embedding_forward(a.x0, n.p(L.tok_emb), n.p(L.pos_emb), k.batch.tokens, k.batch.pos, T, c.d_model);
+  // Gemma: the token embedding times sqrt(d_model) (it has no learned positions: core/transformer.cpp's embed_forward)
+  if (c.embed_scale() != 1.0f) scale_inplace(a.x0, c.embed_scale(), static_cast<int64_t>(T) * c.d_model);
 
   const float* x = a.x0;
   for (int l = 0; l < c.n_layer; l++) {
@@ -485,7 +493,10 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     } else {
       fill_zero(dfc, nF);
       fill_zero(a.dup, nF);
-      swiglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
+      if (c.is_gemma())
+        geglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
+      else
+        swiglu_backward(dfc, a.dup, a.dact, a.fc, a.up, TF);
       linear_backward(n, a.dnorm, o.up_w, kAbsent, a.dup, normed2, D, F, false);
     }
     linear_backward(n, a.dnorm, o.fc_w, o.fc_b, dfc_in, normed2, D, F, c.is_llama());
@@ -507,6 +518,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     if (c.is_gpt2()) {
       linear_backward(n, a.dnorm, o.qkv_w, o.qkv_b, dqkv, normed1, D, 3 * D, false);
     } else {
+      if (c.q_scale() != 1.0f) scale_inplace(dv.q, c.q_scale(), static_cast<int64_t>(T) * QD);
       if (const double* inv_freq = ds.layer_inv_freq(l)) {
         rope_backward(dv.q, T, dv.qs, c.n_head, c.head_dim, b.pos, inv_freq);
         rope_backward(dv.k, T, dv.ks, c.n_kv_head, c.head_dim, b.pos, inv_freq);
@@ -530,12 +542,14 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
     input_backward(n, a.dresid, o.norm1_w, o.norm1_b, a.dnorm, x, y.n1_mean, y.n1_rstd);
   }
 
-  // embeddings: rows grouped by token id / position on the host, summed in row order (deterministic, no atomics)
-  embedding_backward(n.g(L.tok_emb), a.dresid, k.tok_index.ids, k.tok_index.starts, k.tok_index.rows, k.tok_index.n,
-                     D);
+  // embeddings: rows grouped by token id / position on the host, summed in row order (deterministic, no atomics);
+  // Gemma's scaled token embedding takes the scaled gradient (dresid is not needed after)
   if (L.pos_emb != kAbsent)
     embedding_backward(n.g(L.pos_emb), a.dresid, k.pos_index.ids, k.pos_index.starts, k.pos_index.rows,
                        k.pos_index.n, D);
+  if (c.embed_scale() != 1.0f) scale_inplace(a.dresid, c.embed_scale(), static_cast<int64_t>(T) * D);
+  embedding_backward(n.g(L.tok_emb), a.dresid, k.tok_index.ids, k.tok_index.starts, k.tok_index.rows, k.tok_index.n,
+                     D);
 }
 
 }  // namespace optune::cuda

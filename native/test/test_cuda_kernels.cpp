@@ -143,17 +143,18 @@ TEST(layernorm_forward_backward_match_cpu) {
 }
 
 namespace {
-void rmsnorm_case(int rows, int d) {
+// w_offset 1: Gemma's norms, scaling by 1 + weight.
+void rmsnorm_case(int rows, int d, float w_offset = 0.0f) {
   Rand r(4 + d);
   const auto x = randv(static_cast<size_t>(rows) * d, r, 2.0f), w = randv(d, r);
   const auto dy = randv(x.size(), r), dx0 = randv(x.size(), r), dw0 = randv(d, r);
   std::vector<float> out(x.size()), rstd(rows), dx = dx0, dw = dw0;
-  cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), rows, d, 1e-6f);
-  cpu::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, d);
+  cpu::rmsnorm_forward(out.data(), rstd.data(), x.data(), w.data(), rows, d, 1e-6f, w_offset);
+  cpu::rmsnorm_backward(dx.data(), dw.data(), dy.data(), x.data(), w.data(), rstd.data(), rows, d, w_offset);
   Buf gx(x), gw(w), gdy(dy), gdx(dx0), gdw(dw0), gout(x.size()), grstd(rows);
-  cuda::rmsnorm_forward(gout.data(), grstd.data(), gx.data(), gw.data(), rows, d, 1e-6f);
-  cuda::rmsnorm_backward(gdx.data(), gdw.data(), gdy.data(), gx.data(), gw.data(), grstd.data(), rows, d);
-  const std::string w_ = " (d " + std::to_string(d) + ")";
+  cuda::rmsnorm_forward(gout.data(), grstd.data(), gx.data(), gw.data(), rows, d, 1e-6f, nullptr, w_offset);
+  cuda::rmsnorm_backward(gdx.data(), gdw.data(), gdy.data(), gx.data(), gw.data(), grstd.data(), rows, d, w_offset);
+  const std::string w_ = " (d " + std::to_string(d) + ", w_offset " + std::to_string(w_offset) + ")";
   expect_close("rmsnorm out" + w_, gout.download(), out, kRtol);
   expect_close("rmsnorm rstd" + w_, grstd.download(), rstd, kRtol);
   expect_close("rmsnorm dinp" + w_, gdx.download(), dx, kRtol);
@@ -163,7 +164,7 @@ void rmsnorm_case(int rows, int d) {
 
 // d = 333: the strided kernels; 896 (Qwen2-0.5B's width): the register ones.
 TEST(rmsnorm_forward_backward_match_cpu) {
-  for (const int d : {333, 896}) rmsnorm_case(45, d);
+  for (const int d : {333, 896}) rmsnorm_case(45, d), rmsnorm_case(45, d, 1.0f);
 }
 
 // Forward outputs written straight in bf16 (the next GEMM's operand): bit for bit the fp32 output rounded to nearest
@@ -239,7 +240,7 @@ TEST(norm_backward_split_matches_cpu) {
 
 // ---- activations -----------------------------------------------------------------------------------------------
 
-TEST(gelu_swiglu_match_cpu) {
+TEST(gelu_swiglu_geglu_match_cpu) {
   Rand r(5);
   const int64_t n = 10007;
   const auto x = randv(n, r, 2.5f), up = randv(n, r), dy = randv(n, r), d0 = randv(n, r), d1 = randv(n, r);
@@ -262,6 +263,16 @@ TEST(gelu_swiglu_match_cpu) {
   expect_close("swiglu out", gout.download(), out, kRtol);
   expect_close("swiglu dgate", gdx.download(), dx, kRtol);
   expect_close("swiglu dup", gdup.download(), dup, kRtol);
+
+  dx = d0, dup = d1;
+  gdx.upload(d0), gdup.upload(d1);
+  cpu::geglu_forward(out.data(), x.data(), up.data(), n);
+  cpu::geglu_backward(dx.data(), dup.data(), dy.data(), x.data(), up.data(), n);
+  cuda::geglu_forward(gout.data(), gx.data(), gup.data(), n);
+  cuda::geglu_backward(gdx.data(), gdup.data(), gdy.data(), gx.data(), gup.data(), n);
+  expect_close("geglu out", gout.download(), out, kRtol);
+  expect_close("geglu dgate", gdx.download(), dx, kRtol);
+  expect_close("geglu dup", gdup.download(), dup, kRtol);
 }
 
 // The fused forward glue: gelu(fc + bias) (fc left as it is) and its backward, and out += bias + residual.

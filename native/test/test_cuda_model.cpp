@@ -62,7 +62,9 @@ ModelConfig llama_cfg(bool reward = false) {
 // embeddings, no biases, no sliding windows), Qwen3 (per-head q/k norms; head_dim 16, so q is twice the hidden
 // width, as in Qwen3's checkpoints; also with its optional attention biases), OLMo 2 (no norms before the
 // sublayers, post-norms after them, q and k normalized over their whole width; untied), SmolLM3 with a sliding
-// window of 5 on its NoPE layer and Mistral with one of 24 on every layer (the test sequences are longer).
+// window of 5 on its NoPE layer, Mistral with one of 24 on every layer (the test sequences are longer), and Gemma 3
+// (1 + weight norms before and after each sublayer, the scaled embedding, the GELU gate, a query scale, per-head q/k
+// norms, a window of 5 with its own RoPE base on layer 0; head_dim 16, so bf16 runs the tensor-core attention).
 std::vector<ModelConfig> llama_variants() {
   ModelConfig scaled = llama_cfg();
   scaled.rope_scaling.type = cpu::RopeScaling::LLAMA3;
@@ -79,12 +81,17 @@ std::vector<ModelConfig> llama_variants() {
   ModelConfig olmo2 = testing::tiny_olmo2(97);
   olmo2.d_model = 32, olmo2.n_head = 4, olmo2.n_kv_head = 2, olmo2.head_dim = 8, olmo2.d_ff = 48;
   olmo2.max_positions = 128;
+  ModelConfig olmo2_biased = olmo2;  // OLMo 2's optional attention biases: o's comes before the post-norm
+  olmo2_biased.qkv_bias = olmo2_biased.o_bias = true;
   ModelConfig smol_sliding = smol;
   smol_sliding.sliding = {0, 1}, smol_sliding.sliding_window = 5;
   ModelConfig mistral = llama_cfg();
   mistral.arch = Arch::MISTRAL, mistral.qkv_bias = mistral.o_bias = false;
   mistral.sliding = {1, 1}, mistral.sliding_window = 24;
-  return {scaled, smol, qwen3, qwen3_biased, olmo2, smol_sliding, mistral};
+  ModelConfig gemma = testing::tiny_gemma3(97);
+  gemma.d_model = 32, gemma.n_head = 4, gemma.n_kv_head = 2, gemma.head_dim = 16, gemma.d_ff = 48;
+  gemma.max_positions = 128, gemma.sliding_window = 5;
+  return {scaled, smol, qwen3, qwen3_biased, olmo2, olmo2_biased, smol_sliding, mistral, gemma};
 }
 
 std::unique_ptr<Model> random_model(const ModelConfig& c, uint64_t seed) {

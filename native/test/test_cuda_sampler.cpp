@@ -1,6 +1,6 @@
 // The CUDA sampler (cuda/sampler_cuda.h) against the CPU sampler and full CPU forwards, on tiny GPT-2 and Llama
 // models, a few wider ones (head_dim 64 and 128, several prefill chunks), Llama 3.1+'s scaled RoPE, SmolLM3's NoPE
-// layers, Qwen3's q/k norms, OLMo 2's post-norms and sliding windows (SmolLM3, Mistral):
+// layers, Qwen3's q/k norms, OLMo 2's post-norms, sliding windows (SmolLM3, Mistral) and Gemma 3:
 //  - greedy tokens equal the CPU sampler's (fp32; >= 90% of responses, a near-tie may flip one), with the same
 //    offsets and finished flags;
 //  - the log-probs of sampled tokens equal a full CPU forward over prompt + response within 1e-4 (fp32), which checks
@@ -169,6 +169,15 @@ ModelConfig windowed_mistral() {
   return c;
 }
 
+// Gemma 3: 1 + weight norms before and after each sublayer, the scaled embedding, the GELU gate, the query scale
+// (query_pre_attn_scalar 24, head_dim 32), per-head q/k norms, a window of 5 on layer 0 with its own RoPE base.
+ModelConfig gemma3_shape() {
+  ModelConfig c = testing::tiny_gemma3(300);
+  c.d_model = 64, c.n_head = 4, c.n_kv_head = 2, c.head_dim = 32, c.d_ff = 96, c.max_positions = 128;
+  c.attn_scalar = 24.0f, c.sliding_window = 5;
+  return c;
+}
+
 // The same with Qwen3's optional attention biases (q, k, v and o): q and k get theirs before the norms.
 ModelConfig qwen3_with_biases() {
   ModelConfig c = qk_norm_qwen3();
@@ -191,7 +200,8 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len
 TEST(greedy_tokens_equal_cpu_sampler_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
                     nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases(),
-                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral()}) {
+                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral(),
+                    gemma3_shape()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 41, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 2, 12);
@@ -215,7 +225,8 @@ TEST(greedy_tokens_equal_cpu_sampler_fp32) {
 TEST(decode_logps_match_full_cpu_forward_fp32) {
   for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
                     nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases(),
-                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral()}) {
+                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral(),
+                    gemma3_shape()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
@@ -302,7 +313,8 @@ TEST(same_seed_same_tokens_graphs_or_not) {
 
 TEST(bf16_close_to_fp32) {
   for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3(), qk_norm_qwen3(),
-                   qwen3_with_biases(), post_norm_olmo2(), sliding_smollm3(), windowed_mistral()}) {
+                   qwen3_with_biases(), post_norm_olmo2(), sliding_smollm3(), windowed_mistral(),
+                   gemma3_shape()}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 46, 0.1f);
     SampleRequest req = prompts_request(kPrompts, 4, 16);
@@ -321,7 +333,7 @@ TEST(k_split_decode_gemms_match_unsplit) {
   // OPTUNE_CUDA_SPLIT_K=4 splits every decode GEMM of these shapes on cuBLAS in 4 slices along K (the consumers add
   // them): the same function, summed in another order. The benchmark shape splits by the automatic choice instead.
   // Qwen3 (with q/k/v biases): its q/k norm kernel sums the slices, adds the biases and normalizes.
-  for (auto cfg : {wide_gpt2(), wide_llama(), qwen3_with_biases(), post_norm_olmo2()}) {
+  for (auto cfg : {wide_gpt2(), wide_llama(), qwen3_with_biases(), post_norm_olmo2(), gemma3_shape()}) {
     for (const bool bf16 : {false, true}) {
       auto m = make_model(cfg);
       testing::randomize(*m, 48, bf16 ? 0.1f : 0.5f);
@@ -508,8 +520,11 @@ TEST(lt_decode_gemms_stay_close) {
   // the active set, so the plans cover several batch buckets. K-slices: GPT-2's MLP output projection (K = 2N here)
   // runs as K / N slices by default, which the next norm adds; OPTUNE_CUDA_SPLIT_K=4 makes them 4 and =1 leaves the
   // GEMM to cuBLASLt. Every way stays close to the others. The Llama here has nothing optune splits: its MLP output
-  // has K < 2N, and its k and v projections (K = 2N) do not write the residual stream.
-  for (auto cfg : {wide_gpt2(), wide_llama()}) {
+  // has K < 2N, and its k and v projections (K = 2N) do not write the residual stream. OLMo 2 with d_ff = 4 d: its
+  // MLP output's slices go to the post-norm kernel instead of the next norm.
+  ModelConfig olmo2 = post_norm_olmo2();
+  olmo2.d_ff = 4 * olmo2.d_model;
+  for (auto cfg : {wide_gpt2(), wide_llama(), olmo2}) {
     auto m = make_model(cfg);
     testing::randomize(*m, 63, 0.1f);
     SampleRequest req = prompts_request(random_prompts(20, 3, 12, cfg.vocab_size, 17), 2, 32);
@@ -560,7 +575,7 @@ TEST(early_launches_change_no_result) {
   // previous layer's (or step's) activations and change the results.
   const bool can = cuda::kernels_wait_when_early();
   if (!can) std::printf("  SKIPPED early launches (no sm_90 code for this GPU); they must stay off\n");
-  for (auto cfg : {wide_gpt2(), wide_llama(), qwen3_with_biases(), post_norm_olmo2()}) {
+  for (auto cfg : {wide_gpt2(), wide_llama(), qwen3_with_biases(), post_norm_olmo2(), gemma3_shape()}) {
     for (const char* mode : {"fp32", "bf16", "bf16 own GEMMs"}) {
       const bool bf16 = std::strcmp(mode, "fp32") != 0, own = std::strstr(mode, "own") != nullptr;
       auto m = make_model(cfg);
