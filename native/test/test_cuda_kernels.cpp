@@ -445,6 +445,10 @@ TEST(attention_sliding_window_matches_cpu) {
     attention_case("bf16 hd32 biases" + w, {150, 3}, 2, 1, 32, 23, 0, true, 2, true, window);
   }
   attention_case("bf16 hd128 window 70", {70, 129, 260}, 3, 1, 128, 24, 0, true, 0, false, 70);
+  // the tensor-core forward's edges: 65 and 97 put a warp's skip at its equality edge, 80 its no-mask shortcut
+  for (int window : {65, 80, 97})
+    attention_case("bf16 hd64 window " + std::to_string(window), {130, 7, 200, 260}, 4, 2, 64, 26, 0, true, 0, false,
+                   window);
   attention_case("bf16 hd16 window 64", {1, 37, 200}, 4, 4, 16, 25, 0, true, 0, false, 64);
 }
 

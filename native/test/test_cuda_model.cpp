@@ -91,6 +91,7 @@ std::vector<ModelConfig> llama_variants() {
   ModelConfig gemma = testing::tiny_gemma3(97);
   gemma.d_model = 32, gemma.n_head = 4, gemma.n_kv_head = 2, gemma.head_dim = 16, gemma.d_ff = 48;
   gemma.max_positions = 128, gemma.sliding_window = 5;
+  gemma.rope_scaling.type = cpu::RopeScaling::LINEAR, gemma.rope_scaling.factor = 2;  // its global layer's only
   return {scaled, smol, qwen3, qwen3_biased, olmo2, olmo2_biased, smol_sliding, mistral, gemma};
 }
 

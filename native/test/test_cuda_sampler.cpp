@@ -249,6 +249,28 @@ TEST(decode_logps_match_full_cpu_forward_fp32) {
   }
 }
 
+// Windows over long prompts and responses (40-70 prompt tokens, 48 new): the decode attention's first chunk moves
+// past 0 and several warps' chunks are merged under the window; windows 5 and 37 (not a multiple of the 32-key
+// chunks), Mistral's every layer and Gemma 3's local one, fp32 and bf16.
+TEST(sliding_windows_over_long_sequences_match_full_cpu_forward) {
+  for (const int window : {5, 37})
+    for (auto cfg : {windowed_mistral(), gemma3_shape()}) {
+      cfg.sliding_window = window;
+      auto m = make_model(cfg);
+      testing::randomize(*m, 47, 0.3f);
+      const SampleRequest req = prompts_request(random_prompts(6, 40, 70, cfg.vocab_size, 9), 2, 48);
+      for (const bool bf16 : {false, true}) {
+        const SampleResult res = gpu_sample(*m, req, bf16);
+        const std::string what = std::string(arch_name(cfg.arch)) + " window " + std::to_string(window) +
+                                 (bf16 ? " bf16" : " fp32");
+        check_layout(req, res, what);
+        const double worst = worst_logp_error(*m, req, res), bound = bf16 ? 0.1 : 1e-4;
+        CHECK_MSG(worst < bound, what + ": worst |gpu decode - cpu full| = " + std::to_string(worst));
+        std::printf("  %s: worst |decode - full| %.2e\n", what.c_str(), worst);
+      }
+    }
+}
+
 TEST(many_prompts_prefill_in_chunks) {
   // 400 prompts of 15-30 tokens (> 8192 prompt tokens): several prefill chunks, ragged lengths
   auto m = make_model(wide_gpt2());
