@@ -86,13 +86,17 @@ Device resolve_device(Device d) {
 }
 
 #ifdef OPTUNE_HAVE_CUDA
-// Why the CUDA kernels cannot run this model ("" when they can): every architecture has them, but the attention's
-// tiles stop at head_dim 128 (Gemma 3 up to 12B has 256).
+// Why the CUDA kernels cannot run this model ("" when they can): every architecture has them, but the attention
+// stops at head_dim 256, and above 128 (Gemma 3 up to 12B: 256) needs the shared memory of sm_90 and up (asked of
+// the GPU when there is one).
 static std::string cuda_model_problem(const ModelConfig& c) {
-  if (c.head_dim <= cuda::kAttentionMaxHeadDim) return "";
-  return std::string("the CUDA backend's attention takes head_dim up to ") +
-         std::to_string(cuda::kAttentionMaxHeadDim) + ", and this " + hf_class_prefix(c.arch) + " model's is " +
-         std::to_string(c.head_dim);
+  if (c.head_dim > cuda::kAttentionMaxHeadDim)
+    return std::string("the CUDA backend's attention takes head_dim up to ") +
+           std::to_string(cuda::kAttentionMaxHeadDim) + ", and this " + hf_class_prefix(c.arch) + " model's is " +
+           std::to_string(c.head_dim);
+  if (cuda::device_count() == 0) return "";
+  const std::string smem = cuda::attention_smem_problem(c.head_dim);
+  return smem.empty() ? "" : std::string("this ") + hf_class_prefix(c.arch) + " model cannot run on this GPU: " + smem;
 }
 #endif
 

@@ -11,9 +11,10 @@
 //          dV += P^T dO, dS = P * (dO V^T - D) * scale, dK += dS^T Q, with D = rowsum(dO * O) precomputed;
 //   dQ:    one block per (32-query tile, sequence, head) walks the key tiles again: dQ += dS K.
 // Complexity: forward ~2 * sum_s L_s^2 * H * hd flops (half of the square, causal), backward ~2.5x that (S is
-// recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 128 (shared
-// memory: up to 85 KB per block, in the dQ kernel, within the 99 KB of sm_86 / sm_89 / sm_120 and more elsewhere;
-// the dK/dV kernel keeps its sums in registers); one block walks its row of tiles serially, so a long sequence with
+// recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 256 (shared
+// memory: up to 85 KB per block at head_dim 128, in the dQ kernel, within the 99 KB of sm_86 / sm_89 / sm_120; at
+// 256 (Gemma 3) 165 KB, which only sm_90 and up (H100, H200, B200) allow: attention_smem_problem; the dK/dV kernel
+// keeps its sums in registers); one block walks its row of tiles serially, so a long sequence with
 // few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
@@ -164,12 +165,17 @@ __device__ inline void load_row_stats(float* lse_s, float* D_s, const float* lse
   }
 }
 
-// dK/dV elements per thread: a thread owns elements threadIdx.x + m * kThreads (m < kAccPerThread) of the key
-// tile's [kTile][hd], the same ones for every query tile, so their sums stay in its registers. In shared memory they
-// took 2 x 16.5 KB at head_dim 128: 105 KB per block, more than the 99 KB GeForce and workstation GPUs allow.
-static constexpr int kAccPerThread = kTile * kAttentionMaxHeadDim / kThreads;
-static_assert(kTile * kAttentionMaxHeadDim % kThreads == 0, "the threads' elements must cover the tile exactly");
+// dK/dV elements per thread: a thread owns elements threadIdx.x + m * kThreads (m < ACC) of the key tile's
+// [kTile][hd], the same ones for every query tile, so their sums stay in its registers. In shared memory they took
+// 2 x 16.5 KB at head_dim 128: 105 KB per block, more than the 99 KB GeForce and workstation GPUs allow. ACC covers
+// head_dim 128 (16) or 256 (32): the wider kernel's registers do not burden the common head dims.
+template <int MAX_HD>
+constexpr int acc_per_thread() {
+  static_assert(kTile * MAX_HD % kThreads == 0, "the threads' elements must cover the tile exactly");
+  return kTile * MAX_HD / kThreads;
+}
 
+template <int ACC>
 __global__ void __launch_bounds__(kThreads)
     attention_backward_dkdv_kernel(float* dk, float* dv, const float* dout, const float* lse, const float* D,
                                    const float* q, int qs, const float* k, int ks, const float* v, int vs,
@@ -191,9 +197,9 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // the previous key tile's readers of Ks/Vs are done
     load_tile(Ks, k, ks, start + j0, nk, kvh * hd, hd, hdp);
     load_tile(Vs, v, vs, start + j0, nk, kvh * hd, hd, hdp);
-    float acc_k[kAccPerThread], acc_v[kAccPerThread];
+    float acc_k[ACC], acc_v[ACC];
 #pragma unroll
-    for (int m = 0; m < kAccPerThread; m++) acc_k[m] = 0.0f, acc_v[m] = 0.0f;
+    for (int m = 0; m < ACC; m++) acc_k[m] = 0.0f, acc_v[m] = 0.0f;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
       for (int i0 = j0; i0 < L; i0 += kTile) {  // causal: query tiles from the diagonal down
         const int nq = min(kTile, L - i0);
@@ -205,7 +211,7 @@ __global__ void __launch_bounds__(kThreads)
         attention_p_ds(Ps, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale, window);
         __syncthreads();
 #pragma unroll
-        for (int m = 0; m < kAccPerThread; m++) {
+        for (int m = 0; m < ACC; m++) {
           const int idx = threadIdx.x + m * kThreads;
           if (idx >= kTile * hd) break;
           const int c = idx / hd, d = idx % hd;
@@ -220,7 +226,7 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
 #pragma unroll
-    for (int m = 0; m < kAccPerThread; m++) {
+    for (int m = 0; m < ACC; m++) {
       const int idx = threadIdx.x + m * kThreads;
       if (idx >= nk * hd) break;
       const int c = idx / hd, d = idx % hd;
@@ -296,6 +302,29 @@ static void check_shape(const char* fn, int n_seq, int max_len, int n_head, int 
                std::string(fn) + ": n_seq " + std::to_string(n_seq) + " must be in 0..65535, max_len >= 0");
 }
 
+// Dynamic shared memory of the three fp32 kernels (tiles of hd + 1 floats a row: no bank conflicts).
+static size_t fp32_forward_smem(int hd) {
+  return sizeof(float) * (4 * kTile * (hd + 1) + kTile * kSp + 3 * kTile);
+}
+static size_t fp32_backward_kv_smem(int hd) {
+  return sizeof(float) * (4 * kTile * (hd + 1) + 2 * kTile * kSp + 2 * kTile);
+}
+static size_t fp32_backward_q_smem(int hd) {
+  return sizeof(float) * (5 * kTile * (hd + 1) + kTile * kSp + 2 * kTile);
+}
+
+// (up to head_dim 128 the fp32 kernels take at most 85 KB, which every GPU from sm_80 on allows; the tensor-core
+// kernels check their own: attention_mma_supported)
+std::string attention_smem_problem(int head_dim) {
+  const size_t need =
+      std::max({fp32_forward_smem(head_dim), fp32_backward_kv_smem(head_dim), fp32_backward_q_smem(head_dim)});
+  const size_t have = block_smem_limit();
+  if (need <= have) return "";
+  return "its attention at head_dim " + std::to_string(head_dim) + " needs " + std::to_string(need / 1024) +
+         " KB of shared memory per block and this GPU allows " + std::to_string(have / 1024) +
+         " KB (sm_90 and up allow enough)";
+}
+
 // Grid x: query (or key) tiles of the longest sequence; shorter sequences' blocks past their end exit at once.
 static dim3 tile_grid(int max_len, int n_seq, int heads) {
   return dim3(static_cast<unsigned>(std::max(1, (max_len + kTile - 1) / kTile)), n_seq, heads);
@@ -322,8 +351,7 @@ void attention_forward(float* out, float* lse, const float* q, int qs, const flo
   if (bf16 && attention_mma_supported(head_dim))
     return attention_forward_mma(out, lse, q, qs, k, ks, v, vs, offsets, n_seq, max_len, n_head, n_kv_head, head_dim,
                                  bias, window);
-  const int hdp = head_dim + 1;
-  const size_t smem = sizeof(float) * (4 * kTile * hdp + kTile * kSp + 3 * kTile);
+  const size_t smem = fp32_forward_smem(head_dim);
   set_smem(attention_forward_kernel, smem, "forward", head_dim);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   attention_forward_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem>>>(
@@ -338,7 +366,7 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   check_shape("cuda::attention_backward", n_seq, max_len, n_head, n_kv_head, head_dim);
   check_bias("cuda::attention_backward", bias, bf16, head_dim);
   if (n_seq == 0 || max_len == 0 || T == 0) return;
-  const int group = n_head / n_kv_head, hdp = head_dim + 1;
+  const int group = n_head / n_kv_head;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
 
   Buffer<float> D(static_cast<size_t>(T) * n_head, "attention backward rowsum(dO * O)");
@@ -350,13 +378,15 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
     return attention_backward_mma(dq, dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_seq, max_len,
                                   n_head, n_kv_head, head_dim, bias, window);
 
-  const size_t smem_kv = sizeof(float) * (4 * kTile * hdp + 2 * kTile * kSp + 2 * kTile);
-  set_smem(attention_backward_dkdv_kernel, smem_kv, "backward (dK/dV)", head_dim);
-  attention_backward_dkdv_kernel<<<tile_grid(max_len, n_seq, n_kv_head), kThreads, smem_kv>>>(
-      dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale, window);
+  const size_t smem_kv = fp32_backward_kv_smem(head_dim);
+  const auto dkdv = head_dim <= 128 ? attention_backward_dkdv_kernel<acc_per_thread<128>()>
+                                    : attention_backward_dkdv_kernel<acc_per_thread<kAttentionMaxHeadDim>()>;
+  set_smem(dkdv, smem_kv, "backward (dK/dV)", head_dim);
+  dkdv<<<tile_grid(max_len, n_seq, n_kv_head), kThreads, smem_kv>>>(dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs,
+                                                                     offsets, n_head, group, head_dim, scale, window);
   OPTUNE_CUDA_CHECK_LAUNCH();
 
-  const size_t smem_q = sizeof(float) * (5 * kTile * hdp + kTile * kSp + 2 * kTile);
+  const size_t smem_q = fp32_backward_q_smem(head_dim);
   set_smem(attention_backward_dq_kernel, smem_q, "backward (dQ)", head_dim);
   attention_backward_dq_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem_q>>>(
       dq, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale, window);

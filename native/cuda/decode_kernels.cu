@@ -288,11 +288,15 @@ void qk_norm(float* q, int qs, float* k, int ks, const Partials& pq, const Parti
 // chunk by itself (its whole key row, 16-byte loads when head_dim allows), so a chunk costs one max and one sum
 // across the warp instead of a warp reduction per key; the chunk's softmax weights then go to every lane by shuffle,
 // and each lane accumulates its pairs of head dims (2 lane, 2 lane + 1, then + 64; PAIRS = 1 up to head_dim 64, 2
-// up to 128) over the chunk's value rows: one 4- or 8-byte load per value row and lane, 8 rows per round. Each warp
-// keeps an online softmax (max m, sum l, output acc); the four are merged at the end, rescaled to the common max.
+// up to 128, 4 up to 256) over the chunk's value rows: one 4- or 8-byte load per value row and lane, 8 rows per
+// round. Each warp keeps an online softmax (max m, sum l, output acc); the four are merged at the end, rescaled to
+// the common max.
 
 static constexpr int kAttnWarps = 4;
-static constexpr int kMaxDimsPerLane = 4;  // head_dim <= 128
+// Floats of one head in shared memory (the query, a warp's output sums): head_dim <= 64 * PAIRS, and at least 128
+// (the size every instantiation had before PAIRS 4 existed).
+template <int PAIRS>
+constexpr int kHeadFloats = 64 * PAIRS > 128 ? 64 * PAIRS : 128;
 
 // q . k over head_dim (q in shared memory); 16-byte loads of k when head_dim is a multiple of their width.
 __device__ inline float dot_key(const float* q, const float* k, int hd) {
@@ -376,13 +380,13 @@ __device__ inline float softmax_chunk(float sc, float& m, float& l, float (&acc)
 }
 
 // The block's per-warp softmaxes (m, l, acc: lane's pairs of dims 2 lane, 2 lane + 1, + 64) merged at their common
-// max into o[0 .. head_dim). Warp w's acc goes to s_acc + w * kAccStride; ends the warps' loops.
-constexpr int kAccStride = 32 * kMaxDimsPerLane;
+// max into o[0 .. head_dim). Warp w's acc goes to s_acc + w * kHeadFloats<PAIRS>; ends the warps' loops.
 template <class Act, int PAIRS>
 __device__ inline void merge_warps(Act* o, float m, float l, const float (&acc)[2 * PAIRS], float* s_m, float* s_l,
                                    float* s_acc, int head_dim) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) s_m[warp] = m, s_l[warp] = l;
+  constexpr int kAccStride = kHeadFloats<PAIRS>;
   float* mine = s_acc + warp * kAccStride;
 #pragma unroll
   for (int i = 0; i < PAIRS; i++) mine[2 * lane + 64 * i] = acc[2 * i], mine[2 * lane + 64 * i + 1] = acc[2 * i + 1];
@@ -415,7 +419,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
   const int r = blockIdx.x, h = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int kvd = n_kv_head * head_dim, kvh = h / (n_head / n_kv_head), pos = rows.pos[r], n_keys = pos + 1;
   const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
-  __shared__ float s_q[32 * kMaxDimsPerLane];
+  __shared__ float s_q[kHeadFloats<PAIRS>];
   const int64_t base = static_cast<int64_t>(rows.slot[r]) * cache.cap * kvd + kvh * head_dim;
   const int64_t at = base + static_cast<int64_t>(pos) * kvd;
   finish_head<Act>(s_q, in, r, h, kvh, head_dim, rope, pos, cache.k + at, cache.v + at);
@@ -467,7 +471,7 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
       }
     }
   }
-  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps * kAccStride];
+  __shared__ float s_m[kAttnWarps], s_l[kAttnWarps], s_acc[kAttnWarps * kHeadFloats<PAIRS>];
   merge_warps<Act, PAIRS>(out + static_cast<int64_t>(r) * n_head * head_dim + h * head_dim, m, l, acc, s_m, s_l,
                           s_acc, head_dim);
 }
@@ -476,8 +480,10 @@ template <class Act>
 void attention_decode(Act* out, const QkvRows& in, const LayerCache<Act>& cache, const Rows& rows, int n_head,
                       int n_kv_head, int head_dim, const float2* rope, int window, Launch on) {
   if (rows.n <= 0) return;
-  // one pair of dims per lane up to head_dim 64
-  const auto kernel = head_dim <= 64 ? attention_decode_kernel<Act, 1> : attention_decode_kernel<Act, 2>;
+  // one pair of dims per lane up to head_dim 64, two up to 128, four up to 256 (Gemma 3)
+  const auto kernel = head_dim <= 64    ? attention_decode_kernel<Act, 1>
+                      : head_dim <= 128 ? attention_decode_kernel<Act, 2>
+                                        : attention_decode_kernel<Act, 4>;
   OPTUNE_CUDA_CHECK(launch_kernel(kernel, dim3(rows.n, n_head), kAttnWarps * 32, 0, on, out, in, cache, rows, n_head,
                                   n_kv_head, head_dim, rope, window));
 }

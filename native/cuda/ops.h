@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace optune::cuda {
@@ -76,11 +77,14 @@ void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, c
 // Layout as cpu::attention_forward (offsets[n_seq + 1], q [T, H*hd] stride qs, k/v [T, KV*hd] strides ks/vs,
 // out [T, H*hd]). Instead of the [L, L] probabilities the forward saves lse[T * n_head] (log-sum-exp of each query
 // row's scaled scores, index row * n_head + h), from which backward recomputes them tile by tile.
-// max_len: the longest sequence (sizes the grid). head_dim <= kAttentionMaxHeadDim.
+// max_len: the longest sequence (sizes the grid). head_dim <= kAttentionMaxHeadDim (the tensor-core kernels: <= 128;
+// the fp32 ones beyond, where the GPU's shared memory allows: attention_smem_problem).
 // bf16 (bf16 mixed precision): the products run on tensor cores with bf16 operands and fp32 accumulation
 // (attention_mma.cu) when attention_mma_supported(head_dim); otherwise, and without bf16, plain fp32 kernels.
 // window > 0: sliding-window attention, query i sees keys i - window + 1 .. i (as cpu::attention_forward's).
-constexpr int kAttentionMaxHeadDim = 128;
+constexpr int kAttentionMaxHeadDim = 256;
+// Why this GPU cannot run the attention at head_dim (its fp32 kernels' shared memory), "" when it can.
+std::string attention_smem_problem(int head_dim);
 // Biases added to q, k and v as the kernels read them ([n_head * head_dim], [n_kv_head * head_dim] twice; each may be
 // null): when nothing rotates q and k after their bias (GPT-2), q|k|v need no bias pass of their own. Only the
 // tensor-core kernels take them (bf16 and attention_mma_supported); passing one elsewhere is an error.

@@ -50,8 +50,9 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 void check_request(const Model& m, const SampleRequest& r) {
   optune::validate_sample_request(m, r);
   const ModelConfig& c = m.cfg;
-  OPTUNE_CHECK(c.head_dim <= 128 && c.head_dim % 2 == 0 && c.n_head % c.n_kv_head == 0,
-               "sample: the CUDA sampler needs an even head_dim <= 128 (got " + std::to_string(c.head_dim) + ")");
+  OPTUNE_CHECK(c.head_dim <= kAttentionMaxHeadDim && c.head_dim % 2 == 0 && c.n_head % c.n_kv_head == 0,
+               "sample: the CUDA sampler needs an even head_dim <= " + std::to_string(kAttentionMaxHeadDim) + " (got " +
+                   std::to_string(c.head_dim) + "); sample on the CPU instead");
   OPTUNE_CHECK(c.d_model <= kMaxNormWidth, "sample: the CUDA sampler takes d_model up to " +
                                                std::to_string(kMaxNormWidth) + " (got " + std::to_string(c.d_model) +
                                                "); sample on the CPU instead");

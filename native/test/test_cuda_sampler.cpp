@@ -271,6 +271,28 @@ TEST(sliding_windows_over_long_sequences_match_full_cpu_forward) {
     }
 }
 
+// Gemma 3's real head_dim, 256: the decode attention's four pairs of dims per lane and the fp32 prefill attention,
+// where the GPU's shared memory allows.
+TEST(gemma3_head_dim_256_matches_full_cpu_forward) {
+  ModelConfig cfg = gemma3_shape();
+  cfg.n_head = 2, cfg.n_kv_head = 1, cfg.head_dim = 256, cfg.attn_scalar = 256.0f;
+  const std::string problem = cuda::attention_smem_problem(cfg.head_dim);
+  if (!problem.empty()) {
+    std::printf("  SKIPPED head_dim 256 on this GPU: %s\n", problem.c_str());
+    return;
+  }
+  auto m = make_model(cfg);
+  testing::randomize(*m, 49, 0.3f);
+  const SampleRequest req = prompts_request(random_prompts(4, 10, 40, cfg.vocab_size, 11), 2, 24);
+  for (const bool bf16 : {false, true}) {
+    const SampleResult res = gpu_sample(*m, req, bf16);
+    check_layout(req, res, "gemma3 hd256");
+    const double worst = worst_logp_error(*m, req, res), bound = bf16 ? 0.1 : 1e-4;
+    CHECK_MSG(worst < bound, std::string("gemma3 hd256") + (bf16 ? " bf16" : " fp32") +
+                                 ": worst |gpu decode - cpu full| = " + std::to_string(worst));
+  }
+}
+
 TEST(many_prompts_prefill_in_chunks) {
   // 400 prompts of 15-30 tokens (> 8192 prompt tokens): several prefill chunks, ragged lengths
   auto m = make_model(wide_gpt2());
