@@ -87,14 +87,18 @@ Device resolve_device(Device d) {
 
 #ifdef OPTUNE_HAVE_CUDA
 // Why the CUDA kernels cannot run this model ("" when they can): every architecture has them, but the attention
-// stops at head_dim 256, and above 128 (Gemma 3 up to 12B: 256) needs the shared memory of sm_90 and up (asked of
-// the GPU when there is one).
+// stops at head_dim 256 (asked of no GPU).
 static std::string cuda_model_problem(const ModelConfig& c) {
-  if (c.head_dim > cuda::kAttentionMaxHeadDim)
-    return std::string("the CUDA backend's attention takes head_dim up to ") +
-           std::to_string(cuda::kAttentionMaxHeadDim) + ", and this " + hf_class_prefix(c.arch) + " model's is " +
-           std::to_string(c.head_dim);
-  if (cuda::device_count() == 0) return "";
+  if (c.head_dim <= cuda::kAttentionMaxHeadDim) return "";
+  return std::string("the CUDA backend's attention takes head_dim up to ") +
+         std::to_string(cuda::kAttentionMaxHeadDim) + ", and this " + hf_class_prefix(c.arch) + " model's is " +
+         std::to_string(c.head_dim);
+}
+
+// Why the current (usable) GPU cannot run this model's attention: above head_dim 128 (Gemma 3 up to 12B: 256) its
+// fp32 kernels need more shared memory per block than some GPUs allow. "" when it can.
+static std::string cuda_gpu_problem(const ModelConfig& c) {
+  if (c.head_dim <= 128) return "";  // (85 KB at most: every GPU from sm_80 on allows it)
   const std::string smem = cuda::attention_smem_problem(c.head_dim);
   return smem.empty() ? "" : std::string("this ") + hf_class_prefix(c.arch) + " model cannot run on this GPU: " + smem;
 }
@@ -103,9 +107,18 @@ static std::string cuda_model_problem(const ModelConfig& c) {
 void set_device(Model& m, Device requested, Precision p) {
   Device d = resolve_device(requested);
 #ifdef OPTUNE_HAVE_CUDA
-  // 'auto' stays on the CPU for a model the CUDA kernels cannot run, as for a GPU they cannot run on
+  // 'auto' stays on the CPU for a model the CUDA kernels cannot run, as for a GPU they cannot run on (resolve_device
+  // picked CUDA only for a usable GPU; a GPU that cannot be asked counts as one that cannot run it)
   const std::string model_problem = cuda_model_problem(m.cfg);
-  if (requested == Device::AUTO && !model_problem.empty()) d = Device::CPU;
+  if (requested == Device::AUTO && d == Device::CUDA) {
+    bool fits = model_problem.empty();
+    try {
+      fits = fits && cuda_gpu_problem(m.cfg).empty();
+    } catch (const Error&) {
+      fits = false;
+    }
+    if (!fits) d = Device::CPU;
+  }
 #endif
   if (d == Device::CPU) {
     if (m.device) {
@@ -124,6 +137,8 @@ void set_device(Model& m, Device requested, Precision p) {
   const cuda::DeviceProps gpu = cuda::device_props(cuda::current_device());
   OPTUNE_CHECK(gpu.unusable.empty(), "device 'cuda': the GPU " + gpu.name + " cannot run optune's CUDA kernels: " +
                                          gpu.unusable + "; or use device 'cpu'");
+  const std::string gpu_problem = cuda_gpu_problem(m.cfg);
+  OPTUNE_CHECK(gpu_problem.empty(), "device 'cuda': " + gpu_problem + "; use device 'cpu'");
   if (m.device && m.device->device() == Device::CUDA && m.device->precision() == p) return;
   if (m.device) {
     sync_to_host(m);

@@ -13,8 +13,8 @@
 // Complexity: forward ~2 * sum_s L_s^2 * H * hd flops (half of the square, causal), backward ~2.5x that (S is
 // recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 256 (shared
 // memory: up to 85 KB per block at head_dim 128, in the dQ kernel, within the 99 KB of sm_86 / sm_89 / sm_120; at
-// 256 (Gemma 3) 165 KB, which only sm_90 and up (H100, H200, B200) allow: attention_smem_problem; the dK/dV kernel
-// keeps its sums in registers); one block walks its row of tiles serially, so a long sequence with
+// 256 (Gemma 3) 165 KB, which the H100, H200 and B200 allow and the A100 (163 KB) does not: attention_smem_problem;
+// the dK/dV kernel keeps its sums in registers); one block walks its row of tiles serially, so a long sequence with
 // few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
@@ -320,9 +320,9 @@ std::string attention_smem_problem(int head_dim) {
       std::max({fp32_forward_smem(head_dim), fp32_backward_kv_smem(head_dim), fp32_backward_q_smem(head_dim)});
   const size_t have = block_smem_limit();
   if (need <= have) return "";
-  return "its attention at head_dim " + std::to_string(head_dim) + " needs " + std::to_string(need / 1024) +
+  return "its attention at head_dim " + std::to_string(head_dim) + " needs " + std::to_string((need + 1023) / 1024) +
          " KB of shared memory per block and this GPU allows " + std::to_string(have / 1024) +
-         " KB (sm_90 and up allow enough)";
+         " KB (H100, H200 and B200 allow 227 KB)";
 }
 
 // Grid x: query (or key) tiles of the longest sequence; shorter sequences' blocks past their end exit at once.
@@ -331,7 +331,7 @@ static dim3 tile_grid(int max_len, int n_seq, int heads) {
 }
 
 // Raises the kernel's shared memory limit to `bytes`; a GPU that allows less per block is a clear error (the kernels
-// take up to 85 KB, at head_dim 128; every GPU from sm_80 on allows 99 KB or more).
+// take up to 85 KB at head_dim 128, which every GPU from sm_80 on allows; wider heads: attention_smem_problem).
 template <class Kernel>
 static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim) {
   const size_t optin = block_smem_limit();

@@ -440,9 +440,10 @@ __global__ void __launch_bounds__(kAttnWarps * 32) attention_decode_kernel(Act* 
     const Act* vrow = cache.v + base + static_cast<int64_t>(c0) * kvd;
     // 8 value rows per round, those past the chunk predicated off (p = 0 there), so their loads go out together:
     // a loop over the runtime n_chunk (even under `#pragma unroll`) ran its remainder, 0-31 rows of the last chunk,
-    // one dependent load at a time. Registers stay <= 64 (ptxas), so the step's 64 x 12 blocks fit the GPU in one
-    // wave: a first version of these rounds took 96 (head_dim a runtime bound, 64-bit addresses per row) and ran
-    // 33 us a call on an H200 instead of 23.5 (ncu), most of it a second wave.
+    // one dependent load at a time. Registers stay <= 64 for bf16 up to head_dim 128 (ptxas; fp32's PAIRS 2 takes
+    // 72, PAIRS 4 78-112), so the step's 64 x 12 blocks fit the GPU in one wave: a first version of these rounds
+    // took 96 (head_dim a runtime bound, 64-bit addresses per row) and ran 33 us a call on an H200 instead of 23.5
+    // (ncu), most of it a second wave.
     // bf16 at head_dim <= 64: 16 rows per round, kept as loaded (one register a row), so a chunk waits on memory
     // twice instead of four times (~0.6-0.8 us each from HBM; not measured yet); the additions keep their order.
     // 32 rows took 80 registers (ptxas): 6 blocks per SM instead of 8. Raw pairs also took head_dim 128 from 72 to 64.
