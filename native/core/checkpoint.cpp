@@ -892,18 +892,19 @@ void save_checkpoint(const Model& m, const std::string& dir) {
                "save_checkpoint: model has " + std::to_string(m.params.size()) + " parameters, layout needs " +
                    std::to_string(m.layout.total));
   OPTUNE_CHECK(!dir.empty(), "save_checkpoint: empty directory path");
-  // A LoRA model is written merged: its targets' weights with the adapters added (lora.h).
+  // A LoRA model is written merged: its targets' weights with the adapters added (lora.h), merged one at a time as
+  // the file is written (all at once they would hold most of the model a second time); checked before anything is
+  // written, merged into one reused buffer.
   if (m.lora) check_adapters_finite(*m.lora, dir);
-  std::vector<const float*> data_of(m.layout.tensors.size());
-  std::vector<std::vector<float>> merged;
-  if (m.lora) merged.reserve(m.lora->targets.size());
+  std::vector<const LoraTarget*> target_of(m.layout.tensors.size(), nullptr);
+  std::vector<float> merged;
   for (size_t i = 0; i < m.layout.tensors.size(); i++) {
     const ParamInfo& p = m.layout.tensors[i];
-    const LoraTarget* t = m.lora ? m.lora->find(p.offset) : nullptr;
-    data_of[i] = t ? merged.emplace_back(merged_weight(m, *t)).data() : m.params.data() + p.offset;
+    target_of[i] = m.lora ? m.lora->find(p.offset) : nullptr;
+    if (target_of[i]) merge_weight_into(m, *target_of[i], merged);
+    check_finite_before_save(dir, "tensor", p, target_of[i] ? merged.data() : m.params.data() + p.offset);
   }
-  for (size_t ti = 0; ti < m.layout.tensors.size(); ti++)
-    check_finite_before_save(dir, "tensor", m.layout.tensors[ti], data_of[ti]);
+  std::vector<float>().swap(merged);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
@@ -912,8 +913,13 @@ void save_checkpoint(const Model& m, const std::string& dir) {
   const std::string config_text = config_to_hf_json(m.cfg);  // before writing anything: it can throw
 
   std::vector<safetensors::TensorRef> refs;
-  for (size_t i = 0; i < m.layout.tensors.size(); i++)
-    refs.push_back({m.layout.tensors[i].name, m.layout.tensors[i].shape, data_of[i]});
+  for (size_t i = 0; i < m.layout.tensors.size(); i++) {
+    const ParamInfo& p = m.layout.tensors[i];
+    if (const LoraTarget* t = target_of[i])
+      refs.push_back({p.name, p.shape, nullptr, [&m, t](float* out) { merge_weight_into(m, *t, out); }});
+    else
+      refs.push_back({p.name, p.shape, m.params.data() + p.offset, nullptr});
+  }
   write_weights_and_config(dir, "model.safetensors", refs, "config.json", config_text);
   if (m.lora) save_lora_adapter(m, dir + "/adapter");
 }

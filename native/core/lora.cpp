@@ -127,12 +127,16 @@ std::vector<float> merged_weight(const Model& m, const LoraTarget& t) {
 }
 
 void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(t.in) * t.out);
+  merge_weight_into(m, t, out.data());
+}
+
+void merge_weight_into(const Model& m, const LoraTarget& t, float* out) {
   const Lora& L = *m.lora;
   const int r = L.cfg.rank, in = t.in, outf = t.out;
   const float* w = m.params.data() + t.weight;
   const float* A = L.params.data() + t.a;  // [r, in]
   const float* B = L.params.data() + t.b;  // [out, r]
-  out.resize(static_cast<size_t>(in) * outf);
   // Each row of the result is W's row plus scale-weighted rows of A (nn.Linear) or of B^T (Conv1D), added in k
   // order: the same bits for any thread count. Plain loops rather than a GEMM keep core/ free of the CPU kernels
   // (the fuzz targets link checkpoint.cpp alone).
@@ -142,7 +146,7 @@ void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& 
       for (int k = 0; k < r; k++) bt[static_cast<size_t>(k) * outf + o] = L.scale * B[static_cast<size_t>(o) * r + k];
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < in; i++) {
-      float* row = out.data() + static_cast<size_t>(i) * outf;
+      float* row = out + static_cast<size_t>(i) * outf;
       std::copy_n(w + static_cast<size_t>(i) * outf, outf, row);
       for (int k = 0; k < r; k++) {
         const float a = A[static_cast<size_t>(k) * in + i];
@@ -154,7 +158,7 @@ void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& 
   } else {  // nn.Linear: W [out, in] += scale B A; row o adds (scale B[o, k]) x A[k, :]
 #pragma omp parallel for schedule(static)
     for (int o = 0; o < outf; o++) {
-      float* row = out.data() + static_cast<size_t>(o) * in;
+      float* row = out + static_cast<size_t>(o) * in;
       std::copy_n(w + static_cast<size_t>(o) * in, in, row);
       for (int k = 0; k < r; k++) {
         const float b = L.scale * B[static_cast<size_t>(o) * r + k];

@@ -69,6 +69,8 @@ std::vector<float> merged_weight(const Model& m, const LoraTarget& t);
 // The same into `out`, whose capacity is reused (the sampler merges every target on each call: fresh buffers would
 // cost a page fault per 4 KB).
 void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out);
+// The same into out[0 .. in * out) (the caller's buffer).
+void merge_weight_into(const Model& m, const LoraTarget& t, float* out);
 
 // Switches the adapters off for one call (the reference model's log-probs), back as they were when it ends.
 class AdaptersOff {

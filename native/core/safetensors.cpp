@@ -376,7 +376,7 @@ void save(const std::string& path, const std::vector<TensorRef>& tensors, const 
       numel *= static_cast<uint64_t>(d);
       shape.push(json::Value::of_int(d));
     }
-    OPTUNE_CHECK(numel == 0 || t.data, path + ": tensor " + json::quote(t.name) + " has no data");
+    OPTUNE_CHECK(numel == 0 || t.data || t.fill, path + ": tensor " + json::quote(t.name) + " has no data");
     json::Value info = json::Value::new_object();
     info.set("dtype", json::Value::of_string("F32"));
     info.set("shape", std::move(shape));
@@ -401,11 +401,18 @@ void save(const std::string& path, const std::vector<TensorRef>& tensors, const 
     write_all(fd, header.data(), header.size(), path);
     const bool le = host_little_endian();
     std::vector<unsigned char> buf;
+    std::vector<float> filled;  // the values of a tensor given by `fill`
     for (const auto& t : tensors) {
       uint64_t numel = 1;
       for (int64_t d : t.shape) numel *= static_cast<uint64_t>(d);
+      const float* data = t.data;
+      if (t.fill && numel) {
+        filled.resize(static_cast<size_t>(numel));
+        t.fill(filled.data());
+        data = filled.data();
+      }
       if (le) {
-        if (numel) write_all(fd, t.data, static_cast<size_t>(numel) * 4, path);
+        if (numel) write_all(fd, data, static_cast<size_t>(numel) * 4, path);
         continue;
       }
       constexpr size_t kChunk = 1 << 18;  // floats per staging chunk
@@ -414,7 +421,7 @@ void save(const std::string& path, const std::vector<TensorRef>& tensors, const 
         const size_t count = static_cast<size_t>(std::min<uint64_t>(kChunk, numel - i0));
         for (size_t i = 0; i < count; i++) {
           uint32_t u;
-          std::memcpy(&u, t.data + i0 + i, 4);
+          std::memcpy(&u, data + i0 + i, 4);
           for (int k = 0; k < 4; k++) buf[4 * i + k] = static_cast<unsigned char>(u >> (8 * k));
         }
         write_all(fd, buf.data(), count * 4, path);

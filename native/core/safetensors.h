@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -84,6 +85,9 @@ struct TensorRef {
   std::string name;
   std::vector<int64_t> shape;
   const float* data = nullptr;
+  // Instead of data: writes the tensor's values (numel floats) into the buffer it is given, when save() reaches the
+  // tensor; one buffer serves every such tensor (a LoRA model's merged weights: one at a time, not all at once).
+  std::function<void(float*)> fill = nullptr;
 };
 
 // Writes an F32 safetensors file (tensors in the given order), fsyncs it and closes it. Not atomic by itself:
