@@ -4,7 +4,8 @@
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
 Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
-gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm, smollm3_rm, olmo2_rm (or only the ones named):
+gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm, smollm3_rm, olmo2_rm, gemma3_mm (or only the
+ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -305,7 +306,45 @@ def rel_err(name, a, b):
     return ((a - b).abs().max() / (b.abs().max() + 1e-6)).item()
 
 
+def build_mm_case(seed):
+    """gemma3_mm: a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration, a tiny SigLIP vision tower) whose
+    language model optune loads alone. Its text_config is the gemma3 case's; expected: logits, token_logps and
+    seq_logps of the text-only batch through the whole multimodal model (float64), the only quantities checked."""
+    torch.manual_seed(seed)
+    text = make_model("gemma3").config
+    vision = transformers.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=28, patch_size=14)
+    cfg = transformers.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
+                                    boi_token_index=1000, eoi_token_index=1001, image_token_index=1002)
+    cfg._attn_implementation = "eager"
+    model = transformers.Gemma3ForConditionalGeneration(cfg).float().eval()
+    randomize(model, seed)
+    seqs, offsets = make_batch(seed + 1)
+    d = os.path.join(OUT, "gemma3_mm")
+    shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(d, safe_serialization=True)
+    gen = os.path.join(d, "generation_config.json")
+    if os.path.exists(gen):
+        os.remove(gen)
+    m64 = copy.deepcopy(model).double()
+    with torch.no_grad():
+        logits = lm_logits(m64, seqs)
+        tl = token_logps(logits, seqs)
+    expected = {"logits": torch.cat(logits), "token_logps": torch.cat(tl),
+                "seq_logps": torch.stack([t.sum() for t in tl])}
+    expected = {k: v.to(torch.float32).contiguous() for k, v in expected.items()}
+    save_file(expected, os.path.join(d, "expected.safetensors"), metadata={"format": "pt"})
+    spec = {"tokens": [t for s in seqs for t in s], "offsets": offsets, "prompt_lens": PROMPT_LENS}
+    with open(os.path.join(d, "case.json"), "w") as f:
+        f.write("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in spec.items()) + "\n}\n")
+    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    print(f"gemma3_mm: {sum(p.numel() for p in model.parameters())} params, {size / 1024:.0f} KiB")
+    return size
+
+
 def build_case(case, seed):
+    if case == "gemma3_mm":
+        return build_mm_case(seed)
     torch.manual_seed(seed)
     model = make_model(case)
     randomize(model, seed)
@@ -354,7 +393,8 @@ def build_case(case, seed):
 
 
 CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope",
-         "smollm3", "olmo2", "mistral", "mistral_rm", "smollm3_rm", "olmo2_rm"]  # appended: seeds follow the index
+         "smollm3", "olmo2", "mistral", "mistral_rm", "smollm3_rm", "olmo2_rm", "gemma3_mm"]  # appended: seeds follow
+# the index
 
 
 def build_cases(cases, build, first_seed, where):

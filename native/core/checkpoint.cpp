@@ -365,10 +365,40 @@ void check_one_label(const Fields& f) {
 
 }  // namespace
 
+// A multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration: gemma-3-4b and up) is read as its language model:
+// text_config as a gemma3_text config (Gemma3TextConfig's defaults for the sizes it leaves out, the top level's
+// token ids where it has none). The vision tower and projector are not loaded (load_checkpoint skips their tensors),
+// so the model saves as the text model it is (Gemma3ForCausalLM).
+static ModelConfig multimodal_gemma3_config(const Fields& f) {
+  if (const json::Value* archs = f.get("architectures"))
+    if (!(archs->is_array() && !archs->array.empty() && archs->array[0].is_string() &&
+          archs->array[0].str == "Gemma3ForConditionalGeneration"))
+      f.bad("architectures", *archs,
+            "a multimodal Gemma 3 checkpoint is read as its language model, from a Gemma3ForConditionalGeneration "
+            "(other heads are not supported)");
+  const json::Value* tc = f.get("text_config");
+  if (!tc || !tc->is_object())
+    throw Error(f.where + ": a multimodal Gemma 3 config (model_type \"gemma3\") needs its \"text_config\" object");
+  json::Value text = *tc;
+  text.set("model_type", json::Value::of_string("gemma3_text"));
+  text.object.erase(std::remove_if(text.object.begin(), text.object.end(),
+                                   [](const auto& kv) { return kv.first == "architectures"; }),
+                    text.object.end());
+  for (const auto& [name, value] : std::vector<std::pair<const char*, int>>{
+           {"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216}, {"num_hidden_layers", 26},
+           {"num_attention_heads", 8}, {"max_position_embeddings", 131072}})
+    if (!text.get(name) || text.get(name)->is_null()) text.set(name, json::Value::of_int(value));
+  for (const char* id : {"bos_token_id", "eos_token_id", "pad_token_id"})
+    if ((!text.get(id) || text.get(id)->is_null()) && f.get(id)) text.set(id, *f.get(id));
+  return config_from_hf_json(json::dump(text), f.where + " (text_config)");
+}
+
 ModelConfig config_from_hf_json(const std::string& json_text, const std::string& where) {
   const json::Value root = json::parse(json_text, where);
   OPTUNE_CHECK(root.is_object(), where + ": config.json must be a JSON object, got " + json::type_name(root.type));
   const Fields f{root, where};
+  if (const json::Value* mt = f.get("model_type"))
+    if (mt->is_string() && mt->str == "gemma3") return multimodal_gemma3_config(f);
   ModelConfig c;
 
   const json::Value* mt = f.get("model_type");
@@ -384,10 +414,6 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   else if (model_type == "smollm3") c.arch = Arch::SMOLLM3;
   else if (model_type == "olmo2") c.arch = Arch::OLMO2;
   else if (model_type == "mistral") c.arch = Arch::MISTRAL;
-  else if (model_type == "gemma3")
-    f.bad("model_type", *mt,
-          "a multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration); optune tunes the text-only ones "
-          "(model_type \"gemma3_text\", Gemma3ForCausalLM: gemma-3-270m, gemma-3-1b)");
   else
     f.bad("model_type", *mt,
           "unsupported model type; optune supports \"gpt2\", \"llama\", \"qwen2\", \"qwen3\", \"gemma3_text\", "
@@ -657,6 +683,20 @@ std::string canonical_name(const ModelConfig& c, const std::string& name) {
   return name;
 }
 
+// A multimodal Gemma 3 file's tensor under its language model's name: transformers 4.x writes
+// "language_model.model.X" (and "language_model.lm_head.weight"), 5.x "model.language_model.X". "" for the vision
+// tower and the projector, which are not loaded.
+std::string language_model_name(const std::string& name) {
+  auto starts_with = [&](const char* s) { return name.compare(0, std::strlen(s), s) == 0; };
+  for (const char* prefix : {"language_model.model.", "model.language_model."})
+    if (starts_with(prefix)) return "model." + name.substr(std::strlen(prefix));
+  if (name == "language_model.lm_head.weight") return "lm_head.weight";
+  for (const char* prefix : {"vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                             "model.multi_modal_projector."})
+    if (starts_with(prefix)) return "";
+  return name;
+}
+
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string r = "[";
   for (size_t i = 0; i < s.size(); i++) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -782,7 +822,12 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
                      "model.safetensors)");
   const std::string cfg_path = dir + "/config.json";
   OPTUNE_CHECK(is_file(cfg_path), cfg_path + ": not found (expected a Hugging Face model directory)");
-  const ModelConfig cfg = config_from_hf_json(read_text_file(cfg_path, 16u << 20), cfg_path);
+  const std::string cfg_text = read_text_file(cfg_path, 16u << 20);
+  const ModelConfig cfg = config_from_hf_json(cfg_text, cfg_path);
+  // a multimodal Gemma 3 (config_from_hf_json read its language model): its tensors under their own names
+  const json::Value cfg_json = json::parse(cfg_text, cfg_path);
+  const json::Value* model_type = cfg_json.get("model_type");
+  const bool multimodal = model_type && model_type->is_string() && model_type->str == "gemma3";
   // The layout only, for now: weights are allocated once the files are known to hold every tensor, so memory is
   // bounded by what is on disk, not by what config.json claims.
   const ParamLayout layout = build_param_layout(cfg);
@@ -807,8 +852,8 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   std::map<std::string, std::string> file_name_of;  // canonical -> name as stored, for messages
   for (const auto& f : files) {
     for (const auto& t : f->header().tensors) {
-      const std::string name = canonical_name(cfg, t.name);
-      if (is_ignored_buffer(cfg, name)) continue;
+      const std::string name = canonical_name(cfg, multimodal ? language_model_name(t.name) : t.name);
+      if (name.empty() || is_ignored_buffer(cfg, name)) continue;
       auto prev = file_name_of.find(name);
       OPTUNE_CHECK(prev == file_name_of.end(), what + ": tensor " + json::quote(name) + " is stored twice (as " +
                                                    json::quote(prev->second) + " and " + json::quote(t.name) + ")");

@@ -4,6 +4,7 @@
 // by-hand transformers check described in that script.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -43,6 +44,13 @@ struct TempDir {
   }
   std::string operator/(const std::string& name) const { return path + "/" + name; }
 };
+
+static std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
 
 static void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
@@ -852,6 +860,61 @@ TEST(config_rejects_bad_fields) {
 }
 
 // ---- model directories ----------------------------------------------------------------------------------------
+
+// A multimodal Gemma 3 checkpoint (parity fixture gemma3_mm: Gemma3ForConditionalGeneration with a tiny vision tower,
+// saved by transformers 5.18 in the hub's "language_model.model.*" names) loads as its language model, under 5.x's
+// "model.language_model.*" names too, and saves as the text model (Gemma3ForCausalLM).
+TEST(multimodal_gemma3_is_read_as_its_language_model) {
+  const std::string src = "native/test/fixtures/parity/gemma3_mm";
+  auto m = load_checkpoint(src);
+  CHECK(m->cfg.arch == Arch::GEMMA3 && !m->cfg.reward_model && m->cfg.n_layer == 3 && m->cfg.vocab_size == 64);
+  TempDir tmp;
+  const std::string out = tmp / "text";
+  save_checkpoint(*m, out);
+  const std::string written = read_file(out + "/config.json");
+  CHECK(written.find("\"Gemma3ForCausalLM\"") != std::string::npos &&
+        written.find("\"model_type\": \"gemma3_text\"") != std::string::npos);
+  CHECK(load_checkpoint(out)->params == m->params);
+
+  // transformers 5's names for the same tensors
+  const std::string renamed = tmp / "renamed";
+  std::filesystem::create_directories(renamed);
+  std::filesystem::copy_file(src + "/config.json", renamed + "/config.json");
+  st::Reader r(src + "/model.safetensors");
+  std::vector<std::vector<float>> data;
+  std::vector<st::TensorRef> refs;
+  for (const auto& t : r.header().tensors) data.push_back(r.read_f32(t.name));
+  for (size_t i = 0; i < r.header().tensors.size(); i++) {
+    std::string name = r.header().tensors[i].name;
+    const std::string lm = "language_model.model.";
+    name = name.compare(0, lm.size(), lm) == 0 ? "model.language_model." + name.substr(lm.size()) : "model." + name;
+    refs.push_back({name, r.header().tensors[i].shape, data[i].data()});
+  }
+  st::save(renamed + "/model.safetensors", refs);
+  CHECK(load_checkpoint(renamed)->params == m->params);
+
+  // a tensor of neither part is still reported
+  refs.push_back({"model.language_model.layers.0.extra.weight", {2}, data[0].data()});
+  st::save(renamed + "/model.safetensors", refs);
+  CHECK_THROWS(load_checkpoint(renamed), "unexpected tensors not used by Gemma3ForCausalLM");
+
+  const std::string cfg = read_file(src + "/config.json");
+  CHECK_THROWS(config_from_hf_json(json_with(cfg, "architectures", "[\"Gemma3ForSequenceClassification\"]"), "/m"),
+               "a multimodal Gemma 3 checkpoint is read as its language model, from a Gemma3ForConditionalGeneration");
+  CHECK_THROWS(config_from_hf_json(json_with(cfg, "text_config", ""), "/m"), "needs its \"text_config\" object");
+  // sizes text_config leaves out take Gemma3TextConfig's defaults; errors name the nested object
+  json::Value root = json::parse(cfg, "cfg");
+  json::Value text = *root.get("text_config");
+  text.object.erase(std::remove_if(text.object.begin(), text.object.end(),
+                                   [](const auto& kv) { return kv.first == "vocab_size"; }),
+                    text.object.end());
+  root.set("text_config", text);
+  CHECK(config_from_hf_json(json::dump(root), "/m").vocab_size == 262208);
+  text.set("hidden_act", json::Value::of_string("relu"));
+  text.set("hidden_activation", json::Value::of_string("relu"));
+  root.set("text_config", text);
+  CHECK_THROWS(config_from_hf_json(json::dump(root), "/m/config.json"), "/m/config.json (text_config)");
+}
 
 // A saved GPT-2 directory whose model.safetensors is then replaced by `tensors` (fp32 from the saved model).
 struct Gpt2Dir {

@@ -362,6 +362,9 @@ struct Registrar {
       if (lm == "gpt2" || lm == "llama") add(lm + "/sft", [lm] { check_loss(lm, LossKind::SFT, "sft"); });
       add(lm + "/adamw3", [lm] { check_adamw(lm, LossKind::DPO); });
     }
+    // a multimodal Gemma 3 checkpoint read as its language model: the whole model's text-only logits
+    add("gemma3_mm/logits", [] { check_logits("gemma3_mm"); });
+    add("gemma3_mm/logprobs", [] { check_logprobs("gemma3_mm"); });
     for (std::string lm : {"gpt2", "llama", "qwen3", "gemma3", "smollm3", "olmo2", "mistral"}) {
       add("lora_" + lm + "/outputs", [lm] { check_lora_outputs(lm); });
       add("lora_" + lm + "/dpo", [lm] { check_lora_dpo(lm); });
