@@ -1,11 +1,21 @@
 // `optune run` with `task: user`, through the real CLI (bin/optune.js on the compiled dist/): a config next to
 // its own reward module, pointing at the tiny fixtures by relative paths, run for 2 iterations and resumed for a
 // third; the checkpoints are complete model directories. A one-iteration run of the tiny Mistral policy with the
-// tiny Mistral reward model keeps the family and its sliding window in the checkpoint. A config missing its fields
-// fails with a clear message.
+// tiny Mistral reward model keeps the family and its sliding window in the checkpoint; one of a multimodal Gemma 3
+// directory tunes its language model and saves the text model. A config missing its fields fails with a clear
+// message.
 
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, relative, resolve } from "node:path";
 
@@ -30,6 +40,31 @@ function optune(args: string[]) {
     timeout: 120_000,
   });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+// The gemma3 fixture as a multimodal Gemma 3 directory (Gemma3ForConditionalGeneration, no vision tower needed to
+// read its language model): config.json wrapped as text_config, the tensors under transformers 4.x's multimodal
+// names ("language_model.model.*": the safetensors header's keys renamed, the data as it was).
+function multimodalGemma3Copy(dst: string): void {
+  const src = join(FIXTURES, "gemma3");
+  mkdirSync(dst, { recursive: true });
+  for (const name of readdirSync(src))
+    if (name !== "config.json" && name !== "model.safetensors") copyFileSync(join(src, name), join(dst, name));
+  const text = JSON.parse(readFileSync(join(src, "config.json"), "utf8")) as Record<string, unknown>;
+  delete text["architectures"];
+  const config = { architectures: ["Gemma3ForConditionalGeneration"], model_type: "gemma3", text_config: text };
+  writeFileSync(join(dst, "config.json"), JSON.stringify(config));
+  const bytes = readFileSync(join(src, "model.safetensors"));
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8")) as Record<string, unknown>;
+  const renamed = Object.fromEntries(
+    Object.entries(header).map(([k, v]) => [k.startsWith("model.") ? `language_model.${k}` : k, v]),
+  );
+  let json = JSON.stringify(renamed);
+  json += " ".repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+  writeFileSync(join(dst, "model.safetensors"), Buffer.concat([length, Buffer.from(json), bytes.subarray(8 + n)]));
 }
 
 function metricsIterations(): number[] {
@@ -160,6 +195,42 @@ describe("optune run with task: user", () => {
     // the run trained the policy: the saved weights are not the fixture's
     expect(await loaded.model.getParams()).not.toEqual(await original.getParams());
     await Promise.all([loaded.model.dispose(), original.dispose()]);
+  });
+
+  it("tunes a multimodal Gemma 3 directory as its language model and saves the text model", async () => {
+    const multimodal = join(scratch, "gemma3-multimodal");
+    multimodalGemma3Copy(multimodal);
+    const gemmaRun = join(scratch, "gemma3-run");
+    const path = join(configDir, "gemma3.json");
+    writeFileSync(
+      path,
+      JSON.stringify({
+        task: "user",
+        seed: 7,
+        model: { policy: multimodal },
+        prompts: { file: join(relative(configDir, FIXTURES), "prompts.jsonl"), evalCount: 2, seed: 1 },
+        reward: { sources: [{ type: "module", path: "reward.mjs" }] },
+        loop: { iterations: 1, prompts: 4, k: 2, batchPairs: 2 },
+        eval: { prompts: 2, samples: 1 },
+        sampling: { maxNewTokens: 8 },
+        optim: { lr: 1e-3 },
+        run: { dir: gemmaRun },
+      }),
+    );
+    const run = optune(["--config", path]);
+    expect(run.stderr).not.toMatch(/optune:/);
+    expect(run.status).toBe(0);
+    const final = join(gemmaRun, "checkpoints", "final");
+    const config = JSON.parse(readFileSync(join(final, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: "gemma3_text", architectures: ["Gemma3ForCausalLM"] });
+    const loaded = await loadModelDir(final);
+    const text = await EngineModel.load(join(FIXTURES, "gemma3"));
+    const wrapped = await EngineModel.load(multimodal);
+    expect(wrapped.config).toEqual(text.config);
+    expect(await wrapped.getParams()).toEqual(await text.getParams());
+    expect(loaded.model.config).toEqual(text.config);
+    expect(await loaded.model.getParams()).not.toEqual(await text.getParams());
+    await Promise.all([loaded.model.dispose(), text.dispose(), wrapped.dispose()]);
   });
 
   it("lists the fields a user config is missing, without a stack trace", () => {

@@ -109,6 +109,23 @@ static Napi::Value load_model(const Napi::CallbackInfo& info) {
   });
 }
 
+// readModelConfig(dir): the directory's config.json as loadModel reads it (a multimodal Gemma 3: its language
+// model), without the weights.
+static Napi::Value read_model_config(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
+      throw Napi::TypeError::New(env, "readModelConfig(dir): dir must be a non-empty string, got " +
+                                          (info.Length() < 1 ? std::string("nothing") : describe(info[0])));
+    }
+    const std::string dir = info[0].As<Napi::String>().Utf8Value();
+    auto out = std::make_shared<optune::ModelConfig>();
+    return PromiseTask::start(
+        env, "readModelConfig", [dir, out] { *out = optune::read_model_config(dir); },
+        [out](Napi::Env e) -> Napi::Value { return config_to_js(e, *out); }, nullptr);
+  });
+}
+
 // Keeps this library, and the OpenMP runtime it loaded, mapped until the process ends. Node unloads an addon when
 // the last environment that loaded it ends: a worker thread that required optune and exited would unmap the code
 // the engine thread and OpenMP's threads (process-wide, never stopped) are waiting in, and the next wake-up would
@@ -127,6 +144,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New<set_threads_js>(env, "setThreads"));
   exports.Set("createModel", Napi::Function::New<create_model>(env, "createModel"));
   exports.Set("loadModel", Napi::Function::New<load_model>(env, "loadModel"));
+  exports.Set("readModelConfig", Napi::Function::New<read_model_config>(env, "readModelConfig"));
   exports.Set("Model", ModelWrap::define(env));
   return exports;
 }

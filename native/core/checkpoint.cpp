@@ -815,14 +815,24 @@ void write_weights_and_config(const std::string& dir, const std::string& weights
 
 // ---- load / save ----------------------------------------------------------------------------------------------
 
-std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
+// dir/config.json's path and text, with the errors that say what a model directory needs.
+static std::pair<std::string, std::string> config_file_of(const std::string& dir) {
   struct stat st;
   OPTUNE_CHECK(::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode),
                dir + ": not a directory (expected a Hugging Face model directory with config.json and "
                      "model.safetensors)");
   const std::string cfg_path = dir + "/config.json";
   OPTUNE_CHECK(is_file(cfg_path), cfg_path + ": not found (expected a Hugging Face model directory)");
-  const std::string cfg_text = read_text_file(cfg_path, 16u << 20);
+  return {cfg_path, read_text_file(cfg_path, 16u << 20)};
+}
+
+ModelConfig read_model_config(const std::string& dir) {
+  const auto [cfg_path, cfg_text] = config_file_of(dir);
+  return config_from_hf_json(cfg_text, cfg_path);
+}
+
+std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
+  const auto [cfg_path, cfg_text] = config_file_of(dir);
   const ModelConfig cfg = config_from_hf_json(cfg_text, cfg_path);
   // a multimodal Gemma 3 (config_from_hf_json read its language model): its tensors under their own names
   const json::Value cfg_json = json::parse(cfg_text, cfg_path);

@@ -15,6 +15,8 @@ namespace optune {
 
 // Parses a transformers config.json. `where` names the file in error messages.
 ModelConfig config_from_hf_json(const std::string& json_text, const std::string& where);
+// dir/config.json as load_checkpoint reads it (a multimodal Gemma 3: its language model), without the weights.
+ModelConfig read_model_config(const std::string& dir);
 
 // A config.json for `cfg` (pretty-printed, transformers' field names, dtype float32).
 std::string config_to_hf_json(const ModelConfig& cfg);

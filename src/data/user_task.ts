@@ -5,12 +5,11 @@
 import { existsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 
-import type { DeviceOptions } from "../engine/index.js";
+import { type DeviceOptions, readModelConfig } from "../engine/index.js";
 import type { ChatRewardPrompt } from "../rewards/module.js";
 import type { RewardBatch, RewardSource } from "../rewards/source.js";
 import type { Task, TaskPrompt } from "../tasks/task.js";
 import { HfTokenizer, templateOptions } from "../tokenizer/index.js";
-import { readJsonObject } from "../tokenizer/json_file.js";
 import type { ChatMessage, ChatTemplateArgs } from "../tokenizer/index.js";
 import { encodePrompt } from "./encode_prompt.js";
 import { type PromptFileOptions, readPromptFile, type SplitOptions } from "./prompt_file.js";
@@ -80,16 +79,10 @@ class WithMessages implements RewardSource {
   }
 }
 
-/** vocab_size and the position count from a config.json, without loading the weights. */
-function modelShape(dir: string): { vocabSize: number; maxPositions: number } {
-  const path = join(dir, "config.json");
-  const config = readJsonObject(path);
-  const vocabSize = config["vocab_size"];
-  const maxPositions = config["max_position_embeddings"] ?? config["n_positions"];
-  if (!Number.isInteger(vocabSize) || !Number.isInteger(maxPositions)) {
-    throw new Error(`${path}: expected integer "vocab_size" and "max_position_embeddings" (or "n_positions")`);
-  }
-  return { vocabSize: vocabSize as number, maxPositions: maxPositions as number };
+/** vocab_size and the position count of a model directory, as the engine reads its config.json (no weights). */
+async function modelShape(dir: string): Promise<{ vocabSize: number; maxPositions: number }> {
+  const config = await readModelConfig(dir);
+  return { vocabSize: config.vocabSize, maxPositions: config.maxPositions };
 }
 
 export async function createUserTask(options: UserTaskOptions): Promise<UserTask> {
@@ -101,12 +94,12 @@ export async function createUserTask(options: UserTaskOptions): Promise<UserTask
     options.tokenizer === undefined ? policyDir : resolve(baseDir, options.tokenizer),
     templateOptions(options),
   );
-  const shape = modelShape(policyDir);
+  const shape = await modelShape(policyDir);
   tokenizer.checkFitsModel(shape.vocabSize, policyDir);
   let referenceDir: string | undefined;
   if (options.reference !== undefined) {
     referenceDir = resolve(baseDir, options.reference);
-    const ref = modelShape(referenceDir);
+    const ref = await modelShape(referenceDir);
     if (ref.vocabSize !== shape.vocabSize) {
       throw new Error(
         `reference model ${referenceDir} has vocab_size ${ref.vocabSize} but the policy ${policyDir} has ` +

@@ -9,6 +9,7 @@ export {
   DEFAULT_SAMPLING,
   EngineModel,
   engineInfo,
+  readModelConfig,
   setThreads,
 } from "./model.js";
 export type { SampleOptions, TrainStepOptions } from "./model.js";

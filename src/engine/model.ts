@@ -95,6 +95,14 @@ export function engineInfo(): EngineInfo {
   return loadAddon().info();
 }
 
+/**
+ * A Hugging Face model directory's config.json as load() reads it (a multimodal Gemma 3: its language model),
+ * without the weights: the same validation and errors.
+ */
+export function readModelConfig(dir: string): Promise<ModelConfig> {
+  return loadAddon().readModelConfig(dir);
+}
+
 /** Threads the engine uses for each call (OpenMP). */
 export function setThreads(n: number): void {
   loadAddon().setThreads(n);

@@ -235,4 +235,5 @@ export interface NativeAddon {
   setThreads(n: number): void;
   createModel(config: ModelConfigInput, seed?: number | bigint, options?: DeviceOptions): Promise<NativeModel>;
   loadModel(dir: string, options?: DeviceOptions): Promise<NativeModel>;
+  readModelConfig(dir: string): Promise<ModelConfig>;
 }
