@@ -12,9 +12,9 @@
 //   dQ:    one block per (32-query tile, sequence, head) walks the key tiles again: dQ += dS K.
 // Complexity: forward ~2 * sum_s L_s^2 * H * hd flops (half of the square, causal), backward ~2.5x that (S is
 // recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 256 (shared
-// memory: up to 85 KB per block at head_dim 128, in the dQ kernel, within the 99 KB of sm_86 / sm_89 / sm_120; at
-// 256 (Gemma 3) 165 KB, which the H100, H200 and B200 allow and the A100 (163 KB) does not: attention_smem_problem;
-// the dK/dV kernel keeps its sums in registers); one block walks its row of tiles serially, so a long sequence with
+// memory: up to 73 KB per block at head_dim 128, in the dK/dV kernel, within the 99 KB of sm_86 / sm_89 / sm_120; at
+// 256 (Gemma 3) 137 KB, which the A100 (163 KB), H100, H200 and B200 allow and the 99 KB GPUs do not (up to head_dim
+// 180 there): attention_smem_problem; both backward kernels keep their sums in registers); one block walks its row of tiles serially, so a long sequence with
 // few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
@@ -236,17 +236,19 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void attention_backward_dq_kernel(float* dq, const float* dout, const float* lse, const float* D,
-                                             const float* q, int qs, const float* k, int ks, const float* v, int vs,
-                                             const int32_t* offsets, int n_head, int group, int hd, float scale,
-                                             int window) {
+// dQ's elements per thread: as dK/dV's (acc_per_thread), in registers, so the kernel's shared memory is four tiles
+// (133 KB at head_dim 256, within the A100's 163 KB) instead of five.
+template <int ACC>
+__global__ void __launch_bounds__(kThreads)
+    attention_backward_dq_kernel(float* dq, const float* dout, const float* lse, const float* D, const float* q,
+                                 int qs, const float* k, int ks, const float* v, int vs, const int32_t* offsets,
+                                 int n_head, int group, int hd, float scale, int window) {
   const int s = blockIdx.y, h = blockIdx.z, kvh = h / group, od = n_head * hd, hdp = hd + 1;
   const int start = offsets[s], L = offsets[s + 1] - start;
   extern __shared__ float smem[];
   float* Qs = smem;
   float* dOs = Qs + kTile * hdp;
-  float* dQs = dOs + kTile * hdp;
-  float* Ks = dQs + kTile * hdp;
+  float* Ks = dOs + kTile * hdp;
   float* Vs = Ks + kTile * hdp;
   float* dSs = Vs + kTile * hdp;  // [kTile][kSp]
   float* lse_s = dSs + kTile * kSp;
@@ -254,11 +256,13 @@ __global__ void attention_backward_dq_kernel(float* dq, const float* dout, const
 
   for (int i0 = blockIdx.x * kTile; i0 < L; i0 += gridDim.x * kTile) {
     const int nq = min(kTile, L - i0);
-    __syncthreads();  // the previous query tile's writers of dq are done with dQs
+    __syncthreads();  // the previous query tile's readers of Qs/dOs/lse_s/D_s are done
     load_tile(Qs, q, qs, start + i0, nq, h * hd, hd, hdp);
     load_tile(dOs, dout, od, start + i0, nq, h * hd, hd, hdp);
     load_row_stats(lse_s, D_s, lse, D, start + i0, nq, n_head, h);
-    for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) dQs[(idx / hd) * hdp + idx % hd] = 0.0f;
+    float acc[ACC];  // element threadIdx.x + m * kThreads of the tile's [kTile][hd]
+#pragma unroll
+    for (int m = 0; m < ACC; m++) acc[m] = 0.0f;
     const int j_end = i0 + nq;
     for (int j0 = 0; j0 < j_end; j0 += kTile) {
       const int nk = min(kTile, j_end - j0);
@@ -268,17 +272,22 @@ __global__ void attention_backward_dq_kernel(float* dq, const float* dout, const
       __syncthreads();
       attention_p_ds(nullptr, dSs, Qs, dOs, Ks, Vs, lse_s, D_s, i0, nq, j0, nk, hd, hdp, scale, window);
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) {
+#pragma unroll
+      for (int m = 0; m < ACC; m++) {
+        const int idx = threadIdx.x + m * kThreads;
+        if (idx >= kTile * hd) break;
         const int r = idx / hd, d = idx % hd;
-        float acc = 0.0f;
-        for (int c = 0; c < nk; c++) acc += dSs[r * kSp + c] * Ks[c * hdp + d];
-        dQs[r * hdp + d] += acc;
+        float sum = 0.0f;
+        for (int c = 0; c < nk; c++) sum += dSs[r * kSp + c] * Ks[c * hdp + d];
+        acc[m] += sum;
       }
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nq * hd; idx += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < ACC; m++) {
+      const int idx = threadIdx.x + m * kThreads;
+      if (idx >= nq * hd) break;
       const int r = idx / hd, d = idx % hd;
-      dq[static_cast<int64_t>(start + i0 + r) * qs + h * hd + d] = dQs[r * hdp + d];
+      dq[static_cast<int64_t>(start + i0 + r) * qs + h * hd + d] = acc[m];
     }
   }
 }
@@ -310,10 +319,10 @@ static size_t fp32_backward_kv_smem(int hd) {
   return sizeof(float) * (4 * kTile * (hd + 1) + 2 * kTile * kSp + 2 * kTile);
 }
 static size_t fp32_backward_q_smem(int hd) {
-  return sizeof(float) * (5 * kTile * (hd + 1) + kTile * kSp + 2 * kTile);
+  return sizeof(float) * (4 * kTile * (hd + 1) + kTile * kSp + 2 * kTile);
 }
 
-// (up to head_dim 128 the fp32 kernels take at most 85 KB, which every GPU from sm_80 on allows; the tensor-core
+// (up to head_dim 128 the fp32 kernels take at most 73 KB, which every GPU from sm_80 on allows; the tensor-core
 // kernels check their own: attention_mma_supported)
 std::string attention_smem_problem(int head_dim) {
   const size_t need =
@@ -322,7 +331,7 @@ std::string attention_smem_problem(int head_dim) {
   if (need <= have) return "";
   return "its attention at head_dim " + std::to_string(head_dim) + " needs " + std::to_string((need + 1023) / 1024) +
          " KB of shared memory per block and this GPU allows " + std::to_string(have / 1024) +
-         " KB (H100, H200 and B200 allow 227 KB)";
+         " KB (the A100 allows 163 KB; the H100, H200 and B200 227 KB)";
 }
 
 // Grid x: query (or key) tiles of the longest sequence; shorter sequences' blocks past their end exit at once.
@@ -331,7 +340,7 @@ static dim3 tile_grid(int max_len, int n_seq, int heads) {
 }
 
 // Raises the kernel's shared memory limit to `bytes`; a GPU that allows less per block is a clear error (the kernels
-// take up to 85 KB at head_dim 128, which every GPU from sm_80 on allows; wider heads: attention_smem_problem).
+// take up to 73 KB at head_dim 128, which every GPU from sm_80 on allows; wider heads: attention_smem_problem).
 template <class Kernel>
 static void set_smem(Kernel kernel, size_t bytes, const char* what, int head_dim) {
   const size_t optin = block_smem_limit();
@@ -387,8 +396,10 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
   OPTUNE_CUDA_CHECK_LAUNCH();
 
   const size_t smem_q = fp32_backward_q_smem(head_dim);
-  set_smem(attention_backward_dq_kernel, smem_q, "backward (dQ)", head_dim);
-  attention_backward_dq_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem_q>>>(
+  const auto dq_kernel = head_dim <= 128 ? attention_backward_dq_kernel<acc_per_thread<128>()>
+                                         : attention_backward_dq_kernel<acc_per_thread<kAttentionMaxHeadDim>()>;
+  set_smem(dq_kernel, smem_q, "backward (dQ)", head_dim);
+  dq_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem_q>>>(
       dq, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale, window);
   OPTUNE_CUDA_CHECK_LAUNCH();
 }

@@ -453,8 +453,9 @@ TEST(attention_sliding_window_matches_cpu) {
 }
 
 // Head dims past 128 (Gemma 3: 256): the fp32 kernels (the tensor-core ones stop at 128), in both precisions' calls,
-// with and without a window, where the GPU has the shared memory for them: 144 (95 KB: every sm_80+ GPU), 192
-// (125 KB: A100 and up; not a multiple of the accumulators' 128-wide class, so their bounds checks run), 256.
+// with and without a window, where the GPU has the shared memory for them: 144 (81 KB: every sm_80+ GPU), 192
+// (105 KB: A100 and up; not a multiple of the accumulators' 128-wide class, so their bounds checks run), 256 (137 KB:
+// A100 and up).
 TEST(attention_wide_heads_match_cpu) {
   for (const int hd : {144, 192, 256}) {
     const std::string problem = cuda::attention_smem_problem(hd);
