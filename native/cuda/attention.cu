@@ -14,8 +14,8 @@
 // recomputed in both backward kernels). Extra memory: lse and D, T * H floats each. Limits: head_dim <= 256 (shared
 // memory: up to 73 KB per block at head_dim 128, in the dK/dV kernel, within the 99 KB of sm_86 / sm_89 / sm_120; at
 // 256 (Gemma 3) 137 KB, which the A100 (163 KB), H100, H200 and B200 allow and the 99 KB GPUs do not (up to head_dim
-// 180 there): attention_smem_problem; both backward kernels keep their sums in registers); one block walks its row of tiles serially, so a long sequence with
-// few heads leaves SMs idle (split-K over key tiles is future work);
+// 180 there): attention_smem_problem; both backward kernels keep their sums in registers); one block walks its row
+// of tiles serially, so a long sequence with few heads leaves SMs idle (split-K over key tiles is future work);
 // the inner products are plain fp32 FMAs from shared memory (no tensor cores, no register tiling).
 #include <algorithm>
 #include <cmath>
