@@ -4,8 +4,8 @@
 Run with the reference venv plus PEFT, after make_parity_fixtures.py (whose fixtures this reads and never writes):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY -m pip install peft==0.21.0 &&
     $PY tools/make_lora_fixtures.py [CASE...]
-Writes native/test/fixtures/parity/lora_<case>/ for the cases gpt2, llama, qwen3, gemma3, smollm3, olmo2, mistral (or
-only the ones named):
+Writes native/test/fixtures/parity/lora_<case>/ for the cases gpt2, llama, qwen3, gemma3, smollm3, olmo2, mistral,
+qwen2 (or only the ones named):
     adapter_config.json, adapter_model.safetensors   PEFT's own files from save_pretrained (fp32; PEFT's model card
                                                      README.md is deleted). base_model_name_or_path is "../<case>";
                                                      target_modules is written sorted (PEFT's set order varies).
@@ -66,7 +66,8 @@ TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
            "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
            "smollm3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
            "olmo2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-           "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+           "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+           "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 CASES = list(TARGETS)  # appended: seeds follow the index
 
 

@@ -4,8 +4,8 @@
 Run with the reference venv (PyTorch CPU + transformers + safetensors):
     PY=$(/work/shared/tools/ref-venv.sh /tmp/ref) && $PY tools/make_parity_fixtures.py [CASE...]
 Writes native/test/fixtures/parity/<case>/ for the cases gpt2, llama, qwen2, gpt2_rm, llama_rm, qwen3, qwen3_rm,
-gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm, smollm3_rm, olmo2_rm, gemma3_mm (or only the
-ones named):
+gemma3, gemma3_rm, llama_rope, smollm3, olmo2, mistral, mistral_rm, smollm3_rm, olmo2_rm, gemma3_mm, qwen2_rm (or
+only the ones named):
     config.json, model.safetensors   initial weights, fp32, via save_pretrained (safetensors)
     case.json                        the batch, pairs, weights, reference log-probs, beta, AdamW settings
     expected.safetensors             expected values, fp32 (names below)
@@ -137,6 +137,7 @@ def make_model(case):
         cfg.num_labels = 1
         cls = {"gpt2": transformers.GPT2ForSequenceClassification,
                "llama": transformers.LlamaForSequenceClassification,
+               "qwen2": transformers.Qwen2ForSequenceClassification,
                "qwen3": transformers.Qwen3ForSequenceClassification,
                "gemma3": transformers.Gemma3TextForSequenceClassification,
                "mistral": transformers.MistralForSequenceClassification,
@@ -393,8 +394,8 @@ def build_case(case, seed):
 
 
 CASES = ["gpt2", "llama", "qwen2", "gpt2_rm", "llama_rm", "qwen3", "qwen3_rm", "gemma3", "gemma3_rm", "llama_rope",
-         "smollm3", "olmo2", "mistral", "mistral_rm", "smollm3_rm", "olmo2_rm", "gemma3_mm"]  # appended: seeds follow
-# the index
+         "smollm3", "olmo2", "mistral", "mistral_rm", "smollm3_rm", "olmo2_rm", "gemma3_mm", "qwen2_rm"]  # appended:
+# seeds follow the index
 
 
 def build_cases(cases, build, first_seed, where):

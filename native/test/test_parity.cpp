@@ -365,13 +365,14 @@ struct Registrar {
     // a multimodal Gemma 3 checkpoint read as its language model: the whole model's text-only logits
     add("gemma3_mm/logits", [] { check_logits("gemma3_mm"); });
     add("gemma3_mm/logprobs", [] { check_logprobs("gemma3_mm"); });
-    for (std::string lm : {"gpt2", "llama", "qwen3", "gemma3", "smollm3", "olmo2", "mistral"}) {
+    for (std::string lm : {"gpt2", "llama", "qwen2", "qwen3", "gemma3", "smollm3", "olmo2", "mistral"}) {
       add("lora_" + lm + "/outputs", [lm] { check_lora_outputs(lm); });
       add("lora_" + lm + "/dpo", [lm] { check_lora_dpo(lm); });
       add("lora_" + lm + "/adamw3", [lm] { check_lora_adamw(lm); });
       add("lora_" + lm + "/merged", [lm] { check_lora_merged(lm); });
     }
-    for (std::string rm : {"gpt2_rm", "llama_rm", "qwen3_rm", "gemma3_rm", "mistral_rm", "smollm3_rm", "olmo2_rm"}) {
+    for (std::string rm :
+         {"gpt2_rm", "llama_rm", "qwen2_rm", "qwen3_rm", "gemma3_rm", "mistral_rm", "smollm3_rm", "olmo2_rm"}) {
       add(rm + "/scores", [rm] { check_scores(rm); });
       add(rm + "/bt", [rm] { check_loss(rm, LossKind::BT, "bt"); });
       add(rm + "/adamw3", [rm] { check_adamw(rm, LossKind::BT); });
