@@ -13,6 +13,7 @@ import {
   engineInfo,
   packBatch,
   packageRoot,
+  readModelConfig,
   setThreads,
 } from "../src/engine/index.js";
 
@@ -172,6 +173,18 @@ describe("models", () => {
     await expect(EngineModel.create({ ...llama3, ropeScaling: { ...llama3.ropeScaling, lowFreqFactor: 5 } }, 1)).rejects.toThrow(
       /0 < low_freq_factor < high_freq_factor/,
     );
+  });
+
+  it("reads a model directory's config as load() does, without the weights", async () => {
+    // a multimodal Gemma 3 checkpoint: its language model's config, as loading the weights gives it
+    const dir = join(import.meta.dirname, "..", "native", "test", "fixtures", "parity", "gemma3_mm");
+    const config = await readModelConfig(dir);
+    expect(config).toMatchObject({ arch: "gemma3_text", vocabSize: 64, nLayer: 3, slidingWindow: 4 });
+    const loaded = await EngineModel.load(dir);
+    expect(config).toEqual(loaded.config);
+    await loaded.dispose();
+    await expect(readModelConfig(join(tempDir(), "missing"))).rejects.toThrow(/not a directory/);
+    await expect(readModelConfig("")).rejects.toThrow(/readModelConfig\(dir\): dir must be a non-empty string/);
   });
 
   it("creates Mistral models: a sliding window on every layer (or none) that survives a save and a load", async () => {

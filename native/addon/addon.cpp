@@ -87,16 +87,21 @@ static Napi::Value create_model(const Napi::CallbackInfo& info) {
   });
 }
 
+// The first argument of `call` (e.g. "loadModel(dir)"): a non-empty directory path.
+static std::string dir_argument(const Napi::CallbackInfo& info, const char* call) {
+  if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
+    throw Napi::TypeError::New(info.Env(), std::string(call) + ": dir must be a non-empty string, got " +
+                                               (info.Length() < 1 ? std::string("nothing") : describe(info[0])));
+  }
+  return info[0].As<Napi::String>().Utf8Value();
+}
+
 // loadModel(dir, options?): a transformers-format checkpoint directory (config.json + safetensors), on
 // options.device.
 static Napi::Value load_model(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
-    if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
-      throw Napi::TypeError::New(env, "loadModel(dir): dir must be a non-empty string, got " +
-                                          (info.Length() < 1 ? std::string("nothing") : describe(info[0])));
-    }
-    const std::string dir = info[0].As<Napi::String>().Utf8Value();
+    const std::string dir = dir_argument(info, "loadModel(dir)");
     const DeviceOptions dev = to_device_options(info.Length() > 1 ? info[1] : env.Undefined(), "options");
     auto out = std::make_shared<std::unique_ptr<optune::Model>>();
     return PromiseTask::start(
@@ -114,11 +119,7 @@ static Napi::Value load_model(const Napi::CallbackInfo& info) {
 static Napi::Value read_model_config(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return promise_call(env, [&]() -> Napi::Value {
-    if (info.Length() < 1 || !info[0].IsString() || info[0].As<Napi::String>().Utf8Value().empty()) {
-      throw Napi::TypeError::New(env, "readModelConfig(dir): dir must be a non-empty string, got " +
-                                          (info.Length() < 1 ? std::string("nothing") : describe(info[0])));
-    }
-    const std::string dir = info[0].As<Napi::String>().Utf8Value();
+    const std::string dir = dir_argument(info, "readModelConfig(dir)");
     auto out = std::make_shared<optune::ModelConfig>();
     return PromiseTask::start(
         env, "readModelConfig", [dir, out] { *out = optune::read_model_config(dir); },
