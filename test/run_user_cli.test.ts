@@ -43,7 +43,7 @@ function optune(args: string[]) {
 }
 
 // The gemma3 fixture as a multimodal Gemma 3 directory (Gemma3ForConditionalGeneration, no vision tower needed to
-// read its language model): config.json wrapped as text_config, the tensors under transformers 4.x's multimodal
+// read its language model): config.json wrapped as text_config, the tensors under save_pretrained's multimodal
 // names ("language_model.model.*": the safetensors header's keys renamed, the data as it was).
 function multimodalGemma3Copy(dst: string): void {
   const src = join(FIXTURES, "gemma3");

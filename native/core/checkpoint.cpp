@@ -369,6 +369,11 @@ void check_one_label(const Fields& f) {
 // text_config as a gemma3_text config (Gemma3TextConfig's defaults for the sizes it leaves out, the top level's
 // token ids where it has none). The vision tower and projector are not loaded (load_checkpoint skips their tensors),
 // so the model saves as the text model it is (Gemma3ForCausalLM).
+static bool is_multimodal_gemma3(const json::Value& root) {
+  const json::Value* mt = root.get("model_type");
+  return mt && mt->is_string() && mt->str == "gemma3";
+}
+
 static ModelConfig multimodal_gemma3_config(const Fields& f) {
   if (const json::Value* archs = f.get("architectures"))
     if (!(archs->is_array() && !archs->array.empty() && archs->array[0].is_string() &&
@@ -397,8 +402,7 @@ ModelConfig config_from_hf_json(const std::string& json_text, const std::string&
   const json::Value root = json::parse(json_text, where);
   OPTUNE_CHECK(root.is_object(), where + ": config.json must be a JSON object, got " + json::type_name(root.type));
   const Fields f{root, where};
-  if (const json::Value* mt = f.get("model_type"))
-    if (mt->is_string() && mt->str == "gemma3") return multimodal_gemma3_config(f);
+  if (is_multimodal_gemma3(root)) return multimodal_gemma3_config(f);
   ModelConfig c;
 
   const json::Value* mt = f.get("model_type");
@@ -670,10 +674,12 @@ bool is_ignored_buffer(const ModelConfig& c, const std::string& name) {
   return name == "model.rotary_emb.inv_freq" || ends_with(".rotary_emb.inv_freq");
 }
 
+bool starts_with(const std::string& s, const char* prefix) { return s.compare(0, std::strlen(prefix), prefix) == 0; }
+
 // The name in params.h form. Base-model files (and the original GPT-2 hub files) lack the "transformer." /
 // "model." prefix.
 std::string canonical_name(const ModelConfig& c, const std::string& name) {
-  auto starts_with = [&](const char* s) { return name.compare(0, std::strlen(s), s) == 0; };
+  auto starts_with = [&](const char* s) { return optune::starts_with(name, s); };
   if (c.is_gpt2()) {
     if (starts_with("h.") || starts_with("wte.") || starts_with("wpe.") || starts_with("ln_f."))
       return "transformer." + name;
@@ -683,11 +689,12 @@ std::string canonical_name(const ModelConfig& c, const std::string& name) {
   return name;
 }
 
-// A multimodal Gemma 3 file's tensor under its language model's name: transformers 4.x writes
-// "language_model.model.X" (and "language_model.lm_head.weight"), 5.x "model.language_model.X". "" for the vision
-// tower and the projector, which are not loaded.
+// A multimodal Gemma 3 file's tensor under its language model's name: save_pretrained writes
+// "language_model.model.X" (and "language_model.lm_head.weight") in every transformers version; the module names
+// of transformers >= 4.52 ("model.language_model.X", e.g. a raw state_dict) are read too. "" for the vision tower
+// and the projector, which are not loaded.
 std::string language_model_name(const std::string& name) {
-  auto starts_with = [&](const char* s) { return name.compare(0, std::strlen(s), s) == 0; };
+  auto starts_with = [&](const char* s) { return optune::starts_with(name, s); };
   for (const char* prefix : {"language_model.model.", "model.language_model."})
     if (starts_with(prefix)) return "model." + name.substr(std::strlen(prefix));
   if (name == "language_model.lm_head.weight") return "lm_head.weight";
@@ -835,9 +842,7 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   const auto [cfg_path, cfg_text] = config_file_of(dir);
   const ModelConfig cfg = config_from_hf_json(cfg_text, cfg_path);
   // a multimodal Gemma 3 (config_from_hf_json read its language model): its tensors under their own names
-  const json::Value cfg_json = json::parse(cfg_text, cfg_path);
-  const json::Value* model_type = cfg_json.get("model_type");
-  const bool multimodal = model_type && model_type->is_string() && model_type->str == "gemma3";
+  const bool multimodal = is_multimodal_gemma3(json::parse(cfg_text, cfg_path));
   // The layout only, for now: weights are allocated once the files are known to hold every tensor, so memory is
   // bounded by what is on disk, not by what config.json claims.
   const ParamLayout layout = build_param_layout(cfg);

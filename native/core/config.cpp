@@ -112,7 +112,8 @@ void validate_config(const ModelConfig& c) {
     OPTUNE_CHECK(!c.qkv_bias && !c.o_bias, "model config: Mistral's attention has no biases");
   } else if (!c.is_gemma()) {
     OPTUNE_CHECK(c.sliding.empty() && c.sliding_window == 0 && c.nope.empty(),
-                 std::string("model config: sliding-window and NoPE layers are Gemma 3's, SmolLM3's and Mistral's; ") +
+                 std::string("model config: sliding-window layers are Gemma 3's, SmolLM3's and Mistral's, NoPE "
+                             "layers SmolLM3's; ") +
                      arch_name(c.arch) + " has neither");
   }
 

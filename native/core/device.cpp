@@ -99,7 +99,7 @@ static std::string cuda_model_problem(const ModelConfig& c) {
 // fp32 kernels need more shared memory per block than some GPUs allow (137 KB at 256: not the 99 KB of sm_86 /
 // sm_89 / sm_120). "" when it can.
 static std::string cuda_gpu_problem(const ModelConfig& c) {
-  if (c.head_dim <= 128) return "";  // (73 KB at most: every GPU from sm_80 on allows it)
+  if (c.head_dim <= cuda::kAttentionNarrowHeadDim) return "";  // (every GPU from sm_80 on has the memory)
   const std::string smem = cuda::attention_smem_problem(c.head_dim);
   return smem.empty() ? "" : std::string("this ") + hf_class_prefix(c.arch) + " model cannot run on this GPU: " + smem;
 }

@@ -120,12 +120,6 @@ void enable_lora(Model& m, const LoraConfig& cfg, uint64_t seed) {
   std::vector<float>().swap(m.grads);  // full-size gradients of earlier steps no longer apply
 }
 
-std::vector<float> merged_weight(const Model& m, const LoraTarget& t) {
-  std::vector<float> out;
-  merge_weight_into(m, t, out);
-  return out;
-}
-
 void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out) {
   out.resize(static_cast<size_t>(t.in) * t.out);
   merge_weight_into(m, t, out.data());

@@ -64,10 +64,9 @@ inline std::vector<float>& trainable_params(Model& m) { return m.lora ? m.lora->
 inline const std::vector<float>& trainable_params(const Model& m) { return m.lora ? m.lora->params : m.params; }
 inline const ParamLayout& trainable_layout(const Model& m) { return m.lora ? m.lora->layout : m.layout; }
 
-// The base weight of `t` with its adapter merged in: W + scale * B A (transposed for GPT-2's [in, out] layout).
-std::vector<float> merged_weight(const Model& m, const LoraTarget& t);
-// The same into `out`, whose capacity is reused (the sampler merges every target on each call: fresh buffers would
-// cost a page fault per 4 KB).
+// The base weight of `t` with its adapter merged in, W + scale * B A (transposed for GPT-2's [in, out] layout), into
+// `out`, whose capacity is reused (the sampler merges every target on each call: fresh buffers would cost a page
+// fault per 4 KB).
 void merge_weight_into(const Model& m, const LoraTarget& t, std::vector<float>& out);
 // The same into out[0 .. in * out) (the caller's buffer).
 void merge_weight_into(const Model& m, const LoraTarget& t, float* out);

@@ -1,6 +1,6 @@
-// GPT-2's tanh-approximated GELU, Llama's SwiGLU and Gemma's GELU-gated unit (GEGLU), forward and backward: elementwise, grid-stride loops. The math
-// is cpu/activations.cpp's, with libdevice tanhf/expf in place of the CPU's polynomial vtanh/vexp (both within a
-// few ulp of the true value).
+// GPT-2's tanh-approximated GELU, Llama's SwiGLU and Gemma's GELU-gated unit (GEGLU), forward and backward:
+// elementwise, grid-stride loops. The math is cpu/activations.cpp's, with libdevice tanhf/expf in place of the CPU's
+// polynomial vtanh/vexp (both within a few ulp of the true value).
 #include <algorithm>
 
 #include "check.cuh"

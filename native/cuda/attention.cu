@@ -303,7 +303,7 @@ static void check_bias(const char* fn, const QkvBias& bias, bool bf16, int head_
 static void check_shape(const char* fn, int n_seq, int max_len, int n_head, int n_kv_head, int head_dim) {
   OPTUNE_CHECK(head_dim > 0 && head_dim <= kAttentionMaxHeadDim,
                std::string(fn) + ": head_dim " + std::to_string(head_dim) + " is outside 1.." +
-                   std::to_string(kAttentionMaxHeadDim) + " (the CUDA attention kernels' shared-memory tiles)");
+                   std::to_string(kAttentionMaxHeadDim) + " (the CUDA attention kernels' per-thread accumulators)");
   OPTUNE_CHECK(n_kv_head > 0 && n_head % n_kv_head == 0,
                std::string(fn) + ": n_head " + std::to_string(n_head) + " is not a multiple of n_kv_head " +
                    std::to_string(n_kv_head));
@@ -388,16 +388,18 @@ void attention_backward(float* dq, float* dk, float* dv, const float* dout, cons
                                   n_head, n_kv_head, head_dim, bias, window);
 
   const size_t smem_kv = fp32_backward_kv_smem(head_dim);
-  const auto dkdv = head_dim <= 128 ? attention_backward_dkdv_kernel<acc_per_thread<128>()>
-                                    : attention_backward_dkdv_kernel<acc_per_thread<kAttentionMaxHeadDim>()>;
+  const auto dkdv = head_dim <= kAttentionNarrowHeadDim
+                        ? attention_backward_dkdv_kernel<acc_per_thread<kAttentionNarrowHeadDim>()>
+                        : attention_backward_dkdv_kernel<acc_per_thread<kAttentionMaxHeadDim>()>;
   set_smem(dkdv, smem_kv, "backward (dK/dV)", head_dim);
   dkdv<<<tile_grid(max_len, n_seq, n_kv_head), kThreads, smem_kv>>>(dk, dv, dout, lse, D.data(), q, qs, k, ks, v, vs,
                                                                      offsets, n_head, group, head_dim, scale, window);
   OPTUNE_CUDA_CHECK_LAUNCH();
 
   const size_t smem_q = fp32_backward_q_smem(head_dim);
-  const auto dq_kernel = head_dim <= 128 ? attention_backward_dq_kernel<acc_per_thread<128>()>
-                                         : attention_backward_dq_kernel<acc_per_thread<kAttentionMaxHeadDim>()>;
+  const auto dq_kernel = head_dim <= kAttentionNarrowHeadDim
+                             ? attention_backward_dq_kernel<acc_per_thread<kAttentionNarrowHeadDim>()>
+                             : attention_backward_dq_kernel<acc_per_thread<kAttentionMaxHeadDim>()>;
   set_smem(dq_kernel, smem_q, "backward (dQ)", head_dim);
   dq_kernel<<<tile_grid(max_len, n_seq, n_head), kThreads, smem_q>>>(
       dq, dout, lse, D.data(), q, qs, k, ks, v, vs, offsets, n_head, group, head_dim, scale, window);

@@ -247,7 +247,7 @@ void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Part
   OPTUNE_CUDA_CHECK_LAUNCH();
 }
 
-// ---- q/k norms (Qwen3: RMSNorm over each head of q and k, before the rotation) -----------------------------------
+// ---- q/k norms (Qwen3, Gemma 3: over each head; OLMo 2: over the whole width; before the rotation) ---------------
 
 // Block (row r, group g): groups 0 .. n_q-1 are q's (width qw each), the next n_k are k's (width kw). The group's GEMM
 // product (its slices when split) + bias, normalized, is written back in place. Each thread rereads only what it
@@ -541,9 +541,9 @@ void swiglu(Act* out, const float* gate, const Partials& pgate, const float* up,
       launch_kernel(swiglu_kernel<Act>, grid_for(n), kThreads, 0, on, out, gate, pgate, up, pup, n, gelu_gate));
 }
 
-// ---- post-norms (OLMo 2) -------------------------------------------------------------------------------------------
+// ---- post-norms (OLMo 2, Gemma 3) ----------------------------------------------------------------------------------
 
-// Block per row: v = y (its GEMM's slices when split) + bias; x += w * v / rms(v); out = x in Act.
+// Block per row: v = y (its GEMM's slices when split) + bias; x += (w + w_offset) * v / rms(v); out = x in Act.
 template <class Act>
 __global__ void post_norm_add_kernel(float* x, Act* out, const float* y, Partials parts, const float* bias,
                                      const float* w, int d, float eps, float w_offset) {
@@ -592,7 +592,7 @@ void convert(Act* out, const float* in, int64_t n, cudaStream_t st) {
                                 const Partials&, const float*, const float*, const float*, const Rows&, int, int,      \
                                 int, const float2*, const LayerCache<Act>&, cudaStream_t);                             \
   template void attention_decode<Act>(Act*, const QkvRows&, const LayerCache<Act>&, const Rows&, int, int, int,        \
-                                      const float2*, int, Launch);                                            \
+                                      const float2*, int, Launch);                                             \
   template void bias_gelu<Act>(Act*, const float*, const Partials&, const float*, int, int, Launch);                   \
   template void swiglu<Act>(Act*, const float*, const Partials&, const float*, const Partials&, int64_t, bool,         \
                             Launch);                                                                                   \

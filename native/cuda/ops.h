@@ -83,6 +83,9 @@ void rope_backward(float* dx, int rows, int stride, int n_heads, int head_dim, c
 // (attention_mma.cu) when attention_mma_supported(head_dim); otherwise, and without bf16, plain fp32 kernels.
 // window > 0: sliding-window attention, query i sees keys i - window + 1 .. i (as cpu::attention_forward's).
 constexpr int kAttentionMaxHeadDim = 256;
+// Up to this head_dim the fp32 kernels take at most 73 KB of shared memory a block (every GPU from sm_80 on allows
+// it) and their narrower accumulator class.
+constexpr int kAttentionNarrowHeadDim = 128;
 // Why this GPU cannot run the attention at head_dim (its fp32 kernels' shared memory), "" when it can.
 std::string attention_smem_problem(int head_dim);
 // Biases added to q, k and v as the kernels read them ([n_head * head_dim], [n_kv_head * head_dim] twice; each may be

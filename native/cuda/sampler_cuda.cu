@@ -56,7 +56,7 @@ void check_request(const Model& m, const SampleRequest& r) {
   OPTUNE_CHECK(c.d_model <= kMaxNormWidth, "sample: the CUDA sampler takes d_model up to " +
                                                std::to_string(kMaxNormWidth) + " (got " + std::to_string(c.d_model) +
                                                "); sample on the CPU instead");
-  // the query scale is applied by the q/k norm kernel (only Gemma has either)
+  // the query scale is applied by the q/k norm kernel (only Gemma has a query scale, and it always has q/k norms)
   OPTUNE_CHECK(c.q_scale() == 1.0f || c.qk_norm(), "sample: the CUDA sampler scales q in its q/k norms, and this "
                                                    "model has a query scale without them");
 }

@@ -105,7 +105,8 @@ template <class Act>
 void qkv_finish(float* q, int qs, float* k, int ks, float* v, int vs, const Partials& pq, const Partials& pk,
                 const Partials& pv, const float* bq, const float* bk, const float* bv, const Rows& rows, int n_head,
                 int n_kv_head, int head_dim, const float2* rope, const LayerCache<Act>& cache, cudaStream_t st);
-// Qwen3's q/k norms over `rows` rows: q's n_q groups of qw columns (each head) and k's n_k groups of kw, each its
+// The q/k norms over `rows` rows: q's n_q groups of qw columns (each head; OLMo 2: one, the whole width) and k's n_k
+// groups of kw, each its
 // GEMM product (pq/pk: the slices when split) + bias (may be null), RMSNorm'd with weights wq / wk (one group's
 // width), written back into q and k (row strides qs, ks). Later kernels then take q and k with no slices or bias.
 // w_offset is added to the weights (Gemma: 1), and q is multiplied by q_scale (Gemma's query_pre_attn_scalar; the

@@ -253,7 +253,7 @@ void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const Ope
   if (bias != kAbsent) bias_backward(n.G + bias, dout.f32, n.a.ones, T, outf);
 }
 
-// out = residual + Proj(in) + bias, or with a post-norm (OLMo 2) residual + PostNorm(Proj(in) + bias), the
+// out = residual + Proj(in) + bias, or with a post-norm (OLMo 2, Gemma 3) residual + PostNorm(Proj(in) + bias), the
 // projection then in a.post and the norm's 1/rms in post_rstd.
 void sublayer_forward(const Net& n, float* out, const Operand& in, size_t w, size_t bias, int in_f, size_t post_w,
                       float* post_rstd, const float* residual) {
@@ -307,7 +307,7 @@ void qkv_forward(const Net& n, int l, float* qkv, const Operand& norm, const Dev
     return;
   }
   const QKV v = qkv_view(c, qkv, n.T);
-  if (c.qk_norm()) {  // Qwen3: q and k projected into qk_raw, then each head normalized into place
+  if (c.qk_norm()) {  // q and k projected into qk_raw, then each head (OLMo 2: the whole width) normalized
     float* raw_q = n.a.qk_raw;
     float* raw_k = raw_q + static_cast<size_t>(n.T) * QD;
     linear_forward(n, raw_q, norm, o.q_w, o.q_b, D, QD);

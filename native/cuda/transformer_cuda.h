@@ -42,7 +42,7 @@ struct DevLayer {
   float* res_attn = nullptr;  // [T, D]
   float *n2_mean = nullptr, *n2_rstd = nullptr;
   float* res_mlp = nullptr;   // [T, D] block output
-  float *post_attn_rstd = nullptr, *post_mlp_rstd = nullptr;  // (post-norms, OLMo 2) [T] their 1/rms
+  float *post_attn_rstd = nullptr, *post_mlp_rstd = nullptr;  // (post-norms: OLMo 2, Gemma 3) [T] their 1/rms
 };
 
 struct DevActs {

@@ -862,8 +862,8 @@ TEST(config_rejects_bad_fields) {
 // ---- model directories ----------------------------------------------------------------------------------------
 
 // A multimodal Gemma 3 checkpoint (parity fixture gemma3_mm: Gemma3ForConditionalGeneration with a tiny vision tower,
-// saved by transformers 5.18 in the hub's "language_model.model.*" names) loads as its language model, under 5.x's
-// "model.language_model.*" names too, and saves as the text model (Gemma3ForCausalLM).
+// saved by transformers 5.18: save_pretrained's "language_model.model.*" names) loads as its language model, under the
+// module names "model.language_model.*" too, and saves as the text model (Gemma3ForCausalLM).
 TEST(multimodal_gemma3_is_read_as_its_language_model) {
   const std::string src = "native/test/fixtures/parity/gemma3_mm";
   auto m = load_checkpoint(src);
@@ -876,7 +876,7 @@ TEST(multimodal_gemma3_is_read_as_its_language_model) {
         written.find("\"model_type\": \"gemma3_text\"") != std::string::npos);
   CHECK(load_checkpoint(out)->params == m->params);
 
-  // transformers 5's names for the same tensors
+  // the module names (transformers >= 4.52) for the same tensors
   const std::string renamed = tmp / "renamed";
   std::filesystem::create_directories(renamed);
   std::filesystem::copy_file(src + "/config.json", renamed + "/config.json");

@@ -89,10 +89,20 @@ inline optune::ModelConfig tiny_olmo2(int vocab = 17) {
   return c;
 }
 
+// Mistral-like: Llama without biases, a sliding window of 3 positions on every layer (the test sequences are longer).
+inline optune::ModelConfig tiny_mistral(int vocab = 17) {
+  optune::ModelConfig c = tiny_llama(vocab);
+  c.arch = optune::Arch::MISTRAL;
+  c.qkv_bias = false;
+  c.sliding = std::vector<uint8_t>(c.n_layer, 1);
+  c.sliding_window = 3;
+  return c;
+}
+
 // One tiny config per block structure, for tests that must hold for every family.
 inline std::vector<optune::ModelConfig> tiny_families(int vocab = 17) {
-  return {tiny_gpt2(vocab), tiny_llama(vocab), tiny_qwen3(vocab), tiny_gemma3(vocab), tiny_smollm3(vocab),
-          tiny_olmo2(vocab)};
+  return {tiny_gpt2(vocab),    tiny_llama(vocab),  tiny_qwen3(vocab),  tiny_gemma3(vocab),
+          tiny_smollm3(vocab), tiny_olmo2(vocab), tiny_mistral(vocab)};
 }
 
 struct Rand {

@@ -1,8 +1,8 @@
 // A reward model from a Hugging Face *ForSequenceClassification directory (Llama, Qwen2, Qwen3, Gemma 3, SmolLM3,
-// OLMo 2 or GPT-2, one label; the score head comes from the checkpoint). It reads text, never the policy's ids: each
-// (prompt, response) is rebuilt as a conversation and rendered with the reward model's OWN chat template and
-// tokenizer, because its
-// vocabulary generally differs from the policy's. Without a chat template, prompt text + response text is scored.
+// OLMo 2, Mistral or GPT-2, one label; the score head comes from the checkpoint). It reads text, never the policy's
+// ids: each (prompt, response) is rebuilt as a conversation and rendered with the reward model's OWN chat template
+// and tokenizer, because its vocabulary generally differs from the policy's. Without a chat template, prompt text +
+// response text is scored.
 
 import { type DeviceOptions, EngineModel } from "../engine/index.js";
 import { type ChatMessage, type ChatTemplateArgs, HfTokenizer, templateOptions } from "../tokenizer/index.js";
