@@ -83,7 +83,11 @@ function nativeTests() {
   const build = run("cmake", ["--build", buildDir, "--parallel", jobs], { stdio: "inherit" });
   if (build.status !== 0) return { passed: 0, failed: 1, error: "native build failed" };
 
-  const ctest = run("ctest", ["-V", "--timeout", "900", "--parallel", jobs], { cwd: buildDir });
+  // The executables run side by side, each with OpenMP's default thread count; OpenMP workers that spin while they
+  // wait (the default) starve the other process's on the same cores: a test that takes 0.5 s alone took 8-275 s in
+  // CI runs on 2 cores. Waiting workers sleep instead (unless the caller chose).
+  const env = { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE" };
+  const ctest = run("ctest", ["-V", "--timeout", "900", "--parallel", jobs], { cwd: buildDir, env });
   const output = (ctest.stdout ?? "") + (ctest.stderr ?? "");
   // Show failures with their details and each executable's result, without passing cases and ctest's chatter.
   for (const line of output.split("\n")) {
