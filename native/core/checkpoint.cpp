@@ -374,6 +374,8 @@ static bool is_multimodal_gemma3(const json::Value& root) {
   return mt && mt->is_string() && mt->str == "gemma3";
 }
 
+static ModelConfig config_from_root(const json::Value& root, const std::string& where);
+
 static ModelConfig multimodal_gemma3_config(const Fields& f) {
   if (const json::Value* archs = f.get("architectures"))
     if (!(archs->is_array() && !archs->array.empty() && archs->array[0].is_string() &&
@@ -395,11 +397,15 @@ static ModelConfig multimodal_gemma3_config(const Fields& f) {
     if (!text.get(name) || text.get(name)->is_null()) text.set(name, json::Value::of_int(value));
   for (const char* id : {"bos_token_id", "eos_token_id", "pad_token_id"})
     if ((!text.get(id) || text.get(id)->is_null()) && f.get(id)) text.set(id, *f.get(id));
-  return config_from_hf_json(json::dump(text), f.where + " (text_config)");
+  return config_from_root(text, f.where + " (text_config)");
 }
 
 ModelConfig config_from_hf_json(const std::string& json_text, const std::string& where) {
-  const json::Value root = json::parse(json_text, where);
+  return config_from_root(json::parse(json_text, where), where);
+}
+
+// config.json's parsed root as a ModelConfig (config_from_hf_json).
+static ModelConfig config_from_root(const json::Value& root, const std::string& where) {
   OPTUNE_CHECK(root.is_object(), where + ": config.json must be a JSON object, got " + json::type_name(root.type));
   const Fields f{root, where};
   if (is_multimodal_gemma3(root)) return multimodal_gemma3_config(f);
@@ -840,9 +846,10 @@ ModelConfig read_model_config(const std::string& dir) {
 
 std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
   const auto [cfg_path, cfg_text] = config_file_of(dir);
-  const ModelConfig cfg = config_from_hf_json(cfg_text, cfg_path);
-  // a multimodal Gemma 3 (config_from_hf_json read its language model): its tensors under their own names
-  const bool multimodal = is_multimodal_gemma3(json::parse(cfg_text, cfg_path));
+  const json::Value cfg_root = json::parse(cfg_text, cfg_path);
+  const ModelConfig cfg = config_from_root(cfg_root, cfg_path);
+  // a multimodal Gemma 3 (config_from_root read its language model): its tensors under their own names
+  const bool multimodal = is_multimodal_gemma3(cfg_root);
   // The layout only, for now: weights are allocated once the files are known to hold every tensor, so memory is
   // bounded by what is on disk, not by what config.json claims.
   const ParamLayout layout = build_param_layout(cfg);

@@ -83,13 +83,8 @@ std::unique_ptr<Model> clone_model(const Model& src) {
   m->cfg = src.cfg;
   m->layout = src.layout;
   m->params = src.params;
-  if (src.lora) {
-    std::vector<float> w;  // one buffer for every target
-    for (const LoraTarget& t : src.lora->targets) {
-      merge_weight_into(src, t, w);
-      std::copy(w.begin(), w.end(), m->params.begin() + static_cast<std::ptrdiff_t>(t.weight));
-    }
-  }
+  if (src.lora)  // each target merged straight into the copy's weights
+    for (const LoraTarget& t : src.lora->targets) merge_weight_into(src, t, m->params.data() + t.weight);
   m->cpu_bf16 = src.cpu_bf16;
   return m;
 }

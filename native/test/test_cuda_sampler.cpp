@@ -185,6 +185,18 @@ ModelConfig qwen3_with_biases() {
   return c;
 }
 
+// The wider shapes of every block structure, and with the tiny GPT-2 and Llama ones: what the tests that must hold
+// for every family run over.
+std::vector<ModelConfig> wide_shapes() {
+  return {wide_gpt2(),         wide_llama(),      scaled_llama(),    nope_smollm3(),     qk_norm_qwen3(),
+          qwen3_with_biases(), post_norm_olmo2(), sliding_smollm3(), windowed_mistral(), gemma3_shape()};
+}
+std::vector<ModelConfig> every_shape() {
+  std::vector<ModelConfig> shapes = {testing::tiny_gpt2(), testing::tiny_llama()};
+  for (const ModelConfig& c : wide_shapes()) shapes.push_back(c);
+  return shapes;
+}
+
 std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len, int vocab, uint64_t seed) {
   testing::Rand r(seed);
   std::vector<std::vector<int32_t>> p(n);
@@ -198,10 +210,7 @@ std::vector<std::vector<int32_t>> random_prompts(int n, int min_len, int max_len
 }  // namespace
 
 TEST(greedy_tokens_equal_cpu_sampler_fp32) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
-                    nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases(),
-                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral(),
-                    gemma3_shape()}) {
+  for (auto cfg : every_shape()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 41, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 2, 12);
@@ -223,10 +232,7 @@ TEST(greedy_tokens_equal_cpu_sampler_fp32) {
 }
 
 TEST(decode_logps_match_full_cpu_forward_fp32) {
-  for (auto cfg : {testing::tiny_gpt2(), testing::tiny_llama(), wide_gpt2(), wide_llama(), scaled_llama(),
-                    nope_smollm3(), qk_norm_qwen3(), qwen3_with_biases(),
-                    post_norm_olmo2(), sliding_smollm3(), windowed_mistral(),
-                    gemma3_shape()}) {
+  for (auto cfg : every_shape()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 42, 0.5f);
     SampleRequest req = prompts_request(kPrompts, 3, 20);
@@ -356,9 +362,7 @@ TEST(same_seed_same_tokens_graphs_or_not) {
 }
 
 TEST(bf16_close_to_fp32) {
-  for (auto cfg : {wide_gpt2(), wide_llama(), scaled_llama(), nope_smollm3(), qk_norm_qwen3(),
-                   qwen3_with_biases(), post_norm_olmo2(), sliding_smollm3(), windowed_mistral(),
-                   gemma3_shape()}) {
+  for (auto cfg : wide_shapes()) {
     auto m = make_model(cfg);
     testing::randomize(*m, 46, 0.1f);
     SampleRequest req = prompts_request(kPrompts, 4, 16);
