@@ -68,8 +68,12 @@ __device__ inline void load_b(uint32_t& b0, uint32_t& b1, const bf16* s, int ld,
 // 0-15 give the addresses of rows k0.. k0+15 (lanes 16-31 are ignored by .x2 but point inside the tile too).
 __device__ inline void load_b_trans(uint32_t& b0, uint32_t& b1, const bf16* s, int ld, int n0, int k0) {
   const bf16* p = s + (k0 + (threadIdx.x & 15)) * ld + n0;
+#ifdef OPTUNE_CUDA_EMU
+  ldmatrix_x2_trans(b0, b1, p);
+#else
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(b0), "=r"(b1) : "r"(addr));
+#endif
 }
 
 // Rows [row0, row0 + n) of a head slice (fp32, row stride `stride`) into a [ROWS][HD + 8] bf16 tile; rows >= n

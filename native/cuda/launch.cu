@@ -2,6 +2,7 @@
 // early behind it that waits (launch.h) from one that does not.
 #include "launch.h"
 
+#include <chrono>
 #include <string>
 
 #include "check.cuh"
@@ -17,9 +18,14 @@ struct Spans {
 };
 
 __device__ inline unsigned long long global_ns() {
+#ifdef OPTUNE_CUDA_EMU
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+#else
   unsigned long long t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
+#endif
 }
 
 __global__ void copy_after_a_delay_kernel(Spans s, unsigned delay_us) {

@@ -13,6 +13,9 @@
 
 #include <cstdint>
 
+#ifdef OPTUNE_CUDA_EMU
+#include "cuda_emu/mma_emu.h"  // the same functions for the CPU emulator (native/cuda_emu)
+#else
 namespace optune::cuda {
 
 // d += a b over one 16 x 8 x 16 tile
@@ -55,3 +58,4 @@ __device__ inline void cp_async_wait() {
 }
 
 }  // namespace optune::cuda
+#endif  // OPTUNE_CUDA_EMU

@@ -60,7 +60,11 @@ struct Partials {
 };
 
 // Requests the 128-byte line holding p into L2 (a hint: the thread does not wait, nothing faults).
+#ifdef OPTUNE_CUDA_EMU
+inline void prefetch_l2(const void*) {}
+#else
 __device__ inline void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+#endif
 
 // ---- transformer pieces (decode_kernels.cu) ----------------------------------------------------------------------
 constexpr int kMaxNormWidth = 8192;  // widest row add_norm takes (16 elements in registers per thread of 512)
