@@ -5,7 +5,10 @@
 //   OPTUNE_TEST_BUILD_DIR  build directory of the native tests (default build-tests)
 //   OPTUNE_CMAKE_ARGS      extra CMake arguments, e.g. "-DOPTUNE_USE_BLAS=OFF" or "-DOPTUNE_SANITIZE=ON"
 //   OPTUNE_TEST_ONLY       "native" or "ts" to run one half only
-// Arguments after `npm test --` go to vitest (e.g. a test file filter).
+//   OPTUNE_CTEST_REGEX     run only the native test executables whose names match (ctest -R)
+// Arguments after `npm test --` go to vitest (e.g. a test file filter), except a first `--cuda-emu`
+// (`npm run test:cuda-emu`): the CUDA tests (test_cuda_*, test_device) on the CPU emulator (native/cuda_emu), in
+// build-emu, native only.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
@@ -13,7 +16,8 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const only = process.env.OPTUNE_TEST_ONLY ?? "";
+const cudaEmu = process.argv[2] === "--cuda-emu";
+const only = cudaEmu ? "native" : (process.env.OPTUNE_TEST_ONLY ?? "");
 const jobs = String(availableParallelism());
 
 function run(cmd, args, opts = {}) {
@@ -73,8 +77,10 @@ export function parseCtest(output) {
 }
 
 function nativeTests() {
-  const buildDir = resolve(root, process.env.OPTUNE_TEST_BUILD_DIR ?? "build-tests");
+  const buildDir = resolve(root, process.env.OPTUNE_TEST_BUILD_DIR ?? (cudaEmu ? "build-emu" : "build-tests"));
   const extra = (process.env.OPTUNE_CMAKE_ARGS ?? "").split(/\s+/).filter((a) => a !== "");
+  if (cudaEmu) extra.push("-DOPTUNE_CUDA=EMU");
+  const regex = process.env.OPTUNE_CTEST_REGEX ?? (cudaEmu ? "cuda|device" : "");
   console.log(`== native tests (${buildDir}${extra.length > 0 ? ", " + extra.join(" ") : ""})`);
   const configure = run("cmake", ["-S", root, "-B", buildDir, "-DOPTUNE_BUILD_TESTS=ON", ...extra], {
     stdio: "inherit",
@@ -87,7 +93,8 @@ function nativeTests() {
   // wait (the default) starve the other process's on the same cores: a test that takes 0.5 s alone took 8-275 s in
   // CI runs on 2 cores. Waiting workers sleep instead (unless the caller chose).
   const env = { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE" };
-  const ctest = run("ctest", ["-V", "--timeout", "900", "--parallel", jobs], { cwd: buildDir, env });
+  const select = regex !== "" ? ["-R", regex] : [];
+  const ctest = run("ctest", ["-V", "--timeout", "900", "--parallel", jobs, ...select], { cwd: buildDir, env });
   const output = (ctest.stdout ?? "") + (ctest.stderr ?? "");
   // Show failures with their details and each executable's result, without passing cases and ctest's chatter.
   for (const line of output.split("\n")) {

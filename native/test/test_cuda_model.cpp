@@ -164,12 +164,14 @@ void expect_stat(const std::string& what, const char* stat, double got, double w
 // loss_rtol: IPO's loss (h - 1/(2 beta))^2 multiplies an error in h by 2|h - 1/(2 beta)| (~3 here), and its
 // gradient scale 2(h - 1/(2 beta)) moves with h too, so under bf16 (sequence log-prob sums off by a few 1e-2) its loss
 // and grad norm get a wider bound than the rewards they are made of (measured on an H100: 11% and 6%).
+// reward_atol: the rewards' absolute bound when wider than rtol (see grads_case).
 void expect_stats(const std::string& what, const TrainStats& g, const TrainStats& c, double rtol,
-                  double loss_rtol = 0) {
+                  double loss_rtol = 0, double reward_atol = 0) {
   if (loss_rtol <= 0) loss_rtol = rtol;
+  reward_atol = std::max(reward_atol, rtol);
   expect_stat(what, "loss", g.loss, c.loss, loss_rtol, loss_rtol);
-  expect_stat(what, "chosen reward", g.chosen_reward, c.chosen_reward, rtol, rtol);
-  expect_stat(what, "rejected reward", g.rejected_reward, c.rejected_reward, rtol, rtol);
+  expect_stat(what, "chosen reward", g.chosen_reward, c.chosen_reward, reward_atol, rtol);
+  expect_stat(what, "rejected reward", g.rejected_reward, c.rejected_reward, reward_atol, rtol);
   expect_stat(what, "grad norm", g.grad_norm, c.grad_norm, rtol * 10, std::max(rtol, loss_rtol));
   CHECK_MSG(g.n_pairs == c.n_pairs && g.n_tokens == c.n_tokens, what + ": counts differ");
 }
@@ -203,7 +205,11 @@ void grads_case(const ModelConfig& base, LossKind loss, const Prec& pr) {
   }
   const TrainStats want = train_step(*cpu, r), got = train_step(*gpu, r);
   const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + " loss " + std::to_string(int(loss));
-  expect_stats(what, got, want, pr.rtol, loss == LossKind::IPO && pr.p == Precision::BF16 ? 0.15 : 0.0);
+  // A reward is beta times a difference of sequence log-prob sums (responses of up to 30 tokens here), which bf16
+  // moves by up to ~0.08 nats: measured in the CUDA emulator on Llama and Mistral at head_dim 16, with and without a
+  // window, the sums of 30-token responses came 0.075-0.078 from the CPU's (2e-2 alone failed Mistral's by 0.003).
+  const bool bf16 = pr.p == Precision::BF16;
+  expect_stats(what, got, want, pr.rtol, loss == LossKind::IPO && bf16 ? 0.15 : 0.0, bf16 ? 0.1 * r.beta : 0.0);
   expect_grads(what, *gpu, *cpu, pr);
 }
 

@@ -80,6 +80,14 @@ double worst_logp_error(const Model& m, const SampleRequest& req, const SampleRe
   return worst;
 }
 
+// The same error for the CPU sampler in bf16 (Model::cpu_bf16) on its own samples: what bf16 costs this model.
+double cpu_bf16_worst_logp_error(Model& m, const SampleRequest& req) {
+  m.cpu_bf16 = true;
+  const SampleResult res = sample(m, req);
+  m.cpu_bf16 = false;
+  return worst_logp_error(m, req, res);
+}
+
 // Stop tokens end a response and are kept; a response without one has max_new tokens (the CPU's semantics).
 void check_layout(const SampleRequest& req, const SampleResult& res, const std::string& what) {
   const size_t R = static_cast<size_t>(req.prompt_offsets.size() - 1) * req.n_samples;
@@ -270,9 +278,14 @@ TEST(sliding_windows_over_long_sequences_match_full_cpu_forward) {
         const std::string what = std::string(arch_name(cfg.arch)) + " window " + std::to_string(window) +
                                  (bf16 ? " bf16" : " fp32");
         check_layout(req, res, what);
-        const double worst = worst_logp_error(*m, req, res), bound = bf16 ? 0.1 : 1e-4;
-        CHECK_MSG(worst < bound, what + ": worst |gpu decode - cpu full| = " + std::to_string(worst));
-        std::printf("  %s: worst |decode - full| %.2e\n", what.c_str(), worst);
+        // bf16: within 3x the CPU's own bf16 sampler's error on the same request, and at least 0.1 (Mistral's shape,
+        // no norm after its sublayers, has logits where bf16 costs even the CPU 0.30-0.32 nats; measured in the
+        // CUDA emulator, with and without a window: the GPU code 0.20-0.48)
+        const double cpu_worst = bf16 ? cpu_bf16_worst_logp_error(*m, req) : 0.0;
+        const double worst = worst_logp_error(*m, req, res), bound = bf16 ? std::max(0.1, 3 * cpu_worst) : 1e-4;
+        CHECK_MSG(worst < bound, what + ": worst |gpu decode - cpu full| = " + std::to_string(worst) + " (bound " +
+                                     std::to_string(bound) + ")");
+        std::printf("  %s: worst |decode - full| %.2e (cpu bf16 %.2e)\n", what.c_str(), worst, cpu_worst);
       }
     }
 }
