@@ -202,8 +202,9 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     std::lock_guard<std::mutex> lock(optune_emu::memory_mutex);
     if (optune_emu::allocated + bytes > optune_emu::memory_total()) return fail_with(cudaErrorMemoryAllocation);
   }
-  void* q = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
-  if (q == nullptr) return fail_with(cudaErrorMemoryAllocation);
+  // 256-byte aligned as CUDA's, and exactly `bytes` long, so that AddressSanitizer reports an access past the end
+  void* q = nullptr;
+  if (posix_memalign(&q, 256, bytes > 0 ? bytes : 1) != 0) return fail_with(cudaErrorMemoryAllocation);
   // fresh device memory is garbage: all bits set (NaN as floats), so that a read before a write shows
   std::memset(q, 0xff, bytes);
   std::lock_guard<std::mutex> lock(optune_emu::memory_mutex);

@@ -1,6 +1,7 @@
 // Running a kernel on the CPU: blocks one after another, a block's threads as fibers switched at barriers (emu.h).
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +17,20 @@
 #include <ucontext.h>
 #endif
 
+// AddressSanitizer (OPTUNE_SANITIZE) follows the switches between stacks when told (its fiber interface); then every
+// device access out of its allocation (cudaMalloc), dynamic shared memory or a __shared__ array is reported.
+#if defined(__SANITIZE_ADDRESS__)
+#define OPTUNE_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define OPTUNE_EMU_ASAN 1
+#endif
+#endif
+#ifdef OPTUNE_EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 namespace optune_emu {
 namespace {
 
@@ -29,6 +44,7 @@ struct Fiber {
   State state = State::kReady;
   unsigned warp_mask = 0;  // the lanes a warp wait is for
   char* stack = nullptr;
+  void* fake_stack = nullptr;  // AddressSanitizer's, while switched away
 #if defined(__x86_64__)
   void* sp = nullptr;
 #else
@@ -63,7 +79,12 @@ thread_local void* scheduler_sp = nullptr;
 thread_local ucontext_t scheduler_ctx;
 #endif
 std::vector<char*> stacks;  // reused from kernel to kernel
-std::vector<unsigned char> dynamic_shared_buffer;
+std::unique_ptr<unsigned char[]> dynamic_shared_buffer;  // exactly the launch's bytes (overruns show under ASan)
+#ifdef OPTUNE_EMU_ASAN
+thread_local void* scheduler_fake_stack = nullptr;
+thread_local const void* scheduler_stack_bottom = nullptr;
+thread_local size_t scheduler_stack_size = 0;
+#endif
 
 #if defined(__x86_64__)
 // Saves the callee-saved registers and the stack pointer into *save, continues on `load`'s stack (System V x86-64).
@@ -100,17 +121,29 @@ optune_emu_switch:
   std::abort();
 }
 
+// On the fiber: back to the scheduler (for good when the thread has ended).
 void to_scheduler() {
+#ifdef OPTUNE_EMU_ASAN
+  Fiber* f = current;
+  __sanitizer_start_switch_fiber(f->state == State::kDone ? nullptr : &f->fake_stack, scheduler_stack_bottom,
+                                 scheduler_stack_size);
+#endif
 #if defined(__x86_64__)
   optune_emu_switch(&current->sp, scheduler_sp);
 #else
   swapcontext(&current->ctx, &scheduler_ctx);
+#endif
+#ifdef OPTUNE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
 #endif
 }
 
 void thread_ended();
 
 void fiber_main() {
+#ifdef OPTUNE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
+#endif
   (*block->body)();
   thread_ended();
   to_scheduler();
@@ -122,6 +155,10 @@ extern "C" void optune_emu_fiber_entry() { fiber_main(); }
 #endif
 
 void start_fiber(Fiber& f) {
+#ifdef OPTUNE_EMU_ASAN
+  __asan_unpoison_memory_region(f.stack, kStackBytes);  // the last thread on this stack never returned
+  f.fake_stack = nullptr;
+#endif
 #if defined(__x86_64__)
   // The new stack as optune_emu_switch expects it: six registers (zero), then the entry as the return address,
   // placed so that the stack pointer is 8 modulo 16 at the entry (as after a call).
@@ -142,6 +179,9 @@ void start_fiber(Fiber& f) {
 }
 
 void resume(Fiber& f) {
+#ifdef OPTUNE_EMU_ASAN
+  __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.stack, kStackBytes);
+#endif
   current = &f;
   const ThreadState& t = f.st;
   threadIdx = {t.thread_idx.x, t.thread_idx.y, t.thread_idx.z};
@@ -152,6 +192,9 @@ void resume(Fiber& f) {
   optune_emu_switch(&scheduler_sp, f.sp);
 #else
   swapcontext(&scheduler_ctx, &f.ctx);
+#endif
+#ifdef OPTUNE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(scheduler_fake_stack, nullptr, nullptr);
 #endif
   current = nullptr;
 }
@@ -247,7 +290,7 @@ ThreadState& self() {
   return current->st;
 }
 
-void* dynamic_shared() { return dynamic_shared_buffer.data(); }
+void* dynamic_shared() { return dynamic_shared_buffer.get(); }
 
 void syncthreads() {
   Block& b = *block;
@@ -288,7 +331,7 @@ const WarpValues& warp_exchange(unsigned mask, const void* mine, size_t bytes) {
 void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::function<void()>& body) {
   std::lock_guard<std::mutex> lock(kernel_mutex);
   const int n = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
-  if (dynamic_shared_buffer.size() < shared_bytes) dynamic_shared_buffer.resize(shared_bytes);
+  dynamic_shared_buffer.reset(new unsigned char[std::max<size_t>(shared_bytes, 1)]);
   Block b;
   b.body = &body;
   b.fibers.resize(n);
@@ -301,7 +344,7 @@ void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::functio
     for (unsigned by = 0; by < grid.y; by++)
       for (unsigned bx = 0; bx < grid.x; bx++) {
         // shared memory starts each block as garbage (all bits set: NaN as floats), as uninitialized reads should show
-        std::memset(dynamic_shared_buffer.data(), 0xff, shared_bytes);
+        std::memset(dynamic_shared_buffer.get(), 0xff, shared_bytes);
         b.ready.clear();
         b.next_ready = 0;
         for (int i = 0; i < n; i++) {

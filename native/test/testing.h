@@ -2,6 +2,7 @@
 // A failing CHECK records the failure and continues with the next case; main() prints one line per case and
 // returns non-zero when any case failed.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -33,13 +34,31 @@ inline void fail(const char* file, int line, const std::string& what) {
   failures()++;
 }
 
-// OPTUNE_TEST_FILTER=text runs only the cases whose names contain it (the rest are not counted).
+// OPTUNE_TEST_FILTER: comma-separated parts of case names; a case runs when its name contains one of the plain
+// parts (or there are none) and none of the parts written with a leading '-'. Cases left out are not counted.
+inline bool selected(const std::string& name) {
+  const char* filter = std::getenv("OPTUNE_TEST_FILTER");
+  if (filter == nullptr) return true;
+  bool any_plain = false, matched = false;
+  std::string list = filter;
+  for (size_t at = 0; at <= list.size();) {
+    const size_t end = std::min(list.find(',', at), list.size());
+    std::string part = list.substr(at, end - at);
+    at = end + 1;
+    if (part.empty()) continue;
+    const bool exclude = part[0] == '-';
+    if (exclude) part.erase(0, 1);
+    if (exclude && name.find(part) != std::string::npos) return false;
+    if (!exclude) any_plain = true, matched = matched || name.find(part) != std::string::npos;
+  }
+  return !any_plain || matched;
+}
+
 inline int run_all() {
   int failed_cases = 0;
-  const char* filter = std::getenv("OPTUNE_TEST_FILTER");
   size_t ran = 0;
   for (auto& c : registry()) {
-    if (filter && *filter && std::string(c.name).find(filter) == std::string::npos) continue;
+    if (!selected(c.name)) continue;
     ran++;
     const int before = failures();
     try {
