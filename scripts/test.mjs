@@ -81,6 +81,7 @@ const emulatorExclusions = [
   "-vocab_limit_restricts_draws_not_log_probs",
   "-lt_decode_gemms_stay_close",
   "-early_launches_change_no_result",
+  "-automatic_k_split_at_gpt2_width",
 ];
 
 function nativeTests() {
@@ -101,7 +102,8 @@ function nativeTests() {
   // CI runs on 2 cores. Waiting workers sleep instead (unless the caller chose).
   const env = { ...process.env, OMP_WAIT_POLICY: process.env.OMP_WAIT_POLICY ?? "PASSIVE" };
   // On the emulator a 1024-thread block costs milliseconds: the cases that draw thousands of rows, or that exist
-  // for GPU timing (early launches, cuBLASLt's plans over wide models), would take most of an hour; they run on GPUs.
+  // for GPU timing (early launches, cuBLASLt's plans over wide models, the split choice at GPT-2's width), would
+  // take most of an hour; they run on GPUs.
   // OPTUNE_TEST_FILTER (native/test/testing.h) set, even empty, replaces this.
   if (cudaEmu && env.OPTUNE_TEST_FILTER === undefined) env.OPTUNE_TEST_FILTER = emulatorExclusions.join(",");
   const select = regex !== "" ? ["-R", regex] : [];

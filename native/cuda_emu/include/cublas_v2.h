@@ -64,8 +64,6 @@ typedef enum {
 struct cublasContext;
 typedef struct cublasContext* cublasHandle_t;
 
-const char* cublasGetStatusName(cublasStatus_t status);
-const char* cublasGetStatusString(cublasStatus_t status);
 
 cublasStatus_t cublasCreate(cublasHandle_t* handle);
 cublasStatus_t cublasDestroy(cublasHandle_t handle);
