@@ -1,6 +1,7 @@
 // The CUDA emulator's cuda_runtime.h: the part of CUDA's runtime API and device language that native/cuda uses, for
-// a host C++ compiler. CMake's OPTUNE_CUDA=EMU build puts this folder first on the include path and rewrites each `kernel<<<grid, block, smem, stream>>>(args)`
-// (tools: native/cuda_emu/rewrite_launches.cpp). Semantics: ../emu.h.
+// a host C++ compiler. CMake's OPTUNE_CUDA=EMU build puts this folder first on the include path and rewrites each
+// `kernel<<<grid, block, smem, stream>>>(args)` of a .cu file (native/cuda_emu/rewrite_launches.cpp). Semantics:
+// ../emu.h.
 #pragma once
 #include <algorithm>
 #include <cmath>
