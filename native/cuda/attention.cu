@@ -21,6 +21,7 @@
 #include <cmath>
 #include <string>
 
+#include "attention_window.cuh"
 #include "check.cuh"
 #include "core/error.h"
 #include "memory.h"
@@ -43,9 +44,6 @@ __device__ inline void load_tile(float* __restrict__ dst, const float* __restric
     dst[r * hdp + d] = r < n ? src[static_cast<int64_t>(row0 + r) * stride + col0 + d] : 0.0f;
   }
 }
-
-// Whether query i sees key j: causal, and within the last `window` positions (window 0: no window).
-__device__ inline bool visible(int i, int j, int window) { return j <= i && (window <= 0 || j > i - window); }
 
 __device__ inline float dot_shared(const float* a, const float* b, int hd) {
   float s = 0.0f;
@@ -78,7 +76,7 @@ __global__ void attention_forward_kernel(float* out, float* lse, const float* q,
     for (int idx = threadIdx.x; idx < kTile * hd; idx += blockDim.x) Os[(idx / hd) * hdp + idx % hd] = 0.0f;
     if (threadIdx.x < kTile) row_m[threadIdx.x] = -INFINITY, row_l[threadIdx.x] = 0.0f;
     const int j_end = i0 + nq;  // causal: the tile's last query sees keys 0 .. j_end - 1
-    for (int j0 = 0; j0 < j_end; j0 += kTile) {
+    for (int j0 = first_visible_key(i0, window) / kTile * kTile; j0 < j_end; j0 += kTile) {
       const int nk = min(kTile, j_end - j0);
       __syncthreads();  // the previous tile's readers of Ks/Vs/Ss are done (and Qs/Os/row_* are set)
       load_tile(Ks, k, ks, start + j0, nk, kvh * hd, hd, hdp);
@@ -201,7 +199,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < ACC; m++) acc_k[m] = 0.0f, acc_v[m] = 0.0f;
     for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-      for (int i0 = j0; i0 < L; i0 += kTile) {  // causal: query tiles from the diagonal down
+      // causal: query tiles from the diagonal down, to the last query that sees the tile's last key
+      for (int i0 = j0; i0 < visible_query_end(j0 + nk - 1, window, L); i0 += kTile) {
         const int nq = min(kTile, L - i0);
         __syncthreads();  // readers of the previous Qs/dOs/Ps/dSs are done
         load_tile(Qs, q, qs, start + i0, nq, h * hd, hd, hdp);
@@ -264,7 +263,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < ACC; m++) acc[m] = 0.0f;
     const int j_end = i0 + nq;
-    for (int j0 = 0; j0 < j_end; j0 += kTile) {
+    for (int j0 = first_visible_key(i0, window) / kTile * kTile; j0 < j_end; j0 += kTile) {
       const int nk = min(kTile, j_end - j0);
       __syncthreads();  // readers of the previous Ks/dSs are done
       load_tile(Ks, k, ks, start + j0, nk, kvh * hd, hd, hdp);

@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "attention_window.cuh"
 #include "check.cuh"
 #include "core/error.h"
 #include "memory.h"
@@ -285,9 +286,10 @@ __global__ void __launch_bounds__(kMmaThreads, HD <= 64 && !PREFETCH ? 2 : 1) at
   const int j_end = i0 + nq;  // causal: the tile's last query sees keys 0 .. j_end - 1
   const TileCopy kv_tiles[2] = {TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
                                 TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}};
+  const int j_begin = first_visible_key(i0, window) / kCols * kCols;  // tiles left of the block's window: none
   TileFetch<HD, kCols, 2> next;
-  if constexpr (PREFETCH) next.fetch(kv_tiles, start, min(kCols, L));
-  for (int j0 = 0; j0 < j_end; j0 += kCols) {
+  if constexpr (PREFETCH) next.fetch(kv_tiles, start + j_begin, min(kCols, L - j_begin));
+  for (int j0 = j_begin; j0 < j_end; j0 += kCols) {
     kv_step<HD, PREFETCH>(next, kv_tiles, start, j0, j_end, L);
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
     // (sliding window) the whole tile is left of this warp's first row's window
@@ -433,8 +435,10 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
 #pragma unroll
     for (int e = 0; e < 4; e++) dk_acc[nt][e] = dv_acc[nt][e] = 0.0f;
 
-  // Steps: the group's heads in turn, each over the query tiles from the block's diagonal down (kRows % kCols == 0).
-  const int n_qt = (L - j0 + kCols - 1) / kCols, steps = group * n_qt;
+  // Steps: the group's heads in turn, each over the query tiles from the block's diagonal down (kRows % kCols == 0)
+  // to the last query that sees the block's last key.
+  const int q_end = visible_query_end(min(L, j0 + kRows) - 1, window, L);
+  const int n_qt = (q_end - j0 + kCols - 1) / kCols, steps = group * n_qt;
   const auto tiles_of = [&](int h) {
     return QdoTiles{{TileCopy{Qs, q + h * HD, qs, head_bias(bias.q, h, HD)},
                      TileCopy{dOs, dout + h * HD, od, nullptr}}};
@@ -463,6 +467,7 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dkdv_mma_kerne
       __syncthreads();
     }
     if (i0 + kCols - 1 < j0 + m0) continue;  // every query of the tile precedes this warp's keys (warp-uniform)
+    if (i0 >= visible_query_end(j0 + m0 + 15, window, L)) continue;  // (window) and follows their last query's
 
     float st[kCols / 8][4], dpt[kCols / 8][4];  // S^T then P^T; dP^T then dS^T (rows: keys, columns: queries)
     two_products<HD>(st, dpt, Ks, Vs, Qs, dOs, m0);  // S^T = K Q^T, dP^T = V dO^T
@@ -533,11 +538,13 @@ __global__ void __launch_bounds__(kMmaThreads) attention_backward_dq_mma_kernel(
   const int j_end = i0 + nq;
   const TileCopy kv_tiles[2] = {TileCopy{Ks, k + kvh * HD, ks, head_bias(bias.k, kvh, HD)},
                                 TileCopy{Vs, v + kvh * HD, vs, head_bias(bias.v, kvh, HD)}};
+  const int j_begin = first_visible_key(i0, window) / kCols * kCols;  // tiles left of the block's window: none
   TileFetch<HD, kCols, 2> next;
-  if constexpr (PREFETCH) next.fetch(kv_tiles, start, min(kCols, L));
-  for (int j0 = 0; j0 < j_end; j0 += kCols) {
+  if constexpr (PREFETCH) next.fetch(kv_tiles, start + j_begin, min(kCols, L - j_begin));
+  for (int j0 = j_begin; j0 < j_end; j0 += kCols) {
     kv_step<HD, PREFETCH>(next, kv_tiles, start, j0, j_end, L);  // (Qs/dOs were loaded before the loop)
     if (j0 > i0 + m0 + 15) continue;  // the whole tile is right of this warp's last row's diagonal (warp-uniform)
+    if (window > 0 && j0 + kCols - 1 <= i0 + m0 - window) continue;  // (window) left of this warp's first row's
 
     float sc[kCols / 8][4], dp[kCols / 8][4];
     two_products<HD>(sc, dp, Qs, dOs, Ks, Vs, m0);  // S = Q K^T, dP = dO V^T

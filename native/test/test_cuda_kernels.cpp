@@ -511,7 +511,7 @@ TEST(attention_bf16_mma_adds_qkv_biases) {
 // the plain kernels.
 namespace {
 void attention_prefetch_case(const std::string& name, const std::vector<int32_t>& lens, int H, int KV, int hd,
-                             uint64_t seed, int shift, bool bias) {
+                             uint64_t seed, int shift, bool bias, int window = 0) {
   Rand r(seed);
   std::vector<int32_t> offsets(1, 0);
   int max_len = 0;
@@ -533,10 +533,10 @@ void attention_prefetch_case(const std::string& name, const std::vector<int32_t>
     Buf out(static_cast<size_t>(T) * od), lse(static_cast<size_t>(T) * H), dqkv(static_cast<size_t>(T) * qs);
     dqkv.zero();
     cuda::attention_forward(out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, H, KV, hd,
-                            true, qkv_b);
+                            true, qkv_b, window);
     cuda::attention_backward(dqkv.data(), dqkv.data() + H * hd, dqkv.data() + (H + KV) * hd, gdout.data(),
                              out.data(), lse.data(), gq, qs, gk, qs, gv, qs, goff.data(), n_seq, max_len, T, H, KV,
-                             hd, true, qkv_b);
+                             hd, true, qkv_b, window);
     got[run] = {out.download(), lse.download(), dqkv.download()};
   }
   const char* what[3] = {"out", "lse", "dq/dk/dv"};
@@ -557,6 +557,10 @@ TEST(attention_bf16_prefetch_kernels_equal_plain_kernels) {
   attention_prefetch_case("hd16", {1, 37, 100}, 4, 4, 16, 21, 0, false);
   attention_prefetch_case("hd32 biases", {200, 3}, 2, 2, 32, 22, 0, true);
   attention_prefetch_case("hd64 unaligned (plain kernels)", {130, 7}, 2, 1, 64, 23, 2, true);
+  // with windows, the loops start and stop at the tiles the window leaves (attention_window.cuh)
+  attention_prefetch_case("hd64 gqa window 40", {130, 7, 300}, 4, 2, 64, 24, 0, true, 40);
+  attention_prefetch_case("hd16 window 5", {1, 37, 200}, 4, 4, 16, 25, 0, false, 5);
+  attention_prefetch_case("hd128 window 97", {70, 260}, 3, 1, 128, 26, 0, false, 97);
 }
 
 // A head dim without a tensor-core kernel runs the fp32 kernels under bf16 too.
