@@ -1,4 +1,5 @@
 // Running a kernel on the CPU: blocks one after another, a block's threads as fibers switched at barriers (emu.h).
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -140,13 +141,15 @@ void to_scheduler() {
 
 void thread_ended();
 
+void switch_away();
+
 void fiber_main() {
 #ifdef OPTUNE_EMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &scheduler_stack_bottom, &scheduler_stack_size);
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
   (*block->body)();
   thread_ended();
-  to_scheduler();
+  switch_away();
   fail("a finished thread was resumed");
 }
 
@@ -178,16 +181,30 @@ void start_fiber(Fiber& f) {
 #endif
 }
 
-void resume(Fiber& f) {
-#ifdef OPTUNE_EMU_ASAN
-  __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.stack, kStackBytes);
-#endif
+// The thread that runs next: `current` and the index variables kernels read.
+void make_current(Fiber& f) {
   current = &f;
   const ThreadState& t = f.st;
   threadIdx = {t.thread_idx.x, t.thread_idx.y, t.thread_idx.z};
   blockIdx = {t.block_idx.x, t.block_idx.y, t.block_idx.z};
   blockDim = dim3(t.block_dim.x, t.block_dim.y, t.block_dim.z);
   gridDim = dim3(t.grid_dim.x, t.grid_dim.y, t.grid_dim.z);
+}
+
+// On the scheduler: runs f (and, by hand-overs, the threads ready after it) until one finds none ready.
+void resume(Fiber& f) {
+#ifdef OPTUNE_EMU_ASAN
+  if (scheduler_stack_bottom == nullptr) {  // this OS thread's own stack, where the fibers come back to
+    pthread_attr_t attr;
+    void* bottom = nullptr;
+    pthread_getattr_np(pthread_self(), &attr);
+    pthread_attr_getstack(&attr, &bottom, &scheduler_stack_size);
+    pthread_attr_destroy(&attr);
+    scheduler_stack_bottom = bottom;
+  }
+  __sanitizer_start_switch_fiber(&scheduler_fake_stack, f.stack, kStackBytes);
+#endif
+  make_current(f);
 #if defined(__x86_64__)
   optune_emu_switch(&scheduler_sp, f.sp);
 #else
@@ -206,6 +223,40 @@ char* stack_for(int i) {
     stacks.push_back(static_cast<char*>(p));
   }
   return stacks[i];
+}
+
+// The next ready thread of the block, if any (the queue's consumed front dropped now and then).
+Fiber* pop_ready(Block& b) {
+  if (b.next_ready >= b.ready.size()) return nullptr;
+  Fiber* f = &b.fibers[b.ready[b.next_ready++]];
+  if (b.next_ready > 4096 && 2 * b.next_ready > b.ready.size()) {
+    b.ready.erase(b.ready.begin(), b.ready.begin() + static_cast<std::ptrdiff_t>(b.next_ready));
+    b.next_ready = 0;
+  }
+  return f;
+}
+
+// On a thread that waits or has ended: hands over to the next ready thread directly (one switch instead of two
+// through the scheduler), or goes back to the scheduler when none is ready (the block is done, or deadlocked).
+void switch_away() {
+  Fiber* f = current;
+  Fiber* next = pop_ready(*block);
+  if (next == nullptr) {
+    to_scheduler();
+    return;
+  }
+#ifdef OPTUNE_EMU_ASAN
+  __sanitizer_start_switch_fiber(f->state == State::kDone ? nullptr : &f->fake_stack, next->stack, kStackBytes);
+#endif
+  make_current(*next);
+#if defined(__x86_64__)
+  optune_emu_switch(&f->sp, next->sp);
+#else
+  swapcontext(&f->ctx, &next->ctx);
+#endif
+#ifdef OPTUNE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
+#endif
 }
 
 std::string describe(const Block& b) {
@@ -265,14 +316,7 @@ void thread_ended() {
 }
 
 void run_block(Block& b) {
-  while (b.next_ready < b.ready.size()) {
-    Fiber& f = b.fibers[b.ready[b.next_ready++]];
-    resume(f);
-    if (b.next_ready > 4096 && 2 * b.next_ready > b.ready.size()) {  // drop what has run
-      b.ready.erase(b.ready.begin(), b.ready.begin() + static_cast<std::ptrdiff_t>(b.next_ready));
-      b.next_ready = 0;
-    }
-  }
+  while (Fiber* f = pop_ready(b)) resume(*f);
   if (b.live > 0) {
     const ThreadState& any = b.fibers[0].st;
     fail("deadlock in block (" + std::to_string(any.block_idx.x) + ", " + std::to_string(any.block_idx.y) + ", " +
@@ -297,7 +341,7 @@ void syncthreads() {
   current->state = State::kBlockWait;
   b.at_barrier++;
   release_block_if_complete(b);
-  if (current->state == State::kBlockWait && b.at_barrier > 0) to_scheduler();
+  if (current->state == State::kBlockWait && b.at_barrier > 0) switch_away();
   current->state = State::kReady;
 }
 
@@ -315,7 +359,7 @@ void syncwarp(unsigned mask) {
   current->warp_mask = mask;
   warp.waiting |= 1u << lane;
   release_warp_if_complete(*block, w, mask);
-  if (warp.waiting >> lane & 1u) to_scheduler();  // still waiting: the others run first
+  if (warp.waiting >> lane & 1u) switch_away();  // still waiting: the others run first
   current->state = State::kReady;
 }
 
