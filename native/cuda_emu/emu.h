@@ -40,9 +40,7 @@ ThreadState& self();
 // Runs fn now on `stream`, or records it when the stream captures. Every emulated device operation goes through it.
 void enqueue(CUstream_st* stream, std::function<void()> fn);
 
-// Runs `thread_body` as a kernel of grid x block threads with `shared_bytes` of dynamic shared memory (enqueued on
-// `stream`). Returns false (and sets the last error) for a launch CUDA would refuse.
-bool launch(Dim grid, Dim block, size_t shared_bytes, CUstream_st* stream, std::function<void()> thread_body);
+// Kernel launches: optune_emu::launch_kernel (cuda_runtime.h), which checks the launch and enqueues the blocks.
 
 // The block's dynamic shared memory (extern __shared__).
 void* dynamic_shared();
@@ -64,8 +62,5 @@ const WarpValues& warp_exchange(unsigned mask, const void* mine, size_t bytes);
 // Memory the emulated device has handed out (cudaMalloc), bounded by OPTUNE_EMU_MEMORY_GIB (default 16).
 size_t memory_used();
 size_t memory_total();
-
-// The thread-local last error as cudaError_t's value (cudaGetLastError / cudaPeekAtLastError).
-void set_last_error(int error);
 
 }  // namespace optune_emu

@@ -56,8 +56,6 @@ cudaError_t fail_with(cudaError_t e) {
 
 }  // namespace
 
-void set_last_error(int error) { last_error = error; }
-
 size_t memory_used() {
   std::lock_guard<std::mutex> lock(memory_mutex);
   return allocated;

@@ -122,23 +122,6 @@ optune_emu_switch:
   std::abort();
 }
 
-// On the fiber: back to the scheduler (for good when the thread has ended).
-void to_scheduler() {
-#ifdef OPTUNE_EMU_ASAN
-  Fiber* f = current;
-  __sanitizer_start_switch_fiber(f->state == State::kDone ? nullptr : &f->fake_stack, scheduler_stack_bottom,
-                                 scheduler_stack_size);
-#endif
-#if defined(__x86_64__)
-  optune_emu_switch(&current->sp, scheduler_sp);
-#else
-  swapcontext(&current->ctx, &scheduler_ctx);
-#endif
-#ifdef OPTUNE_EMU_ASAN
-  __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
-#endif
-}
-
 void thread_ended();
 
 void switch_away();
@@ -241,18 +224,16 @@ Fiber* pop_ready(Block& b) {
 void switch_away() {
   Fiber* f = current;
   Fiber* next = pop_ready(*block);
-  if (next == nullptr) {
-    to_scheduler();
-    return;
-  }
 #ifdef OPTUNE_EMU_ASAN
-  __sanitizer_start_switch_fiber(f->state == State::kDone ? nullptr : &f->fake_stack, next->stack, kStackBytes);
+  __sanitizer_start_switch_fiber(f->state == State::kDone ? nullptr : &f->fake_stack,
+                                 next ? next->stack : scheduler_stack_bottom,
+                                 next ? kStackBytes : scheduler_stack_size);
 #endif
-  make_current(*next);
+  if (next) make_current(*next);
 #if defined(__x86_64__)
-  optune_emu_switch(&f->sp, next->sp);
+  optune_emu_switch(&f->sp, next ? next->sp : scheduler_sp);
 #else
-  swapcontext(&f->ctx, &next->ctx);
+  swapcontext(&f->ctx, next ? &next->ctx : &scheduler_ctx);
 #endif
 #ifdef OPTUNE_EMU_ASAN
   __sanitizer_finish_switch_fiber(f->fake_stack, nullptr, nullptr);
