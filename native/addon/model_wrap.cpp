@@ -323,7 +323,9 @@ Napi::Value ModelWrap::enable_lora(const Napi::CallbackInfo& info) {
     return PromiseTask::start(
         env, "enableLora",
         [h, cfg, seed, made] {
+          optune::sync_to_host(*h->model);  // a GPU model's optimizer state decides whether adapters may be added
           optune::enable_lora(*h->model, cfg, seed);
+          optune::sync_to_device(*h->model);  // and its device copy gets them
           *made = h->model->lora;
         },
         [made](Napi::Env e) -> Napi::Value {
@@ -348,7 +350,12 @@ Napi::Value ModelWrap::load_lora_adapter(const Napi::CallbackInfo& info) {
     acquire(env, *h_, "loadLoraAdapter");
     HandlePtr h = h_;
     return PromiseTask::start(
-        env, "loadLoraAdapter", [h, dir] { optune::load_lora_adapter(*h->model, dir); },
+        env, "loadLoraAdapter",
+        [h, dir] {
+          optune::sync_to_host(*h->model);
+          optune::load_lora_adapter(*h->model, dir);
+          optune::sync_to_device(*h->model);
+        },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }
@@ -360,7 +367,11 @@ Napi::Value ModelWrap::save_lora_adapter(const Napi::CallbackInfo& info) {
     acquire(env, *h_, "saveLoraAdapter");
     HandlePtr h = h_;
     return PromiseTask::start(
-        env, "saveLoraAdapter", [h, dir] { optune::save_lora_adapter(*h->model, dir); },
+        env, "saveLoraAdapter",
+        [h, dir] {
+          optune::sync_to_host(*h->model);
+          optune::save_lora_adapter(*h->model, dir);
+        },
         [](Napi::Env e) { return e.Undefined(); }, [h] { release(*h); });
   });
 }

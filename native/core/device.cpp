@@ -4,7 +4,6 @@
 #include "device.h"
 
 #include "error.h"
-#include "lora.h"
 
 #ifdef OPTUNE_HAVE_CUDA
 #include "cuda/device_model.h"
@@ -129,7 +128,6 @@ void set_device(Model& m, Device requested, Precision p) {
     m.cpu_bf16 = p == Precision::BF16;
     return;
   }
-  OPTUNE_CHECK(!m.lora, "device 'cuda': LoRA adapters run on the CPU backend only; use device 'cpu'");
 #ifdef OPTUNE_HAVE_CUDA
   OPTUNE_CHECK(model_problem.empty(), "device 'cuda': " + model_problem + "; use device 'cpu'");
   OPTUNE_CHECK(cuda::device_count() > 0,

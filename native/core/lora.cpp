@@ -83,7 +83,6 @@ std::vector<LoraTarget> resolve_lora_targets(const Model& m, const std::vector<s
 }
 
 void enable_lora(Model& m, const LoraConfig& cfg, uint64_t seed) {
-  OPTUNE_CHECK(!m.device, "LoRA: adapters run on the CPU backend only; load the model with device \"cpu\"");
   OPTUNE_CHECK(!m.cfg.reward_model, "LoRA: adapters are for causal language models (policies), not reward models");
   OPTUNE_CHECK(!m.lora, "LoRA: the model has adapters already");
   OPTUNE_CHECK(m.adam_m.empty(), "LoRA: the model has taken full optimizer steps; enable adapters on a fresh model");

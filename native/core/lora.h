@@ -50,10 +50,12 @@ struct Lora {
   }
 };
 
-// Adds adapters to a CPU causal LM: A drawn like PEFT's default (kaiming-uniform, U(-1/sqrt(in), 1/sqrt(in))) from
+// Adds adapters to a causal LM: A drawn like PEFT's default (kaiming-uniform, U(-1/sqrt(in), 1/sqrt(in))) from
 // `seed`, B zero, so the model's outputs are unchanged until it trains. Its gradients and AdamW state then cover
-// the adapters only (see trainable_params). Throws optune::Error for a reward model, a GPU model, a model that has
-// adapters already or has optimizer state, a rank < 1, alpha <= 0, or a target that matches no module.
+// the adapters only (see trainable_params). Throws optune::Error for a reward model, a model that has adapters
+// already or has optimizer state, a rank < 1, alpha <= 0, or a target that matches no module. On a GPU model it
+// acts on the host copies, like every write to them (core/device.h): sync_to_host before, sync_to_device after
+// (the binding does both; load_lora_adapter likewise).
 void enable_lora(Model& m, const LoraConfig& cfg, uint64_t seed);
 
 // The adapters that apply to a forward pass now: null without LoRA or while they are switched off.

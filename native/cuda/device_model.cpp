@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/lora.h"
 #include "ops.h"
 
 namespace optune::cuda {
@@ -43,12 +44,29 @@ DeviceState::~DeviceState() {
 }
 
 size_t DeviceState::device_bytes() const {
-  return (params.size() + grads.size() + adam_m.size() + adam_v.size()) * sizeof(float) +
-         params_bf16.size() * sizeof(uint16_t);
+  return (params.size() + lora.size() + grads.size() + adam_m.size() + adam_v.size()) * sizeof(float) +
+         (params_bf16.size() + lora_bf16.size()) * sizeof(uint16_t);
 }
 
 void DeviceState::refresh_bf16() {
-  if (prec == Precision::BF16) to_bf16(params_bf16.data(), params.data(), static_cast<int64_t>(n_params));
+  if (prec != Precision::BF16) return;
+  to_bf16(params_bf16.data(), params.data(), static_cast<int64_t>(n_params));
+  if (lora.size()) to_bf16(lora_bf16.data(), lora.data(), static_cast<int64_t>(lora.size()));
+}
+
+void DeviceState::refresh_trained_bf16() {
+  if (prec != Precision::BF16) return;
+  if (lora.size())
+    to_bf16(lora_bf16.data(), lora.data(), static_cast<int64_t>(lora.size()));
+  else
+    to_bf16(params_bf16.data(), params.data(), static_cast<int64_t>(n_params));
+}
+
+void DeviceState::check_adapters(const Model& m) const {
+  const size_t want = m.lora ? m.lora->params.size() : 0;
+  OPTUNE_CHECK(lora.size() == want, "cuda: the model's LoRA adapters (" + std::to_string(want) +
+                                        " parameters) are not on the device (it holds " +
+                                        std::to_string(lora.size()) + "); call sync_to_device after changing them");
 }
 
 DeviceState* device_state(const Model& m) {
@@ -74,13 +92,24 @@ void DeviceState::upload(const Model& m) {
                                                 std::to_string(m.params.size()) + " vs " + std::to_string(n_params) +
                                                 ")");
   params.upload(m.params);
+  // LoRA adapters (added, replaced or loaded on the host): gradients of another size no longer apply
+  const size_t n_lora = m.lora ? m.lora->params.size() : 0;
+  if (lora.size() != n_lora) {
+    lora = Buffer<float>();
+    lora_bf16 = Buffer<uint16_t>();
+    grads = Buffer<float>();
+    if (n_lora) lora = Buffer<float>(n_lora, "LoRA adapters");
+    if (n_lora && prec == Precision::BF16) lora_bf16 = Buffer<uint16_t>(n_lora, "bf16 LoRA adapter copy");
+  }
+  if (n_lora) lora.upload(m.lora->params);
+  n_trainable = n_lora ? n_lora : n_params;
   refresh_bf16();
   // AdamW moments: the host's when it has them (a loaded optimizer state), none otherwise (the next step starts
   // them at zero, as the CPU optimizer does when m.adam_m is empty).
-  if (m.adam_m.size() == n_params && m.adam_v.size() == n_params) {
-    if (adam_m.size() != n_params) {
-      adam_m = Buffer<float>(n_params, "AdamW first moments");
-      adam_v = Buffer<float>(n_params, "AdamW second moments");
+  if (m.adam_m.size() == n_trainable && m.adam_v.size() == n_trainable) {
+    if (adam_m.size() != n_trainable) {
+      adam_m = Buffer<float>(n_trainable, "AdamW first moments");
+      adam_v = Buffer<float>(n_trainable, "AdamW second moments");
     }
     adam_m.upload(m.adam_m);
     adam_v.upload(m.adam_v);
@@ -94,8 +123,12 @@ void DeviceState::upload(const Model& m) {
 void DeviceState::download(Model& m) {
   auto lock = lock_device();
   if (!host_stale) return;
-  m.params = params.download();
-  if (adam_m.size() == n_params) {
+  check_adapters(m);
+  if (m.lora)  // the weights under them are frozen: the host copy is current
+    m.lora->params = lora.download();
+  else
+    m.params = params.download();
+  if (adam_m.size() == n_trainable) {
     m.adam_m = adam_m.download();
     m.adam_v = adam_v.download();
   }

@@ -12,6 +12,11 @@
 //
 // Host sync: `params`, `adam_m`, `adam_v` here are the live copies; Model::params etc. are updated by sync_to_host
 // (core/device.h) and re-uploaded by sync_to_device. `host_stale` records whether the host copy is behind.
+//
+// LoRA (core/lora.h): a model with adapters keeps them in `lora` (Lora::params' layout, fp32, with a bf16 copy
+// under bf16); its weights stay frozen, so gradients and AdamW moments cover the adapters only (`n_trainable`
+// floats, Lora::layout offsets), as on the CPU. The adapters run beside the frozen GEMMs in training and log-probs
+// (transformer_cuda.cpp); sampling reads a merged copy of the weights made for the call (sampler_entry.cu).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -67,8 +72,11 @@ struct DeviceState final : DeviceEngine {
   size_t n_params = 0;
   Buffer<float> params;           // fp32 master weights, ParamLayout offsets
   Buffer<uint16_t> params_bf16;   // bf16 copy of `params` (same offsets); empty under FP32
-  Buffer<float> grads;            // allocated on the first train step
-  Buffer<float> adam_m, adam_v;   // allocated on the first optimizer step
+  Buffer<float> lora;             // LoRA adapters (Lora::params' layout); empty without them
+  Buffer<uint16_t> lora_bf16;     // their bf16 copy (bf16 only)
+  size_t n_trainable = 0;         // what training updates: the adapters' count with LoRA, else n_params
+  Buffer<float> grads;            // allocated on the first train step (n_trainable)
+  Buffer<float> adam_m, adam_v;   // allocated on the first optimizer step (n_trainable)
   bool host_stale = false;        // device weights/moments changed since the last download
   RopeSets rope;                  // each layer's RoPE frequencies (host copy) ...
   Buffer<double> rope_freqs;      // ... and rope.freqs on the device
@@ -78,7 +86,13 @@ struct DeviceState final : DeviceEngine {
   // Bytes held by this model on the device (weights, gradients, moments, bf16 copy; not the shared arena).
   size_t device_bytes() const;
   const uint16_t* bf16(size_t offset) const { return params_bf16.data() ? params_bf16.data() + offset : nullptr; }
-  void refresh_bf16();  // params -> params_bf16 (bf16 only)
+  void refresh_bf16();           // params -> params_bf16 and lora -> lora_bf16 (bf16 only)
+  void refresh_trained_bf16();   // the bf16 copy of what a step changed: the adapters with LoRA, else the weights
+  // What training updates (n_trainable floats): the adapters with LoRA, else the weights.
+  float* trainable() { return lora.data() ? lora.data() : params.data(); }
+  // Throws unless the device holds m's adapters as the host has them laid out (enable_lora or load_lora_adapter on
+  // a device model must be followed by sync_to_device).
+  void check_adapters(const Model& m) const;
   // Layer l's RoPE frequencies on the device (rope.cu's inv_freq); null when the layer does not rotate.
   const double* layer_inv_freq(int l) const {
     return rope.layer_set[l] < 0 ? nullptr : rope_freqs.data() + static_cast<size_t>(rope.layer_set[l]) * rope.half;

@@ -65,9 +65,10 @@ void head_dh(float* dH, const T* dZ, int ld, const T* W, int rows, int d, int vo
     mm<T>(false, false, rows, d, vocab - bulk, dZ + bulk, ld, W + static_cast<size_t>(bulk) * d, d, 1.0f, dH, d);
 }
 
-// dW[vocab, d] += dZ^T H
+// dW[vocab, d] += dZ^T H (nothing for a frozen head: dW null)
 template <class T>
 void head_dw(float* dW, const T* dZ, int ld, const T* H, int rows, int d, int vocab) {
+  if (!dW) return;
   const int bulk = vocab_bulk(vocab);
   if (bulk > 0) mm<T>(true, false, bulk, d, rows, dZ, ld, H, d, 1.0f, dW, d);
   if (vocab > bulk)

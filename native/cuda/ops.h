@@ -122,6 +122,7 @@ void attention_backward_mma(float* dq, float* dk, float* dv, const float* dout, 
 // As cpu::logprob_forward/backward: logp[r] = log_softmax(h[src[r]] @ W^T)[target[r]], W [V, D]; rows go in chunks
 // of chunk_rows (0: logprob_chunk_rows(vocab)), whose logits are the only [rows x V] buffer (allocated per call).
 // w16: a bf16 copy of W (bf16 mixed precision): the GEMMs take bf16 operands with fp32 accumulation; dw stays fp32.
+// dw null: the head is frozen (LoRA), only dh is computed.
 int logprob_chunk_rows(int vocab);
 int logits_stride(int vocab);  // row stride of a logits chunk: vocab rounded up to 8 (16-byte aligned rows)
 // The vocabulary's aligned bulk (rounded down to 8): GEMMs over the vocabulary run on it and on the < 8 rows left,

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/adamw.h"
 #include "core/heads.h"
+#include "core/lora.h"
 #include "core/losses.h"
 #include "device_model.h"
 #include "memory.h"
@@ -36,7 +37,7 @@ void lm_head_step(Model& m, DeviceState& ds, const TrainRequest& r, Call& k, con
   const int D = m.cfg.d_model, V = m.cfg.vocab_size, n_rows = k.n_rows;
   const float* w = ds.params.data() + m.layout.lm_head;
   const uint16_t* w16 = ds.bf16(m.layout.lm_head);  // null under fp32
-  float* dw = ds.grads.data() + m.layout.lm_head;
+  float* dw = m.lora ? nullptr : ds.grads.data() + m.layout.lm_head;  // a LoRA model's head is frozen
   const ResponseRows& rows = k.rows;
   const int chunk = logprob_chunk_rows(V);
   const std::vector<std::vector<int32_t>> groups = head_row_groups(r, rows.seq, chunk);
@@ -76,7 +77,8 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   std::vector<float> ref_c, ref_r;
   reference_logprobs(r, ref_c, ref_r);
 
-  if (ds.grads.size() != ds.n_params) ds.grads = Buffer<float>(ds.n_params, "gradients");
+  ds.check_adapters(m);
+  if (ds.grads.size() != ds.n_trainable) ds.grads = Buffer<float>(ds.n_trainable, "gradients");
   ds.grads.zero();
 
   const Head head = r.loss == LossKind::BT ? Head::SCORE : Head::LM;
@@ -103,7 +105,7 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
   if (r.apply_update) {
     st.grad_norm = cuda::adamw_update(m, r.opt);
   } else {
-    st.grad_norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_params));
+    st.grad_norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_trainable));
     m.grads = ds.grads.download();  // engine.h: without an update, m.grads holds the gradients afterwards
   }
   return st;
@@ -111,22 +113,24 @@ TrainStats train_step(Model& m, const TrainRequest& r) {
 
 double adamw_update(Model& m, const AdamWConfig& o) {
   DeviceState& ds = state_of(m);
-  OPTUNE_CHECK(ds.grads.size() == ds.n_params, "optimizer step before any gradient was computed");
-  const double norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_params));
+  ds.check_adapters(m);
+  OPTUNE_CHECK(ds.grads.size() == ds.n_trainable, "optimizer step before any gradient was computed");
+  const double norm = std::sqrt(sum_squares(ds.grads.data(), ds.n_trainable));
   check_grad_norm(norm);
-  if (ds.adam_m.size() != ds.n_params) {
-    ds.adam_m = Buffer<float>(ds.n_params, "AdamW first moments");
-    ds.adam_v = Buffer<float>(ds.n_params, "AdamW second moments");
+  if (ds.adam_m.size() != ds.n_trainable) {
+    ds.adam_m = Buffer<float>(ds.n_trainable, "AdamW first moments");
+    ds.adam_v = Buffer<float>(ds.n_trainable, "AdamW second moments");
     ds.adam_m.zero();
     ds.adam_v.zero();
     m.adam_step = 0;
   }
   const AdamWScalars s = adamw_scalars(m, o, norm);
-  for (const ParamInfo& t : m.layout.tensors)
-    adamw_step(ds.params.data() + t.offset, ds.grads.data() + t.offset, ds.adam_m.data() + t.offset,
+  float* params = ds.trainable();  // every weight, or a LoRA model's adapters
+  for (const ParamInfo& t : trainable_layout(m).tensors)
+    adamw_step(params + t.offset, ds.grads.data() + t.offset, ds.adam_m.data() + t.offset,
                ds.adam_v.data() + t.offset, t.numel, adamw_decay(o, t), o.beta1, o.beta2, o.eps, s.step_size,
                s.bc2_sqrt, s.clip);
-  ds.refresh_bf16();
+  ds.refresh_trained_bf16();
   ds.host_stale = true;
   return norm;
 }

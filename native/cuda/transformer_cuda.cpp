@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/heads.h"
+#include "core/lora.h"
 #include "core/transformer.h"
 #include "memory.h"
 #include "ops.h"
@@ -64,7 +65,8 @@ void carve_layer(Carver& cv, const ModelConfig& c, int T, DevLayer& y) {
   y.post_mlp_rstd = c.post_norms() ? cv.take<float>(T) : nullptr;
 }
 
-void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf16, DevActs& a) {
+// lora_rank: the active adapters' rank (0 without).
+void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf16, int lora_rank, DevActs& a) {
   const size_t D = c.d_model, F = c.d_ff, QD = c.q_dim(), QKV = qkv_width(c);
   a.T = T;
   a.training = training;
@@ -93,6 +95,11 @@ void carve_acts(Carver& cv, const ModelConfig& c, int T, bool training, bool bf1
   } else {
     a.bf_in = a.bf_out = a.norm16 = nullptr;
   }
+  const size_t TR = static_cast<size_t>(T) * lora_rank;
+  a.lora_h = lora_rank ? cv.take<float>(TR) : nullptr;
+  a.lora_dh = lora_rank && training ? cv.take<float>(TR) : nullptr;
+  a.lora_h16 = lora_rank && bf16 ? cv.take<uint16_t>(TR) : nullptr;
+  a.lora_dh16 = lora_rank && bf16 && training ? cv.take<uint16_t>(TR) : nullptr;
   if (training) {
     a.dresid = cv.take<float>(T * D);
     a.dnorm = cv.take<float>(T * D);
@@ -126,14 +133,19 @@ struct Net {
   const ParamLayout& L;
   const float* P;     // fp32 master weights
   const uint16_t* B;  // bf16 weights (same offsets), or null under FP32
-  float* G;           // gradients (backward only)
+  float* G;           // gradients (backward only; null for a LoRA model's frozen weights)
   const DevActs& a;
   int T;
   bool out_in;        // nn.Linear [out, in] weights (Llama) vs Conv1D [in, out] (GPT-2)
   const DeviceState& ds;
+  const Lora* lora;   // the adapters in effect (core/lora.h active_lora), or null
+  const float* LP;    // their weights (Lora::layout offsets) ...
+  const uint16_t* LB; // ... their bf16 copy (bf16 only) ...
+  float* LG;          // ... and their gradients (backward only)
 
   const float* p(size_t off) const { return off == kAbsent ? nullptr : P + off; }
-  float* g(size_t off) const { return off == kAbsent ? nullptr : G + off; }
+  float* g(size_t off) const { return off == kAbsent || !G ? nullptr : G + off; }
+  const LoraTarget* target(size_t w) const { return lora ? lora->find(w) : nullptr; }
 };
 
 // A GEMM input: fp32 activations (converted to bf16 in a.bf_in when the GEMM runs in bf16), or a bf16 operand its
@@ -199,6 +211,7 @@ void norm_rows_backward(const Net& n, float* dx, size_t w, size_t b, const float
     layernorm_backward_input(dx, dout, x, n.p(w), mean, rstd, rows, d);
   else
     rmsnorm_backward_input(dx, dout, x, n.p(w), rstd, rows, d, n.c.norm_offset());
+  if (!n.G) return;  // frozen (LoRA)
   norm_xhat_product(scratch, dout, x, mean, rstd, rows, d);
   bias_backward(n.g(w), scratch, n.a.ones, rows, d);
   if (b != kAbsent) bias_backward(n.g(b), dout, n.a.ones, rows, d);
@@ -210,47 +223,95 @@ void norm_backward(const Net& n, float* dx, size_t w, size_t b, const float* dou
   norm_rows_backward(n, dx, w, b, dout, x, n.c.is_gpt2() ? mean : nullptr, rstd, scratch, n.T, n.c.d_model);
 }
 
-// out[T, outf] = inp[T, in] W (+ bias), as cpu::linear_forward.
+// LoRA's path beside a frozen GEMM (cpu::lora_forward): out += h B^T with h = scale x A^T, in a.lora_h. Under bf16
+// its GEMMs take bf16 operands as every other one does: x as the frozen GEMM read it, the adapters' bf16 copy.
+void lora_forward(const Net& n, const LoraTarget& t, float* out, const float* x, const uint16_t* x16) {
+  const int T = n.T, r = n.lora->cfg.rank, in = t.in, outf = t.out;
+  const float s = n.lora->scale;
+  float* h = n.a.lora_h;
+  if (n.B) {
+    gemm_bf16(false, true, T, r, in, s, x16, in, n.LB + t.a, in, 0.0f, h, r);              // h = scale x A^T
+    to_bf16(n.a.lora_h16, h, static_cast<int64_t>(T) * r);
+    gemm_bf16(false, true, T, outf, r, 1.0f, n.a.lora_h16, r, n.LB + t.b, r, 1.0f, out, outf);  // out += h B^T
+  } else {
+    gemm(false, true, T, r, in, s, x, in, n.LP + t.a, in, 0.0f, h, r);
+    gemm(false, true, T, outf, r, 1.0f, h, r, n.LP + t.b, r, 1.0f, out, outf);
+  }
+}
+
+// Its backward (cpu::lora_backward), after the frozen GEMM's input gradient: h recomputed from x, dB += dY^T h,
+// dh = dY B, dA += scale dh^T x, and dx += scale dh A when dinp is given.
+void lora_backward(const Net& n, const LoraTarget& t, float* dinp, const float* dy, const uint16_t* dy16,
+                   const float* x, const uint16_t* x16) {
+  const int T = n.T, r = n.lora->cfg.rank, in = t.in, outf = t.out;
+  const float s = n.lora->scale;
+  float *h = n.a.lora_h, *dh = n.a.lora_dh, *da = n.LG + t.a, *db = n.LG + t.b;
+  if (n.B) {
+    const uint16_t *a16 = n.LB + t.a, *b16 = n.LB + t.b;
+    uint16_t *h16 = n.a.lora_h16, *dh16 = n.a.lora_dh16;
+    gemm_bf16(false, true, T, r, in, s, x16, in, a16, in, 0.0f, h, r);
+    to_bf16(h16, h, static_cast<int64_t>(T) * r);
+    gemm_bf16(true, false, outf, r, T, 1.0f, dy16, outf, h16, r, 1.0f, db, r);     // dB += dY^T h
+    gemm_bf16(false, false, T, r, outf, 1.0f, dy16, outf, b16, r, 0.0f, dh, r);    // dh = dY B
+    to_bf16(dh16, dh, static_cast<int64_t>(T) * r);
+    gemm_bf16(true, false, r, in, T, s, dh16, r, x16, in, 1.0f, da, in);           // dA += scale dh^T X
+    if (dinp) gemm_bf16(false, false, T, in, r, s, dh16, r, a16, in, 1.0f, dinp, in);  // dX += scale dh A
+  } else {
+    const float *a = n.LP + t.a, *b = n.LP + t.b;
+    gemm(false, true, T, r, in, s, x, in, a, in, 0.0f, h, r);
+    gemm(true, false, outf, r, T, 1.0f, dy, outf, h, r, 1.0f, db, r);
+    gemm(false, false, T, r, outf, 1.0f, dy, outf, b, r, 0.0f, dh, r);
+    gemm(true, false, r, in, T, s, dh, r, x, in, 1.0f, da, in);
+    if (dinp) gemm(false, false, T, in, r, s, dh, r, a, in, 1.0f, dinp, in);
+  }
+}
+
+// out[T, outf] = inp[T, in] W (+ bias), as cpu::linear_forward; a LoRA target adds its adapter's product.
 void linear_forward(const Net& n, float* out, const Operand& inp, size_t w, size_t bias, int in, int outf) {
   const int T = n.T, ldw = n.out_in ? in : outf;
+  const uint16_t* x16 = nullptr;
   if (n.B) {
-    const uint16_t* x = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
-    gemm_bf16(false, n.out_in, T, outf, in, 1.0f, x, in, n.B + w, ldw, 0.0f, out, outf);
+    x16 = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
+    gemm_bf16(false, n.out_in, T, outf, in, 1.0f, x16, in, n.B + w, ldw, 0.0f, out, outf);
   } else {
     gemm(false, n.out_in, T, outf, in, 1.0f, inp.f32, in, n.P + w, ldw, 0.0f, out, outf);
   }
+  if (const LoraTarget* t = n.target(w)) lora_forward(n, *t, out, inp.f32, x16);
   if (bias != kAbsent) bias_add(out, n.P + bias, T, outf);
 }
 
 // dinp += dout W^T-ish, dW += ..., dbias += column sums: cpu::linear_backward. dinp may be null; with add_dinp
-// false it is overwritten (the GEMM's beta 0: its buffer needs no zero fill, and the GEMM does not read it).
+// false it is overwritten (the GEMM's beta 0: its buffer needs no zero fill, and the GEMM does not read it). A LoRA
+// model's weights and biases are frozen (no dW, no dbias); a target's adapter gets its gradients instead.
 void linear_backward(const Net& n, float* dinp, size_t w, size_t bias, const Operand& dout, const Operand& inp,
                      int in, int outf, bool add_dinp = true) {
   const int T = n.T;
   const float beta = add_dinp ? 1.0f : 0.0f;
-  float* dw = n.G + w;
+  float* dw = n.g(w);
+  const uint16_t *dy = nullptr, *x = nullptr;
   if (n.B) {
-    const uint16_t* dy = bf16_operand(dout, static_cast<int64_t>(T) * outf, n.a.bf_out);
-    const uint16_t* x = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
+    dy = bf16_operand(dout, static_cast<int64_t>(T) * outf, n.a.bf_out);
+    x = bf16_operand(inp, static_cast<int64_t>(T) * in, n.a.bf_in);
     const uint16_t* W = n.B + w;
     if (n.out_in) {
       if (dinp) gemm_bf16(false, false, T, in, outf, 1.0f, dy, outf, W, in, beta, dinp, in);  // dX += dY W
-      gemm_bf16(true, false, outf, in, T, 1.0f, dy, outf, x, in, 1.0f, dw, in);               // dW += dY^T X
+      if (dw) gemm_bf16(true, false, outf, in, T, 1.0f, dy, outf, x, in, 1.0f, dw, in);       // dW += dY^T X
     } else {
       if (dinp) gemm_bf16(false, true, T, in, outf, 1.0f, dy, outf, W, outf, beta, dinp, in);  // dX += dY W^T
-      gemm_bf16(true, false, in, outf, T, 1.0f, x, in, dy, outf, 1.0f, dw, outf);              // dW += X^T dY
+      if (dw) gemm_bf16(true, false, in, outf, T, 1.0f, x, in, dy, outf, 1.0f, dw, outf);      // dW += X^T dY
     }
   } else {
     const float* W = n.P + w;
     if (n.out_in) {
       if (dinp) gemm(false, false, T, in, outf, 1.0f, dout.f32, outf, W, in, beta, dinp, in);
-      gemm(true, false, outf, in, T, 1.0f, dout.f32, outf, inp.f32, in, 1.0f, dw, in);
+      if (dw) gemm(true, false, outf, in, T, 1.0f, dout.f32, outf, inp.f32, in, 1.0f, dw, in);
     } else {
       if (dinp) gemm(false, true, T, in, outf, 1.0f, dout.f32, outf, W, outf, beta, dinp, in);
-      gemm(true, false, in, outf, T, 1.0f, inp.f32, in, dout.f32, outf, 1.0f, dw, outf);
+      if (dw) gemm(true, false, in, outf, T, 1.0f, inp.f32, in, dout.f32, outf, 1.0f, dw, outf);
     }
   }
-  if (bias != kAbsent) bias_backward(n.G + bias, dout.f32, n.a.ones, T, outf);
+  if (const LoraTarget* t = n.target(w)) lora_backward(n, *t, dinp, dout.f32, dy, inp.f32, x);
+  if (bias != kAbsent && n.G) bias_backward(n.G + bias, dout.f32, n.a.ones, T, outf);
 }
 
 // out = residual + Proj(in) + bias, or with a post-norm (OLMo 2, Gemma 3) residual + PostNorm(Proj(in) + bias), the
@@ -291,9 +352,22 @@ void input_backward(const Net& n, float* dresid, size_t w, size_t b, const float
     add_inplace(dresid, dnorm, static_cast<int64_t>(n.T) * n.c.d_model);
 }
 
-Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* G) {
-  return Net{m.cfg, m.layout, ds.params.data(), ds.prec == Precision::BF16 ? ds.params_bf16.data() : nullptr, G, a, a.T,
-             !m.cfg.is_gpt2(), ds};
+// grads: ds.grads in backward (the weights' gradients, or a LoRA model's adapters'), null in forward.
+Net make_net(const Model& m, const DeviceState& ds, const DevActs& a, float* grads) {
+  const bool bf16 = ds.prec == Precision::BF16;
+  return Net{m.cfg,
+             m.layout,
+             ds.params.data(),
+             bf16 ? ds.params_bf16.data() : nullptr,
+             m.lora ? nullptr : grads,
+             a,
+             a.T,
+             !m.cfg.is_gpt2(),
+             ds,
+             active_lora(m),
+             ds.lora.data(),
+             bf16 ? ds.lora_bf16.data() : nullptr,
+             m.lora ? grads : nullptr};
 }
 
 // q|k|v of block l from its normalized input (RoPE applied where the layer rotates): forward, and again in backward.
@@ -396,11 +470,14 @@ Call prepare_call(DeviceState& ds, const Model& m, const Batch& b, bool training
   }
 
   const bool bf16 = ds.prec == Precision::BF16;
+  ds.check_adapters(m);
+  const Lora* lora = active_lora(m);
+  const int lora_rank = lora ? lora->cfg.rank : 0;
   auto layout = [&](Carver& cv) {
     k.batch.tokens = cv.take<int32_t>(T);
     k.batch.offsets = cv.take<int32_t>(n_seq + 1);
     k.batch.pos = cv.take<int32_t>(T);
-    carve_acts(cv, c, T, training, bf16, k.acts);
+    carve_acts(cv, c, T, training, bf16, lora_rank, k.acts);
     k.src = cv.take<int32_t>(k.n_rows);
     k.target = cv.take<int32_t>(k.n_rows);
     k.logp = cv.take<float>(k.n_rows);
@@ -544,6 +621,7 @@ void transformer_backward(const Model& m, DeviceState& ds, Call& k) {
 
   // embeddings: rows grouped by token id / position on the host, summed in row order (deterministic, no atomics);
   // Gemma's scaled token embedding takes the scaled gradient (dresid is not needed after)
+  if (!n.G) return;  // frozen (LoRA)
   if (L.pos_emb != kAbsent)
     embedding_backward(n.g(L.pos_emb), a.dresid, k.pos_index.ids, k.pos_index.starts, k.pos_index.rows,
                        k.pos_index.n, D);

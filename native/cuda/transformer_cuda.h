@@ -73,6 +73,11 @@ struct DevActs {
   float* dup = nullptr;             // [T, F] (Llama)
   float* dqk_raw = nullptr;         // (q/k norms) [T, QD + KVD] dLoss/dqk_raw
   float* dpost = nullptr;           // (post-norms) [T, D] dLoss/dpost
+  // LoRA (active adapters only, core/lora.h): one target's h = scale x A^T [T, rank] and, in backward, dLoss/dh;
+  // under bf16 also their bf16 operands. The adapters' GEMMs are small (rank columns), so h is recomputed in
+  // backward instead of kept per target.
+  float *lora_h = nullptr, *lora_dh = nullptr;
+  uint16_t *lora_h16 = nullptr, *lora_dh16 = nullptr;
   float* ones = nullptr;            // [n_ones] ones: bias gradients are GEMMs with it
   int n_ones = 0;                   // T, or the rows of the widest q/k norm (T x heads for Qwen3's)
 };
@@ -100,7 +105,8 @@ Call prepare_call(DeviceState& ds, const Model& m, const Batch& b, bool training
 // Embeddings, every block, the final norm: acts.normf holds the hidden states the heads read.
 void transformer_forward(const Model& m, const DeviceState& ds, Call& k);
 // Given k.dnormf = dLoss/d(final normalized hidden), accumulates every parameter gradient into ds.grads (zeroed by
-// the caller; the head's own gradient is added by the caller).
+// the caller; the head's own gradient is added by the caller). With LoRA: the adapters' gradients only (ds.grads in
+// Lora::layout), the frozen weights get none.
 void transformer_backward(const Model& m, DeviceState& ds, Call& k);
 
 }  // namespace optune::cuda

@@ -15,6 +15,7 @@
 
 #include "core/device.h"
 #include "core/engine.h"
+#include "core/lora.h"
 #include "cuda/device_model.h"
 #include "cuda/memory.h"
 #include "cuda/ops.h"
@@ -109,6 +110,26 @@ std::unique_ptr<Model> on_gpu(const Model& cpu, Precision p) {
   return g;
 }
 
+// The LoRA cases' adapters: rank 2 on every linear layer, alpha 4 (scale 2), A and B drawn with std 0.1, so the
+// adapters move a block's outputs by about a fifth of what its weights contribute.
+const LoraConfig kLora{2, 4.0f, {"all-linear"}};
+
+// A random CPU model and its copy on the GPU; with `lora`, both then get the same random adapters, the GPU copy's
+// as a run adds them (enable_lora on the host copies, then sync_to_device).
+struct ModelPair {
+  std::unique_ptr<Model> cpu, gpu;
+};
+ModelPair model_pair(const ModelConfig& c, uint64_t seed, Precision p, const LoraConfig* lora) {
+  ModelPair out{random_model(c, seed), nullptr};
+  out.gpu = on_gpu(*out.cpu, p);
+  if (lora) {
+    testing::enable_random_lora(*out.cpu, *lora, seed + 1, 0.1f);
+    testing::enable_random_lora(*out.gpu, *lora, seed + 1, 0.1f);
+    sync_to_device(*out.gpu);
+  }
+  return out;
+}
+
 // 4 sequences = 2 pairs (0 > 1, 2 > 3); lengths spanning several attention tiles
 Batch pair_batch(int vocab, uint64_t seed) {
   return testing::random_batch({40, 33, 70, 9}, {12, 12, 30, 3}, vocab, seed);
@@ -133,6 +154,12 @@ double max_abs(const std::vector<float>& v) {
   return m;
 }
 
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = a.size() == b.size() ? 0 : 1e30;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); i++) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  return m;
+}
+
 // Compares every parameter tensor's gradient. A tensor whose true gradient is zero (the k_proj bias: softmax does not
 // change when every score of a row moves together) holds only rounding noise on both sides; it is checked to stay
 // at noise level instead.
@@ -140,7 +167,7 @@ void expect_grads(const std::string& what, const Model& gpu, const Model& cpu, c
   CHECK_MSG(gpu.grads.size() == cpu.grads.size(), what + ": gradient sizes differ");
   if (gpu.grads.size() != cpu.grads.size()) return;
   const double global = max_abs(cpu.grads);
-  for (const ParamInfo& t : cpu.layout.tensors) {
+  for (const ParamInfo& t : trainable_layout(cpu).tensors) {  // every weight, or a LoRA model's adapters
     const std::vector<float> g(gpu.grads.begin() + t.offset, gpu.grads.begin() + t.offset + t.numel);
     const std::vector<float> c(cpu.grads.begin() + t.offset, cpu.grads.begin() + t.offset + t.numel);
     if (max_abs(c) <= 1e-5 * global) {
@@ -176,21 +203,29 @@ void expect_stats(const std::string& what, const TrainStats& g, const TrainStats
   CHECK_MSG(g.n_pairs == c.n_pairs && g.n_tokens == c.n_tokens, what + ": counts differ");
 }
 
-void logprobs_case(const ModelConfig& c, const Prec& pr) {
-  auto cpu = random_model(c, 3);
-  auto gpu = on_gpu(*cpu, pr.p);
+// lora: both models carry the same adapters (model_pair); their base (adapters off) is checked too.
+void logprobs_case(const ModelConfig& c, const Prec& pr, const LoraConfig* lora = nullptr) {
+  auto [cpu, gpu] = model_pair(c, 3, pr.p, lora);
   const Batch b = pair_batch(c.vocab_size, 5);
   const LogprobResult want = compute_logprobs(*cpu, b), got = compute_logprobs(*gpu, b);
-  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name;
+  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + (lora ? " LoRA" : "");
   expect_close(what + " token log-probs", got.token_logps, want.token_logps, pr.rtol);
   expect_close(what + " sequence log-probs", got.seq_logps, want.seq_logps, pr.rtol);
   if (pr.p == Precision::FP32) expect_close(what + " logits", compute_logits(*gpu, b), compute_logits(*cpu, b), 1e-4);
+  if (!lora) return;
+  const LogprobResult base = compute_logprobs(*random_model(c, 3), b);
+  const AdaptersOff off(*gpu);
+  const LogprobResult got_base = compute_logprobs(*gpu, b);
+  expect_close(what + " base token log-probs", got_base.token_logps, base.token_logps, pr.rtol);
+  // the adapters matter: they move some log-prob by 5x the tolerance or more (by 1.1-2.4 nats, measured), so a GPU
+  // forward without them could not pass
+  CHECK_MSG(max_abs_diff(want.token_logps, base.token_logps) > 5 * pr.rtol * (1 + max_abs(base.token_logps)),
+            what + ": the adapters hardly change the log-probs");
 }
 
-void grads_case(const ModelConfig& base, LossKind loss, const Prec& pr) {
+void grads_case(const ModelConfig& base, LossKind loss, const Prec& pr, const LoraConfig* lora = nullptr) {
   const ModelConfig c = loss == LossKind::BT ? (base.is_gpt2() ? gpt2_cfg(true) : llama_cfg(true)) : base;
-  auto cpu = random_model(c, 7);
-  auto gpu = on_gpu(*cpu, pr.p);
+  auto [cpu, gpu] = model_pair(c, 7, pr.p, lora);
   TrainRequest r;
   r.loss = loss;
   r.batch = pair_batch(c.vocab_size, 11);
@@ -211,12 +246,14 @@ void grads_case(const ModelConfig& base, LossKind loss, const Prec& pr) {
   const bool bf16 = pr.p == Precision::BF16;
   expect_stats(what, got, want, pr.rtol, loss == LossKind::IPO && bf16 ? 0.15 : 0.0, bf16 ? 0.1 * r.beta : 0.0);
   expect_grads(what, *gpu, *cpu, pr);
+  if (lora)  // the device holds gradients for the adapters alone
+    CHECK(cuda::device_state(*gpu)->grads.size() == cpu->lora->params.size());
 }
 
-void adamw_case(const ModelConfig& c, const Prec& pr) {
-  auto cpu = random_model(c, 13);
-  auto gpu = on_gpu(*cpu, pr.p);
-  const std::vector<float> p0 = cpu->params;
+// With lora: the adapters' three steps (their weights and moments); the frozen weights stay as they were.
+void adamw_case(const ModelConfig& c, const Prec& pr, const LoraConfig* lora = nullptr) {
+  auto [cpu, gpu] = model_pair(c, 13, pr.p, lora);
+  const std::vector<float> p0 = trainable_params(*cpu), frozen = cpu->params;
   TrainRequest r;
   r.loss = LossKind::DPO;
   fill_pairs(r);
@@ -232,14 +269,16 @@ void adamw_case(const ModelConfig& c, const Prec& pr) {
   }
   CHECK(gpu->adam_step == 3 && cpu->adam_step == 3);
   sync_to_host(*gpu);
-  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + " adamw";
+  const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + (lora ? " LoRA" : "") + " adamw";
+  const std::vector<float>&got = trainable_params(*gpu), &want = trainable_params(*cpu);
+  if (lora) CHECK_MSG(gpu->params == frozen && cpu->params == frozen, what + ": the frozen weights changed");
   if (pr.p == Precision::FP32) {
-    expect_close(what + " weights", gpu->params, cpu->params, 1e-4);
+    expect_close(what + " weights", got, want, 1e-4);
     expect_close(what + " first moments", gpu->adam_m, cpu->adam_m, 1e-3);
     expect_close(what + " second moments", gpu->adam_v, cpu->adam_v, 1e-3);
   } else {
     std::vector<float> dg(p0.size()), dc(p0.size());
-    for (size_t i = 0; i < p0.size(); i++) dg[i] = gpu->params[i] - p0[i], dc[i] = cpu->params[i] - p0[i];
+    for (size_t i = 0; i < p0.size(); i++) dg[i] = got[i] - p0[i], dc[i] = want[i] - p0[i];
     const double cs = cosine(dg.data(), dc.data(), dg.size());
     CHECK_MSG(cs > 0.95, what + ": cosine of the weight change " + std::to_string(cs));
   }
@@ -421,6 +460,102 @@ TEST(sample_dispatches_to_the_device) {
   for (size_t i = 0; i < std::min(got.tokens.size(), want.tokens.size()); i++) same += got.tokens[i] == want.tokens[i];
   CHECK_MSG(same * 2 >= want.tokens.size(), std::to_string(same) + " of " + std::to_string(want.tokens.size()) +
                                                 " greedy tokens agree with the CPU");
+}
+
+// ---- LoRA (core/lora.h): adapters on a frozen base, on the GPU against the CPU's ----------------------------------
+
+// GPT-2 (Conv1D layout, fused q|k|v, tied head), Llama (GQA, biases), and the block structures whose GEMM inputs
+// differ: Qwen3 (q wider than the hidden size), OLMo 2 (no norm before the sublayers: the residual stream is the
+// input), Gemma 3 (post-norms, the GELU gate).
+std::vector<ModelConfig> lora_configs() {
+  const std::vector<ModelConfig> v = llama_variants();
+  return {gpt2_cfg(), llama_cfg(), v[2], v[4], v[8]};
+}
+
+TEST(lora_logprobs) {
+  for (const ModelConfig& c : lora_configs()) logprobs_case(c, kFp32, &kLora), logprobs_case(c, kBf16, &kLora);
+}
+
+TEST(lora_grads) {
+  for (const ModelConfig& c : lora_configs())
+    for (const Prec& pr : {kFp32, kBf16}) grads_case(c, LossKind::DPO, pr, &kLora);
+  LoraConfig some = kLora;  // targets on part of the layers: the others' inputs still get their gradient
+  some.targets = {"v_proj", "down_proj"};
+  grads_case(llama_cfg(), LossKind::SFT, kFp32, &some);
+}
+
+TEST(lora_adamw_three_steps) {
+  for (const ModelConfig& c : {gpt2_cfg(), llama_cfg()}) adamw_case(c, kFp32, &kLora), adamw_case(c, kBf16, &kLora);
+}
+
+// Sampling reads a merged copy of the weights: the sampled tokens' log-probs are the CPU LoRA model's for the same
+// sequences (teacher-forced), in both precisions; with the adapters off it samples from the base.
+TEST(lora_sampling_uses_the_adapters) {
+  for (const ModelConfig& c : {gpt2_cfg(), llama_cfg()})
+    for (const Prec& pr : {kFp32, kBf16}) {
+      auto [cpu, gpu] = model_pair(c, 47, pr.p, &kLora);
+      SampleRequest r;
+      r.prompt_tokens = {1, 2, 3, 4, 5, 6, 7};
+      r.prompt_offsets = {0, 3, 7};
+      r.n_samples = 2;
+      r.max_new_tokens = 10;
+      r.temperature = 1.0f;
+      r.seed = 5;
+      const SampleResult got = sample(*gpu, r);
+      Batch b;  // prompt + response of each sample, as a log-prob batch
+      b.offsets = {0};
+      for (int s = 0; s < 4; s++) {
+        const int p = s / 2;
+        b.tokens.insert(b.tokens.end(), r.prompt_tokens.begin() + r.prompt_offsets[p],
+                        r.prompt_tokens.begin() + r.prompt_offsets[p + 1]);
+        b.tokens.insert(b.tokens.end(), got.tokens.begin() + got.offsets[s], got.tokens.begin() + got.offsets[s + 1]);
+        b.offsets.push_back(static_cast<int32_t>(b.tokens.size()));
+        b.prompt_lens.push_back(r.prompt_offsets[p + 1] - r.prompt_offsets[p]);
+      }
+      const std::string what = std::string(arch_name(c.arch)) + " " + pr.name + " LoRA sampling";
+      const LogprobResult want = compute_logprobs(*cpu, b);
+      expect_close(what + " token log-probs", got.token_logps, want.token_logps, pr.rtol);
+      {
+        const AdaptersOff off(*cpu), off_gpu(*gpu);
+        const SampleResult base = sample(*gpu, r);
+        const LogprobResult base_want = compute_logprobs(*cpu, b);  // the base's log-probs of the LoRA samples
+        CHECK_MSG(max_abs_diff(want.token_logps, base_want.token_logps) > 0.05, what + ": adapters change nothing");
+        CHECK_MSG(base.tokens != got.tokens, what + ": the base samples the LoRA model's tokens");
+      }
+    }
+}
+
+// Adapters added on the CPU travel with set_device; a device step updates them (and only them) until sync_to_host;
+// back on the CPU the trained adapters stay. Adapters added on the host copy without sync_to_device are an error,
+// not silently ignored.
+TEST(lora_host_device_sync) {
+  const ModelConfig c = llama_cfg();
+  auto m = random_model(c, 53);
+  const std::vector<float> frozen = m->params;
+  testing::enable_random_lora(*m, kLora, 54, 0.1f);
+  const std::vector<float> adapters = m->lora->params;
+  set_device(*m, Device::CUDA, Precision::FP32);
+  const cuda::DeviceState* ds = cuda::device_state(*m);
+  CHECK(ds->lora.size() == adapters.size() && ds->n_trainable == adapters.size());
+  TrainRequest r;
+  r.loss = LossKind::SFT;
+  r.batch = pair_batch(c.vocab_size, 55);
+  r.opt.lr = 1e-2f;
+  train_step(*m, r);
+  CHECK(m->lora->params == adapters);  // the host copy waits for sync_to_host
+  sync_to_host(*m);
+  CHECK(m->lora->params != adapters && m->params == frozen);
+  CHECK(m->adam_m.size() == adapters.size());
+  const std::vector<float> trained = m->lora->params;
+  set_device(*m, Device::CPU);
+  CHECK(m->device == nullptr && m->lora->params == trained && m->params == frozen);
+
+  auto late = on_gpu(*random_model(c, 53), Precision::FP32);
+  enable_lora(*late, kLora, 3);  // on the host copy only
+  CHECK_THROWS(compute_logprobs(*late, r.batch), "not on the device");
+  CHECK_THROWS(train_step(*late, r), "not on the device");
+  sync_to_device(*late);
+  CHECK(compute_logprobs(*late, r.batch).seq_logps.size() == 4);
 }
 
 TEST(errors_on_device) {

@@ -57,7 +57,7 @@ const section = <S extends z.core.$ZodLooseShape>(shape: S) => z.strictObject(sh
 /**
  * LoRA (PEFT's): train low-rank adapters beside the targeted linear layers and keep the policy's weights frozen.
  * The frozen weights double as the reference model, and gradients and AdamW state cover the adapters only (a
- * 0.6B model's run peaked at 6.2 GB against 15.4 with full fine-tuning). CPU only.
+ * 0.6B model's run peaked at 6.2 GB against 15.4 with full fine-tuning). On the CPU and on CUDA.
  */
 const LoraSchema = section({
   rank: integer(closed(1), closed(4096)).default(8),
@@ -336,9 +336,6 @@ function crossFieldIssues(config: Config): string[] {
   }
   if (config.model.lora !== undefined && config.model.reference !== undefined) {
     issues.push("model.reference: with model.lora the reference is the policy's frozen base; remove model.reference");
-  }
-  if (config.model.lora !== undefined && config.device === "cuda") {
-    issues.push("model.lora: LoRA training runs on the CPU; set device to 'cpu' (or 'auto': reward models may still use a GPU)");
   }
   if (prepare.dModel % prepare.nHead !== 0) {
     issues.push(`prepare.nHead: must divide prepare.dModel (${prepare.dModel}), got ${prepare.nHead}`);

@@ -185,8 +185,8 @@ export class EngineModel {
   }
 
   /**
-   * Adds LoRA adapters (CPU only): from now on training updates only them, the weights stay frozen, and save()
-   * writes the merged model plus the adapters in PEFT's format (dir/adapter/). Resolves with what was made.
+   * Adds LoRA adapters (on the CPU or on CUDA): from now on training updates only them, the weights stay frozen, and
+   * save() writes the merged model plus the adapters in PEFT's format (dir/adapter/). Resolves with what was made.
    */
   async enableLora(options: LoraOptions): Promise<LoraInfo> {
     this.checkNotBaseView("enableLora");

@@ -346,9 +346,9 @@ async function openRunInputs(task: Task, loaded: LoadedState | null, config: Con
       );
     }
     // The starting policy's weights stay frozen under the adapters (a resumed run reloads them and its saved
-    // adapters), and they are the reference unless a refreshed one was saved. LoRA runs on the CPU.
+    // adapters), and they are the reference unless a refreshed one was saved.
     policy = await open(async () => {
-      const model = await loadTaskModel(task, task.policyDir, { ...placement, device: "cpu" });
+      const model = await loadTaskModel(task, task.policyDir, placement);
       try {
         await model.enableLora({ rank: lora.rank, alpha: lora.alpha, targets: lora.targets, seed: config.seed });
         if (loaded) await model.loadLoraAdapter(join(loaded.policyDir, "adapter"));
@@ -358,10 +358,10 @@ async function openRunInputs(task: Task, loaded: LoadedState | null, config: Con
       }
       return model;
     });
-    // A refreshed reference is a merged copy of the policy, made on the CPU: reloaded there too, so a resumed run
-    // computes its log-probs as the uninterrupted run did.
+    // A refreshed reference is a merged copy of the policy, made where the policy runs: reloaded there too, so a
+    // resumed run computes its log-probs as the uninterrupted run did.
     reference = loaded?.referenceDir
-      ? await open(() => loadTaskModel(task, loaded.referenceDir as string, { ...placement, device: "cpu" }))
+      ? await open(() => loadTaskModel(task, loaded.referenceDir as string, placement))
       : policy.base();
   }
   const proxy = await open(() => task.createRewardSource());
