@@ -15,6 +15,11 @@
 // the CUDA context measured at start (context_gib; PyTorch's max_memory_allocated leaves it out too) plus the buffers
 // a call allocates and frees inside itself (the log-prob head's logits chunk, attention's rowsum), the only
 // allocations not in mem_used.
+// dpo_step_lora: the same DPO step with rank-16 LoRA adapters on every linear layer of the blocks (the CPU bench's
+// dpo_step_lora) and the frozen base as the reference (its log-probs with the adapters off, computed in the timed
+// call as the loop does): one copy of the weights, gradients and moments for the adapters alone. Its FLOPs count
+// the reference and policy forwards and the input-gradient half of the backward (3 x forward: the frozen weights'
+// gradient products are skipped; the adapters' own products, rank 16, are left out).
 // Usage: bench_cuda_model [reps] [fp32|bf16]   (default 3 timed repetitions after one warm-up; both precisions)
 #include <algorithm>
 #include <chrono>
@@ -25,6 +30,7 @@
 
 #include "core/device.h"
 #include "core/engine.h"
+#include "core/lora.h"
 #include "core/rng.h"
 #include "cuda/device_model.h"
 #include "cuda/memory.h"
@@ -143,6 +149,28 @@ int main(int argc, char** argv) {
       report("dpo_step", p, dpo_batch, flops, dpo_ms, transient_gib(c, dpo_batch, true, p == Precision::BF16), *policy);
       std::printf("{\"bench\":\"dpo_step_stats\",\"precision\":\"%s\",\"loss\":%.6f,\"grad_norm\":%.6f}\n",
                   precision_name(p), st.loss, st.grad_norm);
+      policy.reset();
+      ref.reset();
+
+      auto lora = clone_model(*base);
+      set_device(*lora, Device::CUDA, p);
+      enable_lora(*lora, LoraConfig{16, 32.0f, {"all-linear"}}, 1);
+      sync_to_device(*lora);
+      TrainRequest rl = r;
+      rl.ref_model = nullptr;
+      const auto lora_ms = time_ms(reps, [&] {
+        LogprobResult ref_lp;
+        {
+          const AdaptersOff off(*lora);
+          ref_lp = compute_logprobs(*lora, dpo_batch);
+        }
+        rl.ref_chosen.clear(), rl.ref_rejected.clear();
+        for (int j = 0; j < 32; j++)
+          rl.ref_chosen.push_back(ref_lp.seq_logps[2 * j]), rl.ref_rejected.push_back(ref_lp.seq_logps[2 * j + 1]);
+        st = train_step(*lora, rl);
+      });
+      report("dpo_step_lora", p, dpo_batch, 3.0 * forward_flops(c, n_params, dpo_batch), lora_ms,
+             transient_gib(c, dpo_batch, true, p == Precision::BF16), *lora);
     }
   } catch (const std::exception& e) {
     std::string msg = e.what();

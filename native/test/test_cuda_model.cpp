@@ -488,7 +488,8 @@ TEST(lora_adamw_three_steps) {
   for (const ModelConfig& c : {gpt2_cfg(), llama_cfg()}) adamw_case(c, kFp32, &kLora), adamw_case(c, kBf16, &kLora);
 }
 
-// Sampling reads a merged copy of the weights: the sampled tokens' log-probs are the CPU LoRA model's for the same
+// Sampling reads the weights with the adapters merged (fp32: a copy; bf16: merged into the bf16 weight copy for the
+// call, restored bit for bit after it): the sampled tokens' log-probs are the CPU LoRA model's for the same
 // sequences (teacher-forced), in both precisions; with the adapters off it samples from the base.
 TEST(lora_sampling_uses_the_adapters) {
   for (const ModelConfig& c : {gpt2_cfg(), llama_cfg()})
@@ -501,7 +502,10 @@ TEST(lora_sampling_uses_the_adapters) {
       r.max_new_tokens = 10;
       r.temperature = 1.0f;
       r.seed = 5;
+      const cuda::DeviceState& ds = *cuda::device_state(*gpu);
+      const std::vector<uint16_t> bf16_before = ds.params_bf16.download();
       const SampleResult got = sample(*gpu, r);
+      CHECK(ds.params_bf16.download() == bf16_before);
       Batch b;  // prompt + response of each sample, as a log-prob batch
       b.offsets = {0};
       for (int s = 0; s < 4; s++) {
