@@ -203,6 +203,17 @@ void expect_stats(const std::string& what, const TrainStats& g, const TrainStats
   CHECK_MSG(g.n_pairs == c.n_pairs && g.n_tokens == c.n_tokens, what + ": counts differ");
 }
 
+// Two prompts (3 and 4 tokens), 2 samples each.
+SampleRequest two_prompts(int max_new_tokens, float temperature) {
+  SampleRequest r;
+  r.prompt_tokens = {1, 2, 3, 4, 5, 6, 7};
+  r.prompt_offsets = {0, 3, 7};
+  r.n_samples = 2;
+  r.max_new_tokens = max_new_tokens;
+  r.temperature = temperature;
+  return r;
+}
+
 // lora: both models carry the same adapters (model_pair); their base (adapters off) is checked too.
 void logprobs_case(const ModelConfig& c, const Prec& pr, const LoraConfig* lora = nullptr) {
   auto [cpu, gpu] = model_pair(c, 3, pr.p, lora);
@@ -448,12 +459,7 @@ TEST(host_device_sync) {
 TEST(sample_dispatches_to_the_device) {
   auto cpu = random_model(llama_cfg(), 47);
   auto gpu = on_gpu(*cpu, Precision::FP32);
-  SampleRequest r;
-  r.prompt_tokens = {1, 2, 3, 4, 5, 6, 7};
-  r.prompt_offsets = {0, 3, 7};
-  r.n_samples = 2;
-  r.max_new_tokens = 12;
-  r.temperature = 0.0f;
+  const SampleRequest r = two_prompts(12, 0.0f);
   const SampleResult want = sample(*cpu, r), got = sample(*gpu, r);
   CHECK(got.offsets.size() == want.offsets.size() && got.finished.size() == want.finished.size());
   size_t same = 0;
@@ -495,12 +501,7 @@ TEST(lora_sampling_uses_the_adapters) {
   for (const ModelConfig& c : {gpt2_cfg(), llama_cfg()})
     for (const Prec& pr : {kFp32, kBf16}) {
       auto [cpu, gpu] = model_pair(c, 47, pr.p, &kLora);
-      SampleRequest r;
-      r.prompt_tokens = {1, 2, 3, 4, 5, 6, 7};
-      r.prompt_offsets = {0, 3, 7};
-      r.n_samples = 2;
-      r.max_new_tokens = 10;
-      r.temperature = 1.0f;
+      SampleRequest r = two_prompts(10, 1.0f);
       r.seed = 5;
       const cuda::DeviceState& ds = *cuda::device_state(*gpu);
       const std::vector<uint16_t> bf16_before = ds.params_bf16.download();
