@@ -250,6 +250,16 @@ describe("ids and models", () => {
     expect(Array.from(again.encode("Hello world"))).toEqual(Array.from(tok.encode("Hello world")));
     expect(again.stopTokens.ids).toEqual(tok.stopTokens.ids);
   });
+
+  it("copyFilesTo carries a multimodal processor's files", async () => {
+    const src = copyFixture("smollm", "with-processor");
+    writeFileSync(join(src, "preprocessor_config.json"), '{"image_processor_type": "Gemma3ImageProcessor"}');
+    writeFileSync(join(src, "processor_config.json"), '{"image_seq_length": 256}');
+    const dst = join(scratch, "copied-processor");
+    (await HfTokenizer.load(src)).copyFilesTo(dst);
+    expect(readFileSync(join(dst, "preprocessor_config.json"), "utf8")).toContain("Gemma3ImageProcessor");
+    expect(readFileSync(join(dst, "processor_config.json"), "utf8")).toContain("image_seq_length");
+  });
 });
 
 function copyFixture(name: string, as: string): string {

@@ -869,12 +869,25 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
                       "supported: re-save with save_pretrained(..., safe_serialization=True))");
   }
 
-  // Every tensor in the files under its params.h name.
+  // Every tensor in the files under its params.h name; a multimodal checkpoint's others are noted for saving.
   std::map<std::string, Source> by_name;
   std::map<std::string, std::string> file_name_of;  // canonical -> name as stored, for messages
+  std::shared_ptr<MultimodalParts> parts;
+  if (multimodal) parts = std::make_shared<MultimodalParts>(MultimodalParts{cfg_text, cfg_path, "", {}});
   for (const auto& f : files) {
     for (const auto& t : f->header().tensors) {
-      const std::string name = canonical_name(cfg, multimodal ? language_model_name(t.name) : t.name);
+      const std::string lm_name = multimodal ? language_model_name(t.name) : t.name;
+      if (multimodal && lm_name.empty()) {  // the vision tower's or the projector's
+        OPTUNE_CHECK(safetensors::dtype_converts_to_f32(t.dtype),
+                     f->path() + ": tensor " + json::quote(t.name) + " has dtype " +
+                         safetensors::dtype_name(t.dtype) + "; weights must be F32, F16, BF16 or F64");
+        parts->tensors.push_back({t.name, f->path(), t.shape});
+        continue;
+      }
+      if (multimodal && parts->prefix.empty())
+        for (const char* prefix : {"language_model.model.", "model.language_model."})
+          if (starts_with(t.name, prefix)) parts->prefix = prefix;
+      const std::string name = canonical_name(cfg, lm_name);
       if (name.empty() || is_ignored_buffer(cfg, name)) continue;
       auto prev = file_name_of.find(name);
       OPTUNE_CHECK(prev == file_name_of.end(), what + ": tensor " + json::quote(name) + " is stored twice (as " +
@@ -920,6 +933,10 @@ std::unique_ptr<Model> load_checkpoint(const std::string& dir) {
                 " (does config.json match the weights?)");
   }
   auto m = make_model(cfg);
+  if (parts) {
+    if (parts->prefix.empty()) parts->prefix = "language_model.model.";  // (a file holding only an lm_head: no)
+    m->multimodal = parts;
+  }
   for (size_t i = 0; i < layout.tensors.size(); i++) {
     const ParamInfo& p = layout.tensors[i];
     float* w = m->params.data() + p.offset;
@@ -953,6 +970,47 @@ static void check_adapters_finite(const Lora& L, const std::string& dir) {
     check_finite_before_save(dir, "adapter tensor", p, L.params.data() + p.offset);
 }
 
+// A multimodal model's language-model tensor under the name its source gave it (load_checkpoint's
+// language_model_name, backwards).
+static std::string multimodal_name(const MultimodalParts& mm, const std::string& name) {
+  if (starts_with(name, "model.")) return mm.prefix + name.substr(std::strlen("model."));
+  if (name == "lm_head.weight" && mm.prefix == "language_model.model.") return "language_model.lm_head.weight";
+  return name;
+}
+
+// The multimodal source's config.json with dtype float32 (the tensors are written as F32).
+static std::string multimodal_config_text(const MultimodalParts& mm) {
+  json::Value root = json::parse(mm.config_text, mm.config_path);
+  root.set("dtype", json::Value::of_string("float32"));
+  root.set("torch_dtype", json::Value::of_string("float32"));
+  return json::dump(root, 2) + "\n";
+}
+
+// The vision tower's and projector's tensors, read again from the files the model was loaded from: every file opened
+// and every tensor found with its shape before the caller writes anything (the readers stay open for the write).
+static std::vector<safetensors::TensorRef> multimodal_tensor_refs(
+    const MultimodalParts& mm, std::map<std::string, std::unique_ptr<safetensors::Reader>>& readers) {
+  std::vector<safetensors::TensorRef> refs;
+  for (const MultimodalParts::Tensor& t : mm.tensors) {
+    auto& reader = readers[t.file];
+    const std::string gone = ": the multimodal checkpoint this model was loaded from (" + mm.config_path +
+                             ") is needed to save its vision tower and projector, which optune does not keep in "
+                             "memory; ";
+    try {
+      if (!reader) reader = std::make_unique<safetensors::Reader>(t.file);
+    } catch (const Error& e) {
+      throw Error(std::string(e.what()) + gone + "restore it and save again");
+    }
+    const safetensors::TensorInfo* info = reader->header().find(t.name);
+    OPTUNE_CHECK(info && info->shape == t.shape, t.file + ": tensor " + json::quote(t.name) +
+                                                     (info ? " changed shape" : " is gone") + gone +
+                                                     "restore the checkpoint it was loaded from and save again");
+    const safetensors::Reader* r = reader.get();
+    refs.push_back({t.name, t.shape, nullptr, [r, info](float* out) { r->read_f32(*info, out); }});
+  }
+  return refs;
+}
+
 void save_checkpoint(const Model& m, const std::string& dir) {
   validate_config(m.cfg);
   OPTUNE_CHECK(m.params.size() == m.layout.total,
@@ -977,15 +1035,20 @@ void save_checkpoint(const Model& m, const std::string& dir) {
   OPTUNE_CHECK(!ec, dir + ": cannot create directory: " + ec.message());
   OPTUNE_CHECK(std::filesystem::is_directory(dir, ec), dir + ": exists and is not a directory");
 
-  const std::string config_text = config_to_hf_json(m.cfg);  // before writing anything: it can throw
-
+  // before writing anything: these can throw
+  const MultimodalParts* mm = m.multimodal.get();
+  const std::string config_text = mm ? multimodal_config_text(*mm) : config_to_hf_json(m.cfg);
+  std::map<std::string, std::unique_ptr<safetensors::Reader>> readers;  // (multimodal) the source's files
   std::vector<safetensors::TensorRef> refs;
+  if (mm) refs = multimodal_tensor_refs(*mm, readers);
+
   for (size_t i = 0; i < m.layout.tensors.size(); i++) {
     const ParamInfo& p = m.layout.tensors[i];
+    const std::string name = mm ? multimodal_name(*mm, p.name) : p.name;
     if (const LoraTarget* t = target_of[i])
-      refs.push_back({p.name, p.shape, nullptr, [&m, t](float* out) { merge_weight_into(m, *t, out); }});
+      refs.push_back({name, p.shape, nullptr, [&m, t](float* out) { merge_weight_into(m, *t, out); }});
     else
-      refs.push_back({p.name, p.shape, m.params.data() + p.offset, nullptr});
+      refs.push_back({name, p.shape, m.params.data() + p.offset, nullptr});
   }
   write_weights_and_config(dir, "model.safetensors", refs, "config.json", config_text);
   if (m.lora) save_lora_adapter(m, dir + "/adapter");

@@ -21,13 +21,33 @@ ModelConfig read_model_config(const std::string& dir);
 // A config.json for `cfg` (pretty-printed, transformers' field names, dtype float32).
 std::string config_to_hf_json(const ModelConfig& cfg);
 
+// A multimodal Gemma 3 checkpoint (Gemma3ForConditionalGeneration) loads as its language model; this keeps the rest
+// of it by reference, so that saving writes the whole multimodal model again: its config.json, the names its
+// language model's tensors had, and where its other tensors (the vision tower, the projector) are, read again from
+// there (into F32) by each save. Those tensors never change: optune tunes the language model only.
+struct MultimodalParts {
+  std::string config_text;  // the source's config.json
+  std::string config_path;  // (for messages)
+  std::string prefix;       // the language model's tensor names: "language_model.model." (save_pretrained) or
+                            // "model.language_model." (transformers >= 4.52's module names)
+  struct Tensor {
+    std::string name;       // as stored
+    std::string file;       // the safetensors file holding it
+    std::vector<int64_t> shape;
+  };
+  std::vector<Tensor> tensors;  // the vision tower's and the projector's, in file order
+};
+
 // Reads dir/config.json and the weights. Throws optune::Error naming the file and tensor on any problem.
 std::unique_ptr<Model> load_checkpoint(const std::string& dir);
 
 // Writes dir/config.json and dir/model.safetensors (fp32, tied lm_head omitted, metadata {"format": "pt"}). A model
 // with LoRA adapters is saved merged (W + scale B A), a complete model any tool loads, and its adapters go to
 // dir/adapter/ in PEFT's format (a subdirectory: transformers would read an adapter_config.json beside the weights
-// as "load the base model it names, then this adapter").
+// as "load the base model it names, then this adapter"). A model loaded from a multimodal checkpoint
+// (Model::multimodal) is saved as that multimodal model: its config.json (dtype float32), its language model's
+// tensors under the names they had, and its vision tower and projector copied from the files it was loaded from
+// (which must still be there: checked before anything is written).
 // Creates dir if needed. Each file is written to a temporary name, fsynced and renamed, then dir is fsynced, so a
 // crash leaves either the old file or the new one.
 void save_checkpoint(const Model& m, const std::string& dir);

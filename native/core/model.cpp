@@ -86,6 +86,7 @@ std::unique_ptr<Model> clone_model(const Model& src) {
   if (src.lora)  // each target merged straight into the copy's weights
     for (const LoraTarget& t : src.lora->targets) merge_weight_into(src, t, m->params.data() + t.weight);
   m->cpu_bf16 = src.cpu_bf16;
+  m->multimodal = src.multimodal;
   return m;
 }
 

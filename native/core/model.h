@@ -14,6 +14,7 @@ namespace optune {
 struct Workspace;     // scratch buffers reused across calls (transformer.h)
 struct DeviceEngine;  // device copies and kernels when the model runs on a GPU (device.h)
 struct Lora;          // low-rank adapters on a frozen base (lora.h)
+struct MultimodalParts;  // what a multimodal checkpoint holds besides the language model (checkpoint.h)
 
 struct Model {
   ModelConfig cfg;
@@ -36,6 +37,9 @@ struct Model {
   // LoRA adapters (enable_lora); null for full fine-tuning. lora_off: the base alone runs (AdaptersOff, one call).
   std::shared_ptr<Lora> lora;
   mutable bool lora_off = false;
+  // Loaded from a multimodal checkpoint (a multimodal Gemma 3): the rest of it, which save_checkpoint writes again
+  // around the language model. Null otherwise. Copied by clone_model.
+  std::shared_ptr<const MultimodalParts> multimodal;
 
   size_t num_params() const { return layout.total; }
 };

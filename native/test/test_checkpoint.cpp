@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
+#include "test_helpers.h"
 #include "testing.h"
 
 using namespace optune;
@@ -863,18 +864,13 @@ TEST(config_rejects_bad_fields) {
 
 // A multimodal Gemma 3 checkpoint (parity fixture gemma3_mm: Gemma3ForConditionalGeneration with a tiny vision tower,
 // saved by transformers 5.18: save_pretrained's "language_model.model.*" names) loads as its language model, under the
-// module names "model.language_model.*" too, and saves as the text model (Gemma3ForCausalLM).
+// module names "model.language_model.*" too, and saves as the multimodal model again (multimodal_gemma3_saves_...).
 TEST(multimodal_gemma3_is_read_as_its_language_model) {
   const std::string src = "native/test/fixtures/parity/gemma3_mm";
   auto m = load_checkpoint(src);
   CHECK(m->cfg.arch == Arch::GEMMA3 && !m->cfg.reward_model && m->cfg.n_layer == 3 && m->cfg.vocab_size == 64);
+  CHECK(m->multimodal && m->multimodal->prefix == "language_model.model." && m->multimodal->tensors.size() == 34);
   TempDir tmp;
-  const std::string out = tmp / "text";
-  save_checkpoint(*m, out);
-  const std::string written = read_file(out + "/config.json");
-  CHECK(written.find("\"Gemma3ForCausalLM\"") != std::string::npos &&
-        written.find("\"model_type\": \"gemma3_text\"") != std::string::npos);
-  CHECK(load_checkpoint(out)->params == m->params);
 
   // the module names (transformers >= 4.52) for the same tensors
   const std::string renamed = tmp / "renamed";
@@ -891,7 +887,8 @@ TEST(multimodal_gemma3_is_read_as_its_language_model) {
     refs.push_back({name, r.header().tensors[i].shape, data[i].data()});
   }
   st::save(renamed + "/model.safetensors", refs);
-  CHECK(load_checkpoint(renamed)->params == m->params);
+  auto from_renamed = load_checkpoint(renamed);
+  CHECK(from_renamed->params == m->params && from_renamed->multimodal->prefix == "model.language_model.");
 
   // a tensor of neither part is still reported
   refs.push_back({"model.language_model.layers.0.extra.weight", {2}, data[0].data()});
@@ -914,6 +911,59 @@ TEST(multimodal_gemma3_is_read_as_its_language_model) {
   text.set("hidden_activation", json::Value::of_string("relu"));
   root.set("text_config", text);
   CHECK_THROWS(config_from_hf_json(json::dump(root), "/m/config.json"), "/m/config.json (text_config)");
+}
+
+// ... and saves as the multimodal model it was loaded from: its config.json (dtype float32), every tensor under its
+// stored name, the vision tower and projector copied from the source (the same values), the language model's from
+// the weights (trained: the new values; with LoRA: merged). The source must still be there: without it nothing is
+// written. Copies (a refreshed reference) save the same way.
+TEST(multimodal_gemma3_saves_the_whole_multimodal_model) {
+  const std::string src = "native/test/fixtures/parity/gemma3_mm";
+  auto m = load_checkpoint(src);
+  for (float& w : m->params) w *= 1.5f;  // "trained"
+  TempDir tmp;
+  const std::string out = tmp / "mm";
+  save_checkpoint(*m, out);
+  const json::Value cfg = json::parse(read_file(out + "/config.json"), "saved");
+  const json::Value orig = json::parse(read_file(src + "/config.json"), "source");
+  CHECK(cfg.get("architectures")->array[0].str == "Gemma3ForConditionalGeneration");
+  CHECK(cfg.get("model_type")->str == "gemma3" && cfg.get("dtype")->str == "float32");
+  CHECK(json::dump(*cfg.get("text_config")) == json::dump(*orig.get("text_config")));
+  CHECK(json::dump(*cfg.get("vision_config")) == json::dump(*orig.get("vision_config")));
+  st::Reader saved(out + "/model.safetensors"), source(src + "/model.safetensors");
+  CHECK(saved.header().tensors.size() == source.header().tensors.size());
+  size_t vision = 0, language = 0;
+  for (const auto& t : source.header().tensors) {
+    const st::TensorInfo* w = saved.header().find(t.name);
+    CHECK_MSG(w && w->shape == t.shape, t.name);
+    if (!w) continue;
+    const bool lm = t.name.rfind("language_model.", 0) == 0;
+    std::vector<float> want = source.read_f32(t.name);
+    if (lm)
+      for (float& x : want) x *= 1.5f;
+    CHECK_MSG(saved.read_f32(t.name) == want, t.name);
+    (lm ? language : vision)++;
+  }
+  CHECK(vision == 34 && language + vision == source.header().tensors.size());
+  auto back = load_checkpoint(out);
+  CHECK(back->params == m->params && back->multimodal && back->multimodal->tensors.size() == 34);
+
+  // a copy saves the same way; a LoRA model's language model is written merged
+  auto copy = clone_model(*m);
+  save_checkpoint(*copy, tmp / "copy");
+  CHECK(read_file(tmp / "copy/model.safetensors") == read_file(out + "/model.safetensors"));
+  testing::enable_random_lora(*m, LoraConfig{2, 4.0f, {"all-linear"}}, 3, 0.1f);
+  save_checkpoint(*m, tmp / "lora");
+  CHECK(load_checkpoint(tmp / "lora")->params == clone_model(*m)->params);
+  CHECK(st::Reader(tmp / "lora/model.safetensors").read_f32("vision_tower.embeddings.patch_embedding.weight") ==
+        source.read_f32("vision_tower.embeddings.patch_embedding.weight"));
+
+  // the model saved in `out`, loaded from there, with `out` gone: refused before anything is written
+  auto from_out = load_checkpoint(out);
+  std::filesystem::remove_all(out);
+  const std::string target = tmp / "after";
+  CHECK_THROWS(save_checkpoint(*from_out, target), "is needed to save its vision tower and projector");
+  CHECK(!std::filesystem::exists(target + "/model.safetensors") && !std::filesystem::exists(target + "/config.json"));
 }
 
 // A saved GPT-2 directory whose model.safetensors is then replaced by `tensors` (fp32 from the saved model).

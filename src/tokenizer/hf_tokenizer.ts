@@ -31,13 +31,20 @@ export function templateOptions(o: {
   };
 }
 
-/** Files that make up a tokenizer; copied next to saved checkpoints so they load as complete model dirs. */
+/**
+ * Files that make up a tokenizer, and a multimodal model's processor (a multimodal Gemma 3 saves as the whole
+ * multimodal model: AutoProcessor needs its image preprocessor's settings); copied next to saved checkpoints so they
+ * load as complete model dirs.
+ */
 const TOKENIZER_FILES = [
   "tokenizer.json",
   "tokenizer_config.json",
   "special_tokens_map.json",
   "chat_template.jinja",
+  "chat_template.json",
   "generation_config.json",
+  "preprocessor_config.json",
+  "processor_config.json",
 ];
 
 // Special-token fields of tokenizer_config.json that transformers passes to chat templates by name.
