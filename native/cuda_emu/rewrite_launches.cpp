@@ -2,8 +2,8 @@
 //   rewrite_launches IN OUT
 // Two rewrites, nothing else changes (a #line keeps diagnostics pointing into IN, and line breaks are kept):
 //   kernel<<<grid, block[, smem[, stream]]>>>(args)
-//     -> optune_emu::launch_kernel(nullptr, optune_emu::dim(dim3(grid)), optune_emu::dim(dim3(block)), smem,
-//          stream, optune_emu::bind_args([=](const auto&... a) { kernel(a...); }, args))
+//     -> optune_emu::launch_kernel(nullptr, "kernel", optune_emu::dim(dim3(grid)), optune_emu::dim(dim3(block)),
+//          smem, stream, optune_emu::bind_args([=](const auto&... a) { kernel(a...); }, args))
 //   extern __shared__ [__align__(n)] T name[];  ->  T* name = reinterpret_cast<T*>(optune_emu::dynamic_shared());
 #include <cctype>
 #include <cstdio>
@@ -84,7 +84,7 @@ std::string rewrite_launches(const std::string& file, std::string s) {
     if (cfg.size() < 2 || cfg.size() > 4) fail(file, "a launch of " + kernel + " with " + config);
     while (cfg.size() < 4) cfg.push_back(cfg.size() == 2 ? "0" : "nullptr");
     const bool no_args = args.find_first_not_of(" \t\r\n") == std::string::npos;
-    const std::string call = "optune_emu::launch_kernel(nullptr, optune_emu::dim(dim3(" + cfg[0] +
+    const std::string call = "optune_emu::launch_kernel(nullptr, \"" + kernel + "\", optune_emu::dim(dim3(" + cfg[0] +
                              ")), optune_emu::dim(dim3(" + cfg[1] + ")), " + cfg[2] + ", " + cfg[3] +
                              ", optune_emu::bind_args([=](const auto&... a) { " + kernel + "(a...); }" +
                              (no_args ? "" : ", ") + args + "))" + newlines_in(config) +

@@ -27,7 +27,8 @@ struct CUevent_st {
 
 namespace optune_emu {
 
-void run_kernel(Dim grid, Dim block, size_t shared_bytes, const std::function<void()>& body);  // scheduler.cpp
+// scheduler.cpp; reverse: the blocks, and a block's threads between barriers, in reverse order
+void run_kernel(Dim grid, Dim block, size_t shared_bytes, const std::function<void()>& body, bool reverse);
 
 namespace {
 
@@ -85,8 +86,60 @@ int max_dynamic_shared(const void* kernel) {
   return it == kernel_shared.end() ? kDefaultDynamicShared : it->second;
 }
 
-bool launch_kernel(const void* kernel, Dim grid, Dim block, size_t shared_bytes, CUstream_st* stream,
-                   std::function<void()> thread_body) {
+namespace {
+
+// OPTUNE_EMU_ORDER (read at each launch): "forward" (default), "reverse" (a kernel's blocks and, between two
+// barriers, a block's threads and a warp's lanes in the reverse of the default order), or "both": each launch runs
+// forward, then again from the same device memory in reverse, and every allocation must come out the same, bit for
+// bit; the first difference stops the process, naming the kernel. A kernel's result must not depend on the order:
+// one thread reading what another writes between the same two barriers, or a block reading another block's output,
+// is a race on a GPU (which "both" shows whenever the orders give different bits, tolerances or not).
+enum class Order { kForward, kReverse, kBoth };
+Order launch_order() {
+  const char* s = std::getenv("OPTUNE_EMU_ORDER");
+  if (s == nullptr || *s == '\0' || std::strcmp(s, "forward") == 0) return Order::kForward;
+  if (std::strcmp(s, "reverse") == 0) return Order::kReverse;
+  if (std::strcmp(s, "both") == 0) return Order::kBoth;
+  fail(std::string("OPTUNE_EMU_ORDER must be 'forward', 'reverse' or 'both', got '") + s + "'");
+}
+
+using Snapshot = std::vector<std::pair<unsigned char*, std::vector<unsigned char>>>;
+Snapshot device_memory() {
+  std::lock_guard<std::mutex> lock(memory_mutex);
+  Snapshot s;
+  for (const auto& [p, bytes] : allocations) {
+    auto* b = static_cast<unsigned char*>(p);
+    s.emplace_back(b, std::vector<unsigned char>(b, b + bytes));
+  }
+  return s;
+}
+
+void run_in_both_orders(const char* name, Dim grid, Dim block, size_t shared_bytes,
+                        const std::function<void()>& body) {
+  const Snapshot before = device_memory();
+  run_kernel(grid, block, shared_bytes, body, false);
+  const Snapshot forward = device_memory();
+  for (const auto& [p, bytes] : before) std::memcpy(p, bytes.data(), bytes.size());
+  run_kernel(grid, block, shared_bytes, body, true);
+  for (const auto& [p, bytes] : forward) {
+    const size_t n = bytes.size();
+    for (size_t i = 0; i < n; i++)
+      if (p[i] != bytes[i]) {
+        size_t size = n;
+        fail(std::string("kernel ") + name + " (grid " + std::to_string(grid.x) + "x" + std::to_string(grid.y) + "x" +
+             std::to_string(grid.z) + ", block " + std::to_string(block.x) + "x" + std::to_string(block.y) + "x" +
+             std::to_string(block.z) + ") wrote other bits when its blocks and threads ran in reverse order " +
+             "(OPTUNE_EMU_ORDER=both): byte " + std::to_string(i) + " of a " + std::to_string(size) +
+             "-byte allocation; a race (a read of another thread's write between the same barriers, or of another " +
+             "block's output)");
+      }
+  }
+}
+
+}  // namespace
+
+bool launch_kernel(const void* kernel, const char* name, Dim grid, Dim block, size_t shared_bytes,
+                   CUstream_st* stream, std::function<void()> thread_body) {
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   const bool shape_ok = threads >= 1 && threads <= 1024 && block.z <= 64 && grid.x >= 1 && grid.y >= 1 &&
                         grid.z >= 1 && grid.x <= 2147483647u && grid.y <= 65535 && grid.z <= 65535;
@@ -99,8 +152,12 @@ bool launch_kernel(const void* kernel, Dim grid, Dim block, size_t shared_bytes,
     last_error = cudaErrorInvalidValue;
     return false;
   }
-  enqueue(stream, [grid, block, shared_bytes, body = std::move(thread_body)] {
-    run_kernel(grid, block, shared_bytes, body);
+  enqueue(stream, [name, grid, block, shared_bytes, body = std::move(thread_body)] {
+    const Order order = launch_order();
+    if (order == Order::kBoth)
+      run_in_both_orders(name, grid, block, shared_bytes, body);
+    else
+      run_kernel(grid, block, shared_bytes, body, order == Order::kReverse);
   });
   return true;
 }

@@ -33,6 +33,13 @@
 #endif
 
 namespace optune_emu {
+
+void fail(const std::string& what) {
+  std::fprintf(stderr, "optune CUDA emulator: %s\n", what.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
 namespace {
 
 constexpr int kMaxThreads = 1024;
@@ -115,12 +122,6 @@ optune_emu_switch:
 .text
 )");
 #endif
-
-[[noreturn]] void fail(const std::string& what) {
-  std::fprintf(stderr, "optune CUDA emulator: %s\n", what.c_str());
-  std::fflush(stderr);
-  std::abort();
-}
 
 void thread_ended();
 
@@ -240,6 +241,8 @@ void switch_away() {
 #endif
 }
 
+thread_local bool g_reverse = false;  // this launch's order (runtime.cpp's OPTUNE_EMU_ORDER)
+
 std::string describe(const Block& b) {
   std::string s;
   for (const Fiber& f : b.fibers) {
@@ -263,7 +266,8 @@ void release_warp_if_complete(Block& b, int w, unsigned mask) {
   for (int l = 0; l < 32; l++)
     if (((mask & warp.waiting) >> l & 1u) && b.fibers[32 * w + l].warp_mask != mask) return;  // another wait
   warp.current ^= 1;
-  for (int l = 0; l < 32; l++) {
+  for (int i = 0; i < 32; i++) {
+    const int l = g_reverse ? 31 - i : i;
     if (!((mask & warp.waiting) >> l & 1u)) continue;
     Fiber& f = b.fibers[32 * w + l];
     if (&f != current) make_ready(b, f);
@@ -276,8 +280,11 @@ void release_block_if_complete(Block& b) {
   b.or_result = b.or_pending;
   b.or_pending = false;
   b.at_barrier = 0;
-  for (Fiber& f : b.fibers)
+  const int n = static_cast<int>(b.fibers.size());
+  for (int i = 0; i < n; i++) {
+    Fiber& f = b.fibers[g_reverse ? n - 1 - i : i];
     if (f.state == State::kBlockWait && &f != current) make_ready(b, f);
+  }
 }
 
 void thread_ended() {
@@ -353,7 +360,7 @@ const WarpValues& warp_exchange(unsigned mask, const void* mine, size_t bytes) {
   return slots;
 }
 
-void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::function<void()>& body) {
+void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::function<void()>& body, bool reverse) {
   std::lock_guard<std::mutex> lock(kernel_mutex);
   const int n = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
   dynamic_shared_buffer.reset(new unsigned char[std::max<size_t>(shared_bytes, 1)]);
@@ -365,9 +372,13 @@ void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::functio
   for (int i = 0; i < n; i++) b.fibers[i].stack = stack_for(i);
   Block* outer = block;
   block = &b;
-  for (unsigned bz = 0; bz < grid.z; bz++)
-    for (unsigned by = 0; by < grid.y; by++)
-      for (unsigned bx = 0; bx < grid.x; bx++) {
+  const bool outer_reverse = g_reverse;
+  g_reverse = reverse;
+  auto order = [](unsigned i, unsigned count) { return g_reverse ? count - 1 - i : i; };
+  for (unsigned iz = 0; iz < grid.z; iz++)
+    for (unsigned iy = 0; iy < grid.y; iy++)
+      for (unsigned ix = 0; ix < grid.x; ix++) {
+        const unsigned bx = order(ix, grid.x), by = order(iy, grid.y), bz = order(iz, grid.z);
         // shared memory starts each block as garbage (all bits set: NaN as floats), as uninitialized reads should show
         std::memset(dynamic_shared_buffer.get(), 0xff, shared_bytes);
         b.ready.clear();
@@ -380,8 +391,8 @@ void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::functio
           f.st.thread_idx = {i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y)};
           f.st.linear = i;
           start_fiber(f);
-          make_ready(b, f);
         }
+        for (int i = 0; i < n; i++) make_ready(b, b.fibers[g_reverse ? n - 1 - i : i]);
         for (int w = 0; w < static_cast<int>(b.warps.size()); w++) {
           const int lanes = std::min(32, n - 32 * w);
           b.warps[w].live = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1;
@@ -393,6 +404,7 @@ void run_kernel(Dim grid, Dim block_dim, size_t shared_bytes, const std::functio
         run_block(b);
       }
   block = outer;
+  g_reverse = outer_reverse;
 }
 
 }  // namespace optune_emu

@@ -4,7 +4,9 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "cuda/mma.cuh"
@@ -243,5 +245,56 @@ TEST(launches_and_allocations_a_gpu_refuses_are_refused) {
 }
 
 }  // namespace
+
+// Thread i reads what thread i - 1 wrote, with no barrier between (a race on a GPU), and block b what block b - 1
+// wrote to global memory: the default order happens to serve both, OPTUNE_EMU_ORDER=reverse does not (the reads see
+// the previous launch's values), so the race shows (OPTUNE_EMU_ORDER=both would stop the process there, naming the
+// kernel: tried by hand). The block sums (barriers and shuffles, no race) come out the same in every order.
+__global__ void racy_neighbours(float* out, float* blocks_out, float base) {
+  __shared__ float s[64];
+  const int i = threadIdx.x;
+  s[i] = base + i;
+  out[blockIdx.x * 64 + i] = i > 0 ? s[i - 1] : base - 1;  // no __syncthreads before the read
+  if (i == 0) blocks_out[blockIdx.x] = blockIdx.x > 0 ? blocks_out[blockIdx.x - 1] + 1 : base;
+}
+
+TEST(reverse_order_exposes_races_and_leaves_synchronized_kernels_alone) {
+  float* out = device<float>(2 * 64);
+  float* blocks_out = device<float>(2);
+  auto run = [&](const char* order, float base, std::vector<float>& host, std::vector<float>& host_blocks) {
+    setenv("OPTUNE_EMU_ORDER", order, 1);
+    CHECK(launch(racy_neighbours, 2, 64, 0, nullptr, out, blocks_out, base) == cudaSuccess);
+    unsetenv("OPTUNE_EMU_ORDER");
+    host.resize(2 * 64), host_blocks.resize(2);
+    cudaMemcpy(host.data(), out, host.size() * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(host_blocks.data(), blocks_out, 2 * 4, cudaMemcpyDeviceToHost);
+  };
+  std::vector<float> fwd, fwd_blocks, rev, rev_blocks;
+  run("forward", 0.0f, fwd, fwd_blocks);
+  run("reverse", 100.0f, rev, rev_blocks);
+  int fwd_right = 0, rev_right = 0;
+  for (int i = 0; i < 128; i++) fwd_right += fwd[i] == 0.0f + (i % 64) - 1, rev_right += rev[i] == 100.0f + (i % 64) - 1;
+  CHECK(fwd_right == 128);
+  CHECK_MSG(rev_right < 128, "reverse order did not change what the racy reads see");
+  CHECK(fwd_blocks[1] == 1.0f && rev_blocks[1] != 101.0f);  // block 1 ran before block 0 wrote
+
+  const int threads = 1024;
+  std::vector<float> x(2 * threads), a(2 + x.size()), b(2 + x.size());
+  for (size_t i = 0; i < x.size(); i++) x[i] = std::sin(static_cast<float>(i));
+  float* dx = device<float>(x.size());
+  float* dsum = device<float>(2 + x.size());
+  cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice);
+  std::vector<float> c(a.size());  // "both": each launch run both ways and compared (a difference would abort)
+  const std::vector<std::pair<const char*, std::vector<float>*>> runs = {
+      {"forward", &a}, {"reverse", &b}, {"both", &c}};
+  for (const auto& [order, host] : runs) {
+    setenv("OPTUNE_EMU_ORDER", order, 1);
+    CHECK(launch(block_sums, 2, threads, 0, nullptr, dx, dsum) == cudaSuccess);
+    unsetenv("OPTUNE_EMU_ORDER");
+    cudaMemcpy(host->data(), dsum, host->size() * 4, cudaMemcpyDeviceToHost);
+  }
+  CHECK(a == b && a == c);
+  cudaFree(out), cudaFree(blocks_out), cudaFree(dx), cudaFree(dsum);
+}
 
 TEST_MAIN()

@@ -290,8 +290,9 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end);
 namespace optune_emu {
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
 int max_dynamic_shared(const void* kernel);
-bool launch_kernel(const void* kernel, Dim grid, Dim block, size_t shared_bytes, CUstream_st* stream,
-                   std::function<void()> thread_body);
+// name: the kernel as the launch spells it (for messages).
+bool launch_kernel(const void* kernel, const char* name, Dim grid, Dim block, size_t shared_bytes,
+                   CUstream_st* stream, std::function<void()> thread_body);
 inline Dim dim(dim3 d) { return {d.x, d.y, d.z}; }
 }  // namespace optune_emu
 
@@ -312,15 +313,16 @@ inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* a, void (*kernel)(P
 template <class... P, class... A>
 inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* cfg, void (*kernel)(P...), A&&... args) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-  const bool ok = optune_emu::launch_kernel(
-      reinterpret_cast<const void*>(kernel), optune_emu::dim(cfg->gridDim), optune_emu::dim(cfg->blockDim),
-      cfg->dynamicSmemBytes, cfg->stream, [kernel, params] { std::apply(kernel, params); });
+  const bool ok = optune_emu::launch_kernel(reinterpret_cast<const void*>(kernel), "(a cudaLaunchKernelEx launch)",
+                                            optune_emu::dim(cfg->gridDim), optune_emu::dim(cfg->blockDim),
+                                            cfg->dynamicSmemBytes, cfg->stream,
+                                            [kernel, params] { std::apply(kernel, params); });
   return ok ? cudaSuccess : cudaPeekAtLastError();
 }
 
 // rewrite_launches.cpp turns `kernel<<<grid, block, smem, stream>>>(args)` into
-//   optune_emu::launch_kernel(nullptr, optune_emu::dim(dim3(grid)), optune_emu::dim(dim3(block)), smem, stream,
-//                             optune_emu::bind_args([=](const auto&... a) { kernel(a...); }, args));
+//   optune_emu::launch_kernel(nullptr, "kernel", optune_emu::dim(dim3(grid)), optune_emu::dim(dim3(block)), smem,
+//                             stream, optune_emu::bind_args([=](const auto&... a) { kernel(a...); }, args));
 // The arguments are evaluated once, at the launch, and their values kept (as CUDA copies them into the launch, and a
 // captured graph replays them). No kernel pointer there (a template kernel may deduce its arguments), so only the
 // device's shared memory bound applies to such launches.
