@@ -273,7 +273,10 @@ TEST(reverse_order_exposes_races_and_leaves_synchronized_kernels_alone) {
   run("forward", 0.0f, fwd, fwd_blocks);
   run("reverse", 100.0f, rev, rev_blocks);
   int fwd_right = 0, rev_right = 0;
-  for (int i = 0; i < 128; i++) fwd_right += fwd[i] == 0.0f + (i % 64) - 1, rev_right += rev[i] == 100.0f + (i % 64) - 1;
+  for (int i = 0; i < 128; i++) {
+    fwd_right += fwd[i] == 0.0f + (i % 64) - 1;
+    rev_right += rev[i] == 100.0f + (i % 64) - 1;
+  }
   CHECK(fwd_right == 128);
   CHECK_MSG(rev_right < 128, "reverse order did not change what the racy reads see");
   CHECK(fwd_blocks[1] == 1.0f && rev_blocks[1] != 101.0f);  // block 1 ran before block 0 wrote

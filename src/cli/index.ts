@@ -10,6 +10,7 @@ import { Command, CommanderError } from "commander";
 import { packageRoot } from "../engine/index.js";
 import { benchCommand } from "./bench.js";
 import { demoCommand } from "./demo.js";
+import { generateCommand } from "./generate.js";
 import { infoCommand } from "./info.js";
 import { logprobsCommand } from "./logprobs.js";
 import { runCommand } from "./run.js";
@@ -17,6 +18,7 @@ import { runCommand } from "./run.js";
 const commands: Array<() => Command> = [
   infoCommand,
   logprobsCommand,
+  generateCommand,
   benchCommand,
   runCommand,
   demoCommand,

@@ -4,14 +4,22 @@
 // prompt through the chat template, with --chat-template-args as extra variables), or {"prompt_ids",
 // "response_ids"} (used as given).
 
-import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 
-import { Command, InvalidArgumentError } from "commander";
+import { Command } from "commander";
 
 import { EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
-import { ChatTemplateArgsSchema } from "../data/user_config.js";
-import { checkMessages, HfTokenizer, templateOptions } from "../tokenizer/index.js";
+import { HfTokenizer, templateOptions } from "../tokenizer/index.js";
+import {
+  encodePrompt,
+  idList,
+  positiveInt,
+  promptOf,
+  readJsonlObjects,
+  templateArgs,
+  type JsonlObject,
+  type Prompt,
+} from "./jsonl_input.js";
 
 interface LogprobsOptions {
   model: string;
@@ -22,54 +30,18 @@ interface LogprobsOptions {
   chatTemplateArgs?: Record<string, unknown>;
 }
 
-// --chat-template-args: a JSON object of extra template variables (the run config's chatTemplateArgs schema).
-function templateArgs(value: string): Record<string, unknown> {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(value);
-  } catch {
-    parsed = value;
-  }
-  const checked = ChatTemplateArgsSchema.safeParse(parsed);
-  if (!checked.success) throw new InvalidArgumentError(`${checked.error.issues[0]?.message ?? "invalid"}, got ${value}`);
-  return checked.data;
+/** A line: its prompt, and its response as text or token ids. */
+interface Line {
+  origin: string;
+  prompt: Prompt;
+  response: string | number[];
 }
 
-type Line =
-  | { kind: "text"; origin: string; prompt: string; response: string }
-  | { kind: "chat"; origin: string; messages: ReturnType<typeof checkMessages>; response: string }
-  | { kind: "ids"; origin: string; prompt: number[]; response: number[] };
-
-function positiveInt(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError("must be a positive integer");
-  return n;
-}
-
-function idList(value: unknown, field: string, origin: string, minLength: number): number[] {
-  if (!Array.isArray(value) || value.length < minLength || !value.every((v) => Number.isInteger(v) && v >= 0)) {
-    const what = minLength > 0 ? "a non-empty list" : "a list";
-    throw new Error(`${origin}: "${field}" must be ${what} of token ids (integers >= 0)`);
-  }
-  return value as number[];
-}
-
-function parseLine(text: string, origin: string): Line {
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new Error(`${origin}: not valid JSON (${err instanceof Error ? err.message : String(err)})`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new Error(`${origin}: expected a JSON object`);
-  }
-  const o = value as Record<string, unknown>;
+function parseLine({ origin, value: o }: JsonlObject): Line {
   if (o["prompt_ids"] !== undefined || o["response_ids"] !== undefined) {
     return {
-      kind: "ids",
       origin,
-      prompt: idList(o["prompt_ids"], "prompt_ids", origin, 1),
+      prompt: { kind: "ids", prompt: idList(o["prompt_ids"], "prompt_ids", origin, 1) },
       response: idList(o["response_ids"], "response_ids", origin, 0),
     };
   }
@@ -79,38 +51,14 @@ function parseLine(text: string, origin: string): Line {
         `{"prompt_ids": [...], "response_ids": [...]}; "response" must be a string`,
     );
   }
-  if (o["messages"] !== undefined) {
-    return { kind: "chat", origin, messages: checkMessages(o["messages"], `${origin}: "messages"`), response: o["response"] };
-  }
-  if (typeof o["prompt"] !== "string") throw new Error(`${origin}: "prompt" must be a string`);
-  return { kind: "text", origin, prompt: o["prompt"], response: o["response"] };
-}
-
-function readLines(path: string): Line[] {
-  const file = resolve(path);
-  let text: string;
-  try {
-    text = readFileSync(file, "utf8");
-  } catch (err) {
-    throw new Error(`cannot read input ${file}: ${err instanceof Error ? err.message : String(err)}`);
-  }
-  const raw = text.split("\n");
-  if (raw[raw.length - 1] === "") raw.pop();
-  // Blank lines are errors, not skipped: output line i must answer input line i.
-  return raw.map((line, i) => {
-    const origin = `${file}:${i + 1}`;
-    const body = line.endsWith("\r") ? line.slice(0, -1) : line;
-    if (body.trim() === "") throw new Error(`${origin}: empty line; every line needs a prompt and a response`);
-    return parseLine(body, origin);
-  });
+  return { origin, prompt: promptOf(o, origin), response: o["response"] };
 }
 
 function encodeLine(line: Line, tokenizer: HfTokenizer | undefined): SequenceInput {
-  if (line.kind === "ids") return { prompt: line.prompt, response: line.response };
+  const prompt = encodePrompt(line.prompt, tokenizer, line.origin);
+  if (typeof line.response !== "string") return { prompt, response: line.response };
   if (tokenizer === undefined) throw new Error(`${line.origin}: text input needs a tokenizer`);
   try {
-    const prompt =
-      line.kind === "chat" ? tokenizer.encodeChat(line.messages, { addGenerationPrompt: true }) : tokenizer.encode(line.prompt);
     return { prompt, response: tokenizer.encode(line.response, { addSpecialTokens: false }) };
   } catch (err) {
     throw new Error(`${line.origin}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
@@ -133,10 +81,10 @@ function checkSequence(seq: SequenceInput, origin: string, model: EngineModel, d
 }
 
 export async function runLogprobs(options: LogprobsOptions, write: (line: string) => void): Promise<void> {
-  const lines = readLines(options.input);
+  const lines = readJsonlObjects(options.input, "a prompt and a response").map(parseLine);
   const modelDir = resolve(options.model);
-  const needsTokenizer = lines.some((l) => l.kind !== "ids");
-  if (options.chatTemplateArgs !== undefined && !lines.some((l) => l.kind === "chat")) {
+  const needsTokenizer = lines.some((l) => l.prompt.kind !== "ids");
+  if (options.chatTemplateArgs !== undefined && !lines.some((l) => l.prompt.kind === "chat")) {
     throw new Error(`--chat-template-args applies to {"messages", "response"} lines, and ${options.input} has none`);
   }
   const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir, templateOptions(options)) : undefined;
