@@ -197,9 +197,10 @@ describe("optune run with task: user", () => {
     await Promise.all([loaded.model.dispose(), original.dispose()]);
   });
 
-  it("tunes a multimodal Gemma 3 directory as its language model and saves the text model", async () => {
+  it("tunes a multimodal Gemma 3 directory as its language model and saves the multimodal model", async () => {
     const multimodal = join(scratch, "gemma3-multimodal");
     multimodalGemma3Copy(multimodal);
+    writeFileSync(join(multimodal, "preprocessor_config.json"), '{"image_processor_type": "Gemma3ImageProcessor"}');
     const gemmaRun = join(scratch, "gemma3-run");
     const path = join(configDir, "gemma3.json");
     writeFileSync(
@@ -222,7 +223,13 @@ describe("optune run with task: user", () => {
     expect(run.status).toBe(0);
     const final = join(gemmaRun, "checkpoints", "final");
     const config = JSON.parse(readFileSync(join(final, "config.json"), "utf8")) as Record<string, unknown>;
-    expect(config).toMatchObject({ model_type: "gemma3_text", architectures: ["Gemma3ForCausalLM"] });
+    const source = JSON.parse(readFileSync(join(multimodal, "config.json"), "utf8")) as Record<string, unknown>;
+    expect(config).toMatchObject({ model_type: "gemma3", architectures: ["Gemma3ForConditionalGeneration"], dtype: "float32" });
+    expect(config["text_config"]).toEqual(source["text_config"]);
+    const weights = readFileSync(join(final, "model.safetensors"));
+    const names = Object.keys(JSON.parse(weights.subarray(8, 8 + Number(weights.readBigUInt64LE(0))).toString("utf8")));
+    expect(names.filter((n) => n !== "__metadata__").every((n) => n.startsWith("language_model.model."))).toBe(true);
+    expect(readFileSync(join(final, "preprocessor_config.json"), "utf8")).toContain("Gemma3ImageProcessor");
     const loaded = await loadModelDir(final);
     const text = await EngineModel.load(join(FIXTURES, "gemma3"));
     const wrapped = await EngineModel.load(multimodal);
