@@ -132,6 +132,7 @@ describe("optune generate errors", () => {
     [{ input: "LINES", chat: true }, /--chat applies to --prompt/],
     [{ prompt: "a", chatTemplateArgs: { x: 1 } }, /--chat-template-args applies to chats/],
     [{ prompt: "a", maxNewTokens: 128 }, /--max-new-tokens 128 leaves no room for a prompt in the 128 positions/],
+    [{ prompt: "a", model: "/nonexistent-model" }, /\/nonexistent-model: not a directory \(expected a Hugging Face model directory/],
   ])("refuses %j", async (options, message) => {
     const lines = input("one.jsonl", [{ prompt: "Hi" }]);
     const o = { ...options } as Partial<GenerateOptions>;

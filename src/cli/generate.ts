@@ -12,7 +12,7 @@ import { join, resolve } from "node:path";
 
 import { Command, InvalidArgumentError } from "commander";
 
-import { DEFAULT_SAMPLING, EngineModel, type DeviceName, type PrecisionName } from "../engine/index.js";
+import { DEFAULT_SAMPLING, EngineModel, readModelConfig, type DeviceName, type PrecisionName } from "../engine/index.js";
 import { HfTokenizer, templateOptions } from "../tokenizer/index.js";
 import { encodePrompt, positiveInt, promptOf, readJsonlObjects, templateArgs, type Prompt } from "./jsonl_input.js";
 
@@ -87,6 +87,7 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
       '--chat-template-args applies to chats ({"messages"} lines, or --prompt with --chat), and there are none',
     );
   }
+  await readModelConfig(modelDir); // a wrong --model is named as such, before the tokenizer is looked for there
   // Token-id prompts need no tokenizer; one that is there still gives the stop tokens and the texts.
   const tokenizerDir = resolve(options.tokenizer ?? modelDir);
   const needsTokenizer = lines.some((l) => l.prompt.kind !== "ids");

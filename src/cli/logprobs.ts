@@ -8,7 +8,7 @@ import { resolve } from "node:path";
 
 import { Command } from "commander";
 
-import { EngineModel, packBatch, type SequenceInput } from "../engine/index.js";
+import { EngineModel, packBatch, readModelConfig, type SequenceInput } from "../engine/index.js";
 import { HfTokenizer, templateOptions } from "../tokenizer/index.js";
 import {
   encodePrompt,
@@ -87,6 +87,7 @@ export async function runLogprobs(options: LogprobsOptions, write: (line: string
   if (options.chatTemplateArgs !== undefined && !lines.some((l) => l.prompt.kind === "chat")) {
     throw new Error(`--chat-template-args applies to {"messages", "response"} lines, and ${options.input} has none`);
   }
+  await readModelConfig(modelDir); // a wrong --model is named as such, before the tokenizer is looked for there
   const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir, templateOptions(options)) : undefined;
   const model = await EngineModel.load(modelDir);
   try {
