@@ -26,7 +26,7 @@ export type PrepareSettings = Config["prepare"];
 export const PREPARE_VERSION = 2;
 
 // <bos> + prompt (<= 24) + '=' + answer (<= 12) + <eos> is at most 39 tokens; sampling may run to 16 new tokens.
-const MAX_POSITIONS = 64;
+export const MAX_POSITIONS = 64;
 // The final learning rate of SFT and reward training, as a fraction of the initial one (linear decay).
 const FINAL_LR_FRACTION = 0.1;
 const MAX_GRAD_NORM = 1;

@@ -9,7 +9,8 @@ import { TaskRewardSource } from "../../rewards/task_reward.js";
 import { silentReporter, type Reporter } from "../../util/reporter.js";
 import type { Task, TaskPrompt } from "../task.js";
 import { goldReward } from "./gold.js";
-import { builtinSplit, ensurePrepared, type PreparedTask } from "./prepare.js";
+import { writeBuiltinTokenizerFiles } from "./hf_tokenizer_files.js";
+import { builtinSplit, ensurePrepared, MAX_POSITIONS, type PreparedTask } from "./prepare.js";
 import type { Prompt } from "./prompts.js";
 import { decodeResponse, encodePrompt, EOS_ID, VOCAB_SIZE } from "./tokenizer.js";
 
@@ -46,6 +47,8 @@ export async function createBuiltinTask(config: Config, reporter: Reporter = sil
     policyDir: config.model.policy ?? prepared.paths.policy,
     vocabSize: VOCAB_SIZE,
     decode: (ids) => decodeResponse(ids),
+    // checkpoints carry the character tokenizer as Hugging Face files: complete model directories
+    writeCheckpointExtras: (dir) => writeBuiltinTokenizerFiles(dir, MAX_POSITIONS),
     createRewardSource: async () =>
       // The proxy also scores eval responses (to compare proxy and gold on the same responses).
       config.reward.source === "gold"
