@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parse } from "yaml";
 
+import { generateCommand } from "../src/cli/generate.js";
 import { runCommand } from "../src/cli/run.js";
 import { loadConfig } from "../src/config/schema.js";
 
@@ -45,5 +46,13 @@ describe("README.md", () => {
       .filter((long) => !text.includes("`" + long + "`") && !text.includes("/`" + long + "`"));
     expect(missing, "flags of `optune run` missing from README's Flags paragraph").toEqual([]);
     for (const long of ["--resume", "--overwrite"]) expect(text).toContain("`" + long + "`");
+  });
+
+  it("names every flag of `optune generate`", () => {
+    const text = paragraph("`--prompt TEXT`") + "\n" + readme.slice(readme.indexOf("- `optune generate`:"));
+    const missing = generateCommand()
+      .options.map((o) => o.long as string)
+      .filter((long) => long !== "--model" && !text.includes("`" + long + "`") && !text.includes("`" + long + " "));
+    expect(missing, "flags of `optune generate` missing from README").toEqual([]);
   });
 });
