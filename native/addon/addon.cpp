@@ -127,6 +127,28 @@ static Napi::Value read_model_config(const Napi::CallbackInfo& info) {
   });
 }
 
+// readLoraConfig(dir): a PEFT adapter directory's adapter_config.json as loadLoraAdapter accepts it:
+// { rank, alpha, targets } (what enableLora needs before the adapters can be loaded).
+static Napi::Value read_lora_config(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return promise_call(env, [&]() -> Napi::Value {
+    const std::string dir = dir_argument(info, "readLoraConfig(dir)");
+    auto out = std::make_shared<optune::LoraConfig>();
+    return PromiseTask::start(
+        env, "readLoraConfig", [dir, out] { *out = optune::read_lora_config(dir); },
+        [out](Napi::Env e) -> Napi::Value {
+          Napi::Object o = Napi::Object::New(e);
+          o.Set("rank", out->rank);
+          o.Set("alpha", out->alpha);
+          Napi::Array targets = Napi::Array::New(e, out->targets.size());
+          for (size_t i = 0; i < out->targets.size(); i++) targets.Set(static_cast<uint32_t>(i), out->targets[i]);
+          o.Set("targets", targets);
+          return o;
+        },
+        nullptr);
+  });
+}
+
 // Keeps this library, and the OpenMP runtime it loaded, mapped until the process ends. Node unloads an addon when
 // the last environment that loaded it ends: a worker thread that required optune and exited would unmap the code
 // the engine thread and OpenMP's threads (process-wide, never stopped) are waiting in, and the next wake-up would
@@ -146,6 +168,7 @@ static Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("createModel", Napi::Function::New<create_model>(env, "createModel"));
   exports.Set("loadModel", Napi::Function::New<load_model>(env, "loadModel"));
   exports.Set("readModelConfig", Napi::Function::New<read_model_config>(env, "readModelConfig"));
+  exports.Set("readLoraConfig", Napi::Function::New<read_lora_config>(env, "readLoraConfig"));
   exports.Set("Model", ModelWrap::define(env));
   return exports;
 }

@@ -12,12 +12,20 @@ import { join, resolve } from "node:path";
 
 import { Command, InvalidArgumentError } from "commander";
 
-import { DEFAULT_SAMPLING, EngineModel, readModelConfig, type DeviceName, type PrecisionName } from "../engine/index.js";
+import {
+  DEFAULT_SAMPLING,
+  EngineModel,
+  readLoraConfig,
+  readModelConfig,
+  type DeviceName,
+  type PrecisionName,
+} from "../engine/index.js";
 import { HfTokenizer, templateOptions } from "../tokenizer/index.js";
 import { encodePrompt, positiveInt, promptOf, readJsonlObjects, templateArgs, type Prompt } from "./jsonl_input.js";
 
 export interface GenerateOptions {
   model: string;
+  adapter?: string;
   input?: string;
   prompt?: string;
   chat?: boolean;
@@ -101,6 +109,12 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
   };
   const model = await EngineModel.load(modelDir, placement);
   try {
+    if (options.adapter !== undefined) {
+      // PEFT's (or a LoRA run's checkpoint/adapter/) adapters on the model's weights, applied as they are (not merged)
+      const adapterDir = resolve(options.adapter);
+      await model.enableLora({ ...(await readLoraConfig(adapterDir)), seed: 0 });
+      await model.loadLoraAdapter(adapterDir);
+    }
     const { vocabSize, maxPositions, rewardModel } = model.config;
     if (rewardModel) throw new Error(`${modelDir} is a reward model; generate needs a causal language model`);
     tokenizer?.checkFitsModel(vocabSize, modelDir);
@@ -173,6 +187,7 @@ export function generateCommand(): Command {
     .option("--input <file>", 'JSONL, one prompt per line: {"prompt"}, {"messages"} or {"prompt_ids"}')
     .option("--prompt <text>", "one prompt, instead of --input")
     .option("--chat", "with --prompt: send it as a user message through the chat template")
+    .option("--adapter <dir>", "LoRA adapters in PEFT's format (adapter_config.json + adapter_model.safetensors)")
     .option("--tokenizer <dir>", "tokenizer directory, when not the model directory")
     .option("--samples <n>", "responses per prompt", positiveInt, DEFAULT_SAMPLING.nSamples)
     .option("--max-new-tokens <n>", "most tokens per response", positiveInt, DEFAULT_SAMPLING.maxNewTokens)

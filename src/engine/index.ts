@@ -9,6 +9,7 @@ export {
   DEFAULT_SAMPLING,
   EngineModel,
   engineInfo,
+  readLoraConfig,
   readModelConfig,
   setThreads,
 } from "./model.js";

@@ -103,6 +103,14 @@ export function readModelConfig(dir: string): Promise<ModelConfig> {
   return loadAddon().readModelConfig(dir);
 }
 
+/**
+ * A PEFT adapter directory's settings (adapter_config.json: r, lora_alpha, target_modules), for enableLora before
+ * loadLoraAdapter; what optune's LoRA does not implement (DoRA, rsLoRA, ...) is refused with the field named.
+ */
+export function readLoraConfig(dir: string): Promise<LoraOptions> {
+  return loadAddon().readLoraConfig(dir);
+}
+
 /** Threads the engine uses for each call (OpenMP). */
 export function setThreads(n: number): void {
   loadAddon().setThreads(n);

@@ -236,4 +236,5 @@ export interface NativeAddon {
   createModel(config: ModelConfigInput, seed?: number | bigint, options?: DeviceOptions): Promise<NativeModel>;
   loadModel(dir: string, options?: DeviceOptions): Promise<NativeModel>;
   readModelConfig(dir: string): Promise<ModelConfig>;
+  readLoraConfig(dir: string): Promise<LoraOptions>;
 }
