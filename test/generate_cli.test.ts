@@ -124,8 +124,8 @@ describe("optune generate sampling", () => {
   });
 });
 
-describe("optune generate --adapter", () => {
-  it("samples with PEFT-format adapters on the weights as the merged model does", async () => {
+describe("optune generate --adapter (and optune logprobs --adapter)", () => {
+  it("samples and scores with PEFT-format adapters on the weights as the merged model does", async () => {
     const base = join(FIXTURES, "smollm");
     const model = await EngineModel.load(base);
     await model.enableLora({ rank: 4, alpha: 8, targets: ["q_proj", "v_proj", "down_proj"], seed: 5 });
@@ -145,6 +145,16 @@ describe("optune generate --adapter", () => {
       expect(r.token_ids).toEqual(m.token_ids);
       expect(Math.abs(r.logprob - m.logprob)).toBeLessThan(1e-4 * Math.max(1, Math.abs(r.logprob)));
     });
+    // `optune logprobs --adapter` scores them as the merged model does
+    const pairs = [{ prompt_ids: [5, 6, 7], response_ids: withAdapter[1]![0]!.token_ids }];
+    const score = async (o: { model: string; adapter?: string }) => {
+      const out: Array<{ logprob: number }> = [];
+      await runLogprobs({ ...o, input: input("adapter_pairs.jsonl", pairs), batchSize: 4 }, (l) => out.push(JSON.parse(l) as { logprob: number }));
+      return out[0]!.logprob;
+    };
+    const [scoredWith, scoredMerged] = [await score({ model: base, adapter }), await score({ model: merged })];
+    expect(Math.abs(scoredWith - scoredMerged)).toBeLessThan(1e-4 * Math.max(1, Math.abs(scoredMerged)));
+    expect(Math.abs(scoredWith - withAdapter[1]![0]!.logprob)).toBeLessThan(1e-4 * Math.max(1, Math.abs(scoredWith)));
     // the adapters matter: the base alone gives other tokens or other log-probs
     const differs = plain.flat().some((r, k) => Math.abs(r.logprob - withAdapter.flat()[k]!.logprob) > 1e-2);
     expect(differs).toBe(true);

@@ -15,7 +15,6 @@ import { Command, InvalidArgumentError } from "commander";
 import {
   DEFAULT_SAMPLING,
   EngineModel,
-  readLoraConfig,
   readModelConfig,
   type DeviceName,
   type PrecisionName,
@@ -109,12 +108,8 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
   };
   const model = await EngineModel.load(modelDir, placement);
   try {
-    if (options.adapter !== undefined) {
-      // PEFT's (or a LoRA run's checkpoint/adapter/) adapters on the model's weights, applied as they are (not merged)
-      const adapterDir = resolve(options.adapter);
-      await model.enableLora({ ...(await readLoraConfig(adapterDir)), seed: 0 });
-      await model.loadLoraAdapter(adapterDir);
-    }
+    // PEFT's (or a LoRA run's checkpoint/adapter/) adapters on the model's weights, applied as they are (not merged)
+    if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter));
     const { vocabSize, maxPositions, rewardModel } = model.config;
     if (rewardModel) throw new Error(`${modelDir} is a reward model; generate needs a causal language model`);
     tokenizer?.checkFitsModel(vocabSize, modelDir);

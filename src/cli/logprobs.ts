@@ -23,6 +23,7 @@ import {
 
 interface LogprobsOptions {
   model: string;
+  adapter?: string;
   input: string;
   tokenizer?: string;
   perToken?: boolean;
@@ -91,6 +92,7 @@ export async function runLogprobs(options: LogprobsOptions, write: (line: string
   const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir, templateOptions(options)) : undefined;
   const model = await EngineModel.load(modelDir);
   try {
+    if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter)); // applied, not merged
     if (model.config.rewardModel) throw new Error(`${modelDir} is a reward model; logprobs needs a causal language model`);
     tokenizer?.checkFitsModel(model.config.vocabSize, modelDir);
     // Everything is encoded and checked before the first forward pass, so a bad line fails fast.
@@ -122,6 +124,7 @@ export function logprobsCommand(): Command {
     .requiredOption("--model <dir>", "Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
     .requiredOption("--input <file>", 'JSONL: {"prompt","response"}, {"messages","response"} or {"prompt_ids","response_ids"}')
     .option("--tokenizer <dir>", "tokenizer directory, when not the model directory")
+    .option("--adapter <dir>", "LoRA adapters in PEFT's format (adapter_config.json + adapter_model.safetensors)")
     .option("--per-token", "also print each response token's log-prob (token_logprobs)")
     .option("--batch-size <n>", "sequences per forward pass", positiveInt, 16)
     .option("--chat-template-args <json>", 'extra chat template variables, e.g. \'{"enable_thinking": false}\'', templateArgs)

@@ -203,9 +203,14 @@ export class EngineModel {
     return info;
   }
 
-  /** Loads adapter weights saved by save() (dir/adapter) or by PEFT into adapters enabled with the same settings. */
+  /**
+   * Loads adapter weights saved by save() (dir/adapter), saveLoraAdapter() or PEFT. A model without adapters gets
+   * them first, with the directory's rank, alpha and targets (readLoraConfig); one that has them must have been
+   * given the same settings.
+   */
   async loadLoraAdapter(dir: string): Promise<void> {
     this.checkNotBaseView("loadLoraAdapter");
+    if (this.loraInfo === null) await this.enableLora({ ...(await readLoraConfig(dir)), seed: 0 });
     return this.enqueue(() => this.native.loadLoraAdapter(dir));
   }
 
