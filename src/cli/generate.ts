@@ -108,10 +108,10 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
   };
   const model = await EngineModel.load(modelDir, placement);
   try {
-    // PEFT's (or a LoRA run's checkpoint/adapter/) adapters on the model's weights, applied as they are (not merged)
-    if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter));
     const { vocabSize, maxPositions, rewardModel } = model.config;
     if (rewardModel) throw new Error(`${modelDir} is a reward model; generate needs a causal language model`);
+    // PEFT's (or a LoRA run's checkpoint/adapter/) adapters on the model's weights, applied as they are (not merged)
+    if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter));
     tokenizer?.checkFitsModel(vocabSize, modelDir);
     if (options.maxNewTokens >= maxPositions) {
       throw new Error(

@@ -92,8 +92,8 @@ export async function runLogprobs(options: LogprobsOptions, write: (line: string
   const tokenizer = needsTokenizer ? await HfTokenizer.load(options.tokenizer ?? modelDir, templateOptions(options)) : undefined;
   const model = await EngineModel.load(modelDir);
   try {
-    if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter)); // applied, not merged
     if (model.config.rewardModel) throw new Error(`${modelDir} is a reward model; logprobs needs a causal language model`);
+    if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter)); // applied, not merged
     tokenizer?.checkFitsModel(model.config.vocabSize, modelDir);
     // Everything is encoded and checked before the first forward pass, so a bad line fails fast.
     const sequences = lines.map((line) => {
