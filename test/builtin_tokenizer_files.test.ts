@@ -52,12 +52,14 @@ describe("a built-in run's checkpoints", () => {
     task.writeCheckpointExtras?.(final);
     const out: string[] = [];
     const prompt = task.evalPrompts[0]!;
-    const sampling = { samples: 2, maxNewTokens: 16, temperature: 0, topK: 0, topP: 1, seed: 0, batchSize: 16 };
+    // no --max-new-tokens: the default (64) would fill the task's 64 positions, so what the prompt leaves is used
+    const sampling = { samples: 2, temperature: 0, topK: 0, topP: 1, seed: 0, batchSize: 16 };
     await runGenerate({ model: final, prompt: prompt.text, chat: true, ...sampling }, (line) => out.push(line));
     const [r] = (JSON.parse(out[0]!) as { responses: Array<{ text: string; token_ids: number[]; finished: boolean }> }).responses;
     // the same response the task's own greedy decoding of that prompt gives
     const model = await EngineModel.load(final);
-    const own = await model.sample({ prompts: [prompt.ids], maxNewTokens: 16, temperature: 0, stopTokens: [EOS_ID] });
+    const room = model.config.maxPositions - prompt.ids.length;
+    const own = await model.sample({ prompts: [prompt.ids], maxNewTokens: room, temperature: 0, stopTokens: [EOS_ID] });
     await model.dispose();
     expect(r!.token_ids).toEqual(Array.from(own.tokens));
     expect(r!.text).toBe(decodeResponse(own.tokens).text);

@@ -114,6 +114,19 @@ describe("optune generate sampling", () => {
     out.flat().forEach((r, k) => expect(Math.abs(r.logprob - scored[k]!.logprob)).toBeLessThan(1e-4 * Math.max(1, Math.abs(r.logprob))));
   });
 
+  it("without --max-new-tokens, draws what the model's positions leave after the longest prompt (at most 64)", async () => {
+    const long = { prompt_ids: Array.from({ length: 100 }, (_, i) => 5 + (i % 50)) };
+    const [[r]] = await generate({ model, input: input("long.jsonl", [long, { prompt_ids: [5] }]), maxNewTokens: undefined, temperature: 0 });
+    expect(r!.finished || r!.n_tokens === 28).toBe(true); // 128 positions - 100
+    expect(r!.n_tokens).toBeLessThanOrEqual(28);
+    const [[short]] = await generate({ model, input: input("short.jsonl", [{ prompt_ids: [5] }]), maxNewTokens: undefined, temperature: 0 });
+    expect(short!.finished || short!.n_tokens === 64).toBe(true);
+    const tooLong = { prompt_ids: Array(128).fill(5) };
+    await expect(generate({ model, input: input("full.jsonl", [tooLong]), maxNewTokens: undefined })).rejects.toThrow(
+      /:1: the prompt's 128 tokens fill the 128 positions of .*smollm, leaving none for a response/,
+    );
+  });
+
   it("takes one --prompt, as text or as a chat's user message", async () => {
     const text = await generate({ model, prompt: "Hello", temperature: 0 });
     expectSame(text, (await generate({ model, input: path, temperature: 0 })).slice(0, 1));

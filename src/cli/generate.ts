@@ -30,7 +30,8 @@ export interface GenerateOptions {
   chat?: boolean;
   tokenizer?: string;
   samples: number;
-  maxNewTokens: number;
+  /** Absent: DEFAULT_SAMPLING's, or fewer where the model's positions leave less room after the longest prompt. */
+  maxNewTokens?: number;
   temperature: number;
   topK: number;
   topP: number;
@@ -113,14 +114,17 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
     // PEFT's (or a LoRA run's checkpoint/adapter/) adapters on the model's weights, applied as they are (not merged)
     if (options.adapter !== undefined) await model.loadLoraAdapter(resolve(options.adapter));
     tokenizer?.checkFitsModel(vocabSize, modelDir);
-    if (options.maxNewTokens >= maxPositions) {
+    if (options.maxNewTokens !== undefined && options.maxNewTokens >= maxPositions) {
       throw new Error(
         `--max-new-tokens ${options.maxNewTokens} leaves no room for a prompt in the ${maxPositions} positions of ${modelDir}`,
       );
     }
     // Every prompt is encoded and checked before the first sampling call, so a bad line fails fast.
-    const prompts = lines.map((line) => {
-      const ids = encodePrompt(line.prompt, tokenizer, line.origin);
+    const encoded = lines.map((line) => encodePrompt(line.prompt, tokenizer, line.origin));
+    const longest = Math.max(...encoded.map((ids) => ids.length));
+    const maxNew = options.maxNewTokens ?? Math.max(1, Math.min(DEFAULT_SAMPLING.maxNewTokens, maxPositions - longest));
+    const prompts = lines.map((line, i) => {
+      const ids = encoded[i] as number[];
       if (ids.length === 0) {
         throw new Error(`${line.origin}: the prompt encodes to no tokens; the model needs at least one`);
       }
@@ -128,9 +132,15 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
       if (outside !== undefined) {
         throw new Error(`${line.origin}: token id ${outside} is outside the vocabulary of ${modelDir} (${vocabSize} tokens)`);
       }
-      if (ids.length + options.maxNewTokens > maxPositions) {
+      if (options.maxNewTokens === undefined && ids.length >= maxPositions) {
         throw new Error(
-          `${line.origin}: the prompt's ${ids.length} tokens and --max-new-tokens ${options.maxNewTokens} exceed the ` +
+          `${line.origin}: the prompt's ${ids.length} tokens fill the ${maxPositions} positions of ${modelDir}, ` +
+            `leaving none for a response; shorten the prompt`,
+        );
+      }
+      if (ids.length + maxNew > maxPositions) {
+        throw new Error(
+          `${line.origin}: the prompt's ${ids.length} tokens and --max-new-tokens ${maxNew} exceed the ` +
             `${maxPositions} positions of ${modelDir}; shorten the prompt or lower --max-new-tokens`,
         );
       }
@@ -142,7 +152,7 @@ export async function runGenerate(options: GenerateOptions, write: (line: string
       const result = await model.sample({
         prompts: chunk,
         nSamples: options.samples,
-        maxNewTokens: options.maxNewTokens,
+        maxNewTokens: maxNew,
         temperature: options.temperature,
         topK: options.topK,
         topP: options.topP,
@@ -185,7 +195,11 @@ export function generateCommand(): Command {
     .option("--adapter <dir>", "LoRA adapters in PEFT's format (adapter_config.json + adapter_model.safetensors)")
     .option("--tokenizer <dir>", "tokenizer directory, when not the model directory")
     .option("--samples <n>", "responses per prompt", positiveInt, DEFAULT_SAMPLING.nSamples)
-    .option("--max-new-tokens <n>", "most tokens per response", positiveInt, DEFAULT_SAMPLING.maxNewTokens)
+    .option(
+      "--max-new-tokens <n>",
+      `most tokens per response (default: ${DEFAULT_SAMPLING.maxNewTokens}, or what the model's positions leave after the longest prompt)`,
+      positiveInt,
+    )
     .option("--temperature <t>", "0 = greedy", number(0, 100, "a number in [0, 100]"), DEFAULT_SAMPLING.temperature)
     .option("--top-k <k>", "draw from the k likeliest tokens (0 = off)", integer, DEFAULT_SAMPLING.topK)
     .option("--top-p <p>", "draw from the nucleus of mass p (1 = off)", topP, DEFAULT_SAMPLING.topP)
