@@ -318,5 +318,8 @@ describe("optune run", () => {
     const saved = JSON.parse(readFileSync(join(config.run.dir, "config.json"), "utf8")) as Config;
     expect(saved.loop.iterations).toBe(2);
     expect(logs.join("\n")).toMatch(/iter +proxy chosen/);
+    // the built-in task ends with a command that answers one of its held-out prompts from the final checkpoint
+    const hint = logs.find((l) => l.startsWith("try it: npx optune generate --model "));
+    expect(hint).toMatch(/--model .*checkpoints[/\\]final --prompt "[^"]+" --chat$/);
   });
 });

@@ -167,6 +167,11 @@ export function runCommand(): Command {
         );
       }
       console.log(`done in ${elapsed}s: ${result.runDir} (final checkpoint ${result.finalCheckpoint})`);
+      // the built-in task's checkpoints carry its tokenizer and chat template: a held-out prompt, answered
+      const example = task.name === "builtin" ? task.evalPrompts[0] : undefined;
+      if (result.finalCheckpoint !== null && example !== undefined) {
+        console.log(`try it: npx optune generate --model ${result.finalCheckpoint} --prompt "${example.text}" --chat`);
+      }
     } finally {
       process.off("SIGINT", onInterrupt);
     }
